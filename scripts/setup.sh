@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Makes this machine ready to build, run and test Granda (Debian 12, as root, no systemd):
+#   - installs what is missing from Debian's packages: docker.io, busybox-static, make, gcc, curl,
+#     ca-certificates, and postgresql / rabbitmq-server unless those services already answer on
+#     127.0.0.1:5432 / 127.0.0.1:5672;
+#   - starts what is down: dockerd, the PostgreSQL cluster, RabbitMQ (never a second copy of any);
+#   - makes sure Postgres has a superuser role `root` (the default GRANDA_DATABASE_URL connects as the OS user);
+#   - builds the local test images (scripts/build-test-images.sh).
+# Idempotent; takes a few seconds when everything is already there. Prints one line per service.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+# needrestart (a docker.io recommend) must never restart running services from inside apt-get.
+export NEEDRESTART_SUSPEND=1 NEEDRESTART_MODE=l
+PG_PORT=${GRANDA_SETUP_PG_PORT:-5432}
+AMQP_PORT=${GRANDA_SETUP_AMQP_PORT:-5672}
+
+log() { echo "setup: $*" >&2; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run me as root (apt-get, dockerd and the services need it)"
+
+# True when something accepts TCP connections on 127.0.0.1:$1 (bash's /dev/tcp: no network tools needed).
+port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+pkg_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
+# Waits up to $1 seconds for the command in "${@:2}" to succeed.
+wait_for() {
+    local secs=$1; shift
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.5
+    done
+}
+pg_up() {
+    if command -v pg_isready >/dev/null; then pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -t 2; else port_open "$PG_PORT"; fi
+}
+
+# Docker: only start an engine when the local default socket is the target. A DOCKER_HOST pointing
+# elsewhere is the user's engine: check it, never start one.
+docker_local=1
+case "${DOCKER_HOST:-}" in
+    "" | unix:///var/run/docker.sock | unix:///run/docker.sock) ;;
+    *) docker_local=0 ;;
+esac
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Packages (apt-get update only when something is missing)
+# ---------------------------------------------------------------------------------------------------
+need=()
+pg_answering=0 amqp_answering=0
+pg_up && pg_answering=1
+port_open "$AMQP_PORT" && amqp_answering=1
+
+if [ "$docker_local" = 1 ] && ! command -v dockerd >/dev/null; then need+=(docker.io); fi
+# `docker` may be a client on its own (e.g. /usr/local/bin/docker) with no engine: docker.io brings both.
+command -v docker >/dev/null || need+=(docker.io)
+# The test images need the static busybox (Debian's `busybox` package is dynamically linked).
+pkg_installed busybox-static || need+=(busybox-static)
+if [ "$pg_answering" = 0 ] && ! command -v pg_ctlcluster >/dev/null; then need+=(postgresql); fi
+command -v psql >/dev/null || need+=(postgresql-client)
+if [ "$amqp_answering" = 0 ] && ! command -v rabbitmq-server >/dev/null; then need+=(rabbitmq-server); fi
+command -v curl >/dev/null || need+=(curl)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+command -v make >/dev/null || need+=(make)
+command -v gcc >/dev/null || need+=(gcc)
+
+if [ "${#need[@]}" -gt 0 ]; then
+    # De-duplicate, keep order.
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | awk '!seen[$0]++')
+    fresh_rabbit=0
+    [[ " ${need[*]} " == *" rabbitmq-server "* ]] && fresh_rabbit=1
+    if [ "$fresh_rabbit" = 1 ] && [ ! -e /etc/rabbitmq/rabbitmq-env.conf ] && [ ! -e /etc/rabbitmq/rabbitmq.conf ]; then
+        # Before the package's first start: a node name that needs no DNS, and listeners on loopback only.
+        mkdir -p /etc/rabbitmq
+        cat >/etc/rabbitmq/rabbitmq-env.conf <<'EOF'
+NODENAME=rabbit@localhost
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+EOF
+        echo "listeners.tcp.local = 127.0.0.1:$AMQP_PORT" >/etc/rabbitmq/rabbitmq.conf
+    fi
+    log "installing: ${need[*]}"
+    apt-get update -qq
+    # With recommends, as docker.io is known to work here (cgroupfs-mount, apparmor, ...).
+    apt-get install -y -qq \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${need[@]}" >/dev/null
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Docker engine
+# ---------------------------------------------------------------------------------------------------
+dockerd_running() {
+    local pid
+    for f in /var/run/docker.pid /run/docker.pid; do
+        [ -r "$f" ] || continue
+        pid=$(cat "$f" 2>/dev/null || true)
+        [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && return 0
+    done
+    local comm
+    for comm in /proc/[0-9]*/comm; do
+        [ "$(cat "$comm" 2>/dev/null)" = dockerd ] && return 0
+    done
+    return 1
+}
+
+if ! docker info >/dev/null 2>&1; then
+    [ "$docker_local" = 1 ] || die "the Docker engine at DOCKER_HOST=$DOCKER_HOST does not answer"
+    if dockerd_running; then
+        log "dockerd is running but not answering yet; waiting"
+    else
+        # Without systemd nothing may have mounted the cgroup hierarchies that dockerd needs.
+        if ! awk '$3 == "cgroup" || $3 == "cgroup2" {found=1} END {exit !found}' /proc/mounts && command -v cgroupfs-mount >/dev/null; then
+            log "mounting cgroups (cgroupfs-mount)"
+            cgroupfs-mount || true
+        fi
+        log "starting dockerd (log: /var/log/dockerd.log)"
+        # Detached from this shell and its pipes, so that a caller capturing our output is not held open.
+        setsid nohup dockerd </dev/null >>/var/log/dockerd.log 2>&1 &
+    fi
+    wait_for 60 docker info || { tail -n 20 /var/log/dockerd.log >&2 || true; die "dockerd did not answer within 60 s"; }
+fi
+docker_version=$(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null || echo '?')
+echo "ok docker $(sed 's/+[^ ]*//' <<<"$docker_version")"
+
+# ---------------------------------------------------------------------------------------------------
+# 3. PostgreSQL
+# ---------------------------------------------------------------------------------------------------
+if ! pg_up; then
+    command -v pg_ctlcluster >/dev/null || die "nothing answers on 127.0.0.1:$PG_PORT and PostgreSQL is not installed"
+    # The cluster that owns our port, else the first one (Debian creates <version>/main on install).
+    read -r pg_version pg_cluster < <(pg_lsclusters -h 2>/dev/null | awk -v p="$PG_PORT" '$3 == p {print $1, $2; exit}') || true
+    if [ -z "${pg_version:-}" ]; then
+        pg_version=$(ls /etc/postgresql 2>/dev/null | head -n 1) pg_cluster=main
+    fi
+    [ -n "$pg_version" ] || die "no PostgreSQL cluster under /etc/postgresql (pg_createcluster?)"
+    log "starting PostgreSQL $pg_version/$pg_cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$pg_version" "$pg_cluster" start </dev/null
+    wait_for 60 pg_up || die "PostgreSQL did not answer on 127.0.0.1:$PG_PORT within 60 s"
+fi
+
+# Fast path: root already logs in over TCP as a superuser.
+pg_root_ok() {
+    [ "$(psql -X -h 127.0.0.1 -p "$PG_PORT" -U root -d postgres -Atqc 'select rolsuper from pg_roles where rolname = current_user' 2>/dev/null)" = t ]
+}
+if ! pg_root_ok; then
+    log "creating the Postgres superuser role root"
+    sql="DO \$\$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'root') THEN CREATE ROLE root SUPERUSER LOGIN;
+           ELSE ALTER ROLE root SUPERUSER LOGIN; END IF;
+         END \$\$;"
+    # As postgres over TCP when trust allows it, otherwise as the postgres OS user over the local socket (peer).
+    if ! psql -X -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qc "$sql" >/dev/null 2>&1; then
+        (cd / && su postgres -c "psql -X -p $PG_PORT -d postgres -v ON_ERROR_STOP=1 -q -f -" <<<"$sql") >/dev/null \
+            || die "could not create the Postgres role root"
+    fi
+    if ! pg_root_ok; then
+        # A fresh install asks for passwords over TCP; this is a local development/CI box: trust loopback.
+        hba=$(cd / && su postgres -c "psql -X -p $PG_PORT -Atqc 'show hba_file'")
+        log "trusting loopback connections in $hba"
+        { printf 'host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n'; cat "$hba"; } >"$hba.granda-tmp"
+        cat "$hba.granda-tmp" >"$hba" && rm -f "$hba.granda-tmp"
+        (cd / && su postgres -c "psql -X -p $PG_PORT -qc 'select pg_reload_conf()'") >/dev/null
+        wait_for 10 pg_root_ok || die "root still cannot log in to Postgres over 127.0.0.1"
+    fi
+    # A database named like the role, so that a bare `psql -h 127.0.0.1` works.
+    psql -X -h 127.0.0.1 -p "$PG_PORT" -U root -d postgres -Atqc "select 1 from pg_database where datname = 'root'" | grep -q 1 \
+        || psql -X -h 127.0.0.1 -p "$PG_PORT" -U root -d postgres -qc 'create database root' >/dev/null
+fi
+pg_version=$(psql -X -h 127.0.0.1 -p "$PG_PORT" -U root -d postgres -Atqc 'show server_version' 2>/dev/null | awk '{print $1}')
+echo "ok postgres ${pg_version:-?} (127.0.0.1:$PG_PORT, superuser root)"
+
+# ---------------------------------------------------------------------------------------------------
+# 4. RabbitMQ
+# ---------------------------------------------------------------------------------------------------
+if ! port_open "$AMQP_PORT"; then
+    command -v rabbitmq-server >/dev/null || die "nothing answers on 127.0.0.1:$AMQP_PORT and RabbitMQ is not installed"
+    log "starting RabbitMQ"
+    # The Debian wrapper switches to the rabbitmq user; -detached returns once the node is spawned.
+    rabbitmq-server -detached </dev/null >/dev/null 2>&1 || true
+    rabbit_ready() { port_open "$AMQP_PORT" || rabbitmqctl -q await_startup --timeout 5; }
+    wait_for 90 rabbit_ready || { tail -n 20 /var/log/rabbitmq/*.log >&2 2>/dev/null || true; die "RabbitMQ did not answer on 127.0.0.1:$AMQP_PORT within 90 s"; }
+    # await_startup can return before the listener is bound.
+    wait_for 30 port_open "$AMQP_PORT" || die "RabbitMQ started but 127.0.0.1:$AMQP_PORT is closed"
+fi
+rabbit_version=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || true)
+rabbit_version=${rabbit_version%%-*}
+echo "ok rabbitmq ${rabbit_version:-?} (127.0.0.1:$AMQP_PORT)"
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Test images
+# ---------------------------------------------------------------------------------------------------
+# Prints one line when all are there; progress and checks when it builds.
+bash "$ROOT/scripts/build-test-images.sh" || die "building the test images failed"

@@ -1,0 +1,167 @@
+//! Settings: every knob of Granda, from a `GRANDA_*` env var or a flag, with defaults that work on one machine.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Everything a Granda process can be told. `granda --help` lists it.
+#[derive(Args, Clone, Debug)]
+pub struct Settings {
+    /// Address the HTTP ingress listens on.
+    #[arg(
+        long,
+        env = "GRANDA_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Postgres URL; the database is created if missing and migrated at start.
+    #[arg(
+        long,
+        env = "GRANDA_DATABASE_URL",
+        default_value = "postgres://localhost/granda",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "GRANDA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
+    pub amqp_url: String,
+
+    /// Docker engine to run containers on (unix:///var/run/docker.sock when unset).
+    #[arg(long, env = "DOCKER_HOST", global = true)]
+    pub docker_host: Option<String>,
+
+    /// Prefix of every RabbitMQ queue and exchange Granda declares; lets several installations share a broker.
+    #[arg(
+        long,
+        env = "GRANDA_AMQP_PREFIX",
+        default_value = "granda",
+        global = true
+    )]
+    pub amqp_prefix: String,
+
+    /// The most invocations one worker runs at once (default: from the host's CPUs and memory).
+    #[arg(long, env = "GRANDA_MAX_CONCURRENCY", global = true)]
+    pub max_concurrency: Option<usize>,
+
+    /// The fewest invocations one worker is ready to run at once.
+    #[arg(
+        long,
+        env = "GRANDA_MIN_CONCURRENCY",
+        default_value_t = 1,
+        global = true
+    )]
+    pub min_concurrency: usize,
+
+    /// Queues this worker serves, comma-separated.
+    #[arg(
+        long,
+        env = "GRANDA_QUEUES",
+        default_value = "default",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub queues: Vec<String>,
+
+    /// Name of this worker, put on its containers and records (default: the host name).
+    #[arg(long, env = "GRANDA_WORKER_ID", global = true)]
+    pub worker_id: Option<String>,
+
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "GRANDA_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// How long a sync invoke waits for its result before answering 202 with the invocation id, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_SYNC_WAIT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub sync_wait_ms: u64,
+
+    /// Largest stdout kept from a run, in bytes; the rest is dropped and the record marked truncated.
+    #[arg(long, env = "GRANDA_MAX_OUTPUT_BYTES", default_value_t = 6 * 1024 * 1024, global = true)]
+    pub max_output_bytes: usize,
+
+    /// Largest stderr kept from a run, in bytes.
+    #[arg(long, env = "GRANDA_MAX_LOG_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_log_bytes: usize,
+
+    /// Largest input kept in the invocation record, in bytes (the function still gets all of it).
+    #[arg(long, env = "GRANDA_MAX_STORED_INPUT_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_stored_input_bytes: usize,
+
+    /// Timeout given to functions that don't set one, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_DEFAULT_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub default_timeout_ms: u64,
+
+    /// The longest timeout a function may ask for, in ms.
+    #[arg(long, env = "GRANDA_MAX_TIMEOUT_MS", default_value_t = 15 * 60 * 1000, global = true)]
+    pub max_timeout_ms: u64,
+
+    /// How long a stopping worker lets in-flight runs finish before it gives their messages back, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_SHUTDOWN_GRACE_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub shutdown_grace_ms: u64,
+
+    /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
+    #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+}
+
+impl Settings {
+    /// Settings from the environment alone, as a process with no flags would get them.
+    pub fn from_env() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Only::parse_from(["granda"]).settings
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".to_string())
+        })
+    }
+
+    pub fn sync_wait(&self) -> Duration {
+        Duration::from_millis(self.sync_wait_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}

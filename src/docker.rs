@@ -1,0 +1,115 @@
+//! The Docker engine: connecting to it (`DOCKER_HOST`) and making sure an image is there.
+
+use bollard::{API_DEFAULT_VERSION, Docker};
+use futures_util::StreamExt;
+
+/// Label on every container Granda starts: the invocation it runs.
+pub const LABEL_INVOCATION: &str = "granda.invocation";
+/// Label on every container Granda starts: the worker that started it.
+pub const LABEL_WORKER: &str = "granda.worker";
+/// Label on every container Granda starts: its function.
+pub const LABEL_FUNCTION: &str = "granda.function";
+/// Label on every container Granda starts: when it must be gone by, in ms since the epoch.
+pub const LABEL_DEADLINE: &str = "granda.deadline";
+
+/// Connects to `host` (`unix://…`, `tcp://…`, `http://…`), or the local socket when `None`.
+/// `timeout_secs` bounds every engine call, so it must outlast the longest function.
+pub fn connect(host: Option<&str>, timeout_secs: u64) -> Result<Docker, bollard::errors::Error> {
+    match host {
+        None | Some("") => Docker::connect_with_unix(
+            "unix:///var/run/docker.sock",
+            timeout_secs,
+            API_DEFAULT_VERSION,
+        ),
+        Some(h) if h.starts_with("unix://") => {
+            Docker::connect_with_unix(h, timeout_secs, API_DEFAULT_VERSION)
+        }
+        Some(h) => Docker::connect_with_http(h, timeout_secs, API_DEFAULT_VERSION),
+    }
+}
+
+/// Why an image can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The engine has no such image and could not pull it; the engine's own words.
+    #[error("image {image:?} can't be had: {reason}")]
+    Unavailable { image: String, reason: String },
+    /// The engine itself did not answer.
+    #[error("docker engine unavailable: {0}")]
+    Engine(bollard::errors::Error),
+}
+
+/// Makes sure the engine has `image`, pulling it when it lacks it.
+#[tracing::instrument(skip(docker))]
+pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError> {
+    match docker.inspect_image(image).await {
+        Ok(_) => return Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => return Err(ImageError::Engine(e)),
+    }
+    tracing::info!("pulling image");
+    let (repo, tag) = split_tag(image);
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+        .from_image(repo)
+        .tag(tag)
+        .build();
+    let mut pull = docker.create_image(Some(options), None, None);
+    while let Some(step) = pull.next().await {
+        match step {
+            Ok(info) => {
+                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                    return Err(unavailable(image, detail));
+                }
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                return Err(unavailable(image, message));
+            }
+            Err(e) => return Err(unavailable(image, e.to_string())),
+        }
+    }
+    // A pull that "succeeds" without producing the image is still a failure.
+    docker
+        .inspect_image(image)
+        .await
+        .map(|_| ())
+        .map_err(|e| unavailable(image, e.to_string()))
+}
+
+fn unavailable(image: &str, reason: String) -> ImageError {
+    ImageError::Unavailable {
+        image: image.to_string(),
+        reason,
+    }
+}
+
+/// `repo[:tag][@digest]` into the repository and the tag (`latest` when none).
+fn split_tag(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_tag;
+
+    #[test]
+    fn tags_are_split_from_repositories() {
+        assert_eq!(split_tag("busybox"), ("busybox", "latest"));
+        assert_eq!(split_tag("busybox:1.36"), ("busybox", "1.36"));
+        assert_eq!(
+            split_tag("host:5000/team/fn"),
+            ("host:5000/team/fn", "latest")
+        );
+        assert_eq!(
+            split_tag("host:5000/team/fn:v2"),
+            ("host:5000/team/fn", "v2")
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! Invocations: one run of a function for one event, its lifecycle and its record in Postgres.
+//!
+//! `queued` → `running` → `succeeded` | `failed` | `timed_out` (and `dead` when retries are spent).
+//! The record is the truth; every transition is a conditional update, so a redelivered message
+//! can never move a final record again.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Dead,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "queued" => Status::Queued,
+            "running" => Status::Running,
+            "succeeded" => Status::Succeeded,
+            "failed" => Status::Failed,
+            "timed_out" => Status::TimedOut,
+            "dead" => Status::Dead,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+/// How the event reached Granda.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Sync,
+    Async,
+    Webhook,
+    Event,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Sync => "sync",
+            Trigger::Async => "async",
+            Trigger::Webhook => "webhook",
+            Trigger::Event => "event",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Some(match s {
+            "sync" => Trigger::Sync,
+            "async" => Trigger::Async,
+            "webhook" => Trigger::Webhook,
+            "event" => Trigger::Event,
+            _ => return None,
+        })
+    }
+}
+
+/// An invocation as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Record {
+    pub id: Uuid,
+    pub function: String,
+    pub status: String,
+    pub trigger: String,
+    pub attempt: i32,
+    pub input: Option<Vec<u8>>,
+    pub input_size: i64,
+    pub output: Option<Vec<u8>>,
+    pub output_truncated: bool,
+    pub logs: Option<String>,
+    pub logs_truncated: bool,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub queue_ms: Option<i64>,
+    pub cold: Option<bool>,
+    pub worker: Option<String>,
+    pub cpu_ms: Option<i64>,
+    pub max_memory_bytes: Option<i64>,
+}
+
+impl Record {
+    pub fn status(&self) -> Status {
+        Status::parse(&self.status).unwrap_or(Status::Failed)
+    }
+
+    /// The record as the API shows it: bytes as text where they are UTF-8, else base64.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "function": self.function,
+            "status": self.status,
+            "trigger": self.trigger,
+            "attempt": self.attempt,
+            "input_size": self.input_size,
+            "input_truncated": self.input.as_ref().map(|i| (i.len() as i64) < self.input_size).unwrap_or(false),
+            "output_truncated": self.output_truncated,
+            "logs": self.logs,
+            "logs_truncated": self.logs_truncated,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "queued_at": self.queued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_ms": self.duration_ms,
+            "queue_ms": self.queue_ms,
+            "cold": self.cold,
+            "worker": self.worker,
+            "cpu_ms": self.cpu_ms,
+            "max_memory_bytes": self.max_memory_bytes,
+        });
+        put_bytes(&mut v, "input", self.input.as_deref());
+        put_bytes(&mut v, "output", self.output.as_deref());
+        v
+    }
+}
+
+fn put_bytes(v: &mut serde_json::Value, key: &str, bytes: Option<&[u8]>) {
+    let obj = v.as_object_mut().expect("record is an object");
+    match bytes.map(std::str::from_utf8) {
+        None => {
+            obj.insert(key.into(), serde_json::Value::Null);
+        }
+        Some(Ok(text)) => {
+            obj.insert(key.into(), text.into());
+        }
+        Some(Err(_)) => {
+            obj.insert(key.into(), serde_json::Value::Null);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default());
+            obj.insert(format!("{key}_base64"), b64.into());
+        }
+    }
+}
+
+/// A new invocation, before it is stored and queued.
+#[derive(Clone, Debug)]
+pub struct NewInvocation<'a> {
+    pub id: Uuid,
+    pub function: &'a str,
+    pub trigger: Trigger,
+    pub input: &'a [u8],
+    pub stored_input_cap: usize,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// How a run ended, as the worker records it.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub status: Option<Status>,
+    pub output: Vec<u8>,
+    pub output_truncated: bool,
+    pub logs: String,
+    pub logs_truncated: bool,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub cold: bool,
+    pub cpu_ms: Option<i64>,
+    pub max_memory_bytes: Option<i64>,
+}
+
+impl Outcome {
+    pub fn status(&self) -> Status {
+        self.status.unwrap_or(Status::Failed)
+    }
+}
+
+/// What marking an invocation `running` found.
+#[derive(Debug)]
+pub enum Claim {
+    /// This worker now runs it; `attempt` counts from 1.
+    Claimed {
+        attempt: i32,
+        queued_at: DateTime<Utc>,
+    },
+    /// It already has a final record: don't run it again.
+    AlreadyFinal(Box<Record>),
+    /// No record exists (it was never accepted, or the database was replaced).
+    Missing,
+}
+
+/// Postgres storage of invocations.
+pub mod store {
+    use super::*;
+
+    /// The columns of [`Record`], as a literal so queries stay `&'static str`.
+    macro_rules! select {
+        () => {
+            "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes FROM invocations"
+        };
+    }
+
+    /// Stores a `queued` invocation. With an idempotency key already used for this function in
+    /// the last 24 hours, stores nothing and returns the first invocation's id and `false`.
+    #[tracing::instrument(skip_all, fields(id = %inv.id, function = inv.function))]
+    pub async fn insert_queued(
+        pool: &PgPool,
+        inv: &NewInvocation<'_>,
+    ) -> Result<(Uuid, bool), sqlx::Error> {
+        let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+        if let Some(key) = inv.idempotency_key {
+            // A key older than a day is free again.
+            sqlx::query(
+                "UPDATE invocations SET idempotency_key = NULL
+                 WHERE function = $1 AND idempotency_key = $2 AND queued_at < now() - interval '24 hours'",
+            )
+            .bind(inv.function)
+            .bind(key)
+            .execute(pool)
+            .await?;
+        }
+        let inserted: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key)
+             VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6)
+             ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(inv.id)
+        .bind(inv.function)
+        .bind(inv.trigger.as_str())
+        .bind(stored)
+        .bind(inv.input.len() as i64)
+        .bind(inv.idempotency_key)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((id,)) = inserted {
+            return Ok((id, true));
+        }
+        let (id,): (Uuid,) = sqlx::query_as(
+            "SELECT id FROM invocations WHERE function = $1 AND idempotency_key = $2",
+        )
+        .bind(inv.function)
+        .bind(inv.idempotency_key)
+        .fetch_one(pool)
+        .await?;
+        Ok((id, false))
+    }
+
+    /// Marks an invocation `running` on `worker`, unless it is already final.
+    #[tracing::instrument(skip(pool))]
+    pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
+        let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE invocations SET status = 'running', attempt = attempt + 1, started_at = now(), worker = $2,
+                    queue_ms = GREATEST(0, (EXTRACT(EPOCH FROM (now() - queued_at)) * 1000)::bigint)
+             WHERE id = $1 AND status IN ('queued', 'running')
+             RETURNING attempt, queued_at",
+        )
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((attempt, queued_at)) = row {
+            return Ok(Claim::Claimed { attempt, queued_at });
+        }
+        Ok(match get(pool, id).await? {
+            Some(record) => Claim::AlreadyFinal(Box::new(record)),
+            None => Claim::Missing,
+        })
+    }
+
+    /// Writes the final record. Returns `false` if it was already final (nothing is changed then).
+    #[tracing::instrument(skip(pool, outcome), fields(status = outcome.status().as_str()))]
+    pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
+                    exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
+                    duration_ms = $11,
+                    cold = $12, cpu_ms = $13, max_memory_bytes = $14
+             WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .bind(outcome.status().as_str())
+        .bind(&outcome.output)
+        .bind(outcome.output_truncated)
+        .bind(&outcome.logs)
+        .bind(outcome.logs_truncated)
+        .bind(outcome.exit_code)
+        .bind(&outcome.error)
+        .bind(outcome.started_at)
+        .bind(outcome.finished_at)
+        .bind(outcome.duration_ms)
+        .bind(outcome.cold)
+        .bind(outcome.cpu_ms)
+        .bind(outcome.max_memory_bytes)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+        sqlx::query_as::<_, Record>(concat!(select!(), " WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+    }
+
+    /// A function's invocations, newest first, older than `before` when given.
+    pub async fn list(
+        pool: &PgPool,
+        function: &str,
+        status: Option<Status>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        sqlx::query_as::<_, Record>(concat!(
+            select!(),
+            " WHERE function = $1 AND ($2::text IS NULL OR status = $2)
+               AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(function)
+        .bind(status.map(Status::as_str))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    }
+}

@@ -1,0 +1,13 @@
+//! Granda: a self-hosted serverless system. Events come in over HTTP, travel over RabbitMQ,
+//! and run as Docker containers; every run is recorded in Postgres.
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod docker;
+pub mod error;
+pub mod function;
+pub mod invocation;
+pub mod message;
+pub mod scheduler;
+pub mod worker;

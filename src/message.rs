@@ -1,0 +1,255 @@
+//! The message contract on RabbitMQ: how an invocation and its reply are put into AMQP messages.
+//!
+//! Work message: body = the input bytes; `message_id` = invocation id; `correlation_id` and
+//! `reply_to` for sync calls; headers `x-granda-function` (the function snapshot as JSON),
+//! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch).
+//! Reply: body = stdout; headers `x-granda-status`, `x-granda-exit-code`, `x-granda-duration-ms`,
+//! `x-granda-error` (platform error or the stderr tail of a failed run).
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use uuid::Uuid;
+
+use crate::function::Snapshot;
+use crate::invocation::{Outcome, Record, Status, Trigger};
+
+const H_FUNCTION: &str = "x-granda-function";
+const H_TRIGGER: &str = "x-granda-trigger";
+const H_QUEUED_AT: &str = "x-granda-queued-at";
+const H_STATUS: &str = "x-granda-status";
+const H_EXIT_CODE: &str = "x-granda-exit-code";
+const H_DURATION: &str = "x-granda-duration-ms";
+const H_ERROR: &str = "x-granda-error";
+
+/// How much of stderr travels in a reply to explain a failure.
+pub const ERROR_TAIL_BYTES: usize = 2048;
+
+/// A message that does not follow the contract; it is dead-lettered, never run.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed work message: {0}")]
+pub struct Malformed(pub String);
+
+/// One invocation to run, as it travels to a worker.
+#[derive(Clone, Debug)]
+pub struct Work {
+    pub id: Uuid,
+    pub trigger: Trigger,
+    pub function: Snapshot,
+    pub queued_at_ms: i64,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+impl Work {
+    pub fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        let snapshot = serde_json::to_vec(&self.function).expect("a snapshot serializes");
+        headers.insert(
+            H_FUNCTION.into(),
+            AMQPValue::LongString(LongString::from(snapshot)),
+        );
+        headers.insert(H_TRIGGER.into(), long_string(self.trigger.as_str()));
+        headers.insert(
+            H_QUEUED_AT.into(),
+            AMQPValue::LongLongInt(self.queued_at_ms),
+        );
+        let mut props = BasicProperties::default()
+            .with_message_id(ShortString::from(self.id.to_string()))
+            .with_delivery_mode(2)
+            .with_content_type("application/octet-stream".into())
+            .with_headers(headers);
+        if let Some(reply_to) = &self.reply_to {
+            props = props.with_reply_to(ShortString::from(reply_to.as_str()));
+        }
+        if let Some(correlation_id) = &self.correlation_id {
+            props = props.with_correlation_id(ShortString::from(correlation_id.as_str()));
+        }
+        props
+    }
+
+    pub fn decode(props: &BasicProperties) -> Result<Work, Malformed> {
+        let id = props
+            .message_id()
+            .as_ref()
+            .and_then(|m| Uuid::parse_str(m.as_str()).ok())
+            .ok_or_else(|| Malformed("message_id is not an invocation id".into()))?;
+        let headers = props
+            .headers()
+            .as_ref()
+            .ok_or_else(|| Malformed("no headers".into()))?;
+        let snapshot = bytes_header(headers, H_FUNCTION)
+            .ok_or_else(|| Malformed(format!("no {H_FUNCTION} header")))?;
+        let function: Snapshot = serde_json::from_slice(snapshot)
+            .map_err(|e| Malformed(format!("{H_FUNCTION}: {e}")))?;
+        let trigger = bytes_header(headers, H_TRIGGER)
+            .and_then(|t| Trigger::parse(std::str::from_utf8(t).ok()?))
+            .ok_or_else(|| Malformed(format!("no valid {H_TRIGGER} header")))?;
+        let queued_at_ms = int_header(headers, H_QUEUED_AT).unwrap_or(0);
+        Ok(Work {
+            id,
+            trigger,
+            function,
+            queued_at_ms,
+            reply_to: props.reply_to().as_ref().map(|r| r.to_string()),
+            correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
+        })
+    }
+}
+
+/// The answer to a sync caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<i64>,
+    pub output: Vec<u8>,
+    pub error: Option<String>,
+}
+
+impl Reply {
+    pub fn from_outcome(o: &Outcome) -> Reply {
+        Reply {
+            status: o.status(),
+            exit_code: o.exit_code,
+            duration_ms: o.duration_ms,
+            output: o.output.clone(),
+            error: explain(o.status(), o.error.as_deref(), &o.logs),
+        }
+    }
+
+    pub fn from_record(r: &Record) -> Reply {
+        Reply {
+            status: r.status(),
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            output: r.output.clone().unwrap_or_default(),
+            error: explain(
+                r.status(),
+                r.error.as_deref(),
+                r.logs.as_deref().unwrap_or(""),
+            ),
+        }
+    }
+
+    pub fn properties(&self, correlation_id: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(H_STATUS.into(), long_string(self.status.as_str()));
+        if let Some(code) = self.exit_code {
+            headers.insert(H_EXIT_CODE.into(), AMQPValue::LongInt(code));
+        }
+        if let Some(ms) = self.duration_ms {
+            headers.insert(H_DURATION.into(), AMQPValue::LongLongInt(ms));
+        }
+        if let Some(error) = &self.error {
+            headers.insert(H_ERROR.into(), long_string(error));
+        }
+        BasicProperties::default()
+            .with_correlation_id(ShortString::from(correlation_id))
+            .with_headers(headers)
+    }
+
+    pub fn decode(props: &BasicProperties, body: Vec<u8>) -> Option<Reply> {
+        let headers = props.headers().as_ref()?;
+        let status = Status::parse(std::str::from_utf8(bytes_header(headers, H_STATUS)?).ok()?)?;
+        Some(Reply {
+            status,
+            exit_code: int_header(headers, H_EXIT_CODE).map(|c| c as i32),
+            duration_ms: int_header(headers, H_DURATION),
+            output: body,
+            error: bytes_header(headers, H_ERROR).map(|e| String::from_utf8_lossy(e).into_owned()),
+        })
+    }
+}
+
+/// A short explanation of a run that did not succeed: the platform error, or the stderr tail.
+fn explain(status: Status, error: Option<&str>, logs: &str) -> Option<String> {
+    if status == Status::Succeeded {
+        return None;
+    }
+    if let Some(e) = error {
+        return Some(e.to_string());
+    }
+    let mut start = logs.len().saturating_sub(ERROR_TAIL_BYTES);
+    while !logs.is_char_boundary(start) {
+        start += 1;
+    }
+    Some(logs[start..].to_string())
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn bytes_header<'a>(headers: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(s.as_bytes()),
+        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+        _ => None,
+    }
+}
+
+fn int_header(headers: &FieldTable, key: &str) -> Option<i64> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::InputMode;
+
+    #[test]
+    fn work_round_trips_through_properties() {
+        let work = Work {
+            id: Uuid::now_v7(),
+            trigger: Trigger::Sync,
+            function: Snapshot {
+                name: "echo".into(),
+                image: "granda-test/echo".into(),
+                timeout_ms: 1000,
+                memory_mb: 64,
+                cpus: 0.5,
+                env: [("A".to_string(), "b".to_string())].into(),
+                input: InputMode::Args,
+            },
+            queued_at_ms: 1_700_000_000_000,
+            reply_to: Some("amq.rabbitmq.reply-to.x".into()),
+            correlation_id: Some("c1".into()),
+        };
+        let back = Work::decode(&work.properties()).unwrap();
+        assert_eq!(back.id, work.id);
+        assert_eq!(back.function, work.function);
+        assert_eq!(back.trigger, Trigger::Sync);
+        assert_eq!(back.queued_at_ms, work.queued_at_ms);
+        assert_eq!(back.reply_to, work.reply_to);
+        assert_eq!(back.correlation_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn a_message_without_a_snapshot_is_malformed() {
+        let props = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
+        assert!(Work::decode(&props).is_err());
+    }
+
+    #[test]
+    fn reply_round_trips_and_explains_failures() {
+        let outcome = Outcome {
+            status: Some(Status::Failed),
+            exit_code: Some(3),
+            duration_ms: Some(12),
+            logs: "x".repeat(5000) + "the end",
+            ..Default::default()
+        };
+        let reply = Reply::from_outcome(&outcome);
+        let back = Reply::decode(&reply.properties("c"), vec![]).unwrap();
+        assert_eq!(back, reply);
+        let error = back.error.unwrap();
+        assert!(error.ends_with("the end") && error.len() == ERROR_TAIL_BYTES);
+    }
+}

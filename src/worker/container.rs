@@ -1,0 +1,389 @@
+//! Running one invocation as a container: create, attach, start, feed stdin, wait with the
+//! function's timeout, collect stdout and stderr under caps, and always remove.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::docker::{LABEL_DEADLINE, LABEL_FUNCTION, LABEL_INVOCATION, LABEL_WORKER};
+use crate::function::{InputMode, Snapshot};
+
+/// Processes a container may start, unless the function says otherwise.
+pub const DEFAULT_PIDS_LIMIT: i64 = 256;
+/// Size of the writable `/tmp` of every container.
+pub const TMPFS_SIZE: &str = "64m";
+/// How long output may keep flowing after the container exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// A failure of the platform, not of the function: the run never got a fair chance.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("bad input for args mode: {0}")]
+    BadArgs(String),
+    #[error("container could not be created: {0}")]
+    Create(bollard::errors::Error),
+    #[error("container could not be started: {0}")]
+    Start(bollard::errors::Error),
+    #[error("docker engine failed during the run: {0}")]
+    Engine(bollard::errors::Error),
+}
+
+/// How the container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i64),
+    TimedOut,
+}
+
+/// What one container run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub exit: Exit,
+    pub oom_killed: bool,
+    pub stdout: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr: Vec<u8>,
+    pub stderr_truncated: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Container start to exit: the compute time.
+    pub duration: Duration,
+}
+
+/// Output caps, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub stdout: usize,
+    pub stderr: usize,
+}
+
+/// Runs containers on one engine on behalf of one worker.
+#[derive(Clone)]
+pub struct Runner {
+    docker: Docker,
+    worker_id: String,
+    caps: Caps,
+}
+
+impl Runner {
+    pub fn new(docker: Docker, worker_id: String, caps: Caps) -> Self {
+        Runner {
+            docker,
+            worker_id,
+            caps,
+        }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Runs `function` on `input` as invocation `id`. The container is removed whatever happens.
+    #[tracing::instrument(skip_all, fields(%id, function = %function.name))]
+    pub async fn run(
+        &self,
+        id: Uuid,
+        function: &Snapshot,
+        input: &[u8],
+    ) -> Result<Run, PlatformError> {
+        let config = self.config(id, function, input)?;
+        let created = self
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                config,
+            )
+            .await
+            .map_err(PlatformError::Create)?;
+        let container = created.id;
+        let result = self.attach_start_wait(&container, function, input).await;
+        // Removal is cleanup, not part of the answer: do it off the caller's path.
+        let docker = self.docker.clone();
+        tokio::spawn(async move { remove(&docker, &container).await });
+        result
+    }
+
+    fn config(
+        &self,
+        id: Uuid,
+        function: &Snapshot,
+        input: &[u8],
+    ) -> Result<ContainerCreateBody, PlatformError> {
+        let stdin = function.input == InputMode::Stdin;
+        let cmd = match function.input {
+            InputMode::Stdin => None,
+            InputMode::Args => Some(args_from_input(input)?),
+        };
+        let deadline = Utc::now().timestamp_millis() + function.timeout_ms;
+        let mut env: Vec<String> = function
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push(format!("GRANDA_INVOCATION_ID={id}"));
+        env.push(format!("GRANDA_FUNCTION={}", function.name));
+        env.push(format!("GRANDA_DEADLINE_MS={deadline}"));
+        let labels = HashMap::from([
+            (LABEL_INVOCATION.to_string(), id.to_string()),
+            (LABEL_WORKER.to_string(), self.worker_id.clone()),
+            (LABEL_FUNCTION.to_string(), function.name.clone()),
+            (LABEL_DEADLINE.to_string(), deadline.to_string()),
+        ]);
+        let memory = function.memory_mb * 1024 * 1024;
+        Ok(ContainerCreateBody {
+            image: Some(function.image.clone()),
+            cmd,
+            env: Some(env),
+            labels: Some(labels),
+            attach_stdin: Some(stdin),
+            open_stdin: Some(stdin),
+            stdin_once: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_string()),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some((function.cpus * 1e9) as i64),
+                pids_limit: Some(DEFAULT_PIDS_LIMIT),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_string(),
+                    format!("rw,nosuid,nodev,size={TMPFS_SIZE}"),
+                )])),
+                privileged: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn attach_start_wait(
+        &self,
+        container: &str,
+        function: &Snapshot,
+        input: &[u8],
+    ) -> Result<Run, PlatformError> {
+        let stdin = function.input == InputMode::Stdin;
+        let attach = self
+            .docker
+            .attach_container(
+                container,
+                Some(
+                    AttachContainerOptionsBuilder::new()
+                        .stream(true)
+                        .stdin(stdin)
+                        .stdout(true)
+                        .stderr(true)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(PlatformError::Start)?;
+        let collected = Arc::new(Mutex::new(Collected::default()));
+        let collector = tokio::spawn(collect(attach.output, collected.clone(), self.caps));
+
+        self.docker
+            .start_container(
+                container,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(PlatformError::Start)?;
+        let started = Instant::now();
+        let started_at = Utc::now();
+
+        let mut writer = attach.input;
+        if stdin {
+            let input = input.to_vec();
+            // The function may exit without reading its input: a broken pipe is no error.
+            tokio::spawn(async move {
+                let _ = writer.write_all(&input).await;
+                let _ = writer.shutdown().await;
+            });
+        }
+
+        let timeout = Duration::from_millis(function.timeout_ms.max(1) as u64);
+        let mut wait = self.docker.wait_container(
+            container,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
+        let exit = match tokio::time::timeout(timeout, wait.next()).await {
+            Ok(Some(Ok(done))) => Exit::Code(done.status_code),
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => {
+                Exit::Code(code)
+            }
+            Ok(Some(Err(e))) => return Err(PlatformError::Engine(e)),
+            Ok(None) => {
+                return Err(PlatformError::Engine(
+                    bollard::errors::Error::DockerStreamError {
+                        error: "wait ended without a status".into(),
+                    },
+                ));
+            }
+            Err(_) => {
+                let _ = self
+                    .docker
+                    .kill_container(
+                        container,
+                        Some(KillContainerOptionsBuilder::new().signal("KILL").build()),
+                    )
+                    .await;
+                Exit::TimedOut
+            }
+        };
+        let duration = started.elapsed();
+        let finished_at = Utc::now();
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, collector)
+            .await
+            .is_err()
+        {
+            tracing::debug!("output still open after exit; keeping what was read");
+        }
+        let oom_killed = match exit {
+            Exit::Code(0) => false,
+            _ => self.oom_killed(container).await,
+        };
+        let collected = std::mem::take(&mut *collected.lock().expect("lock"));
+        Ok(Run {
+            exit,
+            oom_killed,
+            stdout: collected.stdout,
+            stdout_truncated: collected.stdout_truncated,
+            stderr: collected.stderr,
+            stderr_truncated: collected.stderr_truncated,
+            started_at,
+            finished_at,
+            duration,
+        })
+    }
+
+    async fn oom_killed(&self, container: &str) -> bool {
+        self.docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
+    }
+}
+
+/// Force-removes a container (killing it if it still runs); a missing one is fine.
+pub async fn remove(docker: &Docker, container: &str) {
+    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+    match docker.remove_container(container, Some(options)).await {
+        Ok(()) => {}
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => tracing::warn!(%container, error = %e, "container could not be removed"),
+    }
+}
+
+/// The body of an `args` invocation: a JSON array of strings, or else the whole body as one string.
+pub fn args_from_input(input: &[u8]) -> Result<Vec<String>, PlatformError> {
+    if let Ok(args) = serde_json::from_slice::<Vec<String>>(input) {
+        return Ok(args);
+    }
+    match std::str::from_utf8(input) {
+        Ok(s) if s.trim_start().starts_with('[') => Err(PlatformError::BadArgs(
+            "a JSON array must hold only strings".into(),
+        )),
+        Ok(s) if s.contains('\0') => Err(PlatformError::BadArgs("NUL in argument".into())),
+        Ok(s) => Ok(vec![s.to_string()]),
+        Err(_) => Err(PlatformError::BadArgs("args must be UTF-8".into())),
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    stdout: Vec<u8>,
+    stdout_truncated: bool,
+    stderr: Vec<u8>,
+    stderr_truncated: bool,
+}
+
+/// Reads the attach stream to its end, keeping at most `caps` of each stream.
+async fn collect(
+    mut output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    into: Arc<Mutex<Collected>>,
+    caps: Caps,
+) {
+    while let Some(Ok(chunk)) = output.next().await {
+        let mut c = into.lock().expect("lock");
+        let c = &mut *c;
+        match chunk {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => keep(
+                &mut c.stdout,
+                &mut c.stdout_truncated,
+                caps.stdout,
+                &message,
+            ),
+            LogOutput::StdErr { message } => keep(
+                &mut c.stderr,
+                &mut c.stderr_truncated,
+                caps.stderr,
+                &message,
+            ),
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+}
+
+fn keep(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, message: &[u8]) {
+    let room = cap.saturating_sub(buf.len());
+    if message.len() > room {
+        *truncated = true;
+    }
+    buf.extend_from_slice(&message[..message.len().min(room)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_come_from_a_json_array_or_the_whole_body() {
+        assert_eq!(
+            args_from_input(br#"["a","b c"]"#).unwrap(),
+            vec!["a", "b c"]
+        );
+        assert_eq!(
+            args_from_input(b"hello world").unwrap(),
+            vec!["hello world"]
+        );
+        assert!(args_from_input(b"[1,2]").is_err());
+        assert!(args_from_input(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn output_past_the_cap_is_dropped_and_marked() {
+        let (mut buf, mut truncated) = (Vec::new(), false);
+        keep(&mut buf, &mut truncated, 5, b"abc");
+        assert!(!truncated);
+        keep(&mut buf, &mut truncated, 5, b"defg");
+        assert_eq!(buf, b"abcde");
+        assert!(truncated);
+    }
+}

@@ -1,0 +1,59 @@
+//! Finds and removes containers that no run will remove any more: those a crashed earlier self
+//! of this worker left, and any Granda container past its deadline.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+
+use super::container::remove;
+use crate::docker::{LABEL_DEADLINE, LABEL_WORKER};
+
+/// How far past its deadline a container may be before any worker removes it.
+const DEADLINE_SLACK_MS: i64 = 60_000;
+
+/// Removes every container labelled with this worker's id: at start, none of them is ours to keep.
+pub async fn reap_own(docker: &Docker, worker_id: &str) {
+    let label = format!("{LABEL_WORKER}={worker_id}");
+    for (id, _) in list(docker, &label).await {
+        tracing::info!(container = %id, "removing a container left by an earlier run of this worker");
+        remove(docker, &id).await;
+    }
+}
+
+/// Every minute, removes Granda containers well past their deadline, whoever started them.
+pub async fn reap_expired_forever(docker: Docker) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let now = chrono::Utc::now().timestamp_millis();
+        for (id, labels) in list(&docker, LABEL_DEADLINE).await {
+            let deadline = labels
+                .get(LABEL_DEADLINE)
+                .and_then(|d| d.parse::<i64>().ok())
+                .unwrap_or(i64::MAX);
+            if deadline + DEADLINE_SLACK_MS < now {
+                tracing::warn!(container = %id, "removing a container past its deadline");
+                remove(&docker, &id).await;
+            }
+        }
+    }
+}
+
+async fn list(docker: &Docker, label: &str) -> Vec<(String, HashMap<String, String>)> {
+    let filters = HashMap::from([("label", vec![label])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    match docker.list_containers(Some(options)).await {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "can't list containers");
+            Vec::new()
+        }
+    }
+}
