@@ -9,6 +9,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 /// Connects to `url`, creating the database first if it does not exist, and migrates it.
 #[tracing::instrument(skip_all)]
 pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
+    let url = &with_default_user(url);
     if !sqlx::Postgres::database_exists(url)
         .await
         .context("reaching Postgres")?
@@ -36,4 +37,58 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("applying migrations")
+}
+
+/// Postgres URLs without a user mean "the OS user", as with psql; spell it out, since the
+/// driver's own guess fails where `$USER` is unset.
+pub fn with_default_user(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.contains('@') || std::env::var_os("PGUSER").is_some() {
+        return url.to_string();
+    }
+    match os_user() {
+        Some(user) => format!("{scheme}://{user}@{rest}"),
+        None => url.to_string(),
+    }
+}
+
+fn os_user() -> Option<String> {
+    if let Ok(user) = std::env::var("USER")
+        && !user.is_empty()
+    {
+        return Some(user);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut fields = l.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_default_user;
+
+    #[test]
+    fn a_url_with_a_user_is_left_alone() {
+        let url = "postgres://bob:pw@db:5432/granda";
+        assert_eq!(with_default_user(url), url);
+    }
+
+    #[test]
+    fn a_url_without_a_user_gets_the_os_user() {
+        let url = with_default_user("postgres://localhost/granda");
+        assert!(url.ends_with("@localhost/granda"), "{url}");
+    }
 }

@@ -267,6 +267,15 @@ pub mod store {
         Ok((id, false))
     }
 
+    /// Removes a `queued` invocation whose message the broker never took, so nothing waits for it.
+    pub async fn discard(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM invocations WHERE id = $1 AND status = 'queued'")
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
     /// Marks an invocation `running` on `worker`, unless it is already final.
     #[tracing::instrument(skip(pool))]
     pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {

@@ -2,6 +2,7 @@
 //! and run as Docker containers; every run is recorded in Postgres.
 
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
@@ -9,5 +10,8 @@ pub mod error;
 pub mod function;
 pub mod invocation;
 pub mod message;
+pub mod metrics;
+pub mod producer;
 pub mod scheduler;
+pub mod telemetry;
 pub mod worker;

@@ -1,0 +1,42 @@
+//! Request extractors that answer bad input with the API's JSON errors instead of plain text.
+
+use axum::extract::{FromRequest, Request};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body: malformed JSON is 400, wrong or missing fields 422, too large 413.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
+            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// A raw body of any type, up to the configured size (413 above it).
+pub struct RawBody(pub Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(RawBody(b)),
+            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
+        }
+    }
+}

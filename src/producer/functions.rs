@@ -1,0 +1,108 @@
+//! `/v1/functions`: register, list, read, update and delete functions.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::extract::JsonBody;
+use crate::docker::{ImageError, ensure_image};
+use crate::error::ApiError;
+use crate::function::{Function, FunctionUpdate, NewFunction, store};
+
+/// A function as the API shows it, with its own URL.
+fn view(app: &AppState, f: &Function) -> Value {
+    let mut v = serde_json::to_value(f).expect("a function serializes");
+    v["invoke_url"] = format!("{}/fn/{}", app.settings.public_url(), f.name).into();
+    v
+}
+
+/// Loads a function or answers 404.
+pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
+    store::get(&app.pool, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no function named {name:?}")))
+}
+
+async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
+    ensure_image(&app.docker, image).await.map_err(|e| match e {
+        ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
+        ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
+    })
+}
+
+#[tracing::instrument(skip_all, fields(name = %body.name))]
+pub async fn create(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<NewFunction>,
+) -> Result<Response, ApiError> {
+    let f = body
+        .validate(&app.settings)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if store::get(&app.pool, &f.name).await?.is_some() {
+        return Err(conflict(&f.name));
+    }
+    check_image(&app, &f.image).await?;
+    if !store::insert(&app.pool, &f).await? {
+        return Err(conflict(&f.name));
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = format!("/v1/functions/{}", f.name).parse() {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view(&app, &f))).into_response())
+}
+
+fn conflict(name: &str) -> ApiError {
+    ApiError::Conflict(format!("a function named {name:?} exists"))
+}
+
+pub async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let functions: Vec<Value> = store::list(&app.pool)
+        .await?
+        .iter()
+        .map(|f| view(&app, f))
+        .collect();
+    Ok(Json(json!({ "functions": functions })))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let f = load(&app, &name).await?;
+    Ok(Json(view(&app, &f)))
+}
+
+#[tracing::instrument(skip_all, fields(%name))]
+pub async fn update(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(changes): JsonBody<FunctionUpdate>,
+) -> Result<Json<Value>, ApiError> {
+    let current = load(&app, &name).await?;
+    let old_image = current.image.clone();
+    let f = changes
+        .apply(current, &app.settings)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if f.image != old_image {
+        check_image(&app, &f.image).await?;
+    }
+    if !store::update(&app.pool, &f).await? {
+        return Err(ApiError::NotFound(format!("no function named {name:?}")));
+    }
+    Ok(Json(view(&app, &f)))
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if store::delete(&app.pool, &name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no function named {name:?}")))
+    }
+}

@@ -1,0 +1,206 @@
+//! Invoking functions: sync (`/v1/functions/{name}/invoke`, `/fn/{name}`), which waits for the
+//! result over a reply-to queue, and async (`/v1/functions/{name}/invocations`), which answers 202.
+//!
+//! Both write the `queued` record first, then publish with publisher confirms; neither answers
+//! 2xx for an invocation the broker did not confirm.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::RawBody;
+use super::functions::load;
+use crate::error::ApiError;
+use crate::function::Function;
+use crate::invocation::{NewInvocation, Status, Trigger, store};
+use crate::message::{Reply, Work};
+
+pub const HEADER_ID: &str = "x-granda-invocation-id";
+pub const HEADER_STATUS: &str = "x-granda-status";
+pub const HEADER_DURATION: &str = "x-granda-duration-ms";
+pub const HEADER_EXIT_CODE: &str = "x-granda-exit-code";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Stores a `queued` invocation and publishes it. Returns its id and whether it is new
+/// (`false`: an idempotency key matched an earlier one, and nothing was published).
+async fn enqueue(
+    app: &AppState,
+    function: &Function,
+    trigger: Trigger,
+    input: &[u8],
+    idempotency_key: Option<&str>,
+    reply: Option<std::time::Duration>,
+) -> Result<(Uuid, bool, Option<Reply>), ApiError> {
+    let id = Uuid::now_v7();
+    let (id, new) = store::insert_queued(
+        &app.pool,
+        &NewInvocation {
+            id,
+            function: &function.name,
+            trigger,
+            input,
+            stored_input_cap: app.settings.max_stored_input_bytes,
+            idempotency_key,
+        },
+    )
+    .await?;
+    if !new {
+        return Ok((id, false, None));
+    }
+    let work = Work {
+        id,
+        trigger,
+        function: function.snapshot(),
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    };
+    let published = match reply {
+        Some(wait) => app.publisher.call(&function.queue, work, input, wait).await,
+        None => app
+            .publisher
+            .publish(&function.queue, &work, input)
+            .await
+            .map(|()| None),
+    };
+    match published {
+        Ok(reply) => {
+            app.metrics.inc(
+                "granda_invocations_accepted_total",
+                format!("trigger=\"{}\"", trigger.as_str()),
+            );
+            Ok((id, true, reply))
+        }
+        Err(e) => {
+            // Not confirmed: the caller hears 503 and the record must not wait for a run.
+            if let Err(db) = store::discard(&app.pool, id).await {
+                tracing::error!(%id, error = %db, "could not discard an unpublished invocation");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /v1/functions/{name}/invoke` and `POST /fn/{name}`.
+#[tracing::instrument(skip_all, fields(%name))]
+pub async fn sync(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let function = load(&app, &name).await?;
+    let wait = app.settings.sync_wait();
+    let (id, _, reply) = enqueue(&app, &function, Trigger::Sync, &body, None, Some(wait)).await?;
+    Ok(match reply {
+        Some(reply) => reply_response(id, reply),
+        None => accepted(&app, id, Status::Queued),
+    })
+}
+
+/// `POST /v1/functions/{name}/invocations`.
+#[tracing::instrument(skip_all, fields(%name))]
+pub async fn r#async(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                    )
+                })?,
+        ),
+    };
+    let function = load(&app, &name).await?;
+    let (id, new, _) = enqueue(&app, &function, Trigger::Async, &body, key, None).await?;
+    let mut response = accepted(&app, id, Status::Queued);
+    if !new {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// 202 with where to find the invocation's record.
+fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
+    let status_url = format!("{}/v1/invocations/{id}", app.settings.public_url());
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": status.as_str(), "status_url": status_url})),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(HEADER_ID, header_value(&id.to_string()));
+    if let Ok(location) = HeaderValue::from_str(&status_url) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The HTTP answer for a finished run: stdout on success, a JSON error otherwise.
+fn reply_response(id: Uuid, reply: Reply) -> Response {
+    let mut response = match reply.status {
+        Status::Succeeded => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            reply.output,
+        )
+            .into_response(),
+        status => {
+            let (code, http, message) = match status {
+                Status::TimedOut => (
+                    "function_timed_out",
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the function timed out".to_string(),
+                ),
+                _ => match reply.exit_code {
+                    Some(code) => (
+                        "function_failed",
+                        StatusCode::BAD_GATEWAY,
+                        format!("the function exited with code {code}"),
+                    ),
+                    None => (
+                        "platform_error",
+                        StatusCode::BAD_GATEWAY,
+                        "the function could not be run".to_string(),
+                    ),
+                },
+            };
+            let body = json!({"error": {
+                "code": code,
+                "message": message,
+                "invocation_id": id,
+                "status": status.as_str(),
+                "exit_code": reply.exit_code,
+                "detail": reply.error,
+            }});
+            (http, Json(body)).into_response()
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(HEADER_ID, header_value(&id.to_string()));
+    headers.insert(HEADER_STATUS, header_value(reply.status.as_str()));
+    if let Some(ms) = reply.duration_ms {
+        headers.insert(HEADER_DURATION, header_value(&ms.to_string()));
+    }
+    if let Some(code) = reply.exit_code {
+        headers.insert(HEADER_EXIT_CODE, header_value(&code.to_string()));
+    }
+    response
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
