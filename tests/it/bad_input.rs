@@ -1,0 +1,166 @@
+//! Bad input gets a clear JSON error and changes nothing: nothing stored, nothing queued.
+
+use serde_json::json;
+
+use crate::support::{error_code, spawn_app, spawn_app_with};
+
+async fn count(app: &crate::support::TestApp, table: &str) -> i64 {
+    let sql = match table {
+        "functions" => "SELECT count(*) FROM functions",
+        _ => "SELECT count(*) FROM invocations",
+    };
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&app.pool).await.unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_function_definitions_are_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let post = |body: &'static str| {
+        app.client
+            .post(app.url("/v1/functions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        error_code(post("{not json").await.unwrap(), 400).await,
+        "bad_request"
+    );
+    assert_eq!(
+        error_code(post(r#"{"name": "x"}"#).await.unwrap(), 422).await,
+        "invalid"
+    );
+    assert_eq!(
+        error_code(post(r#"{"image": "granda-test/echo"}"#).await.unwrap(), 422).await,
+        "invalid"
+    );
+    for name in ["Echo", "1echo", "ec_ho", "", &"a".repeat(64)] {
+        let r = app
+            .post_json(
+                "/v1/functions",
+                &json!({"name": name, "image": "granda-test/echo"}),
+            )
+            .await;
+        assert_eq!(error_code(r, 422).await, "invalid", "name {name:?}");
+    }
+    for bad in [
+        json!({"timeout_ms": 0}),
+        json!({"timeout_ms": 10_000_000_000i64}),
+        json!({"memory_mb": 1}),
+        json!({"cpus": -1}),
+        json!({"input": "carrier-pigeon"}),
+        json!({"env": {"GRANDA_FUNCTION": "x"}}),
+        json!({"env": {"1BAD": "x"}}),
+        json!({"queue": "Bad Queue"}),
+        json!({"max_attempts": 0}),
+        json!({"unknown_field": true}),
+        json!({"image": "has space"}),
+    ] {
+        let mut body = json!({"name": "echo", "image": "granda-test/echo"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let r = app.post_json("/v1/functions", &body).await;
+        assert_eq!(error_code(r, 422).await, "invalid", "{bad}");
+    }
+    let no_type = app
+        .client
+        .post(app.url("/v1/functions"))
+        .body(r#"{"name": "echo", "image": "granda-test/echo"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(no_type, 415).await, "unsupported_media_type");
+    assert_eq!(count(&app, "functions").await, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_routes_and_ids_are_clear_errors() {
+    let app = spawn_app().await;
+    assert_eq!(
+        error_code(app.invoke("nobody", "x").await, 404).await,
+        "not_found"
+    );
+    let r = app
+        .client
+        .post(app.url("/fn/nobody"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, 404).await, "not_found");
+    let r = app
+        .client
+        .post(app.url("/v1/functions/nobody/invocations"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, 404).await, "not_found");
+    assert_eq!(
+        error_code(app.get("/v1/invocations/not-a-uuid").await, 400).await,
+        "bad_request"
+    );
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(
+        error_code(app.get(&format!("/v1/invocations/{unknown}")).await, 404).await,
+        "not_found"
+    );
+    assert_eq!(
+        error_code(app.get("/no/such/route").await, 404).await,
+        "not_found"
+    );
+    let r = app
+        .client
+        .delete(app.url("/v1/functions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, 405).await, "method_not_allowed");
+    assert_eq!(count(&app, "invocations").await, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_413_and_nothing_is_queued() {
+    let app = spawn_app_with(|s| s.max_body_bytes = 1024).await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let big = vec![b'x'; 4096];
+    assert_eq!(
+        error_code(app.invoke("echo", big.clone()).await, 413).await,
+        "payload_too_large"
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/functions/echo/invocations"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, 413).await, "payload_too_large");
+    assert_eq!(count(&app, "invocations").await, 0);
+    // Just under the cap is fine.
+    let r = app.invoke("echo", vec![b'y'; 1000]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_idempotency_key_is_refused() {
+    let app = spawn_app().await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let r = app
+        .client
+        .post(app.url("/v1/functions/echo/invocations"))
+        .header("Idempotency-Key", "k".repeat(300))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, 400).await, "bad_request");
+    assert_eq!(count(&app, "invocations").await, 0);
+    app.shutdown().await;
+}

@@ -1,0 +1,105 @@
+//! Listing a function's invocations: newest first, paged, filtered by status.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{error_code, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_are_listed_newest_first_paged_and_filtered() {
+    let app = spawn_app().await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    app.register("fail", "granda-test/fail", json!({})).await;
+    let mut ids: Vec<Uuid> = Vec::new();
+    for i in 0..5 {
+        ids.push(app.invoke_async("echo", format!("n{i}")).await);
+    }
+    let failed = app.invoke_async("fail", "").await;
+    for id in ids.iter().chain([&failed]) {
+        app.wait_final(*id, Duration::from_secs(30)).await;
+    }
+    let newest_first: Vec<String> = ids.iter().rev().map(|i| i.to_string()).collect();
+
+    let page: Value = app
+        .get("/v1/functions/echo/invocations?limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = page["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, newest_first[..2]);
+    let next = page["next"].as_str().expect("a next cursor on a full page");
+
+    let page: Value = app
+        .get(&format!(
+            "/v1/functions/echo/invocations?limit=2&before={next}"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = page["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, newest_first[2..4]);
+
+    let all: Value = app
+        .get("/v1/functions/echo/invocations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["invocations"].as_array().unwrap().len(), 5);
+    assert!(all["next"].is_null());
+
+    let ok: Value = app
+        .get("/v1/functions/fail/invocations?status=succeeded")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(ok["invocations"].as_array().unwrap().is_empty());
+    let bad: Value = app
+        .get("/v1/functions/fail/invocations?status=failed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["invocations"][0]["id"], failed.to_string());
+
+    assert_eq!(
+        error_code(
+            app.get("/v1/functions/echo/invocations?status=done").await,
+            400
+        )
+        .await,
+        "bad_request"
+    );
+    assert_eq!(
+        error_code(app.get("/v1/functions/echo/invocations?limit=0").await, 400).await,
+        "bad_request"
+    );
+    assert_eq!(
+        error_code(
+            app.get("/v1/functions/echo/invocations?before=zz").await,
+            400
+        )
+        .await,
+        "bad_request"
+    );
+    assert_eq!(
+        error_code(app.get("/v1/functions/nobody/invocations").await, 404).await,
+        "not_found"
+    );
+    app.shutdown().await;
+}

@@ -1,0 +1,260 @@
+//! `spawn_app()`: a whole Granda (ingress + worker) in-process, on port 0, with its own database,
+//! its own RabbitMQ queue names and its own worker id, against the real services.
+
+use std::collections::HashMap;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use granda::broker::Topology;
+use granda::config::Settings;
+use granda::producer::Application;
+use granda::worker::Worker;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The Postgres server tests create their databases on.
+pub fn postgres_base() -> String {
+    std::env::var("GRANDA_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("GRANDA_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+static IMAGES: Once = Once::new();
+
+/// Builds the test images once per test binary (a no-op when they exist).
+pub fn ensure_test_images() {
+    IMAGES.call_once(|| {
+        let status = std::process::Command::new("bash")
+            .args(["scripts/build-test-images.sh", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running scripts/build-test-images.sh");
+        assert!(status.success(), "building the test images failed");
+    });
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub docker: Docker,
+    db_name: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with settings changed by `tweak` first.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    ensure_test_images();
+    if std::env::var_os("RUST_LOG").is_some() {
+        granda::telemetry::init();
+    }
+    let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let db_name = format!("granda_test_{tag}");
+    let mut settings = Settings::from_env();
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.database_url = format!("{}/{db_name}", postgres_base());
+    settings.amqp_url = amqp_url();
+    settings.amqp_prefix = format!("granda-test-{tag}");
+    settings.worker_id = Some(format!("test-{tag}"));
+    settings.max_concurrency = Some(4);
+    settings.shutdown_grace_ms = 5_000;
+    tweak(&mut settings);
+
+    let pool = granda::db::connect_and_migrate(&settings.database_url)
+        .await
+        .expect("Postgres must be reachable for the tests");
+    let worker = Worker::build(&settings, pool.clone())
+        .await
+        .expect("the Docker engine must be reachable for the tests");
+    let app = Application::build_with_pool(settings.clone(), pool.clone())
+        .await
+        .expect("RabbitMQ must be reachable for the tests");
+    let address = format!("http://{}", app.local_addr());
+    let (stop, stopped) = watch::channel(false);
+    let signal = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let topology = Topology::new(&settings.amqp_prefix);
+    let tasks = vec![
+        tokio::spawn(app.run(signal(stopped.clone()))),
+        tokio::spawn(worker.run(topology, signal(stopped.clone()))),
+    ];
+    let docker = granda::docker::connect(settings.docker_host.as_deref(), 120).unwrap();
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        pool,
+        settings,
+        docker,
+        db_name,
+        stop,
+        tasks,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.settings.worker_id.clone().unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Registers `name` with `image` and extra fields; panics unless 201.
+    pub async fn register(&self, name: &str, image: &str, extra: Value) -> Value {
+        let mut body = json!({"name": name, "image": image});
+        if let Value::Object(extra) = extra {
+            body.as_object_mut().unwrap().extend(extra);
+        }
+        let response = self.post_json("/v1/functions", &body).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "registering {name}: {body}");
+        body
+    }
+
+    pub async fn invoke(&self, name: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/functions/{name}/invoke")))
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Async invoke; panics unless 202. Returns the invocation id.
+    pub async fn invoke_async(&self, name: &str, body: impl Into<reqwest::Body>) -> Uuid {
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/functions/{name}/invocations")))
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn invocation(&self, id: Uuid) -> Value {
+        let response = self.get(&format!("/v1/invocations/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls the record until it is final or `within` passes (then panics).
+    pub async fn wait_final(&self, id: Uuid, within: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let record = self.invocation(id).await;
+            let status = record["status"].as_str().unwrap().to_string();
+            if !matches!(status.as_str(), "queued" | "running") {
+                return record;
+            }
+            assert!(
+                start.elapsed() < within,
+                "invocation {id} still {status} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Containers of this app's worker that exist now.
+    pub async fn containers(&self) -> Vec<String> {
+        let label = format!("granda.worker={}", self.worker_id());
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect()
+    }
+
+    /// Waits until this worker has no container left; panics after `within`.
+    pub async fn assert_no_containers_left(&self, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let left = self.containers().await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(start.elapsed() < within, "containers left behind: {left:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops ingress and worker, and removes this app's database and queues.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.pool.close().await;
+        if let Ok(connection) =
+            granda::broker::connect(&self.settings.amqp_url, "test-cleanup").await
+        {
+            let topology = Topology::new(&self.settings.amqp_prefix);
+            let queues: Vec<&str> = self.settings.queues.iter().map(String::as_str).collect();
+            let _ = granda::broker::delete_topology(&connection, &topology, &queues).await;
+            let _ = connection.close(200, "".into()).await;
+        }
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+/// Asserts the API's error shape and returns the error code.
+pub async fn error_code(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.expect("a JSON error body");
+    let message = body["error"]["message"].as_str().expect("error.message");
+    assert!(!message.is_empty());
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string()
+}
