@@ -114,7 +114,8 @@ impl Runner {
         result
     }
 
-    fn config(
+    /// The container Granda creates for one invocation: limits, isolation, env and labels.
+    pub fn config(
         &self,
         id: Uuid,
         function: &Snapshot,
