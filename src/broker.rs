@@ -3,6 +3,10 @@
 //! Topology, for a prefix `p` (default `granda`):
 //! - `p.work.<queue>`: one durable quorum queue per named queue, fed through the default exchange.
 //! - `p.dlx`: a topic exchange that takes what a work queue dead-letters, routed to `p.dead`.
+//! - `p.delay.<queue>.<ms>ms`: where a retry waits `ms` (less with jitter, by per-message
+//!   expiration); when it expires it is dead-lettered back into `p.work.<queue>`.
+//!
+//! Every queue is a durable quorum queue with at-least-once dead-lettering.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -62,6 +66,43 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    pub fn delay_queue(&self, queue: &str, delay: Duration) -> String {
+        format!("{}.delay.{queue}.{}ms", self.prefix, delay.as_millis())
+    }
+
+    /// Declares the delay queue that holds retries of `queue` for `delay`. Idempotent.
+    pub async fn declare_delay(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        delay: Duration,
+    ) -> Result<(), lapin::Error> {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay.as_millis() as i64),
+        );
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            text(&self.work_queue(queue)),
+        );
+        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        args.insert("x-overflow".into(), text("reject-publish"));
+        channel
+            .queue_declare(
+                self.delay_queue(queue, delay).into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Declares the work queue `queue` and the dead-letter path. Idempotent.
     pub async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
         let durable = QueueDeclareOptions {
@@ -116,19 +157,56 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// Opens a connection named after the process's role.
+/// Opens a connection named after the process's role. Heartbeats default to 10 s, so a broker
+/// that went away is noticed within seconds.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("granda-{name}").into_bytes()));
-    Connection::connect(url, props).await
+    let url = if url.contains("heartbeat=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat=10")
+    } else {
+        format!("{url}?heartbeat=10")
+    };
+    Connection::connect(&url, props).await
 }
 
-/// Waiters for replies, by correlation id.
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+/// Publishes on a channel in confirm mode and waits for the broker's confirm.
+/// `mandatory`: a message no queue takes is an error, not a silent drop.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> Result<(), BrokerError> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key.to_string())),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked),
+    }
+}
+
+/// Waiters for replies, by correlation id, with the generation of the link they wait on.
+type Waiters = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>;
 
 /// One live connection with its publishing channel, which also consumes direct replies.
 struct Link {
-    _connection: Connection,
+    generation: u64,
+    connection: Connection,
     channel: Channel,
     declared: Mutex<HashSet<String>>,
 }
@@ -145,6 +223,7 @@ pub struct Publisher {
     url: String,
     topology: Topology,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    generations: std::sync::atomic::AtomicU64,
     waiters: Waiters,
 }
 
@@ -154,6 +233,7 @@ impl Publisher {
             url: url.to_string(),
             topology,
             link: tokio::sync::Mutex::new(None),
+            generations: Default::default(),
             waiters: Arc::default(),
         });
         publisher.link().await?;
@@ -193,9 +273,13 @@ impl Publisher {
                 FieldTable::default(),
             )
             .await?;
-        tokio::spawn(dispatch_replies(replies, self.waiters.clone()));
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(dispatch_replies(replies, self.waiters.clone(), generation));
         let link = Arc::new(Link {
-            _connection: connection,
+            generation,
+            connection,
             channel,
             declared: Mutex::default(),
         });
@@ -219,6 +303,16 @@ impl Publisher {
 
     async fn try_publish(&self, queue: &str, work: &Work, body: &[u8]) -> Result<(), BrokerError> {
         let link = self.link().await?;
+        self.publish_on(&link, queue, work, body).await
+    }
+
+    async fn publish_on(
+        &self,
+        link: &Link,
+        queue: &str,
+        work: &Work,
+        body: &[u8],
+    ) -> Result<(), BrokerError> {
         let declared = link.declared.lock().expect("lock").contains(queue);
         if !declared {
             self.topology.declare(&link.channel, queue).await?;
@@ -228,29 +322,12 @@ impl Publisher {
                 .insert(queue.to_string());
         }
         let routing_key = self.topology.work_queue(queue);
-        let confirm = link
-            .channel
-            .basic_publish(
-                "".into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                work.properties(),
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key)),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked),
-        }
+        publish_confirmed(&link.channel, &routing_key, body, work.properties()).await
     }
 
     /// Publishes a sync invocation and waits up to `wait` for its reply.
-    /// `Ok(None)`: no reply in time; the invocation goes on and its record tells the end.
+    /// `Ok(None)`: no reply in time, or the connection the reply would come on was lost; the
+    /// invocation goes on and its record tells the end.
     pub async fn call(
         &self,
         queue: &str,
@@ -261,17 +338,37 @@ impl Publisher {
         let correlation_id = work.id.to_string();
         work.reply_to = Some(DIRECT_REPLY_TO.to_string());
         work.correlation_id = Some(correlation_id.clone());
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .expect("lock")
-            .insert(correlation_id.clone(), tx);
         let _forget = Forget(&self.waiters, &correlation_id);
-        self.publish(queue, &work, body).await?;
+        let mut tried = false;
+        let rx = loop {
+            let link = self.link().await?;
+            let (tx, rx) = oneshot::channel();
+            self.waiters
+                .lock()
+                .expect("lock")
+                .insert(correlation_id.clone(), (link.generation, tx));
+            match self.publish_on(&link, queue, &work, body).await {
+                Ok(()) => break rx,
+                // The connection may have died since the last use: one fresh try.
+                Err(BrokerError::Amqp(e)) if !tried => {
+                    tracing::warn!(error = %e, "publish failed, reconnecting");
+                    tried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(tokio::time::timeout(wait, rx)
             .await
             .ok()
             .and_then(Result::ok))
+    }
+}
+
+impl Publisher {
+    /// Messages waiting in the dead-letter queue.
+    pub async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+        let link = self.link().await?;
+        Ok(queue_depth(&link.connection, &self.topology.dead_letter_queue()).await?)
     }
 }
 
@@ -284,7 +381,7 @@ impl Drop for Forget<'_> {
     }
 }
 
-async fn dispatch_replies(mut replies: lapin::Consumer, waiters: Waiters) {
+async fn dispatch_replies(mut replies: lapin::Consumer, waiters: Waiters, generation: u64) {
     while let Some(delivery) = replies.next().await {
         let Ok(delivery) = delivery else { break };
         let Some(correlation_id) = delivery.properties.correlation_id().clone() else {
@@ -294,12 +391,17 @@ async fn dispatch_replies(mut replies: lapin::Consumer, waiters: Waiters) {
             .lock()
             .expect("lock")
             .remove(correlation_id.as_str());
-        let Some(waiter) = waiter else { continue };
+        let Some((_, waiter)) = waiter else { continue };
         if let Some(reply) = Reply::decode(&delivery.properties, delivery.data) {
             let _ = waiter.send(reply);
         }
     }
-    tracing::debug!("reply consumer ended");
+    // Replies to this connection are lost with it: let its waiters answer now, not at the cap.
+    waiters
+        .lock()
+        .expect("lock")
+        .retain(|_, (g, _)| *g != generation);
+    tracing::debug!(generation, "reply consumer ended");
 }
 
 /// The number of ready messages in `queue`, by a passive declare on a throwaway channel
@@ -320,17 +422,24 @@ pub async fn queue_depth(connection: &Connection, queue: &str) -> Result<u32, la
     Ok(q?.message_count())
 }
 
-/// Deletes every queue and exchange of `topology` for `queues` (tests and uninstall).
+/// Deletes every queue and exchange of `topology` for `queues` and the delay `levels`
+/// (tests and uninstall).
 pub async fn delete_topology(
     connection: &Connection,
     topology: &Topology,
     queues: &[&str],
+    levels: &[Duration],
 ) -> Result<(), lapin::Error> {
     let channel = connection.create_channel().await?;
     for q in queues {
         channel
             .queue_delete(topology.work_queue(q).into(), Default::default())
             .await?;
+        for level in levels {
+            channel
+                .queue_delete(topology.delay_queue(q, *level).into(), Default::default())
+                .await?;
+        }
     }
     channel
         .queue_delete(topology.dead_letter_queue().into(), Default::default())

@@ -3,7 +3,6 @@
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
-use crate::broker::Topology;
 use crate::config::Settings;
 use crate::producer::Application;
 use crate::worker::Worker;
@@ -57,7 +56,6 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let topology = Topology::new(&settings.amqp_prefix);
     match command {
         Command::Migrate => {
             crate::db::connect_and_migrate(&settings.database_url).await?;
@@ -67,16 +65,13 @@ pub async fn run(
         Command::Server => Application::build(settings).await?.run(signal()).await,
         Command::Worker => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
-            Worker::build(&settings, pool)
-                .await?
-                .run(topology, signal())
-                .await
+            Worker::build(&settings, pool).await?.run(signal()).await
         }
         Command::Up => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
             let worker = Worker::build(&settings, pool.clone()).await?;
             let app = Application::build_with_pool(settings, pool).await?;
-            let (served, worked) = tokio::join!(app.run(signal()), worker.run(topology, signal()));
+            let (served, worked) = tokio::join!(app.run(signal()), worker.run(signal()));
             served.and(worked)
         }
     }

@@ -122,6 +122,34 @@ pub struct Settings {
     )]
     pub shutdown_grace_ms: u64,
 
+    /// First delay before retrying a failed attempt, in ms; it doubles with each attempt.
+    #[arg(
+        long,
+        env = "GRANDA_RETRY_BASE_MS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub retry_base_ms: u64,
+
+    /// The longest delay between attempts, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_RETRY_MAX_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub retry_max_ms: u64,
+
+    /// How long an accepted invocation may stay unconfirmed by the broker before the outbox
+    /// publishes it again (a crash between "recorded" and "confirmed"), in ms.
+    #[arg(
+        long,
+        env = "GRANDA_OUTBOX_GRACE_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub outbox_grace_ms: u64,
+
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
@@ -155,6 +183,13 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn backoff(&self) -> crate::retry::Backoff {
+        crate::retry::Backoff {
+            base: Duration::from_millis(self.retry_base_ms.max(1)),
+            max: Duration::from_millis(self.retry_max_ms.max(self.retry_base_ms).max(1)),
+        }
     }
 
     pub fn public_url(&self) -> String {

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 
 use crate::config::Settings;
+use crate::retry::RetryOn;
 
 pub const DEFAULT_MEMORY_MB: i64 = 256;
 pub const DEFAULT_CPUS: f64 = 1.0;
@@ -55,6 +56,7 @@ pub struct FunctionRow {
     pub input_mode: String,
     pub queue: String,
     pub max_attempts: i32,
+    pub retry_on: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -72,6 +74,8 @@ pub struct Function {
     pub input: InputMode,
     pub queue: String,
     pub max_attempts: i32,
+    /// Function failures retried besides platform failures.
+    pub retry_on: Vec<RetryOn>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -89,6 +93,11 @@ impl From<FunctionRow> for Function {
             input: InputMode::parse(&r.input_mode),
             queue: r.queue,
             max_attempts: r.max_attempts,
+            retry_on: r
+                .retry_on
+                .iter()
+                .filter_map(|s| RetryOn::parse(s))
+                .collect(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -106,6 +115,8 @@ impl Function {
             cpus: self.cpus,
             env: self.env.clone(),
             input: self.input,
+            max_attempts: self.max_attempts,
+            retry_on: self.retry_on.clone(),
         }
     }
 }
@@ -122,6 +133,14 @@ pub struct Snapshot {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub input: InputMode,
+    #[serde(default = "one")]
+    pub max_attempts: i32,
+    #[serde(default)]
+    pub retry_on: Vec<RetryOn>,
+}
+
+fn one() -> i32 {
+    1
 }
 
 /// The body of `POST /v1/functions`.
@@ -138,6 +157,7 @@ pub struct NewFunction {
     pub input: Option<InputMode>,
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
+    pub retry_on: Option<Vec<RetryOn>>,
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -155,6 +175,7 @@ pub struct FunctionUpdate {
     pub input: Option<InputMode>,
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
+    pub retry_on: Option<Vec<RetryOn>>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -215,6 +236,7 @@ impl NewFunction {
             input: self.input.unwrap_or_default(),
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            retry_on: self.retry_on.unwrap_or_default(),
             created_at: now,
             updated_at: now,
         };
@@ -241,6 +263,7 @@ impl FunctionUpdate {
             input: self.input.unwrap_or(current.input),
             queue: self.queue.unwrap_or(current.queue),
             max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
+            retry_on: self.retry_on.unwrap_or(current.retry_on),
             updated_at: Utc::now(),
             ..current
         };
@@ -310,8 +333,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -326,6 +349,7 @@ pub mod store {
         .bind(f.max_attempts)
         .bind(f.created_at)
         .bind(f.updated_at)
+        .bind(retry_on_strings(&f.retry_on))
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -333,7 +357,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -344,7 +368,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -356,7 +380,7 @@ pub mod store {
     pub async fn update(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
-                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11
+                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -370,9 +394,14 @@ pub mod store {
         .bind(&f.queue)
         .bind(f.max_attempts)
         .bind(f.updated_at)
+        .bind(retry_on_strings(&f.retry_on))
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    fn retry_on_strings(r: &[RetryOn]) -> Vec<&'static str> {
+        r.iter().map(|r| r.as_str()).collect()
     }
 
     pub async fn delete(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {

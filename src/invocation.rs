@@ -196,6 +196,15 @@ impl Outcome {
     }
 }
 
+/// A `queued` invocation the broker never confirmed, as the outbox re-publishes it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Unpublished {
+    pub id: Uuid,
+    pub function: String,
+    pub trigger: String,
+    pub input: Vec<u8>,
+}
+
 /// What marking an invocation `running` found.
 #[derive(Debug)]
 pub enum Claim {
@@ -206,6 +215,8 @@ pub enum Claim {
     },
     /// It already has a final record: don't run it again.
     AlreadyFinal(Box<Record>),
+    /// Another live worker runs it now (this message is a duplicate, or that worker lost its channel).
+    RunningElsewhere,
     /// No record exists (it was never accepted, or the database was replaced).
     Missing,
 }
@@ -240,9 +251,11 @@ pub mod store {
             .execute(pool)
             .await?;
         }
+        // The whole input stays until the broker has the message, so the outbox can re-publish it.
+        let payload = (stored.len() < inv.input.len()).then_some(inv.input);
         let inserted: Option<(Uuid,)> = sqlx::query_as(
-            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key)
-             VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6)
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload)
+             VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7)
              ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -252,6 +265,7 @@ pub mod store {
         .bind(stored)
         .bind(inv.input.len() as i64)
         .bind(inv.idempotency_key)
+        .bind(payload)
         .fetch_optional(pool)
         .await?;
         if let Some((id,)) = inserted {
@@ -276,13 +290,33 @@ pub mod store {
         Ok(())
     }
 
-    /// Marks an invocation `running` on `worker`, unless it is already final.
+    /// Notes that the broker confirmed the invocation's message: the outbox leaves it alone.
+    pub async fn mark_published<'e>(
+        db: impl sqlx::PgExecutor<'e>,
+        id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE invocations SET published_at = now(), payload = NULL WHERE id = $1 AND published_at IS NULL",
+        )
+        .bind(id)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks an invocation `running` on `worker` as a new attempt: when it is `queued`, or
+    /// `running` on this same worker's earlier self (the caller knows it is not running here now),
+    /// or `running` on a worker whose heartbeat stopped.
     #[tracing::instrument(skip(pool))]
     pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
         let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
-            "UPDATE invocations SET status = 'running', attempt = attempt + 1, started_at = now(), worker = $2,
-                    queue_ms = GREATEST(0, (EXTRACT(EPOCH FROM (now() - queued_at)) * 1000)::bigint)
-             WHERE id = $1 AND status IN ('queued', 'running')
+            "UPDATE invocations i SET status = 'running', attempt = attempt + 1, started_at = now(), worker = $2,
+                    retry_at = NULL,
+                    queue_ms = CASE WHEN attempt = 0
+                        THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - queued_at)) * 1000)::bigint)
+                        ELSE queue_ms END
+             WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND (worker = $2 OR NOT EXISTS (
+                 SELECT 1 FROM workers w WHERE w.id = i.worker AND w.heartbeat_at > now() - interval '15 seconds'))))
              RETURNING attempt, queued_at",
         )
         .bind(id)
@@ -293,9 +327,109 @@ pub mod store {
             return Ok(Claim::Claimed { attempt, queued_at });
         }
         Ok(match get(pool, id).await? {
-            Some(record) => Claim::AlreadyFinal(Box::new(record)),
+            Some(record) if record.status().is_final() => Claim::AlreadyFinal(Box::new(record)),
+            Some(_) => Claim::RunningElsewhere,
             None => Claim::Missing,
         })
+    }
+
+    /// Puts a failed attempt back to `queued` until `retry_at`, keeping what the attempt produced.
+    #[tracing::instrument(skip(pool, outcome))]
+    pub async fn requeue(
+        pool: &PgPool,
+        id: Uuid,
+        worker: &str,
+        outcome: &Outcome,
+        retry_at: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = 'queued', retry_at = $3, published_at = now(), output = $4,
+                    output_truncated = $5, logs = $6, logs_truncated = $7, exit_code = $8, error = $9,
+                    duration_ms = $10, finished_at = NULL
+             WHERE id = $1 AND status = 'running' AND worker = $2",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(retry_at)
+        .bind(&outcome.output)
+        .bind(outcome.output_truncated)
+        .bind(&outcome.logs)
+        .bind(outcome.logs_truncated)
+        .bind(outcome.exit_code)
+        .bind(&outcome.error)
+        .bind(outcome.duration_ms)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Makes a final, not succeeded invocation `queued` again for one more attempt
+    /// (`POST /v1/invocations/{id}/retry`). `None` if it is not in such a state.
+    pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE invocations SET status = 'queued', published_at = NULL, retry_at = NULL, error = NULL,
+                    finished_at = NULL
+             WHERE id = $1 AND status IN ('failed', 'timed_out', 'dead') AND input_size = length(input)",
+        )
+        .bind(id)
+        .execute(pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        get(pool, id).await
+    }
+
+    /// `queued` invocations whose message the broker never confirmed, older than `grace`.
+    /// Locks them for the caller's transaction so two sweepers never take the same one.
+    pub async fn unpublished(
+        tx: &mut sqlx::PgConnection,
+        grace: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<Unpublished>, sqlx::Error> {
+        sqlx::query_as::<_, Unpublished>(
+            "SELECT id, function, trigger, COALESCE(payload, input, ''::bytea) AS input FROM invocations
+             WHERE status = 'queued' AND published_at IS NULL
+               AND queued_at < now() - make_interval(secs => $1)
+             ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(limit)
+        .fetch_all(tx)
+        .await
+    }
+
+    /// Ends an invocation that can't run any more (its function is gone, or no caller waits).
+    pub async fn abandon(
+        tx: &mut sqlx::PgConnection,
+        id: Uuid,
+        why: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE invocations SET status = 'failed', error = $2, finished_at = now(), payload = NULL
+             WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(why)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Dead invocations, newest first.
+    pub async fn list_dead(
+        pool: &PgPool,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        sqlx::query_as::<_, Record>(concat!(
+            select!(),
+            " WHERE status = 'dead' AND ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
     }
 
     /// Writes the final record. Returns `false` if it was already final (nothing is changed then).
@@ -304,7 +438,7 @@ pub mod store {
         let done = sqlx::query(
             "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
                     exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
-                    duration_ms = $11,
+                    duration_ms = $11, retry_at = NULL, payload = NULL,
                     cold = $12, cpu_ms = $13, max_memory_bytes = $14
              WHERE id = $1 AND status IN ('queued', 'running')",
         )

@@ -12,6 +12,7 @@ pub mod invocation;
 pub mod message;
 pub mod metrics;
 pub mod producer;
+pub mod retry;
 pub mod scheduler;
 pub mod telemetry;
 pub mod worker;

@@ -217,6 +217,8 @@ mod tests {
                 cpus: 0.5,
                 env: [("A".to_string(), "b".to_string())].into(),
                 input: InputMode::Args,
+                max_attempts: 3,
+                retry_on: vec![crate::retry::RetryOn::Timeout],
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),

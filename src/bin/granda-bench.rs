@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let topology = Topology::new(&settings.amqp_prefix);
     let served = tokio::spawn(app.run(signal(stopped.clone())));
-    let worked = tokio::spawn(worker.run(topology.clone(), signal(stopped.clone())));
+    let worked = tokio::spawn(worker.run(signal(stopped.clone())));
 
     let client = reqwest::Client::new();
     let docker = granda::docker::connect(settings.docker_host.as_deref(), 120)?;
@@ -91,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
         cpus: 1.0,
         env: Default::default(),
         input: InputMode::Stdin,
+        max_attempts: 1,
+        retry_on: vec![],
     };
     let direct = Direct {
         docker: docker.clone(),
@@ -178,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), worked).await;
     pool.close().await;
     if let Ok(connection) = granda::broker::connect(&settings.amqp_url, "bench-cleanup").await {
-        let _ = granda::broker::delete_topology(&connection, &topology, &["default"]).await;
+        let _ = granda::broker::delete_topology(&connection, &topology, &["default"], &[]).await;
     }
     if let Ok(admin) = sqlx::PgPool::connect(&format!("{server}/postgres")).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -4,12 +4,14 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::invocation::{Status, store};
+use crate::invocation::{Status, Trigger, store};
+use crate::message::Work;
 
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 500;
@@ -39,14 +41,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_PAGE}")))?,
-    };
+    let limit = page_limit(&query)?;
     let before = match query.get("before").map(String::as_str) {
         None | Some("") => None,
         Some(b) => Some(parse_id(b)?),
@@ -68,4 +63,77 @@ pub async fn list(
 
 fn parse_id(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::BadRequest(format!("{s:?} is not an invocation id")))
+}
+
+/// `GET /v1/dead-letters?limit=&before=`: invocations whose retries are spent, newest first,
+/// with the depth of the broker's dead-letter queue.
+pub async fn dead_letters(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(&query)?;
+    let before = match query.get("before").map(String::as_str) {
+        None | Some("") => None,
+        Some(b) => Some(parse_id(b)?),
+    };
+    let records = store::list_dead(&app.pool, before, limit).await?;
+    let next = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    let queue_depth = app.publisher.dead_letter_depth().await.ok();
+    let dead: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
+    Ok(Json(
+        json!({"dead_letters": dead, "next": next, "queue_depth": queue_depth}),
+    ))
+}
+
+/// `POST /v1/invocations/{id}/retry`: runs a failed, timed out or dead invocation again as a new
+/// attempt, with the function's current definition. 202 like an async invoke.
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn retry(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let current = store::get(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    let function = super::functions::load(&app, &current.function).await?;
+    let record = store::reset_for_retry(&app.pool, id).await?.ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "invocation {id} is {}; only failed, timed_out or dead invocations whose whole input was kept can be retried",
+            current.status
+        ))
+    })?;
+    let work = Work {
+        id,
+        trigger: Trigger::parse(&record.trigger).unwrap_or(Trigger::Async),
+        function: function.snapshot(),
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    };
+    let input = record.input.clone().unwrap_or_default();
+    if let Err(e) = app.publisher.publish(&function.queue, &work, &input).await {
+        // Not confirmed: put the record back as it was, so the retry can be asked again.
+        sqlx::query("UPDATE invocations SET status = $2, published_at = now() WHERE id = $1 AND status = 'queued'")
+            .bind(id)
+            .bind(&current.status)
+            .execute(&app.pool)
+            .await?;
+        return Err(e.into());
+    }
+    store::mark_published(&app.pool, id).await?;
+    Ok(super::invoke::accepted(&app, id, Status::Queued))
+}
+
+fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_PAGE}"))),
+    }
 }

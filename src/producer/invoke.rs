@@ -27,7 +27,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Stores a `queued` invocation and publishes it. Returns its id and whether it is new
 /// (`false`: an idempotency key matched an earlier one, and nothing was published).
-async fn enqueue(
+pub(crate) async fn enqueue(
     app: &AppState,
     function: &Function,
     trigger: Trigger,
@@ -69,6 +69,12 @@ async fn enqueue(
     };
     match published {
         Ok(reply) => {
+            let pool = app.pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store::mark_published(&pool, id).await {
+                    tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
+                }
+            });
             app.metrics.inc(
                 "granda_invocations_accepted_total",
                 format!("trigger=\"{}\"", trigger.as_str()),
@@ -134,7 +140,7 @@ pub async fn r#async(
 }
 
 /// 202 with where to find the invocation's record.
-fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
+pub(crate) fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
     let status_url = format!("{}/v1/invocations/{id}", app.settings.public_url());
     let mut response = (
         StatusCode::ACCEPTED,

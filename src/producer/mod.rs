@@ -6,6 +6,7 @@ pub mod functions;
 pub mod health;
 pub mod invocations;
 pub mod invoke;
+pub mod outbox;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,11 +92,14 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ingress listening");
+        let sweeper = tokio::spawn(outbox::run(self.state.clone()));
         let app = router(self.state);
-        axum::serve(self.listener, app)
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        sweeper.abort();
+        served
     }
 }
 
@@ -120,6 +124,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/fn/{name}", post(invoke::sync))
         .route("/v1/invocations/{id}", get(invocations::get))
+        .route("/v1/invocations/{id}/retry", post(invocations::retry))
+        .route("/v1/dead-letters", get(invocations::dead_letters))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -256,9 +256,14 @@ impl Runner {
         {
             tracing::debug!("output still open after exit; keeping what was read");
         }
+        // A non-zero exit is the function's failure only if the engine is still there to say how
+        // it ended: an engine going down kills its containers too.
         let oom_killed = match exit {
             Exit::Code(0) => false,
-            _ => self.oom_killed(container).await,
+            _ => self
+                .oom_killed(container)
+                .await
+                .map_err(PlatformError::Engine)?,
         };
         let collected = std::mem::take(&mut *collected.lock().expect("lock"));
         Ok(Run {
@@ -274,17 +279,15 @@ impl Runner {
         })
     }
 
-    async fn oom_killed(&self, container: &str) -> bool {
-        self.docker
+    async fn oom_killed(&self, container: &str) -> Result<bool, bollard::errors::Error> {
+        let inspected = self
+            .docker
             .inspect_container(
                 container,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             )
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.oom_killed)
-            .unwrap_or(false)
+            .await?;
+        Ok(inspected.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 }
 

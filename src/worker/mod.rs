@@ -1,17 +1,24 @@
 //! The worker: consumes invocations from RabbitMQ, runs each as a container, records the result
-//! in Postgres, then acks and replies.
+//! in Postgres, then replies and acks.
 //!
-//! Order of a run: claim the record (`running`), run the container, commit the final record,
-//! reply to a waiting caller, ack. A message whose record is already final is acked without a
-//! new run and its reply is sent again. A worker holds at most as many unacked messages as it
-//! runs at once (its prefetch is its concurrency).
+//! For each message: claim the record (`running`, attempt + 1), run the container, then act on
+//! the retry verdict ([`crate::retry`]): commit the final record, reply and ack; or put the
+//! record back to `queued` and park the message in a delay queue, then ack; or record it `dead`
+//! and dead-letter the message. A message is acked only after its record is committed.
+//!
+//! Duplicates never run twice at once: a message whose invocation is final is acked (and its
+//! reply sent again); one that runs here now waits for that run; one that runs on another live
+//! worker is parked in a delay queue until that run ends. A worker holds at most as many unacked
+//! messages as it runs at once (its prefetch is its concurrency).
 
 pub mod container;
+mod heartbeat;
 mod reaper;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,21 +26,26 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use uuid::Uuid;
 
-use crate::broker::{self, Topology};
+use crate::broker::{self, BrokerError, Topology};
 use crate::config::Settings;
 use crate::invocation::{self, Claim, Outcome, Status};
 use crate::message::{Reply, Work};
+use crate::retry::{self, Backoff, Failure, Verdict};
 use container::{Caps, Exit, Run, Runner};
 
 /// A shutdown signal, as a future that completes when it is time to stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How long a duplicate of an invocation running on another worker waits before it looks again.
+const ELSEWHERE_DELAY: Duration = Duration::from_secs(5);
 
 /// One worker process's consumer pool.
 pub struct Worker {
@@ -49,6 +61,19 @@ struct Shared {
     pool: PgPool,
     runner: Runner,
     worker_id: String,
+    topology: Topology,
+    backoff: Backoff,
+    /// Invocations running here now, each with a flag that turns true when its run is over.
+    in_flight: Mutex<HashMap<Uuid, watch::Receiver<bool>>>,
+}
+
+/// The channels of one connection that handlers use.
+#[derive(Clone)]
+struct Channels {
+    replies: Channel,
+    /// In confirm mode: parking messages in delay queues.
+    publish: Channel,
+    delay_declared: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Worker {
@@ -69,6 +94,9 @@ impl Worker {
                 pool,
                 runner: Runner::new(docker, worker_id.clone(), caps),
                 worker_id,
+                topology: Topology::new(&settings.amqp_prefix),
+                backoff: settings.backoff(),
+                in_flight: Mutex::default(),
             }),
             amqp_url: settings.amqp_url.clone(),
             queues: settings.queues.clone(),
@@ -86,7 +114,6 @@ impl Worker {
     /// and gives back what it could not finish.
     pub async fn run(
         self,
-        topology: Topology,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut shutdown: Shutdown = Box::pin(shutdown);
@@ -95,9 +122,15 @@ impl Worker {
             self.shared.runner.docker().clone(),
         ));
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        let beating = tokio::spawn(beat_forever(
+            self.shared.clone(),
+            self.queues.clone(),
+            self.concurrency,
+            slots.clone(),
+        ));
         tracing::info!(worker = %self.shared.worker_id, concurrency = self.concurrency, queues = ?self.queues, "worker started");
         loop {
-            match self.session(&topology, &slots, &mut shutdown).await {
+            match self.session(&slots, &mut shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "lost RabbitMQ, reconnecting");
@@ -109,42 +142,52 @@ impl Worker {
             }
         }
         reaper.abort();
+        beating.abort();
+        if slots.available_permits() == self.concurrency {
+            let _ = heartbeat::forget(&self.shared.pool, &self.shared.worker_id).await;
+        }
         tracing::info!(worker = %self.shared.worker_id, "worker stopped");
         Ok(())
     }
 
     /// One connection's life: consume until it breaks (`Err`) or shutdown (`Ok`).
-    async fn session(
-        &self,
-        topology: &Topology,
-        slots: &Arc<Semaphore>,
-        shutdown: &mut Shutdown,
-    ) -> anyhow::Result<()> {
+    async fn session(&self, slots: &Arc<Semaphore>, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         let connection = broker::connect(&self.amqp_url, &self.shared.worker_id).await?;
-        let replies = connection.create_channel().await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let channels = Channels {
+            replies: connection.create_channel().await?,
+            publish,
+            delay_declared: Arc::default(),
+        };
         let mut consumers = Vec::new();
+        let mut tags = Vec::new();
         for queue in &self.queues {
             let channel = connection.create_channel().await?;
-            topology.declare(&channel, queue).await?;
+            self.shared.topology.declare(&channel, queue).await?;
             channel
                 .basic_qos(self.concurrency as u16, BasicQosOptions::default())
                 .await?;
             let consumer = channel
                 .basic_consume(
-                    topology.work_queue(queue).into(),
-                    format!("{}-{queue}", self.shared.worker_id).into(),
+                    self.shared.topology.work_queue(queue).into(),
+                    format!(
+                        "{}-{queue}-{}",
+                        self.shared.worker_id,
+                        Uuid::new_v4().simple()
+                    )
+                    .into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await?;
-            consumers.push((channel, consumer));
+            tags.push((channel, consumer.tag().to_string()));
+            let queue = queue.clone();
+            consumers.push(consumer.map(move |d| (queue.clone(), d)));
         }
-        let tags: Vec<(Channel, String)> = consumers
-            .iter()
-            .map(|(ch, c)| (ch.clone(), c.tag().to_string()))
-            .collect();
-        let mut deliveries =
-            futures_util::stream::select_all(consumers.into_iter().map(|(_, c)| c));
+        let mut deliveries = futures_util::stream::select_all(consumers);
         loop {
             tokio::select! {
                 _ = &mut *shutdown => {
@@ -152,12 +195,12 @@ impl Worker {
                     return Ok(());
                 }
                 delivery = deliveries.next() => match delivery {
-                    Some(Ok(delivery)) => {
+                    Some((queue, Ok(delivery))) => {
                         let slot = slots.clone().acquire_owned().await.expect("semaphore open");
-                        tokio::spawn(handle(self.shared.clone(), replies.clone(), delivery, slot));
+                        tokio::spawn(handle(self.shared.clone(), channels.clone(), queue, delivery, slot));
                     }
-                    Some(Err(e)) => return Err(e.into()),
-                    None => anyhow::bail!("consumer cancelled"),
+                    Some((_, Err(e))) => return Err(e.into()),
+                    None => anyhow::bail!("consumers cancelled"),
                 }
             }
         }
@@ -174,18 +217,68 @@ impl Worker {
         let in_flight = self.concurrency - slots.available_permits();
         tracing::info!(in_flight, "draining");
         let all = slots.acquire_many(self.concurrency as u32);
-        if tokio::time::timeout(self.grace, all).await.is_err() {
-            tracing::warn!("grace period over; unfinished invocations go back to the queue");
+        match tokio::time::timeout(self.grace, all).await {
+            Ok(permits) => drop(permits),
+            Err(_) => {
+                tracing::warn!("grace period over; unfinished invocations go back to the queue")
+            }
         }
         let _ = connection.close(200, "worker stopping".into()).await;
     }
 }
 
-/// Handles one delivery from start to ack.
-#[tracing::instrument(skip_all, fields(id))]
+async fn beat_forever(
+    shared: Arc<Shared>,
+    queues: Vec<String>,
+    concurrency: usize,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let beat = heartbeat::Beat {
+            worker: &shared.worker_id,
+            concurrency: concurrency as i32,
+            in_flight: (concurrency - slots.available_permits()) as i32,
+            queues: &queues,
+        };
+        if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::time::sleep(heartbeat::EVERY).await;
+    }
+}
+
+/// Marks an invocation as running here until dropped.
+struct Running<'a> {
+    shared: &'a Shared,
+    id: Uuid,
+    _done: watch::Sender<bool>,
+}
+
+impl<'a> Running<'a> {
+    fn start(shared: &'a Shared, id: Uuid) -> Running<'a> {
+        let (done, watching) = watch::channel(false);
+        shared.in_flight.lock().expect("lock").insert(id, watching);
+        Running {
+            shared,
+            id,
+            _done: done,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        // Dropping the sender wakes every duplicate waiting on this run.
+        self.shared.in_flight.lock().expect("lock").remove(&self.id);
+    }
+}
+
+/// Handles one delivery from claim to ack.
+#[tracing::instrument(skip_all, fields(id, queue = %queue))]
 async fn handle(
     shared: Arc<Shared>,
-    replies: Channel,
+    channels: Channels,
+    queue: String,
     delivery: Delivery,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -193,109 +286,237 @@ async fn handle(
         Ok(work) => work,
         Err(e) => {
             tracing::error!(error = %e, "dead-lettering a malformed message");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            reject(&delivery, false).await;
             return;
         }
     };
     tracing::Span::current().record("id", tracing::field::display(work.id));
-    let claim = match with_db_retries(|| {
-        invocation::store::claim(&shared.pool, work.id, &shared.worker_id)
-    })
-    .await
-    {
-        Ok(claim) => claim,
-        Err(e) => {
-            tracing::error!(error = %e, "can't record the start; giving the message back");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: true })
-                .await;
-            return;
-        }
-    };
-    let reply = match claim {
-        Claim::Claimed { .. } => {
-            let outcome = execute(&shared.runner, &work, &delivery.data).await;
-            // Never ack what is not recorded: keep trying while the database is away.
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match invocation::store::finish(&shared.pool, work.id, &outcome).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "can't record the result yet; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-            Reply::from_outcome(&outcome)
+
+    // A duplicate of a run going on here: wait for it, then answer from its record.
+    let running_here = shared
+        .in_flight
+        .lock()
+        .expect("lock")
+        .get(&work.id)
+        .cloned();
+    if let Some(mut done) = running_here {
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    let claim =
+        with_db_retries(|| invocation::store::claim(&shared.pool, work.id, &shared.worker_id))
+            .await;
+    match claim {
+        Claim::Claimed { attempt, .. } => {
+            let running = Running::start(&shared, work.id);
+            run_claimed(&shared, &channels, &queue, &delivery, &work, attempt).await;
+            drop(running);
         }
         Claim::AlreadyFinal(record) => {
             tracing::info!("already final; acking without a run");
-            Reply::from_record(&record)
+            reply(&channels, &work, &Reply::from_record(&record)).await;
+            ack(&delivery).await;
+        }
+        Claim::RunningElsewhere => {
+            tracing::info!("running on another live worker; looking again later");
+            park(&shared, &channels, &queue, &delivery, ELSEWHERE_DELAY).await;
         }
         Claim::Missing => {
             tracing::error!("no record for this invocation; dead-lettering it");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
-            return;
-        }
-    };
-    if let (Some(reply_to), Some(correlation_id)) = (&work.reply_to, &work.correlation_id) {
-        let sent = replies
-            .basic_publish(
-                "".into(),
-                reply_to.as_str().into(),
-                BasicPublishOptions::default(),
-                &reply.output,
-                reply.properties(correlation_id),
-            )
-            .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "reply not sent; the caller reads the record");
+            reject(&delivery, false).await;
         }
     }
+}
+
+/// Runs a claimed invocation and settles its message by the retry verdict.
+async fn run_claimed(
+    shared: &Shared,
+    channels: &Channels,
+    queue: &str,
+    delivery: &Delivery,
+    work: &Work,
+    attempt: i32,
+) {
+    let (mut outcome, failure) = execute(&shared.runner, work, &delivery.data).await;
+    let verdict = retry::decide(
+        work.trigger,
+        work.function.max_attempts,
+        &work.function.retry_on,
+        attempt,
+        failure,
+        &shared.backoff,
+    );
+    match verdict {
+        Verdict::Final | Verdict::Dead => {
+            if verdict == Verdict::Dead {
+                outcome.status = Some(Status::Dead);
+                tracing::warn!(attempt, "retries spent; dead-lettering");
+            }
+            with_db_retries(|| invocation::store::finish(&shared.pool, work.id, &outcome)).await;
+            reply(channels, work, &Reply::from_outcome(&outcome)).await;
+            if verdict == Verdict::Dead {
+                reject(delivery, false).await;
+            } else {
+                ack(delivery).await;
+            }
+        }
+        Verdict::RetryAfter(level) => {
+            let delay = retry::jittered(level, (Uuid::new_v4().as_u128() & 0xffff) as u16);
+            let retry_at = chrono::Utc::now() + delay;
+            tracing::info!(
+                attempt,
+                ?delay,
+                error = outcome.error.as_deref().unwrap_or(""),
+                "retrying later"
+            );
+            with_db_retries(|| {
+                invocation::store::requeue(
+                    &shared.pool,
+                    work.id,
+                    &shared.worker_id,
+                    &outcome,
+                    retry_at,
+                )
+            })
+            .await;
+            park_for(shared, channels, queue, delivery, level, delay).await;
+        }
+    }
+}
+
+/// Moves the message to the delay queue for `delay`, then acks it here.
+async fn park(
+    shared: &Shared,
+    channels: &Channels,
+    queue: &str,
+    delivery: &Delivery,
+    delay: Duration,
+) {
+    park_for(shared, channels, queue, delivery, delay, delay).await
+}
+
+async fn park_for(
+    shared: &Shared,
+    channels: &Channels,
+    queue: &str,
+    delivery: &Delivery,
+    level: Duration,
+    delay: Duration,
+) {
+    match publish_delayed(shared, channels, queue, delivery, level, delay).await {
+        Ok(()) => ack(delivery).await,
+        Err(e) => {
+            // The message comes back at once instead; nothing is lost.
+            tracing::warn!(error = %e, "could not park the message; giving it back");
+            reject(delivery, true).await;
+        }
+    }
+}
+
+async fn publish_delayed(
+    shared: &Shared,
+    channels: &Channels,
+    queue: &str,
+    delivery: &Delivery,
+    level: Duration,
+    delay: Duration,
+) -> Result<(), BrokerError> {
+    let name = shared.topology.delay_queue(queue, level);
+    let declared = channels
+        .delay_declared
+        .lock()
+        .expect("lock")
+        .contains(&name);
+    if !declared {
+        shared
+            .topology
+            .declare_delay(&channels.publish, queue, level)
+            .await?;
+        channels
+            .delay_declared
+            .lock()
+            .expect("lock")
+            .insert(name.clone());
+    }
+    let properties = delivery
+        .properties
+        .clone()
+        .with_expiration(ShortString::from(delay.as_millis().max(1).to_string()));
+    broker::publish_confirmed(&channels.publish, &name, &delivery.data, properties).await
+}
+
+async fn reply(channels: &Channels, work: &Work, reply: &Reply) {
+    let (Some(reply_to), Some(correlation_id)) = (&work.reply_to, &work.correlation_id) else {
+        return;
+    };
+    let sent = channels
+        .replies
+        .basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            BasicPublishOptions::default(),
+            &reply.output,
+            reply.properties(correlation_id),
+        )
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "reply not sent; the caller reads the record");
+    }
+}
+
+async fn ack(delivery: &Delivery) {
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; the message will come back and be acked then");
     }
 }
 
-/// Runs the container and turns whatever happened into the final outcome.
-async fn execute(runner: &Runner, work: &Work, input: &[u8]) -> Outcome {
-    match runner.run(work.id, &work.function, input).await {
-        Ok(run) => outcome_of(run, work.function.timeout_ms),
-        Err(e) => Outcome {
-            status: Some(Status::Failed),
-            error: Some(e.to_string()),
-            cold: true,
-            ..Default::default()
-        },
+async fn reject(delivery: &Delivery, requeue: bool) {
+    if let Err(e) = delivery.acker.reject(BasicRejectOptions { requeue }).await {
+        tracing::warn!(error = %e, "reject failed; the message will come back");
     }
 }
 
-fn outcome_of(run: Run, timeout_ms: i64) -> Outcome {
-    let (status, exit_code, error) = match run.exit {
-        Exit::Code(0) => (Status::Succeeded, Some(0), None),
+/// Runs the container and turns whatever happened into the attempt's outcome and failure class.
+async fn execute(runner: &Runner, work: &Work, input: &[u8]) -> (Outcome, Option<Failure>) {
+    match runner.run(work.id, &work.function, input).await {
+        Ok(run) => outcome_of(run, work.function.timeout_ms),
+        Err(e) => (
+            Outcome {
+                status: Some(Status::Failed),
+                error: Some(e.to_string()),
+                cold: true,
+                ..Default::default()
+            },
+            Some(Failure::Platform),
+        ),
+    }
+}
+
+fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>) {
+    let (status, exit_code, error, failure) = match run.exit {
+        Exit::Code(0) => (Status::Succeeded, Some(0), None, None),
         Exit::Code(code) if run.oom_killed => (
             Status::Failed,
             Some(code as i32),
             Some("out of memory: the engine killed the container at its memory limit".to_string()),
+            Some(Failure::Error),
         ),
-        Exit::Code(code) => (Status::Failed, Some(code as i32), None),
+        Exit::Code(code) => (
+            Status::Failed,
+            Some(code as i32),
+            None,
+            Some(Failure::Error),
+        ),
         Exit::TimedOut => (
             Status::TimedOut,
             None,
             Some(format!(
                 "timed out after {timeout_ms} ms; the container was killed"
             )),
+            Some(Failure::Timeout),
         ),
     };
-    Outcome {
+    let outcome = Outcome {
         status: Some(status),
         output: run.stdout,
         output_truncated: run.stdout_truncated,
@@ -309,26 +530,25 @@ fn outcome_of(run: Run, timeout_ms: i64) -> Outcome {
         cold: true,
         cpu_ms: None,
         max_memory_bytes: None,
-    }
+    };
+    (outcome, failure)
 }
 
-/// Retries a database call a few times over about ten seconds before giving up.
-async fn with_db_retries<T, F, Fut>(mut call: F) -> Result<T, sqlx::Error>
+/// Retries a database call until it succeeds: a worker never acks what it could not record, and
+/// holds the message while Postgres is away (the broker gives it to another worker if this one dies).
+async fn with_db_retries<T, F, Fut>(mut call: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
 {
     let mut backoff = Duration::from_millis(100);
-    let mut tries = 0;
     loop {
         match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tries >= 7 => return Err(e),
+            Ok(v) => return v,
             Err(e) => {
                 tracing::warn!(error = %e, "database call failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(3));
-                tries += 1;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

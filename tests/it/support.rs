@@ -88,10 +88,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let topology = Topology::new(&settings.amqp_prefix);
     let tasks = vec![
         tokio::spawn(app.run(signal(stopped.clone()))),
-        tokio::spawn(worker.run(topology, signal(stopped.clone()))),
+        tokio::spawn(worker.run(signal(stopped.clone()))),
     ];
     let docker = granda::docker::connect(settings.docker_host.as_deref(), 120).unwrap();
     TestApp {
@@ -233,7 +232,8 @@ impl TestApp {
         {
             let topology = Topology::new(&self.settings.amqp_prefix);
             let queues: Vec<&str> = self.settings.queues.iter().map(String::as_str).collect();
-            let _ = granda::broker::delete_topology(&connection, &topology, &queues).await;
+            let levels = self.settings.backoff().levels();
+            let _ = granda::broker::delete_topology(&connection, &topology, &queues, &levels).await;
             let _ = connection.close(200, "".into()).await;
         }
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {

@@ -1,0 +1,87 @@
+//! The outbox sweep: re-publishes invocations that were recorded but whose message the broker
+//! never confirmed (the ingress crashed in between), so an accepted event is never lost.
+//!
+//! Every few seconds each ingress takes, under `FOR UPDATE SKIP LOCKED`, the `queued` rows older
+//! than the grace period with no confirm, and publishes them again. A sync invocation is not
+//! re-published (its caller is gone): it ends `failed`. Duplicates this may cause are harmless:
+//! a worker runs an invocation only from `queued`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::AppState;
+use crate::function::{Function, store as functions};
+use crate::invocation::{Trigger, store};
+use crate::message::Work;
+
+/// How often the sweep looks.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const BATCH: i64 = 200;
+
+/// Sweeps until the task is dropped.
+pub async fn run(app: AppState) {
+    let grace = Duration::from_millis(app.settings.outbox_grace_ms);
+    let every = SWEEP_EVERY.min(grace.max(Duration::from_millis(200)));
+    loop {
+        tokio::time::sleep(every).await;
+        match sweep(&app, grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                count = n,
+                "re-published invocations the broker never confirmed"
+            ),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "outbox sweep failed"),
+        }
+    }
+}
+
+/// One pass; returns how many invocations it re-published.
+#[tracing::instrument(skip_all)]
+pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<usize> {
+    let mut tx = app.pool.begin().await?;
+    let rows = store::unpublished(&mut tx, grace, BATCH).await?;
+    let mut functions_by_name: HashMap<String, Option<Function>> = HashMap::new();
+    let mut published = Vec::new();
+    for row in rows {
+        let trigger = Trigger::parse(&row.trigger).unwrap_or(Trigger::Async);
+        if trigger == Trigger::Sync {
+            store::abandon(
+                &mut tx,
+                row.id,
+                "the ingress stopped before the broker confirmed this sync call; it was not run",
+            )
+            .await?;
+            continue;
+        }
+        if !functions_by_name.contains_key(&row.function) {
+            let f = functions::get(&app.pool, &row.function).await?;
+            functions_by_name.insert(row.function.clone(), f);
+        }
+        let Some(function) = &functions_by_name[&row.function] else {
+            store::abandon(
+                &mut tx,
+                row.id,
+                "the function was deleted before the invocation ran",
+            )
+            .await?;
+            continue;
+        };
+        let work = Work {
+            id: row.id,
+            trigger,
+            function: function.snapshot(),
+            queued_at_ms: chrono::Utc::now().timestamp_millis(),
+            reply_to: None,
+            correlation_id: None,
+        };
+        app.publisher
+            .publish(&function.queue, &work, &row.input)
+            .await?;
+        published.push(row.id);
+    }
+    for id in &published {
+        store::mark_published(&mut *tx, *id).await?;
+    }
+    tx.commit().await?;
+    Ok(published.len())
+}
