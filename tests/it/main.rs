@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod functions;
+mod guarantees;
 mod invocations;
 mod invoke;
 mod support;

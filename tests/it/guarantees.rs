@@ -1,0 +1,257 @@
+//! Delivery guarantees without faults: retries, dead letters, the outbox and duplicates.
+
+use std::time::Duration;
+
+use granda::broker::{Publisher, Topology};
+use granda::function::store as functions;
+use granda::invocation::Trigger;
+use granda::message::Work;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{error_code, spawn_app_with};
+
+fn fast_retries(s: &mut granda::config::Settings) {
+    s.retry_base_ms = 100;
+    s.retry_max_ms = 400;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_the_function_asks_to_retry_is_retried_then_dead_lettered_and_can_be_retried_by_hand()
+ {
+    let app = spawn_app_with(fast_retries).await;
+    app.register(
+        "flaky",
+        "granda-test/fail",
+        json!({"max_attempts": 3, "retry_on": ["error"]}),
+    )
+    .await;
+    let id = app.invoke_async("flaky", "x").await;
+    let record = app.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "dead");
+    assert_eq!(record["attempt"], 3, "{record}");
+    assert_eq!(record["exit_code"], 3);
+    assert_eq!(record["logs"], "something broke\n");
+
+    let dead: Value = app.get("/v1/dead-letters").await.json().await.unwrap();
+    assert_eq!(dead["dead_letters"][0]["id"], id.to_string());
+    // The message itself went to the dead-letter queue.
+    let mut depth = 0;
+    for _ in 0..50 {
+        depth = dead_queue_depth(&app).await;
+        if depth == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depth, 1);
+
+    // Fix the function, then retry the dead invocation by hand: a new attempt, with the fix.
+    let fixed = app
+        .client
+        .put(app.url("/v1/functions/flaky"))
+        .json(&json!({"image": "granda-test/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fixed.status(), 200);
+    let retried = app
+        .client
+        .post(app.url(&format!("/v1/invocations/{id}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 202);
+    let record = app.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["attempt"], 4);
+    assert_eq!(record["output"], "x");
+
+    // A succeeded invocation is not retried.
+    let again = app
+        .client
+        .post(app.url(&format!("/v1/invocations/{id}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(again, 409).await, "conflict");
+    app.shutdown().await;
+}
+
+async fn dead_queue_depth(app: &crate::support::TestApp) -> u32 {
+    let connection = granda::broker::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let topology = Topology::new(&app.settings.amqp_prefix);
+    let depth = granda::broker::queue_depth(&connection, &topology.dead_letter_queue())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "".into()).await;
+    depth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_failures_are_not_retried_unless_asked_and_sync_calls_never_are() {
+    let app = spawn_app_with(fast_retries).await;
+    app.register("fail", "granda-test/fail", json!({"max_attempts": 3}))
+        .await;
+    let id = app.invoke_async("fail", "").await;
+    let record = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["attempt"], 1);
+
+    app.register(
+        "fail-retry",
+        "granda-test/fail",
+        json!({"max_attempts": 3, "retry_on": ["error"]}),
+    )
+    .await;
+    let response = app.invoke("fail-retry", "").await;
+    assert_eq!(response.status(), 502);
+    let id: Uuid = response.headers()["x-granda-invocation-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let record = app.invocation(id).await;
+    assert_eq!(
+        record["status"], "failed",
+        "a sync call gets the first verdict"
+    );
+    assert_eq!(record["attempt"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_is_retried_when_asked() {
+    let app = spawn_app_with(fast_retries).await;
+    app.register(
+        "slow",
+        "granda-test/sleep",
+        json!({"timeout_ms": 300, "max_attempts": 2, "retry_on": ["timeout"], "env": {"SLEEP_SECONDS": "10"}}),
+    )
+    .await;
+    let id = app.invoke_async("slow", "").await;
+    let record = app.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "dead");
+    assert_eq!(record["attempt"], 2);
+    assert!(record["error"].as_str().unwrap().contains("timed out"));
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_failure_is_always_retried() {
+    let app = spawn_app_with(fast_retries).await;
+    // An image that exists at registration and is gone when the worker runs it.
+    let tag = format!("granda-test/vanishing:{}", Uuid::new_v4().simple());
+    let status = std::process::Command::new("docker")
+        .args(["tag", "granda-test/echo", &tag])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    app.register("vanishing", &tag, json!({"max_attempts": 3}))
+        .await;
+    let status = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let id = app.invoke_async("vanishing", "").await;
+    let record = app.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    assert_eq!(record["attempt"], 3);
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be created"),
+        "{record}"
+    );
+    assert!(record["exit_code"].is_null());
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_publishes_what_an_ingress_recorded_but_never_got_confirmed() {
+    let app = spawn_app_with(|s| s.outbox_grace_ms = 500).await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    // What an ingress that crashed between the insert and the confirm leaves behind.
+    let lost_async = Uuid::now_v7();
+    let lost_sync = Uuid::now_v7();
+    for (id, trigger) in [(lost_async, "async"), (lost_sync, "sync")] {
+        sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at)
+             VALUES ($1, 'echo', 'queued', $2, 'recovered', 9, now() - interval '1 minute')",
+        )
+        .bind(id)
+        .bind(trigger)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let record = app.wait_final(lost_async, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["output"], "recovered");
+    assert_eq!(record["attempt"], 1);
+    let record = app.wait_final(lost_sync, Duration::from_secs(30)).await;
+    assert_eq!(
+        record["status"], "failed",
+        "no caller waits for a lost sync call: {record}"
+    );
+    assert!(record["attempt"] == 0);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_message_of_a_final_invocation_is_acked_without_a_run() {
+    let app = spawn_app_with(|_| {}).await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let response = app.invoke("echo", "once").await;
+    assert_eq!(response.status(), 200);
+    let id: Uuid = response.headers()["x-granda-invocation-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Publish the same invocation again, as a redelivery or a second publish would.
+    let function = functions::get(&app.pool, "echo").await.unwrap().unwrap();
+    let publisher = Publisher::connect(
+        &app.settings.amqp_url,
+        Topology::new(&app.settings.amqp_prefix),
+    )
+    .await
+    .unwrap();
+    let work = Work {
+        id,
+        trigger: Trigger::Sync,
+        function: function.snapshot(),
+        queued_at_ms: 0,
+        reply_to: None,
+        correlation_id: None,
+    };
+    // As a sync call, the duplicate gets the first run's reply again.
+    let reply = publisher
+        .call("default", work, b"twice", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the reply is sent again");
+    assert_eq!(reply.output, b"once");
+
+    let record = app.invocation(id).await;
+    assert_eq!(record["attempt"], 1, "no second run");
+    assert_eq!(record["output"], "once");
+    let connection = granda::broker::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let depth = granda::broker::queue_depth(
+        &connection,
+        &Topology::new(&app.settings.amqp_prefix).work_queue("default"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(depth, 0, "the duplicate was acked");
+    app.shutdown().await;
+}
