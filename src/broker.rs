@@ -422,6 +422,22 @@ pub async fn queue_depth(connection: &Connection, queue: &str) -> Result<u32, la
     Ok(q?.message_count())
 }
 
+/// The number of ready messages in `queue`, by a passive declare on `channel`, which must be a
+/// side channel: a passive declare of a missing queue closes it.
+pub async fn passive_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
 /// Deletes every queue and exchange of `topology` for `queues` and the delay `levels`
 /// (tests and uninstall).
 pub async fn delete_topology(

@@ -69,8 +69,10 @@ pub async fn run(
         }
         Command::Up => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
-            let worker = Worker::build(&settings, pool.clone()).await?;
-            let app = Application::build_with_pool(settings, pool).await?;
+            let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
+            let worker = Worker::build(&settings, pool)
+                .await?
+                .with_metrics(app.metrics());
             let (served, worked) = tokio::join!(app.run(signal()), worker.run(signal()));
             served.and(worked)
         }

@@ -61,6 +61,33 @@ pub struct Settings {
     )]
     pub min_concurrency: usize,
 
+    /// How often the scheduler looks at the queues and sets the concurrency, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_SCHEDULER_INTERVAL_MS",
+        default_value_t = 250,
+        global = true
+    )]
+    pub scheduler_interval_ms: u64,
+
+    /// The scheduler raises concurrency when the backlog would take longer than this to drain, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_SCHEDULER_DRAIN_TARGET_MS",
+        default_value_t = 2_000,
+        global = true
+    )]
+    pub scheduler_drain_target_ms: u64,
+
+    /// How long the queues must stay empty before the scheduler lowers concurrency, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_SCHEDULER_COOLDOWN_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
+    pub scheduler_cooldown_ms: u64,
+
     /// Queues this worker serves, comma-separated.
     #[arg(
         long,

@@ -57,6 +57,7 @@ pub struct FunctionRow {
     pub queue: String,
     pub max_attempts: i32,
     pub retry_on: Vec<String>,
+    pub max_concurrency: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -76,6 +77,8 @@ pub struct Function {
     pub max_attempts: i32,
     /// Function failures retried besides platform failures.
     pub retry_on: Vec<RetryOn>,
+    /// The most runs of this function one worker does at once.
+    pub max_concurrency: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -98,6 +101,7 @@ impl From<FunctionRow> for Function {
                 .iter()
                 .filter_map(|s| RetryOn::parse(s))
                 .collect(),
+            max_concurrency: r.max_concurrency,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -117,6 +121,7 @@ impl Function {
             input: self.input,
             max_attempts: self.max_attempts,
             retry_on: self.retry_on.clone(),
+            max_concurrency: self.max_concurrency,
         }
     }
 }
@@ -137,6 +142,8 @@ pub struct Snapshot {
     pub max_attempts: i32,
     #[serde(default)]
     pub retry_on: Vec<RetryOn>,
+    #[serde(default)]
+    pub max_concurrency: Option<i32>,
 }
 
 fn one() -> i32 {
@@ -158,6 +165,7 @@ pub struct NewFunction {
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
     pub retry_on: Option<Vec<RetryOn>>,
+    pub max_concurrency: Option<i32>,
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -176,6 +184,7 @@ pub struct FunctionUpdate {
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
     pub retry_on: Option<Vec<RetryOn>>,
+    pub max_concurrency: Option<i32>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -237,6 +246,7 @@ impl NewFunction {
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             retry_on: self.retry_on.unwrap_or_default(),
+            max_concurrency: self.max_concurrency,
             created_at: now,
             updated_at: now,
         };
@@ -264,6 +274,7 @@ impl FunctionUpdate {
             queue: self.queue.unwrap_or(current.queue),
             max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
             retry_on: self.retry_on.unwrap_or(current.retry_on),
+            max_concurrency: self.max_concurrency.or(current.max_concurrency),
             updated_at: Utc::now(),
             ..current
         };
@@ -320,6 +331,11 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if !valid_name(&f.queue) {
         return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
     }
+    if let Some(m) = f.max_concurrency
+        && !(1..=10_000).contains(&m)
+    {
+        return Err(invalid("max_concurrency", "must be between 1 and 10000"));
+    }
     if !(1..=100).contains(&f.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
     }
@@ -333,8 +349,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -350,6 +366,7 @@ pub mod store {
         .bind(f.created_at)
         .bind(f.updated_at)
         .bind(retry_on_strings(&f.retry_on))
+        .bind(f.max_concurrency)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -357,7 +374,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -368,7 +385,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -380,7 +397,8 @@ pub mod store {
     pub async fn update(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
-                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12
+                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
+                    max_concurrency = $13
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -395,6 +413,7 @@ pub mod store {
         .bind(f.max_attempts)
         .bind(f.updated_at)
         .bind(retry_on_strings(&f.retry_on))
+        .bind(f.max_concurrency)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -219,6 +219,7 @@ mod tests {
                 input: InputMode::Args,
                 max_attempts: 3,
                 retry_on: vec![crate::retry::RetryOn::Timeout],
+                max_concurrency: Some(2),
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),

@@ -59,10 +59,13 @@ async fn main() -> anyhow::Result<()> {
     settings.amqp_prefix = format!("granda-bench-{tag}");
     settings.worker_id = Some(format!("bench-{tag}"));
     settings.max_concurrency = Some(args.concurrency);
+    settings.min_concurrency = args.concurrency;
 
     let pool = granda::db::connect_and_migrate(&settings.database_url).await?;
-    let worker = Worker::build(&settings, pool.clone()).await?;
     let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
+    let worker = Worker::build(&settings, pool.clone())
+        .await?
+        .with_metrics(app.metrics());
     let base_url = format!("http://{}", app.local_addr());
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
@@ -93,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         input: InputMode::Stdin,
         max_attempts: 1,
         retry_on: vec![],
+        max_concurrency: None,
     };
     let direct = Direct {
         docker: docker.clone(),

@@ -82,6 +82,11 @@ impl Application {
         self.listener.local_addr().expect("a bound listener")
     }
 
+    /// The metrics this ingress serves; give them to an in-process worker to serve its too.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
     pub fn port(&self) -> u16 {
         self.local_addr().port()
     }

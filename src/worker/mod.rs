@@ -18,8 +18,9 @@ mod reaper;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -31,14 +32,16 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Topology};
 use crate::config::Settings;
 use crate::invocation::{self, Claim, Outcome, Status};
 use crate::message::{Reply, Work};
+use crate::metrics::{Metrics, label};
 use crate::retry::{self, Backoff, Failure, Verdict};
+use crate::scheduler::{self, Controller, Limiter, Observation};
 use container::{Caps, Exit, Run, Runner};
 
 /// A shutdown signal, as a future that completes when it is time to stop.
@@ -52,7 +55,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     amqp_url: String,
     queues: Vec<String>,
-    concurrency: usize,
+    schedule: scheduler::Config,
     grace: Duration,
 }
 
@@ -65,6 +68,13 @@ struct Shared {
     backoff: Backoff,
     /// Invocations running here now, each with a flag that turns true when its run is over.
     in_flight: Mutex<HashMap<Uuid, watch::Receiver<bool>>>,
+    /// Messages being handled now (waiting for a slot, running, or settling).
+    busy: AtomicUsize,
+    limiter: Limiter,
+    controller: Mutex<Controller>,
+    /// Per-function bounds (`max_concurrency`), by function name and bound.
+    function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The channels of one connection that handlers use.
@@ -89,6 +99,7 @@ impl Worker {
             stdout: settings.max_output_bytes,
             stderr: settings.max_log_bytes,
         };
+        let schedule = scheduler::Config::from_settings(settings);
         Ok(Worker {
             shared: Arc::new(Shared {
                 pool,
@@ -97,12 +108,29 @@ impl Worker {
                 topology: Topology::new(&settings.amqp_prefix),
                 backoff: settings.backoff(),
                 in_flight: Mutex::default(),
+                busy: AtomicUsize::new(0),
+                limiter: Limiter::new(schedule.min),
+                controller: Mutex::new(Controller::new(schedule, Instant::now())),
+                function_slots: Mutex::default(),
+                metrics: Arc::default(),
             }),
             amqp_url: settings.amqp_url.clone(),
             queues: settings.queues.clone(),
-            concurrency: crate::scheduler::max_concurrency(settings),
+            schedule,
             grace: settings.shutdown_grace(),
         })
+    }
+
+    /// Shares `metrics` with the rest of the process (the ingress serves them at `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+        Arc::get_mut(&mut self.shared)
+            .expect("a worker not yet running")
+            .metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     pub fn id(&self) -> &str {
@@ -117,20 +145,15 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut shutdown: Shutdown = Box::pin(shutdown);
+        describe_metrics(&self.shared.metrics);
         reaper::reap_own(self.shared.runner.docker(), &self.shared.worker_id).await;
         let reaper = tokio::spawn(reaper::reap_expired_forever(
             self.shared.runner.docker().clone(),
         ));
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let beating = tokio::spawn(beat_forever(
-            self.shared.clone(),
-            self.queues.clone(),
-            self.concurrency,
-            slots.clone(),
-        ));
-        tracing::info!(worker = %self.shared.worker_id, concurrency = self.concurrency, queues = ?self.queues, "worker started");
+        let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
+        tracing::info!(worker = %self.shared.worker_id, min = self.schedule.min, max = self.schedule.max, queues = ?self.queues, "worker started");
         loop {
-            match self.session(&slots, &mut shutdown).await {
+            match self.session(&mut shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "lost RabbitMQ, reconnecting");
@@ -143,7 +166,7 @@ impl Worker {
         }
         reaper.abort();
         beating.abort();
-        if slots.available_permits() == self.concurrency {
+        if self.shared.busy.load(Ordering::Relaxed) == 0 {
             let _ = heartbeat::forget(&self.shared.pool, &self.shared.worker_id).await;
         }
         tracing::info!(worker = %self.shared.worker_id, "worker stopped");
@@ -151,7 +174,7 @@ impl Worker {
     }
 
     /// One connection's life: consume until it breaks (`Err`) or shutdown (`Ok`).
-    async fn session(&self, slots: &Arc<Semaphore>, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+    async fn session(&self, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         let connection = broker::connect(&self.amqp_url, &self.shared.worker_id).await?;
         let publish = connection.create_channel().await?;
         publish
@@ -162,88 +185,263 @@ impl Worker {
             publish,
             delay_declared: Arc::default(),
         };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let target = self.shared.limiter.size();
         let mut consumers = Vec::new();
-        let mut tags = Vec::new();
-        for queue in &self.queues {
+        for (queue, prefetch) in self.queues.iter().zip(scheduler::share_prefetch(
+            target,
+            &vec![0; self.queues.len()],
+        )) {
             let channel = connection.create_channel().await?;
             self.shared.topology.declare(&channel, queue).await?;
-            channel
-                .basic_qos(self.concurrency as u16, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    self.shared.topology.work_queue(queue).into(),
-                    format!(
-                        "{}-{queue}-{}",
-                        self.shared.worker_id,
-                        Uuid::new_v4().simple()
-                    )
-                    .into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            tags.push((channel, consumer.tag().to_string()));
-            let queue = queue.clone();
-            consumers.push(consumer.map(move |d| (queue.clone(), d)));
+            let mut consumer = QueueConsumer {
+                queue: queue.clone(),
+                channel,
+                tag: None,
+                prefetch: 0,
+            };
+            consumer.start(&self.shared, prefetch, tx.clone()).await?;
+            consumers.push(consumer);
         }
-        let mut deliveries = futures_util::stream::select_all(consumers);
+        let mut side = connection.create_channel().await?;
+        let mut tick = tokio::time::interval(self.schedule.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut *shutdown => {
-                    self.drain(&connection, &tags, slots).await;
+                    self.drain(&connection, &consumers).await;
                     return Ok(());
                 }
-                delivery = deliveries.next() => match delivery {
+                delivery = rx.recv() => match delivery {
                     Some((queue, Ok(delivery))) => {
-                        let slot = slots.clone().acquire_owned().await.expect("semaphore open");
-                        tokio::spawn(handle(self.shared.clone(), channels.clone(), queue, delivery, slot));
+                        self.shared.busy.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(handle(self.shared.clone(), channels.clone(), queue, delivery));
                     }
                     Some((_, Err(e))) => return Err(e.into()),
-                    None => anyhow::bail!("consumers cancelled"),
+                    None => anyhow::bail!("consumers ended"),
+                },
+                _ = tick.tick() => {
+                    if !side.status().connected() {
+                        side = connection.create_channel().await?;
+                    }
+                    self.schedule(&side, &mut consumers, &tx).await?;
                 }
             }
         }
     }
 
+    /// One scheduler tick: observe, set the target, and make the prefetch follow it.
+    async fn schedule(
+        &self,
+        side: &Channel,
+        consumers: &mut [QueueConsumer],
+        tx: &Deliveries,
+    ) -> anyhow::Result<()> {
+        let mut depths = Vec::with_capacity(consumers.len());
+        for c in consumers.iter() {
+            let depth =
+                match broker::passive_depth(side, &self.shared.topology.work_queue(&c.queue)).await
+                {
+                    Ok(d) => u64::from(d),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "queue depth unknown this tick");
+                        0
+                    }
+                };
+            self.shared.metrics.set(
+                "granda_queue_depth",
+                format!("queue=\"{}\"", label(&c.queue)),
+                depth as f64,
+            );
+            depths.push(depth);
+        }
+        let in_flight = self.shared.busy.load(Ordering::Relaxed);
+        let target = self.shared.controller.lock().expect("lock").observe(
+            Observation {
+                depth: depths.iter().sum(),
+                in_flight,
+            },
+            Instant::now(),
+        );
+        if target != self.shared.limiter.size() {
+            tracing::debug!(
+                target,
+                in_flight,
+                depth = depths.iter().sum::<u64>(),
+                "concurrency target"
+            );
+            self.shared.limiter.resize(target);
+        }
+        let worker = format!("worker=\"{}\"", label(&self.shared.worker_id));
+        self.shared.metrics.set(
+            "granda_worker_concurrency_target",
+            worker.clone(),
+            target as f64,
+        );
+        self.shared
+            .metrics
+            .set("granda_worker_in_flight", worker, in_flight as f64);
+        for (consumer, prefetch) in consumers
+            .iter_mut()
+            .zip(scheduler::share_prefetch(target, &depths))
+        {
+            if consumer.prefetch != prefetch {
+                consumer.restart(&self.shared, prefetch, tx.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops consuming, waits up to the grace period for in-flight runs, then closes the
     /// connection, which gives unacked messages back to the queue.
-    async fn drain(&self, connection: &Connection, tags: &[(Channel, String)], slots: &Semaphore) {
-        for (channel, tag) in tags {
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+    async fn drain(&self, connection: &Connection, consumers: &[QueueConsumer]) {
+        for c in consumers {
+            c.cancel().await;
         }
-        let in_flight = self.concurrency - slots.available_permits();
-        tracing::info!(in_flight, "draining");
-        let all = slots.acquire_many(self.concurrency as u32);
-        match tokio::time::timeout(self.grace, all).await {
-            Ok(permits) => drop(permits),
-            Err(_) => {
-                tracing::warn!("grace period over; unfinished invocations go back to the queue")
-            }
+        let busy = || self.shared.busy.load(Ordering::Relaxed);
+        tracing::info!(in_flight = busy(), "draining");
+        let deadline = Instant::now() + self.grace;
+        while busy() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if busy() > 0 {
+            tracing::warn!(
+                in_flight = busy(),
+                "grace period over; unfinished invocations go back to the queue"
+            );
         }
         let _ = connection.close(200, "worker stopping".into()).await;
     }
 }
 
-async fn beat_forever(
-    shared: Arc<Shared>,
-    queues: Vec<String>,
-    concurrency: usize,
-    slots: Arc<Semaphore>,
-) {
+/// Where consumers hand their deliveries to the session.
+type Deliveries = mpsc::UnboundedSender<(String, Result<Delivery, lapin::Error>)>;
+
+/// The consumer of one queue, re-created when its prefetch changes (RabbitMQ applies a
+/// consumer's prefetch when it starts). Unacked deliveries of an old consumer stay ackable:
+/// acks belong to the channel.
+struct QueueConsumer {
+    queue: String,
+    channel: Channel,
+    tag: Option<String>,
+    prefetch: usize,
+}
+
+impl QueueConsumer {
+    async fn start(
+        &mut self,
+        shared: &Shared,
+        prefetch: usize,
+        tx: Deliveries,
+    ) -> Result<(), lapin::Error> {
+        self.channel
+            .basic_qos(
+                prefetch.min(u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let tag = format!(
+            "{}-{}-{}",
+            shared.worker_id,
+            self.queue,
+            Uuid::new_v4().simple()
+        );
+        let consumer = self
+            .channel
+            .basic_consume(
+                shared.topology.work_queue(&self.queue).into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.tag = Some(tag);
+        self.prefetch = prefetch;
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            let mut consumer = consumer;
+            while let Some(delivery) = consumer.next().await {
+                if tx.send((queue.clone(), delivery)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn restart(
+        &mut self,
+        shared: &Shared,
+        prefetch: usize,
+        tx: Deliveries,
+    ) -> Result<(), lapin::Error> {
+        self.cancel().await;
+        self.start(shared, prefetch, tx).await
+    }
+
+    async fn cancel(&self) {
+        if let Some(tag) = &self.tag {
+            let _ = self
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+    }
+}
+
+fn describe_metrics(m: &Metrics) {
+    m.describe(
+        "granda_invocations_total",
+        "Invocations that reached a final status, by function and status.",
+    );
+    m.describe(
+        "granda_invocation_retries_total",
+        "Attempts that failed and were scheduled again.",
+    );
+    m.describe(
+        "granda_invocation_duration_seconds",
+        "Compute time of a run: container start to exit.",
+    );
+    m.describe(
+        "granda_invocation_queue_wait_seconds",
+        "Time from acceptance to a worker picking the invocation up.",
+    );
+    m.describe(
+        "granda_cold_starts_total",
+        "Runs that started a new container.",
+    );
+    m.describe(
+        "granda_worker_in_flight",
+        "Invocations a worker handles now.",
+    );
+    m.describe(
+        "granda_worker_concurrency_target",
+        "How many invocations the scheduler lets a worker run at once.",
+    );
+    m.describe("granda_queue_depth", "Messages waiting in a work queue.");
+}
+
+async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
     loop {
         let beat = heartbeat::Beat {
             worker: &shared.worker_id,
-            concurrency: concurrency as i32,
-            in_flight: (concurrency - slots.available_permits()) as i32,
+            concurrency: shared.limiter.size() as i32,
+            in_flight: shared.busy.load(Ordering::Relaxed) as i32,
             queues: &queues,
         };
         if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
         tokio::time::sleep(heartbeat::EVERY).await;
+    }
+}
+
+/// Counts a message as handled here until dropped.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -273,15 +471,13 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Handles one delivery from claim to ack.
+/// Handles one delivery from claim to ack, once the scheduler gives it a slot.
 #[tracing::instrument(skip_all, fields(id, queue = %queue))]
-async fn handle(
-    shared: Arc<Shared>,
-    channels: Channels,
-    queue: String,
-    delivery: Delivery,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery: Delivery) {
+    let _busy = Busy(&shared.busy);
+    let Ok(_slot) = shared.limiter.slots().acquire_owned().await else {
+        return;
+    };
     let work = match Work::decode(&delivery.properties) {
         Ok(work) => work,
         Err(e) => {
@@ -307,8 +503,31 @@ async fn handle(
         with_db_retries(|| invocation::store::claim(&shared.pool, work.id, &shared.worker_id))
             .await;
     match claim {
-        Claim::Claimed { attempt, .. } => {
+        Claim::Claimed { attempt, queued_at } => {
             let running = Running::start(&shared, work.id);
+            let function = format!("function=\"{}\"", label(&work.function.name));
+            if attempt == 1 {
+                let waited = (chrono::Utc::now() - queued_at).num_milliseconds().max(0);
+                shared.metrics.observe(
+                    "granda_invocation_queue_wait_seconds",
+                    function.clone(),
+                    waited as f64 / 1000.0,
+                );
+            }
+            // A function with its own bound waits for one of its slots (per worker).
+            let _function_slot = match work.function.max_concurrency {
+                Some(max) => {
+                    let slots = shared
+                        .function_slots
+                        .lock()
+                        .expect("lock")
+                        .entry((work.function.name.clone(), max))
+                        .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
+                        .clone();
+                    slots.acquire_owned().await.ok()
+                }
+                None => None,
+            };
             run_claimed(&shared, &channels, &queue, &delivery, &work, attempt).await;
             drop(running);
         }
@@ -337,7 +556,26 @@ async fn run_claimed(
     work: &Work,
     attempt: i32,
 ) {
+    let started = Instant::now();
     let (mut outcome, failure) = execute(&shared.runner, work, &delivery.data).await;
+    shared
+        .controller
+        .lock()
+        .expect("lock")
+        .record_run(started.elapsed());
+    let function = format!("function=\"{}\"", label(&work.function.name));
+    if outcome.cold {
+        shared
+            .metrics
+            .inc("granda_cold_starts_total", function.clone());
+    }
+    if let Some(ms) = outcome.duration_ms {
+        shared.metrics.observe(
+            "granda_invocation_duration_seconds",
+            function.clone(),
+            ms as f64 / 1000.0,
+        );
+    }
     let verdict = retry::decide(
         work.trigger,
         work.function.max_attempts,
@@ -353,6 +591,10 @@ async fn run_claimed(
                 tracing::warn!(attempt, "retries spent; dead-lettering");
             }
             with_db_retries(|| invocation::store::finish(&shared.pool, work.id, &outcome)).await;
+            shared.metrics.inc(
+                "granda_invocations_total",
+                format!("{function},status=\"{}\"", outcome.status().as_str()),
+            );
             reply(channels, work, &Reply::from_outcome(&outcome)).await;
             if verdict == Verdict::Dead {
                 reject(delivery, false).await;
