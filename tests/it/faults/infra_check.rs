@@ -153,6 +153,16 @@ async fn docker_restart_keeps_images_and_runs_containers() {
         docker.test_images().await
     );
     assert_eq!(run_echo(docker.host()).await, "ran\n");
+
+    // Left running on purpose: dropping the engine must remove it (and its mounts) too.
+    let started = tokio::process::Command::new("docker")
+        .env("DOCKER_HOST", docker.host())
+        .args(["run", "-d", "--network", "none", "granda-test/busybox"])
+        .args(["sleep", "300"])
+        .output()
+        .await
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
 }
 
 #[tokio::test]
