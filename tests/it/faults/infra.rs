@@ -84,8 +84,23 @@ fn scratch_dir(kind: &str) -> PathBuf {
     let hex = Uuid::new_v4().simple().to_string();
     let dir = PathBuf::from(format!("{SCRATCH_PREFIX}{kind}-{}", &hex[..12]));
     fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
+    let me = std::process::id();
+    let owner = format!("{me} {}", start_time(me).unwrap_or(0));
+    fs::write(dir.join("owner.pid"), owner).unwrap();
     dir
+}
+
+/// When process `pid` started (clock ticks since boot): with the pid, it names one process even
+/// after pids wrap around.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the fields after the parenthesised command name start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// The 12 hex digits that make a scratch directory unique.
@@ -107,13 +122,19 @@ pub fn reap_stale() {
             continue;
         };
         // A directory without an owner is being created right now.
-        let Some(owner) = read_pid(&dir.join("owner.pid")) else {
+        let Ok(owner) = fs::read_to_string(dir.join("owner.pid")) else {
             continue;
         };
-        if Path::new(&format!("/proc/{owner}")).exists() {
+        let mut fields = owner.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let (Some(Some(pid)), started) = (fields.next(), fields.next().flatten()) else {
+            continue;
+        };
+        let pid = pid as u32;
+        // Alive, and the same process (not a later one that got its pid).
+        if alive(pid) && (started.is_none() || start_time(pid) == started) {
             continue;
         }
-        eprintln!("reaping {path}, left by process {owner}");
+        eprintln!("reaping {path}, left by process {pid}");
         match rest.split('-').next() {
             Some("pg") => teardown_postgres(&dir),
             Some("rabbit") => teardown_rabbit(&dir),
@@ -300,6 +321,7 @@ pub struct TestPostgres {
     dir: PathBuf,
     port: u16,
     up: AtomicBool,
+    started_once: AtomicBool,
 }
 
 impl TestPostgres {
@@ -312,6 +334,7 @@ impl TestPostgres {
             port: free_port(),
             dir,
             up: AtomicBool::new(false),
+            started_once: AtomicBool::new(false),
         };
         let (data, log) = (pg.data_dir(), pg.commands_log());
         blocking(move || {
@@ -426,10 +449,9 @@ impl TestPostgres {
             }
         }
         self.up.store(true, Ordering::SeqCst);
-        if self.dir.join("started-once").exists() {
+        if self.started_once.swap(true, Ordering::SeqCst) {
             eprintln!("TestPostgres started again in {}", secs(began.elapsed()));
         }
-        let _ = fs::write(self.dir.join("started-once"), "");
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -601,19 +623,26 @@ impl TestRabbit {
 
     /// Runs `rabbitmqctl -q -n NODE <args>` and returns its stdout; panics when it fails.
     pub async fn ctl(&self, args: &[&str]) -> String {
+        // Output to files, not pipes: should the CLI have to start epmd, that daemon must not
+        // hold a pipe of ours open.
+        let out = self
+            .dir
+            .join(format!("ctl-{}.out", Uuid::new_v4().simple()));
+        let err = out.with_extension("err");
         let mut cmd = Command::new("rabbitmqctl");
         cmd.args(["-q", "-n", &self.node])
             .args(args)
-            .current_dir("/");
-        let what = format!("rabbitmqctl {}", args.join(" "));
-        let output = blocking(move || cmd.output()).await.expect("rabbitmqctl");
-        assert!(
-            output.status.success(),
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap());
+        let what = format!("rabbitmqctl -n {} {}", self.node, args.join(" "));
+        let status = blocking(move || cmd.status()).await.expect("rabbitmqctl");
+        let stdout = fs::read_to_string(&out).unwrap_or_default();
+        let stderr = fs::read_to_string(&err).unwrap_or_default();
+        let _ = (fs::remove_file(&out), fs::remove_file(&err));
+        assert!(status.success(), "{what} failed: {stdout}{stderr}");
+        stdout
     }
 
     /// Stops the RabbitMQ application (the Erlang node stays): every client connection is
