@@ -6,12 +6,13 @@
 //!
 //! | helper | what it is | start | restart |
 //! |---|---|---|---|
-//! | [`TestPostgres`] | a throwaway cluster (`initdb` + `pg_ctl`) on its own port | ~1–4 s | `stop`/`start_again`, < 1 s |
-//! | [`TestRabbit`] | a second RabbitMQ node with its own name, ports and data | ~10–20 s | `stop_app`/`start_app`, ~4–7 s |
-//! | [`TestDocker`] | a second `dockerd` with its own socket, data root and containerd namespace | ~2–4 s (images cached) | SIGTERM + start, ~1–2 s |
-//! | [`GrandaProcess`] | the real `granda` binary as a child process | | `kill9`, `sigterm` |
+//! | [`TestPostgres`] | a throwaway cluster (`initdb` + `pg_ctl`) on its own port | 1.6–6.5 s (mostly `initdb`) | `stop` 0.1–0.2 s, `start_again` 0.3–0.5 s |
+//! | [`TestRabbit`] | a second RabbitMQ node with its own name, ports and data | 11–22 s | `stop_app` + `start_app` 5–12 s |
+//! | [`TestDocker`] | a second `dockerd` with its own socket, data root and containerd namespace | 1.6–2.3 s (images cached; 10–27 s to build them the first time) | 1.4–2.1 s idle; ~12 s with a running container that ignores SIGTERM |
+//! | [`GrandaProcess`] | the real `granda` binary as a child process | < 1 s | `kill9`, `sigterm` |
 //!
-//! (Times measured on the 2-core development machine while other builds ran; see the module's commit.)
+//! (Measured on the 2-core development machine while other builds ran: RabbitMQ is CPU-bound and
+//! varies most. Dropping each takes 0.1–3 s.)
 //!
 //! Everything lives in a directory `/tmp/granda-fault-<kind>-<12 hex>` owned by the test process.
 //! `Drop` stops the server synchronously and removes that directory, panicking test or not. A test
