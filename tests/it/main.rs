@@ -2,6 +2,7 @@
 //! own Granda with its own database and queues, so they run in parallel.
 
 mod bad_input;
+mod faults;
 mod functions;
 mod guarantees;
 mod invocations;
