@@ -3,3 +3,6 @@
 
 pub mod infra;
 mod infra_check;
+mod ledger;
+mod services;
+mod worker;
