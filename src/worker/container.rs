@@ -291,15 +291,31 @@ impl Runner {
     }
 }
 
-/// Force-removes a container (killing it if it still runs); a missing one is fine.
+/// Force-removes a container (killing it if it still runs); a missing one is fine. An engine
+/// that is away (restarting) is asked again for a few minutes before the reaper is left to it.
 pub async fn remove(docker: &Docker, container: &str) {
     let options = RemoveContainerOptionsBuilder::new().force(true).build();
-    match docker.remove_container(container, Some(options)).await {
-        Ok(()) => {}
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
-        Err(e) => tracing::warn!(%container, error = %e, "container could not be removed"),
+    let mut backoff = Duration::from_millis(250);
+    let give_up = Instant::now() + Duration::from_secs(180);
+    loop {
+        match docker
+            .remove_container(container, Some(options.clone()))
+            .await
+        {
+            Ok(()) => return,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return,
+            Err(e) if Instant::now() > give_up => {
+                tracing::warn!(%container, error = %e, "container could not be removed; the reaper will");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%container, error = %e, "container not removed yet; asking again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

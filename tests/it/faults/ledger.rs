@@ -46,9 +46,16 @@ impl Ledger {
         let mut accepted = self.accepted.clone();
         accepted.sort();
         accepted.dedup();
-        assert_eq!(accepted.len(), self.accepted.len(), "an id was answered twice");
+        assert_eq!(
+            accepted.len(),
+            self.accepted.len(),
+            "an id was answered twice"
+        );
         let recorded: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        assert_eq!(recorded, accepted, "exactly the accepted invocations are recorded");
+        assert_eq!(
+            recorded, accepted,
+            "exactly the accepted invocations are recorded"
+        );
         rows
     }
 }

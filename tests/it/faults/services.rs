@@ -24,7 +24,9 @@ async fn submit(app: &crate::support::TestApp, function: &str, ledger: &mut Ledg
     let status = response.status().as_u16();
     if status == 202 {
         let body: serde_json::Value = response.json().await.unwrap();
-        ledger.accepted.push(body["id"].as_str().unwrap().parse().unwrap());
+        ledger
+            .accepted
+            .push(body["id"].as_str().unwrap().parse().unwrap());
     } else {
         assert_eq!(status, 503, "refused as unavailable, not failed");
         ledger.refused += 1;
@@ -79,7 +81,13 @@ async fn a_rabbitmq_restart_loses_nothing_and_no_caller_hangs() {
     }
     let response = app.invoke("echo", "after").await;
     assert_eq!(response.status(), 200);
-    ledger.accepted.push(response.headers()["x-granda-invocation-id"].to_str().unwrap().parse().unwrap());
+    ledger.accepted.push(
+        response.headers()["x-granda-invocation-id"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
 
     let rows = ledger.settle(&app.pool, Duration::from_secs(120)).await;
     assert!(rows.iter().all(|(_, s, _)| s == "succeeded"), "{rows:?}");
@@ -97,14 +105,23 @@ async fn postgres_stopped_under_load_means_503s_and_nothing_accepted_is_lost() {
     let pg = TestPostgres::start().await;
     let db = format!("granda_fault_{}", Uuid::new_v4().simple());
     let app = spawn_app_with(|s| s.database_url = pg.url(&db)).await;
-    app.register("nap", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "1"}})).await;
+    app.register(
+        "nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "1"}}),
+    )
+    .await;
     let mut ledger = Ledger::default();
     for _ in 0..10 {
         assert_eq!(submit(&app, "nap", &mut ledger).await, 202);
     }
     pg.stop().await;
     for _ in 0..3 {
-        assert_eq!(submit(&app, "nap", &mut ledger).await, 503, "no 2xx while nothing can be recorded");
+        assert_eq!(
+            submit(&app, "nap", &mut ledger).await,
+            503,
+            "no 2xx while nothing can be recorded"
+        );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.start_again().await;
@@ -131,8 +148,12 @@ async fn a_docker_engine_restart_mid_run_is_retried_as_a_platform_failure() {
         s.retry_max_ms = 4_000;
     })
     .await;
-    app.register("nap", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "3"}, "max_attempts": 6}))
-        .await;
+    app.register(
+        "nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "3"}, "max_attempts": 6}),
+    )
+    .await;
     let mut ledger = Ledger::default();
     for _ in 0..3 {
         assert_eq!(submit(&app, "nap", &mut ledger).await, 202);
@@ -140,10 +161,11 @@ async fn a_docker_engine_restart_mid_run_is_retried_as_a_platform_failure() {
     // Wait until they run, then pull the engine from under them.
     let start = std::time::Instant::now();
     loop {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM invocations WHERE status = 'running'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM invocations WHERE status = 'running'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
         if n >= 1 {
             break;
         }
@@ -153,8 +175,15 @@ async fn a_docker_engine_restart_mid_run_is_retried_as_a_platform_failure() {
     docker.restart().await;
     let rows = ledger.settle(&app.pool, Duration::from_secs(180)).await;
     assert!(rows.iter().all(|(_, s, _)| s == "succeeded"), "{rows:?}");
-    assert!(rows.iter().any(|(_, _, a)| *a >= 2), "the cut runs were retried: {rows:?}");
+    assert!(
+        rows.iter().any(|(_, _, a)| *a >= 2),
+        "the cut runs were retried: {rows:?}"
+    );
     assert_no_containers(&docker.client(), &app.worker_id(), Duration::from_secs(30)).await;
-    eprintln!("docker restart: {} accepted, lost 0, duplicated 0; attempts {:?}", rows.len(), rows.iter().map(|r| r.2).collect::<Vec<_>>());
+    eprintln!(
+        "docker restart: {} accepted, lost 0, duplicated 0; attempts {:?}",
+        rows.len(),
+        rows.iter().map(|r| r.2).collect::<Vec<_>>()
+    );
     app.shutdown().await;
 }

@@ -14,8 +14,18 @@ async fn ingress_only() -> TestApp {
     spawn_app_with(|s| s.queues = vec!["not-this-one".into()]).await
 }
 
-fn worker_env(app: &TestApp, worker_id: &str, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let db = app.settings.database_url.rsplit('/').next().unwrap().to_string();
+fn worker_env(
+    app: &TestApp,
+    worker_id: &str,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let db = app
+        .settings
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut env = vec![
         ("GRANDA_DATABASE_URL", format!("{}/{db}", postgres_base())),
         ("GRANDA_AMQP_URL", app.settings.amqp_url.clone()),
@@ -38,7 +48,10 @@ async fn running_count(app: &TestApp) -> i64 {
 async fn wait_running(app: &TestApp, at_least: i64, within: Duration) {
     let start = Instant::now();
     while running_count(app).await < at_least {
-        assert!(start.elapsed() < within, "fewer than {at_least} running after {within:?}");
+        assert!(
+            start.elapsed() < within,
+            "fewer than {at_least} running after {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -46,14 +59,28 @@ async fn wait_running(app: &TestApp, at_least: i64, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing_and_its_successor_cleans_up() {
     let app = ingress_only().await;
-    app.register("nap", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "2"}})).await;
+    app.register(
+        "nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "2"}}),
+    )
+    .await;
     let worker_id = format!("crashy-{}", Uuid::new_v4().simple());
-    let env = worker_env(&app, &worker_id, &[("GRANDA_MIN_CONCURRENCY", "20".into()), ("GRANDA_MAX_CONCURRENCY", "20".into())]);
+    let env = worker_env(
+        &app,
+        &worker_id,
+        &[
+            ("GRANDA_MIN_CONCURRENCY", "20".into()),
+            ("GRANDA_MAX_CONCURRENCY", "20".into()),
+        ],
+    );
     let first = GrandaProcess::spawn(&["worker"], &env);
 
     let mut ledger = Ledger::default();
     for i in 0..20 {
-        ledger.accepted.push(app.invoke_async("nap", format!("{i}")).await);
+        ledger
+            .accepted
+            .push(app.invoke_async("nap", format!("{i}")).await);
     }
     wait_running(&app, 10, Duration::from_secs(60)).await;
     first.kill9();
@@ -62,23 +89,51 @@ async fn a_worker_killed_mid_run_loses_nothing_and_its_successor_cleans_up() {
     // A new worker under the same name: it removes what its dead self left, and runs it all.
     let second = GrandaProcess::spawn(&["worker"], &env);
     let rows = ledger.settle(&app.pool, Duration::from_secs(120)).await;
-    assert!(rows.iter().all(|(_, status, _)| status == "succeeded"), "{rows:?}\n{}", second.log());
-    assert!(rows.iter().any(|(_, _, attempt)| *attempt >= 2), "some runs were cut and run again: {rows:?}");
+    assert!(
+        rows.iter().all(|(_, status, _)| status == "succeeded"),
+        "{rows:?}\n{}",
+        second.log()
+    );
+    assert!(
+        rows.iter().any(|(_, _, attempt)| *attempt >= 2),
+        "some runs were cut and run again: {rows:?}"
+    );
     assert_no_containers(&app.docker, &worker_id, Duration::from_secs(30)).await;
     second.sigterm();
-    assert!(second.wait_exit(Duration::from_secs(30)).await.unwrap().success());
-    eprintln!("kill -9: 20 accepted, {} final, lost 0, duplicated 0", rows.len());
+    assert!(
+        second
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .success()
+    );
+    eprintln!(
+        "kill -9: 20 accepted, {} final, lost 0, duplicated 0",
+        rows.len()
+    );
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_rest() {
     let app = ingress_only().await;
-    app.register("nap", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "2"}})).await;
-    app.register("long-nap", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "30"}, "timeout_ms": 60000}))
-        .await;
+    app.register(
+        "nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "2"}}),
+    )
+    .await;
+    app.register(
+        "long-nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "30"}, "timeout_ms": 60000}),
+    )
+    .await;
     let worker_id = format!("polite-{}", Uuid::new_v4().simple());
-    let concurrency = [("GRANDA_MIN_CONCURRENCY", "4".to_string()), ("GRANDA_MAX_CONCURRENCY", "4".to_string())];
+    let concurrency = [
+        ("GRANDA_MIN_CONCURRENCY", "4".to_string()),
+        ("GRANDA_MAX_CONCURRENCY", "4".to_string()),
+    ];
 
     // Runs that fit in the grace period finish, and the worker exits 0.
     let mut env = worker_env(&app, &worker_id, &concurrency);
@@ -86,14 +141,22 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
     let worker = GrandaProcess::spawn(&["worker"], &env);
     let mut ledger = Ledger::default();
     for i in 0..4 {
-        ledger.accepted.push(app.invoke_async("nap", format!("{i}")).await);
+        ledger
+            .accepted
+            .push(app.invoke_async("nap", format!("{i}")).await);
     }
     wait_running(&app, 4, Duration::from_secs(60)).await;
     worker.sigterm();
-    let status = worker.wait_exit(Duration::from_secs(30)).await.expect("exits within the grace");
+    let status = worker
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits within the grace");
     assert!(status.success(), "exit 0: {status:?}\n{}", worker.log());
     let rows = ledger.settle(&app.pool, Duration::from_secs(5)).await;
-    assert!(rows.iter().all(|(_, s, a)| s == "succeeded" && *a == 1), "{rows:?}");
+    assert!(
+        rows.iter().all(|(_, s, a)| s == "succeeded" && *a == 1),
+        "{rows:?}"
+    );
 
     // Runs that don't fit go back to the queue; the next worker runs them.
     let mut env = worker_env(&app, &worker_id, &concurrency);
@@ -104,7 +167,10 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
     wait_running(&app, 1, Duration::from_secs(60)).await;
     let stopping = Instant::now();
     worker.sigterm();
-    let status = worker.wait_exit(Duration::from_secs(15)).await.expect("exits after the grace");
+    let status = worker
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits after the grace");
     assert!(status.success());
     assert!(stopping.elapsed() < Duration::from_secs(10));
     app.client
@@ -126,7 +192,12 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_granda_up_answers_the_requests_in_flight_then_exits() {
     let app = ingress_only().await;
-    app.register("nap", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "2"}})).await;
+    app.register(
+        "nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "2"}}),
+    )
+    .await;
     let port = super::infra::free_port();
     let worker_id = format!("up-{}", Uuid::new_v4().simple());
     let mut env = worker_env(&app, &worker_id, &[]);
