@@ -28,6 +28,9 @@ use crate::message::{Reply, Work};
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// How many times a nacked publish is tried again (over about three seconds).
+const NACK_RETRIES: u32 = 6;
+
 /// How many times a quorum queue redelivers one message (a worker crashing on it) before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
@@ -291,19 +294,38 @@ impl Publisher {
     /// Publishes `work` to its queue and returns once the broker confirmed it.
     #[tracing::instrument(skip_all, fields(id = %work.id, queue))]
     pub async fn publish(&self, queue: &str, work: &Work, body: &[u8]) -> Result<(), BrokerError> {
-        match self.try_publish(queue, work, body).await {
-            Err(BrokerError::Amqp(e)) => {
-                // The connection may have died since the last use: one fresh try.
-                tracing::warn!(error = %e, "publish failed, reconnecting");
-                self.try_publish(queue, work, body).await
-            }
-            other => other,
-        }
+        self.publish_retrying(queue, work, body, |_| {}).await
     }
 
-    async fn try_publish(&self, queue: &str, work: &Work, body: &[u8]) -> Result<(), BrokerError> {
-        let link = self.link().await?;
-        self.publish_on(&link, queue, work, body).await
+    /// Publishes, retrying what is safe to retry: a dead connection (once, after reconnecting)
+    /// and a nack (the broker did not store the message; a quorum queue still electing its
+    /// leader does that), with a short backoff. `on_link` runs before each try.
+    async fn publish_retrying(
+        &self,
+        queue: &str,
+        work: &Work,
+        body: &[u8],
+        on_link: impl Fn(&Link),
+    ) -> Result<(), BrokerError> {
+        let mut reconnected = false;
+        let mut nacks = 0;
+        loop {
+            let link = self.link().await?;
+            on_link(&link);
+            match self.publish_on(&link, queue, work, body).await {
+                Ok(()) => return Ok(()),
+                Err(BrokerError::Amqp(e)) if !reconnected => {
+                    tracing::warn!(error = %e, "publish failed, reconnecting");
+                    reconnected = true;
+                }
+                Err(BrokerError::Nacked) if nacks < NACK_RETRIES => {
+                    nacks += 1;
+                    tracing::debug!(nacks, "publish nacked; trying again");
+                    tokio::time::sleep(Duration::from_millis(25 << nacks)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn publish_on(
@@ -339,24 +361,20 @@ impl Publisher {
         work.reply_to = Some(DIRECT_REPLY_TO.to_string());
         work.correlation_id = Some(correlation_id.clone());
         let _forget = Forget(&self.waiters, &correlation_id);
-        let mut tried = false;
-        let rx = loop {
-            let link = self.link().await?;
-            let (tx, rx) = oneshot::channel();
+        let rx = Mutex::new(None);
+        self.publish_retrying(queue, &work, body, |link| {
+            let (tx, new_rx) = oneshot::channel();
             self.waiters
                 .lock()
                 .expect("lock")
                 .insert(correlation_id.clone(), (link.generation, tx));
-            match self.publish_on(&link, queue, &work, body).await {
-                Ok(()) => break rx,
-                // The connection may have died since the last use: one fresh try.
-                Err(BrokerError::Amqp(e)) if !tried => {
-                    tracing::warn!(error = %e, "publish failed, reconnecting");
-                    tried = true;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+            *rx.lock().expect("lock") = Some(new_rx);
+        })
+        .await?;
+        let rx = rx
+            .into_inner()
+            .expect("lock")
+            .expect("a waiter was registered");
         Ok(tokio::time::timeout(wait, rx)
             .await
             .ok()
