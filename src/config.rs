@@ -125,6 +125,24 @@ pub struct Settings {
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
+
+    /// How far a signed webhook's timestamp (Stripe, Standard Webhooks) may be from now, in seconds.
+    #[arg(
+        long,
+        env = "GRANDA_WEBHOOK_TOLERANCE_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub webhook_tolerance_secs: i64,
+
+    /// How long a webhook's previous secret keeps verifying after a rotation, in seconds (default 24 h).
+    #[arg(
+        long,
+        env = "GRANDA_WEBHOOK_ROTATION_GRACE_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub webhook_rotation_grace_secs: i64,
 }
 
 impl Settings {

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod producer;
 pub mod scheduler;
 pub mod telemetry;
+pub mod webhook;
 pub mod worker;

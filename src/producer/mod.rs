@@ -1,11 +1,13 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
+pub mod enqueue;
 pub mod extract;
 pub mod functions;
 pub mod health;
 pub mod invocations;
 pub mod invoke;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -120,6 +122,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/fn/{name}", post(invoke::sync))
         .route("/v1/invocations/{id}", get(invocations::get))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/hooks/{id}", post(webhooks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

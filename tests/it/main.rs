@@ -6,3 +6,4 @@ mod functions;
 mod invocations;
 mod invoke;
 mod support;
+mod webhooks;
