@@ -20,3 +20,27 @@ CREATE TABLE webhooks (
 );
 
 CREATE INDEX webhooks_function ON webhooks (function);
+
+-- A function's subscriptions to published events, by AMQP topic pattern (`orders.*`, `orders.#`).
+CREATE TABLE subscriptions (
+    id         uuid PRIMARY KEY,
+    function   text NOT NULL REFERENCES functions (name) ON DELETE CASCADE,
+    pattern    text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT subscriptions_function_pattern UNIQUE (function, pattern)
+);
+
+-- Every published event, with the invocations it fanned out to (none is fine).
+-- Ids are UUIDv7. An idempotency key makes a retried publish fan out only what is missing.
+CREATE TABLE events (
+    id              uuid PRIMARY KEY,
+    topic           text NOT NULL,
+    payload         bytea NOT NULL,
+    size            bigint NOT NULL,
+    content_type    text,
+    invocations     jsonb NOT NULL DEFAULT '[]'::jsonb,
+    idempotency_key text UNIQUE,
+    published_at    timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX events_topic_id ON events (topic, id DESC);

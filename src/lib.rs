@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod docker;
 pub mod error;
+pub mod event;
 pub mod function;
 pub mod invocation;
 pub mod message;

@@ -2,6 +2,7 @@
 //! RabbitMQ, and for sync calls waits for the reply.
 
 pub mod enqueue;
+pub mod events;
 pub mod extract;
 pub mod functions;
 pub mod health;
@@ -122,6 +123,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/fn/{name}", post(invoke::sync))
         .route("/v1/invocations/{id}", get(invocations::get))
+        .route(
+            "/v1/functions/{name}/subscriptions",
+            post(events::subscribe).get(events::subscriptions),
+        )
+        .route(
+            "/v1/functions/{name}/subscriptions/{id}",
+            axum::routing::delete(events::unsubscribe),
+        )
+        .route("/v1/events/{topic}", post(events::publish).get(events::get))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",

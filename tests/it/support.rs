@@ -264,6 +264,11 @@ impl TestApp {
             let topology = Topology::new(&self.settings.amqp_prefix);
             let queues: Vec<&str> = self.settings.queues.iter().map(String::as_str).collect();
             let _ = granda::broker::delete_topology(&connection, &topology, &queues).await;
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete(topology.events_exchange().into(), Default::default())
+                    .await;
+            }
             let _ = connection.close(200, "".into()).await;
         }
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {
