@@ -44,3 +44,21 @@ CREATE TABLE events (
 );
 
 CREATE INDEX events_topic_id ON events (topic, id DESC);
+
+-- Result callbacks: where the final record is POSTed, and how that went.
+-- callback_status: pending → delivering → delivered | failed.
+ALTER TABLE functions ADD COLUMN callback_url text;
+ALTER TABLE invocations
+    ADD COLUMN callback_url        text,
+    ADD COLUMN callback_status     text,
+    ADD COLUMN callback_attempts   integer NOT NULL DEFAULT 0,
+    ADD COLUMN callback_error      text,
+    ADD COLUMN callback_claimed_at timestamptz,
+    ADD COLUMN callback_done_at    timestamptz;
+
+-- Installation-wide settings every server and worker shares (the callback signing key).
+CREATE TABLE installation (
+    key        text PRIMARY KEY,
+    value      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

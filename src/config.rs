@@ -143,6 +143,33 @@ pub struct Settings {
         global = true
     )]
     pub webhook_rotation_grace_secs: i64,
+
+    /// First wait before a failed result callback is retried, in ms; it doubles on each retry.
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_BACKOFF_MS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub callback_backoff_ms: u64,
+
+    /// Most tries of one result callback (5xx, 408, 429 and network errors are retried).
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_MAX_ATTEMPTS",
+        default_value_t = 6,
+        global = true
+    )]
+    pub callback_max_attempts: u32,
+
+    /// How long one callback request may take, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub callback_timeout_ms: u64,
 }
 
 impl Settings {

@@ -55,6 +55,7 @@ pub struct FunctionRow {
     pub input_mode: String,
     pub queue: String,
     pub max_attempts: i32,
+    pub callback_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -72,6 +73,8 @@ pub struct Function {
     pub input: InputMode,
     pub queue: String,
     pub max_attempts: i32,
+    /// Where results of its async, webhook and event invocations are POSTed unless the call says otherwise.
+    pub callback_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -89,6 +92,7 @@ impl From<FunctionRow> for Function {
             input: InputMode::parse(&r.input_mode),
             queue: r.queue,
             max_attempts: r.max_attempts,
+            callback_url: r.callback_url,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -138,6 +142,7 @@ pub struct NewFunction {
     pub input: Option<InputMode>,
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
+    pub callback_url: Option<String>,
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -155,6 +160,7 @@ pub struct FunctionUpdate {
     pub input: Option<InputMode>,
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
+    pub callback_url: Option<String>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -215,6 +221,7 @@ impl NewFunction {
             input: self.input.unwrap_or_default(),
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            callback_url: self.callback_url,
             created_at: now,
             updated_at: now,
         };
@@ -241,6 +248,12 @@ impl FunctionUpdate {
             input: self.input.unwrap_or(current.input),
             queue: self.queue.unwrap_or(current.queue),
             max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
+            // An empty string removes the default.
+            callback_url: match self.callback_url {
+                Some(url) if url.is_empty() => None,
+                Some(url) => Some(url),
+                None => current.callback_url,
+            },
             updated_at: Utc::now(),
             ..current
         };
@@ -300,6 +313,9 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if !(1..=100).contains(&f.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
     }
+    if let Some(url) = &f.callback_url {
+        crate::callback::check_url(url).map_err(|reason| invalid("callback_url", reason))?;
+    }
     Ok(())
 }
 
@@ -310,8 +326,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, callback_url, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $13, $11, $12)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -326,6 +342,7 @@ pub mod store {
         .bind(f.max_attempts)
         .bind(f.created_at)
         .bind(f.updated_at)
+        .bind(&f.callback_url)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -333,7 +350,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, callback_url, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -344,7 +361,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, callback_url, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -356,7 +373,8 @@ pub mod store {
     pub async fn update(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
-                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11
+                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11,
+                    callback_url = $12
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -370,6 +388,7 @@ pub mod store {
         .bind(&f.queue)
         .bind(f.max_attempts)
         .bind(f.updated_at)
+        .bind(&f.callback_url)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

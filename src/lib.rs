@@ -2,6 +2,7 @@
 //! and run as Docker containers; every run is recorded in Postgres.
 
 pub mod broker;
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -24,6 +24,8 @@ pub struct Job<'a> {
     pub reply: Option<Duration>,
     /// Env of this invocation only (`GRANDA_WEBHOOK_*`, `GRANDA_EVENT_*`), added to the function's.
     pub env: BTreeMap<String, String>,
+    /// Where to POST the result when final; else the function's `callback_url` (not for sync).
+    pub callback_url: Option<&'a str>,
 }
 
 impl<'a> Job<'a> {
@@ -34,6 +36,7 @@ impl<'a> Job<'a> {
             idempotency_key: None,
             reply: None,
             env: BTreeMap::new(),
+            callback_url: None,
         }
     }
 }
@@ -72,6 +75,16 @@ pub async fn enqueue(
             new: false,
             reply: None,
         });
+    }
+    let callback = match job.trigger {
+        Trigger::Sync => None,
+        _ => job.callback_url.or(function.callback_url.as_deref()),
+    };
+    if let Some(url) = callback
+        && let Err(e) = crate::callback::attach(&app.pool, id, url).await
+    {
+        store::discard(&app.pool, id).await.ok();
+        return Err(e.into());
     }
     let mut snapshot = function.snapshot();
     // The snapshot is this message's own copy: per-invocation env travels in it, so the worker

@@ -24,6 +24,7 @@ pub const HEADER_STATUS: &str = "x-granda-status";
 pub const HEADER_DURATION: &str = "x-granda-duration-ms";
 pub const HEADER_EXIT_CODE: &str = "x-granda-exit-code";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const CALLBACK_URL: &str = "x-callback-url";
 
 /// `POST /v1/functions/{name}/invoke` and `POST /fn/{name}`.
 #[tracing::instrument(skip_all, fields(%name))]
@@ -67,9 +68,21 @@ pub async fn r#async(
                 })?,
         ),
     };
+    let callback_url = match headers.get(CALLBACK_URL) {
+        None => None,
+        Some(v) => {
+            let url = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("X-Callback-Url must be visible ASCII".into()))?;
+            crate::callback::check_url(url)
+                .map_err(|e| ApiError::BadRequest(format!("X-Callback-Url: {e}")))?;
+            Some(url)
+        }
+    };
     let function = load(&app, &name).await?;
     let job = Job {
         idempotency_key: key,
+        callback_url,
         ..Job::new(Trigger::Async, &body)
     };
     let queued = enqueue(&app, &function, job).await?;

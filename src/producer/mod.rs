@@ -102,6 +102,18 @@ impl Application {
     }
 }
 
+/// `GET /v1/callbacks/key`: the key result callbacks are signed with, for receivers to verify.
+async fn callback_key(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let key = crate::callback::signing_key(&app.pool).await?;
+    Ok(axum::Json(serde_json::json!({
+        "key": key,
+        "algorithm": "HMAC-SHA256",
+        "signed": "{X-Granda-Timestamp}.{X-Granda-Invocation-Id}.{body}",
+    })))
+}
+
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
@@ -139,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/hooks/{id}", post(webhooks::receive))
+        .route("/v1/callbacks/key", get(callback_key))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -49,6 +49,7 @@ struct Shared {
     pool: PgPool,
     runner: Runner,
     worker_id: String,
+    callbacks: Arc<crate::callback::Callbacks>,
 }
 
 impl Worker {
@@ -69,6 +70,7 @@ impl Worker {
                 pool,
                 runner: Runner::new(docker, worker_id.clone(), caps),
                 worker_id,
+                callbacks: crate::callback::Callbacks::new(settings),
             }),
             amqp_url: settings.amqp_url.clone(),
             queues: settings.queues.clone(),
@@ -223,7 +225,12 @@ async fn handle(
             let mut backoff = Duration::from_millis(100);
             loop {
                 match invocation::store::finish(&shared.pool, work.id, &outcome).await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        // Issue 5: POST the result to its callback URL, if it has one (off this path).
+                        let (pool, callbacks) = (shared.pool.clone(), shared.callbacks.clone());
+                        crate::callback::deliver_later(pool, callbacks, work.id);
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "can't record the result yet; retrying");
                         tokio::time::sleep(backoff).await;
@@ -235,6 +242,7 @@ async fn handle(
         }
         Claim::AlreadyFinal(record) => {
             tracing::info!("already final; acking without a run");
+            crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), work.id);
             Reply::from_record(&record)
         }
         Claim::Missing => {

@@ -2,6 +2,7 @@
 //! own Granda with its own database and queues, so they run in parallel.
 
 mod bad_input;
+mod callbacks;
 mod events;
 mod functions;
 mod invocations;
