@@ -481,5 +481,79 @@ pub async fn delete_topology(
     channel
         .exchange_delete(topology.dead_letter_exchange().into(), Default::default())
         .await?;
+    channel
+        .exchange_delete(topology.events_exchange().into(), Default::default())
+        .await?;
     Ok(())
+}
+
+// Published events (issue 5): a durable topic exchange `p.events` that carries every event published
+// through `POST /v1/events/{topic}`, routing key = topic, for observers outside Granda. Granda's own
+// fan-out to subscribed functions does not go through it (the ingress matches subscriptions itself,
+// to answer with the invocation ids).
+impl Topology {
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+}
+
+impl Publisher {
+    /// Publishes an event on the events exchange (declared on first use) and returns once the
+    /// broker confirmed it. Not mandatory: an event nobody outside observes is fine.
+    #[tracing::instrument(skip_all, fields(%topic))]
+    pub async fn publish_event(
+        &self,
+        topic: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<(), BrokerError> {
+        match self.try_publish_event(topic, body, &properties).await {
+            Err(BrokerError::Amqp(e)) => {
+                tracing::warn!(error = %e, "event publish failed, reconnecting");
+                self.try_publish_event(topic, body, &properties).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_publish_event(
+        &self,
+        topic: &str,
+        body: &[u8],
+        properties: &lapin::BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let link = self.link().await?;
+        let exchange = self.topology.events_exchange();
+        // Queue names never hold ':', so this can't collide with a declared queue.
+        let marker = format!("exchange:{exchange}");
+        if !link.declared.lock().expect("lock").contains(&marker) {
+            link.channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            link.declared.lock().expect("lock").insert(marker);
+        }
+        let confirm = link
+            .channel
+            .basic_publish(
+                exchange.as_str().into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties.clone(),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            _ => Ok(()),
+        }
+    }
 }

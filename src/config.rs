@@ -180,6 +180,51 @@ pub struct Settings {
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
+
+    /// How far a signed webhook's timestamp (Stripe, Standard Webhooks) may be from now, in seconds.
+    #[arg(
+        long,
+        env = "GRANDA_WEBHOOK_TOLERANCE_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub webhook_tolerance_secs: i64,
+
+    /// How long a webhook's previous secret keeps verifying after a rotation, in seconds (default 24 h).
+    #[arg(
+        long,
+        env = "GRANDA_WEBHOOK_ROTATION_GRACE_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub webhook_rotation_grace_secs: i64,
+
+    /// First wait before a failed result callback is retried, in ms; it doubles on each retry.
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_BACKOFF_MS",
+        default_value_t = 500,
+        global = true
+    )]
+    pub callback_backoff_ms: u64,
+
+    /// Most tries of one result callback (5xx, 408, 429 and network errors are retried).
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_MAX_ATTEMPTS",
+        default_value_t = 6,
+        global = true
+    )]
+    pub callback_max_attempts: u32,
+
+    /// How long one callback request may take, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub callback_timeout_ms: u64,
 }
 
 impl Settings {

@@ -58,6 +58,7 @@ pub struct FunctionRow {
     pub max_attempts: i32,
     pub retry_on: Vec<String>,
     pub max_concurrency: Option<i32>,
+    pub callback_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -79,6 +80,8 @@ pub struct Function {
     pub retry_on: Vec<RetryOn>,
     /// The most runs of this function one worker does at once.
     pub max_concurrency: Option<i32>,
+    /// Where results of its async, webhook and event invocations are POSTed unless the call says otherwise.
+    pub callback_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -102,6 +105,7 @@ impl From<FunctionRow> for Function {
                 .filter_map(|s| RetryOn::parse(s))
                 .collect(),
             max_concurrency: r.max_concurrency,
+            callback_url: r.callback_url,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -166,6 +170,7 @@ pub struct NewFunction {
     pub max_attempts: Option<i32>,
     pub retry_on: Option<Vec<RetryOn>>,
     pub max_concurrency: Option<i32>,
+    pub callback_url: Option<String>,
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -185,6 +190,7 @@ pub struct FunctionUpdate {
     pub max_attempts: Option<i32>,
     pub retry_on: Option<Vec<RetryOn>>,
     pub max_concurrency: Option<i32>,
+    pub callback_url: Option<String>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -247,6 +253,7 @@ impl NewFunction {
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             retry_on: self.retry_on.unwrap_or_default(),
             max_concurrency: self.max_concurrency,
+            callback_url: self.callback_url,
             created_at: now,
             updated_at: now,
         };
@@ -275,6 +282,12 @@ impl FunctionUpdate {
             max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
             retry_on: self.retry_on.unwrap_or(current.retry_on),
             max_concurrency: self.max_concurrency.or(current.max_concurrency),
+            // An empty string removes the default.
+            callback_url: match self.callback_url {
+                Some(url) if url.is_empty() => None,
+                Some(url) => Some(url),
+                None => current.callback_url,
+            },
             updated_at: Utc::now(),
             ..current
         };
@@ -339,6 +352,9 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if !(1..=100).contains(&f.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
     }
+    if let Some(url) = &f.callback_url {
+        crate::callback::check_url(url).map_err(|reason| invalid("callback_url", reason))?;
+    }
     Ok(())
 }
 
@@ -349,8 +365,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency, callback_url)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -367,6 +383,7 @@ pub mod store {
         .bind(f.updated_at)
         .bind(retry_on_strings(&f.retry_on))
         .bind(f.max_concurrency)
+        .bind(&f.callback_url)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -374,7 +391,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -385,7 +402,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -398,7 +415,7 @@ pub mod store {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
                     env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
-                    max_concurrency = $13
+                    max_concurrency = $13, callback_url = $14
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -414,6 +431,7 @@ pub mod store {
         .bind(f.updated_at)
         .bind(retry_on_strings(&f.retry_on))
         .bind(f.max_concurrency)
+        .bind(&f.callback_url)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -2,11 +2,13 @@
 //! and run as Docker containers; every run is recorded in Postgres.
 
 pub mod broker;
+pub mod callback;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
 pub mod error;
+pub mod event;
 pub mod function;
 pub mod invocation;
 pub mod message;
@@ -15,4 +17,5 @@ pub mod producer;
 pub mod retry;
 pub mod scheduler;
 pub mod telemetry;
+pub mod webhook;
 pub mod worker;

@@ -24,7 +24,11 @@ pub async fn get(
     let record = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
-    Ok(Json(record.to_json()))
+    let mut view = record.to_json();
+    if let Some(callback) = crate::callback::state(&app.pool, id).await? {
+        view["callback"] = callback;
+    }
+    Ok(Json(view))
 }
 
 /// `GET /v1/functions/{name}/invocations?status=&limit=&before=`; `next` is the `before` of the next page.

@@ -12,84 +12,19 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
+use super::enqueue::{Job, enqueue};
 use super::extract::RawBody;
 use super::functions::load;
 use crate::error::ApiError;
-use crate::function::Function;
-use crate::invocation::{NewInvocation, Status, Trigger, store};
-use crate::message::{Reply, Work};
+use crate::invocation::{Status, Trigger};
+use crate::message::Reply;
 
 pub const HEADER_ID: &str = "x-granda-invocation-id";
 pub const HEADER_STATUS: &str = "x-granda-status";
 pub const HEADER_DURATION: &str = "x-granda-duration-ms";
 pub const HEADER_EXIT_CODE: &str = "x-granda-exit-code";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// Stores a `queued` invocation and publishes it. Returns its id and whether it is new
-/// (`false`: an idempotency key matched an earlier one, and nothing was published).
-pub(crate) async fn enqueue(
-    app: &AppState,
-    function: &Function,
-    trigger: Trigger,
-    input: &[u8],
-    idempotency_key: Option<&str>,
-    reply: Option<std::time::Duration>,
-) -> Result<(Uuid, bool, Option<Reply>), ApiError> {
-    let id = Uuid::now_v7();
-    let (id, new) = store::insert_queued(
-        &app.pool,
-        &NewInvocation {
-            id,
-            function: &function.name,
-            trigger,
-            input,
-            stored_input_cap: app.settings.max_stored_input_bytes,
-            idempotency_key,
-        },
-    )
-    .await?;
-    if !new {
-        return Ok((id, false, None));
-    }
-    let work = Work {
-        id,
-        trigger,
-        function: function.snapshot(),
-        queued_at_ms: chrono::Utc::now().timestamp_millis(),
-        reply_to: None,
-        correlation_id: None,
-    };
-    let published = match reply {
-        Some(wait) => app.publisher.call(&function.queue, work, input, wait).await,
-        None => app
-            .publisher
-            .publish(&function.queue, &work, input)
-            .await
-            .map(|()| None),
-    };
-    match published {
-        Ok(reply) => {
-            let pool = app.pool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store::mark_published(&pool, id).await {
-                    tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
-                }
-            });
-            app.metrics.inc(
-                "granda_invocations_accepted_total",
-                format!("trigger=\"{}\"", trigger.as_str()),
-            );
-            Ok((id, true, reply))
-        }
-        Err(e) => {
-            // Not confirmed: the caller hears 503 and the record must not wait for a run.
-            if let Err(db) = store::discard(&app.pool, id).await {
-                tracing::error!(%id, error = %db, "could not discard an unpublished invocation");
-            }
-            Err(e.into())
-        }
-    }
-}
+const CALLBACK_URL: &str = "x-callback-url";
 
 /// `POST /v1/functions/{name}/invoke` and `POST /fn/{name}`.
 #[tracing::instrument(skip_all, fields(%name))]
@@ -100,8 +35,13 @@ pub async fn sync(
 ) -> Result<Response, ApiError> {
     let function = load(&app, &name).await?;
     let wait = app.settings.sync_wait();
-    let (id, _, reply) = enqueue(&app, &function, Trigger::Sync, &body, None, Some(wait)).await?;
-    Ok(match reply {
+    let job = Job {
+        reply: Some(wait),
+        ..Job::new(Trigger::Sync, &body)
+    };
+    let queued = enqueue(&app, &function, job).await?;
+    let id = queued.id;
+    Ok(match queued.reply {
         Some(reply) => reply_response(id, reply),
         None => accepted(&app, id, Status::Queued),
     })
@@ -128,10 +68,27 @@ pub async fn r#async(
                 })?,
         ),
     };
+    let callback_url = match headers.get(CALLBACK_URL) {
+        None => None,
+        Some(v) => {
+            let url = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("X-Callback-Url must be visible ASCII".into()))?;
+            crate::callback::check_url(url)
+                .map_err(|e| ApiError::BadRequest(format!("X-Callback-Url: {e}")))?;
+            Some(url)
+        }
+    };
     let function = load(&app, &name).await?;
-    let (id, new, _) = enqueue(&app, &function, Trigger::Async, &body, key, None).await?;
+    let job = Job {
+        idempotency_key: key,
+        callback_url,
+        ..Job::new(Trigger::Async, &body)
+    };
+    let queued = enqueue(&app, &function, job).await?;
+    let id = queued.id;
     let mut response = accepted(&app, id, Status::Queued);
-    if !new {
+    if !queued.new {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -207,6 +164,6 @@ fn reply_response(id: Uuid, reply: Reply) -> Response {
     response
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }

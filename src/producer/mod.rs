@@ -1,12 +1,15 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
+pub mod enqueue;
+pub mod events;
 pub mod extract;
 pub mod functions;
 pub mod health;
 pub mod invocations;
 pub mod invoke;
 pub mod outbox;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,6 +111,18 @@ impl Application {
     }
 }
 
+/// `GET /v1/callbacks/key`: the key result callbacks are signed with, for receivers to verify.
+async fn callback_key(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let key = crate::callback::signing_key(&app.pool).await?;
+    Ok(axum::Json(serde_json::json!({
+        "key": key,
+        "algorithm": "HMAC-SHA256",
+        "signed": "{X-Granda-Timestamp}.{X-Granda-Invocation-Id}.{body}",
+    })))
+}
+
 /// Every route of the API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
@@ -131,6 +146,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invocations/{id}", get(invocations::get))
         .route("/v1/invocations/{id}/retry", post(invocations::retry))
         .route("/v1/dead-letters", get(invocations::dead_letters))
+        .route(
+            "/v1/functions/{name}/subscriptions",
+            post(events::subscribe).get(events::subscriptions),
+        )
+        .route(
+            "/v1/functions/{name}/subscriptions/{id}",
+            axum::routing::delete(events::unsubscribe),
+        )
+        .route("/v1/events/{topic}", post(events::publish).get(events::get))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/hooks/{id}", post(webhooks::receive))
+        .route("/v1/callbacks/key", get(callback_key))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -75,6 +75,7 @@ struct Shared {
     /// Per-function bounds (`max_concurrency`), by function name and bound.
     function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
     metrics: Arc<Metrics>,
+    callbacks: Arc<crate::callback::Callbacks>,
 }
 
 /// The channels of one connection that handlers use.
@@ -113,6 +114,7 @@ impl Worker {
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
                 metrics: Arc::default(),
+                callbacks: crate::callback::Callbacks::new(settings),
             }),
             amqp_url: settings.amqp_url.clone(),
             queues: settings.queues.clone(),
@@ -533,6 +535,8 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
         }
         Claim::AlreadyFinal(record) => {
             tracing::info!("already final; acking without a run");
+            // The first run may have died before its callback went out.
+            crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), work.id);
             reply(&channels, &work, &Reply::from_record(&record)).await;
             ack(&delivery).await;
         }
@@ -591,6 +595,7 @@ async fn run_claimed(
                 tracing::warn!(attempt, "retries spent; dead-lettering");
             }
             with_db_retries(|| invocation::store::finish(&shared.pool, work.id, &outcome)).await;
+            crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), work.id);
             shared.metrics.inc(
                 "granda_invocations_total",
                 format!("{function},status=\"{}\"", outcome.status().as_str()),

@@ -2,9 +2,12 @@
 //! own Granda with its own database and queues, so they run in parallel.
 
 mod bad_input;
+mod callbacks;
+mod events;
 mod faults;
 mod functions;
 mod guarantees;
 mod invocations;
 mod invoke;
 mod support;
+mod webhooks;

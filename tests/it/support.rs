@@ -132,6 +132,36 @@ impl TestApp {
             .expect("request")
     }
 
+    /// POSTs raw `body` with `headers` (name, value pairs).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// A function's invocation records, newest first.
+    pub async fn invocations_of(&self, function: &str) -> Vec<Value> {
+        let page: Value = self
+            .get(&format!("/v1/functions/{function}/invocations"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["invocations"].as_array().unwrap().clone()
+    }
+
     /// Registers `name` with `image` and extra fields; panics unless 201.
     pub async fn register(&self, name: &str, image: &str, extra: Value) -> Value {
         let mut body = json!({"name": name, "image": image});

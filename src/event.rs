@@ -1,0 +1,303 @@
+//! Published events and subscriptions: a service publishes a body on a topic (`orders.created`),
+//! and every function whose subscription pattern matches it gets its own invocation.
+//!
+//! Topics are words of `[A-Za-z0-9_-]`, dot-separated, at most 255 characters. Patterns follow
+//! AMQP topic exchanges: `*` is exactly one word, `#` is zero or more words.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+pub const MAX_TOPIC_LEN: usize = 255;
+
+fn valid_word(w: &str) -> bool {
+    !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A topic events are published on: `[A-Za-z0-9_-]+` words, dot-separated, at most 255 characters.
+pub fn valid_topic(topic: &str) -> bool {
+    topic.len() <= MAX_TOPIC_LEN && topic.split('.').all(valid_word)
+}
+
+/// A subscription pattern: like a topic, where a word may also be `*` or `#`.
+pub fn valid_pattern(pattern: &str) -> bool {
+    pattern.len() <= MAX_TOPIC_LEN
+        && pattern
+            .split('.')
+            .all(|w| w == "*" || w == "#" || valid_word(w))
+}
+
+/// Whether `pattern` matches `topic`, as an AMQP topic exchange decides: `*` is exactly one
+/// word, `#` zero or more. Dynamic programming over (pattern word, topic word), so a pattern of
+/// many `#` stays linear in its size times the topic's.
+pub fn matches(pattern: &str, topic: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let t: Vec<&str> = topic.split('.').collect();
+    let (np, nt) = (p.len(), t.len());
+    // next[j]: p[i+1..] matches t[j..]; row i is computed from it.
+    let mut next = vec![false; nt + 1];
+    next[nt] = true;
+    for i in (0..np).rev() {
+        let mut row = vec![false; nt + 1];
+        for j in (0..=nt).rev() {
+            row[j] = match p[i] {
+                "#" => next[j] || (j < nt && row[j + 1]),
+                "*" => j < nt && next[j + 1],
+                word => j < nt && t[j] == word && next[j + 1],
+            };
+        }
+        next = row;
+    }
+    next[0]
+}
+
+/// A function's subscription.
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Subscription {
+    pub id: Uuid,
+    pub function: String,
+    pub pattern: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One invocation an event fanned out to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FannedOut {
+    pub function: String,
+    pub id: Uuid,
+}
+
+/// A published event, as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Event {
+    pub id: Uuid,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub size: i64,
+    pub content_type: Option<String>,
+    pub invocations: Json<Vec<FannedOut>>,
+    pub published_at: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "topic": self.topic,
+            "size": self.size,
+            "content_type": self.content_type,
+            "invocations": self.invocations.0,
+            "published_at": self.published_at,
+        });
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => v["payload"] = text.into(),
+            Err(_) => {
+                use base64::Engine as _;
+                v["payload"] = Value::Null;
+                v["payload_base64"] = base64::engine::general_purpose::STANDARD
+                    .encode(&self.payload)
+                    .into();
+            }
+        }
+        v
+    }
+}
+
+/// Postgres storage of subscriptions and events.
+pub mod store {
+    use super::*;
+
+    /// Stores a subscription; `Ok(None)` if the function already has this pattern.
+    #[tracing::instrument(skip(pool))]
+    pub async fn subscribe(
+        pool: &PgPool,
+        function: &str,
+        pattern: &str,
+    ) -> Result<Option<Subscription>, sqlx::Error> {
+        sqlx::query_as::<_, Subscription>(
+            "INSERT INTO subscriptions (id, function, pattern) VALUES ($1, $2, $3)
+             ON CONFLICT (function, pattern) DO NOTHING
+             RETURNING id, function, pattern, created_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(function)
+        .bind(pattern)
+        .fetch_optional(pool)
+        .await
+    }
+
+    /// One function's subscriptions, or everyone's (`None`), oldest first.
+    pub async fn subscriptions(
+        pool: &PgPool,
+        function: Option<&str>,
+    ) -> Result<Vec<Subscription>, sqlx::Error> {
+        sqlx::query_as::<_, Subscription>(
+            "SELECT id, function, pattern, created_at FROM subscriptions
+             WHERE ($1::text IS NULL OR function = $1) ORDER BY id",
+        )
+        .bind(function)
+        .fetch_all(pool)
+        .await
+    }
+
+    pub async fn unsubscribe(pool: &PgPool, function: &str, id: Uuid) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND function = $2")
+            .bind(id)
+            .bind(function)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a published event. With an idempotency key used before, stores nothing and
+    /// returns the first event's id and `false`.
+    #[tracing::instrument(skip(pool, payload))]
+    pub async fn insert_event(
+        pool: &PgPool,
+        topic: &str,
+        payload: &[u8],
+        size: i64,
+        content_type: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Uuid, bool), sqlx::Error> {
+        let inserted: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO events (id, topic, payload, size, content_type, idempotency_key)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(topic)
+        .bind(payload)
+        .bind(size)
+        .bind(content_type)
+        .bind(idempotency_key)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((id,)) = inserted {
+            return Ok((id, true));
+        }
+        let (id,): (Uuid,) = sqlx::query_as("SELECT id FROM events WHERE idempotency_key = $1")
+            .bind(idempotency_key)
+            .fetch_one(pool)
+            .await?;
+        Ok((id, false))
+    }
+
+    pub async fn set_invocations(
+        pool: &PgPool,
+        id: Uuid,
+        invocations: &[FannedOut],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE events SET invocations = $2 WHERE id = $1")
+            .bind(id)
+            .bind(Json(invocations))
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_event(pool: &PgPool, id: Uuid) -> Result<Option<Event>, sqlx::Error> {
+        sqlx::query_as::<_, Event>(
+            "SELECT id, topic, payload, size, content_type, invocations, published_at
+             FROM events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_is_exactly_one_word() {
+        assert!(matches("orders.*", "orders.created"));
+        assert!(!matches("orders.*", "orders"));
+        assert!(!matches("orders.*", "orders.created.eu"));
+        assert!(matches("*.created", "orders.created"));
+        assert!(!matches("*.created", "created"));
+        assert!(matches("*.*", "a.b"));
+        assert!(!matches("*", "a.b"));
+        assert!(matches("*", "a"));
+        assert!(matches("a.*.c", "a.b.c"));
+        assert!(!matches("a.*.c", "a.c"));
+    }
+
+    #[test]
+    fn hash_is_zero_or_more_words() {
+        assert!(matches("orders.#", "orders"));
+        assert!(matches("orders.#", "orders.created"));
+        assert!(matches("orders.#", "orders.created.eu.west"));
+        assert!(!matches("orders.#", "payments.created"));
+        assert!(matches("#", "anything.at.all"));
+        assert!(matches("#", "x"));
+        assert!(matches("#.created", "created"));
+        assert!(matches("#.created", "orders.eu.created"));
+        assert!(!matches("#.created", "orders.created.not"));
+        assert!(matches("a.#.z", "a.z"));
+        assert!(matches("a.#.z", "a.b.c.z"));
+        assert!(!matches("a.#.z", "a.b.c"));
+        assert!(matches("#.#", "a"));
+        assert!(matches("a.#.#.b", "a.b"));
+        assert!(matches("*.#", "a"));
+        assert!(!matches("*.#.*", "a"));
+        assert!(matches("*.#.*", "a.b"));
+        assert!(matches("#.*.#", "a.b.c"));
+    }
+
+    #[test]
+    fn literal_words_match_exactly_and_case_sensitively() {
+        assert!(matches("orders.created", "orders.created"));
+        assert!(!matches("orders.created", "Orders.created"));
+        assert!(!matches("orders.created", "orders.created2"));
+        assert!(!matches("orders", "orders.created"));
+        assert!(!matches("orders.created", "orders"));
+    }
+
+    #[test]
+    fn many_hashes_stay_fast() {
+        let pattern = vec!["#"; 120].join(".") + ".z";
+        let topic = vec!["a"; 120].join(".");
+        let start = std::time::Instant::now();
+        assert!(!matches(&pattern, &topic));
+        assert!(matches(&pattern, &(topic + ".z")));
+        assert!(start.elapsed() < std::time::Duration::from_millis(100));
+    }
+
+    #[test]
+    fn topics_and_patterns_are_checked() {
+        for good in ["orders", "orders.created", "a-b_c.D9", &"a".repeat(255)] {
+            assert!(valid_topic(good), "{good}");
+            assert!(valid_pattern(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a b",
+            "a/b",
+            "ä",
+            "a.*",
+            "#",
+            &"a".repeat(256),
+        ] {
+            assert!(!valid_topic(bad), "{bad}");
+        }
+        for good in ["*", "#", "orders.*", "orders.#", "#.created", "*.*.#"] {
+            assert!(valid_pattern(good), "{good}");
+        }
+        for bad in ["", "a..b", "a.**", "a.#b", "a. b", "a.", &"a".repeat(256)] {
+            assert!(!valid_pattern(bad), "{bad}");
+        }
+    }
+}

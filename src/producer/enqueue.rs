@@ -1,0 +1,139 @@
+//! Turning an event into a queued invocation, for every trigger: store the `queued` record, then
+//! publish it with publisher confirms. Nothing gets a 2xx for an invocation the broker did not
+//! confirm: then the record is removed and the caller hears 503.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::function::Function;
+use crate::invocation::{NewInvocation, Trigger, store};
+use crate::message::{Reply, Work};
+
+/// One invocation to queue.
+#[derive(Clone, Debug)]
+pub struct Job<'a> {
+    pub trigger: Trigger,
+    pub input: &'a [u8],
+    /// The same key for the same function within 24 h returns the first invocation, unrun again.
+    pub idempotency_key: Option<&'a str>,
+    /// Sync: how long to wait for the reply.
+    pub reply: Option<Duration>,
+    /// Env of this invocation only (`GRANDA_WEBHOOK_*`, `GRANDA_EVENT_*`), added to the function's.
+    pub env: BTreeMap<String, String>,
+    /// Where to POST the result when final; else the function's `callback_url` (not for sync).
+    pub callback_url: Option<&'a str>,
+}
+
+impl<'a> Job<'a> {
+    pub fn new(trigger: Trigger, input: &'a [u8]) -> Self {
+        Job {
+            trigger,
+            input,
+            idempotency_key: None,
+            reply: None,
+            env: BTreeMap::new(),
+            callback_url: None,
+        }
+    }
+}
+
+/// What [`enqueue`] did.
+#[derive(Debug)]
+pub struct Queued {
+    pub id: Uuid,
+    /// `false`: an idempotency key matched an earlier invocation, and nothing was published.
+    pub new: bool,
+    /// Sync calls: the reply, if it came in time.
+    pub reply: Option<Reply>,
+}
+
+/// Stores a `queued` invocation of `function` and publishes it.
+pub async fn enqueue(
+    app: &AppState,
+    function: &Function,
+    job: Job<'_>,
+) -> Result<Queued, ApiError> {
+    let (id, new) = store::insert_queued(
+        &app.pool,
+        &NewInvocation {
+            id: Uuid::now_v7(),
+            function: &function.name,
+            trigger: job.trigger,
+            input: job.input,
+            stored_input_cap: app.settings.max_stored_input_bytes,
+            idempotency_key: job.idempotency_key,
+        },
+    )
+    .await?;
+    if !new {
+        return Ok(Queued {
+            id,
+            new: false,
+            reply: None,
+        });
+    }
+    let callback = match job.trigger {
+        Trigger::Sync => None,
+        _ => job.callback_url.or(function.callback_url.as_deref()),
+    };
+    if let Some(url) = callback
+        && let Err(e) = crate::callback::attach(&app.pool, id, url).await
+    {
+        store::discard(&app.pool, id).await.ok();
+        return Err(e.into());
+    }
+    let mut snapshot = function.snapshot();
+    // The snapshot is this message's own copy: per-invocation env travels in it, so the worker
+    // and the container runner need nothing new to pass it on.
+    snapshot.env.extend(job.env);
+    let work = Work {
+        id,
+        trigger: job.trigger,
+        function: snapshot,
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    };
+    let published = match job.reply {
+        Some(wait) => {
+            app.publisher
+                .call(&function.queue, work, job.input, wait)
+                .await
+        }
+        None => app
+            .publisher
+            .publish(&function.queue, &work, job.input)
+            .await
+            .map(|()| None),
+    };
+    match published {
+        Ok(reply) => {
+            let pool = app.pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store::mark_published(&pool, id).await {
+                    tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
+                }
+            });
+            app.metrics.inc(
+                "granda_invocations_accepted_total",
+                format!("trigger=\"{}\"", job.trigger.as_str()),
+            );
+            Ok(Queued {
+                id,
+                new: true,
+                reply,
+            })
+        }
+        Err(e) => {
+            // Not confirmed: the caller hears 503 and the record must not wait for a run.
+            if let Err(db) = store::discard(&app.pool, id).await {
+                tracing::error!(%id, error = %db, "could not discard an unpublished invocation");
+            }
+            Err(e.into())
+        }
+    }
+}

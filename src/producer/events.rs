@@ -1,0 +1,233 @@
+//! Events over HTTP: `POST /v1/events/{topic}` records an event, fans it out to every function
+//! whose subscription matches (one async invocation each, trigger `event`), publishes it on the
+//! events exchange for outside observers, and answers 202 with the event id and the invocations.
+//! `/v1/functions/{name}/subscriptions` manages what a function subscribes to.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::enqueue::{Job, enqueue};
+use super::extract::{JsonBody, RawBody};
+use super::functions::load;
+use crate::error::ApiError;
+use crate::event::{FannedOut, matches, store, valid_pattern, valid_topic};
+use crate::invocation::Trigger;
+
+/// The body of `POST /v1/functions/{name}/subscriptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    pub pattern: String,
+}
+
+/// `POST /v1/functions/{name}/subscriptions` `{pattern}`: 201; 409 if the function has it already.
+#[tracing::instrument(skip_all, fields(%name))]
+pub async fn subscribe(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<NewSubscription>,
+) -> Result<Response, ApiError> {
+    if !valid_pattern(&body.pattern) {
+        return Err(ApiError::Unprocessable(
+            "pattern: dot-separated words of [A-Za-z0-9_-], '*' (one word) or '#' (zero or more words), at most 255 characters".into(),
+        ));
+    }
+    load(&app, &name).await?;
+    let subscription = store::subscribe(&app.pool, &name, &body.pattern)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                ApiError::NotFound(format!("no function named {name:?}"))
+            }
+            other => other.into(),
+        })?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!("{name:?} already subscribes to {:?}", body.pattern))
+        })?;
+    Ok((StatusCode::CREATED, Json(subscription)).into_response())
+}
+
+/// `GET /v1/functions/{name}/subscriptions`.
+pub async fn subscriptions(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load(&app, &name).await?;
+    let list = store::subscriptions(&app.pool, Some(&name)).await?;
+    Ok(Json(json!({ "subscriptions": list })))
+}
+
+/// `DELETE /v1/functions/{name}/subscriptions/{id}`: 204.
+pub async fn unsubscribe(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let missing = || ApiError::NotFound(format!("{name:?} has no subscription {id}"));
+    let uuid = Uuid::parse_str(&id).map_err(|_| missing())?;
+    if store::unsubscribe(&app.pool, &name, uuid).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(missing())
+    }
+}
+
+/// `POST /v1/events/{topic}`: 202 `{id, topic, invocations: [{function, id}]}`.
+///
+/// With an `Idempotency-Key` seen before, the same event id comes back and only the fan-out that
+/// is missing (after a failure half-way) is done; every invocation is keyed by the event id, so
+/// none runs twice.
+#[tracing::instrument(skip_all, fields(%topic))]
+pub async fn publish(
+    State(app): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    if !valid_topic(&topic) {
+        return Err(ApiError::BadRequest(
+            "topic: dot-separated words of [A-Za-z0-9_-], at most 255 characters".into(),
+        ));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                    )
+                })?,
+        ),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 255);
+    let stored = &body[..body.len().min(app.settings.max_stored_input_bytes)];
+    let (event_id, new) = store::insert_event(
+        &app.pool,
+        &topic,
+        stored,
+        body.len() as i64,
+        content_type,
+        key,
+    )
+    .await?;
+    if !new
+        && let Some(event) = store::get_event(&app.pool, event_id).await?
+        && event.topic != topic
+    {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was used for an event on another topic".into(),
+        ));
+    }
+
+    // The functions whose patterns match, each once however many of its patterns match.
+    let functions: BTreeSet<String> = store::subscriptions(&app.pool, None)
+        .await?
+        .into_iter()
+        .filter(|s| matches(&s.pattern, &topic))
+        .map(|s| s.function)
+        .collect();
+    let idempotency = format!("event:{event_id}");
+    let mut invocations = Vec::with_capacity(functions.len());
+    let mut failure = None;
+    for name in &functions {
+        // Unsubscribed or deleted meanwhile: nothing to run.
+        let Some(function) = crate::function::store::get(&app.pool, name).await? else {
+            continue;
+        };
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("GRANDA_EVENT_TOPIC".to_string(), topic.clone());
+        env.insert("GRANDA_EVENT_ID".to_string(), event_id.to_string());
+        if let Some(ct) = content_type.filter(|c| !c.contains('\0')) {
+            env.insert("GRANDA_CONTENT_TYPE".to_string(), ct.to_string());
+        }
+        let job = Job {
+            idempotency_key: Some(&idempotency),
+            env,
+            ..Job::new(Trigger::Event, &body)
+        };
+        match enqueue(&app, &function, job).await {
+            Ok(queued) => invocations.push(FannedOut {
+                function: name.clone(),
+                id: queued.id,
+            }),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    store::set_invocations(&app.pool, event_id, &invocations).await?;
+    if let Some(e) = failure {
+        tracing::warn!(%event_id, done = invocations.len(), of = functions.len(), "fan-out failed half-way");
+        return Err(e);
+    }
+    app.publisher
+        .publish_event(&topic, &body, event_properties(event_id, content_type))
+        .await?;
+    app.metrics.inc(
+        "granda_events_published_total",
+        format!("fanned_out=\"{}\"", invocations.len().min(10)),
+    );
+    tracing::info!(%event_id, invocations = invocations.len(), "event published");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": event_id,
+            "topic": topic,
+            "invocations": invocations,
+            "status_url": format!("{}/v1/events/{event_id}", app.settings.public_url()),
+        })),
+    )
+        .into_response();
+    if !new {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /v1/events/{id}`: the event, its payload (capped like inputs) and its invocations.
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let missing = || ApiError::NotFound(format!("no event {id}"));
+    let uuid = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let event = store::get_event(&app.pool, uuid)
+        .await?
+        .ok_or_else(missing)?;
+    Ok(Json(event.to_json()))
+}
+
+/// AMQP properties of an event on the events exchange: `message_id` = event id.
+fn event_properties(id: Uuid, content_type: Option<&str>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-granda-event-id".into(),
+        AMQPValue::LongString(LongString::from(id.to_string().into_bytes())),
+    );
+    BasicProperties::default()
+        .with_message_id(ShortString::from(id.to_string()))
+        .with_delivery_mode(2)
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+        .with_content_type(ShortString::from(
+            content_type.unwrap_or("application/octet-stream"),
+        ))
+        .with_headers(headers)
+}

@@ -1,0 +1,326 @@
+//! Webhooks over HTTP: `/v1/webhooks` manages them (create, list, read, delete, rotate the secret),
+//! and `/hooks/{id}` is where external systems deliver. A delivery is verified over its raw body,
+//! deduplicated by its delivery id, and queued as an async invocation (trigger `webhook`): the
+//! sender gets 202 with the invocation id as soon as the broker confirmed it.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::enqueue::{Job, enqueue};
+use super::extract::{JsonBody, RawBody};
+use super::functions::load;
+use super::invoke::accepted;
+use crate::error::ApiError;
+use crate::invocation::{Status, Trigger};
+use crate::webhook::store::{self, Webhook};
+use crate::webhook::{Encoding, Scheme};
+
+/// The longest delivery id kept for deduplication.
+const MAX_DELIVERY_ID: usize = 200;
+/// The longest value of a header passed to the function as env.
+const MAX_ENV_VALUE: usize = 1024;
+
+/// The body of `POST /v1/webhooks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhook {
+    pub function: String,
+    pub scheme: Scheme,
+    /// Generated (and shown once, in the 201 answer) when absent.
+    pub secret: Option<String>,
+    /// `hmac-sha256`: the signature header (default `x-signature`).
+    pub header: Option<String>,
+    /// `hmac-sha256`: `hex` (default) or `base64`.
+    pub encoding: Option<Encoding>,
+    /// `hmac-sha256` and `none`: a header carrying a delivery id, for deduplication.
+    pub id_header: Option<String>,
+}
+
+/// The body of `POST /v1/webhooks/{id}/rotate` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    pub secret: Option<String>,
+    /// How long the old secret keeps verifying (default `GRANDA_WEBHOOK_ROTATION_GRACE_SECS`).
+    pub grace_seconds: Option<i64>,
+}
+
+fn unprocessable(msg: impl Into<String>) -> ApiError {
+    ApiError::Unprocessable(msg.into())
+}
+
+fn header_name(field: &str, value: &str) -> Result<String, ApiError> {
+    HeaderName::try_from(value)
+        .map(|h| h.as_str().to_string())
+        .map_err(|_| unprocessable(format!("{field}: {value:?} is not a header name")))
+}
+
+/// Checks a secret for `scheme`: a usable key, at most 1024 characters.
+fn check_secret(scheme: Scheme, secret: &str) -> Result<(), ApiError> {
+    if secret.len() > 1024 || scheme.key(secret).is_none() {
+        return Err(unprocessable(match scheme {
+            Scheme::Standard => "secret: must be whsec_ followed by the base64 of the key",
+            _ => "secret: must be 1 to 1024 characters",
+        }));
+    }
+    Ok(())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no webhook {id}"))
+}
+
+async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found(id))?;
+    store::get(&app.pool, uuid)
+        .await?
+        .ok_or_else(|| not_found(id))
+}
+
+/// `POST /v1/webhooks`: 201 with the webhook, its URL and (when Granda made it) its secret.
+#[tracing::instrument(skip_all, fields(function = %body.function, scheme = body.scheme.as_str()))]
+pub async fn create(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<NewWebhook>,
+) -> Result<Response, ApiError> {
+    let scheme = body.scheme;
+    if scheme != Scheme::HmacSha256 && (body.header.is_some() || body.encoding.is_some()) {
+        return Err(unprocessable(
+            "header and encoding apply to the hmac-sha256 scheme only",
+        ));
+    }
+    if !matches!(scheme, Scheme::HmacSha256 | Scheme::None) && body.id_header.is_some() {
+        return Err(unprocessable(
+            "id_header applies to the hmac-sha256 and none schemes only (the others carry their own delivery id)",
+        ));
+    }
+    let (secret, generated) = match (scheme, body.secret) {
+        (Scheme::None, Some(_)) => {
+            return Err(unprocessable("secret: the none scheme takes no secret"));
+        }
+        (_, Some(secret)) => {
+            check_secret(scheme, &secret)?;
+            (Some(secret), false)
+        }
+        (_, None) => (scheme.generate_secret(), scheme != Scheme::None),
+    };
+    let header = body.header.map(|h| header_name("header", &h)).transpose()?;
+    let id_header = body
+        .id_header
+        .map(|h| header_name("id_header", &h))
+        .transpose()?;
+    if crate::function::store::get(&app.pool, &body.function)
+        .await?
+        .is_none()
+    {
+        return Err(unprocessable(format!(
+            "function: no function named {:?}",
+            body.function
+        )));
+    }
+    let hook = Webhook {
+        id: Uuid::new_v4(),
+        function: body.function,
+        scheme: scheme.as_str().to_string(),
+        secret,
+        previous_secret: None,
+        previous_secret_until: None,
+        header: header.or_else(|| {
+            (scheme == Scheme::HmacSha256).then(|| crate::webhook::DEFAULT_HMAC_HEADER.into())
+        }),
+        encoding: body
+            .encoding
+            .or((scheme == Scheme::HmacSha256).then_some(Encoding::Hex))
+            .map(|e| e.as_str().to_string()),
+        id_header,
+        created_at: Utc::now(),
+        rotated_at: None,
+    };
+    store::insert(&app.pool, &hook).await.map_err(|e| match e {
+        // The function went away between the check and the insert.
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+            unprocessable("function: no such function")
+        }
+        other => other.into(),
+    })?;
+    let mut view = hook.to_json(&app.settings.public_url());
+    if generated {
+        view["secret"] = hook.secret.clone().into();
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{}", hook.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view)).into_response())
+}
+
+/// `GET /v1/webhooks?function=`.
+pub async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let function = query.get("function").map(String::as_str);
+    let base = app.settings.public_url();
+    let hooks: Vec<Value> = store::list(&app.pool, function)
+        .await?
+        .iter()
+        .map(|h| h.to_json(&base))
+        .collect();
+    Ok(Json(json!({ "webhooks": hooks })))
+}
+
+/// `GET /v1/webhooks/{id}`.
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let hook = load_hook(&app, &id).await?;
+    Ok(Json(hook.to_json(&app.settings.public_url())))
+}
+
+/// `DELETE /v1/webhooks/{id}`: 204; later deliveries get 404.
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let hook = load_hook(&app, &id).await?;
+    if store::delete(&app.pool, hook.id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&id))
+    }
+}
+
+/// `POST /v1/webhooks/{id}/rotate` `{secret?, grace_seconds?}`: a new secret; the old one keeps
+/// verifying for the grace period. The answer shows the new secret when Granda made it.
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn rotate(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let request: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
+        Rotate::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => unprocessable(e.to_string()),
+            _ => ApiError::BadRequest(format!("bad JSON: {e}")),
+        })?
+    };
+    let hook = load_hook(&app, &id).await?;
+    let scheme = hook.scheme();
+    if scheme == Scheme::None {
+        return Err(unprocessable("a webhook of the none scheme has no secret"));
+    }
+    let grace = request
+        .grace_seconds
+        .unwrap_or(app.settings.webhook_rotation_grace_secs);
+    if !(0..=30 * 86_400).contains(&grace) {
+        return Err(unprocessable(
+            "grace_seconds: must be 0 to 2592000 (30 days)",
+        ));
+    }
+    let (secret, generated) = match request.secret {
+        Some(s) => {
+            check_secret(scheme, &s)?;
+            (s, false)
+        }
+        None => (scheme.generate_secret().expect("a signed scheme"), true),
+    };
+    let until = Utc::now() + chrono::Duration::seconds(grace);
+    let hook = store::rotate(&app.pool, hook.id, &secret, until)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    tracing::info!(webhook = %hook.id, grace, "webhook secret rotated");
+    let mut view = hook.to_json(&app.settings.public_url());
+    if generated {
+        view["secret"] = secret.into();
+    }
+    Ok(Json(view))
+}
+
+/// `POST /hooks/{id}`: a delivery from an external system.
+#[tracing::instrument(skip_all, fields(webhook = %id))]
+pub async fn receive(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let hook = load_hook(&app, &id).await?;
+    let now = Utc::now();
+    let verifier = hook.verifier(now, app.settings.webhook_tolerance_secs);
+    let verified = match verifier.verify(&headers, &body, now.timestamp()) {
+        Ok(v) => v,
+        Err(rejection) => {
+            app.metrics.inc(
+                "granda_webhook_rejections_total",
+                format!(
+                    "scheme=\"{}\",reason=\"{}\"",
+                    hook.scheme,
+                    rejection.reason()
+                ),
+            );
+            tracing::warn!(webhook = %hook.id, scheme = %hook.scheme, reason = rejection.reason(), "webhook delivery rejected: {rejection}");
+            return Err(ApiError::Unauthorized(format!(
+                "webhook delivery rejected: {rejection}"
+            )));
+        }
+    };
+    if verified
+        .delivery_id
+        .as_ref()
+        .is_some_and(|d| d.len() > MAX_DELIVERY_ID)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the delivery id is longer than {MAX_DELIVERY_ID} characters"
+        )));
+    }
+    let function = load(&app, &hook.function).await?;
+    let key = verified
+        .delivery_id
+        .as_ref()
+        .map(|d| format!("webhook:{}:{d}", hook.id));
+    let mut env = BTreeMap::new();
+    env.insert("GRANDA_WEBHOOK_ID".to_string(), hook.id.to_string());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    for (name, value) in [
+        ("GRANDA_WEBHOOK_EVENT", verified.event.as_deref()),
+        ("GRANDA_WEBHOOK_DELIVERY", verified.delivery_id.as_deref()),
+        ("GRANDA_CONTENT_TYPE", content_type),
+    ] {
+        if let Some(v) = value.filter(|v| v.len() <= MAX_ENV_VALUE && !v.contains('\0')) {
+            env.insert(name.to_string(), v.to_string());
+        }
+    }
+    let job = Job {
+        idempotency_key: key.as_deref(),
+        env,
+        ..Job::new(Trigger::Webhook, &body)
+    };
+    let queued = enqueue(&app, &function, job).await?;
+    if queued.new {
+        return Ok(accepted(&app, queued.id, Status::Queued));
+    }
+    tracing::info!(invocation = %queued.id, "delivery seen before; answering with its first invocation");
+    let status = crate::invocation::store::get(&app.pool, queued.id)
+        .await?
+        .map(|r| r.status())
+        .unwrap_or(Status::Queued);
+    let mut response = accepted(&app, queued.id, status);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
+}
