@@ -38,6 +38,21 @@ struct Args {
     /// Image of the function (stdin to stdout).
     #[arg(long, default_value = "granda-test/echo")]
     image: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Scenario::Pipeline)]
+    scenario: Scenario,
+    /// Scheduler scenario: how long each function run sleeps, in seconds.
+    #[arg(long, default_value_t = 1)]
+    run_seconds: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Sync latency and async burst throughput against direct engine runs (fixed concurrency).
+    Pipeline,
+    /// A burst into an idle worker: how the scheduler's concurrency follows the backlog, and the
+    /// drain time against the ideal.
+    Scheduler,
 }
 
 #[tokio::main]
@@ -59,13 +74,17 @@ async fn main() -> anyhow::Result<()> {
     settings.amqp_prefix = format!("granda-bench-{tag}");
     settings.worker_id = Some(format!("bench-{tag}"));
     settings.max_concurrency = Some(args.concurrency);
-    settings.min_concurrency = args.concurrency;
+    settings.min_concurrency = match args.scenario {
+        Scenario::Pipeline => args.concurrency,
+        Scenario::Scheduler => 1,
+    };
 
     let pool = granda::db::connect_and_migrate(&settings.database_url).await?;
     let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
     let worker = Worker::build(&settings, pool.clone())
         .await?
         .with_metrics(app.metrics());
+    let worker_metrics = app.metrics();
     let base_url = format!("http://{}", app.local_addr());
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
@@ -111,6 +130,41 @@ async fn main() -> anyhow::Result<()> {
         function,
     };
 
+    if args.scenario == Scenario::Scheduler {
+        let metrics = worker_metrics.clone();
+        scheduler_scenario(
+            &args, &client, &base_url, &pool, direct, &metrics, &settings,
+        )
+        .await?;
+    } else {
+        pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
+    }
+
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), served).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), worked).await;
+    pool.close().await;
+    if let Ok(connection) = granda::broker::connect(&settings.amqp_url, "bench-cleanup").await {
+        let _ = granda::broker::delete_topology(&connection, &topology, &["default"], &[]).await;
+    }
+    if let Ok(admin) = sqlx::PgPool::connect(&format!("{server}/postgres")).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+    Ok(())
+}
+
+async fn pipeline_scenario(
+    args: &Args,
+    client: &reqwest::Client,
+    base_url: &str,
+    pool: &sqlx::PgPool,
+    direct: Direct,
+) -> anyhow::Result<()> {
+    let (client, base_url) = (client.clone(), base_url.to_string());
     eprintln!("warming up…");
     for _ in 0..3 {
         sync_call(&client, &base_url).await?;
@@ -179,20 +233,6 @@ async fn main() -> anyhow::Result<()> {
         direct_burst.as_secs_f64()
     );
 
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), served).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), worked).await;
-    pool.close().await;
-    if let Ok(connection) = granda::broker::connect(&settings.amqp_url, "bench-cleanup").await {
-        let _ = granda::broker::delete_topology(&connection, &topology, &["default"], &[]).await;
-    }
-    if let Ok(admin) = sqlx::PgPool::connect(&format!("{server}/postgres")).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    }
     Ok(())
 }
 
@@ -293,9 +333,12 @@ struct Direct {
 
 impl Direct {
     async fn run(&self) -> anyhow::Result<()> {
-        let config = self
-            .runner
-            .config(Uuid::now_v7(), &self.function, b"ping")?;
+        self.run_function(&self.function, b"ping").await
+    }
+
+    /// One direct run of `function` on `input`; an echo must give the input back.
+    async fn run_function(&self, function: &Snapshot, input: &[u8]) -> anyhow::Result<()> {
+        let config = self.runner.config(Uuid::now_v7(), function, input)?;
         let id = self
             .docker
             .create_container(
@@ -324,9 +367,9 @@ impl Direct {
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await?;
-        let mut input = attach.input;
-        input.write_all(b"ping").await?;
-        input.shutdown().await?;
+        let mut stdin = attach.input;
+        stdin.write_all(input).await?;
+        stdin.shutdown().await?;
         let mut wait = self
             .docker
             .wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
@@ -344,7 +387,7 @@ impl Direct {
                 Some(RemoveContainerOptionsBuilder::new().force(true).build()),
             )
             .await?;
-        if out != b"ping" {
+        if function.image == self.function.image && out != input {
             bail!("direct run returned {out:?}");
         }
         Ok(())
@@ -359,4 +402,123 @@ fn percentile(samples: &[Duration], p: usize) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A burst of `--burst` invocations of a function that sleeps `--run-seconds` into an idle worker
+/// (min concurrency 1, max `--concurrency`): prints depth, target and in-flight over time, then
+/// the drain time against the ideal, the larger of N × mean run / max and N / the engine's own
+/// container rate at that concurrency (both measured directly in this run).
+async fn scheduler_scenario(
+    args: &Args,
+    client: &reqwest::Client,
+    base_url: &str,
+    pool: &sqlx::PgPool,
+    direct: Direct,
+    metrics: &granda::metrics::Metrics,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let nap = Snapshot {
+        name: "nap".into(),
+        image: "granda-test/sleep".into(),
+        env: [("SLEEP_SECONDS".to_string(), args.run_seconds.to_string())].into(),
+        ..direct.function.clone()
+    };
+    granda::docker::ensure_image(&direct.docker, &nap.image).await?;
+    let created = client
+        .post(format!("{base_url}/v1/functions"))
+        .json(&json!({"name": "nap", "image": nap.image, "memory_mb": 64, "env": nap.env}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("registering the function: {}", created.text().await?);
+    }
+    eprintln!("measuring the engine directly…");
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        direct.run_function(&nap, b"").await?;
+        runs.push(t.elapsed());
+    }
+    let mean_run = runs.iter().sum::<Duration>() / runs.len() as u32;
+    let probe = (args.concurrency * 3).max(12);
+    let direct = Arc::new(direct);
+    let engine_time = direct_burst(direct.clone(), probe, args.concurrency).await?;
+    let engine_rate = probe as f64 / engine_time.as_secs_f64();
+
+    let worker = format!(
+        "worker=\"{}\"",
+        settings.worker_id.clone().unwrap_or_default()
+    );
+    let gauge = |name: &'static str, labels: &str| metrics.gauge(name, labels).unwrap_or(0.0);
+    eprintln!(
+        "burst: {} invocations of a {} s function into an idle worker…",
+        args.burst, args.run_seconds
+    );
+    let start = Instant::now();
+    let submits = (0..args.burst).map(|i| {
+        let client = client.clone();
+        let url = format!("{base_url}/v1/functions/nap/invocations");
+        async move { client.post(url).body(i.to_string()).send().await }
+    });
+    let mut ids = Vec::new();
+    for r in futures_util::future::join_all(submits).await {
+        let body: serde_json::Value = r?.json().await?;
+        ids.push(Uuid::parse_str(body["id"].as_str().context("id")?)?);
+    }
+    println!();
+    println!("| t (s) | queue depth | concurrency target | in flight |");
+    println!("|---:|---:|---:|---:|");
+    let mut over_target: f64 = 0.0;
+    let mut peak_target: f64 = 0.0;
+    let drained = loop {
+        let depth = gauge("granda_queue_depth", "queue=\"default\"");
+        let target = gauge("granda_worker_concurrency_target", &worker);
+        let in_flight = gauge("granda_worker_in_flight", &worker);
+        over_target = over_target.max(in_flight - target);
+        peak_target = peak_target.max(target);
+        println!(
+            "| {:.2} | {depth} | {target} | {in_flight} |",
+            start.elapsed().as_secs_f64()
+        );
+        let (done,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM invocations WHERE id = ANY($1) AND status NOT IN ('queued', 'running')",
+        )
+        .bind(&ids)
+        .fetch_one(pool)
+        .await?;
+        if done as usize == ids.len() {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("the burst did not drain");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let by_runs = mean_run.as_secs_f64() * args.burst as f64 / args.concurrency as f64;
+    let by_engine = args.burst as f64 / engine_rate;
+    let ideal = by_runs.max(by_engine);
+    println!();
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| burst | {} × {} s function, max concurrency {} |",
+        args.burst, args.run_seconds, args.concurrency
+    );
+    println!(
+        "| mean direct run of the function (s) | {:.2} |",
+        mean_run.as_secs_f64()
+    );
+    println!(
+        "| engine rate at concurrency {} (containers/s) | {:.2} |",
+        args.concurrency, engine_rate
+    );
+    println!("| ideal drain = max(N × run / max, N / engine rate) (s) | {ideal:.2} |");
+    println!("| Granda drain (s) | {:.2} |", drained.as_secs_f64());
+    println!(
+        "| ratio (target ≤ 1.25) | {:.2} |",
+        drained.as_secs_f64() / ideal
+    );
+    println!("| peak concurrency target | {peak_target} |");
+    println!("| most messages held above the target | {over_target} |");
+    Ok(())
 }

@@ -9,8 +9,9 @@
 //!
 //! - **up at once**: when `c` is above the current target, the target jumps to `c` (capped at
 //!   `max`) in the same tick;
-//! - **down slowly**: only after a cool-down (`GRANDA_SCHEDULER_COOLDOWN_MS`) with no waiting
-//!   message does the target come down, halfway toward `c` per tick, never below `min`.
+//! - **down slowly**: only after a cool-down (`GRANDA_SCHEDULER_COOLDOWN_MS`) in which no message
+//!   waited and the worker was never saturated (in flight below the target) does the target come
+//!   down, halfway toward `c` per tick, never below `min`.
 //!
 //! `T` is `GRANDA_SCHEDULER_DRAIN_TARGET_MS`. `S` is an exponentially weighted mean of the
 //! worker's own run times (container create to result), starting from a prior of one second so
@@ -100,7 +101,8 @@ pub struct Controller {
     config: Config,
     target: usize,
     mean_run: Duration,
-    last_backlog: Instant,
+    /// The last tick with messages waiting or every slot taken.
+    last_busy: Instant,
 }
 
 /// The mean run time assumed before any run was seen.
@@ -114,7 +116,7 @@ impl Controller {
             config,
             target: config.min,
             mean_run: PRIOR_RUN,
-            last_backlog: now,
+            last_busy: now,
         }
     }
 
@@ -144,14 +146,12 @@ impl Controller {
     /// One tick: returns the new target.
     pub fn observe(&mut self, obs: Observation, now: Instant) -> usize {
         let needed = self.needed(obs.depth + obs.in_flight as u64);
-        if obs.depth > 0 {
-            self.last_backlog = now;
+        if obs.depth > 0 || obs.in_flight >= self.target {
+            self.last_busy = now;
         }
         if needed > self.target {
             self.target = needed;
-        } else if needed < self.target
-            && obs.depth == 0
-            && now.duration_since(self.last_backlog) >= self.config.cooldown
+        } else if needed < self.target && now.duration_since(self.last_busy) >= self.config.cooldown
         {
             self.target -= (self.target - needed).div_ceil(2);
         }

@@ -9,5 +9,6 @@ mod functions;
 mod guarantees;
 mod invocations;
 mod invoke;
+mod scheduler;
 mod support;
 mod webhooks;

@@ -251,6 +251,28 @@ impl TestApp {
         }
     }
 
+    /// Starts one more in-process worker on this app's database and queues, with settings changed
+    /// by `tweak` (give it its own `worker_id`). It stops with the app.
+    pub async fn add_worker(&mut self, tweak: impl FnOnce(&mut Settings)) -> String {
+        let mut settings = self.settings.clone();
+        settings.worker_id = Some(format!("{}-{}", self.worker_id(), self.tasks.len()));
+        tweak(&mut settings);
+        let worker = Worker::build(&settings, self.pool.clone()).await.unwrap();
+        let id = worker.id().to_string();
+        let mut rx = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(worker.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })));
+        id
+    }
+
+    /// The value of a gauge in `/metrics`, e.g. `granda_worker_concurrency_target{worker="…"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Stops ingress and worker, and removes this app's database and queues.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
