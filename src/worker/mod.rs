@@ -199,10 +199,9 @@ impl Worker {
             let mut consumer = QueueConsumer {
                 queue: queue.clone(),
                 channel,
-                tag: None,
-                prefetch: 0,
+                consumers: Vec::new(),
             };
-            consumer.start(&self.shared, prefetch, tx.clone()).await?;
+            consumer.resize(&self.shared, prefetch, &tx).await?;
             consumers.push(consumer);
         }
         let mut side = connection.create_channel().await?;
@@ -287,8 +286,8 @@ impl Worker {
             .iter_mut()
             .zip(scheduler::share_prefetch(target, &depths))
         {
-            if consumer.prefetch != prefetch {
-                consumer.restart(&self.shared, prefetch, tx.clone()).await?;
+            if consumer.prefetch() != prefetch {
+                consumer.resize(&self.shared, prefetch, tx).await?;
             }
         }
         Ok(())
@@ -319,18 +318,43 @@ impl Worker {
 /// Where consumers hand their deliveries to the session.
 type Deliveries = mpsc::UnboundedSender<(String, Result<Delivery, lapin::Error>)>;
 
-/// The consumer of one queue, re-created when its prefetch changes (RabbitMQ applies a
-/// consumer's prefetch when it starts). Unacked deliveries of an old consumer stay ackable:
-/// acks belong to the channel.
+/// The consumers of one queue on one channel. RabbitMQ fixes a consumer's prefetch when it
+/// starts, so the queue's total prefetch follows the target by adding a consumer for each
+/// increase and cancelling the newest ones to decrease. A cancelled consumer's deliveries stay
+/// ackable (acks belong to the channel) and are started as slots free up.
 struct QueueConsumer {
     queue: String,
     channel: Channel,
-    tag: Option<String>,
-    prefetch: usize,
+    /// Live consumers, oldest first: tag and prefetch.
+    consumers: Vec<(String, usize)>,
 }
 
 impl QueueConsumer {
-    async fn start(
+    fn prefetch(&self) -> usize {
+        self.consumers.iter().map(|c| c.1).sum()
+    }
+
+    /// Makes the queue's total prefetch `prefetch`.
+    async fn resize(
+        &mut self,
+        shared: &Shared,
+        prefetch: usize,
+        tx: &Deliveries,
+    ) -> Result<(), lapin::Error> {
+        while self.prefetch() > prefetch {
+            let (tag, _) = self.consumers.pop().expect("a consumer while prefetch > 0");
+            self.channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await?;
+        }
+        if prefetch > self.prefetch() {
+            self.add(shared, prefetch - self.prefetch(), tx.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn add(
         &mut self,
         shared: &Shared,
         prefetch: usize,
@@ -357,8 +381,7 @@ impl QueueConsumer {
                 FieldTable::default(),
             )
             .await?;
-        self.tag = Some(tag);
-        self.prefetch = prefetch;
+        self.consumers.push((tag, prefetch));
         let queue = self.queue.clone();
         tokio::spawn(async move {
             let mut consumer = consumer;
@@ -371,18 +394,8 @@ impl QueueConsumer {
         Ok(())
     }
 
-    async fn restart(
-        &mut self,
-        shared: &Shared,
-        prefetch: usize,
-        tx: Deliveries,
-    ) -> Result<(), lapin::Error> {
-        self.cancel().await;
-        self.start(shared, prefetch, tx).await
-    }
-
     async fn cancel(&self) {
-        if let Some(tag) = &self.tag {
+        for (tag, _) in &self.consumers {
             let _ = self
                 .channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
