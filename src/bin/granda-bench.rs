@@ -191,7 +191,7 @@ async fn pipeline_scenario(
         "burst: {} async invocations through Granda at concurrency {}…",
         args.burst, args.concurrency
     );
-    let granda_burst = granda_burst(&client, &base_url, &pool, args.burst).await?;
+    let granda_burst = granda_burst(&client, &base_url, pool, args.burst).await?;
     eprintln!(
         "burst: {} direct runs at concurrency {}…",
         args.burst, args.concurrency
