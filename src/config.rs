@@ -177,6 +177,16 @@ pub struct Settings {
     )]
     pub outbox_grace_ms: u64,
 
+    /// Where a worker keeps its files (the idle binary of warm containers); must be on the
+    /// Docker engine's host, which mounts it into warm containers.
+    #[arg(
+        long,
+        env = "GRANDA_STATE_DIR",
+        default_value = "/var/lib/granda",
+        global = true
+    )]
+    pub state_dir: std::path::PathBuf,
+
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,

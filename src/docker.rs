@@ -9,6 +9,8 @@ pub const LABEL_INVOCATION: &str = "granda.invocation";
 pub const LABEL_WORKER: &str = "granda.worker";
 /// Label on every container Granda starts: its function.
 pub const LABEL_FUNCTION: &str = "granda.function";
+/// Label on the containers of a warm pool (they carry no invocation and no deadline).
+pub const LABEL_POOL: &str = "granda.pool";
 /// Label on every container Granda starts: when it must be gone by, in ms since the epoch.
 pub const LABEL_DEADLINE: &str = "granda.deadline";
 

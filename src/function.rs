@@ -43,6 +43,54 @@ impl InputMode {
     }
 }
 
+/// How invocations of a function get a container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A fresh container per invocation: the strongest isolation.
+    #[default]
+    Cold,
+    /// An exec of the image's own entrypoint in a container the worker keeps alive; `/tmp` may
+    /// keep state between runs of the same function.
+    Warm,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Cold => "cold",
+            Mode::Warm => "warm",
+        }
+    }
+
+    fn parse(s: &str) -> Mode {
+        if s == "warm" { Mode::Warm } else { Mode::Cold }
+    }
+}
+
+/// The warm pool of a function, per worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolLimits {
+    /// Containers kept even when idle.
+    pub min_warm: i32,
+    /// The most containers of the function at once (default: the worker's concurrency).
+    pub max_containers: Option<i32>,
+    /// An idle container beyond `min_warm` is removed after this long.
+    pub idle_timeout_ms: i64,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            min_warm: 0,
+            max_containers: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+        }
+    }
+}
+
+pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
+
 /// A registered function, as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct FunctionRow {
@@ -59,6 +107,10 @@ pub struct FunctionRow {
     pub retry_on: Vec<String>,
     pub max_concurrency: Option<i32>,
     pub callback_url: Option<String>,
+    pub mode: String,
+    pub min_warm: i32,
+    pub max_containers: Option<i32>,
+    pub idle_timeout_ms: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -82,6 +134,9 @@ pub struct Function {
     pub max_concurrency: Option<i32>,
     /// Where results of its async, webhook and event invocations are POSTed unless the call says otherwise.
     pub callback_url: Option<String>,
+    pub mode: Mode,
+    #[serde(flatten)]
+    pub pool: PoolLimits,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -106,6 +161,12 @@ impl From<FunctionRow> for Function {
                 .collect(),
             max_concurrency: r.max_concurrency,
             callback_url: r.callback_url,
+            mode: Mode::parse(&r.mode),
+            pool: PoolLimits {
+                min_warm: r.min_warm,
+                max_containers: r.max_containers,
+                idle_timeout_ms: r.idle_timeout_ms,
+            },
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -126,6 +187,8 @@ impl Function {
             max_attempts: self.max_attempts,
             retry_on: self.retry_on.clone(),
             max_concurrency: self.max_concurrency,
+            mode: self.mode,
+            pool: self.pool,
         }
     }
 }
@@ -148,6 +211,10 @@ pub struct Snapshot {
     pub retry_on: Vec<RetryOn>,
     #[serde(default)]
     pub max_concurrency: Option<i32>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub pool: PoolLimits,
 }
 
 fn one() -> i32 {
@@ -171,6 +238,10 @@ pub struct NewFunction {
     pub retry_on: Option<Vec<RetryOn>>,
     pub max_concurrency: Option<i32>,
     pub callback_url: Option<String>,
+    pub mode: Option<Mode>,
+    pub min_warm: Option<i32>,
+    pub max_containers: Option<i32>,
+    pub idle_timeout_ms: Option<i64>,
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -191,6 +262,10 @@ pub struct FunctionUpdate {
     pub retry_on: Option<Vec<RetryOn>>,
     pub max_concurrency: Option<i32>,
     pub callback_url: Option<String>,
+    pub mode: Option<Mode>,
+    pub min_warm: Option<i32>,
+    pub max_containers: Option<i32>,
+    pub idle_timeout_ms: Option<i64>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -254,6 +329,12 @@ impl NewFunction {
             retry_on: self.retry_on.unwrap_or_default(),
             max_concurrency: self.max_concurrency,
             callback_url: self.callback_url,
+            mode: self.mode.unwrap_or_default(),
+            pool: PoolLimits {
+                min_warm: self.min_warm.unwrap_or(0),
+                max_containers: self.max_containers,
+                idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            },
             created_at: now,
             updated_at: now,
         };
@@ -287,6 +368,12 @@ impl FunctionUpdate {
                 Some(url) if url.is_empty() => None,
                 Some(url) => Some(url),
                 None => current.callback_url,
+            },
+            mode: self.mode.unwrap_or(current.mode),
+            pool: PoolLimits {
+                min_warm: self.min_warm.unwrap_or(current.pool.min_warm),
+                max_containers: self.max_containers.or(current.pool.max_containers),
+                idle_timeout_ms: self.idle_timeout_ms.unwrap_or(current.pool.idle_timeout_ms),
             },
             updated_at: Utc::now(),
             ..current
@@ -349,6 +436,20 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     {
         return Err(invalid("max_concurrency", "must be between 1 and 10000"));
     }
+    if !(0..=100).contains(&f.pool.min_warm) {
+        return Err(invalid("min_warm", "must be between 0 and 100"));
+    }
+    if let Some(m) = f.pool.max_containers
+        && !(1..=10_000).contains(&m)
+    {
+        return Err(invalid("max_containers", "must be between 1 and 10000"));
+    }
+    if !(100..=24 * 3600 * 1000).contains(&f.pool.idle_timeout_ms) {
+        return Err(invalid(
+            "idle_timeout_ms",
+            "must be between 100 and 86400000",
+        ));
+    }
     if !(1..=100).contains(&f.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
     }
@@ -365,8 +466,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency, callback_url)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -384,6 +485,10 @@ pub mod store {
         .bind(retry_on_strings(&f.retry_on))
         .bind(f.max_concurrency)
         .bind(&f.callback_url)
+        .bind(f.mode.as_str())
+        .bind(f.pool.min_warm)
+        .bind(f.pool.max_containers)
+        .bind(f.pool.idle_timeout_ms)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -391,7 +496,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -402,7 +507,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -415,7 +520,8 @@ pub mod store {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
                     env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
-                    max_concurrency = $13, callback_url = $14
+                    max_concurrency = $13, callback_url = $14, mode = $15, min_warm = $16,
+                    max_containers = $17, idle_timeout_ms = $18
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -432,6 +538,10 @@ pub mod store {
         .bind(retry_on_strings(&f.retry_on))
         .bind(f.max_concurrency)
         .bind(&f.callback_url)
+        .bind(f.mode.as_str())
+        .bind(f.pool.min_warm)
+        .bind(f.pool.max_containers)
+        .bind(f.pool.idle_timeout_ms)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -220,6 +220,8 @@ mod tests {
                 max_attempts: 3,
                 retry_on: vec![crate::retry::RetryOn::Timeout],
                 max_concurrency: Some(2),
+                mode: crate::function::Mode::Warm,
+                pool: Default::default(),
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),

@@ -116,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
         max_attempts: 1,
         retry_on: vec![],
         max_concurrency: None,
+        mode: Default::default(),
+        pool: Default::default(),
     };
     let direct = Direct {
         docker: docker.clone(),

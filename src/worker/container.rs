@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::docker::{LABEL_DEADLINE, LABEL_FUNCTION, LABEL_INVOCATION, LABEL_WORKER};
+use crate::docker::{LABEL_DEADLINE, LABEL_FUNCTION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER};
 use crate::function::{InputMode, Snapshot};
 
 /// Processes a container may start, unless the function says otherwise.
@@ -74,7 +74,21 @@ pub struct Runner {
     docker: Docker,
     worker_id: String,
     caps: Caps,
+    /// Each image's own command (entrypoint, cmd, working dir, user), for warm execs.
+    commands: Arc<Mutex<HashMap<String, ImageCommand>>>,
 }
+
+/// What an image runs when started: what a warm exec runs instead.
+#[derive(Clone, Debug, Default)]
+struct ImageCommand {
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    working_dir: Option<String>,
+    user: Option<String>,
+}
+
+/// Where the idle entrypoint of warm containers is mounted inside them.
+pub const IDLE_PATH: &str = "/granda/idle";
 
 impl Runner {
     pub fn new(docker: Docker, worker_id: String, caps: Caps) -> Self {
@@ -82,6 +96,7 @@ impl Runner {
             docker,
             worker_id,
             caps,
+            commands: Arc::default(),
         }
     }
 
@@ -288,6 +303,188 @@ impl Runner {
             )
             .await?;
         Ok(inspected.state.and_then(|s| s.oom_killed).unwrap_or(false))
+    }
+}
+
+impl Runner {
+    /// Starts a container for warm runs of `function`: the function's limits and isolation, with
+    /// the worker's idle binary (mounted read-only from `idle_binary`) as its only process.
+    #[tracing::instrument(skip_all, fields(function = %function.name))]
+    pub async fn start_warm(
+        &self,
+        function: &Snapshot,
+        idle_binary: &str,
+    ) -> Result<String, PlatformError> {
+        let mut config = self.config(Uuid::nil(), function, b"")?;
+        config.entrypoint = Some(vec![IDLE_PATH.to_string()]);
+        config.cmd = Some(vec![]);
+        config.open_stdin = Some(false);
+        config.stdin_once = Some(false);
+        config.attach_stdin = Some(false);
+        config.attach_stdout = Some(false);
+        config.attach_stderr = Some(false);
+        if let Some(labels) = config.labels.as_mut() {
+            // Pool containers live past any one invocation: no deadline, no invocation.
+            labels.remove(LABEL_DEADLINE);
+            labels.remove(LABEL_INVOCATION);
+            labels.insert(LABEL_POOL.to_string(), "warm".to_string());
+        }
+        if let Some(host) = config.host_config.as_mut() {
+            host.binds = Some(vec![format!("{idle_binary}:{IDLE_PATH}:ro")]);
+        }
+        let created = self
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                config,
+            )
+            .await
+            .map_err(PlatformError::Create)?;
+        if let Err(e) = self
+            .docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            remove(&self.docker, &created.id).await;
+            return Err(PlatformError::Start(e));
+        }
+        Ok(created.id)
+    }
+
+    /// Whether a kept container still runs and can take an exec.
+    pub async fn healthy(&self, container: &str) -> bool {
+        self.docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .map(|s| s.running == Some(true) && s.oom_killed != Some(true))
+            .unwrap_or(false)
+    }
+
+    async fn image_command(&self, image: &str) -> Result<ImageCommand, PlatformError> {
+        if let Some(c) = self.commands.lock().expect("lock").get(image) {
+            return Ok(c.clone());
+        }
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(PlatformError::Create)?;
+        let config = inspected.config.unwrap_or_default();
+        let command = ImageCommand {
+            entrypoint: config.entrypoint.unwrap_or_default(),
+            cmd: config.cmd.unwrap_or_default(),
+            working_dir: config.working_dir.filter(|w| !w.is_empty()),
+            user: config.user.filter(|u| !u.is_empty()),
+        };
+        self.commands
+            .lock()
+            .expect("lock")
+            .insert(image.to_string(), command.clone());
+        Ok(command)
+    }
+
+    /// Runs invocation `id` as an exec of the image's own entrypoint and command in the kept
+    /// `container`, with the same stdin/args/env contract, timeout and output caps as a cold run.
+    /// After a timeout the container must be discarded: the exec can't be stopped on its own.
+    #[tracing::instrument(skip_all, fields(%id, function = %function.name))]
+    pub async fn exec(
+        &self,
+        container: &str,
+        id: Uuid,
+        function: &Snapshot,
+        input: &[u8],
+    ) -> Result<Run, PlatformError> {
+        let image = self.image_command(&function.image).await?;
+        let stdin = function.input == InputMode::Stdin;
+        let mut cmd = image.entrypoint.clone();
+        match function.input {
+            InputMode::Stdin => cmd.extend(image.cmd.iter().cloned()),
+            InputMode::Args => cmd.extend(args_from_input(input)?),
+        }
+        if cmd.is_empty() {
+            return Err(PlatformError::BadArgs(
+                "the image has neither an entrypoint nor a command to run".into(),
+            ));
+        }
+        let config = self.config(id, function, input)?;
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                bollard::exec::CreateExecOptions {
+                    attach_stdin: Some(stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    env: config.env,
+                    cmd: Some(cmd),
+                    working_dir: image.working_dir,
+                    user: image.user,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(PlatformError::Start)?;
+        let started_at = Utc::now();
+        let started = Instant::now();
+        let attached = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(PlatformError::Start)?;
+        let bollard::exec::StartExecResults::Attached {
+            output,
+            input: mut writer,
+        } = attached
+        else {
+            return Err(PlatformError::Engine(
+                bollard::errors::Error::DockerStreamError {
+                    error: "exec started detached".into(),
+                },
+            ));
+        };
+        if stdin {
+            let input = input.to_vec();
+            tokio::spawn(async move {
+                let _ = writer.write_all(&input).await;
+                let _ = writer.shutdown().await;
+            });
+        }
+        let collected = Arc::new(Mutex::new(Collected::default()));
+        let timeout = Duration::from_millis(function.timeout_ms.max(1) as u64);
+        let finished =
+            tokio::time::timeout(timeout, collect(output, collected.clone(), self.caps)).await;
+        let duration = started.elapsed();
+        let exit = match finished {
+            Err(_) => Exit::TimedOut,
+            Ok(()) => {
+                let inspected = self
+                    .docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(PlatformError::Engine)?;
+                Exit::Code(inspected.exit_code.unwrap_or(-1))
+            }
+        };
+        let collected = std::mem::take(&mut *collected.lock().expect("lock"));
+        Ok(Run {
+            exit,
+            oom_killed: false,
+            stdout: collected.stdout,
+            stdout_truncated: collected.stdout_truncated,
+            stderr: collected.stderr,
+            stderr_truncated: collected.stderr_truncated,
+            started_at,
+            finished_at: Utc::now(),
+            duration,
+        })
     }
 }
 

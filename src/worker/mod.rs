@@ -13,6 +13,7 @@
 
 pub mod container;
 mod heartbeat;
+pub mod pool;
 mod reaper;
 
 use std::collections::{HashMap, HashSet};
@@ -37,6 +38,7 @@ use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Topology};
 use crate::config::Settings;
+use crate::function::Mode;
 use crate::invocation::{self, Claim, Outcome, Status};
 use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
@@ -76,6 +78,8 @@ struct Shared {
     function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
     metrics: Arc<Metrics>,
     callbacks: Arc<crate::callback::Callbacks>,
+    /// Kept containers of `warm` functions.
+    warm: pool::Pool,
 }
 
 /// The channels of one connection that handlers use.
@@ -101,10 +105,13 @@ impl Worker {
             stderr: settings.max_log_bytes,
         };
         let schedule = scheduler::Config::from_settings(settings);
+        let runner = Runner::new(docker, worker_id.clone(), caps);
         Ok(Worker {
             shared: Arc::new(Shared {
                 pool,
-                runner: Runner::new(docker, worker_id.clone(), caps),
+                warm: pool::Pool::new(runner.clone(), &settings.state_dir, schedule.max)
+                    .with_context(|| format!("writing to {}", settings.state_dir.display()))?,
+                runner,
                 worker_id,
                 topology: Topology::new(&settings.amqp_prefix),
                 backoff: settings.backoff(),
@@ -153,6 +160,15 @@ impl Worker {
             self.shared.runner.docker().clone(),
         ));
         let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
+        let expiring = tokio::spawn({
+            let shared = self.shared.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    shared.warm.expire(pool::memory_pressure());
+                }
+            }
+        });
         tracing::info!(worker = %self.shared.worker_id, min = self.schedule.min, max = self.schedule.max, queues = ?self.queues, "worker started");
         loop {
             match self.session(&mut shutdown).await {
@@ -167,6 +183,8 @@ impl Worker {
             }
         }
         reaper.abort();
+        expiring.abort();
+        self.shared.warm.clear().await;
         beating.abort();
         if self.shared.busy.load(Ordering::Relaxed) == 0 {
             let _ = heartbeat::forget(&self.shared.pool, &self.shared.worker_id).await;
@@ -574,7 +592,7 @@ async fn run_claimed(
     attempt: i32,
 ) {
     let started = Instant::now();
-    let (mut outcome, failure) = execute(&shared.runner, work, &delivery.data).await;
+    let (mut outcome, failure) = execute(shared, work, &delivery.data).await;
     shared
         .controller
         .lock()
@@ -737,14 +755,37 @@ async fn reject(delivery: &Delivery, requeue: bool) {
 }
 
 /// Runs the container and turns whatever happened into the attempt's outcome and failure class.
-async fn execute(runner: &Runner, work: &Work, input: &[u8]) -> (Outcome, Option<Failure>) {
-    match runner.run(work.id, &work.function, input).await {
-        Ok(run) => outcome_of(run, work.function.timeout_ms),
+async fn execute(shared: &Shared, work: &Work, input: &[u8]) -> (Outcome, Option<Failure>) {
+    let (ran, cold) = match work.function.mode {
+        Mode::Cold => (
+            shared.runner.run(work.id, &work.function, input).await,
+            true,
+        ),
+        Mode::Warm => match shared.warm.acquire(&work.function).await {
+            Ok((warm, cold)) => {
+                let ran = shared
+                    .runner
+                    .exec(&warm.id, work.id, &work.function, input)
+                    .await;
+                // Only a clean run gives its container back; anything else may have left it dirty.
+                let clean = matches!(&ran, Ok(run) if run.exit == Exit::Code(0));
+                shared.warm.release(warm, clean);
+                (ran, cold)
+            }
+            Err(e) => (Err(e), true),
+        },
+    };
+    match ran {
+        Ok(run) => {
+            let (mut outcome, failure) = outcome_of(run, work.function.timeout_ms);
+            outcome.cold = cold;
+            (outcome, failure)
+        }
         Err(e) => (
             Outcome {
                 status: Some(Status::Failed),
                 error: Some(e.to_string()),
-                cold: true,
+                cold,
                 ..Default::default()
             },
             Some(Failure::Platform),

@@ -11,4 +11,5 @@ mod invocations;
 mod invoke;
 mod scheduler;
 mod support;
+mod warm;
 mod webhooks;

@@ -1,0 +1,253 @@
+//! The warm pool: containers a worker keeps alive per function (`mode: "warm"`), so an
+//! invocation is an exec of a few tens of milliseconds instead of a container start.
+//!
+//! - A container is started with the worker's idle binary as its only process (a 129-byte static
+//!   program that pauses forever, mounted read-only) and the function's own limits and isolation.
+//! - Each run takes an idle container (the most recently used first, so the rest can expire) after
+//!   checking it still runs, or starts a new one while the function has fewer than
+//!   `max_containers` (default: the worker's max concurrency), or waits for one.
+//! - A container whose run failed, timed out or ran out of memory is discarded, never reused.
+//! - Idle containers beyond `min_warm` are removed after `idle_timeout_ms`. Under memory pressure
+//!   (less than 10 % of the host's memory available) idle containers go first, least recently used
+//!   first, `min_warm` included: an idle container is the cheapest thing to give back, and the one
+//!   idle longest is the least likely to be needed soon.
+//! - On shutdown every pool container is removed; after a crash the worker's restarted self
+//!   removes them by their `granda.worker` label like any other.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::container::{PlatformError, Runner, remove};
+use crate::function::Snapshot;
+
+/// The idle entrypoint: a static x86-64 Linux program that loops on `pause(2)`.
+const IDLE_ELF: [u8; 129] = [
+    127, 69, 76, 70, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 62, 0, 1, 0, 0, 0, 120, 0, 64, 0, 0,
+    0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 56, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 64,
+    0, 0, 0, 0, 0, 129, 0, 0, 0, 0, 0, 0, 0, 129, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0,
+    184, 34, 0, 0, 0, 15, 5, 235, 247,
+];
+
+/// A kept container, lent to one run at a time.
+#[derive(Debug)]
+pub struct Warm {
+    pub id: String,
+    key: String,
+    last_used: Instant,
+    /// Runs it served before this one.
+    pub uses: u32,
+}
+
+#[derive(Default)]
+struct Entry {
+    idle: Vec<Warm>,
+    /// Idle plus lent out.
+    live: usize,
+}
+
+/// The warm containers of one worker.
+pub struct Pool {
+    runner: Runner,
+    idle_binary: PathBuf,
+    default_max: usize,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Limits by key, as last seen in a message.
+    limits: Mutex<HashMap<String, crate::function::PoolLimits>>,
+    returned: Notify,
+}
+
+/// What identifies interchangeable containers: the function and everything its container is
+/// made from, so an updated function never gets a container of its old definition.
+fn key(f: &Snapshot) -> String {
+    let env = serde_json::to_string(&f.env).unwrap_or_default();
+    format!("{}|{}|{}|{}|{}", f.name, f.image, f.memory_mb, f.cpus, env)
+}
+
+impl Pool {
+    /// Writes the idle binary under `state_dir` and makes an empty pool.
+    pub fn new(
+        runner: Runner,
+        state_dir: &std::path::Path,
+        default_max: usize,
+    ) -> std::io::Result<Pool> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(state_dir)?;
+        let idle_binary = state_dir.join("granda-idle");
+        let tmp = state_dir.join(format!("granda-idle.{}", std::process::id()));
+        std::fs::write(&tmp, IDLE_ELF)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &idle_binary)?;
+        Ok(Pool {
+            runner,
+            idle_binary,
+            default_max: default_max.max(1),
+            entries: Mutex::default(),
+            limits: Mutex::default(),
+            returned: Notify::new(),
+        })
+    }
+
+    /// A container for one run of `function`, and whether it was started for it (a cold start).
+    pub async fn acquire(&self, function: &Snapshot) -> Result<(Warm, bool), PlatformError> {
+        let key = key(function);
+        self.limits
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), function.pool);
+        let max = function
+            .pool
+            .max_containers
+            .map(|m| m.max(1) as usize)
+            .unwrap_or(self.default_max);
+        loop {
+            let notified = self.returned.notified();
+            let taken = {
+                let mut entries = self.entries.lock().expect("lock");
+                let entry = entries.entry(key.clone()).or_default();
+                match entry.idle.pop() {
+                    Some(warm) => Some(Some(warm)),
+                    None if entry.live < max => {
+                        entry.live += 1;
+                        Some(None)
+                    }
+                    None => None,
+                }
+            };
+            match taken {
+                Some(Some(warm)) => {
+                    if self.runner.healthy(&warm.id).await {
+                        return Ok((warm, false));
+                    }
+                    tracing::info!(container = %warm.id, "kept container is unhealthy; discarding it");
+                    self.discard(warm);
+                }
+                Some(None) => {
+                    let path = self.idle_binary.to_string_lossy().into_owned();
+                    return match self.runner.start_warm(function, &path).await {
+                        Ok(id) => Ok((
+                            Warm {
+                                id,
+                                key,
+                                last_used: Instant::now(),
+                                uses: 0,
+                            },
+                            true,
+                        )),
+                        Err(e) => {
+                            self.forget_one(&key);
+                            Err(e)
+                        }
+                    };
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Gives a container back after a run: kept when the run went well, else removed.
+    pub fn release(&self, mut warm: Warm, healthy: bool) {
+        if !healthy {
+            self.discard(warm);
+            return;
+        }
+        warm.last_used = Instant::now();
+        warm.uses += 1;
+        let mut entries = self.entries.lock().expect("lock");
+        entries.entry(warm.key.clone()).or_default().idle.push(warm);
+        drop(entries);
+        self.returned.notify_waiters();
+    }
+
+    fn discard(&self, warm: Warm) {
+        self.forget_one(&warm.key);
+        let docker = self.runner.docker().clone();
+        tokio::spawn(async move { remove(&docker, &warm.id).await });
+    }
+
+    fn forget_one(&self, key: &str) {
+        if let Some(entry) = self.entries.lock().expect("lock").get_mut(key) {
+            entry.live = entry.live.saturating_sub(1);
+        }
+        self.returned.notify_waiters();
+    }
+
+    /// Idle containers in the pool now, by function name (for tests and metrics).
+    pub fn idle_by_function(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for (key, entry) in self.entries.lock().expect("lock").iter() {
+            let name = key.split('|').next().unwrap_or_default().to_string();
+            *out.entry(name).or_default() += entry.idle.len();
+        }
+        out
+    }
+
+    /// Removes idle containers past their idle timeout (beyond `min_warm`), and under memory
+    /// pressure idle ones least recently used first.
+    pub fn expire(&self, pressure: bool) {
+        let limits = self.limits.lock().expect("lock").clone();
+        let mut doomed = Vec::new();
+        {
+            let mut entries = self.entries.lock().expect("lock");
+            for (key, entry) in entries.iter_mut() {
+                let l = limits.get(key).copied().unwrap_or_default();
+                let timeout = Duration::from_millis(l.idle_timeout_ms.max(0) as u64);
+                // Most recently used last: the expired ones are at the front.
+                entry.idle.sort_by_key(|w| w.last_used);
+                let keep = if pressure {
+                    0
+                } else {
+                    l.min_warm.max(0) as usize
+                };
+                while entry.idle.len() > keep
+                    && (pressure || entry.idle[0].last_used.elapsed() >= timeout)
+                {
+                    doomed.push(entry.idle.remove(0));
+                    if pressure {
+                        break;
+                    }
+                }
+            }
+        }
+        for warm in doomed {
+            tracing::debug!(container = %warm.id, pressure, "removing an idle warm container");
+            self.discard(warm);
+        }
+    }
+
+    /// Removes every idle container (shutdown).
+    pub async fn clear(&self) {
+        let idle: Vec<Warm> = {
+            let mut entries = self.entries.lock().expect("lock");
+            entries
+                .values_mut()
+                .flat_map(|e| e.idle.drain(..))
+                .collect()
+        };
+        for warm in idle {
+            remove(self.runner.docker(), &warm.id).await;
+        }
+    }
+}
+
+/// Whether the host is short of memory: less than 10 % available.
+pub fn memory_pressure() -> bool {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(available)) => available * 10 < total,
+        _ => false,
+    }
+}
