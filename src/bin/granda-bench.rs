@@ -198,7 +198,11 @@ async fn pipeline_scenario(
         "burst: {} direct runs at concurrency {}…",
         args.burst, args.concurrency
     );
-    let direct_burst = direct_burst(Arc::new(direct), args.burst, args.concurrency).await?;
+    let direct = Arc::new(direct);
+    let direct_burst = direct_burst(direct.clone(), args.burst, args.concurrency).await?;
+
+    eprintln!("warm: sync calls through Granda and direct execs…");
+    let warm = warm_rows(args, &client, &base_url, &direct).await?;
 
     let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
     let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
@@ -228,6 +232,9 @@ async fn pipeline_scenario(
         d_rate,
         g_rate / d_rate
     );
+    for row in &warm {
+        println!("{row}");
+    }
     println!(
         "| burst of {} wall time (s) | {:.2} | {:.2} | | |",
         args.burst,
@@ -522,5 +529,133 @@ async fn scheduler_scenario(
     );
     println!("| peak concurrency target | {peak_target} |");
     println!("| most messages held above the target | {over_target} |");
+    Ok(())
+}
+
+/// Warm rows: sync latency with 1 client and throughput with 8, through Granda (`mode: warm`)
+/// against a direct `exec` through the Docker API into one kept container.
+async fn warm_rows(
+    args: &Args,
+    client: &reqwest::Client,
+    base_url: &str,
+    direct: &Direct,
+) -> anyhow::Result<Vec<String>> {
+    let created = client
+        .post(format!("{base_url}/v1/functions"))
+        .json(&json!({"name": "echo-warm", "image": args.image, "memory_mb": 64, "mode": "warm"}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("registering the warm function: {}", created.text().await?);
+    }
+    let call = |client: reqwest::Client| {
+        let url = format!("{base_url}/fn/echo-warm");
+        async move {
+            let r = client.post(url).body("ping").send().await?;
+            if r.status() != 200 || &r.bytes().await?[..] != b"ping" {
+                bail!("warm call failed");
+            }
+            anyhow::Ok(())
+        }
+    };
+    for _ in 0..3 {
+        call(client.clone()).await?;
+    }
+    let state = std::env::temp_dir().join("granda-bench");
+    let idle = granda::worker::pool::install_idle_binary(&state)?;
+    let container = direct
+        .runner
+        .start_warm(&direct.function, &idle.to_string_lossy())
+        .await?;
+    let exec = || direct_exec(&direct.docker, &container);
+    for _ in 0..3 {
+        exec().await?;
+    }
+    let mut granda_lat = Vec::new();
+    let mut direct_lat = Vec::new();
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        call(client.clone()).await?;
+        granda_lat.push(t.elapsed());
+        let t = Instant::now();
+        exec().await?;
+        direct_lat.push(t.elapsed());
+    }
+    let per_client = 25;
+    let t = Instant::now();
+    futures_util::future::try_join_all((0..8).map(|_| {
+        let client = client.clone();
+        async move {
+            for _ in 0..per_client {
+                call(client.clone()).await?;
+            }
+            anyhow::Ok(())
+        }
+    }))
+    .await?;
+    let granda_rate = (8 * per_client) as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    futures_util::future::try_join_all((0..8).map(|_| async {
+        for _ in 0..per_client {
+            exec().await?;
+        }
+        anyhow::Ok(())
+    }))
+    .await?;
+    let direct_rate = (8 * per_client) as f64 / t.elapsed().as_secs_f64();
+    granda::worker::container::remove(&direct.docker, &container).await;
+    let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
+    let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
+    Ok(vec![
+        format!(
+            "| warm sync p50, 1 client, vs direct exec (ms) | {:.1} | {:.1} | {:.2} | ≤ 1.20 |",
+            ms(g50),
+            ms(d50),
+            ms(g50) / ms(d50)
+        ),
+        format!(
+            "| warm sync p95, 1 client (ms) | {:.1} | {:.1} | {:.2} | |",
+            ms(g95),
+            ms(d95),
+            ms(g95) / ms(d95)
+        ),
+        format!(
+            "| warm throughput, 8 clients (calls/s) | {granda_rate:.1} | {direct_rate:.1} | {:.2} | |",
+            granda_rate / direct_rate
+        ),
+    ])
+}
+
+/// One `cat` exec with stdin through the Docker API, its output read and its exit code checked.
+async fn direct_exec(docker: &Docker, container: &str) -> anyhow::Result<()> {
+    let exec = docker
+        .create_exec(
+            container,
+            bollard::exec::CreateExecOptions::<String> {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(vec!["cat".into()]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let bollard::exec::StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = docker.start_exec(&exec.id, None).await?
+    else {
+        bail!("exec detached");
+    };
+    input.write_all(b"ping").await?;
+    input.shutdown().await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = output.next().await {
+        out.extend_from_slice(&chunk?.into_bytes());
+    }
+    let inspected = docker.inspect_exec(&exec.id).await?;
+    if out != b"ping" || inspected.exit_code != Some(0) {
+        bail!("direct exec returned {out:?}");
+    }
     Ok(())
 }

@@ -234,6 +234,18 @@ impl Pool {
     }
 }
 
+/// Writes the idle binary to `state_dir/granda-idle` (atomically) and returns its path.
+pub fn install_idle_binary(state_dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(state_dir)?;
+    let idle_binary = state_dir.join("granda-idle");
+    let tmp = state_dir.join(format!("granda-idle.{}", std::process::id()));
+    std::fs::write(&tmp, IDLE_ELF)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &idle_binary)?;
+    Ok(idle_binary)
+}
+
 /// Whether the host is short of memory: less than 10 % available.
 pub fn memory_pressure() -> bool {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
