@@ -13,6 +13,62 @@ pub const DEFAULT_MEMORY_MB: i64 = 256;
 pub const DEFAULT_CPUS: f64 = 1.0;
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 pub const DEFAULT_QUEUE: &str = "default";
+/// Processes a container may have at once, unless the function says otherwise.
+pub const DEFAULT_PIDS: i64 = 256;
+/// Size of the writable `/tmp` tmpfs, unless the function says otherwise. Its pages count
+/// against the memory limit.
+pub const DEFAULT_TMP_MB: i64 = 64;
+/// Most bytes of `env` and `secrets` (names and values) together: they travel in the header
+/// frame of every work message, which must fit RabbitMQ's frame (128 KiB by default).
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// The network a function's container gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Loopback only (the default).
+    #[default]
+    None,
+    /// The engine's default bridge: the function can reach the outside world.
+    Bridge,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Bridge => "bridge",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "bridge" {
+            Network::Bridge
+        } else {
+            Network::None
+        }
+    }
+}
+
+/// Env values a function gets but the API never shows (write-only). Debug shows names only,
+/// so a secret can't reach a log line through `{:?}`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl Secrets {
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
 
 /// How the invocation's input reaches the container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,11 +111,19 @@ pub struct FunctionRow {
     pub input_mode: String,
     pub queue: String,
     pub max_attempts: i32,
+    pub pids: i64,
+    pub network: String,
+    pub run_as: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: i64,
+    pub public: bool,
+    pub secrets: Json<Secrets>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-/// A registered function, as the API shows it.
+/// A registered function. Serialized, it is what the API shows, except `secrets` (write-only:
+/// the API shows their names, never their values).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Function {
     pub name: String,
@@ -72,6 +136,14 @@ pub struct Function {
     pub input: InputMode,
     pub queue: String,
     pub max_attempts: i32,
+    pub pids: i64,
+    pub network: Network,
+    pub user: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: i64,
+    pub public: bool,
+    #[serde(skip)]
+    pub secrets: Secrets,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -89,6 +161,13 @@ impl From<FunctionRow> for Function {
             input: InputMode::parse(&r.input_mode),
             queue: r.queue,
             max_attempts: r.max_attempts,
+            pids: r.pids,
+            network: Network::parse(&r.network),
+            user: r.run_as,
+            runtime: r.runtime,
+            tmp_mb: r.tmp_mb,
+            public: r.public,
+            secrets: r.secrets.0,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -106,11 +185,18 @@ impl Function {
             cpus: self.cpus,
             env: self.env.clone(),
             input: self.input,
+            pids: self.pids,
+            network: self.network,
+            user: self.user.clone(),
+            runtime: self.runtime.clone(),
+            tmp_mb: self.tmp_mb,
+            secrets: self.secrets.clone(),
         }
     }
 }
 
 /// The part of a function a worker needs to start its container, so it never reads Postgres first.
+/// Fields added after the first release default, so that older messages still decode.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
     pub name: String,
@@ -122,6 +208,46 @@ pub struct Snapshot {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub input: InputMode,
+    #[serde(default = "default_pids")]
+    pub pids: i64,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default = "default_tmp_mb")]
+    pub tmp_mb: i64,
+    #[serde(default)]
+    pub secrets: Secrets,
+}
+
+fn default_pids() -> i64 {
+    DEFAULT_PIDS
+}
+
+fn default_tmp_mb() -> i64 {
+    DEFAULT_TMP_MB
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            name: String::new(),
+            image: String::new(),
+            timeout_ms: 30_000,
+            memory_mb: DEFAULT_MEMORY_MB,
+            cpus: DEFAULT_CPUS,
+            env: BTreeMap::new(),
+            input: InputMode::default(),
+            pids: DEFAULT_PIDS,
+            network: Network::default(),
+            user: None,
+            runtime: None,
+            tmp_mb: DEFAULT_TMP_MB,
+            secrets: Secrets::default(),
+        }
+    }
 }
 
 /// The body of `POST /v1/functions`.
@@ -138,6 +264,22 @@ pub struct NewFunction {
     pub input: Option<InputMode>,
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
+    pub pids: Option<i64>,
+    pub network: Option<Network>,
+    pub user: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: Option<i64>,
+    pub public: Option<bool>,
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+/// `secrets` in an update: an object replaces them all; a list of names (what a read shows)
+/// keeps those of the current ones and drops the others.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SecretsUpdate {
+    Replace(BTreeMap<String, String>),
+    Keep(Vec<String>),
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -155,6 +297,13 @@ pub struct FunctionUpdate {
     pub input: Option<InputMode>,
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
+    pub pids: Option<i64>,
+    pub network: Option<Network>,
+    pub user: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: Option<i64>,
+    pub public: Option<bool>,
+    pub secrets: Option<SecretsUpdate>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -215,6 +364,13 @@ impl NewFunction {
             input: self.input.unwrap_or_default(),
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            pids: self.pids.unwrap_or(DEFAULT_PIDS),
+            network: self.network.unwrap_or_default(),
+            user: self.user.filter(|u| !u.is_empty()),
+            runtime: self.runtime.filter(|r| !r.is_empty()),
+            tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
+            public: self.public.unwrap_or(false),
+            secrets: Secrets(self.secrets.unwrap_or_default()),
             created_at: now,
             updated_at: now,
         };
@@ -231,6 +387,38 @@ impl FunctionUpdate {
         {
             return Err(invalid("name", "a function can't be renamed"));
         }
+        let secrets = match self.secrets {
+            None => current.secrets.clone(),
+            Some(SecretsUpdate::Replace(new)) => Secrets(new),
+            Some(SecretsUpdate::Keep(names)) => {
+                let mut kept = BTreeMap::new();
+                for name in names {
+                    match current.secrets.0.get(&name) {
+                        Some(v) => kept.insert(name, v.clone()),
+                        None => {
+                            return Err(invalid(
+                                "secrets",
+                                format!(
+                                    "{name:?} is not a secret of this function; give secrets as an object to set them"
+                                ),
+                            ));
+                        }
+                    };
+                }
+                Secrets(kept)
+            }
+        };
+        // An empty string clears `user` and `runtime`.
+        let user = match self.user {
+            Some(u) if u.is_empty() => None,
+            Some(u) => Some(u),
+            None => current.user.clone(),
+        };
+        let runtime = match self.runtime {
+            Some(r) if r.is_empty() => None,
+            Some(r) => Some(r),
+            None => current.runtime.clone(),
+        };
         let f = Function {
             image: self.image.unwrap_or(current.image),
             description: self.description.or(current.description),
@@ -241,6 +429,13 @@ impl FunctionUpdate {
             input: self.input.unwrap_or(current.input),
             queue: self.queue.unwrap_or(current.queue),
             max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
+            pids: self.pids.unwrap_or(current.pids),
+            network: self.network.unwrap_or(current.network),
+            user,
+            runtime,
+            tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
+            public: self.public.unwrap_or(current.public),
+            secrets,
             updated_at: Utc::now(),
             ..current
         };
@@ -274,31 +469,107 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if !(f.cpus.is_finite() && f.cpus >= 0.01 && f.cpus <= 1024.0) {
         return Err(invalid("cpus", "must be between 0.01 and 1024"));
     }
-    if f.env.len() > 256 {
-        return Err(invalid("env", "at most 256 variables"));
+    check_env("env", &f.env)?;
+    check_env("secrets", &f.secrets.0)?;
+    if let Some(k) = f.secrets.0.keys().find(|k| f.env.contains_key(*k)) {
+        return Err(invalid(
+            "secrets",
+            format!("{k} is also in env; a name is either plain or secret"),
+        ));
     }
-    for (k, v) in &f.env {
-        if !valid_env_key(k) {
-            return Err(invalid(
-                "env",
-                format!("{k:?} is not a valid variable name"),
-            ));
-        }
-        if k.starts_with("GRANDA_") {
-            return Err(invalid("env", format!("{k}: GRANDA_* names are reserved")));
-        }
-        if v.contains('\0') || v.len() > 32 * 1024 {
-            return Err(invalid(
-                "env",
-                format!("{k}: values are at most 32 KiB, without NUL"),
-            ));
-        }
+    let env_bytes: usize = f
+        .env
+        .iter()
+        .chain(f.secrets.0.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if env_bytes > MAX_ENV_BYTES {
+        return Err(invalid(
+            "env",
+            format!(
+                "env and secrets together are at most {MAX_ENV_BYTES} bytes (they travel in every message's header)"
+            ),
+        ));
+    }
+    if !(4..=32_768).contains(&f.pids) {
+        return Err(invalid("pids", "must be between 4 and 32768"));
+    }
+    if !(1..=65_536).contains(&f.tmp_mb) {
+        return Err(invalid("tmp_mb", "must be between 1 and 65536"));
+    }
+    if let Some(user) = &f.user {
+        check_user(user)?;
+    }
+    if let Some(runtime) = &f.runtime
+        && (runtime.len() > 64
+            || !runtime
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            "runtime",
+            "must be a runtime name of letters, digits, '-', '_' and '.' (at most 64)",
+        ));
     }
     if !valid_name(&f.queue) {
         return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
     }
     if !(1..=100).contains(&f.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
+    }
+    Ok(())
+}
+
+fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if env.len() > 256 {
+        return Err(invalid(field, "at most 256 variables"));
+    }
+    for (k, v) in env {
+        if !valid_env_key(k) {
+            return Err(invalid(
+                field,
+                format!("{k:?} is not a valid variable name"),
+            ));
+        }
+        if k.starts_with("GRANDA_") {
+            return Err(invalid(field, format!("{k}: GRANDA_* names are reserved")));
+        }
+        if v.contains('\0') || v.len() > 32 * 1024 {
+            // The value itself is never echoed: it may be a secret.
+            return Err(invalid(
+                field,
+                format!("{k}: values are at most 32 KiB, without NUL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `user` is `name`, `uid`, `name:group` or `uid:gid`, and never root: the field exists to run
+/// as someone else.
+fn check_user(user: &str) -> Result<(), Invalid> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let (who, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    if !part_ok(who) || !group.is_none_or(part_ok) {
+        return Err(invalid(
+            "user",
+            "must be name, uid, name:group or uid:gid (letters, digits, '-', '_', '.')",
+        ));
+    }
+    let is_root = who == "root" || who.parse::<u64>().is_ok_and(|uid| uid == 0);
+    if is_root {
+        return Err(invalid(
+            "user",
+            "must not be root (leave it out to use the image's user)",
+        ));
     }
     Ok(())
 }
@@ -310,8 +581,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -324,6 +595,13 @@ pub mod store {
         .bind(f.input.as_str())
         .bind(&f.queue)
         .bind(f.max_attempts)
+        .bind(f.pids)
+        .bind(f.network.as_str())
+        .bind(&f.user)
+        .bind(&f.runtime)
+        .bind(f.tmp_mb)
+        .bind(f.public)
+        .bind(Json(&f.secrets))
         .bind(f.created_at)
         .bind(f.updated_at)
         .execute(pool)
@@ -333,7 +611,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -344,7 +622,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -356,7 +634,8 @@ pub mod store {
     pub async fn update(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
-                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11
+                    env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11,
+                    pids = $12, network = $13, run_as = $14, runtime = $15, tmp_mb = $16, public = $17, secrets = $18
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -370,6 +649,13 @@ pub mod store {
         .bind(&f.queue)
         .bind(f.max_attempts)
         .bind(f.updated_at)
+        .bind(f.pids)
+        .bind(f.network.as_str())
+        .bind(&f.user)
+        .bind(&f.runtime)
+        .bind(f.tmp_mb)
+        .bind(f.public)
+        .bind(Json(&f.secrets))
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         cpus: 1.0,
         env: Default::default(),
         input: InputMode::Stdin,
+        ..Snapshot::default()
     };
     let direct = Direct {
         docker: docker.clone(),

@@ -16,6 +16,8 @@ use crate::function::{Function, FunctionUpdate, NewFunction, store};
 fn view(app: &AppState, f: &Function) -> Value {
     let mut v = serde_json::to_value(f).expect("a function serializes");
     v["invoke_url"] = format!("{}/fn/{}", app.settings.public_url(), f.name).into();
+    // Write-only: the names, never the values.
+    v["secrets"] = f.secrets.names().into();
     v
 }
 
@@ -33,6 +35,27 @@ async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
     })
 }
 
+/// A `runtime` must be one the engine has (`docker info`), or no container could start.
+async fn check_runtime(app: &AppState, runtime: Option<&str>) -> Result<(), ApiError> {
+    let Some(runtime) = runtime else {
+        return Ok(());
+    };
+    let info = app
+        .docker
+        .info()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("docker engine unavailable: {e}")))?;
+    let known = info.runtimes.unwrap_or_default();
+    if known.contains_key(runtime) {
+        return Ok(());
+    }
+    let mut names: Vec<&String> = known.keys().collect();
+    names.sort();
+    Err(ApiError::Unprocessable(format!(
+        "runtime: the engine has no runtime {runtime:?} (it has {names:?})"
+    )))
+}
+
 #[tracing::instrument(skip_all, fields(name = %body.name))]
 pub async fn create(
     State(app): State<AppState>,
@@ -44,6 +67,7 @@ pub async fn create(
     if store::get(&app.pool, &f.name).await?.is_some() {
         return Err(conflict(&f.name));
     }
+    check_runtime(&app, f.runtime.as_deref()).await?;
     check_image(&app, &f.image).await?;
     if !store::insert(&app.pool, &f).await? {
         return Err(conflict(&f.name));
@@ -84,9 +108,13 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let current = load(&app, &name).await?;
     let old_image = current.image.clone();
+    let old_runtime = current.runtime.clone();
     let f = changes
         .apply(current, &app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if f.runtime != old_runtime {
+        check_runtime(&app, f.runtime.as_deref()).await?;
+    }
     if f.image != old_image {
         check_image(&app, &f.image).await?;
     }

@@ -5,4 +5,5 @@ mod bad_input;
 mod functions;
 mod invocations;
 mod invoke;
+mod isolation;
 mod support;
