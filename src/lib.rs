@@ -9,6 +9,7 @@ pub mod docker;
 pub mod error;
 pub mod function;
 pub mod invocation;
+pub mod keys;
 pub mod message;
 pub mod metrics;
 pub mod producer;

@@ -264,6 +264,8 @@ impl Runner {
         }
         let oom_killed = match exit {
             Exit::Code(0) => false,
+            // SIGKILL: the engine may record the OOM event a moment after the exit.
+            Exit::Code(137) => self.oom_killed_settled(container).await,
             _ => self.oom_killed(container).await,
         };
         let collected = std::mem::take(&mut *collected.lock().expect("lock"));
@@ -278,6 +280,17 @@ impl Runner {
             finished_at,
             duration,
         })
+    }
+
+    /// The engine's OOM flag, asked again for up to a second while it says no.
+    async fn oom_killed_settled(&self, container: &str) -> bool {
+        for _ in 0..10 {
+            if self.oom_killed(container).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     async fn oom_killed(&self, container: &str) -> bool {

@@ -1,6 +1,7 @@
 //! Integration tests against a real RabbitMQ, Postgres and Docker engine. Each test spawns its
 //! own Granda with its own database and queues, so they run in parallel.
 
+mod auth;
 mod bad_input;
 mod functions;
 mod invocations;
