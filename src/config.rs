@@ -131,9 +131,26 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_ADMIN_KEY", hide_env_values = true, global = true)]
     pub admin_key: Option<crate::keys::Secret>,
 
+    /// Whether registering a function may pull its image: `missing` (pull when the engine lacks
+    /// it) or `never` (only images already on the engine; nothing is fetched).
+    #[arg(
+        long,
+        env = "GRANDA_IMAGE_PULL",
+        default_value = "missing",
+        global = true
+    )]
+    pub image_pull: ImagePull,
+
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
+}
+
+/// When registration may pull an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImagePull {
+    Missing,
+    Never,
 }
 
 /// Whether the API asks for keys.

@@ -23,7 +23,7 @@ pub const DEFAULT_TMP_MB: i64 = 64;
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
 
 /// The network a function's container gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// Loopback only (the default).
@@ -71,7 +71,7 @@ impl Secrets {
 }
 
 /// How the invocation's input reaches the container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputMode {
     /// The body on stdin, then EOF.
@@ -124,7 +124,7 @@ pub struct FunctionRow {
 
 /// A registered function. Serialized, it is what the API shows, except `secrets` (write-only:
 /// the API shows their names, never their values).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Function {
     pub name: String,
     pub image: String,
@@ -143,6 +143,7 @@ pub struct Function {
     pub tmp_mb: i64,
     pub public: bool,
     #[serde(skip)]
+    #[schema(ignore)]
     pub secrets: Secrets,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -251,7 +252,7 @@ impl Default for Snapshot {
 }
 
 /// The body of `POST /v1/functions`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewFunction {
     pub name: String,
@@ -275,7 +276,7 @@ pub struct NewFunction {
 
 /// `secrets` in an update: an object replaces them all; a list of names (what a read shows)
 /// keeps those of the current ones and drops the others.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum SecretsUpdate {
     Replace(BTreeMap<String, String>),
@@ -283,7 +284,7 @@ pub enum SecretsUpdate {
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionUpdate {
     /// Accepted so a client can send back what it read, but must match the path.
@@ -305,10 +306,13 @@ pub struct FunctionUpdate {
     pub public: Option<bool>,
     pub secrets: Option<SecretsUpdate>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub updated_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub invoke_url: Option<serde::de::IgnoredAny>,
 }
 

@@ -14,7 +14,9 @@ pub const KEY_PREFIX: &str = "gk_";
 const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
 
 /// What a key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Everything, including managing functions and keys.
@@ -46,10 +48,11 @@ impl Scope {
 }
 
 /// A key as stored and listed: never the key itself.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: Uuid,
     pub name: String,
+    #[schema(value_type = Scope)]
     pub scope: String,
     pub prefix: String,
     pub created_at: DateTime<Utc>,

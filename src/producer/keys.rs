@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::keys::{self, KeyError, Scope};
 
 /// The body of `POST /v1/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,

@@ -8,6 +8,7 @@ pub mod health;
 pub mod invocations;
 pub mod invoke;
 pub mod keys;
+pub mod openapi;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -142,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invocations/{id}", get(invocations::get))
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -7,4 +7,5 @@ mod functions;
 mod invocations;
 mod invoke;
 mod isolation;
+mod openapi;
 mod support;
