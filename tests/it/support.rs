@@ -181,8 +181,9 @@ impl TestApp {
             .send()
             .await
             .expect("request");
-        assert_eq!(response.status(), 202);
+        let status = response.status();
         let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 202, "{body}");
         body["id"].as_str().unwrap().parse().unwrap()
     }
 
