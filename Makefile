@@ -8,7 +8,7 @@ CARGO ?= cargo
 # Arguments for the test binaries, e.g. `make test TEST_ARGS='--test-threads=1 --nocapture'`.
 TEST_ARGS ?= --test-threads=4
 
-.PHONY: setup build run test lint bench images
+.PHONY: setup build run test fuzz lint bench images
 
 setup:
 	bash scripts/setup.sh
@@ -21,6 +21,10 @@ run: setup
 
 test: setup
 	$(CARGO) test --all-targets -- $(TEST_ARGS)
+	bash scripts/fuzz-api.sh
+
+fuzz: setup
+	bash scripts/fuzz-api.sh
 
 lint:
 	$(CARGO) fmt --check

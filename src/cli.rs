@@ -1,4 +1,4 @@
-//! The `granda` command: `up`, `server`, `worker`, `migrate`.
+//! The `granda` command: `up`, `server`, `worker`, `migrate`, `keys`.
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -20,7 +20,7 @@ pub struct Cli {
     pub settings: Settings,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Ingress, worker and scheduler in one process: the single-machine default.
     Up,
@@ -30,6 +30,63 @@ pub enum Command {
     Worker,
     /// Create the database if missing, apply migrations, and exit.
     Migrate,
+    /// Manage API keys (straight in the database; no server needed).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum KeysCommand {
+    /// Make a key and print it once (only its hash is stored).
+    Create {
+        /// What the key is for, e.g. `ci`.
+        #[arg(long)]
+        name: String,
+        /// `admin` (everything) or `invoke` (call functions, read invocations).
+        #[arg(long, value_enum, default_value = "invoke")]
+        scope: crate::keys::Scope,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by its id.
+    Revoke { id: uuid::Uuid },
+}
+
+/// Runs a `granda keys` command against the database.
+async fn keys_command(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
+    let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
+    match command {
+        KeysCommand::Create { name, scope } => {
+            let (stored, secret) = crate::keys::create(&pool, &name, scope).await?;
+            eprintln!(
+                "made {} key {:?} (id {}); it is shown only now:",
+                scope.as_str(),
+                stored.name,
+                stored.id
+            );
+            println!("{}", secret.0);
+        }
+        KeysCommand::List => {
+            for k in crate::keys::list(&pool).await? {
+                let state = match k.revoked_at {
+                    Some(at) => format!("revoked {at}"),
+                    None => "live".to_string(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}…\t{}",
+                    k.id, k.scope, k.name, k.prefix, state
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            anyhow::ensure!(
+                crate::keys::revoke(&pool, id).await?,
+                "no live key with id {id}"
+            );
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
 }
 
 /// Parses the command line and runs it until SIGINT or SIGTERM.
@@ -57,6 +114,7 @@ pub async fn run(
         }
     };
     match command {
+        Command::Keys(keys) => keys_command(keys, &settings).await,
         Command::Migrate => {
             crate::db::connect_and_migrate(&settings.database_url).await?;
             tracing::info!("database is migrated");

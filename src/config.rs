@@ -186,6 +186,24 @@ pub struct Settings {
         global = true
     )]
     pub state_dir: std::path::PathBuf,
+    /// API keys: `on` (the default) or `off` (anyone may do anything; logged as a warning at start).
+    #[arg(long, env = "GRANDA_AUTH", default_value = "on", global = true)]
+    pub auth: AuthMode,
+
+    /// An admin API key to accept (at least 16 characters). Without it, a first admin key is made
+    /// and printed once when the database has no key.
+    #[arg(long, env = "GRANDA_ADMIN_KEY", hide_env_values = true, global = true)]
+    pub admin_key: Option<crate::keys::Secret>,
+
+    /// Whether registering a function may pull its image: `missing` (pull when the engine lacks
+    /// it) or `never` (only images already on the engine; nothing is fetched).
+    #[arg(
+        long,
+        env = "GRANDA_IMAGE_PULL",
+        default_value = "missing",
+        global = true
+    )]
+    pub image_pull: ImagePull,
 
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
@@ -237,7 +255,35 @@ pub struct Settings {
     pub callback_timeout_ms: u64,
 }
 
+/// When registration may pull an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImagePull {
+    Missing,
+    Never,
+}
+
+/// Whether the API asks for keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    On,
+    Off,
+}
+
+/// The largest message Granda publishes: well below RabbitMQ's `max_message_size` (128 MiB by
+/// default), so the body cap can't be set to something the broker would refuse.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 impl Settings {
+    /// Refuses settings that can't work together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_body_bytes <= MAX_MESSAGE_BYTES,
+            "GRANDA_MAX_BODY_BYTES is {} but a message to RabbitMQ may be at most {MAX_MESSAGE_BYTES} bytes",
+            self.max_body_bytes
+        );
+        Ok(())
+    }
+
     /// Settings from the environment alone, as a process with no flags would get them.
     pub fn from_env() -> Self {
         use clap::Parser;

@@ -14,9 +14,65 @@ pub const DEFAULT_MEMORY_MB: i64 = 256;
 pub const DEFAULT_CPUS: f64 = 1.0;
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 pub const DEFAULT_QUEUE: &str = "default";
+/// Processes a container may have at once, unless the function says otherwise.
+pub const DEFAULT_PIDS: i64 = 256;
+/// Size of the writable `/tmp` tmpfs, unless the function says otherwise. Its pages count
+/// against the memory limit.
+pub const DEFAULT_TMP_MB: i64 = 64;
+/// Most bytes of `env` and `secrets` (names and values) together: they travel in the header
+/// frame of every work message, which must fit RabbitMQ's frame (128 KiB by default).
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// The network a function's container gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Loopback only (the default).
+    #[default]
+    None,
+    /// The engine's default bridge: the function can reach the outside world.
+    Bridge,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Bridge => "bridge",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "bridge" {
+            Network::Bridge
+        } else {
+            Network::None
+        }
+    }
+}
+
+/// Env values a function gets but the API never shows (write-only). Debug shows names only,
+/// so a secret can't reach a log line through `{:?}`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl Secrets {
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
 
 /// How the invocation's input reaches the container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputMode {
     /// The body on stdin, then EOF.
@@ -44,7 +100,7 @@ impl InputMode {
 }
 
 /// How invocations of a function get a container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A fresh container per invocation: the strongest isolation.
@@ -69,7 +125,7 @@ impl Mode {
 }
 
 /// The warm pool of a function, per worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolLimits {
     /// Containers kept even when idle.
     pub min_warm: i32,
@@ -111,12 +167,20 @@ pub struct FunctionRow {
     pub min_warm: i32,
     pub max_containers: Option<i32>,
     pub idle_timeout_ms: i64,
+    pub pids: i64,
+    pub network: String,
+    pub run_as: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: i64,
+    pub public: bool,
+    pub secrets: Json<Secrets>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-/// A registered function, as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// A registered function. Serialized, it is what the API shows, except `secrets` (write-only:
+/// the API shows their names, never their values).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Function {
     pub name: String,
     pub image: String,
@@ -137,6 +201,15 @@ pub struct Function {
     pub mode: Mode,
     #[serde(flatten)]
     pub pool: PoolLimits,
+    pub pids: i64,
+    pub network: Network,
+    pub user: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: i64,
+    pub public: bool,
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub secrets: Secrets,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -167,6 +240,13 @@ impl From<FunctionRow> for Function {
                 max_containers: r.max_containers,
                 idle_timeout_ms: r.idle_timeout_ms,
             },
+            pids: r.pids,
+            network: Network::parse(&r.network),
+            user: r.run_as,
+            runtime: r.runtime,
+            tmp_mb: r.tmp_mb,
+            public: r.public,
+            secrets: r.secrets.0,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -189,11 +269,18 @@ impl Function {
             max_concurrency: self.max_concurrency,
             mode: self.mode,
             pool: self.pool,
+            pids: self.pids,
+            network: self.network,
+            user: self.user.clone(),
+            runtime: self.runtime.clone(),
+            tmp_mb: self.tmp_mb,
+            secrets: self.secrets.clone(),
         }
     }
 }
 
 /// The part of a function a worker needs to start its container, so it never reads Postgres first.
+/// Fields added after the first release default, so that older messages still decode.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
     pub name: String,
@@ -215,14 +302,59 @@ pub struct Snapshot {
     pub mode: Mode,
     #[serde(default)]
     pub pool: PoolLimits,
+    #[serde(default = "default_pids")]
+    pub pids: i64,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default = "default_tmp_mb")]
+    pub tmp_mb: i64,
+    #[serde(default)]
+    pub secrets: Secrets,
 }
 
 fn one() -> i32 {
     1
 }
 
+fn default_pids() -> i64 {
+    DEFAULT_PIDS
+}
+
+fn default_tmp_mb() -> i64 {
+    DEFAULT_TMP_MB
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            name: String::new(),
+            image: String::new(),
+            timeout_ms: 30_000,
+            memory_mb: DEFAULT_MEMORY_MB,
+            cpus: DEFAULT_CPUS,
+            env: BTreeMap::new(),
+            input: InputMode::default(),
+            pids: DEFAULT_PIDS,
+            network: Network::default(),
+            user: None,
+            runtime: None,
+            tmp_mb: DEFAULT_TMP_MB,
+            secrets: Secrets::default(),
+            max_attempts: 1,
+            retry_on: Vec::new(),
+            max_concurrency: None,
+            mode: Mode::default(),
+            pool: PoolLimits::default(),
+        }
+    }
+}
+
 /// The body of `POST /v1/functions`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewFunction {
     pub name: String,
@@ -242,10 +374,26 @@ pub struct NewFunction {
     pub min_warm: Option<i32>,
     pub max_containers: Option<i32>,
     pub idle_timeout_ms: Option<i64>,
+    pub pids: Option<i64>,
+    pub network: Option<Network>,
+    pub user: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: Option<i64>,
+    pub public: Option<bool>,
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+/// `secrets` in an update: an object replaces them all; a list of names (what a read shows)
+/// keeps those of the current ones and drops the others.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SecretsUpdate {
+    Replace(BTreeMap<String, String>),
+    Keep(Vec<String>),
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionUpdate {
     /// Accepted so a client can send back what it read, but must match the path.
@@ -266,11 +414,21 @@ pub struct FunctionUpdate {
     pub min_warm: Option<i32>,
     pub max_containers: Option<i32>,
     pub idle_timeout_ms: Option<i64>,
+    pub pids: Option<i64>,
+    pub network: Option<Network>,
+    pub user: Option<String>,
+    pub runtime: Option<String>,
+    pub tmp_mb: Option<i64>,
+    pub public: Option<bool>,
+    pub secrets: Option<SecretsUpdate>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub updated_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub invoke_url: Option<serde::de::IgnoredAny>,
 }
 
@@ -335,6 +493,13 @@ impl NewFunction {
                 max_containers: self.max_containers,
                 idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
             },
+            pids: self.pids.unwrap_or(DEFAULT_PIDS),
+            network: self.network.unwrap_or_default(),
+            user: self.user.filter(|u| !u.is_empty()),
+            runtime: self.runtime.filter(|r| !r.is_empty()),
+            tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
+            public: self.public.unwrap_or(false),
+            secrets: Secrets(self.secrets.unwrap_or_default()),
             created_at: now,
             updated_at: now,
         };
@@ -351,6 +516,38 @@ impl FunctionUpdate {
         {
             return Err(invalid("name", "a function can't be renamed"));
         }
+        let secrets = match self.secrets {
+            None => current.secrets.clone(),
+            Some(SecretsUpdate::Replace(new)) => Secrets(new),
+            Some(SecretsUpdate::Keep(names)) => {
+                let mut kept = BTreeMap::new();
+                for name in names {
+                    match current.secrets.0.get(&name) {
+                        Some(v) => kept.insert(name, v.clone()),
+                        None => {
+                            return Err(invalid(
+                                "secrets",
+                                format!(
+                                    "{name:?} is not a secret of this function; give secrets as an object to set them"
+                                ),
+                            ));
+                        }
+                    };
+                }
+                Secrets(kept)
+            }
+        };
+        // An empty string clears `user` and `runtime`.
+        let user = match self.user {
+            Some(u) if u.is_empty() => None,
+            Some(u) => Some(u),
+            None => current.user.clone(),
+        };
+        let runtime = match self.runtime {
+            Some(r) if r.is_empty() => None,
+            Some(r) => Some(r),
+            None => current.runtime.clone(),
+        };
         let f = Function {
             image: self.image.unwrap_or(current.image),
             description: self.description.or(current.description),
@@ -375,6 +572,13 @@ impl FunctionUpdate {
                 max_containers: self.max_containers.or(current.pool.max_containers),
                 idle_timeout_ms: self.idle_timeout_ms.unwrap_or(current.pool.idle_timeout_ms),
             },
+            pids: self.pids.unwrap_or(current.pids),
+            network: self.network.unwrap_or(current.network),
+            user,
+            runtime,
+            tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
+            public: self.public.unwrap_or(current.public),
+            secrets,
             updated_at: Utc::now(),
             ..current
         };
@@ -408,25 +612,47 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if !(f.cpus.is_finite() && f.cpus >= 0.01 && f.cpus <= 1024.0) {
         return Err(invalid("cpus", "must be between 0.01 and 1024"));
     }
-    if f.env.len() > 256 {
-        return Err(invalid("env", "at most 256 variables"));
+    check_env("env", &f.env)?;
+    check_env("secrets", &f.secrets.0)?;
+    if let Some(k) = f.secrets.0.keys().find(|k| f.env.contains_key(*k)) {
+        return Err(invalid(
+            "secrets",
+            format!("{k} is also in env; a name is either plain or secret"),
+        ));
     }
-    for (k, v) in &f.env {
-        if !valid_env_key(k) {
-            return Err(invalid(
-                "env",
-                format!("{k:?} is not a valid variable name"),
-            ));
-        }
-        if k.starts_with("GRANDA_") {
-            return Err(invalid("env", format!("{k}: GRANDA_* names are reserved")));
-        }
-        if v.contains('\0') || v.len() > 32 * 1024 {
-            return Err(invalid(
-                "env",
-                format!("{k}: values are at most 32 KiB, without NUL"),
-            ));
-        }
+    let env_bytes: usize = f
+        .env
+        .iter()
+        .chain(f.secrets.0.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if env_bytes > MAX_ENV_BYTES {
+        return Err(invalid(
+            "env",
+            format!(
+                "env and secrets together are at most {MAX_ENV_BYTES} bytes (they travel in every message's header)"
+            ),
+        ));
+    }
+    if !(4..=32_768).contains(&f.pids) {
+        return Err(invalid("pids", "must be between 4 and 32768"));
+    }
+    if !(1..=65_536).contains(&f.tmp_mb) {
+        return Err(invalid("tmp_mb", "must be between 1 and 65536"));
+    }
+    if let Some(user) = &f.user {
+        check_user(user)?;
+    }
+    if let Some(runtime) = &f.runtime
+        && (runtime.len() > 64
+            || !runtime
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            "runtime",
+            "must be a runtime name of letters, digits, '-', '_' and '.' (at most 64)",
+        ));
     }
     if !valid_name(&f.queue) {
         return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
@@ -459,6 +685,60 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if env.len() > 256 {
+        return Err(invalid(field, "at most 256 variables"));
+    }
+    for (k, v) in env {
+        if !valid_env_key(k) {
+            return Err(invalid(
+                field,
+                format!("{k:?} is not a valid variable name"),
+            ));
+        }
+        if k.starts_with("GRANDA_") {
+            return Err(invalid(field, format!("{k}: GRANDA_* names are reserved")));
+        }
+        if v.contains('\0') || v.len() > 32 * 1024 {
+            // The value itself is never echoed: it may be a secret.
+            return Err(invalid(
+                field,
+                format!("{k}: values are at most 32 KiB, without NUL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `user` is `name`, `uid`, `name:group` or `uid:gid`, and never root: the field exists to run
+/// as someone else.
+fn check_user(user: &str) -> Result<(), Invalid> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let (who, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    if !part_ok(who) || !group.is_none_or(part_ok) {
+        return Err(invalid(
+            "user",
+            "must be name, uid, name:group or uid:gid (letters, digits, '-', '_', '.')",
+        ));
+    }
+    let is_root = who == "root" || who.parse::<u64>().is_ok_and(|uid| uid == 0);
+    if is_root {
+        return Err(invalid(
+            "user",
+            "must not be root (leave it out to use the image's user)",
+        ));
+    }
+    Ok(())
+}
+
 /// Postgres storage of functions.
 pub mod store {
     use super::*;
@@ -466,8 +746,11 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts,
+                    pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at,
+                    retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                     $20, $21, $22, $23, $24, $25, $26)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -480,6 +763,13 @@ pub mod store {
         .bind(f.input.as_str())
         .bind(&f.queue)
         .bind(f.max_attempts)
+        .bind(f.pids)
+        .bind(f.network.as_str())
+        .bind(&f.user)
+        .bind(&f.runtime)
+        .bind(f.tmp_mb)
+        .bind(f.public)
+        .bind(Json(&f.secrets))
         .bind(f.created_at)
         .bind(f.updated_at)
         .bind(retry_on_strings(&f.retry_on))
@@ -496,7 +786,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -507,7 +797,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -521,7 +811,8 @@ pub mod store {
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
                     env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
                     max_concurrency = $13, callback_url = $14, mode = $15, min_warm = $16,
-                    max_containers = $17, idle_timeout_ms = $18
+                    max_containers = $17, idle_timeout_ms = $18,
+                    pids = $19, network = $20, run_as = $21, runtime = $22, tmp_mb = $23, public = $24, secrets = $25
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -542,6 +833,13 @@ pub mod store {
         .bind(f.pool.min_warm)
         .bind(f.pool.max_containers)
         .bind(f.pool.idle_timeout_ms)
+        .bind(f.pids)
+        .bind(f.network.as_str())
+        .bind(&f.user)
+        .bind(&f.runtime)
+        .bind(f.tmp_mb)
+        .bind(f.public)
+        .bind(Json(&f.secrets))
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod function;
 pub mod invocation;
+pub mod keys;
 pub mod message;
 pub mod metrics;
 pub mod producer;

@@ -202,7 +202,7 @@ fn int_header(headers: &FieldTable, key: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::function::InputMode;
+    use crate::function::{InputMode, Network, Secrets};
 
     #[test]
     fn work_round_trips_through_properties() {
@@ -222,6 +222,12 @@ mod tests {
                 max_concurrency: Some(2),
                 mode: crate::function::Mode::Warm,
                 pool: Default::default(),
+                pids: 32,
+                network: Network::Bridge,
+                user: Some("nobody".into()),
+                runtime: Some("runc".into()),
+                tmp_mb: 8,
+                secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),
@@ -234,6 +240,29 @@ mod tests {
         assert_eq!(back.queued_at_ms, work.queued_at_ms);
         assert_eq!(back.reply_to, work.reply_to);
         assert_eq!(back.correlation_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_isolation_fields_decodes_with_safe_defaults() {
+        let old = br#"{"name":"f","image":"i","timeout_ms":1000,"memory_mb":64,"cpus":1.0}"#;
+        let s: Snapshot = serde_json::from_slice(old).unwrap();
+        assert_eq!(s.pids, crate::function::DEFAULT_PIDS);
+        assert_eq!(s.network, Network::None);
+        assert_eq!(s.user, None);
+        assert!(s.secrets.0.is_empty());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Snapshot {
+            secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
+            ..Snapshot::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("TOKEN") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]

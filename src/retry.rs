@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::invocation::Trigger;
 
 /// A function failure a function may ask to have retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryOn {
     Error,

@@ -113,11 +113,7 @@ async fn main() -> anyhow::Result<()> {
         cpus: 1.0,
         env: Default::default(),
         input: InputMode::Stdin,
-        max_attempts: 1,
-        retry_on: vec![],
-        max_concurrency: None,
-        mode: Default::default(),
-        pool: Default::default(),
+        ..Snapshot::default()
     };
     let direct = Direct {
         docker: docker.clone(),

@@ -4,19 +4,36 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::JsonBody;
+use crate::config::ImagePull;
 use crate::docker::{ImageError, ensure_image};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
 
-/// A function as the API shows it, with its own URL.
-fn view(app: &AppState, f: &Function) -> Value {
-    let mut v = serde_json::to_value(f).expect("a function serializes");
-    v["invoke_url"] = format!("{}/fn/{}", app.settings.public_url(), f.name).into();
-    v
+/// A function as the API shows it: its fields, its own URL, and the names of its secrets.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FunctionView {
+    #[serde(flatten)]
+    pub function: Function,
+    pub invoke_url: String,
+    /// Names only: secrets are write-only.
+    pub secrets: Vec<String>,
+}
+
+/// `GET /v1/functions`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionView>,
+}
+
+fn view(app: &AppState, f: &Function) -> FunctionView {
+    FunctionView {
+        function: f.clone(),
+        invoke_url: format!("{}/fn/{}", app.settings.public_url(), f.name),
+        secrets: f.secrets.names(),
+    }
 }
 
 /// Loads a function or answers 404.
@@ -27,10 +44,45 @@ pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
 }
 
 async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
+    if app.settings.image_pull == ImagePull::Never {
+        return match app.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 400..=499,
+                message,
+            }) => Err(ApiError::Unprocessable(format!(
+                "image {image:?} is not on the engine and GRANDA_IMAGE_PULL=never: {message}"
+            ))),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "docker engine unavailable: {e}"
+            ))),
+        };
+    }
     ensure_image(&app.docker, image).await.map_err(|e| match e {
         ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
         ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
     })
+}
+
+/// A `runtime` must be one the engine has (`docker info`), or no container could start.
+async fn check_runtime(app: &AppState, runtime: Option<&str>) -> Result<(), ApiError> {
+    let Some(runtime) = runtime else {
+        return Ok(());
+    };
+    let info = app
+        .docker
+        .info()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("docker engine unavailable: {e}")))?;
+    let known = info.runtimes.unwrap_or_default();
+    if known.contains_key(runtime) {
+        return Ok(());
+    }
+    let mut names: Vec<&String> = known.keys().collect();
+    names.sort();
+    Err(ApiError::Unprocessable(format!(
+        "runtime: the engine has no runtime {runtime:?} (it has {names:?})"
+    )))
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name))]
@@ -44,6 +96,7 @@ pub async fn create(
     if store::get(&app.pool, &f.name).await?.is_some() {
         return Err(conflict(&f.name));
     }
+    check_runtime(&app, f.runtime.as_deref()).await?;
     check_image(&app, &f.image).await?;
     if !store::insert(&app.pool, &f).await? {
         return Err(conflict(&f.name));
@@ -59,19 +112,19 @@ fn conflict(name: &str) -> ApiError {
     ApiError::Conflict(format!("a function named {name:?} exists"))
 }
 
-pub async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let functions: Vec<Value> = store::list(&app.pool)
+pub async fn list(State(app): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+    let functions = store::list(&app.pool)
         .await?
         .iter()
         .map(|f| view(&app, f))
         .collect();
-    Ok(Json(json!({ "functions": functions })))
+    Ok(Json(FunctionList { functions }))
 }
 
 pub async fn get(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FunctionView>, ApiError> {
     let f = load(&app, &name).await?;
     Ok(Json(view(&app, &f)))
 }
@@ -81,12 +134,16 @@ pub async fn update(
     State(app): State<AppState>,
     Path(name): Path<String>,
     JsonBody(changes): JsonBody<FunctionUpdate>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FunctionView>, ApiError> {
     let current = load(&app, &name).await?;
     let old_image = current.image.clone();
+    let old_runtime = current.runtime.clone();
     let f = changes
         .apply(current, &app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if f.runtime != old_runtime {
+        check_runtime(&app, f.runtime.as_deref()).await?;
+    }
     if f.image != old_image {
         check_image(&app, &f.image).await?;
     }

@@ -1,6 +1,7 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
+pub mod auth;
 pub mod enqueue;
 pub mod events;
 pub mod extract;
@@ -8,6 +9,8 @@ pub mod functions;
 pub mod health;
 pub mod invocations;
 pub mod invoke;
+pub mod keys;
+pub mod openapi;
 pub mod outbox;
 pub mod webhooks;
 
@@ -24,7 +27,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::broker::{Publisher, Topology};
-use crate::config::Settings;
+use crate::config::{AuthMode, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -56,6 +59,24 @@ impl Application {
         mut settings: Settings,
         pool: PgPool,
     ) -> anyhow::Result<Application> {
+        settings.check()?;
+        match settings.auth {
+            AuthMode::Off => tracing::warn!(
+                "GRANDA_AUTH=off: the API asks for no key; anyone who reaches it can do anything"
+            ),
+            AuthMode::On => {
+                if let Some(key) = crate::keys::bootstrap(&pool, settings.admin_key.as_ref())
+                    .await
+                    .context("making sure an admin API key exists")?
+                {
+                    // Printed once, on the terminal rather than in the logs; only its hash is kept.
+                    eprintln!(
+                        "\nGranda made the first admin API key. It is shown only now; keep it:\n\n    {}\n",
+                        key.0
+                    );
+                }
+            }
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -163,6 +184,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/hooks/{id}", post(webhooks::receive))
         .route("/v1/callbacks/key", get(callback_key))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -171,5 +195,9 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .with_state(state)
 }

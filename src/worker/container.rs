@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -17,12 +17,8 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::docker::{LABEL_DEADLINE, LABEL_FUNCTION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER};
-use crate::function::{InputMode, Snapshot};
+use crate::function::{InputMode, Network, Snapshot};
 
-/// Processes a container may start, unless the function says otherwise.
-pub const DEFAULT_PIDS_LIMIT: i64 = 256;
-/// Size of the writable `/tmp` of every container.
-pub const TMPFS_SIZE: &str = "64m";
 /// How long output may keep flowing after the container exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
@@ -145,6 +141,7 @@ impl Runner {
         let mut env: Vec<String> = function
             .env
             .iter()
+            .chain(function.secrets.0.iter())
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push(format!("GRANDA_INVOCATION_ID={id}"));
@@ -157,9 +154,11 @@ impl Runner {
             (LABEL_DEADLINE.to_string(), deadline.to_string()),
         ]);
         let memory = function.memory_mb * 1024 * 1024;
+        let network = function.network;
         Ok(ContainerCreateBody {
             image: Some(function.image.clone()),
             cmd,
+            user: function.user.clone(),
             env: Some(env),
             labels: Some(labels),
             attach_stdin: Some(stdin),
@@ -168,21 +167,28 @@ impl Runner {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
-            network_disabled: Some(true),
+            network_disabled: Some(network == Network::None),
             host_config: Some(HostConfig {
-                network_mode: Some("none".to_string()),
+                network_mode: Some(network.as_str().to_string()),
                 memory: Some(memory),
                 memory_swap: Some(memory),
                 nano_cpus: Some((function.cpus * 1e9) as i64),
-                pids_limit: Some(DEFAULT_PIDS_LIMIT),
+                pids_limit: Some(function.pids),
                 cap_drop: Some(vec!["ALL".to_string()]),
                 security_opt: Some(vec!["no-new-privileges".to_string()]),
                 readonly_rootfs: Some(true),
                 tmpfs: Some(HashMap::from([(
                     "/tmp".to_string(),
-                    format!("rw,nosuid,nodev,size={TMPFS_SIZE}"),
+                    format!("rw,nosuid,nodev,size={}m", function.tmp_mb),
                 )])),
                 privileged: Some(false),
+                runtime: function.runtime.clone(),
+                // Output is read over attach, under caps. The engine's own log driver would
+                // keep all of it on the host's disk: a function printing gigabytes fills it.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".to_string()),
+                    config: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -275,6 +281,11 @@ impl Runner {
         // it ended: an engine going down kills its containers too.
         let oom_killed = match exit {
             Exit::Code(0) => false,
+            // SIGKILL: the engine may record the OOM event a moment after the exit.
+            Exit::Code(137) => self
+                .oom_killed_settled(container)
+                .await
+                .map_err(PlatformError::Engine)?,
             _ => self
                 .oom_killed(container)
                 .await
@@ -292,6 +303,17 @@ impl Runner {
             finished_at,
             duration,
         })
+    }
+
+    /// The engine's OOM flag, asked again for up to a second while it says no.
+    async fn oom_killed_settled(&self, container: &str) -> Result<bool, bollard::errors::Error> {
+        for _ in 0..10 {
+            if self.oom_killed(container).await? {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(false)
     }
 
     async fn oom_killed(&self, container: &str) -> Result<bool, bollard::errors::Error> {

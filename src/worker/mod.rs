@@ -821,7 +821,8 @@ fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>) {
         status: Some(status),
         output: run.stdout,
         output_truncated: run.stdout_truncated,
-        logs: String::from_utf8_lossy(&run.stderr).into_owned(),
+        // Postgres text can't hold NUL: a function writing one must not make its record unwritable.
+        logs: String::from_utf8_lossy(&run.stderr).replace('\0', "\u{FFFD}"),
         logs_truncated: run.stderr_truncated,
         exit_code,
         error,

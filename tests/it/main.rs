@@ -1,6 +1,7 @@
 //! Integration tests against a real RabbitMQ, Postgres and Docker engine. Each test spawns its
 //! own Granda with its own database and queues, so they run in parallel.
 
+mod auth;
 mod bad_input;
 mod callbacks;
 mod events;
@@ -9,6 +10,8 @@ mod functions;
 mod guarantees;
 mod invocations;
 mod invoke;
+mod isolation;
+mod openapi;
 mod scheduler;
 mod support;
 mod warm;

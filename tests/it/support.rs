@@ -27,6 +27,9 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The admin key every test app accepts; `TestApp::client` sends it on every request.
+pub const ADMIN_KEY: &str = "gk_test-admin-key-0123456789abcdef";
+
 static IMAGES: Once = Once::new();
 
 /// Builds the test images once per test binary (a no-op when they exist).
@@ -72,6 +75,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     settings.worker_id = Some(format!("test-{tag}"));
     settings.max_concurrency = Some(4);
     settings.shutdown_grace_ms = 5_000;
+    settings.auth = granda::config::AuthMode::On;
+    settings.admin_key = Some(granda::keys::Secret(ADMIN_KEY.to_string()));
     tweak(&mut settings);
 
     let pool = granda::db::connect_and_migrate(&settings.database_url)
@@ -96,7 +101,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let docker = granda::docker::connect(settings.docker_host.as_deref(), 120).unwrap();
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: client_with_key(ADMIN_KEY),
         pool,
         settings,
         docker,
@@ -104,6 +109,19 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         stop,
         tasks,
     }
+}
+
+/// A client that sends `key` as its bearer token on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl TestApp {
@@ -193,8 +211,9 @@ impl TestApp {
             .send()
             .await
             .expect("request");
-        assert_eq!(response.status(), 202);
+        let status = response.status();
         let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 202, "{body}");
         body["id"].as_str().unwrap().parse().unwrap()
     }
 

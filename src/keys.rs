@@ -1,0 +1,257 @@
+//! API keys: made at random, shown once, stored only as their SHA-256. A key has a scope:
+//! `admin` (everything) or `invoke` (call functions and read invocations).
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Every key starts with this, so a leaked one is easy to recognise (and to scan for).
+pub const KEY_PREFIX: &str = "gk_";
+/// How much of a key is kept in the clear to tell keys apart: the prefix and 6 characters.
+const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
+
+/// What a key may do.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Everything, including managing functions and keys.
+    Admin,
+    /// Invoke functions and read invocation records.
+    Invoke,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Invoke => "invoke",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "admin" => Some(Scope::Admin),
+            "invoke" => Some(Scope::Invoke),
+            _ => None,
+        }
+    }
+
+    /// Whether a key of this scope may do what `needed` asks.
+    pub fn allows(self, needed: Scope) -> bool {
+        self == Scope::Admin || self == needed
+    }
+}
+
+/// A key as stored and listed: never the key itself.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = Scope)]
+    pub scope: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key in the clear, as made: shown once and then forgotten. Debug does not show it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// A new random key: `gk_` and 32 random bytes, base64url.
+pub fn generate() -> Secret {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    Secret(format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Compares in time that depends only on the length, not on where the bytes differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn shown_part(key: &str) -> String {
+    key.chars().take(SHOWN_CHARS).collect()
+}
+
+/// Why a key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("name: 1 to 100 characters, no control characters")]
+    BadName,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+pub fn valid_key_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= 100 && !name.chars().any(char::is_control)
+}
+
+/// Stores `key` (its hash) under `name`; `Ok(None)` when that key is stored already.
+async fn insert(
+    pool: &PgPool,
+    name: &str,
+    scope: Scope,
+    key: &Secret,
+) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(
+        "INSERT INTO api_keys (id, name, scope, hash, prefix) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (hash) DO NOTHING
+         RETURNING id, name, scope, prefix, created_at, revoked_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(scope.as_str())
+    .bind(hash(&key.0).as_slice())
+    .bind(shown_part(&key.0))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Makes a new key named `name`; the secret is returned once and never stored.
+#[tracing::instrument(skip(pool))]
+pub async fn create(pool: &PgPool, name: &str, scope: Scope) -> Result<(ApiKey, Secret), KeyError> {
+    if !valid_key_name(name) {
+        return Err(KeyError::BadName);
+    }
+    let key = generate();
+    let stored = insert(pool, name, scope, &key)
+        .await?
+        .ok_or_else(|| KeyError::Db(sqlx::Error::Protocol("random key collided".into())))?;
+    Ok((stored, key))
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(
+        "SELECT id, name, scope, prefix, created_at, revoked_at FROM api_keys ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes key `id`; `Ok(false)` if there is no such key that is not revoked already.
+pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The scope of a presented key, if it is a live one.
+pub async fn verify(pool: &PgPool, key: &str) -> Result<Option<Scope>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        hash: Vec<u8>,
+        scope: String,
+    }
+    let presented = hash(key);
+    // Looked up by the SHA-256 of the key, so the time taken says nothing about the key's bytes.
+    let row = sqlx::query_as::<_, Row>(
+        "SELECT hash, scope FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(presented.as_slice())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row
+        .filter(|r| constant_time_eq(&r.hash, &presented))
+        .and_then(|r| Scope::parse(&r.scope)))
+}
+
+/// Makes sure there is an admin key at start. With `GRANDA_ADMIN_KEY`, that key is stored (once;
+/// if it was revoked it stays revoked). Without it, when no key exists at all, one is made and
+/// returned, for the caller to print once.
+pub async fn bootstrap(
+    pool: &PgPool,
+    admin_key: Option<&Secret>,
+) -> anyhow::Result<Option<Secret>> {
+    if let Some(key) = admin_key {
+        anyhow::ensure!(
+            key.0.len() >= 16,
+            "GRANDA_ADMIN_KEY must be at least 16 characters"
+        );
+        insert(pool, "GRANDA_ADMIN_KEY", Scope::Admin, key).await?;
+        return Ok(None);
+    }
+    let mut tx = pool.begin().await?;
+    // One server makes the first key, even when several start at once.
+    sqlx::query("SELECT pg_advisory_xact_lock(7261746)")
+        .execute(&mut *tx)
+        .await?;
+    let (any,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM api_keys)")
+        .fetch_one(&mut *tx)
+        .await?;
+    if any {
+        return Ok(None);
+    }
+    let key = generate();
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, scope, hash, prefix) VALUES ($1, $2, 'admin', $3, $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind("first admin key")
+    .bind(hash(&key.0).as_slice())
+    .bind(shown_part(&key.0))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_prefixed_and_long() {
+        let (a, b) = (generate(), generate());
+        assert_ne!(a.0, b.0);
+        assert!(a.0.starts_with(KEY_PREFIX));
+        assert_eq!(a.0.len(), KEY_PREFIX.len() + 43);
+        assert!(!format!("{a:?}").contains(&a.0));
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn admin_allows_everything_invoke_only_invoke() {
+        assert!(Scope::Admin.allows(Scope::Invoke));
+        assert!(Scope::Invoke.allows(Scope::Invoke));
+        assert!(!Scope::Invoke.allows(Scope::Admin));
+    }
+}

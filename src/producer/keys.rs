@@ -1,0 +1,56 @@
+//! `/v1/keys`: make, list and revoke API keys (admin only). A key is shown once, when made.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::JsonBody;
+use crate::error::ApiError;
+use crate::keys::{self, KeyError, Scope};
+
+/// The body of `POST /v1/keys`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub scope: Scope,
+}
+
+#[tracing::instrument(skip_all, fields(name = %body.name, scope = body.scope.as_str()))]
+pub async fn create(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<NewKey>,
+) -> Result<Response, ApiError> {
+    let (stored, secret) = keys::create(&app.pool, &body.name, body.scope)
+        .await
+        .map_err(|e| match e {
+            KeyError::BadName => ApiError::Unprocessable(e.to_string()),
+            KeyError::Db(e) => e.into(),
+        })?;
+    let mut view = serde_json::to_value(&stored).expect("a key serializes");
+    view["key"] = secret.0.into();
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn list(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "keys": keys::list(&app.pool).await? })))
+}
+
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn revoke(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a key id")))?;
+    if keys::revoke(&app.pool, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("no live key with this id".into()))
+    }
+}
