@@ -156,6 +156,22 @@ impl Worker {
         let mut shutdown: Shutdown = Box::pin(shutdown);
         describe_metrics(&self.shared.metrics);
         reaper::reap_own(self.shared.runner.docker(), &self.shared.worker_id).await;
+        let strays = tokio::spawn(reaper::reap_strays_forever(
+            self.shared.runner.docker().clone(),
+            self.shared.worker_id.clone(),
+            {
+                let shared = Arc::downgrade(&self.shared);
+                move |invocation: &str| {
+                    let Some(shared) = shared.upgrade() else {
+                        return true;
+                    };
+                    let Ok(id) = invocation.parse::<Uuid>() else {
+                        return false;
+                    };
+                    shared.in_flight.lock().expect("lock").contains_key(&id)
+                }
+            },
+        ));
         let reaper = tokio::spawn(reaper::reap_expired_forever(
             self.shared.runner.docker().clone(),
         ));
@@ -183,6 +199,7 @@ impl Worker {
             }
         }
         reaper.abort();
+        strays.abort();
         expiring.abort();
         self.shared.warm.clear().await;
         beating.abort();

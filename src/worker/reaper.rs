@@ -8,7 +8,7 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
 use super::container::remove;
-use crate::docker::{LABEL_DEADLINE, LABEL_WORKER};
+use crate::docker::{LABEL_DEADLINE, LABEL_INVOCATION, LABEL_WORKER};
 
 /// How far past its deadline a container may be before any worker removes it.
 const DEADLINE_SLACK_MS: i64 = 60_000;
@@ -19,6 +19,29 @@ pub async fn reap_own(docker: &Docker, worker_id: &str) {
     for (id, _) in list(docker, &label).await {
         tracing::info!(container = %id, "removing a container left by an earlier run of this worker");
         remove(docker, &id).await;
+    }
+}
+
+/// Every few seconds, removes this worker's invocation containers whose invocation does not run
+/// here (`running(id)` says which do): such a container was being created by a crashed earlier
+/// self when it died, and the engine finished creating it after the start-up sweep.
+pub async fn reap_strays_forever(
+    docker: Docker,
+    worker_id: String,
+    running: impl Fn(&str) -> bool + Send + 'static,
+) {
+    let label = format!("{LABEL_WORKER}={worker_id}");
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for (id, labels) in list(&docker, &label).await {
+            let Some(invocation) = labels.get(LABEL_INVOCATION) else {
+                continue; // a warm pool container: the pool owns it
+            };
+            if !running(invocation) {
+                tracing::info!(container = %id, "removing a stray container of this worker");
+                remove(&docker, &id).await;
+            }
+        }
     }
 }
 
