@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
 
 /// A function as the API shows it, with its own URL.
-fn view(app: &AppState, f: &Function) -> Value {
+pub(crate) fn view(app: &AppState, f: &Function) -> Value {
     let mut v = serde_json::to_value(f).expect("a function serializes");
     v["invoke_url"] = format!("{}/fn/{}", app.settings.public_url(), f.name).into();
     v
@@ -26,7 +26,8 @@ pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no function named {name:?}")))
 }
 
-async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
+/// Makes sure the engine has `image`, pulling it if needed: 422 if it can't be had.
+pub(crate) async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
     ensure_image(&app.docker, image).await.map_err(|e| match e {
         ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
         ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
@@ -41,18 +42,39 @@ pub async fn create(
     let f = body
         .validate(&app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    if store::get(&app.pool, &f.name).await?.is_some() {
-        return Err(conflict(&f.name));
-    }
-    check_image(&app, &f.image).await?;
-    if !store::insert(&app.pool, &f).await? {
-        return Err(conflict(&f.name));
-    }
+    register(&app, &f).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = format!("/v1/functions/{}", f.name).parse() {
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::CREATED, headers, Json(view(&app, &f))).into_response())
+}
+
+/// Stores a validated new function (API and dashboard): 409 if the name is taken, 422 if its
+/// image can't be had.
+pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
+    if store::get(&app.pool, &f.name).await?.is_some() {
+        return Err(conflict(&f.name));
+    }
+    check_image(app, &f.image).await?;
+    if !store::insert(&app.pool, f).await? {
+        return Err(conflict(&f.name));
+    }
+    Ok(())
+}
+
+/// Stores a validated change to a function (API and dashboard), checking a new image first.
+pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
+    if f.image != old_image {
+        check_image(app, &f.image).await?;
+    }
+    if !store::update(&app.pool, f).await? {
+        return Err(ApiError::NotFound(format!(
+            "no function named {:?}",
+            f.name
+        )));
+    }
+    Ok(())
 }
 
 fn conflict(name: &str) -> ApiError {
@@ -87,12 +109,7 @@ pub async fn update(
     let f = changes
         .apply(current, &app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    if f.image != old_image {
-        check_image(&app, &f.image).await?;
-    }
-    if !store::update(&app.pool, &f).await? {
-        return Err(ApiError::NotFound(format!("no function named {name:?}")));
-    }
+    save(&app, &f, &old_image).await?;
     Ok(Json(view(&app, &f)))
 }
 
