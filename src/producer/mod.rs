@@ -9,6 +9,7 @@ pub mod health;
 pub mod invocations;
 pub mod invoke;
 pub mod outbox;
+pub mod ui;
 pub mod webhooks;
 
 use std::future::Future;
@@ -166,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .nest("/ui", ui::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
