@@ -10,4 +10,5 @@ mod guarantees;
 mod invocations;
 mod invoke;
 mod support;
+mod ui;
 mod webhooks;

@@ -111,11 +111,12 @@ impl FromRequestParts<AppState> for Session {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
         let to_login = || {
-            let next = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
+            // Nesting strips the prefix from the URI this sees, and `/ui` arrives as `/`.
+            let seen = parts.uri.path_and_query().map_or("", |p| p.as_str());
+            let next = match seen.strip_prefix('/') {
+                Some(rest) if rest.is_empty() || rest.starts_with('?') => format!("{BASE}{rest}"),
+                _ => format!("{BASE}{seen}"),
+            };
             let target = format!("{BASE}/login?next={}", urlencode(&next));
             Redirect::to(&target).into_response()
         };
