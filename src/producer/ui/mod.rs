@@ -185,6 +185,7 @@ a{color:#1f5fbf}
 .muted{color:#6b7580;font-size:13px}
 .truncated{color:#7a4b00;font-weight:600;font-size:13px}
 form.stack label{display:block;margin:.6rem 0 .15rem;font-weight:600}
+form.stack button{display:block}
 form.stack .field.invalid input,form.stack .field.invalid textarea,form.stack .field.invalid select{border-color:#c22;background:#fff5f5}
 form.stack .field .error{font-size:13px;margin:.15rem 0}
 input,textarea,select{font:inherit;width:100%;max-width:36rem;padding:.35rem .45rem;border:1px solid #b9c0c8;border-radius:4px;background:#fff}
