@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes this machine ready to build, run and test Granda (Debian 12, as root, no systemd):
 #   - installs what is missing from Debian's packages: docker.io, busybox-static, make, gcc, curl,
-#     ca-certificates, and postgresql / rabbitmq-server unless those services already answer on
+#     ca-certificates, chromium and chromium-driver (the dashboard's browser test), and postgresql / rabbitmq-server unless those services already answer on
 #     127.0.0.1:5432 / 127.0.0.1:5672;
 #   - starts what is down: dockerd, the PostgreSQL cluster, RabbitMQ (never a second copy of any);
 #   - makes sure Postgres has a superuser role `root` (the default GRANDA_DATABASE_URL connects as the OS user);
@@ -65,6 +65,9 @@ command -v curl >/dev/null || need+=(curl)
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
+# The dashboard's end-to-end test drives headless Chromium through chromedriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 if [ "${#need[@]}" -gt 0 ]; then
     # De-duplicate, keep order.

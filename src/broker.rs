@@ -388,6 +388,26 @@ impl Publisher {
         let link = self.link().await?;
         Ok(queue_depth(&link.connection, &self.topology.dead_letter_queue()).await?)
     }
+
+    /// Ready messages and consumers of the broker queue `name` (a full name, e.g. from
+    /// [`Topology::work_queue`]), by a passive declare on a throwaway channel; `None` when the
+    /// queue does not exist (yet).
+    pub async fn queue_info(&self, name: &str) -> Result<Option<(u32, u32)>, BrokerError> {
+        let link = self.link().await?;
+        let channel = link.connection.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "".into()).await;
+        Ok(q.ok().map(|q| (q.message_count(), q.consumer_count())))
+    }
 }
 
 /// Removes a waiter when its call ends, however it ends.

@@ -354,7 +354,7 @@ impl Default for Snapshot {
 }
 
 /// The body of `POST /v1/functions`.
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Default, Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewFunction {
     pub name: String,

@@ -32,7 +32,11 @@ pub enum Needs {
 
 /// The class of a route, from its method and raw path. Anything not listed needs `admin`.
 pub fn needs(method: &Method, path: &str) -> Needs {
-    if matches!(path, "/healthz" | "/readyz" | "/openapi.json") || path.starts_with("/hooks/") {
+    // `/ui` has its own login and session cookie (a browser sends no bearer header).
+    if matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/ui")
+        || path.starts_with("/hooks/")
+        || path.starts_with("/ui/")
+    {
         return Needs::Nothing;
     }
     if let Some(name) = path.strip_prefix("/fn/")

@@ -43,7 +43,9 @@ pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no function named {name:?}")))
 }
 
-async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
+/// Makes sure the engine has `image`, pulling it if needed (unless `GRANDA_IMAGE_PULL=never`):
+/// 422 if it can't be had.
+pub(crate) async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
     if app.settings.image_pull == ImagePull::Never {
         return match app.docker.inspect_image(image).await {
             Ok(_) => Ok(()),
@@ -93,19 +95,41 @@ pub async fn create(
     let f = body
         .validate(&app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    if store::get(&app.pool, &f.name).await?.is_some() {
-        return Err(conflict(&f.name));
-    }
-    check_runtime(&app, f.runtime.as_deref()).await?;
-    check_image(&app, &f.image).await?;
-    if !store::insert(&app.pool, &f).await? {
-        return Err(conflict(&f.name));
-    }
+    register(&app, &f).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = format!("/v1/functions/{}", f.name).parse() {
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::CREATED, headers, Json(view(&app, &f))).into_response())
+}
+
+/// Stores a validated new function (API and dashboard): 409 if the name is taken, 422 if its
+/// image can't be had.
+pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
+    if store::get(&app.pool, &f.name).await?.is_some() {
+        return Err(conflict(&f.name));
+    }
+    check_runtime(app, f.runtime.as_deref()).await?;
+    check_image(app, &f.image).await?;
+    if !store::insert(&app.pool, f).await? {
+        return Err(conflict(&f.name));
+    }
+    Ok(())
+}
+
+/// Stores a validated change to a function (API and dashboard), checking a new image first.
+pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
+    check_runtime(app, f.runtime.as_deref()).await?;
+    if f.image != old_image {
+        check_image(app, &f.image).await?;
+    }
+    if !store::update(&app.pool, f).await? {
+        return Err(ApiError::NotFound(format!(
+            "no function named {:?}",
+            f.name
+        )));
+    }
+    Ok(())
 }
 
 fn conflict(name: &str) -> ApiError {
@@ -137,19 +161,10 @@ pub async fn update(
 ) -> Result<Json<FunctionView>, ApiError> {
     let current = load(&app, &name).await?;
     let old_image = current.image.clone();
-    let old_runtime = current.runtime.clone();
     let f = changes
         .apply(current, &app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    if f.runtime != old_runtime {
-        check_runtime(&app, f.runtime.as_deref()).await?;
-    }
-    if f.image != old_image {
-        check_image(&app, &f.image).await?;
-    }
-    if !store::update(&app.pool, &f).await? {
-        return Err(ApiError::NotFound(format!("no function named {name:?}")));
-    }
+    save(&app, &f, &old_image).await?;
     Ok(Json(view(&app, &f)))
 }
 

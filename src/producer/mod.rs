@@ -12,6 +12,7 @@ pub mod invoke;
 pub mod keys;
 pub mod openapi;
 pub mod outbox;
+pub mod ui;
 pub mod webhooks;
 
 use std::future::Future;
@@ -190,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .nest("/ui", ui::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())

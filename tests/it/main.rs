@@ -14,5 +14,6 @@ mod isolation;
 mod openapi;
 mod scheduler;
 mod support;
+mod ui;
 mod warm;
 mod webhooks;

@@ -1,0 +1,451 @@
+//! The dashboard's forms: create, edit and delete a function, and invoke it from its page.
+//!
+//! A form only turns its text fields into the API's types ([`NewFunction`], [`FunctionUpdate`]);
+//! checking and storing is the API's own code (`validate`, `apply`, `functions::register`,
+//! `functions::save`), so both refuse the same things with the same words. A refused form comes
+//! back filled in, with the error next to its field.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::pages::{InvokeResult, function_page};
+use super::session::Session;
+use super::{BASE, UiError, layout, with_status};
+use crate::error::ApiError;
+use crate::function::{Function, FunctionUpdate, InputMode, Invalid, NewFunction, store};
+use crate::invocation::Trigger;
+use crate::producer::AppState;
+use crate::producer::enqueue::{Job, enqueue};
+use crate::producer::functions::{load, register, save};
+use crate::retry::RetryOn;
+
+/// A function's form as posted: every field as typed.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FunctionForm {
+    pub name: String,
+    pub image: String,
+    pub description: String,
+    pub timeout_ms: String,
+    pub memory_mb: String,
+    pub cpus: String,
+    pub input: String,
+    pub queue: String,
+    pub max_attempts: String,
+    pub max_concurrency: String,
+    pub retry_error: Option<String>,
+    pub retry_timeout: Option<String>,
+    /// `KEY=value`, one a line.
+    pub env: String,
+    pub callback_url: String,
+}
+
+impl FunctionForm {
+    fn from_function(f: &Function) -> FunctionForm {
+        FunctionForm {
+            name: f.name.clone(),
+            image: f.image.clone(),
+            description: f.description.clone().unwrap_or_default(),
+            timeout_ms: f.timeout_ms.to_string(),
+            memory_mb: f.memory_mb.to_string(),
+            cpus: f.cpus.to_string(),
+            input: f.input.as_str().into(),
+            queue: f.queue.clone(),
+            max_attempts: f.max_attempts.to_string(),
+            max_concurrency: f.max_concurrency.map(|m| m.to_string()).unwrap_or_default(),
+            retry_error: f.retry_on.contains(&RetryOn::Error).then(|| "on".into()),
+            retry_timeout: f.retry_on.contains(&RetryOn::Timeout).then(|| "on".into()),
+            env: f.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+            callback_url: f.callback_url.clone().unwrap_or_default(),
+        }
+    }
+
+    fn retry_on(&self) -> Vec<RetryOn> {
+        let mut r = Vec::new();
+        if self.retry_error.is_some() {
+            r.push(RetryOn::Error);
+        }
+        if self.retry_timeout.is_some() {
+            r.push(RetryOn::Timeout);
+        }
+        r
+    }
+
+    fn input_mode(&self) -> Result<Option<InputMode>, FormError> {
+        match self.input.trim() {
+            "" => Ok(None),
+            "stdin" => Ok(Some(InputMode::Stdin)),
+            "args" => Ok(Some(InputMode::Args)),
+            _ => Err(FormError::at("input", "must be stdin or args")),
+        }
+    }
+
+    fn to_new(&self) -> Result<NewFunction, FormError> {
+        Ok(NewFunction {
+            name: self.name.trim().to_string(),
+            image: self.image.trim().to_string(),
+            description: non_empty(&self.description),
+            timeout_ms: number("timeout_ms", &self.timeout_ms)?,
+            memory_mb: number("memory_mb", &self.memory_mb)?,
+            cpus: number("cpus", &self.cpus)?,
+            env: Some(env_lines(&self.env)?).filter(|e| !e.is_empty()),
+            input: self.input_mode()?,
+            queue: non_empty(&self.queue),
+            max_attempts: number("max_attempts", &self.max_attempts)?,
+            retry_on: Some(self.retry_on()),
+            max_concurrency: number("max_concurrency", &self.max_concurrency)?,
+            callback_url: non_empty(&self.callback_url),
+            ..NewFunction::default()
+        })
+    }
+
+    /// Every field replaces the stored one; empty number fields keep theirs.
+    fn to_update(&self) -> Result<FunctionUpdate, FormError> {
+        Ok(FunctionUpdate {
+            image: Some(self.image.trim().to_string()),
+            description: Some(self.description.trim().to_string()),
+            timeout_ms: number("timeout_ms", &self.timeout_ms)?,
+            memory_mb: number("memory_mb", &self.memory_mb)?,
+            cpus: number("cpus", &self.cpus)?,
+            env: Some(env_lines(&self.env)?),
+            input: self.input_mode()?,
+            queue: non_empty(&self.queue),
+            max_attempts: number("max_attempts", &self.max_attempts)?,
+            retry_on: Some(self.retry_on()),
+            max_concurrency: number("max_concurrency", &self.max_concurrency)?,
+            // Empty removes the default callback, as in the API.
+            callback_url: Some(self.callback_url.trim().to_string()),
+            ..FunctionUpdate::default()
+        })
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    Some(s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn number<T: FromStr>(field: &'static str, s: &str) -> Result<Option<T>, FormError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| FormError::at(field, format!("{s:?} is not a number")))
+}
+
+fn env_lines(text: &str) -> Result<BTreeMap<String, String>, FormError> {
+    let mut env = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| FormError::at("env", format!("{line:?}: write KEY=value")))?;
+        env.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+/// Why a form was refused, and next to which field to say so (`""`: above the form).
+#[derive(Debug)]
+pub struct FormError {
+    pub field: &'static str,
+    pub message: String,
+    pub status: StatusCode,
+}
+
+impl FormError {
+    fn at(field: &'static str, message: impl Into<String>) -> FormError {
+        FormError {
+            field,
+            message: message.into(),
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+impl From<Invalid> for FormError {
+    fn from(e: Invalid) -> Self {
+        FormError::at(e.field, e.reason)
+    }
+}
+
+impl From<ApiError> for FormError {
+    fn from(e: ApiError) -> Self {
+        let field = match &e {
+            ApiError::Conflict(_) => "name",
+            // The only 422 after validation: the image can't be had.
+            ApiError::Unprocessable(_) => "image",
+            _ => "",
+        };
+        FormError {
+            field,
+            message: e.to_string(),
+            status: e.status(),
+        }
+    }
+}
+
+/// One labelled field, marked when the error is about it.
+fn field(
+    name: &'static str,
+    label: &str,
+    error: Option<&FormError>,
+    hint: &str,
+    input: Markup,
+) -> Markup {
+    let bad = error.filter(|e| e.field == name);
+    html! {
+        div.field.invalid[bad.is_some()] #{ "field-" (name) } {
+            label for=(name) { (label) }
+            (input)
+            @if let Some(e) = bad { p.error role="alert" { (e.message) } }
+            @if !hint.is_empty() { p.muted { (hint) } }
+        }
+    }
+}
+
+fn function_form(
+    action: &str,
+    v: &FunctionForm,
+    editing: bool,
+    error: Option<&FormError>,
+) -> Markup {
+    let keep = if editing {
+        "Empty keeps the current value."
+    } else {
+        ""
+    };
+    html! {
+        form.stack #function-form method="post" action=(action) novalidate {
+            @if let Some(e) = error { p.error #form-error role="alert" { "Not saved: " (e.message) } }
+            (field("name", "Name", error, if editing { "A function can't be renamed." } else { "Lowercase letters, digits and '-'." },
+                html! { input #name name="name" value=(v.name) readonly[editing] required; }))
+            (field("image", "Image", error, "Pulled when the engine lacks it.",
+                html! { input #image name="image" value=(v.image) required placeholder="e.g. alpine:3.20"; }))
+            (field("description", "Description", error, "",
+                html! { input #description name="description" value=(v.description); }))
+            (field("input", "Input", error, "How the body reaches the container.",
+                html! { select #input name="input" {
+                    option value="stdin" selected[v.input != "args"] { "stdin: the body on stdin" }
+                    option value="args" selected[v.input == "args"] { "args: the body (JSON array or string) as the command" }
+                } }))
+            (field("timeout_ms", "Timeout (ms)", error, keep,
+                html! { input #timeout_ms name="timeout_ms" value=(v.timeout_ms) inputmode="numeric"; }))
+            (field("memory_mb", "Memory (MB)", error, keep,
+                html! { input #memory_mb name="memory_mb" value=(v.memory_mb) inputmode="numeric"; }))
+            (field("cpus", "CPUs", error, keep,
+                html! { input #cpus name="cpus" value=(v.cpus) inputmode="decimal"; }))
+            (field("queue", "Queue", error, "Empty: default.",
+                html! { input #queue name="queue" value=(v.queue); }))
+            (field("max_attempts", "Max attempts", error, keep,
+                html! { input #max_attempts name="max_attempts" value=(v.max_attempts) inputmode="numeric"; }))
+            (field("max_concurrency", "Max concurrency per worker", error, if editing { keep } else { "Empty: no limit." },
+                html! { input #max_concurrency name="max_concurrency" value=(v.max_concurrency) inputmode="numeric"; }))
+            (field("retry_on", "Retry also on", error, "Platform failures are always retried.",
+                html! {
+                    label { input type="checkbox" name="retry_error" style="width:auto" checked[v.retry_error.is_some()]; " non-zero exit" }
+                    label { input type="checkbox" name="retry_timeout" style="width:auto" checked[v.retry_timeout.is_some()]; " timeout" }
+                }))
+            (field("env", "Environment", error, "KEY=value, one a line.",
+                html! { textarea #env name="env" { (v.env) } }))
+            (field("callback_url", "Callback URL", error, "Where async results are POSTed. Empty: none.",
+                html! { input #callback_url name="callback_url" value=(v.callback_url) type="url"; }))
+            button #save type="submit" { @if editing { "Save" } @else { "Create" } }
+        }
+    }
+}
+
+fn form_page(
+    title: &str,
+    action: &str,
+    v: &FunctionForm,
+    editing: bool,
+    error: Option<&FormError>,
+) -> Html<String> {
+    layout(
+        title,
+        true,
+        html! {
+            h1 { (title) }
+            div.card { (function_form(action, v, editing, error)) }
+        },
+    )
+}
+
+fn refused(title: &str, action: &str, v: &FunctionForm, editing: bool, e: FormError) -> Response {
+    with_status(e.status, form_page(title, action, v, editing, Some(&e)))
+}
+
+/// `GET /ui/functions/new`.
+pub async fn new_form(session: Session) -> Result<Html<String>, UiError> {
+    session.require_admin()?;
+    let v = FunctionForm {
+        input: "stdin".into(),
+        ..FunctionForm::default()
+    };
+    Ok(form_page(
+        "New function",
+        &format!("{BASE}/functions/new"),
+        &v,
+        false,
+        None,
+    ))
+}
+
+/// `POST /ui/functions/new`.
+pub async fn create(
+    session: Session,
+    State(app): State<AppState>,
+    Form(v): Form<FunctionForm>,
+) -> Result<Response, UiError> {
+    session.require_admin()?;
+    let action = format!("{BASE}/functions/new");
+    let created = async {
+        let f = v.to_new()?.validate(&app.settings)?;
+        register(&app, &f).await?;
+        Ok::<_, FormError>(f)
+    }
+    .await;
+    Ok(match created {
+        Ok(f) => Redirect::to(&format!("{BASE}/functions/{}", f.name)).into_response(),
+        Err(e) => refused("New function", &action, &v, false, e),
+    })
+}
+
+/// `GET /ui/functions/{name}/edit`.
+pub async fn edit_form(
+    session: Session,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, UiError> {
+    session.require_admin()?;
+    let f = load(&app, &name).await?;
+    let action = format!("{BASE}/functions/{}/edit", f.name);
+    Ok(form_page(
+        &format!("Edit {}", f.name),
+        &action,
+        &FunctionForm::from_function(&f),
+        true,
+        None,
+    ))
+}
+
+/// `POST /ui/functions/{name}/edit`.
+pub async fn update(
+    session: Session,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Form(mut v): Form<FunctionForm>,
+) -> Result<Response, UiError> {
+    session.require_admin()?;
+    let current = load(&app, &name).await?;
+    v.name = current.name.clone();
+    let action = format!("{BASE}/functions/{}/edit", current.name);
+    let saved = async {
+        let old_image = current.image.clone();
+        let f = v.to_update()?.apply(current, &app.settings)?;
+        save(&app, &f, &old_image).await?;
+        Ok::<_, FormError>(f)
+    }
+    .await;
+    Ok(match saved {
+        Ok(f) => Redirect::to(&format!("{BASE}/functions/{}", f.name)).into_response(),
+        Err(e) => refused(&format!("Edit {name}"), &action, &v, true, e),
+    })
+}
+
+/// `GET /ui/functions/{name}/delete`: asks first.
+pub async fn delete_confirm(
+    session: Session,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, UiError> {
+    session.require_admin()?;
+    let f = load(&app, &name).await?;
+    Ok(layout(
+        &format!("Delete {}", f.name),
+        true,
+        html! {
+            h1 { "Delete " (f.name) "?" }
+            div.card {
+                p { "The function goes at once; its invocations already queued may still run. This can't be undone." }
+                form.inline method="post" action={ (BASE) "/functions/" (f.name) "/delete" } {
+                    div.actions {
+                        button.danger #confirm-delete type="submit" { "Delete " (f.name) }
+                        a.button.secondary href={ (BASE) "/functions/" (f.name) } { "Cancel" }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// `POST /ui/functions/{name}/delete`.
+pub async fn delete(
+    session: Session,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, UiError> {
+    session.require_admin()?;
+    if !store::delete(&app.pool, &name).await? {
+        return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
+    }
+    Ok(Redirect::to(BASE).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct InvokeForm {
+    body: String,
+}
+
+/// `POST /ui/functions/{name}/invoke`: a sync run, its answer shown on the function's page.
+pub async fn invoke(
+    _: Session,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Form(form): Form<InvokeForm>,
+) -> Result<Html<String>, UiError> {
+    let function = load(&app, &name).await?;
+    let job = Job {
+        reply: Some(app.settings.sync_wait()),
+        ..Job::new(Trigger::Sync, form.body.as_bytes())
+    };
+    let result = match enqueue(&app, &function, job).await {
+        Ok(queued) => match queued.reply {
+            Some(reply) => InvokeResult::Done {
+                id: queued.id,
+                reply,
+            },
+            None => InvokeResult::Pending { id: queued.id },
+        },
+        Err(e) => InvokeResult::Refused(e.to_string()),
+    };
+    function_page(&app, &name, Some(result), &form.body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_env_lines_and_numbers() {
+        let env = env_lines("A=1\n\n B = x=y \n").unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], " x=y");
+        assert_eq!(env_lines("nope").unwrap_err().field, "env");
+        assert_eq!(number::<i64>("timeout_ms", " 12 ").unwrap(), Some(12));
+        assert_eq!(number::<i64>("timeout_ms", "").unwrap(), None);
+        assert_eq!(
+            number::<i64>("timeout_ms", "ten").unwrap_err().field,
+            "timeout_ms"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The web dashboard under `/ui`: server-rendered HTML (maud, checked at compile time), charts as
+//! hand-written SVG, a few lines of JavaScript only for the live queues view.
+//!
+//! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
+//! `/ui`. Pages need a session ([`session::Session`]): a key typed into `/ui/login` becomes an
+//! HttpOnly, SameSite=Strict cookie. Forms go through the same validation and storage functions
+//! as the JSON API (`NewFunction::validate`, `FunctionUpdate::apply`, `functions::register`,
+//! `functions::save`), and the invoke box through the same sync path (`enqueue`).
+
+pub mod chart;
+pub mod forms;
+pub mod pages;
+pub mod session;
+pub mod stats;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// Where the ingress mounts the dashboard; every link in it starts with this.
+pub const BASE: &str = "/ui";
+
+/// Every dashboard route, relative to [`BASE`].
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::functions))
+        .route("/login", get(session::login_form).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/functions/new", get(forms::new_form).post(forms::create))
+        .route("/functions/{name}", get(pages::function))
+        .route(
+            "/functions/{name}/edit",
+            get(forms::edit_form).post(forms::update),
+        )
+        .route(
+            "/functions/{name}/delete",
+            get(forms::delete_confirm).post(forms::delete),
+        )
+        .route("/functions/{name}/invoke", post(forms::invoke))
+        .route("/invocations/{id}", get(pages::invocation))
+        .route("/queues", get(pages::queues))
+        .route("/queues/live", get(pages::queues_live))
+}
+
+/// A failure shown as an HTML page with the API's status code.
+#[derive(Debug)]
+pub struct UiError(pub ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(e: ApiError) -> Self {
+        UiError(e)
+    }
+}
+
+impl From<sqlx::Error> for UiError {
+    fn from(e: sqlx::Error) -> Self {
+        UiError(e.into())
+    }
+}
+
+impl From<crate::broker::BrokerError> for UiError {
+    fn from(e: crate::broker::BrokerError) -> Self {
+        UiError(e.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        if status.is_server_error() {
+            tracing::error!(error = ?self.0, "dashboard request failed");
+        }
+        let title = status.canonical_reason().unwrap_or("Error");
+        let body = layout(
+            title,
+            true,
+            html! {
+                h1 { (status.as_u16()) " " (title) }
+                p.error { (self.0.to_string()) }
+                p { a href=(BASE) { "Back to the functions" } }
+            },
+        );
+        (status, body).into_response()
+    }
+}
+
+/// An HTML page: the shared head, CSS and navigation around `content`.
+pub fn layout(title: &str, nav: bool, content: Markup) -> Html<String> {
+    page(title, nav, PreEscaped(String::new()), content)
+}
+
+/// Like [`layout`], with extra markup in `<head>`.
+pub fn page(title: &str, nav: bool, head: Markup, content: Markup) -> Html<String> {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Granda" }
+                style { (PreEscaped(CSS)) }
+                (head)
+            }
+            body {
+                header {
+                    a.brand href=(BASE) { "Granda" }
+                    @if nav {
+                        nav {
+                            a href=(BASE) { "Functions" }
+                            a href={ (BASE) "/functions/new" } { "New function" }
+                            a href={ (BASE) "/queues" } { "Queues" }
+                            form.inline method="post" action={ (BASE) "/logout" } {
+                                button.link type="submit" { "Log out" }
+                            }
+                        }
+                    }
+                }
+                main { (content) }
+            }
+        }
+    };
+    Html(markup.into_string())
+}
+
+/// A plain HTML answer with `status`.
+pub fn with_status(status: StatusCode, body: Html<String>) -> Response {
+    (status, body).into_response()
+}
+
+/// Milliseconds for people: `850 ms`, `1.25 s`, `—` when unknown.
+pub fn fmt_ms(ms: Option<f64>) -> String {
+    match ms {
+        None => "—".into(),
+        Some(ms) if ms < 1000.0 => format!("{ms:.0} ms"),
+        Some(ms) => format!("{:.2} s", ms / 1000.0),
+    }
+}
+
+/// A share as a percentage, `—` when unknown.
+pub fn fmt_pct(share: Option<f64>) -> String {
+    share.map_or("—".into(), |s| format!("{:.0}%", s * 100.0))
+}
+
+/// A timestamp to the second, UTC.
+pub fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or("—".into(), |t| {
+        t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    })
+}
+
+/// A status as a coloured badge.
+pub fn status_badge(status: &str) -> Markup {
+    html! { span class={ "badge " (status) } { (status) } }
+}
+
+const CSS: &str = r#"
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;background:#f5f6f8}
+header{display:flex;flex-wrap:wrap;align-items:center;gap:.4rem 1.2rem;padding:.6rem 1rem;background:#1d2733;color:#fff}
+header a,header button.link{color:#dfe7f1;text-decoration:none;font:inherit}
+header a.brand{font-weight:700;color:#fff;font-size:1.1rem}
+nav{display:flex;flex-wrap:wrap;gap:.3rem 1rem;align-items:center}
+main{max-width:1000px;margin:0 auto;padding:1rem}
+h1{font-size:1.35rem;margin:.3rem 0 1rem;word-break:break-all}
+h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
+.card{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:.8rem 1rem;margin-bottom:1rem}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{text-align:left;padding:.35rem .55rem;border-bottom:1px solid #e6e9ed;vertical-align:top}
+th{font-weight:600;color:#4a5562;white-space:nowrap}
+td.num,th.num{text-align:right;white-space:nowrap}
+table.kv th{width:11rem}
+pre{background:#f0f2f5;border:1px solid #dde1e6;border-radius:4px;padding:.5rem;margin:.3rem 0;white-space:pre-wrap;word-break:break-all;max-height:24rem;overflow:auto;font-size:13px}
+code{font-size:13px;word-break:break-all}
+a{color:#1f5fbf}
+.badge{display:inline-block;padding:0 .45rem;border-radius:9px;font-size:12px;font-weight:600;background:#e3e6ea;color:#333}
+.badge.succeeded{background:#d5f2dc;color:#17642c}.badge.failed,.badge.dead{background:#fbdcdc;color:#8a1c1c}
+.badge.timed_out{background:#fdebc8;color:#7a4b00}.badge.running{background:#d9e7fb;color:#1f4f96}
+.error{color:#a11;font-weight:600}
+.muted{color:#6b7580;font-size:13px}
+.truncated{color:#7a4b00;font-weight:600;font-size:13px}
+form.stack label{display:block;margin:.6rem 0 .15rem;font-weight:600}
+form.stack button{display:block}
+form.stack .field.invalid input,form.stack .field.invalid textarea,form.stack .field.invalid select{border-color:#c22;background:#fff5f5}
+form.stack .field .error{font-size:13px;margin:.15rem 0}
+input,textarea,select{font:inherit;width:100%;max-width:36rem;padding:.35rem .45rem;border:1px solid #b9c0c8;border-radius:4px;background:#fff}
+textarea{min-height:4.5rem;font-family:ui-monospace,monospace;font-size:13px}
+button,.button{font:inherit;display:inline-block;padding:.4rem .9rem;border:1px solid #1f5fbf;border-radius:4px;background:#1f5fbf;color:#fff;cursor:pointer;text-decoration:none;margin-top:.6rem}
+button.danger,.button.danger{background:#b42323;border-color:#b42323}
+.button.secondary{background:#fff;color:#1f5fbf}
+button.link{background:none;border:0;padding:0;margin:0;cursor:pointer}
+form.inline{display:inline}
+.actions{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}
+.notice{background:#fff8e1;border:1px solid #f0d98a;border-radius:4px;padding:.5rem .8rem}
+svg.chart{width:100%;height:auto;max-height:220px;background:#fff}
+.legend{font-size:13px;color:#4a5562}
+.legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
+@media (max-width:600px){main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
+"#;

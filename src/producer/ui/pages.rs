@@ -1,0 +1,414 @@
+//! The dashboard's read-only pages: the functions, one function, one invocation, the queues.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Response};
+use maud::{Markup, PreEscaped, html};
+use uuid::Uuid;
+
+use super::session::Session;
+use super::stats::{self, FunctionStats};
+use super::{BASE, UiError, chart, fmt_ms, fmt_pct, fmt_time, layout, page, status_badge};
+use crate::error::ApiError;
+use crate::function::{Function, store};
+use crate::invocation::{Record, Status, store as invocations};
+use crate::message::Reply;
+use crate::producer::AppState;
+use crate::producer::functions::load;
+
+/// How many recent invocations a function's page lists and charts.
+const RECENT: i64 = 30;
+/// Bytes of input, output or logs shown on a page before it says "more not shown".
+const SHOWN_BYTES: usize = 64 * 1024;
+
+/// `GET /ui/`: every function with its last hour.
+pub async fn functions(_: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+    let functions = store::list(&app.pool).await?;
+    let stats: HashMap<String, FunctionStats> = stats::last_hour(&app.pool, None)
+        .await?
+        .into_iter()
+        .map(|s| (s.function.clone(), s))
+        .collect();
+    let empty = FunctionStats::default();
+    Ok(layout(
+        "Functions",
+        true,
+        html! {
+            div.actions {
+                h1 { "Functions" }
+                a.button href={ (BASE) "/functions/new" } { "New function" }
+            }
+            @if functions.is_empty() {
+                p.notice { "No functions yet. " a href={ (BASE) "/functions/new" } { "Create one." } }
+            } @else {
+                p.muted { "Numbers cover the invocations queued in the last hour." }
+                div.scroll {
+                    table #functions {
+                        thead { tr {
+                            th { "Name" } th { "Image" } th.hide-narrow { "Input" }
+                            th.num { "Last hour" } th.num { "Success" } th.num { "p50" } th.num { "p95" }
+                            th.num.hide-narrow { "Cold" }
+                        } }
+                        tbody {
+                            @for f in &functions {
+                                @let s = stats.get(&f.name).unwrap_or(&empty);
+                                tr {
+                                    td { a href={ (BASE) "/functions/" (f.name) } { (f.name) } }
+                                    td { code { (f.image) } }
+                                    td.hide-narrow { (f.input.as_str()) }
+                                    td.num { (s.invocations) }
+                                    td.num { (fmt_pct(s.success_rate())) }
+                                    td.num { (fmt_ms(s.p50_ms)) }
+                                    td.num { (fmt_ms(s.p95_ms)) }
+                                    td.num.hide-narrow { (fmt_pct(s.cold_share)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// The answer to a run from the invoke box, shown on the function's page.
+pub enum InvokeResult {
+    /// The reply came in time.
+    Done { id: Uuid, reply: Reply },
+    /// The sync wait ran out; the invocation goes on.
+    Pending { id: Uuid },
+    /// It could not be queued.
+    Refused(String),
+}
+
+/// `GET /ui/functions/{name}`.
+pub async fn function(
+    _: Session,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, UiError> {
+    function_page(&app, &name, None, "").await
+}
+
+/// A function's page; `result` and `input` after a run from its invoke box.
+pub async fn function_page(
+    app: &AppState,
+    name: &str,
+    result: Option<InvokeResult>,
+    input: &str,
+) -> Result<Html<String>, UiError> {
+    let f = load(app, name).await?;
+    let recent = invocations::list(&app.pool, &f.name, None, None, RECENT).await?;
+    let stats = stats::last_hour(&app.pool, Some(&f.name))
+        .await?
+        .pop()
+        .unwrap_or_default();
+    let buckets = stats::buckets(&app.pool, &f.name).await?;
+    let runs: Vec<chart::Point> = recent
+        .iter()
+        .rev()
+        .filter_map(|r| {
+            r.duration_ms.map(|ms| chart::Point {
+                duration_ms: ms as f64,
+                failed: !matches!(r.status(), Status::Succeeded),
+            })
+        })
+        .collect();
+    let url = format!("{}/fn/{}", app.settings.public_url(), f.name);
+    Ok(layout(
+        &f.name,
+        true,
+        html! {
+            h1 { "Function " (f.name) }
+            div.actions {
+                a.button.secondary href={ (BASE) "/functions/" (f.name) "/edit" } { "Edit" }
+                a.button.danger href={ (BASE) "/functions/" (f.name) "/delete" } { "Delete" }
+            }
+            h2 { "Invoke" }
+            div.card {
+                p { "URL: " code #invoke-url { (url) } }
+                form.stack method="post" action={ (BASE) "/functions/" (f.name) "/invoke" } {
+                    label for="body" { "Body" }
+                    textarea #body name="body" { (input) }
+                    button #invoke type="submit" { "Invoke" }
+                }
+                @if let Some(result) = &result { (invoke_result(result)) }
+            }
+            h2 { "Last hour" }
+            div.card {
+                p {
+                    (stats.invocations) " invocations · success " (fmt_pct(stats.success_rate()))
+                    " · p50 " (fmt_ms(stats.p50_ms)) " · p95 " (fmt_ms(stats.p95_ms))
+                    " · cold " (fmt_pct(stats.cold_share))
+                }
+                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs))
+            }
+            h2 { "Recent invocations" }
+            @if recent.is_empty() {
+                p.muted { "None yet." }
+            } @else {
+                div.scroll { (invocation_table(&recent)) }
+            }
+            h2 { "Settings" }
+            div.scroll { (settings_table(&f)) }
+        },
+    ))
+}
+
+fn invoke_result(result: &InvokeResult) -> Markup {
+    html! {
+        div #result {
+            @match result {
+                InvokeResult::Done { id, reply } => {
+                    p {
+                        (status_badge(reply.status.as_str()))
+                        @if let Some(ms) = reply.duration_ms { " in " (fmt_ms(Some(ms as f64))) }
+                        @if let Some(code) = reply.exit_code { " · exit code " (code) }
+                        " · " a href={ (BASE) "/invocations/" (id) } { "invocation " (id) }
+                    }
+                    @if let Some(error) = &reply.error { p.error { (error) } }
+                    (bytes_block("Output", Some(&reply.output), false, "output"))
+                }
+                InvokeResult::Pending { id } => {
+                    p.notice {
+                        "Still running after the sync wait; see "
+                        a href={ (BASE) "/invocations/" (id) } { "invocation " (id) } "."
+                    }
+                }
+                InvokeResult::Refused(message) => { p.error { (message) } }
+            }
+        }
+    }
+}
+
+fn invocation_table(records: &[Record]) -> Markup {
+    html! {
+        table #invocations {
+            thead { tr {
+                th { "Invocation" } th { "Status" } th.num { "Duration" } th { "Cold" }
+                th.hide-narrow { "Trigger" } th.hide-narrow { "Queued" }
+            } }
+            tbody {
+                @for r in records {
+                    tr {
+                        td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
+                        td { (status_badge(&r.status)) }
+                        td.num { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
+                        td { (match r.cold { Some(true) => "cold", Some(false) => "warm", None => "—" }) }
+                        td.hide-narrow { (r.trigger) }
+                        td.hide-narrow { (fmt_time(Some(r.queued_at))) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The last 12 hex digits: unique enough within a function's page, short enough for a phone.
+fn short_id(id: Uuid) -> String {
+    let s = id.simple().to_string();
+    format!("…{}", &s[s.len() - 12..])
+}
+
+fn settings_table(f: &Function) -> Markup {
+    let retry_on: Vec<&str> = f.retry_on.iter().map(|r| r.as_str()).collect();
+    html! {
+        table.kv #settings {
+            tr { th { "Image" } td { code { (f.image) } } }
+            tr { th { "Description" } td { (f.description.as_deref().unwrap_or("—")) } }
+            tr { th { "Input" } td { (f.input.as_str()) } }
+            tr { th { "Queue" } td { (f.queue) } }
+            tr { th { "Timeout" } td { (f.timeout_ms) " ms" } }
+            tr { th { "Memory" } td { (f.memory_mb) " MB" } }
+            tr { th { "CPUs" } td { (f.cpus) } }
+            tr { th { "Max attempts" } td { (f.max_attempts) } }
+            tr { th { "Retry on" } td { @if retry_on.is_empty() { "platform failures only" } @else { (retry_on.join(", ")) } } }
+            tr { th { "Max concurrency" } td { (f.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
+            tr { th { "Callback URL" } td { code { (f.callback_url.as_deref().unwrap_or("—")) } } }
+            tr { th { "Env" } td {
+                @if f.env.is_empty() { "—" }
+                @for (k, v) in &f.env { code { (k) "=" (v) } br; }
+            } }
+            tr { th { "Created" } td { (fmt_time(Some(f.created_at))) } }
+            tr { th { "Updated" } td { (fmt_time(Some(f.updated_at))) } }
+        }
+    }
+}
+
+/// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
+fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
+    html! {
+        h2 { (label)
+            @if truncated { " " span.truncated { "(truncated when stored)" } }
+        }
+        @match bytes {
+            None => p.muted { "none" },
+            Some(b) if b.is_empty() => p.muted { "empty" },
+            Some(b) => {
+                @let shown = &b[..b.len().min(SHOWN_BYTES)];
+                @match std::str::from_utf8(shown) {
+                    Ok(text) => { p.muted { "text, " (b.len()) " bytes" } pre #(id) { (text) } },
+                    Err(_) => { p.muted { "binary, " (b.len()) " bytes, as hex" } pre #(id) { (hex_lines(shown)) } },
+                }
+                @if b.len() > shown.len() { p.truncated { (b.len() - shown.len()) " more bytes not shown" } }
+            }
+        }
+    }
+}
+
+fn hex_lines(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `GET /ui/invocations/{id}`: every field of the record.
+pub async fn invocation(
+    _: Session,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, UiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
+    let r = invocations::get(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    let input_truncated = r
+        .input
+        .as_ref()
+        .is_some_and(|i| (i.len() as i64) < r.input_size);
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+    Ok(layout(
+        "Invocation",
+        true,
+        html! {
+            h1 { "Invocation " code { (r.id) } }
+            div.scroll {
+                table.kv #record {
+                    tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
+                    tr { th { "Status" } td { (status_badge(&r.status)) } }
+                    tr { th { "Trigger" } td { (r.trigger) } }
+                    tr { th { "Attempt" } td { (r.attempt) } }
+                    tr { th { "Exit code" } td { (opt(r.exit_code.map(|c| c.to_string()))) } }
+                    tr { th { "Error" } td { @if let Some(e) = &r.error { span.error { (e) } } @else { "—" } } }
+                    tr { th { "Queued at" } td { (fmt_time(Some(r.queued_at))) } }
+                    tr { th { "Started at" } td { (fmt_time(r.started_at)) } }
+                    tr { th { "Finished at" } td { (fmt_time(r.finished_at)) } }
+                    tr { th { "Duration" } td { (fmt_ms(r.duration_ms.map(|d| d as f64))) } }
+                    tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
+                    tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }
+                    tr { th { "Worker" } td { (opt(r.worker.clone())) } }
+                    tr { th { "CPU time" } td { (fmt_ms(r.cpu_ms.map(|d| d as f64))) } }
+                    tr { th { "Max memory" } td { (opt(r.max_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)))) } }
+                    tr { th { "Input size" } td { (r.input_size) " bytes" } }
+                }
+            }
+            (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
+            (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
+            (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
+        },
+    ))
+}
+
+/// `GET /ui/queues`: the live view; its table reloads itself from `/ui/queues/live`.
+pub async fn queues(_: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+    let live = queues_markup(&app).await?;
+    let script = PreEscaped(
+        r#"<script>
+setInterval(function () {
+  fetch(location.pathname.replace(/\/$/, '') + '/live', {credentials: 'same-origin'})
+    .then(function (r) { if (r.ok && r.headers.get('content-type').indexOf('text/html') === 0 && !r.redirected) return r.text(); throw r; })
+    .then(function (t) { document.getElementById('live').innerHTML = t; })
+    .catch(function () {});
+}, 2000);
+</script>"#,
+    );
+    Ok(page(
+        "Queues",
+        true,
+        html! { noscript { meta http-equiv="refresh" content="5"; } },
+        html! {
+            h1 { "Queues" }
+            p.muted { "Refreshes every 2 s." }
+            div #live { (live) }
+            (script)
+        },
+    ))
+}
+
+/// `GET /ui/queues/live`: the queues page's tables alone.
+pub async fn queues_live(_: Session, State(app): State<AppState>) -> Result<Response, UiError> {
+    Ok(Html(queues_markup(&app).await?.into_string()).into_response())
+}
+
+async fn queues_markup(app: &AppState) -> Result<Markup, UiError> {
+    let names = stats::queue_names(&app.pool).await?;
+    let mut queues = Vec::with_capacity(names.len());
+    for name in names {
+        let full = app.publisher.topology().work_queue(&name);
+        let info = app.publisher.queue_info(&full).await?;
+        queues.push((name, full, info));
+    }
+    let dead = app.publisher.dead_letter_depth().await.ok();
+    let workers = stats::workers(&app.pool).await?;
+    let now = chrono::Utc::now();
+    Ok(html! {
+        h2 { "Work queues" }
+        div.scroll {
+            table #queues {
+                thead { tr { th { "Queue" } th.hide-narrow { "Broker name" } th.num { "Ready" } th.num { "Consumers" } } }
+                tbody {
+                    @for (name, full, info) in &queues {
+                        tr {
+                            td { (name) }
+                            td.hide-narrow { code { (full) } }
+                            @match info {
+                                Some((depth, consumers)) => { td.num { (depth) } td.num { (consumers) } }
+                                None => { td.num.muted colspan="2" { "not declared yet" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.muted { "Dead letters: " (dead.map_or("—".to_string(), |d| d.to_string())) }
+        h2 { "Workers" }
+        @if workers.is_empty() {
+            p.muted { "No worker heard from in the last hour." }
+        } @else {
+            div.scroll {
+                table #workers {
+                    thead { tr {
+                        th { "Worker" } th.num { "Target" } th.num { "In flight" } th { "Queues" }
+                        th.num { "Heartbeat" } th.hide-narrow { "Up since" }
+                    } }
+                    tbody {
+                        @for w in &workers {
+                            tr {
+                                td { code { (w.id) } }
+                                td.num { (w.concurrency) }
+                                td.num { (w.in_flight) }
+                                td { (w.queues.join(", ")) }
+                                td.num {
+                                    @if w.silent_secs > 30.0 { span.error { (format!("{:.0} s ago", w.silent_secs)) } }
+                                    @else { (format!("{:.0} s ago", w.silent_secs)) }
+                                }
+                                td.hide-narrow { (fmt_time(Some(w.started_at))) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.muted { "As of " (fmt_time(Some(now))) }
+    })
+}

@@ -1,0 +1,130 @@
+//! What the dashboard counts, all in SQL: per-function numbers for the last hour, invocations per
+//! interval for the charts, and the workers' heartbeats.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+/// One function's last hour.
+#[derive(Clone, Debug, Default, FromRow)]
+pub struct FunctionStats {
+    pub function: String,
+    /// Invocations queued in the last hour.
+    pub invocations: i64,
+    /// Of those, the ones that are final, and the ones that succeeded.
+    pub finished: i64,
+    pub succeeded: i64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    /// Share of the runs that started a container cold.
+    pub cold_share: Option<f64>,
+}
+
+impl FunctionStats {
+    /// Succeeded over finished, `None` before anything finished.
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.finished > 0).then(|| self.succeeded as f64 / self.finished as f64)
+    }
+}
+
+const LAST_HOUR: &str = "
+    SELECT function,
+           count(*) AS invocations,
+           count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'timed_out', 'dead')) AS finished,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms,
+           (avg(CASE WHEN cold THEN 1.0 ELSE 0.0 END) FILTER (WHERE cold IS NOT NULL))::float8 AS cold_share
+    FROM invocations
+    WHERE queued_at > now() - interval '1 hour'
+      AND ($1::text IS NULL OR function = $1)
+    GROUP BY function";
+
+/// Last-hour numbers of every function that had invocations (or of `function` only).
+pub async fn last_hour(
+    pool: &PgPool,
+    function: Option<&str>,
+) -> Result<Vec<FunctionStats>, sqlx::Error> {
+    sqlx::query_as::<_, FunctionStats>(LAST_HOUR)
+        .bind(function)
+        .fetch_all(pool)
+        .await
+}
+
+/// How many invocations were queued in one interval.
+#[derive(Clone, Debug, FromRow)]
+pub struct Bucket {
+    /// Intervals ago: 0 is the current one.
+    pub ago: i64,
+    pub invocations: i64,
+    pub failed: i64,
+}
+
+/// The chart's intervals: twelve of five minutes.
+pub const BUCKETS: i64 = 12;
+pub const BUCKET_SECS: i64 = 300;
+
+const BUCKETS_SQL: &str = "
+    SELECT floor(extract(epoch FROM now() - queued_at) / $2)::int8 AS ago,
+           count(*) AS invocations,
+           count(*) FILTER (WHERE status IN ('failed', 'timed_out', 'dead')) AS failed
+    FROM invocations
+    WHERE function = $1 AND queued_at > now() - make_interval(secs => $2 * $3)
+    GROUP BY 1";
+
+/// Invocations of `function` per [`BUCKET_SECS`] over the last [`BUCKETS`] intervals, oldest first.
+pub async fn buckets(pool: &PgPool, function: &str) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, Bucket>(BUCKETS_SQL)
+        .bind(function)
+        .bind(BUCKET_SECS as f64)
+        .bind(BUCKETS as f64)
+        .fetch_all(pool)
+        .await?;
+    let mut out = vec![(0, 0); BUCKETS as usize];
+    for b in rows {
+        if (0..BUCKETS).contains(&b.ago) {
+            out[(BUCKETS - 1 - b.ago) as usize] = (b.invocations, b.failed);
+        }
+    }
+    Ok(out)
+}
+
+/// A worker as its heartbeat shows it.
+#[derive(Clone, Debug, FromRow)]
+pub struct WorkerRow {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub concurrency: i32,
+    pub in_flight: i32,
+    pub queues: Vec<String>,
+    /// Seconds since its last heartbeat.
+    pub silent_secs: f64,
+}
+
+const WORKERS: &str = "
+    SELECT id, started_at, heartbeat_at, concurrency, in_flight, queues,
+           extract(epoch FROM now() - heartbeat_at)::float8 AS silent_secs
+    FROM workers
+    WHERE heartbeat_at > now() - interval '1 hour'
+    ORDER BY id";
+
+/// Workers heard from in the last hour.
+pub async fn workers(pool: &PgPool) -> Result<Vec<WorkerRow>, sqlx::Error> {
+    sqlx::query_as::<_, WorkerRow>(WORKERS)
+        .fetch_all(pool)
+        .await
+}
+
+const QUEUES: &str = "
+    SELECT q FROM (
+        SELECT queue AS q FROM functions
+        UNION SELECT unnest(queues) FROM workers WHERE heartbeat_at > now() - interval '1 hour'
+        UNION SELECT 'default'
+    ) AS all_queues ORDER BY q";
+
+/// Every named queue a function uses or a worker consumes.
+pub async fn queue_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar::<_, String>(QUEUES)
+        .fetch_all(pool)
+        .await
+}
