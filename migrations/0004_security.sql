@@ -4,7 +4,7 @@ ALTER TABLE functions
     ADD COLUMN pids    bigint  NOT NULL DEFAULT 256,
     ADD COLUMN network text    NOT NULL DEFAULT 'none',
     ADD COLUMN run_as  text,
-    ADD COLUMN runtime text,
+    ADD COLUMN container_runtime text,
     ADD COLUMN tmp_mb  bigint  NOT NULL DEFAULT 64,
     ADD COLUMN public  boolean NOT NULL DEFAULT false,
     -- Env values the API never shows. Kept in the clear here (protect the database like any

@@ -170,7 +170,7 @@ pub struct FunctionRow {
     pub pids: i64,
     pub network: String,
     pub run_as: Option<String>,
-    pub runtime: Option<String>,
+    pub container_runtime: Option<String>,
     pub tmp_mb: i64,
     pub public: bool,
     pub secrets: Json<Secrets>,
@@ -204,7 +204,7 @@ pub struct Function {
     pub pids: i64,
     pub network: Network,
     pub user: Option<String>,
-    pub runtime: Option<String>,
+    pub container_runtime: Option<String>,
     pub tmp_mb: i64,
     pub public: bool,
     #[serde(skip)]
@@ -243,7 +243,7 @@ impl From<FunctionRow> for Function {
             pids: r.pids,
             network: Network::parse(&r.network),
             user: r.run_as,
-            runtime: r.runtime,
+            container_runtime: r.container_runtime,
             tmp_mb: r.tmp_mb,
             public: r.public,
             secrets: r.secrets.0,
@@ -272,7 +272,7 @@ impl Function {
             pids: self.pids,
             network: self.network,
             user: self.user.clone(),
-            runtime: self.runtime.clone(),
+            container_runtime: self.container_runtime.clone(),
             tmp_mb: self.tmp_mb,
             secrets: self.secrets.clone(),
         }
@@ -309,7 +309,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub runtime: Option<String>,
+    pub container_runtime: Option<String>,
     #[serde(default = "default_tmp_mb")]
     pub tmp_mb: i64,
     #[serde(default)]
@@ -341,7 +341,7 @@ impl Default for Snapshot {
             pids: DEFAULT_PIDS,
             network: Network::default(),
             user: None,
-            runtime: None,
+            container_runtime: None,
             tmp_mb: DEFAULT_TMP_MB,
             secrets: Secrets::default(),
             max_attempts: 1,
@@ -377,7 +377,7 @@ pub struct NewFunction {
     pub pids: Option<i64>,
     pub network: Option<Network>,
     pub user: Option<String>,
-    pub runtime: Option<String>,
+    pub container_runtime: Option<String>,
     pub tmp_mb: Option<i64>,
     pub public: Option<bool>,
     pub secrets: Option<BTreeMap<String, String>>,
@@ -417,7 +417,7 @@ pub struct FunctionUpdate {
     pub pids: Option<i64>,
     pub network: Option<Network>,
     pub user: Option<String>,
-    pub runtime: Option<String>,
+    pub container_runtime: Option<String>,
     pub tmp_mb: Option<i64>,
     pub public: Option<bool>,
     pub secrets: Option<SecretsUpdate>,
@@ -496,7 +496,7 @@ impl NewFunction {
             pids: self.pids.unwrap_or(DEFAULT_PIDS),
             network: self.network.unwrap_or_default(),
             user: self.user.filter(|u| !u.is_empty()),
-            runtime: self.runtime.filter(|r| !r.is_empty()),
+            container_runtime: self.container_runtime.filter(|r| !r.is_empty()),
             tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
             public: self.public.unwrap_or(false),
             secrets: Secrets(self.secrets.unwrap_or_default()),
@@ -537,16 +537,16 @@ impl FunctionUpdate {
                 Secrets(kept)
             }
         };
-        // An empty string clears `user` and `runtime`.
+        // An empty string clears `user` and `container_runtime`.
         let user = match self.user {
             Some(u) if u.is_empty() => None,
             Some(u) => Some(u),
             None => current.user.clone(),
         };
-        let runtime = match self.runtime {
+        let container_runtime = match self.container_runtime {
             Some(r) if r.is_empty() => None,
             Some(r) => Some(r),
-            None => current.runtime.clone(),
+            None => current.container_runtime.clone(),
         };
         let f = Function {
             image: self.image.unwrap_or(current.image),
@@ -575,7 +575,7 @@ impl FunctionUpdate {
             pids: self.pids.unwrap_or(current.pids),
             network: self.network.unwrap_or(current.network),
             user,
-            runtime,
+            container_runtime,
             tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
             public: self.public.unwrap_or(current.public),
             secrets,
@@ -643,15 +643,15 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if let Some(user) = &f.user {
         check_user(user)?;
     }
-    if let Some(runtime) = &f.runtime
-        && (runtime.len() > 64
-            || !runtime
+    if let Some(container_runtime) = &f.container_runtime
+        && (container_runtime.len() > 64
+            || !container_runtime
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Err(invalid(
-            "runtime",
-            "must be a runtime name of letters, digits, '-', '_' and '.' (at most 64)",
+            "container_runtime",
+            "must be a container runtime name of letters, digits, '-', '_' and '.' (at most 64)",
         ));
     }
     if !valid_name(&f.queue) {
@@ -747,7 +747,7 @@ pub mod store {
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts,
-                    pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at,
+                    pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at,
                     retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
                      $20, $21, $22, $23, $24, $25, $26)
@@ -766,7 +766,7 @@ pub mod store {
         .bind(f.pids)
         .bind(f.network.as_str())
         .bind(&f.user)
-        .bind(&f.runtime)
+        .bind(&f.container_runtime)
         .bind(f.tmp_mb)
         .bind(f.public)
         .bind(Json(&f.secrets))
@@ -786,7 +786,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -797,7 +797,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, runtime, tmp_mb, public, secrets, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -812,7 +812,7 @@ pub mod store {
                     env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
                     max_concurrency = $13, callback_url = $14, mode = $15, min_warm = $16,
                     max_containers = $17, idle_timeout_ms = $18,
-                    pids = $19, network = $20, run_as = $21, runtime = $22, tmp_mb = $23, public = $24, secrets = $25
+                    pids = $19, network = $20, run_as = $21, container_runtime = $22, tmp_mb = $23, public = $24, secrets = $25
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -836,7 +836,7 @@ pub mod store {
         .bind(f.pids)
         .bind(f.network.as_str())
         .bind(&f.user)
-        .bind(&f.runtime)
+        .bind(&f.container_runtime)
         .bind(f.tmp_mb)
         .bind(f.public)
         .bind(Json(&f.secrets))

@@ -225,7 +225,7 @@ mod tests {
                 pids: 32,
                 network: Network::Bridge,
                 user: Some("nobody".into()),
-                runtime: Some("runc".into()),
+                container_runtime: Some("runc".into()),
                 tmp_mb: 8,
                 secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
             },

@@ -66,7 +66,7 @@ pub(crate) async fn check_image(app: &AppState, image: &str) -> Result<(), ApiEr
     })
 }
 
-/// A `runtime` must be one the engine has (`docker info`), or no container could start.
+/// A `container_runtime` must be one the engine has (`docker info`), or no container could start.
 async fn check_runtime(app: &AppState, runtime: Option<&str>) -> Result<(), ApiError> {
     let Some(runtime) = runtime else {
         return Ok(());
@@ -83,7 +83,7 @@ async fn check_runtime(app: &AppState, runtime: Option<&str>) -> Result<(), ApiE
     let mut names: Vec<&String> = known.keys().collect();
     names.sort();
     Err(ApiError::Unprocessable(format!(
-        "runtime: the engine has no runtime {runtime:?} (it has {names:?})"
+        "container_runtime: the engine has no runtime {runtime:?} (it has {names:?})"
     )))
 }
 
@@ -109,7 +109,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     if store::get(&app.pool, &f.name).await?.is_some() {
         return Err(conflict(&f.name));
     }
-    check_runtime(app, f.runtime.as_deref()).await?;
+    check_runtime(app, f.container_runtime.as_deref()).await?;
     check_image(app, &f.image).await?;
     if !store::insert(&app.pool, f).await? {
         return Err(conflict(&f.name));
@@ -119,7 +119,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
 
 /// Stores a validated change to a function (API and dashboard), checking a new image first.
 pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
-    check_runtime(app, f.runtime.as_deref()).await?;
+    check_runtime(app, f.container_runtime.as_deref()).await?;
     if f.image != old_image {
         check_image(app, &f.image).await?;
     }

@@ -182,7 +182,7 @@ impl Runner {
                     format!("rw,nosuid,nodev,size={}m", function.tmp_mb),
                 )])),
                 privileged: Some(false),
-                runtime: function.runtime.clone(),
+                runtime: function.container_runtime.clone(),
                 // Output is read over attach, under caps. The engine's own log driver would
                 // keep all of it on the host's disk: a function printing gigabytes fills it.
                 log_config: Some(HostConfigLogConfig {

@@ -232,7 +232,7 @@ async fn docker_inspect_of_a_running_function_shows_its_settings() {
         "sleepy",
         "granda-test/sleep",
         json!({"memory_mb": 48, "cpus": 0.25, "pids": 40, "tmp_mb": 16, "user": "nobody",
-               "runtime": "runc", "env": {"SLEEP_SECONDS": "3"}}),
+               "container_runtime": "runc", "env": {"SLEEP_SECONDS": "3"}}),
     )
     .await;
     let id = app.invoke_async("sleepy", "").await;
@@ -329,7 +329,7 @@ async fn fields_out_of_range_and_unknown_runtimes_are_refused() {
         json!({"tmp_mb": 0}),
         json!({"network": "host"}),
         json!({"network": "container:abc"}),
-        json!({"runtime": "no-such-runtime"}),
+        json!({"container_runtime": "no-such-runtime"}),
         json!({"runtime": "../x"}),
         json!({"user": "a b"}),
         json!({"public": "yes"}),
