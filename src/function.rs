@@ -59,6 +59,8 @@ pub struct FunctionRow {
     pub retry_on: Vec<String>,
     pub max_concurrency: Option<i32>,
     pub callback_url: Option<String>,
+    pub runtime: Option<String>,
+    pub version: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -82,6 +84,12 @@ pub struct Function {
     pub max_concurrency: Option<i32>,
     /// Where results of its async, webhook and event invocations are POSTed unless the call says otherwise.
     pub callback_url: Option<String>,
+    /// The runtime it was built from source with (`shell`, `python3`), or none for a given image.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// The version of its latest build from source (its image is `granda-fn/<name>:v<version>`).
+    #[serde(default)]
+    pub version: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -106,6 +114,8 @@ impl From<FunctionRow> for Function {
                 .collect(),
             max_concurrency: r.max_concurrency,
             callback_url: r.callback_url,
+            runtime: r.runtime,
+            version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -159,7 +169,15 @@ fn one() -> i32 {
 #[serde(deny_unknown_fields)]
 pub struct NewFunction {
     pub name: String,
-    pub image: String,
+    /// An image; or none, with `runtime` and `source` to build one.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Build from source: the runtime template (`runtimes/<runtime>/`).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Build from source: the handler file, or a base64 tar.gz of a directory.
+    #[serde(default)]
+    pub source: Option<crate::build::Source>,
     pub description: Option<String>,
     pub timeout_ms: Option<i64>,
     pub memory_mb: Option<i64>,
@@ -191,6 +209,15 @@ pub struct FunctionUpdate {
     pub retry_on: Option<Vec<RetryOn>>,
     pub max_concurrency: Option<i32>,
     pub callback_url: Option<String>,
+    /// Build a new version from source (with `runtime`, or the function's current runtime).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub source: Option<crate::build::Source>,
+    #[serde(default)]
+    pub version: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub versions: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub created_at: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -240,7 +267,7 @@ impl NewFunction {
         let now = Utc::now();
         let f = Function {
             name: self.name,
-            image: self.image,
+            image: self.image.unwrap_or_default(),
             description: self.description,
             timeout_ms: self
                 .timeout_ms
@@ -254,6 +281,8 @@ impl NewFunction {
             retry_on: self.retry_on.unwrap_or_default(),
             max_concurrency: self.max_concurrency,
             callback_url: self.callback_url,
+            runtime: self.runtime,
+            version: None,
             created_at: now,
             updated_at: now,
         };
@@ -365,8 +394,8 @@ pub mod store {
     /// Inserts `f`; `Ok(false)` if the name is taken.
     pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency, callback_url)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, created_at, updated_at, retry_on, max_concurrency, callback_url, runtime, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -384,6 +413,8 @@ pub mod store {
         .bind(retry_on_strings(&f.retry_on))
         .bind(f.max_concurrency)
         .bind(&f.callback_url)
+        .bind(&f.runtime)
+        .bind(f.version)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -391,7 +422,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, runtime, version, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -402,7 +433,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, runtime, version, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -415,7 +446,7 @@ pub mod store {
         let done = sqlx::query(
             "UPDATE functions SET image = $2, description = $3, timeout_ms = $4, memory_mb = $5, cpus = $6,
                     env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
-                    max_concurrency = $13, callback_url = $14
+                    max_concurrency = $13, callback_url = $14, runtime = $15, version = $16
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -432,6 +463,8 @@ pub mod store {
         .bind(retry_on_strings(&f.retry_on))
         .bind(f.max_concurrency)
         .bind(&f.callback_url)
+        .bind(&f.runtime)
+        .bind(f.version)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

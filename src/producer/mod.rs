@@ -1,6 +1,7 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
+pub mod deploy;
 pub mod enqueue;
 pub mod events;
 pub mod extract;
