@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod callbacks;
+mod cli;
 mod events;
 mod faults;
 mod functions;

@@ -1,0 +1,409 @@
+//! The `granda` CLI run as a user would (the real binary) against an in-process Granda: deploy from
+//! source, invoke, read invocations and logs, failed builds, exit codes, redeploys.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{TestApp, spawn_app_with};
+
+/// A Granda whose `shell` runtime builds on the local `granda-test/busybox` (no registry).
+async fn spawn() -> TestApp {
+    spawn_app_with(|s| {
+        s.runtime_shell_image = "granda-test/busybox:latest".into();
+        s.runtime_python3_image = "granda-test/python3:latest".into();
+    })
+    .await
+}
+
+/// Runs `granda ARGS` against `app`, with `stdin` as its input.
+async fn granda(app: &TestApp, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args(args)
+        .env("GRANDA_URL", &app.address)
+        .env_remove("GRANDA_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running granda");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("granda finishes within 2 minutes")
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts exit code `code` and returns stdout.
+fn expect(out: &Output, code: i32) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// A fresh directory holding `files`.
+fn dir_with(files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("granda-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn deploy_from_source_invoke_and_read_the_records() {
+    let app = spawn().await;
+    let src = dir_with(&[(
+        "handler.sh",
+        "echo \"got $(wc -c) bytes\" >&2\necho 'log line' >&2\n",
+    )]);
+    // A single file: the handler itself. Its stdin is consumed by `wc`, so make a second function
+    // that transforms the input to check the piping.
+    let upper = dir_with(&[("handler.sh", "tr a-z A-Z\n")]);
+
+    let started = Instant::now();
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "deploy",
+            "upper",
+            "--runtime",
+            "shell",
+            &format!("{}/handler.sh", path(&upper)),
+        ],
+        b"",
+    )
+    .await;
+    let built_in = started.elapsed();
+    let said = expect(&out, 0);
+    assert!(said.contains("deployed upper version 1"), "{said}");
+    eprintln!("deploy from source (shell, single file) took {built_in:?}");
+
+    // A directory, deployed as a tar.gz.
+    let out = granda(
+        &app,
+        &["fn", "deploy", "counter", "--runtime", "shell", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 0);
+
+    // invoke prints the function's stdout and nothing else: text, @file, and stdin.
+    let out = granda(&app, &["invoke", "upper", "--data", "hello"], b"").await;
+    assert_eq!(expect(&out, 0), "HELLO");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let input = src.join("input.txt");
+    std::fs::write(&input, "from a file").unwrap();
+    let out = granda(
+        &app,
+        &["invoke", "upper", "--data", &format!("@{}", path(&input))],
+        b"",
+    )
+    .await;
+    assert_eq!(expect(&out, 0), "FROM A FILE");
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let out = granda(&app, &["invoke", "upper", "--data", "-"], b"piped in").await;
+        latencies.push(started.elapsed());
+        assert_eq!(expect(&out, 0), "PIPED IN");
+    }
+    latencies.sort();
+    eprintln!(
+        "CLI invoke latency (process start to exit), median of 5: {:?}",
+        latencies[2]
+    );
+
+    // --json output parses; fn get shows the version.
+    let f = json(&granda(&app, &["--json", "fn", "get", "upper"], b"").await);
+    assert_eq!(f["runtime"], "shell");
+    assert_eq!(f["version"], 1);
+    assert_eq!(f["image"], "granda-fn/upper:v1");
+    assert_eq!(f["versions"][0]["status"], "succeeded");
+    let list = json(&granda(&app, &["fn", "ls", "--json"], b"").await);
+    assert_eq!(list["functions"].as_array().unwrap().len(), 2);
+    let table = expect(&granda(&app, &["fn", "ls"], b"").await, 0);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("granda-fn/counter:v1"), "{table}");
+
+    // An async invoke prints the id; inv get/logs/ls read it.
+    let out = granda(
+        &app,
+        &["invoke", "counter", "--async", "--data", "12345"],
+        b"",
+    )
+    .await;
+    let id = expect(&out, 0).trim().to_string();
+    let id_uuid: uuid::Uuid = id.parse().expect("an invocation id");
+    app.wait_final(id_uuid, Duration::from_secs(30)).await;
+    let record = json(&granda(&app, &["inv", "get", &id, "--json"], b"").await);
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["trigger"], "async");
+    let logs = expect(&granda(&app, &["inv", "logs", &id], b"").await, 0);
+    assert_eq!(logs, "got 5 bytes\nlog line\n");
+    let page = json(&granda(&app, &["inv", "ls", "counter", "--json"], b"").await);
+    assert_eq!(page["invocations"][0]["id"], id.as_str());
+    let table = expect(
+        &granda(&app, &["inv", "ls", "upper", "--limit", "3"], b"").await,
+        0,
+    );
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().contains("succeeded"),
+        "{table}"
+    );
+
+    let _ = std::fs::remove_dir_all(src);
+    let _ = std::fs::remove_dir_all(upper);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_build_registers_nothing_and_shows_its_log() {
+    let app = spawn().await;
+    let src = dir_with(&[("handler.sh", "if then fi (\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "broken", "--runtime", "shell", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 7);
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("granda: error: the build of version 1 failed"),
+        "{err}"
+    );
+    assert!(err.contains("build log"), "{err}");
+    assert!(
+        err.contains("syntax error"),
+        "the log tail shows the shell's complaint: {err}"
+    );
+    // Nothing registered.
+    let out = granda(&app, &["fn", "get", "broken"], b"").await;
+    expect(&out, 3);
+
+    // Over the API without streaming: 422 with the log tail.
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &serde_json::json!({"name": "broken", "runtime": "shell", "source": "case in\n"}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "build_failed");
+    assert!(
+        body["error"]["log"]
+            .as_str()
+            .unwrap()
+            .contains("syntax error"),
+        "{body}"
+    );
+
+    // Bad input is refused before any build: unknown runtime, a directory without the handler.
+    let out = granda(
+        &app,
+        &["fn", "deploy", "x", "--runtime", "cobol", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("runtime: one of shell, python3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let empty = dir_with(&[("other.sh", "true\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "x", "--runtime", "shell", path(&empty)],
+        b"",
+    )
+    .await;
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("handler.sh"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr).lines().count(), 1, "errors are one line");
+
+    let _ = std::fs::remove_dir_all(src);
+    let _ = std::fs::remove_dir_all(empty);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn exit_codes_mean_something() {
+    let app = spawn().await;
+    // Not found: 3.
+    expect(&granda(&app, &["invoke", "nope"], b"").await, 3);
+    expect(&granda(&app, &["fn", "rm", "nope"], b"").await, 3);
+    let id = uuid::Uuid::now_v7().to_string();
+    let out = granda(&app, &["inv", "get", &id], b"").await;
+    expect(&out, 3);
+    assert_eq!(
+        text(&out.stderr),
+        format!("granda: error: no invocation {id}\n")
+    );
+    // Usage: 2 (clap's).
+    expect(&granda(&app, &["invoke"], b"").await, 2);
+    expect(&granda(&app, &["fn", "frobnicate"], b"").await, 2);
+    // The function failed: 4; timed out: 5.
+    app.register("fails", "granda-test/fail", serde_json::json!({}))
+        .await;
+    let out = granda(&app, &["invoke", "fails"], b"").await;
+    expect(&out, 4);
+    assert!(out.stdout.is_empty());
+    let slow = dir_with(&[("handler.sh", "sleep 10\n")]);
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "deploy",
+            "slow",
+            "--runtime",
+            "shell",
+            "--timeout-ms",
+            "500",
+            path(&slow),
+        ],
+        b"",
+    )
+    .await;
+    expect(&out, 0);
+    expect(&granda(&app, &["invoke", "slow"], b"").await, 5);
+    // No server: 6.
+    let out = granda(&app, &["fn", "ls", "--url", "http://127.0.0.1:1"], b"").await;
+    expect(&out, 6);
+    // Completions and help.
+    let script = expect(&granda(&app, &["completions", "bash"], b"").await, 0);
+    assert!(
+        script.contains("granda") && script.contains("deploy"),
+        "{script}"
+    );
+    let help = expect(&granda(&app, &["inv", "--help"], b"").await, 0);
+    assert!(help.contains("logs"), "{help}");
+
+    let _ = std::fs::remove_dir_all(slow);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
+    let app = spawn().await;
+    let v1 = dir_with(&[("handler.sh", "echo one\n")]);
+    let v2 = dir_with(&[("handler.sh", "echo two\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "ver", "--runtime", "shell", path(&v1)],
+            b"",
+        )
+        .await,
+        0,
+    );
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "one\n"
+    );
+    let out = granda(
+        &app,
+        &["fn", "deploy", "ver", "--runtime", "shell", path(&v2)],
+        b"",
+    )
+    .await;
+    assert!(expect(&out, 0).contains("deployed ver version 2"));
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "two\n"
+    );
+
+    let f = json(&granda(&app, &["fn", "get", "ver", "--json"], b"").await);
+    assert_eq!(f["version"], 2);
+    assert_eq!(f["image"], "granda-fn/ver:v2");
+    let versions: Vec<i64> = f["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    // The old image stays: invocations queued before the switch still name it.
+    app.docker
+        .inspect_image("granda-fn/ver:v1")
+        .await
+        .expect("v1 is kept");
+    app.docker
+        .inspect_image("granda-fn/ver:v2")
+        .await
+        .expect("v2 is there");
+    let human = expect(&granda(&app, &["fn", "get", "ver"], b"").await, 0);
+    assert!(
+        human.contains("2 *"),
+        "the current version is marked: {human}"
+    );
+
+    // A failed redeploy leaves the function on its last good version.
+    let bad = dir_with(&[("handler.sh", "fi\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "ver", "--runtime", "shell", path(&bad)],
+            b"",
+        )
+        .await,
+        7,
+    );
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "two\n"
+    );
+    let f = json(&granda(&app, &["fn", "get", "ver", "--json"], b"").await);
+    assert_eq!(f["version"], 2);
+    assert_eq!(f["versions"][0]["status"], "failed");
+
+    // fn update changes settings without a build.
+    let f = json(
+        &granda(
+            &app,
+            &["fn", "update", "ver", "--timeout-ms", "1234", "--json"],
+            b"",
+        )
+        .await,
+    );
+    assert_eq!(f["timeout_ms"], 1234);
+    assert_eq!(f["version"], 2);
+
+    for d in [v1, v2, bad] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    app.shutdown().await;
+}
