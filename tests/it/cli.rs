@@ -407,3 +407,84 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     }
     app.shutdown().await;
 }
+
+/// Builds `granda-test/python3` once per test binary (debootstrap the first time on a machine,
+/// minutes; then an import of the cached root, seconds; nothing when the image is there).
+fn ensure_python_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let status = std::process::Command::new("bash")
+            .args(["scripts/build-python-image.sh", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running scripts/build-python-image.sh");
+        assert!(status.success(), "building granda-test/python3 failed");
+    });
+}
+
+#[tokio::test]
+async fn python3_functions_from_a_directory() {
+    tokio::task::spawn_blocking(ensure_python_image)
+        .await
+        .unwrap();
+    let app = spawn().await;
+    let src = dir_with(&[
+        (
+            "handler.py",
+            "import sys\nfrom words import shout\nprint('handling', file=sys.stderr)\nsys.stdout.write(shout(sys.stdin.read()))\n",
+        ),
+        ("words.py", "def shout(s):\n    return s.upper() + '!'\n"),
+    ]);
+    let started = Instant::now();
+    let out = granda(
+        &app,
+        &["fn", "deploy", "py", "--runtime", "python3", path(&src)],
+        b"",
+    )
+    .await;
+    assert!(expect(&out, 0).contains("deployed py version 1"));
+    eprintln!(
+        "deploy from source (python3, directory) took {:?}",
+        started.elapsed()
+    );
+    let out = granda(&app, &["invoke", "py", "--data", "-"], b"hello").await;
+    assert_eq!(expect(&out, 0), "HELLO!");
+
+    // An exception is a failed invocation (exit 4), its traceback in the logs.
+    let boom = dir_with(&[("handler.py", "raise ValueError('boom')\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "boom", "--runtime", "python3", path(&boom)],
+            b"",
+        )
+        .await,
+        0,
+    );
+    let out = granda(&app, &["invoke", "boom"], b"").await;
+    expect(&out, 4);
+    let last = app.invocations_of("boom").await;
+    let id = last[0]["id"].as_str().unwrap();
+    let logs = expect(&granda(&app, &["inv", "logs", id], b"").await, 0);
+    assert!(logs.contains("ValueError: boom"), "{logs}");
+
+    // A syntax error fails the build.
+    let bad = dir_with(&[("handler.py", "def (:\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "bad", "--runtime", "python3", path(&bad)],
+        b"",
+    )
+    .await;
+    expect(&out, 7);
+    assert!(
+        text(&out.stderr).contains("SyntaxError"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for d in [src, boom, bad] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    app.shutdown().await;
+}
