@@ -210,7 +210,7 @@ pub async fn build_image(
         match step {
             Ok(info) => {
                 if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
-                    note(text, &mut log);
+                    note(&strip_ansi(text), &mut log);
                 }
                 if let Some(message) = info.error_detail.and_then(|d| d.message) {
                     note(&format!("{message}\n"), &mut log);
@@ -242,9 +242,29 @@ pub fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
-/// The image tag of a function's version.
-pub fn tag(function: &str, version: i32) -> String {
-    format!("granda-fn/{function}:v{version}")
+/// The image tag of a function's version: `<GRANDA_AMQP_PREFIX>-fn/<name>:v<N>` (`granda-fn/…` by
+/// default), so installations sharing an engine don't overwrite each other's images.
+pub fn tag(prefix: &str, function: &str, version: i32) -> String {
+    format!("{prefix}-fn/{function}:v{version}")
+}
+
+/// `text` without terminal colour codes (the engine wraps a RUN step's stderr in them).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One build of a function, as stored and shown.
@@ -270,12 +290,13 @@ pub mod store {
     /// build took that number at the same moment.
     pub async fn start(
         pool: &PgPool,
+        prefix: &str,
         function: &str,
         runtime: &str,
     ) -> Result<Option<BuildRecord>, sqlx::Error> {
         let row = sqlx::query_as::<_, BuildRecord>(
             "INSERT INTO builds (id, function, version, runtime, image, status)
-             SELECT $1, $2, v, $3, 'granda-fn/' || $2 || ':v' || v, 'building'
+             SELECT $1, $2, v, $3, $4 || '-fn/' || $2 || ':v' || v, 'building'
              FROM (SELECT coalesce(max(version), 0) + 1 AS v FROM builds WHERE function = $2) next
              ON CONFLICT (function, version) DO NOTHING
              RETURNING id, function, version, runtime, image, status, log, created_at, finished_at",
@@ -283,6 +304,7 @@ pub mod store {
         .bind(Uuid::now_v7())
         .bind(function)
         .bind(runtime)
+        .bind(prefix)
         .fetch_optional(pool)
         .await?;
         Ok(row)
@@ -330,6 +352,11 @@ pub mod store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_codes_are_dropped() {
+        assert_eq!(strip_ansi("\u{1b}[91mbad\n\u{1b}[0mok"), "bad\nok");
+    }
 
     #[test]
     fn paths_stay_inside() {

@@ -175,13 +175,18 @@ async fn run(
     let name = match &deploy.target {
         Target::Create(f) | Target::Update(f) => f.name.clone(),
     };
-    let record = build::store::start(&app.pool, &name, deploy.runtime.name)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "another build of {name:?} started at the same time"
-            ))
-        })?;
+    let record = build::store::start(
+        &app.pool,
+        &app.settings.amqp_prefix,
+        &name,
+        deploy.runtime.name,
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "another build of {name:?} started at the same time"
+        ))
+    })?;
     if let Some(lines) = &lines {
         let _ = lines.send(format!(
             "Building {name} version {} ({} runtime) as {}\n",

@@ -40,6 +40,38 @@ async fn granda(app: &TestApp, args: &[&str], stdin: &[u8]) -> Output {
         .unwrap()
 }
 
+/// The tag of a version built by `app` (its installation prefix is the queue prefix).
+fn image(app: &TestApp, name: &str, version: i32) -> String {
+    granda::build::tag(&app.settings.amqp_prefix, name, version)
+}
+
+/// Removes the images `app` built, then shuts it down.
+async fn finish(app: TestApp) {
+    let reference = format!("{}-fn/*", app.settings.amqp_prefix);
+    let filters = std::collections::HashMap::from([("reference", vec![reference.as_str()])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    for summary in app
+        .docker
+        .list_images(Some(options))
+        .await
+        .unwrap_or_default()
+    {
+        for tag in summary.repo_tags {
+            let _ = app
+                .docker
+                .remove_image(
+                    &tag,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        }
+    }
+    app.shutdown().await;
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -144,13 +176,13 @@ async fn deploy_from_source_invoke_and_read_the_records() {
     let f = json(&granda(&app, &["--json", "fn", "get", "upper"], b"").await);
     assert_eq!(f["runtime"], "shell");
     assert_eq!(f["version"], 1);
-    assert_eq!(f["image"], "granda-fn/upper:v1");
+    assert_eq!(f["image"], image(&app, "upper", 1));
     assert_eq!(f["versions"][0]["status"], "succeeded");
     let list = json(&granda(&app, &["fn", "ls", "--json"], b"").await);
     assert_eq!(list["functions"].as_array().unwrap().len(), 2);
     let table = expect(&granda(&app, &["fn", "ls"], b"").await, 0);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("granda-fn/counter:v1"), "{table}");
+    assert!(table.contains(&image(&app, "counter", 1)), "{table}");
 
     // An async invoke prints the id; inv get/logs/ls read it.
     let out = granda(
@@ -181,7 +213,7 @@ async fn deploy_from_source_invoke_and_read_the_records() {
 
     let _ = std::fs::remove_dir_all(src);
     let _ = std::fs::remove_dir_all(upper);
-    app.shutdown().await;
+    finish(app).await;
 }
 
 #[tokio::test]
@@ -257,7 +289,7 @@ async fn a_failing_build_registers_nothing_and_shows_its_log() {
 
     let _ = std::fs::remove_dir_all(src);
     let _ = std::fs::remove_dir_all(empty);
-    app.shutdown().await;
+    finish(app).await;
 }
 
 #[tokio::test]
@@ -313,7 +345,7 @@ async fn exit_codes_mean_something() {
     assert!(help.contains("logs"), "{help}");
 
     let _ = std::fs::remove_dir_all(slow);
-    app.shutdown().await;
+    finish(app).await;
 }
 
 #[tokio::test]
@@ -348,7 +380,7 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
 
     let f = json(&granda(&app, &["fn", "get", "ver", "--json"], b"").await);
     assert_eq!(f["version"], 2);
-    assert_eq!(f["image"], "granda-fn/ver:v2");
+    assert_eq!(f["image"], image(&app, "ver", 2));
     let versions: Vec<i64> = f["versions"]
         .as_array()
         .unwrap()
@@ -358,11 +390,11 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     assert_eq!(versions, [2, 1]);
     // The old image stays: invocations queued before the switch still name it.
     app.docker
-        .inspect_image("granda-fn/ver:v1")
+        .inspect_image(&image(&app, "ver", 1))
         .await
         .expect("v1 is kept");
     app.docker
-        .inspect_image("granda-fn/ver:v2")
+        .inspect_image(&image(&app, "ver", 2))
         .await
         .expect("v2 is there");
     let human = expect(&granda(&app, &["fn", "get", "ver"], b"").await, 0);
@@ -405,7 +437,7 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     for d in [v1, v2, bad] {
         let _ = std::fs::remove_dir_all(d);
     }
-    app.shutdown().await;
+    finish(app).await;
 }
 
 /// Builds `granda-test/python3` once per test binary (debootstrap the first time on a machine,
@@ -486,5 +518,5 @@ async fn python3_functions_from_a_directory() {
     for d in [src, boom, bad] {
         let _ = std::fs::remove_dir_all(d);
     }
-    app.shutdown().await;
+    finish(app).await;
 }
