@@ -68,6 +68,15 @@ pub enum Command {
 /// done. A client command's error is one line on stderr and its exit code (see `CliError`).
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, TopCommand::Process(_)) {
+        // A client command piped into `head` ends quietly when the pipe closes, as Unix tools do,
+        // instead of panicking on a failed write.
+        // SAFETY: setting a signal's disposition to its default, before any thread is spawned
+        // by this code; no handler function is installed.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let client = Client::new(&cli.client);
     let outcome = match cli.command {
         TopCommand::Process(command) => {

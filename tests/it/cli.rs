@@ -520,3 +520,158 @@ async fn python3_functions_from_a_directory() {
     }
     finish(app).await;
 }
+
+#[tokio::test]
+async fn hooks_events_and_retries_from_the_cli() {
+    let app = spawn().await;
+    let echo = dir_with(&[("handler.sh", "cat\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "sink", "--runtime", "shell", path(&echo)],
+            b"",
+        )
+        .await,
+        0,
+    );
+
+    // Webhooks: create shows the secret once; ls, rotate, rm.
+    let hook = json(
+        &granda(
+            &app,
+            &["hooks", "create", "sink", "--scheme", "github", "--json"],
+            b"",
+        )
+        .await,
+    );
+    let id = hook["id"].as_str().unwrap().to_string();
+    assert!(
+        hook["secret"].as_str().is_some_and(|s| !s.is_empty()),
+        "{hook}"
+    );
+    assert!(
+        hook["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/hooks/{id}"))
+    );
+    let table = expect(&granda(&app, &["hooks", "ls"], b"").await, 0);
+    assert!(table.contains(&id), "{table}");
+    let rotated = json(
+        &granda(
+            &app,
+            &["hooks", "rotate", &id, "--grace-seconds", "0", "--json"],
+            b"",
+        )
+        .await,
+    );
+    assert!(
+        rotated["secret"]
+            .as_str()
+            .is_some_and(|s| s != hook["secret"].as_str().unwrap()),
+        "{rotated}"
+    );
+    expect(&granda(&app, &["hooks", "rm", &id], b"").await, 0);
+    expect(&granda(&app, &["hooks", "rm", &id], b"").await, 3);
+
+    // Events: a subscriber gets an invocation per event.
+    let response = app
+        .post_json(
+            "/v1/functions/sink/subscriptions",
+            &serde_json::json!({"pattern": "orders.*"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let event = json(
+        &granda(
+            &app,
+            &[
+                "events",
+                "publish",
+                "orders.created",
+                "--data",
+                "{\"n\":1}",
+                "--json",
+            ],
+            b"",
+        )
+        .await,
+    );
+    let invocation: uuid::Uuid = event["invocations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let record = app.wait_final(invocation, Duration::from_secs(30)).await;
+    assert_eq!(record["output"], "{\"n\":1}");
+    assert_eq!(record["trigger"], "event");
+
+    // Only an unsuccessful invocation can be retried: a refusal is exit 1, in one line.
+    let out = granda(&app, &["inv", "retry", &invocation.to_string()], b"").await;
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("can be retried"),
+        "{}",
+        text(&out.stderr)
+    );
+    app.register(
+        "fails",
+        "granda-test/fail",
+        serde_json::json!({"max_attempts": 1}),
+    )
+    .await;
+    let out = granda(&app, &["invoke", "fails", "--async"], b"").await;
+    let failed: uuid::Uuid = expect(&out, 0).trim().parse().unwrap();
+    let record = app.wait_final(failed, Duration::from_secs(30)).await;
+    assert_ne!(record["status"], "succeeded");
+    let out = granda(&app, &["inv", "retry", &failed.to_string()], b"").await;
+    let again: uuid::Uuid = expect(&out, 0)
+        .trim()
+        .parse()
+        .expect("retry prints an invocation id");
+    app.wait_final(again, Duration::from_secs(30)).await;
+
+    let _ = std::fs::remove_dir_all(echo);
+    finish(app).await;
+}
+
+#[tokio::test]
+async fn the_key_is_sent_as_a_bearer_token() {
+    // A one-request server that records what it got.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"functions": []}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&request).to_lowercase()
+    });
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args(["fn", "ls", "--json"])
+        .env("GRANDA_URL", &url)
+        .env("GRANDA_KEY", "gk_test_123")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let request = server.await.unwrap();
+    assert!(request.starts_with("get /v1/functions "), "{request}");
+    assert!(
+        request.contains("authorization: bearer gk_test_123"),
+        "{request}"
+    );
+}
