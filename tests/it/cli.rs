@@ -366,6 +366,26 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
         expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
         "one\n"
     );
+    // Calls during the redeploy all succeed, on one version or the other: no window without an image.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let calls = {
+        let url = app.url("/v1/functions/ver/invoke");
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            // Until a call after the switch got the new version (or too many calls).
+            while answers.len() < 200 {
+                let response = client.post(&url).send().await.unwrap();
+                let answer = (response.status().as_u16(), response.text().await.unwrap());
+                let done = *stopped.borrow() && answer.1 == "two\n";
+                answers.push(answer);
+                if done {
+                    break;
+                }
+            }
+            answers
+        })
+    };
     let out = granda(
         &app,
         &["fn", "deploy", "ver", "--runtime", "shell", path(&v2)],
@@ -373,6 +393,17 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     )
     .await;
     assert!(expect(&out, 0).contains("deployed ver version 2"));
+    let _ = stop.send(true);
+    let answers = calls.await.unwrap();
+    assert!(!answers.is_empty());
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 200 && (b == "one\n" || b == "two\n")),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|(_, b)| b == "two\n"), "{answers:?}");
+    eprintln!("{} calls during the redeploy, all answered", answers.len());
     assert_eq!(
         expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
         "two\n"
@@ -422,6 +453,60 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     assert_eq!(f["version"], 2);
     assert_eq!(f["versions"][0]["status"], "failed");
 
+    // The build log streams as NDJSON when asked: log lines, then the verdict.
+    let response = app
+        .client
+        .put(app.url("/v1/functions/ver"))
+        .header("accept", "application/x-ndjson")
+        .json(&serde_json::json!({"source": "echo three\n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let body = response.text().await.unwrap();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 3, "{body}");
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l["log"].is_string()),
+        "{body}"
+    );
+    assert!(body.contains("Step 1/"), "{body}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], 200, "{body}");
+    assert_eq!(last["function"]["version"], 4, "v3 failed above; {body}");
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "three\n"
+    );
+
+    // An image deploy of an existing name updates it; it is no longer built from source.
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "deploy",
+            "ver",
+            "--image",
+            "granda-test/echo",
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    let f = json(&out);
+    assert_eq!(f["image"], "granda-test/echo");
+    assert_eq!(f["runtime"], Value::Null);
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver", "-d", "x"], b"").await, 0),
+        "x"
+    );
+
     // fn update changes settings without a build.
     let f = json(
         &granda(
@@ -432,7 +517,7 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
         .await,
     );
     assert_eq!(f["timeout_ms"], 1234);
-    assert_eq!(f["version"], 2);
+    assert_eq!(f["image"], "granda-test/echo");
 
     for d in [v1, v2, bad] {
         let _ = std::fs::remove_dir_all(d);
