@@ -1,8 +1,16 @@
-//! The `granda` command: `up`, `server`, `worker`, `migrate`, `keys`.
+//! The `granda` command: the processes (`up`, `server`, `worker`, `migrate`), key management
+//! straight in the database (`keys`), and the client commands (`fn`, `invoke`, `inv`, `hooks`,
+//! `events`, `completions`), which live in `crate::client`.
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
+use crate::client::events::EventsCommand;
+use crate::client::functions::FnCommand;
+use crate::client::hooks::HooksCommand;
+use crate::client::invocations::InvCommand;
+use crate::client::invoke::InvokeArgs;
+use crate::client::{CliError, Client, ClientArgs};
 use crate::config::Settings;
 use crate::producer::Application;
 use crate::worker::Worker;
@@ -15,9 +23,34 @@ use crate::worker::Worker;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: TopCommand,
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Every command of the `granda` binary.
+#[derive(Subcommand, Debug, Clone)]
+pub enum TopCommand {
+    #[command(flatten)]
+    Process(Command),
+    /// Manage functions: deploy (from source or an image), ls, get, update, rm.
+    #[command(subcommand, name = "fn")]
+    Fn(FnCommand),
+    /// Run a function and print its output (stdout only, so it pipes).
+    Invoke(InvokeArgs),
+    /// Read invocations: ls, get, logs, retry.
+    #[command(subcommand)]
+    Inv(InvCommand),
+    /// Manage webhooks: create, ls, rm, rotate.
+    #[command(subcommand)]
+    Hooks(HooksCommand),
+    /// Publish events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -89,11 +122,53 @@ async fn keys_command(command: KeysCommand, settings: &Settings) -> anyhow::Resu
     Ok(())
 }
 
-/// Parses the command line and runs it until SIGINT or SIGTERM.
+/// Parses the command line and runs it: a process until SIGINT or SIGTERM, a client command until
+/// done. A client command's error is one line on stderr and its exit code (see `CliError`).
 pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    crate::telemetry::init();
-    run(cli.command, cli.settings, shutdown_signal()).await
+    if !matches!(cli.command, TopCommand::Process(_)) {
+        // A client command piped into `head` ends quietly when the pipe closes, as Unix tools do,
+        // instead of panicking on a failed write.
+        // SAFETY: setting a signal's disposition to its default, before any thread is spawned
+        // by this code; no handler function is installed.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let client = Client::new(&cli.client);
+    let outcome = match cli.command {
+        TopCommand::Process(command) => {
+            crate::telemetry::init();
+            return run(command, cli.settings, shutdown_signal()).await;
+        }
+        TopCommand::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "granda", &mut std::io::stdout());
+            Ok(())
+        }
+        TopCommand::Fn(command) => crate::client::functions::run(&client, command).await,
+        TopCommand::Invoke(args) => crate::client::invoke::run(&client, args).await,
+        TopCommand::Inv(command) => crate::client::invocations::run(&client, command).await,
+        TopCommand::Hooks(command) => crate::client::hooks::run(&client, command).await,
+        TopCommand::Events(command) => crate::client::events::run(&client, command).await,
+    };
+    if let Err(e) = outcome {
+        report(&e);
+        std::process::exit(e.exit_code());
+    }
+    Ok(())
+}
+
+/// Prints a client error: one line, then a failed build's log tail.
+fn report(e: &CliError) {
+    let line = e.to_string().replace('\n', " ");
+    eprintln!("granda: error: {}", line.trim());
+    if let CliError::BuildFailed { log, .. } = e
+        && !log.is_empty()
+    {
+        eprintln!("--- build log (last lines) ---\n{}", log.trim_end());
+    }
 }
 
 /// Runs `command` until `shutdown` completes.

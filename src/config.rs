@@ -253,6 +253,24 @@ pub struct Settings {
         global = true
     )]
     pub callback_timeout_ms: u64,
+
+    /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`).
+    #[arg(
+        long,
+        env = "GRANDA_RUNTIME_SHELL_IMAGE",
+        default_value = "busybox:latest",
+        global = true
+    )]
+    pub runtime_shell_image: String,
+
+    /// Base image of the `python3` runtime for functions built from source (needs `python3`).
+    #[arg(
+        long,
+        env = "GRANDA_RUNTIME_PYTHON3_IMAGE",
+        default_value = "python:3-slim",
+        global = true
+    )]
+    pub runtime_python3_image: String,
 }
 
 /// When registration may pull an image.

@@ -174,6 +174,8 @@ pub struct FunctionRow {
     pub tmp_mb: i64,
     pub public: bool,
     pub secrets: Json<Secrets>,
+    pub runtime: Option<String>,
+    pub version: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -210,6 +212,12 @@ pub struct Function {
     #[serde(skip)]
     #[schema(ignore)]
     pub secrets: Secrets,
+    /// The runtime it was built from source with (`shell`, `python3`), or none for a given image.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// The version of its latest build from source (its image is `granda-fn/<name>:v<version>`).
+    #[serde(default)]
+    pub version: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -247,6 +255,8 @@ impl From<FunctionRow> for Function {
             tmp_mb: r.tmp_mb,
             public: r.public,
             secrets: r.secrets.0,
+            runtime: r.runtime,
+            version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -358,7 +368,15 @@ impl Default for Snapshot {
 #[serde(deny_unknown_fields)]
 pub struct NewFunction {
     pub name: String,
-    pub image: String,
+    /// An image; or none, with `runtime` and `source` to build one.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Build from source: the runtime template (`runtimes/<runtime>/`).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Build from source: the handler file, or a base64 tar.gz of a directory.
+    #[serde(default)]
+    pub source: Option<crate::build::Source>,
     pub description: Option<String>,
     pub timeout_ms: Option<i64>,
     pub memory_mb: Option<i64>,
@@ -421,6 +439,17 @@ pub struct FunctionUpdate {
     pub tmp_mb: Option<i64>,
     pub public: Option<bool>,
     pub secrets: Option<SecretsUpdate>,
+    /// Build a new version from source (with `runtime`, or the function's current runtime).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub source: Option<crate::build::Source>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub version: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub versions: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub created_at: Option<serde::de::IgnoredAny>,
@@ -473,7 +502,7 @@ impl NewFunction {
         let now = Utc::now();
         let f = Function {
             name: self.name,
-            image: self.image,
+            image: self.image.unwrap_or_default(),
             description: self.description,
             timeout_ms: self
                 .timeout_ms
@@ -500,6 +529,8 @@ impl NewFunction {
             tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
             public: self.public.unwrap_or(false),
             secrets: Secrets(self.secrets.unwrap_or_default()),
+            runtime: self.runtime,
+            version: None,
             created_at: now,
             updated_at: now,
         };
@@ -748,9 +779,10 @@ pub mod store {
         let done = sqlx::query(
             "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts,
                     pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at,
-                    retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms)
+                    retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms,
+                    runtime, version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-                     $20, $21, $22, $23, $24, $25, $26)
+                     $20, $21, $22, $23, $24, $25, $26, $27, $28)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -779,6 +811,8 @@ pub mod store {
         .bind(f.pool.min_warm)
         .bind(f.pool.max_containers)
         .bind(f.pool.idle_timeout_ms)
+        .bind(&f.runtime)
+        .bind(f.version)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -786,7 +820,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -797,7 +831,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -812,7 +846,8 @@ pub mod store {
                     env = $7, input_mode = $8, queue = $9, max_attempts = $10, updated_at = $11, retry_on = $12,
                     max_concurrency = $13, callback_url = $14, mode = $15, min_warm = $16,
                     max_containers = $17, idle_timeout_ms = $18,
-                    pids = $19, network = $20, run_as = $21, container_runtime = $22, tmp_mb = $23, public = $24, secrets = $25
+                    pids = $19, network = $20, run_as = $21, container_runtime = $22, tmp_mb = $23, public = $24, secrets = $25,
+                    runtime = $26, version = $27
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -840,6 +875,8 @@ pub mod store {
         .bind(f.tmp_mb)
         .bind(f.public)
         .bind(Json(&f.secrets))
+        .bind(&f.runtime)
+        .bind(f.version)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -2,8 +2,10 @@
 //! and run as Docker containers; every run is recorded in Postgres.
 
 pub mod broker;
+pub mod build;
 pub mod callback;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod docker;

@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::extract::JsonBody;
+use super::{AppState, deploy};
 use crate::config::ImagePull;
 use crate::docker::{ImageError, ensure_image};
 use crate::error::ApiError;
@@ -20,6 +20,10 @@ pub struct FunctionView {
     pub invoke_url: String,
     /// Names only: secrets are write-only.
     pub secrets: Vec<String>,
+    /// Builds from source, newest first (only when one function is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub versions: Option<serde_json::Value>,
 }
 
 /// `GET /v1/functions`.
@@ -33,7 +37,17 @@ fn view(app: &AppState, f: &Function) -> FunctionView {
         function: f.clone(),
         invoke_url: format!("{}/fn/{}", app.settings.public_url(), f.name),
         secrets: f.secrets.names(),
+        versions: None,
     }
+}
+
+/// A function as the API shows it, with its builds (`versions`, newest first; empty for a function
+/// registered with an image).
+pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<FunctionView, ApiError> {
+    let mut v = view(app, f);
+    let builds = crate::build::store::list(&app.pool, &f.name, f.created_at).await?;
+    v.versions = Some(serde_json::to_value(builds).expect("builds serialize"));
+    Ok(v)
 }
 
 /// Loads a function or answers 404.
@@ -90,11 +104,38 @@ async fn check_runtime(app: &AppState, runtime: Option<&str>) -> Result<(), ApiE
 #[tracing::instrument(skip_all, fields(name = %body.name))]
 pub async fn create(
     State(app): State<AppState>,
-    JsonBody(body): JsonBody<NewFunction>,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody<NewFunction>,
 ) -> Result<Response, ApiError> {
+    let from_source = match (body.runtime.take(), body.source.take()) {
+        (None, None) => None,
+        (Some(runtime), Some(source)) if body.image.is_none() => Some((runtime, source)),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Unprocessable(
+                "image: give an image, or a runtime and a source, not both".into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "runtime and source: a build from source needs both".into(),
+            ));
+        }
+    };
+    if from_source.is_some() {
+        // A placeholder that passes the checks; the build sets the real tag.
+        body.image = Some(crate::build::tag(&app.settings.amqp_prefix, "function", 0));
+    }
     let f = body
         .validate(&app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if let Some((runtime, source)) = from_source {
+        if store::get(&app.pool, &f.name).await?.is_some() {
+            return Err(conflict(&f.name));
+        }
+        check_runtime(&app, f.container_runtime.as_deref()).await?;
+        let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Create(f))?;
+        return Ok(deploy::respond(app, &headers, deploy).await);
+    }
     register(&app, &f).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = format!("/v1/functions/{}", f.name).parse() {
@@ -132,7 +173,7 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
     Ok(())
 }
 
-fn conflict(name: &str) -> ApiError {
+pub(super) fn conflict(name: &str) -> ApiError {
     ApiError::Conflict(format!("a function named {name:?} exists"))
 }
 
@@ -150,22 +191,49 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
     let f = load(&app, &name).await?;
-    Ok(Json(view(&app, &f)))
+    Ok(Json(view_with_versions(&app, &f).await?))
 }
 
 #[tracing::instrument(skip_all, fields(%name))]
 pub async fn update(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    JsonBody(changes): JsonBody<FunctionUpdate>,
-) -> Result<Json<FunctionView>, ApiError> {
+    headers: HeaderMap,
+    JsonBody(mut changes): JsonBody<FunctionUpdate>,
+) -> Result<Response, ApiError> {
     let current = load(&app, &name).await?;
     let old_image = current.image.clone();
-    let f = changes
+    let runtime = changes.runtime.take();
+    let source = changes.source.take();
+    if source.is_some() && changes.image.is_some() {
+        return Err(ApiError::Unprocessable(
+            "image: give an image, or a source, not both".into(),
+        ));
+    }
+    if source.is_none() && runtime.is_some() {
+        return Err(ApiError::Unprocessable(
+            "runtime: changing the runtime needs a source".into(),
+        ));
+    }
+    let runtime = runtime.or_else(|| current.runtime.clone());
+    let mut f = changes
         .apply(current, &app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if let Some(source) = source {
+        let runtime = runtime.ok_or_else(|| {
+            ApiError::Unprocessable("runtime: this function has none; name one".into())
+        })?;
+        check_runtime(&app, f.container_runtime.as_deref()).await?;
+        let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Update(f))?;
+        return Ok(deploy::respond(app, &headers, deploy).await);
+    }
+    if f.image != old_image {
+        // A function given an image is no longer one built from source.
+        f.runtime = None;
+        f.version = None;
+    }
     save(&app, &f, &old_image).await?;
-    Ok(Json(view(&app, &f)))
+    Ok(Json(view_with_versions(&app, &f).await?).into_response())
 }
 
 pub async fn delete(

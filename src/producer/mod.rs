@@ -2,6 +2,7 @@
 //! RabbitMQ, and for sync calls waits for the reply.
 
 pub mod auth;
+pub mod deploy;
 pub mod enqueue;
 pub mod events;
 pub mod extract;

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod callbacks;
+mod cli;
 mod events;
 mod faults;
 mod functions;

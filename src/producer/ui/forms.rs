@@ -90,7 +90,7 @@ impl FunctionForm {
     fn to_new(&self) -> Result<NewFunction, FormError> {
         Ok(NewFunction {
             name: self.name.trim().to_string(),
-            image: self.image.trim().to_string(),
+            image: non_empty(&self.image),
             description: non_empty(&self.description),
             timeout_ms: number("timeout_ms", &self.timeout_ms)?,
             memory_mb: number("memory_mb", &self.memory_mb)?,

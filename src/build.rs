@@ -1,0 +1,401 @@
+//! Functions built from source: runtime templates (`runtimes/<name>/`), the build context (a tar of
+//! the rendered Dockerfile and the user's files under `fn/`), the build through the engine, and the
+//! `builds` records (one per version, with its log).
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::config::Settings;
+
+/// Largest unpacked source a build accepts (files of a tar.gz added up), in bytes.
+pub const MAX_SOURCE_BYTES: u64 = 32 * 1024 * 1024;
+/// Lines of the build log an error shows.
+pub const LOG_TAIL_LINES: usize = 30;
+
+/// A function's source in `POST /v1/functions` and `PUT /v1/functions/{name}`: a JSON string is the
+/// handler file itself; `{"tar_gz": "<base64>"}` is a gzipped tar of a directory holding it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Source {
+    File(String),
+    Archive { tar_gz: String },
+}
+
+/// A runtime: its Dockerfile template and the file its handler must be in.
+#[derive(Clone, Copy, Debug)]
+pub struct Runtime {
+    pub name: &'static str,
+    /// The handler's file name, at the top of the source.
+    pub handler: &'static str,
+    template: &'static str,
+}
+
+pub const RUNTIMES: [Runtime; 2] = [
+    Runtime {
+        name: "shell",
+        handler: "handler.sh",
+        template: include_str!("../runtimes/shell/Dockerfile.template"),
+    },
+    Runtime {
+        name: "python3",
+        handler: "handler.py",
+        template: include_str!("../runtimes/python3/Dockerfile.template"),
+    },
+];
+
+impl Runtime {
+    pub fn named(name: &str) -> Option<Runtime> {
+        RUNTIMES.iter().copied().find(|r| r.name == name)
+    }
+
+    /// The base image the settings give this runtime.
+    pub fn base_image(&self, settings: &Settings) -> String {
+        match self.name {
+            "python3" => settings.runtime_python3_image.clone(),
+            _ => settings.runtime_shell_image.clone(),
+        }
+    }
+
+    /// The Dockerfile for `base_image`.
+    pub fn dockerfile(&self, base_image: &str) -> String {
+        self.template.replace("{{BASE_IMAGE}}", base_image)
+    }
+}
+
+/// Why a source can't be built: the client's fault (422).
+#[derive(Debug, thiserror::Error)]
+#[error("source: {0}")]
+pub struct BadSource(pub String);
+
+fn bad(reason: impl Into<String>) -> BadSource {
+    BadSource(reason.into())
+}
+
+/// The build context: `Dockerfile` plus the source's files under `fn/`, as an uncompressed tar.
+pub fn context(runtime: Runtime, base_image: &str, source: &Source) -> Result<Vec<u8>, BadSource> {
+    let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
+    match source {
+        Source::File(text) => {
+            if text.is_empty() {
+                return Err(bad("the handler file is empty"));
+            }
+            files.push((runtime.handler.into(), text.clone().into_bytes(), 0o755));
+        }
+        Source::Archive { tar_gz } => {
+            let packed = base64::engine::general_purpose::STANDARD
+                .decode(tar_gz.trim())
+                .map_err(|e| bad(format!("tar_gz is not base64: {e}")))?;
+            let gz = flate2::read::GzDecoder::new(&packed[..]);
+            let mut archive = tar::Archive::new(gz.take(MAX_SOURCE_BYTES * 2));
+            let mut total = 0u64;
+            let entries = archive
+                .entries()
+                .map_err(|e| bad(format!("tar_gz is not a gzipped tar: {e}")))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| bad(format!("reading tar_gz: {e}")))?;
+                if !entry.header().entry_type().is_file() {
+                    continue; // directories come with their files; links are not followed
+                }
+                let path = clean_path(&entry.path().map_err(|e| bad(e.to_string()))?)
+                    .ok_or_else(|| bad("tar_gz holds a path outside its directory"))?;
+                total += entry.size();
+                if total > MAX_SOURCE_BYTES {
+                    return Err(bad(format!(
+                        "unpacked, the source is over {MAX_SOURCE_BYTES} bytes"
+                    )));
+                }
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o755 | 0o444;
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| bad(format!("reading tar_gz: {e}")))?;
+                files.push((path, data, mode));
+            }
+            if !files
+                .iter()
+                .any(|(p, _, _)| p == Path::new(runtime.handler))
+            {
+                return Err(bad(format!(
+                    "the {} runtime needs a {} at the top of the directory",
+                    runtime.name, runtime.handler
+                )));
+            }
+        }
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    let dockerfile = runtime.dockerfile(base_image);
+    append(
+        &mut tar,
+        Path::new("Dockerfile"),
+        dockerfile.as_bytes(),
+        0o644,
+    )?;
+    for (path, data, mode) in &files {
+        append(&mut tar, &Path::new("fn").join(path), data, *mode)?;
+    }
+    tar.into_inner()
+        .map_err(|e| bad(format!("writing the build context: {e}")))
+}
+
+fn append(
+    tar: &mut tar::Builder<Vec<u8>>,
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), BadSource> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, path, data)
+        .map_err(|e| bad(format!("{}: {e}", path.display())))
+}
+
+/// `path` without `.` parts; `None` if it is absolute or climbs out with `..`.
+fn clean_path(path: &Path) -> Option<PathBuf> {
+    let mut clean = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => clean.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!clean.as_os_str().is_empty()).then_some(clean)
+}
+
+/// A build the engine refused or failed, with the whole log.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildFailed {
+    pub message: String,
+    pub log: String,
+}
+
+/// Builds `context` into `tag` with network `none`, sending each log line to `lines` as it comes.
+/// Returns the whole log.
+#[tracing::instrument(skip(docker, context, lines))]
+pub async fn build_image(
+    docker: &Docker,
+    context: Vec<u8>,
+    tag: &str,
+    lines: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<String, BuildFailed> {
+    let options = bollard::query_parameters::BuildImageOptionsBuilder::new()
+        .dockerfile("Dockerfile")
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .networkmode("none")
+        .build();
+    let mut log = String::new();
+    let note = |text: &str, log: &mut String| {
+        log.push_str(text);
+        if let Some(lines) = lines {
+            let _ = lines.send(text.to_string());
+        }
+    };
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(step) = stream.next().await {
+        match step {
+            Ok(info) => {
+                if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                    note(&strip_ansi(text), &mut log);
+                }
+                if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                    note(&format!("{message}\n"), &mut log);
+                    return Err(BuildFailed { message, log });
+                }
+            }
+            Err(e) => {
+                let message = match e {
+                    bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    other => other.to_string(),
+                };
+                note(&format!("{message}\n"), &mut log);
+                return Err(BuildFailed { message, log });
+            }
+        }
+    }
+    // A build that ends without an error but left no image is still a failure.
+    if let Err(e) = docker.inspect_image(tag).await {
+        let message = format!("the build produced no image {tag}: {e}");
+        return Err(BuildFailed { message, log });
+    }
+    Ok(log)
+}
+
+/// The last `LOG_TAIL_LINES` lines of `log`.
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+/// The image tag of a function's version: `<GRANDA_AMQP_PREFIX>-fn/<name>:v<N>` (`granda-fn/…` by
+/// default), so installations sharing an engine don't overwrite each other's images.
+pub fn tag(prefix: &str, function: &str, version: i32) -> String {
+    format!("{prefix}-fn/{function}:v{version}")
+}
+
+/// `text` without terminal colour codes (the engine wraps a RUN step's stderr in them).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One build of a function, as stored and shown.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct BuildRecord {
+    pub id: Uuid,
+    pub function: String,
+    pub version: i32,
+    pub runtime: String,
+    pub image: String,
+    pub status: String,
+    #[serde(skip)]
+    pub log: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Postgres storage of builds.
+pub mod store {
+    use super::*;
+
+    /// Records a new build of `function` with the next version number. `Ok(None)` when another
+    /// build took that number at the same moment.
+    pub async fn start(
+        pool: &PgPool,
+        prefix: &str,
+        function: &str,
+        runtime: &str,
+    ) -> Result<Option<BuildRecord>, sqlx::Error> {
+        let row = sqlx::query_as::<_, BuildRecord>(
+            "INSERT INTO builds (id, function, version, runtime, image, status)
+             SELECT $1, $2, v, $3, $4 || '-fn/' || $2 || ':v' || v, 'building'
+             FROM (SELECT coalesce(max(version), 0) + 1 AS v FROM builds WHERE function = $2) next
+             ON CONFLICT (function, version) DO NOTHING
+             RETURNING id, function, version, runtime, image, status, log, created_at, finished_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(function)
+        .bind(runtime)
+        .bind(prefix)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// Records how a build ended, with its log.
+    pub async fn finish(pool: &PgPool, id: Uuid, ok: bool, log: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE builds SET status = $2, log = $3, finished_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(if ok { "succeeded" } else { "failed" })
+            .bind(log)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The builds of `function` since `since` (its registration), newest first.
+    pub async fn list(
+        pool: &PgPool,
+        function: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<BuildRecord>, sqlx::Error> {
+        sqlx::query_as::<_, BuildRecord>(
+            "SELECT id, function, version, runtime, image, status, log, created_at, finished_at
+             FROM builds WHERE function = $1 AND created_at >= $2 ORDER BY version DESC",
+        )
+        .bind(function)
+        .bind(since)
+        .fetch_all(pool)
+        .await
+    }
+
+    /// One build by id.
+    pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<BuildRecord>, sqlx::Error> {
+        sqlx::query_as::<_, BuildRecord>(
+            "SELECT id, function, version, runtime, image, status, log, created_at, finished_at
+             FROM builds WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_dropped() {
+        assert_eq!(strip_ansi("\u{1b}[91mbad\n\u{1b}[0mok"), "bad\nok");
+    }
+
+    #[test]
+    fn paths_stay_inside() {
+        assert_eq!(clean_path(Path::new("./a/b.py")), Some("a/b.py".into()));
+        assert_eq!(clean_path(Path::new("../x")), None);
+        assert_eq!(clean_path(Path::new("/etc/passwd")), None);
+        assert_eq!(clean_path(Path::new(".")), None);
+    }
+
+    #[test]
+    fn a_single_file_becomes_the_handler() {
+        let shell = Runtime::named("shell").unwrap();
+        let tar = context(shell, "base:1", &Source::File("cat\n".into())).unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().display().to_string();
+            if name == "Dockerfile" {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).unwrap();
+                assert!(text.contains("FROM base:1\n"), "{text}");
+            }
+            names.push(name);
+        }
+        assert_eq!(names, ["Dockerfile", "fn/handler.sh"]);
+    }
+
+    #[test]
+    fn an_archive_needs_the_handler() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        tar.append_data(&mut header, "lib.py", &b"x\n"[..]).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        let tar_gz = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let python = Runtime::named("python3").unwrap();
+        let err = context(python, "py", &Source::Archive { tar_gz }).unwrap_err();
+        assert!(err.to_string().contains("handler.py"), "{err}");
+    }
+}

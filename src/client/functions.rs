@@ -1,0 +1,358 @@
+//! `granda fn deploy|ls|get|update|rm`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::{CliError, Client, cell, fields, segment, table};
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum FnCommand {
+    /// Deploy a function from source (`--runtime` and a file or directory) or an image; a name
+    /// that exists gets a new version.
+    Deploy(DeployArgs),
+    /// List the functions.
+    Ls,
+    /// Show a function and its versions.
+    Get { name: String },
+    /// Change a function's settings (or its image).
+    Update(UpdateArgs),
+    /// Delete a function.
+    Rm { name: String },
+}
+
+/// Settings a deploy or update may change.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FunctionFlags {
+    /// Timeout of one run, in ms.
+    #[arg(long)]
+    pub timeout_ms: Option<i64>,
+    /// Memory limit, in MiB.
+    #[arg(long)]
+    pub memory_mb: Option<i64>,
+    /// CPUs (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// An environment variable, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// How the input reaches the function: stdin or args.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// A description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// The queue its invocations go to.
+    #[arg(long)]
+    pub queue: Option<String>,
+}
+
+impl FunctionFlags {
+    fn into_json(self) -> Result<Map<String, Value>, CliError> {
+        let mut m = Map::new();
+        if let Some(v) = self.timeout_ms {
+            m.insert("timeout_ms".into(), v.into());
+        }
+        if let Some(v) = self.memory_mb {
+            m.insert("memory_mb".into(), v.into());
+        }
+        if let Some(v) = self.cpus {
+            m.insert("cpus".into(), v.into());
+        }
+        if !self.env.is_empty() {
+            let mut env = BTreeMap::new();
+            for pair in &self.env {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Other(format!("--env {pair:?} is not NAME=VALUE")))?;
+                env.insert(k.to_string(), v.to_string());
+            }
+            m.insert("env".into(), json!(env));
+        }
+        for (k, v) in [
+            ("input", self.input),
+            ("description", self.description),
+            ("queue", self.queue),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.into());
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// The function's name.
+    pub name: String,
+    /// The handler file (e.g. handler.py) or a directory holding it.
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    pub path: Option<PathBuf>,
+    /// The runtime to build the source with: shell or python3.
+    #[arg(long, requires = "path")]
+    pub runtime: Option<String>,
+    /// Deploy this image instead of building from source.
+    #[arg(long)]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub flags: FunctionFlags,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpdateArgs {
+    pub name: String,
+    /// A new image.
+    #[arg(long)]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub flags: FunctionFlags,
+}
+
+pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
+    match command {
+        FnCommand::Ls => {
+            let body = client.get("/v1/functions").await?;
+            if client.json {
+                client.print_json(&body);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = body["functions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    vec![
+                        cell(&f["name"]),
+                        cell(&f["image"]),
+                        cell(&f["runtime"]),
+                        cell(&f["version"]),
+                        cell(&f["timeout_ms"]),
+                        cell(&f["memory_mb"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NAME",
+                    "IMAGE",
+                    "RUNTIME",
+                    "VERSION",
+                    "TIMEOUT_MS",
+                    "MEMORY_MB",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        FnCommand::Get { name } => {
+            let body = client
+                .get(&format!("/v1/functions/{}", segment(&name)))
+                .await?;
+            show(client, &body);
+            Ok(())
+        }
+        FnCommand::Rm { name } => {
+            let request =
+                client.request(Method::DELETE, &format!("/v1/functions/{}", segment(&name)));
+            client.call(request).await?;
+            if client.json {
+                client.print_json(&json!({"deleted": name}));
+            } else {
+                println!("deleted {name}");
+            }
+            Ok(())
+        }
+        FnCommand::Update(args) => {
+            let mut body = args.flags.into_json()?;
+            if let Some(image) = args.image {
+                body.insert("image".into(), image.into());
+            }
+            let request = client
+                .request(
+                    Method::PUT,
+                    &format!("/v1/functions/{}", segment(&args.name)),
+                )
+                .json(&body);
+            let f = client.call(request).await?;
+            show(client, &f);
+            Ok(())
+        }
+        FnCommand::Deploy(args) => deploy(client, args).await,
+    }
+}
+
+/// Shows one function: JSON, or its fields and versions.
+fn show(client: &Client, f: &Value) {
+    if client.json {
+        client.print_json(f);
+        return;
+    }
+    fields(
+        f,
+        &[
+            "name",
+            "image",
+            "runtime",
+            "version",
+            "description",
+            "timeout_ms",
+            "memory_mb",
+            "cpus",
+            "input",
+            "queue",
+            "max_attempts",
+            "invoke_url",
+            "created_at",
+            "updated_at",
+        ],
+    );
+    let versions = f["versions"].as_array().cloned().unwrap_or_default();
+    if !versions.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = versions
+            .iter()
+            .map(|v| {
+                let current = v["image"] == f["image"];
+                vec![
+                    format!("{}{}", cell(&v["version"]), if current { " *" } else { "" }),
+                    cell(&v["status"]),
+                    cell(&v["image"]),
+                    cell(&v["created_at"]),
+                ]
+            })
+            .collect();
+        table(&["VERSION", "STATUS", "IMAGE", "BUILT_AT"], &rows);
+    }
+}
+
+/// The source of `path`: the file's text, or the directory as a base64 tar.gz.
+fn source(path: &Path) -> Result<Value, CliError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    if meta.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+        return Ok(Value::String(text));
+    }
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all(".", path)
+        .map_err(|e| CliError::Other(format!("packing {}: {e}", path.display())))?;
+    let bytes = tar
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(|e| CliError::Other(format!("packing {}: {e}", path.display())))?;
+    Ok(json!({"tar_gz": base64::engine::general_purpose::STANDARD.encode(bytes)}))
+}
+
+async fn deploy(client: &Client, args: DeployArgs) -> Result<(), CliError> {
+    let mut body = args.flags.into_json()?;
+    body.insert("name".into(), args.name.clone().into());
+    let from_source = args.path.is_some();
+    if let Some(path) = &args.path {
+        let runtime = args.runtime.clone().ok_or_else(|| {
+            CliError::Other("--runtime is needed to build from source (shell, python3)".into())
+        })?;
+        body.insert("runtime".into(), runtime.into());
+        body.insert("source".into(), source(path)?);
+    }
+    if let Some(image) = &args.image {
+        body.insert("image".into(), image.clone().into());
+    }
+    let mut answer = submit(client, Method::POST, "/v1/functions", &body, from_source).await;
+    if let Err(CliError::Conflict(_)) = &answer
+        && exists(client, &args.name).await
+    {
+        // A redeploy: the same body as an update (the name may stay in it).
+        let path = format!("/v1/functions/{}", segment(&args.name));
+        answer = submit(client, Method::PUT, &path, &body, from_source).await;
+    }
+    let f = answer?;
+    if client.json {
+        client.print_json(&f);
+    } else {
+        match f["version"].as_i64() {
+            Some(v) => println!(
+                "deployed {} version {v} ({})",
+                cell(&f["name"]),
+                cell(&f["image"])
+            ),
+            None => println!("deployed {} ({})", cell(&f["name"]), cell(&f["image"])),
+        }
+    }
+    Ok(())
+}
+
+async fn exists(client: &Client, name: &str) -> bool {
+    client
+        .get(&format!("/v1/functions/{}", segment(name)))
+        .await
+        .is_ok()
+}
+
+/// Sends a deploy. From source, the answer is streamed (NDJSON): the build log goes to stderr when
+/// a person watches, and the last line is the verdict.
+async fn submit(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: &Map<String, Value>,
+    streamed: bool,
+) -> Result<Value, CliError> {
+    let mut request = client.request(method, path).json(body);
+    if streamed {
+        request = request.header(reqwest::header::ACCEPT, crate::producer::deploy::NDJSON);
+    }
+    let mut response = client.send(request).await?;
+    if !response.status().is_success() {
+        return Err(super::api_error(response).await);
+    }
+    let ndjson = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes()
+                .starts_with(crate::producer::deploy::NDJSON.as_bytes())
+        });
+    if !ndjson {
+        return response
+            .json()
+            .await
+            .map_err(|e| CliError::Server(format!("a bad answer from the server: {e}")));
+    }
+    let show_log = super::interactive() && !client.json;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut last: Option<Value> = None;
+    let lost = |e: reqwest::Error| CliError::Server(format!("the build's answer broke off: {e}"));
+    while let Some(chunk) = response.chunk().await.map_err(lost)? {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if let Some(text) = v["log"].as_str() {
+                if show_log {
+                    let _ = std::io::stderr().write_all(text.as_bytes());
+                }
+            } else {
+                last = Some(v);
+            }
+        }
+    }
+    let last = last.ok_or_else(|| CliError::Server("the build's answer ended early".into()))?;
+    let status = last["status"].as_u64().unwrap_or(500) as u16;
+    let status =
+        reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_success() {
+        Ok(last["function"].clone())
+    } else {
+        Err(super::error_from(status, &last, ""))
+    }
+}

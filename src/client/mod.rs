@@ -1,0 +1,262 @@
+//! The `granda` CLI's client side: commands that talk to a Granda server's HTTP API
+//! (`GRANDA_URL`, `GRANDA_KEY`), print human tables or `--json`, and exit with codes that mean
+//! something (see [`CliError::exit_code`]).
+
+pub mod events;
+pub mod functions;
+pub mod hooks;
+pub mod invocations;
+pub mod invoke;
+
+use std::io::IsTerminal;
+
+use clap::Args;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+
+/// Exit codes: 0 ok, 1 refused or other error, 2 usage (clap's), 3 not found, 4 the function failed,
+/// 5 timed out, 6 server or connection error, 7 the build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Other(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FunctionFailed(String),
+    #[error("{0}")]
+    TimedOut(String),
+    #[error("{0}")]
+    Server(String),
+    #[error("{message}")]
+    BuildFailed { message: String, log: String },
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Other(_) | CliError::Conflict(_) => 1,
+            CliError::NotFound(_) => 3,
+            CliError::FunctionFailed(_) => 4,
+            CliError::TimedOut(_) => 5,
+            CliError::Server(_) => 6,
+            CliError::BuildFailed { .. } => 7,
+        }
+    }
+}
+
+/// Flags every client command takes.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Granda server to talk to (client commands).
+    #[arg(
+        long,
+        env = "GRANDA_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+
+    /// API key sent as `Authorization: Bearer <key>` (client commands).
+    #[arg(long, env = "GRANDA_KEY", hide_env_values = true, global = true)]
+    pub key: Option<String>,
+
+    /// Print JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// An HTTP client for one Granda server.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+    pub json: bool,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client"),
+            base: args.url.trim_end_matches('/').to_string(),
+            key: args.key.clone().filter(|k| !k.is_empty()),
+            json: args.json,
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// Sends `request`; a connection failure is a server error, any answer is returned as it is.
+    pub async fn send(&self, request: RequestBuilder) -> Result<Response, CliError> {
+        request
+            .send()
+            .await
+            .map_err(|e| CliError::Server(format!("can't reach {}: {}", self.base, root(&e))))
+    }
+
+    /// Sends `request` and returns its JSON body if 2xx, else the API's error.
+    pub async fn call(&self, request: RequestBuilder) -> Result<Value, CliError> {
+        let response = self.send(request).await?;
+        if !response.status().is_success() {
+            return Err(api_error(response).await);
+        }
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| CliError::Server(format!("a bad answer from the server: {e}")))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(self.request(Method::GET, path)).await
+    }
+
+    /// Prints `value` as pretty JSON.
+    pub fn print_json(&self, value: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON prints")
+        );
+    }
+}
+
+/// The innermost cause of a reqwest error, which says what went wrong in words.
+fn root(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
+/// The API's `{"error": {"code", "message"}}` answer as a [`CliError`].
+pub async fn api_error(response: Response) -> CliError {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    error_from(status, &body, &text)
+}
+
+pub fn error_from(status: StatusCode, body: &Value, text: &str) -> CliError {
+    let error = &body["error"];
+    let code = error["code"].as_str().unwrap_or("");
+    let message = error["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{status}: {}", text.trim()));
+    match (status.as_u16(), code) {
+        (_, "build_failed") => CliError::BuildFailed {
+            message,
+            log: error["log"].as_str().unwrap_or("").to_string(),
+        },
+        (404, _) => CliError::NotFound(message),
+        (409, _) => CliError::Conflict(message),
+        (502, "function_failed") => CliError::FunctionFailed(message),
+        (504, _) => CliError::TimedOut(message),
+        (s, _) if s >= 500 => CliError::Server(format!("server error ({status}): {message}")),
+        _ => CliError::Other(message),
+    }
+}
+
+/// Whether to show progress: only to a person watching a terminal.
+pub fn interactive() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+/// Prints rows under headers, each column as wide as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let print = |cells: Vec<String>| {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    };
+    print(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        print(row.clone());
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `fields` of `value` as `key: value` lines.
+pub fn fields(value: &Value, fields: &[&str]) {
+    let width = fields.iter().map(|f| f.len()).max().unwrap_or(0) + 1;
+    for f in fields {
+        if let Some(v) = value.get(*f) {
+            println!("{:<width$} {}", format!("{f}:"), cell(v));
+        }
+    }
+}
+
+/// Reads `--data`: `@file`, `-` for stdin, or the text itself; nothing when absent.
+pub fn read_data(data: Option<&str>) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    match data {
+        None => Ok(Vec::new()),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::Other(format!("reading stdin: {e}")))?;
+            Ok(buf)
+        }
+        Some(d) if d.starts_with('@') => {
+            std::fs::read(&d[1..]).map_err(|e| CliError::Other(format!("reading {}: {e}", &d[1..])))
+        }
+        Some(d) => Ok(d.as_bytes().to_vec()),
+    }
+}
+
+/// `NAME:VALUE` (or `NAME=VALUE`) into a pair.
+pub fn parse_header(h: &str) -> Result<(String, String), String> {
+    h.split_once(':')
+        .or_else(|| h.split_once('='))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| format!("{h:?} is not NAME:VALUE"))
+}
+
+/// Percent-encodes a path segment given on the command line.
+pub fn segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

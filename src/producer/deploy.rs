@@ -1,0 +1,236 @@
+//! Deploying from source: `POST /v1/functions` or `PUT /v1/functions/{name}` with `runtime` and
+//! `source` build an image `granda-fn/<name>:v<N>` through the engine, then register it.
+//!
+//! Plain requests get the usual answer when the build is done: 201/200 with the function, or 422
+//! `build_failed` with the log's tail. A request with `Accept: application/x-ndjson` gets, once the
+//! build starts, 200 and one JSON object per line: `{"log": "<text>"}` as the engine writes it, then
+//! a last line `{"status": 201, "function": {...}}` or `{"status": 422, "error": {...}}`.
+//!
+//! The old version's image stays on the engine: queued invocations carry its tag, and the function
+//! switches to the new tag in one update, so it is never without an image.
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use crate::build::{self, BuildFailed, Runtime, Source};
+use crate::error::ApiError;
+use crate::function::{Function, store};
+
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// What to do with a built image.
+pub enum Target {
+    /// Register a new function.
+    Create(Function),
+    /// Switch an existing function (with its other changes applied) to the new version.
+    Update(Function),
+}
+
+/// A checked deploy, ready to build.
+pub struct Deploy {
+    pub runtime: Runtime,
+    pub context: Vec<u8>,
+    pub target: Target,
+}
+
+/// Checks the runtime and source and renders the build context.
+pub fn prepare(
+    app: &AppState,
+    runtime: &str,
+    source: &Source,
+    target: Target,
+) -> Result<Deploy, ApiError> {
+    let runtime = Runtime::named(runtime).ok_or_else(|| {
+        let names: Vec<&str> = build::RUNTIMES.iter().map(|r| r.name).collect();
+        ApiError::Unprocessable(format!("runtime: one of {}", names.join(", ")))
+    })?;
+    let context = build::context(runtime, &runtime.base_image(&app.settings), source)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(Deploy {
+        runtime,
+        context,
+        target,
+    })
+}
+
+/// A deploy that did not register anything.
+enum Failure {
+    Build {
+        build_id: uuid::Uuid,
+        version: i32,
+        failed: BuildFailed,
+    },
+    Api(ApiError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Api(e.into())
+    }
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Build { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Failure::Api(e) => e.status(),
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            Failure::Build {
+                build_id,
+                version,
+                failed,
+            } => json!({"error": {
+                "code": "build_failed",
+                "message": format!("the build of version {version} failed: {}", failed.message),
+                "log": build::tail(&failed.log),
+                "build_id": build_id,
+            }}),
+            Failure::Api(e) => {
+                if e.status().is_server_error() {
+                    tracing::error!(error = ?e, "deploy failed");
+                }
+                json!({"error": {"code": e.code(), "message": e.to_string()}})
+            }
+        }
+    }
+}
+
+/// Runs the deploy, answering as the request asked (plain or streamed).
+pub async fn respond(app: AppState, headers: &HeaderMap, deploy: Deploy) -> Response {
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    if !streamed {
+        return match run(app, deploy, None).await {
+            Ok((status, view)) => (status, Json(view)).into_response(),
+            Err(f) => (f.status(), Json(f.body())).into_response(),
+        };
+    }
+    let (lines, mut rx) = mpsc::unbounded_channel::<String>();
+    let (out, body) = mpsc::channel::<Result<String, std::convert::Infallible>>(64);
+    // The build goes on if the client goes away, so that what it registers stays consistent.
+    let build = tokio::spawn(async move { run(app, deploy, Some(lines)).await });
+    tokio::spawn(async move {
+        while let Some(text) = rx.recv().await {
+            if out.send(Ok(line(&json!({"log": text})))).await.is_err() {
+                break;
+            }
+        }
+        let last = match build.await {
+            Ok(Ok((status, view))) => json!({"status": status.as_u16(), "function": view}),
+            Ok(Err(f)) => {
+                let mut body = f.body();
+                body["status"] = f.status().as_u16().into();
+                body
+            }
+            Err(e) => {
+                json!({"status": 500, "error": {"code": "internal", "message": e.to_string()}})
+            }
+        };
+        let _ = out.send(Ok(line(&last))).await;
+    });
+    let stream = tokio_stream_from(body);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, NDJSON)
+        .body(Body::from_stream(stream))
+        .expect("a valid response")
+}
+
+fn line(v: &Value) -> String {
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<String, std::convert::Infallible>>,
+) -> impl futures_util::Stream<Item = Result<String, std::convert::Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Builds the next version and registers it. Returns the status and the function's view.
+#[tracing::instrument(skip_all, fields(runtime = deploy.runtime.name))]
+async fn run(
+    app: AppState,
+    deploy: Deploy,
+    lines: Option<mpsc::UnboundedSender<String>>,
+) -> Result<(StatusCode, Value), Failure> {
+    let name = match &deploy.target {
+        Target::Create(f) | Target::Update(f) => f.name.clone(),
+    };
+    let record = build::store::start(
+        &app.pool,
+        &app.settings.amqp_prefix,
+        &name,
+        deploy.runtime.name,
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "another build of {name:?} started at the same time"
+        ))
+    })?;
+    if let Some(lines) = &lines {
+        let _ = lines.send(format!(
+            "Building {name} version {} ({} runtime) as {}\n",
+            record.version, deploy.runtime.name, record.image
+        ));
+    }
+    let built =
+        build::build_image(&app.docker, deploy.context, &record.image, lines.as_ref()).await;
+    let log = match built {
+        Ok(log) => log,
+        Err(failed) => {
+            build::store::finish(&app.pool, record.id, false, &failed.log).await?;
+            return Err(Failure::Build {
+                build_id: record.id,
+                version: record.version,
+                failed,
+            });
+        }
+    };
+    build::store::finish(&app.pool, record.id, true, &log).await?;
+    let (status, f) = match deploy.target {
+        Target::Create(mut f) => {
+            f.image = record.image.clone();
+            f.runtime = Some(deploy.runtime.name.to_string());
+            f.version = Some(record.version);
+            if !store::insert(&app.pool, &f).await? {
+                return Err(super::functions::conflict(&f.name).into());
+            }
+            (StatusCode::CREATED, f)
+        }
+        Target::Update(mut f) => {
+            f.image = record.image.clone();
+            f.runtime = Some(deploy.runtime.name.to_string());
+            f.version = Some(record.version);
+            if !store::update(&app.pool, &f).await? {
+                return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
+            }
+            (StatusCode::OK, f)
+        }
+    };
+    tracing::info!(version = record.version, image = %record.image, "deployed from source");
+    Ok((
+        status,
+        serde_json::to_value(super::functions::view_with_versions(&app, &f).await?)
+            .expect("a function serializes"),
+    ))
+}

@@ -1,0 +1,762 @@
+//! The `granda` CLI run as a user would (the real binary) against an in-process Granda: deploy from
+//! source, invoke, read invocations and logs, failed builds, exit codes, redeploys.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{TestApp, spawn_app_with};
+
+/// A Granda whose `shell` runtime builds on the local `granda-test/busybox` (no registry).
+async fn spawn() -> TestApp {
+    spawn_app_with(|s| {
+        s.runtime_shell_image = "granda-test/busybox:latest".into();
+        s.runtime_python3_image = "granda-test/python3:latest".into();
+    })
+    .await
+}
+
+/// Runs `granda ARGS` against `app`, with `stdin` as its input.
+async fn granda(app: &TestApp, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args(args)
+        .env("GRANDA_URL", &app.address)
+        .env("GRANDA_KEY", crate::support::ADMIN_KEY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running granda");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("granda finishes within 2 minutes")
+        .unwrap()
+}
+
+/// The tag of a version built by `app` (its installation prefix is the queue prefix).
+fn image(app: &TestApp, name: &str, version: i32) -> String {
+    granda::build::tag(&app.settings.amqp_prefix, name, version)
+}
+
+/// Removes the images `app` built, then shuts it down.
+async fn finish(app: TestApp) {
+    let reference = format!("{}-fn/*", app.settings.amqp_prefix);
+    let filters = std::collections::HashMap::from([("reference", vec![reference.as_str()])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    for summary in app
+        .docker
+        .list_images(Some(options))
+        .await
+        .unwrap_or_default()
+    {
+        for tag in summary.repo_tags {
+            let _ = app
+                .docker
+                .remove_image(
+                    &tag,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        }
+    }
+    app.shutdown().await;
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts exit code `code` and returns stdout.
+fn expect(out: &Output, code: i32) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// A fresh directory holding `files`.
+fn dir_with(files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("granda-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn deploy_from_source_invoke_and_read_the_records() {
+    let app = spawn().await;
+    let src = dir_with(&[(
+        "handler.sh",
+        "echo \"got $(wc -c) bytes\" >&2\necho 'log line' >&2\n",
+    )]);
+    // A single file: the handler itself. Its stdin is consumed by `wc`, so make a second function
+    // that transforms the input to check the piping.
+    let upper = dir_with(&[("handler.sh", "tr a-z A-Z\n")]);
+
+    let started = Instant::now();
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "deploy",
+            "upper",
+            "--runtime",
+            "shell",
+            &format!("{}/handler.sh", path(&upper)),
+        ],
+        b"",
+    )
+    .await;
+    let built_in = started.elapsed();
+    let said = expect(&out, 0);
+    assert!(said.contains("deployed upper version 1"), "{said}");
+    eprintln!("deploy from source (shell, single file) took {built_in:?}");
+
+    // A directory, deployed as a tar.gz.
+    let out = granda(
+        &app,
+        &["fn", "deploy", "counter", "--runtime", "shell", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 0);
+
+    // invoke prints the function's stdout and nothing else: text, @file, and stdin.
+    let out = granda(&app, &["invoke", "upper", "--data", "hello"], b"").await;
+    assert_eq!(expect(&out, 0), "HELLO");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let input = src.join("input.txt");
+    std::fs::write(&input, "from a file").unwrap();
+    let out = granda(
+        &app,
+        &["invoke", "upper", "--data", &format!("@{}", path(&input))],
+        b"",
+    )
+    .await;
+    assert_eq!(expect(&out, 0), "FROM A FILE");
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let out = granda(&app, &["invoke", "upper", "--data", "-"], b"piped in").await;
+        latencies.push(started.elapsed());
+        assert_eq!(expect(&out, 0), "PIPED IN");
+    }
+    latencies.sort();
+    eprintln!(
+        "CLI invoke latency (process start to exit), median of 5: {:?}",
+        latencies[2]
+    );
+
+    // --json output parses; fn get shows the version.
+    let f = json(&granda(&app, &["--json", "fn", "get", "upper"], b"").await);
+    assert_eq!(f["runtime"], "shell");
+    assert_eq!(f["version"], 1);
+    assert_eq!(f["image"], image(&app, "upper", 1));
+    assert_eq!(f["versions"][0]["status"], "succeeded");
+    let list = json(&granda(&app, &["fn", "ls", "--json"], b"").await);
+    assert_eq!(list["functions"].as_array().unwrap().len(), 2);
+    let table = expect(&granda(&app, &["fn", "ls"], b"").await, 0);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains(&image(&app, "counter", 1)), "{table}");
+
+    // An async invoke prints the id; inv get/logs/ls read it.
+    let out = granda(
+        &app,
+        &["invoke", "counter", "--async", "--data", "12345"],
+        b"",
+    )
+    .await;
+    let id = expect(&out, 0).trim().to_string();
+    let id_uuid: uuid::Uuid = id.parse().expect("an invocation id");
+    app.wait_final(id_uuid, Duration::from_secs(30)).await;
+    let record = json(&granda(&app, &["inv", "get", &id, "--json"], b"").await);
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["trigger"], "async");
+    let logs = expect(&granda(&app, &["inv", "logs", &id], b"").await, 0);
+    assert_eq!(logs, "got 5 bytes\nlog line\n");
+    let page = json(&granda(&app, &["inv", "ls", "counter", "--json"], b"").await);
+    assert_eq!(page["invocations"][0]["id"], id.as_str());
+    let table = expect(
+        &granda(&app, &["inv", "ls", "upper", "--limit", "3"], b"").await,
+        0,
+    );
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().contains("succeeded"),
+        "{table}"
+    );
+
+    let _ = std::fs::remove_dir_all(src);
+    let _ = std::fs::remove_dir_all(upper);
+    finish(app).await;
+}
+
+#[tokio::test]
+async fn a_failing_build_registers_nothing_and_shows_its_log() {
+    let app = spawn().await;
+    let src = dir_with(&[("handler.sh", "if then fi (\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "broken", "--runtime", "shell", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 7);
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("granda: error: the build of version 1 failed"),
+        "{err}"
+    );
+    assert!(err.contains("build log"), "{err}");
+    assert!(
+        err.contains("syntax error"),
+        "the log tail shows the shell's complaint: {err}"
+    );
+    // Nothing registered.
+    let out = granda(&app, &["fn", "get", "broken"], b"").await;
+    expect(&out, 3);
+
+    // Over the API without streaming: 422 with the log tail.
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &serde_json::json!({"name": "broken", "runtime": "shell", "source": "case in\n"}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "build_failed");
+    assert!(
+        body["error"]["log"]
+            .as_str()
+            .unwrap()
+            .contains("syntax error"),
+        "{body}"
+    );
+
+    // Bad input is refused before any build: unknown runtime, a directory without the handler.
+    let out = granda(
+        &app,
+        &["fn", "deploy", "x", "--runtime", "cobol", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("runtime: one of shell, python3"),
+        "{}",
+        text(&out.stderr)
+    );
+    let empty = dir_with(&[("other.sh", "true\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "x", "--runtime", "shell", path(&empty)],
+        b"",
+    )
+    .await;
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("handler.sh"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr).lines().count(), 1, "errors are one line");
+
+    let _ = std::fs::remove_dir_all(src);
+    let _ = std::fs::remove_dir_all(empty);
+    finish(app).await;
+}
+
+#[tokio::test]
+async fn exit_codes_mean_something() {
+    let app = spawn().await;
+    // Not found: 3.
+    expect(&granda(&app, &["invoke", "nope"], b"").await, 3);
+    expect(&granda(&app, &["fn", "rm", "nope"], b"").await, 3);
+    let id = uuid::Uuid::now_v7().to_string();
+    let out = granda(&app, &["inv", "get", &id], b"").await;
+    expect(&out, 3);
+    assert_eq!(
+        text(&out.stderr),
+        format!("granda: error: no invocation {id}\n")
+    );
+    // Usage: 2 (clap's).
+    expect(&granda(&app, &["invoke"], b"").await, 2);
+    expect(&granda(&app, &["fn", "frobnicate"], b"").await, 2);
+    // The function failed: 4; timed out: 5.
+    app.register("fails", "granda-test/fail", serde_json::json!({}))
+        .await;
+    let out = granda(&app, &["invoke", "fails"], b"").await;
+    expect(&out, 4);
+    assert!(out.stdout.is_empty());
+    let slow = dir_with(&[("handler.sh", "sleep 10\n")]);
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "deploy",
+            "slow",
+            "--runtime",
+            "shell",
+            "--timeout-ms",
+            "500",
+            path(&slow),
+        ],
+        b"",
+    )
+    .await;
+    expect(&out, 0);
+    expect(&granda(&app, &["invoke", "slow"], b"").await, 5);
+    // No server: 6.
+    let out = granda(&app, &["fn", "ls", "--url", "http://127.0.0.1:1"], b"").await;
+    expect(&out, 6);
+    // Completions and help.
+    let script = expect(&granda(&app, &["completions", "bash"], b"").await, 0);
+    assert!(
+        script.contains("granda") && script.contains("deploy"),
+        "{script}"
+    );
+    let help = expect(&granda(&app, &["inv", "--help"], b"").await, 0);
+    assert!(help.contains("logs"), "{help}");
+
+    let _ = std::fs::remove_dir_all(slow);
+    finish(app).await;
+}
+
+#[tokio::test]
+async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
+    let app = spawn().await;
+    let v1 = dir_with(&[("handler.sh", "echo one\n")]);
+    let v2 = dir_with(&[("handler.sh", "echo two\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "ver", "--runtime", "shell", path(&v1)],
+            b"",
+        )
+        .await,
+        0,
+    );
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "one\n"
+    );
+    // Calls during the redeploy all succeed, on one version or the other: no window without an image.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let calls = {
+        let url = app.url("/v1/functions/ver/invoke");
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            // Until a call after the switch got the new version (or too many calls).
+            while answers.len() < 200 {
+                let response = client.post(&url).send().await.unwrap();
+                let answer = (response.status().as_u16(), response.text().await.unwrap());
+                let done = *stopped.borrow() && answer.1 == "two\n";
+                answers.push(answer);
+                if done {
+                    break;
+                }
+            }
+            answers
+        })
+    };
+    let out = granda(
+        &app,
+        &["fn", "deploy", "ver", "--runtime", "shell", path(&v2)],
+        b"",
+    )
+    .await;
+    assert!(expect(&out, 0).contains("deployed ver version 2"));
+    let _ = stop.send(true);
+    let answers = calls.await.unwrap();
+    assert!(!answers.is_empty());
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 200 && (b == "one\n" || b == "two\n")),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|(_, b)| b == "two\n"), "{answers:?}");
+    eprintln!("{} calls during the redeploy, all answered", answers.len());
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "two\n"
+    );
+
+    let f = json(&granda(&app, &["fn", "get", "ver", "--json"], b"").await);
+    assert_eq!(f["version"], 2);
+    assert_eq!(f["image"], image(&app, "ver", 2));
+    let versions: Vec<i64> = f["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    // The old image stays: invocations queued before the switch still name it.
+    app.docker
+        .inspect_image(&image(&app, "ver", 1))
+        .await
+        .expect("v1 is kept");
+    app.docker
+        .inspect_image(&image(&app, "ver", 2))
+        .await
+        .expect("v2 is there");
+    let human = expect(&granda(&app, &["fn", "get", "ver"], b"").await, 0);
+    assert!(
+        human.contains("2 *"),
+        "the current version is marked: {human}"
+    );
+
+    // A failed redeploy leaves the function on its last good version.
+    let bad = dir_with(&[("handler.sh", "fi\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "ver", "--runtime", "shell", path(&bad)],
+            b"",
+        )
+        .await,
+        7,
+    );
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "two\n"
+    );
+    let f = json(&granda(&app, &["fn", "get", "ver", "--json"], b"").await);
+    assert_eq!(f["version"], 2);
+    assert_eq!(f["versions"][0]["status"], "failed");
+
+    // The build log streams as NDJSON when asked: log lines, then the verdict.
+    let response = app
+        .client
+        .put(app.url("/v1/functions/ver"))
+        .header("accept", "application/x-ndjson")
+        .json(&serde_json::json!({"source": "echo three\n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let body = response.text().await.unwrap();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 3, "{body}");
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l["log"].is_string()),
+        "{body}"
+    );
+    assert!(body.contains("Step 1/"), "{body}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], 200, "{body}");
+    assert_eq!(last["function"]["version"], 4, "v3 failed above; {body}");
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver"], b"").await, 0),
+        "three\n"
+    );
+
+    // An image deploy of an existing name updates it; it is no longer built from source.
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "deploy",
+            "ver",
+            "--image",
+            "granda-test/echo",
+            "--json",
+        ],
+        b"",
+    )
+    .await;
+    let f = json(&out);
+    assert_eq!(f["image"], "granda-test/echo");
+    assert_eq!(f["runtime"], Value::Null);
+    assert_eq!(
+        expect(&granda(&app, &["invoke", "ver", "-d", "x"], b"").await, 0),
+        "x"
+    );
+
+    // fn update changes settings without a build.
+    let f = json(
+        &granda(
+            &app,
+            &["fn", "update", "ver", "--timeout-ms", "1234", "--json"],
+            b"",
+        )
+        .await,
+    );
+    assert_eq!(f["timeout_ms"], 1234);
+    assert_eq!(f["image"], "granda-test/echo");
+
+    for d in [v1, v2, bad] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    finish(app).await;
+}
+
+/// Builds `granda-test/python3` once per test binary (debootstrap the first time on a machine,
+/// minutes; then an import of the cached root, seconds; nothing when the image is there).
+fn ensure_python_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let status = std::process::Command::new("bash")
+            .args(["scripts/build-python-image.sh", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running scripts/build-python-image.sh");
+        assert!(status.success(), "building granda-test/python3 failed");
+    });
+}
+
+#[tokio::test]
+async fn python3_functions_from_a_directory() {
+    tokio::task::spawn_blocking(ensure_python_image)
+        .await
+        .unwrap();
+    let app = spawn().await;
+    let src = dir_with(&[
+        (
+            "handler.py",
+            "import sys\nfrom words import shout\nprint('handling', file=sys.stderr)\nsys.stdout.write(shout(sys.stdin.read()))\n",
+        ),
+        ("words.py", "def shout(s):\n    return s.upper() + '!'\n"),
+    ]);
+    let started = Instant::now();
+    let out = granda(
+        &app,
+        &["fn", "deploy", "py", "--runtime", "python3", path(&src)],
+        b"",
+    )
+    .await;
+    assert!(expect(&out, 0).contains("deployed py version 1"));
+    eprintln!(
+        "deploy from source (python3, directory) took {:?}",
+        started.elapsed()
+    );
+    let out = granda(&app, &["invoke", "py", "--data", "-"], b"hello").await;
+    assert_eq!(expect(&out, 0), "HELLO!");
+
+    // An exception is a failed invocation (exit 4), its traceback in the logs.
+    let boom = dir_with(&[("handler.py", "raise ValueError('boom')\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "boom", "--runtime", "python3", path(&boom)],
+            b"",
+        )
+        .await,
+        0,
+    );
+    let out = granda(&app, &["invoke", "boom"], b"").await;
+    expect(&out, 4);
+    let last = app.invocations_of("boom").await;
+    let id = last[0]["id"].as_str().unwrap();
+    let logs = expect(&granda(&app, &["inv", "logs", id], b"").await, 0);
+    assert!(logs.contains("ValueError: boom"), "{logs}");
+
+    // A syntax error fails the build.
+    let bad = dir_with(&[("handler.py", "def (:\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "bad", "--runtime", "python3", path(&bad)],
+        b"",
+    )
+    .await;
+    expect(&out, 7);
+    assert!(
+        text(&out.stderr).contains("SyntaxError"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for d in [src, boom, bad] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    finish(app).await;
+}
+
+#[tokio::test]
+async fn hooks_events_and_retries_from_the_cli() {
+    let app = spawn().await;
+    let echo = dir_with(&[("handler.sh", "cat\n")]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "sink", "--runtime", "shell", path(&echo)],
+            b"",
+        )
+        .await,
+        0,
+    );
+
+    // Webhooks: create shows the secret once; ls, rotate, rm.
+    let hook = json(
+        &granda(
+            &app,
+            &["hooks", "create", "sink", "--scheme", "github", "--json"],
+            b"",
+        )
+        .await,
+    );
+    let id = hook["id"].as_str().unwrap().to_string();
+    assert!(
+        hook["secret"].as_str().is_some_and(|s| !s.is_empty()),
+        "{hook}"
+    );
+    assert!(
+        hook["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/hooks/{id}"))
+    );
+    let table = expect(&granda(&app, &["hooks", "ls"], b"").await, 0);
+    assert!(table.contains(&id), "{table}");
+    let rotated = json(
+        &granda(
+            &app,
+            &["hooks", "rotate", &id, "--grace-seconds", "0", "--json"],
+            b"",
+        )
+        .await,
+    );
+    assert!(
+        rotated["secret"]
+            .as_str()
+            .is_some_and(|s| s != hook["secret"].as_str().unwrap()),
+        "{rotated}"
+    );
+    expect(&granda(&app, &["hooks", "rm", &id], b"").await, 0);
+    expect(&granda(&app, &["hooks", "rm", &id], b"").await, 3);
+
+    // Events: a subscriber gets an invocation per event.
+    let response = app
+        .post_json(
+            "/v1/functions/sink/subscriptions",
+            &serde_json::json!({"pattern": "orders.*"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let event = json(
+        &granda(
+            &app,
+            &[
+                "events",
+                "publish",
+                "orders.created",
+                "--data",
+                "{\"n\":1}",
+                "--json",
+            ],
+            b"",
+        )
+        .await,
+    );
+    let invocation: uuid::Uuid = event["invocations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let record = app.wait_final(invocation, Duration::from_secs(30)).await;
+    assert_eq!(record["output"], "{\"n\":1}");
+    assert_eq!(record["trigger"], "event");
+
+    // Only an unsuccessful invocation can be retried: a refusal is exit 1, in one line.
+    let out = granda(&app, &["inv", "retry", &invocation.to_string()], b"").await;
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("can be retried"),
+        "{}",
+        text(&out.stderr)
+    );
+    app.register(
+        "fails",
+        "granda-test/fail",
+        serde_json::json!({"max_attempts": 1}),
+    )
+    .await;
+    let out = granda(&app, &["invoke", "fails", "--async"], b"").await;
+    let failed: uuid::Uuid = expect(&out, 0).trim().parse().unwrap();
+    let record = app.wait_final(failed, Duration::from_secs(30)).await;
+    assert_ne!(record["status"], "succeeded");
+    let out = granda(&app, &["inv", "retry", &failed.to_string()], b"").await;
+    let again: uuid::Uuid = expect(&out, 0)
+        .trim()
+        .parse()
+        .expect("retry prints an invocation id");
+    app.wait_final(again, Duration::from_secs(30)).await;
+
+    let _ = std::fs::remove_dir_all(echo);
+    finish(app).await;
+}
+
+#[tokio::test]
+async fn the_key_is_sent_as_a_bearer_token() {
+    // A one-request server that records what it got.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"functions": []}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&request).to_lowercase()
+    });
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args(["fn", "ls", "--json"])
+        .env("GRANDA_URL", &url)
+        .env("GRANDA_KEY", "gk_test_123")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let request = server.await.unwrap();
+    assert!(request.starts_with("get /v1/functions "), "{request}");
+    assert!(
+        request.contains("authorization: bearer gk_test_123"),
+        "{request}"
+    );
+}
