@@ -23,6 +23,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, watch};
 use uuid::Uuid;
 
+/// The admin key of the benchmark's own throwaway installation.
+const BENCH_KEY: &str = "gk_bench-admin-key-0123456789abcdef";
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark Granda against direct Docker engine runs")]
 struct Args {
@@ -74,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     settings.amqp_prefix = format!("granda-bench-{tag}");
     settings.worker_id = Some(format!("bench-{tag}"));
     settings.max_concurrency = Some(args.concurrency);
+    settings.admin_key = Some(granda::keys::Secret(BENCH_KEY.to_string()));
     settings.min_concurrency = match args.scenario {
         Scenario::Pipeline => args.concurrency,
         Scenario::Scheduler => 1,
@@ -94,7 +98,13 @@ async fn main() -> anyhow::Result<()> {
     let served = tokio::spawn(app.run(signal(stopped.clone())));
     let worked = tokio::spawn(worker.run(signal(stopped.clone())));
 
-    let client = reqwest::Client::new();
+    // Calls carry an admin key, as real clients do: the key check is part of what is measured.
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {BENCH_KEY}").parse()?,
+    );
+    let client = reqwest::Client::builder().default_headers(auth).build()?;
     let docker = granda::docker::connect(settings.docker_host.as_deref(), 120)?;
     granda::docker::ensure_image(&docker, &args.image).await?;
     let created = client

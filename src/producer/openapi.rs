@@ -118,7 +118,9 @@ impl Modify for BearerAuth {
     paths(
         create_function, list_functions, get_function, update_function, delete_function,
         invoke_sync, invoke_url, invoke_async, list_invocations, get_invocation,
-        create_key, list_keys, revoke_key, healthz, readyz, metrics, openapi_json
+        create_key, list_keys, revoke_key, healthz, readyz, metrics, openapi_json,
+        dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks,
+        get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
@@ -245,3 +247,81 @@ fn metrics() {}
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "this document")), security(()))]
 #[allow(dead_code)]
 fn openapi_json() {}
+
+#[utoipa::path(get, path = "/v1/dead-letters",
+    params(("limit" = Option<i64>, Query), ("before" = Option<Uuid>, Query)),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[allow(dead_code)]
+fn dead_letters() {}
+
+#[utoipa::path(post, path = "/v1/invocations/{id}/retry", params(("id" = String, Path)), responses(
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[allow(dead_code)]
+fn retry_invocation() {}
+
+#[utoipa::path(post, path = "/v1/events/{topic}", params(("topic" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[allow(dead_code)]
+fn publish_event() {}
+
+#[utoipa::path(get, path = "/v1/events/{id}", params(("id" = String, Path)), responses(
+    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn get_event() {}
+
+#[utoipa::path(post, path = "/v1/webhooks", request_body = serde_json::Value, responses(
+    (status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody)))]
+#[allow(dead_code)]
+fn create_webhook() {}
+
+#[utoipa::path(get, path = "/v1/webhooks", params(("function" = Option<String>, Query)), responses(
+    (status = 200, body = serde_json::Value), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[allow(dead_code)]
+fn list_webhooks() {}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", params(("id" = String, Path)), responses(
+    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn get_webhook() {}
+
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", params(("id" = String, Path)), responses(
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn delete_webhook() {}
+
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", params(("id" = String, Path)), responses(
+    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody)))]
+#[allow(dead_code)]
+fn rotate_webhook() {}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/subscriptions", params(("name" = String, Path)),
+    request_body = serde_json::Value, responses(
+    (status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[allow(dead_code)]
+fn subscribe() {}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/subscriptions", params(("name" = String, Path)), responses(
+    (status = 200, body = serde_json::Value), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn list_subscriptions() {}
+
+#[utoipa::path(delete, path = "/v1/functions/{name}/subscriptions/{id}",
+    params(("name" = String, Path), ("id" = String, Path)), responses(
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn unsubscribe() {}
