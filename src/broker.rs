@@ -446,18 +446,9 @@ async fn dispatch_replies(mut replies: lapin::Consumer, waiters: Waiters, genera
 /// (a passive declare of a missing queue closes its channel).
 pub async fn queue_depth(connection: &Connection, queue: &str) -> Result<u32, lapin::Error> {
     let channel = connection.create_channel().await?;
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let depth = passive_depth(&channel, queue).await;
     let _ = channel.close(200, "".into()).await;
-    Ok(q?.message_count())
+    depth
 }
 
 /// The number of ready messages in `queue`, by a passive declare on `channel`, which must be a

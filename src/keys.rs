@@ -33,7 +33,7 @@ impl Scope {
         }
     }
 
-    fn parse(s: &str) -> Option<Scope> {
+    pub fn parse(s: &str) -> Option<Scope> {
         match s {
             "admin" => Some(Scope::Admin),
             "invoke" => Some(Scope::Invoke),

@@ -24,31 +24,8 @@ pub const COOKIE: &str = "granda_session";
 /// How long a session lasts.
 const SESSION_HOURS: i64 = 12;
 
-/// What a logged-in key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Everything: create, edit, delete and invoke functions.
-    Admin,
-    /// Look and invoke.
-    Invoke,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Admin => "admin",
-            Scope::Invoke => "invoke",
-        }
-    }
-
-    fn parse(s: &str) -> Scope {
-        if s == "admin" {
-            Scope::Admin
-        } else {
-            Scope::Invoke
-        }
-    }
-}
+/// What a logged-in key may do: the API key's own scope.
+pub use crate::keys::Scope;
 
 /// A key that passed [`verify_key`].
 #[derive(Clone, Debug)]
@@ -143,7 +120,7 @@ impl FromRequestParts<AppState> for Session {
         .map_err(|e| UiError::from(e).into_response())?;
         match scope {
             Some(scope) => Ok(Session {
-                scope: Scope::parse(&scope),
+                scope: Scope::parse(&scope).unwrap_or(Scope::Invoke),
             }),
             None => Err(to_login()),
         }
