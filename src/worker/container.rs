@@ -33,6 +33,9 @@ pub enum PlatformError {
     Start(bollard::errors::Error),
     #[error("docker engine failed during the run: {0}")]
     Engine(bollard::errors::Error),
+    /// A kept container is no longer running (or no longer exists): take another.
+    #[error("the kept container is gone: {0}")]
+    Gone(bollard::errors::Error),
 }
 
 /// How the container ended.
@@ -376,20 +379,6 @@ impl Runner {
         Ok(created.id)
     }
 
-    /// Whether a kept container still runs and can take an exec.
-    pub async fn healthy(&self, container: &str) -> bool {
-        self.docker
-            .inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .map(|s| s.running == Some(true) && s.oom_killed != Some(true))
-            .unwrap_or(false)
-    }
-
     async fn image_command(&self, image: &str) -> Result<ImageCommand, PlatformError> {
         if let Some(c) = self.commands.lock().expect("lock").get(image) {
             return Ok(c.clone());
@@ -453,7 +442,14 @@ impl Runner {
                 },
             )
             .await
-            .map_err(PlatformError::Start)?;
+            .map_err(|e| match e {
+                // The engine's own check that the container still runs, made by the exec itself.
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                } => PlatformError::Gone(e),
+                e => PlatformError::Start(e),
+            })?;
         let started_at = Utc::now();
         let started = Instant::now();
         let attached = self

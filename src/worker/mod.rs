@@ -44,7 +44,7 @@ use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
 use crate::retry::{self, Backoff, Failure, Verdict};
 use crate::scheduler::{self, Controller, Limiter, Observation};
-use container::{Caps, Exit, Run, Runner};
+use container::{Caps, Exit, PlatformError, Run, Runner};
 
 /// A shutdown signal, as a future that completes when it is time to stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -778,19 +778,7 @@ async fn execute(shared: &Shared, work: &Work, input: &[u8]) -> (Outcome, Option
             shared.runner.run(work.id, &work.function, input).await,
             true,
         ),
-        Mode::Warm => match shared.warm.acquire(&work.function).await {
-            Ok((warm, cold)) => {
-                let ran = shared
-                    .runner
-                    .exec(&warm.id, work.id, &work.function, input)
-                    .await;
-                // Only a clean run gives its container back; anything else may have left it dirty.
-                let clean = matches!(&ran, Ok(run) if run.exit == Exit::Code(0));
-                shared.warm.release(warm, clean);
-                (ran, cold)
-            }
-            Err(e) => (Err(e), true),
-        },
+        Mode::Warm => run_warm(shared, work, input).await,
     };
     match ran {
         Ok(run) => {
@@ -807,6 +795,35 @@ async fn execute(shared: &Shared, work: &Work, input: &[u8]) -> (Outcome, Option
             },
             Some(Failure::Platform),
         ),
+    }
+}
+
+/// A warm run: an exec in a kept container, taking another when the one it got is gone.
+async fn run_warm(
+    shared: &Shared,
+    work: &Work,
+    input: &[u8],
+) -> (Result<Run, PlatformError>, bool) {
+    let mut tries = 0;
+    loop {
+        let (warm, cold) = match shared.warm.acquire(&work.function).await {
+            Ok(got) => got,
+            Err(e) => return (Err(e), true),
+        };
+        let ran = shared
+            .runner
+            .exec(&warm.id, work.id, &work.function, input)
+            .await;
+        // Only a clean run gives its container back; anything else may have left it dirty.
+        let clean = matches!(&ran, Ok(run) if run.exit == Exit::Code(0));
+        shared.warm.release(warm, clean);
+        match ran {
+            Err(PlatformError::Gone(e)) if tries < 3 => {
+                tracing::info!(error = %e, "a kept container was gone; taking another");
+                tries += 1;
+            }
+            ran => return (ran, cold),
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! - A container is started with the worker's idle binary as its only process (a 129-byte static
 //!   program that pauses forever, mounted read-only) and the function's own limits and isolation.
-//! - Each run takes an idle container (the most recently used first, so the rest can expire) after
-//!   checking it still runs, or starts a new one while the function has fewer than
+//! - Each run takes an idle container (the most recently used first, so the rest can expire),
+//!   whose health the exec itself checks (the engine refuses an exec into a container that no
+//!   longer runs; the run then discards it and takes another), or starts a new one while the function has fewer than
 //!   `max_containers` (default: the worker's max concurrency), or waits for one.
 //! - A container whose run failed, timed out or ran out of memory is discarded, never reused.
 //! - Idle containers beyond `min_warm` are removed after `idle_timeout_ms`. Under memory pressure
@@ -119,13 +120,9 @@ impl Pool {
                 }
             };
             match taken {
-                Some(Some(warm)) => {
-                    if self.runner.healthy(&warm.id).await {
-                        return Ok((warm, false));
-                    }
-                    tracing::info!(container = %warm.id, "kept container is unhealthy; discarding it");
-                    self.discard(warm);
-                }
+                // Its health is checked by the exec itself: the engine refuses an exec into a
+                // container that no longer runs, and the caller then discards it and asks again.
+                Some(Some(warm)) => return Ok((warm, false)),
                 Some(None) => {
                     let path = self.idle_binary.to_string_lossy().into_owned();
                     return match self.runner.start_warm(function, &path).await {

@@ -170,3 +170,31 @@ async fn tmp_may_keep_state_between_warm_runs_and_the_root_stays_read_only() {
     assert_eq!((first.trim(), second.trim()), ("1", "2"));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_container_that_died_is_replaced_not_used() {
+    let app = spawn_app().await;
+    app.register("echo", "granda-test/echo", json!({"mode": "warm"}))
+        .await;
+    assert_eq!(app.invoke("echo", "one").await.status(), 200);
+    wait_pool_size(&app, 1, Duration::from_secs(5)).await;
+    let kept = pool_containers(&app).await.remove(0);
+    app.docker
+        .kill_container(
+            &kept,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let response = app.invoke("echo", "two").await;
+    assert_eq!(response.status(), 200);
+    let record = record_of(&app, &response).await;
+    assert_eq!(response.text().await.unwrap(), "two");
+    assert_eq!(record["cold"], true, "a new container served it");
+    let now = pool_containers(&app).await;
+    assert!(
+        !now.contains(&kept) || now.len() == 2,
+        "the dead one is discarded"
+    );
+    app.shutdown().await;
+}
