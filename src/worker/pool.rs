@@ -79,7 +79,9 @@ impl Pool {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(state_dir)?;
         let idle_binary = state_dir.join("granda-idle");
-        let tmp = state_dir.join(format!("granda-idle.{}", std::process::id()));
+        // Several workers (of one process or several) may install it at once: each writes its own
+    // temporary file and renames it into place.
+    let tmp = state_dir.join(format!("granda-idle.{}", uuid::Uuid::new_v4().simple()));
         std::fs::write(&tmp, IDLE_ELF)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
         std::fs::rename(&tmp, &idle_binary)?;
@@ -236,7 +238,9 @@ pub fn install_idle_binary(state_dir: &std::path::Path) -> std::io::Result<PathB
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(state_dir)?;
     let idle_binary = state_dir.join("granda-idle");
-    let tmp = state_dir.join(format!("granda-idle.{}", std::process::id()));
+    // Several workers (of one process or several) may install it at once: each writes its own
+    // temporary file and renames it into place.
+    let tmp = state_dir.join(format!("granda-idle.{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&tmp, IDLE_ELF)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &idle_binary)?;
