@@ -76,15 +76,7 @@ impl Pool {
         state_dir: &std::path::Path,
         default_max: usize,
     ) -> std::io::Result<Pool> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(state_dir)?;
-        let idle_binary = state_dir.join("granda-idle");
-        // Several workers (of one process or several) may install it at once: each writes its own
-    // temporary file and renames it into place.
-    let tmp = state_dir.join(format!("granda-idle.{}", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&tmp, IDLE_ELF)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::rename(&tmp, &idle_binary)?;
+        let idle_binary = install_idle_binary(state_dir)?;
         Ok(Pool {
             runner,
             idle_binary,
