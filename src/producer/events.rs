@@ -98,19 +98,7 @@ pub async fn publish(
             "topic: dot-separated words of [A-Za-z0-9_-], at most 255 characters".into(),
         ));
     }
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
-                    )
-                })?,
-        ),
-    };
+    let key = super::extract::idempotency_key(&headers)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -23,7 +23,6 @@ pub const HEADER_ID: &str = "x-granda-invocation-id";
 pub const HEADER_STATUS: &str = "x-granda-status";
 pub const HEADER_DURATION: &str = "x-granda-duration-ms";
 pub const HEADER_EXIT_CODE: &str = "x-granda-exit-code";
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const CALLBACK_URL: &str = "x-callback-url";
 
 /// `POST /v1/functions/{name}/invoke` and `POST /fn/{name}`.
@@ -55,19 +54,7 @@ pub async fn r#async(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
-                    )
-                })?,
-        ),
-    };
+    let key = super::extract::idempotency_key(&headers)?;
     let callback_url = match headers.get(CALLBACK_URL) {
         None => None,
         Some(v) => {
