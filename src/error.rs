@@ -89,6 +89,14 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::WorkerCrashed => {
                 ApiError::Unavailable(format!("database unavailable: {e}"))
             }
+            // Text Postgres can't hold (a NUL byte, bad encoding) came from the client: its fault.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                ApiError::BadRequest(
+                    "the request holds text that can't be stored (e.g. a NUL byte)".into(),
+                )
+            }
             other => ApiError::Internal(other.into()),
         }
     }

@@ -169,6 +169,11 @@ pub async fn list(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let function = query.get("function").map(String::as_str);
+    // No function has a name outside the pattern: nothing to look up (and nothing such as a NUL
+    // byte reaches Postgres).
+    if function.is_some_and(|f| !crate::function::valid_name(f)) {
+        return Ok(Json(json!({ "webhooks": [] })));
+    }
     let base = app.settings.public_url();
     let hooks: Vec<Value> = store::list(&app.pool, function)
         .await?

@@ -164,3 +164,21 @@ async fn a_bad_idempotency_key_is_refused() {
     assert_eq!(count(&app, "invocations").await, 0);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_postgres_cant_hold_is_a_client_error_not_a_500() {
+    let app = spawn_app().await;
+    let r = app.get("/v1/webhooks?function=a%00b").await;
+    assert_eq!(r.status(), 200, "no function has such a name: an empty list");
+    for path in [
+        "/v1/functions/a%00b",
+        "/v1/functions/a%00b/invocations",
+        "/v1/functions/a%00b/subscriptions",
+    ] {
+        let r = app.get(path).await;
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
+    app.shutdown().await;
+}
