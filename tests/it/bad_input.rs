@@ -169,7 +169,11 @@ async fn a_bad_idempotency_key_is_refused() {
 async fn text_postgres_cant_hold_is_a_client_error_not_a_500() {
     let app = spawn_app().await;
     let r = app.get("/v1/webhooks?function=a%00b").await;
-    assert_eq!(r.status(), 200, "no function has such a name: an empty list");
+    assert_eq!(
+        r.status(),
+        200,
+        "no function has such a name: an empty list"
+    );
     for path in [
         "/v1/functions/a%00b",
         "/v1/functions/a%00b/invocations",
