@@ -65,6 +65,22 @@ async fn text_of(client: &Client, css: &str) -> anyhow::Result<String> {
     Ok(el.text().await?)
 }
 
+/// The `h1` once the page after a click shows one that passes `ok`: the click's navigation may not
+/// have happened yet when this is called, so the old page's heading is waited out, not read.
+async fn h1_after(client: &Client, ok: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = match client.find(Locator::Css("h1")).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if ok(&text) || std::time::Instant::now() > deadline {
+            return Ok(text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
     let el = client
         .find(Locator::Css(css))
@@ -170,13 +186,20 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     // A wrong key is refused; the admin key logs in.
     fill(client, "#key", "gk_not-a-key-at-all").await?;
     click(client, "button[type=submit]").await?;
+    // The login page comes back with its error; wait for it before typing again.
+    client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("p.error"))
+        .await
+        .context("a wrong key must be refused with an error")?;
     ensure!(
         client.current_url().await?.path() == "/ui/login",
         "a wrong key must not log in"
     );
     fill(client, "#key", crate::support::ADMIN_KEY).await?;
     click(client, "button[type=submit]").await?;
-    let h1 = text_of(client, "h1").await?;
+    let h1 = h1_after(client, |h| h.starts_with("Functions")).await?;
     ensure!(h1.starts_with("Functions"), "after login: {h1}");
     let cookie = client.get_named_cookie("granda_session").await?;
     ensure!(
@@ -206,7 +229,7 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     fill(client, "#name", "hello").await?;
     fill(client, "#description", "echoes its input <b>escaped</b>").await?;
     click(client, "#save").await?;
-    let h1 = text_of(client, "h1").await?;
+    let h1 = h1_after(client, |h| h == "Function hello").await?;
     ensure!(h1 == "Function hello", "after create: {h1}");
     let url = text_of(client, "#invoke-url").await?;
     ensure!(url == app.url("/fn/hello"), "invoke URL: {url}");
@@ -238,7 +261,7 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     // The invocation's page, through the link on the function's page.
     client.goto(&app.url("/ui/functions/hello")).await?;
     click(client, "#invocations tbody tr a").await?;
-    let h1 = text_of(client, "h1").await?;
+    let h1 = h1_after(client, |h| h.starts_with("Invocation ")).await?;
     ensure!(h1.starts_with("Invocation "), "{h1}");
     let record = text_of(client, "#record").await?;
     ensure!(
@@ -281,7 +304,7 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     text_of(client, "#confirm-delete").await?;
     shot(client, "delete").await?;
     click(client, "#confirm-delete").await?;
-    let h1 = text_of(client, "h1").await?;
+    let h1 = h1_after(client, |h| h.starts_with("Functions")).await?;
     ensure!(h1.starts_with("Functions"), "after delete: {h1}");
     ensure!(app.get("/v1/functions/hello").await.status() == 404);
     Ok(())
