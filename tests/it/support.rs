@@ -242,8 +242,15 @@ impl TestApp {
 
     /// Containers of this app's worker that exist now.
     pub async fn containers(&self) -> Vec<String> {
+        self.containers_labelled(&[]).await
+    }
+
+    /// Containers of this app's worker that also carry every label in `more` (`key=value`).
+    pub async fn containers_labelled(&self, more: &[&str]) -> Vec<String> {
         let label = format!("granda.worker={}", self.worker_id());
-        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let mut labels = vec![label.as_str()];
+        labels.extend_from_slice(more);
+        let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)

@@ -1,28 +1,14 @@
 //! Warm functions: an exec in a kept container instead of a container per invocation.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::ListContainersOptionsBuilder;
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, spawn_app};
 
 /// The warm containers this app's worker keeps now.
 async fn pool_containers(app: &TestApp) -> Vec<String> {
-    let worker = format!("granda.worker={}", app.worker_id());
-    let filters = HashMap::from([("label", vec![worker.as_str(), "granda.pool=warm"])]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    app.docker
-        .list_containers(Some(options))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect()
+    app.containers_labelled(&["granda.pool=warm"]).await
 }
 
 async fn wait_pool_size(app: &TestApp, n: usize, within: Duration) {
