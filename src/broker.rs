@@ -112,17 +112,7 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_topic_exchange(channel, &self.dead_letter_exchange()).await?;
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), text("quorum"));
         channel
@@ -154,6 +144,21 @@ impl Topology {
             .await?;
         Ok(())
     }
+}
+
+/// Declares the durable topic exchange `name`. Idempotent.
+async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 fn text(s: &str) -> AMQPValue {
@@ -538,17 +543,7 @@ impl Publisher {
         // Queue names never hold ':', so this can't collide with a declared queue.
         let marker = format!("exchange:{exchange}");
         if !link.declared.lock().expect("lock").contains(&marker) {
-            link.channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_topic_exchange(&link.channel, &exchange).await?;
             link.declared.lock().expect("lock").insert(marker);
         }
         let confirm = link
