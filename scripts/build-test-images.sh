@@ -4,9 +4,12 @@
 # No registry is reachable, so nothing is pulled: granda-test/busybox is built FROM scratch with Debian's
 # static busybox (package busybox-static, /bin/busybox) copied into a temporary build context, and the
 # other images are FROM granda-test/busybox. Builds and test runs use --network none.
+# granda-test/hot is FROM scratch too: the hot function hot/examples/echo.rs (crate granda-hot),
+# compiled here as a static binary (cargo, into target/hot: a few seconds, nothing when unchanged).
 #
-# An image whose tag already exists is skipped, unless --force is given. Every image built is then run
-# once to check that it behaves; --verify checks all of them, built now or not.
+# An image whose tag already exists is skipped, unless --force is given (granda-test/hot is also
+# rebuilt when its binary or Dockerfile changed: their sha256 is a label). Every image built is then
+# run once to check that it behaves; --verify checks all of them, built now or not.
 #
 # usage: scripts/build-test-images.sh [--force] [--verify] [--quiet]
 set -euo pipefail
@@ -16,7 +19,7 @@ IMAGES_DIR="$ROOT/tests/images"
 PREFIX=granda-test
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 # The base first: the others are built FROM it.
-NAMES=(busybox echo fail sleep big env args sh)
+NAMES=(busybox echo fail sleep big env args sh hot)
 
 force=0 verify_all=0 quiet=0
 for arg in "$@"; do
@@ -24,7 +27,7 @@ for arg in "$@"; do
         --force) force=1 ;;
         --verify) verify_all=1 ;;
         --quiet | -q) quiet=1 ;;
-        -h | --help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-test-images: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -42,18 +45,50 @@ export DOCKER_BUILDKIT=0
 existing=" $(docker images --filter "reference=$PREFIX/*:latest" --format '{{.Repository}}' | tr '\n' ' ') "
 has_image() { [[ "$existing" == *" $PREFIX/$1 "* ]]; }
 
-tmp=""
-cleanup() { [ -z "$tmp" ] || rm -rf "$tmp"; }
+tmp="" hot_container=""
+cleanup() {
+    [ -z "$hot_container" ] || docker rm -f "$hot_container" >/dev/null 2>&1 || true
+    [ -z "$tmp" ] || rm -rf "$tmp"
+}
 trap cleanup EXIT
+tmpdir() { [ -n "$tmp" ] || tmp=$(mktemp -d /tmp/granda-test-images.XXXXXX); }
+
+# Compiles granda-test/hot's binary (cheap when nothing changed) and sets hot_bin and hot_sha, the
+# sha256 of the binary and the Dockerfile. Returns 1 without cargo.
+hot_bin="" hot_sha=""
+compile_hot() {
+    PATH="$HOME/.cargo/bin:$PATH"
+    command -v cargo >/dev/null && command -v rustc >/dev/null || return 1
+    local triple
+    triple=$(rustc -vV | sed -n 's/^host: //p')
+    tmpdir
+    if ! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p granda-hot --example echo \
+        --target "$triple" --target-dir "$ROOT/target/hot" --manifest-path "$ROOT/Cargo.toml" \
+        >"$tmp/hot-cargo.log" 2>&1; then
+        cat "$tmp/hot-cargo.log" >&2
+        die "cargo build of granda-hot's example echo failed"
+    fi
+    hot_bin="$ROOT/target/hot/$triple/release/examples/echo"
+    # FROM scratch: there is no libc in the image. (Rust links static-pie.)
+    if command -v file >/dev/null && ! file -L "$hot_bin" | grep -Eq 'statically linked|static-pie linked'; then
+        die "$hot_bin is not statically linked: $(file -L "$hot_bin")"
+    fi
+    hot_sha=$(cat "$hot_bin" "$IMAGES_DIR/hot/Dockerfile" | sha256sum | cut -d' ' -f1)
+}
+hot_label() { docker image inspect --format '{{index .Config.Labels "granda.test.sha256"}}' "$PREFIX/hot:latest" 2>/dev/null; }
 
 build() {
     local name=$1 dir="$IMAGES_DIR/$1"
     [ -f "$dir/Dockerfile" ] || die "missing $dir/Dockerfile"
-    [ -n "$tmp" ] || tmp=$(mktemp -d /tmp/granda-test-images.XXXXXX)
-    local ctx="$tmp/$name"
+    tmpdir
+    local ctx="$tmp/$name" labels=()
     mkdir -p "$ctx"
     cp -a "$dir/." "$ctx/"
     rm -f "$ctx/busybox"
+    if [ "$name" = hot ]; then
+        cp "$hot_bin" "$ctx/echo"
+        labels=(--label "granda.test.sha256=$hot_sha")
+    fi
     if grep -q '^COPY busybox' "$dir/Dockerfile"; then
         [ -x "$BUSYBOX" ] || die "$BUSYBOX is missing (apt-get install busybox-static)"
         # It must be the static one: the image has no libc.
@@ -64,7 +99,7 @@ build() {
     fi
     say "building $PREFIX/$name"
     local log="$tmp/$name.log"
-    if ! docker build --network none --rm --force-rm -t "$PREFIX/$name:latest" "$ctx" >"$log" 2>&1; then
+    if ! docker build --network none --rm --force-rm "${labels[@]+"${labels[@]}"}" -t "$PREFIX/$name:latest" "$ctx" >"$log" 2>&1; then
         cat "$log" >&2
         die "docker build of $PREFIX/$name failed"
     fi
@@ -74,6 +109,62 @@ build() {
 run() {
     docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
         --read-only --tmpfs /tmp --pids-limit 64 --memory 64m "$@"
+}
+
+# Sends one request to the hot function listening at socket $1: POST /invoke with the body $2, or
+# GET /health without one. Prints "<status> <body>".
+hot_request() {
+    if command -v curl >/dev/null; then
+        local args=(-sS --max-time 10 --unix-socket "$1" -o "$tmp/hot-body" -w '%{http_code}') code
+        if [ $# -ge 2 ]; then args+=(--data-binary "$2" http://granda/invoke); else args+=(http://granda/health); fi
+        code=$(curl "${args[@]}") || return 1
+        printf '%s %s' "$code" "$(cat "$tmp/hot-body")"
+    elif command -v python3 >/dev/null; then
+        python3 - "$@" <<'PY'
+import http.client, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(sys.argv[1])
+c = Unix("granda")
+if len(sys.argv) > 2:
+    c.request("POST", "/invoke", body=sys.argv[2].encode())
+else:
+    c.request("GET", "/health")
+r = c.getresponse()
+sys.stdout.write(f"{r.status} {r.read().decode()}")
+PY
+    else
+        die "curl or python3 is needed to check $PREFIX/hot"
+    fi
+}
+
+# Starts granda-test/hot the way the worker does, with its socket in a bind-mounted directory, and
+# talks to it.
+check_hot() {
+    local img=$1 dir sock out
+    tmpdir
+    dir="$tmp/hot-run"
+    mkdir -p "$dir"
+    chmod 777 "$dir" # the function runs as 65534
+    sock="$dir/granda.sock"
+    hot_container="granda-test-hot-check-$$"
+    run -d --name "$hot_container" --user 65534 -e GRANDA_SOCKET=/run/granda/granda.sock \
+        -v "$dir:/run/granda" "$img" >/dev/null
+    for _ in $(seq 100); do
+        [ -S "$sock" ] && break
+        sleep 0.1
+    done
+    [ -S "$sock" ] || die "$img: no socket at $sock after 10 s: $(docker logs "$hot_container" 2>&1 | tail -5)"
+    out=$(hot_request "$sock" hi) || die "$img: the request failed"
+    [ "$out" = "200 hi" ] || die "$img: expected '200 hi', got '$out'"
+    out=$(hot_request "$sock" count) || die "$img: the request failed"
+    [ "$out" = "200 2" ] || die "$img: expected '200 2' (the same process serves both), got '$out'"
+    out=$(hot_request "$sock") || die "$img: GET /health failed"
+    [ "$out" = "200 " ] || die "$img: GET /health: expected '200 ', got '$out'"
+    docker rm -f "$hot_container" >/dev/null
+    hot_container=""
 }
 
 check() {
@@ -109,6 +200,8 @@ check() {
             [ "$out" = 42 ] || die "$img: expected 42, got '$out'"
             out=$(printf 'hi\n' | run -i "$img")
             [ "$out" = hi ] || die "$img: expected 'hi' from the default CMD, got '$out'" ;;
+        hot)
+            check_hot "$img" ;;
         *)
             out=$(run "$img" true) ;;
     esac
@@ -117,7 +210,16 @@ check() {
 
 built=()
 for name in "${NAMES[@]}"; do
-    if [ "$force" = 1 ] || ! has_image "$name"; then
+    if [ "$name" = hot ]; then
+        if ! compile_hot; then
+            has_image hot || die "cargo is not installed: granda-test/hot can't be built (run scripts/setup.sh)"
+            say "cargo is not installed: keeping $PREFIX/hot as it is"
+            continue
+        fi
+        if [ "$force" = 0 ] && has_image hot && [ "$(hot_label)" = "$hot_sha" ]; then continue; fi
+        build hot
+        built+=(hot)
+    elif [ "$force" = 1 ] || ! has_image "$name"; then
         build "$name"
         built+=("$name")
     fi

@@ -109,6 +109,9 @@ pub enum Mode {
     /// An exec of the image's own entrypoint in a container the worker keeps alive; `/tmp` may
     /// keep state between runs of the same function.
     Warm,
+    /// The function's own process stays up and serves each invocation as an HTTP/1.1 request on
+    /// the unix socket at `GRANDA_SOCKET` (see the `granda-hot` crate).
+    Hot,
 }
 
 impl Mode {
@@ -116,11 +119,16 @@ impl Mode {
         match self {
             Mode::Cold => "cold",
             Mode::Warm => "warm",
+            Mode::Hot => "hot",
         }
     }
 
     fn parse(s: &str) -> Mode {
-        if s == "warm" { Mode::Warm } else { Mode::Cold }
+        match s {
+            "warm" => Mode::Warm,
+            "hot" => Mode::Hot,
+            _ => Mode::Cold,
+        }
     }
 }
 

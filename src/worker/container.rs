@@ -36,6 +36,12 @@ pub enum PlatformError {
     /// A kept container is no longer running (or no longer exists): take another.
     #[error("the kept container is gone: {0}")]
     Gone(bollard::errors::Error),
+    #[error("no socket directory for a hot container: {0}")]
+    SocketDir(std::io::Error),
+    /// A hot container that never listened: the function's own fault, not retried as the
+    /// platform's.
+    #[error(transparent)]
+    NotReady(super::hot::StartError),
 }
 
 /// How the container ended.
@@ -89,6 +95,16 @@ struct ImageCommand {
 /// Where the idle entrypoint of warm containers is mounted inside them.
 pub const IDLE_PATH: &str = "/granda/idle";
 
+/// How a kept (warm or hot) container differs from an invocation's own.
+struct Kept {
+    /// The `granda.pool` label: `warm` or `hot`.
+    pool: &'static str,
+    /// `None`: the image's own.
+    entrypoint: Option<Vec<String>>,
+    bind: String,
+    env: Vec<String>,
+}
+
 impl Runner {
     pub fn new(docker: Docker, worker_id: String, caps: Caps) -> Self {
         Runner {
@@ -101,6 +117,10 @@ impl Runner {
 
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    pub fn caps(&self) -> Caps {
+        self.caps
     }
 
     /// Runs `function` on `input` as invocation `id`. The container is removed whatever happens.
@@ -340,22 +360,66 @@ impl Runner {
         function: &Snapshot,
         idle_binary: &str,
     ) -> Result<String, PlatformError> {
-        let mut config = self.config(Uuid::nil(), function, b"")?;
-        config.entrypoint = Some(vec![IDLE_PATH.to_string()]);
-        config.cmd = Some(vec![]);
+        self.start_kept(
+            function,
+            Kept {
+                pool: "warm",
+                entrypoint: Some(vec![IDLE_PATH.to_string()]),
+                bind: format!("{idle_binary}:{IDLE_PATH}:ro"),
+                env: vec![],
+            },
+        )
+        .await
+    }
+
+    /// Starts a container for hot runs of `function`: its image's own entrypoint and command,
+    /// with `socket_dir` mounted at [`super::hot::SOCKET_DIR`] and `GRANDA_SOCKET` pointing there.
+    #[tracing::instrument(skip_all, fields(function = %function.name))]
+    pub async fn start_hot(
+        &self,
+        function: &Snapshot,
+        socket_dir: &std::path::Path,
+    ) -> Result<String, PlatformError> {
+        self.start_kept(
+            function,
+            Kept {
+                pool: "hot",
+                entrypoint: None,
+                bind: format!("{}:{}", socket_dir.display(), super::hot::SOCKET_DIR),
+                env: vec![format!("GRANDA_SOCKET={}", super::hot::SOCKET_PATH)],
+            },
+        )
+        .await
+    }
+
+    /// A container that outlives its invocations: no invocation, no deadline, no per-invocation
+    /// env (`GRANDA_*` but the function's name), nothing attached.
+    async fn start_kept(&self, function: &Snapshot, kept: Kept) -> Result<String, PlatformError> {
+        let mut function = function.clone();
+        function.input = InputMode::Stdin;
+        let mut config = self.config(Uuid::nil(), &function, b"")?;
+        config.entrypoint = kept.entrypoint;
+        config.cmd = if config.entrypoint.is_some() {
+            Some(vec![])
+        } else {
+            None
+        };
         config.open_stdin = Some(false);
         config.stdin_once = Some(false);
         config.attach_stdin = Some(false);
         config.attach_stdout = Some(false);
         config.attach_stderr = Some(false);
+        if let Some(env) = config.env.as_mut() {
+            env.retain(|e| !e.starts_with("GRANDA_") || e.starts_with("GRANDA_FUNCTION="));
+            env.extend(kept.env);
+        }
         if let Some(labels) = config.labels.as_mut() {
-            // Pool containers live past any one invocation: no deadline, no invocation.
             labels.remove(LABEL_DEADLINE);
             labels.remove(LABEL_INVOCATION);
-            labels.insert(LABEL_POOL.to_string(), "warm".to_string());
+            labels.insert(LABEL_POOL.to_string(), kept.pool.to_string());
         }
         if let Some(host) = config.host_config.as_mut() {
-            host.binds = Some(vec![format!("{idle_binary}:{IDLE_PATH}:ro")]);
+            host.binds = Some(vec![kept.bind]);
         }
         let created = self
             .docker

@@ -13,6 +13,7 @@
 
 pub mod container;
 mod heartbeat;
+pub mod hot;
 pub mod pool;
 mod reaper;
 
@@ -109,8 +110,13 @@ impl Worker {
         Ok(Worker {
             shared: Arc::new(Shared {
                 pool,
-                warm: pool::Pool::new(runner.clone(), &settings.state_dir, schedule.max)
-                    .with_context(|| format!("writing to {}", settings.state_dir.display()))?,
+                warm: pool::Pool::new(
+                    runner.clone(),
+                    &settings.state_dir,
+                    &worker_id,
+                    schedule.max,
+                )
+                .with_context(|| format!("writing to {}", settings.state_dir.display()))?,
                 runner,
                 worker_id,
                 topology: Topology::new(&settings.amqp_prefix),
@@ -609,7 +615,7 @@ async fn run_claimed(
     attempt: i32,
 ) {
     let started = Instant::now();
-    let (mut outcome, failure) = execute(shared, work, &delivery.data).await;
+    let (mut outcome, failure) = execute(shared, work, attempt, &delivery.data).await;
     shared
         .controller
         .lock()
@@ -772,13 +778,19 @@ async fn reject(delivery: &Delivery, requeue: bool) {
 }
 
 /// Runs the container and turns whatever happened into the attempt's outcome and failure class.
-async fn execute(shared: &Shared, work: &Work, input: &[u8]) -> (Outcome, Option<Failure>) {
+async fn execute(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+) -> (Outcome, Option<Failure>) {
     let (ran, cold) = match work.function.mode {
         Mode::Cold => (
             shared.runner.run(work.id, &work.function, input).await,
             true,
         ),
         Mode::Warm => run_warm(shared, work, input).await,
+        Mode::Hot => return run_hot(shared, work, attempt, input).await,
     };
     match ran {
         Ok(run) => {
@@ -786,15 +798,7 @@ async fn execute(shared: &Shared, work: &Work, input: &[u8]) -> (Outcome, Option
             outcome.cold = cold;
             (outcome, failure)
         }
-        Err(e) => (
-            Outcome {
-                status: Some(Status::Failed),
-                error: Some(e.to_string()),
-                cold,
-                ..Default::default()
-            },
-            Some(Failure::Platform),
-        ),
+        Err(e) => (failed(e.to_string(), cold), Some(Failure::Platform)),
     }
 }
 
@@ -825,6 +829,134 @@ async fn run_warm(
             ran => return (ran, cold),
         }
     }
+}
+
+/// A hot run: one request to the function's own process in a kept container, taking another
+/// container when the one it got no longer accepts requests.
+async fn run_hot(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+) -> (Outcome, Option<Failure>) {
+    let timeout_ms = work.function.timeout_ms.max(1);
+    let mut tries = 0;
+    loop {
+        let (mut kept, cold) = match shared.warm.acquire(&work.function).await {
+            Ok(got) => got,
+            Err(PlatformError::NotReady(e)) => {
+                return (failed(e.to_string(), true), Some(Failure::Error));
+            }
+            Err(e) => return (failed(e.to_string(), true), Some(Failure::Platform)),
+        };
+        let started_at = chrono::Utc::now();
+        let started = Instant::now();
+        let deadline_ms = started_at.timestamp_millis() + timeout_ms;
+        let (connection, _) = kept.hot.as_mut().expect("a hot pool container");
+        let called = tokio::time::timeout(
+            Duration::from_millis(timeout_ms as u64),
+            connection.call(
+                hot::Call {
+                    id: work.id,
+                    function: &work.function,
+                    trigger: work.trigger,
+                    attempt,
+                    deadline_ms,
+                    input,
+                },
+                shared.runner.caps().stdout,
+            ),
+        )
+        .await;
+        let duration = started.elapsed();
+        let mut outcome = Outcome {
+            started_at: Some(started_at),
+            finished_at: Some(chrono::Utc::now()),
+            duration_ms: Some(duration.as_millis() as i64),
+            cold,
+            ..Default::default()
+        };
+        let failure = match called {
+            Ok(Ok(answer)) if (200..300).contains(&answer.status) => {
+                shared.warm.release(kept, true);
+                outcome.status = Some(Status::Succeeded);
+                outcome.exit_code = Some(0);
+                outcome.output = answer.body;
+                outcome.output_truncated = answer.truncated;
+                None
+            }
+            Ok(Ok(answer)) => {
+                // A failed run may have left the process in a bad state: never reused.
+                shared.warm.release(kept, false);
+                let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
+                outcome.status = Some(Status::Failed);
+                outcome.exit_code = Some(1);
+                outcome.error = Some(format!(
+                    "the function answered HTTP {}: {}",
+                    answer.status,
+                    tail(&detail, crate::message::ERROR_TAIL_BYTES)
+                ));
+                outcome.output = answer.body;
+                outcome.output_truncated = answer.truncated;
+                Some(Failure::Error)
+            }
+            Ok(Err(hot::CallError::Stale(e))) if tries < 3 => {
+                tracing::info!(error = %e, "a hot container no longer accepts requests; taking another");
+                shared.warm.release(kept, false);
+                tries += 1;
+                continue;
+            }
+            Ok(Err(e)) => {
+                let ended = hot::ended(shared.runner.docker(), &kept.id).await;
+                shared.warm.release(kept, false);
+                outcome.status = Some(Status::Failed);
+                match ended {
+                    Some(end) => {
+                        outcome.exit_code = Some(end.exit_code as i32);
+                        outcome.error = Some(if end.oom_killed {
+                            "out of memory: the engine killed the container at its memory limit"
+                                .to_string()
+                        } else {
+                            format!(
+                                "the function exited with code {} during the call",
+                                end.exit_code
+                            )
+                        });
+                    }
+                    None => outcome.error = Some(e.to_string()),
+                }
+                Some(Failure::Error)
+            }
+            Err(_) => {
+                shared.warm.release(kept, false);
+                outcome.status = Some(Status::TimedOut);
+                outcome.error = Some(format!(
+                    "timed out after {timeout_ms} ms; the container was killed"
+                ));
+                Some(Failure::Timeout)
+            }
+        };
+        return (outcome, failure);
+    }
+}
+
+/// A run that never got an answer from the function.
+fn failed(error: String, cold: bool) -> Outcome {
+    Outcome {
+        status: Some(Status::Failed),
+        error: Some(error),
+        cold,
+        ..Default::default()
+    }
+}
+
+/// The last `max` bytes of `s`, on a character boundary.
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
 }
 
 fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>) {

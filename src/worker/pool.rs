@@ -1,11 +1,16 @@
-//! The warm pool: containers a worker keeps alive per function (`mode: "warm"`), so an
-//! invocation is an exec of a few tens of milliseconds instead of a container start.
+//! The pool of kept containers: what a worker keeps alive per function, so an invocation is an
+//! exec of a few tens of milliseconds (`mode: "warm"`) or one HTTP request of well under one
+//! (`mode: "hot"`) instead of a container start.
 //!
-//! - A container is started with the worker's idle binary as its only process (a 129-byte static
-//!   program that pauses forever, mounted read-only) and the function's own limits and isolation.
+//! - A warm container is started with the worker's idle binary as its only process (a 129-byte
+//!   static program that pauses forever, mounted read-only) and the function's own limits and
+//!   isolation. A hot one runs the image's own command, which listens on `GRANDA_SOCKET` in a
+//!   directory of its own under `<state_dir>/hot/` ([`super::hot`]); it is lent out once it
+//!   accepts a connection.
 //! - Each run takes an idle container (the most recently used first, so the rest can expire),
 //!   whose health the exec itself checks (the engine refuses an exec into a container that no
-//!   longer runs; the run then discards it and takes another), or starts a new one while the function has fewer than
+//!   longer runs; a hot container's closed connection says the same; the run then discards it and
+//!   takes another), or starts a new one while the function has fewer than
 //!   `max_containers` (default: the worker's max concurrency), or waits for one.
 //! - A container whose run failed, timed out or ran out of memory is discarded, never reused.
 //! - Idle containers beyond `min_warm` are removed after `idle_timeout_ms`. Under memory pressure
@@ -23,7 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::container::{PlatformError, Runner, remove};
-use crate::function::Snapshot;
+use super::hot;
+use crate::function::{Mode, Snapshot};
 
 /// The idle entrypoint: a static x86-64 Linux program that loops on `pause(2)`.
 const IDLE_ELF: [u8; 129] = [
@@ -42,6 +48,8 @@ pub struct Warm {
     last_used: Instant,
     /// Runs it served before this one.
     pub uses: u32,
+    /// A hot container's connection and socket directory.
+    pub hot: Option<(hot::Connection, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -55,6 +63,8 @@ struct Entry {
 pub struct Pool {
     runner: Runner,
     idle_binary: PathBuf,
+    /// Where hot containers' socket directories are made: this worker's own.
+    sockets: PathBuf,
     default_max: usize,
     entries: Mutex<HashMap<String, Entry>>,
     /// Limits by key, as last seen in a message.
@@ -63,23 +73,46 @@ pub struct Pool {
 }
 
 /// What identifies interchangeable containers: the function and everything its container is
-/// made from, so an updated function never gets a container of its old definition.
+/// made from, so an updated function never gets a container of its old definition. The
+/// per-invocation variables (`GRANDA_*`: a webhook's event, an event's topic) are not part of a
+/// kept container; they travel with each run.
 fn key(f: &Snapshot) -> String {
-    let env = serde_json::to_string(&f.env).unwrap_or_default();
-    format!("{}|{}|{}|{}|{}", f.name, f.image, f.memory_mb, f.cpus, env)
+    let own: Vec<_> = f
+        .env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GRANDA_"))
+        .collect();
+    let env = serde_json::to_string(&own).unwrap_or_default();
+    let isolation = serde_json::json!([f.pids, f.network, f.user, f.container_runtime, f.tmp_mb]);
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}|{isolation}",
+        f.name,
+        f.mode.as_str(),
+        f.image,
+        f.memory_mb,
+        f.cpus,
+        env,
+        serde_json::to_string(&f.secrets.0).unwrap_or_default()
+    )
 }
 
 impl Pool {
-    /// Writes the idle binary under `state_dir` and makes an empty pool.
+    /// Writes the idle binary under `state_dir`, clears the socket directories an earlier self
+    /// of `worker_id` left, and makes an empty pool.
     pub fn new(
         runner: Runner,
         state_dir: &std::path::Path,
+        worker_id: &str,
         default_max: usize,
     ) -> std::io::Result<Pool> {
         let idle_binary = install_idle_binary(state_dir)?;
+        let sockets = socket_root(state_dir, worker_id);
+        let _ = std::fs::remove_dir_all(&sockets);
+        std::fs::create_dir_all(&sockets)?;
         Ok(Pool {
             runner,
             idle_binary,
+            sockets,
             default_max: default_max.max(1),
             entries: Mutex::default(),
             limits: Mutex::default(),
@@ -118,14 +151,14 @@ impl Pool {
                 // container that no longer runs, and the caller then discards it and asks again.
                 Some(Some(warm)) => return Ok((warm, false)),
                 Some(None) => {
-                    let path = self.idle_binary.to_string_lossy().into_owned();
-                    return match self.runner.start_warm(function, &path).await {
-                        Ok(id) => Ok((
+                    return match self.start(function).await {
+                        Ok((id, hot)) => Ok((
                             Warm {
                                 id,
                                 key,
                                 last_used: Instant::now(),
                                 uses: 0,
+                                hot,
                             },
                             true,
                         )),
@@ -136,6 +169,37 @@ impl Pool {
                     };
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    /// Starts a container for `function`'s mode; a hot one is ready when it accepts a connection.
+    async fn start(
+        &self,
+        function: &Snapshot,
+    ) -> Result<(String, Option<(hot::Connection, PathBuf)>), PlatformError> {
+        if function.mode != Mode::Hot {
+            let path = self.idle_binary.to_string_lossy().into_owned();
+            return Ok((self.runner.start_warm(function, &path).await?, None));
+        }
+        let dir = hot::socket_dir(&self.sockets).map_err(PlatformError::SocketDir)?;
+        let id = match self.runner.start_hot(function, &dir).await {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let within = Duration::from_millis(function.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
+        match hot::wait_ready(self.runner.docker(), &id, &dir, within).await {
+            Ok(connection) => Ok((id, Some((connection, dir)))),
+            Err(e) => {
+                let docker = self.runner.docker().clone();
+                tokio::spawn(async move {
+                    remove(&docker, &id).await;
+                    let _ = std::fs::remove_dir_all(&dir);
+                });
+                Err(PlatformError::NotReady(e))
             }
         }
     }
@@ -157,7 +221,12 @@ impl Pool {
     fn discard(&self, warm: Warm) {
         self.forget_one(&warm.key);
         let docker = self.runner.docker().clone();
-        tokio::spawn(async move { remove(&docker, &warm.id).await });
+        tokio::spawn(async move {
+            remove(&docker, &warm.id).await;
+            if let Some((_, dir)) = warm.hot {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        });
     }
 
     fn forget_one(&self, key: &str) {
@@ -222,7 +291,15 @@ impl Pool {
         for warm in idle {
             remove(self.runner.docker(), &warm.id).await;
         }
+        let _ = std::fs::remove_dir_all(&self.sockets);
     }
+}
+
+/// This worker's directory of hot sockets: short, since a socket's path must fit in 108 bytes.
+pub fn socket_root(state_dir: &std::path::Path, worker_id: &str) -> PathBuf {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(worker_id.as_bytes()));
+    state_dir.join("hot").join(&digest[..12])
 }
 
 /// Writes the idle binary to `state_dir/granda-idle` (atomically) and returns its path.

@@ -1,0 +1,243 @@
+//! Hot functions (`mode: "hot"`): the function's own process stays up in a kept container and
+//! serves each invocation as one HTTP/1.1 request over a unix socket. No network is involved.
+//!
+//! The protocol (the `granda-hot` crate in `hot/` implements the function's side):
+//! - The container runs the image's own entrypoint and command, with `GRANDA_SOCKET` set to
+//!   [`SOCKET_PATH`], in a directory the worker bind-mounts from `<state_dir>/hot/`. The function
+//!   listens there; the container is ready when a connection is accepted.
+//! - Each invocation is `POST /invoke` with the input as the body and the headers
+//!   `Granda-Invocation-Id`, `Granda-Deadline-Ms` (ms since the epoch), `Granda-Function`,
+//!   `Granda-Trigger`, `Granda-Attempt`, and one header per per-invocation variable
+//!   (`GRANDA_WEBHOOK_EVENT` travels as `Granda-Webhook-Event`). One request at a time per
+//!   container, on a kept-alive connection.
+//! - A 2xx answer is success, its body the output. Any other status is a failure of the
+//!   function, its body the error. No answer by the deadline: the container is killed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use uuid::Uuid;
+
+use crate::function::Snapshot;
+use crate::invocation::Trigger;
+
+/// Where the socket directory is mounted in a hot container.
+pub const SOCKET_DIR: &str = "/run/granda";
+/// `GRANDA_SOCKET`: where a hot function listens.
+pub const SOCKET_PATH: &str = "/run/granda/granda.sock";
+const SOCKET_NAME: &str = "granda.sock";
+
+/// The least time a hot container gets to listen, whatever the function's timeout.
+pub const MIN_STARTUP_MS: i64 = 5_000;
+/// How often a starting container is looked at while it has not listened yet.
+const READY_POLL: Duration = Duration::from_millis(2);
+/// How often the engine is asked whether a starting container is still running.
+const ALIVE_POLL: Duration = Duration::from_millis(250);
+
+/// Why a hot call got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The connection was closed before the request went out: the container is gone or stale.
+    #[error("the hot container is not accepting requests: {0}")]
+    Stale(String),
+    /// The request went out but no full answer came back (the process died or hung up).
+    #[error("the function hung up without answering: {0}")]
+    HungUp(hyper::Error),
+}
+
+/// Why a hot container could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the function exited (code {0}) before it listened on GRANDA_SOCKET")]
+    Exited(i64),
+    #[error("the function did not listen on GRANDA_SOCKET within {0} ms; is it a hot function?")]
+    NotListening(u64),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A kept-alive HTTP/1.1 connection to a hot container.
+#[derive(Debug)]
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    socket: PathBuf,
+}
+
+/// One invocation, as a hot call carries it.
+pub struct Call<'a> {
+    pub id: Uuid,
+    pub function: &'a Snapshot,
+    pub trigger: Trigger,
+    pub attempt: i32,
+    /// When the answer is due, in ms since the epoch.
+    pub deadline_ms: i64,
+    pub input: &'a [u8],
+}
+
+/// One answer of a hot function.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// The per-container socket directory under `root`, made writable for whatever user the
+/// function runs as (only this container mounts it).
+pub fn socket_dir(root: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = root.join(Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    Ok(dir)
+}
+
+/// Waits until the function in `container` listens in `dir`, for at most `within`.
+pub async fn wait_ready(
+    docker: &bollard::Docker,
+    container: &str,
+    dir: &Path,
+    within: Duration,
+) -> Result<Connection, StartError> {
+    let socket = dir.join(SOCKET_NAME);
+    let started = Instant::now();
+    let mut looked = Instant::now();
+    loop {
+        if socket.exists()
+            && let Ok(connection) = Connection::open(&socket).await
+        {
+            return Ok(connection);
+        }
+        if started.elapsed() >= within {
+            return Err(StartError::NotListening(within.as_millis() as u64));
+        }
+        if looked.elapsed() >= ALIVE_POLL {
+            looked = Instant::now();
+            if let Some(code) = exited(docker, container).await {
+                return Err(StartError::Exited(code));
+            }
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// How a container's process ended.
+#[derive(Clone, Copy, Debug)]
+pub struct End {
+    pub exit_code: i64,
+    pub oom_killed: bool,
+}
+
+/// How `container` ended, if it no longer runs (gone: code -1).
+async fn state(docker: &bollard::Docker, container: &str) -> Option<End> {
+    match docker.inspect_container(container, None).await {
+        Ok(c) => {
+            let state = c.state?;
+            (state.running != Some(true)).then(|| End {
+                exit_code: state.exit_code.unwrap_or(-1),
+                oom_killed: state.oom_killed.unwrap_or(false),
+            })
+        }
+        Err(_) => Some(End {
+            exit_code: -1,
+            oom_killed: false,
+        }),
+    }
+}
+
+async fn exited(docker: &bollard::Docker, container: &str) -> Option<i64> {
+    state(docker, container).await.map(|e| e.exit_code)
+}
+
+/// After a call that got no answer: how the container ended, waiting up to a second for the
+/// engine to see it (`None`: it still runs, the function only hung up).
+pub async fn ended(docker: &bollard::Docker, container: &str) -> Option<End> {
+    let give_up = Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(end) = state(docker, container).await {
+            return Some(end);
+        }
+        if Instant::now() >= give_up {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Connection {
+    async fn open(socket: &Path) -> std::io::Result<Connection> {
+        let stream = UnixStream::connect(socket).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection {
+            sender,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Sends one invocation and reads the answer, keeping at most `cap` bytes of its body (the
+    /// rest is read and dropped, so the connection stays usable).
+    pub async fn call(&mut self, call: Call<'_>, cap: usize) -> Result<Answer, CallError> {
+        if self.sender.is_closed() {
+            // The function closed its side between calls: one fresh connection, then give up.
+            *self = Connection::open(&self.socket.clone())
+                .await
+                .map_err(|e| CallError::Stale(e.to_string()))?;
+        }
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| CallError::Stale(e.to_string()))?;
+        let mut request = hyper::Request::post("/invoke")
+            .header("host", "granda")
+            .header("granda-invocation-id", call.id.to_string())
+            .header("granda-deadline-ms", call.deadline_ms.to_string())
+            .header("granda-function", call.function.name.as_str())
+            .header("granda-trigger", call.trigger.as_str())
+            .header("granda-attempt", call.attempt.to_string());
+        for (name, value) in call
+            .function
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("GRANDA_"))
+        {
+            request = request.header(name.replace('_', "-"), value.as_str());
+        }
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(call.input)))
+            .expect("a well-formed request");
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(CallError::HungUp)?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        let mut truncated = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(CallError::HungUp)?;
+            if let Ok(data) = frame.into_data() {
+                let room = cap.saturating_sub(kept.len());
+                if data.len() > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+        Ok(Answer {
+            status,
+            body: kept,
+            truncated,
+        })
+    }
+}
