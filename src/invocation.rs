@@ -304,14 +304,15 @@ pub mod store {
         Ok(())
     }
 
-    /// Marks an invocation `running` on `worker` as a new attempt: when it is `queued`, or
+    /// Marks an invocation `running` on `worker` as a new attempt (and published: a worker has its
+    /// message, so the outbox must leave it alone): when it is `queued`, or
     /// `running` on this same worker's earlier self (the caller knows it is not running here now),
     /// or `running` on a worker whose heartbeat stopped.
     #[tracing::instrument(skip(pool))]
     pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
         let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
             "UPDATE invocations i SET status = 'running', attempt = attempt + 1, started_at = now(), worker = $2,
-                    retry_at = NULL,
+                    retry_at = NULL, published_at = COALESCE(published_at, now()), payload = NULL,
                     queue_ms = CASE WHEN attempt = 0
                         THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - queued_at)) * 1000)::bigint)
                         ELSE queue_ms END

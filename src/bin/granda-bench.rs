@@ -44,6 +44,13 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Scenario::Pipeline)]
     scenario: Scenario,
+    /// Image of the hot function (`granda-test/hot` is `hot/examples/echo.rs`).
+    #[arg(long, default_value = "granda-test/hot")]
+    hot_image: String,
+    /// Hot rows: sequential sync calls for the latency row, and calls per client for the
+    /// throughput row.
+    #[arg(long, default_value_t = 500)]
+    hot_calls: usize,
     /// Scheduler scenario: how long each function run sleeps, in seconds.
     #[arg(long, default_value_t = 1)]
     run_seconds: u64,
@@ -56,6 +63,9 @@ enum Scenario {
     /// A burst into an idle worker: how the scheduler's concurrency follows the backlog, and the
     /// drain time against the ideal.
     Scheduler,
+    /// Only the hot rows: sync latency and throughput of `mode: hot` against direct requests to
+    /// the same kind of process over its socket.
+    Hot,
 }
 
 #[tokio::main]
@@ -79,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     settings.max_concurrency = Some(args.concurrency);
     settings.admin_key = Some(granda::keys::Secret(BENCH_KEY.to_string()));
     settings.min_concurrency = match args.scenario {
-        Scenario::Pipeline => args.concurrency,
+        Scenario::Pipeline | Scenario::Hot => args.concurrency,
         Scenario::Scheduler => 1,
     };
 
@@ -138,14 +148,26 @@ async fn main() -> anyhow::Result<()> {
         function,
     };
 
-    if args.scenario == Scenario::Scheduler {
-        let metrics = worker_metrics.clone();
-        scheduler_scenario(
-            &args, &client, &base_url, &pool, direct, &metrics, &settings,
-        )
-        .await?;
-    } else {
-        pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
+    match args.scenario {
+        Scenario::Scheduler => {
+            let metrics = worker_metrics.clone();
+            scheduler_scenario(
+                &args, &client, &base_url, &pool, direct, &metrics, &settings,
+            )
+            .await?;
+        }
+        Scenario::Pipeline => {
+            pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
+        }
+        Scenario::Hot => {
+            let rows = hot_rows(&args, &client, &base_url, &pool, &direct).await?;
+            println!();
+            println!("| measure | Granda | direct | ratio (Granda / direct) | target |");
+            println!("|---|---:|---:|---:|---|");
+            for row in rows {
+                println!("{row}");
+            }
+        }
     }
 
     let _ = stop.send(true);
@@ -209,6 +231,8 @@ async fn pipeline_scenario(
 
     eprintln!("warm: sync calls through Granda and direct execs…");
     let warm = warm_rows(args, &client, &base_url, &direct).await?;
+    eprintln!("hot: sync calls through Granda and direct socket requests…");
+    let hot = hot_rows(args, &client, &base_url, pool, &direct).await?;
 
     let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
     let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
@@ -238,7 +262,7 @@ async fn pipeline_scenario(
         d_rate,
         g_rate / d_rate
     );
-    for row in &warm {
+    for row in warm.iter().chain(&hot) {
         println!("{row}");
     }
     println!(
@@ -688,6 +712,152 @@ async fn direct_exec(docker: &Docker, container: &str) -> anyhow::Result<()> {
     let inspected = docker.inspect_exec(&exec.id).await?;
     if out != b"ping" || inspected.exit_code != Some(0) {
         bail!("direct exec returned {out:?}");
+    }
+    Ok(())
+}
+
+/// Hot rows: sync latency with 1 client and throughput with 8, through Granda (`mode: hot`)
+/// against requests straight to a hot container of the same image over its socket, and a check
+/// that every call through Granda was recorded in Postgres.
+async fn hot_rows(
+    args: &Args,
+    client: &reqwest::Client,
+    base_url: &str,
+    pool: &sqlx::PgPool,
+    direct: &Direct,
+) -> anyhow::Result<Vec<String>> {
+    granda::docker::ensure_image(&direct.docker, &args.hot_image).await?;
+    let created = client
+        .post(format!("{base_url}/v1/functions"))
+        .json(&json!({"name": "echo-hot", "image": args.hot_image, "memory_mb": 64, "mode": "hot"}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("registering the hot function: {}", created.text().await?);
+    }
+    let url = format!("{base_url}/fn/echo-hot");
+    let call = |client: reqwest::Client| {
+        let url = url.clone();
+        async move {
+            let r = client.post(url).body("ping").send().await?;
+            if r.status() != 200 || &r.bytes().await?[..] != b"ping" {
+                bail!("hot call failed");
+            }
+            anyhow::Ok(())
+        }
+    };
+
+    // The same process, asked directly: what the function itself costs.
+    let function = Snapshot {
+        name: "echo-hot".into(),
+        image: args.hot_image.clone(),
+        mode: granda::function::Mode::Hot,
+        ..direct.function.clone()
+    };
+    let sockets = std::env::temp_dir().join("granda-bench-hot");
+    std::fs::create_dir_all(&sockets)?;
+    let dir = granda::worker::hot::socket_dir(&sockets)?;
+    let container = direct.runner.start_hot(&function, &dir).await?;
+    let connect = || {
+        granda::worker::hot::wait_ready(&direct.docker, &container, &dir, Duration::from_secs(10))
+    };
+    let mut connection = connect().await?;
+    for _ in 0..20 {
+        call(client.clone()).await?;
+        ask(&mut connection, &function).await?;
+    }
+
+    let n = args.hot_calls;
+    let mut granda_lat = Vec::with_capacity(n);
+    let mut direct_lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        call(client.clone()).await?;
+        granda_lat.push(t.elapsed());
+        let t = Instant::now();
+        ask(&mut connection, &function).await?;
+        direct_lat.push(t.elapsed());
+    }
+
+    let clients = 8;
+    let t = Instant::now();
+    futures_util::future::try_join_all((0..clients).map(|_| {
+        let client = client.clone();
+        let call = &call;
+        async move {
+            for _ in 0..n {
+                call(client.clone()).await?;
+            }
+            anyhow::Ok(())
+        }
+    }))
+    .await?;
+    let granda_rate = (clients * n) as f64 / t.elapsed().as_secs_f64();
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(connect().await?);
+    }
+    let t = Instant::now();
+    futures_util::future::try_join_all(connections.iter_mut().map(|connection| async {
+        for _ in 0..n {
+            ask(connection, &function).await?;
+        }
+        anyhow::Ok(())
+    }))
+    .await?;
+    let direct_rate = (clients * n) as f64 / t.elapsed().as_secs_f64();
+    drop(connections);
+    drop(connection);
+    granda::worker::container::remove(&direct.docker, &container).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Every call through Granda must be in Postgres, final.
+    let made = (20 + n + clients * n) as i64;
+    let (recorded,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM invocations WHERE function = 'echo-hot' AND status = 'succeeded'",
+    )
+    .fetch_one(pool)
+    .await?;
+
+    let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
+    let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
+    Ok(vec![
+        format!(
+            "| hot sync p50, 1 client, vs a direct socket request (ms) | {:.2} | {:.2} | {:.2} | Granda ≤ 3 ms |",
+            ms(g50),
+            ms(d50),
+            ms(g50) / ms(d50)
+        ),
+        format!(
+            "| hot sync p95, 1 client (ms) | {:.2} | {:.2} | {:.2} | |",
+            ms(g95),
+            ms(d95),
+            ms(g95) / ms(d95)
+        ),
+        format!(
+            "| hot throughput, {clients} clients (calls/s) | {granda_rate:.0} | {direct_rate:.0} | {:.2} | Granda ≥ 1000 |",
+            granda_rate / direct_rate
+        ),
+        format!("| hot calls recorded succeeded in Postgres | {recorded} of {made} | | | all |"),
+    ])
+}
+
+/// One request straight to a hot process over its socket; an echo must give the input back.
+async fn ask(
+    connection: &mut granda::worker::hot::Connection,
+    function: &Snapshot,
+) -> anyhow::Result<()> {
+    let call = granda::worker::hot::Call {
+        id: Uuid::now_v7(),
+        function,
+        trigger: granda::invocation::Trigger::Sync,
+        attempt: 1,
+        deadline_ms: chrono::Utc::now().timestamp_millis() + 30_000,
+        input: b"ping",
+    };
+    let answer = connection.call(call, 1 << 20).await?;
+    if answer.status != 200 || answer.body != b"ping" {
+        bail!("direct hot call returned {answer:?}");
     }
     Ok(())
 }

@@ -98,7 +98,7 @@ pub async fn require(
     let token = bearer(&request)?.ok_or_else(|| {
         ApiError::Unauthorized("an API key is needed: Authorization: Bearer <key>".into())
     })?;
-    let scope = keys::verify(&app.pool, token)
+    let scope = verify(&app, token)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))?;
     if !scope.allows(needed) {
@@ -111,12 +111,25 @@ pub async fn require(
     Ok(next.run(request).await)
 }
 
+/// The scope of a live key, from what this process read in the last second or from Postgres.
+async fn verify(app: &AppState, token: &str) -> Result<Option<keys::Scope>, sqlx::Error> {
+    let hash = keys::hash(token);
+    if let Some(scope) = app.recent.key(&hash) {
+        return Ok(Some(scope));
+    }
+    let scope = keys::verify(&app.pool, token).await?;
+    if let Some(scope) = scope {
+        app.recent.remember_key(hash, scope);
+    }
+    Ok(scope)
+}
+
 async fn is_public(app: &AppState, name: &str) -> Result<bool, ApiError> {
-    let public: Option<(bool,)> = sqlx::query_as("SELECT public FROM functions WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&app.pool)
-        .await?;
-    Ok(public.is_some_and(|(p,)| p))
+    match super::functions::load_for_call(app, name).await {
+        Ok(f) => Ok(f.public),
+        Err(ApiError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

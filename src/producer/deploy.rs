@@ -227,6 +227,7 @@ async fn run(
             (StatusCode::OK, f)
         }
     };
+    app.recent.forget_all();
     tracing::info!(version = record.version, image = %record.image, "deployed from source");
     Ok((
         status,

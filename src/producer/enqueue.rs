@@ -112,12 +112,15 @@ pub async fn enqueue(
     };
     match published {
         Ok(reply) => {
-            let pool = app.pool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store::mark_published(&pool, id).await {
-                    tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
-                }
-            });
+            // A reply means a worker claimed it, and a claim notes the publish too.
+            if reply.is_none() {
+                let pool = app.pool.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store::mark_published(&pool, id).await {
+                        tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
+                    }
+                });
+            }
             app.metrics.inc(
                 "granda_invocations_accepted_total",
                 format!("trigger=\"{}\"", job.trigger.as_str()),

@@ -57,6 +57,17 @@ pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no function named {name:?}")))
 }
 
+/// [`load`] for invoking: what this process read in the last second will do
+/// ([`super::recent`]). Never for changing a function.
+pub async fn load_for_call(app: &AppState, name: &str) -> Result<Function, ApiError> {
+    if let Some(f) = app.recent.function(name) {
+        return Ok(f);
+    }
+    let f = load(app, name).await?;
+    app.recent.remember_function(&f);
+    Ok(f)
+}
+
 /// Makes sure the engine has `image`, pulling it if needed (unless `GRANDA_IMAGE_PULL=never`):
 /// 422 if it can't be had.
 pub(crate) async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
@@ -152,7 +163,9 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     }
     check_runtime(app, f.container_runtime.as_deref()).await?;
     check_image(app, &f.image).await?;
-    if !store::insert(&app.pool, f).await? {
+    let inserted = store::insert(&app.pool, f).await?;
+    app.recent.forget_all();
+    if !inserted {
         return Err(conflict(&f.name));
     }
     Ok(())
@@ -164,7 +177,9 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
     if f.image != old_image {
         check_image(app, &f.image).await?;
     }
-    if !store::update(&app.pool, f).await? {
+    let updated = store::update(&app.pool, f).await?;
+    app.recent.forget_all();
+    if !updated {
         return Err(ApiError::NotFound(format!(
             "no function named {:?}",
             f.name
@@ -240,7 +255,9 @@ pub async fn delete(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if store::delete(&app.pool, &name).await? {
+    let deleted = store::delete(&app.pool, &name).await?;
+    app.recent.forget_all();
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no function named {name:?}")))

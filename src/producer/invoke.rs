@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::enqueue::{Job, enqueue};
 use super::extract::RawBody;
-use super::functions::load;
+use super::functions::load_for_call;
 use crate::error::ApiError;
 use crate::invocation::{Status, Trigger};
 use crate::message::Reply;
@@ -32,7 +32,7 @@ pub async fn sync(
     Path(name): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let function = load(&app, &name).await?;
+    let function = load_for_call(&app, &name).await?;
     let wait = app.settings.sync_wait();
     let job = Job {
         reply: Some(wait),
@@ -66,7 +66,7 @@ pub async fn r#async(
             Some(url)
         }
     };
-    let function = load(&app, &name).await?;
+    let function = load_for_call(&app, &name).await?;
     let job = Job {
         idempotency_key: key,
         callback_url,

@@ -48,7 +48,9 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a key id")))?;
-    if keys::revoke(&app.pool, id).await? {
+    let revoked = keys::revoke(&app.pool, id).await?;
+    app.recent.forget_all();
+    if revoked {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("no live key with this id".into()))

@@ -13,6 +13,7 @@ pub mod invoke;
 pub mod keys;
 pub mod openapi;
 pub mod outbox;
+pub mod recent;
 pub mod ui;
 pub mod webhooks;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub docker: Docker,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// API keys and functions read in the last second.
+    pub recent: Arc<recent::Recent>,
 }
 
 /// A bound, connected ingress, ready to serve.
@@ -100,6 +103,7 @@ impl Application {
                 docker,
                 settings: Arc::new(settings),
                 metrics: Arc::default(),
+                recent: Arc::default(),
             },
         })
     }

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::broker::{self, BrokerError, Topology};
 use crate::config::Settings;
 use crate::function::Mode;
-use crate::invocation::{self, Claim, Outcome, Status};
+use crate::invocation::{self, Claim, Outcome, Status, Trigger};
 use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
 use crate::retry::{self, Backoff, Failure, Verdict};
@@ -649,7 +649,14 @@ async fn run_claimed(
                 tracing::warn!(attempt, "retries spent; dead-lettering");
             }
             with_db_retries(|| invocation::store::finish(&shared.pool, work.id, &outcome)).await;
-            crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), work.id);
+            // Sync calls have no callbacks: their caller has the answer.
+            if work.trigger != Trigger::Sync {
+                crate::callback::deliver_later(
+                    shared.pool.clone(),
+                    shared.callbacks.clone(),
+                    work.id,
+                );
+            }
             shared.metrics.inc(
                 "granda_invocations_total",
                 format!("{function},status=\"{}\"", outcome.status().as_str()),

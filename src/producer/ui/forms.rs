@@ -394,7 +394,9 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response, UiError> {
     session.require_admin()?;
-    if !store::delete(&app.pool, &name).await? {
+    let deleted = store::delete(&app.pool, &name).await?;
+    app.recent.forget_all();
+    if !deleted {
         return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
     }
     Ok(Redirect::to(BASE).into_response())

@@ -1,0 +1,82 @@
+//! Recent reads of what every call looks up (its API key, its function), kept for a moment so an
+//! invocation costs Postgres only the writes that record it. This process forgets everything at
+//! once when it changes a function or a key; a change made through another ingress process is
+//! seen within [`TTL`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::function::Function;
+use crate::keys::Scope;
+
+/// How long a read is trusted.
+pub const TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most per kind; past it the kind starts over (a flood of names can't grow it).
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Default)]
+pub struct Recent {
+    functions: Mutex<HashMap<String, (Instant, Function)>>,
+    /// By the SHA-256 of the key, never the key itself.
+    keys: Mutex<HashMap<[u8; 32], (Instant, Scope)>>,
+}
+
+impl Recent {
+    pub fn function(&self, name: &str) -> Option<Function> {
+        fresh(&self.functions, name)
+    }
+
+    pub fn remember_function(&self, f: &Function) {
+        remember(&self.functions, f.name.clone(), f.clone());
+    }
+
+    pub fn key(&self, hash: &[u8; 32]) -> Option<Scope> {
+        fresh(&self.keys, hash)
+    }
+
+    pub fn remember_key(&self, hash: [u8; 32], scope: Scope) {
+        remember(&self.keys, hash, scope);
+    }
+
+    /// After this process changed a function or a key.
+    pub fn forget_all(&self) {
+        self.functions.lock().expect("lock").clear();
+        self.keys.lock().expect("lock").clear();
+    }
+}
+
+fn fresh<K, Q, V>(map: &Mutex<HashMap<K, (Instant, V)>>, key: &Q) -> Option<V>
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Clone,
+{
+    let map = map.lock().expect("lock");
+    let (at, value) = map.get(key)?;
+    (at.elapsed() < TTL).then(|| value.clone())
+}
+
+fn remember<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (Instant, V)>>, key: K, value: V) {
+    let mut map = map.lock().expect("lock");
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, (Instant::now(), value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_remembered_until_forgotten() {
+        let recent = Recent::default();
+        let hash = crate::keys::hash("gk_some-key");
+        assert_eq!(recent.key(&hash), None);
+        recent.remember_key(hash, Scope::Invoke);
+        assert_eq!(recent.key(&hash), Some(Scope::Invoke));
+        recent.forget_all();
+        assert_eq!(recent.key(&hash), None);
+    }
+}
