@@ -35,6 +35,21 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// A pool on `pool`'s database whose commits don't wait for the WAL to reach the disk, for
+/// writes that may be lost in a Postgres crash without harm: a claim is a lease. If it is lost,
+/// the record is `queued` again, the run's final record (a durable commit, which flushes the WAL
+/// before it, claim included) still applies, and a redelivered message is claimed again.
+pub fn lease_pool(pool: &PgPool) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .connect_lazy_with(options)
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations")
         .run(pool)

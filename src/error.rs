@@ -89,6 +89,16 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::WorkerCrashed => {
                 ApiError::Unavailable(format!("database unavailable: {e}"))
             }
+            // The server is going away or can't take more (SQLSTATE classes 08, 53, 57): a
+            // connection from before a restart fails its first query this way.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
+                }) =>
+            {
+                ApiError::Unavailable(format!("database unavailable: {db}"))
+            }
+            sqlx::Error::Protocol(_) => ApiError::Unavailable(format!("database unavailable: {e}")),
             // Text Postgres can't hold (a NUL byte, bad encoding) came from the client: its fault.
             sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>

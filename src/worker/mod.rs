@@ -65,6 +65,8 @@ pub struct Worker {
 /// What every run of this worker needs.
 struct Shared {
     pool: PgPool,
+    /// For claims: the same database, with commits that don't wait for the disk.
+    leases: PgPool,
     runner: Runner,
     worker_id: String,
     topology: Topology,
@@ -109,6 +111,7 @@ impl Worker {
         let runner = Runner::new(docker, worker_id.clone(), caps);
         Ok(Worker {
             shared: Arc::new(Shared {
+                leases: crate::db::lease_pool(&pool),
                 pool,
                 warm: pool::Pool::new(
                     runner.clone(),
@@ -556,7 +559,7 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
     }
 
     let claim =
-        with_db_retries(|| invocation::store::claim(&shared.pool, work.id, &shared.worker_id))
+        with_db_retries(|| invocation::store::claim(&shared.leases, work.id, &shared.worker_id))
             .await;
     match claim {
         Claim::Claimed { attempt, queued_at } => {
