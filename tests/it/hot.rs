@@ -242,3 +242,56 @@ async fn idle_hot_processes_expire_and_shutdown_removes_the_rest() {
     let sockets = granda::worker::pool::socket_root(&state_dir, &worker);
     assert!(!sockets.exists(), "{} is left", sockets.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_one_hot_process_with_their_topic_as_a_header() {
+    let app = spawn_app().await;
+    app.register("hot", "granda-test/hot", json!({"mode": "hot"}))
+        .await;
+    let r = app
+        .post_json(
+            "/v1/functions/hot/subscriptions",
+            &json!({"pattern": "orders.*"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let mut outputs = Vec::new();
+    for topic in ["orders.created", "orders.paid"] {
+        let r = app
+            .post_with(
+                &format!("/v1/events/{topic}"),
+                &[("content-type", "text/plain")],
+                "headers".to_string(),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        let answer: Value = r.json().await.unwrap();
+        let id = answer["invocations"][0]["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let record = app.wait_final(id, Duration::from_secs(10)).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["trigger"], "event");
+        outputs.push(record["output"].as_str().unwrap().to_lowercase());
+    }
+    assert!(
+        outputs[0].contains("granda-event-topic: orders.created"),
+        "{}",
+        outputs[0]
+    );
+    assert!(
+        outputs[1].contains("granda-event-topic: orders.paid"),
+        "{}",
+        outputs[1]
+    );
+    assert!(
+        outputs[1].contains("granda-trigger: event"),
+        "{}",
+        outputs[1]
+    );
+    // Per-invocation variables don't make containers differ: one process served both.
+    assert_eq!(hot_containers(&app).await.len(), 1);
+    app.shutdown().await;
+}
