@@ -32,6 +32,7 @@ lint:
 
 bench: setup
 	$(CARGO) run --release --bin granda-bench
+	$(CARGO) run --release --bin granda-bench -- --scenario hot --concurrency 8
 
 images:
 	bash scripts/build-test-images.sh --force
