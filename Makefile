@@ -20,15 +20,15 @@ run: setup
 	$(CARGO) run --release --bin granda -- up
 
 test: setup
-	$(CARGO) test --all-targets -- $(TEST_ARGS)
+	$(CARGO) test --workspace --all-targets -- $(TEST_ARGS)
 	bash scripts/fuzz-api.sh
 
 fuzz: setup
 	bash scripts/fuzz-api.sh
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: setup
 	$(CARGO) run --release --bin granda-bench

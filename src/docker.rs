@@ -13,6 +13,17 @@ pub const LABEL_FUNCTION: &str = "granda.function";
 pub const LABEL_POOL: &str = "granda.pool";
 /// Label on every container Granda starts: when it must be gone by, in ms since the epoch.
 pub const LABEL_DEADLINE: &str = "granda.deadline";
+/// Label on pool containers: which installation (database and queues) they belong to, so a
+/// worker reaps only its own installation's orphans on an engine several share.
+pub const LABEL_INSTALLATION: &str = "granda.installation";
+
+/// The installation's identity: a digest of its database URL and queue prefix. Processes that
+/// name the database differently get different values, which only means they reap less.
+pub fn installation(database_url: &str, amqp_prefix: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{database_url}|{amqp_prefix}").as_bytes());
+    hex::encode(digest)[..16].to_string()
+}
 
 /// Connects to `host` (`unix://…`, `tcp://…`, `http://…`), or the local socket when `None`.
 /// `timeout_secs` bounds every engine call, so it must outlast the longest function.

@@ -16,7 +16,9 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::docker::{LABEL_DEADLINE, LABEL_FUNCTION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER};
+use crate::docker::{
+    LABEL_DEADLINE, LABEL_FUNCTION, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER,
+};
 use crate::function::{InputMode, Network, Snapshot};
 
 /// How long output may keep flowing after the container exited.
@@ -81,6 +83,8 @@ pub struct Runner {
     caps: Caps,
     /// Each image's own command (entrypoint, cmd, working dir, user), for warm execs.
     commands: Arc<Mutex<HashMap<String, ImageCommand>>>,
+    /// The `granda.installation` label of pool containers.
+    installation: Option<String>,
 }
 
 /// What an image runs when started: what a warm exec runs instead.
@@ -112,7 +116,14 @@ impl Runner {
             worker_id,
             caps,
             commands: Arc::default(),
+            installation: None,
         }
+    }
+
+    /// Labels pool containers as `installation`'s ([`crate::docker::installation`]).
+    pub fn with_installation(mut self, installation: String) -> Self {
+        self.installation = Some(installation);
+        self
     }
 
     pub fn docker(&self) -> &Docker {
@@ -417,6 +428,9 @@ impl Runner {
             labels.remove(LABEL_DEADLINE);
             labels.remove(LABEL_INVOCATION);
             labels.insert(LABEL_POOL.to_string(), kept.pool.to_string());
+            if let Some(installation) = &self.installation {
+                labels.insert(LABEL_INSTALLATION.to_string(), installation.clone());
+            }
         }
         if let Some(host) = config.host_config.as_mut() {
             host.binds = Some(vec![kept.bind]);

@@ -15,7 +15,7 @@ pub mod container;
 mod heartbeat;
 pub mod hot;
 pub mod pool;
-mod reaper;
+pub mod reaper;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -60,6 +60,7 @@ pub struct Worker {
     queues: Vec<String>,
     schedule: scheduler::Config,
     grace: Duration,
+    installation: String,
 }
 
 /// What every run of this worker needs.
@@ -108,7 +109,10 @@ impl Worker {
             stderr: settings.max_log_bytes,
         };
         let schedule = scheduler::Config::from_settings(settings);
-        let runner = Runner::new(docker, worker_id.clone(), caps);
+        let installation =
+            crate::docker::installation(&settings.database_url, &settings.amqp_prefix);
+        let runner =
+            Runner::new(docker, worker_id.clone(), caps).with_installation(installation.clone());
         Ok(Worker {
             shared: Arc::new(Shared {
                 leases: crate::db::lease_pool(&pool),
@@ -136,6 +140,7 @@ impl Worker {
             queues: settings.queues.clone(),
             schedule,
             grace: settings.shutdown_grace(),
+            installation,
         })
     }
 
@@ -184,6 +189,11 @@ impl Worker {
         let reaper = tokio::spawn(reaper::reap_expired_forever(
             self.shared.runner.docker().clone(),
         ));
+        let orphans = tokio::spawn(reaper::reap_orphaned_pools_forever(
+            self.shared.runner.docker().clone(),
+            self.shared.pool.clone(),
+            self.installation.clone(),
+        ));
         let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
         let expiring = tokio::spawn({
             let shared = self.shared.clone();
@@ -208,6 +218,7 @@ impl Worker {
             }
         }
         reaper.abort();
+        orphans.abort();
         strays.abort();
         expiring.abort();
         self.shared.warm.clear().await;

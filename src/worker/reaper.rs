@@ -8,10 +8,70 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
 use super::container::remove;
-use crate::docker::{LABEL_DEADLINE, LABEL_INVOCATION, LABEL_WORKER};
+use crate::docker::{
+    LABEL_DEADLINE, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER,
+};
 
 /// How far past its deadline a container may be before any worker removes it.
 const DEADLINE_SLACK_MS: i64 = 60_000;
+
+/// How long a worker may miss its heartbeat before its pool containers are anyone's to remove.
+const ORPHAN_AFTER_SECS: i64 = 60;
+
+/// Every 30 s, [`reap_orphaned_pools`].
+pub async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, installation: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        reap_orphaned_pools(&docker, &pool, &installation).await;
+    }
+}
+
+/// Removes the warm and hot pool containers of `installation` whose worker has not beaten for a
+/// minute: it crashed and came back under another id (or not at all), so no restarted self will
+/// remove them. Returns how many it removed.
+pub async fn reap_orphaned_pools(
+    docker: &Docker,
+    pool: &sqlx::PgPool,
+    installation: &str,
+) -> usize {
+    let label = format!("{LABEL_INSTALLATION}={installation}");
+    let kept: Vec<_> = list(docker, &label)
+        .await
+        .into_iter()
+        .filter(|(_, labels)| labels.contains_key(LABEL_POOL))
+        .collect();
+    let workers: Vec<String> = kept
+        .iter()
+        .filter_map(|(_, labels)| labels.get(LABEL_WORKER).cloned())
+        .collect();
+    if workers.is_empty() {
+        return 0;
+    }
+    let alive: Vec<(String,)> = match sqlx::query_as(
+        "SELECT id FROM workers WHERE id = ANY($1) AND heartbeat_at > now() - make_interval(secs => $2)",
+    )
+    .bind(&workers)
+    .bind(ORPHAN_AFTER_SECS as f64)
+    .fetch_all(pool)
+    .await
+    {
+        Ok(alive) => alive,
+        Err(e) => {
+            tracing::debug!(error = %e, "can't read heartbeats; orphans wait");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for (id, labels) in kept {
+        let worker = labels.get(LABEL_WORKER).map(String::as_str).unwrap_or("");
+        if !alive.iter().any(|(w,)| w == worker) {
+            tracing::info!(container = %id, worker, "removing a pool container of a worker that is gone");
+            remove(docker, &id).await;
+            removed += 1;
+        }
+    }
+    removed
+}
 
 /// Removes every container labelled with this worker's id: at start, none of them is ours to keep.
 pub async fn reap_own(docker: &Docker, worker_id: &str) {

@@ -295,3 +295,73 @@ async fn events_reach_one_hot_process_with_their_topic_as_a_header() {
     assert_eq!(hot_containers(&app).await.len(), 1);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_containers_of_a_worker_that_is_gone_are_reaped_by_the_installation() {
+    use std::collections::HashMap;
+    let app = spawn_app().await;
+    app.register("hot", "granda-test/hot", json!({"mode": "hot"}))
+        .await;
+    assert_eq!(call(&app, "hot", "x").await.0, 200);
+    let live = wait_hot_containers(&app, 1, Duration::from_secs(5)).await;
+    let installation =
+        granda::docker::installation(&app.settings.database_url, &app.settings.amqp_prefix);
+
+    // A pool container of a worker that never beat here, one of another installation, and one
+    // of ours started by a worker that beats.
+    let start = |worker: String, installation: String| {
+        let docker = app.docker.clone();
+        async move {
+            let labels = HashMap::from([
+                ("granda.worker".to_string(), worker),
+                ("granda.pool".to_string(), "hot".to_string()),
+                ("granda.installation".to_string(), installation),
+            ]);
+            let config = bollard::models::ContainerCreateBody {
+                image: Some("granda-test/sleep".into()),
+                env: Some(vec!["SLEEP_SECONDS=60".into()]),
+                labels: Some(labels),
+                network_disabled: Some(true),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some("none".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let id = docker
+                .create_container(
+                    None::<bollard::query_parameters::CreateContainerOptions>,
+                    config,
+                )
+                .await
+                .unwrap()
+                .id;
+            docker
+                .start_container(
+                    &id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let ghost = start(format!("ghost-{}", Uuid::new_v4()), installation.clone()).await;
+    let other = start("ghost".into(), format!("other-{}", Uuid::new_v4())).await;
+
+    let removed =
+        granda::worker::reaper::reap_orphaned_pools(&app.docker, &app.pool, &installation).await;
+    assert_eq!(
+        removed, 1,
+        "only the ghost's container is an orphan of this installation"
+    );
+    assert!(app.docker.inspect_container(&ghost, None).await.is_err());
+    assert!(app.docker.inspect_container(&other, None).await.is_ok());
+    assert_eq!(
+        hot_containers(&app).await,
+        live,
+        "the live worker's pool stays"
+    );
+    granda::worker::container::remove(&app.docker, &other).await;
+    app.shutdown().await;
+}
