@@ -96,6 +96,9 @@ struct ImageCommand {
     user: Option<String>,
 }
 
+/// The removal of a finished run's container, under way.
+pub type Removal = tokio::task::JoinHandle<()>;
+
 /// Where the idle entrypoint of warm containers is mounted inside them.
 pub const IDLE_PATH: &str = "/granda/idle";
 
@@ -134,29 +137,44 @@ impl Runner {
         self.caps
     }
 
-    /// Runs `function` on `input` as invocation `id`. The container is removed whatever happens.
+    /// Runs `function` on `input` as invocation `id`. The container is removed whatever happens,
+    /// by the returned task: removal is cleanup, not part of the answer, so the caller can reply
+    /// first and then wait for it (and so not start more containers than it removes).
     #[tracing::instrument(skip_all, fields(%id, function = %function.name))]
     pub async fn run(
         &self,
         id: Uuid,
         function: &Snapshot,
         input: &[u8],
-    ) -> Result<Run, PlatformError> {
-        let config = self.config(id, function, input)?;
-        let created = self
+    ) -> (Result<Run, PlatformError>, Option<Removal>) {
+        match self.config(id, function, input) {
+            Ok(config) => self.create_and_run(config, function, input).await,
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    async fn create_and_run(
+        &self,
+        config: ContainerCreateBody,
+        function: &Snapshot,
+        input: &[u8],
+    ) -> (Result<Run, PlatformError>, Option<Removal>) {
+        let created = match self
             .docker
             .create_container(
                 None::<bollard::query_parameters::CreateContainerOptions>,
                 config,
             )
             .await
-            .map_err(PlatformError::Create)?;
+        {
+            Ok(created) => created,
+            Err(e) => return (Err(PlatformError::Create(e)), None),
+        };
         let container = created.id;
         let result = self.attach_start_wait(&container, function, input).await;
-        // Removal is cleanup, not part of the answer: do it off the caller's path.
         let docker = self.docker.clone();
-        tokio::spawn(async move { remove(&docker, &container).await });
-        result
+        let removal = tokio::spawn(async move { remove(&docker, &container).await });
+        (result, Some(removal))
     }
 
     /// The container Granda creates for one invocation: limits, isolation, env and labels.

@@ -45,7 +45,7 @@ use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
 use crate::retry::{self, Backoff, Failure, Verdict};
 use crate::scheduler::{self, Controller, Limiter, Observation};
-use container::{Caps, Exit, PlatformError, Run, Runner};
+use container::{Caps, Exit, PlatformError, Removal, Run, Runner};
 
 /// A shutdown signal, as a future that completes when it is time to stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -629,7 +629,7 @@ async fn run_claimed(
     attempt: i32,
 ) {
     let started = Instant::now();
-    let (mut outcome, failure) = execute(shared, work, attempt, &delivery.data).await;
+    let (mut outcome, failure, removal) = execute(shared, work, attempt, &delivery.data).await;
     shared
         .controller
         .lock()
@@ -703,6 +703,12 @@ async fn run_claimed(
             .await;
             park_for(shared, channels, queue, delivery, level, delay).await;
         }
+    }
+    // Answered and settled; the slot is held until the container is gone, so a worker never has
+    // more containers on the engine than it has slots (removals would otherwise pile up beside
+    // new starts and slow them).
+    if let Some(removal) = removal {
+        let _ = removal.await;
     }
 }
 
@@ -798,28 +804,39 @@ async fn reject(delivery: &Delivery, requeue: bool) {
     }
 }
 
-/// Runs the container and turns whatever happened into the attempt's outcome and failure class.
+/// Runs the container and turns whatever happened into the attempt's outcome and failure class,
+/// and the removal of a cold run's container, for the caller to wait for after it answered.
 async fn execute(
     shared: &Shared,
     work: &Work,
     attempt: i32,
     input: &[u8],
-) -> (Outcome, Option<Failure>) {
-    let (ran, cold) = match work.function.mode {
-        Mode::Cold => (
-            shared.runner.run(work.id, &work.function, input).await,
-            true,
-        ),
-        Mode::Warm => run_warm(shared, work, input).await,
-        Mode::Hot => return run_hot(shared, work, attempt, input).await,
+) -> (Outcome, Option<Failure>, Option<Removal>) {
+    let (ran, cold, removal) = match work.function.mode {
+        Mode::Cold => {
+            let (ran, removal) = shared.runner.run(work.id, &work.function, input).await;
+            (ran, true, removal)
+        }
+        Mode::Warm => {
+            let (ran, cold) = run_warm(shared, work, input).await;
+            (ran, cold, None)
+        }
+        Mode::Hot => {
+            let (outcome, failure) = run_hot(shared, work, attempt, input).await;
+            return (outcome, failure, None);
+        }
     };
     match ran {
         Ok(run) => {
             let (mut outcome, failure) = outcome_of(run, work.function.timeout_ms);
             outcome.cold = cold;
-            (outcome, failure)
+            (outcome, failure, removal)
         }
-        Err(e) => (failed(e.to_string(), cold), Some(Failure::Platform)),
+        Err(e) => (
+            failed(e.to_string(), cold),
+            Some(Failure::Platform),
+            removal,
+        ),
     }
 }
 
