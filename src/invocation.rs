@@ -334,6 +334,80 @@ pub mod store {
         })
     }
 
+    /// [`claim`] for a sync call, whose record the ingress does not write first (its confirmed
+    /// message is the acceptance): creates the record as `running` here, or claims the one that
+    /// exists (the ingress wrote it when the caller stopped waiting, or this is a redelivery).
+    #[tracing::instrument(skip(pool, inv))]
+    pub async fn claim_or_create(
+        pool: &PgPool,
+        inv: &NewInvocation<'_>,
+        queued_at_ms: i64,
+        worker: &str,
+    ) -> Result<Claim, sqlx::Error> {
+        let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+        let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
+            "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
+                                          started_at, worker, published_at, queue_ms)
+             SELECT $1, $2, 'running', $3, $4, $5, to_timestamp($6::float8 / 1000.0), 1, now(), $7, now(),
+                     GREATEST(0, (EXTRACT(EPOCH FROM now()) * 1000)::bigint - $6)
+             WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
+             ON CONFLICT (id) DO UPDATE SET status = 'running', attempt = i.attempt + 1, started_at = now(),
+                    worker = $7, retry_at = NULL, published_at = COALESCE(i.published_at, now()), payload = NULL,
+                    queue_ms = CASE WHEN i.attempt = 0
+                        THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - i.queued_at)) * 1000)::bigint)
+                        ELSE i.queue_ms END
+               WHERE i.status = 'queued' OR (i.status = 'running' AND (i.worker = $7 OR NOT EXISTS (
+                   SELECT 1 FROM workers w WHERE w.id = i.worker AND w.heartbeat_at > now() - interval '15 seconds')))
+             RETURNING attempt, queued_at",
+        )
+        .bind(inv.id)
+        .bind(inv.function)
+        .bind(inv.trigger.as_str())
+        .bind(stored)
+        .bind(inv.input.len() as i64)
+        .bind(queued_at_ms)
+        .bind(worker)
+        .fetch_optional(pool)
+        .await?;
+        if let Some((attempt, queued_at)) = row {
+            return Ok(Claim::Claimed { attempt, queued_at });
+        }
+        Ok(match get(pool, inv.id).await? {
+            Some(record) if record.status().is_final() => Claim::AlreadyFinal(Box::new(record)),
+            Some(_) => Claim::RunningElsewhere,
+            None => Claim::Missing,
+        })
+    }
+
+    /// Notes that a sync call was refused (its publish not confirmed): if its message reached the
+    /// queue anyway, no worker will record or run it.
+    pub async fn refuse(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO refused_invocations (id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the `queued` record of a sync call whose caller stopped waiting (published: its
+    /// message is on the queue), unless a worker wrote it already.
+    pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), sqlx::Error> {
+        let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+        sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, published_at)
+             VALUES ($1, $2, 'queued', $3, $4, $5, now(), now())
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(inv.id)
+        .bind(inv.function)
+        .bind(inv.trigger.as_str())
+        .bind(stored)
+        .bind(inv.input.len() as i64)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
     /// Puts a failed attempt back to `queued` until `retry_at`, keeping what the attempt produced.
     #[tracing::instrument(skip(pool, outcome))]
     pub async fn requeue(

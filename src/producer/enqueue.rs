@@ -1,6 +1,12 @@
 //! Turning an event into a queued invocation, for every trigger: store the `queued` record, then
 //! publish it with publisher confirms. Nothing gets a 2xx for an invocation the broker did not
 //! confirm: then the record is removed and the caller hears 503.
+//!
+//! Sync calls skip the first write: the confirmed message is the acceptance, and the worker that
+//! claims it writes the record (durably, before it runs anything). If the reply does not come in
+//! time, the ingress writes the `queued` record before answering 202, so its status URL works;
+//! if the publish is not confirmed, the id is noted as refused, so a message that reached the
+//! queue anyway is never run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,6 +63,9 @@ pub async fn enqueue(
     function: &Function,
     job: Job<'_>,
 ) -> Result<Queued, ApiError> {
+    if let Some(wait) = job.reply {
+        return call(app, function, job, wait).await;
+    }
     let (id, new) = store::insert_queued(
         &app.pool,
         &NewInvocation {
@@ -98,29 +107,18 @@ pub async fn enqueue(
         reply_to: None,
         correlation_id: None,
     };
-    let published = match job.reply {
-        Some(wait) => {
-            app.publisher
-                .call(&function.queue, work, job.input, wait)
-                .await
-        }
-        None => app
-            .publisher
-            .publish(&function.queue, &work, job.input)
-            .await
-            .map(|()| None),
-    };
-    match published {
-        Ok(reply) => {
-            // A reply means a worker claimed it, and a claim notes the publish too.
-            if reply.is_none() {
-                let pool = app.pool.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store::mark_published(&pool, id).await {
-                        tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
-                    }
-                });
-            }
+    match app
+        .publisher
+        .publish(&function.queue, &work, job.input)
+        .await
+    {
+        Ok(()) => {
+            let pool = app.pool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store::mark_published(&pool, id).await {
+                    tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
+                }
+            });
             app.metrics.inc(
                 "granda_invocations_accepted_total",
                 format!("trigger=\"{}\"", job.trigger.as_str()),
@@ -128,7 +126,7 @@ pub async fn enqueue(
             Ok(Queued {
                 id,
                 new: true,
-                reply,
+                reply: None,
             })
         }
         Err(e) => {
@@ -139,4 +137,59 @@ pub async fn enqueue(
             Err(e.into())
         }
     }
+}
+
+/// A sync call: published first, recorded by the worker that claims it (see the module's doc).
+async fn call(
+    app: &AppState,
+    function: &Function,
+    job: Job<'_>,
+    wait: Duration,
+) -> Result<Queued, ApiError> {
+    let new = NewInvocation {
+        id: Uuid::now_v7(),
+        function: &function.name,
+        trigger: job.trigger,
+        input: job.input,
+        stored_input_cap: app.settings.max_stored_input_bytes,
+        idempotency_key: None,
+    };
+    let mut snapshot = function.snapshot();
+    snapshot.env.extend(job.env);
+    let work = Work {
+        id: new.id,
+        trigger: job.trigger,
+        function: snapshot,
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    };
+    let reply = match app
+        .publisher
+        .call(&function.queue, work, job.input, wait)
+        .await
+    {
+        Ok(reply) => reply,
+        Err(e) => {
+            if let Err(db) = store::refuse(&app.pool, new.id).await {
+                tracing::error!(id = %new.id, error = %db, "could not note a refused call");
+            }
+            return Err(e.into());
+        }
+    };
+    if reply.is_none()
+        && let Err(e) = store::note_queued(&app.pool, &new).await
+    {
+        // The message is on its queue: the worker that claims it writes the record.
+        tracing::warn!(id = %new.id, error = %e, "could not write the record of a call that stopped waiting");
+    }
+    app.metrics.inc(
+        "granda_invocations_accepted_total",
+        format!("trigger=\"{}\"", job.trigger.as_str()),
+    );
+    Ok(Queued {
+        id: new.id,
+        new: true,
+        reply,
+    })
 }

@@ -68,6 +68,8 @@ struct Shared {
     pool: PgPool,
     /// For claims: the same database, with commits that don't wait for the disk.
     leases: PgPool,
+    /// How much of a sync call's input its record keeps (the worker writes that record).
+    stored_input_cap: usize,
     runner: Runner,
     worker_id: String,
     topology: Topology,
@@ -116,6 +118,7 @@ impl Worker {
         Ok(Worker {
             shared: Arc::new(Shared {
                 leases: crate::db::lease_pool(&pool),
+                stored_input_cap: settings.max_stored_input_bytes,
                 pool,
                 warm: pool::Pool::new(
                     runner.clone(),
@@ -569,9 +572,7 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
         let _ = done.wait_for(|d| *d).await;
     }
 
-    let claim =
-        with_db_retries(|| invocation::store::claim(&shared.leases, work.id, &shared.worker_id))
-            .await;
+    let claim = with_db_retries(|| claim(&shared, &work, &delivery.data)).await;
     match claim {
         Claim::Claimed { attempt, queued_at } => {
             let running = Running::start(&shared, work.id);
@@ -617,6 +618,25 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
             reject(&delivery, false).await;
         }
     }
+}
+
+/// Marks the invocation `running` here. A sync call's record is written by this claim: the
+/// ingress published it without writing one first (see [`crate::producer::enqueue`]).
+async fn claim(shared: &Shared, work: &Work, input: &[u8]) -> Result<Claim, sqlx::Error> {
+    if work.trigger != Trigger::Sync {
+        return invocation::store::claim(&shared.leases, work.id, &shared.worker_id).await;
+    }
+    let new = invocation::NewInvocation {
+        id: work.id,
+        function: &work.function.name,
+        trigger: work.trigger,
+        input,
+        stored_input_cap: shared.stored_input_cap,
+        idempotency_key: None,
+    };
+    // A durable commit: this claim holds the call's only record until the final one.
+    invocation::store::claim_or_create(&shared.pool, &new, work.queued_at_ms, &shared.worker_id)
+        .await
 }
 
 /// Runs a claimed invocation and settles its message by the retry verdict.

@@ -191,9 +191,16 @@ async fn a_sync_call_past_the_wait_cap_gets_202_and_the_run_goes_on() {
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let id = body["id"].as_str().unwrap().parse().unwrap();
+    // The record is there as soon as the 202 is: its status URL works at once.
+    let now = app.invocation(id).await;
+    assert!(
+        matches!(now["status"].as_str(), Some("queued" | "running")),
+        "{now}"
+    );
     let record = app.wait_final(id, Duration::from_secs(20)).await;
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["output"], "slept\n");
+    assert_eq!(record["trigger"], "sync");
     app.shutdown().await;
 }
 
@@ -275,5 +282,41 @@ async fn the_same_idempotency_key_returns_the_first_invocation() {
         .await
         .unwrap();
     assert_eq!(count, 1, "one record for one key");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sync_call_is_never_recorded_or_run_even_if_its_message_arrives() {
+    use granda::invocation::{Claim, NewInvocation, Trigger, store};
+    let app = spawn_app().await;
+    let id = uuid::Uuid::now_v7();
+    let new = NewInvocation {
+        id,
+        function: "echo",
+        trigger: Trigger::Sync,
+        input: b"x",
+        stored_input_cap: 1024,
+        idempotency_key: None,
+    };
+    store::refuse(&app.pool, id).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let claim = store::claim_or_create(&app.pool, &new, now, "w1")
+        .await
+        .unwrap();
+    assert!(matches!(claim, Claim::Missing), "{claim:?}");
+    assert!(store::get(&app.pool, id).await.unwrap().is_none());
+
+    // Not refused: the claim writes the record, `running`, attempt 1.
+    let id = uuid::Uuid::now_v7();
+    let new = NewInvocation { id, ..new };
+    let claim = store::claim_or_create(&app.pool, &new, now, "w1")
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, Claim::Claimed { attempt: 1, .. }),
+        "{claim:?}"
+    );
+    let record = store::get(&app.pool, id).await.unwrap().unwrap();
+    assert_eq!(record.status().as_str(), "running");
     app.shutdown().await;
 }
