@@ -37,7 +37,7 @@ pub enum TopCommand {
     Process(Command),
     /// Manage functions: deploy (from source or an image), ls, get, update, rm.
     #[command(subcommand, name = "fn")]
-    Fn(FnCommand),
+    Fn(Box<FnCommand>),
     /// Run a function and print its output (stdout only, so it pipes).
     Invoke(InvokeArgs),
     /// Read invocations: ls, get, logs, retry.
@@ -147,7 +147,7 @@ pub async fn main() -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut command, "granda", &mut std::io::stdout());
             Ok(())
         }
-        TopCommand::Fn(command) => crate::client::functions::run(&client, command).await,
+        TopCommand::Fn(command) => crate::client::functions::run(&client, *command).await,
         TopCommand::Invoke(args) => crate::client::invoke::run(&client, args).await,
         TopCommand::Inv(command) => crate::client::invocations::run(&client, command).await,
         TopCommand::Hooks(command) => crate::client::hooks::run(&client, command).await,

@@ -50,6 +50,18 @@ pub struct FunctionFlags {
     /// The queue its invocations go to.
     #[arg(long)]
     pub queue: Option<String>,
+    /// How runs get a container: cold, warm or hot.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Warm and hot: containers kept even when idle, per worker.
+    #[arg(long)]
+    pub min_warm: Option<i64>,
+    /// Warm and hot: the most containers per worker.
+    #[arg(long)]
+    pub max_containers: Option<i64>,
+    /// Warm and hot: how long an idle container is kept, in ms.
+    #[arg(long)]
+    pub idle_timeout_ms: Option<i64>,
 }
 
 impl FunctionFlags {
@@ -63,6 +75,15 @@ impl FunctionFlags {
         }
         if let Some(v) = self.cpus {
             m.insert("cpus".into(), v.into());
+        }
+        for (k, v) in [
+            ("min_warm", self.min_warm),
+            ("max_containers", self.max_containers),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.into());
+            }
         }
         if !self.env.is_empty() {
             let mut env = BTreeMap::new();
@@ -78,6 +99,7 @@ impl FunctionFlags {
             ("input", self.input),
             ("description", self.description),
             ("queue", self.queue),
+            ("mode", self.mode),
         ] {
             if let Some(v) = v {
                 m.insert(k.into(), v.into());

@@ -511,12 +511,25 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     let f = json(
         &granda(
             &app,
-            &["fn", "update", "ver", "--timeout-ms", "1234", "--json"],
+            &[
+                "fn",
+                "update",
+                "ver",
+                "--timeout-ms",
+                "1234",
+                "--mode",
+                "warm",
+                "--min-warm",
+                "1",
+                "--json",
+            ],
             b"",
         )
         .await,
     );
     assert_eq!(f["timeout_ms"], 1234);
+    assert_eq!(f["mode"], "warm");
+    assert_eq!(f["min_warm"], 1);
     assert_eq!(f["image"], "granda-test/echo");
 
     for d in [v1, v2, bad] {
