@@ -232,6 +232,34 @@ pub mod store {
         };
     }
 
+    /// What a claim by worker `$w` writes into row `i`: a new `running` attempt, published (a
+    /// worker has its message, so the outbox must leave it alone).
+    macro_rules! claim_set {
+        ($w:literal) => {
+            concat!(
+                "status = 'running', attempt = i.attempt + 1, started_at = now(), worker = ",
+                $w,
+                ", retry_at = NULL, published_at = COALESCE(i.published_at, now()), payload = NULL,
+                 queue_ms = CASE WHEN i.attempt = 0
+                     THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - i.queued_at)) * 1000)::bigint)
+                     ELSE i.queue_ms END"
+            )
+        };
+    }
+
+    /// When worker `$w` may claim row `i`: it is `queued`, or `running` on this worker's earlier
+    /// self, or on a worker whose heartbeat stopped.
+    macro_rules! claimable {
+        ($w:literal) => {
+            concat!(
+                "i.status = 'queued' OR (i.status = 'running' AND (i.worker = ",
+                $w,
+                " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = i.worker
+                                 AND w.heartbeat_at > now() - interval '15 seconds')))"
+            )
+        };
+    }
+
     /// Stores a `queued` invocation. With an idempotency key already used for this function in
     /// the last 24 hours, stores nothing and returns the first invocation's id and `false`.
     #[tracing::instrument(skip_all, fields(id = %inv.id, function = inv.function))]
@@ -310,20 +338,26 @@ pub mod store {
     /// or `running` on a worker whose heartbeat stopped.
     #[tracing::instrument(skip(pool))]
     pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
-        let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
-            "UPDATE invocations i SET status = 'running', attempt = attempt + 1, started_at = now(), worker = $2,
-                    retry_at = NULL, published_at = COALESCE(published_at, now()), payload = NULL,
-                    queue_ms = CASE WHEN attempt = 0
-                        THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - queued_at)) * 1000)::bigint)
-                        ELSE queue_ms END
-             WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND (worker = $2 OR NOT EXISTS (
-                 SELECT 1 FROM workers w WHERE w.id = i.worker AND w.heartbeat_at > now() - interval '15 seconds'))))
-             RETURNING attempt, queued_at",
-        )
+        let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
+            "UPDATE invocations i SET ",
+            claim_set!("$2"),
+            " WHERE i.id = $1 AND (",
+            claimable!("$2"),
+            ") RETURNING attempt, queued_at"
+        ))
         .bind(id)
         .bind(worker)
         .fetch_optional(pool)
         .await?;
+        claimed_or_why(pool, id, row).await
+    }
+
+    /// What a claim that wrote nothing found instead.
+    async fn claimed_or_why(
+        pool: &PgPool,
+        id: Uuid,
+        row: Option<(i32, DateTime<Utc>)>,
+    ) -> Result<Claim, sqlx::Error> {
         if let Some((attempt, queued_at)) = row {
             return Ok(Claim::Claimed { attempt, queued_at });
         }
@@ -345,21 +379,18 @@ pub mod store {
         worker: &str,
     ) -> Result<Claim, sqlx::Error> {
         let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
-        let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(
+        let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
             "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
                                           started_at, worker, published_at, queue_ms)
              SELECT $1, $2, 'running', $3, $4, $5, to_timestamp($6::float8 / 1000.0), 1, now(), $7, now(),
                      GREATEST(0, (EXTRACT(EPOCH FROM now()) * 1000)::bigint - $6)
              WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
-             ON CONFLICT (id) DO UPDATE SET status = 'running', attempt = i.attempt + 1, started_at = now(),
-                    worker = $7, retry_at = NULL, published_at = COALESCE(i.published_at, now()), payload = NULL,
-                    queue_ms = CASE WHEN i.attempt = 0
-                        THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - i.queued_at)) * 1000)::bigint)
-                        ELSE i.queue_ms END
-               WHERE i.status = 'queued' OR (i.status = 'running' AND (i.worker = $7 OR NOT EXISTS (
-                   SELECT 1 FROM workers w WHERE w.id = i.worker AND w.heartbeat_at > now() - interval '15 seconds')))
-             RETURNING attempt, queued_at",
-        )
+             ON CONFLICT (id) DO UPDATE SET ",
+            claim_set!("$7"),
+            " WHERE ",
+            claimable!("$7"),
+            " RETURNING attempt, queued_at"
+        ))
         .bind(inv.id)
         .bind(inv.function)
         .bind(inv.trigger.as_str())
@@ -369,14 +400,7 @@ pub mod store {
         .bind(worker)
         .fetch_optional(pool)
         .await?;
-        if let Some((attempt, queued_at)) = row {
-            return Ok(Claim::Claimed { attempt, queued_at });
-        }
-        Ok(match get(pool, inv.id).await? {
-            Some(record) if record.status().is_final() => Claim::AlreadyFinal(Box::new(record)),
-            Some(_) => Claim::RunningElsewhere,
-            None => Claim::Missing,
-        })
+        claimed_or_why(pool, inv.id, row).await
     }
 
     /// Notes that a sync call was refused (its publish not confirmed): if its message reached the

@@ -95,18 +95,7 @@ pub async fn enqueue(
         store::discard(&app.pool, id).await.ok();
         return Err(e.into());
     }
-    let mut snapshot = function.snapshot();
-    // The snapshot is this message's own copy: per-invocation env travels in it, so the worker
-    // and the container runner need nothing new to pass it on.
-    snapshot.env.extend(job.env);
-    let work = Work {
-        id,
-        trigger: job.trigger,
-        function: snapshot,
-        queued_at_ms: chrono::Utc::now().timestamp_millis(),
-        reply_to: None,
-        correlation_id: None,
-    };
+    let work = work(id, function, &job);
     match app
         .publisher
         .publish(&function.queue, &work, job.input)
@@ -119,10 +108,7 @@ pub async fn enqueue(
                     tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
                 }
             });
-            app.metrics.inc(
-                "granda_invocations_accepted_total",
-                format!("trigger=\"{}\"", job.trigger.as_str()),
-            );
+            count_accepted(app, job.trigger);
             Ok(Queued {
                 id,
                 new: true,
@@ -154,16 +140,7 @@ async fn call(
         stored_input_cap: app.settings.max_stored_input_bytes,
         idempotency_key: None,
     };
-    let mut snapshot = function.snapshot();
-    snapshot.env.extend(job.env);
-    let work = Work {
-        id: new.id,
-        trigger: job.trigger,
-        function: snapshot,
-        queued_at_ms: chrono::Utc::now().timestamp_millis(),
-        reply_to: None,
-        correlation_id: None,
-    };
+    let work = work(new.id, function, &job);
     let reply = match app
         .publisher
         .call(&function.queue, work, job.input, wait)
@@ -183,13 +160,32 @@ async fn call(
         // The message is on its queue: the worker that claims it writes the record.
         tracing::warn!(id = %new.id, error = %e, "could not write the record of a call that stopped waiting");
     }
-    app.metrics.inc(
-        "granda_invocations_accepted_total",
-        format!("trigger=\"{}\"", job.trigger.as_str()),
-    );
+    count_accepted(app, job.trigger);
     Ok(Queued {
         id: new.id,
         new: true,
         reply,
     })
+}
+
+/// The message of invocation `id`. The snapshot is this message's own copy: per-invocation env
+/// travels in it, so the worker and the container runner need nothing new to pass it on.
+fn work(id: Uuid, function: &Function, job: &Job<'_>) -> Work {
+    let mut snapshot = function.snapshot();
+    snapshot.env.extend(job.env.clone());
+    Work {
+        id,
+        trigger: job.trigger,
+        function: snapshot,
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    }
+}
+
+fn count_accepted(app: &AppState, trigger: Trigger) {
+    app.metrics.inc(
+        "granda_invocations_accepted_total",
+        format!("trigger=\"{}\"", trigger.as_str()),
+    );
 }
