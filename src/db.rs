@@ -37,8 +37,9 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
 
 /// A pool on `pool`'s database whose commits don't wait for the WAL to reach the disk, for
 /// writes that may be lost in a Postgres crash without harm: a claim is a lease. If it is lost,
-/// the record is `queued` again, the run's final record (a durable commit, which flushes the WAL
-/// before it, claim included) still applies, and a redelivered message is claimed again.
+/// the record is `queued` again (a sync call's is gone: its claim created it), the run's final
+/// record (a durable commit, which flushes the WAL before it, claim included) still applies or
+/// writes the record whole, and a redelivered message is claimed again.
 pub fn lease_pool(pool: &PgPool) -> PgPool {
     let options = (*pool.connect_options())
         .clone()

@@ -531,7 +531,8 @@ pub mod store {
         .await
     }
 
-    /// Writes the final record. Returns `false` if it was already final (nothing is changed then).
+    /// Writes the final record. Returns `false` if it was already final or is missing (nothing is
+    /// changed then; see [`restore_final`] for a sync call's).
     #[tracing::instrument(skip(pool, outcome), fields(status = outcome.status().as_str()))]
     pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
@@ -543,6 +544,57 @@ pub mod store {
         )
         .bind(id)
         .bind(outcome.status().as_str())
+        .bind(&outcome.output)
+        .bind(outcome.output_truncated)
+        .bind(&outcome.logs)
+        .bind(outcome.logs_truncated)
+        .bind(outcome.exit_code)
+        .bind(&outcome.error)
+        .bind(outcome.started_at)
+        .bind(outcome.finished_at)
+        .bind(outcome.duration_ms)
+        .bind(outcome.cold)
+        .bind(outcome.cpu_ms)
+        .bind(outcome.max_memory_bytes)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Writes a sync call's final record whole when [`finish`] found no record: the claim that
+    /// created it is an asynchronous commit, which a Postgres crash during the run may have lost.
+    /// Writes nothing when a record exists. Returns whether it wrote one.
+    #[tracing::instrument(skip(pool, inv, outcome), fields(id = %inv.id))]
+    pub async fn restore_final(
+        pool: &PgPool,
+        inv: &NewInvocation<'_>,
+        queued_at_ms: i64,
+        worker: &str,
+        attempt: i32,
+        outcome: &Outcome,
+    ) -> Result<bool, sqlx::Error> {
+        let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+        let done = sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
+                                      worker, published_at, queue_ms, output, output_truncated, logs,
+                                      logs_truncated, exit_code, error, started_at, finished_at,
+                                      duration_ms, cold, cpu_ms, max_memory_bytes)
+             SELECT $1, $2, $3, $4, $5, $6, to_timestamp($7::float8 / 1000.0), $8, $9, now(),
+                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($16, now())) * 1000)::bigint - $7),
+                    $10, $11, $12, $13, $14, $15, COALESCE($16, now()), COALESCE($17, now()),
+                    $18, $19, $20, $21
+             WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(inv.id)
+        .bind(inv.function)
+        .bind(outcome.status().as_str())
+        .bind(inv.trigger.as_str())
+        .bind(stored)
+        .bind(inv.input.len() as i64)
+        .bind(queued_at_ms)
+        .bind(attempt)
+        .bind(worker)
         .bind(&outcome.output)
         .bind(outcome.output_truncated)
         .bind(&outcome.logs)

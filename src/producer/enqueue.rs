@@ -3,7 +3,8 @@
 //! confirm: then the record is removed and the caller hears 503.
 //!
 //! Sync calls skip the first write: the confirmed message is the acceptance, and the worker that
-//! claims it writes the record (durably, before it runs anything). If the reply does not come in
+//! claims it writes the record (before it runs anything; its final record is durable before the
+//! reply and the ack, and is written whole if a Postgres crash lost the claim). If the reply does not come in
 //! time, the ingress writes the `queued` record before answering 202, so its status URL works;
 //! if the publish is not confirmed, the id is noted as refused, so a message that reached the
 //! queue anyway is never run.

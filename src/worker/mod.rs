@@ -626,17 +626,58 @@ async fn claim(shared: &Shared, work: &Work, input: &[u8]) -> Result<Claim, sqlx
     if work.trigger != Trigger::Sync {
         return invocation::store::claim(&shared.leases, work.id, &shared.worker_id).await;
     }
-    let new = invocation::NewInvocation {
+    // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the final
+    // record is written whole by `record_final`, and a redelivery claims it again.
+    invocation::store::claim_or_create(
+        &shared.leases,
+        &sync_record(shared, work, input),
+        work.queued_at_ms,
+        &shared.worker_id,
+    )
+    .await
+}
+
+/// The record a sync call's claim creates, and its final write restores if that claim was lost.
+fn sync_record<'a>(
+    shared: &Shared,
+    work: &'a Work,
+    input: &'a [u8],
+) -> invocation::NewInvocation<'a> {
+    invocation::NewInvocation {
         id: work.id,
         function: &work.function.name,
         trigger: work.trigger,
         input,
         stored_input_cap: shared.stored_input_cap,
         idempotency_key: None,
-    };
-    // A durable commit: this claim holds the call's only record until the final one.
-    invocation::store::claim_or_create(&shared.pool, &new, work.queued_at_ms, &shared.worker_id)
-        .await
+    }
+}
+
+/// Writes the final record (a durable commit, before the reply and the ack). A sync call's
+/// record that is missing, its claim lost in a Postgres crash, is written whole.
+async fn record_final(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+    outcome: &Outcome,
+) -> Result<(), sqlx::Error> {
+    let finished = invocation::store::finish(&shared.pool, work.id, outcome).await?;
+    if !finished && work.trigger == Trigger::Sync {
+        let restored = invocation::store::restore_final(
+            &shared.pool,
+            &sync_record(shared, work, input),
+            work.queued_at_ms,
+            &shared.worker_id,
+            attempt,
+            outcome,
+        )
+        .await?;
+        if restored {
+            tracing::warn!("the claim's record was gone (a Postgres crash?); wrote it whole");
+        }
+    }
+    Ok(())
 }
 
 /// Runs a claimed invocation and settles its message by the retry verdict.
@@ -682,7 +723,7 @@ async fn run_claimed(
                 outcome.status = Some(Status::Dead);
                 tracing::warn!(attempt, "retries spent; dead-lettering");
             }
-            with_db_retries(|| invocation::store::finish(&shared.pool, work.id, &outcome)).await;
+            with_db_retries(|| record_final(shared, work, attempt, &delivery.data, &outcome)).await;
             // Sync calls have no callbacks: their caller has the answer.
             if work.trigger != Trigger::Sync {
                 crate::callback::deliver_later(

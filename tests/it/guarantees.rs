@@ -255,3 +255,57 @@ async fn a_duplicate_message_of_a_final_invocation_is_acked_without_a_run() {
     assert_eq!(depth, 0, "the duplicate was acked");
     app.shutdown().await;
 }
+
+/// A sync call's claim is an asynchronous commit: a Postgres crash during the run may lose it.
+/// The final write then writes the record whole (here the record is deleted mid-run instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_call_whose_claimed_record_is_lost_mid_run_is_recorded_whole_at_the_end() {
+    let app = spawn_app_with(|_| {}).await;
+    app.register(
+        "sleepy",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "2"}}),
+    )
+    .await;
+    let call = {
+        let client = app.client.clone();
+        let url = app.url("/v1/functions/sleepy/invoke");
+        tokio::spawn(async move { client.post(url).body("in").send().await.unwrap() })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let id: Uuid = loop {
+        let running: Option<(Uuid,)> = sqlx::query_as(
+            "DELETE FROM invocations WHERE function = 'sleepy' AND status = 'running' RETURNING id",
+        )
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        if let Some((id,)) = running {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "the call never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let response = call.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-granda-invocation-id"]
+            .to_str()
+            .unwrap(),
+        id.to_string()
+    );
+    assert_eq!(response.text().await.unwrap(), "slept\n");
+
+    let record = app.invocation(id).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["output"], "slept\n");
+    assert_eq!(record["input"], "in");
+    assert_eq!(record["trigger"], "sync");
+    assert_eq!(record["attempt"], 1);
+    assert_eq!(record["worker"], app.worker_id());
+    assert_eq!(record["exit_code"], 0);
+    for field in ["queued_at", "started_at", "finished_at"] {
+        assert!(record[field].is_string(), "{field} is set: {record}");
+    }
+    app.shutdown().await;
+}
