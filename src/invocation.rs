@@ -467,7 +467,7 @@ pub mod store {
     pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE invocations SET status = 'queued', published_at = NULL, retry_at = NULL, error = NULL,
-                    finished_at = NULL
+                    finished_at = NULL, dead_at = NULL
              WHERE id = $1 AND status IN ('failed', 'timed_out', 'dead') AND input_size = length(input)",
         )
         .bind(id)
@@ -523,7 +523,8 @@ pub mod store {
     ) -> Result<Vec<Record>, sqlx::Error> {
         sqlx::query_as::<_, Record>(concat!(
             select!(),
-            " WHERE status = 'dead' AND ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"
+            " WHERE dead_at IS NOT NULL AND status = 'dead' AND ($1::uuid IS NULL OR id < $1)
+              ORDER BY id DESC LIMIT $2"
         ))
         .bind(before)
         .bind(limit)
@@ -539,7 +540,8 @@ pub mod store {
             "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
                     exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
                     duration_ms = $11, retry_at = NULL, payload = NULL,
-                    cold = $12, cpu_ms = $13, max_memory_bytes = $14
+                    cold = $12, cpu_ms = $13, max_memory_bytes = $14,
+                    dead_at = CASE WHEN $2 = 'dead' THEN now() END
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
         .bind(id)

@@ -103,3 +103,45 @@ async fn invocations_are_listed_newest_first_paged_and_filtered() {
     );
     app.shutdown().await;
 }
+
+/// Claims and final records stay heap-only updates (no index entry written) only while no index
+/// key or predicate mentions a column they change (migration 0011).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_index_of_invocations_mentions_a_column_a_claim_or_final_record_changes() {
+    let app = spawn_app().await;
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'invocations'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(indexes.len() >= 4, "{indexes:?}");
+    let changed = [
+        "status",
+        "attempt",
+        "started_at",
+        "worker",
+        "output",
+        "exit_code",
+        "error",
+        "finished_at",
+        "duration_ms",
+        "retry_at",
+        "cold",
+    ];
+    for (name, def) in &indexes {
+        for column in changed {
+            assert!(
+                !def.contains(column),
+                "index {name} mentions {column}, so updates of it can't be HOT: {def}"
+            );
+        }
+    }
+    let hot: Vec<Vec<String>> =
+        sqlx::query_scalar("SELECT reloptions FROM pg_class WHERE relname = 'invocations'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(hot, vec![vec!["fillfactor=80".to_string()]]);
+    app.shutdown().await;
+}
