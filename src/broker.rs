@@ -297,7 +297,7 @@ impl Publisher {
     }
 
     /// Publishes `work` to its queue and returns once the broker confirmed it.
-    #[tracing::instrument(skip_all, fields(id = %work.id, queue))]
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %work.id, queue))]
     pub async fn publish(&self, queue: &str, work: &Work, body: &[u8]) -> Result<(), BrokerError> {
         self.publish_retrying(queue, work, body, |_| {}).await
     }

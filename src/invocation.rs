@@ -262,7 +262,7 @@ pub mod store {
 
     /// Stores a `queued` invocation. With an idempotency key already used for this function in
     /// the last 24 hours, stores nothing and returns the first invocation's id and `false`.
-    #[tracing::instrument(skip_all, fields(id = %inv.id, function = inv.function))]
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %inv.id, function = inv.function))]
     pub async fn insert_queued(
         pool: &PgPool,
         inv: &NewInvocation<'_>,
@@ -336,7 +336,7 @@ pub mod store {
     /// message, so the outbox must leave it alone): when it is `queued`, or
     /// `running` on this same worker's earlier self (the caller knows it is not running here now),
     /// or `running` on a worker whose heartbeat stopped.
-    #[tracing::instrument(skip(pool))]
+    #[tracing::instrument(level = "debug", skip(pool))]
     pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
         let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
             "UPDATE invocations i SET ",
@@ -371,7 +371,7 @@ pub mod store {
     /// [`claim`] for a sync call, whose record the ingress does not write first (its confirmed
     /// message is the acceptance): creates the record as `running` here, or claims the one that
     /// exists (the ingress wrote it when the caller stopped waiting, or this is a redelivery).
-    #[tracing::instrument(skip(pool, inv))]
+    #[tracing::instrument(level = "debug", skip(pool, inv))]
     pub async fn claim_or_create(
         pool: &PgPool,
         inv: &NewInvocation<'_>,
@@ -433,7 +433,7 @@ pub mod store {
     }
 
     /// Puts a failed attempt back to `queued` until `retry_at`, keeping what the attempt produced.
-    #[tracing::instrument(skip(pool, outcome))]
+    #[tracing::instrument(level = "debug", skip(pool, outcome))]
     pub async fn requeue(
         pool: &PgPool,
         id: Uuid,
@@ -534,7 +534,7 @@ pub mod store {
 
     /// Writes the final record. Returns `false` if it was already final or is missing (nothing is
     /// changed then; see [`restore_final`] for a sync call's).
-    #[tracing::instrument(skip(pool, outcome), fields(status = outcome.status().as_str()))]
+    #[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
     pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
@@ -566,7 +566,7 @@ pub mod store {
     /// Writes a sync call's final record whole when [`finish`] found no record: the claim that
     /// created it is an asynchronous commit, which a Postgres crash during the run may have lost.
     /// Writes nothing when a record exists. Returns whether it wrote one.
-    #[tracing::instrument(skip(pool, inv, outcome), fields(id = %inv.id))]
+    #[tracing::instrument(level = "debug", skip(pool, inv, outcome), fields(id = %inv.id))]
     pub async fn restore_final(
         pool: &PgPool,
         inv: &NewInvocation<'_>,

@@ -504,8 +504,15 @@ fn write_response(output: &mut impl Write, r: &Response) -> io::Result<()> {
         head += "Connection: close\r\n";
     }
     head += "\r\n";
-    output.write_all(head.as_bytes())?;
-    output.write_all(&r.body)?;
+    // One write for a small answer: the worker wakes once to read it, not twice.
+    if r.body.len() <= 64 * 1024 {
+        let mut all = head.into_bytes();
+        all.extend_from_slice(&r.body);
+        output.write_all(&all)?;
+    } else {
+        output.write_all(head.as_bytes())?;
+        output.write_all(&r.body)?;
+    }
     output.flush()
 }
 

@@ -72,9 +72,8 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if std::env::var_os("RUST_LOG").is_some() {
-        granda::telemetry::init();
-    }
+    // The same logging as `granda up` (its spans cost something per call), to stderr.
+    granda::telemetry::init();
     let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut settings = Settings::from_env();
     let db_name = format!("granda_bench_{tag}");

@@ -736,12 +736,16 @@ async fn run_claimed(
                 "granda_invocations_total",
                 format!("{function},status=\"{}\"", outcome.status().as_str()),
             );
-            reply(channels, work, &Reply::from_outcome(&outcome)).await;
-            if verdict == Verdict::Dead {
-                reject(delivery, false).await;
-            } else {
-                ack(delivery).await;
-            }
+            // Both at once: the connection's I/O thread sends them in one write.
+            let answer = Reply::from_outcome(&outcome);
+            let settle = async {
+                if verdict == Verdict::Dead {
+                    reject(delivery, false).await;
+                } else {
+                    ack(delivery).await;
+                }
+            };
+            tokio::join!(reply(channels, work, &answer), settle);
         }
         Verdict::RetryAfter(level) => {
             let delay = retry::jittered(level, (Uuid::new_v4().as_u128() & 0xffff) as u16);
