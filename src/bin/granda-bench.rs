@@ -99,7 +99,8 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .with_metrics(app.metrics());
     let worker_metrics = app.metrics();
-    let base_url = format!("http://{}", app.local_addr());
+    let address = app.local_addr();
+    let base_url = format!("http://{address}");
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -160,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
         }
         Scenario::Hot => {
-            let rows = hot_rows(&args, &client, &base_url, &pool, &direct).await?;
+            let rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
             println!();
             println!("| measure | Granda | direct | ratio (Granda / direct) | target |");
             println!("|---|---:|---:|---:|---|");
@@ -721,6 +722,7 @@ async fn hot_rows(
     args: &Args,
     client: &reqwest::Client,
     base_url: &str,
+    address: std::net::SocketAddr,
     pool: &sqlx::PgPool,
     direct: &Direct,
 ) -> anyhow::Result<Vec<String>> {
@@ -733,17 +735,8 @@ async fn hot_rows(
     if created.status() != 201 {
         bail!("registering the hot function: {}", created.text().await?);
     }
-    let url = format!("{base_url}/fn/echo-hot");
-    let call = |client: reqwest::Client| {
-        let url = url.clone();
-        async move {
-            let r = client.post(url).body("ping").send().await?;
-            if r.status() != 200 || &r.bytes().await?[..] != b"ping" {
-                bail!("hot call failed");
-            }
-            anyhow::Ok(())
-        }
-    };
+    let lean = || Lean::connect(address, "/fn/echo-hot", b"ping");
+    let mut one = lean().await?;
 
     // The same process, asked directly: what the function itself costs.
     let function = Snapshot {
@@ -761,7 +754,7 @@ async fn hot_rows(
     };
     let mut connection = connect().await?;
     for _ in 0..20 {
-        call(client.clone()).await?;
+        one.expect(b"ping").await?;
         ask(&mut connection, &function).await?;
     }
 
@@ -770,7 +763,7 @@ async fn hot_rows(
     let mut direct_lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        call(client.clone()).await?;
+        one.expect(b"ping").await?;
         granda_lat.push(t.elapsed());
         let t = Instant::now();
         ask(&mut connection, &function).await?;
@@ -778,18 +771,26 @@ async fn hot_rows(
     }
 
     let clients = 8;
+    let mut leans = Vec::new();
+    for _ in 0..clients {
+        leans.push(lean().await?);
+    }
+    // Each client is a task on the runtime, as the ingress's connections are.
     let t = Instant::now();
-    futures_util::future::try_join_all((0..clients).map(|_| {
-        let client = client.clone();
-        let call = &call;
-        async move {
-            for _ in 0..n {
-                call(client.clone()).await?;
-            }
-            anyhow::Ok(())
-        }
-    }))
-    .await?;
+    let running: Vec<_> = leans
+        .into_iter()
+        .map(|mut lean| {
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    lean.expect(b"ping").await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for client in running {
+        client.await??;
+    }
     let granda_rate = (clients * n) as f64 / t.elapsed().as_secs_f64();
     let mut connections = Vec::new();
     for _ in 0..clients {
@@ -858,4 +859,79 @@ async fn ask(
         bail!("direct hot call returned {answer:?}");
     }
     Ok(())
+}
+
+/// A minimal HTTP/1.1 client on one kept-alive connection, one request at a time (as wrk is):
+/// the load generator's own cost is not Granda's, so it does no more than a request needs.
+struct Lean {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Lean {
+    /// A client that POSTs `body` to `path` with the bench's key, each time [`Lean::call`] runs.
+    async fn connect(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<Lean> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: granda\r\nAuthorization: Bearer {BENCH_KEY}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        Ok(Lean {
+            stream,
+            request,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends the request and reads the answer: its status and body (Content-Length framed).
+    async fn call(&mut self) -> anyhow::Result<(u16, &[u8])> {
+        use tokio::io::AsyncReadExt;
+        self.stream.write_all(&self.request).await?;
+        self.buf.clear();
+        let (head_end, length) = loop {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("the server closed the connection");
+            }
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end])?;
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .context("an answer without Content-Length")?;
+                break (end + 4, length);
+            }
+        };
+        while self.buf.len() < head_end + length {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("the server closed the connection mid-answer");
+            }
+        }
+        let status = std::str::from_utf8(&self.buf[..head_end])?
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("an answer without a status")?;
+        Ok((status, &self.buf[head_end..head_end + length]))
+    }
+
+    /// [`Lean::call`], which must answer 200 with `expected`.
+    async fn expect(&mut self, expected: &[u8]) -> anyhow::Result<()> {
+        let (status, body) = self.call().await?;
+        if status != 200 || body != expected {
+            bail!(
+                "hot call answered {status}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        Ok(())
+    }
 }
