@@ -245,7 +245,12 @@ impl Worker {
             publish,
             delay_declared: Arc::default(),
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (errors, mut failed) = mpsc::unbounded_channel();
+        let tx = Deliveries {
+            shared: self.shared.clone(),
+            channels: channels.clone(),
+            errors,
+        };
         let target = self.shared.limiter.size();
         let mut consumers = Vec::new();
         for (queue, prefetch) in self.queues.iter().zip(scheduler::share_prefetch(
@@ -271,12 +276,8 @@ impl Worker {
                     self.drain(&connection, &consumers).await;
                     return Ok(());
                 }
-                delivery = rx.recv() => match delivery {
-                    Some((queue, Ok(delivery))) => {
-                        self.shared.busy.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(handle(self.shared.clone(), channels.clone(), queue, delivery));
-                    }
-                    Some((_, Err(e))) => return Err(e.into()),
+                error = failed.recv() => match error {
+                    Some(e) => return Err(e.into()),
                     None => anyhow::bail!("consumers ended"),
                 },
                 _ = tick.tick() => {
@@ -373,8 +374,14 @@ impl Worker {
     }
 }
 
-/// Where consumers hand their deliveries to the session.
-type Deliveries = mpsc::UnboundedSender<(String, Result<Delivery, lapin::Error>)>;
+/// What a consumer needs to handle its deliveries: each in its own task, started at once (no
+/// hop through the session); a consumer's error goes to the session, which ends on it.
+#[derive(Clone)]
+struct Deliveries {
+    shared: Arc<Shared>,
+    channels: Channels,
+    errors: mpsc::UnboundedSender<lapin::Error>,
+}
 
 /// The consumers of one queue on one channel. RabbitMQ fixes a consumer's prefetch when it
 /// starts, so the queue's total prefetch follows the target by adding a consumer for each
@@ -444,8 +451,21 @@ impl QueueConsumer {
         tokio::spawn(async move {
             let mut consumer = consumer;
             while let Some(delivery) = consumer.next().await {
-                if tx.send((queue.clone(), delivery)).is_err() {
-                    break;
+                match delivery {
+                    Ok(delivery) => {
+                        tx.shared.busy.fetch_add(1, Ordering::Relaxed);
+                        let handled = handle(
+                            tx.shared.clone(),
+                            tx.channels.clone(),
+                            queue.clone(),
+                            delivery,
+                        );
+                        tokio::spawn(handled);
+                    }
+                    Err(e) => {
+                        let _ = tx.errors.send(e);
+                        break;
+                    }
                 }
             }
         });
