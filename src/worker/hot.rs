@@ -13,7 +13,10 @@
 //! - A 2xx answer is success, its body the output. Any other status is a failure of the
 //!   function, its body the error. No answer by the deadline: the container is killed.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -61,11 +64,40 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// A kept-alive HTTP/1.1 connection to a hot container.
-#[derive(Debug)]
+/// A kept-alive HTTP/1.1 connection to a hot container. Its I/O is driven by the call that uses
+/// it (one at a time), not by a task of its own: a call costs no task hops.
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
+    /// `None` once the connection ended.
+    driver: Option<Pin<Box<http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>>>,
     socket: PathBuf,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("socket", &self.socket)
+            .field("open", &self.driver.is_some())
+            .finish()
+    }
+}
+
+/// Awaits `work` while driving the connection's I/O (`driver`), which `work` needs to finish.
+async fn driving<T>(
+    driver: &mut Option<Pin<Box<http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>>>,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        let Some(connection) = driver.as_mut() else {
+            return work.await;
+        };
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            _ = connection.as_mut() => *driver = None,
+        }
+    }
 }
 
 /// One invocation, as a hot call carries it.
@@ -175,11 +207,9 @@ impl Connection {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         Ok(Connection {
             sender,
+            driver: Some(Box::pin(connection)),
             socket: socket.to_path_buf(),
         })
     }
@@ -187,14 +217,20 @@ impl Connection {
     /// Sends one invocation and reads the answer, keeping at most `cap` bytes of its body (the
     /// rest is read and dropped, so the connection stays usable).
     pub async fn call(&mut self, call: Call<'_>, cap: usize) -> Result<Answer, CallError> {
-        if self.sender.is_closed() {
+        // Let the connection see what happened since the last call (the function may have closed
+        // its side), without waiting.
+        if let Some(driver) = self.driver.as_mut()
+            && std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx).is_ready())).await
+        {
+            self.driver = None;
+        }
+        if self.driver.is_none() || self.sender.is_closed() {
             // The function closed its side between calls: one fresh connection, then give up.
             *self = Connection::open(&self.socket.clone())
                 .await
                 .map_err(|e| CallError::Stale(e.to_string()))?;
         }
-        self.sender
-            .ready()
+        driving(&mut self.driver, self.sender.ready())
             .await
             .map_err(|e| CallError::Stale(e.to_string()))?;
         let mut request = hyper::Request::post("/invoke")
@@ -215,16 +251,14 @@ impl Connection {
         let request = request
             .body(Full::new(Bytes::copy_from_slice(call.input)))
             .expect("a well-formed request");
-        let response = self
-            .sender
-            .send_request(request)
+        let response = driving(&mut self.driver, self.sender.send_request(request))
             .await
             .map_err(CallError::HungUp)?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         let mut kept = Vec::new();
         let mut truncated = false;
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = driving(&mut self.driver, body.frame()).await {
             let frame = frame.map_err(CallError::HungUp)?;
             if let Ok(data) = frame.into_data() {
                 let room = cap.saturating_sub(kept.len());
