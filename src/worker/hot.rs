@@ -64,12 +64,15 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// The I/O half of a [`Connection`]: it must be polled for requests to go out and answers in.
+type Driver = Pin<Box<http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>>;
+
 /// A kept-alive HTTP/1.1 connection to a hot container. Its I/O is driven by the call that uses
 /// it (one at a time), not by a task of its own: a call costs no task hops.
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
     /// `None` once the connection ended.
-    driver: Option<Pin<Box<http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>>>,
+    driver: Option<Driver>,
     socket: PathBuf,
 }
 
@@ -84,7 +87,7 @@ impl std::fmt::Debug for Connection {
 
 /// Awaits `work` while driving the connection's I/O (`driver`), which `work` needs to finish.
 async fn driving<T>(
-    driver: &mut Option<Pin<Box<http1::Connection<TokioIo<UnixStream>, Full<Bytes>>>>>,
+    driver: &mut Option<Driver>,
     work: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
