@@ -86,10 +86,7 @@ impl std::fmt::Debug for Connection {
 }
 
 /// Awaits `work` while driving the connection's I/O (`driver`), which `work` needs to finish.
-async fn driving<T>(
-    driver: &mut Option<Driver>,
-    work: impl Future<Output = T>,
-) -> T {
+async fn driving<T>(driver: &mut Option<Driver>, work: impl Future<Output = T>) -> T {
     tokio::pin!(work);
     loop {
         let Some(connection) = driver.as_mut() else {
