@@ -536,31 +536,43 @@ pub mod store {
     /// changed then; see [`restore_final`] for a sync call's).
     #[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
     pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
-                    exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
-                    duration_ms = $11, retry_at = NULL, payload = NULL,
-                    cold = $12, cpu_ms = $13, max_memory_bytes = $14,
-                    dead_at = CASE WHEN $2 = 'dead' THEN now() END
-             WHERE id = $1 AND status IN ('queued', 'running')",
+        let done = bind_outcome(
+            sqlx::query(
+                "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
+                        exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
+                        duration_ms = $11, retry_at = NULL, payload = NULL,
+                        cold = $12, cpu_ms = $13, max_memory_bytes = $14,
+                        dead_at = CASE WHEN $2 = 'dead' THEN now() END
+                 WHERE id = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(id),
+            outcome,
         )
-        .bind(id)
-        .bind(outcome.status().as_str())
-        .bind(&outcome.output)
-        .bind(outcome.output_truncated)
-        .bind(&outcome.logs)
-        .bind(outcome.logs_truncated)
-        .bind(outcome.exit_code)
-        .bind(&outcome.error)
-        .bind(outcome.started_at)
-        .bind(outcome.finished_at)
-        .bind(outcome.duration_ms)
-        .bind(outcome.cold)
-        .bind(outcome.cpu_ms)
-        .bind(outcome.max_memory_bytes)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+    /// Binds `o` as parameters `$2` to `$14`, in the order [`finish`] and [`restore_final`] use
+    /// them: status, output, output_truncated, logs, logs_truncated, exit_code, error,
+    /// started_at, finished_at, duration_ms, cold, cpu_ms, max_memory_bytes.
+    fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
+        query
+            .bind(o.status().as_str())
+            .bind(&o.output)
+            .bind(o.output_truncated)
+            .bind(&o.logs)
+            .bind(o.logs_truncated)
+            .bind(o.exit_code)
+            .bind(&o.error)
+            .bind(o.started_at)
+            .bind(o.finished_at)
+            .bind(o.duration_ms)
+            .bind(o.cold)
+            .bind(o.cpu_ms)
+            .bind(o.max_memory_bytes)
     }
 
     /// Writes a sync call's final record whole when [`finish`] found no record: the claim that
@@ -576,39 +588,29 @@ pub mod store {
         outcome: &Outcome,
     ) -> Result<bool, sqlx::Error> {
         let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
-        let done = sqlx::query(
-            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
-                                      worker, published_at, queue_ms, output, output_truncated, logs,
-                                      logs_truncated, exit_code, error, started_at, finished_at,
-                                      duration_ms, cold, cpu_ms, max_memory_bytes)
-             SELECT $1, $2, $3, $4, $5, $6, to_timestamp($7::float8 / 1000.0), $8, $9, now(),
-                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($16, now())) * 1000)::bigint - $7),
-                    $10, $11, $12, $13, $14, $15, COALESCE($16, now()), COALESCE($17, now()),
-                    $18, $19, $20, $21
-             WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
-             ON CONFLICT (id) DO NOTHING",
+        let done = bind_outcome(
+            sqlx::query(
+                "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
+                                          worker, published_at, queue_ms, output, output_truncated, logs,
+                                          logs_truncated, exit_code, error, started_at, finished_at,
+                                          duration_ms, cold, cpu_ms, max_memory_bytes)
+                 SELECT $1, $15, $2, $16, $17, $18, to_timestamp($19::float8 / 1000.0), $20, $21, now(),
+                        GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($9, now())) * 1000)::bigint - $19),
+                        $3, $4, $5, $6, $7, $8, COALESCE($9, now()), COALESCE($10, now()),
+                        $11, $12, $13, $14
+                 WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(inv.id),
+            outcome,
         )
-        .bind(inv.id)
         .bind(inv.function)
-        .bind(outcome.status().as_str())
         .bind(inv.trigger.as_str())
         .bind(stored)
         .bind(inv.input.len() as i64)
         .bind(queued_at_ms)
         .bind(attempt)
         .bind(worker)
-        .bind(&outcome.output)
-        .bind(outcome.output_truncated)
-        .bind(&outcome.logs)
-        .bind(outcome.logs_truncated)
-        .bind(outcome.exit_code)
-        .bind(&outcome.error)
-        .bind(outcome.started_at)
-        .bind(outcome.finished_at)
-        .bind(outcome.duration_ms)
-        .bind(outcome.cold)
-        .bind(outcome.cpu_ms)
-        .bind(outcome.max_memory_bytes)
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
