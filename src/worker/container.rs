@@ -24,6 +24,9 @@ use crate::function::{InputMode, Network, Snapshot};
 /// How long output may keep flowing after the container exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
+/// How long a run killed by SIGKILL waits for the engine to say whether it was out of memory.
+const OOM_SETTLE: Duration = Duration::from_secs(5);
+
 /// A failure of the platform, not of the function: the run never got a fair chance.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -357,15 +360,25 @@ impl Runner {
         })
     }
 
-    /// The engine's OOM flag, asked again for up to a second while it says no.
+    /// The engine's OOM flag after a SIGKILL that was not ours, asked again while it says no.
+    ///
+    /// The engine learns of the OOM kill from an event of its own that can arrive well after the
+    /// exit on a busy host (over a second was seen), so it is asked for up to
+    /// [`OOM_SETTLE`], more slowly as time passes. Only runs killed by SIGKILL pay this, and only
+    /// those that were not out of memory pay all of it.
     async fn oom_killed_settled(&self, container: &str) -> Result<bool, bollard::errors::Error> {
-        for _ in 0..10 {
+        let deadline = tokio::time::Instant::now() + OOM_SETTLE;
+        let mut pause = Duration::from_millis(50);
+        loop {
             if self.oom_killed(container).await? {
                 return Ok(true);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tokio::time::Instant::now() + pause > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
-        Ok(false)
     }
 
     async fn oom_killed(&self, container: &str) -> Result<bool, bollard::errors::Error> {
