@@ -1,6 +1,6 @@
-//! The `granda` command: the processes (`up`, `server`, `worker`, `migrate`), key management
-//! straight in the database (`keys`), and the client commands (`fn`, `invoke`, `inv`, `hooks`,
-//! `events`, `completions`), which live in `crate::client`.
+//! The `granda` command: the processes (`up`, `server`, `worker`, `migrate`), which alone take
+//! the server settings, and the client commands (`fn`, `invoke`, `inv`, `hooks`, `events`,
+//! `keys`, `completions`), which talk to a server's API and live in `crate::client`.
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -10,6 +10,7 @@ use crate::client::functions::FnCommand;
 use crate::client::hooks::HooksCommand;
 use crate::client::invocations::InvCommand;
 use crate::client::invoke::InvokeArgs;
+use crate::client::keys::KeysCommand;
 use crate::client::{CliError, Client, ClientArgs};
 use crate::config::Settings;
 use crate::producer::Application;
@@ -19,13 +20,13 @@ use crate::worker::Worker;
 #[command(
     name = "granda",
     version,
-    about = "Self-hosted serverless functions on Docker, RabbitMQ and Postgres"
+    about = "Self-hosted serverless functions on Docker, RabbitMQ and Postgres",
+    after_help = "Server settings (GRANDA_* env vars or flags) belong to the process commands: \
+                  see `granda up --help`. Client commands talk to GRANDA_URL with GRANDA_KEY."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: TopCommand,
-    #[command(flatten)]
-    pub settings: Settings,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -49,77 +50,33 @@ pub enum TopCommand {
     /// Publish events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Manage API keys over the API: create, ls, revoke (an admin key is needed).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
 
+/// The processes. Only these take the server settings (`granda up --help` lists them).
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Ingress, worker and scheduler in one process: the single-machine default.
-    Up,
+    Up(Box<Settings>),
     /// The HTTP ingress only.
-    Server,
+    Server(Box<Settings>),
     /// The consumer pool only.
-    Worker,
+    Worker(Box<Settings>),
     /// Create the database if missing, apply migrations, and exit.
-    Migrate,
-    /// Manage API keys (straight in the database; no server needed).
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    Migrate(Box<Settings>),
 }
 
-#[derive(Subcommand, Debug, Clone)]
-pub enum KeysCommand {
-    /// Make a key and print it once (only its hash is stored).
-    Create {
-        /// What the key is for, e.g. `ci`.
-        #[arg(long)]
-        name: String,
-        /// `admin` (everything) or `invoke` (call functions, read invocations).
-        #[arg(long, value_enum, default_value = "invoke")]
-        scope: crate::keys::Scope,
-    },
-    /// List keys (never the keys themselves).
-    List,
-    /// Revoke a key by its id.
-    Revoke { id: uuid::Uuid },
-}
-
-/// Runs a `granda keys` command against the database.
-async fn keys_command(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
-    let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
-    match command {
-        KeysCommand::Create { name, scope } => {
-            let (stored, secret) = crate::keys::create(&pool, &name, scope).await?;
-            eprintln!(
-                "made {} key {:?} (id {}); it is shown only now:",
-                scope.as_str(),
-                stored.name,
-                stored.id
-            );
-            println!("{}", secret.0);
-        }
-        KeysCommand::List => {
-            for k in crate::keys::list(&pool).await? {
-                let state = match k.revoked_at {
-                    Some(at) => format!("revoked {at}"),
-                    None => "live".to_string(),
-                };
-                println!(
-                    "{}\t{}\t{}\t{}…\t{}",
-                    k.id, k.scope, k.name, k.prefix, state
-                );
-            }
-        }
-        KeysCommand::Revoke { id } => {
-            anyhow::ensure!(
-                crate::keys::revoke(&pool, id).await?,
-                "no live key with id {id}"
-            );
-            eprintln!("revoked {id}");
+impl Command {
+    /// The settings this process runs with.
+    pub fn settings(&self) -> &Settings {
+        match self {
+            Command::Up(s) | Command::Server(s) | Command::Worker(s) | Command::Migrate(s) => s,
         }
     }
-    Ok(())
 }
 
 /// Parses the command line and runs it: a process until SIGINT or SIGTERM, a client command until
@@ -135,11 +92,22 @@ pub async fn main() -> anyhow::Result<()> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    if !matches!(cli.command, TopCommand::Process(_))
+        && !(cli.client.url.starts_with("http://") || cli.client.url.starts_with("https://"))
+    {
+        let e = CliError::Usage(format!(
+            "--url {:?} needs a scheme, e.g. http://{}",
+            cli.client.url, cli.client.url
+        ));
+        report(&e);
+        std::process::exit(e.exit_code());
+    }
     let client = Client::new(&cli.client);
     let outcome = match cli.command {
         TopCommand::Process(command) => {
             crate::telemetry::init();
-            return run(command, cli.settings, shutdown_signal()).await;
+            let settings = command.settings().clone();
+            return run(command, settings, shutdown_signal()).await;
         }
         TopCommand::Completions { shell } => {
             use clap::CommandFactory;
@@ -152,6 +120,7 @@ pub async fn main() -> anyhow::Result<()> {
         TopCommand::Inv(command) => crate::client::invocations::run(&client, command).await,
         TopCommand::Hooks(command) => crate::client::hooks::run(&client, command).await,
         TopCommand::Events(command) => crate::client::events::run(&client, command).await,
+        TopCommand::Keys(command) => crate::client::keys::run(&client, command).await,
     };
     if let Err(e) = outcome {
         report(&e);
@@ -164,10 +133,14 @@ pub async fn main() -> anyhow::Result<()> {
 fn report(e: &CliError) {
     let line = e.to_string().replace('\n', " ");
     eprintln!("granda: error: {}", line.trim());
-    if let CliError::BuildFailed { log, .. } = e
-        && !log.is_empty()
-    {
-        eprintln!("--- build log (last lines) ---\n{}", log.trim_end());
+    match e {
+        CliError::BuildFailed { log, .. } if !log.is_empty() => {
+            eprintln!("--- build log (last lines) ---\n{}", log.trim_end());
+        }
+        CliError::RunFailed { logs, .. } if !logs.is_empty() => {
+            eprintln!("--- stderr (last lines) ---\n{}", logs.trim_end());
+        }
+        _ => {}
     }
 }
 
@@ -189,18 +162,17 @@ pub async fn run(
         }
     };
     match command {
-        Command::Keys(keys) => keys_command(keys, &settings).await,
-        Command::Migrate => {
+        Command::Migrate(_) => {
             crate::db::connect_and_migrate(&settings.database_url).await?;
             tracing::info!("database is migrated");
             Ok(())
         }
-        Command::Server => Application::build(settings).await?.run(signal()).await,
-        Command::Worker => {
+        Command::Server(_) => Application::build(settings).await?.run(signal()).await,
+        Command::Worker(_) => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
             Worker::build(&settings, pool).await?.run(signal()).await
         }
-        Command::Up => {
+        Command::Up(_) => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
             let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
             let worker = Worker::build(&settings, pool)

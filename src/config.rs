@@ -9,20 +9,14 @@ use clap::Args;
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
     /// Address the HTTP ingress listens on.
-    #[arg(
-        long,
-        env = "GRANDA_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// Postgres URL; the database is created if missing and migrated at start.
     #[arg(
         long,
         env = "GRANDA_DATABASE_URL",
-        default_value = "postgres://localhost/granda",
-        global = true
+        default_value = "postgres://localhost/granda"
     )]
     pub database_url: String,
 
@@ -30,62 +24,40 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        global = true
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
 
     /// Docker engine to run containers on (unix:///var/run/docker.sock when unset).
-    #[arg(long, env = "DOCKER_HOST", global = true)]
+    #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
 
     /// Prefix of every RabbitMQ queue and exchange Granda declares; lets several installations share a broker.
-    #[arg(
-        long,
-        env = "GRANDA_AMQP_PREFIX",
-        default_value = "granda",
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_AMQP_PREFIX", default_value = "granda")]
     pub amqp_prefix: String,
 
     /// The most invocations one worker runs at once (default: from the host's CPUs and memory).
-    #[arg(long, env = "GRANDA_MAX_CONCURRENCY", global = true)]
+    #[arg(long, env = "GRANDA_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
 
     /// The fewest invocations one worker is ready to run at once.
-    #[arg(
-        long,
-        env = "GRANDA_MIN_CONCURRENCY",
-        default_value_t = 1,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_MIN_CONCURRENCY", default_value_t = 1)]
     pub min_concurrency: usize,
 
     /// How often the scheduler looks at the queues and sets the concurrency, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_SCHEDULER_INTERVAL_MS",
-        default_value_t = 250,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_SCHEDULER_INTERVAL_MS", default_value_t = 250)]
     pub scheduler_interval_ms: u64,
 
     /// The scheduler raises concurrency when the backlog would take longer than this to drain, in ms.
     #[arg(
         long,
         env = "GRANDA_SCHEDULER_DRAIN_TARGET_MS",
-        default_value_t = 2_000,
-        global = true
+        default_value_t = 2_000
     )]
     pub scheduler_drain_target_ms: u64,
 
     /// How long the queues must stay empty before the scheduler lowers concurrency, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_SCHEDULER_COOLDOWN_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_SCHEDULER_COOLDOWN_MS", default_value_t = 30_000)]
     pub scheduler_cooldown_ms: u64,
 
     /// Queues this worker serves, comma-separated.
@@ -93,173 +65,110 @@ pub struct Settings {
         long,
         env = "GRANDA_QUEUES",
         default_value = "default",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     pub queues: Vec<String>,
 
     /// Name of this worker, put on its containers and records (default: the host name).
-    #[arg(long, env = "GRANDA_WORKER_ID", global = true)]
+    #[arg(long, env = "GRANDA_WORKER_ID")]
     pub worker_id: Option<String>,
 
     /// Largest request body accepted, in bytes (413 above it).
-    #[arg(long, env = "GRANDA_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024, global = true)]
+    #[arg(long, env = "GRANDA_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
     /// How long a sync invoke waits for its result before answering 202 with the invocation id, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_SYNC_WAIT_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_SYNC_WAIT_MS", default_value_t = 30_000)]
     pub sync_wait_ms: u64,
 
     /// Largest stdout kept from a run, in bytes; the rest is dropped and the record marked truncated.
-    #[arg(long, env = "GRANDA_MAX_OUTPUT_BYTES", default_value_t = 6 * 1024 * 1024, global = true)]
+    #[arg(long, env = "GRANDA_MAX_OUTPUT_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_output_bytes: usize,
 
     /// Largest stderr kept from a run, in bytes.
-    #[arg(long, env = "GRANDA_MAX_LOG_BYTES", default_value_t = 1024 * 1024, global = true)]
+    #[arg(long, env = "GRANDA_MAX_LOG_BYTES", default_value_t = 1024 * 1024)]
     pub max_log_bytes: usize,
 
     /// Largest input kept in the invocation record, in bytes (the function still gets all of it).
-    #[arg(long, env = "GRANDA_MAX_STORED_INPUT_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "GRANDA_MAX_STORED_INPUT_BYTES", default_value_t = 64 * 1024)]
     pub max_stored_input_bytes: usize,
 
     /// Timeout given to functions that don't set one, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_DEFAULT_TIMEOUT_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
     pub default_timeout_ms: u64,
 
     /// The longest timeout a function may ask for, in ms.
-    #[arg(long, env = "GRANDA_MAX_TIMEOUT_MS", default_value_t = 15 * 60 * 1000, global = true)]
+    #[arg(long, env = "GRANDA_MAX_TIMEOUT_MS", default_value_t = 15 * 60 * 1000)]
     pub max_timeout_ms: u64,
 
     /// How long a stopping worker lets in-flight runs finish before it gives their messages back, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_SHUTDOWN_GRACE_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
 
     /// First delay before retrying a failed attempt, in ms; it doubles with each attempt.
-    #[arg(
-        long,
-        env = "GRANDA_RETRY_BASE_MS",
-        default_value_t = 1_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_RETRY_BASE_MS", default_value_t = 1_000)]
     pub retry_base_ms: u64,
 
     /// The longest delay between attempts, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_RETRY_MAX_MS",
-        default_value_t = 60_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_RETRY_MAX_MS", default_value_t = 60_000)]
     pub retry_max_ms: u64,
 
     /// How long an accepted invocation may stay unconfirmed by the broker before the outbox
     /// publishes it again (a crash between "recorded" and "confirmed"), in ms.
-    #[arg(
-        long,
-        env = "GRANDA_OUTBOX_GRACE_MS",
-        default_value_t = 60_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_OUTBOX_GRACE_MS", default_value_t = 60_000)]
     pub outbox_grace_ms: u64,
 
     /// Where a worker keeps its files (the idle binary of warm containers); must be on the
     /// Docker engine's host, which mounts it into warm containers.
-    #[arg(
-        long,
-        env = "GRANDA_STATE_DIR",
-        default_value = "/var/lib/granda",
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_STATE_DIR", default_value = "/var/lib/granda")]
     pub state_dir: std::path::PathBuf,
     /// API keys: `on` (the default) or `off` (anyone may do anything; logged as a warning at start).
-    #[arg(long, env = "GRANDA_AUTH", default_value = "on", global = true)]
+    #[arg(long, env = "GRANDA_AUTH", default_value = "on")]
     pub auth: AuthMode,
 
     /// An admin API key to accept (at least 16 characters). Without it, a first admin key is made
     /// and printed once when the database has no key.
-    #[arg(long, env = "GRANDA_ADMIN_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "GRANDA_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<crate::keys::Secret>,
 
     /// Whether registering a function may pull its image: `missing` (pull when the engine lacks
     /// it) or `never` (only images already on the engine; nothing is fetched).
-    #[arg(
-        long,
-        env = "GRANDA_IMAGE_PULL",
-        default_value = "missing",
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_IMAGE_PULL", default_value = "missing")]
     pub image_pull: ImagePull,
 
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
-    #[arg(long, env = "GRANDA_PUBLIC_URL", global = true)]
+    #[arg(long, env = "GRANDA_PUBLIC_URL")]
     pub public_url: Option<String>,
 
     /// How far a signed webhook's timestamp (Stripe, Standard Webhooks) may be from now, in seconds.
-    #[arg(
-        long,
-        env = "GRANDA_WEBHOOK_TOLERANCE_SECS",
-        default_value_t = 300,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: i64,
 
     /// How long a webhook's previous secret keeps verifying after a rotation, in seconds (default 24 h).
     #[arg(
         long,
         env = "GRANDA_WEBHOOK_ROTATION_GRACE_SECS",
-        default_value_t = 86_400,
-        global = true
+        default_value_t = 86_400
     )]
     pub webhook_rotation_grace_secs: i64,
 
     /// First wait before a failed result callback is retried, in ms; it doubles on each retry.
-    #[arg(
-        long,
-        env = "GRANDA_CALLBACK_BACKOFF_MS",
-        default_value_t = 500,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_CALLBACK_BACKOFF_MS", default_value_t = 500)]
     pub callback_backoff_ms: u64,
 
     /// Most tries of one result callback (5xx, 408, 429 and network errors are retried).
-    #[arg(
-        long,
-        env = "GRANDA_CALLBACK_MAX_ATTEMPTS",
-        default_value_t = 6,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_CALLBACK_MAX_ATTEMPTS", default_value_t = 6)]
     pub callback_max_attempts: u32,
 
     /// How long one callback request may take, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_CALLBACK_TIMEOUT_MS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_CALLBACK_TIMEOUT_MS", default_value_t = 10_000)]
     pub callback_timeout_ms: u64,
 
     /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`).
     #[arg(
         long,
         env = "GRANDA_RUNTIME_SHELL_IMAGE",
-        default_value = "busybox:latest",
-        global = true
+        default_value = "busybox:latest"
     )]
     pub runtime_shell_image: String,
 
@@ -267,8 +176,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_RUNTIME_PYTHON3_IMAGE",
-        default_value = "python:3-slim",
-        global = true
+        default_value = "python:3-slim"
     )]
     pub runtime_python3_image: String,
 }

@@ -416,6 +416,18 @@ pub struct NewFunction {
 pub enum SecretsUpdate {
     Replace(BTreeMap<String, String>),
     Keep(Vec<String>),
+    /// `{"set": {NAME: VALUE}, "unset": [NAME]}`: changes these, keeps the others.
+    Patch(SecretsPatch),
+}
+
+/// See [`SecretsUpdate::Patch`].
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsPatch {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
 }
 
 /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
@@ -434,11 +446,17 @@ pub struct FunctionUpdate {
     pub queue: Option<String>,
     pub max_attempts: Option<i32>,
     pub retry_on: Option<Vec<RetryOn>>,
-    pub max_concurrency: Option<i32>,
+    /// `null` clears it (the worker's own bound applies again); absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub max_concurrency: Option<Option<i32>>,
     pub callback_url: Option<String>,
     pub mode: Option<Mode>,
     pub min_warm: Option<i32>,
-    pub max_containers: Option<i32>,
+    /// `null` clears it (the worker's own bound applies again); absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub max_containers: Option<Option<i32>>,
     pub idle_timeout_ms: Option<i64>,
     pub pids: Option<i64>,
     pub network: Option<Network>,
@@ -547,6 +565,15 @@ impl NewFunction {
     }
 }
 
+/// A field that is there, even as `null`, is `Some`: `Some(None)` clears, absent (`None`) keeps.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 impl FunctionUpdate {
     /// Applies the changes to `current` and checks the result.
     pub fn apply(self, current: Function, settings: &Settings) -> Result<Function, Invalid> {
@@ -558,6 +585,14 @@ impl FunctionUpdate {
         let secrets = match self.secrets {
             None => current.secrets.clone(),
             Some(SecretsUpdate::Replace(new)) => Secrets(new),
+            Some(SecretsUpdate::Patch(patch)) => {
+                let mut secrets = current.secrets.0.clone();
+                for name in patch.unset {
+                    secrets.remove(&name);
+                }
+                secrets.extend(patch.set);
+                Secrets(secrets)
+            }
             Some(SecretsUpdate::Keep(names)) => {
                 let mut kept = BTreeMap::new();
                 for name in names {
@@ -598,7 +633,7 @@ impl FunctionUpdate {
             queue: self.queue.unwrap_or(current.queue),
             max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
             retry_on: self.retry_on.unwrap_or(current.retry_on),
-            max_concurrency: self.max_concurrency.or(current.max_concurrency),
+            max_concurrency: self.max_concurrency.unwrap_or(current.max_concurrency),
             // An empty string removes the default.
             callback_url: match self.callback_url {
                 Some(url) if url.is_empty() => None,
@@ -608,7 +643,7 @@ impl FunctionUpdate {
             mode: self.mode.unwrap_or(current.mode),
             pool: PoolLimits {
                 min_warm: self.min_warm.unwrap_or(current.pool.min_warm),
-                max_containers: self.max_containers.or(current.pool.max_containers),
+                max_containers: self.max_containers.unwrap_or(current.pool.max_containers),
                 idle_timeout_ms: self.idle_timeout_ms.unwrap_or(current.pool.idle_timeout_ms),
             },
             pids: self.pids.unwrap_or(current.pids),

@@ -38,11 +38,20 @@ pub struct FunctionFlags {
     /// CPUs (e.g. 0.5).
     #[arg(long)]
     pub cpus: Option<f64>,
-    /// An environment variable, NAME=VALUE (repeatable).
+    /// Sets one environment variable, NAME=VALUE (repeatable); the others stay.
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
-    /// How the input reaches the function: stdin or args.
-    #[arg(long)]
+    /// Removes one environment variable (repeatable).
+    #[arg(long = "unset-env", value_name = "NAME")]
+    pub unset_env: Vec<String>,
+    /// Sets one secret, NAME=VALUE (repeatable; never shown again); the others stay.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secret: Vec<String>,
+    /// Removes one secret (repeatable).
+    #[arg(long = "unset-secret", value_name = "NAME")]
+    pub unset_secret: Vec<String>,
+    /// How the input reaches the function.
+    #[arg(long, value_parser = ["stdin", "args"])]
     pub input: Option<String>,
     /// A description.
     #[arg(long)]
@@ -50,56 +59,151 @@ pub struct FunctionFlags {
     /// The queue its invocations go to.
     #[arg(long)]
     pub queue: Option<String>,
-    /// How runs get a container: cold, warm or hot.
-    #[arg(long)]
+    /// How runs get a container.
+    #[arg(long, value_parser = ["cold", "warm", "hot"])]
     pub mode: Option<String>,
     /// Warm and hot: containers kept even when idle, per worker.
     #[arg(long)]
     pub min_warm: Option<i64>,
-    /// Warm and hot: the most containers per worker.
-    #[arg(long)]
-    pub max_containers: Option<i64>,
+    /// Warm and hot: the most containers per worker (`none` clears it).
+    #[arg(long, value_name = "N|none", value_parser = bound)]
+    pub max_containers: Option<Bound>,
     /// Warm and hot: how long an idle container is kept, in ms.
     #[arg(long)]
     pub idle_timeout_ms: Option<i64>,
+    /// The most runs of this function at once, per worker (`none` clears it).
+    #[arg(long, value_name = "N|none", value_parser = bound)]
+    pub max_concurrency: Option<Bound>,
+    /// Runs in all before an invocation is dead.
+    #[arg(long)]
+    pub max_attempts: Option<i64>,
+    /// Which failures are retried, comma-separated: error, timeout, platform.
+    #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
+    pub retry_on: Option<Vec<String>>,
+    /// Where results are POSTed when done (empty removes it).
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// Anyone may call /fn/NAME without a key.
+    #[arg(long, value_name = "true|false")]
+    pub public: Option<bool>,
+    /// The container's network.
+    #[arg(long, value_parser = ["none", "bridge"])]
+    pub network: Option<String>,
+    /// The user the function runs as, UID[:GID] (never root).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The most processes in the container.
+    #[arg(long)]
+    pub pids: Option<i64>,
+    /// Size of the writable /tmp, in MiB.
+    #[arg(long)]
+    pub tmp_mb: Option<i64>,
+}
+
+/// A per-function bound that `none` clears.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    At(i64),
+    Cleared,
+}
+
+fn bound(s: &str) -> Result<Bound, String> {
+    match s {
+        "none" | "null" => Ok(Bound::Cleared),
+        n => n
+            .parse()
+            .map(Bound::At)
+            .map_err(|_| format!("{n:?} is neither a number nor `none`")),
+    }
+}
+
+/// `NAME=VALUE` pairs of a repeatable flag.
+fn pairs(flag: &str, given: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut out = BTreeMap::new();
+    for pair in given {
+        let (k, v) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| CliError::Usage(format!("--{flag} {pair:?} is not NAME=VALUE")))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 impl FunctionFlags {
-    fn into_json(self) -> Result<Map<String, Value>, CliError> {
+    /// The JSON fields these flags set. `env` is the function's env after `--env` and
+    /// `--unset-env` are applied to `current_env` (the stored env on an update, none on a deploy).
+    fn into_json(
+        self,
+        current_env: Option<&Map<String, Value>>,
+    ) -> Result<Map<String, Value>, CliError> {
         let mut m = Map::new();
-        if let Some(v) = self.timeout_ms {
-            m.insert("timeout_ms".into(), v.into());
-        }
-        if let Some(v) = self.memory_mb {
-            m.insert("memory_mb".into(), v.into());
+        let numbers = [
+            ("timeout_ms", self.timeout_ms),
+            ("memory_mb", self.memory_mb),
+            ("min_warm", self.min_warm),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("max_attempts", self.max_attempts),
+            ("pids", self.pids),
+            ("tmp_mb", self.tmp_mb),
+        ];
+        for (k, v) in numbers {
+            if let Some(v) = v {
+                m.insert(k.into(), v.into());
+            }
         }
         if let Some(v) = self.cpus {
             m.insert("cpus".into(), v.into());
         }
         for (k, v) in [
-            ("min_warm", self.min_warm),
+            ("max_concurrency", self.max_concurrency),
             ("max_containers", self.max_containers),
-            ("idle_timeout_ms", self.idle_timeout_ms),
         ] {
-            if let Some(v) = v {
-                m.insert(k.into(), v.into());
+            match v {
+                Some(Bound::At(n)) => {
+                    m.insert(k.into(), n.into());
+                }
+                Some(Bound::Cleared) => {
+                    m.insert(k.into(), Value::Null);
+                }
+                None => {}
             }
         }
-        if !self.env.is_empty() {
-            let mut env = BTreeMap::new();
-            for pair in &self.env {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| CliError::Other(format!("--env {pair:?} is not NAME=VALUE")))?;
-                env.insert(k.to_string(), v.to_string());
+        if !self.env.is_empty() || !self.unset_env.is_empty() {
+            let mut env = current_env.cloned().unwrap_or_default();
+            for name in &self.unset_env {
+                env.remove(name);
             }
-            m.insert("env".into(), json!(env));
+            for (k, v) in pairs("env", &self.env)? {
+                env.insert(k, v.into());
+            }
+            m.insert("env".into(), Value::Object(env));
+        }
+        if !self.secret.is_empty() || !self.unset_secret.is_empty() {
+            let set = pairs("secret", &self.secret)?;
+            m.insert(
+                "secrets".into(),
+                if current_env.is_some() {
+                    json!({"set": set, "unset": self.unset_secret})
+                } else {
+                    json!(set)
+                },
+            );
+        }
+        if let Some(classes) = self.retry_on {
+            m.insert("retry_on".into(), json!(classes));
+        }
+        if let Some(public) = self.public {
+            m.insert("public".into(), public.into());
         }
         for (k, v) in [
             ("input", self.input),
             ("description", self.description),
             ("queue", self.queue),
             ("mode", self.mode),
+            ("callback_url", self.callback_url),
+            ("network", self.network),
+            ("user", self.user),
         ] {
             if let Some(v) = v {
                 m.insert(k.into(), v.into());
@@ -191,7 +295,17 @@ pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
             Ok(())
         }
         FnCommand::Update(args) => {
-            let mut body = args.flags.into_json()?;
+            let path = format!("/v1/functions/{}", segment(&args.name));
+            // `--env` changes one variable: start from what is stored.
+            let current = if args.flags.env.is_empty() && args.flags.unset_env.is_empty() {
+                Map::new()
+            } else {
+                client.get(&path).await?["env"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let mut body = args.flags.into_json(Some(&current))?;
             if let Some(image) = args.image {
                 body.insert("image".into(), image.into());
             }
@@ -274,7 +388,7 @@ fn source(path: &Path) -> Result<Value, CliError> {
 }
 
 async fn deploy(client: &Client, args: DeployArgs) -> Result<(), CliError> {
-    let mut body = args.flags.into_json()?;
+    let mut body = args.flags.into_json(None)?;
     body.insert("name".into(), args.name.clone().into());
     let from_source = args.path.is_some();
     if let Some(path) = &args.path {

@@ -164,14 +164,22 @@ pub fn output(record: &Value) -> Vec<u8> {
 
 /// A final, unsuccessful invocation as an error.
 pub fn failure(id: &str, status: &str, record: &Value) -> CliError {
-    let mut message = format!("invocation {id} {status}");
+    let mut message = format!("invocation {id} {}", status.replace('_', " "));
     if let Some(code) = record["exit_code"].as_i64() {
         message.push_str(&format!(" (exit {code})"));
     }
     if let Some(error) = record["error"].as_str() {
         message.push_str(&format!(": {error}"));
-    } else if let Some(last) = record["logs"].as_str().and_then(|l| l.lines().last()) {
-        message.push_str(&format!(": {last}"));
     }
-    CliError::FunctionFailed(message)
+    let logs = record["logs"].as_str().unwrap_or("");
+    let lines: Vec<&str> = logs.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    CliError::RunFailed {
+        message,
+        logs: tail,
+        timed_out: status == "timed_out",
+    }
 }
+
+/// How many of a failed run's last stderr lines a client command shows.
+const LOG_TAIL_LINES: usize = 10;

@@ -68,6 +68,21 @@ pub async fn run(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
             let id = super::cell(&accepted["id"]);
             follow(client, &id).await
         }
+        // The run failed or timed out: show its record's verdict and stderr tail.
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
+            let text = response.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match body["error"]["invocation_id"].as_str() {
+                Some(id) => {
+                    let record = client
+                        .get(&format!("/v1/invocations/{}", segment(id)))
+                        .await?;
+                    let status = record["status"].as_str().unwrap_or("failed");
+                    Err(super::invocations::failure(id, status, &record))
+                }
+                None => Err(super::error_from(status, &body, &text)),
+            }
+        }
         _ => Err(super::api_error(response).await),
     }
 }
@@ -88,9 +103,6 @@ async fn follow(client: &Client, id: &str) -> Result<(), CliError> {
         match record["status"].as_str().unwrap_or("") {
             "queued" | "running" => tokio::time::sleep(Duration::from_millis(250)).await,
             "succeeded" => return write_out(&super::invocations::output(&record)),
-            "timed_out" => {
-                return Err(CliError::TimedOut(format!("invocation {id} timed out")));
-            }
             status => return Err(super::invocations::failure(id, status, &record)),
         }
     }

@@ -7,6 +7,7 @@ pub mod functions;
 pub mod hooks;
 pub mod invocations;
 pub mod invoke;
+pub mod keys;
 
 use std::io::IsTerminal;
 
@@ -20,6 +21,9 @@ use serde_json::Value;
 pub enum CliError {
     #[error("{0}")]
     Other(String),
+    /// A command line that can't be right, found after clap parsed it (exit 2, as clap's own).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -32,17 +36,31 @@ pub enum CliError {
     Server(String),
     #[error("{message}")]
     BuildFailed { message: String, log: String },
+    /// A run that failed or timed out, with the tail of its stderr.
+    #[error("{message}")]
+    RunFailed {
+        message: String,
+        logs: String,
+        timed_out: bool,
+    },
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Other(_) | CliError::Conflict(_) => 1,
+            CliError::Usage(_) => 2,
             CliError::NotFound(_) => 3,
             CliError::FunctionFailed(_) => 4,
             CliError::TimedOut(_) => 5,
             CliError::Server(_) => 6,
             CliError::BuildFailed { .. } => 7,
+            CliError::RunFailed {
+                timed_out: false, ..
+            } => 4,
+            CliError::RunFailed {
+                timed_out: true, ..
+            } => 5,
         }
     }
 }

@@ -773,3 +773,166 @@ async fn the_key_is_sent_as_a_bearer_token() {
         "{request}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fn_update_changes_one_setting_at_a_time_and_client_commands_take_no_server_flags() {
+    let app = spawn().await;
+    let deploy = [
+        "fn",
+        "deploy",
+        "knobs",
+        "--image",
+        "granda-test/echo",
+        "--env",
+        "A=1",
+        "--max-concurrency",
+        "2",
+        "--json",
+    ];
+    let f = json(&granda(&app, &deploy, b"").await);
+    assert_eq!(f["env"], serde_json::json!({"A": "1"}));
+    assert_eq!(f["max_concurrency"], 2);
+
+    // --env adds or replaces one variable; --unset-env removes one; the others stay.
+    let update = |args: &'static [&'static str]| {
+        let mut all = vec!["fn", "update", "knobs", "--json"];
+        all.extend_from_slice(args);
+        all
+    };
+    let f = json(&granda(&app, &update(&["--env", "B=2"]), b"").await);
+    assert_eq!(f["env"], serde_json::json!({"A": "1", "B": "2"}));
+    let f = json(&granda(&app, &update(&["--env", "A=3", "--unset-env", "B"]), b"").await);
+    assert_eq!(f["env"], serde_json::json!({"A": "3"}));
+
+    // A bound is cleared with `none`; other fields have flags of their own.
+    let f = json(
+        &granda(
+            &app,
+            &update(&[
+                "--max-concurrency",
+                "none",
+                "--max-attempts",
+                "2",
+                "--retry-on",
+                "error,timeout",
+                "--pids",
+                "32",
+                "--tmp-mb",
+                "8",
+                "--public",
+                "true",
+                "--user",
+                "1000:1000",
+            ]),
+            b"",
+        )
+        .await,
+    );
+    assert_eq!(f["max_concurrency"], Value::Null, "{f}");
+    assert_eq!(f["max_attempts"], 2, "{f}");
+    assert_eq!(
+        f["retry_on"],
+        serde_json::json!(["error", "timeout"]),
+        "{f}"
+    );
+    assert_eq!(f["pids"], 32, "{f}");
+    assert_eq!(f["tmp_mb"], 8, "{f}");
+    assert_eq!(f["public"], true, "{f}");
+    assert_eq!(f["user"], "1000:1000", "{f}");
+
+    // A secret is set and removed one at a time; reads show names only.
+    let f = json(
+        &granda(
+            &app,
+            &update(&["--secret", "S1=x", "--secret", "S2=y"]),
+            b"",
+        )
+        .await,
+    );
+    assert_eq!(f["secrets"], serde_json::json!(["S1", "S2"]), "{f}");
+    let f = json(&granda(&app, &update(&["--unset-secret", "S1"]), b"").await);
+    assert_eq!(f["secrets"], serde_json::json!(["S2"]), "{f}");
+
+    // Server settings belong to the processes: a client command refuses them (usage, exit 2).
+    let out = granda(&app, &["fn", "ls", "--database-url", "postgres://x/y"], b"").await;
+    expect(&out, 2);
+    let help = expect(&granda(&app, &["fn", "deploy", "--help"], b"").await, 0);
+    assert!(!help.contains("--listen"), "{help}");
+    assert!(!help.contains("--database-url"), "{help}");
+    let help = expect(&granda(&app, &["up", "--help"], b"").await, 0);
+    assert!(help.contains("--database-url"), "{help}");
+    // A URL without a scheme is a usage error too.
+    expect(
+        &granda(&app, &["fn", "ls", "--url", "127.0.0.1:8080"], b"").await,
+        2,
+    );
+    finish(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_shows_its_invocation_id_and_stderr_tail_and_keys_work_over_the_api() {
+    let app = spawn().await;
+    let src = dir_with(&[(
+        "handler.sh",
+        "echo 'first line of stderr' >&2\necho 'why it failed' >&2\nexit 3\n",
+    )]);
+    expect(
+        &granda(
+            &app,
+            &["fn", "deploy", "sad", "--runtime", "shell", path(&src)],
+            b"",
+        )
+        .await,
+        0,
+    );
+    let out = granda(&app, &["invoke", "sad"], b"").await;
+    expect(&out, 4);
+    let err = text(&out.stderr);
+    let id = app.invocations_of("sad").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&id), "{err}");
+    assert!(err.contains("exit 3"), "{err}");
+    assert!(err.contains("why it failed"), "{err}");
+
+    // Keys over the API: create (shown once), ls, revoke.
+    let out = granda(
+        &app,
+        &["keys", "create", "--name", "ci", "--scope", "invoke"],
+        b"",
+    )
+    .await;
+    let key = expect(&out, 0).trim().to_string();
+    assert!(key.starts_with("gk_"), "{key}");
+    let list = json(&granda(&app, &["keys", "ls", "--json"], b"").await);
+    let made = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ci")
+        .expect("the new key is listed")
+        .clone();
+    assert!(made["revoked_at"].is_null());
+    let id = made["id"].as_str().unwrap();
+    expect(&granda(&app, &["keys", "revoke", id], b"").await, 0);
+    let list = json(&granda(&app, &["keys", "ls", "--json"], b"").await);
+    let revoked = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert!(!revoked["revoked_at"].is_null(), "{revoked}");
+    // Bad enum values list the allowed ones and are usage errors.
+    let out = granda(
+        &app,
+        &["keys", "create", "--name", "x", "--scope", "root"],
+        b"",
+    )
+    .await;
+    expect(&out, 2);
+    assert!(text(&out.stderr).contains("admin"), "{}", text(&out.stderr));
+    finish(app).await;
+}

@@ -119,7 +119,8 @@ impl FunctionForm {
             queue: non_empty(&self.queue),
             max_attempts: number("max_attempts", &self.max_attempts)?,
             retry_on: Some(self.retry_on()),
-            max_concurrency: number("max_concurrency", &self.max_concurrency)?,
+            // An optional bound: empty clears it.
+            max_concurrency: Some(number("max_concurrency", &self.max_concurrency)?),
             // Empty removes the default callback, as in the API.
             callback_url: Some(self.callback_url.trim().to_string()),
             ..FunctionUpdate::default()

@@ -1,0 +1,85 @@
+//! `granda keys create|ls|revoke`: API keys, over the API (an admin key is needed).
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::json;
+
+use super::{CliError, Client, cell, fields, segment, table};
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum KeysCommand {
+    /// Make a key and print it once (only its hash is stored).
+    Create {
+        /// What the key is for, e.g. `ci`.
+        #[arg(long)]
+        name: String,
+        /// `admin` (everything) or `invoke` (call functions, read invocations).
+        #[arg(long, value_parser = ["admin", "invoke"], default_value = "invoke")]
+        scope: String,
+    },
+    /// List keys (never the keys themselves).
+    #[command(alias = "list")]
+    Ls,
+    /// Revoke a key by its id; its dashboard sessions end with it.
+    #[command(alias = "rm")]
+    Revoke { id: String },
+}
+
+pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Create { name, scope } => {
+            let request = client
+                .request(Method::POST, "/v1/keys")
+                .json(&json!({"name": name, "scope": scope}));
+            let made = client.call(request).await?;
+            if client.json {
+                client.print_json(&made);
+            } else {
+                eprintln!(
+                    "made {} key {} (id {}); it is shown only now:",
+                    cell(&made["scope"]),
+                    cell(&made["name"]),
+                    cell(&made["id"])
+                );
+                println!("{}", cell(&made["key"]));
+            }
+        }
+        KeysCommand::Ls => {
+            let list = client.get("/v1/keys").await?;
+            if client.json {
+                client.print_json(&list);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|k| {
+                    let state = match &k["revoked_at"] {
+                        serde_json::Value::Null => "live".to_string(),
+                        at => format!("revoked {}", cell(at)),
+                    };
+                    vec![
+                        cell(&k["id"]),
+                        cell(&k["scope"]),
+                        cell(&k["name"]),
+                        format!("{}…", cell(&k["prefix"])),
+                        state,
+                    ]
+                })
+                .collect();
+            table(&["ID", "SCOPE", "NAME", "PREFIX", "STATE"], &rows);
+        }
+        KeysCommand::Revoke { id } => {
+            let request = client.request(Method::DELETE, &format!("/v1/keys/{}", segment(&id)));
+            client.call(request).await?;
+            let answer = json!({"revoked": id});
+            if client.json {
+                client.print_json(&answer);
+            } else {
+                fields(&answer, &["revoked"]);
+            }
+        }
+    }
+    Ok(())
+}
