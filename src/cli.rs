@@ -92,9 +92,11 @@ pub async fn main() -> anyhow::Result<()> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if !matches!(cli.command, TopCommand::Process(_))
-        && !(cli.client.url.starts_with("http://") || cli.client.url.starts_with("https://"))
-    {
+    let is_client = !matches!(cli.command, TopCommand::Process(_));
+    let has_scheme = ["http://", "https://"]
+        .iter()
+        .any(|s| cli.client.url.starts_with(s));
+    if is_client && !has_scheme {
         let e = CliError::Usage(format!(
             "--url {:?} needs a scheme, e.g. http://{}",
             cli.client.url, cli.client.url
