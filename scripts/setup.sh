@@ -196,3 +196,9 @@ echo "ok rabbitmq ${rabbit_version:-?} (127.0.0.1:$AMQP_PORT)"
 # ---------------------------------------------------------------------------------------------------
 # Prints one line when all are there; progress and checks when it builds.
 bash "$ROOT/scripts/build-test-images.sh" || die "building the test images failed"
+
+# ---------------------------------------------------------------------------------------------------
+# 6. Runtime base images (build from source works with the default settings, with no registry)
+# ---------------------------------------------------------------------------------------------------
+bash "$ROOT/scripts/build-runtime-images.sh" --quiet || die "building the runtime base images failed"
+echo "ok runtime images granda/runtime-shell, granda/runtime-python3"

@@ -174,6 +174,12 @@ fn clean_path(path: &Path) -> Option<PathBuf> {
     (!clean.as_os_str().is_empty()).then_some(clean)
 }
 
+/// What a build that could not get its runtime's base image tells the user to change.
+pub const BASE_IMAGE_HINT: &str = "The runtime's base image is not on the engine and could not \
+be pulled: run scripts/build-runtime-images.sh (setup does) to build granda/runtime-shell and \
+granda/runtime-python3 locally, or set GRANDA_RUNTIME_SHELL_IMAGE / GRANDA_RUNTIME_PYTHON3_IMAGE \
+to an image the engine has or can pull";
+
 /// A build the engine refused or failed, with the whole log.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -205,6 +211,15 @@ pub async fn build_image(
             let _ = lines.send(text.to_string());
         }
     };
+    // A build that fails before its second step could not get its base image (the `FROM`).
+    let failed = |message: String, log: String| {
+        let message = if log.contains("Step 2/") {
+            message
+        } else {
+            format!("{message}. {BASE_IMAGE_HINT}")
+        };
+        BuildFailed { message, log }
+    };
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     while let Some(step) = stream.next().await {
         match step {
@@ -214,7 +229,7 @@ pub async fn build_image(
                 }
                 if let Some(message) = info.error_detail.and_then(|d| d.message) {
                     note(&format!("{message}\n"), &mut log);
-                    return Err(BuildFailed { message, log });
+                    return Err(failed(message, log));
                 }
             }
             Err(e) => {
@@ -224,7 +239,7 @@ pub async fn build_image(
                     other => other.to_string(),
                 };
                 note(&format!("{message}\n"), &mut log);
-                return Err(BuildFailed { message, log });
+                return Err(failed(message, log));
             }
         }
     }

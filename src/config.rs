@@ -164,19 +164,21 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_CALLBACK_TIMEOUT_MS", default_value_t = 10_000)]
     pub callback_timeout_ms: u64,
 
-    /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`).
+    /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`);
+    /// setup builds the default locally (scripts/build-runtime-images.sh).
     #[arg(
         long,
         env = "GRANDA_RUNTIME_SHELL_IMAGE",
-        default_value = "busybox:latest"
+        default_value = "granda/runtime-shell:latest"
     )]
     pub runtime_shell_image: String,
 
-    /// Base image of the `python3` runtime for functions built from source (needs `python3`).
+    /// Base image of the `python3` runtime for functions built from source (needs `python3`);
+    /// setup builds the default locally (scripts/build-runtime-images.sh).
     #[arg(
         long,
         env = "GRANDA_RUNTIME_PYTHON3_IMAGE",
-        default_value = "python:3-slim"
+        default_value = "granda/runtime-python3:latest"
     )]
     pub runtime_python3_image: String,
 }

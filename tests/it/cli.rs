@@ -10,13 +10,27 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::{TestApp, spawn_app_with};
 
-/// A Granda whose `shell` runtime builds on the local `granda-test/busybox` (no registry).
+/// Builds the runtime base images once per test binary (on a new machine setup has done it;
+/// without it, debootstrap takes minutes; nothing when the images are there).
+fn ensure_runtime_images() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let built = std::process::Command::new("bash")
+            .args(["scripts/build-runtime-images.sh", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running scripts/build-runtime-images.sh");
+        assert!(built.success(), "building the runtime base images failed");
+    });
+}
+
+/// A Granda with the default runtime bases, which setup builds locally (no registry): build from
+/// source works with the default settings.
 async fn spawn() -> TestApp {
-    spawn_app_with(|s| {
-        s.runtime_shell_image = "granda-test/busybox:latest".into();
-        s.runtime_python3_image = "granda-test/python3:latest".into();
-    })
-    .await
+    tokio::task::spawn_blocking(ensure_runtime_images)
+        .await
+        .unwrap();
+    spawn_app_with(|_| {}).await
 }
 
 /// Runs `granda ARGS` against `app`, with `stdin` as its input.
@@ -538,30 +552,16 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     finish(app).await;
 }
 
-/// Builds `granda-test/python3` once per test binary (debootstrap the first time on a machine,
-/// minutes; then an import of the cached root, seconds; nothing when the image is there).
-fn ensure_python_image() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let status = std::process::Command::new("bash")
-            .args(["scripts/build-python-image.sh", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("running scripts/build-python-image.sh");
-        assert!(status.success(), "building granda-test/python3 failed");
-    });
-}
-
 #[tokio::test]
 async fn python3_functions_from_a_directory() {
-    tokio::task::spawn_blocking(ensure_python_image)
+    tokio::task::spawn_blocking(ensure_runtime_images)
         .await
         .unwrap();
     let app = spawn().await;
     let src = dir_with(&[
         (
             "handler.py",
-            "import sys\nfrom words import shout\nprint('handling', file=sys.stderr)\nsys.stdout.write(shout(sys.stdin.read()))\n",
+            "import sys, json\nfrom words import shout\nprint(json.dumps({'handling': True}), file=sys.stderr)\nsys.stdout.write(shout(sys.stdin.read()))\n",
         ),
         ("words.py", "def shout(s):\n    return s.upper() + '!'\n"),
     ]);
@@ -934,5 +934,28 @@ async fn a_failed_call_shows_its_invocation_id_and_stderr_tail_and_keys_work_ove
     .await;
     expect(&out, 2);
     assert!(text(&out.stderr).contains("admin"), "{}", text(&out.stderr));
+    finish(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_runtime_base_image_says_which_setting_to_change() {
+    tokio::task::spawn_blocking(ensure_runtime_images)
+        .await
+        .unwrap();
+    let app = spawn_app_with(|s| {
+        s.runtime_shell_image = "granda-test/no-such-base:latest".into();
+    })
+    .await;
+    let src = dir_with(&[("handler.sh", "cat\n")]);
+    let out = granda(
+        &app,
+        &["fn", "deploy", "nobase", "--runtime", "shell", path(&src)],
+        b"",
+    )
+    .await;
+    expect(&out, 7);
+    let err = text(&out.stderr);
+    assert!(err.contains("GRANDA_RUNTIME_SHELL_IMAGE"), "{err}");
+    assert!(err.contains("build-runtime-images.sh"), "{err}");
     finish(app).await;
 }
