@@ -19,8 +19,57 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(JsonBody(v)),
-            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
+            Err(r) => Err(ApiError::rejected(r.status(), did_you_mean(r.body_text()))),
         }
+    }
+}
+
+/// serde's "unknown field `timeout`, expected one of `name`, `image`, …" as "unknown field
+/// `timeout`: did you mean `timeout_ms`?" when one valid field is close; unchanged otherwise.
+fn did_you_mean(text: String) -> String {
+    let Some(at) = text.find("unknown field `") else {
+        return text;
+    };
+    let rest = &text[at + "unknown field `".len()..];
+    let Some((field, rest)) = rest.split_once('`') else {
+        return text;
+    };
+    let Some(expected) = rest.strip_prefix(", expected one of ") else {
+        return text;
+    };
+    let valid = expected
+        .split(", ")
+        .map(|v| v.split(" at line").next().unwrap_or(v).trim_matches('`'));
+    let closest = valid
+        .map(|v| (strsim::jaro_winkler(field, v), v))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, v)) => format!(
+            "{}unknown field `{field}`: did you mean `{v}`?",
+            &text[..at]
+        ),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn an_unknown_field_names_the_closest_valid_one() {
+        let serde = "Failed to deserialize the JSON body into the target type: unknown field \
+                     `timeout`, expected one of `name`, `image`, `timeout_ms`, `memory_mb` at line 1 column 30";
+        let said = did_you_mean(serde.to_string());
+        assert!(
+            said.ends_with("unknown field `timeout`: did you mean `timeout_ms`?"),
+            "{said}"
+        );
+        assert!(!said.contains("memory_mb"), "{said}");
+        // Nothing close: the list stays.
+        let far = "unknown field `zzz`, expected one of `name`, `image`";
+        assert_eq!(did_you_mean(far.to_string()), far);
     }
 }
 

@@ -124,3 +124,60 @@ async fn an_image_that_cant_be_had_is_refused_with_the_engines_reason_and_nothin
     assert_eq!(read["image"], "granda-test/echo");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_field_names_the_closest_one_and_a_bound_can_be_cleared() {
+    let app = spawn_app().await;
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &json!({"name": "typo", "image": "granda-test/echo", "timeout": 500}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("did you mean `timeout_ms`?"), "{message}");
+    assert!(
+        !message.contains("memory_mb"),
+        "one suggestion, not the list: {message}"
+    );
+    let listed = app
+        .get("/v1/functions")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(listed["functions"], json!([]), "nothing was stored");
+
+    // `null` clears an optional bound; leaving it out keeps it.
+    app.register(
+        "bounded",
+        "granda-test/echo",
+        json!({"max_concurrency": 2, "max_containers": 3}),
+    )
+    .await;
+    let put = |body: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .put(app.url("/v1/functions/bounded"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let f = put(json!({"timeout_ms": 900})).await;
+    assert_eq!(
+        (f["max_concurrency"].clone(), f["max_containers"].clone()),
+        (json!(2), json!(3))
+    );
+    let f = put(json!({"max_concurrency": null, "max_containers": null})).await;
+    assert_eq!(f["max_concurrency"], Value::Null, "{f}");
+    assert_eq!(f["max_containers"], Value::Null, "{f}");
+    app.shutdown().await;
+}
