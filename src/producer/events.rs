@@ -99,10 +99,21 @@ pub async fn publish(
         ));
     }
     let key = super::extract::idempotency_key(&headers)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 255);
+    // It becomes the event's AMQP content type and the functions' `GRANDA_CONTENT_TYPE`:
+    // refused unless printable ASCII that fits an AMQP short string.
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.len() <= 255 && crate::message::header_safe(v))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "Content-Type must be 1 to 255 printable ASCII characters".into(),
+                    )
+                })?,
+        ),
+    };
     let stored = &body[..body.len().min(app.settings.max_stored_input_bytes)];
     let (event_id, new) = store::insert_event(
         &app.pool,
@@ -129,7 +140,8 @@ pub async fn publish(
         .filter(|s| matches(&s.pattern, &topic))
         .map(|s| s.function)
         .collect();
-    let idempotency = format!("event:{event_id}");
+    // Stored as `event:<event id>` (enqueue puts each trigger in its own namespace).
+    let idempotency = event_id.to_string();
     let mut invocations = Vec::with_capacity(functions.len());
     let mut failure = None;
     for name in &functions {
@@ -140,7 +152,7 @@ pub async fn publish(
         let mut env = std::collections::BTreeMap::new();
         env.insert("GRANDA_EVENT_TOPIC".to_string(), topic.clone());
         env.insert("GRANDA_EVENT_ID".to_string(), event_id.to_string());
-        if let Some(ct) = content_type.filter(|c| !c.contains('\0')) {
+        if let Some(ct) = content_type {
             env.insert("GRANDA_CONTENT_TYPE".to_string(), ct.to_string());
         }
         let job = Job {
