@@ -15,6 +15,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::AppState;
+use crate::broker::BrokerError;
 use crate::error::ApiError;
 use crate::function::Function;
 use crate::invocation::{NewInvocation, Trigger, store};
@@ -144,11 +145,11 @@ pub async fn enqueue(
             })
         }
         Err(e) => {
-            // Not confirmed: the caller hears 503 and the record must not wait for a run.
+            // Not confirmed: the caller hears why and the record must not wait for a run.
             if let Err(db) = store::discard(&app.pool, id).await {
                 tracing::error!(%id, error = %db, "could not discard an unpublished invocation");
             }
-            Err(e.into())
+            Err(publish_error(e))
         }
     }
 }
@@ -179,7 +180,7 @@ async fn call(
             if let Err(db) = store::refuse(&app.pool, new.id).await {
                 tracing::error!(id = %new.id, error = %db, "could not note a refused call");
             }
-            return Err(e.into());
+            return Err(publish_error(e));
         }
     };
     if reply.is_none()
@@ -208,6 +209,17 @@ fn work(id: Uuid, function: &Function, job: &Job<'_>) -> Work {
         queued_at_ms: chrono::Utc::now().timestamp_millis(),
         reply_to: None,
         correlation_id: None,
+    }
+}
+
+/// A publish that failed, as the caller hears it: a message too large for the broker's frame
+/// is the request's (or the function's) fault, 413, and was never sent; the rest is 503.
+pub(crate) fn publish_error(e: BrokerError) -> ApiError {
+    match e {
+        BrokerError::TooLarge { .. } => ApiError::PayloadTooLarge(format!(
+            "refused before queueing: {e}; make the function's env and secrets smaller"
+        )),
+        other => other.into(),
     }
 }
 

@@ -47,6 +47,8 @@ pub struct AppState {
     pub recent: Arc<recent::Recent>,
     /// The bytes unauthenticated request bodies may hold at once.
     pub body_budget: Arc<budget::BodyBudget>,
+    /// Subscriptions, indexed by pattern, as of their last change.
+    pub subscriptions: Arc<crate::event::Cache>,
 }
 
 /// A bound, connected ingress, ready to serve.
@@ -113,6 +115,7 @@ impl Application {
                 metrics,
                 recent: Arc::default(),
                 body_budget,
+                subscriptions: Arc::default(),
             },
         })
     }
