@@ -172,7 +172,8 @@ impl Cache {
         }
         let all = store::subscriptions(pool, None).await?;
         let index = Arc::new(Index::build(
-            all.iter().map(|s| (s.function.as_str(), s.pattern.as_str())),
+            all.iter()
+                .map(|s| (s.function.as_str(), s.pattern.as_str())),
         ));
         *current = Some((version, index.clone()));
         Ok(index)
@@ -438,8 +439,23 @@ mod tests {
     #[test]
     fn the_index_matches_as_the_patterns_do() {
         let patterns = [
-            "orders.*", "*.created", "*.*", "*", "a.*.c", "orders.#", "#", "#.created", "a.#.z",
-            "#.#", "a.#.#.b", "*.#", "*.#.*", "#.*.#", "orders.created", "orders", "x.y.z",
+            "orders.*",
+            "*.created",
+            "*.*",
+            "*",
+            "a.*.c",
+            "orders.#",
+            "#",
+            "#.created",
+            "a.#.z",
+            "#.#",
+            "a.#.#.b",
+            "*.#",
+            "*.#.*",
+            "#.*.#",
+            "orders.created",
+            "orders",
+            "x.y.z",
         ];
         let subs: Vec<(String, String)> = patterns
             .iter()
@@ -448,8 +464,20 @@ mod tests {
             .collect();
         let index = Index::build(subs.iter().map(|(f, p)| (f.as_str(), p.as_str())));
         let topics = [
-            "orders", "orders.created", "orders.created.eu", "a", "a.b", "a.b.c", "a.c", "a.z",
-            "a.b.c.z", "created", "x.y.z", "x.y", "Orders.created", "payments.created",
+            "orders",
+            "orders.created",
+            "orders.created.eu",
+            "a",
+            "a.b",
+            "a.b.c",
+            "a.c",
+            "a.z",
+            "a.b.c.z",
+            "created",
+            "x.y.z",
+            "x.y",
+            "Orders.created",
+            "payments.created",
         ];
         for topic in topics {
             let want: BTreeSet<String> = subs

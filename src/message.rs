@@ -308,7 +308,10 @@ mod tests {
         assert!(invocation_env_problem("GRANDA_WEBHOOK_EVENT", "push").is_none());
         assert!(invocation_env_problem("GRANDA_X", &"a".repeat(1025)).is_some());
         for bad_name in ["PATH", "GRANDA_", "GRANDA_a", "GRANDA_X-Y", "GRANDA_X\r\n"] {
-            assert!(invocation_env_problem(bad_name, "v").is_some(), "{bad_name}");
+            assert!(
+                invocation_env_problem(bad_name, "v").is_some(),
+                "{bad_name}"
+            );
         }
     }
 

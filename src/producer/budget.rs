@@ -135,8 +135,7 @@ impl BodyBudget {
     }
 
     fn refused(&self, reason: &str) {
-        self.metrics
-            .inc(REFUSED, format!("reason=\"{reason}\""));
+        self.metrics.inc(REFUSED, format!("reason=\"{reason}\""));
     }
 }
 

@@ -92,9 +92,7 @@ pub async fn enqueue(
     if let Some(wait) = job.reply {
         return call(app, function, job, wait).await;
     }
-    let key = job
-        .idempotency_key
-        .map(|k| namespaced_key(job.trigger, k));
+    let key = job.idempotency_key.map(|k| namespaced_key(job.trigger, k));
     let (id, new) = store::insert_queued(
         &app.pool,
         &NewInvocation {

@@ -277,7 +277,9 @@ pub async fn receive(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Response> {
-    let hook = load_hook(&app, &id).await.map_err(IntoResponse::into_response)?;
+    let hook = load_hook(&app, &id)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let (body, _reserved) = app
         .body_budget
         .read(&headers, body, app.settings.max_body_bytes)
@@ -323,9 +325,9 @@ async fn deliver(
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => None,
         Some(v) => {
-            let v = v.to_str().map_err(|_| {
-                ApiError::BadRequest("Content-Type must be printable ASCII".into())
-            })?;
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Content-Type must be printable ASCII".into()))?;
             passable("Content-Type", v, MAX_CONTENT_TYPE)?;
             Some(v)
         }

@@ -230,8 +230,12 @@ async fn an_env_that_only_overflows_the_frame_once_escaped_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_refused_without_losing_other_callers_replies() {
     let app = spawn_app().await;
-    app.register("slow", "granda-test/sleep", json!({"env": {"SLEEP_SECONDS": "3"}}))
-        .await;
+    app.register(
+        "slow",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "3"}}),
+    )
+    .await;
     app.register("big", "granda-test/echo", json!({})).await;
     let huge = json!({"A": "\"".repeat(100_000)});
     sqlx::query("UPDATE functions SET env = $1 WHERE name = 'big'")

@@ -640,7 +640,8 @@ async fn webhooks_are_listed_read_deleted_and_validated() {
 /// for a hot function, request headers. Control characters are refused at the door, nothing is
 /// queued, and the hot function keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_delivery_with_control_characters_in_its_type_is_refused_and_hot_keeps_answering() {
+async fn a_signed_delivery_with_control_characters_in_its_type_is_refused_and_hot_keeps_answering()
+{
     let app = spawn_app().await;
     app.register("hot", "granda-test/hot", json!({"mode": "hot"}))
         .await;
@@ -709,7 +710,10 @@ async fn a_callers_idempotency_key_cannot_squat_a_webhook_delivery() {
     let squatter: Value = response.json().await.unwrap();
 
     let body = br#"{"action":"opened"}"#;
-    let sig = format!("sha256={}", hex::encode(hmac_bytes(secret.as_bytes(), &[body])));
+    let sig = format!(
+        "sha256={}",
+        hex::encode(hmac_bytes(secret.as_bytes(), &[body]))
+    );
     let headers = [
         ("x-hub-signature-256", sig.as_str()),
         ("x-github-event", "push"),
@@ -721,7 +725,10 @@ async fn a_callers_idempotency_key_cannot_squat_a_webhook_delivery() {
     assert_eq!(response.status(), 202);
     assert!(response.headers().get("idempotent-replayed").is_none());
     let delivered: Value = response.json().await.unwrap();
-    assert_ne!(delivered["id"], squatter["id"], "the delivery got its own run");
+    assert_ne!(
+        delivered["id"], squatter["id"],
+        "the delivery got its own run"
+    );
     let record = app
         .wait_final(delivered["id"].as_str().unwrap().parse().unwrap(), RUN)
         .await;
@@ -744,7 +751,10 @@ async fn a_callers_idempotency_key_cannot_squat_a_webhook_delivery() {
     assert_eq!(again["id"], squatter["id"]);
     let (status, retry) = deliver(&app, id, &headers, body).await;
     assert_eq!(status, 202);
-    assert_eq!(retry.unwrap().to_string(), delivered["id"].as_str().unwrap());
+    assert_eq!(
+        retry.unwrap().to_string(),
+        delivered["id"].as_str().unwrap()
+    );
     app.shutdown().await;
 }
 
@@ -826,11 +836,18 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     let slow = partial_post(&app, &path, 700_000, 1024).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.metric(gauge).await != Some(700_000.0) {
-        assert!(std::time::Instant::now() < deadline, "the reservation never showed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservation never showed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let response = app
-        .post_with(&path, &[("content-type", "text/plain")], vec![b'y'; 700_000])
+        .post_with(
+            &path,
+            &[("content-type", "text/plain")],
+            vec![b'y'; 700_000],
+        )
         .await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
@@ -841,11 +858,18 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     drop(slow);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.metric(gauge).await != Some(0.0) {
-        assert!(std::time::Instant::now() < deadline, "the reservation was kept");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservation was kept"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let response = app
-        .post_with(&path, &[("content-type", "text/plain")], vec![b'y'; 700_000])
+        .post_with(
+            &path,
+            &[("content-type", "text/plain")],
+            vec![b'y'; 700_000],
+        )
         .await;
     assert_eq!(response.status(), 202);
     app.shutdown().await;
