@@ -7,6 +7,14 @@
 //!   expiration); when it expires it is dead-lettered back into `p.work.<queue>`.
 //!
 //! Every queue is a durable quorum queue with at-least-once dead-lettering.
+//!
+//! Size: a message's properties (the function snapshot with its env, per-invocation env) travel
+//! in one header frame, which must fit the connection's negotiated `frame_max`; RabbitMQ closes
+//! the whole CONNECTION on a frame that does not. So every publish measures its header frame as
+//! serialized and refuses ([`BrokerError::TooLarge`]) one that would not fit with
+//! [`FRAME_MARGIN`] to spare, and registration keeps a function's snapshot within
+//! [`snapshot_budget`]. The ingress also publishes async work, events and declarations on a
+//! side channel, so a channel error there can't take the reply consumer of sync calls with it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,10 +42,70 @@ const NACK_RETRIES: u32 = 6;
 /// How many times a quorum queue redelivers one message (a worker crashing on it) before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// RabbitMQ's default `frame_max` (3.10): what a process assumes until it has connected.
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// Bytes a header frame keeps free below `frame_max` at publish.
+pub const FRAME_MARGIN: usize = 1024;
+/// Bytes of a header frame kept, at registration, for all but the function's snapshot: frame
+/// and property overhead, the other headers, and per-invocation env (a few values of at most
+/// [`crate::message::MAX_INVOCATION_VALUE`] bytes, at most doubled by JSON escaping).
+pub const HEADER_RESERVE: usize = 16 * 1024;
+
+/// The smallest `frame_max` a connection of this process negotiated (the default before any).
+static FRAME_MAX: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_FRAME_MAX);
+
+/// The broker's negotiated `frame_max`, as this process last learnt it (smallest seen).
+pub fn frame_max() -> u32 {
+    FRAME_MAX.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn note_frame_max(connection: &Connection) {
+    let negotiated = connection.configuration().frame_max();
+    if negotiated > 0 {
+        FRAME_MAX.fetch_min(negotiated, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Most bytes a function snapshot (JSON, with its env and secrets) may take so that any message
+/// of the function fits the broker's frame.
+pub fn snapshot_budget() -> usize {
+    (frame_max() as usize).saturating_sub(HEADER_RESERVE)
+}
+
+/// The size of the header frame that carries `properties`, as lapin writes it: frame header
+/// (7), class and weight (4), body size (8), the properties, frame end (1).
+pub fn header_frame_size(properties: &lapin::BasicProperties) -> usize {
+    let written = cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::new(),
+    );
+    // Serializing into a Vec can't fail; if it ever did, call it too large.
+    written.map_or(usize::MAX, |v| 7 + 4 + 8 + v.len() + 1)
+}
+
+/// Refuses `properties` whose header frame would not fit `frame_max` with [`FRAME_MARGIN`] to spare.
+pub fn check_header_size(
+    properties: &lapin::BasicProperties,
+    frame_max: u32,
+) -> Result<(), BrokerError> {
+    let size = header_frame_size(properties);
+    let limit = (frame_max as usize).saturating_sub(FRAME_MARGIN);
+    if size > limit {
+        return Err(BrokerError::TooLarge { size, limit });
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("{0}")]
     Amqp(#[from] lapin::Error),
+    /// Refused before sending: the broker would close the connection on it.
+    #[error(
+        "the message's headers take {size} bytes serialized; the broker's frame leaves {limit}"
+    )]
+    TooLarge { size: usize, limit: usize },
     #[error("the broker refused the message")]
     Nacked,
     #[error("no queue took the message (routing key {0})")]
@@ -177,7 +245,9 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
     } else {
         format!("{url}?heartbeat=10")
     };
-    Connection::connect(&url, props).await
+    let connection = Connection::connect(&url, props).await?;
+    note_frame_max(&connection);
+    Ok(connection)
 }
 
 /// Publishes on a channel in confirm mode and waits for the broker's confirm.
@@ -211,17 +281,44 @@ pub async fn publish_confirmed(
 /// Waiters for replies, by correlation id, with the generation of the link they wait on.
 type Waiters = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>;
 
-/// One live connection with its publishing channel, which also consumes direct replies.
+/// One live connection with its publishing channel, which also consumes direct replies (sync
+/// calls publish there: direct reply-to needs it), and a side channel for everything else.
 struct Link {
     generation: u64,
     connection: Connection,
     channel: Channel,
+    /// Declarations, async work and events; opened again if a channel error closed it.
+    side: tokio::sync::Mutex<Option<Channel>>,
     declared: Mutex<HashSet<String>>,
 }
 
 impl Link {
     fn healthy(&self) -> bool {
         self.channel.status().connected()
+    }
+
+    /// The side channel, in confirm mode, opened anew when it was closed.
+    async fn side(&self) -> Result<Channel, lapin::Error> {
+        let mut side = self.side.lock().await;
+        if let Some(channel) = side.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *side = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// The frame_max this link's connection negotiated.
+    fn frame_max(&self) -> u32 {
+        match self.connection.configuration().frame_max() {
+            0 => DEFAULT_FRAME_MAX,
+            n => n,
+        }
     }
 }
 
@@ -289,6 +386,7 @@ impl Publisher {
             generation,
             connection,
             channel,
+            side: tokio::sync::Mutex::new(None),
             declared: Mutex::default(),
         });
         *guard = Some(link.clone());
@@ -340,16 +438,24 @@ impl Publisher {
         work: &Work,
         body: &[u8],
     ) -> Result<(), BrokerError> {
+        let properties = work.properties();
+        check_header_size(&properties, link.frame_max())?;
         let declared = link.declared.lock().expect("lock").contains(queue);
         if !declared {
-            self.topology.declare(&link.channel, queue).await?;
+            self.topology.declare(&link.side().await?, queue).await?;
             link.declared
                 .lock()
                 .expect("lock")
                 .insert(queue.to_string());
         }
         let routing_key = self.topology.work_queue(queue);
-        publish_confirmed(&link.channel, &routing_key, body, work.properties()).await
+        // A sync call's reply comes on the channel it was published on; the rest goes aside.
+        let channel = if work.reply_to.is_some() {
+            link.channel.clone()
+        } else {
+            link.side().await?
+        };
+        publish_confirmed(&channel, &routing_key, body, properties).await
     }
 
     /// Publishes a sync invocation and waits up to `wait` for its reply.
@@ -539,15 +645,16 @@ impl Publisher {
         properties: &lapin::BasicProperties,
     ) -> Result<(), BrokerError> {
         let link = self.link().await?;
+        check_header_size(properties, link.frame_max())?;
+        let channel = link.side().await?;
         let exchange = self.topology.events_exchange();
         // Queue names never hold ':', so this can't collide with a declared queue.
         let marker = format!("exchange:{exchange}");
         if !link.declared.lock().expect("lock").contains(&marker) {
-            declare_topic_exchange(&link.channel, &exchange).await?;
+            declare_topic_exchange(&channel, &exchange).await?;
             link.declared.lock().expect("lock").insert(marker);
         }
-        let confirm = link
-            .channel
+        let confirm = channel
             .basic_publish(
                 exchange.as_str().into(),
                 topic.into(),
@@ -561,5 +668,28 @@ impl Publisher {
             Confirmation::Nack(_) => Err(BrokerError::Nacked),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn header_frames_are_measured_as_serialized() {
+        // Frame header, class, weight, body size, property flags, frame end.
+        assert_eq!(header_frame_size(&lapin::BasicProperties::default()), 22);
+        let mut headers = FieldTable::default();
+        // `"` doubles in JSON, but an AMQP long string is sent as is: 1 + 1 + 1 + 4 + 1000.
+        headers.insert("k".into(), text(&"\"".repeat(1000)));
+        let props = lapin::BasicProperties::default().with_headers(headers);
+        assert_eq!(header_frame_size(&props), 22 + 4 + 1 + 1 + 1 + 4 + 1000);
+        assert!(check_header_size(&props, 131_072).is_ok());
+        // 1033 bytes: over 2000 - 1024 of margin, under 3000 - 1024.
+        assert!(matches!(
+            check_header_size(&props, 2000),
+            Err(BrokerError::TooLarge { .. })
+        ));
+        assert!(check_header_size(&props, 3000).is_ok());
     }
 }

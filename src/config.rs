@@ -181,6 +181,25 @@ pub struct Settings {
         default_value = "granda/runtime-python3:latest"
     )]
     pub runtime_python3_image: String,
+
+    /// Most bytes of unauthenticated request bodies (webhook deliveries, public functions) held
+    /// at once; past it such requests wait briefly, then get 503 with `Retry-After`.
+    #[arg(
+        long,
+        env = "GRANDA_UNAUTHENTICATED_BODY_BUDGET_BYTES",
+        default_value_t = 64 * 1024 * 1024,
+        global = true
+    )]
+    pub unauthenticated_body_budget_bytes: usize,
+
+    /// Most event subscriptions one function may have (422 past it).
+    #[arg(
+        long,
+        env = "GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_subscriptions_per_function: i64,
 }
 
 /// When registration may pull an image.

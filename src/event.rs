@@ -3,6 +3,15 @@
 //!
 //! Topics are words of `[A-Za-z0-9_-]`, dot-separated, at most 255 characters. Patterns follow
 //! AMQP topic exchanges: `*` is exactly one word, `#` is zero or more words.
+//!
+//! A function has at most `GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION` subscriptions (100). A publish
+//! does not scan them: each ingress keeps an [`Index`], a trie over pattern words where a topic
+//! walks only the branches its words (or `*`, `#`) name, and rebuilds it when the
+//! `subscriptions_version` row moves (a trigger bumps it on every change, in the same
+//! transaction), which a publish reads with one single-row query.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -54,6 +63,121 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
         next = row;
     }
     next[0]
+}
+
+/// Subscriptions as a trie over pattern words: the functions whose patterns match a topic are
+/// found by walking the branches the topic's words, `*` and `#` lead to, never by a scan.
+#[derive(Debug, Default)]
+pub struct Index {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    words: HashMap<String, usize>,
+    star: Option<usize>,
+    hash: Option<usize>,
+    /// Functions with a pattern that ends here.
+    functions: Vec<String>,
+}
+
+impl Index {
+    /// An index of `(function, pattern)` pairs.
+    pub fn build<'a>(subscriptions: impl IntoIterator<Item = (&'a str, &'a str)>) -> Index {
+        let mut index = Index {
+            nodes: vec![Node::default()],
+        };
+        for (function, pattern) in subscriptions {
+            let mut at = 0;
+            for word in pattern.split('.') {
+                let existing = match word {
+                    "*" => index.nodes[at].star,
+                    "#" => index.nodes[at].hash,
+                    w => index.nodes[at].words.get(w).copied(),
+                };
+                at = match existing {
+                    Some(next) => next,
+                    None => {
+                        let next = index.nodes.len();
+                        index.nodes.push(Node::default());
+                        let node = &mut index.nodes[at];
+                        match word {
+                            "*" => node.star = Some(next),
+                            "#" => node.hash = Some(next),
+                            w => {
+                                node.words.insert(w.to_string(), next);
+                            }
+                        }
+                        next
+                    }
+                };
+            }
+            index.nodes[at].functions.push(function.to_string());
+        }
+        index
+    }
+
+    /// The functions with a pattern matching `topic`, each once. Every (node, word position)
+    /// is visited at most once, so the work is bounded by the trie's branches the topic can
+    /// reach, whatever the number of subscriptions.
+    pub fn matching(&self, topic: &str) -> BTreeSet<String> {
+        let t: Vec<&str> = topic.split('.').collect();
+        let n = t.len();
+        let mut out = BTreeSet::new();
+        let mut seen: HashSet<(usize, usize)> = HashSet::new();
+        let mut stack = vec![(0usize, 0usize)];
+        while let Some((at, j)) = stack.pop() {
+            if !seen.insert((at, j)) {
+                continue;
+            }
+            let node = &self.nodes[at];
+            if j == n {
+                out.extend(node.functions.iter().cloned());
+            }
+            if let Some(h) = node.hash {
+                // `#` takes zero or more words.
+                stack.extend((j..=n).map(|k| (h, k)));
+            }
+            if j < n {
+                if let Some(&next) = node.words.get(t[j]) {
+                    stack.push((next, j + 1));
+                }
+                if let Some(s) = node.star {
+                    stack.push((s, j + 1));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// This process's [`Index`] and the `subscriptions_version` it was built at.
+#[derive(Default)]
+pub struct Cache {
+    current: tokio::sync::Mutex<Option<(i64, Arc<Index>)>>,
+}
+
+impl Cache {
+    /// The index as of now: one single-row read, and a rebuild only when subscriptions changed.
+    pub async fn index(&self, pool: &PgPool) -> Result<Arc<Index>, sqlx::Error> {
+        // Read before the subscriptions: a change in between is seen as a newer version next time.
+        let (version,): (i64,) = sqlx::query_as("SELECT version FROM subscriptions_version")
+            .fetch_one(pool)
+            .await?;
+        let mut current = self.current.lock().await;
+        if let Some((v, index)) = current.as_ref()
+            && *v == version
+        {
+            return Ok(index.clone());
+        }
+        let all = store::subscriptions(pool, None).await?;
+        let index = Arc::new(Index::build(
+            all.iter()
+                .map(|s| (s.function.as_str(), s.pattern.as_str())),
+        ));
+        *current = Some((version, index.clone()));
+        Ok(index)
+    }
 }
 
 /// A function's subscription.
@@ -112,23 +236,72 @@ impl Event {
 pub mod store {
     use super::*;
 
-    /// Stores a subscription; `Ok(None)` if the function already has this pattern.
+    /// What [`subscribe`] did.
+    #[derive(Debug)]
+    pub enum Subscribed {
+        Created(Subscription),
+        /// The function has this pattern already.
+        Exists,
+        /// The function has `cap` subscriptions already.
+        Full,
+        NoFunction,
+    }
+
+    /// Stores a subscription unless the function has `cap` of them. The function's row is
+    /// locked meanwhile, so concurrent subscribes can't pass the cap together.
     #[tracing::instrument(skip(pool))]
     pub async fn subscribe(
         pool: &PgPool,
         function: &str,
         pattern: &str,
-    ) -> Result<Option<Subscription>, sqlx::Error> {
-        sqlx::query_as::<_, Subscription>(
-            "INSERT INTO subscriptions (id, function, pattern) VALUES ($1, $2, $3)
+        cap: i64,
+    ) -> Result<Subscribed, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let locked: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM functions WHERE name = $1 FOR NO KEY UPDATE")
+                .bind(function)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if locked.is_none() {
+            return Ok(Subscribed::NoFunction);
+        }
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM subscriptions WHERE function = $1")
+                .bind(function)
+                .fetch_one(&mut *tx)
+                .await?;
+        let created = sqlx::query_as::<_, Subscription>(
+            "INSERT INTO subscriptions (id, function, pattern)
+             SELECT $1, $2, $3 WHERE $4
              ON CONFLICT (function, pattern) DO NOTHING
              RETURNING id, function, pattern, created_at",
         )
         .bind(Uuid::now_v7())
         .bind(function)
         .bind(pattern)
-        .fetch_optional(pool)
-        .await
+        .bind(count < cap)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match created {
+            Some(s) => Subscribed::Created(s),
+            None if count >= cap => {
+                let (exists,): (bool,) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE function = $1 AND pattern = $2)",
+                )
+                .bind(function)
+                .bind(pattern)
+                .fetch_one(&mut *tx)
+                .await?;
+                if exists {
+                    Subscribed::Exists
+                } else {
+                    Subscribed::Full
+                }
+            }
+            None => Subscribed::Exists,
+        };
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// One function's subscriptions, or everyone's (`None`), oldest first.
@@ -260,6 +433,75 @@ mod tests {
         assert!(!matches("orders.created", "orders.created2"));
         assert!(!matches("orders", "orders.created"));
         assert!(!matches("orders.created", "orders"));
+    }
+
+    /// The index agrees with [`matches`] on every pattern of these tests and more.
+    #[test]
+    fn the_index_matches_as_the_patterns_do() {
+        let patterns = [
+            "orders.*",
+            "*.created",
+            "*.*",
+            "*",
+            "a.*.c",
+            "orders.#",
+            "#",
+            "#.created",
+            "a.#.z",
+            "#.#",
+            "a.#.#.b",
+            "*.#",
+            "*.#.*",
+            "#.*.#",
+            "orders.created",
+            "orders",
+            "x.y.z",
+        ];
+        let subs: Vec<(String, String)> = patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("f{i}"), p.to_string()))
+            .collect();
+        let index = Index::build(subs.iter().map(|(f, p)| (f.as_str(), p.as_str())));
+        let topics = [
+            "orders",
+            "orders.created",
+            "orders.created.eu",
+            "a",
+            "a.b",
+            "a.b.c",
+            "a.c",
+            "a.z",
+            "a.b.c.z",
+            "created",
+            "x.y.z",
+            "x.y",
+            "Orders.created",
+            "payments.created",
+        ];
+        for topic in topics {
+            let want: BTreeSet<String> = subs
+                .iter()
+                .filter(|(_, p)| matches(p, topic))
+                .map(|(f, _)| f.clone())
+                .collect();
+            assert_eq!(index.matching(topic), want, "{topic}");
+        }
+    }
+
+    #[test]
+    fn the_index_finds_one_pattern_among_many_quickly() {
+        let subs: Vec<(String, String)> = (0..10_000)
+            .map(|i| (format!("f{}", i % 100), format!("#.w{i}.*.#.tail{i}")))
+            .collect();
+        let start = std::time::Instant::now();
+        let index = Index::build(subs.iter().map(|(f, p)| (f.as_str(), p.as_str())));
+        let built = start.elapsed();
+        let start = std::time::Instant::now();
+        let got = index.matching("a.b.w4242.c.d.tail4242");
+        let matched = start.elapsed();
+        assert_eq!(got, BTreeSet::from(["f42".to_string()]));
+        eprintln!("10000 patterns: built in {built:?}, matched in {matched:?}");
     }
 
     #[test]

@@ -19,8 +19,9 @@ pub const DEFAULT_PIDS: i64 = 256;
 /// Size of the writable `/tmp` tmpfs, unless the function says otherwise. Its pages count
 /// against the memory limit.
 pub const DEFAULT_TMP_MB: i64 = 64;
-/// Most bytes of `env` and `secrets` (names and values) together: they travel in the header
-/// frame of every work message, which must fit RabbitMQ's frame (128 KiB by default).
+/// Most bytes of `env` and `secrets` (names and values) together, raw. They travel JSON-escaped
+/// in the header frame of every work message, which must fit RabbitMQ's frame (128 KiB by
+/// default): `check` also measures them serialized (see [`crate::broker::snapshot_budget`]).
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
 
 /// The network a function's container gets.
@@ -705,6 +706,19 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
             "env",
             format!(
                 "env and secrets together are at most {MAX_ENV_BYTES} bytes (they travel in every message's header)"
+            ),
+        ));
+    }
+    // What must fit is the snapshot as it travels, JSON-escaped (`"` and `\` double, control
+    // characters take six bytes), in a header frame below the broker's frame_max.
+    let serialized = serde_json::to_vec(&f.snapshot()).map_or(usize::MAX, |v| v.len());
+    let budget = crate::broker::snapshot_budget();
+    if serialized > budget {
+        return Err(invalid(
+            "env",
+            format!(
+                "the function's message header (env and secrets as serialized JSON, with escaping) would take {serialized} bytes; the broker's frame ({} bytes) leaves {budget} for it",
+                crate::broker::frame_max()
             ),
         ));
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::AppState;
+use crate::broker::BrokerError;
 use crate::error::ApiError;
 use crate::function::Function;
 use crate::invocation::{NewInvocation, Trigger, store};
@@ -25,7 +26,9 @@ use crate::message::{Reply, Work};
 pub struct Job<'a> {
     pub trigger: Trigger,
     pub input: &'a [u8],
-    /// The same key for the same function within 24 h returns the first invocation, unrun again.
+    /// The same key for the same function and trigger within 24 h returns the first invocation,
+    /// unrun again. Stored as `<trigger>:<key>` (see [`namespaced_key`]), so a caller's key can
+    /// never equal a webhook's or an event's.
     pub idempotency_key: Option<&'a str>,
     /// Sync: how long to wait for the reply.
     pub reply: Option<Duration>,
@@ -58,15 +61,38 @@ pub struct Queued {
     pub reply: Option<Reply>,
 }
 
+/// The idempotency key as stored: `<trigger>:<key>`. Each source has its own namespace, so a
+/// caller's `Idempotency-Key: webhook:<hook>:<delivery>` is stored as `async:webhook:…` and
+/// can't squat the delivery's own key `webhook:<hook>:<delivery>`.
+pub fn namespaced_key(trigger: Trigger, key: &str) -> String {
+    format!("{}:{key}", trigger.as_str())
+}
+
+/// Refuses per-invocation env that could not travel safely as env and as hot-call headers.
+/// The entry points check their own values first with clearer words; this is the last gate.
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    match env
+        .iter()
+        .find_map(|(k, v)| crate::message::invocation_env_problem(k, v))
+    {
+        Some(problem) => Err(ApiError::BadRequest(format!(
+            "a per-invocation value can't be passed on: {problem}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Stores a `queued` invocation of `function` and publishes it.
 pub async fn enqueue(
     app: &AppState,
     function: &Function,
     job: Job<'_>,
 ) -> Result<Queued, ApiError> {
+    check_env(&job.env)?;
     if let Some(wait) = job.reply {
         return call(app, function, job, wait).await;
     }
+    let key = job.idempotency_key.map(|k| namespaced_key(job.trigger, k));
     let (id, new) = store::insert_queued(
         &app.pool,
         &NewInvocation {
@@ -75,7 +101,7 @@ pub async fn enqueue(
             trigger: job.trigger,
             input: job.input,
             stored_input_cap: app.settings.max_stored_input_bytes,
-            idempotency_key: job.idempotency_key,
+            idempotency_key: key.as_deref(),
         },
     )
     .await?;
@@ -117,11 +143,11 @@ pub async fn enqueue(
             })
         }
         Err(e) => {
-            // Not confirmed: the caller hears 503 and the record must not wait for a run.
+            // Not confirmed: the caller hears why and the record must not wait for a run.
             if let Err(db) = store::discard(&app.pool, id).await {
                 tracing::error!(%id, error = %db, "could not discard an unpublished invocation");
             }
-            Err(e.into())
+            Err(publish_error(e))
         }
     }
 }
@@ -152,7 +178,7 @@ async fn call(
             if let Err(db) = store::refuse(&app.pool, new.id).await {
                 tracing::error!(id = %new.id, error = %db, "could not note a refused call");
             }
-            return Err(e.into());
+            return Err(publish_error(e));
         }
     };
     if reply.is_none()
@@ -181,6 +207,17 @@ fn work(id: Uuid, function: &Function, job: &Job<'_>) -> Work {
         queued_at_ms: chrono::Utc::now().timestamp_millis(),
         reply_to: None,
         correlation_id: None,
+    }
+}
+
+/// A publish that failed, as the caller hears it: a message too large for the broker's frame
+/// is the request's (or the function's) fault, 413, and was never sent; the rest is 503.
+pub(crate) fn publish_error(e: BrokerError) -> ApiError {
+    match e {
+        BrokerError::TooLarge { .. } => ApiError::PayloadTooLarge(format!(
+            "refused before queueing: {e}; make the function's env and secrets smaller"
+        )),
+        other => other.into(),
     }
 }
 

@@ -20,7 +20,8 @@ use super::enqueue::{Job, enqueue};
 use super::extract::{JsonBody, RawBody};
 use super::functions::load;
 use crate::error::ApiError;
-use crate::event::{FannedOut, matches, store, valid_pattern, valid_topic};
+use crate::event::store::Subscribed;
+use crate::event::{FannedOut, store, valid_pattern, valid_topic};
 use crate::invocation::Trigger;
 
 /// The body of `POST /v1/functions/{name}/subscriptions`.
@@ -43,17 +44,24 @@ pub async fn subscribe(
         ));
     }
     load(&app, &name).await?;
-    let subscription = store::subscribe(&app.pool, &name, &body.pattern)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
-                ApiError::NotFound(format!("no function named {name:?}"))
-            }
-            other => other.into(),
-        })?
-        .ok_or_else(|| {
-            ApiError::Conflict(format!("{name:?} already subscribes to {:?}", body.pattern))
-        })?;
+    let cap = app.settings.max_subscriptions_per_function;
+    let subscription = match store::subscribe(&app.pool, &name, &body.pattern, cap).await? {
+        Subscribed::Created(s) => s,
+        Subscribed::Exists => {
+            return Err(ApiError::Conflict(format!(
+                "{name:?} already subscribes to {:?}",
+                body.pattern
+            )));
+        }
+        Subscribed::Full => {
+            return Err(ApiError::Unprocessable(format!(
+                "{name:?} has {cap} subscriptions, the most a function may have (GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION); remove one first"
+            )));
+        }
+        Subscribed::NoFunction => {
+            return Err(ApiError::NotFound(format!("no function named {name:?}")));
+        }
+    };
     Ok((StatusCode::CREATED, Json(subscription)).into_response())
 }
 
@@ -99,10 +107,21 @@ pub async fn publish(
         ));
     }
     let key = super::extract::idempotency_key(&headers)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 255);
+    // It becomes the event's AMQP content type and the functions' `GRANDA_CONTENT_TYPE`:
+    // refused unless printable ASCII that fits an AMQP short string.
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.len() <= 255 && crate::message::header_safe(v))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "Content-Type must be 1 to 255 printable ASCII characters".into(),
+                    )
+                })?,
+        ),
+    };
     let stored = &body[..body.len().min(app.settings.max_stored_input_bytes)];
     let (event_id, new) = store::insert_event(
         &app.pool,
@@ -123,13 +142,9 @@ pub async fn publish(
     }
 
     // The functions whose patterns match, each once however many of its patterns match.
-    let functions: BTreeSet<String> = store::subscriptions(&app.pool, None)
-        .await?
-        .into_iter()
-        .filter(|s| matches(&s.pattern, &topic))
-        .map(|s| s.function)
-        .collect();
-    let idempotency = format!("event:{event_id}");
+    let functions: BTreeSet<String> = app.subscriptions.index(&app.pool).await?.matching(&topic);
+    // Stored as `event:<event id>` (enqueue puts each trigger in its own namespace).
+    let idempotency = event_id.to_string();
     let mut invocations = Vec::with_capacity(functions.len());
     let mut failure = None;
     for name in &functions {
@@ -140,7 +155,7 @@ pub async fn publish(
         let mut env = std::collections::BTreeMap::new();
         env.insert("GRANDA_EVENT_TOPIC".to_string(), topic.clone());
         env.insert("GRANDA_EVENT_ID".to_string(), event_id.to_string());
-        if let Some(ct) = content_type.filter(|c| !c.contains('\0')) {
+        if let Some(ct) = content_type {
             env.insert("GRANDA_CONTENT_TYPE".to_string(), ct.to_string());
         }
         let job = Job {
@@ -166,7 +181,8 @@ pub async fn publish(
     }
     app.publisher
         .publish_event(&topic, &body, event_properties(event_id, content_type))
-        .await?;
+        .await
+        .map_err(super::enqueue::publish_error)?;
     app.metrics.inc(
         "granda_events_published_total",
         format!("fanned_out=\"{}\"", invocations.len().min(10)),

@@ -90,14 +90,15 @@ where
     }
 }
 
-/// The `Idempotency-Key` header: `None` when absent; 400 unless 1 to 255 visible ASCII characters.
+/// The `Idempotency-Key` header: `None` when absent; 400 unless 1 to 255 printable ASCII
+/// characters (no tab or other control character).
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
     v.to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| !k.is_empty() && k.len() <= 255 && crate::message::header_safe(k))
         .map(Some)
         .ok_or_else(|| {
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())

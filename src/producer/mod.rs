@@ -2,6 +2,7 @@
 //! RabbitMQ, and for sync calls waits for the reply.
 
 pub mod auth;
+pub mod budget;
 pub mod deploy;
 pub mod enqueue;
 pub mod events;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// API keys and functions read in the last second.
     pub recent: Arc<recent::Recent>,
+    /// The bytes unauthenticated request bodies may hold at once.
+    pub body_budget: Arc<budget::BodyBudget>,
+    /// Subscriptions, indexed by pattern, as of their last change.
+    pub subscriptions: Arc<crate::event::Cache>,
 }
 
 /// A bound, connected ingress, ready to serve.
@@ -95,6 +100,11 @@ impl Application {
                 .context("connecting to RabbitMQ")?;
         let docker = crate::docker::connect(settings.docker_host.as_deref(), 600)
             .context("connecting to the Docker engine")?;
+        let metrics: Arc<Metrics> = Arc::default();
+        let body_budget = Arc::new(budget::BodyBudget::new(
+            settings.unauthenticated_body_budget_bytes,
+            metrics.clone(),
+        ));
         Ok(Application {
             listener,
             state: AppState {
@@ -102,8 +112,10 @@ impl Application {
                 publisher,
                 docker,
                 settings: Arc::new(settings),
-                metrics: Arc::default(),
+                metrics,
                 recent: Arc::default(),
+                body_budget,
+                subscriptions: Arc::default(),
             },
         })
     }
@@ -169,7 +181,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/functions/{name}/invocations",
             post(invoke::r#async).get(invocations::list),
         )
-        .route("/fn/{name}", post(invoke::sync))
+        .route(
+            "/fn/{name}",
+            post(invoke::sync).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                budget::unauthenticated,
+            )),
+        )
         .route("/v1/invocations/{id}", get(invocations::get))
         .route("/v1/invocations/{id}/retry", post(invocations::retry))
         .route("/v1/dead-letters", get(invocations::dead_letters))

@@ -26,8 +26,10 @@ use crate::webhook::{Encoding, Scheme};
 
 /// The longest delivery id kept for deduplication.
 const MAX_DELIVERY_ID: usize = 200;
-/// The longest value of a header passed to the function as env.
-const MAX_ENV_VALUE: usize = 1024;
+/// The longest event type passed on (`GRANDA_WEBHOOK_EVENT`).
+const MAX_EVENT_TYPE: usize = 200;
+/// The longest `Content-Type` passed on (`GRANDA_CONTENT_TYPE`).
+const MAX_CONTENT_TYPE: usize = 255;
 
 /// The body of `POST /v1/webhooks`.
 #[derive(Debug, Deserialize)]
@@ -253,18 +255,50 @@ pub async fn rotate(
     Ok(Json(view))
 }
 
-/// `POST /hooks/{id}`: a delivery from an external system.
+/// Checks a value a delivery passes on to its function (as env, and to a hot function as a
+/// header): 1 to `max` bytes of printable ASCII. Anything else is refused (400), never encoded:
+/// these are identifiers, and a function must see them as the sender sent them or not at all.
+fn passable(what: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max || !crate::message::header_safe(value) {
+        return Err(ApiError::BadRequest(format!(
+            "the {what} must be 1 to {max} printable ASCII characters (no control characters, CR or LF)"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /hooks/{id}`: a delivery from an external system. The hook is looked up before a byte
+/// of the body is read (an unknown id is 404 unread), and the body is read within the budget of
+/// unauthenticated bodies (see [`super::budget`]).
 #[tracing::instrument(skip_all, fields(webhook = %id))]
 pub async fn receive(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    body: axum::body::Body,
+) -> Result<Response, Response> {
+    let hook = load_hook(&app, &id)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let (body, _reserved) = app
+        .body_budget
+        .read(&headers, body, app.settings.max_body_bytes)
+        .await
+        .map_err(super::budget::with_retry_after)?;
+    deliver(&app, &hook, &headers, &body)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn deliver(
+    app: &AppState,
+    hook: &Webhook,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Result<Response, ApiError> {
-    let hook = load_hook(&app, &id).await?;
     let now = Utc::now();
     let verifier = hook.verifier(now, app.settings.webhook_tolerance_secs);
-    let verified = match verifier.verify(&headers, &body, now.timestamp()) {
+    let verified = match verifier.verify(headers, body, now.timestamp()) {
         Ok(v) => v,
         Err(rejection) => {
             app.metrics.inc(
@@ -281,49 +315,55 @@ pub async fn receive(
             )));
         }
     };
-    if verified
-        .delivery_id
-        .as_ref()
-        .is_some_and(|d| d.len() > MAX_DELIVERY_ID)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "the delivery id is longer than {MAX_DELIVERY_ID} characters"
-        )));
+    // Signed or not, what the sender says about itself is checked before it goes anywhere.
+    if let Some(d) = &verified.delivery_id {
+        passable("delivery id", d, MAX_DELIVERY_ID)?;
     }
-    let function = load(&app, &hook.function).await?;
+    if let Some(e) = &verified.event {
+        passable("event type", e, MAX_EVENT_TYPE)?;
+    }
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Content-Type must be printable ASCII".into()))?;
+            passable("Content-Type", v, MAX_CONTENT_TYPE)?;
+            Some(v)
+        }
+    };
+    let function = load(app, &hook.function).await?;
+    // Stored as `webhook:<hook id>:<delivery id>`: enqueue namespaces keys by trigger.
     let key = verified
         .delivery_id
         .as_ref()
-        .map(|d| format!("webhook:{}:{d}", hook.id));
+        .map(|d| format!("{}:{d}", hook.id));
     let mut env = BTreeMap::new();
     env.insert("GRANDA_WEBHOOK_ID".to_string(), hook.id.to_string());
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
     for (name, value) in [
         ("GRANDA_WEBHOOK_EVENT", verified.event.as_deref()),
         ("GRANDA_WEBHOOK_DELIVERY", verified.delivery_id.as_deref()),
         ("GRANDA_CONTENT_TYPE", content_type),
     ] {
-        if let Some(v) = value.filter(|v| v.len() <= MAX_ENV_VALUE && !v.contains('\0')) {
+        if let Some(v) = value {
             env.insert(name.to_string(), v.to_string());
         }
     }
     let job = Job {
         idempotency_key: key.as_deref(),
         env,
-        ..Job::new(Trigger::Webhook, &body)
+        ..Job::new(Trigger::Webhook, body)
     };
-    let queued = enqueue(&app, &function, job).await?;
+    let queued = enqueue(app, &function, job).await?;
     if queued.new {
-        return Ok(accepted(&app, queued.id, Status::Queued));
+        return Ok(accepted(app, queued.id, Status::Queued));
     }
     tracing::info!(invocation = %queued.id, "delivery seen before; answering with its first invocation");
     let status = crate::invocation::store::get(&app.pool, queued.id)
         .await?
         .map(|r| r.status())
         .unwrap_or(Status::Queued);
-    let mut response = accepted(&app, queued.id, status);
+    let mut response = accepted(app, queued.id, status);
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));

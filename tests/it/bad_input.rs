@@ -1,5 +1,7 @@
 //! Bad input gets a clear JSON error and changes nothing: nothing stored, nothing queued.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::support::{error_code, spawn_app, spawn_app_with};
@@ -184,5 +186,92 @@ async fn text_postgres_cant_hold_is_a_client_error_not_a_500() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert!(body["error"]["code"].is_string(), "{path}: {body}");
     }
+    app.shutdown().await;
+}
+
+/// Issue 14, item 7: env is counted as it travels, JSON-escaped. Values of `"` and `\` double
+/// when escaped: under the raw cap, over the broker's frame once serialized: 422 at registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_that_only_overflows_the_frame_once_escaped_is_refused() {
+    let app = spawn_app().await;
+    let env = json!({
+        "QUOTES": "\"".repeat(30_000),
+        "SLASHES": "\\".repeat(30_000),
+    });
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &json!({"name": "escaped", "image": "granda-test/echo", "env": env}),
+        )
+        .await;
+    assert_eq!(error_code(response, 422).await, "invalid");
+    assert_eq!(count(&app, "functions").await, 0);
+    // The same bytes unescaped fit.
+    app.register(
+        "plain",
+        "granda-test/echo",
+        json!({"env": {"A": "a".repeat(30_000), "B": "b".repeat(30_000)}}),
+    )
+    .await;
+    let response = app
+        .client
+        .put(app.url("/v1/functions/plain"))
+        .json(&json!({"env": {"A": "\"".repeat(30_000), "B": "\\".repeat(30_000)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 422).await, "invalid");
+    app.shutdown().await;
+}
+
+/// Issue 14, item 7: a message whose headers can't fit the broker's frame (here a function made
+/// too large behind the API's back) is refused with 413 before it is sent, and the shared
+/// connection stays up: a sync call of another function in flight meanwhile gets its 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_refused_without_losing_other_callers_replies() {
+    let app = spawn_app().await;
+    app.register(
+        "slow",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "3"}}),
+    )
+    .await;
+    app.register("big", "granda-test/echo", json!({})).await;
+    let huge = json!({"A": "\"".repeat(100_000)});
+    sqlx::query("UPDATE functions SET env = $1 WHERE name = 'big'")
+        .bind(huge)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let slow = {
+        let client = app.client.clone();
+        let url = app.url("/v1/functions/slow/invoke");
+        tokio::spawn(async move { client.post(url).body("").send().await.unwrap() })
+    };
+    // The slow call is running (its container started) before the oversized ones are tried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !app
+        .invocations_of("slow")
+        .await
+        .iter()
+        .any(|r| r["status"] == "running")
+    {
+        assert!(std::time::Instant::now() < deadline, "slow never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sync = app.invoke("big", "x").await;
+    assert_eq!(error_code(sync, 413).await, "payload_too_large");
+    let r#async = app
+        .post_with("/v1/functions/big/invocations", &[], "x")
+        .await;
+    assert_eq!(error_code(r#async, 413).await, "payload_too_large");
+
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status(), 200, "the other caller's reply was lost");
+    assert_eq!(slow.text().await.unwrap().trim(), "slept");
+    // Nothing of the refused calls waits to run.
+    let big = app.invocations_of("big").await;
+    assert!(big.iter().all(|r| r["status"] != "queued"), "{big:?}");
     app.shutdown().await;
 }

@@ -299,3 +299,84 @@ async fn a_retried_publish_with_an_idempotency_key_runs_nothing_twice() {
     assert_eq!(error_code(other_topic, 409).await, "conflict");
     app.shutdown().await;
 }
+
+/// Issue 14, item 13: a function has at most `GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION`
+/// subscriptions (422 past it; a duplicate is still 409), and room comes back on unsubscribe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_capped_per_function() {
+    let app = crate::support::spawn_app_with(|s| s.max_subscriptions_per_function = 3).await;
+    app.register("a", "granda-test/echo", json!({})).await;
+    app.register("b", "granda-test/echo", json!({})).await;
+    let first = subscribe(&app, "a", "x.1").await;
+    subscribe(&app, "a", "x.2").await;
+    subscribe(&app, "a", "x.#").await;
+    let over = app
+        .post_json("/v1/functions/a/subscriptions", &json!({"pattern": "x.4"}))
+        .await;
+    assert_eq!(error_code(over, 422).await, "invalid");
+    let dup = app
+        .post_json("/v1/functions/a/subscriptions", &json!({"pattern": "x.2"}))
+        .await;
+    assert_eq!(error_code(dup, 409).await, "conflict");
+    // Another function has its own room.
+    subscribe(&app, "b", "x.4").await;
+    let gone = app
+        .client
+        .delete(app.url(&format!(
+            "/v1/functions/a/subscriptions/{}",
+            first["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    subscribe(&app, "a", "x.4").await;
+    // The index follows every change: x.4 reaches both, x.1 only through a's `x.#`.
+    let answer = publish(&app, "x.4", "{}").await;
+    let names: Vec<String> = fanned_out(&answer).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(names, ["a", "b"]);
+    let answer = publish(&app, "x.1", "{}").await;
+    let names: Vec<String> = fanned_out(&answer).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(names, ["a"]);
+    app.shutdown().await;
+}
+
+/// Issue 14, item 13: 10,000 long patterns (put in behind the cap) don't make a publish scan
+/// them; prints the publish and /healthz times it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_patterns_are_matched_through_the_index() {
+    let app = spawn_app().await;
+    app.register("one", "granda-test/echo", json!({})).await;
+    app.register("many", "granda-test/echo", json!({})).await;
+    subscribe(&app, "one", "orders.created").await;
+    let tail = vec!["#"; 40].join(".");
+    sqlx::query(
+        "INSERT INTO subscriptions (id, function, pattern)
+         SELECT gen_random_uuid(), 'many', 'w' || i || '.' || $1 || '.never'
+         FROM generate_series(1, 10000) AS i",
+    )
+    .bind(&tail)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The first publish builds the index; the next ones reuse it.
+    publish(&app, "orders.created", "{}").await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let answer = publish(&app, "orders.created", "{}").await;
+        slowest = slowest.max(start.elapsed());
+        let names: Vec<String> = fanned_out(&answer).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(names, ["one"]);
+    }
+    let start = std::time::Instant::now();
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let healthz = start.elapsed();
+    eprintln!("10000 patterns: slowest publish {slowest:?}, /healthz {healthz:?}");
+    // A topic a long pattern matches reaches it (and `one` is not matched).
+    let long_topic = format!("w77.{}.never", vec!["a"; 50].join("."));
+    let answer = publish(&app, &long_topic, "{}").await;
+    let names: Vec<String> = fanned_out(&answer).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(names, ["many"]);
+    app.shutdown().await;
+}

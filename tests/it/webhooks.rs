@@ -635,3 +635,242 @@ async fn webhooks_are_listed_read_deleted_and_validated() {
     assert!(all["webhooks"].as_array().unwrap().is_empty());
     app.shutdown().await;
 }
+
+/// Issue 14, item 1: what a signed delivery says about itself (its type, its id) becomes env and,
+/// for a hot function, request headers. Control characters are refused at the door, nothing is
+/// queued, and the hot function keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_with_control_characters_in_its_type_is_refused_and_hot_keeps_answering()
+{
+    let app = spawn_app().await;
+    app.register("hot", "granda-test/hot", json!({"mode": "hot"}))
+        .await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let hook = create(
+        &app,
+        json!({"function": "hot", "scheme": "standard", "secret": secret}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap();
+
+    let poisoned = br#"{"type":"\u0001\r\nX-Injected: 1","data":{}}"#;
+    let h = standard_headers(secret, "msg_poison", now(), poisoned);
+    let response = app
+        .post_with(&format!("/hooks/{id}"), &pairs(&h), poisoned.to_vec())
+        .await;
+    assert_eq!(error_code(response, 400).await, "bad_request");
+    // A Stripe-style id in the body with a control character is refused the same way.
+    let stripe = create(&app, json!({"function": "hot", "scheme": "stripe"})).await;
+    let stripe_secret = stripe["secret"].as_str().unwrap();
+    let body = br#"{"id":"evt_1\u0007","type":"invoice.paid"}"#;
+    let sig = stripe_header(stripe_secret, now(), body);
+    let response = app
+        .post_with(
+            &format!("/hooks/{}", stripe["id"].as_str().unwrap()),
+            &[("stripe-signature", sig.as_str())],
+            body.to_vec(),
+        )
+        .await;
+    assert_eq!(error_code(response, 400).await, "bad_request");
+    assert!(app.invocations_of("hot").await.is_empty(), "nothing queued");
+
+    // The hot function answers, and sees no injected header.
+    let response = app.invoke("hot", "headers").await;
+    assert_eq!(response.status(), 200);
+    let headers = response.text().await.unwrap().to_ascii_lowercase();
+    assert!(!headers.contains("x-injected"), "{headers}");
+    // A well-formed signed delivery still runs.
+    let good = br#"{"type":"user.created","data":{}}"#;
+    let h = standard_headers(secret, "msg_good", now(), good);
+    let (status, run) = deliver(&app, id, &pairs(&h), good).await;
+    assert_eq!(status, 202);
+    let record = app.wait_final(run.unwrap(), RUN).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    app.shutdown().await;
+}
+
+/// Issue 14, item 9: a caller's `Idempotency-Key: webhook:<hook id>:<delivery>` lives in the
+/// callers' namespace, so the real delivery later still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_idempotency_key_cannot_squat_a_webhook_delivery() {
+    let app = spawn_app().await;
+    app.register("env", "granda-test/env", json!({})).await;
+    let hook = create(&app, json!({"function": "env", "scheme": "github"})).await;
+    let id = hook["id"].as_str().unwrap();
+    let secret = hook["secret"].as_str().unwrap();
+    let squat = format!("webhook:{id}:d-squat");
+    let response = app
+        .post_with(
+            "/v1/functions/env/invocations",
+            &[("idempotency-key", squat.as_str())],
+            "squatter",
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let squatter: Value = response.json().await.unwrap();
+
+    let body = br#"{"action":"opened"}"#;
+    let sig = format!(
+        "sha256={}",
+        hex::encode(hmac_bytes(secret.as_bytes(), &[body]))
+    );
+    let headers = [
+        ("x-hub-signature-256", sig.as_str()),
+        ("x-github-event", "push"),
+        ("x-github-delivery", "d-squat"),
+    ];
+    let response = app
+        .post_with(&format!("/hooks/{id}"), &headers, body.to_vec())
+        .await;
+    assert_eq!(response.status(), 202);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    let delivered: Value = response.json().await.unwrap();
+    assert_ne!(
+        delivered["id"], squatter["id"],
+        "the delivery got its own run"
+    );
+    let record = app
+        .wait_final(delivered["id"].as_str().unwrap().parse().unwrap(), RUN)
+        .await;
+    assert_eq!(record["status"], "succeeded");
+    assert!(
+        record["output"]
+            .as_str()
+            .unwrap()
+            .contains("GRANDA_WEBHOOK_DELIVERY=d-squat\n")
+    );
+    // Each namespace still deduplicates its own: the caller's retry and the sender's retry.
+    let again = app
+        .post_with(
+            "/v1/functions/env/invocations",
+            &[("idempotency-key", squat.as_str())],
+            "squatter",
+        )
+        .await;
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], squatter["id"]);
+    let (status, retry) = deliver(&app, id, &headers, body).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        retry.unwrap().to_string(),
+        delivered["id"].as_str().unwrap()
+    );
+    app.shutdown().await;
+}
+
+/// Sends a request head announcing `length` body bytes and `sent` of them, then reads the
+/// answer's status line within `within` (the body is never completed).
+async fn partial_post(
+    app: &TestApp,
+    path: &str,
+    length: usize,
+    sent: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.address.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; sent]).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+async fn status_line(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .expect("the server answered before the body was sent");
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Issue 14, item 12: an unknown hook id is answered 404 before its (large) body is read, and
+/// a body announced over the cap is refused 413 unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_hook_is_answered_before_its_body_is_read() {
+    let app = spawn_app().await;
+    let path = format!("/hooks/{}", Uuid::new_v4());
+    let mut stream = partial_post(&app, &path, 6_000_000, 64 * 1024).await;
+    let line = status_line(&mut stream, Duration::from_secs(10)).await;
+    assert!(line.starts_with("HTTP/1.1 404"), "{line}");
+
+    app.register("env", "granda-test/env", json!({})).await;
+    let hook = create(&app, json!({"function": "env", "scheme": "none"})).await;
+    let path = format!("/hooks/{}", hook["id"].as_str().unwrap());
+    let over = app.settings.max_body_bytes + 1;
+    let mut stream = partial_post(&app, &path, over, 1024).await;
+    let line = status_line(&mut stream, Duration::from_secs(10)).await;
+    assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+    assert!(app.invocations_of("env").await.is_empty());
+    app.shutdown().await;
+}
+
+/// Issue 14, item 12: unauthenticated bodies share one byte budget. One delivery holding most
+/// of it makes the next wait and get 503 (unread); when it is gone, deliveries fit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_bodies_share_a_byte_budget() {
+    let app = crate::support::spawn_app_with(|s| {
+        s.unauthenticated_body_budget_bytes = 1_000_000;
+    })
+    .await;
+    app.register("env", "granda-test/env", json!({})).await;
+    let hook = create(&app, json!({"function": "env", "scheme": "none"})).await;
+    let path = format!("/hooks/{}", hook["id"].as_str().unwrap());
+    let gauge = "granda_unauthenticated_body_bytes_in_flight{}";
+
+    // A slow sender: 700 kB announced, 1 kB sent. Its reservation shows in the gauge.
+    let slow = partial_post(&app, &path, 700_000, 1024).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metric(gauge).await != Some(700_000.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservation never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = app
+        .post_with(
+            &path,
+            &[("content-type", "text/plain")],
+            vec![b'y'; 700_000],
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // Small bodies still fit beside it.
+    let (status, _) = deliver(&app, hook["id"].as_str().unwrap(), &[], b"small").await;
+    assert_eq!(status, 202);
+
+    drop(slow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metric(gauge).await != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reservation was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = app
+        .post_with(
+            &path,
+            &[("content-type", "text/plain")],
+            vec![b'y'; 700_000],
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    app.shutdown().await;
+}
