@@ -187,18 +187,14 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_UNAUTHENTICATED_BODY_BUDGET_BYTES",
-        default_value_t = 64 * 1024 * 1024,
-        global = true
-    )]
+        default_value_t = 64 * 1024 * 1024)]
     pub unauthenticated_body_budget_bytes: usize,
 
     /// Most event subscriptions one function may have (422 past it).
     #[arg(
         long,
         env = "GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION",
-        default_value_t = 100,
-        global = true
-    )]
+        default_value_t = 100)]
     pub max_subscriptions_per_function: i64,
 }
 
