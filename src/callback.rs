@@ -57,6 +57,36 @@ pub const KEY_PREFIX: &str = "whsec_";
 /// How long resolving a callback's host may take where the URL enters.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although [`refusal`] would refuse them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AllowNets(pub Vec<IpNet>);
+
+impl AllowNets {
+    /// Comma-separated entries for [`parse_net`]; empty means none.
+    pub fn parse(s: &str) -> Result<AllowNets, String> {
+        s.split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()
+            .map(AllowNets)
+    }
+}
+
+impl std::ops::Deref for AllowNets {
+    type Target = [IpNet];
+    fn deref(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+/// One entry of `GRANDA_CALLBACK_ALLOW_NETS`: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
+}
+
 /// Why an address may not be a callback target, or `None` when it may. Ranges in `allow` are
 /// always fine. IPv4-mapped and IPv4-compatible IPv6 addresses (and NAT64 / 6to4 ones) are
 /// judged by the IPv4 address they carry.
@@ -404,9 +434,8 @@ impl Callbacks {
     /// When `GRANDA_CALLBACK_CA_FILE` can't be read as PEM certificates, or no TLS client can be
     /// built: a start-up misconfiguration.
     pub fn new(settings: &Settings) -> Arc<Callbacks> {
-        // The ring provider, for this process (another part may have installed one already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let allow = Arc::new(settings.callback_allow_nets.clone());
+        crate::tls::install_provider();
+        let allow = Arc::new(settings.callback_allow_nets.0.clone());
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.callback_timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
@@ -795,6 +824,18 @@ mod tests {
         assert!(check_url("http://localhost/", &allow).is_err());
         assert!(check_url("http://10.0.0.1/", &allow).is_err());
         assert!(check_url("http://u:p@127.0.0.1/", &allow).is_err());
+    }
+
+    #[test]
+    fn allowed_nets_are_cidrs_or_addresses() {
+        assert_eq!(parse_net(" 10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(parse_net("fd00::/8").unwrap().to_string(), "fd00::/8");
+        assert!(parse_net("ten").is_err());
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert_eq!(AllowNets::parse("").unwrap(), AllowNets::default());
+        assert_eq!(AllowNets::parse("127.0.0.0/8, ::1,").unwrap().len(), 2);
+        assert!(AllowNets::parse("127.0.0.0/8,nope").is_err());
     }
 
     #[test]

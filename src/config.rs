@@ -259,10 +259,11 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_CALLBACK_ALLOW_NETS",
-        value_delimiter = ',',
+        default_value = "",
+        value_parser = crate::callback::AllowNets::parse,
         global = true
     )]
-    pub callback_allow_nets: Vec<ipnet::IpNet>,
+    pub callback_allow_nets: crate::callback::AllowNets,
 
     /// A PEM file of extra root certificates https callbacks trust, besides the system's.
     #[arg(long, env = "GRANDA_CALLBACK_CA_FILE", global = true)]

@@ -19,7 +19,7 @@ use crate::support::{TestApp, client_with_key, error_code, spawn_app_with};
 
 /// The test receivers listen on loopback, which callbacks may only reach when allowed.
 fn allow_loopback(s: &mut granda::config::Settings) {
-    s.callback_allow_nets = vec!["127.0.0.0/8".parse().unwrap()];
+    s.callback_allow_nets = granda::callback::AllowNets::parse("127.0.0.0/8").unwrap();
 }
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes, Instant)>>>;
