@@ -436,14 +436,17 @@ impl Callbacks {
     pub fn new(settings: &Settings) -> Arc<Callbacks> {
         crate::tls::install_provider();
         let allow = Arc::new(settings.callback_allow_nets.0.clone());
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.callback_timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                allow: allow.clone(),
-            }))
-            .user_agent(concat!("granda/", env!("CARGO_PKG_VERSION")));
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(Duration::from_millis(settings.callback_timeout_ms))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver {
+                    allow: allow.clone(),
+                }))
+                .user_agent(concat!("granda/", env!("CARGO_PKG_VERSION")))
+        };
+        let mut extra = Vec::new();
         if let Some(path) = &settings.callback_ca_file {
             let pem = std::fs::read(path).unwrap_or_else(|e| {
                 panic!(
@@ -451,16 +454,21 @@ impl Callbacks {
                     path.display()
                 )
             });
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_else(|e| {
+            extra = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_else(|e| {
                 panic!(
                     "GRANDA_CALLBACK_CA_FILE: {} holds no PEM certificates: {e}",
                     path.display()
                 )
             });
-            builder = builder.tls_certs_merge(certs);
         }
-        let client = builder
+        let client = builder()
+            .tls_certs_merge(extra.clone())
             .build()
+            .or_else(|e| {
+                // No system roots (no ca-certificates): http and the operator's CA still work.
+                tracing::warn!(error = %e, "no system CA roots: https callbacks trust only GRANDA_CALLBACK_CA_FILE");
+                builder().tls_certs_only(extra).build()
+            })
             .unwrap_or_else(|e| panic!("the callback HTTP client can't be built: {e}"));
         let max_bytes = settings.callback_max_inflight_bytes.max(1);
         Arc::new(Callbacks {
