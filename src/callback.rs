@@ -1,74 +1,328 @@
 //! Result callbacks: when an invocation with a callback URL is final, the worker that recorded it
-//! POSTs the output there, signed under the installation's key, and retries 5xx, 408, 429 and
+//! POSTs the result there, signed under the function's callback key, and retries 5xx, 408, 429 and
 //! network errors with exponential backoff a bounded number of times.
 //!
-//! The request: body = the output (stdout) bytes; headers `X-Granda-Invocation-Id`,
-//! `X-Granda-Function`, `X-Granda-Status`, `X-Granda-Exit-Code` (when there is one),
-//! `X-Granda-Duration-Ms` (when there is one), `X-Granda-Attempt`, `X-Granda-Timestamp` (unix
-//! seconds) and `X-Granda-Signature: sha256=<hex HMAC-SHA256(key, "{timestamp}.{invocation id}.{body}")>`,
-//! where the key is the installation's callback key (`GET /v1/callbacks/key`) taken as UTF-8 bytes.
+//! **Targets.** A callback URL is `http://` or `https://` with a host and no user name or
+//! password. Its host must not be, or resolve to, a loopback, private (RFC 1918, ULA),
+//! link-local, unspecified, multicast, shared (CGNAT), documentation, benchmark or reserved
+//! address, in any spelling (`2130706433`, `0x7f000001`, `[::ffff:127.0.0.1]`, `localhost`, ...),
+//! unless the operator allows its range (`GRANDA_CALLBACK_ALLOW_NETS`). This is checked where a
+//! URL enters ([`check_target`]: registration answers 422, an invoke's `X-Callback-Url` 400) and
+//! again at connect time: the client resolves names through [`GuardedResolver`], which drops
+//! refused addresses, so a name that changes its answer (DNS rebinding) or a URL stored before
+//! the rule can't reach them. Redirects are not followed and no proxy is used. https goes through
+//! rustls (ring) with the system's roots plus `GRANDA_CALLBACK_CA_FILE`.
 //!
-//! Delivery state lives on the invocation (`callback_status`: `pending` → `delivering` →
-//! `delivered` | `failed`, `callback_attempts`, `callback_error`); a claim in Postgres makes sure
-//! that one process delivers it, even when a redelivered message reaches another worker.
+//! **The request** is Standard Webhooks: a JSON body
+//! `{"type":"invocation.finished","timestamp",data:{id,function,status,exit_code,duration_ms,
+//! attempt,output,output_encoding}}` and headers `webhook-id` (the invocation id),
+//! `webhook-timestamp` (unix seconds) and `webhook-signature: v1,<base64 HMAC-SHA256(key,
+//! "{webhook-id}.{webhook-timestamp}.{body}")>`, where the key is the base64 after `whsec_` in the
+//! function's callback key (`GET`/`POST /v1/functions/{name}/callback-key`). So the signature
+//! covers the id, status, exit code, function, attempt, output and time. `X-Granda-*` headers
+//! repeat some fields for convenience; they are not signed.
+//!
+//! **What a caller reads.** Delivery state lives on the invocation (`callback_status`: `pending` →
+//! `delivering` → `delivered` | `failed`, `callback_attempts`, `callback_error`); the error is a
+//! reason class ("receiver answered 5xx", "refused: private address"), never the receiver's
+//! body. A claim in Postgres makes sure that one process delivers it, even when a redelivered
+//! message reaches another worker.
+//!
+//! **Bounded.** A worker holds at most `GRANDA_CALLBACK_MAX_INFLIGHT` callbacks and
+//! `GRANDA_CALLBACK_MAX_INFLIGHT_BYTES` of their outputs at once (a single larger output goes
+//! alone). Past that a callback stays `pending` in Postgres and is claimed when a slot frees up.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use ipnet::IpNet;
 use serde_json::{Value, json};
+use sha2::Sha256;
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::config::Settings;
 
-const KEY_NAME: &str = "callback_signing_key";
 /// The longest callback URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
+/// The prefix of a callback key, as in Standard Webhooks.
+pub const KEY_PREFIX: &str = "whsec_";
+/// How long resolving a callback's host may take where the URL enters.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Checks a callback URL: absolute `http://` with a host. `https://` needs a TLS-enabled build,
-/// which this one is not (see README).
-pub fn check_url(url: &str) -> Result<(), String> {
+/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although [`refusal`] would refuse them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AllowNets(pub Vec<IpNet>);
+
+impl AllowNets {
+    /// Comma-separated entries for [`parse_net`]; empty means none.
+    pub fn parse(s: &str) -> Result<AllowNets, String> {
+        s.split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(parse_net)
+            .collect::<Result<Vec<_>, _>>()
+            .map(AllowNets)
+    }
+}
+
+impl std::ops::Deref for AllowNets {
+    type Target = [IpNet];
+    fn deref(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+/// One entry of `GRANDA_CALLBACK_ALLOW_NETS`: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
+}
+
+/// Why an address may not be a callback target, or `None` when it may. Ranges in `allow` are
+/// always fine. IPv4-mapped and IPv4-compatible IPv6 addresses (and NAT64 / 6to4 ones) are
+/// judged by the IPv4 address they carry.
+pub fn refusal(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
+    let ip = canonical(ip);
+    if allow.iter().any(|net| net.contains(&ip)) {
+        return None;
+    }
+    match ip {
+        IpAddr::V4(v4) => refusal_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_v4(v6) {
+                return refusal_v4(v4);
+            }
+            refusal_v6(v6)
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` and `::a.b.c.d` as `a.b.c.d`; anything else as it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+                let [.., a, b, c, d] = v6.octets();
+                return IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+            }
+            IpAddr::V6(v6)
+        }
+        v4 => v4,
+    }
+}
+
+/// The IPv4 address a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address leads to.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let o = v6.octets();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
+}
+
+fn refusal_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    Some(match (a, b, c) {
+        (0, ..) => "unspecified address",
+        (127, ..) => "loopback address",
+        (10, ..) | (192, 168, _) => "private address",
+        (172, b, _) if (16..32).contains(&b) => "private address",
+        (169, 254, _) => "link-local address",
+        (100, b, _) if (64..128).contains(&b) => "shared (CGNAT) address",
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation address",
+        (198, 18 | 19, _) => "benchmark address",
+        (192, 0, 0) | (192, 88, 99) => "reserved address",
+        (224..=239, ..) => "multicast address",
+        (240..=255, ..) => "reserved address",
+        _ => return None,
+    })
+}
+
+fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let s = ip.segments();
+    Some(if ip.is_unspecified() {
+        "unspecified address"
+    } else if ip.is_loopback() {
+        "loopback address"
+    } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
+        "private address"
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        "link-local address"
+    } else if s[0] & 0xff00 == 0xff00 {
+        "multicast address"
+    } else if s[0] == 0x2001 && s[1] == 0x0db8 || s[0] == 0x3fff && s[1] & 0xf000 == 0 {
+        "documentation address"
+    } else if s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0 {
+        "benchmark address"
+    } else if s[0] == 0x0100 && s[1..4] == [0, 0, 0] || s[..6] == [0x64, 0xff9b, 1, 0, 0, 0] {
+        "reserved address"
+    } else {
+        return None;
+    })
+}
+
+/// Checks a callback URL without resolving it: absolute `http://` or `https://` with a host, no
+/// user name or password, and, when the host is an address (in any spelling the URL standard
+/// reads), one that [`refusal`] lets through; `localhost` names count as loopback.
+pub fn check_url(url: &str, allow: &[IpNet]) -> Result<reqwest::Url, String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!("at most {MAX_URL_LEN} characters"));
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    match parsed.scheme() {
-        "http" if parsed.host().is_some() => Ok(()),
-        "https" => Err(
-            "https callbacks are not supported by this build (no TLS); use http, e.g. to a TLS-terminating proxy".into(),
-        ),
-        _ => Err("must be an absolute http:// URL".into()),
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("must be an absolute http:// or https:// URL".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry a user name or password".into());
+    }
+    let refused = |ip: IpAddr| {
+        refusal(ip, allow).map(|why| {
+            format!(
+                "refused: {why} {ip} (callbacks may not reach it unless GRANDA_CALLBACK_ALLOW_NETS allows it)"
+            )
+        })
+    };
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => refused(ip.into()).map_or(Ok(()), Err)?,
+        Some(url::Host::Ipv6(ip)) => refused(ip.into()).map_or(Ok(()), Err)?,
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.');
+            if name == "localhost" || name.ends_with(".localhost") {
+                refused(Ipv4Addr::LOCALHOST.into()).map_or(Ok(()), Err)?;
+                refused(Ipv6Addr::LOCALHOST.into()).map_or(Ok(()), Err)?;
+            }
+        }
+        None => unreachable!("checked above"),
+    }
+    Ok(parsed)
+}
+
+/// [`check_url`], then resolves a host name and refuses it when any of its addresses is refused
+/// or it does not resolve. For where a URL enters (registration, `X-Callback-Url`).
+pub async fn check_target(url: &str, allow: &[IpNet]) -> Result<(), String> {
+    let parsed = check_url(url, allow)?;
+    let Some(url::Host::Domain(name)) = parsed.host() else {
+        return Ok(());
+    };
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs =
+        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await {
+            Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+    if addrs.is_empty() {
+        return Err(format!("the host {name:?} does not resolve"));
+    }
+    for addr in addrs {
+        if let Some(why) = refusal(addr.ip(), allow) {
+            return Err(format!(
+                "refused: {name} resolves to a {why} ({}; callbacks may not reach it unless GRANDA_CALLBACK_ALLOW_NETS allows it)",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A resolver that only ever hands the HTTP client addresses [`refusal`] lets through: the
+/// connect-time half of the target check.
+struct GuardedResolver {
+    allow: Arc<Vec<IpNet>>,
+}
+
+/// A name whose every address is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+struct Refused(&'static str);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut why = "the host does not resolve";
+            let mut ok = Vec::with_capacity(found.len());
+            for addr in found {
+                match refusal(addr.ip(), &allow) {
+                    None => ok.push(addr),
+                    Some(reason) => why = reason,
+                }
+            }
+            if ok.is_empty() {
+                return Err(Box::new(Refused(why)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
-/// The installation's callback signing key, created on first use and shared through Postgres by
-/// every server and worker.
-pub async fn signing_key(pool: &PgPool) -> Result<String, sqlx::Error> {
-    let fresh = hex::encode(crate::webhook::random_bytes(32));
-    sqlx::query(
-        "INSERT INTO installation (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(KEY_NAME)
-    .bind(&fresh)
-    .execute(pool)
-    .await?;
-    let (key,): (String,) = sqlx::query_as("SELECT value FROM installation WHERE key = $1")
-        .bind(KEY_NAME)
-        .fetch_one(pool)
-        .await?;
-    Ok(key)
+/// A fresh callback key: `whsec_` and the base64 of 32 random bytes.
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the system's random source works");
+    format!("{KEY_PREFIX}{}", BASE64.encode(bytes))
 }
 
-/// The signature a receiver checks: `sha256=<hex HMAC-SHA256(key, "{timestamp}.{id}.{body}")>`.
-pub fn signature(key: &str, timestamp: i64, id: Uuid, body: &[u8]) -> String {
-    let ts = timestamp.to_string();
-    let id = id.to_string();
-    let hex = crate::webhook::sign_hex(
-        key.as_bytes(),
-        &[ts.as_bytes(), b".", id.as_bytes(), b".", body],
-    );
-    format!("sha256={hex}")
+/// The HMAC key bytes of a callback key (the base64 after `whsec_`).
+fn key_bytes(key: &str) -> Vec<u8> {
+    let b64 = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
+    BASE64
+        .decode(b64)
+        .unwrap_or_else(|_| key.as_bytes().to_vec())
+}
+
+/// The `webhook-signature` value: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
+pub fn signature(key: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(&key_bytes(key)).expect("HMAC takes keys of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// A function's callback key (`None`: no such function).
+pub async fn function_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT callback_key FROM functions WHERE name = $1")
+            .bind(function)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(k,)| k))
+}
+
+/// Gives a function a fresh callback key and returns it (`None`: no such function). Deliveries
+/// that start after this are signed with the new key.
+pub async fn rotate_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "UPDATE functions SET callback_key = $2 WHERE name = $1 RETURNING callback_key",
+    )
+    .bind(function)
+    .bind(new_key())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(k,)| k))
 }
 
 /// Marks an invocation's result to be POSTed to `url` when it is final.
@@ -112,7 +366,7 @@ struct State {
     callback_done_at: Option<DateTime<Utc>>,
 }
 
-/// A final invocation whose result is to be POSTed.
+/// A final invocation whose result is to be POSTed (its output is read once room is made).
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
@@ -120,72 +374,217 @@ struct Due {
     status: String,
     exit_code: Option<i32>,
     duration_ms: Option<i64>,
-    output: Option<Vec<u8>>,
+    output_len: i64,
     callback_url: String,
     callback_attempts: i32,
+    callback_key: Option<String>,
 }
+
+/// What a claim returns.
+macro_rules! claimed {
+    () => {
+        "RETURNING id, function, status, exit_code, duration_ms,
+                   COALESCE(octet_length(output), 0)::bigint AS output_len, callback_url,
+                   callback_attempts,
+                   (SELECT f.callback_key FROM functions f WHERE f.name = invocations.function)
+                     AS callback_key"
+    };
+}
+
+/// Claims invocation `$1`'s callback if it is due (or was claimed by a process that went away).
+const CLAIM_ONE: &str = concat!(
+    "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
+     WHERE id = $1 AND callback_url IS NOT NULL
+       AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
+       AND (callback_status = 'pending'
+            OR (callback_status = 'delivering' AND callback_claimed_at < now() - interval '15 minutes'))
+     ",
+    claimed!()
+);
+
+/// Claims the oldest due callback that waited for a free slot.
+const CLAIM_NEXT: &str = concat!(
+    "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
+     WHERE id = (SELECT id FROM invocations
+                 WHERE callback_status = 'pending' AND callback_url IS NOT NULL
+                   AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+       AND callback_status = 'pending'
+     ",
+    claimed!()
+);
 
 /// How a worker delivers callbacks.
 pub struct Callbacks {
     client: reqwest::Client,
     backoff: Duration,
     max_attempts: u32,
-    key: tokio::sync::OnceCell<String>,
+    allow: Arc<Vec<IpNet>>,
+    /// One permit per callback held for delivery.
+    slots: Arc<Semaphore>,
+    /// One permit per output byte held for delivery.
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+    /// Some callback found no free slot and waits in Postgres.
+    deferred: AtomicBool,
 }
 
 impl Callbacks {
+    /// # Panics
+    /// When `GRANDA_CALLBACK_CA_FILE` can't be read as PEM certificates, or no TLS client can be
+    /// built: a start-up misconfiguration.
     pub fn new(settings: &Settings) -> Arc<Callbacks> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.callback_timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("granda/", env!("CARGO_PKG_VERSION")))
+        crate::tls::install_provider();
+        let allow = Arc::new(settings.callback_allow_nets.0.clone());
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(Duration::from_millis(settings.callback_timeout_ms))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver {
+                    allow: allow.clone(),
+                }))
+                .user_agent(concat!("granda/", env!("CARGO_PKG_VERSION")))
+        };
+        let mut extra = Vec::new();
+        if let Some(path) = &settings.callback_ca_file {
+            let pem = std::fs::read(path).unwrap_or_else(|e| {
+                panic!(
+                    "GRANDA_CALLBACK_CA_FILE: can't read {}: {e}",
+                    path.display()
+                )
+            });
+            extra = reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_else(|e| {
+                panic!(
+                    "GRANDA_CALLBACK_CA_FILE: {} holds no PEM certificates: {e}",
+                    path.display()
+                )
+            });
+        }
+        let client = builder()
+            .tls_certs_merge(extra.clone())
             .build()
-            .expect("an HTTP client without TLS builds");
+            .or_else(|e| {
+                // No system roots (no ca-certificates): http and the operator's CA still work.
+                tracing::warn!(error = %e, "no system CA roots: https callbacks trust only GRANDA_CALLBACK_CA_FILE");
+                builder().tls_certs_only(extra).build()
+            })
+            .unwrap_or_else(|e| panic!("the callback HTTP client can't be built: {e}"));
+        let max_bytes = settings.callback_max_inflight_bytes.max(1);
         Arc::new(Callbacks {
             client,
             backoff: Duration::from_millis(settings.callback_backoff_ms),
             max_attempts: settings.callback_max_attempts.max(1),
-            key: tokio::sync::OnceCell::new(),
+            allow,
+            slots: Arc::new(Semaphore::new(
+                settings.callback_max_inflight.max(1) as usize
+            )),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_bytes,
+            deferred: AtomicBool::new(false),
         })
+    }
+
+    fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 }
 
 /// Delivers invocation `id`'s callback in the background, if it has one that is due. The worker
-/// calls this once the final record is committed.
+/// calls this once the final record is committed. With every slot taken, the callback stays
+/// `pending` in Postgres and the next slot to free up claims it.
 pub fn deliver_later(pool: PgPool, callbacks: Arc<Callbacks>, id: Uuid) {
-    tokio::spawn(async move {
-        if let Err(e) = deliver(&pool, &callbacks, id).await {
-            tracing::warn!(%id, error = %e, "callback delivery stopped on a database error");
+    match callbacks.slot() {
+        Some(slot) => {
+            tokio::spawn(run(pool, callbacks, Some(id), slot));
         }
-    });
+        None => {
+            // Set before trying again, so that a slot freed in between finds the flag.
+            callbacks.deferred.store(true, Ordering::SeqCst);
+            if let Some(slot) = callbacks.slot() {
+                callbacks.deferred.store(false, Ordering::SeqCst);
+                tokio::spawn(run(pool, callbacks, None, slot));
+            }
+        }
+    }
 }
 
-/// Claims the callback (so only one process delivers it), then tries until it is delivered,
-/// refused, or out of attempts.
+/// Delivers `first` (or, with `None`, due callbacks from Postgres) while holding `slot`; then
+/// keeps the slot for callbacks that were deferred, until there are none.
+async fn run(
+    pool: PgPool,
+    callbacks: Arc<Callbacks>,
+    first: Option<Uuid>,
+    slot: OwnedSemaphorePermit,
+) {
+    let mut next = first;
+    let mut slot = Some(slot);
+    loop {
+        let sweeping = next.is_none();
+        match deliver(&pool, &callbacks, next).await {
+            Ok(delivered) if sweeping && !delivered => {}
+            Ok(_) if sweeping => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(id = ?next, error = %e, "callback delivery stopped on a database error")
+            }
+        }
+        // Release first, then look at the flag: a callback deferred meanwhile is seen by us or
+        // finds this slot free.
+        drop(slot.take());
+        if !callbacks.deferred.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match callbacks.slot() {
+            Some(s) => {
+                slot = Some(s);
+                next = None;
+            }
+            None => {
+                callbacks.deferred.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+}
+
+/// Claims callback `id` (or the oldest due one) so only one process delivers it, then tries until
+/// it is delivered, refused, or out of attempts. `Ok(false)`: there was nothing to claim.
 #[tracing::instrument(skip(pool, callbacks))]
-pub async fn deliver(pool: &PgPool, callbacks: &Callbacks, id: Uuid) -> Result<(), sqlx::Error> {
-    let due: Option<Due> = sqlx::query_as(
-        "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
-         WHERE id = $1 AND callback_url IS NOT NULL
-           AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
-           AND (callback_status = 'pending'
-                OR (callback_status = 'delivering' AND callback_claimed_at < now() - interval '15 minutes'))
-         RETURNING id, function, status, exit_code, duration_ms, output, callback_url, callback_attempts",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let Some(due) = due else { return Ok(()) };
-    let key = callbacks
-        .key
-        .get_or_try_init(|| signing_key(pool))
-        .await?
-        .clone();
-    let body = due.output.clone().unwrap_or_default();
+async fn deliver(
+    pool: &PgPool,
+    callbacks: &Callbacks,
+    id: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let due: Option<Due> = match id {
+        Some(id) => {
+            sqlx::query_as(CLAIM_ONE)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }
+        None => sqlx::query_as(CLAIM_NEXT).fetch_optional(pool).await?,
+    };
+    let Some(due) = due else { return Ok(false) };
+    let need = due.output_len.clamp(0, i64::from(callbacks.max_bytes)) as u32;
+    let _bytes = callbacks
+        .bytes
+        .acquire_many(need)
+        .await
+        .expect("the byte semaphore is never closed");
+    let (output,): (Option<Vec<u8>>,) =
+        sqlx::query_as("SELECT output FROM invocations WHERE id = $1")
+            .bind(due.id)
+            .fetch_one(pool)
+            .await?;
+    let output = output.unwrap_or_default();
     let mut attempt = due.callback_attempts.max(0) as u32;
     loop {
         attempt += 1;
-        let result = post(callbacks, &key, &due, &body, attempt).await;
+        let result = match &due.callback_key {
+            Some(key) => post(callbacks, key, &due, &output, attempt).await,
+            None => Err(Failure::Permanent("refused: the function no longer exists")),
+        };
         let (final_status, error) = match result {
             Ok(()) => (Some("delivered"), None),
             Err(Failure::Permanent(e)) => (Some("failed"), Some(e)),
@@ -201,20 +600,20 @@ pub async fn deliver(pool: &PgPool, callbacks: &Callbacks, id: Uuid) -> Result<(
                     callback_claimed_at = now()
              WHERE id = $1",
         )
-        .bind(id)
+        .bind(due.id)
         .bind(attempt as i32)
-        .bind(&error)
+        .bind(error)
         .bind(final_status)
         .execute(pool)
         .await?;
         match final_status {
             Some(status) => {
-                tracing::info!(attempt, status, error, "callback done");
-                return Ok(());
+                tracing::info!(id = %due.id, attempt, status, error, "callback done");
+                return Ok(true);
             }
             None => {
                 let wait = callbacks.backoff * 2u32.saturating_pow(attempt - 1);
-                tracing::info!(attempt, error, ?wait, "callback failed; retrying");
+                tracing::info!(id = %due.id, attempt, error, ?wait, "callback failed; retrying");
                 tokio::time::sleep(wait.min(Duration::from_secs(300))).await;
             }
         }
@@ -223,50 +622,123 @@ pub async fn deliver(pool: &PgPool, callbacks: &Callbacks, id: Uuid) -> Result<(
 
 enum Failure {
     /// Worth another try: 5xx, 408, 429, or no answer.
-    Retry(String),
-    /// The receiver refused it (another 4xx, a redirect): trying again won't help.
-    Permanent(String),
+    Retry(&'static str),
+    /// Refused by us or by the receiver (another 4xx, a redirect): trying again won't help.
+    Permanent(&'static str),
+}
+
+/// The JSON body of one attempt.
+fn body(due: &Due, output: &[u8], attempt: u32, now: DateTime<Utc>) -> Vec<u8> {
+    let (output, encoding) = match std::str::from_utf8(output) {
+        Ok(text) => (text.to_string(), "utf-8"),
+        Err(_) => (BASE64.encode(output), "base64"),
+    };
+    serde_json::to_vec(&json!({
+        "type": "invocation.finished",
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {
+            "id": due.id,
+            "function": due.function,
+            "status": due.status,
+            "exit_code": due.exit_code,
+            "duration_ms": due.duration_ms,
+            "attempt": attempt,
+            "output": output,
+            "output_encoding": encoding,
+        }
+    }))
+    .expect("a JSON value serializes")
 }
 
 async fn post(
     callbacks: &Callbacks,
     key: &str,
     due: &Due,
-    body: &[u8],
+    output: &[u8],
     attempt: u32,
 ) -> Result<(), Failure> {
-    let timestamp = Utc::now().timestamp();
+    // The connect-time check of an address in the URL itself (names go through the resolver).
+    let target = reqwest::Url::parse(&due.callback_url)
+        .map_err(|_| Failure::Permanent("refused: not a URL"))?;
+    if !target.username().is_empty() || target.password().is_some() {
+        return Err(Failure::Permanent("refused: the URL carries credentials"));
+    }
+    let literal = match target.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    if let Some(why) = literal.and_then(|ip| refusal(ip, &callbacks.allow)) {
+        return Err(Failure::Permanent(refused_class(why)));
+    }
+    let now = Utc::now();
+    let timestamp = now.timestamp();
+    let body = body(due, output, attempt, now);
+    let id = due.id.to_string();
     let mut request = callbacks
         .client
-        .post(&due.callback_url)
-        .header("content-type", "application/octet-stream")
-        .header("x-granda-invocation-id", due.id.to_string())
+        .post(target)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature(key, &id, timestamp, &body))
+        .header("x-granda-invocation-id", &id)
         .header("x-granda-function", &due.function)
         .header("x-granda-status", &due.status)
-        .header("x-granda-attempt", attempt.to_string())
-        .header("x-granda-timestamp", timestamp.to_string())
-        .header(
-            "x-granda-signature",
-            signature(key, timestamp, due.id, body),
-        );
+        .header("x-granda-attempt", attempt.to_string());
     if let Some(code) = due.exit_code {
         request = request.header("x-granda-exit-code", code.to_string());
     }
-    if let Some(ms) = due.duration_ms {
-        request = request.header("x-granda-duration-ms", ms.to_string());
+    match request.body(body).send().await {
+        Ok(r) => classify(r.status()),
+        Err(e) => Err(match refused_in(&e) {
+            Some(why) => Failure::Permanent(refused_class(why)),
+            None if e.is_timeout() => Failure::Retry("no answer: timed out"),
+            None if e.is_connect() => Failure::Retry("no answer: could not connect"),
+            None => Failure::Retry("no answer: the request failed"),
+        }),
     }
-    match request.body(body.to_vec()).send().await {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => {
-            let status = r.status();
-            let why = format!("the receiver answered {status}");
-            if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-                Err(Failure::Retry(why))
-            } else {
-                Err(Failure::Permanent(why))
-            }
+}
+
+/// The reason class recorded for a receiver's status (its body is never read).
+fn classify(status: reqwest::StatusCode) -> Result<(), Failure> {
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        408 => Err(Failure::Retry("receiver answered 408")),
+        429 => Err(Failure::Retry("receiver answered 429")),
+        500..=599 => Err(Failure::Retry("receiver answered 5xx")),
+        300..=399 => Err(Failure::Permanent(
+            "receiver answered 3xx (redirects are not followed)",
+        )),
+        400..=499 => Err(Failure::Permanent("receiver answered 4xx")),
+        _ => Err(Failure::Permanent("receiver answered an unexpected status")),
+    }
+}
+
+/// The resolver's refusal somewhere in a client error's chain.
+fn refused_in(e: &reqwest::Error) -> Option<&'static str> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(Refused(why)) = err.downcast_ref::<Refused>() {
+            return Some(why);
         }
-        Err(e) => Err(Failure::Retry(format!("no answer: {e}"))),
+        source = err.source();
+    }
+    None
+}
+
+fn refused_class(why: &'static str) -> &'static str {
+    match why {
+        "loopback address" => "refused: loopback address",
+        "private address" => "refused: private address",
+        "link-local address" => "refused: link-local address",
+        "unspecified address" => "refused: unspecified address",
+        "multicast address" => "refused: multicast address",
+        "shared (CGNAT) address" => "refused: shared (CGNAT) address",
+        "documentation address" => "refused: documentation address",
+        "benchmark address" => "refused: benchmark address",
+        "the host does not resolve" => "refused: the host does not resolve",
+        _ => "refused: reserved address",
     }
 }
 
@@ -274,32 +746,123 @@ async fn post(
 mod tests {
     use super::*;
 
+    fn refused(url: &str) -> bool {
+        check_url(url, &[]).is_err()
+    }
+
     #[test]
-    fn urls_must_be_absolute_http() {
-        assert!(check_url("http://127.0.0.1:9000/done").is_ok());
-        assert!(check_url("http://example.com/cb?x=1").is_ok());
+    fn urls_must_be_absolute_http_or_https_without_credentials() {
+        assert!(check_url("http://93.184.215.14:9000/done", &[]).is_ok());
+        assert!(check_url("http://example.com/cb?x=1", &[]).is_ok());
+        assert!(check_url("https://example.com/cb", &[]).is_ok());
         for bad in [
             "",
             "/relative",
             "ftp://x/y",
             "http://",
-            "https://example.com/cb",
             "not a url",
+            "http://user:pw@example.com/",
+            "http://user@example.com/",
+            "https://:pw@example.com/",
         ] {
-            assert!(check_url(bad).is_err(), "{bad}");
+            assert!(refused(bad), "{bad}");
         }
-        assert!(check_url(&format!("http://x/{}", "a".repeat(MAX_URL_LEN))).is_err());
+        assert!(refused(&format!("http://x/{}", "a".repeat(MAX_URL_LEN))));
     }
 
     #[test]
-    fn the_signature_covers_timestamp_id_and_body() {
-        let id = Uuid::nil();
-        let s = signature("k", 1700000000, id, b"out");
-        let expected = crate::webhook::sign_hex(
-            b"k",
-            &[b"1700000000.00000000-0000-0000-0000-000000000000.out"],
+    fn every_spelling_of_an_internal_address_is_refused() {
+        for bad in [
+            "http://127.0.0.1/",
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://0/",
+            "http://0.0.0.0/",
+            "http://[::1]/",
+            "http://[::]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://localhost:8080/",
+            "http://LOCALHOST./",
+            "http://api.localhost/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]/",
+            "http://10.1.2.3/",
+            "http://172.16.0.1/",
+            "http://172.31.255.255/",
+            "http://192.168.1.1/",
+            "http://[fd00::1]/",
+            "http://[fc00::1]/",
+            "http://100.64.0.1/",
+            "http://100.127.255.255/",
+            "http://192.0.2.1/",
+            "http://198.51.100.1/",
+            "http://203.0.113.1/",
+            "http://198.18.0.1/",
+            "http://[2001:db8::1]/",
+            "http://224.0.0.1/",
+            "http://[ff02::1]/",
+            "http://255.255.255.255/",
+        ] {
+            assert!(refused(bad), "{bad}");
+        }
+        for good in [
+            "http://172.32.0.1/",
+            "http://100.128.0.1/",
+            "http://8.8.8.8/",
+            "http://[2606:4700::1111]/",
+            "http://[::ffff:8.8.8.8]/",
+        ] {
+            assert!(!refused(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn allowed_nets_let_their_addresses_through_in_any_spelling() {
+        let allow: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        assert!(check_url("http://127.0.0.1:9/", &allow).is_ok());
+        assert!(check_url("http://2130706433/", &allow).is_ok());
+        assert!(check_url("http://[::ffff:127.0.0.1]/", &allow).is_ok());
+        // `localhost` may also mean ::1, which is not allowed.
+        assert!(check_url("http://localhost/", &allow).is_err());
+        assert!(check_url("http://10.0.0.1/", &allow).is_err());
+        assert!(check_url("http://u:p@127.0.0.1/", &allow).is_err());
+    }
+
+    #[test]
+    fn allowed_nets_are_cidrs_or_addresses() {
+        assert_eq!(parse_net(" 10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(parse_net("fd00::/8").unwrap().to_string(), "fd00::/8");
+        assert!(parse_net("ten").is_err());
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert_eq!(AllowNets::parse("").unwrap(), AllowNets::default());
+        assert_eq!(AllowNets::parse("127.0.0.0/8, ::1,").unwrap().len(), 2);
+        assert!(AllowNets::parse("127.0.0.0/8,nope").is_err());
+    }
+
+    #[test]
+    fn the_signature_is_standard_webhooks() {
+        // The test vector of the Standard Webhooks reference libraries.
+        let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signature(key, id, 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        assert_eq!(s, format!("sha256={expected}"));
-        assert_ne!(s, signature("k", 1700000001, id, b"out"));
+        assert_ne!(
+            signature(key, id, 1614265331, body),
+            signature(key, id, 1614265330, body)
+        );
+        let fresh = new_key();
+        assert!(fresh.starts_with(KEY_PREFIX));
+        assert_eq!(key_bytes(&fresh).len(), 32);
+        assert_ne!(fresh, new_key());
     }
 }

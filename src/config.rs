@@ -164,6 +164,33 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_CALLBACK_TIMEOUT_MS", default_value_t = 10_000)]
     pub callback_timeout_ms: u64,
 
+    /// Address ranges callbacks may reach although they are loopback, private, link-local and
+    /// so on (comma-separated CIDRs, e.g. `10.0.0.0/8,fd00::/8`); default none.
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_ALLOW_NETS",
+        default_value = "",
+        value_parser = crate::callback::AllowNets::parse)]
+    pub callback_allow_nets: crate::callback::AllowNets,
+
+    /// A PEM file of extra root certificates https callbacks trust, besides the system's.
+    #[arg(long, env = "GRANDA_CALLBACK_CA_FILE")]
+    pub callback_ca_file: Option<std::path::PathBuf>,
+
+    /// Most callbacks one worker holds for delivery at once; past it they wait in Postgres.
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_MAX_INFLIGHT",
+        default_value_t = 32)]
+    pub callback_max_inflight: u32,
+
+    /// Most output bytes one worker holds for callback delivery at once (default 64 MiB).
+    #[arg(
+        long,
+        env = "GRANDA_CALLBACK_MAX_INFLIGHT_BYTES",
+        default_value_t = 64 << 20)]
+    pub callback_max_inflight_bytes: u32,
+
     /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`);
     /// setup builds the default locally (scripts/build-runtime-images.sh).
     #[arg(

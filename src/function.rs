@@ -768,7 +768,8 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
     }
     if let Some(url) = &f.callback_url {
-        crate::callback::check_url(url).map_err(|reason| invalid("callback_url", reason))?;
+        crate::callback::check_url(url, &settings.callback_allow_nets)
+            .map_err(|reason| invalid("callback_url", reason))?;
     }
     Ok(())
 }

@@ -20,5 +20,6 @@ pub mod producer;
 pub mod retry;
 pub mod scheduler;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 pub mod worker;

@@ -1,4 +1,5 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    granda::tls::install_provider();
     granda::cli::main().await
 }

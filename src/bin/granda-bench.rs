@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {BENCH_KEY}").parse()?,
     );
+    granda::tls::install_provider();
     let client = reqwest::Client::builder().default_headers(auth).build()?;
     let docker = granda::docker::connect(settings.docker_host.as_deref(), 120)?;
     granda::docker::ensure_image(&docker, &args.image).await?;

@@ -96,6 +96,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &ClientArgs) -> Client {
+        crate::tls::install_provider();
         Client {
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(10))

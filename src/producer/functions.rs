@@ -161,6 +161,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     if store::get(&app.pool, &f.name).await?.is_some() {
         return Err(conflict(&f.name));
     }
+    check_callback(app, f).await?;
     check_runtime(app, f.container_runtime.as_deref()).await?;
     check_image(app, &f.image).await?;
     let inserted = store::insert(&app.pool, f).await?;
@@ -173,6 +174,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
 
 /// Stores a validated change to a function (API and dashboard), checking a new image first.
 pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
+    check_callback(app, f).await?;
     check_runtime(app, f.container_runtime.as_deref()).await?;
     if f.image != old_image {
         check_image(app, &f.image).await?;
@@ -184,6 +186,16 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
             "no function named {:?}",
             f.name
         )));
+    }
+    Ok(())
+}
+
+/// 422 unless the function's default callback URL resolves to addresses callbacks may reach.
+async fn check_callback(app: &AppState, f: &Function) -> Result<(), ApiError> {
+    if let Some(url) = &f.callback_url {
+        crate::callback::check_target(url, &app.settings.callback_allow_nets)
+            .await
+            .map_err(|e| ApiError::Unprocessable(format!("callback_url: {e}")))?;
     }
     Ok(())
 }

@@ -61,7 +61,8 @@ pub async fn r#async(
             let url = v
                 .to_str()
                 .map_err(|_| ApiError::BadRequest("X-Callback-Url must be visible ASCII".into()))?;
-            crate::callback::check_url(url)
+            crate::callback::check_target(url, &app.settings.callback_allow_nets)
+                .await
                 .map_err(|e| ApiError::BadRequest(format!("X-Callback-Url: {e}")))?;
             Some(url)
         }

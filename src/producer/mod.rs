@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod callback_keys;
 pub mod deploy;
 pub mod enqueue;
 pub mod events;
@@ -150,16 +151,12 @@ impl Application {
     }
 }
 
-/// `GET /v1/callbacks/key`: the key result callbacks are signed with, for receivers to verify.
-async fn callback_key(
-    axum::extract::State(app): axum::extract::State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let key = crate::callback::signing_key(&app.pool).await?;
-    Ok(axum::Json(serde_json::json!({
-        "key": key,
-        "algorithm": "HMAC-SHA256",
-        "signed": "{X-Granda-Timestamp}.{X-Granda-Invocation-Id}.{body}",
-    })))
+/// `GET /v1/callbacks/key`, from when one key signed every callback: each function has its own now.
+async fn callback_key() -> ApiError {
+    ApiError::NotFound(
+        "callbacks are signed with a key per function: GET /v1/functions/{name}/callback-key"
+            .into(),
+    )
 }
 
 /// Every route of the API.
@@ -208,6 +205,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/hooks/{id}", post(webhooks::receive))
         .route("/v1/callbacks/key", get(callback_key))
+        .route(
+            "/v1/functions/{name}/callback-key",
+            get(callback_keys::get).post(callback_keys::rotate),
+        )
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/openapi.json", get(openapi::serve))

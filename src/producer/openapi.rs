@@ -120,7 +120,8 @@ impl Modify for BearerAuth {
         invoke_sync, invoke_url, invoke_async, list_invocations, get_invocation,
         create_key, list_keys, revoke_key, healthz, readyz, metrics, openapi_json,
         dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks,
-        get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe
+        get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe,
+        get_callback_key, rotate_callback_key
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
@@ -325,3 +326,19 @@ fn list_subscriptions() {}
     (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[allow(dead_code)]
 fn unsubscribe() {}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/callback-key", params(("name" = String, Path)),
+    description = "The key the function's result callbacks are signed with (Standard Webhooks, `whsec_...`). Admin keys only.",
+    responses(
+    (status = 200, body = serde_json::Value), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn get_callback_key() {}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/callback-key", params(("name" = String, Path)),
+    description = "Replaces the function's callback key and returns the new one; callbacks sent after this are signed with it.",
+    responses(
+    (status = 200, body = serde_json::Value), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn rotate_callback_key() {}

@@ -1,26 +1,39 @@
-//! Result callbacks: signed POSTs of the final result, retried on 5xx, recorded on the invocation.
+//! Result callbacks: Standard Webhooks POSTs of the final result signed with the function's key,
+//! retried on 5xx, recorded on the invocation; internal targets refused where a URL enters and at
+//! connect time; https with an operator-given CA; a bound on callbacks held for delivery.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::support::{TestApp, error_code, spawn_app_with};
+use crate::support::{TestApp, client_with_key, error_code, spawn_app_with};
 
-/// A receiver on 127.0.0.1 that fails its first `failures` requests with 500, then answers 200.
+/// The test receivers listen on loopback, which callbacks may only reach when allowed.
+fn allow_loopback(s: &mut granda::config::Settings) {
+    s.callback_allow_nets = granda::callback::AllowNets::parse("127.0.0.0/8").unwrap();
+}
+
+type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes, Instant)>>>;
+
+/// A receiver on 127.0.0.1 that fails its first `failures` requests with 500 (and a body that
+/// must not reach the record), then answers 200.
 #[derive(Clone)]
 struct Receiver {
     url: String,
-    seen: Arc<Mutex<Vec<(HeaderMap, Bytes, Instant)>>>,
+    seen: Seen,
 }
 
 async fn receiver(failures: usize) -> Receiver {
-    let seen: Arc<Mutex<Vec<(HeaderMap, Bytes, Instant)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let state = seen.clone();
     let app = axum::Router::new().route(
         "/done",
@@ -30,9 +43,12 @@ async fn receiver(failures: usize) -> Receiver {
                 let mut seen = state.lock().unwrap();
                 seen.push((headers, body, Instant::now()));
                 if seen.len() <= failures {
-                    StatusCode::INTERNAL_SERVER_ERROR
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal detail: db at 10.0.0.7",
+                    )
                 } else {
-                    StatusCode::OK
+                    (StatusCode::OK, "")
                 }
             }
         }),
@@ -56,44 +72,65 @@ async fn callback_done(app: &TestApp, id: Uuid) -> Value {
             return record;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < Duration::from_secs(60),
             "callback still {status}: {record}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// Standard Webhooks verification, written from the spec: HMAC-SHA256 under the base64-decoded
+/// key after `whsec_`, over `{webhook-id}.{webhook-timestamp}.{body}`, `v1,<base64>`.
 fn verify(key: &str, headers: &HeaderMap, body: &[u8]) -> bool {
-    let ts = headers["x-granda-timestamp"].to_str().unwrap();
-    let id = headers["x-granda-invocation-id"].to_str().unwrap();
-    let sig = headers["x-granda-signature"].to_str().unwrap();
-    let Some(hex_sig) = sig.strip_prefix("sha256=") else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(format!("{ts}.{id}.").as_bytes());
+    let id = headers["webhook-id"].to_str().unwrap();
+    let ts = headers["webhook-timestamp"].to_str().unwrap();
+    let secret = BASE64.decode(key.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(body);
-    mac.verify_slice(&hex::decode(hex_sig).unwrap()).is_ok()
+    let expected = BASE64.encode(mac.finalize().into_bytes());
+    headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .split(' ')
+        .any(|sig| sig.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+async fn callback_key(app: &TestApp, function: &str) -> String {
+    let response = app
+        .get(&format!("/v1/functions/{function}/callback-key"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["key"].as_str().unwrap().to_string()
+}
+
+async fn async_with_callback(app: &TestApp, function: &str, url: &str, input: &str) -> Uuid {
+    let response = app
+        .post_with(
+            &format!("/v1/functions/{function}/invocations"),
+            &[("x-callback-url", url)],
+            input.to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_signed() {
-    let app = spawn_app_with(|s| s.callback_backoff_ms = 100).await;
+    let app = spawn_app_with(|s| {
+        allow_loopback(s);
+        s.callback_backoff_ms = 100;
+    })
+    .await;
     app.register("echo", "granda-test/echo", json!({})).await;
     let rx = receiver(2).await;
-    let response = app
-        .post_with(
-            "/v1/functions/echo/invocations",
-            &[("x-callback-url", rx.url.as_str())],
-            "the result",
-        )
-        .await;
-    assert_eq!(response.status(), 202);
-    let id: Uuid = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id = async_with_callback(&app, "echo", &rx.url, "the result").await;
     let record = callback_done(&app, id).await;
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["callback"]["status"], "delivered", "{record}");
@@ -101,27 +138,30 @@ async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_s
     assert_eq!(record["callback"]["url"], rx.url.as_str());
     assert!(record["callback"]["error"].is_null());
 
-    let key: Value = app.get("/v1/callbacks/key").await.json().await.unwrap();
-    let key = key["key"].as_str().unwrap();
+    let key = callback_key(&app, "echo").await;
     let seen = rx.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3);
     for (n, (headers, body, _)) in seen.iter().enumerate() {
-        assert_eq!(body.as_ref(), b"the result");
-        assert_eq!(headers["x-granda-invocation-id"], id.to_string().as_str());
-        assert_eq!(headers["x-granda-status"], "succeeded");
-        assert_eq!(headers["x-granda-exit-code"], "0");
-        assert_eq!(headers["x-granda-function"], "echo");
-        assert_eq!(headers["x-granda-attempt"], (n + 1).to_string().as_str());
+        let payload: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(payload["type"], "invocation.finished");
+        let data = &payload["data"];
+        assert_eq!(data["id"], id.to_string().as_str());
+        assert_eq!(data["function"], "echo");
+        assert_eq!(data["status"], "succeeded");
+        assert_eq!(data["exit_code"], 0);
+        assert_eq!(data["attempt"], n + 1);
+        assert_eq!(data["output"], "the result");
+        assert_eq!(data["output_encoding"], "utf-8");
+        assert!(data["duration_ms"].as_u64().is_some());
+        assert_eq!(headers["webhook-id"], id.to_string().as_str());
+        assert_eq!(headers["content-type"], "application/json");
         assert!(
-            headers["x-granda-duration-ms"]
-                .to_str()
-                .unwrap()
-                .parse::<u64>()
-                .is_ok()
+            verify(&key, headers, body),
+            "signature of attempt {}",
+            n + 1
         );
-        assert!(verify(key, headers, body), "signature of attempt {}", n + 1);
-        assert!(!verify("another key", headers, body));
-        assert!(!verify(key, headers, b"tampered"));
+        assert!(!verify(&granda::callback::new_key(), headers, body));
+        assert!(!verify(&key, headers, b"tampered"));
     }
     // Exponential backoff: about 100 ms, then about 200 ms.
     let gap1 = seen[1].2 - seen[0].2;
@@ -130,7 +170,7 @@ async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_s
     assert!(gap2 >= Duration::from_millis(190), "{gap2:?}");
 
     // A bad callback URL is refused before anything is queued.
-    for bad in ["ftp://x/y", "https://example.com/cb", "not a url"] {
+    for bad in ["ftp://x/y", "not a url", "http://no-such-host.invalid/cb"] {
         let response = app
             .post_with(
                 "/v1/functions/echo/invocations",
@@ -147,6 +187,7 @@ async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
     let app = spawn_app_with(|s| {
+        allow_loopback(s);
         s.callback_backoff_ms = 20;
         s.callback_max_attempts = 3;
     })
@@ -158,7 +199,7 @@ async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
     let response = app
         .post_json(
             "/v1/functions",
-            &json!({"name": "x", "image": "granda-test/echo", "callback_url": "https://e.com/"}),
+            &json!({"name": "x", "image": "granda-test/echo", "callback_url": "ftp://e.com/"}),
         )
         .await;
     assert_eq!(error_code(response, 422).await, "invalid");
@@ -188,33 +229,20 @@ async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
     {
         let seen = ok.seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].0["x-granda-status"], "failed");
-        assert_eq!(seen[0].0["x-granda-exit-code"], "3");
+        let payload: Value = serde_json::from_slice(&seen[0].1).unwrap();
+        assert_eq!(payload["data"]["status"], "failed");
+        assert_eq!(payload["data"]["exit_code"], 3);
     }
 
     // A call's own X-Callback-Url wins over the default; a receiver that keeps failing gets
-    // exactly max_attempts tries, then the callback is marked failed.
-    let response = app
-        .post_with(
-            "/v1/functions/fail/invocations",
-            &[("x-callback-url", down.url.as_str())],
-            "",
-        )
-        .await;
-    let id: Uuid = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    // exactly max_attempts tries, then the callback is marked failed with a reason class, not
+    // the receiver's answer.
+    let id = async_with_callback(&app, "fail", &down.url, "").await;
     let record = callback_done(&app, id).await;
     assert_eq!(record["callback"]["status"], "failed");
     assert_eq!(record["callback"]["attempts"], 3);
-    assert!(
-        record["callback"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("500")
-    );
+    assert_eq!(record["callback"]["error"], "receiver answered 5xx");
+    assert!(!record.to_string().contains("10.0.0.7"), "{record}");
     assert_eq!(down.seen.lock().unwrap().len(), 3);
     assert_eq!(ok.seen.lock().unwrap().len(), 1);
 
@@ -233,4 +261,445 @@ async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
     let record = app.wait_final(id, Duration::from_secs(30)).await;
     assert!(record.get("callback").is_none(), "{record}");
     app.shutdown().await;
+}
+
+/// Issue 14, item 6: every spelling of an internal target is refused where it enters, with no
+/// operator allowance: 400 on invoke, 422 on registration and update; nothing is queued or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_callback_targets_are_refused_where_they_enter() {
+    let app = spawn_app_with(|_| {}).await;
+    let rx = receiver(0).await;
+    let port = rx.url.split(':').nth(2).unwrap().split('/').next().unwrap();
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let internal = [
+        format!("http://127.0.0.1:{port}/done"),
+        format!("http://2130706433:{port}/done"),
+        format!("http://0x7f000001:{port}/done"),
+        format!("http://0177.0.0.1:{port}/done"),
+        format!("http://[::ffff:127.0.0.1]:{port}/done"),
+        format!("http://localhost:{port}/done"),
+        format!("http://user:pw@127.0.0.1:{port}/done"),
+        format!("http://user:pw@example.com:{port}/done"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://[fd00::1]/".to_string(),
+        "http://100.64.0.1/".to_string(),
+        "http://0.0.0.0/".to_string(),
+    ];
+    for url in &internal {
+        let response = app
+            .post_with(
+                "/v1/functions/echo/invocations",
+                &[("x-callback-url", url.as_str())],
+                "x",
+            )
+            .await;
+        assert_eq!(response.status(), 400, "{url}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("X-Callback-Url: refused")
+                || message.contains("user name or password"),
+            "{url}: {message}"
+        );
+    }
+    for url in ["http://169.254.169.254/", "http://[::ffff:a9fe:a9fe]/"] {
+        let response = app
+            .post_json(
+                "/v1/functions",
+                &json!({"name": "meta", "image": "granda-test/echo", "callback_url": url}),
+            )
+            .await;
+        assert_eq!(error_code(response, 422).await, "invalid", "{url}");
+    }
+    let response = app
+        .client
+        .put(app.url("/v1/functions/echo"))
+        .json(&json!({"callback_url": format!("http://localhost:{port}/done")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 422).await, "invalid");
+    assert!(app.invocations_of("echo").await.is_empty());
+    assert_eq!(app.get("/v1/functions/meta").await.status(), 404);
+    assert!(rx.seen.lock().unwrap().is_empty());
+    app.shutdown().await;
+}
+
+/// Issue 14, item 6, connect time: URLs already stored (written before the rule, or while an
+/// allowance was set) to a loopback address and to a name that resolves to one are refused when
+/// the callback is sent, and the record says why in a reason class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_internal_targets_are_refused_at_connect_time() {
+    let app = spawn_app_with(|s| s.callback_max_attempts = 2).await;
+    let rx = receiver(0).await;
+    let port = rx.url.split(':').nth(2).unwrap().split('/').next().unwrap();
+    for (function, url) in [
+        ("literal", format!("http://127.0.0.1:{port}/done")),
+        ("decimal", format!("http://2130706433:{port}/done")),
+        ("name", format!("http://localhost:{port}/done")),
+    ] {
+        app.register(function, "granda-test/echo", json!({})).await;
+        sqlx::query("UPDATE functions SET callback_url = $2 WHERE name = $1")
+            .bind(function)
+            .bind(&url)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let id = app.invoke_async(function, "secret output").await;
+        let record = callback_done(&app, id).await;
+        assert_eq!(record["status"], "succeeded");
+        assert_eq!(
+            record["callback"]["status"], "failed",
+            "{function}: {record}"
+        );
+        assert_eq!(
+            record["callback"]["error"], "refused: loopback address",
+            "{function}: {record}"
+        );
+        assert_eq!(
+            record["callback"]["attempts"], 1,
+            "refusals are not retried"
+        );
+    }
+    assert!(rx.seen.lock().unwrap().is_empty());
+    app.shutdown().await;
+}
+
+/// Issue 14, item 11: a key per function, shown to admins only, rotatable; the signature covers
+/// the body's id, status, exit code, function and attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_signed_with_a_rotatable_key_per_function() {
+    let app = spawn_app_with(allow_loopback).await;
+    let rx = receiver(0).await;
+    app.register("echo", "granda-test/echo", json!({"callback_url": rx.url}))
+        .await;
+    app.register("fail", "granda-test/fail", json!({"callback_url": rx.url}))
+        .await;
+    let echo_key = callback_key(&app, "echo").await;
+    let fail_key = callback_key(&app, "fail").await;
+    assert!(echo_key.starts_with("whsec_") && fail_key.starts_with("whsec_"));
+    assert_ne!(echo_key, fail_key);
+    assert_eq!(
+        app.get("/v1/functions/nope/callback-key").await.status(),
+        404
+    );
+    // The installation-wide key is gone: it would verify nothing.
+    assert_eq!(app.get("/v1/callbacks/key").await.status(), 404);
+
+    // Admins only.
+    let made: Value = app
+        .post_json("/v1/keys", &json!({"name": "caller", "scope": "invoke"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let invoker = client_with_key(made["key"].as_str().unwrap());
+    for request in [
+        invoker.get(app.url("/v1/functions/echo/callback-key")),
+        invoker.post(app.url("/v1/functions/echo/callback-key")),
+    ] {
+        assert_eq!(request.send().await.unwrap().status(), 403);
+    }
+    assert_eq!(callback_key(&app, "echo").await, echo_key);
+
+    let a = app.invoke_async("echo", "one").await;
+    callback_done(&app, a).await;
+    let b = app.invoke_async("fail", "").await;
+    callback_done(&app, b).await;
+    let (first, second) = {
+        let seen = rx.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        (seen[0].clone(), seen[1].clone())
+    };
+    let ((echo_h, echo_b), (fail_h, fail_b)) = if first.0["webhook-id"] == a.to_string().as_str() {
+        ((first.0, first.1), (second.0, second.1))
+    } else {
+        ((second.0, second.1), (first.0, first.1))
+    };
+    assert!(verify(&echo_key, &echo_h, &echo_b));
+    assert!(!verify(&fail_key, &echo_h, &echo_b));
+    assert!(verify(&fail_key, &fail_h, &fail_b));
+    assert!(!verify(&echo_key, &fail_h, &fail_b));
+    // Changing any signed field breaks the signature.
+    let payload: Value = serde_json::from_slice(&fail_b).unwrap();
+    assert_eq!(payload["data"]["status"], "failed");
+    assert_eq!(payload["data"]["exit_code"], 3);
+    for (field, forged) in [
+        ("status", json!("succeeded")),
+        ("exit_code", json!(0)),
+        ("function", json!("echo")),
+        ("attempt", json!(2)),
+        ("id", json!(a)),
+    ] {
+        let mut changed = payload.clone();
+        changed["data"][field] = forged;
+        let body = serde_json::to_vec(&changed).unwrap();
+        assert!(!verify(&fail_key, &fail_h, &body), "{field}");
+    }
+    let mut replayed = fail_h.clone();
+    replayed.insert("webhook-id", a.to_string().parse().unwrap());
+    assert!(!verify(&fail_key, &replayed, &fail_b));
+
+    // Rotation: the new key is shown once by POST, then by GET; the next callback uses it.
+    let response = app
+        .post_json("/v1/functions/echo/callback-key", &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let rotated: Value = response.json().await.unwrap();
+    let new_key = rotated["key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, echo_key);
+    assert_eq!(callback_key(&app, "echo").await, new_key);
+    assert_eq!(callback_key(&app, "fail").await, fail_key);
+    let c = app.invoke_async("echo", "two").await;
+    callback_done(&app, c).await;
+    let (h, b) = {
+        let seen = rx.seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        (seen[2].0.clone(), seen[2].1.clone())
+    };
+    assert_eq!(h["webhook-id"], c.to_string().as_str());
+    assert!(verify(&new_key, &h, &b));
+    assert!(!verify(&echo_key, &h, &b));
+    app.shutdown().await;
+}
+
+/// A CA and a certificate for 127.0.0.1 made here; the CA's PEM and the server's TLS config.
+fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "granda test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), ca_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    (ca_cert.pem(), Arc::new(config))
+}
+
+/// An https receiver on 127.0.0.1 that records what it gets and answers 200.
+async fn tls_receiver(config: Arc<rustls::ServerConfig>) -> Receiver {
+    let seen: Seen = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/done", listener.local_addr().unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let state = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            state
+                                .lock()
+                                .unwrap()
+                                .push((parts.headers, body, Instant::now()));
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<
+                                Bytes,
+                            >::new(
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Receiver { url, seen }
+}
+
+/// Issue 14, item 11: callbacks go out over https, trusting the system's roots plus
+/// `GRANDA_CALLBACK_CA_FILE`; without that CA the receiver's certificate is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_callbacks_reach_a_receiver_whose_ca_is_configured() {
+    let (ca_pem, server) = test_pki();
+    let rx = tls_receiver(server).await;
+    let ca_file = std::env::temp_dir().join(format!("granda-test-ca-{}.pem", Uuid::new_v4()));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+
+    let untrusting = spawn_app_with(|s| {
+        allow_loopback(s);
+        s.callback_max_attempts = 1;
+    })
+    .await;
+    untrusting
+        .register("echo", "granda-test/echo", json!({}))
+        .await;
+    let id = async_with_callback(&untrusting, "echo", &rx.url, "over tls").await;
+    let record = callback_done(&untrusting, id).await;
+    assert_eq!(record["callback"]["status"], "failed", "{record}");
+    assert!(rx.seen.lock().unwrap().is_empty());
+    untrusting.shutdown().await;
+
+    let app = spawn_app_with(|s| {
+        allow_loopback(s);
+        s.callback_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let id = async_with_callback(&app, "echo", &rx.url, "over tls").await;
+    let record = callback_done(&app, id).await;
+    assert_eq!(record["callback"]["status"], "delivered", "{record}");
+    let key = callback_key(&app, "echo").await;
+    let seen = rx.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let payload: Value = serde_json::from_slice(&seen[0].1).unwrap();
+    assert_eq!(payload["data"]["output"], "over tls");
+    assert!(verify(&key, &seen[0].0, &seen[0].1));
+    std::fs::remove_file(&ca_file).ok();
+    app.shutdown().await;
+}
+
+/// A receiver that holds every request until `release` says so, counting how many it holds.
+struct Stalling {
+    url: String,
+    holding: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn stalling_receiver() -> Stalling {
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (h, m, a) = (holding.clone(), most.clone(), answered.clone());
+    let app = axum::Router::new().route(
+        "/done",
+        axum::routing::post(move |_body: Bytes| {
+            let (h, m, a, mut released) = (h.clone(), m.clone(), a.clone(), released.clone());
+            async move {
+                let now = h.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let _ = released.wait_for(|r| *r).await;
+                h.fetch_sub(1, Ordering::SeqCst);
+                a.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/done", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Stalling {
+        url,
+        holding,
+        most,
+        answered,
+        release,
+    }
+}
+
+async fn callback_states(app: &TestApp, function: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE callback_status = 'pending'),
+                count(*) FILTER (WHERE callback_status = 'delivering'),
+                count(*) FILTER (WHERE callback_status = 'delivered')
+         FROM invocations WHERE function = $1",
+    )
+    .bind(function)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Issue 14, item 14: with a receiver that stalls, a worker holds at most the configured number
+/// of callbacks (and of output bytes); the rest wait as `pending` in Postgres and are all
+/// delivered once the receiver answers.
+async fn held_callbacks_stay_under(max_inflight: u32, max_bytes: u32, output: usize, bound: usize) {
+    const RUNS: usize = 8;
+    let app = spawn_app_with(|s| {
+        allow_loopback(s);
+        s.callback_max_inflight = max_inflight;
+        s.callback_max_inflight_bytes = max_bytes;
+        s.callback_timeout_ms = 120_000;
+    })
+    .await;
+    let rx = stalling_receiver().await;
+    app.register("echo", "granda-test/echo", json!({"callback_url": rx.url}))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..RUNS {
+        ids.push(app.invoke_async("echo", "x".repeat(output)).await);
+    }
+    for id in &ids {
+        app.wait_final(*id, Duration::from_secs(60)).await;
+    }
+    // Every run is over: the receiver holds as many callbacks as the bound lets out.
+    let start = Instant::now();
+    while rx.holding.load(Ordering::SeqCst) < bound {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the receiver never got {bound}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let (pending, delivering, _) = callback_states(&app, "echo").await;
+        // Claimed ones beyond the byte bound wait for room before their output is read.
+        assert!(
+            delivering as usize <= max_inflight as usize,
+            "{delivering} claimed"
+        );
+        assert_eq!(pending as usize + delivering as usize, RUNS);
+        assert!(rx.holding.load(Ordering::SeqCst) <= bound);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rx.release.send(true).unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, _, delivered) = callback_states(&app, "echo").await;
+        if delivered as usize == RUNS {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{delivered} of {RUNS} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rx.answered.load(Ordering::SeqCst), RUNS);
+    assert_eq!(rx.most.load(Ordering::SeqCst), bound, "most held at once");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_held_for_delivery_are_bounded_in_count() {
+    held_callbacks_stay_under(2, 1 << 20, 10, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_held_for_delivery_are_bounded_in_bytes() {
+    // Room for one 1000-byte output at a time, although 8 slots are free.
+    held_callbacks_stay_under(8, 1500, 1000, 1).await;
 }

@@ -61,6 +61,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like [`spawn_app`], with settings changed by `tweak` first.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    granda::tls::install_provider();
     ensure_test_images();
     if std::env::var_os("RUST_LOG").is_some() {
         granda::telemetry::init();
@@ -113,6 +114,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// A client that sends `key` as its bearer token on every request.
 pub fn client_with_key(key: &str) -> reqwest::Client {
+    granda::tls::install_provider();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

@@ -1286,6 +1286,7 @@ impl GrandaProcess {
     /// first or `timeout` passes.
     pub async fn wait_healthy(&self, base_url: &str, timeout: Duration) {
         let url = format!("{}/healthz", base_url.trim_end_matches('/'));
+        granda::tls::install_provider();
         let client = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
         loop {
@@ -1358,6 +1359,7 @@ async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
 
 /// Waits until `GET url` answers 200 (e.g. `http://127.0.0.1:PORT/healthz`); panics after `timeout`.
 pub async fn wait_http_ok(url: &str, timeout: Duration) {
+    granda::tls::install_provider();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     while !http_ok(&client, url).await {

@@ -1,0 +1,48 @@
+//! `/v1/functions/{name}/callback-key`: the key a function's result callbacks are signed with
+//! (Standard Webhooks, see [`crate::callback`]). `GET` shows it, `POST` rotates it and shows the
+//! new one; both need an admin key (the route is not in the invoke list of [`super::auth`]).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::error::ApiError;
+
+fn view(name: &str, key: String) -> Json<Value> {
+    Json(json!({
+        "function": name,
+        "key": key,
+        "scheme": "standard-webhooks",
+        "signed": "{webhook-id}.{webhook-timestamp}.{body}",
+    }))
+}
+
+fn missing(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no function named {name:?}"))
+}
+
+/// `GET /v1/functions/{name}/callback-key`.
+pub async fn get(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = crate::callback::function_key(&app.pool, &name)
+        .await?
+        .ok_or_else(|| missing(&name))?;
+    Ok(view(&name, key))
+}
+
+/// `POST /v1/functions/{name}/callback-key`: a fresh key; callbacks that start after this are
+/// signed with it (there is no grace period for the old one).
+#[tracing::instrument(skip_all, fields(%name))]
+pub async fn rotate(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = crate::callback::rotate_key(&app.pool, &name)
+        .await?
+        .ok_or_else(|| missing(&name))?;
+    tracing::info!("callback key rotated");
+    Ok(view(&name, key))
+}
