@@ -46,11 +46,6 @@ impl Scope {
             _ => None,
         }
     }
-
-    /// Whether a key of this scope may do what `needed` asks.
-    pub fn allows(self, needed: Scope) -> bool {
-        self == Scope::Admin || self == needed
-    }
 }
 
 /// A key as stored and listed: never the key itself.
@@ -272,12 +267,5 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-
-    #[test]
-    fn admin_allows_everything_invoke_only_invoke() {
-        assert!(Scope::Admin.allows(Scope::Invoke));
-        assert!(Scope::Invoke.allows(Scope::Invoke));
-        assert!(!Scope::Invoke.allows(Scope::Admin));
     }
 }
