@@ -1,5 +1,11 @@
 //! API keys: made at random, shown once, stored only as their SHA-256. A key has a scope:
-//! `admin` (everything) or `invoke` (call functions and read invocations).
+//! `admin` (everything) or `invoke` (call functions and read invocations); what each scope may do
+//! is decided in one place, `producer::auth::permits`, for the API and the dashboard alike.
+//!
+//! A dashboard session (`ui_sessions`) is bound to the key that made it (`key_id`): [`revoke`]
+//! deletes the key's sessions in the same transaction, and every session lookup checks the key is
+//! still live. `GRANDA_ADMIN_KEY` is stored here like any other key (named `GRANDA_ADMIN_KEY`), so
+//! its sessions are bound to its row and end when it is revoked.
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -39,11 +45,6 @@ impl Scope {
             "invoke" => Some(Scope::Invoke),
             _ => None,
         }
-    }
-
-    /// Whether a key of this scope may do what `needed` asks.
-    pub fn allows(self, needed: Scope) -> bool {
-        self == Scope::Admin || self == needed
     }
 }
 
@@ -158,34 +159,54 @@ pub async fn list(pool: &PgPool) -> Result<Vec<ApiKey>, sqlx::Error> {
     .await
 }
 
-/// Revokes key `id`; `Ok(false)` if there is no such key that is not revoked already.
+/// Revokes key `id` and ends the dashboard sessions it made, in one transaction; `Ok(false)` if
+/// there is no such key that is not revoked already.
 pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     let done =
         sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+    sqlx::query("DELETE FROM ui_sessions WHERE key_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A presented key that is live: its id and scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveKey {
+    pub id: Uuid,
+    pub scope: Scope,
 }
 
 /// The scope of a presented key, if it is a live one.
 pub async fn verify(pool: &PgPool, key: &str) -> Result<Option<Scope>, sqlx::Error> {
+    Ok(lookup(pool, key).await?.map(|k| k.scope))
+}
+
+/// The id and scope of a presented key, if it is a live one.
+pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<LiveKey>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
+        id: Uuid,
         hash: Vec<u8>,
         scope: String,
     }
     let presented = hash(key);
     // Looked up by the SHA-256 of the key, so the time taken says nothing about the key's bytes.
     let row = sqlx::query_as::<_, Row>(
-        "SELECT hash, scope FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
+        "SELECT id, hash, scope FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
     )
     .bind(presented.as_slice())
     .fetch_optional(pool)
     .await?;
     Ok(row
         .filter(|r| constant_time_eq(&r.hash, &presented))
-        .and_then(|r| Scope::parse(&r.scope)))
+        .and_then(|r| Scope::parse(&r.scope).map(|scope| LiveKey { id: r.id, scope })))
 }
 
 /// Makes sure there is an admin key at start. With `GRANDA_ADMIN_KEY`, that key is stored (once;
@@ -246,12 +267,5 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-
-    #[test]
-    fn admin_allows_everything_invoke_only_invoke() {
-        assert!(Scope::Admin.allows(Scope::Invoke));
-        assert!(Scope::Invoke.allows(Scope::Invoke));
-        assert!(!Scope::Invoke.allows(Scope::Admin));
     }
 }

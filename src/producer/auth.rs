@@ -10,6 +10,15 @@
 //!
 //! No key, a malformed one, an unknown or a revoked one: 401 with `WWW-Authenticate: Bearer`.
 //! A live key whose scope is not enough: 403.
+//!
+//! What each scope may do is decided in one place, [`permits`], over [`Action`]s. The API maps
+//! each route to an action ([`needs`]); the dashboard (`ui`) maps each page, form and link to one
+//! and asks the same function, so an `invoke` session sees what an `invoke` key sees: it may run
+//! functions and read an invocation by its id, never a function's definition (image, env,
+//! callback URL), history, queues or metrics.
+//!
+//! The middleware leaves a [`Caller`] in the request's extensions: who the handler is answering
+//! (an anonymous caller of a public function gets less detail of a failed run than a key does).
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -21,11 +30,60 @@ use crate::config::AuthMode;
 use crate::error::ApiError;
 use crate::keys::{self, Scope};
 
+/// What a caller asks to do. [`permits`] says which scopes may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run a function (sync, async, its own URL) or publish an event.
+    Invoke,
+    /// Read one invocation record, by its id.
+    ReadInvocation,
+    /// Read functions' definitions (image, env, callback URL, limits), list them, their
+    /// invocation history and statistics.
+    ReadFunctions,
+    /// Create, change or delete functions, keys, webhooks, subscriptions; retry invocations.
+    Manage,
+    /// Queues, workers, metrics, dead letters.
+    Operate,
+}
+
+/// The one scope policy, for the API and the dashboard alike.
+pub fn permits(scope: Scope, action: Action) -> bool {
+    match scope {
+        Scope::Admin => true,
+        Scope::Invoke => matches!(action, Action::Invoke | Action::ReadInvocation),
+    }
+}
+
+/// The smallest scope that may do `action`, to say so in a 403.
+pub fn least_scope(action: Action) -> Scope {
+    if permits(Scope::Invoke, action) {
+        Scope::Invoke
+    } else {
+        Scope::Admin
+    }
+}
+
+/// Who a handler is answering, as the middleware found out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No key, or a wrong one on a route that needs none (a public function's URL).
+    Anonymous,
+    /// A live key of this scope (`admin` for everyone with `GRANDA_AUTH=off`).
+    Key(Scope),
+}
+
+impl Caller {
+    /// Whether this caller presented a live key.
+    pub fn is_authenticated(self) -> bool {
+        matches!(self, Caller::Key(_))
+    }
+}
+
 /// What a request needs before it reaches its handler.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Needs {
     Nothing,
-    Key(Scope),
+    Key(Action),
     /// A function's own URL: open if the function is public, else an `invoke` key.
     FunctionUrl(String),
 }
@@ -46,14 +104,18 @@ pub fn needs(method: &Method, path: &str) -> Needs {
         return Needs::FunctionUrl(name.to_string());
     }
     let segments: Vec<&str> = path.split('/').collect();
-    let invoke = match segments.as_slice() {
-        ["", "v1", "functions", _, "invoke"] => true,
-        ["", "v1", "functions", _, "invocations"] => method == Method::POST,
-        ["", "v1", "invocations", _] => true,
-        ["", "v1", "events", _] => method == Method::POST,
-        _ => false,
-    };
-    Needs::Key(if invoke { Scope::Invoke } else { Scope::Admin })
+    let get = method == Method::GET || method == Method::HEAD;
+    Needs::Key(match segments.as_slice() {
+        ["", "v1", "functions", _, "invoke"] => Action::Invoke,
+        ["", "v1", "functions", _, "invocations"] if method == Method::POST => Action::Invoke,
+        ["", "v1", "invocations", _] => Action::ReadInvocation,
+        ["", "v1", "events", _] if method == Method::POST => Action::Invoke,
+        ["", "v1", "functions"] | ["", "v1", "functions", _] if get => Action::ReadFunctions,
+        ["", "v1", "functions", _, "invocations"] if get => Action::ReadFunctions,
+        ["", "metrics"] | ["", "v1", "dead-letters"] if get => Action::Operate,
+        // Everything else, known or not.
+        _ => Action::Manage,
+    })
 }
 
 /// The bearer token of a request: `Ok(None)` without an `Authorization` header.
@@ -79,21 +141,33 @@ fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
 /// The middleware: lets a request through or answers 401/403. Never logs or echoes the key.
 pub async fn require(
     State(app): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if app.settings.auth == AuthMode::Off {
+        request.extensions_mut().insert(Caller::Key(Scope::Admin));
         return Ok(next.run(request).await);
     }
     let needed = match needs(request.method(), request.uri().path()) {
-        Needs::Nothing => return Ok(next.run(request).await),
+        Needs::Nothing => {
+            request.extensions_mut().insert(Caller::Anonymous);
+            return Ok(next.run(request).await);
+        }
         Needs::FunctionUrl(name) => {
             if is_public(&app, &name).await? {
+                // Open to all; a live key still gets a key's view of the answer.
+                let caller = match bearer(&request) {
+                    Ok(Some(token)) => verify(&app, token).await?.map(Caller::Key),
+                    _ => None,
+                };
+                request
+                    .extensions_mut()
+                    .insert(caller.unwrap_or(Caller::Anonymous));
                 return Ok(next.run(request).await);
             }
-            Scope::Invoke
+            Action::Invoke
         }
-        Needs::Key(scope) => scope,
+        Needs::Key(action) => action,
     };
     let token = bearer(&request)?.ok_or_else(|| {
         ApiError::Unauthorized("an API key is needed: Authorization: Bearer <key>".into())
@@ -101,13 +175,14 @@ pub async fn require(
     let scope = verify(&app, token)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))?;
-    if !scope.allows(needed) {
+    if !permits(scope, needed) {
         return Err(ApiError::Forbidden(format!(
             "this key's scope is {}; this route needs {}",
             scope.as_str(),
-            needed.as_str()
+            least_scope(needed).as_str()
         )));
     }
+    request.extensions_mut().insert(Caller::Key(scope));
     Ok(next.run(request).await)
 }
 
@@ -138,8 +213,9 @@ mod tests {
 
     #[test]
     fn routes_fall_into_their_classes() {
-        let admin = Needs::Key(Scope::Admin);
-        let invoke = Needs::Key(Scope::Invoke);
+        let admin = Needs::Key(Action::Manage);
+        let invoke = Needs::Key(Action::Invoke);
+        let read = Needs::Key(Action::ReadFunctions);
         let get = Method::GET;
         let post = Method::POST;
         assert_eq!(needs(&get, "/healthz"), Needs::Nothing);
@@ -150,14 +226,32 @@ mod tests {
         assert_eq!(needs(&post, "/fn/echo/x"), admin);
         assert_eq!(needs(&post, "/v1/functions/echo/invoke"), invoke);
         assert_eq!(needs(&post, "/v1/functions/echo/invocations"), invoke);
-        assert_eq!(needs(&get, "/v1/functions/echo/invocations"), admin);
-        assert_eq!(needs(&get, "/v1/invocations/x"), invoke);
+        assert_eq!(needs(&get, "/v1/functions/echo/invocations"), read);
+        assert_eq!(
+            needs(&get, "/v1/invocations/x"),
+            Needs::Key(Action::ReadInvocation)
+        );
         assert_eq!(needs(&post, "/v1/events/orders.new"), invoke);
-        assert_eq!(needs(&get, "/v1/functions"), admin);
+        assert_eq!(needs(&get, "/v1/functions"), read);
+        assert_eq!(needs(&get, "/v1/functions/echo"), read);
         assert_eq!(needs(&post, "/v1/functions"), admin);
+        assert_eq!(needs(&Method::PUT, "/v1/functions/echo"), admin);
         assert_eq!(needs(&get, "/v1/keys"), admin);
-        assert_eq!(needs(&get, "/metrics"), admin);
+        assert_eq!(needs(&get, "/metrics"), Needs::Key(Action::Operate));
         assert_eq!(needs(&get, "/v1/functions/echo/invoke/"), admin);
         assert_eq!(needs(&get, "/nowhere"), admin);
+    }
+
+    #[test]
+    fn invoke_keys_run_and_read_records_only() {
+        for action in [Action::Invoke, Action::ReadInvocation] {
+            assert!(permits(Scope::Invoke, action));
+            assert_eq!(least_scope(action), Scope::Invoke);
+        }
+        for action in [Action::ReadFunctions, Action::Manage, Action::Operate] {
+            assert!(!permits(Scope::Invoke, action), "{action:?}");
+            assert!(permits(Scope::Admin, action));
+            assert_eq!(least_scope(action), Scope::Admin);
+        }
     }
 }

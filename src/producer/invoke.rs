@@ -3,7 +3,12 @@
 //!
 //! Both write the `queued` record first, then publish with publisher confirms; neither answers
 //! 2xx for an invocation the broker did not confirm.
+//!
+//! An anonymous caller (a public function's URL without a live key) of a run that did not
+//! succeed gets its status, exit code and invocation id, never its stderr tail or the platform's
+//! error text (`detail`); a caller with a key keeps them.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,6 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Caller;
 use super::enqueue::{Job, enqueue};
 use super::extract::RawBody;
 use super::functions::load_for_call;
@@ -30,8 +36,11 @@ const CALLBACK_URL: &str = "x-callback-url";
 pub async fn sync(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    // Without the auth middleware's word, the least: anonymous.
+    let detail = caller.is_some_and(|Extension(c)| c.is_authenticated());
     let function = load_for_call(&app, &name).await?;
     let wait = app.settings.sync_wait();
     let job = Job {
@@ -41,7 +50,7 @@ pub async fn sync(
     let queued = enqueue(&app, &function, job).await?;
     let id = queued.id;
     Ok(match queued.reply {
-        Some(reply) => reply_response(id, reply),
+        Some(reply) => reply_response(id, reply, detail),
         None => accepted(&app, id, Status::Queued),
     })
 }
@@ -100,8 +109,9 @@ pub(crate) fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
     response
 }
 
-/// The HTTP answer for a finished run: stdout on success, a JSON error otherwise.
-fn reply_response(id: Uuid, reply: Reply) -> Response {
+/// The HTTP answer for a finished run: stdout on success, a JSON error otherwise; the error's
+/// `detail` (stderr tail or platform error) only when `detail` (the caller has a key).
+fn reply_response(id: Uuid, reply: Reply, detail: bool) -> Response {
     let mut response = match reply.status {
         Status::Succeeded => (
             StatusCode::OK,
@@ -135,7 +145,7 @@ fn reply_response(id: Uuid, reply: Reply) -> Response {
                 "invocation_id": id,
                 "status": status.as_str(),
                 "exit_code": reply.exit_code,
-                "detail": reply.error,
+                "detail": if detail { reply.error } else { None },
             }});
             (http, Json(body)).into_response()
         }

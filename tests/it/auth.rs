@@ -317,3 +317,66 @@ async fn auth_off_asks_for_nothing() {
     assert_eq!(r.status(), 200);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_of_a_public_function_get_no_logs_or_engine_errors() {
+    let app = spawn_app().await;
+    // granda-test/fail writes "something broke" to stderr and exits 3.
+    app.register("broken", "granda-test/fail", json!({"public": true}))
+        .await;
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(app.url("/fn/broken"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let id = r.headers()["x-granda-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("something broke"), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["invocation_id"], id.as_str());
+    assert_eq!(body["error"]["status"], "failed");
+    assert!(body["error"]["detail"].is_null(), "{body}");
+    // The stderr is in the record, for those with a key.
+    let record: Value = app
+        .get(&format!("/v1/invocations/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(record["logs"].as_str().unwrap().contains("something broke"));
+
+    // With a key, the same URL keeps the detail.
+    let (_, key) = make_key(&app, "ci", "invoke").await;
+    for client in [&app.client, &client_with_key(&key)] {
+        let r = client
+            .post(app.url("/fn/broken"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("something broke")),
+            "{body}"
+        );
+    }
+    // A wrong key on a public function is no key: the anonymous view.
+    let r = client_with_key("gk_not-a-key-at-all-000000000000000000000000")
+        .post(app.url("/fn/broken"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(!r.text().await.unwrap().contains("something broke"));
+    app.shutdown().await;
+}

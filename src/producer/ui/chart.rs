@@ -83,9 +83,9 @@ pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point]) -> Markup {
             text x=(W - RIGHT) y=(H - 6.0) text-anchor="end" font-size="11" fill="#4a5562" { "now" }
         }
         p.legend {
-            span style="background:#c9d6e8" {} "invocations per " (minutes) " min"
-            span style="background:#e59a9a" {} "failed"
-            span style="background:#1f5fbf" {} "duration, last " (runs.len()) " runs"
+            span.bars {} "invocations per " (minutes) " min"
+            span.fails {} "failed"
+            span.line {} "duration, last " (runs.len()) " runs"
         }
     }
 }

@@ -4,6 +4,9 @@
 //! checking and storing is the API's own code (`validate`, `apply`, `functions::register`,
 //! `functions::save`), so both refuse the same things with the same words. A refused form comes
 //! back filled in, with the error next to its field.
+//!
+//! Creating, editing and deleting need a session that may manage functions ([`Admin`]: 403
+//! otherwise, before the form is read); every form carries the session's CSRF token.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -16,7 +19,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::pages::{InvokeResult, function_page};
-use super::session::Session;
+use super::session::{Admin, Session};
 use super::{BASE, UiError, layout, with_status};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, InputMode, Invalid, NewFunction, store};
@@ -213,6 +216,7 @@ fn field(
 }
 
 fn function_form(
+    session: &Session,
     action: &str,
     v: &FunctionForm,
     editing: bool,
@@ -225,6 +229,7 @@ fn function_form(
     };
     html! {
         form.stack #function-form method="post" action=(action) novalidate {
+            (session.csrf_field())
             @if let Some(e) = error { p.error #form-error role="alert" { "Not saved: " (e.message) } }
             (field("name", "Name", error, if editing { "A function can't be renamed." } else { "Lowercase letters, digits and '-'." },
                 html! { input #name name="name" value=(v.name) readonly[editing] required; }))
@@ -251,8 +256,8 @@ fn function_form(
                 html! { input #max_concurrency name="max_concurrency" value=(v.max_concurrency) inputmode="numeric"; }))
             (field("retry_on", "Retry also on", error, "Platform failures are always retried.",
                 html! {
-                    label { input type="checkbox" name="retry_error" style="width:auto" checked[v.retry_error.is_some()]; " non-zero exit" }
-                    label { input type="checkbox" name="retry_timeout" style="width:auto" checked[v.retry_timeout.is_some()]; " timeout" }
+                    label { input.check type="checkbox" name="retry_error" checked[v.retry_error.is_some()]; " non-zero exit" }
+                    label { input.check type="checkbox" name="retry_timeout" checked[v.retry_timeout.is_some()]; " timeout" }
                 }))
             (field("env", "Environment", error, "KEY=value, one a line.",
                 html! { textarea #env name="env" { (v.env) } }))
@@ -264,6 +269,7 @@ fn function_form(
 }
 
 fn form_page(
+    session: &Session,
     title: &str,
     action: &str,
     v: &FunctionForm,
@@ -272,26 +278,36 @@ fn form_page(
 ) -> Html<String> {
     layout(
         title,
-        true,
+        Some(session),
         html! {
             h1 { (title) }
-            div.card { (function_form(action, v, editing, error)) }
+            div.card { (function_form(session, action, v, editing, error)) }
         },
     )
 }
 
-fn refused(title: &str, action: &str, v: &FunctionForm, editing: bool, e: FormError) -> Response {
-    with_status(e.status, form_page(title, action, v, editing, Some(&e)))
+fn refused(
+    session: &Session,
+    title: &str,
+    action: &str,
+    v: &FunctionForm,
+    editing: bool,
+    e: FormError,
+) -> Response {
+    with_status(
+        e.status,
+        form_page(session, title, action, v, editing, Some(&e)),
+    )
 }
 
 /// `GET /ui/functions/new`.
-pub async fn new_form(session: Session) -> Result<Html<String>, UiError> {
-    session.require_admin()?;
+pub async fn new_form(Admin(session): Admin) -> Result<Html<String>, UiError> {
     let v = FunctionForm {
         input: "stdin".into(),
         ..FunctionForm::default()
     };
     Ok(form_page(
+        &session,
         "New function",
         &format!("{BASE}/functions/new"),
         &v,
@@ -302,11 +318,10 @@ pub async fn new_form(session: Session) -> Result<Html<String>, UiError> {
 
 /// `POST /ui/functions/new`.
 pub async fn create(
-    session: Session,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Form(v): Form<FunctionForm>,
 ) -> Result<Response, UiError> {
-    session.require_admin()?;
     let action = format!("{BASE}/functions/new");
     let created = async {
         let f = v.to_new()?.validate(&app.settings)?;
@@ -316,20 +331,20 @@ pub async fn create(
     .await;
     Ok(match created {
         Ok(f) => Redirect::to(&format!("{BASE}/functions/{}", f.name)).into_response(),
-        Err(e) => refused("New function", &action, &v, false, e),
+        Err(e) => refused(&session, "New function", &action, &v, false, e),
     })
 }
 
 /// `GET /ui/functions/{name}/edit`.
 pub async fn edit_form(
-    session: Session,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Html<String>, UiError> {
-    session.require_admin()?;
     let f = load(&app, &name).await?;
     let action = format!("{BASE}/functions/{}/edit", f.name);
     Ok(form_page(
+        &session,
         &format!("Edit {}", f.name),
         &action,
         &FunctionForm::from_function(&f),
@@ -340,12 +355,11 @@ pub async fn edit_form(
 
 /// `POST /ui/functions/{name}/edit`.
 pub async fn update(
-    session: Session,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
     Form(mut v): Form<FunctionForm>,
 ) -> Result<Response, UiError> {
-    session.require_admin()?;
     let current = load(&app, &name).await?;
     v.name = current.name.clone();
     let action = format!("{BASE}/functions/{}/edit", current.name);
@@ -358,26 +372,26 @@ pub async fn update(
     .await;
     Ok(match saved {
         Ok(f) => Redirect::to(&format!("{BASE}/functions/{}", f.name)).into_response(),
-        Err(e) => refused(&format!("Edit {name}"), &action, &v, true, e),
+        Err(e) => refused(&session, &format!("Edit {name}"), &action, &v, true, e),
     })
 }
 
 /// `GET /ui/functions/{name}/delete`: asks first.
 pub async fn delete_confirm(
-    session: Session,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Html<String>, UiError> {
-    session.require_admin()?;
     let f = load(&app, &name).await?;
     Ok(layout(
         &format!("Delete {}", f.name),
-        true,
+        Some(&session),
         html! {
             h1 { "Delete " (f.name) "?" }
             div.card {
                 p { "The function goes at once; its invocations already queued may still run. This can't be undone." }
                 form.inline method="post" action={ (BASE) "/functions/" (f.name) "/delete" } {
+                    (session.csrf_field())
                     div.actions {
                         button.danger #confirm-delete type="submit" { "Delete " (f.name) }
                         a.button.secondary href={ (BASE) "/functions/" (f.name) } { "Cancel" }
@@ -390,11 +404,10 @@ pub async fn delete_confirm(
 
 /// `POST /ui/functions/{name}/delete`.
 pub async fn delete(
-    session: Session,
+    _: Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, UiError> {
-    session.require_admin()?;
     let deleted = store::delete(&app.pool, &name).await?;
     app.recent.forget_all();
     if !deleted {
@@ -411,11 +424,12 @@ pub struct InvokeForm {
 
 /// `POST /ui/functions/{name}/invoke`: a sync run, its answer shown on the function's page.
 pub async fn invoke(
-    _: Session,
+    session: Session,
     State(app): State<AppState>,
     Path(name): Path<String>,
     Form(form): Form<InvokeForm>,
 ) -> Result<Html<String>, UiError> {
+    session.require(crate::producer::auth::Action::Invoke)?;
     let function = load(&app, &name).await?;
     let job = Job {
         reply: Some(app.settings.sync_wait()),
@@ -431,7 +445,7 @@ pub async fn invoke(
         },
         Err(e) => InvokeResult::Refused(e.to_string()),
     };
-    function_page(&app, &name, Some(result), &form.body).await
+    function_page(&app, &session, &name, Some(result), &form.body).await
 }
 
 #[cfg(test)]

@@ -3,9 +3,17 @@
 //!
 //! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
 //! `/ui`. Pages need a session ([`session::Session`]): a key typed into `/ui/login` becomes an
-//! HttpOnly, SameSite=Strict cookie. Forms go through the same validation and storage functions
-//! as the JSON API (`NewFunction::validate`, `FunctionUpdate::apply`, `functions::register`,
-//! `functions::save`), and the invoke box through the same sync path (`enqueue`).
+//! HttpOnly, SameSite=Strict cookie bound to that key. What a session sees and may do is the
+//! API's own scope policy (`auth::permits`). Forms go through the same validation and storage
+//! functions as the JSON API (`NewFunction::validate`, `FunctionUpdate::apply`,
+//! `functions::register`, `functions::save`), and the invoke box through the same sync path
+//! (`enqueue`).
+//!
+//! Web safety: every form carries the session's CSRF token, checked with the Origin of every POST
+//! by [`session::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
+//! carries [`CSP`], `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
+//! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the queues view's script are
+//! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
 pub mod chart;
 pub mod forms;
@@ -14,21 +22,31 @@ pub mod session;
 pub mod stats;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::AppState;
+use super::auth::Action;
 use crate::error::ApiError;
+use session::Session;
 
 /// Where the ingress mounts the dashboard; every link in it starts with this.
 pub const BASE: &str = "/ui";
 
-/// Every dashboard route, relative to [`BASE`].
-pub fn routes() -> Router<AppState> {
+/// The Content-Security-Policy of every dashboard answer: scripts, styles, images and fetches
+/// from this origin only, nothing inline, forms post only here, never framed.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Every dashboard route, relative to [`BASE`], with the CSRF guard and the security headers.
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::functions))
+        .route("/find", get(pages::find))
+        .route("/static/granda.css", get(stylesheet))
+        .route("/static/queues.js", get(queues_script))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/functions/new", get(forms::new_form).post(forms::create))
@@ -45,7 +63,68 @@ pub fn routes() -> Router<AppState> {
         .route("/invocations/{id}", get(pages::invocation))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            session::protect,
+        ))
+        .layer(axum::middleware::map_response(security_headers))
 }
+
+/// Adds the dashboard's security headers to an answer.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // Pages show secrets of their session; static files say their own caching.
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn not_found() -> UiError {
+    UiError(ApiError::NotFound("no such dashboard page".into()))
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /ui/static/granda.css`.
+async fn stylesheet() -> Response {
+    static_file("text/css; charset=utf-8", CSS)
+}
+
+/// `GET /ui/static/queues.js`: reloads the queues page's tables in place every 2 s.
+async fn queues_script() -> Response {
+    static_file("text/javascript; charset=utf-8", QUEUES_JS)
+}
+
+const QUEUES_JS: &str = r#"setInterval(function () {
+  fetch(location.pathname.replace(/\/$/, '') + '/live', {credentials: 'same-origin'})
+    .then(function (r) { if (r.ok && r.headers.get('content-type').indexOf('text/html') === 0 && !r.redirected) return r.text(); throw r; })
+    .then(function (t) { document.getElementById('live').innerHTML = t; })
+    .catch(function () {});
+}, 2000);
+"#;
 
 /// A failure shown as an HTML page with the API's status code.
 #[derive(Debug)]
@@ -78,7 +157,7 @@ impl IntoResponse for UiError {
         let title = status.canonical_reason().unwrap_or("Error");
         let body = layout(
             title,
-            true,
+            None,
             html! {
                 h1 { (status.as_u16()) " " (title) }
                 p.error { (self.0.to_string()) }
@@ -89,13 +168,14 @@ impl IntoResponse for UiError {
     }
 }
 
-/// An HTML page: the shared head, CSS and navigation around `content`.
-pub fn layout(title: &str, nav: bool, content: Markup) -> Html<String> {
+/// An HTML page: the shared head, CSS and, for a session, the navigation it may use, around
+/// `content`.
+pub fn layout(title: &str, nav: Option<&Session>, content: Markup) -> Html<String> {
     page(title, nav, PreEscaped(String::new()), content)
 }
 
 /// Like [`layout`], with extra markup in `<head>`.
-pub fn page(title: &str, nav: bool, head: Markup, content: Markup) -> Html<String> {
+pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -> Html<String> {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -103,18 +183,23 @@ pub fn page(title: &str, nav: bool, head: Markup, content: Markup) -> Html<Strin
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Granda" }
-                style { (PreEscaped(CSS)) }
+                link rel="stylesheet" href={ (BASE) "/static/granda.css" };
                 (head)
             }
             body {
                 header {
                     a.brand href=(BASE) { "Granda" }
-                    @if nav {
+                    @if let Some(session) = nav {
                         nav {
                             a href=(BASE) { "Functions" }
-                            a href={ (BASE) "/functions/new" } { "New function" }
-                            a href={ (BASE) "/queues" } { "Queues" }
+                            @if session.may(Action::Manage) {
+                                a href={ (BASE) "/functions/new" } { "New function" }
+                            }
+                            @if session.may(Action::Operate) {
+                                a href={ (BASE) "/queues" } { "Queues" }
+                            }
                             form.inline method="post" action={ (BASE) "/logout" } {
+                                (session.csrf_field())
                                 button.link type="submit" { "Log out" }
                             }
                         }
@@ -200,5 +285,7 @@ form.inline{display:inline}
 svg.chart{width:100%;height:auto;max-height:220px;background:#fff}
 .legend{font-size:13px;color:#4a5562}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
+.legend span.bars{background:#c9d6e8}.legend span.fails{background:#e59a9a}.legend span.line{background:#1f5fbf}
+input.check{width:auto}
 @media (max-width:600px){main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;

@@ -1,10 +1,16 @@
 //! The dashboard's read-only pages: the functions, one function, one invocation, the queues.
+//!
+//! Each page asks the API's scope policy (`auth::permits`, through [`Session::may`]) what its
+//! session may see: an `invoke` session gets what an `invoke` key gets from the API, the invoke box
+//! of a function it names and an invocation's record by id; never a function list, its settings
+//! (image, env, callback URL), its history, or the queues.
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
-use axum::response::{Html, IntoResponse, Response};
-use maud::{Markup, PreEscaped, html};
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::session::Session;
@@ -15,6 +21,7 @@ use crate::function::{Function, store};
 use crate::invocation::{Record, Status, store as invocations};
 use crate::message::Reply;
 use crate::producer::AppState;
+use crate::producer::auth::Action;
 use crate::producer::functions::load;
 
 /// How many recent invocations a function's page lists and charts.
@@ -22,8 +29,15 @@ const RECENT: i64 = 30;
 /// Bytes of input, output or logs shown on a page before it says "more not shown".
 const SHOWN_BYTES: usize = 64 * 1024;
 
-/// `GET /ui/`: every function with its last hour.
-pub async fn functions(_: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+/// `GET /ui/`: every function with its last hour; for a session that may not list functions,
+/// a box to open a function or an invocation by name or id.
+pub async fn functions(
+    session: Session,
+    State(app): State<AppState>,
+) -> Result<Html<String>, UiError> {
+    if !session.may(Action::ReadFunctions) {
+        return Ok(finder(&session));
+    }
     let functions = store::list(&app.pool).await?;
     let stats: HashMap<String, FunctionStats> = stats::last_hour(&app.pool, None)
         .await?
@@ -33,14 +47,18 @@ pub async fn functions(_: Session, State(app): State<AppState>) -> Result<Html<S
     let empty = FunctionStats::default();
     Ok(layout(
         "Functions",
-        true,
+        Some(&session),
         html! {
             div.actions {
                 h1 { "Functions" }
-                a.button href={ (BASE) "/functions/new" } { "New function" }
+                @if session.may(Action::Manage) {
+                    a.button href={ (BASE) "/functions/new" } { "New function" }
+                }
             }
             @if functions.is_empty() {
-                p.notice { "No functions yet. " a href={ (BASE) "/functions/new" } { "Create one." } }
+                p.notice { "No functions yet. "
+                    @if session.may(Action::Manage) { a href={ (BASE) "/functions/new" } { "Create one." } }
+                }
             } @else {
                 p.muted { "Numbers cover the invocations queued in the last hour." }
                 div.scroll {
@@ -72,6 +90,63 @@ pub async fn functions(_: Session, State(app): State<AppState>) -> Result<Html<S
     ))
 }
 
+/// The home page of a session that may run functions and read invocations, but not list them.
+fn finder(session: &Session) -> Html<String> {
+    layout(
+        "Functions",
+        Some(session),
+        html! {
+            h1 { "Functions" }
+            p.muted { "This key may run functions and read invocations by id. Listing functions and their settings needs an admin key." }
+            div.card {
+                form.stack method="get" action={ (BASE) "/find" } {
+                    label for="function" { "Function name" }
+                    input #function name="function" required;
+                    button type="submit" { "Open" }
+                }
+            }
+            div.card {
+                form.stack method="get" action={ (BASE) "/find" } {
+                    label for="invocation" { "Invocation id" }
+                    input #invocation name="invocation" required;
+                    button type="submit" { "Open" }
+                }
+            }
+        },
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FindQuery {
+    function: Option<String>,
+    invocation: Option<String>,
+}
+
+/// `GET /ui/find?function=` or `?invocation=`: to that function's or invocation's page.
+pub async fn find(_: Session, Query(q): Query<FindQuery>) -> Result<Response, UiError> {
+    if let Some(id) = q
+        .invocation
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let id: Uuid = id
+            .parse()
+            .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
+        return Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response());
+    }
+    let name = q.function.as_deref().map(str::trim).unwrap_or("");
+    // Only names a function can have, so the redirect is always a plain path.
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
+    }
+    Ok(Redirect::to(&format!("{BASE}/functions/{name}")).into_response())
+}
+
 /// The answer to a run from the invoke box, shown on the function's page.
 pub enum InvokeResult {
     /// The reply came in time.
@@ -84,21 +159,48 @@ pub enum InvokeResult {
 
 /// `GET /ui/functions/{name}`.
 pub async fn function(
-    _: Session,
+    session: Session,
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Html<String>, UiError> {
-    function_page(&app, &name, None, "").await
+    function_page(&app, &session, &name, None, "").await
 }
 
-/// A function's page; `result` and `input` after a run from its invoke box.
+/// A function's page; `result` and `input` after a run from its invoke box. A session that may
+/// not read functions' definitions gets the invoke box alone.
 pub async fn function_page(
     app: &AppState,
+    session: &Session,
     name: &str,
     result: Option<InvokeResult>,
     input: &str,
 ) -> Result<Html<String>, UiError> {
+    session.require(Action::Invoke)?;
     let f = load(app, name).await?;
+    let url = format!("{}/fn/{}", app.settings.public_url(), f.name);
+    let invoke_box = html! {
+        h2 { "Invoke" }
+        div.card {
+            p { "URL: " code #invoke-url { (url) } }
+            form.stack method="post" action={ (BASE) "/functions/" (f.name) "/invoke" } {
+                (session.csrf_field())
+                label for="body" { "Body" }
+                textarea #body name="body" { (input) }
+                button #invoke type="submit" { "Invoke" }
+            }
+            @if let Some(result) = &result { (invoke_result(result)) }
+        }
+    };
+    if !session.may(Action::ReadFunctions) {
+        return Ok(layout(
+            &f.name,
+            Some(session),
+            html! {
+                h1 { "Function " (f.name) }
+                (invoke_box)
+            },
+        ));
+    }
     let recent = invocations::list(&app.pool, &f.name, None, None, RECENT).await?;
     let stats = stats::last_hour(&app.pool, Some(&f.name))
         .await?
@@ -115,26 +217,18 @@ pub async fn function_page(
             })
         })
         .collect();
-    let url = format!("{}/fn/{}", app.settings.public_url(), f.name);
     Ok(layout(
         &f.name,
-        true,
+        Some(session),
         html! {
             h1 { "Function " (f.name) }
-            div.actions {
-                a.button.secondary href={ (BASE) "/functions/" (f.name) "/edit" } { "Edit" }
-                a.button.danger href={ (BASE) "/functions/" (f.name) "/delete" } { "Delete" }
-            }
-            h2 { "Invoke" }
-            div.card {
-                p { "URL: " code #invoke-url { (url) } }
-                form.stack method="post" action={ (BASE) "/functions/" (f.name) "/invoke" } {
-                    label for="body" { "Body" }
-                    textarea #body name="body" { (input) }
-                    button #invoke type="submit" { "Invoke" }
+            @if session.may(Action::Manage) {
+                div.actions {
+                    a.button.secondary href={ (BASE) "/functions/" (f.name) "/edit" } { "Edit" }
+                    a.button.danger href={ (BASE) "/functions/" (f.name) "/delete" } { "Delete" }
                 }
-                @if let Some(result) = &result { (invoke_result(result)) }
             }
+            (invoke_box)
             h2 { "Last hour" }
             div.card {
                 p {
@@ -272,10 +366,11 @@ fn hex_lines(bytes: &[u8]) -> String {
 
 /// `GET /ui/invocations/{id}`: every field of the record.
 pub async fn invocation(
-    _: Session,
+    session: Session,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, UiError> {
+    session.require(Action::ReadInvocation)?;
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
@@ -289,7 +384,7 @@ pub async fn invocation(
     let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
     Ok(layout(
         "Invocation",
-        true,
+        Some(&session),
         html! {
             h1 { "Invocation " code { (r.id) } }
             div.scroll {
@@ -320,33 +415,33 @@ pub async fn invocation(
 }
 
 /// `GET /ui/queues`: the live view; its table reloads itself from `/ui/queues/live`.
-pub async fn queues(_: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+pub async fn queues(
+    session: Session,
+    State(app): State<AppState>,
+) -> Result<Html<String>, UiError> {
+    session.require(Action::Operate)?;
     let live = queues_markup(&app).await?;
-    let script = PreEscaped(
-        r#"<script>
-setInterval(function () {
-  fetch(location.pathname.replace(/\/$/, '') + '/live', {credentials: 'same-origin'})
-    .then(function (r) { if (r.ok && r.headers.get('content-type').indexOf('text/html') === 0 && !r.redirected) return r.text(); throw r; })
-    .then(function (t) { document.getElementById('live').innerHTML = t; })
-    .catch(function () {});
-}, 2000);
-</script>"#,
-    );
     Ok(page(
         "Queues",
-        true,
-        html! { noscript { meta http-equiv="refresh" content="5"; } },
+        Some(&session),
+        html! {
+            noscript { meta http-equiv="refresh" content="5"; }
+            script src={ (BASE) "/static/queues.js" } defer {}
+        },
         html! {
             h1 { "Queues" }
             p.muted { "Refreshes every 2 s." }
             div #live { (live) }
-            (script)
         },
     ))
 }
 
 /// `GET /ui/queues/live`: the queues page's tables alone.
-pub async fn queues_live(_: Session, State(app): State<AppState>) -> Result<Response, UiError> {
+pub async fn queues_live(
+    session: Session,
+    State(app): State<AppState>,
+) -> Result<Response, UiError> {
+    session.require(Action::Operate)?;
     Ok(Html(queues_markup(&app).await?.into_string()).into_response())
 }
 

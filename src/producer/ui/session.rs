@@ -1,26 +1,46 @@
-//! Dashboard login: a key typed into `/ui/login` is checked by [`verify_key`] and becomes a
-//! random session token in an HttpOnly, SameSite=Strict cookie; Postgres keeps only its SHA-256
-//! (`ui_sessions`), so any ingress can serve any session and a leaked table logs nobody in.
+//! Dashboard login and the dashboard's web safety.
 //!
-//! [`verify_key`] is the one place that decides which keys may log in and with which scope. Until
-//! API keys exist it accepts any non-empty key as `admin`; point it at the key store then.
+//! A key typed into `/ui/login` is checked by [`verify_key`] and becomes a random session token
+//! in an HttpOnly, SameSite=Strict cookie; Postgres keeps only its SHA-256 (`ui_sessions`), so any
+//! ingress can serve any session and a leaked table logs nobody in.
+//!
+//! - **Bound to its key.** A session row carries the id of the API key that made it (`key_id`);
+//!   every lookup joins the key and refuses the session once the key is revoked, and revoking
+//!   deletes the key's sessions in the same transaction (`keys::revoke`). `GRANDA_ADMIN_KEY` is a
+//!   stored key like any other (named `GRANDA_ADMIN_KEY`), so its sessions are bound to its row.
+//!   With `GRANDA_AUTH=off` a session has no key and is valid only while auth stays off.
+//! - **Scope.** A session has its key's scope, and pages ask the API's policy
+//!   (`auth::permits`) what it may see and do; a page or form beyond it is 403.
+//! - **CSRF.** Every form of a session carries a hidden `csrf` token: the SHA-256 of a fixed label
+//!   and the session token, so it is per session, needs no storage, and can't be made without the
+//!   HttpOnly cookie. [`protect`] checks it on every POST but the login form, and refuses any POST
+//!   (login included) that a browser marks as cross-site (`Sec-Fetch-Site`) or whose `Origin` is
+//!   not this server: 403, nothing done.
+//! - **Where to after login.** `next` is followed only when it is a plain local dashboard path
+//!   (`/ui…`, visible ASCII, no `//`, `\`, dot segments); anything else lands on `/ui`.
 
 use axum::Form;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
-use maud::html;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{BASE, UiError, layout, with_status};
+use crate::config::AuthMode;
 use crate::error::ApiError;
 use crate::producer::AppState;
+use crate::producer::auth::{Action, permits};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "granda_session";
+/// The hidden form field that carries the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
 /// How long a session lasts.
 const SESSION_HOURS: i64 = 12;
 
@@ -31,55 +51,92 @@ pub use crate::keys::Scope;
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub scope: Scope,
-    /// The key store's id of the key, to show and to revoke sessions by (none without a store).
-    pub key_id: Option<String>,
+    /// The key store's id of the key; none only with `GRANDA_AUTH=off`.
+    pub key_id: Option<Uuid>,
 }
 
-/// Decides whether `key` may log in to the dashboard, and as what.
-///
-/// There is no key store yet: every non-empty key logs in as `admin`. When API keys land, look
-/// the key up there (its hash, its scope, revoked or not) and return `None` for an unknown key.
+/// Decides whether `key` may log in to the dashboard, and as what: a live API key, with its
+/// scope; with `GRANDA_AUTH=off`, any non-empty key, as `admin`.
 pub async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, ApiError> {
     let key = key.trim();
     if key.is_empty() {
         return Ok(None);
     }
-    if app.settings.auth == crate::config::AuthMode::Off {
+    if app.settings.auth == AuthMode::Off {
         return Ok(Some(Verified {
             scope: Scope::Admin,
             key_id: None,
         }));
     }
-    let scope = crate::keys::verify(&app.pool, key).await?;
-    Ok(scope.map(|s| Verified {
-        scope: match s {
-            crate::keys::Scope::Admin => Scope::Admin,
-            crate::keys::Scope::Invoke => Scope::Invoke,
-        },
-        key_id: None,
-    }))
+    Ok(crate::keys::lookup(&app.pool, key)
+        .await?
+        .map(|live| Verified {
+            scope: live.scope,
+            key_id: Some(live.id),
+        }))
 }
 
 /// A logged-in dashboard user; as an extractor, pages without one redirect to the login form.
 #[derive(Clone, Debug)]
 pub struct Session {
     pub scope: Scope,
+    /// The key the session was made with (none with `GRANDA_AUTH=off`).
+    pub key_id: Option<Uuid>,
+    /// This session's CSRF token, for the hidden field of its forms.
+    pub csrf: String,
 }
 
 impl Session {
-    /// 403 unless the session may change functions.
-    pub fn require_admin(&self) -> Result<(), UiError> {
-        match self.scope {
-            Scope::Admin => Ok(()),
-            Scope::Invoke => Err(UiError(ApiError::Unauthorized(
-                "this key may look and invoke, not change functions".into(),
-            ))),
+    /// Whether the API's policy lets this session's scope do `action`.
+    pub fn may(&self, action: Action) -> bool {
+        permits(self.scope, action)
+    }
+
+    /// 403 unless the session may do `action`.
+    pub fn require(&self, action: Action) -> Result<(), UiError> {
+        if self.may(action) {
+            Ok(())
+        } else {
+            Err(UiError(ApiError::Forbidden(format!(
+                "this key's scope is {}; this page needs an admin key",
+                self.scope.as_str()
+            ))))
         }
+    }
+
+    /// The hidden field every form of this session carries.
+    pub fn csrf_field(&self) -> Markup {
+        html! { input type="hidden" name=(CSRF_FIELD) value=(self.csrf); }
+    }
+}
+
+/// A session that may manage functions; as an extractor, 403 for any other session, before the
+/// body is read.
+#[derive(Clone, Debug)]
+pub struct Admin(pub Session);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let session = Session::from_request_parts(parts, app).await?;
+        session
+            .require(Action::Manage)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Admin(session))
     }
 }
 
 fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The CSRF token of the session whose cookie holds `token`.
+fn csrf_token(token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"granda dashboard csrf\0");
+    h.update(token.as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// The session token in the request's cookies, if any.
@@ -105,26 +162,44 @@ impl FromRequestParts<AppState> for Session {
                 Some(rest) if rest.is_empty() || rest.starts_with('?') => format!("{BASE}{rest}"),
                 _ => format!("{BASE}{seen}"),
             };
-            let target = format!("{BASE}/login?next={}", urlencode(&next));
-            Redirect::to(&target).into_response()
+            see_other(&format!("{BASE}/login?next={}", urlencode(&next)))
         };
         let Some(token) = token(&parts.headers) else {
             return Err(to_login());
         };
-        let scope: Option<String> = sqlx::query_scalar(
-            "SELECT scope FROM ui_sessions WHERE token_hash = $1 AND expires_at > now()",
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            scope: String,
+            key_id: Option<Uuid>,
+        }
+        // The key must still be live; a session without a key only while auth is off.
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT COALESCE(k.scope, s.scope) AS scope, s.key_id
+             FROM ui_sessions s
+             LEFT JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
+             WHERE s.token_hash = $1 AND s.expires_at > now()
+               AND (k.id IS NOT NULL OR (s.key_id IS NULL AND $2))",
         )
         .bind(hash(&token))
+        .bind(app.settings.auth == AuthMode::Off)
         .fetch_optional(&app.pool)
         .await
         .map_err(|e| UiError::from(e).into_response())?;
-        match scope {
-            Some(scope) => Ok(Session {
-                scope: Scope::parse(&scope).unwrap_or(Scope::Invoke),
+        match row {
+            Some(row) => Ok(Session {
+                scope: Scope::parse(&row.scope).unwrap_or(Scope::Invoke),
+                key_id: row.key_id,
+                csrf: csrf_token(&token),
             }),
             None => Err(to_login()),
         }
     }
+}
+
+/// A 303 to `location`, or to the dashboard when it can't be a header (never a panic).
+fn see_other(location: &str) -> Response {
+    let value = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static(BASE));
+    (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response()
 }
 
 /// Percent-encodes everything but unreserved characters and `/`.
@@ -139,14 +214,93 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// Only same-site dashboard paths are followed after login (no open redirect).
+/// Only plain local dashboard paths are followed after login (no open redirect, no header
+/// injection); anything else is replaced with [`BASE`].
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with(BASE) && !n.starts_with("//") && !n.contains("://") => {
-            n.to_string()
-        }
-        _ => BASE.to_string(),
+    let Some(n) = next else {
+        return BASE.to_string();
+    };
+    let Some(rest) = n.strip_prefix(BASE) else {
+        return BASE.to_string();
+    };
+    let path = n.split(['?', '#']).next().unwrap_or("");
+    let ok = (rest.is_empty() || rest.starts_with(['/', '?', '#']))
+        && n.bytes().all(|b| b.is_ascii_graphic())
+        && !n.contains('\\')
+        && !n.contains("//")
+        && !path.to_ascii_lowercase().contains("%2e")
+        && !path.split('/').any(|seg| seg == "." || seg == "..");
+    if ok { n.to_string() } else { BASE.to_string() }
+}
+
+/// Whether a browser says this request comes from another site: `Sec-Fetch-Site` other than
+/// `same-origin` or `none`, or an `Origin` that is neither this request's host nor the public URL.
+/// Requests without either header (not from a browser) pass.
+fn cross_site(headers: &HeaderMap, public_url: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.to_str(), Ok("same-origin" | "none"));
     }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    if origin.eq_ignore_ascii_case(public_url.trim_end_matches('/')) {
+        return false;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match (origin_host, host) {
+        (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
+        _ => true,
+    }
+}
+
+fn forbidden(message: &str) -> Response {
+    UiError(ApiError::Forbidden(message.into())).into_response()
+}
+
+/// The dashboard's CSRF guard, in front of every `/ui` route (see the module doc).
+pub async fn protect(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        // Pages are reads; no other method is routed.
+        return next.run(request).await;
+    }
+    if cross_site(request.headers(), &app.settings.public_url()) {
+        return forbidden("a cross-site form post is refused");
+    }
+    // Nesting strips `/ui` from the path this sees.
+    let path = request.uri().path();
+    if path == "/login" || path == "/ui/login" {
+        return next.run(request).await;
+    }
+    let Some(token) = token(request.headers()) else {
+        // No session: the handler sends the browser to the login form and does nothing.
+        return next.run(request).await;
+    };
+    let expected = csrf_token(&token);
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, app.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return UiError(ApiError::PayloadTooLarge("the form is too large".into()))
+                .into_response();
+        }
+    };
+    let presented = form_urlencoded::parse(&bytes)
+        .find(|(k, _)| k == CSRF_FIELD)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !crate::keys::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        return forbidden(
+            "the form's CSRF token is missing or not this session's; reload the page",
+        );
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,7 +318,7 @@ pub struct LoginForm {
 fn login_page(next: &str, error: Option<&str>) -> axum::response::Html<String> {
     layout(
         "Log in",
-        false,
+        None,
         html! {
             h1 { "Log in" }
             div.card {
@@ -185,7 +339,7 @@ pub async fn login_form(Query(q): Query<LoginQuery>) -> Response {
     login_page(&safe_next(q.next.as_deref()), None).into_response()
 }
 
-/// `POST /ui/login`: checks the key, stores a session and sets its cookie.
+/// `POST /ui/login`: checks the key, stores a session bound to it and sets its cookie.
 pub async fn login(
     State(app): State<AppState>,
     Form(form): Form<LoginForm>,
@@ -198,20 +352,6 @@ pub async fn login(
         ));
     };
     let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    sqlx::query(
-        "INSERT INTO ui_sessions (token_hash, scope, key_id, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(hours => $4::int))",
-    )
-    .bind(hash(&token))
-    .bind(verified.scope.as_str())
-    .bind(&verified.key_id)
-    .bind(SESSION_HOURS as i32)
-    .execute(&app.pool)
-    .await?;
-    // Old sessions go whenever someone logs in: no sweeper needed.
-    sqlx::query("DELETE FROM ui_sessions WHERE expires_at < now()")
-        .execute(&app.pool)
-        .await?;
     let secure = if app.settings.public_url().starts_with("https://") {
         "; Secure"
     } else {
@@ -221,10 +361,37 @@ pub async fn login(
         "{COOKIE}={token}; Path={BASE}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_HOURS * 3600
     );
-    let mut response = Redirect::to(&next).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
+    // Everything that could fail without a database is settled before the session is stored.
+    let cookie = HeaderValue::from_str(&cookie).map_err(|_| {
+        UiError(ApiError::Internal(anyhow::anyhow!(
+            "a session cookie that is no header"
+        )))
+    })?;
+    let mut response = see_other(&next);
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    // The key must still be live when the session is stored (a revoke in between ends it).
+    let stored = sqlx::query(
+        "INSERT INTO ui_sessions (token_hash, scope, key_id, expires_at)
+         SELECT $1, $2, $3, now() + make_interval(hours => $4::int)
+         WHERE $3::uuid IS NULL
+            OR EXISTS (SELECT 1 FROM api_keys WHERE id = $3 AND revoked_at IS NULL)",
+    )
+    .bind(hash(&token))
+    .bind(verified.scope.as_str())
+    .bind(verified.key_id)
+    .bind(SESSION_HOURS as i32)
+    .execute(&app.pool)
+    .await?;
+    if stored.rows_affected() != 1 {
+        return Ok(with_status(
+            StatusCode::UNAUTHORIZED,
+            login_page(&next, Some("That key is not valid.")),
+        ));
     }
+    // Old sessions go whenever someone logs in: no sweeper needed.
+    sqlx::query("DELETE FROM ui_sessions WHERE expires_at < now()")
+        .execute(&app.pool)
+        .await?;
     Ok(response)
 }
 
@@ -236,7 +403,7 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Result<R
             .execute(&app.pool)
             .await?;
     }
-    let mut response = Redirect::to(&format!("{BASE}/login")).into_response();
+    let mut response = see_other(&format!("{BASE}/login"));
     let cookie = format!("{COOKIE}=; Path={BASE}; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -261,8 +428,79 @@ mod tests {
     #[test]
     fn follows_only_dashboard_paths_after_login() {
         assert_eq!(safe_next(Some("/ui/queues")), "/ui/queues");
-        assert_eq!(safe_next(Some("https://evil.example/")), "/ui");
-        assert_eq!(safe_next(Some("//evil.example/ui")), "/ui");
+        assert_eq!(safe_next(Some("/ui")), "/ui");
+        assert_eq!(safe_next(Some("/ui?x=1")), "/ui?x=1");
+        assert_eq!(
+            safe_next(Some("/ui/functions/a?b=c")),
+            "/ui/functions/a?b=c"
+        );
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/ui",
+            "/\\evil.example",
+            "/ui\\evil",
+            "/ui/\\evil",
+            "/ui\r\nX-Injected: 1",
+            "/ui/\tx",
+            "/ui x",
+            "/uix",
+            "/ui/../v1/keys",
+            "/ui/%2e%2e/v1/keys",
+            "/ui/./x",
+            "/ui//evil",
+            "/ui?u=http://evil",
+            "/ui/é",
+            "javascript:alert(1)",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/ui", "{bad:?}");
+        }
         assert_eq!(safe_next(None), "/ui");
+    }
+
+    #[test]
+    fn csrf_tokens_are_per_session_and_not_the_session() {
+        let (a, b) = (csrf_token("one"), csrf_token("two"));
+        assert_ne!(a, b);
+        assert_eq!(a, csrf_token("one"));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, hex::encode(hash("one")));
+    }
+
+    #[test]
+    fn cross_site_posts_are_told_apart() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let public = "http://granda.example:8080";
+        assert!(!cross_site(&h(&[]), public));
+        assert!(!cross_site(
+            &h(&[("sec-fetch-site", "same-origin")]),
+            public
+        ));
+        assert!(!cross_site(&h(&[("sec-fetch-site", "none")]), public));
+        assert!(cross_site(&h(&[("sec-fetch-site", "same-site")]), public));
+        assert!(cross_site(&h(&[("sec-fetch-site", "cross-site")]), public));
+        let local = [("host", "127.0.0.1:9"), ("origin", "http://127.0.0.1:9")];
+        assert!(!cross_site(&h(&local), public));
+        assert!(!cross_site(
+            &h(&[
+                ("host", "10.0.0.1"),
+                ("origin", "http://granda.example:8080")
+            ]),
+            public
+        ));
+        assert!(cross_site(
+            &h(&[("host", "127.0.0.1:9"), ("origin", "https://evil.example")]),
+            public
+        ));
+        assert!(cross_site(
+            &h(&[("host", "127.0.0.1:9"), ("origin", "null")]),
+            public
+        ));
     }
 }
