@@ -197,6 +197,10 @@ pub async fn run(
         }
         Command::Server => Application::build(settings).await?.run(signal()).await,
         Command::Worker => {
+            let mut settings = settings;
+            settings
+                .worker_listen
+                .get_or_insert_with(|| "127.0.0.1:9090".to_string());
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
             Worker::build(&settings, pool).await?.run(signal()).await
         }
