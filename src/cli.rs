@@ -206,7 +206,9 @@ pub async fn run(
         }
         Command::Up => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
-            let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
+            let app = Application::build_with_pool(settings.clone(), pool.clone())
+                .await?
+                .with_engine()?;
             let worker = Worker::build(&settings, pool)
                 .await?
                 .with_metrics(app.metrics());

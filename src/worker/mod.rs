@@ -18,6 +18,7 @@
 
 pub mod breaker;
 pub mod container;
+pub mod control;
 pub mod endpoints;
 mod heartbeat;
 pub mod hot;
@@ -75,6 +76,7 @@ pub struct Worker {
     installation: String,
     /// `GRANDA_WORKER_LISTEN`, bound.
     endpoints: Option<tokio::net::TcpListener>,
+    amqp_prefix: String,
 }
 
 /// What every run of this worker needs.
@@ -199,6 +201,7 @@ impl Worker {
             grace: settings.shutdown_grace(),
             installation,
             endpoints,
+            amqp_prefix: settings.amqp_prefix.clone(),
         })
     }
 
@@ -342,6 +345,20 @@ impl Worker {
             };
             consumer.resize(&self.shared, prefetch, &tx).await?;
             consumers.push(consumer);
+        }
+        for queue in &self.queues {
+            let shared = self.shared.clone();
+            control::serve(
+                connection.create_channel().await?,
+                &self.amqp_prefix,
+                queue,
+                &self.shared.worker_id,
+                move |check| {
+                    let shared = shared.clone();
+                    async move { shared.check(check).await }
+                },
+            )
+            .await?;
         }
         let mut side = connection.create_channel().await?;
         let mut tick = tokio::time::interval(self.schedule.interval);
@@ -676,6 +693,40 @@ impl Shared {
             }
             self.reschedule.notify_one();
         }
+    }
+
+    /// A registration check from an ingress without an engine ([`control`]): this engine knows
+    /// the runtime and has the image (present, or pulled as the policy allows).
+    async fn check(&self, check: control::Check) -> control::Answer {
+        use crate::docker::ImageError;
+        if let Some(runtime) = check.container_runtime.as_deref() {
+            let info = match self.runner.docker().info().await {
+                Ok(info) => info,
+                Err(e) => {
+                    return control::Answer::Unavailable(format!("docker engine unavailable: {e}"));
+                }
+            };
+            let known = info.runtimes.unwrap_or_default();
+            if !known.contains_key(runtime) {
+                let mut names: Vec<&String> = known.keys().collect();
+                names.sort();
+                return control::Answer::Unprocessable(format!(
+                    "container_runtime: the engine has no runtime {runtime:?} (it has {names:?})"
+                ));
+            }
+        }
+        if let Some(image) = check.image.as_deref() {
+            match self.images.ensure(image).await {
+                Ok(_) => {}
+                Err(e @ ImageError::Unavailable { .. }) => {
+                    return control::Answer::Unprocessable(e.to_string());
+                }
+                Err(e @ ImageError::Engine(_)) => {
+                    return control::Answer::Unavailable(e.to_string());
+                }
+            }
+        }
+        control::Answer::Ok
     }
 
     /// Whether this worker can run `work` now: its breaker lets it, and its engine has the image
