@@ -8,7 +8,7 @@ CARGO ?= cargo
 # Arguments for the test binaries, e.g. `make test TEST_ARGS='--test-threads=1 --nocapture'`.
 TEST_ARGS ?= --test-threads=4
 
-.PHONY: setup build run test fuzz lint bench images
+.PHONY: setup build run test fuzz lint bench images deploy-check engines
 
 setup:
 	bash scripts/setup.sh
@@ -26,9 +26,18 @@ test: setup
 fuzz: setup
 	bash scripts/fuzz-api.sh
 
-lint:
+lint: deploy-check
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# docker-compose.yml (docker-compose config) and deploy/ (kubernetes-validate), offline.
+deploy-check:
+	command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate || pip install -q --break-system-packages kubernetes-validate
+	bash deploy/check.sh
+
+# Host B's engine and the registry of tests/it/hosts.rs (the suite starts them itself).
+engines:
+	bash scripts/engines.sh start
 
 bench: setup
 	$(CARGO) run --release --bin granda-bench

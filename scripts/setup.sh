@@ -68,6 +68,10 @@ command -v gcc >/dev/null || need+=(gcc)
 # The dashboard's end-to-end test drives headless Chromium through chromedriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# The many-hosts suite (tests/it/hosts.rs, scripts/engines.sh): a registry on loopback, and
+# docker-compose to validate docker-compose.yml.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 
 if [ "${#need[@]}" -gt 0 ]; then
     # De-duplicate, keep order.

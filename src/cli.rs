@@ -171,12 +171,18 @@ pub async fn run(
         }
         Command::Server(_) => Application::build(settings).await?.run(signal()).await,
         Command::Worker(_) => {
+            let mut settings = settings;
+            settings
+                .worker_listen
+                .get_or_insert_with(|| "127.0.0.1:9090".to_string());
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
             Worker::build(&settings, pool).await?.run(signal()).await
         }
         Command::Up(_) => {
             let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
-            let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
+            let app = Application::build_with_pool(settings.clone(), pool.clone())
+                .await?
+                .with_engine()?;
             let worker = Worker::build(&settings, pool)
                 .await?
                 .with_metrics(app.metrics());

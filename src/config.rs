@@ -131,10 +131,35 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<crate::keys::Secret>,
 
-    /// Whether registering a function may pull its image: `missing` (pull when the engine lacks
-    /// it) or `never` (only images already on the engine; nothing is fetched).
-    #[arg(long, env = "GRANDA_IMAGE_PULL", default_value = "missing")]
+    /// Whether a worker may pull an image its engine lacks: `missing` (pull when the engine
+    /// lacks it), `always` (pull again before a run when this worker last pulled it over a
+    /// minute ago) or `never` (only images already on the engine; nothing is fetched).
+    #[arg(
+        long,
+        env = "GRANDA_IMAGE_PULL",
+        default_value = "missing")]
     pub image_pull: ImagePull,
+
+    /// How long one image pull may take before the run (or registration check) gives up, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_IMAGE_PULL_TIMEOUT_MS",
+        default_value_t = 300_000)]
+    pub image_pull_timeout_ms: u64,
+
+    /// Where a standalone worker serves `/healthz`, `/readyz` and `/metrics` (`off`: nowhere).
+    /// `granda worker` defaults to 127.0.0.1:9090; `granda up` serves them on the ingress.
+    #[arg(long, env = "GRANDA_WORKER_LISTEN")]
+    pub worker_listen: Option<String>,
+
+    /// How long a worker counts as alive after its last heartbeat, in ms: past it, another worker
+    /// takes over its running invocations and its pool containers are anyone's to remove.
+    /// Heartbeats go out every third of it.
+    #[arg(
+        long,
+        env = "GRANDA_WORKER_LEASE_MS",
+        default_value_t = 6_000)]
+    pub worker_lease_ms: u64,
 
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL")]
@@ -229,6 +254,7 @@ pub struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ImagePull {
     Missing,
+    Always,
     Never,
 }
 

@@ -1,4 +1,5 @@
-//! The Docker engine: connecting to it (`DOCKER_HOST`) and making sure an image is there.
+//! The Docker engine: connecting to it (`DOCKER_HOST`) and making sure an image is there. Only
+//! workers (and `granda up`) talk to an engine; a standalone ingress has none.
 
 use bollard::{API_DEFAULT_VERSION, Docker};
 use futures_util::StreamExt;
@@ -55,14 +56,26 @@ pub enum ImageError {
 /// Makes sure the engine has `image`, pulling it when it lacks it.
 #[tracing::instrument(skip(docker))]
 pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError> {
+    if has_image(docker, image).await? {
+        return Ok(());
+    }
+    pull(docker, image).await
+}
+
+/// Whether the engine has `image`.
+pub async fn has_image(docker: &Docker, image: &str) -> Result<bool, ImageError> {
     match docker.inspect_image(image).await {
-        Ok(_) => return Ok(()),
+        Ok(_) => Ok(true),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) => {}
-        Err(e) => return Err(ImageError::Engine(e)),
+        }) => Ok(false),
+        Err(e) => Err(ImageError::Engine(e)),
     }
-    tracing::info!("pulling image");
+}
+
+/// Pulls `image` from the registry its name says, then checks the engine has it.
+pub async fn pull(docker: &Docker, image: &str) -> Result<(), ImageError> {
+    tracing::info!(image, "pulling image");
     let (repo, tag) = split_tag(image);
     let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
         .from_image(repo)
@@ -79,6 +92,9 @@ pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError
             Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
                 return Err(unavailable(image, message));
             }
+            Err(e @ bollard::errors::Error::HyperResponseError { .. }) => {
+                return Err(ImageError::Engine(e));
+            }
             Err(e) => return Err(unavailable(image, e.to_string())),
         }
     }
@@ -88,6 +104,15 @@ pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError
         .await
         .map(|_| ())
         .map_err(|e| unavailable(image, e.to_string()))
+}
+
+/// The engine's identity for the workers table: `DOCKER_HOST` as given (or the default socket)
+/// and the engine's ID, so a taker-over knows which engine a dead worker's containers are on.
+pub fn address(host: Option<&str>) -> String {
+    match host {
+        None | Some("") => "unix:///var/run/docker.sock".to_string(),
+        Some(h) => h.to_string(),
+    }
 }
 
 fn unavailable(image: &str, reason: String) -> ImageError {

@@ -248,14 +248,15 @@ pub mod store {
     }
 
     /// When worker `$w` may claim row `i`: it is `queued`, or `running` on this worker's earlier
-    /// self, or on a worker whose heartbeat stopped.
+    /// self, or on a worker whose lease ran out (`workers.lease_until`, GRANDA_WORKER_LEASE_MS
+    /// after its last beat; 15 s for a row of a worker from before leases).
     macro_rules! claimable {
         ($w:literal) => {
             concat!(
                 "i.status = 'queued' OR (i.status = 'running' AND (i.worker = ",
                 $w,
                 " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = i.worker
-                                 AND w.heartbeat_at > now() - interval '15 seconds')))"
+                                 AND COALESCE(w.lease_until, w.heartbeat_at + interval '15 seconds') > now())))"
             )
         };
     }

@@ -11,6 +11,11 @@
 //!   in a worker holding a message.
 //! - When a retryable failure has used the last of `max_attempts`, the invocation is `dead` and its
 //!   message goes to the dead-letter queue.
+//! - A worker that can't run a message at all (its engine can't have the image, its engine is
+//!   away, or its circuit breaker for the queue is open) gives the message back unclaimed for
+//!   another worker, using no attempt; on the message's last delivery before the quorum queue's
+//!   delivery limit it runs the normal path instead (claim, fail as a platform failure, the rules
+//!   above), so the record ends `failed` or `dead` with the engine's reason, never stuck `queued`.
 
 use std::time::Duration;
 
@@ -95,6 +100,27 @@ impl Backoff {
             levels.push(level);
             attempt += 1;
         }
+    }
+}
+
+/// What a worker does with a message it can't run here ([`on_unavailable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Give it back unclaimed (reject with requeue) for another worker.
+    Release,
+    /// Its last delivery: claim it and let the run fail as a platform failure.
+    Attempt,
+}
+
+/// A message this worker can't run, delivered `delivery_count` times before (the quorum queue's
+/// `x-delivery-count`), with the queue's delivery limit `limit`.
+pub fn on_unavailable(delivery_count: i64, limit: i64) -> Unavailable {
+    // The queue dead-letters a message returned more than `limit` times: keep a margin of two
+    // deliveries so that the last one is ours to record.
+    if delivery_count + 2 >= limit {
+        Unavailable::Attempt
+    } else {
+        Unavailable::Release
     }
 }
 
@@ -195,6 +221,14 @@ mod tests {
             &B,
         );
         assert_eq!(sync, Verdict::Final);
+    }
+
+    #[test]
+    fn unrunnable_messages_are_given_back_until_their_last_delivery() {
+        assert_eq!(on_unavailable(0, 20), Unavailable::Release);
+        assert_eq!(on_unavailable(17, 20), Unavailable::Release);
+        assert_eq!(on_unavailable(18, 20), Unavailable::Attempt);
+        assert_eq!(on_unavailable(25, 20), Unavailable::Attempt);
     }
 
     #[test]

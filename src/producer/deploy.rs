@@ -6,6 +6,9 @@
 //! build starts, 200 and one JSON object per line: `{"log": "<text>"}` as the engine writes it, then
 //! a last line `{"status": 201, "function": {...}}` or `{"status": 422, "error": {...}}`.
 //!
+//! Builds run on the engine of `granda up`. A standalone `granda server` has no engine and answers
+//! 503 to a deploy from source (builds on workers are not done yet).
+//!
 //! The old version's image stays on the engine: queued invocations carry its tag, and the function
 //! switches to the new tag in one update, so it is never without an image.
 
@@ -22,6 +25,11 @@ use crate::error::ApiError;
 use crate::function::{Function, store};
 
 pub const NDJSON: &str = "application/x-ndjson";
+
+/// Why a standalone ingress builds nothing.
+const NO_ENGINE: &str = "builds from source need a Docker engine, which this server does not \
+    have (granda server talks to no engine): deploy from source through granda up, or build the \
+    image yourself, push it to a registry the workers reach, and register it by name";
 
 /// What to do with a built image.
 pub enum Target {
@@ -193,8 +201,11 @@ async fn run(
             record.version, deploy.runtime.name, record.image
         ));
     }
-    let built =
-        build::build_image(&app.docker, deploy.context, &record.image, lines.as_ref()).await;
+    let Some(docker) = &app.docker else {
+        build::store::finish(&app.pool, record.id, false, NO_ENGINE).await?;
+        return Err(ApiError::Unavailable(NO_ENGINE.into()).into());
+    };
+    let built = build::build_image(docker, deploy.context, &record.image, lines.as_ref()).await;
     let log = match built {
         Ok(log) => log,
         Err(failed) => {

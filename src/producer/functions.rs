@@ -1,4 +1,6 @@
-//! `/v1/functions`: register, list, read, update and delete functions.
+//! `/v1/functions`: register, list, read, update and delete functions. Image and runtime checks
+//! go to the engine of `granda up`, or over RabbitMQ to a worker of the function's queue when
+//! the ingress has no engine (`granda server`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,6 +13,8 @@ use crate::config::ImagePull;
 use crate::docker::{ImageError, ensure_image};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
+use crate::worker::control;
+use std::time::Duration;
 
 /// A function as the API shows it: its fields, its own URL, and the names of its secrets.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -68,11 +72,14 @@ pub async fn load_for_call(app: &AppState, name: &str) -> Result<Function, ApiEr
     Ok(f)
 }
 
-/// Makes sure the engine has `image`, pulling it if needed (unless `GRANDA_IMAGE_PULL=never`):
-/// 422 if it can't be had.
-pub(crate) async fn check_image(app: &AppState, image: &str) -> Result<(), ApiError> {
+/// Makes sure `image` can be had (pulled if needed, unless `GRANDA_IMAGE_PULL=never`): 422 if it
+/// can't. `granda up` asks its own engine; a standalone ingress asks a worker of `queue`.
+pub(crate) async fn check_image(app: &AppState, queue: &str, image: &str) -> Result<(), ApiError> {
+    let Some(docker) = &app.docker else {
+        return ask_worker(app, queue, Some(image), None).await;
+    };
     if app.settings.image_pull == ImagePull::Never {
-        return match app.docker.inspect_image(image).await {
+        return match docker.inspect_image(image).await {
             Ok(_) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 400..=499,
@@ -85,19 +92,47 @@ pub(crate) async fn check_image(app: &AppState, image: &str) -> Result<(), ApiEr
             ))),
         };
     }
-    ensure_image(&app.docker, image).await.map_err(|e| match e {
+    ensure_image(docker, image).await.map_err(|e| match e {
         ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
         ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
     })
 }
 
+/// Asks a worker of `queue` to check `image` and `runtime` on its engine ([`control`]): 422 with
+/// its engine's reason, or 503 when no worker serves the queue or none answers in time.
+async fn ask_worker(
+    app: &AppState,
+    queue: &str,
+    image: Option<&str>,
+    runtime: Option<&str>,
+) -> Result<(), ApiError> {
+    let check = control::Check {
+        image: image.map(str::to_string),
+        container_runtime: runtime.map(str::to_string),
+    };
+    let wait = Duration::from_millis(app.settings.image_pull_timeout_ms) + ANSWER_SLACK;
+    match app.control.ask(queue, &check, wait).await {
+        Ok(control::Answer::Ok) => Ok(()),
+        Ok(control::Answer::Unprocessable(reason)) => Err(ApiError::Unprocessable(reason)),
+        Ok(control::Answer::Unavailable(reason)) => Err(ApiError::Unavailable(format!(
+            "the worker that checked the image: {reason}"
+        ))),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// How much longer than a pull the ingress waits for a worker's answer.
+const ANSWER_SLACK: Duration = Duration::from_secs(5);
+
 /// A `container_runtime` must be one the engine has (`docker info`), or no container could start.
-async fn check_runtime(app: &AppState, runtime: Option<&str>) -> Result<(), ApiError> {
+async fn check_runtime(app: &AppState, queue: &str, runtime: Option<&str>) -> Result<(), ApiError> {
     let Some(runtime) = runtime else {
         return Ok(());
     };
-    let info = app
-        .docker
+    let Some(docker) = &app.docker else {
+        return ask_worker(app, queue, None, Some(runtime)).await;
+    };
+    let info = docker
         .info()
         .await
         .map_err(|e| ApiError::Unavailable(format!("docker engine unavailable: {e}")))?;
@@ -143,7 +178,7 @@ pub async fn create(
         if store::get(&app.pool, &f.name).await?.is_some() {
             return Err(conflict(&f.name));
         }
-        check_runtime(&app, f.container_runtime.as_deref()).await?;
+        check_runtime(&app, &f.queue, f.container_runtime.as_deref()).await?;
         let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Create(f))?;
         return Ok(deploy::respond(app, &headers, deploy).await);
     }
@@ -162,8 +197,8 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
         return Err(conflict(&f.name));
     }
     check_callback(app, f).await?;
-    check_runtime(app, f.container_runtime.as_deref()).await?;
-    check_image(app, &f.image).await?;
+    check_runtime(app, &f.queue, f.container_runtime.as_deref()).await?;
+    check_image(app, &f.queue, &f.image).await?;
     let inserted = store::insert(&app.pool, f).await?;
     app.recent.forget_all();
     if !inserted {
@@ -175,9 +210,9 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
 /// Stores a validated change to a function (API and dashboard), checking a new image first.
 pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
     check_callback(app, f).await?;
-    check_runtime(app, f.container_runtime.as_deref()).await?;
+    check_runtime(app, &f.queue, f.container_runtime.as_deref()).await?;
     if f.image != old_image {
-        check_image(app, &f.image).await?;
+        check_image(app, &f.queue, &f.image).await?;
     }
     let updated = store::update(&app.pool, f).await?;
     app.recent.forget_all();
@@ -250,7 +285,7 @@ pub async fn update(
         let runtime = runtime.ok_or_else(|| {
             ApiError::Unprocessable("runtime: this function has none; name one".into())
         })?;
-        check_runtime(&app, f.container_runtime.as_deref()).await?;
+        check_runtime(&app, &f.queue, f.container_runtime.as_deref()).await?;
         let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Update(f))?;
         return Ok(deploy::respond(app, &headers, deploy).await);
     }

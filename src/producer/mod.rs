@@ -41,7 +41,11 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
-    pub docker: Docker,
+    /// The engine of `granda up` (the same as its worker's). A standalone ingress has none: it
+    /// asks the workers ([`crate::worker::control`]) and builds nothing itself.
+    pub docker: Option<Docker>,
+    /// Registration checks over RabbitMQ, when there is no engine here.
+    pub control: Arc<crate::worker::control::Client>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// API keys and functions read in the last second.
@@ -59,8 +63,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Postgres (creating and migrating the database), RabbitMQ and Docker, and binds
-    /// `settings.listen` (port 0 picks a free port).
+    /// Connects to Postgres (creating and migrating the database) and RabbitMQ, and binds
+    /// `settings.listen` (port 0 picks a free port). It talks to no Docker engine unless given
+    /// one ([`Application::with_engine`], as `granda up` does).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
         Application::build_with_pool(settings, pool).await
@@ -99,19 +104,20 @@ impl Application {
             Publisher::connect(&settings.amqp_url, Topology::new(&settings.amqp_prefix))
                 .await
                 .context("connecting to RabbitMQ")?;
-        let docker = crate::docker::connect(settings.docker_host.as_deref(), 600)
-            .context("connecting to the Docker engine")?;
         let metrics: Arc<Metrics> = Arc::default();
         let body_budget = Arc::new(budget::BodyBudget::new(
             settings.unauthenticated_body_budget_bytes,
             metrics.clone(),
         ));
+        let control =
+            crate::worker::control::Client::new(&settings.amqp_url, &settings.amqp_prefix);
         Ok(Application {
             listener,
             state: AppState {
                 pool,
                 publisher,
-                docker,
+                docker: None,
+                control,
                 settings: Arc::new(settings),
                 metrics,
                 recent: Arc::default(),
@@ -119,6 +125,15 @@ impl Application {
                 subscriptions: Arc::default(),
             },
         })
+    }
+
+    /// Uses the engine at `DOCKER_HOST` for registration checks, builds and `/readyz`: for
+    /// `granda up`, whose worker runs on the same engine.
+    pub fn with_engine(mut self) -> anyhow::Result<Application> {
+        let docker = crate::docker::connect(self.state.settings.docker_host.as_deref(), 600)
+            .context("connecting to the Docker engine")?;
+        self.state.docker = Some(docker);
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,13 +1,17 @@
-//! The worker's heartbeat in Postgres (`workers`): a `running` invocation whose worker stopped
-//! beating may be claimed by another worker; the row also shows each worker's load.
+//! The worker's heartbeat in Postgres (`workers`): a `running` invocation whose worker's lease
+//! ran out (`lease_until`, `GRANDA_WORKER_LEASE_MS` after its last beat) may be claimed by
+//! another worker; the row also shows each worker's load, its engine (address and ID, so a
+//! taker-over can stop a dead worker's containers) and its health.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::PgPool;
 
-/// How often a worker beats.
-pub const EVERY: Duration = Duration::from_secs(5);
+/// How often a worker beats: a third of its lease, so that two beats may be missed.
+pub fn every(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(100))
+}
 
 /// What a worker reports with each beat.
 #[derive(Clone, Debug)]
@@ -16,19 +20,34 @@ pub struct Beat<'a> {
     pub concurrency: i32,
     pub in_flight: i32,
     pub queues: &'a [String],
+    pub engine: &'a str,
+    pub engine_id: Option<&'a str>,
+    /// `None` when healthy; otherwise what is wrong.
+    pub unhealthy: Option<&'a str>,
+    pub lease: Duration,
 }
 
 pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    let lease_until = now + chrono::Duration::from_std(beat.lease).unwrap_or_default();
     sqlx::query(
-        "INSERT INTO workers (id, started_at, heartbeat_at, concurrency, in_flight, queues)
-         VALUES ($1, $2, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2, concurrency = $3, in_flight = $4, queues = $5",
+        "INSERT INTO workers (id, started_at, heartbeat_at, concurrency, in_flight, queues,
+                              engine, engine_id, healthy, health, lease_until)
+         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2, concurrency = $3, in_flight = $4,
+             queues = $5, engine = $6, engine_id = $7, healthy = $8, health = $9,
+             lease_until = $10",
     )
     .bind(beat.worker)
-    .bind(Utc::now())
+    .bind(now)
     .bind(beat.concurrency)
     .bind(beat.in_flight)
     .bind(beat.queues)
+    .bind(beat.engine)
+    .bind(beat.engine_id)
+    .bind(beat.unhealthy.is_none())
+    .bind(beat.unhealthy)
+    .bind(lease_until)
     .execute(pool)
     .await?;
     Ok(())
@@ -41,4 +60,30 @@ pub async fn forget(pool: &PgPool, worker: &str) -> Result<(), sqlx::Error> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The worker an invocation is `running` on, when that is another worker whose lease ran out,
+/// with its engine's address and ID.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DeadRun {
+    pub worker: String,
+    pub engine: Option<String>,
+    pub engine_id: Option<String>,
+}
+
+pub async fn dead_run(
+    pool: &PgPool,
+    id: uuid::Uuid,
+    me: &str,
+) -> Result<Option<DeadRun>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.worker AS worker, w.engine, w.engine_id FROM invocations i
+         LEFT JOIN workers w ON w.id = i.worker
+         WHERE i.id = $1 AND i.status = 'running' AND i.worker IS NOT NULL AND i.worker <> $2
+           AND NOT COALESCE(COALESCE(w.lease_until, w.heartbeat_at + interval '15 seconds') > now(), false)",
+    )
+    .bind(id)
+    .bind(me)
+    .fetch_optional(pool)
+    .await
 }

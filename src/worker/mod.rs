@@ -10,17 +10,26 @@
 //! reply sent again); one that runs here now waits for that run; one that runs on another live
 //! worker is parked in a delay queue until that run ends. A worker holds at most as many unacked
 //! messages as it runs at once (its prefetch is its concurrency).
+//!
+//! Before it claims a message, a worker makes sure its engine has the image ([`images`]). One it
+//! can't run here (the image can't be had, the engine is away, or the queue's circuit breaker is
+//! open: [`breaker`]) is given back unclaimed for another worker, as [`crate::retry`] decides. An
+//! unhealthy worker (its engine unreachable) cancels its consumers until it recovers.
 
+pub mod breaker;
 pub mod container;
+pub mod control;
+pub mod endpoints;
 mod heartbeat;
 pub mod hot;
+pub mod images;
 pub mod pool;
 pub mod reaper;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +43,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Topology};
@@ -51,7 +60,11 @@ use container::{Caps, Exit, PlatformError, Removal, Run, Runner};
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long a duplicate of an invocation running on another worker waits before it looks again.
-const ELSEWHERE_DELAY: Duration = Duration::from_secs(5);
+const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
+
+/// How long a message this worker can't run is held before it is given back, so that a worker
+/// whose breaker is about to open does not spin it through its deliveries.
+const RELEASE_PAUSE: Duration = Duration::from_millis(100);
 
 /// One worker process's consumer pool.
 pub struct Worker {
@@ -61,6 +74,9 @@ pub struct Worker {
     schedule: scheduler::Config,
     grace: Duration,
     installation: String,
+    /// `GRANDA_WORKER_LISTEN`, bound.
+    endpoints: Option<tokio::net::TcpListener>,
+    amqp_prefix: String,
 }
 
 /// What every run of this worker needs.
@@ -86,6 +102,23 @@ struct Shared {
     callbacks: Arc<crate::callback::Callbacks>,
     /// Kept containers of `warm` functions.
     warm: pool::Pool,
+    /// The images on this worker's engine, pulled as needed.
+    images: images::Images,
+    /// Per queue: whether this worker takes its messages now.
+    breakers: breaker::Breakers,
+    /// Wakes the session to make its consumers follow the breakers and health at once.
+    reschedule: Notify,
+    /// What is wrong with this worker now (its engine unreachable), if anything.
+    health: Mutex<Option<String>>,
+    /// Whether the session is connected to RabbitMQ.
+    connected: AtomicBool,
+    /// `DOCKER_HOST` and the engine's ID, for the heartbeat.
+    engine: String,
+    engine_id: Option<String>,
+    /// How long this worker counts as alive after a beat.
+    lease: Duration,
+    /// How long to wait before connecting to another worker's engine.
+    docker_timeout: u64,
 }
 
 /// The channels of one connection that handlers use.
@@ -105,6 +138,12 @@ impl Worker {
         )
         .context("connecting to the Docker engine")?;
         docker.ping().await.context("pinging the Docker engine")?;
+        let engine_id = docker.info().await.ok().and_then(|i| i.id);
+        let images = images::Images::new(
+            docker.clone(),
+            settings.image_pull,
+            Duration::from_millis(settings.image_pull_timeout_ms.max(1)),
+        );
         let worker_id = settings.worker_id();
         let caps = Caps {
             stdout: settings.max_output_bytes,
@@ -115,6 +154,14 @@ impl Worker {
             crate::docker::installation(&settings.database_url, &settings.amqp_prefix);
         let runner =
             Runner::new(docker, worker_id.clone(), caps).with_installation(installation.clone());
+        let endpoints = match settings.worker_listen.as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding GRANDA_WORKER_LISTEN {addr}"))?,
+            ),
+        };
         Ok(Worker {
             shared: Arc::new(Shared {
                 leases: crate::db::lease_pool(&pool),
@@ -138,12 +185,23 @@ impl Worker {
                 function_slots: Mutex::default(),
                 metrics: Arc::default(),
                 callbacks: crate::callback::Callbacks::new(settings),
+                images,
+                breakers: breaker::Breakers::default(),
+                reschedule: Notify::new(),
+                health: Mutex::default(),
+                connected: AtomicBool::new(false),
+                engine: crate::docker::address(settings.docker_host.as_deref()),
+                engine_id,
+                lease: Duration::from_millis(settings.worker_lease_ms.max(300)),
+                docker_timeout: 30,
             }),
             amqp_url: settings.amqp_url.clone(),
             queues: settings.queues.clone(),
             schedule,
             grace: settings.shutdown_grace(),
             installation,
+            endpoints,
+            amqp_prefix: settings.amqp_prefix.clone(),
         })
     }
 
@@ -163,15 +221,30 @@ impl Worker {
         &self.shared.worker_id
     }
 
+    /// Where the worker's endpoints listen, when `GRANDA_WORKER_LISTEN` is set.
+    pub fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoints.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Runs until `shutdown` completes, reconnecting to RabbitMQ whenever the connection is lost.
     /// On shutdown it stops taking messages, lets in-flight runs finish within the grace period,
     /// and gives back what it could not finish.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let mut shutdown: Shutdown = Box::pin(shutdown);
+        let endpoints = self.endpoints.take().map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "worker endpoints listening");
+            let app = endpoints::router(self.shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!(error = %e, "worker endpoints stopped");
+                }
+            })
+        });
         describe_metrics(&self.shared.metrics);
+        self.shared.images.set_metrics(self.shared.metrics.clone());
         reaper::reap_own(self.shared.runner.docker(), &self.shared.worker_id).await;
         let strays = tokio::spawn(reaper::reap_strays_forever(
             self.shared.runner.docker().clone(),
@@ -222,6 +295,9 @@ impl Worker {
         }
         reaper.abort();
         orphans.abort();
+        if let Some(endpoints) = endpoints {
+            endpoints.abort();
+        }
         strays.abort();
         expiring.abort();
         self.shared.warm.clear().await;
@@ -236,6 +312,8 @@ impl Worker {
     /// One connection's life: consume until it breaks (`Err`) or shutdown (`Ok`).
     async fn session(&self, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         let connection = broker::connect(&self.amqp_url, &self.shared.worker_id).await?;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        let _connected = Connected(&self.shared.connected);
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
@@ -257,6 +335,7 @@ impl Worker {
             target,
             &vec![0; self.queues.len()],
         )) {
+            let prefetch = self.shared.allowed(queue, prefetch);
             let channel = connection.create_channel().await?;
             self.shared.topology.declare(&channel, queue).await?;
             let mut consumer = QueueConsumer {
@@ -266,6 +345,20 @@ impl Worker {
             };
             consumer.resize(&self.shared, prefetch, &tx).await?;
             consumers.push(consumer);
+        }
+        for queue in &self.queues {
+            let shared = self.shared.clone();
+            control::serve(
+                connection.create_channel().await?,
+                &self.amqp_prefix,
+                queue,
+                &self.shared.worker_id,
+                move |check| {
+                    let shared = shared.clone();
+                    async move { shared.check(check).await }
+                },
+            )
+            .await?;
         }
         let mut side = connection.create_channel().await?;
         let mut tick = tokio::time::interval(self.schedule.interval);
@@ -281,6 +374,12 @@ impl Worker {
                     None => anyhow::bail!("consumers ended"),
                 },
                 _ = tick.tick() => {
+                    if !side.status().connected() {
+                        side = connection.create_channel().await?;
+                    }
+                    self.schedule(&side, &mut consumers, &tx).await?;
+                }
+                _ = self.shared.reschedule.notified() => {
                     if !side.status().connected() {
                         side = connection.create_channel().await?;
                     }
@@ -345,6 +444,7 @@ impl Worker {
             .iter_mut()
             .zip(scheduler::share_prefetch(target, &depths))
         {
+            let prefetch = self.shared.allowed(&consumer.queue, prefetch);
             if consumer.prefetch() != prefetch {
                 consumer.resize(&self.shared, prefetch, tx).await?;
             }
@@ -514,18 +614,183 @@ fn describe_metrics(m: &Metrics) {
     m.describe("granda_queue_depth", "Messages waiting in a work queue.");
 }
 
+/// Beats every third of the lease, checking the engine first: an engine that does not answer
+/// makes the worker unhealthy (its consumers are cancelled until the engine answers again).
 async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
+    let every = heartbeat::every(shared.lease);
     loop {
+        let engine = tokio::time::timeout(every, shared.runner.docker().ping()).await;
+        let problem = match engine {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("docker engine unreachable: {e}")),
+            Err(_) => Some("docker engine did not answer a ping in time".to_string()),
+        };
+        let changed = {
+            let mut health = shared.health.lock().expect("lock");
+            let changed = health.is_some() != problem.is_some();
+            health.clone_from(&problem);
+            changed
+        };
+        if changed {
+            match &problem {
+                Some(p) => tracing::warn!(problem = %p, "worker unhealthy; not taking messages"),
+                None => tracing::info!("worker healthy again; taking messages"),
+            }
+            shared.reschedule.notify_one();
+        }
         let beat = heartbeat::Beat {
             worker: &shared.worker_id,
             concurrency: shared.limiter.size() as i32,
             in_flight: shared.busy.load(Ordering::Relaxed) as i32,
             queues: &queues,
+            engine: &shared.engine,
+            engine_id: shared.engine_id.as_deref(),
+            unhealthy: problem.as_deref(),
+            lease: shared.lease,
         };
         if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
-        tokio::time::sleep(heartbeat::EVERY).await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Marks the session connected until dropped.
+struct Connected<'a>(&'a AtomicBool);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// The prefetch `queue` may have now: none while the worker is unhealthy, else what its
+    /// breaker allows of `wanted`.
+    fn allowed(&self, queue: &str, wanted: usize) -> usize {
+        if self.health.lock().expect("lock").is_some() {
+            return 0;
+        }
+        self.breakers.allow(queue, wanted, Instant::now())
+    }
+
+    /// A platform failure (or not) on `queue`, for its breaker; wakes the session when the
+    /// breaker opens or closes.
+    fn ran(&self, queue: &str, platform_failure: bool) {
+        let changed = if platform_failure {
+            self.breakers.failure(queue, Instant::now())
+        } else {
+            self.breakers.success(queue)
+        };
+        if changed {
+            if platform_failure {
+                tracing::warn!(
+                    queue,
+                    "circuit breaker open: not taking this queue's messages for a while"
+                );
+            } else {
+                tracing::info!(queue, "circuit breaker closed");
+            }
+            self.reschedule.notify_one();
+        }
+    }
+
+    /// A registration check from an ingress without an engine ([`control`]): this engine knows
+    /// the runtime and has the image (present, or pulled as the policy allows).
+    async fn check(&self, check: control::Check) -> control::Answer {
+        use crate::docker::ImageError;
+        if let Some(runtime) = check.container_runtime.as_deref() {
+            let info = match self.runner.docker().info().await {
+                Ok(info) => info,
+                Err(e) => {
+                    return control::Answer::Unavailable(format!("docker engine unavailable: {e}"));
+                }
+            };
+            let known = info.runtimes.unwrap_or_default();
+            if !known.contains_key(runtime) {
+                let mut names: Vec<&String> = known.keys().collect();
+                names.sort();
+                return control::Answer::Unprocessable(format!(
+                    "container_runtime: the engine has no runtime {runtime:?} (it has {names:?})"
+                ));
+            }
+        }
+        if let Some(image) = check.image.as_deref() {
+            match self.images.ensure(image).await {
+                Ok(_) => {}
+                Err(e @ ImageError::Unavailable { .. }) => {
+                    return control::Answer::Unprocessable(e.to_string());
+                }
+                Err(e @ ImageError::Engine(_)) => {
+                    return control::Answer::Unavailable(e.to_string());
+                }
+            }
+        }
+        control::Answer::Ok
+    }
+
+    /// Whether this worker can run `work` now: its breaker lets it, and its engine has the image
+    /// (pulled if need be). `Err` says why not.
+    async fn runnable_here(&self, queue: &str, work: &Work) -> Result<(), String> {
+        if self.health.lock().expect("lock").is_some() {
+            return Err("this worker is unhealthy".into());
+        }
+        if self.breakers.state(queue, Instant::now()) == breaker::State::Open {
+            return Err("this worker's circuit breaker for the queue is open".into());
+        }
+        match self.images.ensure(&work.function.image).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.ran(queue, true);
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// How many times the broker delivered this message before (`x-delivery-count`).
+fn delivery_count(delivery: &Delivery) -> i64 {
+    use lapin::types::AMQPValue;
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        _ => 0,
+    }
+}
+
+/// Before running a message that another worker was running: if that worker's lease ran out and
+/// its engine is reachable from here (the same engine ID at its address), stops its container of
+/// `id`, so the dead worker's run does not go on beside this one. Where it is not reachable, the
+/// dead host's container may run on: at least once.
+async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id: Uuid) {
+    let Some(address) = dead.engine.as_deref() else {
+        return;
+    };
+    let mine = shared.engine_id.is_some() && dead.engine_id == shared.engine_id;
+    let docker = if mine {
+        shared.runner.docker().clone()
+    } else {
+        let Ok(docker) = crate::docker::connect(Some(address), shared.docker_timeout) else {
+            return;
+        };
+        let same = tokio::time::timeout(Duration::from_secs(2), docker.info()).await;
+        match same {
+            Ok(Ok(info)) if dead.engine_id.is_none() || info.id == dead.engine_id => docker,
+            _ => {
+                tracing::warn!(worker = %dead.worker, engine = address, "the dead worker's engine is not reachable from here; its container may run on");
+                return;
+            }
+        }
+    };
+    let stopped = reaper::remove_invocation(&docker, &id.to_string()).await;
+    if stopped > 0 {
+        tracing::info!(worker = %dead.worker, engine = address, stopped, "stopped a dead worker's container before running its invocation again");
     }
 }
 
@@ -581,6 +846,21 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
     };
     tracing::Span::current().record("id", tracing::field::display(work.id));
 
+    if let Err(why) = shared.runnable_here(&queue, &work).await {
+        let count = delivery_count(&delivery);
+        match retry::on_unavailable(count, broker::DELIVERY_LIMIT) {
+            retry::Unavailable::Release => {
+                tracing::info!(reason = %why, deliveries = count, "can't run it here; giving it back for another worker");
+                tokio::time::sleep(RELEASE_PAUSE).await;
+                reject(&delivery, true).await;
+                return;
+            }
+            retry::Unavailable::Attempt => {
+                tracing::warn!(reason = %why, deliveries = count, "can't run it here, and it is its last delivery: running it to record the failure");
+            }
+        }
+    }
+
     // A duplicate of a run going on here: wait for it, then answer from its record.
     let running_here = shared
         .in_flight
@@ -592,10 +872,22 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
         let _ = done.wait_for(|d| *d).await;
     }
 
+    // A redelivery may be a dead worker's run: note whose, to stop its container once claimed.
+    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 {
+        heartbeat::dead_run(&shared.pool, work.id, &shared.worker_id)
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
     let claim = with_db_retries(|| claim(&shared, &work, &delivery.data)).await;
     match claim {
         Claim::Claimed { attempt, queued_at } => {
             let running = Running::start(&shared, work.id);
+            if let Some(dead) = &dead {
+                stop_dead_run(&shared, dead, work.id).await;
+            }
             let function = format!("function=\"{}\"", label(&work.function.name));
             if attempt == 1 {
                 let waited = (chrono::Utc::now() - queued_at).num_milliseconds().max(0);
@@ -711,6 +1003,12 @@ async fn run_claimed(
 ) {
     let started = Instant::now();
     let (mut outcome, failure, removal) = execute(shared, work, attempt, &delivery.data).await;
+    let platform = failure == Some(Failure::Platform);
+    if platform {
+        // The image may have gone from the engine since it was seen there.
+        shared.images.forget(&work.function.image);
+    }
+    shared.ran(queue, platform);
     shared
         .controller
         .lock()

@@ -15,9 +15,6 @@ use crate::docker::{
 /// How far past its deadline a container may be before any worker removes it.
 const DEADLINE_SLACK_MS: i64 = 60_000;
 
-/// How long a worker may miss its heartbeat before its pool containers are anyone's to remove.
-const ORPHAN_AFTER_SECS: i64 = 60;
-
 /// Every 30 s, [`reap_orphaned_pools`].
 pub async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, installation: String) {
     loop {
@@ -26,8 +23,8 @@ pub async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, ins
     }
 }
 
-/// Removes the warm and hot pool containers of `installation` whose worker has not beaten for a
-/// minute: it crashed and came back under another id (or not at all), so no restarted self will
+/// Removes the warm and hot pool containers of `installation` whose worker's lease ran out
+/// (`GRANDA_WORKER_LEASE_MS` without a heartbeat): it crashed and came back under another id (or not at all), so no restarted self will
 /// remove them. Returns how many it removed.
 pub async fn reap_orphaned_pools(
     docker: &Docker,
@@ -48,10 +45,10 @@ pub async fn reap_orphaned_pools(
         return 0;
     }
     let alive: Vec<(String,)> = match sqlx::query_as(
-        "SELECT id FROM workers WHERE id = ANY($1) AND heartbeat_at > now() - make_interval(secs => $2)",
+        "SELECT id FROM workers WHERE id = ANY($1)
+           AND COALESCE(lease_until, heartbeat_at + interval '60 seconds') > now()",
     )
     .bind(&workers)
-    .bind(ORPHAN_AFTER_SECS as f64)
     .fetch_all(pool)
     .await
     {
@@ -139,4 +136,14 @@ async fn list(docker: &Docker, label: &str) -> Vec<(String, HashMap<String, Stri
             Vec::new()
         }
     }
+}
+
+/// Removes (killing) the containers on `docker` that run invocation `invocation`; returns how many.
+pub async fn remove_invocation(docker: &Docker, invocation: &str) -> usize {
+    let label = format!("{LABEL_INVOCATION}={invocation}");
+    let found = list(docker, &label).await;
+    for (id, _) in &found {
+        remove(docker, id).await;
+    }
+    found.len()
 }

@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod functions;
 mod guarantees;
+mod hosts;
 mod hot;
 mod invocations;
 mod invoke;

@@ -85,7 +85,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("Postgres must be reachable for the tests");
     let app = Application::build_with_pool(settings.clone(), pool.clone())
         .await
-        .expect("RabbitMQ must be reachable for the tests");
+        .expect("RabbitMQ must be reachable for the tests")
+        .with_engine()
+        .expect("a Docker engine client");
     let worker = Worker::build(&settings, pool.clone())
         .await
         .expect("the Docker engine must be reachable for the tests")

@@ -1,0 +1,252 @@
+//! Registration checks over RabbitMQ, for an ingress with no Docker engine (`granda server`).
+//!
+//! The ingress publishes a [`Check`] (an image, a container runtime) to `<prefix>.control.<queue>`
+//! with a direct reply-to; any worker serving that queue takes it, makes sure its own engine has
+//! the image (present, or pulled as `GRANDA_IMAGE_PULL` allows) and knows the runtime, and
+//! answers. The ingress turns the answer into 201, 422 with the engine's reason, or 503.
+//!
+//! The control queue is not durable and is deleted with its last consumer: with no worker serving
+//! the queue, the ingress's publish is unroutable and it answers 503 at once; with a worker that
+//! does not answer within the bound (the pull timeout and a few seconds), 503 too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The control queue of `queue`.
+pub fn queue_name(prefix: &str, queue: &str) -> String {
+    format!("{prefix}.control.{queue}")
+}
+
+/// What the ingress asks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Check {
+    pub image: Option<String>,
+    pub container_runtime: Option<String>,
+}
+
+/// What a worker answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "message", rename_all = "snake_case")]
+pub enum Answer {
+    Ok,
+    /// The image can't be had, or the runtime is unknown: the engine's words.
+    Unprocessable(String),
+    /// The worker's engine did not answer.
+    Unavailable(String),
+}
+
+/// Why no worker answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("no worker serves queue {0:?} now, so the image can't be checked")]
+    NoWorker(String),
+    #[error("no worker of queue {queue:?} answered within {ms} ms")]
+    NoAnswer { queue: String, ms: u128 },
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// The ingress's side: one connection, opened when first needed.
+pub struct Client {
+    url: String,
+    prefix: String,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl Client {
+    pub fn new(url: &str, prefix: &str) -> Arc<Client> {
+        Arc::new(Client {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            connection: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn channel(&self) -> Result<Channel, lapin::Error> {
+        let mut guard = self.connection.lock().await;
+        if let Some(c) = guard.as_ref()
+            && c.status().connected()
+        {
+            return c.create_channel().await;
+        }
+        let connection = crate::broker::connect(&self.url, "ingress-control").await?;
+        let channel = connection.create_channel().await;
+        *guard = Some(connection);
+        channel
+    }
+
+    /// Asks a worker of `queue` to check `check`, waiting up to `wait`.
+    pub async fn ask(
+        &self,
+        queue: &str,
+        check: &Check,
+        wait: Duration,
+    ) -> Result<Answer, AskError> {
+        let channel = self.channel().await?;
+        let answered = self.ask_on(&channel, queue, check, wait).await;
+        let _ = channel.close(200, "".into()).await;
+        answered
+    }
+
+    async fn ask_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        check: &Check,
+        wait: Duration,
+    ) -> Result<Answer, AskError> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut replies = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                ShortString::from(format!("control-{}", Uuid::new_v4().simple())),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let correlation = Uuid::new_v4().to_string();
+        let body = serde_json::to_vec(check).expect("a check serializes");
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue_name(&self.prefix, queue).as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                BasicProperties::default()
+                    .with_reply_to(DIRECT_REPLY_TO.into())
+                    .with_correlation_id(correlation.as_str().into())
+                    .with_expiration(wait.as_millis().max(1).to_string().into()),
+            )
+            .await?
+            .await?;
+        if let Confirmation::Ack(Some(_)) = confirm {
+            return Err(AskError::NoWorker(queue.to_string()));
+        }
+        let answer = tokio::time::timeout(wait, async {
+            while let Some(Ok(reply)) = replies.next().await {
+                let ours = reply
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == correlation);
+                if ours && let Ok(answer) = serde_json::from_slice::<Answer>(&reply.data) {
+                    return Some(answer);
+                }
+            }
+            None
+        })
+        .await;
+        match answer {
+            Ok(Some(answer)) => Ok(answer),
+            _ => Err(AskError::NoAnswer {
+                queue: queue.to_string(),
+                ms: wait.as_millis(),
+            }),
+        }
+    }
+}
+
+/// The worker's side: declares `queue`'s control queue on `channel` and answers every check on it
+/// with `answer`, until the channel goes.
+pub async fn serve<F, Fut>(
+    channel: Channel,
+    prefix: &str,
+    queue: &str,
+    tag: &str,
+    answer: F,
+) -> Result<(), lapin::Error>
+where
+    F: Fn(Check) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
+    let name = queue_name(prefix, queue);
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: false,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            ShortString::from(format!("{tag}-control-{}", Uuid::new_v4().simple())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let (Some(reply_to), Some(correlation)) = (
+                delivery.properties.reply_to().clone(),
+                delivery.properties.correlation_id().clone(),
+            ) else {
+                continue;
+            };
+            let Ok(check) = serde_json::from_slice::<Check>(&delivery.data) else {
+                continue;
+            };
+            let channel = channel.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let said = answer(check).await;
+                let body = serde_json::to_vec(&said).expect("an answer serializes");
+                let _ = channel
+                    .basic_publish(
+                        "".into(),
+                        reply_to.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_correlation_id(correlation),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_round_trip_as_json() {
+        for a in [
+            Answer::Ok,
+            Answer::Unprocessable("no such image".into()),
+            Answer::Unavailable("engine away".into()),
+        ] {
+            let text = serde_json::to_vec(&a).unwrap();
+            assert_eq!(serde_json::from_slice::<Answer>(&text).unwrap(), a);
+        }
+    }
+}

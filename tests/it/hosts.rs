@@ -1,0 +1,253 @@
+//! Many hosts on one machine: a second Docker engine ("host B", no images) and a registry on
+//! loopback, from `scripts/engines.sh start` (once per test binary). The suite fails, never
+//! skips, when it can't start them. Each scenario ends with the ledger check: every 2xx answer
+//! has its final record, no invocation recorded twice, no container left on either engine.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use granda::producer::Application;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::support::{TestApp, eventually, spawn_app_with};
+
+static ENGINES: Once = Once::new();
+
+/// Host B's engine and the registry, started once per test binary.
+fn engines() -> (String, String) {
+    ENGINES.call_once(|| {
+        let out = std::process::Command::new("bash")
+            .args(["scripts/engines.sh", "start"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("running scripts/engines.sh");
+        assert!(
+            out.status.success(),
+            "scripts/engines.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    (
+        "unix:///run/granda-engine-b.sock".to_string(),
+        "127.0.0.1:5000".to_string(),
+    )
+}
+
+fn docker_cli(host: Option<&str>, args: &[&str]) {
+    let mut command = std::process::Command::new("docker");
+    if let Some(host) = host {
+        command.env("DOCKER_HOST", host);
+    }
+    let out = command.args(args).output().expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pushes the local test image `image` to the registry under a name of its own; returns it.
+fn push(registry: &str, image: &str, tag: &str) -> String {
+    let name = format!("{registry}/granda-hosts/{}:{tag}", image.replace('/', "-"));
+    docker_cli(None, &["tag", image, &name]);
+    docker_cli(None, &["push", &name]);
+    docker_cli(None, &["rmi", &name]);
+    name
+}
+
+fn engine(host: &str) -> bollard::Docker {
+    granda::docker::connect(Some(host), 60).unwrap()
+}
+
+/// Containers of this app's workers on `docker`.
+async fn leftovers(docker: &bollard::Docker, worker_prefix: &str) -> Vec<String> {
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&std::collections::HashMap::from([(
+            "label",
+            vec![granda::docker::LABEL_WORKER],
+        )]))
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(granda::docker::LABEL_WORKER))
+                .is_some_and(|w| w.starts_with(worker_prefix))
+        })
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+/// The ledger: every id answered 2xx has exactly one final record, and neither engine keeps a
+/// container of this app's workers.
+async fn ledger(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str) {
+    for id in accepted {
+        let record = app.wait_final(*id, Duration::from_secs(60)).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+    }
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM invocations WHERE id = ANY($1)")
+            .bind(accepted)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0], (accepted.len() as i64, accepted.len() as i64));
+    let prefix = app.worker_id();
+    for docker in [app.docker.clone(), engine(engine_b)] {
+        eventually(Duration::from_secs(20), "no containers left", || {
+            let docker = docker.clone();
+            let prefix = prefix.clone();
+            async move { leftovers(&docker, &prefix).await.is_empty().then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// An ingress with no engine (as `granda server`) on the app's database and queues.
+async fn engineless_ingress(app: &TestApp) -> (String, watch::Sender<bool>) {
+    let ingress = Application::build_with_pool(app.settings.clone(), app.pool.clone())
+        .await
+        .unwrap();
+    let address = format!("http://{}", ingress.local_addr());
+    let (stop, mut stopped) = watch::channel(false);
+    tokio::spawn(ingress.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    (address, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_host_b() {
+    let (engine_b, registry) = engines();
+    let mut app = spawn_app_with(|_| {}).await;
+    let tag = app.worker_id();
+    let image = push(&registry, "granda-test/echo", &tag);
+    let worker_b = app
+        .add_worker(|s| {
+            s.docker_host = Some(engine_b.clone());
+            s.queues = vec!["hosts-b".into()];
+        })
+        .await;
+    let (ingress, stop) = engineless_ingress(&app).await;
+    let post = |body: Value| {
+        app.client
+            .post(format!("{ingress}/v1/functions"))
+            .json(&body)
+            .send()
+    };
+
+    // The standalone ingress asks a worker of the queue: host B pulls the image from the registry.
+    let created = eventually(
+        Duration::from_secs(30),
+        "host B's worker answers",
+        || async {
+            let r = post(json!({"name": "pulled", "image": image, "queue": "hosts-b"}))
+                .await
+                .unwrap();
+            (r.status() != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let on_b = engine(&engine_b);
+    assert!(on_b.inspect_image(&image).await.is_ok(), "host B pulled it");
+
+    // An image no registry has: 422 with the engine's reason, and nothing registered.
+    let missing = post(json!({"name": "nope", "image": format!("{registry}/granda-hosts/none:{tag}"), "queue": "hosts-b"}))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 422);
+    let body: Value = missing.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("can't be had"),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/functions/nope").await.status(), 404);
+
+    // A queue no worker serves: 503 at once, saying so.
+    let started = std::time::Instant::now();
+    let nobody = post(json!({"name": "lonely", "image": image, "queue": "nobody"}))
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Runs go to host B, whose engine now has the image.
+    let mut accepted = vec![];
+    for i in 0..4 {
+        let r = app.invoke("pulled", format!("hello {i}")).await;
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-granda-invocation-id"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        accepted.push(id);
+        assert_eq!(r.text().await.unwrap(), format!("hello {i}"));
+    }
+    for id in &accepted {
+        assert_eq!(app.invocation(*id).await["worker"], worker_b.as_str());
+    }
+    ledger(&app, &accepted, &engine_b).await;
+    let _ = stop.send(true);
+    let _ = on_b
+        .remove_image(
+            &image,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others() {
+    let (engine_b, _) = engines();
+    let mut app = spawn_app_with(|s| s.max_concurrency = Some(2)).await;
+    app.register("local", "granda-test/echo", json!({})).await;
+    // Host B has no granda-test images and may pull nothing: every message it takes, it can't run.
+    let worker_b = app
+        .add_worker(|s| {
+            s.docker_host = Some(engine_b.clone());
+            s.image_pull = granda::config::ImagePull::Never;
+            s.max_concurrency = Some(8);
+        })
+        .await;
+    let mut accepted = vec![];
+    for i in 0..16 {
+        accepted.push(app.invoke_async("local", format!("n{i}")).await);
+    }
+    let mut sync_ok = 0;
+    for i in 0..6 {
+        let r = app.invoke("local", format!("s{i}")).await;
+        assert_eq!(r.status(), 200, "a sync call is not black-holed by host B");
+        accepted.push(
+            r.headers()["x-granda-invocation-id"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+        sync_ok += 1;
+    }
+    assert_eq!(sync_ok, 6);
+    ledger(&app, &accepted, &engine_b).await;
+    for id in &accepted {
+        let record = app.invocation(*id).await;
+        assert_ne!(record["worker"], worker_b.as_str(), "{record}");
+        assert_eq!(
+            record["attempt"], 1,
+            "giving a message back uses no attempt: {record}"
+        );
+    }
+    app.shutdown().await;
+}
