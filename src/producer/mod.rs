@@ -89,10 +89,10 @@ impl Application {
         if settings.public_url.is_none() {
             settings.public_url = Some(format!("http://{addr}"));
         }
-        let publisher =
-            Publisher::connect(&settings.amqp_url, Topology::new(&settings.amqp_prefix))
-                .await
-                .context("connecting to RabbitMQ")?;
+        let nodes = crate::broker::Nodes::from_settings(&settings)?;
+        let publisher = Publisher::start(nodes, Topology::new(&settings.amqp_prefix))
+            .await
+            .context("connecting to RabbitMQ")?;
         let docker = crate::docker::connect(settings.docker_host.as_deref(), 600)
             .context("connecting to the Docker engine")?;
         Ok(Application {
