@@ -87,7 +87,9 @@ pub enum KeysCommand {
 
 /// Runs a `granda keys` command against the database.
 async fn keys_command(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
-    let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
+    let pool =
+        crate::db::connect_and_migrate_with_ca(&settings.database_url, settings.ca_file.as_deref())
+            .await?;
     match command {
         KeysCommand::Create { name, scope } => {
             let (stored, secret) = crate::keys::create(&pool, &name, scope).await?;
@@ -191,17 +193,29 @@ pub async fn run(
     match command {
         Command::Keys(keys) => keys_command(keys, &settings).await,
         Command::Migrate => {
-            crate::db::connect_and_migrate(&settings.database_url).await?;
+            crate::db::connect_and_migrate_with_ca(
+                &settings.database_url,
+                settings.ca_file.as_deref(),
+            )
+            .await?;
             tracing::info!("database is migrated");
             Ok(())
         }
         Command::Server => Application::build(settings).await?.run(signal()).await,
         Command::Worker => {
-            let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
+            let pool = crate::db::connect_and_migrate_with_ca(
+                &settings.database_url,
+                settings.ca_file.as_deref(),
+            )
+            .await?;
             Worker::build(&settings, pool).await?.run(signal()).await
         }
         Command::Up => {
-            let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
+            let pool = crate::db::connect_and_migrate_with_ca(
+                &settings.database_url,
+                settings.ca_file.as_deref(),
+            )
+            .await?;
             let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
             let worker = Worker::build(&settings, pool)
                 .await?

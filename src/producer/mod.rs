@@ -56,7 +56,11 @@ impl Application {
     /// Connects to Postgres (creating and migrating the database), RabbitMQ and Docker, and binds
     /// `settings.listen` (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
+        let pool = crate::db::connect_and_migrate_with_ca(
+            &settings.database_url,
+            settings.ca_file.as_deref(),
+        )
+        .await?;
         Application::build_with_pool(settings, pool).await
     }
 
