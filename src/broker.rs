@@ -17,6 +17,8 @@
 //! side channel, so a channel error there can't take the reply consumer of sync calls with it.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,11 +28,14 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::config::Settings;
 use crate::message::{Reply, Work};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -110,6 +115,10 @@ pub enum BrokerError {
     Nacked,
     #[error("no queue took the message (routing key {0})")]
     Unroutable(String),
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Names of the queues and exchanges of one Granda installation.
@@ -233,26 +242,190 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// Opens a connection named after the process's role. Heartbeats default to 10 s, so a broker
-/// that went away is noticed within seconds.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(LongString::from(format!("granda-{name}").into_bytes()));
-    let url = if url.contains("heartbeat=") {
+/// How long a publish may wait for its confirm when nothing else is set (`GRANDA_PUBLISH_TIMEOUT_MS`).
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest wait for one node to accept a connection (TCP, TLS and the AMQP handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The nodes of the broker (`GRANDA_AMQP_URL`, one URL or a comma-separated list), how to trust
+/// their certificates, and how long a publish may wait for its confirm.
+///
+/// Which node a process uses: each process starts at a node picked at random (so many processes
+/// spread over the cluster), keeps the one it connected to, and after losing a connection tries
+/// the next node in the list first, going round the list until one answers.
+pub struct Nodes {
+    urls: Vec<String>,
+    preferred: AtomicUsize,
+    tls: OwnedTLSConfig,
+    publish_timeout: Duration,
+}
+
+impl Nodes {
+    /// The node URLs of `list`, each checked to parse. URLs without a `heartbeat=` get 10 s, so a
+    /// broker that went away is noticed within seconds.
+    pub fn parse_list(list: &str) -> Result<Vec<String>, BrokerError> {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(with_heartbeat)
+            .collect();
+        if urls.is_empty() {
+            return Err(BrokerError::Config("GRANDA_AMQP_URL names no node".into()));
+        }
+        for url in &urls {
+            if let Err(e) = url.parse::<AMQPUri>() {
+                return Err(BrokerError::Config(format!(
+                    "GRANDA_AMQP_URL: {} is not an AMQP URL: {e}",
+                    node_name(url)
+                )));
+            }
+        }
+        Ok(urls)
+    }
+
+    /// `list` (see [`Nodes::parse_list`]), trusting the CA certificates in the PEM file `ca_file`
+    /// besides the system's for `amqps://`.
+    pub fn new(
+        list: &str,
+        ca_file: Option<&Path>,
+        publish_timeout: Duration,
+    ) -> Result<Nodes, BrokerError> {
+        let urls = Nodes::parse_list(list)?;
+        let cert_chain = match ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                BrokerError::Config(format!("reading GRANDA_CA_FILE {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let start = (Uuid::new_v4().as_u128() % urls.len() as u128) as usize;
+        Ok(Nodes {
+            urls,
+            preferred: AtomicUsize::new(start),
+            tls: OwnedTLSConfig {
+                identity: None,
+                cert_chain,
+            },
+            publish_timeout,
+        })
+    }
+
+    pub fn from_settings(settings: &Settings) -> Result<Arc<Nodes>, BrokerError> {
+        Ok(Arc::new(Nodes::new(
+            &settings.amqp_url,
+            settings.ca_file.as_deref(),
+            settings.publish_timeout(),
+        )?))
+    }
+
+    /// The bound on every confirm wait.
+    pub fn publish_timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+
+    /// Connects to the first node that answers, starting at the preferred one. Returns the
+    /// connection and the node's index, to pass to [`Nodes::lost`] when it breaks.
+    pub async fn connect(&self, name: &str) -> Result<(Connection, usize), BrokerError> {
+        let n = self.urls.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let url = &self.urls[index];
+            let props = ConnectionProperties::default()
+                .with_connection_name(LongString::from(format!("granda-{name}").into_bytes()));
+            let attempt = async {
+                lapin::DefaultConnectionBuilder::new()?
+                    .with_uri_str(url.clone())
+                    .with_properties(props)
+                    .with_tls_config(self.tls.clone())
+                    .connect()
+                    .await
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok(connection)) => {
+                    note_frame_max(&connection);
+                    self.preferred.store(index, Ordering::Relaxed);
+                    if n > 1 {
+                        tracing::info!(node = %node_name(url), "connected to RabbitMQ node");
+                    }
+                    return Ok((connection, index));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %node_name(url), error = %e, "RabbitMQ node did not answer");
+                    last = Some(BrokerError::Amqp(e));
+                }
+                Err(_) => {
+                    tracing::warn!(node = %node_name(url), "RabbitMQ node did not answer in time");
+                    last = Some(BrokerError::Timeout(CONNECT_TIMEOUT));
+                }
+            }
+        }
+        Err(last.expect("at least one node"))
+    }
+
+    /// Notes that the connection to node `index` was lost: the next connect tries the next node first.
+    pub fn lost(&self, index: usize) {
+        let n = self.urls.len();
+        let _ = self.preferred.compare_exchange(
+            index,
+            (index + 1) % n,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// `host:port` of node `index`, for logs (never the credentials).
+    pub fn node(&self, index: usize) -> String {
+        node_name(&self.urls[index])
+    }
+}
+
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
         url.to_string()
     } else if url.contains('?') {
         format!("{url}&heartbeat=10")
     } else {
         format!("{url}?heartbeat=10")
-    };
-    let connection = Connection::connect(&url, props).await?;
-    note_frame_max(&connection);
-    Ok(connection)
+    }
 }
 
-/// Publishes on a channel in confirm mode and waits for the broker's confirm.
+/// `host:port` of an AMQP URL, without credentials.
+fn node_name(url: &str) -> String {
+    match url.parse::<AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+/// Opens a connection named after the process's role to the first node of `url` (one URL or a
+/// comma-separated list) that answers, trusting `GRANDA_CA_FILE` if set.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let ca = std::env::var_os("GRANDA_CA_FILE").map(std::path::PathBuf::from);
+    let nodes = Nodes::new(url, ca.as_deref(), DEFAULT_PUBLISH_TIMEOUT)?;
+    Ok(nodes.connect(name).await?.0)
+}
+
+/// Publishes on a channel in confirm mode and waits up to `within` for the broker's confirm.
 /// `mandatory`: a message no queue takes is an error, not a silent drop.
 pub async fn publish_confirmed(
+    channel: &Channel,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    within: Duration,
+) -> Result<(), BrokerError> {
+    tokio::time::timeout(
+        within,
+        publish_confirmed_unbounded(channel, routing_key, body, properties),
+    )
+    .await
+    .map_err(|_| BrokerError::Timeout(within))?
+}
+
+async fn publish_confirmed_unbounded(
     channel: &Channel,
     routing_key: &str,
     body: &[u8],
@@ -285,6 +458,8 @@ type Waiters = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>;
 /// calls publish there: direct reply-to needs it), and a side channel for everything else.
 struct Link {
     generation: u64,
+    /// The node it is connected to, as [`Nodes::connect`] numbered it.
+    node: usize,
     connection: Connection,
     channel: Channel,
     /// Declarations, async work and events; opened again if a channel error closed it.
@@ -325,7 +500,7 @@ impl Link {
 /// Publishes invocations with publisher confirms, and waits for replies of sync calls.
 /// Reconnects by itself when the broker went away.
 pub struct Publisher {
-    url: String,
+    nodes: Arc<Nodes>,
     topology: Topology,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     generations: std::sync::atomic::AtomicU64,
@@ -333,9 +508,21 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Connects to `url` (one URL or a list), trusting `GRANDA_CA_FILE` if set, with the default
+    /// publish timeout.
     pub async fn connect(url: &str, topology: Topology) -> Result<Arc<Publisher>, BrokerError> {
+        let ca = std::env::var_os("GRANDA_CA_FILE").map(std::path::PathBuf::from);
+        let nodes = Nodes::new(url, ca.as_deref(), DEFAULT_PUBLISH_TIMEOUT)?;
+        Publisher::start(Arc::new(nodes), topology).await
+    }
+
+    /// Connects to one of `nodes`; it fails over to the others when the connection is lost.
+    pub async fn start(
+        nodes: Arc<Nodes>,
+        topology: Topology,
+    ) -> Result<Arc<Publisher>, BrokerError> {
         let publisher = Arc::new(Publisher {
-            url: url.to_string(),
+            nodes,
             topology,
             link: tokio::sync::Mutex::new(None),
             generations: Default::default(),
@@ -361,8 +548,11 @@ impl Publisher {
         {
             return Ok(link.clone());
         }
-        *guard = None;
-        let connection = connect(&self.url, "ingress").await?;
+        if let Some(old) = guard.take() {
+            self.nodes.lost(old.node);
+        }
+        let name = format!("ingress-{}", self.topology.prefix);
+        let (connection, node) = self.nodes.connect(&name).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -384,13 +574,14 @@ impl Publisher {
         tokio::spawn(dispatch_replies(replies, self.waiters.clone(), generation));
         let link = Arc::new(Link {
             generation,
+            node,
             connection,
             channel,
             side: tokio::sync::Mutex::new(None),
             declared: Mutex::default(),
         });
         *guard = Some(link.clone());
-        tracing::info!("connected to RabbitMQ");
+        tracing::info!(node = %self.nodes.node(node), "connected to RabbitMQ");
         Ok(link)
     }
 
@@ -400,9 +591,12 @@ impl Publisher {
         self.publish_retrying(queue, work, body, |_| {}).await
     }
 
-    /// Publishes, retrying what is safe to retry: a dead connection (once, after reconnecting)
-    /// and a nack (the broker did not store the message; a quorum queue still electing its
-    /// leader does that), with a short backoff. `on_link` runs before each try.
+    /// Publishes, retrying what is safe to retry (a duplicate message is harmless: a worker runs
+    /// an invocation only once) until the publish timeout: a dead connection (after reconnecting,
+    /// to another node if this one is gone) and a nack (the broker did not store the message; a
+    /// quorum queue still electing its leader does that), with a short backoff. `on_link` runs
+    /// before each try. Past the timeout: [`BrokerError::Timeout`], and the message may or may
+    /// not have reached its queue.
     async fn publish_retrying(
         &self,
         queue: &str,
@@ -410,16 +604,47 @@ impl Publisher {
         body: &[u8],
         on_link: impl Fn(&Link),
     ) -> Result<(), BrokerError> {
-        let mut reconnected = false;
+        let within = self.nodes.publish_timeout();
+        tokio::time::timeout(
+            within,
+            self.publish_retrying_unbounded(queue, work, body, on_link),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout(within))?
+    }
+
+    async fn publish_retrying_unbounded(
+        &self,
+        queue: &str,
+        work: &Work,
+        body: &[u8],
+        on_link: impl Fn(&Link),
+    ) -> Result<(), BrokerError> {
+        let mut failures = 0u32;
         let mut nacks = 0;
         loop {
-            let link = self.link().await?;
+            let link = match self.link().await {
+                Ok(link) => link,
+                Err(e @ BrokerError::Config(_)) => return Err(e),
+                Err(e) => {
+                    // No node answers now: look again until the publish timeout.
+                    failures += 1;
+                    tracing::debug!(error = %e, failures, "no broker node; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(5))))
+                        .await;
+                    continue;
+                }
+            };
             on_link(&link);
             match self.publish_on(&link, queue, work, body).await {
                 Ok(()) => return Ok(()),
-                Err(BrokerError::Amqp(e)) if !reconnected => {
-                    tracing::warn!(error = %e, "publish failed, reconnecting");
-                    reconnected = true;
+                Err(BrokerError::Amqp(e)) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "publish failed, reconnecting");
+                    if failures > 1 {
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(5))))
+                            .await;
+                    }
                 }
                 Err(BrokerError::Nacked) if nacks < NACK_RETRIES => {
                     nacks += 1;
@@ -455,7 +680,7 @@ impl Publisher {
         } else {
             link.side().await?
         };
-        publish_confirmed(&channel, &routing_key, body, properties).await
+        publish_confirmed_unbounded(&channel, &routing_key, body, properties).await
     }
 
     /// Publishes a sync invocation and waits up to `wait` for its reply.
@@ -629,13 +854,19 @@ impl Publisher {
         body: &[u8],
         properties: lapin::BasicProperties,
     ) -> Result<(), BrokerError> {
-        match self.try_publish_event(topic, body, &properties).await {
-            Err(BrokerError::Amqp(e)) => {
-                tracing::warn!(error = %e, "event publish failed, reconnecting");
-                self.try_publish_event(topic, body, &properties).await
+        let within = self.nodes.publish_timeout();
+        let publish = async {
+            match self.try_publish_event(topic, body, &properties).await {
+                Err(BrokerError::Amqp(e)) => {
+                    tracing::warn!(error = %e, "event publish failed, reconnecting");
+                    self.try_publish_event(topic, body, &properties).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        };
+        tokio::time::timeout(within, publish)
+            .await
+            .map_err(|_| BrokerError::Timeout(within))?
     }
 
     async fn try_publish_event(
@@ -691,5 +922,71 @@ mod size_tests {
             Err(BrokerError::TooLarge { .. })
         ));
         assert!(check_header_size(&props, 3000).is_ok());
+    }
+}
+
+/// Sends the replies of sync calls on a connection of its own, so that whatever a reply runs
+/// into (the caller's node went down and RabbitMQ fails the publish to its
+/// `amq.rabbitmq.reply-to.*`, closing the channel or the whole connection) can't take down the
+/// consumers. Reopened on the next reply when it died. Not mandatory, no confirms: a reply only
+/// makes waiting fast; the record in Postgres is the truth.
+pub struct Replier {
+    nodes: Arc<Nodes>,
+    name: String,
+    link: tokio::sync::Mutex<Option<(Connection, Channel, usize)>>,
+}
+
+impl Replier {
+    pub fn new(nodes: Arc<Nodes>, name: &str) -> Replier {
+        Replier {
+            nodes,
+            name: format!("{name}-replies"),
+            link: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut guard = self.link.lock().await;
+        if let Some((_, channel, _)) = guard.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        if let Some((connection, _, node)) = guard.take() {
+            if connection.status().connected() {
+                // Only the channel died (a failed reply): keep the node, drop the connection.
+                let _ = connection.close(200, "reopening".into()).await;
+            } else {
+                self.nodes.lost(node);
+            }
+        }
+        let (connection, node) = self.nodes.connect(&self.name).await?;
+        let channel = connection.create_channel().await?;
+        *guard = Some((connection, channel.clone(), node));
+        Ok(channel)
+    }
+
+    /// Sends `reply` to `reply_to`, waiting at most the publish timeout; a reply that can't be
+    /// sent is logged and dropped (the caller reads the record).
+    pub async fn send(&self, reply_to: &str, correlation_id: &str, reply: &Reply) {
+        let within = self.nodes.publish_timeout();
+        let send = async {
+            let channel = self.channel().await?;
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to.into(),
+                    BasicPublishOptions::default(),
+                    &reply.output,
+                    reply.properties(correlation_id),
+                )
+                .await?;
+            Ok::<_, BrokerError>(())
+        };
+        match tokio::time::timeout(within, send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reply not sent; the caller reads the record"),
+            Err(_) => tracing::warn!("reply not sent in time; the caller reads the record"),
+        }
     }
 }

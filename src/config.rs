@@ -20,13 +20,30 @@ pub struct Settings {
     )]
     pub database_url: String,
 
-    /// RabbitMQ URL.
+    /// RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated (each a full `amqp://` or
+    /// `amqps://` URL). A process connects to one that answers, starting at a node picked at
+    /// random per process, and fails over to the next when its connection is lost.
     #[arg(
         long,
         env = "GRANDA_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+
+    /// The longest wait for the broker to confirm a publish (reconnecting and retrying included),
+    /// in ms. Past it the caller gets 503 and the invocation never runs.
+    #[arg(
+        long,
+        env = "GRANDA_PUBLISH_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub publish_timeout_ms: u64,
+
+    /// A PEM file of CA certificates to trust, besides the system's, for `amqps://` and for
+    /// Postgres with `sslmode=verify-ca|verify-full` (a Postgres URL's own `sslrootcert=` wins).
+    #[arg(long, env = "GRANDA_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
 
     /// Docker engine to run containers on (unix:///var/run/docker.sock when unset).
     #[arg(long, env = "DOCKER_HOST")]
@@ -277,6 +294,7 @@ impl Settings {
             "GRANDA_MAX_BODY_BYTES is {} but a message to RabbitMQ may be at most {MAX_MESSAGE_BYTES} bytes",
             self.max_body_bytes
         );
+        crate::broker::Nodes::parse_list(&self.amqp_url)?;
         Ok(())
     }
 
@@ -299,6 +317,10 @@ impl Settings {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "worker".to_string())
         })
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms.max(1))
     }
 
     pub fn sync_wait(&self) -> Duration {

@@ -1,4 +1,8 @@
 //! Postgres: connect (creating the database if it is missing) and apply `migrations/`.
+//!
+//! TLS: the URL's own `sslmode=` (`disable`, `prefer` (the default), `require`, `verify-ca`,
+//! `verify-full`) and `sslrootcert=`, through rustls; the system's CAs are trusted, and the CA file
+//! `GRANDA_CA_FILE` is added as `sslrootcert` to a URL that names none.
 
 use std::time::Duration;
 
@@ -9,7 +13,17 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 /// Connects to `url`, creating the database first if it does not exist, and migrates it.
 #[tracing::instrument(skip_all)]
 pub async fn connect_and_migrate(url: &str) -> anyhow::Result<PgPool> {
-    let url = &with_default_user(url);
+    let ca = std::env::var_os("GRANDA_CA_FILE").map(std::path::PathBuf::from);
+    connect_and_migrate_with_ca(url, ca.as_deref()).await
+}
+
+/// [`connect_and_migrate`], trusting the CA certificates in `ca_file` (`GRANDA_CA_FILE`) when the
+/// URL has no `sslrootcert=` of its own.
+pub async fn connect_and_migrate_with_ca(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<PgPool> {
+    let url = &with_ca_file(&with_default_user(url), ca_file);
     if !sqlx::Postgres::database_exists(url)
         .await
         .context("reaching Postgres")?
@@ -58,6 +72,32 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying migrations")
 }
 
+/// `url` with `sslrootcert=<ca_file>` added when it names no root certificate of its own.
+pub fn with_ca_file(url: &str, ca_file: Option<&std::path::Path>) -> String {
+    let Some(ca) = ca_file else {
+        return url.to_string();
+    };
+    if url.contains("sslrootcert=") {
+        return url.to_string();
+    }
+    let path: String = ca
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '/' | '-' | '_' | '.' | '~' => c.to_string(),
+            c => {
+                let mut buf = [0; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslrootcert={path}")
+}
+
 /// Postgres URLs without a user mean "the OS user", as with psql; spell it out, since the
 /// driver's own guess fails where `$USER` is unset.
 pub fn with_default_user(url: &str) -> String {
@@ -98,6 +138,24 @@ fn os_user() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::with_default_user;
+
+    #[test]
+    fn the_ca_file_is_added_unless_the_url_names_one() {
+        use super::with_ca_file;
+        use std::path::Path;
+        let ca = Some(Path::new("/etc/granda/ca 1.pem"));
+        assert_eq!(
+            with_ca_file("postgres://db/g?sslmode=verify-full", ca),
+            "postgres://db/g?sslmode=verify-full&sslrootcert=/etc/granda/ca%201.pem"
+        );
+        assert_eq!(
+            with_ca_file("postgres://db/g", ca),
+            "postgres://db/g?sslrootcert=/etc/granda/ca%201.pem"
+        );
+        let own = "postgres://db/g?sslrootcert=/x.pem";
+        assert_eq!(with_ca_file(own, ca), own);
+        assert_eq!(with_ca_file("postgres://db/g", None), "postgres://db/g");
+    }
 
     #[test]
     fn a_url_with_a_user_is_left_alone() {

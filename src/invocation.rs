@@ -310,13 +310,15 @@ pub mod store {
         Ok((id, false))
     }
 
-    /// Removes a `queued` invocation whose message the broker never took, so nothing waits for it.
-    pub async fn discard(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM invocations WHERE id = $1 AND status = 'queued'")
+    /// Removes a `queued` invocation whose message the broker did not confirm, so nothing waits
+    /// for it and a message that reached its queue anyway finds no record and never runs.
+    /// `false`: nothing was removed, because a worker claimed it first (it was accepted).
+    pub async fn discard(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM invocations WHERE id = $1 AND status = 'queued'")
             .bind(id)
             .execute(pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Notes that the broker confirmed the invocation's message: the outbox leaves it alone.
@@ -412,6 +414,58 @@ pub mod store {
             .execute(pool)
             .await?;
         Ok(())
+    }
+
+    /// Refuses a sync call for good whose publish the broker did not confirm in time, unless a
+    /// worker's claim created its record first. `true`: refused (no worker will record or run it);
+    /// `false`: a worker has it, so it was accepted.
+    ///
+    /// The claim (`claim_or_create`) checks `refused_invocations` with the snapshot its statement
+    /// started with, so a refusal committed while it runs would not stop it. So the refusal also
+    /// writes a placeholder record under the same id: the primary key makes the two wait for each
+    /// other and one of them wins. A claim that loses finds a final record and acks without a run.
+    /// The placeholder is removed after `linger` (it only has to outlive claims that started
+    /// before the refusal), so a refused call leaves no record.
+    pub async fn refuse_call(
+        pool: &PgPool,
+        inv: &NewInvocation<'_>,
+        linger: std::time::Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO refused_invocations (id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(inv.id)
+            .execute(&mut *tx)
+            .await?;
+        let placed: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO invocations (id, function, status, trigger, input_size, queued_at, finished_at,
+                                      published_at, error)
+             VALUES ($1, $2, 'failed', $3, 0, now(), now(), now(),
+                     'refused: the broker did not confirm this call in time; it was not run')
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(inv.id)
+        .bind(inv.function)
+        .bind(inv.trigger.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if placed.is_none() {
+            sqlx::query("DELETE FROM refused_invocations WHERE id = $1")
+                .bind(inv.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if placed.is_none() {
+            return Ok(false);
+        }
+        tokio::time::sleep(linger).await;
+        sqlx::query(
+            "DELETE FROM invocations WHERE id = $1 AND status = 'failed' AND attempt = 0 AND worker IS NULL",
+        )
+        .bind(inv.id)
+        .execute(pool)
+        .await?;
+        Ok(true)
     }
 
     /// Writes the `queued` record of a sync call whose caller stopped waiting (published: its

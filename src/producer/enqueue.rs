@@ -1,6 +1,9 @@
 //! Turning an event into a queued invocation, for every trigger: store the `queued` record, then
-//! publish it with publisher confirms. Nothing gets a 2xx for an invocation the broker did not
-//! confirm: then the record is removed and the caller hears 503.
+//! publish it with publisher confirms, waiting at most `GRANDA_PUBLISH_TIMEOUT_MS`. An invocation
+//! the broker did not confirm in time is either refused for good (the caller hears 503 and it
+//! never runs: its record is removed, so a message that reached the queue anyway finds none) or,
+//! when a worker claimed it first or the record could not be removed (it stays for the outbox),
+//! answered as accepted. Never both, and never a wait past the timeout.
 //!
 //! Sync calls skip the first write: the confirmed message is the acceptance, and the worker that
 //! claims it writes the record (before it runs anything; its final record is durable before the
@@ -142,13 +145,23 @@ pub async fn enqueue(
                 reply: None,
             })
         }
-        Err(e) => {
-            // Not confirmed: the caller hears why and the record must not wait for a run.
-            if let Err(db) = store::discard(&app.pool, id).await {
-                tracing::error!(%id, error = %db, "could not discard an unpublished invocation");
+        Err(e) => match store::discard(&app.pool, id).await {
+            // Not confirmed: refused for good (a late message finds no record); the caller hears 503.
+            Ok(true) => Err(publish_error(e)),
+            // A worker claimed it already, or the record could not be removed and stays
+            // unconfirmed for the outbox to publish again: accepted either way.
+            done => {
+                if let Err(db) = done {
+                    tracing::warn!(%id, error = %db, "could not refuse an unconfirmed invocation; the outbox publishes it again");
+                }
+                count_accepted(app, job.trigger);
+                Ok(Queued {
+                    id,
+                    new: true,
+                    reply: None,
+                })
             }
-            Err(publish_error(e))
-        }
+        },
     }
 }
 
@@ -174,12 +187,11 @@ async fn call(
         .await
     {
         Ok(reply) => reply,
-        Err(e) => {
-            if let Err(db) = store::refuse(&app.pool, new.id).await {
-                tracing::error!(id = %new.id, error = %db, "could not note a refused call");
-            }
-            return Err(publish_error(e));
-        }
+        Err(e) => match refuse(app, &new).await {
+            true => return Err(publish_error(e)),
+            // A worker claimed it before the refusal: accepted, its record tells the end.
+            false => None,
+        },
     };
     if reply.is_none()
         && let Err(e) = store::note_queued(&app.pool, &new).await
@@ -194,6 +206,30 @@ async fn call(
         reply,
     })
 }
+
+/// Refuses a sync call whose publish was not confirmed (see [`store::refuse_call`]); `false` when
+/// a worker claimed it first. Postgres is tried for a few seconds; if it can't be reached the
+/// call is answered 503 all the same, the one case where a refused call may still run.
+async fn refuse(app: &AppState, new: &NewInvocation<'_>) -> bool {
+    let mut tries = 0;
+    loop {
+        match store::refuse_call(&app.pool, new, REFUSAL_LINGER).await {
+            Ok(refused) => return refused,
+            Err(db) if tries < 4 => {
+                tries += 1;
+                tracing::warn!(id = %new.id, error = %db, "could not note a refused call; trying again");
+                tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+            }
+            Err(db) => {
+                tracing::error!(id = %new.id, error = %db, "could not note a refused call");
+                return true;
+            }
+        }
+    }
+}
+
+/// How long a refused call's placeholder record stays (see [`store::refuse_call`]).
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// The message of invocation `id`. The snapshot is this message's own copy: per-invocation env
 /// travels in it, so the worker and the container runner need nothing new to pass it on.

@@ -67,7 +67,11 @@ impl Application {
     /// `settings.listen` (port 0 picks a free port). It talks to no Docker engine unless given
     /// one ([`Application::with_engine`], as `granda up` does).
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let pool = crate::db::connect_and_migrate(&settings.database_url).await?;
+        let pool = crate::db::connect_and_migrate_with_ca(
+            &settings.database_url,
+            settings.ca_file.as_deref(),
+        )
+        .await?;
         Application::build_with_pool(settings, pool).await
     }
 
@@ -100,10 +104,10 @@ impl Application {
         if settings.public_url.is_none() {
             settings.public_url = Some(format!("http://{addr}"));
         }
-        let publisher =
-            Publisher::connect(&settings.amqp_url, Topology::new(&settings.amqp_prefix))
-                .await
-                .context("connecting to RabbitMQ")?;
+        let nodes = crate::broker::Nodes::from_settings(&settings)?;
+        let publisher = Publisher::start(nodes, Topology::new(&settings.amqp_prefix))
+            .await
+            .context("connecting to RabbitMQ")?;
         let metrics: Arc<Metrics> = Arc::default();
         let body_budget = Arc::new(budget::BodyBudget::new(
             settings.unauthenticated_body_budget_bytes,

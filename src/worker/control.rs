@@ -56,6 +56,8 @@ pub enum AskError {
     NoAnswer { queue: String, ms: u128 },
     #[error("RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("RabbitMQ: {0}")]
+    Connect(#[from] crate::broker::BrokerError),
 }
 
 /// The ingress's side: one connection, opened when first needed.
@@ -74,17 +76,17 @@ impl Client {
         })
     }
 
-    async fn channel(&self) -> Result<Channel, lapin::Error> {
+    async fn channel(&self) -> Result<Channel, AskError> {
         let mut guard = self.connection.lock().await;
         if let Some(c) = guard.as_ref()
             && c.status().connected()
         {
-            return c.create_channel().await;
+            return Ok(c.create_channel().await?);
         }
         let connection = crate::broker::connect(&self.url, "ingress-control").await?;
         let channel = connection.create_channel().await;
         *guard = Some(connection);
-        channel
+        Ok(channel?)
     }
 
     /// Asks a worker of `queue` to check `check`, waiting up to `wait`.

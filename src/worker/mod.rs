@@ -37,8 +37,8 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
@@ -66,10 +66,18 @@ const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
 /// whose breaker is about to open does not spin it through its deliveries.
 const RELEASE_PAUSE: Duration = Duration::from_millis(100);
 
+/// Marks a session that ended because its connection broke: the next one fails over.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker connection was lost")]
+struct SessionEnded;
+
 /// One worker process's consumer pool.
 pub struct Worker {
     shared: Arc<Shared>,
-    amqp_url: String,
+    /// The broker's nodes: a session connects to one that answers and fails over on loss.
+    nodes: Arc<broker::Nodes>,
+    /// Sync replies, on a connection of their own (see [`broker::Replier`]).
+    replier: Arc<broker::Replier>,
     queues: Vec<String>,
     schedule: scheduler::Config,
     grace: Duration,
@@ -124,9 +132,11 @@ struct Shared {
 /// The channels of one connection that handlers use.
 #[derive(Clone)]
 struct Channels {
-    replies: Channel,
+    replies: Arc<broker::Replier>,
     /// In confirm mode: parking messages in delay queues.
     publish: Channel,
+    /// The bound on a confirm wait.
+    publish_timeout: Duration,
     delay_declared: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -162,7 +172,10 @@ impl Worker {
                     .with_context(|| format!("binding GRANDA_WORKER_LISTEN {addr}"))?,
             ),
         };
+        let nodes = broker::Nodes::from_settings(settings)?;
         Ok(Worker {
+            replier: Arc::new(broker::Replier::new(nodes.clone(), &worker_id)),
+            nodes,
             shared: Arc::new(Shared {
                 leases: crate::db::lease_pool(&pool),
                 stored_input_cap: settings.max_stored_input_bytes,
@@ -195,7 +208,6 @@ impl Worker {
                 lease: Duration::from_millis(settings.worker_lease_ms.max(300)),
                 docker_timeout: 30,
             }),
-            amqp_url: settings.amqp_url.clone(),
             queues: settings.queues.clone(),
             schedule,
             grace: settings.shutdown_grace(),
@@ -283,6 +295,17 @@ impl Worker {
         tracing::info!(worker = %self.shared.worker_id, min = self.schedule.min, max = self.schedule.max, queues = ?self.queues, "worker started");
         loop {
             match self.session(&mut shutdown).await {
+                Err(e) if e.downcast_ref::<SessionEnded>().is_some() => {
+                    tracing::warn!(error = format!("{e:#}"), "lost RabbitMQ, failing over");
+                    self.shared.metrics.inc(
+                        "granda_worker_broker_reconnects_total",
+                        format!("worker=\"{}\"", label(&self.shared.worker_id)),
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = &mut shutdown => break,
+                    }
+                }
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "lost RabbitMQ, reconnecting");
@@ -311,16 +334,34 @@ impl Worker {
 
     /// One connection's life: consume until it breaks (`Err`) or shutdown (`Ok`).
     async fn session(&self, shutdown: &mut Shutdown) -> anyhow::Result<()> {
-        let connection = broker::connect(&self.amqp_url, &self.shared.worker_id).await?;
+        let (connection, node) = self.nodes.connect(&self.shared.worker_id).await?;
         self.shared.connected.store(true, Ordering::Relaxed);
         let _connected = Connected(&self.shared.connected);
+        let lost = |e: anyhow::Error| {
+            self.nodes.lost(node);
+            e.context(SessionEnded)
+        };
+        let consumed = self.consume(&connection, shutdown).await.map_err(lost);
+        if consumed.is_err() {
+            let _ = connection.close(200, "failing over".into()).await;
+        }
+        consumed
+    }
+
+    /// Consumes on `connection` until it breaks (`Err`) or shutdown (`Ok`).
+    async fn consume(
+        &self,
+        connection: &Connection,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<()> {
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let channels = Channels {
-            replies: connection.create_channel().await?,
+            replies: self.replier.clone(),
             publish,
+            publish_timeout: self.nodes.publish_timeout(),
             delay_declared: Arc::default(),
         };
         let (errors, mut failed) = mpsc::unbounded_channel();
@@ -366,7 +407,7 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = &mut *shutdown => {
-                    self.drain(&connection, &consumers).await;
+                    self.drain(connection, &consumers).await;
                     return Ok(());
                 }
                 error = failed.recv() => match error {
@@ -1153,26 +1194,21 @@ async fn publish_delayed(
         .properties
         .clone()
         .with_expiration(ShortString::from(delay.as_millis().max(1).to_string()));
-    broker::publish_confirmed(&channels.publish, &name, &delivery.data, properties).await
+    broker::publish_confirmed(
+        &channels.publish,
+        &name,
+        &delivery.data,
+        properties,
+        channels.publish_timeout,
+    )
+    .await
 }
 
 async fn reply(channels: &Channels, work: &Work, reply: &Reply) {
     let (Some(reply_to), Some(correlation_id)) = (&work.reply_to, &work.correlation_id) else {
         return;
     };
-    let sent = channels
-        .replies
-        .basic_publish(
-            "".into(),
-            reply_to.as_str().into(),
-            BasicPublishOptions::default(),
-            &reply.output,
-            reply.properties(correlation_id),
-        )
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "reply not sent; the caller reads the record");
-    }
+    channels.replies.send(reply_to, correlation_id, reply).await;
 }
 
 async fn ack(delivery: &Delivery) {

@@ -455,7 +455,7 @@ impl TestPostgres {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 

@@ -1,0 +1,331 @@
+//! Granda on a 3-node RabbitMQ cluster (`scripts/rabbit-cluster.sh`, ports 5681–5683): a node
+//! stopped, the ingress's node stopped, quorum lost. The cluster is started once per test binary
+//! when it is not running (a test fails, never skips, if it can't be), and the tests take turns
+//! (they stop nodes). Each ends with the ledger check: every 2xx answer has exactly one final
+//! record, and nothing else is recorded (a refused call leaves no record and never runs).
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{TestApp, spawn_app_with};
+
+const NODES: [(&str, u16); 3] = [("a", 5681), ("b", 5682), ("c", 5683)];
+const PUBLISH_TIMEOUT_MS: u64 = 2_000;
+
+static CLUSTER: Once = Once::new();
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `scripts/rabbit-cluster.sh ARGS`; its stdout, or a panic when it fails.
+fn script(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg("scripts/rabbit-cluster.sh")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running scripts/rabbit-cluster.sh");
+    assert!(
+        out.status.success(),
+        "scripts/rabbit-cluster.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts the cluster once per test binary (a no-op when it runs).
+pub fn ensure_cluster() {
+    CLUSTER.call_once(|| {
+        script(&["start"]);
+    });
+}
+
+/// Every node's URL, as `GRANDA_AMQP_URL` takes them.
+pub fn cluster_urls() -> String {
+    NODES
+        .iter()
+        .map(|(_, port)| format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn run_script(args: &[&'static str]) -> String {
+    let args = args.to_vec();
+    tokio::task::spawn_blocking(move || script(&args))
+        .await
+        .unwrap()
+}
+
+/// Brings every node's application up (after a test that failed half-way, too).
+async fn all_up() {
+    for (node, _) in NODES {
+        run_script(&["start-app", node]).await;
+    }
+}
+
+/// A Granda (ingress + worker) on the cluster, with an `echo` function.
+async fn cluster_app() -> TestApp {
+    let app = spawn_app_with(|s| {
+        s.amqp_url = cluster_urls();
+        s.publish_timeout_ms = PUBLISH_TIMEOUT_MS;
+    })
+    .await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    app
+}
+
+/// The node the ingress of `app` is connected to, from the cluster's list of connections.
+async fn ingress_node(app: &TestApp) -> &'static str {
+    let wanted = format!("granda-ingress-{}", app.settings.amqp_prefix);
+    for (node, _) in NODES {
+        let Ok(out) = tokio::task::spawn_blocking(move || {
+            Command::new("bash")
+                .args(["scripts/rabbit-cluster.sh", "ctl", node, "-q"])
+                .args(["list_connections", "port", "client_properties"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+        })
+        .await
+        .unwrap() else {
+            continue;
+        };
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = out.lines().find(|l| l.contains(&wanted)) {
+            let port: u16 = line.split_whitespace().next().unwrap().parse().unwrap();
+            return NODES.iter().find(|(_, p)| *p == port).unwrap().0;
+        }
+    }
+    panic!("no connection named {wanted} on the cluster");
+}
+
+/// What the callers were told.
+#[derive(Default)]
+struct Ledger {
+    accepted: Vec<Uuid>,
+    refused: usize,
+}
+
+impl Ledger {
+    /// Records one answer: 2xx with its invocation id, or 503.
+    async fn note(&mut self, response: reqwest::Response) -> u16 {
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {
+                let id = response
+                    .headers()
+                    .get("x-granda-invocation-id")
+                    .expect("a 2xx names its invocation")
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                self.accepted.push(id);
+            }
+            503 => self.refused += 1,
+            other => panic!(
+                "unexpected answer {other}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+        status
+    }
+
+    /// Waits until every accepted invocation is final, then checks that exactly they are recorded,
+    /// each once, and each ran once.
+    async fn settle(&self, app: &TestApp, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let (pending,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM invocations WHERE id = ANY($1) AND status IN ('queued', 'running')",
+            )
+            .bind(&self.accepted)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            if pending == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{pending} accepted invocations not final after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Refused calls' placeholders are gone within half a second.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let rows: Vec<(Uuid, String, i32)> =
+            sqlx::query_as("SELECT id, status, attempt FROM invocations")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let accepted: HashSet<Uuid> = self.accepted.iter().copied().collect();
+        assert_eq!(
+            accepted.len(),
+            self.accepted.len(),
+            "an id was answered twice"
+        );
+        let recorded: HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(
+            recorded, accepted,
+            "exactly the accepted invocations are recorded"
+        );
+        for (id, status, attempt) in rows {
+            assert_eq!(status, "succeeded", "{id}");
+            assert_eq!(attempt, 1, "{id} ran once");
+        }
+    }
+}
+
+async fn invoke_async(app: &TestApp, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/functions/echo/invocations"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_keep_being_accepted_when_the_ingress_node_stops() {
+    ensure_cluster();
+    let _turn = TURNS.lock().await;
+    all_up().await;
+    let app = cluster_app().await;
+    let mut ledger = Ledger::default();
+    assert_eq!(ledger.note(app.invoke("echo", "before").await).await, 200);
+
+    let node = ingress_node(&app).await;
+    run_script(&["stop-app", node]).await;
+    let stopped = Instant::now();
+    // Accepted again through another node within a bound; nothing hangs meanwhile.
+    loop {
+        let asked = Instant::now();
+        let status = ledger.note(app.invoke("echo", "during").await).await;
+        assert!(
+            asked.elapsed() < Duration::from_millis(PUBLISH_TIMEOUT_MS + 10_000),
+            "a call took {:?}",
+            asked.elapsed()
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "no call accepted 20 s after the ingress's node stopped"
+        );
+    }
+    let failover = stopped.elapsed();
+    for i in 0..10 {
+        assert_eq!(
+            ledger
+                .note(app.invoke("echo", format!("after {i}")).await)
+                .await,
+            200
+        );
+        assert_eq!(ledger.note(invoke_async(&app, "async").await).await, 202);
+    }
+    assert_ne!(
+        ingress_node(&app).await,
+        node,
+        "the ingress moved to another node"
+    );
+    eprintln!(
+        "failover took {failover:?}, {} refused meanwhile",
+        ledger.refused
+    );
+    run_script(&["start-app", node]).await;
+    ledger.settle(&app, Duration::from_secs(60)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_node_stopped_mid_burst_loses_and_doubles_nothing() {
+    ensure_cluster();
+    let _turn = TURNS.lock().await;
+    all_up().await;
+    let app = cluster_app().await;
+    let ingress = ingress_node(&app).await;
+    let follower = NODES.iter().map(|n| n.0).find(|n| *n != ingress).unwrap();
+    let mut burst = Vec::new();
+    for i in 0..30 {
+        let (client, url) = (
+            app.client.clone(),
+            app.url("/v1/functions/echo/invocations"),
+        );
+        burst.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .body(format!("burst {i}"))
+                .send()
+                .await
+                .unwrap()
+        }));
+        if i == 10 {
+            run_script(&["stop-app", follower]).await;
+        }
+    }
+    let mut ledger = Ledger::default();
+    for response in burst {
+        ledger.note(response.await.unwrap()).await;
+    }
+    assert_eq!(ledger.refused, 0, "a follower's stop refuses nothing");
+    run_script(&["start-app", follower]).await;
+    ledger.settle(&app, Duration::from_secs(90)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_quorum_callers_get_503_within_the_bound_and_refused_calls_never_run() {
+    ensure_cluster();
+    let _turn = TURNS.lock().await;
+    all_up().await;
+    let app = cluster_app().await;
+    let mut ledger = Ledger::default();
+    assert_eq!(ledger.note(app.invoke("echo", "before").await).await, 200);
+
+    run_script(&["stop-app", "b"]).await;
+    run_script(&["stop-app", "c"]).await;
+    // The publish timeout, plus a reconnect to the surviving node and a margin.
+    let bound = Duration::from_millis(PUBLISH_TIMEOUT_MS + 6_000);
+    let mut answers: Vec<Value> = Vec::new();
+    for i in 0..3 {
+        let asked = Instant::now();
+        let sync = ledger
+            .note(app.invoke("echo", format!("sync {i}")).await)
+            .await;
+        let sync_took = asked.elapsed();
+        let asked = Instant::now();
+        let r#async = ledger.note(invoke_async(&app, "async").await).await;
+        let async_took = asked.elapsed();
+        assert!(sync_took < bound, "a sync call took {sync_took:?}");
+        assert!(async_took < bound, "an async call took {async_took:?}");
+        answers.push(json!({"sync": sync, "async": r#async, "ms": [sync_took.as_millis() as u64, async_took.as_millis() as u64]}));
+    }
+    eprintln!("answers without quorum: {answers:?}");
+    assert!(
+        ledger.refused >= 4,
+        "without quorum calls are refused: {answers:?}"
+    );
+
+    run_script(&["start-app", "b"]).await;
+    run_script(&["start-app", "c"]).await;
+    let back = Instant::now();
+    loop {
+        if ledger.note(app.invoke("echo", "after").await).await == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "no call accepted after quorum came back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(ledger.note(invoke_async(&app, "after").await).await, 202);
+    // Refused messages that reached a queue anyway had their chance to run by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ledger.settle(&app, Duration::from_secs(60)).await;
+    app.shutdown().await;
+}
