@@ -70,16 +70,19 @@ pub struct Settings {
     )]
     pub scheduler_interval_ms: u64,
 
-    /// The scheduler raises concurrency when the backlog would take longer than this to drain, in ms.
+    /// How much slower than its unloaded run time a run may get before the scheduler stops adding
+    /// concurrency (1.5: up to 50 % slower). Where the engine or the host saturates, runs slow down
+    /// as more run at once; past this the worker holds or lowers its concurrency instead.
     #[arg(
         long,
-        env = "GRANDA_SCHEDULER_DRAIN_TARGET_MS",
-        default_value_t = 2_000,
+        env = "GRANDA_SCHEDULER_LATENCY_TOLERANCE",
+        default_value_t = 1.5,
         global = true
     )]
-    pub scheduler_drain_target_ms: u64,
+    pub scheduler_latency_tolerance: f64,
 
-    /// How long the queues must stay empty before the scheduler lowers concurrency, in ms.
+    /// How long a worker must be idle (no waiting message, a slot free) before the scheduler lowers
+    /// concurrency, in ms.
     #[arg(
         long,
         env = "GRANDA_SCHEDULER_COOLDOWN_MS",

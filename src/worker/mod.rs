@@ -44,7 +44,7 @@ use crate::invocation::{self, Claim, Outcome, Status, Trigger};
 use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
 use crate::retry::{self, Backoff, Failure, Verdict};
-use crate::scheduler::{self, Controller, Limiter, Observation};
+use crate::scheduler::{self, Controller, Lane, Limiter, Observation};
 use container::{Caps, Exit, PlatformError, Removal, Run, Runner};
 
 /// A shutdown signal, as a future that completes when it is time to stop.
@@ -133,7 +133,7 @@ impl Worker {
                 backoff: settings.backoff(),
                 in_flight: Mutex::default(),
                 busy: AtomicUsize::new(0),
-                limiter: Limiter::new(schedule.min),
+                limiter: Limiter::new(schedule.min, schedule.max),
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
                 metrics: Arc::default(),
@@ -564,11 +564,20 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Sync calls (a caller waits on the reply) get slots before async work.
+fn lane(delivery: &Delivery) -> Lane {
+    if delivery.properties.reply_to().is_some() {
+        Lane::Sync
+    } else {
+        Lane::Async
+    }
+}
+
 /// Handles one delivery from claim to ack, once the scheduler gives it a slot.
 #[tracing::instrument(skip_all, fields(id, queue = %queue))]
 async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery: Delivery) {
     let _busy = Busy(&shared.busy);
-    let Ok(_slot) = shared.limiter.slots().acquire_owned().await else {
+    let Some(_slot) = shared.limiter.acquire(lane(&delivery)).await else {
         return;
     };
     let work = match Work::decode(&delivery.properties) {
@@ -711,11 +720,16 @@ async fn run_claimed(
 ) {
     let started = Instant::now();
     let (mut outcome, failure, removal) = execute(shared, work, attempt, &delivery.data).await;
+    let class = format!(
+        "{}{}",
+        work.function.name,
+        if outcome.cold { "#cold" } else { "" }
+    );
     shared
         .controller
         .lock()
         .expect("lock")
-        .record_run(started.elapsed());
+        .record_run(&class, started.elapsed());
     let function = format!("function=\"{}\"", label(&work.function.name));
     if outcome.cold {
         shared

@@ -13,7 +13,6 @@ fn responsive(s: &mut granda::config::Settings) {
     s.min_concurrency = 1;
     s.max_concurrency = Some(6);
     s.scheduler_interval_ms = 100;
-    s.scheduler_drain_target_ms = 1_000;
     s.scheduler_cooldown_ms = 1_500;
 }
 
