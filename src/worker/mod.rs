@@ -382,7 +382,10 @@ impl Worker {
             let index: Vec<usize> = (0..depths.len()).filter(|&i| sync[i] == kind).collect();
             let backlogs: Vec<u64> = index.iter().map(|&i| depths[i]).collect();
             let limit = if kind { sync_limit } else { target };
-            for (i, p) in index.into_iter().zip(scheduler::share_prefetch(limit, &backlogs)) {
+            for (i, p) in index
+                .into_iter()
+                .zip(scheduler::share_prefetch(limit, &backlogs))
+            {
                 out[i] = p;
             }
         }
