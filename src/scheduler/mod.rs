@@ -24,7 +24,8 @@
 //! the demand per tick, never below `min`.
 //!
 //! The target is enforced twice: the [`Limiter`] bounds the runs (sync calls first, and async work
-//! never takes the top `max/8` slots of the hard bound, so a sync call finds one free), and the
+//! never takes the top `max/8` slots of the hard bound while sync calls come, so one finds a
+//! slot free), and the
 //! consumers' prefetch follows the target (shared between the served queues by their backlog),
 //! so a worker never holds many more unacked messages than it is about to start and an idle
 //! worker elsewhere gets the rest of a burst.
@@ -346,9 +347,13 @@ pub fn sync_reserve(max: usize) -> usize {
     if max >= 2 { max.div_ceil(8) } else { 0 }
 }
 
+/// How long after the last sync call the reserve is kept.
+pub const SYNC_RESERVE_HOLD: Duration = Duration::from_secs(60);
+
 /// Bounds the runs of a worker to its target, sync calls first. A sync call may run while fewer
 /// than `min(target + reserve, max)` run; async work while fewer than `min(target, max - reserve)`
-/// run. Waiting sync calls get a freed slot before waiting async work.
+/// run, the reserve being kept only within a minute of the last sync call (so async work alone
+/// gets every slot). Waiting sync calls get a freed slot before waiting async work.
 #[derive(Clone)]
 pub struct Limiter {
     gate: Arc<Mutex<Gate>>,
@@ -357,6 +362,8 @@ pub struct Limiter {
 struct Gate {
     size: usize,
     max: usize,
+    /// When a sync call last asked for a slot: the reserve is kept only while they come.
+    last_sync: Option<Instant>,
     running: usize,
     sync_waiting: VecDeque<oneshot::Sender<Slot>>,
     async_waiting: VecDeque<oneshot::Sender<Slot>>,
@@ -364,7 +371,10 @@ struct Gate {
 
 impl Gate {
     fn room(&self, lane: Lane) -> bool {
-        let reserve = sync_reserve(self.max);
+        let recent = self
+            .last_sync
+            .is_some_and(|t| t.elapsed() < SYNC_RESERVE_HOLD);
+        let reserve = if recent { sync_reserve(self.max) } else { 0 };
         let limit = match lane {
             Lane::Sync => (self.size + reserve).min(self.max),
             Lane::Async => self.size.min(self.max - reserve),
@@ -426,6 +436,7 @@ impl Limiter {
             gate: Arc::new(Mutex::new(Gate {
                 size,
                 max: max.max(size).max(1),
+                last_sync: None,
                 running: 0,
                 sync_waiting: VecDeque::new(),
                 async_waiting: VecDeque::new(),
@@ -437,6 +448,9 @@ impl Limiter {
     pub async fn acquire(&self, lane: Lane) -> Option<Slot> {
         let rx = {
             let mut gate = self.gate.lock().expect("lock");
+            if lane == Lane::Sync {
+                gate.last_sync = Some(Instant::now());
+            }
             let queued_ahead = match lane {
                 Lane::Sync => !gate.sync_waiting.is_empty(),
                 Lane::Async => !gate.sync_waiting.is_empty() || !gate.async_waiting.is_empty(),
@@ -624,6 +638,15 @@ mod tests {
     #[tokio::test]
     async fn sync_calls_get_a_slot_that_async_work_cannot_take() {
         let l = Limiter::new(4, 4);
+        // Async work alone gets every slot.
+        let all: Vec<Slot> = futures_util::future::join_all((0..4).map(|_| l.acquire(Lane::Async)))
+            .await
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        drop(all);
+        // Once sync calls come, one slot is kept for them.
+        drop(l.acquire(Lane::Sync).await.unwrap());
         let mut held = Vec::new();
         for _ in 0..3 {
             held.push(l.acquire(Lane::Async).await.unwrap());
