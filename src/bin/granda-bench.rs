@@ -59,8 +59,8 @@ struct Args {
     /// Scheduler scenario: the fixed concurrencies to compare the defaults with.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     sweep: Vec<usize>,
-    /// Scheduler scenario: only the workloads whose name contains one of these (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    /// Scheduler scenario: only the workloads whose name contains this (repeatable).
+    #[arg(long)]
     only: Vec<String>,
     /// Scheduler scenario: a hot function that sleeps `NAP_MS` per call (I/O-bound rows are
     /// skipped when the engine lacks it).
