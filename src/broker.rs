@@ -2,6 +2,9 @@
 //!
 //! Topology, for a prefix `p` (default `granda`):
 //! - `p.work.<queue>`: one durable quorum queue per named queue, fed through the default exchange.
+//! - `p.work.<queue>.sync`: its twin for sync calls (a caller waits on the reply), with the same
+//!   dead-lettering and delivery limit; workers serve it first, so a sync call does not wait
+//!   behind an async backlog. (Queue names hold no `.`, so the two can't collide.)
 //! - `p.dlx`: a topic exchange that takes what a work queue dead-letters, routed to `p.dead`.
 //! - `p.delay.<queue>.<ms>ms`: where a retry waits `ms` (less with jitter, by per-message
 //!   expiration); when it expires it is dead-lettered back into `p.work.<queue>`.
@@ -138,6 +141,11 @@ impl Topology {
         format!("{}.work.{queue}", self.prefix)
     }
 
+    /// Where sync calls to `queue` go.
+    pub fn sync_queue(&self, queue: &str) -> String {
+        format!("{}.work.{queue}.sync", self.prefix)
+    }
+
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.prefix)
     }
@@ -183,7 +191,7 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares the work queue `queue` and the dead-letter path. Idempotent.
+    /// Declares the work queue `queue`, its sync twin and the dead-letter path. Idempotent.
     pub async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -217,7 +225,10 @@ impl Topology {
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
         channel
-            .queue_declare(self.work_queue(queue).into(), durable, args)
+            .queue_declare(self.work_queue(queue).into(), durable, args.clone())
+            .await?;
+        channel
+            .queue_declare(self.sync_queue(queue).into(), durable, args)
             .await?;
         Ok(())
     }
@@ -673,12 +684,11 @@ impl Publisher {
                 .expect("lock")
                 .insert(queue.to_string());
         }
-        let routing_key = self.topology.work_queue(queue);
-        // A sync call's reply comes on the channel it was published on; the rest goes aside.
-        let channel = if work.reply_to.is_some() {
-            link.channel.clone()
-        } else {
-            link.side().await?
+        // A caller waits on a sync call: it goes where workers look first, on the channel its
+        // reply comes back on; the rest goes aside.
+        let (routing_key, channel) = match work.reply_to {
+            Some(_) => (self.topology.sync_queue(queue), link.channel.clone()),
+            None => (self.topology.work_queue(queue), link.side().await?),
         };
         publish_confirmed_unbounded(&channel, &routing_key, body, properties).await
     }
@@ -815,6 +825,9 @@ pub async fn delete_topology(
     for q in queues {
         channel
             .queue_delete(topology.work_queue(q).into(), Default::default())
+            .await?;
+        channel
+            .queue_delete(topology.sync_queue(q).into(), Default::default())
             .await?;
         for level in levels {
             channel

@@ -35,14 +35,12 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_PUBLISH_TIMEOUT_MS",
-        default_value_t = 5_000,
-        global = true
-    )]
+        default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
 
     /// A PEM file of CA certificates to trust, besides the system's, for `amqps://` and for
     /// Postgres with `sslmode=verify-ca|verify-full` (a Postgres URL's own `sslrootcert=` wins).
-    #[arg(long, env = "GRANDA_CA_FILE", global = true)]
+    #[arg(long, env = "GRANDA_CA_FILE")]
     pub ca_file: Option<std::path::PathBuf>,
 
     /// Docker engine to run containers on (unix:///var/run/docker.sock when unset).
@@ -65,16 +63,21 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_SCHEDULER_INTERVAL_MS", default_value_t = 250)]
     pub scheduler_interval_ms: u64,
 
-    /// The scheduler raises concurrency when the backlog would take longer than this to drain, in ms.
+    /// How much slower than its unloaded run time a run may get before the scheduler stops adding
+    /// concurrency (1.5: up to 50 % slower). Where the engine or the host saturates, runs slow down
+    /// as more run at once; past this the worker holds or lowers its concurrency instead.
     #[arg(
         long,
-        env = "GRANDA_SCHEDULER_DRAIN_TARGET_MS",
-        default_value_t = 2_000
-    )]
-    pub scheduler_drain_target_ms: u64,
+        env = "GRANDA_SCHEDULER_LATENCY_TOLERANCE",
+        default_value_t = 1.5)]
+    pub scheduler_latency_tolerance: f64,
 
-    /// How long the queues must stay empty before the scheduler lowers concurrency, in ms.
-    #[arg(long, env = "GRANDA_SCHEDULER_COOLDOWN_MS", default_value_t = 30_000)]
+    /// How long a worker must be idle (no waiting message, a slot free) before the scheduler lowers
+    /// concurrency, in ms.
+    #[arg(
+        long,
+        env = "GRANDA_SCHEDULER_COOLDOWN_MS",
+        default_value_t = 30_000)]
     pub scheduler_cooldown_ms: u64,
 
     /// Queues this worker serves, comma-separated.

@@ -52,17 +52,28 @@ struct Args {
     /// throughput row.
     #[arg(long, default_value_t = 500)]
     hot_calls: usize,
-    /// Scheduler scenario: how long each function run sleeps, in seconds.
-    #[arg(long, default_value_t = 1)]
-    run_seconds: u64,
+    /// Scheduler scenario: how long each closed-loop measurement lasts, in seconds (the first
+    /// fifth is a warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Scheduler scenario: the fixed concurrencies to compare the defaults with.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    sweep: Vec<usize>,
+    /// Scheduler scenario: only the workloads whose name contains this (repeatable).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Scheduler scenario: a hot function that sleeps `NAP_MS` per call (I/O-bound rows are
+    /// skipped when the engine lacks it).
+    #[arg(long, default_value = "granda-test/hot-nap")]
+    nap_image: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     /// Sync latency and async burst throughput against direct engine runs (fixed concurrency).
     Pipeline,
-    /// A burst into an idle worker: how the scheduler's concurrency follows the backlog, and the
-    /// drain time against the ideal.
+    /// The workloads of issue 16 with default settings against a sweep of fixed concurrencies:
+    /// throughput and p50 ratios against the best fixed setting for each.
     Scheduler,
     /// Only the hot rows: sync latency and throughput of `mode: hot` against direct requests to
     /// the same kind of process over its socket.
@@ -86,19 +97,19 @@ async fn main() -> anyhow::Result<()> {
     settings.listen = "127.0.0.1:0".parse()?;
     settings.amqp_prefix = format!("granda-bench-{tag}");
     settings.worker_id = Some(format!("bench-{tag}"));
-    settings.max_concurrency = Some(args.concurrency);
     settings.admin_key = Some(granda::keys::Secret(BENCH_KEY.to_string()));
-    settings.min_concurrency = match args.scenario {
-        Scenario::Pipeline | Scenario::Hot => args.concurrency,
-        Scenario::Scheduler => 1,
-    };
+    // The pipeline pins the concurrency; the hot rows and the scheduler's default runs use the
+    // defaults (the scheduler scenario starts a worker per setting).
+    if args.scenario == Scenario::Pipeline {
+        settings.max_concurrency = Some(args.concurrency);
+        settings.min_concurrency = args.concurrency;
+    }
 
     let pool = granda::db::connect_and_migrate(&settings.database_url).await?;
     let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
     let worker = Worker::build(&settings, pool.clone())
         .await?
         .with_metrics(app.metrics());
-    let worker_metrics = app.metrics();
     let address = app.local_addr();
     let base_url = format!("http://{address}");
     let (stop, stopped) = watch::channel(false);
@@ -107,7 +118,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let topology = Topology::new(&settings.amqp_prefix);
     let served = tokio::spawn(app.run(signal(stopped.clone())));
-    let worked = tokio::spawn(worker.run(signal(stopped.clone())));
+    let worked = match args.scenario {
+        Scenario::Scheduler => None,
+        _ => Some(tokio::spawn(worker.run(signal(stopped.clone())))),
+    };
 
     // Calls carry an admin key, as real clients do: the key check is part of what is measured.
     let mut auth = reqwest::header::HeaderMap::new();
@@ -152,9 +166,8 @@ async fn main() -> anyhow::Result<()> {
 
     match args.scenario {
         Scenario::Scheduler => {
-            let metrics = worker_metrics.clone();
             scheduler_scenario(
-                &args, &client, &base_url, &pool, direct, &metrics, &settings,
+                &args, &client, &base_url, address, &pool, &docker, &settings,
             )
             .await?;
         }
@@ -174,7 +187,9 @@ async fn main() -> anyhow::Result<()> {
 
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), served).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), worked).await;
+    if let Some(worked) = worked {
+        let _ = tokio::time::timeout(Duration::from_secs(10), worked).await;
+    }
     pool.close().await;
     if let Ok(connection) = granda::broker::connect(&settings.amqp_url, "bench-cleanup").await {
         let _ = granda::broker::delete_topology(&connection, &topology, &["default"], &[]).await;
@@ -291,17 +306,29 @@ async fn sync_call(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Submits `n` async invocations at once and waits until all are final in Postgres.
+/// Submits `n` async invocations of echo at once and waits until all are final in Postgres.
 async fn granda_burst(
     client: &reqwest::Client,
     base: &str,
     pool: &sqlx::PgPool,
     n: usize,
 ) -> anyhow::Result<Duration> {
+    Ok(granda_burst_of(client, base, pool, "echo", n).await?.0)
+}
+
+/// Submits `n` async invocations of `function` at once and waits until all are final in
+/// Postgres; returns the drain time and the ids.
+async fn granda_burst_of(
+    client: &reqwest::Client,
+    base: &str,
+    pool: &sqlx::PgPool,
+    function: &str,
+    n: usize,
+) -> anyhow::Result<(Duration, Vec<Uuid>)> {
     let start = Instant::now();
     let submits = (0..n).map(|_| {
         let client = client.clone();
-        let url = format!("{base}/v1/functions/echo/invocations");
+        let url = format!("{base}/v1/functions/{function}/invocations");
         async move { client.post(url).body("ping").send().await }
     });
     let mut ids = Vec::new();
@@ -338,7 +365,7 @@ async fn granda_burst(
     if ok as usize != n {
         bail!("only {ok} of {n} burst invocations succeeded");
     }
-    Ok(elapsed)
+    Ok((elapsed, ids))
 }
 
 async fn direct_burst(
@@ -455,137 +482,285 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A burst of `--burst` invocations of a function that sleeps `--run-seconds` into an idle worker
-/// (min concurrency 1, max `--concurrency`): prints depth, target and in-flight over time, then
-/// the drain time against the ideal, the larger of N × mean run / max and N / the engine's own
-/// container rate at that concurrency (both measured directly in this run).
+/// One workload of issue 16.
+struct Workload {
+    name: String,
+    function: &'static str,
+    /// Closed-loop sync clients (0: an async burst).
+    clients: usize,
+    /// Async invocations submitted at once.
+    burst: usize,
+}
+
+/// What one setting gave on one workload.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    /// Calls (or burst runs) per second.
+    rate: f64,
+    /// Median latency: of a sync call, or of a burst run (submit to final).
+    p50: Duration,
+}
+
+/// The workloads of issue 16, each with default settings and with the concurrency pinned at
+/// each value of `--sweep`, a worker started for each; prints one table of ratios against the
+/// best fixed setting (by throughput).
 async fn scheduler_scenario(
     args: &Args,
     client: &reqwest::Client,
     base_url: &str,
+    address: std::net::SocketAddr,
     pool: &sqlx::PgPool,
-    direct: Direct,
-    metrics: &granda::metrics::Metrics,
+    docker: &Docker,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let nap = Snapshot {
-        name: "nap".into(),
-        image: "granda-test/sleep".into(),
-        env: [("SLEEP_SECONDS".to_string(), args.run_seconds.to_string())].into(),
-        ..direct.function.clone()
-    };
-    granda::docker::ensure_image(&direct.docker, &nap.image).await?;
-    let created = client
-        .post(format!("{base_url}/v1/functions"))
-        .json(&json!({"name": "nap", "image": nap.image, "memory_mb": 64, "env": nap.env}))
-        .send()
-        .await?;
-    if created.status() != 201 {
-        bail!("registering the function: {}", created.text().await?);
-    }
-    eprintln!("measuring the engine directly…");
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        direct.run_function(&nap, b"").await?;
-        runs.push(t.elapsed());
-    }
-    let mean_run = runs.iter().sum::<Duration>() / runs.len() as u32;
-    let probe = (args.concurrency * 3).max(12);
-    let direct = Arc::new(direct);
-    let engine_time = direct_burst(direct.clone(), probe, args.concurrency).await?;
-    let engine_rate = probe as f64 / engine_time.as_secs_f64();
-    eprintln!(
-        "the same burst straight through the engine at concurrency {}…",
-        args.concurrency
-    );
-    let direct_drain = direct_burst_of(direct.clone(), &nap, args.burst, args.concurrency).await?;
-
-    let worker = format!(
-        "worker=\"{}\"",
-        settings.worker_id.clone().unwrap_or_default()
-    );
-    let gauge = |name: &'static str, labels: &str| metrics.gauge(name, labels).unwrap_or(0.0);
-    eprintln!(
-        "burst: {} invocations of a {} s function into an idle worker…",
-        args.burst, args.run_seconds
-    );
-    let start = Instant::now();
-    let submits = (0..args.burst).map(|i| {
+    let register = |body: serde_json::Value| {
         let client = client.clone();
-        let url = format!("{base_url}/v1/functions/nap/invocations");
-        async move { client.post(url).body(i.to_string()).send().await }
+        let url = format!("{base_url}/v1/functions");
+        async move {
+            let r = client.post(url).json(&body).send().await?;
+            if r.status() != 201 {
+                bail!("registering a function: {}", r.text().await?);
+            }
+            anyhow::Ok(())
+        }
+    };
+    granda::docker::ensure_image(docker, "granda-test/sleep").await?;
+    granda::docker::ensure_image(docker, &args.hot_image).await?;
+    register(
+        json!({"name": "nap", "image": "granda-test/sleep", "memory_mb": 64,
+        "env": {"SLEEP_SECONDS": "1"}}),
+    )
+    .await?;
+    register(
+        json!({"name": "warm-nap", "image": "granda-test/sleep", "memory_mb": 64,
+        "mode": "warm", "env": {"SLEEP_SECONDS": "0.2"}}),
+    )
+    .await?;
+    register(json!({"name": "hot-echo", "image": args.hot_image, "memory_mb": 64, "mode": "hot"}))
+        .await?;
+    let naps = granda::docker::ensure_image(docker, &args.nap_image)
+        .await
+        .is_ok();
+    if naps {
+        for ms in [100, 20] {
+            register(
+                json!({"name": format!("hot-nap-{ms}"), "image": args.nap_image,
+                "memory_mb": 64, "mode": "hot", "env": {"NAP_MS": ms.to_string()}}),
+            )
+            .await?;
+        }
+    } else {
+        eprintln!(
+            "{} is missing: the I/O-bound hot rows are skipped",
+            args.nap_image
+        );
+    }
+    let closed = |name: String, function, clients| Workload {
+        name,
+        function,
+        clients,
+        burst: 0,
+    };
+    let mut workloads = Vec::new();
+    if naps {
+        for (function, ms) in [("hot-nap-100", 100), ("hot-nap-20", 20)] {
+            for clients in [8, 32] {
+                workloads.push(closed(
+                    format!("hot, sleeps {ms} ms, {clients} sync clients"),
+                    function,
+                    clients,
+                ));
+            }
+        }
+    }
+    workloads.push(closed(
+        "hot echo (CPU-bound pipeline), 8 sync clients".into(),
+        "hot-echo",
+        8,
+    ));
+    workloads.push(closed(
+        "warm, sleeps 200 ms, 8 sync clients".into(),
+        "warm-nap",
+        8,
+    ));
+    workloads.push(closed("cold echo, 8 sync clients".into(), "echo", 8));
+    workloads.push(Workload {
+        name: "async burst of 50 cold echo".into(),
+        function: "echo",
+        clients: 0,
+        burst: 50,
     });
-    let mut ids = Vec::new();
-    for r in futures_util::future::join_all(submits).await {
-        let body: serde_json::Value = r?.json().await?;
-        ids.push(Uuid::parse_str(body["id"].as_str().context("id")?)?);
+    workloads.push(Workload {
+        name: "async burst of 40 × 1 s sleeps".into(),
+        function: "nap",
+        clients: 0,
+        burst: 40,
+    });
+    workloads.retain(|w| args.only.is_empty() || args.only.iter().any(|o| w.name.contains(o)));
+
+    let mut rows = Vec::new();
+    for (n, workload) in workloads.iter().enumerate() {
+        let mut results: Vec<(Option<usize>, Measured)> = Vec::new();
+        // The defaults first, then the sweep, then the defaults again (noise shows as the gap
+        // between the two default runs; the better of the two is not taken: their mean is).
+        let mut order: Vec<Option<usize>> = vec![None];
+        order.extend(args.sweep.iter().map(|&c| Some(c)));
+        order.push(None);
+        for (i, setting) in order.into_iter().enumerate() {
+            let mut s = settings.clone();
+            s.worker_id = Some(format!(
+                "{}-w{n}-{i}",
+                settings.worker_id.clone().unwrap_or_default()
+            ));
+            match setting {
+                Some(c) => {
+                    s.min_concurrency = c;
+                    s.max_concurrency = Some(c);
+                }
+                None => {
+                    s.min_concurrency = 1;
+                    s.max_concurrency = None;
+                }
+            }
+            eprintln!(
+                "{}: {}…",
+                workload.name,
+                setting.map_or("defaults".to_string(), |c| format!("fixed {c}"))
+            );
+            let measured = with_worker(&s, pool, async {
+                if workload.clients > 0 {
+                    closed_loop(address, workload, args.seconds).await
+                } else {
+                    burst_of(client, base_url, pool, workload).await
+                }
+            })
+            .await?;
+            eprintln!("  {:.1}/s, p50 {:.0} ms", measured.rate, ms(measured.p50));
+            results.push((setting, measured));
+        }
+        let defaults: Vec<Measured> = results
+            .iter()
+            .filter(|r| r.0.is_none())
+            .map(|r| r.1)
+            .collect();
+        let mean = Measured {
+            rate: defaults.iter().map(|m| m.rate).sum::<f64>() / defaults.len() as f64,
+            p50: defaults.iter().map(|m| m.p50).sum::<Duration>() / defaults.len() as u32,
+        };
+        let (best_c, best) = results
+            .iter()
+            .filter_map(|r| r.0.map(|c| (c, r.1)))
+            .max_by(|a, b| a.1.rate.total_cmp(&b.1.rate))
+            .context("an empty sweep")?;
+        let (tput, p50) = (mean.rate / best.rate, ms(mean.p50) / ms(best.p50));
+        let ok = if tput >= 0.9 && p50 <= 1.25 {
+            "yes"
+        } else {
+            "no"
+        };
+        rows.push(format!(
+            "| {} | {:.1} / {:.1} | {:.0} | {best_c} | {:.1} | {:.0} | {tput:.2} | {p50:.2} | {ok} |",
+            workload.name,
+            defaults[0].rate,
+            defaults[defaults.len() - 1].rate,
+            ms(mean.p50),
+            best.rate,
+            ms(best.p50),
+        ));
     }
     println!();
-    println!("| t (s) | queue depth | concurrency target | in flight |");
-    println!("|---:|---:|---:|---:|");
-    let mut over_target: f64 = 0.0;
-    let mut peak_target: f64 = 0.0;
-    let drained = loop {
-        let depth = gauge("granda_queue_depth", "queue=\"default\"");
-        let target = gauge("granda_worker_concurrency_target", &worker);
-        let in_flight = gauge("granda_worker_in_flight", &worker);
-        over_target = over_target.max(in_flight - target);
-        peak_target = peak_target.max(target);
-        println!(
-            "| {:.2} | {depth} | {target} | {in_flight} |",
-            start.elapsed().as_secs_f64()
-        );
-        let (done,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM invocations WHERE id = ANY($1) AND status NOT IN ('queued', 'running')",
-        )
-        .bind(&ids)
-        .fetch_one(pool)
-        .await?;
-        if done as usize == ids.len() {
-            break start.elapsed();
-        }
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!("the burst did not drain");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let by_runs = mean_run.as_secs_f64() * args.burst as f64 / args.concurrency as f64;
-    let by_engine = args.burst as f64 / engine_rate;
-    let ideal = by_runs.max(by_engine);
-    println!();
-    println!("| measure | value |");
-    println!("|---|---:|");
     println!(
-        "| burst | {} × {} s function, max concurrency {} |",
-        args.burst, args.run_seconds, args.concurrency
+        "| workload | defaults (runs/s, 1st / 2nd) | defaults p50 (ms) | best fixed | its runs/s | its p50 (ms) | throughput ratio (≥ 0.90) | p50 ratio (≤ 1.25) | met |"
     );
-    println!(
-        "| mean direct run of the function (s) | {:.2} |",
-        mean_run.as_secs_f64()
-    );
-    println!(
-        "| engine rate at concurrency {} (containers/s) | {:.2} |",
-        args.concurrency, engine_rate
-    );
-    println!("| ideal drain = max(N × run / max, N / engine rate) (s) | {ideal:.2} |");
-    println!("| Granda drain (s) | {:.2} |", drained.as_secs_f64());
-    println!(
-        "| ratio to the ideal (target ≤ 1.25) | {:.2} |",
-        drained.as_secs_f64() / ideal
-    );
-    println!(
-        "| the same burst straight through the engine at concurrency {} (s) | {:.2} |",
-        args.concurrency,
-        direct_drain.as_secs_f64()
-    );
-    println!(
-        "| ratio to the direct burst | {:.2} |",
-        drained.as_secs_f64() / direct_drain.as_secs_f64()
-    );
-    println!("| peak concurrency target | {peak_target} |");
-    println!("| most messages held above the target | {over_target} |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for row in rows {
+        println!("{row}");
+    }
     Ok(())
+}
+
+/// Runs a worker with `settings` while `work` runs, then stops it (its kept containers go).
+async fn with_worker<T>(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let worker = Worker::build(settings, pool.clone()).await?;
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(worker.run(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let result = work.await;
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+    result
+}
+
+/// `workload.clients` closed-loop clients calling the function's URL for `seconds`; the first
+/// fifth is a warm-up, not counted.
+async fn closed_loop(
+    address: std::net::SocketAddr,
+    workload: &Workload,
+    seconds: u64,
+) -> anyhow::Result<Measured> {
+    let total = Duration::from_secs(seconds);
+    let warm_up = total / 5;
+    let start = Instant::now();
+    let path = format!("/fn/{}", workload.function);
+    let mut clients = Vec::new();
+    for _ in 0..workload.clients {
+        let mut lean = Lean::connect(address, &path, b"ping").await?;
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while start.elapsed() < total {
+                let t = Instant::now();
+                let (status, _) = lean.call().await?;
+                if status != 200 {
+                    bail!("a call answered {status}");
+                }
+                if t.duration_since(start) >= warm_up {
+                    latencies.push(t.elapsed());
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for c in clients {
+        latencies.extend(c.await??);
+    }
+    let window = start.elapsed().saturating_sub(warm_up);
+    Ok(Measured {
+        rate: latencies.len() as f64 / window.as_secs_f64(),
+        p50: percentile(&latencies, 50),
+    })
+}
+
+/// `workload.burst` async invocations at once; the rate is burst / drain time, the p50 that of
+/// submit to final.
+async fn burst_of(
+    client: &reqwest::Client,
+    base: &str,
+    pool: &sqlx::PgPool,
+    workload: &Workload,
+) -> anyhow::Result<Measured> {
+    let (drain, ids) =
+        granda_burst_of(client, base, pool, workload.function, workload.burst).await?;
+    let waits: Vec<(f64,)> = sqlx::query_as(
+        "SELECT extract(epoch FROM finished_at - queued_at)::float8 FROM invocations WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let waits: Vec<Duration> = waits
+        .into_iter()
+        .map(|(s,)| Duration::from_secs_f64(s.max(0.0)))
+        .collect();
+    Ok(Measured {
+        rate: workload.burst as f64 / drain.as_secs_f64(),
+        p50: percentile(&waits, 50),
+    })
 }
 
 /// Warm rows: sync latency with 1 client and throughput with 8, through Granda (`mode: warm`)

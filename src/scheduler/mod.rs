@@ -2,49 +2,63 @@
 //! and `GRANDA_MAX_CONCURRENCY`.
 //!
 //! Every `GRANDA_SCHEDULER_INTERVAL_MS` the worker reads the depth of each queue it serves (a
-//! passive declare on a side channel), its in-flight count and the recent mean run time, and
-//! asks [`Controller::observe`] for a target. The rule is Little's law turned around: a backlog
-//! of `B` invocations (waiting + running) that each take `S` on average drains within `T` with
-//! `c = ⌈B·S/T⌉` of them at once. So:
+//! passive declare on a side channel) and its in-flight count, and after each run it reports the
+//! run's time; [`Controller::observe`] turns that into a target. Two numbers decide it:
 //!
-//! - **up at once**: when `c` is above the current target, the target jumps to `c` (capped at
-//!   `max`) in the same tick;
-//! - **down slowly**: only after a cool-down (`GRANDA_SCHEDULER_COOLDOWN_MS`) in which no message
-//!   waited and the worker was never saturated (in flight below the target) does the target come
-//!   down, halfway toward `c` per tick, never below `min`.
+//! - **demand**: what callers ask for now: the invocations in flight plus those waiting, and never
+//!   less than Little's law gives (completions per second × mean run time); with some headroom
+//!   (√demand) while messages wait. Closed-loop callers (sync clients waiting on their answer)
+//!   show up as in-flight + waiting; a backlog shows up as waiting.
+//! - **capacity**: how much concurrency the host takes before runs slow down. Each run is compared
+//!   with the unloaded run time of its class (function, and whether it started a container): a
+//!   slowly rising minimum of its recent runs. While the mean ratio of a round (a tick, or a run
+//!   time if longer) stays within `GRANDA_SCHEDULER_LATENCY_TOLERANCE` and demand presses on the
+//!   capacity, the capacity grows (doubling at first, like TCP's slow start, then by √capacity);
+//!   when runs inflate past the tolerance it shrinks in proportion, by a quarter at most per
+//!   round (Vegas and Gradient2 of
+//!   Netflix's concurrency-limits). It starts at twice the CPUs and stays within the bounds.
 //!
-//! `T` is `GRANDA_SCHEDULER_DRAIN_TARGET_MS`. `S` is an exponentially weighted mean of the
-//! worker's own run times (container create to result), starting from a prior of one second so
-//! that a first burst scales up rather than trickles.
+//! The target is demand capped by capacity: **up at once** (the tick demand exceeds it), **down
+//! at once** when the capacity shrinks, and otherwise **down slowly**: only after a cool-down
+//! (`GRANDA_SCHEDULER_COOLDOWN_MS`) in which no message waited and a slot was free, halfway toward
+//! the demand per tick, never below `min`.
 //!
-//! The target is enforced twice: a semaphore bounds the runs, and the consumers' prefetch
-//! follows the target (shared between the served queues by their backlog), so a worker never
-//! holds many more unacked messages than it is about to start and an idle worker elsewhere gets
-//! the rest of a burst.
+//! The target is enforced twice: the [`Limiter`] bounds the runs (sync calls first, and async work
+//! never takes the top `max/8` slots of the hard bound while sync calls come, so one finds a
+//! slot free), and the
+//! consumers' prefetch follows the target (shared between the served queues by their backlog),
+//! so a worker never holds many more unacked messages than it is about to start and an idle
+//! worker elsewhere gets the rest of a burst.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::config::Settings;
 use crate::function::DEFAULT_MEMORY_MB;
 
-/// Containers per CPU a worker runs at most, by default: cold starts spend much of their time
-/// waiting on the engine, not on the CPU.
-const PER_CPU: usize = 4;
+/// Invocations per CPU a worker runs at most, by default: most functions wait (on an API, a
+/// database, a sleep) rather than compute, and the controller holds back where runs inflate.
+const PER_CPU: usize = 16;
+
+/// The capacity a worker starts from, per CPU, before it has seen how runs behave.
+const START_PER_CPU: usize = 2;
 
 /// The default bound: `PER_CPU` per CPU, but no more than the host's memory holds at the default
 /// function memory limit, and at least 1.
 pub fn default_max_concurrency() -> usize {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let by_memory = total_memory_bytes()
         .map(|m| (m / (DEFAULT_MEMORY_MB as u64 * 1024 * 1024)) as usize)
         .unwrap_or(usize::MAX);
-    (cpus * PER_CPU).min(by_memory).max(1)
+    (cpus() * PER_CPU).min(by_memory).max(1)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The upper bound this worker keeps to.
@@ -69,19 +83,28 @@ pub struct Config {
     pub min: usize,
     pub max: usize,
     pub interval: Duration,
-    pub drain_target: Duration,
     pub cooldown: Duration,
+    /// How much slower than unloaded a run may get before concurrency stops growing.
+    pub tolerance: f64,
+    /// The capacity before any run was seen.
+    pub start: usize,
 }
 
 impl Config {
     pub fn from_settings(settings: &Settings) -> Config {
         let max = max_concurrency(settings);
+        let min = settings.min_concurrency.clamp(1, max);
         Config {
-            min: settings.min_concurrency.clamp(1, max),
+            min,
             max,
             interval: Duration::from_millis(settings.scheduler_interval_ms.max(10)),
-            drain_target: Duration::from_millis(settings.scheduler_drain_target_ms.max(1)),
             cooldown: Duration::from_millis(settings.scheduler_cooldown_ms),
+            tolerance: if settings.scheduler_latency_tolerance.is_finite() {
+                settings.scheduler_latency_tolerance.max(1.05)
+            } else {
+                1.5
+            },
+            start: (cpus() * START_PER_CPU).clamp(min, max),
         }
     }
 }
@@ -91,32 +114,80 @@ impl Config {
 pub struct Observation {
     /// Messages waiting in the served queues.
     pub depth: u64,
-    /// Invocations this worker runs now.
+    /// Invocations this worker handles now.
     pub in_flight: usize,
 }
+
+/// Run times of one class of runs (a function, cold or not).
+#[derive(Clone, Copy, Debug)]
+struct Class {
+    /// The unloaded run time: a minimum of the recent mean that rises slowly.
+    baseline: f64,
+    /// Recent mean run time.
+    recent: f64,
+    runs: u64,
+}
+
+/// Weight of the newest run in a class's recent mean.
+const RECENT_WEIGHT: f64 = 0.3;
+/// How far the baseline moves toward a higher recent mean per run (so it follows a function
+/// that really became slower, over several hundred runs).
+const BASELINE_DRIFT: f64 = 0.002;
+/// Weight of the newest run in the overall mean run time.
+const EWMA_WEIGHT: f64 = 0.2;
+/// The time constant of the completion rate.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// Classes kept at most (the least used are forgotten).
+const MAX_CLASSES: usize = 1024;
 
 /// Decides the target concurrency from what the worker observes.
 #[derive(Debug)]
 pub struct Controller {
     config: Config,
     target: usize,
+    capacity: f64,
+    /// Still doubling: no round has inflated yet.
+    slow_start: bool,
     mean_run: Duration,
+    classes: HashMap<String, Class>,
+    /// Ratios (run time / its class's baseline) of the runs of this round.
+    ratio_sum: f64,
+    ratio_runs: u32,
+    /// Runs ended since the last tick, for the completion rate.
+    completions: u32,
+    /// Completions per second (exponentially weighted per tick).
+    rate: f64,
+    last_tick: Instant,
+    round_start: Instant,
+    /// Demand pressed on the capacity during this round.
+    pressed: bool,
     /// The last tick with messages waiting or every slot taken.
     last_busy: Instant,
+    /// The last inflation seen (mean ratio of a round), for metrics and tests.
+    inflation: f64,
 }
 
 /// The mean run time assumed before any run was seen.
 pub const PRIOR_RUN: Duration = Duration::from_secs(1);
-/// Weight of the newest run in the mean.
-const EWMA_WEIGHT: f64 = 0.2;
 
 impl Controller {
     pub fn new(config: Config, now: Instant) -> Controller {
         Controller {
             config,
             target: config.min,
+            capacity: config.start.clamp(config.min, config.max) as f64,
+            slow_start: true,
             mean_run: PRIOR_RUN,
+            classes: HashMap::new(),
+            ratio_sum: 0.0,
+            ratio_runs: 0,
+            completions: 0,
+            rate: 0.0,
+            last_tick: now,
+            round_start: now,
+            pressed: false,
             last_busy: now,
+            inflation: 1.0,
         }
     }
 
@@ -124,83 +195,300 @@ impl Controller {
         self.target
     }
 
+    /// The most the worker would run now, given how runs behaved.
+    pub fn capacity(&self) -> usize {
+        self.capacity.round() as usize
+    }
+
     pub fn mean_run(&self) -> Duration {
         self.mean_run
     }
 
-    /// Folds one finished run's time into the mean.
-    pub fn record_run(&mut self, took: Duration) {
-        self.mean_run = self
-            .mean_run
-            .mul_f64(1.0 - EWMA_WEIGHT)
-            .saturating_add(took.mul_f64(EWMA_WEIGHT));
+    /// The mean ratio of run time to unloaded run time in the last round that had runs.
+    pub fn inflation(&self) -> f64 {
+        self.inflation
     }
 
-    /// The concurrency that drains `backlog` within the drain target.
-    pub fn needed(&self, backlog: u64) -> usize {
-        let work = self.mean_run.as_secs_f64() * backlog as f64;
-        let c = (work / self.config.drain_target.as_secs_f64()).ceil() as usize;
-        c.clamp(self.config.min, self.config.max)
+    /// Folds one finished run of `class` (e.g. the function's name, and whether the run started a
+    /// container) into the means.
+    pub fn record_run(&mut self, class: &str, took: Duration) {
+        self.mean_run = if self.classes.is_empty() {
+            took
+        } else {
+            self.mean_run
+                .mul_f64(1.0 - EWMA_WEIGHT)
+                .saturating_add(took.mul_f64(EWMA_WEIGHT))
+        };
+        self.completions = self.completions.saturating_add(1);
+        let took = took.as_secs_f64().max(1e-4);
+        if !self.classes.contains_key(class) && self.classes.len() >= MAX_CLASSES {
+            let rarest = self
+                .classes
+                .iter()
+                .min_by_key(|(_, c)| c.runs)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = rarest {
+                self.classes.remove(&k);
+            }
+        }
+        match self.classes.get_mut(class) {
+            None => {
+                self.classes.insert(
+                    class.to_string(),
+                    Class {
+                        baseline: took,
+                        recent: took,
+                        runs: 1,
+                    },
+                );
+            }
+            Some(c) => {
+                // Compared with what was known before this run.
+                self.ratio_sum += took / c.baseline;
+                self.ratio_runs += 1;
+                c.recent = c.recent * (1.0 - RECENT_WEIGHT) + took * RECENT_WEIGHT;
+                c.baseline =
+                    (c.baseline + (c.recent - c.baseline).max(0.0) * BASELINE_DRIFT).min(c.recent);
+                c.runs += 1;
+            }
+        }
+    }
+
+    /// What callers ask for now, with headroom while messages wait.
+    pub fn demand(&self, obs: Observation) -> usize {
+        let seen = obs.in_flight as u64 + obs.depth;
+        let by_little = (self.rate * self.mean_run.as_secs_f64()).round() as u64;
+        let mut demand = seen.max(by_little);
+        if obs.depth > 0 {
+            demand += (demand as f64).sqrt().ceil() as u64;
+        }
+        demand.min(usize::MAX as u64) as usize
     }
 
     /// One tick: returns the new target.
     pub fn observe(&mut self, obs: Observation, now: Instant) -> usize {
-        let needed = self.needed(obs.depth + obs.in_flight as u64);
+        let (min, max) = (self.config.min as f64, self.config.max as f64);
+        let elapsed = now.duration_since(self.last_tick).as_secs_f64();
+        if elapsed > 0.0 {
+            let rate = f64::from(self.completions) / elapsed;
+            let w = (elapsed / RATE_WINDOW.as_secs_f64()).min(1.0);
+            self.rate = self.rate * (1.0 - w) + rate * w;
+            self.completions = 0;
+            self.last_tick = now;
+        }
+        let demand = self.demand(obs);
+        if demand > self.capacity() {
+            self.pressed = true;
+        }
+
+        // The capacity: once a round, by how the round's runs compare with unloaded ones.
+        // Slow start judges every tick that saw runs; after it, a round lasts a run.
+        let round = if self.slow_start {
+            self.config.interval
+        } else {
+            self.mean_run.max(self.config.interval)
+        };
+        if now.duration_since(self.round_start) >= round && self.ratio_runs > 0 {
+            let inflation = self.ratio_sum / f64::from(self.ratio_runs);
+            self.inflation = inflation;
+            let tolerance = self.config.tolerance;
+            if inflation > tolerance {
+                self.slow_start = false;
+                self.capacity = (self.capacity * (tolerance / inflation).max(0.75)).max(min);
+            } else if self.pressed {
+                let easy = inflation <= 1.0 + (tolerance - 1.0) / 2.0;
+                let step = if self.slow_start && easy {
+                    self.capacity
+                } else {
+                    self.capacity.sqrt().max(1.0)
+                };
+                self.capacity = (self.capacity + step).min(max);
+            }
+            self.ratio_sum = 0.0;
+            self.ratio_runs = 0;
+            self.pressed = false;
+            self.round_start = now;
+        } else if self.ratio_runs == 0 && now.duration_since(self.round_start) >= round {
+            // No runs to judge by (none ended, or only first runs of their class): a new round,
+            // keeping what pressed in it.
+            self.round_start = now;
+        }
+        let capacity = self.capacity().clamp(self.config.min, self.config.max);
+
         if obs.depth > 0 || obs.in_flight >= self.target {
             self.last_busy = now;
         }
-        if needed > self.target {
-            self.target = needed;
+        let needed = demand.clamp(self.config.min, capacity);
+        if needed > self.target || capacity < self.target {
+            self.target = needed.min(capacity);
         } else if needed < self.target && now.duration_since(self.last_busy) >= self.config.cooldown
         {
             self.target -= (self.target - needed).div_ceil(2);
+            // A quiet worker starts the next busy stretch from its own start again.
+            if self.target <= self.config.start {
+                self.slow_start = true;
+            }
         }
+        self.target = self.target.clamp(self.config.min, self.config.max);
         self.target
     }
 }
 
-/// A semaphore whose size follows the target; shrinking waits for runs to end.
+/// Which kind of delivery asks for a slot: sync calls have a caller waiting on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Sync,
+    Async,
+}
+
+/// The slots of the hard bound that async work never takes, so that a sync call finds one even
+/// behind a backlog: one in eight (at least one when the bound is 2 or more).
+pub fn sync_reserve(max: usize) -> usize {
+    if max >= 2 { max.div_ceil(8) } else { 0 }
+}
+
+/// How long after the last sync call the reserve is kept.
+pub const SYNC_RESERVE_HOLD: Duration = Duration::from_secs(60);
+
+/// Bounds the runs of a worker to its target, sync calls first. A sync call may run while fewer
+/// than `min(target + reserve, max)` run; async work while fewer than `min(target, max - reserve)`
+/// run, the reserve being kept only within a minute of the last sync call (so async work alone
+/// gets every slot). Waiting sync calls get a freed slot before waiting async work.
 #[derive(Clone)]
 pub struct Limiter {
-    slots: Arc<Semaphore>,
-    size: Arc<AtomicUsize>,
+    gate: Arc<Mutex<Gate>>,
+}
+
+struct Gate {
+    size: usize,
+    max: usize,
+    /// When a sync call last asked for a slot: the reserve is kept only while they come.
+    last_sync: Option<Instant>,
+    running: usize,
+    sync_waiting: VecDeque<oneshot::Sender<Slot>>,
+    async_waiting: VecDeque<oneshot::Sender<Slot>>,
+}
+
+impl Gate {
+    fn room(&self, lane: Lane) -> bool {
+        let recent = self
+            .last_sync
+            .is_some_and(|t| t.elapsed() < SYNC_RESERVE_HOLD);
+        let reserve = if recent { sync_reserve(self.max) } else { 0 };
+        let limit = match lane {
+            Lane::Sync => (self.size + reserve).min(self.max),
+            Lane::Async => self.size.min(self.max - reserve),
+        };
+        self.running < limit.max(1)
+    }
+
+    /// Admits waiters while there is room; returns the slots to hand over once unlocked.
+    fn admit(&mut self, gate: &Arc<Mutex<Gate>>) -> Vec<(oneshot::Sender<Slot>, Slot)> {
+        let mut out = Vec::new();
+        for lane in [Lane::Sync, Lane::Async] {
+            loop {
+                if !self.room(lane) {
+                    break;
+                }
+                let queue = match lane {
+                    Lane::Sync => &mut self.sync_waiting,
+                    Lane::Async => &mut self.async_waiting,
+                };
+                let Some(tx) = queue.pop_front() else { break };
+                if tx.is_closed() {
+                    continue;
+                }
+                self.running += 1;
+                out.push((tx, Slot { gate: gate.clone() }));
+            }
+        }
+        out
+    }
+}
+
+/// A run's place; dropping it frees the slot.
+pub struct Slot {
+    gate: Arc<Mutex<Gate>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let handed = {
+            let mut gate = self.gate.lock().expect("lock");
+            gate.running -= 1;
+            gate.admit(&self.gate)
+        };
+        hand_over(handed);
+    }
+}
+
+fn hand_over(handed: Vec<(oneshot::Sender<Slot>, Slot)>) {
+    for (tx, slot) in handed {
+        // A waiter that went away drops the slot, which frees it again.
+        let _ = tx.send(slot);
+    }
 }
 
 impl Limiter {
-    pub fn new(size: usize) -> Limiter {
+    /// A limiter of `size` slots within the hard bound `max`.
+    pub fn new(size: usize, max: usize) -> Limiter {
         Limiter {
-            slots: Arc::new(Semaphore::new(size)),
-            size: Arc::new(AtomicUsize::new(size)),
+            gate: Arc::new(Mutex::new(Gate {
+                size,
+                max: max.max(size).max(1),
+                last_sync: None,
+                running: 0,
+                sync_waiting: VecDeque::new(),
+                async_waiting: VecDeque::new(),
+            })),
         }
     }
 
-    pub fn slots(&self) -> Arc<Semaphore> {
-        self.slots.clone()
+    /// Waits for a slot of `lane`; `None` only if the limiter is gone.
+    pub async fn acquire(&self, lane: Lane) -> Option<Slot> {
+        let rx = {
+            let mut gate = self.gate.lock().expect("lock");
+            if lane == Lane::Sync {
+                gate.last_sync = Some(Instant::now());
+            }
+            let queued_ahead = match lane {
+                Lane::Sync => !gate.sync_waiting.is_empty(),
+                Lane::Async => !gate.sync_waiting.is_empty() || !gate.async_waiting.is_empty(),
+            };
+            if !queued_ahead && gate.room(lane) {
+                gate.running += 1;
+                return Some(Slot {
+                    gate: self.gate.clone(),
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            match lane {
+                Lane::Sync => gate.sync_waiting.push_back(tx),
+                Lane::Async => gate.async_waiting.push_back(tx),
+            }
+            rx
+        };
+        rx.await.ok()
     }
 
+    /// The target it enforces.
     pub fn size(&self) -> usize {
-        self.size.load(Ordering::Relaxed)
+        self.gate.lock().expect("lock").size
     }
 
     /// Runs going on now.
     pub fn in_flight(&self) -> usize {
-        self.size().saturating_sub(self.slots.available_permits())
+        self.gate.lock().expect("lock").running
     }
 
+    /// Sets the target; runs above a lower one go on, and no new one starts until they end.
     pub fn resize(&self, target: usize) {
-        let current = self.size.swap(target, Ordering::Relaxed);
-        if target > current {
-            self.slots.add_permits(target - current);
-        } else if target < current {
-            let slots = self.slots.clone();
-            let surplus = (current - target) as u32;
-            // Take the surplus slots out as runs give them back.
-            tokio::spawn(async move {
-                if let Ok(permits) = slots.acquire_many_owned(surplus).await {
-                    permits.forget();
-                }
-            });
-        }
+        let handed = {
+            let mut gate = self.gate.lock().expect("lock");
+            gate.size = target;
+            gate.admit(&self.gate)
+        };
+        hand_over(handed);
     }
 }
 
@@ -214,6 +502,9 @@ pub fn share_prefetch(target: usize, backlogs: &[u64]) -> Vec<usize> {
 }
 
 #[cfg(test)]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -222,103 +513,168 @@ mod tests {
             min: 1,
             max: 8,
             interval: Duration::from_millis(100),
-            drain_target: Duration::from_secs(2),
             cooldown: Duration::from_secs(10),
+            tolerance: 1.5,
+            start: 4,
         }
     }
 
+    fn obs(depth: u64, in_flight: usize) -> Observation {
+        Observation { depth, in_flight }
+    }
+
     #[test]
-    fn a_backlog_raises_the_target_at_once() {
+    fn a_backlog_raises_the_target_at_once_up_to_the_capacity() {
         let t0 = Instant::now();
         let mut c = Controller::new(config(), t0);
         assert_eq!(c.target(), 1);
-        // 6 waiting × 1 s / 2 s = 3
+        assert_eq!(c.observe(obs(2, 0), t0), 4, "2 waiting + √2 headroom");
         assert_eq!(
-            c.observe(
-                Observation {
-                    depth: 6,
-                    in_flight: 0
-                },
-                t0
-            ),
-            3
+            c.observe(obs(100, 4), t0),
+            4,
+            "capped at the start capacity"
         );
-        // a burst beyond max is capped
-        assert_eq!(
-            c.observe(
-                Observation {
-                    depth: 100,
-                    in_flight: 3
-                },
-                t0
-            ),
-            8
-        );
+        assert_eq!(c.capacity(), 4);
+    }
+
+    #[test]
+    fn one_call_at_a_time_keeps_the_target_at_one() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(config(), t0);
+        let mut t = t0;
+        for i in 0..60 {
+            t += Duration::from_millis(100);
+            if i % 3 == 0 {
+                c.record_run("echo#cold", Duration::from_millis(300));
+            }
+            assert_eq!(c.observe(obs(0, 1), t), 1);
+        }
     }
 
     #[test]
     fn the_target_comes_down_only_after_the_cooldown_and_gradually() {
         let t0 = Instant::now();
         let mut c = Controller::new(config(), t0);
-        c.observe(
-            Observation {
-                depth: 100,
-                in_flight: 0,
-            },
-            t0,
-        );
-        assert_eq!(c.target(), 8);
-        let idle = Observation {
-            depth: 0,
-            in_flight: 0,
-        };
-        assert_eq!(
-            c.observe(idle, t0 + Duration::from_secs(5)),
-            8,
-            "still cooling down"
-        );
-        assert_eq!(c.observe(idle, t0 + Duration::from_secs(10)), 4);
-        assert_eq!(c.observe(idle, t0 + Duration::from_secs(11)), 2);
-        assert_eq!(c.observe(idle, t0 + Duration::from_secs(12)), 1);
-        assert_eq!(
-            c.observe(idle, t0 + Duration::from_secs(13)),
-            1,
-            "never below min"
-        );
+        c.observe(obs(100, 0), t0);
+        assert_eq!(c.target(), 4);
+        let idle = obs(0, 0);
+        assert_eq!(c.observe(idle, t0 + Duration::from_secs(5)), 4, "cooling");
+        assert_eq!(c.observe(idle, t0 + Duration::from_secs(10)), 2);
+        assert_eq!(c.observe(idle, t0 + Duration::from_secs(11)), 1);
+        assert_eq!(c.observe(idle, t0 + Duration::from_secs(12)), 1, "min");
     }
 
     #[test]
-    fn fast_runs_need_less_concurrency() {
+    fn runs_that_hold_their_time_let_the_capacity_grow_and_inflated_ones_shrink_it() {
         let t0 = Instant::now();
         let mut c = Controller::new(config(), t0);
-        for _ in 0..50 {
-            c.record_run(Duration::from_millis(100));
+        let mut t = t0;
+        for _ in 0..20 {
+            t += Duration::from_millis(100);
+            for _ in 0..4 {
+                c.record_run("f", Duration::from_millis(50));
+            }
+            c.observe(obs(50, c.target()), t);
         }
-        assert!(c.mean_run() < Duration::from_millis(150));
-        assert_eq!(c.needed(20), 2, "20 × 0.1 s / 2 s");
+        assert_eq!(c.capacity(), 8, "grew to max while runs held");
+        assert_eq!(c.target(), 8);
+        for _ in 0..3 {
+            t += Duration::from_millis(100);
+            for _ in 0..4 {
+                c.record_run("f", Duration::from_millis(150));
+            }
+            c.observe(obs(50, c.target()), t);
+        }
+        assert!(c.inflation() > 2.0, "{}", c.inflation());
+        assert!(c.capacity() < 8, "shrank: {}", c.capacity());
+        assert_eq!(c.target(), c.capacity(), "the target follows down at once");
+    }
+
+    #[test]
+    fn classes_are_judged_against_their_own_unloaded_time() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(config(), t0);
+        let mut t = t0;
+        // A slow and a fast function side by side: neither looks inflated.
+        for _ in 0..20 {
+            t += Duration::from_millis(100);
+            c.record_run("slow", Duration::from_secs(1));
+            c.record_run("fast", Duration::from_millis(20));
+            c.observe(obs(50, c.target()), t);
+        }
+        assert!((c.inflation() - 1.0).abs() < 0.01, "{}", c.inflation());
     }
 
     #[test]
     fn prefetch_is_shared_by_backlog() {
         assert_eq!(share_prefetch(8, &[0]), vec![8]);
         assert_eq!(share_prefetch(8, &[9, 0]), vec![8, 1]);
-        let shares = share_prefetch(4, &[3, 3]);
-        assert_eq!(shares, vec![2, 2]);
+        assert_eq!(share_prefetch(4, &[3, 3]), vec![2, 2]);
     }
 
     #[tokio::test]
     async fn the_limiter_grows_and_shrinks() {
-        let l = Limiter::new(2);
-        let a = l.slots().acquire_owned().await.unwrap();
+        let l = Limiter::new(2, 8);
+        let a = l.acquire(Lane::Async).await.unwrap();
         assert_eq!(l.in_flight(), 1);
         l.resize(4);
-        assert_eq!(l.slots().available_permits(), 3);
+        let more: Vec<Slot> =
+            futures_util::future::join_all((0..3).map(|_| l.acquire(Lane::Async)))
+                .await
+                .into_iter()
+                .map(Option::unwrap)
+                .collect();
+        assert_eq!(l.in_flight(), 4);
         l.resize(1);
-        tokio::task::yield_now().await;
         drop(a);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(l.slots().available_permits(), 1);
+        drop(more);
+        assert_eq!(l.in_flight(), 0);
+        let _one = l.acquire(Lane::Async).await.unwrap();
+        let second = tokio::time::timeout(Duration::from_millis(20), l.acquire(Lane::Async)).await;
+        assert!(second.is_err(), "the target is 1");
         assert_eq!(l.size(), 1);
+    }
+
+    #[tokio::test]
+    async fn sync_calls_get_a_slot_that_async_work_cannot_take() {
+        let l = Limiter::new(4, 4);
+        // Async work alone gets every slot.
+        let all: Vec<Slot> = futures_util::future::join_all((0..4).map(|_| l.acquire(Lane::Async)))
+            .await
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        drop(all);
+        // Once sync calls come, one slot is kept for them.
+        drop(l.acquire(Lane::Sync).await.unwrap());
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(l.acquire(Lane::Async).await.unwrap());
+        }
+        let fourth = tokio::time::timeout(Duration::from_millis(20), l.acquire(Lane::Async)).await;
+        assert!(fourth.is_err(), "async never takes the reserved slot");
+        let sync = tokio::time::timeout(Duration::from_millis(20), l.acquire(Lane::Sync)).await;
+        assert!(matches!(sync, Ok(Some(_))), "a sync call finds it");
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_a_waiting_sync_call_first() {
+        let l = Limiter::new(1, 1);
+        let first = l.acquire(Lane::Async).await.unwrap();
+        let waiting_async = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Lane::Async).await.map(|_| Instant::now()) }
+        });
+        tokio::task::yield_now().await;
+        let waiting_sync = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire(Lane::Sync).await.map(|_| Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(first);
+        let sync_at = waiting_sync.await.unwrap().unwrap();
+        let async_at = waiting_async.await.unwrap().unwrap();
+        assert!(sync_at <= async_at);
     }
 
     #[test]

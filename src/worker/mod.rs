@@ -53,7 +53,7 @@ use crate::invocation::{self, Claim, Outcome, Status, Trigger};
 use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
 use crate::retry::{self, Backoff, Failure, Verdict};
-use crate::scheduler::{self, Controller, Limiter, Observation};
+use crate::scheduler::{self, Controller, Lane, Limiter, Observation};
 use container::{Caps, Exit, PlatformError, Removal, Run, Runner};
 
 /// A shutdown signal, as a future that completes when it is time to stop.
@@ -193,7 +193,7 @@ impl Worker {
                 backoff: settings.backoff(),
                 in_flight: Mutex::default(),
                 busy: AtomicUsize::new(0),
-                limiter: Limiter::new(schedule.min),
+                limiter: Limiter::new(schedule.min, schedule.max),
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
                 metrics: Arc::default(),
@@ -372,15 +372,27 @@ impl Worker {
         };
         let target = self.shared.limiter.size();
         let mut consumers = Vec::new();
-        for (queue, prefetch) in self.queues.iter().zip(scheduler::share_prefetch(
-            target,
-            &vec![0; self.queues.len()],
-        )) {
-            let prefetch = self.shared.allowed(queue, prefetch);
+        // Each named queue's sync twin first, then its work queue: sync calls are served first.
+        let sources: Vec<(String, String)> = self
+            .queues
+            .iter()
+            .flat_map(|q| {
+                [
+                    (q.clone(), self.shared.topology.sync_queue(q)),
+                    (q.clone(), self.shared.topology.work_queue(q)),
+                ]
+            })
+            .collect();
+        let kinds: Vec<bool> = (0..sources.len()).map(|i| i % 2 == 0).collect();
+        let prefetches = self.prefetches(target, &kinds, &vec![0; sources.len()]);
+        for (((queue, source), sync), prefetch) in sources.into_iter().zip(kinds).zip(prefetches) {
+            let prefetch = self.shared.allowed(&queue, prefetch);
             let channel = connection.create_channel().await?;
-            self.shared.topology.declare(&channel, queue).await?;
+            self.shared.topology.declare(&channel, &queue).await?;
             let mut consumer = QueueConsumer {
-                queue: queue.clone(),
+                queue,
+                source,
+                sync,
                 channel,
                 consumers: Vec::new(),
             };
@@ -438,22 +450,28 @@ impl Worker {
         tx: &Deliveries,
     ) -> anyhow::Result<()> {
         let mut depths = Vec::with_capacity(consumers.len());
+        let mut by_queue: Vec<(&str, u64)> = Vec::new();
         for c in consumers.iter() {
-            let depth =
-                match broker::passive_depth(side, &self.shared.topology.work_queue(&c.queue)).await
-                {
-                    Ok(d) => u64::from(d),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "queue depth unknown this tick");
-                        0
-                    }
-                };
+            let depth = match broker::passive_depth(side, &c.source).await {
+                Ok(d) => u64::from(d),
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue depth unknown this tick");
+                    0
+                }
+            };
+            match by_queue.iter_mut().find(|(q, _)| *q == c.queue) {
+                Some((_, total)) => *total += depth,
+                None => by_queue.push((&c.queue, depth)),
+            }
+            depths.push(depth);
+        }
+        // A named queue's depth counts its sync twin.
+        for (queue, depth) in by_queue {
             self.shared.metrics.set(
                 "granda_queue_depth",
-                format!("queue=\"{}\"", label(&c.queue)),
+                format!("queue=\"{}\"", label(queue)),
                 depth as f64,
             );
-            depths.push(depth);
         }
         let in_flight = self.shared.busy.load(Ordering::Relaxed);
         let target = self.shared.controller.lock().expect("lock").observe(
@@ -481,9 +499,10 @@ impl Worker {
         self.shared
             .metrics
             .set("granda_worker_in_flight", worker, in_flight as f64);
+        let kinds: Vec<bool> = consumers.iter().map(|c| c.sync).collect();
         for (consumer, prefetch) in consumers
             .iter_mut()
-            .zip(scheduler::share_prefetch(target, &depths))
+            .zip(self.prefetches(target, &kinds, &depths))
         {
             let prefetch = self.shared.allowed(&consumer.queue, prefetch);
             if consumer.prefetch() != prefetch {
@@ -491,6 +510,27 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// The prefetch of each consumer: work queues share the target by their backlog; sync twins
+    /// share what sync calls may use (the target and the reserve), as the limiter starts them
+    /// first.
+    fn prefetches(&self, target: usize, sync: &[bool], depths: &[u64]) -> Vec<usize> {
+        let reserve = scheduler::sync_reserve(self.schedule.max);
+        let sync_limit = (target + reserve).min(self.schedule.max).max(1);
+        let mut out = vec![0; depths.len()];
+        for kind in [true, false] {
+            let index: Vec<usize> = (0..depths.len()).filter(|&i| sync[i] == kind).collect();
+            let backlogs: Vec<u64> = index.iter().map(|&i| depths[i]).collect();
+            let limit = if kind { sync_limit } else { target };
+            for (i, p) in index
+                .into_iter()
+                .zip(scheduler::share_prefetch(limit, &backlogs))
+            {
+                out[i] = p;
+            }
+        }
+        out
     }
 
     /// Stops consuming, waits up to the grace period for in-flight runs, then closes the
@@ -529,7 +569,12 @@ struct Deliveries {
 /// increase and cancelling the newest ones to decrease. A cancelled consumer's deliveries stay
 /// ackable (acks belong to the channel) and are started as slots free up.
 struct QueueConsumer {
+    /// The named queue (retries park in its delay queues).
     queue: String,
+    /// The broker queue consumed: the named queue's work queue or its sync twin.
+    source: String,
+    /// Consuming a sync twin.
+    sync: bool,
     channel: Channel,
     /// Live consumers, oldest first: tag and prefetch.
     consumers: Vec<(String, usize)>,
@@ -581,7 +626,7 @@ impl QueueConsumer {
         let consumer = self
             .channel
             .basic_consume(
-                shared.topology.work_queue(&self.queue).into(),
+                self.source.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -870,11 +915,20 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Sync calls (a caller waits on the reply) get slots before async work.
+fn lane(delivery: &Delivery) -> Lane {
+    if delivery.properties.reply_to().is_some() {
+        Lane::Sync
+    } else {
+        Lane::Async
+    }
+}
+
 /// Handles one delivery from claim to ack, once the scheduler gives it a slot.
 #[tracing::instrument(skip_all, fields(id, queue = %queue))]
 async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery: Delivery) {
     let _busy = Busy(&shared.busy);
-    let Ok(_slot) = shared.limiter.slots().acquire_owned().await else {
+    let Some(_slot) = shared.limiter.acquire(lane(&delivery)).await else {
         return;
     };
     let work = match Work::decode(&delivery.properties) {
@@ -1050,11 +1104,16 @@ async fn run_claimed(
         shared.images.forget(&work.function.image);
     }
     shared.ran(queue, platform);
+    let class = format!(
+        "{}{}",
+        work.function.name,
+        if outcome.cold { "#cold" } else { "" }
+    );
     shared
         .controller
         .lock()
         .expect("lock")
-        .record_run(started.elapsed());
+        .record_run(&class, started.elapsed());
     let function = format!("function=\"{}\"", label(&work.function.name));
     if outcome.cold {
         shared
