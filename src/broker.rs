@@ -915,29 +915,6 @@ impl Publisher {
     }
 }
 
-#[cfg(test)]
-mod size_tests {
-    use super::*;
-
-    #[test]
-    fn header_frames_are_measured_as_serialized() {
-        // Frame header, class, weight, body size, property flags, frame end.
-        assert_eq!(header_frame_size(&lapin::BasicProperties::default()), 22);
-        let mut headers = FieldTable::default();
-        // `"` doubles in JSON, but an AMQP long string is sent as is: 1 + 1 + 1 + 4 + 1000.
-        headers.insert("k".into(), text(&"\"".repeat(1000)));
-        let props = lapin::BasicProperties::default().with_headers(headers);
-        assert_eq!(header_frame_size(&props), 22 + 4 + 1 + 1 + 1 + 4 + 1000);
-        assert!(check_header_size(&props, 131_072).is_ok());
-        // 1033 bytes: over 2000 - 1024 of margin, under 3000 - 1024.
-        assert!(matches!(
-            check_header_size(&props, 2000),
-            Err(BrokerError::TooLarge { .. })
-        ));
-        assert!(check_header_size(&props, 3000).is_ok());
-    }
-}
-
 /// Sends the replies of sync calls on a connection of its own, so that whatever a reply runs
 /// into (the caller's node went down and RabbitMQ fails the publish to its
 /// `amq.rabbitmq.reply-to.*`, closing the channel or the whole connection) can't take down the
@@ -1001,5 +978,28 @@ impl Replier {
             Ok(Err(e)) => tracing::warn!(error = %e, "reply not sent; the caller reads the record"),
             Err(_) => tracing::warn!("reply not sent in time; the caller reads the record"),
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn header_frames_are_measured_as_serialized() {
+        // Frame header, class, weight, body size, property flags, frame end.
+        assert_eq!(header_frame_size(&lapin::BasicProperties::default()), 22);
+        let mut headers = FieldTable::default();
+        // `"` doubles in JSON, but an AMQP long string is sent as is: 1 + 1 + 1 + 4 + 1000.
+        headers.insert("k".into(), text(&"\"".repeat(1000)));
+        let props = lapin::BasicProperties::default().with_headers(headers);
+        assert_eq!(header_frame_size(&props), 22 + 4 + 1 + 1 + 1 + 4 + 1000);
+        assert!(check_header_size(&props, 131_072).is_ok());
+        // 1033 bytes: over 2000 - 1024 of margin, under 3000 - 1024.
+        assert!(matches!(
+            check_header_size(&props, 2000),
+            Err(BrokerError::TooLarge { .. })
+        ));
+        assert!(check_header_size(&props, 3000).is_ok());
     }
 }

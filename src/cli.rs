@@ -165,7 +165,11 @@ pub async fn run(
     };
     match command {
         Command::Migrate(_) => {
-            crate::db::connect_and_migrate_with_ca(&settings.database_url, settings.ca_file.as_deref()).await?;
+            crate::db::connect_and_migrate_with_ca(
+                &settings.database_url,
+                settings.ca_file.as_deref(),
+            )
+            .await?;
             tracing::info!("database is migrated");
             Ok(())
         }
@@ -175,11 +179,19 @@ pub async fn run(
             settings
                 .worker_listen
                 .get_or_insert_with(|| "127.0.0.1:9090".to_string());
-            let pool = crate::db::connect_and_migrate_with_ca(&settings.database_url, settings.ca_file.as_deref()).await?;
+            let pool = crate::db::connect_and_migrate_with_ca(
+                &settings.database_url,
+                settings.ca_file.as_deref(),
+            )
+            .await?;
             Worker::build(&settings, pool).await?.run(signal()).await
         }
         Command::Up(_) => {
-            let pool = crate::db::connect_and_migrate_with_ca(&settings.database_url, settings.ca_file.as_deref()).await?;
+            let pool = crate::db::connect_and_migrate_with_ca(
+                &settings.database_url,
+                settings.ca_file.as_deref(),
+            )
+            .await?;
             let app = Application::build_with_pool(settings.clone(), pool.clone())
                 .await?
                 .with_engine()?;

@@ -32,10 +32,7 @@ pub struct Settings {
 
     /// The longest wait for the broker to confirm a publish (reconnecting and retrying included),
     /// in ms. Past it the caller gets 503 and the invocation never runs.
-    #[arg(
-        long,
-        env = "GRANDA_PUBLISH_TIMEOUT_MS",
-        default_value_t = 5_000)]
+    #[arg(long, env = "GRANDA_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
 
     /// A PEM file of CA certificates to trust, besides the system's, for `amqps://` and for
@@ -69,15 +66,13 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_SCHEDULER_LATENCY_TOLERANCE",
-        default_value_t = 1.5)]
+        default_value_t = 1.5
+    )]
     pub scheduler_latency_tolerance: f64,
 
     /// How long a worker must be idle (no waiting message, a slot free) before the scheduler lowers
     /// concurrency, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_SCHEDULER_COOLDOWN_MS",
-        default_value_t = 30_000)]
+    #[arg(long, env = "GRANDA_SCHEDULER_COOLDOWN_MS", default_value_t = 30_000)]
     pub scheduler_cooldown_ms: u64,
 
     /// Queues this worker serves, comma-separated.
@@ -154,17 +149,11 @@ pub struct Settings {
     /// Whether a worker may pull an image its engine lacks: `missing` (pull when the engine
     /// lacks it), `always` (pull again before a run when this worker last pulled it over a
     /// minute ago) or `never` (only images already on the engine; nothing is fetched).
-    #[arg(
-        long,
-        env = "GRANDA_IMAGE_PULL",
-        default_value = "missing")]
+    #[arg(long, env = "GRANDA_IMAGE_PULL", default_value = "missing")]
     pub image_pull: ImagePull,
 
     /// How long one image pull may take before the run (or registration check) gives up, in ms.
-    #[arg(
-        long,
-        env = "GRANDA_IMAGE_PULL_TIMEOUT_MS",
-        default_value_t = 300_000)]
+    #[arg(long, env = "GRANDA_IMAGE_PULL_TIMEOUT_MS", default_value_t = 300_000)]
     pub image_pull_timeout_ms: u64,
 
     /// Where a standalone worker serves `/healthz`, `/readyz` and `/metrics` (`off`: nowhere).
@@ -175,10 +164,7 @@ pub struct Settings {
     /// How long a worker counts as alive after its last heartbeat, in ms: past it, another worker
     /// takes over its running invocations and its pool containers are anyone's to remove.
     /// Heartbeats go out every third of it.
-    #[arg(
-        long,
-        env = "GRANDA_WORKER_LEASE_MS",
-        default_value_t = 6_000)]
+    #[arg(long, env = "GRANDA_WORKER_LEASE_MS", default_value_t = 6_000)]
     pub worker_lease_ms: u64,
 
     /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
@@ -223,10 +209,7 @@ pub struct Settings {
     pub callback_ca_file: Option<std::path::PathBuf>,
 
     /// Most callbacks one worker holds for delivery at once; past it they wait in Postgres.
-    #[arg(
-        long,
-        env = "GRANDA_CALLBACK_MAX_INFLIGHT",
-        default_value_t = 32)]
+    #[arg(long, env = "GRANDA_CALLBACK_MAX_INFLIGHT", default_value_t = 32)]
     pub callback_max_inflight: u32,
 
     /// Most output bytes one worker holds for callback delivery at once (default 64 MiB).
@@ -266,7 +249,8 @@ pub struct Settings {
     #[arg(
         long,
         env = "GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION",
-        default_value_t = 100)]
+        default_value_t = 100
+    )]
     pub max_subscriptions_per_function: i64,
 }
 

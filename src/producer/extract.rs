@@ -53,26 +53,6 @@ fn did_you_mean(text: String) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::did_you_mean;
-
-    #[test]
-    fn an_unknown_field_names_the_closest_valid_one() {
-        let serde = "Failed to deserialize the JSON body into the target type: unknown field \
-                     `timeout`, expected one of `name`, `image`, `timeout_ms`, `memory_mb` at line 1 column 30";
-        let said = did_you_mean(serde.to_string());
-        assert!(
-            said.ends_with("unknown field `timeout`: did you mean `timeout_ms`?"),
-            "{said}"
-        );
-        assert!(!said.contains("memory_mb"), "{said}");
-        // Nothing close: the list stays.
-        let far = "unknown field `zzz`, expected one of `name`, `image`";
-        assert_eq!(did_you_mean(far.to_string()), far);
-    }
-}
-
 /// A raw body of any type, up to the configured size (413 above it).
 pub struct RawBody(pub Bytes);
 
@@ -103,4 +83,24 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, 
         .ok_or_else(|| {
             ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn an_unknown_field_names_the_closest_valid_one() {
+        let serde = "Failed to deserialize the JSON body into the target type: unknown field \
+                     `timeout`, expected one of `name`, `image`, `timeout_ms`, `memory_mb` at line 1 column 30";
+        let said = did_you_mean(serde.to_string());
+        assert!(
+            said.ends_with("unknown field `timeout`: did you mean `timeout_ms`?"),
+            "{said}"
+        );
+        assert!(!said.contains("memory_mb"), "{said}");
+        // Nothing close: the list stays.
+        let far = "unknown field `zzz`, expected one of `name`, `image`";
+        assert_eq!(did_you_mean(far.to_string()), far);
+    }
 }
