@@ -1,6 +1,6 @@
 //! The `granda` command: the processes (`up`, `server`, `worker`, `migrate`), key management
 //! straight in the database (`keys`), and the client commands (`fn`, `invoke`, `inv`, `hooks`,
-//! `events`, `completions`), which live in `crate::client`.
+//! `events`, `schedules`, `completions`), which live in `crate::client`.
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -49,6 +49,9 @@ pub enum TopCommand {
     /// Publish events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Manage cron schedules: create, ls, get, rm, pause, resume.
+    #[command(subcommand)]
+    Schedules(crate::client::schedules::SchedulesCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -152,6 +155,7 @@ pub async fn main() -> anyhow::Result<()> {
         TopCommand::Inv(command) => crate::client::invocations::run(&client, command).await,
         TopCommand::Hooks(command) => crate::client::hooks::run(&client, command).await,
         TopCommand::Events(command) => crate::client::events::run(&client, command).await,
+        TopCommand::Schedules(command) => crate::client::schedules::run(&client, command).await,
     };
     if let Err(e) = outcome {
         report(&e);

@@ -7,6 +7,7 @@ pub mod functions;
 pub mod hooks;
 pub mod invocations;
 pub mod invoke;
+pub mod schedules;
 
 use std::io::IsTerminal;
 

@@ -10,6 +10,7 @@
 pub mod chart;
 pub mod forms;
 pub mod pages;
+pub mod schedules;
 pub mod session;
 pub mod stats;
 
@@ -45,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/invocations/{id}", get(pages::invocation))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
+        .route("/schedules", get(schedules::list))
 }
 
 /// A failure shown as an HTML page with the API's status code.
@@ -114,6 +116,7 @@ pub fn page(title: &str, nav: bool, head: Markup, content: Markup) -> Html<Strin
                             a href=(BASE) { "Functions" }
                             a href={ (BASE) "/functions/new" } { "New function" }
                             a href={ (BASE) "/queues" } { "Queues" }
+                            a href={ (BASE) "/schedules" } { "Schedules" }
                             form.inline method="post" action={ (BASE) "/logout" } {
                                 button.link type="submit" { "Log out" }
                             }
