@@ -238,7 +238,7 @@ pub mod store {
         .bind(size)
         .bind(content_type)
         .bind(Json(invocations))
-        .bind((!headers.is_empty()).then(|| Json(headers)))
+        .bind((!headers.is_empty()).then_some(Json(headers)))
         .execute(tx)
         .await?;
         Ok(())

@@ -335,7 +335,7 @@ pub mod store {
         .bind(stored)
         .bind(inv.input.len() as i64)
         .bind(payload)
-        .bind((!env.is_empty()).then(|| sqlx::types::Json(env)))
+        .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
         .execute(tx)
         .await?;
         Ok(())

@@ -372,6 +372,7 @@ async fn a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         .await
         .unwrap();
     assert!((n as usize) < N, "the batch was done before the kill: {n}");
+    eprintln!("router killed after {n} of {N} events were recorded");
     // Another router starts; with the first app's own, they finish the batch.
     let fresh = extra_ingress(&app).await;
     wait_until(
