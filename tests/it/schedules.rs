@@ -9,7 +9,7 @@ use granda::producer::Application;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::support::{TestApp, error_code, spawn_app};
+use crate::support::{TestApp, error_code, spawn_app, spawn_app_with};
 
 /// A second ingress (API, outbox, schedule ticker, inbound router) on `app`'s database and
 /// queues. Stop it with the sender, or abort its task to kill it.
@@ -434,4 +434,115 @@ pub async fn delete_queue(app: &TestApp, queue: &str) {
         }
         let _ = c.close(200, "".into()).await;
     }
+}
+
+/// Runs the `granda` CLI against `app`; returns (exit code, stdout).
+async fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args(args)
+        .env("GRANDA_URL", &app.address)
+        .env("GRANDA_KEY", crate::support::ADMIN_KEY)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running granda");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_pauses_resumes_and_removes_schedules() {
+    let app = spawn_app().await;
+    app.register(
+        "cronjob",
+        "granda-test/echo",
+        json!({"queue": "parked-cli"}),
+    )
+    .await;
+    let (code, out) = cli(
+        &app,
+        &[
+            "--json",
+            "schedules",
+            "create",
+            "cronjob",
+            "0 6 * * *",
+            "-z",
+            "Asia/Tokyo",
+            "--paused",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["enabled"], false);
+    let (code, out) = cli(&app, &["schedules", "ls"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&id) && out.contains("paused") && out.contains("Asia/Tokyo"),
+        "{out}"
+    );
+    let (code, out) = cli(&app, &["schedules", "resume", &id]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("next_runs:") && out.contains("T21:00:00Z"),
+        "{out}"
+    );
+    let (code, out) = cli(&app, &["--json", "schedules", "pause", &id]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["enabled"],
+        false
+    );
+    let (code, _) = cli(&app, &["schedules", "rm", &id]).await;
+    assert_eq!(code, 0);
+    let (code, _) = cli(&app, &["schedules", "get", &id]).await;
+    assert_eq!(code, 3, "not found");
+    let (code, _) = cli(&app, &["schedules", "create", "cronjob", "nope"]).await;
+    assert_eq!(code, 1, "a bad pattern is refused");
+    delete_queue(&app, "parked-cli").await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_republishes_a_scheduled_invocation_with_its_env() {
+    let app = spawn_app_with(|s| s.outbox_grace_ms = 500).await;
+    app.register("swept", "granda-test/env", json!({})).await;
+    // Recorded in a transaction, never published: as if the ingress died right after the commit.
+    let id = uuid::Uuid::now_v7();
+    let mut env = BTreeMap::new();
+    env.insert("GRANDA_SCHEDULE_ID".to_string(), "s-1".to_string());
+    env.insert(
+        "GRANDA_SCHEDULED_AT".to_string(),
+        "2026-01-01T00:00:00Z".to_string(),
+    );
+    let mut tx = app.pool.begin().await.unwrap();
+    granda::invocation::store::insert_queued_in(
+        &mut tx,
+        &granda::invocation::NewInvocation {
+            id,
+            function: "swept",
+            trigger: granda::invocation::Trigger::Schedule,
+            input: b"",
+            stored_input_cap: 1024,
+            idempotency_key: None,
+        },
+        &env,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let record = app.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["trigger"], "schedule");
+    let out = record["output"].as_str().unwrap();
+    assert!(out.contains("GRANDA_SCHEDULE_ID=s-1\n"), "{out}");
+    assert!(
+        out.contains("GRANDA_SCHEDULED_AT=2026-01-01T00:00:00Z\n"),
+        "{out}"
+    );
+    app.shutdown().await;
 }
