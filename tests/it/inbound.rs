@@ -348,6 +348,7 @@ async fn a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     }
     let victim = extra_ingress(&app).await;
     let (conn, ch) = confirm_channel().await;
+    let started = Instant::now();
     for i in 0..N {
         let body = format!("m-{i}");
         publish(&ch, &app, "ledger.entry", body.as_bytes(), Some(&body), &[]).await;
@@ -387,6 +388,10 @@ async fn a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         },
     )
     .await;
+    eprintln!(
+        "{N} messages (3 subscribers each) routed in {:?}, one router killed on the way",
+        started.elapsed()
+    );
     wait_until(
         "every invocation published",
         Duration::from_secs(30),

@@ -156,6 +156,17 @@ async fn each_tick_fires_once_across_two_ingresses_and_never_while_paused() {
     .await
     .unwrap();
     assert_eq!(unpublished.0, 0);
+    // From each tick to its record: late ticks still fire, so this is bounded by the 30 s grace.
+    let (avg_ms, max_ms): (f64, f64) = sqlx::query_as(
+        "SELECT avg(ms)::float8, max(ms)::float8 FROM (
+             SELECT EXTRACT(EPOCH FROM queued_at - (extra_env->>'GRANDA_SCHEDULED_AT')::timestamptz) * 1000 AS ms
+             FROM invocations WHERE function = 'tick') t",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    eprintln!("schedule lag: avg {avg_ms:.0} ms, max {max_ms:.0} ms");
+    assert!(max_ms < 30_000.0 && avg_ms >= 0.0);
     let fired_metric = app
         .metric("granda_schedule_fired_total{}")
         .await
