@@ -5,6 +5,7 @@
 #     127.0.0.1:5432 / 127.0.0.1:5672;
 #   - starts what is down: dockerd, the PostgreSQL cluster, RabbitMQ (never a second copy of any);
 #   - makes sure Postgres has a superuser role `root` (the default GRANDA_DATABASE_URL connects as the OS user);
+#   - installs pika (PyPI) for the AMQP publishing test, unless python3 already imports it;
 #   - builds the local test images (scripts/build-test-images.sh).
 # Idempotent; takes a few seconds when everything is already there. Prints one line per service.
 set -euo pipefail
@@ -194,6 +195,18 @@ fi
 rabbit_version=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || true)
 rabbit_version=${rabbit_version%%-*}
 echo "ok rabbitmq ${rabbit_version:-?} (127.0.0.1:$AMQP_PORT)"
+
+# ---------------------------------------------------------------------------------------------------
+# 4b. pika (PyPI), the Python AMQP client tests/it/inbound.rs publishes with
+# ---------------------------------------------------------------------------------------------------
+if ! python3 -c 'import pika' >/dev/null 2>&1; then
+    command -v python3 >/dev/null || die "python3 is needed (tests publish to RabbitMQ with pika)"
+    log "installing pika from PyPI"
+    python3 -m pip install -q --root-user-action=ignore 'pika==1.4.4' 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'pika==1.4.4' \
+        || die "pip could not install pika"
+fi
+echo "ok pika $(python3 -c 'import pika; print(pika.__version__)')"
 
 # ---------------------------------------------------------------------------------------------------
 # 5. Test images

@@ -844,7 +844,72 @@ pub async fn delete_topology(
     channel
         .exchange_delete(topology.events_exchange().into(), Default::default())
         .await?;
+    for q in [topology.inbound_queue(), topology.inbound_dead_queue()] {
+        channel.queue_delete(q.into(), Default::default()).await?;
+    }
+    channel
+        .exchange_delete(topology.inbound_exchange().into(), Default::default())
+        .await?;
     Ok(())
+}
+
+// Events published over AMQP (issue 19): any client publishes to the durable topic exchange
+// `p.inbound` (routing key = topic). A quorum queue `p.inbound.router`, bound with `#`, holds them
+// for the routers (one per ingress, competing consumers; see `crate::inbound`). What a router
+// can't accept goes to the quorum queue `p.inbound.dead`, with the reason in `x-granda-reason`;
+// a message redelivered past the delivery limit is dead-lettered there by the broker.
+impl Topology {
+    pub fn inbound_exchange(&self) -> String {
+        format!("{}.inbound", self.prefix)
+    }
+
+    pub fn inbound_queue(&self) -> String {
+        format!("{}.inbound.router", self.prefix)
+    }
+
+    pub fn inbound_dead_queue(&self) -> String {
+        format!("{}.inbound.dead", self.prefix)
+    }
+
+    /// Declares the inbound exchange, the router's queue and its dead-letter queue. Idempotent.
+    pub async fn declare_inbound(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        declare_topic_exchange(channel, &self.inbound_exchange()).await?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), text("quorum"));
+        channel
+            .queue_declare(self.inbound_dead_queue().into(), durable, dead_args)
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            text(&self.inbound_dead_queue()),
+        );
+        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        args.insert("x-overflow".into(), text("reject-publish"));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        channel
+            .queue_declare(self.inbound_queue().into(), durable, args)
+            .await?;
+        channel
+            .queue_bind(
+                self.inbound_queue().into(),
+                self.inbound_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 // Published events (issue 5): a durable topic exchange `p.events` that carries every event published

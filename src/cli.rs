@@ -1,6 +1,6 @@
 //! The `granda` command: the processes (`up`, `server`, `worker`, `migrate`), which alone take
 //! the server settings, and the client commands (`fn`, `invoke`, `inv`, `hooks`, `events`,
-//! `keys`, `completions`), which talk to a server's API and live in `crate::client`.
+//! `schedules`, `keys`, `completions`), which talk to a server's API and live in `crate::client`.
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -53,6 +53,9 @@ pub enum TopCommand {
     /// Manage API keys over the API: create, ls, revoke (an admin key is needed).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage cron schedules: create, ls, get, rm, pause, resume.
+    #[command(subcommand)]
+    Schedules(crate::client::schedules::SchedulesCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -123,6 +126,7 @@ pub async fn main() -> anyhow::Result<()> {
         TopCommand::Hooks(command) => crate::client::hooks::run(&client, command).await,
         TopCommand::Events(command) => crate::client::events::run(&client, command).await,
         TopCommand::Keys(command) => crate::client::keys::run(&client, command).await,
+        TopCommand::Schedules(command) => crate::client::schedules::run(&client, command).await,
     };
     if let Err(e) = outcome {
         report(&e);

@@ -375,6 +375,48 @@ pub mod store {
         Ok(())
     }
 
+    /// The functions whose subscriptions match `topic`, each once however many patterns match.
+    pub async fn subscribers(
+        pool: &PgPool,
+        topic: &str,
+    ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+        Ok(subscriptions(pool, None)
+            .await?
+            .into_iter()
+            .filter(|s| matches(&s.pattern, topic))
+            .map(|s| s.function)
+            .collect())
+    }
+
+    /// Records an event inside the caller's transaction (the AMQP router), with its fan-out
+    /// and the AMQP headers it came with; no idempotency key (the caller has its own).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_event_in(
+        tx: &mut sqlx::PgConnection,
+        id: Uuid,
+        topic: &str,
+        payload: &[u8],
+        size: i64,
+        content_type: Option<&str>,
+        headers: &serde_json::Map<String, Value>,
+        invocations: &[FannedOut],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO events (id, topic, payload, size, content_type, invocations, headers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(topic)
+        .bind(payload)
+        .bind(size)
+        .bind(content_type)
+        .bind(Json(invocations))
+        .bind((!headers.is_empty()).then_some(Json(headers)))
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn get_event(pool: &PgPool, id: Uuid) -> Result<Option<Event>, sqlx::Error> {
         sqlx::query_as::<_, Event>(
             "SELECT id, topic, payload, size, content_type, invocations, published_at

@@ -58,6 +58,7 @@ pub enum Trigger {
     Async,
     Webhook,
     Event,
+    Schedule,
 }
 
 impl Trigger {
@@ -67,6 +68,7 @@ impl Trigger {
             Trigger::Async => "async",
             Trigger::Webhook => "webhook",
             Trigger::Event => "event",
+            Trigger::Schedule => "schedule",
         }
     }
 
@@ -76,6 +78,7 @@ impl Trigger {
             "async" => Trigger::Async,
             "webhook" => Trigger::Webhook,
             "event" => Trigger::Event,
+            "schedule" => Trigger::Schedule,
             _ => return None,
         })
     }
@@ -203,6 +206,8 @@ pub struct Unpublished {
     pub function: String,
     pub trigger: String,
     pub input: Vec<u8>,
+    /// The invocation's own env (schedules, AMQP events), added to the function's again.
+    pub extra_env: Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
 }
 
 /// What marking an invocation `running` found.
@@ -308,6 +313,33 @@ pub mod store {
         .fetch_one(pool)
         .await?;
         Ok((id, false))
+    }
+
+    /// Stores a `queued` invocation inside the caller's transaction (schedules and the AMQP
+    /// router record the claim or the event in the same one), with its own `env`, which the
+    /// outbox keeps when it re-publishes. No idempotency key: the caller's transaction is the
+    /// guard. Publish it after the commit ([`crate::producer::outbox::publish_now`]).
+    pub async fn insert_queued_in(
+        tx: &mut sqlx::PgConnection,
+        inv: &NewInvocation<'_>,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), sqlx::Error> {
+        let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+        let payload = (stored.len() < inv.input.len()).then_some(inv.input);
+        sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, payload, extra_env)
+             VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7)",
+        )
+        .bind(inv.id)
+        .bind(inv.function)
+        .bind(inv.trigger.as_str())
+        .bind(stored)
+        .bind(inv.input.len() as i64)
+        .bind(payload)
+        .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 
     /// Removes a `queued` invocation whose message the broker did not confirm, so nothing waits
@@ -542,7 +574,7 @@ pub mod store {
         limit: i64,
     ) -> Result<Vec<Unpublished>, sqlx::Error> {
         sqlx::query_as::<_, Unpublished>(
-            "SELECT id, function, trigger, COALESCE(payload, input, ''::bytea) AS input FROM invocations
+            "SELECT id, function, trigger, COALESCE(payload, input, ''::bytea) AS input, extra_env FROM invocations
              WHERE status = 'queued' AND published_at IS NULL
                AND queued_at < now() - make_interval(secs => $1)
              ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED",

@@ -45,6 +45,17 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Adds `n` to the counter `name{labels}`.
+    pub fn add(&self, name: &'static str, labels: String, n: u64) {
+        *self
+            .inner
+            .lock()
+            .expect("lock")
+            .counters
+            .entry((name, labels))
+            .or_default() += n;
+    }
+
     /// Sets the gauge `name{labels}`.
     pub fn set(&self, name: &'static str, labels: String, value: f64) {
         self.inner

@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod invocations;
 pub mod invoke;
 pub mod keys;
+pub mod schedules;
 
 use std::io::IsTerminal;
 

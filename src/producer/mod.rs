@@ -16,6 +16,7 @@ pub mod keys;
 pub mod openapi;
 pub mod outbox;
 pub mod recent;
+pub mod schedules;
 pub mod ui;
 pub mod webhooks;
 
@@ -108,6 +109,9 @@ impl Application {
         let publisher = Publisher::start(nodes, Topology::new(&settings.amqp_prefix))
             .await
             .context("connecting to RabbitMQ")?;
+        declare_inbound(&settings.amqp_url, publisher.topology())
+            .await
+            .context("declaring the inbound exchange and queues")?;
         let metrics: Arc<Metrics> = Arc::default();
         let body_budget = Arc::new(budget::BodyBudget::new(
             settings.unauthenticated_body_budget_bytes,
@@ -159,15 +163,39 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ingress listening");
-        let sweeper = tokio::spawn(outbox::run(self.state.clone()));
+        // The ingress's loops: dropped with this future (aborted), or stopped below.
+        let mut loops = tokio::task::JoinSet::new();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        loops.spawn(outbox::run(self.state.clone()));
+        loops.spawn(crate::schedule::ticker::run(self.state.clone()));
+        let router_stopped = loops.spawn(crate::inbound::run(self.state.clone(), stopped));
         let app = router(self.state);
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP");
-        sweeper.abort();
+        // The inbound router finishes the message in hand; the others just stop.
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(done) = loops.join_next_with_id().await {
+                if done.map(|(id, _)| id).unwrap_or_else(|e| e.id()) == router_stopped.id() {
+                    break;
+                }
+            }
+        })
+        .await;
+        loops.shutdown().await;
         served
     }
+}
+
+/// Declares the inbound exchange and queues, so publishers can publish before a router runs.
+async fn declare_inbound(url: &str, topology: &Topology) -> anyhow::Result<()> {
+    let connection = crate::broker::connect(url, "ingress-setup").await?;
+    let channel = connection.create_channel().await?;
+    let declared = topology.declare_inbound(&channel).await;
+    let _ = connection.close(200, "OK".into()).await;
+    Ok(declared?)
 }
 
 /// `GET /v1/callbacks/key`, from when one key signed every callback: each function has its own now.
@@ -216,6 +244,16 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(events::unsubscribe),
         )
         .route("/v1/events/{topic}", post(events::publish).get(events::get))
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::get)
+                .put(schedules::update)
+                .delete(schedules::delete),
+        )
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",

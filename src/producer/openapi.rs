@@ -10,8 +10,10 @@ use uuid::Uuid;
 
 use super::functions::{FunctionList, FunctionView};
 use super::keys::NewKey;
+use super::schedules::{NewSchedule, ScheduleUpdate};
 use crate::function::{Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate};
 use crate::keys::{ApiKey, Scope};
+use crate::schedule::{CatchUp, ScheduleView};
 
 /// Every error: `{"error": {"code", "message", ...}}`.
 #[derive(Serialize, ToSchema)]
@@ -100,6 +102,11 @@ pub struct Readiness {
     pub checks: std::collections::BTreeMap<String, String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -121,12 +128,14 @@ impl Modify for BearerAuth {
         create_key, list_keys, revoke_key, healthz, readyz, metrics, openapi_json,
         dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks,
         get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe,
-        get_callback_key, rotate_callback_key
+        get_callback_key, rotate_callback_key,
+        create_schedule, list_schedules, get_schedule, update_schedule, delete_schedule
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
         InputMode, Network, ErrorBody, ErrorDetail, Accepted, InvocationRecord, InvocationList,
-        NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness
+        NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness, NewSchedule, ScheduleUpdate,
+        ScheduleView, ScheduleList, CatchUp
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -342,3 +351,32 @@ fn get_callback_key() {}
     (status = 404, body = ErrorBody)))]
 #[allow(dead_code)]
 fn rotate_callback_key() {}
+#[utoipa::path(post, path = "/v1/schedules", request_body = NewSchedule, responses(
+    (status = 201, body = ScheduleView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody, description = "a bad cron pattern or time zone, or no such function")))]
+#[allow(dead_code)]
+fn create_schedule() {}
+
+#[utoipa::path(get, path = "/v1/schedules", params(("function" = Option<String>, Query)), responses(
+    (status = 200, body = ScheduleList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[allow(dead_code)]
+fn list_schedules() {}
+
+#[utoipa::path(get, path = "/v1/schedules/{id}", params(("id" = String, Path)), responses(
+    (status = 200, body = ScheduleView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn get_schedule() {}
+
+#[utoipa::path(put, path = "/v1/schedules/{id}", params(("id" = String, Path)), request_body = ScheduleUpdate,
+    responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody)))]
+#[allow(dead_code)]
+fn update_schedule() {}
+
+#[utoipa::path(delete, path = "/v1/schedules/{id}", params(("id" = String, Path)), responses(
+    (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn delete_schedule() {}

@@ -66,10 +66,14 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<usize> {
             .await?;
             continue;
         };
+        let mut snapshot = function.snapshot();
+        if let Some(env) = row.extra_env {
+            snapshot.env.extend(env.0);
+        }
         let work = Work {
             id: row.id,
             trigger,
-            function: function.snapshot(),
+            function: snapshot,
             queued_at_ms: chrono::Utc::now().timestamp_millis(),
             reply_to: None,
             correlation_id: None,
@@ -84,4 +88,43 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<usize> {
     }
     tx.commit().await?;
     Ok(published.len())
+}
+
+/// Publishes an invocation recorded by a committed transaction (a schedule's tick, an AMQP
+/// event's fan-out) and notes the confirm. If the broker does not confirm, the row stays
+/// unpublished and [`sweep`] publishes it after the grace period: the record is the promise.
+pub async fn publish_now(
+    app: &AppState,
+    function: &Function,
+    id: uuid::Uuid,
+    trigger: Trigger,
+    input: &[u8],
+    env: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let mut snapshot = function.snapshot();
+    snapshot.env.extend(env.clone());
+    let work = Work {
+        id,
+        trigger,
+        function: snapshot,
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    };
+    match app.publisher.publish(&function.queue, &work, input).await {
+        Ok(()) => {
+            if let Err(e) = store::mark_published(&app.pool, id).await {
+                tracing::warn!(%id, error = %e, "could not note the confirm; the outbox may publish it again");
+            }
+            app.metrics.inc(
+                "granda_invocations_accepted_total",
+                format!("trigger=\"{}\"", trigger.as_str()),
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%id, error = %e, "publish not confirmed; the outbox sweep will publish it");
+            false
+        }
+    }
 }

@@ -18,6 +18,7 @@
 pub mod chart;
 pub mod forms;
 pub mod pages;
+pub mod schedules;
 pub mod session;
 pub mod stats;
 
@@ -63,6 +64,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/invocations/{id}", get(pages::invocation))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
+        .route("/schedules", get(schedules::list))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -197,6 +199,9 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                             }
                             @if session.may(Action::Operate) {
                                 a href={ (BASE) "/queues" } { "Queues" }
+                            }
+                            @if session.may(Action::Manage) {
+                                a href={ (BASE) "/schedules" } { "Schedules" }
                             }
                             form.inline method="post" action={ (BASE) "/logout" } {
                                 (session.csrf_field())

@@ -1,0 +1,235 @@
+//! `/v1/schedules`: cron schedules that run a function (see [`crate::schedule`]).
+//!
+//! `POST` `{function, cron, timezone?, payload?, content_type?, enabled?, catch_up?}` → 201;
+//! `GET` lists (`?function=`), `GET/PUT/DELETE /v1/schedules/{id}`. `PUT` changes the fields it
+//! names. Every answer carries `next_runs`. Enabling a schedule, or changing its pattern or zone,
+//! starts it from now: ticks while it was disabled never fire.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::JsonBody;
+use crate::error::ApiError;
+use crate::schedule::{CatchUp, CronTz, Schedule, ScheduleError, store};
+
+/// The body of `POST /v1/schedules`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    /// The function to run.
+    pub function: String,
+    /// 5 fields (`m h dom mon dow`), 6 with seconds first, or `@hourly`, `@daily`, `@weekly`,
+    /// `@monthly`, `@yearly`.
+    pub cron: String,
+    /// An IANA time zone the pattern is read in; `UTC` by default.
+    pub timezone: Option<String>,
+    /// Each run's input: a string as its bytes, any other JSON value as JSON text.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    pub content_type: Option<String>,
+    /// `true` by default.
+    pub enabled: Option<bool>,
+    /// Ticks missed while every server was down: `none` (default) or `latest`.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// The body of `PUT /v1/schedules/{id}`: the fields to change.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleUpdate {
+    pub function: Option<String>,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    pub content_type: Option<String>,
+    pub enabled: Option<bool>,
+    pub catch_up: Option<CatchUp>,
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        ApiError::Unprocessable(e.to_string())
+    }
+}
+
+/// A payload as the bytes each run gets, and the content type it implies.
+fn payload_bytes(
+    app: &AppState,
+    payload: Value,
+) -> Result<(Vec<u8>, Option<&'static str>), ApiError> {
+    let (bytes, implied) = match payload {
+        Value::String(s) => (s.into_bytes(), None),
+        Value::Null => (Vec::new(), None),
+        other => (other.to_string().into_bytes(), Some("application/json")),
+    };
+    if bytes.len() > app.settings.max_stored_input_bytes {
+        return Err(ApiError::Unprocessable(format!(
+            "payload: at most {} bytes",
+            app.settings.max_stored_input_bytes
+        )));
+    }
+    Ok((bytes, implied))
+}
+
+fn content_type(ct: &str) -> Result<String, ApiError> {
+    if ct.is_empty() || ct.len() > 255 || ct.chars().any(|c| c.is_control()) {
+        return Err(ApiError::Unprocessable(
+            "content_type: 1 to 255 characters, no control characters".into(),
+        ));
+    }
+    Ok(ct.to_string())
+}
+
+async fn check_function(app: &AppState, name: &str) -> Result<(), ApiError> {
+    if crate::function::store::get(&app.pool, name)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "function: no function named {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The first fire time from now: the cursor of a schedule (re)started now.
+fn start(cron: &CronTz) -> Result<chrono::DateTime<Utc>, ApiError> {
+    cron.next_after(Utc::now())
+        .ok_or_else(|| ApiError::Unprocessable("cron: never fires".into()))
+}
+
+/// `POST /v1/schedules`: 201 with the schedule and its `next_runs`.
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<NewSchedule>,
+) -> Result<Response, ApiError> {
+    let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
+    let cron = CronTz::parse(&body.cron, &timezone)?;
+    let (payload, implied) = payload_bytes(&app, body.payload.unwrap_or(Value::Null))?;
+    let content_type = match body.content_type {
+        Some(ct) => Some(content_type(&ct)?),
+        None => implied.map(str::to_string),
+    };
+    check_function(&app, &body.function).await?;
+    let now = Utc::now();
+    let schedule = Schedule {
+        id: Uuid::now_v7(),
+        function: body.function,
+        cron: body.cron.trim().to_string(),
+        timezone,
+        payload,
+        content_type,
+        enabled: body.enabled.unwrap_or(true),
+        catch_up: body.catch_up.unwrap_or_default().as_str().to_string(),
+        next_fire_at: start(&cron)?,
+        last_fired_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let stored = store::insert(&app.pool, &schedule)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::Unprocessable(
+                format!("function: no function named {:?}", schedule.function),
+            ),
+            other => other.into(),
+        })?;
+    tracing::info!(schedule = %stored.id, function = %stored.function, cron = %stored.cron, "schedule created");
+    Ok((StatusCode::CREATED, Json(stored.view())).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub function: Option<String>,
+}
+
+/// `GET /v1/schedules[?function=]`: `{schedules: [...]}`, oldest first.
+pub async fn list(
+    State(app): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let list = store::list(&app.pool, q.function.as_deref()).await?;
+    let views: Vec<_> = list.iter().map(Schedule::view).collect();
+    Ok(Json(json!({ "schedules": views })))
+}
+
+async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
+    let missing = || ApiError::NotFound(format!("no schedule {id}"));
+    let uuid = Uuid::parse_str(id).map_err(|_| missing())?;
+    store::get(&app.pool, uuid).await?.ok_or_else(missing)
+}
+
+/// `GET /v1/schedules/{id}`.
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
+    Ok(Json(load(&app, &id).await?.view()))
+}
+
+/// `PUT /v1/schedules/{id}`: changes the fields named; 200 with the schedule.
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ScheduleUpdate>,
+) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
+    let mut s = load(&app, &id).await?;
+    let restarts = body.cron.is_some()
+        || body.timezone.is_some()
+        || (body.enabled == Some(true) && !s.enabled);
+    if let Some(cron) = body.cron {
+        s.cron = cron.trim().to_string();
+    }
+    if let Some(tz) = body.timezone {
+        s.timezone = tz;
+    }
+    let cron = CronTz::parse(&s.cron, &s.timezone)?;
+    if let Some(payload) = body.payload {
+        let (bytes, implied) = payload_bytes(&app, payload)?;
+        s.payload = bytes;
+        if body.content_type.is_none() {
+            s.content_type = implied.map(str::to_string);
+        }
+    }
+    if let Some(ct) = body.content_type {
+        s.content_type = Some(content_type(&ct)?);
+    }
+    if let Some(catch_up) = body.catch_up {
+        s.catch_up = catch_up.as_str().to_string();
+    }
+    if let Some(function) = body.function {
+        check_function(&app, &function).await?;
+        s.function = function;
+    }
+    if let Some(enabled) = body.enabled {
+        s.enabled = enabled;
+    }
+    let restart = if restarts { Some(start(&cron)?) } else { None };
+    let saved = store::save(&app.pool, &s, restart)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no schedule {id}")))?;
+    Ok(Json(saved.view()))
+}
+
+/// `DELETE /v1/schedules/{id}`: 204.
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let s = load(&app, &id).await?;
+    if store::delete(&app.pool, s.id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no schedule {id}")))
+    }
+}
