@@ -51,6 +51,44 @@ pub enum CallError {
     /// The request went out but no full answer came back (the process died or hung up).
     #[error("the function hung up without answering: {0}")]
     HungUp(hyper::Error),
+    /// The invocation can't be put into a request (a per-invocation value that is no valid
+    /// header value): nothing was sent, the container is untouched.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// The request headers of `call`; an error names the value that can't be a header (never its
+/// content, which may be anything a caller sent).
+pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let mut headers = hyper::HeaderMap::new();
+    let mut put = |name: &str, value: &str| -> Result<(), String> {
+        let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("{name:?} can't be the name of a header for a hot call"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            format!(
+                "the value of {name:?} holds characters a header can't carry (control characters \
+                 or line breaks); the hot call was not sent"
+            )
+        })?;
+        headers.append(header, value);
+        Ok(())
+    };
+    put("host", "granda")?;
+    put("granda-invocation-id", &call.id.to_string())?;
+    put("granda-deadline-ms", &call.deadline_ms.to_string())?;
+    put("granda-function", &call.function.name)?;
+    put("granda-trigger", call.trigger.as_str())?;
+    put("granda-attempt", &call.attempt.to_string())?;
+    for (name, value) in call
+        .function
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("GRANDA_"))
+    {
+        put(&name.replace('_', "-"), value)?;
+    }
+    Ok(headers)
 }
 
 /// Why a hot container could not be made ready.
@@ -233,24 +271,11 @@ impl Connection {
         driving(&mut self.driver, self.sender.ready())
             .await
             .map_err(|e| CallError::Stale(e.to_string()))?;
+        let headers = request_headers(&call).map_err(CallError::BadInput)?;
         let mut request = hyper::Request::post("/invoke")
-            .header("host", "granda")
-            .header("granda-invocation-id", call.id.to_string())
-            .header("granda-deadline-ms", call.deadline_ms.to_string())
-            .header("granda-function", call.function.name.as_str())
-            .header("granda-trigger", call.trigger.as_str())
-            .header("granda-attempt", call.attempt.to_string());
-        for (name, value) in call
-            .function
-            .env
-            .iter()
-            .filter(|(k, _)| k.starts_with("GRANDA_"))
-        {
-            request = request.header(name.replace('_', "-"), value.as_str());
-        }
-        let request = request
             .body(Full::new(Bytes::copy_from_slice(call.input)))
-            .expect("a well-formed request");
+            .map_err(|e| CallError::BadInput(e.to_string()))?;
+        request.headers_mut().extend(headers);
         let response = driving(&mut self.driver, self.sender.send_request(request))
             .await
             .map_err(CallError::HungUp)?;

@@ -121,7 +121,19 @@ impl Pool {
     }
 
     /// A container for one run of `function`, and whether it was started for it (a cold start).
-    pub async fn acquire(&self, function: &Snapshot) -> Result<(Warm, bool), PlatformError> {
+    /// Give it back with [`Pool::release`]; dropped without that (a panicking run), it is removed.
+    pub async fn acquire(&self, function: &Snapshot) -> Result<(Lent<'_>, bool), PlatformError> {
+        let (warm, cold) = self.take(function).await?;
+        Ok((
+            Lent {
+                pool: self,
+                warm: Some(warm),
+            },
+            cold,
+        ))
+    }
+
+    async fn take(&self, function: &Snapshot) -> Result<(Warm, bool), PlatformError> {
         let key = key(function);
         self.limits
             .lock()
@@ -151,7 +163,13 @@ impl Pool {
                 // container that no longer runs, and the caller then discards it and asks again.
                 Some(Some(warm)) => return Ok((warm, false)),
                 Some(None) => {
-                    return match self.start(function).await {
+                    // Counted as live from here: a start that fails (or panics) uncounts it.
+                    let reserved = Reserved {
+                        pool: self,
+                        key: Some(key.clone()),
+                    };
+                    let started = self.start(function).await;
+                    return match started {
                         Ok((id, hot)) => Ok((
                             Warm {
                                 id,
@@ -162,11 +180,9 @@ impl Pool {
                             },
                             true,
                         )),
-                        Err(e) => {
-                            self.forget_one(&key);
-                            Err(e)
-                        }
-                    };
+                        Err(e) => Err(e),
+                    }
+                    .inspect(|_| reserved.keep());
                 }
                 None => notified.await,
             }
@@ -205,7 +221,13 @@ impl Pool {
     }
 
     /// Gives a container back after a run: kept when the run went well, else removed.
-    pub fn release(&self, mut warm: Warm, healthy: bool) {
+    pub fn release(&self, mut lent: Lent<'_>, healthy: bool) {
+        if let Some(warm) = lent.warm.take() {
+            self.give_back(warm, healthy);
+        }
+    }
+
+    fn give_back(&self, mut warm: Warm, healthy: bool) {
         if !healthy {
             self.discard(warm);
             return;
@@ -292,6 +314,55 @@ impl Pool {
             remove(self.runner.docker(), &warm.id).await;
         }
         let _ = std::fs::remove_dir_all(&self.sockets);
+    }
+}
+
+/// A kept container lent to one run. Dropped without [`Pool::release`] (the run panicked), it is
+/// discarded: removed from the engine and uncounted, so the function's slot is not lost.
+pub struct Lent<'a> {
+    pool: &'a Pool,
+    warm: Option<Warm>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Warm;
+    fn deref(&self) -> &Warm {
+        self.warm.as_ref().expect("a lent container until released")
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut Warm {
+        self.warm.as_mut().expect("a lent container until released")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(warm) = self.warm.take() {
+            tracing::warn!(container = %warm.id, "a kept container was not given back; removing it");
+            self.pool.discard(warm);
+        }
+    }
+}
+
+/// A container being started, counted as live: uncounted when dropped unless kept.
+struct Reserved<'a> {
+    pool: &'a Pool,
+    key: Option<String>,
+}
+
+impl Reserved<'_> {
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.pool.forget_one(&key);
+        }
     }
 }
 
