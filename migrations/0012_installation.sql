@@ -3,9 +3,6 @@
 -- sharing one Docker engine never remove each other's runs. It lives in the database because the
 -- database is what makes an installation: every process of it reads the same value, however it
 -- spells the database's URL.
-CREATE TABLE installation (
-    only_one boolean PRIMARY KEY DEFAULT true CHECK (only_one),
-    id uuid NOT NULL DEFAULT gen_random_uuid(),
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO installation DEFAULT VALUES;
+INSERT INTO installation (key, value)
+VALUES ('installation_id', replace(gen_random_uuid()::text, '-', ''))
+ON CONFLICT (key) DO NOTHING;

@@ -21,10 +21,11 @@ pub const LABEL_INSTALLATION: &str = "granda.installation";
 /// process of one installation has the same, however it spells the database's URL, and two
 /// installations never have the same.
 pub async fn installation(pool: &sqlx::PgPool) -> Result<String, sqlx::Error> {
-    let (id,): (uuid::Uuid,) = sqlx::query_as("SELECT id FROM installation")
-        .fetch_one(pool)
-        .await?;
-    Ok(id.simple().to_string())
+    let (id,): (String,) =
+        sqlx::query_as("SELECT value FROM installation WHERE key = 'installation_id'")
+            .fetch_one(pool)
+            .await?;
+    Ok(id)
 }
 
 /// Connects to `host` (`unix://…`, `tcp://…`, `http://…`), or the local socket when `None`.

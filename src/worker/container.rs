@@ -93,6 +93,7 @@ struct ImageCommand {
     entrypoint: Vec<String>,
     cmd: Vec<String>,
     working_dir: Option<String>,
+    user: Option<String>,
     /// The image's `VOLUME`s: each becomes a capped tmpfs ([`cap_volumes`]).
     volumes: Vec<String>,
     /// When the engine was asked: an image retagged since is asked again after [`IMAGE_TTL`].
@@ -498,6 +499,15 @@ impl Runner {
         Ok(created.id)
     }
 
+    /// Who a hot container of `function` runs as: its `user`, or else its image's.
+    pub async fn hot_owner(&self, function: &Snapshot) -> Result<super::hot::Owner, PlatformError> {
+        let user = match &function.user {
+            Some(user) => Some(user.clone()),
+            None => self.image_command(&function.image).await?.user,
+        };
+        super::hot::Owner::of(user.as_deref()).map_err(PlatformError::NotReady)
+    }
+
     async fn image_command(&self, image: &str) -> Result<ImageCommand, PlatformError> {
         if let Some(c) = self.commands.lock().expect("lock").get(image)
             && c.inspected.elapsed() < IMAGE_TTL
@@ -514,6 +524,7 @@ impl Runner {
             entrypoint: config.entrypoint.unwrap_or_default(),
             cmd: config.cmd.unwrap_or_default(),
             working_dir: config.working_dir.filter(|w| !w.is_empty()),
+            user: config.user.filter(|u| !u.is_empty()),
             volumes: config.volumes.unwrap_or_default(),
             inspected: Instant::now(),
         };

@@ -107,7 +107,7 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         let idle_binary = install_idle_binary(state_dir)?;
         let sockets = socket_root(state_dir, worker_id);
-        let _ = std::fs::remove_dir_all(&sockets);
+        hot::clear_socket_dirs(&sockets);
         std::fs::create_dir_all(&sockets)?;
         Ok(Pool {
             runner,
@@ -198,22 +198,23 @@ impl Pool {
             let path = self.idle_binary.to_string_lossy().into_owned();
             return Ok((self.runner.start_warm(function, &path).await?, None));
         }
-        let dir = hot::socket_dir(&self.sockets).map_err(PlatformError::SocketDir)?;
+        let owner = self.runner.hot_owner(function).await?;
+        let dir = hot::socket_dir(&self.sockets, owner).map_err(PlatformError::SocketDir)?;
         let id = match self.runner.start_hot(function, &dir).await {
             Ok(id) => id,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                hot::remove_socket_dir(&dir);
                 return Err(e);
             }
         };
         let within = Duration::from_millis(function.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
-        match hot::wait_ready(self.runner.docker(), &id, &dir, within).await {
+        match hot::wait_ready(self.runner.docker(), &id, &dir, owner, within).await {
             Ok(connection) => Ok((id, Some((connection, dir)))),
             Err(e) => {
                 let docker = self.runner.docker().clone();
                 tokio::spawn(async move {
                     remove(&docker, &id).await;
-                    let _ = std::fs::remove_dir_all(&dir);
+                    hot::remove_socket_dir(&dir);
                 });
                 Err(PlatformError::NotReady(e))
             }
@@ -246,7 +247,7 @@ impl Pool {
         tokio::spawn(async move {
             remove(&docker, &warm.id).await;
             if let Some((_, dir)) = warm.hot {
-                let _ = std::fs::remove_dir_all(dir);
+                hot::remove_socket_dir(&dir);
             }
         });
     }
@@ -313,7 +314,7 @@ impl Pool {
         for warm in idle {
             remove(self.runner.docker(), &warm.id).await;
         }
-        let _ = std::fs::remove_dir_all(&self.sockets);
+        hot::clear_socket_dirs(&self.sockets);
     }
 }
 
