@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod functions;
 mod guarantees;
+mod hostile;
 mod hot;
 mod invocations;
 mod invoke;
