@@ -19,7 +19,7 @@ IMAGES_DIR="$ROOT/tests/images"
 PREFIX=granda-test
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 # The base first: the others are built FROM it.
-NAMES=(busybox echo fail sleep big env args sh hot)
+NAMES=(busybox echo fail sleep big env args sh hot root volume symlink sockfill forkbomb diskfill)
 
 force=0 verify_all=0 quiet=0
 for arg in "$@"; do
@@ -202,6 +202,15 @@ check() {
             [ "$out" = hi ] || die "$img: expected 'hi' from the default CMD, got '$out'" ;;
         hot)
             check_hot "$img" ;;
+        root)
+            out=$(run "$img")
+            [ "$out" = 0:0 ] || die "$img: expected '0:0', got '$out'" ;;
+        volume | diskfill)
+            out=$(run -e MB=2 "$img")
+            [ "$out" = 2 ] || die "$img: expected '2' (MB written), got '$out'" ;;
+        symlink | sockfill | forkbomb)
+            # Hostile by design: only checked to exist (the tests in tests/it/hostile.rs run them).
+            out=$(docker image inspect --format '{{.Id}}' "$img") ;;
         *)
             out=$(run "$img" true) ;;
     esac

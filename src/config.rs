@@ -84,7 +84,8 @@ pub struct Settings {
     )]
     pub queues: Vec<String>,
 
-    /// Name of this worker, put on its containers and records (default: the host name).
+    /// Name of this worker, put on its containers and records (default: the host name and the
+    /// installation's first 8 characters).
     #[arg(long, env = "GRANDA_WORKER_ID")]
     pub worker_id: Option<String>,
 
@@ -296,13 +297,18 @@ impl Settings {
         Only::parse_from(["granda"]).settings
     }
 
-    pub fn worker_id(&self) -> String {
+    /// This worker's id: `GRANDA_WORKER_ID`, or else the host name and the first 8 characters of
+    /// the `installation` ([`crate::docker::installation`]): unique per host and installation,
+    /// and the same across restarts (a restarted worker removes what its earlier self left).
+    pub fn worker_id(&self, installation: &str) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .ok()
                 .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "worker".to_string())
+                .unwrap_or_else(|| "worker".to_string());
+            let short: String = installation.chars().take(8).collect();
+            format!("{host}-{short}")
         })
     }
 

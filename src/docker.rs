@@ -14,16 +14,19 @@ pub const LABEL_FUNCTION: &str = "granda.function";
 pub const LABEL_POOL: &str = "granda.pool";
 /// Label on every container Granda starts: when it must be gone by, in ms since the epoch.
 pub const LABEL_DEADLINE: &str = "granda.deadline";
-/// Label on pool containers: which installation (database and queues) they belong to, so a
-/// worker reaps only its own installation's orphans on an engine several share.
+/// Label on every container Granda starts: which installation (database and queues) it belongs
+/// to, so that workers of several installations on one engine sweep only their own.
 pub const LABEL_INSTALLATION: &str = "granda.installation";
 
-/// The installation's identity: a digest of its database URL and queue prefix. Processes that
-/// name the database differently get different values, which only means they reap less.
-pub fn installation(database_url: &str, amqp_prefix: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{database_url}|{amqp_prefix}").as_bytes());
-    hex::encode(digest)[..16].to_string()
+/// The installation's identity: the uuid made once in its database (migration 0012), so every
+/// process of one installation has the same, however it spells the database's URL, and two
+/// installations never have the same.
+pub async fn installation(pool: &sqlx::PgPool) -> Result<String, sqlx::Error> {
+    let (id,): (String,) =
+        sqlx::query_as("SELECT value FROM installation WHERE key = 'installation_id'")
+            .fetch_one(pool)
+            .await?;
+    Ok(id)
 }
 
 /// Connects to `host` (`unix://…`, `tcp://…`, `http://…`), or the local socket when `None`.

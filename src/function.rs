@@ -818,12 +818,18 @@ fn check_user(user: &str) -> Result<(), Invalid> {
             "must be name, uid, name:group or uid:gid (letters, digits, '-', '_', '.')",
         ));
     }
-    let is_root = who == "root" || who.parse::<u64>().is_ok_and(|uid| uid == 0);
-    if is_root {
+    // Root in any spelling: `root`, `0`, `00`; the group as well (`65534:0`, `x:root`).
+    let is_root = |p: &str| p == "root" || p.parse::<u64>().is_ok_and(|id| id == 0);
+    if is_root(who) || group.is_some_and(is_root) {
         return Err(invalid(
             "user",
-            "must not be root (leave it out to use the image's user)",
+            "must not be root, as user or as group (leave it out to use the image's user)",
         ));
+    }
+    // The kernel's ids are 32 bits and 4294967295 means none: a larger number is no id.
+    let out_of_range = |p: &str| p.parse::<u64>().is_ok_and(|id| id >= u64::from(u32::MAX));
+    if out_of_range(who) || group.is_some_and(out_of_range) {
+        return Err(invalid("user", "a uid or gid must be below 4294967295"));
     }
     Ok(())
 }
@@ -964,6 +970,44 @@ mod tests {
         }
         for bad in ["", "Echo", "1abc", "-a", "a_b", "a.b", "ä", &"a".repeat(64)] {
             assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_refuses_root_as_user_or_group_in_every_spelling() {
+        for root in [
+            "0",
+            "00",
+            "root",
+            "0:0",
+            "65534:0",
+            "65534:00",
+            "x:root",
+            "root:65534",
+            "0:65534",
+            " 0",
+            "0 ",
+            "65534: 0",
+            "65534:0 ",
+            "\t0",
+            "0\n",
+            "",
+            ":",
+            "65534:",
+            ":0",
+            "4294967295",
+            "65534:4294967296",
+        ] {
+            assert!(check_user(root).is_err(), "{root:?} is refused");
+        }
+        for fine in [
+            "65534",
+            "65534:65534",
+            "nobody",
+            "nobody:nogroup",
+            "1234:5678",
+        ] {
+            assert!(check_user(fine).is_ok(), "{fine:?} is accepted");
         }
     }
 }

@@ -923,10 +923,17 @@ async fn hot_rows(
     };
     let sockets = std::env::temp_dir().join("granda-bench-hot");
     std::fs::create_dir_all(&sockets)?;
-    let dir = granda::worker::hot::socket_dir(&sockets)?;
+    let owner = direct.runner.hot_owner(&function).await?;
+    let dir = granda::worker::hot::socket_dir(&sockets, owner)?;
     let container = direct.runner.start_hot(&function, &dir).await?;
     let connect = || {
-        granda::worker::hot::wait_ready(&direct.docker, &container, &dir, Duration::from_secs(10))
+        granda::worker::hot::wait_ready(
+            &direct.docker,
+            &container,
+            &dir,
+            owner,
+            Duration::from_secs(10),
+        )
     };
     let mut connection = connect().await?;
     for _ in 0..20 {
@@ -984,7 +991,7 @@ async fn hot_rows(
     drop(connections);
     drop(connection);
     granda::worker::container::remove(&direct.docker, &container).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    granda::worker::hot::remove_socket_dir(&dir);
 
     // Every call through Granda must be in Postgres, final.
     let made = (20 + n + clients * n) as i64;

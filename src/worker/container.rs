@@ -90,14 +90,21 @@ pub struct Runner {
     installation: Option<String>,
 }
 
-/// What an image runs when started: what a warm exec runs instead.
-#[derive(Clone, Debug, Default)]
+/// What an image runs when started (what a warm exec runs instead), and the volumes it declares.
+#[derive(Clone, Debug)]
 struct ImageCommand {
     entrypoint: Vec<String>,
     cmd: Vec<String>,
     working_dir: Option<String>,
     user: Option<String>,
+    /// The image's `VOLUME`s: each becomes a capped tmpfs ([`cap_volumes`]).
+    volumes: Vec<String>,
+    /// When the engine was asked: an image retagged since is asked again after [`IMAGE_TTL`].
+    inspected: Instant,
 }
+
+/// How long what an image declares is trusted before the engine is asked again.
+const IMAGE_TTL: Duration = Duration::from_secs(30);
 
 /// The removal of a finished run's container, under way.
 pub type Removal = tokio::task::JoinHandle<()>;
@@ -126,7 +133,7 @@ impl Runner {
         }
     }
 
-    /// Labels pool containers as `installation`'s ([`crate::docker::installation`]).
+    /// Labels every container as `installation`'s ([`crate::docker::installation`]).
     pub fn with_installation(mut self, installation: String) -> Self {
         self.installation = Some(installation);
         self
@@ -150,8 +157,15 @@ impl Runner {
         function: &Snapshot,
         input: &[u8],
     ) -> (Result<Run, PlatformError>, Option<Removal>) {
+        let image = match self.image_command(&function.image).await {
+            Ok(image) => image,
+            Err(e) => return (Err(e), None),
+        };
         match self.config(id, function, input) {
-            Ok(config) => self.create_and_run(config, function, input).await,
+            Ok(mut config) => {
+                cap_volumes(&mut config, &image.volumes, function.tmp_mb);
+                self.create_and_run(config, function, input).await
+            }
             Err(e) => (Err(e), None),
         }
     }
@@ -174,7 +188,13 @@ impl Runner {
             Err(e) => return (Err(PlatformError::Create(e)), None),
         };
         let container = created.id;
+        // Removed even if the run panics: the guard removes it as the panic unwinds.
+        let guard = RemoveOnDrop {
+            docker: self.docker.clone(),
+            container: Some(container.clone()),
+        };
         let result = self.attach_start_wait(&container, function, input).await;
+        guard.disarm();
         let docker = self.docker.clone();
         let removal = tokio::spawn(async move { remove(&docker, &container).await });
         (result, Some(removal))
@@ -192,7 +212,9 @@ impl Runner {
             InputMode::Stdin => None,
             InputMode::Args => Some(args_from_input(input)?),
         };
-        let deadline = Utc::now().timestamp_millis() + function.timeout_ms;
+        let deadline = Utc::now()
+            .timestamp_millis()
+            .saturating_add(function.timeout_ms);
         let mut env: Vec<String> = function
             .env
             .iter()
@@ -202,13 +224,16 @@ impl Runner {
         env.push(format!("GRANDA_INVOCATION_ID={id}"));
         env.push(format!("GRANDA_FUNCTION={}", function.name));
         env.push(format!("GRANDA_DEADLINE_MS={deadline}"));
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_INVOCATION.to_string(), id.to_string()),
             (LABEL_WORKER.to_string(), self.worker_id.clone()),
             (LABEL_FUNCTION.to_string(), function.name.clone()),
             (LABEL_DEADLINE.to_string(), deadline.to_string()),
         ]);
-        let memory = function.memory_mb * 1024 * 1024;
+        if let Some(installation) = &self.installation {
+            labels.insert(LABEL_INSTALLATION.to_string(), installation.clone());
+        }
+        let memory = function.memory_mb.saturating_mul(1024 * 1024);
         let network = function.network;
         Ok(ContainerCreateBody {
             image: Some(function.image.clone()),
@@ -439,7 +464,9 @@ impl Runner {
     async fn start_kept(&self, function: &Snapshot, kept: Kept) -> Result<String, PlatformError> {
         let mut function = function.clone();
         function.input = InputMode::Stdin;
+        let image = self.image_command(&function.image).await?;
         let mut config = self.config(Uuid::nil(), &function, b"")?;
+        cap_volumes(&mut config, &image.volumes, function.tmp_mb);
         config.entrypoint = kept.entrypoint;
         config.cmd = if config.entrypoint.is_some() {
             Some(vec![])
@@ -459,9 +486,6 @@ impl Runner {
             labels.remove(LABEL_DEADLINE);
             labels.remove(LABEL_INVOCATION);
             labels.insert(LABEL_POOL.to_string(), kept.pool.to_string());
-            if let Some(installation) = &self.installation {
-                labels.insert(LABEL_INSTALLATION.to_string(), installation.clone());
-            }
         }
         if let Some(host) = config.host_config.as_mut() {
             host.binds = Some(vec![kept.bind]);
@@ -488,8 +512,19 @@ impl Runner {
         Ok(created.id)
     }
 
+    /// Who a hot container of `function` runs as: its `user`, or else its image's.
+    pub async fn hot_owner(&self, function: &Snapshot) -> Result<super::hot::Owner, PlatformError> {
+        let user = match &function.user {
+            Some(user) => Some(user.clone()),
+            None => self.image_command(&function.image).await?.user,
+        };
+        super::hot::Owner::of(user.as_deref()).map_err(PlatformError::NotReady)
+    }
+
     async fn image_command(&self, image: &str) -> Result<ImageCommand, PlatformError> {
-        if let Some(c) = self.commands.lock().expect("lock").get(image) {
+        if let Some(c) = self.commands.lock().expect("lock").get(image)
+            && c.inspected.elapsed() < IMAGE_TTL
+        {
             return Ok(c.clone());
         }
         let inspected = self
@@ -503,6 +538,8 @@ impl Runner {
             cmd: config.cmd.unwrap_or_default(),
             working_dir: config.working_dir.filter(|w| !w.is_empty()),
             user: config.user.filter(|u| !u.is_empty()),
+            volumes: config.volumes.unwrap_or_default(),
+            inspected: Instant::now(),
         };
         self.commands
             .lock()
@@ -546,7 +583,9 @@ impl Runner {
                     env: config.env,
                     cmd: Some(cmd),
                     working_dir: image.working_dir,
-                    user: image.user,
+                    // The function's user, as its container's own process (and a cold run) has
+                    // it; unset, the engine uses the container's, which is the image's.
+                    user: function.user.clone(),
                     ..Default::default()
                 },
             )
@@ -618,7 +657,11 @@ impl Runner {
 /// Force-removes a container (killing it if it still runs); a missing one is fine. An engine
 /// that is away (restarting) is asked again for a few minutes before the reaper is left to it.
 pub async fn remove(docker: &Docker, container: &str) {
-    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+    // With its anonymous volumes (`v`): nothing of a run stays on the host's disk.
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
     let mut backoff = Duration::from_millis(250);
     let give_up = Instant::now() + Duration::from_secs(180);
     loop {
@@ -639,6 +682,48 @@ pub async fn remove(docker: &Docker, container: &str) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Mounts each of the image's `VOLUME`s as a tmpfs of `tmp_mb` (like `/tmp`) instead of the
+/// anonymous volume the engine would make on the host's disk: a function's writes stay within
+/// its memory limit (tmpfs pages count against it) and go with the container.
+fn cap_volumes(config: &mut ContainerCreateBody, volumes: &[String], tmp_mb: i64) {
+    let Some(host) = config.host_config.as_mut() else {
+        return;
+    };
+    let tmpfs = host.tmpfs.get_or_insert_with(HashMap::new);
+    for path in volumes {
+        let path = path.trim_end_matches('/');
+        if path.is_empty() || !path.starts_with('/') || path.contains(',') {
+            continue;
+        }
+        tmpfs
+            .entry(path.to_string())
+            .or_insert_with(|| format!("rw,nosuid,nodev,size={tmp_mb}m"));
+    }
+}
+
+/// Removes a created container when dropped armed: a run that panics still leaves nothing.
+struct RemoveOnDrop {
+    docker: Docker,
+    container: Option<String>,
+}
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.container = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let docker = self.docker.clone();
+            runtime.spawn(async move { remove(&docker, &container).await });
         }
     }
 }

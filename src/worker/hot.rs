@@ -12,6 +12,15 @@
 //!   container, on a kept-alive connection.
 //! - A 2xx answer is success, its body the output. Any other status is a failure of the
 //!   function, its body the error. No answer by the deadline: the container is killed.
+//!
+//! The socket directory is the container's, and the worker trusts nothing in it: it is a tmpfs
+//! of [`SOCKET_DIR_BYTES`] the worker mounts on the host (so a function filling it fills memory
+//! it is capped in, never the host's disk), owned by the function's uid and gid, mode 0700. The
+//! worker connects only to a socket there, owned by that uid: it opens the path with
+//! `O_PATH | O_NOFOLLOW`, checks what it got (a symlink or anything but a socket is refused with
+//! a clear error), and connects through `/proc/self/fd/N`, so the path can't be swapped between
+//! the check and the connect. A worker that may not mount (not root) falls back to a plain
+//! directory, chowned and 0700, without the size cap, and says so in its log.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -35,6 +44,9 @@ pub const SOCKET_DIR: &str = "/run/granda";
 pub const SOCKET_PATH: &str = "/run/granda/granda.sock";
 const SOCKET_NAME: &str = "granda.sock";
 
+/// The size of a hot container's socket directory: room for its socket and little else.
+pub const SOCKET_DIR_BYTES: u64 = 64 * 1024;
+
 /// The least time a hot container gets to listen, whatever the function's timeout.
 pub const MIN_STARTUP_MS: i64 = 5_000;
 /// How often a starting container is looked at while it has not listened yet.
@@ -51,6 +63,47 @@ pub enum CallError {
     /// The request went out but no full answer came back (the process died or hung up).
     #[error("the function hung up without answering: {0}")]
     HungUp(hyper::Error),
+    /// What is at the socket path is not a socket the function made: never connected to.
+    #[error(transparent)]
+    Refused(Refused),
+    /// The invocation can't be put into a request (a per-invocation value that is no valid
+    /// header value): nothing was sent, the container is untouched.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+/// The request headers of `call`; an error names the value that can't be a header (never its
+/// content, which may be anything a caller sent).
+pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
+    use hyper::header::{HeaderName, HeaderValue};
+    let mut headers = hyper::HeaderMap::new();
+    let mut put = |name: &str, value: &str| -> Result<(), String> {
+        let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("{name:?} can't be the name of a header for a hot call"))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            format!(
+                "the value of {name:?} holds characters a header can't carry (control characters \
+                 or line breaks); the hot call was not sent"
+            )
+        })?;
+        headers.append(header, value);
+        Ok(())
+    };
+    put("host", "granda")?;
+    put("granda-invocation-id", &call.id.to_string())?;
+    put("granda-deadline-ms", &call.deadline_ms.to_string())?;
+    put("granda-function", &call.function.name)?;
+    put("granda-trigger", call.trigger.as_str())?;
+    put("granda-attempt", &call.attempt.to_string())?;
+    for (name, value) in call
+        .function
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("GRANDA_"))
+    {
+        put(&name.replace('_', "-"), value)?;
+    }
+    Ok(headers)
 }
 
 /// Why a hot container could not be made ready.
@@ -60,8 +113,101 @@ pub enum StartError {
     Exited(i64),
     #[error("the function did not listen on GRANDA_SOCKET within {0} ms; is it a hot function?")]
     NotListening(u64),
+    #[error(transparent)]
+    Refused(Refused),
+    /// A user the worker can't know the uid of: its socket directory can't be made its own.
+    #[error(
+        "a hot function runs as a numeric user (uid or uid:gid, in the function or its image), not {0:?}"
+    )]
+    User(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Something other than the function's own socket at `GRANDA_SOCKET`.
+#[derive(Debug, thiserror::Error)]
+#[error("refused to connect to GRANDA_SOCKET: {0}")]
+pub struct Refused(String);
+
+/// Who a hot container's process runs as: the owner of its socket directory and socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// The owner a container of `user` (`uid` or `uid:gid`; none: root) runs as.
+    pub fn of(user: Option<&str>) -> Result<Owner, StartError> {
+        let Some(user) = user else {
+            return Ok(Owner { uid: 0, gid: 0 });
+        };
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user, None),
+        };
+        let bad = || StartError::User(user.to_string());
+        let uid: u32 = uid.parse().map_err(|_| bad())?;
+        let gid: u32 = match gid {
+            Some(g) => g.parse().map_err(|_| bad())?,
+            None => uid,
+        };
+        Ok(Owner { uid, gid })
+    }
+}
+
+/// Why the socket could not be opened: not there yet, or refused.
+enum Opened {
+    NotYet,
+    Refused(Refused),
+}
+
+/// The function's socket in `dir`, opened without following anything (`O_PATH | O_NOFOLLOW`) and
+/// checked: a socket, owned by `uid`. The fd pins what was checked.
+fn checked_socket(dir: &Path, uid: u32) -> Result<std::fs::File, Opened> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(dir.join(SOCKET_NAME));
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Opened::NotYet),
+        Err(e) => return Err(Opened::Refused(Refused(format!("can't open it: {e}")))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Opened::Refused(Refused(format!("can't look at it: {e}"))))?;
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Err(Opened::Refused(Refused(
+            "it is a symlink, not a socket the function made".into(),
+        )));
+    }
+    if !kind.is_socket() {
+        return Err(Opened::Refused(Refused("it is not a socket".into())));
+    }
+    if meta.uid() != uid {
+        return Err(Opened::Refused(Refused(format!(
+            "it belongs to uid {}, not the function's uid {uid}",
+            meta.uid()
+        ))));
+    }
+    Ok(file)
+}
+
+/// Connects to the checked socket in `dir` through its fd.
+async fn connect(dir: &Path, uid: u32) -> Result<UnixStream, Opened> {
+    use std::os::fd::AsRawFd;
+    let file = checked_socket(dir, uid)?;
+    let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let stream = UnixStream::connect(&pinned).await;
+    drop(file);
+    stream.map_err(|e| match e.kind() {
+        // Not listening yet (or no more).
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => Opened::NotYet,
+        _ => Opened::Refused(Refused(format!("can't connect: {e}"))),
+    })
 }
 
 /// The I/O half of a [`Connection`]: it must be polled for requests to go out and answers in.
@@ -73,13 +219,15 @@ pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
     /// `None` once the connection ended.
     driver: Option<Driver>,
-    socket: PathBuf,
+    /// The socket directory, and the uid the socket must belong to.
+    dir: PathBuf,
+    uid: u32,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("socket", &self.socket)
+            .field("dir", &self.dir)
             .field("open", &self.driver.is_some())
             .finish()
     }
@@ -119,14 +267,70 @@ pub struct Answer {
     pub truncated: bool,
 }
 
-/// The per-container socket directory under `root`, made writable for whatever user the
-/// function runs as (only this container mounts it).
-pub fn socket_dir(root: &Path) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// The per-container socket directory under `root`: a tmpfs of [`SOCKET_DIR_BYTES`] owned by
+/// `owner`, mode 0700 (only this container mounts it). Where the worker may not mount, a plain
+/// directory, owned by `owner`, mode 0700.
+pub fn socket_dir(root: &Path, owner: Owner) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = root.join(Uuid::new_v4().simple().to_string());
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    std::fs::create_dir_all(root)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    match mount_tmpfs(&dir, owner) {
+        Ok(()) => return Ok(dir),
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(error = %e, "can't mount a tmpfs for hot socket directories; they are not size-capped")
+            });
+        }
+    }
+    std::os::unix::fs::chown(&dir, Some(owner.uid), Some(owner.gid))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
+}
+
+fn mount_tmpfs(dir: &Path, owner: Owner) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let data = std::ffi::CString::new(format!(
+        "size={SOCKET_DIR_BYTES},nr_inodes=16,mode=0700,uid={},gid={}",
+        owner.uid, owner.gid
+    ))?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let done = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data.as_ptr().cast(),
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Unmounts (if it is a mount) and removes a socket directory.
+pub fn remove_socket_dir(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(target) = std::ffi::CString::new(dir.as_os_str().as_bytes()) {
+        // SAFETY: a NUL-terminated path that outlives the call. Not a mount: EINVAL, ignored.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Removes every socket directory under `root` (an earlier self's), unmounting each.
+pub fn clear_socket_dirs(root: &Path) {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            remove_socket_dir(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir_all(root);
 }
 
 /// Waits until the function in `container` listens in `dir`, for at most `within`.
@@ -134,16 +338,16 @@ pub async fn wait_ready(
     docker: &bollard::Docker,
     container: &str,
     dir: &Path,
+    owner: Owner,
     within: Duration,
 ) -> Result<Connection, StartError> {
-    let socket = dir.join(SOCKET_NAME);
     let started = Instant::now();
     let mut looked = Instant::now();
     loop {
-        if socket.exists()
-            && let Ok(connection) = Connection::open(&socket).await
-        {
-            return Ok(connection);
+        match Connection::open(dir, owner.uid).await {
+            Ok(connection) => return Ok(connection),
+            Err(Opened::Refused(refused)) => return Err(StartError::Refused(refused)),
+            Err(Opened::NotYet) => {}
         }
         if started.elapsed() >= within {
             return Err(StartError::NotListening(within.as_millis() as u64));
@@ -202,15 +406,16 @@ pub async fn ended(docker: &bollard::Docker, container: &str) -> Option<End> {
 }
 
 impl Connection {
-    async fn open(socket: &Path) -> std::io::Result<Connection> {
-        let stream = UnixStream::connect(socket).await?;
+    async fn open(dir: &Path, uid: u32) -> Result<Connection, Opened> {
+        let stream = connect(dir, uid).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(std::io::Error::other)?;
+            .map_err(|_| Opened::NotYet)?;
         Ok(Connection {
             sender,
             driver: Some(Box::pin(connection)),
-            socket: socket.to_path_buf(),
+            dir: dir.to_path_buf(),
+            uid,
         })
     }
 
@@ -226,31 +431,22 @@ impl Connection {
         }
         if self.driver.is_none() || self.sender.is_closed() {
             // The function closed its side between calls: one fresh connection, then give up.
-            *self = Connection::open(&self.socket.clone())
-                .await
-                .map_err(|e| CallError::Stale(e.to_string()))?;
+            *self = match Connection::open(&self.dir.clone(), self.uid).await {
+                Ok(connection) => connection,
+                Err(Opened::Refused(refused)) => return Err(CallError::Refused(refused)),
+                Err(Opened::NotYet) => {
+                    return Err(CallError::Stale("the function no longer listens".into()));
+                }
+            };
         }
         driving(&mut self.driver, self.sender.ready())
             .await
             .map_err(|e| CallError::Stale(e.to_string()))?;
+        let headers = request_headers(&call).map_err(CallError::BadInput)?;
         let mut request = hyper::Request::post("/invoke")
-            .header("host", "granda")
-            .header("granda-invocation-id", call.id.to_string())
-            .header("granda-deadline-ms", call.deadline_ms.to_string())
-            .header("granda-function", call.function.name.as_str())
-            .header("granda-trigger", call.trigger.as_str())
-            .header("granda-attempt", call.attempt.to_string());
-        for (name, value) in call
-            .function
-            .env
-            .iter()
-            .filter(|(k, _)| k.starts_with("GRANDA_"))
-        {
-            request = request.header(name.replace('_', "-"), value.as_str());
-        }
-        let request = request
             .body(Full::new(Bytes::copy_from_slice(call.input)))
-            .expect("a well-formed request");
+            .map_err(|e| CallError::BadInput(e.to_string()))?;
+        request.headers_mut().extend(headers);
         let response = driving(&mut self.driver, self.sender.send_request(request))
             .await
             .map_err(CallError::HungUp)?;

@@ -28,13 +28,14 @@ pub mod reaper;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
@@ -148,20 +149,21 @@ impl Worker {
         )
         .context("connecting to the Docker engine")?;
         docker.ping().await.context("pinging the Docker engine")?;
+        let installation = crate::docker::installation(&pool)
+            .await
+            .context("reading the installation's id")?;
+        let worker_id = settings.worker_id(&installation);
         let engine_id = docker.info().await.ok().and_then(|i| i.id);
         let images = images::Images::new(
             docker.clone(),
             settings.image_pull,
             Duration::from_millis(settings.image_pull_timeout_ms.max(1)),
         );
-        let worker_id = settings.worker_id();
         let caps = Caps {
             stdout: settings.max_output_bytes,
             stderr: settings.max_log_bytes,
         };
         let schedule = scheduler::Config::from_settings(settings);
-        let installation =
-            crate::docker::installation(&settings.database_url, &settings.amqp_prefix);
         let runner =
             Runner::new(docker, worker_id.clone(), caps).with_installation(installation.clone());
         let endpoints = match settings.worker_listen.as_deref() {
@@ -257,10 +259,16 @@ impl Worker {
         });
         describe_metrics(&self.shared.metrics);
         self.shared.images.set_metrics(self.shared.metrics.clone());
-        reaper::reap_own(self.shared.runner.docker(), &self.shared.worker_id).await;
+        reaper::reap_own(
+            self.shared.runner.docker(),
+            &self.shared.worker_id,
+            &self.installation,
+        )
+        .await;
         let strays = tokio::spawn(reaper::reap_strays_forever(
             self.shared.runner.docker().clone(),
             self.shared.worker_id.clone(),
+            self.installation.clone(),
             {
                 let shared = Arc::downgrade(&self.shared);
                 move |invocation: &str| {
@@ -640,13 +648,14 @@ impl QueueConsumer {
                 match delivery {
                     Ok(delivery) => {
                         tx.shared.busy.fetch_add(1, Ordering::Relaxed);
+                        let acker = delivery.acker.clone();
                         let handled = handle(
                             tx.shared.clone(),
                             tx.channels.clone(),
                             queue.clone(),
                             delivery,
                         );
-                        tokio::spawn(handled);
+                        tokio::spawn(settled_even_on_panic(handled, acker));
                     }
                     Err(e) => {
                         let _ = tx.errors.send(e);
@@ -924,6 +933,32 @@ fn lane(delivery: &Delivery) -> Lane {
     }
 }
 
+/// The delivery boundary: `handled` runs to its end, and should it panic anyway (a run's own
+/// panics are caught in [`run_claimed`] and become a platform failure), its message goes back to
+/// the queue, a no-op if it was settled: RabbitMQ counts the delivery, and past the quorum
+/// queue's delivery limit dead-letters it. Its slot and in-flight marks are guards, released as
+/// the panic unwinds.
+async fn settled_even_on_panic(handled: impl Future<Output = ()>, acker: lapin::Acker) {
+    if let Err(panic) = AssertUnwindSafe(handled).catch_unwind().await {
+        tracing::error!(
+            panic = panic_message(&*panic),
+            "handling a delivery panicked; giving the message back"
+        );
+        if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
+            tracing::warn!(error = %e, "reject failed; the message will come back");
+        }
+    }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 /// Handles one delivery from claim to ack, once the scheduler gives it a slot.
 #[tracing::instrument(skip_all, fields(id, queue = %queue))]
 async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery: Delivery) {
@@ -1097,7 +1132,29 @@ async fn run_claimed(
     attempt: i32,
 ) {
     let started = Instant::now();
-    let (mut outcome, failure, removal) = execute(shared, work, attempt, &delivery.data).await;
+    // Whatever the run does, the invocation is settled: a panic is the platform's failure (its
+    // container and pool slot are released by their guards as it unwinds).
+    let executed = AssertUnwindSafe(execute(shared, work, attempt, &delivery.data))
+        .catch_unwind()
+        .await;
+    let (mut outcome, failure, removal) = executed.unwrap_or_else(|panic| {
+        let message = panic_message(&*panic);
+        tracing::error!(panic = %message, "the run panicked; a platform failure");
+        (
+            failed(
+                format!("the worker failed while running this invocation: {message}"),
+                false,
+            ),
+            Some(Failure::Platform),
+            None,
+        )
+    });
+    // Postgres text can't hold NUL: an error naming what a caller sent must stay recordable.
+    if let Some(error) = outcome.error.as_mut()
+        && error.contains('\0')
+    {
+        *error = error.replace('\0', "\u{FFFD}");
+    }
     let platform = failure == Some(Failure::Platform);
     if platform {
         // The image may have gone from the engine since it was seen there.
@@ -1356,6 +1413,18 @@ async fn run_hot(
     input: &[u8],
 ) -> (Outcome, Option<Failure>) {
     let timeout_ms = work.function.timeout_ms.max(1);
+    // What can't be put into a request fails here, before a container is taken or started.
+    let probe = hot::Call {
+        id: work.id,
+        function: &work.function,
+        trigger: work.trigger,
+        attempt,
+        deadline_ms: 0,
+        input,
+    };
+    if let Err(e) = hot::request_headers(&probe) {
+        return (failed(e, false), Some(Failure::Error));
+    }
     let mut tries = 0;
     loop {
         let (mut kept, cold) = match shared.warm.acquire(&work.function).await {
@@ -1367,7 +1436,7 @@ async fn run_hot(
         };
         let started_at = chrono::Utc::now();
         let started = Instant::now();
-        let deadline_ms = started_at.timestamp_millis() + timeout_ms;
+        let deadline_ms = started_at.timestamp_millis().saturating_add(timeout_ms);
         let (connection, _) = kept.hot.as_mut().expect("a hot pool container");
         let called = tokio::time::timeout(
             Duration::from_millis(timeout_ms as u64),

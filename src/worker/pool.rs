@@ -107,7 +107,7 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         let idle_binary = install_idle_binary(state_dir)?;
         let sockets = socket_root(state_dir, worker_id);
-        let _ = std::fs::remove_dir_all(&sockets);
+        hot::clear_socket_dirs(&sockets);
         std::fs::create_dir_all(&sockets)?;
         Ok(Pool {
             runner,
@@ -121,7 +121,19 @@ impl Pool {
     }
 
     /// A container for one run of `function`, and whether it was started for it (a cold start).
-    pub async fn acquire(&self, function: &Snapshot) -> Result<(Warm, bool), PlatformError> {
+    /// Give it back with [`Pool::release`]; dropped without that (a panicking run), it is removed.
+    pub async fn acquire(&self, function: &Snapshot) -> Result<(Lent<'_>, bool), PlatformError> {
+        let (warm, cold) = self.take(function).await?;
+        Ok((
+            Lent {
+                pool: self,
+                warm: Some(warm),
+            },
+            cold,
+        ))
+    }
+
+    async fn take(&self, function: &Snapshot) -> Result<(Warm, bool), PlatformError> {
         let key = key(function);
         self.limits
             .lock()
@@ -151,7 +163,13 @@ impl Pool {
                 // container that no longer runs, and the caller then discards it and asks again.
                 Some(Some(warm)) => return Ok((warm, false)),
                 Some(None) => {
-                    return match self.start(function).await {
+                    // Counted as live from here: a start that fails (or panics) uncounts it.
+                    let reserved = Reserved {
+                        pool: self,
+                        key: Some(key.clone()),
+                    };
+                    let started = self.start(function).await;
+                    return match started {
                         Ok((id, hot)) => Ok((
                             Warm {
                                 id,
@@ -162,11 +180,9 @@ impl Pool {
                             },
                             true,
                         )),
-                        Err(e) => {
-                            self.forget_one(&key);
-                            Err(e)
-                        }
-                    };
+                        Err(e) => Err(e),
+                    }
+                    .inspect(|_| reserved.keep());
                 }
                 None => notified.await,
             }
@@ -182,22 +198,23 @@ impl Pool {
             let path = self.idle_binary.to_string_lossy().into_owned();
             return Ok((self.runner.start_warm(function, &path).await?, None));
         }
-        let dir = hot::socket_dir(&self.sockets).map_err(PlatformError::SocketDir)?;
+        let owner = self.runner.hot_owner(function).await?;
+        let dir = hot::socket_dir(&self.sockets, owner).map_err(PlatformError::SocketDir)?;
         let id = match self.runner.start_hot(function, &dir).await {
             Ok(id) => id,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                hot::remove_socket_dir(&dir);
                 return Err(e);
             }
         };
         let within = Duration::from_millis(function.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
-        match hot::wait_ready(self.runner.docker(), &id, &dir, within).await {
+        match hot::wait_ready(self.runner.docker(), &id, &dir, owner, within).await {
             Ok(connection) => Ok((id, Some((connection, dir)))),
             Err(e) => {
                 let docker = self.runner.docker().clone();
                 tokio::spawn(async move {
                     remove(&docker, &id).await;
-                    let _ = std::fs::remove_dir_all(&dir);
+                    hot::remove_socket_dir(&dir);
                 });
                 Err(PlatformError::NotReady(e))
             }
@@ -205,7 +222,13 @@ impl Pool {
     }
 
     /// Gives a container back after a run: kept when the run went well, else removed.
-    pub fn release(&self, mut warm: Warm, healthy: bool) {
+    pub fn release(&self, mut lent: Lent<'_>, healthy: bool) {
+        if let Some(warm) = lent.warm.take() {
+            self.give_back(warm, healthy);
+        }
+    }
+
+    fn give_back(&self, mut warm: Warm, healthy: bool) {
         if !healthy {
             self.discard(warm);
             return;
@@ -224,7 +247,7 @@ impl Pool {
         tokio::spawn(async move {
             remove(&docker, &warm.id).await;
             if let Some((_, dir)) = warm.hot {
-                let _ = std::fs::remove_dir_all(dir);
+                hot::remove_socket_dir(&dir);
             }
         });
     }
@@ -291,7 +314,56 @@ impl Pool {
         for warm in idle {
             remove(self.runner.docker(), &warm.id).await;
         }
-        let _ = std::fs::remove_dir_all(&self.sockets);
+        hot::clear_socket_dirs(&self.sockets);
+    }
+}
+
+/// A kept container lent to one run. Dropped without [`Pool::release`] (the run panicked), it is
+/// discarded: removed from the engine and uncounted, so the function's slot is not lost.
+pub struct Lent<'a> {
+    pool: &'a Pool,
+    warm: Option<Warm>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Warm;
+    fn deref(&self) -> &Warm {
+        self.warm.as_ref().expect("a lent container until released")
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut Warm {
+        self.warm.as_mut().expect("a lent container until released")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(warm) = self.warm.take() {
+            tracing::warn!(container = %warm.id, "a kept container was not given back; removing it");
+            self.pool.discard(warm);
+        }
+    }
+}
+
+/// A container being started, counted as live: uncounted when dropped unless kept.
+struct Reserved<'a> {
+    pool: &'a Pool,
+    key: Option<String>,
+}
+
+impl Reserved<'_> {
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.pool.forget_one(&key);
+        }
     }
 }
 

@@ -1,5 +1,10 @@
 //! Finds and removes containers that no run will remove any more: those a crashed earlier self
 //! of this worker left, and any Granda container past its deadline.
+//!
+//! Every sweep of live containers is scoped to this worker's installation (`granda.installation`)
+//! as well as its id: installations sharing one engine may use the same worker id (the same host
+//! name), and must never remove each other's runs. The deadline sweep alone looks at every Granda
+//! container: one a minute past its own deadline is no installation's run any more.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,7 +37,7 @@ pub async fn reap_orphaned_pools(
     installation: &str,
 ) -> usize {
     let label = format!("{LABEL_INSTALLATION}={installation}");
-    let kept: Vec<_> = list(docker, &label)
+    let kept: Vec<_> = list(docker, &[&label])
         .await
         .into_iter()
         .filter(|(_, labels)| labels.contains_key(LABEL_POOL))
@@ -70,10 +75,12 @@ pub async fn reap_orphaned_pools(
     removed
 }
 
-/// Removes every container labelled with this worker's id: at start, none of them is ours to keep.
-pub async fn reap_own(docker: &Docker, worker_id: &str) {
-    let label = format!("{LABEL_WORKER}={worker_id}");
-    for (id, _) in list(docker, &label).await {
+/// Removes every container of this installation labelled with this worker's id: at start, none
+/// of them is ours to keep.
+pub async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
+    let worker = format!("{LABEL_WORKER}={worker_id}");
+    let installation = format!("{LABEL_INSTALLATION}={installation}");
+    for (id, _) in list(docker, &[&worker, &installation]).await {
         tracing::info!(container = %id, "removing a container left by an earlier run of this worker");
         remove(docker, &id).await;
     }
@@ -85,12 +92,14 @@ pub async fn reap_own(docker: &Docker, worker_id: &str) {
 pub async fn reap_strays_forever(
     docker: Docker,
     worker_id: String,
+    installation: String,
     running: impl Fn(&str) -> bool + Send + 'static,
 ) {
-    let label = format!("{LABEL_WORKER}={worker_id}");
+    let worker = format!("{LABEL_WORKER}={worker_id}");
+    let installation = format!("{LABEL_INSTALLATION}={installation}");
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        for (id, labels) in list(&docker, &label).await {
+        for (id, labels) in list(&docker, &[&worker, &installation]).await {
             let Some(invocation) = labels.get(LABEL_INVOCATION) else {
                 continue; // a warm pool container: the pool owns it
             };
@@ -107,7 +116,7 @@ pub async fn reap_expired_forever(docker: Docker) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let now = chrono::Utc::now().timestamp_millis();
-        for (id, labels) in list(&docker, LABEL_DEADLINE).await {
+        for (id, labels) in list(&docker, &[LABEL_DEADLINE]).await {
             let deadline = labels
                 .get(LABEL_DEADLINE)
                 .and_then(|d| d.parse::<i64>().ok())
@@ -120,8 +129,9 @@ pub async fn reap_expired_forever(docker: Docker) {
     }
 }
 
-async fn list(docker: &Docker, label: &str) -> Vec<(String, HashMap<String, String>)> {
-    let filters = HashMap::from([("label", vec![label])]);
+/// Containers carrying every one of `labels` (`key` or `key=value`).
+async fn list(docker: &Docker, labels: &[&str]) -> Vec<(String, HashMap<String, String>)> {
+    let filters = HashMap::from([("label", labels.to_vec())]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
@@ -141,7 +151,7 @@ async fn list(docker: &Docker, label: &str) -> Vec<(String, HashMap<String, Stri
 /// Removes (killing) the containers on `docker` that run invocation `invocation`; returns how many.
 pub async fn remove_invocation(docker: &Docker, invocation: &str) -> usize {
     let label = format!("{LABEL_INVOCATION}={invocation}");
-    let found = list(docker, &label).await;
+    let found = list(docker, &[label.as_str()]).await;
     for (id, _) in &found {
         remove(docker, id).await;
     }

@@ -304,8 +304,7 @@ async fn pool_containers_of_a_worker_that_is_gone_are_reaped_by_the_installation
         .await;
     assert_eq!(call(&app, "hot", "x").await.0, 200);
     let live = wait_hot_containers(&app, 1, Duration::from_secs(5)).await;
-    let installation =
-        granda::docker::installation(&app.settings.database_url, &app.settings.amqp_prefix);
+    let installation = granda::docker::installation(&app.pool).await.unwrap();
 
     // A pool container of a worker that never beat here, one of another installation, and one
     // of ours started by a worker that beats.

@@ -10,6 +10,7 @@ mod events;
 mod faults;
 mod functions;
 mod guarantees;
+mod hostile;
 mod hosts;
 mod hot;
 mod inbound;

@@ -1,0 +1,434 @@
+//! A hostile function image or a poisoned message can't hurt a worker, the host, or another
+//! installation: poisoned deliveries, root images, image `VOLUME`s, hot sockets swapped for
+//! symlinks or filled, fork bombs, disk fillers, and two installations on one engine.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use granda::broker::{Publisher, Topology};
+use granda::function::store as functions;
+use granda::invocation::Trigger;
+use granda::message::Work;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::support::{TestApp, error_code, spawn_app, spawn_app_with};
+
+/// Publishes `work` straight to the app's work queue (as a message the ingress never checked),
+/// with a record for it, as the ingress would have written one.
+async fn publish_raw(app: &TestApp, work: Work, body: &[u8]) {
+    sqlx::query(
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, published_at)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), now())",
+    )
+    .bind(work.id)
+    .bind(&work.function.name)
+    .bind(work.trigger.as_str())
+    .bind(body)
+    .bind(body.len() as i32)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let publisher = Publisher::connect(
+        &app.settings.amqp_url,
+        Topology::new(&app.settings.amqp_prefix),
+    )
+    .await
+    .unwrap();
+    publisher.publish("default", &work, body).await.unwrap();
+}
+
+async fn containers_of_invocation(app: &TestApp, id: Uuid) -> Vec<String> {
+    app.containers_labelled(&[&format!("granda.invocation={id}")])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() {
+    let app = spawn_app().await;
+    app.register("hot", "granda-test/hot", json!({"mode": "hot"}))
+        .await;
+    app.register("echo", "granda-test/echo", json!({"timeout_ms": 5000}))
+        .await;
+    let mut function = functions::get(&app.pool, "hot")
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot();
+    // What a webhook's event type or an event's topic carries to a hot function as a header.
+    function.env.insert(
+        "GRANDA_WEBHOOK_EVENT".into(),
+        "\u{1}\r\nX-Injected: 1".into(),
+    );
+    let id = Uuid::now_v7();
+    let work = Work {
+        id,
+        trigger: Trigger::Webhook,
+        function,
+        queued_at_ms: chrono::Utc::now().timestamp_millis(),
+        reply_to: None,
+        correlation_id: None,
+    };
+    publish_raw(&app, work, b"poison").await;
+
+    let record = app.wait_final(id, Duration::from_secs(30)).await;
+    assert!(
+        matches!(record["status"].as_str(), Some("failed" | "dead")),
+        "{record}"
+    );
+    let error = record["error"].as_str().unwrap_or_default();
+    assert!(error.contains("header"), "a clear error: {record}");
+    assert!(containers_of_invocation(&app, id).await.is_empty());
+
+    // Every function still answers, within its run time, more calls than the worker's slots.
+    let started = Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url("/v1/functions/echo/invoke");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .body(format!("call {i}"))
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let response = call.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), format!("call {i}"));
+    }
+    let hot = app.invoke("hot", "still here").await;
+    assert_eq!(hot.status(), 200);
+    assert_eq!(hot.text().await.unwrap(), "still here");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answers took {:?}",
+        started.elapsed()
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
+    let app = spawn_app().await;
+    for root in [
+        "0", "root", "0:0", "65534:0", "x:root", "00", " 0", "65534 :0",
+    ] {
+        let response = app
+            .post_json(
+                "/v1/functions",
+                &json!({"name": "r", "image": "granda-test/root", "user": root}),
+            )
+            .await;
+        assert_eq!(error_code(response, 422).await, "invalid", "{root:?}");
+    }
+    app.register("plain", "granda-test/root", json!({})).await;
+    let response = app
+        .client
+        .put(app.url("/v1/functions/plain"))
+        .json(&json!({"user": "65534:0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 422).await, "invalid");
+
+    for mode in ["cold", "warm"] {
+        let name = format!("as-nobody-{mode}");
+        app.register(
+            &name,
+            "granda-test/root",
+            json!({"mode": mode, "user": "65534:65534"}),
+        )
+        .await;
+        for _ in 0..2 {
+            let response = app.invoke(&name, "").await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.text().await.unwrap(), "65534:65534\n", "{mode}");
+        }
+        // Unset, every mode runs as the image's user, as a cold run always did.
+        let name = format!("as-image-{mode}");
+        app.register(&name, "granda-test/root", json!({"mode": mode}))
+            .await;
+        for _ in 0..2 {
+            let response = app.invoke(&name, "").await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.text().await.unwrap(), "0:0\n", "{mode}");
+        }
+    }
+
+    // Hot: the function's own process, seen from the host.
+    app.register(
+        "hot",
+        "granda-test/hot",
+        json!({"mode": "hot", "user": "1234:4321"}),
+    )
+    .await;
+    assert_eq!(app.invoke("hot", "x").await.status(), 200);
+    let hot = app.containers_labelled(&["granda.pool=hot"]).await;
+    assert_eq!(hot.len(), 1);
+    let pid = app
+        .docker
+        .inspect_container(&hot[0], None)
+        .await
+        .unwrap()
+        .state
+        .unwrap()
+        .pid
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(ids("Uid:").iter().all(|u| u == "1234"), "{status}");
+    assert!(ids("Gid:").iter().all(|g| g == "4321"), "{status}");
+    app.shutdown().await;
+}
+
+async fn volume_names(app: &TestApp) -> HashSet<String> {
+    app.docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
+    let app = spawn_app().await;
+    let before = volume_names(&app).await;
+    for mode in ["cold", "warm"] {
+        let name = format!("vol-{mode}");
+        app.register(
+            &name,
+            "granda-test/volume",
+            json!({"mode": mode, "tmp_mb": 8, "memory_mb": 64}),
+        )
+        .await;
+        for _ in 0..2 {
+            let response = app.invoke(&name, "").await;
+            assert_eq!(response.status(), 200);
+            let written: u32 = response.text().await.unwrap().trim().parse().unwrap();
+            assert!(written <= 8, "{mode}: wrote {written} MB past an 8 MB cap");
+        }
+    }
+    let response = app
+        .client
+        .delete(app.url("/v1/functions/vol-warm"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    app.shutdown().await;
+    // Removed with their volumes, pool containers included (at shutdown).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let new: Vec<_> = volume_names_now()
+            .await
+            .difference(&before)
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "volumes left behind: {new:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn volume_names_now() -> HashSet<String> {
+    let docker = granda::docker::connect(None, 60).unwrap();
+    docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_socket_swapped_for_a_symlink_is_refused_and_never_followed() {
+    let app = spawn_app().await;
+    // A socket of the test's own, on the host: what the symlink points at. It must never be
+    // connected to.
+    let trap_dir = std::env::temp_dir().join(format!("granda-trap-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&trap_dir).unwrap();
+    let trap_path = trap_dir.join("trap.sock");
+    let trap = tokio::net::UnixListener::bind(&trap_path).unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            while trap.accept().await.is_ok() {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let target = trap_path.to_string_lossy().into_owned();
+    for (name, env) in [
+        ("to-trap", json!({"TARGET": target})),
+        ("to-engine", json!({})),
+    ] {
+        app.register(
+            name,
+            "granda-test/symlink",
+            json!({"mode": "hot", "timeout_ms": 3000, "env": env}),
+        )
+        .await;
+        let response = app.invoke(name, "hello").await;
+        assert_eq!(response.status(), 502, "{name}");
+        let id: Uuid = response.headers()["x-granda-invocation-id"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let record = app.invocation(id).await;
+        assert_eq!(record["status"], "failed");
+        let error = record["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("symlink") && error.contains("refused"),
+            "{name}: {record}"
+        );
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the worker connected to what the symlink pointed at"
+    );
+    counting.abort();
+    let _ = std::fs::remove_dir_all(&trap_dir);
+    app.shutdown().await;
+}
+
+/// The socket directories of this app's hot containers, on the host.
+fn socket_dirs(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let root = granda::worker::pool::socket_root(&app.settings.state_dir, &app.worker_id());
+    std::fs::read_dir(root)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_socket_directory_is_the_functions_own_and_capped() {
+    use std::os::unix::fs::MetadataExt;
+    let app = spawn_app().await;
+    app.register(
+        "filler",
+        "granda-test/sockfill",
+        json!({"mode": "hot", "timeout_ms": 6000, "env": {"MB": "16"}}),
+    )
+    .await;
+    let id = app.invoke_async("filler", "").await;
+    let (mut biggest, mut seen) = (0u64, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for dir in socket_dirs(&app) {
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                assert_eq!(meta.mode() & 0o777, 0o700, "{dir:?}");
+                assert_eq!(meta.uid(), 65534, "{dir:?}");
+                seen = true;
+            }
+            if let Ok(fill) = std::fs::metadata(dir.join("fill")) {
+                biggest = biggest.max(fill.len());
+            }
+        }
+        let record = app.invocation(id).await;
+        if !matches!(record["status"].as_str(), Some("queued" | "running")) {
+            assert_eq!(record["status"], "failed", "it never listened: {record}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the socket directory was never seen");
+    assert!(
+        biggest <= granda::worker::hot::SOCKET_DIR_BYTES,
+        "{biggest} bytes written into the socket directory"
+    );
+    app.assert_no_containers_left(Duration::from_secs(20)).await;
+    assert!(
+        socket_dirs(&app).is_empty(),
+        "socket directories left: {:?}",
+        socket_dirs(&app)
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_and_a_disk_filler_stay_in_their_limits() {
+    let app = spawn_app().await;
+    app.register(
+        "bomb",
+        "granda-test/forkbomb",
+        json!({"pids": 32, "timeout_ms": 4000, "cpus": 0.5}),
+    )
+    .await;
+    app.register("filler", "granda-test/diskfill", json!({"tmp_mb": 8}))
+        .await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let bomb = app.invoke_async("bomb", "").await;
+    let filler = app.invoke("filler", "").await;
+    assert_eq!(filler.status(), 200);
+    let written: u32 = filler.text().await.unwrap().trim().parse().unwrap();
+    assert!(written <= 8, "wrote {written} MB to an 8 MB /tmp");
+    // While the bomb runs, other functions answer.
+    for i in 0..3 {
+        let response = app.invoke("echo", format!("{i}")).await;
+        assert_eq!(response.status(), 200);
+    }
+    let record = app.wait_final(bomb, Duration::from_secs(30)).await;
+    assert!(
+        matches!(
+            record["status"].as_str(),
+            Some("succeeded" | "failed" | "timed_out")
+        ),
+        "{record}"
+    );
+    app.assert_no_containers_left(Duration::from_secs(20)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_with_one_worker_id_leave_each_others_runs_alone() {
+    let shared_id = format!("shared-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let first = spawn_app_with(|s| s.worker_id = Some(shared_id.clone())).await;
+    first
+        .register(
+            "long",
+            "granda-test/sleep",
+            json!({"timeout_ms": 60000, "env": {"SLEEP_SECONDS": "10"}}),
+        )
+        .await;
+    let id = first.invoke_async("long", "").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while containers_of_invocation(&first, id).await.is_empty() {
+        assert!(Instant::now() < deadline, "the long run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A second installation (its own database and queues) with the same worker id starts on the
+    // same engine: its start-up sweep and stray sweeps (every 5 s) run while the first's run does.
+    let second = spawn_app_with(|s| s.worker_id = Some(shared_id.clone())).await;
+    second.register("echo", "granda-test/echo", json!({})).await;
+    assert_eq!(second.invoke("echo", "hi").await.status(), 200);
+    let record = first.wait_final(id, Duration::from_secs(40)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["output"], "slept\n");
+    second.shutdown().await;
+    first.shutdown().await;
+}
