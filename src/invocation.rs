@@ -269,9 +269,12 @@ pub mod store {
     /// Stores a `queued` invocation. With an idempotency key already used for this function in
     /// the last 24 hours, stores nothing and returns the first invocation's id and `false`.
     #[tracing::instrument(level = "debug", skip_all, fields(id = %inv.id, function = inv.function))]
+    /// Records a queued invocation (or finds the one its idempotency key names: `false`), with its
+    /// own `env`, kept so that the outbox and a retry send it again.
     pub async fn insert_queued(
         pool: &PgPool,
         inv: &NewInvocation<'_>,
+        env: &std::collections::BTreeMap<String, String>,
     ) -> Result<(Uuid, bool), sqlx::Error> {
         let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
         if let Some(key) = inv.idempotency_key {
@@ -288,8 +291,8 @@ pub mod store {
         // The whole input stays until the broker has the message, so the outbox can re-publish it.
         let payload = (stored.len() < inv.input.len()).then_some(inv.input);
         let inserted: Option<(Uuid,)> = sqlx::query_as(
-            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload)
-             VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7)
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload, extra_env)
+             VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8)
              ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -300,6 +303,7 @@ pub mod store {
         .bind(inv.input.len() as i64)
         .bind(inv.idempotency_key)
         .bind(payload)
+        .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
         .fetch_optional(pool)
         .await?;
         if let Some((id,)) = inserted {
@@ -547,6 +551,22 @@ pub mod store {
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The invocation's own env, as stored with it (empty when it had none).
+    pub async fn extra_env(
+        pool: &PgPool,
+        id: Uuid,
+    ) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
+        let row: Option<(Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,)> =
+            sqlx::query_as("SELECT extra_env FROM invocations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+        Ok(row
+            .and_then(|(env,)| env)
+            .map(|env| env.0)
+            .unwrap_or_default())
     }
 
     /// Makes a final, not succeeded invocation `queued` again for one more attempt

@@ -74,6 +74,30 @@ pub struct Work {
 }
 
 impl Work {
+    /// The message of queued invocation `id` of `function`, sent now: the one way an enqueue, the
+    /// outbox, a manual retry or a schedule makes a message. `extra_env` is the invocation's own
+    /// env (webhook, event, schedule), stored with its record so a re-publish or retry keeps it;
+    /// it travels in the message's own copy of the snapshot.
+    pub fn queued(
+        id: Uuid,
+        trigger: Trigger,
+        function: &crate::function::Function,
+        extra_env: &std::collections::BTreeMap<String, String>,
+    ) -> Work {
+        let mut snapshot = function.snapshot();
+        snapshot
+            .env
+            .extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Work {
+            id,
+            trigger,
+            function: snapshot,
+            queued_at_ms: chrono::Utc::now().timestamp_millis(),
+            reply_to: None,
+            correlation_id: None,
+        }
+    }
+
     pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         let snapshot = serde_json::to_vec(&self.function).expect("a snapshot serializes");

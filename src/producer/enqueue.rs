@@ -106,6 +106,7 @@ pub async fn enqueue(
             stored_input_cap: app.settings.max_stored_input_bytes,
             idempotency_key: key.as_deref(),
         },
+        &job.env,
     )
     .await?;
     if !new {
@@ -231,19 +232,9 @@ async fn refuse(app: &AppState, new: &NewInvocation<'_>) -> bool {
 /// How long a refused call's placeholder record stays (see [`store::refuse_call`]).
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-/// The message of invocation `id`. The snapshot is this message's own copy: per-invocation env
-/// travels in it, so the worker and the container runner need nothing new to pass it on.
+/// The message of invocation `id`, with the job's own env (see [`Work::queued`]).
 fn work(id: Uuid, function: &Function, job: &Job<'_>) -> Work {
-    let mut snapshot = function.snapshot();
-    snapshot.env.extend(job.env.clone());
-    Work {
-        id,
-        trigger: job.trigger,
-        function: snapshot,
-        queued_at_ms: chrono::Utc::now().timestamp_millis(),
-        reply_to: None,
-        correlation_id: None,
-    }
+    Work::queued(id, job.trigger, function, &job.env)
 }
 
 /// A publish that failed, as the caller hears it: a message too large for the broker's frame

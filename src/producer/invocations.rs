@@ -109,14 +109,10 @@ pub async fn retry(
             current.status
         ))
     })?;
-    let work = Work {
-        id,
-        trigger: Trigger::parse(&record.trigger).unwrap_or(Trigger::Async),
-        function: function.snapshot(),
-        queued_at_ms: chrono::Utc::now().timestamp_millis(),
-        reply_to: None,
-        correlation_id: None,
-    };
+    // The invocation's own env (a webhook's, an event's) goes with the retry too.
+    let env = store::extra_env(&app.pool, id).await?;
+    let trigger = Trigger::parse(&record.trigger).unwrap_or(Trigger::Async);
+    let work = Work::queued(id, trigger, &function, &env);
     let input = record.input.clone().unwrap_or_default();
     if let Err(e) = app.publisher.publish(&function.queue, &work, &input).await {
         // Not confirmed: put the record back as it was, so the retry can be asked again.

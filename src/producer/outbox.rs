@@ -66,18 +66,8 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<usize> {
             .await?;
             continue;
         };
-        let mut snapshot = function.snapshot();
-        if let Some(env) = row.extra_env {
-            snapshot.env.extend(env.0);
-        }
-        let work = Work {
-            id: row.id,
-            trigger,
-            function: snapshot,
-            queued_at_ms: chrono::Utc::now().timestamp_millis(),
-            reply_to: None,
-            correlation_id: None,
-        };
+        let env = row.extra_env.map(|env| env.0).unwrap_or_default();
+        let work = Work::queued(row.id, trigger, function, &env);
         app.publisher
             .publish(&function.queue, &work, &row.input)
             .await?;
@@ -101,16 +91,7 @@ pub async fn publish_now(
     input: &[u8],
     env: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    let mut snapshot = function.snapshot();
-    snapshot.env.extend(env.clone());
-    let work = Work {
-        id,
-        trigger,
-        function: snapshot,
-        queued_at_ms: chrono::Utc::now().timestamp_millis(),
-        reply_to: None,
-        correlation_id: None,
-    };
+    let work = Work::queued(id, trigger, function, env);
     match app.publisher.publish(&function.queue, &work, input).await {
         Ok(()) => {
             if let Err(e) = store::mark_published(&app.pool, id).await {

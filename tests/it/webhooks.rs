@@ -874,3 +874,61 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     assert_eq!(response.status(), 202);
     app.shutdown().await;
 }
+
+/// Issue 17: a webhook invocation's own env is stored with it, so a manual retry (and the
+/// outbox) send it again: the retried run sees `GRANDA_WEBHOOK_*` and `GRANDA_CONTENT_TYPE` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_webhook_invocation_keeps_its_own_env() {
+    let app = spawn_app().await;
+    // The body is the script (input mode args): print the env, then fail so it can be retried.
+    app.register(
+        "envfail",
+        "granda-test/sh",
+        json!({"input": "args", "max_attempts": 1}),
+    )
+    .await;
+    let hook = create(&app, json!({"function": "envfail", "scheme": "none"})).await;
+    let hook_id = hook["id"].as_str().unwrap();
+    let (status, id) = deliver(
+        &app,
+        hook_id,
+        &[("content-type", "application/json")],
+        br#"["env | sort; exit 3"]"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = id.unwrap();
+    let seen = |record: &Value| {
+        let out = record["output"].as_str().unwrap_or_default().to_string();
+        assert!(
+            out.contains(&format!("GRANDA_WEBHOOK_ID={hook_id}")),
+            "{record}"
+        );
+        assert!(
+            out.contains("GRANDA_CONTENT_TYPE=application/json"),
+            "{record}"
+        );
+    };
+    let first = app.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(first["status"], "failed", "{first}");
+    seen(&first);
+
+    let response = app
+        .post_json(&format!("/v1/invocations/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let record = app.invocation(id).await;
+        if record["status"] == "failed" && record["attempt"].as_i64() > Some(1) {
+            break record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second run: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    seen(&again);
+    app.shutdown().await;
+}
