@@ -558,7 +558,8 @@ pub mod store {
         pool: &PgPool,
         id: Uuid,
     ) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
-        let row: Option<(Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,)> =
+        type Env = sqlx::types::Json<std::collections::BTreeMap<String, String>>;
+        let row: Option<(Option<Env>,)> =
             sqlx::query_as("SELECT extra_env FROM invocations WHERE id = $1")
                 .bind(id)
                 .fetch_optional(pool)
