@@ -99,6 +99,11 @@ start_node() {
 clustered() { ctl a -q cluster_status 2>/dev/null | grep -q "$(name "$1")"; }
 
 start() {
+    # No node runs: whatever is on disk is a killed run's (a stopped machine, a full disk), and a
+    # cluster restarted from it may not form. Start from nothing; the cookie and CA are kept.
+    if ! running a && ! running b && ! running c; then
+        rm -rf "${DIR:?}/a" "${DIR:?}/b" "${DIR:?}/c"
+    fi
     mkdir -p "$DIR/home"
     [ -s "$DIR/home/.erlang.cookie" ] || {
         head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F >"$DIR/home/.erlang.cookie"

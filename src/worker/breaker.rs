@@ -9,6 +9,10 @@
 //!   the breaker, a failure opens it again for twice as long (from [`FIRST_OPEN`] up to
 //!   [`LONGEST_OPEN`]).
 //!
+//! Only where another live worker serves the queue (the heartbeats say): a worker alone on its
+//! queue runs what it can't run, so the failure is recorded and the retry policy decides,
+//! instead of the whole queue standing still on one machine.
+//!
 //! Messages given back keep their delivery count, so the quorum queue's delivery limit still
 //! bounds them (see [`crate::retry::on_unavailable`]).
 

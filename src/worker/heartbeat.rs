@@ -27,6 +27,23 @@ pub struct Beat<'a> {
     pub lease: Duration,
 }
 
+/// Which of `queues` another live, healthy worker (not `worker`) serves too.
+pub async fn served_by_others(
+    pool: &PgPool,
+    worker: &str,
+    queues: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT q FROM workers, unnest(queues) AS q
+         WHERE id <> $1 AND healthy AND lease_until > now() AND q = ANY($2)",
+    )
+    .bind(worker)
+    .bind(queues)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(q,)| q).collect())
+}
+
 pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(beat.lease).unwrap_or_default();

@@ -119,6 +119,11 @@ struct Shared {
     reschedule: Notify,
     /// What is wrong with this worker now (its engine unreachable), if anything.
     health: Mutex<Option<String>>,
+    /// This worker's queues that another live, healthy worker serves too (from the heartbeats).
+    /// A breaker gives a queue's messages to the others only where there are others: a worker
+    /// alone on its queue runs what it can't run, so that the failure is recorded and the retry
+    /// policy decides, instead of the queue standing still.
+    shared_queues: Mutex<HashSet<String>>,
     /// Whether the session is connected to RabbitMQ.
     connected: AtomicBool,
     /// `DOCKER_HOST` and the engine's ID, for the heartbeat.
@@ -204,6 +209,7 @@ impl Worker {
                 breakers: breaker::Breakers::default(),
                 reschedule: Notify::new(),
                 health: Mutex::default(),
+                shared_queues: Mutex::default(),
                 connected: AtomicBool::new(false),
                 engine: crate::docker::address(settings.docker_host.as_deref()),
                 engine_id,
@@ -746,6 +752,17 @@ async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
         if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
+        match heartbeat::served_by_others(&shared.pool, &shared.worker_id, &queues).await {
+            Ok(served) => {
+                let served: HashSet<String> = served.into_iter().collect();
+                let mut shared_queues = shared.shared_queues.lock().expect("lock");
+                if *shared_queues != served {
+                    *shared_queues = served;
+                    shared.reschedule.notify_one();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read the other workers' queues"),
+        }
         tokio::time::sleep(every).await;
     }
 }
@@ -766,7 +783,15 @@ impl Shared {
         if self.health.lock().expect("lock").is_some() {
             return 0;
         }
+        if !self.others_serve(queue) {
+            return wanted;
+        }
         self.breakers.allow(queue, wanted, Instant::now())
+    }
+
+    /// Whether another live, healthy worker serves `queue` (as of the last heartbeat).
+    fn others_serve(&self, queue: &str) -> bool {
+        self.shared_queues.lock().expect("lock").contains(queue)
     }
 
     /// A platform failure (or not) on `queue`, for its breaker; wakes the session when the
@@ -830,11 +855,15 @@ impl Shared {
         if self.health.lock().expect("lock").is_some() {
             return Err("this worker is unhealthy".into());
         }
-        if self.breakers.state(queue, Instant::now()) == breaker::State::Open {
+        // Alone on the queue, a worker runs what it can't run: the failure is recorded and the
+        // retry policy decides (there is nobody to give it to).
+        let alone = !self.others_serve(queue);
+        if !alone && self.breakers.state(queue, Instant::now()) == breaker::State::Open {
             return Err("this worker's circuit breaker for the queue is open".into());
         }
         match self.images.ensure(&work.function.image).await {
             Ok(_) => Ok(()),
+            Err(_) if alone => Ok(()),
             Err(e) => {
                 self.ran(queue, true);
                 Err(e.to_string())

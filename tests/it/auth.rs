@@ -265,8 +265,8 @@ async fn granda_keys_create_prints_a_working_key_once() {
     let app = spawn_app().await;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
         .args(["keys", "create", "--name", "ci", "--scope", "invoke"])
-        .env("GRANDA_DATABASE_URL", &app.settings.database_url)
-        .env("RUST_LOG", "warn")
+        .env("GRANDA_URL", &app.address)
+        .env("GRANDA_KEY", ADMIN_KEY)
         .output()
         .await
         .unwrap();
@@ -292,16 +292,19 @@ async fn granda_keys_create_prints_a_working_key_once() {
     assert_eq!(r.status(), 403);
 
     let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
-        .args(["keys", "list"])
-        .env("GRANDA_DATABASE_URL", &app.settings.database_url)
+        .args(["keys", "ls"])
+        .env("GRANDA_URL", &app.address)
+        .env("GRANDA_KEY", ADMIN_KEY)
         .output()
         .await
         .unwrap();
     let listed = String::from_utf8(listed.stdout).unwrap();
-    assert!(
-        listed.contains("\tinvoke\tci\t") && !listed.contains(&key),
-        "{listed}"
-    );
+    let row = listed
+        .lines()
+        .find(|l| l.contains(" ci "))
+        .unwrap_or_else(|| panic!("no row for ci in {listed}"));
+    assert!(row.contains("invoke") && row.contains("live"), "{row}");
+    assert!(!listed.contains(&key), "{listed}");
     assert!(!listed.contains(ADMIN_KEY), "{listed}");
     app.shutdown().await;
 }

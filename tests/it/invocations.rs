@@ -129,10 +129,15 @@ async fn no_index_of_invocations_mentions_a_column_a_claim_or_final_record_chang
         "retry_at",
         "cold",
     ];
+    // A column as a whole word (`callback_status` is not `status`: the final record leaves it).
+    let mentions = |def: &str, column: &str| {
+        def.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| word == column)
+    };
     for (name, def) in &indexes {
         for column in changed {
             assert!(
-                !def.contains(column),
+                !mentions(def, column),
                 "index {name} mentions {column}, so updates of it can't be HOT: {def}"
             );
         }
