@@ -6,6 +6,7 @@ mod bad_input;
 mod callbacks;
 mod cli;
 mod cluster;
+mod docs;
 mod events;
 mod faults;
 mod functions;
