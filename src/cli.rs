@@ -36,18 +36,22 @@ pub struct Cli {
 pub enum TopCommand {
     #[command(flatten)]
     Process(Command),
-    /// Manage functions: deploy (from source or an image), ls, get, update, rm.
+    /// Manage functions: init, deploy (from source or an image), ls, get, update, rm, builds.
     #[command(subcommand, name = "fn")]
     Fn(Box<FnCommand>),
+    /// Deploy every function of a manifest (granda.yaml; `granda fn init` writes one).
+    Deploy(crate::client::manifest::DeployFileArgs),
     /// Run a function and print its output (stdout only, so it pipes).
     Invoke(InvokeArgs),
     /// Read invocations: ls, get, logs, retry.
     #[command(subcommand)]
     Inv(InvCommand),
+    /// Print a function's finished invocations with their output and logs; `--follow` for new ones.
+    Logs(crate::client::logs::LogsArgs),
     /// Manage webhooks: create, ls, rm, rotate.
     #[command(subcommand)]
     Hooks(HooksCommand),
-    /// Publish events.
+    /// Events: publish, get, subscribe, unsubscribe, ls (subscriptions).
     #[command(subcommand)]
     Events(EventsCommand),
     /// Manage API keys over the API: create, ls, revoke (an admin key is needed).
@@ -121,8 +125,10 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         TopCommand::Fn(command) => crate::client::functions::run(&client, *command).await,
+        TopCommand::Deploy(args) => crate::client::manifest::deploy(&client, args).await,
         TopCommand::Invoke(args) => crate::client::invoke::run(&client, args).await,
         TopCommand::Inv(command) => crate::client::invocations::run(&client, command).await,
+        TopCommand::Logs(args) => crate::client::logs::run(&client, args).await,
         TopCommand::Hooks(command) => crate::client::hooks::run(&client, command).await,
         TopCommand::Events(command) => crate::client::events::run(&client, command).await,
         TopCommand::Keys(command) => crate::client::keys::run(&client, command).await,

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{CliError, Client, cell, fields, segment, table};
+use super::{CliError, Client, cell, list_cell, segment, table, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum FnCommand {
@@ -24,6 +24,15 @@ pub enum FnCommand {
     Update(UpdateArgs),
     /// Delete a function.
     Rm { name: String },
+    /// Write a new function to start from: NAME/handler.sh or handler.py, and NAME/granda.yaml
+    /// for `granda deploy -f`.
+    Init(super::manifest::InitArgs),
+    /// A function's builds from source; with VERSION, that build's stored log.
+    Builds {
+        name: String,
+        /// A version (as `fn get` lists them): print its build log.
+        version: Option<u32>,
+    },
 }
 
 /// Settings a deploy or update may change.
@@ -320,55 +329,151 @@ pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
             Ok(())
         }
         FnCommand::Deploy(args) => deploy(client, args).await,
+        FnCommand::Init(args) => super::manifest::init(client, args),
+        FnCommand::Builds {
+            name,
+            version: None,
+        } => {
+            let f = client
+                .get(&format!("/v1/functions/{}", segment(&name)))
+                .await?;
+            let versions = f["versions"].as_array().cloned().unwrap_or_default();
+            if client.json {
+                client.print_json(&json!({ "builds": versions }));
+            } else if versions.is_empty() {
+                eprintln!("{name} was deployed from an image: it has no builds");
+            } else {
+                versions_table(&f, &versions);
+            }
+            Ok(())
+        }
+        FnCommand::Builds {
+            name,
+            version: Some(version),
+        } => {
+            let build = client
+                .get(&format!(
+                    "/v1/functions/{}/builds/{version}",
+                    segment(&name)
+                ))
+                .await?;
+            if client.json {
+                client.print_json(&build);
+                return Ok(());
+            }
+            // The log to stdout, so it pipes; what it is to stderr.
+            eprintln!(
+                "build {} of {}: {} ({}), {} to {}",
+                cell(&build["version"]),
+                cell(&build["function"]),
+                cell(&build["status"]),
+                cell(&build["image"]),
+                time_cell(&build["created_at"]),
+                time_cell(&build["finished_at"]),
+            );
+            print!("{}", build["log"].as_str().unwrap_or(""));
+            Ok(())
+        }
     }
 }
 
-/// Shows one function: JSON, or its fields and versions.
+/// Shows one function: JSON, or every setting and its versions.
 fn show(client: &Client, f: &Value) {
     if client.json {
         client.print_json(f);
         return;
     }
-    fields(
-        f,
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    let plain = |rows: &mut Vec<(&str, String)>, keys: &[&'static str]| {
+        for k in keys {
+            rows.push((k, cell(&f[*k])));
+        }
+    };
+    plain(
+        &mut rows,
         &[
             "name",
+            "description",
             "image",
             "runtime",
             "version",
-            "description",
+            "invoke_url",
+            "public",
+            "queue",
+            "input",
+            "mode",
+            "min_warm",
+            "max_containers",
+            "idle_timeout_ms",
+            "max_concurrency",
             "timeout_ms",
             "memory_mb",
             "cpus",
-            "input",
-            "queue",
+            "pids",
+            "tmp_mb",
+            "network",
+            "user",
+            "container_runtime",
             "max_attempts",
-            "invoke_url",
-            "created_at",
-            "updated_at",
         ],
     );
+    rows.push(("retry_on", list_cell(&f["retry_on"])));
+    rows.push(("callback_url", cell(&f["callback_url"])));
+    rows.push(("secrets", list_cell(&f["secrets"])));
+    rows.push(("created_at", time_cell(&f["created_at"])));
+    rows.push(("updated_at", time_cell(&f["updated_at"])));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in &rows {
+        println!("{:<width$} {v}", format!("{k}:"));
+    }
+    // The env last: one `NAME=VALUE` a line (an admin key reads the values).
+    match f["env"].as_object().filter(|e| !e.is_empty()) {
+        None => println!("{:<width$} -", "env:"),
+        Some(env) => {
+            println!("env:");
+            for (k, v) in env {
+                println!("  {k}={}", v.as_str().unwrap_or(""));
+            }
+        }
+    }
     let versions = f["versions"].as_array().cloned().unwrap_or_default();
     if !versions.is_empty() {
         println!();
-        let rows: Vec<Vec<String>> = versions
-            .iter()
-            .map(|v| {
-                let current = v["image"] == f["image"];
-                vec![
-                    format!("{}{}", cell(&v["version"]), if current { " *" } else { "" }),
-                    cell(&v["status"]),
-                    cell(&v["image"]),
-                    cell(&v["created_at"]),
-                ]
-            })
-            .collect();
-        table(&["VERSION", "STATUS", "IMAGE", "BUILT_AT"], &rows);
+        versions_table(f, &versions);
     }
 }
 
+/// A function's builds as a table; the current one is marked `*`.
+fn versions_table(f: &Value, versions: &[Value]) {
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let current = v["image"] == f["image"];
+            vec![
+                format!("{}{}", cell(&v["version"]), if current { " *" } else { "" }),
+                cell(&v["status"]),
+                cell(&v["runtime"]),
+                cell(&v["image"]),
+                time_cell(&v["created_at"]),
+                time_cell(&v["finished_at"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "VERSION",
+            "STATUS",
+            "RUNTIME",
+            "IMAGE",
+            "STARTED_AT",
+            "FINISHED_AT",
+        ],
+        &rows,
+    );
+}
+
 /// The source of `path`: the file's text, or the directory as a base64 tar.gz.
-fn source(path: &Path) -> Result<Value, CliError> {
+pub(super) fn source(path: &Path) -> Result<Value, CliError> {
     let meta =
         std::fs::metadata(path).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
     if meta.is_file() {
@@ -425,7 +530,7 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn exists(client: &Client, name: &str) -> bool {
+pub(super) async fn exists(client: &Client, name: &str) -> bool {
     client
         .get(&format!("/v1/functions/{}", segment(name)))
         .await
@@ -434,7 +539,7 @@ async fn exists(client: &Client, name: &str) -> bool {
 
 /// Sends a deploy. From source, the answer is streamed (NDJSON): the build log goes to stderr when
 /// a person watches, and the last line is the verdict.
-async fn submit(
+pub(super) async fn submit(
     client: &Client,
     method: Method,
     path: &str,

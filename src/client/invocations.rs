@@ -5,23 +5,33 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{CliError, Client, cell, fields, segment, table};
+use super::{CliError, Client, cell, fields, segment, table, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum InvCommand {
-    /// A function's invocations, newest first.
+    /// Invocations, newest first: of every function, or of FUNCTION.
     Ls {
-        /// The function.
-        function: String,
-        /// Only these: queued, running, succeeded, failed, timed_out, dead.
-        #[arg(long)]
+        /// Only this function's.
+        function: Option<String>,
+        /// Only these.
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "timed_out", "dead"])]
         status: Option<String>,
+        /// Only those started this way.
+        #[arg(long, value_parser = ["sync", "async", "webhook", "event", "schedule"])]
+        trigger: Option<String>,
+        /// Only those queued at or after this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
         /// How many (1–500).
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Those older than this invocation id (the `next` of a previous page).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         before: Option<String>,
+        /// Keep printing new invocations as they are queued (one line each, oldest first),
+        /// until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// One invocation's record.
     Get { id: String },
@@ -31,48 +41,154 @@ pub enum InvCommand {
     Retry { id: String },
 }
 
+/// The filters of `GET /v1/invocations` as a query string (without `limit`, `before`, `after`).
+pub fn filters(
+    function: Option<&str>,
+    status: Option<&str>,
+    trigger: Option<&str>,
+    since: Option<&str>,
+) -> String {
+    let mut query = String::new();
+    for (k, v) in [
+        ("function", function),
+        ("status", status),
+        ("trigger", trigger),
+        ("since", since),
+    ] {
+        if let Some(v) = v {
+            query.push_str(&format!("&{k}={}", segment(v)));
+        }
+    }
+    query
+}
+
+/// How often `--follow` asks the server.
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every invocation matching `filters` newer than `after` (all of them when `None`, else at most
+/// `limit`), oldest first.
+pub async fn newer(
+    client: &Client,
+    filters: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Value>, CliError> {
+    let mut found = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/invocations?limit={}{filters}", limit.clamp(1, 500));
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        if let Some(b) = &before {
+            path.push_str(&format!("&before={b}"));
+        }
+        let page = client.get(&path).await?;
+        found.extend(page["invocations"].as_array().cloned().unwrap_or_default());
+        // Without `after`, one page of the newest; with it, every one newer.
+        match page["next"].as_str() {
+            Some(next) if after.is_some() => before = Some(next.to_string()),
+            _ => break,
+        }
+    }
+    found.reverse();
+    Ok(found)
+}
+
+/// One invocation as a `--follow` line, columns as wide as the header's.
+fn follow_line(i: &Value) -> String {
+    format!(
+        "{:<36}  {:<20}  {:<9}  {:<8}  {}",
+        cell(&i["id"]),
+        cell(&i["function"]),
+        cell(&i["status"]),
+        cell(&i["trigger"]),
+        time_cell(&i["queued_at"])
+    )
+}
+
+/// Fails with "not found" (exit 3) when `function` doesn't exist.
+async fn must_exist(client: &Client, function: &str) -> Result<(), CliError> {
+    client
+        .get(&format!("/v1/functions/{}", segment(function)))
+        .await
+        .map(|_| ())
+}
+
 pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
     match command {
         InvCommand::Ls {
             function,
             status,
+            trigger,
+            since,
             limit,
             before,
+            follow,
         } => {
-            let mut path = format!(
-                "/v1/functions/{}/invocations?limit={limit}",
-                segment(&function)
+            let query = filters(
+                function.as_deref(),
+                status.as_deref(),
+                trigger.as_deref(),
+                since.as_deref(),
             );
-            if let Some(s) = status {
-                path.push_str(&format!("&status={}", segment(&s)));
+            if follow {
+                if let Some(f) = &function {
+                    must_exist(client, f).await?;
+                }
+                let mut last: Option<String> = None;
+                if !client.json {
+                    println!(
+                        "{:<36}  {:<20}  {:<9}  {:<8}  QUEUED_AT",
+                        "ID", "FUNCTION", "STATUS", "TRIGGER"
+                    );
+                }
+                loop {
+                    for i in newer(client, &query, last.as_deref(), limit).await? {
+                        if client.json {
+                            println!("{i}");
+                        } else {
+                            println!("{}", follow_line(&i));
+                        }
+                        last = i["id"].as_str().map(str::to_string);
+                    }
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                }
             }
+            let mut path = format!("/v1/invocations?limit={limit}{query}");
             if let Some(b) = before {
                 path.push_str(&format!("&before={}", segment(&b)));
             }
             let page = client.get(&path).await?;
+            let list = page["invocations"].as_array().cloned().unwrap_or_default();
+            if list.is_empty()
+                && let Some(f) = &function
+            {
+                must_exist(client, f).await?;
+            }
             if client.json {
                 client.print_json(&page);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = page["invocations"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows: Vec<Vec<String>> = list
+                .iter()
                 .map(|i| {
                     vec![
                         cell(&i["id"]),
+                        cell(&i["function"]),
                         cell(&i["status"]),
                         cell(&i["trigger"]),
                         cell(&i["attempt"]),
                         cell(&i["exit_code"]),
                         cell(&i["duration_ms"]),
-                        cell(&i["queued_at"]),
+                        time_cell(&i["queued_at"]),
                     ]
                 })
                 .collect();
             table(
                 &[
                     "ID",
+                    "FUNCTION",
                     "STATUS",
                     "TRIGGER",
                     "ATTEMPT",

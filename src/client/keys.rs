@@ -57,7 +57,7 @@ pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> 
                 .map(|k| {
                     let state = match &k["revoked_at"] {
                         serde_json::Value::Null => "live".to_string(),
-                        at => format!("revoked {}", cell(at)),
+                        at => format!("revoked {}", super::time_cell(at)),
                     };
                     vec![
                         cell(&k["id"]),

@@ -8,6 +8,8 @@ pub mod hooks;
 pub mod invocations;
 pub mod invoke;
 pub mod keys;
+pub mod logs;
+pub mod manifest;
 pub mod schedules;
 
 use std::io::IsTerminal;
@@ -230,12 +232,39 @@ pub fn cell(v: &Value) -> String {
     }
 }
 
-/// Prints `fields` of `value` as `key: value` lines.
+/// A timestamp as every human table shows it: RFC 3339 in UTC, to the second
+/// (`2026-11-29T08:58:47Z`); anything else as [`cell`] shows it.
+pub fn time_cell(v: &Value) -> String {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|| cell(v))
+}
+
+/// A JSON array as a comma-separated cell (`-` when empty or absent).
+pub fn list_cell(v: &Value) -> String {
+    match v.as_array() {
+        Some(items) if !items.is_empty() => items.iter().map(cell).collect::<Vec<_>>().join(", "),
+        Some(_) | None if v.is_null() || v.is_array() => "-".into(),
+        _ => cell(v),
+    }
+}
+
+/// Prints `fields` of `value` as `key: value` lines (timestamps, keys ending `_at`, as
+/// [`time_cell`] shows them).
 pub fn fields(value: &Value, fields: &[&str]) {
     let width = fields.iter().map(|f| f.len()).max().unwrap_or(0) + 1;
     for f in fields {
         if let Some(v) = value.get(*f) {
-            println!("{:<width$} {}", format!("{f}:"), cell(v));
+            let shown = if f.ends_with("_at") {
+                time_cell(v)
+            } else {
+                cell(v)
+            };
+            println!("{:<width$} {}", format!("{f}:"), shown);
         }
     }
 }

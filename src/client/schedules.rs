@@ -4,7 +4,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{CliError, Client, cell, fields, segment, table};
+use super::{CliError, Client, cell, fields, segment, table, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum SchedulesCommand {
@@ -99,7 +99,7 @@ pub async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliEr
                             "paused"
                         }
                         .into(),
-                        cell(&s["next_runs"][0]),
+                        time_cell(&s["next_runs"][0]),
                     ]
                 })
                 .collect();
@@ -161,7 +161,7 @@ fn show(client: &Client, s: &Value) {
         .as_array()
         .into_iter()
         .flatten()
-        .map(cell)
+        .map(time_cell)
         .collect();
     println!(
         "next_runs:      {}",

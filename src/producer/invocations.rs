@@ -1,4 +1,5 @@
-//! Reading invocation records: one by id, or a function's, newest first, paged.
+//! Reading invocation records: one by id, a function's, or all of them with filters
+//! (`GET /v1/invocations`), newest first, paged by id (ids are UUIDv7, so id order is queue order).
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::invocation::{Status, Trigger, store};
+use crate::invocation::{Record, Status, Trigger, store};
 use crate::message::Work;
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -63,6 +64,100 @@ pub async fn list(
         .flatten();
     let invocations: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
     Ok(Json(json!({"invocations": invocations, "next": next})))
+}
+
+/// The filters of `GET /v1/invocations`, checked.
+#[derive(Debug, Default)]
+struct Filters {
+    function: Option<String>,
+    status: Option<Status>,
+    trigger: Option<Trigger>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    before: Option<Uuid>,
+    after: Option<Uuid>,
+}
+
+/// `GET /v1/invocations?function=&status=&trigger=&since=&before=&after=&limit=`: invocations of
+/// every function, newest first. `since` (RFC 3339) keeps those queued at or after it; `before`
+/// and `after` (invocation ids) keep those older or newer than one; `next` is the `before` of the
+/// next page. An unknown function is an empty list, not a 404 (it may have been deleted).
+pub async fn list_all(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let given = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    if let Some(unknown) = query.keys().find(|k| {
+        ![
+            "function", "status", "trigger", "since", "before", "after", "limit",
+        ]
+        .contains(&k.as_str())
+    }) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown parameter {unknown:?}; the filters are function, status, trigger, since, before, after, limit"
+        )));
+    }
+    let filters = Filters {
+        function: given("function").map(str::to_string),
+        status: given("status").map(parse_status).transpose()?,
+        trigger: given("trigger")
+            .map(|t| {
+                Trigger::parse(t).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "trigger must be one of sync, async, webhook, event, schedule; not {t:?}"
+                    ))
+                })
+            })
+            .transpose()?,
+        since: given("since")
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "since must be an RFC 3339 time such as 2026-01-31T12:00:00Z; not {t:?}"
+                        ))
+                    })
+            })
+            .transpose()?,
+        before: given("before").map(parse_id).transpose()?,
+        after: given("after").map(parse_id).transpose()?,
+    };
+    let limit = page_limit(&query)?;
+    // The columns of `store::Record`, as `crate::invocation::store` reads them; every value bound.
+    let records = sqlx::query_as::<_, Record>(
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated,
+                logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at,
+                duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes
+         FROM invocations WHERE ($1::text IS NULL OR function = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR trigger = $3)
+           AND ($4::timestamptz IS NULL OR queued_at >= $4)
+           AND ($5::uuid IS NULL OR id < $5)
+           AND ($6::uuid IS NULL OR id > $6)
+         ORDER BY id DESC LIMIT $7",
+    )
+    .bind(filters.function.as_deref())
+    .bind(filters.status.map(Status::as_str))
+    .bind(filters.trigger.map(Trigger::as_str))
+    .bind(filters.since)
+    .bind(filters.before)
+    .bind(filters.after)
+    .bind(limit)
+    .fetch_all(&app.pool)
+    .await?;
+    let next = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    let invocations: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
+    Ok(Json(json!({"invocations": invocations, "next": next})))
+}
+
+fn parse_status(s: &str) -> Result<Status, ApiError> {
+    Status::parse(s).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "status must be one of queued, running, succeeded, failed, timed_out, dead; not {s:?}"
+        ))
+    })
 }
 
 fn parse_id(s: &str) -> Result<Uuid, ApiError> {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod builds;
 pub mod callback_keys;
 pub mod deploy;
 pub mod enqueue;
@@ -221,6 +222,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/v1/functions/{name}/invoke", post(invoke::sync))
+        .route("/v1/functions/{name}/builds/{version}", get(builds::get))
         .route(
             "/v1/functions/{name}/invocations",
             post(invoke::r#async).get(invocations::list),
@@ -232,6 +234,7 @@ pub fn router(state: AppState) -> Router {
                 budget::unauthenticated,
             )),
         )
+        .route("/v1/invocations", get(invocations::list_all))
         .route("/v1/invocations/{id}", get(invocations::get))
         .route("/v1/invocations/{id}/retry", post(invocations::retry))
         .route("/v1/dead-letters", get(invocations::dead_letters))

@@ -129,7 +129,8 @@ impl Modify for BearerAuth {
         dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks,
         get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe,
         get_callback_key, rotate_callback_key,
-        create_schedule, list_schedules, get_schedule, update_schedule, delete_schedule
+        create_schedule, list_schedules, get_schedule, update_schedule, delete_schedule,
+        list_all_invocations, get_build
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
@@ -380,3 +381,27 @@ fn update_schedule() {}
     (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[allow(dead_code)]
 fn delete_schedule() {}
+
+/// `GET /v1/invocations`: invocations of every function, newest first, with filters.
+#[utoipa::path(get, path = "/v1/invocations",
+    summary = "List invocations across functions",
+    description = "Newest first. `since` (RFC 3339) keeps those queued at or after it; `before` and `after` (invocation ids) page older or newer; `next` is the `before` of the next page.",
+    tag = "invocations",
+    params(("function" = Option<String>, Query), ("status" = Option<String>, Query),
+           ("trigger" = Option<String>, Query), ("since" = Option<String>, Query),
+           ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[allow(dead_code)]
+fn list_all_invocations() {}
+
+/// `GET /v1/functions/{name}/builds/{version}`: one build from source, with its log.
+#[utoipa::path(get, path = "/v1/functions/{name}/builds/{version}",
+    summary = "Read one build and its log",
+    description = "A build of a function from source: its status, image, times and the stored build log; `current` when the function runs its image.",
+    tag = "functions",
+    params(("name" = String, Path), ("version" = i32, Path)),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn get_build() {}

@@ -959,3 +959,508 @@ async fn a_missing_runtime_base_image_says_which_setting_to_change() {
     assert!(err.contains("build-runtime-images.sh"), "{err}");
     finish(app).await;
 }
+
+/// The value of `key:` in `fn get`'s human output.
+fn setting<'a>(shown: &'a str, key: &str) -> &'a str {
+    shown
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key}: in\n{shown}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fn_get_shows_every_setting_and_the_versions() {
+    tokio::task::spawn_blocking(ensure_runtime_images)
+        .await
+        .unwrap();
+    let app = spawn_app_with(|s| {
+        s.callback_allow_nets = granda::callback::AllowNets::parse("127.0.0.0/8").unwrap();
+    })
+    .await;
+    let src = dir_with(&[("handler.sh", "cat\n")]);
+    let deploy = [
+        "fn",
+        "deploy",
+        "shown",
+        "--runtime",
+        "shell",
+        path(&src),
+        "--env",
+        "GREETING=hello there",
+        "--secret",
+        "TOKEN=s3cret",
+        "--retry-on",
+        "error,timeout",
+        "--max-attempts",
+        "3",
+        "--mode",
+        "warm",
+        "--min-warm",
+        "1",
+        "--max-containers",
+        "4",
+        "--callback-url",
+        "http://127.0.0.1:9/done",
+        "--public",
+        "true",
+        "--user",
+        "1000:1000",
+        "--pids",
+        "40",
+        "--tmp-mb",
+        "16",
+    ];
+    expect(&granda(&app, &deploy, b"").await, 0);
+    let shown = expect(&granda(&app, &["fn", "get", "shown"], b"").await, 0);
+    assert_eq!(setting(&shown, "mode"), "warm");
+    assert_eq!(setting(&shown, "min_warm"), "1");
+    assert_eq!(setting(&shown, "max_containers"), "4");
+    assert_eq!(setting(&shown, "max_concurrency"), "-");
+    assert_eq!(setting(&shown, "retry_on"), "error, timeout");
+    assert_eq!(setting(&shown, "max_attempts"), "3");
+    assert_eq!(setting(&shown, "public"), "true");
+    assert_eq!(setting(&shown, "network"), "none");
+    assert_eq!(setting(&shown, "user"), "1000:1000");
+    assert_eq!(setting(&shown, "pids"), "40");
+    assert_eq!(setting(&shown, "tmp_mb"), "16");
+    assert_eq!(setting(&shown, "callback_url"), "http://127.0.0.1:9/done");
+    assert_eq!(setting(&shown, "secrets"), "TOKEN");
+    assert_eq!(setting(&shown, "runtime"), "shell");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    // The env: names and values, one a line.
+    assert!(shown.contains("\n  GREETING=hello there\n"), "{shown}");
+    // One timestamp format: RFC 3339 in UTC, to the second.
+    let created = setting(&shown, "created_at");
+    assert!(
+        created.len() == 20 && created.ends_with('Z') && created.as_bytes()[10] == b'T',
+        "{created}"
+    );
+    // The versions: the current one marked.
+    let header = shown
+        .lines()
+        .find(|l| l.starts_with("VERSION"))
+        .unwrap_or_else(|| panic!("no versions table in\n{shown}"));
+    assert!(header.contains("FINISHED_AT"), "{header}");
+    let row = shown.lines().find(|l| l.starts_with("1 *")).unwrap();
+    assert!(row.contains("succeeded"), "{row}");
+    finish(app).await;
+}
+
+/// Spawns `granda ARGS` against `app` with stdout piped, for commands that run until killed.
+fn granda_streaming(app: &TestApp, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args(args)
+        .env("GRANDA_URL", &app.address)
+        .env("GRANDA_KEY", crate::support::ADMIN_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running granda")
+}
+
+/// Reads `lines` until every one of `wanted` has appeared in a line (or panics after `within`);
+/// returns the lines read.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    wanted: &[&str],
+    within: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while !wanted
+        .iter()
+        .all(|w| seen.iter().any(|l: &String| l.contains(w)))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::time::timeout(left, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("not within {within:?}: {wanted:?}; read {seen:#?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended; read {seen:#?}"));
+        seen.push(line);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inv_ls_across_functions_with_filters_and_follow() {
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn().await;
+    app.register("happy", "granda-test/echo", serde_json::json!({}))
+        .await;
+    app.register("grumpy", "granda-test/fail", serde_json::json!({}))
+        .await;
+    expect(&granda(&app, &["invoke", "happy", "-d", "x"], b"").await, 0);
+    expect(
+        &granda(&app, &["invoke", "grumpy", "-d", "x"], b"").await,
+        4,
+    );
+    let queued = app.invoke_async("happy", "later").await;
+    app.wait_final(queued, Duration::from_secs(30)).await;
+
+    // Across functions, newest first.
+    let all = json(&granda(&app, &["inv", "ls", "--json"], b"").await);
+    let list = all["invocations"].as_array().unwrap();
+    let functions: Vec<&str> = list
+        .iter()
+        .map(|i| i["function"].as_str().unwrap())
+        .collect();
+    assert_eq!(functions, ["happy", "grumpy", "happy"], "{all}");
+    assert_eq!(list[0]["id"], queued.to_string());
+    // Filters: function, status, trigger, since; paging by `before`.
+    fn only<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["inv", "ls", "--json"];
+        all.extend_from_slice(args);
+        all
+    }
+    let page = json(&granda(&app, &only(&["grumpy"]), b"").await);
+    assert_eq!(page["invocations"].as_array().unwrap().len(), 1, "{page}");
+    let page = json(&granda(&app, &only(&["--status", "failed"]), b"").await);
+    assert_eq!(page["invocations"][0]["function"], "grumpy", "{page}");
+    assert_eq!(page["invocations"].as_array().unwrap().len(), 1, "{page}");
+    let page = json(&granda(&app, &only(&["--trigger", "async"]), b"").await);
+    assert_eq!(page["invocations"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["invocations"][0]["id"], queued.to_string());
+    let page = json(&granda(&app, &only(&["happy", "--trigger", "sync"]), b"").await);
+    assert_eq!(page["invocations"].as_array().unwrap().len(), 1, "{page}");
+    let page = json(&granda(&app, &only(&["--since", "2999-01-01T00:00:00Z"]), b"").await);
+    assert_eq!(page["invocations"], serde_json::json!([]), "{page}");
+    let page = json(&granda(&app, &only(&["--limit", "2"]), b"").await);
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let rest = json(&granda(&app, &only(&["--before", &next]), b"").await);
+    assert_eq!(rest["invocations"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(rest["next"], Value::Null);
+    // Bad input: a usage error (exit 2) from the CLI, a 400 from the API; a missing function 3.
+    expect(
+        &granda(&app, &["inv", "ls", "--status", "sad"], b"").await,
+        2,
+    );
+    let code = crate::support::error_code(app.get("/v1/invocations?trigger=cron").await, 400).await;
+    assert_eq!(code, "bad_request");
+    crate::support::error_code(app.get("/v1/invocations?since=yesterday").await, 400).await;
+    crate::support::error_code(app.get("/v1/invocations?functon=happy").await, 400).await;
+    expect(&granda(&app, &["inv", "ls", "nosuch"], b"").await, 3);
+    // The human table has the function and one timestamp format.
+    let table = expect(&granda(&app, &["inv", "ls"], b"").await, 0);
+    assert!(table.starts_with("ID  "), "{table}");
+    assert!(table.contains("FUNCTION"), "{table}");
+    assert!(!table.contains('+') && table.contains('Z'), "{table}");
+
+    // --follow prints the recent ones, then each new one as it is queued, until killed.
+    let mut follow = granda_streaming(&app, &["inv", "ls", "happy", "--follow"]);
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = queued.to_string();
+    read_until(&mut lines, &[&first], Duration::from_secs(30)).await;
+    let a = app.invoke_async("happy", "a").await.to_string();
+    let b = app.invoke_async("happy", "b").await.to_string();
+    app.invoke_async("grumpy", "not this one").await;
+    let seen = read_until(&mut lines, &[&a, &b], Duration::from_secs(30)).await;
+    assert!(seen.iter().all(|l| !l.contains("grumpy")), "{seen:#?}");
+    let at = |id: &str| seen.iter().position(|l| l.contains(id)).unwrap();
+    assert!(at(&a) < at(&b), "oldest first: {seen:#?}");
+    follow.kill().await.unwrap();
+    finish(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_prints_finished_invocations_with_output_and_stderr_and_follows() {
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn().await;
+    // The input is the shell script it runs.
+    app.register(
+        "talky",
+        "granda-test/sh",
+        serde_json::json!({"input": "args"}),
+    )
+    .await;
+    let response = app
+        .invoke("talky", "echo first-out; echo first-err >&2")
+        .await;
+    assert_eq!(response.status(), 200);
+    let first = app.invocations_of("talky").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let shown = expect(&granda(&app, &["logs", "talky"], b"").await, 0);
+    let header = shown.lines().next().unwrap_or_default();
+    assert!(
+        header.contains(&first) && header.contains("succeeded"),
+        "{shown}"
+    );
+    assert!(shown.contains("\n  out| first-out\n"), "{shown}");
+    assert!(shown.contains("\n  err| first-err\n"), "{shown}");
+    expect(&granda(&app, &["logs", "nosuch"], b"").await, 3);
+
+    // --follow: each new invocation once, when it has finished, with its output and stderr.
+    let mut follow = granda_streaming(&app, &["logs", "talky", "--follow"]);
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    read_until(&mut lines, &["first-err"], Duration::from_secs(30)).await;
+    let slow = app
+        .invoke_async("talky", "sleep 1; echo slow-out; echo slow-err >&2")
+        .await
+        .to_string();
+    let failed = app
+        .invoke_async("talky", "echo second-out; echo second-err >&2; exit 3")
+        .await
+        .to_string();
+    let seen = read_until(
+        &mut lines,
+        &[&failed, "second-out", "second-err", &slow, "slow-err"],
+        Duration::from_secs(60),
+    )
+    .await;
+    let header = seen.iter().find(|l| l.contains(&failed)).unwrap();
+    assert!(
+        header.contains("failed") && header.contains("exit=3"),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains(&first)),
+        "printed once: {seen:#?}"
+    );
+    follow.kill().await.unwrap();
+    finish(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_subscriptions_and_build_logs_from_the_cli() {
+    let app = spawn().await;
+    // Builds: v1 succeeds, v2 fails its syntax check; both logs can be read back.
+    let good = dir_with(&[("handler.sh", "cat\n")]);
+    let bad = dir_with(&[("handler.sh", "if then fi (\n")]);
+    let deploy = |dir: &PathBuf| {
+        vec![
+            "fn".to_string(),
+            "deploy".into(),
+            "built".into(),
+            "--runtime".into(),
+            "shell".into(),
+            path(dir).into(),
+        ]
+    };
+    let args = deploy(&good);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    expect(&granda(&app, &args, b"").await, 0);
+    let args = deploy(&bad);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    expect(&granda(&app, &args, b"").await, 7);
+    let list = expect(&granda(&app, &["fn", "builds", "built"], b"").await, 0);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("2 ") && l.contains("failed")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("1 *") && l.contains("succeeded")),
+        "{list}"
+    );
+    let out = granda(&app, &["fn", "builds", "built", "2"], b"").await;
+    let log = expect(&out, 0);
+    assert!(log.contains("syntax error"), "{log}");
+    assert!(
+        text(&out.stderr).contains("failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let v1 = json(&granda(&app, &["fn", "builds", "built", "1", "--json"], b"").await);
+    assert_eq!(v1["status"], "succeeded", "{v1}");
+    assert_eq!(v1["current"], true, "{v1}");
+    assert!(!v1["log"].as_str().unwrap().is_empty(), "{v1}");
+    expect(&granda(&app, &["fn", "builds", "built", "9"], b"").await, 3);
+    expect(&granda(&app, &["fn", "builds", "nosuch"], b"").await, 3);
+    crate::support::error_code(app.get("/v1/functions/built/builds/latest").await, 400).await;
+
+    // Events: subscribe, list, publish, read the event back, unsubscribe by pattern.
+    let id = expect(
+        &granda(&app, &["events", "subscribe", "built", "orders.*"], b"").await,
+        0,
+    );
+    assert!(uuid::Uuid::parse_str(id.trim()).is_ok(), "{id}");
+    let listed = expect(&granda(&app, &["events", "ls", "built"], b"").await, 0);
+    assert!(
+        listed.contains("orders.*") && listed.contains(id.trim()),
+        "{listed}"
+    );
+    expect(
+        &granda(&app, &["events", "subscribe", "built", "orders.*"], b"").await,
+        1,
+    );
+    let published = json(
+        &granda(
+            &app,
+            &[
+                "events",
+                "publish",
+                "orders.created",
+                "-d",
+                "{\"n\":1}",
+                "--json",
+            ],
+            b"",
+        )
+        .await,
+    );
+    let event = published["id"].as_str().unwrap();
+    let shown = expect(&granda(&app, &["events", "get", event], b"").await, 0);
+    assert!(shown.contains("orders.created"), "{shown}");
+    assert!(shown.contains("{\"n\":1}"), "{shown}");
+    assert!(shown.contains("built"), "the fan-out is listed: {shown}");
+    expect(
+        &granda(&app, &["events", "unsubscribe", "built", "orders.*"], b"").await,
+        0,
+    );
+    let subscriptions = json(&granda(&app, &["events", "ls", "built", "--json"], b"").await);
+    assert_eq!(subscriptions["subscriptions"], serde_json::json!([]));
+    expect(
+        &granda(&app, &["events", "unsubscribe", "built", "orders.*"], b"").await,
+        3,
+    );
+    expect(
+        &granda(
+            &app,
+            &["events", "get", &uuid::Uuid::now_v7().to_string()],
+            b"",
+        )
+        .await,
+        3,
+    );
+    finish(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
+    let app = spawn().await;
+    let root = dir_with(&[]);
+    // Scaffolding: a handler and a manifest per runtime, which deploy and answer as written.
+    for (name, runtime, handler) in [
+        ("hello", "shell", "handler.sh"),
+        ("hellopy", "python3", "handler.py"),
+    ] {
+        let out = granda(
+            &app,
+            &[
+                "fn",
+                "init",
+                name,
+                "--runtime",
+                runtime,
+                "--dir",
+                path(&root),
+            ],
+            b"",
+        )
+        .await;
+        expect(&out, 0);
+        let dir = root.join(name);
+        assert!(dir.join(handler).is_file() && dir.join("granda.yaml").is_file());
+        let manifest = dir.join("granda.yaml");
+        let out = granda(&app, &["deploy", "-f", path(&manifest)], b"").await;
+        let said = expect(&out, 0);
+        assert!(
+            said.contains(&format!("created {name} version 1")),
+            "{said}"
+        );
+        let out = granda(&app, &["invoke", name, "-d", "you"], b"").await;
+        assert_eq!(expect(&out, 0).trim(), "hello, you");
+        let f = json(&granda(&app, &["fn", "get", name, "--json"], b"").await);
+        assert_eq!(f["env"], serde_json::json!({"GREETING": "hello"}), "{f}");
+        assert_eq!(f["timeout_ms"], 10000, "{f}");
+    }
+    // An existing directory is refused.
+    let out = granda(
+        &app,
+        &[
+            "fn",
+            "init",
+            "hello",
+            "--runtime",
+            "shell",
+            "--dir",
+            path(&root),
+        ],
+        b"",
+    )
+    .await;
+    expect(&out, 1);
+
+    // A manifest of two functions from images, every field passed on.
+    let manifest = root.join("granda.yaml");
+    let yaml = "functions:\n  \
+        up:\n    image: granda-test/echo\n    max_concurrency: 2\n    retry_on: [error]\n    \
+        env:\n      A: '1'\n  \
+        down:\n    image: granda-test/fail\n    public: true\n    description: fails\n";
+    std::fs::write(&manifest, yaml).unwrap();
+    let said = expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        0,
+    );
+    assert!(
+        said.contains("created up") && said.contains("created down"),
+        "{said}"
+    );
+    let up = json(&granda(&app, &["fn", "get", "up", "--json"], b"").await);
+    assert_eq!(up["max_concurrency"], 2, "{up}");
+    assert_eq!(up["retry_on"], serde_json::json!(["error"]), "{up}");
+    let down = json(&granda(&app, &["fn", "get", "down", "--json"], b"").await);
+    assert_eq!(down["public"], true, "{down}");
+    // Again, unchanged: nothing is written.
+    let said = expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        0,
+    );
+    assert!(
+        said.contains("unchanged up") && said.contains("unchanged down"),
+        "{said}"
+    );
+    let again = json(&granda(&app, &["fn", "get", "up", "--json"], b"").await);
+    assert_eq!(again["updated_at"], up["updated_at"]);
+    // A changed field updates that function only.
+    std::fs::write(
+        &manifest,
+        yaml.replace("max_concurrency: 2", "max_concurrency: 3"),
+    )
+    .unwrap();
+    let said = expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        0,
+    );
+    assert!(
+        said.contains("updated up") && said.contains("unchanged down"),
+        "{said}"
+    );
+    let up = json(&granda(&app, &["fn", "get", "up", "--json"], b"").await);
+    assert_eq!(up["max_concurrency"], 3, "{up}");
+
+    // Mistakes: an unknown field names the closest one; a function with neither image nor source,
+    // or YAML that doesn't parse, is a usage error; nothing is deployed.
+    std::fs::write(
+        &manifest,
+        "functions:\n  typo:\n    image: granda-test/echo\n    timeout: 5\n",
+    )
+    .unwrap();
+    let out = granda(&app, &["deploy", "-f", path(&manifest)], b"").await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("timeout_ms"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&manifest, "functions:\n  lost:\n    memory_mb: 64\n").unwrap();
+    expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        2,
+    );
+    std::fs::write(&manifest, "functions: [\n").unwrap();
+    expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        2,
+    );
+    expect(&granda(&app, &["fn", "get", "typo"], b"").await, 3);
+    let _ = std::fs::remove_dir_all(root);
+    finish(app).await;
+}

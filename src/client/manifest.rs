@@ -1,0 +1,252 @@
+//! Scaffolding and manifests: `granda fn init NAME --runtime shell|python3` writes a handler and
+//! a `granda.yaml`; `granda deploy -f granda.yaml` deploys every function the file lists.
+//!
+//! A manifest is YAML (JSON is YAML too), parsed with `serde-saphyr`: pure Rust, no unsafe, kept
+//! up to date, and light with only its `deserialize` feature (`serde_yaml` is archived and
+//! `serde_yml` deprecated; `serde_norway` still wraps a C-to-Rust libyaml port).
+//!
+//! ```yaml
+//! functions:
+//!   hello:
+//!     runtime: shell        # with `source`: build from source
+//!     source: .             # the handler file or its directory, relative to this file
+//!     timeout_ms: 10000     # any field of `POST /v1/functions`
+//!     env: {GREETING: hello}
+//!   resize:
+//!     image: my/resize:1.2  # or an image
+//! ```
+//!
+//! Every field but `source` goes to the API as it is, so the API checks it (an unknown field
+//! names the closest one). A function that exists is updated: the fields the manifest gives are
+//! set (its `env` is the whole env), the others stay as they are. From an image, a function whose
+//! fields already match is left alone (`unchanged`); from source, the API can't tell whether the
+//! source changed, so each deploy builds and records a new version (Docker's layer cache makes an
+//! unchanged rebuild quick).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::functions::{exists, source, submit};
+use super::{CliError, Client, cell, segment};
+
+/// A manifest: functions by name, each the body of a registration plus `source`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub functions: BTreeMap<String, Map<String, Value>>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeployFileArgs {
+    /// The manifest (YAML or JSON).
+    #[arg(long, short = 'f', default_value = "granda.yaml")]
+    pub file: PathBuf,
+    /// Deploy only these functions of the manifest (repeatable).
+    #[arg(long = "only", value_name = "NAME")]
+    pub only: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Runtime {
+    Shell,
+    Python3,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// The function's name; a directory of that name is made.
+    pub name: String,
+    /// The handler's language.
+    #[arg(long, value_enum)]
+    pub runtime: Runtime,
+    /// Where to make the directory.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+}
+
+const SHELL_HANDLER: &str = r#"#!/bin/sh
+# A Granda function. The request body arrives on stdin; what this prints on stdout is the answer;
+# stderr is kept as the invocation's logs. A non-zero exit fails the invocation.
+name=$(cat)
+echo "handling a request of ${#name} bytes" >&2
+echo "hello, ${name:-world}"
+"#;
+
+const PYTHON_HANDLER: &str = r#"# A Granda function. The request body arrives on stdin; what this prints on stdout is the answer;
+# stderr is kept as the invocation's logs. An uncaught exception fails the invocation.
+import json
+import sys
+
+name = sys.stdin.read()
+print(json.dumps({"handling": len(name)}), file=sys.stderr)
+print(f"hello, {name or 'world'}")
+"#;
+
+fn manifest_text(name: &str, runtime: &str) -> String {
+    format!(
+        "# Deploy with `granda deploy -f granda.yaml`; paths are relative to this file.\n\
+         # Each function takes the fields of `granda fn deploy --help` (timeout_ms, memory_mb,\n\
+         # env, secrets, mode, max_concurrency, retry_on, public, ...), or `image:` instead of\n\
+         # `runtime` and `source`.\n\
+         functions:\n  {name}:\n    runtime: {runtime}\n    source: .\n    timeout_ms: 10000\n    memory_mb: 128\n    env:\n      GREETING: hello\n"
+    )
+}
+
+/// `granda fn init`: writes NAME/handler.{sh,py} and NAME/granda.yaml; refuses a directory that
+/// exists.
+pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
+    let dir = args.dir.join(&args.name);
+    if dir.exists() {
+        return Err(CliError::Conflict(format!(
+            "{} exists; choose another name or --dir",
+            dir.display()
+        )));
+    }
+    let (runtime, handler, text) = match args.runtime {
+        Runtime::Shell => ("shell", "handler.sh", SHELL_HANDLER),
+        Runtime::Python3 => ("python3", "handler.py", PYTHON_HANDLER),
+    };
+    let io = |e: std::io::Error| CliError::Other(format!("writing {}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::write(dir.join(handler), text).map_err(io)?;
+    std::fs::write(dir.join("granda.yaml"), manifest_text(&args.name, runtime)).map_err(io)?;
+    if client.json {
+        client.print_json(&json!({
+            "directory": dir,
+            "files": [handler, "granda.yaml"],
+        }));
+    } else {
+        println!("wrote {0}/{handler} and {0}/granda.yaml", dir.display());
+        println!(
+            "next: granda deploy -f {}/granda.yaml && granda invoke {} -d you",
+            dir.display(),
+            args.name
+        );
+    }
+    Ok(())
+}
+
+/// Reads and checks a manifest.
+pub fn read(file: &Path) -> Result<Manifest, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Other(format!("reading {}: {e}", file.display())))?;
+    let manifest: Manifest = serde_saphyr::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    for (name, spec) in &manifest.functions {
+        let from_source = spec.contains_key("source");
+        if from_source == spec.contains_key("image") {
+            return Err(CliError::Usage(format!(
+                "{}: function {name:?} needs either `image` or `runtime` and `source`",
+                file.display()
+            )));
+        }
+        if from_source && !spec.contains_key("runtime") {
+            return Err(CliError::Usage(format!(
+                "{}: function {name:?} has a `source` but no `runtime` (shell, python3)",
+                file.display()
+            )));
+        }
+        if spec.contains_key("name") {
+            return Err(CliError::Usage(format!(
+                "{}: function {name:?}: the name is its key under `functions`",
+                file.display()
+            )));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Whether every field of `wanted` already has that value in `current`.
+fn unchanged(wanted: &Map<String, Value>, current: &Value) -> bool {
+    wanted.iter().all(|(k, v)| match k.as_str() {
+        // Write-only: never known to match.
+        "secrets" => false,
+        "cpus" => current[k].as_f64() == v.as_f64(),
+        _ => &current[k] == v,
+    })
+}
+
+/// `granda deploy -f FILE`: each function of the manifest in turn; stops at the first failure.
+pub async fn deploy(client: &Client, args: DeployFileArgs) -> Result<(), CliError> {
+    let manifest = read(&args.file)?;
+    if let Some(missing) = args
+        .only
+        .iter()
+        .find(|n| !manifest.functions.contains_key(*n))
+    {
+        return Err(CliError::Usage(format!(
+            "{} has no function {missing:?}",
+            args.file.display()
+        )));
+    }
+    let base = args
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut results = Vec::new();
+    for (name, spec) in manifest.functions {
+        if !args.only.is_empty() && !args.only.contains(&name) {
+            continue;
+        }
+        let mut body = spec;
+        let from_source = match body.remove("source") {
+            Some(Value::String(p)) => {
+                body.insert("source".into(), source(&base.join(p))?);
+                true
+            }
+            Some(other) => {
+                return Err(CliError::Usage(format!(
+                    "function {name:?}: `source` must be a path, not {other}"
+                )));
+            }
+            None => false,
+        };
+        body.insert("name".into(), name.clone().into());
+        let path = format!("/v1/functions/{}", segment(&name));
+        let (outcome, f) =
+            match submit(client, Method::POST, "/v1/functions", &body, from_source).await {
+                Ok(f) => ("created", f),
+                Err(CliError::Conflict(_)) if exists(client, &name).await => {
+                    let current = client.get(&path).await?;
+                    if !from_source && unchanged(&body, &current) {
+                        ("unchanged", current)
+                    } else {
+                        let f = submit(client, Method::PUT, &path, &body, from_source).await?;
+                        ("updated", f)
+                    }
+                }
+                Err(e) => {
+                    return Err(prefix(&name, e));
+                }
+            };
+        if !client.json {
+            match f["version"].as_i64() {
+                Some(v) => println!("{outcome} {name} version {v} ({})", cell(&f["image"])),
+                None => println!("{outcome} {name} ({})", cell(&f["image"])),
+            }
+        }
+        results.push(json!({"name": name, "outcome": outcome, "function": f}));
+    }
+    if client.json {
+        client.print_json(&json!({ "functions": results }));
+    }
+    Ok(())
+}
+
+/// Names the function an error is about.
+fn prefix(name: &str, e: CliError) -> CliError {
+    match e {
+        CliError::Other(m) => CliError::Other(format!("{name}: {m}")),
+        CliError::Usage(m) => CliError::Usage(format!("{name}: {m}")),
+        CliError::BuildFailed { message, log } => CliError::BuildFailed {
+            message: format!("{name}: {message}"),
+            log,
+        },
+        other => other,
+    }
+}
