@@ -45,32 +45,136 @@ struct Histogram {
 /// Every family Granda records: name, type, help. `render` writes the help of each.
 pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("granda_up", "gauge", "1 while this process is up."),
-    ("granda_http_requests_total", "counter", "HTTP requests the ingress answered, by route template, method and status."),
-    ("granda_http_request_duration_seconds", "histogram", "Time from an HTTP request to its response's head, by route template and method."),
-    ("granda_builds_total", "counter", "Image builds from source that finished, by runtime and outcome (succeeded, failed)."),
-    ("granda_build_duration_seconds", "histogram", "Time an image build from source took, by runtime."),
-    ("granda_callback_deliveries_total", "counter", "Result callbacks that reached a final state, by outcome (delivered, failed)."),
-    ("granda_callback_retries_total", "counter", "Callback attempts that failed and were tried again."),
-    ("granda_invocations_total", "counter", "Invocations that reached a final status, by function and status."),
-    ("granda_invocations_accepted_total", "counter", "Invocations accepted and published, by trigger."),
-    ("granda_invocation_retries_total", "counter", "Attempts that failed and were scheduled again."),
-    ("granda_invocation_duration_seconds", "histogram", "Compute time of a run: container start to exit."),
-    ("granda_invocation_queue_wait_seconds", "histogram", "Time from acceptance to a worker picking the invocation up."),
-    ("granda_cold_starts_total", "counter", "Runs that started a new container."),
-    ("granda_image_pull_seconds", "histogram", "Time a worker spent pulling an image its engine lacked (part of a cold start)."),
-    ("granda_worker_in_flight", "gauge", "Invocations a worker handles now."),
-    ("granda_worker_concurrency_target", "gauge", "How many invocations the scheduler lets a worker run at once."),
-    ("granda_worker_broker_reconnects_total", "counter", "Times a worker lost RabbitMQ and connected again."),
-    ("granda_queue_depth", "gauge", "Messages waiting in a work queue."),
-    ("granda_events_published_total", "counter", "Events published over HTTP."),
-    ("granda_event_invocations_total", "counter", "Invocations that published events fanned out to (divide by granda_events_published_total for the mean fan-out)."),
-    ("granda_inbound_messages_total", "counter", "Messages the inbound router took from the inbound exchange, by outcome (accepted, duplicate, dead)."),
-    ("granda_webhook_rejections_total", "counter", "Webhook deliveries refused, by scheme and reason."),
-    ("granda_schedule_fired_total", "counter", "Schedule ticks fired."),
-    ("granda_schedule_skipped_total", "counter", "Schedule ticks missed and not fired (catch-up none)."),
-    ("granda_schedule_lag_seconds", "histogram", "How late a schedule tick fired."),
-    ("granda_unauthenticated_body_bytes_in_flight", "gauge", "Bytes of unauthenticated request bodies (webhooks, public functions) reserved now."),
-    ("granda_unauthenticated_body_refusals_total", "counter", "Unauthenticated request bodies refused for the shared budget, by reason."),
+    (
+        "granda_http_requests_total",
+        "counter",
+        "HTTP requests the ingress answered, by route template, method and status.",
+    ),
+    (
+        "granda_http_request_duration_seconds",
+        "histogram",
+        "Time from an HTTP request to its response's head, by route template and method.",
+    ),
+    (
+        "granda_builds_total",
+        "counter",
+        "Image builds from source that finished, by runtime and outcome (succeeded, failed).",
+    ),
+    (
+        "granda_build_duration_seconds",
+        "histogram",
+        "Time an image build from source took, by runtime.",
+    ),
+    (
+        "granda_callback_deliveries_total",
+        "counter",
+        "Result callbacks that reached a final state, by outcome (delivered, failed).",
+    ),
+    (
+        "granda_callback_retries_total",
+        "counter",
+        "Callback attempts that failed and were tried again.",
+    ),
+    (
+        "granda_invocations_total",
+        "counter",
+        "Invocations that reached a final status, by function and status.",
+    ),
+    (
+        "granda_invocations_accepted_total",
+        "counter",
+        "Invocations accepted and published, by trigger.",
+    ),
+    (
+        "granda_invocation_retries_total",
+        "counter",
+        "Attempts that failed and were scheduled again.",
+    ),
+    (
+        "granda_invocation_duration_seconds",
+        "histogram",
+        "Compute time of a run: container start to exit.",
+    ),
+    (
+        "granda_invocation_queue_wait_seconds",
+        "histogram",
+        "Time from acceptance to a worker picking the invocation up.",
+    ),
+    (
+        "granda_cold_starts_total",
+        "counter",
+        "Runs that started a new container.",
+    ),
+    (
+        "granda_image_pull_seconds",
+        "histogram",
+        "Time a worker spent pulling an image its engine lacked (part of a cold start).",
+    ),
+    (
+        "granda_worker_in_flight",
+        "gauge",
+        "Invocations a worker handles now.",
+    ),
+    (
+        "granda_worker_concurrency_target",
+        "gauge",
+        "How many invocations the scheduler lets a worker run at once.",
+    ),
+    (
+        "granda_worker_broker_reconnects_total",
+        "counter",
+        "Times a worker lost RabbitMQ and connected again.",
+    ),
+    (
+        "granda_queue_depth",
+        "gauge",
+        "Messages waiting in a work queue.",
+    ),
+    (
+        "granda_events_published_total",
+        "counter",
+        "Events published over HTTP.",
+    ),
+    (
+        "granda_event_invocations_total",
+        "counter",
+        "Invocations that published events fanned out to (divide by granda_events_published_total for the mean fan-out).",
+    ),
+    (
+        "granda_inbound_messages_total",
+        "counter",
+        "Messages the inbound router took from the inbound exchange, by outcome (accepted, duplicate, dead).",
+    ),
+    (
+        "granda_webhook_rejections_total",
+        "counter",
+        "Webhook deliveries refused, by scheme and reason.",
+    ),
+    (
+        "granda_schedule_fired_total",
+        "counter",
+        "Schedule ticks fired.",
+    ),
+    (
+        "granda_schedule_skipped_total",
+        "counter",
+        "Schedule ticks missed and not fired (catch-up none).",
+    ),
+    (
+        "granda_schedule_lag_seconds",
+        "histogram",
+        "How late a schedule tick fired.",
+    ),
+    (
+        "granda_unauthenticated_body_bytes_in_flight",
+        "gauge",
+        "Bytes of unauthenticated request bodies (webhooks, public functions) reserved now.",
+    ),
+    (
+        "granda_unauthenticated_body_refusals_total",
+        "counter",
+        "Unauthenticated request bodies refused for the shared budget, by reason.",
+    ),
 ];
 
 /// The help text of `name` in [`FAMILIES`].
@@ -159,7 +263,9 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let inner = self.inner.lock().expect("lock");
-        let mut out = String::from("# HELP granda_up 1 while this process is up.\n# TYPE granda_up gauge\ngranda_up 1\n");
+        let mut out = String::from(
+            "# HELP granda_up 1 while this process is up.\n# TYPE granda_up gauge\ngranda_up 1\n",
+        );
         let mut last = "";
         let mut header = |out: &mut String, name: &'static str, kind: &str| {
             if name != last {
@@ -346,11 +452,21 @@ mod tests {
     fn every_family_has_help_and_type_and_unlabelled_series_have_no_braces() {
         let m = Metrics::default();
         m.inc("granda_events_published_total", String::new());
-        m.set("granda_unauthenticated_body_bytes_in_flight", String::new(), 0.0);
+        m.set(
+            "granda_unauthenticated_body_bytes_in_flight",
+            String::new(),
+            0.0,
+        );
         m.observe("granda_never_catalogued_seconds", String::new(), 1.0);
         let text = m.render();
-        assert!(text.contains("\ngranda_events_published_total 1\n"), "{text}");
-        assert!(text.contains("\ngranda_never_catalogued_seconds_sum 1\n"), "{text}");
+        assert!(
+            text.contains("\ngranda_events_published_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ngranda_never_catalogued_seconds_sum 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("{}"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
@@ -359,8 +475,14 @@ mod tests {
                 .find_map(|s| name.strip_suffix(s))
                 .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
                 .unwrap_or(name);
-            assert!(text.contains(&format!("# HELP {family} ")), "{family}: {text}");
-            assert!(text.contains(&format!("# TYPE {family} ")), "{family}: {text}");
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}: {text}"
+            );
         }
     }
 
@@ -376,7 +498,10 @@ mod tests {
             "granda_run_seconds",
             "granda_never_catalogued_seconds",
         ];
-        let mut files = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        let mut files = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
         let mut missing = Vec::new();
         let mut seen = 0;
         while let Some(path) = files.pop() {

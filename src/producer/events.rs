@@ -183,7 +183,8 @@ pub async fn publish(
         .publish_event(&topic, &body, event_properties(event_id, content_type))
         .await
         .map_err(super::enqueue::publish_error)?;
-    app.metrics.inc("granda_events_published_total", String::new());
+    app.metrics
+        .inc("granda_events_published_total", String::new());
     app.metrics.add(
         "granda_event_invocations_total",
         String::new(),

@@ -275,9 +275,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .nest(
             "/ui",
-            ui::routes(state.clone()).layer(axum::middleware::from_fn(
-                crate::metrics::note_route,
-            )),
+            ui::routes(state.clone()).layer(axum::middleware::from_fn(crate::metrics::note_route)),
         )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {

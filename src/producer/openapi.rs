@@ -119,6 +119,39 @@ impl Modify for BearerAuth {
     }
 }
 
+/// A response declared without words gets its status's reason phrase (`Not Found`): OpenAPI
+/// requires a description on every response.
+struct ResponseDescriptions;
+
+impl Modify for ResponseDescriptions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    if let utoipa::openapi::RefOr::T(response) = response
+                        && response.description.is_empty()
+                    {
+                        response.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("The answer.")
+                            .to_string();
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Granda", description = "Self-hosted serverless functions on Docker, RabbitMQ and Postgres."),
@@ -147,7 +180,7 @@ impl Modify for BearerAuth {
         (name = "keys", description = "API keys and their scopes."),
         (name = "system", description = "Health, readiness, metrics and this document."),
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ResponseDescriptions),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;

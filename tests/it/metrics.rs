@@ -24,7 +24,9 @@ fn samples(text: &str) -> Vec<Sample> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|line| {
             let (series, value) = line.rsplit_once(' ').expect("name and value");
-            value.parse::<f64>().unwrap_or_else(|_| panic!("value of {line}"));
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("value of {line}"));
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, rest.strip_suffix('}').expect("closing brace")),
                 None => (series, ""),
@@ -108,9 +110,21 @@ async fn http_requests_are_measured_by_route_template_and_every_family_is_descri
     assert_eq!(app.get("/v1/functions").await.status(), 200);
     assert_eq!(app.get("/v1/functions/nope-one").await.status(), 404);
     assert_eq!(app.get("/v1/functions/nope-two").await.status(), 404);
-    assert_eq!(app.get(&format!("/v1/invocations/{id}")).await.status(), 404);
+    assert_eq!(
+        app.get(&format!("/v1/invocations/{id}")).await.status(),
+        404
+    );
     assert_eq!(app.get("/no/such/route/4711").await.status(), 404);
-    assert_eq!(app.get("/ui/functions/nope-three").await.status(), 303);
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = browser
+        .get(app.url("/ui/functions/nope-three"))
+        .send()
+        .await;
+    // No session: sent to the login form.
+    assert_eq!(page.unwrap().status(), 303);
     assert_eq!(app.get("/ui/no-such-page").await.status(), 404);
     let anonymous = reqwest::get(app.url("/v1/functions")).await.unwrap();
     assert_eq!(anonymous.status(), 401);
@@ -129,7 +143,10 @@ async fn http_requests_are_measured_by_route_template_and_every_family_is_descri
         .is_some()
     };
     assert!(count("/v1/functions", "GET", "200"), "{text}");
-    assert!(count("/v1/functions", "GET", "401"), "refused by auth, counted: {text}");
+    assert!(
+        count("/v1/functions", "GET", "401"),
+        "refused by auth, counted: {text}"
+    );
     assert!(count("/v1/functions/{name}", "GET", "404"), "{text}");
     assert!(count("/v1/invocations/{id}", "GET", "404"), "{text}");
     assert!(count("unmatched", "GET", "404"), "{text}");
@@ -152,13 +169,26 @@ async fn http_requests_are_measured_by_route_template_and_every_family_is_descri
     );
     assert!(durations.is_some(), "{text}");
     // No raw path: no id, no name, no unknown path in any label.
-    for raw in ["nope-one", "nope-two", "nope-three", id, "no/such", "orders.created"] {
+    for raw in [
+        "nope-one",
+        "nope-two",
+        "nope-three",
+        id,
+        "no/such",
+        "orders.created",
+    ] {
         assert!(!text.contains(raw), "{raw} leaked into a label: {text}");
     }
     // An event's fan-out is a counter, not a label.
     assert!(!text.contains("fanned_out"), "{text}");
-    assert_eq!(value(&app, "granda_events_published_total").await, Some(1.0));
-    assert_eq!(value(&app, "granda_event_invocations_total").await, Some(0.0));
+    assert_eq!(
+        value(&app, "granda_events_published_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&app, "granda_event_invocations_total").await,
+        Some(0.0)
+    );
     app.shutdown().await;
 }
 
@@ -186,7 +216,11 @@ async fn builds_are_counted_by_outcome_and_timed() {
         "{text}"
     );
     assert_eq!(
-        value(&app, "granda_build_duration_seconds_count{runtime=\"shell\"}").await,
+        value(
+            &app,
+            "granda_build_duration_seconds_count{runtime=\"shell\"}"
+        )
+        .await,
         Some(1.0),
         "{text}"
     );
@@ -234,9 +268,11 @@ async fn callback_deliveries_are_counted_by_outcome() {
         .await;
     assert_eq!(response.status(), 202);
     let delivered = "granda_callback_deliveries_total{outcome=\"delivered\"}";
-    eventually(Duration::from_secs(60), "the callback is delivered", || async {
-        value(&app, delivered).await.filter(|v| *v >= 1.0)
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the callback is delivered",
+        || async { value(&app, delivered).await.filter(|v| *v >= 1.0) },
+    )
     .await;
     let text = app.metrics().await;
     check_exposition(&text);

@@ -81,7 +81,10 @@ async fn the_document_passes_openapi_spec_validator() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "the validator refused /openapi.json:\n{said}");
+    assert!(
+        out.status.success(),
+        "the validator refused /openapi.json:\n{said}"
+    );
     assert!(said.contains("OK"), "{said}");
 }
 
@@ -119,7 +122,9 @@ async fn every_operation_is_described_and_paths_are_unambiguous() {
                 let text = op[field].as_str().unwrap_or("");
                 assert!(text.trim().len() >= 5, "{what} has no {field}: {op}");
             }
-            let tags = op["tags"].as_array().unwrap_or_else(|| panic!("{what} has no tag"));
+            let tags = op["tags"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{what} has no tag"));
             assert!(!tags.is_empty(), "{what} has no tag");
             for tag in tags {
                 assert!(
@@ -130,7 +135,10 @@ async fn every_operation_is_described_and_paths_are_unambiguous() {
         }
     }
     assert!(operations >= 38, "{operations}");
-    assert!(paths["/hooks/{id}"]["post"].is_object(), "POST /hooks/{{id}}");
+    assert!(
+        paths["/hooks/{id}"]["post"].is_object(),
+        "POST /hooks/{{id}}"
+    );
     assert!(paths["/hooks/{id}"]["post"]["security"] == serde_json::json!([{}]));
     let old = &paths["/v1/callbacks/key"]["get"];
     assert_eq!(old["deprecated"], true, "{old}");
@@ -175,7 +183,11 @@ async fn the_root_redirects_browsers_and_indexes_for_clients() {
         let index: Value = r.json().await.unwrap();
         assert_eq!(index["name"], "granda");
         assert_eq!(index["version"], env!("CARGO_PKG_VERSION"));
-        for (link, path) in [("openapi", "/openapi.json"), ("ui", "/ui"), ("healthz", "/healthz")] {
+        for (link, path) in [
+            ("openapi", "/openapi.json"),
+            ("ui", "/ui"),
+            ("healthz", "/healthz"),
+        ] {
             let url = index["links"][link].as_str().unwrap();
             assert_eq!(url, app.url(path), "{index}");
         }
@@ -197,7 +209,10 @@ async fn the_root_redirects_browsers_and_indexes_for_clients() {
             let ct = r.headers()["content-type"].to_str().unwrap().to_string();
             assert!(ct.starts_with("text/html"), "{path}: {ct}");
             let body = r.text().await.unwrap();
-            assert!(body.contains("<html") || body.contains("<!DOCTYPE"), "{body}");
+            assert!(
+                body.contains("<html") || body.contains("<!DOCTYPE"),
+                "{body}"
+            );
             assert!(body.contains("Not Found"), "{body}");
         }
     }
