@@ -6,6 +6,7 @@
 #   - starts what is down: dockerd, the PostgreSQL cluster, RabbitMQ (never a second copy of any);
 #   - makes sure Postgres has a superuser role `root` (the default GRANDA_DATABASE_URL connects as the OS user);
 #   - installs pika (PyPI) for the AMQP publishing test, unless python3 already imports it;
+#   - installs openapi-spec-validator (PyPI) for the /openapi.json test, likewise;
 #   - builds the local test images (scripts/build-test-images.sh).
 # Idempotent; takes a few seconds when everything is already there. Prints one line per service.
 set -euo pipefail
@@ -207,6 +208,17 @@ if ! python3 -c 'import pika' >/dev/null 2>&1; then
         || die "pip could not install pika"
 fi
 echo "ok pika $(python3 -c 'import pika; print(pika.__version__)')"
+
+# ---------------------------------------------------------------------------------------------------
+# 4c. openapi-spec-validator (PyPI), which tests/it/openapi.rs checks /openapi.json with
+# ---------------------------------------------------------------------------------------------------
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    log "installing openapi-spec-validator from PyPI"
+    python3 -m pip install -q --root-user-action=ignore 'openapi-spec-validator==0.9.0' 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'openapi-spec-validator==0.9.0' \
+        || die "pip could not install openapi-spec-validator"
+fi
+echo "ok openapi-spec-validator $(python3 -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))')"
 
 # ---------------------------------------------------------------------------------------------------
 # 5. Test images

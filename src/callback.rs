@@ -427,6 +427,8 @@ pub struct Callbacks {
     max_bytes: u32,
     /// Some callback found no free slot and waits in Postgres.
     deferred: AtomicBool,
+    /// Where deliveries are counted, once the worker shares its metrics.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl Callbacks {
@@ -482,7 +484,13 @@ impl Callbacks {
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
             deferred: AtomicBool::new(false),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts deliveries in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     fn slot(&self) -> Option<OwnedSemaphorePermit> {
@@ -606,6 +614,12 @@ async fn deliver(
         .bind(final_status)
         .execute(pool)
         .await?;
+        if let Some(m) = callbacks.metrics.get() {
+            match final_status {
+                Some(status) => m.callback_finished(status),
+                None => m.inc("granda_callback_retries_total", String::new()),
+            }
+        }
         match final_status {
             Some(status) => {
                 tracing::info!(id = %due.id, attempt, status, error, "callback done");

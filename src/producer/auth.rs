@@ -2,7 +2,7 @@
 //!
 //! | routes | need |
 //! |---|---|
-//! | `/healthz`, `/readyz`, `/openapi.json` | nothing |
+//! | `/` (an index, or a redirect to `/ui`), `/healthz`, `/readyz`, `/openapi.json` | nothing |
 //! | `/hooks/*` | nothing here: each webhook checks its own signature |
 //! | `POST /fn/{name}` | nothing if the function is `public`, else an `invoke` or `admin` key |
 //! | `POST /v1/functions/{name}/invoke`, `POST /v1/functions/{name}/invocations`, `GET /v1/invocations/{id}`, `POST /v1/events/{topic}` | an `invoke` or `admin` key |
@@ -91,7 +91,7 @@ pub enum Needs {
 /// The class of a route, from its method and raw path. Anything not listed needs `admin`.
 pub fn needs(method: &Method, path: &str) -> Needs {
     // `/ui` has its own login and session cookie (a browser sends no bearer header).
-    if matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/ui")
+    if matches!(path, "/" | "/healthz" | "/readyz" | "/openapi.json" | "/ui")
         || path.starts_with("/hooks/")
         || path.starts_with("/ui/")
     {

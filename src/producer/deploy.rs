@@ -205,7 +205,11 @@ async fn run(
         build::store::finish(&app.pool, record.id, false, NO_ENGINE).await?;
         return Err(ApiError::Unavailable(NO_ENGINE.into()).into());
     };
+    let started = std::time::Instant::now();
     let built = build::build_image(docker, deploy.context, &record.image, lines.as_ref()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics
+        .build_finished(deploy.runtime.name, built.is_ok(), seconds);
     let log = match built {
         Ok(log) => log,
         Err(failed) => {

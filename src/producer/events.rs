@@ -183,9 +183,12 @@ pub async fn publish(
         .publish_event(&topic, &body, event_properties(event_id, content_type))
         .await
         .map_err(super::enqueue::publish_error)?;
-    app.metrics.inc(
-        "granda_events_published_total",
-        format!("fanned_out=\"{}\"", invocations.len().min(10)),
+    app.metrics
+        .inc("granda_events_published_total", String::new());
+    app.metrics.add(
+        "granda_event_invocations_total",
+        String::new(),
+        invocations.len() as u64,
     );
     tracing::info!(%event_id, invocations = invocations.len(), "event published");
     let mut response = (

@@ -1,12 +1,58 @@
-//! Liveness, readiness and metrics.
+//! The index (`/`), liveness, readiness and metrics.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
 
 use super::AppState;
+
+/// `GET /`: a browser (an `Accept` that names `text/html`) is sent to the dashboard (303 to
+/// `/ui`); any other client gets a small JSON index: name, version and where the API's
+/// documents are. Needs no key.
+pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let mut response = if wants_html(&headers) {
+        Redirect::to(super::ui::BASE).into_response()
+    } else {
+        let base = app.settings.public_url();
+        Json(json!({
+            "name": "granda",
+            "version": env!("CARGO_PKG_VERSION"),
+            "links": {
+                "openapi": format!("{base}/openapi.json"),
+                "ui": format!("{base}{}", super::ui::BASE),
+                "healthz": format!("{base}/healthz"),
+            },
+        }))
+        .into_response()
+    };
+    // The answer depends on `Accept`: caches must keep the two apart.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
+/// Whether `Accept` asks for HTML: a `text/html` (or `application/xhtml+xml`) range whose `q`
+/// is not 0. `*/*` alone is not a browser.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (media == "text/html" || media == "application/xhtml+xml") && !refused
+        })
+}
 
 /// The process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -50,4 +96,26 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         app.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn browsers_want_html_and_api_clients_do_not() {
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(wants_html(&accept(firefox)));
+        assert!(wants_html(&accept("TEXT/HTML")));
+        assert!(!wants_html(&accept("*/*")));
+        assert!(!wants_html(&accept("application/json")));
+        assert!(!wants_html(&accept("text/html;q=0, application/json")));
+        assert!(!wants_html(&HeaderMap::new()));
+    }
 }

@@ -265,6 +265,9 @@ impl Worker {
         });
         describe_metrics(&self.shared.metrics);
         self.shared.images.set_metrics(self.shared.metrics.clone());
+        self.shared
+            .callbacks
+            .set_metrics(self.shared.metrics.clone());
         reaper::reap_own(
             self.shared.runner.docker(),
             &self.shared.worker_id,

@@ -18,6 +18,7 @@ mod inbound;
 mod invocations;
 mod invoke;
 mod isolation;
+mod metrics;
 mod openapi;
 mod scheduler;
 mod schedules;

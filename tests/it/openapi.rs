@@ -1,4 +1,8 @@
-//! `/openapi.json`: served without a key, valid JSON, and every operation in it is routed.
+//! The API's own documents: `/openapi.json` (served without a key, valid by a real OpenAPI
+//! validator, every operation routed and described), `/` (a browser goes to the dashboard, an
+//! API client gets an index) and the dashboard's 404 page.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
@@ -16,6 +20,7 @@ async fn every_documented_operation_is_routed() {
     for (path, operations) in paths {
         let concrete = path
             .replace("{name}", "nope")
+            .replace("{topic}", "nope.topic")
             .replace("{id}", "00000000-0000-0000-0000-000000000000");
         for method in operations.as_object().unwrap().keys() {
             let method: reqwest::Method = method.to_uppercase().parse().unwrap();
@@ -36,5 +41,180 @@ async fn every_documented_operation_is_routed() {
     // Secrets are write-only: the request schemas have them, the function view has only names.
     let view = &doc["components"]["schemas"]["FunctionView"].to_string();
     assert!(view.contains("secrets"));
+    app.shutdown().await;
+}
+
+/// The served document, as text.
+async fn served_document() -> String {
+    let app = spawn_app().await;
+    let r = reqwest::get(app.url("/openapi.json")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    app.shutdown().await;
+    text
+}
+
+/// `openapi-spec-validator` (PyPI; scripts/setup.sh installs it) accepts the served document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_passes_openapi_spec_validator() {
+    let present = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        present,
+        "python3 can't import openapi_spec_validator: run scripts/setup.sh (it installs it from PyPI)"
+    );
+    let text = served_document().await;
+    let dir = std::env::temp_dir().join(format!("granda-openapi-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator", "--validation-errors", "all"])
+        .arg(&file)
+        .output()
+        .expect("running python3 -m openapi_spec_validator");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the validator refused /openapi.json:\n{said}"
+    );
+    assert!(said.contains("OK"), "{said}");
+}
+
+/// Every operation has a summary, a description and a declared tag; the paths a user meets
+/// outside `/v1/*` are there; no two paths differ only by their parameters' names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_is_described_and_paths_are_unambiguous() {
+    let doc: Value = serde_json::from_str(&served_document().await).unwrap();
+    let declared: Vec<&str> = doc["tags"]
+        .as_array()
+        .expect("top-level tags")
+        .iter()
+        .map(|t| {
+            assert!(!t["description"].as_str().unwrap_or("").is_empty(), "{t}");
+            t["name"].as_str().unwrap()
+        })
+        .collect();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut shapes: BTreeMap<String, &str> = BTreeMap::new();
+    let mut operations = 0;
+    for (path, item) in paths {
+        // `/v1/events/{id}` and `/v1/events/{topic}` have one shape: `/v1/events/{}`.
+        let shape = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        if let Some(other) = shapes.insert(shape, path) {
+            panic!("{other} and {path} differ only by parameter names");
+        }
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let what = format!("{} {path}", method.to_uppercase());
+            for field in ["summary", "description"] {
+                let text = op[field].as_str().unwrap_or("");
+                assert!(text.trim().len() >= 5, "{what} has no {field}: {op}");
+            }
+            let tags = op["tags"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{what} has no tag"));
+            assert!(!tags.is_empty(), "{what} has no tag");
+            for tag in tags {
+                assert!(
+                    declared.contains(&tag.as_str().unwrap()),
+                    "{what}: tag {tag} is not declared at the top"
+                );
+            }
+        }
+    }
+    assert!(operations >= 38, "{operations}");
+    assert!(
+        paths["/hooks/{id}"]["post"].is_object(),
+        "POST /hooks/{{id}}"
+    );
+    assert!(paths["/hooks/{id}"]["post"]["security"] == serde_json::json!([{}]));
+    let old = &paths["/v1/callbacks/key"]["get"];
+    assert_eq!(old["deprecated"], true, "{old}");
+    assert!(paths["/v1/events/{topic}"]["get"].is_object());
+    assert!(paths["/v1/events/{topic}"]["post"].is_object());
+}
+
+/// `GET /` sends a browser to the dashboard and gives an API client a small JSON index; an
+/// unknown dashboard page answers with an HTML 404 page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_redirects_browsers_and_indexes_for_clients() {
+    let app = spawn_app().await;
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let r = plain
+        .get(app.url("/"))
+        .header("accept", firefox)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui");
+    assert_eq!(r.headers()["vary"], "accept");
+
+    // No key needed; curl's `*/*` and no Accept at all are API clients.
+    for accept in [Some("*/*"), Some("application/json"), None] {
+        let mut request = plain.get(app.url("/"));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{accept:?}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let index: Value = r.json().await.unwrap();
+        assert_eq!(index["name"], "granda");
+        assert_eq!(index["version"], env!("CARGO_PKG_VERSION"));
+        for (link, path) in [
+            ("openapi", "/openapi.json"),
+            ("ui", "/ui"),
+            ("healthz", "/healthz"),
+        ] {
+            let url = index["links"][link].as_str().unwrap();
+            assert_eq!(url, app.url(path), "{index}");
+        }
+    }
+    // The links answer.
+    let doc = plain.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(doc.status(), 200);
+
+    // An unknown dashboard page is an HTML page, with an API key or without.
+    for client in [&plain, &app.client] {
+        for path in ["/ui/nope", "/ui/functions/x/nope", "/ui/static/nope.css"] {
+            let r = client
+                .get(app.url(path))
+                .header("accept", firefox)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{path}");
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            assert!(ct.starts_with("text/html"), "{path}: {ct}");
+            let body = r.text().await.unwrap();
+            assert!(
+                body.contains("<html") || body.contains("<!DOCTYPE"),
+                "{body}"
+            );
+            assert!(body.contains("Not Found"), "{body}");
+        }
+    }
     app.shutdown().await;
 }

@@ -168,7 +168,7 @@ async fn each_tick_fires_once_across_two_ingresses_and_never_while_paused() {
     eprintln!("schedule lag: avg {avg_ms:.0} ms, max {max_ms:.0} ms");
     assert!(max_ms < 30_000.0 && avg_ms >= 0.0);
     let fired_metric = app
-        .metric("granda_schedule_fired_total{}")
+        .metric("granda_schedule_fired_total")
         .await
         .unwrap_or(0.0);
     assert!(fired_metric <= seen.len() as f64);
@@ -426,7 +426,7 @@ async fn after_every_server_was_down_catch_up_latest_fires_the_latest_missed_tic
     assert_eq!(latest[0].timestamp() % 300, 0);
     assert!(horizon - latest[0] <= chrono::Duration::minutes(5));
     let skipped = app
-        .metric("granda_schedule_skipped_total{}")
+        .metric("granda_schedule_skipped_total")
         .await
         .unwrap_or(0.0);
     assert!(skipped >= 2.0 * 23.0, "{skipped}");
