@@ -17,6 +17,7 @@
 //! unhealthy worker (its engine unreachable) cancels its consumers until it recovers.
 
 pub mod breaker;
+pub mod builds;
 pub mod container;
 pub mod control;
 pub mod endpoints;
@@ -86,6 +87,8 @@ pub struct Worker {
     /// `GRANDA_WORKER_LISTEN`, bound.
     endpoints: Option<tokio::net::TcpListener>,
     amqp_prefix: String,
+    /// Builds from source for an ingress with no engine ([`builds`]).
+    builder: builds::Builder,
 }
 
 /// What every run of this worker needs.
@@ -175,6 +178,12 @@ impl Worker {
             ),
         };
         let nodes = broker::Nodes::from_settings(settings)?;
+        let builder = builds::Builder {
+            docker: runner.docker().clone(),
+            images: images.clone(),
+            registry: settings.registry.clone(),
+            worker: worker_id.clone(),
+        };
         Ok(Worker {
             replier: Arc::new(broker::Replier::new(nodes.clone(), &worker_id)),
             nodes,
@@ -216,6 +225,7 @@ impl Worker {
             installation,
             endpoints,
             amqp_prefix: settings.amqp_prefix.clone(),
+            builder,
         })
     }
 
@@ -418,6 +428,13 @@ impl Worker {
                     let shared = shared.clone();
                     async move { shared.check(check).await }
                 },
+            )
+            .await?;
+            builds::serve(
+                connection.create_channel().await?,
+                &self.amqp_prefix,
+                queue,
+                self.builder.clone(),
             )
             .await?;
         }

@@ -111,7 +111,15 @@ async fn ledger(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str) {
 
 /// An ingress with no engine (as `granda server`) on the app's database and queues.
 async fn engineless_ingress(app: &TestApp) -> (String, watch::Sender<bool>) {
-    let ingress = Application::build_with_pool(app.settings.clone(), app.pool.clone())
+    engineless_ingress_with(app, app.settings.clone()).await
+}
+
+/// [`engineless_ingress`] with settings of its own.
+async fn engineless_ingress_with(
+    app: &TestApp,
+    settings: granda::config::Settings,
+) -> (String, watch::Sender<bool>) {
+    let ingress = Application::build_with_pool(settings, app.pool.clone())
         .await
         .unwrap();
     let address = format!("http://{}", ingress.local_addr());
@@ -249,5 +257,143 @@ async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others()
             "giving a message back uses no attempt: {record}"
         );
     }
+    app.shutdown().await;
+}
+
+fn remove_image(docker: &bollard::Docker, image: &str) -> impl std::future::Future<Output = ()> {
+    let docker = docker.clone();
+    let image = image.to_string();
+    async move {
+        let _ = docker
+            .remove_image(
+                &image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
+    let (engine_b, registry) = engines();
+    let mut app = spawn_app_with(|_| {}).await;
+    let tag = app.worker_id();
+    // Host B has no images: the runtime's base image comes from the registry too.
+    let base = push(&registry, "granda/runtime-shell", &tag);
+    let worker_b = app
+        .add_worker(|s| {
+            s.docker_host = Some(engine_b.clone());
+            s.queues = vec!["hosts-build".into()];
+            s.registry = Some(registry.clone());
+        })
+        .await;
+    let mut settings = app.settings.clone();
+    settings.runtime_shell_image = base.clone();
+    let (ingress, stop) = engineless_ingress_with(&app, settings).await;
+    let deploy = |body: Value| {
+        app.client
+            .post(format!("{ingress}/v1/functions"))
+            .json(&body)
+            .send()
+    };
+
+    // A queue no worker serves: 503 at once, saying what builds need.
+    let nobody =
+        deploy(json!({"name": "lonely", "runtime": "shell", "source": "cat\n", "queue": "nobody"}))
+            .await
+            .unwrap();
+    assert_eq!(nobody.status(), 503);
+    let body: Value = nobody.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("GRANDA_REGISTRY") && message.contains("shared"),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/functions/lonely").await.status(), 404);
+
+    // The server has no engine: host B's worker builds, tags under the registry and pushes.
+    let created = eventually(
+        Duration::from_secs(60),
+        "host B's worker builds",
+        || async {
+            let r = deploy(json!({"name": "built", "runtime": "shell",
+                                  "source": "tr a-z A-Z\n", "queue": "hosts-build"}))
+            .await
+            .unwrap();
+            (r.status() != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let function: Value = created.json().await.unwrap();
+    let image = format!("{registry}/{}-fn/built:v1", app.settings.amqp_prefix);
+    assert_eq!(function["image"], image.as_str(), "{function}");
+    let on_b = engine(&engine_b);
+    assert!(on_b.inspect_image(&image).await.is_ok(), "built on host B");
+    assert!(
+        app.docker.inspect_image(&image).await.is_err(),
+        "not built on host A"
+    );
+    let (stored, log): (String, String) =
+        sqlx::query_as("SELECT image, log FROM builds WHERE function = 'built'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, image);
+    assert!(
+        log.contains(&format!("Building on worker {worker_b}")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("Pushed {image}")), "{log}");
+
+    // A failing build is the user's: 422 with the log's tail, nothing registered.
+    let broken = deploy(json!({"name": "broken", "runtime": "shell",
+                               "source": "case in\n", "queue": "hosts-build"}))
+    .await
+    .unwrap();
+    assert_eq!(broken.status(), 422);
+    let body: Value = broken.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "build_failed", "{body}");
+    assert_eq!(app.get("/v1/functions/broken").await.status(), 404);
+
+    // Moved to host A's queue: its worker pulls the image from the registry and runs it.
+    let moved = app
+        .client
+        .put(format!("{ingress}/v1/functions/built"))
+        .json(&json!({"queue": "default"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200, "{}", moved.text().await.unwrap());
+    let mut accepted = vec![];
+    for i in 0..4 {
+        let r = app.invoke("built", format!("hello {i}")).await;
+        assert_eq!(r.status(), 200);
+        accepted.push(
+            r.headers()["x-granda-invocation-id"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(r.text().await.unwrap(), format!("HELLO {i}"));
+    }
+    for id in &accepted {
+        assert_eq!(
+            app.invocation(*id).await["worker"],
+            app.worker_id().as_str()
+        );
+    }
+    assert!(
+        app.docker.inspect_image(&image).await.is_ok(),
+        "pulled on host A"
+    );
+    ledger(&app, &accepted, &engine_b).await;
+    let _ = stop.send(true);
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    remove_image(&on_b, &base).await;
     app.shutdown().await;
 }
