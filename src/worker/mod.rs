@@ -860,6 +860,15 @@ impl Shared {
     }
 }
 
+/// Whether this message comes back from a delay queue (it carries an `x-death` header).
+fn was_parked(delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key("x-death"))
+}
+
 /// How many times the broker delivered this message before (`x-delivery-count`).
 fn delivery_count(delivery: &Delivery) -> i64 {
     use lapin::types::AMQPValue;
@@ -884,7 +893,11 @@ async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id: Uuid) {
     let Some(address) = dead.engine.as_deref() else {
         return;
     };
-    let mine = shared.engine_id.is_some() && dead.engine_id == shared.engine_id;
+    // Engines may share an ID (daemons started from one /etc/docker, or cloned hosts): the
+    // dead worker's engine is this one only when its address is the same too.
+    let mine = shared.engine_id.is_some()
+        && dead.engine_id == shared.engine_id
+        && address == shared.engine;
     let docker = if mine {
         shared.runner.docker().clone()
     } else {
@@ -1019,8 +1032,9 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
         let _ = done.wait_for(|d| *d).await;
     }
 
-    // A redelivery may be a dead worker's run: note whose, to stop its container once claimed.
-    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 {
+    // A redelivery may be a dead worker's run: note whose, to stop its container once claimed. So
+    // may a message back from a delay queue: one parked while the dead worker's lease still ran.
+    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 || was_parked(&delivery) {
         heartbeat::dead_run(&shared.pool, work.id, &shared.worker_id)
             .await
             .ok()

@@ -397,3 +397,131 @@ async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
     remove_image(&on_b, &base).await;
     app.shutdown().await;
 }
+
+/// A `granda worker` process on `host`'s engine serving `queue`, pinned at `slots` runs at once.
+fn worker_process(
+    app: &TestApp,
+    id: &str,
+    host: &str,
+    queue: &str,
+    slots: usize,
+) -> std::process::Child {
+    let state = std::env::temp_dir().join(format!("granda-state-{id}"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .arg("worker")
+        .env("GRANDA_DATABASE_URL", &app.settings.database_url)
+        .env("GRANDA_AMQP_URL", &app.settings.amqp_url)
+        .env("GRANDA_AMQP_PREFIX", &app.settings.amqp_prefix)
+        .env("GRANDA_WORKER_ID", id)
+        .env("GRANDA_QUEUES", queue)
+        .env("GRANDA_MIN_CONCURRENCY", slots.to_string())
+        .env("GRANDA_MAX_CONCURRENCY", slots.to_string())
+        .env("GRANDA_WORKER_LISTEN", "off")
+        .env("GRANDA_STATE_DIR", &state)
+        .env("DOCKER_HOST", host)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(state.join("worker.log")).unwrap())
+        .spawn()
+        .expect("starting granda worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed() {
+    let (engine_b, registry) = engines();
+    let mut app = spawn_app_with(|_| {}).await;
+    let tag = app.worker_id();
+    let image = push(&registry, "granda-test/sleep", &tag);
+    app.register(
+        "slow",
+        &image,
+        json!({"queue": "hosts-kill", "timeout_ms": 60_000, "env": {"SLEEP_SECONDS": "15"}}),
+    )
+    .await;
+    const BURST: usize = 6;
+    let id_b = format!("{tag}-b");
+    let mut worker_b = worker_process(&app, &id_b, &engine_b, "hosts-kill", 8);
+    let on_b = engine(&engine_b);
+
+    // Host B takes the whole burst (nobody else serves the queue yet) and runs it.
+    let mut accepted = vec![];
+    for i in 0..BURST {
+        accepted.push(app.invoke_async("slow", format!("n{i}")).await);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "host B runs the whole burst",
+        || async {
+            let running: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT status, worker FROM invocations WHERE id = ANY($1)")
+                    .bind(&accepted)
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            let all = running
+                .iter()
+                .all(|(s, w)| s == "running" && w.as_deref() == Some(id_b.as_str()));
+            (all && leftovers(&on_b, &id_b).await.len() == BURST).then_some(())
+        },
+    )
+    .await;
+
+    // Host A's worker serves the queue too; then host B dies, its containers still running.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["hosts-kill".into()];
+            s.min_concurrency = 8;
+            s.max_concurrency = Some(8);
+        })
+        .await;
+    worker_b.kill().unwrap();
+    let killed = std::time::Instant::now();
+    worker_b.wait().unwrap();
+    assert_eq!(leftovers(&on_b, &id_b).await.len(), BURST, "B's runs go on");
+
+    // Worker A claims every invocation of B's, and B's containers are gone.
+    eventually(
+        Duration::from_secs(30),
+        "worker A takes over every run",
+        || async {
+            let workers: Vec<(Option<String>,)> =
+                sqlx::query_as("SELECT worker FROM invocations WHERE id = ANY($1)")
+                    .bind(&accepted)
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            workers
+                .iter()
+                .all(|(w,)| w.as_deref() == Some(worker_a.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    let took_over = killed.elapsed();
+    eventually(
+        Duration::from_secs(10),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    let removed = killed.elapsed();
+    eprintln!(
+        "kill -9 of host B's worker: {BURST} runs taken over by host A within {took_over:?}, \
+         B's containers removed within {removed:?} (lease {} ms)",
+        app.settings.worker_lease_ms
+    );
+    assert!(
+        removed < Duration::from_millis(app.settings.worker_lease_ms) + Duration::from_secs(10),
+        "taken over within the lease and 10 s of the death"
+    );
+    ledger(&app, &accepted, &engine_b).await;
+    for id in &accepted {
+        let record = app.invocation(*id).await;
+        assert_eq!(record["worker"], worker_a.as_str(), "{record}");
+        assert_eq!(record["output"], "slept\n", "{record}");
+    }
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
