@@ -1,6 +1,7 @@
 //! Functions built from source: runtime templates (`runtimes/<name>/`), the build context (a tar of
 //! the rendered Dockerfile and the user's files under `fn/`), the build through the engine, and the
-//! `builds` records (one per version, with its log).
+//! `builds` records (one per version, with its log). With `GRANDA_REGISTRY`, a built image is
+//! tagged `<registry>/<prefix>-fn/<name>:v<N>` and pushed there, so workers on other hosts pull it.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -251,6 +252,113 @@ pub async fn build_image(
     Ok(log)
 }
 
+/// The image a build of `tag` produces: `<registry>/<tag>` with a registry (`GRANDA_REGISTRY`),
+/// else `tag` itself, which stays on the engine that built it.
+pub fn image_name(registry: Option<&str>, tag: &str) -> String {
+    match registry.map(|r| r.trim().trim_end_matches('/')) {
+        Some(r) if !r.is_empty() => format!("{r}/{tag}"),
+        _ => tag.to_string(),
+    }
+}
+
+/// What a build without a registry says: its image stays on the engine that built it.
+pub fn no_registry_note(image: &str) -> String {
+    format!(
+        "GRANDA_REGISTRY is not set: {image} stays on the engine that built it. Only workers \
+         of that engine can run it: without a registry, builds from source need one engine \
+         shared by the queue's workers (set GRANDA_REGISTRY so that other hosts pull it)\n"
+    )
+}
+
+/// Builds `context` as `tag` (under `registry` when given) and pushes it there. Returns the
+/// image name and the whole log (the push's steps included).
+pub async fn build_and_push(
+    docker: &Docker,
+    context: Vec<u8>,
+    tag: &str,
+    registry: Option<&str>,
+    lines: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<(String, String), BuildFailed> {
+    let image = image_name(registry, tag);
+    let mut log = build_image(docker, context, &image, lines).await?;
+    if image == tag {
+        let note = no_registry_note(&image);
+        if let Some(lines) = lines {
+            let _ = lines.send(note.clone());
+        }
+        log.push_str(&note);
+        return Ok((image, log));
+    }
+    match push_image(docker, &image, lines).await {
+        Ok(pushed) => {
+            log.push_str(&pushed);
+            Ok((image, log))
+        }
+        Err(failed) => {
+            log.push_str(&failed.log);
+            Err(BuildFailed {
+                message: failed.message,
+                log,
+            })
+        }
+    }
+}
+
+/// Pushes `image` (`registry/repo:tag`) to its registry. Returns the push's log.
+#[tracing::instrument(skip(docker, lines))]
+pub async fn push_image(
+    docker: &Docker,
+    image: &str,
+    lines: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<String, BuildFailed> {
+    let (repo, version) = match image.rsplit_once(':') {
+        Some((repo, version)) if !version.contains('/') => (repo, version),
+        _ => (image, "latest"),
+    };
+    let mut log = String::new();
+    let note = |text: String, log: &mut String| {
+        if let Some(lines) = lines {
+            let _ = lines.send(text.clone());
+        }
+        log.push_str(&text);
+    };
+    note(format!("Pushing {image}\n"), &mut log);
+    let options = bollard::query_parameters::PushImageOptionsBuilder::new()
+        .tag(version)
+        .build();
+    let mut stream = docker.push_image(repo, Some(options), None);
+    let mut last = String::new();
+    while let Some(step) = stream.next().await {
+        let message = match step {
+            Ok(info) => {
+                if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                    message
+                } else {
+                    // Progress lines repeat per layer: keep the log to status changes.
+                    if let Some(status) = info.status
+                        && status != last
+                        && info.progress_detail.is_none_or(|p| p.current.is_none())
+                    {
+                        note(format!("{status}\n"), &mut log);
+                        last = status;
+                    }
+                    continue;
+                }
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => message,
+            Err(bollard::errors::Error::DockerStreamError { error }) => error,
+            Err(e) => e.to_string(),
+        };
+        note(format!("{message}\n"), &mut log);
+        return Err(BuildFailed {
+            message: format!("pushing {image} to its registry (GRANDA_REGISTRY) failed: {message}"),
+            log,
+        });
+    }
+    note(format!("Pushed {image}\n"), &mut log);
+    Ok(log)
+}
+
 /// The last `LOG_TAIL_LINES` lines of `log`.
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
@@ -325,6 +433,16 @@ pub mod store {
         Ok(row)
     }
 
+    /// Records the image a build produced (under `GRANDA_REGISTRY` when the builder had one).
+    pub async fn set_image(pool: &PgPool, id: Uuid, image: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE builds SET image = $2 WHERE id = $1")
+            .bind(id)
+            .bind(image)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records how a build ended, with its log.
     pub async fn finish(pool: &PgPool, id: Uuid, ok: bool, log: &str) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE builds SET status = $2, log = $3, finished_at = now() WHERE id = $1")
@@ -371,6 +489,16 @@ mod tests {
     #[test]
     fn colour_codes_are_dropped() {
         assert_eq!(strip_ansi("\u{1b}[91mbad\n\u{1b}[0mok"), "bad\nok");
+    }
+
+    #[test]
+    fn a_registry_prefixes_the_tag() {
+        assert_eq!(
+            image_name(Some("127.0.0.1:5000/"), "granda-fn/f:v2"),
+            "127.0.0.1:5000/granda-fn/f:v2"
+        );
+        assert_eq!(image_name(Some(" "), "granda-fn/f:v2"), "granda-fn/f:v2");
+        assert_eq!(image_name(None, "granda-fn/f:v2"), "granda-fn/f:v2");
     }
 
     #[test]

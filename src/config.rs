@@ -157,6 +157,13 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_IMAGE_PULL_TIMEOUT_MS", default_value_t = 300_000)]
     pub image_pull_timeout_ms: u64,
 
+    /// A registry (`host:port`, e.g. `127.0.0.1:5000`) for images built from source: a build is
+    /// tagged `<registry>/<GRANDA_AMQP_PREFIX>-fn/<name>:v<N>` and pushed there, so workers on
+    /// other hosts pull it. Unset: the image stays on the engine that built it, so builds need
+    /// one engine shared by the queue's workers.
+    #[arg(long, env = "GRANDA_REGISTRY")]
+    pub registry: Option<String>,
+
     /// Where a standalone worker serves `/healthz`, `/readyz` and `/metrics` (`off`: nowhere).
     /// `granda worker` defaults to 127.0.0.1:9090; `granda up` serves them on the ingress.
     #[arg(long, env = "GRANDA_WORKER_LISTEN")]

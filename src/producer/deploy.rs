@@ -6,8 +6,12 @@
 //! build starts, 200 and one JSON object per line: `{"log": "<text>"}` as the engine writes it, then
 //! a last line `{"status": 201, "function": {...}}` or `{"status": 422, "error": {...}}`.
 //!
-//! Builds run on the engine of `granda up`. A standalone `granda server` has no engine and answers
-//! 503 to a deploy from source (builds on workers are not done yet).
+//! `granda up` builds on its own engine. A standalone `granda server` has no engine: a worker of
+//! the function's queue builds ([`crate::worker::builds`]), and the server answers 503 when none
+//! serves the queue or the builder goes silent. With `GRANDA_REGISTRY` (the server's, else the
+//! builder's) the image is `<registry>/<prefix>-fn/<name>:v<N>`, pushed there so that every host
+//! pulls it; without one it stays on the builder's engine, which only the workers sharing that
+//! engine can run.
 //!
 //! The old version's image stays on the engine: queued invocations carry its tag, and the function
 //! switches to the new tag in one update, so it is never without an image.
@@ -23,13 +27,15 @@ use super::AppState;
 use crate::build::{self, BuildFailed, Runtime, Source};
 use crate::error::ApiError;
 use crate::function::{Function, store};
+use crate::worker::builds;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
-/// Why a standalone ingress builds nothing.
-const NO_ENGINE: &str = "builds from source need a Docker engine, which this server does not \
-    have (granda server talks to no engine): deploy from source through granda up, or build the \
-    image yourself, push it to a registry the workers reach, and register it by name";
+/// What a standalone ingress says when no worker can build.
+const NO_BUILDER: &str = "granda server builds nothing itself: start a granda worker serving \
+    the function's queue. Without GRANDA_REGISTRY the built image stays on that worker's engine, \
+    so builds need one engine shared by the queue's workers; with it, the image is pushed to the \
+    registry and every host pulls it";
 
 /// What to do with a built image.
 pub enum Target {
@@ -42,6 +48,8 @@ pub enum Target {
 /// A checked deploy, ready to build.
 pub struct Deploy {
     pub runtime: Runtime,
+    /// The runtime's base image (the Dockerfile's `FROM`).
+    pub base_image: String,
     pub context: Vec<u8>,
     pub target: Target,
 }
@@ -57,10 +65,12 @@ pub fn prepare(
         let names: Vec<&str> = build::RUNTIMES.iter().map(|r| r.name).collect();
         ApiError::Unprocessable(format!("runtime: one of {}", names.join(", ")))
     })?;
-    let context = build::context(runtime, &runtime.base_image(&app.settings), source)
+    let base_image = runtime.base_image(&app.settings);
+    let context = build::context(runtime, &base_image, source)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(Deploy {
         runtime,
+        base_image,
         context,
         target,
     })
@@ -173,6 +183,58 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// How a build ended that registered nothing: the source or base image (422), or no builder (503).
+enum BuildEnd {
+    Failed(String, String),
+    Unavailable(String, String),
+}
+
+/// Builds on a worker of `queue` ([`builds`]); the image (pushed under `GRANDA_REGISTRY` when the
+/// worker or this server has one) and the log.
+async fn on_worker(
+    app: &AppState,
+    queue: &str,
+    tag: &str,
+    base_image: String,
+    context: Vec<u8>,
+    lines: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<(String, String), BuildEnd> {
+    let job = builds::Job {
+        tag: tag.to_string(),
+        base_image,
+        registry: app.settings.registry.clone(),
+    };
+    let prefix = &app.settings.amqp_prefix;
+    match builds::request(&app.control, prefix, queue, &job, context, lines).await {
+        Ok(built) => {
+            if !built.pushed {
+                tracing::warn!(
+                    image = built.image,
+                    worker = built.worker,
+                    "built without a registry: only workers on the builder's engine can run it"
+                );
+            }
+            Ok((built.image, built.log))
+        }
+        Err(builds::BuildError::Failed { message, log }) => Err(BuildEnd::Failed(message, log)),
+        Err(e @ builds::BuildError::NoWorker(_)) => Err(BuildEnd::Unavailable(
+            format!("{e}. {NO_BUILDER}"),
+            String::new(),
+        )),
+        Err(e @ (builds::BuildError::Unavailable { .. } | builds::BuildError::Silent { .. })) => {
+            let log = match &e {
+                builds::BuildError::Unavailable { log, .. }
+                | builds::BuildError::Silent { log, .. } => log.clone(),
+                _ => String::new(),
+            };
+            Err(BuildEnd::Unavailable(e.to_string(), log))
+        }
+        Err(e @ builds::BuildError::Broker(_)) => {
+            Err(BuildEnd::Unavailable(e.to_string(), String::new()))
+        }
+    }
+}
+
 /// Builds the next version and registers it. Returns the status and the function's view.
 #[tracing::instrument(skip_all, fields(runtime = deploy.runtime.name))]
 async fn run(
@@ -201,26 +263,60 @@ async fn run(
             record.version, deploy.runtime.name, record.image
         ));
     }
-    let Some(docker) = &app.docker else {
-        build::store::finish(&app.pool, record.id, false, NO_ENGINE).await?;
-        return Err(ApiError::Unavailable(NO_ENGINE.into()).into());
+    let queue = match &deploy.target {
+        Target::Create(f) | Target::Update(f) => f.queue.clone(),
     };
     let started = std::time::Instant::now();
-    let built = build::build_image(docker, deploy.context, &record.image, lines.as_ref()).await;
-    let seconds = started.elapsed().as_secs_f64();
-    app.metrics
-        .build_finished(deploy.runtime.name, built.is_ok(), seconds);
-    let log = match built {
-        Ok(log) => log,
-        Err(failed) => {
-            build::store::finish(&app.pool, record.id, false, &failed.log).await?;
+    let built = match &app.docker {
+        // `granda up`: its own engine builds.
+        Some(docker) => build::build_and_push(
+            docker,
+            deploy.context,
+            &record.image,
+            app.settings.registry.as_deref(),
+            lines.as_ref(),
+        )
+        .await
+        .map_err(|failed| BuildEnd::Failed(failed.message, failed.log)),
+        // `granda server`: a worker of the function's queue builds.
+        None => {
+            on_worker(
+                &app,
+                &queue,
+                &record.image,
+                deploy.base_image,
+                deploy.context,
+                lines.as_ref(),
+            )
+            .await
+        }
+    };
+    app.metrics.build_finished(
+        deploy.runtime.name,
+        built.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
+    let (image, log) = match built {
+        Ok(built) => built,
+        Err(BuildEnd::Failed(message, log)) => {
+            build::store::finish(&app.pool, record.id, false, &log).await?;
             return Err(Failure::Build {
                 build_id: record.id,
                 version: record.version,
-                failed,
+                failed: BuildFailed { message, log },
             });
         }
+        Err(BuildEnd::Unavailable(message, log)) => {
+            let mut log = log;
+            log.push_str(&message);
+            build::store::finish(&app.pool, record.id, false, &log).await?;
+            return Err(ApiError::Unavailable(message).into());
+        }
     };
+    if image != record.image {
+        build::store::set_image(&app.pool, record.id, &image).await?;
+    }
+    let record = build::BuildRecord { image, ..record };
     build::store::finish(&app.pool, record.id, true, &log).await?;
     let (status, f) = match deploy.target {
         Target::Create(mut f) => {

@@ -76,7 +76,8 @@ impl Client {
         })
     }
 
-    async fn channel(&self) -> Result<Channel, AskError> {
+    /// A new channel on the client's connection (opened, or reopened, as needed).
+    pub(crate) async fn channel(&self) -> Result<Channel, AskError> {
         let mut guard = self.connection.lock().await;
         if let Some(c) = guard.as_ref()
             && c.status().connected()

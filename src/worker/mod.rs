@@ -17,6 +17,7 @@
 //! unhealthy worker (its engine unreachable) cancels its consumers until it recovers.
 
 pub mod breaker;
+pub mod builds;
 pub mod container;
 pub mod control;
 pub mod endpoints;
@@ -86,6 +87,8 @@ pub struct Worker {
     /// `GRANDA_WORKER_LISTEN`, bound.
     endpoints: Option<tokio::net::TcpListener>,
     amqp_prefix: String,
+    /// Builds from source for an ingress with no engine ([`builds`]).
+    builder: builds::Builder,
 }
 
 /// What every run of this worker needs.
@@ -180,6 +183,12 @@ impl Worker {
             ),
         };
         let nodes = broker::Nodes::from_settings(settings)?;
+        let builder = builds::Builder {
+            docker: runner.docker().clone(),
+            images: images.clone(),
+            registry: settings.registry.clone(),
+            worker: worker_id.clone(),
+        };
         Ok(Worker {
             replier: Arc::new(broker::Replier::new(nodes.clone(), &worker_id)),
             nodes,
@@ -222,6 +231,7 @@ impl Worker {
             installation,
             endpoints,
             amqp_prefix: settings.amqp_prefix.clone(),
+            builder,
         })
     }
 
@@ -427,6 +437,13 @@ impl Worker {
                     let shared = shared.clone();
                     async move { shared.check(check).await }
                 },
+            )
+            .await?;
+            builds::serve(
+                connection.create_channel().await?,
+                &self.amqp_prefix,
+                queue,
+                self.builder.clone(),
             )
             .await?;
         }
@@ -875,6 +892,15 @@ impl Shared {
     }
 }
 
+/// Whether this message comes back from a delay queue (it carries an `x-death` header).
+fn was_parked(delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key("x-death"))
+}
+
 /// How many times the broker delivered this message before (`x-delivery-count`).
 fn delivery_count(delivery: &Delivery) -> i64 {
     use lapin::types::AMQPValue;
@@ -899,7 +925,11 @@ async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id: Uuid) {
     let Some(address) = dead.engine.as_deref() else {
         return;
     };
-    let mine = shared.engine_id.is_some() && dead.engine_id == shared.engine_id;
+    // Engines may share an ID (daemons started from one /etc/docker, or cloned hosts): the
+    // dead worker's engine is this one only when its address is the same too.
+    let mine = shared.engine_id.is_some()
+        && dead.engine_id == shared.engine_id
+        && address == shared.engine;
     let docker = if mine {
         shared.runner.docker().clone()
     } else {
@@ -1034,8 +1064,9 @@ async fn handle(shared: Arc<Shared>, channels: Channels, queue: String, delivery
         let _ = done.wait_for(|d| *d).await;
     }
 
-    // A redelivery may be a dead worker's run: note whose, to stop its container once claimed.
-    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 {
+    // A redelivery may be a dead worker's run: note whose, to stop its container once claimed. So
+    // may a message back from a delay queue: one parked while the dead worker's lease still ran.
+    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 || was_parked(&delivery) {
         heartbeat::dead_run(&shared.pool, work.id, &shared.worker_id)
             .await
             .ok()

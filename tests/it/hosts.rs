@@ -111,7 +111,15 @@ async fn ledger(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str) {
 
 /// An ingress with no engine (as `granda server`) on the app's database and queues.
 async fn engineless_ingress(app: &TestApp) -> (String, watch::Sender<bool>) {
-    let ingress = Application::build_with_pool(app.settings.clone(), app.pool.clone())
+    engineless_ingress_with(app, app.settings.clone()).await
+}
+
+/// [`engineless_ingress`] with settings of its own.
+async fn engineless_ingress_with(
+    app: &TestApp,
+    settings: granda::config::Settings,
+) -> (String, watch::Sender<bool>) {
+    let ingress = Application::build_with_pool(settings, app.pool.clone())
         .await
         .unwrap();
     let address = format!("http://{}", ingress.local_addr());
@@ -248,6 +256,272 @@ async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others()
             record["attempt"], 1,
             "giving a message back uses no attempt: {record}"
         );
+    }
+    app.shutdown().await;
+}
+
+fn remove_image(docker: &bollard::Docker, image: &str) -> impl std::future::Future<Output = ()> {
+    let docker = docker.clone();
+    let image = image.to_string();
+    async move {
+        let _ = docker
+            .remove_image(
+                &image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
+    let (engine_b, registry) = engines();
+    let mut app = spawn_app_with(|_| {}).await;
+    let tag = app.worker_id();
+    // Host B has no images: the runtime's base image comes from the registry too.
+    let base = push(&registry, "granda/runtime-shell", &tag);
+    let worker_b = app
+        .add_worker(|s| {
+            s.docker_host = Some(engine_b.clone());
+            s.queues = vec!["hosts-build".into()];
+            s.registry = Some(registry.clone());
+        })
+        .await;
+    let mut settings = app.settings.clone();
+    settings.runtime_shell_image = base.clone();
+    let (ingress, stop) = engineless_ingress_with(&app, settings).await;
+    let deploy = |body: Value| {
+        app.client
+            .post(format!("{ingress}/v1/functions"))
+            .json(&body)
+            .send()
+    };
+
+    // A queue no worker serves: 503 at once, saying what builds need.
+    let nobody =
+        deploy(json!({"name": "lonely", "runtime": "shell", "source": "cat\n", "queue": "nobody"}))
+            .await
+            .unwrap();
+    assert_eq!(nobody.status(), 503);
+    let body: Value = nobody.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("GRANDA_REGISTRY") && message.contains("shared"),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/functions/lonely").await.status(), 404);
+
+    // The server has no engine: host B's worker builds, tags under the registry and pushes.
+    let created = eventually(
+        Duration::from_secs(60),
+        "host B's worker builds",
+        || async {
+            let r = deploy(json!({"name": "built", "runtime": "shell",
+                                  "source": "tr a-z A-Z\n", "queue": "hosts-build"}))
+            .await
+            .unwrap();
+            (r.status() != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let function: Value = created.json().await.unwrap();
+    let image = format!("{registry}/{}-fn/built:v1", app.settings.amqp_prefix);
+    assert_eq!(function["image"], image.as_str(), "{function}");
+    let on_b = engine(&engine_b);
+    assert!(on_b.inspect_image(&image).await.is_ok(), "built on host B");
+    assert!(
+        app.docker.inspect_image(&image).await.is_err(),
+        "not built on host A"
+    );
+    let (stored, log): (String, String) =
+        sqlx::query_as("SELECT image, log FROM builds WHERE function = 'built'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, image);
+    assert!(
+        log.contains(&format!("Building on worker {worker_b}")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("Pushed {image}")), "{log}");
+
+    // A failing build is the user's: 422 with the log's tail, nothing registered.
+    let broken = deploy(json!({"name": "broken", "runtime": "shell",
+                               "source": "case in\n", "queue": "hosts-build"}))
+    .await
+    .unwrap();
+    assert_eq!(broken.status(), 422);
+    let body: Value = broken.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "build_failed", "{body}");
+    assert_eq!(app.get("/v1/functions/broken").await.status(), 404);
+
+    // Moved to host A's queue: its worker pulls the image from the registry and runs it.
+    let moved = app
+        .client
+        .put(format!("{ingress}/v1/functions/built"))
+        .json(&json!({"queue": "default"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 200, "{}", moved.text().await.unwrap());
+    let mut accepted = vec![];
+    for i in 0..4 {
+        let r = app.invoke("built", format!("hello {i}")).await;
+        assert_eq!(r.status(), 200);
+        accepted.push(
+            r.headers()["x-granda-invocation-id"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(r.text().await.unwrap(), format!("HELLO {i}"));
+    }
+    for id in &accepted {
+        assert_eq!(
+            app.invocation(*id).await["worker"],
+            app.worker_id().as_str()
+        );
+    }
+    assert!(
+        app.docker.inspect_image(&image).await.is_ok(),
+        "pulled on host A"
+    );
+    ledger(&app, &accepted, &engine_b).await;
+    let _ = stop.send(true);
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    remove_image(&on_b, &base).await;
+    app.shutdown().await;
+}
+
+/// A `granda worker` process on `host`'s engine serving `queue`, pinned at `slots` runs at once.
+fn worker_process(
+    app: &TestApp,
+    id: &str,
+    host: &str,
+    queue: &str,
+    slots: usize,
+) -> std::process::Child {
+    let state = std::env::temp_dir().join(format!("granda-state-{id}"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .arg("worker")
+        .env("GRANDA_DATABASE_URL", &app.settings.database_url)
+        .env("GRANDA_AMQP_URL", &app.settings.amqp_url)
+        .env("GRANDA_AMQP_PREFIX", &app.settings.amqp_prefix)
+        .env("GRANDA_WORKER_ID", id)
+        .env("GRANDA_QUEUES", queue)
+        .env("GRANDA_MIN_CONCURRENCY", slots.to_string())
+        .env("GRANDA_MAX_CONCURRENCY", slots.to_string())
+        .env("GRANDA_WORKER_LISTEN", "off")
+        .env("GRANDA_STATE_DIR", &state)
+        .env("DOCKER_HOST", host)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(state.join("worker.log")).unwrap())
+        .spawn()
+        .expect("starting granda worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed() {
+    let (engine_b, registry) = engines();
+    let mut app = spawn_app_with(|_| {}).await;
+    let tag = app.worker_id();
+    let image = push(&registry, "granda-test/sleep", &tag);
+    app.register(
+        "slow",
+        &image,
+        json!({"queue": "hosts-kill", "timeout_ms": 60_000, "env": {"SLEEP_SECONDS": "15"}}),
+    )
+    .await;
+    const BURST: usize = 6;
+    let id_b = format!("{tag}-b");
+    let mut worker_b = worker_process(&app, &id_b, &engine_b, "hosts-kill", 8);
+    let on_b = engine(&engine_b);
+
+    // Host B takes the whole burst (nobody else serves the queue yet) and runs it.
+    let mut accepted = vec![];
+    for i in 0..BURST {
+        accepted.push(app.invoke_async("slow", format!("n{i}")).await);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "host B runs the whole burst",
+        || async {
+            let running: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT status, worker FROM invocations WHERE id = ANY($1)")
+                    .bind(&accepted)
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            let all = running
+                .iter()
+                .all(|(s, w)| s == "running" && w.as_deref() == Some(id_b.as_str()));
+            (all && leftovers(&on_b, &id_b).await.len() == BURST).then_some(())
+        },
+    )
+    .await;
+
+    // Host A's worker serves the queue too; then host B dies, its containers still running.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["hosts-kill".into()];
+            s.min_concurrency = 8;
+            s.max_concurrency = Some(8);
+        })
+        .await;
+    worker_b.kill().unwrap();
+    let killed = std::time::Instant::now();
+    worker_b.wait().unwrap();
+    assert_eq!(leftovers(&on_b, &id_b).await.len(), BURST, "B's runs go on");
+
+    // Worker A claims every invocation of B's, and B's containers are gone.
+    eventually(
+        Duration::from_secs(30),
+        "worker A takes over every run",
+        || async {
+            let workers: Vec<(Option<String>,)> =
+                sqlx::query_as("SELECT worker FROM invocations WHERE id = ANY($1)")
+                    .bind(&accepted)
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            workers
+                .iter()
+                .all(|(w,)| w.as_deref() == Some(worker_a.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    let took_over = killed.elapsed();
+    eventually(
+        Duration::from_secs(10),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    let removed = killed.elapsed();
+    eprintln!(
+        "kill -9 of host B's worker: {BURST} runs taken over by host A within {took_over:?}, \
+         B's containers removed within {removed:?} (lease {} ms)",
+        app.settings.worker_lease_ms
+    );
+    assert!(
+        removed < Duration::from_millis(app.settings.worker_lease_ms) + Duration::from_secs(10),
+        "taken over within the lease and 10 s of the death"
+    );
+    ledger(&app, &accepted, &engine_b).await;
+    for id in &accepted {
+        let record = app.invocation(*id).await;
+        assert_eq!(record["worker"], worker_a.as_str(), "{record}");
+        assert_eq!(record["output"], "slept\n", "{record}");
+    }
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
     }
     app.shutdown().await;
 }

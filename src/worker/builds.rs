@@ -1,0 +1,445 @@
+//! Builds from source on a worker, for an ingress with no Docker engine (`granda server`).
+//!
+//! The same RPC pattern as [`super::control`], on a queue of its own, `<prefix>.builds.<queue>`
+//! (so a worker that doesn't build never takes a build): the ingress publishes the build context
+//! (an uncompressed tar, the message body) with the tag, the runtime's base image and its own
+//! `GRANDA_REGISTRY` in headers, and a direct reply-to. One worker of the function's queue takes
+//! it, makes sure its engine has the base image (present, or pulled as `GRANDA_IMAGE_PULL`
+//! allows), builds on its engine, and, with a registry (the ingress's, else its own), tags the
+//! image `<registry>/<tag>` and pushes it there. It streams [`Event`]s back: log lines as the
+//! engine writes them, `alive` every [`ALIVE_EVERY`], then one last event.
+//!
+//! With no worker serving the queue the publish is unroutable and the ingress answers 503 at once;
+//! a worker that goes silent for [`SILENCE`] (it died mid-build) gets 503 too. Without a registry
+//! the image stays on the builder's engine, which only works when the queue's workers share it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use futures_util::StreamExt;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::control::{AskError, Client};
+use super::images::Images;
+use crate::build::{self, BASE_IMAGE_HINT};
+use crate::docker::ImageError;
+
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// How often a building worker says it is still at it.
+pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// How long the ingress waits without a word from the builder before it answers 503.
+pub const SILENCE: Duration = Duration::from_secs(60);
+/// How long a build request waits in its queue for a worker to take it.
+const REQUEST_TTL: Duration = Duration::from_secs(30);
+
+/// The build queue of `queue`.
+pub fn queue_name(prefix: &str, queue: &str) -> String {
+    format!("{prefix}.builds.{queue}")
+}
+
+/// What the ingress asks (the context goes as the message body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// `<prefix>-fn/<name>:v<N>`.
+    pub tag: String,
+    /// The runtime's base image (the Dockerfile's `FROM`).
+    pub base_image: String,
+    /// The ingress's `GRANDA_REGISTRY`, which wins over the worker's.
+    pub registry: Option<String>,
+}
+
+impl Job {
+    fn headers(&self) -> FieldTable {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "tag".into(),
+            AMQPValue::LongString(self.tag.as_str().into()),
+        );
+        headers.insert(
+            "base_image".into(),
+            AMQPValue::LongString(self.base_image.as_str().into()),
+        );
+        if let Some(r) = &self.registry {
+            headers.insert("registry".into(), AMQPValue::LongString(r.as_str().into()));
+        }
+        headers
+    }
+
+    fn from_headers(headers: &FieldTable) -> Option<Job> {
+        let text = |key: &str| match headers.inner().get(key) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        Some(Job {
+            tag: text("tag")?,
+            base_image: text("base_image")?,
+            registry: text("registry"),
+        })
+    }
+}
+
+/// What a building worker says, one message each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Build output, as the engine writes it.
+    Log { text: String },
+    /// Still building.
+    Alive,
+    /// The image is built (and pushed, when `pushed`).
+    Built {
+        image: String,
+        worker: String,
+        pushed: bool,
+    },
+    /// The build failed: the user's source or the base image (422).
+    Failed { message: String },
+    /// The worker's engine or registry did not answer (503).
+    Unavailable { message: String },
+}
+
+/// A build done on a worker.
+#[derive(Debug)]
+pub struct Built {
+    pub image: String,
+    pub worker: String,
+    pub pushed: bool,
+    pub log: String,
+}
+
+/// How a build on a worker ended when it built nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{message}")]
+    Failed { message: String, log: String },
+    #[error("the worker that built: {message}")]
+    Unavailable { message: String, log: String },
+    #[error("builds from source run on a worker of queue {0:?}, and none serves it now")]
+    NoWorker(String),
+    #[error(
+        "the worker building for queue {queue:?} said nothing for {} s (it may have stopped)",
+        SILENCE.as_secs()
+    )]
+    Silent { queue: String, log: String },
+    #[error("RabbitMQ: {0}")]
+    Broker(String),
+}
+
+impl From<AskError> for BuildError {
+    fn from(e: AskError) -> Self {
+        BuildError::Broker(e.to_string())
+    }
+}
+
+impl From<lapin::Error> for BuildError {
+    fn from(e: lapin::Error) -> Self {
+        BuildError::Broker(e.to_string())
+    }
+}
+
+/// The ingress's side: asks a worker of `queue` to build `context` as `job` says, passing log
+/// lines to `lines` as they come.
+pub async fn request(
+    client: &Client,
+    prefix: &str,
+    queue: &str,
+    job: &Job,
+    context: Vec<u8>,
+    lines: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<Built, BuildError> {
+    let channel = client.channel().await?;
+    let done = request_on(&channel, prefix, queue, job, context, lines).await;
+    let _ = channel.close(200, "".into()).await;
+    done
+}
+
+async fn request_on(
+    channel: &Channel,
+    prefix: &str,
+    queue: &str,
+    job: &Job,
+    context: Vec<u8>,
+    lines: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<Built, BuildError> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            ShortString::from(format!("build-{}", Uuid::new_v4().simple())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let correlation = Uuid::new_v4().to_string();
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue_name(prefix, queue).as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &context,
+            BasicProperties::default()
+                .with_reply_to(DIRECT_REPLY_TO.into())
+                .with_correlation_id(correlation.as_str().into())
+                .with_headers(job.headers())
+                .with_expiration(REQUEST_TTL.as_millis().to_string().into()),
+        )
+        .await?
+        .await?;
+    if let Confirmation::Ack(Some(_)) = confirm {
+        return Err(BuildError::NoWorker(queue.to_string()));
+    }
+    let mut log = String::new();
+    loop {
+        let event = match tokio::time::timeout(SILENCE, replies.next()).await {
+            Ok(Some(Ok(reply))) => {
+                let ours = reply
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == correlation);
+                match serde_json::from_slice::<Event>(&reply.data) {
+                    Ok(event) if ours => event,
+                    _ => continue,
+                }
+            }
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => return Err(BuildError::Broker("the reply consumer ended".into())),
+            Err(_) => {
+                return Err(BuildError::Silent {
+                    queue: queue.to_string(),
+                    log,
+                });
+            }
+        };
+        match event {
+            Event::Log { text } => {
+                if let Some(lines) = lines {
+                    let _ = lines.send(text.clone());
+                }
+                log.push_str(&text);
+            }
+            Event::Alive => {}
+            Event::Built {
+                image,
+                worker,
+                pushed,
+            } => {
+                return Ok(Built {
+                    image,
+                    worker,
+                    pushed,
+                    log,
+                });
+            }
+            Event::Failed { message } => return Err(BuildError::Failed { message, log }),
+            Event::Unavailable { message } => {
+                return Err(BuildError::Unavailable { message, log });
+            }
+        }
+    }
+}
+
+/// A worker's means to build: its engine, its images and its own `GRANDA_REGISTRY`.
+#[derive(Clone)]
+pub struct Builder {
+    pub docker: Docker,
+    pub images: Images,
+    pub registry: Option<String>,
+    pub worker: String,
+}
+
+impl Builder {
+    /// Builds `context` as `job` says, sending the log to `lines`; the last event.
+    pub async fn build(
+        &self,
+        job: Job,
+        context: Vec<u8>,
+        lines: mpsc::UnboundedSender<String>,
+    ) -> Event {
+        let _ = lines.send(format!("Building on worker {}\n", self.worker));
+        match self.images.ensure(&job.base_image).await {
+            Ok(_) => {}
+            Err(e @ ImageError::Unavailable { .. }) => {
+                let message = format!("the runtime's base image: {e}. {BASE_IMAGE_HINT}");
+                let _ = lines.send(format!("{message}\n"));
+                return Event::Failed { message };
+            }
+            Err(e @ ImageError::Engine(_)) => {
+                return Event::Unavailable {
+                    message: e.to_string(),
+                };
+            }
+        }
+        let registry = job.registry.as_deref().or(self.registry.as_deref());
+        let built =
+            build::build_and_push(&self.docker, context, &job.tag, registry, Some(&lines)).await;
+        match built {
+            Ok((image, _)) => Event::Built {
+                pushed: image != job.tag,
+                image,
+                worker: self.worker.clone(),
+            },
+            Err(failed) if failed.message.contains("(GRANDA_REGISTRY) failed") => {
+                Event::Unavailable {
+                    message: failed.message,
+                }
+            }
+            Err(failed) => Event::Failed {
+                message: failed.message,
+            },
+        }
+    }
+}
+
+/// The worker's side: declares `queue`'s build queue on `channel` and builds what comes on it with
+/// `builder`, until the channel goes.
+pub async fn serve(
+    channel: Channel,
+    prefix: &str,
+    queue: &str,
+    builder: Builder,
+) -> Result<(), lapin::Error> {
+    let name = queue_name(prefix, queue);
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: false,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            ShortString::from(format!(
+                "{}-builds-{}",
+                builder.worker,
+                Uuid::new_v4().simple()
+            )),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let builder = Arc::new(builder);
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let (Some(reply_to), Some(correlation)) = (
+                delivery.properties.reply_to().clone(),
+                delivery.properties.correlation_id().clone(),
+            ) else {
+                continue;
+            };
+            let Some(job) = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(Job::from_headers)
+            else {
+                continue;
+            };
+            let channel = channel.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let say = |event: Event| {
+                    let channel = channel.clone();
+                    let reply_to = reply_to.clone();
+                    let correlation = correlation.clone();
+                    async move {
+                        let body = serde_json::to_vec(&event).expect("an event serializes");
+                        let _ = channel
+                            .basic_publish(
+                                "".into(),
+                                reply_to.as_str().into(),
+                                BasicPublishOptions::default(),
+                                &body,
+                                BasicProperties::default().with_correlation_id(correlation),
+                            )
+                            .await;
+                    }
+                };
+                tracing::info!(tag = job.tag, "building from source for an ingress");
+                let (lines, mut rx) = mpsc::unbounded_channel();
+                let building = tokio::spawn({
+                    let builder = builder.clone();
+                    async move { builder.build(job, delivery.data, lines).await }
+                });
+                let mut alive = tokio::time::interval(ALIVE_EVERY);
+                loop {
+                    tokio::select! {
+                        biased;
+                        line = rx.recv() => match line {
+                            Some(text) => say(Event::Log { text }).await,
+                            None => break,
+                        },
+                        _ = alive.tick() => say(Event::Alive).await,
+                    }
+                }
+                let last = building.await.unwrap_or_else(|e| Event::Failed {
+                    message: format!("the build stopped: {e}"),
+                });
+                say(last).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_round_trips_through_headers() {
+        for registry in [None, Some("127.0.0.1:5000".to_string())] {
+            let job = Job {
+                tag: "granda-fn/f:v1".into(),
+                base_image: "granda/runtime-shell:latest".into(),
+                registry,
+            };
+            assert_eq!(Job::from_headers(&job.headers()), Some(job));
+        }
+    }
+
+    #[test]
+    fn events_round_trip_as_json() {
+        for e in [
+            Event::Log { text: "a\n".into() },
+            Event::Alive,
+            Event::Built {
+                image: "r/i:v1".into(),
+                worker: "w".into(),
+                pushed: true,
+            },
+            Event::Failed {
+                message: "no".into(),
+            },
+        ] {
+            let text = serde_json::to_vec(&e).unwrap();
+            assert_eq!(serde_json::from_slice::<Event>(&text).unwrap(), e);
+        }
+    }
+}
