@@ -90,7 +90,8 @@ fn describe(app: &AppState) {
 
 async fn consume(app: &AppState, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
     let topology = app.publisher.topology().clone();
-    let connection = crate::broker::connect(&app.settings.amqp_url, "inbound-router")
+    let (connection, _) = crate::broker::Nodes::from_settings(&app.settings)?
+        .connect("inbound-router")
         .await
         .context("connecting to RabbitMQ")?;
     let channel = connection.create_channel().await?;

@@ -107,10 +107,10 @@ impl Application {
             settings.public_url = Some(format!("http://{addr}"));
         }
         let nodes = crate::broker::Nodes::from_settings(&settings)?;
-        let publisher = Publisher::start(nodes, Topology::new(&settings.amqp_prefix))
+        let publisher = Publisher::start(nodes.clone(), Topology::new(&settings.amqp_prefix))
             .await
             .context("connecting to RabbitMQ")?;
-        declare_inbound(&settings.amqp_url, publisher.topology())
+        declare_inbound(&nodes, publisher.topology())
             .await
             .context("declaring the inbound exchange and queues")?;
         let metrics: Arc<Metrics> = Arc::default();
@@ -118,8 +118,7 @@ impl Application {
             settings.unauthenticated_body_budget_bytes,
             metrics.clone(),
         ));
-        let control =
-            crate::worker::control::Client::new(&settings.amqp_url, &settings.amqp_prefix);
+        let control = crate::worker::control::Client::new(nodes.clone(), &settings.amqp_prefix);
         Ok(Application {
             listener,
             state: AppState {
@@ -191,8 +190,8 @@ impl Application {
 }
 
 /// Declares the inbound exchange and queues, so publishers can publish before a router runs.
-async fn declare_inbound(url: &str, topology: &Topology) -> anyhow::Result<()> {
-    let connection = crate::broker::connect(url, "ingress-setup").await?;
+async fn declare_inbound(nodes: &crate::broker::Nodes, topology: &Topology) -> anyhow::Result<()> {
+    let (connection, _) = nodes.connect("ingress-setup").await?;
     let channel = connection.create_channel().await?;
     let declared = topology.declare_inbound(&channel).await;
     let _ = connection.close(200, "OK".into()).await;

@@ -62,15 +62,15 @@ pub enum AskError {
 
 /// The ingress's side: one connection, opened when first needed.
 pub struct Client {
-    url: String,
+    nodes: Arc<crate::broker::Nodes>,
     prefix: String,
     connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl Client {
-    pub fn new(url: &str, prefix: &str) -> Arc<Client> {
+    pub fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str) -> Arc<Client> {
         Arc::new(Client {
-            url: url.to_string(),
+            nodes,
             prefix: prefix.to_string(),
             connection: tokio::sync::Mutex::new(None),
         })
@@ -84,7 +84,7 @@ impl Client {
         {
             return Ok(c.create_channel().await?);
         }
-        let connection = crate::broker::connect(&self.url, "ingress-control").await?;
+        let (connection, _) = self.nodes.connect("ingress-control").await?;
         let channel = connection.create_channel().await;
         *guard = Some(connection);
         Ok(channel?)

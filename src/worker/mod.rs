@@ -126,7 +126,9 @@ struct Shared {
     /// A breaker gives a queue's messages to the others only where there are others: a worker
     /// alone on its queue runs what it can't run, so that the failure is recorded and the retry
     /// policy decides, instead of the queue standing still.
-    shared_queues: Mutex<HashSet<String>>,
+    /// `None` until the first heartbeat has looked: then every queue counts as shared, so a
+    /// worker that starts beside others never runs what it can't run before it knows.
+    shared_queues: Mutex<Option<HashSet<String>>>,
     /// Whether the session is connected to RabbitMQ.
     connected: AtomicBool,
     /// `DOCKER_HOST` and the engine's ID, for the heartbeat.
@@ -776,8 +778,8 @@ async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             Ok(served) => {
                 let served: HashSet<String> = served.into_iter().collect();
                 let mut shared_queues = shared.shared_queues.lock().expect("lock");
-                if *shared_queues != served {
-                    *shared_queues = served;
+                if shared_queues.as_ref() != Some(&served) {
+                    *shared_queues = Some(served);
                     shared.reschedule.notify_one();
                 }
             }
@@ -811,7 +813,11 @@ impl Shared {
 
     /// Whether another live, healthy worker serves `queue` (as of the last heartbeat).
     fn others_serve(&self, queue: &str) -> bool {
-        self.shared_queues.lock().expect("lock").contains(queue)
+        self.shared_queues
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .is_none_or(|served| served.contains(queue))
     }
 
     /// A platform failure (or not) on `queue`, for its breaker; wakes the session when the

@@ -18,7 +18,7 @@ const NODES: [(&str, u16); 3] = [("a", 5681), ("b", 5682), ("c", 5683)];
 const PUBLISH_TIMEOUT_MS: u64 = 2_000;
 
 static CLUSTER: Once = Once::new();
-static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `scripts/rabbit-cluster.sh ARGS`; its stdout, or a panic when it fails.
 fn script(args: &[&str]) -> String {

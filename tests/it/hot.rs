@@ -203,7 +203,9 @@ async fn idle_hot_processes_expire_and_shutdown_removes_the_rest() {
     app.register(
         "brief",
         "granda-test/hot",
-        json!({"mode": "hot", "idle_timeout_ms": 300}),
+        // Long enough to outlive the other function's cold start on a busy host, so both are
+        // seen at once; short enough to expire within the wait below.
+        json!({"mode": "hot", "idle_timeout_ms": 2000}),
     )
     .await;
     app.register(
@@ -216,7 +218,7 @@ async fn idle_hot_processes_expire_and_shutdown_removes_the_rest() {
     assert_eq!(call(&app, "kept", "x").await.0, 200);
     wait_hot_containers(&app, 2, Duration::from_secs(5)).await;
     // `brief` expires; `kept` stays for min_warm.
-    wait_hot_containers(&app, 1, Duration::from_secs(10)).await;
+    wait_hot_containers(&app, 1, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let left = hot_containers(&app).await;
     assert_eq!(left.len(), 1);

@@ -830,7 +830,7 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     app.register("env", "granda-test/env", json!({})).await;
     let hook = create(&app, json!({"function": "env", "scheme": "none"})).await;
     let path = format!("/hooks/{}", hook["id"].as_str().unwrap());
-    let gauge = "granda_unauthenticated_body_bytes_in_flight{}";
+    let gauge = "granda_unauthenticated_body_bytes_in_flight";
 
     // A slow sender: 700 kB announced, 1 kB sent. Its reservation shows in the gauge.
     let slow = partial_post(&app, &path, 700_000, 1024).await;

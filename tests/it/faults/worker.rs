@@ -32,6 +32,8 @@ fn worker_env(
         ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
         ("GRANDA_WORKER_ID", worker_id.to_string()),
         ("GRANDA_SCHEDULER_INTERVAL_MS", "100".to_string()),
+        // Its endpoints on a free port: workers of tests running at once must not share one.
+        ("GRANDA_WORKER_LISTEN", "127.0.0.1:0".to_string()),
     ];
     env.extend(extra.iter().cloned());
     env
