@@ -63,6 +63,21 @@ pub const HEADER_RESERVE: usize = 16 * 1024;
 static FRAME_MAX: std::sync::atomic::AtomicU32 =
     std::sync::atomic::AtomicU32::new(DEFAULT_FRAME_MAX);
 
+/// The arguments of a quorum queue that dead-letters to `exchange`, at least once, past
+/// [`DELIVERY_LIMIT`] deliveries (work queues, sync twins, the inbound router's queue).
+fn dead_lettering_quorum_args(exchange: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-dead-letter-exchange".into(), text(exchange));
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args
+}
+
 /// The broker's negotiated `frame_max`, as this process last learnt it (smallest seen).
 pub fn frame_max() -> u32 {
     FRAME_MAX.load(std::sync::atomic::Ordering::Relaxed)
@@ -212,18 +227,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text("quorum"));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            text(&self.dead_letter_exchange()),
-        );
-        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-        args.insert("x-overflow".into(), text("reject-publish"));
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
+        let args = dead_lettering_quorum_args(&self.dead_letter_exchange());
         channel
             .queue_declare(self.work_queue(queue).into(), durable, args.clone())
             .await?;
@@ -883,18 +887,10 @@ impl Topology {
         channel
             .queue_declare(self.inbound_dead_queue().into(), durable, dead_args)
             .await?;
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text("quorum"));
-        args.insert("x-dead-letter-exchange".into(), text(""));
+        let mut args = dead_lettering_quorum_args("");
         args.insert(
             "x-dead-letter-routing-key".into(),
             text(&self.inbound_dead_queue()),
-        );
-        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-        args.insert("x-overflow".into(), text("reject-publish"));
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
         channel
             .queue_declare(self.inbound_queue().into(), durable, args)

@@ -18,10 +18,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use futures_util::StreamExt;
-use lapin::Confirmation;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -32,8 +29,6 @@ use super::control::{AskError, Client};
 use super::images::Images;
 use crate::build::{self, BASE_IMAGE_HINT};
 use crate::docker::ImageError;
-
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// How often a building worker says it is still at it.
 pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
@@ -171,41 +166,15 @@ async fn request_on(
     context: Vec<u8>,
     lines: Option<&mpsc::UnboundedSender<String>>,
 ) -> Result<Built, BuildError> {
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut replies = channel
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            ShortString::from(format!("build-{}", Uuid::new_v4().simple())),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let correlation = Uuid::new_v4().to_string();
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue_name(prefix, queue).as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &context,
-            BasicProperties::default()
-                .with_reply_to(DIRECT_REPLY_TO.into())
-                .with_correlation_id(correlation.as_str().into())
-                .with_headers(job.headers())
-                .with_expiration(REQUEST_TTL.as_millis().to_string().into()),
-        )
-        .await?
-        .await?;
-    if let Confirmation::Ack(Some(_)) = confirm {
+    let properties = BasicProperties::default()
+        .with_headers(job.headers())
+        .with_expiration(REQUEST_TTL.as_millis().to_string().into());
+    let routing_key = queue_name(prefix, queue);
+    let Some((mut replies, correlation)) =
+        super::control::request(channel, &routing_key, "build", &context, properties).await?
+    else {
         return Err(BuildError::NoWorker(queue.to_string()));
-    }
+    };
     let mut log = String::new();
     loop {
         let event = match tokio::time::timeout(SILENCE, replies.next()).await {

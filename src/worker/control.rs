@@ -24,6 +24,53 @@ use uuid::Uuid;
 
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Sends one request of an RPC over RabbitMQ (registration checks, builds): in confirm mode,
+/// with a direct reply-to consumer tagged `tag-…` and a fresh correlation id added to
+/// `properties`, mandatory so that a queue no worker serves is known at once (`None`). `Some`
+/// holds the consumer the answers come on and the correlation id they carry.
+pub(crate) async fn request(
+    channel: &Channel,
+    routing_key: &str,
+    tag: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<Option<(lapin::Consumer, String)>, lapin::Error> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            ShortString::from(format!("{tag}-{}", Uuid::new_v4().simple())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let correlation = Uuid::new_v4().to_string();
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties
+                .with_reply_to(DIRECT_REPLY_TO.into())
+                .with_correlation_id(correlation.as_str().into()),
+        )
+        .await?
+        .await?;
+    Ok(match confirm {
+        Confirmation::Ack(Some(_)) => None,
+        _ => Some((replies, correlation)),
+    })
+}
+
 /// The control queue of `queue`.
 pub fn queue_name(prefix: &str, queue: &str) -> String {
     format!("{prefix}.control.{queue}")
@@ -110,41 +157,15 @@ impl Client {
         check: &Check,
         wait: Duration,
     ) -> Result<Answer, AskError> {
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let mut replies = channel
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                ShortString::from(format!("control-{}", Uuid::new_v4().simple())),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let correlation = Uuid::new_v4().to_string();
         let body = serde_json::to_vec(check).expect("a check serializes");
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue_name(&self.prefix, queue).as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                BasicProperties::default()
-                    .with_reply_to(DIRECT_REPLY_TO.into())
-                    .with_correlation_id(correlation.as_str().into())
-                    .with_expiration(wait.as_millis().max(1).to_string().into()),
-            )
-            .await?
-            .await?;
-        if let Confirmation::Ack(Some(_)) = confirm {
+        let properties =
+            BasicProperties::default().with_expiration(wait.as_millis().max(1).to_string().into());
+        let routing_key = queue_name(&self.prefix, queue);
+        let Some((mut replies, correlation)) =
+            request(channel, &routing_key, "control", &body, properties).await?
+        else {
             return Err(AskError::NoWorker(queue.to_string()));
-        }
+        };
         let answer = tokio::time::timeout(wait, async {
             while let Some(Ok(reply)) = replies.next().await {
                 let ours = reply
