@@ -183,6 +183,27 @@ echo "ok postgres ${pg_version:-?} (127.0.0.1:$PG_PORT, superuser root)"
 # ---------------------------------------------------------------------------------------------------
 # 4. RabbitMQ
 # ---------------------------------------------------------------------------------------------------
+# True when RabbitMQ answers the AMQP protocol header with its Connection.Start method frame (first
+# byte 1): a node that accepts TCP but is wedged (a full disk earlier, a half-dead Erlang VM) fails it.
+amqp_answers() {
+    timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'AMQP\\x00\\x00\\x09\\x01' >&3 && head -c 1 <&3 | od -An -tu1" 2>/dev/null | grep -qw 1
+}
+# The machine's own node (user rabbitmq), never the test suites' private cluster nodes (root).
+stop_wedged_rabbit() {
+    log "RabbitMQ on 127.0.0.1:$AMQP_PORT accepts connections but does not answer AMQP: restarting it"
+    timeout 20 rabbitmqctl -q stop >/dev/null 2>&1 || true
+    local pids
+    pids=$(pgrep -u rabbitmq -f 'beam.smp' || true)
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        kill -9 $pids 2>/dev/null || true
+    fi
+    wait_for 20 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT) 2>/dev/null" || die "127.0.0.1:$AMQP_PORT stays open after RabbitMQ was stopped"
+}
+if port_open "$AMQP_PORT" && ! amqp_answers "$AMQP_PORT"; then
+    sleep 5
+    amqp_answers "$AMQP_PORT" || stop_wedged_rabbit
+fi
 if ! port_open "$AMQP_PORT"; then
     command -v rabbitmq-server >/dev/null || die "nothing answers on 127.0.0.1:$AMQP_PORT and RabbitMQ is not installed"
     log "starting RabbitMQ"
@@ -192,6 +213,13 @@ if ! port_open "$AMQP_PORT"; then
     wait_for 90 rabbit_ready || { tail -n 20 /var/log/rabbitmq/*.log >&2 2>/dev/null || true; die "RabbitMQ did not answer on 127.0.0.1:$AMQP_PORT within 90 s"; }
     # await_startup can return before the listener is bound.
     wait_for 30 port_open "$AMQP_PORT" || die "RabbitMQ started but 127.0.0.1:$AMQP_PORT is closed"
+fi
+wait_for 30 amqp_answers "$AMQP_PORT" || die "RabbitMQ on 127.0.0.1:$AMQP_PORT does not answer AMQP; see /var/log/rabbitmq/"
+# A resource alarm (free disk under the limit, memory over the watermark) blocks every publisher.
+if command -v rabbitmq-diagnostics >/dev/null && ! timeout 20 rabbitmq-diagnostics -q check_alarms >/dev/null 2>&1; then
+    timeout 20 rabbitmq-diagnostics -q alarms >&2 2>/dev/null || true
+    df -h / >&2
+    die "RabbitMQ has a resource alarm in effect (publishers are blocked): free disk space or memory"
 fi
 rabbit_version=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || true)
 rabbit_version=${rabbit_version%%-*}

@@ -135,6 +135,9 @@ pub enum BrokerError {
     Unroutable(String),
     #[error("the broker did not confirm within {0:?}")]
     Timeout(Duration),
+    /// The node accepted no AMQP handshake in time (down, or up but wedged).
+    #[error("no RabbitMQ node completed the AMQP handshake within {0:?}")]
+    ConnectTimeout(Duration),
     #[error("{0}")]
     Config(String),
 }
@@ -373,7 +376,7 @@ impl Nodes {
                 }
                 Err(_) => {
                     tracing::warn!(node = %node_name(url), "RabbitMQ node did not answer in time");
-                    last = Some(BrokerError::Timeout(CONNECT_TIMEOUT));
+                    last = Some(BrokerError::ConnectTimeout(CONNECT_TIMEOUT));
                 }
             }
         }
