@@ -1,0 +1,235 @@
+//! RabbitMQ: connections, the topology Granda declares, and publishing invocations with confirms.
+//!
+//! Topology, for a prefix `p` (default `granda`):
+//! - `p.work.<queue>`: one durable quorum queue per named queue, fed through the default exchange.
+//! - `p.work.<queue>.sync`: its twin for sync calls (a caller waits on the reply), with the same
+//!   dead-lettering and delivery limit; workers serve it first, so a sync call does not wait
+//!   behind an async backlog. (Queue names hold no `.`, so the two can't collide.)
+//! - `p.dlx`: a topic exchange that takes what a work queue dead-letters, routed to `p.dead`.
+//! - `p.delay.<queue>.<ms>ms`: where a retry waits `ms` (less with jitter, by per-message
+//!   expiration); when it expires it is dead-lettered back into `p.work.<queue>`.
+//!
+//! Every queue is a durable quorum queue with at-least-once dead-lettering.
+//!
+//! Size: a message's properties (the function snapshot with its env, per-invocation env) travel
+//! in one header frame, which must fit the connection's negotiated `frame_max`; RabbitMQ closes
+//! the whole CONNECTION on a frame that does not. So every publish measures its header frame as
+//! serialized and refuses ([`BrokerError::TooLarge`]) one that would not fit with
+//! [`FRAME_MARGIN`] to spare, and registration keeps a function's snapshot within
+//! [`snapshot_budget`]. The ingress also publishes async work, events and declarations on a
+//! side channel, so a channel error there can't take the reply consumer of sync calls with it.
+//!
+//! Layout: [`topology`] names and declares the queues and exchanges, [`nodes`] picks a node of
+//! the cluster and connects, [`publisher`] is the ingress's side (publishing with confirms,
+//! waiting for replies), [`replier`] the worker's side of replies; this file holds what they
+//! share (errors, frame sizes, confirmed publishing on a channel, queue depths).
+
+mod nodes;
+mod publisher;
+mod replier;
+mod topology;
+
+pub use nodes::{DEFAULT_PUBLISH_TIMEOUT, Nodes, connect};
+pub use publisher::Publisher;
+pub use replier::Replier;
+pub use topology::{Topology, delete_topology};
+use topology::{declare_topic_exchange, text};
+
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// How many times a nacked publish is tried again (over about three seconds).
+const NACK_RETRIES: u32 = 6;
+
+/// How many times a quorum queue redelivers one message (a worker crashing on it) before dead-lettering it.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// RabbitMQ's default `frame_max` (3.10): what a process assumes until it has connected.
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// Bytes a header frame keeps free below `frame_max` at publish.
+pub const FRAME_MARGIN: usize = 1024;
+/// Bytes of a header frame kept, at registration, for all but the function's snapshot: frame
+/// and property overhead, the other headers, and per-invocation env (a few values of at most
+/// [`crate::message::MAX_INVOCATION_VALUE`] bytes, at most doubled by JSON escaping).
+pub const HEADER_RESERVE: usize = 16 * 1024;
+
+/// The smallest `frame_max` a connection of this process negotiated (the default before any).
+static FRAME_MAX: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_FRAME_MAX);
+
+/// The arguments of a quorum queue that dead-letters to `exchange`, at least once, past
+/// [`DELIVERY_LIMIT`] deliveries (work queues, sync twins, the inbound router's queue).
+fn dead_lettering_quorum_args(exchange: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-dead-letter-exchange".into(), text(exchange));
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args
+}
+
+/// The broker's negotiated `frame_max`, as this process last learnt it (smallest seen).
+pub fn frame_max() -> u32 {
+    FRAME_MAX.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn note_frame_max(connection: &Connection) {
+    let negotiated = connection.configuration().frame_max();
+    if negotiated > 0 {
+        FRAME_MAX.fetch_min(negotiated, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Most bytes a function snapshot (JSON, with its env and secrets) may take so that any message
+/// of the function fits the broker's frame.
+pub fn snapshot_budget() -> usize {
+    (frame_max() as usize).saturating_sub(HEADER_RESERVE)
+}
+
+/// The size of the header frame that carries `properties`, as lapin writes it: frame header
+/// (7), class and weight (4), body size (8), the properties, frame end (1).
+pub fn header_frame_size(properties: &lapin::BasicProperties) -> usize {
+    let written = cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::new(),
+    );
+    // Serializing into a Vec can't fail; if it ever did, call it too large.
+    written.map_or(usize::MAX, |v| 7 + 4 + 8 + v.len() + 1)
+}
+
+/// Refuses `properties` whose header frame would not fit `frame_max` with [`FRAME_MARGIN`] to spare.
+pub fn check_header_size(
+    properties: &lapin::BasicProperties,
+    frame_max: u32,
+) -> Result<(), BrokerError> {
+    let size = header_frame_size(properties);
+    let limit = (frame_max as usize).saturating_sub(FRAME_MARGIN);
+    if size > limit {
+        return Err(BrokerError::TooLarge { size, limit });
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+    /// Refused before sending: the broker would close the connection on it.
+    #[error(
+        "the message's headers take {size} bytes serialized; the broker's frame leaves {limit}"
+    )]
+    TooLarge { size: usize, limit: usize },
+    #[error("the broker refused the message")]
+    Nacked,
+    #[error("no queue took the message (routing key {0})")]
+    Unroutable(String),
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    /// The node accepted no AMQP handshake in time (down, or up but wedged).
+    #[error("no RabbitMQ node completed the AMQP handshake within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Publishes on a channel in confirm mode and waits up to `within` for the broker's confirm.
+/// `mandatory`: a message no queue takes is an error, not a silent drop.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    within: Duration,
+) -> Result<(), BrokerError> {
+    tokio::time::timeout(
+        within,
+        publish_confirmed_unbounded(channel, routing_key, body, properties),
+    )
+    .await
+    .map_err(|_| BrokerError::Timeout(within))?
+}
+
+async fn publish_confirmed_unbounded(
+    channel: &Channel,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> Result<(), BrokerError> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key.to_string())),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked),
+    }
+}
+
+/// The number of ready messages in `queue`, by a passive declare on a throwaway channel
+/// (a passive declare of a missing queue closes its channel).
+pub async fn queue_depth(connection: &Connection, queue: &str) -> Result<u32, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let depth = passive_depth(&channel, queue).await;
+    let _ = channel.close(200, "".into()).await;
+    depth
+}
+
+/// The number of ready messages in `queue`, by a passive declare on `channel`, which must be a
+/// side channel: a passive declare of a missing queue closes it.
+pub async fn passive_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn header_frames_are_measured_as_serialized() {
+        // Frame header, class, weight, body size, property flags, frame end.
+        assert_eq!(header_frame_size(&lapin::BasicProperties::default()), 22);
+        let mut headers = FieldTable::default();
+        // `"` doubles in JSON, but an AMQP long string is sent as is: 1 + 1 + 1 + 4 + 1000.
+        headers.insert("k".into(), text(&"\"".repeat(1000)));
+        let props = lapin::BasicProperties::default().with_headers(headers);
+        assert_eq!(header_frame_size(&props), 22 + 4 + 1 + 1 + 1 + 4 + 1000);
+        assert!(check_header_size(&props, 131_072).is_ok());
+        // 1033 bytes: over 2000 - 1024 of margin, under 3000 - 1024.
+        assert!(matches!(
+            check_header_size(&props, 2000),
+            Err(BrokerError::TooLarge { .. })
+        ));
+        assert!(check_header_size(&props, 3000).is_ok());
+    }
+}
