@@ -314,6 +314,12 @@ async fn exit_codes_mean_something() {
     // Not found: 3.
     expect(&granda(&app, &["invoke", "nope"], b"").await, 3);
     expect(&granda(&app, &["fn", "rm", "nope"], b"").await, 3);
+    // A webhook or schedule for a function that doesn't exist: not found too.
+    expect(&granda(&app, &["hooks", "create", "nope"], b"").await, 3);
+    expect(
+        &granda(&app, &["schedules", "create", "nope", "* * * * *"], b"").await,
+        3,
+    );
     let id = uuid::Uuid::now_v7().to_string();
     let out = granda(&app, &["inv", "get", &id], b"").await;
     expect(&out, 3);
