@@ -14,7 +14,7 @@ mod redeploy;
 
 /// Builds the runtime base images once per test binary (on a new machine setup has done it;
 /// without it, debootstrap takes minutes; nothing when the images are there).
-fn ensure_runtime_images() {
+pub(crate) fn ensure_runtime_images() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let built = std::process::Command::new("bash")
@@ -28,7 +28,7 @@ fn ensure_runtime_images() {
 
 /// A Granda with the default runtime bases, which setup builds locally (no registry): build from
 /// source works with the default settings.
-pub(crate) async fn spawn() -> TestApp {
+async fn spawn() -> TestApp {
     tokio::task::spawn_blocking(ensure_runtime_images)
         .await
         .unwrap();
@@ -62,7 +62,7 @@ fn image(app: &TestApp, name: &str, version: i32) -> String {
 }
 
 /// Removes the images `app` built, then shuts it down.
-pub(crate) async fn finish(app: TestApp) {
+async fn finish(app: TestApp) {
     let reference = format!("{}-fn/*", app.settings.amqp_prefix);
     let filters = std::collections::HashMap::from([("reference", vec![reference.as_str()])]);
     let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
