@@ -1,7 +1,8 @@
 //! Every command of README.md is run, as a new user would run it: the `sh` blocks, in order, in one
 //! `bash` session, against a fresh installation (`granda up` as its own process, on a free port,
-//! with a new database and no admin key), with the built `granda` binary on `PATH`, in an empty
-//! directory, and no `GRANDA_*` variable but `GRANDA_URL` (the README sets `GRANDA_KEY`).
+//! with a new database and no admin key), in a directory laid out like the clone `make run` built
+//! in (`target/release/granda` is the binary under test; the README puts it on `PATH`), with no
+//! `GRANDA_*` variable but `GRANDA_URL` (the README sets `GRANDA_KEY`).
 //!
 //! Two placeholders stand for what differs from the machine `make run` prepared: `gk_...` is the
 //! admin key this `granda up` printed at its first start (checked against the README's picture of
@@ -286,14 +287,17 @@ async fn every_command_in_the_readme_runs_on_a_fresh_installation() {
         ));
     }
     let dir = std::env::temp_dir().join(format!("granda-readme-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_granda"))
-        .parent()
-        .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+    // The clone `make run` built in: `target/release/granda` (here the binary under test), which the
+    // README puts on PATH itself.
+    let release = dir.join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_granda"), release.join("granda")).unwrap();
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert!(
+        !path
+            .split(':')
+            .any(|d| std::path::Path::new(d).join("granda").exists()),
+        "no granda on the test's own PATH"
     );
     let mut command = tokio::process::Command::new("bash");
     for (name, _) in std::env::vars() {
