@@ -113,11 +113,12 @@ async fn the_same_source_again_builds_nothing_and_a_change_does() {
     );
     assert!(said.starts_with("unchanged: idem version 3"), "{said}");
 
-    // A manifest from source, deployed twice: created, then unchanged.
+    // A manifest from source (with a secret), deployed twice: created, then unchanged.
     let manifest = src.join("granda.yaml");
     std::fs::write(
         &manifest,
-        "functions:\n  idem2:\n    runtime: shell\n    source: handler.sh\n    memory_mb: 96\n",
+        "functions:\n  idem2:\n    runtime: shell\n    source: handler.sh\n    memory_mb: 96\n    \
+         secrets: {TOKEN: abc}\n",
     )
     .unwrap();
     let file = ["deploy", "-f", path(&manifest)];
@@ -127,7 +128,8 @@ async fn the_same_source_again_builds_nothing_and_a_change_does() {
     assert!(said.contains("unchanged idem2 version 1"), "{said}");
     std::fs::write(
         &manifest,
-        "functions:\n  idem2:\n    runtime: shell\n    source: handler.sh\n    memory_mb: 64\n",
+        "functions:\n  idem2:\n    runtime: shell\n    source: handler.sh\n    memory_mb: 64\n    \
+         secrets: {TOKEN: abc}\n",
     )
     .unwrap();
     let said = expect(&granda(&app, &file, b"").await, 0);
