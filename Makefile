@@ -17,6 +17,7 @@ build:
 	$(CARGO) build --release --bins
 
 run: setup
+	@echo "make run: building Granda in release mode (about 6 minutes on 2 cores the first time; cargo shows its progress), then starting granda up on 127.0.0.1:8080"
 	$(CARGO) run --release --bin granda -- up
 
 test: setup

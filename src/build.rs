@@ -72,6 +72,18 @@ impl Runtime {
     }
 }
 
+/// What a build is made from, as stored with it: the SHA-256 (hex) of the runtime's name and the
+/// build context (the Dockerfile naming the base image, and the source's files with fixed times),
+/// so a redeploy of the same source on the same base can be told from a change.
+pub fn digest(runtime: Runtime, context: &[u8]) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(runtime.name.as_bytes());
+    hash.update([0]);
+    hash.update(context);
+    hex::encode(hash.finalize())
+}
+
 /// Why a source can't be built: the client's fault (422).
 #[derive(Debug, thiserror::Error)]
 #[error("source: {0}")]
@@ -401,6 +413,8 @@ pub struct BuildRecord {
     pub status: String,
     #[serde(skip)]
     pub log: String,
+    /// [`digest`] of what it was built from (none for builds before it was recorded).
+    pub source_digest: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -416,18 +430,20 @@ pub mod store {
         prefix: &str,
         function: &str,
         runtime: &str,
+        source_digest: &str,
     ) -> Result<Option<BuildRecord>, sqlx::Error> {
         let row = sqlx::query_as::<_, BuildRecord>(
-            "INSERT INTO builds (id, function, version, runtime, image, status)
-             SELECT $1, $2, v, $3, $4 || '-fn/' || $2 || ':v' || v, 'building'
+            "INSERT INTO builds (id, function, version, runtime, image, status, source_digest)
+             SELECT $1, $2, v, $3, $4 || '-fn/' || $2 || ':v' || v, 'building', $5
              FROM (SELECT coalesce(max(version), 0) + 1 AS v FROM builds WHERE function = $2) next
              ON CONFLICT (function, version) DO NOTHING
-             RETURNING id, function, version, runtime, image, status, log, created_at, finished_at",
+             RETURNING id, function, version, runtime, image, status, log, source_digest, created_at, finished_at",
         )
         .bind(Uuid::now_v7())
         .bind(function)
         .bind(runtime)
         .bind(prefix)
+        .bind(source_digest)
         .fetch_optional(pool)
         .await?;
         Ok(row)
@@ -461,7 +477,7 @@ pub mod store {
         since: DateTime<Utc>,
     ) -> Result<Vec<BuildRecord>, sqlx::Error> {
         sqlx::query_as::<_, BuildRecord>(
-            "SELECT id, function, version, runtime, image, status, log, created_at, finished_at
+            "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
              FROM builds WHERE function = $1 AND created_at >= $2 ORDER BY version DESC",
         )
         .bind(function)
@@ -470,10 +486,30 @@ pub mod store {
         .await
     }
 
+    /// The build version `version` of `function` came from, if it succeeded since `since` (the
+    /// function's registration).
+    pub async fn succeeded(
+        pool: &PgPool,
+        function: &str,
+        version: i32,
+        since: DateTime<Utc>,
+    ) -> Result<Option<BuildRecord>, sqlx::Error> {
+        sqlx::query_as::<_, BuildRecord>(
+            "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
+             FROM builds WHERE function = $1 AND version = $2 AND created_at >= $3
+               AND status = 'succeeded'",
+        )
+        .bind(function)
+        .bind(version)
+        .bind(since)
+        .fetch_optional(pool)
+        .await
+    }
+
     /// One build by id.
     pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<BuildRecord>, sqlx::Error> {
         sqlx::query_as::<_, BuildRecord>(
-            "SELECT id, function, version, runtime, image, status, log, created_at, finished_at
+            "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
              FROM builds WHERE id = $1",
         )
         .bind(id)

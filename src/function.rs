@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use sqlx::types::Json;
@@ -526,7 +526,7 @@ impl NewFunction {
                 "must match ^[a-z][a-z0-9-]{0,62}$ (lowercase letters, digits, '-')",
             ));
         }
-        let now = Utc::now();
+        let now = now_as_stored();
         let f = Function {
             name: self.name,
             image: self.image.unwrap_or_default(),
@@ -654,12 +654,18 @@ impl FunctionUpdate {
             tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
             public: self.public.unwrap_or(current.public),
             secrets,
-            updated_at: Utc::now(),
+            updated_at: now_as_stored(),
             ..current
         };
         check(&f, settings)?;
         Ok(f)
     }
+}
+
+/// Now, to the microsecond Postgres keeps: a function's times read the same in the answer that
+/// wrote them as in every later read.
+fn now_as_stored() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }
 
 fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {

@@ -14,7 +14,8 @@ use super::{CliError, Client, cell, list_cell, segment, table, time_cell};
 #[derive(Subcommand, Debug, Clone)]
 pub enum FnCommand {
     /// Deploy a function from source (`--runtime` and a file or directory) or an image; a name
-    /// that exists gets a new version.
+    /// that exists gets a new version when its source changed (the same source again builds
+    /// nothing and says `unchanged`).
     Deploy(DeployArgs),
     /// List the functions.
     Ls,
@@ -101,6 +102,9 @@ pub struct FunctionFlags {
     /// The user the function runs as, UID[:GID] (never root).
     #[arg(long)]
     pub user: Option<String>,
+    /// The OCI runtime the engine runs the container with, e.g. runsc (gVisor); empty clears it.
+    #[arg(long, value_name = "RUNTIME")]
+    pub container_runtime: Option<String>,
     /// The most processes in the container.
     #[arg(long)]
     pub pids: Option<i64>,
@@ -213,6 +217,7 @@ impl FunctionFlags {
             ("callback_url", self.callback_url),
             ("network", self.network),
             ("user", self.user),
+            ("container_runtime", self.container_runtime),
         ] {
             if let Some(v) = v {
                 m.insert(k.into(), v.into());
@@ -506,35 +511,81 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), CliError> {
     if let Some(image) = &args.image {
         body.insert("image".into(), image.clone().into());
     }
-    let mut answer = submit(client, Method::POST, "/v1/functions", &body, from_source).await;
-    if let Err(CliError::Conflict(_)) = &answer
-        && exists(client, &args.name).await
-    {
-        // A redeploy: the same body as an update (the name may stay in it).
-        let path = format!("/v1/functions/{}", segment(&args.name));
-        answer = submit(client, Method::PUT, &path, &body, from_source).await;
-    }
-    let f = answer?;
+    let (outcome, f) = create_or_update(client, &args.name, &body, from_source).await?;
     if client.json {
         client.print_json(&f);
     } else {
+        let verb = match outcome {
+            Outcome::Created | Outcome::Built => "deployed",
+            Outcome::Updated => "updated the settings of",
+            Outcome::Unchanged => "unchanged:",
+        };
         match f["version"].as_i64() {
             Some(v) => println!(
-                "deployed {} version {v} ({})",
+                "{verb} {} version {v} ({})",
                 cell(&f["name"]),
                 cell(&f["image"])
             ),
-            None => println!("deployed {} ({})", cell(&f["name"]), cell(&f["image"])),
+            None => println!("{verb} {} ({})", cell(&f["name"]), cell(&f["image"])),
         }
     }
     Ok(())
 }
 
-pub(super) async fn exists(client: &Client, name: &str) -> bool {
-    client
-        .get(&format!("/v1/functions/{}", segment(name)))
-        .await
-        .is_ok()
+/// What a deploy did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Registered a new function.
+    Created,
+    /// Built and switched to a new version.
+    Built,
+    /// Changed settings only (from source: the source was that of the current version).
+    Updated,
+    /// Nothing: the same source and settings were deployed already.
+    Unchanged,
+}
+
+impl Outcome {
+    pub(super) fn word(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Built | Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Registers `name` with `body`, or, when it exists, sends `body` as an update. The server builds
+/// nothing when the source is the current version's and writes nothing when no setting changed;
+/// the version and `updated_at` before and after tell which happened.
+pub(super) async fn create_or_update(
+    client: &Client,
+    name: &str,
+    body: &Map<String, Value>,
+    from_source: bool,
+) -> Result<(Outcome, Value), CliError> {
+    let err = match submit(client, Method::POST, "/v1/functions", body, from_source).await {
+        Ok(f) => return Ok((Outcome::Created, f)),
+        Err(e) => e,
+    };
+    let path = format!("/v1/functions/{}", segment(name));
+    let current = match err {
+        CliError::Conflict(_) => match client.get(&path).await {
+            Ok(current) => current,
+            Err(_) => return Err(err),
+        },
+        _ => return Err(err),
+    };
+    // A redeploy: the same body as an update (the name may stay in it).
+    let f = submit(client, Method::PUT, &path, body, from_source).await?;
+    let outcome = if f["version"] != current["version"] {
+        Outcome::Built
+    } else if f["updated_at"] != current["updated_at"] {
+        Outcome::Updated
+    } else {
+        Outcome::Unchanged
+    };
+    Ok((outcome, f))
 }
 
 /// Sends a deploy. From source, the answer is streamed (NDJSON): the build log goes to stderr when

@@ -49,13 +49,16 @@ pub async fn run(client: &Client, command: HooksCommand) -> Result<(), CliError>
             secret,
         } => {
             let mut body = Map::new();
-            body.insert("function".into(), function.into());
+            body.insert("function".into(), function.clone().into());
             body.insert("scheme".into(), scheme.into());
             if let Some(s) = secret {
                 body.insert("secret".into(), s.into());
             }
             let request = client.request(Method::POST, "/v1/webhooks").json(&body);
-            client.call(request).await?
+            match client.call(request).await {
+                Ok(answer) => answer,
+                Err(e) => return Err(super::unless_missing(client, &function, e).await),
+            }
         }
         HooksCommand::Ls => {
             let list = client.get("/v1/webhooks").await?;

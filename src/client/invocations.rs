@@ -32,6 +32,9 @@ pub enum InvCommand {
         /// until Ctrl-C.
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Print only the ids, one a line (for scripts: `id=$(granda inv ls f --limit 1 -q)`).
+        #[arg(long, short = 'q', conflicts_with = "follow")]
+        quiet: bool,
     },
     /// One invocation's record.
     Get { id: String },
@@ -125,6 +128,7 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
             limit,
             before,
             follow,
+            quiet,
         } => {
             let query = filters(
                 function.as_deref(),
@@ -168,6 +172,12 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
             }
             if client.json {
                 client.print_json(&page);
+                return Ok(());
+            }
+            if quiet {
+                for i in &list {
+                    println!("{}", cell(&i["id"]));
+                }
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = list

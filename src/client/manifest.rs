@@ -18,20 +18,20 @@
 //!
 //! Every field but `source` goes to the API as it is, so the API checks it (an unknown field
 //! names the closest one). A function that exists is updated: the fields the manifest gives are
-//! set (its `env` is the whole env), the others stay as they are. From an image, a function whose
-//! fields already match is left alone (`unchanged`); from source, the API can't tell whether the
-//! source changed, so each deploy builds and records a new version (Docker's layer cache makes an
-//! unchanged rebuild quick).
+//! set (its `env` is the whole env), the others stay as they are. Deploying is idempotent: the
+//! server builds no new version when the source and base image are those of the current version
+//! (it keeps a digest of each build's context), and writes nothing when no setting changed; such a
+//! function is reported `unchanged`. A changed source builds a new version; a changed setting
+//! alone is applied without a build (`updated`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::functions::{exists, source, submit};
-use super::{CliError, Client, cell, segment};
+use super::functions::{create_or_update, source};
+use super::{CliError, Client, cell};
 
 /// A manifest: functions by name, each the body of a registration plus `source`.
 #[derive(Debug, serde::Deserialize)]
@@ -160,16 +160,6 @@ pub fn read(file: &Path) -> Result<Manifest, CliError> {
     Ok(manifest)
 }
 
-/// Whether every field of `wanted` already has that value in `current`.
-fn unchanged(wanted: &Map<String, Value>, current: &Value) -> bool {
-    wanted.iter().all(|(k, v)| match k.as_str() {
-        // Write-only: never known to match.
-        "secrets" => false,
-        "cpus" => current[k].as_f64() == v.as_f64(),
-        _ => &current[k] == v,
-    })
-}
-
 /// `granda deploy -f FILE`: each function of the manifest in turn; stops at the first failure.
 pub async fn deploy(client: &Client, args: DeployFileArgs) -> Result<(), CliError> {
     let manifest = read(&args.file)?;
@@ -207,23 +197,10 @@ pub async fn deploy(client: &Client, args: DeployFileArgs) -> Result<(), CliErro
             None => false,
         };
         body.insert("name".into(), name.clone().into());
-        let path = format!("/v1/functions/{}", segment(&name));
-        let (outcome, f) =
-            match submit(client, Method::POST, "/v1/functions", &body, from_source).await {
-                Ok(f) => ("created", f),
-                Err(CliError::Conflict(_)) if exists(client, &name).await => {
-                    let current = client.get(&path).await?;
-                    if !from_source && unchanged(&body, &current) {
-                        ("unchanged", current)
-                    } else {
-                        let f = submit(client, Method::PUT, &path, &body, from_source).await?;
-                        ("updated", f)
-                    }
-                }
-                Err(e) => {
-                    return Err(prefix(&name, e));
-                }
-            };
+        let (outcome, f) = create_or_update(client, &name, &body, from_source)
+            .await
+            .map_err(|e| prefix(&name, e))?;
+        let outcome = outcome.word();
         if !client.json {
             match f["version"].as_i64() {
                 Some(v) => println!("{outcome} {name} version {v} ({})", cell(&f["image"])),

@@ -89,6 +89,19 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// `error`, or "not found" (exit 3) when what failed names a `function` that doesn't exist (a
+/// webhook or schedule for a missing function is refused with 422 by the API).
+pub(crate) async fn unless_missing(client: &Client, function: &str, error: CliError) -> CliError {
+    if let CliError::Other(_) = error
+        && let Err(missing @ CliError::NotFound(_)) = client
+            .get(&format!("/v1/functions/{}", segment(function)))
+            .await
+    {
+        return missing;
+    }
+    error
+}
+
 /// An HTTP client for one Granda server.
 pub struct Client {
     http: reqwest::Client,

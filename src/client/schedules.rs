@@ -57,7 +57,7 @@ pub async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliEr
             catch_up,
             paused,
         } => {
-            let mut body = json!({"function": function, "cron": cron, "enabled": !paused});
+            let mut body = json!({"function": &function, "cron": cron, "enabled": !paused});
             for (k, v) in [
                 ("timezone", timezone),
                 ("payload", data),
@@ -68,9 +68,13 @@ pub async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliEr
                     body[k] = v.into();
                 }
             }
-            let s = client
+            let s = match client
                 .call(client.request(Method::POST, "/v1/schedules").json(&body))
-                .await?;
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => return Err(super::unless_missing(client, &function, e).await),
+            };
             show(client, &s);
         }
         SchedulesCommand::Ls { function } => {

@@ -26,7 +26,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::BadRequest(format!("{version:?} is not a version (1, 2, …)")))?;
     let function = load(&app, &name).await?;
     let build = sqlx::query_as::<_, BuildRecord>(
-        "SELECT id, function, version, runtime, image, status, log, created_at, finished_at
+        "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
          FROM builds WHERE function = $1 AND version = $2 AND created_at >= $3",
     )
     .bind(&name)

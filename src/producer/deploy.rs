@@ -51,6 +51,8 @@ pub struct Deploy {
     /// The runtime's base image (the Dockerfile's `FROM`).
     pub base_image: String,
     pub context: Vec<u8>,
+    /// [`build::digest`] of the runtime and context.
+    pub digest: String,
     pub target: Target,
 }
 
@@ -71,9 +73,51 @@ pub fn prepare(
     Ok(Deploy {
         runtime,
         base_image,
+        digest: build::digest(runtime, &context),
         context,
         target,
     })
+}
+
+/// Whether `current` already runs what `deploy` would build: the build of its version succeeded
+/// from the same runtime, base image and source, and its image is still that build's. Then a
+/// redeploy builds nothing (its other settings are applied as by an update).
+pub async fn already_built(
+    app: &AppState,
+    current: &Function,
+    deploy: &Deploy,
+) -> Result<bool, ApiError> {
+    let Some(version) = current.version else {
+        return Ok(false);
+    };
+    let Some(build) =
+        build::store::succeeded(&app.pool, &current.name, version, current.created_at).await?
+    else {
+        return Ok(false);
+    };
+    Ok(
+        build.source_digest.as_deref() == Some(deploy.digest.as_str())
+            && build.runtime == deploy.runtime.name
+            && build.image == current.image,
+    )
+}
+
+/// Answers a deploy from source that built nothing, as the request asked: the function as JSON,
+/// or (NDJSON) `note` as a log line, then the verdict line.
+pub fn respond_unbuilt(headers: &HeaderMap, view: Value, note: String) -> Response {
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    if !streamed {
+        return (StatusCode::OK, Json(view)).into_response();
+    }
+    let body = line(&json!({"log": note})) + &line(&json!({"status": 200, "function": view}));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, NDJSON)
+        .body(Body::from(body))
+        .expect("a valid response")
 }
 
 /// A deploy that did not register anything.
@@ -250,6 +294,7 @@ async fn run(
         &app.settings.amqp_prefix,
         &name,
         deploy.runtime.name,
+        &deploy.digest,
     )
     .await?
     .ok_or_else(|| {

@@ -279,7 +279,7 @@ pub async fn update(
     }
     let runtime = runtime.or_else(|| current.runtime.clone());
     let mut f = changes
-        .apply(current, &app.settings)
+        .apply(current.clone(), &app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     if let Some(source) = source {
         let runtime = runtime.ok_or_else(|| {
@@ -287,6 +287,19 @@ pub async fn update(
         })?;
         check_runtime(&app, &f.queue, f.container_runtime.as_deref()).await?;
         let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Update(f))?;
+        if deploy::already_built(&app, &current, &deploy).await? {
+            let deploy::Target::Update(f) = deploy.target else {
+                unreachable!("an update's deploy targets an update")
+            };
+            let f = save_changed(&app, f, &current).await?;
+            let note = format!(
+                "The source and base image are those of version {}: nothing to build\n",
+                f.version.unwrap_or_default()
+            );
+            let view = serde_json::to_value(view_with_versions(&app, &f).await?)
+                .expect("a function serializes");
+            return Ok(deploy::respond_unbuilt(&headers, view, note));
+        }
         return Ok(deploy::respond(app, &headers, deploy).await);
     }
     if f.image != old_image {
@@ -294,8 +307,24 @@ pub async fn update(
         f.runtime = None;
         f.version = None;
     }
-    save(&app, &f, &old_image).await?;
+    let f = save_changed(&app, f, &current).await?;
     Ok(Json(view_with_versions(&app, &f).await?).into_response())
+}
+
+/// Saves `f` unless it is `current` as it was: then nothing is written and its `updated_at`
+/// stays, so a repeated `PUT` (a redeploy of the same settings) changes nothing.
+async fn save_changed(
+    app: &AppState,
+    f: Function,
+    current: &Function,
+) -> Result<Function, ApiError> {
+    let mut same = f.clone();
+    same.updated_at = current.updated_at;
+    if same == *current {
+        return Ok(same);
+    }
+    save(app, &f, &current.image).await?;
+    Ok(f)
 }
 
 pub async fn delete(

@@ -10,9 +10,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::{TestApp, spawn_app_with};
 
+mod redeploy;
+
 /// Builds the runtime base images once per test binary (on a new machine setup has done it;
 /// without it, debootstrap takes minutes; nothing when the images are there).
-fn ensure_runtime_images() {
+pub(crate) fn ensure_runtime_images() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let built = std::process::Command::new("bash")
@@ -312,6 +314,12 @@ async fn exit_codes_mean_something() {
     // Not found: 3.
     expect(&granda(&app, &["invoke", "nope"], b"").await, 3);
     expect(&granda(&app, &["fn", "rm", "nope"], b"").await, 3);
+    // A webhook or schedule for a function that doesn't exist: not found too.
+    expect(&granda(&app, &["hooks", "create", "nope"], b"").await, 3);
+    expect(
+        &granda(&app, &["schedules", "create", "nope", "* * * * *"], b"").await,
+        3,
+    );
     let id = uuid::Uuid::now_v7().to_string();
     let out = granda(&app, &["inv", "get", &id], b"").await;
     expect(&out, 3);

@@ -20,6 +20,7 @@ mod invoke;
 mod isolation;
 mod metrics;
 mod openapi;
+mod readme;
 mod scheduler;
 mod schedules;
 mod support;
