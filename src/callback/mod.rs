@@ -31,8 +31,22 @@
 //! **Bounded.** A worker holds at most `GRANDA_CALLBACK_MAX_INFLIGHT` callbacks and
 //! `GRANDA_CALLBACK_MAX_INFLIGHT_BYTES` of their outputs at once (a single larger output goes
 //! alone). Past that a callback stays `pending` in Postgres and is claimed when a slot frees up.
+//!
+//! Layout: [`target`] decides which URLs a callback may reach (where a URL enters and at connect
+//! time), [`key`] holds the signing keys and the signature, [`store`] the delivery state on the
+//! invocation; this file delivers.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+mod key;
+mod store;
+mod target;
+
+pub use key::{function_key, new_key, rotate_key, signature};
+use store::{CLAIM_NEXT, CLAIM_ONE, Due};
+pub use store::{attach, state};
+pub use target::{AllowNets, check_target, check_url, parse_net, refusal};
+use target::{GuardedResolver, Refused};
+
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,10 +54,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
 use ipnet::IpNet;
-use serde_json::{Value, json};
-use sha2::Sha256;
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -54,365 +66,6 @@ use crate::config::Settings;
 pub const MAX_URL_LEN: usize = 2048;
 /// The prefix of a callback key, as in Standard Webhooks.
 pub const KEY_PREFIX: &str = "whsec_";
-/// How long resolving a callback's host may take where the URL enters.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although [`refusal`] would refuse them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AllowNets(pub Vec<IpNet>);
-
-impl AllowNets {
-    /// Comma-separated entries for [`parse_net`]; empty means none.
-    pub fn parse(s: &str) -> Result<AllowNets, String> {
-        s.split(',')
-            .filter(|part| !part.trim().is_empty())
-            .map(parse_net)
-            .collect::<Result<Vec<_>, _>>()
-            .map(AllowNets)
-    }
-}
-
-impl std::ops::Deref for AllowNets {
-    type Target = [IpNet];
-    fn deref(&self) -> &[IpNet] {
-        &self.0
-    }
-}
-
-/// One entry of `GRANDA_CALLBACK_ALLOW_NETS`: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
-}
-
-/// Why an address may not be a callback target, or `None` when it may. Ranges in `allow` are
-/// always fine. IPv4-mapped and IPv4-compatible IPv6 addresses (and NAT64 / 6to4 ones) are
-/// judged by the IPv4 address they carry.
-pub fn refusal(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
-    let ip = canonical(ip);
-    if allow.iter().any(|net| net.contains(&ip)) {
-        return None;
-    }
-    match ip {
-        IpAddr::V4(v4) => refusal_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = embedded_v4(v6) {
-                return refusal_v4(v4);
-            }
-            refusal_v6(v6)
-        }
-    }
-}
-
-/// `::ffff:a.b.c.d` and `::a.b.c.d` as `a.b.c.d`; anything else as it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let s = v6.segments();
-            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
-                let [.., a, b, c, d] = v6.octets();
-                return IpAddr::V4(Ipv4Addr::new(a, b, c, d));
-            }
-            IpAddr::V6(v6)
-        }
-        v4 => v4,
-    }
-}
-
-/// The IPv4 address a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address leads to.
-fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = v6.segments();
-    let o = v6.octets();
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
-    }
-    if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
-    }
-    None
-}
-
-fn refusal_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = ip.octets();
-    Some(match (a, b, c) {
-        (0, ..) => "unspecified address",
-        (127, ..) => "loopback address",
-        (10, ..) | (192, 168, _) => "private address",
-        (172, b, _) if (16..32).contains(&b) => "private address",
-        (169, 254, _) => "link-local address",
-        (100, b, _) if (64..128).contains(&b) => "shared (CGNAT) address",
-        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation address",
-        (198, 18 | 19, _) => "benchmark address",
-        (192, 0, 0) | (192, 88, 99) => "reserved address",
-        (224..=239, ..) => "multicast address",
-        (240..=255, ..) => "reserved address",
-        _ => return None,
-    })
-}
-
-fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    Some(if ip.is_unspecified() {
-        "unspecified address"
-    } else if ip.is_loopback() {
-        "loopback address"
-    } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
-        "private address"
-    } else if s[0] & 0xffc0 == 0xfe80 {
-        "link-local address"
-    } else if s[0] & 0xff00 == 0xff00 {
-        "multicast address"
-    } else if s[0] == 0x2001 && s[1] == 0x0db8 || s[0] == 0x3fff && s[1] & 0xf000 == 0 {
-        "documentation address"
-    } else if s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0 {
-        "benchmark address"
-    } else if s[0] == 0x0100 && s[1..4] == [0, 0, 0] || s[..6] == [0x64, 0xff9b, 1, 0, 0, 0] {
-        "reserved address"
-    } else {
-        return None;
-    })
-}
-
-/// Checks a callback URL without resolving it: absolute `http://` or `https://` with a host, no
-/// user name or password, and, when the host is an address (in any spelling the URL standard
-/// reads), one that [`refusal`] lets through; `localhost` names count as loopback.
-pub fn check_url(url: &str, allow: &[IpNet]) -> Result<reqwest::Url, String> {
-    if url.len() > MAX_URL_LEN {
-        return Err(format!("at most {MAX_URL_LEN} characters"));
-    }
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err("must be an absolute http:// or https:// URL".into());
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("must not carry a user name or password".into());
-    }
-    let refused = |ip: IpAddr| {
-        refusal(ip, allow).map(|why| {
-            format!(
-                "refused: {why} {ip} (callbacks may not reach it unless GRANDA_CALLBACK_ALLOW_NETS allows it)"
-            )
-        })
-    };
-    match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => refused(ip.into()).map_or(Ok(()), Err)?,
-        Some(url::Host::Ipv6(ip)) => refused(ip.into()).map_or(Ok(()), Err)?,
-        Some(url::Host::Domain(name)) => {
-            let name = name.trim_end_matches('.');
-            if name == "localhost" || name.ends_with(".localhost") {
-                refused(Ipv4Addr::LOCALHOST.into()).map_or(Ok(()), Err)?;
-                refused(Ipv6Addr::LOCALHOST.into()).map_or(Ok(()), Err)?;
-            }
-        }
-        None => unreachable!("checked above"),
-    }
-    Ok(parsed)
-}
-
-/// [`check_url`], then resolves a host name and refuses it when any of its addresses is refused
-/// or it does not resolve. For where a URL enters (registration, `X-Callback-Url`).
-pub async fn check_target(url: &str, allow: &[IpNet]) -> Result<(), String> {
-    let parsed = check_url(url, allow)?;
-    let Some(url::Host::Domain(name)) = parsed.host() else {
-        return Ok(());
-    };
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    let addrs =
-        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await {
-            Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
-            _ => Vec::new(),
-        };
-    if addrs.is_empty() {
-        return Err(format!("the host {name:?} does not resolve"));
-    }
-    for addr in addrs {
-        if let Some(why) = refusal(addr.ip(), allow) {
-            return Err(format!(
-                "refused: {name} resolves to a {why} ({}; callbacks may not reach it unless GRANDA_CALLBACK_ALLOW_NETS allows it)",
-                addr.ip()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A resolver that only ever hands the HTTP client addresses [`refusal`] lets through: the
-/// connect-time half of the target check.
-struct GuardedResolver {
-    allow: Arc<Vec<IpNet>>,
-}
-
-/// A name whose every address is refused.
-#[derive(Debug, thiserror::Error)]
-#[error("refused: {0}")]
-struct Refused(&'static str);
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow = self.allow.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut why = "the host does not resolve";
-            let mut ok = Vec::with_capacity(found.len());
-            for addr in found {
-                match refusal(addr.ip(), &allow) {
-                    None => ok.push(addr),
-                    Some(reason) => why = reason,
-                }
-            }
-            if ok.is_empty() {
-                return Err(Box::new(Refused(why)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// A fresh callback key: `whsec_` and the base64 of 32 random bytes.
-pub fn new_key() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the system's random source works");
-    format!("{KEY_PREFIX}{}", BASE64.encode(bytes))
-}
-
-/// The HMAC key bytes of a callback key (the base64 after `whsec_`).
-fn key_bytes(key: &str) -> Vec<u8> {
-    let b64 = key.strip_prefix(KEY_PREFIX).unwrap_or(key);
-    BASE64
-        .decode(b64)
-        .unwrap_or_else(|_| key.as_bytes().to_vec())
-}
-
-/// The `webhook-signature` value: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
-pub fn signature(key: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(&key_bytes(key)).expect("HMAC takes keys of any length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
-}
-
-/// A function's callback key (`None`: no such function).
-pub async fn function_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT callback_key FROM functions WHERE name = $1")
-            .bind(function)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|(k,)| k))
-}
-
-/// Gives a function a fresh callback key and returns it (`None`: no such function). Deliveries
-/// that start after this are signed with the new key.
-pub async fn rotate_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "UPDATE functions SET callback_key = $2 WHERE name = $1 RETURNING callback_key",
-    )
-    .bind(function)
-    .bind(new_key())
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(k,)| k))
-}
-
-/// Marks an invocation's result to be POSTed to `url` when it is final.
-pub async fn attach(pool: &PgPool, id: Uuid, url: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE invocations SET callback_url = $2, callback_status = 'pending' WHERE id = $1",
-    )
-    .bind(id)
-    .bind(url)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// The callback part of an invocation record, for the API (`None`: it has no callback).
-pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<Value>, sqlx::Error> {
-    let row: Option<State> = sqlx::query_as(
-        "SELECT callback_url, callback_status, callback_attempts, callback_error, callback_done_at
-         FROM invocations WHERE id = $1 AND callback_url IS NOT NULL",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|s| {
-        json!({
-            "url": s.callback_url,
-            "status": s.callback_status,
-            "attempts": s.callback_attempts,
-            "error": s.callback_error,
-            "done_at": s.callback_done_at,
-        })
-    }))
-}
-
-#[derive(sqlx::FromRow)]
-struct State {
-    callback_url: String,
-    callback_status: Option<String>,
-    callback_attempts: i32,
-    callback_error: Option<String>,
-    callback_done_at: Option<DateTime<Utc>>,
-}
-
-/// A final invocation whose result is to be POSTed (its output is read once room is made).
-#[derive(sqlx::FromRow)]
-struct Due {
-    id: Uuid,
-    function: String,
-    status: String,
-    exit_code: Option<i32>,
-    duration_ms: Option<i64>,
-    output_len: i64,
-    callback_url: String,
-    callback_attempts: i32,
-    callback_key: Option<String>,
-}
-
-/// What a claim returns.
-macro_rules! claimed {
-    () => {
-        "RETURNING id, function, status, exit_code, duration_ms,
-                   COALESCE(octet_length(output), 0)::bigint AS output_len, callback_url,
-                   callback_attempts,
-                   (SELECT f.callback_key FROM functions f WHERE f.name = invocations.function)
-                     AS callback_key"
-    };
-}
-
-/// Claims invocation `$1`'s callback if it is due (or was claimed by a process that went away).
-const CLAIM_ONE: &str = concat!(
-    "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
-     WHERE id = $1 AND callback_url IS NOT NULL
-       AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
-       AND (callback_status = 'pending'
-            OR (callback_status = 'delivering' AND callback_claimed_at < now() - interval '15 minutes'))
-     ",
-    claimed!()
-);
-
-/// Claims the oldest due callback that waited for a free slot.
-const CLAIM_NEXT: &str = concat!(
-    "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
-     WHERE id = (SELECT id FROM invocations
-                 WHERE callback_status = 'pending' AND callback_url IS NOT NULL
-                   AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
-                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-       AND callback_status = 'pending'
-     ",
-    claimed!()
-);
 
 /// How a worker delivers callbacks.
 pub struct Callbacks {
@@ -758,6 +411,7 @@ fn refused_class(why: &'static str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::key::key_bytes;
     use super::*;
 
     fn refused(url: &str) -> bool {
