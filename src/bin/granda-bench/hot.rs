@@ -1,0 +1,373 @@
+//! The warm and hot rows: sync latency and throughput against direct requests to the same kind
+//! of process (an exec into a kept container, a request over the function's socket).
+
+use super::*;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bollard::Docker;
+use futures_util::StreamExt;
+use granda::function::Snapshot;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+/// Warm rows: sync latency with 1 client and throughput with 8, through Granda (`mode: warm`)
+/// against a direct `exec` through the Docker API into one kept container.
+pub(crate) async fn warm_rows(
+    args: &Args,
+    client: &reqwest::Client,
+    base_url: &str,
+    direct: &Direct,
+) -> anyhow::Result<Vec<String>> {
+    let created = client
+        .post(format!("{base_url}/v1/functions"))
+        .json(&json!({"name": "echo-warm", "image": args.image, "memory_mb": 64, "mode": "warm"}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("registering the warm function: {}", created.text().await?);
+    }
+    let call = |client: reqwest::Client| {
+        let url = format!("{base_url}/fn/echo-warm");
+        async move {
+            let r = client.post(url).body("ping").send().await?;
+            if r.status() != 200 || &r.bytes().await?[..] != b"ping" {
+                bail!("warm call failed");
+            }
+            anyhow::Ok(())
+        }
+    };
+    for _ in 0..3 {
+        call(client.clone()).await?;
+    }
+    let state = std::env::temp_dir().join("granda-bench");
+    let idle = granda::worker::pool::install_idle_binary(&state)?;
+    let container = direct
+        .runner
+        .start_warm(&direct.function, &idle.to_string_lossy())
+        .await?;
+    let exec = || direct_exec(&direct.docker, &container);
+    for _ in 0..3 {
+        exec().await?;
+    }
+    let mut granda_lat = Vec::new();
+    let mut direct_lat = Vec::new();
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        call(client.clone()).await?;
+        granda_lat.push(t.elapsed());
+        let t = Instant::now();
+        exec().await?;
+        direct_lat.push(t.elapsed());
+    }
+    let per_client = 25;
+    let t = Instant::now();
+    futures_util::future::try_join_all((0..8).map(|_| {
+        let client = client.clone();
+        async move {
+            for _ in 0..per_client {
+                call(client.clone()).await?;
+            }
+            anyhow::Ok(())
+        }
+    }))
+    .await?;
+    let granda_rate = (8 * per_client) as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    futures_util::future::try_join_all((0..8).map(|_| async {
+        for _ in 0..per_client {
+            exec().await?;
+        }
+        anyhow::Ok(())
+    }))
+    .await?;
+    let direct_rate = (8 * per_client) as f64 / t.elapsed().as_secs_f64();
+    granda::worker::container::remove(&direct.docker, &container).await;
+    let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
+    let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
+    Ok(vec![
+        format!(
+            "| warm sync p50, 1 client, vs direct exec (ms) | {:.1} | {:.1} | {:.2} | ≤ 1.20 |",
+            ms(g50),
+            ms(d50),
+            ms(g50) / ms(d50)
+        ),
+        format!(
+            "| warm sync p95, 1 client (ms) | {:.1} | {:.1} | {:.2} | |",
+            ms(g95),
+            ms(d95),
+            ms(g95) / ms(d95)
+        ),
+        format!(
+            "| warm throughput, 8 clients (calls/s) | {granda_rate:.1} | {direct_rate:.1} | {:.2} | |",
+            granda_rate / direct_rate
+        ),
+    ])
+}
+
+/// One `cat` exec with stdin through the Docker API, its output read and its exit code checked.
+pub(crate) async fn direct_exec(docker: &Docker, container: &str) -> anyhow::Result<()> {
+    let exec = docker
+        .create_exec(
+            container,
+            bollard::exec::CreateExecOptions::<String> {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                cmd: Some(vec!["cat".into()]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let bollard::exec::StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = docker.start_exec(&exec.id, None).await?
+    else {
+        bail!("exec detached");
+    };
+    input.write_all(b"ping").await?;
+    input.shutdown().await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = output.next().await {
+        out.extend_from_slice(&chunk?.into_bytes());
+    }
+    let inspected = docker.inspect_exec(&exec.id).await?;
+    if out != b"ping" || inspected.exit_code != Some(0) {
+        bail!("direct exec returned {out:?}");
+    }
+    Ok(())
+}
+
+/// Hot rows: sync latency with 1 client and throughput with 8, through Granda (`mode: hot`)
+/// against requests straight to a hot container of the same image over its socket, and a check
+/// that every call through Granda was recorded in Postgres.
+pub(crate) async fn hot_rows(
+    args: &Args,
+    client: &reqwest::Client,
+    base_url: &str,
+    address: std::net::SocketAddr,
+    pool: &sqlx::PgPool,
+    direct: &Direct,
+) -> anyhow::Result<Vec<String>> {
+    granda::docker::ensure_image(&direct.docker, &args.hot_image).await?;
+    let created = client
+        .post(format!("{base_url}/v1/functions"))
+        .json(&json!({"name": "echo-hot", "image": args.hot_image, "memory_mb": 64, "mode": "hot"}))
+        .send()
+        .await?;
+    if created.status() != 201 {
+        bail!("registering the hot function: {}", created.text().await?);
+    }
+    let lean = || Lean::connect(address, "/fn/echo-hot", b"ping");
+    let mut one = lean().await?;
+
+    // The same process, asked directly: what the function itself costs.
+    let function = Snapshot {
+        name: "echo-hot".into(),
+        image: args.hot_image.clone(),
+        mode: granda::function::Mode::Hot,
+        ..direct.function.clone()
+    };
+    let sockets = std::env::temp_dir().join("granda-bench-hot");
+    std::fs::create_dir_all(&sockets)?;
+    let owner = direct.runner.hot_owner(&function).await?;
+    let dir = granda::worker::hot::socket_dir(&sockets, owner)?;
+    let container = direct.runner.start_hot(&function, &dir).await?;
+    let connect = || {
+        granda::worker::hot::wait_ready(
+            &direct.docker,
+            &container,
+            &dir,
+            owner,
+            Duration::from_secs(10),
+        )
+    };
+    let mut connection = connect().await?;
+    for _ in 0..20 {
+        one.expect(b"ping").await?;
+        ask(&mut connection, &function).await?;
+    }
+
+    let n = args.hot_calls;
+    let mut granda_lat = Vec::with_capacity(n);
+    let mut direct_lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        one.expect(b"ping").await?;
+        granda_lat.push(t.elapsed());
+        let t = Instant::now();
+        ask(&mut connection, &function).await?;
+        direct_lat.push(t.elapsed());
+    }
+
+    let clients = 8;
+    let mut leans = Vec::new();
+    for _ in 0..clients {
+        leans.push(lean().await?);
+    }
+    // Each client is a task on the runtime, as the ingress's connections are.
+    let t = Instant::now();
+    let running: Vec<_> = leans
+        .into_iter()
+        .map(|mut lean| {
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    lean.expect(b"ping").await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for client in running {
+        client.await??;
+    }
+    let granda_rate = (clients * n) as f64 / t.elapsed().as_secs_f64();
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(connect().await?);
+    }
+    let t = Instant::now();
+    futures_util::future::try_join_all(connections.iter_mut().map(|connection| async {
+        for _ in 0..n {
+            ask(connection, &function).await?;
+        }
+        anyhow::Ok(())
+    }))
+    .await?;
+    let direct_rate = (clients * n) as f64 / t.elapsed().as_secs_f64();
+    drop(connections);
+    drop(connection);
+    granda::worker::container::remove(&direct.docker, &container).await;
+    granda::worker::hot::remove_socket_dir(&dir);
+
+    // Every call through Granda must be in Postgres, final.
+    let made = (20 + n + clients * n) as i64;
+    let (recorded,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM invocations WHERE function = 'echo-hot' AND status = 'succeeded'",
+    )
+    .fetch_one(pool)
+    .await?;
+
+    let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
+    let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
+    Ok(vec![
+        format!(
+            "| hot sync p50, 1 client, vs a direct socket request (ms) | {:.2} | {:.2} | {:.2} | Granda ≤ 3 ms |",
+            ms(g50),
+            ms(d50),
+            ms(g50) / ms(d50)
+        ),
+        format!(
+            "| hot sync p95, 1 client (ms) | {:.2} | {:.2} | {:.2} | |",
+            ms(g95),
+            ms(d95),
+            ms(g95) / ms(d95)
+        ),
+        format!(
+            "| hot throughput, {clients} clients (calls/s) | {granda_rate:.0} | {direct_rate:.0} | {:.2} | Granda ≥ 1000 |",
+            granda_rate / direct_rate
+        ),
+        format!("| hot calls recorded succeeded in Postgres | {recorded} of {made} | | | all |"),
+    ])
+}
+
+/// One request straight to a hot process over its socket; an echo must give the input back.
+pub(crate) async fn ask(
+    connection: &mut granda::worker::hot::Connection,
+    function: &Snapshot,
+) -> anyhow::Result<()> {
+    let call = granda::worker::hot::Call {
+        id: Uuid::now_v7(),
+        function,
+        trigger: granda::invocation::Trigger::Sync,
+        attempt: 1,
+        deadline_ms: chrono::Utc::now().timestamp_millis() + 30_000,
+        input: b"ping",
+    };
+    let answer = connection.call(call, 1 << 20).await?;
+    if answer.status != 200 || answer.body != b"ping" {
+        bail!("direct hot call returned {answer:?}");
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 client on one kept-alive connection, one request at a time (as wrk is):
+/// the load generator's own cost is not Granda's, so it does no more than a request needs.
+pub(crate) struct Lean {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Lean {
+    /// A client that POSTs `body` to `path` with the bench's key, each time [`Lean::call`] runs.
+    pub(crate) async fn connect(
+        addr: std::net::SocketAddr,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Lean> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: granda\r\nAuthorization: Bearer {BENCH_KEY}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        Ok(Lean {
+            stream,
+            request,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends the request and reads the answer: its status and body (Content-Length framed).
+    pub(crate) async fn call(&mut self) -> anyhow::Result<(u16, &[u8])> {
+        use tokio::io::AsyncReadExt;
+        self.stream.write_all(&self.request).await?;
+        self.buf.clear();
+        let (head_end, length) = loop {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("the server closed the connection");
+            }
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end])?;
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .context("an answer without Content-Length")?;
+                break (end + 4, length);
+            }
+        };
+        while self.buf.len() < head_end + length {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("the server closed the connection mid-answer");
+            }
+        }
+        let status = std::str::from_utf8(&self.buf[..head_end])?
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("an answer without a status")?;
+        Ok((status, &self.buf[head_end..head_end + length]))
+    }
+
+    /// [`Lean::call`], which must answer 200 with `expected`.
+    async fn expect(&mut self, expected: &[u8]) -> anyhow::Result<()> {
+        let (status, body) = self.call().await?;
+        if status != 200 || body != expected {
+            bail!(
+                "hot call answered {status}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        Ok(())
+    }
+}
