@@ -19,9 +19,9 @@
 //! [`snapshot_budget`]. The ingress also publishes async work, events and declarations on a
 //! side channel, so a channel error there can't take the reply consumer of sync calls with it.
 //!
-//! Layout: [`topology`] names and declares the queues and exchanges, [`nodes`] picks a node of
-//! the cluster and connects, [`publisher`] is the ingress's side (publishing with confirms,
-//! waiting for replies), [`replier`] the worker's side of replies; this file holds what they
+//! Layout: `topology` names and declares the queues and exchanges, `nodes` picks a node of
+//! the cluster and connects, `publisher` is the ingress's side (publishing with confirms,
+//! waiting for replies), `replier` the worker's side of replies; this file holds what they
 //! share (errors, frame sizes, confirmed publishing on a channel, queue depths).
 
 mod nodes;

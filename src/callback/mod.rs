@@ -8,7 +8,7 @@
 //! address, in any spelling (`2130706433`, `0x7f000001`, `[::ffff:127.0.0.1]`, `localhost`, ...),
 //! unless the operator allows its range (`GRANDA_CALLBACK_ALLOW_NETS`). This is checked where a
 //! URL enters ([`check_target`]: registration answers 422, an invoke's `X-Callback-Url` 400) and
-//! again at connect time: the client resolves names through [`GuardedResolver`], which drops
+//! again at connect time: the client resolves names through `GuardedResolver`, which drops
 //! refused addresses, so a name that changes its answer (DNS rebinding) or a URL stored before
 //! the rule can't reach them. Redirects are not followed and no proxy is used. https goes through
 //! rustls (ring) with the system's roots plus `GRANDA_CALLBACK_CA_FILE`.
@@ -32,8 +32,8 @@
 //! `GRANDA_CALLBACK_MAX_INFLIGHT_BYTES` of their outputs at once (a single larger output goes
 //! alone). Past that a callback stays `pending` in Postgres and is claimed when a slot frees up.
 //!
-//! Layout: [`target`] decides which URLs a callback may reach (where a URL enters and at connect
-//! time), [`key`] holds the signing keys and the signature, [`store`] the delivery state on the
+//! Layout: `target` decides which URLs a callback may reach (where a URL enters and at connect
+//! time), `key` holds the signing keys and the signature, `store` the delivery state on the
 //! invocation; this file delivers.
 
 mod key;
