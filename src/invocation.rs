@@ -191,6 +191,8 @@ pub struct Outcome {
     pub cold: bool,
     pub cpu_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
+    /// The function's own HTTP status and headers (`response: "cgi"`).
+    pub http: Option<crate::web::WebAnswer>,
 }
 
 impl Outcome {

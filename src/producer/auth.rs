@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/` (an index, or a redirect to `/ui`), `/healthz`, `/readyz`, `/openapi.json` | nothing |
 //! | `/hooks/*` | nothing here: each webhook checks its own signature |
-//! | `POST /fn/{name}` | nothing if the function is `public`, else an `invoke` or `admin` key |
+//! | `/fn/{name}`, `/fn/{name}/{*path}` (any method) | nothing if the function is `public`, else an `invoke` or `admin` key |
 //! | `POST /v1/functions/{name}/invoke`, `POST /v1/functions/{name}/invocations`, `GET /v1/invocations/{id}`, `POST /v1/events/{topic}` | an `invoke` or `admin` key |
 //! | everything else (`/v1/*` management, `/metrics`, unknown paths) | an `admin` key |
 //!
@@ -97,11 +97,11 @@ pub fn needs(method: &Method, path: &str) -> Needs {
     {
         return Needs::Nothing;
     }
-    if let Some(name) = path.strip_prefix("/fn/")
-        && !name.is_empty()
-        && !name.contains('/')
-    {
-        return Needs::FunctionUrl(name.to_string());
+    if let Some(rest) = path.strip_prefix("/fn/") {
+        let name = rest.split('/').next().unwrap_or_default();
+        if !name.is_empty() {
+            return Needs::FunctionUrl(name.to_string());
+        }
     }
     let segments: Vec<&str> = path.split('/').collect();
     let get = method == Method::GET || method == Method::HEAD;
@@ -223,7 +223,11 @@ mod tests {
         assert_eq!(needs(&get, "/openapi.json"), Needs::Nothing);
         assert_eq!(needs(&post, "/hooks/abc"), Needs::Nothing);
         assert_eq!(needs(&post, "/fn/echo"), Needs::FunctionUrl("echo".into()));
-        assert_eq!(needs(&post, "/fn/echo/x"), admin);
+        assert_eq!(
+            needs(&Method::GET, "/fn/echo/x/y"),
+            Needs::FunctionUrl("echo".into())
+        );
+        assert_eq!(needs(&post, "/fn/"), admin);
         assert_eq!(needs(&post, "/v1/functions/echo/invoke"), invoke);
         assert_eq!(needs(&post, "/v1/functions/echo/invocations"), invoke);
         assert_eq!(needs(&get, "/v1/functions/echo/invocations"), read);
