@@ -12,7 +12,8 @@
 //!   container, on a kept-alive connection.
 //! - A call of the function's URL (`/fn/{name}[/{path}]`) is the caller's request itself instead:
 //!   its method, its path after `/fn/{name}` (`/` when none) and query, and the caller's headers
-//!   ([`crate::web`] says which pass), plus the `Granda-*` ones. Its `Host` is the caller's.
+//!   ([`crate::web`] says which pass), plus the `Granda-*` ones and `Granda-Web: 1`. Its `Host`
+//!   is the caller's.
 //! - A 2xx answer is success, its body the output. Any other status is a failure of the
 //!   function, its body the error. With `response: "cgi"`, every answer is the function's own:
 //!   its status and headers pass to the caller, and only a 5xx is a failure. No answer by the
@@ -111,6 +112,7 @@ pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
             if !request.headers.iter().any(|(n, _)| n == "host") {
                 put("host", "granda")?;
             }
+            put("granda-web", "1")?;
         }
         None => put("host", "granda")?,
     }

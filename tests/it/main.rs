@@ -26,4 +26,5 @@ mod support;
 mod tls;
 mod ui;
 mod warm;
+mod web;
 mod webhooks;
