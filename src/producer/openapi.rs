@@ -69,6 +69,12 @@ pub struct InvocationRecord {
     pub worker: Option<String>,
     pub cpu_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
+    /// Calls of the function's URL (`/fn/{name}`): the method.
+    pub http_method: Option<String>,
+    /// Calls of the function's URL: the path after `/fn/{name}`, without the query.
+    pub http_path: Option<String>,
+    /// Calls of the function's URL: the HTTP status the caller was answered.
+    pub http_status: Option<i32>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -1224,6 +1224,10 @@ async fn run_claimed(
     {
         *error = error.replace('\0', "\u{FFFD}");
     }
+    if let Some(request) = &work.request {
+        outcome.http_method = Some(request.method.clone());
+        outcome.http_path = Some(request.path.clone());
+    }
     let platform = failure == Some(Failure::Platform);
     if platform {
         // The image may have gone from the engine since it was seen there.
@@ -1702,7 +1706,7 @@ fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>) {
         cold: true,
         cpu_ms: None,
         max_memory_bytes: None,
-        http: None,
+        ..Default::default()
     };
     (outcome, failure)
 }

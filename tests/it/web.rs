@@ -139,7 +139,26 @@ async fn response_forms(app: &TestApp, name: &str) {
 
     let teapot = send(app, Method::DELETE, &format!("/fn/{name}/teapot"), &[], "").await;
     assert_eq!(teapot.status(), 418, "a 4xx is the function's answer");
+    let id = id_of(&teapot);
     assert_eq!(teapot.text().await.unwrap(), "short and stout");
+    // The record says what was asked and answered.
+    let record = app.wait_final(id, Duration::from_secs(10)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["http_method"], "DELETE");
+    assert_eq!(record["http_path"], "/teapot");
+    assert_eq!(record["http_status"], 418);
+    assert_eq!(
+        record["output"], "short and stout",
+        "the body, without the headers"
+    );
+}
+
+fn id_of(response: &reqwest::Response) -> uuid::Uuid {
+    response.headers()["x-granda-invocation-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,11 +175,7 @@ async fn a_cold_cgi_script_gets_every_variable_and_answers_every_form() {
 
     for (path, says) in [("bad", "no ':'"), ("nohead", "no blank line")] {
         let response = send(&app, Method::GET, &format!("/fn/web/{path}"), &[], "").await;
-        let id: uuid::Uuid = response.headers()["x-granda-invocation-id"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let id = id_of(&response);
         assert_eq!(error_code(response, 502).await, "bad_cgi_response");
         let record = app.wait_final(id, Duration::from_secs(10)).await;
         assert_eq!(record["status"], "failed");
@@ -169,6 +184,7 @@ async fn a_cold_cgi_script_gets_every_variable_and_answers_every_form() {
             error.contains("malformed CGI response") && error.contains(says),
             "{error}"
         );
+        assert_eq!(record["http_status"], 502);
     }
     app.shutdown().await;
 }
@@ -286,14 +302,18 @@ async fn a_hot_web_app_gets_the_request_itself_and_its_answer_passes() {
     // Its 5xx is its failure, still answered as it was.
     let failed = send(&app, Method::GET, "/fn/app/fail", &[], "").await;
     assert_eq!(failed.status(), 500);
-    let id: uuid::Uuid = failed.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id = id_of(&failed);
     assert_eq!(failed.text().await.unwrap(), "asked to fail");
     let record = app.wait_final(id, Duration::from_secs(10)).await;
     assert_eq!(record["status"], "failed");
+    assert_eq!(record["http_status"], 500);
+    // Calls of /v1/functions/{name}/invoke are no HTTP calls of the function.
+    let plain = app.invoke("app", "x").await;
+    let record = app.wait_final(id_of(&plain), Duration::from_secs(10)).await;
+    assert!(
+        record["http_method"].is_null() && record["http_status"].is_null(),
+        "{record}"
+    );
     app.shutdown().await;
 }
 
