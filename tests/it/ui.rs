@@ -49,13 +49,13 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-async fn shot(client: &Client, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn shot(client: &Client, name: &str) -> anyhow::Result<()> {
     let png = client.screenshot().await.context("screenshot")?;
     std::fs::write(screenshot_dir().join(format!("{name}.png")), png)?;
     Ok(())
 }
 
-async fn text_of(client: &Client, css: &str) -> anyhow::Result<String> {
+pub(crate) async fn text_of(client: &Client, css: &str) -> anyhow::Result<String> {
     let el = client
         .wait()
         .at_most(Duration::from_secs(30))
@@ -81,7 +81,7 @@ async fn h1_after(client: &Client, ok: impl Fn(&str) -> bool) -> anyhow::Result<
     }
 }
 
-async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
+pub(crate) async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
     let el = client
         .find(Locator::Css(css))
         .await
@@ -91,7 +91,7 @@ async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
+pub(crate) async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
     client
         .find(Locator::Css(css))
         .await
@@ -119,45 +119,8 @@ async fn dashboard_in_a_browser() {
         "/ui/login?next=/ui/queues"
     );
 
-    let port = free_port();
-    let mut driver = tokio::process::Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting chromedriver");
-    let profile = std::env::temp_dir().join(format!("granda-ui-{}", uuid::Uuid::new_v4()));
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1000,760",
-                "--hide-scrollbars", format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let webdriver = format!("http://127.0.0.1:{port}");
-    let mut connected = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(c) => {
-                connected = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let client = connected.expect("chromedriver did not start a Chromium session");
+    let browser = Chromium::start(&chromium, &chromedriver).await;
+    let client = browser.client.clone();
 
     let result = drive(&client, &app).await;
     if result.is_err() {
@@ -167,11 +130,78 @@ async fn dashboard_in_a_browser() {
             eprintln!("failed at {url}:\n{source}");
         }
     }
-    let _ = client.close().await;
-    let _ = driver.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.close().await;
     result.unwrap();
     app.shutdown().await;
+}
+
+/// Headless Chromium driven over WebDriver (a chromedriver of its own, a fresh profile).
+pub(crate) struct Chromium {
+    pub client: Client,
+    driver: tokio::process::Child,
+    profile: PathBuf,
+}
+
+impl Chromium {
+    /// Chromium and chromedriver from `GRANDA_TEST_CHROMIUM`, `GRANDA_TEST_CHROMEDRIVER` or PATH.
+    pub async fn find_and_start() -> Chromium {
+        let chromium = find_binary("GRANDA_TEST_CHROMIUM", &["chromium", "chromium-browser"]);
+        let chromedriver = find_binary("GRANDA_TEST_CHROMEDRIVER", &["chromedriver"]);
+        Chromium::start(&chromium, &chromedriver).await
+    }
+
+    async fn start(chromium: &Path, chromedriver: &Path) -> Chromium {
+        let port = free_port();
+        let driver = tokio::process::Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting chromedriver");
+        let profile = std::env::temp_dir().join(format!("granda-ui-{}", uuid::Uuid::new_v4()));
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1000,760",
+                    "--hide-scrollbars", format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let webdriver = format!("http://127.0.0.1:{port}");
+        let mut connected = None;
+        for _ in 0..100 {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&webdriver)
+                .await
+            {
+                Ok(c) => {
+                    connected = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let client = connected.expect("chromedriver did not start a Chromium session");
+        Chromium {
+            client,
+            driver,
+            profile,
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {

@@ -456,3 +456,56 @@ async fn granda_answers_cors_preflights_of_a_function_with_cors() {
     );
     app.shutdown().await;
 }
+
+/// A browser loads a function's HTML form, submits it, follows the function's 303 and shows its
+/// result page.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_submits_a_function_s_form_and_follows_its_redirect() {
+    let app = spawn_app().await;
+    app.register(
+        "form",
+        "granda-test/cgi",
+        json!({"response": "cgi", "public": true}),
+    )
+    .await;
+    let browser = crate::ui::Chromium::find_and_start().await;
+    let client = browser.client.clone();
+    let driven = async {
+        client.goto(&app.url("/fn/form/form")).await?;
+        crate::ui::fill(&client, "#who", "Ada").await?;
+        crate::ui::click(&client, "#go").await?;
+        let result = crate::ui::text_of(&client, "#result").await?;
+        let url = client.current_url().await?;
+        crate::ui::shot(&client, "web-form-result").await?;
+        anyhow::Ok((result, url))
+    }
+    .await;
+    browser.close().await;
+    let (result, url) = driven.unwrap();
+    assert_eq!(result, "who=Ada");
+    assert!(url.as_str().ends_with("/fn/form/result?who=Ada"), "{url}");
+    // Two runs: the form's POST (answered 303) and the result page's GET.
+    let records = app.invocations_of("form").await;
+    let answered: Vec<(String, i64)> = records
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{} {}",
+                    r["http_method"].as_str().unwrap(),
+                    r["http_path"].as_str().unwrap()
+                ),
+                r["http_status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            ("GET /result".to_string(), 200),
+            ("POST /submit".to_string(), 303),
+            ("GET /form".to_string(), 200)
+        ]
+    );
+    app.shutdown().await;
+}
