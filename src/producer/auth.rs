@@ -63,6 +63,11 @@ pub fn least_scope(action: Action) -> Scope {
     }
 }
 
+/// A CORS preflight of a function's URL that is not public, let through without a key: its
+/// handler may answer it from the function's `cors` field, and must run nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct PreflightOnly;
+
 /// Who a handler is answering, as the middleware found out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -163,6 +168,18 @@ pub async fn require(
                 request
                     .extensions_mut()
                     .insert(caller.unwrap_or(Caller::Anonymous));
+                return Ok(next.run(request).await);
+            }
+            // A browser's CORS preflight carries no credentials: the handler answers it from the
+            // function's `cors` field, and refuses it (401) when there is none.
+            if request.method() == Method::OPTIONS
+                && request
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+                && bearer(&request).ok().flatten().is_none()
+            {
+                request.extensions_mut().insert(Caller::Anonymous);
+                request.extensions_mut().insert(PreflightOnly);
                 return Ok(next.run(request).await);
             }
             Action::Invoke

@@ -80,6 +80,7 @@ pub async fn web(
     version: Version,
     headers: HeaderMap,
     caller: Option<Extension<Caller>>,
+    preflight_only: Option<Extension<super::auth::PreflightOnly>>,
     remote: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -90,11 +91,26 @@ pub async fn web(
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, ""),
     };
-    let function = load_for_call(&app, name).await?;
+    let keyless = || {
+        ApiError::Unauthorized(
+            "an API key is needed: Authorization: Bearer <key> (Granda answers preflights only \
+             for functions with a `cors` field)"
+                .into(),
+        )
+    };
+    let function = match load_for_call(&app, name).await {
+        Ok(function) => function,
+        // A keyless preflight learns nothing of functions that are not public.
+        Err(_) if preflight_only.is_some() => return Err(keyless()),
+        Err(e) => return Err(e),
+    };
     if method == Method::OPTIONS
         && let Some(response) = super::cors::preflight(&function, &headers)
     {
         return Ok(response);
+    }
+    if preflight_only.is_some() {
+        return Err(keyless());
     }
     let request = web_request(&app, &method, &uri, version, &headers, remote, name, path)?;
     let wait = app.settings.sync_wait();

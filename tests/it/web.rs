@@ -320,15 +320,21 @@ async fn a_hot_web_app_gets_the_request_itself_and_its_answer_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_function_without_cgi_gets_url_calls_and_answers_a_body() {
     let app = spawn_app().await;
-    app.register("hot", "granda-test/hot", json!({"mode": "hot"}))
+    // Its own headers and status are not passed on: a 2xx is success, its body the output.
+    app.register("hot", "granda-test/hot-web", json!({"mode": "hot"}))
         .await;
-    let response = send(&app, Method::PUT, "/fn/hot/any/where", &[], "hello").await;
-    assert_eq!(response.status(), 200);
+    let response = send(&app, Method::PUT, "/fn/hot/echo", &[], "hello").await;
+    let status = response.status();
+    if status != 200 {
+        panic!("{status}: {}", response.text().await.unwrap());
+    }
     assert_eq!(
         response.headers()["content-type"],
         "application/octet-stream"
     );
     assert_eq!(response.text().await.unwrap(), "hello");
+    let teapot = send(&app, Method::GET, "/fn/hot/teapot", &[], "").await;
+    assert_eq!(error_code(teapot, 502).await, "function_failed");
     app.shutdown().await;
 }
 
@@ -454,6 +460,41 @@ async fn granda_answers_cors_preflights_of_a_function_with_cors() {
         options.text().await.unwrap(),
         "<h1>Hello from OPTIONS</h1>\n"
     );
+
+    // A function that is not public: its preflight (which carries no key) is answered all the
+    // same; nothing else runs without a key, and no other function's existence shows.
+    app.register(
+        "private",
+        "granda-test/cgi",
+        json!({"response": "cgi", "cors": {"allow_origins": ["*"]}}),
+    )
+    .await;
+    app.register("closed", "granda-test/cgi", json!({"response": "cgi"}))
+        .await;
+    let private = |path: &'static str| {
+        anonymous
+            .request(Method::OPTIONS, app.url(path))
+            .header("Origin", "https://app.example")
+            .header("Access-Control-Request-Method", "GET")
+            .send()
+    };
+    let ok = private("/fn/private/x").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    for path in ["/fn/closed/x", "/fn/nothing-here/x"] {
+        assert_eq!(private(path).await.unwrap().status(), 401, "{path}");
+    }
+    let plain = anonymous
+        .request(Method::OPTIONS, app.url("/fn/private"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 401);
+    assert!(app.invocations_of("private").await.is_empty());
+    assert!(app.invocations_of("closed").await.is_empty());
     app.shutdown().await;
 }
 
