@@ -550,3 +550,51 @@ async fn a_browser_submits_a_function_s_form_and_follows_its_redirect() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_a_cgi_function_and_shows_what_a_call_asked_and_got() {
+    use crate::cli::{expect, granda};
+    let app = spawn_app().await;
+    expect(
+        &granda(
+            &app,
+            &[
+                "fn",
+                "deploy",
+                "page",
+                "--image",
+                "granda-test/cgi",
+                "--response",
+                "cgi",
+            ],
+            b"",
+        )
+        .await,
+        0,
+    );
+    let shown = expect(&granda(&app, &["fn", "get", "page"], b"").await, 0);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("response:") && l.ends_with("cgi")),
+        "{shown}"
+    );
+    let created = send(&app, Method::POST, "/fn/page/created?x=1", &[], "").await;
+    assert_eq!(created.status(), 201);
+    let id = id_of(&created).to_string();
+    app.wait_final(id.parse().unwrap(), Duration::from_secs(10))
+        .await;
+    let out = expect(&granda(&app, &["inv", "get", &id], b"").await, 0);
+    for (field, value) in [
+        ("http_method:", "POST"),
+        ("http_path:", "/created"),
+        ("http_status:", "201"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(field) && l.trim_end().ends_with(value)),
+            "{field} {value} in\n{out}"
+        );
+    }
+    app.shutdown().await;
+}
