@@ -509,15 +509,15 @@ async fn a_browser_submits_a_function_s_form_and_follows_its_redirect() {
         json!({"response": "cgi", "public": true}),
     )
     .await;
-    let browser = crate::ui::Chromium::find_and_start().await;
+    let browser = crate::browser::Chromium::find_and_start().await;
     let client = browser.client.clone();
     let driven = async {
         client.goto(&app.url("/fn/form/form")).await?;
-        crate::ui::fill(&client, "#who", "Ada").await?;
-        crate::ui::click(&client, "#go").await?;
-        let result = crate::ui::text_of(&client, "#result").await?;
+        crate::browser::fill(&client, "#who", "Ada").await?;
+        crate::browser::click(&client, "#go").await?;
+        let result = crate::browser::text_of(&client, "#result").await?;
         let url = client.current_url().await?;
-        crate::ui::shot(&client, "web-form-result").await?;
+        crate::browser::shot(&client, "web-form-result").await?;
         anyhow::Ok((result, url))
     }
     .await;
