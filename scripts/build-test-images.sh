@@ -5,7 +5,8 @@
 # static busybox (package busybox-static, /bin/busybox) copied into a temporary build context, and the
 # other images are FROM granda-test/busybox. Builds and test runs use --network none.
 # granda-test/hot is FROM scratch too: the hot function hot/examples/echo.rs (crate granda-hot),
-# compiled here as a static binary (cargo, into target/hot: a few seconds, nothing when unchanged).
+# compiled here as a static binary (cargo, into target/hot: a few seconds, nothing when unchanged);
+# granda-test/hot-web likewise, from hot/examples/web.rs.
 #
 # An image whose tag already exists is skipped, unless --force is given (granda-test/hot is also
 # rebuilt when its binary or Dockerfile changed: their sha256 is a label). Every image built is then
@@ -19,7 +20,7 @@ IMAGES_DIR="$ROOT/tests/images"
 PREFIX=granda-test
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 # The base first: the others are built FROM it.
-NAMES=(busybox echo fail sleep big env args sh hot root volume symlink sockfill forkbomb diskfill)
+NAMES=(busybox echo fail sleep big env args sh hot root volume symlink sockfill forkbomb diskfill cgi hot-web)
 
 force=0 verify_all=0 quiet=0
 for arg in "$@"; do
@@ -55,14 +56,15 @@ tmpdir() { [ -n "$tmp" ] || tmp=$(mktemp -d /tmp/granda-test-images.XXXXXX); }
 
 # Compiles granda-test/hot's binary (cheap when nothing changed) and sets hot_bin and hot_sha, the
 # sha256 of the binary and the Dockerfile. Returns 1 without cargo.
-hot_bin="" hot_sha=""
+hot_bin="" hot_sha="" web_bin="" web_sha=""
 compile_hot() {
+    [ -z "$hot_bin" ] || return 0
     PATH="$HOME/.cargo/bin:$PATH"
     command -v cargo >/dev/null && command -v rustc >/dev/null || return 1
     local triple
     triple=$(rustc -vV | sed -n 's/^host: //p')
     tmpdir
-    if ! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p granda-hot --example echo \
+    if ! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p granda-hot --example echo --example web \
         --target "$triple" --target-dir "$ROOT/target/hot" --manifest-path "$ROOT/Cargo.toml" \
         >"$tmp/hot-cargo.log" 2>&1; then
         cat "$tmp/hot-cargo.log" >&2
@@ -74,8 +76,10 @@ compile_hot() {
         die "$hot_bin is not statically linked: $(file -L "$hot_bin")"
     fi
     hot_sha=$(cat "$hot_bin" "$IMAGES_DIR/hot/Dockerfile" | sha256sum | cut -d' ' -f1)
+    web_bin="$ROOT/target/hot/$triple/release/examples/web"
+    web_sha=$(cat "$web_bin" "$IMAGES_DIR/hot-web/Dockerfile" | sha256sum | cut -d' ' -f1)
 }
-hot_label() { docker image inspect --format '{{index .Config.Labels "granda.test.sha256"}}' "$PREFIX/hot:latest" 2>/dev/null; }
+hot_label() { docker image inspect --format '{{index .Config.Labels "granda.test.sha256"}}' "$PREFIX/${1:-hot}:latest" 2>/dev/null; }
 
 build() {
     local name=$1 dir="$IMAGES_DIR/$1"
@@ -88,6 +92,10 @@ build() {
     if [ "$name" = hot ]; then
         cp "$hot_bin" "$ctx/echo"
         labels=(--label "granda.test.sha256=$hot_sha")
+    fi
+    if [ "$name" = hot-web ]; then
+        cp "$web_bin" "$ctx/web"
+        labels=(--label "granda.test.sha256=$web_sha")
     fi
     if grep -q '^COPY busybox' "$dir/Dockerfile"; then
         [ -x "$BUSYBOX" ] || die "$BUSYBOX is missing (apt-get install busybox-static)"
@@ -202,13 +210,16 @@ check() {
             [ "$out" = hi ] || die "$img: expected 'hi' from the default CMD, got '$out'" ;;
         hot)
             check_hot "$img" ;;
+        cgi)
+            out=$(run -e PATH_INFO=/created "$img" | head -1)
+            [ "$out" = $'Status: 201 Created\r' ] || die "$img: /created: expected a Status line, got '$out'" ;;
         root)
             out=$(run "$img")
             [ "$out" = 0:0 ] || die "$img: expected '0:0', got '$out'" ;;
         volume | diskfill)
             out=$(run -e MB=2 "$img")
             [ "$out" = 2 ] || die "$img: expected '2' (MB written), got '$out'" ;;
-        symlink | sockfill | forkbomb)
+        symlink | sockfill | forkbomb | hot-web)
             # Hostile by design: only checked to exist (the tests in tests/it/hostile.rs run them).
             out=$(docker image inspect --format '{{.Id}}' "$img") ;;
         *)
@@ -228,6 +239,14 @@ for name in "${NAMES[@]}"; do
         if [ "$force" = 0 ] && has_image hot && [ "$(hot_label)" = "$hot_sha" ]; then continue; fi
         build hot
         built+=(hot)
+    elif [ "$name" = hot-web ]; then
+        if ! compile_hot; then
+            has_image hot-web || die "cargo is not installed: granda-test/hot-web can't be built (run scripts/setup.sh)"
+            continue
+        fi
+        if [ "$force" = 0 ] && has_image hot-web && [ "$(hot_label hot-web)" = "$web_sha" ]; then continue; fi
+        build hot-web
+        built+=(hot-web)
     elif [ "$force" = 1 ] || ! has_image "$name"; then
         build "$name"
         built+=("$name")

@@ -100,6 +100,96 @@ impl InputMode {
     }
 }
 
+/// What a function's stdout (or a hot function's answer) is to the caller of its URL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseMode {
+    /// The output is the body (`application/octet-stream`); the exit code (a hot function's 2xx)
+    /// is the verdict.
+    #[default]
+    Body,
+    /// CGI (RFC 3875 §6): stdout starts with header lines (`Status`, `Content-Type`, `Location`,
+    /// any other) and a blank line, then the body; a hot function's own status and headers pass.
+    Cgi,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseMode::Body => "body",
+            ResponseMode::Cgi => "cgi",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "cgi" {
+            ResponseMode::Cgi
+        } else {
+            ResponseMode::Body
+        }
+    }
+}
+
+/// Which browsers may call a function's URL from other origins (CORS): Granda answers their
+/// preflight `OPTIONS` itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins (`https://app.example.org`), or `*` for any.
+    pub allow_origins: Vec<String>,
+    /// Methods a browser may use (`GET`, `POST`, …); default `GET, HEAD, POST`.
+    #[serde(default = "cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a browser may send besides the simple ones.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// How long a browser may keep the preflight's answer, in seconds (default 600).
+    #[serde(default)]
+    pub max_age_s: Option<u32>,
+}
+
+fn cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+
+/// Why `cors` can't be used: `None` when it can.
+fn cors_problem(cors: &Cors) -> Option<String> {
+    if cors.allow_origins.is_empty() || cors.allow_origins.len() > 64 {
+        return Some("allow_origins needs 1 to 64 origins".into());
+    }
+    for origin in &cors.allow_origins {
+        let ok = origin == "*"
+            || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                && origin.len() <= 256
+                && !origin.ends_with('/')
+                && origin
+                    .bytes()
+                    .all(|b| (0x21..=0x7e).contains(&b) && b != b','));
+        if !ok {
+            return Some(format!(
+                "allow_origins: {origin:?} is not `*` or an origin like https://app.example.org"
+            ));
+        }
+    }
+    for method in &cors.allow_methods {
+        if !crate::web::METHODS.contains(&method.as_str()) {
+            return Some(format!(
+                "allow_methods: {method:?} is not one of {}",
+                crate::web::METHODS.join(", ")
+            ));
+        }
+    }
+    if cors.allow_headers.len() > 64 {
+        return Some("allow_headers: at most 64".into());
+    }
+    for name in &cors.allow_headers {
+        if !crate::web::valid_name(name) {
+            return Some(format!("allow_headers: {name:?} is not a header name"));
+        }
+    }
+    None
+}
+
 /// How invocations of a function get a container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -183,6 +273,8 @@ pub struct FunctionRow {
     pub tmp_mb: i64,
     pub public: bool,
     pub secrets: Json<Secrets>,
+    pub response: String,
+    pub cors: Option<Json<Cors>>,
     pub runtime: Option<String>,
     pub version: Option<i32>,
     pub created_at: DateTime<Utc>,
@@ -218,6 +310,12 @@ pub struct Function {
     pub container_runtime: Option<String>,
     pub tmp_mb: i64,
     pub public: bool,
+    /// What its output is to the caller of its URL: `body` or `cgi`.
+    #[serde(default)]
+    pub response: ResponseMode,
+    /// Which browsers may call its URL from other origins.
+    #[serde(default)]
+    pub cors: Option<Cors>,
     #[serde(skip)]
     #[schema(ignore)]
     pub secrets: Secrets,
@@ -263,6 +361,8 @@ impl From<FunctionRow> for Function {
             container_runtime: r.container_runtime,
             tmp_mb: r.tmp_mb,
             public: r.public,
+            response: ResponseMode::parse(&r.response),
+            cors: r.cors.map(|c| c.0),
             secrets: r.secrets.0,
             runtime: r.runtime,
             version: r.version,
@@ -294,6 +394,7 @@ impl Function {
             container_runtime: self.container_runtime.clone(),
             tmp_mb: self.tmp_mb,
             secrets: self.secrets.clone(),
+            response: self.response,
         }
     }
 }
@@ -333,6 +434,8 @@ pub struct Snapshot {
     pub tmp_mb: i64,
     #[serde(default)]
     pub secrets: Secrets,
+    #[serde(default)]
+    pub response: ResponseMode,
 }
 
 fn one() -> i32 {
@@ -368,6 +471,7 @@ impl Default for Snapshot {
             max_concurrency: None,
             mode: Mode::default(),
             pool: PoolLimits::default(),
+            response: ResponseMode::default(),
         }
     }
 }
@@ -407,6 +511,9 @@ pub struct NewFunction {
     pub container_runtime: Option<String>,
     pub tmp_mb: Option<i64>,
     pub public: Option<bool>,
+    /// `body` (the default) or `cgi`.
+    pub response: Option<ResponseMode>,
+    pub cors: Option<Cors>,
     pub secrets: Option<BTreeMap<String, String>>,
 }
 
@@ -465,6 +572,11 @@ pub struct FunctionUpdate {
     pub container_runtime: Option<String>,
     pub tmp_mb: Option<i64>,
     pub public: Option<bool>,
+    pub response: Option<ResponseMode>,
+    /// `null` removes it; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Cors>)]
+    pub cors: Option<Option<Cors>>,
     pub secrets: Option<SecretsUpdate>,
     /// Build a new version from source (with `runtime`, or the function's current runtime).
     #[serde(default)]
@@ -555,6 +667,8 @@ impl NewFunction {
             container_runtime: self.container_runtime.filter(|r| !r.is_empty()),
             tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
             public: self.public.unwrap_or(false),
+            response: self.response.unwrap_or_default(),
+            cors: self.cors,
             secrets: Secrets(self.secrets.unwrap_or_default()),
             runtime: self.runtime,
             version: None,
@@ -653,6 +767,8 @@ impl FunctionUpdate {
             container_runtime,
             tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
             public: self.public.unwrap_or(current.public),
+            response: self.response.unwrap_or(current.response),
+            cors: self.cors.unwrap_or(current.cors.clone()),
             secrets,
             updated_at: now_as_stored(),
             ..current
@@ -730,6 +846,9 @@ fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     }
     if !(4..=32_768).contains(&f.pids) {
         return Err(invalid("pids", "must be between 4 and 32768"));
+    }
+    if let Some(problem) = f.cors.as_ref().and_then(cors_problem) {
+        return Err(invalid("cors", &problem));
     }
     if !(1..=65_536).contains(&f.tmp_mb) {
         return Err(invalid("tmp_mb", "must be between 1 and 65536"));
@@ -850,9 +969,9 @@ pub mod store {
             "INSERT INTO functions (name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts,
                     pids, network, run_as, container_runtime, tmp_mb, public, secrets, created_at, updated_at,
                     retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms,
-                    runtime, version)
+                    runtime, version, response, cors)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-                     $20, $21, $22, $23, $24, $25, $26, $27, $28)
+                     $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&f.name)
@@ -883,6 +1002,8 @@ pub mod store {
         .bind(f.pool.idle_timeout_ms)
         .bind(&f.runtime)
         .bind(f.version)
+        .bind(f.response.as_str())
+        .bind(f.cors.as_ref().map(Json))
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -890,7 +1011,7 @@ pub mod store {
 
     pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
         let row = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version, response, cors, created_at, updated_at
              FROM functions WHERE name = $1",
         )
         .bind(name)
@@ -901,7 +1022,7 @@ pub mod store {
 
     pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
         let rows = sqlx::query_as::<_, FunctionRow>(
-            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version, created_at, updated_at
+            "SELECT name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts, retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms, pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version, response, cors, created_at, updated_at
              FROM functions ORDER BY name",
         )
         .fetch_all(pool)
@@ -917,7 +1038,7 @@ pub mod store {
                     max_concurrency = $13, callback_url = $14, mode = $15, min_warm = $16,
                     max_containers = $17, idle_timeout_ms = $18,
                     pids = $19, network = $20, run_as = $21, container_runtime = $22, tmp_mb = $23, public = $24, secrets = $25,
-                    runtime = $26, version = $27
+                    runtime = $26, version = $27, response = $28, cors = $29
              WHERE name = $1",
         )
         .bind(&f.name)
@@ -947,6 +1068,8 @@ pub mod store {
         .bind(Json(&f.secrets))
         .bind(&f.runtime)
         .bind(f.version)
+        .bind(f.response.as_str())
+        .bind(f.cors.as_ref().map(Json))
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

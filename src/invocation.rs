@@ -109,6 +109,11 @@ pub struct Record {
     pub worker: Option<String>,
     pub cpu_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
+    /// Calls of the function's URL: the method, the path after `/fn/{name}` (no query), and
+    /// the HTTP status answered.
+    pub http_method: Option<String>,
+    pub http_path: Option<String>,
+    pub http_status: Option<i32>,
 }
 
 impl Record {
@@ -140,6 +145,9 @@ impl Record {
             "worker": self.worker,
             "cpu_ms": self.cpu_ms,
             "max_memory_bytes": self.max_memory_bytes,
+            "http_method": self.http_method,
+            "http_path": self.http_path,
+            "http_status": self.http_status,
         });
         put_bytes(&mut v, "input", self.input.as_deref());
         put_bytes(&mut v, "output", self.output.as_deref());
@@ -191,9 +199,27 @@ pub struct Outcome {
     pub cold: bool,
     pub cpu_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
+    /// The function's own HTTP status and headers (`response: "cgi"`).
+    pub http: Option<crate::web::WebAnswer>,
+    /// A call of the function's URL: its method and path (after `/fn/{name}`, no query).
+    pub http_method: Option<String>,
+    pub http_path: Option<String>,
 }
 
 impl Outcome {
+    /// The HTTP status the caller of the function's URL was answered (as
+    /// `producer::invoke::reply_response` answers it): the function's own, else 200 for a
+    /// success, 504 for a timeout and 502 for the rest.
+    pub fn http_status(&self) -> Option<i32> {
+        self.http_method.as_ref()?;
+        Some(match (&self.http, self.status()) {
+            (Some(http), _) => i32::from(http.status),
+            (None, Status::Succeeded) => 200,
+            (None, Status::TimedOut) => 504,
+            (None, _) => 502,
+        })
+    }
+
     pub fn status(&self) -> Status {
         self.status.unwrap_or(Status::Failed)
     }
@@ -233,7 +259,7 @@ pub mod store {
     /// The columns of [`Record`], as a literal so queries stay `&'static str`.
     macro_rules! select {
         () => {
-            "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes FROM invocations"
+            "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes, http_method, http_path, http_status FROM invocations"
         };
     }
 
@@ -650,12 +676,16 @@ pub mod store {
                         exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
                         duration_ms = $11, retry_at = NULL, payload = NULL,
                         cold = $12, cpu_ms = $13, max_memory_bytes = $14,
+                        http_method = $15, http_path = $16, http_status = $17,
                         dead_at = CASE WHEN $2 = 'dead' THEN now() END
                  WHERE id = $1 AND status IN ('queued', 'running')",
             )
             .bind(id),
             outcome,
         )
+        .bind(&outcome.http_method)
+        .bind(&outcome.http_path)
+        .bind(outcome.http_status())
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -701,11 +731,12 @@ pub mod store {
                 "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
                                           worker, published_at, queue_ms, output, output_truncated, logs,
                                           logs_truncated, exit_code, error, started_at, finished_at,
-                                          duration_ms, cold, cpu_ms, max_memory_bytes)
+                                          duration_ms, cold, cpu_ms, max_memory_bytes,
+                                          http_method, http_path, http_status)
                  SELECT $1, $15, $2, $16, $17, $18, to_timestamp($19::float8 / 1000.0), $20, $21, now(),
                         GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($9, now())) * 1000)::bigint - $19),
                         $3, $4, $5, $6, $7, $8, COALESCE($9, now()), COALESCE($10, now()),
-                        $11, $12, $13, $14
+                        $11, $12, $13, $14, $22, $23, $24
                  WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
                  ON CONFLICT (id) DO NOTHING",
             )
@@ -719,6 +750,9 @@ pub mod store {
         .bind(queued_at_ms)
         .bind(attempt)
         .bind(worker)
+        .bind(&outcome.http_method)
+        .bind(&outcome.http_path)
+        .bind(outcome.http_status())
         .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -27,6 +27,7 @@
 pub mod broker;
 pub mod build;
 pub mod callback;
+pub mod cgi;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -46,5 +47,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 pub mod webhook;
 pub mod worker;

@@ -2,9 +2,11 @@
 //!
 //! Work message: body = the input bytes; `message_id` = invocation id; `correlation_id` and
 //! `reply_to` for sync calls; headers `x-granda-function` (the function snapshot as JSON),
-//! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch).
+//! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch), and for calls of a function's
+//! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON).
 //! Reply: body = stdout; headers `x-granda-status`, `x-granda-exit-code`, `x-granda-duration-ms`,
-//! `x-granda-error` (platform error or the stderr tail of a failed run).
+//! `x-granda-error` (platform error or the stderr tail of a failed run), and `x-granda-http` (the
+//! function's own HTTP status and headers, [`crate::web::WebAnswer`] as JSON) when it gave them.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -20,6 +22,8 @@ const H_STATUS: &str = "x-granda-status";
 const H_EXIT_CODE: &str = "x-granda-exit-code";
 const H_DURATION: &str = "x-granda-duration-ms";
 const H_ERROR: &str = "x-granda-error";
+const H_REQUEST: &str = "x-granda-request";
+const H_HTTP: &str = "x-granda-http";
 
 /// How much of stderr travels in a reply to explain a failure.
 pub const ERROR_TAIL_BYTES: usize = 2048;
@@ -71,6 +75,8 @@ pub struct Work {
     pub queued_at_ms: i64,
     pub reply_to: Option<String>,
     pub correlation_id: Option<String>,
+    /// The HTTP request of a call of the function's URL (`/fn/{name}`).
+    pub request: Option<crate::web::WebRequest>,
 }
 
 impl Work {
@@ -95,6 +101,7 @@ impl Work {
             queued_at_ms: chrono::Utc::now().timestamp_millis(),
             reply_to: None,
             correlation_id: None,
+            request: None,
         }
     }
 
@@ -110,6 +117,13 @@ impl Work {
             H_QUEUED_AT.into(),
             AMQPValue::LongLongInt(self.queued_at_ms),
         );
+        if let Some(request) = &self.request {
+            let json = serde_json::to_vec(request).expect("a request serializes");
+            headers.insert(
+                H_REQUEST.into(),
+                AMQPValue::LongString(LongString::from(json)),
+            );
+        }
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(self.id.to_string()))
             .with_delivery_mode(2)
@@ -142,6 +156,17 @@ impl Work {
             .and_then(|t| Trigger::parse(std::str::from_utf8(t).ok()?))
             .ok_or_else(|| Malformed(format!("no valid {H_TRIGGER} header")))?;
         let queued_at_ms = int_header(headers, H_QUEUED_AT).unwrap_or(0);
+        let request = match bytes_header(headers, H_REQUEST) {
+            None => None,
+            Some(json) => {
+                let request: crate::web::WebRequest = serde_json::from_slice(json)
+                    .map_err(|e| Malformed(format!("{H_REQUEST}: {e}")))?;
+                if let Some(problem) = request.problem() {
+                    return Err(Malformed(format!("{H_REQUEST}: {problem}")));
+                }
+                Some(request)
+            }
+        };
         Ok(Work {
             id,
             trigger,
@@ -149,6 +174,7 @@ impl Work {
             queued_at_ms,
             reply_to: props.reply_to().as_ref().map(|r| r.to_string()),
             correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
+            request,
         })
     }
 }
@@ -161,6 +187,8 @@ pub struct Reply {
     pub duration_ms: Option<i64>,
     pub output: Vec<u8>,
     pub error: Option<String>,
+    /// The function's own HTTP status and headers (`response: "cgi"`).
+    pub http: Option<crate::web::WebAnswer>,
 }
 
 impl Reply {
@@ -171,6 +199,7 @@ impl Reply {
             duration_ms: o.duration_ms,
             output: o.output.clone(),
             error: explain(o.status(), o.error.as_deref(), &o.logs),
+            http: o.http.clone(),
         }
     }
 
@@ -185,6 +214,7 @@ impl Reply {
                 r.error.as_deref(),
                 r.logs.as_deref().unwrap_or(""),
             ),
+            http: None,
         }
     }
 
@@ -200,6 +230,10 @@ impl Reply {
         if let Some(error) = &self.error {
             headers.insert(H_ERROR.into(), long_string(error));
         }
+        if let Some(http) = &self.http {
+            let json = serde_json::to_vec(http).expect("an answer serializes");
+            headers.insert(H_HTTP.into(), AMQPValue::LongString(LongString::from(json)));
+        }
         BasicProperties::default()
             .with_correlation_id(ShortString::from(correlation_id))
             .with_headers(headers)
@@ -214,6 +248,8 @@ impl Reply {
             duration_ms: int_header(headers, H_DURATION),
             output: body,
             error: bytes_header(headers, H_ERROR).map(|e| String::from_utf8_lossy(e).into_owned()),
+            // A reply the ingress can't read the answer of is answered without it.
+            http: bytes_header(headers, H_HTTP).and_then(|j| serde_json::from_slice(j).ok()),
         })
     }
 }
@@ -285,10 +321,16 @@ mod tests {
                 container_runtime: Some("runc".into()),
                 tmp_mb: 8,
                 secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
+                response: crate::function::ResponseMode::Cgi,
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),
             correlation_id: Some("c1".into()),
+            request: Some(crate::web::WebRequest {
+                method: "GET".into(),
+                path: "/x".into(),
+                ..Default::default()
+            }),
         };
         let back = Work::decode(&work.properties()).unwrap();
         assert_eq!(back.id, work.id);
@@ -297,6 +339,7 @@ mod tests {
         assert_eq!(back.queued_at_ms, work.queued_at_ms);
         assert_eq!(back.reply_to, work.reply_to);
         assert_eq!(back.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(back.request, work.request);
     }
 
     #[test]

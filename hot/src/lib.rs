@@ -44,6 +44,15 @@
 //! headers over 64 KiB with 431, and closes the connection after those; another path with 404,
 //! another method with 405. `HTTP/1.0` requests are served one per connection, and
 //! `Expect: 100-continue` is answered.
+//!
+//! # Calls of the function's URL
+//!
+//! A call of the function's URL (`/fn/{name}/{path}?{query}`, any method) arrives as the caller's
+//! own request: its method, `/{path}?{query}` as the target, the caller's headers (never its
+//! Granda credentials), the `Granda-*` headers above and `Granda-Web: 1`. Such a request always
+//! goes to the handler, whatever its method and path ([`Request::method`], [`Request::target`]).
+//! A handler may answer with its own status and headers by returning a [`Reply`]; with the
+//! function's `response: "cgi"` they reach the caller.
 
 // The example above is a whole program, `main` included.
 #![allow(clippy::needless_doctest_main)]
@@ -80,6 +89,71 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Every header, in the order received, names as sent.
     pub headers: Vec<(String, String)>,
+    /// The method: `POST` for an invocation, the caller's for a call of the function's URL.
+    pub method: String,
+    /// The target: `/invoke`, or the path after `/fn/{name}` (at least `/`) and the query.
+    pub target: String,
+    /// Whether this is a call of the function's URL (`Granda-Web: 1`).
+    pub web: bool,
+}
+
+/// An answer with its own status and headers (a handler may also return just a body).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a header (one with CR, LF or another control character is not sent).
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// What a handler may return on success: a body (status 200), or a whole [`Reply`].
+pub trait IntoReply {
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for Reply {
+    fn into_reply(self) -> Reply {
+        self
+    }
+}
+
+impl IntoReply for Vec<u8> {
+    fn into_reply(self) -> Reply {
+        Reply::new(200, self)
+    }
+}
+
+impl IntoReply for String {
+    fn into_reply(self) -> Reply {
+        Reply::new(200, self)
+    }
+}
+
+impl IntoReply for &str {
+    fn into_reply(self) -> Reply {
+        Reply::new(200, self)
+    }
+}
+
+impl IntoReply for &[u8] {
+    fn into_reply(self) -> Reply {
+        Reply::new(200, self)
+    }
 }
 
 impl Request {
@@ -113,6 +187,7 @@ impl Request {
             let bad = || format!("{name}: not a number: {value:?}");
             match name.as_str() {
                 "granda-invocation-id" => req.id = value.clone(),
+                "granda-web" => req.web = value == "1",
                 "granda-function" => req.function = value.clone(),
                 "granda-trigger" => req.trigger = value.clone(),
                 "granda-attempt" => req.attempt = value.parse().map_err(|_| bad())?,
@@ -135,7 +210,7 @@ impl Request {
 pub fn serve<F, O, E>(handler: F) -> !
 where
     F: Fn(Request) -> Result<O, E> + Send + Sync + 'static,
-    O: Into<Vec<u8>>,
+    O: IntoReply,
     E: Display,
 {
     let Some(path) = std::env::var_os(SOCKET_ENV) else {
@@ -157,7 +232,7 @@ where
 pub fn serve_at<F, O, E>(path: impl AsRef<Path>, handler: F) -> io::Result<std::convert::Infallible>
 where
     F: Fn(Request) -> Result<O, E> + Send + Sync + 'static,
-    O: Into<Vec<u8>>,
+    O: IntoReply,
     E: Display,
 {
     // Bound under another name and renamed, the socket appears ready, with its permissions (the
@@ -219,6 +294,10 @@ struct Response {
     /// Close the connection after this answer.
     close: bool,
     allow: Option<&'static str>,
+    /// The handler's own headers.
+    headers: Vec<(String, String)>,
+    /// An answer to `HEAD`: its headers (`Content-Length` included), no body.
+    bodiless: bool,
 }
 
 impl Response {
@@ -228,6 +307,8 @@ impl Response {
             body: body.into(),
             close: false,
             allow: None,
+            headers: Vec::new(),
+            bodiless: false,
         }
     }
 
@@ -290,7 +371,7 @@ enum Next {
 fn connection<F, O, E>(stream: UnixStream, handler: &F)
 where
     F: Fn(Request) -> Result<O, E>,
-    O: Into<Vec<u8>>,
+    O: IntoReply,
     E: Display,
 {
     let Ok(mut output) = stream.try_clone() else {
@@ -301,8 +382,10 @@ where
         let response = match read_request(&mut input, &mut output) {
             Ok(Next::Request(head, body)) => {
                 let close = head.http10 || head.has_token("Connection", "close");
+                let bodiless = head.method == "HEAD";
                 let mut response = answer(head, body, handler);
                 response.close |= close;
+                response.bodiless = bodiless;
                 response
             }
             Ok(Next::Refused(response)) => response,
@@ -320,35 +403,43 @@ where
 fn answer<F, O, E>(head: Head, body: Vec<u8>, handler: &F) -> Response
 where
     F: Fn(Request) -> Result<O, E>,
-    O: Into<Vec<u8>>,
+    O: IntoReply,
     E: Display,
 {
     let path = head.target.split('?').next().unwrap_or_default();
+    let web = head.values("Granda-Web").any(|v| v == "1");
     let allowed = match path {
+        _ if web => "",
         "/invoke" => "POST",
         "/health" => "GET",
         _ => return Response::new(404, format!("no such path: {path}")),
     };
-    if head.method != allowed {
+    if !web && head.method != allowed {
         let body = format!("{path} takes {allowed}, not {}", head.method);
         return Response {
             allow: Some(allowed),
             ..Response::new(405, body)
         };
     }
-    if path == "/health" {
+    if !web && path == "/health" {
         return Response::new(200, "");
     }
-    let req = match Request::new(head.headers, body) {
+    let (method, target) = (head.method.clone(), head.target.clone());
+    let mut req = match Request::new(head.headers, body) {
         Ok(req) => req,
         Err(e) => return Response::new(400, e),
     };
+    req.method = method;
+    req.target = target;
     let result = panic::catch_unwind(AssertUnwindSafe(|| match handler(req) {
-        Ok(output) => Ok(output.into()),
+        Ok(output) => Ok(output.into_reply()),
         Err(e) => Err(e.to_string()),
     }));
     match result {
-        Ok(Ok(output)) => Response::new(200, output),
+        Ok(Ok(reply)) => Response {
+            headers: reply.headers,
+            ..Response::new(reply.status, reply.body)
+        },
         Ok(Err(e)) => Response::new(500, e),
         Err(panic) => {
             let message = (panic.downcast_ref::<&str>().copied())
@@ -492,11 +583,22 @@ fn write_response(output: &mut impl Write, r: &Response) -> io::Result<()> {
     } else {
         "text/plain; charset=utf-8"
     };
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n",
-        r.status,
-        r.body.len()
-    );
+    let mut head = format!("HTTP/1.1 {} {reason}\r\n", r.status);
+    let mut typed = false;
+    for (name, value) in &r.headers {
+        let framing = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("connection");
+        if framing || !is_token(name) || value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            continue;
+        }
+        typed |= name.eq_ignore_ascii_case("content-type");
+        head += &format!("{name}: {value}\r\n");
+    }
+    if !typed {
+        head += &format!("Content-Type: {kind}\r\n");
+    }
+    head += &format!("Content-Length: {}\r\n", r.body.len());
     if let Some(allow) = r.allow {
         head += &format!("Allow: {allow}\r\n");
     }
@@ -505,7 +607,9 @@ fn write_response(output: &mut impl Write, r: &Response) -> io::Result<()> {
     }
     head += "\r\n";
     // One write for a small answer: the worker wakes once to read it, not twice.
-    if r.body.len() <= 64 * 1024 {
+    if r.bodiless {
+        output.write_all(head.as_bytes())?;
+    } else if r.body.len() <= 64 * 1024 {
         let mut all = head.into_bytes();
         all.extend_from_slice(&r.body);
         output.write_all(&all)?;

@@ -96,6 +96,9 @@ pub struct FunctionFlags {
     /// Anyone may call /fn/NAME without a key.
     #[arg(long, value_name = "true|false")]
     pub public: Option<bool>,
+    /// What its output is to callers of its URL: the body, or a CGI response (headers first).
+    #[arg(long, value_parser = ["body", "cgi"])]
+    pub response: Option<String>,
     /// The container's network.
     #[arg(long, value_parser = ["none", "bridge"])]
     pub network: Option<String>,
@@ -205,6 +208,9 @@ impl FunctionFlags {
         }
         if let Some(classes) = self.retry_on {
             m.insert("retry_on".into(), json!(classes));
+        }
+        if let Some(response) = &self.response {
+            m.insert("response".into(), response.clone().into());
         }
         if let Some(public) = self.public {
             m.insert("public".into(), public.into());
@@ -404,6 +410,7 @@ fn show(client: &Client, f: &Value) {
             "version",
             "invoke_url",
             "public",
+            "response",
             "queue",
             "input",
             "mode",

@@ -237,6 +237,9 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
                         "queue_ms",
                         "cold",
                         "worker",
+                        "http_method",
+                        "http_path",
+                        "http_status",
                         "output",
                     ],
                 );

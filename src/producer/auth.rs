@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/` (an index, or a redirect to `/ui`), `/healthz`, `/readyz`, `/openapi.json` | nothing |
 //! | `/hooks/*` | nothing here: each webhook checks its own signature |
-//! | `POST /fn/{name}` | nothing if the function is `public`, else an `invoke` or `admin` key |
+//! | `/fn/{name}`, `/fn/{name}/{*path}` (any method) | nothing if the function is `public`, else an `invoke` or `admin` key |
 //! | `POST /v1/functions/{name}/invoke`, `POST /v1/functions/{name}/invocations`, `GET /v1/invocations/{id}`, `POST /v1/events/{topic}` | an `invoke` or `admin` key |
 //! | everything else (`/v1/*` management, `/metrics`, unknown paths) | an `admin` key |
 //!
@@ -63,6 +63,11 @@ pub fn least_scope(action: Action) -> Scope {
     }
 }
 
+/// A CORS preflight of a function's URL that is not public, let through without a key: its
+/// handler may answer it from the function's `cors` field, and must run nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct PreflightOnly;
+
 /// Who a handler is answering, as the middleware found out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -97,11 +102,11 @@ pub fn needs(method: &Method, path: &str) -> Needs {
     {
         return Needs::Nothing;
     }
-    if let Some(name) = path.strip_prefix("/fn/")
-        && !name.is_empty()
-        && !name.contains('/')
-    {
-        return Needs::FunctionUrl(name.to_string());
+    if let Some(rest) = path.strip_prefix("/fn/") {
+        let name = rest.split('/').next().unwrap_or_default();
+        if !name.is_empty() {
+            return Needs::FunctionUrl(name.to_string());
+        }
     }
     let segments: Vec<&str> = path.split('/').collect();
     let get = method == Method::GET || method == Method::HEAD;
@@ -165,6 +170,18 @@ pub async fn require(
                     .insert(caller.unwrap_or(Caller::Anonymous));
                 return Ok(next.run(request).await);
             }
+            // A browser's CORS preflight carries no credentials: the handler answers it from the
+            // function's `cors` field, and refuses it (401) when there is none.
+            if request.method() == Method::OPTIONS
+                && request
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+                && bearer(&request).ok().flatten().is_none()
+            {
+                request.extensions_mut().insert(Caller::Anonymous);
+                request.extensions_mut().insert(PreflightOnly);
+                return Ok(next.run(request).await);
+            }
             Action::Invoke
         }
         Needs::Key(action) => action,
@@ -223,7 +240,11 @@ mod tests {
         assert_eq!(needs(&get, "/openapi.json"), Needs::Nothing);
         assert_eq!(needs(&post, "/hooks/abc"), Needs::Nothing);
         assert_eq!(needs(&post, "/fn/echo"), Needs::FunctionUrl("echo".into()));
-        assert_eq!(needs(&post, "/fn/echo/x"), admin);
+        assert_eq!(
+            needs(&Method::GET, "/fn/echo/x/y"),
+            Needs::FunctionUrl("echo".into())
+        );
+        assert_eq!(needs(&post, "/fn/"), admin);
         assert_eq!(needs(&post, "/v1/functions/echo/invoke"), invoke);
         assert_eq!(needs(&post, "/v1/functions/echo/invocations"), invoke);
         assert_eq!(needs(&get, "/v1/functions/echo/invocations"), read);

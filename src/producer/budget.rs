@@ -153,14 +153,20 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
 }
 
 /// Middleware for a public function's URL (`/fn/{name}`) called without credentials: the
-/// request holds a reservation for its body until it is answered. Calls with an
-/// `Authorization` header were checked by the auth middleware (which runs first) and pass.
+/// request holds a reservation for its body until it is answered. Calls with a live key (the
+/// auth middleware, which runs first, says so) pass; an `Authorization` header of another kind
+/// (a function's own Basic credentials) does not make a call authenticated.
 pub async fn unauthenticated(
     State(app): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.headers().contains_key(header::AUTHORIZATION) {
+    if request.headers().contains_key(header::AUTHORIZATION)
+        && request
+            .extensions()
+            .get::<super::auth::Caller>()
+            .is_some_and(|c| c.is_authenticated())
+    {
         return next.run(request).await;
     }
     match app

@@ -39,6 +39,8 @@ pub struct Job<'a> {
     pub env: BTreeMap<String, String>,
     /// Where to POST the result when final; else the function's `callback_url` (not for sync).
     pub callback_url: Option<&'a str>,
+    /// The HTTP request of a call of the function's URL.
+    pub request: Option<&'a crate::web::WebRequest>,
 }
 
 impl<'a> Job<'a> {
@@ -50,6 +52,7 @@ impl<'a> Job<'a> {
             reply: None,
             env: BTreeMap::new(),
             callback_url: None,
+            request: None,
         }
     }
 }
@@ -234,7 +237,9 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// The message of invocation `id`, with the job's own env (see [`Work::queued`]).
 fn work(id: Uuid, function: &Function, job: &Job<'_>) -> Work {
-    Work::queued(id, job.trigger, function, &job.env)
+    let mut work = Work::queued(id, job.trigger, function, &job.env);
+    work.request = job.request.cloned();
+    work
 }
 
 /// A publish that failed, as the caller hears it: a message too large for the broker's frame

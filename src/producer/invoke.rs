@@ -1,5 +1,8 @@
-//! Invoking functions: sync (`/v1/functions/{name}/invoke`, `/fn/{name}`), which waits for the
-//! result over a reply-to queue, and async (`/v1/functions/{name}/invocations`), which answers 202.
+//! Invoking functions: sync (`/v1/functions/{name}/invoke`, and any method of `/fn/{name}` and
+//! `/fn/{name}/{*path}`, whose HTTP request travels to the function: [`crate::web`]), which waits
+//! for the result over a reply-to queue, and async (`/v1/functions/{name}/invocations`), which
+//! answers 202. A function that gave its own HTTP status and headers (`response: "cgi"`) is
+//! answered with them.
 //!
 //! Both write the `queued` record first, then publish with publisher confirms; neither answers
 //! 2xx for an invocation the broker did not confirm.
@@ -10,9 +13,10 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodFilter;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -53,6 +57,139 @@ pub async fn sync(
         Some(reply) => reply_response(id, reply, detail),
         None => accepted(&app, id, Status::Queued),
     })
+}
+
+/// The methods of a function's URL.
+pub fn web_methods() -> MethodFilter {
+    MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::POST)
+        .or(MethodFilter::PUT)
+        .or(MethodFilter::PATCH)
+        .or(MethodFilter::DELETE)
+        .or(MethodFilter::OPTIONS)
+}
+
+/// Any method of `/fn/{name}` and `/fn/{name}/{*path}`: a sync call that carries the request.
+#[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(%method))]
+pub async fn web(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+    preflight_only: Option<Extension<super::auth::PreflightOnly>>,
+    remote: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let detail = caller.is_some_and(|Extension(c)| c.is_authenticated());
+    // The raw path: `/fn/<name>` then the function's own path, as sent.
+    let rest = uri.path().strip_prefix("/fn/").unwrap_or_default();
+    let (name, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, ""),
+    };
+    let keyless = || {
+        ApiError::Unauthorized(
+            "an API key is needed: Authorization: Bearer <key> (Granda answers preflights only \
+             for functions with a `cors` field)"
+                .into(),
+        )
+    };
+    let function = match load_for_call(&app, name).await {
+        Ok(function) => function,
+        // A keyless preflight learns nothing of functions that are not public.
+        Err(_) if preflight_only.is_some() => return Err(keyless()),
+        Err(e) => return Err(e),
+    };
+    if method == Method::OPTIONS
+        && let Some(response) = super::cors::preflight(&function, &headers)
+    {
+        return Ok(response);
+    }
+    if preflight_only.is_some() {
+        return Err(keyless());
+    }
+    let request = web_request(&app, &method, &uri, version, &headers, remote, name, path)?;
+    let wait = app.settings.sync_wait();
+    let job = Job {
+        reply: Some(wait),
+        request: Some(&request),
+        ..Job::new(Trigger::Sync, &body)
+    };
+    let queued = enqueue(&app, &function, job).await?;
+    let id = queued.id;
+    let mut response = match queued.reply {
+        Some(reply) => reply_response(id, reply, detail),
+        None => accepted(&app, id, Status::Queued),
+    };
+    super::cors::allow(&function, &headers, &mut response);
+    if method == Method::HEAD {
+        // The headers a GET would have, no body.
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    Ok(response)
+}
+
+/// The request that travels to the function; 400 for one that can't (see [`crate::web`]).
+#[allow(clippy::too_many_arguments)]
+fn web_request(
+    app: &AppState,
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+    remote: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    name: &str,
+    path: &str,
+) -> Result<crate::web::WebRequest, ApiError> {
+    let sent = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let passed = crate::web::WebRequest::headers_from(sent).map_err(ApiError::BadRequest)?;
+    let public = url::Url::parse(&app.settings.public_url()).ok();
+    let default_port = public
+        .as_ref()
+        .and_then(|u| u.port_or_known_default())
+        .unwrap_or(80);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            public
+                .as_ref()
+                .and_then(|u| u.host_str().map(str::to_string))
+        })
+        .unwrap_or_default();
+    let (server_name, server_port) = match host.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h.to_string(), p.parse().unwrap_or(default_port)),
+        _ => (host, default_port),
+    };
+    let request = crate::web::WebRequest {
+        method: method.as_str().to_string(),
+        path: path.to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        headers: passed,
+        remote_addr: remote
+            .map(|Extension(ConnectInfo(addr))| addr.ip().to_string())
+            .unwrap_or_default(),
+        server_name,
+        server_port,
+        protocol: match version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        }
+        .to_string(),
+        script_name: format!("/fn/{name}"),
+    };
+    match request.problem() {
+        Some(problem) => Err(ApiError::BadRequest(format!(
+            "this request can't be passed to the function: {problem}"
+        ))),
+        None => Ok(request),
+    }
 }
 
 /// `POST /v1/functions/{name}/invocations`.
@@ -113,6 +250,23 @@ pub(crate) fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
 /// `detail` (stderr tail or platform error) only when `detail` (the caller has a key).
 fn reply_response(id: Uuid, reply: Reply, detail: bool) -> Response {
     let mut response = match reply.status {
+        // The function's own answer: its status and headers, its body.
+        _ if reply.http.is_some() => {
+            let http = reply.http.as_ref().expect("checked");
+            let mut response = Response::new(axum::body::Body::from(reply.output.clone()));
+            *response.status_mut() =
+                StatusCode::from_u16(http.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let headers = response.headers_mut();
+            for (name, value) in http.passed_headers() {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+            response
+        }
         Status::Succeeded => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -127,6 +281,14 @@ fn reply_response(id: Uuid, reply: Reply, detail: bool) -> Response {
                     "the function timed out".to_string(),
                 ),
                 _ => match reply.exit_code {
+                    // Exited 0, yet failed: its output is no CGI response.
+                    Some(0) => (
+                        "bad_cgi_response",
+                        StatusCode::BAD_GATEWAY,
+                        "the function's output is not a valid CGI response (header lines, a \
+                         blank line, then the body)"
+                            .to_string(),
+                    ),
                     Some(code) => (
                         "function_failed",
                         StatusCode::BAD_GATEWAY,

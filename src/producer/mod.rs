@@ -5,6 +5,7 @@ pub mod auth;
 pub mod budget;
 pub mod builds;
 pub mod callback_keys;
+pub mod cors;
 pub mod deploy;
 pub mod enqueue;
 pub mod events;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, on, post};
 use bollard::Docker;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -170,6 +171,8 @@ impl Application {
         loops.spawn(crate::schedule::ticker::run(self.state.clone()));
         let router_stopped = loops.spawn(crate::inbound::run(self.state.clone(), stopped));
         let app = router(self.state);
+        // The caller's address is a function's `REMOTE_ADDR`.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -228,7 +231,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/fn/{name}",
-            post(invoke::sync).layer(axum::middleware::from_fn_with_state(
+            on(invoke::web_methods(), invoke::web).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                budget::unauthenticated,
+            )),
+        )
+        .route(
+            "/fn/{name}/{*path}",
+            on(invoke::web_methods(), invoke::web).layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 budget::unauthenticated,
             )),

@@ -69,6 +69,12 @@ pub struct InvocationRecord {
     pub worker: Option<String>,
     pub cpu_ms: Option<i64>,
     pub max_memory_bytes: Option<i64>,
+    /// Calls of the function's URL (`/fn/{name}`): the method.
+    pub http_method: Option<String>,
+    /// Calls of the function's URL: the path after `/fn/{name}`, without the query.
+    pub http_path: Option<String>,
+    /// Calls of the function's URL: the HTTP status the caller was answered.
+    pub http_status: Option<i32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -132,6 +138,8 @@ impl Modify for ResponseDescriptions {
                 &mut item.post,
                 &mut item.delete,
                 &mut item.patch,
+                &mut item.head,
+                &mut item.options,
             ];
             for operation in operations.into_iter().flatten() {
                 for (status, response) in operation.responses.responses.iter_mut() {
@@ -157,7 +165,9 @@ impl Modify for ResponseDescriptions {
     info(title = "Granda", description = "Self-hosted serverless functions on Docker, RabbitMQ and Postgres."),
     paths(
         create_function, list_functions, get_function, update_function, delete_function,
-        invoke_sync, invoke_url, invoke_async, list_invocations, get_invocation,
+        invoke_sync, invoke_url, invoke_url_get, invoke_url_head, invoke_url_put, invoke_url_patch,
+        invoke_url_delete, invoke_url_options, invoke_url_path, invoke_url_path_get, invoke_url_path_head,
+        invoke_url_path_put, invoke_url_path_patch, invoke_url_path_delete, invoke_url_path_options, invoke_async, list_invocations, get_invocation,
         create_key, list_keys, revoke_key, healthz, readyz, metrics, openapi_json,
         dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks,
         get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe,
@@ -240,17 +250,142 @@ fn delete_function() {}
 #[allow(dead_code)]
 fn invoke_sync() {}
 
-#[utoipa::path(post, path = "/fn/{name}", tag = "invocations", summary = "Call a function at its own URL",
-    description = "The same as `POST /v1/functions/{name}/invoke`. A function registered as `public` needs no key here.", params(("name" = String, Path)),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-    (status = 200, description = "the function's stdout", content_type = "application/octet-stream", body = Vec<u8>),
-    (status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody),
-    (status = 504, body = ErrorBody)),
-    security((), ("bearer" = [])))]
-#[allow(dead_code)]
-fn invoke_url() {}
+/// One operation of a function's URL: `/fn/{name}` and `/fn/{name}/{path}` take every method.
+macro_rules! function_url {
+    ($op:ident, $method:ident, $path:literal, $params:tt) => {
+        #[utoipa::path($method, path = $path, tag = "invocations", summary = "Call a function at its own URL",
+            description = "A sync call that carries the HTTP request to the function: its method, the path after `/fn/{name}`, the query and the headers (never the caller's Granda key or dashboard session cookie). Cold and warm runs get them as CGI/1.1 meta-variables (`REQUEST_METHOD`, `PATH_INFO`, `QUERY_STRING`, `HTTP_*`, ...), the body on stdin; hot functions get the request itself. A function with `response: \"cgi\"` answers with its own status and headers; otherwise its output is the body. A `public` function needs no key. With a `cors` field, Granda answers preflight `OPTIONS` itself. `HEAD` answers no body.",
+            params $params,
+            request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+            responses(
+            (status = 200, description = "the function's output (with `response: \"cgi\"`: its own status, headers and body)", content_type = "application/octet-stream", body = Vec<u8>),
+            (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+            (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody),
+            (status = 504, body = ErrorBody)),
+            security((), ("bearer" = [])))]
+        #[allow(dead_code)]
+        fn $op() {}
+    };
+}
+
+function_url!(invoke_url, post, "/fn/{name}", (("name" = String, Path)));
+function_url!(invoke_url_get, get, "/fn/{name}", (("name" = String, Path)));
+function_url!(
+    invoke_url_head,
+    head,
+    "/fn/{name}",
+    (("name" = String, Path))
+);
+function_url!(invoke_url_put, put, "/fn/{name}", (("name" = String, Path)));
+function_url!(
+    invoke_url_patch,
+    patch,
+    "/fn/{name}",
+    (("name" = String, Path))
+);
+function_url!(
+    invoke_url_delete,
+    delete,
+    "/fn/{name}",
+    (("name" = String, Path))
+);
+function_url!(
+    invoke_url_options,
+    options,
+    "/fn/{name}",
+    (("name" = String, Path))
+);
+function_url!(
+    invoke_url_path,
+    post,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
+function_url!(
+    invoke_url_path_get,
+    get,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
+function_url!(
+    invoke_url_path_head,
+    head,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
+function_url!(
+    invoke_url_path_put,
+    put,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
+function_url!(
+    invoke_url_path_patch,
+    patch,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
+function_url!(
+    invoke_url_path_delete,
+    delete,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
+function_url!(
+    invoke_url_path_options,
+    options,
+    "/fn/{name}/{path}",
+    (
+        ("name" = String, Path),
+        (
+            "path" = String,
+            Path,
+            description = "the function's own path; may hold `/`"
+        )
+    )
+);
 
 #[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "invocations", summary = "Invoke without waiting",
     description = "202 at once with the invocation id and its status URL. The same `Idempotency-Key` for the same function returns the first invocation, never a second run. With `X-Callback-Url`, the result is POSTed there when done.",

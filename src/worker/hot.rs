@@ -10,8 +10,14 @@
 //!   `Granda-Trigger`, `Granda-Attempt`, and one header per per-invocation variable
 //!   (`GRANDA_WEBHOOK_EVENT` travels as `Granda-Webhook-Event`). One request at a time per
 //!   container, on a kept-alive connection.
+//! - A call of the function's URL (`/fn/{name}[/{path}]`) is the caller's request itself instead:
+//!   its method, its path after `/fn/{name}` (`/` when none) and query, and the caller's headers
+//!   ([`crate::web`] says which pass), plus the `Granda-*` ones and `Granda-Web: 1`. Its `Host`
+//!   is the caller's.
 //! - A 2xx answer is success, its body the output. Any other status is a failure of the
-//!   function, its body the error. No answer by the deadline: the container is killed.
+//!   function, its body the error. With `response: "cgi"`, every answer is the function's own:
+//!   its status and headers pass to the caller, and only a 5xx is a failure. No answer by the
+//!   deadline: the container is killed.
 //!
 //! The socket directory is the container's, and the worker trusts nothing in it: it is a tmpfs
 //! of [`SOCKET_DIR_BYTES`] the worker mounts on the host (so a function filling it fills memory
@@ -78,6 +84,9 @@ pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
     use hyper::header::{HeaderName, HeaderValue};
     let mut headers = hyper::HeaderMap::new();
     let mut put = |name: &str, value: &str| -> Result<(), String> {
+        if name.starts_with("granda-") && headers.contains_key(name) {
+            return Ok(());
+        }
         let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
             .map_err(|_| format!("{name:?} can't be the name of a header for a hot call"))?;
         let value = HeaderValue::from_str(value).map_err(|_| {
@@ -89,7 +98,24 @@ pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
         headers.append(header, value);
         Ok(())
     };
-    put("host", "granda")?;
+    match call.request {
+        Some(request) => {
+            for (name, value) in &request.headers {
+                // The body's own length is sent; `Expect` would ask for an interim answer.
+                if matches!(name.as_str(), "content-length" | "expect")
+                    || name.starts_with("granda-")
+                {
+                    continue;
+                }
+                put(name, value)?;
+            }
+            if !request.headers.iter().any(|(n, _)| n == "host") {
+                put("host", "granda")?;
+            }
+            put("granda-web", "1")?;
+        }
+        None => put("host", "granda")?,
+    }
     put("granda-invocation-id", &call.id.to_string())?;
     put("granda-deadline-ms", &call.deadline_ms.to_string())?;
     put("granda-function", &call.function.name)?;
@@ -257,12 +283,16 @@ pub struct Call<'a> {
     /// When the answer is due, in ms since the epoch.
     pub deadline_ms: i64,
     pub input: &'a [u8],
+    /// A call of the function's URL: sent as the request itself.
+    pub request: Option<&'a crate::web::WebRequest>,
 }
 
 /// One answer of a hot function.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// Names in lowercase; values that are no printable ASCII are left out.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub truncated: bool,
 }
@@ -443,7 +473,13 @@ impl Connection {
             .await
             .map_err(|e| CallError::Stale(e.to_string()))?;
         let headers = request_headers(&call).map_err(CallError::BadInput)?;
-        let mut request = hyper::Request::post("/invoke")
+        let (method, target) = match call.request {
+            Some(r) => (r.method.as_str(), r.target()),
+            None => ("POST", "/invoke".to_string()),
+        };
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(target)
             .body(Full::new(Bytes::copy_from_slice(call.input)))
             .map_err(|e| CallError::BadInput(e.to_string()))?;
         request.headers_mut().extend(headers);
@@ -451,6 +487,14 @@ impl Connection {
             .await
             .map_err(CallError::HungUp)?;
         let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| {
+                let v = v.to_str().ok().filter(|v| crate::web::valid_value(v))?;
+                Some((n.as_str().to_string(), v.to_string()))
+            })
+            .collect();
         let mut body = response.into_body();
         let mut kept = Vec::new();
         let mut truncated = false;
@@ -466,6 +510,7 @@ impl Connection {
         }
         Ok(Answer {
             status,
+            headers,
             body: kept,
             truncated,
         })

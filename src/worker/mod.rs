@@ -50,7 +50,7 @@ use uuid::Uuid;
 
 use crate::broker::{self, BrokerError, Topology};
 use crate::config::Settings;
-use crate::function::Mode;
+use crate::function::{Mode, ResponseMode};
 use crate::invocation::{self, Claim, Outcome, Status, Trigger};
 use crate::message::{Reply, Work};
 use crate::metrics::{Metrics, label};
@@ -1224,6 +1224,10 @@ async fn run_claimed(
     {
         *error = error.replace('\0', "\u{FFFD}");
     }
+    if let Some(request) = &work.request {
+        outcome.http_method = Some(request.method.clone());
+        outcome.http_path = Some(request.path.clone());
+    }
     let platform = failure == Some(Failure::Platform);
     if platform {
         // The image may have gone from the engine since it was seen there.
@@ -1416,13 +1420,22 @@ async fn execute(
     attempt: i32,
     input: &[u8],
 ) -> (Outcome, Option<Failure>, Option<Removal>) {
+    // A call of the function's URL: the CGI meta-variables join its env for this run.
+    let with_request = work.request.as_ref().map(|request| {
+        let mut function = work.function.clone();
+        function
+            .env
+            .extend(crate::cgi::meta_variables(request, input.len()));
+        function
+    });
+    let function = with_request.as_ref().unwrap_or(&work.function);
     let (ran, cold, removal) = match work.function.mode {
         Mode::Cold => {
-            let (ran, removal) = shared.runner.run(work.id, &work.function, input).await;
+            let (ran, removal) = shared.runner.run(work.id, function, input).await;
             (ran, true, removal)
         }
         Mode::Warm => {
-            let (ran, cold) = run_warm(shared, work, input).await;
+            let (ran, cold) = run_warm(shared, work, function, input).await;
             (ran, cold, None)
         }
         Mode::Hot => {
@@ -1432,8 +1445,23 @@ async fn execute(
     };
     match ran {
         Ok(run) => {
-            let (mut outcome, failure) = outcome_of(run, work.function.timeout_ms);
+            let (mut outcome, mut failure) = outcome_of(run, work.function.timeout_ms);
             outcome.cold = cold;
+            if work.function.response == ResponseMode::Cgi
+                && outcome.status == Some(Status::Succeeded)
+            {
+                match crate::cgi::parse_response(&outcome.output) {
+                    Ok((answer, body)) => {
+                        outcome.output = body;
+                        outcome.http = Some(answer);
+                    }
+                    Err(e) => {
+                        outcome.status = Some(Status::Failed);
+                        outcome.error = Some(format!("malformed CGI response: {e}"));
+                        failure = Some(Failure::Error);
+                    }
+                }
+            }
             (outcome, failure, removal)
         }
         Err(e) => (
@@ -1448,6 +1476,7 @@ async fn execute(
 async fn run_warm(
     shared: &Shared,
     work: &Work,
+    function: &crate::function::Snapshot,
     input: &[u8],
 ) -> (Result<Run, PlatformError>, bool) {
     let mut tries = 0;
@@ -1456,10 +1485,7 @@ async fn run_warm(
             Ok(got) => got,
             Err(e) => return (Err(e), true),
         };
-        let ran = shared
-            .runner
-            .exec(&warm.id, work.id, &work.function, input)
-            .await;
+        let ran = shared.runner.exec(&warm.id, work.id, function, input).await;
         // Only a clean run gives its container back; anything else may have left it dirty.
         let clean = matches!(&ran, Ok(run) if run.exit == Exit::Code(0));
         shared.warm.release(warm, clean);
@@ -1490,6 +1516,7 @@ async fn run_hot(
         attempt,
         deadline_ms: 0,
         input,
+        request: work.request.as_ref(),
     };
     if let Err(e) = hot::request_headers(&probe) {
         return (failed(e, false), Some(Failure::Error));
@@ -1517,6 +1544,7 @@ async fn run_hot(
                     attempt,
                     deadline_ms,
                     input,
+                    request: work.request.as_ref(),
                 },
                 shared.runner.caps().stdout,
             ),
@@ -1531,6 +1559,32 @@ async fn run_hot(
             ..Default::default()
         };
         let failure = match called {
+            // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure.
+            Ok(Ok(answer)) if work.function.response == ResponseMode::Cgi => {
+                let failed = answer.status >= 500;
+                shared.warm.release(kept, !failed);
+                outcome.status = Some(if failed {
+                    Status::Failed
+                } else {
+                    Status::Succeeded
+                });
+                outcome.exit_code = Some(if failed { 1 } else { 0 });
+                if failed {
+                    let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
+                    outcome.error = Some(format!(
+                        "the function answered HTTP {}: {}",
+                        answer.status,
+                        tail(&detail, crate::message::ERROR_TAIL_BYTES)
+                    ));
+                }
+                outcome.http = Some(crate::web::WebAnswer {
+                    status: answer.status,
+                    headers: answer.headers,
+                });
+                outcome.output = answer.body;
+                outcome.output_truncated = answer.truncated;
+                failed.then_some(Failure::Error)
+            }
             Ok(Ok(answer)) if (200..300).contains(&answer.status) => {
                 shared.warm.release(kept, true);
                 outcome.status = Some(Status::Succeeded);
@@ -1652,6 +1706,7 @@ fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>) {
         cold: true,
         cpu_ms: None,
         max_memory_bytes: None,
+        ..Default::default()
     };
     (outcome, failure)
 }

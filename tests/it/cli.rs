@@ -36,7 +36,7 @@ async fn spawn() -> TestApp {
 }
 
 /// Runs `granda ARGS` against `app`, with `stdin` as its input.
-async fn granda(app: &TestApp, args: &[&str], stdin: &[u8]) -> Output {
+pub(crate) async fn granda(app: &TestApp, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
         .args(args)
         .env("GRANDA_URL", &app.address)
@@ -93,7 +93,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Asserts exit code `code` and returns stdout.
-fn expect(out: &Output, code: i32) -> String {
+pub(crate) fn expect(out: &Output, code: i32) -> String {
     assert_eq!(
         out.status.code(),
         Some(code),

@@ -231,6 +231,7 @@ async fn a_duplicate_message_of_a_final_invocation_is_acked_without_a_run() {
         queued_at_ms: 0,
         reply_to: None,
         correlation_id: None,
+        request: None,
     };
     // As a sync call, the duplicate gets the first run's reply again.
     let reply = publisher

@@ -68,6 +68,7 @@ async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() 
         queued_at_ms: chrono::Utc::now().timestamp_millis(),
         reply_to: None,
         correlation_id: None,
+        request: None,
     };
     publish_raw(&app, work, b"poison").await;
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod browser;
 mod callbacks;
 mod cli;
 mod cluster;
@@ -27,4 +28,5 @@ mod support;
 mod tls;
 mod ui;
 mod warm;
+mod web;
 mod webhooks;

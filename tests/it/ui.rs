@@ -5,65 +5,14 @@
 //! `target/ui-screenshots/`. Without `chromium` and `chromedriver` (scripts/setup.sh installs
 //! them) the test fails: it never skips.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::json;
 
+use crate::browser::{Chromium, click, fill, find_binary, shot, text_of};
 use crate::support::{TestApp, spawn_app};
-
-/// A binary from `$var` or `PATH`, or a panic that says how to get it.
-fn find_binary(var: &str, names: &[&str]) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in names {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "{} not found (set {var} or run scripts/setup.sh, which installs Debian's chromium and chromium-driver)",
-        names.join(" / ")
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn screenshot_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn shot(client: &Client, name: &str) -> anyhow::Result<()> {
-    let png = client.screenshot().await.context("screenshot")?;
-    std::fs::write(screenshot_dir().join(format!("{name}.png")), png)?;
-    Ok(())
-}
-
-async fn text_of(client: &Client, css: &str) -> anyhow::Result<String> {
-    let el = client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(css))
-        .await
-        .with_context(|| format!("waiting for {css}"))?;
-    Ok(el.text().await?)
-}
 
 /// The `h1` once the page after a click shows one that passes `ok`: the click's navigation may not
 /// have happened yet when this is called, so the old page's heading is waited out, not read.
@@ -79,26 +28,6 @@ async fn h1_after(client: &Client, ok: impl Fn(&str) -> bool) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
-    let el = client
-        .find(Locator::Css(css))
-        .await
-        .with_context(|| format!("finding {css}"))?;
-    el.clear().await?;
-    el.send_keys(value).await?;
-    Ok(())
-}
-
-async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
-    client
-        .find(Locator::Css(css))
-        .await
-        .with_context(|| format!("finding {css}"))?
-        .click()
-        .await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,45 +48,8 @@ async fn dashboard_in_a_browser() {
         "/ui/login?next=/ui/queues"
     );
 
-    let port = free_port();
-    let mut driver = tokio::process::Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting chromedriver");
-    let profile = std::env::temp_dir().join(format!("granda-ui-{}", uuid::Uuid::new_v4()));
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1000,760",
-                "--hide-scrollbars", format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let webdriver = format!("http://127.0.0.1:{port}");
-    let mut connected = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(c) => {
-                connected = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let client = connected.expect("chromedriver did not start a Chromium session");
+    let browser = Chromium::start(&chromium, &chromedriver).await;
+    let client = browser.client.clone();
 
     let result = drive(&client, &app).await;
     if result.is_err() {
@@ -167,9 +59,7 @@ async fn dashboard_in_a_browser() {
             eprintln!("failed at {url}:\n{source}");
         }
     }
-    let _ = client.close().await;
-    let _ = driver.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.close().await;
     result.unwrap();
     app.shutdown().await;
 }

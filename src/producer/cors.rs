@@ -1,0 +1,67 @@
+//! CORS for a function's URL: with a `cors` field, Granda answers a browser's preflight
+//! (`OPTIONS` with `Access-Control-Request-Method`) itself, and adds
+//! `Access-Control-Allow-Origin` to the function's answers for an allowed `Origin`. Without it,
+//! an `OPTIONS` call goes to the function like any other method.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::function::{Cors, Function};
+
+/// The origin of the request if the function's CORS rules allow it.
+fn allowed_origin<'a>(cors: &Cors, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    cors.allow_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(text))
+        .then_some(origin)
+}
+
+/// Granda's answer to a preflight of `function`'s URL: `None` when it is not one (no `cors`
+/// field, or no `Access-Control-Request-Method`), for the function to answer.
+pub fn preflight(function: &Function, headers: &HeaderMap) -> Option<Response> {
+    let cors = function.cors.as_ref()?;
+    let asked = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let out = response.headers_mut();
+    out.insert(header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = allowed_origin(cors, headers) else {
+        // Not allowed: no Access-Control-* headers, and the browser refuses the call.
+        return Some(response);
+    };
+    let method_ok = asked
+        .to_str()
+        .is_ok_and(|m| cors.allow_methods.iter().any(|a| a.eq_ignore_ascii_case(m)));
+    if !method_ok {
+        return Some(response);
+    }
+    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if let Ok(v) = HeaderValue::from_str(&cors.allow_methods.join(", ")) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if !cors.allow_headers.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cors.allow_headers.join(", "))
+    {
+        out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(cors.max_age_s.unwrap_or(600)),
+    );
+    Some(response)
+}
+
+/// Adds `Access-Control-Allow-Origin` (and `Vary: Origin`) to an answer of `function`'s URL to
+/// an allowed origin.
+pub fn allow(function: &Function, headers: &HeaderMap, response: &mut Response) {
+    let Some(cors) = function.cors.as_ref() else {
+        return;
+    };
+    let out = response.headers_mut();
+    out.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = allowed_origin(cors, headers) {
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+}
