@@ -285,6 +285,7 @@ pub(crate) async fn ask(
         attempt: 1,
         deadline_ms: chrono::Utc::now().timestamp_millis() + 30_000,
         input: b"ping",
+        request: None,
     };
     let answer = connection.call(call, 1 << 20).await?;
     if answer.status != 200 || answer.body != b"ping" {

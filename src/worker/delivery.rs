@@ -1,0 +1,478 @@
+//! Handling one delivery: never panicking out, claiming the record, running it, and acting on
+//! the retry verdict (record, reply, ack; park; or dead-letter).
+
+use super::*;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use lapin::message::Delivery;
+use lapin::options::BasicRejectOptions;
+use tokio::sync::{Semaphore, watch};
+use uuid::Uuid;
+
+use crate::broker::{self};
+use crate::invocation::{self, Claim, Outcome, Status, Trigger};
+use crate::message::{Reply, Work};
+use crate::metrics::label;
+use crate::retry::{self, Failure, Verdict};
+use crate::scheduler::Lane;
+
+/// Whether this message comes back from a delay queue (it carries an `x-death` header).
+pub(super) fn was_parked(delivery: &Delivery) -> bool {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key("x-death"))
+}
+
+/// How many times the broker delivered this message before (`x-delivery-count`).
+pub(super) fn delivery_count(delivery: &Delivery) -> i64 {
+    use lapin::types::AMQPValue;
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+        _ => 0,
+    }
+}
+
+/// Before running a message that another worker was running: if that worker's lease ran out and
+/// its engine is reachable from here (the same engine ID at its address), stops its container of
+/// `id`, so the dead worker's run does not go on beside this one. Where it is not reachable, the
+/// dead host's container may run on: at least once.
+pub(super) async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id: Uuid) {
+    let Some(address) = dead.engine.as_deref() else {
+        return;
+    };
+    // Engines may share an ID (daemons started from one /etc/docker, or cloned hosts): the
+    // dead worker's engine is this one only when its address is the same too.
+    let mine = shared.engine_id.is_some()
+        && dead.engine_id == shared.engine_id
+        && address == shared.engine;
+    let docker = if mine {
+        shared.runner.docker().clone()
+    } else {
+        let Ok(docker) = crate::docker::connect(Some(address), shared.docker_timeout) else {
+            return;
+        };
+        let same = tokio::time::timeout(Duration::from_secs(2), docker.info()).await;
+        match same {
+            Ok(Ok(info)) if dead.engine_id.is_none() || info.id == dead.engine_id => docker,
+            _ => {
+                tracing::warn!(worker = %dead.worker, engine = address, "the dead worker's engine is not reachable from here; its container may run on");
+                return;
+            }
+        }
+    };
+    let stopped = reaper::remove_invocation(&docker, &id.to_string()).await;
+    if stopped > 0 {
+        tracing::info!(worker = %dead.worker, engine = address, stopped, "stopped a dead worker's container before running its invocation again");
+    }
+}
+
+/// Counts a message as handled here until dropped.
+pub(super) struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks an invocation as running here until dropped.
+pub(super) struct Running<'a> {
+    shared: &'a Shared,
+    id: Uuid,
+    _done: watch::Sender<bool>,
+}
+
+impl<'a> Running<'a> {
+    pub(super) fn start(shared: &'a Shared, id: Uuid) -> Running<'a> {
+        let (done, watching) = watch::channel(false);
+        shared.in_flight.lock().expect("lock").insert(id, watching);
+        Running {
+            shared,
+            id,
+            _done: done,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        // Dropping the sender wakes every duplicate waiting on this run.
+        self.shared.in_flight.lock().expect("lock").remove(&self.id);
+    }
+}
+
+/// Sync calls (a caller waits on the reply) get slots before async work.
+pub(super) fn lane(delivery: &Delivery) -> Lane {
+    if delivery.properties.reply_to().is_some() {
+        Lane::Sync
+    } else {
+        Lane::Async
+    }
+}
+
+/// The delivery boundary: `handled` runs to its end, and should it panic anyway (a run's own
+/// panics are caught in [`run_claimed`] and become a platform failure), its message goes back to
+/// the queue, a no-op if it was settled: RabbitMQ counts the delivery, and past the quorum
+/// queue's delivery limit dead-letters it. Its slot and in-flight marks are guards, released as
+/// the panic unwinds.
+pub(super) async fn settled_even_on_panic(handled: impl Future<Output = ()>, acker: lapin::Acker) {
+    if let Err(panic) = AssertUnwindSafe(handled).catch_unwind().await {
+        tracing::error!(
+            panic = panic_message(&*panic),
+            "handling a delivery panicked; giving the message back"
+        );
+        if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
+            tracing::warn!(error = %e, "reject failed; the message will come back");
+        }
+    }
+}
+
+/// What a caught panic said.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// Handles one delivery from claim to ack, once the scheduler gives it a slot.
+#[tracing::instrument(skip_all, fields(id, queue = %queue))]
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    channels: Channels,
+    queue: String,
+    delivery: Delivery,
+) {
+    let _busy = Busy(&shared.busy);
+    let Some(_slot) = shared.limiter.acquire(lane(&delivery)).await else {
+        return;
+    };
+    let work = match Work::decode(&delivery.properties) {
+        Ok(work) => work,
+        Err(e) => {
+            tracing::error!(error = %e, "dead-lettering a malformed message");
+            reject(&delivery, false).await;
+            return;
+        }
+    };
+    tracing::Span::current().record("id", tracing::field::display(work.id));
+
+    if let Err(why) = shared.runnable_here(&queue, &work).await {
+        let count = delivery_count(&delivery);
+        match retry::on_unavailable(count, broker::DELIVERY_LIMIT) {
+            retry::Unavailable::Release => {
+                tracing::info!(reason = %why, deliveries = count, "can't run it here; giving it back for another worker");
+                tokio::time::sleep(RELEASE_PAUSE).await;
+                reject(&delivery, true).await;
+                return;
+            }
+            retry::Unavailable::Attempt => {
+                tracing::warn!(reason = %why, deliveries = count, "can't run it here, and it is its last delivery: running it to record the failure");
+            }
+        }
+    }
+
+    // A duplicate of a run going on here: wait for it, then answer from its record.
+    let running_here = shared
+        .in_flight
+        .lock()
+        .expect("lock")
+        .get(&work.id)
+        .cloned();
+    if let Some(mut done) = running_here {
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    // A redelivery may be a dead worker's run: note whose, to stop its container once claimed. So
+    // may a message back from a delay queue: one parked while the dead worker's lease still ran.
+    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 || was_parked(&delivery) {
+        heartbeat::dead_run(&shared.pool, work.id, &shared.worker_id)
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    let claim = with_db_retries(|| claim(&shared, &work, &delivery.data)).await;
+    match claim {
+        Claim::Claimed { attempt, queued_at } => {
+            let running = Running::start(&shared, work.id);
+            if let Some(dead) = &dead {
+                stop_dead_run(&shared, dead, work.id).await;
+            }
+            let function = format!("function=\"{}\"", label(&work.function.name));
+            if attempt == 1 {
+                let waited = (chrono::Utc::now() - queued_at).num_milliseconds().max(0);
+                shared.metrics.observe(
+                    "granda_invocation_queue_wait_seconds",
+                    function.clone(),
+                    waited as f64 / 1000.0,
+                );
+            }
+            // A function with its own bound waits for one of its slots (per worker).
+            let _function_slot = match work.function.max_concurrency {
+                Some(max) => {
+                    let slots = shared
+                        .function_slots
+                        .lock()
+                        .expect("lock")
+                        .entry((work.function.name.clone(), max))
+                        .or_insert_with(|| Arc::new(Semaphore::new(max.max(1) as usize)))
+                        .clone();
+                    slots.acquire_owned().await.ok()
+                }
+                None => None,
+            };
+            run_claimed(&shared, &channels, &queue, &delivery, &work, attempt).await;
+            drop(running);
+        }
+        Claim::AlreadyFinal(record) => {
+            tracing::info!("already final; acking without a run");
+            // The first run may have died before its callback went out.
+            crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), work.id);
+            reply(&channels, &work, &Reply::from_record(&record)).await;
+            ack(&delivery).await;
+        }
+        Claim::RunningElsewhere => {
+            tracing::info!("running on another live worker; looking again later");
+            park(&shared, &channels, &queue, &delivery, ELSEWHERE_DELAY).await;
+        }
+        Claim::Missing => {
+            tracing::error!("no record for this invocation; dead-lettering it");
+            reject(&delivery, false).await;
+        }
+    }
+}
+
+/// Marks the invocation `running` here. A sync call's record is written by this claim: the
+/// ingress published it without writing one first (see [`crate::producer::enqueue`]).
+pub(super) async fn claim(
+    shared: &Shared,
+    work: &Work,
+    input: &[u8],
+) -> Result<Claim, sqlx::Error> {
+    if work.trigger != Trigger::Sync {
+        return invocation::store::claim(&shared.leases, work.id, &shared.worker_id).await;
+    }
+    // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the final
+    // record is written whole by `record_final`, and a redelivery claims it again.
+    invocation::store::claim_or_create(
+        &shared.leases,
+        &sync_record(shared, work, input),
+        work.queued_at_ms,
+        &shared.worker_id,
+    )
+    .await
+}
+
+/// The record a sync call's claim creates, and its final write restores if that claim was lost.
+pub(super) fn sync_record<'a>(
+    shared: &Shared,
+    work: &'a Work,
+    input: &'a [u8],
+) -> invocation::NewInvocation<'a> {
+    invocation::NewInvocation {
+        id: work.id,
+        function: &work.function.name,
+        trigger: work.trigger,
+        input,
+        stored_input_cap: shared.stored_input_cap,
+        idempotency_key: None,
+    }
+}
+
+/// Writes the final record (a durable commit, before the reply and the ack). A sync call's
+/// record that is missing, its claim lost in a Postgres crash, is written whole.
+pub(super) async fn record_final(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+    outcome: &Outcome,
+) -> Result<(), sqlx::Error> {
+    let finished = invocation::store::finish(&shared.pool, work.id, outcome).await?;
+    if !finished && work.trigger == Trigger::Sync {
+        let restored = invocation::store::restore_final(
+            &shared.pool,
+            &sync_record(shared, work, input),
+            work.queued_at_ms,
+            &shared.worker_id,
+            attempt,
+            outcome,
+        )
+        .await?;
+        if restored {
+            tracing::warn!("the claim's record was gone (a Postgres crash?); wrote it whole");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a claimed invocation and settles its message by the retry verdict.
+pub(super) async fn run_claimed(
+    shared: &Shared,
+    channels: &Channels,
+    queue: &str,
+    delivery: &Delivery,
+    work: &Work,
+    attempt: i32,
+) {
+    let started = Instant::now();
+    // Whatever the run does, the invocation is settled: a panic is the platform's failure (its
+    // container and pool slot are released by their guards as it unwinds).
+    let executed = AssertUnwindSafe(execute(shared, work, attempt, &delivery.data))
+        .catch_unwind()
+        .await;
+    let (mut outcome, failure, removal) = executed.unwrap_or_else(|panic| {
+        let message = panic_message(&*panic);
+        tracing::error!(panic = %message, "the run panicked; a platform failure");
+        (
+            failed(
+                format!("the worker failed while running this invocation: {message}"),
+                false,
+            ),
+            Some(Failure::Platform),
+            None,
+        )
+    });
+    // Postgres text can't hold NUL: an error naming what a caller sent must stay recordable.
+    if let Some(error) = outcome.error.as_mut()
+        && error.contains('\0')
+    {
+        *error = error.replace('\0', "\u{FFFD}");
+    }
+    if let Some(request) = &work.request {
+        outcome.http_method = Some(request.method.clone());
+        outcome.http_path = Some(request.path.clone());
+    }
+    let platform = failure == Some(Failure::Platform);
+    if platform {
+        // The image may have gone from the engine since it was seen there.
+        shared.images.forget(&work.function.image);
+    }
+    shared.ran(queue, platform);
+    let class = format!(
+        "{}{}",
+        work.function.name,
+        if outcome.cold { "#cold" } else { "" }
+    );
+    shared
+        .controller
+        .lock()
+        .expect("lock")
+        .record_run(&class, started.elapsed());
+    let function = format!("function=\"{}\"", label(&work.function.name));
+    if outcome.cold {
+        shared
+            .metrics
+            .inc("granda_cold_starts_total", function.clone());
+    }
+    if let Some(ms) = outcome.duration_ms {
+        shared.metrics.observe(
+            "granda_invocation_duration_seconds",
+            function.clone(),
+            ms as f64 / 1000.0,
+        );
+    }
+    let verdict = retry::decide(
+        work.trigger,
+        work.function.max_attempts,
+        &work.function.retry_on,
+        attempt,
+        failure,
+        &shared.backoff,
+    );
+    match verdict {
+        Verdict::Final | Verdict::Dead => {
+            if verdict == Verdict::Dead {
+                outcome.status = Some(Status::Dead);
+                tracing::warn!(attempt, "retries spent; dead-lettering");
+            }
+            with_db_retries(|| record_final(shared, work, attempt, &delivery.data, &outcome)).await;
+            // Sync calls have no callbacks: their caller has the answer.
+            if work.trigger != Trigger::Sync {
+                crate::callback::deliver_later(
+                    shared.pool.clone(),
+                    shared.callbacks.clone(),
+                    work.id,
+                );
+            }
+            shared.metrics.inc(
+                "granda_invocations_total",
+                format!("{function},status=\"{}\"", outcome.status().as_str()),
+            );
+            // Both at once: the connection's I/O thread sends them in one write.
+            let answer = Reply::from_outcome(&outcome);
+            let settle = async {
+                if verdict == Verdict::Dead {
+                    reject(delivery, false).await;
+                } else {
+                    ack(delivery).await;
+                }
+            };
+            tokio::join!(reply(channels, work, &answer), settle);
+        }
+        Verdict::RetryAfter(level) => {
+            let delay = retry::jittered(level, (Uuid::new_v4().as_u128() & 0xffff) as u16);
+            let retry_at = chrono::Utc::now() + delay;
+            tracing::info!(
+                attempt,
+                ?delay,
+                error = outcome.error.as_deref().unwrap_or(""),
+                "retrying later"
+            );
+            with_db_retries(|| {
+                invocation::store::requeue(
+                    &shared.pool,
+                    work.id,
+                    &shared.worker_id,
+                    &outcome,
+                    retry_at,
+                )
+            })
+            .await;
+            park_for(shared, channels, queue, delivery, level, delay).await;
+        }
+    }
+    // Answered and settled; the slot is held until the container is gone, so a worker never has
+    // more containers on the engine than it has slots (removals would otherwise pile up beside
+    // new starts and slow them).
+    if let Some(removal) = removal {
+        let _ = removal.await;
+    }
+}
+
+/// Retries a database call until it succeeds: a worker never acks what it could not record, and
+/// holds the message while Postgres is away (the broker gives it to another worker if this one dies).
+pub(super) async fn with_db_retries<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, "database call failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

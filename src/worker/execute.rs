@@ -1,0 +1,310 @@
+//! Executing a claimed run in its mode: a cold container, a kept warm container (an exec), or a
+//! hot container (a request over its socket); and what a run's end means as an outcome.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+use crate::function::{Mode, ResponseMode};
+use crate::invocation::{Outcome, Status};
+use crate::message::Work;
+use crate::retry::Failure;
+use container::{Exit, PlatformError, Removal, Run};
+
+/// Runs the container and turns whatever happened into the attempt's outcome and failure class,
+/// and the removal of a cold run's container, for the caller to wait for after it answered.
+pub(super) async fn execute(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+) -> (Outcome, Option<Failure>, Option<Removal>) {
+    // A call of the function's URL: the CGI meta-variables join its env for this run.
+    let with_request = work.request.as_ref().map(|request| {
+        let mut function = work.function.clone();
+        function
+            .env
+            .extend(crate::cgi::meta_variables(request, input.len()));
+        function
+    });
+    let function = with_request.as_ref().unwrap_or(&work.function);
+    let (ran, cold, removal) = match work.function.mode {
+        Mode::Cold => {
+            let (ran, removal) = shared.runner.run(work.id, function, input).await;
+            (ran, true, removal)
+        }
+        Mode::Warm => {
+            let (ran, cold) = run_warm(shared, work, function, input).await;
+            (ran, cold, None)
+        }
+        Mode::Hot => {
+            let (outcome, failure) = run_hot(shared, work, attempt, input).await;
+            return (outcome, failure, None);
+        }
+    };
+    match ran {
+        Ok(run) => {
+            let (mut outcome, mut failure) = outcome_of(run, work.function.timeout_ms);
+            outcome.cold = cold;
+            if work.function.response == ResponseMode::Cgi
+                && outcome.status == Some(Status::Succeeded)
+            {
+                match crate::cgi::parse_response(&outcome.output) {
+                    Ok((answer, body)) => {
+                        outcome.output = body;
+                        outcome.http = Some(answer);
+                    }
+                    Err(e) => {
+                        outcome.status = Some(Status::Failed);
+                        outcome.error = Some(format!("malformed CGI response: {e}"));
+                        failure = Some(Failure::Error);
+                    }
+                }
+            }
+            (outcome, failure, removal)
+        }
+        Err(e) => (
+            failed(e.to_string(), cold),
+            Some(Failure::Platform),
+            removal,
+        ),
+    }
+}
+
+/// A warm run: an exec in a kept container, taking another when the one it got is gone.
+pub(super) async fn run_warm(
+    shared: &Shared,
+    work: &Work,
+    function: &crate::function::Snapshot,
+    input: &[u8],
+) -> (Result<Run, PlatformError>, bool) {
+    let mut tries = 0;
+    loop {
+        let (warm, cold) = match shared.warm.acquire(&work.function).await {
+            Ok(got) => got,
+            Err(e) => return (Err(e), true),
+        };
+        let ran = shared.runner.exec(&warm.id, work.id, function, input).await;
+        // Only a clean run gives its container back; anything else may have left it dirty.
+        let clean = matches!(&ran, Ok(run) if run.exit == Exit::Code(0));
+        shared.warm.release(warm, clean);
+        match ran {
+            Err(PlatformError::Gone(e)) if tries < 3 => {
+                tracing::info!(error = %e, "a kept container was gone; taking another");
+                tries += 1;
+            }
+            ran => return (ran, cold),
+        }
+    }
+}
+
+/// A hot run: one request to the function's own process in a kept container, taking another
+/// container when the one it got no longer accepts requests.
+pub(super) async fn run_hot(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+) -> (Outcome, Option<Failure>) {
+    let timeout_ms = work.function.timeout_ms.max(1);
+    // What can't be put into a request fails here, before a container is taken or started.
+    let probe = hot::Call {
+        id: work.id,
+        function: &work.function,
+        trigger: work.trigger,
+        attempt,
+        deadline_ms: 0,
+        input,
+        request: work.request.as_ref(),
+    };
+    if let Err(e) = hot::request_headers(&probe) {
+        return (failed(e, false), Some(Failure::Error));
+    }
+    let mut tries = 0;
+    loop {
+        let (mut kept, cold) = match shared.warm.acquire(&work.function).await {
+            Ok(got) => got,
+            Err(PlatformError::NotReady(e)) => {
+                return (failed(e.to_string(), true), Some(Failure::Error));
+            }
+            Err(e) => return (failed(e.to_string(), true), Some(Failure::Platform)),
+        };
+        let started_at = chrono::Utc::now();
+        let started = Instant::now();
+        let deadline_ms = started_at.timestamp_millis().saturating_add(timeout_ms);
+        let (connection, _) = kept.hot.as_mut().expect("a hot pool container");
+        let called = tokio::time::timeout(
+            Duration::from_millis(timeout_ms as u64),
+            connection.call(
+                hot::Call {
+                    id: work.id,
+                    function: &work.function,
+                    trigger: work.trigger,
+                    attempt,
+                    deadline_ms,
+                    input,
+                    request: work.request.as_ref(),
+                },
+                shared.runner.caps().stdout,
+            ),
+        )
+        .await;
+        let duration = started.elapsed();
+        let mut outcome = Outcome {
+            started_at: Some(started_at),
+            finished_at: Some(chrono::Utc::now()),
+            duration_ms: Some(duration.as_millis() as i64),
+            cold,
+            ..Default::default()
+        };
+        let failure = match called {
+            // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure.
+            Ok(Ok(answer)) if work.function.response == ResponseMode::Cgi => {
+                let failed = answer.status >= 500;
+                shared.warm.release(kept, !failed);
+                outcome.status = Some(if failed {
+                    Status::Failed
+                } else {
+                    Status::Succeeded
+                });
+                outcome.exit_code = Some(if failed { 1 } else { 0 });
+                if failed {
+                    let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
+                    outcome.error = Some(format!(
+                        "the function answered HTTP {}: {}",
+                        answer.status,
+                        tail(&detail, crate::message::ERROR_TAIL_BYTES)
+                    ));
+                }
+                outcome.http = Some(crate::web::WebAnswer {
+                    status: answer.status,
+                    headers: answer.headers,
+                });
+                outcome.output = answer.body;
+                outcome.output_truncated = answer.truncated;
+                failed.then_some(Failure::Error)
+            }
+            Ok(Ok(answer)) if (200..300).contains(&answer.status) => {
+                shared.warm.release(kept, true);
+                outcome.status = Some(Status::Succeeded);
+                outcome.exit_code = Some(0);
+                outcome.output = answer.body;
+                outcome.output_truncated = answer.truncated;
+                None
+            }
+            Ok(Ok(answer)) => {
+                // A failed run may have left the process in a bad state: never reused.
+                shared.warm.release(kept, false);
+                let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
+                outcome.status = Some(Status::Failed);
+                outcome.exit_code = Some(1);
+                outcome.error = Some(format!(
+                    "the function answered HTTP {}: {}",
+                    answer.status,
+                    tail(&detail, crate::message::ERROR_TAIL_BYTES)
+                ));
+                outcome.output = answer.body;
+                outcome.output_truncated = answer.truncated;
+                Some(Failure::Error)
+            }
+            Ok(Err(hot::CallError::Stale(e))) if tries < 3 => {
+                tracing::info!(error = %e, "a hot container no longer accepts requests; taking another");
+                shared.warm.release(kept, false);
+                tries += 1;
+                continue;
+            }
+            Ok(Err(e)) => {
+                let ended = hot::ended(shared.runner.docker(), &kept.id).await;
+                shared.warm.release(kept, false);
+                outcome.status = Some(Status::Failed);
+                match ended {
+                    Some(end) => {
+                        outcome.exit_code = Some(end.exit_code as i32);
+                        outcome.error = Some(if end.oom_killed {
+                            "out of memory: the engine killed the container at its memory limit"
+                                .to_string()
+                        } else {
+                            format!(
+                                "the function exited with code {} during the call",
+                                end.exit_code
+                            )
+                        });
+                    }
+                    None => outcome.error = Some(e.to_string()),
+                }
+                Some(Failure::Error)
+            }
+            Err(_) => {
+                shared.warm.release(kept, false);
+                outcome.status = Some(Status::TimedOut);
+                outcome.error = Some(format!(
+                    "timed out after {timeout_ms} ms; the container was killed"
+                ));
+                Some(Failure::Timeout)
+            }
+        };
+        return (outcome, failure);
+    }
+}
+
+/// A run that never got an answer from the function.
+pub(super) fn failed(error: String, cold: bool) -> Outcome {
+    Outcome {
+        status: Some(Status::Failed),
+        error: Some(error),
+        cold,
+        ..Default::default()
+    }
+}
+
+/// The last `max` bytes of `s`, on a character boundary.
+pub(super) fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+pub(super) fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>) {
+    let (status, exit_code, error, failure) = match run.exit {
+        Exit::Code(0) => (Status::Succeeded, Some(0), None, None),
+        Exit::Code(code) if run.oom_killed => (
+            Status::Failed,
+            Some(code as i32),
+            Some("out of memory: the engine killed the container at its memory limit".to_string()),
+            Some(Failure::Error),
+        ),
+        Exit::Code(code) => (
+            Status::Failed,
+            Some(code as i32),
+            None,
+            Some(Failure::Error),
+        ),
+        Exit::TimedOut => (
+            Status::TimedOut,
+            None,
+            Some(format!(
+                "timed out after {timeout_ms} ms; the container was killed"
+            )),
+            Some(Failure::Timeout),
+        ),
+    };
+    let outcome = Outcome {
+        status: Some(status),
+        output: run.stdout,
+        output_truncated: run.stdout_truncated,
+        // Postgres text can't hold NUL: a function writing one must not make its record unwritable.
+        logs: String::from_utf8_lossy(&run.stderr).replace('\0', "\u{FFFD}"),
+        logs_truncated: run.stderr_truncated,
+        exit_code,
+        error,
+        started_at: Some(run.started_at),
+        finished_at: Some(run.finished_at),
+        duration_ms: Some(run.duration.as_millis() as i64),
+        cold: true,
+        cpu_ms: None,
+        max_memory_bytes: None,
+        ..Default::default()
+    };
+    (outcome, failure)
+}

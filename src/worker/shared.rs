@@ -1,0 +1,171 @@
+//! What every delivery of a worker shares ([`Shared`]): the heartbeat loop, the circuit breakers'
+//! view of the queue, and the checks before a message is claimed here.
+
+use super::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::message::Work;
+
+/// Beats every third of the lease, checking the engine first: an engine that does not answer
+/// makes the worker unhealthy (its consumers are cancelled until the engine answers again).
+pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
+    let every = heartbeat::every(shared.lease);
+    loop {
+        let engine = tokio::time::timeout(every, shared.runner.docker().ping()).await;
+        let problem = match engine {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("docker engine unreachable: {e}")),
+            Err(_) => Some("docker engine did not answer a ping in time".to_string()),
+        };
+        let changed = {
+            let mut health = shared.health.lock().expect("lock");
+            let changed = health.is_some() != problem.is_some();
+            health.clone_from(&problem);
+            changed
+        };
+        if changed {
+            match &problem {
+                Some(p) => tracing::warn!(problem = %p, "worker unhealthy; not taking messages"),
+                None => tracing::info!("worker healthy again; taking messages"),
+            }
+            shared.reschedule.notify_one();
+        }
+        let beat = heartbeat::Beat {
+            worker: &shared.worker_id,
+            concurrency: shared.limiter.size() as i32,
+            in_flight: shared.busy.load(Ordering::Relaxed) as i32,
+            queues: &queues,
+            engine: &shared.engine,
+            engine_id: shared.engine_id.as_deref(),
+            unhealthy: problem.as_deref(),
+            lease: shared.lease,
+        };
+        if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        match heartbeat::served_by_others(&shared.pool, &shared.worker_id, &queues).await {
+            Ok(served) => {
+                let served: HashSet<String> = served.into_iter().collect();
+                let mut shared_queues = shared.shared_queues.lock().expect("lock");
+                if shared_queues.as_ref() != Some(&served) {
+                    *shared_queues = Some(served);
+                    shared.reschedule.notify_one();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read the other workers' queues"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Marks the session connected until dropped.
+pub(super) struct Connected<'a>(pub(super) &'a AtomicBool);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// The prefetch `queue` may have now: none while the worker is unhealthy, else what its
+    /// breaker allows of `wanted`.
+    pub(super) fn allowed(&self, queue: &str, wanted: usize) -> usize {
+        if self.health.lock().expect("lock").is_some() {
+            return 0;
+        }
+        if !self.others_serve(queue) {
+            return wanted;
+        }
+        self.breakers.allow(queue, wanted, Instant::now())
+    }
+
+    /// Whether another live, healthy worker serves `queue` (as of the last heartbeat).
+    pub(super) fn others_serve(&self, queue: &str) -> bool {
+        self.shared_queues
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .is_none_or(|served| served.contains(queue))
+    }
+
+    /// A platform failure (or not) on `queue`, for its breaker; wakes the session when the
+    /// breaker opens or closes.
+    pub(super) fn ran(&self, queue: &str, platform_failure: bool) {
+        let changed = if platform_failure {
+            self.breakers.failure(queue, Instant::now())
+        } else {
+            self.breakers.success(queue)
+        };
+        if changed {
+            if platform_failure {
+                tracing::warn!(
+                    queue,
+                    "circuit breaker open: not taking this queue's messages for a while"
+                );
+            } else {
+                tracing::info!(queue, "circuit breaker closed");
+            }
+            self.reschedule.notify_one();
+        }
+    }
+
+    /// A registration check from an ingress without an engine ([`control`]): this engine knows
+    /// the runtime and has the image (present, or pulled as the policy allows).
+    pub(super) async fn check(&self, check: control::Check) -> control::Answer {
+        use crate::docker::ImageError;
+        if let Some(runtime) = check.container_runtime.as_deref() {
+            let info = match self.runner.docker().info().await {
+                Ok(info) => info,
+                Err(e) => {
+                    return control::Answer::Unavailable(format!("docker engine unavailable: {e}"));
+                }
+            };
+            let known = info.runtimes.unwrap_or_default();
+            if !known.contains_key(runtime) {
+                let mut names: Vec<&String> = known.keys().collect();
+                names.sort();
+                return control::Answer::Unprocessable(format!(
+                    "container_runtime: the engine has no runtime {runtime:?} (it has {names:?})"
+                ));
+            }
+        }
+        if let Some(image) = check.image.as_deref() {
+            match self.images.ensure(image).await {
+                Ok(_) => {}
+                Err(e @ ImageError::Unavailable { .. }) => {
+                    return control::Answer::Unprocessable(e.to_string());
+                }
+                Err(e @ ImageError::Engine(_)) => {
+                    return control::Answer::Unavailable(e.to_string());
+                }
+            }
+        }
+        control::Answer::Ok
+    }
+
+    /// Whether this worker can run `work` now: its breaker lets it, and its engine has the image
+    /// (pulled if need be). `Err` says why not.
+    pub(super) async fn runnable_here(&self, queue: &str, work: &Work) -> Result<(), String> {
+        if self.health.lock().expect("lock").is_some() {
+            return Err("this worker is unhealthy".into());
+        }
+        // Alone on the queue, a worker runs what it can't run: the failure is recorded and the
+        // retry policy decides (there is nobody to give it to).
+        let alone = !self.others_serve(queue);
+        if !alone && self.breakers.state(queue, Instant::now()) == breaker::State::Open {
+            return Err("this worker's circuit breaker for the queue is open".into());
+        }
+        match self.images.ensure(&work.function.image).await {
+            Ok(_) => Ok(()),
+            Err(_) if alone => Ok(()),
+            Err(e) => {
+                self.ran(queue, true);
+                Err(e.to_string())
+            }
+        }
+    }
+}
