@@ -17,6 +17,8 @@
 
 pub mod chart;
 pub mod forms;
+pub mod invocations;
+pub mod live;
 pub mod pages;
 pub mod schedules;
 pub mod session;
@@ -61,7 +63,12 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(forms::delete_confirm).post(forms::delete),
         )
         .route("/functions/{name}/invoke", post(forms::invoke))
-        .route("/invocations/{id}", get(pages::invocation))
+        .route("/static/live.js", get(live::script))
+        .route("/invocations", get(invocations::list))
+        .route("/invocations/{id}", get(invocations::invocation))
+        .route("/invocations/{id}/retry", post(invocations::retry))
+        .route("/dead-letters", get(invocations::dead_letters))
+        .route("/dead-letters/retry", post(invocations::retry_dead))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
         .route("/schedules", get(schedules::list))
@@ -99,7 +106,7 @@ async fn not_found() -> UiError {
     UiError(ApiError::NotFound("no such dashboard page".into()))
 }
 
-fn static_file(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -197,8 +204,12 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/functions/new" } { "New function" }
                             }
+                            @if session.may(Action::Manage) {
+                                a href={ (BASE) "/invocations" } { "Invocations" }
+                            }
                             @if session.may(Action::Operate) {
                                 a href={ (BASE) "/queues" } { "Queues" }
+                                a href={ (BASE) "/dead-letters" } { "Dead letters" }
                             }
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/schedules" } { "Schedules" }
@@ -292,5 +303,11 @@ svg.chart{width:100%;height:auto;max-height:220px;background:#fff}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
 .legend span.bars{background:#c9d6e8}.legend span.fails{background:#e59a9a}.legend span.line{background:#1f5fbf}
 input.check{width:auto}
+form.filters{display:flex;flex-wrap:wrap;gap:.4rem .8rem;align-items:flex-end;margin-bottom:.6rem}
+form.filters label{font-size:13px;font-weight:600}
+form.filters input,form.filters select{width:auto;max-width:14rem;display:block}
+form.filters button{margin-top:0}
+button.small{padding:.1rem .5rem;margin:0;font-size:13px}
+.ok{color:#17642c;font-weight:600}
 @media (max-width:600px){main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;

@@ -13,12 +13,13 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::invocations::bytes_block;
 use super::session::Session;
 use super::stats::{self, FunctionStats};
 use super::{BASE, UiError, chart, fmt_ms, fmt_pct, fmt_time, layout, page, status_badge};
 use crate::error::ApiError;
 use crate::function::{Function, store};
-use crate::invocation::{Record, Status, store as invocations};
+use crate::invocation::{Status, store as invocations};
 use crate::message::Reply;
 use crate::producer::AppState;
 use crate::producer::auth::Action;
@@ -26,8 +27,6 @@ use crate::producer::functions::load;
 
 /// How many recent invocations a function's page lists and charts.
 const RECENT: i64 = 30;
-/// Bytes of input, output or logs shown on a page before it says "more not shown".
-const SHOWN_BYTES: usize = 64 * 1024;
 
 /// `GET /ui/`: every function with its last hour; for a session that may not list functions,
 /// a box to open a function or an invocation by name or id.
@@ -242,7 +241,7 @@ pub async fn function_page(
             @if recent.is_empty() {
                 p.muted { "None yet." }
             } @else {
-                div.scroll { (invocation_table(&recent)) }
+                div.scroll { (super::invocations::table(session, &recent, false)) }
             }
             h2 { "Settings" }
             div.scroll { (settings_table(&f)) }
@@ -276,35 +275,6 @@ fn invoke_result(result: &InvokeResult) -> Markup {
     }
 }
 
-fn invocation_table(records: &[Record]) -> Markup {
-    html! {
-        table #invocations {
-            thead { tr {
-                th { "Invocation" } th { "Status" } th.num { "Duration" } th { "Cold" }
-                th.hide-narrow { "Trigger" } th.hide-narrow { "Queued" }
-            } }
-            tbody {
-                @for r in records {
-                    tr {
-                        td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
-                        td { (status_badge(&r.status)) }
-                        td.num { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
-                        td { (match r.cold { Some(true) => "cold", Some(false) => "warm", None => "—" }) }
-                        td.hide-narrow { (r.trigger) }
-                        td.hide-narrow { (fmt_time(Some(r.queued_at))) }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The last 12 hex digits: unique enough within a function's page, short enough for a phone.
-fn short_id(id: Uuid) -> String {
-    let s = id.simple().to_string();
-    format!("…{}", &s[s.len() - 12..])
-}
-
 fn settings_table(f: &Function) -> Markup {
     let retry_on: Vec<&str> = f.retry_on.iter().map(|r| r.as_str()).collect();
     html! {
@@ -328,90 +298,6 @@ fn settings_table(f: &Function) -> Markup {
             tr { th { "Updated" } td { (fmt_time(Some(f.updated_at))) } }
         }
     }
-}
-
-/// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
-fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
-    html! {
-        h2 { (label)
-            @if truncated { " " span.truncated { "(truncated when stored)" } }
-        }
-        @match bytes {
-            None => p.muted { "none" },
-            Some(b) if b.is_empty() => p.muted { "empty" },
-            Some(b) => {
-                @let shown = &b[..b.len().min(SHOWN_BYTES)];
-                @match std::str::from_utf8(shown) {
-                    Ok(text) => { p.muted { "text, " (b.len()) " bytes" } pre #(id) { (text) } },
-                    Err(_) => { p.muted { "binary, " (b.len()) " bytes, as hex" } pre #(id) { (hex_lines(shown)) } },
-                }
-                @if b.len() > shown.len() { p.truncated { (b.len() - shown.len()) " more bytes not shown" } }
-            }
-        }
-    }
-}
-
-fn hex_lines(bytes: &[u8]) -> String {
-    bytes
-        .chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `GET /ui/invocations/{id}`: every field of the record.
-pub async fn invocation(
-    session: Session,
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Html<String>, UiError> {
-    session.require(Action::ReadInvocation)?;
-    let id: Uuid = id
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
-    let r = invocations::get(&app.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
-    let input_truncated = r
-        .input
-        .as_ref()
-        .is_some_and(|i| (i.len() as i64) < r.input_size);
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
-    Ok(layout(
-        "Invocation",
-        Some(&session),
-        html! {
-            h1 { "Invocation " code { (r.id) } }
-            div.scroll {
-                table.kv #record {
-                    tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
-                    tr { th { "Status" } td { (status_badge(&r.status)) } }
-                    tr { th { "Trigger" } td { (r.trigger) } }
-                    tr { th { "Attempt" } td { (r.attempt) } }
-                    tr { th { "Exit code" } td { (opt(r.exit_code.map(|c| c.to_string()))) } }
-                    tr { th { "Error" } td { @if let Some(e) = &r.error { span.error { (e) } } @else { "—" } } }
-                    tr { th { "Queued at" } td { (fmt_time(Some(r.queued_at))) } }
-                    tr { th { "Started at" } td { (fmt_time(r.started_at)) } }
-                    tr { th { "Finished at" } td { (fmt_time(r.finished_at)) } }
-                    tr { th { "Duration" } td { (fmt_ms(r.duration_ms.map(|d| d as f64))) } }
-                    tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
-                    tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }
-                    tr { th { "Worker" } td { (opt(r.worker.clone())) } }
-                    tr { th { "CPU time" } td { (fmt_ms(r.cpu_ms.map(|d| d as f64))) } }
-                    tr { th { "Max memory" } td { (opt(r.max_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)))) } }
-                    tr { th { "Input size" } td { (r.input_size) " bytes" } }
-                }
-            }
-            (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
-            (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
-            (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
-        },
-    ))
 }
 
 /// `GET /ui/queues`: the live view; its table reloads itself from `/ui/queues/live`.

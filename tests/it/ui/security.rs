@@ -1,331 +1,12 @@
-//! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver) logs
-//! in, is refused a bad function with the error next to its field, creates the function through
-//! the form, invokes it from its page, finds the invocation with its output, looks at the queues,
-//! and deletes the function after confirming. Screenshots of every page go to
-//! `target/ui-screenshots/`. Without `chromium` and `chromedriver` (scripts/setup.sh installs
-//! them) the test fails: it never skips.
+//! The dashboard's security, checked with plain HTTP (no browser): sessions bound to their key,
+//! scopes, where login goes, CSRF tokens, the security headers.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-
-use anyhow::{Context, ensure};
-use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::support::{TestApp, spawn_app};
 
-/// A binary from `$var` or `PATH`, or a panic that says how to get it.
-fn find_binary(var: &str, names: &[&str]) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in names {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "{} not found (set {var} or run scripts/setup.sh, which installs Debian's chromium and chromium-driver)",
-        names.join(" / ")
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn screenshot_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn shot(client: &Client, name: &str) -> anyhow::Result<()> {
-    let png = client.screenshot().await.context("screenshot")?;
-    std::fs::write(screenshot_dir().join(format!("{name}.png")), png)?;
-    Ok(())
-}
-
-async fn text_of(client: &Client, css: &str) -> anyhow::Result<String> {
-    let el = client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(css))
-        .await
-        .with_context(|| format!("waiting for {css}"))?;
-    Ok(el.text().await?)
-}
-
-/// The `h1` once the page after a click shows one that passes `ok`: the click's navigation may not
-/// have happened yet when this is called, so the old page's heading is waited out, not read.
-async fn h1_after(client: &Client, ok: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = match client.find(Locator::Css("h1")).await {
-            Ok(el) => el.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if ok(&text) || std::time::Instant::now() > deadline {
-            return Ok(text);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
-    let el = client
-        .find(Locator::Css(css))
-        .await
-        .with_context(|| format!("finding {css}"))?;
-    el.clear().await?;
-    el.send_keys(value).await?;
-    Ok(())
-}
-
-async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
-    client
-        .find(Locator::Css(css))
-        .await
-        .with_context(|| format!("finding {css}"))?
-        .click()
-        .await?;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn dashboard_in_a_browser() {
-    let chromium = find_binary("GRANDA_TEST_CHROMIUM", &["chromium", "chromium-browser"]);
-    let chromedriver = find_binary("GRANDA_TEST_CHROMEDRIVER", &["chromedriver"]);
-    let app = spawn_app().await;
-
-    // Pages need a session: without one, a redirect to the login form.
-    let bare = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = bare.get(app.url("/ui/queues")).send().await.unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(
-        r.headers()["location"].to_str().unwrap(),
-        "/ui/login?next=/ui/queues"
-    );
-
-    let port = free_port();
-    let mut driver = tokio::process::Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting chromedriver");
-    let profile = std::env::temp_dir().join(format!("granda-ui-{}", uuid::Uuid::new_v4()));
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1000,760",
-                "--hide-scrollbars", format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let webdriver = format!("http://127.0.0.1:{port}");
-    let mut connected = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(c) => {
-                connected = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let client = connected.expect("chromedriver did not start a Chromium session");
-
-    let result = drive(&client, &app).await;
-    if result.is_err() {
-        // What the browser showed when it went wrong.
-        let _ = shot(&client, "failure").await;
-        if let (Ok(url), Ok(source)) = (client.current_url().await, client.source().await) {
-            eprintln!("failed at {url}:\n{source}");
-        }
-    }
-    let _ = client.close().await;
-    let _ = driver.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
-    result.unwrap();
-    app.shutdown().await;
-}
-
-async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
-    // Log in.
-    client.goto(&app.url("/ui")).await?;
-    let url = client.current_url().await?;
-    ensure!(
-        url.path() == "/ui/login",
-        "not sent to the login form: {url}"
-    );
-    shot(client, "login").await?;
-    // A wrong key is refused; the admin key logs in.
-    fill(client, "#key", "gk_not-a-key-at-all").await?;
-    click(client, "button[type=submit]").await?;
-    // The login page comes back with its error; wait for it before typing again.
-    client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("p.error"))
-        .await
-        .context("a wrong key must be refused with an error")?;
-    ensure!(
-        client.current_url().await?.path() == "/ui/login",
-        "a wrong key must not log in"
-    );
-    fill(client, "#key", crate::support::ADMIN_KEY).await?;
-    click(client, "button[type=submit]").await?;
-    let h1 = h1_after(client, |h| h.starts_with("Functions")).await?;
-    ensure!(h1.starts_with("Functions"), "after login: {h1}");
-    let cookie = client.get_named_cookie("granda_session").await?;
-    ensure!(
-        cookie.http_only() == Some(true),
-        "session cookie not HttpOnly"
-    );
-
-    // A bad name is refused with the shared validation's words next to the field.
-    client.goto(&app.url("/ui/functions/new")).await?;
-    fill(client, "#name", "Not A Name").await?;
-    fill(client, "#image", "granda-test/echo").await?;
-    click(client, "#save").await?;
-    let error = text_of(client, "#field-name .error").await?;
-    ensure!(error.contains("must match"), "name error: {error}");
-    ensure!(
-        client
-            .find(Locator::Css("#image"))
-            .await?
-            .prop("value")
-            .await?
-            == Some("granda-test/echo".into()),
-        "the refused form lost its image"
-    );
-    shot(client, "new-function-error").await?;
-
-    // Create it for real.
-    fill(client, "#name", "hello").await?;
-    fill(client, "#description", "echoes its input <b>escaped</b>").await?;
-    click(client, "#save").await?;
-    let h1 = h1_after(client, |h| h == "Function hello").await?;
-    ensure!(h1 == "Function hello", "after create: {h1}");
-    let url = text_of(client, "#invoke-url").await?;
-    ensure!(url == app.url("/fn/hello"), "invoke URL: {url}");
-    // The API sees what the form stored.
-    let f: serde_json::Value = app.get("/v1/functions/hello").await.json().await?;
-    ensure!(f["description"] == "echoes its input <b>escaped</b>", "{f}");
-
-    // Invoke from the page.
-    fill(client, "#body", "hello from the browser").await?;
-    click(client, "#invoke").await?;
-    let output = text_of(client, "#result #output").await?;
-    ensure!(output == "hello from the browser", "output: {output:?}");
-    let badge = text_of(client, "#result .badge").await?;
-    ensure!(badge == "succeeded", "status: {badge}");
-    let rows = client
-        .find_all(Locator::Css("#invocations tbody tr"))
-        .await?;
-    ensure!(rows.len() == 1, "{} invocation rows", rows.len());
-    let svg = client.find_all(Locator::Css("svg.chart circle")).await?;
-    ensure!(svg.len() == 1, "{} points on the chart", svg.len());
-    // The stylesheet is a static file the CSP allows: the page is styled, legend included.
-    let colours: serde_json::Value = client
-        .execute(
-            "return [getComputedStyle(document.querySelector('header')).backgroundColor,
-                     getComputedStyle(document.querySelector('.legend span.bars')).backgroundColor]",
-            vec![],
-        )
-        .await?;
-    ensure!(
-        colours == json!(["rgb(29, 39, 51)", "rgb(201, 214, 232)"]),
-        "styles not applied: {colours}"
-    );
-    shot(client, "function").await?;
-
-    // The functions list counts it.
-    client.goto(&app.url("/ui")).await?;
-    let row = text_of(client, "#functions tbody tr").await?;
-    ensure!(row.contains("hello") && row.contains("100%"), "row: {row}");
-    shot(client, "functions").await?;
-
-    // The invocation's page, through the link on the function's page.
-    client.goto(&app.url("/ui/functions/hello")).await?;
-    click(client, "#invocations tbody tr a").await?;
-    let h1 = h1_after(client, |h| h.starts_with("Invocation ")).await?;
-    ensure!(h1.starts_with("Invocation "), "{h1}");
-    let record = text_of(client, "#record").await?;
-    ensure!(
-        record.contains("succeeded") && record.contains(&app.worker_id()),
-        "record: {record}"
-    );
-    ensure!(text_of(client, "#output").await? == "hello from the browser");
-    ensure!(text_of(client, "#input").await? == "hello from the browser");
-    shot(client, "invocation").await?;
-
-    // The queues: the work queue with the worker consuming it, and the worker's heartbeat.
-    client.goto(&app.url("/ui/queues")).await?;
-    let queues = text_of(client, "#queues").await?;
-    ensure!(queues.contains("default"), "queues: {queues}");
-    let workers = text_of(client, "#workers").await?;
-    ensure!(workers.contains(&app.worker_id()), "workers: {workers}");
-    // The live view reloads the tables in place.
-    let before = text_of(client, "#live p.muted:last-child").await?;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = text_of(client, "#live p.muted:last-child").await?;
-    ensure!(before != after, "the queues view did not refresh: {after}");
-    shot(client, "queues").await?;
-
-    // Phone width: the function's page still fits.
-    client.set_window_size(390, 844).await?;
-    client.goto(&app.url("/ui/functions/hello")).await?;
-    let width: serde_json::Value = client
-        .execute("return document.documentElement.scrollWidth", vec![])
-        .await?;
-    ensure!(
-        width.as_u64().is_some_and(|w| w <= 400),
-        "the page is {width} px wide on a phone"
-    );
-    shot(client, "function-phone").await?;
-    client.set_window_size(1000, 760).await?;
-
-    // Delete, after confirming.
-    client.goto(&app.url("/ui/functions/hello")).await?;
-    click(client, "a.danger").await?;
-    text_of(client, "#confirm-delete").await?;
-    shot(client, "delete").await?;
-    click(client, "#confirm-delete").await?;
-    let h1 = h1_after(client, |h| h.starts_with("Functions")).await?;
-    ensure!(h1.starts_with("Functions"), "after delete: {h1}");
-    ensure!(app.get("/v1/functions/hello").await.status() == 404);
-    Ok(())
-}
-
-// ---- The dashboard's security, checked with plain HTTP (no browser). ----
-
 /// Percent-encodes a form value.
-fn form_encode(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form_encode(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -346,14 +27,14 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
 }
 
 /// A dashboard user over plain HTTP: no redirects followed, the session cookie sent by hand.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     base: String,
     cookie: Option<String>,
 }
 
 impl Browser {
-    fn new(app: &TestApp) -> Browser {
+    pub(crate) fn new(app: &TestApp) -> Browser {
         Browser {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -365,7 +46,7 @@ impl Browser {
     }
 
     /// Logs in with `key`; panics unless the login made a session.
-    async fn logged_in(app: &TestApp, key: &str) -> Browser {
+    pub(crate) async fn logged_in(app: &TestApp, key: &str) -> Browser {
         let mut b = Browser::new(app);
         let r = b
             .post_form("/ui/login", &[("key", key), ("next", "/ui")])
@@ -390,18 +71,18 @@ impl Browser {
         r
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.request(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
     }
 
-    async fn post_form(&self, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post_form(&self, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
         self.post_form_with(path, pairs, &[]).await
     }
 
-    async fn post_form_with(
+    pub(crate) async fn post_form_with(
         &self,
         path: &str,
         pairs: &[(&str, &str)],
@@ -418,13 +99,13 @@ impl Browser {
     }
 
     /// The CSRF token in a page's forms (empty when the page has none).
-    async fn csrf(&self, path: &str) -> String {
+    pub(crate) async fn csrf(&self, path: &str) -> String {
         let page = self.get(path).await.text().await.unwrap();
         csrf_in(&page)
     }
 }
 
-fn csrf_in(page: &str) -> String {
+pub(crate) fn csrf_in(page: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     page.find(marker)
         .map(|i| {
@@ -434,7 +115,7 @@ fn csrf_in(page: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
+pub(crate) async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
     let r = app
         .post_json("/v1/keys", &json!({"name": name, "scope": scope}))
         .await;

@@ -1,0 +1,211 @@
+//! The dashboard as an operator's console, in Chromium: invocations across functions with
+//! filters and search, retrying a failed one after fixing its function, dead letters retried in
+//! bulk; API keys, webhooks, builds and rollback. Screenshots at desktop and phone width.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+use fantoccini::{Client, Locator};
+use serde_json::json;
+
+use super::security::{Browser, make_key};
+use super::{Chromium, click, fill, h1_after, log_in, shots, text_of};
+use crate::support::{ADMIN_KEY, TestApp, spawn_app_with};
+
+fn fast_retries(s: &mut granda::config::Settings) {
+    s.retry_base_ms = 100;
+    s.retry_max_ms = 400;
+}
+
+/// The rows of the table `css` on the page now.
+async fn rows(client: &Client, css: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for row in client.find_all(Locator::Css(css)).await? {
+        out.push(row.text().await?);
+    }
+    Ok(out)
+}
+
+/// Waits until the text of `css` passes `ok` (a live page updating itself), or 60 s.
+async fn text_becomes(
+    client: &Client,
+    css: &str,
+    ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = match client.find(Locator::Css(css)).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if ok(&text) || std::time::Instant::now() > deadline {
+            return Ok(text);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_finds_a_failed_invocation_reads_its_logs_fixes_and_retries_it() {
+    let app = spawn_app_with(fast_retries).await;
+    app.register("flaky", "granda-test/fail", json!({"max_attempts": 1}))
+        .await;
+    app.register(
+        "doomed",
+        "granda-test/fail",
+        json!({"max_attempts": 2, "retry_on": ["error"]}),
+    )
+    .await;
+    app.register("hello", "granda-test/echo", json!({})).await;
+    let hello = app.invoke_async("hello", "hi").await;
+    let failed = app.invoke_async("flaky", "payload-1").await;
+    let dead1 = app.invoke_async("doomed", "d1").await;
+    let dead2 = app.invoke_async("doomed", "d2").await;
+    for id in [hello, failed, dead1, dead2] {
+        app.wait_final(id, Duration::from_secs(60)).await;
+    }
+    assert_eq!(app.invocation(failed).await["status"], "failed");
+    assert_eq!(app.invocation(dead2).await["status"], "dead");
+
+    // Plain HTTP: a bad filter is a clear 400; an invoke session may not list invocations.
+    let admin = Browser::logged_in(&app, ADMIN_KEY).await;
+    let r = admin.get("/ui/invocations?status=bogus").await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("status must be one of"));
+    let (_, invoke_key) = make_key(&app, "runner", "invoke").await;
+    let runner = Browser::logged_in(&app, &invoke_key).await;
+    assert_eq!(runner.get("/ui/invocations").await.status(), 403);
+    assert_eq!(runner.get("/ui/dead-letters").await.status(), 403);
+    let csrf = runner.csrf("/ui").await;
+    let r = runner
+        .post_form(
+            &format!("/ui/invocations/{failed}/retry"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    // Without the session's CSRF token, no retry.
+    let r = admin
+        .post_form(&format!("/ui/invocations/{failed}/retry"), &[])
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(app.invocation(failed).await["status"], "failed");
+
+    let browser = Chromium::start().await;
+    let result = operate(&browser.client, &app, failed, hello, [dead1, dead2]).await;
+    browser.finish(result).await;
+    app.shutdown().await;
+}
+
+async fn operate(
+    client: &Client,
+    app: &TestApp,
+    failed: uuid::Uuid,
+    hello: uuid::Uuid,
+    dead: [uuid::Uuid; 2],
+) -> anyhow::Result<()> {
+    log_in(client, app, ADMIN_KEY).await?;
+    // Every function's invocations, newest first.
+    client.goto(&app.url("/ui/invocations")).await?;
+    let all = rows(client, "#invocations tbody tr").await?;
+    ensure!(all.len() == 4, "{all:?}");
+    shots(client, "invocations").await?;
+
+    // Filter to the failed ones: only flaky's, with a Retry button.
+    client
+        .find(Locator::Css("#status"))
+        .await?
+        .select_by_value("failed")
+        .await?;
+    click(client, "#filter").await?;
+    let only = text_becomes(client, "#invocations tbody", |t| !t.contains("doomed")).await?;
+    ensure!(
+        client.current_url().await?.query() == Some("status=failed&trigger=&function="),
+        "filters are query parameters: {:?}",
+        client.current_url().await?.query()
+    );
+    let failed_rows = rows(client, "#invocations tbody tr").await?;
+    ensure!(
+        failed_rows.len() == 1 && failed_rows[0].contains("flaky"),
+        "{only}"
+    );
+    // Other filters: no sync invocations; older than hello's, only hello's predecessors.
+    client
+        .goto(&app.url("/ui/invocations?trigger=sync"))
+        .await?;
+    ensure!(text_of(client, "main p.muted").await? == "No invocations match.");
+    client
+        .goto(&app.url(&format!("/ui/invocations?before={hello}")))
+        .await?;
+    ensure!(
+        client
+            .find_all(Locator::Css("#invocations"))
+            .await?
+            .is_empty(),
+        "hello's was the first"
+    );
+    // Search by id.
+    client.goto(&app.url("/ui/invocations")).await?;
+    fill(client, "#search-id", &dead[0].to_string()).await?;
+    click(client, "#search").await?;
+    let h1 = h1_after(client, |h| h.contains(&dead[0].to_string())).await?;
+    ensure!(h1.contains(&dead[0].to_string()), "{h1}");
+
+    // Open the failed one from the filtered list and read its logs.
+    client
+        .goto(&app.url("/ui/invocations?status=failed"))
+        .await?;
+    click(client, "#invocations tbody tr a").await?;
+    let h1 = h1_after(client, |h| h.contains(&failed.to_string())).await?;
+    ensure!(h1.contains(&failed.to_string()), "{h1}");
+    let logs = text_of(client, "#logs").await?;
+    ensure!(logs == "something broke", "logs: {logs:?}");
+    shots(client, "invocation-failed").await?;
+
+    // Fix the function (a working image), then retry: the page follows the new attempt live.
+    client.goto(&app.url("/ui/functions/flaky/edit")).await?;
+    fill(client, "#image", "granda-test/echo").await?;
+    click(client, "#save").await?;
+    h1_after(client, |h| h == "Function flaky").await?;
+    client
+        .goto(&app.url(&format!("/ui/invocations/{failed}")))
+        .await?;
+    click(client, "form.retry button").await?;
+    let status = text_becomes(client, "#status", |s| s == "succeeded").await?;
+    ensure!(status == "succeeded", "after the retry: {status}");
+    ensure!(text_of(client, "#output").await? == "payload-1");
+    ensure!(
+        client
+            .find_all(Locator::Css("form.retry"))
+            .await?
+            .is_empty(),
+        "a succeeded invocation has no Retry button"
+    );
+    let record = app.invocation(failed).await;
+    ensure!(
+        record["status"] == "succeeded" && record["attempt"] == 2,
+        "{record}"
+    );
+
+    // Dead letters: both of doomed's, retried at once.
+    client.goto(&app.url("/ui/dead-letters")).await?;
+    let dead_rows = rows(client, "#dead tbody tr").await?;
+    ensure!(dead_rows.len() == 2, "{dead_rows:?}");
+    shots(client, "dead-letters").await?;
+    for checkbox in client
+        .find_all(Locator::Css("#dead input[type=checkbox]"))
+        .await?
+    {
+        checkbox.click().await?;
+    }
+    click(client, "#retry-selected").await?;
+    let h1 = h1_after(client, |h| h.starts_with("Retried")).await?;
+    ensure!(h1 == "Retried 2 of 2", "{h1}");
+    let outcomes = text_of(client, "#outcomes").await?;
+    ensure!(outcomes.matches("queued again").count() == 2, "{outcomes}");
+    for id in dead {
+        let record = app.wait_final(id, Duration::from_secs(60)).await;
+        ensure!(record["attempt"].as_i64() > Some(2), "{record}");
+    }
+    Ok(())
+}
