@@ -18,11 +18,13 @@
 pub mod chart;
 pub mod forms;
 pub mod invocations;
+pub mod keys;
 pub mod live;
 pub mod pages;
 pub mod schedules;
 pub mod session;
 pub mod stats;
+pub mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -72,6 +74,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
         .route("/schedules", get(schedules::list))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{id}/revoke", post(keys::revoke))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/webhooks/{id}/delete", post(webhooks::delete))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -213,6 +220,8 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                             }
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/schedules" } { "Schedules" }
+                                a href={ (BASE) "/webhooks" } { "Webhooks" }
+                                a href={ (BASE) "/keys" } { "Keys" }
                             }
                             form.inline method="post" action={ (BASE) "/logout" } {
                                 (session.csrf_field())

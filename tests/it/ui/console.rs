@@ -209,3 +209,123 @@ async fn operate(
     }
     Ok(())
 }
+
+/// A GitHub delivery of `body` signed with `secret` to `url`: the status.
+async fn deliver(url: &str, secret: &str, body: &'static str) -> u16 {
+    let signature = format!(
+        "sha256={}",
+        granda::webhook::sign_hex(secret.as_bytes(), &[body.as_bytes()])
+    );
+    reqwest::Client::new()
+        .post(url)
+        .header("x-hub-signature-256", signature)
+        .header("x-github-event", "push")
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// What the API answers `key` for an invocation that does not exist: 404 while the key is live,
+/// 401 once it is revoked.
+async fn key_status(app: &TestApp, key: &str) -> u16 {
+    crate::support::client_with_key(key)
+        .get(app.url(&format!("/v1/invocations/{}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_makes_and_revokes_a_key_and_rotates_a_webhook_secret() {
+    let app = spawn_app_with(|s| s.webhook_rotation_grace_secs = 0).await;
+    app.register("hooked", "granda-test/echo", json!({})).await;
+    let browser = Chromium::start().await;
+    let result = keys_and_webhooks(&browser.client, &app).await;
+    browser.finish(result).await;
+    app.shutdown().await;
+}
+
+async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()> {
+    log_in(client, app, ADMIN_KEY).await?;
+
+    // A key with a bad name is refused next to the form; a good one is shown once.
+    client.goto(&app.url("/ui/keys")).await?;
+    fill(client, "#key-name", &"k".repeat(101)).await?;
+    click(client, "#create-key").await?;
+    let error = text_of(client, "#key-error").await?;
+    ensure!(error.contains("1 to 100 characters"), "{error}");
+    fill(client, "#key-name", "ci-runner").await?;
+    client
+        .find(Locator::Css("#key-scope"))
+        .await?
+        .select_by_value("invoke")
+        .await?;
+    click(client, "#create-key").await?;
+    let key = text_of(client, "#new-key").await?;
+    ensure!(key.starts_with("gk_"), "the new key: {key:?}");
+    ensure!(key_status(app, &key).await == 404, "the new key works");
+    client.goto(&app.url("/ui/keys")).await?;
+    ensure!(
+        !client.source().await?.contains(&key),
+        "the key is shown only once"
+    );
+    shots(client, "keys").await?;
+    // Revoke it from its row.
+    client
+        .find(Locator::XPath(
+            "//table[@id='keys']//tr[td[1][text()='ci-runner']]//form[contains(@class,'revoke')]//button",
+        ))
+        .await?
+        .click()
+        .await?;
+    let row = text_becomes(client, "#keys", |t| t.contains("revoked")).await?;
+    ensure!(row.contains("revoked"), "{row}");
+    ensure!(
+        key_status(app, &key).await == 401,
+        "a revoked key is refused"
+    );
+
+    // A webhook for hooked, GitHub's scheme, a generated secret shown once with the URL.
+    client.goto(&app.url("/ui/webhooks")).await?;
+    client
+        .find(Locator::Css("#hook-scheme"))
+        .await?
+        .select_by_value("github")
+        .await?;
+    click(client, "#create-hook").await?;
+    let url = text_of(client, "#hook-url").await?;
+    let first = text_of(client, "#new-secret").await?;
+    ensure!(url.starts_with(&app.url("/hooks/")), "{url}");
+    ensure!(deliver(&url, &first, "one").await == 202);
+    client.goto(&app.url("/ui/webhooks")).await?;
+    ensure!(text_of(client, "#webhooks").await?.contains(&url));
+    shots(client, "webhooks").await?;
+
+    // Rotate: the new secret verifies, the old one (no grace here) no longer does.
+    click(client, "#webhooks form.rotate button").await?;
+    let second = text_of(client, "#new-secret").await?;
+    ensure!(second != first && !second.is_empty());
+    ensure!(deliver(&url, &second, "two").await == 202);
+    ensure!(deliver(&url, &first, "three").await == 401);
+    // Its deliveries, from the list.
+    client.goto(&app.url("/ui/webhooks")).await?;
+    click(client, "#webhooks td.actions a").await?;
+    let delivered = text_becomes(client, "#invocations tbody", |t| {
+        t.matches("hooked").count() == 2
+    })
+    .await?;
+    ensure!(delivered.matches("hooked").count() == 2, "{delivered}");
+
+    // Delete it: later deliveries are 404.
+    client.goto(&app.url("/ui/webhooks")).await?;
+    click(client, "#webhooks form.delete button").await?;
+    text_becomes(client, "main", |t| t.contains("No webhooks yet.")).await?;
+    ensure!(deliver(&url, &second, "four").await == 404);
+    Ok(())
+}
