@@ -470,6 +470,25 @@ pub mod store {
         .await
     }
 
+    /// Build `version` of `function`, of the function registered at `since` (not of an earlier
+    /// function of the same name).
+    pub async fn version(
+        pool: &PgPool,
+        function: &str,
+        version: i32,
+        since: DateTime<Utc>,
+    ) -> Result<Option<BuildRecord>, sqlx::Error> {
+        sqlx::query_as::<_, BuildRecord>(
+            "SELECT id, function, version, runtime, image, status, log, created_at, finished_at
+             FROM builds WHERE function = $1 AND version = $2 AND created_at >= $3",
+        )
+        .bind(function)
+        .bind(version)
+        .bind(since)
+        .fetch_optional(pool)
+        .await
+    }
+
     /// One build by id.
     pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<BuildRecord>, sqlx::Error> {
         sqlx::query_as::<_, BuildRecord>(

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod builds;
 mod callbacks;
 mod cli;
 mod cluster;
