@@ -15,6 +15,7 @@
 //! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the queues view's script are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
+pub mod builds;
 pub mod chart;
 pub mod forms;
 pub mod invocations;
@@ -23,6 +24,7 @@ pub mod live;
 pub mod pages;
 pub mod schedules;
 pub mod session;
+pub mod settings;
 pub mod stats;
 pub mod webhooks;
 
@@ -65,6 +67,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(forms::delete_confirm).post(forms::delete),
         )
         .route("/functions/{name}/invoke", post(forms::invoke))
+        .route("/functions/{name}/builds/{version}", get(builds::build))
+        .route("/functions/{name}/rollback", post(builds::rollback))
         .route("/static/live.js", get(live::script))
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::invocation))
@@ -318,5 +322,6 @@ form.filters input,form.filters select{width:auto;max-width:14rem;display:block}
 form.filters button{margin-top:0}
 button.small{padding:.1rem .5rem;margin:0;font-size:13px}
 .ok{color:#17642c;font-weight:600}
+strong.current{color:#17642c;margin-right:.5rem}
 @media (max-width:600px){main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;

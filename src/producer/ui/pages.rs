@@ -18,7 +18,7 @@ use super::session::Session;
 use super::stats::{self, FunctionStats};
 use super::{BASE, UiError, chart, fmt_ms, fmt_pct, fmt_time, layout, page, status_badge};
 use crate::error::ApiError;
-use crate::function::{Function, store};
+use crate::function::store;
 use crate::invocation::{Status, store as invocations};
 use crate::message::Reply;
 use crate::producer::AppState;
@@ -216,6 +216,7 @@ pub async fn function_page(
             })
         })
         .collect();
+    let versions = super::builds::section(app, session, &f).await?;
     Ok(layout(
         &f.name,
         Some(session),
@@ -243,8 +244,9 @@ pub async fn function_page(
             } @else {
                 div.scroll { (super::invocations::table(session, &recent, false)) }
             }
+            (versions)
             h2 { "Settings" }
-            div.scroll { (settings_table(&f)) }
+            div.scroll { (super::settings::table(&f)) }
         },
     ))
 }
@@ -271,31 +273,6 @@ fn invoke_result(result: &InvokeResult) -> Markup {
                 }
                 InvokeResult::Refused(message) => { p.error { (message) } }
             }
-        }
-    }
-}
-
-fn settings_table(f: &Function) -> Markup {
-    let retry_on: Vec<&str> = f.retry_on.iter().map(|r| r.as_str()).collect();
-    html! {
-        table.kv #settings {
-            tr { th { "Image" } td { code { (f.image) } } }
-            tr { th { "Description" } td { (f.description.as_deref().unwrap_or("—")) } }
-            tr { th { "Input" } td { (f.input.as_str()) } }
-            tr { th { "Queue" } td { (f.queue) } }
-            tr { th { "Timeout" } td { (f.timeout_ms) " ms" } }
-            tr { th { "Memory" } td { (f.memory_mb) " MB" } }
-            tr { th { "CPUs" } td { (f.cpus) } }
-            tr { th { "Max attempts" } td { (f.max_attempts) } }
-            tr { th { "Retry on" } td { @if retry_on.is_empty() { "platform failures only" } @else { (retry_on.join(", ")) } } }
-            tr { th { "Max concurrency" } td { (f.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
-            tr { th { "Callback URL" } td { code { (f.callback_url.as_deref().unwrap_or("—")) } } }
-            tr { th { "Env" } td {
-                @if f.env.is_empty() { "—" }
-                @for (k, v) in &f.env { code { (k) "=" (v) } br; }
-            } }
-            tr { th { "Created" } td { (fmt_time(Some(f.created_at))) } }
-            tr { th { "Updated" } td { (fmt_time(Some(f.updated_at))) } }
         }
     }
 }

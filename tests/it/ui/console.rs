@@ -329,3 +329,105 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
     ensure!(deliver(&url, &second, "four").await == 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_reads_build_logs_sees_settings_whole_and_rolls_back_a_version() {
+    let app = crate::cli::spawn().await;
+    let r = app
+        .post_json(
+            "/v1/functions",
+            &json!({"name": "shout", "runtime": "shell", "source": "cat\n",
+                    "description": "to be emptied", "public": true,
+                    "secrets": {"API_TOKEN": "s3cr3t-value-never-shown"},
+                    "min_warm": 0, "idle_timeout_ms": 30000, "retry_on": ["timeout"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    for (source, status) in [("tr a-z A-Z\n", 200), ("if then fi (\n", 422)] {
+        let r = app
+            .client
+            .put(app.url("/v1/functions/shout"))
+            .json(&json!({ "source": source }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+    }
+    assert_eq!(
+        app.invoke("shout", "abc").await.text().await.unwrap(),
+        "ABC"
+    );
+    let browser = Chromium::start().await;
+    let result = versions(&browser.client, &app).await;
+    browser.finish(result).await;
+    app.shutdown().await;
+}
+
+async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
+    log_in(client, app, ADMIN_KEY).await?;
+    client.goto(&app.url("/ui/functions/shout")).await?;
+    // Settings whole: mode, pool, network, public, retry policy, secret names but no values.
+    let settings = text_of(client, "#settings").await?;
+    for expected in [
+        "cold",
+        "idle timeout 30000 ms",
+        "none",
+        "needs no key",
+        "timeout",
+        "API_TOKEN",
+        "runtime shell, version 2",
+    ] {
+        ensure!(settings.contains(expected), "{expected:?} in {settings}");
+    }
+    ensure!(
+        !client.source().await?.contains("s3cr3t-value-never-shown"),
+        "a secret's value is on the page"
+    );
+    // Three versions: v3 failed, v2 runs, v1 can be rolled back to.
+    let versions = rows(client, "#versions tbody tr").await?;
+    ensure!(versions.len() == 3, "{versions:?}");
+    ensure!(
+        versions[0].contains("failed") && versions[1].contains("running"),
+        "{versions:?}"
+    );
+    let buttons = client.find_all(Locator::Css("form.rollback")).await?;
+    ensure!(buttons.len() == 1, "only v1 can be rolled back to");
+    shots(client, "function-versions").await?;
+
+    // The failed build's log says why.
+    click(client, "#versions tbody tr:first-child a").await?;
+    let h1 = h1_after(client, |h| h == "shout v3").await?;
+    ensure!(h1 == "shout v3", "{h1}");
+    let log = text_of(client, "#build-log").await?;
+    ensure!(!log.is_empty(), "the failed build has a log");
+    ensure!(
+        client
+            .find_all(Locator::Css("form.rollback"))
+            .await?
+            .is_empty(),
+        "a failed build can't be rolled back to"
+    );
+    shots(client, "build").await?;
+
+    // Roll back to v1: the function echoes again.
+    client.goto(&app.url("/ui/functions/shout")).await?;
+    click(client, "form.rollback button").await?;
+    let versions = text_becomes(client, "#versions tbody tr:last-child", |t| {
+        t.contains("running")
+    })
+    .await?;
+    ensure!(versions.contains("running"), "v1 runs: {versions}");
+    ensure!(app.invoke("shout", "abc").await.text().await? == "abc");
+    let f: serde_json::Value = app.get("/v1/functions/shout").await.json().await?;
+    ensure!(f["version"] == 1, "{f}");
+
+    // An emptied description is stored as none, not as "".
+    client.goto(&app.url("/ui/functions/shout/edit")).await?;
+    fill(client, "#description", "").await?;
+    click(client, "#save").await?;
+    h1_after(client, |h| h == "Function shout").await?;
+    let f: serde_json::Value = app.get("/v1/functions/shout").await.json().await?;
+    ensure!(f["description"].is_null(), "{f}");
+    ensure!(f["version"] == 1, "the edit kept the version: {f}");
+    Ok(())
+}
