@@ -311,7 +311,7 @@ button.link{background:none;border:0;padding:0;margin:0;cursor:pointer}
 form.inline{display:inline}
 .actions{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}
 .notice{background:#fff8e1;border:1px solid #f0d98a;border-radius:4px;padding:.5rem .8rem}
-svg.chart{width:100%;height:auto;max-height:220px;background:#fff}
+svg.chart{width:100%;height:auto;max-height:240px;background:#fff}svg.chart.narrow{display:none}
 .legend{font-size:13px;color:#4a5562}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
 .legend span.bars{background:#c9d6e8}.legend span.fails{background:#e59a9a}.legend span.line{background:#1f5fbf}
@@ -323,5 +323,5 @@ form.filters button{margin-top:0}
 button.small{padding:.1rem .5rem;margin:0;font-size:13px}
 .ok{color:#17642c;font-weight:600}
 strong.current{color:#17642c;margin-right:.5rem}
-@media (max-width:600px){main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
+@media (max-width:600px){svg.chart.wide{display:none}svg.chart.narrow{display:block}main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;

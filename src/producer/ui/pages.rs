@@ -208,18 +208,21 @@ pub async fn function_page(
     let buckets = stats::buckets(&app.pool, &f.name).await?;
     let runs: Vec<chart::Point> = recent
         .iter()
-        .rev()
         .filter_map(|r| {
-            r.duration_ms.map(|ms| chart::Point {
-                duration_ms: ms as f64,
+            Some(chart::Point {
+                duration_ms: r.duration_ms? as f64,
                 failed: !matches!(r.status(), Status::Succeeded),
+                at: r.finished_at?,
             })
         })
         .collect();
     let versions = super::builds::section(app, session, &f).await?;
-    Ok(layout(
+    // The recent invocations follow running work without a reload.
+    let live = recent.iter().any(|r| !r.status().is_final());
+    Ok(page(
         &f.name,
         Some(session),
+        super::live::head(live),
         html! {
             h1 { "Function " (f.name) }
             @if session.may(Action::Manage) {
@@ -236,13 +239,15 @@ pub async fn function_page(
                     " · p50 " (fmt_ms(stats.p50_ms)) " · p95 " (fmt_ms(stats.p95_ms))
                     " · cold " (fmt_pct(stats.cold_share))
                 }
-                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs))
+                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs, chrono::Utc::now()))
             }
             h2 { "Recent invocations" }
-            @if recent.is_empty() {
-                p.muted { "None yet." }
-            } @else {
-                div.scroll { (super::invocations::table(session, &recent, false)) }
+            div #live-region data-live=(super::live::marker(live)) {
+                @if recent.is_empty() {
+                    p.muted { "None yet." }
+                } @else {
+                    div.scroll { (super::invocations::table(session, &recent, false)) }
+                }
             }
             (versions)
             h2 { "Settings" }

@@ -57,6 +57,12 @@ async fn an_operator_finds_a_failed_invocation_reads_its_logs_fixes_and_retries_
     )
     .await;
     app.register("hello", "granda-test/echo", json!({})).await;
+    app.register(
+        "napper",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "6"}}),
+    )
+    .await;
     let hello = app.invoke_async("hello", "hi").await;
     let failed = app.invoke_async("flaky", "payload-1").await;
     let dead1 = app.invoke_async("doomed", "d1").await;
@@ -105,10 +111,32 @@ async fn operate(
     dead: [uuid::Uuid; 2],
 ) -> anyhow::Result<()> {
     log_in(client, app, ADMIN_KEY).await?;
+    // A function's page follows a running invocation to its end without a reload.
+    let slow = app.invoke_async("napper", "").await;
+    crate::support::eventually(Duration::from_secs(60), "napper runs", || async {
+        (app.invocation(slow).await["status"] == "running").then_some(())
+    })
+    .await;
+    client.goto(&app.url("/ui/functions/napper")).await?;
+    let first = text_of(client, "#invocations tbody").await?;
+    ensure!(first.contains("running"), "{first}");
+    client
+        .execute("window.notReloaded = true; return null", vec![])
+        .await?;
+    let later = text_becomes(client, "#invocations tbody", |t| t.contains("succeeded")).await?;
+    ensure!(
+        later.contains("succeeded"),
+        "the page did not follow: {later}"
+    );
+    let same_page: serde_json::Value = client
+        .execute("return window.notReloaded === true", vec![])
+        .await?;
+    ensure!(same_page == json!(true), "the page was reloaded");
+
     // Every function's invocations, newest first.
     client.goto(&app.url("/ui/invocations")).await?;
     let all = rows(client, "#invocations tbody tr").await?;
-    ensure!(all.len() == 4, "{all:?}");
+    ensure!(all.len() == 5, "{all:?}");
     shots(client, "invocations").await?;
 
     // Filter to the failed ones: only flaky's, with a Retry button.

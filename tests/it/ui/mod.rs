@@ -305,8 +305,15 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
         .find_all(Locator::Css("#invocations tbody tr"))
         .await?;
     ensure!(rows.len() == 1, "{} invocation rows", rows.len());
-    let svg = client.find_all(Locator::Css("svg.chart circle")).await?;
+    let svg = client
+        .find_all(Locator::Css("svg.chart.wide circle"))
+        .await?;
     ensure!(svg.len() == 1, "{} points on the chart", svg.len());
+    // The time axis has wall-clock tick labels.
+    let ticks = client
+        .find_all(Locator::Css("svg.chart.wide text.tick"))
+        .await?;
+    ensure!(ticks.len() >= 5, "{} tick labels", ticks.len());
     // The stylesheet is a static file the CSP allows: the page is styled, legend included.
     let colours: serde_json::Value = client
         .execute(
@@ -364,6 +371,15 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
         width.as_u64().is_some_and(|w| w <= 400),
         "the page is {width} px wide on a phone"
     );
+    // The chart drawn for phones is the one shown, with fewer, larger labels.
+    let shown: serde_json::Value = client
+        .execute(
+            "return [getComputedStyle(document.querySelector('svg.chart.wide')).display,
+                     getComputedStyle(document.querySelector('svg.chart.narrow')).display]",
+            vec![],
+        )
+        .await?;
+    ensure!(shown == json!(["none", "block"]), "charts shown: {shown}");
     shot(client, "function-phone").await?;
     client.set_window_size(1000, 760).await?;
 
