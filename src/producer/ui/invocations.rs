@@ -137,7 +137,7 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
             thead { tr {
                 th { "Invocation" }
                 @if function { th { "Function" } }
-                th { "Status" } th.num { "Duration" } th.hide-narrow { "Cold" }
+                th { "Status" } th.num.hide-narrow[function] { "Duration" } th.hide-narrow { "Cold" }
                 th.hide-narrow { "Trigger" } th.hide-narrow { "Queued" }
                 @if retry { th {} }
             } }
@@ -147,7 +147,7 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
                         td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
                         @if function { td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
                         td { (status_badge(&r.status)) }
-                        td.num { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
+                        td.num.hide-narrow[function] { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
                         td.hide-narrow { (match r.cold { Some(true) => "cold", Some(false) => "warm", None => "—" }) }
                         td.hide-narrow { (r.trigger) }
                         td.hide-narrow { (fmt_time(Some(r.queued_at))) }

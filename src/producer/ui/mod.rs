@@ -1,5 +1,10 @@
 //! The web dashboard under `/ui`: server-rendered HTML (maud, checked at compile time), charts as
-//! hand-written SVG, a few lines of JavaScript only for the live queues view.
+//! hand-written SVG, a few lines of JavaScript only to refresh live views (`live`, the queues).
+//!
+//! One module per page or concept: `pages` (functions, a function, queues), `invocations` (the
+//! list, one record, retry, dead letters), `builds` (versions, build logs, rollback), `settings`,
+//! `keys`, `webhooks`, `schedules`, `forms` (function forms, the invoke box), `chart`, `stats`,
+//! `live`, `session` (login, scopes, CSRF).
 //!
 //! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
 //! `/ui`. Pages need a session ([`session::Session`]): a key typed into `/ui/login` becomes an
@@ -12,7 +17,7 @@
 //! Web safety: every form carries the session's CSRF token, checked with the Origin of every POST
 //! by [`session::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
 //! carries [`CSP`], `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
-//! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the queues view's script are
+//! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the scripts of the live views are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
 pub mod builds;

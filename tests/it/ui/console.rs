@@ -9,7 +9,7 @@ use fantoccini::{Client, Locator};
 use serde_json::json;
 
 use super::security::{Browser, make_key};
-use super::{Chromium, click, fill, h1_after, log_in, shots, text_of};
+use super::{Chromium, click, fill, h1_after, log_in, shots, shots_at, text_of};
 use crate::support::{ADMIN_KEY, TestApp, spawn_app_with};
 
 fn fast_retries(s: &mut granda::config::Settings) {
@@ -420,7 +420,7 @@ async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     );
     let buttons = client.find_all(Locator::Css("form.rollback")).await?;
     ensure!(buttons.len() == 1, "only v1 can be rolled back to");
-    shots(client, "function-versions").await?;
+    shots_at(client, "function-versions", Some("#versions")).await?;
 
     // The failed build's log says why.
     click(client, "#versions tbody tr:first-child a").await?;

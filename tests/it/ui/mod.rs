@@ -193,9 +193,31 @@ pub(crate) async fn log_in(client: &Client, app: &TestApp, key: &str) -> anyhow:
 /// A screenshot at desktop width (`{name}.png`) and at phone width (`{name}-phone.png`), with
 /// a check that the page fits the phone without sideways scrolling.
 pub(crate) async fn shots(client: &Client, name: &str) -> anyhow::Result<()> {
+    shots_at(client, name, None).await
+}
+
+/// Like [`shots`], scrolled to the element `at` first.
+pub(crate) async fn shots_at(client: &Client, name: &str, at: Option<&str>) -> anyhow::Result<()> {
+    let scroll = |client: &Client| {
+        let client = client.clone();
+        let at = at.map(str::to_string);
+        async move {
+            if let Some(css) = at {
+                client
+                    .execute(
+                        "document.querySelector(arguments[0]).scrollIntoView(); return null",
+                        vec![json!(css)],
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    scroll(client).await?;
     shot(client, name).await?;
     client.set_window_size(390, 844).await?;
     client.refresh().await?;
+    scroll(client).await?;
     let width: serde_json::Value = client
         .execute("return document.documentElement.scrollWidth", vec![])
         .await?;
