@@ -253,6 +253,11 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
             "/edit",
             "/delete",
             "/ui/queues",
+            "/ui/invocations\"",
+            "/ui/dead-letters",
+            "/ui/webhooks",
+            "/ui/keys",
+            "/ui/schedules",
         ] {
             assert!(!page.contains(hidden), "{path} shows {hidden}:\n{page}");
         }
@@ -264,6 +269,13 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         "/ui/functions/secretive/delete",
         "/ui/queues",
         "/ui/queues/live",
+        "/ui/invocations",
+        "/ui/invocations?status=failed",
+        "/ui/dead-letters",
+        "/ui/webhooks",
+        "/ui/keys",
+        "/ui/schedules",
+        "/ui/functions/secretive/builds/1",
     ] {
         assert_eq!(ci.get(path).await.status(), 403, "GET {path}");
     }
@@ -284,6 +296,27 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         .post_form("/ui/functions/secretive/delete", &[("csrf", &csrf)])
         .await;
     assert_eq!(r.status(), 403);
+    // The console's forms too: make a key or a webhook, roll back, retry in bulk.
+    for (path, form) in [
+        ("/ui/keys", vec![("name", "by-ci"), ("scope", "admin")]),
+        (
+            "/ui/webhooks",
+            vec![("function", "secretive"), ("scheme", "none")],
+        ),
+        ("/ui/functions/secretive/rollback", vec![("version", "1")]),
+        (
+            "/ui/dead-letters/retry",
+            vec![("id", "0190a5f0-0000-7000-8000-000000000000")],
+        ),
+    ] {
+        let mut form = form;
+        form.push(("csrf", &csrf));
+        assert_eq!(ci.post_form(path, &form).await.status(), 403, "POST {path}");
+    }
+    let keys: serde_json::Value = app.get("/v1/keys").await.json().await.unwrap();
+    assert!(!keys.to_string().contains("by-ci"), "{keys}");
+    let hooks: serde_json::Value = app.get("/v1/webhooks").await.json().await.unwrap();
+    assert_eq!(hooks["webhooks"], serde_json::json!([]));
     let f: serde_json::Value = app
         .get("/v1/functions/secretive")
         .await
