@@ -355,6 +355,43 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
     click(client, "#webhooks form.delete button").await?;
     text_becomes(client, "main", |t| t.contains("No webhooks yet.")).await?;
     ensure!(deliver(&url, &second, "four").await == 404);
+
+    // A schedule: paused, resumed, deleted from its row.
+    let r = app
+        .post_json(
+            "/v1/schedules",
+            &json!({"function": "hooked", "cron": "0 3 * * *"}),
+        )
+        .await;
+    ensure!(r.status() == 201);
+    let id = r.json::<serde_json::Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let enabled = || async {
+        app.get(&format!("/v1/schedules/{id}"))
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .map(|s| s["enabled"].clone())
+    };
+    client.goto(&app.url("/ui/schedules")).await?;
+    click(client, "#schedules form.pause button").await?;
+    let state = text_becomes(client, "#schedules td.state", |t| t == "paused").await?;
+    ensure!(
+        state == "paused" && enabled().await? == json!(false),
+        "{state}"
+    );
+    shots(client, "schedules").await?;
+    click(client, "#schedules form.resume button").await?;
+    let state = text_becomes(client, "#schedules td.state", |t| t == "enabled").await?;
+    ensure!(
+        state == "enabled" && enabled().await? == json!(true),
+        "{state}"
+    );
+    click(client, "#schedules form.delete button").await?;
+    text_becomes(client, "main", |t| t.contains("No schedules yet.")).await?;
+    ensure!(app.get(&format!("/v1/schedules/{id}")).await.status() == 404);
     Ok(())
 }
 
