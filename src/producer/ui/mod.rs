@@ -30,6 +30,7 @@ pub mod pages;
 pub mod schedules;
 pub mod session;
 pub mod settings;
+pub mod source;
 pub mod stats;
 pub mod webhooks;
 
@@ -62,6 +63,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/functions/new", get(forms::new_form).post(forms::create))
+        .route(
+            "/functions/new/source",
+            get(source::form).post(source::build),
+        )
+        .route("/static/build.js", get(source::script))
         .route("/functions/{name}", get(pages::function))
         .route(
             "/functions/{name}/edit",

@@ -52,6 +52,7 @@ pub async fn functions(
                 h1 { "Functions" }
                 @if session.may(Action::Manage) {
                     a.button href={ (BASE) "/functions/new" } { "New function" }
+                    a.button.secondary #from-source href={ (BASE) "/functions/new/source" } { "From source" }
                 }
             }
             @if functions.is_empty() {

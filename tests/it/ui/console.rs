@@ -486,6 +486,37 @@ async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     let f: serde_json::Value = app.get("/v1/functions/shout").await.json().await?;
     ensure!(f["version"] == 1, "{f}");
 
+    // A new function from source: the build log appears as it is written, then a link to it.
+    client.goto(&app.url("/ui")).await?;
+    click(client, "#from-source").await?;
+    h1_after(client, |h| h == "New function from source").await?;
+    fill(client, "#name", "fresh").await?;
+    client
+        .find(Locator::Css("#runtime"))
+        .await?
+        .select_by_value("shell")
+        .await?;
+    fill(client, "#source", "tr a-z A-Z").await?;
+    click(client, "#build").await?;
+    let status = text_becomes(client, "#build-status", |t| {
+        t.starts_with("Built") || t.contains("fail")
+    })
+    .await?;
+    ensure!(status.starts_with("Built and created"), "{status}");
+    let log = text_of(client, "#build-log").await?;
+    ensure!(!log.is_empty(), "no build log shown");
+    super::shot(client, "new-from-source").await?;
+    click(client, "#open-function").await?;
+    h1_after(client, |h| h == "Function fresh").await?;
+    ensure!(app.invoke("fresh", "abc").await.text().await? == "ABC");
+    // A refused one says why, and builds nothing.
+    client.goto(&app.url("/ui/functions/new/source")).await?;
+    fill(client, "#name", "Bad Name").await?;
+    fill(client, "#source", "cat").await?;
+    click(client, "#build").await?;
+    let status = text_becomes(client, "#build-status.error", |t| !t.is_empty()).await?;
+    ensure!(status.contains("name"), "{status}");
+
     // An emptied description is stored as none, not as "".
     client.goto(&app.url("/ui/functions/shout/edit")).await?;
     fill(client, "#description", "").await?;

@@ -276,6 +276,7 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         "/ui/keys",
         "/ui/schedules",
         "/ui/functions/secretive/builds/1",
+        "/ui/functions/new/source",
     ] {
         assert_eq!(ci.get(path).await.status(), 403, "GET {path}");
     }
@@ -304,6 +305,10 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
             vec![("function", "secretive"), ("scheme", "none")],
         ),
         ("/ui/functions/secretive/rollback", vec![("version", "1")]),
+        (
+            "/ui/functions/new/source",
+            vec![("name", "by-ci"), ("runtime", "shell"), ("source", "cat")],
+        ),
         (
             "/ui/dead-letters/retry",
             vec![("id", "0190a5f0-0000-7000-8000-000000000000")],
