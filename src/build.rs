@@ -486,6 +486,25 @@ pub mod store {
         .await
     }
 
+    /// Build `version` of `function`, of the function registered at `since` (not of an earlier
+    /// function of the same name).
+    pub async fn version(
+        pool: &PgPool,
+        function: &str,
+        version: i32,
+        since: DateTime<Utc>,
+    ) -> Result<Option<BuildRecord>, sqlx::Error> {
+        sqlx::query_as::<_, BuildRecord>(
+            "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
+             FROM builds WHERE function = $1 AND version = $2 AND created_at >= $3",
+        )
+        .bind(function)
+        .bind(version)
+        .bind(since)
+        .fetch_optional(pool)
+        .await
+    }
+
     /// The build version `version` of `function` came from, if it succeeded since `since` (the
     /// function's registration).
     pub async fn succeeded(
@@ -494,16 +513,9 @@ pub mod store {
         version: i32,
         since: DateTime<Utc>,
     ) -> Result<Option<BuildRecord>, sqlx::Error> {
-        sqlx::query_as::<_, BuildRecord>(
-            "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
-             FROM builds WHERE function = $1 AND version = $2 AND created_at >= $3
-               AND status = 'succeeded'",
-        )
-        .bind(function)
-        .bind(version)
-        .bind(since)
-        .fetch_optional(pool)
-        .await
+        Ok(self::version(pool, function, version, since)
+            .await?
+            .filter(|b| b.status == "succeeded"))
     }
 
     /// One build by id.

@@ -642,7 +642,7 @@ impl NewFunction {
         let f = Function {
             name: self.name,
             image: self.image.unwrap_or_default(),
-            description: self.description,
+            description: self.description.filter(|d| !d.trim().is_empty()),
             timeout_ms: self
                 .timeout_ms
                 .unwrap_or(settings.default_timeout_ms as i64),
@@ -739,7 +739,12 @@ impl FunctionUpdate {
         };
         let f = Function {
             image: self.image.unwrap_or(current.image),
-            description: self.description.or(current.description),
+            // An empty description is none, as if never given.
+            description: match self.description {
+                Some(d) if d.trim().is_empty() => None,
+                Some(d) => Some(d),
+                None => current.description,
+            },
             timeout_ms: self.timeout_ms.unwrap_or(current.timeout_ms),
             memory_mb: self.memory_mb.unwrap_or(current.memory_mb),
             cpus: self.cpus.unwrap_or(current.cpus),

@@ -252,6 +252,8 @@ pub enum Claim {
     Missing,
 }
 
+pub mod search;
+
 /// Postgres storage of invocations.
 pub mod store {
     use super::*;

@@ -1,16 +1,20 @@
-//! `GET /v1/functions/{name}/builds/{version}`: one build of a function from source, with its
+//! A function's builds from source: `GET /v1/functions/{name}/builds/{version}` reads one with its
 //! stored log (what `docker build` printed, colour codes dropped), so a failed or past build can
-//! be read back. Builds of an earlier function of the same name (deleted, then registered again)
-//! are not shown, as in the function's `versions`.
+//! be read back; `POST /v1/functions/{name}/rollback` `{"version": N}` switches the function back
+//! (or forward) to the image of an earlier successful build. Builds of an earlier function of the
+//! same name (deleted, then registered again) are not shown, as in the function's `versions`.
 
 use axum::Json;
 use axum::extract::{Path, State};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::functions::load;
-use crate::build::BuildRecord;
+use super::extract::JsonBody;
+use super::functions::{FunctionView, load, save, view_with_versions};
+use crate::build::{BuildRecord, store};
 use crate::error::ApiError;
+use crate::function::Function;
 
 /// `GET /v1/functions/{name}/builds/{version}`: the build and its `log`.
 pub async fn get(
@@ -25,18 +29,60 @@ pub async fn get(
         .filter(|v| *v > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("{version:?} is not a version (1, 2, …)")))?;
     let function = load(&app, &name).await?;
-    let build = sqlx::query_as::<_, BuildRecord>(
-        "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
-         FROM builds WHERE function = $1 AND version = $2 AND created_at >= $3",
-    )
-    .bind(&name)
-    .bind(version)
-    .bind(function.created_at)
-    .fetch_optional(&app.pool)
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("{name:?} has no build {version}")))?;
+    let build = find(&app, &function, version).await?;
     let mut view = serde_json::to_value(&build).expect("a build serializes");
     view["log"] = json!(build.log);
     view["current"] = json!(build.image == function.image);
     Ok(Json(view))
+}
+
+/// Build `version` of `function`, or 404.
+pub async fn find(
+    app: &AppState,
+    function: &Function,
+    version: i32,
+) -> Result<BuildRecord, ApiError> {
+    store::version(&app.pool, &function.name, version, function.created_at)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("{:?} has no build {version}", function.name)))
+}
+
+/// The body of `POST /v1/functions/{name}/rollback`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The version to run from now on: a successful build of this function.
+    pub version: i32,
+}
+
+/// `POST /v1/functions/{name}/rollback` `{"version": N}`: the function runs the image of its
+/// build `N` from now on (checked like any new image), with that version and runtime; its other
+/// fields stay. 404 for no such build, 409 for a build that did not succeed.
+pub async fn rollback(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<Rollback>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let f = roll_back(&app, &name, body.version).await?;
+    Ok(Json(view_with_versions(&app, &f).await?))
+}
+
+/// Switches function `name` to its build `version` (the API's rollback and the dashboard's).
+pub async fn roll_back(app: &AppState, name: &str, version: i32) -> Result<Function, ApiError> {
+    let current = load(app, name).await?;
+    let build = find(app, &current, version).await?;
+    if build.status != "succeeded" {
+        return Err(ApiError::Conflict(format!(
+            "build {version} of {name:?} is {}; only a successful build can be run",
+            build.status
+        )));
+    }
+    let old_image = current.image.clone();
+    let mut f = current;
+    f.image = build.image;
+    f.version = Some(build.version);
+    f.runtime = Some(build.runtime);
+    save(app, &f, &old_image).await?;
+    tracing::info!(function = %name, version, "function rolled back");
+    Ok(f)
 }

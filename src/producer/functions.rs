@@ -151,7 +151,17 @@ async fn check_runtime(app: &AppState, queue: &str, runtime: Option<&str>) -> Re
 pub async fn create(
     State(app): State<AppState>,
     headers: HeaderMap,
-    JsonBody(mut body): JsonBody<NewFunction>,
+    JsonBody(body): JsonBody<NewFunction>,
+) -> Result<Response, ApiError> {
+    create_from(app, &headers, body).await
+}
+
+/// Registers `body`, or builds it from source first (the API's create, and the dashboard's
+/// build-from-source form, which asks for the streamed answer).
+pub async fn create_from(
+    app: AppState,
+    headers: &HeaderMap,
+    mut body: NewFunction,
 ) -> Result<Response, ApiError> {
     let from_source = match (body.runtime.take(), body.source.take()) {
         (None, None) => None,
@@ -180,7 +190,7 @@ pub async fn create(
         }
         check_runtime(&app, &f.queue, f.container_runtime.as_deref()).await?;
         let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Create(f))?;
-        return Ok(deploy::respond(app, &headers, deploy).await);
+        return Ok(deploy::respond(app, headers, deploy).await);
     }
     register(&app, &f).await?;
     let mut headers = HeaderMap::new();

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::invocation::{Record, Status, Trigger, store};
+use crate::invocation::search::{self, Filters};
+use crate::invocation::{Status, Trigger, store};
 use crate::message::Work;
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -66,17 +67,6 @@ pub async fn list(
     Ok(Json(json!({"invocations": invocations, "next": next})))
 }
 
-/// The filters of `GET /v1/invocations`, checked.
-#[derive(Debug, Default)]
-struct Filters {
-    function: Option<String>,
-    status: Option<Status>,
-    trigger: Option<Trigger>,
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    before: Option<Uuid>,
-    after: Option<Uuid>,
-}
-
 /// `GET /v1/invocations?function=&status=&trigger=&since=&before=&after=&limit=`: invocations of
 /// every function, newest first. `since` (RFC 3339) keeps those queued at or after it; `before`
 /// and `after` (invocation ids) keep those older or newer than one; `next` is the `before` of the
@@ -85,7 +75,6 @@ pub async fn list_all(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let given = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
     if let Some(unknown) = query.keys().find(|k| {
         ![
             "function", "status", "trigger", "since", "before", "after", "limit",
@@ -96,7 +85,21 @@ pub async fn list_all(
             "unknown parameter {unknown:?}; the filters are function, status, trigger, since, before, after, limit"
         )));
     }
-    let filters = Filters {
+    let filters = filters(&query)?;
+    let limit = page_limit(&query)?;
+    let records = search::list(&app.pool, &filters, limit).await?;
+    let next = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    let invocations: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
+    Ok(Json(json!({"invocations": invocations, "next": next})))
+}
+
+/// The filters of `GET /v1/invocations` (and of the dashboard's list), checked; an empty value is
+/// no filter.
+pub fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
+    let given = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    Ok(Filters {
         function: given("function").map(str::to_string),
         status: given("status").map(parse_status).transpose()?,
         trigger: given("trigger")
@@ -121,36 +124,7 @@ pub async fn list_all(
             .transpose()?,
         before: given("before").map(parse_id).transpose()?,
         after: given("after").map(parse_id).transpose()?,
-    };
-    let limit = page_limit(&query)?;
-    // The columns of `store::Record`, as `crate::invocation::store` reads them; every value bound.
-    let records = sqlx::query_as::<_, Record>(
-        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated,
-                logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at,
-                duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes,
-                http_method, http_path, http_status
-         FROM invocations WHERE ($1::text IS NULL OR function = $1)
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR trigger = $3)
-           AND ($4::timestamptz IS NULL OR queued_at >= $4)
-           AND ($5::uuid IS NULL OR id < $5)
-           AND ($6::uuid IS NULL OR id > $6)
-         ORDER BY id DESC LIMIT $7",
-    )
-    .bind(filters.function.as_deref())
-    .bind(filters.status.map(Status::as_str))
-    .bind(filters.trigger.map(Trigger::as_str))
-    .bind(filters.since)
-    .bind(filters.before)
-    .bind(filters.after)
-    .bind(limit)
-    .fetch_all(&app.pool)
-    .await?;
-    let next = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| r.id))
-        .flatten();
-    let invocations: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
-    Ok(Json(json!({"invocations": invocations, "next": next})))
+    })
 }
 
 fn parse_status(s: &str) -> Result<Status, ApiError> {
@@ -161,7 +135,7 @@ fn parse_status(s: &str) -> Result<Status, ApiError> {
     })
 }
 
-fn parse_id(s: &str) -> Result<Uuid, ApiError> {
+pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::BadRequest(format!("{s:?} is not an invocation id")))
 }
 
@@ -195,10 +169,17 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    retry_one(&app, id).await?;
+    Ok(super::invoke::accepted(&app, id, Status::Queued))
+}
+
+/// Queues invocation `id` again as a new attempt (the API's retry and the dashboard's): 404 when
+/// there is no such invocation, 409 when it is not failed, timed out or dead with its whole input.
+pub async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     let current = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
-    let function = super::functions::load(&app, &current.function).await?;
+    let function = super::functions::load(app, &current.function).await?;
     let record = store::reset_for_retry(&app.pool, id).await?.ok_or_else(|| {
         ApiError::Conflict(format!(
             "invocation {id} is {}; only failed, timed_out or dead invocations whose whole input was kept can be retried",
@@ -220,10 +201,10 @@ pub async fn retry(
         return Err(e.into());
     }
     store::mark_published(&app.pool, id).await?;
-    Ok(super::invoke::accepted(&app, id, Status::Queued))
+    Ok(())
 }
 
-fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     match query.get("limit") {
         None => Ok(DEFAULT_PAGE),
         Some(l) => l

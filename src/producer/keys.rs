@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::JsonBody;
 use crate::error::ApiError;
-use crate::keys::{self, KeyError, Scope};
+use crate::keys::{self, ApiKey, KeyError, Scope, Secret};
 
 /// The body of `POST /v1/keys`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -26,12 +26,7 @@ pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewKey>,
 ) -> Result<Response, ApiError> {
-    let (stored, secret) = keys::create(&app.pool, &body.name, body.scope)
-        .await
-        .map_err(|e| match e {
-            KeyError::BadName => ApiError::Unprocessable(e.to_string()),
-            KeyError::Db(e) => e.into(),
-        })?;
+    let (stored, secret) = make(&app, &body.name, body.scope).await?;
     let mut view = serde_json::to_value(&stored).expect("a key serializes");
     view["key"] = secret.0.into();
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -48,10 +43,27 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a key id")))?;
+    end(&app, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes a key (the API's and the dashboard's): 422 for a bad name.
+pub async fn make(app: &AppState, name: &str, scope: Scope) -> Result<(ApiKey, Secret), ApiError> {
+    keys::create(&app.pool, name, scope)
+        .await
+        .map_err(|e| match e {
+            KeyError::BadName => ApiError::Unprocessable(e.to_string()),
+            KeyError::Db(e) => e.into(),
+        })
+}
+
+/// Revokes key `id` (the API's and the dashboard's), ending its sessions and forgetting the
+/// keys recently seen as valid: 404 when there is no live key with this id.
+pub async fn end(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     let revoked = keys::revoke(&app.pool, id).await?;
     app.recent.forget_all();
     if revoked {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(())
     } else {
         Err(ApiError::NotFound("no live key with this id".into()))
     }

@@ -225,6 +225,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/functions/{name}/invoke", post(invoke::sync))
         .route("/v1/functions/{name}/builds/{version}", get(builds::get))
+        .route("/v1/functions/{name}/rollback", post(builds::rollback))
         .route(
             "/v1/functions/{name}/invocations",
             post(invoke::r#async).get(invocations::list),

@@ -8,6 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
+use super::builds::Rollback;
 use super::functions::{FunctionList, FunctionView};
 use super::keys::NewKey;
 use super::schedules::{NewSchedule, ScheduleUpdate};
@@ -173,13 +174,13 @@ impl Modify for ResponseDescriptions {
         get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe,
         get_callback_key, rotate_callback_key, receive_hook, legacy_callback_key,
         create_schedule, list_schedules, get_schedule, update_schedule, delete_schedule,
-        list_all_invocations, get_build
+        list_all_invocations, get_build, rollback
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
         InputMode, Network, ErrorBody, ErrorDetail, Accepted, InvocationRecord, InvocationList,
         NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness, NewSchedule, ScheduleUpdate,
-        ScheduleView, ScheduleList, CatchUp
+        ScheduleView, ScheduleList, CatchUp, Rollback
     )),
     tags(
         (name = "functions", description = "Register, read, change and delete functions."),
@@ -636,3 +637,15 @@ fn list_all_invocations() {}
     (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[allow(dead_code)]
 fn get_build() {}
+
+/// `POST /v1/functions/{name}/rollback`: run an earlier build again.
+#[utoipa::path(post, path = "/v1/functions/{name}/rollback",
+    summary = "Roll back to an earlier version",
+    description = "The function runs the image of its successful build `version` from now on (checked like any new image), with that version and runtime; its other fields stay. 404 when the function has no such build; 409 when that build failed or is still building.",
+    tag = "functions",
+    params(("name" = String, Path)), request_body = Rollback,
+    responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[allow(dead_code)]
+fn rollback() {}

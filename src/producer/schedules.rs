@@ -183,7 +183,17 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ScheduleUpdate>,
 ) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
-    let mut s = load(&app, &id).await?;
+    Ok(Json(change(&app, &id, body).await?.view()))
+}
+
+/// Changes the fields `body` names of schedule `id` (the API's update and the dashboard's pause
+/// and resume).
+pub async fn change(
+    app: &AppState,
+    id: &str,
+    body: ScheduleUpdate,
+) -> Result<crate::schedule::Schedule, ApiError> {
+    let mut s = load(app, id).await?;
     let restarts = body.cron.is_some()
         || body.timezone.is_some()
         || (body.enabled == Some(true) && !s.enabled);
@@ -195,7 +205,7 @@ pub async fn update(
     }
     let cron = CronTz::parse(&s.cron, &s.timezone)?;
     if let Some(payload) = body.payload {
-        let (bytes, implied) = payload_bytes(&app, payload)?;
+        let (bytes, implied) = payload_bytes(app, payload)?;
         s.payload = bytes;
         if body.content_type.is_none() {
             s.content_type = implied.map(str::to_string);
@@ -208,7 +218,7 @@ pub async fn update(
         s.catch_up = catch_up.as_str().to_string();
     }
     if let Some(function) = body.function {
-        check_function(&app, &function).await?;
+        check_function(app, &function).await?;
         s.function = function;
     }
     if let Some(enabled) = body.enabled {
@@ -218,7 +228,7 @@ pub async fn update(
     let saved = store::save(&app.pool, &s, restart)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no schedule {id}")))?;
-    Ok(Json(saved.view()))
+    Ok(saved)
 }
 
 /// `DELETE /v1/schedules/{id}`: 204.
@@ -226,9 +236,15 @@ pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let s = load(&app, &id).await?;
+    remove(&app, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes schedule `id` (the API's and the dashboard's): 404 when there is none.
+pub async fn remove(app: &AppState, id: &str) -> Result<(), ApiError> {
+    let s = load(app, id).await?;
     if store::delete(&app.pool, s.id).await? {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(())
     } else {
         Err(ApiError::NotFound(format!("no schedule {id}")))
     }

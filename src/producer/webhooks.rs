@@ -81,7 +81,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no webhook {id}"))
 }
 
-async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
+pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
     let uuid = Uuid::parse_str(id).map_err(|_| not_found(id))?;
     store::get(&app.pool, uuid)
         .await?
@@ -94,6 +94,21 @@ pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewWebhook>,
 ) -> Result<Response, ApiError> {
+    let (hook, generated) = add(&app, body).await?;
+    let mut view = hook.to_json(&app.settings.public_url());
+    if generated {
+        view["secret"] = hook.secret.clone().into();
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{}", hook.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view)).into_response())
+}
+
+/// Checks and stores a new webhook (the API's create and the dashboard's); `true` with it when
+/// Granda generated its secret (to be shown this once).
+pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), ApiError> {
     let scheme = body.scheme;
     if scheme != Scheme::HmacSha256 && (body.header.is_some() || body.encoding.is_some()) {
         return Err(unprocessable(
@@ -154,15 +169,7 @@ pub async fn create(
         }
         other => other.into(),
     })?;
-    let mut view = hook.to_json(&app.settings.public_url());
-    if generated {
-        view["secret"] = hook.secret.clone().into();
-    }
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{}", hook.id)) {
-        headers.insert(header::LOCATION, location);
-    }
-    Ok((StatusCode::CREATED, headers, Json(view)).into_response())
+    Ok((hook, generated))
 }
 
 /// `GET /v1/webhooks?function=`.
@@ -224,6 +231,22 @@ pub async fn rotate(
         })?
     };
     let hook = load_hook(&app, &id).await?;
+    let (hook, secret) = rotate_secret(&app, hook, request).await?;
+    let mut view = hook.to_json(&app.settings.public_url());
+    if let Some(secret) = secret {
+        view["secret"] = secret.into();
+    }
+    Ok(Json(view))
+}
+
+/// Gives `hook` a new secret, the old one verifying for the grace period (the API's rotate and
+/// the dashboard's); with the new secret when Granda made it.
+pub async fn rotate_secret(
+    app: &AppState,
+    hook: Webhook,
+    request: Rotate,
+) -> Result<(Webhook, Option<String>), ApiError> {
+    let id = hook.id.to_string();
     let scheme = hook.scheme();
     if scheme == Scheme::None {
         return Err(unprocessable("a webhook of the none scheme has no secret"));
@@ -248,11 +271,7 @@ pub async fn rotate(
         .await?
         .ok_or_else(|| not_found(&id))?;
     tracing::info!(webhook = %hook.id, grace, "webhook secret rotated");
-    let mut view = hook.to_json(&app.settings.public_url());
-    if generated {
-        view["secret"] = secret.into();
-    }
-    Ok(Json(view))
+    Ok((hook, generated.then_some(secret)))
 }
 
 /// Checks a value a delivery passes on to its function (as env, and to a hot function as a

@@ -60,6 +60,22 @@ pub(crate) async fn text_of(client: &Client, css: &str) -> anyhow::Result<String
     Ok(el.text().await?)
 }
 
+/// The `h1` once the page after a click shows one that passes `ok`: the click's navigation may not
+/// have happened yet when this is called, so the old page's heading is waited out, not read.
+pub(crate) async fn h1_after(client: &Client, ok: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = match client.find(Locator::Css("h1")).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if ok(&text) || std::time::Instant::now() > deadline {
+            return Ok(text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub(crate) async fn fill(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
     let el = client
         .find(Locator::Css(css))
@@ -80,7 +96,7 @@ pub(crate) async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Headless Chromium driven over WebDriver (a chromedriver of its own, a fresh profile).
+/// Headless Chromium driven by a chromedriver of its own, with a fresh profile.
 pub(crate) struct Chromium {
     pub client: Client,
     driver: tokio::process::Child,
@@ -88,16 +104,12 @@ pub(crate) struct Chromium {
 }
 
 impl Chromium {
-    /// Chromium and chromedriver from `GRANDA_TEST_CHROMIUM`, `GRANDA_TEST_CHROMEDRIVER` or PATH.
-    pub async fn find_and_start() -> Chromium {
+    /// Starts chromedriver and a Chromium session at desktop size (1000×760).
+    pub async fn start() -> Chromium {
         let chromium = find_binary("GRANDA_TEST_CHROMIUM", &["chromium", "chromium-browser"]);
         let chromedriver = find_binary("GRANDA_TEST_CHROMEDRIVER", &["chromedriver"]);
-        Chromium::start(&chromium, &chromedriver).await
-    }
-
-    pub async fn start(chromium: &Path, chromedriver: &Path) -> Chromium {
         let port = free_port();
-        let driver = tokio::process::Command::new(chromedriver)
+        let driver = tokio::process::Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
@@ -142,6 +154,22 @@ impl Chromium {
         }
     }
 
+    /// Ends the session; on a failed `result`, first a screenshot and the page's source of what
+    /// the browser showed; then panics with the failure.
+    pub async fn finish(self, result: anyhow::Result<()>) {
+        if result.is_err() {
+            let _ = shot(&self.client, "failure").await;
+            if let (Ok(url), Ok(source)) =
+                (self.client.current_url().await, self.client.source().await)
+            {
+                eprintln!("failed at {url}:\n{source}");
+            }
+        }
+        self.close().await;
+        result.unwrap();
+    }
+
+    /// Ends the session: the browser, its driver and its profile go.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill().await;

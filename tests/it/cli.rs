@@ -28,7 +28,7 @@ pub(crate) fn ensure_runtime_images() {
 
 /// A Granda with the default runtime bases, which setup builds locally (no registry): build from
 /// source works with the default settings.
-async fn spawn() -> TestApp {
+pub(crate) async fn spawn() -> TestApp {
     tokio::task::spawn_blocking(ensure_runtime_images)
         .await
         .unwrap();

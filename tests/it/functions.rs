@@ -181,3 +181,29 @@ async fn a_misspelt_field_names_the_closest_one_and_a_bound_can_be_cleared() {
     assert_eq!(f["max_containers"], Value::Null, "{f}");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_description_is_none() {
+    let app = spawn_app().await;
+    let f = app
+        .register("blank", "granda-test/echo", json!({"description": " "}))
+        .await;
+    assert!(f["description"].is_null(), "{f}");
+    let put = |description: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .put(app.url("/v1/functions/blank"))
+                .json(&json!({ "description": description }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(put("said").await["description"], "said");
+    assert!(put("").await["description"].is_null());
+    app.shutdown().await;
+}

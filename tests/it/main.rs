@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod browser;
+mod builds;
 mod callbacks;
 mod cli;
 mod cluster;

@@ -509,7 +509,7 @@ async fn a_browser_submits_a_function_s_form_and_follows_its_redirect() {
         json!({"response": "cgi", "public": true}),
     )
     .await;
-    let browser = crate::browser::Chromium::find_and_start().await;
+    let browser = crate::browser::Chromium::start().await;
     let client = browser.client.clone();
     let driven = async {
         client.goto(&app.url("/fn/form/form")).await?;

@@ -1,26 +1,82 @@
-//! A function's chart as inline SVG, drawn on the server: bars for invocations per interval
-//! (failures in red on top), and a line over the durations of the latest runs.
+//! A function's "last hour" chart as inline SVG, drawn on the server on a real time axis: bars
+//! for invocations per interval (failures in red on top), and each recent run's duration as a
+//! point at the time it finished, joined by a line; tick labels in UTC wall-clock time. It is
+//! drawn twice, wide for desktops and narrow (bigger type, fewer ticks) for phones, and the
+//! stylesheet shows the one that fits.
 
+use chrono::{DateTime, Duration, Timelike, Utc};
 use maud::{Markup, html};
 
-const W: f64 = 600.0;
-const H: f64 = 180.0;
+const H: f64 = 190.0;
 const LEFT: f64 = 44.0;
-const RIGHT: f64 = 44.0;
+const RIGHT: f64 = 50.0;
 const TOP: f64 = 12.0;
-const BOTTOM: f64 = 22.0;
+const BOTTOM: f64 = 26.0;
 
 /// One run on the duration line.
 #[derive(Clone, Copy, Debug)]
 pub struct Point {
     pub duration_ms: f64,
     pub failed: bool,
+    /// When it finished.
+    pub at: DateTime<Utc>,
 }
 
-/// `buckets`: (invocations, failed) per interval, oldest first, labelled `minutes` apart;
-/// `runs`: durations of the latest finished runs, oldest first.
-pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point]) -> Markup {
-    let plot_w = W - LEFT - RIGHT;
+/// How a chart is drawn for a screen size.
+#[derive(Clone, Copy, Debug)]
+struct Size {
+    width: f64,
+    font: f64,
+    tick_minutes: i64,
+    class: &'static str,
+}
+
+const WIDE: Size = Size {
+    width: 600.0,
+    font: 11.0,
+    tick_minutes: 10,
+    class: "wide",
+};
+const NARROW: Size = Size {
+    width: 360.0,
+    font: 13.0,
+    tick_minutes: 20,
+    class: "narrow",
+};
+
+/// `buckets`: (invocations, failed) per interval of `minutes`, oldest first, the last ending
+/// `now`; `runs`: recent finished runs (those older than the buckets' span are left out).
+pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point], now: DateTime<Utc>) -> Markup {
+    let span_secs = (buckets.len().max(1) as i64 * minutes * 60) as f64;
+    let shown: Vec<Point> = runs
+        .iter()
+        .filter(|p| {
+            let ago = (now - p.at).num_milliseconds() as f64 / 1000.0;
+            (0.0..=span_secs).contains(&ago)
+        })
+        .copied()
+        .collect();
+    html! {
+        (draw(WIDE, buckets, minutes, &shown, now, span_secs))
+        (draw(NARROW, buckets, minutes, &shown, now, span_secs))
+        p.legend {
+            span.bars {} "invocations per " (minutes) " min"
+            span.fails {} "failed"
+            span.line {} "duration of each run, when it finished (" (shown.len()) ")"
+        }
+    }
+}
+
+fn draw(
+    size: Size,
+    buckets: &[(i64, i64)],
+    minutes: i64,
+    runs: &[Point],
+    now: DateTime<Utc>,
+    span_secs: f64,
+) -> Markup {
+    let w = size.width;
+    let plot_w = w - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
     let max_count = buckets.iter().map(|b| b.0).max().unwrap_or(0).max(1) as f64;
     let slot = plot_w / buckets.len().max(1) as f64;
@@ -29,65 +85,78 @@ pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point]) -> Markup {
         .map(|p| p.duration_ms)
         .fold(0.0_f64, f64::max)
         .max(1.0);
-    let step = if runs.len() > 1 {
-        plot_w / (runs.len() - 1) as f64
-    } else {
-        0.0
+    // x of a moment: the right edge is now, the left edge the start of the first bucket.
+    let x_at = |t: DateTime<Utc>| {
+        let ago = (now - t).num_milliseconds() as f64 / 1000.0;
+        LEFT + plot_w * (1.0 - ago / span_secs)
     };
-    let xy = |i: usize, p: &Point| {
-        let x = if runs.len() > 1 {
-            LEFT + i as f64 * step
-        } else {
-            LEFT + plot_w / 2.0
-        };
-        (x, TOP + plot_h - p.duration_ms / max_ms * plot_h)
-    };
-    let line: String = runs
+    let xy = |p: &Point| (x_at(p.at), TOP + plot_h - p.duration_ms / max_ms * plot_h);
+    let mut sorted: Vec<&Point> = runs.iter().collect();
+    sorted.sort_by_key(|p| p.at);
+    let line: String = sorted
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (x, y) = xy(i, p);
+        .map(|p| {
+            let (x, y) = xy(p);
             format!("{x:.1},{y:.1} ")
         })
         .collect();
+    let ticks = ticks(now, span_secs, size.tick_minutes);
+    let font = size.font;
     html! {
-        svg.chart viewBox={ "0 0 " (W) " " (H) } role="img"
-            aria-label="Invocations per interval and durations of the latest runs" {
-            line x1=(LEFT) y1=(TOP + plot_h) x2=(W - RIGHT) y2=(TOP + plot_h) stroke="#b9c0c8" {}
+        svg class={ "chart " (size.class) } viewBox={ "0 0 " (w) " " (H) } role="img"
+            aria-label="Invocations per interval and durations of runs over the last hour" {
+            @for t in &ticks {
+                @let x = x_at(*t);
+                line x1=(fmt(x)) y1=(TOP) x2=(fmt(x)) y2=(TOP + plot_h + 4.0) stroke="#e6e9ed" {}
+                text.tick x=(fmt(x)) y=(H - 8.0) text-anchor="middle" font-size=(font) fill="#4a5562" { (t.format("%H:%M")) }
+            }
+            line x1=(LEFT) y1=(TOP + plot_h) x2=(w - RIGHT) y2=(TOP + plot_h) stroke="#b9c0c8" {}
             @for (i, (count, failed)) in buckets.iter().enumerate() {
                 @let h = *count as f64 / max_count * plot_h;
                 @let fh = *failed as f64 / max_count * plot_h;
                 @let x = LEFT + i as f64 * slot + slot * 0.15;
                 rect x=(fmt(x)) y=(fmt(TOP + plot_h - h)) width=(fmt(slot * 0.7)) height=(fmt(h)) fill="#c9d6e8" {
-                    title { (count) " invocations, " (failed) " failed, " ((buckets.len() - 1 - i) as i64 * minutes) " min ago" }
+                    title { (count) " invocations, " (failed) " failed, " ((buckets.len() - 1 - i) as i64 * minutes) " to " ((buckets.len() - i) as i64 * minutes) " min ago" }
                 }
                 @if *failed > 0 {
                     rect x=(fmt(x)) y=(fmt(TOP + plot_h - fh)) width=(fmt(slot * 0.7)) height=(fmt(fh)) fill="#e59a9a" {}
                 }
             }
-            @if runs.len() > 1 {
-                polyline points=(line) fill="none" stroke="#1f5fbf" stroke-width="2" {}
+            @if sorted.len() > 1 {
+                polyline points=(line) fill="none" stroke="#1f5fbf" stroke-width="1.5" {}
             }
-            @for (i, p) in runs.iter().enumerate() {
-                @let (x, y) = xy(i, p);
+            @for p in &sorted {
+                @let (x, y) = xy(p);
                 circle cx=(fmt(x)) cy=(fmt(y)) r="3" fill=(if p.failed { "#c22" } else { "#1f5fbf" }) {
-                    title { (format!("{:.0} ms", p.duration_ms)) }
+                    title { (format!("{:.0} ms", p.duration_ms)) ", finished " (p.at.format("%H:%M:%S UTC")) }
                 }
             }
-            // Axes: counts on the left, durations on the right, time below.
-            text x=(LEFT - 6.0) y=(TOP + 10.0) text-anchor="end" font-size="11" fill="#4a5562" { (max_count as i64) }
-            text x=(LEFT - 6.0) y=(TOP + plot_h) text-anchor="end" font-size="11" fill="#4a5562" { "0" }
-            text x=(W - RIGHT + 6.0) y=(TOP + 10.0) font-size="11" fill="#1f5fbf" { (short_ms(max_ms)) }
-            text x=(W - RIGHT + 6.0) y=(TOP + plot_h) font-size="11" fill="#1f5fbf" { "0" }
-            text x=(LEFT) y=(H - 6.0) font-size="11" fill="#4a5562" { "−" (buckets.len() as i64 * minutes) " min" }
-            text x=(W - RIGHT) y=(H - 6.0) text-anchor="end" font-size="11" fill="#4a5562" { "now" }
-        }
-        p.legend {
-            span.bars {} "invocations per " (minutes) " min"
-            span.fails {} "failed"
-            span.line {} "duration, last " (runs.len()) " runs"
+            // Axes: counts on the left, durations on the right; the time axis is in UTC.
+            text x=(LEFT - 6.0) y=(TOP + font) text-anchor="end" font-size=(font) fill="#4a5562" { (max_count as i64) }
+            text x=(LEFT - 6.0) y=(TOP + plot_h) text-anchor="end" font-size=(font) fill="#4a5562" { "0" }
+            text x=(w - RIGHT + 6.0) y=(TOP + font) font-size=(font) fill="#1f5fbf" { (short_ms(max_ms)) }
+            text x=(w - RIGHT + 6.0) y=(TOP + plot_h) font-size=(font) fill="#1f5fbf" { "0" }
+            text x=(w - RIGHT + 6.0) y=(H - 8.0) font-size=(font) fill="#4a5562" { "UTC" }
         }
     }
+}
+
+/// Wall-clock times on whole multiples of `every` minutes within the span ending `now`.
+fn ticks(now: DateTime<Utc>, span_secs: f64, every: i64) -> Vec<DateTime<Utc>> {
+    let start = now - Duration::milliseconds((span_secs * 1000.0) as i64);
+    let Some(start_minute) = start.with_second(0).and_then(|t| t.with_nanosecond(0)) else {
+        return Vec::new();
+    };
+    let mut t = start_minute;
+    while t < start || t.minute() as i64 % every != 0 {
+        t += Duration::minutes(1);
+    }
+    let mut out = Vec::new();
+    while t <= now {
+        out.push(t);
+        t += Duration::minutes(every);
+    }
+    out
 }
 
 fn fmt(v: f64) -> String {
@@ -106,31 +175,48 @@ fn short_ms(ms: f64) -> String {
 mod tests {
     use super::*;
 
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
     #[test]
-    fn draws_bars_and_a_line() {
-        let svg = render(
-            &[(0, 0), (3, 1), (5, 0)],
-            5,
-            &[
-                Point {
-                    duration_ms: 10.0,
-                    failed: false,
-                },
-                Point {
-                    duration_ms: 30.0,
-                    failed: true,
-                },
-            ],
-        )
-        .into_string();
-        assert!(svg.contains("<polyline"), "{svg}");
-        assert_eq!(svg.matches("<rect").count(), 4, "{svg}");
-        assert!(svg.contains("30ms"));
+    fn runs_sit_at_the_time_they_finished() {
+        let now = at("2026-01-31T12:00:00Z");
+        let runs = [
+            Point {
+                duration_ms: 10.0,
+                failed: false,
+                at: at("2026-01-31T11:30:00Z"),
+            },
+            Point {
+                duration_ms: 30.0,
+                failed: true,
+                at: now,
+            },
+            // Older than the hour: left out.
+            Point {
+                duration_ms: 99.0,
+                failed: false,
+                at: at("2026-01-31T10:00:00Z"),
+            },
+        ];
+        let svg = render(&[(0, 0), (3, 1), (5, 0)], 20, &runs, now).into_string();
+        // Wide: plot from 44 to 550; half an hour ago is the middle, now the right edge.
+        assert!(svg.contains(r#"cx="297.0""#), "{svg}");
+        assert!(svg.contains(r#"cx="550.0""#), "{svg}");
+        assert!(!svg.contains("99ms"), "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+        // Ticks every 10 min wide (11:00 … 12:00), every 20 min narrow.
+        for label in ["11:00", "11:10", "11:50", "12:00"] {
+            assert!(svg.contains(&format!(">{label}<")), "{label}");
+        }
+        assert_eq!(svg.matches(">11:20<").count(), 2, "{svg}");
+        assert_eq!(svg.matches(">11:10<").count(), 1, "{svg}");
     }
 
     #[test]
     fn copes_with_nothing() {
-        let svg = render(&[(0, 0); 12], 5, &[]).into_string();
+        let svg = render(&[(0, 0); 12], 5, &[], Utc::now()).into_string();
         assert!(svg.contains("<svg"));
         assert!(!svg.contains("NaN"));
     }

@@ -1,5 +1,10 @@
 //! The web dashboard under `/ui`: server-rendered HTML (maud, checked at compile time), charts as
-//! hand-written SVG, a few lines of JavaScript only for the live queues view.
+//! hand-written SVG, a few lines of JavaScript only to refresh live views (`live`, the queues).
+//!
+//! One module per page or concept: `pages` (functions, a function, queues), `invocations` (the
+//! list, one record, retry, dead letters), `builds` (versions, build logs, rollback), `settings`,
+//! `keys`, `webhooks`, `schedules`, `forms` (function forms, the invoke box), `chart`, `stats`,
+//! `live`, `session` (login, scopes, CSRF).
 //!
 //! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
 //! `/ui`. Pages need a session ([`session::Session`]): a key typed into `/ui/login` becomes an
@@ -12,15 +17,22 @@
 //! Web safety: every form carries the session's CSRF token, checked with the Origin of every POST
 //! by [`session::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
 //! carries [`CSP`], `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
-//! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the queues view's script are
+//! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the scripts of the live views are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
+pub mod builds;
 pub mod chart;
 pub mod forms;
+pub mod invocations;
+pub mod keys;
+pub mod live;
 pub mod pages;
 pub mod schedules;
 pub mod session;
+pub mod settings;
+pub mod source;
 pub mod stats;
+pub mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -51,6 +63,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/functions/new", get(forms::new_form).post(forms::create))
+        .route(
+            "/functions/new/source",
+            get(source::form).post(source::build),
+        )
+        .route("/static/build.js", get(source::script))
         .route("/functions/{name}", get(pages::function))
         .route(
             "/functions/{name}/edit",
@@ -61,10 +78,25 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(forms::delete_confirm).post(forms::delete),
         )
         .route("/functions/{name}/invoke", post(forms::invoke))
-        .route("/invocations/{id}", get(pages::invocation))
+        .route("/functions/{name}/builds/{version}", get(builds::build))
+        .route("/functions/{name}/rollback", post(builds::rollback))
+        .route("/static/live.js", get(live::script))
+        .route("/invocations", get(invocations::list))
+        .route("/invocations/{id}", get(invocations::invocation))
+        .route("/invocations/{id}/retry", post(invocations::retry))
+        .route("/dead-letters", get(invocations::dead_letters))
+        .route("/dead-letters/retry", post(invocations::retry_dead))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
         .route("/schedules", get(schedules::list))
+        .route("/schedules/{id}/pause", post(schedules::pause))
+        .route("/schedules/{id}/resume", post(schedules::resume))
+        .route("/schedules/{id}/delete", post(schedules::delete))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{id}/revoke", post(keys::revoke))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/webhooks/{id}/delete", post(webhooks::delete))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -99,7 +131,7 @@ async fn not_found() -> UiError {
     UiError(ApiError::NotFound("no such dashboard page".into()))
 }
 
-fn static_file(content_type: &'static str, body: &'static str) -> Response {
+pub(crate) fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -197,11 +229,17 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/functions/new" } { "New function" }
                             }
+                            @if session.may(Action::Manage) {
+                                a href={ (BASE) "/invocations" } { "Invocations" }
+                            }
                             @if session.may(Action::Operate) {
                                 a href={ (BASE) "/queues" } { "Queues" }
+                                a href={ (BASE) "/dead-letters" } { "Dead letters" }
                             }
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/schedules" } { "Schedules" }
+                                a href={ (BASE) "/webhooks" } { "Webhooks" }
+                                a href={ (BASE) "/keys" } { "Keys" }
                             }
                             form.inline method="post" action={ (BASE) "/logout" } {
                                 (session.csrf_field())
@@ -287,10 +325,17 @@ button.link{background:none;border:0;padding:0;margin:0;cursor:pointer}
 form.inline{display:inline}
 .actions{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}
 .notice{background:#fff8e1;border:1px solid #f0d98a;border-radius:4px;padding:.5rem .8rem}
-svg.chart{width:100%;height:auto;max-height:220px;background:#fff}
+svg.chart{width:100%;height:auto;max-height:240px;background:#fff}svg.chart.narrow{display:none}
 .legend{font-size:13px;color:#4a5562}
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
 .legend span.bars{background:#c9d6e8}.legend span.fails{background:#e59a9a}.legend span.line{background:#1f5fbf}
 input.check{width:auto}
-@media (max-width:600px){main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
+form.filters{display:flex;flex-wrap:wrap;gap:.4rem .8rem;align-items:flex-end;margin-bottom:.6rem}
+form.filters label{font-size:13px;font-weight:600}
+form.filters input,form.filters select{width:auto;max-width:14rem;display:block}
+form.filters button{margin-top:0}
+button.small{padding:.1rem .5rem;margin:0;font-size:13px}
+.ok{color:#17642c;font-weight:600}
+strong.current{color:#17642c;margin-right:.5rem}
+@media (max-width:600px){svg.chart.wide{display:none}svg.chart.narrow{display:block}main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;

@@ -13,12 +13,13 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::invocations::bytes_block;
 use super::session::Session;
 use super::stats::{self, FunctionStats};
 use super::{BASE, UiError, chart, fmt_ms, fmt_pct, fmt_time, layout, page, status_badge};
 use crate::error::ApiError;
-use crate::function::{Function, store};
-use crate::invocation::{Record, Status, store as invocations};
+use crate::function::store;
+use crate::invocation::{Status, store as invocations};
 use crate::message::Reply;
 use crate::producer::AppState;
 use crate::producer::auth::Action;
@@ -26,8 +27,6 @@ use crate::producer::functions::load;
 
 /// How many recent invocations a function's page lists and charts.
 const RECENT: i64 = 30;
-/// Bytes of input, output or logs shown on a page before it says "more not shown".
-const SHOWN_BYTES: usize = 64 * 1024;
 
 /// `GET /ui/`: every function with its last hour; for a session that may not list functions,
 /// a box to open a function or an invocation by name or id.
@@ -53,6 +52,7 @@ pub async fn functions(
                 h1 { "Functions" }
                 @if session.may(Action::Manage) {
                     a.button href={ (BASE) "/functions/new" } { "New function" }
+                    a.button.secondary #from-source href={ (BASE) "/functions/new/source" } { "From source" }
                 }
             }
             @if functions.is_empty() {
@@ -209,17 +209,21 @@ pub async fn function_page(
     let buckets = stats::buckets(&app.pool, &f.name).await?;
     let runs: Vec<chart::Point> = recent
         .iter()
-        .rev()
         .filter_map(|r| {
-            r.duration_ms.map(|ms| chart::Point {
-                duration_ms: ms as f64,
+            Some(chart::Point {
+                duration_ms: r.duration_ms? as f64,
                 failed: !matches!(r.status(), Status::Succeeded),
+                at: r.finished_at?,
             })
         })
         .collect();
-    Ok(layout(
+    let versions = super::builds::section(app, session, &f).await?;
+    // The recent invocations follow running work without a reload.
+    let live = recent.iter().any(|r| !r.status().is_final());
+    Ok(page(
         &f.name,
         Some(session),
+        super::live::head(live),
         html! {
             h1 { "Function " (f.name) }
             @if session.may(Action::Manage) {
@@ -236,16 +240,19 @@ pub async fn function_page(
                     " · p50 " (fmt_ms(stats.p50_ms)) " · p95 " (fmt_ms(stats.p95_ms))
                     " · cold " (fmt_pct(stats.cold_share))
                 }
-                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs))
+                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs, chrono::Utc::now()))
             }
             h2 { "Recent invocations" }
-            @if recent.is_empty() {
-                p.muted { "None yet." }
-            } @else {
-                div.scroll { (invocation_table(&recent)) }
+            div #live-region data-live=(super::live::marker(live)) {
+                @if recent.is_empty() {
+                    p.muted { "None yet." }
+                } @else {
+                    div.scroll { (super::invocations::table(session, &recent, false)) }
+                }
             }
+            (versions)
             h2 { "Settings" }
-            div.scroll { (settings_table(&f)) }
+            div.scroll { (super::settings::table(&f)) }
         },
     ))
 }
@@ -274,148 +281,6 @@ fn invoke_result(result: &InvokeResult) -> Markup {
             }
         }
     }
-}
-
-fn invocation_table(records: &[Record]) -> Markup {
-    html! {
-        table #invocations {
-            thead { tr {
-                th { "Invocation" } th { "Status" } th.num { "Duration" } th { "Cold" }
-                th.hide-narrow { "Trigger" } th.hide-narrow { "Queued" }
-            } }
-            tbody {
-                @for r in records {
-                    tr {
-                        td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
-                        td { (status_badge(&r.status)) }
-                        td.num { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
-                        td { (match r.cold { Some(true) => "cold", Some(false) => "warm", None => "—" }) }
-                        td.hide-narrow { (r.trigger) }
-                        td.hide-narrow { (fmt_time(Some(r.queued_at))) }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The last 12 hex digits: unique enough within a function's page, short enough for a phone.
-fn short_id(id: Uuid) -> String {
-    let s = id.simple().to_string();
-    format!("…{}", &s[s.len() - 12..])
-}
-
-fn settings_table(f: &Function) -> Markup {
-    let retry_on: Vec<&str> = f.retry_on.iter().map(|r| r.as_str()).collect();
-    html! {
-        table.kv #settings {
-            tr { th { "Image" } td { code { (f.image) } } }
-            tr { th { "Description" } td { (f.description.as_deref().unwrap_or("—")) } }
-            tr { th { "Input" } td { (f.input.as_str()) } }
-            tr { th { "Queue" } td { (f.queue) } }
-            tr { th { "Timeout" } td { (f.timeout_ms) " ms" } }
-            tr { th { "Memory" } td { (f.memory_mb) " MB" } }
-            tr { th { "CPUs" } td { (f.cpus) } }
-            tr { th { "Max attempts" } td { (f.max_attempts) } }
-            tr { th { "Retry on" } td { @if retry_on.is_empty() { "platform failures only" } @else { (retry_on.join(", ")) } } }
-            tr { th { "Max concurrency" } td { (f.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
-            tr { th { "Callback URL" } td { code { (f.callback_url.as_deref().unwrap_or("—")) } } }
-            tr { th { "Env" } td {
-                @if f.env.is_empty() { "—" }
-                @for (k, v) in &f.env { code { (k) "=" (v) } br; }
-            } }
-            tr { th { "Created" } td { (fmt_time(Some(f.created_at))) } }
-            tr { th { "Updated" } td { (fmt_time(Some(f.updated_at))) } }
-        }
-    }
-}
-
-/// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
-fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
-    html! {
-        h2 { (label)
-            @if truncated { " " span.truncated { "(truncated when stored)" } }
-        }
-        @match bytes {
-            None => p.muted { "none" },
-            Some(b) if b.is_empty() => p.muted { "empty" },
-            Some(b) => {
-                @let shown = &b[..b.len().min(SHOWN_BYTES)];
-                @match std::str::from_utf8(shown) {
-                    Ok(text) => { p.muted { "text, " (b.len()) " bytes" } pre #(id) { (text) } },
-                    Err(_) => { p.muted { "binary, " (b.len()) " bytes, as hex" } pre #(id) { (hex_lines(shown)) } },
-                }
-                @if b.len() > shown.len() { p.truncated { (b.len() - shown.len()) " more bytes not shown" } }
-            }
-        }
-    }
-}
-
-fn hex_lines(bytes: &[u8]) -> String {
-    bytes
-        .chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `GET /ui/invocations/{id}`: every field of the record.
-pub async fn invocation(
-    session: Session,
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Html<String>, UiError> {
-    session.require(Action::ReadInvocation)?;
-    let id: Uuid = id
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
-    let r = invocations::get(&app.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
-    let input_truncated = r
-        .input
-        .as_ref()
-        .is_some_and(|i| (i.len() as i64) < r.input_size);
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
-    Ok(layout(
-        "Invocation",
-        Some(&session),
-        html! {
-            h1 { "Invocation " code { (r.id) } }
-            div.scroll {
-                table.kv #record {
-                    tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
-                    tr { th { "Status" } td { (status_badge(&r.status)) } }
-                    tr { th { "Trigger" } td { (r.trigger) } }
-                    tr { th { "Attempt" } td { (r.attempt) } }
-                    tr { th { "Exit code" } td { (opt(r.exit_code.map(|c| c.to_string()))) } }
-                    tr { th { "Error" } td { @if let Some(e) = &r.error { span.error { (e) } } @else { "—" } } }
-                    tr { th { "Queued at" } td { (fmt_time(Some(r.queued_at))) } }
-                    tr { th { "Started at" } td { (fmt_time(r.started_at)) } }
-                    tr { th { "Finished at" } td { (fmt_time(r.finished_at)) } }
-                    tr { th { "Duration" } td { (fmt_ms(r.duration_ms.map(|d| d as f64))) } }
-                    tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
-                    tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }
-                    tr { th { "Worker" } td { (opt(r.worker.clone())) } }
-                    @if let Some(method) = &r.http_method {
-                        tr { th { "HTTP request" } td { (method) " " (r.http_path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/")) } }
-                        tr { th { "HTTP status" } td { (opt(r.http_status.map(|s| s.to_string()))) } }
-                    }
-                    tr { th { "CPU time" } td { (fmt_ms(r.cpu_ms.map(|d| d as f64))) } }
-                    tr { th { "Max memory" } td { (opt(r.max_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)))) } }
-                    tr { th { "Input size" } td { (r.input_size) " bytes" } }
-                }
-            }
-            (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
-            (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
-            (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
-        },
-    ))
 }
 
 /// `GET /ui/queues`: the live view; its table reloads itself from `/ui/queues/live`.

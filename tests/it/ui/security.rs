@@ -1,221 +1,12 @@
-//! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver) logs
-//! in, is refused a bad function with the error next to its field, creates the function through
-//! the form, invokes it from its page, finds the invocation with its output, looks at the queues,
-//! and deletes the function after confirming. Screenshots of every page go to
-//! `target/ui-screenshots/`. Without `chromium` and `chromedriver` (scripts/setup.sh installs
-//! them) the test fails: it never skips.
+//! The dashboard's security, checked with plain HTTP (no browser): sessions bound to their key,
+//! scopes, where login goes, CSRF tokens, the security headers.
 
-use std::time::Duration;
-
-use anyhow::{Context, ensure};
-use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use crate::browser::{Chromium, click, fill, find_binary, shot, text_of};
 use crate::support::{TestApp, spawn_app};
 
-/// The `h1` once the page after a click shows one that passes `ok`: the click's navigation may not
-/// have happened yet when this is called, so the old page's heading is waited out, not read.
-async fn h1_after(client: &Client, ok: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = match client.find(Locator::Css("h1")).await {
-            Ok(el) => el.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if ok(&text) || std::time::Instant::now() > deadline {
-            return Ok(text);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn dashboard_in_a_browser() {
-    let chromium = find_binary("GRANDA_TEST_CHROMIUM", &["chromium", "chromium-browser"]);
-    let chromedriver = find_binary("GRANDA_TEST_CHROMEDRIVER", &["chromedriver"]);
-    let app = spawn_app().await;
-
-    // Pages need a session: without one, a redirect to the login form.
-    let bare = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = bare.get(app.url("/ui/queues")).send().await.unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(
-        r.headers()["location"].to_str().unwrap(),
-        "/ui/login?next=/ui/queues"
-    );
-
-    let browser = Chromium::start(&chromium, &chromedriver).await;
-    let client = browser.client.clone();
-
-    let result = drive(&client, &app).await;
-    if result.is_err() {
-        // What the browser showed when it went wrong.
-        let _ = shot(&client, "failure").await;
-        if let (Ok(url), Ok(source)) = (client.current_url().await, client.source().await) {
-            eprintln!("failed at {url}:\n{source}");
-        }
-    }
-    browser.close().await;
-    result.unwrap();
-    app.shutdown().await;
-}
-
-async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
-    // Log in.
-    client.goto(&app.url("/ui")).await?;
-    let url = client.current_url().await?;
-    ensure!(
-        url.path() == "/ui/login",
-        "not sent to the login form: {url}"
-    );
-    shot(client, "login").await?;
-    // A wrong key is refused; the admin key logs in.
-    fill(client, "#key", "gk_not-a-key-at-all").await?;
-    click(client, "button[type=submit]").await?;
-    // The login page comes back with its error; wait for it before typing again.
-    client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("p.error"))
-        .await
-        .context("a wrong key must be refused with an error")?;
-    ensure!(
-        client.current_url().await?.path() == "/ui/login",
-        "a wrong key must not log in"
-    );
-    fill(client, "#key", crate::support::ADMIN_KEY).await?;
-    click(client, "button[type=submit]").await?;
-    let h1 = h1_after(client, |h| h.starts_with("Functions")).await?;
-    ensure!(h1.starts_with("Functions"), "after login: {h1}");
-    let cookie = client.get_named_cookie("granda_session").await?;
-    ensure!(
-        cookie.http_only() == Some(true),
-        "session cookie not HttpOnly"
-    );
-
-    // A bad name is refused with the shared validation's words next to the field.
-    client.goto(&app.url("/ui/functions/new")).await?;
-    fill(client, "#name", "Not A Name").await?;
-    fill(client, "#image", "granda-test/echo").await?;
-    click(client, "#save").await?;
-    let error = text_of(client, "#field-name .error").await?;
-    ensure!(error.contains("must match"), "name error: {error}");
-    ensure!(
-        client
-            .find(Locator::Css("#image"))
-            .await?
-            .prop("value")
-            .await?
-            == Some("granda-test/echo".into()),
-        "the refused form lost its image"
-    );
-    shot(client, "new-function-error").await?;
-
-    // Create it for real.
-    fill(client, "#name", "hello").await?;
-    fill(client, "#description", "echoes its input <b>escaped</b>").await?;
-    click(client, "#save").await?;
-    let h1 = h1_after(client, |h| h == "Function hello").await?;
-    ensure!(h1 == "Function hello", "after create: {h1}");
-    let url = text_of(client, "#invoke-url").await?;
-    ensure!(url == app.url("/fn/hello"), "invoke URL: {url}");
-    // The API sees what the form stored.
-    let f: serde_json::Value = app.get("/v1/functions/hello").await.json().await?;
-    ensure!(f["description"] == "echoes its input <b>escaped</b>", "{f}");
-
-    // Invoke from the page.
-    fill(client, "#body", "hello from the browser").await?;
-    click(client, "#invoke").await?;
-    let output = text_of(client, "#result #output").await?;
-    ensure!(output == "hello from the browser", "output: {output:?}");
-    let badge = text_of(client, "#result .badge").await?;
-    ensure!(badge == "succeeded", "status: {badge}");
-    let rows = client
-        .find_all(Locator::Css("#invocations tbody tr"))
-        .await?;
-    ensure!(rows.len() == 1, "{} invocation rows", rows.len());
-    let svg = client.find_all(Locator::Css("svg.chart circle")).await?;
-    ensure!(svg.len() == 1, "{} points on the chart", svg.len());
-    // The stylesheet is a static file the CSP allows: the page is styled, legend included.
-    let colours: serde_json::Value = client
-        .execute(
-            "return [getComputedStyle(document.querySelector('header')).backgroundColor,
-                     getComputedStyle(document.querySelector('.legend span.bars')).backgroundColor]",
-            vec![],
-        )
-        .await?;
-    ensure!(
-        colours == json!(["rgb(29, 39, 51)", "rgb(201, 214, 232)"]),
-        "styles not applied: {colours}"
-    );
-    shot(client, "function").await?;
-
-    // The functions list counts it.
-    client.goto(&app.url("/ui")).await?;
-    let row = text_of(client, "#functions tbody tr").await?;
-    ensure!(row.contains("hello") && row.contains("100%"), "row: {row}");
-    shot(client, "functions").await?;
-
-    // The invocation's page, through the link on the function's page.
-    client.goto(&app.url("/ui/functions/hello")).await?;
-    click(client, "#invocations tbody tr a").await?;
-    let h1 = h1_after(client, |h| h.starts_with("Invocation ")).await?;
-    ensure!(h1.starts_with("Invocation "), "{h1}");
-    let record = text_of(client, "#record").await?;
-    ensure!(
-        record.contains("succeeded") && record.contains(&app.worker_id()),
-        "record: {record}"
-    );
-    ensure!(text_of(client, "#output").await? == "hello from the browser");
-    ensure!(text_of(client, "#input").await? == "hello from the browser");
-    shot(client, "invocation").await?;
-
-    // The queues: the work queue with the worker consuming it, and the worker's heartbeat.
-    client.goto(&app.url("/ui/queues")).await?;
-    let queues = text_of(client, "#queues").await?;
-    ensure!(queues.contains("default"), "queues: {queues}");
-    let workers = text_of(client, "#workers").await?;
-    ensure!(workers.contains(&app.worker_id()), "workers: {workers}");
-    // The live view reloads the tables in place.
-    let before = text_of(client, "#live p.muted:last-child").await?;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = text_of(client, "#live p.muted:last-child").await?;
-    ensure!(before != after, "the queues view did not refresh: {after}");
-    shot(client, "queues").await?;
-
-    // Phone width: the function's page still fits.
-    client.set_window_size(390, 844).await?;
-    client.goto(&app.url("/ui/functions/hello")).await?;
-    let width: serde_json::Value = client
-        .execute("return document.documentElement.scrollWidth", vec![])
-        .await?;
-    ensure!(
-        width.as_u64().is_some_and(|w| w <= 400),
-        "the page is {width} px wide on a phone"
-    );
-    shot(client, "function-phone").await?;
-    client.set_window_size(1000, 760).await?;
-
-    // Delete, after confirming.
-    client.goto(&app.url("/ui/functions/hello")).await?;
-    click(client, "a.danger").await?;
-    text_of(client, "#confirm-delete").await?;
-    shot(client, "delete").await?;
-    click(client, "#confirm-delete").await?;
-    let h1 = h1_after(client, |h| h.starts_with("Functions")).await?;
-    ensure!(h1.starts_with("Functions"), "after delete: {h1}");
-    ensure!(app.get("/v1/functions/hello").await.status() == 404);
-    Ok(())
-}
-
-// ---- The dashboard's security, checked with plain HTTP (no browser). ----
-
 /// Percent-encodes a form value.
-fn form_encode(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form_encode(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -236,14 +27,14 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
 }
 
 /// A dashboard user over plain HTTP: no redirects followed, the session cookie sent by hand.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     base: String,
     cookie: Option<String>,
 }
 
 impl Browser {
-    fn new(app: &TestApp) -> Browser {
+    pub(crate) fn new(app: &TestApp) -> Browser {
         Browser {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -255,7 +46,7 @@ impl Browser {
     }
 
     /// Logs in with `key`; panics unless the login made a session.
-    async fn logged_in(app: &TestApp, key: &str) -> Browser {
+    pub(crate) async fn logged_in(app: &TestApp, key: &str) -> Browser {
         let mut b = Browser::new(app);
         let r = b
             .post_form("/ui/login", &[("key", key), ("next", "/ui")])
@@ -280,18 +71,18 @@ impl Browser {
         r
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.request(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
     }
 
-    async fn post_form(&self, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post_form(&self, path: &str, pairs: &[(&str, &str)]) -> reqwest::Response {
         self.post_form_with(path, pairs, &[]).await
     }
 
-    async fn post_form_with(
+    pub(crate) async fn post_form_with(
         &self,
         path: &str,
         pairs: &[(&str, &str)],
@@ -308,13 +99,13 @@ impl Browser {
     }
 
     /// The CSRF token in a page's forms (empty when the page has none).
-    async fn csrf(&self, path: &str) -> String {
+    pub(crate) async fn csrf(&self, path: &str) -> String {
         let page = self.get(path).await.text().await.unwrap();
         csrf_in(&page)
     }
 }
 
-fn csrf_in(page: &str) -> String {
+pub(crate) fn csrf_in(page: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     page.find(marker)
         .map(|i| {
@@ -324,7 +115,7 @@ fn csrf_in(page: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
+pub(crate) async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
     let r = app
         .post_json("/v1/keys", &json!({"name": name, "scope": scope}))
         .await;
@@ -462,6 +253,11 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
             "/edit",
             "/delete",
             "/ui/queues",
+            "/ui/invocations\"",
+            "/ui/dead-letters",
+            "/ui/webhooks",
+            "/ui/keys",
+            "/ui/schedules",
         ] {
             assert!(!page.contains(hidden), "{path} shows {hidden}:\n{page}");
         }
@@ -473,6 +269,14 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         "/ui/functions/secretive/delete",
         "/ui/queues",
         "/ui/queues/live",
+        "/ui/invocations",
+        "/ui/invocations?status=failed",
+        "/ui/dead-letters",
+        "/ui/webhooks",
+        "/ui/keys",
+        "/ui/schedules",
+        "/ui/functions/secretive/builds/1",
+        "/ui/functions/new/source",
     ] {
         assert_eq!(ci.get(path).await.status(), 403, "GET {path}");
     }
@@ -493,6 +297,31 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         .post_form("/ui/functions/secretive/delete", &[("csrf", &csrf)])
         .await;
     assert_eq!(r.status(), 403);
+    // The console's forms too: make a key or a webhook, roll back, retry in bulk.
+    for (path, form) in [
+        ("/ui/keys", vec![("name", "by-ci"), ("scope", "admin")]),
+        (
+            "/ui/webhooks",
+            vec![("function", "secretive"), ("scheme", "none")],
+        ),
+        ("/ui/functions/secretive/rollback", vec![("version", "1")]),
+        (
+            "/ui/functions/new/source",
+            vec![("name", "by-ci"), ("runtime", "shell"), ("source", "cat")],
+        ),
+        (
+            "/ui/dead-letters/retry",
+            vec![("id", "0190a5f0-0000-7000-8000-000000000000")],
+        ),
+    ] {
+        let mut form = form;
+        form.push(("csrf", &csrf));
+        assert_eq!(ci.post_form(path, &form).await.status(), 403, "POST {path}");
+    }
+    let keys: serde_json::Value = app.get("/v1/keys").await.json().await.unwrap();
+    assert!(!keys.to_string().contains("by-ci"), "{keys}");
+    let hooks: serde_json::Value = app.get("/v1/webhooks").await.json().await.unwrap();
+    assert_eq!(hooks["webhooks"], serde_json::json!([]));
     let f: serde_json::Value = app
         .get("/v1/functions/secretive")
         .await

@@ -1,0 +1,53 @@
+//! Invocations of every function with filters, newest first, paged by id (ids are UUIDv7, so id
+//! order is queue order): what `GET /v1/invocations` and the dashboard's `/ui/invocations` list.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Record, Status, Trigger};
+
+/// What to keep; `None` keeps everything.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub function: Option<String>,
+    pub status: Option<Status>,
+    pub trigger: Option<Trigger>,
+    /// Queued at or after this.
+    pub since: Option<DateTime<Utc>>,
+    /// Older than this invocation.
+    pub before: Option<Uuid>,
+    /// Newer than this invocation.
+    pub after: Option<Uuid>,
+}
+
+/// Up to `limit` invocations that pass `filters`, newest first.
+pub async fn list(
+    pool: &PgPool,
+    filters: &Filters,
+    limit: i64,
+) -> Result<Vec<Record>, sqlx::Error> {
+    // The columns of `Record`, as `super::store` reads them; every value bound.
+    sqlx::query_as::<_, Record>(
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated,
+                logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at,
+                duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes,
+                http_method, http_path, http_status
+         FROM invocations WHERE ($1::text IS NULL OR function = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR trigger = $3)
+           AND ($4::timestamptz IS NULL OR queued_at >= $4)
+           AND ($5::uuid IS NULL OR id < $5)
+           AND ($6::uuid IS NULL OR id > $6)
+         ORDER BY id DESC LIMIT $7",
+    )
+    .bind(filters.function.as_deref())
+    .bind(filters.status.map(Status::as_str))
+    .bind(filters.trigger.map(Trigger::as_str))
+    .bind(filters.since)
+    .bind(filters.before)
+    .bind(filters.after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,378 @@
+//! Invocations in the dashboard: `/ui/invocations` lists those of every function with the API's
+//! filters as query parameters (`?status=&function=&trigger=&before=`, `id=` opens one), 30 to a
+//! page; `/ui/invocations/{id}` shows one record whole; a failed, timed out or dead invocation
+//! has a Retry button (a POST form with the session's CSRF token) that goes through the API's
+//! own retry (`invocations::retry_one`). `/ui/dead-letters` lists dead invocations with
+//! checkboxes for a bulk retry.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, RawForm, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use uuid::Uuid;
+
+use super::session::{Admin, Session};
+use super::{BASE, UiError, fmt_ms, fmt_time, layout, page, status_badge};
+use crate::error::ApiError;
+use crate::invocation::{Record, search, store};
+use crate::producer::AppState;
+use crate::producer::auth::Action;
+use crate::producer::invocations::{filters, parse_id, retry_one};
+
+/// Invocations to a page of the lists.
+const PAGE: i64 = 30;
+/// Bytes of input, output or logs shown on a page before it says "more not shown".
+const SHOWN_BYTES: usize = 64 * 1024;
+/// The statuses and triggers offered by the filter form.
+const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "dead",
+];
+const TRIGGERS: [&str; 5] = ["sync", "async", "webhook", "event", "schedule"];
+
+/// Whether an invocation in `status` may be retried (the API says the rest: input kept whole).
+pub fn retryable(status: &str) -> bool {
+    matches!(status, "failed" | "timed_out" | "dead")
+}
+
+/// The last 12 hex digits: unique enough within a page, short enough for a phone.
+pub fn short_id(id: Uuid) -> String {
+    let s = id.simple().to_string();
+    format!("…{}", &s[s.len() - 12..])
+}
+
+/// The Retry button of invocation `id`: a form posting the session's CSRF token.
+fn retry_button(session: &Session, id: Uuid) -> Markup {
+    html! {
+        form.inline.retry method="post" action={ (BASE) "/invocations/" (id) "/retry" } {
+            (session.csrf_field())
+            button.small type="submit" { "Retry" }
+        }
+    }
+}
+
+/// A link to this list with `query` and `before`, for the next page.
+fn page_link(query: &HashMap<String, String>, before: Uuid) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for key in ["status", "function", "trigger"] {
+        if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
+            q.append_pair(key, v);
+        }
+    }
+    q.append_pair("before", &before.to_string());
+    format!("{BASE}/invocations?{}", q.finish())
+}
+
+/// `GET /ui/invocations`: every function's invocations, filtered, newest first.
+pub async fn list(
+    session: Session,
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, UiError> {
+    session.require(Action::Manage)?;
+    if let Some(id) = query.get("id").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let id: Uuid = id
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an invocation id")))?;
+        return Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response());
+    }
+    let f = filters(&query)?;
+    let records = search::list(&app.pool, &f, PAGE).await?;
+    let next = (records.len() as i64 == PAGE)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    let chosen = |key: &str| query.get(key).cloned().unwrap_or_default();
+    let live = f.status.is_none_or(|s| !s.is_final());
+    Ok(page(
+        "Invocations",
+        Some(&session),
+        super::live::head(live),
+        html! {
+            h1 { "Invocations" }
+            form.filters method="get" action={ (BASE) "/invocations" } {
+                label { "Status "
+                    select #status name="status" {
+                        option value="" { "any" }
+                        @for s in STATUSES { option value=(s) selected[chosen("status") == s] { (s) } }
+                    }
+                }
+                label { "Trigger "
+                    select #trigger name="trigger" {
+                        option value="" { "any" }
+                        @for t in TRIGGERS { option value=(t) selected[chosen("trigger") == t] { (t) } }
+                    }
+                }
+                label { "Function " input #function name="function" value=(chosen("function")); }
+                button #filter type="submit" { "Filter" }
+            }
+            form.filters method="get" action={ (BASE) "/invocations" } {
+                label { "Invocation id " input #search-id name="id" placeholder="0190…"; }
+                button #search type="submit" { "Open" }
+            }
+            div #live-region data-live=(super::live::marker(live)) {
+                @if records.is_empty() {
+                    p.muted { "No invocations match." }
+                } @else {
+                    div.scroll { (table(&session, &records, true)) }
+                }
+            }
+            @if let Some(before) = next {
+                p { a #older href=(page_link(&query, before)) { "Older →" } }
+            }
+        },
+    )
+    .into_response())
+}
+
+/// The table of `records`; `function` adds their function's column.
+pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
+    let retry = session.may(Action::Manage);
+    html! {
+        table #invocations {
+            thead { tr {
+                th { "Invocation" }
+                @if function { th { "Function" } }
+                th { "Status" } th.num.hide-narrow[function] { "Duration" } th.hide-narrow { "Cold" }
+                th.hide-narrow { "Trigger" } th.hide-narrow { "Queued" }
+                @if retry { th {} }
+            } }
+            tbody {
+                @for r in records {
+                    tr {
+                        td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
+                        @if function { td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
+                        td { (status_badge(&r.status)) }
+                        td.num.hide-narrow[function] { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
+                        td.hide-narrow { (match r.cold { Some(true) => "cold", Some(false) => "warm", None => "—" }) }
+                        td.hide-narrow { (r.trigger) }
+                        td.hide-narrow { (fmt_time(Some(r.queued_at))) }
+                        @if retry { td { @if retryable(&r.status) { (retry_button(session, r.id)) } } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /ui/invocations/{id}`: every field of the record; while it is queued or running the
+/// record refreshes itself; a Retry button when it failed, timed out or is dead.
+pub async fn invocation(
+    session: Session,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, UiError> {
+    session.require(Action::ReadInvocation)?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
+    let r = store::get(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    let input_truncated = r
+        .input
+        .as_ref()
+        .is_some_and(|i| (i.len() as i64) < r.input_size);
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+    let live = !r.status().is_final();
+    let retry = session.may(Action::Manage) && retryable(&r.status);
+    Ok(page(
+        "Invocation",
+        Some(&session),
+        super::live::head(live),
+        html! {
+            h1 { "Invocation " code { (r.id) } }
+            div #live-region data-live=(super::live::marker(live)) {
+                @if retry { div.actions { (retry_button(&session, r.id)) } }
+                div.scroll {
+                    table.kv #record {
+                        tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
+                        tr { th { "Status" } td #status { (status_badge(&r.status)) } }
+                        tr { th { "Trigger" } td { (r.trigger) } }
+                        tr { th { "Attempt" } td { (r.attempt) } }
+                        tr { th { "Exit code" } td { (opt(r.exit_code.map(|c| c.to_string()))) } }
+                        tr { th { "Error" } td { @if let Some(e) = &r.error { span.error { (e) } } @else { "—" } } }
+                        tr { th { "Queued at" } td { (fmt_time(Some(r.queued_at))) } }
+                        tr { th { "Started at" } td { (fmt_time(r.started_at)) } }
+                        tr { th { "Finished at" } td { (fmt_time(r.finished_at)) } }
+                        tr { th { "Duration" } td { (fmt_ms(r.duration_ms.map(|d| d as f64))) } }
+                        tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
+                        tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }
+                        tr { th { "Worker" } td { (opt(r.worker.clone())) } }
+                        @if let Some(method) = &r.http_method {
+                            tr { th { "HTTP request" } td { (method) " " (r.http_path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/")) } }
+                            tr { th { "HTTP status" } td { (opt(r.http_status.map(|s| s.to_string()))) } }
+                        }
+                        tr { th { "CPU time" } td { (fmt_ms(r.cpu_ms.map(|d| d as f64))) } }
+                        tr { th { "Max memory" } td { (opt(r.max_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)))) } }
+                        tr { th { "Input size" } td { (r.input_size) " bytes" } }
+                    }
+                }
+                (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
+                (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
+                (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
+            }
+        },
+    ))
+}
+
+/// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
+pub fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
+    html! {
+        h2 { (label)
+            @if truncated { " " span.truncated { "(truncated when stored)" } }
+        }
+        @match bytes {
+            None => p.muted { "none" },
+            Some(b) if b.is_empty() => p.muted { "empty" },
+            Some(b) => {
+                @let shown = &b[..b.len().min(SHOWN_BYTES)];
+                @match std::str::from_utf8(shown) {
+                    Ok(text) => { p.muted { "text, " (b.len()) " bytes" } pre #(id) { (text) } },
+                    Err(_) => { p.muted { "binary, " (b.len()) " bytes, as hex" } pre #(id) { (hex_lines(shown)) } },
+                }
+                @if b.len() > shown.len() { p.truncated { (b.len() - shown.len()) " more bytes not shown" } }
+            }
+        }
+    }
+}
+
+fn hex_lines(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `POST /ui/invocations/{id}/retry`: the API's retry, then to the invocation's page.
+pub async fn retry(
+    Admin(_): Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let id = parse_id(&id)?;
+    retry_one(&app, id).await?;
+    Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
+}
+
+/// `GET /ui/dead-letters?before=`: invocations whose retries are spent, to retry in bulk.
+pub async fn dead_letters(
+    session: Session,
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Html<String>, UiError> {
+    session.require(Action::Operate)?;
+    let before = query
+        .get("before")
+        .filter(|b| !b.is_empty())
+        .map(|b| parse_id(b))
+        .transpose()?;
+    let records = store::list_dead(&app.pool, before, PAGE).await?;
+    let next = (records.len() as i64 == PAGE)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    let depth = app.publisher.dead_letter_depth().await.ok();
+    let retry = session.may(Action::Manage);
+    Ok(layout(
+        "Dead letters",
+        Some(&session),
+        html! {
+            h1 { "Dead letters" }
+            p.muted {
+                "Invocations whose retries are spent. Messages in the broker's dead-letter queue: "
+                (depth.map_or("—".to_string(), |d| d.to_string()))
+            }
+            @if records.is_empty() {
+                p.notice { "No dead invocations." }
+            } @else {
+                form #bulk method="post" action={ (BASE) "/dead-letters/retry" } {
+                    (session.csrf_field())
+                    div.scroll {
+                        table #dead {
+                            thead { tr {
+                                @if retry { th { "Retry" } }
+                                th { "Invocation" } th { "Function" } th.hide-narrow { "Attempts" }
+                                th { "Error" } th.hide-narrow { "Queued" }
+                            } }
+                            tbody {
+                                @for r in &records {
+                                    tr {
+                                        @if retry { td { input.check type="checkbox" name="id" value=(r.id) aria-label="retry"; } }
+                                        td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
+                                        td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } }
+                                        td.hide-narrow { (r.attempt) }
+                                        td { span.error { (r.error.as_deref().unwrap_or("—")) } }
+                                        td.hide-narrow { (fmt_time(Some(r.queued_at))) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if retry { button #retry-selected type="submit" { "Retry selected" } }
+                }
+            }
+            @if let Some(before) = next {
+                p { a #older href={ (BASE) "/dead-letters?before=" (before) } { "Older →" } }
+            }
+        },
+    ))
+}
+
+/// `POST /ui/dead-letters/retry` with `id=…` once per invocation: retries each, and says how
+/// each went.
+pub async fn retry_dead(
+    Admin(session): Admin,
+    State(app): State<AppState>,
+    RawForm(form): RawForm,
+) -> Result<Html<String>, UiError> {
+    let mut ids = Vec::new();
+    for (k, v) in form_urlencoded::parse(&form) {
+        if k == "id" {
+            ids.push(parse_id(&v)?);
+        }
+    }
+    if ids.is_empty() {
+        return Err(
+            ApiError::Unprocessable("choose at least one invocation to retry".into()).into(),
+        );
+    }
+    if ids.len() as i64 > PAGE {
+        return Err(ApiError::Unprocessable(format!("at most {PAGE} at once")).into());
+    }
+    let mut outcomes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let outcome = retry_one(&app, id).await.map_err(|e| e.to_string());
+        outcomes.push((id, outcome));
+    }
+    let done = outcomes.iter().filter(|(_, o)| o.is_ok()).count();
+    Ok(layout(
+        "Retried",
+        Some(&session),
+        html! {
+            h1 { "Retried " (done) " of " (outcomes.len()) }
+            ul #outcomes {
+                @for (id, outcome) in &outcomes {
+                    li {
+                        a href={ (BASE) "/invocations/" (id) } { code { (id) } } " — "
+                        @match outcome {
+                            Ok(()) => span.ok { "queued again" },
+                            Err(e) => span.error { (e) },
+                        }
+                    }
+                }
+            }
+            p { a href={ (BASE) "/dead-letters" } { "Back to the dead letters" } " · "
+                a href={ (BASE) "/invocations?status=queued" } { "Queued invocations" } }
+        },
+    ))
+}

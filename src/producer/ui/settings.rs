@@ -1,0 +1,68 @@
+//! A function's settings, whole, on its page: every field the API shows (mode and warm pool,
+//! limits, network, user, public, retry policy, callback, env), the names of its secrets (never
+//! their values), and where its image came from.
+
+use maud::{Markup, html};
+
+use super::fmt_time;
+use crate::function::Function;
+
+/// The settings table of `f`.
+pub fn table(f: &Function) -> Markup {
+    let retry_on: Vec<&str> = f.retry_on.iter().map(|r| r.as_str()).collect();
+    let secrets = f.secrets.names();
+    let dash = || "—".to_string();
+    html! {
+        table.kv #settings {
+            tr { th { "Image" } td { code { (f.image) } } }
+            tr { th { "Built from" } td {
+                @match (&f.runtime, f.version) {
+                    (Some(r), Some(v)) => { "source, runtime " (r) ", version " (v) }
+                    _ => "an image",
+                }
+            } }
+            tr { th { "Description" } td { (f.description.as_deref().unwrap_or("—")) } }
+            tr { th { "Input" } td { (f.input.as_str()) } }
+            tr { th { "Mode" } td #mode { (f.mode.as_str()) } }
+            tr { th { "Warm pool" } td #pool {
+                "min warm " (f.pool.min_warm)
+                " · max containers " (f.pool.max_containers.map_or("worker's concurrency".to_string(), |m| m.to_string()))
+                " · idle timeout " (f.pool.idle_timeout_ms) " ms"
+            } }
+            tr { th { "Queue" } td { (f.queue) } }
+            tr { th { "Timeout" } td { (f.timeout_ms) " ms" } }
+            tr { th { "Memory" } td { (f.memory_mb) " MB" } }
+            tr { th { "CPUs" } td { (f.cpus) } }
+            tr { th { "Processes" } td { (f.pids) } }
+            tr { th { "/tmp" } td { (f.tmp_mb) " MB" } }
+            tr { th { "Network" } td #network { (f.network.as_str()) } }
+            tr { th { "User" } td #user { (f.user.clone().unwrap_or_else(|| "the image's".into())) } }
+            tr { th { "Container runtime" } td { (f.container_runtime.clone().unwrap_or_else(|| "the worker's default".into())) } }
+            tr { th { "Public URL" } td #public { @if f.public { "yes: /fn/" (f.name) " needs no key" } @else { "no: a key is needed" } } }
+            tr { th { "Response" } td #response { (f.response.as_str()) } }
+            tr { th { "CORS" } td #cors {
+                @if let Some(c) = &f.cors {
+                    "origins " (c.allow_origins.join(", ")) "; methods " (c.allow_methods.join(", "))
+                    @if !c.allow_headers.is_empty() { "; headers " (c.allow_headers.join(", ")) }
+                } @else { "—" }
+            } }
+            tr { th { "Retry policy" } td #retry {
+                (f.max_attempts) " attempts; retried on platform failures"
+                @if !retry_on.is_empty() { " and " (retry_on.join(", ")) }
+            } }
+            tr { th { "Max concurrency" } td { (f.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
+            tr { th { "Callback URL" } td { code { (f.callback_url.clone().unwrap_or_else(dash)) } } }
+            tr { th { "Env" } td {
+                @if f.env.is_empty() { "—" }
+                @for (k, v) in &f.env { code { (k) "=" (v) } br; }
+            } }
+            tr { th { "Secrets" } td #secrets {
+                @if secrets.is_empty() { "—" }
+                @for name in &secrets { code { (name) } " " }
+                @if !secrets.is_empty() { span.muted { "(values are never shown)" } }
+            } }
+            tr { th { "Created" } td { (fmt_time(Some(f.created_at))) } }
+            tr { th { "Updated" } td { (fmt_time(Some(f.updated_at))) } }
+        }
+    }
+}
