@@ -1,0 +1,555 @@
+//! What a user sends to register a function (`NewFunction`) or change one (`FunctionUpdate`),
+//! and the checks both go through.
+
+use super::*;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Deserialize;
+
+use crate::config::Settings;
+use crate::retry::RetryOn;
+
+/// The body of `POST /v1/functions`.
+#[derive(Default, Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFunction {
+    pub name: String,
+    /// An image; or none, with `runtime` and `source` to build one.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Build from source: the runtime template (`runtimes/<runtime>/`).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Build from source: the handler file, or a base64 tar.gz of a directory.
+    #[serde(default)]
+    pub source: Option<crate::build::Source>,
+    pub description: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub cpus: Option<f64>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub input: Option<InputMode>,
+    pub queue: Option<String>,
+    pub max_attempts: Option<i32>,
+    pub retry_on: Option<Vec<RetryOn>>,
+    pub max_concurrency: Option<i32>,
+    pub callback_url: Option<String>,
+    pub mode: Option<Mode>,
+    pub min_warm: Option<i32>,
+    pub max_containers: Option<i32>,
+    pub idle_timeout_ms: Option<i64>,
+    pub pids: Option<i64>,
+    pub network: Option<Network>,
+    pub user: Option<String>,
+    pub container_runtime: Option<String>,
+    pub tmp_mb: Option<i64>,
+    pub public: Option<bool>,
+    /// `body` (the default) or `cgi`.
+    pub response: Option<ResponseMode>,
+    pub cors: Option<Cors>,
+    pub secrets: Option<BTreeMap<String, String>>,
+}
+
+/// `secrets` in an update: an object replaces them all; a list of names (what a read shows)
+/// keeps those of the current ones and drops the others.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SecretsUpdate {
+    Replace(BTreeMap<String, String>),
+    Keep(Vec<String>),
+    /// `{"set": {NAME: VALUE}, "unset": [NAME]}`: changes these, keeps the others.
+    Patch(SecretsPatch),
+}
+
+/// See [`SecretsUpdate::Patch`].
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsPatch {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionUpdate {
+    /// Accepted so a client can send back what it read, but must match the path.
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub description: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub cpus: Option<f64>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub input: Option<InputMode>,
+    pub queue: Option<String>,
+    pub max_attempts: Option<i32>,
+    pub retry_on: Option<Vec<RetryOn>>,
+    /// `null` clears it (the worker's own bound applies again); absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub max_concurrency: Option<Option<i32>>,
+    pub callback_url: Option<String>,
+    pub mode: Option<Mode>,
+    pub min_warm: Option<i32>,
+    /// `null` clears it (the worker's own bound applies again); absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub max_containers: Option<Option<i32>>,
+    pub idle_timeout_ms: Option<i64>,
+    pub pids: Option<i64>,
+    pub network: Option<Network>,
+    pub user: Option<String>,
+    pub container_runtime: Option<String>,
+    pub tmp_mb: Option<i64>,
+    pub public: Option<bool>,
+    pub response: Option<ResponseMode>,
+    /// `null` removes it; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Cors>)]
+    pub cors: Option<Option<Cors>>,
+    pub secrets: Option<SecretsUpdate>,
+    /// Build a new version from source (with `runtime`, or the function's current runtime).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub source: Option<crate::build::Source>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub version: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub versions: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub created_at: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub updated_at: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub invoke_url: Option<serde::de::IgnoredAny>,
+}
+
+/// Why a function definition was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `^[a-z][a-z0-9-]{0,62}$`: names of functions and queues.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
+pub(super) fn valid_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl NewFunction {
+    /// Checks every field and fills in defaults.
+    pub fn validate(self, settings: &Settings) -> Result<Function, Invalid> {
+        if !valid_name(&self.name) {
+            return Err(invalid(
+                "name",
+                "must match ^[a-z][a-z0-9-]{0,62}$ (lowercase letters, digits, '-')",
+            ));
+        }
+        let now = now_as_stored();
+        let f = Function {
+            name: self.name,
+            image: self.image.unwrap_or_default(),
+            description: self.description.filter(|d| !d.trim().is_empty()),
+            timeout_ms: self
+                .timeout_ms
+                .unwrap_or(settings.default_timeout_ms as i64),
+            memory_mb: self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+            cpus: self.cpus.unwrap_or(DEFAULT_CPUS),
+            env: self.env.unwrap_or_default(),
+            input: self.input.unwrap_or_default(),
+            queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
+            max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            retry_on: self.retry_on.unwrap_or_default(),
+            max_concurrency: self.max_concurrency,
+            callback_url: self.callback_url,
+            mode: self.mode.unwrap_or_default(),
+            pool: PoolLimits {
+                min_warm: self.min_warm.unwrap_or(0),
+                max_containers: self.max_containers,
+                idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            },
+            pids: self.pids.unwrap_or(DEFAULT_PIDS),
+            network: self.network.unwrap_or_default(),
+            user: self.user.filter(|u| !u.is_empty()),
+            container_runtime: self.container_runtime.filter(|r| !r.is_empty()),
+            tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
+            public: self.public.unwrap_or(false),
+            response: self.response.unwrap_or_default(),
+            cors: self.cors,
+            secrets: Secrets(self.secrets.unwrap_or_default()),
+            runtime: self.runtime,
+            version: None,
+            created_at: now,
+            updated_at: now,
+        };
+        check(&f, settings)?;
+        Ok(f)
+    }
+}
+
+/// A field that is there, even as `null`, is `Some`: `Some(None)` clears, absent (`None`) keeps.
+pub(super) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl FunctionUpdate {
+    /// Applies the changes to `current` and checks the result.
+    pub fn apply(self, current: Function, settings: &Settings) -> Result<Function, Invalid> {
+        if let Some(name) = &self.name
+            && *name != current.name
+        {
+            return Err(invalid("name", "a function can't be renamed"));
+        }
+        let secrets = match self.secrets {
+            None => current.secrets.clone(),
+            Some(SecretsUpdate::Replace(new)) => Secrets(new),
+            Some(SecretsUpdate::Patch(patch)) => {
+                let mut secrets = current.secrets.0.clone();
+                for name in patch.unset {
+                    secrets.remove(&name);
+                }
+                secrets.extend(patch.set);
+                Secrets(secrets)
+            }
+            Some(SecretsUpdate::Keep(names)) => {
+                let mut kept = BTreeMap::new();
+                for name in names {
+                    match current.secrets.0.get(&name) {
+                        Some(v) => kept.insert(name, v.clone()),
+                        None => {
+                            return Err(invalid(
+                                "secrets",
+                                format!(
+                                    "{name:?} is not a secret of this function; give secrets as an object to set them"
+                                ),
+                            ));
+                        }
+                    };
+                }
+                Secrets(kept)
+            }
+        };
+        // An empty string clears `user` and `container_runtime`.
+        let user = match self.user {
+            Some(u) if u.is_empty() => None,
+            Some(u) => Some(u),
+            None => current.user.clone(),
+        };
+        let container_runtime = match self.container_runtime {
+            Some(r) if r.is_empty() => None,
+            Some(r) => Some(r),
+            None => current.container_runtime.clone(),
+        };
+        let f = Function {
+            image: self.image.unwrap_or(current.image),
+            // An empty description is none, as if never given.
+            description: match self.description {
+                Some(d) if d.trim().is_empty() => None,
+                Some(d) => Some(d),
+                None => current.description,
+            },
+            timeout_ms: self.timeout_ms.unwrap_or(current.timeout_ms),
+            memory_mb: self.memory_mb.unwrap_or(current.memory_mb),
+            cpus: self.cpus.unwrap_or(current.cpus),
+            env: self.env.unwrap_or(current.env),
+            input: self.input.unwrap_or(current.input),
+            queue: self.queue.unwrap_or(current.queue),
+            max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
+            retry_on: self.retry_on.unwrap_or(current.retry_on),
+            max_concurrency: self.max_concurrency.unwrap_or(current.max_concurrency),
+            // An empty string removes the default.
+            callback_url: match self.callback_url {
+                Some(url) if url.is_empty() => None,
+                Some(url) => Some(url),
+                None => current.callback_url,
+            },
+            mode: self.mode.unwrap_or(current.mode),
+            pool: PoolLimits {
+                min_warm: self.min_warm.unwrap_or(current.pool.min_warm),
+                max_containers: self.max_containers.unwrap_or(current.pool.max_containers),
+                idle_timeout_ms: self.idle_timeout_ms.unwrap_or(current.pool.idle_timeout_ms),
+            },
+            pids: self.pids.unwrap_or(current.pids),
+            network: self.network.unwrap_or(current.network),
+            user,
+            container_runtime,
+            tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
+            public: self.public.unwrap_or(current.public),
+            response: self.response.unwrap_or(current.response),
+            cors: self.cors.unwrap_or(current.cors.clone()),
+            secrets,
+            updated_at: now_as_stored(),
+            ..current
+        };
+        check(&f, settings)?;
+        Ok(f)
+    }
+}
+
+/// Now, to the microsecond Postgres keeps: a function's times read the same in the answer that
+/// wrote them as in every later read.
+pub(super) fn now_as_stored() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
+    if f.image.is_empty() || f.image.len() > 255 || f.image.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "image",
+            "must be an image reference without spaces, at most 255 characters",
+        ));
+    }
+    if let Some(d) = &f.description
+        && d.len() > 4096
+    {
+        return Err(invalid("description", "at most 4096 characters"));
+    }
+    let max_timeout = settings.max_timeout_ms as i64;
+    if !(1..=max_timeout).contains(&f.timeout_ms) {
+        return Err(invalid(
+            "timeout_ms",
+            format!("must be between 1 and {max_timeout}"),
+        ));
+    }
+    if !(6..=1024 * 1024).contains(&f.memory_mb) {
+        return Err(invalid("memory_mb", "must be between 6 and 1048576"));
+    }
+    if !(f.cpus.is_finite() && f.cpus >= 0.01 && f.cpus <= 1024.0) {
+        return Err(invalid("cpus", "must be between 0.01 and 1024"));
+    }
+    check_env("env", &f.env)?;
+    check_env("secrets", &f.secrets.0)?;
+    if let Some(k) = f.secrets.0.keys().find(|k| f.env.contains_key(*k)) {
+        return Err(invalid(
+            "secrets",
+            format!("{k} is also in env; a name is either plain or secret"),
+        ));
+    }
+    let env_bytes: usize = f
+        .env
+        .iter()
+        .chain(f.secrets.0.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if env_bytes > MAX_ENV_BYTES {
+        return Err(invalid(
+            "env",
+            format!(
+                "env and secrets together are at most {MAX_ENV_BYTES} bytes (they travel in every message's header)"
+            ),
+        ));
+    }
+    // What must fit is the snapshot as it travels, JSON-escaped (`"` and `\` double, control
+    // characters take six bytes), in a header frame below the broker's frame_max.
+    let serialized = serde_json::to_vec(&f.snapshot()).map_or(usize::MAX, |v| v.len());
+    let budget = crate::broker::snapshot_budget();
+    if serialized > budget {
+        return Err(invalid(
+            "env",
+            format!(
+                "the function's message header (env and secrets as serialized JSON, with escaping) would take {serialized} bytes; the broker's frame ({} bytes) leaves {budget} for it",
+                crate::broker::frame_max()
+            ),
+        ));
+    }
+    if !(4..=32_768).contains(&f.pids) {
+        return Err(invalid("pids", "must be between 4 and 32768"));
+    }
+    if let Some(problem) = f.cors.as_ref().and_then(cors_problem) {
+        return Err(invalid("cors", &problem));
+    }
+    if !(1..=65_536).contains(&f.tmp_mb) {
+        return Err(invalid("tmp_mb", "must be between 1 and 65536"));
+    }
+    if let Some(user) = &f.user {
+        check_user(user)?;
+    }
+    if let Some(container_runtime) = &f.container_runtime
+        && (container_runtime.len() > 64
+            || !container_runtime
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            "container_runtime",
+            "must be a container runtime name of letters, digits, '-', '_' and '.' (at most 64)",
+        ));
+    }
+    if !valid_name(&f.queue) {
+        return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
+    }
+    if let Some(m) = f.max_concurrency
+        && !(1..=10_000).contains(&m)
+    {
+        return Err(invalid("max_concurrency", "must be between 1 and 10000"));
+    }
+    if !(0..=100).contains(&f.pool.min_warm) {
+        return Err(invalid("min_warm", "must be between 0 and 100"));
+    }
+    if let Some(m) = f.pool.max_containers
+        && !(1..=10_000).contains(&m)
+    {
+        return Err(invalid("max_containers", "must be between 1 and 10000"));
+    }
+    if !(100..=24 * 3600 * 1000).contains(&f.pool.idle_timeout_ms) {
+        return Err(invalid(
+            "idle_timeout_ms",
+            "must be between 100 and 86400000",
+        ));
+    }
+    if !(1..=100).contains(&f.max_attempts) {
+        return Err(invalid("max_attempts", "must be between 1 and 100"));
+    }
+    if let Some(url) = &f.callback_url {
+        crate::callback::check_url(url, &settings.callback_allow_nets)
+            .map_err(|reason| invalid("callback_url", reason))?;
+    }
+    Ok(())
+}
+
+pub(super) fn check_env(
+    field: &'static str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), Invalid> {
+    if env.len() > 256 {
+        return Err(invalid(field, "at most 256 variables"));
+    }
+    for (k, v) in env {
+        if !valid_env_key(k) {
+            return Err(invalid(
+                field,
+                format!("{k:?} is not a valid variable name"),
+            ));
+        }
+        if k.starts_with("GRANDA_") {
+            return Err(invalid(field, format!("{k}: GRANDA_* names are reserved")));
+        }
+        if v.contains('\0') || v.len() > 32 * 1024 {
+            // The value itself is never echoed: it may be a secret.
+            return Err(invalid(
+                field,
+                format!("{k}: values are at most 32 KiB, without NUL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `user` is `name`, `uid`, `name:group` or `uid:gid`, and never root: the field exists to run
+/// as someone else.
+pub(super) fn check_user(user: &str) -> Result<(), Invalid> {
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let (who, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    if !part_ok(who) || !group.is_none_or(part_ok) {
+        return Err(invalid(
+            "user",
+            "must be name, uid, name:group or uid:gid (letters, digits, '-', '_', '.')",
+        ));
+    }
+    // Root in any spelling: `root`, `0`, `00`; the group as well (`65534:0`, `x:root`).
+    let is_root = |p: &str| p == "root" || p.parse::<u64>().is_ok_and(|id| id == 0);
+    if is_root(who) || group.is_some_and(is_root) {
+        return Err(invalid(
+            "user",
+            "must not be root, as user or as group (leave it out to use the image's user)",
+        ));
+    }
+    // The kernel's ids are 32 bits and 4294967295 means none: a larger number is no id.
+    let out_of_range = |p: &str| p.parse::<u64>().is_ok_and(|id| id >= u64::from(u32::MAX));
+    if out_of_range(who) || group.is_some_and(out_of_range) {
+        return Err(invalid("user", "a uid or gid must be below 4294967295"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_pattern() {
+        for good in ["a", "echo", "my-fn-2", &"a".repeat(63)] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["", "Echo", "1abc", "-a", "a_b", "a.b", "ä", &"a".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_refuses_root_as_user_or_group_in_every_spelling() {
+        for root in [
+            "0",
+            "00",
+            "root",
+            "0:0",
+            "65534:0",
+            "65534:00",
+            "x:root",
+            "root:65534",
+            "0:65534",
+            " 0",
+            "0 ",
+            "65534: 0",
+            "65534:0 ",
+            "\t0",
+            "0\n",
+            "",
+            ":",
+            "65534:",
+            ":0",
+            "4294967295",
+            "65534:4294967296",
+        ] {
+            assert!(check_user(root).is_err(), "{root:?} is refused");
+        }
+        for fine in [
+            "65534",
+            "65534:65534",
+            "nobody",
+            "nobody:nogroup",
+            "1234:5678",
+        ] {
+            assert!(check_user(fine).is_ok(), "{fine:?} is accepted");
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Postgres storage of invocations.
+
+use super::*;
+
+/// The columns of [`Record`], as a literal so queries stay `&'static str`.
+macro_rules! select {
+    () => {
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes, http_method, http_path, http_status FROM invocations"
+    };
+}
+
+/// What a claim by worker `$w` writes into row `i`: a new `running` attempt, published (a
+/// worker has its message, so the outbox must leave it alone).
+macro_rules! claim_set {
+    ($w:literal) => {
+        concat!(
+            "status = 'running', attempt = i.attempt + 1, started_at = now(), worker = ",
+            $w,
+            ", retry_at = NULL, published_at = COALESCE(i.published_at, now()), payload = NULL,
+             queue_ms = CASE WHEN i.attempt = 0
+                 THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - i.queued_at)) * 1000)::bigint)
+                 ELSE i.queue_ms END"
+        )
+    };
+}
+
+/// When worker `$w` may claim row `i`: it is `queued`, or `running` on this worker's earlier
+/// self, or on a worker whose lease ran out (`workers.lease_until`, GRANDA_WORKER_LEASE_MS
+/// after its last beat; 15 s for a row of a worker from before leases).
+macro_rules! claimable {
+    ($w:literal) => {
+        concat!(
+            "i.status = 'queued' OR (i.status = 'running' AND (i.worker = ",
+            $w,
+            " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = i.worker
+                             AND COALESCE(w.lease_until, w.heartbeat_at + interval '15 seconds') > now())))"
+        )
+    };
+}
+
+/// Stores a `queued` invocation. With an idempotency key already used for this function in
+/// the last 24 hours, stores nothing and returns the first invocation's id and `false`.
+#[tracing::instrument(level = "debug", skip_all, fields(id = %inv.id, function = inv.function))]
+/// Records a queued invocation (or finds the one its idempotency key names: `false`), with its
+/// own `env`, kept so that the outbox and a retry send it again.
+pub async fn insert_queued(
+    pool: &PgPool,
+    inv: &NewInvocation<'_>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(Uuid, bool), sqlx::Error> {
+    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+    if let Some(key) = inv.idempotency_key {
+        // A key older than a day is free again.
+        sqlx::query(
+            "UPDATE invocations SET idempotency_key = NULL
+             WHERE function = $1 AND idempotency_key = $2 AND queued_at < now() - interval '24 hours'",
+        )
+        .bind(inv.function)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    }
+    // The whole input stays until the broker has the message, so the outbox can re-publish it.
+    let payload = (stored.len() < inv.input.len()).then_some(inv.input);
+    let inserted: Option<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload, extra_env)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8)
+         ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(inv.id)
+    .bind(inv.function)
+    .bind(inv.trigger.as_str())
+    .bind(stored)
+    .bind(inv.input.len() as i64)
+    .bind(inv.idempotency_key)
+    .bind(payload)
+    .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
+    .fetch_optional(pool)
+    .await?;
+    if let Some((id,)) = inserted {
+        return Ok((id, true));
+    }
+    let (id,): (Uuid,) =
+        sqlx::query_as("SELECT id FROM invocations WHERE function = $1 AND idempotency_key = $2")
+            .bind(inv.function)
+            .bind(inv.idempotency_key)
+            .fetch_one(pool)
+            .await?;
+    Ok((id, false))
+}
+
+/// Stores a `queued` invocation inside the caller's transaction (schedules and the AMQP
+/// router record the claim or the event in the same one), with its own `env`, which the
+/// outbox keeps when it re-publishes. No idempotency key: the caller's transaction is the
+/// guard. Publish it after the commit ([`crate::producer::outbox::publish_now`]).
+pub async fn insert_queued_in(
+    tx: &mut sqlx::PgConnection,
+    inv: &NewInvocation<'_>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), sqlx::Error> {
+    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+    let payload = (stored.len() < inv.input.len()).then_some(inv.input);
+    sqlx::query(
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, payload, extra_env)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7)",
+    )
+    .bind(inv.id)
+    .bind(inv.function)
+    .bind(inv.trigger.as_str())
+    .bind(stored)
+    .bind(inv.input.len() as i64)
+    .bind(payload)
+    .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes a `queued` invocation whose message the broker did not confirm, so nothing waits
+/// for it and a message that reached its queue anyway finds no record and never runs.
+/// `false`: nothing was removed, because a worker claimed it first (it was accepted).
+pub async fn discard(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM invocations WHERE id = $1 AND status = 'queued'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Notes that the broker confirmed the invocation's message: the outbox leaves it alone.
+pub async fn mark_published<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE invocations SET published_at = now(), payload = NULL WHERE id = $1 AND published_at IS NULL",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks an invocation `running` on `worker` as a new attempt (and published: a worker has its
+/// message, so the outbox must leave it alone): when it is `queued`, or
+/// `running` on this same worker's earlier self (the caller knows it is not running here now),
+/// or `running` on a worker whose heartbeat stopped.
+#[tracing::instrument(level = "debug", skip(pool))]
+pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
+    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
+        "UPDATE invocations i SET ",
+        claim_set!("$2"),
+        " WHERE i.id = $1 AND (",
+        claimable!("$2"),
+        ") RETURNING attempt, queued_at"
+    ))
+    .bind(id)
+    .bind(worker)
+    .fetch_optional(pool)
+    .await?;
+    claimed_or_why(pool, id, row).await
+}
+
+/// What a claim that wrote nothing found instead.
+async fn claimed_or_why(
+    pool: &PgPool,
+    id: Uuid,
+    row: Option<(i32, DateTime<Utc>)>,
+) -> Result<Claim, sqlx::Error> {
+    if let Some((attempt, queued_at)) = row {
+        return Ok(Claim::Claimed { attempt, queued_at });
+    }
+    Ok(match get(pool, id).await? {
+        Some(record) if record.status().is_final() => Claim::AlreadyFinal(Box::new(record)),
+        Some(_) => Claim::RunningElsewhere,
+        None => Claim::Missing,
+    })
+}
+
+/// [`claim`] for a sync call, whose record the ingress does not write first (its confirmed
+/// message is the acceptance): creates the record as `running` here, or claims the one that
+/// exists (the ingress wrote it when the caller stopped waiting, or this is a redelivery).
+#[tracing::instrument(level = "debug", skip(pool, inv))]
+pub async fn claim_or_create(
+    pool: &PgPool,
+    inv: &NewInvocation<'_>,
+    queued_at_ms: i64,
+    worker: &str,
+) -> Result<Claim, sqlx::Error> {
+    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
+        "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
+                                      started_at, worker, published_at, queue_ms)
+         SELECT $1, $2, 'running', $3, $4, $5, to_timestamp($6::float8 / 1000.0), 1, now(), $7, now(),
+                 GREATEST(0, (EXTRACT(EPOCH FROM now()) * 1000)::bigint - $6)
+         WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
+         ON CONFLICT (id) DO UPDATE SET ",
+        claim_set!("$7"),
+        " WHERE ",
+        claimable!("$7"),
+        " RETURNING attempt, queued_at"
+    ))
+    .bind(inv.id)
+    .bind(inv.function)
+    .bind(inv.trigger.as_str())
+    .bind(stored)
+    .bind(inv.input.len() as i64)
+    .bind(queued_at_ms)
+    .bind(worker)
+    .fetch_optional(pool)
+    .await?;
+    claimed_or_why(pool, inv.id, row).await
+}
+
+/// Notes that a sync call was refused (its publish not confirmed): if its message reached the
+/// queue anyway, no worker will record or run it.
+pub async fn refuse(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO refused_invocations (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Refuses a sync call for good whose publish the broker did not confirm in time, unless a
+/// worker's claim created its record first. `true`: refused (no worker will record or run it);
+/// `false`: a worker has it, so it was accepted.
+///
+/// The claim (`claim_or_create`) checks `refused_invocations` with the snapshot its statement
+/// started with, so a refusal committed while it runs would not stop it. So the refusal also
+/// writes a placeholder record under the same id: the primary key makes the two wait for each
+/// other and one of them wins. A claim that loses finds a final record and acks without a run.
+/// The placeholder is removed after `linger` (it only has to outlive claims that started
+/// before the refusal), so a refused call leaves no record.
+pub async fn refuse_call(
+    pool: &PgPool,
+    inv: &NewInvocation<'_>,
+    linger: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO refused_invocations (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(inv.id)
+        .execute(&mut *tx)
+        .await?;
+    let placed: Option<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO invocations (id, function, status, trigger, input_size, queued_at, finished_at,
+                                  published_at, error)
+         VALUES ($1, $2, 'failed', $3, 0, now(), now(), now(),
+                 'refused: the broker did not confirm this call in time; it was not run')
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(inv.id)
+    .bind(inv.function)
+    .bind(inv.trigger.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if placed.is_none() {
+        sqlx::query("DELETE FROM refused_invocations WHERE id = $1")
+            .bind(inv.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if placed.is_none() {
+        return Ok(false);
+    }
+    tokio::time::sleep(linger).await;
+    sqlx::query(
+        "DELETE FROM invocations WHERE id = $1 AND status = 'failed' AND attempt = 0 AND worker IS NULL",
+    )
+    .bind(inv.id)
+    .execute(pool)
+    .await?;
+    Ok(true)
+}
+
+/// Writes the `queued` record of a sync call whose caller stopped waiting (published: its
+/// message is on the queue), unless a worker wrote it already.
+pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), sqlx::Error> {
+    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+    sqlx::query(
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, published_at)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), now())
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(inv.id)
+    .bind(inv.function)
+    .bind(inv.trigger.as_str())
+    .bind(stored)
+    .bind(inv.input.len() as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Puts a failed attempt back to `queued` until `retry_at`, keeping what the attempt produced.
+#[tracing::instrument(level = "debug", skip(pool, outcome))]
+pub async fn requeue(
+    pool: &PgPool,
+    id: Uuid,
+    worker: &str,
+    outcome: &Outcome,
+    retry_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE invocations SET status = 'queued', retry_at = $3, published_at = now(), output = $4,
+                output_truncated = $5, logs = $6, logs_truncated = $7, exit_code = $8, error = $9,
+                duration_ms = $10, finished_at = NULL
+         WHERE id = $1 AND status = 'running' AND worker = $2",
+    )
+    .bind(id)
+    .bind(worker)
+    .bind(retry_at)
+    .bind(&outcome.output)
+    .bind(outcome.output_truncated)
+    .bind(&outcome.logs)
+    .bind(outcome.logs_truncated)
+    .bind(outcome.exit_code)
+    .bind(&outcome.error)
+    .bind(outcome.duration_ms)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The invocation's own env, as stored with it (empty when it had none).
+pub async fn extra_env(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
+    type Env = sqlx::types::Json<std::collections::BTreeMap<String, String>>;
+    let row: Option<(Option<Env>,)> =
+        sqlx::query_as("SELECT extra_env FROM invocations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row
+        .and_then(|(env,)| env)
+        .map(|env| env.0)
+        .unwrap_or_default())
+}
+
+/// Makes a final, not succeeded invocation `queued` again for one more attempt
+/// (`POST /v1/invocations/{id}/retry`). `None` if it is not in such a state.
+pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE invocations SET status = 'queued', published_at = NULL, retry_at = NULL, error = NULL,
+                finished_at = NULL, dead_at = NULL
+         WHERE id = $1 AND status IN ('failed', 'timed_out', 'dead') AND input_size = length(input)",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    get(pool, id).await
+}
+
+/// `queued` invocations whose message the broker never confirmed, older than `grace`.
+/// Locks them for the caller's transaction so two sweepers never take the same one.
+pub async fn unpublished(
+    tx: &mut sqlx::PgConnection,
+    grace: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Unpublished>, sqlx::Error> {
+    sqlx::query_as::<_, Unpublished>(
+        "SELECT id, function, trigger, COALESCE(payload, input, ''::bytea) AS input, extra_env FROM invocations
+         WHERE status = 'queued' AND published_at IS NULL
+           AND queued_at < now() - make_interval(secs => $1)
+         ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(grace.as_secs_f64())
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
+/// Ends an invocation that can't run any more (its function is gone, or no caller waits).
+pub async fn abandon(tx: &mut sqlx::PgConnection, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE invocations SET status = 'failed', error = $2, finished_at = now(), payload = NULL
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(why)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Dead invocations, newest first.
+pub async fn list_dead(
+    pool: &PgPool,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Record>, sqlx::Error> {
+    sqlx::query_as::<_, Record>(concat!(
+        select!(),
+        " WHERE dead_at IS NOT NULL AND status = 'dead' AND ($1::uuid IS NULL OR id < $1)
+          ORDER BY id DESC LIMIT $2"
+    ))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Writes the final record. Returns `false` if it was already final or is missing (nothing is
+/// changed then; see [`restore_final`] for a sync call's).
+#[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
+pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
+    let done = bind_outcome(
+        sqlx::query(
+            "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
+                    exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
+                    duration_ms = $11, retry_at = NULL, payload = NULL,
+                    cold = $12, cpu_ms = $13, max_memory_bytes = $14,
+                    http_method = $15, http_path = $16, http_status = $17,
+                    dead_at = CASE WHEN $2 = 'dead' THEN now() END
+             WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(id),
+        outcome,
+    )
+    .bind(&outcome.http_method)
+    .bind(&outcome.http_path)
+    .bind(outcome.http_status())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `o` as parameters `$2` to `$14`, in the order [`finish`] and [`restore_final`] use
+/// them: status, output, output_truncated, logs, logs_truncated, exit_code, error,
+/// started_at, finished_at, duration_ms, cold, cpu_ms, max_memory_bytes.
+fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
+    query
+        .bind(o.status().as_str())
+        .bind(&o.output)
+        .bind(o.output_truncated)
+        .bind(&o.logs)
+        .bind(o.logs_truncated)
+        .bind(o.exit_code)
+        .bind(&o.error)
+        .bind(o.started_at)
+        .bind(o.finished_at)
+        .bind(o.duration_ms)
+        .bind(o.cold)
+        .bind(o.cpu_ms)
+        .bind(o.max_memory_bytes)
+}
+
+/// Writes a sync call's final record whole when [`finish`] found no record: the claim that
+/// created it is an asynchronous commit, which a Postgres crash during the run may have lost.
+/// Writes nothing when a record exists. Returns whether it wrote one.
+#[tracing::instrument(level = "debug", skip(pool, inv, outcome), fields(id = %inv.id))]
+pub async fn restore_final(
+    pool: &PgPool,
+    inv: &NewInvocation<'_>,
+    queued_at_ms: i64,
+    worker: &str,
+    attempt: i32,
+    outcome: &Outcome,
+) -> Result<bool, sqlx::Error> {
+    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+    let done = bind_outcome(
+        sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
+                                      worker, published_at, queue_ms, output, output_truncated, logs,
+                                      logs_truncated, exit_code, error, started_at, finished_at,
+                                      duration_ms, cold, cpu_ms, max_memory_bytes,
+                                      http_method, http_path, http_status)
+             SELECT $1, $15, $2, $16, $17, $18, to_timestamp($19::float8 / 1000.0), $20, $21, now(),
+                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($9, now())) * 1000)::bigint - $19),
+                    $3, $4, $5, $6, $7, $8, COALESCE($9, now()), COALESCE($10, now()),
+                    $11, $12, $13, $14, $22, $23, $24
+             WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(inv.id),
+        outcome,
+    )
+    .bind(inv.function)
+    .bind(inv.trigger.as_str())
+    .bind(stored)
+    .bind(inv.input.len() as i64)
+    .bind(queued_at_ms)
+    .bind(attempt)
+    .bind(worker)
+    .bind(&outcome.http_method)
+    .bind(&outcome.http_path)
+    .bind(outcome.http_status())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+    sqlx::query_as::<_, Record>(concat!(select!(), " WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// A function's invocations, newest first, older than `before` when given.
+pub async fn list(
+    pool: &PgPool,
+    function: &str,
+    status: Option<Status>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Record>, sqlx::Error> {
+    sqlx::query_as::<_, Record>(concat!(
+        select!(),
+        " WHERE function = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(function)
+    .bind(status.map(Status::as_str))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
