@@ -274,6 +274,19 @@ pub(super) fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>
             Some("out of memory: the engine killed the container at its memory limit".to_string()),
             Some(Failure::Error),
         ),
+        // SIGKILL, not Granda's (a timeout is `TimedOut`), with no OOM flag after the settle
+        // time: the engine can lose the OOM event of a process that dies at once (cgroup v1), so
+        // say what is most likely rather than nothing.
+        Exit::Code(137) => (
+            Status::Failed,
+            Some(137),
+            Some(
+                "killed by SIGKILL (exit 137), not by Granda: most likely out of memory at its \
+                 memory limit (the engine did not report it)"
+                    .to_string(),
+            ),
+            Some(Failure::Error),
+        ),
         Exit::Code(code) => (
             Status::Failed,
             Some(code as i32),

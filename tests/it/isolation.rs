@@ -101,8 +101,11 @@ async fn allocating_past_the_memory_limit_fails_the_run_as_out_of_memory() {
     let record = app.wait_final(id, Duration::from_secs(10)).await;
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["exit_code"], 137, "{record}");
-    let error = record["error"].as_str().unwrap();
-    assert!(error.starts_with("out of memory"), "{error}");
+    // The engine's OOM flag, or (when the engine lost the event) the SIGKILL Granda did not send.
+    let error = record["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {record}"));
+    assert!(error.contains("out of memory"), "{error}");
 
     // Within the limit, the same allocation works, and the limits are the ones asked for.
     let script = r#"dd if=/dev/zero of=/dev/null bs=10M count=1 2>/dev/null && echo alloc=ok
