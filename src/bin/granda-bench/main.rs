@@ -142,14 +142,12 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder().default_headers(auth).build()?;
     let docker = granda::docker::connect(settings.docker_host.as_deref(), 120)?;
     granda::docker::ensure_image(&docker, &args.image).await?;
-    let created = client
-        .post(format!("{base_url}/v1/functions"))
-        .json(&json!({"name": "echo", "image": args.image, "memory_mb": 64}))
-        .send()
-        .await?;
-    if created.status() != 201 {
-        bail!("registering the function: {}", created.text().await?);
-    }
+    register(
+        &client,
+        &base_url,
+        json!({"name": "echo", "image": args.image, "memory_mb": 64}),
+    )
+    .await?;
     let function = Snapshot {
         name: "echo".into(),
         image: args.image.clone(),
@@ -237,4 +235,28 @@ pub(crate) async fn with_worker<T>(
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
     result
+}
+
+/// Registers a function, asking again while no worker serves its queue yet (503: the worker
+/// that checks the image is still starting), for up to 30 s.
+pub(crate) async fn register(
+    client: &reqwest::Client,
+    base_url: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .post(format!("{base_url}/v1/functions"))
+            .json(&body)
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            201 => return Ok(()),
+            503 if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => bail!("registering {}: {}", body["name"], r.text().await?),
+        }
+    }
 }

@@ -43,17 +43,7 @@ pub(crate) async fn scheduler_scenario(
     settings: &Settings,
     registered: watch::Sender<bool>,
 ) -> anyhow::Result<()> {
-    let register = |body: serde_json::Value| {
-        let client = client.clone();
-        let url = format!("{base_url}/v1/functions");
-        async move {
-            let r = client.post(url).json(&body).send().await?;
-            if r.status() != 201 {
-                bail!("registering a function: {}", r.text().await?);
-            }
-            anyhow::Ok(())
-        }
-    };
+    let register = |body: serde_json::Value| super::register(client, base_url, body);
     granda::docker::ensure_image(docker, "granda-test/sleep").await?;
     granda::docker::ensure_image(docker, &args.hot_image).await?;
     register(

@@ -2,7 +2,7 @@
 //! retried on 5xx, recorded on the invocation; internal targets refused where a URL enters and at
 //! connect time; https with an operator-given CA; a bound on callbacks held for delivery.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,10 @@ use uuid::Uuid;
 
 use crate::support::{TestApp, client_with_key, error_code, spawn_app_with};
 
+mod tls_and_bounds;
+
 /// The test receivers listen on loopback, which callbacks may only reach when allowed.
-fn allow_loopback(s: &mut granda::config::Settings) {
+pub(crate) fn allow_loopback(s: &mut granda::config::Settings) {
     s.callback_allow_nets = granda::callback::AllowNets::parse("127.0.0.0/8").unwrap();
 }
 
@@ -27,12 +29,12 @@ type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes, Instant)>>>;
 /// A receiver on 127.0.0.1 that fails its first `failures` requests with 500 (and a body that
 /// must not reach the record), then answers 200.
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     url: String,
     seen: Seen,
 }
 
-async fn receiver(failures: usize) -> Receiver {
+pub(crate) async fn receiver(failures: usize) -> Receiver {
     let seen: Seen = Arc::default();
     let state = seen.clone();
     let app = axum::Router::new().route(
@@ -60,7 +62,7 @@ async fn receiver(failures: usize) -> Receiver {
 }
 
 /// Polls the invocation until its callback is delivered or failed.
-async fn callback_done(app: &TestApp, id: Uuid) -> Value {
+pub(crate) async fn callback_done(app: &TestApp, id: Uuid) -> Value {
     let start = Instant::now();
     loop {
         let record = app.invocation(id).await;
@@ -81,7 +83,7 @@ async fn callback_done(app: &TestApp, id: Uuid) -> Value {
 
 /// Standard Webhooks verification, written from the spec: HMAC-SHA256 under the base64-decoded
 /// key after `whsec_`, over `{webhook-id}.{webhook-timestamp}.{body}`, `v1,<base64>`.
-fn verify(key: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn verify(key: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     let id = headers["webhook-id"].to_str().unwrap();
     let ts = headers["webhook-timestamp"].to_str().unwrap();
     let secret = BASE64.decode(key.strip_prefix("whsec_").unwrap()).unwrap();
@@ -96,7 +98,7 @@ fn verify(key: &str, headers: &HeaderMap, body: &[u8]) -> bool {
         .any(|sig| sig.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
-async fn callback_key(app: &TestApp, function: &str) -> String {
+pub(crate) async fn callback_key(app: &TestApp, function: &str) -> String {
     let response = app
         .get(&format!("/v1/functions/{function}/callback-key"))
         .await;
@@ -105,7 +107,12 @@ async fn callback_key(app: &TestApp, function: &str) -> String {
     body["key"].as_str().unwrap().to_string()
 }
 
-async fn async_with_callback(app: &TestApp, function: &str, url: &str, input: &str) -> Uuid {
+pub(crate) async fn async_with_callback(
+    app: &TestApp,
+    function: &str,
+    url: &str,
+    input: &str,
+) -> Uuid {
     let response = app
         .post_with(
             &format!("/v1/functions/{function}/invocations"),
@@ -122,7 +129,7 @@ async fn async_with_callback(app: &TestApp, function: &str, url: &str, input: &s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_signed() {
+pub(crate) async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_signed() {
     let app = spawn_app_with(|s| {
         allow_loopback(s);
         s.callback_backoff_ms = 100;
@@ -185,7 +192,7 @@ async fn a_callback_that_fails_twice_then_succeeds_is_retried_with_backoff_and_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
+pub(crate) async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
     let app = spawn_app_with(|s| {
         allow_loopback(s);
         s.callback_backoff_ms = 20;
@@ -266,7 +273,7 @@ async fn a_functions_default_callback_covers_events_and_failures_are_bounded() {
 /// Issue 14, item 6: every spelling of an internal target is refused where it enters, with no
 /// operator allowance: 400 on invoke, 422 on registration and update; nothing is queued or sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_callback_targets_are_refused_where_they_enter() {
+pub(crate) async fn internal_callback_targets_are_refused_where_they_enter() {
     let app = spawn_app_with(|_| {}).await;
     let rx = receiver(0).await;
     let port = rx.url.split(':').nth(2).unwrap().split('/').next().unwrap();
@@ -330,7 +337,7 @@ async fn internal_callback_targets_are_refused_where_they_enter() {
 /// allowance was set) to a loopback address and to a name that resolves to one are refused when
 /// the callback is sent, and the record says why in a reason class.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_internal_targets_are_refused_at_connect_time() {
+pub(crate) async fn stored_internal_targets_are_refused_at_connect_time() {
     let app = spawn_app_with(|s| s.callback_max_attempts = 2).await;
     let rx = receiver(0).await;
     let port = rx.url.split(':').nth(2).unwrap().split('/').next().unwrap();
@@ -369,7 +376,7 @@ async fn stored_internal_targets_are_refused_at_connect_time() {
 /// Issue 14, item 11: a key per function, shown to admins only, rotatable; the signature covers
 /// the body's id, status, exit code, function and attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callbacks_are_signed_with_a_rotatable_key_per_function() {
+pub(crate) async fn callbacks_are_signed_with_a_rotatable_key_per_function() {
     let app = spawn_app_with(allow_loopback).await;
     let rx = receiver(0).await;
     app.register("echo", "granda-test/echo", json!({"callback_url": rx.url}))
@@ -464,242 +471,11 @@ async fn callbacks_are_signed_with_a_rotatable_key_per_function() {
     app.shutdown().await;
 }
 
-/// A CA and a certificate for 127.0.0.1 made here; the CA's PEM and the server's TLS config.
-fn test_pki() -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "granda test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_params(&ca, &ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone(), ca_cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-    (ca_cert.pem(), Arc::new(config))
-}
-
-/// An https receiver on 127.0.0.1 that records what it gets and answers 200.
-async fn tls_receiver(config: Arc<rustls::ServerConfig>) -> Receiver {
-    let seen: Seen = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}/done", listener.local_addr().unwrap());
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let state = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let (parts, body) = request.into_parts();
-                            let body = body.collect().await?.to_bytes();
-                            state
-                                .lock()
-                                .unwrap()
-                                .push((parts.headers, body, Instant::now()));
-                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<
-                                Bytes,
-                            >::new(
-                            )))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    Receiver { url, seen }
-}
-
-/// Issue 14, item 11: callbacks go out over https, trusting the system's roots plus
-/// `GRANDA_CALLBACK_CA_FILE`; without that CA the receiver's certificate is not trusted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_callbacks_reach_a_receiver_whose_ca_is_configured() {
-    let (ca_pem, server) = test_pki();
-    let rx = tls_receiver(server).await;
-    let ca_file = std::env::temp_dir().join(format!("granda-test-ca-{}.pem", Uuid::new_v4()));
-    std::fs::write(&ca_file, ca_pem).unwrap();
-
-    let untrusting = spawn_app_with(|s| {
-        allow_loopback(s);
-        s.callback_max_attempts = 1;
-    })
-    .await;
-    untrusting
-        .register("echo", "granda-test/echo", json!({}))
-        .await;
-    let id = async_with_callback(&untrusting, "echo", &rx.url, "over tls").await;
-    let record = callback_done(&untrusting, id).await;
-    assert_eq!(record["callback"]["status"], "failed", "{record}");
-    assert!(rx.seen.lock().unwrap().is_empty());
-    untrusting.shutdown().await;
-
-    let app = spawn_app_with(|s| {
-        allow_loopback(s);
-        s.callback_ca_file = Some(ca_file.clone());
-    })
-    .await;
-    app.register("echo", "granda-test/echo", json!({})).await;
-    let id = async_with_callback(&app, "echo", &rx.url, "over tls").await;
-    let record = callback_done(&app, id).await;
-    assert_eq!(record["callback"]["status"], "delivered", "{record}");
-    let key = callback_key(&app, "echo").await;
-    let seen = rx.seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1);
-    let payload: Value = serde_json::from_slice(&seen[0].1).unwrap();
-    assert_eq!(payload["data"]["output"], "over tls");
-    assert!(verify(&key, &seen[0].0, &seen[0].1));
-    std::fs::remove_file(&ca_file).ok();
-    app.shutdown().await;
-}
-
 /// A receiver that holds every request until `release` says so, counting how many it holds.
-struct Stalling {
+pub(crate) struct Stalling {
     url: String,
     holding: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
     release: tokio::sync::watch::Sender<bool>,
-}
-
-async fn stalling_receiver() -> Stalling {
-    let holding = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let (release, released) = tokio::sync::watch::channel(false);
-    let (h, m, a) = (holding.clone(), most.clone(), answered.clone());
-    let app = axum::Router::new().route(
-        "/done",
-        axum::routing::post(move |_body: Bytes| {
-            let (h, m, a, mut released) = (h.clone(), m.clone(), a.clone(), released.clone());
-            async move {
-                let now = h.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(now, Ordering::SeqCst);
-                let _ = released.wait_for(|r| *r).await;
-                h.fetch_sub(1, Ordering::SeqCst);
-                a.fetch_add(1, Ordering::SeqCst);
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/done", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Stalling {
-        url,
-        holding,
-        most,
-        answered,
-        release,
-    }
-}
-
-async fn callback_states(app: &TestApp, function: &str) -> (i64, i64, i64) {
-    sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE callback_status = 'pending'),
-                count(*) FILTER (WHERE callback_status = 'delivering'),
-                count(*) FILTER (WHERE callback_status = 'delivered')
-         FROM invocations WHERE function = $1",
-    )
-    .bind(function)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
-}
-
-/// Issue 14, item 14: with a receiver that stalls, a worker holds at most the configured number
-/// of callbacks (and of output bytes); the rest wait as `pending` in Postgres and are all
-/// delivered once the receiver answers.
-async fn held_callbacks_stay_under(max_inflight: u32, max_bytes: u32, output: usize, bound: usize) {
-    const RUNS: usize = 8;
-    let app = spawn_app_with(|s| {
-        allow_loopback(s);
-        s.callback_max_inflight = max_inflight;
-        s.callback_max_inflight_bytes = max_bytes;
-        s.callback_timeout_ms = 120_000;
-    })
-    .await;
-    let rx = stalling_receiver().await;
-    app.register("echo", "granda-test/echo", json!({"callback_url": rx.url}))
-        .await;
-    let mut ids = Vec::new();
-    for _ in 0..RUNS {
-        ids.push(app.invoke_async("echo", "x".repeat(output)).await);
-    }
-    for id in &ids {
-        app.wait_final(*id, Duration::from_secs(60)).await;
-    }
-    // Every run is over: the receiver holds as many callbacks as the bound lets out.
-    let start = Instant::now();
-    while rx.holding.load(Ordering::SeqCst) < bound {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the receiver never got {bound}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for _ in 0..5 {
-        let (pending, delivering, _) = callback_states(&app, "echo").await;
-        // Claimed ones beyond the byte bound wait for room before their output is read.
-        assert!(
-            delivering as usize <= max_inflight as usize,
-            "{delivering} claimed"
-        );
-        assert_eq!(pending as usize + delivering as usize, RUNS);
-        assert!(rx.holding.load(Ordering::SeqCst) <= bound);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    rx.release.send(true).unwrap();
-    let start = Instant::now();
-    loop {
-        let (_, _, delivered) = callback_states(&app, "echo").await;
-        if delivered as usize == RUNS {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{delivered} of {RUNS} delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(rx.answered.load(Ordering::SeqCst), RUNS);
-    assert_eq!(rx.most.load(Ordering::SeqCst), bound, "most held at once");
-    app.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callbacks_held_for_delivery_are_bounded_in_count() {
-    held_callbacks_stay_under(2, 1 << 20, 10, 2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callbacks_held_for_delivery_are_bounded_in_bytes() {
-    // Room for one 1000-byte output at a time, although 8 slots are free.
-    held_callbacks_stay_under(8, 1500, 1000, 1).await;
 }
