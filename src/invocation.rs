@@ -107,8 +107,6 @@ pub struct Record {
     pub queue_ms: Option<i64>,
     pub cold: Option<bool>,
     pub worker: Option<String>,
-    pub cpu_ms: Option<i64>,
-    pub max_memory_bytes: Option<i64>,
     /// Calls of the function's URL: the method, the path after `/fn/{name}` (no query), and
     /// the HTTP status answered.
     pub http_method: Option<String>,
@@ -143,8 +141,6 @@ impl Record {
             "queue_ms": self.queue_ms,
             "cold": self.cold,
             "worker": self.worker,
-            "cpu_ms": self.cpu_ms,
-            "max_memory_bytes": self.max_memory_bytes,
             "http_method": self.http_method,
             "http_path": self.http_path,
             "http_status": self.http_status,
@@ -197,8 +193,6 @@ pub struct Outcome {
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub cold: bool,
-    pub cpu_ms: Option<i64>,
-    pub max_memory_bytes: Option<i64>,
     /// The function's own HTTP status and headers (`response: "cgi"`).
     pub http: Option<crate::web::WebAnswer>,
     /// A call of the function's URL: its method and path (after `/fn/{name}`, no query).

@@ -5,7 +5,7 @@ use super::*;
 /// The columns of [`Record`], as a literal so queries stay `&'static str`.
 macro_rules! select {
     () => {
-        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, cpu_ms, max_memory_bytes, http_method, http_path, http_status FROM invocations"
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status FROM invocations"
     };
 }
 
@@ -416,8 +416,8 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
             "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
                     exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
                     duration_ms = $11, retry_at = NULL, payload = NULL,
-                    cold = $12, cpu_ms = $13, max_memory_bytes = $14,
-                    http_method = $15, http_path = $16, http_status = $17,
+                    cold = $12,
+                    http_method = $13, http_path = $14, http_status = $15,
                     dead_at = CASE WHEN $2 = 'dead' THEN now() END
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
@@ -434,9 +434,9 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds `o` as parameters `$2` to `$14`, in the order [`finish`] and [`restore_final`] use
+/// Binds `o` as parameters `$2` to `$12`, in the order [`finish`] and [`restore_final`] use
 /// them: status, output, output_truncated, logs, logs_truncated, exit_code, error,
-/// started_at, finished_at, duration_ms, cold, cpu_ms, max_memory_bytes.
+/// started_at, finished_at, duration_ms, cold.
 fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
     query
         .bind(o.status().as_str())
@@ -450,8 +450,6 @@ fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
         .bind(o.finished_at)
         .bind(o.duration_ms)
         .bind(o.cold)
-        .bind(o.cpu_ms)
-        .bind(o.max_memory_bytes)
 }
 
 /// Writes a sync call's final record whole when [`finish`] found no record: the claim that
@@ -472,12 +470,12 @@ pub async fn restore_final(
             "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
                                       worker, published_at, queue_ms, output, output_truncated, logs,
                                       logs_truncated, exit_code, error, started_at, finished_at,
-                                      duration_ms, cold, cpu_ms, max_memory_bytes,
+                                      duration_ms, cold,
                                       http_method, http_path, http_status)
-             SELECT $1, $15, $2, $16, $17, $18, to_timestamp($19::float8 / 1000.0), $20, $21, now(),
-                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($9, now())) * 1000)::bigint - $19),
+             SELECT $1, $13, $2, $14, $15, $16, to_timestamp($17::float8 / 1000.0), $18, $19, now(),
+                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($9, now())) * 1000)::bigint - $17),
                     $3, $4, $5, $6, $7, $8, COALESCE($9, now()), COALESCE($10, now()),
-                    $11, $12, $13, $14, $22, $23, $24
+                    $11, $12, $20, $21, $22
              WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
              ON CONFLICT (id) DO NOTHING",
         )

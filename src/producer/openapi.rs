@@ -68,8 +68,6 @@ pub struct InvocationRecord {
     pub queue_ms: Option<i64>,
     pub cold: Option<bool>,
     pub worker: Option<String>,
-    pub cpu_ms: Option<i64>,
-    pub max_memory_bytes: Option<i64>,
     /// Calls of the function's URL (`/fn/{name}`): the method.
     pub http_method: Option<String>,
     /// Calls of the function's URL: the path after `/fn/{name}`, without the query.

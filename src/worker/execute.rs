@@ -315,8 +315,6 @@ pub(super) fn outcome_of(run: Run, timeout_ms: i64) -> (Outcome, Option<Failure>
         finished_at: Some(run.finished_at),
         duration_ms: Some(run.duration.as_millis() as i64),
         cold: true,
-        cpu_ms: None,
-        max_memory_bytes: None,
         ..Default::default()
     };
     (outcome, failure)

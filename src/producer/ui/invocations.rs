@@ -207,8 +207,6 @@ pub async fn invocation(
                             tr { th { "HTTP request" } td { (method) " " (r.http_path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/")) } }
                             tr { th { "HTTP status" } td { (opt(r.http_status.map(|s| s.to_string()))) } }
                         }
-                        tr { th { "CPU time" } td { (fmt_ms(r.cpu_ms.map(|d| d as f64))) } }
-                        tr { th { "Max memory" } td { (opt(r.max_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)))) } }
                         tr { th { "Input size" } td { (r.input_size) " bytes" } }
                     }
                 }
