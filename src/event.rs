@@ -232,6 +232,16 @@ impl Event {
     }
 }
 
+/// A published event without its payload, as the dashboard lists it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Published {
+    pub id: Uuid,
+    pub topic: String,
+    pub size: i64,
+    pub invocations: Json<Vec<FannedOut>>,
+    pub published_at: DateTime<Utc>,
+}
+
 /// Postgres storage of subscriptions and events.
 pub mod store {
     use super::*;
@@ -415,6 +425,17 @@ pub mod store {
         .execute(tx)
         .await?;
         Ok(())
+    }
+
+    /// The latest `limit` events, newest first, without payloads: a walk down the primary key
+    /// (event ids are UUIDv7, so in publishing order).
+    pub async fn recent_events(pool: &PgPool, limit: i64) -> Result<Vec<Published>, sqlx::Error> {
+        sqlx::query_as::<_, Published>(
+            "SELECT id, topic, size, invocations, published_at FROM events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await
     }
 
     pub async fn get_event(pool: &PgPool, id: Uuid) -> Result<Option<Event>, sqlx::Error> {

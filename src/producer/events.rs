@@ -21,7 +21,7 @@ use super::extract::{JsonBody, RawBody};
 use super::functions::load;
 use crate::error::ApiError;
 use crate::event::store::Subscribed;
-use crate::event::{FannedOut, store, valid_pattern, valid_topic};
+use crate::event::{FannedOut, Subscription, store, valid_pattern, valid_topic};
 use crate::invocation::Trigger;
 
 /// The body of `POST /v1/functions/{name}/subscriptions`.
@@ -38,31 +38,34 @@ pub async fn subscribe(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<NewSubscription>,
 ) -> Result<Response, ApiError> {
-    if !valid_pattern(&body.pattern) {
+    let subscription = add_subscription(&app, &name, &body.pattern).await?;
+    Ok((StatusCode::CREATED, Json(subscription)).into_response())
+}
+
+/// Subscribes function `name` to `pattern` (the API's `POST` and the dashboard's form): 422 for
+/// a bad pattern or a full function, 404 for no such function, 409 if it has the pattern.
+pub async fn add_subscription(
+    app: &AppState,
+    name: &str,
+    pattern: &str,
+) -> Result<Subscription, ApiError> {
+    if !valid_pattern(pattern) {
         return Err(ApiError::Unprocessable(
             "pattern: dot-separated words of [A-Za-z0-9_-], '*' (one word) or '#' (zero or more words), at most 255 characters".into(),
         ));
     }
-    load(&app, &name).await?;
+    load(app, name).await?;
     let cap = app.settings.max_subscriptions_per_function;
-    let subscription = match store::subscribe(&app.pool, &name, &body.pattern, cap).await? {
-        Subscribed::Created(s) => s,
-        Subscribed::Exists => {
-            return Err(ApiError::Conflict(format!(
-                "{name:?} already subscribes to {:?}",
-                body.pattern
-            )));
-        }
-        Subscribed::Full => {
-            return Err(ApiError::Unprocessable(format!(
-                "{name:?} has {cap} subscriptions, the most a function may have (GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION); remove one first"
-            )));
-        }
-        Subscribed::NoFunction => {
-            return Err(ApiError::NotFound(format!("no function named {name:?}")));
-        }
-    };
-    Ok((StatusCode::CREATED, Json(subscription)).into_response())
+    match store::subscribe(&app.pool, name, pattern, cap).await? {
+        Subscribed::Created(s) => Ok(s),
+        Subscribed::Exists => Err(ApiError::Conflict(format!(
+            "{name:?} already subscribes to {pattern:?}"
+        ))),
+        Subscribed::Full => Err(ApiError::Unprocessable(format!(
+            "{name:?} has {cap} subscriptions, the most a function may have (GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION); remove one first"
+        ))),
+        Subscribed::NoFunction => Err(ApiError::NotFound(format!("no function named {name:?}"))),
+    }
 }
 
 /// `GET /v1/functions/{name}/subscriptions`.
@@ -80,10 +83,17 @@ pub async fn unsubscribe(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    remove_subscription(&app, &name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes function `name`'s subscription `id` (the API's `DELETE` and the dashboard's button):
+/// 404 when it has none by that id.
+pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result<(), ApiError> {
     let missing = || ApiError::NotFound(format!("{name:?} has no subscription {id}"));
-    let uuid = Uuid::parse_str(&id).map_err(|_| missing())?;
-    if store::unsubscribe(&app.pool, &name, uuid).await? {
-        Ok(StatusCode::NO_CONTENT)
+    let uuid = Uuid::parse_str(id).map_err(|_| missing())?;
+    if store::unsubscribe(&app.pool, name, uuid).await? {
+        Ok(())
     } else {
         Err(missing())
     }

@@ -3,7 +3,7 @@
 //!
 //! One module per page or concept: `pages` (functions, a function, queues), `invocations` (the
 //! list, one record, retry, dead letters), `builds` (versions, build logs, rollback), `settings`,
-//! `keys`, `webhooks`, `schedules`, `forms` (function forms, the invoke box), `chart`, `stats`,
+//! `keys`, `webhooks`, `schedules`, `events` (subscriptions, published events), `forms` (function forms, the invoke box), `chart`, `stats`,
 //! `live`, `session` (login, scopes, CSRF).
 //!
 //! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
@@ -22,6 +22,7 @@
 
 pub mod builds;
 pub mod chart;
+pub mod events;
 pub mod forms;
 pub mod invocations;
 pub mod keys;
@@ -97,6 +98,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/webhooks/{id}/delete", post(webhooks::delete))
+        .route("/events", get(events::list).post(events::subscribe))
+        .route(
+            "/functions/{name}/subscriptions/{id}/delete",
+            post(events::delete),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state,
@@ -239,6 +245,7 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/schedules" } { "Schedules" }
                                 a href={ (BASE) "/webhooks" } { "Webhooks" }
+                                a href={ (BASE) "/events" } { "Events" }
                                 a href={ (BASE) "/keys" } { "Keys" }
                             }
                             form.inline method="post" action={ (BASE) "/logout" } {

@@ -1,6 +1,6 @@
 //! The dashboard as an operator's console, in Chromium: invocations across functions with
 //! filters and search, retrying a failed one after fixing its function, dead letters retried in
-//! bulk; API keys, webhooks, builds and rollback. Screenshots at desktop and phone width.
+//! bulk; API keys, webhooks, event subscriptions, builds and rollback. Screenshots at desktop and phone width.
 
 use std::time::Duration;
 
@@ -525,5 +525,116 @@ async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     let f: serde_json::Value = app.get("/v1/functions/shout").await.json().await?;
     ensure!(f["description"].is_null(), "{f}");
     ensure!(f["version"] == 1, "the edit kept the version: {f}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_subscribes_a_function_to_a_topic_sees_it_run_and_unsubscribes_it() {
+    let app = crate::support::spawn_app().await;
+    app.register("listener", "granda-test/echo", json!({}))
+        .await;
+    let browser = Chromium::start().await;
+    let result = subscriptions(&browser.client, &app).await;
+    browser.finish(result).await;
+    app.shutdown().await;
+}
+
+async fn subscriptions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
+    log_in(client, app, ADMIN_KEY).await?;
+    // From the nav.
+    click(client, "header nav a[href='/ui/events']").await?;
+    let h1 = h1_after(client, |h| h == "Events").await?;
+    ensure!(h1 == "Events", "{h1}");
+    ensure!(
+        text_of(client, "main")
+            .await?
+            .contains("No subscriptions yet.")
+    );
+
+    // A bad pattern is refused next to the form, with the API's words; a good one is stored.
+    fill(client, "#sub-pattern", "orders..new").await?;
+    click(client, "#subscribe").await?;
+    let error = text_of(client, "#sub-error").await?;
+    ensure!(error.contains("dot-separated words"), "{error}");
+    let listed = app
+        .get("/v1/functions/listener/subscriptions")
+        .await
+        .json::<serde_json::Value>()
+        .await?;
+    ensure!(listed["subscriptions"] == json!([]), "{listed}");
+    client
+        .find(Locator::Css("#sub-function"))
+        .await?
+        .select_by_value("listener")
+        .await?;
+    fill(client, "#sub-pattern", "orders.*").await?;
+    click(client, "#subscribe").await?;
+    let table = text_becomes(client, "#subscriptions", |t| t.contains("orders.*")).await?;
+    ensure!(
+        table.contains("orders.*") && table.contains("listener"),
+        "{table}"
+    );
+    let listed = app
+        .get("/v1/functions/listener/subscriptions")
+        .await
+        .json::<serde_json::Value>()
+        .await?;
+    ensure!(
+        listed["subscriptions"][0]["pattern"] == "orders.*",
+        "{listed}"
+    );
+
+    // An event on a matching topic runs the function; the page lists the event and its run.
+    let r = app
+        .post_json("/v1/events/orders.created", &json!({"order": 42}))
+        .await;
+    ensure!(r.status() == 202, "publish: {}", r.status());
+    let published = r.json::<serde_json::Value>().await?;
+    let id = published["invocations"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        published["invocations"][0]["function"] == "listener",
+        "{published}"
+    );
+    client.goto(&app.url("/ui/events")).await?;
+    let events = text_of(client, "#events").await?;
+    ensure!(
+        events.contains("orders.created") && events.contains("listener"),
+        "{events}"
+    );
+    shots(client, "events").await?;
+    click(client, "#events td a").await?;
+    let record = text_becomes(client, "main", |t| t.contains("succeeded")).await?;
+    ensure!(
+        record.contains(&id) && record.contains("succeeded") && record.contains("\"order\""),
+        "{record}"
+    );
+    // And among the function's event invocations, from the subscription's row.
+    client.goto(&app.url("/ui/events")).await?;
+    click(client, "#subscriptions td.actions a").await?;
+    let runs = text_becomes(client, "#invocations tbody", |t| t.contains("listener")).await?;
+    ensure!(
+        runs.contains("listener") && runs.contains("event"),
+        "{runs}"
+    );
+
+    // Delete it: the next event runs nothing.
+    client.goto(&app.url("/ui/events")).await?;
+    click(client, "#subscriptions form.delete button").await?;
+    text_becomes(client, "main", |t| t.contains("No subscriptions yet.")).await?;
+    let listed = app
+        .get("/v1/functions/listener/subscriptions")
+        .await
+        .json::<serde_json::Value>()
+        .await?;
+    ensure!(listed["subscriptions"] == json!([]), "{listed}");
+    let r = app
+        .post_json("/v1/events/orders.cancelled", &json!({"order": 42}))
+        .await;
+    ensure!(r.status() == 202);
+    let published = r.json::<serde_json::Value>().await?;
+    ensure!(published["invocations"] == json!([]), "{published}");
     Ok(())
 }

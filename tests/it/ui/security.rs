@@ -258,6 +258,7 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
             "/ui/webhooks",
             "/ui/keys",
             "/ui/schedules",
+            "/ui/events",
         ] {
             assert!(!page.contains(hidden), "{path} shows {hidden}:\n{page}");
         }
@@ -275,6 +276,7 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         "/ui/webhooks",
         "/ui/keys",
         "/ui/schedules",
+        "/ui/events",
         "/ui/functions/secretive/builds/1",
         "/ui/functions/new/source",
     ] {
@@ -318,6 +320,38 @@ async fn invoke_sessions_see_what_invoke_keys_see() {
         form.push(("csrf", &csrf));
         assert_eq!(ci.post_form(path, &form).await.status(), 403, "POST {path}");
     }
+    // Nor subscribe a function to a topic or delete a subscription.
+    let made: serde_json::Value = app
+        .post_json(
+            "/v1/functions/secretive/subscriptions",
+            &json!({"pattern": "orders.*"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sub = made["id"].as_str().unwrap();
+    let r = ci
+        .post_form(
+            "/ui/events",
+            &[
+                ("function", "secretive"),
+                ("pattern", "by-ci.#"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 403, "POST /ui/events");
+    let path = format!("/ui/functions/secretive/subscriptions/{sub}/delete");
+    let r = ci.post_form(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 403, "POST {path}");
+    let subs: serde_json::Value = app
+        .get("/v1/functions/secretive/subscriptions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(subs["subscriptions"], json!([made]));
     let keys: serde_json::Value = app.get("/v1/keys").await.json().await.unwrap();
     assert!(!keys.to_string().contains("by-ci"), "{keys}");
     let hooks: serde_json::Value = app.get("/v1/webhooks").await.json().await.unwrap();
