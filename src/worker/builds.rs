@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use bollard::Docker;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use super::control::{AskError, Client};
 use super::images::Images;
@@ -286,33 +285,12 @@ pub async fn serve(
     queue: &str,
     builder: Builder,
 ) -> Result<(), lapin::Error> {
-    let name = queue_name(prefix, queue);
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: false,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            ShortString::from(format!(
-                "{}-builds-{}",
-                builder.worker,
-                Uuid::new_v4().simple()
-            )),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = super::control::consume_requests(
+        &channel,
+        &queue_name(prefix, queue),
+        &format!("{}-builds", builder.worker),
+    )
+    .await?;
     let builder = Arc::new(builder);
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {

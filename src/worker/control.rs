@@ -203,29 +203,12 @@ where
     F: Fn(Check) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
-    let name = queue_name(prefix, queue);
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: false,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            ShortString::from(format!("{tag}-control-{}", Uuid::new_v4().simple())),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = consume_requests(
+        &channel,
+        &queue_name(prefix, queue),
+        &format!("{tag}-control"),
+    )
+    .await?;
     let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
@@ -256,6 +239,37 @@ where
         }
     });
     Ok(())
+}
+
+/// Declares `queue`, a worker's RPC queue (not durable, gone with its last consumer), and
+/// consumes it without acks under a tag made from `tag`: the serving side of [`request`].
+pub(crate) async fn consume_requests(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: false,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.into(),
+            ShortString::from(format!("{tag}-{}", Uuid::new_v4().simple())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 #[cfg(test)]
