@@ -44,7 +44,7 @@ env_for() {
 ctl() {
     local n=$1
     shift
-    (env_for "$n" && "$BIN/rabbitmqctl" -n "$(name "$n")" "$@")
+    (cd / && env_for "$n" && "$BIN/rabbitmqctl" -n "$(name "$n")" "$@")
 }
 
 make_tls() {
@@ -88,7 +88,7 @@ start_node() {
     local n=$1
     running "$n" && return 0
     configure "$n"
-    (env_for "$n" && "$BIN/rabbitmq-server" -detached >>"$DIR/$n/log/start.out" 2>&1)
+    (cd / && env_for "$n" && "$BIN/rabbitmq-server" -detached >>"$DIR/$n/log/start.out" 2>&1)
     for _ in $(seq 1 120); do
         running "$n" && break
         sleep 1
