@@ -15,8 +15,14 @@
 //!   time if longer) stays within `GRANDA_SCHEDULER_LATENCY_TOLERANCE` and demand presses on the
 //!   capacity, the capacity grows (doubling at first, like TCP's slow start, then by √capacity);
 //!   when runs inflate past the tolerance it shrinks in proportion, by a quarter at most per
-//!   round (Vegas and Gradient2 of
-//!   Netflix's concurrency-limits). It starts at twice the CPUs and stays within the bounds.
+//!   round (Vegas and Gradient2 of Netflix's concurrency-limits), unless the round's useful
+//!   parallelism (mean in flight ÷ inflation, which throughput follows by Little's law) rose by
+//!   a fifth with a fifth more in flight: then the host is busier, not saturated (cold starts
+//!   slow down as more start at once while the runs' waiting part does not), and the capacity
+//!   keeps growing. It starts at twice the CPUs and stays within the bounds; at the start of a
+//!   busy stretch, before any run has been judged, a round in which messages waited and no run
+//!   ended doubles it (long runs would otherwise hold a backlog at the start for a whole run time
+//!   per doubling).
 //!
 //! The target is demand capped by capacity: **up at once** (the tick demand exceeds it), **down
 //! at once** when the capacity shrinks, and otherwise **down slowly**: only after a cool-down
@@ -137,6 +143,9 @@ const BASELINE_DRIFT: f64 = 0.002;
 const EWMA_WEIGHT: f64 = 0.2;
 /// The time constant of the completion rate.
 const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// How much a round's useful parallelism must exceed the last round's for inflated runs to count
+/// as a busier host rather than a saturated one.
+const RISING: f64 = 1.2;
 /// Classes kept at most (the least used are forgotten).
 const MAX_CLASSES: usize = 1024;
 
@@ -155,6 +164,17 @@ pub struct Controller {
     ratio_runs: u32,
     /// Runs ended since the last tick, for the completion rate.
     completions: u32,
+    /// The in-flight counts seen at this round's ticks, and the useful parallelism of the last
+    /// judged round (mean in flight ÷ inflation, which throughput follows by Little's law):
+    /// inflated runs while it still rises are not saturation (the added runs still get work done).
+    in_flight_sum: u64,
+    in_flight_ticks: u32,
+    last_useful: f64,
+    last_in_flight: f64,
+    /// Slow start with nothing judged yet in this busy stretch.
+    blind: bool,
+    /// Runs ended in this round.
+    round_ended: u32,
     /// Completions per second (exponentially weighted per tick).
     rate: f64,
     last_tick: Instant,
@@ -182,6 +202,12 @@ impl Controller {
             ratio_sum: 0.0,
             ratio_runs: 0,
             completions: 0,
+            in_flight_sum: 0,
+            in_flight_ticks: 0,
+            last_useful: 0.0,
+            last_in_flight: 0.0,
+            blind: true,
+            round_ended: 0,
             rate: 0.0,
             last_tick: now,
             round_start: now,
@@ -220,6 +246,7 @@ impl Controller {
                 .saturating_add(took.mul_f64(EWMA_WEIGHT))
         };
         self.completions = self.completions.saturating_add(1);
+        self.round_ended = self.round_ended.saturating_add(1);
         let took = took.as_secs_f64().max(1e-4);
         if !self.classes.contains_key(class) && self.classes.len() >= MAX_CLASSES {
             let rarest = self
@@ -265,9 +292,38 @@ impl Controller {
         demand.min(usize::MAX as u64) as usize
     }
 
+    /// The capacity after a round whose runs took `inflation` times their unloaded time, with
+    /// `useful` parallelism (mean in flight ÷ inflation). Runs inflated past the tolerance shrink
+    /// it, unless the useful parallelism still rose by a good margin over the last round (the
+    /// host is busier, not saturated: a cold start slows down as more start at once, while the
+    /// runs' waiting part does not); runs within it, or rising throughput, let demand that
+    /// pressed grow it.
+    fn judge(&mut self, inflation: f64, in_flight: f64) {
+        let (min, max) = (self.config.min as f64, self.config.max as f64);
+        let tolerance = self.config.tolerance;
+        let useful = in_flight / inflation;
+        let rising = in_flight > self.last_in_flight * RISING
+            && useful > self.last_useful * RISING
+            && self.last_useful > 0.0;
+        self.blind = false;
+        (self.last_in_flight, self.last_useful) = (in_flight, useful);
+        if inflation > tolerance && !rising {
+            self.slow_start = false;
+            self.capacity = (self.capacity * (tolerance / inflation).max(0.75)).max(min);
+        } else if self.pressed {
+            let easy = inflation <= 1.0 + (tolerance - 1.0) / 2.0;
+            let step = if self.slow_start && easy {
+                self.capacity
+            } else {
+                self.capacity.sqrt().max(1.0)
+            };
+            self.capacity = (self.capacity + step).min(max);
+        }
+        self.pressed = false;
+    }
+
     /// One tick: returns the new target.
     pub fn observe(&mut self, obs: Observation, now: Instant) -> usize {
-        let (min, max) = (self.config.min as f64, self.config.max as f64);
         let elapsed = now.duration_since(self.last_tick).as_secs_f64();
         if elapsed > 0.0 {
             let rate = f64::from(self.completions) / elapsed;
@@ -288,29 +344,28 @@ impl Controller {
         } else {
             self.mean_run.max(self.config.interval)
         };
-        if now.duration_since(self.round_start) >= round && self.ratio_runs > 0 {
-            let inflation = self.ratio_sum / f64::from(self.ratio_runs);
-            self.inflation = inflation;
-            let tolerance = self.config.tolerance;
-            if inflation > tolerance {
-                self.slow_start = false;
-                self.capacity = (self.capacity * (tolerance / inflation).max(0.75)).max(min);
-            } else if self.pressed {
-                let easy = inflation <= 1.0 + (tolerance - 1.0) / 2.0;
-                let step = if self.slow_start && easy {
-                    self.capacity
-                } else {
-                    self.capacity.sqrt().max(1.0)
-                };
-                self.capacity = (self.capacity + step).min(max);
+        self.in_flight_sum += obs.in_flight as u64;
+        self.in_flight_ticks += 1;
+        if now.duration_since(self.round_start) >= round {
+            if self.ratio_runs > 0 {
+                let inflation = self.ratio_sum / f64::from(self.ratio_runs);
+                self.inflation = inflation;
+                let in_flight = self.in_flight_sum as f64 / f64::from(self.in_flight_ticks);
+                self.judge(inflation, in_flight);
+            }
+            // A round with no runs to judge by (none ended, or only first runs of their class)
+            // keeps what pressed in it; in slow start, messages that wait through a round in
+            // which no run ended double the capacity anyway (long runs would otherwise hold a
+            // backlog at the start capacity for a whole run time per doubling).
+            else if self.blind && self.pressed && obs.depth > 0 && self.round_ended == 0 {
+                self.capacity = (self.capacity * 2.0).min(self.config.max as f64);
+                self.pressed = false;
             }
             self.ratio_sum = 0.0;
             self.ratio_runs = 0;
-            self.pressed = false;
-            self.round_start = now;
-        } else if self.ratio_runs == 0 && now.duration_since(self.round_start) >= round {
-            // No runs to judge by (none ended, or only first runs of their class): a new round,
-            // keeping what pressed in it.
+            self.in_flight_sum = 0;
+            self.in_flight_ticks = 0;
+            self.round_ended = 0;
             self.round_start = now;
         }
         let capacity = self.capacity().clamp(self.config.min, self.config.max);
@@ -327,6 +382,7 @@ impl Controller {
             // A quiet worker starts the next busy stretch from its own start again.
             if self.target <= self.config.start {
                 self.slow_start = true;
+                self.blind = true;
             }
         }
         self.target = self.target.clamp(self.config.min, self.config.max);

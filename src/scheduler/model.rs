@@ -322,6 +322,41 @@ mod tests {
         against_the_sweep("burst of 40 × 1 s", sleep, burst(40));
     }
 
+    /// Cold starts as measured on the 2-core bench host: about 15 a second at most, with little
+    /// loss past that (burst of 50 cold echo: 13.8/s pinned at 8; 40 × 1 s sleeps drained in
+    /// 3.5 s pinned at 32), so a 1 s sleep's cold start slows down with concurrency while more
+    /// at once still drain a burst sooner.
+    fn measured_cold() -> Engine {
+        Engine {
+            cpu: 0.13,
+            wait: 0.0,
+            knee: 2,
+            thrash: 0.005,
+        }
+    }
+
+    #[test]
+    fn measured_cold_starts_bursts_and_clients() {
+        let burst = |n| Load {
+            clients: 0,
+            burst: n,
+            seconds: 0.0,
+        };
+        against_the_sweep(
+            "measured: burst of 50 cold echo",
+            measured_cold(),
+            burst(50),
+        );
+        let sleep = Engine {
+            wait: 1.0,
+            ..measured_cold()
+        };
+        against_the_sweep("measured: burst of 40 × 1 s", sleep, burst(40));
+        against_the_sweep("measured: cold echo × 8", measured_cold(), closed(8));
+        let s = against_the_sweep("measured: cold echo × 32", measured_cold(), closed(32));
+        assert!(s.capacity < 32, "held back with 32 callers: {}", s.capacity);
+    }
+
     #[test]
     fn a_backlog_of_200_1s_runs_drains_near_the_best_fixed_rate() {
         let sleep = Engine {
