@@ -57,6 +57,8 @@ pub struct AppState {
     pub body_budget: Arc<budget::BodyBudget>,
     /// Subscriptions, indexed by pattern, as of their last change.
     pub subscriptions: Arc<crate::event::Cache>,
+    /// Which refused webhook deliveries are written down.
+    pub rejections: Arc<crate::webhook::rejections::Recorder>,
 }
 
 /// A bound, connected ingress, ready to serve.
@@ -131,6 +133,7 @@ impl Application {
                 metrics,
                 recent: Arc::default(),
                 body_budget,
+                rejections: Arc::default(),
                 subscriptions: Arc::default(),
             },
         })
@@ -273,6 +276,7 @@ pub fn router(state: AppState) -> Router {
             get(webhooks::get).delete(webhooks::delete),
         )
         .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/v1/webhooks/{id}/rejections", get(webhooks::rejections))
         .route("/hooks/{id}", post(webhooks::receive))
         .route("/v1/callbacks/key", get(callback_key))
         .route(

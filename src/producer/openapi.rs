@@ -168,7 +168,7 @@ impl Modify for ResponseDescriptions {
         invoke_url_delete, invoke_url_options, invoke_url_path, invoke_url_path_get, invoke_url_path_head,
         invoke_url_path_put, invoke_url_path_patch, invoke_url_path_delete, invoke_url_path_options, invoke_async, list_invocations, get_invocation,
         create_key, list_keys, revoke_key, healthz, readyz, metrics, openapi_json,
-        dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks,
+        dead_letters, retry_invocation, publish_event, get_event, create_webhook, list_webhooks, webhook_rejections,
         get_webhook, delete_webhook, rotate_webhook, subscribe, list_subscriptions, unsubscribe,
         get_callback_key, rotate_callback_key, receive_hook, legacy_callback_key,
         create_schedule, list_schedules, get_schedule, update_schedule, delete_schedule,
@@ -519,6 +519,13 @@ fn delete_webhook() {}
     (status = 422, body = ErrorBody)))]
 #[allow(dead_code)]
 fn rotate_webhook() {}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}/rejections", tag = "webhooks", summary = "Deliveries a webhook refused",
+    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses(
+    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn webhook_rejections() {}
 
 #[utoipa::path(post, path = "/hooks/{id}", tag = "webhooks", summary = "Deliver a webhook",
     description = "Where an external system sends its deliveries; give it the `url` of the webhook. No API key: the body is checked against the webhook's scheme, and a bad signature or a stale timestamp gets 401 and runs nothing. 202 at once, with the invocation (the function runs async); a delivery id seen before gets its first invocation back (header `idempotent-replayed: true`), not a second run.",

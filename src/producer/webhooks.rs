@@ -21,6 +21,7 @@ use super::functions::load;
 use super::invoke::accepted;
 use crate::error::ApiError;
 use crate::invocation::{Status, Trigger};
+use crate::webhook::rejections;
 use crate::webhook::store::{self, Webhook};
 use crate::webhook::{Encoding, Scheme};
 
@@ -286,6 +287,50 @@ fn passable(what: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The delivery id, event type and content type a delivery carries, checked; the content type.
+fn sender_fields<'h>(
+    verified: &crate::webhook::Verified,
+    headers: &'h HeaderMap,
+) -> Result<Option<&'h str>, ApiError> {
+    if let Some(d) = &verified.delivery_id {
+        passable("delivery id", d, MAX_DELIVERY_ID)?;
+    }
+    if let Some(e) = &verified.event {
+        passable("event type", e, MAX_EVENT_TYPE)?;
+    }
+    match headers.get(header::CONTENT_TYPE) {
+        None => Ok(None),
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Content-Type must be printable ASCII".into()))?;
+            passable("Content-Type", v, MAX_CONTENT_TYPE)?;
+            Ok(Some(v))
+        }
+    }
+}
+
+/// Writes down a refused delivery of `hook` (within the recorder's rate; a failed write is
+/// logged: the sender's answer doesn't wait on it).
+async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &str) {
+    if !app.rejections.admit(hook.id, std::time::Instant::now()) {
+        return;
+    }
+    if let Err(e) = rejections::record(&app.pool, hook.id, reason, detail).await {
+        tracing::warn!(webhook = %hook.id, "could not write down a rejected delivery: {e}");
+    }
+}
+
+/// `GET /v1/webhooks/{id}/rejections`: the newest deliveries it refused, newest first.
+pub async fn rejections(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let hook = load_hook(&app, &id).await?;
+    let rejections = rejections::recent(&app.pool, hook.id).await?;
+    Ok(Json(json!({ "rejections": rejections })))
+}
+
 /// `POST /hooks/{id}`: a delivery from an external system. The hook is looked up before a byte
 /// of the body is read (an unknown id is 404 unread), and the body is read within the budget of
 /// unauthenticated bodies (see [`super::budget`]).
@@ -329,26 +374,17 @@ async fn deliver(
                 ),
             );
             tracing::warn!(webhook = %hook.id, scheme = %hook.scheme, reason = rejection.reason(), "webhook delivery rejected: {rejection}");
-            return Err(ApiError::Unauthorized(format!(
-                "webhook delivery rejected: {rejection}"
-            )));
+            let message = format!("webhook delivery rejected: {rejection}");
+            note_rejection(app, hook, rejection.reason(), &message).await;
+            return Err(ApiError::Unauthorized(message));
         }
     };
     // Signed or not, what the sender says about itself is checked before it goes anywhere.
-    if let Some(d) = &verified.delivery_id {
-        passable("delivery id", d, MAX_DELIVERY_ID)?;
-    }
-    if let Some(e) = &verified.event {
-        passable("event type", e, MAX_EVENT_TYPE)?;
-    }
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => None,
-        Some(v) => {
-            let v = v
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Content-Type must be printable ASCII".into()))?;
-            passable("Content-Type", v, MAX_CONTENT_TYPE)?;
-            Some(v)
+    let content_type = match sender_fields(&verified, headers) {
+        Ok(content_type) => content_type,
+        Err(e) => {
+            note_rejection(app, hook, "malformed_delivery", &e.to_string()).await;
+            return Err(e);
         }
     };
     let function = load(app, &hook.function).await?;

@@ -6,6 +6,7 @@
 //! secrets that verify now: the current one, and the previous one during its grace period after a
 //! rotation. Timestamps (Stripe, Standard Webhooks) must be within the tolerance both ways.
 
+pub mod rejections;
 pub mod store;
 
 use axum::http::HeaderMap;

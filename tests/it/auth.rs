@@ -4,20 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_KEY, TestApp, client_with_key, spawn_app, spawn_app_with};
-
-/// Makes a key over the API with the admin client; returns (id, key).
-async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
-    let r = app
-        .post_json("/v1/keys", &json!({"name": name, "scope": scope}))
-        .await;
-    assert_eq!(r.status(), 201);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["scope"], scope);
-    let key = body["key"].as_str().unwrap().to_string();
-    assert!(key.starts_with("gk_") && key.starts_with(body["prefix"].as_str().unwrap()));
-    (body["id"].as_str().unwrap().to_string(), key)
-}
+use crate::support::{ADMIN_KEY, TestApp, client_with_key, make_key, spawn_app, spawn_app_with};
 
 async fn call(
     client: &reqwest::Client,

@@ -330,6 +330,19 @@ impl TestApp {
     }
 }
 
+/// Makes a key over the API with the admin client; returns (id, key).
+pub async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
+    let r = app
+        .post_json("/v1/keys", &json!({"name": name, "scope": scope}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["scope"], scope);
+    let key = body["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("gk_") && key.starts_with(body["prefix"].as_str().unwrap()));
+    (body["id"].as_str().unwrap().to_string(), key)
+}
+
 /// Asserts the API's error shape and returns the error code.
 pub async fn error_code(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status(), status);

@@ -1,7 +1,8 @@
 //! `/ui/webhooks`: webhooks for admin sessions. Make one for a function with a signature scheme
 //! (the URL to give the sender, and a generated secret shown once), rotate its secret (the new
 //! one shown once; the old one verifies for `GRANDA_WEBHOOK_ROTATION_GRACE_SECS`), delete it, and
-//! open its deliveries (its function's invocations with trigger `webhook`). The same functions as
+//! open its deliveries (its function's invocations with trigger `webhook`) and the deliveries it
+//! refused (`/ui/webhooks/{id}`). The same functions as
 //! `/v1/webhooks` (`producer::webhooks::{add, rotate_secret}`).
 
 use axum::Form;
@@ -16,8 +17,8 @@ use super::{BASE, UiError, fmt_time, layout, with_status};
 use crate::error::ApiError;
 use crate::producer::AppState;
 use crate::producer::webhooks::{NewWebhook, Rotate, add, load_hook, rotate_secret};
-use crate::webhook::Scheme;
 use crate::webhook::store::{self, Webhook};
+use crate::webhook::{Scheme, rejections};
 
 const SCHEMES: [(&str, &str); 5] = [
     ("github", "GitHub (X-Hub-Signature-256)"),
@@ -97,6 +98,8 @@ fn row(session: &Session, h: &Webhook, base: &str) -> Markup {
             td.hide-narrow { (fmt_time(h.rotated_at)) }
             td.actions {
                 a href={ (BASE) "/invocations?trigger=webhook&function=" (h.function) } { "Deliveries" }
+                " "
+                a.rejections href={ (BASE) "/webhooks/" (h.id) } { "Rejections" }
                 @if h.scheme() != Scheme::None {
                     form.inline.rotate method="post" action={ (BASE) "/webhooks/" (h.id) "/rotate" } {
                         (session.csrf_field())
@@ -118,6 +121,44 @@ pub async fn list(
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
     page(&app, &session, None, &HookForm::default()).await
+}
+
+/// `GET /ui/webhooks/{id}`: a webhook, its deliveries (a link) and the newest deliveries it
+/// refused, with why.
+pub async fn show(
+    Admin(session): Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, UiError> {
+    let hook = load_hook(&app, &id).await?;
+    let refused = rejections::recent(&app.pool, hook.id).await?;
+    let base = app.settings.public_url();
+    Ok(layout(
+        "Webhook",
+        Some(&session),
+        html! {
+            h1 { "Webhook for " a href={ (BASE) "/functions/" (hook.function) } { (hook.function) } }
+            p { "Scheme " (hook.scheme) ". The sender posts to " code #hook-url { (base) "/hooks/" (hook.id) } "." }
+            p { a href={ (BASE) "/invocations?trigger=webhook&function=" (hook.function) } { "Its deliveries" } }
+            h2 { "Refused deliveries" }
+            @if refused.is_empty() {
+                p.muted #no-rejections { "None refused lately." }
+            } @else {
+                p.muted { "The newest " (rejections::KEPT) " at most; a flood writes " (rejections::PER_WINDOW) " per " (rejections::WINDOW.as_secs()) " s (the metric counts them all)." }
+                div.scroll {
+                    table #rejections {
+                        thead { tr { th { "When" } th { "Reason" } th { "What the sender was told" } } }
+                        tbody {
+                            @for r in &refused {
+                                tr { td { (fmt_time(Some(r.at))) } td.reason { code { (r.reason) } } td { (r.detail) } }
+                            }
+                        }
+                    }
+                }
+            }
+            p { a href={ (BASE) "/webhooks" } { "Back to the webhooks" } }
+        },
+    ))
 }
 
 /// A page that shows a webhook's URL and, this once, its secret.

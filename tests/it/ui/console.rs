@@ -341,6 +341,15 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
     ensure!(second != first && !second.is_empty());
     ensure!(deliver(&url, &second, "two").await == 202);
     ensure!(deliver(&url, &first, "three").await == 401);
+    // The refused delivery is on the webhook's page, with why.
+    client.goto(&app.url("/ui/webhooks")).await?;
+    click(client, "#webhooks a.rejections").await?;
+    let refused = text_of(client, "#rejections").await?;
+    ensure!(
+        refused.contains("bad_signature") && refused.contains("no signature matches"),
+        "{refused}"
+    );
+    shots(client, "webhook-rejections").await?;
     // Its deliveries, from the list.
     client.goto(&app.url("/ui/webhooks")).await?;
     click(client, "#webhooks td.actions a").await?;

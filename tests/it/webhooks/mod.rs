@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::support::{TestApp, error_code};
 
 mod hostile;
+mod rejections;
 mod schemes;
 
 pub(crate) const RUN: Duration = Duration::from_secs(30);

@@ -1,0 +1,94 @@
+//! Deliveries a webhook refused are written down with why (a missing signature, a wrong one, a
+//! malformed delivery id), newest first, for admin keys only; a flood writes a bounded few.
+
+use super::*;
+use crate::support::{client_with_key, spawn_app};
+use serde_json::{Value, json};
+
+async fn refused(app: &TestApp, id: &str) -> Vec<Value> {
+    let response = app.get(&format!("/v1/webhooks/{id}/rejections")).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["rejections"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_deliveries_are_listed_with_why_and_a_flood_writes_a_few() {
+    let app = spawn_app().await;
+    app.register("hooked", "granda-test/echo", json!({})).await;
+    let hook = create(
+        &app,
+        json!({"function": "hooked", "scheme": "github", "secret": GITHUB_SECRET}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap();
+    assert!(refused(&app, id).await.is_empty());
+
+    assert_rejected(&app, id, &[], b"Hello, World!").await;
+    let wrong = format!("sha256={}", "0".repeat(64));
+    assert_rejected(
+        &app,
+        id,
+        &[("x-hub-signature-256", &wrong)],
+        b"Hello, World!",
+    )
+    .await;
+    // Signed, but its delivery id is longer than any sender's.
+    let long = "d".repeat(300);
+    let headers = [
+        ("x-hub-signature-256", GITHUB_SIGNATURE),
+        ("x-github-delivery", long.as_str()),
+    ];
+    let (status, _) = deliver(&app, id, &headers, b"Hello, World!").await;
+    assert_eq!(status, 400);
+    // A good delivery is not a rejection.
+    let (status, _) = deliver(
+        &app,
+        id,
+        &[("x-hub-signature-256", GITHUB_SIGNATURE)],
+        b"Hello, World!",
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let list = refused(&app, id).await;
+    let reasons: Vec<&str> = list.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        ["malformed_delivery", "bad_signature", "missing_signature"],
+        "{list:?}"
+    );
+    assert!(
+        list[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no signature matches")
+    );
+    assert!(list[0]["at"].as_str().is_some());
+
+    // Invoke keys don't see them; an unknown webhook is 404.
+    let (_, invoke_key) = crate::support::make_key(&app, "ci", "invoke").await;
+    let status = client_with_key(&invoke_key)
+        .get(app.url(&format!("/v1/webhooks/{id}/rejections")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403);
+    let unknown = app
+        .get(&format!("/v1/webhooks/{}/rejections", Uuid::new_v4()))
+        .await;
+    assert_eq!(unknown.status(), 404);
+
+    // A flood of forged deliveries: every one is refused and counted, a few are written.
+    for _ in 0..40 {
+        assert_rejected(&app, id, &[("x-hub-signature-256", &wrong)], b"flood").await;
+    }
+    let counted = rejections(&app.metrics().await, "github", "bad_signature");
+    assert!(counted >= 41, "the metric counts them all: {counted}");
+    let written = refused(&app, id).await.len();
+    // Ten per webhook per 10 s: 43 refusals in a few seconds write 10, or 20 across a window's
+    // edge; never all of them.
+    assert!((10..=20).contains(&written), "{written} written");
+    app.shutdown().await;
+}
