@@ -338,6 +338,19 @@ impl Settings {
         }
     }
 
+    /// What the worker's callback deliveries are made from.
+    pub fn callbacks(&self) -> crate::callback::Options {
+        crate::callback::Options {
+            allow_nets: self.callback_allow_nets.clone(),
+            timeout: Duration::from_millis(self.callback_timeout_ms),
+            ca_file: self.callback_ca_file.clone(),
+            backoff: Duration::from_millis(self.callback_backoff_ms),
+            max_attempts: self.callback_max_attempts,
+            max_inflight: self.callback_max_inflight,
+            max_inflight_bytes: self.callback_max_inflight_bytes,
+        }
+    }
+
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()

@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 /// Every key starts with this, so a leaked one is easy to recognise (and to scan for).
 pub const KEY_PREFIX: &str = "gk_";
+/// The cookie of a dashboard session, made by logging in with a key and bound to it.
+pub const SESSION_COOKIE: &str = "granda_session";
 /// How much of a key is kept in the clear to tell keys apart: the prefix and 6 characters.
 const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
 

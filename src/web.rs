@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::SESSION_COOKIE;
+
 /// The most request headers that travel to a function (hyper's own limit on a request).
 pub const MAX_HEADERS: usize = 100;
 /// The most bytes of request header names and values, together, that travel to a function (half
@@ -36,9 +38,6 @@ pub const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
 ];
-
-/// The dashboard's session cookie (never passed to a function).
-const SESSION_COOKIE: &str = crate::producer::ui::session::COOKIE;
 
 /// An HTTP request to a function's URL, as it travels in the work message.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

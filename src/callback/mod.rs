@@ -60,12 +60,23 @@ use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::config::Settings;
-
 /// The longest callback URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
 /// The prefix of a callback key, as in Standard Webhooks.
 pub const KEY_PREFIX: &str = "whsec_";
+
+/// What [`Callbacks`] is made from (the `GRANDA_CALLBACK_*` settings, as
+/// `config::Settings::callbacks` gives them).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub allow_nets: AllowNets,
+    pub timeout: Duration,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub backoff: Duration,
+    pub max_attempts: u32,
+    pub max_inflight: u32,
+    pub max_inflight_bytes: u32,
+}
 
 /// How a worker delivers callbacks.
 pub struct Callbacks {
@@ -88,12 +99,12 @@ impl Callbacks {
     /// # Panics
     /// When `GRANDA_CALLBACK_CA_FILE` can't be read as PEM certificates, or no TLS client can be
     /// built: a start-up misconfiguration.
-    pub fn new(settings: &Settings) -> Arc<Callbacks> {
+    pub fn new(options: &Options) -> Arc<Callbacks> {
         crate::tls::install_provider();
-        let allow = Arc::new(settings.callback_allow_nets.0.clone());
+        let allow = Arc::new(options.allow_nets.0.clone());
         let builder = || {
             reqwest::Client::builder()
-                .timeout(Duration::from_millis(settings.callback_timeout_ms))
+                .timeout(options.timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .dns_resolver(Arc::new(GuardedResolver {
@@ -102,7 +113,7 @@ impl Callbacks {
                 .user_agent(concat!("granda/", env!("CARGO_PKG_VERSION")))
         };
         let mut extra = Vec::new();
-        if let Some(path) = &settings.callback_ca_file {
+        if let Some(path) = &options.ca_file {
             let pem = std::fs::read(path).unwrap_or_else(|e| {
                 panic!(
                     "GRANDA_CALLBACK_CA_FILE: can't read {}: {e}",
@@ -125,15 +136,13 @@ impl Callbacks {
                 builder().tls_certs_only(extra).build()
             })
             .unwrap_or_else(|e| panic!("the callback HTTP client can't be built: {e}"));
-        let max_bytes = settings.callback_max_inflight_bytes.max(1);
+        let max_bytes = options.max_inflight_bytes.max(1);
         Arc::new(Callbacks {
             client,
-            backoff: Duration::from_millis(settings.callback_backoff_ms),
-            max_attempts: settings.callback_max_attempts.max(1),
+            backoff: options.backoff,
+            max_attempts: options.max_attempts.max(1),
             allow,
-            slots: Arc::new(Semaphore::new(
-                settings.callback_max_inflight.max(1) as usize
-            )),
+            slots: Arc::new(Semaphore::new(options.max_inflight.max(1) as usize)),
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
             deferred: AtomicBool::new(false),

@@ -214,7 +214,7 @@ impl Worker {
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
                 metrics: Arc::default(),
-                callbacks: crate::callback::Callbacks::new(settings),
+                callbacks: crate::callback::Callbacks::new(&settings.callbacks()),
                 images,
                 breakers: breaker::Breakers::default(),
                 reschedule: Notify::new(),

@@ -38,7 +38,7 @@ use crate::producer::AppState;
 use crate::producer::auth::{Action, permits};
 
 /// The session cookie's name.
-pub const COOKIE: &str = "granda_session";
+pub const COOKIE: &str = crate::keys::SESSION_COOKIE;
 /// The hidden form field that carries the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 /// How long a session lasts.
