@@ -11,6 +11,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde_json::{Value, json};
 
+mod headers;
+mod refusals;
+
 use crate::schedules::{delete_queue, extra_ingress};
 use crate::support::{TestApp, amqp_url, spawn_app, spawn_app_with};
 
@@ -52,23 +55,33 @@ async fn publish(
         );
     }
     let mut props = BasicProperties::default()
-        .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
         .with_headers(table);
     if let Some(id) = message_id {
         props = props.with_message_id(ShortString::from(id));
     }
     let exchange = Topology::new(&app.settings.amqp_prefix).inbound_exchange();
+    publish_props(ch, &exchange, topic, body, props).await;
+}
+
+/// Publishes persistent `body` with `props` to `exchange`, mandatory, and waits for the confirm.
+async fn publish_props(
+    ch: &Channel,
+    exchange: &str,
+    topic: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
     let confirm = ch
         .basic_publish(
-            exchange.as_str().into(),
+            exchange.into(),
             topic.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
             body,
-            props,
+            props.with_delivery_mode(2),
         )
         .await
         .unwrap()
@@ -78,6 +91,46 @@ async fn publish(
         matches!(confirm, Confirmation::Ack(None)),
         "not confirmed: {confirm:?}"
     );
+}
+
+/// Takes `n` messages off the app's inbound dead-letter queue, waiting up to `within`.
+async fn dead_letters(
+    ch: &Channel,
+    app: &TestApp,
+    n: usize,
+    within: Duration,
+) -> Vec<lapin::message::Delivery> {
+    let dead = Topology::new(&app.settings.amqp_prefix).inbound_dead_queue();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < n {
+        assert!(
+            start.elapsed() < within,
+            "{} of {n} dead-lettered within {within:?}: {:?}",
+            got.len(),
+            got.iter()
+                .map(|m: &lapin::message::Delivery| String::from_utf8_lossy(&m.data).to_string())
+                .collect::<Vec<_>>()
+        );
+        match ch
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => got.push(m.delivery),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    got
+}
+
+/// A long-string header of a delivery, as text; panics if it is missing.
+fn header_text(m: &lapin::message::Delivery, name: &str) -> String {
+    let headers = m.properties.headers().clone().unwrap_or_default();
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).to_string(),
+        other => panic!("{name}: {other:?} in {headers:?}"),
+    }
 }
 
 /// Invocations per (input, function) for the event trigger.
@@ -275,40 +328,19 @@ async fn a_bad_message_lands_in_the_dead_letter_queue_with_its_reason() {
     publish(&ch, &app, "fine.topic", &vec![b'x'; 2000], Some("b3"), &[]).await;
     publish(&ch, &app, "fine.topic", b"ok", Some("b4"), &[]).await;
 
-    let dead = Topology::new(&app.settings.amqp_prefix).inbound_dead_queue();
     let mut reasons = BTreeMap::new();
-    let start = Instant::now();
-    while reasons.len() < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "dead-lettered so far: {reasons:?}"
-        );
-        let got = ch
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap();
-        let Some(m) = got else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-        let text = |k: &str| match headers.inner().get(k) {
-            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).to_string(),
-            other => panic!("{k}: {other:?}"),
-        };
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .to_string();
+    for m in dead_letters(&ch, &app, 3, Duration::from_secs(20)).await {
+        let id = m.properties.message_id().as_ref().unwrap().to_string();
         if id == "b1" {
-            assert_eq!(text("keep"), "me", "the publisher's headers are kept");
-            assert_eq!(m.delivery.data, b"spaces");
-            assert_eq!(text("x-granda-routing-key"), "bad topic!");
+            assert_eq!(
+                header_text(&m, "keep"),
+                "me",
+                "the publisher's headers are kept"
+            );
+            assert_eq!(m.data, b"spaces");
+            assert_eq!(header_text(&m, "x-granda-routing-key"), "bad topic!");
         }
-        reasons.insert(id, text("x-granda-reason"));
+        reasons.insert(id, header_text(&m, "x-granda-reason"));
     }
     assert!(reasons["b1"].starts_with("bad topic"), "{reasons:?}");
     assert!(reasons["b2"].starts_with("bad topic"), "{reasons:?}");
