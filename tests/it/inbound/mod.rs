@@ -11,10 +11,11 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde_json::{Value, json};
 
+mod crash;
 mod headers;
 mod refusals;
 
-use crate::schedules::{delete_queue, extra_ingress};
+use crate::schedules::delete_queue;
 use crate::support::{TestApp, amqp_url, spawn_app, spawn_app_with};
 
 async fn subscribe(app: &TestApp, function: &str, pattern: &str) {
@@ -364,101 +365,5 @@ async fn a_bad_message_lands_in_the_dead_letter_queue_with_its_reason() {
     );
     let _ = conn.close(200, "".into()).await;
     delete_queue(&app, "parked-dead").await;
-    app.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
-    const N: usize = 300;
-    // A short outbox grace, so what a killed router committed but never published goes out soon.
-    let app = spawn_app_with(|s| s.outbox_grace_ms = 1_000).await;
-    // Parked on a queue no worker consumes: the ledger is about recording and publishing.
-    for f in ["ledger-a", "ledger-b", "ledger-c"] {
-        app.register(f, "granda-test/echo", json!({"queue": "parked-ledger"}))
-            .await;
-        subscribe(&app, f, "ledger.#").await;
-    }
-    let victim = extra_ingress(&app).await;
-    let (conn, ch) = confirm_channel().await;
-    let started = Instant::now();
-    for i in 0..N {
-        let body = format!("m-{i}");
-        publish(&ch, &app, "ledger.entry", body.as_bytes(), Some(&body), &[]).await;
-    }
-    // Kill the second ingress (its router with it) while the batch is being routed.
-    wait_until(
-        "the batch is under way",
-        Duration::from_secs(30),
-        || async {
-            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            n >= (N / 5) as i64
-        },
-    )
-    .await;
-    victim.task.abort();
-    let _ = victim.task.await;
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert!((n as usize) < N, "the batch was done before the kill: {n}");
-    eprintln!("router killed after {n} of {N} events were recorded");
-    // Another router starts; with the first app's own, they finish the batch.
-    let fresh = extra_ingress(&app).await;
-    wait_until(
-        "every message recorded",
-        Duration::from_secs(60),
-        || async {
-            let (n,): (i64,) = sqlx::query_as("SELECT count(DISTINCT payload) FROM events")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            n as usize == N
-        },
-    )
-    .await;
-    eprintln!(
-        "{N} messages (3 subscribers each) routed in {:?}, one router killed on the way",
-        started.elapsed()
-    );
-    wait_until(
-        "every invocation published",
-        Duration::from_secs(30),
-        || async {
-            let (n,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM invocations WHERE trigger = 'event' AND published_at IS NULL",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            n == 0
-        },
-    )
-    .await;
-    // The ledger: every message once as an event, once per subscriber as an invocation.
-    let (events, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT payload) FROM events")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!((events, distinct), (N as i64, N as i64));
-    let l = ledger(&app).await;
-    assert_eq!(l.len(), 3 * N, "missing invocations");
-    assert!(l.values().all(|n| *n == 1), "duplicated invocations");
-    for i in 0..N {
-        for f in ["ledger-a", "ledger-b", "ledger-c"] {
-            assert_eq!(l.get(&(format!("m-{i}"), f.to_string())), Some(&1));
-        }
-    }
-    // Each invocation's message reached its queue (the outbox may add harmless duplicates).
-    let queue = Topology::new(&app.settings.amqp_prefix).work_queue("parked-ledger");
-    let depth = granda::broker::queue_depth(&conn, &queue).await.unwrap();
-    assert!(depth as usize >= 3 * N, "{depth}");
-    let _ = conn.close(200, "".into()).await;
-    fresh.shutdown().await;
-    delete_queue(&app, "parked-ledger").await;
     app.shutdown().await;
 }
