@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 mod crash;
 mod headers;
 mod refusals;
+mod snippets;
 
 use crate::schedules::delete_queue;
 use crate::support::{TestApp, amqp_url, spawn_app, spawn_app_with};
