@@ -1,9 +1,10 @@
-//! Schedules: the API (validation, `next_runs`, pause and resume), each tick fired exactly once by
-//! two server processes on one database, nothing while paused, and catch-up after every server
-//! was down.
+//! Schedules: the API (validation, `next_runs`, pause and resume, OpenAPI), each tick fired
+//! exactly once by two server processes on one database, nothing while paused, catch-up after
+//! every server was down, and the pattern and time-zone arithmetic (DST).
 
 mod across_servers;
 pub mod servers;
+mod times;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -49,7 +50,12 @@ async fn ticks(pool: &sqlx::PgPool, function: &str) -> BTreeMap<DateTime<Utc>, i
 async fn a_scheduled_run_gets_its_schedule_id_and_time_in_env() {
     let app = spawn_app().await;
     app.register("envs", "granda-test/env", json!({})).await;
-    let s = create(&app, json!({"function": "envs", "cron": "* * * * * *"})).await;
+    let s = create(
+        &app,
+        json!({"function": "envs", "cron": "* * * * * *",
+               "payload": "a,b", "content_type": "text/csv; charset=utf-8"}),
+    )
+    .await;
     let id = s["id"].as_str().unwrap().to_string();
     let start = Instant::now();
     let record = loop {
@@ -76,6 +82,10 @@ async fn a_scheduled_run_gets_its_schedule_id_and_time_in_env() {
     let at = DateTime::parse_from_rfc3339(at).unwrap();
     assert_eq!(at.timestamp_subsec_nanos(), 0);
     assert_eq!(record["trigger"], "schedule");
+    assert!(
+        out.contains("GRANDA_CONTENT_TYPE=text/csv; charset=utf-8\n"),
+        "{out}"
+    );
     app.shutdown().await;
 }
 
@@ -99,6 +109,15 @@ async fn the_api_checks_schedules_and_shows_next_runs() {
         (
             json!({"function": "job", "cron": "* * * * *", "extra": 1}),
             "extra",
+        ),
+        // It becomes GRANDA_CONTENT_TYPE: printable ASCII only.
+        (
+            json!({"function": "job", "cron": "* * * * *", "content_type": "text/plain\r\nX: y"}),
+            "content_type",
+        ),
+        (
+            json!({"function": "job", "cron": "* * * * *", "content_type": "text/plaîn"}),
+            "content_type",
         ),
     ] {
         let r = app.post_json("/v1/schedules", &body).await;
@@ -177,6 +196,27 @@ async fn the_api_checks_schedules_and_shows_next_runs() {
     assert_eq!(r.status(), 204);
     error_code(app.get(&format!("/v1/schedules/{id}")).await, 404).await;
     error_code(app.get("/v1/schedules/not-a-uuid").await, 404).await;
+
+    // The API is in the OpenAPI document.
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    for path in ["/v1/schedules", "/v1/schedules/{id}"] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} not in /openapi.json"
+        );
+    }
+    for method in ["get", "post"] {
+        assert!(
+            spec["paths"]["/v1/schedules"][method].is_object(),
+            "{method}"
+        );
+    }
+    for method in ["get", "put", "delete"] {
+        assert!(
+            spec["paths"]["/v1/schedules/{id}"][method].is_object(),
+            "{method}"
+        );
+    }
 
     // The dashboard lists schedules (behind its login like every page).
     let r = reqwest::Client::builder()
