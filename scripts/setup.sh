@@ -7,6 +7,7 @@
 #   - makes sure Postgres has a superuser role `root` (the default GRANDA_DATABASE_URL connects as the OS user);
 #   - installs pika (PyPI) for the AMQP publishing test, unless python3 already imports it;
 #   - installs openapi-spec-validator (PyPI) for the /openapi.json test, likewise;
+#   - installs amqplib (npm) in /var/tmp/granda-test-node for the README's Node snippet test;
 #   - builds the local test images (scripts/build-test-images.sh).
 # Idempotent; takes a few seconds when everything is already there. Prints one line per service.
 set -euo pipefail
@@ -247,6 +248,22 @@ if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
         || die "pip could not install openapi-spec-validator"
 fi
 echo "ok openapi-spec-validator $(python3 -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))')"
+
+# ---------------------------------------------------------------------------------------------------
+# 4d. amqplib (npm), which tests/it/inbound/snippets.rs runs the README's Node snippet with
+# ---------------------------------------------------------------------------------------------------
+NODE_DIR=/var/tmp/granda-test-node
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing nodejs and npm from Debian"
+    apt-get install -y -q nodejs npm >/dev/null || die "apt-get could not install nodejs and npm"
+fi
+if [ ! -f "$NODE_DIR/node_modules/amqplib/package.json" ]; then
+    log "installing amqplib from npm into $NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    npm install --prefix "$NODE_DIR" --no-save --no-audit --no-fund -s 'amqplib@2.3.1' \
+        || die "npm could not install amqplib"
+fi
+echo "ok amqplib $(node -p "require('$NODE_DIR/node_modules/amqplib/package.json').version") (node $(node --version))"
 
 # ---------------------------------------------------------------------------------------------------
 # 5. Test images

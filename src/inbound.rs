@@ -12,12 +12,16 @@
 //! redelivered, one that dies after leaves a redelivery that its `message_id` turns into a no-op.
 //!
 //! A message without `message_id` has no idempotency key: it is accepted once per delivery (a
-//! redelivery after a crash between commit and ack runs again). A message that can't be accepted
-//! (a topic that is not dot-separated words of `[A-Za-z0-9_-]`, a body over
-//! `GRANDA_MAX_BODY_BYTES`) is republished, with confirms, to `<prefix>.inbound.dead` with the
-//! reason in the header `x-granda-reason`, then acked; none is dropped silently. A message that
-//! fails for a passing reason (Postgres down) is requeued after a backoff; one redelivered more
-//! than the delivery limit is dead-lettered there by the broker (reason in `x-death`).
+//! redelivery after a crash between commit and ack runs again). Everything that enters is checked
+//! first ([`check`]): the topic (dot-separated words of `[A-Za-z0-9_-]`), the size (at most
+//! `GRANDA_MAX_BODY_BYTES`), `message_id` and `content_type` (printable ASCII: they become
+//! `GRANDA_EVENT_MESSAGE_ID` and `GRANDA_CONTENT_TYPE`), the headers (see [`headers_json`]) and
+//! the per-invocation env they make (the checks of the HTTP entry points). A message that fails
+//! one, or whose values Postgres refuses all the same (SQLSTATE class 22), is republished at once,
+//! with confirms, to `<prefix>.inbound.dead` with the reason in the header `x-granda-reason`, then
+//! acked; none is dropped silently and none holds up the messages behind it. A message that fails
+//! for a passing reason (Postgres down) is requeued after a backoff; one redelivered more than the
+//! delivery limit is dead-lettered there by the broker (reason in `x-death`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +46,8 @@ use crate::producer::outbox;
 
 /// Unacked messages a router holds at once.
 const PREFETCH: u16 = 32;
+/// How deep tables and arrays may nest in a message's headers.
+const MAX_HEADER_DEPTH: usize = 16;
 /// The header that says why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-granda-reason";
 
@@ -54,6 +60,14 @@ pub enum Refusal {
     Topic(String),
     #[error("too large: {size} bytes, at most {max}")]
     TooLarge { size: usize, max: usize },
+    #[error("bad {0}: only printable ASCII (no control characters, CR or LF)")]
+    Property(&'static str),
+    #[error("bad header {name:?}: {why}")]
+    Header { name: String, why: String },
+    #[error("can't be passed on to functions: {0}")]
+    Env(String),
+    #[error("refused by the database: {0}")]
+    Stored(String),
 }
 
 /// Routes until `stop` turns true; a message being handled is finished first.
@@ -201,15 +215,18 @@ async fn ack(delivery: &Delivery) -> Result<(), Failure> {
 /// Handles one delivery: accepted (recorded, published, acked), a duplicate (acked), or refused
 /// (dead-lettered, acked).
 async fn handle(app: &AppState, dead: &Channel, delivery: &Delivery) -> Result<(), Failure> {
-    let topic = delivery.routing_key.as_str();
-    if let Err(refusal) = check(app, topic, delivery.data.len()) {
-        dead_letter(app, dead, delivery, &refusal.to_string()).await?;
-        ack(delivery).await?;
-        count(app, "dead");
-        tracing::warn!(%topic, reason = %refusal, "inbound message dead-lettered");
-        return Ok(());
-    }
-    let outcome = record(app, delivery).await?;
+    let accepted = match check(app, delivery) {
+        Ok(a) => a,
+        Err(refusal) => return refuse(app, dead, delivery, &refusal).await,
+    };
+    let topic = accepted.topic;
+    let outcome = match record(app, delivery, &accepted).await {
+        Ok(o) => o,
+        Err(e) => match refused_by_postgres(&e) {
+            Some(refusal) => return refuse(app, dead, delivery, &refusal).await,
+            None => return Err(Failure::Retry(e)),
+        },
+    };
     match outcome {
         None => count(app, "duplicate"),
         Some((event_id, fired)) => {
@@ -232,6 +249,29 @@ async fn handle(app: &AppState, dead: &Channel, delivery: &Delivery) -> Result<(
     ack(delivery).await
 }
 
+/// Dead-letters a message with its reason and acks it.
+async fn refuse(
+    app: &AppState,
+    dead: &Channel,
+    delivery: &Delivery,
+    refusal: &Refusal,
+) -> Result<(), Failure> {
+    dead_letter(app, dead, delivery, &refusal.to_string()).await?;
+    ack(delivery).await?;
+    count(app, "dead");
+    tracing::warn!(topic = %delivery.routing_key, reason = %refusal, "inbound message dead-lettered");
+    Ok(())
+}
+
+/// A Postgres error that retrying can't cure: the data itself was refused (SQLSTATE class 22,
+/// e.g. a character the column's type can't hold).
+fn refused_by_postgres(e: &anyhow::Error) -> Option<Refusal> {
+    let db = e.downcast_ref::<sqlx::Error>()?.as_database_error()?;
+    let code = db.code()?;
+    code.starts_with("22")
+        .then(|| Refusal::Stored(format!("{} (SQLSTATE {code})", db.message())))
+}
+
 fn count(app: &AppState, outcome: &str) {
     app.metrics.inc(
         "granda_inbound_messages_total",
@@ -239,16 +279,69 @@ fn count(app: &AppState, outcome: &str) {
     );
 }
 
-/// Whether a message can be accepted at all.
-pub fn check(app: &AppState, topic: &str, size: usize) -> Result<(), Refusal> {
+/// A message that passed [`check`]: what [`record`] stores and passes on.
+#[derive(Debug)]
+pub struct Accepted<'a> {
+    pub topic: &'a str,
+    pub message_id: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    /// The headers as JSON ([`headers_json`]).
+    pub headers: serde_json::Map<String, Value>,
+    /// The per-invocation env every subscriber gets (`GRANDA_EVENT_ID` is added per event).
+    pub env: BTreeMap<String, String>,
+}
+
+/// Whether a message can be accepted, and what of it is kept. Everything that enters Postgres
+/// or a function's env is checked here, so nothing is refused later (which would hold the
+/// message, and those behind it, in retries).
+pub fn check<'a>(app: &AppState, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
+    let topic = delivery.routing_key.as_str();
     if !valid_topic(topic) {
         return Err(Refusal::Topic(topic.chars().take(300).collect()));
     }
     let max = app.settings.max_body_bytes;
+    let size = delivery.data.len();
     if size > max {
         return Err(Refusal::TooLarge { size, max });
     }
-    Ok(())
+    let props = &delivery.properties;
+    let text = |what: &'static str, v: &'a Option<ShortString>| -> Result<_, Refusal> {
+        match v.as_ref().map(|v| v.as_str()).filter(|v| !v.is_empty()) {
+            Some(v) if !crate::message::header_safe(v) => Err(Refusal::Property(what)),
+            other => Ok(other),
+        }
+    };
+    let message_id = text("message_id", props.message_id())?;
+    let content_type = text("content_type", props.content_type())?;
+    let headers = headers_json(props.headers().as_ref())?;
+
+    let mut env = BTreeMap::new();
+    env.insert("GRANDA_EVENT_TOPIC".to_string(), topic.to_string());
+    if let Some(ct) = content_type {
+        env.insert("GRANDA_CONTENT_TYPE".to_string(), ct.to_string());
+    }
+    if let Some(m) = message_id {
+        env.insert("GRANDA_EVENT_MESSAGE_ID".to_string(), m.to_string());
+    }
+    if !headers.is_empty() {
+        env.insert(
+            "GRANDA_EVENT_HEADERS".to_string(),
+            ascii_json(&Value::Object(headers.clone())),
+        );
+    }
+    if let Some(problem) = env
+        .iter()
+        .find_map(|(k, v)| crate::message::invocation_env_problem(k, v))
+    {
+        return Err(Refusal::Env(problem));
+    }
+    Ok(Accepted {
+        topic,
+        message_id,
+        content_type,
+        headers,
+        env,
+    })
 }
 
 /// One invocation recorded for a message.
@@ -260,23 +353,15 @@ struct Fired {
 
 /// Records the event and its invocations in one transaction. `None`: its `message_id` was
 /// accepted before (in the last 24 h); nothing was written.
-async fn record(app: &AppState, delivery: &Delivery) -> anyhow::Result<Option<(Uuid, Vec<Fired>)>> {
-    let topic = delivery.routing_key.as_str();
-    let props = &delivery.properties;
-    let message_id = props
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str())
-        .filter(|m| !m.is_empty());
-    let content_type = props
-        .content_type()
-        .as_ref()
-        .map(|c| c.as_str())
-        .filter(|c| !c.is_empty());
-    let headers = headers_json(props.headers().as_ref());
+async fn record(
+    app: &AppState,
+    delivery: &Delivery,
+    accepted: &Accepted<'_>,
+) -> anyhow::Result<Option<(Uuid, Vec<Fired>)>> {
+    let topic = accepted.topic;
     let event_id = Uuid::now_v7();
     let mut tx = app.pool.begin().await?;
-    if let Some(message_id) = message_id {
+    if let Some(message_id) = accepted.message_id {
         sqlx::query(
             "DELETE FROM inbound_messages WHERE message_id = $1 AND received_at < now() - interval '24 hours'",
         )
@@ -294,27 +379,14 @@ async fn record(app: &AppState, delivery: &Delivery) -> anyhow::Result<Option<(U
             return Ok(None);
         }
     }
+    let mut env = accepted.env.clone();
+    env.insert("GRANDA_EVENT_ID".to_string(), event_id.to_string());
     let mut fired = Vec::new();
     let mut fanned = Vec::new();
     for name in events::subscribers(&app.pool, topic).await? {
         let Some(function) = crate::function::store::get(&app.pool, &name).await? else {
             continue;
         };
-        let mut env = BTreeMap::new();
-        env.insert("GRANDA_EVENT_TOPIC".to_string(), topic.to_string());
-        env.insert("GRANDA_EVENT_ID".to_string(), event_id.to_string());
-        if let Some(ct) = content_type.filter(|c| !c.contains('\0')) {
-            env.insert("GRANDA_CONTENT_TYPE".to_string(), ct.to_string());
-        }
-        if let Some(m) = message_id.filter(|m| !m.contains('\0')) {
-            env.insert("GRANDA_EVENT_MESSAGE_ID".to_string(), m.to_string());
-        }
-        if !headers.is_empty() {
-            env.insert(
-                "GRANDA_EVENT_HEADERS".to_string(),
-                Value::Object(headers.clone()).to_string(),
-            );
-        }
         let id = Uuid::now_v7();
         invocations::insert_queued_in(
             &mut tx,
@@ -333,7 +405,11 @@ async fn record(app: &AppState, delivery: &Delivery) -> anyhow::Result<Option<(U
             function: name.clone(),
             id,
         });
-        fired.push(Fired { function, id, env });
+        fired.push(Fired {
+            function,
+            id,
+            env: env.clone(),
+        });
     }
     let stored = &delivery.data[..delivery.data.len().min(app.settings.max_stored_input_bytes)];
     events::insert_event_in(
@@ -342,8 +418,8 @@ async fn record(app: &AppState, delivery: &Delivery) -> anyhow::Result<Option<(U
         topic,
         stored,
         delivery.data.len() as i64,
-        content_type,
-        &headers,
+        accepted.content_type,
+        &accepted.headers,
         &fanned,
     )
     .await?;
@@ -351,29 +427,114 @@ async fn record(app: &AppState, delivery: &Delivery) -> anyhow::Result<Option<(U
     Ok(Some((event_id, fired)))
 }
 
-/// The headers of a message as JSON: strings, numbers and booleans (other values are left out).
-fn headers_json(table: Option<&FieldTable>) -> serde_json::Map<String, Value> {
+/// The headers of a message as JSON. Strings (short, long, and RabbitMQ's byte arrays) must be
+/// UTF-8 without control characters, names too; numbers, booleans and decimals are numbers
+/// (NaN and infinities `null`), a timestamp is its seconds since the epoch, void is `null`,
+/// tables are objects and arrays arrays, nested at most [`MAX_HEADER_DEPTH`] deep. Anything
+/// else refuses the message: a header is never dropped or altered silently.
+pub fn headers_json(table: Option<&FieldTable>) -> Result<serde_json::Map<String, Value>, Refusal> {
+    let Some(table) = table else {
+        return Ok(serde_json::Map::new());
+    };
     let mut out = serde_json::Map::new();
-    let Some(table) = table else { return out };
     for (name, value) in table.inner() {
-        let v = match value {
-            AMQPValue::LongString(s) => Value::from(String::from_utf8_lossy(s.as_bytes())),
-            AMQPValue::ShortString(s) => Value::from(s.as_str()),
-            AMQPValue::Boolean(b) => Value::from(*b),
-            AMQPValue::ShortShortInt(n) => Value::from(*n),
-            AMQPValue::ShortShortUInt(n) => Value::from(*n),
-            AMQPValue::ShortInt(n) => Value::from(*n),
-            AMQPValue::ShortUInt(n) => Value::from(*n),
-            AMQPValue::LongInt(n) => Value::from(*n),
-            AMQPValue::LongUInt(n) => Value::from(*n),
-            AMQPValue::LongLongInt(n) => Value::from(*n),
-            AMQPValue::Float(n) => Value::from(*n),
-            AMQPValue::Double(n) => Value::from(*n),
-            _ => continue,
+        let name = name.as_str();
+        let refuse = |why: String| Refusal::Header {
+            name: name.chars().take(100).collect(),
+            why,
         };
-        out.insert(name.as_str().to_string(), v);
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(refuse(
+                "a header name must be non-empty, without control characters".into(),
+            ));
+        }
+        out.insert(name.to_string(), header_value(value, 1).map_err(refuse)?);
     }
-    out
+    Ok(out)
+}
+
+/// One header value as JSON (see [`headers_json`]); the error says why it can't be kept.
+fn header_value(value: &AMQPValue, depth: usize) -> Result<Value, String> {
+    if depth > MAX_HEADER_DEPTH {
+        return Err(format!(
+            "tables and arrays nest at most {MAX_HEADER_DEPTH} deep"
+        ));
+    }
+    let text = |s: &str| -> Result<Value, String> {
+        if s.chars().any(char::is_control) {
+            return Err("control characters (NUL, CR, LF, ...) are not allowed".into());
+        }
+        Ok(Value::from(s))
+    };
+    let bytes = |b: &[u8]| -> Result<Value, String> {
+        text(std::str::from_utf8(b).map_err(|_| "bytes that are not UTF-8 text".to_string())?)
+    };
+    Ok(match value {
+        AMQPValue::LongString(s) => bytes(s.as_bytes())?,
+        AMQPValue::ByteArray(b) => bytes(b.as_slice())?,
+        AMQPValue::ShortString(s) => text(s.as_str())?,
+        AMQPValue::Boolean(b) => Value::from(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Float(n) => Value::from(*n),
+        AMQPValue::Double(n) => Value::from(*n),
+        AMQPValue::DecimalValue(d) => {
+            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::Void => Value::Null,
+        AMQPValue::FieldArray(a) => Value::Array(
+            a.as_slice()
+                .iter()
+                .map(|v| header_value(v, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        AMQPValue::FieldTable(t) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in t.inner() {
+                if k.as_str().chars().any(char::is_control) {
+                    return Err("a table key with control characters".into());
+                }
+                out.insert(k.as_str().to_string(), header_value(v, depth + 1)?);
+            }
+            Value::Object(out)
+        }
+    })
+}
+
+/// `value` as JSON in printable ASCII: anything else in a string is a `\uXXXX` escape, so
+/// `GRANDA_EVENT_HEADERS` travels as env and as an HTTP header whatever language the headers
+/// are in, and decodes to the same JSON.
+pub fn ascii_json(value: &Value) -> String {
+    struct AsciiOnly;
+    impl serde_json::ser::Formatter for AsciiOnly {
+        fn write_string_fragment<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            fragment: &str,
+        ) -> std::io::Result<()> {
+            for c in fragment.chars() {
+                if c.is_ascii() {
+                    writer.write_all(&[c as u8])?;
+                } else {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        write!(writer, "\\u{u:04x}")?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, AsciiOnly);
+    serde::Serialize::serialize(value, &mut ser).expect("JSON values serialize");
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// Republishes a refused message to the inbound dead-letter queue, with confirms, keeping its

@@ -79,10 +79,11 @@ fn payload_bytes(
     Ok((bytes, implied))
 }
 
+/// It becomes each run's `GRANDA_CONTENT_TYPE` (env, and a header to a hot function).
 fn content_type(ct: &str) -> Result<String, ApiError> {
-    if ct.is_empty() || ct.len() > 255 || ct.chars().any(|c| c.is_control()) {
+    if ct.is_empty() || ct.len() > 255 || !crate::message::header_safe(ct) {
         return Err(ApiError::Unprocessable(
-            "content_type: 1 to 255 characters, no control characters".into(),
+            "content_type: 1 to 255 printable ASCII characters (no control characters)".into(),
         ));
     }
     Ok(ct.to_string())

@@ -5,7 +5,9 @@
 //! `croner`, evaluated in the schedule's time zone (`chrono-tz`), so `0 9 * * *` in
 //! `Europe/Berlin` fires at 09:00 Berlin time in summer and in winter. Daylight saving: a wall
 //! time the clock skips (02:30 on a spring-forward night) fires at the first instant after the
-//! gap; a wall time that happens twice (fall-back) fires once.
+//! gap; a wall time that happens twice (fall-back) fires once. Interval patterns (a `*` or a step
+//! in the time fields) follow real time: through a fall-back hour `*/15 * * * *` fires every 15
+//! minutes, in both passes of the repeated hour.
 //!
 //! Each ingress runs the [`ticker`]. A tick `(schedule, fire time)` is claimed by a unique row in
 //! `schedule_fires`, in the transaction that records the invocation, so each tick fires exactly

@@ -19,7 +19,9 @@ use crate::invocation::{NewInvocation, Trigger, store as invocations};
 use crate::producer::AppState;
 use crate::producer::outbox;
 
-/// How often each ingress looks for due schedules.
+/// How often each ingress looks for due schedules, on average. Each wait is drawn between half
+/// and one and a half of it, so that servers take turns at the ticks (with a fixed period, the
+/// one whose timer runs a little ahead of the others would take nearly every tick).
 pub const TICK_EVERY: Duration = Duration::from_millis(200);
 /// Schedules handled per pass at most.
 const BATCH: i64 = 100;
@@ -37,7 +39,7 @@ pub async fn run(app: AppState) {
     describe(&app);
     let mut passes: u64 = 0;
     loop {
-        tokio::time::sleep(TICK_EVERY).await;
+        tokio::time::sleep(next_wait()).await;
         if let Err(e) = pass(&app).await {
             tracing::warn!(error = format!("{e:#}"), "schedule pass failed");
         }
@@ -48,6 +50,13 @@ pub async fn run(app: AppState) {
             tracing::warn!(error = %e, "could not prune old schedule claims");
         }
     }
+}
+
+/// A wait drawn uniformly between half and one and a half [`TICK_EVERY`].
+fn next_wait() -> Duration {
+    let bytes = Uuid::new_v4();
+    let r = u16::from_le_bytes([bytes.as_bytes()[0], bytes.as_bytes()[1]]);
+    TICK_EVERY.mul_f64(0.5 + f64::from(r) / 65_536.0)
 }
 
 fn describe(app: &AppState) {
@@ -162,10 +171,11 @@ fn env(schedule: &Schedule, at: DateTime<Utc>) -> BTreeMap<String, String> {
         "GRANDA_SCHEDULED_AT".into(),
         at.to_rfc3339_opts(SecondsFormat::Secs, true),
     );
+    // Checked when the schedule was written; one stored before that check is left out.
     if let Some(ct) = schedule
         .content_type
         .as_deref()
-        .filter(|c| !c.contains('\0'))
+        .filter(|c| crate::message::invocation_env_problem("GRANDA_CONTENT_TYPE", c).is_none())
     {
         env.insert("GRANDA_CONTENT_TYPE".into(), ct.into());
     }

@@ -1,49 +1,18 @@
-//! Schedules: the API (validation, `next_runs`, pause and resume), each tick fired exactly once by
-//! two ingresses on one database, nothing while paused, and catch-up after every server was down.
+//! Schedules: the API (validation, `next_runs`, pause and resume, OpenAPI), each tick fired
+//! exactly once by two server processes on one database, nothing while paused, catch-up after
+//! every server was down, and the pattern and time-zone arithmetic (DST).
+
+mod across_servers;
+pub mod servers;
+mod times;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use granda::producer::Application;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::support::{TestApp, error_code, spawn_app, spawn_app_with};
-
-/// A second ingress (API, outbox, schedule ticker, inbound router) on `app`'s database and
-/// queues. Stop it with the sender, or abort its task to kill it.
-pub struct Ingress {
-    pub address: String,
-    pub stop: watch::Sender<bool>,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-pub async fn extra_ingress(app: &TestApp) -> Ingress {
-    let mut settings = app.settings.clone();
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    settings.public_url = None;
-    let ingress = Application::build_with_pool(settings, app.pool.clone())
-        .await
-        .unwrap();
-    let address = format!("http://{}", ingress.local_addr());
-    let (stop, mut stopped) = watch::channel(false);
-    let task = tokio::spawn(ingress.run(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
-    Ingress {
-        address,
-        stop,
-        task,
-    }
-}
-
-impl Ingress {
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
 
 async fn create(app: &TestApp, body: Value) -> Value {
     let r = app.post_json("/v1/schedules", &body).await;
@@ -55,13 +24,13 @@ async fn create(app: &TestApp, body: Value) -> Value {
 
 /// Invocations of `function` by schedule, counted per `GRANDA_SCHEDULED_AT` (from the env each
 /// one was recorded with, not from the claims table).
-async fn ticks(app: &TestApp, function: &str) -> BTreeMap<DateTime<Utc>, i64> {
+async fn ticks(pool: &sqlx::PgPool, function: &str) -> BTreeMap<DateTime<Utc>, i64> {
     let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
         "SELECT extra_env->>'GRANDA_SCHEDULED_AT', count(*) FROM invocations
          WHERE function = $1 AND trigger = 'schedule' GROUP BY 1",
     )
     .bind(function)
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     rows.into_iter()
@@ -77,143 +46,16 @@ async fn ticks(app: &TestApp, function: &str) -> BTreeMap<DateTime<Utc>, i64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn each_tick_fires_once_across_two_ingresses_and_never_while_paused() {
-    let app = spawn_app().await;
-    let second = extra_ingress(&app).await;
-    // Parked: no worker consumes this queue, so the test measures firing, not running.
-    app.register("tick", "granda-test/echo", json!({"queue": "parked-ticks"}))
-        .await;
-    let s = create(
-        &app,
-        json!({"function": "tick", "cron": "* * * * * *", "payload": "tock"}),
-    )
-    .await;
-    let id = s["id"].as_str().unwrap().to_string();
-    assert_eq!(s["next_runs"].as_array().unwrap().len(), 5, "{s}");
-
-    // About ten seconds of ticks, fired by whichever ingress gets each one.
-    let start = Instant::now();
-    loop {
-        let seen = ticks(&app, "tick").await;
-        if seen.len() >= 10 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "only {} ticks in 30 s",
-            seen.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-
-    // Pause through the other ingress; nothing may fire after the answer.
-    let r = app
-        .client
-        .put(format!("{}/v1/schedules/{id}", second.address))
-        .json(&json!({"enabled": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let paused: Value = r.json().await.unwrap();
-    assert_eq!(paused["enabled"], false);
-    assert_eq!(paused["next_runs"], json!([]));
-    let paused_at = Utc::now();
-    let fired_by_then = ticks(&app, "tick").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let seen = ticks(&app, "tick").await;
-    assert_eq!(
-        seen, fired_by_then,
-        "a tick fired while the schedule was paused"
-    );
-    assert!(seen.keys().all(|t| *t <= paused_at));
-
-    // Every tick once; consecutive seconds, no gap.
-    assert!(seen.len() >= 10);
-    for (at, n) in &seen {
-        assert_eq!(*n, 1, "tick {at} fired {n} times: {seen:?}");
-    }
-    let times: Vec<_> = seen.keys().copied().collect();
-    for pair in times.windows(2) {
-        assert_eq!(
-            pair[1] - pair[0],
-            chrono::Duration::seconds(1),
-            "a gap between ticks: {times:?}"
-        );
-    }
-    // Each invocation is a `schedule` one, published, with the payload as input.
-    let records = app.invocations_of("tick").await;
-    assert_eq!(records.len(), seen.len());
-    for r in &records {
-        assert_eq!(r["trigger"], "schedule");
-        assert_eq!(r["input"], "tock");
-    }
-    let unpublished: (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM invocations WHERE function = 'tick' AND published_at IS NULL",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(unpublished.0, 0);
-    // From each tick to its record: late ticks still fire, so this is bounded by the 30 s grace.
-    let (avg_ms, max_ms): (f64, f64) = sqlx::query_as(
-        "SELECT avg(ms)::float8, max(ms)::float8 FROM (
-             SELECT EXTRACT(EPOCH FROM queued_at - (extra_env->>'GRANDA_SCHEDULED_AT')::timestamptz) * 1000 AS ms
-             FROM invocations WHERE function = 'tick') t",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    eprintln!("schedule lag: avg {avg_ms:.0} ms, max {max_ms:.0} ms");
-    assert!(max_ms < 30_000.0 && avg_ms >= 0.0);
-    let fired_metric = app
-        .metric("granda_schedule_fired_total")
-        .await
-        .unwrap_or(0.0);
-    assert!(fired_metric <= seen.len() as f64);
-    assert!(
-        app.metrics()
-            .await
-            .contains("granda_schedule_lag_seconds_bucket")
-    );
-
-    // Resumed: ticks fire again, from now (the paused seconds are not caught up).
-    let r = app
-        .client
-        .put(app.url(&format!("/v1/schedules/{id}")))
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let resumed_at = Utc::now();
-    let start = Instant::now();
-    loop {
-        let now = ticks(&app, "tick").await;
-        if now.len() > seen.len() {
-            let new: Vec<_> = now.keys().filter(|t| !seen.contains_key(t)).collect();
-            assert!(
-                new.iter()
-                    .all(|t| **t >= resumed_at - chrono::Duration::seconds(1)),
-                "{new:?}"
-            );
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    second.shutdown().await;
-    delete_queue(&app, "parked-ticks").await;
-    app.shutdown().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_run_gets_its_schedule_id_and_time_in_env() {
     let app = spawn_app().await;
     app.register("envs", "granda-test/env", json!({})).await;
-    let s = create(&app, json!({"function": "envs", "cron": "* * * * * *"})).await;
+    let s = create(
+        &app,
+        json!({"function": "envs", "cron": "* * * * * *",
+               "payload": "a,b", "content_type": "text/csv; charset=utf-8"}),
+    )
+    .await;
     let id = s["id"].as_str().unwrap().to_string();
     let start = Instant::now();
     let record = loop {
@@ -240,6 +82,10 @@ async fn a_scheduled_run_gets_its_schedule_id_and_time_in_env() {
     let at = DateTime::parse_from_rfc3339(at).unwrap();
     assert_eq!(at.timestamp_subsec_nanos(), 0);
     assert_eq!(record["trigger"], "schedule");
+    assert!(
+        out.contains("GRANDA_CONTENT_TYPE=text/csv; charset=utf-8\n"),
+        "{out}"
+    );
     app.shutdown().await;
 }
 
@@ -263,6 +109,15 @@ async fn the_api_checks_schedules_and_shows_next_runs() {
         (
             json!({"function": "job", "cron": "* * * * *", "extra": 1}),
             "extra",
+        ),
+        // It becomes GRANDA_CONTENT_TYPE: printable ASCII only.
+        (
+            json!({"function": "job", "cron": "* * * * *", "content_type": "text/plain\r\nX: y"}),
+            "content_type",
+        ),
+        (
+            json!({"function": "job", "cron": "* * * * *", "content_type": "text/plaîn"}),
+            "content_type",
         ),
     ] {
         let r = app.post_json("/v1/schedules", &body).await;
@@ -341,6 +196,27 @@ async fn the_api_checks_schedules_and_shows_next_runs() {
     assert_eq!(r.status(), 204);
     error_code(app.get(&format!("/v1/schedules/{id}")).await, 404).await;
     error_code(app.get("/v1/schedules/not-a-uuid").await, 404).await;
+
+    // The API is in the OpenAPI document.
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    for path in ["/v1/schedules", "/v1/schedules/{id}"] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} not in /openapi.json"
+        );
+    }
+    for method in ["get", "post"] {
+        assert!(
+            spec["paths"]["/v1/schedules"][method].is_object(),
+            "{method}"
+        );
+    }
+    for method in ["get", "put", "delete"] {
+        assert!(
+            spec["paths"]["/v1/schedules/{id}"][method].is_object(),
+            "{method}"
+        );
+    }
 
     // The dashboard lists schedules (behind its login like every page).
     let r = reqwest::Client::builder()

@@ -11,7 +11,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde_json::{Value, json};
 
-use crate::schedules::{delete_queue, extra_ingress};
+mod crash;
+mod headers;
+mod refusals;
+mod snippets;
+
+use crate::schedules::delete_queue;
 use crate::support::{TestApp, amqp_url, spawn_app, spawn_app_with};
 
 async fn subscribe(app: &TestApp, function: &str, pattern: &str) {
@@ -52,23 +57,33 @@ async fn publish(
         );
     }
     let mut props = BasicProperties::default()
-        .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
         .with_headers(table);
     if let Some(id) = message_id {
         props = props.with_message_id(ShortString::from(id));
     }
     let exchange = Topology::new(&app.settings.amqp_prefix).inbound_exchange();
+    publish_props(ch, &exchange, topic, body, props).await;
+}
+
+/// Publishes persistent `body` with `props` to `exchange`, mandatory, and waits for the confirm.
+async fn publish_props(
+    ch: &Channel,
+    exchange: &str,
+    topic: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
     let confirm = ch
         .basic_publish(
-            exchange.as_str().into(),
+            exchange.into(),
             topic.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
             body,
-            props,
+            props.with_delivery_mode(2),
         )
         .await
         .unwrap()
@@ -78,6 +93,46 @@ async fn publish(
         matches!(confirm, Confirmation::Ack(None)),
         "not confirmed: {confirm:?}"
     );
+}
+
+/// Takes `n` messages off the app's inbound dead-letter queue, waiting up to `within`.
+async fn dead_letters(
+    ch: &Channel,
+    app: &TestApp,
+    n: usize,
+    within: Duration,
+) -> Vec<lapin::message::Delivery> {
+    let dead = Topology::new(&app.settings.amqp_prefix).inbound_dead_queue();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < n {
+        assert!(
+            start.elapsed() < within,
+            "{} of {n} dead-lettered within {within:?}: {:?}",
+            got.len(),
+            got.iter()
+                .map(|m: &lapin::message::Delivery| String::from_utf8_lossy(&m.data).to_string())
+                .collect::<Vec<_>>()
+        );
+        match ch
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => got.push(m.delivery),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    got
+}
+
+/// A long-string header of a delivery, as text; panics if it is missing.
+fn header_text(m: &lapin::message::Delivery, name: &str) -> String {
+    let headers = m.properties.headers().clone().unwrap_or_default();
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).to_string(),
+        other => panic!("{name}: {other:?} in {headers:?}"),
+    }
 }
 
 /// Invocations per (input, function) for the event trigger.
@@ -275,40 +330,19 @@ async fn a_bad_message_lands_in_the_dead_letter_queue_with_its_reason() {
     publish(&ch, &app, "fine.topic", &vec![b'x'; 2000], Some("b3"), &[]).await;
     publish(&ch, &app, "fine.topic", b"ok", Some("b4"), &[]).await;
 
-    let dead = Topology::new(&app.settings.amqp_prefix).inbound_dead_queue();
     let mut reasons = BTreeMap::new();
-    let start = Instant::now();
-    while reasons.len() < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "dead-lettered so far: {reasons:?}"
-        );
-        let got = ch
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap();
-        let Some(m) = got else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-        let text = |k: &str| match headers.inner().get(k) {
-            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).to_string(),
-            other => panic!("{k}: {other:?}"),
-        };
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .unwrap()
-            .to_string();
+    for m in dead_letters(&ch, &app, 3, Duration::from_secs(20)).await {
+        let id = m.properties.message_id().as_ref().unwrap().to_string();
         if id == "b1" {
-            assert_eq!(text("keep"), "me", "the publisher's headers are kept");
-            assert_eq!(m.delivery.data, b"spaces");
-            assert_eq!(text("x-granda-routing-key"), "bad topic!");
+            assert_eq!(
+                header_text(&m, "keep"),
+                "me",
+                "the publisher's headers are kept"
+            );
+            assert_eq!(m.data, b"spaces");
+            assert_eq!(header_text(&m, "x-granda-routing-key"), "bad topic!");
         }
-        reasons.insert(id, text("x-granda-reason"));
+        reasons.insert(id, header_text(&m, "x-granda-reason"));
     }
     assert!(reasons["b1"].starts_with("bad topic"), "{reasons:?}");
     assert!(reasons["b2"].starts_with("bad topic"), "{reasons:?}");
@@ -332,101 +366,5 @@ async fn a_bad_message_lands_in_the_dead_letter_queue_with_its_reason() {
     );
     let _ = conn.close(200, "".into()).await;
     delete_queue(&app, "parked-dead").await;
-    app.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_router_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
-    const N: usize = 300;
-    // A short outbox grace, so what a killed router committed but never published goes out soon.
-    let app = spawn_app_with(|s| s.outbox_grace_ms = 1_000).await;
-    // Parked on a queue no worker consumes: the ledger is about recording and publishing.
-    for f in ["ledger-a", "ledger-b", "ledger-c"] {
-        app.register(f, "granda-test/echo", json!({"queue": "parked-ledger"}))
-            .await;
-        subscribe(&app, f, "ledger.#").await;
-    }
-    let victim = extra_ingress(&app).await;
-    let (conn, ch) = confirm_channel().await;
-    let started = Instant::now();
-    for i in 0..N {
-        let body = format!("m-{i}");
-        publish(&ch, &app, "ledger.entry", body.as_bytes(), Some(&body), &[]).await;
-    }
-    // Kill the second ingress (its router with it) while the batch is being routed.
-    wait_until(
-        "the batch is under way",
-        Duration::from_secs(30),
-        || async {
-            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            n >= (N / 5) as i64
-        },
-    )
-    .await;
-    victim.task.abort();
-    let _ = victim.task.await;
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert!((n as usize) < N, "the batch was done before the kill: {n}");
-    eprintln!("router killed after {n} of {N} events were recorded");
-    // Another router starts; with the first app's own, they finish the batch.
-    let fresh = extra_ingress(&app).await;
-    wait_until(
-        "every message recorded",
-        Duration::from_secs(60),
-        || async {
-            let (n,): (i64,) = sqlx::query_as("SELECT count(DISTINCT payload) FROM events")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            n as usize == N
-        },
-    )
-    .await;
-    eprintln!(
-        "{N} messages (3 subscribers each) routed in {:?}, one router killed on the way",
-        started.elapsed()
-    );
-    wait_until(
-        "every invocation published",
-        Duration::from_secs(30),
-        || async {
-            let (n,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM invocations WHERE trigger = 'event' AND published_at IS NULL",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            n == 0
-        },
-    )
-    .await;
-    // The ledger: every message once as an event, once per subscriber as an invocation.
-    let (events, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT payload) FROM events")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!((events, distinct), (N as i64, N as i64));
-    let l = ledger(&app).await;
-    assert_eq!(l.len(), 3 * N, "missing invocations");
-    assert!(l.values().all(|n| *n == 1), "duplicated invocations");
-    for i in 0..N {
-        for f in ["ledger-a", "ledger-b", "ledger-c"] {
-            assert_eq!(l.get(&(format!("m-{i}"), f.to_string())), Some(&1));
-        }
-    }
-    // Each invocation's message reached its queue (the outbox may add harmless duplicates).
-    let queue = Topology::new(&app.settings.amqp_prefix).work_queue("parked-ledger");
-    let depth = granda::broker::queue_depth(&conn, &queue).await.unwrap();
-    assert!(depth as usize >= 3 * N, "{depth}");
-    let _ = conn.close(200, "".into()).await;
-    fresh.shutdown().await;
-    delete_queue(&app, "parked-ledger").await;
     app.shutdown().await;
 }
