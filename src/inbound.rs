@@ -40,9 +40,9 @@ use uuid::Uuid;
 
 use crate::event::{FannedOut, store as events, valid_topic};
 use crate::function::Function;
+use crate::ingress::Ingress;
 use crate::invocation::{NewInvocation, Trigger, store as invocations};
-use crate::producer::AppState;
-use crate::producer::outbox;
+use crate::outbox;
 
 /// Unacked messages a router holds at once.
 const PREFETCH: u16 = 32;
@@ -71,7 +71,7 @@ pub enum Refusal {
 }
 
 /// Routes until `stop` turns true; a message being handled is finished first.
-pub async fn run(app: AppState, mut stop: watch::Receiver<bool>) {
+pub async fn run(app: Ingress, mut stop: watch::Receiver<bool>) {
     describe(&app);
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -95,14 +95,14 @@ pub async fn run(app: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn describe(app: &AppState) {
+fn describe(app: &Ingress) {
     app.metrics.describe(
         "granda_inbound_messages_total",
         "Messages the inbound router took from the inbound exchange, by outcome (accepted, duplicate, dead).",
     );
 }
 
-async fn consume(app: &AppState, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn consume(app: &Ingress, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
     let topology = app.publisher.topology().clone();
     let (connection, _) = crate::broker::Nodes::from_settings(&app.settings)?
         .connect("inbound-router")
@@ -182,7 +182,7 @@ async fn consume(app: &AppState, stop: &mut watch::Receiver<bool>) -> anyhow::Re
 }
 
 /// Forgets message ids older than 24 h.
-async fn forget_old_ids(app: &AppState) -> Result<(), sqlx::Error> {
+async fn forget_old_ids(app: &Ingress) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM inbound_messages WHERE received_at < now() - interval '24 hours'")
         .execute(&app.pool)
         .await?;
@@ -214,7 +214,7 @@ async fn ack(delivery: &Delivery) -> Result<(), Failure> {
 
 /// Handles one delivery: accepted (recorded, published, acked), a duplicate (acked), or refused
 /// (dead-lettered, acked).
-async fn handle(app: &AppState, dead: &Channel, delivery: &Delivery) -> Result<(), Failure> {
+async fn handle(app: &Ingress, dead: &Channel, delivery: &Delivery) -> Result<(), Failure> {
     let accepted = match check(app, delivery) {
         Ok(a) => a,
         Err(refusal) => return refuse(app, dead, delivery, &refusal).await,
@@ -251,7 +251,7 @@ async fn handle(app: &AppState, dead: &Channel, delivery: &Delivery) -> Result<(
 
 /// Dead-letters a message with its reason and acks it.
 async fn refuse(
-    app: &AppState,
+    app: &Ingress,
     dead: &Channel,
     delivery: &Delivery,
     refusal: &Refusal,
@@ -272,7 +272,7 @@ fn refused_by_postgres(e: &anyhow::Error) -> Option<Refusal> {
         .then(|| Refusal::Stored(format!("{} (SQLSTATE {code})", db.message())))
 }
 
-fn count(app: &AppState, outcome: &str) {
+fn count(app: &Ingress, outcome: &str) {
     app.metrics.inc(
         "granda_inbound_messages_total",
         format!("outcome=\"{outcome}\""),
@@ -294,7 +294,7 @@ pub struct Accepted<'a> {
 /// Whether a message can be accepted, and what of it is kept. Everything that enters Postgres
 /// or a function's env is checked here, so nothing is refused later (which would hold the
 /// message, and those behind it, in retries).
-pub fn check<'a>(app: &AppState, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
+pub fn check<'a>(app: &Ingress, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
     let topic = delivery.routing_key.as_str();
     if !valid_topic(topic) {
         return Err(Refusal::Topic(topic.chars().take(300).collect()));
@@ -354,7 +354,7 @@ struct Fired {
 /// Records the event and its invocations in one transaction. `None`: its `message_id` was
 /// accepted before (in the last 24 h); nothing was written.
 async fn record(
-    app: &AppState,
+    app: &Ingress,
     delivery: &Delivery,
     accepted: &Accepted<'_>,
 ) -> anyhow::Result<Option<(Uuid, Vec<Fired>)>> {
@@ -540,7 +540,7 @@ pub fn ascii_json(value: &Value) -> String {
 /// Republishes a refused message to the inbound dead-letter queue, with confirms, keeping its
 /// properties and adding the reason and the routing key it came with.
 async fn dead_letter(
-    app: &AppState,
+    app: &Ingress,
     dead: &Channel,
     delivery: &Delivery,
     reason: &str,
@@ -572,7 +572,7 @@ fn long_string(s: &str) -> AMQPValue {
 }
 
 /// Mirrors an accepted event on `<prefix>.events` for observers, like HTTP-published ones.
-async fn mirror(app: &AppState, topic: &str, delivery: &Delivery, event_id: Uuid) {
+async fn mirror(app: &Ingress, topic: &str, delivery: &Delivery, event_id: Uuid) {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(
         "x-granda-event-id".into(),

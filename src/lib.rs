@@ -10,6 +10,8 @@
 //! - [`function`]: what a function is (its definition, validation, the snapshot a message
 //!   carries); [`build`]: building one from source.
 //! - [`invocation`]: what an invocation is and how it is stored: its states and who writes them.
+//! - [`ingress`]: what the ingress's parts share (database, publisher, settings, metrics);
+//!   [`outbox`]: publishing what was recorded, and re-publishing what the broker never confirmed.
 //! - [`message`]: the wire message (`Work`) and the reply of a sync call.
 //! - [`broker`]: RabbitMQ: topology, nodes and failover, publishing with confirms, replies.
 //! - [`worker`]: consuming, claiming, running a container (cold, warm, hot), settling the message.
@@ -37,10 +39,12 @@ pub mod error;
 pub mod event;
 pub mod function;
 pub mod inbound;
+pub mod ingress;
 pub mod invocation;
 pub mod keys;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod producer;
 pub mod retry;
 pub mod schedule;

@@ -16,7 +16,6 @@ pub mod invocations;
 pub mod invoke;
 pub mod keys;
 pub mod openapi;
-pub mod outbox;
 pub mod recent;
 pub mod schedules;
 pub mod ui;
@@ -65,6 +64,18 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+}
+
+impl AppState {
+    /// What the loops beside the API (outbox, schedules, AMQP router) share with it.
+    pub fn ingress(&self) -> crate::ingress::Ingress {
+        crate::ingress::Ingress {
+            pool: self.pool.clone(),
+            publisher: self.publisher.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 impl Application {
@@ -170,9 +181,10 @@ impl Application {
         // The ingress's loops: dropped with this future (aborted), or stopped below.
         let mut loops = tokio::task::JoinSet::new();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        loops.spawn(outbox::run(self.state.clone()));
-        loops.spawn(crate::schedule::ticker::run(self.state.clone()));
-        let router_stopped = loops.spawn(crate::inbound::run(self.state.clone(), stopped));
+        let ingress = self.state.ingress();
+        loops.spawn(crate::outbox::run(ingress.clone()));
+        loops.spawn(crate::schedule::ticker::run(ingress.clone()));
+        let router_stopped = loops.spawn(crate::inbound::run(ingress, stopped));
         let app = router(self.state);
         // The caller's address is a function's `REMOTE_ADDR`.
         let app = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::{Schedule, plan, store};
 use crate::function::Function;
+use crate::ingress::Ingress;
 use crate::invocation::{NewInvocation, Trigger, store as invocations};
-use crate::producer::AppState;
-use crate::producer::outbox;
+use crate::outbox;
 
 /// How often each ingress looks for due schedules, on average. Each wait is drawn between half
 /// and one and a half of it, so that servers take turns at the ticks (with a fixed period, the
@@ -35,7 +35,7 @@ struct Fired {
 }
 
 /// Ticks until the task is dropped.
-pub async fn run(app: AppState) {
+pub async fn run(app: Ingress) {
     describe(&app);
     let mut passes: u64 = 0;
     loop {
@@ -59,7 +59,7 @@ fn next_wait() -> Duration {
     TICK_EVERY.mul_f64(0.5 + f64::from(r) / 65_536.0)
 }
 
-fn describe(app: &AppState) {
+fn describe(app: &Ingress) {
     let m = &app.metrics;
     m.describe(
         "granda_schedule_fired_total",
@@ -76,7 +76,7 @@ fn describe(app: &AppState) {
 }
 
 /// One pass over the due schedules; returns how many ticks it fired.
-pub async fn pass(app: &AppState) -> anyhow::Result<usize> {
+pub async fn pass(app: &Ingress) -> anyhow::Result<usize> {
     let mut fired = 0;
     for id in store::due(&app.pool, BATCH).await? {
         match fire_one(app, id).await {
@@ -90,7 +90,7 @@ pub async fn pass(app: &AppState) -> anyhow::Result<usize> {
 }
 
 /// Fires what is due of schedule `id`, if this ingress gets its lock.
-async fn fire_one(app: &AppState, id: Uuid) -> anyhow::Result<usize> {
+async fn fire_one(app: &Ingress, id: Uuid) -> anyhow::Result<usize> {
     let mut tx = app.pool.begin().await?;
     let Some(schedule) = store::lock_due(&mut tx, id).await? else {
         return Ok(0);

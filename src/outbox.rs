@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::AppState;
 use crate::function::{Function, store as functions};
+use crate::ingress::Ingress;
 use crate::invocation::{Trigger, store};
 use crate::message::Work;
 
@@ -19,7 +19,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 200;
 
 /// Sweeps until the task is dropped.
-pub async fn run(app: AppState) {
+pub async fn run(app: Ingress) {
     let grace = Duration::from_millis(app.settings.outbox_grace_ms);
     let every = SWEEP_EVERY.min(grace.max(Duration::from_millis(200)));
     loop {
@@ -37,7 +37,7 @@ pub async fn run(app: AppState) {
 
 /// One pass; returns how many invocations it re-published.
 #[tracing::instrument(skip_all)]
-pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<usize> {
+pub async fn sweep(app: &Ingress, grace: Duration) -> anyhow::Result<usize> {
     let mut tx = app.pool.begin().await?;
     let rows = store::unpublished(&mut tx, grace, BATCH).await?;
     let mut functions_by_name: HashMap<String, Option<Function>> = HashMap::new();
@@ -84,7 +84,7 @@ pub async fn sweep(app: &AppState, grace: Duration) -> anyhow::Result<usize> {
 /// event's fan-out) and notes the confirm. If the broker does not confirm, the row stays
 /// unpublished and [`sweep`] publishes it after the grace period: the record is the promise.
 pub async fn publish_now(
-    app: &AppState,
+    app: &Ingress,
     function: &Function,
     id: uuid::Uuid,
     trigger: Trigger,
