@@ -113,14 +113,20 @@ pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewSchedule>,
 ) -> Result<Response, ApiError> {
+    let stored = add(&app, body).await?;
+    Ok((StatusCode::CREATED, Json(stored.view())).into_response())
+}
+
+/// Makes a schedule (the API's create and the dashboard's form).
+pub async fn add(app: &AppState, body: NewSchedule) -> Result<Schedule, ApiError> {
     let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
     let cron = CronTz::parse(&body.cron, &timezone)?;
-    let (payload, implied) = payload_bytes(&app, body.payload.unwrap_or(Value::Null))?;
+    let (payload, implied) = payload_bytes(app, body.payload.unwrap_or(Value::Null))?;
     let content_type = match body.content_type {
         Some(ct) => Some(content_type(&ct)?),
         None => implied.map(str::to_string),
     };
-    check_function(&app, &body.function).await?;
+    check_function(app, &body.function).await?;
     let now = Utc::now();
     let schedule = Schedule {
         id: Uuid::now_v7(),
@@ -145,7 +151,7 @@ pub async fn create(
             other => other.into(),
         })?;
     tracing::info!(schedule = %stored.id, function = %stored.function, cron = %stored.cron, "schedule created");
-    Ok((StatusCode::CREATED, Json(stored.view())).into_response())
+    Ok(stored)
 }
 
 #[derive(Debug, Deserialize)]

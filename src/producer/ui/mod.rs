@@ -89,7 +89,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/dead-letters/retry", post(invocations::retry_dead))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
-        .route("/schedules", get(schedules::list))
+        .route("/schedules", get(schedules::list).post(schedules::create))
         .route("/schedules/{id}/pause", post(schedules::pause))
         .route("/schedules/{id}/resume", post(schedules::resume))
         .route("/schedules/{id}/delete", post(schedules::delete))

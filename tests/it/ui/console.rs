@@ -365,18 +365,39 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
     text_becomes(client, "main", |t| t.contains("No webhooks yet.")).await?;
     ensure!(deliver(&url, &second, "four").await == 404);
 
-    // A schedule: paused, resumed, deleted from its row.
-    let r = app
-        .post_json(
-            "/v1/schedules",
-            &json!({"function": "hooked", "cron": "0 3 * * *"}),
-        )
-        .await;
-    ensure!(r.status() == 201);
-    let id = r.json::<serde_json::Value>().await?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // A schedule, made with the form (a bad pattern is refused next to it and nothing is made),
+    // then paused, resumed and deleted from its row.
+    client.goto(&app.url("/ui/schedules")).await?;
+    fill(client, "#schedule-cron", "61 * * * *").await?;
+    click(client, "#create-schedule").await?;
+    let error = text_of(client, "#schedule-error").await?;
+    ensure!(error.contains("cron"), "{error}");
+    let listed = app
+        .get("/v1/schedules")
+        .await
+        .json::<serde_json::Value>()
+        .await?;
+    ensure!(listed["schedules"] == json!([]), "{listed}");
+    fill(client, "#schedule-cron", "0 3 * * *").await?;
+    fill(client, "#schedule-timezone", "Europe/Berlin").await?;
+    fill(client, "#schedule-payload", "nightly").await?;
+    click(client, "#create-schedule").await?;
+    text_becomes(client, "#schedules", |t| t.contains("0 3 * * *")).await?;
+    let listed = app
+        .get("/v1/schedules")
+        .await
+        .json::<serde_json::Value>()
+        .await?;
+    let made = &listed["schedules"][0];
+    ensure!(
+        made["function"] == "hooked"
+            && made["timezone"] == "Europe/Berlin"
+            && made["payload"] == "nightly"
+            && made["enabled"] == true
+            && made["catch_up"] == "none",
+        "{made}"
+    );
+    let id = made["id"].as_str().unwrap_or_default().to_string();
     let enabled = || async {
         app.get(&format!("/v1/schedules/{id}"))
             .await
