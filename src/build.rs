@@ -21,6 +21,8 @@ use crate::config::Settings;
 pub const MAX_SOURCE_BYTES: u64 = 32 * 1024 * 1024;
 /// Lines of the build log an error shows.
 pub const LOG_TAIL_LINES: usize = 30;
+/// The content type of a deploy's streamed answer: the build's log lines, then the verdict.
+pub const NDJSON: &str = "application/x-ndjson";
 
 /// A function's source in `POST /v1/functions` and `PUT /v1/functions/{name}`: a JSON string is the
 /// handler file itself; `{"tar_gz": "<base64>"}` is a gzipped tar of a directory holding it.

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value, json};
 
-use super::functions::{create_or_update, source};
+use super::deploy::{create_or_update, source};
 use super::{CliError, Client, cell};
 
 /// A manifest: functions by name, each the body of a registration plus `source`.

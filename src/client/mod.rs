@@ -2,6 +2,7 @@
 //! (`GRANDA_URL`, `GRANDA_KEY`), print human tables or `--json`, and exit with codes that mean
 //! something (see [`CliError::exit_code`]).
 
+mod deploy;
 pub mod events;
 pub mod functions;
 pub mod hooks;

@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::function::{Function, store};
 use crate::worker::builds;
 
-pub const NDJSON: &str = "application/x-ndjson";
+use crate::build::NDJSON;
 
 /// What a standalone ingress says when no worker can build.
 const NO_BUILDER: &str = "granda server builds nothing itself: start a granda worker serving \

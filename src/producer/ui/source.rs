@@ -15,10 +15,10 @@ use serde_json::json;
 
 use super::session::Admin;
 use super::{BASE, page};
+use crate::build::NDJSON;
 use crate::build::{RUNTIMES, Source};
 use crate::function::NewFunction;
 use crate::producer::AppState;
-use crate::producer::deploy::NDJSON;
 use crate::producer::functions::create_from;
 
 /// `GET /ui/functions/new/source`.
