@@ -240,7 +240,7 @@ impl Runner {
         Ok(ContainerCreateBody {
             image: Some(function.image.clone()),
             cmd,
-            user: function.user.clone(),
+            user: function.run_as(),
             env: Some(env),
             labels: Some(labels),
             attach_stdin: Some(stdin),

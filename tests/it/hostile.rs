@@ -169,6 +169,14 @@ async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
     )
     .await;
     assert_eq!(app.invoke("hot", "x").await.status(), 200);
+    let (uids, gids) = hot_process_ids(&app).await;
+    assert!(uids.iter().all(|u| u == "1234"), "{uids:?}");
+    assert!(gids.iter().all(|g| g == "4321"), "{gids:?}");
+    app.shutdown().await;
+}
+
+/// The ids of the hot container's own process (`Uid:`/`Gid:` of /proc/<pid>/status).
+async fn hot_process_ids(app: &TestApp) -> (Vec<String>, Vec<String>) {
     let hot = app.containers_labelled(&["granda.pool=hot"]).await;
     assert_eq!(hot.len(), 1);
     let pid = app
@@ -190,8 +198,48 @@ async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    assert!(ids("Uid:").iter().all(|u| u == "1234"), "{status}");
-    assert!(ids("Gid:").iter().all(|g| g == "4321"), "{status}");
+    (ids("Uid:"), ids("Gid:"))
+}
+
+/// Issue 14 (audit): the engine gives a uid its image's passwd does not name group 0, so
+/// `"user": "1234"` ran as 1234:0. A lone uid now runs as uid:uid in every mode; names, which
+/// the image resolves (to group 0 if it likes), are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_uid_never_runs_as_group_root_in_any_mode_and_names_are_refused() {
+    let app = spawn_app().await;
+    for name in ["nobody", "nobody:nogroup", "1234:users", "daemon:1234"] {
+        let response = app
+            .post_json(
+                "/v1/functions",
+                &json!({"name": "n", "image": "granda-test/root", "user": name}),
+            )
+            .await;
+        assert_eq!(error_code(response, 422).await, "invalid", "{name:?}");
+    }
+    for mode in ["cold", "warm"] {
+        let name = format!("lone-uid-{mode}");
+        app.register(
+            &name,
+            "granda-test/root",
+            json!({"mode": mode, "user": "1234"}),
+        )
+        .await;
+        for _ in 0..2 {
+            let response = app.invoke(&name, "").await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.text().await.unwrap(), "1234:1234\n", "{mode}");
+        }
+    }
+    app.register(
+        "hot",
+        "granda-test/hot",
+        json!({"mode": "hot", "user": "1234"}),
+    )
+    .await;
+    assert_eq!(app.invoke("hot", "x").await.status(), 200);
+    let (uids, gids) = hot_process_ids(&app).await;
+    assert!(uids.iter().all(|u| u == "1234"), "{uids:?}");
+    assert!(gids.iter().all(|g| g == "1234"), "{gids:?}");
     app.shutdown().await;
 }
 
