@@ -113,6 +113,73 @@ async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() 
     app.shutdown().await;
 }
 
+/// Issue 14 (audit): the panic boundary, with panics made on purpose (`GRANDA_TEST_FAULTS`). A
+/// run that panics half a second in is a platform failure: retried, then dead, its container
+/// removed as the panic unwinds. A handler that panics after its claim gives the message back
+/// until its last deliveries, then records it dead and dead-letters it. Other functions answer
+/// within their run time throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_run_or_in_its_handler_is_settled_and_others_still_answer() {
+    let app = spawn_app_with(|s| {
+        s.test_faults = true;
+        s.retry_base_ms = 100;
+        s.retry_max_ms = 200;
+    })
+    .await;
+    app.register(
+        "panic-in-execute",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "30"}, "max_attempts": 2}),
+    )
+    .await;
+    app.register("panic-in-handle", "granda-test/echo", json!({}))
+        .await;
+    app.register("fine", "granda-test/echo", json!({})).await;
+    let answers_in_time = || async {
+        let started = Instant::now();
+        let response = app.invoke("fine", "still here").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "still here");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    };
+
+    let in_execute = app.invoke_async("panic-in-execute", "").await;
+    let in_handle = app.invoke_async("panic-in-handle", "x").await;
+    answers_in_time().await;
+
+    // Both 30 s sleeps would still run, had their containers not gone with the panic.
+    let record = app.wait_final(in_execute, Duration::from_secs(20)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("a panic inside execute"), "{error}");
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+
+    let record = app.wait_final(in_handle, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("a panic inside handle"), "{error}");
+    assert!(error.contains(" 19 times"), "{error}");
+    // Both messages went to the dead-letter queue: the first as retries spent, the second
+    // through the delivery limit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page: serde_json::Value = app.get("/v1/dead-letters").await.json().await.unwrap();
+        if page["queue_depth"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answers_in_time().await;
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
     let app = spawn_app().await;
