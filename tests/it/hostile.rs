@@ -365,6 +365,63 @@ async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
     }
 }
 
+/// Issue 14 (audit): a `VOLUME` path with a `,` can't be a capped tmpfs, and the engine made it
+/// an uncapped volume on the host's disk. Such an image is refused at registration (422), and at
+/// run time in every mode when it turns up under a tag registered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_run() {
+    let app = spawn_app().await;
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &json!({"name": "comma", "image": "granda-test/volume-comma"}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("VOLUME \"/data,size=100g\""), "{message}");
+    assert_eq!(app.get("/v1/functions/comma").await.status(), 404);
+
+    // A tag that was fine when registered and points at the hostile image by the first run.
+    let tag = format!("granda-test/retagged-{}", Uuid::new_v4().simple());
+    let retag = |from: &str| {
+        let status = std::process::Command::new("docker")
+            .args(["tag", from, &tag])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    retag("granda-test/volume");
+    for mode in ["cold", "warm", "hot"] {
+        app.register(&format!("later-{mode}"), &tag, json!({"mode": mode}))
+            .await;
+    }
+    retag("granda-test/volume-comma");
+    let before = volume_names(&app).await;
+    for mode in ["cold", "warm", "hot"] {
+        let id = app.invoke_async(&format!("later-{mode}"), "").await;
+        let record = app.wait_final(id, Duration::from_secs(60)).await;
+        assert!(
+            matches!(record["status"].as_str(), Some("failed" | "dead")),
+            "{mode}: {record}"
+        );
+        let error = record["error"].as_str().unwrap();
+        assert!(error.contains("declares VOLUME"), "{mode}: {error}");
+    }
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+    let new: Vec<_> = volume_names(&app)
+        .await
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "volumes made: {new:?}");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .status();
+    app.shutdown().await;
+}
+
 async fn volume_names_now() -> HashSet<String> {
     let docker = granda::docker::connect(None, 60).unwrap();
     docker
