@@ -203,6 +203,7 @@ impl Worker {
                 warm: pool::Pool::new(
                     runner.clone(),
                     &settings.state_dir,
+                    &installation,
                     &worker_id,
                     schedule.max,
                 )

@@ -490,8 +490,8 @@ async fn a_hot_socket_swapped_for_a_symlink_is_refused_and_never_followed() {
 }
 
 /// The socket directories of this app's hot containers, on the host.
-fn socket_dirs(app: &TestApp) -> Vec<std::path::PathBuf> {
-    let root = granda::worker::pool::socket_root(&app.settings.state_dir, &app.worker_id());
+async fn socket_dirs(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let root = app.socket_root().await;
     std::fs::read_dir(root)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
@@ -511,7 +511,7 @@ async fn a_hot_socket_directory_is_the_functions_own_and_capped() {
     let (mut biggest, mut seen) = (0u64, false);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for dir in socket_dirs(&app) {
+        for dir in socket_dirs(&app).await {
             if let Ok(meta) = std::fs::metadata(&dir) {
                 assert_eq!(meta.mode() & 0o777, 0o700, "{dir:?}");
                 assert_eq!(meta.uid(), 65534, "{dir:?}");
@@ -536,9 +536,9 @@ async fn a_hot_socket_directory_is_the_functions_own_and_capped() {
     );
     app.assert_no_containers_left(Duration::from_secs(20)).await;
     assert!(
-        socket_dirs(&app).is_empty(),
+        socket_dirs(&app).await.is_empty(),
         "socket directories left: {:?}",
-        socket_dirs(&app)
+        socket_dirs(&app).await
     );
     app.shutdown().await;
 }
@@ -588,6 +588,16 @@ async fn two_installations_with_one_worker_id_leave_each_others_runs_alone() {
             json!({"timeout_ms": 60000, "env": {"SLEEP_SECONDS": "10"}}),
         )
         .await;
+    first
+        .register(
+            "hot",
+            "granda-test/hot",
+            json!({"mode": "hot", "idle_timeout_ms": 120000}),
+        )
+        .await;
+    let response = first.invoke("hot", "count").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "1");
     let id = first.invoke_async("long", "").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while containers_of_invocation(&first, id).await.is_empty() {
@@ -602,6 +612,16 @@ async fn two_installations_with_one_worker_id_leave_each_others_runs_alone() {
     let record = first.wait_final(id, Duration::from_secs(40)).await;
     assert_eq!(record["status"], "succeeded", "{record}");
     assert_eq!(record["output"], "slept\n");
+    // The second's start cleared its own hot socket directories, not the first's: the first's
+    // hot process still answers, the same one.
+    assert_eq!(
+        socket_dirs(&first).await.len(),
+        1,
+        "the first's hot socket directory is gone"
+    );
+    let response = first.invoke("hot", "count").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "2");
     second.shutdown().await;
     first.shutdown().await;
 }

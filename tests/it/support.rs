@@ -268,6 +268,12 @@ impl TestApp {
             .collect()
     }
 
+    /// This app's worker's directory of hot socket directories, on the host.
+    pub async fn socket_root(&self) -> std::path::PathBuf {
+        let installation = granda::docker::installation(&self.pool).await.unwrap();
+        granda::worker::pool::socket_root(&self.settings.state_dir, &installation, &self.worker_id())
+    }
+
     /// Waits until this worker has no container left; panics after `within`.
     pub async fn assert_no_containers_left(&self, within: Duration) {
         let start = Instant::now();
