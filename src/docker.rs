@@ -123,13 +123,10 @@ pub fn address(host: Option<&str>) -> String {
 /// the tmpfs mount's options). The engine would make such a path an uncapped volume on the host's
 /// disk, so images declaring one are refused.
 pub fn uncappable_volume(volumes: &[String]) -> Option<&str> {
-    volumes
-        .iter()
-        .map(String::as_str)
-        .find(|v| {
-            let path = v.trim_end_matches('/');
-            path.is_empty() || !path.starts_with('/') || path.contains(',')
-        })
+    volumes.iter().map(String::as_str).find(|v| {
+        let path = v.trim_end_matches('/');
+        path.is_empty() || !path.starts_with('/') || path.contains(',')
+    })
 }
 
 /// Why an image declaring `volume` is refused.
@@ -148,10 +145,7 @@ pub async fn check_volumes(
     image: &str,
 ) -> Result<Result<(), String>, bollard::errors::Error> {
     let inspected = docker.inspect_image(image).await?;
-    let volumes = inspected
-        .config
-        .and_then(|c| c.volumes)
-        .unwrap_or_default();
+    let volumes = inspected.config.and_then(|c| c.volumes).unwrap_or_default();
     Ok(match uncappable_volume(&volumes) {
         Some(volume) => Err(volume_refusal(image, volume)),
         None => Ok(()),

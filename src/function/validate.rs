@@ -543,11 +543,7 @@ mod tests {
         ] {
             assert!(check_user(root).is_err(), "{root:?} is refused");
         }
-        for fine in [
-            "65534",
-            "65534:65534",
-            "1234:5678",
-        ] {
+        for fine in ["65534", "65534:65534", "1234:5678"] {
             assert!(check_user(fine).is_ok(), "{fine:?} is accepted");
         }
     }

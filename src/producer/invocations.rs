@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::{Extension, Json};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -34,9 +34,9 @@ pub async fn get(
     let mut view = record.to_json();
     if let Some(mut callback) = crate::callback::state(&app.pool, id).await? {
         // Without the auth middleware's word, the least: no URL.
-        let sees_url = caller.is_some_and(|Extension(c)| {
-            matches!(c, Caller::Key(scope) if permits(scope, Action::ReadFunctions))
-        });
+        let sees_url = caller.is_some_and(
+            |Extension(c)| matches!(c, Caller::Key(scope) if permits(scope, Action::ReadFunctions)),
+        );
         if !sees_url && let Some(fields) = callback.as_object_mut() {
             fields.remove("url");
         }

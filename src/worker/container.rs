@@ -168,7 +168,12 @@ impl Runner {
         };
         match self.config(id, function, input) {
             Ok(mut config) => {
-                if let Err(e) = cap_volumes(&mut config, &function.image, &image.volumes, function.tmp_mb) {
+                if let Err(e) = cap_volumes(
+                    &mut config,
+                    &function.image,
+                    &image.volumes,
+                    function.tmp_mb,
+                ) {
                     return (Err(e), None);
                 }
                 self.create_and_run(config, function, input).await

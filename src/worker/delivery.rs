@@ -142,8 +142,8 @@ pub(super) async fn settled_even_on_panic(
         return;
     };
     let message = panic_message(&*panic);
-    let last = retry::on_unavailable(deliveries, broker::DELIVERY_LIMIT)
-        == retry::Unavailable::Attempt;
+    let last =
+        retry::on_unavailable(deliveries, broker::DELIVERY_LIMIT) == retry::Unavailable::Attempt;
     let Some(id) = id.filter(|_| last) else {
         tracing::error!(panic = %message, "handling a delivery panicked; giving the message back");
         if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
@@ -241,11 +241,7 @@ pub(super) async fn handle(
     match claim {
         Claim::Claimed { attempt, queued_at } => {
             let running = Running::start(&shared, work.id);
-            faults::panic_here(faults::armed(
-                shared.test_faults,
-                &work,
-                faults::IN_HANDLE,
-            ));
+            faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
                 stop_dead_run(&shared, dead, work.id).await;
             }

@@ -271,7 +271,11 @@ impl TestApp {
     /// This app's worker's directory of hot socket directories, on the host.
     pub async fn socket_root(&self) -> std::path::PathBuf {
         let installation = granda::docker::installation(&self.pool).await.unwrap();
-        granda::worker::pool::socket_root(&self.settings.state_dir, &installation, &self.worker_id())
+        granda::worker::pool::socket_root(
+            &self.settings.state_dir,
+            &installation,
+            &self.worker_id(),
+        )
     }
 
     /// Waits until this worker has no container left; panics after `within`.

@@ -201,7 +201,10 @@ impl FromRequestParts<AppState> for Session {
         let Some(token) = token(&parts.headers) else {
             return Err(to_login(&parts.uri));
         };
-        match lookup(app, &token).await.map_err(IntoResponse::into_response)? {
+        match lookup(app, &token)
+            .await
+            .map_err(IntoResponse::into_response)?
+        {
             Some((scope, key_id)) => Ok(Session {
                 scope,
                 key_id,
@@ -321,7 +324,9 @@ async fn read_form(headers: &HeaderMap, body: Body, cap: usize) -> Result<bytes:
     if announced.is_some_and(|n| n > cap as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, cap).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, cap)
+        .await
+        .map_err(|_| too_large())
 }
 
 /// The dashboard's guard for every POST under `/ui` (see the module doc). No body is read before
@@ -344,7 +349,9 @@ pub async fn protect(State(app): State<AppState>, request: Request, next: Next) 
             Ok(read) => read,
             Err(e) => return refused(e),
         };
-        let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+        let response = next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
         drop(reserved);
         return response;
     }

@@ -68,7 +68,12 @@ impl Runner {
         function.input = InputMode::Stdin;
         let image = self.image_command(&function.image).await?;
         let mut config = self.config(Uuid::nil(), &function, b"")?;
-        cap_volumes(&mut config, &function.image, &image.volumes, function.tmp_mb)?;
+        cap_volumes(
+            &mut config,
+            &function.image,
+            &image.volumes,
+            function.tmp_mb,
+        )?;
         config.entrypoint = kept.entrypoint;
         config.cmd = if config.entrypoint.is_some() {
             Some(vec![])

@@ -519,7 +519,10 @@ pub(crate) async fn an_invoke_key_sees_a_callbacks_state_but_not_its_url() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let as_invoker: Value = response.json().await.unwrap();
-    assert_eq!(as_invoker["callback"]["status"], "delivered", "{as_invoker}");
+    assert_eq!(
+        as_invoker["callback"]["status"], "delivered",
+        "{as_invoker}"
+    );
     assert!(as_invoker["callback"].get("url").is_none(), "{as_invoker}");
     assert!(!as_invoker.to_string().contains(&rx.url), "{as_invoker}");
     app.shutdown().await;

@@ -21,7 +21,8 @@ async fn dashboard_bodies_are_read_only_for_a_live_session_and_within_caps() {
 
     // A cookie of no session, with 6 MB announced and 64 KiB sent: to the login form, unread.
     let fake = ("cookie", "granda_session=made-up-session");
-    let mut stream = partial_post(&app, "/ui/functions/new", &[FORM, fake], 6_000_000, 65_536).await;
+    let mut stream =
+        partial_post(&app, "/ui/functions/new", &[FORM, fake], 6_000_000, 65_536).await;
     let line = status_line(&mut stream, wait).await;
     assert!(line.starts_with("HTTP/1.1 303"), "{line}");
 

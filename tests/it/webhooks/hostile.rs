@@ -244,7 +244,14 @@ async fn a_callers_idempotency_key_cannot_squat_a_webhook_delivery() {
 async fn an_unknown_hook_is_answered_before_its_body_is_read() {
     let app = spawn_app().await;
     let path = format!("/hooks/{}", Uuid::new_v4());
-    let mut stream = partial_post(&app, &path, &[("content-type", "application/json")], 6_000_000, 64 * 1024).await;
+    let mut stream = partial_post(
+        &app,
+        &path,
+        &[("content-type", "application/json")],
+        6_000_000,
+        64 * 1024,
+    )
+    .await;
     let line = status_line(&mut stream, Duration::from_secs(10)).await;
     assert!(line.starts_with("HTTP/1.1 404"), "{line}");
 
@@ -252,7 +259,14 @@ async fn an_unknown_hook_is_answered_before_its_body_is_read() {
     let hook = create(&app, json!({"function": "env", "scheme": "none"})).await;
     let path = format!("/hooks/{}", hook["id"].as_str().unwrap());
     let over = app.settings.max_body_bytes + 1;
-    let mut stream = partial_post(&app, &path, &[("content-type", "application/json")], over, 1024).await;
+    let mut stream = partial_post(
+        &app,
+        &path,
+        &[("content-type", "application/json")],
+        over,
+        1024,
+    )
+    .await;
     let line = status_line(&mut stream, Duration::from_secs(10)).await;
     assert!(line.starts_with("HTTP/1.1 413"), "{line}");
     assert!(app.invocations_of("env").await.is_empty());
@@ -273,7 +287,14 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     let gauge = "granda_unauthenticated_body_bytes_in_flight";
 
     // A slow sender: 700 kB announced, 1 kB sent. Its reservation shows in the gauge.
-    let slow = partial_post(&app, &path, &[("content-type", "application/json")], 700_000, 1024).await;
+    let slow = partial_post(
+        &app,
+        &path,
+        &[("content-type", "application/json")],
+        700_000,
+        1024,
+    )
+    .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.metric(gauge).await != Some(700_000.0) {
         assert!(
