@@ -253,6 +253,16 @@ pub struct Settings {
         default_value_t = 64 * 1024 * 1024)]
     pub unauthenticated_body_budget_bytes: usize,
 
+    /// For Granda's own tests only: a function named `panic-in-execute…` or `panic-in-handle…`
+    /// makes the worker panic there (`worker::faults`). Never set it in production.
+    #[arg(
+        long,
+        env = "GRANDA_TEST_FAULTS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub test_faults: bool,
+
     /// Most event subscriptions one function may have (422 past it).
     #[arg(
         long,

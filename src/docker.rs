@@ -118,6 +118,40 @@ pub fn address(host: Option<&str>) -> String {
     }
 }
 
+/// The first of an image's `VOLUME`s that can't be mounted as a size-capped tmpfs (Granda mounts
+/// each as one, see `worker::container`): empty, not absolute, or holding a `,` (which would split
+/// the tmpfs mount's options). The engine would make such a path an uncapped volume on the host's
+/// disk, so images declaring one are refused.
+pub fn uncappable_volume(volumes: &[String]) -> Option<&str> {
+    volumes.iter().map(String::as_str).find(|v| {
+        let path = v.trim_end_matches('/');
+        path.is_empty() || !path.starts_with('/') || path.contains(',')
+    })
+}
+
+/// Why an image declaring `volume` is refused.
+pub fn volume_refusal(image: &str, volume: &str) -> String {
+    format!(
+        "image {image:?} declares VOLUME {volume:?}, which can't be mounted as a size-capped tmpfs \
+         (an absolute path without ','); Granda refuses it rather than let the engine put it on the \
+         host's disk"
+    )
+}
+
+/// Refuses `image` (on the engine already) when it declares an [`uncappable_volume`]: `Ok(Err)`
+/// with the reason; `Err` when the engine did not answer.
+pub async fn check_volumes(
+    docker: &Docker,
+    image: &str,
+) -> Result<Result<(), String>, bollard::errors::Error> {
+    let inspected = docker.inspect_image(image).await?;
+    let volumes = inspected.config.and_then(|c| c.volumes).unwrap_or_default();
+    Ok(match uncappable_volume(&volumes) {
+        Some(volume) => Err(volume_refusal(image, volume)),
+        None => Ok(()),
+    })
+}
+
 fn unavailable(image: &str, reason: String) -> ImageError {
     ImageError::Unavailable {
         image: image.to_string(),
@@ -138,7 +172,17 @@ fn split_tag(image: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_tag;
+    use super::{split_tag, uncappable_volume};
+
+    #[test]
+    fn volumes_that_cant_be_a_capped_tmpfs_are_found() {
+        let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(uncappable_volume(&v(&["/data", "/var/lib/x/"])), None);
+        assert_eq!(uncappable_volume(&v(&[])), None);
+        for bad in ["/data,size=100g", "data", "/", "", "/a,b/"] {
+            assert_eq!(uncappable_volume(&v(&["/ok", bad])), Some(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn tags_are_split_from_repositories() {

@@ -227,6 +227,21 @@ pub struct Snapshot {
     pub response: ResponseMode,
 }
 
+impl Snapshot {
+    /// The user its containers and execs run as: `user` with a lone uid given its own number as
+    /// the gid (`1234` runs as `1234:1234`; the engine would give a uid its image's passwd does not
+    /// name the group root). None: the image's `USER`.
+    pub fn run_as(&self) -> Option<String> {
+        self.user.as_deref().map(|user| {
+            if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {
+                format!("{user}:{user}")
+            } else {
+                user.to_string()
+            }
+        })
+    }
+}
+
 fn one() -> i32 {
     1
 }

@@ -466,27 +466,24 @@ pub(super) fn check_env(
     Ok(())
 }
 
-/// `user` is `name`, `uid`, `name:group` or `uid:gid`, and never root: the field exists to run
-/// as someone else.
+/// `user` is `uid` or `uid:gid`, numbers, and never root: the field exists to run as someone
+/// else. A lone `uid` runs as `uid:uid` ([`super::Snapshot::run_as`]). Names are refused: the
+/// engine resolves them in the image's own `/etc/passwd` and `/etc/group`, which a hostile image
+/// writes (a name can stand for group 0 there).
 pub(super) fn check_user(user: &str) -> Result<(), Invalid> {
-    let part_ok = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 32
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
+    let id_ok = |p: &str| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit());
     let (who, group) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    if !part_ok(who) || !group.is_none_or(part_ok) {
+    if !id_ok(who) || !group.is_none_or(id_ok) {
         return Err(invalid(
             "user",
-            "must be name, uid, name:group or uid:gid (letters, digits, '-', '_', '.')",
+            "must be uid or uid:gid, in numbers (names are resolved in the image, which may make them root's group); a lone uid runs as uid:uid",
         ));
     }
-    // Root in any spelling: `root`, `0`, `00`; the group as well (`65534:0`, `x:root`).
-    let is_root = |p: &str| p == "root" || p.parse::<u64>().is_ok_and(|id| id == 0);
+    // Root in any spelling: `0`, `00`; the group as well (`65534:0`).
+    let is_root = |p: &str| p.parse::<u64>().is_ok_and(|id| id == 0);
     if is_root(who) || group.is_some_and(is_root) {
         return Err(invalid(
             "user",
@@ -539,16 +536,14 @@ mod tests {
             ":0",
             "4294967295",
             "65534:4294967296",
+            "nobody",
+            "nobody:nogroup",
+            "1234:users",
+            "daemon:65534",
         ] {
             assert!(check_user(root).is_err(), "{root:?} is refused");
         }
-        for fine in [
-            "65534",
-            "65534:65534",
-            "nobody",
-            "nobody:nogroup",
-            "1234:5678",
-        ] {
+        for fine in ["65534", "65534:65534", "1234:5678"] {
             assert!(check_user(fine).is_ok(), "{fine:?} is accepted");
         }
     }

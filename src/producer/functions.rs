@@ -72,30 +72,41 @@ pub async fn load_for_call(app: &AppState, name: &str) -> Result<Function, ApiEr
     Ok(f)
 }
 
-/// Makes sure `image` can be had (pulled if needed, unless `GRANDA_IMAGE_PULL=never`): 422 if it
-/// can't. `granda up` asks its own engine; a standalone ingress asks a worker of `queue`.
+/// Makes sure `image` can be had (pulled if needed, unless `GRANDA_IMAGE_PULL=never`) and declares
+/// no `VOLUME` that can't be a capped tmpfs ([`crate::docker::uncappable_volume`]): 422 if not. `granda up` asks its own engine; a standalone ingress asks a worker of `queue`.
 pub(crate) async fn check_image(app: &AppState, queue: &str, image: &str) -> Result<(), ApiError> {
     let Some(docker) = &app.docker else {
         return ask_worker(app, queue, Some(image), None).await;
     };
     if app.settings.image_pull == ImagePull::Never {
-        return match docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+        match docker.inspect_image(image).await {
+            Ok(_) => {}
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 400..=499,
                 message,
-            }) => Err(ApiError::Unprocessable(format!(
-                "image {image:?} is not on the engine and GRANDA_IMAGE_PULL=never: {message}"
-            ))),
-            Err(e) => Err(ApiError::Unavailable(format!(
-                "docker engine unavailable: {e}"
-            ))),
-        };
+            }) => {
+                return Err(ApiError::Unprocessable(format!(
+                    "image {image:?} is not on the engine and GRANDA_IMAGE_PULL=never: {message}"
+                )));
+            }
+            Err(e) => {
+                return Err(ApiError::Unavailable(format!(
+                    "docker engine unavailable: {e}"
+                )));
+            }
+        }
+    } else {
+        ensure_image(docker, image).await.map_err(|e| match e {
+            ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
+            ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
+        })?;
     }
-    ensure_image(docker, image).await.map_err(|e| match e {
-        ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
-        ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
-    })
+    match crate::docker::check_volumes(docker, image).await {
+        Ok(fits) => fits.map_err(ApiError::Unprocessable),
+        Err(e) => Err(ApiError::Unavailable(format!(
+            "docker engine unavailable: {e}"
+        ))),
+    }
 }
 
 /// Asks a worker of `queue` to check `image` and `runtime` on its engine ([`control`]): 422 with

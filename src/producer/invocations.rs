@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::{Action, Caller, permits};
 use crate::error::ApiError;
 use crate::invocation::search::{self, Filters};
 use crate::invocation::{Status, Trigger, store};
@@ -18,16 +19,27 @@ use crate::message::Work;
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 500;
 
+/// `GET /v1/invocations/{id}`. The callback's state is shown to every caller, its URL only to
+/// keys that may read functions (a function's default callback URL is part of its definition,
+/// which an `invoke` key does not see).
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let record = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
     let mut view = record.to_json();
-    if let Some(callback) = crate::callback::state(&app.pool, id).await? {
+    if let Some(mut callback) = crate::callback::state(&app.pool, id).await? {
+        // Without the auth middleware's word, the least: no URL.
+        let sees_url = caller.is_some_and(
+            |Extension(c)| matches!(c, Caller::Key(scope) if permits(scope, Action::ReadFunctions)),
+        );
+        if !sees_url && let Some(fields) = callback.as_object_mut() {
+            fields.remove("url");
+        }
         view["callback"] = callback;
     }
     Ok(Json(view))

@@ -320,13 +320,25 @@ impl QueueConsumer {
                     Ok(delivery) => {
                         tx.shared.busy.fetch_add(1, Ordering::Relaxed);
                         let acker = delivery.acker.clone();
+                        let id = delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .and_then(|m| Uuid::parse_str(m.as_str()).ok());
+                        let deliveries = delivery_count(&delivery);
                         let handled = handle(
                             tx.shared.clone(),
                             tx.channels.clone(),
                             queue.clone(),
                             delivery,
                         );
-                        tokio::spawn(settled_even_on_panic(handled, acker));
+                        tokio::spawn(settled_even_on_panic(
+                            tx.shared.clone(),
+                            handled,
+                            acker,
+                            id,
+                            deliveries,
+                        ));
                     }
                     Err(e) => {
                         let _ = tx.errors.send(e);

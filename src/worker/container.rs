@@ -43,6 +43,9 @@ pub enum PlatformError {
     /// A kept container is no longer running (or no longer exists): take another.
     #[error("the kept container is gone: {0}")]
     Gone(bollard::errors::Error),
+    /// The image declares a `VOLUME` Granda can't cap.
+    #[error("{0}")]
+    Volume(String),
     #[error("no socket directory for a hot container: {0}")]
     SocketDir(std::io::Error),
     /// A hot container that never listened: the function's own fault, not retried as the
@@ -165,7 +168,14 @@ impl Runner {
         };
         match self.config(id, function, input) {
             Ok(mut config) => {
-                cap_volumes(&mut config, &image.volumes, function.tmp_mb);
+                if let Err(e) = cap_volumes(
+                    &mut config,
+                    &function.image,
+                    &image.volumes,
+                    function.tmp_mb,
+                ) {
+                    return (Err(e), None);
+                }
                 self.create_and_run(config, function, input).await
             }
             Err(e) => (Err(e), None),
@@ -240,7 +250,7 @@ impl Runner {
         Ok(ContainerCreateBody {
             image: Some(function.image.clone()),
             cmd,
-            user: function.user.clone(),
+            user: function.run_as(),
             env: Some(env),
             labels: Some(labels),
             attach_stdin: Some(stdin),
@@ -454,21 +464,28 @@ pub async fn remove(docker: &Docker, container: &str) {
 
 /// Mounts each of the image's `VOLUME`s as a tmpfs of `tmp_mb` (like `/tmp`) instead of the
 /// anonymous volume the engine would make on the host's disk: a function's writes stay within
-/// its memory limit (tmpfs pages count against it) and go with the container.
-fn cap_volumes(config: &mut ContainerCreateBody, volumes: &[String], tmp_mb: i64) {
-    let Some(host) = config.host_config.as_mut() else {
-        return;
-    };
+/// its memory limit (tmpfs pages count against it) and go with the container. An image with a
+/// `VOLUME` that can't be one ([`crate::docker::uncappable_volume`]; refused at registration, but
+/// an image may change under its tag) is not run.
+fn cap_volumes(
+    config: &mut ContainerCreateBody,
+    image: &str,
+    volumes: &[String],
+    tmp_mb: i64,
+) -> Result<(), PlatformError> {
+    if let Some(volume) = crate::docker::uncappable_volume(volumes) {
+        return Err(PlatformError::Volume(crate::docker::volume_refusal(
+            image, volume,
+        )));
+    }
+    let host = config.host_config.get_or_insert_with(Default::default);
     let tmpfs = host.tmpfs.get_or_insert_with(HashMap::new);
     for path in volumes {
-        let path = path.trim_end_matches('/');
-        if path.is_empty() || !path.starts_with('/') || path.contains(',') {
-            continue;
-        }
         tmpfs
-            .entry(path.to_string())
+            .entry(path.trim_end_matches('/').to_string())
             .or_insert_with(|| format!("rw,nosuid,nodev,size={tmp_mb}m"));
     }
+    Ok(())
 }
 
 /// Removes a created container when dropped armed: a run that panics still leaves nothing.

@@ -126,18 +126,47 @@ pub(super) fn lane(delivery: &Delivery) -> Lane {
 
 /// The delivery boundary: `handled` runs to its end, and should it panic anyway (a run's own
 /// panics are caught in [`run_claimed`] and become a platform failure), its message goes back to
-/// the queue, a no-op if it was settled: RabbitMQ counts the delivery, and past the quorum
-/// queue's delivery limit dead-letters it. Its slot and in-flight marks are guards, released as
-/// the panic unwinds.
-pub(super) async fn settled_even_on_panic(handled: impl Future<Output = ()>, acker: lapin::Acker) {
-    if let Err(panic) = AssertUnwindSafe(handled).catch_unwind().await {
-        tracing::error!(
-            panic = panic_message(&*panic),
-            "handling a delivery panicked; giving the message back"
-        );
+/// the queue, a no-op if it was settled: RabbitMQ counts the delivery. On the message's last
+/// deliveries before the quorum queue's delivery limit (see [`retry::on_unavailable`]) it is not
+/// given back: invocation `id` is recorded `dead` (unless a run already recorded it final) and
+/// the message is dead-lettered, so a message that panics every time ends `dead`, never stuck
+/// `running`. Its slot and in-flight marks are guards, released as the panic unwinds.
+pub(super) async fn settled_even_on_panic(
+    shared: Arc<Shared>,
+    handled: impl Future<Output = ()>,
+    acker: lapin::Acker,
+    id: Option<Uuid>,
+    deliveries: i64,
+) {
+    let Err(panic) = AssertUnwindSafe(handled).catch_unwind().await else {
+        return;
+    };
+    let message = panic_message(&*panic);
+    let last =
+        retry::on_unavailable(deliveries, broker::DELIVERY_LIMIT) == retry::Unavailable::Attempt;
+    let Some(id) = id.filter(|_| last) else {
+        tracing::error!(panic = %message, "handling a delivery panicked; giving the message back");
         if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
             tracing::warn!(error = %e, "reject failed; the message will come back");
         }
+        return;
+    };
+    tracing::error!(panic = %message, %id, deliveries, "handling a delivery panicked on its last delivery; recording it dead and dead-lettering it");
+    let outcome = Outcome {
+        status: Some(Status::Dead),
+        error: Some(format!(
+            "the worker failed handling this invocation's message {} times: {}",
+            deliveries + 1,
+            message.replace('\0', "\u{FFFD}")
+        )),
+        ..Default::default()
+    };
+    let recorded = with_db_retries(|| invocation::store::finish(&shared.pool, id, &outcome)).await;
+    if recorded {
+        crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), id);
+    }
+    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
+        tracing::warn!(error = %e, "reject failed; the message will come back");
     }
 }
 
@@ -212,6 +241,7 @@ pub(super) async fn handle(
     match claim {
         Claim::Claimed { attempt, queued_at } => {
             let running = Running::start(&shared, work.id);
+            faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
                 stop_dead_run(&shared, dead, work.id).await;
             }

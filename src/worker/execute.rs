@@ -18,6 +18,16 @@ pub(super) async fn execute(
     attempt: i32,
     input: &[u8],
 ) -> (Outcome, Option<Failure>, Option<Removal>) {
+    let armed = faults::armed(shared.test_faults, work, faults::IN_EXECUTE);
+    faults::panic_during(armed, execute_in_mode(shared, work, attempt, input)).await
+}
+
+async fn execute_in_mode(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+) -> (Outcome, Option<Failure>, Option<Removal>) {
     // A call of the function's URL: the CGI meta-variables join its env for this run.
     let with_request = work.request.as_ref().map(|request| {
         let mut function = work.function.clone();

@@ -24,6 +24,7 @@ pub mod control;
 mod delivery;
 pub mod endpoints;
 mod execute;
+mod faults;
 mod heartbeat;
 pub mod hot;
 pub mod images;
@@ -137,6 +138,8 @@ struct Shared {
     lease: Duration,
     /// How long to wait before connecting to another worker's engine.
     docker_timeout: u64,
+    /// `GRANDA_TEST_FAULTS`: Granda's own tests make runs panic ([`faults`]).
+    test_faults: bool,
 }
 
 /// The channels of one connection that handlers use.
@@ -200,6 +203,7 @@ impl Worker {
                 warm: pool::Pool::new(
                     runner.clone(),
                     &settings.state_dir,
+                    &installation,
                     &worker_id,
                     schedule.max,
                 )
@@ -225,6 +229,7 @@ impl Worker {
                 engine_id,
                 lease: Duration::from_millis(settings.worker_lease_ms.max(300)),
                 docker_timeout: 30,
+                test_faults: settings.test_faults,
             }),
             queues: settings.queues.clone(),
             schedule,

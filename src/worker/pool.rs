@@ -98,15 +98,16 @@ fn key(f: &Snapshot) -> String {
 
 impl Pool {
     /// Writes the idle binary under `state_dir`, clears the socket directories an earlier self
-    /// of `worker_id` left, and makes an empty pool.
+    /// of `worker_id` in `installation` left, and makes an empty pool.
     pub fn new(
         runner: Runner,
         state_dir: &std::path::Path,
+        installation: &str,
         worker_id: &str,
         default_max: usize,
     ) -> std::io::Result<Pool> {
         let idle_binary = install_idle_binary(state_dir)?;
-        let sockets = socket_root(state_dir, worker_id);
+        let sockets = socket_root(state_dir, installation, worker_id);
         hot::clear_socket_dirs(&sockets);
         std::fs::create_dir_all(&sockets)?;
         Ok(Pool {
@@ -367,10 +368,16 @@ impl Drop for Reserved<'_> {
     }
 }
 
-/// This worker's directory of hot sockets: short, since a socket's path must fit in 108 bytes.
-pub fn socket_root(state_dir: &std::path::Path, worker_id: &str) -> PathBuf {
+/// This worker's directory of hot sockets, of its installation and worker id (two installations
+/// may share a state directory and a worker id: neither clears the other's sockets). Short, since
+/// a socket's path must fit in 108 bytes.
+pub fn socket_root(state_dir: &std::path::Path, installation: &str, worker_id: &str) -> PathBuf {
     use sha2::Digest;
-    let digest = hex::encode(sha2::Sha256::digest(worker_id.as_bytes()));
+    let mut hash = sha2::Sha256::new();
+    hash.update(installation.as_bytes());
+    hash.update([0]);
+    hash.update(worker_id.as_bytes());
+    let digest = hex::encode(hash.finalize());
     state_dir.join("hot").join(&digest[..12])
 }
 

@@ -135,7 +135,15 @@ impl Shared {
         }
         if let Some(image) = check.image.as_deref() {
             match self.images.ensure(image).await {
-                Ok(_) => {}
+                Ok(_) => match crate::docker::check_volumes(self.runner.docker(), image).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => return control::Answer::Unprocessable(reason),
+                    Err(e) => {
+                        return control::Answer::Unavailable(format!(
+                            "docker engine unavailable: {e}"
+                        ));
+                    }
+                },
                 Err(e @ ImageError::Unavailable { .. }) => {
                     return control::Answer::Unprocessable(e.to_string());
                 }

@@ -342,7 +342,9 @@ async fn subscriptions_are_capped_per_function() {
 }
 
 /// Issue 14, item 13: 10,000 long patterns (put in behind the cap) don't make a publish scan
-/// them; prints the publish and /healthz times it saw.
+/// them. Matched linearly, each publish took 0.42 s and stalled `/healthz`: here the median
+/// publish must stay under 200 ms and the median `/healthz`, asked while publishes go on, under
+/// 100 ms (generous bounds, far below what a scan costs; the times seen are printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_patterns_are_matched_through_the_index() {
     let app = spawn_app().await;
@@ -359,20 +361,53 @@ async fn ten_thousand_patterns_are_matched_through_the_index() {
     .execute(&app.pool)
     .await
     .unwrap();
+    let median = |mut times: Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
     // The first publish builds the index; the next ones reuse it.
     publish(&app, "orders.created", "{}").await;
-    let mut slowest = Duration::ZERO;
-    for _ in 0..5 {
+    let mut publishes = Vec::new();
+    for _ in 0..9 {
         let start = std::time::Instant::now();
         let answer = publish(&app, "orders.created", "{}").await;
-        slowest = slowest.max(start.elapsed());
+        publishes.push(start.elapsed());
         let names: Vec<String> = fanned_out(&answer).into_iter().map(|(f, _)| f).collect();
         assert_eq!(names, ["one"]);
     }
-    let start = std::time::Instant::now();
-    assert_eq!(app.get("/healthz").await.status(), 200);
-    let healthz = start.elapsed();
-    eprintln!("10000 patterns: slowest publish {slowest:?}, /healthz {healthz:?}");
+    // /healthz while publishes (of a topic nothing runs for, still matched) go on beside it.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let publisher = {
+        let http = app.client.clone();
+        let url = app.url("/v1/events/orders.nobody");
+        tokio::spawn(async move {
+            while !*stopped.borrow() {
+                let r = http.post(&url).json(&json!({})).send().await.unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        })
+    };
+    let mut healthz = Vec::new();
+    for _ in 0..9 {
+        let start = std::time::Instant::now();
+        assert_eq!(app.get("/healthz").await.status(), 200);
+        healthz.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    publisher.await.unwrap();
+    let (publish_median, healthz_median) = (median(publishes.clone()), median(healthz.clone()));
+    eprintln!(
+        "10000 patterns: publish median {publish_median:?} (all {publishes:?}), /healthz median {healthz_median:?} (all {healthz:?})"
+    );
+    assert!(
+        publish_median < Duration::from_millis(200),
+        "publish median {publish_median:?}"
+    );
+    assert!(
+        healthz_median < Duration::from_millis(100),
+        "/healthz median {healthz_median:?}"
+    );
     // A topic a long pattern matches reaches it (and `one` is not matched).
     let long_topic = format!("w77.{}.never", vec!["a"; 50].join("."));
     let answer = publish(&app, &long_topic, "{}").await;

@@ -113,6 +113,73 @@ async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() 
     app.shutdown().await;
 }
 
+/// Issue 14 (audit): the panic boundary, with panics made on purpose (`GRANDA_TEST_FAULTS`). A
+/// run that panics half a second in is a platform failure: retried, then dead, its container
+/// removed as the panic unwinds. A handler that panics after its claim gives the message back
+/// until its last deliveries, then records it dead and dead-letters it. Other functions answer
+/// within their run time throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_run_or_in_its_handler_is_settled_and_others_still_answer() {
+    let app = spawn_app_with(|s| {
+        s.test_faults = true;
+        s.retry_base_ms = 100;
+        s.retry_max_ms = 200;
+    })
+    .await;
+    app.register(
+        "panic-in-execute",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "30"}, "max_attempts": 2}),
+    )
+    .await;
+    app.register("panic-in-handle", "granda-test/echo", json!({}))
+        .await;
+    app.register("fine", "granda-test/echo", json!({})).await;
+    let answers_in_time = || async {
+        let started = Instant::now();
+        let response = app.invoke("fine", "still here").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "still here");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    };
+
+    let in_execute = app.invoke_async("panic-in-execute", "").await;
+    let in_handle = app.invoke_async("panic-in-handle", "x").await;
+    answers_in_time().await;
+
+    // Both 30 s sleeps would still run, had their containers not gone with the panic.
+    let record = app.wait_final(in_execute, Duration::from_secs(20)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("a panic inside execute"), "{error}");
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+
+    let record = app.wait_final(in_handle, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("a panic inside handle"), "{error}");
+    assert!(error.contains(" 19 times"), "{error}");
+    // Both messages went to the dead-letter queue: the first as retries spent, the second
+    // through the delivery limit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page: serde_json::Value = app.get("/v1/dead-letters").await.json().await.unwrap();
+        if page["queue_depth"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answers_in_time().await;
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
     let app = spawn_app().await;
@@ -169,6 +236,14 @@ async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
     )
     .await;
     assert_eq!(app.invoke("hot", "x").await.status(), 200);
+    let (uids, gids) = hot_process_ids(&app).await;
+    assert!(uids.iter().all(|u| u == "1234"), "{uids:?}");
+    assert!(gids.iter().all(|g| g == "4321"), "{gids:?}");
+    app.shutdown().await;
+}
+
+/// The ids of the hot container's own process (`Uid:`/`Gid:` of /proc/<pid>/status).
+async fn hot_process_ids(app: &TestApp) -> (Vec<String>, Vec<String>) {
     let hot = app.containers_labelled(&["granda.pool=hot"]).await;
     assert_eq!(hot.len(), 1);
     let pid = app
@@ -190,8 +265,48 @@ async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    assert!(ids("Uid:").iter().all(|u| u == "1234"), "{status}");
-    assert!(ids("Gid:").iter().all(|g| g == "4321"), "{status}");
+    (ids("Uid:"), ids("Gid:"))
+}
+
+/// Issue 14 (audit): the engine gives a uid its image's passwd does not name group 0, so
+/// `"user": "1234"` ran as 1234:0. A lone uid now runs as uid:uid in every mode; names, which
+/// the image resolves (to group 0 if it likes), are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_uid_never_runs_as_group_root_in_any_mode_and_names_are_refused() {
+    let app = spawn_app().await;
+    for name in ["nobody", "nobody:nogroup", "1234:users", "daemon:1234"] {
+        let response = app
+            .post_json(
+                "/v1/functions",
+                &json!({"name": "n", "image": "granda-test/root", "user": name}),
+            )
+            .await;
+        assert_eq!(error_code(response, 422).await, "invalid", "{name:?}");
+    }
+    for mode in ["cold", "warm"] {
+        let name = format!("lone-uid-{mode}");
+        app.register(
+            &name,
+            "granda-test/root",
+            json!({"mode": mode, "user": "1234"}),
+        )
+        .await;
+        for _ in 0..2 {
+            let response = app.invoke(&name, "").await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.text().await.unwrap(), "1234:1234\n", "{mode}");
+        }
+    }
+    app.register(
+        "hot",
+        "granda-test/hot",
+        json!({"mode": "hot", "user": "1234"}),
+    )
+    .await;
+    assert_eq!(app.invoke("hot", "x").await.status(), 200);
+    let (uids, gids) = hot_process_ids(&app).await;
+    assert!(uids.iter().all(|u| u == "1234"), "{uids:?}");
+    assert!(gids.iter().all(|g| g == "1234"), "{gids:?}");
     app.shutdown().await;
 }
 
@@ -248,6 +363,63 @@ async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
         assert!(Instant::now() < deadline, "volumes left behind: {new:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Issue 14 (audit): a `VOLUME` path with a `,` can't be a capped tmpfs, and the engine made it
+/// an uncapped volume on the host's disk. Such an image is refused at registration (422), and at
+/// run time in every mode when it turns up under a tag registered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_run() {
+    let app = spawn_app().await;
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &json!({"name": "comma", "image": "granda-test/volume-comma"}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("VOLUME \"/data,size=100g\""), "{message}");
+    assert_eq!(app.get("/v1/functions/comma").await.status(), 404);
+
+    // A tag that was fine when registered and points at the hostile image by the first run.
+    let tag = format!("granda-test/retagged-{}", Uuid::new_v4().simple());
+    let retag = |from: &str| {
+        let status = std::process::Command::new("docker")
+            .args(["tag", from, &tag])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    retag("granda-test/volume");
+    for mode in ["cold", "warm", "hot"] {
+        app.register(&format!("later-{mode}"), &tag, json!({"mode": mode}))
+            .await;
+    }
+    retag("granda-test/volume-comma");
+    let before = volume_names(&app).await;
+    for mode in ["cold", "warm", "hot"] {
+        let id = app.invoke_async(&format!("later-{mode}"), "").await;
+        let record = app.wait_final(id, Duration::from_secs(60)).await;
+        assert!(
+            matches!(record["status"].as_str(), Some("failed" | "dead")),
+            "{mode}: {record}"
+        );
+        let error = record["error"].as_str().unwrap();
+        assert!(error.contains("declares VOLUME"), "{mode}: {error}");
+    }
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+    let new: Vec<_> = volume_names(&app)
+        .await
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "volumes made: {new:?}");
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .status();
+    app.shutdown().await;
 }
 
 async fn volume_names_now() -> HashSet<String> {
@@ -318,8 +490,8 @@ async fn a_hot_socket_swapped_for_a_symlink_is_refused_and_never_followed() {
 }
 
 /// The socket directories of this app's hot containers, on the host.
-fn socket_dirs(app: &TestApp) -> Vec<std::path::PathBuf> {
-    let root = granda::worker::pool::socket_root(&app.settings.state_dir, &app.worker_id());
+async fn socket_dirs(app: &TestApp) -> Vec<std::path::PathBuf> {
+    let root = app.socket_root().await;
     std::fs::read_dir(root)
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
@@ -339,7 +511,7 @@ async fn a_hot_socket_directory_is_the_functions_own_and_capped() {
     let (mut biggest, mut seen) = (0u64, false);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for dir in socket_dirs(&app) {
+        for dir in socket_dirs(&app).await {
             if let Ok(meta) = std::fs::metadata(&dir) {
                 assert_eq!(meta.mode() & 0o777, 0o700, "{dir:?}");
                 assert_eq!(meta.uid(), 65534, "{dir:?}");
@@ -364,9 +536,9 @@ async fn a_hot_socket_directory_is_the_functions_own_and_capped() {
     );
     app.assert_no_containers_left(Duration::from_secs(20)).await;
     assert!(
-        socket_dirs(&app).is_empty(),
+        socket_dirs(&app).await.is_empty(),
         "socket directories left: {:?}",
-        socket_dirs(&app)
+        socket_dirs(&app).await
     );
     app.shutdown().await;
 }
@@ -416,6 +588,16 @@ async fn two_installations_with_one_worker_id_leave_each_others_runs_alone() {
             json!({"timeout_ms": 60000, "env": {"SLEEP_SECONDS": "10"}}),
         )
         .await;
+    first
+        .register(
+            "hot",
+            "granda-test/hot",
+            json!({"mode": "hot", "idle_timeout_ms": 120000}),
+        )
+        .await;
+    let response = first.invoke("hot", "count").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "1");
     let id = first.invoke_async("long", "").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while containers_of_invocation(&first, id).await.is_empty() {
@@ -430,6 +612,16 @@ async fn two_installations_with_one_worker_id_leave_each_others_runs_alone() {
     let record = first.wait_final(id, Duration::from_secs(40)).await;
     assert_eq!(record["status"], "succeeded", "{record}");
     assert_eq!(record["output"], "slept\n");
+    // The second's start cleared its own hot socket directories, not the first's: the first's
+    // hot process still answers, the same one.
+    assert_eq!(
+        socket_dirs(&first).await.len(),
+        1,
+        "the first's hot socket directory is gone"
+    );
+    let response = first.invoke("hot", "count").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "2");
     second.shutdown().await;
     first.shutdown().await;
 }

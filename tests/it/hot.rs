@@ -230,7 +230,7 @@ async fn idle_hot_processes_expire_and_shutdown_removes_the_rest() {
 
     let docker = app.docker.clone();
     let worker = app.worker_id();
-    let state_dir = app.settings.state_dir.clone();
+    let sockets = app.socket_root().await;
     app.shutdown().await;
     let label = format!("granda.worker={worker}");
     let filters = std::collections::HashMap::from([("label", vec![label.as_str()])]);
@@ -241,7 +241,6 @@ async fn idle_hot_processes_expire_and_shutdown_removes_the_rest() {
     let remaining = docker.list_containers(Some(options)).await.unwrap();
     assert!(remaining.is_empty(), "{remaining:?}");
     // Nor its socket directories.
-    let sockets = granda::worker::pool::socket_root(&state_dir, &worker);
     assert!(!sockets.exists(), "{} is left", sockets.display());
 }
 

@@ -167,8 +167,17 @@ echo uid=$(id -u)"#;
         "the image's user by default: {out}"
     );
 
-    let out = stdout_of(run_script(&app, "nobody", json!({"user": "nobody"}), "id -u").await).await;
-    assert_eq!(out.trim(), "65534");
+    let out = stdout_of(
+        run_script(
+            &app,
+            "nobody",
+            json!({"user": "65534"}),
+            "echo $(id -u):$(id -g)",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(out.trim(), "65534:65534", "a lone uid is its own gid too");
     let out = stdout_of(
         run_script(
             &app,
@@ -181,7 +190,7 @@ echo uid=$(id -u)"#;
     .await;
     assert_eq!(out.trim(), "1234:1234");
 
-    for root in ["root", "0", "0:0", "root:x"] {
+    for root in ["root", "0", "0:0", "root:x", "nobody", "65534:nogroup"] {
         let r = app
             .post_json(
                 "/v1/functions",
@@ -234,7 +243,7 @@ async fn docker_inspect_of_a_running_function_shows_its_settings() {
     app.register(
         "sleepy",
         "granda-test/sleep",
-        json!({"memory_mb": 48, "cpus": 0.25, "pids": 40, "tmp_mb": 16, "user": "nobody",
+        json!({"memory_mb": 48, "cpus": 0.25, "pids": 40, "tmp_mb": 16, "user": "65534",
                "container_runtime": "runc", "env": {"SLEEP_SECONDS": "3"}}),
     )
     .await;
@@ -269,7 +278,7 @@ async fn docker_inspect_of_a_running_function_shows_its_settings() {
             .as_deref()
             .is_none_or(|s| !s.contains("docker.sock"))
     }));
-    assert_eq!(config.user.as_deref(), Some("nobody"));
+    assert_eq!(config.user.as_deref(), Some("65534:65534"));
     assert_eq!(config.network_disabled, Some(true));
     let record = app.wait_final(id, Duration::from_secs(15)).await;
     assert_eq!(record["status"], "succeeded", "{record}");

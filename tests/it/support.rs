@@ -268,6 +268,16 @@ impl TestApp {
             .collect()
     }
 
+    /// This app's worker's directory of hot socket directories, on the host.
+    pub async fn socket_root(&self) -> std::path::PathBuf {
+        let installation = granda::docker::installation(&self.pool).await.unwrap();
+        granda::worker::pool::socket_root(
+            &self.settings.state_dir,
+            &installation,
+            &self.worker_id(),
+        )
+    }
+
     /// Waits until this worker has no container left; panics after `within`.
     pub async fn assert_no_containers_left(&self, within: Duration) {
         let start = Instant::now();
@@ -344,6 +354,50 @@ pub async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String
 }
 
 /// Asserts the API's error shape and returns the error code.
+/// Sends a POST head to `path` with `headers`, announcing `length` body bytes and sending
+/// `sent` of them (the body is never completed): for answers that must come before the body.
+pub async fn partial_post(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    length: usize,
+    sent: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.address.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {length}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; sent]).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+/// The status line of the answer on `stream`, which must come within `within`.
+pub async fn status_line(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .expect("the server answered before the body was sent");
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
 pub async fn error_code(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.expect("a JSON error body");

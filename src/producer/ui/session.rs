@@ -16,6 +16,11 @@
 //!   HttpOnly cookie. [`protect`] checks it on every POST but the login form, and refuses any POST
 //!   (login included) that a browser marks as cross-site (`Sec-Fetch-Site`) or whose `Origin` is
 //!   not this server: 403, nothing done.
+//! - **Bodies.** No form body is read before its session is known: a cookie of no live session
+//!   goes to the login form unread; a session's forms are read up to [`FORM_CAP`] (64 KiB), but
+//!   for the function, invoke and source forms its scope may use (up to `GRANDA_MAX_BODY_BYTES`).
+//!   The login form is read within [`FORM_CAP`] and the shared budget of unauthenticated bodies
+//!   ([`crate::producer::budget`]).
 //! - **Where to after login.** `next` is followed only when it is a plain local dashboard path
 //!   (`/ui…`, visible ASCII, no `//`, `\`, dot segments); anything else lands on `/ui`.
 
@@ -151,47 +156,61 @@ fn token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// Where a request without a live session goes: the login form, coming back to `uri` after.
+fn to_login(uri: &axum::http::Uri) -> Response {
+    // Nesting strips the prefix from the URI this sees, and `/ui` arrives as `/`.
+    let seen = uri.path_and_query().map_or("", |p| p.as_str());
+    let next = match seen.strip_prefix('/') {
+        Some(rest) if rest.is_empty() || rest.starts_with('?') => format!("{BASE}{rest}"),
+        _ => format!("{BASE}{seen}"),
+    };
+    see_other(&format!("{BASE}/login?next={}", urlencode(&next)))
+}
+
+/// The live session whose cookie holds `token`: its scope and key.
+async fn lookup(app: &AppState, token: &str) -> Result<Option<(Scope, Option<Uuid>)>, UiError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        scope: String,
+        key_id: Option<Uuid>,
+    }
+    // The key must still be live; a session without a key only while auth is off.
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT COALESCE(k.scope, s.scope) AS scope, s.key_id
+         FROM ui_sessions s
+         LEFT JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
+         WHERE s.token_hash = $1 AND s.expires_at > now()
+           AND (k.id IS NOT NULL OR (s.key_id IS NULL AND $2))",
+    )
+    .bind(hash(token))
+    .bind(app.settings.auth == AuthMode::Off)
+    .fetch_optional(&app.pool)
+    .await?;
+    Ok(row.map(|row| {
+        (
+            Scope::parse(&row.scope).unwrap_or(Scope::Invoke),
+            row.key_id,
+        )
+    }))
+}
+
 impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
-        let to_login = || {
-            // Nesting strips the prefix from the URI this sees, and `/ui` arrives as `/`.
-            let seen = parts.uri.path_and_query().map_or("", |p| p.as_str());
-            let next = match seen.strip_prefix('/') {
-                Some(rest) if rest.is_empty() || rest.starts_with('?') => format!("{BASE}{rest}"),
-                _ => format!("{BASE}{seen}"),
-            };
-            see_other(&format!("{BASE}/login?next={}", urlencode(&next)))
-        };
         let Some(token) = token(&parts.headers) else {
-            return Err(to_login());
+            return Err(to_login(&parts.uri));
         };
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            scope: String,
-            key_id: Option<Uuid>,
-        }
-        // The key must still be live; a session without a key only while auth is off.
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT COALESCE(k.scope, s.scope) AS scope, s.key_id
-             FROM ui_sessions s
-             LEFT JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
-             WHERE s.token_hash = $1 AND s.expires_at > now()
-               AND (k.id IS NOT NULL OR (s.key_id IS NULL AND $2))",
-        )
-        .bind(hash(&token))
-        .bind(app.settings.auth == AuthMode::Off)
-        .fetch_optional(&app.pool)
-        .await
-        .map_err(|e| UiError::from(e).into_response())?;
-        match row {
-            Some(row) => Ok(Session {
-                scope: Scope::parse(&row.scope).unwrap_or(Scope::Invoke),
-                key_id: row.key_id,
+        match lookup(app, &token)
+            .await
+            .map_err(IntoResponse::into_response)?
+        {
+            Some((scope, key_id)) => Ok(Session {
+                scope,
+                key_id,
                 csrf: csrf_token(&token),
             }),
-            None => Err(to_login()),
+            None => Err(to_login(&parts.uri)),
         }
     }
 }
@@ -263,7 +282,57 @@ fn forbidden(message: &str) -> Response {
     UiError(ApiError::Forbidden(message.into())).into_response()
 }
 
-/// The dashboard's CSRF guard, in front of every `/ui` route (see the module doc).
+/// The largest body of a dashboard form but [`large_form`]s, and of the login form.
+pub const FORM_CAP: usize = 64 * 1024;
+
+/// The forms that carry a function's env, an invocation's payload or a handler's source: up to
+/// `GRANDA_MAX_BODY_BYTES`, for a session that may use them.
+fn large_form(path: &str) -> Option<Action> {
+    let path = path
+        .strip_prefix(BASE)
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["functions", "new"] | ["functions", "new", "source"] | ["functions", _, "edit"] => {
+            Some(Action::Manage)
+        }
+        ["functions", _, "invoke"] => Some(Action::Invoke),
+        _ => None,
+    }
+}
+
+/// A refusal as a dashboard page; a spent byte budget says when to try again.
+fn refused(e: ApiError) -> Response {
+    let unavailable = matches!(e, ApiError::Unavailable(_));
+    let mut response = UiError(e).into_response();
+    if unavailable {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Reads a form body of at most `cap` bytes; one announced larger is refused 413 unread.
+async fn read_form(headers: &HeaderMap, body: Body, cap: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("the form is larger than {cap} bytes"));
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, cap)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// The dashboard's guard for every POST under `/ui` (see the module doc). No body is read before
+/// the session is known: the login form's (at most [`FORM_CAP`]) within the budget of
+/// unauthenticated bodies, any other form's only for a live session, at most [`FORM_CAP`] but for
+/// the [`large_form`]s its scope may use.
 pub async fn protect(State(app): State<AppState>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         // Pages are reads; no other method is routed.
@@ -273,22 +342,38 @@ pub async fn protect(State(app): State<AppState>, request: Request, next: Next) 
         return forbidden("a cross-site form post is refused");
     }
     // Nesting strips `/ui` from the path this sees.
-    let path = request.uri().path();
+    let path = request.uri().path().to_string();
     if path == "/login" || path == "/ui/login" {
-        return next.run(request).await;
+        let (parts, body) = request.into_parts();
+        let (bytes, reserved) = match app.body_budget.read(&parts.headers, body, FORM_CAP).await {
+            Ok(read) => read,
+            Err(e) => return refused(e),
+        };
+        let response = next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+        drop(reserved);
+        return response;
     }
     let Some(token) = token(request.headers()) else {
-        // No session: the handler sends the browser to the login form and does nothing.
+        // No session: the handler sends the browser to the login form, unread.
         return next.run(request).await;
+    };
+    let scope = match lookup(&app, &token).await {
+        Ok(Some((scope, _))) => scope,
+        // A cookie of no live session is no session: to the login form, unread.
+        Ok(None) => return to_login(request.uri()),
+        Err(e) => return e.into_response(),
+    };
+    let cap = match large_form(&path) {
+        Some(action) if permits(scope, action) => app.settings.max_body_bytes,
+        _ => FORM_CAP,
     };
     let expected = csrf_token(&token);
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, app.settings.max_body_bytes).await {
+    let bytes = match read_form(&parts.headers, body, cap).await {
         Ok(b) => b,
-        Err(_) => {
-            return UiError(ApiError::PayloadTooLarge("the form is too large".into()))
-                .into_response();
-        }
+        Err(e) => return refused(e),
     };
     let presented = form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == CSRF_FIELD)

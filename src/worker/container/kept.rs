@@ -68,7 +68,12 @@ impl Runner {
         function.input = InputMode::Stdin;
         let image = self.image_command(&function.image).await?;
         let mut config = self.config(Uuid::nil(), &function, b"")?;
-        cap_volumes(&mut config, &image.volumes, function.tmp_mb);
+        cap_volumes(
+            &mut config,
+            &function.image,
+            &image.volumes,
+            function.tmp_mb,
+        )?;
         config.entrypoint = kept.entrypoint;
         config.cmd = if config.entrypoint.is_some() {
             Some(vec![])
@@ -119,8 +124,8 @@ impl Runner {
         &self,
         function: &Snapshot,
     ) -> Result<crate::worker::hot::Owner, PlatformError> {
-        let user = match &function.user {
-            Some(user) => Some(user.clone()),
+        let user = match function.run_as() {
+            Some(user) => Some(user),
             None => self.image_command(&function.image).await?.user,
         };
         crate::worker::hot::Owner::of(user.as_deref()).map_err(PlatformError::NotReady)
@@ -188,9 +193,9 @@ impl Runner {
                     env: config.env,
                     cmd: Some(cmd),
                     working_dir: image.working_dir,
-                    // The function's user, as its container's own process (and a cold run) has
-                    // it; unset, the engine uses the container's, which is the image's.
-                    user: function.user.clone(),
+                    // The function's user (a lone uid as uid:uid), as its container's own process
+                    // (and a cold run) has it; unset, the engine uses the container's, the image's.
+                    user: function.run_as(),
                     ..Default::default()
                 },
             )

@@ -479,3 +479,51 @@ pub(crate) struct Stalling {
     answered: Arc<AtomicUsize>,
     release: tokio::sync::watch::Sender<bool>,
 }
+
+/// Issue 14 (audit): `GET /v1/invocations/{id}` showed an `invoke` key the callback URL (the
+/// function's default one too), which the function's own view hides from it. An invoke key sees
+/// the callback's state, not its URL; an admin key sees both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn an_invoke_key_sees_a_callbacks_state_but_not_its_url() {
+    let app = spawn_app_with(allow_loopback).await;
+    let rx = receiver(0).await;
+    app.register("echo", "granda-test/echo", json!({"callback_url": rx.url}))
+        .await;
+    let made: Value = app
+        .post_json("/v1/keys", &json!({"name": "caller", "scope": "invoke"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let invoker = client_with_key(made["key"].as_str().unwrap());
+    let response = invoker
+        .post(app.url("/v1/functions/echo/invocations"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id: Uuid = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let as_admin = callback_done(&app, id).await;
+    assert_eq!(as_admin["callback"]["status"], "delivered", "{as_admin}");
+    assert_eq!(as_admin["callback"]["url"], rx.url.as_str());
+
+    let response = invoker
+        .get(app.url(&format!("/v1/invocations/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let as_invoker: Value = response.json().await.unwrap();
+    assert_eq!(
+        as_invoker["callback"]["status"], "delivered",
+        "{as_invoker}"
+    );
+    assert!(as_invoker["callback"].get("url").is_none(), "{as_invoker}");
+    assert!(!as_invoker.to_string().contains(&rx.url), "{as_invoker}");
+    app.shutdown().await;
+}

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::support::{TestApp, spawn_app};
 
+mod bodies;
 mod console;
 mod security;
 

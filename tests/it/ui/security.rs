@@ -63,6 +63,11 @@ impl Browser {
         b
     }
 
+    /// The session cookie (`granda_session=…`), once logged in.
+    pub(crate) fn cookie(&self) -> &str {
+        self.cookie.as_deref().unwrap_or_default()
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(c) = &self.cookie {

@@ -3,7 +3,7 @@
 
 use super::schemes::{pairs, standard_headers, stripe_header};
 use super::*;
-use crate::support::{TestApp, error_code, spawn_app};
+use crate::support::{error_code, partial_post, spawn_app, status_line};
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
@@ -238,53 +238,20 @@ async fn a_callers_idempotency_key_cannot_squat_a_webhook_delivery() {
     app.shutdown().await;
 }
 
-/// Sends a request head announcing `length` body bytes and `sent` of them, then reads the
-/// answer's status line within `within` (the body is never completed).
-async fn partial_post(
-    app: &TestApp,
-    path: &str,
-    length: usize,
-    sent: usize,
-) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let addr = app.address.strip_prefix("http://").unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&vec![b'x'; sent]).await.unwrap();
-    stream.flush().await.unwrap();
-    stream
-}
-
-async fn status_line(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !got.windows(2).any(|w| w == b"\r\n") {
-            let n = stream.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-    };
-    tokio::time::timeout(within, read)
-        .await
-        .expect("the server answered before the body was sent");
-    let text = String::from_utf8_lossy(&got);
-    text.lines().next().unwrap_or_default().to_string()
-}
-
 /// Issue 14, item 12: an unknown hook id is answered 404 before its (large) body is read, and
 /// a body announced over the cap is refused 413 unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_hook_is_answered_before_its_body_is_read() {
     let app = spawn_app().await;
     let path = format!("/hooks/{}", Uuid::new_v4());
-    let mut stream = partial_post(&app, &path, 6_000_000, 64 * 1024).await;
+    let mut stream = partial_post(
+        &app,
+        &path,
+        &[("content-type", "application/json")],
+        6_000_000,
+        64 * 1024,
+    )
+    .await;
     let line = status_line(&mut stream, Duration::from_secs(10)).await;
     assert!(line.starts_with("HTTP/1.1 404"), "{line}");
 
@@ -292,7 +259,14 @@ async fn an_unknown_hook_is_answered_before_its_body_is_read() {
     let hook = create(&app, json!({"function": "env", "scheme": "none"})).await;
     let path = format!("/hooks/{}", hook["id"].as_str().unwrap());
     let over = app.settings.max_body_bytes + 1;
-    let mut stream = partial_post(&app, &path, over, 1024).await;
+    let mut stream = partial_post(
+        &app,
+        &path,
+        &[("content-type", "application/json")],
+        over,
+        1024,
+    )
+    .await;
     let line = status_line(&mut stream, Duration::from_secs(10)).await;
     assert!(line.starts_with("HTTP/1.1 413"), "{line}");
     assert!(app.invocations_of("env").await.is_empty());
@@ -313,7 +287,14 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     let gauge = "granda_unauthenticated_body_bytes_in_flight";
 
     // A slow sender: 700 kB announced, 1 kB sent. Its reservation shows in the gauge.
-    let slow = partial_post(&app, &path, 700_000, 1024).await;
+    let slow = partial_post(
+        &app,
+        &path,
+        &[("content-type", "application/json")],
+        700_000,
+        1024,
+    )
+    .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.metric(gauge).await != Some(700_000.0) {
         assert!(
