@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::security::{Browser, make_key};
+use super::security::Browser;
+use crate::support::make_key;
 use crate::support::{ADMIN_KEY, partial_post, spawn_app_with, status_line};
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");

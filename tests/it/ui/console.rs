@@ -8,8 +8,9 @@ use anyhow::ensure;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
-use super::security::{Browser, make_key};
+use super::security::Browser;
 use super::{Chromium, click, fill, h1_after, log_in, shots, shots_at, text_of};
+use crate::support::make_key;
 use crate::support::{ADMIN_KEY, TestApp, spawn_app_with};
 
 fn fast_retries(s: &mut granda::config::Settings) {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, make_key, spawn_app};
 
 /// Percent-encodes a form value.
 pub(crate) fn form_encode(pairs: &[(&str, &str)]) -> String {
@@ -118,18 +118,6 @@ pub(crate) fn csrf_in(page: &str) -> String {
             rest[..rest.find('"').unwrap()].to_string()
         })
         .unwrap_or_default()
-}
-
-pub(crate) async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String) {
-    let r = app
-        .post_json("/v1/keys", &json!({"name": name, "scope": scope}))
-        .await;
-    assert_eq!(r.status(), 201);
-    let body: serde_json::Value = r.json().await.unwrap();
-    (
-        body["id"].as_str().unwrap().to_string(),
-        body["key"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn sessions(app: &TestApp) -> i64 {
