@@ -35,6 +35,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod engines;
 pub mod error;
 pub mod event;
 pub mod function;

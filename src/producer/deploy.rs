@@ -6,8 +6,9 @@
 //! build starts, 200 and one JSON object per line: `{"log": "<text>"}` as the engine writes it, then
 //! a last line `{"status": 201, "function": {...}}` or `{"status": 422, "error": {...}}`.
 //!
-//! `granda up` builds on its own engine. A standalone `granda server` has no engine: a worker of
-//! the function's queue builds ([`crate::worker::builds`]), and the server answers 503 when none
+//! The build runs where [`crate::engines`] says: `granda up` on its own worker's engine; a
+//! standalone `granda server` has no engine, so a worker of the function's queue builds
+//! ([`crate::worker::builds`]), and the server answers 503 when none
 //! serves the queue or the builder goes silent. With `GRANDA_REGISTRY` (the server's, else the
 //! builder's) the image is `<registry>/<prefix>-fn/<name>:v<N>`, pushed there so that every host
 //! pulls it; without one it stays on the builder's engine, which only the workers sharing that
@@ -25,17 +26,11 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::build::{self, BuildFailed, Runtime, Source};
+use crate::engines::{BuildFailure, Job, Refusal};
 use crate::error::ApiError;
 use crate::function::{Function, store};
-use crate::worker::builds;
 
 use crate::build::NDJSON;
-
-/// What a standalone ingress says when no worker can build.
-const NO_BUILDER: &str = "granda server builds nothing itself: start a granda worker serving \
-    the function's queue. Without GRANDA_REGISTRY the built image stays on that worker's engine, \
-    so builds need one engine shared by the queue's workers; with it, the image is pushed to the \
-    registry and every host pulls it";
 
 /// What to do with a built image.
 pub enum Target {
@@ -227,58 +222,6 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// How a build ended that registered nothing: the source or base image (422), or no builder (503).
-enum BuildEnd {
-    Failed(String, String),
-    Unavailable(String, String),
-}
-
-/// Builds on a worker of `queue` ([`builds`]); the image (pushed under `GRANDA_REGISTRY` when the
-/// worker or this server has one) and the log.
-async fn on_worker(
-    app: &AppState,
-    queue: &str,
-    tag: &str,
-    base_image: String,
-    context: Vec<u8>,
-    lines: Option<&mpsc::UnboundedSender<String>>,
-) -> Result<(String, String), BuildEnd> {
-    let job = builds::Job {
-        tag: tag.to_string(),
-        base_image,
-        registry: app.settings.registry.clone(),
-    };
-    let prefix = &app.settings.amqp_prefix;
-    match builds::request(&app.control, prefix, queue, &job, context, lines).await {
-        Ok(built) => {
-            if !built.pushed {
-                tracing::warn!(
-                    image = built.image,
-                    worker = built.worker,
-                    "built without a registry: only workers on the builder's engine can run it"
-                );
-            }
-            Ok((built.image, built.log))
-        }
-        Err(builds::BuildError::Failed { message, log }) => Err(BuildEnd::Failed(message, log)),
-        Err(e @ builds::BuildError::NoWorker(_)) => Err(BuildEnd::Unavailable(
-            format!("{e}. {NO_BUILDER}"),
-            String::new(),
-        )),
-        Err(e @ (builds::BuildError::Unavailable { .. } | builds::BuildError::Silent { .. })) => {
-            let log = match &e {
-                builds::BuildError::Unavailable { log, .. }
-                | builds::BuildError::Silent { log, .. } => log.clone(),
-                _ => String::new(),
-            };
-            Err(BuildEnd::Unavailable(e.to_string(), log))
-        }
-        Err(e @ builds::BuildError::Broker(_)) => {
-            Err(BuildEnd::Unavailable(e.to_string(), String::new()))
-        }
-    }
-}
-
 /// Builds the next version and registers it. Returns the status and the function's view.
 #[tracing::instrument(skip_all, fields(runtime = deploy.runtime.name))]
 async fn run(
@@ -312,38 +255,36 @@ async fn run(
         Target::Create(f) | Target::Update(f) => f.queue.clone(),
     };
     let started = std::time::Instant::now();
-    let built = match &app.docker {
-        // `granda up`: its own engine builds.
-        Some(docker) => build::build_and_push(
-            docker,
-            deploy.context,
-            &record.image,
-            app.settings.registry.as_deref(),
-            lines.as_ref(),
-        )
-        .await
-        .map_err(|failed| BuildEnd::Failed(failed.message, failed.log)),
-        // `granda server`: a worker of the function's queue builds.
-        None => {
-            on_worker(
-                &app,
-                &queue,
-                &record.image,
-                deploy.base_image,
-                deploy.context,
-                lines.as_ref(),
-            )
-            .await
-        }
+    // `granda up`: its own worker's engine; `granda server`: a worker of the function's queue.
+    let job = Job {
+        tag: record.image.clone(),
+        base_image: deploy.base_image,
+        registry: app.settings.registry.clone(),
     };
+    let built = app
+        .engines
+        .build(&queue, job, deploy.context, lines.as_ref())
+        .await;
+    if let Ok(b) = &built
+        && !b.pushed
+    {
+        tracing::warn!(
+            image = b.image,
+            worker = b.worker,
+            "built without a registry: only workers on the builder's engine can run it"
+        );
+    }
     app.metrics.build_finished(
         deploy.runtime.name,
         built.is_ok(),
         started.elapsed().as_secs_f64(),
     );
     let (image, log) = match built {
-        Ok(built) => built,
-        Err(BuildEnd::Failed(message, log)) => {
+        Ok(built) => (built.image, built.log),
+        Err(BuildFailure {
+            refusal: Refusal::Unprocessable(message),
+            log,
+        }) => {
             build::store::finish(&app.pool, record.id, false, &log).await?;
             return Err(Failure::Build {
                 build_id: record.id,
@@ -351,8 +292,10 @@ async fn run(
                 failed: BuildFailed { message, log },
             });
         }
-        Err(BuildEnd::Unavailable(message, log)) => {
-            let mut log = log;
+        Err(BuildFailure {
+            refusal: Refusal::Unavailable(message),
+            mut log,
+        }) => {
             log.push_str(&message);
             build::store::finish(&app.pool, record.id, false, &log).await?;
             return Err(ApiError::Unavailable(message).into());

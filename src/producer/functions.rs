@@ -1,6 +1,6 @@
 //! `/v1/functions`: register, list, read, update and delete functions. Image and runtime checks
-//! go to the engine of `granda up`, or over RabbitMQ to a worker of the function's queue when
-//! the ingress has no engine (`granda server`).
+//! go to the engines of the function's queue ([`crate::engines`]): `granda up`'s own worker, or
+//! a worker asked over RabbitMQ (`granda server`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -9,12 +9,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::extract::JsonBody;
 use super::{AppState, deploy};
-use crate::config::ImagePull;
-use crate::docker::{ImageError, ensure_image};
+use crate::engines::{Check, Refusal};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
-use crate::worker::control;
-use std::time::Duration;
 
 /// A function as the API shows it: its fields, its own URL, and the names of its secrets.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -72,90 +69,35 @@ pub async fn load_for_call(app: &AppState, name: &str) -> Result<Function, ApiEr
     Ok(f)
 }
 
-/// Makes sure `image` can be had (pulled if needed, unless `GRANDA_IMAGE_PULL=never`) and declares
-/// no `VOLUME` that can't be a capped tmpfs ([`crate::docker::uncappable_volume`]): 422 if not. `granda up` asks its own engine; a standalone ingress asks a worker of `queue`.
+/// Makes sure an engine of `queue` can have `image` (present, or pulled unless
+/// `GRANDA_IMAGE_PULL=never`) with no `VOLUME` that can't be a capped tmpfs: 422 with the
+/// engine's reason if not, 503 when no engine answers ([`crate::engines`]).
 pub(crate) async fn check_image(app: &AppState, queue: &str, image: &str) -> Result<(), ApiError> {
-    let Some(docker) = &app.docker else {
-        return ask_worker(app, queue, Some(image), None).await;
-    };
-    if app.settings.image_pull == ImagePull::Never {
-        match docker.inspect_image(image).await {
-            Ok(_) => {}
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 400..=499,
-                message,
-            }) => {
-                return Err(ApiError::Unprocessable(format!(
-                    "image {image:?} is not on the engine and GRANDA_IMAGE_PULL=never: {message}"
-                )));
-            }
-            Err(e) => {
-                return Err(ApiError::Unavailable(format!(
-                    "docker engine unavailable: {e}"
-                )));
-            }
-        }
-    } else {
-        ensure_image(docker, image).await.map_err(|e| match e {
-            ImageError::Unavailable { .. } => ApiError::Unprocessable(e.to_string()),
-            ImageError::Engine(_) => ApiError::Unavailable(e.to_string()),
-        })?;
-    }
-    match crate::docker::check_volumes(docker, image).await {
-        Ok(fits) => fits.map_err(ApiError::Unprocessable),
-        Err(e) => Err(ApiError::Unavailable(format!(
-            "docker engine unavailable: {e}"
-        ))),
+    ask(app, queue, Some(image), None).await
+}
+
+/// A `container_runtime` must be one the engine has (`docker info`), or no container could start.
+async fn check_runtime(app: &AppState, queue: &str, runtime: Option<&str>) -> Result<(), ApiError> {
+    match runtime {
+        Some(runtime) => ask(app, queue, None, Some(runtime)).await,
+        None => Ok(()),
     }
 }
 
-/// Asks a worker of `queue` to check `image` and `runtime` on its engine ([`control`]): 422 with
-/// its engine's reason, or 503 when no worker serves the queue or none answers in time.
-async fn ask_worker(
+async fn ask(
     app: &AppState,
     queue: &str,
     image: Option<&str>,
     runtime: Option<&str>,
 ) -> Result<(), ApiError> {
-    let check = control::Check {
+    let check = Check {
         image: image.map(str::to_string),
         container_runtime: runtime.map(str::to_string),
     };
-    let wait = Duration::from_millis(app.settings.image_pull_timeout_ms) + ANSWER_SLACK;
-    match app.control.ask(queue, &check, wait).await {
-        Ok(control::Answer::Ok) => Ok(()),
-        Ok(control::Answer::Unprocessable(reason)) => Err(ApiError::Unprocessable(reason)),
-        Ok(control::Answer::Unavailable(reason)) => Err(ApiError::Unavailable(format!(
-            "the worker that checked the image: {reason}"
-        ))),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
-    }
-}
-
-/// How much longer than a pull the ingress waits for a worker's answer.
-const ANSWER_SLACK: Duration = Duration::from_secs(5);
-
-/// A `container_runtime` must be one the engine has (`docker info`), or no container could start.
-async fn check_runtime(app: &AppState, queue: &str, runtime: Option<&str>) -> Result<(), ApiError> {
-    let Some(runtime) = runtime else {
-        return Ok(());
-    };
-    let Some(docker) = &app.docker else {
-        return ask_worker(app, queue, None, Some(runtime)).await;
-    };
-    let info = docker
-        .info()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("docker engine unavailable: {e}")))?;
-    let known = info.runtimes.unwrap_or_default();
-    if known.contains_key(runtime) {
-        return Ok(());
-    }
-    let mut names: Vec<&String> = known.keys().collect();
-    names.sort();
-    Err(ApiError::Unprocessable(format!(
-        "container_runtime: the engine has no runtime {runtime:?} (it has {names:?})"
-    )))
+    app.engines.check(queue, check).await.map_err(|e| match e {
+        Refusal::Unprocessable(reason) => ApiError::Unprocessable(reason),
+        Refusal::Unavailable(reason) => ApiError::Unavailable(reason),
+    })
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name))]

@@ -62,16 +62,10 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// RabbitMQ, Postgres and (for `granda up`, which has one) the Docker engine all answer; 503
 /// with the failing ones otherwise. A standalone ingress has no engine to check.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let engine = async {
-        match &app.docker {
-            Some(docker) => Some(docker.ping().await.is_ok()),
-            None => None,
-        }
-    };
     let (db, broker, docker) = tokio::join!(
         sqlx::query("SELECT 1").execute(&app.pool),
         app.publisher.ready(),
-        engine,
+        app.engines.ready(),
     );
     let mut checks = json!({
         "postgres": if db.is_ok() { "ok" } else { "unavailable" },

@@ -29,7 +29,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, on, post};
-use bollard::Docker;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -43,11 +42,9 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
-    /// The engine of `granda up` (the same as its worker's). A standalone ingress has none: it
-    /// asks the workers ([`crate::worker::control`]) and builds nothing itself.
-    pub docker: Option<Docker>,
-    /// Registration checks over RabbitMQ, when there is no engine here.
-    pub control: Arc<crate::worker::control::Client>,
+    /// Where registration checks and builds go: the workers of a queue, over RabbitMQ, or
+    /// `granda up`'s own worker. The ingress itself talks to no Docker engine.
+    pub engines: Arc<dyn crate::engines::Engines>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// API keys and functions read in the last second.
@@ -132,14 +129,17 @@ impl Application {
             settings.unauthenticated_body_budget_bytes,
             metrics.clone(),
         ));
-        let control = crate::worker::control::Client::new(nodes.clone(), &settings.amqp_prefix);
+        let engines = Arc::new(crate::engines::Remote::new(
+            nodes.clone(),
+            &settings.amqp_prefix,
+            std::time::Duration::from_millis(settings.image_pull_timeout_ms),
+        ));
         Ok(Application {
             listener,
             state: AppState {
                 pool,
                 publisher,
-                docker: None,
-                control,
+                engines,
                 settings: Arc::new(settings),
                 metrics,
                 recent: Arc::default(),
@@ -150,13 +150,11 @@ impl Application {
         })
     }
 
-    /// Uses the engine at `DOCKER_HOST` for registration checks, builds and `/readyz`: for
-    /// `granda up`, whose worker runs on the same engine.
-    pub fn with_engine(mut self) -> anyhow::Result<Application> {
-        let docker = crate::docker::connect(self.state.settings.docker_host.as_deref(), 600)
-            .context("connecting to the Docker engine")?;
-        self.state.docker = Some(docker);
-        Ok(self)
+    /// Sends registration checks and builds to `engines`, which also answer in `/readyz`: for
+    /// `granda up`, whose own worker's engine is given ([`crate::worker::Worker::engines`]).
+    pub fn with_engines(mut self, engines: Arc<dyn crate::engines::Engines>) -> Application {
+        self.state.engines = engines;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {

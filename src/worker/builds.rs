@@ -258,7 +258,8 @@ impl Builder {
         }
         let registry = job.registry.as_deref().or(self.registry.as_deref());
         let built =
-            build::build_and_push(&self.docker, context, &job.tag, registry, Some(&lines)).await;
+            build::engine::build_and_push(&self.docker, context, &job.tag, registry, Some(&lines))
+                .await;
         match built {
             Ok((image, _)) => Event::Built {
                 pushed: image != job.tag,

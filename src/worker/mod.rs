@@ -23,6 +23,7 @@ pub mod container;
 pub mod control;
 mod delivery;
 pub mod endpoints;
+mod engines;
 mod execute;
 mod faults;
 mod heartbeat;
@@ -251,6 +252,16 @@ impl Worker {
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
+    }
+
+    /// This worker's engine, for the ingress of the same process (`granda up`): its
+    /// registration checks and builds are done here directly. Call it after
+    /// [`Worker::with_metrics`].
+    pub fn engines(&self) -> Arc<dyn crate::engines::Engines> {
+        Arc::new(engines::Local {
+            shared: self.shared.clone(),
+            builder: self.builder.clone(),
+        })
     }
 
     pub fn id(&self) -> &str {

@@ -85,13 +85,12 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("Postgres must be reachable for the tests");
     let app = Application::build_with_pool(settings.clone(), pool.clone())
         .await
-        .expect("RabbitMQ must be reachable for the tests")
-        .with_engine()
-        .expect("a Docker engine client");
+        .expect("RabbitMQ must be reachable for the tests");
     let worker = Worker::build(&settings, pool.clone())
         .await
         .expect("the Docker engine must be reachable for the tests")
         .with_metrics(app.metrics());
+    let app = app.with_engines(worker.engines());
     let address = format!("http://{}", app.local_addr());
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
