@@ -31,3 +31,4 @@ mod ui;
 mod warm;
 mod web;
 mod webhooks;
+mod worker_endpoints;
