@@ -426,20 +426,73 @@ fn worker_process(
         .expect("starting granda worker")
 }
 
+/// A container's `start` or `die` on an engine: the invocation it ran, its exit code (for `die`)
+/// and when, in nanoseconds since the epoch.
+#[derive(Debug)]
+struct ContainerEvent {
+    action: String,
+    invocation: String,
+    exit_code: Option<String>,
+    at_ns: i64,
+}
+
+/// The `start` and `die` events of worker `worker`'s containers on `docker` since `since` (Unix
+/// seconds), from the engine's own event log.
+async fn container_events(
+    docker: &bollard::Docker,
+    since: i64,
+    worker: &str,
+) -> Vec<ContainerEvent> {
+    use futures_util::StreamExt;
+    let until = chrono::Utc::now().timestamp() + 1;
+    let options = bollard::query_parameters::EventsOptions {
+        since: Some(since.to_string()),
+        until: Some(until.to_string()),
+        filters: Some(std::collections::HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                vec!["start".to_string(), "die".to_string()],
+            ),
+            (
+                "label".to_string(),
+                vec![format!("{}={worker}", granda::docker::LABEL_WORKER)],
+            ),
+        ])),
+    };
+    let events: Vec<_> = docker.events(Some(options)).collect().await;
+    events
+        .into_iter()
+        .map(|e| e.expect("the engine's events"))
+        .filter_map(|e| {
+            let attributes = e.actor?.attributes.unwrap_or_default();
+            Some(ContainerEvent {
+                action: e.action?,
+                invocation: attributes.get(granda::docker::LABEL_INVOCATION)?.clone(),
+                exit_code: attributes.get("exitCode").cloned(),
+                at_ns: e.time_nano?,
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed() {
+async fn a_worker_host_killed_mid_burst_is_taken_over_within_10_s_and_its_containers_stopped() {
     let (engine_b, registry) = engines();
     let mut app = spawn_app_with(|_| {}).await;
     let tag = app.worker_id();
     let image = push(&registry, "granda-test/sleep", &tag);
+    const SLEEP_SECONDS: i64 = 20;
     app.register(
         "slow",
         &image,
-        json!({"queue": "hosts-kill", "timeout_ms": 60_000, "env": {"SLEEP_SECONDS": "15"}}),
+        json!({"queue": "hosts-kill", "timeout_ms": 60_000,
+               "env": {"SLEEP_SECONDS": SLEEP_SECONDS.to_string()}}),
     )
     .await;
     const BURST: usize = 6;
     let id_b = format!("{tag}-b");
+    let since = chrono::Utc::now().timestamp() - 1;
     let mut worker_b = worker_process(&app, &id_b, &engine_b, "hosts-kill", 8);
     let on_b = engine(&engine_b);
 
@@ -466,7 +519,8 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed
     )
     .await;
 
-    // Host A's worker serves the queue too; then host B dies, its containers still running.
+    // Host A's worker serves the queue too (with the default lease); then host B dies, its
+    // containers still running.
     let worker_a = app
         .add_worker(|s| {
             s.queues = vec!["hosts-kill".into()];
@@ -499,7 +553,7 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed
     .await;
     let took_over = killed.elapsed();
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "B's containers removed",
         || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
     )
@@ -510,10 +564,37 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed
          B's containers removed within {removed:?} (lease {} ms)",
         app.settings.worker_lease_ms
     );
+    assert_eq!(app.settings.worker_lease_ms, 6_000, "the default lease");
     assert!(
-        removed < Duration::from_millis(app.settings.worker_lease_ms) + Duration::from_secs(10),
-        "taken over within the lease and 10 s of the death"
+        took_over < Duration::from_secs(10) && removed < Duration::from_secs(10),
+        "taken over within 10 s of the death: {took_over:?}, {removed:?}"
     );
+
+    // B's containers were stopped, not run to their end: each of B's invocations started once
+    // on B and died there killed, well before its sleep could have ended.
+    let events = container_events(&on_b, since, &id_b).await;
+    for id in &accepted {
+        let id = id.to_string();
+        let of = |action: &str| -> Vec<&ContainerEvent> {
+            events
+                .iter()
+                .filter(|e| e.invocation == id && e.action == action)
+                .collect()
+        };
+        let (starts, deaths) = (of("start"), of("die"));
+        assert_eq!(starts.len(), 1, "{id} started once on B: {events:?}");
+        assert_eq!(deaths.len(), 1, "{id} died once on B: {events:?}");
+        assert_ne!(
+            deaths[0].exit_code.as_deref(),
+            Some("0"),
+            "{id}'s container on B was stopped, not finished: {events:?}"
+        );
+        let lived = Duration::from_nanos((deaths[0].at_ns - starts[0].at_ns).max(0) as u64);
+        assert!(
+            lived < Duration::from_secs(SLEEP_SECONDS as u64 - 2),
+            "{id}'s container on B lived {lived:?}, near its whole sleep"
+        );
+    }
     ledger(&app, &accepted, &engine_b).await;
     for id in &accepted {
         let record = app.invocation(*id).await;
