@@ -15,6 +15,7 @@ mod functions;
 mod guarantees;
 mod hostile;
 mod hosts;
+mod hosts_ledger;
 mod hot;
 mod inbound;
 mod invocations;
