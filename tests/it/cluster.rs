@@ -2,7 +2,8 @@
 //! stopped, the ingress's node stopped, quorum lost. The cluster is started once per test binary
 //! when it is not running (a test fails, never skips, if it can't be), and the tests take turns
 //! (they stop nodes). Each ends with the ledger check: every 2xx answer has exactly one final
-//! record, and nothing else is recorded (a refused call leaves no record and never runs).
+//! record, nothing else is recorded (a refused call leaves no record and never runs), and no
+//! container is left on the engine.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -176,6 +177,7 @@ impl Ledger {
             assert_eq!(status, "succeeded", "{id}");
             assert_eq!(attempt, 1, "{id} ran once");
         }
+        app.assert_no_containers_left(Duration::from_secs(20)).await;
     }
 }
 
