@@ -32,8 +32,9 @@ lint: deploy-check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # docker-compose.yml (docker-compose config) and deploy/ (kubernetes-validate), offline.
+# Installs nothing: scripts/setup.sh (make setup) installs the pinned kubernetes-validate.
 deploy-check:
-	command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate || pip install -q --break-system-packages kubernetes-validate
+	@command -v kubernetes-validate >/dev/null || { echo "deploy-check: kubernetes-validate is missing: run make setup" >&2; exit 1; }
 	bash deploy/check.sh
 
 # Host B's engine and the registry of tests/it/hosts.rs (the suite starts them itself).

@@ -8,6 +8,7 @@
 #   - installs pika (PyPI) for the AMQP publishing test, unless python3 already imports it;
 #   - installs openapi-spec-validator (PyPI) for the /openapi.json test, likewise;
 #   - installs amqplib (npm) in /var/tmp/granda-test-node for the README's Node snippet test;
+#   - installs kubernetes-validate (PyPI, pinned) for `make deploy-check`, unless pip shows that version;
 #   - builds the local test images (scripts/build-test-images.sh).
 # Idempotent; takes a few seconds when everything is already there. Prints one line per service.
 set -euo pipefail
@@ -264,6 +265,21 @@ if [ ! -f "$NODE_DIR/node_modules/amqplib/package.json" ]; then
         || die "npm could not install amqplib"
 fi
 echo "ok amqplib $(node -p "require('$NODE_DIR/node_modules/amqplib/package.json').version") (node $(node --version))"
+
+# ---------------------------------------------------------------------------------------------------
+# 4e. kubernetes-validate (PyPI), which `make deploy-check` validates deploy/kubernetes/ with
+# ---------------------------------------------------------------------------------------------------
+K8S_VALIDATE_VERSION=1.37.0
+k8s_validate_version() { python3 -m pip show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p'; }
+if [ "$(k8s_validate_version)" != "$K8S_VALIDATE_VERSION" ]; then
+    log "installing kubernetes-validate $K8S_VALIDATE_VERSION from PyPI"
+    python3 -m pip install -q --root-user-action=ignore "kubernetes-validate==$K8S_VALIDATE_VERSION" 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages "kubernetes-validate==$K8S_VALIDATE_VERSION" \
+        || die "pip could not install kubernetes-validate"
+    command -v pyenv >/dev/null && pyenv rehash || true
+fi
+[ "$(k8s_validate_version)" = "$K8S_VALIDATE_VERSION" ] || die "kubernetes-validate $K8S_VALIDATE_VERSION is not what python3 -m pip show reports"
+echo "ok kubernetes-validate $K8S_VALIDATE_VERSION"
 
 # ---------------------------------------------------------------------------------------------------
 # 5. Test images

@@ -152,8 +152,11 @@ pub async fn request(
     lines: Option<&mpsc::UnboundedSender<String>>,
 ) -> Result<Built, BuildError> {
     let channel = client.channel().await?;
-    let done = request_on(&channel, prefix, queue, job, context, lines).await;
-    let _ = channel.close(200, "".into()).await;
+    let within = client.publish_timeout();
+    let done = request_on(&channel, prefix, queue, job, context, lines, within).await;
+    client
+        .finish(channel, matches!(done, Err(BuildError::Broker(_))))
+        .await;
     done
 }
 
@@ -164,13 +167,15 @@ async fn request_on(
     job: &Job,
     context: Vec<u8>,
     lines: Option<&mpsc::UnboundedSender<String>>,
+    within: Duration,
 ) -> Result<Built, BuildError> {
     let properties = BasicProperties::default()
         .with_headers(job.headers())
         .with_expiration(REQUEST_TTL.as_millis().to_string().into());
     let routing_key = queue_name(prefix, queue);
     let Some((mut replies, correlation)) =
-        super::control::request(channel, &routing_key, "build", &context, properties).await?
+        super::control::request(channel, &routing_key, "build", &context, properties, within)
+            .await?
     else {
         return Err(BuildError::NoWorker(queue.to_string()));
     };

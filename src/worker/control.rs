@@ -28,47 +28,70 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// with a direct reply-to consumer tagged `tag-…` and a fresh correlation id added to
 /// `properties`, mandatory so that a queue no worker serves is known at once (`None`). `Some`
 /// holds the consumer the answers come on and the correlation id they carry.
+///
+/// The broker has `within` (`GRANDA_PUBLISH_TIMEOUT_MS`) to take and confirm the request (a node
+/// without quorum may never answer): past it the request is given up ([`AskError::Unconfirmed`],
+/// 503 to the caller), and its channel should be closed, so that an answer that comes later
+/// goes nowhere.
 pub(crate) async fn request(
     channel: &Channel,
     routing_key: &str,
     tag: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> Result<Option<(lapin::Consumer, String)>, lapin::Error> {
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let replies = channel
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            ShortString::from(format!("{tag}-{}", Uuid::new_v4().simple())),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let correlation = Uuid::new_v4().to_string();
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            properties
-                .with_reply_to(DIRECT_REPLY_TO.into())
-                .with_correlation_id(correlation.as_str().into()),
-        )
-        .await?
-        .await?;
-    Ok(match confirm {
-        Confirmation::Ack(Some(_)) => None,
-        _ => Some((replies, correlation)),
-    })
+    within: Duration,
+) -> Result<Option<(lapin::Consumer, String)>, AskError> {
+    let sent = async {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let replies = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                ShortString::from(format!("{tag}-{}", Uuid::new_v4().simple())),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let correlation = Uuid::new_v4().to_string();
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties
+                    .with_reply_to(DIRECT_REPLY_TO.into())
+                    .with_correlation_id(correlation.as_str().into()),
+            )
+            .await?
+            .await?;
+        Ok::<_, lapin::Error>(match confirm {
+            Confirmation::Ack(Some(_)) => None,
+            _ => Some((replies, correlation)),
+        })
+    };
+    match tokio::time::timeout(within, sent).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(AskError::Unconfirmed {
+            ms: within.as_millis(),
+        }),
+    }
+}
+
+/// Closes `connection` in the background, giving the broker `within` to answer.
+fn close_later(connection: Option<Connection>, within: Duration) {
+    if let Some(connection) = connection {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(within, connection.close(200, "stalled".into())).await;
+        });
+    }
 }
 
 /// The control queue of `queue`.
@@ -101,6 +124,8 @@ pub enum AskError {
     NoWorker(String),
     #[error("no worker of queue {queue:?} answered within {ms} ms")]
     NoAnswer { queue: String, ms: u128 },
+    #[error("RabbitMQ did not take the request within {ms} ms (GRANDA_PUBLISH_TIMEOUT_MS)")]
+    Unconfirmed { ms: u128 },
     #[error("RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
     #[error("RabbitMQ: {0}")]
@@ -123,18 +148,49 @@ impl Client {
         })
     }
 
+    /// The bound on the broker's confirm of a request ([`request`]).
+    pub(crate) fn publish_timeout(&self) -> Duration {
+        self.nodes.publish_timeout()
+    }
+
     /// A new channel on the client's connection (opened, or reopened, as needed).
     pub(crate) async fn channel(&self) -> Result<Channel, AskError> {
+        let within = self.publish_timeout();
         let mut guard = self.connection.lock().await;
         if let Some(c) = guard.as_ref()
             && c.status().connected()
         {
-            return Ok(c.create_channel().await?);
+            // A broker that stopped reading this connection (a resource alarm) never opens it.
+            match tokio::time::timeout(within, c.create_channel()).await {
+                Ok(channel) => return Ok(channel?),
+                Err(_) => close_later(guard.take(), within),
+            }
         }
         let (connection, _) = self.nodes.connect("ingress-control").await?;
-        let channel = connection.create_channel().await;
+        let channel = tokio::time::timeout(within, connection.create_channel()).await;
         *guard = Some(connection);
-        Ok(channel?)
+        match channel {
+            Ok(channel) => Ok(channel?),
+            Err(_) => {
+                close_later(guard.take(), within);
+                Err(AskError::Unconfirmed {
+                    ms: within.as_millis(),
+                })
+            }
+        }
+    }
+
+    /// Done with a request's `channel`: closes it without keeping the caller waiting on the
+    /// broker. After a request the broker did not take (`failed`), drops the connection too, so
+    /// that the next request starts on a fresh one rather than behind a stalled one.
+    pub(crate) async fn finish(&self, channel: Channel, failed: bool) {
+        let within = self.publish_timeout();
+        if failed {
+            close_later(self.connection.lock().await.take(), within);
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(within, channel.close(200, "".into())).await;
+        });
     }
 
     /// Asks a worker of `queue` to check `check`, waiting up to `wait`.
@@ -146,7 +202,11 @@ impl Client {
     ) -> Result<Answer, AskError> {
         let channel = self.channel().await?;
         let answered = self.ask_on(&channel, queue, check, wait).await;
-        let _ = channel.close(200, "".into()).await;
+        let failed = matches!(
+            answered,
+            Err(AskError::Unconfirmed { .. } | AskError::Broker(_))
+        );
+        self.finish(channel, failed).await;
         answered
     }
 
@@ -161,8 +221,15 @@ impl Client {
         let properties =
             BasicProperties::default().with_expiration(wait.as_millis().max(1).to_string().into());
         let routing_key = queue_name(&self.prefix, queue);
-        let Some((mut replies, correlation)) =
-            request(channel, &routing_key, "control", &body, properties).await?
+        let Some((mut replies, correlation)) = request(
+            channel,
+            &routing_key,
+            "control",
+            &body,
+            properties,
+            self.nodes.publish_timeout(),
+        )
+        .await?
         else {
             return Err(AskError::NoWorker(queue.to_string()));
         };

@@ -80,6 +80,23 @@ pub(super) async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id
     }
 }
 
+/// How long a message of an invocation running on another live worker is parked: until just after
+/// that worker's lease runs out, when that comes before [`ELSEWHERE_DELAY`], so that a dead
+/// worker's run is taken over as soon as its lease allows (and not up to a whole delay later).
+pub(super) async fn elsewhere_delay(shared: &Shared, id: Uuid) -> Duration {
+    match heartbeat::lease_left(&shared.pool, id, &shared.worker_id).await {
+        Ok(Some(left)) => park_delay(left),
+        _ => ELSEWHERE_DELAY,
+    }
+}
+
+/// The park for a run on a worker whose lease runs out in `left`: a little after that, within
+/// [`ELSEWHERE_DELAY`].
+pub(super) fn park_delay(left: Duration) -> Duration {
+    const MARGIN: Duration = Duration::from_millis(100);
+    (left + MARGIN).min(ELSEWHERE_DELAY)
+}
+
 /// Counts a message as handled here until dropped.
 pub(super) struct Busy<'a>(&'a AtomicUsize);
 
@@ -279,8 +296,20 @@ pub(super) async fn handle(
             ack(&delivery).await;
         }
         Claim::RunningElsewhere => {
-            tracing::info!("running on another live worker; looking again later");
-            park(&shared, &channels, &queue, &delivery, ELSEWHERE_DELAY).await;
+            let delay = elsewhere_delay(&shared, work.id).await;
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "running on another live worker; looking again later"
+            );
+            park_for(
+                &shared,
+                &channels,
+                &queue,
+                &delivery,
+                ELSEWHERE_DELAY,
+                delay,
+            )
+            .await;
         }
         Claim::Missing => {
             tracing::error!("no record for this invocation; dead-lettering it");
@@ -504,5 +533,21 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_elsewhere_is_looked_at_again_just_after_its_workers_lease_runs_out() {
+        assert_eq!(park_delay(Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(
+            park_delay(Duration::from_millis(700)),
+            Duration::from_millis(800)
+        );
+        // A live worker's run: looked at again after the usual delay, not at the end of its lease.
+        assert_eq!(park_delay(Duration::from_secs(5)), ELSEWHERE_DELAY);
     }
 }

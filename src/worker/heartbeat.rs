@@ -104,3 +104,25 @@ pub async fn dead_run(
     .fetch_optional(pool)
     .await
 }
+
+/// How long until the lease of the worker that `id` is `running` on (when that is not `me`) runs
+/// out, by Postgres's clock as [`dead_run`] reads it; zero when it has run out. `None` when `id`
+/// runs on no other worker with a heartbeat row.
+pub async fn lease_left(
+    pool: &PgPool,
+    id: uuid::Uuid,
+    me: &str,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let row: Option<(Option<f64>,)> = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM (w.lease_until - now()))::float8 FROM invocations i
+         JOIN workers w ON w.id = i.worker
+         WHERE i.id = $1 AND i.status = 'running' AND i.worker <> $2",
+    )
+    .bind(id)
+    .bind(me)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row
+        .and_then(|(secs,)| secs)
+        .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))))
+}

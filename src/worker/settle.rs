@@ -11,17 +11,8 @@ use lapin::types::ShortString;
 use crate::broker::{self, BrokerError};
 use crate::message::{Reply, Work};
 
-/// Moves the message to the delay queue for `delay`, then acks it here.
-pub(super) async fn park(
-    shared: &Shared,
-    channels: &Channels,
-    queue: &str,
-    delivery: &Delivery,
-    delay: Duration,
-) {
-    park_for(shared, channels, queue, delivery, delay, delay).await
-}
-
+/// Moves the message to the delay queue of `level` to wait `delay` (at most `level`), then acks
+/// it here.
 pub(super) async fn park_for(
     shared: &Shared,
     channels: &Channels,

@@ -9,10 +9,15 @@ use std::time::Instant;
 
 use crate::message::Work;
 
-/// Beats every third of the lease, checking the engine first: an engine that does not answer
-/// makes the worker unhealthy (its consumers are cancelled until the engine answers again).
+/// Beats every third of the lease, checking the engine and the broker first. An engine that does
+/// not answer makes the worker unhealthy: its consumers are cancelled until the engine answers
+/// again. A worker without a broker connection at two beats in a row (not one passing failover)
+/// is unhealthy too: its consumers went with the connection, and it takes messages again as
+/// soon as a session connects.
 pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
     let every = heartbeat::every(shared.lease);
+    let mut broker = BrokerWatch::default();
+    let mut was_cut_off = false;
     loop {
         let engine = tokio::time::timeout(every, shared.runner.docker().ping()).await;
         let problem = match engine {
@@ -20,6 +25,14 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             Ok(Err(e)) => Some(format!("docker engine unreachable: {e}")),
             Err(_) => Some("docker engine did not answer a ping in time".to_string()),
         };
+        let cut_off = broker.problem(shared.connected.load(Ordering::Relaxed), Instant::now());
+        if cut_off.is_some() != was_cut_off {
+            was_cut_off = cut_off.is_some();
+            match &cut_off {
+                Some(p) => tracing::warn!(problem = %p, "worker unhealthy: no broker"),
+                None => tracing::info!("worker connected to RabbitMQ again"),
+            }
+        }
         let changed = {
             let mut health = shared.health.lock().expect("lock");
             let changed = health.is_some() != problem.is_some();
@@ -33,6 +46,8 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             }
             shared.reschedule.notify_one();
         }
+        // What the beat reports: the engine first, else the broker.
+        let reported = problem.clone().or(cut_off);
         let beat = heartbeat::Beat {
             worker: &shared.worker_id,
             concurrency: shared.limiter.size() as i32,
@@ -40,7 +55,7 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             queues: &queues,
             engine: &shared.engine,
             engine_id: shared.engine_id.as_deref(),
-            unhealthy: problem.as_deref(),
+            unhealthy: reported.as_deref(),
             lease: shared.lease,
         };
         if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
@@ -58,6 +73,31 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             Err(e) => tracing::debug!(error = %e, "could not read the other workers' queues"),
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Whether a worker counts as cut off from the broker: disconnected at two beats in a row, since
+/// the first of them.
+#[derive(Debug, Default)]
+pub(super) struct BrokerWatch {
+    /// When a beat first saw no connection, in the current run of beats that saw none.
+    down_since: Option<Instant>,
+}
+
+impl BrokerWatch {
+    /// What is wrong, seen at `now` with the session `connected` or not.
+    pub(super) fn problem(&mut self, connected: bool, now: Instant) -> Option<String> {
+        if connected {
+            self.down_since = None;
+            return None;
+        }
+        let since = *self.down_since.get_or_insert(now);
+        (now > since).then(|| {
+            format!(
+                "not connected to RabbitMQ (for {} ms)",
+                now.duration_since(since).as_millis()
+            )
+        })
     }
 }
 
@@ -175,5 +215,29 @@ impl Shared {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_worker_is_cut_off_from_the_broker_at_the_second_beat_without_a_connection() {
+        let mut watch = BrokerWatch::default();
+        let t0 = Instant::now();
+        assert_eq!(watch.problem(true, t0), None);
+        // One beat in a failover (or before the first session connects) is no problem.
+        assert_eq!(watch.problem(false, t0), None);
+        let later = t0 + Duration::from_millis(2_000);
+        let problem = watch.problem(false, later).expect("cut off");
+        assert!(
+            problem.contains("RabbitMQ") && problem.contains("2000 ms"),
+            "{problem}"
+        );
+        // Connected again: healthy at once, and a new outage starts counting afresh.
+        assert_eq!(watch.problem(true, later), None);
+        assert_eq!(watch.problem(false, later + Duration::from_secs(1)), None);
     }
 }

@@ -2,7 +2,8 @@
 //! stopped, the ingress's node stopped, quorum lost. The cluster is started once per test binary
 //! when it is not running (a test fails, never skips, if it can't be), and the tests take turns
 //! (they stop nodes). Each ends with the ledger check: every 2xx answer has exactly one final
-//! record, and nothing else is recorded (a refused call leaves no record and never runs).
+//! record, nothing else is recorded (a refused call leaves no record and never runs), and no
+//! container is left on the engine.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -59,10 +60,12 @@ async fn run_script(args: &[&'static str]) -> String {
         .unwrap()
 }
 
-/// Brings every node's application up (after a test that failed half-way, too).
+/// Brings every node's application up, with the default memory watermark (after a test that
+/// failed half-way, too).
 async fn all_up() {
     for (node, _) in NODES {
         run_script(&["start-app", node]).await;
+        run_script(&["ctl", node, "set_vm_memory_high_watermark", "0.4"]).await;
     }
 }
 
@@ -75,6 +78,21 @@ async fn cluster_app() -> TestApp {
     .await;
     app.register("echo", "granda-test/echo", json!({})).await;
     app
+}
+
+/// An ingress with no Docker engine (as `granda server`) on `app`'s database and the cluster: it
+/// checks registrations with a worker over the broker. Returns its address and its stop signal.
+async fn engineless_ingress(app: &TestApp) -> (String, tokio::sync::watch::Sender<bool>) {
+    let ingress =
+        granda::producer::Application::build_with_pool(app.settings.clone(), app.pool.clone())
+            .await
+            .unwrap();
+    let address = format!("http://{}", ingress.local_addr());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(ingress.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    (address, stop)
 }
 
 /// The node the ingress of `app` is connected to, from the cluster's list of connections.
@@ -176,6 +194,7 @@ impl Ledger {
             assert_eq!(status, "succeeded", "{id}");
             assert_eq!(attempt, 1, "{id} ran once");
         }
+        app.assert_no_containers_left(Duration::from_secs(20)).await;
     }
 }
 
@@ -304,6 +323,25 @@ async fn without_quorum_callers_get_503_within_the_bound_and_refused_calls_never
         assert!(async_took < bound, "an async call took {async_took:?}");
         answers.push(json!({"sync": sync, "async": r#async, "ms": [sync_took.as_millis() as u64, async_took.as_millis() as u64]}));
     }
+    // A registration through an ingress with no engine asks a worker over the broker: it gets
+    // its answer, or 503 within the bound, and registers nothing then.
+    let (ingress, stop_ingress) = engineless_ingress(&app).await;
+    let asked = Instant::now();
+    let registered = app
+        .client
+        .post(format!("{ingress}/v1/functions"))
+        .json(&json!({"name": "late", "image": "granda-test/echo"}))
+        .send()
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    let status = registered.status().as_u16();
+    let body = registered.text().await.unwrap();
+    answers.push(json!({"registration": status, "ms": took.as_millis() as u64, "body": body}));
+    assert!(took < bound, "a registration took {took:?}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(app.get("/v1/functions/late").await.status(), 404);
+    let _ = stop_ingress.send(true);
     eprintln!("answers without quorum: {answers:?}");
     assert!(
         ledger.refused >= 4,
@@ -327,5 +365,58 @@ async fn without_quorum_callers_get_503_within_the_bound_and_refused_calls_never
     // Refused messages that reached a queue anyway had their chance to run by now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ledger.settle(&app, Duration::from_secs(60)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registration_the_broker_does_not_take_answers_503_within_the_bound() {
+    ensure_cluster();
+    let _turn = TURNS.lock().await;
+    all_up().await;
+    let app = cluster_app().await;
+    let (ingress, stop_ingress) = engineless_ingress(&app).await;
+    let register = |name: &'static str| {
+        app.client
+            .post(format!("{ingress}/v1/functions"))
+            .json(&json!({"name": name, "image": "granda-test/echo"}))
+            .send()
+    };
+    // The worker answers the ingress's check over the broker.
+    let first = crate::support::eventually(
+        Duration::from_secs(30),
+        "a worker of the queue answers",
+        || async {
+            let r = register("first").await.unwrap();
+            (r.status() != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(first.status(), 201, "{}", first.text().await.unwrap());
+
+    // A memory alarm (cluster-wide) blocks publishers: the request is never taken nor confirmed.
+    run_script(&["ctl", "a", "set_vm_memory_high_watermark", "0.0001"]).await;
+    let bound = Duration::from_millis(PUBLISH_TIMEOUT_MS + 3_000);
+    let asked = Instant::now();
+    let blocked = tokio::time::timeout(bound * 3, register("blocked"))
+        .await
+        .expect("the registration answers, not hangs")
+        .unwrap();
+    let took = asked.elapsed();
+    let status = blocked.status().as_u16();
+    let body = blocked.text().await.unwrap();
+    eprintln!("a registration with publishers blocked: {status} in {took:?}: {body}");
+    assert!(took < bound, "the registration took {took:?}");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("GRANDA_PUBLISH_TIMEOUT_MS"), "{body}");
+
+    // Refused for good: registered neither now nor once the alarm clears.
+    run_script(&["ctl", "a", "set_vm_memory_high_watermark", "0.4"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.get("/v1/functions/blocked").await.status(), 404);
+    assert_eq!(app.get("/v1/functions/first").await.status(), 200);
+    let _ = stop_ingress.send(true);
+    Ledger::default()
+        .settle(&app, Duration::from_secs(10))
+        .await;
     app.shutdown().await;
 }

@@ -10,6 +10,7 @@ use granda::producer::Application;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::hosts_ledger::{EventLog, ledger, leftovers};
 use crate::support::{TestApp, eventually, spawn_app_with};
 
 static ENGINES: Once = Once::new();
@@ -60,53 +61,14 @@ fn engine(host: &str) -> bollard::Docker {
     granda::docker::connect(Some(host), 60).unwrap()
 }
 
-/// Containers of this app's workers on `docker`.
-async fn leftovers(docker: &bollard::Docker, worker_prefix: &str) -> Vec<String> {
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&std::collections::HashMap::from([(
-            "label",
-            vec![granda::docker::LABEL_WORKER],
-        )]))
-        .build();
-    docker
-        .list_containers(Some(options))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get(granda::docker::LABEL_WORKER))
-                .is_some_and(|w| w.starts_with(worker_prefix))
-        })
-        .filter_map(|c| c.id)
-        .collect()
+/// Follows the run containers of host A's engine (the app's) and host B's.
+fn watch(app: &TestApp, engine_b: &str) -> EventLog {
+    EventLog::watch(&[("a", app.docker.clone()), ("b", engine(engine_b))])
 }
 
-/// The ledger: every id answered 2xx has exactly one final record, and neither engine keeps a
-/// container of this app's workers.
-async fn ledger(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str) {
-    for id in accepted {
-        let record = app.wait_final(*id, Duration::from_secs(60)).await;
-        assert_eq!(record["status"], "succeeded", "{record}");
-    }
-    let rows: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM invocations WHERE id = ANY($1)")
-            .bind(accepted)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(rows[0], (accepted.len() as i64, accepted.len() as i64));
-    let prefix = app.worker_id();
-    for docker in [app.docker.clone(), engine(engine_b)] {
-        eventually(Duration::from_secs(20), "no containers left", || {
-            let docker = docker.clone();
-            let prefix = prefix.clone();
-            async move { leftovers(&docker, &prefix).await.is_empty().then_some(()) }
-        })
-        .await;
-    }
+/// The ledger check ([`ledger`]) over hosts A and B.
+async fn settle(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str, log: &EventLog) {
+    ledger(app, accepted, &[app.docker.clone(), engine(engine_b)], log).await;
 }
 
 /// An ingress with no engine (as `granda server`) on the app's database and queues.
@@ -134,6 +96,7 @@ async fn engineless_ingress_with(
 async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_host_b() {
     let (engine_b, registry) = engines();
     let mut app = spawn_app_with(|_| {}).await;
+    let runs = watch(&app, &engine_b);
     let tag = app.worker_id();
     let image = push(&registry, "granda-test/echo", &tag);
     let worker_b = app
@@ -205,7 +168,7 @@ async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_ho
     for id in &accepted {
         assert_eq!(app.invocation(*id).await["worker"], worker_b.as_str());
     }
-    ledger(&app, &accepted, &engine_b).await;
+    settle(&app, &accepted, &engine_b, &runs).await;
     let _ = stop.send(true);
     let _ = on_b
         .remove_image(
@@ -221,6 +184,7 @@ async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_ho
 async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others() {
     let (engine_b, _) = engines();
     let mut app = spawn_app_with(|s| s.max_concurrency = Some(2)).await;
+    let runs = watch(&app, &engine_b);
     app.register("local", "granda-test/echo", json!({})).await;
     // Host B has no granda-test images and may pull nothing: every message it takes, it can't run.
     let worker_b = app
@@ -248,7 +212,7 @@ async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others()
         sync_ok += 1;
     }
     assert_eq!(sync_ok, 6);
-    ledger(&app, &accepted, &engine_b).await;
+    settle(&app, &accepted, &engine_b, &runs).await;
     for id in &accepted {
         let record = app.invocation(*id).await;
         assert_ne!(record["worker"], worker_b.as_str(), "{record}");
@@ -278,6 +242,7 @@ fn remove_image(docker: &bollard::Docker, image: &str) -> impl std::future::Futu
 async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
     let (engine_b, registry) = engines();
     let mut app = spawn_app_with(|_| {}).await;
+    let runs = watch(&app, &engine_b);
     let tag = app.worker_id();
     // Host B has no images: the runtime's base image comes from the registry too.
     let base = push(&registry, "granda/runtime-shell", &tag);
@@ -389,7 +354,7 @@ async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
         app.docker.inspect_image(&image).await.is_ok(),
         "pulled on host A"
     );
-    ledger(&app, &accepted, &engine_b).await;
+    settle(&app, &accepted, &engine_b, &runs).await;
     let _ = stop.send(true);
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
@@ -427,15 +392,18 @@ fn worker_process(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed() {
+async fn a_worker_host_killed_mid_burst_is_taken_over_within_10_s_and_its_containers_stopped() {
     let (engine_b, registry) = engines();
     let mut app = spawn_app_with(|_| {}).await;
+    let runs = watch(&app, &engine_b);
     let tag = app.worker_id();
     let image = push(&registry, "granda-test/sleep", &tag);
+    const SLEEP_SECONDS: i64 = 20;
     app.register(
         "slow",
         &image,
-        json!({"queue": "hosts-kill", "timeout_ms": 60_000, "env": {"SLEEP_SECONDS": "15"}}),
+        json!({"queue": "hosts-kill", "timeout_ms": 60_000,
+               "env": {"SLEEP_SECONDS": SLEEP_SECONDS.to_string()}}),
     )
     .await;
     const BURST: usize = 6;
@@ -466,7 +434,8 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed
     )
     .await;
 
-    // Host A's worker serves the queue too; then host B dies, its containers still running.
+    // Host A's worker serves the queue too (with the default lease); then host B dies, its
+    // containers still running.
     let worker_a = app
         .add_worker(|s| {
             s.queues = vec!["hosts-kill".into()];
@@ -499,7 +468,7 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed
     .await;
     let took_over = killed.elapsed();
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "B's containers removed",
         || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
     )
@@ -510,17 +479,133 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_and_its_containers_removed
          B's containers removed within {removed:?} (lease {} ms)",
         app.settings.worker_lease_ms
     );
+    assert_eq!(app.settings.worker_lease_ms, 6_000, "the default lease");
     assert!(
-        removed < Duration::from_millis(app.settings.worker_lease_ms) + Duration::from_secs(10),
-        "taken over within the lease and 10 s of the death"
+        took_over < Duration::from_secs(10) && removed < Duration::from_secs(10),
+        "taken over within 10 s of the death: {took_over:?}, {removed:?}"
     );
-    ledger(&app, &accepted, &engine_b).await;
+
+    // B's containers were stopped, not run to their end: each of B's invocations started once
+    // on B and died there killed, well before its sleep could have ended.
+    for id in &accepted {
+        let events = runs.of(*id);
+        let on = |engine: &str, action: &str| -> Vec<_> {
+            events
+                .iter()
+                .filter(|e| e.engine == engine && e.action == action)
+                .collect()
+        };
+        let (starts, deaths) = (on("b", "start"), on("b", "die"));
+        assert_eq!(starts.len(), 1, "{id} started once on B: {events:?}");
+        assert_eq!(deaths.len(), 1, "{id} died once on B: {events:?}");
+        assert_ne!(
+            deaths[0].exit_code.as_deref(),
+            Some("0"),
+            "{id}'s container on B was stopped, not finished: {events:?}"
+        );
+        let lived = Duration::from_nanos((deaths[0].at_ns - starts[0].at_ns).max(0) as u64);
+        assert!(
+            lived < Duration::from_secs(SLEEP_SECONDS as u64 - 2),
+            "{id}'s container on B lived {lived:?}, near its whole sleep"
+        );
+    }
+    settle(&app, &accepted, &engine_b, &runs).await;
     for id in &accepted {
         let record = app.invocation(*id).await;
         assert_eq!(record["worker"], worker_a.as_str(), "{record}");
         assert_eq!(record["output"], "slept\n", "{record}");
     }
     for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_queue_served_by_hosts_a_and_b_is_shared_between_them() {
+    let (engine_b, registry) = engines();
+    const SLOTS: usize = 3;
+    let mut app = spawn_app_with(|s| {
+        s.min_concurrency = SLOTS;
+        s.max_concurrency = Some(SLOTS);
+    })
+    .await;
+    let runs = watch(&app, &engine_b);
+    let tag = app.worker_id();
+    // In the registry only: host B pulls it before its first run.
+    let image = push(&registry, "granda-test/sleep", &tag);
+    app.register(
+        "shared",
+        &image,
+        json!({"timeout_ms": 30_000, "env": {"SLEEP_SECONDS": "1"}}),
+    )
+    .await;
+    let worker_b = app
+        .add_worker(|s| {
+            s.docker_host = Some(engine_b.clone());
+            s.min_concurrency = SLOTS;
+            s.max_concurrency = Some(SLOTS);
+        })
+        .await;
+
+    // A burst of async calls and sync calls at once, on the one queue both hosts serve.
+    let mut accepted = vec![];
+    for i in 0..24 {
+        accepted.push(app.invoke_async("shared", format!("n{i}")).await);
+    }
+    let sync =
+        futures_util::future::join_all((0..6).map(|i| app.invoke("shared", format!("s{i}")))).await;
+    for response in sync {
+        assert_eq!(response.status(), 200);
+        accepted.push(
+            response.headers()["x-granda-invocation-id"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(response.text().await.unwrap(), "slept\n");
+    }
+    settle(&app, &accepted, &engine_b, &runs).await;
+
+    // Both hosts ran their share: each at least a quarter of the calls, with equal slots.
+    let by_worker: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT worker, count(*) FROM invocations GROUP BY worker")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let ran = |worker: &str| {
+        by_worker
+            .iter()
+            .find(|(w, _)| w.as_deref() == Some(worker))
+            .map_or(0, |(_, n)| *n as usize)
+    };
+    let (on_a, on_b) = (ran(&app.worker_id()), ran(&worker_b));
+    eprintln!(
+        "one queue on hosts A and B ({SLOTS} slots each): A ran {on_a}, B ran {on_b} of {}",
+        accepted.len()
+    );
+    assert_eq!(on_a + on_b, accepted.len(), "{by_worker:?}");
+    assert!(
+        on_a >= accepted.len() / 4 && on_b >= accepted.len() / 4,
+        "both hosts ran a fair share: {by_worker:?}"
+    );
+    // And the engines agree: each host's engine ran the containers of its worker's calls.
+    for id in &accepted {
+        let worker = app.invocation(*id).await["worker"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let engine = if worker == worker_b { "b" } else { "a" };
+        let events = runs.of(*id);
+        assert!(
+            events.iter().any(|e| e.engine == engine
+                && e.action == "die"
+                && e.exit_code.as_deref() == Some("0")),
+            "{id} ran on host {engine}: {events:?}"
+        );
+    }
+    for docker in [&app.docker, &engine(&engine_b)] {
         remove_image(docker, &image).await;
     }
     app.shutdown().await;

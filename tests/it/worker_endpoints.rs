@@ -1,0 +1,204 @@
+//! A standalone `granda worker`'s own endpoints on `GRANDA_WORKER_LISTEN` (`/healthz`, `/readyz`,
+//! `/metrics`) and the health its heartbeat carries, while its engine or its broker goes away.
+//! The worker is the real binary; its engine is a private `dockerd` ([`TestDocker`]) and its
+//! broker a private RabbitMQ node ([`TestRabbit`]) where the test stops them, so the shared
+//! services are never touched.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::faults::infra::{GrandaProcess, TestDocker, TestRabbit, free_port};
+use crate::support::{TestApp, eventually, postgres_base, spawn_app_with};
+
+/// An ingress (and a database) whose in-process worker serves another queue: the standalone
+/// worker alone runs `default`.
+async fn ingress_only() -> TestApp {
+    spawn_app_with(|s| s.queues = vec!["not-this-one".into()]).await
+}
+
+/// A `granda worker` on `app`'s database and queues, on engine `docker_host` and broker
+/// `amqp_url`, serving its endpoints on a free port. Returns it and the endpoints' base URL.
+fn standalone_worker(
+    app: &TestApp,
+    id: &str,
+    docker_host: &str,
+    amqp_url: &str,
+) -> (GrandaProcess, String) {
+    let db = app.settings.database_url.rsplit('/').next().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let worker = GrandaProcess::spawn(
+        &["worker"],
+        &[
+            ("GRANDA_DATABASE_URL", format!("{}/{db}", postgres_base())),
+            ("GRANDA_AMQP_URL", amqp_url.to_string()),
+            ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+            ("GRANDA_WORKER_ID", id.to_string()),
+            ("GRANDA_WORKER_LISTEN", listen.clone()),
+            ("GRANDA_SCHEDULER_INTERVAL_MS", "100".to_string()),
+            ("DOCKER_HOST", docker_host.to_string()),
+        ],
+    );
+    (worker, format!("http://{listen}"))
+}
+
+/// `GET url`: the status and the body as JSON (`null` when it is not JSON).
+async fn get(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url)
+        .await
+        .expect("the worker's endpoints answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The worker's heartbeat row: `healthy` and what is wrong.
+async fn heartbeat(app: &TestApp, id: &str) -> Option<(bool, Option<String>)> {
+    sqlx::query_as("SELECT healthy, health FROM workers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until the heartbeat row says `healthy` and `/readyz` answers `ready` (200) or 503;
+/// returns the last row and `/readyz` body.
+async fn wait_health(
+    app: &TestApp,
+    id: &str,
+    base: &str,
+    healthy: bool,
+    within: Duration,
+) -> (Option<String>, Value) {
+    let what = format!("worker {id} healthy={healthy} in its heartbeat and /readyz");
+    eventually(within, &what, || async {
+        let (row_healthy, health) = heartbeat(app, id).await?;
+        let (status, body) = get(&format!("{base}/readyz")).await;
+        let ready_status = if healthy { 200 } else { 503 };
+        (row_healthy == healthy && status == ready_status).then_some((health, body))
+    })
+    .await
+}
+
+/// The value of the series `series` (name and labels, exactly) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
+    let app = ingress_only().await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let engine = TestDocker::start().await;
+    let id = format!("endpoints-{}", Uuid::new_v4().simple());
+    let (worker, base) = standalone_worker(&app, &id, &engine.host(), &app.settings.amqp_url);
+    worker.wait_healthy(&base, Duration::from_secs(30)).await;
+
+    let (status, body) = get(&format!("{base}/healthz")).await;
+    assert_eq!((status, &body), (200, &json!({"status": "ok"})));
+    let (_, ready) = wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["worker"], id.as_str(), "{ready}");
+    assert_eq!(
+        ready["checks"],
+        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok"})
+    );
+
+    // Runs on this worker show in its own series.
+    for i in 0..3 {
+        let response = app.invoke("echo", format!("hello {i}")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), format!("hello {i}"));
+    }
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"),
+    );
+    let text = metrics.text().await.unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            r#"granda_invocations_total{function="echo",status="succeeded"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    let target = sample(
+        &text,
+        &format!(r#"granda_worker_concurrency_target{{worker="{id}"}}"#),
+    );
+    assert!(target.is_some_and(|t| t >= 1.0), "{text}");
+    assert!(
+        sample(&text, r#"granda_cold_starts_total{function="echo"}"#).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+
+    // Its engine stops: not ready (naming the engine), unhealthy in its heartbeat, still alive.
+    engine.stop().await;
+    let (health, ready) = wait_health(&app, &id, &base, false, Duration::from_secs(20)).await;
+    assert_eq!(ready["checks"]["docker"], "unavailable", "{ready}");
+    assert_eq!(ready["checks"]["rabbitmq"], "ok", "{ready}");
+    assert!(
+        health.as_deref().unwrap().contains("docker engine"),
+        "{health:?}"
+    );
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+
+    // Back: ready and healthy again, and it runs again.
+    engine.start_again().await;
+    wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
+    let response = app.invoke("echo", "again").await;
+    assert_eq!(response.status(), 200);
+    worker.sigterm();
+    assert!(
+        worker
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        worker.log()
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_its_broker_says_so_in_its_heartbeat_and_readyz() {
+    let app = ingress_only().await;
+    let broker = TestRabbit::start().await;
+    let id = format!("cut-off-{}", Uuid::new_v4().simple());
+    let docker_host = app
+        .settings
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let (worker, base) = standalone_worker(&app, &id, &docker_host, &broker.url());
+    worker.wait_healthy(&base, Duration::from_secs(30)).await;
+    let (health, _) = wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
+    assert_eq!(health, None);
+
+    // The broker goes: the heartbeat says the worker is unhealthy and why; /readyz says 503.
+    broker.stop_app().await;
+    let (health, ready) = wait_health(&app, &id, &base, false, Duration::from_secs(20)).await;
+    let health = health.expect("what is wrong");
+    assert!(health.contains("RabbitMQ"), "{health}");
+    assert_eq!(ready["checks"]["rabbitmq"], "unavailable", "{ready}");
+    assert_eq!(ready["checks"]["docker"], "ok", "{ready}");
+    assert_eq!(
+        get(&format!("{base}/healthz")).await.0,
+        200,
+        "alive all along"
+    );
+
+    // The broker is back: the worker reconnects and is healthy again.
+    broker.start_app().await;
+    let (health, _) = wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
+    assert_eq!(health, None);
+    worker.sigterm();
+    assert!(worker.wait_exit(Duration::from_secs(30)).await.is_some());
+    app.shutdown().await;
+}
