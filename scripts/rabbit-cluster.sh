@@ -96,12 +96,24 @@ start_node() {
     ctl "$n" -q await_startup --timeout 120 >/dev/null
 }
 
+# Nodes of this script that no command reaches (their cookie went with a removed directory) still
+# hold the ports: stop them by their home directory.
+kill_strays() {
+    pkill -f -- "-home $DIR/home" 2>/dev/null || return 0
+    for _ in $(seq 1 30); do
+        pgrep -f -- "-home $DIR/home" >/dev/null || return 0
+        sleep 1
+    done
+    pkill -9 -f -- "-home $DIR/home" 2>/dev/null || true
+}
+
 clustered() { ctl a -q cluster_status 2>/dev/null | grep -q "$(name "$1")"; }
 
 start() {
     # No node runs: whatever is on disk is a killed run's (a stopped machine, a full disk), and a
     # cluster restarted from it may not form. Start from nothing; the cookie and CA are kept.
     if ! running a && ! running b && ! running c; then
+        kill_strays
         rm -rf "${DIR:?}/a" "${DIR:?}/b" "${DIR:?}/c"
     fi
     mkdir -p "$DIR/home"
@@ -137,6 +149,7 @@ stop() {
     for n in "${NODES[@]}"; do
         running "$n" && ctl "$n" -q stop >/dev/null 2>&1 || true
     done
+    kill_strays
     rm -rf "$DIR"
 }
 

@@ -313,29 +313,55 @@ impl TestApp {
     }
 
     /// Stops ingress and worker, and removes this app's database and queues.
+    /// Stops the ingress and the worker (each must within 10 s), then removes the test's queues
+    /// and database. Every step is bounded: a teardown that stalls says which step did, and the
+    /// test goes on.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        for (task, what) in self.tasks.into_iter().zip(["ingress", "worker"]) {
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                eprintln!("teardown: the {what} did not stop within 10 s of its signal");
+            }
         }
-        self.pool.close().await;
-        if let Ok(connection) =
-            granda::broker::connect(&self.settings.amqp_url, "test-cleanup").await
-        {
-            let topology = Topology::new(&self.settings.amqp_prefix);
-            let queues: Vec<&str> = self.settings.queues.iter().map(String::as_str).collect();
-            let levels = self.settings.backoff().levels();
-            let _ = granda::broker::delete_topology(&connection, &topology, &queues, &levels).await;
-            let _ = connection.close(200, "".into()).await;
-        }
-        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(&admin)
-            .await;
-        }
+        step("closing the pool", self.pool.close()).await;
+        let (settings, db_name) = (&self.settings, &self.db_name);
+        step("removing the queues", async move {
+            if let Ok(connection) =
+                granda::broker::connect(&settings.amqp_url, "test-cleanup").await
+            {
+                let topology = Topology::new(&settings.amqp_prefix);
+                let queues: Vec<&str> = settings.queues.iter().map(String::as_str).collect();
+                let levels = settings.backoff().levels();
+                let _ =
+                    granda::broker::delete_topology(&connection, &topology, &queues, &levels).await;
+                let _ = connection.close(200, "".into()).await;
+            }
+        })
+        .await;
+        step("dropping the database", async move {
+            if let Ok(admin) = PgPool::connect(&format!("{}/postgres", postgres_base())).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                )))
+                .execute(&admin)
+                .await;
+                admin.close().await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs one step of a teardown, for 30 s at most (then says so and goes on).
+async fn step(what: &str, f: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .is_err()
+    {
+        eprintln!("teardown: {what} took over 30 s; left behind");
     }
 }
 
