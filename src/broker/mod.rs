@@ -160,7 +160,8 @@ pub async fn publish_confirmed(
     .map_err(|_| BrokerError::Timeout(within))?
 }
 
-async fn publish_confirmed_unbounded(
+/// [`publish_confirmed`] with no bound of its own (the caller's).
+pub(crate) async fn publish_confirmed_unbounded(
     channel: &Channel,
     routing_key: &str,
     body: &[u8],
@@ -184,6 +185,25 @@ async fn publish_confirmed_unbounded(
         Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key.to_string())),
         Confirmation::Nack(_) => Err(BrokerError::Nacked),
     }
+}
+
+/// Consumes RabbitMQ's direct replies on `channel` (no acks; the consumer tag made from `tag`):
+/// a message published on it with `reply_to` [`DIRECT_REPLY_TO`] gets its answers here.
+pub async fn consume_replies(
+    channel: &Channel,
+    tag: &str,
+) -> Result<lapin::Consumer, lapin::Error> {
+    channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            format!("{tag}-{}", uuid::Uuid::new_v4().simple()).into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
 }
 
 /// The number of ready messages in `queue`, by a passive declare on a throwaway channel

@@ -9,13 +9,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::Confirmation;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use crate::message::{Reply, Work};
 
@@ -125,17 +122,7 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let replies = channel
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                ShortString::from(format!("replies-{}", Uuid::new_v4())),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let replies = super::consume_replies(&channel, "replies").await?;
         let generation = self
             .generations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

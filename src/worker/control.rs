@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::Confirmation;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
@@ -22,7 +21,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+use crate::broker::{BrokerError, DIRECT_REPLY_TO};
 
 /// Sends one request of an RPC over RabbitMQ (registration checks, builds): in confirm mode,
 /// with a direct reply-to consumer tagged `tag-…` and a fresh correlation id added to
@@ -45,40 +44,21 @@ pub(crate) async fn request(
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let replies = channel
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                ShortString::from(format!("{tag}-{}", Uuid::new_v4().simple())),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let replies = crate::broker::consume_replies(channel, tag).await?;
         let correlation = Uuid::new_v4().to_string();
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                properties
-                    .with_reply_to(DIRECT_REPLY_TO.into())
-                    .with_correlation_id(correlation.as_str().into()),
-            )
-            .await?
-            .await?;
-        Ok::<_, lapin::Error>(match confirm {
-            Confirmation::Ack(Some(_)) => None,
-            _ => Some((replies, correlation)),
-        })
+        let properties = properties
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(correlation.as_str().into());
+        match crate::broker::publish_confirmed_unbounded(channel, routing_key, body, properties)
+            .await
+        {
+            Ok(()) => Ok(Some((replies, correlation))),
+            Err(BrokerError::Unroutable(_)) => Ok(None),
+            Err(e) => Err(AskError::from(e)),
+        }
     };
     match tokio::time::timeout(within, sent).await {
-        Ok(sent) => Ok(sent?),
+        Ok(sent) => sent,
         Err(_) => Err(AskError::Unconfirmed {
             ms: within.as_millis(),
         }),

@@ -19,6 +19,11 @@
 //!   idle longest is the least likely to be needed soon.
 //! - On shutdown every pool container is removed; after a crash the worker's restarted self
 //!   removes them by their `granda.worker` label like any other.
+//!
+//! It is not deadpool's managed pool: the keys come and go with function versions, the eviction
+//! under memory pressure spans every key, and a container that failed must never go back, which
+//! deadpool's one-pool-per-type model with return-on-drop does not fit (docs/development.md,
+//! "Crates, and where there is none").
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -116,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::build(&settings, pool.clone())
         .await?
         .with_metrics(app.metrics());
+    // As `granda up`: the ingress checks images and builds on this worker's engine.
+    let app = app.with_engines(worker.engines());
     let address = app.local_addr();
     let base_url = format!("http://{address}");
     let (stop, stopped) = watch::channel(false);
@@ -237,26 +239,19 @@ pub(crate) async fn with_worker<T>(
     result
 }
 
-/// Registers a function, asking again while no worker serves its queue yet (503: the worker
-/// that checks the image is still starting), for up to 30 s.
+/// Registers a function (its image checked on this process's worker's engine).
 pub(crate) async fn register(
     client: &reqwest::Client,
     base_url: &str,
     body: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = client
-            .post(format!("{base_url}/v1/functions"))
-            .json(&body)
-            .send()
-            .await?;
-        match r.status().as_u16() {
-            201 => return Ok(()),
-            503 if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            _ => bail!("registering {}: {}", body["name"], r.text().await?),
-        }
+    let r = client
+        .post(format!("{base_url}/v1/functions"))
+        .json(&body)
+        .send()
+        .await?;
+    if r.status().as_u16() != 201 {
+        bail!("registering {}: {}", body["name"], r.text().await?);
     }
+    Ok(())
 }
