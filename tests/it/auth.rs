@@ -126,24 +126,14 @@ async fn every_route_class_checks_its_key() {
     assert_ne!(r.status(), 401);
 
     // A revoked key stops working at once; revoking twice is 404.
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/keys/{admin_id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/keys/{admin_id}")).await;
     assert_eq!(r.status(), 204);
     assert_unauthorized(
         call(&admin, &app, &Method::GET, "/v1/functions").await,
         "revoked",
     )
     .await;
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/keys/{admin_id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/keys/{admin_id}")).await;
     assert_eq!(r.status(), 404);
 
     // Listing shows names, scopes and prefixes, never keys or hashes.

@@ -114,12 +114,7 @@ async fn unknown_names_routes_and_ids_are_clear_errors() {
         error_code(app.get("/no/such/route").await, 404).await,
         "not_found"
     );
-    let r = app
-        .client
-        .delete(app.url("/v1/functions"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete("/v1/functions").await;
     assert_eq!(error_code(r, 405).await, "method_not_allowed");
     assert_eq!(count(&app, "invocations").await, 0);
     app.shutdown().await;

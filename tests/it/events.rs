@@ -246,19 +246,8 @@ async fn subscriptions_are_created_listed_deleted_and_checked() {
         "/v1/functions/echo/subscriptions/{}",
         sub["id"].as_str().unwrap()
     );
-    assert_eq!(
-        app.client
-            .delete(app.url(&path))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        error_code(app.client.delete(app.url(&path)).send().await.unwrap(), 404).await,
-        "not_found"
-    );
+    assert_eq!(app.delete(&path).await.status(), 204);
+    assert_eq!(error_code(app.delete(&path).await, 404).await, "not_found");
     // Unsubscribed: no invocation for orders.created, still one for users.
     assert!(fanned_out(&publish(&app, "orders.created", "x").await).is_empty());
     let users = fanned_out(&publish(&app, "users.signed-up", "hi").await);
@@ -321,14 +310,11 @@ async fn subscriptions_are_capped_per_function() {
     // Another function has its own room.
     subscribe(&app, "b", "x.4").await;
     let gone = app
-        .client
-        .delete(app.url(&format!(
+        .delete(&format!(
             "/v1/functions/a/subscriptions/{}",
             first["id"].as_str().unwrap()
-        )))
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(gone.status(), 204);
     subscribe(&app, "a", "x.4").await;
     // The index follows every change: x.4 reaches both, x.1 only through a's `x.#`.

@@ -48,23 +48,13 @@ async fn a_function_is_registered_read_updated_listed_and_deleted() {
         .collect();
     assert_eq!(names, ["echo", "other"]);
 
-    let deleted = app
-        .client
-        .delete(app.url("/v1/functions/echo"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete("/v1/functions/echo").await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(
         error_code(app.get("/v1/functions/echo").await, 404).await,
         "not_found"
     );
-    let again = app
-        .client
-        .delete(app.url("/v1/functions/echo"))
-        .send()
-        .await
-        .unwrap();
+    let again = app.delete("/v1/functions/echo").await;
     assert_eq!(error_code(again, 404).await, "not_found");
     app.shutdown().await;
 }

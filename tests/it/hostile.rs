@@ -341,12 +341,7 @@ async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
             assert!(written <= 8, "{mode}: wrote {written} MB past an 8 MB cap");
         }
     }
-    let response = app
-        .client
-        .delete(app.url("/v1/functions/vol-warm"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete("/v1/functions/vol-warm").await;
     assert!(response.status().is_success());
     app.shutdown().await;
     // Removed with their volumes, pool containers included (at shutdown).

@@ -154,6 +154,14 @@ impl TestApp {
     }
 
     /// POSTs raw `body` with `headers` (name, value pairs).
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
     pub async fn post_with(
         &self,
         path: &str,

@@ -395,13 +395,8 @@ pub(crate) async fn callbacks_are_signed_with_a_rotatable_key_per_function() {
     assert_eq!(app.get("/v1/callbacks/key").await.status(), 404);
 
     // Admins only.
-    let made: Value = app
-        .post_json("/v1/keys", &json!({"name": "caller", "scope": "invoke"}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let invoker = client_with_key(made["key"].as_str().unwrap());
+    let (_, key) = crate::support::make_key(&app, "caller", "invoke").await;
+    let invoker = client_with_key(&key);
     for request in [
         invoker.get(app.url("/v1/functions/echo/callback-key")),
         invoker.post(app.url("/v1/functions/echo/callback-key")),
@@ -489,13 +484,8 @@ pub(crate) async fn an_invoke_key_sees_a_callbacks_state_but_not_its_url() {
     let rx = receiver(0).await;
     app.register("echo", "granda-test/echo", json!({"callback_url": rx.url}))
         .await;
-    let made: Value = app
-        .post_json("/v1/keys", &json!({"name": "caller", "scope": "invoke"}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let invoker = client_with_key(made["key"].as_str().unwrap());
+    let (_, key) = crate::support::make_key(&app, "caller", "invoke").await;
+    let invoker = client_with_key(&key);
     let response = invoker
         .post(app.url("/v1/functions/echo/invocations"))
         .body("hi")

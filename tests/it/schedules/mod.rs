@@ -66,12 +66,7 @@ async fn a_scheduled_run_gets_its_schedule_id_and_time_in_env() {
         assert!(start.elapsed() < Duration::from_secs(30), "{list:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/schedules/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/schedules/{id}")).await;
     assert_eq!(r.status(), 204);
     let out = record["output"].as_str().unwrap();
     assert!(out.contains(&format!("GRANDA_SCHEDULE_ID={id}\n")), "{out}");
@@ -187,12 +182,7 @@ async fn the_api_checks_schedules_and_shows_next_runs() {
         .unwrap();
     assert_eq!(still["cron"], "@hourly", "a refused update changed nothing");
 
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/schedules/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/schedules/{id}")).await;
     assert_eq!(r.status(), 204);
     error_code(app.get(&format!("/v1/schedules/{id}")).await, 404).await;
     error_code(app.get("/v1/schedules/not-a-uuid").await, 404).await;

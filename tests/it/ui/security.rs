@@ -149,12 +149,7 @@ async fn a_revoked_key_s_dashboard_session_ends_at_once() {
     let csrf = ops.csrf("/ui/functions/new").await;
     let delete_csrf = ops.csrf("/ui/functions/kept/delete").await;
 
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/keys/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/keys/{id}")).await;
     assert_eq!(r.status(), 204);
 
     // The very next page and form posts are refused, and change nothing.

@@ -79,12 +79,7 @@ async fn webhooks_are_listed_read_deleted_and_validated() {
     }
 
     let b_id = b["id"].as_str().unwrap();
-    let response = app
-        .client
-        .delete(app.url(&format!("/v1/webhooks/{b_id}")))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/v1/webhooks/{b_id}")).await;
     assert_eq!(response.status(), 204);
     assert_eq!(
         error_code(
@@ -104,12 +99,7 @@ async fn webhooks_are_listed_read_deleted_and_validated() {
     );
 
     // Deleting the function deletes its webhooks.
-    let response = app
-        .client
-        .delete(app.url("/v1/functions/echo"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete("/v1/functions/echo").await;
     assert_eq!(response.status(), 204);
     let all: Value = app.get("/v1/webhooks").await.json().await.unwrap();
     assert!(all["webhooks"].as_array().unwrap().is_empty());
