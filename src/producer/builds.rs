@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::extract::JsonBody;
-use super::functions::{FunctionView, load, save, view_with_versions};
+use super::function_view::{FunctionView, view_with_versions};
+use super::functions::{load, save};
 use crate::build::{BuildRecord, store};
 use crate::error::ApiError;
 use crate::function::Function;

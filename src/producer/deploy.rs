@@ -312,7 +312,7 @@ async fn run(
             f.runtime = Some(deploy.runtime.name.to_string());
             f.version = Some(record.version);
             if !store::insert(&app.pool, &f).await? {
-                return Err(super::functions::conflict(&f.name).into());
+                return Err(super::function_view::conflict(&f.name).into());
             }
             (StatusCode::CREATED, f)
         }
@@ -330,7 +330,7 @@ async fn run(
     tracing::info!(version = record.version, image = %record.image, "deployed from source");
     Ok((
         status,
-        serde_json::to_value(super::functions::view_with_versions(&app, &f).await?)
+        serde_json::to_value(super::function_view::view_with_versions(&app, &f).await?)
             .expect("a function serializes"),
     ))
 }

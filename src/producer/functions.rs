@@ -8,48 +8,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::extract::JsonBody;
+use super::function_view::{FunctionList, FunctionView, conflict, view, view_with_versions};
 use super::{AppState, deploy};
 use crate::engines::{Check, Refusal};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
-
-/// A function as the API shows it: its fields, its own URL, and the names of its secrets.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct FunctionView {
-    #[serde(flatten)]
-    pub function: Function,
-    pub invoke_url: String,
-    /// Names only: secrets are write-only.
-    pub secrets: Vec<String>,
-    /// Builds from source, newest first (only when one function is read).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub versions: Option<serde_json::Value>,
-}
-
-/// `GET /v1/functions`.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct FunctionList {
-    pub functions: Vec<FunctionView>,
-}
-
-fn view(app: &AppState, f: &Function) -> FunctionView {
-    FunctionView {
-        function: f.clone(),
-        invoke_url: format!("{}/fn/{}", app.settings.public_url(), f.name),
-        secrets: f.secrets.names(),
-        versions: None,
-    }
-}
-
-/// A function as the API shows it, with its builds (`versions`, newest first; empty for a function
-/// registered with an image).
-pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<FunctionView, ApiError> {
-    let mut v = view(app, f);
-    let builds = crate::build::store::list(&app.pool, &f.name, f.created_at).await?;
-    v.versions = Some(serde_json::to_value(builds).expect("builds serialize"));
-    Ok(v)
-}
 
 /// Loads a function or answers 404.
 pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
@@ -196,10 +159,6 @@ async fn check_callback(app: &AppState, f: &Function) -> Result<(), ApiError> {
             .map_err(|e| ApiError::Unprocessable(format!("callback_url: {e}")))?;
     }
     Ok(())
-}
-
-pub(super) fn conflict(name: &str) -> ApiError {
-    ApiError::Conflict(format!("a function named {name:?} exists"))
 }
 
 pub async fn list(State(app): State<AppState>) -> Result<Json<FunctionList>, ApiError> {

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod enqueue;
 pub mod events;
 pub mod extract;
+pub mod function_view;
 pub mod functions;
 pub mod health;
 pub mod invocations;

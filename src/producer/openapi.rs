@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::builds::Rollback;
-use super::functions::{FunctionList, FunctionView};
+use super::function_view::{FunctionList, FunctionView};
 use super::keys::NewKey;
 use super::schedules::{NewSchedule, ScheduleUpdate};
 use crate::function::{Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate};

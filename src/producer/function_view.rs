@@ -1,0 +1,49 @@
+//! A function as the API shows it (its fields, its own URL, the names of its secrets, its builds),
+//! and the answer to a name that is taken: what registering, deploying from source, rolling back
+//! and reading a function all answer with.
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::function::Function;
+
+/// A function as the API shows it: its fields, its own URL, and the names of its secrets.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FunctionView {
+    #[serde(flatten)]
+    pub function: Function,
+    pub invoke_url: String,
+    /// Names only: secrets are write-only.
+    pub secrets: Vec<String>,
+    /// Builds from source, newest first (only when one function is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub versions: Option<serde_json::Value>,
+}
+
+/// `GET /v1/functions`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionView>,
+}
+
+pub fn view(app: &AppState, f: &Function) -> FunctionView {
+    FunctionView {
+        function: f.clone(),
+        invoke_url: format!("{}/fn/{}", app.settings.public_url(), f.name),
+        secrets: f.secrets.names(),
+        versions: None,
+    }
+}
+
+/// A function as the API shows it, with its builds (`versions`, newest first; empty for a function
+/// registered with an image).
+pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<FunctionView, ApiError> {
+    let mut v = view(app, f);
+    let builds = crate::build::store::list(&app.pool, &f.name, f.created_at).await?;
+    v.versions = Some(serde_json::to_value(builds).expect("builds serialize"));
+    Ok(v)
+}
+
+pub fn conflict(name: &str) -> ApiError {
+    ApiError::Conflict(format!("a function named {name:?} exists"))
+}
