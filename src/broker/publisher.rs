@@ -160,55 +160,47 @@ impl Publisher {
         on_link: impl Fn(&Link),
     ) -> Result<(), BrokerError> {
         let within = self.nodes.publish_timeout();
-        tokio::time::timeout(
-            within,
-            self.publish_retrying_unbounded(queue, work, body, on_link),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout(within))?
-    }
-
-    async fn publish_retrying_unbounded(
-        &self,
-        queue: &str,
-        work: &Work,
-        body: &[u8],
-        on_link: impl Fn(&Link),
-    ) -> Result<(), BrokerError> {
-        let mut failures = 0u32;
-        let mut nacks = 0;
-        loop {
-            let link = match self.link().await {
-                Ok(link) => link,
-                Err(e @ BrokerError::Config(_)) => return Err(e),
-                Err(e) => {
-                    // No node answers now: look again until the publish timeout.
-                    failures += 1;
-                    tracing::debug!(error = %e, failures, "no broker node; trying again");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(5))))
-                        .await;
-                    continue;
-                }
-            };
-            on_link(&link);
-            match self.publish_on(&link, queue, work, body).await {
-                Ok(()) => return Ok(()),
-                Err(BrokerError::Amqp(e)) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "publish failed, reconnecting");
-                    if failures > 1 {
+        let retrying = async {
+            let mut failures = 0u32;
+            let mut nacks = 0;
+            loop {
+                let link = match self.link().await {
+                    Ok(link) => link,
+                    Err(e @ BrokerError::Config(_)) => return Err(e),
+                    Err(e) => {
+                        // No node answers now: look again until the publish timeout.
+                        failures += 1;
+                        tracing::debug!(error = %e, failures, "no broker node; trying again");
                         tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(5))))
                             .await;
+                        continue;
                     }
+                };
+                on_link(&link);
+                match self.publish_on(&link, queue, work, body).await {
+                    Ok(()) => return Ok(()),
+                    Err(BrokerError::Amqp(e)) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "publish failed, reconnecting");
+                        if failures > 1 {
+                            tokio::time::sleep(Duration::from_millis(
+                                100 * u64::from(failures.min(5)),
+                            ))
+                            .await;
+                        }
+                    }
+                    Err(BrokerError::Nacked) if nacks < NACK_RETRIES => {
+                        nacks += 1;
+                        tracing::debug!(nacks, "publish nacked; trying again");
+                        tokio::time::sleep(Duration::from_millis(25 << nacks)).await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(BrokerError::Nacked) if nacks < NACK_RETRIES => {
-                    nacks += 1;
-                    tracing::debug!(nacks, "publish nacked; trying again");
-                    tokio::time::sleep(Duration::from_millis(25 << nacks)).await;
-                }
-                Err(e) => return Err(e),
             }
-        }
+        };
+        tokio::time::timeout(within, retrying)
+            .await
+            .map_err(|_| BrokerError::Timeout(within))?
     }
 
     async fn publish_on(

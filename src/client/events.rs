@@ -128,23 +128,19 @@ pub async fn run(client: &Client, command: EventsCommand) -> Result<(), CliError
                     segment(&function)
                 ))
                 .await?;
-            if client.json {
-                client.print_json(&list);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list["subscriptions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
+            super::print_list(
+                client,
+                &list,
+                "subscriptions",
+                &["ID", "PATTERN", "CREATED_AT"],
+                |s| {
                     vec![
                         cell(&s["id"]),
                         cell(&s["pattern"]),
                         time_cell(&s["created_at"]),
                     ]
-                })
-                .collect();
-            table(&["ID", "PATTERN", "CREATED_AT"], &rows);
+                },
+            );
         }
     }
     Ok(())

@@ -263,26 +263,10 @@ pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
     match command {
         FnCommand::Ls => {
             let body = client.get("/v1/functions").await?;
-            if client.json {
-                client.print_json(&body);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = body["functions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| {
-                    vec![
-                        cell(&f["name"]),
-                        cell(&f["image"]),
-                        cell(&f["runtime"]),
-                        cell(&f["version"]),
-                        cell(&f["timeout_ms"]),
-                        cell(&f["memory_mb"]),
-                    ]
-                })
-                .collect();
-            table(
+            super::print_list(
+                client,
+                &body,
+                "functions",
                 &[
                     "NAME",
                     "IMAGE",
@@ -291,7 +275,16 @@ pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
                     "TIMEOUT_MS",
                     "MEMORY_MB",
                 ],
-                &rows,
+                |f| {
+                    vec![
+                        cell(&f["name"]),
+                        cell(&f["image"]),
+                        cell(&f["runtime"]),
+                        cell(&f["version"]),
+                        cell(&f["timeout_ms"]),
+                        cell(&f["memory_mb"]),
+                    ]
+                },
             );
             Ok(())
         }

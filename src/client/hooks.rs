@@ -4,7 +4,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Map, Value};
 
-use super::{CliError, Client, cell, fields, segment, table};
+use super::{CliError, Client, cell, fields, segment};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum HooksCommand {
@@ -62,24 +62,20 @@ pub async fn run(client: &Client, command: HooksCommand) -> Result<(), CliError>
         }
         HooksCommand::Ls => {
             let list = client.get("/v1/webhooks").await?;
-            if client.json {
-                client.print_json(&list);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list["webhooks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|h| {
+            super::print_list(
+                client,
+                &list,
+                "webhooks",
+                &["ID", "FUNCTION", "SCHEME", "URL"],
+                |h| {
                     vec![
                         cell(&h["id"]),
                         cell(&h["function"]),
                         cell(&h["scheme"]),
                         cell(&h["url"]),
                     ]
-                })
-                .collect();
-            table(&["ID", "FUNCTION", "SCHEME", "URL"], &rows);
+                },
+            );
             return Ok(());
         }
         HooksCommand::Rm { id } => {

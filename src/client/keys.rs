@@ -4,7 +4,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::json;
 
-use super::{CliError, Client, cell, fields, segment, table};
+use super::{CliError, Client, cell, fields, segment};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum KeysCommand {
@@ -46,15 +46,12 @@ pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> 
         }
         KeysCommand::Ls => {
             let list = client.get("/v1/keys").await?;
-            if client.json {
-                client.print_json(&list);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list["keys"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|k| {
+            super::print_list(
+                client,
+                &list,
+                "keys",
+                &["ID", "SCOPE", "NAME", "PREFIX", "STATE"],
+                |k| {
                     let state = match &k["revoked_at"] {
                         serde_json::Value::Null => "live".to_string(),
                         at => format!("revoked {}", super::time_cell(at)),
@@ -66,9 +63,8 @@ pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> 
                         format!("{}…", cell(&k["prefix"])),
                         state,
                     ]
-                })
-                .collect();
-            table(&["ID", "SCOPE", "NAME", "PREFIX", "STATE"], &rows);
+                },
+            );
         }
         KeysCommand::Revoke { id } => {
             let request = client.request(Method::DELETE, &format!("/v1/keys/{}", segment(&id)));

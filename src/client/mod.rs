@@ -213,6 +213,28 @@ pub fn interactive() -> bool {
 }
 
 /// Prints rows under headers, each column as wide as its widest cell.
+/// Prints `list` as JSON (`--json`), or its array `key` as a table under `headers`, one `row` per
+/// item: what every `ls` command prints.
+pub fn print_list(
+    client: &Client,
+    list: &serde_json::Value,
+    key: &str,
+    headers: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) {
+    if client.json {
+        client.print_json(list);
+        return;
+    }
+    let rows: Vec<Vec<String>> = list[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(row)
+        .collect();
+    table(headers, &rows);
+}
+
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{CliError, Client, cell, fields, segment, table, time_cell};
+use super::{CliError, Client, cell, fields, segment, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum SchedulesCommand {
@@ -83,15 +83,12 @@ pub async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliEr
                 None => "/v1/schedules".to_string(),
             };
             let list = client.get(&path).await?;
-            if client.json {
-                client.print_json(&list);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = list["schedules"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
+            super::print_list(
+                client,
+                &list,
+                "schedules",
+                &["ID", "FUNCTION", "CRON", "TIMEZONE", "ENABLED", "NEXT"],
+                |s| {
                     vec![
                         cell(&s["id"]),
                         cell(&s["function"]),
@@ -105,11 +102,7 @@ pub async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliEr
                         .into(),
                         time_cell(&s["next_runs"][0]),
                     ]
-                })
-                .collect();
-            table(
-                &["ID", "FUNCTION", "CRON", "TIMEZONE", "ENABLED", "NEXT"],
-                &rows,
+                },
             );
         }
         SchedulesCommand::Get { id } => {

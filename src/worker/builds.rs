@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use bollard::Docker;
 use futures_util::StreamExt;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -318,20 +317,10 @@ pub async fn serve(
             let builder = builder.clone();
             tokio::spawn(async move {
                 let say = |event: Event| {
-                    let channel = channel.clone();
-                    let reply_to = reply_to.clone();
-                    let correlation = correlation.clone();
+                    let (channel, reply_to, correlation) =
+                        (channel.clone(), reply_to.clone(), correlation.clone());
                     async move {
-                        let body = serde_json::to_vec(&event).expect("an event serializes");
-                        let _ = channel
-                            .basic_publish(
-                                "".into(),
-                                reply_to.as_str().into(),
-                                BasicPublishOptions::default(),
-                                &body,
-                                BasicProperties::default().with_correlation_id(correlation),
-                            )
-                            .await;
+                        super::control::reply(&channel, &reply_to, &correlation, &event).await;
                     }
                 };
                 tracing::info!(tag = job.tag, "building from source for an ingress");

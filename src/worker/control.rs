@@ -272,20 +272,31 @@ where
             let answer = answer.clone();
             tokio::spawn(async move {
                 let said = answer(check).await;
-                let body = serde_json::to_vec(&said).expect("an answer serializes");
-                let _ = channel
-                    .basic_publish(
-                        "".into(),
-                        reply_to.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default().with_correlation_id(correlation),
-                    )
-                    .await;
+                reply(&channel, &reply_to, &correlation, &said).await;
             });
         }
     });
     Ok(())
+}
+
+/// Sends `what` (as JSON) to the caller of an RPC: its reply-to address, with its correlation id.
+/// A caller that has gone is not an error: the answer goes nowhere.
+pub(crate) async fn reply(
+    channel: &Channel,
+    reply_to: &ShortString,
+    correlation: &ShortString,
+    what: &impl Serialize,
+) {
+    let body = serde_json::to_vec(what).expect("an answer serializes");
+    let _ = channel
+        .basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_correlation_id(correlation.clone()),
+        )
+        .await;
 }
 
 /// Declares `queue`, a worker's RPC queue (not durable, gone with its last consumer), and

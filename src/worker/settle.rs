@@ -12,7 +12,8 @@ use crate::broker::{self, BrokerError};
 use crate::message::{Reply, Work};
 
 /// Moves the message to the delay queue of `level` to wait `delay` (at most `level`), then acks
-/// it here.
+/// it here; if the broker does not take it, the message comes back at once instead (nothing is
+/// lost).
 pub(super) async fn park_for(
     shared: &Shared,
     channels: &Channels,
@@ -21,53 +22,44 @@ pub(super) async fn park_for(
     level: Duration,
     delay: Duration,
 ) {
-    match publish_delayed(shared, channels, queue, delivery, level, delay).await {
+    let parked = async {
+        let name = shared.topology.delay_queue(queue, level);
+        let declared = channels
+            .delay_declared
+            .lock()
+            .expect("lock")
+            .contains(&name);
+        if !declared {
+            shared
+                .topology
+                .declare_delay(&channels.publish, queue, level)
+                .await?;
+            channels
+                .delay_declared
+                .lock()
+                .expect("lock")
+                .insert(name.clone());
+        }
+        let properties = delivery
+            .properties
+            .clone()
+            .with_expiration(ShortString::from(delay.as_millis().max(1).to_string()));
+        broker::publish_confirmed(
+            &channels.publish,
+            &name,
+            &delivery.data,
+            properties,
+            channels.publish_timeout,
+        )
+        .await
+    };
+    match parked.await {
         Ok(()) => ack(delivery).await,
-        Err(e) => {
-            // The message comes back at once instead; nothing is lost.
+        Err::<(), BrokerError>(e) => {
             tracing::warn!(error = %e, "could not park the message; giving it back");
             reject(delivery, true).await;
         }
     }
-}
-
-pub(super) async fn publish_delayed(
-    shared: &Shared,
-    channels: &Channels,
-    queue: &str,
-    delivery: &Delivery,
-    level: Duration,
-    delay: Duration,
-) -> Result<(), BrokerError> {
-    let name = shared.topology.delay_queue(queue, level);
-    let declared = channels
-        .delay_declared
-        .lock()
-        .expect("lock")
-        .contains(&name);
-    if !declared {
-        shared
-            .topology
-            .declare_delay(&channels.publish, queue, level)
-            .await?;
-        channels
-            .delay_declared
-            .lock()
-            .expect("lock")
-            .insert(name.clone());
-    }
-    let properties = delivery
-        .properties
-        .clone()
-        .with_expiration(ShortString::from(delay.as_millis().max(1).to_string()));
-    broker::publish_confirmed(
-        &channels.publish,
-        &name,
-        &delivery.data,
-        properties,
-        channels.publish_timeout,
-    )
-    .await
 }
 
 pub(super) async fn reply(channels: &Channels, work: &Work, reply: &Reply) {
