@@ -81,7 +81,7 @@ configure() {
     echo "NODENAME=$(name "$n")" >"$d/rabbitmq-env.conf"
 }
 
-running() { ctl "$1" -q status >/dev/null 2>&1; }
+running() { ctl "$1" -q ping >/dev/null 2>&1; }
 app_running() { ctl "$1" -q await_startup --timeout 1 >/dev/null 2>&1; }
 
 start_node() {
@@ -106,6 +106,8 @@ kill_strays() {
     done
     pkill -9 -f -- "-home $DIR/home" 2>/dev/null || true
 }
+
+start_app() { ctl "$1" -q start_app >/dev/null && ctl "$1" -q await_startup --timeout 60 >/dev/null; }
 
 clustered() { ctl a -q cluster_status 2>/dev/null | grep -q "$(name "$1")"; }
 
@@ -132,10 +134,16 @@ start() {
             ctl "$n" -q join_cluster "$(name a)" >/dev/null 2>&1
             ctl "$n" -q start_app >/dev/null
         fi
-        app_running "$n" || ctl "$n" -q start_app >/dev/null
+        app_running "$n" || start_app "$n"
     done
-    app_running a || ctl a -q start_app >/dev/null
-    status || { echo "the cluster did not form" >&2; exit 1; }
+    app_running a || start_app a
+    # A node whose app was stopped (a test that failed half-way) takes a moment to rejoin.
+    for _ in $(seq 1 60); do
+        status && return 0
+        sleep 1
+    done
+    echo "the cluster did not form" >&2
+    exit 1
 }
 
 status() {
@@ -158,7 +166,7 @@ start) start ;;
 stop) stop ;;
 status) status ;;
 stop-app) ctl "$2" -q stop_app >/dev/null ;;
-start-app) ctl "$2" -q start_app >/dev/null && ctl "$2" -q await_startup --timeout 60 >/dev/null ;;
+start-app) start_app "$2" ;;
 ctl)
     shift
     ctl "$@"

@@ -63,6 +63,8 @@ async fn amqps_is_trusted_through_the_ca_file_and_refused_without_it() {
     ensure_cluster();
     // The cluster tests stop nodes, node a (whose TLS listener this uses) among them: take turns.
     let _turn = crate::cluster::TURNS.lock().await;
+    // A cluster test that failed half-way may have left nodes stopped.
+    crate::cluster::all_up().await;
     let ca = tls_dir().join("ca.pem");
     let untrusted = Nodes::new(AMQPS_URL, None, Duration::from_secs(5))
         .unwrap()
@@ -88,6 +90,8 @@ async fn postgres_sslmode_verify_full_is_trusted_through_the_ca_file_only() {
     ensure_cluster();
     // The cluster tests stop nodes, node a (whose TLS listener this uses) among them: take turns.
     let _turn = crate::cluster::TURNS.lock().await;
+    // A cluster test that failed half-way may have left nodes stopped.
+    crate::cluster::all_up().await;
     let pg = postgres_with_tls().await;
     let ca = tls_dir().join("ca.pem");
     let url = format!("{}?sslmode=verify-full", pg.url("granda_tls"));
@@ -115,6 +119,8 @@ async fn granda_runs_over_amqps_and_postgres_tls() {
     ensure_cluster();
     // The cluster tests stop nodes, node a (whose TLS listener this uses) among them: take turns.
     let _turn = crate::cluster::TURNS.lock().await;
+    // A cluster test that failed half-way may have left nodes stopped.
+    crate::cluster::all_up().await;
     let pg = postgres_with_tls().await;
     let ca = tls_dir().join("ca.pem");
     let database_url = format!(
