@@ -2,15 +2,17 @@
 
 `granda_not_a_server_error`: like schemathesis' own `not_a_server_error`, except for the 5xx
 answers that report the *function's* fate rather than Granda's: 502 `function_failed` (the
-function exited non-zero), 504 `function_timed_out`, and 502 `platform_error` caused by input
-that an `input: "args"` function can't take. Any other 5xx is a bug in Granda.
+function exited non-zero), 504 `function_timed_out`, 502 `bad_cgi_response` (a function switched
+to `response: "cgi"`, as the fuzzer may do, whose output is not a CGI response), and 502
+`platform_error` caused by input that an `input: "args"` function can't take. Any other 5xx is a
+bug in Granda.
 """
 
 import json
 
 import schemathesis
 
-FUNCTION_FATES = {"function_failed", "function_timed_out"}
+FUNCTION_FATES = {"function_failed", "function_timed_out", "bad_cgi_response"}
 
 
 @schemathesis.check
