@@ -72,6 +72,12 @@ pub async fn has_image(docker: &Docker, image: &str) -> Result<bool, ImageError>
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(false),
+        // The engine refuses the reference itself (`invalid reference format`): no engine can
+        // have it, which is the caller's mistake, not the engine's trouble.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 400..=499,
+            message,
+        }) => Err(unavailable(image, message)),
         Err(e) => Err(ImageError::Engine(e)),
     }
 }

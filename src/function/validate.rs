@@ -324,10 +324,10 @@ pub(super) fn now_as_stored() -> DateTime<Utc> {
 }
 
 pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
-    if f.image.is_empty() || f.image.len() > 255 || f.image.chars().any(char::is_whitespace) {
+    if f.image.is_empty() || f.image.len() > 255 || !f.image.chars().all(|c| c.is_ascii_graphic()) {
         return Err(invalid(
             "image",
-            "must be an image reference without spaces, at most 255 characters",
+            "must be an image reference of printable ASCII without spaces, at most 255 characters",
         ));
     }
     if let Some(d) = &f.description

@@ -58,6 +58,9 @@ async fn bad_function_definitions_are_refused_and_nothing_is_stored() {
         json!({"max_attempts": 0}),
         json!({"unknown_field": true}),
         json!({"image": "has space"}),
+        // Found by the fuzzer: the engine refuses such a reference, which was answered 503.
+        json!({"image": "\u{fa}\u{df}\u{17}\u{e3}"}),
+        json!({"image": "UPPER/Case:Tag"}),
     ] {
         let mut body = json!({"name": "echo", "image": "granda-test/echo"});
         body.as_object_mut()
