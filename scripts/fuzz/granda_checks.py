@@ -5,11 +5,12 @@ answers that report the *function's* fate rather than Granda's: 502 `function_fa
 function exited non-zero), 504 `function_timed_out`, 502 `bad_cgi_response` (a function switched
 to `response: "cgi"`, as the fuzzer may do, whose output is not a CGI response), and 502
 `platform_error` caused by input that an `input: "args"` function can't take. Any other 5xx is a
-bug in Granda.
+bug in Granda. A HEAD request's 5xx carries no body: the same request as GET tells.
 """
 
 import json
 
+import requests
 import schemathesis
 
 FUNCTION_FATES = {"function_failed", "function_timed_out", "bad_cgi_response"}
@@ -19,8 +20,17 @@ FUNCTION_FATES = {"function_failed", "function_timed_out", "bad_cgi_response"}
 def granda_not_a_server_error(ctx, response, case):
     if response.status_code < 500:
         return None
+    text = response.text
+    request = getattr(response, "request", None)
+    if not text and request is not None and str(request.method).upper() == "HEAD":
+        # A HEAD answer has no body to say whose fault a 5xx was: ask the same as GET.
+        again = requests.request(
+            "GET", request.url, headers=dict(request.headers), data=request.body, timeout=60
+        )
+        if again.status_code == response.status_code:
+            text = again.text
     try:
-        error = json.loads(response.text)["error"]
+        error = json.loads(text)["error"]
     except Exception:
         error = {}
     code = error.get("code")
