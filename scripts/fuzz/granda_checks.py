@@ -5,7 +5,9 @@ answers that report the *function's* fate rather than Granda's: 502 `function_fa
 function exited non-zero), 504 `function_timed_out`, 502 `bad_cgi_response` (a function switched
 to `response: "cgi"`, as the fuzzer may do, whose output is not a CGI response), and 502
 `platform_error` caused by input that an `input: "args"` function can't take. Any other 5xx is a
-bug in Granda. A HEAD request's 5xx carries no body: the same request as GET tells.
+bug in Granda, except a 502/504 that names a recorded run that failed (the fuzzer may switch a
+test function to a mode or response its image can't serve). A HEAD request's 5xx carries no
+body: the same request as GET tells.
 """
 
 import json
@@ -35,6 +37,11 @@ def granda_not_a_server_error(ctx, response, case):
         error = {}
     code = error.get("code")
     if code in FUNCTION_FATES:
+        return None
+    # A call whose run was recorded and failed reports the run's fate, whatever its class: the
+    # stateful phase may switch a test function to a mode or response its image can't serve
+    # (hot without a listener, cgi without CGI output). Granda's own failures carry no run.
+    if response.status_code in (502, 504) and error.get("invocation_id") and error.get("status") in ("failed", "timed_out", "dead"):
         return None
     if code == "platform_error" and str(error.get("detail", "")).startswith("bad input for args mode"):
         return None
