@@ -3,7 +3,7 @@
 
 use super::schemes::{pairs, standard_headers, stripe_header};
 use super::*;
-use crate::support::{error_code, partial_post, spawn_app, status_line};
+use crate::support::{error_code, eventually, partial_post, spawn_app, status_line};
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
@@ -285,14 +285,12 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
         1024,
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.metric(gauge).await != Some(700_000.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reservation never showed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the reservation never showed",
+        || async { (app.metric(gauge).await == Some(700_000.0)).then_some(()) },
+    )
+    .await;
     let response = app
         .post_with(
             &path,
@@ -307,14 +305,12 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     assert_eq!(status, 202);
 
     drop(slow);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.metric(gauge).await != Some(0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reservation was kept"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the reservation was kept",
+        || async { (app.metric(gauge).await == Some(0.0)).then_some(()) },
+    )
+    .await;
     let response = app
         .post_with(
             &path,
