@@ -4,7 +4,6 @@
 //! The record is the truth; every transition is a conditional update, so a redelivered message
 //! can never move a final record again.
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -84,16 +83,20 @@ impl Trigger {
     }
 }
 
-/// An invocation as stored.
-#[derive(Clone, Debug, sqlx::FromRow)]
+/// An invocation as stored. The API shows it as an [`InvocationView`]; input and output are
+/// shown there, as text or base64.
+#[derive(Clone, Debug, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+#[schema(as = InvocationRecord)]
 pub struct Record {
     pub id: Uuid,
     pub function: String,
     pub status: String,
     pub trigger: String,
     pub attempt: i32,
+    #[serde(skip)]
     pub input: Option<Vec<u8>>,
     pub input_size: i64,
+    #[serde(skip)]
     pub output: Option<Vec<u8>>,
     pub output_truncated: bool,
     pub logs: Option<String>,
@@ -117,54 +120,6 @@ pub struct Record {
 impl Record {
     pub fn status(&self) -> Status {
         Status::parse(&self.status).unwrap_or(Status::Failed)
-    }
-
-    /// The record as the API shows it: bytes as text where they are UTF-8, else base64.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "id": self.id,
-            "function": self.function,
-            "status": self.status,
-            "trigger": self.trigger,
-            "attempt": self.attempt,
-            "input_size": self.input_size,
-            "input_truncated": self.input.as_ref().map(|i| (i.len() as i64) < self.input_size).unwrap_or(false),
-            "output_truncated": self.output_truncated,
-            "logs": self.logs,
-            "logs_truncated": self.logs_truncated,
-            "exit_code": self.exit_code,
-            "error": self.error,
-            "queued_at": self.queued_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_ms": self.duration_ms,
-            "queue_ms": self.queue_ms,
-            "cold": self.cold,
-            "worker": self.worker,
-            "http_method": self.http_method,
-            "http_path": self.http_path,
-            "http_status": self.http_status,
-        });
-        put_bytes(&mut v, "input", self.input.as_deref());
-        put_bytes(&mut v, "output", self.output.as_deref());
-        v
-    }
-}
-
-fn put_bytes(v: &mut serde_json::Value, key: &str, bytes: Option<&[u8]>) {
-    let obj = v.as_object_mut().expect("record is an object");
-    match bytes.map(std::str::from_utf8) {
-        None => {
-            obj.insert(key.into(), serde_json::Value::Null);
-        }
-        Some(Ok(text)) => {
-            obj.insert(key.into(), text.into());
-        }
-        Some(Err(_)) => {
-            obj.insert(key.into(), serde_json::Value::Null);
-            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default());
-            obj.insert(format!("{key}_base64"), b64.into());
-        }
     }
 }
 
@@ -247,5 +202,8 @@ pub enum Claim {
 }
 
 pub mod search;
+
+mod view;
+pub use view::{InvocationList, InvocationView};
 
 pub mod store;

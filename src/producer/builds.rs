@@ -4,6 +4,7 @@
 //! (or forward) to the image of an earlier successful build. Builds of an earlier function of the
 //! same name (deleted, then registered again) are not shown, as in the function's `versions`.
 
+use super::openapi::ErrorBody;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
@@ -18,6 +19,13 @@ use crate::error::ApiError;
 use crate::function::Function;
 
 /// `GET /v1/functions/{name}/builds/{version}`: the build and its `log`.
+#[utoipa::path(get, path = "/v1/functions/{name}/builds/{version}", operation_id = "get_build",
+    summary = "Read one build and its log",
+    description = "A build of a function from source: its status, image, times and the stored build log; `current` when the function runs its image.",
+    tag = "functions",
+    params(("name" = String, Path), ("version" = i32, Path)),
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(app): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -59,6 +67,14 @@ pub struct Rollback {
 /// `POST /v1/functions/{name}/rollback` `{"version": N}`: the function runs the image of its
 /// build `N` from now on (checked like any new image), with that version and runtime; its other
 /// fields stay. 404 for no such build, 409 for a build that did not succeed.
+#[utoipa::path(post, path = "/v1/functions/{name}/rollback", operation_id = "rollback",
+    summary = "Roll back to an earlier version",
+    description = "The function runs the image of its successful build `version` from now on (checked like any new image), with that version and runtime; its other fields stay. 404 when the function has no such build; 409 when that build failed or is still building.",
+    tag = "functions",
+    params(("name" = String, Path)), request_body = Rollback,
+    responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn rollback(
     State(app): State<AppState>,
     Path(name): Path<String>,

@@ -1,5 +1,6 @@
 //! The index (`/`), liveness, readiness and metrics.
 
+use super::openapi::{ErrorBody, Health, Readiness};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -55,12 +56,16 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "system", summary = "Liveness",
+    description = "200 while the process is up. Needs no key.", responses((status = 200, body = Health)), security(()))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// RabbitMQ, Postgres and (for `granda up`, which has one) the Docker engine all answer; 503
 /// with the failing ones otherwise. A standalone ingress has no engine to check.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "system", summary = "Readiness",
+    description = "200 when Postgres, RabbitMQ and (for `granda up`) the Docker engine answer; 503 naming the ones that don't. Needs no key.", responses((status = 200, body = Readiness), (status = 503, body = Readiness)), security(()))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let (db, broker, docker) = tokio::join!(
         sqlx::query("SELECT 1").execute(&app.pool),
@@ -84,6 +89,10 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "system", summary = "Prometheus metrics",
+    description = "This process's counters, gauges and histograms in the Prometheus text format (0.0.4). Needs an admin key.", responses(
+    (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,12 +1,13 @@
 //! Reading invocation records: one by id, a function's, or all of them with filters
 //! (`GET /v1/invocations`), newest first, paged by id (ids are UUIDv7, so id order is queue order).
 
+use super::openapi::{Accepted, DeadLetterList, ErrorBody};
+use crate::invocation::{InvocationList, InvocationView};
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::{Extension, Json};
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
@@ -22,16 +23,20 @@ pub const MAX_PAGE: i64 = 500;
 /// `GET /v1/invocations/{id}`. The callback's state is shown to every caller, its URL only to
 /// keys that may read functions (a function's default callback URL is part of its definition,
 /// which an `invoke` key does not see).
+#[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "get_invocation", tag = "invocations", summary = "Read an invocation",
+    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it.", params(("id" = String, Path)), responses(
+    (status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
     caller: Option<Extension<Caller>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvocationView>, ApiError> {
     let id = parse_id(&id)?;
     let record = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
-    let mut view = record.to_json();
+    let mut view = InvocationView::from(record);
     if let Some(mut callback) = crate::callback::state(&app.pool, id).await? {
         // Without the auth middleware's word, the least: no URL.
         let sees_url = caller.is_some_and(
@@ -40,17 +45,23 @@ pub async fn get(
         if !sees_url && let Some(fields) = callback.as_object_mut() {
             fields.remove("url");
         }
-        view["callback"] = callback;
+        view.callback = Some(callback);
     }
     Ok(Json(view))
 }
 
 /// `GET /v1/functions/{name}/invocations?status=&limit=&before=`; `next` is the `before` of the next page.
+#[utoipa::path(get, path = "/v1/functions/{name}/invocations", operation_id = "list_invocations", tag = "invocations", summary = "List a function's invocations",
+    description = "Newest first. `status` filters; `limit` sizes the page; `before` is the `next` of the previous page.",
+    params(("name" = String, Path), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query),
+           ("before" = Option<Uuid>, Query)),
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvocationList>, ApiError> {
     let status = match query.get("status").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -72,21 +83,26 @@ pub async fn list(
     {
         return Err(ApiError::NotFound(format!("no function named {name:?}")));
     }
-    let next = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| r.id))
-        .flatten();
-    let invocations: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
-    Ok(Json(json!({"invocations": invocations, "next": next})))
+    Ok(Json(InvocationList::page(records, limit)))
 }
 
 /// `GET /v1/invocations?function=&status=&trigger=&since=&before=&after=&limit=`: invocations of
 /// every function, newest first. `since` (RFC 3339) keeps those queued at or after it; `before`
 /// and `after` (invocation ids) keep those older or newer than one; `next` is the `before` of the
 /// next page. An unknown function is an empty list, not a 404 (it may have been deleted).
+#[utoipa::path(get, path = "/v1/invocations", operation_id = "list_all_invocations",
+    summary = "List invocations across functions",
+    description = "Newest first. `since` (RFC 3339) keeps those queued at or after it; `before` and `after` (invocation ids) page older or newer; `next` is the `before` of the next page.",
+    tag = "invocations",
+    params(("function" = Option<String>, Query), ("status" = Option<String>, Query),
+           ("trigger" = Option<String>, Query), ("since" = Option<String>, Query),
+           ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_all(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvocationList>, ApiError> {
     if let Some(unknown) = query.keys().find(|k| {
         ![
             "function", "status", "trigger", "since", "before", "after", "limit",
@@ -100,11 +116,7 @@ pub async fn list_all(
     let filters = filters(&query)?;
     let limit = page_limit(&query)?;
     let records = search::list(&app.pool, &filters, limit).await?;
-    let next = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| r.id))
-        .flatten();
-    let invocations: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
-    Ok(Json(json!({"invocations": invocations, "next": next})))
+    Ok(Json(InvocationList::page(records, limit)))
 }
 
 /// The filters of `GET /v1/invocations` (and of the dashboard's list), checked; an empty value is
@@ -153,29 +165,37 @@ pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
 
 /// `GET /v1/dead-letters?limit=&before=`: invocations whose retries are spent, newest first,
 /// with the depth of the broker's dead-letter queue.
+#[utoipa::path(get, path = "/v1/dead-letters", operation_id = "dead_letters", tag = "invocations", summary = "List dead invocations",
+    description = "Invocations whose retries are spent (status `dead`), newest first and paged like a function's invocations, with the depth of the broker's dead-letter queue.",
+    params(("limit" = Option<i64>, Query), ("before" = Option<Uuid>, Query)),
+    responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn dead_letters(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = page_limit(&query)?;
     let before = match query.get("before").map(String::as_str) {
         None | Some("") => None,
         Some(b) => Some(parse_id(b)?),
     };
     let records = store::list_dead(&app.pool, before, limit).await?;
-    let next = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| r.id))
-        .flatten();
+    let page = InvocationList::page(records, limit);
     let queue_depth = app.publisher.dead_letter_depth().await.ok();
-    let dead: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
-    Ok(Json(
-        json!({"dead_letters": dead, "next": next, "queue_depth": queue_depth}),
-    ))
+    Ok(Json(DeadLetterList {
+        dead_letters: page.invocations,
+        next: page.next,
+        queue_depth,
+    }))
 }
 
 /// `POST /v1/invocations/{id}/retry`: runs a failed, timed out or dead invocation again as a new
 /// attempt, with the function's current definition. 202 like an async invoke.
 #[tracing::instrument(skip_all, fields(%id))]
+#[utoipa::path(post, path = "/v1/invocations/{id}/retry", operation_id = "retry_invocation", tag = "invocations", summary = "Run an invocation again",
+    description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = String, Path)), responses(
+    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -22,6 +22,7 @@ pub mod schedules;
 pub mod ui;
 pub mod webhooks;
 
+use self::openapi::ErrorBody;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -216,6 +217,10 @@ async fn declare_inbound(nodes: &crate::broker::Nodes, topology: &Topology) -> a
 }
 
 /// `GET /v1/callbacks/key`, from when one key signed every callback: each function has its own now.
+#[utoipa::path(get, path = "/v1/callbacks/key", operation_id = "legacy_callback_key", tag = "callbacks", summary = "Old: the one callback key",
+    description = "From when one key signed every callback. Always 404 now: each function has its own key, at `GET /v1/functions/{name}/callback-key`.",
+    responses((status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[deprecated]
 async fn callback_key() -> ApiError {
     ApiError::NotFound(
         "callbacks are signed with a key per function: GET /v1/functions/{name}/callback-key"
@@ -223,7 +228,8 @@ async fn callback_key() -> ApiError {
     )
 }
 
-/// Every route of the API.
+/// Every route of the API. (`callback_key` is deprecated, for the OpenAPI document; its route stays.)
+#[allow(deprecated)]
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     Router::new()
@@ -242,7 +248,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/rollback", post(builds::rollback))
         .route(
             "/v1/functions/{name}/invocations",
-            post(invoke::r#async).get(invocations::list),
+            post(invoke::no_wait).get(invocations::list),
         )
         .route(
             "/fn/{name}",

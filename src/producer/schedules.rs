@@ -5,6 +5,8 @@
 //! names. Every answer carries `next_runs`. Enabling a schedule, or changing its pattern or zone,
 //! starts it from now: ticks while it was disabled never fire.
 
+use super::openapi::{ErrorBody, ScheduleList};
+use crate::schedule::ScheduleView;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -109,6 +111,11 @@ fn start(cron: &CronTz) -> Result<chrono::DateTime<Utc>, ApiError> {
 
 /// `POST /v1/schedules`: 201 with the schedule and its `next_runs`.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/v1/schedules", operation_id = "create_schedule", tag = "schedules", summary = "Make a schedule",
+    description = "Runs a function on a cron pattern (5 or 6 fields, or `@hourly` and the like) in a time zone. Each tick fires once across all servers; the invocation's trigger is `schedule`.", request_body = NewSchedule, responses(
+    (status = 201, body = ScheduleView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody, description = "a bad cron pattern or time zone, or no such function")))]
 pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewSchedule>,
@@ -160,6 +167,9 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/schedules[?function=]`: `{schedules: [...]}`, oldest first.
+#[utoipa::path(get, path = "/v1/schedules", operation_id = "list_schedules", tag = "schedules", summary = "List schedules",
+    description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query)), responses(
+    (status = 200, body = ScheduleList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -176,6 +186,10 @@ async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
 }
 
 /// `GET /v1/schedules/{id}`.
+#[utoipa::path(get, path = "/v1/schedules/{id}", operation_id = "get_schedule", tag = "schedules", summary = "Read a schedule",
+    description = "The schedule, with its next fire times.", params(("id" = String, Path)), responses(
+    (status = 200, body = ScheduleView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -185,6 +199,11 @@ pub async fn get(
 
 /// `PUT /v1/schedules/{id}`: changes the fields named; 200 with the schedule.
 #[tracing::instrument(skip_all, fields(%id))]
+#[utoipa::path(put, path = "/v1/schedules/{id}", operation_id = "update_schedule", tag = "schedules", summary = "Update a schedule",
+    description = "Changes the fields the body names; the others keep their values.", params(("id" = String, Path)), request_body = ScheduleUpdate,
+    responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody)))]
 pub async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -239,6 +258,9 @@ pub async fn change(
 }
 
 /// `DELETE /v1/schedules/{id}`: 204.
+#[utoipa::path(delete, path = "/v1/schedules/{id}", operation_id = "delete_schedule", tag = "schedules", summary = "Delete a schedule",
+    description = "No tick fires after this.", params(("id" = String, Path)), responses(
+    (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,

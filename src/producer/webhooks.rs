@@ -3,6 +3,7 @@
 //! deduplicated by its delivery id, and queued as an async invocation (trigger `webhook`): the
 //! sender gets 202 with the invocation id as soon as the broker confirmed it.
 
+use super::openapi::{Accepted, ErrorBody};
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -23,7 +24,7 @@ use crate::error::ApiError;
 use crate::invocation::{Status, Trigger};
 use crate::webhook::rejections;
 use crate::webhook::store::{self, Webhook};
-use crate::webhook::{Encoding, Scheme};
+use crate::webhook::{Encoding, Scheme, WebhookList, WebhookView};
 
 /// The longest delivery id kept for deduplication.
 const MAX_DELIVERY_ID: usize = 200;
@@ -91,14 +92,19 @@ pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
 
 /// `POST /v1/webhooks`: 201 with the webhook, its URL and (when Granda made it) its secret.
 #[tracing::instrument(skip_all, fields(function = %body.function, scheme = body.scheme.as_str()))]
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "create_webhook", tag = "webhooks", summary = "Bind a webhook to a function",
+    description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = serde_json::Value, responses(
+    (status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewWebhook>,
 ) -> Result<Response, ApiError> {
     let (hook, generated) = add(&app, body).await?;
-    let mut view = hook.to_json(&app.settings.public_url());
+    let mut view = WebhookView::new(&hook, &app.settings.public_url());
     if generated {
-        view["secret"] = hook.secret.clone().into();
+        view.secret = hook.secret.clone();
     }
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/webhooks/{}", hook.id)) {
@@ -174,35 +180,46 @@ pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), Ap
 }
 
 /// `GET /v1/webhooks?function=`.
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", summary = "List webhooks",
+    description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query)), responses(
+    (status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Query(query): Query<BTreeMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookList>, ApiError> {
     let function = query.get("function").map(String::as_str);
     // No function has a name outside the pattern: nothing to look up (and nothing such as a NUL
     // byte reaches Postgres).
     if function.is_some_and(|f| !crate::function::valid_name(f)) {
-        return Ok(Json(json!({ "webhooks": [] })));
+        return Ok(Json(WebhookList { webhooks: vec![] }));
     }
     let base = app.settings.public_url();
-    let hooks: Vec<Value> = store::list(&app.pool, function)
+    let webhooks = store::list(&app.pool, function)
         .await?
         .iter()
-        .map(|h| h.to_json(&base))
+        .map(|h| WebhookView::new(h, &base))
         .collect();
-    Ok(Json(json!({ "webhooks": hooks })))
+    Ok(Json(WebhookList { webhooks }))
 }
 
 /// `GET /v1/webhooks/{id}`.
+#[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "get_webhook", tag = "webhooks", summary = "Read a webhook",
+    description = "The webhook's function, scheme and URL; never its secret.", params(("id" = String, Path)), responses(
+    (status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookView>, ApiError> {
     let hook = load_hook(&app, &id).await?;
-    Ok(Json(hook.to_json(&app.settings.public_url())))
+    Ok(Json(WebhookView::new(&hook, &app.settings.public_url())))
 }
 
 /// `DELETE /v1/webhooks/{id}`: 204; later deliveries get 404.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "webhooks", summary = "Delete a webhook",
+    description = "Later deliveries to its URL get 404.", params(("id" = String, Path)), responses(
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -218,11 +235,16 @@ pub async fn delete(
 /// `POST /v1/webhooks/{id}/rotate` `{secret?, grace_seconds?}`: a new secret; the old one keeps
 /// verifying for the grace period. The answer shows the new secret when Granda made it.
 #[tracing::instrument(skip_all, fields(%id))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", operation_id = "rotate_webhook", tag = "webhooks", summary = "Rotate a webhook's secret",
+    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`.", params(("id" = String, Path)), responses(
+    (status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody)))]
 pub async fn rotate(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookView>, ApiError> {
     let request: Rotate = if body.iter().all(u8::is_ascii_whitespace) {
         Rotate::default()
     } else {
@@ -233,10 +255,8 @@ pub async fn rotate(
     };
     let hook = load_hook(&app, &id).await?;
     let (hook, secret) = rotate_secret(&app, hook, request).await?;
-    let mut view = hook.to_json(&app.settings.public_url());
-    if let Some(secret) = secret {
-        view["secret"] = secret.into();
-    }
+    let mut view = WebhookView::new(&hook, &app.settings.public_url());
+    view.secret = secret;
     Ok(Json(view))
 }
 
@@ -322,6 +342,10 @@ async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &s
 }
 
 /// `GET /v1/webhooks/{id}/rejections`: the newest deliveries it refused, newest first.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/rejections", operation_id = "webhook_rejections", tag = "webhooks", summary = "Deliveries a webhook refused",
+    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses(
+    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn rejections(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -335,6 +359,14 @@ pub async fn rejections(
 /// of the body is read (an unknown id is 404 unread), and the body is read within the budget of
 /// unauthenticated bodies (see [`super::budget`]).
 #[tracing::instrument(skip_all, fields(webhook = %id))]
+#[utoipa::path(post, path = "/hooks/{id}", operation_id = "receive_hook", tag = "webhooks", summary = "Deliver a webhook",
+    description = "Where an external system sends its deliveries; give it the `url` of the webhook. No API key: the body is checked against the webhook's scheme, and a bad signature or a stale timestamp gets 401 and runs nothing. 202 at once, with the invocation (the function runs async); a delivery id seen before gets its first invocation back (header `idempotent-replayed: true`), not a second run.",
+    params(("id" = String, Path, description = "the webhook's id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody),
+    (status = 401, body = ErrorBody, description = "a bad signature or a stale timestamp"),
+    (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(()))]
 pub async fn receive(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -8,6 +8,8 @@
 
 pub mod rejections;
 pub mod store;
+mod view;
+pub use view::{WebhookList, WebhookView};
 
 use axum::http::HeaderMap;
 use base64::Engine as _;

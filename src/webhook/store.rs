@@ -2,7 +2,6 @@
 //! this module only inside a [`Verifier`], never in a view.
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -66,34 +65,6 @@ impl Webhook {
             id_header: self.id_header.clone(),
             tolerance_secs,
         }
-    }
-
-    /// The webhook as the API shows it: never with its secret.
-    pub fn to_json(&self, public_url: &str) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "function": self.function,
-            "scheme": self.scheme,
-            "url": format!("{public_url}/hooks/{}", self.id),
-            "created_at": self.created_at,
-            "rotated_at": self.rotated_at,
-            "previous_secret_valid_until": self.previous_secret_until.filter(|u| *u > Utc::now()),
-        });
-        let obj = v.as_object_mut().expect("an object");
-        if self.scheme() == Scheme::HmacSha256 {
-            obj.insert(
-                "header".into(),
-                self.header.as_deref().unwrap_or(DEFAULT_HMAC_HEADER).into(),
-            );
-            obj.insert(
-                "encoding".into(),
-                self.encoding.as_deref().unwrap_or("hex").into(),
-            );
-        }
-        if self.id_header.is_some() {
-            obj.insert("id_header".into(), self.id_header.clone().into());
-        }
-        v
     }
 }
 
