@@ -13,21 +13,13 @@ pub struct Settings {
     pub listen: SocketAddr,
 
     /// Postgres URL; the database is created if missing and migrated at start.
-    #[arg(
-        long,
-        env = "GRANDA_DATABASE_URL",
-        default_value = "postgres://localhost/granda"
-    )]
+    #[arg(long, env = "GRANDA_DATABASE_URL", default_value = "postgres://localhost/granda")]
     pub database_url: String,
 
     /// RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated (each a full `amqp://` or
     /// `amqps://` URL). A process connects to one that answers, starting at a node picked at
     /// random per process, and fails over to the next when its connection is lost.
-    #[arg(
-        long,
-        env = "GRANDA_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
+    #[arg(long, env = "GRANDA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
 
     /// The longest wait for the broker to confirm a publish (reconnecting and retrying included),
@@ -63,11 +55,7 @@ pub struct Settings {
     /// How much slower than its unloaded run time a run may get before the scheduler stops adding
     /// concurrency (1.5: up to 50 % slower). Where the engine or the host saturates, runs slow down
     /// as more run at once; past this the worker holds or lowers its concurrency instead.
-    #[arg(
-        long,
-        env = "GRANDA_SCHEDULER_LATENCY_TOLERANCE",
-        default_value_t = 1.5
-    )]
+    #[arg(long, env = "GRANDA_SCHEDULER_LATENCY_TOLERANCE", default_value_t = 1.5)]
     pub scheduler_latency_tolerance: f64,
 
     /// How long a worker must be idle (no waiting message, a slot free) before the scheduler lowers
@@ -76,12 +64,7 @@ pub struct Settings {
     pub scheduler_cooldown_ms: u64,
 
     /// Queues this worker serves, comma-separated.
-    #[arg(
-        long,
-        env = "GRANDA_QUEUES",
-        default_value = "default",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "GRANDA_QUEUES", default_value = "default", value_delimiter = ',')]
     pub queues: Vec<String>,
 
     /// Name of this worker, put on its containers and records (default: the host name and the
@@ -184,11 +167,7 @@ pub struct Settings {
     pub webhook_tolerance_secs: i64,
 
     /// How long a webhook's previous secret keeps verifying after a rotation, in seconds (default 24 h).
-    #[arg(
-        long,
-        env = "GRANDA_WEBHOOK_ROTATION_GRACE_SECS",
-        default_value_t = 86_400
-    )]
+    #[arg(long, env = "GRANDA_WEBHOOK_ROTATION_GRACE_SECS", default_value_t = 86_400)]
     pub webhook_rotation_grace_secs: i64,
 
     /// First wait before a failed result callback is retried, in ms; it doubles on each retry.
@@ -229,11 +208,7 @@ pub struct Settings {
 
     /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`);
     /// setup builds the default locally (scripts/build-runtime-images.sh).
-    #[arg(
-        long,
-        env = "GRANDA_RUNTIME_SHELL_IMAGE",
-        default_value = "granda/runtime-shell:latest"
-    )]
+    #[arg(long, env = "GRANDA_RUNTIME_SHELL_IMAGE", default_value = "granda/runtime-shell:latest")]
     pub runtime_shell_image: String,
 
     /// Base image of the `python3` runtime for functions built from source (needs `python3`);
@@ -264,11 +239,7 @@ pub struct Settings {
     pub test_faults: bool,
 
     /// Most event subscriptions one function may have (422 past it).
-    #[arg(
-        long,
-        env = "GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION",
-        default_value_t = 100
-    )]
+    #[arg(long, env = "GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION", default_value_t = 100)]
     pub max_subscriptions_per_function: i64,
 }
 

@@ -73,12 +73,7 @@ impl CliError {
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
     /// Granda server to talk to (client commands).
-    #[arg(
-        long,
-        env = "GRANDA_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "GRANDA_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
 
     /// API key sent as `Authorization: Bearer <key>` (client commands).

@@ -10,45 +10,59 @@ use serde::Deserialize;
 use crate::config::Settings;
 use crate::retry::RetryOn;
 
-/// The body of `POST /v1/functions`.
-#[derive(Default, Clone, Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewFunction {
-    pub name: String,
-    /// An image; or none, with `runtime` and `source` to build one.
-    #[serde(default)]
-    pub image: Option<String>,
-    /// Build from source: the runtime template (`runtimes/<runtime>/`).
-    #[serde(default)]
-    pub runtime: Option<String>,
-    /// Build from source: the handler file, or a base64 tar.gz of a directory.
-    #[serde(default)]
-    pub source: Option<crate::build::Source>,
-    pub description: Option<String>,
-    pub timeout_ms: Option<i64>,
-    pub memory_mb: Option<i64>,
-    pub cpus: Option<f64>,
-    pub env: Option<BTreeMap<String, String>>,
-    pub input: Option<InputMode>,
-    pub queue: Option<String>,
-    pub max_attempts: Option<i32>,
-    pub retry_on: Option<Vec<RetryOn>>,
-    pub max_concurrency: Option<i32>,
-    pub callback_url: Option<String>,
-    pub mode: Option<Mode>,
-    pub min_warm: Option<i32>,
-    pub max_containers: Option<i32>,
-    pub idle_timeout_ms: Option<i64>,
-    pub pids: Option<i64>,
-    pub network: Option<Network>,
-    pub user: Option<String>,
-    pub container_runtime: Option<String>,
-    pub tmp_mb: Option<i64>,
-    pub public: Option<bool>,
-    /// `body` (the default) or `cgi`.
-    pub response: Option<ResponseMode>,
-    pub cors: Option<Cors>,
-    pub secrets: Option<BTreeMap<String, String>>,
+/// Declares a request body about a function: its own fields, then the fields that
+/// `POST /v1/functions` and `PUT /v1/functions/{name}` both take, written once here.
+macro_rules! function_body {
+    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($own)*
+            /// The image to run. On registration, none with `runtime` and `source` builds one.
+            #[serde(default)]
+            pub image: Option<String>,
+            /// Build from source: the runtime template (`runtimes/<runtime>/`); in an update,
+            /// the function's current runtime when absent.
+            #[serde(default)]
+            pub runtime: Option<String>,
+            /// Build from source: the handler file, or a base64 tar.gz of a directory.
+            #[serde(default)]
+            pub source: Option<crate::build::Source>,
+            pub description: Option<String>,
+            pub timeout_ms: Option<i64>,
+            pub memory_mb: Option<i64>,
+            pub cpus: Option<f64>,
+            pub env: Option<BTreeMap<String, String>>,
+            pub input: Option<InputMode>,
+            pub queue: Option<String>,
+            pub max_attempts: Option<i32>,
+            pub retry_on: Option<Vec<RetryOn>>,
+            pub callback_url: Option<String>,
+            pub mode: Option<Mode>,
+            pub min_warm: Option<i32>,
+            pub idle_timeout_ms: Option<i64>,
+            pub pids: Option<i64>,
+            pub network: Option<Network>,
+            pub user: Option<String>,
+            pub container_runtime: Option<String>,
+            pub tmp_mb: Option<i64>,
+            pub public: Option<bool>,
+            /// `body` (the default) or `cgi`.
+            pub response: Option<ResponseMode>,
+        }
+    };
+}
+
+function_body! {
+    /// The body of `POST /v1/functions`.
+    #[derive(Default, Clone, Debug, Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct NewFunction {
+        pub name: String,
+        pub max_concurrency: Option<i32>,
+        pub max_containers: Option<i32>,
+        pub cors: Option<Cors>,
+        pub secrets: Option<BTreeMap<String, String>>,
+    }
 }
 
 /// `secrets` in an update: an object replaces them all; a list of names (what a read shows)
@@ -72,66 +86,44 @@ pub struct SecretsPatch {
     pub unset: Vec<String>,
 }
 
-/// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
-#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionUpdate {
-    /// Accepted so a client can send back what it read, but must match the path.
-    pub name: Option<String>,
-    pub image: Option<String>,
-    pub description: Option<String>,
-    pub timeout_ms: Option<i64>,
-    pub memory_mb: Option<i64>,
-    pub cpus: Option<f64>,
-    pub env: Option<BTreeMap<String, String>>,
-    pub input: Option<InputMode>,
-    pub queue: Option<String>,
-    pub max_attempts: Option<i32>,
-    pub retry_on: Option<Vec<RetryOn>>,
-    /// `null` clears it (the worker's own bound applies again); absent keeps it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
-    pub max_concurrency: Option<Option<i32>>,
-    pub callback_url: Option<String>,
-    pub mode: Option<Mode>,
-    pub min_warm: Option<i32>,
-    /// `null` clears it (the worker's own bound applies again); absent keeps it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
-    pub max_containers: Option<Option<i32>>,
-    pub idle_timeout_ms: Option<i64>,
-    pub pids: Option<i64>,
-    pub network: Option<Network>,
-    pub user: Option<String>,
-    pub container_runtime: Option<String>,
-    pub tmp_mb: Option<i64>,
-    pub public: Option<bool>,
-    pub response: Option<ResponseMode>,
-    /// `null` removes it; absent keeps it.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Cors>)]
-    pub cors: Option<Option<Cors>>,
-    pub secrets: Option<SecretsUpdate>,
-    /// Build a new version from source (with `runtime`, or the function's current runtime).
-    #[serde(default)]
-    pub runtime: Option<String>,
-    #[serde(default)]
-    pub source: Option<crate::build::Source>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub version: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub versions: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub created_at: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub updated_at: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub invoke_url: Option<serde::de::IgnoredAny>,
+function_body! {
+    /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
+    #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct FunctionUpdate {
+        /// Accepted so a client can send back what it read, but must match the path.
+        pub name: Option<String>,
+        /// `null` clears it (the worker's own bound applies again); absent keeps it.
+        #[serde(default, deserialize_with = "present")]
+        #[schema(value_type = Option<i32>)]
+        pub max_concurrency: Option<Option<i32>>,
+        /// `null` clears it (the worker's own bound applies again); absent keeps it.
+        #[serde(default, deserialize_with = "present")]
+        #[schema(value_type = Option<i32>)]
+        pub max_containers: Option<Option<i32>>,
+        /// `null` removes it; absent keeps it.
+        #[serde(default, deserialize_with = "present")]
+        #[schema(value_type = Option<Cors>)]
+        pub cors: Option<Option<Cors>>,
+        pub secrets: Option<SecretsUpdate>,
+        /// What a read shows besides the settings, accepted (and ignored) so a client can send
+        /// back what it read.
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        pub version: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        pub versions: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        pub created_at: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        pub updated_at: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        #[schema(value_type = Option<Object>)]
+        pub invoke_url: Option<serde::de::IgnoredAny>,
+    }
 }
 
 /// Why a function definition was refused.

@@ -1,6 +1,8 @@
 //! Postgres storage of invocations.
 
 use super::*;
+use sqlx::Arguments as _;
+use sqlx::postgres::PgArguments;
 
 /// The columns of [`Record`], as a literal so queries stay `&'static str`.
 macro_rules! select {
@@ -188,8 +190,8 @@ pub async fn claim_or_create(
     queued_at_ms: i64,
     worker: &str,
 ) -> Result<Claim, sqlx::Error> {
-    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
-    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
+    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as_with(
+        concat!(
         "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
                                       started_at, worker, published_at, queue_ms)
          SELECT $1, $2, 'running', $3, $4, $5, to_timestamp($6::float8 / 1000.0), 1, now(), $7, now(),
@@ -200,14 +202,9 @@ pub async fn claim_or_create(
         " WHERE ",
         claimable!("$7"),
         " RETURNING attempt, queued_at"
-    ))
-    .bind(inv.id)
-    .bind(inv.function)
-    .bind(inv.trigger.as_str())
-    .bind(stored)
-    .bind(inv.input.len() as i64)
-    .bind(queued_at_ms)
-    .bind(worker)
+        ),
+        arrival(inv, queued_at_ms, worker)?,
+    )
     .fetch_optional(pool)
     .await?;
     claimed_or_why(pool, inv.id, row).await
@@ -424,19 +421,16 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
         .bind(id),
         outcome,
     )
-    .bind(&outcome.http_method)
-    .bind(&outcome.http_path)
-    .bind(outcome.http_status())
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
-/// Binds `o` as parameters `$2` to `$12`, in the order [`finish`] and [`restore_final`] use
-/// them: status, output, output_truncated, logs, logs_truncated, exit_code, error,
-/// started_at, finished_at, duration_ms, cold.
+/// Binds `o` as the next 14 parameters (`$2` to `$15` in [`finish`], `$9` to `$22` in
+/// [`restore_final`]): status, output, output_truncated, logs, logs_truncated, exit_code, error,
+/// started_at, finished_at, duration_ms, cold, http_method, http_path, http_status.
 fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
     query
         .bind(o.status().as_str())
@@ -450,6 +444,32 @@ fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
         .bind(o.finished_at)
         .bind(o.duration_ms)
         .bind(o.cold)
+        .bind(&o.http_method)
+        .bind(&o.http_path)
+        .bind(o.http_status())
+}
+
+/// An arriving invocation as parameters `$1` to `$7`, in the order [`claim_or_create`] and
+/// [`restore_final`] use them: id, function, trigger, the input kept (up to the cap), the
+/// input's size, when it was queued (ms since the epoch) and the worker that runs it.
+fn arrival(
+    inv: &NewInvocation<'_>,
+    queued_at_ms: i64,
+    worker: &str,
+) -> Result<PgArguments, sqlx::Error> {
+    let mut args = PgArguments::default();
+    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
+    (|| {
+        args.add(inv.id)?;
+        args.add(inv.function)?;
+        args.add(inv.trigger.as_str())?;
+        args.add(stored)?;
+        args.add(inv.input.len() as i64)?;
+        args.add(queued_at_ms)?;
+        args.add(worker)
+    })()
+    .map_err(sqlx::Error::Encode)?;
+    Ok(args)
 }
 
 /// Writes a sync call's final record whole when [`finish`] found no record: the claim that
@@ -464,34 +484,23 @@ pub async fn restore_final(
     attempt: i32,
     outcome: &Outcome,
 ) -> Result<bool, sqlx::Error> {
-    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
     let done = bind_outcome(
-        sqlx::query(
-            "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, attempt,
-                                      worker, published_at, queue_ms, output, output_truncated, logs,
+        sqlx::query_with(
+            "INSERT INTO invocations (id, function, trigger, input, input_size, queued_at, worker, attempt,
+                                      status, published_at, queue_ms, output, output_truncated, logs,
                                       logs_truncated, exit_code, error, started_at, finished_at,
-                                      duration_ms, cold,
-                                      http_method, http_path, http_status)
-             SELECT $1, $13, $2, $14, $15, $16, to_timestamp($17::float8 / 1000.0), $18, $19, now(),
-                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($9, now())) * 1000)::bigint - $17),
-                    $3, $4, $5, $6, $7, $8, COALESCE($9, now()), COALESCE($10, now()),
-                    $11, $12, $20, $21, $22
+                                      duration_ms, cold, http_method, http_path, http_status)
+             SELECT $1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000.0), $7, $8, $9, now(),
+                    GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($16, now())) * 1000)::bigint - $6),
+                    $10, $11, $12, $13, $14, $15, COALESCE($16, now()), COALESCE($17, now()),
+                    $18, $19, $20, $21, $22
              WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
              ON CONFLICT (id) DO NOTHING",
+            arrival(inv, queued_at_ms, worker)?,
         )
-        .bind(inv.id),
+        .bind(attempt),
         outcome,
     )
-    .bind(inv.function)
-    .bind(inv.trigger.as_str())
-    .bind(stored)
-    .bind(inv.input.len() as i64)
-    .bind(queued_at_ms)
-    .bind(attempt)
-    .bind(worker)
-    .bind(&outcome.http_method)
-    .bind(&outcome.http_path)
-    .bind(outcome.http_status())
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

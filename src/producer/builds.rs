@@ -4,7 +4,7 @@
 //! (or forward) to the image of an earlier successful build. Builds of an earlier function of the
 //! same name (deleted, then registered again) are not shown, as in the function's `versions`.
 
-use super::openapi::ErrorBody;
+use super::openapi::{Denied, ErrorBody};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
@@ -24,8 +24,7 @@ use crate::function::Function;
     description = "A build of a function from source: its status, image, times and the stored build log; `current` when the function runs its image.",
     tag = "functions",
     params(("name" = String, Path), ("version" = i32, Path)),
-    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -72,9 +71,7 @@ pub struct Rollback {
     description = "The function runs the image of its successful build `version` from now on (checked like any new image), with that version and runtime; its other fields stay. 404 when the function has no such build; 409 when that build failed or is still building.",
     tag = "functions",
     params(("name" = String, Path)), request_body = Rollback,
-    responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-    (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn rollback(
     State(app): State<AppState>,
     Path(name): Path<String>,

@@ -3,7 +3,7 @@
 //! events exchange for outside observers, and answers 202 with the event id and the invocations.
 //! `/v1/functions/{name}/subscriptions` manages what a function subscribes to.
 
-use super::openapi::ErrorBody;
+use super::openapi::{Denied, ErrorBody};
 use std::collections::BTreeSet;
 
 use axum::Json;
@@ -36,10 +36,7 @@ pub struct NewSubscription {
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(post, path = "/v1/functions/{name}/subscriptions", operation_id = "subscribe", tag = "events", summary = "Subscribe a function to a topic pattern",
     description = "Body `{pattern}`: `*` matches one word, `#` zero or more (`orders.*`). Events published on a matching topic each start an invocation of the function. 409 if the function has the pattern already.", params(("name" = String, Path)),
-    request_body = serde_json::Value, responses(
-    (status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-    (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    request_body = serde_json::Value, responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn subscribe(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -77,9 +74,7 @@ pub async fn add_subscription(
 
 /// `GET /v1/functions/{name}/subscriptions`.
 #[utoipa::path(get, path = "/v1/functions/{name}/subscriptions", operation_id = "list_subscriptions", tag = "events", summary = "List a function's subscriptions",
-    description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses(
-    (status = 200, body = serde_json::Value), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 404, body = ErrorBody)))]
+    description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), Denied))]
 pub async fn subscriptions(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -92,9 +87,7 @@ pub async fn subscriptions(
 /// `DELETE /v1/functions/{name}/subscriptions/{id}`: 204.
 #[utoipa::path(delete, path = "/v1/functions/{name}/subscriptions/{id}", operation_id = "unsubscribe", tag = "events", summary = "Remove a subscription",
     description = "Events published after this no longer start the function.",
-    params(("name" = String, Path), ("id" = String, Path)), responses(
-    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn unsubscribe(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -125,8 +118,7 @@ pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result
     description = "Publishes the body on the topic named in the path (for example `orders.created`): every function subscribed with a matching pattern gets its own invocation. 202 with the event id, its invocations and a status URL. An `Idempotency-Key` seen before returns the same event and runs nothing twice.", params(("topic" = String, Path, description = "the topic, dot-separated words (`orders.created`)"),
            ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
 pub async fn publish(
     State(app): State<AppState>,
     Path(topic): Path<String>,
@@ -243,9 +235,7 @@ pub async fn publish(
 
 /// `GET /v1/events/{id}`: the event, its payload (capped like inputs) and its invocations.
 #[utoipa::path(get, path = "/v1/events/{topic}", operation_id = "get_event", tag = "events", summary = "Read an event",
-    description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses(
-    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,

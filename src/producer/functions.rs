@@ -2,7 +2,7 @@
 //! go to the engines of the function's queue ([`crate::engines`]): `granda up`'s own worker, or
 //! a worker asked over RabbitMQ (`granda server`).
 
-use super::openapi::ErrorBody;
+use super::openapi::{Denied, ErrorBody};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -66,10 +66,7 @@ async fn ask(
 
 #[tracing::instrument(skip_all, fields(name = %body.name))]
 #[utoipa::path(post, path = "/v1/functions", operation_id = "create_function", tag = "functions", summary = "Register a function",
-    description = "Registers a function from an image (pulled when the engine lacks it), or builds its image from source when the body has `runtime` and `source` (with `Accept: application/x-ndjson` the build log streams, one JSON object per line). 201 with the function and its invoke URL; 409 if the name is taken; 422 for a bad field, an image that can't be had, or a failed build.", request_body = NewFunction, responses(
-    (status = 201, body = FunctionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-    (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    description = "Registers a function from an image (pulled when the engine lacks it), or builds its image from source when the body has `runtime` and `source` (with `Accept: application/x-ndjson` the build log streams, one JSON object per line). 201 with the function and its invoke URL; 409 if the name is taken; 422 for a bad field, an image that can't be had, or a failed build.", request_body = NewFunction, responses((status = 201, body = FunctionView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -168,8 +165,7 @@ async fn check_callback(app: &AppState, f: &Function) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/functions", operation_id = "list_functions", tag = "functions", summary = "List functions",
-    description = "Every function with its settings. Secret values are never shown, only their names.", responses(
-    (status = 200, body = FunctionList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    description = "Every function with its settings. Secret values are never shown, only their names.", responses((status = 200, body = FunctionList), Denied))]
 pub async fn list(State(app): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
     let functions = store::list(&app.pool)
         .await?
@@ -180,9 +176,7 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<FunctionList>, Api
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}", operation_id = "get_function", tag = "functions", summary = "Read a function",
-    description = "The function's settings, its invoke URL and its built versions (newest first).", params(("name" = String, Path)), responses(
-    (status = 200, body = FunctionView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 404, body = ErrorBody)))]
+    description = "The function's settings, its invoke URL and its built versions (newest first).", params(("name" = String, Path)), responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -193,10 +187,7 @@ pub async fn get(
 
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(put, path = "/v1/functions/{name}", operation_id = "update_function", tag = "functions", summary = "Update a function",
-    description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path)), request_body = FunctionUpdate, responses(
-    (status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-    (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path)), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn update(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -268,8 +259,7 @@ async fn save_changed(
 }
 
 #[utoipa::path(delete, path = "/v1/functions/{name}", operation_id = "delete_function", tag = "functions", summary = "Delete a function",
-    description = "Removes the function. Later calls to it get 404.", params(("name" = String, Path)), responses(
-    (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "Removes the function. Later calls to it get 404.", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
 pub async fn delete(
     State(app): State<AppState>,
     Path(name): Path<String>,

@@ -1,6 +1,6 @@
 //! The index (`/`), liveness, readiness and metrics.
 
-use super::openapi::{ErrorBody, Health, Readiness};
+use super::openapi::{Denied, Health, Readiness};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -90,9 +90,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "system", summary = "Prometheus metrics",
-    description = "This process's counters, gauges and histograms in the Prometheus text format (0.0.4). Needs an admin key.", responses(
-    (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    description = "This process's counters, gauges and histograms in the Prometheus text format (0.0.4). Needs an admin key.", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String), Denied))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,7 +1,7 @@
 //! Reading invocation records: one by id, a function's, or all of them with filters
 //! (`GET /v1/invocations`), newest first, paged by id (ids are UUIDv7, so id order is queue order).
 
-use super::openapi::{Accepted, DeadLetterList, ErrorBody};
+use super::openapi::{Accepted, DeadLetterList, Denied, ErrorBody};
 use crate::invocation::{InvocationList, InvocationView};
 use std::collections::HashMap;
 
@@ -24,9 +24,7 @@ pub const MAX_PAGE: i64 = 500;
 /// keys that may read functions (a function's default callback URL is part of its definition,
 /// which an `invoke` key does not see).
 #[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "get_invocation", tag = "invocations", summary = "Read an invocation",
-    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it.", params(("id" = String, Path)), responses(
-    (status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it.", params(("id" = String, Path)), responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -55,8 +53,7 @@ pub async fn get(
     description = "Newest first. `status` filters; `limit` sizes the page; `before` is the `next` of the previous page.",
     params(("name" = String, Path), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query),
            ("before" = Option<Uuid>, Query)),
-    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn list(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -97,8 +94,7 @@ pub async fn list(
     params(("function" = Option<String>, Query), ("status" = Option<String>, Query),
            ("trigger" = Option<String>, Query), ("since" = Option<String>, Query),
            ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
-    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), Denied))]
 pub async fn list_all(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -168,8 +164,7 @@ pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(get, path = "/v1/dead-letters", operation_id = "dead_letters", tag = "invocations", summary = "List dead invocations",
     description = "Invocations whose retries are spent (status `dead`), newest first and paged like a function's invocations, with the depth of the broker's dead-letter queue.",
     params(("limit" = Option<i64>, Query), ("before" = Option<Uuid>, Query)),
-    responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody), Denied))]
 pub async fn dead_letters(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -193,9 +188,7 @@ pub async fn dead_letters(
 /// attempt, with the function's current definition. 202 like an async invoke.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/invocations/{id}/retry", operation_id = "retry_invocation", tag = "invocations", summary = "Run an invocation again",
-    description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = String, Path)), responses(
-    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
 pub async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -11,7 +11,7 @@
 //! succeed gets its status, exit code and invocation id, never its stderr tail or the platform's
 //! error text (`detail`); a caller with a key keeps them.
 
-use super::openapi::{Accepted, ErrorBody};
+use super::openapi::{Accepted, Denied, ErrorBody};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -41,12 +41,7 @@ const CALLBACK_URL: &str = "x-callback-url";
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", operation_id = "invoke_sync", tag = "invocations", summary = "Invoke and wait",
     description = "Runs the function with the request body as its input and waits for the result: 200 with its stdout on exit 0, 502 when it exits non-zero, 504 when it times out, each with the invocation id (headers `X-Granda-Invocation-Id`, `X-Granda-Status`, `X-Granda-Duration-Ms`). Past the sync wait cap the answer is 202 and the invocation goes on running.", params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-    (status = 200, description = "the function's stdout", content_type = "application/octet-stream", body = Vec<u8>),
-    (status = 202, body = Accepted, description = "still running after the sync wait"),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-    (status = 413, body = ErrorBody), (status = 502, body = ErrorBody, description = "the function failed"),
-    (status = 504, body = ErrorBody, description = "the function timed out")))]
+    responses((status = 200, description = "the function's stdout", content_type = "application/octet-stream", body = Vec<u8>), (status = 202, body = Accepted, description = "still running after the sync wait"), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody, description = "the function failed"), (status = 504, body = ErrorBody, description = "the function timed out"), Denied))]
 pub async fn sync(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -87,11 +82,7 @@ pub fn web_methods() -> MethodFilter {
     description = "A sync call that carries the HTTP request to the function: its method, the path after `/fn/{name}`, the query and the headers (never the caller's Granda key or dashboard session cookie). Cold and warm runs get them as CGI/1.1 meta-variables (`REQUEST_METHOD`, `PATH_INFO`, `QUERY_STRING`, `HTTP_*`, ...), the body on stdin; hot functions get the request itself. A function with `response: \"cgi\"` answers with its own status and headers; otherwise its output is the body. A `public` function needs no key. With a `cors` field, Granda answers preflight `OPTIONS` itself. `HEAD` answers no body.",
     params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-    (status = 200, description = "the function's output (with `response: \"cgi\"`: its own status, headers and body)", content_type = "application/octet-stream", body = Vec<u8>),
-    (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody),
-    (status = 504, body = ErrorBody)),
+    responses((status = 200, description = "the function's output (with `response: \"cgi\"`: its own status, headers and body)", content_type = "application/octet-stream", body = Vec<u8>), (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody), Denied),
     security((), ("bearer" = [])))]
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(%method))]
@@ -220,8 +211,7 @@ fn web_request(
     description = "202 at once with the invocation id and its status URL. The same `Idempotency-Key` for the same function returns the first invocation, never a second run. With `X-Callback-Url`, the result is POSTed there when done.",
     params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
 pub async fn no_wait(
     State(app): State<AppState>,
     Path(name): Path<String>,

@@ -1,6 +1,6 @@
 //! `/v1/keys`: make, list and revoke API keys (admin only). A key is shown once, when made.
 
-use super::openapi::{ErrorBody, KeyCreated, KeyList};
+use super::openapi::{Denied, ErrorBody, KeyCreated, KeyList};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -24,9 +24,7 @@ pub struct NewKey {
 
 #[tracing::instrument(skip_all, fields(name = %body.name, scope = body.scope.as_str()))]
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys", summary = "Make an API key",
-    description = "Makes a key with a scope (`admin` or `invoke`). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses(
-    (status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    description = "Makes a key with a scope (`admin` or `invoke`). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewKey>,
@@ -38,17 +36,14 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys", summary = "List API keys",
-    description = "Every key's id, name, scope and dates; never the key itself.", responses(
-    (status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    description = "Every key's id, name, scope and dates; never the key itself.", responses((status = 200, body = KeyList), Denied))]
 pub async fn list(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({ "keys": keys::list(&app.pool).await? })))
 }
 
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revoke_key", tag = "keys", summary = "Revoke an API key",
-    description = "The key stops working (within a second on every server).", params(("id" = String, Path)), responses(
-    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "The key stops working (within a second on every server).", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn revoke(
     State(app): State<AppState>,
     Path(id): Path<String>,

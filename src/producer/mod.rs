@@ -22,7 +22,7 @@ pub mod schedules;
 pub mod ui;
 pub mod webhooks;
 
-use self::openapi::ErrorBody;
+use self::openapi::{Denied, ErrorBody};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -219,7 +219,7 @@ async fn declare_inbound(nodes: &crate::broker::Nodes, topology: &Topology) -> a
 /// `GET /v1/callbacks/key`, from when one key signed every callback: each function has its own now.
 #[utoipa::path(get, path = "/v1/callbacks/key", operation_id = "legacy_callback_key", tag = "callbacks", summary = "Old: the one callback key",
     description = "From when one key signed every callback. Always 404 now: each function has its own key, at `GET /v1/functions/{name}/callback-key`.",
-    responses((status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 404, body = ErrorBody), Denied))]
 #[deprecated]
 async fn callback_key() -> ApiError {
     ApiError::NotFound(

@@ -30,6 +30,16 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// The answers of every operation that needs a key, besides its own: 401 without a valid key
+/// (or dashboard session), 403 when the key's scope does not allow the operation.
+#[derive(utoipa::IntoResponses)]
+pub enum Denied {
+    #[response(status = 401, description = "Unauthorized")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Forbidden")]
+    Forbidden(ErrorBody),
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     pub code: String,

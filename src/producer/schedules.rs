@@ -5,7 +5,7 @@
 //! names. Every answer carries `next_runs`. Enabling a schedule, or changing its pattern or zone,
 //! starts it from now: ticks while it was disabled never fire.
 
-use super::openapi::{ErrorBody, ScheduleList};
+use super::openapi::{Denied, ErrorBody, ScheduleList};
 use crate::schedule::ScheduleView;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -21,39 +21,48 @@ use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::schedule::{CatchUp, CronTz, Schedule, ScheduleError, store};
 
-/// The body of `POST /v1/schedules`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewSchedule {
-    /// The function to run.
-    pub function: String,
-    /// 5 fields (`m h dom mon dow`), 6 with seconds first, or `@hourly`, `@daily`, `@weekly`,
-    /// `@monthly`, `@yearly`.
-    pub cron: String,
-    /// An IANA time zone the pattern is read in; `UTC` by default.
-    pub timezone: Option<String>,
-    /// Each run's input: a string as its bytes, any other JSON value as JSON text.
-    #[schema(value_type = Option<Object>)]
-    pub payload: Option<Value>,
-    pub content_type: Option<String>,
-    /// `true` by default.
-    pub enabled: Option<bool>,
-    /// Ticks missed while every server was down: `none` (default) or `latest`.
-    pub catch_up: Option<CatchUp>,
+/// Declares a request body about a schedule: its own fields, then the ones `POST` and `PUT`
+/// both take, written once here.
+macro_rules! schedule_body {
+    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($own)*
+            /// An IANA time zone the pattern is read in; `UTC` by default.
+            pub timezone: Option<String>,
+            /// Each run's input: a string as its bytes, any other JSON value as JSON text.
+            #[schema(value_type = Option<Object>)]
+            pub payload: Option<Value>,
+            pub content_type: Option<String>,
+            /// `true` by default.
+            pub enabled: Option<bool>,
+            /// Ticks missed while every server was down: `none` (default) or `latest`.
+            pub catch_up: Option<CatchUp>,
+        }
+    };
 }
 
-/// The body of `PUT /v1/schedules/{id}`: the fields to change.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleUpdate {
-    pub function: Option<String>,
-    pub cron: Option<String>,
-    pub timezone: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub payload: Option<Value>,
-    pub content_type: Option<String>,
-    pub enabled: Option<bool>,
-    pub catch_up: Option<CatchUp>,
+schedule_body! {
+    /// The body of `POST /v1/schedules`.
+    #[derive(Debug, Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct NewSchedule {
+        /// The function to run.
+        pub function: String,
+        /// 5 fields (`m h dom mon dow`), 6 with seconds first, or `@hourly`, `@daily`,
+        /// `@weekly`, `@monthly`, `@yearly`.
+        pub cron: String,
+    }
+}
+
+schedule_body! {
+    /// The body of `PUT /v1/schedules/{id}`: the fields to change.
+    #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ScheduleUpdate {
+        pub function: Option<String>,
+        pub cron: Option<String>,
+    }
 }
 
 impl From<ScheduleError> for ApiError {
@@ -112,10 +121,7 @@ fn start(cron: &CronTz) -> Result<chrono::DateTime<Utc>, ApiError> {
 /// `POST /v1/schedules`: 201 with the schedule and its `next_runs`.
 #[tracing::instrument(skip_all)]
 #[utoipa::path(post, path = "/v1/schedules", operation_id = "create_schedule", tag = "schedules", summary = "Make a schedule",
-    description = "Runs a function on a cron pattern (5 or 6 fields, or `@hourly` and the like) in a time zone. Each tick fires once across all servers; the invocation's trigger is `schedule`.", request_body = NewSchedule, responses(
-    (status = 201, body = ScheduleView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 415, body = ErrorBody),
-    (status = 422, body = ErrorBody, description = "a bad cron pattern or time zone, or no such function")))]
+    description = "Runs a function on a cron pattern (5 or 6 fields, or `@hourly` and the like) in a time zone. Each tick fires once across all servers; the invocation's trigger is `schedule`.", request_body = NewSchedule, responses((status = 201, body = ScheduleView), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "a bad cron pattern or time zone, or no such function"), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewSchedule>,
@@ -168,8 +174,7 @@ pub struct ListQuery {
 
 /// `GET /v1/schedules[?function=]`: `{schedules: [...]}`, oldest first.
 #[utoipa::path(get, path = "/v1/schedules", operation_id = "list_schedules", tag = "schedules", summary = "List schedules",
-    description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query)), responses(
-    (status = 200, body = ScheduleList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = ScheduleList), Denied))]
 pub async fn list(
     State(app): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -187,9 +192,7 @@ async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
 
 /// `GET /v1/schedules/{id}`.
 #[utoipa::path(get, path = "/v1/schedules/{id}", operation_id = "get_schedule", tag = "schedules", summary = "Read a schedule",
-    description = "The schedule, with its next fire times.", params(("id" = String, Path)), responses(
-    (status = 200, body = ScheduleView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 404, body = ErrorBody)))]
+    description = "The schedule, with its next fire times.", params(("id" = String, Path)), responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -201,9 +204,7 @@ pub async fn get(
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(put, path = "/v1/schedules/{id}", operation_id = "update_schedule", tag = "schedules", summary = "Update a schedule",
     description = "Changes the fields the body names; the others keep their values.", params(("id" = String, Path)), request_body = ScheduleUpdate,
-    responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
-    (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn update(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -259,8 +260,7 @@ pub async fn change(
 
 /// `DELETE /v1/schedules/{id}`: 204.
 #[utoipa::path(delete, path = "/v1/schedules/{id}", operation_id = "delete_schedule", tag = "schedules", summary = "Delete a schedule",
-    description = "No tick fires after this.", params(("id" = String, Path)), responses(
-    (status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "No tick fires after this.", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -3,7 +3,7 @@
 //! deduplicated by its delivery id, and queued as an async invocation (trigger `webhook`): the
 //! sender gets 202 with the invocation id as soon as the broker confirmed it.
 
-use super::openapi::{Accepted, ErrorBody};
+use super::openapi::{Accepted, Denied, ErrorBody};
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -93,10 +93,7 @@ pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
 /// `POST /v1/webhooks`: 201 with the webhook, its URL and (when Granda made it) its secret.
 #[tracing::instrument(skip_all, fields(function = %body.function, scheme = body.scheme.as_str()))]
 #[utoipa::path(post, path = "/v1/webhooks", operation_id = "create_webhook", tag = "webhooks", summary = "Bind a webhook to a function",
-    description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = serde_json::Value, responses(
-    (status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
-    (status = 422, body = ErrorBody)))]
+    description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = serde_json::Value, responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<NewWebhook>,
@@ -181,8 +178,7 @@ pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), Ap
 
 /// `GET /v1/webhooks?function=`.
 #[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", summary = "List webhooks",
-    description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query)), responses(
-    (status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = WebhookList), Denied))]
 pub async fn list(
     State(app): State<AppState>,
     Query(query): Query<BTreeMap<String, String>>,
@@ -204,9 +200,7 @@ pub async fn list(
 
 /// `GET /v1/webhooks/{id}`.
 #[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "get_webhook", tag = "webhooks", summary = "Read a webhook",
-    description = "The webhook's function, scheme and URL; never its secret.", params(("id" = String, Path)), responses(
-    (status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "The webhook's function, scheme and URL; never its secret.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -217,9 +211,7 @@ pub async fn get(
 
 /// `DELETE /v1/webhooks/{id}`: 204; later deliveries get 404.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "webhooks", summary = "Delete a webhook",
-    description = "Later deliveries to its URL get 404.", params(("id" = String, Path)), responses(
-    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "Later deliveries to its URL get 404.", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -236,10 +228,7 @@ pub async fn delete(
 /// verifying for the grace period. The answer shows the new secret when Granda made it.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", operation_id = "rotate_webhook", tag = "webhooks", summary = "Rotate a webhook's secret",
-    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`.", params(("id" = String, Path)), responses(
-    (status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
-    (status = 422, body = ErrorBody)))]
+    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn rotate(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -343,9 +332,7 @@ async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &s
 
 /// `GET /v1/webhooks/{id}/rejections`: the newest deliveries it refused, newest first.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/rejections", operation_id = "webhook_rejections", tag = "webhooks", summary = "Deliveries a webhook refused",
-    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses(
-    (status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn rejections(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -293,24 +293,34 @@ pub mod store {
         };
     }
 
+    type Query<'q> =
+        sqlx::query::QueryAs<'q, sqlx::Postgres, Schedule, sqlx::postgres::PgArguments>;
+
+    /// Binds the fields of `s` a user sets as `$1` to `$8`, in the order [`insert`] and [`save`]
+    /// write them: id, function, cron, timezone, payload, content_type, enabled, catch_up.
+    fn bind_fields<'q>(query: Query<'q>, s: &'q Schedule) -> Query<'q> {
+        query
+            .bind(s.id)
+            .bind(&s.function)
+            .bind(&s.cron)
+            .bind(&s.timezone)
+            .bind(&s.payload)
+            .bind(&s.content_type)
+            .bind(s.enabled)
+            .bind(&s.catch_up)
+    }
+
     /// Stores a new schedule (fields already checked).
     pub async fn insert(pool: &PgPool, s: &Schedule) -> Result<Schedule, sqlx::Error> {
-        sqlx::query_as::<_, Schedule>(concat!(
+        let query = sqlx::query_as::<_, Schedule>(concat!(
             "INSERT INTO schedules (id, function, cron, timezone, payload, content_type, enabled, catch_up, next_fire_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
             columns!()
-        ))
-        .bind(s.id)
-        .bind(&s.function)
-        .bind(&s.cron)
-        .bind(&s.timezone)
-        .bind(&s.payload)
-        .bind(&s.content_type)
-        .bind(s.enabled)
-        .bind(&s.catch_up)
-        .bind(s.next_fire_at)
-        .fetch_one(pool)
-        .await
+        ));
+        bind_fields(query, s)
+            .bind(s.next_fire_at)
+            .fetch_one(pool)
+            .await
     }
 
     /// Writes the fields of `s` back (already checked); the cursor only when `restart` gives
@@ -320,23 +330,16 @@ pub mod store {
         s: &Schedule,
         restart: Option<DateTime<Utc>>,
     ) -> Result<Option<Schedule>, sqlx::Error> {
-        sqlx::query_as::<_, Schedule>(concat!(
+        let query = sqlx::query_as::<_, Schedule>(concat!(
             "UPDATE schedules SET function = $2, cron = $3, timezone = $4, payload = $5, content_type = $6,
                     enabled = $7, catch_up = $8, next_fire_at = COALESCE($9, next_fire_at), updated_at = now()
              WHERE id = $1 RETURNING ",
             columns!()
-        ))
-        .bind(s.id)
-        .bind(&s.function)
-        .bind(&s.cron)
-        .bind(&s.timezone)
-        .bind(&s.payload)
-        .bind(&s.content_type)
-        .bind(s.enabled)
-        .bind(&s.catch_up)
-        .bind(restart)
-        .fetch_optional(pool)
-        .await
+        ));
+        bind_fields(query, s)
+            .bind(restart)
+            .fetch_optional(pool)
+            .await
     }
 
     pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Schedule>, sqlx::Error> {
