@@ -153,6 +153,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GETs `path` and parses the answer as JSON (whatever its status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
     pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .put(self.url(path))
