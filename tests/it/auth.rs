@@ -4,7 +4,12 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_KEY, TestApp, client_with_key, make_key, spawn_app, spawn_app_with};
+use crate::support::{
+    ADMIN_KEY, TestApp, client_with_key, id_of, make_key, spawn_app, spawn_app_with,
+};
+
+/// A key of the right shape that was never made.
+const WRONG_KEY: &str = "gk_not-a-key-at-all-000000000000000000000000";
 
 async fn call(
     client: &reqwest::Client,
@@ -19,6 +24,16 @@ async fn call(
         request = request.body("x");
     }
     request.send().await.unwrap()
+}
+
+/// POSTs `body` to `path` with `client` and whatever key it sends.
+async fn post(
+    client: &reqwest::Client,
+    app: &TestApp,
+    path: &str,
+    body: &'static str,
+) -> reqwest::Response {
+    client.post(app.url(path)).body(body).send().await.unwrap()
 }
 
 async fn assert_unauthorized(response: reqwest::Response, what: &str) {
@@ -41,7 +56,7 @@ async fn every_route_class_checks_its_key() {
     let (admin_id, admin_key) = make_key(&app, "ops", "admin").await;
 
     let anonymous = reqwest::Client::new();
-    let wrong = client_with_key("gk_not-a-key-at-all-000000000000000000000000");
+    let wrong = client_with_key(WRONG_KEY);
     let invoker = client_with_key(&invoke_key);
     let admin = client_with_key(&admin_key);
     let invocation = format!("/v1/invocations/{id}");
@@ -117,12 +132,7 @@ async fn every_route_class_checks_its_key() {
         assert!(r.status() != 401, "{path}");
     }
     // Webhooks are not behind API keys (their signatures authenticate them).
-    let r = anonymous
-        .post(app.url("/hooks/some-id"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&anonymous, &app, "/hooks/some-id", "{}").await;
     assert_ne!(r.status(), 401);
 
     // A revoked key stops working at once; revoking twice is 404.
@@ -152,12 +162,7 @@ async fn a_public_function_s_url_is_open_and_only_that() {
     app.register("closed", "granda-test/echo", json!({})).await;
     let anonymous = reqwest::Client::new();
 
-    let r = anonymous
-        .post(app.url("/fn/open"))
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&anonymous, &app, "/fn/open", "hello").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "hello");
     // Only its own URL: the API routes of the same function still need a key.
@@ -165,45 +170,21 @@ async fn a_public_function_s_url_is_open_and_only_that() {
         "/v1/functions/open/invoke",
         "/v1/functions/open/invocations",
     ] {
-        let r = anonymous
-            .post(app.url(path))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let r = post(&anonymous, &app, path, "x").await;
         assert_unauthorized(r, path).await;
     }
-    let r = anonymous
-        .post(app.url("/fn/closed"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&anonymous, &app, "/fn/closed", "x").await;
     assert_unauthorized(r, "closed").await;
     // A missing function looks like a closed one: no probing for names.
-    let r = anonymous
-        .post(app.url("/fn/missing"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&anonymous, &app, "/fn/missing", "x").await;
     assert_unauthorized(r, "missing").await;
 
     // Made private again, it closes.
     let r = app
-        .client
-        .put(app.url("/v1/functions/open"))
-        .json(&json!({"public": false}))
-        .send()
-        .await
-        .unwrap();
+        .put_json("/v1/functions/open", &json!({"public": false}))
+        .await;
     assert_eq!(r.status(), 200);
-    let r = anonymous
-        .post(app.url("/fn/open"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&anonymous, &app, "/fn/open", "x").await;
     assert_unauthorized(r, "no longer public").await;
     app.shutdown().await;
 }
@@ -237,16 +218,22 @@ async fn without_an_admin_key_setting_a_first_one_is_made_once() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn granda_keys_create_prints_a_working_key_once() {
-    let app = spawn_app().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
-        .args(["keys", "create", "--name", "ci", "--scope", "invoke"])
+/// `granda keys ARGS` against `app`, with the admin key.
+async fn granda_keys(app: &TestApp, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .arg("keys")
+        .args(args)
         .env("GRANDA_URL", &app.address)
         .env("GRANDA_KEY", ADMIN_KEY)
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granda_keys_create_prints_a_working_key_once() {
+    let app = spawn_app().await;
+    let output = granda_keys(&app, &["create", "--name", "ci", "--scope", "invoke"]).await;
     assert!(output.status.success(), "{output:?}");
     let key = String::from_utf8(output.stdout).unwrap().trim().to_string();
     assert!(key.starts_with("gk_"), "{key}");
@@ -258,23 +245,12 @@ async fn granda_keys_create_prints_a_working_key_once() {
 
     app.register("echo", "granda-test/echo", json!({})).await;
     let ci = client_with_key(&key);
-    let r = ci
-        .post(app.url("/fn/echo"))
-        .body("from ci")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&ci, &app, "/fn/echo", "from ci").await;
     assert_eq!(r.text().await.unwrap(), "from ci");
     let r = ci.get(app.url("/v1/functions")).send().await.unwrap();
     assert_eq!(r.status(), 403);
 
-    let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
-        .args(["keys", "ls"])
-        .env("GRANDA_URL", &app.address)
-        .env("GRANDA_KEY", ADMIN_KEY)
-        .output()
-        .await
-        .unwrap();
+    let listed = granda_keys(&app, &["ls"]).await;
     let listed = String::from_utf8(listed.stdout).unwrap();
     let row = listed
         .lines()
@@ -305,17 +281,9 @@ async fn anonymous_callers_of_a_public_function_get_no_logs_or_engine_errors() {
     app.register("broken", "granda-test/fail", json!({"public": true}))
         .await;
     let anonymous = reqwest::Client::new();
-    let r = anonymous
-        .post(app.url("/fn/broken"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&anonymous, &app, "/fn/broken", "x").await;
     assert_eq!(r.status(), 502);
-    let id = r.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = id_of(&r).to_string();
     let text = r.text().await.unwrap();
     assert!(!text.contains("something broke"), "{text}");
     let body: Value = serde_json::from_str(&text).unwrap();
@@ -323,23 +291,13 @@ async fn anonymous_callers_of_a_public_function_get_no_logs_or_engine_errors() {
     assert_eq!(body["error"]["status"], "failed");
     assert!(body["error"]["detail"].is_null(), "{body}");
     // The stderr is in the record, for those with a key.
-    let record: Value = app
-        .get(&format!("/v1/invocations/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let record = app.get_json(&format!("/v1/invocations/{id}")).await;
     assert!(record["logs"].as_str().unwrap().contains("something broke"));
 
     // With a key, the same URL keeps the detail.
     let (_, key) = make_key(&app, "ci", "invoke").await;
     for client in [&app.client, &client_with_key(&key)] {
-        let r = client
-            .post(app.url("/fn/broken"))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let r = post(client, &app, "/fn/broken", "x").await;
         assert_eq!(r.status(), 502);
         let body: Value = r.json().await.unwrap();
         assert!(
@@ -350,12 +308,7 @@ async fn anonymous_callers_of_a_public_function_get_no_logs_or_engine_errors() {
         );
     }
     // A wrong key on a public function is no key: the anonymous view.
-    let r = client_with_key("gk_not-a-key-at-all-000000000000000000000000")
-        .post(app.url("/fn/broken"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&client_with_key(WRONG_KEY), &app, "/fn/broken", "x").await;
     assert_eq!(r.status(), 502);
     assert!(!r.text().await.unwrap().contains("something broke"));
     app.shutdown().await;

@@ -5,14 +5,14 @@
 //! record, nothing else is recorded (a refused call leaves no record and never runs), and no
 //! container is left on the engine.
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use uuid::Uuid;
+use tokio::sync::MutexGuard;
 
+use crate::faults::ledger::Ledger;
 use crate::support::{TestApp, spawn_app_with};
 
 const NODES: [(&str, u16); 3] = [("a", 5681), ("b", 5682), ("c", 5683)];
@@ -69,15 +69,19 @@ pub(crate) async fn all_up() {
     }
 }
 
-/// A Granda (ingress + worker) on the cluster, with an `echo` function.
-async fn cluster_app() -> TestApp {
+/// Waits for this test's turn on the cluster (started if need be, every node up), then starts a
+/// Granda (ingress + worker) on it, with an `echo` function. The turn lasts as long as its guard.
+async fn cluster_app() -> (MutexGuard<'static, ()>, TestApp) {
+    ensure_cluster();
+    let turn = TURNS.lock().await;
+    all_up().await;
     let app = spawn_app_with(|s| {
         s.amqp_url = cluster_urls();
         s.publish_timeout_ms = PUBLISH_TIMEOUT_MS;
     })
     .await;
     app.register("echo", "granda-test/echo", json!({})).await;
-    app
+    (turn, app)
 }
 
 /// An ingress with no Docker engine (as `granda server`) on `app`'s database and the cluster: it
@@ -119,83 +123,17 @@ async fn ingress_node(app: &TestApp) -> &'static str {
     panic!("no connection named {wanted} on the cluster");
 }
 
-/// What the callers were told.
-#[derive(Default)]
-struct Ledger {
-    accepted: Vec<Uuid>,
-    refused: usize,
-}
-
-impl Ledger {
-    /// Records one answer: 2xx with its invocation id, or 503.
-    async fn note(&mut self, response: reqwest::Response) -> u16 {
-        let status = response.status().as_u16();
-        match status {
-            200..=299 => {
-                let id = response
-                    .headers()
-                    .get("x-granda-invocation-id")
-                    .expect("a 2xx names its invocation")
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                self.accepted.push(id);
-            }
-            503 => self.refused += 1,
-            other => panic!(
-                "unexpected answer {other}: {}",
-                response.text().await.unwrap_or_default()
-            ),
-        }
-        status
+/// The ledger check that ends each test, then the app's shutdown: exactly the accepted
+/// invocations are recorded, each once, final, succeeded and run once; no container is left.
+async fn settle(ledger: &Ledger, app: TestApp, within: Duration) {
+    // Refused calls' placeholders are gone within half a second.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for (id, status, attempt) in ledger.settle(&app.pool, within).await {
+        assert_eq!(status, "succeeded", "{id}");
+        assert_eq!(attempt, 1, "{id} ran once");
     }
-
-    /// Waits until every accepted invocation is final, then checks that exactly they are recorded,
-    /// each once, and each ran once.
-    async fn settle(&self, app: &TestApp, within: Duration) {
-        let start = Instant::now();
-        loop {
-            let (pending,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM invocations WHERE id = ANY($1) AND status IN ('queued', 'running')",
-            )
-            .bind(&self.accepted)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-            if pending == 0 {
-                break;
-            }
-            assert!(
-                start.elapsed() < within,
-                "{pending} accepted invocations not final after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        // Refused calls' placeholders are gone within half a second.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let rows: Vec<(Uuid, String, i32)> =
-            sqlx::query_as("SELECT id, status, attempt FROM invocations")
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
-        let accepted: HashSet<Uuid> = self.accepted.iter().copied().collect();
-        assert_eq!(
-            accepted.len(),
-            self.accepted.len(),
-            "an id was answered twice"
-        );
-        let recorded: HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
-        assert_eq!(
-            recorded, accepted,
-            "exactly the accepted invocations are recorded"
-        );
-        for (id, status, attempt) in rows {
-            assert_eq!(status, "succeeded", "{id}");
-            assert_eq!(attempt, 1, "{id} ran once");
-        }
-        app.assert_no_containers_left(Duration::from_secs(20)).await;
-    }
+    app.assert_no_containers_left(Duration::from_secs(20)).await;
+    app.shutdown().await;
 }
 
 async fn invoke_async(app: &TestApp, body: &str) -> reqwest::Response {
@@ -209,10 +147,7 @@ async fn invoke_async(app: &TestApp, body: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_keep_being_accepted_when_the_ingress_node_stops() {
-    ensure_cluster();
-    let _turn = TURNS.lock().await;
-    all_up().await;
-    let app = cluster_app().await;
+    let (_turn, app) = cluster_app().await;
     let mut ledger = Ledger::default();
     assert_eq!(ledger.note(app.invoke("echo", "before").await).await, 200);
 
@@ -256,16 +191,12 @@ async fn requests_keep_being_accepted_when_the_ingress_node_stops() {
         ledger.refused
     );
     run_script(&["start-app", node]).await;
-    ledger.settle(&app, Duration::from_secs(60)).await;
-    app.shutdown().await;
+    settle(&ledger, app, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_node_stopped_mid_burst_loses_and_doubles_nothing() {
-    ensure_cluster();
-    let _turn = TURNS.lock().await;
-    all_up().await;
-    let app = cluster_app().await;
+    let (_turn, app) = cluster_app().await;
     let ingress = ingress_node(&app).await;
     let follower = NODES.iter().map(|n| n.0).find(|n| *n != ingress).unwrap();
     let mut burst = Vec::new();
@@ -292,16 +223,12 @@ async fn a_follower_node_stopped_mid_burst_loses_and_doubles_nothing() {
     }
     assert_eq!(ledger.refused, 0, "a follower's stop refuses nothing");
     run_script(&["start-app", follower]).await;
-    ledger.settle(&app, Duration::from_secs(90)).await;
-    app.shutdown().await;
+    settle(&ledger, app, Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_quorum_callers_get_503_within_the_bound_and_refused_calls_never_run() {
-    ensure_cluster();
-    let _turn = TURNS.lock().await;
-    all_up().await;
-    let app = cluster_app().await;
+    let (_turn, app) = cluster_app().await;
     let mut ledger = Ledger::default();
     assert_eq!(ledger.note(app.invoke("echo", "before").await).await, 200);
 
@@ -369,16 +296,12 @@ async fn without_quorum_callers_get_503_within_the_bound_and_refused_calls_never
     assert_eq!(ledger.note(invoke_async(&app, "after").await).await, 202);
     // Refused messages that reached a queue anyway had their chance to run by now.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    ledger.settle(&app, Duration::from_secs(60)).await;
-    app.shutdown().await;
+    settle(&ledger, app, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_registration_the_broker_does_not_take_answers_503_within_the_bound() {
-    ensure_cluster();
-    let _turn = TURNS.lock().await;
-    all_up().await;
-    let app = cluster_app().await;
+    let (_turn, app) = cluster_app().await;
     let (ingress, stop_ingress) = engineless_ingress(&app).await;
     let register = |name: &'static str| {
         app.client
@@ -420,8 +343,5 @@ async fn a_registration_the_broker_does_not_take_answers_503_within_the_bound() 
     assert_eq!(app.get("/v1/functions/blocked").await.status(), 404);
     assert_eq!(app.get("/v1/functions/first").await.status(), 200);
     let _ = stop_ingress.send(true);
-    Ledger::default()
-        .settle(&app, Duration::from_secs(10))
-        .await;
-    app.shutdown().await;
+    settle(&Ledger::default(), app, Duration::from_secs(10)).await;
 }

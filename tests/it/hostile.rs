@@ -12,7 +12,7 @@ use granda::message::Work;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::support::{TestApp, error_code, spawn_app, spawn_app_with};
+use crate::support::{TestApp, error_code, id_of, spawn_app, spawn_app_with};
 
 /// Publishes `work` straight to the app's work queue (as a message the ingress never checked),
 /// with a record for it, as the ingress would have written one.
@@ -41,6 +41,16 @@ async fn publish_raw(app: &TestApp, work: Work, body: &[u8]) {
 async fn containers_of_invocation(app: &TestApp, id: Uuid) -> Vec<String> {
     app.containers_labelled(&[&format!("granda.invocation={id}")])
         .await
+}
+
+/// Waits until invocation `id` ends failed or dead; returns its error.
+async fn failure_of(app: &TestApp, id: Uuid, within: Duration) -> String {
+    let record = app.wait_final(id, within).await;
+    assert!(
+        matches!(record["status"].as_str(), Some("failed" | "dead")),
+        "{record}"
+    );
+    record["error"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,13 +82,8 @@ async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() 
     };
     publish_raw(&app, work, b"poison").await;
 
-    let record = app.wait_final(id, Duration::from_secs(30)).await;
-    assert!(
-        matches!(record["status"].as_str(), Some("failed" | "dead")),
-        "{record}"
-    );
-    let error = record["error"].as_str().unwrap_or_default();
-    assert!(error.contains("header"), "a clear error: {record}");
+    let error = failure_of(&app, id, Duration::from_secs(30)).await;
+    assert!(error.contains("header"), "a clear error: {error}");
     assert!(containers_of_invocation(&app, id).await.is_empty());
 
     // Every function still answers, within its run time, more calls than the worker's slots.
@@ -180,65 +185,81 @@ async fn a_panic_in_a_run_or_in_its_handler_is_settled_and_others_still_answer()
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
-    let app = spawn_app().await;
-    for root in [
-        "0", "root", "0:0", "65534:0", "x:root", "00", " 0", "65534 :0",
-    ] {
+/// Registering a `granda-test/root` function to run as any of `users` is refused (422).
+async fn assert_users_refused(app: &TestApp, users: &[&str]) {
+    for user in users {
         let response = app
             .post_json(
                 "/v1/functions",
-                &json!({"name": "r", "image": "granda-test/root", "user": root}),
+                &json!({"name": "r", "image": "granda-test/root", "user": user}),
             )
             .await;
-        assert_eq!(error_code(response, 422).await, "invalid", "{root:?}");
+        assert_eq!(error_code(response, 422).await, "invalid", "{user:?}");
     }
-    app.register("plain", "granda-test/root", json!({})).await;
-    let response = app
-        .client
-        .put(app.url("/v1/functions/plain"))
-        .json(&json!({"user": "65534:0"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(response, 422).await, "invalid");
+}
 
-    for mode in ["cold", "warm"] {
-        let name = format!("as-nobody-{mode}");
-        app.register(
-            &name,
-            "granda-test/root",
-            json!({"mode": mode, "user": "65534:65534"}),
-        )
-        .await;
-        for _ in 0..2 {
-            let response = app.invoke(&name, "").await;
-            assert_eq!(response.status(), 200);
-            assert_eq!(response.text().await.unwrap(), "65534:65534\n", "{mode}");
-        }
-        // Unset, every mode runs as the image's user, as a cold run always did.
-        let name = format!("as-image-{mode}");
-        app.register(&name, "granda-test/root", json!({"mode": mode}))
-            .await;
-        for _ in 0..2 {
-            let response = app.invoke(&name, "").await;
-            assert_eq!(response.status(), 200);
-            assert_eq!(response.text().await.unwrap(), "0:0\n", "{mode}");
-        }
+/// Registers `name` on `granda-test/root` (which prints the `uid:gid` it runs as) with
+/// `settings`: two runs in a row (a warm one reuses its container) both run as `ids`.
+async fn assert_runs_as(app: &TestApp, name: &str, settings: serde_json::Value, ids: &str) {
+    app.register(name, "granda-test/root", settings).await;
+    for _ in 0..2 {
+        let response = app.invoke(name, "").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), format!("{ids}\n"), "{name}");
     }
+}
 
-    // Hot: the function's own process, seen from the host.
+/// Registers a hot function to run as `user`: its own process, seen from the host, runs as
+/// `uid` and `gid`.
+async fn assert_hot_runs_as(app: &TestApp, user: &str, uid: &str, gid: &str) {
     app.register(
         "hot",
         "granda-test/hot",
-        json!({"mode": "hot", "user": "1234:4321"}),
+        json!({"mode": "hot", "user": user}),
     )
     .await;
     assert_eq!(app.invoke("hot", "x").await.status(), 200);
-    let (uids, gids) = hot_process_ids(&app).await;
-    assert!(uids.iter().all(|u| u == "1234"), "{uids:?}");
-    assert!(gids.iter().all(|g| g == "4321"), "{gids:?}");
+    let (uids, gids) = hot_process_ids(app).await;
+    assert!(uids.iter().all(|u| u == uid), "{uids:?}");
+    assert!(gids.iter().all(|g| g == gid), "{gids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_warm_and_hot_all_run_as_the_functions_user_and_root_is_refused() {
+    let app = spawn_app().await;
+    assert_users_refused(
+        &app,
+        &[
+            "0", "root", "0:0", "65534:0", "x:root", "00", " 0", "65534 :0",
+        ],
+    )
+    .await;
+    app.register("plain", "granda-test/root", json!({})).await;
+    let response = app
+        .put_json("/v1/functions/plain", &json!({"user": "65534:0"}))
+        .await;
+    assert_eq!(error_code(response, 422).await, "invalid");
+
+    for mode in ["cold", "warm"] {
+        assert_runs_as(
+            &app,
+            &format!("as-nobody-{mode}"),
+            json!({"mode": mode, "user": "65534:65534"}),
+            "65534:65534",
+        )
+        .await;
+        // Unset, every mode runs as the image's user, as a cold run always did.
+        assert_runs_as(
+            &app,
+            &format!("as-image-{mode}"),
+            json!({"mode": mode}),
+            "0:0",
+        )
+        .await;
+    }
+
+    // Hot: the function's own process, seen from the host.
+    assert_hot_runs_as(&app, "1234:4321", "1234", "4321").await;
     app.shutdown().await;
 }
 
@@ -274,44 +295,27 @@ async fn hot_process_ids(app: &TestApp) -> (Vec<String>, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_uid_never_runs_as_group_root_in_any_mode_and_names_are_refused() {
     let app = spawn_app().await;
-    for name in ["nobody", "nobody:nogroup", "1234:users", "daemon:1234"] {
-        let response = app
-            .post_json(
-                "/v1/functions",
-                &json!({"name": "n", "image": "granda-test/root", "user": name}),
-            )
-            .await;
-        assert_eq!(error_code(response, 422).await, "invalid", "{name:?}");
-    }
-    for mode in ["cold", "warm"] {
-        let name = format!("lone-uid-{mode}");
-        app.register(
-            &name,
-            "granda-test/root",
-            json!({"mode": mode, "user": "1234"}),
-        )
-        .await;
-        for _ in 0..2 {
-            let response = app.invoke(&name, "").await;
-            assert_eq!(response.status(), 200);
-            assert_eq!(response.text().await.unwrap(), "1234:1234\n", "{mode}");
-        }
-    }
-    app.register(
-        "hot",
-        "granda-test/hot",
-        json!({"mode": "hot", "user": "1234"}),
+    assert_users_refused(
+        &app,
+        &["nobody", "nobody:nogroup", "1234:users", "daemon:1234"],
     )
     .await;
-    assert_eq!(app.invoke("hot", "x").await.status(), 200);
-    let (uids, gids) = hot_process_ids(&app).await;
-    assert!(uids.iter().all(|u| u == "1234"), "{uids:?}");
-    assert!(gids.iter().all(|g| g == "1234"), "{gids:?}");
+    for mode in ["cold", "warm"] {
+        assert_runs_as(
+            &app,
+            &format!("lone-uid-{mode}"),
+            json!({"mode": mode, "user": "1234"}),
+            "1234:1234",
+        )
+        .await;
+    }
+    assert_hot_runs_as(&app, "1234", "1234", "1234").await;
     app.shutdown().await;
 }
 
-async fn volume_names(app: &TestApp) -> HashSet<String> {
-    app.docker
+/// The names of the volumes on `docker`'s engine.
+async fn volume_names(docker: &bollard::Docker) -> HashSet<String> {
+    docker
         .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
         .await
         .unwrap()
@@ -325,7 +329,8 @@ async fn volume_names(app: &TestApp) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
     let app = spawn_app().await;
-    let before = volume_names(&app).await;
+    let docker = app.docker.clone();
+    let before = volume_names(&docker).await;
     for mode in ["cold", "warm"] {
         let name = format!("vol-{mode}");
         app.register(
@@ -347,7 +352,7 @@ async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
     // Removed with their volumes, pool containers included (at shutdown).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let new: Vec<_> = volume_names_now()
+        let new: Vec<_> = volume_names(&docker)
             .await
             .difference(&before)
             .cloned()
@@ -393,19 +398,14 @@ async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_r
             .await;
     }
     retag("granda-test/volume-comma");
-    let before = volume_names(&app).await;
+    let before = volume_names(&app.docker).await;
     for mode in ["cold", "warm", "hot"] {
         let id = app.invoke_async(&format!("later-{mode}"), "").await;
-        let record = app.wait_final(id, Duration::from_secs(60)).await;
-        assert!(
-            matches!(record["status"].as_str(), Some("failed" | "dead")),
-            "{mode}: {record}"
-        );
-        let error = record["error"].as_str().unwrap();
+        let error = failure_of(&app, id, Duration::from_secs(60)).await;
         assert!(error.contains("declares VOLUME"), "{mode}: {error}");
     }
     app.assert_no_containers_left(Duration::from_secs(10)).await;
-    let new: Vec<_> = volume_names(&app)
+    let new: Vec<_> = volume_names(&app.docker)
         .await
         .difference(&before)
         .cloned()
@@ -415,19 +415,6 @@ async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_r
         .args(["rmi", &tag])
         .status();
     app.shutdown().await;
-}
-
-async fn volume_names_now() -> HashSet<String> {
-    let docker = granda::docker::connect(None, 60).unwrap();
-    docker
-        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
-        .await
-        .unwrap()
-        .volumes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|v| v.name)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,12 +448,7 @@ async fn a_hot_socket_swapped_for_a_symlink_is_refused_and_never_followed() {
         .await;
         let response = app.invoke(name, "hello").await;
         assert_eq!(response.status(), 502, "{name}");
-        let id: Uuid = response.headers()["x-granda-invocation-id"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let record = app.invocation(id).await;
+        let record = app.invocation(id_of(&response)).await;
         assert_eq!(record["status"], "failed");
         let error = record["error"].as_str().unwrap_or_default();
         assert!(

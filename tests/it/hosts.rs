@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::hosts_ledger::{EventLog, ledger, leftovers};
-use crate::support::{TestApp, eventually, spawn_app_with};
+use crate::support::{TestApp, eventually, id_of, spawn_app_with};
 
 static ENGINES: Once = Once::new();
 
@@ -48,8 +48,10 @@ fn docker_cli(host: Option<&str>, args: &[&str]) {
     );
 }
 
-/// Pushes the local test image `image` to the registry under a name of its own; returns it.
-fn push(registry: &str, image: &str, tag: &str) -> String {
+/// Pushes the local test image `image` to the registry under a name of its own (tagged with
+/// `app`'s worker id); returns it.
+fn push(app: &TestApp, registry: &str, image: &str) -> String {
+    let tag = app.worker_id();
     let name = format!("{registry}/granda-hosts/{}:{tag}", image.replace('/', "-"));
     docker_cli(None, &["tag", image, &name]);
     docker_cli(None, &["push", &name]);
@@ -61,9 +63,39 @@ fn engine(host: &str) -> bollard::Docker {
     granda::docker::connect(Some(host), 60).unwrap()
 }
 
-/// Follows the run containers of host A's engine (the app's) and host B's.
-fn watch(app: &TestApp, engine_b: &str) -> EventLog {
-    EventLog::watch(&[("a", app.docker.clone()), ("b", engine(engine_b))])
+/// A Granda on host A, with settings changed by `tweak`, and what it needs of the others: host
+/// B's engine, the registry, and the log of the run containers of both engines.
+async fn on_hosts_a_and_b(
+    tweak: impl FnOnce(&mut granda::config::Settings),
+) -> (TestApp, String, String, EventLog) {
+    let (engine_b, registry) = engines();
+    let app = spawn_app_with(tweak).await;
+    let runs = EventLog::watch(&[("a", app.docker.clone()), ("b", engine(&engine_b))]);
+    (app, engine_b, registry, runs)
+}
+
+/// Starts one more in-process worker of `app`, on host B's engine, with settings changed by
+/// `tweak`; returns its id.
+async fn add_worker_on_b(
+    app: &mut TestApp,
+    engine_b: &str,
+    tweak: impl FnOnce(&mut granda::config::Settings),
+) -> String {
+    app.add_worker(|s| {
+        s.docker_host = Some(engine_b.to_string());
+        tweak(s);
+    })
+    .await
+}
+
+/// POSTs `body` to `/v1/functions` of the ingress at `address`, with `app`'s admin client.
+async fn register_at(app: &TestApp, address: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(format!("{address}/v1/functions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The ledger check ([`ledger`]) over hosts A and B.
@@ -92,35 +124,43 @@ async fn engineless_ingress_with(
     (address, stop)
 }
 
+/// Four sync calls of `name` (`hello 0` to `hello 3`): each answers 200 with what `answer` makes
+/// of its input, and is recorded as run by `worker`. Returns their ids.
+async fn four_calls_run_by(
+    app: &TestApp,
+    name: &str,
+    answer: impl Fn(&str) -> String,
+    worker: &str,
+) -> Vec<uuid::Uuid> {
+    let mut accepted = vec![];
+    for i in 0..4 {
+        let input = format!("hello {i}");
+        let r = app.invoke(name, input.clone()).await;
+        assert_eq!(r.status(), 200);
+        accepted.push(id_of(&r));
+        assert_eq!(r.text().await.unwrap(), answer(&input));
+    }
+    for id in &accepted {
+        assert_eq!(app.invocation(*id).await["worker"], worker);
+    }
+    accepted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_host_b() {
-    let (engine_b, registry) = engines();
-    let mut app = spawn_app_with(|_| {}).await;
-    let runs = watch(&app, &engine_b);
-    let tag = app.worker_id();
-    let image = push(&registry, "granda-test/echo", &tag);
-    let worker_b = app
-        .add_worker(|s| {
-            s.docker_host = Some(engine_b.clone());
-            s.queues = vec!["hosts-b".into()];
-        })
-        .await;
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/echo");
+    let worker_b =
+        add_worker_on_b(&mut app, &engine_b, |s| s.queues = vec!["hosts-b".into()]).await;
     let (ingress, stop) = engineless_ingress(&app).await;
-    let post = |body: Value| {
-        app.client
-            .post(format!("{ingress}/v1/functions"))
-            .json(&body)
-            .send()
-    };
 
     // The standalone ingress asks a worker of the queue: host B pulls the image from the registry.
     let created = eventually(
         Duration::from_secs(30),
         "host B's worker answers",
         || async {
-            let r = post(json!({"name": "pulled", "image": image, "queue": "hosts-b"}))
-                .await
-                .unwrap();
+            let body = json!({"name": "pulled", "image": image, "queue": "hosts-b"});
+            let r = register_at(&app, &ingress, body).await;
             (r.status() != 503).then_some(r)
         },
     )
@@ -130,9 +170,13 @@ async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_ho
     assert!(on_b.inspect_image(&image).await.is_ok(), "host B pulled it");
 
     // An image no registry has: 422 with the engine's reason, and nothing registered.
-    let missing = post(json!({"name": "nope", "image": format!("{registry}/granda-hosts/none:{tag}"), "queue": "hosts-b"}))
-        .await
-        .unwrap();
+    let none = format!("{registry}/granda-hosts/none:{}", app.worker_id());
+    let missing = register_at(
+        &app,
+        &ingress,
+        json!({"name": "nope", "image": none, "queue": "hosts-b"}),
+    )
+    .await;
     assert_eq!(missing.status(), 422);
     let body: Value = missing.json().await.unwrap();
     assert!(
@@ -146,54 +190,33 @@ async fn an_image_only_in_the_registry_is_checked_and_pulled_by_the_worker_on_ho
 
     // A queue no worker serves: 503 at once, saying so.
     let started = std::time::Instant::now();
-    let nobody = post(json!({"name": "lonely", "image": image, "queue": "nobody"}))
-        .await
-        .unwrap();
+    let nobody = register_at(
+        &app,
+        &ingress,
+        json!({"name": "lonely", "image": image, "queue": "nobody"}),
+    )
+    .await;
     assert_eq!(nobody.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Runs go to host B, whose engine now has the image.
-    let mut accepted = vec![];
-    for i in 0..4 {
-        let r = app.invoke("pulled", format!("hello {i}")).await;
-        assert_eq!(r.status(), 200);
-        let id = r.headers()["x-granda-invocation-id"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        accepted.push(id);
-        assert_eq!(r.text().await.unwrap(), format!("hello {i}"));
-    }
-    for id in &accepted {
-        assert_eq!(app.invocation(*id).await["worker"], worker_b.as_str());
-    }
+    let accepted = four_calls_run_by(&app, "pulled", str::to_string, &worker_b).await;
     settle(&app, &accepted, &engine_b, &runs).await;
     let _ = stop.send(true);
-    let _ = on_b
-        .remove_image(
-            &image,
-            None::<bollard::query_parameters::RemoveImageOptions>,
-            None,
-        )
-        .await;
+    remove_image(&on_b, &image).await;
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others() {
-    let (engine_b, _) = engines();
-    let mut app = spawn_app_with(|s| s.max_concurrency = Some(2)).await;
-    let runs = watch(&app, &engine_b);
+    let (mut app, engine_b, _, runs) = on_hosts_a_and_b(|s| s.max_concurrency = Some(2)).await;
     app.register("local", "granda-test/echo", json!({})).await;
     // Host B has no granda-test images and may pull nothing: every message it takes, it can't run.
-    let worker_b = app
-        .add_worker(|s| {
-            s.docker_host = Some(engine_b.clone());
-            s.image_pull = granda::config::ImagePull::Never;
-            s.max_concurrency = Some(8);
-        })
-        .await;
+    let worker_b = add_worker_on_b(&mut app, &engine_b, |s| {
+        s.image_pull = granda::config::ImagePull::Never;
+        s.max_concurrency = Some(8);
+    })
+    .await;
     let mut accepted = vec![];
     for i in 0..16 {
         accepted.push(app.invoke_async("local", format!("n{i}")).await);
@@ -202,13 +225,7 @@ async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others()
     for i in 0..6 {
         let r = app.invoke("local", format!("s{i}")).await;
         assert_eq!(r.status(), 200, "a sync call is not black-holed by host B");
-        accepted.push(
-            r.headers()["x-granda-invocation-id"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
+        accepted.push(id_of(&r));
         sync_ok += 1;
     }
     assert_eq!(sync_ok, 6);
@@ -240,34 +257,23 @@ fn remove_image(docker: &bollard::Docker, image: &str) -> impl std::future::Futu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
-    let (engine_b, registry) = engines();
-    let mut app = spawn_app_with(|_| {}).await;
-    let runs = watch(&app, &engine_b);
-    let tag = app.worker_id();
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
     // Host B has no images: the runtime's base image comes from the registry too.
-    let base = push(&registry, "granda/runtime-shell", &tag);
-    let worker_b = app
-        .add_worker(|s| {
-            s.docker_host = Some(engine_b.clone());
-            s.queues = vec!["hosts-build".into()];
-            s.registry = Some(registry.clone());
-        })
-        .await;
+    let base = push(&app, &registry, "granda/runtime-shell");
+    let worker_b = add_worker_on_b(&mut app, &engine_b, |s| {
+        s.queues = vec!["hosts-build".into()];
+        s.registry = Some(registry.clone());
+    })
+    .await;
     let mut settings = app.settings.clone();
     settings.runtime_shell_image = base.clone();
     let (ingress, stop) = engineless_ingress_with(&app, settings).await;
-    let deploy = |body: Value| {
-        app.client
-            .post(format!("{ingress}/v1/functions"))
-            .json(&body)
-            .send()
-    };
+    let deploy = |body: Value| register_at(&app, &ingress, body);
 
     // A queue no worker serves: 503 at once, saying what builds need.
     let nobody =
         deploy(json!({"name": "lonely", "runtime": "shell", "source": "cat\n", "queue": "nobody"}))
-            .await
-            .unwrap();
+            .await;
     assert_eq!(nobody.status(), 503);
     let body: Value = nobody.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
@@ -284,8 +290,7 @@ async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
         || async {
             let r = deploy(json!({"name": "built", "runtime": "shell",
                                   "source": "tr a-z A-Z\n", "queue": "hosts-build"}))
-            .await
-            .unwrap();
+            .await;
             (r.status() != 503).then_some(r)
         },
     )
@@ -315,8 +320,7 @@ async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
     // A failing build is the user's: 422 with the log's tail, nothing registered.
     let broken = deploy(json!({"name": "broken", "runtime": "shell",
                                "source": "case in\n", "queue": "hosts-build"}))
-    .await
-    .unwrap();
+    .await;
     assert_eq!(broken.status(), 422);
     let body: Value = broken.json().await.unwrap();
     assert_eq!(body["error"]["code"], "build_failed", "{body}");
@@ -331,25 +335,7 @@ async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
         .await
         .unwrap();
     assert_eq!(moved.status(), 200, "{}", moved.text().await.unwrap());
-    let mut accepted = vec![];
-    for i in 0..4 {
-        let r = app.invoke("built", format!("hello {i}")).await;
-        assert_eq!(r.status(), 200);
-        accepted.push(
-            r.headers()["x-granda-invocation-id"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(r.text().await.unwrap(), format!("HELLO {i}"));
-    }
-    for id in &accepted {
-        assert_eq!(
-            app.invocation(*id).await["worker"],
-            app.worker_id().as_str()
-        );
-    }
+    let accepted = four_calls_run_by(&app, "built", str::to_uppercase, &app.worker_id()).await;
     assert!(
         app.docker.inspect_image(&image).await.is_ok(),
         "pulled on host A"
@@ -393,11 +379,8 @@ fn worker_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_host_killed_mid_burst_is_taken_over_within_10_s_and_its_containers_stopped() {
-    let (engine_b, registry) = engines();
-    let mut app = spawn_app_with(|_| {}).await;
-    let runs = watch(&app, &engine_b);
-    let tag = app.worker_id();
-    let image = push(&registry, "granda-test/sleep", &tag);
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/sleep");
     const SLEEP_SECONDS: i64 = 20;
     app.register(
         "slow",
@@ -407,7 +390,7 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_within_10_s_and_its_contai
     )
     .await;
     const BURST: usize = 6;
-    let id_b = format!("{tag}-b");
+    let id_b = format!("{}-b", app.worker_id());
     let mut worker_b = worker_process(&app, &id_b, &engine_b, "hosts-kill", 8);
     let on_b = engine(&engine_b);
 
@@ -523,30 +506,25 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_within_10_s_and_its_contai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_queue_served_by_hosts_a_and_b_is_shared_between_them() {
-    let (engine_b, registry) = engines();
     const SLOTS: usize = 3;
-    let mut app = spawn_app_with(|s| {
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|s| {
         s.min_concurrency = SLOTS;
         s.max_concurrency = Some(SLOTS);
     })
     .await;
-    let runs = watch(&app, &engine_b);
-    let tag = app.worker_id();
     // In the registry only: host B pulls it before its first run.
-    let image = push(&registry, "granda-test/sleep", &tag);
+    let image = push(&app, &registry, "granda-test/sleep");
     app.register(
         "shared",
         &image,
         json!({"timeout_ms": 30_000, "env": {"SLEEP_SECONDS": "1"}}),
     )
     .await;
-    let worker_b = app
-        .add_worker(|s| {
-            s.docker_host = Some(engine_b.clone());
-            s.min_concurrency = SLOTS;
-            s.max_concurrency = Some(SLOTS);
-        })
-        .await;
+    let worker_b = add_worker_on_b(&mut app, &engine_b, |s| {
+        s.min_concurrency = SLOTS;
+        s.max_concurrency = Some(SLOTS);
+    })
+    .await;
 
     // A burst of async calls and sync calls at once, on the one queue both hosts serve.
     let mut accepted = vec![];
@@ -557,13 +535,7 @@ async fn one_queue_served_by_hosts_a_and_b_is_shared_between_them() {
         futures_util::future::join_all((0..6).map(|i| app.invoke("shared", format!("s{i}")))).await;
     for response in sync {
         assert_eq!(response.status(), 200);
-        accepted.push(
-            response.headers()["x-granda-invocation-id"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
+        accepted.push(id_of(&response));
         assert_eq!(response.text().await.unwrap(), "slept\n");
     }
     settle(&app, &accepted, &engine_b, &runs).await;

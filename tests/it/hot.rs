@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, id_of, spawn_app};
 
 async fn hot_containers(app: &TestApp) -> Vec<String> {
     app.containers_labelled(&["granda.pool=hot"]).await
@@ -26,14 +26,6 @@ async fn wait_hot_containers(app: &TestApp, n: usize, within: Duration) -> Vec<S
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn id_of(response: &reqwest::Response) -> Uuid {
-    response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// Invokes `name` with `body`; returns the HTTP status, the body and the invocation's record.

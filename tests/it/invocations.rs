@@ -7,6 +7,16 @@ use uuid::Uuid;
 
 use crate::support::{error_code, spawn_app};
 
+/// The ids of the invocations on a page of a list, in its order.
+fn ids_on(page: &Value) -> Vec<&str> {
+    page["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invocations_are_listed_newest_first_paged_and_filtered() {
     let app = spawn_app().await;
@@ -22,85 +32,50 @@ async fn invocations_are_listed_newest_first_paged_and_filtered() {
     }
     let newest_first: Vec<String> = ids.iter().rev().map(|i| i.to_string()).collect();
 
-    let page: Value = app
-        .get("/v1/functions/echo/invocations?limit=2")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let got: Vec<&str> = page["invocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(got, newest_first[..2]);
+    let page = app.get_json("/v1/functions/echo/invocations?limit=2").await;
+    assert_eq!(ids_on(&page), newest_first[..2]);
     let next = page["next"].as_str().expect("a next cursor on a full page");
 
-    let page: Value = app
-        .get(&format!(
+    let page = app
+        .get_json(&format!(
             "/v1/functions/echo/invocations?limit=2&before={next}"
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let got: Vec<&str> = page["invocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(got, newest_first[2..4]);
+        .await;
+    assert_eq!(ids_on(&page), newest_first[2..4]);
 
-    let all: Value = app
-        .get("/v1/functions/echo/invocations")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all = app.get_json("/v1/functions/echo/invocations").await;
     assert_eq!(all["invocations"].as_array().unwrap().len(), 5);
     assert!(all["next"].is_null());
 
-    let ok: Value = app
-        .get("/v1/functions/fail/invocations?status=succeeded")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ok = app
+        .get_json("/v1/functions/fail/invocations?status=succeeded")
+        .await;
     assert!(ok["invocations"].as_array().unwrap().is_empty());
-    let bad: Value = app
-        .get("/v1/functions/fail/invocations?status=failed")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bad = app
+        .get_json("/v1/functions/fail/invocations?status=failed")
+        .await;
     assert_eq!(bad["invocations"][0]["id"], failed.to_string());
 
-    assert_eq!(
-        error_code(
-            app.get("/v1/functions/echo/invocations?status=done").await,
-            400
-        )
-        .await,
-        "bad_request"
-    );
-    assert_eq!(
-        error_code(app.get("/v1/functions/echo/invocations?limit=0").await, 400).await,
-        "bad_request"
-    );
-    assert_eq!(
-        error_code(
-            app.get("/v1/functions/echo/invocations?before=zz").await,
-            400
-        )
-        .await,
-        "bad_request"
-    );
-    assert_eq!(
-        error_code(app.get("/v1/functions/nobody/invocations").await, 404).await,
-        "not_found"
-    );
+    for (path, status, code) in [
+        (
+            "/v1/functions/echo/invocations?status=done",
+            400,
+            "bad_request",
+        ),
+        ("/v1/functions/echo/invocations?limit=0", 400, "bad_request"),
+        (
+            "/v1/functions/echo/invocations?before=zz",
+            400,
+            "bad_request",
+        ),
+        ("/v1/functions/nobody/invocations", 404, "not_found"),
+    ] {
+        assert_eq!(
+            error_code(app.get(path).await, status).await,
+            code,
+            "{path}"
+        );
+    }
     app.shutdown().await;
 }
 

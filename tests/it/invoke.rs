@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{spawn_app, spawn_app_with};
+use crate::support::{env_of_a_run, id_of, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_invoke_returns_stdout_with_headers_and_records_the_run() {
@@ -13,10 +13,7 @@ async fn a_sync_invoke_returns_stdout_with_headers_and_records_the_run() {
 
     let response = app.invoke("echo", "hello granda").await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = id_of(&response);
     assert_eq!(response.headers()["x-granda-status"], "succeeded");
     let duration: i64 = response.headers()["x-granda-duration-ms"]
         .to_str()
@@ -26,7 +23,7 @@ async fn a_sync_invoke_returns_stdout_with_headers_and_records_the_run() {
     assert!(duration > 0);
     assert_eq!(response.text().await.unwrap(), "hello granda");
 
-    let record = app.invocation(id.parse().unwrap()).await;
+    let record = app.invocation(id).await;
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["trigger"], "sync");
     assert_eq!(record["output"], "hello granda");
@@ -221,18 +218,7 @@ async fn args_mode_makes_the_body_the_command_and_env_reaches_the_container() {
         json!({"env": {"GREETING": "hej"}}),
     )
     .await;
-    let response = app.invoke("env", "").await;
-    let id = response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let env = response.text().await.unwrap();
-    assert!(env.contains("GREETING=hej\n"), "{env}");
-    assert!(
-        env.contains(&format!("GRANDA_INVOCATION_ID={id}\n")),
-        "{env}"
-    );
-    assert!(env.contains("GRANDA_FUNCTION=env\n"), "{env}");
+    let env = env_of_a_run(&app, "env").await;
     assert!(env.contains("GRANDA_DEADLINE_MS="), "{env}");
     app.shutdown().await;
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code, spawn_app};
+use crate::support::{TestApp, error_code, id_of, spawn_app};
 
 /// Runs `script` in `granda-test/sh` registered as `name` with `extra` fields; returns the answer.
 async fn run_script(app: &TestApp, name: &str, extra: Value, script: &str) -> reqwest::Response {
@@ -93,11 +93,7 @@ async fn allocating_past_the_memory_limit_fails_the_run_as_out_of_memory() {
     )
     .await;
     assert_eq!(response.status(), 502);
-    let id: uuid::Uuid = response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id = id_of(&response);
     let record = app.wait_final(id, Duration::from_secs(10)).await;
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["exit_code"], 137, "{record}");
@@ -496,11 +492,7 @@ async fn nul_bytes_on_stderr_still_make_a_final_record() {
     let app = spawn_app().await;
     let response = run_script(&app, "nul", json!({}), r"printf 'a\000b' >&2; exit 1").await;
     assert_eq!(response.status(), 502);
-    let id: uuid::Uuid = response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id = id_of(&response);
     let record = app.wait_final(id, Duration::from_secs(10)).await;
     assert_eq!(record["status"], "failed");
     assert_eq!(record["logs"], "a\u{FFFD}b");

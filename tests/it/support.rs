@@ -153,7 +153,20 @@ impl TestApp {
             .expect("request")
     }
 
-    /// POSTs raw `body` with `headers` (name, value pairs).
+    /// GETs `path` and parses the answer as JSON (whatever its status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.client
             .delete(self.url(path))
@@ -162,6 +175,7 @@ impl TestApp {
             .expect("DELETE")
     }
 
+    /// POSTs raw `body` with `headers` (name, value pairs).
     pub async fn post_with(
         &self,
         path: &str,
@@ -386,7 +400,6 @@ pub async fn make_key(app: &TestApp, name: &str, scope: &str) -> (String, String
     (body["id"].as_str().unwrap().to_string(), key)
 }
 
-/// Asserts the API's error shape and returns the error code.
 /// Sends a POST head to `path` with `headers`, announcing `length` body bytes and sending
 /// `sent` of them (the body is never completed): for answers that must come before the body.
 pub async fn partial_post(
@@ -431,6 +444,32 @@ pub async fn status_line(stream: &mut tokio::net::TcpStream, within: Duration) -
     text.lines().next().unwrap_or_default().to_string()
 }
 
+/// The invocation a response names in its `x-granda-invocation-id` header.
+pub fn id_of(response: &reqwest::Response) -> Uuid {
+    response.headers()["x-granda-invocation-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Invokes `name`, a `granda-test/env` function registered with `GREETING=hej`, and checks the
+/// environment its run saw: the function's own env, its invocation's id and its name. Returns
+/// the whole environment, a `KEY=value` a line.
+pub async fn env_of_a_run(app: &TestApp, name: &str) -> String {
+    let response = app.invoke(name, "").await;
+    let id = id_of(&response);
+    let env = response.text().await.unwrap();
+    assert!(env.contains("GREETING=hej\n"), "{env}");
+    assert!(
+        env.contains(&format!("GRANDA_INVOCATION_ID={id}\n")),
+        "{env}"
+    );
+    assert!(env.contains(&format!("GRANDA_FUNCTION={name}\n")), "{env}");
+    env
+}
+
+/// Asserts the API's error shape and returns the error code.
 pub async fn error_code(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.expect("a JSON error body");

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, env_of_a_run, id_of, spawn_app};
 
 /// The warm containers this app's worker keeps now.
 async fn pool_containers(app: &TestApp) -> Vec<String> {
@@ -27,12 +27,7 @@ async fn wait_pool_size(app: &TestApp, n: usize, within: Duration) {
 }
 
 async fn record_of(app: &TestApp, response: &reqwest::Response) -> Value {
-    let id = response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    app.invocation(id).await
+    app.invocation(id_of(response)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,18 +57,7 @@ async fn consecutive_warm_runs_reuse_one_container_with_the_cold_contract() {
         json!({"mode": "warm", "env": {"GREETING": "hej"}}),
     )
     .await;
-    let response = app.invoke("env", "").await;
-    let id = response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let env = response.text().await.unwrap();
-    assert!(env.contains("GREETING=hej\n"), "{env}");
-    assert!(
-        env.contains(&format!("GRANDA_INVOCATION_ID={id}\n")),
-        "{env}"
-    );
-    assert!(env.contains("GRANDA_FUNCTION=env\n"), "{env}");
+    env_of_a_run(&app, "env").await;
     app.register(
         "args",
         "granda-test/args",

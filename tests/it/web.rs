@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_KEY, TestApp, error_code, spawn_app};
+use crate::support::{ADMIN_KEY, TestApp, error_code, id_of, spawn_app};
 
 /// A client that follows no redirect, with the admin key or anonymous.
 fn client(key: Option<&str>) -> reqwest::Client {
@@ -151,14 +151,6 @@ async fn response_forms(app: &TestApp, name: &str) {
         record["output"], "short and stout",
         "the body, without the headers"
     );
-}
-
-fn id_of(response: &reqwest::Response) -> uuid::Uuid {
-    response.headers()["x-granda-invocation-id"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

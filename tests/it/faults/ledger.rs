@@ -1,5 +1,6 @@
-//! The check every fault test ends with: each invocation that got a 2xx ends final, exactly one
-//! record per accepted invocation, nothing recorded that was refused, no container left.
+//! The check every fault test (and every cluster test) ends with: each invocation that got a 2xx
+//! ends final, exactly one record per accepted invocation, nothing recorded that was refused, no
+//! container left.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,21 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Books one answer: a 2xx with the invocation it names, or a 503 (refused); any other
+    /// answer panics. Returns its status.
+    pub async fn note(&mut self, response: reqwest::Response) -> u16 {
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => self.accepted.push(crate::support::id_of(&response)),
+            503 => self.refused += 1,
+            other => panic!(
+                "unexpected answer {other}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+        status
+    }
+
     /// Waits until every accepted invocation is final, then checks the books. Returns the
     /// final statuses by id.
     pub async fn settle(&self, pool: &PgPool, within: Duration) -> Vec<(Uuid, String, i32)> {

@@ -3,6 +3,6 @@
 
 pub mod infra;
 mod infra_check;
-mod ledger;
+pub(crate) mod ledger;
 mod services;
 mod worker;

@@ -9,9 +9,26 @@ use super::infra::GrandaProcess;
 use super::ledger::{Ledger, assert_no_containers};
 use crate::support::{TestApp, postgres_base, spawn_app_with};
 
-/// An ingress whose in-process worker serves another queue, so the child worker alone runs `default`.
+/// An ingress whose in-process worker serves another queue, so the child worker alone runs
+/// `default`; with `nap`, a function that sleeps 2 s.
 async fn ingress_only() -> TestApp {
-    spawn_app_with(|s| s.queues = vec!["not-this-one".into()]).await
+    let app = spawn_app_with(|s| s.queues = vec!["not-this-one".into()]).await;
+    app.register(
+        "nap",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "2"}}),
+    )
+    .await;
+    app
+}
+
+/// `n` async calls of `nap`, booked in `ledger`.
+async fn naps(app: &TestApp, ledger: &mut Ledger, n: usize) {
+    for i in 0..n {
+        ledger
+            .accepted
+            .push(app.invoke_async("nap", format!("{i}")).await);
+    }
 }
 
 fn worker_env(
@@ -61,12 +78,6 @@ async fn wait_running(app: &TestApp, at_least: i64, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_nothing_and_its_successor_cleans_up() {
     let app = ingress_only().await;
-    app.register(
-        "nap",
-        "granda-test/sleep",
-        json!({"env": {"SLEEP_SECONDS": "2"}}),
-    )
-    .await;
     let worker_id = format!("crashy-{}", Uuid::new_v4().simple());
     let env = worker_env(
         &app,
@@ -79,11 +90,7 @@ async fn a_worker_killed_mid_run_loses_nothing_and_its_successor_cleans_up() {
     let first = GrandaProcess::spawn(&["worker"], &env);
 
     let mut ledger = Ledger::default();
-    for i in 0..20 {
-        ledger
-            .accepted
-            .push(app.invoke_async("nap", format!("{i}")).await);
-    }
+    naps(&app, &mut ledger, 20).await;
     wait_running(&app, 10, Duration::from_secs(60)).await;
     first.kill9();
     assert!(first.wait_exit(Duration::from_secs(10)).await.is_some());
@@ -120,12 +127,6 @@ async fn a_worker_killed_mid_run_loses_nothing_and_its_successor_cleans_up() {
 async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_rest() {
     let app = ingress_only().await;
     app.register(
-        "nap",
-        "granda-test/sleep",
-        json!({"env": {"SLEEP_SECONDS": "2"}}),
-    )
-    .await;
-    app.register(
         "long-nap",
         "granda-test/sleep",
         json!({"env": {"SLEEP_SECONDS": "30"}, "timeout_ms": 60000}),
@@ -142,11 +143,7 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
     env.push(("GRANDA_SHUTDOWN_GRACE_MS", "20000".into()));
     let worker = GrandaProcess::spawn(&["worker"], &env);
     let mut ledger = Ledger::default();
-    for i in 0..4 {
-        ledger
-            .accepted
-            .push(app.invoke_async("nap", format!("{i}")).await);
-    }
+    naps(&app, &mut ledger, 4).await;
     wait_running(&app, 4, Duration::from_secs(60)).await;
     worker.sigterm();
     let status = worker
@@ -175,12 +172,11 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
         .expect("exits after the grace");
     assert!(status.success());
     assert!(stopping.elapsed() < Duration::from_secs(10));
-    app.client
-        .put(app.url("/v1/functions/long-nap"))
-        .json(&json!({"env": {"SLEEP_SECONDS": "1"}}))
-        .send()
-        .await
-        .unwrap();
+    app.put_json(
+        "/v1/functions/long-nap",
+        &json!({"env": {"SLEEP_SECONDS": "1"}}),
+    )
+    .await;
     let next = GrandaProcess::spawn(&["worker"], &worker_env(&app, &worker_id, &concurrency));
     let rows = ledger.settle(&app.pool, Duration::from_secs(60)).await;
     let (_, status, attempt) = rows.iter().find(|r| r.0 == cut).unwrap();
@@ -194,12 +190,6 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_granda_up_answers_the_requests_in_flight_then_exits() {
     let app = ingress_only().await;
-    app.register(
-        "nap",
-        "granda-test/sleep",
-        json!({"env": {"SLEEP_SECONDS": "2"}}),
-    )
-    .await;
     let port = super::infra::free_port();
     let worker_id = format!("up-{}", Uuid::new_v4().simple());
     let mut env = worker_env(&app, &worker_id, &[]);

@@ -135,13 +135,13 @@ fn header_text(m: &lapin::message::Delivery, name: &str) -> String {
     }
 }
 
-/// Invocations per (input, function) for the event trigger.
-async fn ledger(app: &TestApp) -> BTreeMap<(String, String), i64> {
+/// Invocations per (input, function) for the event trigger, in the database of `pool`.
+async fn ledger(pool: &sqlx::PgPool) -> BTreeMap<(String, String), i64> {
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT convert_from(input, 'UTF8'), function, count(*) FROM invocations
          WHERE trigger = 'event' GROUP BY 1, 2",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     rows.into_iter().map(|(i, f, n)| ((i, f), n)).collect()
@@ -201,7 +201,7 @@ async fn lapin_publish_runs_each_subscriber_once_and_a_repeated_message_id_runs_
     })
     .await;
     assert_eq!(events_with_payload(&app, r#"{"order":1}"#).await, 1);
-    let l = ledger(&app).await;
+    let l = ledger(&app.pool).await;
     let key = |f: &str| (r#"{"order":1}"#.to_string(), f.to_string());
     assert_eq!(l.get(&key("shipper")), Some(&1), "{l:?}");
     assert_eq!(l.get(&key("billing")), Some(&1), "{l:?}");

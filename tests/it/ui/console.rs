@@ -9,7 +9,7 @@ use fantoccini::{Client, Locator};
 use serde_json::json;
 
 use super::security::Browser;
-use super::{Chromium, click, fill, h1_after, log_in, shots, shots_at, text_of};
+use super::{as_admin_in_chromium, click, fill, h1_after, shots, shots_at, text_of};
 use crate::support::make_key;
 use crate::support::{ADMIN_KEY, TestApp, spawn_app_with};
 
@@ -25,6 +25,34 @@ async fn rows(client: &Client, css: &str) -> anyhow::Result<Vec<String>> {
         out.push(row.text().await?);
     }
     Ok(out)
+}
+
+/// Whether nothing on the page now matches `css`.
+async fn none_match(client: &Client, css: &str) -> anyhow::Result<bool> {
+    Ok(client.find_all(Locator::Css(css)).await?.is_empty())
+}
+
+/// Picks the option `value` of the select `css`.
+async fn select(client: &Client, css: &str, value: &str) -> anyhow::Result<()> {
+    client
+        .find(Locator::Css(css))
+        .await?
+        .select_by_value(value)
+        .await?;
+    Ok(())
+}
+
+/// Fills in the fields of a form (`css`, value) and submits it with the button `button`.
+async fn submit(client: &Client, fields: &[(&str, &str)], button: &str) -> anyhow::Result<()> {
+    for (css, value) in fields {
+        fill(client, css, value).await?;
+    }
+    click(client, button).await
+}
+
+/// What the API answers `path` with, as JSON.
+async fn api_json(app: &TestApp, path: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(app.get(path).await.json().await?)
 }
 
 /// Waits until the text of `css` passes `ok` (a live page updating itself), or 60 s.
@@ -98,10 +126,10 @@ async fn an_operator_finds_a_failed_invocation_reads_its_logs_fixes_and_retries_
     assert_eq!(r.status(), 403);
     assert_eq!(app.invocation(failed).await["status"], "failed");
 
-    let browser = Chromium::start().await;
-    let result = operate(&browser.client, &app, failed, hello, [dead1, dead2]).await;
-    browser.finish(result).await;
-    app.shutdown().await;
+    as_admin_in_chromium(app, async |client: &Client, app: &TestApp| {
+        operate(client, app, failed, hello, [dead1, dead2]).await
+    })
+    .await;
 }
 
 async fn operate(
@@ -111,7 +139,6 @@ async fn operate(
     hello: uuid::Uuid,
     dead: [uuid::Uuid; 2],
 ) -> anyhow::Result<()> {
-    log_in(client, app, ADMIN_KEY).await?;
     // A function's page follows a running invocation to its end without a reload.
     let slow = app.invoke_async("napper", "").await;
     crate::support::eventually(Duration::from_secs(60), "napper runs", || async {
@@ -141,11 +168,7 @@ async fn operate(
     shots(client, "invocations").await?;
 
     // Filter to the failed ones: only flaky's, with a Retry button.
-    client
-        .find(Locator::Css("#status"))
-        .await?
-        .select_by_value("failed")
-        .await?;
+    select(client, "#status", "failed").await?;
     click(client, "#filter").await?;
     let only = text_becomes(client, "#invocations tbody", |t| !t.contains("doomed")).await?;
     ensure!(
@@ -167,16 +190,12 @@ async fn operate(
         .goto(&app.url(&format!("/ui/invocations?before={hello}")))
         .await?;
     ensure!(
-        client
-            .find_all(Locator::Css("#invocations"))
-            .await?
-            .is_empty(),
+        none_match(client, "#invocations").await?,
         "hello's was the first"
     );
     // Search by id.
     client.goto(&app.url("/ui/invocations")).await?;
-    fill(client, "#search-id", &dead[0].to_string()).await?;
-    click(client, "#search").await?;
+    submit(client, &[("#search-id", &dead[0].to_string())], "#search").await?;
     let h1 = h1_after(client, |h| h.contains(&dead[0].to_string())).await?;
     ensure!(h1.contains(&dead[0].to_string()), "{h1}");
 
@@ -193,8 +212,7 @@ async fn operate(
 
     // Fix the function (a working image), then retry: the page follows the new attempt live.
     client.goto(&app.url("/ui/functions/flaky/edit")).await?;
-    fill(client, "#image", "granda-test/echo").await?;
-    click(client, "#save").await?;
+    submit(client, &[("#image", "granda-test/echo")], "#save").await?;
     h1_after(client, |h| h == "Function flaky").await?;
     client
         .goto(&app.url(&format!("/ui/invocations/{failed}")))
@@ -204,10 +222,7 @@ async fn operate(
     ensure!(status == "succeeded", "after the retry: {status}");
     ensure!(text_of(client, "#output").await? == "payload-1");
     ensure!(
-        client
-            .find_all(Locator::Css("form.retry"))
-            .await?
-            .is_empty(),
+        none_match(client, "form.retry").await?,
         "a succeeded invocation has no Retry button"
     );
     let record = app.invocation(failed).await;
@@ -274,27 +289,17 @@ async fn key_status(app: &TestApp, key: &str) -> u16 {
 async fn an_operator_makes_and_revokes_a_key_and_rotates_a_webhook_secret() {
     let app = spawn_app_with(|s| s.webhook_rotation_grace_secs = 0).await;
     app.register("hooked", "granda-test/echo", json!({})).await;
-    let browser = Chromium::start().await;
-    let result = keys_and_webhooks(&browser.client, &app).await;
-    browser.finish(result).await;
-    app.shutdown().await;
+    as_admin_in_chromium(app, keys_and_webhooks).await;
 }
 
 async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()> {
-    log_in(client, app, ADMIN_KEY).await?;
-
     // A key with a bad name is refused next to the form; a good one is shown once.
     client.goto(&app.url("/ui/keys")).await?;
-    fill(client, "#key-name", &"k".repeat(101)).await?;
-    click(client, "#create-key").await?;
+    submit(client, &[("#key-name", &"k".repeat(101))], "#create-key").await?;
     let error = text_of(client, "#key-error").await?;
     ensure!(error.contains("1 to 100 characters"), "{error}");
     fill(client, "#key-name", "ci-runner").await?;
-    client
-        .find(Locator::Css("#key-scope"))
-        .await?
-        .select_by_value("invoke")
-        .await?;
+    select(client, "#key-scope", "invoke").await?;
     click(client, "#create-key").await?;
     let key = text_of(client, "#new-key").await?;
     ensure!(key.starts_with("gk_"), "the new key: {key:?}");
@@ -322,11 +327,7 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
 
     // A webhook for hooked, GitHub's scheme, a generated secret shown once with the URL.
     client.goto(&app.url("/ui/webhooks")).await?;
-    client
-        .find(Locator::Css("#hook-scheme"))
-        .await?
-        .select_by_value("github")
-        .await?;
+    select(client, "#hook-scheme", "github").await?;
     click(client, "#create-hook").await?;
     let url = text_of(client, "#hook-url").await?;
     let first = text_of(client, "#new-secret").await?;
@@ -369,26 +370,24 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
     // A schedule, made with the form (a bad pattern is refused next to it and nothing is made),
     // then paused, resumed and deleted from its row.
     client.goto(&app.url("/ui/schedules")).await?;
-    fill(client, "#schedule-cron", "61 * * * *").await?;
-    click(client, "#create-schedule").await?;
+    submit(
+        client,
+        &[("#schedule-cron", "61 * * * *")],
+        "#create-schedule",
+    )
+    .await?;
     let error = text_of(client, "#schedule-error").await?;
     ensure!(error.contains("cron"), "{error}");
-    let listed = app
-        .get("/v1/schedules")
-        .await
-        .json::<serde_json::Value>()
-        .await?;
+    let listed = api_json(app, "/v1/schedules").await?;
     ensure!(listed["schedules"] == json!([]), "{listed}");
-    fill(client, "#schedule-cron", "0 3 * * *").await?;
-    fill(client, "#schedule-timezone", "Europe/Berlin").await?;
-    fill(client, "#schedule-payload", "nightly").await?;
-    click(client, "#create-schedule").await?;
+    let fields = [
+        ("#schedule-cron", "0 3 * * *"),
+        ("#schedule-timezone", "Europe/Berlin"),
+        ("#schedule-payload", "nightly"),
+    ];
+    submit(client, &fields, "#create-schedule").await?;
     text_becomes(client, "#schedules", |t| t.contains("0 3 * * *")).await?;
-    let listed = app
-        .get("/v1/schedules")
-        .await
-        .json::<serde_json::Value>()
-        .await?;
+    let listed = api_json(app, "/v1/schedules").await?;
     let made = &listed["schedules"][0];
     ensure!(
         made["function"] == "hooked"
@@ -399,27 +398,18 @@ async fn keys_and_webhooks(client: &Client, app: &TestApp) -> anyhow::Result<()>
         "{made}"
     );
     let id = made["id"].as_str().unwrap_or_default().to_string();
-    let enabled = || async {
-        app.get(&format!("/v1/schedules/{id}"))
-            .await
-            .json::<serde_json::Value>()
-            .await
-            .map(|s| s["enabled"].clone())
+    // Its row's `button` (pause or resume): the row shows `state` and the API `enabled`.
+    let switch = async |button: &str, state: &str, enabled: bool| {
+        click(client, &format!("#schedules form.{button} button")).await?;
+        let shown = text_becomes(client, "#schedules td.state", |t| t == state).await?;
+        let stored = api_json(app, &format!("/v1/schedules/{id}")).await?;
+        ensure!(shown == state && stored["enabled"] == enabled, "{shown}");
+        anyhow::Ok(())
     };
     client.goto(&app.url("/ui/schedules")).await?;
-    click(client, "#schedules form.pause button").await?;
-    let state = text_becomes(client, "#schedules td.state", |t| t == "paused").await?;
-    ensure!(
-        state == "paused" && enabled().await? == json!(false),
-        "{state}"
-    );
+    switch("pause", "paused", false).await?;
     shots(client, "schedules").await?;
-    click(client, "#schedules form.resume button").await?;
-    let state = text_becomes(client, "#schedules td.state", |t| t == "enabled").await?;
-    ensure!(
-        state == "enabled" && enabled().await? == json!(true),
-        "{state}"
-    );
+    switch("resume", "enabled", true).await?;
     click(client, "#schedules form.delete button").await?;
     text_becomes(client, "main", |t| t.contains("No schedules yet.")).await?;
     ensure!(app.get(&format!("/v1/schedules/{id}")).await.status() == 404);
@@ -453,14 +443,10 @@ async fn an_operator_reads_build_logs_sees_settings_whole_and_rolls_back_a_versi
         app.invoke("shout", "abc").await.text().await.unwrap(),
         "ABC"
     );
-    let browser = Chromium::start().await;
-    let result = versions(&browser.client, &app).await;
-    browser.finish(result).await;
-    app.shutdown().await;
+    as_admin_in_chromium(app, versions).await;
 }
 
 async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
-    log_in(client, app, ADMIN_KEY).await?;
     client.goto(&app.url("/ui/functions/shout")).await?;
     // Settings whole: mode, pool, network, public, retry policy, secret names but no values.
     let settings = text_of(client, "#settings").await?;
@@ -497,10 +483,7 @@ async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     let log = text_of(client, "#build-log").await?;
     ensure!(!log.is_empty(), "the failed build has a log");
     ensure!(
-        client
-            .find_all(Locator::Css("form.rollback"))
-            .await?
-            .is_empty(),
+        none_match(client, "form.rollback").await?,
         "a failed build can't be rolled back to"
     );
     shots(client, "build").await?;
@@ -522,13 +505,8 @@ async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     click(client, "#from-source").await?;
     h1_after(client, |h| h == "New function from source").await?;
     fill(client, "#name", "fresh").await?;
-    client
-        .find(Locator::Css("#runtime"))
-        .await?
-        .select_by_value("shell")
-        .await?;
-    fill(client, "#source", "tr a-z A-Z").await?;
-    click(client, "#build").await?;
+    select(client, "#runtime", "shell").await?;
+    submit(client, &[("#source", "tr a-z A-Z")], "#build").await?;
     let status = text_becomes(client, "#build-status", |t| {
         t.starts_with("Built") || t.contains("fail")
     })
@@ -542,16 +520,18 @@ async fn versions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     ensure!(app.invoke("fresh", "abc").await.text().await? == "ABC");
     // A refused one says why, and builds nothing.
     client.goto(&app.url("/ui/functions/new/source")).await?;
-    fill(client, "#name", "Bad Name").await?;
-    fill(client, "#source", "cat").await?;
-    click(client, "#build").await?;
+    submit(
+        client,
+        &[("#name", "Bad Name"), ("#source", "cat")],
+        "#build",
+    )
+    .await?;
     let status = text_becomes(client, "#build-status.error", |t| !t.is_empty()).await?;
     ensure!(status.contains("name"), "{status}");
 
     // An emptied description is stored as none, not as "".
     client.goto(&app.url("/ui/functions/shout/edit")).await?;
-    fill(client, "#description", "").await?;
-    click(client, "#save").await?;
+    submit(client, &[("#description", "")], "#save").await?;
     h1_after(client, |h| h == "Function shout").await?;
     let f: serde_json::Value = app.get("/v1/functions/shout").await.json().await?;
     ensure!(f["description"].is_null(), "{f}");
@@ -564,14 +544,10 @@ async fn an_operator_subscribes_a_function_to_a_topic_sees_it_run_and_unsubscrib
     let app = crate::support::spawn_app().await;
     app.register("listener", "granda-test/echo", json!({}))
         .await;
-    let browser = Chromium::start().await;
-    let result = subscriptions(&browser.client, &app).await;
-    browser.finish(result).await;
-    app.shutdown().await;
+    as_admin_in_chromium(app, subscriptions).await;
 }
 
 async fn subscriptions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
-    log_in(client, app, ADMIN_KEY).await?;
     // From the nav.
     click(client, "header nav a[href='/ui/events']").await?;
     let h1 = h1_after(client, |h| h == "Events").await?;
@@ -583,33 +559,20 @@ async fn subscriptions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     );
 
     // A bad pattern is refused next to the form, with the API's words; a good one is stored.
-    fill(client, "#sub-pattern", "orders..new").await?;
-    click(client, "#subscribe").await?;
+    submit(client, &[("#sub-pattern", "orders..new")], "#subscribe").await?;
     let error = text_of(client, "#sub-error").await?;
     ensure!(error.contains("dot-separated words"), "{error}");
-    let listed = app
-        .get("/v1/functions/listener/subscriptions")
-        .await
-        .json::<serde_json::Value>()
-        .await?;
+    let subscribed = "/v1/functions/listener/subscriptions";
+    let listed = api_json(app, subscribed).await?;
     ensure!(listed["subscriptions"] == json!([]), "{listed}");
-    client
-        .find(Locator::Css("#sub-function"))
-        .await?
-        .select_by_value("listener")
-        .await?;
-    fill(client, "#sub-pattern", "orders.*").await?;
-    click(client, "#subscribe").await?;
+    select(client, "#sub-function", "listener").await?;
+    submit(client, &[("#sub-pattern", "orders.*")], "#subscribe").await?;
     let table = text_becomes(client, "#subscriptions", |t| t.contains("orders.*")).await?;
     ensure!(
         table.contains("orders.*") && table.contains("listener"),
         "{table}"
     );
-    let listed = app
-        .get("/v1/functions/listener/subscriptions")
-        .await
-        .json::<serde_json::Value>()
-        .await?;
+    let listed = api_json(app, subscribed).await?;
     ensure!(
         listed["subscriptions"][0]["pattern"] == "orders.*",
         "{listed}"
@@ -655,11 +618,7 @@ async fn subscriptions(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     client.goto(&app.url("/ui/events")).await?;
     click(client, "#subscriptions form.delete button").await?;
     text_becomes(client, "main", |t| t.contains("No subscriptions yet.")).await?;
-    let listed = app
-        .get("/v1/functions/listener/subscriptions")
-        .await
-        .json::<serde_json::Value>()
-        .await?;
+    let listed = api_json(app, subscribed).await?;
     ensure!(listed["subscriptions"] == json!([]), "{listed}");
     let r = app
         .post_json("/v1/events/orders.cancelled", &json!({"order": 42}))

@@ -30,6 +30,22 @@ pub(crate) async fn log_in(client: &Client, app: &TestApp, key: &str) -> anyhow:
     Ok(())
 }
 
+/// Drives `scenario` in a fresh Chromium logged in to `app` with the admin key; then ends the
+/// browser (with a screenshot if the scenario failed, see [`Chromium::finish`]) and the app.
+pub(crate) async fn as_admin_in_chromium(
+    app: TestApp,
+    scenario: impl AsyncFnOnce(&Client, &TestApp) -> anyhow::Result<()>,
+) {
+    let browser = Chromium::start().await;
+    let result = async {
+        log_in(&browser.client, &app, crate::support::ADMIN_KEY).await?;
+        scenario(&browser.client, &app).await
+    }
+    .await;
+    browser.finish(result).await;
+    app.shutdown().await;
+}
+
 /// A screenshot at desktop width (`{name}.png`) and at phone width (`{name}-phone.png`), with
 /// a check that the page fits the phone without sideways scrolling.
 pub(crate) async fn shots(client: &Client, name: &str) -> anyhow::Result<()> {

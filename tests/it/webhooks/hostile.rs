@@ -274,7 +274,21 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     app.register("env", "granda-test/env", json!({})).await;
     let hook = create(&app, json!({"function": "env", "scheme": "none"})).await;
     let path = format!("/hooks/{}", hook["id"].as_str().unwrap());
-    let gauge = "granda_unauthenticated_body_bytes_in_flight";
+    // Waits until the gauge of unauthenticated body bytes in flight reads `bytes`.
+    let in_flight = |bytes: f64, what: &'static str| {
+        let (app, gauge) = (&app, "granda_unauthenticated_body_bytes_in_flight");
+        eventually(Duration::from_secs(10), what, move || async move {
+            (app.metric(gauge).await == Some(bytes)).then_some(())
+        })
+    };
+    // A delivery of 700 kB, sent whole.
+    let large = || {
+        app.post_with(
+            &path,
+            &[("content-type", "text/plain")],
+            vec![b'y'; 700_000],
+        )
+    };
 
     // A slow sender: 700 kB announced, 1 kB sent. Its reservation shows in the gauge.
     let slow = partial_post(
@@ -285,19 +299,8 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
         1024,
     )
     .await;
-    eventually(
-        Duration::from_secs(10),
-        "the reservation never showed",
-        || async { (app.metric(gauge).await == Some(700_000.0)).then_some(()) },
-    )
-    .await;
-    let response = app
-        .post_with(
-            &path,
-            &[("content-type", "text/plain")],
-            vec![b'y'; 700_000],
-        )
-        .await;
+    in_flight(700_000.0, "the reservation never showed").await;
+    let response = large().await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
     // Small bodies still fit beside it.
@@ -305,20 +308,8 @@ async fn unauthenticated_bodies_share_a_byte_budget() {
     assert_eq!(status, 202);
 
     drop(slow);
-    eventually(
-        Duration::from_secs(10),
-        "the reservation was kept",
-        || async { (app.metric(gauge).await == Some(0.0)).then_some(()) },
-    )
-    .await;
-    let response = app
-        .post_with(
-            &path,
-            &[("content-type", "text/plain")],
-            vec![b'y'; 700_000],
-        )
-        .await;
-    assert_eq!(response.status(), 202);
+    in_flight(0.0, "the reservation was kept").await;
+    assert_eq!(large().await.status(), 202);
     app.shutdown().await;
 }
 
