@@ -43,6 +43,18 @@ pub struct Built {
     pub log: String,
 }
 
+/// A build an ingress asks for: `context` built as `job` says on an engine that runs `queue`,
+/// its log lines passed to `lines` as they come.
+pub struct BuildRequest<'a> {
+    pub queue: &'a str,
+    pub job: Job,
+    pub context: Vec<u8>,
+    pub lines: Option<&'a UnboundedSender<String>>,
+}
+
+/// A build under way: what it made, or why it did not finish.
+pub type Building<'a> = BoxFuture<'a, Result<Built, BuildFailure>>;
+
 /// A build that did not finish: why, and the log so far.
 #[derive(Debug)]
 pub struct BuildFailure {
@@ -56,15 +68,8 @@ pub trait Engines: Send + Sync {
     /// `GRANDA_IMAGE_PULL` allows, with no `VOLUME` that can't be capped) and knows its runtime.
     fn check<'a>(&'a self, queue: &'a str, check: Check) -> BoxFuture<'a, Result<(), Refusal>>;
 
-    /// Builds `context` as `job` says on an engine that runs `queue`, passing log lines to
-    /// `lines` as they come.
-    fn build<'a>(
-        &'a self,
-        queue: &'a str,
-        job: Job,
-        context: Vec<u8>,
-        lines: Option<&'a UnboundedSender<String>>,
-    ) -> BoxFuture<'a, Result<Built, BuildFailure>>;
+    /// Builds as `request` says on an engine that runs its queue.
+    fn build<'a>(&'a self, request: BuildRequest<'a>) -> Building<'a>;
 
     /// Whether this process's own engine answers; `None` when it has none (`granda server`).
     fn ready(&self) -> BoxFuture<'_, Option<bool>>;
@@ -121,15 +126,16 @@ impl Engines for Remote {
         })
     }
 
-    fn build<'a>(
-        &'a self,
-        queue: &'a str,
-        job: Job,
-        context: Vec<u8>,
-        lines: Option<&'a UnboundedSender<String>>,
-    ) -> BoxFuture<'a, Result<Built, BuildFailure>> {
+    fn build<'a>(&'a self, request: BuildRequest<'a>) -> Building<'a> {
         Box::pin(async move {
-            let built = builds::request(&self.client, &self.prefix, queue, &job, context, lines);
+            let built = builds::request(
+                &self.client,
+                &self.prefix,
+                request.queue,
+                &request.job,
+                request.context,
+                request.lines,
+            );
             match built.await {
                 Ok(b) => Ok(Built {
                     image: b.image,

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::build::{self, BuildFailed, Runtime, Source};
-use crate::engines::{BuildFailure, Job, Refusal};
+use crate::engines::{BuildFailure, BuildRequest, Job, Refusal};
 use crate::error::ApiError;
 use crate::function::{Function, store};
 
@@ -261,10 +261,13 @@ async fn run(
         base_image: deploy.base_image,
         registry: app.settings.registry.clone(),
     };
-    let built = app
-        .engines
-        .build(&queue, job, deploy.context, lines.as_ref())
-        .await;
+    let request = BuildRequest {
+        queue: &queue,
+        job,
+        context: deploy.context,
+        lines: lines.as_ref(),
+    };
+    let built = app.engines.build(request).await;
     if let Ok(b) = &built
         && !b.pushed
     {

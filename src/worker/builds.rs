@@ -23,7 +23,7 @@ use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::control::{AskError, Client};
+use super::control::{AskError, Client, ReplyTo};
 use super::images::Images;
 use crate::build::{self, BASE_IMAGE_HINT};
 use crate::docker::ImageError;
@@ -290,64 +290,44 @@ pub async fn serve(
     queue: &str,
     builder: Builder,
 ) -> Result<(), lapin::Error> {
-    let mut consumer = super::control::consume_requests(
-        &channel,
-        &queue_name(prefix, queue),
-        &format!("{}-builds", builder.worker),
-    )
-    .await?;
+    let tag = format!("{}-builds", builder.worker);
     let builder = Arc::new(builder);
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            let (Some(reply_to), Some(correlation)) = (
-                delivery.properties.reply_to().clone(),
-                delivery.properties.correlation_id().clone(),
-            ) else {
-                continue;
-            };
-            let Some(job) = delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(Job::from_headers)
-            else {
-                continue;
-            };
-            let channel = channel.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let say = |event: Event| {
-                    let (channel, reply_to, correlation) =
-                        (channel.clone(), reply_to.clone(), correlation.clone());
-                    async move {
-                        super::control::reply(&channel, &reply_to, &correlation, &event).await;
-                    }
-                };
-                tracing::info!(tag = job.tag, "building from source for an ingress");
-                let (lines, mut rx) = mpsc::unbounded_channel();
-                let building = tokio::spawn({
-                    let builder = builder.clone();
-                    async move { builder.build(job, delivery.data, lines).await }
-                });
-                let mut alive = tokio::time::interval(ALIVE_EVERY);
-                loop {
-                    tokio::select! {
-                        biased;
-                        line = rx.recv() => match line {
-                            Some(text) => say(Event::Log { text }).await,
-                            None => break,
-                        },
-                        _ = alive.tick() => say(Event::Alive).await,
-                    }
-                }
-                let last = building.await.unwrap_or_else(|e| Event::Failed {
-                    message: format!("the build stopped: {e}"),
-                });
-                say(last).await;
-            });
+    let queue = queue_name(prefix, queue);
+    super::control::serve_requests(channel, &queue, &tag, move |request, to| {
+        let builder = builder.clone();
+        async move {
+            let headers = request.properties.headers().as_ref();
+            if let Some(job) = headers.and_then(Job::from_headers) {
+                build_for(&builder, job, request.data, to).await;
+            }
         }
+    })
+    .await
+}
+
+/// Builds `job` from `source` and streams its log, a beat while it is quiet, and its end to `to`.
+async fn build_for(builder: &Arc<Builder>, job: Job, source: Vec<u8>, to: ReplyTo) {
+    tracing::info!(tag = job.tag, "building from source for an ingress");
+    let (lines, mut rx) = mpsc::unbounded_channel();
+    let building = tokio::spawn({
+        let builder = builder.clone();
+        async move { builder.build(job, source, lines).await }
     });
-    Ok(())
+    let mut alive = tokio::time::interval(ALIVE_EVERY);
+    loop {
+        tokio::select! {
+            biased;
+            line = rx.recv() => match line {
+                Some(text) => to.send(&Event::Log { text }).await,
+                None => break,
+            },
+            _ = alive.tick() => to.send(&Event::Alive).await,
+        }
+    }
+    let last = building.await.unwrap_or_else(|e| Event::Failed {
+        message: format!("the build stopped: {e}"),
+    });
+    to.send(&last).await;
 }
 
 #[cfg(test)]

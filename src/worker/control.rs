@@ -250,30 +250,66 @@ where
     F: Fn(Check) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
-    let mut consumer = consume_requests(
-        &channel,
-        &queue_name(prefix, queue),
-        &format!("{tag}-control"),
-    )
-    .await?;
     let answer = Arc::new(answer);
+    let queue = queue_name(prefix, queue);
+    serve_requests(
+        channel,
+        &queue,
+        &format!("{tag}-control"),
+        move |request, to| {
+            let answer = answer.clone();
+            async move {
+                if let Ok(check) = serde_json::from_slice::<Check>(&request.data) {
+                    to.send(&answer(check).await).await;
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Where the answers to one RPC request go: its caller's reply-to address and correlation id.
+#[derive(Clone)]
+pub(crate) struct ReplyTo {
+    channel: Channel,
+    reply_to: ShortString,
+    correlation: ShortString,
+}
+
+impl ReplyTo {
+    /// Sends `what` (as JSON) to the caller; see [`reply`].
+    pub(crate) async fn send(&self, what: &impl Serialize) {
+        reply(&self.channel, &self.reply_to, &self.correlation, what).await;
+    }
+}
+
+/// Consumes the RPC queue `queue` on `channel` (declaring it) and hands each request that says
+/// where its answer goes to `handle`, each in a task of its own, until the channel goes.
+pub(crate) async fn serve_requests<F, Fut>(
+    channel: Channel,
+    queue: &str,
+    consumer_tag: &str,
+    handle: F,
+) -> Result<(), lapin::Error>
+where
+    F: Fn(lapin::message::Delivery, ReplyTo) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut consumer = consume_requests(&channel, queue, consumer_tag).await?;
     tokio::spawn(async move {
-        while let Some(Ok(delivery)) = consumer.next().await {
+        while let Some(Ok(request)) = consumer.next().await {
             let (Some(reply_to), Some(correlation)) = (
-                delivery.properties.reply_to().clone(),
-                delivery.properties.correlation_id().clone(),
+                request.properties.reply_to().clone(),
+                request.properties.correlation_id().clone(),
             ) else {
                 continue;
             };
-            let Ok(check) = serde_json::from_slice::<Check>(&delivery.data) else {
-                continue;
+            let to = ReplyTo {
+                channel: channel.clone(),
+                reply_to,
+                correlation,
             };
-            let channel = channel.clone();
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let said = answer(check).await;
-                reply(&channel, &reply_to, &correlation, &said).await;
-            });
+            tokio::spawn(handle(request, to));
         }
     });
     Ok(())

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc;
 
 use super::Shared;
 use super::builds::{Builder, Event};
-use crate::engines::{BuildFailure, Built, Check, Engines, Job, Refusal, answered};
+use crate::engines::{
+    BuildFailure, BuildRequest, Building, Built, Check, Engines, Refusal, answered,
+};
 
 pub(super) struct Local {
     pub(super) shared: Arc<Shared>,
@@ -21,14 +23,9 @@ impl Engines for Local {
         Box::pin(async move { answered(self.shared.check(check).await) })
     }
 
-    fn build<'a>(
-        &'a self,
-        _queue: &'a str,
-        job: Job,
-        context: Vec<u8>,
-        lines: Option<&'a UnboundedSender<String>>,
-    ) -> BoxFuture<'a, Result<Built, BuildFailure>> {
+    fn build<'a>(&'a self, request: BuildRequest<'a>) -> Building<'a> {
         Box::pin(async move {
+            let (job, context, lines) = (request.job, request.context, request.lines);
             // The log goes to the caller as it comes, and is kept whole for the build's record.
             let (tx, mut rx) = mpsc::unbounded_channel::<String>();
             let built = self.builder.build(job, context, tx);
