@@ -17,14 +17,8 @@ REG_PID=/run/granda-registry.pid
 
 die() { echo "engines: error: $*" >&2; exit 1; }
 alive() { [ -r "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-wait_for() {
-    local secs=$1; shift
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.3
-    done
-}
+# wait_for SECS CMD...
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 reg_up() { curl -fsS "http://$REG_ADDR/v2/" >/dev/null; }
 
 start() {

@@ -28,15 +28,8 @@ die() { echo "setup: error: $*" >&2; exit 1; }
 # True when something accepts TCP connections on 127.0.0.1:$1 (bash's /dev/tcp: no network tools needed).
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 pkg_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
-# Waits up to $1 seconds for the command in "${@:2}" to succeed.
-wait_for() {
-    local secs=$1; shift
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.5
-    done
-}
+# wait_for SECS CMD...
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 pg_up() {
     if command -v pg_isready >/dev/null; then pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -t 2; else port_open "$PG_PORT"; fi
 }

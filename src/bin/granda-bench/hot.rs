@@ -87,18 +87,13 @@ pub(crate) async fn warm_rows(
     let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
     let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
     Ok(vec![
-        format!(
-            "| warm sync p50, 1 client, vs direct exec (ms) | {:.1} | {:.1} | {:.2} | ≤ 1.20 |",
-            ms(g50),
-            ms(d50),
-            ms(g50) / ms(d50)
+        latency_row(
+            "warm sync p50, 1 client, vs direct exec (ms)",
+            (g50, d50),
+            1,
+            "≤ 1.20",
         ),
-        format!(
-            "| warm sync p95, 1 client (ms) | {:.1} | {:.1} | {:.2} | |",
-            ms(g95),
-            ms(d95),
-            ms(g95) / ms(d95)
-        ),
+        latency_row("warm sync p95, 1 client (ms)", (g95, d95), 1, ""),
         format!(
             "| warm throughput, 8 clients (calls/s) | {granda_rate:.1} | {direct_rate:.1} | {:.2} | |",
             granda_rate / direct_rate
@@ -253,18 +248,13 @@ pub(crate) async fn hot_rows(
     let (g50, g95) = (percentile(&granda_lat, 50), percentile(&granda_lat, 95));
     let (d50, d95) = (percentile(&direct_lat, 50), percentile(&direct_lat, 95));
     Ok(vec![
-        format!(
-            "| hot sync p50, 1 client, vs a direct socket request (ms) | {:.2} | {:.2} | {:.2} | Granda ≤ 3 ms |",
-            ms(g50),
-            ms(d50),
-            ms(g50) / ms(d50)
+        latency_row(
+            "hot sync p50, 1 client, vs a direct socket request (ms)",
+            (g50, d50),
+            2,
+            "Granda ≤ 3 ms",
         ),
-        format!(
-            "| hot sync p95, 1 client (ms) | {:.2} | {:.2} | {:.2} | |",
-            ms(g95),
-            ms(d95),
-            ms(g95) / ms(d95)
-        ),
+        latency_row("hot sync p95, 1 client (ms)", (g95, d95), 2, ""),
         format!(
             "| hot throughput, {clients} clients (calls/s) | {granda_rate:.0} | {direct_rate:.0} | {:.2} | Granda ≥ 1000 |",
             granda_rate / direct_rate

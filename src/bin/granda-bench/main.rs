@@ -221,6 +221,21 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// A table row comparing a latency through Granda with the direct one: both in ms (with
+/// `decimals` digits after the point), their ratio and the target.
+pub(crate) fn latency_row(
+    measure: &str,
+    (granda, direct): (Duration, Duration),
+    decimals: usize,
+    target: &str,
+) -> String {
+    let (g, d) = (ms(granda), ms(direct));
+    format!(
+        "| {measure} | {g:.decimals$} | {d:.decimals$} | {:.2} | {target} |",
+        g / d
+    )
+}
+
 /// Runs a worker with `settings` while `work` runs, then stops it (its kept containers go).
 pub(crate) async fn with_worker<T>(
     settings: &Settings,

@@ -67,18 +67,11 @@ pub(crate) async fn pipeline_scenario(
     println!();
     println!("| measure | Granda | direct Docker | ratio (Granda / direct) | target |");
     println!("|---|---:|---:|---:|---|");
+    let p50 = format!("sync p50 latency, {} sequential calls (ms)", args.runs);
+    println!("{}", latency_row(&p50, (g50, d50), 1, "≤ 1.10"));
     println!(
-        "| sync p50 latency, {} sequential calls (ms) | {:.1} | {:.1} | {:.2} | ≤ 1.10 |",
-        args.runs,
-        ms(g50),
-        ms(d50),
-        ms(g50) / ms(d50)
-    );
-    println!(
-        "| sync p95 latency (ms) | {:.1} | {:.1} | {:.2} | |",
-        ms(g95),
-        ms(d95),
-        ms(g95) / ms(d95)
+        "{}",
+        latency_row("sync p95 latency (ms)", (g95, d95), 1, "")
     );
     println!(
         "| burst of {} at concurrency {} (runs/s) | {:.2} | {:.2} | {:.2} | ≥ 0.90 |",
