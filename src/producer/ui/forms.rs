@@ -18,9 +18,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::loaded::FunctionAt;
 use super::pages::{InvokeResult, function_page};
 use super::session::{Admin, Session};
-use super::{BASE, UiError, layout, with_status};
+use super::{BASE, UiError, layout, titled, with_status};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, InputMode, Invalid, NewFunction, store};
 use crate::invocation::Trigger;
@@ -276,13 +277,10 @@ fn form_page(
     editing: bool,
     error: Option<&FormError>,
 ) -> Html<String> {
-    layout(
+    titled(
         title,
-        Some(session),
-        html! {
-            h1 { (title) }
-            div.card { (function_form(session, action, v, editing, error)) }
-        },
+        session,
+        html! { div.card { (function_form(session, action, v, editing, error)) } },
     )
 }
 
@@ -336,31 +334,26 @@ pub async fn create(
 }
 
 /// `GET /ui/functions/{name}/edit`.
-pub async fn edit_form(
-    Admin(session): Admin,
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Html<String>, UiError> {
-    let f = load(&app, &name).await?;
+pub async fn edit_form(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html<String> {
     let action = format!("{BASE}/functions/{}/edit", f.name);
-    Ok(form_page(
+    form_page(
         &session,
         &format!("Edit {}", f.name),
         &action,
         &FunctionForm::from_function(&f),
         true,
         None,
-    ))
+    )
 }
 
 /// `POST /ui/functions/{name}/edit`.
 pub async fn update(
     Admin(session): Admin,
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    FunctionAt(current): FunctionAt,
     Form(mut v): Form<FunctionForm>,
 ) -> Result<Response, UiError> {
-    let current = load(&app, &name).await?;
+    let name = current.name.clone();
     v.name = current.name.clone();
     let action = format!("{BASE}/functions/{}/edit", current.name);
     let saved = async {
@@ -377,13 +370,8 @@ pub async fn update(
 }
 
 /// `GET /ui/functions/{name}/delete`: asks first.
-pub async fn delete_confirm(
-    Admin(session): Admin,
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Html<String>, UiError> {
-    let f = load(&app, &name).await?;
-    Ok(layout(
+pub async fn delete_confirm(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html<String> {
+    layout(
         &format!("Delete {}", f.name),
         Some(&session),
         html! {
@@ -399,7 +387,7 @@ pub async fn delete_confirm(
                 }
             }
         },
-    ))
+    )
 }
 
 /// `POST /ui/functions/{name}/delete`.

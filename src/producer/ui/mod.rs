@@ -27,6 +27,7 @@ pub mod forms;
 pub mod invocations;
 pub mod keys;
 pub mod live;
+mod loaded;
 pub mod pages;
 pub mod schedules;
 pub mod session;
@@ -213,6 +214,18 @@ impl IntoResponse for UiError {
 /// `content`.
 pub fn layout(title: &str, nav: Option<&Session>, content: Markup) -> Html<String> {
     page(title, nav, PreEscaped(String::new()), content)
+}
+
+/// A [`layout`] page for a session whose heading is its title.
+pub fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
+    layout(
+        title,
+        Some(session),
+        html! {
+            h1 { (title) }
+            (content)
+        },
+    )
 }
 
 /// Like [`layout`], with extra markup in `<head>`.

@@ -6,17 +6,18 @@
 //! `/v1/webhooks` (`producer::webhooks::{add, rotate_secret}`).
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::loaded::WebhookAt;
 use super::session::{Admin, Session};
-use super::{BASE, UiError, fmt_time, layout, with_status};
+use super::{BASE, UiError, fmt_time, layout, titled, with_status};
 use crate::error::ApiError;
 use crate::producer::AppState;
-use crate::producer::webhooks::{NewWebhook, Rotate, add, load_hook, rotate_secret};
+use crate::producer::webhooks::{NewWebhook, Rotate, add, rotate_secret};
 use crate::webhook::store::{self, Webhook};
 use crate::webhook::{Scheme, rejections};
 
@@ -128,9 +129,8 @@ pub async fn list(
 pub async fn show(
     Admin(session): Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    WebhookAt(hook): WebhookAt,
 ) -> Result<Html<String>, UiError> {
-    let hook = load_hook(&app, &id).await?;
     let refused = rejections::recent(&app.pool, hook.id).await?;
     let base = app.settings.public_url();
     Ok(layout(
@@ -170,11 +170,10 @@ fn secret_page(
     secret: Option<&str>,
     note: Markup,
 ) -> Html<String> {
-    layout(
+    titled(
         title,
-        Some(session),
+        session,
         html! {
-            h1 { (title) }
             p { "Give the sender this URL: " code #hook-url { (base) "/hooks/" (hook.id) } }
             @if let Some(secret) = secret {
                 p.notice { "This is the only time the secret is shown: copy it now." }
@@ -234,9 +233,8 @@ pub async fn create(
 pub async fn rotate(
     Admin(session): Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    WebhookAt(hook): WebhookAt,
 ) -> Result<Html<String>, UiError> {
-    let hook = load_hook(&app, &id).await?;
     let (hook, secret) = rotate_secret(&app, hook, Rotate::default()).await?;
     Ok(secret_page(
         &session,
@@ -252,11 +250,10 @@ pub async fn rotate(
 pub async fn delete(
     Admin(_): Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    WebhookAt(hook): WebhookAt,
 ) -> Result<Response, UiError> {
-    let hook = load_hook(&app, &id).await?;
     if !store::delete(&app.pool, hook.id).await? {
-        return Err(ApiError::NotFound(format!("no webhook {id}")).into());
+        return Err(ApiError::NotFound(format!("no webhook {}", hook.id)).into());
     }
     Ok(Redirect::to(&format!("{BASE}/webhooks")).into_response())
 }
