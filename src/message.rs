@@ -92,6 +92,7 @@ impl Work {
     ) -> Work {
         let mut snapshot = function.snapshot();
         snapshot
+            .run
             .env
             .extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Work {
@@ -295,7 +296,7 @@ fn int_header(headers: &FieldTable, key: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::function::{InputMode, Network, Secrets};
+    use crate::function::{InputMode, Network, RunSpec, Secrets};
 
     #[test]
     fn work_round_trips_through_properties() {
@@ -304,24 +305,26 @@ mod tests {
             trigger: Trigger::Sync,
             function: Snapshot {
                 name: "echo".into(),
-                image: "granda-test/echo".into(),
-                timeout_ms: 1000,
-                memory_mb: 64,
-                cpus: 0.5,
-                env: [("A".to_string(), "b".to_string())].into(),
-                input: InputMode::Args,
-                max_attempts: 3,
-                retry_on: vec![crate::retry::RetryOn::Timeout],
-                max_concurrency: Some(2),
-                mode: crate::function::Mode::Warm,
-                pool: Default::default(),
-                pids: 32,
-                network: Network::Bridge,
-                user: Some("nobody".into()),
-                container_runtime: Some("runc".into()),
-                tmp_mb: 8,
+                run: RunSpec {
+                    image: "granda-test/echo".into(),
+                    timeout_ms: 1000,
+                    memory_mb: 64,
+                    cpus: 0.5,
+                    env: [("A".to_string(), "b".to_string())].into(),
+                    input: InputMode::Args,
+                    max_attempts: 3,
+                    retry_on: vec![crate::retry::RetryOn::Timeout],
+                    max_concurrency: Some(2),
+                    mode: crate::function::Mode::Warm,
+                    pool: Default::default(),
+                    pids: 32,
+                    network: Network::Bridge,
+                    user: Some("nobody".into()),
+                    container_runtime: Some("runc".into()),
+                    tmp_mb: 8,
+                    response: crate::function::ResponseMode::Cgi,
+                },
                 secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
-                response: crate::function::ResponseMode::Cgi,
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),
@@ -346,9 +349,9 @@ mod tests {
     fn a_snapshot_from_before_the_isolation_fields_decodes_with_safe_defaults() {
         let old = br#"{"name":"f","image":"i","timeout_ms":1000,"memory_mb":64,"cpus":1.0}"#;
         let s: Snapshot = serde_json::from_slice(old).unwrap();
-        assert_eq!(s.pids, crate::function::DEFAULT_PIDS);
-        assert_eq!(s.network, Network::None);
-        assert_eq!(s.user, None);
+        assert_eq!(s.run.pids, crate::function::DEFAULT_PIDS);
+        assert_eq!(s.run.network, Network::None);
+        assert_eq!(s.run.user, None);
         assert!(s.secrets.0.is_empty());
     }
 

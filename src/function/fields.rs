@@ -205,7 +205,9 @@ impl Mode {
 }
 
 /// The warm pool of a function, per worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::FromRow,
+)]
 pub struct PoolLimits {
     /// Containers kept even when idle.
     pub min_warm: i32,

@@ -1,8 +1,53 @@
 //! Postgres storage of functions.
 
+use sqlx::Postgres;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgHasArrayType, PgTypeInfo, PgValueRef};
+use sqlx::types::Json;
+
 use super::*;
 
-/// The columns of a function, in the order [`FunctionRow`] reads them and [`bind`] writes them.
+/// The enumerated settings, read from their text columns (an unknown word reads as the default).
+macro_rules! from_text {
+    ($($t:ty),*) => {$(
+        impl From<String> for $t {
+            fn from(s: String) -> Self {
+                <$t>::parse(&s)
+            }
+        }
+    )*};
+}
+from_text!(InputMode, Mode, Network, ResponseMode);
+
+/// A `retry_on` element, read from the `text[]` column.
+impl sqlx::Type<Postgres> for RetryOn {
+    fn type_info() -> PgTypeInfo {
+        <&str as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl PgHasArrayType for RetryOn {
+    fn array_type_info() -> PgTypeInfo {
+        <&str as PgHasArrayType>::array_type_info()
+    }
+
+    fn array_compatible(ty: &PgTypeInfo) -> bool {
+        <&str as PgHasArrayType>::array_compatible(ty)
+    }
+}
+
+impl sqlx::Decode<'_, Postgres> for RetryOn {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        let word = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+        RetryOn::parse(word).ok_or_else(|| format!("unknown retry_on {word:?}").into())
+    }
+}
+
+/// The columns of a function, in the order [`bind`] writes them.
 macro_rules! columns {
     () => {
         "name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts,
@@ -26,32 +71,32 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArgu
 fn bind<'q>(query: PgQuery<'q>, f: &'q Function) -> PgQuery<'q> {
     query
         .bind(&f.name)
-        .bind(&f.image)
+        .bind(&f.run.image)
         .bind(&f.description)
-        .bind(f.timeout_ms)
-        .bind(f.memory_mb)
-        .bind(f.cpus)
-        .bind(Json(&f.env))
-        .bind(f.input.as_str())
+        .bind(f.run.timeout_ms)
+        .bind(f.run.memory_mb)
+        .bind(f.run.cpus)
+        .bind(Json(&f.run.env))
+        .bind(f.run.input.as_str())
         .bind(&f.queue)
-        .bind(f.max_attempts)
-        .bind(retry_on_strings(&f.retry_on))
-        .bind(f.max_concurrency)
+        .bind(f.run.max_attempts)
+        .bind(retry_on_strings(&f.run.retry_on))
+        .bind(f.run.max_concurrency)
         .bind(&f.callback_url)
-        .bind(f.mode.as_str())
-        .bind(f.pool.min_warm)
-        .bind(f.pool.max_containers)
-        .bind(f.pool.idle_timeout_ms)
-        .bind(f.pids)
-        .bind(f.network.as_str())
-        .bind(&f.user)
-        .bind(&f.container_runtime)
-        .bind(f.tmp_mb)
+        .bind(f.run.mode.as_str())
+        .bind(f.run.pool.min_warm)
+        .bind(f.run.pool.max_containers)
+        .bind(f.run.pool.idle_timeout_ms)
+        .bind(f.run.pids)
+        .bind(f.run.network.as_str())
+        .bind(&f.run.user)
+        .bind(&f.run.container_runtime)
+        .bind(f.run.tmp_mb)
         .bind(f.public)
         .bind(Json(&f.secrets))
         .bind(&f.runtime)
         .bind(f.version)
-        .bind(f.response.as_str())
+        .bind(f.run.response.as_str())
         .bind(f.cors.as_ref().map(Json))
         .bind(f.created_at)
         .bind(f.updated_at)
@@ -71,7 +116,7 @@ pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
 }
 
 pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Error> {
-    let row = sqlx::query_as::<_, FunctionRow>(concat!(
+    let row = sqlx::query_as::<_, Function>(concat!(
         "SELECT ",
         columns!(),
         " FROM functions WHERE name = $1"
@@ -79,18 +124,18 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Er
     .bind(name)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(Function::from))
+    Ok(row)
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, FunctionRow>(concat!(
+    let rows = sqlx::query_as::<_, Function>(concat!(
         "SELECT ",
         columns!(),
         " FROM functions ORDER BY name"
     ))
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(Function::from).collect())
+    Ok(rows)
 }
 
 /// Replaces the stored fields of `f` (all but its name; `created_at` is written back as read);

@@ -167,39 +167,41 @@ impl NewFunction {
         let now = now_as_stored();
         let f = Function {
             name: self.name,
-            image: self.image.unwrap_or_default(),
             description: self.description.filter(|d| !d.trim().is_empty()),
-            timeout_ms: self
-                .timeout_ms
-                .unwrap_or(settings.default_timeout_ms as i64),
-            memory_mb: self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
-            cpus: self.cpus.unwrap_or(DEFAULT_CPUS),
-            env: self.env.unwrap_or_default(),
-            input: self.input.unwrap_or_default(),
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
-            max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-            retry_on: self.retry_on.unwrap_or_default(),
-            max_concurrency: self.max_concurrency,
             callback_url: self.callback_url,
-            mode: self.mode.unwrap_or_default(),
-            pool: PoolLimits {
-                min_warm: self.min_warm.unwrap_or(0),
-                max_containers: self.max_containers,
-                idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
-            },
-            pids: self.pids.unwrap_or(DEFAULT_PIDS),
-            network: self.network.unwrap_or_default(),
-            user: self.user.filter(|u| !u.is_empty()),
-            container_runtime: self.container_runtime.filter(|r| !r.is_empty()),
-            tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
             public: self.public.unwrap_or(false),
-            response: self.response.unwrap_or_default(),
             cors: self.cors,
             secrets: Secrets(self.secrets.unwrap_or_default()),
             runtime: self.runtime,
             version: None,
             created_at: now,
             updated_at: now,
+            run: RunSpec {
+                image: self.image.unwrap_or_default(),
+                timeout_ms: self
+                    .timeout_ms
+                    .unwrap_or(settings.default_timeout_ms as i64),
+                memory_mb: self.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+                cpus: self.cpus.unwrap_or(DEFAULT_CPUS),
+                env: self.env.unwrap_or_default(),
+                input: self.input.unwrap_or_default(),
+                max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                retry_on: self.retry_on.unwrap_or_default(),
+                max_concurrency: self.max_concurrency,
+                mode: self.mode.unwrap_or_default(),
+                pool: PoolLimits {
+                    min_warm: self.min_warm.unwrap_or(0),
+                    max_containers: self.max_containers,
+                    idle_timeout_ms: self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+                },
+                pids: self.pids.unwrap_or(DEFAULT_PIDS),
+                network: self.network.unwrap_or_default(),
+                user: self.user.filter(|u| !u.is_empty()),
+                container_runtime: self.container_runtime.filter(|r| !r.is_empty()),
+                tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
+                response: self.response.unwrap_or_default(),
+            },
         };
         check(&f, settings)?;
         Ok(f)
@@ -256,52 +258,58 @@ impl FunctionUpdate {
         let user = match self.user {
             Some(u) if u.is_empty() => None,
             Some(u) => Some(u),
-            None => current.user.clone(),
+            None => current.run.user.clone(),
         };
         let container_runtime = match self.container_runtime {
             Some(r) if r.is_empty() => None,
             Some(r) => Some(r),
-            None => current.container_runtime.clone(),
+            None => current.run.container_runtime.clone(),
         };
         let f = Function {
-            image: self.image.unwrap_or(current.image),
             // An empty description is none, as if never given.
             description: match self.description {
                 Some(d) if d.trim().is_empty() => None,
                 Some(d) => Some(d),
                 None => current.description,
             },
-            timeout_ms: self.timeout_ms.unwrap_or(current.timeout_ms),
-            memory_mb: self.memory_mb.unwrap_or(current.memory_mb),
-            cpus: self.cpus.unwrap_or(current.cpus),
-            env: self.env.unwrap_or(current.env),
-            input: self.input.unwrap_or(current.input),
             queue: self.queue.unwrap_or(current.queue),
-            max_attempts: self.max_attempts.unwrap_or(current.max_attempts),
-            retry_on: self.retry_on.unwrap_or(current.retry_on),
-            max_concurrency: self.max_concurrency.unwrap_or(current.max_concurrency),
             // An empty string removes the default.
             callback_url: match self.callback_url {
                 Some(url) if url.is_empty() => None,
                 Some(url) => Some(url),
                 None => current.callback_url,
             },
-            mode: self.mode.unwrap_or(current.mode),
-            pool: PoolLimits {
-                min_warm: self.min_warm.unwrap_or(current.pool.min_warm),
-                max_containers: self.max_containers.unwrap_or(current.pool.max_containers),
-                idle_timeout_ms: self.idle_timeout_ms.unwrap_or(current.pool.idle_timeout_ms),
-            },
-            pids: self.pids.unwrap_or(current.pids),
-            network: self.network.unwrap_or(current.network),
-            user,
-            container_runtime,
-            tmp_mb: self.tmp_mb.unwrap_or(current.tmp_mb),
             public: self.public.unwrap_or(current.public),
-            response: self.response.unwrap_or(current.response),
             cors: self.cors.unwrap_or(current.cors.clone()),
             secrets,
             updated_at: now_as_stored(),
+            run: RunSpec {
+                image: self.image.unwrap_or(current.run.image),
+                timeout_ms: self.timeout_ms.unwrap_or(current.run.timeout_ms),
+                memory_mb: self.memory_mb.unwrap_or(current.run.memory_mb),
+                cpus: self.cpus.unwrap_or(current.run.cpus),
+                env: self.env.unwrap_or(current.run.env),
+                input: self.input.unwrap_or(current.run.input),
+                max_attempts: self.max_attempts.unwrap_or(current.run.max_attempts),
+                retry_on: self.retry_on.unwrap_or(current.run.retry_on),
+                max_concurrency: self.max_concurrency.unwrap_or(current.run.max_concurrency),
+                mode: self.mode.unwrap_or(current.run.mode),
+                pool: PoolLimits {
+                    min_warm: self.min_warm.unwrap_or(current.run.pool.min_warm),
+                    max_containers: self
+                        .max_containers
+                        .unwrap_or(current.run.pool.max_containers),
+                    idle_timeout_ms: self
+                        .idle_timeout_ms
+                        .unwrap_or(current.run.pool.idle_timeout_ms),
+                },
+                pids: self.pids.unwrap_or(current.run.pids),
+                network: self.network.unwrap_or(current.run.network),
+                user,
+                container_runtime,
+                tmp_mb: self.tmp_mb.unwrap_or(current.run.tmp_mb),
+                response: self.response.unwrap_or(current.run.response),
+            },
             ..current
         };
         check(&f, settings)?;
@@ -316,7 +324,10 @@ pub(super) fn now_as_stored() -> DateTime<Utc> {
 }
 
 pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
-    if f.image.is_empty() || f.image.len() > 255 || !f.image.chars().all(|c| c.is_ascii_graphic()) {
+    if f.run.image.is_empty()
+        || f.run.image.len() > 255
+        || !f.run.image.chars().all(|c| c.is_ascii_graphic())
+    {
         return Err(invalid(
             "image",
             "must be an image reference of printable ASCII without spaces, at most 255 characters",
@@ -328,27 +339,28 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
         return Err(invalid("description", "at most 4096 characters"));
     }
     let max_timeout = settings.max_timeout_ms as i64;
-    if !(1..=max_timeout).contains(&f.timeout_ms) {
+    if !(1..=max_timeout).contains(&f.run.timeout_ms) {
         return Err(invalid(
             "timeout_ms",
             format!("must be between 1 and {max_timeout}"),
         ));
     }
-    if !(6..=1024 * 1024).contains(&f.memory_mb) {
+    if !(6..=1024 * 1024).contains(&f.run.memory_mb) {
         return Err(invalid("memory_mb", "must be between 6 and 1048576"));
     }
-    if !(f.cpus.is_finite() && f.cpus >= 0.01 && f.cpus <= 1024.0) {
+    if !(f.run.cpus.is_finite() && f.run.cpus >= 0.01 && f.run.cpus <= 1024.0) {
         return Err(invalid("cpus", "must be between 0.01 and 1024"));
     }
-    check_env("env", &f.env)?;
+    check_env("env", &f.run.env)?;
     check_env("secrets", &f.secrets.0)?;
-    if let Some(k) = f.secrets.0.keys().find(|k| f.env.contains_key(*k)) {
+    if let Some(k) = f.secrets.0.keys().find(|k| f.run.env.contains_key(*k)) {
         return Err(invalid(
             "secrets",
             format!("{k} is also in env; a name is either plain or secret"),
         ));
     }
     let env_bytes: usize = f
+        .run
         .env
         .iter()
         .chain(f.secrets.0.iter())
@@ -375,19 +387,19 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
             ),
         ));
     }
-    if !(4..=32_768).contains(&f.pids) {
+    if !(4..=32_768).contains(&f.run.pids) {
         return Err(invalid("pids", "must be between 4 and 32768"));
     }
     if let Some(problem) = f.cors.as_ref().and_then(cors_problem) {
         return Err(invalid("cors", &problem));
     }
-    if !(1..=65_536).contains(&f.tmp_mb) {
+    if !(1..=65_536).contains(&f.run.tmp_mb) {
         return Err(invalid("tmp_mb", "must be between 1 and 65536"));
     }
-    if let Some(user) = &f.user {
+    if let Some(user) = &f.run.user {
         check_user(user)?;
     }
-    if let Some(container_runtime) = &f.container_runtime
+    if let Some(container_runtime) = &f.run.container_runtime
         && (container_runtime.len() > 64
             || !container_runtime
                 .chars()
@@ -401,26 +413,26 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     if !valid_name(&f.queue) {
         return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
     }
-    if let Some(m) = f.max_concurrency
+    if let Some(m) = f.run.max_concurrency
         && !(1..=10_000).contains(&m)
     {
         return Err(invalid("max_concurrency", "must be between 1 and 10000"));
     }
-    if !(0..=100).contains(&f.pool.min_warm) {
+    if !(0..=100).contains(&f.run.pool.min_warm) {
         return Err(invalid("min_warm", "must be between 0 and 100"));
     }
-    if let Some(m) = f.pool.max_containers
+    if let Some(m) = f.run.pool.max_containers
         && !(1..=10_000).contains(&m)
     {
         return Err(invalid("max_containers", "must be between 1 and 10000"));
     }
-    if !(100..=24 * 3600 * 1000).contains(&f.pool.idle_timeout_ms) {
+    if !(100..=24 * 3600 * 1000).contains(&f.run.pool.idle_timeout_ms) {
         return Err(invalid(
             "idle_timeout_ms",
             "must be between 100 and 86400000",
         ));
     }
-    if !(1..=100).contains(&f.max_attempts) {
+    if !(1..=100).contains(&f.run.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
     }
     if let Some(url) = &f.callback_url {

@@ -40,7 +40,7 @@ pub async fn get(
     let build = find(&app, &function, version).await?;
     let mut view = serde_json::to_value(&build).expect("a build serializes");
     view["log"] = json!(build.log);
-    view["current"] = json!(build.image == function.image);
+    view["current"] = json!(build.image == function.run.image);
     Ok(Json(view))
 }
 
@@ -91,9 +91,9 @@ pub async fn roll_back(app: &AppState, name: &str, version: i32) -> Result<Funct
             build.status
         )));
     }
-    let old_image = current.image.clone();
+    let old_image = current.run.image.clone();
     let mut f = current;
-    f.image = build.image;
+    f.run.image = build.image;
     f.version = Some(build.version);
     f.runtime = Some(build.runtime);
     save(app, &f, &old_image).await?;

@@ -93,7 +93,7 @@ pub async fn already_built(
     Ok(
         build.source_digest.as_deref() == Some(deploy.digest.as_str())
             && build.runtime == deploy.runtime.name
-            && build.image == current.image,
+            && build.image == current.run.image,
     )
 }
 
@@ -311,7 +311,7 @@ async fn run(
     build::store::finish(&app.pool, record.id, true, &log).await?;
     let (status, f) = match deploy.target {
         Target::Create(mut f) => {
-            f.image = record.image.clone();
+            f.run.image = record.image.clone();
             f.runtime = Some(deploy.runtime.name.to_string());
             f.version = Some(record.version);
             if !store::insert(&app.pool, &f).await? {
@@ -320,7 +320,7 @@ async fn run(
             (StatusCode::CREATED, f)
         }
         Target::Update(mut f) => {
-            f.image = record.image.clone();
+            f.run.image = record.image.clone();
             f.runtime = Some(deploy.runtime.name.to_string());
             f.version = Some(record.version);
             if !store::update(&app.pool, &f).await? {

@@ -107,7 +107,7 @@ pub async fn create_from(
         if store::get(&app.pool, &f.name).await?.is_some() {
             return Err(conflict(&f.name));
         }
-        check_runtime(&app, &f.queue, f.container_runtime.as_deref()).await?;
+        check_runtime(&app, &f.queue, f.run.container_runtime.as_deref()).await?;
         let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Create(f))?;
         return Ok(deploy::respond(app, headers, deploy).await);
     }
@@ -126,8 +126,8 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
         return Err(conflict(&f.name));
     }
     check_callback(app, f).await?;
-    check_runtime(app, &f.queue, f.container_runtime.as_deref()).await?;
-    check_image(app, &f.queue, &f.image).await?;
+    check_runtime(app, &f.queue, f.run.container_runtime.as_deref()).await?;
+    check_image(app, &f.queue, &f.run.image).await?;
     let inserted = store::insert(&app.pool, f).await?;
     app.recent.forget_all();
     if !inserted {
@@ -139,9 +139,9 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
 /// Stores a validated change to a function (API and dashboard), checking a new image first.
 pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
     check_callback(app, f).await?;
-    check_runtime(app, &f.queue, f.container_runtime.as_deref()).await?;
-    if f.image != old_image {
-        check_image(app, &f.queue, &f.image).await?;
+    check_runtime(app, &f.queue, f.run.container_runtime.as_deref()).await?;
+    if f.run.image != old_image {
+        check_image(app, &f.queue, &f.run.image).await?;
     }
     let updated = store::update(&app.pool, f).await?;
     app.recent.forget_all();
@@ -195,7 +195,7 @@ pub async fn update(
     JsonBody(mut changes): JsonBody<FunctionUpdate>,
 ) -> Result<Response, ApiError> {
     let current = load(&app, &name).await?;
-    let old_image = current.image.clone();
+    let old_image = current.run.image.clone();
     let runtime = changes.runtime.take();
     let source = changes.source.take();
     if source.is_some() && changes.image.is_some() {
@@ -216,7 +216,7 @@ pub async fn update(
         let runtime = runtime.ok_or_else(|| {
             ApiError::Unprocessable("runtime: this function has none; name one".into())
         })?;
-        check_runtime(&app, &f.queue, f.container_runtime.as_deref()).await?;
+        check_runtime(&app, &f.queue, f.run.container_runtime.as_deref()).await?;
         let deploy = deploy::prepare(&app, &runtime, &source, deploy::Target::Update(f))?;
         if deploy::already_built(&app, &current, &deploy).await? {
             let deploy::Target::Update(f) = deploy.target else {
@@ -233,7 +233,7 @@ pub async fn update(
         }
         return Ok(deploy::respond(app, &headers, deploy).await);
     }
-    if f.image != old_image {
+    if f.run.image != old_image {
         // A function given an image is no longer one built from source.
         f.runtime = None;
         f.version = None;
@@ -254,7 +254,7 @@ async fn save_changed(
     if same == *current {
         return Ok(same);
     }
-    save(app, &f, &current.image).await?;
+    save(app, &f, &current.run.image).await?;
     Ok(f)
 }
 

@@ -162,7 +162,7 @@ impl Runner {
         function: &Snapshot,
         input: &[u8],
     ) -> (Result<Run, PlatformError>, Option<Removal>) {
-        let image = match self.image_command(&function.image).await {
+        let image = match self.image_command(&function.run.image).await {
             Ok(image) => image,
             Err(e) => return (Err(e), None),
         };
@@ -170,9 +170,9 @@ impl Runner {
             Ok(mut config) => {
                 if let Err(e) = cap_volumes(
                     &mut config,
-                    &function.image,
+                    &function.run.image,
                     &image.volumes,
-                    function.tmp_mb,
+                    function.run.tmp_mb,
                 ) {
                     return (Err(e), None);
                 }
@@ -219,15 +219,16 @@ impl Runner {
         function: &Snapshot,
         input: &[u8],
     ) -> Result<ContainerCreateBody, PlatformError> {
-        let stdin = function.input == InputMode::Stdin;
-        let cmd = match function.input {
+        let stdin = function.run.input == InputMode::Stdin;
+        let cmd = match function.run.input {
             InputMode::Stdin => None,
             InputMode::Args => Some(args_from_input(input)?),
         };
         let deadline = Utc::now()
             .timestamp_millis()
-            .saturating_add(function.timeout_ms);
+            .saturating_add(function.run.timeout_ms);
         let mut env: Vec<String> = function
+            .run
             .env
             .iter()
             .chain(function.secrets.0.iter())
@@ -245,10 +246,10 @@ impl Runner {
         if let Some(installation) = &self.installation {
             labels.insert(LABEL_INSTALLATION.to_string(), installation.clone());
         }
-        let memory = function.memory_mb.saturating_mul(1024 * 1024);
-        let network = function.network;
+        let memory = function.run.memory_mb.saturating_mul(1024 * 1024);
+        let network = function.run.network;
         Ok(ContainerCreateBody {
-            image: Some(function.image.clone()),
+            image: Some(function.run.image.clone()),
             cmd,
             user: function.run_as(),
             env: Some(env),
@@ -264,17 +265,17 @@ impl Runner {
                 network_mode: Some(network.as_str().to_string()),
                 memory: Some(memory),
                 memory_swap: Some(memory),
-                nano_cpus: Some((function.cpus * 1e9) as i64),
-                pids_limit: Some(function.pids),
+                nano_cpus: Some((function.run.cpus * 1e9) as i64),
+                pids_limit: Some(function.run.pids),
                 cap_drop: Some(vec!["ALL".to_string()]),
                 security_opt: Some(vec!["no-new-privileges".to_string()]),
                 readonly_rootfs: Some(true),
                 tmpfs: Some(HashMap::from([(
                     "/tmp".to_string(),
-                    format!("rw,nosuid,nodev,size={}m", function.tmp_mb),
+                    format!("rw,nosuid,nodev,size={}m", function.run.tmp_mb),
                 )])),
                 privileged: Some(false),
-                runtime: function.container_runtime.clone(),
+                runtime: function.run.container_runtime.clone(),
                 // Output is read over attach, under caps. The engine's own log driver would
                 // keep all of it on the host's disk: a function printing gigabytes fills it.
                 log_config: Some(HostConfigLogConfig {
@@ -293,7 +294,7 @@ impl Runner {
         function: &Snapshot,
         input: &[u8],
     ) -> Result<Run, PlatformError> {
-        let stdin = function.input == InputMode::Stdin;
+        let stdin = function.run.input == InputMode::Stdin;
         let attach = self
             .docker
             .attach_container(
@@ -332,7 +333,7 @@ impl Runner {
             });
         }
 
-        let timeout = Duration::from_millis(function.timeout_ms.max(1) as u64);
+        let timeout = Duration::from_millis(function.run.timeout_ms.max(1) as u64);
         let mut wait = self.docker.wait_container(
             container,
             None::<bollard::query_parameters::WaitContainerOptions>,

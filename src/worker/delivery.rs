@@ -272,7 +272,7 @@ pub(super) async fn handle(
                 );
             }
             // A function with its own bound waits for one of its slots (per worker).
-            let _function_slot = match work.function.max_concurrency {
+            let _function_slot = match work.function.run.max_concurrency {
                 Some(max) => {
                     let slots = shared
                         .function_slots
@@ -422,7 +422,7 @@ pub(super) async fn run_claimed(
     let platform = failure == Some(Failure::Platform);
     if platform {
         // The image may have gone from the engine since it was seen there.
-        shared.images.forget(&work.function.image);
+        shared.images.forget(&work.function.run.image);
     }
     shared.ran(queue, platform);
     let class = format!(
@@ -450,8 +450,8 @@ pub(super) async fn run_claimed(
     }
     let verdict = retry::decide(
         work.trigger,
-        work.function.max_attempts,
-        &work.function.retry_on,
+        work.function.run.max_attempts,
+        &work.function.run.retry_on,
         attempt,
         failure,
         &shared.backoff,

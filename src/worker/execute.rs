@@ -32,12 +32,13 @@ async fn execute_in_mode(
     let with_request = work.request.as_ref().map(|request| {
         let mut function = work.function.clone();
         function
+            .run
             .env
             .extend(crate::cgi::meta_variables(request, input.len()));
         function
     });
     let function = with_request.as_ref().unwrap_or(&work.function);
-    let (ran, cold, removal) = match work.function.mode {
+    let (ran, cold, removal) = match work.function.run.mode {
         Mode::Cold => {
             let (ran, removal) = shared.runner.run(work.id, function, input).await;
             (ran, true, removal)
@@ -53,9 +54,9 @@ async fn execute_in_mode(
     };
     match ran {
         Ok(run) => {
-            let (mut outcome, mut failure) = outcome_of(run, work.function.timeout_ms);
+            let (mut outcome, mut failure) = outcome_of(run, work.function.run.timeout_ms);
             outcome.cold = cold;
-            if work.function.response == ResponseMode::Cgi
+            if work.function.run.response == ResponseMode::Cgi
                 && outcome.status == Some(Status::Succeeded)
             {
                 match crate::cgi::parse_response(&outcome.output) {
@@ -115,7 +116,7 @@ pub(super) async fn run_hot(
     attempt: i32,
     input: &[u8],
 ) -> (Outcome, Option<Failure>) {
-    let timeout_ms = work.function.timeout_ms.max(1);
+    let timeout_ms = work.function.run.timeout_ms.max(1);
     // What can't be put into a request fails here, before a container is taken or started.
     let probe = hot::Call {
         id: work.id,
@@ -168,7 +169,7 @@ pub(super) async fn run_hot(
         };
         let failure = match called {
             // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure.
-            Ok(Ok(answer)) if work.function.response == ResponseMode::Cgi => {
+            Ok(Ok(answer)) if work.function.run.response == ResponseMode::Cgi => {
                 let failed = answer.status >= 500;
                 shared.warm.release(kept, !failed);
                 outcome.status = Some(if failed {

@@ -123,6 +123,7 @@ pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
     put("granda-attempt", &call.attempt.to_string())?;
     for (name, value) in call
         .function
+        .run
         .env
         .iter()
         .filter(|(k, _)| k.starts_with("GRANDA_"))

@@ -83,19 +83,26 @@ pub struct Pool {
 /// kept container; they travel with each run.
 fn key(f: &Snapshot) -> String {
     let own: Vec<_> = f
+        .run
         .env
         .iter()
         .filter(|(k, _)| !k.starts_with("GRANDA_"))
         .collect();
     let env = serde_json::to_string(&own).unwrap_or_default();
-    let isolation = serde_json::json!([f.pids, f.network, f.user, f.container_runtime, f.tmp_mb]);
+    let isolation = serde_json::json!([
+        f.run.pids,
+        f.run.network,
+        f.run.user,
+        f.run.container_runtime,
+        f.run.tmp_mb
+    ]);
     format!(
         "{}|{}|{}|{}|{}|{}|{}|{isolation}",
         f.name,
-        f.mode.as_str(),
-        f.image,
-        f.memory_mb,
-        f.cpus,
+        f.run.mode.as_str(),
+        f.run.image,
+        f.run.memory_mb,
+        f.run.cpus,
         env,
         serde_json::to_string(&f.secrets.0).unwrap_or_default()
     )
@@ -144,8 +151,9 @@ impl Pool {
         self.limits
             .lock()
             .expect("lock")
-            .insert(key.clone(), function.pool);
+            .insert(key.clone(), function.run.pool);
         let max = function
+            .run
             .pool
             .max_containers
             .map(|m| m.max(1) as usize)
@@ -200,7 +208,7 @@ impl Pool {
         &self,
         function: &Snapshot,
     ) -> Result<(String, Option<(hot::Connection, PathBuf)>), PlatformError> {
-        if function.mode != Mode::Hot {
+        if function.run.mode != Mode::Hot {
             let path = self.idle_binary.to_string_lossy().into_owned();
             return Ok((self.runner.start_warm(function, &path).await?, None));
         }
@@ -213,7 +221,7 @@ impl Pool {
                 return Err(e);
             }
         };
-        let within = Duration::from_millis(function.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
+        let within = Duration::from_millis(function.run.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
         match hot::wait_ready(self.runner.docker(), &id, &dir, owner, within).await {
             Ok(connection) => Ok((id, Some((connection, dir)))),
             Err(e) => {

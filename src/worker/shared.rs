@@ -207,7 +207,7 @@ impl Shared {
         if !alone && self.breakers.state(queue, Instant::now()) == breaker::State::Open {
             return Err("this worker's circuit breaker for the queue is open".into());
         }
-        match self.images.ensure(&work.function.image).await {
+        match self.images.ensure(&work.function.run.image).await {
             Ok(_) => Ok(()),
             Err(_) if alone => Ok(()),
             Err(e) => {

@@ -66,7 +66,7 @@ async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() 
         .unwrap()
         .snapshot();
     // What a webhook's event type or an event's topic carries to a hot function as a header.
-    function.env.insert(
+    function.run.env.insert(
         "GRANDA_WEBHOOK_EVENT".into(),
         "\u{1}\r\nX-Injected: 1".into(),
     );

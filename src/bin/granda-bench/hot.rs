@@ -161,8 +161,11 @@ pub(crate) async fn hot_rows(
     // The same process, asked directly: what the function itself costs.
     let function = Snapshot {
         name: "echo-hot".into(),
-        image: args.hot_image.clone(),
-        mode: granda::function::Mode::Hot,
+        run: granda::function::RunSpec {
+            image: args.hot_image.clone(),
+            mode: granda::function::Mode::Hot,
+            ..direct.function.run.clone()
+        },
         ..direct.function.clone()
     };
     let sockets = std::env::temp_dir().join("granda-bench-hot");

@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use granda::broker::Topology;
 use granda::config::Settings;
-use granda::function::{InputMode, Snapshot};
+use granda::function::{InputMode, RunSpec, Snapshot};
 use granda::producer::Application;
 use granda::worker::Worker;
 use granda::worker::container::{Caps, Runner};
@@ -152,12 +152,15 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let function = Snapshot {
         name: "echo".into(),
-        image: args.image.clone(),
-        timeout_ms: 30_000,
-        memory_mb: 64,
-        cpus: 1.0,
-        env: Default::default(),
-        input: InputMode::Stdin,
+        run: RunSpec {
+            image: args.image.clone(),
+            timeout_ms: 30_000,
+            memory_mb: 64,
+            cpus: 1.0,
+            env: Default::default(),
+            input: InputMode::Stdin,
+            ..RunSpec::default()
+        },
         ..Snapshot::default()
     };
     let direct = Direct {

@@ -269,7 +269,7 @@ impl Direct {
                 Some(RemoveContainerOptionsBuilder::new().force(true).build()),
             )
             .await?;
-        if function.image == self.function.image && out != input {
+        if function.run.image == self.function.run.image && out != input {
             bail!("direct run returned {out:?}");
         }
         Ok(())

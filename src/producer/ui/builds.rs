@@ -21,7 +21,7 @@ use crate::producer::functions::load;
 
 fn rollback_button(session: &Session, f: &Function, b: &BuildRecord) -> Markup {
     html! {
-        @if session.may(Action::Manage) && b.status == "succeeded" && b.image != f.image {
+        @if session.may(Action::Manage) && b.status == "succeeded" && b.image != f.run.image {
             form.inline.rollback method="post" action={ (BASE) "/functions/" (f.name) "/rollback" } {
                 (session.csrf_field())
                 input type="hidden" name="version" value=(b.version);
@@ -52,7 +52,7 @@ pub async fn section(app: &AppState, session: &Session, f: &Function) -> Result<
                             td.hide-narrow { (b.runtime) }
                             td.hide-narrow { (fmt_time(b.finished_at.or(Some(b.created_at)))) }
                             td {
-                                @if b.image == f.image { strong.current { "running" } }
+                                @if b.image == f.run.image { strong.current { "running" } }
                                 (rollback_button(session, f, b))
                             }
                         }
@@ -83,7 +83,7 @@ pub async fn build(
             div #live-region data-live=(super::live::marker(live)) {
                 div.scroll {
                     table.kv #build {
-                        tr { th { "Status" } td { (status_badge(&b.status)) @if b.image == f.image { " " strong.current { "running" } } } }
+                        tr { th { "Status" } td { (status_badge(&b.status)) @if b.image == f.run.image { " " strong.current { "running" } } } }
                         tr { th { "Runtime" } td { (b.runtime) } }
                         tr { th { "Image" } td { code { (b.image) } } }
                         tr { th { "Started" } td { (fmt_time(Some(b.created_at))) } }

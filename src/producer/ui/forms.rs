@@ -55,18 +55,35 @@ impl FunctionForm {
     fn from_function(f: &Function) -> FunctionForm {
         FunctionForm {
             name: f.name.clone(),
-            image: f.image.clone(),
+            image: f.run.image.clone(),
             description: f.description.clone().unwrap_or_default(),
-            timeout_ms: f.timeout_ms.to_string(),
-            memory_mb: f.memory_mb.to_string(),
-            cpus: f.cpus.to_string(),
-            input: f.input.as_str().into(),
+            timeout_ms: f.run.timeout_ms.to_string(),
+            memory_mb: f.run.memory_mb.to_string(),
+            cpus: f.run.cpus.to_string(),
+            input: f.run.input.as_str().into(),
             queue: f.queue.clone(),
-            max_attempts: f.max_attempts.to_string(),
-            max_concurrency: f.max_concurrency.map(|m| m.to_string()).unwrap_or_default(),
-            retry_error: f.retry_on.contains(&RetryOn::Error).then(|| "on".into()),
-            retry_timeout: f.retry_on.contains(&RetryOn::Timeout).then(|| "on".into()),
-            env: f.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+            max_attempts: f.run.max_attempts.to_string(),
+            max_concurrency: f
+                .run
+                .max_concurrency
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+            retry_error: f
+                .run
+                .retry_on
+                .contains(&RetryOn::Error)
+                .then(|| "on".into()),
+            retry_timeout: f
+                .run
+                .retry_on
+                .contains(&RetryOn::Timeout)
+                .then(|| "on".into()),
+            env: f
+                .run
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect(),
             callback_url: f.callback_url.clone().unwrap_or_default(),
         }
     }
@@ -357,7 +374,7 @@ pub async fn update(
     v.name = current.name.clone();
     let action = format!("{BASE}/functions/{}/edit", current.name);
     let saved = async {
-        let old_image = current.image.clone();
+        let old_image = current.run.image.clone();
         let f = v.to_update()?.apply(current, &app.settings)?;
         save(&app, &f, &old_image).await?;
         Ok::<_, FormError>(f)

@@ -73,8 +73,8 @@ pub async fn functions(
                                 @let s = stats.get(&f.name).unwrap_or(&empty);
                                 tr {
                                     td { a href={ (BASE) "/functions/" (f.name) } { (f.name) } }
-                                    td { code { (f.image) } }
-                                    td.hide-narrow { (f.input.as_str()) }
+                                    td { code { (f.run.image) } }
+                                    td.hide-narrow { (f.run.input.as_str()) }
                                     td.num { (s.invocations) }
                                     td.num { (fmt_pct(s.success_rate())) }
                                     td.num { (fmt_ms(s.p50_ms)) }

@@ -9,12 +9,12 @@ use crate::function::Function;
 
 /// The settings table of `f`.
 pub fn table(f: &Function) -> Markup {
-    let retry_on: Vec<&str> = f.retry_on.iter().map(|r| r.as_str()).collect();
+    let retry_on: Vec<&str> = f.run.retry_on.iter().map(|r| r.as_str()).collect();
     let secrets = f.secrets.names();
     let dash = || "—".to_string();
     html! {
         table.kv #settings {
-            tr { th { "Image" } td { code { (f.image) } } }
+            tr { th { "Image" } td { code { (f.run.image) } } }
             tr { th { "Built from" } td {
                 @match (&f.runtime, f.version) {
                     (Some(r), Some(v)) => { "source, runtime " (r) ", version " (v) }
@@ -22,24 +22,24 @@ pub fn table(f: &Function) -> Markup {
                 }
             } }
             tr { th { "Description" } td { (f.description.as_deref().unwrap_or("—")) } }
-            tr { th { "Input" } td { (f.input.as_str()) } }
-            tr { th { "Mode" } td #mode { (f.mode.as_str()) } }
+            tr { th { "Input" } td { (f.run.input.as_str()) } }
+            tr { th { "Mode" } td #mode { (f.run.mode.as_str()) } }
             tr { th { "Warm pool" } td #pool {
-                "min warm " (f.pool.min_warm)
-                " · max containers " (f.pool.max_containers.map_or("worker's concurrency".to_string(), |m| m.to_string()))
-                " · idle timeout " (f.pool.idle_timeout_ms) " ms"
+                "min warm " (f.run.pool.min_warm)
+                " · max containers " (f.run.pool.max_containers.map_or("worker's concurrency".to_string(), |m| m.to_string()))
+                " · idle timeout " (f.run.pool.idle_timeout_ms) " ms"
             } }
             tr { th { "Queue" } td { (f.queue) } }
-            tr { th { "Timeout" } td { (f.timeout_ms) " ms" } }
-            tr { th { "Memory" } td { (f.memory_mb) " MB" } }
-            tr { th { "CPUs" } td { (f.cpus) } }
-            tr { th { "Processes" } td { (f.pids) } }
-            tr { th { "/tmp" } td { (f.tmp_mb) " MB" } }
-            tr { th { "Network" } td #network { (f.network.as_str()) } }
-            tr { th { "User" } td #user { (f.user.clone().unwrap_or_else(|| "the image's".into())) } }
-            tr { th { "Container runtime" } td { (f.container_runtime.clone().unwrap_or_else(|| "the worker's default".into())) } }
+            tr { th { "Timeout" } td { (f.run.timeout_ms) " ms" } }
+            tr { th { "Memory" } td { (f.run.memory_mb) " MB" } }
+            tr { th { "CPUs" } td { (f.run.cpus) } }
+            tr { th { "Processes" } td { (f.run.pids) } }
+            tr { th { "/tmp" } td { (f.run.tmp_mb) " MB" } }
+            tr { th { "Network" } td #network { (f.run.network.as_str()) } }
+            tr { th { "User" } td #user { (f.run.user.clone().unwrap_or_else(|| "the image's".into())) } }
+            tr { th { "Container runtime" } td { (f.run.container_runtime.clone().unwrap_or_else(|| "the worker's default".into())) } }
             tr { th { "Public URL" } td #public { @if f.public { "yes: /fn/" (f.name) " needs no key" } @else { "no: a key is needed" } } }
-            tr { th { "Response" } td #response { (f.response.as_str()) } }
+            tr { th { "Response" } td #response { (f.run.response.as_str()) } }
             tr { th { "CORS" } td #cors {
                 @if let Some(c) = &f.cors {
                     "origins " (c.allow_origins.join(", ")) "; methods " (c.allow_methods.join(", "))
@@ -47,14 +47,14 @@ pub fn table(f: &Function) -> Markup {
                 } @else { "—" }
             } }
             tr { th { "Retry policy" } td #retry {
-                (f.max_attempts) " attempts; retried on platform failures"
+                (f.run.max_attempts) " attempts; retried on platform failures"
                 @if !retry_on.is_empty() { " and " (retry_on.join(", ")) }
             } }
-            tr { th { "Max concurrency" } td { (f.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
+            tr { th { "Max concurrency" } td { (f.run.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
             tr { th { "Callback URL" } td { code { (f.callback_url.clone().unwrap_or_else(dash)) } } }
             tr { th { "Env" } td {
-                @if f.env.is_empty() { "—" }
-                @for (k, v) in &f.env { code { (k) "=" (v) } br; }
+                @if f.run.env.is_empty() { "—" }
+                @for (k, v) in &f.run.env { code { (k) "=" (v) } br; }
             } }
             tr { th { "Secrets" } td #secrets {
                 @if secrets.is_empty() { "—" }

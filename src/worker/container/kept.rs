@@ -65,14 +65,14 @@ impl Runner {
         kept: Kept,
     ) -> Result<String, PlatformError> {
         let mut function = function.clone();
-        function.input = InputMode::Stdin;
-        let image = self.image_command(&function.image).await?;
+        function.run.input = InputMode::Stdin;
+        let image = self.image_command(&function.run.image).await?;
         let mut config = self.config(Uuid::nil(), &function, b"")?;
         cap_volumes(
             &mut config,
-            &function.image,
+            &function.run.image,
             &image.volumes,
-            function.tmp_mb,
+            function.run.tmp_mb,
         )?;
         config.entrypoint = kept.entrypoint;
         config.cmd = if config.entrypoint.is_some() {
@@ -126,7 +126,7 @@ impl Runner {
     ) -> Result<crate::worker::hot::Owner, PlatformError> {
         let user = match function.run_as() {
             Some(user) => Some(user),
-            None => self.image_command(&function.image).await?.user,
+            None => self.image_command(&function.run.image).await?.user,
         };
         crate::worker::hot::Owner::of(user.as_deref()).map_err(PlatformError::NotReady)
     }
@@ -169,10 +169,10 @@ impl Runner {
         function: &Snapshot,
         input: &[u8],
     ) -> Result<Run, PlatformError> {
-        let image = self.image_command(&function.image).await?;
-        let stdin = function.input == InputMode::Stdin;
+        let image = self.image_command(&function.run.image).await?;
+        let stdin = function.run.input == InputMode::Stdin;
         let mut cmd = image.entrypoint.clone();
-        match function.input {
+        match function.run.input {
             InputMode::Stdin => cmd.extend(image.cmd.iter().cloned()),
             InputMode::Args => cmd.extend(args_from_input(input)?),
         }
@@ -234,7 +234,7 @@ impl Runner {
             });
         }
         let collected = Arc::new(Mutex::new(Collected::default()));
-        let timeout = Duration::from_millis(function.timeout_ms.max(1) as u64);
+        let timeout = Duration::from_millis(function.run.timeout_ms.max(1) as u64);
         let finished =
             tokio::time::timeout(timeout, collect(output, collected.clone(), self.caps)).await;
         let duration = started.elapsed();
