@@ -2,7 +2,38 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Every error: `{"error": {"code", "message", ...}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The answers of every operation that needs a key, besides its own: 401 without a valid key
+/// (or dashboard session), 403 when the key's scope does not allow the operation.
+#[derive(utoipa::IntoResponses)]
+pub enum Denied {
+    #[response(status = 401, description = "Unauthorized")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Forbidden")]
+    Forbidden(ErrorBody),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    /// Failed or timed-out sync calls: the invocation.
+    pub invocation_id: Option<Uuid>,
+    pub status: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Failed sync calls: the platform error or the tail of stderr.
+    pub detail: Option<String>,
+}
 
 /// An error answered to an HTTP client as `{"error": {"code", "message"}}`.
 #[derive(Debug, thiserror::Error)]

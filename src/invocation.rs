@@ -3,6 +3,10 @@
 //! `queued` → `running` → `succeeded` | `failed` | `timed_out` (and `dead` when retries are spent).
 //! The record is the truth; every transition is a conditional update, so a redelivered message
 //! can never move a final record again.
+//!
+//! Layout: this file holds the states, the triggers and the stored [`Record`]; `store` who
+//! writes which row when; `search` the filtered list; `view` the record as the API shows it
+//! ([`InvocationView`]).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

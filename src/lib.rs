@@ -7,9 +7,10 @@
 //!
 //! - [`producer`]: the ingress (axum): the API, `/fn/{name}`, webhooks (`/hooks/{id}`), the
 //!   dashboard (`producer::ui`); it records an invocation as `queued` and publishes it.
-//! - [`function`]: what a function is (its definition, validation, the snapshot a message
-//!   carries); [`build`]: building one from source.
-//! - [`invocation`]: what an invocation is and how it is stored: its states and who writes them.
+//! - [`function`]: what a function is (its definition, validation, how it runs: the
+//!   `RunSpec` the snapshot in every message carries); [`build`]: building one from source.
+//! - [`invocation`]: what an invocation is, how it is stored (its states and who writes them)
+//!   and how the API shows it (`InvocationView`).
 //! - [`ingress`]: what the ingress's parts share (database, publisher, settings, metrics);
 //!   [`outbox`]: publishing what was recorded, and re-publishing what the broker never confirmed.
 //! - [`message`]: the wire message (`Work`) and the reply of a sync call.

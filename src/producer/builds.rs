@@ -4,7 +4,7 @@
 //! (or forward) to the image of an earlier successful build. Builds of an earlier function of the
 //! same name (deleted, then registered again) are not shown, as in the function's `versions`.
 
-use super::openapi::{Denied, ErrorBody};
+use crate::error::{Denied, ErrorBody};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;

@@ -3,7 +3,7 @@
 //! events exchange for outside observers, and answers 202 with the event id and the invocations.
 //! `/v1/functions/{name}/subscriptions` manages what a function subscribes to.
 
-use super::openapi::{Denied, ErrorBody};
+use crate::error::{Denied, ErrorBody};
 use std::collections::BTreeSet;
 
 use axum::Json;

@@ -2,7 +2,7 @@
 //! go to the engines of the function's queue ([`crate::engines`]): `granda up`'s own worker, or
 //! a worker asked over RabbitMQ (`granda server`).
 
-use super::openapi::{Denied, ErrorBody};
+use crate::error::{Denied, ErrorBody};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -1,13 +1,26 @@
 //! The index (`/`), liveness, readiness and metrics.
 
-use super::openapi::{Denied, Health, Readiness};
+use crate::error::Denied;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: std::collections::BTreeMap<String, String>,
+}
 
 /// `GET /`: a browser (an `Accept` that names `text/html`) is sent to the dashboard (303 to
 /// `/ui`); any other client gets a small JSON index: name, version and where the API's

@@ -1,9 +1,12 @@
 //! Reading invocation records: one by id, a function's, or all of them with filters
 //! (`GET /v1/invocations`), newest first, paged by id (ids are UUIDv7, so id order is queue order).
 
-use super::openapi::{Accepted, DeadLetterList, Denied, ErrorBody};
+use super::invoke::Accepted;
+use crate::error::{Denied, ErrorBody};
 use crate::invocation::{InvocationList, InvocationView};
+use serde::Serialize;
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -16,6 +19,16 @@ use crate::error::ApiError;
 use crate::invocation::search::{self, Filters};
 use crate::invocation::{Status, Trigger, store};
 use crate::message::Work;
+
+/// Invocations whose retries are spent, and the depth of the broker's dead-letter queue (null
+/// when the broker can't be asked).
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<InvocationView>,
+    /// The `before` of the next page; null on the last.
+    pub next: Option<Uuid>,
+    pub queue_depth: Option<u32>,
+}
 
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 500;

@@ -11,14 +11,16 @@
 //! succeed gets its status, exit code and invocation id, never its stderr tail or the platform's
 //! error text (`detail`); a caller with a key keeps them.
 
-use super::openapi::{Accepted, Denied, ErrorBody};
+use crate::error::{Denied, ErrorBody};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
@@ -29,6 +31,14 @@ use super::functions::load_for_call;
 use crate::error::ApiError;
 use crate::invocation::{Status, Trigger};
 use crate::message::Reply;
+
+/// 202: the invocation was accepted and runs later (or still runs).
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub status: String,
+    pub status_url: String,
+}
 
 pub const HEADER_ID: &str = "x-granda-invocation-id";
 pub const HEADER_STATUS: &str = "x-granda-status";
@@ -253,7 +263,11 @@ pub(crate) fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
     let status_url = format!("{}/v1/invocations/{id}", app.settings.public_url());
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": status.as_str(), "status_url": status_url})),
+        Json(Accepted {
+            id,
+            status: status.as_str().to_string(),
+            status_url: status_url.clone(),
+        }),
     )
         .into_response();
     let headers = response.headers_mut();

@@ -1,18 +1,33 @@
 //! `/v1/keys`: make, list and revoke API keys (admin only). A key is shown once, when made.
 
-use super::openapi::{Denied, ErrorBody, KeyCreated, KeyList};
+use crate::error::{Denied, ErrorBody};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::keys::{self, ApiKey, KeyError, Scope, Secret};
+
+/// A key as made: the only time `key` is shown.
+#[derive(Serialize, ToSchema)]
+pub struct KeyCreated {
+    #[serde(flatten)]
+    pub stored: ApiKey,
+    pub key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<ApiKey>,
+}
 
 /// The body of `POST /v1/keys`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -22,7 +22,7 @@ pub mod schedules;
 pub mod ui;
 pub mod webhooks;
 
-use self::openapi::{Denied, ErrorBody};
+use crate::error::{Denied, ErrorBody};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

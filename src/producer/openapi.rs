@@ -5,99 +5,28 @@
 //! checks that every operation is routed.
 
 use axum::Json;
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-use uuid::Uuid;
+use utoipa::{Modify, OpenApi};
 
 use super::builds::Rollback;
 use super::function_view::{FunctionList, FunctionView};
+use super::health::{Health, Readiness};
+use super::invocations::DeadLetterList;
+use super::invoke::Accepted;
 use super::keys::NewKey;
+use super::keys::{KeyCreated, KeyList};
+use super::schedules::ScheduleList;
 use super::schedules::{NewSchedule, ScheduleUpdate};
 use super::{
     builds, callback_keys, events, functions, health, invocations, invoke, keys, schedules,
     webhooks,
 };
+use crate::error::{ErrorBody, ErrorDetail};
 use crate::function::{Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate};
 use crate::invocation::{InvocationList, InvocationView, Record as InvocationRecord};
 use crate::keys::{ApiKey, Scope};
 use crate::schedule::{CatchUp, ScheduleView};
 use crate::webhook::{WebhookList, WebhookView};
-
-/// Every error: `{"error": {"code", "message", ...}}`.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// The answers of every operation that needs a key, besides its own: 401 without a valid key
-/// (or dashboard session), 403 when the key's scope does not allow the operation.
-#[derive(utoipa::IntoResponses)]
-pub enum Denied {
-    #[response(status = 401, description = "Unauthorized")]
-    Unauthorized(ErrorBody),
-    #[response(status = 403, description = "Forbidden")]
-    Forbidden(ErrorBody),
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    /// Failed or timed-out sync calls: the invocation.
-    pub invocation_id: Option<Uuid>,
-    pub status: Option<String>,
-    pub exit_code: Option<i32>,
-    /// Failed sync calls: the platform error or the tail of stderr.
-    pub detail: Option<String>,
-}
-
-/// 202: the invocation was accepted and runs later (or still runs).
-#[derive(Serialize, ToSchema)]
-pub struct Accepted {
-    pub id: Uuid,
-    pub status: String,
-    pub status_url: String,
-}
-
-/// Invocations whose retries are spent, and the depth of the broker's dead-letter queue (null
-/// when the broker can't be asked).
-#[derive(Serialize, ToSchema)]
-pub struct DeadLetterList {
-    pub dead_letters: Vec<InvocationView>,
-    /// The `before` of the next page; null on the last.
-    pub next: Option<Uuid>,
-    pub queue_depth: Option<u32>,
-}
-
-/// A key as made: the only time `key` is shown.
-#[derive(Serialize, ToSchema)]
-pub struct KeyCreated {
-    #[serde(flatten)]
-    pub stored: ApiKey,
-    pub key: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct KeyList {
-    pub keys: Vec<ApiKey>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    pub status: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    pub ready: bool,
-    pub checks: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ScheduleList {
-    pub schedules: Vec<ScheduleView>,
-}
 
 struct BearerAuth;
 

@@ -5,7 +5,7 @@
 //! names. Every answer carries `next_runs`. Enabling a schedule, or changing its pattern or zone,
 //! starts it from now: ticks while it was disabled never fire.
 
-use super::openapi::{Denied, ErrorBody, ScheduleList};
+use crate::error::{Denied, ErrorBody};
 use crate::schedule::ScheduleView;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -13,13 +13,20 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::schedule::{CatchUp, CronTz, Schedule, ScheduleError, store};
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}
 
 /// Declares a request body about a schedule: its own fields, then the ones `POST` and `PUT`
 /// both take, written once here.

@@ -3,7 +3,8 @@
 //! deduplicated by its delivery id, and queued as an async invocation (trigger `webhook`): the
 //! sender gets 202 with the invocation id as soon as the broker confirmed it.
 
-use super::openapi::{Accepted, Denied, ErrorBody};
+use super::invoke::Accepted;
+use crate::error::{Denied, ErrorBody};
 use std::collections::BTreeMap;
 
 use axum::Json;

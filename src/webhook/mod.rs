@@ -6,6 +6,7 @@
 //! secrets that verify now: the current one, and the previous one during its grace period after a
 //! rotation. Timestamps (Stripe, Standard Webhooks) must be within the tolerance both ways.
 
+// `store`: the rows; `view`: a webhook as the API shows it; `rejections`: refused deliveries.
 pub mod rejections;
 pub mod store;
 mod view;
