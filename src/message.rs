@@ -355,6 +355,27 @@ mod tests {
         assert!(s.secrets.0.is_empty());
     }
 
+    /// Before `RunSpec`, a message nested the pool limits (`"pool": {...}`); now they are also
+    /// flat. Either version's worker reads the other's messages with the function's limits.
+    #[test]
+    fn pool_limits_travel_nested_and_flat_for_workers_of_either_version() {
+        let old = br#"{"name":"f","image":"i","timeout_ms":1000,"memory_mb":64,"cpus":1.0,
+            "pool":{"min_warm":2,"max_containers":5,"idle_timeout_ms":9000}}"#;
+        let s: Snapshot = serde_json::from_slice(old).unwrap();
+        assert_eq!(
+            (
+                s.run.pool.min_warm,
+                s.run.pool.max_containers,
+                s.run.pool.idle_timeout_ms
+            ),
+            (2, Some(5), 9000)
+        );
+        let wire = serde_json::to_value(&s).unwrap();
+        assert_eq!(wire["pool"]["min_warm"], 2, "{wire}");
+        assert_eq!(wire["max_containers"], 5, "{wire}");
+        assert_eq!(serde_json::from_value::<Snapshot>(wire).unwrap(), s);
+    }
+
     #[test]
     fn secrets_never_show_in_debug_output() {
         let s = Snapshot {

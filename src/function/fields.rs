@@ -208,6 +208,7 @@ impl Mode {
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::FromRow,
 )]
+#[serde(default)]
 pub struct PoolLimits {
     /// Containers kept even when idle.
     pub min_warm: i32,

@@ -140,12 +140,50 @@ impl Function {
 /// A function as a message carries it: its name, how it runs, and its secrets (which the API
 /// never shows, but the run needs).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(from = "WireSnapshot", into = "WireSnapshot")]
 pub struct Snapshot {
     pub name: String,
-    #[serde(flatten)]
     pub run: RunSpec,
-    #[serde(default)]
     pub secrets: Secrets,
+}
+
+/// A [`Snapshot`] on the wire. Messages written before [`RunSpec`] carried the pool limits as
+/// a nested `pool` object; they still do, beside the flat fields, so that a worker of either
+/// version reads a message of the other during a rolling upgrade (the nested one wins).
+#[derive(Serialize, Deserialize)]
+struct WireSnapshot {
+    name: String,
+    #[serde(flatten)]
+    run: RunSpec,
+    #[serde(default)]
+    secrets: Secrets,
+    #[serde(default)]
+    pool: Option<PoolLimits>,
+}
+
+impl From<WireSnapshot> for Snapshot {
+    fn from(wire: WireSnapshot) -> Self {
+        let mut run = wire.run;
+        if let Some(pool) = wire.pool {
+            run.pool = pool;
+        }
+        Snapshot {
+            name: wire.name,
+            run,
+            secrets: wire.secrets,
+        }
+    }
+}
+
+impl From<Snapshot> for WireSnapshot {
+    fn from(s: Snapshot) -> Self {
+        WireSnapshot {
+            name: s.name,
+            pool: Some(s.run.pool),
+            run: s.run,
+            secrets: s.secrets,
+        }
+    }
 }
 
 impl Snapshot {
