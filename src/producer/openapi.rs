@@ -1,8 +1,8 @@
 //! `/openapi.json`: the OpenAPI document of the whole API. Request and response schemas are
 //! derived (utoipa) from the types the handlers read and write; each operation is declared on
-//! its handler (`#[utoipa::path]`) and listed here. Only the function URL's operations are
-//! declared in this file: one handler serves every method on two paths. tests/it/openapi.rs
-//! checks that every operation is routed.
+//! its handler (`#[utoipa::path]`) and listed here. The function URL is one handler for every
+//! method on two paths: its one declaration is copied to the others here ([`FunctionUrl`]).
+//! tests/it/openapi.rs checks that every operation is routed.
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -13,10 +13,8 @@ use super::function_view::{FunctionList, FunctionView};
 use super::health::{Health, Readiness};
 use super::invocations::DeadLetterList;
 use super::invoke::Accepted;
-use super::keys::NewKey;
-use super::keys::{KeyCreated, KeyList};
-use super::schedules::ScheduleList;
-use super::schedules::{NewSchedule, ScheduleUpdate};
+use super::keys::{KeyCreated, KeyList, NewKey};
+use super::schedules::{NewSchedule, ScheduleList, ScheduleUpdate};
 use super::{
     builds, callback_keys, events, functions, health, invocations, invoke, keys, schedules,
     webhooks,
