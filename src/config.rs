@@ -208,7 +208,11 @@ pub struct Settings {
 
     /// Base image of the `shell` runtime for functions built from source (needs `/bin/sh`);
     /// setup builds the default locally (scripts/build-runtime-images.sh).
-    #[arg(long, env = "GRANDA_RUNTIME_SHELL_IMAGE", default_value = "granda/runtime-shell:latest")]
+    #[arg(
+        long,
+        env = "GRANDA_RUNTIME_SHELL_IMAGE",
+        default_value = "granda/runtime-shell:latest"
+    )]
     pub runtime_shell_image: String,
 
     /// Base image of the `python3` runtime for functions built from source (needs `python3`);
