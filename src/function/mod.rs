@@ -139,8 +139,8 @@ impl Function {
 
 /// A function as a message carries it: its name, how it runs, and its secrets (which the API
 /// never shows, but the run needs).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(from = "WireSnapshot", into = "WireSnapshot")]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(from = "WireSnapshot")]
 pub struct Snapshot {
     pub name: String,
     pub run: RunSpec,
@@ -150,7 +150,7 @@ pub struct Snapshot {
 /// A [`Snapshot`] on the wire. Messages written before [`RunSpec`] carried the pool limits as
 /// a nested `pool` object; they still do, beside the flat fields, so that a worker of either
 /// version reads a message of the other during a rolling upgrade (the nested one wins).
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct WireSnapshot {
     name: String,
     #[serde(flatten)]
@@ -175,14 +175,25 @@ impl From<WireSnapshot> for Snapshot {
     }
 }
 
-impl From<Snapshot> for WireSnapshot {
-    fn from(s: Snapshot) -> Self {
-        WireSnapshot {
-            name: s.name,
-            pool: Some(s.run.pool),
-            run: s.run,
-            secrets: s.secrets,
+/// Writes the [`WireSnapshot`] shape from borrowed fields: a message is published per
+/// invocation, and this copies none of the function's maps.
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            name: &'a str,
+            #[serde(flatten)]
+            run: &'a RunSpec,
+            secrets: &'a Secrets,
+            pool: &'a PoolLimits,
         }
+        Wire {
+            name: &self.name,
+            run: &self.run,
+            secrets: &self.secrets,
+            pool: &self.run.pool,
+        }
+        .serialize(serializer)
     }
 }
 

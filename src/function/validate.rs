@@ -108,19 +108,14 @@ function_body! {
         pub secrets: Option<SecretsUpdate>,
         /// What a read shows besides the settings, accepted (and ignored) so a client can send
         /// back what it read.
-        #[serde(default)]
         #[schema(value_type = Option<Object>)]
         pub version: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
         #[schema(value_type = Option<Object>)]
         pub versions: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
         #[schema(value_type = Option<Object>)]
         pub created_at: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
         #[schema(value_type = Option<Object>)]
         pub updated_at: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
         #[schema(value_type = Option<Object>)]
         pub invoke_url: Option<serde::de::IgnoredAny>,
     }
