@@ -8,8 +8,8 @@
 # compiled here as a static binary (cargo, into target/hot: a few seconds, nothing when unchanged);
 # granda-test/hot-web likewise, from hot/examples/web.rs.
 #
-# An image whose tag already exists is skipped, unless --force is given (granda-test/hot is also
-# rebuilt when its binary or Dockerfile changed: their sha256 is a label). Every image built is then
+# An image whose tag already exists is skipped, unless --force is given or its files changed (the
+# sha256 of its directory, or of granda-test/hot's binary and Dockerfile, is a label). Every image built is then
 # run once to check that it behaves; --verify checks all of them, built now or not.
 #
 # usage: scripts/build-test-images.sh [--force] [--verify] [--quiet]
@@ -20,7 +20,7 @@ IMAGES_DIR="$ROOT/tests/images"
 PREFIX=granda-test
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 # The base first: the others are built FROM it.
-NAMES=(busybox echo fail sleep big env args sh hot root volume volume-comma symlink sockfill forkbomb diskfill cgi hot-web)
+NAMES=(busybox echo fail sleep big env args sh hot root volume volume-comma symlink sockfill forkbomb diskfill cgi hot-web thief)
 
 force=0 verify_all=0 quiet=0
 for arg in "$@"; do
@@ -79,6 +79,9 @@ compile_hot() {
     web_bin="$ROOT/target/hot/$triple/release/examples/web"
     web_sha=$(cat "$web_bin" "$IMAGES_DIR/hot-web/Dockerfile" | sha256sum | cut -d' ' -f1)
 }
+# The sha256 of an image's own files (tests/images/<name>), its label: a changed script or
+# Dockerfile rebuilds the image, so no machine keeps a stale one.
+dir_sha() { (cd "$IMAGES_DIR/$1" && find . -type f ! -name busybox -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1; }
 hot_label() { docker image inspect --format '{{index .Config.Labels "granda.test.sha256"}}' "$PREFIX/${1:-hot}:latest" 2>/dev/null; }
 
 build() {
@@ -96,6 +99,9 @@ build() {
     if [ "$name" = hot-web ]; then
         cp "$web_bin" "$ctx/web"
         labels=(--label "granda.test.sha256=$web_sha")
+    fi
+    if [ "${#labels[@]}" = 0 ]; then
+        labels=(--label "granda.test.sha256=$(dir_sha "$name")")
     fi
     if grep -q '^COPY busybox' "$dir/Dockerfile"; then
         [ -x "$BUSYBOX" ] || die "$BUSYBOX is missing (apt-get install busybox-static)"
@@ -213,6 +219,9 @@ check() {
         cgi)
             out=$(run -e PATH_INFO=/created "$img" | head -1)
             [ "$out" = $'Status: 201 Created\r' ] || die "$img: /created: expected a Status line, got '$out'" ;;
+        thief)
+            out=$(run -e PATH_INFO=/steal "$img" | head -1)
+            [ "$out" = 'Content-Type: text/html' ] || die "$img: /steal: expected an HTML page, got '$out'" ;;
         root)
             out=$(run "$img")
             [ "$out" = 0:0 ] || die "$img: expected '0:0', got '$out'" ;;
@@ -247,7 +256,7 @@ for name in "${NAMES[@]}"; do
         if [ "$force" = 0 ] && has_image hot-web && [ "$(hot_label hot-web)" = "$web_sha" ]; then continue; fi
         build hot-web
         built+=(hot-web)
-    elif [ "$force" = 1 ] || ! has_image "$name"; then
+    elif [ "$force" = 1 ] || ! has_image "$name" || [ "$(hot_label "$name")" != "$(dir_sha "$name")" ]; then
         build "$name"
         built+=("$name")
     fi

@@ -158,9 +158,18 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_WORKER_LEASE_MS", default_value_t = 6_000)]
     pub worker_lease_ms: u64,
 
-    /// Base URL handed out as the functions' own URLs (default: http://<listen address>).
+    /// Base URL of the API and the dashboard, as callers reach it (status URLs, webhook URLs, the
+    /// dashboard's own origin); also the functions' URLs unless `GRANDA_FUNCTIONS_URL` is given
+    /// (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// Base URL the functions' own URLs (`/fn/{name}`) are handed out under, on an origin of their
+    /// own (e.g. https://fn.example-usercontent.com): requests for that host serve only `/fn/*`,
+    /// and every other host refuses `/fn/*`, so a function's page can't act on the dashboard.
+    /// Unset (the default): one origin, and every function answer is sandboxed by CSP.
+    #[arg(long, env = "GRANDA_FUNCTIONS_URL")]
+    pub functions_url: Option<String>,
 
     /// How far a signed webhook's timestamp (Stripe, Standard Webhooks) may be from now, in seconds.
     #[arg(long, env = "GRANDA_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
@@ -275,6 +284,18 @@ impl Settings {
             self.max_body_bytes
         );
         crate::broker::Nodes::parse_list(&self.amqp_url)?;
+        if let Some(url) = &self.functions_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("GRANDA_FUNCTIONS_URL {url:?} is no URL: {e}"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
+                "GRANDA_FUNCTIONS_URL {url:?} must be an http(s) URL with a host"
+            );
+            anyhow::ensure!(
+                parsed.path() == "/" && parsed.query().is_none(),
+                "GRANDA_FUNCTIONS_URL {url:?} must be an origin (scheme, host, port), with no path"
+            );
+        }
         Ok(())
     }
 
@@ -342,5 +363,13 @@ impl Settings {
             .unwrap_or_else(|| format!("http://{}", self.listen))
             .trim_end_matches('/')
             .to_string()
+    }
+
+    /// The base of the functions' own URLs: `GRANDA_FUNCTIONS_URL`, else the public URL.
+    pub fn functions_url(&self) -> String {
+        match &self.functions_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => self.public_url(),
+        }
     }
 }

@@ -6,8 +6,8 @@
 //! checked where they are made (the ingress) and again where they are used (the worker), and a
 //! bad one is refused with words, never a panic.
 //!
-//! What never reaches a function: an `Authorization` header that carries a Granda key
-//! (`Bearer gk_…`), the dashboard's session cookie (the other cookies pass), `Granda-*` request
+//! What never reaches a function: an `Authorization` header of the `Bearer` scheme (the one
+//! Granda reads its keys from, whatever the token), the dashboard's session cookie (the other cookies pass), `Granda-*` request
 //! headers (a hot function's own headers of that name are the worker's), hop-by-hop headers, and
 //! `Proxy` (it would become `HTTP_PROXY`, which many programs take as their proxy: "httpoxy").
 
@@ -96,12 +96,13 @@ fn passes(name: &str, value: &str) -> bool {
     true
 }
 
-/// `Bearer gk_…`: a Granda API key (valid or not), never given to a function.
+/// `Bearer …`: the scheme Granda reads its keys from, so whatever it carries (a `gk_` key, the
+/// operator's `GRANDA_ADMIN_KEY` of any shape, a wrong or revoked key) may be a credential of
+/// Granda's, and is never given to a function. A function's own credentials travel in another
+/// scheme (`Basic`, …) or header.
 fn carries_granda_key(value: &str) -> bool {
-    let mut parts = value.trim().splitn(2, ' ');
-    let scheme = parts.next().unwrap_or_default();
-    let token = parts.next().unwrap_or_default().trim();
-    scheme.eq_ignore_ascii_case("bearer") && token.starts_with(crate::keys::KEY_PREFIX)
+    let scheme = value.trim().split([' ', '\t']).next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case("bearer")
 }
 
 /// A `Cookie` value without the dashboard's session cookie; `None` when nothing is left.
@@ -234,6 +235,13 @@ impl WebRequest {
 }
 
 impl WebAnswer {
+    /// The status, when it is a final one a caller may be given (200 to 599): never an
+    /// informational 1xx (`101 Switching Protocols` would hand the caller's connection over),
+    /// nor a number past 599.
+    pub fn final_status(&self) -> Option<u16> {
+        (200..=599).contains(&self.status).then_some(self.status)
+    }
+
     /// The headers a caller may be given: valid names and values, hop-by-hop ones and framing
     /// (`content-length`: the body's own is set) left out.
     pub fn passed_headers(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -276,6 +284,19 @@ mod tests {
         );
         let basic = headers(&[("authorization", "Basic dTpw")]).unwrap();
         assert_eq!(basic.len(), 1, "a function's own credentials pass");
+        // The operator's admin key may be any string: every bearer token is withheld.
+        for bearer in [
+            "Bearer my-operator-admin-key-0123",
+            "bearer x",
+            "BEARER\tx",
+            "  Bearer gk_x",
+            "Bearer",
+        ] {
+            assert!(
+                headers(&[("authorization", bearer)]).unwrap().is_empty(),
+                "{bearer}"
+            );
+        }
         assert!(
             headers(&[("cookie", "granda_session=t")])
                 .unwrap()

@@ -8,6 +8,9 @@
 //! - `/redirect`: 302 to `https://example.org/elsewhere`
 //! - `/teapot`: 418
 //! - `/fail`: 500
+//! - `/status/<n>`: status `n` (`101` and `999` included: what no caller may be given), a body
+//! - `/nocontent`: 204 with a 13-byte body, which no 204 may carry
+//! - `/session`: sets the dashboard's session cookie (fixation) and a cookie of its own
 //! - anything else: a small HTML page naming the method
 
 use granda_hot::{Reply, Request};
@@ -53,6 +56,14 @@ fn handle(req: Request) -> Result<Reply, String> {
         "/redirect" => Reply::new(302, "").header("Location", "https://example.org/elsewhere"),
         "/teapot" => Reply::new(418, "short and stout").header("Content-Type", "text/plain"),
         "/fail" => return Err("asked to fail".into()),
+        "/nocontent" => Reply::new(204, "thirteen byte").header("Content-Type", "text/plain"),
+        "/session" => Reply::new(200, "set")
+            .header("Set-Cookie", "granda_session=fixed-by-a-function; Path=/ui")
+            .header("Set-Cookie", "own=1; Path=/"),
+        _ if path.starts_with("/status/") => {
+            let status = path["/status/".len()..].parse().unwrap_or(200);
+            Reply::new(status, "a body")
+        }
         _ => Reply::new(200, format!("<h1>Hello from {}</h1>\n", req.method))
             .header("Content-Type", "text/html"),
     })

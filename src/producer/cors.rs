@@ -8,14 +8,19 @@ use axum::response::Response;
 
 use crate::function::{Cors, Function};
 
-/// The origin of the request if the function's CORS rules allow it.
-fn allowed_origin<'a>(cors: &Cors, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+/// What `Access-Control-Allow-Origin` says to the request's origin, if the function's CORS rules
+/// allow it: `*` when they allow any origin (so browsers never send credentials: a `*` answer
+/// to a credentialed request is refused), else the origin itself.
+fn allowed_origin(cors: &Cors, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
+    if cors.allow_origins.iter().any(|o| o == "*") {
+        return Some(HeaderValue::from_static("*"));
+    }
     cors.allow_origins
         .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(text))
-        .then_some(origin)
+        .any(|o| o.eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
 }
 
 /// Granda's answer to a preflight of `function`'s URL: `None` when it is not one (no `cors`
@@ -37,7 +42,7 @@ pub fn preflight(function: &Function, headers: &HeaderMap) -> Option<Response> {
     if !method_ok {
         return Some(response);
     }
-    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     if let Ok(v) = HeaderValue::from_str(&cors.allow_methods.join(", ")) {
         out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
     }
@@ -54,14 +59,21 @@ pub fn preflight(function: &Function, headers: &HeaderMap) -> Option<Response> {
 }
 
 /// Adds `Access-Control-Allow-Origin` (and `Vary: Origin`) to an answer of `function`'s URL to
-/// an allowed origin.
+/// an allowed origin. With a `cors` field Granda alone says who may read the answer: the
+/// function's own `Access-Control-Allow-Origin` is dropped, and so is its
+/// `Access-Control-Allow-Credentials` when any origin is allowed (`*`).
 pub fn allow(function: &Function, headers: &HeaderMap, response: &mut Response) {
     let Some(cors) = function.cors.as_ref() else {
         return;
     };
     let out = response.headers_mut();
+    out.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
     out.append(header::VARY, HeaderValue::from_static("Origin"));
-    if let Some(origin) = allowed_origin(cors, headers) {
-        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    let allowed = allowed_origin(cors, headers);
+    if allowed.is_none() || cors.allow_origins.iter().any(|o| o == "*") {
+        out.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    }
+    if let Some(origin) = allowed {
+        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
 }

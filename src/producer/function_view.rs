@@ -29,7 +29,7 @@ pub struct FunctionList {
 pub fn view(app: &AppState, f: &Function) -> FunctionView {
     FunctionView {
         function: f.clone(),
-        invoke_url: format!("{}/fn/{}", app.settings.public_url(), f.name),
+        invoke_url: format!("{}/fn/{}", app.settings.functions_url(), f.name),
         secrets: f.secrets.names(),
         versions: None,
     }

@@ -28,6 +28,7 @@ use super::auth::Caller;
 use super::enqueue::{Job, enqueue};
 use super::extract::RawBody;
 use super::functions::load_for_call;
+use super::origin::{Origins, guard};
 use crate::error::ApiError;
 use crate::invocation::{Status, Trigger};
 use crate::message::Reply;
@@ -69,7 +70,8 @@ pub async fn sync(
     let queued = enqueue(&app, &function, job).await?;
     let id = queued.id;
     Ok(match queued.reply {
-        Some(reply) => reply_response(id, reply, detail),
+        // The API's origin: a function's answer here is always sandboxed.
+        Some(reply) => reply_response(id, reply, detail, true),
         None => accepted(&app, id, Status::Queued),
     })
 }
@@ -145,7 +147,8 @@ pub async fn web(
     let queued = enqueue(&app, &function, job).await?;
     let id = queued.id;
     let mut response = match queued.reply {
-        Some(reply) => reply_response(id, reply, detail),
+        // On the functions' own origin a page may be itself; on a shared one it is sandboxed.
+        Some(reply) => reply_response(id, reply, detail, Origins::of(&app.settings).sandboxed()),
         None => accepted(&app, id, Status::Queued),
     };
     super::cors::allow(&function, &headers, &mut response);
@@ -170,7 +173,7 @@ fn web_request(
 ) -> Result<crate::web::WebRequest, ApiError> {
     let sent = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let passed = crate::web::WebRequest::headers_from(sent).map_err(ApiError::BadRequest)?;
-    let public = url::Url::parse(&app.settings.public_url()).ok();
+    let public = url::Url::parse(&app.settings.functions_url()).ok();
     let default_port = public
         .as_ref()
         .and_then(|u| u.port_or_known_default())
@@ -280,14 +283,28 @@ pub(crate) fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
 
 /// The HTTP answer for a finished run: stdout on success, a JSON error otherwise; the error's
 /// `detail` (stderr tail or platform error) only when `detail` (the caller has a key).
-fn reply_response(id: Uuid, reply: Reply, detail: bool) -> Response {
+/// A function's own answer is [`guard`]ed: `sandboxed` adds the sandbox CSP (see
+/// [`super::origin`]).
+fn reply_response(id: Uuid, reply: Reply, detail: bool, sandboxed: bool) -> Response {
     let mut response = match reply.status {
         // The function's own answer: its status and headers, its body.
-        _ if reply.http.is_some() => {
+        // (A status that is no final one, 200 to 599, is no answer: a worker refuses it, and so
+        // does this, whoever sent the reply.)
+        _ if reply
+            .http
+            .as_ref()
+            .is_some_and(|h| h.final_status().is_some()) =>
+        {
             let http = reply.http.as_ref().expect("checked");
-            let mut response = Response::new(axum::body::Body::from(reply.output.clone()));
-            *response.status_mut() =
-                StatusCode::from_u16(http.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = http.final_status().expect("checked");
+            // 204, 205 and 304 have no body (RFC 9110 §15.3.5, §15.3.6, §15.4.5).
+            let body = if matches!(status, 204 | 205 | 304) {
+                axum::body::Body::empty()
+            } else {
+                axum::body::Body::from(reply.output.clone())
+            };
+            let mut response = Response::new(body);
+            *response.status_mut() = StatusCode::from_u16(status).expect("200 to 599");
             let headers = response.headers_mut();
             for (name, value) in http.passed_headers() {
                 if let (Ok(n), Ok(v)) = (
@@ -297,8 +314,11 @@ fn reply_response(id: Uuid, reply: Reply, detail: bool) -> Response {
                     headers.append(n, v);
                 }
             }
+            guard(headers, sandboxed);
             response
         }
+        // Anything else is an error of the run (a success whose HTTP status is no final one
+        // included: a `bad_cgi_response`).
         Status::Succeeded => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/octet-stream")],

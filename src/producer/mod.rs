@@ -17,6 +17,7 @@ pub mod invocations;
 pub mod invoke;
 pub mod keys;
 pub mod openapi;
+pub mod origin;
 pub mod recent;
 pub mod schedules;
 pub mod ui;
@@ -232,6 +233,7 @@ async fn callback_key() -> ApiError {
 #[allow(deprecated)]
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
+    let origins = origin::Origins::of(&state.settings);
     Router::new()
         .route(
             "/v1/functions",
@@ -319,6 +321,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
+        ))
+        // Before auth: a path asked of the other origin is refused whoever asks.
+        .layer(axum::middleware::from_fn_with_state(
+            origins,
+            origin::separate,
         ))
         // Outermost: requests refused by auth or the body limit are counted too.
         .layer(axum::middleware::from_fn_with_state(

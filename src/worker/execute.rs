@@ -168,7 +168,22 @@ pub(super) async fn run_hot(
             ..Default::default()
         };
         let failure = match called {
-            // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure.
+            // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure, and a
+            // status that is no final one (1xx, past 599) no answer at all.
+            Ok(Ok(answer))
+                if work.function.run.response == ResponseMode::Cgi
+                    && !(200..=599).contains(&answer.status) =>
+            {
+                shared.warm.release(kept, false);
+                outcome.status = Some(Status::Failed);
+                outcome.exit_code = Some(0);
+                outcome.error = Some(format!(
+                    "malformed CGI response: the function answered HTTP {}, which is no final \
+                     status (200 to 599)",
+                    answer.status
+                ));
+                Some(Failure::Error)
+            }
             Ok(Ok(answer)) if work.function.run.response == ResponseMode::Cgi => {
                 let failed = answer.status >= 500;
                 shared.warm.release(kept, !failed);

@@ -23,6 +23,7 @@ mod invoke;
 mod isolation;
 mod metrics;
 mod openapi;
+mod origins;
 mod readme;
 mod scheduler;
 mod schedules;

@@ -177,7 +177,7 @@ pub async fn function_page(
 ) -> Result<Html<String>, UiError> {
     session.require(Action::Invoke)?;
     let f = load(app, name).await?;
-    let url = format!("{}/fn/{}", app.settings.public_url(), f.name);
+    let url = format!("{}/fn/{}", app.settings.functions_url(), f.name);
     let invoke_box = html! {
         h2 { "Invoke" }
         div.card {
