@@ -98,7 +98,7 @@ pub async fn create_from(
     };
     if from_source.is_some() {
         // A placeholder that passes the checks; the build sets the real tag.
-        body.image = Some(crate::build::tag(&app.settings.amqp_prefix, "function", 0));
+        body.image = Some(crate::build::tag(&app.settings.amqp_prefix, "installation", "function", 0));
     }
     let f = body
         .validate(&app.settings)
