@@ -223,8 +223,22 @@ mod tests {
             ["/data", "/var/lib/x"]
         );
         assert!(volume_mounts(&v(&[])).unwrap().is_empty());
-        for bad in ["/data,size=100g", "data", "/", "", "/a,b/", "./x", "/..", "/q/..", "/."] {
-            assert_eq!(volume_mounts(&v(&["/ok", bad])).unwrap_err().0, bad, "{bad:?}");
+        for bad in [
+            "/data,size=100g",
+            "data",
+            "/",
+            "",
+            "/a,b/",
+            "./x",
+            "/..",
+            "/q/..",
+            "/.",
+        ] {
+            assert_eq!(
+                volume_mounts(&v(&["/ok", bad])).unwrap_err().0,
+                bad,
+                "{bad:?}"
+            );
         }
     }
 
@@ -242,13 +256,24 @@ mod tests {
             assert_eq!(volume_mount(raw).unwrap(), mount, "{raw:?}");
         }
         let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(volume_mounts(&v(&["/v/", "/q/../v", "/v"])).unwrap(), ["/v"]);
+        assert_eq!(
+            volume_mounts(&v(&["/v/", "/q/../v", "/v"])).unwrap(),
+            ["/v"]
+        );
     }
 
     /// Issue 26: a `VOLUME` on a kernel filesystem is refused, however it is spelled.
     #[test]
     fn volumes_on_kernel_filesystems_are_refused() {
-        for bad in ["/proc", "/dev", "/sys", "/dev/shm", "/sys/fs/cgroup/", "/x/../proc", "//proc/self"] {
+        for bad in [
+            "/proc",
+            "/dev",
+            "/sys",
+            "/dev/shm",
+            "/sys/fs/cgroup/",
+            "/x/../proc",
+            "//proc/self",
+        ] {
             let why = volume_mount(bad).unwrap_err();
             assert!(why.contains("kernel filesystem"), "{bad:?}: {why}");
         }

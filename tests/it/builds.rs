@@ -94,7 +94,10 @@ async fn two_installations_on_one_engine_each_run_their_own_build_of_a_name() {
         s.queues = vec!["inst-b".into()];
     })
     .await;
-    for (app, queue, source) in [(&a, "inst-a", "echo from-a\n"), (&b, "inst-b", "echo from-b\n")] {
+    for (app, queue, source) in [
+        (&a, "inst-a", "echo from-a\n"),
+        (&b, "inst-b", "echo from-b\n"),
+    ] {
         let r = app
             .post_json(
                 "/v1/functions",
