@@ -20,7 +20,7 @@ IMAGES_DIR="$ROOT/tests/images"
 PREFIX=granda-test
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 # The base first: the others are built FROM it.
-NAMES=(busybox echo fail sleep big env args sh hot root volume volume-comma symlink sockfill forkbomb diskfill cgi hot-web thief)
+NAMES=(busybox echo fail sleep big env args sh hot root volume volume-comma symlink sockfill forkbomb diskfill cgi hot-web thief volume-dotdot volume-proc)
 
 force=0 verify_all=0 quiet=0
 for arg in "$@"; do
@@ -228,7 +228,7 @@ check() {
         volume | diskfill)
             out=$(run -e MB=2 "$img")
             [ "$out" = 2 ] || die "$img: expected '2' (MB written), got '$out'" ;;
-        symlink | sockfill | forkbomb | hot-web | volume-comma)
+        symlink | sockfill | forkbomb | hot-web | volume-comma | volume-dotdot | volume-proc)
             # Hostile by design: only checked to exist (the tests in tests/it/hostile.rs run them).
             out=$(docker image inspect --format '{{.Id}}' "$img") ;;
         *)

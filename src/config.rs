@@ -141,7 +141,7 @@ pub struct Settings {
     pub image_pull_timeout_ms: u64,
 
     /// A registry (`host:port`, e.g. `127.0.0.1:5000`) for images built from source: a build is
-    /// tagged `<registry>/<GRANDA_AMQP_PREFIX>-fn/<name>:v<N>` and pushed there, so workers on
+    /// tagged `<registry>/<GRANDA_AMQP_PREFIX>-fn/<installation>/<name>:v<N>` and pushed there, so workers on
     /// other hosts pull it. Unset: the image stays on the engine that built it, so builds need
     /// one engine shared by the queue's workers.
     #[arg(long, env = "GRANDA_REGISTRY")]

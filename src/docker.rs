@@ -124,27 +124,62 @@ pub fn address(host: Option<&str>) -> String {
     }
 }
 
-/// The first of an image's `VOLUME`s that can't be mounted as a size-capped tmpfs (Granda mounts
-/// each as one, see `worker::container`): empty, not absolute, or holding a `,` (which would split
-/// the tmpfs mount's options). The engine would make such a path an uncapped volume on the host's
-/// disk, so images declaring one are refused.
-pub fn uncappable_volume(volumes: &[String]) -> Option<&str> {
-    volumes.iter().map(String::as_str).find(|v| {
-        let path = v.trim_end_matches('/');
-        path.is_empty() || !path.starts_with('/') || path.contains(',')
-    })
+/// Where an image's `VOLUME` is mounted: the path normalised lexically the way the engine does
+/// (`.` and `..` resolved, repeated and trailing `/` dropped), so the tmpfs Granda mounts there
+/// (see `worker::container`) covers exactly the place the engine would otherwise put an anonymous
+/// volume on the host's disk (the engine matches mounts by the cleaned path: a tmpfs keyed by
+/// `/q/../v` covers nothing). `Err` says why the path can't be a capped tmpfs.
+pub fn volume_mount(volume: &str) -> Result<String, &'static str> {
+    if !volume.starts_with('/') {
+        return Err("not an absolute path");
+    }
+    if volume.contains(',') {
+        return Err("it holds a ',', which would split the tmpfs mount's options");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in volume.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        return Err("it is the container's root");
+    }
+    if matches!(parts[0], "proc" | "dev" | "sys") {
+        return Err("it is (or is under) a kernel filesystem, /proc, /dev or /sys");
+    }
+    Ok(format!("/{}", parts.join("/")))
 }
 
-/// Why an image declaring `volume` is refused.
-pub fn volume_refusal(image: &str, volume: &str) -> String {
+/// The mount points of an image's `VOLUME`s ([`volume_mount`]), each once; or the first that
+/// can't be a capped tmpfs, with why. The engine would make such a path an uncapped volume on the
+/// host's disk (or cover a kernel filesystem), so images declaring one are refused.
+pub fn volume_mounts(volumes: &[String]) -> Result<Vec<String>, (&str, &'static str)> {
+    let mut mounts = Vec::with_capacity(volumes.len());
+    for volume in volumes {
+        let mount = volume_mount(volume).map_err(|why| (volume.as_str(), why))?;
+        if !mounts.contains(&mount) {
+            mounts.push(mount);
+        }
+    }
+    Ok(mounts)
+}
+
+/// Why an image declaring `volume` is refused (`why`: from [`volume_mount`]).
+pub fn volume_refusal(image: &str, volume: &str, why: &str) -> String {
     format!(
         "image {image:?} declares VOLUME {volume:?}, which can't be mounted as a size-capped tmpfs \
-         (an absolute path without ','); Granda refuses it rather than let the engine put it on the \
-         host's disk"
+         ({why}; a VOLUME must be an absolute path without ',', outside /proc, /dev and /sys); \
+         Granda refuses it rather than let the engine put it on the host's disk"
     )
 }
 
-/// Refuses `image` (on the engine already) when it declares an [`uncappable_volume`]: `Ok(Err)`
+/// Refuses `image` (on the engine already) when one of its `VOLUME`s can't be a capped tmpfs
+/// ([`volume_mounts`]): `Ok(Err)`
 /// with the reason; `Err` when the engine did not answer.
 pub async fn check_volumes(
     docker: &Docker,
@@ -152,9 +187,9 @@ pub async fn check_volumes(
 ) -> Result<Result<(), String>, bollard::errors::Error> {
     let inspected = docker.inspect_image(image).await?;
     let volumes = inspected.config.and_then(|c| c.volumes).unwrap_or_default();
-    Ok(match uncappable_volume(&volumes) {
-        Some(volume) => Err(volume_refusal(image, volume)),
-        None => Ok(()),
+    Ok(match volume_mounts(&volumes) {
+        Ok(_) => Ok(()),
+        Err((volume, why)) => Err(volume_refusal(image, volume, why)),
     })
 }
 
@@ -178,15 +213,72 @@ fn split_tag(image: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{split_tag, uncappable_volume};
+    use super::{split_tag, volume_mount, volume_mounts};
 
     #[test]
     fn volumes_that_cant_be_a_capped_tmpfs_are_found() {
         let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(uncappable_volume(&v(&["/data", "/var/lib/x/"])), None);
-        assert_eq!(uncappable_volume(&v(&[])), None);
-        for bad in ["/data,size=100g", "data", "/", "", "/a,b/"] {
-            assert_eq!(uncappable_volume(&v(&["/ok", bad])), Some(bad), "{bad:?}");
+        assert_eq!(
+            volume_mounts(&v(&["/data", "/var/lib/x/"])).unwrap(),
+            ["/data", "/var/lib/x"]
+        );
+        assert!(volume_mounts(&v(&[])).unwrap().is_empty());
+        for bad in [
+            "/data,size=100g",
+            "data",
+            "/",
+            "",
+            "/a,b/",
+            "./x",
+            "/..",
+            "/q/..",
+            "/.",
+        ] {
+            assert_eq!(
+                volume_mounts(&v(&["/ok", bad])).unwrap_err().0,
+                bad,
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Issue 26: the engine cleans a `VOLUME`'s path before it looks for a mount there, so a
+    /// tmpfs keyed by the raw `/q/../v1` covered nothing and `/v1` became a volume on the disk.
+    #[test]
+    fn volumes_are_normalised_lexically() {
+        for (raw, mount) in [
+            ("/q/../v1", "/v1"),
+            ("/q/../../../v2/", "/v2"),
+            ("//a//./b/", "/a/b"),
+            ("/a/b/../c/.", "/a/c"),
+            ("/../../etc", "/etc"),
+        ] {
+            assert_eq!(volume_mount(raw).unwrap(), mount, "{raw:?}");
+        }
+        let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            volume_mounts(&v(&["/v/", "/q/../v", "/v"])).unwrap(),
+            ["/v"]
+        );
+    }
+
+    /// Issue 26: a `VOLUME` on a kernel filesystem is refused, however it is spelled.
+    #[test]
+    fn volumes_on_kernel_filesystems_are_refused() {
+        for bad in [
+            "/proc",
+            "/dev",
+            "/sys",
+            "/dev/shm",
+            "/sys/fs/cgroup/",
+            "/x/../proc",
+            "//proc/self",
+        ] {
+            let why = volume_mount(bad).unwrap_err();
+            assert!(why.contains("kernel filesystem"), "{bad:?}: {why}");
+        }
+        for fine in ["/procs", "/devices", "/system", "/var/proc"] {
+            assert!(volume_mount(fine).is_ok(), "{fine:?}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! of the rendered Dockerfile and the user's files under `fn/`) here; the build on an engine in
 //! [`engine`] (a worker's business); the `builds` records (one per version, with its log) in
 //! [`store`]. With `GRANDA_REGISTRY`, a built image is
-//! tagged `<registry>/<prefix>-fn/<name>:v<N>` and pushed there, so workers on other hosts pull it.
+//! tagged `<registry>/<prefix>-fn/<installation>/<name>:v<N>` ([`tag`]) and pushed there, so workers on other hosts pull it.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -210,10 +210,13 @@ pub fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
-/// The image tag of a function's version: `<GRANDA_AMQP_PREFIX>-fn/<name>:v<N>` (`granda-fn/…` by
-/// default), so installations sharing an engine don't overwrite each other's images.
-pub fn tag(prefix: &str, function: &str, version: i32) -> String {
-    format!("{prefix}-fn/{function}:v{version}")
+/// The image tag of a function's version:
+/// `<GRANDA_AMQP_PREFIX>-fn/<installation>/<name>:v<N>` (`granda-fn/…` by default), with the
+/// installation's id ([`crate::docker::installation`]), so installations sharing an engine never
+/// overwrite each other's images, even with the same prefix (issue 26). [`store::start`] makes the
+/// same in SQL. Functions built before keep the `<prefix>-fn/<name>:v<N>` they were built as.
+pub fn tag(prefix: &str, installation: &str, function: &str, version: i32) -> String {
+    format!("{prefix}-fn/{installation}/{function}:v{version}")
 }
 
 /// One build of a function, as stored and shown.

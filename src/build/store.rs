@@ -1,8 +1,9 @@
 //! Postgres storage of builds.
 use super::*;
 
-/// Records a new build of `function` with the next version number. `Ok(None)` when another
-/// build took that number at the same moment.
+/// Records a new build of `function` with the next version number, its image tagged as
+/// [`tag`] says (with this installation's id). `Ok(None)` when another build took that number at
+/// the same moment.
 pub async fn start(
     pool: &PgPool,
     prefix: &str,
@@ -12,7 +13,10 @@ pub async fn start(
 ) -> Result<Option<BuildRecord>, sqlx::Error> {
     let row = sqlx::query_as::<_, BuildRecord>(
         "INSERT INTO builds (id, function, version, runtime, image, status, source_digest)
-         SELECT $1, $2, v, $3, $4 || '-fn/' || $2 || ':v' || v, 'building', $5
+         SELECT $1, $2, v, $3,
+                $4 || '-fn/' || (SELECT value FROM installation WHERE key = 'installation_id')
+                   || '/' || $2 || ':v' || v,
+                'building', $5
          FROM (SELECT coalesce(max(version), 0) + 1 AS v FROM builds WHERE function = $2) next
          ON CONFLICT (function, version) DO NOTHING
          RETURNING id, function, version, runtime, image, status, log, source_digest, created_at, finished_at",

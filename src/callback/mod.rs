@@ -464,6 +464,15 @@ mod tests {
             "http://[::127.0.0.1]/",
             "http://[64:ff9b::7f00:1]/",
             "http://[2002:7f00:1::]/",
+            // Issue 26: IPv4-translated (SIIT), local-use NAT64 and Teredo forms.
+            "http://[::ffff:0:127.0.0.1]/",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[::ffff:0:10.0.0.1]/",
+            "http://[::ffff:0:169.254.169.254]/",
+            "http://[64:ff9b:1::7f00:1]/",
+            "http://[64:ff9b:1:7f00:1::]/",
+            "http://[64:ff9b::10.0.0.1]/",
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
             "http://localhost:8080/",
             "http://LOCALHOST./",
             "http://api.localhost/",
@@ -494,6 +503,8 @@ mod tests {
             "http://8.8.8.8/",
             "http://[2606:4700::1111]/",
             "http://[::ffff:8.8.8.8]/",
+            "http://[::ffff:0:8.8.8.8]/",
+            "http://[64:ff9b::8.8.8.8]/",
         ] {
             assert!(!refused(good), "{good}");
         }

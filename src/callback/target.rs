@@ -42,8 +42,10 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 }
 
 /// Why an address may not be a callback target, or `None` when it may. Ranges in `allow` are
-/// always fine. IPv4-mapped and IPv4-compatible IPv6 addresses (and NAT64 / 6to4 ones) are
-/// judged by the IPv4 address they carry.
+/// always fine. IPv4-mapped and IPv4-compatible IPv6 addresses (and IPv4-translated, NAT64 and
+/// 6to4 ones) are judged by the IPv4 address they carry; local-use NAT64 (`64:ff9b:1::/48`) and
+/// Teredo (`2001::/32`) addresses, whose IPv4 address may sit anywhere or be obfuscated, are
+/// refused outright.
 pub fn refusal(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
     let ip = canonical(ip);
     if allow.iter().any(|net| net.contains(&ip)) {
@@ -78,10 +80,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The IPv4 address a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) address leads to.
+/// The IPv4 address an IPv4-translated (`::ffff:0:a.b.c.d`, SIIT), NAT64 (`64:ff9b::/96`) or 6to4
+/// (`2002::/16`) address leads to.
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
     let o = v6.octets();
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
     }
@@ -125,8 +131,12 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "documentation address"
     } else if s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0 {
         "benchmark address"
-    } else if s[0] == 0x0100 && s[1..4] == [0, 0, 0] || s[..6] == [0x64, 0xff9b, 1, 0, 0, 0] {
+    } else if s[0] == 0x0100 && s[1..4] == [0, 0, 0] {
         "reserved address"
+    } else if s[..3] == [0x64, 0xff9b, 1] {
+        "local-use NAT64 address"
+    } else if s[..2] == [0x2001, 0] {
+        "Teredo address"
     } else {
         return None;
     })

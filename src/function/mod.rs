@@ -55,7 +55,7 @@ pub struct Function {
     /// The runtime it was built from source with (`shell`, `python3`), or none for a given image.
     #[serde(default)]
     pub runtime: Option<String>,
-    /// The version of its latest build from source (its image is `granda-fn/<name>:v<version>`).
+    /// The version of its latest build from source (its image is `granda-fn/<installation>/<name>:v<version>`).
     #[serde(default)]
     pub version: Option<i32>,
     pub created_at: DateTime<Utc>,

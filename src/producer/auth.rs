@@ -5,7 +5,7 @@
 //! | `/` (an index, or a redirect to `/ui`), `/healthz`, `/readyz`, `/openapi.json` | nothing |
 //! | `/hooks/*` | nothing here: each webhook checks its own signature |
 //! | `/fn/{name}`, `/fn/{name}/{*path}` (any method) | nothing if the function is `public`, else an `invoke` or `admin` key |
-//! | `POST /v1/functions/{name}/invoke`, `POST /v1/functions/{name}/invocations`, `GET /v1/invocations/{id}`, `POST /v1/events/{topic}` | an `invoke` or `admin` key |
+//! | `POST /v1/functions/{name}/invoke`, `POST /v1/functions/{name}/invocations`, `GET /v1/invocations/{id}`, `POST /v1/events/{topic}`, `GET /v1/events/{id}` | an `invoke` or `admin` key |
 //! | everything else (`/v1/*` management, `/metrics`, unknown paths) | an `admin` key |
 //!
 //! No key, a malformed one, an unknown or a revoked one: 401 with `WWW-Authenticate: Bearer`.
@@ -35,7 +35,8 @@ use crate::keys::{self, Scope};
 pub enum Action {
     /// Run a function (sync, async, its own URL) or publish an event.
     Invoke,
-    /// Read one invocation record, by its id.
+    /// Read one invocation record, or one event (what publishing answered with: its `status_url`),
+    /// by its id.
     ReadInvocation,
     /// Read functions' definitions (image, env, callback URL, limits), list them, their
     /// invocation history and statistics.
@@ -115,6 +116,8 @@ pub fn needs(method: &Method, path: &str) -> Needs {
         ["", "v1", "functions", _, "invocations"] if method == Method::POST => Action::Invoke,
         ["", "v1", "invocations", _] => Action::ReadInvocation,
         ["", "v1", "events", _] if method == Method::POST => Action::Invoke,
+        // The `status_url` publishing answers with: an invoke key that published may read it.
+        ["", "v1", "events", _] if get => Action::ReadInvocation,
         ["", "v1", "functions"] | ["", "v1", "functions", _] if get => Action::ReadFunctions,
         ["", "v1", "functions", _, "invocations"] if get => Action::ReadFunctions,
         ["", "metrics"] | ["", "v1", "dead-letters"] if get => Action::Operate,
@@ -253,6 +256,11 @@ mod tests {
             Needs::Key(Action::ReadInvocation)
         );
         assert_eq!(needs(&post, "/v1/events/orders.new"), invoke);
+        assert_eq!(
+            needs(&get, "/v1/events/0190e0a0-0000-7000-8000-000000000000"),
+            Needs::Key(Action::ReadInvocation)
+        );
+        assert_eq!(needs(&Method::DELETE, "/v1/events/x"), admin);
         assert_eq!(needs(&get, "/v1/functions"), read);
         assert_eq!(needs(&get, "/v1/functions/echo"), read);
         assert_eq!(needs(&post, "/v1/functions"), admin);

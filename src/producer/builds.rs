@@ -4,9 +4,10 @@
 //! (or forward) to the image of an earlier successful build. Builds of an earlier function of the
 //! same name (deleted, then registered again) are not shown, as in the function's `versions`.
 
+use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

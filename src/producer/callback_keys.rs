@@ -2,9 +2,10 @@
 //! (Standard Webhooks, see [`crate::callback`]). `GET` shows it, `POST` rotates it and shows the
 //! new one; both need an admin key (the route is not in the invoke list of [`super::auth`]).
 
+use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;

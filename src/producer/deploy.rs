@@ -1,5 +1,5 @@
 //! Deploying from source: `POST /v1/functions` or `PUT /v1/functions/{name}` with `runtime` and
-//! `source` build an image `granda-fn/<name>:v<N>` through the engine, then register it.
+//! `source` build an image `granda-fn/<installation>/<name>:v<N>` through the engine, then register it.
 //!
 //! Plain requests get the usual answer when the build is done: 201/200 with the function, or 422
 //! `build_failed` with the log's tail. A request with `Accept: application/x-ndjson` gets, once the
@@ -10,8 +10,8 @@
 //! standalone `granda server` has no engine, so a worker of the function's queue builds
 //! ([`crate::worker::builds`]), and the server answers 503 when none
 //! serves the queue or the builder goes silent. With `GRANDA_REGISTRY` (the server's, else the
-//! builder's) the image is `<registry>/<prefix>-fn/<name>:v<N>`, pushed there so that every host
-//! pulls it; without one it stays on the builder's engine, which only the workers sharing that
+//! builder's) the image is `<registry>/<prefix>-fn/<installation>/<name>:v<N>`, pushed there so
+//! that every host pulls it; without one it stays on the builder's engine, which only the workers sharing that
 //! engine can run.
 //!
 //! The old version's image stays on the engine: queued invocations carry its tag, and the function

@@ -6,8 +6,9 @@
 use crate::error::{Denied, ErrorBody};
 use std::collections::BTreeSet;
 
+use super::extract::Path;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use lapin::BasicProperties;

@@ -1,6 +1,8 @@
-//! Request extractors that answer bad input with the API's JSON errors instead of plain text.
+//! Request extractors that answer bad input with the API's JSON errors instead of plain text:
+//! bodies ([`JsonBody`], [`RawBody`]), path parameters ([`Path`]) and query strings ([`Query`]).
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -20,6 +22,45 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(JsonBody(v)),
             Err(r) => Err(ApiError::rejected(r.status(), did_you_mean(r.body_text()))),
+        }
+    }
+}
+
+/// Path parameters, as `axum::extract::Path`, but a bad one (not UTF-8 once percent-decoded,
+/// such as `/v1/invocations/%ff%fe`; not a number where one is expected) is a 400 with the API's
+/// JSON error body, not axum's plain text.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// A query string, as `axum::extract::Query`, but one that doesn't fit (a field given twice, a
+/// value of the wrong kind) is a 400 with the API's JSON error body.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
         }
     }
 }

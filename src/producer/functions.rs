@@ -2,9 +2,10 @@
 //! go to the engines of the function's queue ([`crate::engines`]): `granda up`'s own worker, or
 //! a worker asked over RabbitMQ (`granda server`).
 
+use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -98,7 +99,12 @@ pub async fn create_from(
     };
     if from_source.is_some() {
         // A placeholder that passes the checks; the build sets the real tag.
-        body.image = Some(crate::build::tag(&app.settings.amqp_prefix, "function", 0));
+        body.image = Some(crate::build::tag(
+            &app.settings.amqp_prefix,
+            "installation",
+            "function",
+            0,
+        ));
     }
     let f = body
         .validate(&app.settings)

@@ -8,7 +8,8 @@ use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
 
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query};
+use axum::extract::State;
 use axum::response::Response;
 use axum::{Extension, Json};
 use uuid::Uuid;

@@ -11,10 +11,11 @@
 //! succeed gets its status, exit code and invocation id, never its stderr tail or the platform's
 //! error text (`detail`); a caller with a key keeps them.
 
+use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
 use axum::Extension;
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;

@@ -1,8 +1,9 @@
 //! `/v1/keys`: make, list and revoke API keys (admin only). A key is shown once, when made.
 
+use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

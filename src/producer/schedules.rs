@@ -5,10 +5,11 @@
 //! names. Every answer carries `next_runs`. Enabling a schedule, or changing its pattern or zone,
 //! starts it from now: ticks while it was disabled never fire.
 
+use super::extract::{Path, Query};
 use crate::error::{Denied, ErrorBody};
 use crate::schedule::ScheduleView;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;

@@ -7,8 +7,9 @@ use super::invoke::Accepted;
 use crate::error::{Denied, ErrorBody};
 use std::collections::BTreeMap;
 
+use super::extract::{Path, Query};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -320,10 +321,15 @@ fn sender_fields<'h>(
     }
 }
 
-/// Writes down a refused delivery of `hook` (within the recorder's rate; a failed write is
-/// logged: the sender's answer doesn't wait on it).
+/// Logs a refused delivery of `hook` at WARN and writes it down, both within the recorder's rate
+/// ([`rejections::Recorder::note`]: a flood of forged deliveries floods neither the log nor the
+/// table); a failed write is logged.
 async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &str) {
-    if !app.rejections.admit(hook.id, std::time::Instant::now()) {
+    let now = std::time::Instant::now();
+    if !app
+        .rejections
+        .note(hook.id, now, &hook.scheme, reason, detail)
+    {
         return;
     }
     if let Err(e) = rejections::record(&app.pool, hook.id, reason, detail).await {
@@ -393,7 +399,6 @@ async fn deliver(
                     rejection.reason()
                 ),
             );
-            tracing::warn!(webhook = %hook.id, scheme = %hook.scheme, reason = rejection.reason(), "webhook delivery rejected: {rejection}");
             let message = format!("webhook delivery rejected: {rejection}");
             note_rejection(app, hook, rejection.reason(), &message).await;
             return Err(ApiError::Unauthorized(message));

@@ -202,8 +202,8 @@ impl Verifier {
             .ok_or(Rejection::Malformed(H))?;
         self.check_any(&[body], &[signature])?;
         Ok(Verified {
-            delivery_id: header(headers, "x-github-delivery").map(str::to_string),
-            event: header(headers, "x-github-event").map(str::to_string),
+            delivery_id: sender_header(headers, "x-github-delivery"),
+            event: sender_header(headers, "x-github-event"),
         })
     }
 
@@ -277,9 +277,7 @@ impl Verifier {
 
     fn delivery_from_header(&self, headers: &HeaderMap) -> Option<String> {
         let name = self.id_header.as_deref()?;
-        header(headers, name)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
+        sender_header(headers, name).filter(|v| !v.is_empty())
     }
 
     /// Succeeds when any key signs `parts` (concatenated) to any of `signatures`.
@@ -314,6 +312,16 @@ pub fn sign_hex(key: &[u8], parts: &[&[u8]]) -> String {
         mac.update(part);
     }
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// What a sender says about its delivery (its id, its event type), as sent: bytes that are not
+/// visible ASCII are kept (lossily, as UTF-8) rather than read as no header, so the delivery is
+/// refused for them (see `producer::webhooks`) instead of running without its event type or
+/// escaping deduplication.
+fn sender_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -401,6 +409,35 @@ mod tests {
         assert_eq!(
             v.verify(&sha1, b"", 0),
             Err(Rejection::Malformed("x-hub-signature-256"))
+        );
+    }
+
+    /// Issue 26: a delivery id or event type that isn't visible ASCII is reported as sent (for
+    /// the ingress to refuse), not as no header at all.
+    #[test]
+    fn sender_headers_that_arent_ascii_are_kept_for_refusal() {
+        let v = verifier(Scheme::Github, &[GITHUB_SECRET]);
+        let mut h = headers(&[("x-hub-signature-256", GITHUB_SIGNATURE)]);
+        h.append(
+            "x-github-event",
+            HeaderValue::from_bytes("p\u{fc}sh".as_bytes()).unwrap(),
+        );
+        h.append(
+            "x-github-delivery",
+            HeaderValue::from_bytes(b"d-\xff").unwrap(),
+        );
+        let got = v.verify(&h, b"Hello, World!", 0).unwrap();
+        assert_eq!(got.event.as_deref(), Some("p\u{fc}sh"));
+        assert_eq!(got.delivery_id.as_deref(), Some("d-\u{fffd}"));
+        let mut hmac = verifier(Scheme::None, &[]);
+        hmac.id_header = Some("x-id".into());
+        let h = [("x-id", HeaderValue::from_bytes(b"\xe9").unwrap())].into_iter();
+        let h: HeaderMap = h
+            .map(|(k, v)| (axum::http::HeaderName::from_static(k), v))
+            .collect();
+        assert_eq!(
+            hmac.verify(&h, b"", 0).unwrap().delivery_id.as_deref(),
+            Some("\u{fffd}")
         );
     }
 

@@ -2,7 +2,8 @@
 //! (a secret set differently on each side, a clock off by minutes, a proxy that re-encodes the
 //! body). Postgres keeps the newest [`KEPT`] per webhook; the [`Recorder`] writes at most
 //! [`PER_WINDOW`] per webhook per [`WINDOW`], so a flood of forged deliveries costs a counter
-//! bump each (and the `granda_webhook_rejections_total` metric), not a write each.
+//! bump each (and the `granda_webhook_rejections_total` metric), not a write each. The WARN line
+//! a refusal logs is throttled the same way ([`Recorder::note`]): a flood can't flood the log.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,6 +55,23 @@ impl Recorder {
         }
         *count += 1;
         *count <= PER_WINDOW
+    }
+
+    /// A refused delivery of `hook` at `now`: logs it at WARN and says `true` (write it down)
+    /// when [`Recorder::admit`] lets it; otherwise at DEBUG only, `false`.
+    pub fn note(&self, hook: Uuid, now: Instant, scheme: &str, reason: &str, detail: &str) -> bool {
+        if self.admit(hook, now) {
+            tracing::warn!(
+                webhook = %hook, scheme, reason,
+                "{detail} (logged and written down at most {PER_WINDOW} times per webhook per {} s; \
+                 granda_webhook_rejections_total counts every one)",
+                WINDOW.as_secs()
+            );
+            true
+        } else {
+            tracing::debug!(webhook = %hook, scheme, reason, "{detail}");
+            false
+        }
     }
 }
 
@@ -109,5 +127,51 @@ mod tests {
         assert_eq!(written, PER_WINDOW as usize);
         assert!(recorder.admit(b, t0), "another webhook has its own window");
         assert!(recorder.admit(a, t0 + WINDOW), "a new window writes again");
+    }
+
+    /// A writer into a shared buffer, for a subscriber whose output a test reads.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 26: every forged delivery logged a WARN line; a flood logs at most PER_WINDOW per
+    /// webhook per window.
+    #[test]
+    fn a_flood_logs_at_most_per_window_per_webhook() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let recorder = Recorder::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let t0 = Instant::now();
+        let written = tracing::subscriber::with_default(subscriber, || {
+            let mut written = 0;
+            for i in 0..1000 {
+                let hook = if i % 100 == 0 { b } else { a };
+                written += recorder.note(hook, t0, "github", "bad_signature", "forged") as usize;
+            }
+            written
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let warns = text.lines().filter(|l| l.contains("WARN")).count();
+        assert_eq!(warns, 2 * PER_WINDOW as usize, "{text}");
+        assert_eq!(written, warns);
+        assert!(
+            text.contains("bad_signature") && text.contains("forged"),
+            "{text}"
+        );
     }
 }

@@ -43,7 +43,7 @@ pub fn queue_name(prefix: &str, queue: &str) -> String {
 /// What the ingress asks (the context goes as the message body).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
-    /// `<prefix>-fn/<name>:v<N>`.
+    /// `<prefix>-fn/<installation>/<name>:v<N>`.
     pub tag: String,
     /// The runtime's base image (the Dockerfile's `FROM`).
     pub base_image: String,

@@ -465,25 +465,24 @@ pub async fn remove(docker: &Docker, container: &str) {
 
 /// Mounts each of the image's `VOLUME`s as a tmpfs of `tmp_mb` (like `/tmp`) instead of the
 /// anonymous volume the engine would make on the host's disk: a function's writes stay within
-/// its memory limit (tmpfs pages count against it) and go with the container. An image with a
-/// `VOLUME` that can't be one ([`crate::docker::uncappable_volume`]; refused at registration, but
-/// an image may change under its tag) is not run.
+/// its memory limit (tmpfs pages count against it) and go with the container. Each is mounted at
+/// its normalised path ([`crate::docker::volume_mount`]), the one the engine looks for. An image
+/// with a `VOLUME` that can't be one ([`crate::docker::volume_mounts`]; refused at registration,
+/// but an image may change under its tag) is not run.
 fn cap_volumes(
     config: &mut ContainerCreateBody,
     image: &str,
     volumes: &[String],
     tmp_mb: i64,
 ) -> Result<(), PlatformError> {
-    if let Some(volume) = crate::docker::uncappable_volume(volumes) {
-        return Err(PlatformError::Volume(crate::docker::volume_refusal(
-            image, volume,
-        )));
-    }
+    let mounts = crate::docker::volume_mounts(volumes).map_err(|(volume, why)| {
+        PlatformError::Volume(crate::docker::volume_refusal(image, volume, why))
+    })?;
     let host = config.host_config.get_or_insert_with(Default::default);
     let tmpfs = host.tmpfs.get_or_insert_with(HashMap::new);
-    for path in volumes {
+    for path in mounts {
         tmpfs
-            .entry(path.trim_end_matches('/').to_string())
+            .entry(path)
             .or_insert_with(|| format!("rw,nosuid,nodev,size={tmp_mb}m"));
     }
     Ok(())

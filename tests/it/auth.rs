@@ -313,3 +313,56 @@ async fn anonymous_callers_of_a_public_function_get_no_logs_or_engine_errors() {
     assert!(!r.text().await.unwrap().contains("something broke"));
     app.shutdown().await;
 }
+
+/// Issue 26: publishing an event answers with a `status_url`, which an invoke key (allowed to
+/// publish) got 403 on. It may read it now, as it may read an invocation by its id; without a
+/// key it is still 401, and an invoke key still can't manage events' subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoke_key_reads_the_status_url_of_the_event_it_published() {
+    let app = spawn_app().await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let r = app
+        .post_json(
+            "/v1/functions/echo/subscriptions",
+            &json!({"pattern": "orders.*"}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let (_, invoke_key) = make_key(&app, "ci", "invoke").await;
+    let invoker = client_with_key(&invoke_key);
+    let r = invoker
+        .post(app.url("/v1/events/orders.new"))
+        .body("{\"n\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let published: Value = r.json().await.unwrap();
+    let status_url = published["status_url"].as_str().unwrap();
+    let path = reqwest::Url::parse(status_url).unwrap().path().to_string();
+    assert_eq!(
+        path,
+        format!("/v1/events/{}", published["id"].as_str().unwrap())
+    );
+
+    let r = invoker.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "invoke key on GET {path}");
+    let event: Value = r.json().await.unwrap();
+    assert_eq!(event["id"], published["id"], "{event}");
+    assert_eq!(event["topic"], "orders.new");
+    assert_eq!(event["invocations"], published["invocations"], "{event}");
+    assert_unauthorized(
+        call(&reqwest::Client::new(), &app, &Method::GET, &path).await,
+        "GET the event without a key",
+    )
+    .await;
+    let r = call(
+        &invoker,
+        &app,
+        &Method::GET,
+        "/v1/functions/echo/subscriptions",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    app.shutdown().await;
+}

@@ -273,3 +273,66 @@ async fn an_oversized_message_is_refused_without_losing_other_callers_replies() 
     assert!(big.iter().all(|r| r["status"] != "queued"), "{big:?}");
     app.shutdown().await;
 }
+
+/// Issue 26: a path parameter that isn't UTF-8 once percent-decoded (or not a number where one
+/// is expected), and a query string that doesn't fit, got axum's plain-text 400. Every route
+/// with a path parameter answers the API's JSON error body now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_path_parameters_and_queries_get_the_json_error_body() {
+    let app = spawn_app().await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let requests = [
+        ("GET", "/v1/invocations/%ff%fe"),
+        ("POST", "/v1/invocations/%ff/retry"),
+        ("GET", "/v1/functions/%ff"),
+        ("PUT", "/v1/functions/%ff"),
+        ("DELETE", "/v1/functions/%ff"),
+        ("POST", "/v1/functions/%ff/invoke"),
+        ("POST", "/v1/functions/%ff/invocations"),
+        ("GET", "/v1/functions/%ff/invocations"),
+        ("GET", "/v1/functions/echo/builds/one"),
+        ("GET", "/v1/functions/%ff/builds/1"),
+        ("POST", "/v1/functions/%ff/rollback"),
+        ("GET", "/v1/functions/%ff/subscriptions"),
+        ("DELETE", "/v1/functions/echo/subscriptions/%ff"),
+        ("GET", "/v1/functions/%ff/callback-key"),
+        ("POST", "/v1/events/%ff"),
+        ("GET", "/v1/events/%ff"),
+        ("GET", "/v1/schedules/%ff"),
+        ("GET", "/v1/schedules?function=a&function=b"),
+        ("GET", "/v1/webhooks/%ff"),
+        ("POST", "/v1/webhooks/%ff/rotate"),
+        ("GET", "/v1/webhooks/%ff/rejections"),
+        ("POST", "/hooks/%ff"),
+        ("DELETE", "/v1/keys/%ff"),
+        ("POST", "/fn/%ff"),
+    ];
+    for (method, path) in requests {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = response.text().await.unwrap();
+        assert!(status.is_client_error(), "{method} {path}: {status} {text}");
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{method} {path}: {status} {text}"
+        );
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{method} {path}: {body}"
+        );
+    }
+    app.shutdown().await;
+}

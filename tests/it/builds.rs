@@ -55,9 +55,10 @@ async fn a_function_rolls_back_to_an_earlier_successful_build_only() {
     assert_eq!(r.status(), 200);
     let f: Value = r.json().await.unwrap();
     assert_eq!(f["version"], 1, "{f}");
+    let installation = granda::docker::installation(&app.pool).await.unwrap();
     assert_eq!(
         f["image"],
-        granda::build::tag(&app.settings.amqp_prefix, "shout", 1)
+        granda::build::tag(&app.settings.amqp_prefix, &installation, "shout", 1)
     );
     assert_eq!(f["runtime"], "shell");
     let out = app.invoke("shout", "abc").await.text().await.unwrap();
@@ -74,4 +75,45 @@ async fn a_function_rolls_back_to_an_earlier_successful_build_only() {
     let out = app.invoke("shout", "abc").await.text().await.unwrap();
     assert_eq!(out, "ABC");
     app.shutdown().await;
+}
+
+/// Issue 26: two installations on one engine, with the same prefix even, build a function of the
+/// same name from different sources: each runs its own build. (The tag was
+/// `<prefix>-fn/<name>:v<N>` for both, so the second build retagged the first one's image, and A's
+/// function ran B's code.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_on_one_engine_each_run_their_own_build_of_a_name() {
+    tokio::task::spawn_blocking(crate::cli::ensure_runtime_images)
+        .await
+        .unwrap();
+    // Each worker serves only its own installation's queue: they share the prefix's exchanges.
+    let a = crate::support::spawn_app_with(|s| s.queues = vec!["inst-a".into()]).await;
+    let prefix = a.settings.amqp_prefix.clone();
+    let b = crate::support::spawn_app_with(|s| {
+        s.amqp_prefix = prefix;
+        s.queues = vec!["inst-b".into()];
+    })
+    .await;
+    for (app, queue, source) in [
+        (&a, "inst-a", "echo from-a\n"),
+        (&b, "inst-b", "echo from-b\n"),
+    ] {
+        let r = app
+            .post_json(
+                "/v1/functions",
+                &json!({"name": "evil", "runtime": "shell", "source": source, "queue": queue}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let image = |f: Value| f["image"].as_str().unwrap().to_string();
+    let image_a = image(a.get("/v1/functions/evil").await.json().await.unwrap());
+    let image_b = image(b.get("/v1/functions/evil").await.json().await.unwrap());
+    assert_ne!(image_a, image_b);
+    for (app, expected) in [(&a, "from-a"), (&b, "from-b")] {
+        let out = app.invoke("evil", "").await.text().await.unwrap();
+        assert_eq!(out.trim(), expected);
+    }
+    crate::cli::finish(a).await;
+    crate::cli::finish(b).await;
 }

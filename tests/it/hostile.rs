@@ -417,6 +417,73 @@ async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_r
     app.shutdown().await;
 }
 
+/// Issue 26: an image's `VOLUME "/q/../vN"` x16 is mounted where the engine puts it (`/vN`), so
+/// every one is a tmpfs capped at `tmp_mb`. Keyed by the raw path, the tmpfs covered nothing and
+/// some became uncapped volumes on the host's disk (6 MB written where the cap is 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_spelled_with_dotdot_are_capped_where_the_engine_mounts_them() {
+    let app = spawn_app().await;
+    for mode in ["cold", "warm"] {
+        let name = format!("dotdot-{mode}");
+        app.register(
+            &name,
+            "granda-test/volume-dotdot",
+            json!({"mode": mode, "tmp_mb": 4, "memory_mb": 256}),
+        )
+        .await;
+        for _ in 0..2 {
+            let response = app.invoke(&name, "").await;
+            assert_eq!(response.status(), 200);
+            let text = response.text().await.unwrap();
+            let written: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+            assert_eq!(written.len(), 16, "{mode}: {text}");
+            // Each write stopped at the 4 MB cap (the image tries 6).
+            assert!(written.iter().all(|&mb| mb == 4), "{mode}: {written:?}");
+        }
+    }
+    app.shutdown().await;
+}
+
+/// Issue 26: an image declaring `VOLUME /proc` (a kernel filesystem) is refused at registration
+/// with a 422 that says why, and at run time when it turns up under a tag registered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_volume_on_a_kernel_filesystem_is_refused_at_registration_and_at_run() {
+    let app = spawn_app().await;
+    let response = app
+        .post_json(
+            "/v1/functions",
+            &json!({"name": "procvol", "image": "granda-test/volume-proc"}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("VOLUME \"/proc\""), "{message}");
+    assert!(message.contains("kernel filesystem"), "{message}");
+    assert_eq!(app.get("/v1/functions/procvol").await.status(), 404);
+
+    let tag = format!("granda-test/retagged-{}", Uuid::new_v4().simple());
+    let retag = |from: &str| {
+        let status = std::process::Command::new("docker")
+            .args(["tag", from, &tag])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    retag("granda-test/volume");
+    app.register("later-proc", &tag, json!({"mode": "cold"}))
+        .await;
+    retag("granda-test/volume-proc");
+    let id = app.invoke_async("later-proc", "").await;
+    let error = failure_of(&app, id, Duration::from_secs(60)).await;
+    assert!(error.contains("kernel filesystem"), "{error}");
+    app.assert_no_containers_left(Duration::from_secs(10)).await;
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .status();
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_socket_swapped_for_a_symlink_is_refused_and_never_followed() {
     let app = spawn_app().await;

@@ -297,7 +297,11 @@ async fn a_build_from_source_on_host_b_is_pushed_and_runs_on_host_a() {
     .await;
     assert_eq!(created.status(), 201);
     let function: Value = created.json().await.unwrap();
-    let image = format!("{registry}/{}-fn/built:v1", app.settings.amqp_prefix);
+    let installation = granda::docker::installation(&app.pool).await.unwrap();
+    let image = format!(
+        "{registry}/{}-fn/{installation}/built:v1",
+        app.settings.amqp_prefix
+    );
     assert_eq!(function["image"], image.as_str(), "{function}");
     let on_b = engine(&engine_b);
     assert!(on_b.inspect_image(&image).await.is_ok(), "built on host B");

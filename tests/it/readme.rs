@@ -228,7 +228,7 @@ impl Installation {
             .await;
         }
         let docker = granda::docker::connect(None, 120).unwrap();
-        let reference = format!("{}-fn/*", self.prefix);
+        let reference = format!("{}-fn/*/*", self.prefix);
         let filters = std::collections::HashMap::from([("reference", vec![reference.as_str()])]);
         let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
             .filters(&filters)

@@ -270,8 +270,8 @@ pub(crate) async fn a_functions_default_callback_covers_events_and_failures_are_
     app.shutdown().await;
 }
 
-/// Issue 14, item 6: every spelling of an internal target is refused where it enters, with no
-/// operator allowance: 400 on invoke, 422 on registration and update; nothing is queued or sent.
+/// Issue 14, item 6 (and issue 26: `::ffff:0:a.b.c.d`, local-use NAT64): every spelling of an
+/// internal target is refused where it enters, with no operator allowance: 400 on invoke, 422 on registration and update; nothing is queued or sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 pub(crate) async fn internal_callback_targets_are_refused_where_they_enter() {
     let app = spawn_app_with(|_| {}).await;
@@ -284,6 +284,8 @@ pub(crate) async fn internal_callback_targets_are_refused_where_they_enter() {
         format!("http://0x7f000001:{port}/done"),
         format!("http://0177.0.0.1:{port}/done"),
         format!("http://[::ffff:127.0.0.1]:{port}/done"),
+        // Issue 26: the IPv4-translated (SIIT) spelling of loopback.
+        format!("http://[::ffff:0:127.0.0.1]:{port}/done"),
         format!("http://localhost:{port}/done"),
         format!("http://user:pw@127.0.0.1:{port}/done"),
         format!("http://user:pw@example.com:{port}/done"),
@@ -310,7 +312,12 @@ pub(crate) async fn internal_callback_targets_are_refused_where_they_enter() {
             "{url}: {message}"
         );
     }
-    for url in ["http://169.254.169.254/", "http://[::ffff:a9fe:a9fe]/"] {
+    for url in [
+        "http://169.254.169.254/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://[::ffff:0:127.0.0.1]/",
+        "http://[64:ff9b:1::7f00:1]/",
+    ] {
         let response = app
             .post_json(
                 "/v1/functions",

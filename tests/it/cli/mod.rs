@@ -60,14 +60,16 @@ pub(crate) async fn granda(app: &TestApp, args: &[&str], stdin: &[u8]) -> Output
         .unwrap()
 }
 
-/// The tag of a version built by `app` (its installation prefix is the queue prefix).
-pub(crate) fn image(app: &TestApp, name: &str, version: i32) -> String {
-    granda::build::tag(&app.settings.amqp_prefix, name, version)
+/// The tag of a version built by `app` (its prefix is the queue prefix, with its installation).
+pub(crate) async fn image(app: &TestApp, name: &str, version: i32) -> String {
+    let installation = granda::docker::installation(&app.pool).await.unwrap();
+    granda::build::tag(&app.settings.amqp_prefix, &installation, name, version)
 }
 
 /// Removes the images `app` built, then shuts it down.
 pub(crate) async fn finish(app: TestApp) {
-    let reference = format!("{}-fn/*", app.settings.amqp_prefix);
+    // `*` stops at a `/`: the tags of builds are `<prefix>-fn/<installation>/<name>:v<N>`.
+    let reference = format!("{}-fn/*/*", app.settings.amqp_prefix);
     let filters = std::collections::HashMap::from([("reference", vec![reference.as_str()])]);
     let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
         .filters(&filters)

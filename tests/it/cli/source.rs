@@ -75,13 +75,13 @@ async fn deploy_from_source_invoke_and_read_the_records() {
     let f = json(&granda(&app, &["--json", "fn", "get", "upper"], b"").await);
     assert_eq!(f["runtime"], "shell");
     assert_eq!(f["version"], 1);
-    assert_eq!(f["image"], image(&app, "upper", 1));
+    assert_eq!(f["image"], image(&app, "upper", 1).await);
     assert_eq!(f["versions"][0]["status"], "succeeded");
     let list = json(&granda(&app, &["fn", "ls", "--json"], b"").await);
     assert_eq!(list["functions"].as_array().unwrap().len(), 2);
     let table = expect(&granda(&app, &["fn", "ls"], b"").await, 0);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains(&image(&app, "counter", 1)), "{table}");
+    assert!(table.contains(&image(&app, "counter", 1).await), "{table}");
 
     // An async invoke prints the id; inv get/logs/ls read it.
     let out = granda(
@@ -254,7 +254,7 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
 
     let f = json(&granda(&app, &["fn", "get", "ver", "--json"], b"").await);
     assert_eq!(f["version"], 2);
-    assert_eq!(f["image"], image(&app, "ver", 2));
+    assert_eq!(f["image"], image(&app, "ver", 2).await);
     let versions: Vec<i64> = f["versions"]
         .as_array()
         .unwrap()
@@ -264,11 +264,11 @@ async fn a_redeploy_builds_a_new_version_and_keeps_the_old_image() {
     assert_eq!(versions, [2, 1]);
     // The old image stays: invocations queued before the switch still name it.
     app.docker
-        .inspect_image(&image(&app, "ver", 1))
+        .inspect_image(&image(&app, "ver", 1).await)
         .await
         .expect("v1 is kept");
     app.docker
-        .inspect_image(&image(&app, "ver", 2))
+        .inspect_image(&image(&app, "ver", 2).await)
         .await
         .expect("v2 is there");
     let human = expect(&granda(&app, &["fn", "get", "ver"], b"").await, 0);

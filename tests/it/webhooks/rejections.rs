@@ -92,3 +92,56 @@ async fn refused_deliveries_are_listed_with_why_and_a_flood_writes_a_few() {
     assert!((10..=20).contains(&written), "{written} written");
     app.shutdown().await;
 }
+
+/// Issue 26: a signed delivery whose event type or delivery id is not ASCII was read as having
+/// none: 202, run without its event type, and a replay ran again (no dedup key). Now it is
+/// refused (400, the API's error shape), written down, and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_with_a_non_ascii_event_or_delivery_id_is_refused_and_written_down() {
+    let app = spawn_app().await;
+    app.register("hooked", "granda-test/echo", json!({})).await;
+    let hook = create(
+        &app,
+        json!({"function": "hooked", "scheme": "github", "secret": GITHUB_SECRET}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap();
+    let send = |name: &'static str, value: &'static [u8]| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url(&format!("/hooks/{id}")))
+                .header("x-hub-signature-256", GITHUB_SIGNATURE)
+                .header(
+                    name,
+                    reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+                )
+                .body("Hello, World!")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (name, value, what) in [
+        ("x-github-event", "p\u{fc}sh".as_bytes(), "event type"),
+        ("x-github-delivery", b"d-\xff\xfe".as_slice(), "delivery id"),
+    ] {
+        // Twice: a replay of the same bytes is refused the same way, never run.
+        for _ in 0..2 {
+            let response = send(name, value).await;
+            assert_eq!(response.status(), 400, "{name}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "bad_request", "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(what), "{name}: {message}");
+        }
+    }
+    let list = refused(&app, id).await;
+    assert_eq!(list.len(), 4, "{list:?}");
+    assert!(
+        list.iter().all(|r| r["reason"] == "malformed_delivery"),
+        "{list:?}"
+    );
+    assert!(app.invocations_of("hooked").await.is_empty());
+    app.shutdown().await;
+}
