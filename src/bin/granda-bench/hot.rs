@@ -266,6 +266,58 @@ pub(crate) async fn hot_rows(
     ])
 }
 
+/// Body-size rows: p50 of a sync hot call with a 1, 16 and 64 KiB body, with 1 client and with 8,
+/// each against the 1 KiB call of the same run: a large body must cost its bytes, no more (no
+/// 40 ms delayed-ACK stall per statement, as TLS to a local Postgres without `TCP_NODELAY` gave).
+pub(crate) async fn body_rows(
+    args: &Args,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<Vec<String>> {
+    let n = (args.hot_calls / 5).max(20);
+    let mut rows = Vec::new();
+    for clients in [1usize, 8] {
+        let mut base = None;
+        for kib in [1usize, 16, 64] {
+            let body: Vec<u8> = (0..kib * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut leans = Vec::new();
+            for _ in 0..clients {
+                let mut lean = Lean::connect(address, "/fn/echo-hot", &body).await?;
+                lean.expect(&body).await?;
+                leans.push(lean);
+            }
+            let running: Vec<_> = leans
+                .into_iter()
+                .map(|mut lean| {
+                    let body = body.clone();
+                    tokio::spawn(async move {
+                        let mut lat = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            let t = Instant::now();
+                            lean.expect(&body).await?;
+                            lat.push(t.elapsed());
+                        }
+                        anyhow::Ok(lat)
+                    })
+                })
+                .collect();
+            let mut lat = Vec::new();
+            for client in running {
+                lat.extend(client.await??);
+            }
+            let p50 = percentile(&lat, 50);
+            let base50 = *base.get_or_insert(p50);
+            rows.push(format!(
+                "| hot sync p50, {kib} KiB body, {clients} client{} (ms) | {:.2} | {:.2} (1 KiB) | {:.2} | ≤ 2.00 |",
+                if clients == 1 { "" } else { "s" },
+                p50.as_secs_f64() * 1e3,
+                base50.as_secs_f64() * 1e3,
+                p50.as_secs_f64() / base50.as_secs_f64()
+            ));
+        }
+    }
+    Ok(rows)
+}
+
 /// One request straight to a hot process over its socket; an echo must give the input back.
 pub(crate) async fn ask(
     connection: &mut granda::worker::hot::Connection,

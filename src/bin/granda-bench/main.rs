@@ -12,7 +12,7 @@ mod hot;
 mod pipeline;
 mod scheduler;
 
-use hot::{Lean, hot_rows, warm_rows};
+use hot::{Lean, body_rows, hot_rows, warm_rows};
 use pipeline::{Direct, granda_burst_of, pipeline_scenario};
 use scheduler::scheduler_scenario;
 
@@ -187,7 +187,8 @@ async fn main() -> anyhow::Result<()> {
             pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
         }
         Scenario::Hot => {
-            let rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
+            let mut rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
+            rows.extend(body_rows(&args, address).await?);
             println!();
             println!("| measure | Granda | direct | ratio (Granda / direct) | target |");
             println!("|---|---:|---:|---:|---|");
