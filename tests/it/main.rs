@@ -8,6 +8,7 @@ mod builds;
 mod callbacks;
 mod cli;
 mod cluster;
+mod connections;
 mod docs;
 mod events;
 mod faults;
