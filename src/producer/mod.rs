@@ -130,6 +130,7 @@ impl Application {
         let metrics: Arc<Metrics> = Arc::default();
         let body_budget = Arc::new(budget::BodyBudget::new(
             settings.unauthenticated_body_budget_bytes,
+            std::time::Duration::from_millis(settings.body_read_timeout_ms),
             metrics.clone(),
         ));
         let engines = Arc::new(crate::engines::Remote::new(

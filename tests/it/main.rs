@@ -27,6 +27,7 @@ mod openapi;
 mod readme;
 mod scheduler;
 mod schedules;
+mod slow_bodies;
 mod support;
 mod tls;
 mod ui;
