@@ -22,6 +22,7 @@ mod inbound;
 mod invocations;
 mod invoke;
 mod isolation;
+mod keyless_timing;
 mod metrics;
 mod openapi;
 mod readme;
