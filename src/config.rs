@@ -241,6 +241,28 @@ pub struct Settings {
         default_value_t = 64 * 1024 * 1024)]
     pub unauthenticated_body_budget_bytes: usize,
 
+    /// How long a request body read within the unauthenticated budget (webhook deliveries,
+    /// keyless calls of public functions, the login form) may take to arrive, in ms; past it the
+    /// request gets 408 and its connection is closed.
+    #[arg(long, env = "GRANDA_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// How long a new connection may take to send its first request's headers, and a kept-alive
+    /// one its next request's once it has begun, in ms; then the ingress closes it.
+    #[arg(long, env = "GRANDA_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a kept-alive connection may wait, with no request in flight, for its next
+    /// request to begin, in ms; then the ingress closes it.
+    #[arg(long, env = "GRANDA_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Most connections the ingress holds at once. At the cap a new one makes the connection
+    /// waiting longest for a request close; when every connection has a request in flight, new
+    /// ones wait in the listen backlog.
+    #[arg(long, env = "GRANDA_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// For Granda's own tests only: a function named `panic-in-execute…` or `panic-in-handle…`
     /// makes the worker panic there (`worker::faults`). Never set it in production.
     #[arg(

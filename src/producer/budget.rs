@@ -1,14 +1,20 @@
 //! The byte budget of unauthenticated request bodies (`/hooks/{id}`, a public function's
-//! `/fn/{name}`): anyone on the internet can send them, so together they may hold at most
-//! `GRANDA_UNAUTHENTICATED_BODY_BUDGET_BYTES` in memory at once.
+//! `/fn/{name}`, the dashboard's login form): anyone on the internet can send them, so together
+//! they may hold at most `GRANDA_UNAUTHENTICATED_BODY_BUDGET_BYTES` in memory at once.
 //!
-//! A request reserves its `Content-Length` (or the body cap when it sends none) before a byte
-//! of its body is read, and keeps the reservation until its answer is made. A body over the cap
-//! is refused (413) unread; when the budget is spent, a request waits up to
-//! [`BUDGET_WAIT`] for room and is then answered 503 with `Retry-After`, unread.
+//! A body announced over its cap is refused (413) unread. Otherwise a request reserves the bytes
+//! it has actually read, growing its reservation as each chunk arrives, and keeps it until its
+//! answer is made: announcing a large body, or sending none of it, holds nothing. When a chunk
+//! finds the budget spent, the read waits up to [`BUDGET_WAIT`] for room and the request is then
+//! answered 503 with `Retry-After`. The whole body must arrive within
+//! `GRANDA_BODY_READ_TIMEOUT_MS`, or the request is answered 408 (and its connection closed,
+//! since its body is left unread).
 //! The bytes reserved now are the gauge `granda_unauthenticated_body_bytes_in_flight`.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,13 +23,14 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http_body::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-/// How long a request waits for room in the budget before it is answered 503.
+/// How long a read waits for room in the budget before its request is answered 503.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 const GAUGE: &str = "granda_unauthenticated_body_bytes_in_flight";
@@ -33,41 +40,215 @@ const REFUSED: &str = "granda_unauthenticated_body_refusals_total";
 pub struct BodyBudget {
     semaphore: Arc<Semaphore>,
     total: usize,
+    timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Held while the gauge is read and set, so a stale reading is never written last.
+    gauge: Arc<Mutex<()>>,
 }
 
-/// A reservation: its bytes go back to the budget when it is dropped.
-pub struct Reserved {
-    _permit: Option<OwnedSemaphorePermit>,
-    budget: Arc<Semaphore>,
+/// Why a body's read was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    Spent,
+    TooSlow,
+}
+
+/// A request's reservation: it grows as the request's body is read, and its bytes go back to the
+/// budget when its last clone is dropped.
+#[derive(Clone)]
+pub struct Reserved(Arc<Share>);
+
+struct Share {
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+    failure: Mutex<Option<Failure>>,
+    semaphore: Arc<Semaphore>,
     total: usize,
+    timeout: Duration,
     metrics: Arc<Metrics>,
+    gauge: Arc<Mutex<()>>,
 }
 
-impl Drop for Reserved {
+impl Share {
+    fn gauge(&self) {
+        let _setting = self.gauge.lock().expect("lock");
+        let in_flight = self.total - self.semaphore.available_permits();
+        self.metrics.set(GAUGE, String::new(), in_flight as f64);
+    }
+
+    fn add(&self, permit: OwnedSemaphorePermit) {
+        let mut held = self.held.lock().expect("lock");
+        match held.as_mut() {
+            Some(p) => p.merge(permit),
+            None => *held = Some(permit),
+        }
+        drop(held);
+        self.gauge();
+    }
+
+    fn fail(&self, failure: Failure) -> BodyRefused {
+        self.failure.lock().expect("lock").get_or_insert(failure);
+        let reason = match failure {
+            Failure::Spent => "budget",
+            Failure::TooSlow => "timeout",
+        };
+        self.metrics.inc(REFUSED, format!("reason=\"{reason}\""));
+        BodyRefused(failure)
+    }
+}
+
+impl Drop for Share {
     fn drop(&mut self) {
-        drop(self._permit.take());
-        self.metrics.set(
-            GAUGE,
-            String::new(),
-            (self.total - self.budget.available_permits()) as f64,
-        );
+        drop(self.held.lock().expect("lock").take());
+        self.gauge();
+    }
+}
+
+impl Reserved {
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0
+            .held
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map_or(0, |p| p.num_permits())
+    }
+
+    /// The answer for a body whose read the budget stopped (spent: 503; too slow: 408).
+    pub fn failure(&self) -> Option<ApiError> {
+        let failure = *self.0.failure.lock().expect("lock");
+        failure.map(|f| match f {
+            Failure::Spent => ApiError::Unavailable(
+                "too many unauthenticated request bodies in flight; try again shortly".into(),
+            ),
+            Failure::TooSlow => ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} ms",
+                self.0.timeout.as_millis()
+            )),
+        })
+    }
+}
+
+/// The error a metered body ends with when the budget stops it.
+#[derive(Debug)]
+struct BodyRefused(Failure);
+
+impl std::fmt::Display for BodyRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Failure::Spent => f.write_str("the budget of unauthenticated bodies is spent"),
+            Failure::TooSlow => f.write_str("the body did not arrive in time"),
+        }
+    }
+}
+
+impl std::error::Error for BodyRefused {}
+
+type Grow = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
+/// A body read within the budget and before a deadline.
+struct Metered {
+    inner: Body,
+    share: Arc<Share>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// A chunk read, waiting for room in the budget.
+    waiting: Option<(Frame<Bytes>, Grow)>,
+    done: bool,
+}
+
+impl http_body::Body for Metered {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(this.share.fail(Failure::TooSlow).into())));
+        }
+        loop {
+            if let Some((_, grow)) = this.waiting.as_mut() {
+                let grown = ready!(grow.as_mut().poll(cx));
+                let (frame, _) = this.waiting.take().expect("a waiting chunk");
+                return Poll::Ready(Some(match grown {
+                    Some(permit) => {
+                        this.share.add(permit);
+                        Ok(frame)
+                    }
+                    None => {
+                        this.done = true;
+                        Err(this.share.fail(Failure::Spent).into())
+                    }
+                }));
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                // A broken connection: the reader hears of it.
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+            };
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n == 0 {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if n > this.share.total {
+                this.done = true;
+                return Poll::Ready(Some(Err(this.share.fail(Failure::Spent).into())));
+            }
+            let wanted = n as u32;
+            match this.share.semaphore.clone().try_acquire_many_owned(wanted) {
+                Ok(permit) => {
+                    this.share.add(permit);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Err(_) => {
+                    let semaphore = this.share.semaphore.clone();
+                    let grow: Grow = Box::pin(async move {
+                        let acquire = semaphore.acquire_many_owned(wanted);
+                        tokio::time::timeout(BUDGET_WAIT, acquire).await.ok()?.ok()
+                    });
+                    this.waiting = Some((frame, grow));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.waiting.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl BodyBudget {
-    pub fn new(total: usize, metrics: Arc<Metrics>) -> BodyBudget {
+    pub fn new(total: usize, timeout: Duration, metrics: Arc<Metrics>) -> BodyBudget {
         // A semaphore holds at most `Semaphore::MAX_PERMITS`; a budget is far below it.
-        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        let total = total.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         metrics.describe(
             GAUGE,
-            "Bytes of unauthenticated request bodies (webhooks, public functions) reserved now",
+            "Bytes of unauthenticated request bodies (webhooks, public functions) read and held now",
         );
         metrics.set(GAUGE, String::new(), 0.0);
         BodyBudget {
             semaphore: Arc::new(Semaphore::new(total)),
             total,
+            timeout,
             metrics,
+            gauge: Arc::default(),
         }
     }
 
@@ -76,43 +257,40 @@ impl BodyBudget {
         self.total - self.semaphore.available_permits()
     }
 
-    /// Reserves room for a body of the size `headers` announce (at most `cap`), before reading it.
-    pub async fn reserve(&self, headers: &HeaderMap, cap: usize) -> Result<Reserved, ApiError> {
-        let announced = declared_length(headers)?;
-        if announced.is_some_and(|n| n > cap) {
-            self.refused("too_large");
+    /// Opens a reservation for a body of at most `cap` bytes: 413 when it announces more, or 400
+    /// when its `Content-Length` is not a number. It holds no bytes until [`BodyBudget::meter`]ed
+    /// ones are read.
+    pub fn reserve(&self, headers: &HeaderMap, cap: usize) -> Result<Reserved, ApiError> {
+        if declared_length(headers)?.is_some_and(|n| n > cap) {
+            self.metrics.inc(REFUSED, "reason=\"too_large\"".into());
             return Err(ApiError::PayloadTooLarge(format!(
                 "the body is larger than {cap} bytes"
             )));
         }
-        let bytes = announced.unwrap_or(cap).min(self.total);
-        let permit = if bytes == 0 {
-            None
-        } else {
-            let wanted = u32::try_from(bytes).unwrap_or(u32::MAX);
-            let acquire = self.semaphore.clone().acquire_many_owned(wanted);
-            match tokio::time::timeout(BUDGET_WAIT, acquire).await {
-                Ok(Ok(permit)) => Some(permit),
-                _ => {
-                    self.refused("budget");
-                    return Err(ApiError::Unavailable(
-                        "too many unauthenticated request bodies in flight; try again shortly"
-                            .into(),
-                    ));
-                }
-            }
-        };
-        self.metrics
-            .set(GAUGE, String::new(), self.in_flight() as f64);
-        Ok(Reserved {
-            _permit: permit,
-            budget: self.semaphore.clone(),
+        Ok(Reserved(Arc::new(Share {
+            held: Mutex::new(None),
+            failure: Mutex::new(None),
+            semaphore: self.semaphore.clone(),
             total: self.total,
+            timeout: self.timeout,
             metrics: self.metrics.clone(),
+            gauge: self.gauge.clone(),
+        })))
+    }
+
+    /// `body`, read within `reserved` and before the body read timeout (from now). When the
+    /// budget stops it, the body ends in an error and [`Reserved::failure`] says the answer.
+    pub fn meter(&self, reserved: &Reserved, body: Body) -> Body {
+        Body::new(Metered {
+            inner: body,
+            share: reserved.0.clone(),
+            deadline: Box::pin(tokio::time::sleep(self.timeout)),
+            waiting: None,
+            done: false,
         })
     }
 
-    /// Reserves room, then reads the body (at most `cap` bytes, and no more than it announced).
+    /// Reads a body within the budget (at most `cap` bytes, and no more than it announced).
     /// Keep the reservation as long as the bytes are held.
     pub async fn read(
         &self,
@@ -120,22 +298,21 @@ impl BodyBudget {
         body: Body,
         cap: usize,
     ) -> Result<(Bytes, Reserved), ApiError> {
-        let reserved = self.reserve(headers, cap).await?;
+        let reserved = self.reserve(headers, cap)?;
         let limit = declared_length(headers)?.unwrap_or(cap).min(cap);
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"))
-            } else {
-                ApiError::BadRequest(format!("could not read the body: {e}"))
-            }
-        })?;
-        Ok((bytes, reserved))
-    }
-
-    fn refused(&self, reason: &str) {
-        self.metrics.inc(REFUSED, format!("reason=\"{reason}\""));
+        let body = self.meter(&reserved, body);
+        match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => Ok((bytes, reserved)),
+            Err(e) => Err(reserved.failure().unwrap_or_else(|| {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_large {
+                    ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"))
+                } else {
+                    ApiError::BadRequest(format!("could not read the body: {e}"))
+                }
+            })),
+        }
     }
 }
 
@@ -152,10 +329,11 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// Middleware for a public function's URL (`/fn/{name}`) called without credentials: the
-/// request holds a reservation for its body until it is answered. Calls with a live key (the
-/// auth middleware, which runs first, says so) pass; an `Authorization` header of another kind
-/// (a function's own Basic credentials) does not make a call authenticated.
+/// Middleware for a public function's URL (`/fn/{name}`) called without credentials: its body
+/// is read within the budget and before the body read timeout, and the reservation is kept until
+/// the request is answered. Calls with a live key (the auth middleware, which runs first, says
+/// so) pass; an `Authorization` header of another kind (a function's own Basic credentials) does
+/// not make a call authenticated.
 pub async fn unauthenticated(
     State(app): State<AppState>,
     request: Request,
@@ -169,18 +347,21 @@ pub async fn unauthenticated(
     {
         return next.run(request).await;
     }
-    match app
+    let reserved = match app
         .body_budget
         .reserve(request.headers(), app.settings.max_body_bytes)
-        .await
     {
-        Ok(reserved) => {
-            let response = next.run(request).await;
-            drop(reserved);
-            response
-        }
-        Err(e) => with_retry_after(e),
+        Ok(reserved) => reserved,
+        Err(e) => return with_retry_after(e),
+    };
+    let request = request.map(|body| app.body_budget.meter(&reserved, body));
+    let response = next.run(request).await;
+    // The handler could not read the body: the budget's answer, not the reader's.
+    if let Some(e) = reserved.failure() {
+        return with_retry_after(e);
     }
+    drop(reserved);
+    response
 }
 
 /// An error answer; a spent budget says when to try again.

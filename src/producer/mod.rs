@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod origin;
 pub mod recent;
 pub mod schedules;
+pub mod serve;
 pub mod ui;
 pub mod webhooks;
 
@@ -130,6 +131,7 @@ impl Application {
         let metrics: Arc<Metrics> = Arc::default();
         let body_budget = Arc::new(budget::BodyBudget::new(
             settings.unauthenticated_body_budget_bytes,
+            std::time::Duration::from_millis(settings.body_read_timeout_ms),
             metrics.clone(),
         ));
         let engines = Arc::new(crate::engines::Remote::new(
@@ -186,13 +188,10 @@ impl Application {
         loops.spawn(crate::outbox::run(ingress.clone()));
         loops.spawn(crate::schedule::ticker::run(ingress.clone()));
         let router_stopped = loops.spawn(crate::inbound::run(ingress, stopped));
-        let app = router(self.state);
-        // The caller's address is a function's `REMOTE_ADDR`.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP");
+        let limits = serve::Limits::from_settings(&self.state.settings);
+        let metrics = self.state.metrics.clone();
+        // Each request carries its caller's address (a function's `REMOTE_ADDR`).
+        serve::serve(self.listener, router(self.state), limits, metrics, shutdown).await;
         // The inbound router finishes the message in hand; the others just stop.
         let _ = stop.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -204,7 +203,7 @@ impl Application {
         })
         .await;
         loops.shutdown().await;
-        served
+        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Recent reads of what every call looks up (its API key, its function), kept for a moment so an
+//! Recent reads of what every call looks up (its API key, its function, whether a function's URL
+//! is public), kept for a moment so an
 //! invocation costs Postgres only the writes that record it. This process forgets everything at
 //! once when it changes a function or a key; a change made through another ingress process is
 //! seen within [`TTL`].
@@ -18,6 +19,8 @@ const MAX_ENTRIES: usize = 10_000;
 #[derive(Default)]
 pub struct Recent {
     functions: Mutex<HashMap<String, (Instant, Function)>>,
+    /// Whether a name is a public function: `false` for private ones and missing ones alike.
+    public: Mutex<HashMap<String, (Instant, bool)>>,
     /// By the SHA-256 of the key, never the key itself.
     keys: Mutex<HashMap<[u8; 32], (Instant, Scope)>>,
 }
@@ -31,6 +34,16 @@ impl Recent {
         remember(&self.functions, f.name.clone(), f.clone());
     }
 
+    /// Whether `name` is a public function, as read in the last [`TTL`] (a name that is no
+    /// function is remembered as `false`, like a private one).
+    pub fn public(&self, name: &str) -> Option<bool> {
+        fresh(&self.public, name)
+    }
+
+    pub fn remember_public(&self, name: &str, public: bool) {
+        remember(&self.public, name.to_string(), public);
+    }
+
     pub fn key(&self, hash: &[u8; 32]) -> Option<Scope> {
         fresh(&self.keys, hash)
     }
@@ -42,6 +55,7 @@ impl Recent {
     /// After this process changed a function or a key.
     pub fn forget_all(&self) {
         self.functions.lock().expect("lock").clear();
+        self.public.lock().expect("lock").clear();
         self.keys.lock().expect("lock").clear();
     }
 }
@@ -78,5 +92,15 @@ mod tests {
         assert_eq!(recent.key(&hash), Some(Scope::Invoke));
         recent.forget_all();
         assert_eq!(recent.key(&hash), None);
+    }
+
+    #[test]
+    fn a_missing_function_is_remembered_as_not_public() {
+        let recent = Recent::default();
+        assert_eq!(recent.public("nothing"), None);
+        recent.remember_public("nothing", false);
+        assert_eq!(recent.public("nothing"), Some(false));
+        recent.forget_all();
+        assert_eq!(recent.public("nothing"), None);
     }
 }
