@@ -51,6 +51,7 @@ pub mod producer;
 pub mod retry;
 pub mod schedule;
 pub mod scheduler;
+pub mod seal;
 pub mod telemetry;
 pub mod tls;
 pub mod web;

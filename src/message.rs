@@ -3,7 +3,11 @@
 //! Work message: body = the input bytes; `message_id` = invocation id; `correlation_id` and
 //! `reply_to` for sync calls; headers `x-granda-function` (the function snapshot as JSON),
 //! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch), and for calls of a function's
-//! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON).
+//! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON), and
+//! `x-granda-signature`: HMAC-SHA256 under the installation's signing key ([`crate::seal`]) of
+//! the id, trigger, snapshot, queued-at time, reply-to, correlation id, request and body. The
+//! snapshot's secrets travel sealed. A worker checks the signature, opens the secrets and checks
+//! the snapshot's limits ([`crate::function::check_snapshot`]) before it runs or records anything.
 //! Reply: body = stdout; headers `x-granda-status`, `x-granda-exit-code`, `x-granda-duration-ms`,
 //! `x-granda-error` (platform error or the stderr tail of a failed run), and `x-granda-http` (the
 //! function's own HTTP status and headers, [`crate::web::WebAnswer`] as JSON) when it gave them.
@@ -24,6 +28,7 @@ const H_DURATION: &str = "x-granda-duration-ms";
 const H_ERROR: &str = "x-granda-error";
 const H_REQUEST: &str = "x-granda-request";
 const H_HTTP: &str = "x-granda-http";
+const H_SIGNATURE: &str = "x-granda-signature";
 
 /// How much of stderr travels in a reply to explain a failure.
 pub const ERROR_TAIL_BYTES: usize = 2048;
@@ -61,10 +66,31 @@ pub fn invocation_env_problem(name: &str, value: &str) -> Option<String> {
     None
 }
 
-/// A message that does not follow the contract; it is dead-lettered, never run.
+/// A message that does not follow the contract, or that this installation did not sign, or
+/// whose function a registration would refuse; it is dead-lettered, never run or recorded.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed work message: {0}")]
 pub struct Malformed(pub String);
+
+/// `with` given the fields a work message's signature covers, in order.
+fn with_signed_fields<T>(
+    props: &BasicProperties,
+    headers: &FieldTable,
+    body: &[u8],
+    with: impl FnOnce(&[Option<&[u8]>]) -> T,
+) -> T {
+    let queued_at = int_header(headers, H_QUEUED_AT).map(i64::to_be_bytes);
+    with(&[
+        props.message_id().as_ref().map(|m| m.as_str().as_bytes()),
+        bytes_header(headers, H_TRIGGER),
+        bytes_header(headers, H_FUNCTION),
+        queued_at.as_ref().map(|q| q.as_slice()),
+        props.reply_to().as_ref().map(|r| r.as_str().as_bytes()),
+        props.correlation_id().as_ref().map(|c| c.as_str().as_bytes()),
+        bytes_header(headers, H_REQUEST),
+        Some(body),
+    ])
+}
 
 /// One invocation to run, as it travels to a worker.
 #[derive(Clone, Debug)]
@@ -106,9 +132,21 @@ impl Work {
         }
     }
 
-    pub fn properties(&self) -> BasicProperties {
+    /// The message's properties, signed with `keys` over them and `body`; secrets still clear
+    /// in the snapshot are sealed under `keys` first.
+    pub fn properties(&self, body: &[u8], keys: &crate::seal::Keys) -> BasicProperties {
         let mut headers = FieldTable::default();
-        let snapshot = serde_json::to_vec(&self.function).expect("a snapshot serializes");
+        let snapshot = if self.function.secrets.has_clear() {
+            let sealed = Snapshot {
+                name: self.function.name.clone(),
+                run: self.function.run.clone(),
+                secrets: keys.seal_all(&self.function.secrets),
+            };
+            serde_json::to_vec(&sealed)
+        } else {
+            serde_json::to_vec(&self.function)
+        };
+        let snapshot = snapshot.expect("a snapshot serializes");
         headers.insert(
             H_FUNCTION.into(),
             AMQPValue::LongString(LongString::from(snapshot)),
@@ -128,18 +166,50 @@ impl Work {
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(self.id.to_string()))
             .with_delivery_mode(2)
-            .with_content_type("application/octet-stream".into())
-            .with_headers(headers);
+            .with_content_type("application/octet-stream".into());
         if let Some(reply_to) = &self.reply_to {
             props = props.with_reply_to(ShortString::from(reply_to.as_str()));
         }
         if let Some(correlation_id) = &self.correlation_id {
             props = props.with_correlation_id(ShortString::from(correlation_id.as_str()));
         }
-        props
+        let signature = with_signed_fields(&props, &headers, body, |fields| keys.sign(fields));
+        headers.insert(H_SIGNATURE.into(), long_string(&signature));
+        props.with_headers(headers)
     }
 
-    pub fn decode(props: &BasicProperties) -> Result<Work, Malformed> {
+    /// The work a message carries, once its signature under `keys` checks, its secrets open and
+    /// its function is within the limits a registration allows (`max_timeout_ms` the worker's).
+    pub fn decode(
+        props: &BasicProperties,
+        body: &[u8],
+        keys: &crate::seal::Keys,
+        max_timeout_ms: u64,
+    ) -> Result<Work, Malformed> {
+        let headers = props
+            .headers()
+            .as_ref()
+            .ok_or_else(|| Malformed("no headers".into()))?;
+        let signature = bytes_header(headers, H_SIGNATURE).ok_or_else(|| {
+            Malformed(format!(
+                "no {H_SIGNATURE}: not signed by this installation (or sent by a version before signing)"
+            ))
+        })?;
+        if !with_signed_fields(props, headers, body, |fields| keys.verify(fields, signature)) {
+            return Err(Malformed(format!(
+                "{H_SIGNATURE} does not check: not signed by this installation, or altered"
+            )));
+        }
+        let mut work = Work::decode_unchecked(props)?;
+        keys.open_all(&mut work.function.secrets)
+            .map_err(|e| Malformed(e.to_string()))?;
+        crate::function::check_snapshot(&work.function, max_timeout_ms)
+            .map_err(|e| Malformed(format!("a registration would refuse its function: {e}")))?;
+        Ok(work)
+    }
+
+    /// The work a message says it carries, unchecked: for reading, never for running.
+    pub fn decode_unchecked(props: &BasicProperties) -> Result<Work, Malformed> {
         let id = props
             .message_id()
             .as_ref()

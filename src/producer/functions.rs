@@ -128,7 +128,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     check_callback(app, f).await?;
     check_runtime(app, &f.queue, f.run.container_runtime.as_deref()).await?;
     check_image(app, &f.queue, &f.run.image).await?;
-    let inserted = store::insert(&app.pool, f).await?;
+    let inserted = store::insert(&app.pool, app.publisher.keys(), f).await?;
     app.recent.forget_all();
     if !inserted {
         return Err(conflict(&f.name));
@@ -143,7 +143,7 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
     if f.run.image != old_image {
         check_image(app, &f.queue, &f.run.image).await?;
     }
-    let updated = store::update(&app.pool, f).await?;
+    let updated = store::update(&app.pool, app.publisher.keys(), f).await?;
     app.recent.forget_all();
     if !updated {
         return Err(ApiError::NotFound(format!(
