@@ -389,12 +389,12 @@ mod tests {
                     pool: Default::default(),
                     pids: 32,
                     network: Network::Bridge,
-                    user: Some("nobody".into()),
+                    user: Some("65534".into()),
                     container_runtime: Some("runc".into()),
                     tmp_mb: 8,
                     response: crate::function::ResponseMode::Cgi,
                 },
-                secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
+                secrets: Secrets::clear([("TOKEN".to_string(), "s3cret".to_string())].into()),
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),
@@ -405,7 +405,12 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let back = Work::decode(&work.properties()).unwrap();
+        let keys = crate::seal::Keys::ephemeral();
+        let props = work.properties(b"in", &keys);
+        let header = bytes_header(props.headers().as_ref().unwrap(), H_FUNCTION).unwrap();
+        let header = String::from_utf8_lossy(header);
+        assert!(header.contains("TOKEN") && !header.contains("s3cret"), "{header}");
+        let back = Work::decode(&props, b"in", &keys, 60_000).unwrap();
         assert_eq!(back.id, work.id);
         assert_eq!(back.function, work.function);
         assert_eq!(back.trigger, Trigger::Sync);
@@ -449,7 +454,7 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let s = Snapshot {
-            secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
+            secrets: Secrets::clear([("TOKEN".to_string(), "s3cret".to_string())].into()),
             ..Snapshot::default()
         };
         let shown = format!("{s:?}");
@@ -479,7 +484,75 @@ mod tests {
     #[test]
     fn a_message_without_a_snapshot_is_malformed() {
         let props = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
-        assert!(Work::decode(&props).is_err());
+        assert!(Work::decode(&props, b"", &crate::seal::Keys::ephemeral(), 60_000).is_err());
+        assert!(Work::decode_unchecked(&props).is_err());
+    }
+
+    fn echo() -> Work {
+        Work {
+            id: Uuid::now_v7(),
+            trigger: Trigger::Async,
+            function: Snapshot {
+                name: "echo".into(),
+                run: RunSpec {
+                    image: "granda-test/echo".into(),
+                    ..Default::default()
+                },
+                secrets: Secrets::default(),
+            },
+            queued_at_ms: 1,
+            reply_to: None,
+            correlation_id: None,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn a_message_not_signed_by_the_installation_or_altered_is_refused() {
+        let keys = crate::seal::Keys::ephemeral();
+        let work = echo();
+        let props = work.properties(b"in", &keys);
+        assert!(Work::decode(&props, b"in", &keys, 60_000).is_ok());
+        // Signed by someone else, body changed, unsigned, a header changed.
+        let other = crate::seal::Keys::ephemeral();
+        assert!(Work::decode(&work.properties(b"in", &other), b"in", &keys, 60_000).is_err());
+        assert!(Work::decode(&props, b"in!", &keys, 60_000).is_err());
+        let mut headers = FieldTable::default();
+        for (k, v) in props.headers().as_ref().unwrap().inner() {
+            if k.as_str() != H_SIGNATURE {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        let unsigned = props.clone().with_headers(headers);
+        let e = Work::decode(&unsigned, b"in", &keys, 60_000).unwrap_err();
+        assert!(e.0.contains("x-granda-signature"), "{e}");
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert(H_TRIGGER.into(), long_string("sync"));
+        let altered = props.clone().with_headers(headers);
+        assert!(Work::decode(&altered, b"in", &keys, 60_000).is_err());
+        let redirected = props.clone().with_reply_to("amq.rabbitmq.reply-to.x".into());
+        assert!(Work::decode(&redirected, b"in", &keys, 60_000).is_err());
+    }
+
+    #[test]
+    fn a_signed_message_with_a_function_a_registration_refuses_is_refused() {
+        let keys = crate::seal::Keys::ephemeral();
+        let mut root = echo();
+        root.function.run.user = Some("0:0".into());
+        let e = Work::decode(&root.properties(b"", &keys), b"", &keys, 60_000).unwrap_err();
+        assert!(e.0.contains("user"), "{e}");
+        let mut big_tmp = echo();
+        big_tmp.function.run.tmp_mb = 1 << 20;
+        assert!(Work::decode(&big_tmp.properties(b"", &keys), b"", &keys, 60_000).is_err());
+        let mut long = echo();
+        long.function.run.timeout_ms = 60_001;
+        assert!(Work::decode(&long.properties(b"", &keys), b"", &keys, 60_000).is_err());
+        // Per-invocation env is fine; a reserved name that is not one is not.
+        let mut hook = echo();
+        hook.function.run.env.insert("GRANDA_WEBHOOK_EVENT".into(), "push".into());
+        assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_ok());
+        hook.function.run.env.insert("GRANDA_x".into(), "b".into());
+        assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_err());
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub struct Sealed {
     pub sealed: String,
 }
 
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed({})", self.key_id().unwrap_or("?"))
+    }
+}
+
 impl Sealed {
     /// The id of the key it was sealed under.
     pub fn key_id(&self) -> Option<&str> {

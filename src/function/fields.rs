@@ -49,6 +49,15 @@ pub enum SecretValue {
     Sealed(crate::seal::Sealed),
 }
 
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretValue::Clear(_) => f.write_str("<redacted>"),
+            SecretValue::Sealed(s) => s.fmt(f),
+        }
+    }
+}
+
 impl SecretValue {
     /// The clear value, once opened.
     pub fn clear(&self) -> Option<&str> {

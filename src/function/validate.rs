@@ -467,8 +467,8 @@ fn check_run(
     Ok(())
 }
 
-/// Names and values (`None`: sealed, checked when set) of `field`. `invocation_vars`: per-invocation
-/// `GRANDA_*` variables are allowed (and not counted).
+/// Names and values (`None`: sealed, checked when set) of `field`. `invocation_vars`: names of
+/// per-invocation `GRANDA_*` variables are allowed (and not counted).
 fn check_vars<'a>(
     field: &'static str,
     vars: impl Iterator<Item = (&'a str, Option<&'a str>)>,
@@ -478,7 +478,8 @@ fn check_vars<'a>(
     for (k, v) in vars {
         if invocation_vars
             && k.starts_with("GRANDA_")
-            && crate::message::invocation_env_problem(k, v.unwrap_or_default()).is_none()
+            // Its value is checked where it is used: a bad one fails the run, recorded.
+            && crate::message::invocation_env_problem(k, "").is_none()
         {
             continue;
         }
