@@ -85,7 +85,15 @@ fn with_signed_fields<T>(
         bytes_header(headers, H_TRIGGER),
         bytes_header(headers, H_FUNCTION),
         queued_at.as_ref().map(|q| q.as_slice()),
-        props.reply_to().as_ref().map(|r| r.as_str().as_bytes()),
+        // The broker rewrites a direct reply-to (`amq.rabbitmq.reply-to`) to the publishing
+        // channel's own: what is signed is that it is one.
+        props.reply_to().as_ref().map(|r| {
+            let r = r.as_str();
+            match r.starts_with(crate::broker::DIRECT_REPLY_TO) {
+                true => crate::broker::DIRECT_REPLY_TO.as_bytes(),
+                false => r.as_bytes(),
+            }
+        }),
         props.correlation_id().as_ref().map(|c| c.as_str().as_bytes()),
         bytes_header(headers, H_REQUEST),
         Some(body),

@@ -21,6 +21,7 @@ mod inbound;
 mod invocations;
 mod invoke;
 mod isolation;
+mod message_trust;
 mod metrics;
 mod openapi;
 mod readme;
