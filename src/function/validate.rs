@@ -1,5 +1,6 @@
 //! What a user sends to register a function (`NewFunction`) or change one (`FunctionUpdate`),
-//! and the checks both go through.
+//! and the checks both go through; a worker checks each message's function by the same rules
+//! ([`check_snapshot`]).
 
 use super::*;
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
-//! Handling one delivery: never panicking out, claiming the record, running it, and acting on
-//! the retry verdict (record, reply, ack; park; or dead-letter).
+//! Handling one delivery: refusing (dead-lettering with the reason) a message its installation
+//! did not sign or whose function a registration would refuse, never panicking out, claiming the
+//! record, running it, and acting on the retry verdict (record, reply, ack; park; or dead-letter).
 
 use super::*;
 use std::future::Future;
