@@ -94,7 +94,10 @@ fn with_signed_fields<T>(
                 false => r.as_bytes(),
             }
         }),
-        props.correlation_id().as_ref().map(|c| c.as_str().as_bytes()),
+        props
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().as_bytes()),
         bytes_header(headers, H_REQUEST),
         Some(body),
     ])
@@ -203,7 +206,9 @@ impl Work {
                 "no {H_SIGNATURE}: not signed by this installation (or sent by a version before signing)"
             ))
         })?;
-        if !with_signed_fields(props, headers, body, |fields| keys.verify(fields, signature)) {
+        if !with_signed_fields(props, headers, body, |fields| {
+            keys.verify(fields, signature)
+        }) {
             return Err(Malformed(format!(
                 "{H_SIGNATURE} does not check: not signed by this installation, or altered"
             )));
@@ -417,7 +422,10 @@ mod tests {
         let props = work.properties(b"in", &keys);
         let header = bytes_header(props.headers().as_ref().unwrap(), H_FUNCTION).unwrap();
         let header = String::from_utf8_lossy(header);
-        assert!(header.contains("TOKEN") && !header.contains("s3cret"), "{header}");
+        assert!(
+            header.contains("TOKEN") && !header.contains("s3cret"),
+            "{header}"
+        );
         let back = Work::decode(&props, b"in", &keys, 60_000).unwrap();
         assert_eq!(back.id, work.id);
         assert_eq!(back.function, work.function);
@@ -538,7 +546,9 @@ mod tests {
         headers.insert(H_TRIGGER.into(), long_string("sync"));
         let altered = props.clone().with_headers(headers);
         assert!(Work::decode(&altered, b"in", &keys, 60_000).is_err());
-        let redirected = props.clone().with_reply_to("amq.rabbitmq.reply-to.x".into());
+        let redirected = props
+            .clone()
+            .with_reply_to("amq.rabbitmq.reply-to.x".into());
         assert!(Work::decode(&redirected, b"in", &keys, 60_000).is_err());
     }
 
@@ -557,7 +567,10 @@ mod tests {
         assert!(Work::decode(&long.properties(b"", &keys), b"", &keys, 60_000).is_err());
         // Per-invocation env is fine; a reserved name that is not one is not.
         let mut hook = echo();
-        hook.function.run.env.insert("GRANDA_WEBHOOK_EVENT".into(), "push".into());
+        hook.function
+            .run
+            .env
+            .insert("GRANDA_WEBHOOK_EVENT".into(), "push".into());
         assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_ok());
         hook.function.run.env.insert("GRANDA_x".into(), "b".into());
         assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_err());

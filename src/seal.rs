@@ -103,7 +103,9 @@ impl std::fmt::Debug for Keys {
 /// Why a sealed value could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("a secret is sealed under key {0}, which this process does not have (GRANDA_SECRETS_OLD_KEYS)")]
+    #[error(
+        "a secret is sealed under key {0}, which this process does not have (GRANDA_SECRETS_OLD_KEYS)"
+    )]
     UnknownKey(String),
     #[error("a sealed secret does not open (altered, or not sealed by this installation)")]
     Corrupt,
@@ -141,10 +143,18 @@ impl Keys {
         let mac = installation_secret(pool, "message_signing_key").await?;
         let generated = installation_secret(pool, "secrets_key").await?;
         let mut old = Vec::new();
-        for k in settings.secrets_old_keys.iter().filter(|k| !k.trim().is_empty()) {
+        for k in settings
+            .secrets_old_keys
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+        {
             old.push(parse_key(k).context("GRANDA_SECRETS_OLD_KEYS")?);
         }
-        let current = match settings.secrets_key.as_deref().filter(|k| !k.trim().is_empty()) {
+        let current = match settings
+            .secrets_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+        {
             Some(k) => {
                 old.push(generated);
                 parse_key(k).context("GRANDA_SECRETS_KEY")?
@@ -324,7 +334,11 @@ pub async fn reseal_stored(pool: &PgPool, keys: &Keys) -> anyhow::Result<usize> 
         }
     }
     if done > 0 {
-        tracing::info!(functions = done, key = keys.current_id(), "re-sealed stored secrets under the current key");
+        tracing::info!(
+            functions = done,
+            key = keys.current_id(),
+            "re-sealed stored secrets under the current key"
+        );
     }
     Ok(done)
 }

@@ -378,7 +378,9 @@ fn check_run(
     max_timeout_ms: u64,
     at_worker: bool,
 ) -> Result<(), Invalid> {
-    if run.image.is_empty() || run.image.len() > 255 || !run.image.chars().all(|c| c.is_ascii_graphic())
+    if run.image.is_empty()
+        || run.image.len() > 255
+        || !run.image.chars().all(|c| c.is_ascii_graphic())
     {
         return Err(invalid(
             "image",

@@ -124,13 +124,9 @@ impl Application {
         crate::seal::reseal_stored(&pool, &keys)
             .await
             .context("re-sealing stored secrets under the current key")?;
-        let publisher = Publisher::start(
-            nodes.clone(),
-            Topology::new(&settings.amqp_prefix),
-            keys,
-        )
-        .await
-        .context("connecting to RabbitMQ")?;
+        let publisher = Publisher::start(nodes.clone(), Topology::new(&settings.amqp_prefix), keys)
+            .await
+            .context("connecting to RabbitMQ")?;
         declare_inbound(&nodes, publisher.topology())
             .await
             .context("declaring the inbound exchange and queues")?;

@@ -332,7 +332,12 @@ pub const REFUSED_HEADER: &str = "x-granda-refused";
 /// registration would refuse): republished to the dead-letter queue with the reason in
 /// [`REFUSED_HEADER`], then acked; if the broker does not take it, rejected (to the same queue,
 /// through the work queue's dead-letter exchange, without the reason). Nothing is recorded.
-pub(super) async fn refuse(shared: &Shared, channels: &Channels, delivery: &Delivery, reason: &str) {
+pub(super) async fn refuse(
+    shared: &Shared,
+    channels: &Channels,
+    delivery: &Delivery,
+    reason: &str,
+) {
     use lapin::types::{AMQPValue, LongString};
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(

@@ -78,16 +78,18 @@ async fn refused_reasons(app: &TestApp, ids: &[Uuid]) -> HashMap<Uuid, String> {
                     .await
                 {
                     let props = &got.delivery.properties;
-                    let id = props.message_id().as_ref().and_then(|m| m.as_str().parse().ok());
-                    let reason = props
-                        .headers()
+                    let id = props
+                        .message_id()
                         .as_ref()
-                        .and_then(|h| match h.inner().get("x-granda-refused")? {
+                        .and_then(|m| m.as_str().parse().ok());
+                    let reason = props.headers().as_ref().and_then(|h| {
+                        match h.inner().get("x-granda-refused")? {
                             AMQPValue::LongString(s) => {
                                 Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
                             }
                             _ => None,
-                        });
+                        }
+                    });
                     if let (Some(id), Some(reason)) = (id, reason) {
                         reasons.lock().unwrap().insert(id, reason);
                     }
@@ -220,11 +222,12 @@ async fn a_signed_message_with_a_function_a_registration_refuses_is_refused() {
 
 /// The stored `secrets` column of function `name`, as text.
 async fn stored_secrets(app: &TestApp, name: &str) -> String {
-    let (secrets,): (String,) = sqlx::query_as("SELECT secrets::text FROM functions WHERE name = $1")
-        .bind(name)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (secrets,): (String,) =
+        sqlx::query_as("SELECT secrets::text FROM functions WHERE name = $1")
+            .bind(name)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     secrets
 }
 
@@ -271,7 +274,10 @@ async fn secrets_are_sealed_in_postgres_and_on_the_wire_and_the_function_sees_th
     })
     .await;
     let props = &got.delivery.properties;
-    assert_eq!(props.message_id().as_ref().unwrap().as_str(), id.to_string());
+    assert_eq!(
+        props.message_id().as_ref().unwrap().as_str(),
+        id.to_string()
+    );
     let mut everything = format!("{props:?}");
     for (k, v) in props.headers().as_ref().unwrap().inner() {
         if let AMQPValue::LongString(s) = v {
@@ -280,7 +286,12 @@ async fn secrets_are_sealed_in_postgres_and_on_the_wire_and_the_function_sees_th
     }
     assert!(everything.contains("TOKEN"), "{everything}");
     assert!(!everything.contains(SECRET), "{everything}");
-    assert!(!got.delivery.data.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+    assert!(
+        !got.delivery
+            .data
+            .windows(SECRET.len())
+            .any(|w| w == SECRET.as_bytes())
+    );
     let _ = channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;

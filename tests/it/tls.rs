@@ -81,8 +81,8 @@ async fn amqps_is_trusted_through_the_ca_file_and_refused_without_it() {
         Topology::new("granda-tls-test"),
         Arc::new(granda::seal::Keys::ephemeral()),
     )
-        .await
-        .expect("amqps with the test CA");
+    .await
+    .expect("amqps with the test CA");
     publisher
         .publish_event("tls.check", b"over TLS", Default::default())
         .await
