@@ -251,8 +251,13 @@ async fn save_changed(
 ) -> Result<Function, ApiError> {
     let mut same = f.clone();
     same.updated_at = current.updated_at;
-    if same == *current {
-        return Ok(same);
+    // Secrets compare by their values: stored ones are sealed, each time with a fresh nonce.
+    let keys = app.publisher.keys();
+    let mut was = current.clone();
+    let opened =
+        keys.open_all(&mut same.secrets).is_ok() && keys.open_all(&mut was.secrets).is_ok();
+    if opened && same == was {
+        return Ok(current.clone());
     }
     save(app, &f, &current.run.image).await?;
     Ok(f)
