@@ -73,7 +73,8 @@ pub enum Command {
     Server(Box<Settings>),
     /// The consumer pool only.
     Worker(Box<Settings>),
-    /// Create the database if missing, apply migrations, and exit.
+    /// Create the database if missing, apply migrations, seal stored secrets under the current
+    /// key (`GRANDA_SECRETS_KEY`), and exit.
     Migrate(Box<Settings>),
 }
 
@@ -175,11 +176,14 @@ pub async fn run(
     };
     match command {
         Command::Migrate(_) => {
-            crate::db::connect_and_migrate_with_ca(
+            let pool = crate::db::connect_and_migrate_with_ca(
                 &settings.database_url,
                 settings.ca_file.as_deref(),
             )
             .await?;
+            // Makes the installation's keys, and seals stored secrets under the current one.
+            let keys = crate::seal::Keys::load(&pool, &settings).await?;
+            crate::seal::reseal_stored(&pool, &keys).await?;
             tracing::info!("database is migrated");
             Ok(())
         }

@@ -276,6 +276,24 @@ pub struct Settings {
     /// Most event subscriptions one function may have (422 past it).
     #[arg(long, env = "GRANDA_MAX_SUBSCRIPTIONS_PER_FUNCTION", default_value_t = 100)]
     pub max_subscriptions_per_function: i64,
+
+    /// The key function secrets are sealed with (ChaCha20-Poly1305), in Postgres and in work
+    /// messages: 32 bytes as 64 hex digits or base64. Unset: a key made once and kept in
+    /// Postgres (protects secrets from broker readers, not from database readers). Every
+    /// process of an installation needs the same one.
+    #[arg(long, env = "GRANDA_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+
+    /// Earlier secrets keys, comma-separated, still read after a rotation: at start the ingress
+    /// re-seals stored secrets under `GRANDA_SECRETS_KEY`; drop an old key after that.
+    #[arg(
+        long,
+        env = "GRANDA_SECRETS_OLD_KEYS",
+        default_value = "",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secrets_old_keys: Vec<String>,
 }
 
 /// When registration may pull an image.

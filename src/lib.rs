@@ -13,7 +13,8 @@
 //!   and how the API shows it (`InvocationView`).
 //! - [`ingress`]: what the ingress's parts share (database, publisher, settings, metrics);
 //!   [`outbox`]: publishing what was recorded, and re-publishing what the broker never confirmed.
-//! - [`message`]: the wire message (`Work`) and the reply of a sync call.
+//! - [`message`]: the wire message (`Work`, signed) and the reply of a sync call; [`seal`]: the
+//!   installation's signing key and the keys secrets are sealed with.
 //! - [`broker`]: RabbitMQ: topology, nodes and failover, publishing with confirms, replies.
 //! - [`worker`]: consuming, claiming, running a container (cold, warm, hot), settling the message.
 //! - [`scheduler`]: how many runs a worker takes at once (the adaptive limit and its model).
@@ -51,6 +52,7 @@ pub mod producer;
 pub mod retry;
 pub mod schedule;
 pub mod scheduler;
+pub mod seal;
 pub mod telemetry;
 pub mod tls;
 pub mod web;

@@ -3,7 +3,11 @@
 //! Work message: body = the input bytes; `message_id` = invocation id; `correlation_id` and
 //! `reply_to` for sync calls; headers `x-granda-function` (the function snapshot as JSON),
 //! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch), and for calls of a function's
-//! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON).
+//! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON), and
+//! `x-granda-signature`: HMAC-SHA256 under the installation's signing key ([`crate::seal`]) of
+//! the id, trigger, snapshot, queued-at time, reply-to, correlation id, request and body. The
+//! snapshot's secrets travel sealed. A worker checks the signature, opens the secrets and checks
+//! the snapshot's limits ([`crate::function::check_snapshot`]) before it runs or records anything.
 //! Reply: body = stdout; headers `x-granda-status`, `x-granda-exit-code`, `x-granda-duration-ms`,
 //! `x-granda-error` (platform error or the stderr tail of a failed run), and `x-granda-http` (the
 //! function's own HTTP status and headers, [`crate::web::WebAnswer`] as JSON) when it gave them.
@@ -24,6 +28,7 @@ const H_DURATION: &str = "x-granda-duration-ms";
 const H_ERROR: &str = "x-granda-error";
 const H_REQUEST: &str = "x-granda-request";
 const H_HTTP: &str = "x-granda-http";
+const H_SIGNATURE: &str = "x-granda-signature";
 
 /// How much of stderr travels in a reply to explain a failure.
 pub const ERROR_TAIL_BYTES: usize = 2048;
@@ -61,10 +66,42 @@ pub fn invocation_env_problem(name: &str, value: &str) -> Option<String> {
     None
 }
 
-/// A message that does not follow the contract; it is dead-lettered, never run.
+/// A message that does not follow the contract, or that this installation did not sign, or
+/// whose function a registration would refuse; it is dead-lettered, never run or recorded.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed work message: {0}")]
 pub struct Malformed(pub String);
+
+/// `with` given the fields a work message's signature covers, in order.
+fn with_signed_fields<T>(
+    props: &BasicProperties,
+    headers: &FieldTable,
+    body: &[u8],
+    with: impl FnOnce(&[Option<&[u8]>]) -> T,
+) -> T {
+    let queued_at = int_header(headers, H_QUEUED_AT).map(i64::to_be_bytes);
+    with(&[
+        props.message_id().as_ref().map(|m| m.as_str().as_bytes()),
+        bytes_header(headers, H_TRIGGER),
+        bytes_header(headers, H_FUNCTION),
+        queued_at.as_ref().map(|q| q.as_slice()),
+        // The broker rewrites a direct reply-to (`amq.rabbitmq.reply-to`) to the publishing
+        // channel's own: what is signed is that it is one.
+        props.reply_to().as_ref().map(|r| {
+            let r = r.as_str();
+            match r.starts_with(crate::broker::DIRECT_REPLY_TO) {
+                true => crate::broker::DIRECT_REPLY_TO.as_bytes(),
+                false => r.as_bytes(),
+            }
+        }),
+        props
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().as_bytes()),
+        bytes_header(headers, H_REQUEST),
+        Some(body),
+    ])
+}
 
 /// One invocation to run, as it travels to a worker.
 #[derive(Clone, Debug)]
@@ -106,9 +143,21 @@ impl Work {
         }
     }
 
-    pub fn properties(&self) -> BasicProperties {
+    /// The message's properties, signed with `keys` over them and `body`; secrets still clear
+    /// in the snapshot are sealed under `keys` first.
+    pub fn properties(&self, body: &[u8], keys: &crate::seal::Keys) -> BasicProperties {
         let mut headers = FieldTable::default();
-        let snapshot = serde_json::to_vec(&self.function).expect("a snapshot serializes");
+        let snapshot = if self.function.secrets.has_clear() {
+            let sealed = Snapshot {
+                name: self.function.name.clone(),
+                run: self.function.run.clone(),
+                secrets: keys.seal_all(&self.function.secrets),
+            };
+            serde_json::to_vec(&sealed)
+        } else {
+            serde_json::to_vec(&self.function)
+        };
+        let snapshot = snapshot.expect("a snapshot serializes");
         headers.insert(
             H_FUNCTION.into(),
             AMQPValue::LongString(LongString::from(snapshot)),
@@ -128,18 +177,52 @@ impl Work {
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(self.id.to_string()))
             .with_delivery_mode(2)
-            .with_content_type("application/octet-stream".into())
-            .with_headers(headers);
+            .with_content_type("application/octet-stream".into());
         if let Some(reply_to) = &self.reply_to {
             props = props.with_reply_to(ShortString::from(reply_to.as_str()));
         }
         if let Some(correlation_id) = &self.correlation_id {
             props = props.with_correlation_id(ShortString::from(correlation_id.as_str()));
         }
-        props
+        let signature = with_signed_fields(&props, &headers, body, |fields| keys.sign(fields));
+        headers.insert(H_SIGNATURE.into(), long_string(&signature));
+        props.with_headers(headers)
     }
 
-    pub fn decode(props: &BasicProperties) -> Result<Work, Malformed> {
+    /// The work a message carries, once its signature under `keys` checks, its secrets open and
+    /// its function is within the limits a registration allows (`max_timeout_ms` the worker's).
+    pub fn decode(
+        props: &BasicProperties,
+        body: &[u8],
+        keys: &crate::seal::Keys,
+        max_timeout_ms: u64,
+    ) -> Result<Work, Malformed> {
+        let headers = props
+            .headers()
+            .as_ref()
+            .ok_or_else(|| Malformed("no headers".into()))?;
+        let signature = bytes_header(headers, H_SIGNATURE).ok_or_else(|| {
+            Malformed(format!(
+                "no {H_SIGNATURE}: not signed by this installation (or sent by a version before signing)"
+            ))
+        })?;
+        if !with_signed_fields(props, headers, body, |fields| {
+            keys.verify(fields, signature)
+        }) {
+            return Err(Malformed(format!(
+                "{H_SIGNATURE} does not check: not signed by this installation, or altered"
+            )));
+        }
+        let mut work = Work::decode_unchecked(props)?;
+        keys.open_all(&mut work.function.secrets)
+            .map_err(|e| Malformed(e.to_string()))?;
+        crate::function::check_snapshot(&work.function, max_timeout_ms)
+            .map_err(|e| Malformed(format!("a registration would refuse its function: {e}")))?;
+        Ok(work)
+    }
+
+    /// The work a message says it carries, unchecked: for reading, never for running.
+    pub fn decode_unchecked(props: &BasicProperties) -> Result<Work, Malformed> {
         let id = props
             .message_id()
             .as_ref()
@@ -319,12 +402,12 @@ mod tests {
                     pool: Default::default(),
                     pids: 32,
                     network: Network::Bridge,
-                    user: Some("nobody".into()),
+                    user: Some("65534".into()),
                     container_runtime: Some("runc".into()),
                     tmp_mb: 8,
                     response: crate::function::ResponseMode::Cgi,
                 },
-                secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
+                secrets: Secrets::clear([("TOKEN".to_string(), "s3cret".to_string())].into()),
             },
             queued_at_ms: 1_700_000_000_000,
             reply_to: Some("amq.rabbitmq.reply-to.x".into()),
@@ -335,7 +418,15 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let back = Work::decode(&work.properties()).unwrap();
+        let keys = crate::seal::Keys::ephemeral();
+        let props = work.properties(b"in", &keys);
+        let header = bytes_header(props.headers().as_ref().unwrap(), H_FUNCTION).unwrap();
+        let header = String::from_utf8_lossy(header);
+        assert!(
+            header.contains("TOKEN") && !header.contains("s3cret"),
+            "{header}"
+        );
+        let back = Work::decode(&props, b"in", &keys, 60_000).unwrap();
         assert_eq!(back.id, work.id);
         assert_eq!(back.function, work.function);
         assert_eq!(back.trigger, Trigger::Sync);
@@ -379,7 +470,7 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let s = Snapshot {
-            secrets: Secrets([("TOKEN".to_string(), "s3cret".to_string())].into()),
+            secrets: Secrets::clear([("TOKEN".to_string(), "s3cret".to_string())].into()),
             ..Snapshot::default()
         };
         let shown = format!("{s:?}");
@@ -409,7 +500,80 @@ mod tests {
     #[test]
     fn a_message_without_a_snapshot_is_malformed() {
         let props = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
-        assert!(Work::decode(&props).is_err());
+        assert!(Work::decode(&props, b"", &crate::seal::Keys::ephemeral(), 60_000).is_err());
+        assert!(Work::decode_unchecked(&props).is_err());
+    }
+
+    fn echo() -> Work {
+        Work {
+            id: Uuid::now_v7(),
+            trigger: Trigger::Async,
+            function: Snapshot {
+                name: "echo".into(),
+                run: RunSpec {
+                    image: "granda-test/echo".into(),
+                    ..Default::default()
+                },
+                secrets: Secrets::default(),
+            },
+            queued_at_ms: 1,
+            reply_to: None,
+            correlation_id: None,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn a_message_not_signed_by_the_installation_or_altered_is_refused() {
+        let keys = crate::seal::Keys::ephemeral();
+        let work = echo();
+        let props = work.properties(b"in", &keys);
+        assert!(Work::decode(&props, b"in", &keys, 60_000).is_ok());
+        // Signed by someone else, body changed, unsigned, a header changed.
+        let other = crate::seal::Keys::ephemeral();
+        assert!(Work::decode(&work.properties(b"in", &other), b"in", &keys, 60_000).is_err());
+        assert!(Work::decode(&props, b"in!", &keys, 60_000).is_err());
+        let mut headers = FieldTable::default();
+        for (k, v) in props.headers().as_ref().unwrap().inner() {
+            if k.as_str() != H_SIGNATURE {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        let unsigned = props.clone().with_headers(headers);
+        let e = Work::decode(&unsigned, b"in", &keys, 60_000).unwrap_err();
+        assert!(e.0.contains("x-granda-signature"), "{e}");
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert(H_TRIGGER.into(), long_string("sync"));
+        let altered = props.clone().with_headers(headers);
+        assert!(Work::decode(&altered, b"in", &keys, 60_000).is_err());
+        let redirected = props
+            .clone()
+            .with_reply_to("amq.rabbitmq.reply-to.x".into());
+        assert!(Work::decode(&redirected, b"in", &keys, 60_000).is_err());
+    }
+
+    #[test]
+    fn a_signed_message_with_a_function_a_registration_refuses_is_refused() {
+        let keys = crate::seal::Keys::ephemeral();
+        let mut root = echo();
+        root.function.run.user = Some("0:0".into());
+        let e = Work::decode(&root.properties(b"", &keys), b"", &keys, 60_000).unwrap_err();
+        assert!(e.0.contains("user"), "{e}");
+        let mut big_tmp = echo();
+        big_tmp.function.run.tmp_mb = 1 << 20;
+        assert!(Work::decode(&big_tmp.properties(b"", &keys), b"", &keys, 60_000).is_err());
+        let mut long = echo();
+        long.function.run.timeout_ms = 60_001;
+        assert!(Work::decode(&long.properties(b"", &keys), b"", &keys, 60_000).is_err());
+        // Per-invocation env is fine; a reserved name that is not one is not.
+        let mut hook = echo();
+        hook.function
+            .run
+            .env
+            .insert("GRANDA_WEBHOOK_EVENT".into(), "push".into());
+        assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_ok());
+        hook.function.run.env.insert("GRANDA_x".into(), "b".into());
+        assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_err());
     }
 
     #[test]

@@ -70,23 +70,31 @@ pub struct Publisher {
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     generations: std::sync::atomic::AtomicU64,
     waiters: Waiters,
+    /// Signs every work message and seals the secrets it carries.
+    keys: Arc<crate::seal::Keys>,
 }
 
 impl Publisher {
     /// Connects to `url` (one URL or a list), trusting `GRANDA_CA_FILE` if set, with the default
     /// publish timeout.
-    pub async fn connect(url: &str, topology: Topology) -> Result<Arc<Publisher>, BrokerError> {
+    pub async fn connect(
+        url: &str,
+        topology: Topology,
+        keys: Arc<crate::seal::Keys>,
+    ) -> Result<Arc<Publisher>, BrokerError> {
         let ca = std::env::var_os("GRANDA_CA_FILE").map(std::path::PathBuf::from);
         let nodes = Nodes::new(url, ca.as_deref(), DEFAULT_PUBLISH_TIMEOUT)?;
-        Publisher::start(Arc::new(nodes), topology).await
+        Publisher::start(Arc::new(nodes), topology, keys).await
     }
 
     /// Connects to one of `nodes`; it fails over to the others when the connection is lost.
     pub async fn start(
         nodes: Arc<Nodes>,
         topology: Topology,
+        keys: Arc<crate::seal::Keys>,
     ) -> Result<Arc<Publisher>, BrokerError> {
         let publisher = Arc::new(Publisher {
+            keys,
             nodes,
             topology,
             link: tokio::sync::Mutex::new(None),
@@ -99,6 +107,11 @@ impl Publisher {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The installation's keys it signs and seals with.
+    pub fn keys(&self) -> &Arc<crate::seal::Keys> {
+        &self.keys
     }
 
     /// Whether the broker is reachable now (reconnecting if needed).
@@ -210,7 +223,7 @@ impl Publisher {
         work: &Work,
         body: &[u8],
     ) -> Result<(), BrokerError> {
-        let properties = work.properties();
+        let properties = work.properties(body, &self.keys);
         check_header_size(&properties, link.frame_max())?;
         let declared = link.declared.lock().expect("lock").contains(queue);
         if !declared {

@@ -67,8 +67,8 @@ macro_rules! values {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds every stored field of `f`, in the order of [`columns!`].
-fn bind<'q>(query: PgQuery<'q>, f: &'q Function) -> PgQuery<'q> {
+/// Binds every stored field of `f`, in the order of [`columns!`]; its secrets as `sealed`.
+fn bind<'q>(query: PgQuery<'q>, f: &'q Function, sealed: &'q Secrets) -> PgQuery<'q> {
     query
         .bind(&f.name)
         .bind(&f.run.image)
@@ -93,7 +93,7 @@ fn bind<'q>(query: PgQuery<'q>, f: &'q Function) -> PgQuery<'q> {
         .bind(&f.run.container_runtime)
         .bind(f.run.tmp_mb)
         .bind(f.public)
-        .bind(Json(&f.secrets))
+        .bind(Json(sealed))
         .bind(&f.runtime)
         .bind(f.version)
         .bind(f.run.response.as_str())
@@ -102,8 +102,13 @@ fn bind<'q>(query: PgQuery<'q>, f: &'q Function) -> PgQuery<'q> {
         .bind(f.updated_at)
 }
 
-/// Inserts `f`; `Ok(false)` if the name is taken.
-pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
+/// Inserts `f`, its secrets sealed under `keys`; `Ok(false)` if the name is taken.
+pub async fn insert(
+    pool: &PgPool,
+    keys: &crate::seal::Keys,
+    f: &Function,
+) -> Result<bool, sqlx::Error> {
+    let sealed = keys.seal_all(&f.secrets);
     let query = sqlx::query(concat!(
         "INSERT INTO functions (",
         columns!(),
@@ -111,7 +116,7 @@ pub async fn insert(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         values!(),
         ") ON CONFLICT (name) DO NOTHING"
     ));
-    let done = bind(query, f).execute(pool).await?;
+    let done = bind(query, f, &sealed).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -139,8 +144,13 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
 }
 
 /// Replaces the stored fields of `f` (all but its name; `created_at` is written back as read);
-/// `Ok(false)` if it no longer exists.
-pub async fn update(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
+/// `Ok(false)` if it no longer exists. Its secrets are sealed under `keys`.
+pub async fn update(
+    pool: &PgPool,
+    keys: &crate::seal::Keys,
+    f: &Function,
+) -> Result<bool, sqlx::Error> {
+    let sealed = keys.seal_all(&f.secrets);
     let query = sqlx::query(concat!(
         "UPDATE functions SET (",
         columns!(),
@@ -148,7 +158,7 @@ pub async fn update(pool: &PgPool, f: &Function) -> Result<bool, sqlx::Error> {
         values!(),
         ") WHERE name = $1"
     ));
-    let done = bind(query, f).execute(pool).await?;
+    let done = bind(query, f, &sealed).execute(pool).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -1,5 +1,6 @@
 //! What a user sends to register a function (`NewFunction`) or change one (`FunctionUpdate`),
-//! and the checks both go through.
+//! and the checks both go through; a worker checks each message's function by the same rules
+//! ([`check_snapshot`]).
 
 use super::*;
 use std::collections::BTreeMap;
@@ -167,7 +168,7 @@ impl NewFunction {
             callback_url: self.callback_url,
             public: self.public.unwrap_or(false),
             cors: self.cors,
-            secrets: Secrets(self.secrets.unwrap_or_default()),
+            secrets: Secrets::clear(self.secrets.unwrap_or_default()),
             runtime: self.runtime,
             version: None,
             created_at: now,
@@ -222,13 +223,13 @@ impl FunctionUpdate {
         }
         let secrets = match self.secrets {
             None => current.secrets.clone(),
-            Some(SecretsUpdate::Replace(new)) => Secrets(new),
+            Some(SecretsUpdate::Replace(new)) => Secrets::clear(new),
             Some(SecretsUpdate::Patch(patch)) => {
                 let mut secrets = current.secrets.0.clone();
                 for name in patch.unset {
                     secrets.remove(&name);
                 }
-                secrets.extend(patch.set);
+                secrets.extend(Secrets::clear(patch.set).0);
                 Secrets(secrets)
             }
             Some(SecretsUpdate::Keep(names)) => {
@@ -319,47 +320,102 @@ pub(super) fn now_as_stored() -> DateTime<Utc> {
 }
 
 pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
-    if f.run.image.is_empty()
-        || f.run.image.len() > 255
-        || !f.run.image.chars().all(|c| c.is_ascii_graphic())
+    if let Some(d) = &f.description
+        && d.len() > 4096
+    {
+        return Err(invalid("description", "at most 4096 characters"));
+    }
+    check_run(&f.run, &f.secrets, settings.max_timeout_ms, false)?;
+    // What must fit is the snapshot as it travels, JSON-escaped (`"` and `\` double, control
+    // characters take six bytes), its secrets sealed, in a header frame below the broker's
+    // frame_max.
+    let mut snapshot = f.snapshot();
+    snapshot.secrets = crate::seal::Keys::ephemeral().seal_all(&snapshot.secrets);
+    let serialized = serde_json::to_vec(&snapshot).map_or(usize::MAX, |v| v.len());
+    let budget = crate::broker::snapshot_budget();
+    if serialized > budget {
+        return Err(invalid(
+            "env",
+            format!(
+                "the function's message header (env and secrets as serialized JSON, with escaping and sealing) would take {serialized} bytes; the broker's frame ({} bytes) leaves {budget} for it",
+                crate::broker::frame_max()
+            ),
+        ));
+    }
+    if let Some(problem) = f.cors.as_ref().and_then(cors_problem) {
+        return Err(invalid("cors", &problem));
+    }
+    if !valid_name(&f.queue) {
+        return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
+    }
+    if let Some(url) = &f.callback_url {
+        crate::callback::check_url(url, &settings.callback_allow_nets)
+            .map_err(|reason| invalid("callback_url", reason))?;
+    }
+    Ok(())
+}
+
+/// What a worker checks of a message's function before it runs or records anything: the limits
+/// registration would refuse, by the same rules ([`check_run`]), with `max_timeout_ms` the
+/// worker's own. Per-invocation `GRANDA_*` env ([`crate::message::invocation_env_problem`]) is
+/// allowed. Its secrets must be opened first.
+pub fn check_snapshot(s: &Snapshot, max_timeout_ms: u64) -> Result<(), Invalid> {
+    if !valid_name(&s.name) {
+        return Err(invalid("name", "must match ^[a-z][a-z0-9-]{0,62}$"));
+    }
+    if s.secrets.0.values().any(|v| v.clear().is_none()) {
+        return Err(invalid("secrets", "not all secrets could be opened"));
+    }
+    check_run(&s.run, &s.secrets, max_timeout_ms, true)
+}
+
+/// The checks of how a function runs, written once for registration ([`check`]) and for a
+/// worker ([`check_snapshot`]). `at_worker`: the env may hold per-invocation `GRANDA_*`
+/// variables; sealed secret values are not checked (they were when set).
+fn check_run(
+    run: &RunSpec,
+    secrets: &Secrets,
+    max_timeout_ms: u64,
+    at_worker: bool,
+) -> Result<(), Invalid> {
+    if run.image.is_empty()
+        || run.image.len() > 255
+        || !run.image.chars().all(|c| c.is_ascii_graphic())
     {
         return Err(invalid(
             "image",
             "must be an image reference of printable ASCII without spaces, at most 255 characters",
         ));
     }
-    if let Some(d) = &f.description
-        && d.len() > 4096
-    {
-        return Err(invalid("description", "at most 4096 characters"));
-    }
-    let max_timeout = settings.max_timeout_ms as i64;
-    if !(1..=max_timeout).contains(&f.run.timeout_ms) {
+    let max_timeout = max_timeout_ms as i64;
+    if !(1..=max_timeout).contains(&run.timeout_ms) {
         return Err(invalid(
             "timeout_ms",
             format!("must be between 1 and {max_timeout}"),
         ));
     }
-    if !(6..=1024 * 1024).contains(&f.run.memory_mb) {
+    if !(6..=1024 * 1024).contains(&run.memory_mb) {
         return Err(invalid("memory_mb", "must be between 6 and 1048576"));
     }
-    if !(f.run.cpus.is_finite() && f.run.cpus >= 0.01 && f.run.cpus <= 1024.0) {
+    if !(run.cpus.is_finite() && run.cpus >= 0.01 && run.cpus <= 1024.0) {
         return Err(invalid("cpus", "must be between 0.01 and 1024"));
     }
-    check_env("env", &f.run.env)?;
-    check_env("secrets", &f.secrets.0)?;
-    if let Some(k) = f.secrets.0.keys().find(|k| f.run.env.contains_key(*k)) {
+    let env = run.env.iter().map(|(k, v)| (k.as_str(), Some(v.as_str())));
+    check_vars("env", env, at_worker)?;
+    let secret_vars = secrets.0.iter().map(|(k, v)| (k.as_str(), v.clear()));
+    check_vars("secrets", secret_vars, false)?;
+    if let Some(k) = secrets.0.keys().find(|k| run.env.contains_key(*k)) {
         return Err(invalid(
             "secrets",
             format!("{k} is also in env; a name is either plain or secret"),
         ));
     }
-    let env_bytes: usize = f
-        .run
+    let env_bytes: usize = run
         .env
         .iter()
-        .chain(f.secrets.0.iter())
+        .filter(|(k, _)| !(at_worker && k.starts_with("GRANDA_")))
         .map(|(k, v)| k.len() + v.len())
+        .chain(secrets.clear_iter().map(|(k, v)| k.len() + v.len()))
         .sum();
     if env_bytes > MAX_ENV_BYTES {
         return Err(invalid(
@@ -369,32 +425,16 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
             ),
         ));
     }
-    // What must fit is the snapshot as it travels, JSON-escaped (`"` and `\` double, control
-    // characters take six bytes), in a header frame below the broker's frame_max.
-    let serialized = serde_json::to_vec(&f.snapshot()).map_or(usize::MAX, |v| v.len());
-    let budget = crate::broker::snapshot_budget();
-    if serialized > budget {
-        return Err(invalid(
-            "env",
-            format!(
-                "the function's message header (env and secrets as serialized JSON, with escaping) would take {serialized} bytes; the broker's frame ({} bytes) leaves {budget} for it",
-                crate::broker::frame_max()
-            ),
-        ));
-    }
-    if !(4..=32_768).contains(&f.run.pids) {
+    if !(4..=32_768).contains(&run.pids) {
         return Err(invalid("pids", "must be between 4 and 32768"));
     }
-    if let Some(problem) = f.cors.as_ref().and_then(cors_problem) {
-        return Err(invalid("cors", &problem));
-    }
-    if !(1..=65_536).contains(&f.run.tmp_mb) {
+    if !(1..=65_536).contains(&run.tmp_mb) {
         return Err(invalid("tmp_mb", "must be between 1 and 65536"));
     }
-    if let Some(user) = &f.run.user {
+    if let Some(user) = &run.user {
         check_user(user)?;
     }
-    if let Some(container_runtime) = &f.run.container_runtime
+    if let Some(container_runtime) = &run.container_runtime
         && (container_runtime.len() > 64
             || !container_runtime
                 .chars()
@@ -405,46 +445,51 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
             "must be a container runtime name of letters, digits, '-', '_' and '.' (at most 64)",
         ));
     }
-    if !valid_name(&f.queue) {
-        return Err(invalid("queue", "must match ^[a-z][a-z0-9-]{0,62}$"));
-    }
-    if let Some(m) = f.run.max_concurrency
+    if let Some(m) = run.max_concurrency
         && !(1..=10_000).contains(&m)
     {
         return Err(invalid("max_concurrency", "must be between 1 and 10000"));
     }
-    if !(0..=100).contains(&f.run.pool.min_warm) {
+    if !(0..=100).contains(&run.pool.min_warm) {
         return Err(invalid("min_warm", "must be between 0 and 100"));
     }
-    if let Some(m) = f.run.pool.max_containers
+    if let Some(m) = run.pool.max_containers
         && !(1..=10_000).contains(&m)
     {
         return Err(invalid("max_containers", "must be between 1 and 10000"));
     }
-    if !(100..=24 * 3600 * 1000).contains(&f.run.pool.idle_timeout_ms) {
+    if !(100..=24 * 3600 * 1000).contains(&run.pool.idle_timeout_ms) {
         return Err(invalid(
             "idle_timeout_ms",
             "must be between 100 and 86400000",
         ));
     }
-    if !(1..=100).contains(&f.run.max_attempts) {
+    if !(1..=100).contains(&run.max_attempts) {
         return Err(invalid("max_attempts", "must be between 1 and 100"));
-    }
-    if let Some(url) = &f.callback_url {
-        crate::callback::check_url(url, &settings.callback_allow_nets)
-            .map_err(|reason| invalid("callback_url", reason))?;
     }
     Ok(())
 }
 
-pub(super) fn check_env(
+/// Names and values (`None`: sealed, checked when set) of `field`. `invocation_vars`: names of
+/// per-invocation `GRANDA_*` variables are allowed (and not counted).
+fn check_vars<'a>(
     field: &'static str,
-    env: &BTreeMap<String, String>,
+    vars: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+    invocation_vars: bool,
 ) -> Result<(), Invalid> {
-    if env.len() > 256 {
-        return Err(invalid(field, "at most 256 variables"));
-    }
-    for (k, v) in env {
+    let mut count = 0;
+    for (k, v) in vars {
+        if invocation_vars
+            && k.starts_with("GRANDA_")
+            // Its value is checked where it is used: a bad one fails the run, recorded.
+            && crate::message::invocation_env_problem(k, "").is_none()
+        {
+            continue;
+        }
+        count += 1;
+        if count > 256 {
+            return Err(invalid(field, "at most 256 variables"));
+        }
         if !valid_env_key(k) {
             return Err(invalid(
                 field,
@@ -454,7 +499,9 @@ pub(super) fn check_env(
         if k.starts_with("GRANDA_") {
             return Err(invalid(field, format!("{k}: GRANDA_* names are reserved")));
         }
-        if v.contains('\0') || v.len() > 32 * 1024 {
+        if let Some(v) = v
+            && (v.contains('\0') || v.len() > 32 * 1024)
+        {
             // The value itself is never echoed: it may be a secret.
             return Err(invalid(
                 field,

@@ -314,7 +314,7 @@ async fn run(
             f.run.image = record.image.clone();
             f.runtime = Some(deploy.runtime.name.to_string());
             f.version = Some(record.version);
-            if !store::insert(&app.pool, &f).await? {
+            if !store::insert(&app.pool, app.publisher.keys(), &f).await? {
                 return Err(super::function_view::conflict(&f.name).into());
             }
             (StatusCode::CREATED, f)
@@ -323,7 +323,7 @@ async fn run(
             f.run.image = record.image.clone();
             f.runtime = Some(deploy.runtime.name.to_string());
             f.version = Some(record.version);
-            if !store::update(&app.pool, &f).await? {
+            if !store::update(&app.pool, app.publisher.keys(), &f).await? {
                 return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
             }
             (StatusCode::OK, f)

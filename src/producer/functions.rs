@@ -134,7 +134,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     check_callback(app, f).await?;
     check_runtime(app, &f.queue, f.run.container_runtime.as_deref()).await?;
     check_image(app, &f.queue, &f.run.image).await?;
-    let inserted = store::insert(&app.pool, f).await?;
+    let inserted = store::insert(&app.pool, app.publisher.keys(), f).await?;
     app.recent.forget_all();
     if !inserted {
         return Err(conflict(&f.name));
@@ -149,7 +149,7 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
     if f.run.image != old_image {
         check_image(app, &f.queue, &f.run.image).await?;
     }
-    let updated = store::update(&app.pool, f).await?;
+    let updated = store::update(&app.pool, app.publisher.keys(), f).await?;
     app.recent.forget_all();
     if !updated {
         return Err(ApiError::NotFound(format!(
@@ -257,8 +257,13 @@ async fn save_changed(
 ) -> Result<Function, ApiError> {
     let mut same = f.clone();
     same.updated_at = current.updated_at;
-    if same == *current {
-        return Ok(same);
+    // Secrets compare by their values: stored ones are sealed, each time with a fresh nonce.
+    let keys = app.publisher.keys();
+    let mut was = current.clone();
+    let opened =
+        keys.open_all(&mut same.secrets).is_ok() && keys.open_all(&mut was.secrets).is_ok();
+    if opened && same == was {
+        return Ok(current.clone());
     }
     save(app, &f, &current.run.image).await?;
     Ok(f)

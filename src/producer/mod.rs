@@ -122,7 +122,11 @@ impl Application {
             settings.public_url = Some(format!("http://{addr}"));
         }
         let nodes = crate::broker::Nodes::from_settings(&settings)?;
-        let publisher = Publisher::start(nodes.clone(), Topology::new(&settings.amqp_prefix))
+        let keys = Arc::new(crate::seal::Keys::load(&pool, &settings).await?);
+        crate::seal::reseal_stored(&pool, &keys)
+            .await
+            .context("re-sealing stored secrets under the current key")?;
+        let publisher = Publisher::start(nodes.clone(), Topology::new(&settings.amqp_prefix), keys)
             .await
             .context("connecting to RabbitMQ")?;
         declare_inbound(&nodes, publisher.topology())

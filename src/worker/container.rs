@@ -231,7 +231,9 @@ impl Runner {
             .run
             .env
             .iter()
-            .chain(function.secrets.0.iter())
+            .map(|(k, v)| (k, v.as_str()))
+            // Opened by `Work::decode`: a sealed value is never passed on.
+            .chain(function.secrets.clear_iter())
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push(format!("GRANDA_INVOCATION_ID={id}"));

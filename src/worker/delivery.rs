@@ -1,5 +1,6 @@
-//! Handling one delivery: never panicking out, claiming the record, running it, and acting on
-//! the retry verdict (record, reply, ack; park; or dead-letter).
+//! Handling one delivery: refusing (dead-lettering with the reason) a message its installation
+//! did not sign or whose function a registration would refuse, never panicking out, claiming the
+//! record, running it, and acting on the retry verdict (record, reply, ack; park; or dead-letter).
 
 use super::*;
 use std::future::Future;
@@ -208,11 +209,17 @@ pub(super) async fn handle(
     let Some(_slot) = shared.limiter.acquire(lane(&delivery)).await else {
         return;
     };
-    let work = match Work::decode(&delivery.properties) {
+    // Before anything is run or recorded: the signature, the secrets, the function's limits.
+    let work = match Work::decode(
+        &delivery.properties,
+        &delivery.data,
+        &shared.keys,
+        shared.max_timeout_ms,
+    ) {
         Ok(work) => work,
         Err(e) => {
-            tracing::error!(error = %e, "dead-lettering a malformed message");
-            reject(&delivery, false).await;
+            tracing::error!(error = %e, message_id = ?delivery.properties.message_id(), "dead-lettering a refused message");
+            refuse(&shared, &channels, &delivery, &e.0).await;
             return;
         }
     };
@@ -314,6 +321,43 @@ pub(super) async fn handle(
         Claim::Missing => {
             tracing::error!("no record for this invocation; dead-lettering it");
             reject(&delivery, false).await;
+        }
+    }
+}
+
+/// Header of a message the worker refused to run: why.
+pub const REFUSED_HEADER: &str = "x-granda-refused";
+
+/// Dead-letters a message that must not run (malformed, unsigned, or with a function a
+/// registration would refuse): republished to the dead-letter queue with the reason in
+/// [`REFUSED_HEADER`], then acked; if the broker does not take it, rejected (to the same queue,
+/// through the work queue's dead-letter exchange, without the reason). Nothing is recorded.
+pub(super) async fn refuse(
+    shared: &Shared,
+    channels: &Channels,
+    delivery: &Delivery,
+    reason: &str,
+) {
+    use lapin::types::{AMQPValue, LongString};
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        REFUSED_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
+    );
+    let properties = delivery.properties.clone().with_headers(headers);
+    let sent = broker::publish_confirmed(
+        &channels.publish,
+        &shared.topology.dead_letter_queue(),
+        &delivery.data,
+        properties,
+        channels.publish_timeout,
+    )
+    .await;
+    match sent {
+        Ok(()) => ack(delivery).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not dead-letter with the reason; rejecting");
+            reject(delivery, false).await;
         }
     }
 }

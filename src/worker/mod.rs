@@ -95,6 +95,10 @@ pub struct Worker {
 /// What every run of this worker needs.
 struct Shared {
     pool: PgPool,
+    /// The installation's keys: a message runs only if signed with them ([`crate::message::Work::decode`]).
+    keys: Arc<crate::seal::Keys>,
+    /// The longest timeout a message's function may have (`GRANDA_MAX_TIMEOUT_MS`).
+    max_timeout_ms: u64,
     /// For claims: the same database, with commits that don't wait for the disk.
     leases: PgPool,
     /// How much of a sync call's input its record keeps (the worker writes that record).
@@ -166,6 +170,11 @@ impl Worker {
             .await
             .context("reading the installation's id")?;
         let worker_id = settings.worker_id(&installation);
+        let keys = Arc::new(
+            crate::seal::Keys::load(&pool, settings)
+                .await
+                .context("reading the installation's message keys")?,
+        );
         let engine_id = docker.info().await.ok().and_then(|i| i.id);
         let images = images::Images::new(
             docker.clone(),
@@ -199,6 +208,8 @@ impl Worker {
             nodes,
             shared: Arc::new(Shared {
                 leases: crate::db::lease_pool(&pool),
+                keys,
+                max_timeout_ms: settings.max_timeout_ms,
                 stored_input_cap: settings.max_stored_input_bytes,
                 pool,
                 warm: pool::Pool::new(

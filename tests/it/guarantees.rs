@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use granda::broker::{Publisher, Topology};
+use granda::broker::Topology;
 use granda::function::store as functions;
 use granda::invocation::Trigger;
 use granda::message::Work;
@@ -218,12 +218,7 @@ async fn a_duplicate_message_of_a_final_invocation_is_acked_without_a_run() {
 
     // Publish the same invocation again, as a redelivery or a second publish would.
     let function = functions::get(&app.pool, "echo").await.unwrap().unwrap();
-    let publisher = Publisher::connect(
-        &app.settings.amqp_url,
-        Topology::new(&app.settings.amqp_prefix),
-    )
-    .await
-    .unwrap();
+    let publisher = app.publisher().await;
     let work = Work {
         id,
         trigger: Trigger::Sync,

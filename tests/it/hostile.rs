@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use granda::broker::{Publisher, Topology};
 use granda::function::store as functions;
 use granda::invocation::Trigger;
 use granda::message::Work;
@@ -29,12 +28,7 @@ async fn publish_raw(app: &TestApp, work: Work, body: &[u8]) {
     .execute(&app.pool)
     .await
     .unwrap();
-    let publisher = Publisher::connect(
-        &app.settings.amqp_url,
-        Topology::new(&app.settings.amqp_prefix),
-    )
-    .await
-    .unwrap();
+    let publisher = app.publisher().await;
     publisher.publish("default", &work, body).await.unwrap();
 }
 

@@ -23,6 +23,7 @@ mod invocations;
 mod invoke;
 mod isolation;
 mod keyless_timing;
+mod message_trust;
 mod metrics;
 mod openapi;
 mod origins;

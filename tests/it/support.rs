@@ -496,3 +496,25 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl TestApp {
+    /// The installation's message keys, as its ingress and workers read them.
+    pub async fn keys(&self) -> std::sync::Arc<granda::seal::Keys> {
+        std::sync::Arc::new(
+            granda::seal::Keys::load(&self.pool, &self.settings)
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// A publisher of work messages signed as this installation's ingress signs them.
+    pub async fn publisher(&self) -> std::sync::Arc<granda::broker::Publisher> {
+        granda::broker::Publisher::connect(
+            &self.settings.amqp_url,
+            Topology::new(&self.settings.amqp_prefix),
+            self.keys().await,
+        )
+        .await
+        .unwrap()
+    }
+}

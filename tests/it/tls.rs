@@ -76,9 +76,13 @@ async fn amqps_is_trusted_through_the_ca_file_and_refused_without_it() {
     );
 
     let nodes = Arc::new(Nodes::new(AMQPS_URL, Some(&ca), Duration::from_secs(5)).unwrap());
-    let publisher = Publisher::start(nodes, Topology::new("granda-tls-test"))
-        .await
-        .expect("amqps with the test CA");
+    let publisher = Publisher::start(
+        nodes,
+        Topology::new("granda-tls-test"),
+        Arc::new(granda::seal::Keys::ephemeral()),
+    )
+    .await
+    .expect("amqps with the test CA");
     publisher
         .publish_event("tls.check", b"over TLS", Default::default())
         .await
