@@ -119,9 +119,17 @@ fn plain_on_loopback_unless(url: &str, sslmode_in_env: bool) -> String {
     if parsed.query_pairs().any(|(k, _)| k == "sslmode") {
         return url.to_string();
     }
+    // (A `postgres:` URL's host is opaque to the URL parser: an IP address comes as a name.)
     let loopback = match parsed.host() {
         None => true,
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.is_empty(),
+        Some(url::Host::Domain(d)) => {
+            d.is_empty()
+                || d.eq_ignore_ascii_case("localhost")
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
     };

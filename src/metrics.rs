@@ -166,6 +166,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "How late a schedule tick fired.",
     ),
     (
+        "granda_http_connections",
+        "gauge",
+        "HTTP connections the ingress holds now.",
+    ),
+    (
+        "granda_http_connections_closed_total",
+        "counter",
+        "HTTP connections the ingress closed by a bound, by reason (header timeout, idle, cap).",
+    ),
+    (
         "granda_unauthenticated_body_bytes_in_flight",
         "gauge",
         "Bytes of unauthenticated request bodies (webhooks, public functions) reserved now.",
