@@ -108,8 +108,9 @@ async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
     // Runs on this worker show in its own series.
     for i in 0..3 {
         let response = app.invoke("echo", format!("hello {i}")).await;
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.text().await.unwrap(), format!("hello {i}"));
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!((status.as_u16(), text), (200, format!("hello {i}")));
     }
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(metrics.status(), 200);
