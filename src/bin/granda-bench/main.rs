@@ -188,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Hot => {
             let mut rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
-            rows.extend(body_rows(&args, address).await?);
+            rows.extend(body_rows(&args, address, &pool).await?);
             println!();
             println!("| measure | Granda | direct | ratio (Granda / direct) | target |");
             println!("|---|---:|---:|---:|---|");
