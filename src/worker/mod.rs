@@ -33,6 +33,7 @@ pub mod pool;
 pub mod reaper;
 mod settle;
 mod shared;
+mod takeover;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -326,6 +327,10 @@ impl Worker {
             self.shared.pool.clone(),
             self.installation.clone(),
         ));
+        let takeover = tokio::spawn(takeover::sweep_forever(
+            self.shared.clone(),
+            self.installation.clone(),
+        ));
         let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
         let expiring = tokio::spawn({
             let shared = self.shared.clone();
@@ -362,6 +367,7 @@ impl Worker {
         }
         reaper.abort();
         orphans.abort();
+        takeover.abort();
         if let Some(endpoints) = endpoints {
             endpoints.abort();
         }
