@@ -586,3 +586,165 @@ async fn one_queue_served_by_hosts_a_and_b_is_shared_between_them() {
     }
     app.shutdown().await;
 }
+
+/// Starts on `host`'s engine a container labelled as a run of worker `worker` of `app`'s
+/// installation (invocation `invocation`), as the engine does for a request that worker made
+/// just before it died. Returns when the engine has started it.
+async fn late_container(app: &TestApp, host: &str, worker: &str, image: &str, invocation: &str) {
+    let installation = granda::docker::installation(&app.pool).await.unwrap();
+    let labels = [
+        format!("{}={worker}", granda::docker::LABEL_WORKER),
+        format!("{}={installation}", granda::docker::LABEL_INSTALLATION),
+        format!("{}={invocation}", granda::docker::LABEL_INVOCATION),
+    ];
+    let mut args = vec!["run", "-d", "--network", "none", "-e", "SLEEP_SECONDS=60"];
+    for label in &labels {
+        args.extend(["--label", label.as_str()]);
+    }
+    args.push(image);
+    docker_cli(Some(host), &args);
+}
+
+/// Nanoseconds since the epoch now, on this machine's clock (the engines' too).
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_survivor_is_full() {
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/sleep");
+    const SLEEP_SECONDS: u64 = 15;
+    const SLOTS: usize = 4;
+    app.register(
+        "long",
+        &image,
+        json!({"queue": "hosts-full", "timeout_ms": 60_000,
+               "env": {"SLEEP_SECONDS": SLEEP_SECONDS.to_string()}}),
+    )
+    .await;
+    let id_b = format!("{}-b", app.worker_id());
+    let mut worker_b = worker_process(&app, &id_b, &engine_b, "hosts-full", SLOTS);
+    let on_b = engine(&engine_b);
+    let pool = app.pool.clone();
+    let running_on = move |ids: Vec<uuid::Uuid>, worker: String| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT status, worker FROM invocations WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            rows.len() == ids.len()
+                && rows
+                    .iter()
+                    .all(|(s, w)| s == "running" && w.as_deref() == Some(worker.as_str()))
+        }
+    };
+
+    // Host B runs its share (nobody else serves the queue yet).
+    let mut on_host_b = vec![];
+    for i in 0..SLOTS {
+        on_host_b.push(app.invoke_async("long", format!("b{i}")).await);
+    }
+    eventually(Duration::from_secs(60), "host B runs its share", || async {
+        (running_on(on_host_b.clone(), id_b.clone()).await
+            && leftovers(&on_b, &id_b).await.len() == SLOTS)
+            .then_some(())
+    })
+    .await;
+
+    // Host A's worker joins with as many slots, and fills them all with long runs of its own.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["hosts-full".into()];
+            s.min_concurrency = SLOTS;
+            s.max_concurrency = Some(SLOTS);
+        })
+        .await;
+    let mut on_host_a = vec![];
+    for i in 0..SLOTS {
+        on_host_a.push(app.invoke_async("long", format!("a{i}")).await);
+    }
+    eventually(Duration::from_secs(30), "host A is full", || async {
+        running_on(on_host_a.clone(), worker_a.clone())
+            .await
+            .then_some(())
+    })
+    .await;
+
+    // Host B dies. Its engine then starts a container B had asked for (after B's last beat).
+    worker_b.kill().unwrap();
+    let killed = now_ns();
+    worker_b.wait().unwrap();
+    let late = uuid::Uuid::new_v4();
+    late_container(&app, &engine_b, &id_b, &image, &late.to_string()).await;
+
+    // B's containers, the late one too, die on engine B within the lease plus BOUND of the kill,
+    // stopped (not finished), while A's slots are all still busy with its own runs.
+    const BOUND: Duration = Duration::from_secs(2);
+    let lease = Duration::from_millis(app.settings.worker_lease_ms);
+    assert_eq!(lease, Duration::from_secs(6), "the default lease");
+    let died_on_b = |id: uuid::Uuid| {
+        runs.of(id)
+            .into_iter()
+            .find(|e| e.engine == "b" && e.action == "die")
+    };
+    let all_b: Vec<uuid::Uuid> = on_host_b.iter().copied().chain([late]).collect();
+    let deaths = eventually(
+        Duration::from_secs(SLEEP_SECONDS + 10),
+        "B's containers die on engine B",
+        || async { all_b.iter().map(|id| died_on_b(*id)).collect::<Option<Vec<_>>>() },
+    )
+    .await;
+    assert!(
+        running_on(on_host_a.clone(), worker_a.clone()).await,
+        "host A was full all along"
+    );
+    let mut after = vec![];
+    for (id, death) in all_b.iter().zip(&deaths) {
+        assert_ne!(death.exit_code.as_deref(), Some("0"), "{id} was stopped: {death:?}");
+        let took = Duration::from_nanos((death.at_ns - killed).max(0) as u64);
+        after.push(took);
+        assert!(
+            took <= lease + BOUND,
+            "{id}'s container on B died {took:?} after the kill (lease {lease:?} + {BOUND:?})"
+        );
+    }
+
+    // A container the engine starts even later (a slow request) is stopped too: the dead worker's
+    // label is swept for a while after its lease ran out.
+    let later = uuid::Uuid::new_v4();
+    let started = now_ns();
+    late_container(&app, &engine_b, &id_b, &image, &later.to_string()).await;
+    let death = eventually(
+        Duration::from_secs(30),
+        "the later container dies",
+        || async { died_on_b(later) },
+    )
+    .await;
+    let later_took = Duration::from_nanos((death.at_ns - started).max(0) as u64);
+    assert!(
+        later_took <= BOUND,
+        "a container started after the sweep began lived {later_took:?}"
+    );
+    eprintln!(
+        "kill -9 of host B with host A full ({SLOTS} of {SLOTS} slots busy): B's containers died \
+         {after:?} after the kill on engine B (lease {lease:?}); one started after the lease ran \
+         out died {later_took:?} after its start"
+    );
+
+    // B's runs are run again on A as its slots free; each ran to its end exactly once.
+    let accepted: Vec<uuid::Uuid> = on_host_b.iter().chain(&on_host_a).copied().collect();
+    settle(&app, &accepted, &engine_b, &runs).await;
+    for id in &accepted {
+        let record = app.invocation(*id).await;
+        assert_eq!(record["worker"], worker_a.as_str(), "{record}");
+        assert_eq!(record["output"], "slept\n", "{record}");
+    }
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
