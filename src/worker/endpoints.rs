@@ -1,10 +1,10 @@
 //! A standalone worker's own HTTP endpoints on `GRANDA_WORKER_LISTEN`: `/healthz` (the process
-//! is up), `/readyz` (RabbitMQ connected, Postgres and the Docker engine answer; 503 naming the
-//! failing ones) and `/metrics` (the worker's own series, Prometheus text). `granda up` serves
+//! is up: a failing dependency never fails it, as a restart cures none), `/readyz` (whether it
+//! takes work, [`super::readiness`]; 503 naming what keeps it from it) and `/metrics` (the
+//! worker's own series, Prometheus text). `granda up` serves
 //! none of these here: its ingress serves the same metrics and readiness.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -35,11 +35,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&shared.pool)),
         tokio::time::timeout(CHECK_TIMEOUT, shared.runner.docker().ping()),
     );
-    let db = matches!(db, Ok(Ok(_)));
-    let engine = matches!(engine, Ok(Ok(_)));
-    let broker = shared.connected.load(Ordering::Relaxed);
-    let open = shared.breakers.open_queues(std::time::Instant::now());
-    let ready = db && engine && broker;
+    let readiness = shared.readiness(
+        &shared.served,
+        matches!(db, Ok(Ok(_))),
+        matches!(engine, Ok(Ok(_))),
+    );
+    shared.export_readiness(&shared.served, &readiness);
+    let ready = readiness.ready();
     let ok = |b: bool| if b { "ok" } else { "unavailable" };
     let status = if ready {
         StatusCode::OK
@@ -50,9 +52,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         status,
         axum::Json(json!({
             "ready": ready,
+            "degraded": readiness.degraded(),
             "worker": shared.worker_id,
-            "checks": {"postgres": ok(db), "rabbitmq": ok(broker), "docker": ok(engine)},
-            "breakers_open": open,
+            "checks": {
+                "postgres": ok(readiness.postgres),
+                "rabbitmq": ok(readiness.rabbitmq),
+                "docker": ok(readiness.docker),
+                "quorum": match readiness.quorum {
+                    Some(true) => "ok",
+                    Some(false) => "unavailable",
+                    None => "unknown",
+                },
+            },
+            "breakers_open": readiness.breakers_open,
+            "reasons": readiness.reasons(),
         })),
     )
         .into_response()

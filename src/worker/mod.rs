@@ -32,6 +32,7 @@ pub mod images;
 pub mod pool;
 pub mod reaper;
 mod settle;
+mod readiness;
 mod shared;
 mod takeover;
 
@@ -133,6 +134,12 @@ struct Shared {
     shared_queues: Mutex<Option<HashSet<String>>>,
     /// Whether the session is connected to RabbitMQ.
     connected: AtomicBool,
+    /// Whether the session has its consumers set up ([`readiness`]).
+    consuming: AtomicBool,
+    /// Whether the last quorum probe was confirmed; `None` before the first ([`readiness`]).
+    quorum: Mutex<Option<bool>>,
+    /// The queues this worker serves.
+    served: Vec<String>,
     /// `DOCKER_HOST` and the engine's ID, for the heartbeat.
     engine: String,
     engine_id: Option<String>,
@@ -227,6 +234,9 @@ impl Worker {
                 health: Mutex::default(),
                 shared_queues: Mutex::default(),
                 connected: AtomicBool::new(false),
+                consuming: AtomicBool::new(false),
+                quorum: Mutex::default(),
+                served: settings.queues.clone(),
                 engine: crate::docker::address(settings.docker_host.as_deref()),
                 engine_id,
                 lease: Duration::from_millis(settings.worker_lease_ms.max(300)),

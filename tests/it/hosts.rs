@@ -10,6 +10,7 @@ use granda::producer::Application;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::faults::infra::{GrandaProcess, free_port};
 use crate::hosts_ledger::{EventLog, ledger, leftovers};
 use crate::support::{TestApp, eventually, id_of, spawn_app_with};
 
@@ -746,5 +747,110 @@ async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_surv
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
     }
+    app.shutdown().await;
+}
+
+/// A `granda worker` process of `app` (its database and queues) serving `queue` on `host`'s
+/// engine, with its endpoints on a free port and `extra` settings. Returns it and their base URL.
+fn worker_with_endpoints(
+    app: &TestApp,
+    id: &str,
+    host: &str,
+    queue: &str,
+    extra: &[(&str, &str)],
+) -> (GrandaProcess, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut env = vec![
+        ("GRANDA_DATABASE_URL", app.settings.database_url.clone()),
+        ("GRANDA_AMQP_URL", app.settings.amqp_url.clone()),
+        ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+        ("GRANDA_WORKER_ID", id.to_string()),
+        ("GRANDA_QUEUES", queue.to_string()),
+        ("GRANDA_WORKER_LISTEN", listen.clone()),
+        ("DOCKER_HOST", host.to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    (
+        GrandaProcess::spawn(&["worker"], &env),
+        format!("http://{listen}"),
+    )
+}
+
+/// `GET url`: the status and the body as JSON (`null` when it is not JSON).
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url).await.expect("the worker's endpoints answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The value of the series `series` (name and labels, exactly) at `base`'s `/metrics`.
+async fn sample(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_only_queue_has_its_breaker_open_is_not_ready_and_says_why() {
+    let (app, engine_b, _, runs) = on_hosts_a_and_b(|s| s.max_concurrency = Some(2)).await;
+    app.register("local", "granda-test/echo", json!({})).await;
+    // Host B serves the same queue but may pull nothing: what it takes, it can't run.
+    let id_b = format!("{}-b", app.worker_id());
+    let (worker_b, base) = worker_with_endpoints(
+        &app,
+        &id_b,
+        &engine_b,
+        "default",
+        &[("GRANDA_IMAGE_PULL", "never")],
+    );
+    worker_b.wait_healthy(&base, Duration::from_secs(30)).await;
+    let ready = eventually(Duration::from_secs(30), "worker B ready", || async {
+        let (status, body) = get_json(&format!("{base}/readyz")).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        ready["checks"],
+        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok", "quorum": "ok"}),
+        "{ready}"
+    );
+    assert_eq!(ready["breakers_open"], json!([]), "{ready}");
+    let ready_series = format!("granda_worker_ready{{worker=\"{id_b}\"}}");
+    let open_series = format!("granda_worker_breaker_open{{worker=\"{id_b}\",queue=\"default\"}}");
+
+    // Calls until B has taken enough it can't run to open its breaker: it takes no work now.
+    let accepted = std::sync::Mutex::new(vec![]);
+    let not_ready = eventually(Duration::from_secs(60), "worker B not ready", || async {
+        let id = app.invoke_async("local", "x").await;
+        accepted.lock().unwrap().push(id);
+        let (status, body) = get_json(&format!("{base}/readyz")).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    let accepted = accepted.into_inner().unwrap();
+    assert_eq!(not_ready["ready"], false, "{not_ready}");
+    assert_eq!(not_ready["breakers_open"], json!(["default"]), "{not_ready}");
+    assert_eq!(
+        not_ready["reasons"],
+        json!(["circuit breaker open on every queue it serves"]),
+        "{not_ready}"
+    );
+    assert_eq!(not_ready["checks"]["rabbitmq"], "ok", "{not_ready}");
+    assert_eq!(sample(&base, &ready_series).await, Some(0.0));
+    assert_eq!(sample(&base, &open_series).await, Some(1.0));
+    // Alive all along: a restart cures nothing here.
+    assert_eq!(get_json(&format!("{base}/healthz")).await.0, 200);
+
+    settle(&app, &accepted, &engine_b, &runs).await;
+    for id in &accepted {
+        assert_ne!(app.invocation(*id).await["worker"], id_b.as_str());
+    }
+    worker_b.sigterm();
+    assert!(worker_b.wait_exit(Duration::from_secs(30)).await.is_some());
     app.shutdown().await;
 }

@@ -102,8 +102,10 @@ async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
     assert_eq!(ready["worker"], id.as_str(), "{ready}");
     assert_eq!(
         ready["checks"],
-        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok"})
+        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok", "quorum": "ok"})
     );
+    assert_eq!(ready["degraded"], false, "{ready}");
+    assert_eq!(ready["reasons"], json!([]), "{ready}");
 
     // Runs on this worker show in its own series.
     for i in 0..3 {
