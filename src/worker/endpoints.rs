@@ -16,6 +16,49 @@ use serde_json::json;
 
 use super::Shared;
 
+/// `GRANDA_WORKER_LISTEN`'s default for `granda worker`: the first free port of [`AUTO_PORTS`] on
+/// 127.0.0.1, so that several workers on one host all start.
+pub const AUTO: &str = "auto";
+
+/// The ports `auto` tries, in order.
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 9090..=9109;
+
+/// Binds `GRANDA_WORKER_LISTEN` (`auto` or an address); the error names the setting, and says
+/// what to do when the address is taken.
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    use std::io::ErrorKind;
+    if addr == AUTO {
+        for port in AUTO_PORTS {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => return Ok(listener),
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("binding GRANDA_WORKER_LISTEN auto (127.0.0.1:{port})")
+                    });
+                }
+            }
+        }
+        anyhow::bail!(
+            "GRANDA_WORKER_LISTEN auto: ports {}-{} on 127.0.0.1 are all taken; set GRANDA_WORKER_LISTEN to a free address, or off",
+            AUTO_PORTS.start(),
+            AUTO_PORTS.end()
+        );
+    }
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(e).with_context(|| {
+            format!(
+                "binding GRANDA_WORKER_LISTEN {addr}: the address is in use (another worker on this host?); give each worker its own GRANDA_WORKER_LISTEN, or auto (the first free port of 127.0.0.1:{}-{}), or off",
+                AUTO_PORTS.start(),
+                AUTO_PORTS.end()
+            )
+        }),
+        Err(e) => Err(e).with_context(|| format!("binding GRANDA_WORKER_LISTEN {addr}")),
+    }
+}
+
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 

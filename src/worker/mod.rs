@@ -189,11 +189,7 @@ impl Worker {
             Runner::new(docker, worker_id.clone(), caps).with_installation(installation.clone());
         let endpoints = match settings.worker_listen.as_deref() {
             None | Some("") | Some("off") => None,
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding GRANDA_WORKER_LISTEN {addr}"))?,
-            ),
+            Some(addr) => Some(endpoints::bind(addr).await?),
         };
         let nodes = broker::Nodes::from_settings(settings)?;
         let builder = builds::Builder {
@@ -293,7 +289,9 @@ impl Worker {
     ) -> anyhow::Result<()> {
         let mut shutdown: Shutdown = Box::pin(shutdown);
         let endpoints = self.endpoints.take().map(|listener| {
-            tracing::info!(addr = ?listener.local_addr().ok(), "worker endpoints listening");
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "worker endpoints listening");
+            }
             let app = endpoints::router(self.shared.clone());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
