@@ -132,11 +132,14 @@ impl Application {
             settings.unauthenticated_body_budget_bytes,
             metrics.clone(),
         ));
-        let engines = Arc::new(crate::engines::Remote::new(
-            nodes.clone(),
-            &settings.amqp_prefix,
-            std::time::Duration::from_millis(settings.image_pull_timeout_ms),
-        ));
+        let engines = Arc::new(
+            crate::engines::Remote::new(
+                nodes.clone(),
+                &settings.amqp_prefix,
+                std::time::Duration::from_millis(settings.image_pull_timeout_ms),
+            )
+            .with_pool(pool.clone()),
+        );
         Ok(Application {
             listener,
             state: AppState {
