@@ -854,3 +854,63 @@ async fn a_worker_whose_only_queue_has_its_breaker_open_is_not_ready_and_says_wh
     assert!(worker_b.wait_exit(Duration::from_secs(30)).await.is_some());
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registering_an_image_only_one_host_can_get_is_answered_the_same_every_time() {
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/echo");
+    assert!(app.docker.inspect_image(&image).await.is_err());
+    // Host A may pull nothing, so it can't have the image; host B pulls it from the registry.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["hosts-reg".into()];
+            s.image_pull = granda::config::ImagePull::Never;
+        })
+        .await;
+    let worker_b =
+        add_worker_on_b(&mut app, &engine_b, |s| s.queues = vec!["hosts-reg".into()]).await;
+    let mut settings = app.settings.clone();
+    settings.image_pull_timeout_ms = 20_000;
+    let (ingress, stop) = engineless_ingress_with(&app, settings).await;
+    let deploy = |name: String, image: String| {
+        register_at(
+            &app,
+            &ingress,
+            json!({"name": name, "image": image, "queue": "hosts-reg"}),
+        )
+    };
+
+    // Once both workers serve the queue, every registration of it is accepted, whichever
+    // worker answers first (A answers at once that it can't).
+    eventually(
+        Duration::from_secs(60),
+        "both workers answer",
+        || async {
+            let r = deploy("only-b".into(), image.clone()).await;
+            (r.status() == 201).then_some(())
+        },
+    )
+    .await;
+    for i in 0..6 {
+        let r = deploy(format!("only-b-{i}"), image.clone()).await;
+        let status = r.status();
+        assert_eq!(status, 201, "try {i}: {}", r.text().await.unwrap());
+    }
+
+    // An image no host can have: 422, with each worker's reason; nothing registered.
+    let none = format!("{registry}/granda-hosts/none:{}", app.worker_id());
+    let refused = deploy("nowhere".into(), none).await;
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("worker {worker_a}"))
+            && message.contains(&format!("worker {worker_b}")),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/functions/nowhere").await.status(), 404);
+    settle(&app, &[], &engine_b, &runs).await;
+    let _ = stop.send(true);
+    remove_image(&engine(&engine_b), &image).await;
+    app.shutdown().await;
+}
