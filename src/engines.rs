@@ -154,7 +154,10 @@ pub fn verdict(answers: &[(String, Answer)], expected: usize) -> Result<(), Refu
         })
         .collect();
     let silent = expected.saturating_sub(answers.len());
-    let unsure = silent > 0 || answers.iter().any(|(_, a)| matches!(a, Answer::Unavailable(_)));
+    let unsure = silent > 0
+        || answers
+            .iter()
+            .any(|(_, a)| matches!(a, Answer::Unavailable(_)));
     let mut message = said.join("; ");
     if silent > 0 {
         message.push_str(&format!(
@@ -251,7 +254,10 @@ mod tests {
         // Every live worker says it can't: 422, naming each one's reason.
         match verdict(&[a(no("pull denied")), b(no("not found"))], 2) {
             Err(Refusal::Unprocessable(m)) => {
-                assert!(m.contains("worker a: pull denied") && m.contains("worker b: not found"), "{m}")
+                assert!(
+                    m.contains("worker a: pull denied") && m.contains("worker b: not found"),
+                    "{m}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -261,7 +267,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            verdict(&[a(no("x")), b(Answer::Unavailable("engine away".into()))], 2),
+            verdict(
+                &[a(no("x")), b(Answer::Unavailable("engine away".into()))],
+                2
+            ),
             Err(Refusal::Unavailable(_))
         ));
     }

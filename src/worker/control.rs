@@ -206,7 +206,9 @@ impl Client {
         expected: usize,
     ) -> Result<Vec<(String, Answer)>, AskError> {
         let channel = self.channel().await?;
-        let answered = self.ask_every_on(&channel, queue, check, wait, expected).await;
+        let answered = self
+            .ask_every_on(&channel, queue, check, wait, expected)
+            .await;
         let failed = matches!(
             answered,
             Err(AskError::Unconfirmed { .. } | AskError::Broker(_))

@@ -30,9 +30,9 @@ mod heartbeat;
 pub mod hot;
 pub mod images;
 pub mod pool;
+mod readiness;
 pub mod reaper;
 mod settle;
-mod readiness;
 mod shared;
 mod takeover;
 

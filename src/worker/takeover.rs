@@ -135,7 +135,10 @@ mod tests {
     #[test]
     fn the_sweep_runs_a_few_times_a_lease() {
         assert_eq!(period(Duration::from_secs(6)), Duration::from_millis(500));
-        assert_eq!(period(Duration::from_millis(300)), Duration::from_millis(100));
+        assert_eq!(
+            period(Duration::from_millis(300)),
+            Duration::from_millis(100)
+        );
         assert_eq!(period(Duration::from_secs(60)), Duration::from_secs(1));
     }
 }

@@ -364,7 +364,10 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
             ("GRANDA_DATABASE_URL", app.settings.database_url.clone()),
             // Node a only, the one that stays up: its connection never breaks, so only the
             // quorum probe can tell (a worker that fails over is not consuming meanwhile).
-            ("GRANDA_AMQP_URL", cluster_urls().split(',').next().unwrap().to_string()),
+            (
+                "GRANDA_AMQP_URL",
+                cluster_urls().split(',').next().unwrap().to_string(),
+            ),
             ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
             ("GRANDA_PUBLISH_TIMEOUT_MS", PUBLISH_TIMEOUT_MS.to_string()),
             ("GRANDA_WORKER_ID", id.clone()),
@@ -385,7 +388,10 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
             if status == want {
                 return body;
             }
-            assert!(Instant::now() < deadline, "/readyz not {want} within {within:?}: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "/readyz not {want} within {within:?}: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
@@ -397,7 +403,11 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
     run_script(&["stop-app", "b"]).await;
     run_script(&["stop-app", "c"]).await;
     let lost = Instant::now();
-    let not_ready = wait_for(503, Duration::from_millis(2_000 + PUBLISH_TIMEOUT_MS + 2_000)).await;
+    let not_ready = wait_for(
+        503,
+        Duration::from_millis(2_000 + PUBLISH_TIMEOUT_MS + 2_000),
+    )
+    .await;
     let took = lost.elapsed();
     let mut seen = vec![not_ready.clone()];
     // A few probes more.

@@ -696,7 +696,12 @@ async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_surv
     let deaths = eventually(
         Duration::from_secs(SLEEP_SECONDS + 10),
         "B's containers die on engine B",
-        || async { all_b.iter().map(|id| died_on_b(*id)).collect::<Option<Vec<_>>>() },
+        || async {
+            all_b
+                .iter()
+                .map(|id| died_on_b(*id))
+                .collect::<Option<Vec<_>>>()
+        },
     )
     .await;
     assert!(
@@ -705,7 +710,11 @@ async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_surv
     );
     let mut after = vec![];
     for (id, death) in all_b.iter().zip(&deaths) {
-        assert_ne!(death.exit_code.as_deref(), Some("0"), "{id} was stopped: {death:?}");
+        assert_ne!(
+            death.exit_code.as_deref(),
+            Some("0"),
+            "{id} was stopped: {death:?}"
+        );
         let took = Duration::from_nanos((death.at_ns - killed).max(0) as u64);
         after.push(took);
         assert!(
@@ -778,7 +787,9 @@ fn worker_with_endpoints(
 
 /// `GET url`: the status and the body as JSON (`null` when it is not JSON).
 async fn get_json(url: &str) -> (u16, Value) {
-    let response = reqwest::get(url).await.expect("the worker's endpoints answer");
+    let response = reqwest::get(url)
+        .await
+        .expect("the worker's endpoints answer");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -834,7 +845,11 @@ async fn a_worker_whose_only_queue_has_its_breaker_open_is_not_ready_and_says_wh
     .await;
     let accepted = accepted.into_inner().unwrap();
     assert_eq!(not_ready["ready"], false, "{not_ready}");
-    assert_eq!(not_ready["breakers_open"], json!(["default"]), "{not_ready}");
+    assert_eq!(
+        not_ready["breakers_open"],
+        json!(["default"]),
+        "{not_ready}"
+    );
     assert_eq!(
         not_ready["reasons"],
         json!(["circuit breaker open on every queue it serves"]),
@@ -882,14 +897,10 @@ async fn registering_an_image_only_one_host_can_get_is_answered_the_same_every_t
 
     // Once both workers serve the queue, every registration of it is accepted, whichever
     // worker answers first (A answers at once that it can't).
-    eventually(
-        Duration::from_secs(60),
-        "both workers answer",
-        || async {
-            let r = deploy("only-b".into(), image.clone()).await;
-            (r.status() == 201).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(60), "both workers answer", || async {
+        let r = deploy("only-b".into(), image.clone()).await;
+        (r.status() == 201).then_some(())
+    })
     .await;
     for i in 0..6 {
         let r = deploy(format!("only-b-{i}"), image.clone()).await;
