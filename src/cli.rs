@@ -192,7 +192,7 @@ pub async fn run(
             let mut settings = settings;
             settings
                 .worker_listen
-                .get_or_insert_with(|| "127.0.0.1:9090".to_string());
+                .get_or_insert_with(|| crate::worker::endpoints::AUTO.to_string());
             let pool = crate::db::connect_and_migrate_with_ca(
                 &settings.database_url,
                 settings.ca_file.as_deref(),

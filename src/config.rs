@@ -147,8 +147,9 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_REGISTRY")]
     pub registry: Option<String>,
 
-    /// Where a standalone worker serves `/healthz`, `/readyz` and `/metrics` (`off`: nowhere).
-    /// `granda worker` defaults to 127.0.0.1:9090; `granda up` serves them on the ingress.
+    /// Where a standalone worker serves `/healthz`, `/readyz` and `/metrics` (`off`: nowhere;
+    /// `auto`: the first free port of 127.0.0.1:9090-9109). `granda worker` defaults to `auto`,
+    /// so several start on one host; `granda up` serves them on the ingress.
     #[arg(long, env = "GRANDA_WORKER_LISTEN")]
     pub worker_listen: Option<String>,
 

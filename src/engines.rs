@@ -87,6 +87,8 @@ pub fn answered(answer: Answer) -> Result<(), Refusal> {
 /// `granda server`'s engines: the workers of each queue, asked over RabbitMQ.
 pub struct Remote {
     client: Arc<control::Client>,
+    /// The heartbeats: how many live workers serve a queue, so many answers to wait for.
+    pool: Option<sqlx::PgPool>,
     prefix: String,
     /// How long a check may take: the workers' pull timeout and a few seconds.
     answer_within: Duration,
@@ -107,20 +109,85 @@ impl Remote {
     pub fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str, pull_timeout: Duration) -> Remote {
         Remote {
             client: control::Client::new(nodes, prefix),
+            pool: None,
             prefix: prefix.to_string(),
             answer_within: pull_timeout + ANSWER_SLACK,
         }
     }
 }
 
+impl Remote {
+    /// Reads the heartbeats in `pool` to know how many workers' answers to wait for.
+    pub fn with_pool(mut self, pool: sqlx::PgPool) -> Remote {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// How many live workers serve `queue`, by their heartbeats (1 when that can't be read).
+    async fn live_workers(&self, queue: &str) -> usize {
+        let Some(pool) = &self.pool else { return 1 };
+        let counted: Result<(i64,), _> = sqlx::query_as(
+            "SELECT count(*) FROM workers WHERE $1 = ANY(queues) AND lease_until > now()",
+        )
+        .bind(queue)
+        .fetch_one(pool)
+        .await;
+        counted.map_or(1, |(n,)| n.max(1) as usize)
+    }
+}
+
+/// The one rule for a registration check asked of every live worker of a queue (`expected` of
+/// them; `answers` by worker): accepted when any worker's engine can have the image and runtime
+/// (the others' breakers leave its runs to that one, [`crate::worker::breaker`]); refused (422)
+/// when every live worker answered that its engine can't, each one's reason named; unavailable
+/// (503) when none can and some could not tell (their engine away, or no answer in time).
+pub fn verdict(answers: &[(String, Answer)], expected: usize) -> Result<(), Refusal> {
+    if answers.iter().any(|(_, a)| *a == Answer::Ok) {
+        return Ok(());
+    }
+    let said: Vec<String> = answers
+        .iter()
+        .map(|(worker, answer)| match answer {
+            Answer::Ok => format!("worker {worker}: ok"),
+            Answer::Unprocessable(m) => format!("worker {worker}: {m}"),
+            Answer::Unavailable(m) => format!("worker {worker} could not tell: {m}"),
+        })
+        .collect();
+    let silent = expected.saturating_sub(answers.len());
+    let unsure = silent > 0
+        || answers
+            .iter()
+            .any(|(_, a)| matches!(a, Answer::Unavailable(_)));
+    let mut message = said.join("; ");
+    if silent > 0 {
+        message.push_str(&format!(
+            "; {silent} more live worker(s) of the queue did not answer in time"
+        ));
+    }
+    if unsure {
+        Err(Refusal::Unavailable(format!(
+            "no worker of the queue could confirm it can run this: {message}"
+        )))
+    } else {
+        Err(Refusal::Unprocessable(format!(
+            "no worker of the queue can run this: {message}"
+        )))
+    }
+}
+
 impl Engines for Remote {
     fn check<'a>(&'a self, queue: &'a str, check: Check) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
-            match self.client.ask(queue, &check, self.answer_within).await {
-                Ok(Answer::Unavailable(reason)) => Err(Refusal::Unavailable(format!(
-                    "the worker that checked the image: {reason}"
-                ))),
-                Ok(answer) => answered(answer),
+            let expected = self.live_workers(queue).await;
+            match self
+                .client
+                .ask_every(queue, &check, self.answer_within, expected)
+                .await
+            {
+                Ok(answers) => {
+                    tracing::info!(queue, ?answers, "registration check answered");
+                    verdict(&answers, expected)
+                }
                 Err(e) => Err(Refusal::Unavailable(e.to_string())),
             }
         })
@@ -167,4 +234,44 @@ fn failure(e: BuildError) -> BuildFailure {
         e @ BuildError::Broker(_) => (Refusal::Unavailable(e.to_string()), String::new()),
     };
     BuildFailure { refusal, log }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no(m: &str) -> Answer {
+        Answer::Unprocessable(m.into())
+    }
+
+    #[test]
+    fn a_check_is_accepted_when_any_worker_can_and_refused_only_when_every_one_says_it_cant() {
+        let a = |answer: Answer| ("a".to_string(), answer);
+        let b = |answer: Answer| ("b".to_string(), answer);
+        // Whichever answers first: one host that can have the image is enough.
+        assert!(verdict(&[a(Answer::Ok)], 2).is_ok());
+        assert!(verdict(&[b(no("can't be had")), a(Answer::Ok)], 2).is_ok());
+        // Every live worker says it can't: 422, naming each one's reason.
+        match verdict(&[a(no("pull denied")), b(no("not found"))], 2) {
+            Err(Refusal::Unprocessable(m)) => {
+                assert!(
+                    m.contains("worker a: pull denied") && m.contains("worker b: not found"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // One says it can't and one did not answer, or could not tell: 503.
+        match verdict(&[a(no("pull denied"))], 2) {
+            Err(Refusal::Unavailable(m)) => assert!(m.contains("did not answer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            verdict(
+                &[a(no("x")), b(Answer::Unavailable("engine away".into()))],
+                2
+            ),
+            Err(Refusal::Unavailable(_))
+        ));
+    }
 }

@@ -185,6 +185,26 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Unauthenticated request bodies refused for the shared budget, by reason.",
     ),
+    (
+        "granda_worker_ready",
+        "gauge",
+        "1 while a worker takes work (its /readyz answers 200), else 0.",
+    ),
+    (
+        "granda_worker_broker_quorum",
+        "gauge",
+        "1 while RabbitMQ confirms a worker's writes to a quorum queue (its probe), else 0.",
+    ),
+    (
+        "granda_worker_breaker_open",
+        "gauge",
+        "1 while a worker's circuit breaker for the queue is open (others take its messages).",
+    ),
+    (
+        "granda_worker_takeover_containers_stopped_total",
+        "counter",
+        "Containers of workers whose lease ran out that this worker stopped on their engine.",
+    ),
 ];
 
 /// The help text of `name` in [`FAMILIES`].

@@ -167,9 +167,20 @@ pub(crate) async fn publish_confirmed_unbounded(
     body: &[u8],
     properties: lapin::BasicProperties,
 ) -> Result<(), BrokerError> {
+    publish_confirmed_via(channel, "", routing_key, body, properties).await
+}
+
+/// [`publish_confirmed_unbounded`] through `exchange`.
+pub(crate) async fn publish_confirmed_via(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> Result<(), BrokerError> {
     let confirm = channel
         .basic_publish(
-            "".into(),
+            exchange.into(),
             routing_key.into(),
             BasicPublishOptions {
                 mandatory: true,

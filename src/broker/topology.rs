@@ -155,6 +155,9 @@ pub async fn delete_topology(
         .queue_delete(topology.dead_letter_queue().into(), Default::default())
         .await?;
     channel
+        .queue_delete(topology.probe_queue().into(), Default::default())
+        .await?;
+    channel
         .exchange_delete(topology.dead_letter_exchange().into(), Default::default())
         .await?;
     channel
@@ -227,5 +230,33 @@ impl Topology {
 impl Topology {
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
+    }
+}
+
+// The workers' quorum probe (issue 32): a quorum queue `p.probe` holding at most one message
+// (drop-head), to which each worker publishes an empty message every few seconds; the broker's
+// confirm says a quorum write is possible now (the work queues need one), for `/readyz`.
+impl Topology {
+    pub fn probe_queue(&self) -> String {
+        format!("{}.probe", self.prefix)
+    }
+
+    /// Declares the probe queue. Idempotent.
+    pub async fn declare_probe(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        args.insert("x-overflow".into(), text("drop-head"));
+        channel
+            .queue_declare(
+                self.probe_queue().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        Ok(())
     }
 }

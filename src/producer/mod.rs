@@ -138,11 +138,14 @@ impl Application {
             std::time::Duration::from_millis(settings.body_read_timeout_ms),
             metrics.clone(),
         ));
-        let engines = Arc::new(crate::engines::Remote::new(
-            nodes.clone(),
-            &settings.amqp_prefix,
-            std::time::Duration::from_millis(settings.image_pull_timeout_ms),
-        ));
+        let engines = Arc::new(
+            crate::engines::Remote::new(
+                nodes.clone(),
+                &settings.amqp_prefix,
+                std::time::Duration::from_millis(settings.image_pull_timeout_ms),
+            )
+            .with_pool(pool.clone()),
+        );
         Ok(Application {
             listener,
             state: AppState {

@@ -93,6 +93,20 @@ impl Worker {
             .await?;
         }
         let mut side = connection.create_channel().await?;
+        // Consuming now: ready, once the broker also confirms quorum writes ([`readiness`]).
+        self.shared.consuming.store(true, Ordering::Relaxed);
+        let _consuming = Connected(&self.shared.consuming);
+        let probe_every = heartbeat::every(self.shared.lease);
+        let probe_within = self.nodes.publish_timeout();
+        let spawn_probe = |channel| {
+            tokio::spawn(readiness::probe_quorum(
+                self.shared.clone(),
+                channel,
+                probe_every,
+                probe_within,
+            ))
+        };
+        let mut probe = AbortOnDrop(spawn_probe(connection.create_channel().await?));
         let mut tick = tokio::time::interval(self.schedule.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -108,6 +122,9 @@ impl Worker {
                 _ = tick.tick() => {
                     if !side.status().connected() {
                         side = connection.create_channel().await?;
+                    }
+                    if probe.0.is_finished() {
+                        probe = AbortOnDrop(spawn_probe(connection.create_channel().await?));
                     }
                     self.schedule(&side, &mut consumers, &tx).await?;
                 }
@@ -390,4 +407,13 @@ pub(super) fn describe_metrics(m: &Metrics) {
         "How many invocations the scheduler lets a worker run at once.",
     );
     m.describe("granda_queue_depth", "Messages waiting in a work queue.");
+}
+
+/// Aborts a task when dropped (the session's quorum probe ends with the session).
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

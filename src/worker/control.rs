@@ -1,13 +1,16 @@
 //! Registration checks over RabbitMQ, for an ingress with no Docker engine (`granda server`).
 //!
-//! The ingress publishes a [`Check`] (an image, a container runtime) to `<prefix>.control.<queue>`
-//! with a direct reply-to; any worker serving that queue takes it, makes sure its own engine has
-//! the image (present, or pulled as `GRANDA_IMAGE_PULL` allows) and knows the runtime, and
-//! answers. The ingress turns the answer into 201, 422 with the engine's reason, or 503.
+//! The ingress publishes a [`Check`] (an image, a container runtime) to the direct exchange
+//! `<prefix>.control` with the queue's name as routing key and a direct reply-to: every worker
+//! serving that queue has a queue of its own bound there (exclusive, gone with its connection),
+//! so each makes sure its own engine has the image (present, or pulled as `GRANDA_IMAGE_PULL`
+//! allows) and knows the runtime, and answers, naming itself. The ingress
+//! ([`crate::engines::Remote`]) turns the answers into 201, 422 or 503 by one rule
+//! ([`crate::engines::verdict`]). Workers also serve `<prefix>.control.<queue>`, where any one of
+//! them answers (ingresses of earlier versions ask there).
 //!
-//! The control queue is not durable and is deleted with its last consumer: with no worker serving
-//! the queue, the ingress's publish is unroutable and it answers 503 at once; with a worker that
-//! does not answer within the bound (the pull timeout and a few seconds), 503 too.
+//! With no worker serving the queue, the ingress's publish is unroutable and it answers 503 at
+//! once; with no answer within the bound (the pull timeout and a few seconds), 503 too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +43,19 @@ pub(crate) async fn request(
     properties: BasicProperties,
     within: Duration,
 ) -> Result<Option<(lapin::Consumer, String)>, AskError> {
+    request_via(channel, "", routing_key, tag, body, properties, within).await
+}
+
+/// [`request`] through `exchange`: every queue bound with `routing_key` gets it.
+pub(crate) async fn request_via(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    tag: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    within: Duration,
+) -> Result<Option<(lapin::Consumer, String)>, AskError> {
     let sent = async {
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -49,7 +65,7 @@ pub(crate) async fn request(
         let properties = properties
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(correlation.as_str().into());
-        match crate::broker::publish_confirmed_unbounded(channel, routing_key, body, properties)
+        match crate::broker::publish_confirmed_via(channel, exchange, routing_key, body, properties)
             .await
         {
             Ok(()) => Ok(Some((replies, correlation))),
@@ -77,6 +93,12 @@ fn close_later(connection: Option<Connection>, within: Duration) {
 /// The control queue of `queue`.
 pub fn queue_name(prefix: &str, queue: &str) -> String {
     format!("{prefix}.control.{queue}")
+}
+
+/// The direct exchange through which a check reaches every worker of a queue (routing key: the
+/// queue's name), each on a queue of its own.
+pub fn exchange_name(prefix: &str) -> String {
+    format!("{prefix}.control")
 }
 
 /// What the ingress asks.
@@ -173,15 +195,20 @@ impl Client {
         });
     }
 
-    /// Asks a worker of `queue` to check `check`, waiting up to `wait`.
-    pub async fn ask(
+    /// Asks every worker of `queue` to check `check`: their answers, each with the worker's id,
+    /// as they come, until one answers [`Answer::Ok`], `expected` have answered, or `wait` is
+    /// up. `NoWorker` when no worker serves the queue, `NoAnswer` when none answered.
+    pub async fn ask_every(
         &self,
         queue: &str,
         check: &Check,
         wait: Duration,
-    ) -> Result<Answer, AskError> {
+        expected: usize,
+    ) -> Result<Vec<(String, Answer)>, AskError> {
         let channel = self.channel().await?;
-        let answered = self.ask_on(&channel, queue, check, wait).await;
+        let answered = self
+            .ask_every_on(&channel, queue, check, wait, expected)
+            .await;
         let failed = matches!(
             answered,
             Err(AskError::Unconfirmed { .. } | AskError::Broker(_))
@@ -190,20 +217,21 @@ impl Client {
         answered
     }
 
-    async fn ask_on(
+    async fn ask_every_on(
         &self,
         channel: &Channel,
         queue: &str,
         check: &Check,
         wait: Duration,
-    ) -> Result<Answer, AskError> {
+        expected: usize,
+    ) -> Result<Vec<(String, Answer)>, AskError> {
         let body = serde_json::to_vec(check).expect("a check serializes");
         let properties =
             BasicProperties::default().with_expiration(wait.as_millis().max(1).to_string().into());
-        let routing_key = queue_name(&self.prefix, queue);
-        let Some((mut replies, correlation)) = request(
+        let Some((mut replies, correlation)) = request_via(
             channel,
-            &routing_key,
+            &exchange_name(&self.prefix),
+            queue,
             "control",
             &body,
             properties,
@@ -213,27 +241,43 @@ impl Client {
         else {
             return Err(AskError::NoWorker(queue.to_string()));
         };
-        let answer = tokio::time::timeout(wait, async {
+        let mut answers: Vec<(String, Answer)> = Vec::new();
+        let _ = tokio::time::timeout(wait, async {
             while let Some(Ok(reply)) = replies.next().await {
                 let ours = reply
                     .properties
                     .correlation_id()
                     .as_ref()
                     .is_some_and(|c| c.as_str() == correlation);
-                if ours && let Ok(answer) = serde_json::from_slice::<Answer>(&reply.data) {
-                    return Some(answer);
+                let Ok(answer) = serde_json::from_slice::<Answer>(&reply.data) else {
+                    continue;
+                };
+                if !ours {
+                    continue;
+                }
+                let worker = reply
+                    .properties
+                    .app_id()
+                    .as_ref()
+                    .map_or_else(|| "a worker".to_string(), |w| w.to_string());
+                if answers.iter().any(|(w, _)| *w == worker) {
+                    continue;
+                }
+                let ok = answer == Answer::Ok;
+                answers.push((worker, answer));
+                if ok || answers.len() >= expected.max(1) {
+                    return;
                 }
             }
-            None
         })
         .await;
-        match answer {
-            Ok(Some(answer)) => Ok(answer),
-            _ => Err(AskError::NoAnswer {
+        if answers.is_empty() {
+            return Err(AskError::NoAnswer {
                 queue: queue.to_string(),
                 ms: wait.as_millis(),
-            }),
+            });
         }
+        Ok(answers)
     }
 }
 
@@ -251,19 +295,70 @@ where
     Fut: std::future::Future<Output = Answer> + Send + 'static,
 {
     let answer = Arc::new(answer);
-    let queue = queue_name(prefix, queue);
+    let handle = move |request: lapin::message::Delivery, to: ReplyTo| {
+        let answer = answer.clone();
+        async move {
+            if let Ok(check) = serde_json::from_slice::<Check>(&request.data) {
+                to.send(&answer(check).await).await;
+            }
+        }
+    };
+    // A queue of this worker's own, bound to the control exchange: checks asked of every worker.
+    let exchange = exchange_name(prefix);
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let own = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            own.name().clone(),
+            exchange.as_str().into(),
+            queue.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            own.name().clone(),
+            ShortString::from(format!("{tag}-control-own-{}", Uuid::new_v4().simple())),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    spawn_serving(
+        channel.clone(),
+        consumer,
+        Some(ShortString::from(tag.to_string())),
+        handle.clone(),
+    );
+    // The queue's shared control queue: any one worker answers (ingresses of earlier versions).
     serve_requests(
         channel,
-        &queue,
+        &queue_name(prefix, queue),
         &format!("{tag}-control"),
-        move |request, to| {
-            let answer = answer.clone();
-            async move {
-                if let Ok(check) = serde_json::from_slice::<Check>(&request.data) {
-                    to.send(&answer(check).await).await;
-                }
-            }
-        },
+        handle,
     )
     .await
 }
@@ -274,12 +369,21 @@ pub(crate) struct ReplyTo {
     channel: Channel,
     reply_to: ShortString,
     correlation: ShortString,
+    /// The answering worker's id, sent as the reply's `app_id` (checks asked of every worker).
+    from: Option<ShortString>,
 }
 
 impl ReplyTo {
-    /// Sends `what` (as JSON) to the caller; see [`reply`].
+    /// Sends `what` (as JSON) to the caller.
     pub(crate) async fn send(&self, what: &impl Serialize) {
-        reply(&self.channel, &self.reply_to, &self.correlation, what).await;
+        reply(
+            &self.channel,
+            &self.reply_to,
+            &self.correlation,
+            self.from.as_ref(),
+            what,
+        )
+        .await;
     }
 }
 
@@ -295,7 +399,22 @@ where
     F: Fn(lapin::message::Delivery, ReplyTo) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut consumer = consume_requests(&channel, queue, consumer_tag).await?;
+    let consumer = consume_requests(&channel, queue, consumer_tag).await?;
+    spawn_serving(channel, consumer, None, handle);
+    Ok(())
+}
+
+/// Hands each request on `consumer` that says where its answer goes to `handle`, each in a task
+/// of its own, until the channel goes; answers carry `from` as their `app_id`.
+fn spawn_serving<F, Fut>(
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+    from: Option<ShortString>,
+    handle: F,
+) where
+    F: Fn(lapin::message::Delivery, ReplyTo) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     tokio::spawn(async move {
         while let Some(Ok(request)) = consumer.next().await {
             let (Some(reply_to), Some(correlation)) = (
@@ -308,29 +427,35 @@ where
                 channel: channel.clone(),
                 reply_to,
                 correlation,
+                from: from.clone(),
             };
             tokio::spawn(handle(request, to));
         }
     });
-    Ok(())
 }
 
-/// Sends `what` (as JSON) to the caller of an RPC: its reply-to address, with its correlation id.
-/// A caller that has gone is not an error: the answer goes nowhere.
-pub(crate) async fn reply(
+/// Sends `what` (as JSON) to the caller of an RPC: its reply-to address, with its correlation id,
+/// naming the answering worker (`from`) in the reply's `app_id`. A caller that has gone is not
+/// an error: the answer goes nowhere.
+async fn reply(
     channel: &Channel,
     reply_to: &ShortString,
     correlation: &ShortString,
+    from: Option<&ShortString>,
     what: &impl Serialize,
 ) {
     let body = serde_json::to_vec(what).expect("an answer serializes");
+    let mut properties = BasicProperties::default().with_correlation_id(correlation.clone());
+    if let Some(from) = from {
+        properties = properties.with_app_id(from.clone());
+    }
     let _ = channel
         .basic_publish(
             "".into(),
             reply_to.as_str().into(),
             BasicPublishOptions::default(),
             &body,
-            BasicProperties::default().with_correlation_id(correlation.clone()),
+            properties,
         )
         .await;
 }

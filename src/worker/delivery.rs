@@ -55,25 +55,9 @@ pub(super) async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id
     let Some(address) = dead.engine.as_deref() else {
         return;
     };
-    // Engines may share an ID (daemons started from one /etc/docker, or cloned hosts): the
-    // dead worker's engine is this one only when its address is the same too.
-    let mine = shared.engine_id.is_some()
-        && dead.engine_id == shared.engine_id
-        && address == shared.engine;
-    let docker = if mine {
-        shared.runner.docker().clone()
-    } else {
-        let Ok(docker) = crate::docker::connect(Some(address), shared.docker_timeout) else {
-            return;
-        };
-        let same = tokio::time::timeout(Duration::from_secs(2), docker.info()).await;
-        match same {
-            Ok(Ok(info)) if dead.engine_id.is_none() || info.id == dead.engine_id => docker,
-            _ => {
-                tracing::warn!(worker = %dead.worker, engine = address, "the dead worker's engine is not reachable from here; its container may run on");
-                return;
-            }
-        }
+    let Some(docker) = takeover::reach(shared, address, dead.engine_id.as_deref()).await else {
+        tracing::warn!(worker = %dead.worker, engine = address, "the dead worker's engine is not reachable from here; its container may run on");
+        return;
     };
     let stopped = reaper::remove_invocation(&docker, &id.to_string()).await;
     if stopped > 0 {

@@ -1,10 +1,10 @@
 //! A standalone worker's own HTTP endpoints on `GRANDA_WORKER_LISTEN`: `/healthz` (the process
-//! is up), `/readyz` (RabbitMQ connected, Postgres and the Docker engine answer; 503 naming the
-//! failing ones) and `/metrics` (the worker's own series, Prometheus text). `granda up` serves
+//! is up: a failing dependency never fails it, as a restart cures none), `/readyz` (whether it
+//! takes work, [`super::readiness`]; 503 naming what keeps it from it) and `/metrics` (the
+//! worker's own series, Prometheus text). `granda up` serves
 //! none of these here: its ingress serves the same metrics and readiness.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +15,49 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::Shared;
+
+/// `GRANDA_WORKER_LISTEN`'s default for `granda worker`: the first free port of [`AUTO_PORTS`] on
+/// 127.0.0.1, so that several workers on one host all start.
+pub const AUTO: &str = "auto";
+
+/// The ports `auto` tries, in order.
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 9090..=9109;
+
+/// Binds `GRANDA_WORKER_LISTEN` (`auto` or an address); the error names the setting, and says
+/// what to do when the address is taken.
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    use std::io::ErrorKind;
+    if addr == AUTO {
+        for port in AUTO_PORTS {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => return Ok(listener),
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("binding GRANDA_WORKER_LISTEN auto (127.0.0.1:{port})")
+                    });
+                }
+            }
+        }
+        anyhow::bail!(
+            "GRANDA_WORKER_LISTEN auto: ports {}-{} on 127.0.0.1 are all taken; set GRANDA_WORKER_LISTEN to a free address, or off",
+            AUTO_PORTS.start(),
+            AUTO_PORTS.end()
+        );
+    }
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => Err(e).with_context(|| {
+            format!(
+                "binding GRANDA_WORKER_LISTEN {addr}: the address is in use (another worker on this host?); give each worker its own GRANDA_WORKER_LISTEN, or auto (the first free port of 127.0.0.1:{}-{}), or off",
+                AUTO_PORTS.start(),
+                AUTO_PORTS.end()
+            )
+        }),
+        Err(e) => Err(e).with_context(|| format!("binding GRANDA_WORKER_LISTEN {addr}")),
+    }
+}
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,11 +78,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&shared.pool)),
         tokio::time::timeout(CHECK_TIMEOUT, shared.runner.docker().ping()),
     );
-    let db = matches!(db, Ok(Ok(_)));
-    let engine = matches!(engine, Ok(Ok(_)));
-    let broker = shared.connected.load(Ordering::Relaxed);
-    let open = shared.breakers.open_queues(std::time::Instant::now());
-    let ready = db && engine && broker;
+    let readiness = shared.readiness(
+        &shared.served,
+        matches!(db, Ok(Ok(_))),
+        matches!(engine, Ok(Ok(_))),
+    );
+    shared.export_readiness(&shared.served, &readiness);
+    let ready = readiness.ready();
     let ok = |b: bool| if b { "ok" } else { "unavailable" };
     let status = if ready {
         StatusCode::OK
@@ -50,9 +95,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         status,
         axum::Json(json!({
             "ready": ready,
+            "degraded": readiness.degraded(),
             "worker": shared.worker_id,
-            "checks": {"postgres": ok(db), "rabbitmq": ok(broker), "docker": ok(engine)},
-            "breakers_open": open,
+            "checks": {
+                "postgres": ok(readiness.postgres),
+                "rabbitmq": ok(readiness.rabbitmq),
+                "docker": ok(readiness.docker),
+                "quorum": match readiness.quorum {
+                    Some(true) => "ok",
+                    Some(false) => "unavailable",
+                    None => "unknown",
+                },
+            },
+            "breakers_open": readiness.breakers_open,
+            "reasons": readiness.reasons(),
         })),
     )
         .into_response()

@@ -46,14 +46,15 @@ pub async fn served_by_others(
 
 pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
     let now = Utc::now();
-    let lease_until = now + chrono::Duration::from_std(beat.lease).unwrap_or_default();
+    // The lease ends by Postgres's clock, the one every "is it alive" question reads: a worker
+    // whose own clock is behind must not count as dead (its containers would be stopped).
     sqlx::query(
         "INSERT INTO workers (id, started_at, heartbeat_at, concurrency, in_flight, queues,
                               engine, engine_id, healthy, health, lease_until)
-         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))
          ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2, concurrency = $3, in_flight = $4,
              queues = $5, engine = $6, engine_id = $7, healthy = $8, health = $9,
-             lease_until = $10",
+             lease_until = EXCLUDED.lease_until",
     )
     .bind(beat.worker)
     .bind(now)
@@ -64,7 +65,7 @@ pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
     .bind(beat.engine_id)
     .bind(beat.unhealthy.is_none())
     .bind(beat.unhealthy)
-    .bind(lease_until)
+    .bind(beat.lease.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(())
@@ -125,4 +126,30 @@ pub async fn lease_left(
     Ok(row
         .and_then(|(secs,)| secs)
         .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))))
+}
+
+/// A worker whose lease ran out at most `window` ago, with its engine's address and ID: its
+/// containers are swept by [`super::takeover`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Expired {
+    pub worker: String,
+    pub engine: Option<String>,
+    pub engine_id: Option<String>,
+}
+
+/// The workers other than `me` whose lease ran out within the last `window`, by Postgres's clock.
+pub async fn expired(
+    pool: &PgPool,
+    me: &str,
+    window: Duration,
+) -> Result<Vec<Expired>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id AS worker, engine, engine_id FROM workers
+         WHERE id <> $1 AND lease_until <= now()
+           AND lease_until > now() - make_interval(secs => $2)",
+    )
+    .bind(me)
+    .bind(window.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }

@@ -30,9 +30,11 @@ mod heartbeat;
 pub mod hot;
 pub mod images;
 pub mod pool;
+mod readiness;
 pub mod reaper;
 mod settle;
 mod shared;
+mod takeover;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -136,6 +138,12 @@ struct Shared {
     shared_queues: Mutex<Option<HashSet<String>>>,
     /// Whether the session is connected to RabbitMQ.
     connected: AtomicBool,
+    /// Whether the session has its consumers set up ([`readiness`]).
+    consuming: AtomicBool,
+    /// Whether the last quorum probe was confirmed; `None` before the first ([`readiness`]).
+    quorum: Mutex<Option<bool>>,
+    /// The queues this worker serves.
+    served: Vec<String>,
     /// `DOCKER_HOST` and the engine's ID, for the heartbeat.
     engine: String,
     engine_id: Option<String>,
@@ -190,11 +198,7 @@ impl Worker {
             Runner::new(docker, worker_id.clone(), caps).with_installation(installation.clone());
         let endpoints = match settings.worker_listen.as_deref() {
             None | Some("") | Some("off") => None,
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding GRANDA_WORKER_LISTEN {addr}"))?,
-            ),
+            Some(addr) => Some(endpoints::bind(addr).await?),
         };
         let nodes = broker::Nodes::from_settings(settings)?;
         let builder = builds::Builder {
@@ -237,6 +241,9 @@ impl Worker {
                 health: Mutex::default(),
                 shared_queues: Mutex::default(),
                 connected: AtomicBool::new(false),
+                consuming: AtomicBool::new(false),
+                quorum: Mutex::default(),
+                served: settings.queues.clone(),
                 engine: crate::docker::address(settings.docker_host.as_deref()),
                 engine_id,
                 lease: Duration::from_millis(settings.worker_lease_ms.max(300)),
@@ -293,7 +300,9 @@ impl Worker {
     ) -> anyhow::Result<()> {
         let mut shutdown: Shutdown = Box::pin(shutdown);
         let endpoints = self.endpoints.take().map(|listener| {
-            tracing::info!(addr = ?listener.local_addr().ok(), "worker endpoints listening");
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "worker endpoints listening");
+            }
             let app = endpoints::router(self.shared.clone());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, app).await {
@@ -337,6 +346,10 @@ impl Worker {
             self.shared.pool.clone(),
             self.installation.clone(),
         ));
+        let takeover = tokio::spawn(takeover::sweep_forever(
+            self.shared.clone(),
+            self.installation.clone(),
+        ));
         let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
         let expiring = tokio::spawn({
             let shared = self.shared.clone();
@@ -373,6 +386,7 @@ impl Worker {
         }
         reaper.abort();
         orphans.abort();
+        takeover.abort();
         if let Some(endpoints) = endpoints {
             endpoints.abort();
         }

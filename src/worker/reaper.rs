@@ -130,7 +130,10 @@ pub async fn reap_expired_forever(docker: Docker) {
 }
 
 /// Containers carrying every one of `labels` (`key` or `key=value`).
-async fn list(docker: &Docker, labels: &[&str]) -> Vec<(String, HashMap<String, String>)> {
+pub(super) async fn list(
+    docker: &Docker,
+    labels: &[&str],
+) -> Vec<(String, HashMap<String, String>)> {
     let filters = HashMap::from([("label", labels.to_vec())]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)

@@ -58,9 +58,12 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             unhealthy: reported.as_deref(),
             lease: shared.lease,
         };
-        if let Err(e) = heartbeat::beat(&shared.pool, &beat).await {
+        let beaten = heartbeat::beat(&shared.pool, &beat).await;
+        if let Err(e) = &beaten {
             tracing::warn!(error = %e, "heartbeat failed");
         }
+        let readiness = shared.readiness(&queues, beaten.is_ok(), problem.is_none());
+        shared.export_readiness(&queues, &readiness);
         match heartbeat::served_by_others(&shared.pool, &shared.worker_id, &queues).await {
             Ok(served) => {
                 let served: HashSet<String> = served.into_iter().collect();

@@ -345,3 +345,105 @@ async fn a_registration_the_broker_does_not_take_answers_503_within_the_bound() 
     let _ = stop_ingress.send(true);
     settle(&Ledger::default(), app, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum_returns() {
+    use crate::faults::infra::{GrandaProcess, free_port};
+    let (_turn, app) = cluster_app().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{listen}");
+    let id = format!("{}-standalone", app.worker_id());
+    let docker_host = app
+        .settings
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    let worker = GrandaProcess::spawn(
+        &["worker"],
+        &[
+            ("GRANDA_DATABASE_URL", app.settings.database_url.clone()),
+            // Node a only, the one that stays up: its connection never breaks, so only the
+            // quorum probe can tell (a worker that fails over is not consuming meanwhile).
+            (
+                "GRANDA_AMQP_URL",
+                cluster_urls().split(',').next().unwrap().to_string(),
+            ),
+            ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+            ("GRANDA_PUBLISH_TIMEOUT_MS", PUBLISH_TIMEOUT_MS.to_string()),
+            ("GRANDA_WORKER_ID", id.clone()),
+            ("GRANDA_WORKER_LISTEN", listen.clone()),
+            ("DOCKER_HOST", docker_host),
+        ],
+    );
+    worker.wait_healthy(&base, Duration::from_secs(30)).await;
+    let readyz = || async {
+        let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let wait_for = |want: u16, within: Duration| async move {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = readyz().await;
+            if status == want {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz not {want} within {within:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let ready = wait_for(200, Duration::from_secs(30)).await;
+    assert_eq!(ready["checks"]["quorum"], "ok", "{ready}");
+
+    // Quorum lost: not ready within the probe's period plus the publish timeout, and it stays
+    // so while quorum is lost, though its own node is up.
+    run_script(&["stop-app", "b"]).await;
+    run_script(&["stop-app", "c"]).await;
+    let lost = Instant::now();
+    let not_ready = wait_for(
+        503,
+        Duration::from_millis(2_000 + PUBLISH_TIMEOUT_MS + 2_000),
+    )
+    .await;
+    let took = lost.elapsed();
+    let mut seen = vec![not_ready.clone()];
+    // A few probes more.
+    while lost.elapsed() < took + Duration::from_secs(8) {
+        let (status, body) = readyz().await;
+        assert_eq!(status, 503, "ready again without quorum: {body}");
+        seen.push(body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last["checks"]["postgres"], "ok", "{last}");
+    assert_eq!(last["checks"]["quorum"], "unavailable", "{last}");
+    assert_eq!(last["checks"]["rabbitmq"], "ok", "{last}");
+    let quorum = format!("granda_worker_broker_quorum{{worker=\"{id}\"}} 0");
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert!(metrics.text().await.unwrap().contains(&quorum), "{quorum}");
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "alive all along"
+    );
+
+    run_script(&["start-app", "b"]).await;
+    run_script(&["start-app", "c"]).await;
+    let back = Instant::now();
+    wait_for(200, Duration::from_secs(60)).await;
+    eprintln!(
+        "without quorum: a worker's /readyz 503 within {took:?}, ({}) ; 200 again {:?} after quorum returned",
+        last["reasons"],
+        back.elapsed()
+    );
+    worker.sigterm();
+    assert!(worker.wait_exit(Duration::from_secs(30)).await.is_some());
+    let ledger = Ledger::default();
+    settle(&ledger, app, Duration::from_secs(30)).await;
+}

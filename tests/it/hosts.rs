@@ -10,6 +10,7 @@ use granda::producer::Application;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::faults::infra::{GrandaProcess, free_port};
 use crate::hosts_ledger::{EventLog, ledger, leftovers};
 use crate::support::{TestApp, eventually, id_of, spawn_app_with};
 
@@ -584,5 +585,343 @@ async fn one_queue_served_by_hosts_a_and_b_is_shared_between_them() {
     for docker in [&app.docker, &engine(&engine_b)] {
         remove_image(docker, &image).await;
     }
+    app.shutdown().await;
+}
+
+/// Starts on `host`'s engine a container labelled as a run of worker `worker` of `app`'s
+/// installation (invocation `invocation`), as the engine does for a request that worker made
+/// just before it died. Returns when the engine has started it.
+async fn late_container(app: &TestApp, host: &str, worker: &str, image: &str, invocation: &str) {
+    let installation = granda::docker::installation(&app.pool).await.unwrap();
+    let labels = [
+        format!("{}={worker}", granda::docker::LABEL_WORKER),
+        format!("{}={installation}", granda::docker::LABEL_INSTALLATION),
+        format!("{}={invocation}", granda::docker::LABEL_INVOCATION),
+    ];
+    let mut args = vec!["run", "-d", "--network", "none", "-e", "SLEEP_SECONDS=60"];
+    for label in &labels {
+        args.extend(["--label", label.as_str()]);
+    }
+    args.push(image);
+    docker_cli(Some(host), &args);
+}
+
+/// Nanoseconds since the epoch now, on this machine's clock (the engines' too).
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_survivor_is_full() {
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/sleep");
+    const SLEEP_SECONDS: u64 = 15;
+    const SLOTS: usize = 4;
+    app.register(
+        "long",
+        &image,
+        json!({"queue": "hosts-full", "timeout_ms": 60_000,
+               "env": {"SLEEP_SECONDS": SLEEP_SECONDS.to_string()}}),
+    )
+    .await;
+    let id_b = format!("{}-b", app.worker_id());
+    let mut worker_b = worker_process(&app, &id_b, &engine_b, "hosts-full", SLOTS);
+    let on_b = engine(&engine_b);
+    let pool = app.pool.clone();
+    let running_on = move |ids: Vec<uuid::Uuid>, worker: String| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT status, worker FROM invocations WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            rows.len() == ids.len()
+                && rows
+                    .iter()
+                    .all(|(s, w)| s == "running" && w.as_deref() == Some(worker.as_str()))
+        }
+    };
+
+    // Host B runs its share (nobody else serves the queue yet).
+    let mut on_host_b = vec![];
+    for i in 0..SLOTS {
+        on_host_b.push(app.invoke_async("long", format!("b{i}")).await);
+    }
+    eventually(Duration::from_secs(60), "host B runs its share", || async {
+        (running_on(on_host_b.clone(), id_b.clone()).await
+            && leftovers(&on_b, &id_b).await.len() == SLOTS)
+            .then_some(())
+    })
+    .await;
+
+    // Host A's worker joins with as many slots, and fills them all with long runs of its own.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["hosts-full".into()];
+            s.min_concurrency = SLOTS;
+            s.max_concurrency = Some(SLOTS);
+        })
+        .await;
+    let mut on_host_a = vec![];
+    for i in 0..SLOTS {
+        on_host_a.push(app.invoke_async("long", format!("a{i}")).await);
+    }
+    eventually(Duration::from_secs(30), "host A is full", || async {
+        running_on(on_host_a.clone(), worker_a.clone())
+            .await
+            .then_some(())
+    })
+    .await;
+
+    // Host B dies. Its engine then starts a container B had asked for (after B's last beat).
+    worker_b.kill().unwrap();
+    let killed = now_ns();
+    worker_b.wait().unwrap();
+    let late = uuid::Uuid::new_v4();
+    late_container(&app, &engine_b, &id_b, &image, &late.to_string()).await;
+
+    // B's containers, the late one too, die on engine B within the lease plus BOUND of the kill,
+    // stopped (not finished), while A's slots are all still busy with its own runs.
+    const BOUND: Duration = Duration::from_secs(2);
+    let lease = Duration::from_millis(app.settings.worker_lease_ms);
+    assert_eq!(lease, Duration::from_secs(6), "the default lease");
+    let died_on_b = |id: uuid::Uuid| {
+        runs.of(id)
+            .into_iter()
+            .find(|e| e.engine == "b" && e.action == "die")
+    };
+    let all_b: Vec<uuid::Uuid> = on_host_b.iter().copied().chain([late]).collect();
+    let deaths = eventually(
+        Duration::from_secs(SLEEP_SECONDS + 10),
+        "B's containers die on engine B",
+        || async {
+            all_b
+                .iter()
+                .map(|id| died_on_b(*id))
+                .collect::<Option<Vec<_>>>()
+        },
+    )
+    .await;
+    assert!(
+        running_on(on_host_a.clone(), worker_a.clone()).await,
+        "host A was full all along"
+    );
+    let mut after = vec![];
+    for (id, death) in all_b.iter().zip(&deaths) {
+        assert_ne!(
+            death.exit_code.as_deref(),
+            Some("0"),
+            "{id} was stopped: {death:?}"
+        );
+        let took = Duration::from_nanos((death.at_ns - killed).max(0) as u64);
+        after.push(took);
+        assert!(
+            took <= lease + BOUND,
+            "{id}'s container on B died {took:?} after the kill (lease {lease:?} + {BOUND:?})"
+        );
+    }
+
+    // A container the engine starts even later (a slow request) is stopped too: the dead worker's
+    // label is swept for a while after its lease ran out.
+    let later = uuid::Uuid::new_v4();
+    let started = now_ns();
+    late_container(&app, &engine_b, &id_b, &image, &later.to_string()).await;
+    let death = eventually(
+        Duration::from_secs(30),
+        "the later container dies",
+        || async { died_on_b(later) },
+    )
+    .await;
+    let later_took = Duration::from_nanos((death.at_ns - started).max(0) as u64);
+    assert!(
+        later_took <= BOUND,
+        "a container started after the sweep began lived {later_took:?}"
+    );
+    eprintln!(
+        "kill -9 of host B with host A full ({SLOTS} of {SLOTS} slots busy): B's containers died \
+         {after:?} after the kill on engine B (lease {lease:?}); one started after the lease ran \
+         out died {later_took:?} after its start"
+    );
+
+    // B's runs are run again on A as its slots free; each ran to its end exactly once.
+    let accepted: Vec<uuid::Uuid> = on_host_b.iter().chain(&on_host_a).copied().collect();
+    settle(&app, &accepted, &engine_b, &runs).await;
+    for id in &accepted {
+        let record = app.invocation(*id).await;
+        assert_eq!(record["worker"], worker_a.as_str(), "{record}");
+        assert_eq!(record["output"], "slept\n", "{record}");
+    }
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+/// A `granda worker` process of `app` (its database and queues) serving `queue` on `host`'s
+/// engine, with its endpoints on a free port and `extra` settings. Returns it and their base URL.
+fn worker_with_endpoints(
+    app: &TestApp,
+    id: &str,
+    host: &str,
+    queue: &str,
+    extra: &[(&str, &str)],
+) -> (GrandaProcess, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut env = vec![
+        ("GRANDA_DATABASE_URL", app.settings.database_url.clone()),
+        ("GRANDA_AMQP_URL", app.settings.amqp_url.clone()),
+        ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+        ("GRANDA_WORKER_ID", id.to_string()),
+        ("GRANDA_QUEUES", queue.to_string()),
+        ("GRANDA_WORKER_LISTEN", listen.clone()),
+        ("DOCKER_HOST", host.to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    (
+        GrandaProcess::spawn(&["worker"], &env),
+        format!("http://{listen}"),
+    )
+}
+
+/// `GET url`: the status and the body as JSON (`null` when it is not JSON).
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url)
+        .await
+        .expect("the worker's endpoints answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The value of the series `series` (name and labels, exactly) at `base`'s `/metrics`.
+async fn sample(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_only_queue_has_its_breaker_open_is_not_ready_and_says_why() {
+    let (app, engine_b, _, runs) = on_hosts_a_and_b(|s| s.max_concurrency = Some(2)).await;
+    app.register("local", "granda-test/echo", json!({})).await;
+    // Host B serves the same queue but may pull nothing: what it takes, it can't run.
+    let id_b = format!("{}-b", app.worker_id());
+    let (worker_b, base) = worker_with_endpoints(
+        &app,
+        &id_b,
+        &engine_b,
+        "default",
+        &[("GRANDA_IMAGE_PULL", "never")],
+    );
+    worker_b.wait_healthy(&base, Duration::from_secs(30)).await;
+    let ready = eventually(Duration::from_secs(30), "worker B ready", || async {
+        let (status, body) = get_json(&format!("{base}/readyz")).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        ready["checks"],
+        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok", "quorum": "ok"}),
+        "{ready}"
+    );
+    assert_eq!(ready["breakers_open"], json!([]), "{ready}");
+    let ready_series = format!("granda_worker_ready{{worker=\"{id_b}\"}}");
+    let open_series = format!("granda_worker_breaker_open{{worker=\"{id_b}\",queue=\"default\"}}");
+
+    // Calls until B has taken enough it can't run to open its breaker: it takes no work now.
+    let accepted = std::sync::Mutex::new(vec![]);
+    let not_ready = eventually(Duration::from_secs(60), "worker B not ready", || async {
+        let id = app.invoke_async("local", "x").await;
+        accepted.lock().unwrap().push(id);
+        let (status, body) = get_json(&format!("{base}/readyz")).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    let accepted = accepted.into_inner().unwrap();
+    assert_eq!(not_ready["ready"], false, "{not_ready}");
+    assert_eq!(
+        not_ready["breakers_open"],
+        json!(["default"]),
+        "{not_ready}"
+    );
+    assert_eq!(
+        not_ready["reasons"],
+        json!(["circuit breaker open on every queue it serves"]),
+        "{not_ready}"
+    );
+    assert_eq!(not_ready["checks"]["rabbitmq"], "ok", "{not_ready}");
+    assert_eq!(sample(&base, &ready_series).await, Some(0.0));
+    assert_eq!(sample(&base, &open_series).await, Some(1.0));
+    // Alive all along: a restart cures nothing here.
+    assert_eq!(get_json(&format!("{base}/healthz")).await.0, 200);
+
+    settle(&app, &accepted, &engine_b, &runs).await;
+    for id in &accepted {
+        assert_ne!(app.invocation(*id).await["worker"], id_b.as_str());
+    }
+    worker_b.sigterm();
+    assert!(worker_b.wait_exit(Duration::from_secs(30)).await.is_some());
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registering_an_image_only_one_host_can_get_is_answered_the_same_every_time() {
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/echo");
+    assert!(app.docker.inspect_image(&image).await.is_err());
+    // Host A may pull nothing, so it can't have the image; host B pulls it from the registry.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["hosts-reg".into()];
+            s.image_pull = granda::config::ImagePull::Never;
+        })
+        .await;
+    let worker_b =
+        add_worker_on_b(&mut app, &engine_b, |s| s.queues = vec!["hosts-reg".into()]).await;
+    let mut settings = app.settings.clone();
+    settings.image_pull_timeout_ms = 20_000;
+    let (ingress, stop) = engineless_ingress_with(&app, settings).await;
+    let deploy = |name: String, image: String| {
+        register_at(
+            &app,
+            &ingress,
+            json!({"name": name, "image": image, "queue": "hosts-reg"}),
+        )
+    };
+
+    // Once both workers serve the queue, every registration of it is accepted, whichever
+    // worker answers first (A answers at once that it can't).
+    eventually(Duration::from_secs(60), "both workers answer", || async {
+        let r = deploy("only-b".into(), image.clone()).await;
+        (r.status() == 201).then_some(())
+    })
+    .await;
+    for i in 0..6 {
+        let r = deploy(format!("only-b-{i}"), image.clone()).await;
+        let status = r.status();
+        assert_eq!(status, 201, "try {i}: {}", r.text().await.unwrap());
+    }
+
+    // An image no host can have: 422, with each worker's reason; nothing registered.
+    let none = format!("{registry}/granda-hosts/none:{}", app.worker_id());
+    let refused = deploy("nowhere".into(), none).await;
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("worker {worker_a}"))
+            && message.contains(&format!("worker {worker_b}")),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/functions/nowhere").await.status(), 404);
+    settle(&app, &[], &engine_b, &runs).await;
+    let _ = stop.send(true);
+    remove_image(&engine(&engine_b), &image).await;
     app.shutdown().await;
 }

@@ -102,8 +102,10 @@ async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
     assert_eq!(ready["worker"], id.as_str(), "{ready}");
     assert_eq!(
         ready["checks"],
-        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok"})
+        json!({"postgres": "ok", "rabbitmq": "ok", "docker": "ok", "quorum": "ok"})
     );
+    assert_eq!(ready["degraded"], false, "{ready}");
+    assert_eq!(ready["reasons"], json!([]), "{ready}");
 
     // Runs on this worker show in its own series.
     for i in 0..3 {
@@ -201,5 +203,82 @@ async fn a_worker_cut_off_from_its_broker_says_so_in_its_heartbeat_and_readyz() 
     assert_eq!(health, None);
     worker.sigterm();
     assert!(worker.wait_exit(Duration::from_secs(30)).await.is_some());
+    app.shutdown().await;
+}
+
+/// The address a worker's log says its endpoints listen on.
+fn listening_on(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("worker endpoints listening"))?;
+    let at = line.find("127.0.0.1:")?;
+    let port: String = line[at + 10..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some(format!("127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_host_both_start_with_the_default_listen_address() {
+    let app = ingress_only().await;
+    let db = app.settings.database_url.rsplit('/').next().unwrap();
+    let docker_host = app
+        .settings
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    // No GRANDA_WORKER_LISTEN: the default.
+    let spawn = |id: &str, listen: Option<&str>| {
+        let mut env = vec![
+            ("GRANDA_DATABASE_URL", format!("{}/{db}", postgres_base())),
+            ("GRANDA_AMQP_URL", app.settings.amqp_url.clone()),
+            ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+            ("GRANDA_WORKER_ID", id.to_string()),
+            ("DOCKER_HOST", docker_host.clone()),
+        ];
+        if let Some(listen) = listen {
+            env.push(("GRANDA_WORKER_LISTEN", listen.to_string()));
+        }
+        GrandaProcess::spawn(&["worker"], &env)
+    };
+    let suffix = Uuid::new_v4().simple().to_string();
+    let first = spawn(&format!("one-{suffix}"), None);
+    let second = spawn(&format!("two-{suffix}"), None);
+    let mut addresses = vec![];
+    for worker in [&first, &second] {
+        let addr = eventually(
+            Duration::from_secs(30),
+            "the worker says where it listens",
+            || async { listening_on(&worker.log()) },
+        )
+        .await;
+        worker
+            .wait_healthy(&format!("http://{addr}"), Duration::from_secs(30))
+            .await;
+        addresses.push(addr);
+    }
+    assert_ne!(addresses[0], addresses[1]);
+    for addr in &addresses {
+        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        assert!((9090..=9109).contains(&port), "{addr}");
+    }
+
+    // An address set explicitly and taken: the worker exits, naming the setting to change.
+    let third = spawn(&format!("three-{suffix}"), Some(&addresses[0]));
+    let status = third
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(!status.success());
+    let log = third.log();
+    assert!(
+        log.contains("GRANDA_WORKER_LISTEN") && log.contains("in use") && log.contains("auto"),
+        "{log}"
+    );
+    for worker in [&first, &second] {
+        worker.sigterm();
+        assert!(worker.wait_exit(Duration::from_secs(30)).await.is_some());
+    }
     app.shutdown().await;
 }
