@@ -199,6 +199,14 @@ if port_open "$AMQP_PORT" && ! amqp_answers "$AMQP_PORT"; then
     sleep 5
     amqp_answers "$AMQP_PORT" || stop_wedged_rabbit
 fi
+# RabbitMQ's file handle cache is sized from the node's soft fd limit, which `su rabbitmq` leaves at
+# 1024: about 300 quorum queues (each test app declares several) use it up, and then every new
+# connection hangs before its handshake. The env file is sourced by the node's start script, as
+# the rabbitmq user, so this raises the soft limit to the hard one at the node's next start.
+if [ -f /etc/rabbitmq/rabbitmq-env.conf ] && ! grep -q 'ulimit -n' /etc/rabbitmq/rabbitmq-env.conf; then
+    printf '%s\n' '# Added by Granda scripts/setup.sh: file handles for many quorum queues.' \
+        'ulimit -n "$(ulimit -Hn)" 2>/dev/null || true' >>/etc/rabbitmq/rabbitmq-env.conf
+fi
 if ! port_open "$AMQP_PORT"; then
     command -v rabbitmq-server >/dev/null || die "nothing answers on 127.0.0.1:$AMQP_PORT and RabbitMQ is not installed"
     log "starting RabbitMQ"

@@ -10,21 +10,26 @@ use std::time::Instant;
 use crate::message::Work;
 
 /// Beats every third of the lease, checking the engine and the broker first. An engine that does
-/// not answer makes the worker unhealthy: its consumers are cancelled until the engine answers
-/// again. A worker without a broker connection at two beats in a row (not one passing failover)
+/// not answer a ping at two beats in a row ([`EngineWatch`]) makes the worker unhealthy: its
+/// consumers are cancelled until the engine answers again. A worker without a broker connection at two beats in a row (not one passing failover)
 /// is unhealthy too: its consumers went with the connection, and it takes messages again as
 /// soon as a session connects.
 pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
     let every = heartbeat::every(shared.lease);
     let mut broker = BrokerWatch::default();
+    let mut engine_watch = EngineWatch::default();
     let mut was_cut_off = false;
     loop {
         let engine = tokio::time::timeout(every, shared.runner.docker().ping()).await;
-        let problem = match engine {
+        let missed = match engine {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(format!("docker engine unreachable: {e}")),
-            Err(_) => Some("docker engine did not answer a ping in time".to_string()),
+            Err(_) => Some(format!(
+                "docker engine did not answer a ping within {} ms",
+                every.as_millis()
+            )),
         };
+        let problem = engine_watch.problem(missed);
         let cut_off = broker.problem(shared.connected.load(Ordering::Relaxed), Instant::now());
         if cut_off.is_some() != was_cut_off {
             was_cut_off = cut_off.is_some();
@@ -101,6 +106,33 @@ impl BrokerWatch {
                 now.duration_since(since).as_millis()
             )
         })
+    }
+}
+
+/// Whether the engine counts as down: a ping missed at two beats in a row. One slow answer on a
+/// busy host (a ping past a third of the lease while the CPU is saturated) is no outage, and
+/// must not stop the worker taking messages, hot calls to processes already running included.
+#[derive(Debug, Default)]
+pub(super) struct EngineWatch {
+    missed: u32,
+}
+
+impl EngineWatch {
+    /// What is wrong, given this beat's ping: `missed` is why it failed, `None` if it answered.
+    pub(super) fn problem(&mut self, missed: Option<String>) -> Option<String> {
+        match missed {
+            None => {
+                self.missed = 0;
+                None
+            }
+            Some(why) => {
+                self.missed += 1;
+                if self.missed == 1 {
+                    tracing::info!(problem = %why, "the engine missed one ping; unhealthy at the next miss");
+                }
+                (self.missed >= 2).then(|| format!("{why} (at {} beats in a row)", self.missed))
+            }
+        }
     }
 }
 
@@ -225,6 +257,18 @@ impl Shared {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn one_slow_engine_ping_is_no_outage_two_in_a_row_are() {
+        let mut watch = EngineWatch::default();
+        assert_eq!(watch.problem(None), None);
+        assert_eq!(watch.problem(Some("slow".into())), None, "one miss");
+        assert_eq!(watch.problem(None), None, "answered again");
+        assert_eq!(watch.problem(Some("slow".into())), None, "counts afresh");
+        let down = watch.problem(Some("slow".into())).expect("two in a row");
+        assert!(down.contains("slow") && down.contains("2 beats"), "{down}");
+        assert_eq!(watch.problem(None), None);
+    }
 
     #[test]
     fn a_worker_is_cut_off_from_the_broker_at_the_second_beat_without_a_connection() {
