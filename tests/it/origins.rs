@@ -14,6 +14,18 @@ use crate::support::{TestApp, client_with_key, id_of, spawn_app, spawn_app_with}
 /// An operator's own admin key: any string of 16+ characters, no `gk_` prefix.
 const OPERATOR_KEY: &str = "operator-chose-this-admin-key-42";
 
+/// An app with the public CGI function `thief` (test image `granda-test/thief`).
+async fn with_a_public_thief() -> TestApp {
+    let app = spawn_app().await;
+    app.register(
+        "thief",
+        "granda-test/thief",
+        json!({"response": "cgi", "public": true}),
+    )
+    .await;
+    app
+}
+
 async fn call(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
     client_with_key(key)
         .get(app.url(path))
@@ -77,13 +89,7 @@ async fn no_bearer_token_reaches_a_cold_warm_or_hot_function() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_answer_is_sandboxed_and_can_not_set_the_session_cookie() {
-    let app = spawn_app().await;
-    app.register(
-        "thief",
-        "granda-test/thief",
-        json!({"response": "cgi", "public": true}),
-    )
-    .await;
+    let app = with_a_public_thief().await;
     app.register(
         "hot",
         "granda-test/hot-web",
@@ -240,13 +246,7 @@ async fn with_a_functions_url_each_origin_refuses_the_other_s_paths() {
 /// The sandbox makes the page an opaque origin: the read fails, and no key is made.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thieving_function_page_makes_no_key_in_a_logged_in_browser() {
-    let app = spawn_app().await;
-    app.register(
-        "thief",
-        "granda-test/thief",
-        json!({"response": "cgi", "public": true}),
-    )
-    .await;
+    let app = with_a_public_thief().await;
     crate::ui::as_admin_in_chromium(app, async |client, app| {
         // Logged in: the dashboard's key page is readable from the console's own origin.
         client.goto(&app.url("/ui/keys")).await?;
