@@ -46,6 +46,7 @@ pub mod ingress;
 pub mod invocation;
 pub mod keys;
 pub mod message;
+pub mod namespace;
 pub mod metrics;
 pub mod outbox;
 pub mod producer;
