@@ -34,3 +34,14 @@ ALTER TABLE api_keys ADD CONSTRAINT api_keys_scope_check CHECK (scope IN ('admin
 
 -- Who made a call: the key (null for anonymous, webhook, schedule and event calls).
 ALTER TABLE invocations ADD COLUMN key_id uuid;
+
+-- Quotas. `max_concurrency`: runs at once across all workers, counted from the records (a
+-- worker that dies leaves nothing to undo); `invocations_per_minute`: a counter per namespace
+-- and minute, shared by every ingress.
+CREATE INDEX invocations_running_namespace ON invocations (namespace) WHERE status = 'running';
+CREATE TABLE namespace_calls (
+    namespace text NOT NULL,
+    minute    timestamptz NOT NULL,
+    calls     integer NOT NULL,
+    PRIMARY KEY (namespace, minute)
+);

@@ -175,6 +175,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Unauthenticated request bodies refused for the shared budget, by reason.",
     ),
+    (
+        "granda_namespace_throttled_total",
+        "counter",
+        "Calls refused with 429 by a namespace's quota, by namespace and reason (rate: invocations_per_minute; stored: max_stored_bytes).",
+    ),
+    (
+        "granda_namespace_held_total",
+        "counter",
+        "Claims a worker gave back because the namespace ran max_concurrency invocations already (the message waits queued).",
+    ),
 ];
 
 /// The help text of `name` in [`FAMILIES`].

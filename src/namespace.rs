@@ -11,6 +11,10 @@
 //!
 //! The `namespaces` table holds each namespace's quotas; `default` always exists.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -261,6 +265,122 @@ pub async fn delete(pool: &PgPool, name: &str, cascade: bool) -> Result<(), Dele
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Quotas read in the last second, per namespace: what every call and every claim looks up
+/// costs Postgres one read a second per process.
+#[derive(Default)]
+pub struct QuotaCache(Mutex<HashMap<String, (Instant, Option<Stored>)>>);
+
+/// How long [`QuotaCache`] trusts a read: a quota changed takes this long to apply everywhere.
+pub const QUOTA_TTL: Duration = Duration::from_secs(1);
+
+impl QuotaCache {
+    /// Namespace `name`'s quotas (none: no such namespace).
+    pub async fn get(&self, pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Error> {
+        if let Some((at, stored)) = self.0.lock().expect("lock").get(name)
+            && at.elapsed() < QUOTA_TTL
+        {
+            return Ok(stored.clone());
+        }
+        let stored = get(pool, name).await?;
+        let mut map = self.0.lock().expect("lock");
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(name.to_string(), (Instant::now(), stored.clone()));
+        Ok(stored)
+    }
+}
+
+/// Bytes of invocation records (inputs, outputs, logs) namespace `name` holds: what
+/// `max_stored_bytes` caps.
+pub async fn stored_bytes(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(COALESCE(octet_length(input), 0) + COALESCE(octet_length(output), 0)
+                            + COALESCE(octet_length(logs), 0)), 0)::bigint
+         FROM invocations WHERE namespace = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+}
+
+/// Counts one call of namespace `name` against its `per_minute` quota, in Postgres (so every
+/// ingress counts into the same minute). `Some(seconds)` when the minute's quota is spent: the
+/// call must not be accepted, and may be tried again in that many seconds.
+pub async fn take_call(pool: &PgPool, name: &str, per_minute: i32) -> Result<Option<u64>, sqlx::Error> {
+    let calls: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO namespace_calls (namespace, minute, calls)
+         VALUES ($1, date_trunc('minute', now()), 1)
+         ON CONFLICT (namespace, minute) DO UPDATE SET calls = namespace_calls.calls + 1
+            WHERE namespace_calls.calls < $2
+         RETURNING calls",
+    )
+    .bind(name)
+    .bind(per_minute)
+    .fetch_optional(pool)
+    .await?;
+    match calls {
+        Some(1) => {
+            // A new minute: the old ones are done with.
+            sqlx::query("DELETE FROM namespace_calls WHERE minute < now() - interval '2 minutes'")
+                .execute(pool)
+                .await?;
+            Ok(None)
+        }
+        Some(_) => Ok(None),
+        None => {
+            let left: f64 = sqlx::query_scalar(
+                "SELECT EXTRACT(EPOCH FROM (date_trunc('minute', now()) + interval '1 minute' - now()))::float8",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok(Some(left.ceil().max(1.0) as u64))
+        }
+    }
+}
+
+/// After a worker claimed invocation `id` of namespace `name`: whether it may run under the
+/// namespace's `max_concurrency` across all workers. If not, the claim is undone (the record is
+/// `queued` again, its attempt given back) and the caller leaves the message queued.
+///
+/// The check runs under a lock per namespace (a Postgres advisory lock), after the claim is
+/// committed, so of claims that race, each later check sees every earlier claim that still
+/// stands: runs never exceed the quota.
+pub async fn admit(pool: &PgPool, name: &str, id: uuid::Uuid, max: i32) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('granda-namespace:' || $1, 0))")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let others: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM invocations WHERE namespace = $1 AND status = 'running' AND id <> $2",
+    )
+    .bind(name)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let admitted = others < i64::from(max);
+    if admitted {
+        // It starts now, as far as the quota goes: no two admitted runs' records overlap more
+        // than `max` deep.
+        sqlx::query("UPDATE invocations SET started_at = clock_timestamp() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    } else {
+        sqlx::query(
+            "UPDATE invocations SET status = 'queued', worker = NULL, started_at = NULL,
+                    attempt = GREATEST(attempt - 1, 0)
+             WHERE id = $1 AND status = 'running'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(admitted)
 }
 
 #[cfg(test)]

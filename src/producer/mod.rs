@@ -19,6 +19,7 @@ pub mod keys;
 pub mod namespaces;
 pub mod openapi;
 pub mod origin;
+pub mod quota;
 pub mod recent;
 pub mod schedules;
 pub mod serve;

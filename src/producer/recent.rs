@@ -23,7 +23,15 @@ pub struct Recent {
     public: Mutex<HashMap<String, (Instant, bool)>>,
     /// By the SHA-256 of the key, never the key itself.
     keys: Mutex<HashMap<[u8; 32], (Instant, LiveKey)>>,
+    /// Namespaces' quotas ([`crate::namespace::QuotaCache`]).
+    pub quotas: crate::namespace::QuotaCache,
+    /// Bytes of records each namespace with a `max_stored_bytes` holds, summed at most every
+    /// [`STORED_TTL`].
+    stored: Mutex<HashMap<String, (Instant, i64)>>,
 }
+
+/// How long a sum of a namespace's stored bytes is trusted.
+pub const STORED_TTL: Duration = Duration::from_secs(5);
 
 impl Recent {
     pub fn function(&self, name: &str) -> Option<Function> {
@@ -50,6 +58,18 @@ impl Recent {
 
     pub fn remember_key(&self, hash: [u8; 32], key: LiveKey) {
         remember(&self.keys, hash, key);
+    }
+
+    /// Bytes of records namespace `name` holds, summed at most every [`STORED_TTL`].
+    pub async fn stored_bytes(&self, pool: &sqlx::PgPool, name: &str) -> Result<i64, sqlx::Error> {
+        if let Some((at, n)) = self.stored.lock().expect("lock").get(name)
+            && at.elapsed() < STORED_TTL
+        {
+            return Ok(*n);
+        }
+        let n = crate::namespace::stored_bytes(pool, name).await?;
+        remember(&self.stored, name.to_string(), n);
+        Ok(n)
     }
 
     /// After this process changed a function or a key.

@@ -264,6 +264,20 @@ pub(super) async fn handle(
     let claim = with_db_retries(|| claim(&shared, &work, &delivery.data)).await;
     match claim {
         Claim::Claimed { attempt, queued_at } => {
+            // Over its namespace's `max_concurrency` across all workers: the claim is given
+            // back and the message waits queued, parked for a moment.
+            if !namespace_admits(&shared, &work).await {
+                park_for(
+                    &shared,
+                    &channels,
+                    &queue,
+                    &delivery,
+                    ELSEWHERE_DELAY,
+                    super::NAMESPACE_FULL_DELAY,
+                )
+                .await;
+                return;
+            }
             let running = Running::start(&shared, work.id);
             faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
@@ -321,6 +335,44 @@ pub(super) async fn handle(
         Claim::Missing => {
             tracing::error!("no record for this invocation; dead-lettering it");
             reject(&delivery, false).await;
+        }
+    }
+}
+
+/// Whether a claimed run of `work` fits its namespace's `max_concurrency` (always, without one).
+/// `false`: the claim was undone. A database error holds the run back too (it comes again).
+async fn namespace_admits(shared: &Shared, work: &Work) -> bool {
+    let ns = crate::namespace::split(&work.function.name).1;
+    let max = match shared.namespace_quotas.get(&shared.pool, ns).await {
+        Ok(quotas) => quotas.and_then(|q| q.max_concurrency),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the namespace's quotas");
+            None
+        }
+    };
+    let Some(max) = max else {
+        return true;
+    };
+    match crate::namespace::admit(&shared.pool, ns, work.id, max).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(namespace = ns, max, "the namespace runs its max_concurrency; waiting");
+            shared.metrics.inc(
+                "granda_namespace_held_total",
+                format!("namespace=\"{}\"", label(ns)),
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checking the namespace's max_concurrency; trying again later");
+            let _ = sqlx::query(
+                "UPDATE invocations SET status = 'queued', worker = NULL, started_at = NULL,
+                        attempt = GREATEST(attempt - 1, 0) WHERE id = $1 AND status = 'running'",
+            )
+            .bind(work.id)
+            .execute(&shared.pool)
+            .await;
+            false
         }
     }
 }

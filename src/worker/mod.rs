@@ -64,6 +64,9 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long a duplicate of an invocation running on another worker waits before it looks again.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
+/// How long a message waits queued when its namespace runs `max_concurrency` invocations
+/// already, before a worker looks again (parked in a delay queue: no worker spins on it).
+const NAMESPACE_FULL_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a message this worker can't run is held before it is given back, so that a worker
 /// whose breaker is about to open does not spin it through its deliveries.
@@ -115,6 +118,8 @@ struct Shared {
     controller: Mutex<Controller>,
     /// Per-function bounds (`max_concurrency`), by function name and bound.
     function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
+    /// Namespaces' quotas, read at most once a second (`max_concurrency` is held at claim time).
+    namespace_quotas: crate::namespace::QuotaCache,
     metrics: Arc<Metrics>,
     callbacks: Arc<crate::callback::Callbacks>,
     /// Kept containers of `warm` functions.
@@ -229,6 +234,7 @@ impl Worker {
                 limiter: Limiter::new(schedule.min, schedule.max),
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
+                namespace_quotas: Default::default(),
                 metrics: Arc::default(),
                 callbacks: crate::callback::Callbacks::new(&settings.callbacks()),
                 images,

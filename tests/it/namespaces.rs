@@ -450,3 +450,185 @@ async fn an_installation_from_before_namespaces_lands_in_default() {
     app.shutdown().await;
     let _ = sqlx::Postgres::drop_database(&url).await;
 }
+
+/// Makes namespace `name` with `quotas`, a key bound to it, and registers `function` there.
+async fn team_with(
+    app: &TestApp,
+    name: &str,
+    quotas: Value,
+    function: Value,
+) -> reqwest::Client {
+    let mut body = quotas;
+    body["name"] = json!(name);
+    let r = app.post_json("/v1/namespaces", &body).await;
+    assert_eq!(r.status(), 201);
+    let (_, key) = namespaced_key(app, name, "admin").await;
+    let client = client_with_key(&key);
+    let (s, f) = json_of(client.post(app.url("/v1/functions")).json(&function)).await;
+    assert_eq!(s, 201, "{f}");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_per_minute_answers_429_with_retry_after_and_enqueues_nothing() {
+    let app = spawn_app().await;
+    let team = team_with(
+        &app,
+        "team-r",
+        json!({"invocations_per_minute": 3}),
+        json!({"name": "echo", "image": "granda-test/echo"}),
+    )
+    .await;
+    // Calls until one is refused (a minute may turn meanwhile and allow 3 more).
+    let mut accepted = 0;
+    let refused = loop {
+        let r = team
+            .post(app.url("/v1/functions/echo/invocations"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 202);
+        accepted += 1;
+        assert!(accepted <= 9, "never refused");
+    };
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    // The function's URL and sync calls are counted too.
+    let r = team.post(app.url("/fn/echo.team-r")).body("x").send().await.unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 429), "{}", r.status());
+    let refused_url = r.status() == 429;
+    // Nothing was enqueued for a refused call.
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM invocations WHERE namespace = 'team-r'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(records, accepted + i64::from(!refused_url));
+    // Another namespace is not held back.
+    app.register("echo", "granda-test/echo", json!({})).await;
+    app.invoke_async("echo", "x").await;
+    assert!(app.metrics().await.contains(
+        "granda_namespace_throttled_total{namespace=\"team-r\",reason=\"rate\"}"
+    ));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_full_of_records_answers_429() {
+    let app = spawn_app().await;
+    let team = team_with(
+        &app,
+        "team-s",
+        json!({"max_stored_bytes": 100}),
+        json!({"name": "echo", "image": "granda-test/echo"}),
+    )
+    .await;
+    let body = "y".repeat(200);
+    let r = team
+        .post(app.url("/v1/functions/echo/invocations"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "an empty namespace takes a call");
+    // The sum of stored bytes is read at most every few seconds: refused once it is seen.
+    let refused = crate::support::eventually(Duration::from_secs(30), "a 429", || async {
+        let r = team
+            .post(app.url("/v1/functions/echo/invocations"))
+            .body("z")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            Some(r)
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        }
+    })
+    .await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("max_stored_bytes"),
+        "{body}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_holds_across_two_workers_and_fails_nothing() {
+    let mut app = spawn_app().await;
+    app.add_worker(|_| {}).await;
+    let team = team_with(
+        &app,
+        "team-c",
+        json!({"max_concurrency": 2}),
+        json!({"name": "nap", "image": "granda-test/sleep", "env": {"SLEEP_SECONDS": "1"}}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let (s, accepted) = json_of(team.post(app.url("/v1/functions/nap/invocations")).body("")).await;
+        assert_eq!(s, 202);
+        ids.push(accepted["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    crate::support::eventually(Duration::from_secs(180), "every run to finish", || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM invocations WHERE namespace = 'team-c'
+             AND status IN ('queued', 'running')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if left == 0 {
+            Some(())
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            None
+        }
+    })
+    .await;
+    #[derive(sqlx::FromRow)]
+    struct Run {
+        status: String,
+        started_at: chrono::DateTime<chrono::Utc>,
+        finished_at: chrono::DateTime<chrono::Utc>,
+        worker: String,
+    }
+    let runs: Vec<Run> = sqlx::query_as(
+        "SELECT status, started_at, finished_at, worker FROM invocations WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), 8);
+    assert!(runs.iter().all(|r| r.status == "succeeded"), "none is failed for waiting");
+    // How many ran at once, at most: never more than the quota.
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = runs
+        .iter()
+        .flat_map(|r| [(r.started_at, 1), (r.finished_at, -1)])
+        .collect();
+    edges.sort_by_key(|(t, d)| (*t, *d));
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    assert!(most <= 2, "{most} ran at once");
+    assert_eq!(most, 2, "the quota is used");
+    let workers: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.worker.as_str()).collect();
+    eprintln!("ran on {workers:?}");
+    assert!(app.metrics().await.contains("granda_namespace_held_total{namespace=\"team-c\"}"));
+    app.shutdown().await;
+}
