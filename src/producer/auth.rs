@@ -239,6 +239,7 @@ pub fn needs(method: &Method, path: &str) -> Needs {
         ["", "v1", "functions"] | ["", "v1", "functions", _] if get => Action::ReadFunctions,
         ["", "v1", "functions", _, "invocations"] if get => Action::ReadFunctions,
         ["", "metrics"] | ["", "v1", "dead-letters"] if get => Action::Operate,
+        ["", "v1", "usage"] if get => Action::ReadFunctions,
         // Everything else, known or not.
         _ => Action::Manage,
     })

@@ -24,6 +24,7 @@ pub mod recent;
 pub mod schedules;
 pub mod serve;
 pub mod ui;
+pub mod usage;
 pub mod webhooks;
 
 use crate::error::{Denied, ErrorBody};
@@ -309,6 +310,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/usage", get(usage::get))
         .route(
             "/v1/namespaces",
             post(namespaces::create).get(namespaces::list),

@@ -140,14 +140,16 @@ impl Modify for FunctionUrl {
         callback_keys::get, callback_keys::rotate, super::callback_key,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete,
         builds::get, builds::rollback,
-        namespaces::create, namespaces::list, namespaces::get, namespaces::update, namespaces::delete
+        namespaces::create, namespaces::list, namespaces::get, namespaces::update, namespaces::delete,
+        super::usage::get
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
         InputMode, Network, ErrorBody, ErrorDetail, Accepted, InvocationRecord, InvocationView, InvocationList, DeadLetterList,
         NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness, NewSchedule, ScheduleUpdate,
         ScheduleView, ScheduleList, CatchUp, Rollback, WebhookView, WebhookList,
-        crate::namespace::Stored, crate::namespace::Quotas, namespaces::NewNamespace, namespaces::NamespaceList
+        crate::namespace::Stored, crate::namespace::Quotas, namespaces::NewNamespace, namespaces::NamespaceList,
+        super::usage::Usage, super::usage::FunctionUsage
     )),
     tags(
         (name = "functions", description = "Register, read, change and delete functions."),

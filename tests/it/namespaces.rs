@@ -632,3 +632,65 @@ async fn max_concurrency_holds_across_two_workers_and_fails_nothing() {
     assert!(app.metrics().await.contains("granda_namespace_held_total{namespace=\"team-c\"}"));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_sums_equal_the_records_and_a_team_sees_its_own() {
+    let app = spawn_app().await;
+    let team = team_with(
+        &app,
+        "team-u",
+        json!({}),
+        json!({"name": "echo", "image": "granda-test/echo", "memory_mb": 256}),
+    )
+    .await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, a) = json_of(team.post(app.url("/v1/functions/echo/invocations")).body(format!("{i}"))).await;
+        ids.push(a["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+    }
+    ids.push(app.invoke_async("echo", "d").await);
+    for id in &ids {
+        crate::support::eventually(Duration::from_secs(60), "runs to finish", || async {
+            let s: String = sqlx::query_scalar("SELECT status FROM invocations WHERE id = $1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            (s == "succeeded").then_some(())
+        })
+        .await;
+    }
+    let (s, usage) = json_of(team.get(app.url("/v1/usage"))).await;
+    assert_eq!(s, 200, "{usage}");
+    let rows = usage["usage"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "a team sees its own: {usage}");
+    let row = &rows[0];
+    assert_eq!(row["namespace"], "team-u");
+    assert_eq!(row["function"], "echo");
+    let (n, ms): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(duration_ms)::bigint FROM invocations WHERE namespace = 'team-u'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(row["invocations"], n);
+    assert_eq!(row["by_status"]["succeeded"], n);
+    assert_eq!(row["duration_ms"], ms);
+    let gb = row["gb_seconds"].as_f64().unwrap();
+    let expected = ms as f64 * 256.0 / 1024.0 / 1000.0;
+    assert!((gb - expected).abs() < 1e-9, "{gb} vs {expected}");
+    // Another namespace's usage is missing to it; the global admin sees both.
+    assert_eq!(status(team.get(app.url("/v1/usage?namespace=default"))).await, 404);
+    let (_, all) = json_of(app.client.get(app.url("/v1/usage"))).await;
+    assert_eq!(all["usage"].as_array().unwrap().len(), 2, "{all}");
+    let (_, one) = json_of(app.client.get(app.url("/v1/usage?namespace=team-u&function=echo"))).await;
+    assert_eq!(one["usage"][0]["invocations"], n);
+    // A window without the runs is empty; bad input is 400.
+    let (_, none) = json_of(app.client.get(app.url("/v1/usage?to=2000-01-01T00:00:00Z"))).await;
+    assert_eq!(none["usage"], json!([]));
+    for bad in ["/v1/usage?from=yesterday", "/v1/usage?nope=1", "/v1/usage?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z"] {
+        assert_eq!(status(app.client.get(app.url(bad))).await, 400, "{bad}");
+    }
+    app.shutdown().await;
+}
