@@ -64,6 +64,9 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long a duplicate of an invocation running on another worker waits before it looks again.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
+/// How long a message of a function that would take this worker's last free slot goes round
+/// through a delay queue (fair sharing), so the calls behind it in its queue are delivered.
+const FAIR_SHARE_DELAY: Duration = Duration::from_millis(500);
 /// How long a message waits queued when its namespace runs `max_concurrency` invocations
 /// already, before a worker looks again (parked in a delay queue: no worker spins on it).
 const NAMESPACE_FULL_DELAY: Duration = Duration::from_secs(1);
@@ -118,6 +121,10 @@ struct Shared {
     controller: Mutex<Controller>,
     /// Per-function bounds (`max_concurrency`), by function name and bound.
     function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
+    /// Runs of each function on this worker now (fair sharing: see [`delivery::FunctionShare`]).
+    function_running: Mutex<HashMap<String, usize>>,
+    /// `GRANDA_FAIR_SHARE`.
+    fair_share: bool,
     /// Namespaces' quotas, read at most once a second (`max_concurrency` is held at claim time).
     namespace_quotas: crate::namespace::QuotaCache,
     metrics: Arc<Metrics>,
@@ -235,6 +242,8 @@ impl Worker {
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
                 namespace_quotas: Default::default(),
+                function_running: Mutex::default(),
+                fair_share: settings.fair_share,
                 metrics: Arc::default(),
                 callbacks: crate::callback::Callbacks::new(&settings.callbacks()),
                 images,

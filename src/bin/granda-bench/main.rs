@@ -191,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
             pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
         }
         Scenario::Fairness => {
-            fairness::fairness_scenario(&client, &base_url, &docker).await?;
+            fairness::fairness_scenario(&client, &base_url, &docker, &pool).await?;
         }
         Scenario::Hot => {
             let mut rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
