@@ -1,6 +1,9 @@
 //! Handling one delivery: refusing (dead-lettering with the reason) a message its installation
 //! did not sign or whose function a registration would refuse, never panicking out, claiming the
 //! record, running it, and acting on the retry verdict (record, reply, ack; park; or dead-letter).
+//! Two waits come first: fair sharing (a function running here already does not take the last
+//! free slot: [`FunctionShare`]) and, after the claim, the namespace's `max_concurrency` across
+//! all workers ([`crate::namespace::admit`]); either parks the message in a delay queue.
 
 use super::*;
 use std::future::Future;
