@@ -182,7 +182,10 @@ pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<ApiKey>,
 }
 
 /// Key `id`'s name and namespace, revoked or not.
-pub async fn name_of(pool: &PgPool, id: Uuid) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+pub async fn name_of(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
     sqlx::query_as("SELECT name, namespace FROM api_keys WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)

@@ -160,9 +160,13 @@ macro_rules! columns {
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<Stored>, sqlx::Error> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM namespaces ORDER BY name"))
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM namespaces ORDER BY name"
+    ))
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Error> {
@@ -171,9 +175,9 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Erro
         columns!(),
         " FROM namespaces WHERE name = $1"
     ))
-        .bind(name)
-        .fetch_optional(pool)
-        .await
+    .bind(name)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Whether namespace `name` exists.
@@ -309,7 +313,11 @@ pub async fn stored_bytes(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error>
 /// Counts one call of namespace `name` against its `per_minute` quota, in Postgres (so every
 /// ingress counts into the same minute). `Some(seconds)` when the minute's quota is spent: the
 /// call must not be accepted, and may be tried again in that many seconds.
-pub async fn take_call(pool: &PgPool, name: &str, per_minute: i32) -> Result<Option<u64>, sqlx::Error> {
+pub async fn take_call(
+    pool: &PgPool,
+    name: &str,
+    per_minute: i32,
+) -> Result<Option<u64>, sqlx::Error> {
     let calls: Option<i32> = sqlx::query_scalar(
         "INSERT INTO namespace_calls (namespace, minute, calls)
          VALUES ($1, date_trunc('minute', now()), 1)
@@ -348,7 +356,12 @@ pub async fn take_call(pool: &PgPool, name: &str, per_minute: i32) -> Result<Opt
 /// The check runs under a lock per namespace (a Postgres advisory lock), after the claim is
 /// committed, so of claims that race, each later check sees every earlier claim that still
 /// stands: runs never exceed the quota.
-pub async fn admit(pool: &PgPool, name: &str, id: uuid::Uuid, max: i32) -> Result<bool, sqlx::Error> {
+pub async fn admit(
+    pool: &PgPool,
+    name: &str,
+    id: uuid::Uuid,
+    max: i32,
+) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('granda-namespace:' || $1, 0))")
         .bind(name)
@@ -408,7 +421,15 @@ mod tests {
         for good in ["echo", "echo.team-b"] {
             assert!(valid_stored(good), "{good}");
         }
-        for bad in ["", "echo.", ".team", "echo.default", "echo.a.b", "Echo.team", "echo.Team"] {
+        for bad in [
+            "",
+            "echo.",
+            ".team",
+            "echo.default",
+            "echo.a.b",
+            "Echo.team",
+            "echo.Team",
+        ] {
             assert!(!valid_stored(bad), "{bad}");
         }
     }

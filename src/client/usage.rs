@@ -20,7 +20,11 @@ pub struct UsageArgs {
 
 pub async fn run(client: &Client, args: UsageArgs) -> Result<(), CliError> {
     let mut query = vec![];
-    for (k, v) in [("from", &args.from), ("to", &args.to), ("function", &args.function)] {
+    for (k, v) in [
+        ("from", &args.from),
+        ("to", &args.to),
+        ("function", &args.function),
+    ] {
         if let Some(v) = v {
             query.push(format!("{k}={}", urlencoding(v)));
         }
@@ -35,7 +39,14 @@ pub async fn run(client: &Client, args: UsageArgs) -> Result<(), CliError> {
         client,
         &usage,
         "usage",
-        &["NAMESPACE", "FUNCTION", "INVOCATIONS", "DURATION_MS", "GB_SECONDS", "COLD"],
+        &[
+            "NAMESPACE",
+            "FUNCTION",
+            "INVOCATIONS",
+            "DURATION_MS",
+            "GB_SECONDS",
+            "COLD",
+        ],
         |u| {
             vec![
                 cell(&u["namespace"]),

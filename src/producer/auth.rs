@@ -146,14 +146,16 @@ async fn named_namespace(
             )),
         };
     };
-    let ns = Namespace::parse(&value)
-        .ok_or_else(|| {
-            ApiError::BadRequest(
-                "Granda-Namespace: a namespace name (lowercase letters, digits, '-')".into(),
-            )
-        })?;
+    let ns = Namespace::parse(&value).ok_or_else(|| {
+        ApiError::BadRequest(
+            "Granda-Namespace: a namespace name (lowercase letters, digits, '-')".into(),
+        )
+    })?;
     if !ns.is_default() && !namespace::exists(&app.pool, ns.as_str()).await? {
-        return Err(ApiError::NotFound(format!("no namespace named {:?}", ns.as_str())));
+        return Err(ApiError::NotFound(format!(
+            "no namespace named {:?}",
+            ns.as_str()
+        )));
     }
     Ok(ns)
 }
@@ -472,7 +474,11 @@ mod tests {
 
     #[test]
     fn read_keys_read_and_change_nothing() {
-        for action in [Action::ReadInvocation, Action::ReadFunctions, Action::Operate] {
+        for action in [
+            Action::ReadInvocation,
+            Action::ReadFunctions,
+            Action::Operate,
+        ] {
             assert!(permits(Scope::Read, action), "{action:?}");
         }
         for action in [Action::Invoke, Action::Manage] {

@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Acting;
-use axum::Extension;
 use super::extract::JsonBody;
 use super::function_view::{FunctionView, view_with_versions};
 use super::functions::{load, save};
 use crate::build::{BuildRecord, store};
 use crate::error::ApiError;
 use crate::function::Function;
+use axum::Extension;
 
 /// `GET /v1/functions/{name}/builds/{version}`: the build and its `log`.
 #[utoipa::path(get, path = "/v1/functions/{name}/builds/{version}", operation_id = "get_build",

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Acting;
-use axum::Extension;
 use crate::error::ApiError;
+use axum::Extension;
 
 fn view(name: &str, key: String) -> Json<Value> {
     Json(json!({

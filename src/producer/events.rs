@@ -20,13 +20,13 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Acting;
 use super::enqueue::{Job, enqueue};
-use axum::Extension;
 use super::extract::{JsonBody, RawBody};
 use super::functions::load;
 use crate::error::ApiError;
 use crate::event::store::Subscribed;
 use crate::event::{FannedOut, Subscription, store, valid_pattern, valid_topic};
 use crate::invocation::Trigger;
+use axum::Extension;
 
 /// The body of `POST /v1/functions/{name}/subscriptions`.
 #[derive(Debug, Deserialize)]

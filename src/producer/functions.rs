@@ -9,14 +9,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::Acting;
 use super::extract::JsonBody;
 use super::function_view::{FunctionList, FunctionView, conflict, view, view_with_versions};
-use super::auth::Acting;
 use super::{AppState, deploy};
-use axum::Extension;
 use crate::engines::{Check, Refusal};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
+use axum::Extension;
 
 /// Loads a function by its stored (namespace-qualified) name, or answers 404.
 pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {

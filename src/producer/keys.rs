@@ -16,10 +16,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Acting;
-use axum::Extension;
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::keys::{self, ApiKey, KeyError, Scope, Secret};
+use axum::Extension;
 
 /// A key as made: the only time `key` is shown.
 #[derive(Serialize, ToSchema)]
@@ -82,7 +82,9 @@ pub async fn list(
     Extension(acting): Extension<Acting>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let namespace = acting.bound.then(|| acting.namespace.as_str());
-    Ok(Json(json!({ "keys": keys::list(&app.pool, namespace).await? })))
+    Ok(Json(
+        json!({ "keys": keys::list(&app.pool, namespace).await? }),
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(%id))]

@@ -1,11 +1,11 @@
 //! `/v1/namespaces`: make, list, read, change and delete namespaces and their quotas. Global
 //! admin keys only: to a key bound to a namespace these routes do not exist (404).
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use serde::Deserialize;
 
 use super::AppState;

@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Acting;
-use axum::Extension;
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::schedule::{CatchUp, CronTz, Schedule, ScheduleError, store};
+use axum::Extension;
 
 #[derive(Serialize, ToSchema)]
 pub struct ScheduleList {

@@ -96,11 +96,10 @@ pub async fn get(
         }
     };
     // A function is named in the namespace asked for (or the caller's).
-    let function = query.get("function").filter(|f| !f.is_empty()).map(|f| {
-        ns.as_ref()
-            .unwrap_or(&acting.namespace)
-            .qualify(f)
-    });
+    let function = query
+        .get("function")
+        .filter(|f| !f.is_empty())
+        .map(|f| ns.as_ref().unwrap_or(&acting.namespace).qualify(f));
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT i.namespace, i.function, i.status, count(*)::bigint AS n,
                 COALESCE(sum(i.duration_ms), 0)::bigint AS duration_ms,

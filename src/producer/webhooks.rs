@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Acting;
-use axum::Extension;
 use super::enqueue::{Job, enqueue};
 use super::extract::{JsonBody, RawBody};
 use super::functions::load;
@@ -29,6 +28,7 @@ use crate::invocation::{Status, Trigger};
 use crate::webhook::rejections;
 use crate::webhook::store::{self, Webhook};
 use crate::webhook::{Encoding, Scheme, WebhookList, WebhookView};
+use axum::Extension;
 
 /// The longest delivery id kept for deduplication.
 const MAX_DELIVERY_ID: usize = 200;

@@ -214,7 +214,14 @@ pub(super) async fn handle(
     if let Ok(unchecked) = Work::decode_unchecked(&delivery.properties)
         && FunctionShare::would_wait(&shared, &unchecked.function.name, 1)
     {
-        defer(&shared, &channels, &queue, &delivery, &unchecked.function.name).await;
+        defer(
+            &shared,
+            &channels,
+            &queue,
+            &delivery,
+            &unchecked.function.name,
+        )
+        .await;
         return;
     }
     let Some(_slot) = shared.limiter.acquire(lane(&delivery)).await else {
@@ -375,7 +382,12 @@ impl<'a> FunctionShare<'a> {
         Self::full(shared, &running, function, coming)
     }
 
-    fn full(shared: &Shared, running: &HashMap<String, usize>, function: &str, coming: usize) -> bool {
+    fn full(
+        shared: &Shared,
+        running: &HashMap<String, usize>,
+        function: &str,
+        coming: usize,
+    ) -> bool {
         let target = shared.limiter.size();
         let in_flight = shared.limiter.in_flight() + coming;
         let mine = running.get(function).copied().unwrap_or(0);
@@ -448,7 +460,11 @@ async fn namespace_admits(shared: &Shared, work: &Work) -> bool {
     match crate::namespace::admit(&shared.pool, ns, work.id, max).await {
         Ok(true) => true,
         Ok(false) => {
-            tracing::debug!(namespace = ns, max, "the namespace runs its max_concurrency; waiting");
+            tracing::debug!(
+                namespace = ns,
+                max,
+                "the namespace runs its max_concurrency; waiting"
+            );
             shared.metrics.inc(
                 "granda_namespace_held_total",
                 format!("namespace=\"{}\"", label(ns)),

@@ -84,15 +84,31 @@ async fn a_namespaced_key_reaches_nothing_of_another_namespace() {
     assert_eq!(status(r).await, 409);
 
     // Function URLs: each key calls its own; another namespace's is missing.
-    let r = a.post(url("/fn/echo.team-a")).body("from a").send().await.unwrap();
+    let r = a
+        .post(url("/fn/echo.team-a"))
+        .body("from a")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "from a");
-    for path in ["/fn/echo.team-a", "/fn/echo.team-a/x", "/fn/echo", "/fn/echo.default"] {
+    for path in [
+        "/fn/echo.team-a",
+        "/fn/echo.team-a/x",
+        "/fn/echo",
+        "/fn/echo.default",
+    ] {
         assert_eq!(status(b.post(url(path)).body("x")).await, 404, "{path}");
     }
     // The global admin reaches every namespace's URL; the default one is unchanged.
-    assert_eq!(status(app.client.post(url("/fn/echo.team-b")).body("x")).await, 200);
-    assert_eq!(status(app.client.post(url("/fn/echo")).body("x")).await, 200);
+    assert_eq!(
+        status(app.client.post(url("/fn/echo.team-b")).body("x")).await,
+        200
+    );
+    assert_eq!(
+        status(app.client.post(url("/fn/echo")).body("x")).await,
+        200
+    );
 
     // The API acts in the key's namespace.
     let (_, list) = json_of(b.get(url("/v1/functions"))).await;
@@ -100,30 +116,55 @@ async fn a_namespaced_key_reaches_nothing_of_another_namespace() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["namespace"], "team-b");
     // A name with a dot never reaches into another namespace.
-    for path in ["/v1/functions/echo.team-a", "/v1/functions/echo.team-a/invocations"] {
+    for path in [
+        "/v1/functions/echo.team-a",
+        "/v1/functions/echo.team-a/invocations",
+    ] {
         assert_eq!(status(b.get(url(path))).await, 404, "{path}");
     }
-    assert_eq!(status(b.delete(url("/v1/functions/echo.team-a"))).await, 404);
     assert_eq!(
-        status(b.put(url("/v1/functions/echo.team-a")).json(&json!({"timeout_ms": 1000}))).await,
+        status(b.delete(url("/v1/functions/echo.team-a"))).await,
         404
     );
     assert_eq!(
-        status(b.post(url("/v1/functions/echo.team-a/invocations")).body("x")).await,
+        status(
+            b.put(url("/v1/functions/echo.team-a"))
+                .json(&json!({"timeout_ms": 1000}))
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        status(
+            b.post(url("/v1/functions/echo.team-a/invocations"))
+                .body("x")
+        )
+        .await,
         404
     );
     assert_eq!(
         status(b.post(url("/v1/functions/echo.team-a/invoke")).body("x")).await,
         404
     );
-    assert_eq!(status(b.get(url("/v1/functions/echo.team-a/callback-key"))).await, 404);
+    assert_eq!(
+        status(b.get(url("/v1/functions/echo.team-a/callback-key"))).await,
+        404
+    );
     // Naming another namespace is 404, not 403: nothing says it exists.
     assert_eq!(
-        status(b.get(url("/v1/functions")).header("granda-namespace", "team-a")).await,
+        status(
+            b.get(url("/v1/functions"))
+                .header("granda-namespace", "team-a")
+        )
+        .await,
         404
     );
     assert_eq!(
-        status(b.get(url("/v1/functions")).header("granda-namespace", "no-such")).await,
+        status(
+            b.get(url("/v1/functions"))
+                .header("granda-namespace", "no-such")
+        )
+        .await,
         404
     );
 
@@ -138,10 +179,19 @@ async fn a_namespaced_key_reaches_nothing_of_another_namespace() {
     .await;
     assert_eq!(record["function"], "echo");
     assert_eq!(record["namespace"], "team-a");
-    assert_eq!(status(b.get(url(&format!("/v1/invocations/{id}")))).await, 404);
-    assert_eq!(status(b.post(url(&format!("/v1/invocations/{id}/retry")))).await, 404);
+    assert_eq!(
+        status(b.get(url(&format!("/v1/invocations/{id}")))).await,
+        404
+    );
+    assert_eq!(
+        status(b.post(url(&format!("/v1/invocations/{id}/retry")))).await,
+        404
+    );
     // The global admin sees it when naming team-a, not in `default`.
-    assert_eq!(status(app.client.get(url(&format!("/v1/invocations/{id}")))).await, 404);
+    assert_eq!(
+        status(app.client.get(url(&format!("/v1/invocations/{id}")))).await,
+        404
+    );
     assert_eq!(
         status(
             app.client
@@ -214,7 +264,10 @@ async fn a_namespaced_key_reaches_nothing_of_another_namespace() {
     let schedule_id = schedule["id"].as_str().unwrap();
     let path = format!("/v1/schedules/{schedule_id}");
     assert_eq!(status(b.get(url(&path))).await, 404);
-    assert_eq!(status(b.put(url(&path)).json(&json!({"enabled": false}))).await, 404);
+    assert_eq!(
+        status(b.put(url(&path)).json(&json!({"enabled": false}))).await,
+        404
+    );
     assert_eq!(status(b.delete(url(&path))).await, 404);
     let (_, schedules) = json_of(b.get(url("/v1/schedules"))).await;
     assert_eq!(schedules["schedules"], json!([]));
@@ -242,8 +295,14 @@ async fn a_namespaced_key_reaches_nothing_of_another_namespace() {
     let (_, published) = json_of(a.post(url("/v1/events/orders.new")).body("{}")).await;
     assert_eq!(published["invocations"].as_array().unwrap().len(), 1);
     let event = published["id"].as_str().unwrap();
-    assert_eq!(status(b.get(url(&format!("/v1/events/{event}")))).await, 404);
-    assert_eq!(status(a.get(url(&format!("/v1/events/{event}")))).await, 200);
+    assert_eq!(
+        status(b.get(url(&format!("/v1/events/{event}")))).await,
+        404
+    );
+    assert_eq!(
+        status(a.get(url(&format!("/v1/events/{event}")))).await,
+        200
+    );
 
     // Keys: a namespaced admin manages its namespace's keys only.
     let (_, keys) = json_of(b.get(url("/v1/keys"))).await;
@@ -259,17 +318,35 @@ async fn a_namespaced_key_reaches_nothing_of_another_namespace() {
         .post(url("/v1/keys"))
         .json(&json!({"name": "x", "scope": "admin", "namespace": "team-a"}));
     assert_eq!(status(r).await, 422);
-    let (s, made) = json_of(b.post(url("/v1/keys")).json(&json!({"name": "x", "scope": "read"}))).await;
+    let (s, made) = json_of(
+        b.post(url("/v1/keys"))
+            .json(&json!({"name": "x", "scope": "read"})),
+    )
+    .await;
     assert_eq!(s, 201);
-    assert_eq!(made["namespace"], "team-b", "a namespaced admin's keys are its namespace's");
-    assert_eq!(status(b.delete(url(&format!("/v1/keys/{a_key_id}")))).await, 404);
-    assert_eq!(status(a.get(url("/v1/functions"))).await, 200, "A's key still works");
+    assert_eq!(
+        made["namespace"], "team-b",
+        "a namespaced admin's keys are its namespace's"
+    );
+    assert_eq!(
+        status(b.delete(url(&format!("/v1/keys/{a_key_id}")))).await,
+        404
+    );
+    assert_eq!(
+        status(a.get(url("/v1/functions"))).await,
+        200,
+        "A's key still works"
+    );
 
     // Installation-wide routes don't exist for a namespaced key.
     assert_eq!(status(b.get(url("/v1/namespaces"))).await, 404);
     assert_eq!(status(b.get(url("/v1/namespaces/team-a"))).await, 404);
     assert_eq!(
-        status(b.post(url("/v1/namespaces")).json(&json!({"name": "team-c"}))).await,
+        status(
+            b.post(url("/v1/namespaces"))
+                .json(&json!({"name": "team-c"}))
+        )
+        .await,
         404
     );
 
@@ -302,24 +379,39 @@ async fn read_keys_read_and_change_nothing() {
         .json(&json!({"name": "echo", "image": "granda-test/echo"}));
     assert_eq!(status(r).await, 201);
     assert_eq!(status(read.get(app.url("/v1/functions/echo"))).await, 200);
-    assert_eq!(status(read.get(app.url("/v1/functions/echo/invocations"))).await, 200);
+    assert_eq!(
+        status(read.get(app.url("/v1/functions/echo/invocations"))).await,
+        200
+    );
     assert_eq!(status(read.get(app.url("/v1/dead-letters"))).await, 200);
-    assert_eq!(status(read.post(app.url("/fn/echo.team-r")).body("x")).await, 403);
+    assert_eq!(
+        status(read.post(app.url("/fn/echo.team-r")).body("x")).await,
+        403
+    );
     assert_eq!(
         status(read.post(app.url("/v1/functions/echo/invoke")).body("x")).await,
         403
     );
-    assert_eq!(status(read.delete(app.url("/v1/functions/echo"))).await, 403);
-    assert_eq!(status(admin.get(app.url("/v1/functions/echo"))).await, 200, "still there");
+    assert_eq!(
+        status(read.delete(app.url("/v1/functions/echo"))).await,
+        403
+    );
+    assert_eq!(
+        status(admin.get(app.url("/v1/functions/echo"))).await,
+        200,
+        "still there"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_are_made_changed_and_deleted_by_global_admins() {
     let app = spawn_app().await;
-    let (s, made) = json_of(app.client.post(app.url("/v1/namespaces")).json(
-        &json!({"name": "team-q", "max_concurrency": 2, "invocations_per_minute": 10}),
-    ))
+    let (s, made) = json_of(
+        app.client
+            .post(app.url("/v1/namespaces"))
+            .json(&json!({"name": "team-q", "max_concurrency": 2, "invocations_per_minute": 10})),
+    )
     .await;
     assert_eq!(s, 201, "{made}");
     assert_eq!(made["max_concurrency"], 2);
@@ -332,7 +424,11 @@ async fn namespaces_are_made_changed_and_deleted_by_global_admins() {
         json!({"name": "ok", "nope": 1}),
     ] {
         let r = app.post_json("/v1/namespaces", &bad).await;
-        assert!(matches!(r.status().as_u16(), 409 | 422 | 400), "{bad}: {}", r.status());
+        assert!(
+            matches!(r.status().as_u16(), 409 | 422 | 400),
+            "{bad}: {}",
+            r.status()
+        );
         let body: Value = r.json().await.unwrap();
         assert!(body["error"]["code"].is_string(), "{bad}");
     }
@@ -353,8 +449,14 @@ async fn namespaces_are_made_changed_and_deleted_by_global_admins() {
     assert_eq!(s, 200);
     assert_eq!(put["max_concurrency"], 5);
     assert_eq!(put["invocations_per_minute"], Value::Null);
-    assert_eq!(status(app.client.get(app.url("/v1/namespaces/nope"))).await, 404);
-    assert_eq!(status(app.client.get(app.url("/v1/namespaces/%00"))).await, 404);
+    assert_eq!(
+        status(app.client.get(app.url("/v1/namespaces/nope"))).await,
+        404
+    );
+    assert_eq!(
+        status(app.client.get(app.url("/v1/namespaces/%00"))).await,
+        404
+    );
 
     // A namespace holding functions is kept unless asked to cascade.
     let (_, key) = namespaced_key(&app, "team-q", "admin").await;
@@ -363,11 +465,21 @@ async fn namespaces_are_made_changed_and_deleted_by_global_admins() {
         .post(app.url("/v1/functions"))
         .json(&json!({"name": "echo", "image": "granda-test/echo"}));
     assert_eq!(status(r).await, 201);
-    assert_eq!(status(app.client.delete(app.url("/v1/namespaces/team-q"))).await, 409);
-    assert_eq!(status(q.get(app.url("/v1/functions/echo"))).await, 200);
-    assert_eq!(status(app.client.delete(app.url("/v1/namespaces/default"))).await, 409);
     assert_eq!(
-        status(app.client.delete(app.url("/v1/namespaces/team-q?cascade=true"))).await,
+        status(app.client.delete(app.url("/v1/namespaces/team-q"))).await,
+        409
+    );
+    assert_eq!(status(q.get(app.url("/v1/functions/echo"))).await, 200);
+    assert_eq!(
+        status(app.client.delete(app.url("/v1/namespaces/default"))).await,
+        409
+    );
+    assert_eq!(
+        status(
+            app.client
+                .delete(app.url("/v1/namespaces/team-q?cascade=true"))
+        )
+        .await,
         204
     );
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM functions WHERE namespace = 'team-q'")
@@ -376,11 +488,16 @@ async fn namespaces_are_made_changed_and_deleted_by_global_admins() {
         .unwrap();
     assert_eq!(left, 0);
     // Its keys went with it.
-    crate::support::eventually(Duration::from_secs(5), "the key to stop working", || async {
-        (status(q.get(app.url("/v1/functions"))).await == 401).then_some(())
-    })
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "the key to stop working",
+        || async { (status(q.get(app.url("/v1/functions"))).await == 401).then_some(()) },
+    )
     .await;
-    assert_eq!(status(app.client.delete(app.url("/v1/namespaces/team-q"))).await, 404);
+    assert_eq!(
+        status(app.client.delete(app.url("/v1/namespaces/team-q"))).await,
+        404
+    );
     app.shutdown().await;
 }
 
@@ -389,7 +506,10 @@ async fn namespaces_are_made_changed_and_deleted_by_global_admins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_installation_from_before_namespaces_lands_in_default() {
     use sqlx::migrate::MigrateDatabase;
-    let db = format!("granda_test_nsmig_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let db = format!(
+        "granda_test_nsmig_{}",
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
     let url = format!("{}/{db}", crate::support::postgres_base());
     sqlx::Postgres::create_database(&url).await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -430,10 +550,11 @@ async fn an_installation_from_before_namespaces_lands_in_default() {
     pool.close().await;
 
     let app = spawn_app_with(|s| s.database_url = url.clone()).await;
-    let (namespace,): (String,) = sqlx::query_as("SELECT namespace FROM functions WHERE name = 'echo'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (namespace,): (String,) =
+        sqlx::query_as("SELECT namespace FROM functions WHERE name = 'echo'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(namespace, "default");
     let old = client_with_key(invoke_key);
     let (s, record) = json_of(old.get(app.url(&format!("/v1/invocations/{old_id}")))).await;
@@ -442,8 +563,16 @@ async fn an_installation_from_before_namespaces_lands_in_default() {
     assert_eq!(record["function"], "echo");
     let (_, f) = json_of(app.client.get(app.url("/v1/functions/echo"))).await;
     assert_eq!(f["namespace"], "default");
-    assert!(f["invoke_url"].as_str().unwrap().ends_with("/fn/echo"), "{f}");
-    let r = old.post(app.url("/fn/echo")).body("still here").send().await.unwrap();
+    assert!(
+        f["invoke_url"].as_str().unwrap().ends_with("/fn/echo"),
+        "{f}"
+    );
+    let r = old
+        .post(app.url("/fn/echo"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "still here");
     let _ = ADMIN_KEY;
@@ -452,12 +581,7 @@ async fn an_installation_from_before_namespaces_lands_in_default() {
 }
 
 /// Makes namespace `name` with `quotas`, a key bound to it, and registers `function` there.
-async fn team_with(
-    app: &TestApp,
-    name: &str,
-    quotas: Value,
-    function: Value,
-) -> reqwest::Client {
+async fn team_with(app: &TestApp, name: &str, quotas: Value, function: Value) -> reqwest::Client {
     let mut body = quotas;
     body["name"] = json!(name);
     let r = app.post_json("/v1/namespaces", &body).await;
@@ -504,21 +628,29 @@ async fn invocations_per_minute_answers_429_with_retry_after_and_enqueues_nothin
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_requests");
     // The function's URL and sync calls are counted too.
-    let r = team.post(app.url("/fn/echo.team-r")).body("x").send().await.unwrap();
+    let r = team
+        .post(app.url("/fn/echo.team-r"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert!(matches!(r.status().as_u16(), 200 | 429), "{}", r.status());
     let refused_url = r.status() == 429;
     // Nothing was enqueued for a refused call.
-    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM invocations WHERE namespace = 'team-r'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let records: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM invocations WHERE namespace = 'team-r'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(records, accepted + i64::from(!refused_url));
     // Another namespace is not held back.
     app.register("echo", "granda-test/echo", json!({})).await;
     app.invoke_async("echo", "x").await;
-    assert!(app.metrics().await.contains(
-        "granda_namespace_throttled_total{namespace=\"team-r\",reason=\"rate\"}"
-    ));
+    assert!(
+        app.metrics()
+            .await
+            .contains("granda_namespace_throttled_total{namespace=\"team-r\",reason=\"rate\"}")
+    );
     app.shutdown().await;
 }
 
@@ -559,7 +691,10 @@ async fn a_namespace_full_of_records_answers_429() {
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("max_stored_bytes"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_stored_bytes"),
         "{body}"
     );
     app.shutdown().await;
@@ -578,7 +713,8 @@ async fn max_concurrency_holds_across_two_workers_and_fails_nothing() {
     .await;
     let mut ids = Vec::new();
     for _ in 0..8 {
-        let (s, accepted) = json_of(team.post(app.url("/v1/functions/nap/invocations")).body("")).await;
+        let (s, accepted) =
+            json_of(team.post(app.url("/v1/functions/nap/invocations")).body("")).await;
         assert_eq!(s, 202);
         ids.push(accepted["id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
@@ -613,7 +749,10 @@ async fn max_concurrency_holds_across_two_workers_and_fails_nothing() {
     .await
     .unwrap();
     assert_eq!(runs.len(), 8);
-    assert!(runs.iter().all(|r| r.status == "succeeded"), "none is failed for waiting");
+    assert!(
+        runs.iter().all(|r| r.status == "succeeded"),
+        "none is failed for waiting"
+    );
     // How many ran at once, at most: never more than the quota.
     let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = runs
         .iter()
@@ -627,9 +766,14 @@ async fn max_concurrency_holds_across_two_workers_and_fails_nothing() {
     }
     assert!(most <= 2, "{most} ran at once");
     assert_eq!(most, 2, "the quota is used");
-    let workers: std::collections::BTreeSet<&str> = runs.iter().map(|r| r.worker.as_str()).collect();
+    let workers: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r.worker.as_str()).collect();
     eprintln!("ran on {workers:?}");
-    assert!(app.metrics().await.contains("granda_namespace_held_total{namespace=\"team-c\"}"));
+    assert!(
+        app.metrics()
+            .await
+            .contains("granda_namespace_held_total{namespace=\"team-c\"}")
+    );
     app.shutdown().await;
 }
 
@@ -646,7 +790,11 @@ async fn usage_sums_equal_the_records_and_a_team_sees_its_own() {
     app.register("echo", "granda-test/echo", json!({})).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let (_, a) = json_of(team.post(app.url("/v1/functions/echo/invocations")).body(format!("{i}"))).await;
+        let (_, a) = json_of(
+            team.post(app.url("/v1/functions/echo/invocations"))
+                .body(format!("{i}")),
+        )
+        .await;
         ids.push(a["id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
     ids.push(app.invoke_async("echo", "d").await);
@@ -681,15 +829,26 @@ async fn usage_sums_equal_the_records_and_a_team_sees_its_own() {
     let expected = ms as f64 * 256.0 / 1024.0 / 1000.0;
     assert!((gb - expected).abs() < 1e-9, "{gb} vs {expected}");
     // Another namespace's usage is missing to it; the global admin sees both.
-    assert_eq!(status(team.get(app.url("/v1/usage?namespace=default"))).await, 404);
+    assert_eq!(
+        status(team.get(app.url("/v1/usage?namespace=default"))).await,
+        404
+    );
     let (_, all) = json_of(app.client.get(app.url("/v1/usage"))).await;
     assert_eq!(all["usage"].as_array().unwrap().len(), 2, "{all}");
-    let (_, one) = json_of(app.client.get(app.url("/v1/usage?namespace=team-u&function=echo"))).await;
+    let (_, one) = json_of(
+        app.client
+            .get(app.url("/v1/usage?namespace=team-u&function=echo")),
+    )
+    .await;
     assert_eq!(one["usage"][0]["invocations"], n);
     // A window without the runs is empty; bad input is 400.
     let (_, none) = json_of(app.client.get(app.url("/v1/usage?to=2000-01-01T00:00:00Z"))).await;
     assert_eq!(none["usage"], json!([]));
-    for bad in ["/v1/usage?from=yesterday", "/v1/usage?nope=1", "/v1/usage?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z"] {
+    for bad in [
+        "/v1/usage?from=yesterday",
+        "/v1/usage?nope=1",
+        "/v1/usage?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z",
+    ] {
         assert_eq!(status(app.client.get(app.url(bad))).await, 400, "{bad}");
     }
     app.shutdown().await;

@@ -12,7 +12,11 @@ const B_CALLS: usize = 5;
 /// A's burst.
 const A_BURST: usize = 40;
 
-async fn call(client: &reqwest::Client, base_url: &str, name: &str) -> anyhow::Result<(Duration, u16)> {
+async fn call(
+    client: &reqwest::Client,
+    base_url: &str,
+    name: &str,
+) -> anyhow::Result<(Duration, u16)> {
     let t = Instant::now();
     let r = client
         .post(format!("{base_url}/v1/functions/{name}/invoke"))
@@ -103,8 +107,14 @@ pub(crate) async fn fairness_scenario(
     println!("| measure | ms |");
     println!("|---|---:|");
     println!("| B alone, p50 | {:.0} |", ms(p50_alone));
-    println!("| B during A's burst of {A_BURST}, p50 | {:.0} |", ms(p50_during));
-    println!("| B during A's burst, max | {:.0} |", ms(*during.iter().max().unwrap()));
+    println!(
+        "| B during A's burst of {A_BURST}, p50 | {:.0} |",
+        ms(p50_during)
+    );
+    println!(
+        "| B during A's burst, max | {:.0} |",
+        ms(*during.iter().max().unwrap())
+    );
     println!(
         "| B's wait for a worker (queue_ms) during A's burst, p50 / max | {:.0} / {:.0} |",
         ms(percentile(&waits, 50)),
