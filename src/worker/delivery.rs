@@ -432,6 +432,12 @@ async fn defer(
         "granda_fair_share_deferred_total",
         format!("function=\"{}\"", label(function)),
     );
+    {
+        let mut deferred = shared.fair_deferred.lock().expect("lock");
+        if deferred.len() < 100_000 {
+            deferred.push_back(Instant::now());
+        }
+    }
     park_for(
         shared,
         channels,
