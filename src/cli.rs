@@ -60,6 +60,8 @@ pub enum TopCommand {
     /// Manage cron schedules: create, ls, get, rm, pause, resume.
     #[command(subcommand)]
     Schedules(crate::client::schedules::SchedulesCommand),
+    /// What each namespace and function used: invocations, duration, GB-seconds, cold starts.
+    Usage(crate::client::usage::UsageArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -134,6 +136,7 @@ pub async fn main() -> anyhow::Result<()> {
         TopCommand::Events(command) => crate::client::events::run(&client, command).await,
         TopCommand::Keys(command) => crate::client::keys::run(&client, command).await,
         TopCommand::Schedules(command) => crate::client::schedules::run(&client, command).await,
+        TopCommand::Usage(args) => crate::client::usage::run(&client, args).await,
     };
     if let Err(e) = outcome {
         report(&e);

@@ -63,6 +63,18 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_SCHEDULER_COOLDOWN_MS", default_value_t = 30_000)]
     pub scheduler_cooldown_ms: u64,
 
+    /// Fair sharing: a function that runs on a worker already never takes its last free slot;
+    /// its message goes round a delay queue so calls of other functions behind it are delivered
+    /// (docs/scheduler.md). `false`: first come, first served.
+    #[arg(
+        long,
+        env = "GRANDA_FAIR_SHARE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub fair_share: bool,
+
     /// Queues this worker serves, comma-separated.
     #[arg(long, env = "GRANDA_QUEUES", default_value = "default", value_delimiter = ',')]
     pub queues: Vec<String>,

@@ -342,6 +342,7 @@ pub mod store {
     #[tracing::instrument(skip(pool, payload))]
     pub async fn insert_event(
         pool: &PgPool,
+        namespace: &str,
         topic: &str,
         payload: &[u8],
         size: i64,
@@ -349,8 +350,8 @@ pub mod store {
         idempotency_key: Option<&str>,
     ) -> Result<(Uuid, bool), sqlx::Error> {
         let inserted: Option<(Uuid,)> = sqlx::query_as(
-            "INSERT INTO events (id, topic, payload, size, content_type, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO events (id, topic, payload, size, content_type, idempotency_key, namespace)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (idempotency_key) DO NOTHING
              RETURNING id",
         )
@@ -360,6 +361,7 @@ pub mod store {
         .bind(size)
         .bind(content_type)
         .bind(idempotency_key)
+        .bind(namespace)
         .fetch_optional(pool)
         .await?;
         if let Some((id,)) = inserted {
@@ -385,7 +387,8 @@ pub mod store {
         Ok(())
     }
 
-    /// The functions whose subscriptions match `topic`, each once however many patterns match.
+    /// The functions of `default` whose subscriptions match `topic`, each once however many
+    /// patterns match (the AMQP router's: messages from outside are `default`'s events).
     pub async fn subscribers(
         pool: &PgPool,
         topic: &str,
@@ -393,7 +396,7 @@ pub mod store {
         Ok(subscriptions(pool, None)
             .await?
             .into_iter()
-            .filter(|s| matches(&s.pattern, topic))
+            .filter(|s| matches(&s.pattern, topic) && !s.function.contains('.'))
             .map(|s| s.function)
             .collect())
     }
@@ -436,6 +439,14 @@ pub mod store {
         .bind(limit)
         .fetch_all(pool)
         .await
+    }
+
+    /// The namespace event `id` was published in, if there is such an event.
+    pub async fn namespace_of(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT namespace FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
     }
 
     pub async fn get_event(pool: &PgPool, id: Uuid) -> Result<Option<Event>, sqlx::Error> {

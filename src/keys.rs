@@ -1,5 +1,7 @@
 //! API keys: made at random, shown once, stored only as their SHA-256. A key has a scope:
-//! `admin` (everything) or `invoke` (call functions and read invocations); what each scope may do
+//! `admin` (everything), `invoke` (call functions and read invocations) or `read` (records and
+//! settings, no calls, no changes), and may be bound to one namespace ([`crate::namespace`]):
+//! it then acts only there, and everything else is 404 to it. What each scope may do
 //! is decided in one place, `producer::auth::permits`, for the API and the dashboard alike.
 //!
 //! A dashboard session (`ui_sessions`) is bound to the key that made it (`key_id`): [`revoke`]
@@ -31,6 +33,8 @@ pub enum Scope {
     Admin,
     /// Invoke functions and read invocation records.
     Invoke,
+    /// Read records and settings: no calls, no changes.
+    Read,
 }
 
 impl Scope {
@@ -38,6 +42,7 @@ impl Scope {
         match self {
             Scope::Admin => "admin",
             Scope::Invoke => "invoke",
+            Scope::Read => "read",
         }
     }
 
@@ -45,6 +50,7 @@ impl Scope {
         match s {
             "admin" => Some(Scope::Admin),
             "invoke" => Some(Scope::Invoke),
+            "read" => Some(Scope::Read),
             _ => None,
         }
     }
@@ -58,6 +64,8 @@ pub struct ApiKey {
     #[schema(value_type = Scope)]
     pub scope: String,
     pub prefix: String,
+    /// The namespace the key is bound to; none for a global key.
+    pub namespace: Option<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -124,41 +132,64 @@ async fn insert(
     pool: &PgPool,
     name: &str,
     scope: Scope,
+    namespace: Option<&str>,
     key: &Secret,
 ) -> Result<Option<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
-        "INSERT INTO api_keys (id, name, scope, hash, prefix) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO api_keys (id, name, scope, hash, prefix, namespace)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (hash) DO NOTHING
-         RETURNING id, name, scope, prefix, created_at, revoked_at",
+         RETURNING id, name, scope, prefix, namespace, created_at, revoked_at",
     )
     .bind(Uuid::now_v7())
     .bind(name)
     .bind(scope.as_str())
     .bind(hash(&key.0).as_slice())
     .bind(shown_part(&key.0))
+    .bind(namespace)
     .fetch_optional(pool)
     .await
 }
 
-/// Makes a new key named `name`; the secret is returned once and never stored.
+/// Makes a new key named `name`, bound to `namespace` if given (which must exist); the secret is
+/// returned once and never stored.
 #[tracing::instrument(skip(pool))]
-pub async fn create(pool: &PgPool, name: &str, scope: Scope) -> Result<(ApiKey, Secret), KeyError> {
+pub async fn create(
+    pool: &PgPool,
+    name: &str,
+    scope: Scope,
+    namespace: Option<&str>,
+) -> Result<(ApiKey, Secret), KeyError> {
     if !valid_key_name(name) {
         return Err(KeyError::BadName);
     }
     let key = generate();
-    let stored = insert(pool, name, scope, &key)
+    let stored = insert(pool, name, scope, namespace, &key)
         .await?
         .ok_or_else(|| KeyError::Db(sqlx::Error::Protocol("random key collided".into())))?;
     Ok((stored, key))
 }
 
-pub async fn list(pool: &PgPool) -> Result<Vec<ApiKey>, sqlx::Error> {
+/// Every key, or those bound to `namespace`.
+pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
-        "SELECT id, name, scope, prefix, created_at, revoked_at FROM api_keys ORDER BY id",
+        "SELECT id, name, scope, prefix, namespace, created_at, revoked_at FROM api_keys
+         WHERE $1::text IS NULL OR namespace = $1 ORDER BY id",
     )
+    .bind(namespace)
     .fetch_all(pool)
     .await
+}
+
+/// Key `id`'s name and namespace, revoked or not.
+pub async fn name_of(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT name, namespace FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Revokes key `id` and ends the dashboard sessions it made, in one transaction; `Ok(false)` if
@@ -178,11 +209,12 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     Ok(done.rows_affected() == 1)
 }
 
-/// A presented key that is live: its id and scope.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A presented key that is live: its id, scope and namespace (none: a global key).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveKey {
     pub id: Uuid,
     pub scope: Scope,
+    pub namespace: Option<String>,
 }
 
 /// The scope of a presented key, if it is a live one.
@@ -197,18 +229,25 @@ pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<LiveKey>, sqlx::E
         id: Uuid,
         hash: Vec<u8>,
         scope: String,
+        namespace: Option<String>,
     }
     let presented = hash(key);
     // Looked up by the SHA-256 of the key, so the time taken says nothing about the key's bytes.
     let row = sqlx::query_as::<_, Row>(
-        "SELECT id, hash, scope FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
+        "SELECT id, hash, scope, namespace FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
     )
     .bind(presented.as_slice())
     .fetch_optional(pool)
     .await?;
     Ok(row
         .filter(|r| constant_time_eq(&r.hash, &presented))
-        .and_then(|r| Scope::parse(&r.scope).map(|scope| LiveKey { id: r.id, scope })))
+        .and_then(|r| {
+            Scope::parse(&r.scope).map(|scope| LiveKey {
+                id: r.id,
+                scope,
+                namespace: r.namespace,
+            })
+        }))
 }
 
 /// Makes sure there is an admin key at start. With `GRANDA_ADMIN_KEY`, that key is stored (once;
@@ -223,7 +262,7 @@ pub async fn bootstrap(
             key.0.len() >= 16,
             "GRANDA_ADMIN_KEY must be at least 16 characters"
         );
-        insert(pool, "GRANDA_ADMIN_KEY", Scope::Admin, key).await?;
+        insert(pool, "GRANDA_ADMIN_KEY", Scope::Admin, None, key).await?;
         return Ok(None);
     }
     let mut tx = pool.begin().await?;

@@ -47,6 +47,7 @@ pub mod invocation;
 pub mod keys;
 pub mod message;
 pub mod metrics;
+pub mod namespace;
 pub mod outbox;
 pub mod producer;
 pub mod retry;

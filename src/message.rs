@@ -553,6 +553,30 @@ mod tests {
     }
 
     #[test]
+    fn a_namespaced_function_travels_signed_and_its_namespace_cannot_be_changed() {
+        let keys = crate::seal::Keys::ephemeral();
+        let mut work = echo();
+        work.function.name = "echo.team-b".into();
+        let props = work.properties(b"in", &keys);
+        let decoded = Work::decode(&props, b"in", &keys, 60_000).unwrap();
+        assert_eq!(decoded.function.name, "echo.team-b");
+        // Moved to another namespace on the way: the signature no longer checks.
+        let mut moved = work.clone();
+        moved.function.name = "echo.team-c".into();
+        let moved_props = moved.properties(b"in", &keys);
+        let mut headers = props.headers().clone().unwrap();
+        headers.insert(
+            H_FUNCTION.into(),
+            moved_props.headers().as_ref().unwrap().inner()[H_FUNCTION].clone(),
+        );
+        let altered = props.clone().with_headers(headers);
+        assert!(Work::decode(&altered, b"in", &keys, 60_000).is_err());
+        // A name no function can have is refused even when signed.
+        work.function.name = "echo.default".into();
+        assert!(Work::decode(&work.properties(b"in", &keys), b"in", &keys, 60_000).is_err());
+    }
+
+    #[test]
     fn a_signed_message_with_a_function_a_registration_refuses_is_refused() {
         let keys = crate::seal::Keys::ephemeral();
         let mut root = echo();

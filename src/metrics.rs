@@ -205,6 +205,21 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Containers of workers whose lease ran out that this worker stopped on their engine.",
     ),
+    (
+        "granda_namespace_throttled_total",
+        "counter",
+        "Calls refused with 429 by a namespace's quota, by namespace and reason (rate: invocations_per_minute; stored: max_stored_bytes).",
+    ),
+    (
+        "granda_fair_share_deferred_total",
+        "counter",
+        "Messages of a function that would have taken a worker's last free slot while it ran there already, sent round a delay queue so the calls behind them are delivered (fair sharing).",
+    ),
+    (
+        "granda_namespace_held_total",
+        "counter",
+        "Claims a worker gave back because the namespace ran max_concurrency invocations already (the message waits queued).",
+    ),
 ];
 
 /// The help text of `name` in [`FAMILIES`].

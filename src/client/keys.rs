@@ -13,9 +13,13 @@ pub enum KeysCommand {
         /// What the key is for, e.g. `ci`.
         #[arg(long)]
         name: String,
-        /// `admin` (everything) or `invoke` (call functions, read invocations).
-        #[arg(long, value_parser = ["admin", "invoke"], default_value = "invoke")]
+        /// `admin` (everything), `invoke` (call functions, read invocations) or `read` (read
+        /// records and settings).
+        #[arg(long, value_parser = ["admin", "invoke", "read"], default_value = "invoke")]
         scope: String,
+        /// Bind the key to this namespace: it acts only there.
+        #[arg(long = "bind")]
+        bind: Option<String>,
     },
     /// List keys (never the keys themselves).
     #[command(alias = "list")]
@@ -27,10 +31,12 @@ pub enum KeysCommand {
 
 pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> {
     match command {
-        KeysCommand::Create { name, scope } => {
-            let request = client
-                .request(Method::POST, "/v1/keys")
-                .json(&json!({"name": name, "scope": scope}));
+        KeysCommand::Create { name, scope, bind } => {
+            let mut body = json!({"name": name, "scope": scope});
+            if let Some(ns) = bind {
+                body["namespace"] = json!(ns);
+            }
+            let request = client.request(Method::POST, "/v1/keys").json(&body);
             let made = client.call(request).await?;
             if client.json {
                 client.print_json(&made);

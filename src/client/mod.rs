@@ -12,6 +12,7 @@ pub mod keys;
 pub mod logs;
 pub mod manifest;
 pub mod schedules;
+pub mod usage;
 
 use std::io::IsTerminal;
 
@@ -83,6 +84,11 @@ pub struct ClientArgs {
     /// Print JSON instead of tables (client commands).
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Act in this namespace (sent as `Granda-Namespace`; a global key's choice, a namespaced
+    /// key's own). Default: the key's namespace, or `default` (client commands).
+    #[arg(long, env = "GRANDA_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
 }
 
 /// `error`, or "not found" (exit 3) when what failed names a `function` that doesn't exist (a
@@ -103,6 +109,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     key: Option<String>,
+    namespace: Option<String>,
     pub json: bool,
 }
 
@@ -116,12 +123,16 @@ impl Client {
                 .expect("an HTTP client"),
             base: args.url.trim_end_matches('/').to_string(),
             key: args.key.clone().filter(|k| !k.is_empty()),
+            namespace: args.namespace.clone().filter(|n| !n.is_empty()),
             json: args.json,
         }
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(ns) = &self.namespace {
+            request = request.header("granda-namespace", ns);
+        }
         match &self.key {
             Some(key) => request.bearer_auth(key),
             None => request,

@@ -132,12 +132,14 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Er
     Ok(row)
 }
 
-pub async fn list(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
+/// The functions of `namespace`, or of every namespace.
+pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<Function>, sqlx::Error> {
     let rows = sqlx::query_as::<_, Function>(concat!(
         "SELECT ",
         columns!(),
-        " FROM functions ORDER BY name"
+        " FROM functions WHERE $1::text IS NULL OR namespace = $1 ORDER BY name"
     ))
+    .bind(namespace)
     .fetch_all(pool)
     .await?;
     Ok(rows)

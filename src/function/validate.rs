@@ -360,8 +360,12 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
 /// worker's own. Per-invocation `GRANDA_*` env ([`crate::message::invocation_env_problem`]) is
 /// allowed. Its secrets must be opened first.
 pub fn check_snapshot(s: &Snapshot, max_timeout_ms: u64) -> Result<(), Invalid> {
-    if !valid_name(&s.name) {
-        return Err(invalid("name", "must match ^[a-z][a-z0-9-]{0,62}$"));
+    // Its stored name: `name` or `name.namespace` (see `crate::namespace`).
+    if !crate::namespace::valid_stored(&s.name) {
+        return Err(invalid(
+            "name",
+            "must match ^[a-z][a-z0-9-]{0,62}$, then maybe a dot and a namespace",
+        ));
     }
     if s.secrets.0.values().any(|v| v.clear().is_none()) {
         return Err(invalid("secrets", "not all secrets could be opened"));

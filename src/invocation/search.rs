@@ -10,6 +10,9 @@ use super::{Record, Status, Trigger};
 /// What to keep; `None` keeps everything.
 #[derive(Clone, Debug, Default)]
 pub struct Filters {
+    /// Only this namespace's invocations ([`crate::namespace`]).
+    pub namespace: Option<String>,
+    /// The function's stored (namespace-qualified) name.
     pub function: Option<String>,
     pub status: Option<Status>,
     pub trigger: Option<Trigger>,
@@ -39,6 +42,7 @@ pub async fn list(
            AND ($4::timestamptz IS NULL OR queued_at >= $4)
            AND ($5::uuid IS NULL OR id < $5)
            AND ($6::uuid IS NULL OR id > $6)
+           AND ($8::text IS NULL OR namespace = $8)
          ORDER BY id DESC LIMIT $7",
     )
     .bind(filters.function.as_deref())
@@ -48,6 +52,7 @@ pub async fn list(
     .bind(filters.before)
     .bind(filters.after)
     .bind(limit)
+    .bind(filters.namespace.as_deref())
     .fetch_all(pool)
     .await
 }

@@ -387,19 +387,22 @@ pub async fn abandon(tx: &mut sqlx::PgConnection, id: Uuid, why: &str) -> Result
     Ok(())
 }
 
-/// Dead invocations, newest first.
+/// Dead invocations (of `namespace`, or of all), newest first.
 pub async fn list_dead(
     pool: &PgPool,
+    namespace: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Record>, sqlx::Error> {
     sqlx::query_as::<_, Record>(concat!(
         select!(),
         " WHERE dead_at IS NOT NULL AND status = 'dead' AND ($1::uuid IS NULL OR id < $1)
+          AND ($3::text IS NULL OR namespace = $3)
           ORDER BY id DESC LIMIT $2"
     ))
     .bind(before)
     .bind(limit)
+    .bind(namespace)
     .fetch_all(pool)
     .await
 }

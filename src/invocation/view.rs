@@ -13,8 +13,11 @@ use super::Record;
 /// An invocation record. Input and output are text when UTF-8, else `*_base64`.
 #[derive(Serialize, ToSchema)]
 pub struct InvocationView {
+    /// (Its `function` is the function's short name; its namespace is beside it.)
     #[serde(flatten)]
     pub record: Record,
+    /// The namespace of the function ([`crate::namespace`]).
+    pub namespace: String,
     /// The input kept (up to the cap), when it is UTF-8.
     pub input: Option<String>,
     /// The input kept, when it is not UTF-8.
@@ -43,8 +46,12 @@ impl From<Record> for InvocationView {
             .is_some_and(|i| (i.len() as i64) < record.input_size);
         let (input, input_base64) = text_or_base64(input);
         let (output, output_base64) = text_or_base64(output);
+        let (function, namespace) = crate::namespace::split(&record.function);
+        let (function, namespace) = (function.to_string(), namespace.to_string());
+        record.function = function;
         InvocationView {
             record,
+            namespace,
             input,
             input_base64,
             input_truncated,

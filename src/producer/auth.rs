@@ -9,7 +9,14 @@
 //! | everything else (`/v1/*` management, `/metrics`, unknown paths) | an `admin` key |
 //!
 //! No key, a malformed one, an unknown or a revoked one: 401 with `WWW-Authenticate: Bearer`.
-//! A live key whose scope is not enough: 403.
+//! A live key whose scope is not enough: 403. A `read` key may read what an `admin` key reads
+//! (records, settings, dead letters, metrics) and call and change nothing.
+//!
+//! Namespaces ([`crate::namespace`]): the middleware also leaves an [`Acting`], the namespace the
+//! request acts in. A key bound to a namespace acts only there: a request naming another
+//! (`Granda-Namespace`), another namespace's function URL, or another namespace's record is 404,
+//! never 403, so nothing says it exists. A global key acts in `default` unless the request names
+//! another namespace that exists (404 if it does not).
 //!
 //! What each scope may do is decided in one place, [`permits`], over [`Action`]s. The API maps
 //! each route to an action ([`needs`]); the dashboard (`ui`) maps each page, form and link to one
@@ -28,7 +35,11 @@ use axum::response::Response;
 use super::AppState;
 use crate::config::AuthMode;
 use crate::error::ApiError;
-use crate::keys::{self, Scope};
+use crate::keys::{self, LiveKey, Scope};
+use crate::namespace::{self, Namespace};
+
+/// The header a global key names another namespace than `default` with.
+pub const NAMESPACE_HEADER: &str = "granda-namespace";
 
 /// What a caller asks to do. [`permits`] says which scopes may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +63,10 @@ pub fn permits(scope: Scope, action: Action) -> bool {
     match scope {
         Scope::Admin => true,
         Scope::Invoke => matches!(action, Action::Invoke | Action::ReadInvocation),
+        Scope::Read => matches!(
+            action,
+            Action::ReadInvocation | Action::ReadFunctions | Action::Operate
+        ),
     }
 }
 
@@ -59,9 +74,114 @@ pub fn permits(scope: Scope, action: Action) -> bool {
 pub fn least_scope(action: Action) -> Scope {
     if permits(Scope::Invoke, action) {
         Scope::Invoke
+    } else if permits(Scope::Read, action) {
+        Scope::Read
     } else {
         Scope::Admin
     }
+}
+
+/// The namespace a request acts in, and the key making it: left in the request's extensions by
+/// [`require`] for every request. A key bound to a namespace acts there; a global key (and
+/// everyone with `GRANDA_AUTH=off`) acts in `default` unless the `Granda-Namespace` header names
+/// another that exists.
+#[derive(Clone, Debug)]
+pub struct Acting {
+    pub namespace: Namespace,
+    /// Whether the key is bound to the namespace: it can see no other, nor the installation's
+    /// namespaces, keys of other namespaces, workers or metrics.
+    pub bound: bool,
+    /// The key that made the request (kept on the records it makes).
+    pub key_id: Option<uuid::Uuid>,
+}
+
+impl Acting {
+    pub fn default_global() -> Acting {
+        Acting {
+            namespace: Namespace::default_ns(),
+            bound: false,
+            key_id: None,
+        }
+    }
+
+    /// The stored name of this namespace's function `name` ([`namespace::qualify`]).
+    pub fn function(&self, name: &str) -> String {
+        self.namespace.qualify(name)
+    }
+
+    /// Whether the stored function name `qualified` is in this request's namespace.
+    pub fn holds(&self, qualified: &str) -> bool {
+        self.namespace.holds(qualified)
+    }
+
+    /// 404 unless the caller's key is global (for installation-wide routes).
+    pub fn global_only(&self) -> Result<(), ApiError> {
+        if self.bound {
+            Err(ApiError::NotFound("no such route".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The `Granda-Namespace` header of a request, as sent (`Err` if it is not text).
+fn namespace_header(request: &Request) -> Result<Option<String>, ()> {
+    match request.headers().get(NAMESPACE_HEADER) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|v| Some(v.to_string())).map_err(|_| ()),
+    }
+}
+
+/// The namespace a request of a global caller names (`Granda-Namespace`): 400 if malformed, 404
+/// if there is no such namespace.
+async fn named_namespace(
+    app: &AppState,
+    header: Result<Option<String>, ()>,
+) -> Result<Namespace, ApiError> {
+    let Ok(Some(value)) = header else {
+        return match header {
+            Ok(_) => Ok(Namespace::default_ns()),
+            Err(()) => Err(ApiError::BadRequest(
+                "Granda-Namespace: a namespace name (lowercase letters, digits, '-')".into(),
+            )),
+        };
+    };
+    let ns = Namespace::parse(&value).ok_or_else(|| {
+        ApiError::BadRequest(
+            "Granda-Namespace: a namespace name (lowercase letters, digits, '-')".into(),
+        )
+    })?;
+    if !ns.is_default() && !namespace::exists(&app.pool, ns.as_str()).await? {
+        return Err(ApiError::NotFound(format!(
+            "no namespace named {:?}",
+            ns.as_str()
+        )));
+    }
+    Ok(ns)
+}
+
+/// Where a live key acts: its own namespace (404 if the request names another), or for a global
+/// key the one the request names.
+async fn acting_of(
+    app: &AppState,
+    key: &LiveKey,
+    named: Result<Option<String>, ()>,
+) -> Result<Acting, ApiError> {
+    let namespace = match &key.namespace {
+        Some(own) => {
+            let own = Namespace::parse(own).unwrap_or_else(Namespace::default_ns);
+            if named.is_err() || named.is_ok_and(|n| n.is_some_and(|n| n != own.as_str())) {
+                return Err(ApiError::NotFound("no such namespace".into()));
+            }
+            own
+        }
+        None => named_namespace(app, named).await?,
+    };
+    Ok(Acting {
+        namespace,
+        bound: key.namespace.is_some(),
+        key_id: Some(key.id),
+    })
 }
 
 /// A CORS preflight of a function's URL that is not public, let through without a key: its
@@ -121,6 +241,7 @@ pub fn needs(method: &Method, path: &str) -> Needs {
         ["", "v1", "functions"] | ["", "v1", "functions", _] if get => Action::ReadFunctions,
         ["", "v1", "functions", _, "invocations"] if get => Action::ReadFunctions,
         ["", "metrics"] | ["", "v1", "dead-letters"] if get => Action::Operate,
+        ["", "v1", "usage"] if get => Action::ReadFunctions,
         // Everything else, known or not.
         _ => Action::Manage,
     })
@@ -146,31 +267,53 @@ fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
     }
 }
 
-/// The middleware: lets a request through or answers 401/403. Never logs or echoes the key.
+/// The middleware: lets a request through or answers 401/403 (404 for another namespace's
+/// things). Never logs or echoes the key.
 pub async fn require(
     State(app): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if app.settings.auth == AuthMode::Off {
+        let namespace = named_namespace(&app, namespace_header(&request)).await?;
         request.extensions_mut().insert(Caller::Key(Scope::Admin));
+        request.extensions_mut().insert(Acting {
+            namespace,
+            ..Acting::default_global()
+        });
         return Ok(next.run(request).await);
     }
     let needed = match needs(request.method(), request.uri().path()) {
         Needs::Nothing => {
             request.extensions_mut().insert(Caller::Anonymous);
+            request.extensions_mut().insert(Acting::default_global());
             return Ok(next.run(request).await);
         }
         Needs::FunctionUrl(name) => {
+            // The URL names the function and its namespace (`/fn/{name}.{namespace}`).
+            let function_ns = Namespace::parse(namespace::split(&name).1);
+            let in_function_ns = |acting: Acting| match &function_ns {
+                Some(ns) => Acting {
+                    namespace: ns.clone(),
+                    ..acting
+                },
+                None => acting,
+            };
             if is_public(&app, &name).await? {
                 // Open to all; a live key still gets a key's view of the answer.
-                let caller = match bearer(&request) {
-                    Ok(Some(token)) => verify(&app, token).await?.map(Caller::Key),
+                let key = match bearer(&request) {
+                    Ok(Some(token)) => verify(&app, token).await?,
                     _ => None,
                 };
-                request
-                    .extensions_mut()
-                    .insert(caller.unwrap_or(Caller::Anonymous));
+                let acting = Acting {
+                    key_id: key.as_ref().map(|k| k.id),
+                    ..Acting::default_global()
+                };
+                request.extensions_mut().insert(
+                    key.map(|k| Caller::Key(k.scope))
+                        .unwrap_or(Caller::Anonymous),
+                );
+                request.extensions_mut().insert(in_function_ns(acting));
                 return Ok(next.run(request).await);
             }
             // A browser's CORS preflight carries no credentials: the handler answers it from the
@@ -183,40 +326,72 @@ pub async fn require(
             {
                 request.extensions_mut().insert(Caller::Anonymous);
                 request.extensions_mut().insert(PreflightOnly);
+                request
+                    .extensions_mut()
+                    .insert(in_function_ns(Acting::default_global()));
                 return Ok(next.run(request).await);
             }
-            Action::Invoke
+            let key = live_key(&app, bearer(&request)?).await?;
+            check_scope(&key, Action::Invoke)?;
+            // A namespaced key reaches only its own namespace's functions: others' are missing.
+            if let Some(own) = &key.namespace
+                && function_ns.as_ref().is_none_or(|ns| ns.as_str() != own)
+            {
+                return Err(ApiError::NotFound(format!("no function named {name:?}")));
+            }
+            let acting = Acting {
+                bound: key.namespace.is_some(),
+                key_id: Some(key.id),
+                ..Acting::default_global()
+            };
+            request.extensions_mut().insert(Caller::Key(key.scope));
+            request.extensions_mut().insert(in_function_ns(acting));
+            return Ok(next.run(request).await);
         }
         Needs::Key(action) => action,
     };
-    let token = bearer(&request)?.ok_or_else(|| {
-        ApiError::Unauthorized("an API key is needed: Authorization: Bearer <key>".into())
-    })?;
-    let scope = verify(&app, token)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))?;
-    if !permits(scope, needed) {
-        return Err(ApiError::Forbidden(format!(
-            "this key's scope is {}; this route needs {}",
-            scope.as_str(),
-            least_scope(needed).as_str()
-        )));
-    }
-    request.extensions_mut().insert(Caller::Key(scope));
+    let key = live_key(&app, bearer(&request)?).await?;
+    // Where the key acts first: a namespaced key naming another namespace learns nothing more.
+    let acting = acting_of(&app, &key, namespace_header(&request)).await?;
+    check_scope(&key, needed)?;
+    request.extensions_mut().insert(Caller::Key(key.scope));
+    request.extensions_mut().insert(acting);
     Ok(next.run(request).await)
 }
 
-/// The scope of a live key, from what this process read in the last second or from Postgres.
-async fn verify(app: &AppState, token: &str) -> Result<Option<keys::Scope>, sqlx::Error> {
+/// The live key a request presents, or 401.
+async fn live_key(app: &AppState, token: Option<&str>) -> Result<LiveKey, ApiError> {
+    let token = token.ok_or_else(|| {
+        ApiError::Unauthorized("an API key is needed: Authorization: Bearer <key>".into())
+    })?;
+    verify(app, token)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))
+}
+
+/// 403 unless `key`'s scope permits `needed`.
+fn check_scope(key: &LiveKey, needed: Action) -> Result<(), ApiError> {
+    if permits(key.scope, needed) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "this key's scope is {}; this route needs {}",
+        key.scope.as_str(),
+        least_scope(needed).as_str()
+    )))
+}
+
+/// A live key, from what this process read in the last second or from Postgres.
+async fn verify(app: &AppState, token: &str) -> Result<Option<LiveKey>, sqlx::Error> {
     let hash = keys::hash(token);
-    if let Some(scope) = app.recent.key(&hash) {
-        return Ok(Some(scope));
+    if let Some(key) = app.recent.key(&hash) {
+        return Ok(Some(key));
     }
-    let scope = keys::verify(&app.pool, token).await?;
-    if let Some(scope) = scope {
-        app.recent.remember_key(hash, scope);
+    let key = keys::lookup(&app.pool, token).await?;
+    if let Some(key) = &key {
+        app.recent.remember_key(hash, key.clone());
     }
-    Ok(scope)
+    Ok(key)
 }
 
 /// Whether `name` is a public function. A private function and a name that is no function are
@@ -225,7 +400,7 @@ async fn verify(app: &AppState, token: &str) -> Result<Option<keys::Scope>, sqlx
 /// A name no function can have (not [`crate::function::valid_name`]) is not looked up: that it
 /// can't exist is no secret.
 async fn is_public(app: &AppState, name: &str) -> Result<bool, ApiError> {
-    if !crate::function::valid_name(name) {
+    if !namespace::valid_stored(name) {
         return Ok(false);
     }
     if let Some(public) = app.recent.public(name) {
@@ -293,7 +468,22 @@ mod tests {
         for action in [Action::ReadFunctions, Action::Manage, Action::Operate] {
             assert!(!permits(Scope::Invoke, action), "{action:?}");
             assert!(permits(Scope::Admin, action));
-            assert_eq!(least_scope(action), Scope::Admin);
         }
+        assert_eq!(least_scope(Action::Manage), Scope::Admin);
+    }
+
+    #[test]
+    fn read_keys_read_and_change_nothing() {
+        for action in [
+            Action::ReadInvocation,
+            Action::ReadFunctions,
+            Action::Operate,
+        ] {
+            assert!(permits(Scope::Read, action), "{action:?}");
+        }
+        for action in [Action::Invoke, Action::Manage] {
+            assert!(!permits(Scope::Read, action), "{action:?}");
+        }
+        assert_eq!(least_scope(Action::ReadFunctions), Scope::Read);
     }
 }

@@ -12,12 +12,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::Acting;
 use super::extract::JsonBody;
 use super::function_view::{FunctionView, view_with_versions};
 use super::functions::{load, save};
 use crate::build::{BuildRecord, store};
 use crate::error::ApiError;
 use crate::function::Function;
+use axum::Extension;
 
 /// `GET /v1/functions/{name}/builds/{version}`: the build and its `log`.
 #[utoipa::path(get, path = "/v1/functions/{name}/builds/{version}", operation_id = "get_build",
@@ -28,8 +30,10 @@ use crate::function::Function;
     responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    let name = acting.function(&name);
     let version: i32 = version
         .strip_prefix('v')
         .unwrap_or(&version)
@@ -75,9 +79,11 @@ pub struct Rollback {
     responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn rollback(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<Rollback>,
 ) -> Result<Json<FunctionView>, ApiError> {
+    let name = acting.function(&name);
     let f = roll_back(&app, &name, body.version).await?;
     Ok(Json(view_with_versions(&app, &f).await?))
 }

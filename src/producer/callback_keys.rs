@@ -9,7 +9,9 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::Acting;
 use crate::error::ApiError;
+use axum::Extension;
 
 fn view(name: &str, key: String) -> Json<Value> {
     Json(json!({
@@ -30,8 +32,10 @@ fn missing(name: &str) -> ApiError {
     responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let name = acting.function(&name);
     let key = crate::callback::function_key(&app.pool, &name)
         .await?
         .ok_or_else(|| missing(&name))?;
@@ -46,8 +50,10 @@ pub async fn get(
     responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), Denied))]
 pub async fn rotate(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let name = acting.function(&name);
     let key = crate::callback::rotate_key(&app.pool, &name)
         .await?
         .ok_or_else(|| missing(&name))?;

@@ -95,6 +95,8 @@ pub async fn enqueue(
     job: Job<'_>,
 ) -> Result<Queued, ApiError> {
     check_env(&job.env)?;
+    // Over its namespace's quotas: 429, nothing enqueued.
+    super::quota::check(app, &function.name).await?;
     if let Some(wait) = job.reply {
         return call(app, function, job, wait).await;
     }

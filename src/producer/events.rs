@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Acting;
 use super::enqueue::{Job, enqueue};
 use super::extract::{JsonBody, RawBody};
 use super::functions::load;
@@ -25,6 +26,7 @@ use crate::error::ApiError;
 use crate::event::store::Subscribed;
 use crate::event::{FannedOut, Subscription, store, valid_pattern, valid_topic};
 use crate::invocation::Trigger;
+use axum::Extension;
 
 /// The body of `POST /v1/functions/{name}/subscriptions`.
 #[derive(Debug, Deserialize)]
@@ -40,10 +42,11 @@ pub struct NewSubscription {
     request_body = serde_json::Value, responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn subscribe(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<NewSubscription>,
 ) -> Result<Response, ApiError> {
-    let subscription = add_subscription(&app, &name, &body.pattern).await?;
+    let subscription = add_subscription(&app, &acting.function(&name), &body.pattern).await?;
     Ok((StatusCode::CREATED, Json(subscription)).into_response())
 }
 
@@ -78,8 +81,10 @@ pub async fn add_subscription(
     description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), Denied))]
 pub async fn subscriptions(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let name = acting.function(&name);
     load(&app, &name).await?;
     let list = store::subscriptions(&app.pool, Some(&name)).await?;
     Ok(Json(json!({ "subscriptions": list })))
@@ -91,16 +96,20 @@ pub async fn subscriptions(
     params(("name" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn unsubscribe(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    remove_subscription(&app, &name, &id).await?;
+    remove_subscription(&app, &acting.function(&name), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Deletes function `name`'s subscription `id` (the API's `DELETE` and the dashboard's button):
 /// 404 when it has none by that id.
 pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result<(), ApiError> {
-    let missing = || ApiError::NotFound(format!("{name:?} has no subscription {id}"));
+    let missing = || {
+        let name = crate::namespace::short(name);
+        ApiError::NotFound(format!("{name:?} has no subscription {id}"))
+    };
     let uuid = Uuid::parse_str(id).map_err(|_| missing())?;
     if store::unsubscribe(&app.pool, name, uuid).await? {
         Ok(())
@@ -122,6 +131,7 @@ pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result
     responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
 pub async fn publish(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
@@ -148,8 +158,18 @@ pub async fn publish(
         ),
     };
     let stored = &body[..body.len().min(app.settings.max_stored_input_bytes)];
+    // Idempotency keys are unique per namespace: stored as `<namespace>:<key>` outside `default`.
+    let key = key.map(|k| {
+        if acting.namespace.is_default() {
+            k.to_string()
+        } else {
+            format!("{}:{k}", acting.namespace)
+        }
+    });
+    let key = key.as_deref();
     let (event_id, new) = store::insert_event(
         &app.pool,
+        acting.namespace.as_str(),
         &topic,
         stored,
         body.len() as i64,
@@ -167,7 +187,15 @@ pub async fn publish(
     }
 
     // The functions whose patterns match, each once however many of its patterns match.
-    let functions: BTreeSet<String> = app.subscriptions.index(&app.pool).await?.matching(&topic);
+    // Only the publisher's namespace's functions hear it.
+    let functions: BTreeSet<String> = app
+        .subscriptions
+        .index(&app.pool)
+        .await?
+        .matching(&topic)
+        .into_iter()
+        .filter(|f| acting.holds(f))
+        .collect();
     // Stored as `event:<event id>` (enqueue puts each trigger in its own namespace).
     let idempotency = event_id.to_string();
     let mut invocations = Vec::with_capacity(functions.len());
@@ -239,10 +267,15 @@ pub async fn publish(
     description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let missing = || ApiError::NotFound(format!("no event {id}"));
     let uuid = Uuid::parse_str(&id).map_err(|_| missing())?;
+    // Another namespace's event is missing.
+    if store::namespace_of(&app.pool, uuid).await?.as_deref() != Some(acting.namespace.as_str()) {
+        return Err(missing());
+    }
     let event = store::get_event(&app.pool, uuid)
         .await?
         .ok_or_else(missing)?;

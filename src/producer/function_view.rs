@@ -9,8 +9,11 @@ use crate::function::Function;
 /// A function as the API shows it: its fields, its own URL, and the names of its secrets.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct FunctionView {
+    /// (Its `name` is the short one; its namespace is beside it.)
     #[serde(flatten)]
     pub function: Function,
+    /// The namespace the function belongs to ([`crate::namespace`]).
+    pub namespace: String,
     pub invoke_url: String,
     /// Names only: secrets are write-only.
     pub secrets: Vec<String>,
@@ -27,8 +30,13 @@ pub struct FunctionList {
 }
 
 pub fn view(app: &AppState, f: &Function) -> FunctionView {
+    let (name, namespace) = crate::namespace::split(&f.name);
+    let mut function = f.clone();
+    function.name = name.to_string();
     FunctionView {
-        function: f.clone(),
+        function,
+        namespace: namespace.to_string(),
+        // `/fn/{name}` in `default`, `/fn/{name}.{namespace}` elsewhere: the stored name.
         invoke_url: format!("{}/fn/{}", app.settings.functions_url(), f.name),
         secrets: f.secrets.names(),
         versions: None,
@@ -45,5 +53,6 @@ pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<Function
 }
 
 pub fn conflict(name: &str) -> ApiError {
+    let name = crate::namespace::short(name);
     ApiError::Conflict(format!("a function named {name:?} exists"))
 }

@@ -9,18 +9,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::Acting;
 use super::extract::JsonBody;
 use super::function_view::{FunctionList, FunctionView, conflict, view, view_with_versions};
 use super::{AppState, deploy};
 use crate::engines::{Check, Refusal};
 use crate::error::ApiError;
 use crate::function::{Function, FunctionUpdate, NewFunction, store};
+use axum::Extension;
 
-/// Loads a function or answers 404.
+/// Loads a function by its stored (namespace-qualified) name, or answers 404.
 pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
-    store::get(&app.pool, name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no function named {name:?}")))
+    store::get(&app.pool, name).await?.ok_or_else(|| {
+        let name = crate::namespace::short(name);
+        ApiError::NotFound(format!("no function named {name:?}"))
+    })
 }
 
 /// [`load`] for invoking: what this process read in the last second will do
@@ -70,16 +73,18 @@ async fn ask(
     description = "Registers a function from an image (pulled when the engine lacks it), or builds its image from source when the body has `runtime` and `source` (with `Accept: application/x-ndjson` the build log streams, one JSON object per line). 201 with the function and its invoke URL; 409 if the name is taken; 422 for a bad field, an image that can't be had, or a failed build.", request_body = NewFunction, responses((status = 201, body = FunctionView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<NewFunction>,
 ) -> Result<Response, ApiError> {
-    create_from(app, &headers, body).await
+    create_from(app, &acting, &headers, body).await
 }
 
 /// Registers `body`, or builds it from source first (the API's create, and the dashboard's
 /// build-from-source form, which asks for the streamed answer).
 pub async fn create_from(
     app: AppState,
+    acting: &Acting,
     headers: &HeaderMap,
     mut body: NewFunction,
 ) -> Result<Response, ApiError> {
@@ -106,9 +111,11 @@ pub async fn create_from(
             0,
         ));
     }
-    let f = body
+    let mut f = body
         .validate(&app.settings)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    // Stored under its namespace-qualified name (`echo.team-b`), its URL's name.
+    f.name = acting.function(&f.name);
     if let Some((runtime, source)) = from_source {
         if store::get(&app.pool, &f.name).await?.is_some() {
             return Err(conflict(&f.name));
@@ -119,7 +126,7 @@ pub async fn create_from(
     }
     register(&app, &f).await?;
     let mut headers = HeaderMap::new();
-    if let Ok(location) = format!("/v1/functions/{}", f.name).parse() {
+    if let Ok(location) = format!("/v1/functions/{}", crate::namespace::short(&f.name)).parse() {
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::CREATED, headers, Json(view(&app, &f))).into_response())
@@ -154,7 +161,7 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
     if !updated {
         return Err(ApiError::NotFound(format!(
             "no function named {:?}",
-            f.name
+            crate::namespace::short(&f.name)
         )));
     }
     Ok(())
@@ -172,8 +179,11 @@ async fn check_callback(app: &AppState, f: &Function) -> Result<(), ApiError> {
 
 #[utoipa::path(get, path = "/v1/functions", operation_id = "list_functions", tag = "functions", summary = "List functions",
     description = "Every function with its settings. Secret values are never shown, only their names.", responses((status = 200, body = FunctionList), Denied))]
-pub async fn list(State(app): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
-    let functions = store::list(&app.pool)
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
+) -> Result<Json<FunctionList>, ApiError> {
+    let functions = store::list(&app.pool, Some(acting.namespace.as_str()))
         .await?
         .iter()
         .map(|f| view(&app, f))
@@ -185,9 +195,10 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<FunctionList>, Api
     description = "The function's settings, its invoke URL and its built versions (newest first).", params(("name" = String, Path)), responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
-    let f = load(&app, &name).await?;
+    let f = load(&app, &acting.function(&name)).await?;
     Ok(Json(view_with_versions(&app, &f).await?))
 }
 
@@ -196,11 +207,12 @@ pub async fn get(
     description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path)), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn update(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
     headers: HeaderMap,
     JsonBody(mut changes): JsonBody<FunctionUpdate>,
 ) -> Result<Response, ApiError> {
-    let current = load(&app, &name).await?;
+    let current = load(&app, &acting.function(&name)).await?;
     let old_image = current.run.image.clone();
     let runtime = changes.runtime.take();
     let source = changes.source.take();
@@ -273,9 +285,10 @@ async fn save_changed(
     description = "Removes the function. Later calls to it get 404.", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
 pub async fn delete(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = store::delete(&app.pool, &name).await?;
+    let deleted = store::delete(&app.pool, &acting.function(&name)).await?;
     app.recent.forget_all();
     if deleted {
         Ok(StatusCode::NO_CONTENT)

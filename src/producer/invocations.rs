@@ -15,7 +15,7 @@ use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Action, Caller, permits};
+use super::auth::{Acting, Action, Caller, permits};
 use crate::error::ApiError;
 use crate::invocation::search::{self, Filters};
 use crate::invocation::{Status, Trigger, store};
@@ -43,11 +43,10 @@ pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
     caller: Option<Extension<Caller>>,
+    Extension(acting): Extension<Acting>,
 ) -> Result<Json<InvocationView>, ApiError> {
     let id = parse_id(&id)?;
-    let record = store::get(&app.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    let record = load_in(&app, &acting, id).await?;
     let mut view = InvocationView::from(record);
     if let Some(mut callback) = crate::callback::state(&app.pool, id).await? {
         // Without the auth middleware's word, the least: no URL.
@@ -70,9 +69,11 @@ pub async fn get(
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn list(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<InvocationList>, ApiError> {
+    let stored = acting.function(&name);
     let status = match query.get("status").map(String::as_str) {
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -86,9 +87,9 @@ pub async fn list(
         None | Some("") => None,
         Some(b) => Some(parse_id(b)?),
     };
-    let records = store::list(&app.pool, &name, status, before, limit).await?;
+    let records = store::list(&app.pool, &stored, status, before, limit).await?;
     if records.is_empty()
-        && crate::function::store::get(&app.pool, &name)
+        && crate::function::store::get(&app.pool, &stored)
             .await?
             .is_none()
     {
@@ -111,6 +112,7 @@ pub async fn list(
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), Denied))]
 pub async fn list_all(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<InvocationList>, ApiError> {
     if let Some(unknown) = query.keys().find(|k| {
@@ -123,7 +125,9 @@ pub async fn list_all(
             "unknown parameter {unknown:?}; the filters are function, status, trigger, since, before, after, limit"
         )));
     }
-    let filters = filters(&query)?;
+    let mut filters = filters(&query)?;
+    filters.function = filters.function.map(|f| acting.function(&f));
+    filters.namespace = Some(acting.namespace.to_string());
     let limit = page_limit(&query)?;
     let records = search::list(&app.pool, &filters, limit).await?;
     Ok(Json(InvocationList::page(records, limit)))
@@ -134,6 +138,7 @@ pub async fn list_all(
 pub fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
     let given = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
     Ok(Filters {
+        namespace: None,
         function: given("function").map(str::to_string),
         status: given("status").map(parse_status).transpose()?,
         trigger: given("trigger")
@@ -181,6 +186,7 @@ pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
     responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody), Denied))]
 pub async fn dead_letters(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = page_limit(&query)?;
@@ -188,9 +194,15 @@ pub async fn dead_letters(
         None | Some("") => None,
         Some(b) => Some(parse_id(b)?),
     };
-    let records = store::list_dead(&app.pool, before, limit).await?;
+    let records =
+        store::list_dead(&app.pool, Some(acting.namespace.as_str()), before, limit).await?;
     let page = InvocationList::page(records, limit);
-    let queue_depth = app.publisher.dead_letter_depth().await.ok();
+    // The broker's queue is the installation's: only global keys see its depth.
+    let queue_depth = if acting.bound {
+        None
+    } else {
+        app.publisher.dead_letter_depth().await.ok()
+    };
     Ok(Json(DeadLetterList {
         dead_letters: page.invocations,
         next: page.next,
@@ -205,9 +217,11 @@ pub async fn dead_letters(
     description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
 pub async fn retry(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    load_in(&app, &acting, id).await?;
     retry_one(&app, id).await?;
     Ok(super::invoke::accepted(&app, id, Status::Queued))
 }
@@ -241,6 +255,19 @@ pub async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     }
     store::mark_published(&app.pool, id).await?;
     Ok(())
+}
+
+/// Invocation `id` if it is in the caller's namespace; 404 alike for a missing one and another
+/// namespace's.
+pub async fn load_in(
+    app: &AppState,
+    acting: &Acting,
+    id: Uuid,
+) -> Result<crate::invocation::Record, ApiError> {
+    store::get(&app.pool, id)
+        .await?
+        .filter(|r| acting.holds(&r.function))
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))
 }
 
 pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {

@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::Caller;
+use super::auth::{Acting, Caller};
 use super::enqueue::{Job, enqueue};
 use super::extract::RawBody;
 use super::functions::load_for_call;
@@ -58,11 +58,12 @@ pub async fn sync(
     State(app): State<AppState>,
     Path(name): Path<String>,
     caller: Option<Extension<Caller>>,
+    Extension(acting): Extension<Acting>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     // Without the auth middleware's word, the least: anonymous.
     let detail = caller.is_some_and(|Extension(c)| c.is_authenticated());
-    let function = load_for_call(&app, &name).await?;
+    let function = load_for_call(&app, &acting.function(&name)).await?;
     let wait = app.settings.sync_wait();
     let job = Job {
         reply: Some(wait),
@@ -228,6 +229,7 @@ fn web_request(
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
 pub async fn no_wait(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
@@ -245,7 +247,7 @@ pub async fn no_wait(
             Some(url)
         }
     };
-    let function = load_for_call(&app, &name).await?;
+    let function = load_for_call(&app, &acting.function(&name)).await?;
     let job = Job {
         idempotency_key: key,
         callback_url,

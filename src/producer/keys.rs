@@ -1,4 +1,6 @@
 //! `/v1/keys`: make, list and revoke API keys (admin only). A key is shown once, when made.
+//! A global admin key may bind a new key to any namespace (or none); an admin key bound to a
+//! namespace makes, lists and revokes only keys bound to it ([`crate::namespace`]).
 
 use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
@@ -13,9 +15,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Acting;
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::keys::{self, ApiKey, KeyError, Scope, Secret};
+use axum::Extension;
 
 /// A key as made: the only time `key` is shown.
 #[derive(Serialize, ToSchema)]
@@ -36,16 +40,36 @@ pub struct KeyList {
 pub struct NewKey {
     pub name: String,
     pub scope: Scope,
+    /// The namespace the key acts in (it sees nothing else); none: a global key. A key bound to
+    /// a namespace may only name its own.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name, scope = body.scope.as_str()))]
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys", summary = "Make an API key",
-    description = "Makes a key with a scope (`admin` or `invoke`). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Makes a key with a scope (`admin`, `invoke` or `read`), bound to `namespace` if given (it then acts only there). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     JsonBody(body): JsonBody<NewKey>,
 ) -> Result<Response, ApiError> {
-    let (stored, secret) = make(&app, &body.name, body.scope).await?;
+    let namespace = match (body.namespace, acting.bound) {
+        (None, false) => None,
+        // A namespaced admin makes keys of its namespace only.
+        (None, true) => Some(acting.namespace.to_string()),
+        (Some(ns), bound) => {
+            let missing = || ApiError::Unprocessable(format!("namespace: no namespace {ns:?}"));
+            if crate::namespace::Namespace::parse(&ns).is_none()
+                || (bound && ns != acting.namespace.as_str())
+                || !crate::namespace::exists(&app.pool, &ns).await?
+            {
+                return Err(missing());
+            }
+            Some(ns)
+        }
+    };
+    let (stored, secret) = make(&app, &body.name, body.scope, namespace.as_deref()).await?;
     let mut view = serde_json::to_value(&stored).expect("a key serializes");
     view["key"] = secret.0.into();
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -53,8 +77,14 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys", summary = "List API keys",
     description = "Every key's id, name, scope and dates; never the key itself.", responses((status = 200, body = KeyList), Denied))]
-pub async fn list(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "keys": keys::list(&app.pool).await? })))
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let namespace = acting.bound.then(|| acting.namespace.as_str());
+    Ok(Json(
+        json!({ "keys": keys::list(&app.pool, namespace).await? }),
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(%id))]
@@ -62,17 +92,30 @@ pub async fn list(State(app): State<AppState>) -> Result<Json<serde_json::Value>
     description = "The key stops working (within a second on every server).", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn revoke(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a key id")))?;
+    // A namespaced admin revokes its namespace's keys only; another's is missing.
+    if acting.bound {
+        let owner = keys::name_of(&app.pool, id).await?.and_then(|(_, ns)| ns);
+        if owner.as_deref() != Some(acting.namespace.as_str()) {
+            return Err(ApiError::NotFound("no live key with this id".into()));
+        }
+    }
     end(&app, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Makes a key (the API's and the dashboard's): 422 for a bad name.
-pub async fn make(app: &AppState, name: &str, scope: Scope) -> Result<(ApiKey, Secret), ApiError> {
-    keys::create(&app.pool, name, scope)
+pub async fn make(
+    app: &AppState,
+    name: &str,
+    scope: Scope,
+    namespace: Option<&str>,
+) -> Result<(ApiKey, Secret), ApiError> {
+    keys::create(&app.pool, name, scope, namespace)
         .await
         .map_err(|e| match e {
             KeyError::BadName => ApiError::Unprocessable(e.to_string()),

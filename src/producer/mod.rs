@@ -16,12 +16,15 @@ pub mod health;
 pub mod invocations;
 pub mod invoke;
 pub mod keys;
+pub mod namespaces;
 pub mod openapi;
 pub mod origin;
+pub mod quota;
 pub mod recent;
 pub mod schedules;
 pub mod serve;
 pub mod ui;
+pub mod usage;
 pub mod webhooks;
 
 use crate::error::{Denied, ErrorBody};
@@ -310,6 +313,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/usage", get(usage::get))
+        .route(
+            "/v1/namespaces",
+            post(namespaces::create).get(namespaces::list),
+        )
+        .route(
+            "/v1/namespaces/{name}",
+            get(namespaces::get)
+                .put(namespaces::update)
+                .delete(namespaces::delete),
+        )
         .route("/", get(health::index))
         .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(health::healthz))

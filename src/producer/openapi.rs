@@ -14,6 +14,7 @@ use super::health::{Health, Readiness};
 use super::invocations::DeadLetterList;
 use super::invoke::Accepted;
 use super::keys::{KeyCreated, KeyList, NewKey};
+use super::namespaces;
 use super::schedules::{NewSchedule, ScheduleList, ScheduleUpdate};
 use super::{
     builds, callback_keys, events, functions, health, invocations, invoke, keys, schedules,
@@ -138,13 +139,17 @@ impl Modify for FunctionUrl {
         webhooks::rejections, webhooks::receive,
         callback_keys::get, callback_keys::rotate, super::callback_key,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete,
-        builds::get, builds::rollback
+        builds::get, builds::rollback,
+        namespaces::create, namespaces::list, namespaces::get, namespaces::update, namespaces::delete,
+        super::usage::get
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
         InputMode, Network, ErrorBody, ErrorDetail, Accepted, InvocationRecord, InvocationView, InvocationList, DeadLetterList,
         NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness, NewSchedule, ScheduleUpdate,
-        ScheduleView, ScheduleList, CatchUp, Rollback, WebhookView, WebhookList
+        ScheduleView, ScheduleList, CatchUp, Rollback, WebhookView, WebhookList,
+        crate::namespace::Stored, crate::namespace::Quotas, namespaces::NewNamespace, namespaces::NamespaceList,
+        super::usage::Usage, super::usage::FunctionUsage
     )),
     tags(
         (name = "functions", description = "Register, read, change and delete functions."),
@@ -154,6 +159,7 @@ impl Modify for FunctionUrl {
         (name = "schedules", description = "Run functions on cron patterns."),
         (name = "callbacks", description = "The keys that sign result callbacks."),
         (name = "keys", description = "API keys and their scopes."),
+        (name = "namespaces", description = "Namespaces, their quotas and usage (global admin keys)."),
         (name = "system", description = "Health, readiness, metrics and this document."),
     ),
     modifiers(&BearerAuth, &FunctionUrl, &ResponseDescriptions),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::function::Function;
-use crate::keys::Scope;
+use crate::keys::LiveKey;
 
 /// How long a read is trusted.
 pub const TTL: Duration = Duration::from_secs(1);
@@ -22,8 +22,16 @@ pub struct Recent {
     /// Whether a name is a public function: `false` for private ones and missing ones alike.
     public: Mutex<HashMap<String, (Instant, bool)>>,
     /// By the SHA-256 of the key, never the key itself.
-    keys: Mutex<HashMap<[u8; 32], (Instant, Scope)>>,
+    keys: Mutex<HashMap<[u8; 32], (Instant, LiveKey)>>,
+    /// Namespaces' quotas ([`crate::namespace::QuotaCache`]).
+    pub quotas: crate::namespace::QuotaCache,
+    /// Bytes of records each namespace with a `max_stored_bytes` holds, summed at most every
+    /// [`STORED_TTL`].
+    stored: Mutex<HashMap<String, (Instant, i64)>>,
 }
+
+/// How long a sum of a namespace's stored bytes is trusted.
+pub const STORED_TTL: Duration = Duration::from_secs(5);
 
 impl Recent {
     pub fn function(&self, name: &str) -> Option<Function> {
@@ -44,12 +52,24 @@ impl Recent {
         remember(&self.public, name.to_string(), public);
     }
 
-    pub fn key(&self, hash: &[u8; 32]) -> Option<Scope> {
+    pub fn key(&self, hash: &[u8; 32]) -> Option<LiveKey> {
         fresh(&self.keys, hash)
     }
 
-    pub fn remember_key(&self, hash: [u8; 32], scope: Scope) {
-        remember(&self.keys, hash, scope);
+    pub fn remember_key(&self, hash: [u8; 32], key: LiveKey) {
+        remember(&self.keys, hash, key);
+    }
+
+    /// Bytes of records namespace `name` holds, summed at most every [`STORED_TTL`].
+    pub async fn stored_bytes(&self, pool: &sqlx::PgPool, name: &str) -> Result<i64, sqlx::Error> {
+        if let Some((at, n)) = self.stored.lock().expect("lock").get(name)
+            && at.elapsed() < STORED_TTL
+        {
+            return Ok(*n);
+        }
+        let n = crate::namespace::stored_bytes(pool, name).await?;
+        remember(&self.stored, name.to_string(), n);
+        Ok(n)
     }
 
     /// After this process changed a function or a key.
@@ -88,8 +108,13 @@ mod tests {
         let recent = Recent::default();
         let hash = crate::keys::hash("gk_some-key");
         assert_eq!(recent.key(&hash), None);
-        recent.remember_key(hash, Scope::Invoke);
-        assert_eq!(recent.key(&hash), Some(Scope::Invoke));
+        let key = LiveKey {
+            id: uuid::Uuid::nil(),
+            scope: crate::keys::Scope::Invoke,
+            namespace: None,
+        };
+        recent.remember_key(hash, key.clone());
+        assert_eq!(recent.key(&hash), Some(key));
         recent.forget_all();
         assert_eq!(recent.key(&hash), None);
     }

@@ -20,9 +20,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Acting;
 use super::extract::JsonBody;
 use crate::error::ApiError;
 use crate::schedule::{CatchUp, CronTz, Schedule, ScheduleError, store};
+use axum::Extension;
 
 #[derive(Serialize, ToSchema)]
 pub struct ScheduleList {
@@ -113,6 +115,7 @@ async fn check_function(app: &AppState, name: &str) -> Result<(), ApiError> {
         .await?
         .is_none()
     {
+        let name = crate::namespace::short(name);
         return Err(ApiError::Unprocessable(format!(
             "function: no function named {name:?}"
         )));
@@ -132,8 +135,10 @@ fn start(cron: &CronTz) -> Result<chrono::DateTime<Utc>, ApiError> {
     description = "Runs a function on a cron pattern (5 or 6 fields, or `@hourly` and the like) in a time zone. Each tick fires once across all servers; the invocation's trigger is `schedule`.", request_body = NewSchedule, responses((status = 201, body = ScheduleView), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "a bad cron pattern or time zone, or no such function"), Denied))]
 pub async fn create(
     State(app): State<AppState>,
-    JsonBody(body): JsonBody<NewSchedule>,
+    Extension(acting): Extension<Acting>,
+    JsonBody(mut body): JsonBody<NewSchedule>,
 ) -> Result<Response, ApiError> {
+    body.function = acting.function(&body.function);
     let stored = add(&app, body).await?;
     Ok((StatusCode::CREATED, Json(stored.view())).into_response())
 }
@@ -185,11 +190,27 @@ pub struct ListQuery {
     description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = ScheduleList), Denied))]
 pub async fn list(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let list = store::list(&app.pool, q.function.as_deref()).await?;
-    let views: Vec<_> = list.iter().map(Schedule::view).collect();
+    let function = q.function.map(|f| acting.function(&f));
+    let list = store::list(&app.pool, function.as_deref()).await?;
+    let views: Vec<_> = list
+        .iter()
+        .filter(|s| acting.holds(&s.function))
+        .map(Schedule::view)
+        .collect();
     Ok(Json(json!({ "schedules": views })))
+}
+
+/// Schedule `id` if its function is in the caller's namespace: 404 alike for another's.
+async fn load_in(app: &AppState, acting: &Acting, id: &str) -> Result<Schedule, ApiError> {
+    let s = load(app, id).await?;
+    if acting.holds(&s.function) {
+        Ok(s)
+    } else {
+        Err(ApiError::NotFound(format!("no schedule {id}")))
+    }
 }
 
 async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
@@ -203,9 +224,10 @@ async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
     description = "The schedule, with its next fire times.", params(("id" = String, Path)), responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
-    Ok(Json(load(&app, &id).await?.view()))
+    Ok(Json(load_in(&app, &acting, &id).await?.view()))
 }
 
 /// `PUT /v1/schedules/{id}`: changes the fields named; 200 with the schedule.
@@ -215,9 +237,12 @@ pub async fn get(
     responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn update(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<ScheduleUpdate>,
+    JsonBody(mut body): JsonBody<ScheduleUpdate>,
 ) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
+    load_in(&app, &acting, &id).await?;
+    body.function = body.function.map(|f| acting.function(&f));
     Ok(Json(change(&app, &id, body).await?.view()))
 }
 
@@ -271,8 +296,10 @@ pub async fn change(
     description = "No tick fires after this.", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
 pub async fn delete(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    load_in(&app, &acting, &id).await?;
     remove(&app, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Acting;
 use super::enqueue::{Job, enqueue};
 use super::extract::{JsonBody, RawBody};
 use super::functions::load;
@@ -27,6 +28,7 @@ use crate::invocation::{Status, Trigger};
 use crate::webhook::rejections;
 use crate::webhook::store::{self, Webhook};
 use crate::webhook::{Encoding, Scheme, WebhookList, WebhookView};
+use axum::Extension;
 
 /// The longest delivery id kept for deduplication.
 const MAX_DELIVERY_ID: usize = 200;
@@ -85,6 +87,16 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no webhook {id}"))
 }
 
+/// Webhook `id` if its function is in the caller's namespace: 404 alike for another's.
+pub async fn load_hook_in(app: &AppState, acting: &Acting, id: &str) -> Result<Webhook, ApiError> {
+    let hook = load_hook(app, id).await?;
+    if acting.holds(&hook.function) {
+        Ok(hook)
+    } else {
+        Err(not_found(id))
+    }
+}
+
 pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
     let uuid = Uuid::parse_str(id).map_err(|_| not_found(id))?;
     store::get(&app.pool, uuid)
@@ -98,8 +110,10 @@ pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
     description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = serde_json::Value, responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
-    JsonBody(body): JsonBody<NewWebhook>,
+    Extension(acting): Extension<Acting>,
+    JsonBody(mut body): JsonBody<NewWebhook>,
 ) -> Result<Response, ApiError> {
+    body.function = acting.function(&body.function);
     let (hook, generated) = add(&app, body).await?;
     let mut view = WebhookView::new(&hook, &app.settings.public_url());
     if generated {
@@ -147,7 +161,7 @@ pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), Ap
     {
         return Err(unprocessable(format!(
             "function: no function named {:?}",
-            body.function
+            crate::namespace::short(&body.function)
         )));
     }
     let hook = Webhook {
@@ -183,6 +197,7 @@ pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), Ap
     description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = WebhookList), Denied))]
 pub async fn list(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<WebhookList>, ApiError> {
     let function = query.get("function").map(String::as_str);
@@ -192,9 +207,11 @@ pub async fn list(
         return Ok(Json(WebhookList { webhooks: vec![] }));
     }
     let base = app.settings.public_url();
-    let webhooks = store::list(&app.pool, function)
+    let function = function.map(|f| acting.function(f));
+    let webhooks = store::list(&app.pool, function.as_deref())
         .await?
         .iter()
+        .filter(|h| acting.holds(&h.function))
         .map(|h| WebhookView::new(h, &base))
         .collect();
     Ok(Json(WebhookList { webhooks }))
@@ -205,9 +222,10 @@ pub async fn list(
     description = "The webhook's function, scheme and URL; never its secret.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let hook = load_hook(&app, &id).await?;
+    let hook = load_hook_in(&app, &acting, &id).await?;
     Ok(Json(WebhookView::new(&hook, &app.settings.public_url())))
 }
 
@@ -216,9 +234,10 @@ pub async fn get(
     description = "Later deliveries to its URL get 404.", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn delete(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let hook = load_hook(&app, &id).await?;
+    let hook = load_hook_in(&app, &acting, &id).await?;
     if store::delete(&app.pool, hook.id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -233,6 +252,7 @@ pub async fn delete(
     description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn rotate(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<WebhookView>, ApiError> {
@@ -244,7 +264,7 @@ pub async fn rotate(
             _ => ApiError::BadRequest(format!("bad JSON: {e}")),
         })?
     };
-    let hook = load_hook(&app, &id).await?;
+    let hook = load_hook_in(&app, &acting, &id).await?;
     let (hook, secret) = rotate_secret(&app, hook, request).await?;
     let mut view = WebhookView::new(&hook, &app.settings.public_url());
     view.secret = secret;
@@ -342,9 +362,10 @@ async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &s
     description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn rejections(
     State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let hook = load_hook(&app, &id).await?;
+    let hook = load_hook_in(&app, &acting, &id).await?;
     let rejections = rejections::recent(&app.pool, hook.id).await?;
     Ok(Json(json!({ "rejections": rejections })))
 }

@@ -170,9 +170,11 @@ impl Worker {
             );
         }
         let in_flight = self.shared.busy.load(Ordering::Relaxed);
+        // Messages sent round a delay queue for fair sharing wait too, out of the queue's sight.
+        let deferred = self.shared.fair_deferred_now();
         let target = self.shared.controller.lock().expect("lock").observe(
             Observation {
-                depth: depths.iter().sum(),
+                depth: depths.iter().sum::<u64>() + deferred,
                 in_flight,
             },
             Instant::now(),

@@ -66,6 +66,29 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long a duplicate of an invocation running on another worker waits before it looks again.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
+/// How long a message of a function that would take this worker's last free slot goes round
+/// through a delay queue (fair sharing), so the calls behind it in its queue are delivered.
+const FAIR_SHARE_DELAY: Duration = Duration::from_millis(500);
+/// How long a message sent round for fair sharing counts as waiting (it is back in its queue
+/// after [`FAIR_SHARE_DELAY`], and seen there by the next depth read).
+const FAIR_SHARE_WAITING: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// Messages sent round for fair sharing in the last [`FAIR_SHARE_WAITING`].
+    fn fair_deferred_now(&self) -> u64 {
+        let mut deferred = self.fair_deferred.lock().expect("lock");
+        while deferred
+            .front()
+            .is_some_and(|at| at.elapsed() > FAIR_SHARE_WAITING)
+        {
+            deferred.pop_front();
+        }
+        deferred.len() as u64
+    }
+}
+/// How long a message waits queued when its namespace runs `max_concurrency` invocations
+/// already, before a worker looks again (parked in a delay queue: no worker spins on it).
+const NAMESPACE_FULL_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a message this worker can't run is held before it is given back, so that a worker
 /// whose breaker is about to open does not spin it through its deliveries.
@@ -117,6 +140,15 @@ struct Shared {
     controller: Mutex<Controller>,
     /// Per-function bounds (`max_concurrency`), by function name and bound.
     function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
+    /// Runs of each function on this worker now (fair sharing: see [`delivery::FunctionShare`]).
+    function_running: Mutex<HashMap<String, usize>>,
+    /// `GRANDA_FAIR_SHARE`.
+    fair_share: bool,
+    /// When this worker sent messages round a delay queue for fair sharing: they wait, though
+    /// not in the queue, and count as waiting for the scheduler for [`FAIR_SHARE_WAITING`].
+    fair_deferred: Mutex<std::collections::VecDeque<Instant>>,
+    /// Namespaces' quotas, read at most once a second (`max_concurrency` is held at claim time).
+    namespace_quotas: crate::namespace::QuotaCache,
     metrics: Arc<Metrics>,
     callbacks: Arc<crate::callback::Callbacks>,
     /// Kept containers of `warm` functions.
@@ -233,6 +265,10 @@ impl Worker {
                 limiter: Limiter::new(schedule.min, schedule.max),
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
                 function_slots: Mutex::default(),
+                namespace_quotas: Default::default(),
+                function_running: Mutex::default(),
+                fair_share: settings.fair_share,
+                fair_deferred: Mutex::default(),
                 metrics: Arc::default(),
                 callbacks: crate::callback::Callbacks::new(&settings.callbacks()),
                 images,

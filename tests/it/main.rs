@@ -25,6 +25,7 @@ mod isolation;
 mod keyless_timing;
 mod message_trust;
 mod metrics;
+mod namespaces;
 mod openapi;
 mod origins;
 mod readme;

@@ -8,6 +8,7 @@
 //! adaptive concurrency against a sweep of fixed settings), `hot` (warm and hot modes against
 //! direct requests); this file parses the arguments and sets up the throwaway installation.
 
+mod fairness;
 mod hot;
 mod pipeline;
 mod scheduler;
@@ -84,6 +85,9 @@ enum Scenario {
     /// Only the hot rows: sync latency and throughput of `mode: hot` against direct requests to
     /// the same kind of process over its socket.
     Hot,
+    /// Fair sharing (issue 27): one function's sync calls during a burst of 40 slow calls of
+    /// another, against the same calls on an idle installation (default settings).
+    Fairness,
 }
 
 #[tokio::main]
@@ -185,6 +189,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Pipeline => {
             pipeline_scenario(&args, &client, &base_url, &pool, direct).await?;
+        }
+        Scenario::Fairness => {
+            fairness::fairness_scenario(&client, &base_url, &docker, &pool).await?;
         }
         Scenario::Hot => {
             let mut rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;

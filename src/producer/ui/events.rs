@@ -37,7 +37,7 @@ async fn page(
     form: &SubscribeForm,
 ) -> Result<Html<String>, UiError> {
     let subscriptions = store::subscriptions(&app.pool, None).await?;
-    let functions = crate::function::store::list(&app.pool).await?;
+    let functions = crate::function::store::list(&app.pool, None).await?;
     let events = store::recent_events(&app.pool, RECENT_EVENTS).await?;
     Ok(layout(
         "Events",

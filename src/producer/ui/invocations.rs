@@ -275,7 +275,7 @@ pub async fn dead_letters(
         .filter(|b| !b.is_empty())
         .map(|b| parse_id(b))
         .transpose()?;
-    let records = store::list_dead(&app.pool, before, PAGE).await?;
+    let records = store::list_dead(&app.pool, None, before, PAGE).await?;
     let next = (records.len() as i64 == PAGE)
         .then(|| records.last().map(|r| r.id))
         .flatten();

@@ -82,7 +82,7 @@ pub async fn list(
     Admin(session): Admin,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
-    let keys = keys::list(&app.pool).await?;
+    let keys = keys::list(&app.pool, None).await?;
     Ok(page(&session, &keys, None, &KeyForm::default()))
 }
 
@@ -99,17 +99,17 @@ pub async fn create(
         )
     };
     let Some(scope) = Scope::parse(&form.scope) else {
-        let keys = keys::list(&app.pool).await?;
+        let keys = keys::list(&app.pool, None).await?;
         return Ok(refused(
             "scope: must be admin or invoke".into(),
             &keys,
             &form,
         ));
     };
-    let (key, secret) = match make(&app, form.name.trim(), scope).await {
+    let (key, secret) = match make(&app, form.name.trim(), scope, None).await {
         Ok(made) => made,
         Err(ApiError::Unprocessable(message)) => {
-            let keys = keys::list(&app.pool).await?;
+            let keys = keys::list(&app.pool, None).await?;
             return Ok(refused(message, &keys, &form));
         }
         Err(e) => return Err(e.into()),

@@ -37,7 +37,7 @@ pub async fn functions(
     if !session.may(Action::ReadFunctions) {
         return Ok(finder(&session));
     }
-    let functions = store::list(&app.pool).await?;
+    let functions = store::list(&app.pool, None).await?;
     let stats: HashMap<String, FunctionStats> = stats::last_hour(&app.pool, None)
         .await?
         .into_iter()

@@ -52,7 +52,7 @@ async fn page(
 ) -> Result<Html<String>, UiError> {
     let schedules = store::list(&app.pool, None).await?;
     let views: Vec<_> = schedules.iter().map(|s| s.view()).collect();
-    let functions = crate::function::store::list(&app.pool).await?;
+    let functions = crate::function::store::list(&app.pool, None).await?;
     let timezone = if form.timezone.is_empty() {
         "UTC"
     } else {

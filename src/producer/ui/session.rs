@@ -73,8 +73,10 @@ pub async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, A
             key_id: None,
         }));
     }
+    // A key bound to a namespace has no dashboard (yet): its pages show every namespace.
     Ok(crate::keys::lookup(&app.pool, key)
         .await?
+        .filter(|live| live.namespace.is_none())
         .map(|live| Verified {
             scope: live.scope,
             key_id: Some(live.id),

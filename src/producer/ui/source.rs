@@ -76,7 +76,14 @@ pub async fn build(
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(NDJSON));
-    match create_from(app, &headers, body).await {
+    match create_from(
+        app,
+        &crate::producer::auth::Acting::default_global(),
+        &headers,
+        body,
+    )
+    .await
+    {
         Ok(streamed) => streamed,
         Err(e) => {
             let line = json!({"status": e.status().as_u16(), "error": {"code": e.code(), "message": e.to_string()}});

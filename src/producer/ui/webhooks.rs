@@ -47,7 +47,7 @@ async fn page(
     form: &HookForm,
 ) -> Result<Html<String>, UiError> {
     let hooks = store::list(&app.pool, None).await?;
-    let functions = crate::function::store::list(&app.pool).await?;
+    let functions = crate::function::store::list(&app.pool, None).await?;
     let base = app.settings.public_url();
     Ok(layout(
         "Webhooks",
