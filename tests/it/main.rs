@@ -27,6 +27,7 @@ mod message_trust;
 mod metrics;
 mod openapi;
 mod origins;
+mod otel;
 mod readme;
 mod scheduler;
 mod schedules;
