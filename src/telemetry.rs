@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -29,6 +30,7 @@ use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _, TracerProvid
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
@@ -114,10 +116,25 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    let dispatch = Arc::new(OnceLock::new());
     tracing_subscriber::fmt::layer()
         .fmt_fields(JsonFields::new())
-        .event_format(JsonLines)
+        .event_format(JsonLines {
+            dispatch: dispatch.clone(),
+        })
         .with_writer(writer)
+        .and_then(Register(dispatch))
+}
+
+/// Hands [`JsonLines`] the dispatcher it formats for: inside an event's callback the current
+/// one can't be asked for (tracing answers "none" to a nested ask), and the trace ids are read
+/// through it.
+struct Register(Arc<OnceLock<WeakDispatch>>);
+
+impl<S: Subscriber> Layer<S> for Register {
+    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
 }
 
 /// Whether to colour: on a terminal, unless `NO_COLOR` is set to anything but the empty string.
@@ -331,7 +348,9 @@ pub fn record_span(
 /// A log line as JSON (`GRANDA_LOG_FORMAT=json`): `timestamp` (RFC 3339, UTC), `level`,
 /// `target`, `message`, `fields` (the event's others), `span` (the innermost span's name and
 /// fields), `spans` (all, outermost first) and, inside a traced span, `trace_id` and `span_id`.
-pub struct JsonLines;
+pub struct JsonLines {
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
 
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
@@ -381,9 +400,10 @@ where
             line.insert("spans".into(), Value::Array(spans));
         }
         // The innermost span with a trace (spans of other crates have none).
-        let traced = tracing::dispatcher::get_default(|dispatch| {
+        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
+        let traced = dispatch.and_then(|dispatch| {
             ids.iter().rev().find_map(|id| {
-                let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+                let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
                 let span = cx.span();
                 let sc = span.span_context();
                 sc.is_valid()
