@@ -111,7 +111,14 @@ async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
         assert_eq!(response.status(), 200);
         assert_eq!(response.text().await.unwrap(), format!("hello {i}"));
     }
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    // One rule for /metrics on the ingress and a worker (GRANDA_METRICS_AUTH=key): an admin key.
+    let anonymous = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let metrics = crate::support::client_with_key(crate::support::ADMIN_KEY)
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]

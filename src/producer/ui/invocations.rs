@@ -210,12 +210,112 @@ pub async fn invocation(
                         tr { th { "Input size" } td { (r.input_size) " bytes" } }
                     }
                 }
+                (waterfall_markup(&r, chrono::Utc::now()))
                 (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
                 (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
                 (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
             }
         },
     ))
+}
+
+/// One bar of an invocation's timeline: what happened, from when and for how long (ms after it
+/// was queued).
+#[derive(Debug, PartialEq)]
+pub struct Step {
+    pub what: String,
+    pub start_ms: i64,
+    pub took_ms: i64,
+    /// The colour of its bar.
+    pub colour: &'static str,
+}
+
+/// An invocation's timeline, from what its record knows: the wait in the queue, earlier attempts
+/// and their backoff, the worker's start of the run (claim, image, container create and start),
+/// the run itself, and the final record. `now` ends what still goes on.
+pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
+    let at = |t: chrono::DateTime<chrono::Utc>| (t - r.queued_at).num_milliseconds().max(0);
+    let mut steps = Vec::new();
+    let mut step = |what: String, start_ms: i64, end_ms: i64, colour| {
+        if end_ms >= start_ms {
+            steps.push(Step {
+                what,
+                start_ms,
+                took_ms: end_ms - start_ms,
+                colour,
+            });
+        }
+    };
+    let Some(started) = r.started_at.map(at) else {
+        step("queued".into(), 0, at(now), "#9aa5b1");
+        return steps;
+    };
+    let first_wait = r.queue_ms.unwrap_or(started).min(started);
+    step("queued".into(), 0, first_wait, "#9aa5b1");
+    if r.attempt > 1 {
+        let earlier = match r.attempt {
+            2 => "attempt 1, then its backoff".to_string(),
+            n => format!("attempts 1–{}, each with its backoff", n - 1),
+        };
+        step(earlier, first_wait, started, "#e0a040");
+    }
+    match (r.finished_at.map(at), r.duration_ms) {
+        (Some(finished), Some(ran)) => {
+            let run_start = (finished - ran).max(started);
+            step(
+                "claimed, image, container created and started".into(),
+                started,
+                run_start,
+                "#7b8fd1",
+            );
+            step(
+                format!("ran (attempt {})", r.attempt),
+                run_start,
+                run_start + ran,
+                "#3c9a5f",
+            );
+            step("recorded".into(), finished, finished, "#444");
+        }
+        (Some(finished), None) => {
+            step("no run (platform error)".into(), started, finished, "#c0392b");
+        }
+        (None, _) => step("running".into(), started, at(now), "#3c9a5f"),
+    }
+    steps
+}
+
+/// [`waterfall`] as a table of bars (SVG, no inline styles: the dashboard's CSP allows none).
+fn waterfall_markup(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Markup {
+    let steps = waterfall(r, now);
+    let total = steps
+        .iter()
+        .map(|s| s.start_ms + s.took_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let x = |ms: i64| (ms as f64 / total * 1000.0).round();
+    html! {
+        h2 { "Timeline" }
+        div.scroll {
+            table #waterfall {
+                thead { tr { th { "Step" } th.num { "At" } th.num { "Took" } th { "" } } }
+                tbody {
+                    @for s in &steps {
+                        tr {
+                            td { (s.what) }
+                            td.num { "+" (fmt_ms(Some(s.start_ms as f64))) }
+                            td.num { (fmt_ms(Some(s.took_ms as f64))) }
+                            td {
+                                svg width="100%" height="12" viewBox="0 0 1000 12" preserveAspectRatio="none" role="img" aria-label=(s.what) {
+                                    rect x=(x(s.start_ms)) y="1" width=((x(s.took_ms)).max(2.0)) height="10" fill=(s.colour) {}
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
@@ -373,4 +473,63 @@ pub async fn retry_dead(
                 a href={ (BASE) "/invocations?status=queued" } { "Queued invocations" } }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(attempt: i32) -> Record {
+        let queued_at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let ms = chrono::Duration::milliseconds;
+        Record {
+            id: Uuid::nil(),
+            function: "f".into(),
+            status: "succeeded".into(),
+            trigger: "async".into(),
+            attempt,
+            input: None,
+            input_size: 0,
+            output: None,
+            output_truncated: false,
+            logs: None,
+            logs_truncated: false,
+            exit_code: Some(0),
+            error: None,
+            queued_at,
+            started_at: Some(queued_at + ms(1500)),
+            finished_at: Some(queued_at + ms(2000)),
+            duration_ms: Some(300),
+            queue_ms: Some(40),
+            cold: Some(true),
+            worker: None,
+            http_method: None,
+            http_path: None,
+            http_status: None,
+        }
+    }
+
+    #[test]
+    fn the_waterfall_shows_where_the_time_went_and_earlier_attempts() {
+        let steps = waterfall(&record(3), chrono::Utc::now());
+        let got: Vec<(&str, i64, i64)> = steps
+            .iter()
+            .map(|s| (s.what.as_str(), s.start_ms, s.took_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("queued", 0, 40),
+                ("attempts 1–2, each with its backoff", 40, 1460),
+                ("claimed, image, container created and started", 1500, 200),
+                ("ran (attempt 3)", 1700, 300),
+                ("recorded", 2000, 0),
+            ]
+        );
+        let first = waterfall(&record(1), chrono::Utc::now());
+        assert_eq!(first[0].took_ms, 40);
+        assert!(!first.iter().any(|s| s.what.contains("backoff")));
+    }
 }
