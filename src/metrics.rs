@@ -715,7 +715,10 @@ mod tests {
         let m = Metrics::default();
         let text = m.render();
         assert!(text.contains("granda_invocations_accepted_total{trigger=\"event\"} 0\n"));
-        assert!(text.contains("\ngranda_events_published_total 0\n"), "{text}");
+        assert!(
+            text.contains("\ngranda_events_published_total 0\n"),
+            "{text}"
+        );
         // Every catalogued family is described before its first series.
         for (name, kind, _) in FAMILIES {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
@@ -723,7 +726,11 @@ mod tests {
         assert!(text.contains("granda_build_info{version=\""), "{text}");
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         m.function_seen("f");
-        m.observe("granda_invocation_duration_seconds", "function=\"f\"".into(), 850.0);
+        m.observe(
+            "granda_invocation_duration_seconds",
+            "function=\"f\"".into(),
+            850.0,
+        );
         m.inc("granda_cold_starts_total", "function=\"fg\"".into());
         let text = m.render();
         assert!(text.contains("granda_invocations_total{function=\"f\",status=\"dead\"} 0\n"));
@@ -739,7 +746,10 @@ mod tests {
         m.forget_function("f");
         let text = m.render();
         assert!(!text.contains("function=\"f\""), "{text}");
-        assert!(text.contains("function=\"fg\""), "another function's stay: {text}");
+        assert!(
+            text.contains("function=\"fg\""),
+            "another function's stay: {text}"
+        );
     }
 
     /// Every metric name written in the sources (a `"granda_…"` literal) is in [`FAMILIES`], so

@@ -230,9 +230,11 @@ pub struct Step {
     pub colour: &'static str,
 }
 
-/// An invocation's timeline, from what its record knows: the wait in the queue, earlier attempts
-/// and their backoff, the worker's start of the run (claim, image, container create and start),
-/// the run itself, and the final record. `now` ends what still goes on.
+/// An invocation's timeline, from what its record knows: the wait in the queue (to its first
+/// claim, `queue_ms`), earlier attempts and their backoff, the worker's start of the run (claim,
+/// image, container create and start: up to `started_at`, which the final record sets to the
+/// run's start), the run (`duration_ms`) and the final record (`finished_at`). The record keeps
+/// the last attempt's times only, so earlier attempts are one row. `now` ends what still goes on.
 pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
     let at = |t: chrono::DateTime<chrono::Utc>| (t - r.queued_at).num_milliseconds().max(0);
     let mut steps = Vec::new();
@@ -250,36 +252,44 @@ pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
         step("queued".into(), 0, at(now), "#9aa5b1");
         return steps;
     };
-    let first_wait = r.queue_ms.unwrap_or(started).min(started);
-    step("queued".into(), 0, first_wait, "#9aa5b1");
-    if r.attempt > 1 {
-        let earlier = match r.attempt {
-            2 => "attempt 1, then its backoff".to_string(),
-            n => format!("attempts 1–{}, each with its backoff", n - 1),
-        };
-        step(earlier, first_wait, started, "#e0a040");
-    }
-    match (r.finished_at.map(at), r.duration_ms) {
-        (Some(finished), Some(ran)) => {
-            let run_start = (finished - ran).max(started);
-            step(
-                "claimed, image, container created and started".into(),
-                started,
-                run_start,
-                "#7b8fd1",
-            );
+    let picked = r.queue_ms.unwrap_or(started).clamp(0, started);
+    step("queued".into(), 0, picked, "#9aa5b1");
+    let Some(finished) = r.finished_at.map(at) else {
+        step(
+            format!("running (attempt {})", r.attempt),
+            started,
+            at(now),
+            "#3c9a5f",
+        );
+        return steps;
+    };
+    let start = match r.attempt {
+        1 => "claimed, image, container created and started".to_string(),
+        2 => "attempt 1 and its backoff, then claimed and started again".to_string(),
+        n => format!(
+            "attempts 1–{} and their backoff, then claimed and started again",
+            n - 1
+        ),
+    };
+    let colour = if r.attempt > 1 { "#e0a040" } else { "#7b8fd1" };
+    step(start, picked, started, colour);
+    match r.duration_ms {
+        Some(ran) => {
+            let ended = (started + ran).min(finished);
             step(
                 format!("ran (attempt {})", r.attempt),
-                run_start,
-                run_start + ran,
+                started,
+                ended,
                 "#3c9a5f",
             );
-            step("recorded".into(), finished, finished, "#444");
+            step("recorded".into(), ended, finished, "#444");
         }
-        (Some(finished), None) => {
-            step("no run (platform error)".into(), started, finished, "#c0392b");
-        }
-        (None, _) => step("running".into(), started, at(now), "#3c9a5f"),
+        None => step(
+            "no run (platform error), recorded".into(),
+            started,
+            finished,
+            "#c0392b",
+        ),
     }
     steps
 }
@@ -500,7 +510,7 @@ mod tests {
             error: None,
             queued_at,
             started_at: Some(queued_at + ms(1500)),
-            finished_at: Some(queued_at + ms(2000)),
+            finished_at: Some(queued_at + ms(1820)),
             duration_ms: Some(300),
             queue_ms: Some(40),
             cold: Some(true),
@@ -522,14 +532,21 @@ mod tests {
             got,
             vec![
                 ("queued", 0, 40),
-                ("attempts 1–2, each with its backoff", 40, 1460),
-                ("claimed, image, container created and started", 1500, 200),
-                ("ran (attempt 3)", 1700, 300),
-                ("recorded", 2000, 0),
+                (
+                    "attempts 1–2 and their backoff, then claimed and started again",
+                    40,
+                    1460
+                ),
+                ("ran (attempt 3)", 1500, 300),
+                ("recorded", 1800, 20),
             ]
         );
         let first = waterfall(&record(1), chrono::Utc::now());
         assert_eq!(first[0].took_ms, 40);
+        assert_eq!(
+            (first[1].what.as_str(), first[1].start_ms, first[1].took_ms),
+            ("claimed, image, container created and started", 40, 1460)
+        );
         assert!(!first.iter().any(|s| s.what.contains("backoff")));
     }
 }

@@ -229,7 +229,10 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     // bars fit a phone too.
     let timeline = text_of(client, "#waterfall").await?;
     for step in ["queued", "ran (attempt 1)", "recorded"] {
-        ensure!(timeline.contains(step), "waterfall without {step:?}: {timeline}");
+        ensure!(
+            timeline.contains(step),
+            "waterfall without {step:?}: {timeline}"
+        );
     }
     shots_at(client, "invocation-waterfall", Some("#waterfall")).await?;
 
