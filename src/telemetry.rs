@@ -182,6 +182,8 @@ fn tracer_provider() -> (SdkTracerProvider, Option<String>) {
         );
     };
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+    // The client is rustls with the ring provider: installed first, whoever calls this.
+    crate::tls::install_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)

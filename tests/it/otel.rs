@@ -292,6 +292,34 @@ async fn a_sync_and_an_async_call_are_each_one_trace_from_the_caller_into_the_fu
         "{record}"
     );
 
+    // A hot function gets the run span's context as its request's `traceparent` header, in
+    // place of the caller's.
+    let registered = client
+        .post(format!("{base}/v1/functions"))
+        .json(&json!({"name": "app", "image": "granda-test/hot-web", "mode": "hot", "response": "cgi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let hot_trace = "5b8aa5a2d2c872e8321cf37308d69df2";
+    let answer = client
+        .get(format!("{base}/fn/app/request"))
+        .header("traceparent", format!("00-{hot_trace}-051581bf3cb55c13-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = answer.text().await.unwrap();
+    let spans = receiver
+        .trace(hot_trace, |s| s.iter().any(|x| x["name"] == "run"))
+        .await;
+    let run_id = named(&spans, "run")["span_id"].as_str().unwrap().to_string();
+    assert!(
+        seen.contains(&format!("\ntraceparent: 00-{hot_trace}-{run_id}-01\n")),
+        "{seen}"
+    );
+    assert!(!seen.contains("051581bf3cb55c13"), "{seen}");
+
     // JSON logs: every line of both processes parses; lines of a run carry its trace.
     for process in [&up, &worker] {
         let log = process.log();
