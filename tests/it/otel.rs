@@ -313,7 +313,10 @@ async fn a_sync_and_an_async_call_are_each_one_trace_from_the_caller_into_the_fu
     let spans = receiver
         .trace(hot_trace, |s| s.iter().any(|x| x["name"] == "run"))
         .await;
-    let run_id = named(&spans, "run")["span_id"].as_str().unwrap().to_string();
+    let run_id = named(&spans, "run")["span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         seen.contains(&format!("\ntraceparent: 00-{hot_trace}-{run_id}-01\n")),
         "{seen}"
