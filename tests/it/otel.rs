@@ -82,7 +82,7 @@ fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
 }
 
 /// The ingress's span of the HTTP request (kind server, named after its method and route).
-fn server<'a>(spans: &'a [Value]) -> &'a Value {
+fn server(spans: &[Value]) -> &Value {
     spans
         .iter()
         .find(|s| s["kind"] == 2)
