@@ -252,6 +252,26 @@ fi
 echo "ok openapi-spec-validator $(python3 -c 'import importlib.metadata as m; print(m.version("openapi-spec-validator"))')"
 
 # ---------------------------------------------------------------------------------------------------
+# 4c2. opentelemetry-proto (PyPI), which tests/otlp/receiver.py decodes OTLP/HTTP spans with
+#      (tests/it/tracing.rs), and promtool (Debian's prometheus), which checks /metrics
+# ---------------------------------------------------------------------------------------------------
+if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' >/dev/null 2>&1; then
+    log "installing opentelemetry-proto from PyPI"
+    python3 -m pip install -q --root-user-action=ignore 'opentelemetry-proto==1.45.2' 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages 'opentelemetry-proto==1.45.2' \
+        || die "pip could not install opentelemetry-proto"
+fi
+echo "ok opentelemetry-proto $(python3 -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+if ! command -v promtool >/dev/null; then
+    log "installing promtool (Debian's prometheus, without its recommends)"
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+        || die "apt-get could not install prometheus (for promtool)"
+    # Only its promtool is wanted: the server it brings must not run.
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+echo "ok $(promtool --version 2>&1 | head -1)"
+
+# ---------------------------------------------------------------------------------------------------
 # 4d. amqplib (npm), which tests/it/inbound/snippets.rs runs the README's Node snippet with
 # ---------------------------------------------------------------------------------------------------
 NODE_DIR=/var/tmp/granda-test-node

@@ -117,9 +117,14 @@ pub async fn main() -> anyhow::Result<()> {
     let client = Client::new(&cli.client);
     let outcome = match cli.command {
         TopCommand::Process(command) => {
-            crate::telemetry::init();
             let settings = command.settings().clone();
-            return run(command, settings, shutdown_signal()).await;
+            crate::telemetry::init_with(settings.log_format);
+            let ran = run(command, settings, shutdown_signal()).await;
+            // The spans still buffered go out before the process ends.
+            tokio::task::spawn_blocking(crate::telemetry::shutdown)
+                .await
+                .ok();
+            return ran;
         }
         TopCommand::Completions { shell } => {
             use clap::CommandFactory;

@@ -307,6 +307,25 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub secrets_old_keys: Vec<String>,
+
+    /// How log lines are written to stderr: `text`, or `json` (one object a line, with the
+    /// trace and span ids, for Loki or Elasticsearch).
+    #[arg(long, env = "GRANDA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+
+    /// Who may read `/metrics`, on the ingress and on a standalone worker alike: `key` (an admin
+    /// key, when the API asks for keys) or `none` (anyone who reaches the port).
+    #[arg(long, env = "GRANDA_METRICS_AUTH", value_enum, default_value = "key")]
+    pub metrics_auth: MetricsAuth,
+}
+
+/// Who may read `/metrics` (`GRANDA_METRICS_AUTH`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsAuth {
+    /// An admin key, as any other admin route (nothing is asked when `GRANDA_AUTH=off`).
+    Key,
+    /// Anyone who reaches the port.
+    None,
 }
 
 /// When registration may pull an image.

@@ -8,6 +8,14 @@
 //! the id, trigger, snapshot, queued-at time, reply-to, correlation id, request and body. The
 //! snapshot's secrets travel sealed. A worker checks the signature, opens the secrets and checks
 //! the snapshot's limits ([`crate::function::check_snapshot`]) before it runs or records anything.
+//!
+//! A work message also carries W3C Trace Context, the headers `traceparent` and `tracestate` of
+//! the span that published it ([`crate::telemetry`]). They are not signed, on purpose: they are
+//! hints for tracing only. A worker parses them strictly (a malformed one starts a new trace) and
+//! gives the function its own run span's context, never the header's text, so a forged or
+//! altered value can misplace spans in a trace and nothing else. A re-publish of the same
+//! message (a retry's delay, a redelivery) keeps them: every attempt joins the caller's trace.
+//!
 //! Reply: body = stdout; headers `x-granda-status`, `x-granda-exit-code`, `x-granda-duration-ms`,
 //! `x-granda-error` (platform error or the stderr tail of a failed run), and `x-granda-http` (the
 //! function's own HTTP status and headers, [`crate::web::WebAnswer`] as JSON) when it gave them.
@@ -103,6 +111,17 @@ fn with_signed_fields<T>(
     ])
 }
 
+/// The trace context a work message carries (see the module's doc): its parent for the worker's
+/// spans; an empty context (a new trace) when it carries none or a malformed one.
+pub fn trace_context(props: &BasicProperties) -> opentelemetry::Context {
+    let headers = props.headers().as_ref();
+    crate::telemetry::context_from(|name| {
+        headers
+            .and_then(|h| bytes_header(h, name))
+            .and_then(|b| std::str::from_utf8(b).ok())
+    })
+}
+
 /// One invocation to run, as it travels to a worker.
 #[derive(Clone, Debug)]
 pub struct Work {
@@ -186,6 +205,9 @@ impl Work {
         }
         let signature = with_signed_fields(&props, &headers, body, |fields| keys.sign(fields));
         headers.insert(H_SIGNATURE.into(), long_string(&signature));
+        for (name, value) in crate::telemetry::trace_headers() {
+            headers.insert(name.into(), long_string(&value));
+        }
         props.with_headers(headers)
     }
 

@@ -11,14 +11,23 @@
 //! has), method and status. Its duration is the time to the response's head (a streamed body,
 //! like a deploy's NDJSON log, goes on after it).
 //!
-//! Why hand-written and not the `prometheus-client` crate (0.26): it would add little to the
-//! build (measured: 3 new crates, itself, its derive macro and `dtoa`, since `parking_lot`,
-//! `itoa` and `syn` are in the tree already; about 1.2 s of CPU in a clean build), but its typed
-//! families (`Family<Labels, Counter>`, each registered up front with a label type) would change
-//! every place that records a metric, across the worker, scheduler and ingress, for the same
-//! text out. What it would give us, HELP and TYPE on every family and escaped label values, is
-//! here ([`FAMILIES`], [`label`]). Worth the move if we want OpenMetrics exemplars or native
-//! histograms, or once the call sites settle.
+//! No holes: every family in [`FAMILIES`] has its `# HELP` and `# TYPE` from the start, and the
+//! ones whose label values are known (triggers, outcomes) have those series at 0
+//! ([`Metrics::default`]); a function's own series are at 0 from its first run
+//! ([`Metrics::function_seen`]) and removed when it is deleted ([`Metrics::forget_function`]).
+//! `granda_build_info{version,commit}` and the standard `process_*` series (CPU, RSS, open
+//! descriptors, start time, from `/proc`) are rendered with the rest.
+//!
+//! Why hand-written and not the `prometheus-client` crate (0.26), looked at again for issue 30:
+//! it would add little to the build (measured: 3 new crates, itself, its derive macro and
+//! `dtoa`; about 1.2 s of CPU in a clean build) and nothing measurable on the hot path (one
+//! mutex and a map update either way), but its typed families (`Family<Labels, Counter>`, each
+//! registered up front with a label type) would change every place that records a metric, across
+//! the worker, scheduler and ingress, while another change adds families per namespace. What it
+//! would give us is here: HELP and TYPE on every family ([`FAMILIES`]), escaped label values
+//! ([`label`]), families present from the start, series removed with their function, and
+//! `promtool check metrics` passes on the output (tests/it/otel.rs). Worth the move for
+//! OpenMetrics exemplars (a trace id on a histogram bucket) or native histograms.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,8 +40,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 /// Upper bounds of the time histograms, in seconds.
+/// The top one is the longest timeout a function may have (`GRANDA_MAX_TIMEOUT_MS`'s default).
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    900.0,
 ];
 
 #[derive(Default)]
@@ -88,7 +99,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "granda_invocation_retries_total",
         "counter",
-        "Attempts that failed and were scheduled again.",
+        "Attempts that failed and were scheduled again, by function and reason (error, timeout, platform).",
     ),
     (
         "granda_invocation_duration_seconds",
@@ -238,9 +249,62 @@ struct Registry {
     help: BTreeMap<&'static str, &'static str>,
 }
 
-#[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Registry>,
+}
+
+/// Counters whose label values are all known, at 0 from the start: (family, label, values).
+const KNOWN_AT_ZERO: &[(&str, &str, &[&str])] = &[
+    (
+        "granda_invocations_accepted_total",
+        "trigger",
+        &["sync", "async", "webhook", "event", "schedule"],
+    ),
+    (
+        "granda_callback_deliveries_total",
+        "outcome",
+        &["delivered", "failed"],
+    ),
+    (
+        "granda_inbound_messages_total",
+        "outcome",
+        &["accepted", "duplicate", "dead"],
+    ),
+];
+
+/// Counters without labels, at 0 from the start.
+const UNLABELLED_AT_ZERO: &[&str] = &[
+    "granda_callback_retries_total",
+    "granda_worker_broker_reconnects_total",
+    "granda_events_published_total",
+    "granda_event_invocations_total",
+    "granda_schedule_fired_total",
+    "granda_schedule_skipped_total",
+];
+
+/// The final statuses an invocation can reach (`granda_invocations_total{status}`).
+const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "dead"];
+
+/// Why an attempt was retried (`granda_invocation_retries_total{reason}`).
+pub const RETRY_REASONS: &[&str] = &["error", "timeout", "platform"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        for (name, label_name, values) in KNOWN_AT_ZERO {
+            for value in *values {
+                registry
+                    .counters
+                    .insert((name, format!("{label_name}=\"{value}\"")), 0);
+            }
+        }
+        for name in UNLABELLED_AT_ZERO {
+            registry.counters.insert((name, String::new()), 0);
+        }
+        Metrics {
+            inner: Mutex::new(registry),
+        }
+    }
 }
 
 impl Metrics {
@@ -291,6 +355,50 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// A function's series at 0 (its final statuses, retries, cold starts), once: from its
+    /// first run on, a rate over them is 0 rather than nothing.
+    pub fn function_seen(&self, function: &str) {
+        let labels = format!("function=\"{}\"", label(function));
+        let mut inner = self.inner.lock().expect("lock");
+        if inner
+            .counters
+            .contains_key(&("granda_cold_starts_total", labels.clone()))
+        {
+            return;
+        }
+        inner
+            .counters
+            .insert(("granda_cold_starts_total", labels.clone()), 0);
+        for status in FINAL_STATUSES {
+            inner
+                .counters
+                .entry((
+                    "granda_invocations_total",
+                    format!("{labels},status=\"{status}\""),
+                ))
+                .or_default();
+        }
+        for reason in RETRY_REASONS {
+            inner
+                .counters
+                .entry((
+                    "granda_invocation_retries_total",
+                    format!("{labels},reason=\"{reason}\""),
+                ))
+                .or_default();
+        }
+    }
+
+    /// Removes every series of `function` (it was deleted).
+    pub fn forget_function(&self, function: &str) {
+        let labels = format!("function=\"{}\"", label(function));
+        let ours = |l: &String| l == &labels || l.starts_with(&format!("{labels},"));
+        let mut inner = self.inner.lock().expect("lock");
+        inner.counters.retain(|(_, l), _| !ours(l));
+        inner.gauges.retain(|(_, l), _| !ours(l));
+        inner.histograms.retain(|(_, l), _| !ours(l));
+    }
+
     /// A `# HELP` line for `name`.
     pub fn describe(&self, name: &'static str, help: &'static str) {
         self.inner.lock().expect("lock").help.insert(name, help);
@@ -311,20 +419,24 @@ impl Metrics {
         let mut out = String::from(
             "# HELP granda_up 1 while this process is up.\n# TYPE granda_up gauge\ngranda_up 1\n",
         );
-        let mut last = "";
-        let mut header = |out: &mut String, name: &'static str, kind: &str| {
-            if name != last {
-                let help = inner
-                    .help
-                    .get(name)
-                    .copied()
-                    .or_else(|| catalogued_help(name))
-                    .unwrap_or("A Granda metric.");
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                last = name;
-            }
-        };
+        let _ = writeln!(
+            out,
+            "# HELP granda_build_info The version and git commit this process was built from.\n\
+             # TYPE granda_build_info gauge\n\
+             granda_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            label(env!("CARGO_PKG_VERSION")),
+            label(env!("GRANDA_GIT_COMMIT")),
+        );
+        process_metrics(&mut out);
+        // Every family: the catalogued ones (even before their first series) and any other.
+        let mut names: std::collections::BTreeMap<&str, &str> = FAMILIES
+            .iter()
+            .filter(|f| f.0 != "granda_up")
+            .map(|f| (f.0, f.1))
+            .collect();
+        names.extend(inner.counters.keys().map(|k| (k.0, "counter")));
+        names.extend(inner.gauges.keys().map(|k| (k.0, "gauge")));
+        names.extend(inner.histograms.keys().map(|k| (k.0, "histogram")));
         // `{}` is left out when a series has no labels.
         let braced = |labels: &str| {
             if labels.is_empty() {
@@ -333,25 +445,139 @@ impl Metrics {
                 format!("{{{labels}}}")
             }
         };
-        for ((name, labels), value) in &inner.counters {
-            header(&mut out, name, "counter");
-            let _ = writeln!(out, "{name}{} {value}", braced(labels));
-        }
-        for ((name, labels), value) in &inner.gauges {
-            header(&mut out, name, "gauge");
-            let _ = writeln!(out, "{name}{} {value}", braced(labels));
-        }
-        for ((name, labels), h) in &inner.histograms {
-            header(&mut out, name, "histogram");
-            let sep = if labels.is_empty() { "" } else { "," };
-            for (bound, count) in SECONDS_BUCKETS.iter().zip(&h.counts) {
-                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+        let of = |name: &'static str| (name, String::new())..;
+        for (name, kind) in names {
+            let help = inner
+                .help
+                .get(name)
+                .copied()
+                .or_else(|| catalogued_help(name))
+                .unwrap_or("A Granda metric.");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            match kind {
+                "counter" => {
+                    for ((_, labels), value) in inner
+                        .counters
+                        .range(of(name))
+                        .take_while(|(k, _)| k.0 == name)
+                    {
+                        let _ = writeln!(out, "{name}{} {value}", braced(labels));
+                    }
+                }
+                "gauge" => {
+                    for ((_, labels), value) in inner
+                        .gauges
+                        .range(of(name))
+                        .take_while(|(k, _)| k.0 == name)
+                    {
+                        let _ = writeln!(out, "{name}{} {value}", braced(labels));
+                    }
+                }
+                _ => {
+                    for ((_, labels), h) in inner
+                        .histograms
+                        .range(of(name))
+                        .take_while(|(k, _)| k.0 == name)
+                    {
+                        let sep = if labels.is_empty() { "" } else { "," };
+                        for (bound, count) in SECONDS_BUCKETS.iter().zip(&h.counts) {
+                            let _ = writeln!(
+                                out,
+                                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}"
+                            );
+                        }
+                        let _ =
+                            writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+                        let _ = writeln!(out, "{name}_sum{} {}", braced(labels), h.sum);
+                        let _ = writeln!(out, "{name}_count{} {}", braced(labels), h.count);
+                    }
+                }
             }
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum{} {}", braced(labels), h.sum);
-            let _ = writeln!(out, "{name}_count{} {}", braced(labels), h.count);
         }
         out
+    }
+}
+
+/// The standard `process_*` series of this process, from `/proc/self` (Linux; nothing elsewhere).
+fn process_metrics(out: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command's closing parenthesis: state is field 3, so index i is field i+3.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num =
+        |field: usize| -> f64 { f.get(field - 3).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // SAFETY: sysconf reads configuration values; no memory is handed over.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as f64,
+        )
+    };
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct given.
+    let max_fds = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur as f64,
+        _ => 0.0,
+    };
+    let series: [(&str, &str, &str, f64); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            (num(14) + num(15)) / ticks.max(1.0),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            num(24) * page,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            num(23),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds as f64,
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            boot + num(22) / ticks.max(1.0),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
 }
 
@@ -529,6 +755,48 @@ mod tests {
                 "{family}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn known_series_start_at_zero_and_a_forgotten_functions_series_go() {
+        let m = Metrics::default();
+        let text = m.render();
+        assert!(text.contains("granda_invocations_accepted_total{trigger=\"event\"} 0\n"));
+        assert!(
+            text.contains("\ngranda_events_published_total 0\n"),
+            "{text}"
+        );
+        // Every catalogued family is described before its first series.
+        for (name, kind, _) in FAMILIES {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+        }
+        assert!(text.contains("granda_build_info{version=\""), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        m.function_seen("f");
+        m.observe(
+            "granda_invocation_duration_seconds",
+            "function=\"f\"".into(),
+            850.0,
+        );
+        m.inc("granda_cold_starts_total", "function=\"fg\"".into());
+        let text = m.render();
+        assert!(text.contains("granda_invocations_total{function=\"f\",status=\"dead\"} 0\n"));
+        assert!(
+            text.contains("granda_invocation_retries_total{function=\"f\",reason=\"error\"} 0\n")
+        );
+        assert!(
+            text.contains(
+                "granda_invocation_duration_seconds_bucket{function=\"f\",le=\"900\"} 1\n"
+            ),
+            "{text}"
+        );
+        m.forget_function("f");
+        let text = m.render();
+        assert!(!text.contains("function=\"f\""), "{text}");
+        assert!(
+            text.contains("function=\"fg\""),
+            "another function's stay: {text}"
+        );
     }
 
     /// Every metric name written in the sources (a `"granda_…"` literal) is in [`FAMILIES`], so

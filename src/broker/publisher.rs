@@ -2,6 +2,7 @@
 //! waiting for the replies of sync calls.
 
 use super::*;
+use tracing::Instrument as _;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -154,7 +155,8 @@ impl Publisher {
     }
 
     /// Publishes `work` to its queue and returns once the broker confirmed it.
-    #[tracing::instrument(level = "debug", skip_all, fields(id = %work.id, queue))]
+    /// A span of its own, `publish` (enqueue and confirm): the message carries its context.
+    #[tracing::instrument(name = "publish", skip_all, fields(otel.kind = "producer", id = %work.id, queue))]
     pub async fn publish(&self, queue: &str, work: &Work, body: &[u8]) -> Result<(), BrokerError> {
         self.publish_retrying(queue, work, body, |_| {}).await
     }
@@ -265,12 +267,14 @@ impl Publisher {
                 .insert(correlation_id.clone(), (link.generation, tx));
             *rx.lock().expect("lock") = Some(new_rx);
         })
+        .instrument(tracing::info_span!("publish", otel.kind = "producer", id = %work.id, queue))
         .await?;
         let rx = rx
             .into_inner()
             .expect("lock")
             .expect("a waiter was registered");
         Ok(tokio::time::timeout(wait, rx)
+            .instrument(tracing::info_span!("await reply"))
             .await
             .ok()
             .and_then(Result::ok))

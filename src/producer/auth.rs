@@ -283,6 +283,13 @@ pub async fn require(
         });
         return Ok(next.run(request).await);
     }
+    // `GRANDA_METRICS_AUTH=none`: `/metrics` is open, on the ingress as on a worker.
+    let open_metrics = app.settings.metrics_auth == crate::config::MetricsAuth::None
+        && request.uri().path() == "/metrics";
+    if open_metrics {
+        request.extensions_mut().insert(Caller::Anonymous);
+        return Ok(next.run(request).await);
+    }
     let needed = match needs(request.method(), request.uri().path()) {
         Needs::Nothing => {
             request.extensions_mut().insert(Caller::Anonymous);

@@ -291,6 +291,7 @@ pub async fn delete(
     let deleted = store::delete(&app.pool, &acting.function(&name)).await?;
     app.recent.forget_all();
     if deleted {
+        app.metrics.forget_function(&name);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no function named {name:?}")))

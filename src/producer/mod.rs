@@ -347,10 +347,12 @@ pub fn router(state: AppState) -> Router {
             origins,
             origin::separate,
         ))
-        // Outermost: requests refused by auth or the body limit are counted too.
+        // Requests refused by auth or the body limit are counted too.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track_http,
         ))
+        // Outermost: every request is a span, continuing the caller's trace (`crate::telemetry`).
+        .layer(axum::middleware::from_fn(crate::telemetry::trace_http))
         .with_state(state)
 }

@@ -6,6 +6,7 @@ mod kept;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -155,7 +156,7 @@ impl Runner {
     /// Runs `function` on `input` as invocation `id`. The container is removed whatever happens,
     /// by the returned task: removal is cleanup, not part of the answer, so the caller can reply
     /// first and then wait for it (and so not start more containers than it removes).
-    #[tracing::instrument(skip_all, fields(%id, function = %function.name))]
+    #[tracing::instrument(name = "container", skip_all, fields(%id, function = %function.name))]
     pub async fn run(
         &self,
         id: Uuid,
@@ -194,6 +195,7 @@ impl Runner {
                 None::<bollard::query_parameters::CreateContainerOptions>,
                 config,
             )
+            .instrument(tracing::info_span!("create"))
             .await
         {
             Ok(created) => created,
@@ -205,7 +207,10 @@ impl Runner {
             docker: self.docker.clone(),
             container: Some(container.clone()),
         };
-        let result = self.attach_start_wait(&container, function, input).await;
+        let result = self
+            .attach_start_wait(&container, function, input)
+            .instrument(tracing::info_span!("start and wait"))
+            .await;
         guard.disarm();
         let docker = self.docker.clone();
         let removal = tokio::spawn(async move { remove(&docker, &container).await });

@@ -11,6 +11,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
@@ -184,13 +186,35 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
-/// Handles one delivery from claim to ack, once the scheduler gives it a slot.
-#[tracing::instrument(skip_all, fields(id, queue = %queue))]
+/// Handles one delivery from claim to ack, once the scheduler gives it a slot: in a span of
+/// the trace the message carries ([`crate::message::trace_context`]).
 pub(super) async fn handle(
     shared: Arc<Shared>,
     channels: Channels,
     queue: String,
     delivery: Delivery,
+) {
+    let parent = crate::message::trace_context(&delivery.properties);
+    let span = tracing::info_span!(
+        "invocation",
+        otel.kind = "consumer",
+        id = tracing::field::Empty,
+        queue = %queue,
+        function = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    let _ = span.set_parent(parent.clone());
+    handle_in_span(shared, channels, queue, delivery, parent)
+        .instrument(span)
+        .await
+}
+
+async fn handle_in_span(
+    shared: Arc<Shared>,
+    channels: Channels,
+    queue: String,
+    delivery: Delivery,
+    parent: opentelemetry::Context,
 ) {
     let _busy = Busy(&shared.busy);
     // Fair sharing, before a slot is taken (so the messages of a burst go round at once, not
@@ -226,6 +250,7 @@ pub(super) async fn handle(
         }
     };
     tracing::Span::current().record("id", tracing::field::display(work.id));
+    tracing::Span::current().record("function", work.function.name.as_str());
 
     if let Err(why) = shared.runnable_here(&queue, &work).await {
         let count = delivery_count(&delivery);
@@ -269,7 +294,9 @@ pub(super) async fn handle(
     } else {
         None
     };
-    let claim = with_db_retries(|| claim(&shared, &work, &delivery.data)).await;
+    let claim = with_db_retries(|| claim(&shared, &work, &delivery.data))
+        .instrument(tracing::info_span!("claim"))
+        .await;
     match claim {
         Claim::Claimed { attempt, queued_at } => {
             // Over its namespace's `max_concurrency` across all workers: the claim is given
@@ -285,6 +312,18 @@ pub(super) async fn handle(
                 )
                 .await;
                 return;
+            }
+            tracing::Span::current().record("attempt", attempt);
+            // Its wait in the queue, from acceptance to this claim, for the first attempt (a
+            // retry's wait is its backoff, in the record).
+            if attempt == 1 {
+                crate::telemetry::record_span(
+                    &parent,
+                    "queue",
+                    queued_at.into(),
+                    std::time::SystemTime::now(),
+                    vec![opentelemetry::KeyValue::new("queue", queue.clone())],
+                );
             }
             let running = Running::start(&shared, work.id);
             faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
@@ -588,8 +627,16 @@ pub(super) async fn run_claimed(
     let started = Instant::now();
     // Whatever the run does, the invocation is settled: a panic is the platform's failure (its
     // container and pool slot are released by their guards as it unwinds).
+    let run_span = tracing::info_span!(
+        "run",
+        mode = ?work.function.run.mode,
+        cold = tracing::field::Empty,
+        status = tracing::field::Empty,
+        exit_code = tracing::field::Empty,
+    );
     let executed = AssertUnwindSafe(execute(shared, work, attempt, &delivery.data))
         .catch_unwind()
+        .instrument(run_span.clone())
         .await;
     let (mut outcome, failure, removal) = executed.unwrap_or_else(|panic| {
         let message = panic_message(&*panic);
@@ -609,6 +656,12 @@ pub(super) async fn run_claimed(
     {
         *error = error.replace('\0', "\u{FFFD}");
     }
+    run_span.record("cold", outcome.cold);
+    run_span.record("status", outcome.status().as_str());
+    if let Some(code) = outcome.exit_code {
+        run_span.record("exit_code", code);
+    }
+    drop(run_span);
     if let Some(request) = &work.request {
         outcome.http_method = Some(request.method.clone());
         outcome.http_path = Some(request.path.clone());
@@ -630,6 +683,7 @@ pub(super) async fn run_claimed(
         .expect("lock")
         .record_run(&class, started.elapsed());
     let function = format!("function=\"{}\"", label(&work.function.name));
+    shared.metrics.function_seen(&work.function.name);
     if outcome.cold {
         shared
             .metrics
@@ -656,7 +710,9 @@ pub(super) async fn run_claimed(
                 outcome.status = Some(Status::Dead);
                 tracing::warn!(attempt, "retries spent; dead-lettering");
             }
-            with_db_retries(|| record_final(shared, work, attempt, &delivery.data, &outcome)).await;
+            with_db_retries(|| record_final(shared, work, attempt, &delivery.data, &outcome))
+                .instrument(tracing::info_span!("record"))
+                .await;
             // Sync calls have no callbacks: their caller has the answer.
             if work.trigger != Trigger::Sync {
                 crate::callback::deliver_later(
@@ -678,7 +734,10 @@ pub(super) async fn run_claimed(
                     ack(delivery).await;
                 }
             };
-            tokio::join!(reply(channels, work, &answer), settle);
+            tokio::join!(
+                reply(channels, work, &answer).instrument(tracing::info_span!("reply")),
+                settle
+            );
         }
         Verdict::RetryAfter(level) => {
             let delay = retry::jittered(level, (Uuid::new_v4().as_u128() & 0xffff) as u16);
@@ -688,6 +747,10 @@ pub(super) async fn run_claimed(
                 ?delay,
                 error = outcome.error.as_deref().unwrap_or(""),
                 "retrying later"
+            );
+            shared.metrics.inc(
+                "granda_invocation_retries_total",
+                format!("{function},reason=\"{}\"", retry_reason(failure)),
             );
             with_db_retries(|| {
                 invocation::store::requeue(
@@ -707,6 +770,15 @@ pub(super) async fn run_claimed(
     // new starts and slow them).
     if let Some(removal) = removal {
         let _ = removal.await;
+    }
+}
+
+/// The `reason` label of a retry: the failure class that was retried.
+fn retry_reason(failure: Option<Failure>) -> &'static str {
+    match failure {
+        Some(Failure::Platform) => "platform",
+        Some(Failure::Timeout) => "timeout",
+        _ => "error",
     }
 }
 

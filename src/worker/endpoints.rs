@@ -114,7 +114,37 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+/// The worker's series; with `GRANDA_METRICS_AUTH=key` (and `GRANDA_AUTH=on`) only for an
+/// admin key, the same rule as the ingress's `/metrics`.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    if shared.metrics_need_key {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let scope = match token {
+            Some(token) => crate::keys::verify(&shared.pool, token.trim()).await,
+            None => Ok(None),
+        };
+        match scope {
+            Ok(Some(crate::keys::Scope::Admin)) => {}
+            Ok(Some(_)) => {
+                return crate::error::ApiError::Forbidden(
+                    "/metrics needs an admin key (GRANDA_METRICS_AUTH=key)".into(),
+                )
+                .into_response();
+            }
+            Ok(None) => {
+                return crate::error::ApiError::Unauthorized(
+                    "/metrics needs an admin key: Authorization: Bearer <key> \
+                     (GRANDA_METRICS_AUTH=key)"
+                        .into(),
+                )
+                .into_response();
+            }
+            Err(e) => return crate::error::ApiError::from(e).into_response(),
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared.metrics.render(),

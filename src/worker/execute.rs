@@ -28,16 +28,28 @@ async fn execute_in_mode(
     attempt: i32,
     input: &[u8],
 ) -> (Outcome, Option<Failure>, Option<Removal>) {
-    // A call of the function's URL: the CGI meta-variables join its env for this run.
-    let with_request = work.request.as_ref().map(|request| {
+    // A call of the function's URL: the CGI meta-variables join its env for this run. The run
+    // span's trace context too, so the function's own spans join the trace: `TRACEPARENT` (and
+    // `TRACESTATE`), and for a URL call `HTTP_TRACEPARENT` in place of the caller's own.
+    let trace = crate::telemetry::trace_headers();
+    let with_env = (work.request.is_some() || !trace.is_empty()).then(|| {
         let mut function = work.function.clone();
-        function
-            .run
-            .env
-            .extend(crate::cgi::meta_variables(request, input.len()));
+        let env = &mut function.run.env;
+        if let Some(request) = &work.request {
+            env.extend(crate::cgi::meta_variables(request, input.len()));
+            env.remove("HTTP_TRACEPARENT");
+            env.remove("HTTP_TRACESTATE");
+        }
+        for (name, value) in &trace {
+            let name = name.to_ascii_uppercase();
+            if work.request.is_some() {
+                env.insert(format!("HTTP_{name}"), value.clone());
+            }
+            env.insert(name, value.clone());
+        }
         function
     });
-    let function = with_request.as_ref().unwrap_or(&work.function);
+    let function = with_env.as_ref().unwrap_or(&work.function);
     let (ran, cold, removal) = match work.function.run.mode {
         Mode::Cold => {
             let (ran, removal) = shared.runner.run(work.id, function, input).await;

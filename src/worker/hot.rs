@@ -102,8 +102,11 @@ pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
         Some(request) => {
             for (name, value) in &request.headers {
                 // The body's own length is sent; `Expect` would ask for an interim answer.
-                if matches!(name.as_str(), "content-length" | "expect")
-                    || name.starts_with("granda-")
+                // The run span's trace context goes in place of the caller's.
+                if matches!(
+                    name.as_str(),
+                    "content-length" | "expect" | "traceparent" | "tracestate"
+                ) || name.starts_with("granda-")
                 {
                     continue;
                 }
@@ -115,6 +118,9 @@ pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
             put("granda-web", "1")?;
         }
         None => put("host", "granda")?,
+    }
+    for (name, value) in crate::telemetry::trace_headers() {
+        put(name, &value)?;
     }
     put("granda-invocation-id", &call.id.to_string())?;
     put("granda-deadline-ms", &call.deadline_ms.to_string())?;

@@ -104,6 +104,14 @@ impl Images {
         if self.fresh(image) {
             return Ok(None);
         }
+        use tracing::Instrument as _;
+        self.look_or_pull(image)
+            .instrument(tracing::info_span!("image", image))
+            .await
+    }
+
+    /// [`Images::ensure`] for an image not seen lately: asks the engine, pulls when missing.
+    async fn look_or_pull(&self, image: &str) -> Result<Option<Duration>, ImageError> {
         let lock = self
             .inner
             .locks

@@ -185,6 +185,8 @@ struct Shared {
     docker_timeout: u64,
     /// `GRANDA_TEST_FAULTS`: Granda's own tests make runs panic ([`faults`]).
     test_faults: bool,
+    /// Whether `/metrics` asks for an admin key (`GRANDA_METRICS_AUTH=key` with `GRANDA_AUTH=on`).
+    metrics_need_key: bool,
 }
 
 /// The channels of one connection that handlers use.
@@ -285,6 +287,8 @@ impl Worker {
                 lease: Duration::from_millis(settings.worker_lease_ms.max(300)),
                 docker_timeout: 30,
                 test_faults: settings.test_faults,
+                metrics_need_key: settings.metrics_auth == crate::config::MetricsAuth::Key
+                    && settings.auth == crate::config::AuthMode::On,
             }),
             queues: settings.queues.clone(),
             schedule,

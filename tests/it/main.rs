@@ -28,6 +28,7 @@ mod metrics;
 mod namespaces;
 mod openapi;
 mod origins;
+mod otel;
 mod readme;
 mod scheduler;
 mod schedules;

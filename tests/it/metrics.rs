@@ -282,6 +282,64 @@ async fn callback_deliveries_are_counted_by_outcome() {
         Some(1.0),
         "{text}"
     );
-    assert!(!text.contains("outcome=\"failed\""), "{text}");
+    // Known from the start, at 0 (issue 30: no holes), and still 0.
+    assert_eq!(
+        value(&app, "granda_callback_deliveries_total{outcome=\"failed\"}").await,
+        Some(0.0),
+        "{text}"
+    );
+    app.shutdown().await;
+}
+
+/// Issue 30: `granda_invocation_retries_total` counts (it was documented and never incremented),
+/// a function's series are at 0 from its first run, and a deleted function's series go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_counted_and_a_deleted_functions_series_are_removed() {
+    let app = spawn_app_with(|s| {
+        s.retry_base_ms = 100;
+        s.retry_max_ms = 400;
+    })
+    .await;
+    // Known label values are there before any event.
+    let text = app.metrics().await;
+    for series in [
+        "granda_invocations_accepted_total{trigger=\"webhook\"} 0",
+        "granda_callback_deliveries_total{outcome=\"failed\"} 0",
+        "granda_schedule_fired_total 0",
+        "# TYPE granda_invocation_retries_total counter",
+        "# TYPE granda_image_pull_seconds histogram",
+    ] {
+        assert!(text.contains(series), "{series}:\n{text}");
+    }
+    app.register(
+        "flaky",
+        "granda-test/fail",
+        json!({"max_attempts": 3, "retry_on": ["error"]}),
+    )
+    .await;
+    let id = app.invoke_async("flaky", "x").await;
+    let record = app.wait_final(id, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    let retries = "granda_invocation_retries_total{function=\"flaky\",reason=\"error\"}";
+    assert_eq!(value(&app, retries).await, Some(2.0));
+    assert_eq!(
+        value(
+            &app,
+            "granda_invocation_retries_total{function=\"flaky\",reason=\"timeout\"}"
+        )
+        .await,
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &app,
+            "granda_invocations_total{function=\"flaky\",status=\"succeeded\"}"
+        )
+        .await,
+        Some(0.0)
+    );
+    assert_eq!(app.delete("/v1/functions/flaky").await.status(), 204);
+    let text = app.metrics().await;
+    assert!(!text.contains("function=\"flaky\""), "{text}");
     app.shutdown().await;
 }

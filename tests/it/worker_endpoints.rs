@@ -114,7 +114,14 @@ async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
         let text = response.text().await.unwrap();
         assert_eq!((status.as_u16(), text), (200, format!("hello {i}")));
     }
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    // One rule for /metrics on the ingress and a worker (GRANDA_METRICS_AUTH=key): an admin key.
+    let anonymous = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let metrics = crate::support::client_with_key(crate::support::ADMIN_KEY)
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]

@@ -210,12 +210,122 @@ pub async fn invocation(
                         tr { th { "Input size" } td { (r.input_size) " bytes" } }
                     }
                 }
+                (waterfall_markup(&r, chrono::Utc::now()))
                 (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
                 (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
                 (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
             }
         },
     ))
+}
+
+/// One bar of an invocation's timeline: what happened, from when and for how long (ms after it
+/// was queued).
+#[derive(Debug, PartialEq)]
+pub struct Step {
+    pub what: String,
+    pub start_ms: i64,
+    pub took_ms: i64,
+    /// The colour of its bar.
+    pub colour: &'static str,
+}
+
+/// An invocation's timeline, from what its record knows: the wait in the queue (to its first
+/// claim, `queue_ms`), earlier attempts and their backoff, the worker's start of the run (claim,
+/// image, container create and start: up to `started_at`, which the final record sets to the
+/// run's start), the run (`duration_ms`) and the final record (`finished_at`). The record keeps
+/// the last attempt's times only, so earlier attempts are one row. `now` ends what still goes on.
+pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
+    let at = |t: chrono::DateTime<chrono::Utc>| (t - r.queued_at).num_milliseconds().max(0);
+    let mut steps = Vec::new();
+    let mut step = |what: String, start_ms: i64, end_ms: i64, colour| {
+        if end_ms >= start_ms {
+            steps.push(Step {
+                what,
+                start_ms,
+                took_ms: end_ms - start_ms,
+                colour,
+            });
+        }
+    };
+    let Some(started) = r.started_at.map(at) else {
+        step("queued".into(), 0, at(now), "#9aa5b1");
+        return steps;
+    };
+    let picked = r.queue_ms.unwrap_or(started).clamp(0, started);
+    step("queued".into(), 0, picked, "#9aa5b1");
+    let Some(finished) = r.finished_at.map(at) else {
+        step(
+            format!("running (attempt {})", r.attempt),
+            started,
+            at(now),
+            "#3c9a5f",
+        );
+        return steps;
+    };
+    let start = match r.attempt {
+        1 => "claimed, image, container created and started".to_string(),
+        2 => "attempt 1 and its backoff, then claimed and started again".to_string(),
+        n => format!(
+            "attempts 1–{} and their backoff, then claimed and started again",
+            n - 1
+        ),
+    };
+    let colour = if r.attempt > 1 { "#e0a040" } else { "#7b8fd1" };
+    step(start, picked, started, colour);
+    match r.duration_ms {
+        Some(ran) => {
+            let ended = (started + ran).min(finished);
+            step(
+                format!("ran (attempt {})", r.attempt),
+                started,
+                ended,
+                "#3c9a5f",
+            );
+            step("recorded".into(), ended, finished, "#444");
+        }
+        None => step(
+            "no run (platform error), recorded".into(),
+            started,
+            finished,
+            "#c0392b",
+        ),
+    }
+    steps
+}
+
+/// [`waterfall`] as a table of bars (SVG, no inline styles: the dashboard's CSP allows none).
+fn waterfall_markup(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Markup {
+    let steps = waterfall(r, now);
+    let total = steps
+        .iter()
+        .map(|s| s.start_ms + s.took_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let x = |ms: i64| (ms as f64 / total * 1000.0).round();
+    html! {
+        h2 { "Timeline" }
+        div.scroll {
+            table #waterfall {
+                thead { tr { th { "Step" } th.num { "At" } th.num { "Took" } th { "" } } }
+                tbody {
+                    @for s in &steps {
+                        tr {
+                            td { (s.what) }
+                            td.num { "+" (fmt_ms(Some(s.start_ms as f64))) }
+                            td.num { (fmt_ms(Some(s.took_ms as f64))) }
+                            td {
+                                svg width="100%" height="12" viewBox="0 0 1000 12" preserveAspectRatio="none" role="img" aria-label=(s.what) {
+                                    rect x=(x(s.start_ms)) y="1" width=((x(s.took_ms)).max(2.0)) height="10" fill=(s.colour) {}
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
@@ -373,4 +483,70 @@ pub async fn retry_dead(
                 a href={ (BASE) "/invocations?status=queued" } { "Queued invocations" } }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(attempt: i32) -> Record {
+        let queued_at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let ms = chrono::Duration::milliseconds;
+        Record {
+            id: Uuid::nil(),
+            function: "f".into(),
+            status: "succeeded".into(),
+            trigger: "async".into(),
+            attempt,
+            input: None,
+            input_size: 0,
+            output: None,
+            output_truncated: false,
+            logs: None,
+            logs_truncated: false,
+            exit_code: Some(0),
+            error: None,
+            queued_at,
+            started_at: Some(queued_at + ms(1500)),
+            finished_at: Some(queued_at + ms(1820)),
+            duration_ms: Some(300),
+            queue_ms: Some(40),
+            cold: Some(true),
+            worker: None,
+            http_method: None,
+            http_path: None,
+            http_status: None,
+        }
+    }
+
+    #[test]
+    fn the_waterfall_shows_where_the_time_went_and_earlier_attempts() {
+        let steps = waterfall(&record(3), chrono::Utc::now());
+        let got: Vec<(&str, i64, i64)> = steps
+            .iter()
+            .map(|s| (s.what.as_str(), s.start_ms, s.took_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("queued", 0, 40),
+                (
+                    "attempts 1–2 and their backoff, then claimed and started again",
+                    40,
+                    1460
+                ),
+                ("ran (attempt 3)", 1500, 300),
+                ("recorded", 1800, 20),
+            ]
+        );
+        let first = waterfall(&record(1), chrono::Utc::now());
+        assert_eq!(first[0].took_ms, 40);
+        assert_eq!(
+            (first[1].what.as_str(), first[1].start_ms, first[1].took_ms),
+            ("claimed, image, container created and started", 40, 1460)
+        );
+        assert!(!first.iter().any(|s| s.what.contains("backoff")));
+    }
 }

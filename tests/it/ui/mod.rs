@@ -225,6 +225,16 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     ensure!(text_of(client, "#output").await? == "hello from the browser");
     ensure!(text_of(client, "#input").await? == "hello from the browser");
     shot(client, "invocation").await?;
+    // Its timeline as a waterfall: the wait in the queue, the start, the run, the record; the
+    // bars fit a phone too.
+    let timeline = text_of(client, "#waterfall").await?;
+    for step in ["queued", "ran (attempt 1)", "recorded"] {
+        ensure!(
+            timeline.contains(step),
+            "waterfall without {step:?}: {timeline}"
+        );
+    }
+    shots_at(client, "invocation-waterfall", Some("#waterfall")).await?;
 
     // The queues: the work queue with the worker consuming it, and the worker's heartbeat.
     client.goto(&app.url("/ui/queues")).await?;
