@@ -30,6 +30,7 @@ mod origins;
 mod readme;
 mod scheduler;
 mod schedules;
+mod sdk;
 mod slow_bodies;
 mod support;
 mod tls;
