@@ -40,6 +40,15 @@ pub struct Manifest {
     pub functions: BTreeMap<String, Map<String, Value>>,
 }
 
+/// A manifest read with every field typed: each function as the body of an update (every field
+/// optional, unknown ones refused).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Checked {
+    functions: BTreeMap<String, crate::function::FunctionUpdate>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DeployFileArgs {
     /// The manifest (YAML or JSON).
@@ -136,6 +145,10 @@ pub fn read(file: &Path) -> Result<Manifest, CliError> {
         .map_err(|e| CliError::Other(format!("reading {}: {e}", file.display())))?;
     let manifest: Manifest = serde_saphyr::from_str(&text)
         .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    // Each function's fields, checked here against the API's own types, so that an unknown or
+    // mistyped field is reported at its line in this file, not in the JSON the server gets.
+    serde_saphyr::from_str::<Checked>(&text)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
     for (name, spec) in &manifest.functions {
         let from_source = spec.contains_key("source");
         if from_source == spec.contains_key("image") {
@@ -225,5 +238,29 @@ fn prefix(name: &str, e: CliError) -> CliError {
             log,
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(yaml: &str) -> String {
+        let file = std::env::temp_dir().join(format!("granda-manifest-{}.yaml", uuid::Uuid::new_v4()));
+        std::fs::write(&file, yaml).unwrap();
+        let err = read(&file).expect_err("refused").to_string();
+        let _ = std::fs::remove_file(&file);
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        err
+    }
+
+    /// A bad field is reported at its line of the YAML file, not in the JSON the server gets.
+    #[test]
+    fn field_errors_point_at_the_file_and_line() {
+        let unknown = refused("functions:\n  hello:\n    image: a/b\n    timout_ms: 5\n");
+        assert!(unknown.contains("timout_ms") && unknown.contains("line 4"), "{unknown}");
+        let mistyped = refused("functions:\n  hello:\n    image: a/b\n\n    memory_mb: lots\n");
+        assert!(mistyped.contains("line 5"), "{mistyped}");
+        assert!(!mistyped.contains("JSON"), "{mistyped}");
     }
 }
