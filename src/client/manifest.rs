@@ -1,5 +1,7 @@
-//! Scaffolding and manifests: `granda fn init NAME --runtime shell|python3` writes a handler and
-//! a `granda.yaml`; `granda deploy -f granda.yaml` deploys every function the file lists.
+//! Scaffolding and manifests: `granda fn init NAME --runtime shell|python3` writes a handler in
+//! `NAME/src/` and `NAME/granda.yaml` beside it, so that the manifest (and the secrets it may
+//! hold) is never part of the source that is built, and editing it builds nothing;
+//! `granda deploy -f granda.yaml` deploys every function the file lists.
 //!
 //! A manifest is YAML (JSON is YAML too), parsed with `serde-saphyr`: pure Rust, no unsafe, kept
 //! up to date, and light with only its `deserialize` feature (`serde_yaml` is archived and
@@ -101,12 +103,12 @@ fn manifest_text(name: &str, runtime: &str) -> String {
          # Each function takes the fields of `granda fn deploy --help` (timeout_ms, memory_mb,\n\
          # env, secrets, mode, max_concurrency, retry_on, public, ...), or `image:` instead of\n\
          # `runtime` and `source`.\n\
-         functions:\n  {name}:\n    runtime: {runtime}\n    source: .\n    timeout_ms: 10000\n    memory_mb: 128\n    env:\n      GREETING: hello\n"
+         functions:\n  {name}:\n    runtime: {runtime}\n    source: src           # only this directory is built: keep secrets here, not in it\n    timeout_ms: 10000\n    memory_mb: 128\n    env:\n      GREETING: hello\n"
     )
 }
 
-/// `granda fn init`: writes NAME/handler.{sh,py} and NAME/granda.yaml; refuses a directory that
-/// exists.
+/// `granda fn init`: writes NAME/src/handler.{sh,py} and NAME/granda.yaml; refuses a directory
+/// that exists.
 pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
     let dir = args.dir.join(&args.name);
     if dir.exists() {
@@ -120,16 +122,16 @@ pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
         Runtime::Python3 => ("python3", "handler.py", PYTHON_HANDLER),
     };
     let io = |e: std::io::Error| CliError::Other(format!("writing {}: {e}", dir.display()));
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    std::fs::write(dir.join(handler), text).map_err(io)?;
+    std::fs::create_dir_all(dir.join("src")).map_err(io)?;
+    std::fs::write(dir.join("src").join(handler), text).map_err(io)?;
     std::fs::write(dir.join("granda.yaml"), manifest_text(&args.name, runtime)).map_err(io)?;
     if client.json {
         client.print_json(&json!({
             "directory": dir,
-            "files": [handler, "granda.yaml"],
+            "files": [format!("src/{handler}"), "granda.yaml".into()],
         }));
     } else {
-        println!("wrote {0}/{handler} and {0}/granda.yaml", dir.display());
+        println!("wrote {0}/src/{handler} and {0}/granda.yaml", dir.display());
         println!(
             "next: granda deploy -f {}/granda.yaml && granda invoke {} -d you",
             dir.display(),
