@@ -128,7 +128,7 @@ pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
     if client.json {
         client.print_json(&json!({
             "directory": dir,
-            "files": [format!("src/{handler}"), "granda.yaml".into()],
+            "files": [format!("src/{handler}"), "granda.yaml".to_string()],
         }));
     } else {
         println!("wrote {0}/src/{handler} and {0}/granda.yaml", dir.display());
