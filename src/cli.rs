@@ -270,7 +270,10 @@ mod tests {
         }
         let args = |line: &str| line.split(' ').map(String::from).collect::<Vec<_>>();
         let worker = process_help(&args("granda worker --help")).expect("a process's help");
-        assert!(worker.contains("--amqp-url") && worker.contains("GRANDA_AMQP_URL"), "{worker}");
+        assert!(
+            worker.contains("--amqp-url") && worker.contains("GRANDA_AMQP_URL"),
+            "{worker}"
+        );
         for hidden in ["--url", "--key", "--json", "s3cr3t", "guest:guest"] {
             assert!(!worker.contains(hidden), "{hidden} in:\n{worker}");
         }

@@ -14,7 +14,12 @@ pub struct Settings {
 
     /// Postgres URL; the database is created if missing and migrated at start. (Help never prints
     /// the value set: a URL may hold a password.)
-    #[arg(long, env = "GRANDA_DATABASE_URL", default_value = "postgres://localhost/granda", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GRANDA_DATABASE_URL",
+        default_value = "postgres://localhost/granda",
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated (each a full `amqp://` or

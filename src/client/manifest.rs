@@ -248,7 +248,8 @@ mod tests {
     use super::*;
 
     fn refused(yaml: &str) -> String {
-        let file = std::env::temp_dir().join(format!("granda-manifest-{}.yaml", uuid::Uuid::new_v4()));
+        let file =
+            std::env::temp_dir().join(format!("granda-manifest-{}.yaml", uuid::Uuid::new_v4()));
         std::fs::write(&file, yaml).unwrap();
         let err = read(&file).expect_err("refused").to_string();
         let _ = std::fs::remove_file(&file);
@@ -260,7 +261,10 @@ mod tests {
     #[test]
     fn field_errors_point_at_the_file_and_line() {
         let unknown = refused("functions:\n  hello:\n    image: a/b\n    timout_ms: 5\n");
-        assert!(unknown.contains("timout_ms") && unknown.contains("line 4"), "{unknown}");
+        assert!(
+            unknown.contains("timout_ms") && unknown.contains("line 4"),
+            "{unknown}"
+        );
         let mistyped = refused("functions:\n  hello:\n    image: a/b\n\n    memory_mb: lots\n");
         assert!(mistyped.contains("line 5"), "{mistyped}");
         assert!(!mistyped.contains("JSON"), "{mistyped}");

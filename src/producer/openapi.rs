@@ -195,7 +195,8 @@ const METHODS: [&str; 7] = ["get", "put", "post", "delete", "patch", "head", "op
 pub fn contract(doc: &mut Value) {
     let binary = json!({"type": "string", "format": "binary"});
     let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
-    let header = |description: &str, schema: Value| json!({"description": description, "schema": schema});
+    let header =
+        |description: &str, schema: Value| json!({"description": description, "schema": schema});
     let granda_headers = json!({
         "X-Granda-Invocation-Id": header("the invocation's id", json!({"type": "string", "format": "uuid"})),
         "X-Granda-Status": header("the invocation's status (`succeeded`, `failed`, `timed_out`, `queued`, ...)", json!({"$ref": "#/components/schemas/InvocationStatus"})),
@@ -263,7 +264,8 @@ pub fn contract(doc: &mut Value) {
                     );
                 }
                 if matches!(id.as_str(), "create_function" | "update_function") {
-                    let stream = json!({"schema": {"$ref": "#/components/schemas/BuildStreamLine"}});
+                    let stream =
+                        json!({"schema": {"$ref": "#/components/schemas/BuildStreamLine"}});
                     let ok = responses.entry("200").or_insert_with(|| {
                         json!({"description": "with `Accept: application/x-ndjson` and a build: the build log, one JSON object per line", "content": {}})
                     });

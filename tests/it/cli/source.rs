@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::support::spawn_app_with;
-use serde_json::Value;
 use futures_util::StreamExt;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -515,10 +515,16 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
         let mut text = std::fs::read_to_string(&manifest).unwrap();
         text.push_str("    # a comment\n    secrets:\n      TOKEN: s3cr3t-value\n");
         std::fs::write(&manifest, text).unwrap();
-        let said = expect(&granda(&app, &["deploy", "-f", path(&manifest)], b"").await, 0);
+        let said = expect(
+            &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+            0,
+        );
         assert!(said.contains(&format!("updated {name}")), "{said}");
         let f = json(&granda(&app, &["fn", "get", name, "--json"], b"").await);
-        assert_eq!(f["version"], 1, "a settings-only change built a version: {f}");
+        assert_eq!(
+            f["version"], 1,
+            "a settings-only change built a version: {f}"
+        );
         let listing = app
             .docker
             .create_container(
@@ -534,7 +540,11 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
             .docker
             .download_from_container(
                 &listing.id,
-                Some(bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path("/fn").build()),
+                Some(
+                    bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                        .path("/fn")
+                        .build(),
+                ),
             )
             .map(|chunk| chunk.unwrap())
             .collect::<Vec<_>>()
@@ -542,7 +552,10 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
             .concat();
         let _ = app
             .docker
-            .remove_container(&listing.id, None::<bollard::query_parameters::RemoveContainerOptions>)
+            .remove_container(
+                &listing.id,
+                None::<bollard::query_parameters::RemoveContainerOptions>,
+            )
             .await;
         let mut files = tar::Archive::new(archive.as_slice());
         let names: Vec<String> = files
@@ -551,7 +564,10 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         assert!(names.iter().any(|n| n.ends_with(handler)), "{names:?}");
-        assert!(!names.iter().any(|n| n.contains("granda.yaml")), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.contains("granda.yaml")),
+            "{names:?}"
+        );
     }
     // An existing directory is refused.
     let out = granda(

@@ -26,9 +26,18 @@ async fn invoke_follows_the_run_and_the_cli_says_what_it_wants() {
         "cat >/dev/null\nprintf 'Status: 201 Created\\r\\nContent-Type: text/plain\\r\\n\\r\\nmade it'\n",
     )]);
     let deploy = [
-        "fn", "deploy", "made", "--runtime", "shell", "--response", "cgi",
+        "fn",
+        "deploy",
+        "made",
+        "--runtime",
+        "shell",
+        "--response",
+        "cgi",
     ];
-    expect(&granda(&app, &[&deploy[..], &[path(&made)]].concat(), b"").await, 0);
+    expect(
+        &granda(&app, &[&deploy[..], &[path(&made)]].concat(), b"").await,
+        0,
+    );
     let out = granda(&app, &["invoke", "made"], b"").await;
     assert_eq!(expect(&out, 0), "made it", "{}", text(&out.stderr));
 
