@@ -28,6 +28,7 @@ mod metrics;
 mod openapi;
 mod origins;
 mod readme;
+mod registration;
 mod scheduler;
 mod schedules;
 mod sdk;
