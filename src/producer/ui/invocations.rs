@@ -207,7 +207,7 @@ pub async fn invocation(
                             tr { th { "HTTP request" } td { (method) " " (r.http_path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/")) } }
                             tr { th { "HTTP status" } td { (opt(r.http_status.map(|s| s.to_string()))) } }
                         }
-                        tr { th { "Input size" } td { (r.input_size) " bytes" } }
+                        tr { th { "Input size" } td { (super::fmt_bytes(r.input_size)) } }
                     }
                 }
                 (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
@@ -230,10 +230,10 @@ pub fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str)
             Some(b) => {
                 @let shown = &b[..b.len().min(SHOWN_BYTES)];
                 @match std::str::from_utf8(shown) {
-                    Ok(text) => { p.muted { "text, " (b.len()) " bytes" } pre #(id) { (text) } },
-                    Err(_) => { p.muted { "binary, " (b.len()) " bytes, as hex" } pre #(id) { (hex_lines(shown)) } },
+                    Ok(text) => { p.muted { "text, " (super::fmt_bytes(b.len() as i64)) } pre #(id) { (text) } },
+                    Err(_) => { p.muted { "binary, " (super::fmt_bytes(b.len() as i64)) ", as hex" } pre #(id) { (hex_lines(shown)) } },
                 }
-                @if b.len() > shown.len() { p.truncated { (b.len() - shown.len()) " more bytes not shown" } }
+                @if b.len() > shown.len() { p.truncated { (super::fmt_bytes((b.len() - shown.len()) as i64)) " more not shown" } }
             }
         }
     }

@@ -290,6 +290,14 @@ pub fn fmt_ms(ms: Option<f64>) -> String {
     }
 }
 
+/// A size in bytes, in words: `1 byte`, `2 bytes`.
+pub fn fmt_bytes(n: impl Into<i64>) -> String {
+    match n.into() {
+        1 => "1 byte".into(),
+        n => format!("{n} bytes"),
+    }
+}
+
 /// A share as a percentage, `—` when unknown.
 pub fn fmt_pct(share: Option<f64>) -> String {
     share.map_or("—".into(), |s| format!("{:.0}%", s * 100.0))
@@ -360,3 +368,14 @@ button.small{padding:.1rem .5rem;margin:0;font-size:13px}
 strong.current{color:#17642c;margin-right:.5rem}
 @media (max-width:600px){svg.chart.wide{display:none}svg.chart.narrow{display:block}main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;
+
+#[cfg(test)]
+mod tests {
+    /// "1 byte", never "1 bytes".
+    #[test]
+    fn sizes_in_words() {
+        assert_eq!(super::fmt_bytes(1), "1 byte");
+        assert_eq!(super::fmt_bytes(0), "0 bytes");
+        assert_eq!(super::fmt_bytes(2048i64), "2048 bytes");
+    }
+}
