@@ -2,8 +2,9 @@
 //! filters as query parameters (`?status=&function=&trigger=&before=`, `id=` opens one), 30 to a
 //! page; `/ui/invocations/{id}` shows one record whole; a failed, timed out or dead invocation
 //! has a Retry button (a POST form with the session's CSRF token) that goes through the API's
-//! own retry (`invocations::retry_one`). `/ui/dead-letters` lists dead invocations with
-//! checkboxes for a bulk retry.
+//! own retry (`invocations::retry_one`). `/ui/dead-letters` lists dead invocations, each with why
+//! (the platform's error, else its exit code and the last line of its stderr), with checkboxes
+//! for a bulk retry.
 
 use std::collections::HashMap;
 
@@ -263,6 +264,25 @@ pub async fn retry(
     Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
 }
 
+/// Why a dead invocation failed, in one line: the platform's error, else its exit code and the
+/// last line of its stderr.
+fn why_dead(r: &crate::invocation::Record) -> String {
+    if let Some(e) = &r.error {
+        return e.clone();
+    }
+    let tail = r
+        .logs
+        .as_deref()
+        .and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.chars().take(160).collect::<String>());
+    match (r.exit_code, tail) {
+        (Some(code), Some(tail)) => format!("exit {code}: {tail}"),
+        (Some(code), None) => format!("exit {code}"),
+        (None, Some(tail)) => tail,
+        (None, None) => "—".into(),
+    }
+}
+
 /// `GET /ui/dead-letters?before=`: invocations whose retries are spent, to retry in bulk.
 pub async fn dead_letters(
     session: Session,
@@ -309,7 +329,7 @@ pub async fn dead_letters(
                                         td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
                                         td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } }
                                         td.hide-narrow { (r.attempt) }
-                                        td { span.error { (r.error.as_deref().unwrap_or("—")) } }
+                                        td { span.error { (why_dead(r)) } }
                                         td.hide-narrow { (fmt_time(Some(r.queued_at))) }
                                     }
                                 }
