@@ -285,6 +285,8 @@ pub fn with_status(status: StatusCode, body: Html<String>) -> Response {
 pub fn fmt_ms(ms: Option<f64>) -> String {
     match ms {
         None => "—".into(),
+        // A hot run takes well under a millisecond: not "0 ms".
+        Some(ms) if ms < 1.0 => "<1 ms".into(),
         Some(ms) if ms < 1000.0 => format!("{ms:.0} ms"),
         Some(ms) => format!("{:.2} s", ms / 1000.0),
     }
@@ -377,5 +379,14 @@ mod tests {
         assert_eq!(super::fmt_bytes(1), "1 byte");
         assert_eq!(super::fmt_bytes(0), "0 bytes");
         assert_eq!(super::fmt_bytes(2048i64), "2048 bytes");
+    }
+
+    /// A sub-millisecond run (hot) is "<1 ms", not "0 ms".
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(super::fmt_ms(Some(0.0)), "<1 ms");
+        assert_eq!(super::fmt_ms(Some(12.0)), "12 ms");
+        assert_eq!(super::fmt_ms(Some(1500.0)), "1.50 s");
+        assert_eq!(super::fmt_ms(None), "—");
     }
 }
