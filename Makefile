@@ -20,8 +20,13 @@ run: setup
 	@echo "make run: building Granda in release mode (about 6 minutes on 2 cores the first time; cargo shows its progress), then starting granda up on 127.0.0.1:8080"
 	$(CARGO) run --release --bin granda -- up
 
+# The cluster tests start a private 3-node RabbitMQ (scripts/rabbit-cluster.sh, ports 5681-5683,
+# about 400 MB): stopped after the tests, pass or fail, unless it was running before them.
 test: setup
-	$(CARGO) test --workspace --all-targets -- $(TEST_ARGS)
+	@if bash scripts/rabbit-cluster.sh status >/dev/null 2>&1; then had_cluster=1; else had_cluster=0; fi; \
+	rc=0; $(CARGO) test --workspace --all-targets -- $(TEST_ARGS) || rc=$$?; \
+	if [ $$had_cluster = 0 ]; then bash scripts/rabbit-cluster.sh stop; fi; \
+	exit $$rc
 	bash scripts/fuzz-api.sh
 
 fuzz: setup

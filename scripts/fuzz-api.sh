@@ -7,7 +7,8 @@
 # every documented answer conforms to its schema. Prints how many cases ran; cleans up; exits
 # non-zero on any failure.
 #
-# usage: scripts/fuzz-api.sh   (FUZZ_MAX_EXAMPLES=60 FUZZ_MAX_TIME=240 FUZZ_SEED=... to tune)
+# usage: scripts/fuzz-api.sh   (FUZZ_MAX_EXAMPLES=60 FUZZ_MAX_TIME=240 FUZZ_SEED=... to tune;
+#        GRANDA_BIN=path/to/granda when cargo builds elsewhere than target/)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,7 +64,7 @@ GRANDA_SYNC_WAIT_MS=10000 \
 GRANDA_MAX_CONCURRENCY=2 \
 GRANDA_SHUTDOWN_GRACE_MS=5000 \
 RUST_LOG=${RUST_LOG:-warn} \
-    target/debug/granda up >"$work/granda.log" 2>&1 &
+    "${GRANDA_BIN:-target/debug/granda}" up >"$work/granda.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
     curl -sf "$base/healthz" >/dev/null 2>&1 && break

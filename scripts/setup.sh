@@ -9,6 +9,7 @@
 #   - installs openapi-spec-validator (PyPI) for the /openapi.json test, likewise;
 #   - installs amqplib (npm) in /var/tmp/granda-test-node for the README's Node snippet test;
 #   - installs kubernetes-validate (PyPI, pinned) for `make deploy-check`, unless pip shows that version;
+#   - installs openapi-python-client, mypy (PyPI) and openapi-typescript, typescript (npm), pinned, for tests/it/sdk.rs;
 #   - builds the local test images (scripts/build-test-images.sh).
 # Idempotent; takes a few seconds when everything is already there. Prints one line per service.
 set -euo pipefail
@@ -301,6 +302,41 @@ if [ "$(k8s_validate_version)" != "$K8S_VALIDATE_VERSION" ]; then
 fi
 [ "$(k8s_validate_version)" = "$K8S_VALIDATE_VERSION" ] || die "kubernetes-validate $K8S_VALIDATE_VERSION is not what python3 -m pip show reports"
 echo "ok kubernetes-validate $K8S_VALIDATE_VERSION"
+
+# ---------------------------------------------------------------------------------------------------
+# 4f. SDK generators (tests/it/sdk.rs): openapi-python-client and mypy (PyPI), openapi-typescript
+#     and typescript (npm, in /var/tmp/granda-test-ts), each pinned
+# ---------------------------------------------------------------------------------------------------
+SDK_PY=("openapi-python-client==0.29.1" "mypy==2.4.1")
+sdk_py_ok() {
+    for pin in "${SDK_PY[@]}"; do
+        [ "$(python3 -m pip show "${pin%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" = "${pin##*==}" ] || return 1
+    done
+}
+if ! sdk_py_ok; then
+    log "installing ${SDK_PY[*]} from PyPI"
+    python3 -m pip install -q --root-user-action=ignore "${SDK_PY[@]}" 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages "${SDK_PY[@]}" \
+        || die "pip could not install ${SDK_PY[*]}"
+    command -v pyenv >/dev/null && pyenv rehash || true
+fi
+sdk_py_ok || die "pip does not show ${SDK_PY[*]}"
+echo "ok ${SDK_PY[*]}"
+TS_DIR=/var/tmp/granda-test-ts
+TS_PINS=("openapi-typescript@7.13.0" "typescript@5.9.3")
+ts_ok() {
+    for pin in "${TS_PINS[@]}"; do
+        [ "$(node -p "require('$TS_DIR/node_modules/${pin%@*}/package.json').version" 2>/dev/null)" = "${pin##*@}" ] || return 1
+    done
+}
+if ! ts_ok; then
+    log "installing ${TS_PINS[*]} from npm into $TS_DIR"
+    mkdir -p "$TS_DIR"
+    npm install --prefix "$TS_DIR" --no-save --no-audit --no-fund -s "${TS_PINS[@]}" \
+        || die "npm could not install ${TS_PINS[*]}"
+fi
+ts_ok || die "$TS_DIR lacks ${TS_PINS[*]}"
+echo "ok ${TS_PINS[*]}"
 
 # ---------------------------------------------------------------------------------------------------
 # 5. Test images

@@ -92,6 +92,13 @@ impl Command {
 /// Parses the command line and runs it: a process until SIGINT or SIGTERM, a client command until
 /// done. A client command's error is one line on stderr and its exit code (see `CliError`).
 pub async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(help) = process_help(&args) {
+        print!("{help}");
+        return Ok(());
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, TopCommand::Process(_)) {
         // A client command piped into `head` ends quietly when the pipe closes, as Unix tools do,
@@ -148,6 +155,26 @@ pub async fn main() -> anyhow::Result<()> {
         std::process::exit(e.exit_code());
     }
     Ok(())
+}
+
+/// `granda PROCESS --help`: the process's own flags (the server settings) only, without the
+/// client flags that every client command takes (`--url`, `--key`, `--json`, global on [`Cli`]).
+/// `None` for any other command line.
+pub fn process_help(args: &[String]) -> Option<String> {
+    use clap::CommandFactory;
+    let process = args.get(1)?;
+    if !["up", "server", "worker", "migrate"].contains(&process.as_str())
+        || !args.iter().any(|a| a == "--help" || a == "-h")
+    {
+        return None;
+    }
+    // Unbuilt, a subcommand has its own arguments only: the parent's globals are added when the
+    // whole command is built.
+    let mut sub = Cli::command()
+        .find_subcommand(process)?
+        .clone()
+        .bin_name(format!("granda {process}"));
+    Some(sub.render_long_help().to_string())
 }
 
 /// Prints a client error: one line, then a failed build's log tail.
@@ -235,4 +262,35 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process's help lists the server settings only, and never a value that may be a secret.
+    #[test]
+    fn process_help_lists_its_own_flags_without_secret_values() {
+        // SAFETY: only this test sets these; no other test of the crate reads them.
+        unsafe {
+            std::env::set_var("GRANDA_AMQP_URL", "amqp://user:s3cr3t-amqp@rabbit:5672/%2f");
+            std::env::set_var("GRANDA_DATABASE_URL", "postgres://u:s3cr3t-pg@db/granda");
+        }
+        let args = |line: &str| line.split(' ').map(String::from).collect::<Vec<_>>();
+        let worker = process_help(&args("granda worker --help")).expect("a process's help");
+        assert!(
+            worker.contains("--amqp-url") && worker.contains("GRANDA_AMQP_URL"),
+            "{worker}"
+        );
+        for hidden in ["--url", "--key", "--json", "s3cr3t", "guest:guest"] {
+            assert!(!worker.contains(hidden), "{hidden} in:\n{worker}");
+        }
+        assert!(process_help(&args("granda fn ls --help")).is_none());
+        assert!(process_help(&args("granda worker")).is_none());
+        // SAFETY: as above.
+        unsafe {
+            std::env::remove_var("GRANDA_AMQP_URL");
+            std::env::remove_var("GRANDA_DATABASE_URL");
+        }
+    }
 }

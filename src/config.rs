@@ -12,14 +12,28 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Postgres URL; the database is created if missing and migrated at start.
-    #[arg(long, env = "GRANDA_DATABASE_URL", default_value = "postgres://localhost/granda")]
+    /// Postgres URL; the database is created if missing and migrated at start. (Help never prints
+    /// the value set: a URL may hold a password.)
+    #[arg(
+        long,
+        env = "GRANDA_DATABASE_URL",
+        default_value = "postgres://localhost/granda",
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated (each a full `amqp://` or
     /// `amqps://` URL). A process connects to one that answers, starting at a node picked at
-    /// random per process, and fails over to the next when its connection is lost.
-    #[arg(long, env = "GRANDA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    /// random per process, and fails over to the next when its connection is lost. Default: the
+    /// local RabbitMQ (127.0.0.1:5672, vhost `/`) as its default `guest` user. (Help prints
+    /// neither the value set nor the default: URLs hold passwords.)
+    #[arg(
+        long,
+        env = "GRANDA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub amqp_url: String,
 
     /// The longest wait for the broker to confirm a publish (reconnecting and retrying included),

@@ -29,10 +29,15 @@ pub struct ErrorDetail {
     pub message: String,
     /// Failed or timed-out sync calls: the invocation.
     pub invocation_id: Option<Uuid>,
+    #[schema(value_type = Option<crate::invocation::Status>)]
     pub status: Option<String>,
     pub exit_code: Option<i32>,
     /// Failed sync calls: the platform error or the tail of stderr.
     pub detail: Option<String>,
+    /// `build_failed`: the tail of the build log.
+    pub log: Option<String>,
+    /// `build_failed`: the failed build (`GET /v1/functions/{name}/builds/{version}` has it all).
+    pub build_id: Option<Uuid>,
 }
 
 /// An error answered to an HTTP client as `{"error": {"code", "message"}}`.

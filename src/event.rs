@@ -181,7 +181,7 @@ impl Cache {
 }
 
 /// A function's subscription.
-#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Subscription {
     pub id: Uuid,
     pub function: String,
@@ -190,7 +190,7 @@ pub struct Subscription {
 }
 
 /// One invocation an event fanned out to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FannedOut {
     pub function: String,
     pub id: Uuid,

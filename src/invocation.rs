@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = InvocationStatus)]
 pub enum Status {
     Queued,
     Running,
@@ -54,7 +55,7 @@ impl Status {
 }
 
 /// How the event reached Granda.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Sync,
@@ -94,7 +95,9 @@ impl Trigger {
 pub struct Record {
     pub id: Uuid,
     pub function: String,
+    #[schema(value_type = Status)]
     pub status: String,
+    #[schema(value_type = Trigger)]
     pub trigger: String,
     pub attempt: i32,
     #[serde(skip)]

@@ -8,6 +8,9 @@ to `response: "cgi"`, as the fuzzer may do, whose output is not a CGI response),
 bug in Granda, except a 502/504 that names a recorded run that failed (the fuzzer may switch a
 test function to a mode or response its image can't serve). A HEAD request's 5xx carries no
 body: the same request as GET tells.
+
+`application/x-ndjson` (a build's streamed log, one `BuildStreamLine` per line) is read as its
+last line, the verdict, so that its schema is checked too.
 """
 
 import json
@@ -46,3 +49,9 @@ def granda_not_a_server_error(ctx, response, case):
     if code == "platform_error" and str(error.get("detail", "")).startswith("bad input for args mode"):
         return None
     raise AssertionError(f"Granda answered {response.status_code}: {response.text[:500]}")
+
+
+@schemathesis.deserializer("application/x-ndjson")
+def ndjson_verdict(ctx, response):
+    lines = [line for line in response.content.splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else None

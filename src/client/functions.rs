@@ -17,7 +17,11 @@ pub enum FnCommand {
     /// nothing and says `unchanged`).
     Deploy(DeployArgs),
     /// List the functions.
-    Ls,
+    Ls {
+        /// Print only the names, one a line (for scripts).
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Show a function and its versions.
     Get { name: String },
     /// Change a function's settings (or its image).
@@ -261,8 +265,14 @@ pub struct UpdateArgs {
 
 pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
     match command {
-        FnCommand::Ls => {
+        FnCommand::Ls { quiet } => {
             let body = client.get("/v1/functions").await?;
+            if quiet && !client.json {
+                for f in body["functions"].as_array().into_iter().flatten() {
+                    println!("{}", cell(&f["name"]));
+                }
+                return Ok(());
+            }
             super::print_list(
                 client,
                 &body,

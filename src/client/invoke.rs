@@ -1,5 +1,7 @@
 //! `granda invoke NAME`: runs a function and prints its output to stdout, and nothing else, so it
-//! pipes. `--async` queues it and prints the invocation id.
+//! pipes. `--async` queues it and prints the invocation id. Whether the run succeeded is what
+//! its `X-Granda-Status` says: a function answering its own status (`response: "cgi"`, hot
+//! functions) succeeded with any of them.
 
 use std::io::Write;
 use std::time::Duration;
@@ -53,6 +55,35 @@ pub async fn run(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
             println!("{}", super::cell(&accepted["id"]));
         }
         return Ok(());
+    }
+    // Success is the run's, not the HTTP status's: a function that answers with its own status
+    // (`response: "cgi"`, hot functions) succeeded with any of them.
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let verdict = header(crate::producer::invoke::HEADER_STATUS);
+    let id = header(crate::producer::invoke::HEADER_ID);
+    match (verdict.as_deref(), id) {
+        (Some("succeeded"), _) => {
+            let output = response
+                .bytes()
+                .await
+                .map_err(|e| CliError::Server(format!("reading the output: {e}")))?;
+            return write_out(&output);
+        }
+        (Some("queued" | "running"), Some(id)) => return follow(client, &id).await,
+        (Some(_), Some(id)) => {
+            let record = client
+                .get(&format!("/v1/invocations/{}", segment(&id)))
+                .await?;
+            let status = record["status"].as_str().unwrap_or("failed");
+            return Err(super::invocations::failure(&id, status, &record));
+        }
+        _ => {}
     }
     match status {
         StatusCode::OK => {

@@ -1,5 +1,7 @@
-//! Scaffolding and manifests: `granda fn init NAME --runtime shell|python3` writes a handler and
-//! a `granda.yaml`; `granda deploy -f granda.yaml` deploys every function the file lists.
+//! Scaffolding and manifests: `granda fn init NAME --runtime shell|python3` writes a handler in
+//! `NAME/src/` and `NAME/granda.yaml` beside it, so that the manifest (and the secrets it may
+//! hold) is never part of the source that is built, and editing it builds nothing;
+//! `granda deploy -f granda.yaml` deploys every function the file lists.
 //!
 //! A manifest is YAML (JSON is YAML too), parsed with `serde-saphyr`: pure Rust, no unsafe, kept
 //! up to date, and light with only its `deserialize` feature (`serde_yaml` is archived and
@@ -38,6 +40,15 @@ use super::{CliError, Client, cell};
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub functions: BTreeMap<String, Map<String, Value>>,
+}
+
+/// A manifest read with every field typed: each function as the body of an update (every field
+/// optional, unknown ones refused).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Checked {
+    functions: BTreeMap<String, crate::function::FunctionUpdate>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -92,12 +103,12 @@ fn manifest_text(name: &str, runtime: &str) -> String {
          # Each function takes the fields of `granda fn deploy --help` (timeout_ms, memory_mb,\n\
          # env, secrets, mode, max_concurrency, retry_on, public, ...), or `image:` instead of\n\
          # `runtime` and `source`.\n\
-         functions:\n  {name}:\n    runtime: {runtime}\n    source: .\n    timeout_ms: 10000\n    memory_mb: 128\n    env:\n      GREETING: hello\n"
+         functions:\n  {name}:\n    runtime: {runtime}\n    source: src           # only this directory is built: keep secrets here, not in it\n    timeout_ms: 10000\n    memory_mb: 128\n    env:\n      GREETING: hello\n"
     )
 }
 
-/// `granda fn init`: writes NAME/handler.{sh,py} and NAME/granda.yaml; refuses a directory that
-/// exists.
+/// `granda fn init`: writes NAME/src/handler.{sh,py} and NAME/granda.yaml; refuses a directory
+/// that exists.
 pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
     let dir = args.dir.join(&args.name);
     if dir.exists() {
@@ -111,16 +122,16 @@ pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
         Runtime::Python3 => ("python3", "handler.py", PYTHON_HANDLER),
     };
     let io = |e: std::io::Error| CliError::Other(format!("writing {}: {e}", dir.display()));
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    std::fs::write(dir.join(handler), text).map_err(io)?;
+    std::fs::create_dir_all(dir.join("src")).map_err(io)?;
+    std::fs::write(dir.join("src").join(handler), text).map_err(io)?;
     std::fs::write(dir.join("granda.yaml"), manifest_text(&args.name, runtime)).map_err(io)?;
     if client.json {
         client.print_json(&json!({
             "directory": dir,
-            "files": [handler, "granda.yaml"],
+            "files": [format!("src/{handler}"), "granda.yaml".to_string()],
         }));
     } else {
-        println!("wrote {0}/{handler} and {0}/granda.yaml", dir.display());
+        println!("wrote {0}/src/{handler} and {0}/granda.yaml", dir.display());
         println!(
             "next: granda deploy -f {}/granda.yaml && granda invoke {} -d you",
             dir.display(),
@@ -135,6 +146,10 @@ pub fn read(file: &Path) -> Result<Manifest, CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Other(format!("reading {}: {e}", file.display())))?;
     let manifest: Manifest = serde_saphyr::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    // Each function's fields, checked here against the API's own types, so that an unknown or
+    // mistyped field is reported at its line in this file, not in the JSON the server gets.
+    serde_saphyr::from_str::<Checked>(&text)
         .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
     for (name, spec) in &manifest.functions {
         let from_source = spec.contains_key("source");
@@ -225,5 +240,33 @@ fn prefix(name: &str, e: CliError) -> CliError {
             log,
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(yaml: &str) -> String {
+        let file =
+            std::env::temp_dir().join(format!("granda-manifest-{}.yaml", uuid::Uuid::new_v4()));
+        std::fs::write(&file, yaml).unwrap();
+        let err = read(&file).expect_err("refused").to_string();
+        let _ = std::fs::remove_file(&file);
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        err
+    }
+
+    /// A bad field is reported at its line of the YAML file, not in the JSON the server gets.
+    #[test]
+    fn field_errors_point_at_the_file_and_line() {
+        let unknown = refused("functions:\n  hello:\n    image: a/b\n    timout_ms: 5\n");
+        assert!(
+            unknown.contains("timout_ms") && unknown.contains("line 4"),
+            "{unknown}"
+        );
+        let mistyped = refused("functions:\n  hello:\n    image: a/b\n\n    memory_mb: lots\n");
+        assert!(mistyped.contains("line 5"), "{mistyped}");
+        assert!(!mistyped.contains("JSON"), "{mistyped}");
     }
 }

@@ -204,6 +204,14 @@ pub fn error_from(status: StatusCode, body: &Value, text: &str) -> CliError {
             message,
             log: error["log"].as_str().unwrap_or("").to_string(),
         },
+        // The server words it for HTTP; the CLI takes the key as `--key` or `GRANDA_KEY`.
+        (401, _) if message.contains("Authorization: Bearer <key>") => CliError::Other(
+            "an API key is needed: pass --key KEY or set GRANDA_KEY (granda keys create makes one)"
+                .into(),
+        ),
+        (401, _) => CliError::Other(format!(
+            "{message} (the CLI sends the key given with --key or GRANDA_KEY)"
+        )),
         (404, _) => CliError::NotFound(message),
         (409, _) => CliError::Conflict(message),
         (502, "function_failed") => CliError::FunctionFailed(message),

@@ -109,15 +109,15 @@ function_body! {
         pub secrets: Option<SecretsUpdate>,
         /// What a read shows besides the settings, accepted (and ignored) so a client can send
         /// back what it read.
-        #[schema(value_type = Option<Object>)]
+        #[schema(value_type = Option<i32>, read_only)]
         pub version: Option<serde::de::IgnoredAny>,
-        #[schema(value_type = Option<Object>)]
+        #[schema(value_type = Option<Vec<Value>>, read_only)]
         pub versions: Option<serde::de::IgnoredAny>,
-        #[schema(value_type = Option<Object>)]
+        #[schema(value_type = Option<String>, format = DateTime, read_only)]
         pub created_at: Option<serde::de::IgnoredAny>,
-        #[schema(value_type = Option<Object>)]
+        #[schema(value_type = Option<String>, format = DateTime, read_only)]
         pub updated_at: Option<serde::de::IgnoredAny>,
-        #[schema(value_type = Option<Object>)]
+        #[schema(value_type = Option<String>, read_only)]
         pub invoke_url: Option<serde::de::IgnoredAny>,
     }
 }

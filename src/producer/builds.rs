@@ -27,7 +27,7 @@ use axum::Extension;
     description = "A build of a function from source: its status, image, times and the stored build log; `current` when the function runs its image.",
     tag = "functions",
     params(("name" = String, Path), ("version" = i32, Path)),
-    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    responses((status = 200, body = super::answers::BuildView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

@@ -29,7 +29,7 @@ use crate::invocation::Trigger;
 use axum::Extension;
 
 /// The body of `POST /v1/functions/{name}/subscriptions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscription {
     pub pattern: String,
@@ -39,7 +39,7 @@ pub struct NewSubscription {
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(post, path = "/v1/functions/{name}/subscriptions", operation_id = "subscribe", tag = "events", summary = "Subscribe a function to a topic pattern",
     description = "Body `{pattern}`: `*` matches one word, `#` zero or more (`orders.*`). Events published on a matching topic each start an invocation of the function. 409 if the function has the pattern already.", params(("name" = String, Path)),
-    request_body = serde_json::Value, responses((status = 201, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    request_body = NewSubscription, responses((status = 201, body = crate::event::Subscription), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn subscribe(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -78,7 +78,7 @@ pub async fn add_subscription(
 
 /// `GET /v1/functions/{name}/subscriptions`.
 #[utoipa::path(get, path = "/v1/functions/{name}/subscriptions", operation_id = "list_subscriptions", tag = "events", summary = "List a function's subscriptions",
-    description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), Denied))]
+    description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses((status = 200, body = super::answers::SubscriptionList), (status = 404, body = ErrorBody), Denied))]
 pub async fn subscriptions(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -128,7 +128,7 @@ pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result
     description = "Publishes the body on the topic named in the path (for example `orders.created`): every function subscribed with a matching pattern gets its own invocation. 202 with the event id, its invocations and a status URL. An `Idempotency-Key` seen before returns the same event and runs nothing twice.", params(("topic" = String, Path, description = "the topic, dot-separated words (`orders.created`)"),
            ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 202, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
+    responses((status = 202, body = super::answers::EventPublished, headers(("idempotent-replayed" = String, description = "`true` when the `Idempotency-Key` was seen before: the first event, nothing run twice"))), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
 pub async fn publish(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -264,7 +264,7 @@ pub async fn publish(
 
 /// `GET /v1/events/{id}`: the event, its payload (capped like inputs) and its invocations.
 #[utoipa::path(get, path = "/v1/events/{topic}", operation_id = "get_event", tag = "events", summary = "Read an event",
-    description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = super::answers::EventView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

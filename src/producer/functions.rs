@@ -5,7 +5,7 @@
 use super::extract::Path;
 use crate::error::{Denied, ErrorBody};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -62,22 +62,50 @@ async fn ask(
         image: image.map(str::to_string),
         container_runtime: runtime.map(str::to_string),
     };
-    app.engines.check(queue, check).await.map_err(|e| match e {
-        Refusal::Unprocessable(reason) => ApiError::Unprocessable(reason),
-        Refusal::Unavailable(reason) => ApiError::Unavailable(reason),
-    })
+    match app.engines.check(queue, check).await {
+        Ok(()) => Ok(()),
+        Err(Refusal::Unprocessable(reason)) => Err(ApiError::Unprocessable(reason)),
+        // No worker of the queue answered (one restarting, a fresh stack): with `?defer_check=true`
+        // the function is stored unchecked, and its first run on a worker pulls the image (per
+        // `GRANDA_IMAGE_PULL`) or fails with the engine's reason.
+        Err(Refusal::Unavailable(reason)) if DEFER_CHECK.try_with(|d| *d).unwrap_or(false) => {
+            tracing::warn!(queue, %reason, "no worker checked the function; stored unchecked (defer_check)");
+            Ok(())
+        }
+        Err(Refusal::Unavailable(reason)) => Err(ApiError::Unavailable(format!(
+            "{reason}; to register anyway and have the image checked when a worker runs it, add ?defer_check=true"
+        ))),
+    }
+}
+
+tokio::task_local! {
+    /// `?defer_check=true` on `POST`/`PUT /v1/functions`: see [`ask`].
+    static DEFER_CHECK: bool;
+}
+
+/// The query of `POST /v1/functions` and `PUT /v1/functions/{name}`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RegisterQuery {
+    /// When no worker of the function's queue answers (one restarting, a fresh stack): register
+    /// anyway instead of answering 503; the image is checked when a worker first runs it.
+    pub defer_check: Option<bool>,
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name))]
 #[utoipa::path(post, path = "/v1/functions", operation_id = "create_function", tag = "functions", summary = "Register a function",
-    description = "Registers a function from an image (pulled when the engine lacks it), or builds its image from source when the body has `runtime` and `source` (with `Accept: application/x-ndjson` the build log streams, one JSON object per line). 201 with the function and its invoke URL; 409 if the name is taken; 422 for a bad field, an image that can't be had, or a failed build.", request_body = NewFunction, responses((status = 201, body = FunctionView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Registers a function from an image (pulled when the engine lacks it), or builds its image from source when the body has `runtime` and `source` (with `Accept: application/x-ndjson` the build log streams, one JSON object per line). 201 with the function and its invoke URL; 409 if the name is taken; 422 for a bad field, an image that can't be had, or a failed build.", params(RegisterQuery), request_body = NewFunction, responses((status = 201, body = FunctionView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
+    Query(query): Query<RegisterQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<NewFunction>,
 ) -> Result<Response, ApiError> {
-    create_from(app, &acting, &headers, body).await
+    let defer = query.defer_check.unwrap_or(false);
+    DEFER_CHECK
+        .scope(defer, create_from(app, &acting, &headers, body))
+        .await
 }
 
 /// Registers `body`, or builds it from source first (the API's create, and the dashboard's
@@ -204,13 +232,27 @@ pub async fn get(
 
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(put, path = "/v1/functions/{name}", operation_id = "update_function", tag = "functions", summary = "Update a function",
-    description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path)), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path), RegisterQuery), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn update(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
+    Query(query): Query<RegisterQuery>,
     headers: HeaderMap,
-    JsonBody(mut changes): JsonBody<FunctionUpdate>,
+    JsonBody(changes): JsonBody<FunctionUpdate>,
+) -> Result<Response, ApiError> {
+    let defer = query.defer_check.unwrap_or(false);
+    DEFER_CHECK
+        .scope(defer, update_from(app, acting, name, headers, changes))
+        .await
+}
+
+async fn update_from(
+    app: AppState,
+    acting: Acting,
+    name: String,
+    headers: HeaderMap,
+    mut changes: FunctionUpdate,
 ) -> Result<Response, ApiError> {
     let current = load(&app, &acting.function(&name)).await?;
     let old_image = current.run.image.clone();

@@ -38,6 +38,7 @@ use crate::message::Reply;
 #[derive(Serialize, ToSchema)]
 pub struct Accepted {
     pub id: Uuid,
+    #[schema(value_type = crate::invocation::Status)]
     pub status: String,
     pub status_url: String,
 }
@@ -224,7 +225,8 @@ fn web_request(
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(post, path = "/v1/functions/{name}/invocations", operation_id = "invoke_async", tag = "invocations", summary = "Invoke without waiting",
     description = "202 at once with the invocation id and its status URL. The same `Idempotency-Key` for the same function returns the first invocation, never a second run. With `X-Callback-Url`, the result is POSTed there when done.",
-    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the same key for the same function returns the first invocation"),
+        ("X-Callback-Url" = Option<String>, Header, description = "where to POST the result when it is final (signed with the function's callback key)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
 pub async fn no_wait(

@@ -1,6 +1,7 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
+pub mod answers;
 pub mod auth;
 pub mod budget;
 pub mod builds;

@@ -41,7 +41,7 @@ macro_rules! schedule_body {
             /// An IANA time zone the pattern is read in; `UTC` by default.
             pub timezone: Option<String>,
             /// Each run's input: a string as its bytes, any other JSON value as JSON text.
-            #[schema(value_type = Option<Object>)]
+            #[schema(value_type = Option<Value>)]
             pub payload: Option<Value>,
             pub content_type: Option<String>,
             /// `true` by default.

@@ -38,7 +38,7 @@ const MAX_EVENT_TYPE: usize = 200;
 const MAX_CONTENT_TYPE: usize = 255;
 
 /// The body of `POST /v1/webhooks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     pub function: String,
@@ -54,7 +54,7 @@ pub struct NewWebhook {
 }
 
 /// The body of `POST /v1/webhooks/{id}/rotate` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     pub secret: Option<String>,
@@ -107,7 +107,7 @@ pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
 /// `POST /v1/webhooks`: 201 with the webhook, its URL and (when Granda made it) its secret.
 #[tracing::instrument(skip_all, fields(function = %body.function, scheme = body.scheme.as_str()))]
 #[utoipa::path(post, path = "/v1/webhooks", operation_id = "create_webhook", tag = "webhooks", summary = "Bind a webhook to a function",
-    description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = serde_json::Value, responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = NewWebhook, responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -249,7 +249,7 @@ pub async fn delete(
 /// verifying for the grace period. The answer shows the new secret when Granda made it.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", operation_id = "rotate_webhook", tag = "webhooks", summary = "Rotate a webhook's secret",
-    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`. The body is optional.", params(("id" = String, Path)), request_body(content = Option<Rotate>, content_type = "application/json"), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn rotate(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -359,7 +359,7 @@ async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &s
 
 /// `GET /v1/webhooks/{id}/rejections`: the newest deliveries it refused, newest first.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/rejections", operation_id = "webhook_rejections", tag = "webhooks", summary = "Deliveries a webhook refused",
-    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses((status = 200, body = super::answers::RejectionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn rejections(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

@@ -27,7 +27,7 @@ pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 pub const DEFAULT_HMAC_HEADER: &str = "x-signature";
 
 /// How a webhook's requests are verified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Scheme {
     /// `X-Hub-Signature-256: sha256=<hex>` over the body.
     #[serde(rename = "github")]
@@ -93,7 +93,7 @@ impl Scheme {
 }
 
 /// How an `hmac-sha256` signature is written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]

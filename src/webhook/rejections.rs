@@ -23,7 +23,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 const TRACKED: usize = 10_000;
 
 /// One refused delivery.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Rejection {
     pub at: DateTime<Utc>,
     /// A stable label: `missing_signature`, `malformed_signature`, `bad_signature`,

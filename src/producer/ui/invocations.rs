@@ -2,8 +2,9 @@
 //! filters as query parameters (`?status=&function=&trigger=&before=`, `id=` opens one), 30 to a
 //! page; `/ui/invocations/{id}` shows one record whole; a failed, timed out or dead invocation
 //! has a Retry button (a POST form with the session's CSRF token) that goes through the API's
-//! own retry (`invocations::retry_one`). `/ui/dead-letters` lists dead invocations with
-//! checkboxes for a bulk retry.
+//! own retry (`invocations::retry_one`). `/ui/dead-letters` lists dead invocations, each with why
+//! (the platform's error, else its exit code and the last line of its stderr), with checkboxes
+//! for a bulk retry.
 
 use std::collections::HashMap;
 
@@ -207,7 +208,7 @@ pub async fn invocation(
                             tr { th { "HTTP request" } td { (method) " " (r.http_path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/")) } }
                             tr { th { "HTTP status" } td { (opt(r.http_status.map(|s| s.to_string()))) } }
                         }
-                        tr { th { "Input size" } td { (r.input_size) " bytes" } }
+                        tr { th { "Input size" } td { (super::fmt_bytes(r.input_size)) } }
                     }
                 }
                 (waterfall_markup(&r, chrono::Utc::now()))
@@ -340,10 +341,10 @@ pub fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str)
             Some(b) => {
                 @let shown = &b[..b.len().min(SHOWN_BYTES)];
                 @match std::str::from_utf8(shown) {
-                    Ok(text) => { p.muted { "text, " (b.len()) " bytes" } pre #(id) { (text) } },
-                    Err(_) => { p.muted { "binary, " (b.len()) " bytes, as hex" } pre #(id) { (hex_lines(shown)) } },
+                    Ok(text) => { p.muted { "text, " (super::fmt_bytes(b.len() as i64)) } pre #(id) { (text) } },
+                    Err(_) => { p.muted { "binary, " (super::fmt_bytes(b.len() as i64)) ", as hex" } pre #(id) { (hex_lines(shown)) } },
                 }
-                @if b.len() > shown.len() { p.truncated { (b.len() - shown.len()) " more bytes not shown" } }
+                @if b.len() > shown.len() { p.truncated { (super::fmt_bytes((b.len() - shown.len()) as i64)) " more not shown" } }
             }
         }
     }
@@ -371,6 +372,25 @@ pub async fn retry(
     let id = parse_id(&id)?;
     retry_one(&app, id).await?;
     Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
+}
+
+/// Why a dead invocation failed, in one line: the platform's error, else its exit code and the
+/// last line of its stderr.
+fn why_dead(r: &crate::invocation::Record) -> String {
+    if let Some(e) = &r.error {
+        return e.clone();
+    }
+    let tail = r
+        .logs
+        .as_deref()
+        .and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.chars().take(160).collect::<String>());
+    match (r.exit_code, tail) {
+        (Some(code), Some(tail)) => format!("exit {code}: {tail}"),
+        (Some(code), None) => format!("exit {code}"),
+        (None, Some(tail)) => tail,
+        (None, None) => "—".into(),
+    }
 }
 
 /// `GET /ui/dead-letters?before=`: invocations whose retries are spent, to retry in bulk.
@@ -419,7 +439,7 @@ pub async fn dead_letters(
                                         td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
                                         td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } }
                                         td.hide-narrow { (r.attempt) }
-                                        td { span.error { (r.error.as_deref().unwrap_or("—")) } }
+                                        td { span.error { (why_dead(r)) } }
                                         td.hide-narrow { (fmt_time(Some(r.queued_at))) }
                                     }
                                 }

@@ -285,8 +285,18 @@ pub fn with_status(status: StatusCode, body: Html<String>) -> Response {
 pub fn fmt_ms(ms: Option<f64>) -> String {
     match ms {
         None => "—".into(),
+        // A hot run takes well under a millisecond: not "0 ms".
+        Some(ms) if ms < 1.0 => "<1 ms".into(),
         Some(ms) if ms < 1000.0 => format!("{ms:.0} ms"),
         Some(ms) => format!("{:.2} s", ms / 1000.0),
+    }
+}
+
+/// A size in bytes, in words: `1 byte`, `2 bytes`.
+pub fn fmt_bytes(n: impl Into<i64>) -> String {
+    match n.into() {
+        1 => "1 byte".into(),
+        n => format!("{n} bytes"),
     }
 }
 
@@ -360,3 +370,23 @@ button.small{padding:.1rem .5rem;margin:0;font-size:13px}
 strong.current{color:#17642c;margin-right:.5rem}
 @media (max-width:600px){svg.chart.wide{display:none}svg.chart.narrow{display:block}main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;
+
+#[cfg(test)]
+mod tests {
+    /// "1 byte", never "1 bytes".
+    #[test]
+    fn sizes_in_words() {
+        assert_eq!(super::fmt_bytes(1), "1 byte");
+        assert_eq!(super::fmt_bytes(0), "0 bytes");
+        assert_eq!(super::fmt_bytes(2048i64), "2048 bytes");
+    }
+
+    /// A sub-millisecond run (hot) is "<1 ms", not "0 ms".
+    #[test]
+    fn durations_in_words() {
+        assert_eq!(super::fmt_ms(Some(0.0)), "<1 ms");
+        assert_eq!(super::fmt_ms(Some(12.0)), "12 ms");
+        assert_eq!(super::fmt_ms(Some(1500.0)), "1.50 s");
+        assert_eq!(super::fmt_ms(None), "—");
+    }
+}

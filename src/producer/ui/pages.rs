@@ -322,6 +322,15 @@ async fn queues_markup(app: &AppState) -> Result<Markup, UiError> {
         let info = app.publisher.queue_info(&full).await?;
         queues.push((name, full, info));
     }
+    // The inbound queues (AMQP publishers' events, and what the routers could not accept).
+    let topology = app.publisher.topology();
+    for (name, full) in [
+        ("inbound", topology.inbound_queue()),
+        ("inbound dead letters", topology.inbound_dead_queue()),
+    ] {
+        let info = app.publisher.queue_info(&full).await?;
+        queues.push((name.to_string(), full, info));
+    }
     let dead = app.publisher.dead_letter_depth().await.ok();
     let workers = stats::workers(&app.pool).await?;
     let now = chrono::Utc::now();
@@ -336,6 +345,12 @@ async fn queues_markup(app: &AppState) -> Result<Markup, UiError> {
                             td { (name) }
                             td.hide-narrow { code { (full) } }
                             @match info {
+                                // Messages wait and nothing consumes them: say so (a dead-letter
+                                // queue has no consumer by design).
+                                Some((depth, 0)) if *depth > 0 && !full.ends_with(".dead") => {
+                                    td.num { (depth) }
+                                    td.num { span.error.stalled title="messages wait and no worker consumes this queue" { "0 — none consuming" } }
+                                }
                                 Some((depth, consumers)) => { td.num { (depth) } td.num { (consumers) } }
                                 None => { td.num.muted colspan="2" { "not declared yet" } }
                             }

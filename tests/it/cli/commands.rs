@@ -151,7 +151,16 @@ async fn hooks_events_and_retries_from_the_cli() {
         .parse()
         .unwrap();
     let record = app.wait_final(invocation, Duration::from_secs(30)).await;
-    assert_eq!(record["output"], "{\"n\":1}");
+    assert_eq!(
+        record["output"],
+        "{\"n\":1}",
+        "status {}, error {}, exit {}, output truncated {}, logs {}",
+        record["status"],
+        record["error"],
+        record["exit_code"],
+        record["output_truncated"],
+        record["logs"]
+    );
     assert_eq!(record["trigger"], "event");
 
     // Only an unsuccessful invocation can be retried: a refusal is exit 1, in one line.

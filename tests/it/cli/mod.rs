@@ -13,6 +13,7 @@ use crate::support::{TestApp, spawn_app_with};
 mod commands;
 mod follow;
 mod source;
+mod usage;
 
 mod redeploy;
 

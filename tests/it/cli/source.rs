@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::support::spawn_app_with;
+use futures_util::StreamExt;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -496,7 +497,7 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
         .await;
         expect(&out, 0);
         let dir = root.join(name);
-        assert!(dir.join(handler).is_file() && dir.join("granda.yaml").is_file());
+        assert!(dir.join("src").join(handler).is_file() && dir.join("granda.yaml").is_file());
         let manifest = dir.join("granda.yaml");
         let out = granda(&app, &["deploy", "-f", path(&manifest)], b"").await;
         let said = expect(&out, 0);
@@ -509,6 +510,64 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
         let f = json(&granda(&app, &["fn", "get", name, "--json"], b"").await);
         assert_eq!(f["env"], serde_json::json!({"GREETING": "hello"}), "{f}");
         assert_eq!(f["timeout_ms"], 10000, "{f}");
+        // The manifest is not in the built source: a comment and a secret build nothing, and
+        // the image does not hold the manifest.
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        text.push_str("    # a comment\n    secrets:\n      TOKEN: s3cr3t-value\n");
+        std::fs::write(&manifest, text).unwrap();
+        let said = expect(
+            &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+            0,
+        );
+        assert!(said.contains(&format!("updated {name}")), "{said}");
+        let f = json(&granda(&app, &["fn", "get", name, "--json"], b"").await);
+        assert_eq!(
+            f["version"], 1,
+            "a settings-only change built a version: {f}"
+        );
+        let listing = app
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                bollard::models::ContainerCreateBody {
+                    image: f["image"].as_str().map(String::from),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let archive = app
+            .docker
+            .download_from_container(
+                &listing.id,
+                Some(
+                    bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+                        .path("/fn")
+                        .build(),
+                ),
+            )
+            .map(|chunk| chunk.unwrap())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        let _ = app
+            .docker
+            .remove_container(
+                &listing.id,
+                None::<bollard::query_parameters::RemoveContainerOptions>,
+            )
+            .await;
+        let mut files = tar::Archive::new(archive.as_slice());
+        let names: Vec<String> = files
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert!(names.iter().any(|n| n.ends_with(handler)), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.contains("granda.yaml")),
+            "{names:?}"
+        );
     }
     // An existing directory is refused.
     let out = granda(

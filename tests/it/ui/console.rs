@@ -235,6 +235,13 @@ async fn operate(
     client.goto(&app.url("/ui/dead-letters")).await?;
     let dead_rows = rows(client, "#dead tbody tr").await?;
     ensure!(dead_rows.len() == 2, "{dead_rows:?}");
+    // Each says why: the exit code and the last line of its stderr.
+    ensure!(
+        dead_rows
+            .iter()
+            .all(|r| r.contains("exit 3: something broke")),
+        "{dead_rows:?}"
+    );
     shots(client, "dead-letters").await?;
     for checkbox in client
         .find_all(Locator::Css("#dead input[type=checkbox]"))

@@ -236,10 +236,21 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
     }
     shots_at(client, "invocation-waterfall", Some("#waterfall")).await?;
 
-    // The queues: the work queue with the worker consuming it, and the worker's heartbeat.
+    // The queues: the work queue with the worker consuming it, the inbound ones, a queue whose
+    // messages nobody consumes flagged, and the worker's heartbeat.
+    app.register(
+        "stuck",
+        "granda-test/echo",
+        serde_json::json!({"queue": "nobody"}),
+    )
+    .await;
+    app.invoke_async("stuck", "waits").await;
     client.goto(&app.url("/ui/queues")).await?;
     let queues = text_of(client, "#queues").await?;
     ensure!(queues.contains("default"), "queues: {queues}");
+    ensure!(queues.contains("inbound dead letters"), "queues: {queues}");
+    let stalled = text_of(client, "#queues .stalled").await?;
+    ensure!(stalled.contains("none consuming"), "queues: {queues}");
     let workers = text_of(client, "#workers").await?;
     ensure!(workers.contains(&app.worker_id()), "workers: {workers}");
     // The live view reloads the tables in place.
