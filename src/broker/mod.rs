@@ -38,7 +38,7 @@ use topology::{declare_topic_exchange, text};
 use std::time::Duration;
 
 use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
@@ -63,6 +63,36 @@ pub const HEADER_RESERVE: usize = 16 * 1024;
 /// The smallest `frame_max` a connection of this process negotiated (the default before any).
 static FRAME_MAX: std::sync::atomic::AtomicU32 =
     std::sync::atomic::AtomicU32::new(DEFAULT_FRAME_MAX);
+
+/// Declares a queue of the channel's connection's own (named by the broker, exclusive, deleted
+/// with it) bound to `exchange` with `key`: how a process listens to what an exchange routes.
+pub async fn declare_listening_queue(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue)
+}
 
 /// The arguments of a quorum queue that dead-letters to `exchange`, at least once, past
 /// [`DELIVERY_LIMIT`] deliveries (work queues, sync twins, the inbound router's queue).

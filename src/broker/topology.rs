@@ -62,31 +62,15 @@ impl Topology {
         );
         args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
         args.insert("x-overflow".into(), text("reject-publish"));
-        channel
-            .queue_declare(
-                self.delay_queue(queue, delay).into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
-        Ok(())
+        declare_durable_queue(channel, self.delay_queue(queue, delay), args).await
     }
 
     /// Declares the work queue `queue`, its sync twin and the dead-letter path. Idempotent.
     pub async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
         declare_topic_exchange(channel, &self.dead_letter_exchange()).await?;
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), text("quorum"));
-        channel
-            .queue_declare(self.dead_letter_queue().into(), durable, dead_args)
-            .await?;
+        declare_durable_queue(channel, self.dead_letter_queue(), dead_args).await?;
         channel
             .queue_bind(
                 self.dead_letter_queue().into(),
@@ -97,13 +81,8 @@ impl Topology {
             )
             .await?;
         let args = dead_lettering_quorum_args(&self.dead_letter_exchange());
-        channel
-            .queue_declare(self.work_queue(queue).into(), durable, args.clone())
-            .await?;
-        channel
-            .queue_declare(self.sync_queue(queue).into(), durable, args)
-            .await?;
-        Ok(())
+        declare_durable_queue(channel, self.work_queue(queue), args.clone()).await?;
+        declare_durable_queue(channel, self.sync_queue(queue), args).await
     }
 }
 
@@ -123,6 +102,25 @@ pub(super) async fn declare_topic_exchange(
             FieldTable::default(),
         )
         .await
+}
+
+/// Declares the durable queue `name` with `args`. Idempotent.
+async fn declare_durable_queue(
+    channel: &Channel,
+    name: String,
+    args: FieldTable,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    Ok(())
 }
 
 pub(super) fn text(s: &str) -> AMQPValue {
@@ -192,24 +190,16 @@ impl Topology {
 
     /// Declares the inbound exchange, the router's queue and its dead-letter queue. Idempotent.
     pub async fn declare_inbound(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
         declare_topic_exchange(channel, &self.inbound_exchange()).await?;
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), text("quorum"));
-        channel
-            .queue_declare(self.inbound_dead_queue().into(), durable, dead_args)
-            .await?;
+        declare_durable_queue(channel, self.inbound_dead_queue(), dead_args).await?;
         let mut args = dead_lettering_quorum_args("");
         args.insert(
             "x-dead-letter-routing-key".into(),
             text(&self.inbound_dead_queue()),
         );
-        channel
-            .queue_declare(self.inbound_queue().into(), durable, args)
-            .await?;
+        declare_durable_queue(channel, self.inbound_queue(), args).await?;
         channel
             .queue_bind(
                 self.inbound_queue().into(),
@@ -247,16 +237,6 @@ impl Topology {
         args.insert("x-queue-type".into(), text("quorum"));
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
         args.insert("x-overflow".into(), text("drop-head"));
-        channel
-            .queue_declare(
-                self.probe_queue().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
-        Ok(())
+        declare_durable_queue(channel, self.probe_queue(), args).await
     }
 }

@@ -26,44 +26,47 @@ where
     }
 }
 
-/// Path parameters, as `axum::extract::Path`, but a bad one (not UTF-8 once percent-decoded,
-/// such as `/v1/invocations/%ff%fe`; not a number where one is expected) is a 400 with the API's
-/// JSON error body, not axum's plain text.
-pub struct Path<T>(pub T);
+/// Defines `$name<T>`, the parts extractor `axum::extract::$name<T>` (for `T: $bound`) whose
+/// rejection is the API's JSON error with axum's status and text.
+macro_rules! parts_extractor {
+    ($(#[$doc:meta])* $name:ident, $($bound:tt)+) => {
+        $(#[$doc])*
+        pub struct $name<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for Path<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Send,
-{
-    type Rejection = ApiError;
+        impl<S, T> FromRequestParts<S> for $name<T>
+        where
+            S: Send + Sync,
+            T: $($bound)+,
+        {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(Path(v)),
-            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &S,
+            ) -> Result<Self, Self::Rejection> {
+                match axum::extract::$name::<T>::from_request_parts(parts, state).await {
+                    Ok(axum::extract::$name(v)) => Ok($name(v)),
+                    Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
+                }
+            }
         }
-    }
+    };
 }
 
-/// A query string, as `axum::extract::Query`, but one that doesn't fit (a field given twice, a
-/// value of the wrong kind) is a 400 with the API's JSON error body.
-pub struct Query<T>(pub T);
+parts_extractor!(
+    /// Path parameters, as `axum::extract::Path`, but a bad one (not UTF-8 once percent-decoded,
+    /// such as `/v1/invocations/%ff%fe`; not a number where one is expected) is a 400 with the
+    /// API's JSON error body, not axum's plain text.
+    Path,
+    DeserializeOwned + Send
+);
 
-impl<S, T> FromRequestParts<S> for Query<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(r) => Err(ApiError::rejected(r.status(), r.body_text())),
-        }
-    }
-}
+parts_extractor!(
+    /// A query string, as `axum::extract::Query`, but one that doesn't fit (a field given twice,
+    /// a value of the wrong kind) is a 400 with the API's JSON error body.
+    Query,
+    DeserializeOwned
+);
 
 /// serde's "unknown field `timeout`, expected one of `name`, `image`, …" as "unknown field
 /// `timeout`: did you mean `timeout_ms`?" when one valid field is close; unchanged otherwise.

@@ -316,26 +316,7 @@ where
             FieldTable::default(),
         )
         .await?;
-    let own = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            own.name().clone(),
-            exchange.as_str().into(),
-            queue.into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let own = crate::broker::declare_listening_queue(&channel, &exchange, queue).await?;
     let consumer = channel
         .basic_consume(
             own.name().clone(),

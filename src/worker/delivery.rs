@@ -56,7 +56,7 @@ pub(super) fn delivery_count(delivery: &Delivery) -> i64 {
 /// its engine is reachable from here (the same engine ID at its address), stops its container of
 /// `id`, so the dead worker's run does not go on beside this one. Where it is not reachable, the
 /// dead host's container may run on: at least once.
-pub(super) async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadRun, id: Uuid) {
+pub(super) async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadWorker, id: Uuid) {
     let Some(address) = dead.engine.as_deref() else {
         return;
     };

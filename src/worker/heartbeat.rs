@@ -80,20 +80,21 @@ pub async fn forget(pool: &PgPool, worker: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The worker an invocation is `running` on, when that is another worker whose lease ran out,
-/// with its engine's address and ID.
-#[derive(Debug, sqlx::FromRow)]
-pub struct DeadRun {
+/// A worker whose lease ran out, with its engine's address and ID: what [`dead_run`] and
+/// [`expired`] find.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadWorker {
     pub worker: String,
     pub engine: Option<String>,
     pub engine_id: Option<String>,
 }
 
+/// The worker an invocation is `running` on, when that is another worker whose lease ran out.
 pub async fn dead_run(
     pool: &PgPool,
     id: uuid::Uuid,
     me: &str,
-) -> Result<Option<DeadRun>, sqlx::Error> {
+) -> Result<Option<DeadWorker>, sqlx::Error> {
     sqlx::query_as(
         "SELECT i.worker AS worker, w.engine, w.engine_id FROM invocations i
          LEFT JOIN workers w ON w.id = i.worker
@@ -128,21 +129,13 @@ pub async fn lease_left(
         .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))))
 }
 
-/// A worker whose lease ran out at most `window` ago, with its engine's address and ID: its
-/// containers are swept by [`super::takeover`].
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Expired {
-    pub worker: String,
-    pub engine: Option<String>,
-    pub engine_id: Option<String>,
-}
-
-/// The workers other than `me` whose lease ran out within the last `window`, by Postgres's clock.
+/// The workers other than `me` whose lease ran out within the last `window`, by Postgres's clock:
+/// their containers are swept by [`super::takeover`].
 pub async fn expired(
     pool: &PgPool,
     me: &str,
     window: Duration,
-) -> Result<Vec<Expired>, sqlx::Error> {
+) -> Result<Vec<DeadWorker>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id AS worker, engine, engine_id FROM workers
          WHERE id <> $1 AND lease_until <= now()

@@ -73,7 +73,7 @@ struct Engines {
 }
 
 impl Engines {
-    async fn get(&mut self, shared: &Shared, dead: &heartbeat::Expired) -> Option<Docker> {
+    async fn get(&mut self, shared: &Shared, dead: &heartbeat::DeadWorker) -> Option<Docker> {
         let address = dead.engine.clone()?;
         let key = (address, dead.engine_id.clone());
         if let Some(known) = self.known.get(&key) {

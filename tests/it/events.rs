@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use granda::broker::Topology;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -90,26 +88,7 @@ async fn events_fan_out_to_zero_one_and_three_subscribers() {
         )
         .await
         .unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            "orders.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let queue = granda::broker::declare_listening_queue(&channel, &exchange, "orders.#")
         .await
         .unwrap();
     let mut observed = channel

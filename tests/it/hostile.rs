@@ -359,25 +359,25 @@ async fn an_image_volume_is_a_capped_tmpfs_and_nothing_stays_on_the_host() {
     }
 }
 
-/// Issue 14 (audit): a `VOLUME` path with a `,` can't be a capped tmpfs, and the engine made it
-/// an uncapped volume on the host's disk. Such an image is refused at registration (422), and at
-/// run time in every mode when it turns up under a tag registered before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_run() {
-    let app = spawn_app().await;
+/// Registers `name` on `image`, which must be refused (422) and not stored; returns the message.
+async fn refused_at_registration(app: &TestApp, name: &str, image: &str) -> String {
     let response = app
-        .post_json(
-            "/v1/functions",
-            &json!({"name": "comma", "image": "granda-test/volume-comma"}),
-        )
+        .post_json("/v1/functions", &json!({"name": name, "image": image}))
         .await;
     assert_eq!(response.status(), 422);
     let body: serde_json::Value = response.json().await.unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("VOLUME \"/data,size=100g\""), "{message}");
-    assert_eq!(app.get("/v1/functions/comma").await.status(), 404);
+    let message = body["error"]["message"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.get(&format!("/v1/functions/{name}")).await.status(),
+        404
+    );
+    message
+}
 
-    // A tag that was fine when registered and points at the hostile image by the first run.
+/// A tag that was fine when registered and points at the hostile image by the first run: a fresh
+/// tag of `granda-test/volume`, under which `later-{mode}` is registered for each of `modes`,
+/// then pointed at `hostile`. Returns the tag (see [`remove_tag`]).
+async fn register_then_retag(app: &TestApp, modes: &[&str], hostile: &str) -> String {
     let tag = format!("granda-test/retagged-{}", Uuid::new_v4().simple());
     let retag = |from: &str| {
         let status = std::process::Command::new("docker")
@@ -387,11 +387,31 @@ async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_r
         assert!(status.success());
     };
     retag("granda-test/volume");
-    for mode in ["cold", "warm", "hot"] {
+    for mode in modes {
         app.register(&format!("later-{mode}"), &tag, json!({"mode": mode}))
             .await;
     }
-    retag("granda-test/volume-comma");
+    retag(hostile);
+    tag
+}
+
+/// Removes `tag` from the engine (best effort).
+fn remove_tag(tag: &str) {
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", tag])
+        .status();
+}
+
+/// Issue 14 (audit): a `VOLUME` path with a `,` can't be a capped tmpfs, and the engine made it
+/// an uncapped volume on the host's disk. Such an image is refused at registration (422), and at
+/// run time in every mode when it turns up under a tag registered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_run() {
+    let app = spawn_app().await;
+    let message = refused_at_registration(&app, "comma", "granda-test/volume-comma").await;
+    assert!(message.contains("VOLUME \"/data,size=100g\""), "{message}");
+
+    let tag = register_then_retag(&app, &["cold", "warm", "hot"], "granda-test/volume-comma").await;
     let before = volume_names(&app.docker).await;
     for mode in ["cold", "warm", "hot"] {
         let id = app.invoke_async(&format!("later-{mode}"), "").await;
@@ -405,9 +425,7 @@ async fn an_image_volume_that_cant_be_capped_is_refused_at_registration_and_at_r
         .cloned()
         .collect();
     assert!(new.is_empty(), "volumes made: {new:?}");
-    let _ = std::process::Command::new("docker")
-        .args(["rmi", &tag])
-        .status();
+    remove_tag(&tag);
     app.shutdown().await;
 }
 
@@ -443,38 +461,16 @@ async fn image_volumes_spelled_with_dotdot_are_capped_where_the_engine_mounts_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_volume_on_a_kernel_filesystem_is_refused_at_registration_and_at_run() {
     let app = spawn_app().await;
-    let response = app
-        .post_json(
-            "/v1/functions",
-            &json!({"name": "procvol", "image": "granda-test/volume-proc"}),
-        )
-        .await;
-    assert_eq!(response.status(), 422);
-    let body: serde_json::Value = response.json().await.unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = refused_at_registration(&app, "procvol", "granda-test/volume-proc").await;
     assert!(message.contains("VOLUME \"/proc\""), "{message}");
     assert!(message.contains("kernel filesystem"), "{message}");
-    assert_eq!(app.get("/v1/functions/procvol").await.status(), 404);
 
-    let tag = format!("granda-test/retagged-{}", Uuid::new_v4().simple());
-    let retag = |from: &str| {
-        let status = std::process::Command::new("docker")
-            .args(["tag", from, &tag])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    retag("granda-test/volume");
-    app.register("later-proc", &tag, json!({"mode": "cold"}))
-        .await;
-    retag("granda-test/volume-proc");
-    let id = app.invoke_async("later-proc", "").await;
+    let tag = register_then_retag(&app, &["cold"], "granda-test/volume-proc").await;
+    let id = app.invoke_async("later-cold", "").await;
     let error = failure_of(&app, id, Duration::from_secs(60)).await;
     assert!(error.contains("kernel filesystem"), "{error}");
     app.assert_no_containers_left(Duration::from_secs(10)).await;
-    let _ = std::process::Command::new("docker")
-        .args(["rmi", &tag])
-        .status();
+    remove_tag(&tag);
     app.shutdown().await;
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::faults::infra::{GrandaProcess, free_port};
 use crate::hosts_ledger::{EventLog, ledger, leftovers};
-use crate::support::{TestApp, eventually, id_of, spawn_app_with};
+use crate::support::{TestApp, eventually, id_of, sample_of, spawn_app_with};
 
 static ENGINES: Once = Once::new();
 
@@ -102,6 +102,22 @@ async fn register_at(app: &TestApp, address: &str, body: Value) -> reqwest::Resp
 /// The ledger check ([`ledger`]) over hosts A and B.
 async fn settle(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str, log: &EventLog) {
     ledger(app, accepted, &[app.docker.clone(), engine(engine_b)], log).await;
+}
+
+/// [`settle`], then every one of `accepted` ran to its end (`slept`) on `worker`.
+async fn settle_all_slept_on(
+    app: &TestApp,
+    accepted: &[uuid::Uuid],
+    engine_b: &str,
+    log: &EventLog,
+    worker: &str,
+) {
+    settle(app, accepted, engine_b, log).await;
+    for id in accepted {
+        let record = app.invocation(*id).await;
+        assert_eq!(record["worker"], worker, "{record}");
+        assert_eq!(record["output"], "slept\n", "{record}");
+    }
 }
 
 /// An ingress with no engine (as `granda server`) on the app's database and queues.
@@ -497,12 +513,7 @@ async fn a_worker_host_killed_mid_burst_is_taken_over_within_10_s_and_its_contai
             "{id}'s container on B lived {lived:?}, near its whole sleep"
         );
     }
-    settle(&app, &accepted, &engine_b, &runs).await;
-    for id in &accepted {
-        let record = app.invocation(*id).await;
-        assert_eq!(record["worker"], worker_a.as_str(), "{record}");
-        assert_eq!(record["output"], "slept\n", "{record}");
-    }
+    settle_all_slept_on(&app, &accepted, &engine_b, &runs, &worker_a).await;
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
     }
@@ -747,12 +758,7 @@ async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_surv
 
     // B's runs are run again on A as its slots free; each ran to its end exactly once.
     let accepted: Vec<uuid::Uuid> = on_host_b.iter().chain(&on_host_a).copied().collect();
-    settle(&app, &accepted, &engine_b, &runs).await;
-    for id in &accepted {
-        let record = app.invocation(*id).await;
-        assert_eq!(record["worker"], worker_a.as_str(), "{record}");
-        assert_eq!(record["output"], "slept\n", "{record}");
-    }
+    settle_all_slept_on(&app, &accepted, &engine_b, &runs, &worker_a).await;
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
     }
@@ -796,14 +802,8 @@ async fn get_json(url: &str) -> (u16, Value) {
 
 /// The value of the series `series` (name and labels, exactly) at `base`'s `/metrics`.
 async fn sample(base: &str, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    sample_of(response, series).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -329,9 +329,7 @@ impl TestApp {
 
     /// The value of a gauge in `/metrics`, e.g. `granda_worker_concurrency_target{worker="…"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        sample_of(self.get("/metrics").await, series).await
     }
 
     /// Stops ingress and worker, and removes this app's database and queues.
@@ -517,4 +515,12 @@ impl TestApp {
         .await
         .unwrap()
     }
+}
+
+/// The value of the series `series` (name and labels, exactly) in the Prometheus text `response`
+/// carries (`None` when it is not there).
+pub async fn sample_of(response: reqwest::Response, series: &str) -> Option<f64> {
+    let text = response.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::faults::infra::{GrandaProcess, free_port};
-use crate::support::{ADMIN_KEY, amqp_url, client_with_key, postgres_base};
+use crate::support::{ADMIN_KEY, amqp_url, client_with_key, postgres_base, sample_of};
 
 /// A database and prefix that `granda server` children share.
 pub struct Servers {
@@ -118,17 +118,13 @@ impl Servers {
 
     /// A series' value in `server`'s `/metrics` (`None` when it is not there).
     pub async fn metric(&self, server: &Server, series: &str) -> Option<f64> {
-        let text = self
+        let response = self
             .client
             .get(format!("{}/metrics", server.base))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        sample_of(response, series).await
     }
 
     /// Removes the database and the prefix's queues (the servers must be gone).

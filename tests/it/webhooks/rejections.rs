@@ -12,8 +12,8 @@ async fn refused(app: &TestApp, id: &str) -> Vec<Value> {
     body["rejections"].as_array().unwrap().clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_deliveries_are_listed_with_why_and_a_flood_writes_a_few() {
+/// An app with the function `hooked` (echo) behind a GitHub webhook; returns it and the hook's id.
+async fn app_with_github_hook() -> (TestApp, String) {
     let app = spawn_app().await;
     app.register("hooked", "granda-test/echo", json!({})).await;
     let hook = create(
@@ -21,7 +21,14 @@ async fn refused_deliveries_are_listed_with_why_and_a_flood_writes_a_few() {
         json!({"function": "hooked", "scheme": "github", "secret": GITHUB_SECRET}),
     )
     .await;
-    let id = hook["id"].as_str().unwrap();
+    let id = hook["id"].as_str().unwrap().to_string();
+    (app, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_deliveries_are_listed_with_why_and_a_flood_writes_a_few() {
+    let (app, hook) = app_with_github_hook().await;
+    let id = hook.as_str();
     assert!(refused(&app, id).await.is_empty());
 
     assert_rejected(&app, id, &[], b"Hello, World!").await;
@@ -98,14 +105,8 @@ async fn refused_deliveries_are_listed_with_why_and_a_flood_writes_a_few() {
 /// refused (400, the API's error shape), written down, and nothing runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_with_a_non_ascii_event_or_delivery_id_is_refused_and_written_down() {
-    let app = spawn_app().await;
-    app.register("hooked", "granda-test/echo", json!({})).await;
-    let hook = create(
-        &app,
-        json!({"function": "hooked", "scheme": "github", "secret": GITHUB_SECRET}),
-    )
-    .await;
-    let id = hook["id"].as_str().unwrap();
+    let (app, hook) = app_with_github_hook().await;
+    let id = hook.as_str();
     let send = |name: &'static str, value: &'static [u8]| {
         let app = &app;
         async move {
