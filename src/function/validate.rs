@@ -119,6 +119,10 @@ function_body! {
         pub updated_at: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<String>, read_only)]
         pub invoke_url: Option<serde::de::IgnoredAny>,
+        /// The namespace a read names; a function stays in the one it was made in (the
+        /// caller's).
+        #[schema(value_type = Option<String>, read_only)]
+        pub namespace: Option<serde::de::IgnoredAny>,
     }
 }
 

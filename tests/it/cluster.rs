@@ -422,8 +422,13 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
     assert_eq!(last["checks"]["quorum"], "unavailable", "{last}");
     assert_eq!(last["checks"]["rabbitmq"], "ok", "{last}");
     let quorum = format!("granda_worker_broker_quorum{{worker=\"{id}\"}} 0");
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap();
-    assert!(metrics.text().await.unwrap().contains(&quorum), "{quorum}");
+    let metrics = crate::support::client_with_key(crate::support::ADMIN_KEY)
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains(&quorum), "{quorum} in:\n{text}");
     assert_eq!(
         reqwest::get(format!("{base}/healthz"))
             .await

@@ -389,6 +389,8 @@ fn worker_process(
         .env("GRANDA_QUEUES", queue)
         .env("GRANDA_MIN_CONCURRENCY", slots.to_string())
         .env("GRANDA_MAX_CONCURRENCY", slots.to_string())
+        // These tests count one function's runs on every slot: no slot kept for other functions.
+        .env("GRANDA_FAIR_SHARE", "false")
         .env("GRANDA_WORKER_LISTEN", "off")
         .env("GRANDA_STATE_DIR", &state)
         .env("DOCKER_HOST", host)
@@ -673,6 +675,7 @@ async fn a_dead_hosts_containers_are_stopped_when_its_lease_ends_though_the_surv
             s.queues = vec!["hosts-full".into()];
             s.min_concurrency = SLOTS;
             s.max_concurrency = Some(SLOTS);
+            s.fair_share = false;
         })
         .await;
     let mut on_host_a = vec![];
@@ -802,7 +805,14 @@ async fn get_json(url: &str) -> (u16, Value) {
 
 /// The value of the series `series` (name and labels, exactly) at `base`'s `/metrics`.
 async fn sample(base: &str, series: &str) -> Option<f64> {
-    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    // A worker's /metrics asks for an admin key, as the server's does (GRANDA_METRICS_AUTH).
+    let response = crate::support::client_with_key(crate::support::ADMIN_KEY)
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(status, 200, "the worker's /metrics");
     sample_of(response, series).await
 }
 

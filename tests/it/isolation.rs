@@ -388,7 +388,8 @@ async fn secrets_reach_the_function_and_never_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
     let out = stdout_of(app.invoke("env", "").await).await;
     assert!(out.contains(&format!("TOKEN={secret}")), "{out}");
     let r = app

@@ -141,6 +141,8 @@ async fn sigterm_lets_runs_finish_within_the_grace_period_and_gives_back_the_res
     // Runs that fit in the grace period finish, and the worker exits 0.
     let mut env = worker_env(&app, &worker_id, &concurrency);
     env.push(("GRANDA_SHUTDOWN_GRACE_MS", "20000".into()));
+    // One function on every slot (fair sharing would keep one for others).
+    env.push(("GRANDA_FAIR_SHARE", "false".into()));
     let worker = GrandaProcess::spawn(&["worker"], &env);
     let mut ledger = Ledger::default();
     naps(&app, &mut ledger, 4).await;
