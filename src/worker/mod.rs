@@ -33,6 +33,7 @@ pub mod pool;
 mod readiness;
 pub mod reaper;
 mod settle;
+mod share;
 mod shared;
 mod takeover;
 
@@ -140,7 +141,7 @@ struct Shared {
     controller: Mutex<Controller>,
     /// Per-function bounds (`max_concurrency`), by function name and bound.
     function_slots: Mutex<HashMap<(String, i32), Arc<Semaphore>>>,
-    /// Runs of each function on this worker now (fair sharing: see [`delivery::FunctionShare`]).
+    /// Runs of each function on this worker now (fair sharing: see [`share::FunctionShare`]).
     function_running: Mutex<HashMap<String, usize>>,
     /// `GRANDA_FAIR_SHARE`.
     fair_share: bool,

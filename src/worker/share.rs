@@ -1,0 +1,141 @@
+//! The two waits before a run on this worker, each parking the message in a delay queue: fair
+//! sharing ([`FunctionShare`]: a function that runs here already does not take the last free
+//! slot) and, after the claim, its namespace's `max_concurrency` across all workers
+//! ([`namespace_admits`], over [`crate::namespace::admit`]).
+
+use super::*;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use lapin::message::Delivery;
+
+use crate::message::Work;
+use crate::metrics::label;
+
+/// A run's place in its function's share of this worker. Fair sharing: a message of a function
+/// that runs here already, and that would take the worker's last free slot (of its current
+/// target), is not run here now: it goes round through a delay queue
+/// ([`super::FAIR_SHARE_DELAY`]), so a call of another function queued behind a burst is
+/// delivered and finds that slot. A function alone on a worker thus runs on all slots but one;
+/// the scheduler's target grows while messages wait. Counted while the run lasts.
+pub(super) struct FunctionShare<'a> {
+    shared: &'a Shared,
+    function: String,
+}
+
+impl<'a> FunctionShare<'a> {
+    /// Whether a run of `function` would take the last free slot while it runs here already;
+    /// `coming`: runs about to start that the limiter does not count yet (0 or 1).
+    pub(super) fn would_wait(shared: &Shared, function: &str, coming: usize) -> bool {
+        let running = shared.function_running.lock().expect("lock");
+        Self::full(shared, &running, function, coming)
+    }
+
+    fn full(
+        shared: &Shared,
+        running: &HashMap<String, usize>,
+        function: &str,
+        coming: usize,
+    ) -> bool {
+        let target = shared.limiter.size();
+        let in_flight = shared.limiter.in_flight() + coming;
+        let mine = running.get(function).copied().unwrap_or(0);
+        shared.fair_share && target >= 2 && mine >= 1 && in_flight >= target
+    }
+
+    pub(super) fn take(shared: &'a Shared, function: &str) -> Option<FunctionShare<'a>> {
+        let mut running = shared.function_running.lock().expect("lock");
+        // This delivery's own slot is counted in already.
+        if Self::full(shared, &running, function, 0) {
+            return None;
+        }
+        *running.entry(function.to_string()).or_default() += 1;
+        Some(FunctionShare {
+            shared,
+            function: function.to_string(),
+        })
+    }
+}
+
+impl Drop for FunctionShare<'_> {
+    fn drop(&mut self) {
+        let mut running = self.shared.function_running.lock().expect("lock");
+        if let Some(n) = running.get_mut(&self.function) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.function);
+            }
+        }
+    }
+}
+
+/// Sends a message of `function` round a delay queue: its function would take the last slot.
+pub(super) async fn defer(
+    shared: &Shared,
+    channels: &Channels,
+    queue: &str,
+    delivery: &Delivery,
+    function: &str,
+) {
+    shared.metrics.inc(
+        "granda_fair_share_deferred_total",
+        format!("function=\"{}\"", label(function)),
+    );
+    {
+        let mut deferred = shared.fair_deferred.lock().expect("lock");
+        if deferred.len() < 100_000 {
+            deferred.push_back(Instant::now());
+        }
+    }
+    park_for(
+        shared,
+        channels,
+        queue,
+        delivery,
+        ELSEWHERE_DELAY,
+        super::FAIR_SHARE_DELAY,
+    )
+    .await;
+}
+
+/// Whether a claimed run of `work` fits its namespace's `max_concurrency` (always, without one).
+/// `false`: the claim was undone. A database error holds the run back too (it comes again).
+pub(super) async fn namespace_admits(shared: &Shared, work: &Work) -> bool {
+    let ns = crate::namespace::split(&work.function.name).1;
+    let max = match shared.namespace_quotas.get(&shared.pool, ns).await {
+        Ok(quotas) => quotas.and_then(|q| q.max_concurrency),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the namespace's quotas");
+            None
+        }
+    };
+    let Some(max) = max else {
+        return true;
+    };
+    match crate::namespace::admit(&shared.pool, ns, work.id, max).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(
+                namespace = ns,
+                max,
+                "the namespace runs its max_concurrency; waiting"
+            );
+            shared.metrics.inc(
+                "granda_namespace_held_total",
+                format!("namespace=\"{}\"", label(ns)),
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checking the namespace's max_concurrency; trying again later");
+            let _ = sqlx::query(
+                "UPDATE invocations SET status = 'queued', worker = NULL, started_at = NULL,
+                        attempt = GREATEST(attempt - 1, 0) WHERE id = $1 AND status = 'running'",
+            )
+            .bind(work.id)
+            .execute(&shared.pool)
+            .await;
+            false
+        }
+    }
+}
