@@ -185,8 +185,7 @@ amqp_answers() {
     timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'AMQP\\x00\\x00\\x09\\x01' >&3 && head -c 1 <&3 | od -An -tu1" 2>/dev/null | grep -qw 1
 }
 # The machine's own node (user rabbitmq), never the test suites' private cluster nodes (root).
-stop_wedged_rabbit() {
-    log "RabbitMQ on 127.0.0.1:$AMQP_PORT accepts connections but does not answer AMQP: restarting it"
+stop_machine_rabbit() {
     timeout 20 rabbitmqctl -q stop >/dev/null 2>&1 || true
     local pids
     pids=$(pgrep -u rabbitmq -f 'beam.smp' || true)
@@ -198,7 +197,10 @@ stop_wedged_rabbit() {
 }
 if port_open "$AMQP_PORT" && ! amqp_answers "$AMQP_PORT"; then
     sleep 5
-    amqp_answers "$AMQP_PORT" || stop_wedged_rabbit
+    if ! amqp_answers "$AMQP_PORT"; then
+        log "RabbitMQ on 127.0.0.1:$AMQP_PORT accepts connections but does not answer AMQP: restarting it"
+        stop_machine_rabbit
+    fi
 fi
 # RabbitMQ's file handle cache is sized from the node's soft fd limit, which `su rabbitmq` leaves at
 # 1024: about 300 quorum queues (each test app declares several) use it up, and then every new
@@ -219,6 +221,20 @@ if ! port_open "$AMQP_PORT"; then
     wait_for 30 port_open "$AMQP_PORT" || die "RabbitMQ started but 127.0.0.1:$AMQP_PORT is closed"
 fi
 wait_for 30 amqp_answers "$AMQP_PORT" || die "RabbitMQ on 127.0.0.1:$AMQP_PORT does not answer AMQP; see /var/log/rabbitmq/"
+# A node started before the line above was added (by the machine's init, say) still has the small
+# file handle cache: restart it once so the start script raises the limit. Only the machine's own
+# node (user rabbitmq), and only when its limit is below what a full suite needs.
+fh_limit() { timeout 20 rabbitmqctl -q eval 'proplists:get_value(total_limit, file_handle_cache:info([total_limit])).' 2>/dev/null | tr -dc '0-9'; }
+limit=$(fh_limit || true)
+if [ -n "$limit" ] && [ "$limit" -lt 4000 ] && grep -q 'ulimit -n' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null \
+    && pgrep -u rabbitmq -f beam.smp >/dev/null; then
+    log "RabbitMQ has room for $limit file handles (too few for the suites' quorum queues): restarting it with the raised limit"
+    stop_machine_rabbit
+    rabbitmq-server -detached </dev/null >/dev/null 2>&1 || true
+    wait_for 90 port_open "$AMQP_PORT" || die "RabbitMQ did not come back on 127.0.0.1:$AMQP_PORT within 90 s"
+    wait_for 30 amqp_answers "$AMQP_PORT" || die "RabbitMQ on 127.0.0.1:$AMQP_PORT does not answer AMQP after its restart"
+    log "RabbitMQ has room for $(fh_limit || echo '?') file handles now"
+fi
 # A resource alarm (free disk under the limit, memory over the watermark) blocks every publisher.
 if command -v rabbitmq-diagnostics >/dev/null && ! timeout 20 rabbitmq-diagnostics -q check_alarms >/dev/null 2>&1; then
     timeout 20 rabbitmq-diagnostics -q alarms >&2 2>/dev/null || true
