@@ -7,6 +7,7 @@ pub mod budget;
 pub mod builds;
 pub mod callback_keys;
 pub mod cors;
+pub mod cron;
 pub mod deploy;
 pub mod enqueue;
 pub mod events;
@@ -14,12 +15,15 @@ pub mod extract;
 pub mod function_view;
 pub mod functions;
 pub mod health;
+pub mod inbound;
+pub mod ingress;
 pub mod invocations;
 pub mod invoke;
 pub mod keys;
 pub mod namespaces;
 pub mod openapi;
 pub mod origin;
+pub mod outbox;
 pub mod quota;
 pub mod recent;
 pub mod schedules;
@@ -73,8 +77,8 @@ pub struct Application {
 
 impl AppState {
     /// What the loops beside the API (outbox, schedules, AMQP router) share with it.
-    pub fn ingress(&self) -> crate::ingress::Ingress {
-        crate::ingress::Ingress {
+    pub fn ingress(&self) -> crate::producer::ingress::Ingress {
+        crate::producer::ingress::Ingress {
             pool: self.pool.clone(),
             publisher: self.publisher.clone(),
             settings: self.settings.clone(),
@@ -196,9 +200,9 @@ impl Application {
         let mut loops = tokio::task::JoinSet::new();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let ingress = self.state.ingress();
-        loops.spawn(crate::outbox::run(ingress.clone()));
-        loops.spawn(crate::schedule::ticker::run(ingress.clone()));
-        let router_stopped = loops.spawn(crate::inbound::run(ingress, stopped));
+        loops.spawn(crate::producer::outbox::run(ingress.clone()));
+        loops.spawn(crate::producer::cron::ticker::run(ingress.clone()));
+        let router_stopped = loops.spawn(crate::producer::inbound::run(ingress, stopped));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();
         // Each request carries its caller's address (a function's `REMOTE_ADDR`).

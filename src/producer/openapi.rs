@@ -29,7 +29,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::function::{Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate};
 use crate::invocation::{InvocationList, InvocationView, Record as InvocationRecord};
 use crate::keys::{ApiKey, Scope};
-use crate::schedule::{CatchUp, ScheduleView};
+use crate::producer::cron::{CatchUp, ScheduleView};
 use crate::webhook::{WebhookList, WebhookView};
 
 struct BearerAuth;
