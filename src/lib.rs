@@ -29,7 +29,8 @@
 //! - [`webhook`] (signed deliveries from GitHub, Stripe, Standard Webhooks), [`event`]
 //!   (published events and subscriptions), [`namespace`] (teams, their quotas).
 //!
-//! Around them: [`config`] (every setting), [`db`] (Postgres and migrations), [`docker`] (the
+//! Around them: [`config`] (every setting), [`db`] (Postgres and migrations), [`frame`] (what
+//! fits in one AMQP frame), [`docker`] (the
 //! engine connection), [`engines`] (what the ingress asks of the engines: image checks and
 //! builds), [`web`] (the HTTP request and answer of a function called as a web endpoint),
 //! [`keys`] (API keys), [`metrics`], [`telemetry`], [`tls`], [`error`] (the
@@ -46,6 +47,7 @@ pub mod docker;
 pub mod engines;
 pub mod error;
 pub mod event;
+pub mod frame;
 pub mod function;
 pub mod invocation;
 pub mod keys;
