@@ -32,7 +32,6 @@ pub mod ui;
 pub mod usage;
 pub mod webhooks;
 
-use crate::error::{Denied, ErrorBody};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -231,20 +230,7 @@ async fn declare_inbound(nodes: &crate::broker::Nodes, topology: &Topology) -> a
     Ok(declared?)
 }
 
-/// `GET /v1/callbacks/key`, from when one key signed every callback: each function has its own now.
-#[utoipa::path(get, path = "/v1/callbacks/key", operation_id = "legacy_callback_key", tag = "callbacks", summary = "Old: the one callback key",
-    description = "From when one key signed every callback. Always 404 now: each function has its own key, at `GET /v1/functions/{name}/callback-key`.",
-    responses((status = 404, body = ErrorBody), Denied))]
-#[deprecated]
-async fn callback_key() -> ApiError {
-    ApiError::NotFound(
-        "callbacks are signed with a key per function: GET /v1/functions/{name}/callback-key"
-            .into(),
-    )
-}
-
-/// Every route of the API. (`callback_key` is deprecated, for the OpenAPI document; its route stays.)
-#[allow(deprecated)]
+/// Every route of the API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let origins = origin::Origins::of(&state.settings);
@@ -311,7 +297,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/v1/webhooks/{id}/rejections", get(webhooks::rejections))
         .route("/hooks/{id}", post(webhooks::receive))
-        .route("/v1/callbacks/key", get(callback_key))
         .route(
             "/v1/functions/{name}/callback-key",
             get(callback_keys::get).post(callback_keys::rotate),

@@ -142,7 +142,7 @@ impl Modify for FunctionUrl {
         events::publish, events::get, events::subscribe, events::subscriptions, events::unsubscribe,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::rotate,
         webhooks::rejections, webhooks::receive,
-        callback_keys::get, callback_keys::rotate, super::callback_key,
+        callback_keys::get, callback_keys::rotate,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete,
         builds::get, builds::rollback,
         namespaces::create, namespaces::list, namespaces::get, namespaces::update, namespaces::delete,
