@@ -369,7 +369,7 @@ impl Settings {
             "GRANDA_MAX_BODY_BYTES is {} but a message to RabbitMQ may be at most {MAX_MESSAGE_BYTES} bytes",
             self.max_body_bytes
         );
-        crate::broker::Nodes::parse_list(&self.amqp_url)?;
+        amqp_nodes(&self.amqp_url).map_err(anyhow::Error::msg)?;
         if let Some(url) = &self.functions_url {
             let parsed = url::Url::parse(url)
                 .map_err(|e| anyhow::anyhow!("GRANDA_FUNCTIONS_URL {url:?} is no URL: {e}"))?;
@@ -457,5 +457,46 @@ impl Settings {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => self.public_url(),
         }
+    }
+}
+
+/// The nodes `GRANDA_AMQP_URL` names (one AMQP URL or a comma-separated list), each with a
+/// heartbeat (10 s unless the URL sets one), or why the list is no list of AMQP URLs.
+pub fn amqp_nodes(list: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(with_heartbeat)
+        .collect();
+    if urls.is_empty() {
+        return Err("GRANDA_AMQP_URL names no node".into());
+    }
+    for url in &urls {
+        if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+            return Err(format!(
+                "GRANDA_AMQP_URL: {} is not an AMQP URL: {e}",
+                amqp_node_name(url)
+            ));
+        }
+    }
+    Ok(urls)
+}
+
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat=10")
+    } else {
+        format!("{url}?heartbeat=10")
+    }
+}
+
+/// `host:port` of an AMQP URL, without credentials.
+pub fn amqp_node_name(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "(unparsable URL)".into(),
     }
 }

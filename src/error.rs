@@ -3,14 +3,32 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Every error: `{"error": {"code", "message", ...}}`.
+/// Every error: `{"error": {"code", "message", ...}}`. The one shape every error answer is
+/// written from, and the schema the API document gives for it.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+}
+
+impl ErrorBody {
+    /// An error with only a code and a message (the other fields absent, not `null`).
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                invocation_id: None,
+                status: None,
+                exit_code: None,
+                detail: None,
+                log: None,
+                build_id: None,
+            },
+        }
+    }
 }
 
 /// The answers of every operation that needs a key, besides its own: 401 without a valid key
@@ -28,15 +46,21 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     /// Failed or timed-out sync calls: the invocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub invocation_id: Option<Uuid>,
     #[schema(value_type = Option<crate::invocation::Status>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Failed sync calls: the platform error or the tail of stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// `build_failed`: the tail of the build log.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
     /// `build_failed`: the failed build (`GET /v1/functions/{name}/builds/{version}` has it all).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub build_id: Option<Uuid>,
 }
 
@@ -170,7 +194,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = ?self, "request failed");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = ErrorBody::new(self.code(), self.to_string());
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
             _ => None,

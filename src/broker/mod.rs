@@ -51,18 +51,7 @@ const NACK_RETRIES: u32 = 6;
 /// How many times a quorum queue redelivers one message (a worker crashing on it) before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
-/// RabbitMQ's default `frame_max` (3.10): what a process assumes until it has connected.
-pub const DEFAULT_FRAME_MAX: u32 = 131_072;
-/// Bytes a header frame keeps free below `frame_max` at publish.
-pub const FRAME_MARGIN: usize = 1024;
-/// Bytes of a header frame kept, at registration, for all but the function's snapshot: frame
-/// and property overhead, the other headers, and per-invocation env (a few values of at most
-/// [`crate::message::MAX_INVOCATION_VALUE`] bytes, at most doubled by JSON escaping).
-pub const HEADER_RESERVE: usize = 16 * 1024;
-
-/// The smallest `frame_max` a connection of this process negotiated (the default before any).
-static FRAME_MAX: std::sync::atomic::AtomicU32 =
-    std::sync::atomic::AtomicU32::new(DEFAULT_FRAME_MAX);
+pub use crate::frame::{DEFAULT_FRAME_MAX, FRAME_MARGIN};
 
 /// Declares a queue of the channel's connection's own (named by the broker, exclusive, deleted
 /// with it) bound to `exchange` with `key`: how a process listens to what an exchange routes.
@@ -109,22 +98,8 @@ fn dead_lettering_quorum_args(exchange: &str) -> FieldTable {
     args
 }
 
-/// The broker's negotiated `frame_max`, as this process last learnt it (smallest seen).
-pub fn frame_max() -> u32 {
-    FRAME_MAX.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 fn note_frame_max(connection: &Connection) {
-    let negotiated = connection.configuration().frame_max();
-    if negotiated > 0 {
-        FRAME_MAX.fetch_min(negotiated, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Most bytes a function snapshot (JSON, with its env and secrets) may take so that any message
-/// of the function fits the broker's frame.
-pub fn snapshot_budget() -> usize {
-    (frame_max() as usize).saturating_sub(HEADER_RESERVE)
+    crate::frame::note(connection.configuration().frame_max());
 }
 
 /// The size of the header frame that carries `properties`, as lapin writes it: frame header

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::LongString;
-use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use uuid::Uuid;
 
@@ -38,24 +37,7 @@ impl Nodes {
     /// The node URLs of `list`, each checked to parse. URLs without a `heartbeat=` get 10 s, so a
     /// broker that went away is noticed within seconds.
     pub fn parse_list(list: &str) -> Result<Vec<String>, BrokerError> {
-        let urls: Vec<String> = list
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(with_heartbeat)
-            .collect();
-        if urls.is_empty() {
-            return Err(BrokerError::Config("GRANDA_AMQP_URL names no node".into()));
-        }
-        for url in &urls {
-            if let Err(e) = url.parse::<AMQPUri>() {
-                return Err(BrokerError::Config(format!(
-                    "GRANDA_AMQP_URL: {} is not an AMQP URL: {e}",
-                    node_name(url)
-                )));
-            }
-        }
-        Ok(urls)
+        crate::config::amqp_nodes(list).map_err(BrokerError::Config)
     }
 
     /// `list` (see [`Nodes::parse_list`]), trusting the CA certificates in the PEM file `ca_file`
@@ -155,23 +137,7 @@ impl Nodes {
     }
 }
 
-fn with_heartbeat(url: &str) -> String {
-    if url.contains("heartbeat=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&heartbeat=10")
-    } else {
-        format!("{url}?heartbeat=10")
-    }
-}
-
-/// `host:port` of an AMQP URL, without credentials.
-fn node_name(url: &str) -> String {
-    match url.parse::<AMQPUri>() {
-        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
-        Err(_) => "(unparsable URL)".into(),
-    }
-}
+use crate::config::amqp_node_name as node_name;
 
 /// Opens a connection named after the process's role to the first node of `url` (one URL or a
 /// comma-separated list) that answers, trusting `GRANDA_CA_FILE` if set.

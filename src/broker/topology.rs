@@ -172,7 +172,7 @@ pub async fn delete_topology(
 
 // Events published over AMQP (issue 19): any client publishes to the durable topic exchange
 // `p.inbound` (routing key = topic). A quorum queue `p.inbound.router`, bound with `#`, holds them
-// for the routers (one per ingress, competing consumers; see `crate::inbound`). What a router
+// for the routers (one per ingress, competing consumers; see `crate::producer::inbound`). What a router
 // can't accept goes to the quorum queue `p.inbound.dead`, with the reason in `x-granda-reason`;
 // a message redelivered past the delivery limit is dead-lettered there by the broker.
 impl Topology {

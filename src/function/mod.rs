@@ -31,7 +31,7 @@ pub const DEFAULT_PIDS: i64 = 256;
 pub const DEFAULT_TMP_MB: i64 = 64;
 /// Most bytes of `env` and `secrets` (names and values) together, raw. They travel JSON-escaped
 /// in the header frame of every work message, which must fit RabbitMQ's frame (128 KiB by
-/// default): `check` also measures them serialized (see [`crate::broker::snapshot_budget`]).
+/// default): `check` also measures them serialized (see [`crate::frame::snapshot_budget`]).
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
 
 /// A registered function. Serialized, it is what the API shows, except `secrets` (write-only:

@@ -336,13 +336,13 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
     let mut snapshot = f.snapshot();
     snapshot.secrets = crate::seal::Keys::ephemeral().seal_all(&snapshot.secrets);
     let serialized = serde_json::to_vec(&snapshot).map_or(usize::MAX, |v| v.len());
-    let budget = crate::broker::snapshot_budget();
+    let budget = crate::frame::snapshot_budget();
     if serialized > budget {
         return Err(invalid(
             "env",
             format!(
                 "the function's message header (env and secrets as serialized JSON, with escaping and sealing) would take {serialized} bytes; the broker's frame ({} bytes) leaves {budget} for it",
-                crate::broker::frame_max()
+                crate::frame::frame_max()
             ),
         ));
     }

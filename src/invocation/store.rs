@@ -95,7 +95,7 @@ pub async fn insert_queued(
 /// Stores a `queued` invocation inside the caller's transaction (schedules and the AMQP
 /// router record the claim or the event in the same one), with its own `env`, which the
 /// outbox keeps when it re-publishes. No idempotency key: the caller's transaction is the
-/// guard. Publish it after the commit ([`crate::outbox::publish_now`]).
+/// guard. Publish it after the commit ([`crate::producer::outbox::publish_now`]).
 pub async fn insert_queued_in(
     tx: &mut sqlx::PgConnection,
     inv: &NewInvocation<'_>,

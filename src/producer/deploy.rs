@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::AppState;
 use crate::build::{self, BuildFailed, Runtime, Source};
 use crate::engines::{BuildFailure, BuildRequest, Job, Refusal};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::function::{Function, store};
 
 use crate::build::NDJSON;
@@ -145,23 +145,26 @@ impl Failure {
         }
     }
 
-    fn body(&self) -> Value {
+    fn body(&self) -> ErrorBody {
         match self {
             Failure::Build {
                 build_id,
                 version,
                 failed,
-            } => json!({"error": {
-                "code": "build_failed",
-                "message": format!("the build of version {version} failed: {}", failed.message),
-                "log": build::tail(&failed.log),
-                "build_id": build_id,
-            }}),
+            } => {
+                let mut body = ErrorBody::new(
+                    "build_failed",
+                    format!("the build of version {version} failed: {}", failed.message),
+                );
+                body.error.log = Some(build::tail(&failed.log));
+                body.error.build_id = Some(*build_id);
+                body
+            }
             Failure::Api(e) => {
                 if e.status().is_server_error() {
                     tracing::error!(error = ?e, "deploy failed");
                 }
-                json!({"error": {"code": e.code(), "message": e.to_string()}})
+                ErrorBody::new(e.code(), e.to_string())
             }
         }
     }
@@ -191,14 +194,11 @@ pub async fn respond(app: AppState, headers: &HeaderMap, deploy: Deploy) -> Resp
         }
         let last = match build.await {
             Ok(Ok((status, view))) => json!({"status": status.as_u16(), "function": view}),
-            Ok(Err(f)) => {
-                let mut body = f.body();
-                body["status"] = f.status().as_u16().into();
-                body
-            }
-            Err(e) => {
-                json!({"status": 500, "error": {"code": "internal", "message": e.to_string()}})
-            }
+            Ok(Err(f)) => with_status(f.status(), &f.body()),
+            Err(e) => with_status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &ErrorBody::new("internal", e.to_string()),
+            ),
         };
         let _ = out.send(Ok(line(&last))).await;
     });
@@ -208,6 +208,14 @@ pub async fn respond(app: AppState, headers: &HeaderMap, deploy: Deploy) -> Resp
         .header(header::CONTENT_TYPE, NDJSON)
         .body(Body::from_stream(stream))
         .expect("a valid response")
+}
+
+/// The last line of a streamed deploy that failed: the error body with the status it would
+/// have had as a plain answer.
+fn with_status(status: StatusCode, body: &ErrorBody) -> Value {
+    let mut v = serde_json::to_value(body).unwrap_or_default();
+    v["status"] = status.as_u16().into();
+    v
 }
 
 fn line(v: &Value) -> String {

@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, heade
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -358,14 +357,11 @@ fn reply_response(id: Uuid, reply: Reply, detail: bool, sandboxed: bool) -> Resp
                     ),
                 },
             };
-            let body = json!({"error": {
-                "code": code,
-                "message": message,
-                "invocation_id": id,
-                "status": status.as_str(),
-                "exit_code": reply.exit_code,
-                "detail": if detail { reply.error } else { None },
-            }});
+            let mut body = ErrorBody::new(code, message);
+            body.error.invocation_id = Some(id);
+            body.error.status = Some(status.as_str().to_string());
+            body.error.exit_code = reply.exit_code;
+            body.error.detail = if detail { reply.error } else { None };
             (http, Json(body)).into_response()
         }
     };

@@ -7,6 +7,7 @@ pub mod budget;
 pub mod builds;
 pub mod callback_keys;
 pub mod cors;
+pub mod cron;
 pub mod deploy;
 pub mod enqueue;
 pub mod events;
@@ -14,12 +15,15 @@ pub mod extract;
 pub mod function_view;
 pub mod functions;
 pub mod health;
+pub mod inbound;
+pub mod ingress;
 pub mod invocations;
 pub mod invoke;
 pub mod keys;
 pub mod namespaces;
 pub mod openapi;
 pub mod origin;
+pub mod outbox;
 pub mod quota;
 pub mod recent;
 pub mod schedules;
@@ -28,7 +32,6 @@ pub mod ui;
 pub mod usage;
 pub mod webhooks;
 
-use crate::error::{Denied, ErrorBody};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,8 +76,8 @@ pub struct Application {
 
 impl AppState {
     /// What the loops beside the API (outbox, schedules, AMQP router) share with it.
-    pub fn ingress(&self) -> crate::ingress::Ingress {
-        crate::ingress::Ingress {
+    pub fn ingress(&self) -> crate::producer::ingress::Ingress {
+        crate::producer::ingress::Ingress {
             pool: self.pool.clone(),
             publisher: self.publisher.clone(),
             settings: self.settings.clone(),
@@ -196,9 +199,9 @@ impl Application {
         let mut loops = tokio::task::JoinSet::new();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let ingress = self.state.ingress();
-        loops.spawn(crate::outbox::run(ingress.clone()));
-        loops.spawn(crate::schedule::ticker::run(ingress.clone()));
-        let router_stopped = loops.spawn(crate::inbound::run(ingress, stopped));
+        loops.spawn(crate::producer::outbox::run(ingress.clone()));
+        loops.spawn(crate::producer::cron::ticker::run(ingress.clone()));
+        let router_stopped = loops.spawn(crate::producer::inbound::run(ingress, stopped));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();
         // Each request carries its caller's address (a function's `REMOTE_ADDR`).
@@ -227,20 +230,7 @@ async fn declare_inbound(nodes: &crate::broker::Nodes, topology: &Topology) -> a
     Ok(declared?)
 }
 
-/// `GET /v1/callbacks/key`, from when one key signed every callback: each function has its own now.
-#[utoipa::path(get, path = "/v1/callbacks/key", operation_id = "legacy_callback_key", tag = "callbacks", summary = "Old: the one callback key",
-    description = "From when one key signed every callback. Always 404 now: each function has its own key, at `GET /v1/functions/{name}/callback-key`.",
-    responses((status = 404, body = ErrorBody), Denied))]
-#[deprecated]
-async fn callback_key() -> ApiError {
-    ApiError::NotFound(
-        "callbacks are signed with a key per function: GET /v1/functions/{name}/callback-key"
-            .into(),
-    )
-}
-
-/// Every route of the API. (`callback_key` is deprecated, for the OpenAPI document; its route stays.)
-#[allow(deprecated)]
+/// Every route of the API.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let origins = origin::Origins::of(&state.settings);
@@ -307,7 +297,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/v1/webhooks/{id}/rejections", get(webhooks::rejections))
         .route("/hooks/{id}", post(webhooks::receive))
-        .route("/v1/callbacks/key", get(callback_key))
         .route(
             "/v1/functions/{name}/callback-key",
             get(callback_keys::get).post(callback_keys::rotate),

@@ -29,7 +29,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::function::{Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate};
 use crate::invocation::{InvocationList, InvocationView, Record as InvocationRecord};
 use crate::keys::{ApiKey, Scope};
-use crate::schedule::{CatchUp, ScheduleView};
+use crate::producer::cron::{CatchUp, ScheduleView};
 use crate::webhook::{WebhookList, WebhookView};
 
 struct BearerAuth;
@@ -142,7 +142,7 @@ impl Modify for FunctionUrl {
         events::publish, events::get, events::subscribe, events::subscriptions, events::unsubscribe,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::rotate,
         webhooks::rejections, webhooks::receive,
-        callback_keys::get, callback_keys::rotate, super::callback_key,
+        callback_keys::get, callback_keys::rotate,
         schedules::create, schedules::list, schedules::get, schedules::update, schedules::delete,
         builds::get, builds::rollback,
         namespaces::create, namespaces::list, namespaces::get, namespaces::update, namespaces::delete,

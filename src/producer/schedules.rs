@@ -1,4 +1,4 @@
-//! `/v1/schedules`: cron schedules that run a function (see [`crate::schedule`]).
+//! `/v1/schedules`: cron schedules that run a function (see [`crate::producer::cron`]).
 //!
 //! `POST` `{function, cron, timezone?, payload?, content_type?, enabled?, catch_up?}` → 201;
 //! `GET` lists (`?function=`), `GET/PUT/DELETE /v1/schedules/{id}`. `PUT` changes the fields it
@@ -7,7 +7,7 @@
 
 use super::extract::{Path, Query};
 use crate::error::{Denied, ErrorBody};
-use crate::schedule::ScheduleView;
+use crate::producer::cron::ScheduleView;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,7 +23,7 @@ use super::AppState;
 use super::auth::Acting;
 use super::extract::JsonBody;
 use crate::error::ApiError;
-use crate::schedule::{CatchUp, CronTz, Schedule, ScheduleError, store};
+use crate::producer::cron::{CatchUp, CronTz, Schedule, ScheduleError, store};
 use axum::Extension;
 
 #[derive(Serialize, ToSchema)]
@@ -226,7 +226,7 @@ pub async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
-) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
+) -> Result<Json<crate::producer::cron::ScheduleView>, ApiError> {
     Ok(Json(load_in(&app, &acting, &id).await?.view()))
 }
 
@@ -240,7 +240,7 @@ pub async fn update(
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
     JsonBody(mut body): JsonBody<ScheduleUpdate>,
-) -> Result<Json<crate::schedule::ScheduleView>, ApiError> {
+) -> Result<Json<crate::producer::cron::ScheduleView>, ApiError> {
     load_in(&app, &acting, &id).await?;
     body.function = body.function.map(|f| acting.function(&f));
     Ok(Json(change(&app, &id, body).await?.view()))
@@ -252,7 +252,7 @@ pub async fn change(
     app: &AppState,
     id: &str,
     body: ScheduleUpdate,
-) -> Result<crate::schedule::Schedule, ApiError> {
+) -> Result<crate::producer::cron::Schedule, ApiError> {
     let mut s = load(app, id).await?;
     let restarts = body.cron.is_some()
         || body.timezone.is_some()

@@ -126,20 +126,21 @@ impl Worker {
                     if probe.0.is_finished() {
                         probe = AbortOnDrop(spawn_probe(connection.create_channel().await?));
                     }
-                    self.schedule(&side, &mut consumers, &tx).await?;
+                    self.concurrency_tick(&side, &mut consumers, &tx).await?;
                 }
                 _ = self.shared.reschedule.notified() => {
                     if !side.status().connected() {
                         side = connection.create_channel().await?;
                     }
-                    self.schedule(&side, &mut consumers, &tx).await?;
+                    self.concurrency_tick(&side, &mut consumers, &tx).await?;
                 }
             }
         }
     }
 
-    /// One scheduler tick: observe, set the target, and make the prefetch follow it.
-    pub(super) async fn schedule(
+    /// One tick of the concurrency scheduler: observe, set the target, and make the prefetch
+    /// follow it.
+    pub(super) async fn concurrency_tick(
         &self,
         side: &Channel,
         consumers: &mut [QueueConsumer],

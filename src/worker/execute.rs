@@ -36,7 +36,7 @@ async fn execute_in_mode(
         let mut function = work.function.clone();
         let env = &mut function.run.env;
         if let Some(request) = &work.request {
-            env.extend(crate::cgi::meta_variables(request, input.len()));
+            env.extend(super::cgi::meta_variables(request, input.len()));
             env.remove("HTTP_TRACEPARENT");
             env.remove("HTTP_TRACESTATE");
         }
@@ -71,7 +71,7 @@ async fn execute_in_mode(
             if work.function.run.response == ResponseMode::Cgi
                 && outcome.status == Some(Status::Succeeded)
             {
-                match crate::cgi::parse_response(&outcome.output) {
+                match super::cgi::parse_response(&outcome.output) {
                     Ok((answer, body)) => {
                         outcome.output = body;
                         outcome.http = Some(answer);

@@ -18,6 +18,7 @@
 
 pub mod breaker;
 pub mod builds;
+mod cgi;
 mod consume;
 pub mod container;
 pub mod control;

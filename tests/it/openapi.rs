@@ -140,8 +140,10 @@ async fn every_operation_is_described_and_paths_are_unambiguous() {
         "POST /hooks/{{id}}"
     );
     assert!(paths["/hooks/{id}"]["post"]["security"] == serde_json::json!([{}]));
-    let old = &paths["/v1/callbacks/key"]["get"];
-    assert_eq!(old["deprecated"], true, "{old}");
+    assert!(
+        paths.get("/v1/callbacks/key").is_none(),
+        "the legacy always-404 route is gone"
+    );
     assert!(paths["/v1/events/{topic}"]["get"].is_object());
     assert!(paths["/v1/events/{topic}"]["post"].is_object());
 }

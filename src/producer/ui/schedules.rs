@@ -16,8 +16,8 @@ use super::{BASE, UiError, fmt_time, layout, with_status};
 use crate::error::ApiError;
 use crate::producer::AppState;
 use crate::producer::auth::Action;
+use crate::producer::cron::{CatchUp, store};
 use crate::producer::schedules::{NewSchedule, ScheduleUpdate, add, change, remove};
-use crate::schedule::{CatchUp, store};
 
 /// The form that makes a schedule.
 #[derive(Debug, Default, Deserialize)]

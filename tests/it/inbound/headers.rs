@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use granda::broker::Topology;
-use granda::inbound::{ascii_json, headers_json};
+use granda::producer::inbound::{ascii_json, headers_json};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString};
 use serde_json::{Value, json};

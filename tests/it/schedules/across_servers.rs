@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, Utc};
-use granda::schedule::store::claim;
+use granda::producer::cron::store::claim;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc, Weekday};
 use chrono_tz::Europe::Berlin;
-use granda::schedule::CronTz;
+use granda::producer::cron::CronTz;
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::{Schedule, plan, store};
 use crate::function::Function;
-use crate::ingress::Ingress;
 use crate::invocation::{NewInvocation, Trigger, store as invocations};
-use crate::outbox;
+use crate::producer::ingress::Ingress;
+use crate::producer::outbox;
 
 /// How often each ingress looks for due schedules, on average. Each wait is drawn between half
 /// and one and a half of it, so that servers take turns at the ticks (with a fixed period, the

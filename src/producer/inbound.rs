@@ -40,9 +40,9 @@ use uuid::Uuid;
 
 use crate::event::{FannedOut, store as events, valid_topic};
 use crate::function::Function;
-use crate::ingress::Ingress;
 use crate::invocation::{NewInvocation, Trigger, store as invocations};
-use crate::outbox;
+use crate::producer::ingress::Ingress;
+use crate::producer::outbox;
 
 /// Unacked messages a router holds at once.
 const PREFETCH: u16 = 32;

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::function::{Function, store as functions};
-use crate::ingress::Ingress;
 use crate::invocation::{Trigger, store};
 use crate::message::Work;
+use crate::producer::ingress::Ingress;
 
 /// How often the sweep looks.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
