@@ -330,6 +330,18 @@ async fn handle_in_span(
             faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
                 stop_dead_run(&shared, dead, work.id).await;
+                // The dead worker's attempt gets a row of its own (the record now holds this one).
+                if attempt > 1
+                    && let Err(e) = invocation::attempts::note_lost(
+                        &shared.pool,
+                        work.id,
+                        attempt - 1,
+                        &dead.worker,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not note the dead worker's attempt");
+                }
             }
             let function = format!("function=\"{}\"", label(&work.function.name));
             if attempt == 1 {

@@ -1,0 +1,108 @@
+//! An invocation's attempts: one row in `invocation_attempts` for each attempt that did not end
+//! it (it failed and was retried, its worker's lease ran out and another took it over, or it was
+//! retried by hand), written by the same statement that put the invocation back to `queued`, so
+//! the happy path writes nothing more; the last attempt is read off the record itself
+//! ([`of`]). `GET /v1/invocations/{id}` shows them as `attempts`, the dashboard as a row each
+//! in the invocation's timeline.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Record, Status};
+
+/// One attempt of an invocation: which worker ran it, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+#[schema(as = InvocationAttempt)]
+pub struct Attempt {
+    /// Counts from 1.
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Unset while the attempt runs.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `running`, a final status, `retried` (it failed and the invocation was queued again),
+    /// `lost` (its worker's lease ran out; another worker took it over) or the final status it
+    /// had before a retry by hand.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// The attempts before the current one, in order: what [`of`] adds the record's own to.
+pub async fn earlier(pool: &PgPool, id: Uuid) -> Result<Vec<Attempt>, sqlx::Error> {
+    sqlx::query_as::<_, Attempt>(
+        "SELECT attempt, worker, started_at, finished_at, status, exit_code, error, duration_ms
+         FROM invocation_attempts WHERE invocation_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every attempt of `record` ([`of`]), reading the stored ones only when it may have some (after
+/// its first attempt, or queued again).
+pub async fn load(pool: &PgPool, record: &Record) -> Result<Vec<Attempt>, sqlx::Error> {
+    let stored = if record.attempt > 1 || (record.attempt > 0 && record.status() == Status::Queued)
+    {
+        earlier(pool, record.id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(of(record, stored))
+}
+
+/// Every attempt of `record`: the `earlier` ones stored, then its current or last one, read off
+/// the record (none while it waits for its first, or for a retry).
+pub fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
+    earlier.retain(|a| a.attempt < record.attempt || record.status() == Status::Queued);
+    let current = match record.status() {
+        Status::Queued => None,
+        Status::Running => Some(Attempt {
+            attempt: record.attempt,
+            worker: record.worker.clone(),
+            started_at: record.started_at,
+            finished_at: None,
+            status: record.status.clone(),
+            exit_code: None,
+            error: None,
+            duration_ms: None,
+        }),
+        _ if record.attempt == 0 => None,
+        _ => Some(Attempt {
+            attempt: record.attempt,
+            worker: record.worker.clone(),
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            status: record.status.clone(),
+            exit_code: record.exit_code,
+            error: record.error.clone(),
+            duration_ms: record.duration_ms,
+        }),
+    };
+    earlier.extend(current);
+    earlier
+}
+
+/// Notes that worker `dead`'s attempt `attempt` of `id` was lost (its lease ran out and this
+/// worker took the invocation over): only on a takeover, never on the happy path.
+pub async fn note_lost(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    dead: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO invocation_attempts (invocation_id, attempt, worker, status, error)
+         VALUES ($1, $2, $3, 'lost', 'the worker stopped renewing its lease; another worker took the invocation over')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(dead)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
