@@ -100,7 +100,6 @@ async fn events_webhooks_schedules_inbound_callbacks_and_retries_each_carry_one_
         }
     };
     let final_record = |id: String| {
-        let get = get.clone();
         async move {
             eventually(Duration::from_secs(60), "a final record", || async {
                 let r = get(format!("/v1/invocations/{id}")).await;
