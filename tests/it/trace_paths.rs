@@ -99,15 +99,13 @@ async fn events_webhooks_schedules_inbound_callbacks_and_retries_each_carry_one_
                 .unwrap()
         }
     };
-    let final_record = |id: String| {
-        async move {
-            eventually(Duration::from_secs(60), "a final record", || async {
-                let r = get(format!("/v1/invocations/{id}")).await;
-                let status = r["status"].as_str().unwrap_or_default();
-                (!["queued", "running", ""].contains(&status)).then_some(r)
-            })
-            .await
-        }
+    let final_record = |id: String| async move {
+        eventually(Duration::from_secs(60), "a final record", || async {
+            let r = get(format!("/v1/invocations/{id}")).await;
+            let status = r["status"].as_str().unwrap_or_default();
+            (!["queued", "running", ""].contains(&status)).then_some(r)
+        })
+        .await
     };
     let r = post(
         "/v1/functions",
