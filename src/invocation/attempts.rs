@@ -1,6 +1,6 @@
 //! An invocation's attempts: one row in `invocation_attempts` for each attempt that did not end
-//! it (it failed and was retried, its worker's lease ran out and another took it over, or it was
-//! retried by hand), written by the same statement that put the invocation back to `queued`, so
+//! it (it failed and was retried, its run was lost with its worker and the message delivered
+//! again, or it was retried by hand), written by the same statement that put the invocation back to `queued`, so
 //! the happy path writes nothing more; the last attempt is read off the record itself
 //! ([`of`]). `GET /v1/invocations/{id}` shows them as `attempts`, the dashboard as a row each
 //! in the invocation's timeline.
@@ -23,8 +23,8 @@ pub struct Attempt {
     /// Unset while the attempt runs.
     pub finished_at: Option<DateTime<Utc>>,
     /// `running`, a final status, `retried` (it failed and the invocation was queued again),
-    /// `lost` (its worker's lease ran out; another worker took it over) or the final status it
-    /// had before a retry by hand.
+    /// `lost` (the run was lost with its worker and its message delivered again) or the final
+    /// status it had before a retry by hand.
     pub status: String,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
@@ -86,8 +86,9 @@ pub fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
     earlier
 }
 
-/// Notes that worker `dead`'s attempt `attempt` of `id` was lost (its lease ran out and this
-/// worker took the invocation over): only on a takeover, never on the happy path.
+/// Notes that worker `dead`'s attempt `attempt` of `id` was lost (the worker died or was cut off,
+/// and the message came again): only on a takeover or a redelivery, never on the happy path. A
+/// row already there (a retry's) stays.
 pub async fn note_lost(
     pool: &PgPool,
     id: Uuid,
@@ -96,7 +97,7 @@ pub async fn note_lost(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO invocation_attempts (invocation_id, attempt, worker, status, error)
-         VALUES ($1, $2, $3, 'lost', 'the worker stopped renewing its lease; another worker took the invocation over')
+         VALUES ($1, $2, $3, 'lost', 'the run was lost with its worker (killed or cut off); the message was delivered again')
          ON CONFLICT DO NOTHING",
     )
     .bind(id)

@@ -330,18 +330,24 @@ async fn handle_in_span(
             faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
                 stop_dead_run(&shared, dead, work.id).await;
-                // The dead worker's attempt gets a row of its own (the record now holds this one).
-                if attempt > 1
-                    && let Err(e) = invocation::attempts::note_lost(
-                        &shared.pool,
-                        work.id,
-                        attempt - 1,
-                        &dead.worker,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not note the dead worker's attempt");
+            }
+            // A run lost with its worker (another one, or this one's earlier self: a redelivery)
+            // gets a row of its own; the record now holds this attempt. A retry's attempt has its
+            // row already. Never on the happy path: only for a redelivery or a takeover.
+            let lost_on = match &dead {
+                Some(dead) => Some(dead.worker.as_str()),
+                None if delivery.redelivered || delivery_count(&delivery) > 0 => {
+                    Some(shared.worker_id.as_str())
                 }
+                None => None,
+            };
+            if attempt > 1
+                && let Some(worker) = lost_on
+                && let Err(e) =
+                    invocation::attempts::note_lost(&shared.pool, work.id, attempt - 1, worker)
+                        .await
+            {
+                tracing::warn!(error = %e, "could not note the lost attempt");
             }
             let function = format!("function=\"{}\"", label(&work.function.name));
             if attempt == 1 {
