@@ -107,3 +107,15 @@ pub async fn note_lost(
     .await?;
     Ok(())
 }
+
+/// After claiming attempt `attempt` of `id`: when the run before it was lost on worker `lost_on`
+/// (a takeover of a dead worker's run, or a redelivery to this worker), notes it
+/// ([`note_lost`]); a failure to is logged, the run goes on.
+pub async fn note_lost_if(pool: &PgPool, id: Uuid, attempt: i32, lost_on: Option<&str>) {
+    let Some(worker) = lost_on.filter(|_| attempt > 1) else {
+        return;
+    };
+    if let Err(e) = note_lost(pool, id, attempt - 1, worker).await {
+        tracing::warn!(error = %e, %id, "could not note the lost attempt");
+    }
+}

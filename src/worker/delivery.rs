@@ -331,24 +331,11 @@ async fn handle_in_span(
             if let Some(dead) = &dead {
                 stop_dead_run(&shared, dead, work.id).await;
             }
-            // A run lost with its worker (another one, or this one's earlier self: a redelivery)
-            // gets a row of its own; the record now holds this attempt. A retry's attempt has its
-            // row already. Never on the happy path: only for a redelivery or a takeover.
-            let lost_on = match &dead {
-                Some(dead) => Some(dead.worker.as_str()),
-                None if delivery.redelivered || delivery_count(&delivery) > 0 => {
-                    Some(shared.worker_id.as_str())
-                }
-                None => None,
-            };
-            if attempt > 1
-                && let Some(worker) = lost_on
-                && let Err(e) =
-                    invocation::attempts::note_lost(&shared.pool, work.id, attempt - 1, worker)
-                        .await
-            {
-                tracing::warn!(error = %e, "could not note the lost attempt");
-            }
+            // A run lost with its worker: a row of its own (never on the happy path).
+            let redelivered = delivery.redelivered || delivery_count(&delivery) > 0;
+            let lost_on = dead.as_ref().map(|d| d.worker.as_str());
+            let lost_on = lost_on.or(redelivered.then_some(shared.worker_id.as_str()));
+            invocation::attempts::note_lost_if(&shared.pool, work.id, attempt, lost_on).await;
             let function = format!("function=\"{}\"", label(&work.function.name));
             if attempt == 1 {
                 let waited = (chrono::Utc::now() - queued_at).num_milliseconds().max(0);
