@@ -190,6 +190,9 @@ pub struct Unpublished {
     pub input: Vec<u8>,
     /// The invocation's own env (schedules, AMQP events), added to the function's again.
     pub extra_env: Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
+    /// The trace context it was accepted in: the re-publish continues its trace.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// What marking an invocation `running` found.
@@ -208,6 +211,7 @@ pub enum Claim {
     Missing,
 }
 
+pub mod attempts;
 pub mod search;
 
 mod view;

@@ -20,7 +20,9 @@
 //! "{webhook-id}.{webhook-timestamp}.{body}")>`, where the key is the base64 after `whsec_` in the
 //! function's callback key (`GET`/`POST /v1/functions/{name}/callback-key`). So the signature
 //! covers the id, status, exit code, function, attempt, output and time. `X-Granda-*` headers
-//! repeat some fields for convenience; they are not signed.
+//! repeat some fields for convenience; they are not signed. `traceparent` (and `tracestate`)
+//! carry the trace the invocation was accepted in (stored with it): each POST is a `callback`
+//! span of that trace, so a receiver's own spans join it.
 //!
 //! **What a caller reads.** Delivery state lives on the invocation (`callback_status`: `pending` →
 //! `delivering` → `delivered` | `failed`, `callback_attempts`, `callback_error`); the error is a
@@ -50,6 +52,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -365,7 +369,27 @@ async fn post(
     if let Some(code) = due.exit_code {
         request = request.header("x-granda-exit-code", code.to_string());
     }
-    match request.body(body).send().await {
+    // A span of the invocation's trace, its context in the POST's `traceparent`.
+    let span = tracing::info_span!(
+        "callback",
+        otel.kind = "client",
+        id = %due.id,
+        attempt,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let _ = span.set_parent(crate::telemetry::context_from(|k| match k {
+        "traceparent" => due.traceparent.as_deref(),
+        _ => due.tracestate.as_deref(),
+    }));
+    for (name, value) in crate::telemetry::headers_of(&span.context()) {
+        request = request.header(name, value);
+    }
+    let sent = request.body(body).send().instrument(span.clone()).await;
+    if let Ok(r) = &sent {
+        span.record("http.response.status_code", r.status().as_u16() as i64);
+    }
+    drop(span);
+    match sent {
         Ok(r) => classify(r.status()),
         Err(e) => Err(match refused_in(&e) {
             Some(why) => Failure::Permanent(refused_class(why)),

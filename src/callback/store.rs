@@ -58,6 +58,9 @@ pub(super) struct Due {
     pub(super) callback_url: String,
     pub(super) callback_attempts: i32,
     pub(super) callback_key: Option<String>,
+    /// The trace context the invocation was accepted in: each POST is a span of that trace.
+    pub(super) traceparent: Option<String>,
+    pub(super) tracestate: Option<String>,
 }
 
 /// What a claim returns.
@@ -65,7 +68,7 @@ macro_rules! claimed {
     () => {
         "RETURNING id, function, status, exit_code, duration_ms,
                    COALESCE(octet_length(output), 0)::bigint AS output_len, callback_url,
-                   callback_attempts,
+                   callback_attempts, traceparent, tracestate,
                    (SELECT f.callback_key FROM functions f WHERE f.name = invocations.function)
                      AS callback_key"
     };

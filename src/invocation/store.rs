@@ -62,11 +62,13 @@ pub async fn insert_queued(
         .execute(pool)
         .await?;
     }
+    let (traceparent, tracestate) = trace_context();
     // The whole input stays until the broker has the message, so the outbox can re-publish it.
     let payload = (stored.len() < inv.input.len()).then_some(inv.input);
     let inserted: Option<(Uuid,)> = sqlx::query_as(
-        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload, extra_env)
-         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8)
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload, extra_env,
+                                  traceparent, tracestate)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8, $9, $10)
          ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -78,6 +80,8 @@ pub async fn insert_queued(
     .bind(inv.idempotency_key)
     .bind(payload)
     .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
+    .bind(traceparent)
+    .bind(tracestate)
     .fetch_optional(pool)
     .await?;
     if let Some((id,)) = inserted {
@@ -103,9 +107,11 @@ pub async fn insert_queued_in(
 ) -> Result<(), sqlx::Error> {
     let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
     let payload = (stored.len() < inv.input.len()).then_some(inv.input);
+    let (traceparent, tracestate) = trace_context();
     sqlx::query(
-        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, payload, extra_env)
-         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7)",
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, payload, extra_env,
+                                  traceparent, tracestate)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8, $9)",
     )
     .bind(inv.id)
     .bind(inv.function)
@@ -114,9 +120,25 @@ pub async fn insert_queued_in(
     .bind(inv.input.len() as i64)
     .bind(payload)
     .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
+    .bind(traceparent)
+    .bind(tracestate)
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The W3C trace context of the current span (`traceparent`, `tracestate`), stored with a
+/// queued invocation so that the outbox's re-publish and its callback join its trace.
+fn trace_context() -> (Option<String>, Option<String>) {
+    let mut traceparent = None;
+    let mut tracestate = None;
+    for (name, value) in crate::telemetry::trace_headers() {
+        match name {
+            "traceparent" => traceparent = Some(value),
+            _ => tracestate = Some(value),
+        }
+    }
+    (traceparent, tracestate)
 }
 
 /// Removes a `queued` invocation whose message the broker did not confirm, so nothing waits
@@ -300,11 +322,21 @@ pub async fn requeue(
     outcome: &Outcome,
     retry_at: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
+    // The attempt's row in the same statement: a retry costs no round trip more.
     let done = sqlx::query(
-        "UPDATE invocations SET status = 'queued', retry_at = $3, published_at = now(), output = $4,
-                output_truncated = $5, logs = $6, logs_truncated = $7, exit_code = $8, error = $9,
-                duration_ms = $10, finished_at = NULL
-         WHERE id = $1 AND status = 'running' AND worker = $2",
+        "WITH requeued AS (
+             UPDATE invocations SET status = 'queued', retry_at = $3, published_at = now(), output = $4,
+                    output_truncated = $5, logs = $6, logs_truncated = $7, exit_code = $8, error = $9,
+                    duration_ms = $10, finished_at = NULL
+             WHERE id = $1 AND status = 'running' AND worker = $2
+             RETURNING id, attempt, worker, started_at)
+         INSERT INTO invocation_attempts (invocation_id, attempt, worker, started_at, finished_at,
+                                          status, exit_code, error, duration_ms)
+         SELECT id, attempt, worker, started_at, now(), 'retried', $8, $9, $10 FROM requeued
+         ON CONFLICT (invocation_id, attempt) DO UPDATE SET worker = EXCLUDED.worker,
+             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+             status = EXCLUDED.status, exit_code = EXCLUDED.exit_code, error = EXCLUDED.error,
+             duration_ms = EXCLUDED.duration_ms",
     )
     .bind(id)
     .bind(worker)
@@ -341,10 +373,23 @@ pub async fn extra_env(
 /// Makes a final, not succeeded invocation `queued` again for one more attempt
 /// (`POST /v1/invocations/{id}/retry`). `None` if it is not in such a state.
 pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+    // The attempt that ended it is kept as a row of its own (the record's fields are reset).
     let done = sqlx::query(
-        "UPDATE invocations SET status = 'queued', published_at = NULL, retry_at = NULL, error = NULL,
+        "WITH last AS (
+             SELECT id, attempt, worker, started_at, finished_at, status, exit_code, error, duration_ms
+             FROM invocations
+             WHERE id = $1 AND status IN ('failed', 'timed_out', 'dead') AND input_size = length(input)
+             FOR UPDATE),
+         kept AS (
+             INSERT INTO invocation_attempts (invocation_id, attempt, worker, started_at, finished_at,
+                                              status, exit_code, error, duration_ms)
+             SELECT id, attempt, worker, started_at, COALESCE(finished_at, now()), status, exit_code,
+                    error, duration_ms
+             FROM last WHERE attempt > 0
+             ON CONFLICT (invocation_id, attempt) DO NOTHING)
+         UPDATE invocations i SET status = 'queued', published_at = NULL, retry_at = NULL, error = NULL,
                 finished_at = NULL, dead_at = NULL
-         WHERE id = $1 AND status IN ('failed', 'timed_out', 'dead') AND input_size = length(input)",
+         FROM last WHERE i.id = last.id",
     )
     .bind(id)
     .execute(pool)
@@ -363,7 +408,8 @@ pub async fn unpublished(
     limit: i64,
 ) -> Result<Vec<Unpublished>, sqlx::Error> {
     sqlx::query_as::<_, Unpublished>(
-        "SELECT id, function, trigger, COALESCE(payload, input, ''::bytea) AS input, extra_env FROM invocations
+        "SELECT id, function, trigger, COALESCE(payload, input, ''::bytea) AS input, extra_env,
+                traceparent, tracestate FROM invocations
          WHERE status = 'queued' AND published_at IS NULL
            AND queued_at < now() - make_interval(secs => $1)
          ORDER BY queued_at LIMIT $2 FOR UPDATE SKIP LOCKED",

@@ -35,6 +35,10 @@ pub struct InvocationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub callback: Option<serde_json::Value>,
+    /// `GET /v1/invocations/{id}`: each attempt, in order (earlier ones that were retried or
+    /// taken over, then the current or last one); empty while it waits for its first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<super::attempts::Attempt>>,
 }
 
 impl From<Record> for InvocationView {
@@ -58,6 +62,7 @@ impl From<Record> for InvocationView {
             output,
             output_base64,
             callback: None,
+            attempts: None,
         }
     }
 }

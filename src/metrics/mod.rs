@@ -14,7 +14,9 @@
 //! No holes: every family in [`FAMILIES`] has its `# HELP` and `# TYPE` from the start, and the
 //! ones whose label values are known (triggers, outcomes) have those series at 0
 //! ([`Metrics::default`]); a function's own series are at 0 from its first run
-//! ([`Metrics::function_seen`]) and removed when it is deleted ([`Metrics::forget_function`]).
+//! ([`Metrics::function_seen`]) and removed when it is deleted ([`Metrics::forget_function`];
+//! every `/metrics`, of an ingress or a standalone worker, first drops the series of functions
+//! deleted meanwhile through another process, [`Metrics::forget_deleted`]).
 //! `granda_build_info{version,commit}` and the standard `process_*` series (CPU, RSS, open
 //! descriptors, start time, from `/proc`) are rendered with the rest.
 //!
@@ -53,6 +55,7 @@ struct Histogram {
     count: u64,
 }
 
+mod deleted;
 mod families;
 pub use families::FAMILIES;
 
@@ -70,6 +73,8 @@ struct Registry {
     gauges: BTreeMap<Series, f64>,
     histograms: BTreeMap<Series, Histogram>,
     help: BTreeMap<&'static str, &'static str>,
+    /// The functions with series of their own ([`Metrics::function_seen`]).
+    functions: std::collections::BTreeSet<String>,
 }
 
 pub struct Metrics {
@@ -189,6 +194,7 @@ impl Metrics {
         {
             return;
         }
+        inner.functions.insert(function.to_string());
         inner
             .counters
             .insert(("granda_cold_starts_total", labels.clone()), 0);
@@ -217,6 +223,7 @@ impl Metrics {
         let labels = format!("function=\"{}\"", label(function));
         let ours = |l: &String| l == &labels || l.starts_with(&format!("{labels},"));
         let mut inner = self.inner.lock().expect("lock");
+        inner.functions.remove(function);
         inner.counters.retain(|(_, l), _| !ours(l));
         inner.gauges.retain(|(_, l), _| !ours(l));
         inner.histograms.retain(|(_, l), _| !ours(l));

@@ -123,7 +123,7 @@ pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result
 /// With an `Idempotency-Key` seen before, the same event id comes back and only the fan-out that
 /// is missing (after a failure half-way) is done; every invocation is keyed by the event id, so
 /// none runs twice.
-#[tracing::instrument(skip_all, fields(%topic))]
+#[tracing::instrument(name = "publish event", skip_all, fields(%topic))]
 #[utoipa::path(post, path = "/v1/events/{topic}", operation_id = "publish_event", tag = "events", summary = "Publish an event",
     description = "Publishes the body on the topic named in the path (for example `orders.created`): every function subscribed with a matching pattern gets its own invocation. 202 with the event id, its invocations and a status URL. An `Idempotency-Key` seen before returns the same event and runs nothing twice.", params(("topic" = String, Path, description = "the topic, dot-separated words (`orders.created`)"),
            ("Idempotency-Key" = Option<String>, Header)),

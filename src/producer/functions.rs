@@ -330,10 +330,12 @@ pub async fn delete(
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = store::delete(&app.pool, &acting.function(&name)).await?;
+    let qualified = acting.function(&name);
+    let deleted = store::delete(&app.pool, &qualified).await?;
     app.recent.forget_all();
     if deleted {
-        app.metrics.forget_function(&name);
+        // Its series are labelled with its stored (namespace-qualified) name.
+        app.metrics.forget_function(&qualified);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no function named {name:?}")))

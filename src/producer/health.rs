@@ -105,6 +105,10 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "system", summary = "Prometheus metrics",
     description = "This process's counters, gauges and histograms in the Prometheus text format (0.0.4). Needs an admin key.", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String), Denied))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
+    // Deleted through another ingress, or run here by a worker after the delete: dropped first.
+    if let Err(e) = app.metrics.forget_deleted(&app.pool).await {
+        tracing::warn!(error = %e, "could not drop the series of deleted functions");
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),

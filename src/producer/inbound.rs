@@ -213,8 +213,22 @@ async fn ack(delivery: &Delivery) -> Result<(), Failure> {
 }
 
 /// Handles one delivery: accepted (recorded, published, acked), a duplicate (acked), or refused
-/// (dead-lettered, acked).
+/// (dead-lettered, acked). In a span `inbound` that continues the message's own `traceparent`
+/// (W3C Trace Context; a new trace without one): each subscriber's invocation is in that trace.
 async fn handle(app: &Ingress, dead: &Channel, delivery: &Delivery) -> Result<(), Failure> {
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        parent: None,
+        "inbound",
+        otel.kind = "consumer",
+        topic = %delivery.routing_key,
+    );
+    let _ = span.set_parent(crate::message::trace_context(&delivery.properties));
+    handle_traced(app, dead, delivery).instrument(span).await
+}
+
+async fn handle_traced(app: &Ingress, dead: &Channel, delivery: &Delivery) -> Result<(), Failure> {
     let accepted = match check(app, delivery) {
         Ok(a) => a,
         Err(refusal) => return refuse(app, dead, delivery, &refusal).await,

@@ -38,7 +38,7 @@ pub const MAX_PAGE: i64 = 500;
 /// keys that may read functions (a function's default callback URL is part of its definition,
 /// which an `invoke` key does not see).
 #[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "get_invocation", tag = "invocations", summary = "Read an invocation",
-    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it.", params(("id" = String, Path)), responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it; `attempts`, each attempt's worker, times, status and error.", params(("id" = String, Path)), responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -47,7 +47,9 @@ pub async fn get(
 ) -> Result<Json<InvocationView>, ApiError> {
     let id = parse_id(&id)?;
     let record = load_in(&app, &acting, id).await?;
+    let attempts = crate::invocation::attempts::load(&app.pool, &record).await?;
     let mut view = InvocationView::from(record);
+    view.attempts = Some(attempts);
     if let Some(mut callback) = crate::callback::state(&app.pool, id).await? {
         // Without the auth middleware's word, the least: no URL.
         let sees_url = caller.is_some_and(

@@ -4,7 +4,8 @@
 //! Every few seconds each ingress takes, under `FOR UPDATE SKIP LOCKED`, the `queued` rows older
 //! than the grace period with no confirm, and publishes them again. A sync invocation is not
 //! re-published (its caller is gone): it ends `failed`. Duplicates this may cause are harmless:
-//! a worker runs an invocation only from `queued`.
+//! a worker runs an invocation only from `queued`. A re-publish keeps the trace the invocation
+//! was accepted in (its `traceparent`/`tracestate`, stored with the record): span `republish`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use crate::function::{Function, store as functions};
 use crate::invocation::{Trigger, store};
 use crate::message::Work;
 use crate::producer::ingress::Ingress;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// How often the sweep looks.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -68,8 +71,15 @@ pub async fn sweep(app: &Ingress, grace: Duration) -> anyhow::Result<usize> {
         };
         let env = row.extra_env.map(|env| env.0).unwrap_or_default();
         let work = Work::queued(row.id, trigger, function, &env);
+        // In the trace it was accepted in: the message carries that context on.
+        let span = tracing::info_span!("republish", id = %row.id);
+        let _ = span.set_parent(crate::telemetry::context_from(|k| match k {
+            "traceparent" => row.traceparent.as_deref(),
+            _ => row.tracestate.as_deref(),
+        }));
         app.publisher
             .publish(&function.queue, &work, &row.input)
+            .instrument(span)
             .await?;
         published.push(row.id);
     }

@@ -331,6 +331,11 @@ async fn handle_in_span(
             if let Some(dead) = &dead {
                 stop_dead_run(&shared, dead, work.id).await;
             }
+            // A run lost with its worker: a row of its own (never on the happy path).
+            let redelivered = delivery.redelivered || delivery_count(&delivery) > 0;
+            let lost_on = dead.as_ref().map(|d| d.worker.as_str());
+            let lost_on = lost_on.or(redelivered.then_some(shared.worker_id.as_str()));
+            invocation::attempts::note_lost_if(&shared.pool, work.id, attempt, lost_on).await;
             let function = format!("function=\"{}\"", label(&work.function.name));
             if attempt == 1 {
                 let waited = (chrono::Utc::now() - queued_at).num_milliseconds().max(0);

@@ -145,6 +145,10 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderM
             Err(e) => return crate::error::ApiError::from(e).into_response(),
         }
     }
+    // A function deleted through an ingress has its series here too: dropped first.
+    if let Err(e) = shared.metrics.forget_deleted(&shared.pool).await {
+        tracing::warn!(error = %e, "could not drop the series of deleted functions");
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared.metrics.render(),

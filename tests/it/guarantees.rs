@@ -66,6 +66,30 @@ async fn a_failure_the_function_asks_to_retry_is_retried_then_dead_lettered_and_
     assert_eq!(record["status"], "succeeded");
     assert_eq!(record["attempt"], 4);
     assert_eq!(record["output"], "x");
+    // Every attempt is kept: two retried, the dead one before the retry by hand, the last.
+    let attempts: Vec<(i64, &str)> = record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![
+            (1, "retried"),
+            (2, "retried"),
+            (3, "dead"),
+            (4, "succeeded")
+        ],
+        "{record}"
+    );
+    assert_eq!(record["attempts"][2]["exit_code"], 3, "{record}");
+    assert!(record["attempts"][0]["worker"].is_string(), "{record}");
 
     // A succeeded invocation is not retried.
     let again = app

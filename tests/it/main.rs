@@ -37,6 +37,7 @@ mod sdk;
 mod slow_bodies;
 mod support;
 mod tls;
+mod trace_paths;
 mod ui;
 mod warm;
 mod web;

@@ -343,3 +343,61 @@ async fn retries_are_counted_and_a_deleted_functions_series_are_removed() {
     assert!(!text.contains("function=\"flaky\""), "{text}");
     app.shutdown().await;
 }
+
+/// Issue 30: a function deleted through the ingress loses its series on a standalone worker
+/// that ran it too (its own registry, its own `/metrics`), and a namespaced function's series
+/// go with it (they are labelled with its stored name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_functions_series_go_from_a_standalone_workers_metrics_too() {
+    use crate::faults::infra::{GrandaProcess, free_port};
+    use crate::support::{ADMIN_KEY, client_with_key, postgres_base};
+    // The ingress's own worker serves another queue: the standalone worker runs `default`.
+    let app = spawn_app_with(|s| s.queues = vec!["not-this-one".into()]).await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let db = app.settings.database_url.rsplit('/').next().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let worker = GrandaProcess::spawn(
+        &["worker"],
+        &[
+            ("GRANDA_DATABASE_URL", format!("{}/{db}", postgres_base())),
+            ("GRANDA_AMQP_URL", app.settings.amqp_url.clone()),
+            ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+            (
+                "GRANDA_WORKER_ID",
+                format!("deleted-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            ("GRANDA_WORKER_LISTEN", listen.clone()),
+            ("GRANDA_ADMIN_KEY", ADMIN_KEY.to_string()),
+        ],
+    );
+    let base = format!("http://{listen}");
+    worker.wait_healthy(&base, Duration::from_secs(60)).await;
+    let response = app.invoke("echo", "hi").await;
+    assert_eq!(response.status(), 200, "{}", worker.log());
+    let client = client_with_key(ADMIN_KEY);
+    let scrape = || async {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let text = scrape().await;
+    assert!(
+        text.contains("granda_invocations_total{function=\"echo\",status=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert_eq!(app.delete("/v1/functions/echo").await.status(), 204);
+    let text = scrape().await;
+    assert!(!text.contains("function=\"echo\""), "{text}");
+    assert!(
+        text.contains("# TYPE granda_invocations_total counter"),
+        "{text}"
+    );
+    worker.sigterm();
+    worker.wait_exit(Duration::from_secs(30)).await;
+    app.shutdown().await;
+}

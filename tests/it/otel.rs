@@ -16,14 +16,14 @@ use crate::faults::infra::{GrandaProcess, free_port};
 use crate::support::*;
 
 /// The OTLP/HTTP receiver, a child process; killed (by its own id) when dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     spans: PathBuf,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let spans = std::env::temp_dir().join(format!("granda-otlp-{}.jsonl", Uuid::new_v4()));
         let mut child = Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/receiver.py"))
@@ -43,7 +43,7 @@ impl Receiver {
         Receiver { child, port, spans }
     }
 
-    fn spans(&self) -> Vec<Value> {
+    pub(crate) fn spans(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.spans)
             .unwrap_or_default()
             .lines()
@@ -52,7 +52,11 @@ impl Receiver {
     }
 
     /// The spans of `trace_id`, once `done` says they are all there.
-    async fn trace(&self, trace_id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) async fn trace(
+        &self,
+        trace_id: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         eventually(Duration::from_secs(30), "the trace's spans", || async {
             let spans: Vec<Value> = self
                 .spans()
@@ -74,7 +78,7 @@ impl Drop for Receiver {
 }
 
 /// The span named `name`; panics with all of them when there is none.
-fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
+pub(crate) fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
     spans
         .iter()
         .find(|s| s["name"] == name)
@@ -82,7 +86,7 @@ fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
 }
 
 /// The ingress's span of the HTTP request (kind server, named after its method and route).
-fn server(spans: &[Value]) -> &Value {
+pub(crate) fn server(spans: &[Value]) -> &Value {
     spans
         .iter()
         .find(|s| s["kind"] == 2)
@@ -90,7 +94,7 @@ fn server(spans: &[Value]) -> &Value {
 }
 
 /// Whether `child` descends from `ancestor` through the parents among `spans`.
-fn descends(spans: &[Value], child: &Value, ancestor: &Value) -> bool {
+pub(crate) fn descends(spans: &[Value], child: &Value, ancestor: &Value) -> bool {
     let by_id: HashMap<&str, &Value> = spans
         .iter()
         .map(|s| (s["span_id"].as_str().unwrap(), s))

@@ -1,9 +1,9 @@
-"""A minimal OTLP/HTTP trace receiver for Granda's tests (tests/it/tracing.rs).
+"""A minimal OTLP/HTTP trace receiver for Granda's tests (tests/it/otel.rs, tests/it/trace_paths.rs).
 
 Listens on 127.0.0.1:<port> (argv[1]; 0 picks one), prints the port it bound on its first
 stdout line, decodes each `ExportTraceServiceRequest` POSTed to /v1/traces (protobuf) with the
 `opentelemetry-proto` package, and appends one JSON line a span to argv[2]: service, name,
-trace_id, span_id, parent_span_id, kind, start and end (ns).
+trace_id, span_id, parent_span_id, kind, start and end (ns), and its attributes.
 """
 
 import json
@@ -16,6 +16,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 OUT = sys.argv[2]
+
+
+def attribute(value):
+    """An attribute's value as JSON: its string, integer, float or boolean."""
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -44,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
                             "kind": span.kind,
                             "start": span.start_time_unix_nano,
                             "end": span.end_time_unix_nano,
+                            "attributes": {a.key: attribute(a.value) for a in span.attributes},
                         }) + "\n")
         answer = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)

@@ -5,7 +5,8 @@
 //! env `GRANDA_SCHEDULE_ID` and `GRANDA_SCHEDULED_AT`), and moves the cursor. After the commit it
 //! publishes the invocations; one the broker does not confirm is published by the outbox sweep,
 //! which keeps its env. A tick is fired by exactly one server, and never while the schedule is
-//! disabled (pausing takes the same row lock).
+//! disabled (pausing takes the same row lock). Each tick starts a trace of its own (span
+//! `schedule`, a root): its invocation's record keeps that context, and its message carries it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::function::Function;
 use crate::invocation::{NewInvocation, Trigger, store as invocations};
 use crate::producer::ingress::Ingress;
 use crate::producer::outbox;
+use tracing::Instrument as _;
 
 /// How often each ingress looks for due schedules, on average. Each wait is drawn between half
 /// and one and a half of it, so that servers take turns at the ticks (with a fixed period, the
@@ -32,6 +34,8 @@ struct Fired {
     id: Uuid,
     input: Vec<u8>,
     env: BTreeMap<String, String>,
+    /// The tick's own trace.
+    span: tracing::Span,
 }
 
 /// Ticks until the task is dropped.
@@ -113,6 +117,13 @@ async fn fire_one(app: &Ingress, id: Uuid) -> anyhow::Result<usize> {
                 continue;
             }
             let env = env(&schedule, *at);
+            let span = tracing::info_span!(
+                parent: None,
+                "schedule",
+                schedule = %schedule.id,
+                invocation = %invocation,
+                scheduled_at = %at,
+            );
             invocations::insert_queued_in(
                 &mut tx,
                 &NewInvocation {
@@ -125,6 +136,7 @@ async fn fire_one(app: &Ingress, id: Uuid) -> anyhow::Result<usize> {
                 },
                 &env,
             )
+            .instrument(span.clone())
             .await?;
             recorded.push((
                 *at,
@@ -133,6 +145,7 @@ async fn fire_one(app: &Ingress, id: Uuid) -> anyhow::Result<usize> {
                     id: invocation,
                     input: schedule.payload.clone(),
                     env,
+                    span,
                 },
             ));
         }
@@ -157,7 +170,9 @@ async fn fire_one(app: &Ingress, id: Uuid) -> anyhow::Result<usize> {
             .observe("granda_schedule_lag_seconds", String::new(), lag);
         app.metrics
             .inc("granda_schedule_fired_total", String::new());
-        outbox::publish_now(app, &f.function, f.id, Trigger::Schedule, &f.input, &f.env).await;
+        outbox::publish_now(app, &f.function, f.id, Trigger::Schedule, &f.input, &f.env)
+            .instrument(f.span)
+            .await;
         tracing::debug!(schedule = %id, invocation = %f.id, scheduled_at = %at, "schedule fired");
     }
     Ok(n)

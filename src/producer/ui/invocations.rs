@@ -174,6 +174,7 @@ pub async fn invocation(
     let r = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    let attempts = crate::invocation::attempts::load(&app.pool, &r).await?;
     let input_truncated = r
         .input
         .as_ref()
@@ -211,7 +212,7 @@ pub async fn invocation(
                         tr { th { "Input size" } td { (super::fmt_bytes(r.input_size)) } }
                     }
                 }
-                (waterfall_markup(&r, chrono::Utc::now()))
+                (waterfall_markup(&r, &attempts, chrono::Utc::now()))
                 (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
                 (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
                 (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
@@ -232,11 +233,17 @@ pub struct Step {
 }
 
 /// An invocation's timeline, from what its record knows: the wait in the queue (to its first
-/// claim, `queue_ms`), earlier attempts and their backoff, the worker's start of the run (claim,
-/// image, container create and start: up to `started_at`, which the final record sets to the
-/// run's start), the run (`duration_ms`) and the final record (`finished_at`). The record keeps
-/// the last attempt's times only, so earlier attempts are one row. `now` ends what still goes on.
-pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
+/// claim, `queue_ms`), each earlier attempt (`earlier`, [`crate::invocation::attempts`]: a row
+/// each, with its worker and how it ended) and the wait after it, the worker's start of the run
+/// (claim, image, container create and start: up to `started_at`, which the final record sets to
+/// the run's start), the run (`duration_ms`) and the final record (`finished_at`). Without
+/// stored earlier attempts (a record from before they were kept) they are one row. `now` ends
+/// what still goes on.
+pub fn waterfall(
+    r: &Record,
+    earlier: &[crate::invocation::attempts::Attempt],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Step> {
     let at = |t: chrono::DateTime<chrono::Utc>| (t - r.queued_at).num_milliseconds().max(0);
     let mut steps = Vec::new();
     let mut step = |what: String, start_ms: i64, end_ms: i64, colour| {
@@ -249,12 +256,58 @@ pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
             });
         }
     };
-    let Some(started) = r.started_at.map(at) else {
+    let earlier: Vec<_> = earlier
+        .iter()
+        .filter(|a| a.attempt < r.attempt || r.status() == crate::invocation::Status::Queued)
+        .collect();
+    let first_claim = earlier
+        .first()
+        .and_then(|a| a.started_at.map(at))
+        .or(r.queue_ms)
+        .or(r.started_at.map(at));
+    let Some(first_claim) = first_claim else {
         step("queued".into(), 0, at(now), "#9aa5b1");
         return steps;
     };
-    let picked = r.queue_ms.unwrap_or(started).clamp(0, started);
+    let picked = r
+        .queue_ms
+        .unwrap_or(first_claim)
+        .clamp(0, first_claim.max(0));
     step("queued".into(), 0, picked, "#9aa5b1");
+    // Each earlier attempt, then the wait before the next (its backoff, a takeover's lease).
+    let mut after = picked;
+    for a in &earlier {
+        let start = a.started_at.map(at).unwrap_or(after).max(after);
+        let end = a.finished_at.map(at).unwrap_or(start).max(start);
+        if start > after {
+            step("waited, then claimed again".into(), after, start, "#e0a040");
+        }
+        let on = a
+            .worker
+            .as_deref()
+            .map(|w| format!(" on {w}"))
+            .unwrap_or_default();
+        let why = a
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        step(
+            format!("attempt {}{on}, {}{why}", a.attempt, a.status),
+            start,
+            end,
+            "#c0392b",
+        );
+        after = end;
+    }
+    let Some(started) = r
+        .started_at
+        .map(at)
+        .filter(|_| r.attempt > 0 && r.status() != crate::invocation::Status::Queued)
+    else {
+        step("queued again".into(), after, at(now), "#9aa5b1");
+        return steps;
+    };
     let Some(finished) = r.finished_at.map(at) else {
         step(
             format!("running (attempt {})", r.attempt),
@@ -264,16 +317,17 @@ pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
         );
         return steps;
     };
-    let start = match r.attempt {
-        1 => "claimed, image, container created and started".to_string(),
-        2 => "attempt 1 and its backoff, then claimed and started again".to_string(),
-        n => format!(
+    let start = match (r.attempt, earlier.is_empty()) {
+        (1, _) => "claimed, image, container created and started".to_string(),
+        (_, false) => "waited (backoff), then claimed and started again".to_string(),
+        (2, true) => "attempt 1 and its backoff, then claimed and started again".to_string(),
+        (n, true) => format!(
             "attempts 1–{} and their backoff, then claimed and started again",
             n - 1
         ),
     };
     let colour = if r.attempt > 1 { "#e0a040" } else { "#7b8fd1" };
-    step(start, picked, started, colour);
+    step(start, after, started, colour);
     match r.duration_ms {
         Some(ran) => {
             let ended = (started + ran).min(finished);
@@ -296,8 +350,12 @@ pub fn waterfall(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Vec<Step> {
 }
 
 /// [`waterfall`] as a table of bars (SVG, no inline styles: the dashboard's CSP allows none).
-fn waterfall_markup(r: &Record, now: chrono::DateTime<chrono::Utc>) -> Markup {
-    let steps = waterfall(r, now);
+fn waterfall_markup(
+    r: &Record,
+    earlier: &[crate::invocation::attempts::Attempt],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Markup {
+    let steps = waterfall(r, earlier, now);
     let total = steps
         .iter()
         .map(|s| s.start_ms + s.took_ms)
@@ -543,7 +601,7 @@ mod tests {
 
     #[test]
     fn the_waterfall_shows_where_the_time_went_and_earlier_attempts() {
-        let steps = waterfall(&record(3), chrono::Utc::now());
+        let steps = waterfall(&record(3), &[], chrono::Utc::now());
         let got: Vec<(&str, i64, i64)> = steps
             .iter()
             .map(|s| (s.what.as_str(), s.start_ms, s.took_ms))
@@ -561,12 +619,49 @@ mod tests {
                 ("recorded", 1800, 20),
             ]
         );
-        let first = waterfall(&record(1), chrono::Utc::now());
+        let first = waterfall(&record(1), &[], chrono::Utc::now());
         assert_eq!(first[0].took_ms, 40);
         assert_eq!(
             (first[1].what.as_str(), first[1].start_ms, first[1].took_ms),
             ("claimed, image, container created and started", 40, 1460)
         );
         assert!(!first.iter().any(|s| s.what.contains("backoff")));
+    }
+
+    #[test]
+    fn each_stored_attempt_is_a_row_of_its_own() {
+        let r = record(2);
+        let ms = chrono::Duration::milliseconds;
+        let earlier = vec![crate::invocation::attempts::Attempt {
+            attempt: 1,
+            worker: Some("w1".into()),
+            started_at: Some(r.queued_at + ms(40)),
+            finished_at: Some(r.queued_at + ms(540)),
+            status: "retried".into(),
+            exit_code: Some(3),
+            error: Some("exit 3".into()),
+            duration_ms: Some(480),
+        }];
+        let steps = waterfall(&r, &earlier, chrono::Utc::now());
+        let got: Vec<(&str, i64, i64)> = steps
+            .iter()
+            .map(|s| (s.what.as_str(), s.start_ms, s.took_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("queued", 0, 40),
+                ("attempt 1 on w1, retried: exit 3", 40, 500),
+                ("waited (backoff), then claimed and started again", 540, 960),
+                ("ran (attempt 2)", 1500, 300),
+                ("recorded", 1800, 20),
+            ]
+        );
+        // The record's own attempt is never a row twice.
+        let all = crate::invocation::attempts::of(&r, earlier.clone());
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].attempt, 2);
+        assert_eq!(all[1].status, "succeeded");
+        assert_eq!(waterfall(&r, &all, chrono::Utc::now()).len(), steps.len());
     }
 }

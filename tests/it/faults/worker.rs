@@ -107,6 +107,22 @@ async fn a_worker_killed_mid_run_loses_nothing_and_its_successor_cleans_up() {
         rows.iter().any(|(_, _, attempt)| *attempt >= 2),
         "some runs were cut and run again: {rows:?}"
     );
+    // Each cut run is an attempt of its own, `lost` with its worker.
+    for (id, _, attempt) in rows.iter().filter(|r| r.2 >= 2) {
+        let lost: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT status, worker FROM invocation_attempts WHERE invocation_id = $1 AND attempt = $2",
+        )
+        .bind(id)
+        .bind(attempt - 1)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            lost,
+            Some(("lost".to_string(), Some(worker_id.clone()))),
+            "{id}"
+        );
+    }
     assert_no_containers(&app.docker, &worker_id, Duration::from_secs(30)).await;
     second.sigterm();
     assert!(

@@ -1,0 +1,121 @@
+//! An invocation's attempts: one row in `invocation_attempts` for each attempt that did not end
+//! it (it failed and was retried, its run was lost with its worker and the message delivered
+//! again, or it was retried by hand), written by the same statement that put the invocation back to `queued`, so
+//! the happy path writes nothing more; the last attempt is read off the record itself
+//! ([`of`]). `GET /v1/invocations/{id}` shows them as `attempts`, the dashboard as a row each
+//! in the invocation's timeline.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Record, Status};
+
+/// One attempt of an invocation: which worker ran it, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+#[schema(as = InvocationAttempt)]
+pub struct Attempt {
+    /// Counts from 1.
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Unset while the attempt runs.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `running`, a final status, `retried` (it failed and the invocation was queued again),
+    /// `lost` (the run was lost with its worker and its message delivered again) or the final
+    /// status it had before a retry by hand.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+/// The attempts before the current one, in order: what [`of`] adds the record's own to.
+pub async fn earlier(pool: &PgPool, id: Uuid) -> Result<Vec<Attempt>, sqlx::Error> {
+    sqlx::query_as::<_, Attempt>(
+        "SELECT attempt, worker, started_at, finished_at, status, exit_code, error, duration_ms
+         FROM invocation_attempts WHERE invocation_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every attempt of `record` ([`of`]), reading the stored ones only when it may have some (after
+/// its first attempt, or queued again).
+pub async fn load(pool: &PgPool, record: &Record) -> Result<Vec<Attempt>, sqlx::Error> {
+    let stored = if record.attempt > 1 || (record.attempt > 0 && record.status() == Status::Queued)
+    {
+        earlier(pool, record.id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(of(record, stored))
+}
+
+/// Every attempt of `record`: the `earlier` ones stored, then its current or last one, read off
+/// the record (none while it waits for its first, or for a retry).
+pub fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
+    earlier.retain(|a| a.attempt < record.attempt || record.status() == Status::Queued);
+    let current = match record.status() {
+        Status::Queued => None,
+        Status::Running => Some(Attempt {
+            attempt: record.attempt,
+            worker: record.worker.clone(),
+            started_at: record.started_at,
+            finished_at: None,
+            status: record.status.clone(),
+            exit_code: None,
+            error: None,
+            duration_ms: None,
+        }),
+        _ if record.attempt == 0 => None,
+        _ => Some(Attempt {
+            attempt: record.attempt,
+            worker: record.worker.clone(),
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            status: record.status.clone(),
+            exit_code: record.exit_code,
+            error: record.error.clone(),
+            duration_ms: record.duration_ms,
+        }),
+    };
+    earlier.extend(current);
+    earlier
+}
+
+/// Notes that worker `dead`'s attempt `attempt` of `id` was lost (the worker died or was cut off,
+/// and the message came again): only on a takeover or a redelivery, never on the happy path. A
+/// row already there (a retry's) stays.
+pub async fn note_lost(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    dead: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO invocation_attempts (invocation_id, attempt, worker, status, error)
+         VALUES ($1, $2, $3, 'lost', 'the run was lost with its worker (killed or cut off); the message was delivered again')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(dead)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// After claiming attempt `attempt` of `id`: when the run before it was lost on worker `lost_on`
+/// (a takeover of a dead worker's run, or a redelivery to this worker), notes it
+/// ([`note_lost`]); a failure to is logged, the run goes on.
+pub async fn note_lost_if(pool: &PgPool, id: Uuid, attempt: i32, lost_on: Option<&str>) {
+    let Some(worker) = lost_on.filter(|_| attempt > 1) else {
+        return;
+    };
+    if let Err(e) = note_lost(pool, id, attempt - 1, worker).await {
+        tracing::warn!(error = %e, %id, "could not note the lost attempt");
+    }
+}
