@@ -21,6 +21,7 @@ pub mod builds;
 mod consume;
 pub mod container;
 pub mod control;
+mod dead_run;
 mod delivery;
 pub mod endpoints;
 mod engines;
