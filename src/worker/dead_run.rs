@@ -134,60 +134,23 @@ pub(super) async fn settle(
     if found.containers.is_empty() {
         return Ok(Settled::Untouched);
     }
-    let settled = match found.ended.take() {
-        Some((run, deadline)) => {
-            let owned;
-            let spec = match spec {
-                Some(spec) => Some(spec),
-                None => {
-                    owned = crate::function::store::get(&shared.pool, &function)
-                        .await?
-                        .map(|f| f.run);
-                    owned.as_ref()
-                }
-            };
-            let (outcome, verdict) = judge(shared, run, deadline, spec, &trigger, attempt);
-            match verdict {
-                Verdict::RetryAfter(delay) => {
-                    store::requeue(&mut *tx, id, dead, &outcome, Utc::now() + delay).await?;
-                    tx.commit().await?;
-                    Settled::Collected(Status::Queued)
-                }
-                Verdict::Final | Verdict::Dead => {
-                    store::finish_run_of(&mut *tx, id, dead, &outcome).await?;
-                    tx.commit().await?;
-                    let status = outcome.status();
-                    if Trigger::parse(&trigger) != Some(Trigger::Sync) {
-                        crate::callback::deliver_later(
-                            shared.pool.clone(),
-                            shared.callbacks.clone(),
-                            id,
-                        );
-                    }
-                    shared.metrics.function_seen(&function);
-                    shared.metrics.inc(
-                        "granda_invocations_total",
-                        format!(
-                            "function=\"{}\",status=\"{}\"",
-                            label(&function),
-                            status.as_str()
-                        ),
-                    );
-                    Settled::Collected(status)
-                }
-            }
-        }
-        None => {
-            let outcome = execute::failed(
-                format!("its worker {dead} died during the run; the run was stopped"),
-                true,
-            );
-            store::requeue(&mut *tx, id, dead, &outcome, Utc::now()).await?;
-            tx.commit().await?;
-            Settled::Stopped
-        }
-    };
-    futures_util::future::join_all(found.containers.iter().map(|c| remove(docker, c))).await;
+    let killed = found.stopped > 0;
+    let written = record(
+        shared,
+        tx,
+        id,
+        dead,
+        &mut found,
+        spec,
+        (&trigger, attempt, &function),
+    )
+    .await;
+    // A killed container is removed even when the record could not be written, so that no one
+    // can read it later as a run that ended: the run then goes again as before.
+    if written.is_ok() || killed {
+        futures_util::future::join_all(found.containers.iter().map(|c| remove(docker, c))).await;
+    }
+    let settled = written?;
     match settled {
         Settled::Collected(status) => {
             tracing::info!(
@@ -205,6 +168,72 @@ pub(super) async fn settle(
         ),
     }
     Ok(settled)
+}
+
+/// Writes, in `tx` (which holds the record's lock), what `found` makes of the attempt, and
+/// commits: its outcome when a container ran to its end, else the record back to `queued`.
+async fn record(
+    shared: &Shared,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    dead: &str,
+    found: &mut Found,
+    spec: Option<&RunSpec>,
+    (trigger, attempt, function): (&str, i32, &str),
+) -> Result<Settled, SettleError> {
+    Ok(match found.ended.take() {
+        Some((run, deadline)) => {
+            let owned;
+            let spec = match spec {
+                Some(spec) => Some(spec),
+                None => {
+                    owned = crate::function::store::get(&shared.pool, function)
+                        .await?
+                        .map(|f| f.run);
+                    owned.as_ref()
+                }
+            };
+            let (outcome, verdict) = judge(shared, run, deadline, spec, trigger, attempt);
+            match verdict {
+                Verdict::RetryAfter(delay) => {
+                    store::requeue(&mut *tx, id, dead, &outcome, Utc::now() + delay).await?;
+                    tx.commit().await?;
+                    Settled::Collected(Status::Queued)
+                }
+                Verdict::Final | Verdict::Dead => {
+                    store::finish_run_of(&mut *tx, id, dead, &outcome).await?;
+                    tx.commit().await?;
+                    let status = outcome.status();
+                    if Trigger::parse(trigger) != Some(Trigger::Sync) {
+                        crate::callback::deliver_later(
+                            shared.pool.clone(),
+                            shared.callbacks.clone(),
+                            id,
+                        );
+                    }
+                    shared.metrics.function_seen(function);
+                    shared.metrics.inc(
+                        "granda_invocations_total",
+                        format!(
+                            "function=\"{}\",status=\"{}\"",
+                            label(function),
+                            status.as_str()
+                        ),
+                    );
+                    Settled::Collected(status)
+                }
+            }
+        }
+        None => {
+            let outcome = execute::failed(
+                format!("its worker {dead} died during the run; the run was stopped"),
+                true,
+            );
+            store::requeue(&mut *tx, id, dead, &outcome, Utc::now()).await?;
+            tx.commit().await?;
+            Settled::Stopped
+        }
+    })
 }
 
 /// The dead worker's containers of `id`, into `found`: running ones killed, and the output of
