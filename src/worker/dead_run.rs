@@ -298,13 +298,11 @@ async fn examine(
                             .and_then(engine_time)
                             .unwrap_or_else(Utc::now)
                             .max(started_at);
-                        let code = state.exit_code.unwrap_or(-1);
-                        let ms = finished_at.timestamp_millis();
-                        // A run its worker killed at its deadline, before it died itself.
-                        let exit = match deadline {
-                            Some(deadline) if code == 137 && ms >= deadline => Exit::TimedOut,
-                            _ => Exit::Code(code),
-                        };
+                        let exit = exit_of(
+                            state.exit_code.unwrap_or(-1),
+                            finished_at.timestamp_millis(),
+                            deadline,
+                        );
                         let run = Run {
                             exit,
                             oom_killed: state.oom_killed.unwrap_or(false),
@@ -328,6 +326,15 @@ async fn examine(
             }
             _ => found.stopped += 1,
         }
+    }
+}
+
+/// How a container that exited with `code` at `finished_ms` ended: a SIGKILL at or past its
+/// invocation's deadline was its worker's timeout kill (the worker died before recording it).
+fn exit_of(code: i64, finished_ms: i64, deadline: Option<i64>) -> Exit {
+    match deadline {
+        Some(deadline) if code == 137 && finished_ms >= deadline => Exit::TimedOut,
+        _ => Exit::Code(code),
     }
 }
 
@@ -453,5 +460,14 @@ mod tests {
         let t = engine_time("2026-12-05T20:20:28.184785438Z").unwrap();
         assert_eq!(t.timestamp(), 1_796_502_028);
         assert!(engine_time("garbage").is_none());
+    }
+
+    #[test]
+    fn a_sigkill_at_the_deadline_was_a_timeout_and_any_other_end_its_exit_code() {
+        assert_eq!(exit_of(137, 5_000, Some(5_000)), Exit::TimedOut);
+        assert_eq!(exit_of(137, 4_999, Some(5_000)), Exit::Code(137));
+        assert_eq!(exit_of(0, 9_000, Some(5_000)), Exit::Code(0));
+        assert_eq!(exit_of(3, 1_000, None), Exit::Code(3));
+        assert_eq!(exit_of(137, 9_000, None), Exit::Code(137));
     }
 }
