@@ -120,6 +120,32 @@ impl Publisher {
         self.link().await.is_ok()
     }
 
+    /// Whether the broker confirms a write to a quorum queue now: an empty message to the probe
+    /// queue (the workers' too, [`Topology::probe_queue`]), confirmed within the publish timeout.
+    /// Without quorum the work queues take no message, whatever node this is connected to, so an
+    /// invoke would only be answered 503 after the timeout. The ingress's `/readyz` asks it.
+    pub async fn quorum(&self) -> bool {
+        let within = self.nodes.publish_timeout();
+        let probe = async {
+            let link = self.link().await?;
+            let queue = self.topology.probe_queue();
+            let channel = link.side().await?;
+            let declared = link.declared.lock().expect("lock").contains(&queue);
+            if !declared {
+                self.topology.declare_probe(&channel).await?;
+                link.declared.lock().expect("lock").insert(queue.clone());
+            }
+            super::publish_confirmed_unbounded(
+                &channel,
+                &queue,
+                b"",
+                lapin::BasicProperties::default(),
+            )
+            .await
+        };
+        matches!(tokio::time::timeout(within, probe).await, Ok(Ok(())))
+    }
+
     async fn link(&self) -> Result<Arc<Link>, BrokerError> {
         let mut guard = self.link.lock().await;
         if let Some(link) = guard.as_ref()

@@ -315,8 +315,8 @@ pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), s
 
 /// Puts a failed attempt back to `queued` until `retry_at`, keeping what the attempt produced.
 #[tracing::instrument(level = "debug", skip(pool, outcome))]
-pub async fn requeue(
-    pool: &PgPool,
+pub async fn requeue<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
     id: Uuid,
     worker: &str,
     outcome: &Outcome,
@@ -471,6 +471,36 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
         outcome,
     )
     .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`finish`] of a run of worker `worker`, a dead one (`crate::worker`'s `dead_run`): written only
+/// while the record is `running` on that worker, so a result collected from its container can't
+/// overwrite a record that another worker has claimed since, or that another collector wrote.
+/// Returns whether it wrote it.
+#[tracing::instrument(level = "debug", skip(db, outcome), fields(status = outcome.status().as_str()))]
+pub async fn finish_run_of<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+    worker: &str,
+    outcome: &Outcome,
+) -> Result<bool, sqlx::Error> {
+    let done = bind_outcome(
+        sqlx::query(
+            "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
+                    exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
+                    duration_ms = $11, retry_at = NULL, payload = NULL,
+                    cold = $12,
+                    http_method = $13, http_path = $14, http_status = $15,
+                    dead_at = CASE WHEN $2 = 'dead' THEN now() END
+             WHERE id = $1 AND status = 'running' AND worker = $16",
+        )
+        .bind(id),
+        outcome,
+    )
+    .bind(worker)
+    .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -166,6 +166,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Containers of workers whose lease ran out that this worker stopped on their engine.",
     ),
     (
+        "granda_worker_takeover_runs_collected_total",
+        "counter",
+        "Runs of workers whose lease ran out that had ended on their engine: recorded from the container, not run again.",
+    ),
+    (
         "granda_namespace_throttled_total",
         "counter",
         "Calls refused with 429 by a namespace's quota, by namespace and reason (rate: invocations_per_minute; stored: max_stored_bytes).",

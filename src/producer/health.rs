@@ -75,24 +75,29 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// RabbitMQ, Postgres and (for `granda up`, which has one) the Docker engine all answer; 503
-/// with the failing ones otherwise. A standalone ingress has no engine to check.
+/// RabbitMQ, Postgres and (for `granda up`, which has one) the Docker engine all answer, and
+/// RabbitMQ confirms a write to a quorum queue (`quorum`: without it no invoke can be accepted,
+/// whatever node the ingress reaches, so an orchestrator should route callers elsewhere); 503
+/// with the failing ones otherwise. A standalone ingress has no engine to check. Open circuit
+/// breakers are the workers' matter (their own `/readyz`): the ingress still accepts the work.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "system", summary = "Readiness",
-    description = "200 when Postgres, RabbitMQ and (for `granda up`) the Docker engine answer; 503 naming the ones that don't. Needs no key.", responses((status = 200, body = Readiness), (status = 503, body = Readiness)), security(()))]
+    description = "200 when Postgres, RabbitMQ and (for `granda up`) the Docker engine answer and RabbitMQ confirms a write to a quorum queue within `GRANDA_PUBLISH_TIMEOUT_MS`; 503 naming the ones that don't (`quorum: unavailable` while a majority of the broker's nodes is down: invokes would be refused). Needs no key.", responses((status = 200, body = Readiness), (status = 503, body = Readiness)), security(()))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let (db, broker, docker) = tokio::join!(
         sqlx::query("SELECT 1").execute(&app.pool),
         app.publisher.ready(),
         app.engines.ready(),
     );
+    let quorum = broker && app.publisher.quorum().await;
     let mut checks = json!({
         "postgres": if db.is_ok() { "ok" } else { "unavailable" },
         "rabbitmq": if broker { "ok" } else { "unavailable" },
+        "quorum": if quorum { "ok" } else { "unavailable" },
     });
     if let Some(docker) = docker {
         checks["docker"] = if docker { "ok" } else { "unavailable" }.into();
     }
-    let ready = db.is_ok() && broker && docker.unwrap_or(true);
+    let ready = db.is_ok() && broker && quorum && docker.unwrap_or(true);
     let status = if ready {
         StatusCode::OK
     } else {

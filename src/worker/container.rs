@@ -157,6 +157,11 @@ impl Runner {
         self.caps
     }
 
+    /// The installation its containers are labelled with, when set.
+    pub fn installation(&self) -> Option<&str> {
+        self.installation.as_deref()
+    }
+
     /// Runs `function` on `input` as invocation `id`. The container is removed whatever happens,
     /// by the returned task: removal is cleanup, not part of the answer, so the caller can reply
     /// first and then wait for it (and so not start more containers than it removes).
@@ -180,6 +185,9 @@ impl Runner {
                     function.run.tmp_mb,
                 ) {
                     return (Err(e), None);
+                }
+                if let Some(host) = config.host_config.as_mut() {
+                    host.log_config = Some(kept_output(self.caps));
                 }
                 self.create_and_run(config, function, input).await
             }
@@ -478,6 +486,28 @@ pub async fn remove(docker: &Docker, container: &str) {
     }
 }
 
+/// The log driver of an invocation's own container: the engine keeps its output too (bounded:
+/// one file of four times the output caps, rotated over, never a second), so that if its worker
+/// dies before recording the run, a survivor collects the result from the engine instead of
+/// running it again (`super::dead_run`). The worker itself reads the output over attach, as
+/// ever; the file goes with the container. The `local` driver keeps the bytes as written (no
+/// newline added, binary kept). Kept (warm and hot) containers log nothing ([`Runner::config`]).
+pub fn kept_output(caps: Caps) -> HostConfigLogConfig {
+    let size = caps
+        .stdout
+        .saturating_add(caps.stderr)
+        .saturating_mul(4)
+        .max(1024 * 1024);
+    HostConfigLogConfig {
+        typ: Some("local".to_string()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), size.to_string()),
+            ("max-file".to_string(), "1".to_string()),
+            ("compress".to_string(), "false".to_string()),
+        ])),
+    }
+}
+
 /// Mounts each of the image's `VOLUME`s as a tmpfs of `tmp_mb` (like `/tmp`) instead of the
 /// anonymous volume the engine would make on the host's disk: a function's writes stay within
 /// its memory limit (tmpfs pages count against it) and go with the container. Each is mounted at
@@ -578,7 +608,7 @@ async fn collect(
     }
 }
 
-fn keep(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, message: &[u8]) {
+pub(super) fn keep(buf: &mut Vec<u8>, truncated: &mut bool, cap: usize, message: &[u8]) {
     let room = cap.saturating_sub(buf.len());
     if message.len() > room {
         *truncated = true;

@@ -71,6 +71,28 @@ pub(super) async fn stop_dead_run(shared: &Shared, dead: &heartbeat::DeadWorker,
     }
 }
 
+/// Settles ([`super::dead_run::settle`]) invocation `work`, `running` on dead worker `dead`, from
+/// its containers on the dead worker's engine, when that engine can be reached from here.
+pub(super) async fn settle_dead_run(shared: &Shared, dead: &heartbeat::DeadWorker, work: &Work) {
+    let Some(address) = dead.engine.as_deref() else {
+        return;
+    };
+    let Some(docker) = takeover::reach(shared, address, dead.engine_id.as_deref()).await else {
+        return;
+    };
+    let settled = super::dead_run::settle(
+        shared,
+        &docker,
+        &dead.worker,
+        work.id,
+        Some(&work.function.run),
+    )
+    .await;
+    if let Err(e) = settled {
+        tracing::warn!(worker = %dead.worker, engine = address, error = %e, "can't settle a dead worker's run from its engine; running it again");
+    }
+}
+
 /// How long a message of an invocation running on another live worker is parked: until just after
 /// that worker's lease runs out, when that comes before [`ELSEWHERE_DELAY`], so that a dead
 /// worker's run is taken over as soon as its lease allows (and not up to a whole delay later).
@@ -295,6 +317,11 @@ async fn handle_in_span(
     } else {
         None
     };
+    // Before the claim: a dead worker's run that ended is recorded from its container (the
+    // claim then finds it final), one still going is stopped ([`super::dead_run`]).
+    if let Some(dead) = &dead {
+        settle_dead_run(&shared, dead, &work).await;
+    }
     let claim = with_db_retries(|| claim(&shared, &work, &delivery.data))
         .instrument(tracing::info_span!("claim"))
         .await;

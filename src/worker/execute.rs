@@ -66,23 +66,8 @@ async fn execute_in_mode(
     };
     match ran {
         Ok(run) => {
-            let (mut outcome, mut failure) = outcome_of(run, work.function.run.timeout_ms);
+            let (mut outcome, failure) = container_outcome(run, &work.function.run);
             outcome.cold = cold;
-            if work.function.run.response == ResponseMode::Cgi
-                && outcome.status == Some(Status::Succeeded)
-            {
-                match super::cgi::parse_response(&outcome.output) {
-                    Ok((answer, body)) => {
-                        outcome.output = body;
-                        outcome.http = Some(answer);
-                    }
-                    Err(e) => {
-                        outcome.status = Some(Status::Failed);
-                        outcome.error = Some(format!("malformed CGI response: {e}"));
-                        failure = Some(Failure::Error);
-                    }
-                }
-            }
             (outcome, failure, removal)
         }
         Err(e) => (
@@ -91,6 +76,29 @@ async fn execute_in_mode(
             removal,
         ),
     }
+}
+
+/// What a container's run means as an outcome for a function run as `spec` says (its own HTTP
+/// answer parsed from its output in CGI mode).
+pub(super) fn container_outcome(
+    run: Run,
+    spec: &crate::function::RunSpec,
+) -> (Outcome, Option<Failure>) {
+    let (mut outcome, mut failure) = outcome_of(run, spec.timeout_ms);
+    if spec.response == ResponseMode::Cgi && outcome.status == Some(Status::Succeeded) {
+        match super::cgi::parse_response(&outcome.output) {
+            Ok((answer, body)) => {
+                outcome.output = body;
+                outcome.http = Some(answer);
+            }
+            Err(e) => {
+                outcome.status = Some(Status::Failed);
+                outcome.error = Some(format!("malformed CGI response: {e}"));
+                failure = Some(Failure::Error);
+            }
+        }
+    }
+    (outcome, failure)
 }
 
 /// A warm run: an exec in a kept container, taking another when the one it got is gone.

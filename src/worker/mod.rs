@@ -22,6 +22,7 @@ mod cgi;
 mod consume;
 pub mod container;
 pub mod control;
+mod dead_run;
 mod delivery;
 pub mod endpoints;
 mod engines;

@@ -5,7 +5,9 @@
 //! within the last [`WINDOW`]. For each one whose engine it can reach ([`reach`]: its own engine
 //! when the dead worker recorded the same engine ID and address, else the dead worker's address
 //! when the engine there answers with the recorded ID), it kills and removes every container of
-//! this installation labelled with the dead worker's id. It sweeps again every [`period`] for the
+//! this installation labelled with the dead worker's id, once each run's container has been
+//! looked at: a run that ended after its worker died is recorded from its container rather than
+//! run again ([`dead_run`], whose module doc holds the invariant). It sweeps again every [`period`] for the
 //! whole window, so a container the engine created or started after the worker's last beat (a
 //! request in flight when it died) is stopped too. The dead worker's messages are run again by
 //! whichever worker gets them, as any message, when it has a slot: [`super::delivery`].
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 
 use super::container::remove;
-use super::{Shared, heartbeat, reaper};
+use super::{Shared, dead_run, heartbeat, reaper};
 use crate::docker::{LABEL_INSTALLATION, LABEL_WORKER};
 
 /// How long after a worker's lease ran out its engine is still swept for its containers: a
@@ -55,14 +57,24 @@ pub(super) async fn reach(
     }
 }
 
-/// Kills and removes the containers of `installation` labelled with `worker` on `docker`;
-/// returns how many.
-pub(super) async fn stop_containers_of(docker: &Docker, worker: &str, installation: &str) -> usize {
-    let worker = format!("{LABEL_WORKER}={worker}");
+/// Settles the runs of dead worker `worker` on `docker` ([`dead_run::settle_all`]: a run that
+/// ended is recorded from its container, one still going is stopped and put back to `queued`),
+/// then kills and removes its other containers of `installation` (its pool containers, and runs
+/// whose record another worker has claimed since); returns how many containers it stopped or
+/// removed.
+pub(super) async fn stop_containers_of(
+    shared: &Shared,
+    docker: &Docker,
+    worker: &str,
+    installation: &str,
+) -> usize {
+    let label = format!("{LABEL_WORKER}={worker}");
     let installation = format!("{LABEL_INSTALLATION}={installation}");
-    let found = reaper::list(docker, &[&worker, &installation]).await;
-    futures_util::future::join_all(found.iter().map(|(id, _)| remove(docker, id))).await;
-    found.len()
+    let found = reaper::list(docker, &[&label, &installation]).await;
+    let all = found.len();
+    let rest = dead_run::settle_all(shared, docker, worker, found).await;
+    futures_util::future::join_all(rest.iter().map(|id| remove(docker, id))).await;
+    all
 }
 
 /// The engines of dead workers, as reached (or not) so far.
@@ -116,7 +128,7 @@ async fn sweep(shared: &Shared, installation: &str, engines: &mut Engines) {
         let Some(docker) = engines.get(shared, &dead).await else {
             continue;
         };
-        let stopped = stop_containers_of(&docker, &dead.worker, installation).await;
+        let stopped = stop_containers_of(shared, &docker, &dead.worker, installation).await;
         if stopped > 0 {
             tracing::info!(worker = %dead.worker, engine = dead.engine.as_deref().unwrap_or(""), stopped, "stopped the containers of a worker whose lease ran out");
             shared.metrics.add(

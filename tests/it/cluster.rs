@@ -347,7 +347,7 @@ async fn a_registration_the_broker_does_not_take_answers_503_within_the_bound() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum_returns() {
+async fn without_quorum_neither_a_worker_nor_an_ingress_is_ready_until_quorum_returns() {
     use crate::faults::infra::{GrandaProcess, free_port};
     let (_turn, app) = cluster_app().await;
     let listen = format!("127.0.0.1:{}", free_port());
@@ -397,6 +397,30 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
     };
     let ready = wait_for(200, Duration::from_secs(30)).await;
     assert_eq!(ready["checks"]["quorum"], "ok", "{ready}");
+    // An ingress (as `granda server`) on node a only, too.
+    let mut on_a = app.settings.clone();
+    on_a.amqp_url = cluster_urls().split(',').next().unwrap().to_string();
+    let ingress = granda::producer::Application::build_with_pool(on_a, app.pool.clone())
+        .await
+        .unwrap();
+    let ingress_base = format!("http://{}", ingress.local_addr());
+    let (stop_ingress, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(ingress.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let ingress_readyz = || async {
+        let response = reqwest::get(format!("{ingress_base}/readyz"))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = ingress_readyz().await;
+    assert_eq!(
+        (status, &body["checks"]["quorum"]),
+        (200, &json!("ok")),
+        "{body}"
+    );
 
     // Quorum lost: not ready within the probe's period plus the publish timeout, and it stays
     // so while quorum is lost, though its own node is up.
@@ -417,6 +441,22 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
         seen.push(body);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The ingress: 503 too (it can't accept an invoke), inside the publish timeout, though
+    // its node answers; still alive.
+    let asked = Instant::now();
+    let (status, body) = ingress_readyz().await;
+    let ingress_took = asked.elapsed();
+    assert_eq!(status, 503, "the ingress is ready without quorum: {body}");
+    assert_eq!(body["checks"]["quorum"], "unavailable", "{body}");
+    assert_eq!(body["checks"]["rabbitmq"], "ok", "{body}");
+    assert!(
+        ingress_took < Duration::from_millis(PUBLISH_TIMEOUT_MS + 1_000),
+        "the ingress's /readyz took {ingress_took:?}"
+    );
+    let alive = reqwest::get(format!("{ingress_base}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(alive.status(), 200, "the ingress is alive all along");
     let last = seen.last().unwrap();
     assert_eq!(last["checks"]["postgres"], "ok", "{last}");
     assert_eq!(last["checks"]["quorum"], "unavailable", "{last}");
@@ -442,11 +482,25 @@ async fn without_quorum_a_worker_on_the_surviving_node_is_not_ready_until_quorum
     run_script(&["start-app", "c"]).await;
     let back = Instant::now();
     wait_for(200, Duration::from_secs(60)).await;
+    let worker_back = back.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ingress_readyz().await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ingress is not ready again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eprintln!(
-        "without quorum: a worker's /readyz 503 within {took:?}, ({}) ; 200 again {:?} after quorum returned",
+        "without quorum: a worker's /readyz 503 within {took:?}, ({}) ; 200 again {worker_back:?} after quorum returned; the ingress's 503 answered in {ingress_took:?}, 200 again {:?} after",
         last["reasons"],
         back.elapsed()
     );
+    let _ = stop_ingress.send(true);
     worker.sigterm();
     assert!(worker.wait_exit(Duration::from_secs(30)).await.is_some());
     let ledger = Ledger::default();

@@ -51,7 +51,7 @@ fn docker_cli(host: Option<&str>, args: &[&str]) {
 
 /// Pushes the local test image `image` to the registry under a name of its own (tagged with
 /// `app`'s worker id); returns it.
-fn push(app: &TestApp, registry: &str, image: &str) -> String {
+pub(crate) fn push(app: &TestApp, registry: &str, image: &str) -> String {
     let tag = app.worker_id();
     let name = format!("{registry}/granda-hosts/{}:{tag}", image.replace('/', "-"));
     docker_cli(None, &["tag", image, &name]);
@@ -60,13 +60,13 @@ fn push(app: &TestApp, registry: &str, image: &str) -> String {
     name
 }
 
-fn engine(host: &str) -> bollard::Docker {
+pub(crate) fn engine(host: &str) -> bollard::Docker {
     granda::docker::connect(Some(host), 60).unwrap()
 }
 
 /// A Granda on host A, with settings changed by `tweak`, and what it needs of the others: host
 /// B's engine, the registry, and the log of the run containers of both engines.
-async fn on_hosts_a_and_b(
+pub(crate) async fn on_hosts_a_and_b(
     tweak: impl FnOnce(&mut granda::config::Settings),
 ) -> (TestApp, String, String, EventLog) {
     let (engine_b, registry) = engines();
@@ -100,7 +100,7 @@ async fn register_at(app: &TestApp, address: &str, body: Value) -> reqwest::Resp
 }
 
 /// The ledger check ([`ledger`]) over hosts A and B.
-async fn settle(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str, log: &EventLog) {
+pub(crate) async fn settle(app: &TestApp, accepted: &[uuid::Uuid], engine_b: &str, log: &EventLog) {
     ledger(app, accepted, &[app.docker.clone(), engine(engine_b)], log).await;
 }
 
@@ -258,7 +258,10 @@ async fn a_host_whose_engine_cant_have_the_image_gives_its_share_to_the_others()
     app.shutdown().await;
 }
 
-fn remove_image(docker: &bollard::Docker, image: &str) -> impl std::future::Future<Output = ()> {
+pub(crate) fn remove_image(
+    docker: &bollard::Docker,
+    image: &str,
+) -> impl std::future::Future<Output = ()> {
     let docker = docker.clone();
     let image = image.to_string();
     async move {
@@ -378,6 +381,18 @@ fn worker_process(
     queue: &str,
     slots: usize,
 ) -> std::process::Child {
+    worker_process_with(app, id, host, queue, slots, &[])
+}
+
+/// [`worker_process`] with `extra` settings.
+pub(crate) fn worker_process_with(
+    app: &TestApp,
+    id: &str,
+    host: &str,
+    queue: &str,
+    slots: usize,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
     let state = std::env::temp_dir().join(format!("granda-state-{id}"));
     std::fs::create_dir_all(&state).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_granda"))
@@ -394,6 +409,7 @@ fn worker_process(
         .env("GRANDA_WORKER_LISTEN", "off")
         .env("GRANDA_STATE_DIR", &state)
         .env("DOCKER_HOST", host)
+        .envs(extra.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(state.join("worker.log")).unwrap())
         .spawn()
@@ -620,7 +636,7 @@ async fn late_container(app: &TestApp, host: &str, worker: &str, image: &str, in
 }
 
 /// Nanoseconds since the epoch now, on this machine's clock (the engines' too).
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap()
 }
 

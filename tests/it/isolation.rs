@@ -265,7 +265,16 @@ async fn docker_inspect_of_a_running_function_shows_its_settings() {
     assert_eq!(host.privileged, Some(false));
     assert_eq!(host.network_mode.as_deref(), Some("none"));
     assert_eq!(host.runtime.as_deref(), Some("runc"));
-    assert_eq!(host.log_config.and_then(|l| l.typ).as_deref(), Some("none"));
+    // The engine keeps a run's output, bounded (one file, no rotation kept), so that a survivor
+    // can record a run whose worker died (issue 32).
+    let log = host.log_config.unwrap();
+    assert_eq!(log.typ.as_deref(), Some("local"));
+    let log = log.config.unwrap();
+    assert_eq!(log["max-file"], "1", "{log:?}");
+    assert!(
+        log["max-size"].parse::<u64>().unwrap() <= 64 * 1024 * 1024,
+        "{log:?}"
+    );
     let tmpfs = host.tmpfs.unwrap();
     assert!(tmpfs["/tmp"].contains("size=16m"), "{tmpfs:?}");
     assert!(host.binds.unwrap_or_default().is_empty(), "no host paths");

@@ -36,6 +36,7 @@ mod schedules;
 mod sdk;
 mod slow_bodies;
 mod support;
+mod takeover;
 mod tls;
 mod trace_paths;
 mod ui;

@@ -1,0 +1,473 @@
+//! A dead worker's run, settled from its container on the dead worker's engine before anyone
+//! runs it again: a run that ended after its worker died (a short function, before the lease ran
+//! out) is recorded from what the engine kept, not run a second time.
+//!
+//! [`settle`] is called by the takeover sweep ([`super::takeover`]) for every container of a dead
+//! worker that names an invocation, and by the claim path ([`super::delivery`]) before it claims
+//! a redelivered message whose record is `running` on a dead worker. Under a row lock on the
+//! record (`SELECT … FOR UPDATE`, held only while the record is `running` on the dead worker), it
+//! looks at the invocation's containers of that worker on its engine:
+//!
+//! - one **ran to its end** (`exited`, having started): its exit code, times and output (the
+//!   engine keeps a run's output, [`super::container::kept_output`]) make the attempt's outcome,
+//!   judged by the function's retry policy as the dead worker would have: the final record is
+//!   written ([`store::finish_run_of`]), or it is put back to `queued` for its retry; then the
+//!   container is removed. The redelivered message then finds the record final and is acked
+//!   without a run (its reply sent again), or claims the retry.
+//! - one is **still running** (or was created and never started): it is killed (a kill the engine
+//!   refuses because it exited meanwhile makes it the case above), removed, and the record put
+//!   back to `queued` ([`store::requeue`]) for the message to run it again, as before.
+//! - the engine can't be reached or does not answer in [`ENGINE_BOUND`]: nothing is changed; the
+//!   message is claimed and run again as before (at least once).
+//!
+//! **Invariant**: a dead worker's container is recorded as the run only while the record is
+//! `running` on that worker, and whatever kills it first moves the record off that worker in the
+//! same transaction. So a claim (which waits for the row lock: it updates the same row) either
+//! comes first, and the record is no longer the dead worker's (its containers are only stopped,
+//! never recorded), or comes after, and finds the record final (no run) or `queued` (the container
+//! it would race was killed and removed before). Two collectors (sweeps of several workers, a
+//! sweep and a claim) take turns on the lock; the second finds the record moved on. A container
+//! killed by one is never read as a run that ended by another: the kill and the record's move
+//! commit together.
+//!
+//! Warm and hot runs (an exec in, or a request to, a long-lived pool container) leave nothing on
+//! the engine to collect: their output went over the connection that died with the worker. Their
+//! pool containers are killed by the sweep when the lease runs out, and a call that ended before
+//! that is run again (at least once).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::ContainerStateStatusEnum;
+use bollard::query_parameters::{
+    InspectContainerOptions, KillContainerOptionsBuilder, LogsOptionsBuilder,
+};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use super::container::{Exit, Run, keep, remove};
+use super::{Shared, execute, reaper};
+use crate::docker::{LABEL_DEADLINE, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_WORKER};
+use crate::function::RunSpec;
+use crate::invocation::{Outcome, Status, Trigger, store};
+use crate::metrics::label;
+use crate::retry::{self, Verdict};
+
+/// The longest the engine is waited for while the record is locked (listing, inspecting,
+/// killing, reading the output): past it nothing is changed and the run is retried as before.
+pub const ENGINE_BOUND: Duration = Duration::from_secs(10);
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Its container ran to its end: its outcome is recorded, final with this status, or
+    /// `queued` for a retry by the function's policy.
+    Collected(Status),
+    /// Its container was still running (or never started): killed and removed, and the record
+    /// put back to `queued` to be run again.
+    Stopped,
+    /// The record is not `running` on the dead worker any more (claimed or recorded since), or
+    /// the dead worker left no container of it: nothing was changed.
+    Untouched,
+}
+
+/// Why a dead run could not be settled (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the engine did not answer within {ENGINE_BOUND:?}")]
+    Slow,
+}
+
+/// What the dead worker's containers of one invocation were found to be.
+#[derive(Default)]
+struct Found {
+    containers: Vec<String>,
+    /// One that ran to its end, with its invocation's deadline (ms since the epoch) if labelled.
+    ended: Option<(Run, Option<i64>)>,
+    /// Killed here, or never started.
+    stopped: usize,
+}
+
+/// Settles invocation `id`, `running` on dead worker `dead`, from its containers on `docker` (the
+/// dead worker's engine). `spec`: the function as its message carries it (the claim path); else
+/// it is read from the functions table. See the module doc for what happens when.
+#[tracing::instrument(skip(shared, docker, spec), fields(%id, dead))]
+pub(super) async fn settle(
+    shared: &Shared,
+    docker: &Docker,
+    dead: &str,
+    id: Uuid,
+    spec: Option<&RunSpec>,
+) -> Result<Settled, SettleError> {
+    let mut tx = shared.pool.begin().await?;
+    let row: Option<(String, i32, String)> = sqlx::query_as(
+        "SELECT trigger, attempt, function FROM invocations
+         WHERE id = $1 AND status = 'running' AND worker = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(dead)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((trigger, attempt, function)) = row else {
+        return Ok(Settled::Untouched);
+    };
+    let installation = shared.runner.installation().unwrap_or_default();
+    let caps = shared.runner.caps();
+    let mut found = Found::default();
+    let examined = tokio::time::timeout(
+        ENGINE_BOUND,
+        examine(docker, dead, installation, id, caps, &mut found),
+    )
+    .await;
+    if examined.is_err() {
+        if found.stopped == 0 {
+            return Err(SettleError::Slow);
+        }
+        // Something was killed already: the record must leave the dead worker with it.
+        found.ended = None;
+    }
+    if found.containers.is_empty() {
+        return Ok(Settled::Untouched);
+    }
+    let killed = found.stopped > 0;
+    let written = record(
+        shared,
+        tx,
+        id,
+        dead,
+        &mut found,
+        spec,
+        (&trigger, attempt, &function),
+    )
+    .await;
+    // A killed container is removed even when the record could not be written, so that no one
+    // can read it later as a run that ended: the run then goes again as before.
+    if written.is_ok() || killed {
+        futures_util::future::join_all(found.containers.iter().map(|c| remove(docker, c))).await;
+    }
+    let settled = written?;
+    match settled {
+        Settled::Collected(status) => {
+            tracing::info!(
+                status = status.as_str(),
+                stopped = found.stopped,
+                "a dead worker's run had ended: recorded from its container, not run again"
+            );
+            shared
+                .metrics
+                .inc("granda_worker_takeover_runs_collected_total", String::new());
+        }
+        _ => tracing::info!(
+            stopped = found.stopped,
+            "a dead worker's run was still going: stopped, to be run again"
+        ),
+    }
+    Ok(settled)
+}
+
+/// Writes, in `tx` (which holds the record's lock), what `found` makes of the attempt, and
+/// commits: its outcome when a container ran to its end, else the record back to `queued`.
+async fn record(
+    shared: &Shared,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    dead: &str,
+    found: &mut Found,
+    spec: Option<&RunSpec>,
+    (trigger, attempt, function): (&str, i32, &str),
+) -> Result<Settled, SettleError> {
+    Ok(match found.ended.take() {
+        Some((run, deadline)) => {
+            let owned;
+            let spec = match spec {
+                Some(spec) => Some(spec),
+                None => {
+                    owned = crate::function::store::get(&shared.pool, function)
+                        .await?
+                        .map(|f| f.run);
+                    owned.as_ref()
+                }
+            };
+            let (outcome, verdict) = judge(shared, run, deadline, spec, trigger, attempt);
+            match verdict {
+                Verdict::RetryAfter(delay) => {
+                    store::requeue(&mut *tx, id, dead, &outcome, Utc::now() + delay).await?;
+                    tx.commit().await?;
+                    Settled::Collected(Status::Queued)
+                }
+                Verdict::Final | Verdict::Dead => {
+                    store::finish_run_of(&mut *tx, id, dead, &outcome).await?;
+                    tx.commit().await?;
+                    let status = outcome.status();
+                    if Trigger::parse(trigger) != Some(Trigger::Sync) {
+                        crate::callback::deliver_later(
+                            shared.pool.clone(),
+                            shared.callbacks.clone(),
+                            id,
+                        );
+                    }
+                    shared.metrics.function_seen(function);
+                    shared.metrics.inc(
+                        "granda_invocations_total",
+                        format!(
+                            "function=\"{}\",status=\"{}\"",
+                            label(function),
+                            status.as_str()
+                        ),
+                    );
+                    Settled::Collected(status)
+                }
+            }
+        }
+        None => {
+            let outcome = execute::failed(
+                format!("its worker {dead} died during the run; the run was stopped"),
+                true,
+            );
+            store::requeue(&mut *tx, id, dead, &outcome, Utc::now()).await?;
+            tx.commit().await?;
+            Settled::Stopped
+        }
+    })
+}
+
+/// The dead worker's containers of `id`, into `found`: running ones killed, and the output of
+/// one that ran to its end read. A container the engine can't say more of counts as stopped
+/// (it is removed, the run goes again): nothing is ever recorded from a container that was
+/// killed, or might have been.
+async fn examine(
+    docker: &Docker,
+    dead: &str,
+    installation: &str,
+    id: Uuid,
+    caps: super::container::Caps,
+    found: &mut Found,
+) {
+    let labels = [
+        format!("{LABEL_WORKER}={dead}"),
+        format!("{LABEL_INSTALLATION}={installation}"),
+        format!("{LABEL_INVOCATION}={id}"),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    for (container, labels) in reaper::list(docker, &labels).await {
+        let deadline = labels.get(LABEL_DEADLINE).and_then(|d| d.parse().ok());
+        found.containers.push(container.clone());
+        let Ok(mut state) = inspect(docker, &container).await else {
+            found.stopped += 1;
+            continue;
+        };
+        if matches!(
+            state.status,
+            Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING)
+        ) {
+            let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+            match docker.kill_container(&container, Some(kill)).await {
+                Ok(()) => {
+                    found.stopped += 1;
+                    continue;
+                }
+                // Not running any more: it exited between the look and the kill.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => match inspect(docker, &container).await {
+                    Ok(now) => state = now,
+                    Err(_) => {
+                        found.stopped += 1;
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    found.stopped += 1;
+                    continue;
+                }
+            }
+        }
+        let started = state.started_at.as_deref().and_then(engine_time);
+        match (state.status, started) {
+            (Some(ContainerStateStatusEnum::EXITED), Some(started_at)) if found.ended.is_none() => {
+                match output(docker, &container, caps).await {
+                    Ok((stdout, stdout_truncated, stderr, stderr_truncated)) => {
+                        let finished_at = state
+                            .finished_at
+                            .as_deref()
+                            .and_then(engine_time)
+                            .unwrap_or_else(Utc::now)
+                            .max(started_at);
+                        let exit = exit_of(
+                            state.exit_code.unwrap_or(-1),
+                            finished_at.timestamp_millis(),
+                            deadline,
+                        );
+                        let run = Run {
+                            exit,
+                            oom_killed: state.oom_killed.unwrap_or(false),
+                            stdout,
+                            stdout_truncated,
+                            stderr,
+                            stderr_truncated,
+                            started_at,
+                            finished_at,
+                            duration: (finished_at - started_at).to_std().unwrap_or_default(),
+                        };
+                        found.ended = Some((run, deadline));
+                    }
+                    Err(e) => {
+                        // No output to be had (a container of a worker from before the engine
+                        // kept it): run it again rather than record an output it did not make.
+                        tracing::warn!(%container, error = %e, "a dead worker's run ended, but its output can't be read; it runs again");
+                        found.stopped += 1;
+                    }
+                }
+            }
+            _ => found.stopped += 1,
+        }
+    }
+}
+
+/// How a container that exited with `code` at `finished_ms` ended: a SIGKILL at or past its
+/// invocation's deadline was its worker's timeout kill (the worker died before recording it).
+fn exit_of(code: i64, finished_ms: i64, deadline: Option<i64>) -> Exit {
+    match deadline {
+        Some(deadline) if code == 137 && finished_ms >= deadline => Exit::TimedOut,
+        _ => Exit::Code(code),
+    }
+}
+
+async fn inspect(
+    docker: &Docker,
+    container: &str,
+) -> Result<bollard::models::ContainerState, bollard::errors::Error> {
+    let inspected = docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await?;
+    Ok(inspected.state.unwrap_or_default())
+}
+
+/// A time as the engine gives it (when a container started, finished); `None` for its "never"
+/// (year 1).
+fn engine_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| t.timestamp() > 0)
+}
+
+/// The container's stdout and stderr as the engine kept them, under `caps` (each with whether it
+/// was cut).
+async fn output(
+    docker: &Docker,
+    container: &str,
+    caps: super::container::Caps,
+) -> Result<(Vec<u8>, bool, Vec<u8>, bool), bollard::errors::Error> {
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+    let mut logs = docker.logs(container, Some(options));
+    let (mut out, mut out_cut, mut err, mut err_cut) = (vec![], false, vec![], false);
+    while let Some(chunk) = logs.next().await {
+        match chunk? {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                keep(&mut out, &mut out_cut, caps.stdout, &message)
+            }
+            LogOutput::StdErr { message } => keep(&mut err, &mut err_cut, caps.stderr, &message),
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+    Ok((out, out_cut, err, err_cut))
+}
+
+/// The attempt's outcome from a container that ran to its end, and what the function's retry
+/// policy makes of it (`Final` when the function is gone).
+fn judge(
+    shared: &Shared,
+    run: Run,
+    deadline: Option<i64>,
+    spec: Option<&RunSpec>,
+    trigger: &str,
+    attempt: i32,
+) -> (Outcome, Verdict) {
+    let (mut outcome, failure) = match spec {
+        Some(spec) => execute::container_outcome(run, spec),
+        None => {
+            let timeout_ms = deadline
+                .map(|d| (d - run.started_at.timestamp_millis()).max(1))
+                .unwrap_or(1);
+            execute::outcome_of(run, timeout_ms)
+        }
+    };
+    outcome.cold = true;
+    let verdict = match (spec, Trigger::parse(trigger)) {
+        (Some(spec), Some(trigger)) => retry::decide(
+            trigger,
+            spec.max_attempts,
+            &spec.retry_on,
+            attempt,
+            failure,
+            &shared.backoff,
+        ),
+        _ => Verdict::Final,
+    };
+    if verdict == Verdict::Dead {
+        outcome.status = Some(Status::Dead);
+    }
+    (outcome, verdict)
+}
+
+/// Settles, on `docker`, every container of dead worker `dead` that runs an invocation (in
+/// `containers`, as listed with their labels); returns the containers it left alone: those of
+/// no invocation (pool containers), and those whose record is not the dead worker's any more
+/// (to be stopped as before). A container whose settling failed is kept for the next sweep.
+pub(super) async fn settle_all(
+    shared: &Shared,
+    docker: &Docker,
+    dead: &str,
+    containers: Vec<(String, HashMap<String, String>)>,
+) -> Vec<String> {
+    let mut rest = vec![];
+    let mut done: Vec<Uuid> = vec![];
+    for (container, labels) in containers {
+        let Some(id) = labels
+            .get(LABEL_INVOCATION)
+            .and_then(|i| Uuid::parse_str(i).ok())
+        else {
+            rest.push(container);
+            continue;
+        };
+        if done.contains(&id) {
+            continue;
+        }
+        match settle(shared, docker, dead, id, None).await {
+            Ok(Settled::Untouched) => rest.push(container),
+            Ok(_) => done.push(id),
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "can't settle a dead worker's run now; the next sweep tries again")
+            }
+        }
+    }
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engines_never_is_no_start() {
+        assert!(engine_time("0001-01-01T00:00:00Z").is_none());
+        let t = engine_time("2026-12-05T20:20:28.184785438Z").unwrap();
+        assert_eq!(t.timestamp(), 1_796_502_028);
+        assert!(engine_time("garbage").is_none());
+    }
+
+    #[test]
+    fn a_sigkill_at_the_deadline_was_a_timeout_and_any_other_end_its_exit_code() {
+        assert_eq!(exit_of(137, 5_000, Some(5_000)), Exit::TimedOut);
+        assert_eq!(exit_of(137, 4_999, Some(5_000)), Exit::Code(137));
+        assert_eq!(exit_of(0, 9_000, Some(5_000)), Exit::Code(0));
+        assert_eq!(exit_of(3, 1_000, None), Exit::Code(3));
+        assert_eq!(exit_of(137, 9_000, None), Exit::Code(137));
+    }
+}

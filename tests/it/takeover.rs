@@ -1,0 +1,164 @@
+//! Issue 32: a dead host's work never runs twice. Host B's worker (a `granda worker` process on
+//! the second engine, [`crate::hosts`]) is `kill -9`ed while its short runs go on, with a lease
+//! long enough for them to end before it runs out: each ended run is recorded from its container
+//! on engine B (output and exit code as the engine kept them), not run again by host A.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::hosts::{
+    engine, now_ns, on_hosts_a_and_b, push, remove_image, settle, worker_process_with,
+};
+use crate::hosts_ledger::leftovers;
+use crate::support::eventually;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_not_run_again() {
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|_| {}).await;
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 8_000;
+    // Each run sleeps 1-2 s, then prints something no other run prints.
+    app.register(
+        "short",
+        &image,
+        json!({"queue": "takeover", "timeout_ms": 30_000, "input": "args"}),
+    )
+    .await;
+    let script = |i: usize| {
+        format!(
+            "sleep 1.{}; echo run-$(cat /proc/sys/kernel/random/uuid); echo to-stderr >&2",
+            i * 2
+        )
+    };
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        8,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    let on_b = engine(&engine_b);
+
+    // Host B takes every call (nobody else serves the queue yet): async ones, and two sync
+    // calls whose callers wait through B's death.
+    const ASYNC: usize = 4;
+    let mut accepted = vec![];
+    for i in 0..ASYNC {
+        accepted.push(app.invoke_async("short", script(i)).await);
+    }
+    let mut callers = vec![];
+    for i in ASYNC..ASYNC + 2 {
+        let (client, url, body) = (
+            app.client.clone(),
+            app.url("/v1/functions/short/invoke"),
+            script(i),
+        );
+        callers.push(tokio::spawn(async move {
+            let r = client.post(url).body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let id = crate::support::id_of(&r);
+            (status, id, r.text().await.unwrap())
+        }));
+    }
+    let all_running = || async {
+        let rows: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
+                .bind(&id_b)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let started = rows
+            .iter()
+            .filter(|(id,)| runs.of(*id).iter().any(|e| e.action == "start"))
+            .count();
+        (rows.len() == ASYNC + 2 && started == ASYNC + 2).then_some(rows)
+    };
+    let on_host_b = eventually(
+        Duration::from_secs(60),
+        "host B runs every call",
+        all_running,
+    )
+    .await;
+
+    // Host A serves the queue too; then host B dies while its containers run.
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["takeover".into()];
+            s.min_concurrency = 8;
+            s.max_concurrency = Some(8);
+            s.fair_share = false;
+        })
+        .await;
+    worker_b.kill().unwrap();
+    let killed = now_ns();
+    let killed_at = Instant::now();
+    worker_b.wait().unwrap();
+
+    // Every run is recorded from its container on B, the first run's output, not run again.
+    let ids: Vec<uuid::Uuid> = on_host_b.iter().map(|(id,)| *id).collect();
+    let mut recorded_after = vec![];
+    for id in &ids {
+        let record = app.wait_final(*id, Duration::from_secs(60)).await;
+        recorded_after.push(killed_at.elapsed());
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["worker"], id_b, "recorded as B's run: {record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert_eq!(record["exit_code"], 0, "{record}");
+        let output = record["output"].as_str().unwrap();
+        assert!(
+            output.starts_with("run-") && output.ends_with('\n') && output.len() == 41,
+            "the run's own output: {record}"
+        );
+        assert_eq!(record["logs"], "to-stderr\n", "{record}");
+        let events = runs.of(*id);
+        let ended: Vec<_> = events
+            .iter()
+            .filter(|e| e.action == "die" && e.exit_code.as_deref() == Some("0"))
+            .collect();
+        assert_eq!(ended.len(), 1, "{id} ran to its end once: {events:?}");
+        assert_eq!(ended[0].engine, "b", "{events:?}");
+        assert!(
+            ended[0].at_ns < killed + LEASE_MS as i64 * 1_000_000,
+            "{id} ended before B's lease ran out (the case under test): {events:?}"
+        );
+        assert!(
+            events.iter().all(|e| e.engine == "b"),
+            "{id} never ran on A: {events:?}"
+        );
+    }
+    let lease = Duration::from_millis(LEASE_MS);
+    let slowest = *recorded_after.iter().max().unwrap();
+    assert!(
+        slowest <= lease + Duration::from_secs(4),
+        "recorded {slowest:?} after the kill (lease {lease:?})"
+    );
+
+    // The sync callers got the very output recorded.
+    for caller in callers {
+        let (status, id, body) = caller.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let record = app.invocation(id).await;
+        assert_eq!(record["output"], body, "{record}");
+    }
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "kill -9 of host B with {} short runs going: each ended on B before its lease ({lease:?}) \
+         ran out, and was recorded from engine B {recorded_after:?} after the kill, none run \
+         again (worker A: {worker_a})",
+        ids.len()
+    );
+    settle(&app, &ids, &engine_b, &runs).await;
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
