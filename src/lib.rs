@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod outbox;
 pub mod producer;
+pub mod retention;
 pub mod retry;
 pub mod schedule;
 pub mod scheduler;

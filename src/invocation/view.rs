@@ -35,6 +35,10 @@ pub struct InvocationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub callback: Option<serde_json::Value>,
+    /// `GET /v1/invocations/{id}`: until when this record is kept, once it ended (the pruner
+    /// removes it after; see docs/operations.md, "Retention"). Absent while queued or running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<Record> for InvocationView {
@@ -58,6 +62,7 @@ impl From<Record> for InvocationView {
             output,
             output_base64,
             callback: None,
+            kept_until: None,
         }
     }
 }

@@ -198,6 +198,7 @@ impl Application {
         let ingress = self.state.ingress();
         loops.spawn(crate::outbox::run(ingress.clone()));
         loops.spawn(crate::schedule::ticker::run(ingress.clone()));
+        loops.spawn(crate::retention::run(ingress.clone()));
         let router_stopped = loops.spawn(crate::inbound::run(ingress, stopped));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();
