@@ -190,28 +190,46 @@ pub async fn pass(
     policy: Policy,
     metrics: &Metrics,
 ) -> Result<Option<Pruned>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
+    let mut conn = Locked(Some(pool.acquire().await?));
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LOCK)
-        .fetch_one(&mut *conn)
+        .fetch_one(conn.get())
         .await?;
     if !locked {
+        // Nothing held: the connection goes back to the pool.
+        conn.release();
         return Ok(None);
     }
     let mut pruned = Pruned::default();
-    let done = prune(&mut conn, policy, metrics, &mut pruned).await;
-    match done {
-        Ok(()) => {
-            sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(LOCK)
-                .execute(&mut *conn)
-                .await?;
-            Ok(Some(pruned))
-        }
-        Err(e) => {
-            // Closing the session is what surely releases its lock.
-            let _ = conn.close().await;
-            Err(e)
+    prune(conn.get(), policy, metrics, &mut pruned).await?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK)
+        .execute(conn.get())
+        .await?;
+    conn.release();
+    Ok(Some(pruned))
+}
+
+/// The connection a pass holds the pruner's lock on. Unless [`Locked::release`]d (the lock
+/// given back, or never taken), dropping it (an error, or the pass's task aborted at shutdown)
+/// closes the connection rather than returning it to the pool: ending the session is what
+/// surely releases a session's advisory lock.
+struct Locked(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);
+
+impl Locked {
+    fn get(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("held until released")
+    }
+
+    fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
         }
     }
 }
@@ -437,6 +455,22 @@ mod tests {
         assert!(before < floor, "{before} < {floor}");
         assert!(floor < after, "{floor} < {after}");
         assert_eq!(floor.get_version_num(), 7);
+    }
+
+    #[test]
+    fn installation_retentions_that_are_no_whole_positive_seconds_are_refused() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: crate::config::Settings,
+        }
+        for bad in ["-1", "0", "1.5", "a week"] {
+            assert!(Only::try_parse_from(["granda", "--retention-s", bad]).is_err());
+            assert!(Only::try_parse_from(["granda", "--failed-retention-s", bad]).is_err());
+        }
+        let ok = Only::try_parse_from(["granda", "--retention-s", "60"]).unwrap();
+        assert_eq!(ok.settings.retention_s, 60);
     }
 
     #[test]
