@@ -331,6 +331,22 @@ pub struct Settings {
     /// key, when the API asks for keys) or `none` (anyone who reaches the port).
     #[arg(long, env = "GRANDA_METRICS_AUTH", value_enum, default_value = "key")]
     pub metrics_auth: MetricsAuth,
+
+    /// How long an ended invocation (and an event, a build's log, a webhook rejection) is kept,
+    /// in seconds (default 7 days), unless its namespace or function sets `retention_s`.
+    #[arg(long, env = "GRANDA_RETENTION_S", default_value_t = 7 * 24 * 3600,
+        value_parser = clap::value_parser!(i64).range(1..=crate::retention::MAX_RETENTION_S))]
+    pub retention_s: i64,
+
+    /// The least time a failed, timed-out or dead invocation is kept, in seconds (default 30
+    /// days): such a record is kept the longer of its retention and this.
+    #[arg(long, env = "GRANDA_FAILED_RETENTION_S", default_value_t = 30 * 24 * 3600,
+        value_parser = clap::value_parser!(i64).range(1..=crate::retention::MAX_RETENTION_S))]
+    pub failed_retention_s: i64,
+
+    /// How often the ingress prunes records past their retention, in ms (one server at a time).
+    #[arg(long, env = "GRANDA_PRUNE_INTERVAL_MS", default_value_t = 60_000)]
+    pub prune_interval_ms: u64,
 }
 
 /// Who may read `/metrics` (`GRANDA_METRICS_AUTH`).

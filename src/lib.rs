@@ -55,6 +55,7 @@ pub mod message;
 pub mod metrics;
 pub mod namespace;
 pub mod producer;
+pub mod retention;
 pub mod retry;
 pub mod scheduler;
 pub mod seal;

@@ -121,6 +121,9 @@ pub struct Stored {
     pub invocations_per_minute: Option<i32>,
     /// Bytes of invocation records (inputs and outputs) kept; over it, 429. None: no limit.
     pub max_stored_bytes: Option<i64>,
+    /// How long its functions' ended invocations (and its events) are kept, in seconds, unless
+    /// a function sets its own. None: the installation's (`GRANDA_RETENTION_S`).
+    pub retention_s: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -135,6 +138,9 @@ pub struct Quotas {
     pub invocations_per_minute: Option<i32>,
     #[schema(minimum = 0)]
     pub max_stored_bytes: Option<i64>,
+    /// How long ended invocations and events are kept, in seconds (null: the installation's).
+    #[schema(minimum = 1)]
+    pub retention_s: Option<i64>,
 }
 
 impl Quotas {
@@ -149,13 +155,17 @@ impl Quotas {
         if self.max_stored_bytes.is_some_and(|n| n < 0) {
             return Err("max_stored_bytes: at least 0 (or null: no limit)".into());
         }
+        if let Some(problem) = self.retention_s.and_then(crate::retention::problem) {
+            return Err(format!("retention_s: {problem}"));
+        }
         Ok(())
     }
 }
 
 macro_rules! columns {
     () => {
-        "name, max_concurrency, invocations_per_minute, max_stored_bytes, created_at, updated_at"
+        "name, max_concurrency, invocations_per_minute, max_stored_bytes, retention_s, created_at,
+         updated_at"
     };
 }
 
@@ -195,14 +205,16 @@ pub async fn create(
     q: &Quotas,
 ) -> Result<Option<Stored>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "INSERT INTO namespaces (name, max_concurrency, invocations_per_minute, max_stored_bytes)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING ",
+        "INSERT INTO namespaces (name, max_concurrency, invocations_per_minute, max_stored_bytes,
+                                 retention_s)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING ",
         columns!()
     ))
     .bind(name.as_str())
     .bind(q.max_concurrency)
     .bind(q.invocations_per_minute)
     .bind(q.max_stored_bytes)
+    .bind(q.retention_s)
     .fetch_optional(pool)
     .await
 }
@@ -211,7 +223,7 @@ pub async fn create(
 pub async fn update(pool: &PgPool, name: &str, q: &Quotas) -> Result<Option<Stored>, sqlx::Error> {
     sqlx::query_as(concat!(
         "UPDATE namespaces SET max_concurrency = $2, invocations_per_minute = $3,
-                max_stored_bytes = $4, updated_at = now()
+                max_stored_bytes = $4, retention_s = $5, updated_at = now()
          WHERE name = $1 RETURNING ",
         columns!()
     ))
@@ -219,6 +231,7 @@ pub async fn update(pool: &PgPool, name: &str, q: &Quotas) -> Result<Option<Stor
     .bind(q.max_concurrency)
     .bind(q.invocations_per_minute)
     .bind(q.max_stored_bytes)
+    .bind(q.retention_s)
     .fetch_optional(pool)
     .await
 }

@@ -391,6 +391,25 @@ pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
 }
 
 /// Shows one function: JSON, or every setting and its versions.
+/// How long a function's ended invocations are kept: `7d (installation), failures 30d`.
+fn retention_cell(r: &Value) -> String {
+    let span = |v: &Value| match v.as_i64() {
+        Some(s) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        Some(s) if s % 3600 == 0 => format!("{}h", s / 3600),
+        Some(s) => format!("{s}s"),
+        None => "-".into(),
+    };
+    if r.is_null() {
+        return "-".into();
+    }
+    format!(
+        "{} ({}), failures {}",
+        span(&r["kept_s"]),
+        r["from"].as_str().unwrap_or("?"),
+        span(&r["failed_kept_s"])
+    )
+}
+
 fn show(client: &Client, f: &Value) {
     if client.json {
         client.print_json(f);
@@ -434,6 +453,7 @@ fn show(client: &Client, f: &Value) {
     rows.push(("retry_on", list_cell(&f["retry_on"])));
     rows.push(("callback_url", cell(&f["callback_url"])));
     rows.push(("secrets", list_cell(&f["secrets"])));
+    rows.push(("retention", retention_cell(&f["retention"])));
     rows.push(("created_at", time_cell(&f["created_at"])));
     rows.push(("updated_at", time_cell(&f["updated_at"])));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;

@@ -240,6 +240,7 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
                         "http_method",
                         "http_path",
                         "http_status",
+                        "kept_until",
                         "output",
                     ],
                 );

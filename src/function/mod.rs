@@ -58,6 +58,10 @@ pub struct Function {
     /// The version of its latest build from source (its image is `granda-fn/<installation>/<name>:v<version>`).
     #[serde(default)]
     pub version: Option<i32>,
+    /// How long its ended invocations are kept, in seconds; none: its namespace's, else the
+    /// installation's (`GRANDA_RETENTION_S`). See [`crate::retention`].
+    #[serde(default)]
+    pub retention_s: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// How it runs: the part every message carries.

@@ -63,6 +63,10 @@ function_body! {
         pub max_containers: Option<i32>,
         pub cors: Option<Cors>,
         pub secrets: Option<BTreeMap<String, String>>,
+        /// How long its ended invocations are kept, in seconds (none: its namespace's, else the
+        /// installation's).
+        #[schema(minimum = 1)]
+        pub retention_s: Option<i64>,
     }
 }
 
@@ -107,12 +111,19 @@ function_body! {
         #[schema(value_type = Option<Cors>)]
         pub cors: Option<Option<Cors>>,
         pub secrets: Option<SecretsUpdate>,
+        /// How long its ended invocations are kept, in seconds; `null` clears it (its
+        /// namespace's, else the installation's, applies); absent keeps it.
+        #[serde(default, deserialize_with = "present")]
+        #[schema(value_type = Option<i64>, minimum = 1)]
+        pub retention_s: Option<Option<i64>>,
         /// What a read shows besides the settings, accepted (and ignored) so a client can send
         /// back what it read.
         #[schema(value_type = Option<i32>, read_only)]
         pub version: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<Vec<Value>>, read_only)]
         pub versions: Option<serde::de::IgnoredAny>,
+        #[schema(value_type = Option<crate::retention::Effective>, read_only)]
+        pub retention: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<String>, format = DateTime, read_only)]
         pub created_at: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<String>, format = DateTime, read_only)]
@@ -175,6 +186,7 @@ impl NewFunction {
             secrets: Secrets::clear(self.secrets.unwrap_or_default()),
             runtime: self.runtime,
             version: None,
+            retention_s: self.retention_s,
             created_at: now,
             updated_at: now,
             run: RunSpec {
@@ -282,6 +294,7 @@ impl FunctionUpdate {
             public: self.public.unwrap_or(current.public),
             cors: self.cors.unwrap_or(current.cors.clone()),
             secrets,
+            retention_s: self.retention_s.unwrap_or(current.retention_s),
             updated_at: now_as_stored(),
             run: RunSpec {
                 image: self.image.unwrap_or(current.run.image),
@@ -330,6 +343,9 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
         return Err(invalid("description", "at most 4096 characters"));
     }
     check_run(&f.run, &f.secrets, settings.max_timeout_ms, false)?;
+    if let Some(problem) = f.retention_s.and_then(crate::retention::problem) {
+        return Err(invalid("retention_s", problem));
+    }
     // What must fit is the snapshot as it travels, JSON-escaped (`"` and `\` double, control
     // characters take six bytes), its secrets sealed, in a header frame below the broker's
     // frame_max.

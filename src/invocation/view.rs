@@ -39,6 +39,10 @@ pub struct InvocationView {
     /// taken over, then the current or last one); empty while it waits for its first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<super::attempts::Attempt>>,
+    /// `GET /v1/invocations/{id}`: until when this record is kept, once it ended (the pruner
+    /// removes it after; see docs/operations.md, "Retention"). Absent while queued or running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<Record> for InvocationView {
@@ -63,6 +67,7 @@ impl From<Record> for InvocationView {
             output_base64,
             callback: None,
             attempts: None,
+            kept_until: None,
         }
     }
 }

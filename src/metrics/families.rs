@@ -116,6 +116,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Schedule ticks fired.",
     ),
     (
+        "granda_records_pruned_total",
+        "counter",
+        "Records the pruner removed past their retention, by table (a build's log emptied counts under build_logs).",
+    ),
+    (
         "granda_schedule_skipped_total",
         "counter",
         "Schedule ticks missed and not fired (catch-up none).",

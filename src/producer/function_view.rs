@@ -21,6 +21,9 @@ pub struct FunctionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub versions: Option<serde_json::Value>,
+    /// How long its ended invocations are kept, as it applies (only when one function is read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::Effective>,
 }
 
 /// `GET /v1/functions`.
@@ -40,6 +43,7 @@ pub fn view(app: &AppState, f: &Function) -> FunctionView {
         invoke_url: format!("{}/fn/{}", app.settings.functions_url(), f.name),
         secrets: f.secrets.names(),
         versions: None,
+        retention: None,
     }
 }
 
@@ -49,6 +53,9 @@ pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<Function
     let mut v = view(app, f);
     let builds = crate::build::store::list(&app.pool, &f.name, f.created_at).await?;
     v.versions = Some(serde_json::to_value(builds).expect("builds serialize"));
+    let policy = crate::retention::Policy::of(&app.settings);
+    v.retention =
+        Some(crate::retention::effective(&app.pool, policy, &f.name, f.retention_s).await?);
     Ok(v)
 }
 

@@ -60,6 +60,9 @@ pub async fn get(
         }
         view.callback = Some(callback);
     }
+    view.kept_until =
+        crate::retention::kept_until(&app.pool, crate::retention::Policy::of(&app.settings), id)
+            .await?;
     Ok(Json(view))
 }
 

@@ -201,6 +201,7 @@ impl Application {
         let ingress = self.state.ingress();
         loops.spawn(crate::producer::outbox::run(ingress.clone()));
         loops.spawn(crate::producer::cron::ticker::run(ingress.clone()));
+        loops.spawn(crate::retention::run(ingress.clone()));
         let router_stopped = loops.spawn(crate::producer::inbound::run(ingress, stopped));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();

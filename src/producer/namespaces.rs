@@ -26,6 +26,9 @@ pub struct NewNamespace {
     pub invocations_per_minute: Option<i32>,
     #[schema(minimum = 0)]
     pub max_stored_bytes: Option<i64>,
+    /// How long ended invocations and events are kept, in seconds (null: the installation's).
+    #[schema(minimum = 1)]
+    pub retention_s: Option<i64>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -38,7 +41,7 @@ fn missing(name: &str) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/v1/namespaces", operation_id = "create_namespace", tag = "namespaces", summary = "Make a namespace",
-    description = "A namespace with its quotas (`max_concurrency`, `invocations_per_minute`, `max_stored_bytes`; null: no limit). Global admin keys only. 409 if it exists.",
+    description = "A namespace with its quotas (`max_concurrency`, `invocations_per_minute`, `max_stored_bytes`; null: no limit) and `retention_s` (null: the installation's). Global admin keys only. 409 if it exists.",
     request_body = NewNamespace, responses((status = 201, body = Stored), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
@@ -55,6 +58,7 @@ pub async fn create(
         max_concurrency: body.max_concurrency,
         invocations_per_minute: body.invocations_per_minute,
         max_stored_bytes: body.max_stored_bytes,
+        retention_s: body.retention_s,
     };
     quotas.check().map_err(ApiError::Unprocessable)?;
     let stored = namespace::create(&app.pool, &name, &quotas)

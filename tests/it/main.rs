@@ -31,6 +31,7 @@ mod origins;
 mod otel;
 mod readme;
 mod registration;
+mod retention;
 mod scheduler;
 mod schedules;
 mod sdk;

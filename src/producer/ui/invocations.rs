@@ -181,6 +181,9 @@ pub async fn invocation(
         .is_some_and(|i| (i.len() as i64) < r.input_size);
     let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
     let live = !r.status().is_final();
+    let kept_until =
+        crate::retention::kept_until(&app.pool, crate::retention::Policy::of(&app.settings), id)
+            .await?;
     let retry = session.may(Action::Manage) && retryable(&r.status);
     Ok(page(
         "Invocation",
@@ -201,6 +204,9 @@ pub async fn invocation(
                         tr { th { "Queued at" } td { (fmt_time(Some(r.queued_at))) } }
                         tr { th { "Started at" } td { (fmt_time(r.started_at)) } }
                         tr { th { "Finished at" } td { (fmt_time(r.finished_at)) } }
+                        @if let Some(until) = kept_until {
+                            tr { th { "Kept until" } td #kept-until { (fmt_time(Some(until))) } }
+                        }
                         tr { th { "Duration" } td { (fmt_ms(r.duration_ms.map(|d| d as f64))) } }
                         tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
                         tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }

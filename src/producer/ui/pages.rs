@@ -177,6 +177,13 @@ pub async fn function_page(
 ) -> Result<Html<String>, UiError> {
     session.require(Action::Invoke)?;
     let f = load(app, name).await?;
+    let retention = crate::retention::effective(
+        &app.pool,
+        crate::retention::Policy::of(&app.settings),
+        &f.name,
+        f.retention_s,
+    )
+    .await?;
     let url = format!("{}/fn/{}", app.settings.functions_url(), f.name);
     let invoke_box = html! {
         h2 { "Invoke" }
@@ -252,7 +259,7 @@ pub async fn function_page(
             }
             (versions)
             h2 { "Settings" }
-            div.scroll { (super::settings::table(&f)) }
+            div.scroll { (super::settings::table(&f, &retention)) }
         },
     ))
 }

@@ -7,8 +7,17 @@ use maud::{Markup, html};
 use super::fmt_time;
 use crate::function::Function;
 
-/// The settings table of `f`.
-pub fn table(f: &Function) -> Markup {
+/// `90 s`, `2 h`, `7 d`: a retention in the largest whole unit.
+fn span(s: i64) -> String {
+    match s {
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s => format!("{s} s"),
+    }
+}
+
+/// The settings table of `f`, with the retention that applies to it.
+pub fn table(f: &Function, retention: &crate::retention::Effective) -> Markup {
     let retry_on: Vec<&str> = f.run.retry_on.iter().map(|r| r.as_str()).collect();
     let secrets = f.secrets.names();
     let dash = || "—".to_string();
@@ -51,6 +60,10 @@ pub fn table(f: &Function) -> Markup {
                 @if !retry_on.is_empty() { " and " (retry_on.join(", ")) }
             } }
             tr { th { "Max concurrency" } td { (f.run.max_concurrency.map_or("no limit".to_string(), |m| m.to_string())) } }
+            tr { th { "Retention" } td #retention {
+                "ended invocations kept " (span(retention.kept_s)) ", failures " (span(retention.failed_kept_s))
+                span.muted { " (from the " (retention.from) ")" }
+            } }
             tr { th { "Callback URL" } td { code { (f.callback_url.clone().unwrap_or_else(dash)) } } }
             tr { th { "Env" } td {
                 @if f.run.env.is_empty() { "—" }
