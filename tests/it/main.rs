@@ -36,6 +36,7 @@ mod schedules;
 mod sdk;
 mod slow_bodies;
 mod support;
+mod tenancy;
 mod tls;
 mod ui;
 mod warm;
