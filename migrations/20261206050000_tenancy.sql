@@ -11,3 +11,7 @@ CREATE TABLE namespace_throttled (
     calls     bigint NOT NULL,
     PRIMARY KEY (namespace, hour, reason)
 );
+
+-- A key bound to named functions (short names, in the key's namespace; null: every function):
+-- it invokes those only, and everything else is 404 to it.
+ALTER TABLE api_keys ADD COLUMN functions text[];

@@ -235,8 +235,9 @@ async fn a_namespaced_key_s_dashboard_sees_only_its_namespace() {
         200
     );
     let list = browser.get("/ui/invocations").await.text().await.unwrap();
-    assert!(list.contains(&ours.to_string()[..8]));
-    assert!(!list.contains(&theirs.to_string()[..8]), "{list}");
+    // (The list shows an id's last 12 characters: its first ones are the time.)
+    assert!(list.contains(&ours.to_string()[24..]));
+    assert!(!list.contains(&theirs.to_string()[24..]), "{list}");
     // Forms: no reaching out of its namespace, no switching.
     let csrf = browser.csrf("/ui/functions/new").await;
     let r = browser
@@ -406,5 +407,97 @@ async fn the_usage_page_and_report_count_calls_and_throttled_ones() {
     let admin = Browser::logged_in(&app, crate::support::ADMIN_KEY).await;
     let page = admin.get("/ui/usage").await.text().await.unwrap();
     assert!(page.contains("<td id=\"calls\">0</td>"), "{page}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_to_functions_invokes_those_only() {
+    let app = spawn_app().await;
+    make_namespace(&app, "team-b", json!({})).await;
+    let (_, b_admin) = key(&app, "b-admin", "admin", Some("team-b")).await;
+    let b = client_with_key(&b_admin);
+    register_with(&app, &b, "hook", json!({})).await;
+    register_with(&app, &b, "other", json!({})).await;
+    let other = id_of(
+        &b.post(app.url("/v1/functions/other/invoke"))
+            .body("o")
+            .send()
+            .await
+            .unwrap(),
+    );
+    // Only an invoke key, only function names.
+    for (scope, functions) in [
+        ("admin", json!(["hook"])),
+        ("invoke", json!([])),
+        ("invoke", json!(["no.dots"])),
+    ] {
+        let r = b
+            .post(app.url("/v1/keys"))
+            .json(&json!({"name": "x", "scope": scope, "functions": functions}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{scope} {functions}");
+    }
+    let r = b
+        .post(app.url("/v1/keys"))
+        .json(&json!({"name": "sender", "scope": "invoke", "functions": ["hook"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().await.unwrap();
+    assert_eq!(made["functions"], json!(["hook"]));
+    let sender = client_with_key(made["key"].as_str().unwrap());
+
+    // Its function: every way of calling it, and its records.
+    let r = sender
+        .post(app.url("/v1/functions/hook/invoke"))
+        .body("h")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mine = id_of(&r);
+    for path in ["/fn/hook.team-b", "/v1/functions/hook/invocations"] {
+        let r = sender.post(app.url(path)).body("h").send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let r = sender
+        .get(app.url(&format!("/v1/invocations/{mine}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Anything else is missing: other functions, their records, events, lists.
+    for (method, path) in [
+        ("POST", "/v1/functions/other/invoke".to_string()),
+        ("POST", "/v1/functions/other/invocations".to_string()),
+        ("POST", "/fn/other.team-b".to_string()),
+        ("GET", format!("/v1/invocations/{other}")),
+        ("POST", "/v1/events/orders.new".to_string()),
+        ("GET", "/v1/invocations".to_string()),
+        ("GET", "/v1/functions/hook".to_string()),
+    ] {
+        let r = sender
+            .request(method.parse().unwrap(), app.url(&path))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+    }
+    // No dashboard session: its pages would show the namespace's other functions.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(app.url("/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("key={}&next=%2Fui", made["key"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     app.shutdown().await;
 }

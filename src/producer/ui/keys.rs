@@ -113,7 +113,7 @@ pub async fn create(
         ));
     };
     // A namespaced session makes keys of its namespace, as its key would through the API.
-    let (key, secret) = match make(&app, form.name.trim(), scope, own(&session)).await {
+    let (key, secret) = match make(&app, form.name.trim(), scope, own(&session), None).await {
         Ok(made) => made,
         Err(ApiError::Unprocessable(message)) => {
             let keys = keys::list(&app.pool, own(&session)).await?;

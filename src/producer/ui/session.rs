@@ -80,9 +80,11 @@ pub async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, A
             key_id: None,
         }));
     }
-    // A key bound to a namespace logs in too: its session acts only in its namespace.
+    // A key bound to a namespace logs in too: its session acts only in its namespace. A key
+    // bound to functions does not (its pages would show the namespace's other functions).
     Ok(crate::keys::lookup(&app.pool, key)
         .await?
+        .filter(|live| live.functions.is_none())
         .map(|live| Verified {
             scope: live.scope,
             key_id: Some(live.id),
@@ -261,6 +263,7 @@ async fn lookup(app: &AppState, token: &str) -> Result<Option<Found>, UiError> {
                 namespace,
                 bound,
                 key_id: row.key_id,
+                functions: None,
             },
             namespaces: row.namespaces,
         }
