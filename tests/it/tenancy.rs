@@ -8,8 +8,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use anyhow::ensure;
+use fantoccini::Locator;
+
 use crate::support::{TestApp, client_with_key, id_of, spawn_app};
 use crate::ui::security::Browser;
+use crate::ui::{as_admin_in_chromium, click, h1_after, shots, text_of};
 
 /// Makes namespace `name` (with `quotas`) with the global admin key.
 async fn make_namespace(app: &TestApp, name: &str, quotas: Value) {
@@ -500,4 +504,52 @@ async fn a_key_bound_to_functions_invokes_those_only() {
         .unwrap();
     assert_eq!(r.status(), 401);
     app.shutdown().await;
+}
+
+/// In Chromium: the global admin picks a namespace in the header's switcher, the functions page
+/// then lists that namespace's, the usage page draws its chart, and both fit a phone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_namespace_switcher_in_a_browser() {
+    let app = spawn_app().await;
+    make_namespace(&app, "team-b", json!({})).await;
+    let (_, b_admin) = key(&app, "b-admin", "admin", Some("team-b")).await;
+    let b = client_with_key(&b_admin);
+    app.register("only-default", "granda-test/echo", json!({}))
+        .await;
+    register_with(&app, &b, "only-b", json!({})).await;
+    let r = b
+        .post(app.url("/v1/functions/only-b/invoke"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    as_admin_in_chromium(app, async |client, app| {
+        client.goto(&app.url("/ui")).await?;
+        let table = text_of(client, "#functions").await?;
+        ensure!(
+            table.contains("only-default") && !table.contains("only-b"),
+            "{table}"
+        );
+        client
+            .find(Locator::Css("#namespace"))
+            .await?
+            .select_by_value("team-b")
+            .await?;
+        click(client, "#namespace-switcher button").await?;
+        h1_after(client, |h| h.starts_with("Functions")).await?;
+        let table = text_of(client, "#functions").await?;
+        ensure!(
+            table.contains("only-b.team-b") && !table.contains("only-default"),
+            "{table}"
+        );
+        shots(client, "namespace").await?;
+        client.goto(&app.url("/ui/usage?period=24h")).await?;
+        let calls = text_of(client, "#calls").await?;
+        ensure!(calls == "1", "calls: {calls}");
+        client.find(Locator::Css("#usage-chart rect.bar")).await?;
+        shots(client, "usage").await?;
+        Ok(())
+    })
+    .await;
 }
