@@ -503,6 +503,31 @@ async fn a_key_bound_to_functions_invokes_those_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+
+    // The CLI makes one: `granda keys create --function`.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_granda"))
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "cli-sender",
+            "--function",
+            "hook",
+            "--json",
+        ])
+        .env("GRANDA_URL", &app.address)
+        .env("GRANDA_KEY", &b_admin)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["functions"], json!(["hook"]), "{made}");
+    assert_eq!(made["namespace"], "team-b", "{made}");
     app.shutdown().await;
 }
 
