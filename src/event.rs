@@ -430,13 +430,19 @@ pub mod store {
         Ok(())
     }
 
-    /// The latest `limit` events, newest first, without payloads: a walk down the primary key
-    /// (event ids are UUIDv7, so in publishing order).
-    pub async fn recent_events(pool: &PgPool, limit: i64) -> Result<Vec<Published>, sqlx::Error> {
+    /// The latest `limit` events of `namespace`, newest first, without payloads: a walk down
+    /// `events_namespace_id` (event ids are UUIDv7, so in publishing order).
+    pub async fn recent_events(
+        pool: &PgPool,
+        namespace: &str,
+        limit: i64,
+    ) -> Result<Vec<Published>, sqlx::Error> {
         sqlx::query_as::<_, Published>(
-            "SELECT id, topic, size, invocations, published_at FROM events ORDER BY id DESC LIMIT $1",
+            "SELECT id, topic, size, invocations, published_at FROM events
+             WHERE namespace = $2 ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
+        .bind(namespace)
         .fetch_all(pool)
         .await
     }

@@ -122,6 +122,13 @@ pub struct Record {
     pub http_method: Option<String>,
     pub http_path: Option<String>,
     pub http_status: Option<i32>,
+    /// The API key that made the call (see [`NewInvocation::key_id`]); null for anonymous,
+    /// webhook, schedule and event calls, which name their source in `trigger`.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub key_id: Option<Uuid>,
+    /// That key's name, while the key is stored (revoked keys keep theirs; a deleted
+    /// namespace's keys are gone).
+    pub key_name: Option<String>,
 }
 
 impl Record {
@@ -139,6 +146,10 @@ pub struct NewInvocation<'a> {
     pub input: &'a [u8],
     pub stored_input_cap: usize,
     pub idempotency_key: Option<&'a str>,
+    /// The API key that made the call: its id in `api_keys` (never the key). A dashboard call
+    /// carries the key its session logged in with. `None`: anonymous (a public function's URL
+    /// without a key), a webhook, a schedule, an event, or `GRANDA_AUTH=off`.
+    pub key_id: Option<Uuid>,
 }
 
 /// How a run ended, as the worker records it.

@@ -66,6 +66,9 @@ pub struct ApiKey {
     pub prefix: String,
     /// The namespace the key is bound to; none for a global key.
     pub namespace: Option<String>,
+    /// The functions (short names, in the key's namespace) an `invoke` key is bound to: it
+    /// invokes those only. None: every function.
+    pub functions: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -119,9 +122,16 @@ fn shown_part(key: &str) -> String {
 pub enum KeyError {
     #[error("name: 1 to 100 characters, no control characters")]
     BadName,
+    #[error("functions: only an invoke key can be bound to functions")]
+    FunctionsNeedInvoke,
+    #[error("functions: 1 to 100 function names (short names, in the key's namespace)")]
+    BadFunctions,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
+
+/// The most functions one key may be bound to.
+pub const MAX_KEY_FUNCTIONS: usize = 100;
 
 pub fn valid_key_name(name: &str) -> bool {
     !name.is_empty() && name.chars().count() <= 100 && !name.chars().any(char::is_control)
@@ -133,13 +143,14 @@ async fn insert(
     name: &str,
     scope: Scope,
     namespace: Option<&str>,
+    functions: Option<&[String]>,
     key: &Secret,
 ) -> Result<Option<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
-        "INSERT INTO api_keys (id, name, scope, hash, prefix, namespace)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO api_keys (id, name, scope, hash, prefix, namespace, functions)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (hash) DO NOTHING
-         RETURNING id, name, scope, prefix, namespace, created_at, revoked_at",
+         RETURNING id, name, scope, prefix, namespace, functions, created_at, revoked_at",
     )
     .bind(Uuid::now_v7())
     .bind(name)
@@ -147,24 +158,37 @@ async fn insert(
     .bind(hash(&key.0).as_slice())
     .bind(shown_part(&key.0))
     .bind(namespace)
+    .bind(functions)
     .fetch_optional(pool)
     .await
 }
 
-/// Makes a new key named `name`, bound to `namespace` if given (which must exist); the secret is
-/// returned once and never stored.
+/// Makes a new key named `name`, bound to `namespace` if given (which must exist) and to
+/// `functions` if given (an `invoke` key only); the secret is returned once and never stored.
 #[tracing::instrument(skip(pool))]
 pub async fn create(
     pool: &PgPool,
     name: &str,
     scope: Scope,
     namespace: Option<&str>,
+    functions: Option<&[String]>,
 ) -> Result<(ApiKey, Secret), KeyError> {
     if !valid_key_name(name) {
         return Err(KeyError::BadName);
     }
+    if let Some(functions) = functions {
+        if scope != Scope::Invoke {
+            return Err(KeyError::FunctionsNeedInvoke);
+        }
+        if functions.is_empty()
+            || functions.len() > MAX_KEY_FUNCTIONS
+            || !functions.iter().all(|f| crate::function::valid_name(f))
+        {
+            return Err(KeyError::BadFunctions);
+        }
+    }
     let key = generate();
-    let stored = insert(pool, name, scope, namespace, &key)
+    let stored = insert(pool, name, scope, namespace, functions, &key)
         .await?
         .ok_or_else(|| KeyError::Db(sqlx::Error::Protocol("random key collided".into())))?;
     Ok((stored, key))
@@ -173,7 +197,7 @@ pub async fn create(
 /// Every key, or those bound to `namespace`.
 pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
-        "SELECT id, name, scope, prefix, namespace, created_at, revoked_at FROM api_keys
+        "SELECT id, name, scope, prefix, namespace, functions, created_at, revoked_at FROM api_keys
          WHERE $1::text IS NULL OR namespace = $1 ORDER BY id",
     )
     .bind(namespace)
@@ -209,12 +233,29 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     Ok(done.rows_affected() == 1)
 }
 
-/// A presented key that is live: its id, scope and namespace (none: a global key).
+/// A presented key that is live: its id, scope, namespace (none: a global key) and the
+/// functions it is bound to (none: every function).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveKey {
     pub id: Uuid,
     pub scope: Scope,
     pub namespace: Option<String>,
+    pub functions: Option<Vec<String>>,
+}
+
+impl LiveKey {
+    /// Whether this key may call the function stored as `qualified`: one of its functions, in
+    /// its namespace (`default` for a global key), or any when it is bound to none.
+    pub fn allows(&self, qualified: &str) -> bool {
+        let ns = self
+            .namespace
+            .as_deref()
+            .unwrap_or(crate::namespace::DEFAULT);
+        self.functions.as_ref().is_none_or(|fs| {
+            fs.iter()
+                .any(|f| crate::namespace::qualify(ns, f) == qualified)
+        })
+    }
 }
 
 /// The scope of a presented key, if it is a live one.
@@ -230,11 +271,13 @@ pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<LiveKey>, sqlx::E
         hash: Vec<u8>,
         scope: String,
         namespace: Option<String>,
+        functions: Option<Vec<String>>,
     }
     let presented = hash(key);
     // Looked up by the SHA-256 of the key, so the time taken says nothing about the key's bytes.
     let row = sqlx::query_as::<_, Row>(
-        "SELECT id, hash, scope, namespace FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
+        "SELECT id, hash, scope, namespace, functions FROM api_keys
+         WHERE hash = $1 AND revoked_at IS NULL",
     )
     .bind(presented.as_slice())
     .fetch_optional(pool)
@@ -246,6 +289,7 @@ pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<LiveKey>, sqlx::E
                 id: r.id,
                 scope,
                 namespace: r.namespace,
+                functions: r.functions,
             })
         }))
 }
@@ -262,7 +306,7 @@ pub async fn bootstrap(
             key.0.len() >= 16,
             "GRANDA_ADMIN_KEY must be at least 16 characters"
         );
-        insert(pool, "GRANDA_ADMIN_KEY", Scope::Admin, None, key).await?;
+        insert(pool, "GRANDA_ADMIN_KEY", Scope::Admin, None, None, key).await?;
         return Ok(None);
     }
     let mut tx = pool.begin().await?;

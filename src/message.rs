@@ -5,7 +5,9 @@
 //! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch), and for calls of a function's
 //! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON), and
 //! `x-granda-signature`: HMAC-SHA256 under the installation's signing key ([`crate::seal`]) of
-//! the id, trigger, snapshot, queued-at time, reply-to, correlation id, request and body. The
+//! the id, trigger, snapshot, queued-at time, reply-to, correlation id, request and body, and
+//! `x-granda-key-id` (the id of the API key that made the call, never the key) after the body
+//! when there is one, so a message from before it checks as it did. The
 //! snapshot's secrets travel sealed. A worker checks the signature, opens the secrets and checks
 //! the snapshot's limits ([`crate::function::check_snapshot`]) before it runs or records anything.
 //!
@@ -37,6 +39,7 @@ const H_ERROR: &str = "x-granda-error";
 const H_REQUEST: &str = "x-granda-request";
 const H_HTTP: &str = "x-granda-http";
 const H_SIGNATURE: &str = "x-granda-signature";
+const H_KEY_ID: &str = "x-granda-key-id";
 
 /// How much of stderr travels in a reply to explain a failure.
 pub const ERROR_TAIL_BYTES: usize = 2048;
@@ -88,7 +91,7 @@ fn with_signed_fields<T>(
     with: impl FnOnce(&[Option<&[u8]>]) -> T,
 ) -> T {
     let queued_at = int_header(headers, H_QUEUED_AT).map(i64::to_be_bytes);
-    with(&[
+    let mut fields = vec![
         props.message_id().as_ref().map(|m| m.as_str().as_bytes()),
         bytes_header(headers, H_TRIGGER),
         bytes_header(headers, H_FUNCTION),
@@ -108,7 +111,13 @@ fn with_signed_fields<T>(
             .map(|c| c.as_str().as_bytes()),
         bytes_header(headers, H_REQUEST),
         Some(body),
-    ])
+    ];
+    // After the body and only when present: a message without it is signed as before. The
+    // fields are length-prefixed, so adding or stripping it never checks.
+    if let Some(key_id) = bytes_header(headers, H_KEY_ID) {
+        fields.push(Some(key_id));
+    }
+    with(&fields)
 }
 
 /// The trace context a work message carries (see the module's doc): its parent for the worker's
@@ -133,6 +142,9 @@ pub struct Work {
     pub correlation_id: Option<String>,
     /// The HTTP request of a call of the function's URL (`/fn/{name}`).
     pub request: Option<crate::web::WebRequest>,
+    /// The API key that made the call (its id, never the key), for the record a sync call's
+    /// worker writes (`invocation::NewInvocation::key_id`).
+    pub key_id: Option<Uuid>,
 }
 
 impl Work {
@@ -159,6 +171,7 @@ impl Work {
             reply_to: None,
             correlation_id: None,
             request: None,
+            key_id: None,
         }
     }
 
@@ -192,6 +205,9 @@ impl Work {
                 H_REQUEST.into(),
                 AMQPValue::LongString(LongString::from(json)),
             );
+        }
+        if let Some(key_id) = &self.key_id {
+            headers.insert(H_KEY_ID.into(), long_string(&key_id.to_string()));
         }
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(self.id.to_string()))
@@ -273,6 +289,15 @@ impl Work {
                 Some(request)
             }
         };
+        let key_id = match bytes_header(headers, H_KEY_ID) {
+            None => None,
+            Some(k) => Some(
+                std::str::from_utf8(k)
+                    .ok()
+                    .and_then(|k| Uuid::parse_str(k).ok())
+                    .ok_or_else(|| Malformed(format!("{H_KEY_ID} is not a key id")))?,
+            ),
+        };
         Ok(Work {
             id,
             trigger,
@@ -281,6 +306,7 @@ impl Work {
             reply_to: props.reply_to().as_ref().map(|r| r.to_string()),
             correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
             request,
+            key_id,
         })
     }
 }
@@ -439,6 +465,7 @@ mod tests {
                 path: "/x".into(),
                 ..Default::default()
             }),
+            key_id: Some(Uuid::now_v7()),
         };
         let keys = crate::seal::Keys::ephemeral();
         let props = work.properties(b"in", &keys);
@@ -456,6 +483,60 @@ mod tests {
         assert_eq!(back.reply_to, work.reply_to);
         assert_eq!(back.correlation_id.as_deref(), Some("c1"));
         assert_eq!(back.request, work.request);
+        assert_eq!(back.key_id, work.key_id);
+    }
+
+    /// The key id is signed when present; a message without one (as before it existed) checks
+    /// as it did, and one can't be added, changed or stripped on the way.
+    #[test]
+    fn the_key_id_travels_signed_and_old_messages_without_it_still_check() {
+        let keys = crate::seal::Keys::ephemeral();
+        let old = echo();
+        let old_props = old.properties(b"in", &keys);
+        assert!(
+            !old_props
+                .headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .contains_key(H_KEY_ID)
+        );
+        assert_eq!(
+            Work::decode(&old_props, b"in", &keys, 60_000)
+                .unwrap()
+                .key_id,
+            None
+        );
+        let with_key = |props: &BasicProperties, key: Option<&str>| {
+            let mut headers = props.headers().clone().unwrap();
+            match key {
+                Some(k) => {
+                    headers.insert(H_KEY_ID.into(), long_string(k));
+                }
+                None => {
+                    let mut kept = FieldTable::default();
+                    for (k, v) in headers.inner() {
+                        if k.as_str() != H_KEY_ID {
+                            kept.insert(k.clone(), v.clone());
+                        }
+                    }
+                    headers = kept;
+                }
+            }
+            props.clone().with_headers(headers)
+        };
+        let someone = Uuid::now_v7().to_string();
+        let added = with_key(&old_props, Some(&someone));
+        assert!(Work::decode(&added, b"in", &keys, 60_000).is_err());
+        let mut keyed = echo();
+        keyed.key_id = Some(Uuid::now_v7());
+        let props = keyed.properties(b"in", &keys);
+        assert_eq!(
+            Work::decode(&props, b"in", &keys, 60_000).unwrap().key_id,
+            keyed.key_id
+        );
+        assert!(Work::decode(&with_key(&props, None), b"in", &keys, 60_000).is_err());
+        assert!(Work::decode(&with_key(&props, Some(&someone)), b"in", &keys, 60_000).is_err());
     }
 
     #[test]
@@ -542,6 +623,7 @@ mod tests {
             reply_to: None,
             correlation_id: None,
             request: None,
+            key_id: None,
         }
     }
 

@@ -227,6 +227,8 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
                         "function",
                         "status",
                         "trigger",
+                        "key_name",
+                        "key_id",
                         "attempt",
                         "exit_code",
                         "error",

@@ -20,6 +20,10 @@ pub enum KeysCommand {
         /// Bind the key to this namespace: it acts only there.
         #[arg(long = "bind")]
         bind: Option<String>,
+        /// Bind an `invoke` key to these functions (repeat, or comma-separated): it calls those
+        /// only.
+        #[arg(long = "function", value_delimiter = ',')]
+        functions: Vec<String>,
     },
     /// List keys (never the keys themselves).
     #[command(alias = "list")]
@@ -31,10 +35,18 @@ pub enum KeysCommand {
 
 pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> {
     match command {
-        KeysCommand::Create { name, scope, bind } => {
+        KeysCommand::Create {
+            name,
+            scope,
+            bind,
+            functions,
+        } => {
             let mut body = json!({"name": name, "scope": scope});
             if let Some(ns) = bind {
                 body["namespace"] = json!(ns);
+            }
+            if !functions.is_empty() {
+                body["functions"] = json!(functions);
             }
             let request = client.request(Method::POST, "/v1/keys").json(&body);
             let made = client.call(request).await?;

@@ -1,5 +1,6 @@
 //! `granda usage [--from] [--to] [--function]`: what each namespace and function used
-//! (`GET /v1/usage`), in the caller's namespace or, for a global key, every namespace.
+//! (`GET /v1/usage`), in the caller's namespace or, for a global key, every namespace; then per
+//! namespace, on stderr, the calls its quotas refused and the record bytes it holds.
 
 use clap::Args;
 
@@ -58,6 +59,22 @@ pub async fn run(client: &Client, args: UsageArgs) -> Result<(), CliError> {
             ]
         },
     );
+    // Per namespace, after the table: calls its quotas refused and the record bytes it holds.
+    if !client.json {
+        for ns in usage["namespaces"].as_array().into_iter().flatten() {
+            let throttled: i64 = ns["throttled"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, n)| n.as_i64())
+                .sum();
+            eprintln!(
+                "{}: {throttled} throttled (429), {} bytes of records held",
+                cell(&ns["namespace"]),
+                cell(&ns["stored_bytes"])
+            );
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct Filters {
     pub before: Option<Uuid>,
     /// Newer than this invocation.
     pub after: Option<Uuid>,
+    /// Made with this API key (`Record::key_id`).
+    pub key_id: Option<Uuid>,
 }
 
 /// Up to `limit` invocations that pass `filters`, newest first.
@@ -35,7 +37,8 @@ pub async fn list(
         "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated,
                 logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at,
                 duration_ms, queue_ms, cold, worker,
-                http_method, http_path, http_status
+                http_method, http_path, http_status, key_id,
+                (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name
          FROM invocations WHERE ($1::text IS NULL OR function = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR trigger = $3)
@@ -43,6 +46,7 @@ pub async fn list(
            AND ($5::uuid IS NULL OR id < $5)
            AND ($6::uuid IS NULL OR id > $6)
            AND ($8::text IS NULL OR namespace = $8)
+           AND ($9::uuid IS NULL OR key_id = $9)
          ORDER BY id DESC LIMIT $7",
     )
     .bind(filters.function.as_deref())
@@ -53,6 +57,7 @@ pub async fn list(
     .bind(filters.after)
     .bind(limit)
     .bind(filters.namespace.as_deref())
+    .bind(filters.key_id)
     .fetch_all(pool)
     .await
 }

@@ -7,7 +7,7 @@ use sqlx::postgres::PgArguments;
 /// The columns of [`Record`], as a literal so queries stay `&'static str`.
 macro_rules! select {
     () => {
-        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status FROM invocations"
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status, key_id, (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name FROM invocations"
     };
 }
 
@@ -67,8 +67,8 @@ pub async fn insert_queued(
     let payload = (stored.len() < inv.input.len()).then_some(inv.input);
     let inserted: Option<(Uuid,)> = sqlx::query_as(
         "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, idempotency_key, payload, extra_env,
-                                  traceparent, tracestate)
-         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8, $9, $10)
+                                  traceparent, tracestate, key_id)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8, $9, $10, $11)
          ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -82,6 +82,7 @@ pub async fn insert_queued(
     .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
     .bind(traceparent)
     .bind(tracestate)
+    .bind(inv.key_id)
     .fetch_optional(pool)
     .await?;
     if let Some((id,)) = inserted {
@@ -110,8 +111,8 @@ pub async fn insert_queued_in(
     let (traceparent, tracestate) = trace_context();
     sqlx::query(
         "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, payload, extra_env,
-                                  traceparent, tracestate)
-         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8, $9)",
+                                  traceparent, tracestate, key_id)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6, $7, $8, $9, $10)",
     )
     .bind(inv.id)
     .bind(inv.function)
@@ -122,6 +123,7 @@ pub async fn insert_queued_in(
     .bind((!env.is_empty()).then_some(sqlx::types::Json(env)))
     .bind(traceparent)
     .bind(tracestate)
+    .bind(inv.key_id)
     .execute(tx)
     .await?;
     Ok(())
@@ -215,9 +217,9 @@ pub async fn claim_or_create(
     let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as_with(
         concat!(
         "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
-                                      started_at, worker, published_at, queue_ms)
+                                      started_at, worker, published_at, queue_ms, key_id)
          SELECT $1, $2, 'running', $3, $4, $5, to_timestamp($6::float8 / 1000.0), 1, now(), $7, now(),
-                 GREATEST(0, (EXTRACT(EPOCH FROM now()) * 1000)::bigint - $6)
+                 GREATEST(0, (EXTRACT(EPOCH FROM now()) * 1000)::bigint - $6), $8
          WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
          ON CONFLICT (id) DO UPDATE SET ",
         claim_set!("$7"),
@@ -227,6 +229,7 @@ pub async fn claim_or_create(
         ),
         arrival(inv, queued_at_ms, worker)?,
     )
+    .bind(inv.key_id)
     .fetch_optional(pool)
     .await?;
     claimed_or_why(pool, inv.id, row).await
@@ -299,8 +302,8 @@ pub async fn refuse_call(
 pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), sqlx::Error> {
     let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
     sqlx::query(
-        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, published_at)
-         VALUES ($1, $2, 'queued', $3, $4, $5, now(), now())
+        "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, published_at, key_id)
+         VALUES ($1, $2, 'queued', $3, $4, $5, now(), now(), $6)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(inv.id)
@@ -308,6 +311,7 @@ pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), s
     .bind(inv.trigger.as_str())
     .bind(stored)
     .bind(inv.input.len() as i64)
+    .bind(inv.key_id)
     .execute(pool)
     .await?;
     Ok(())
@@ -568,11 +572,11 @@ pub async fn restore_final(
             "INSERT INTO invocations (id, function, trigger, input, input_size, queued_at, worker, attempt,
                                       status, published_at, queue_ms, output, output_truncated, logs,
                                       logs_truncated, exit_code, error, started_at, finished_at,
-                                      duration_ms, cold, http_method, http_path, http_status)
+                                      duration_ms, cold, http_method, http_path, http_status, key_id)
              SELECT $1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000.0), $7, $8, $9, now(),
                     GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($16, now())) * 1000)::bigint - $6),
                     $10, $11, $12, $13, $14, $15, COALESCE($16, now()), COALESCE($17, now()),
-                    $18, $19, $20, $21, $22
+                    $18, $19, $20, $21, $22, $23
              WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
              ON CONFLICT (id) DO NOTHING",
             arrival(inv, queued_at_ms, worker)?,
@@ -580,6 +584,7 @@ pub async fn restore_final(
         .bind(attempt),
         outcome,
     )
+    .bind(inv.key_id)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

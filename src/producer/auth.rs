@@ -18,6 +18,9 @@
 //! never 403, so nothing says it exists. A global key acts in `default` unless the request names
 //! another namespace that exists (404 if it does not).
 //!
+//! An `invoke` key bound to functions (`functions` on the key) invokes those only and reads
+//! only their records: any other function, record or route is 404 to it ([`within_functions`]).
+//!
 //! What each scope may do is decided in one place, [`permits`], over [`Action`]s. The API maps
 //! each route to an action ([`needs`]); the dashboard (`ui`) maps each page, form and link to one
 //! and asks the same function, so an `invoke` session sees what an `invoke` key sees: it may run
@@ -93,6 +96,9 @@ pub struct Acting {
     pub bound: bool,
     /// The key that made the request (kept on the records it makes).
     pub key_id: Option<uuid::Uuid>,
+    /// A key bound to functions: their stored names. Records and things of other functions are
+    /// not [`Acting::holds`]'s, so they are 404 to it. None: every function.
+    pub functions: Option<Vec<String>>,
 }
 
 impl Acting {
@@ -101,6 +107,7 @@ impl Acting {
             namespace: Namespace::default_ns(),
             bound: false,
             key_id: None,
+            functions: None,
         }
     }
 
@@ -109,9 +116,14 @@ impl Acting {
         self.namespace.qualify(name)
     }
 
-    /// Whether the stored function name `qualified` is in this request's namespace.
+    /// Whether the stored function name `qualified` is in this request's namespace (and one of
+    /// the key's functions, for a key bound to functions).
     pub fn holds(&self, qualified: &str) -> bool {
         self.namespace.holds(qualified)
+            && self
+                .functions
+                .as_ref()
+                .is_none_or(|fs| fs.iter().any(|f| f == qualified))
     }
 
     /// 404 unless the caller's key is global (for installation-wide routes).
@@ -181,7 +193,47 @@ async fn acting_of(
         namespace,
         bound: key.namespace.is_some(),
         key_id: Some(key.id),
+        functions: bound_functions(key),
     })
+}
+
+/// The stored names of the functions `key` is bound to (none: every function).
+fn bound_functions(key: &LiveKey) -> Option<Vec<String>> {
+    let ns = key.namespace.as_deref().unwrap_or(namespace::DEFAULT);
+    key.functions
+        .as_ref()
+        .map(|fs| fs.iter().map(|f| namespace::qualify(ns, f)).collect())
+}
+
+/// For a key bound to functions: 404 unless the request invokes one of them
+/// (`POST /v1/functions/{name}/invoke`, `POST /v1/functions/{name}/invocations`) or reads an
+/// invocation record (whose handler finds only its functions' records, [`Acting::holds`]).
+/// Everything else, event publishing included (it would run other functions), is missing.
+fn within_functions(
+    key: &LiveKey,
+    acting: &Acting,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
+    if key.functions.is_none() {
+        return Ok(());
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    let allowed = match segments.as_slice() {
+        ["", "v1", "functions", name, "invoke"] => key.allows(&acting.function(name)),
+        ["", "v1", "functions", name, "invocations"] if method == Method::POST => {
+            key.allows(&acting.function(name))
+        }
+        ["", "v1", "invocations", _] => method == Method::GET || method == Method::HEAD,
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(
+            "no such route or function for this key".into(),
+        ))
+    }
 }
 
 /// A CORS preflight of a function's URL that is not public, let through without a key: its
@@ -340,15 +392,20 @@ pub async fn require(
             }
             let key = live_key(&app, bearer(&request)?).await?;
             check_scope(&key, Action::Invoke)?;
-            // A namespaced key reaches only its own namespace's functions: others' are missing.
+            // A namespaced key reaches only its own namespace's functions, a key bound to
+            // functions only those: others' are missing.
             if let Some(own) = &key.namespace
                 && function_ns.as_ref().is_none_or(|ns| ns.as_str() != own)
             {
                 return Err(ApiError::NotFound(format!("no function named {name:?}")));
             }
+            if !key.allows(&name) {
+                return Err(ApiError::NotFound(format!("no function named {name:?}")));
+            }
             let acting = Acting {
                 bound: key.namespace.is_some(),
                 key_id: Some(key.id),
+                functions: bound_functions(&key),
                 ..Acting::default_global()
             };
             request.extensions_mut().insert(Caller::Key(key.scope));
@@ -360,6 +417,7 @@ pub async fn require(
     let key = live_key(&app, bearer(&request)?).await?;
     // Where the key acts first: a namespaced key naming another namespace learns nothing more.
     let acting = acting_of(&app, &key, namespace_header(&request)).await?;
+    within_functions(&key, &acting, request.method(), request.uri().path())?;
     check_scope(&key, needed)?;
     request.extensions_mut().insert(Caller::Key(key.scope));
     request.extensions_mut().insert(acting);

@@ -41,6 +41,9 @@ pub struct Job<'a> {
     pub callback_url: Option<&'a str>,
     /// The HTTP request of a call of the function's URL.
     pub request: Option<&'a crate::web::WebRequest>,
+    /// The API key that made the call (`Acting::key_id`; a dashboard session's key), kept on the
+    /// record. `None` for anonymous, webhook, schedule and event calls.
+    pub key_id: Option<Uuid>,
 }
 
 impl<'a> Job<'a> {
@@ -53,6 +56,7 @@ impl<'a> Job<'a> {
             env: BTreeMap::new(),
             callback_url: None,
             request: None,
+            key_id: None,
         }
     }
 }
@@ -110,6 +114,7 @@ pub async fn enqueue(
             input: job.input,
             stored_input_cap: app.settings.max_stored_input_bytes,
             idempotency_key: key.as_deref(),
+            key_id: job.key_id,
         },
         &job.env,
     )
@@ -185,6 +190,7 @@ async fn call(
         input: job.input,
         stored_input_cap: app.settings.max_stored_input_bytes,
         idempotency_key: None,
+        key_id: job.key_id,
     };
     let work = work(new.id, function, &job);
     let reply = match app
@@ -241,6 +247,7 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 fn work(id: Uuid, function: &Function, job: &Job<'_>) -> Work {
     let mut work = Work::queued(id, job.trigger, function, &job.env);
     work.request = job.request.cloned();
+    work.key_id = job.key_id;
     work
 }
 

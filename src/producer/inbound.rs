@@ -411,6 +411,7 @@ async fn record(
                 input: &delivery.data,
                 stored_input_cap: app.settings.max_stored_input_bytes,
                 idempotency_key: None,
+                key_id: None,
             },
             &env,
         )

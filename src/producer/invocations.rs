@@ -103,17 +103,17 @@ pub async fn list(
     Ok(Json(InvocationList::page(records, limit)))
 }
 
-/// `GET /v1/invocations?function=&status=&trigger=&since=&before=&after=&limit=`: invocations of
-/// every function, newest first. `since` (RFC 3339) keeps those queued at or after it; `before`
+/// `GET /v1/invocations?function=&status=&trigger=&since=&before=&after=&key_id=&limit=`:
+/// invocations of every function, newest first; `key_id` keeps those one API key made. `since` (RFC 3339) keeps those queued at or after it; `before`
 /// and `after` (invocation ids) keep those older or newer than one; `next` is the `before` of the
 /// next page. An unknown function is an empty list, not a 404 (it may have been deleted).
 #[utoipa::path(get, path = "/v1/invocations", operation_id = "list_all_invocations",
     summary = "List invocations across functions",
-    description = "Newest first. `since` (RFC 3339) keeps those queued at or after it; `before` and `after` (invocation ids) page older or newer; `next` is the `before` of the next page.",
+    description = "Newest first. `since` (RFC 3339) keeps those queued at or after it; `before` and `after` (invocation ids) page older or newer; `key_id` keeps those one API key made; `next` is the `before` of the next page.",
     tag = "invocations",
     params(("function" = Option<String>, Query), ("status" = Option<String>, Query),
            ("trigger" = Option<String>, Query), ("since" = Option<String>, Query),
-           ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
+           ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("key_id" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), Denied))]
 pub async fn list_all(
     State(app): State<AppState>,
@@ -122,12 +122,12 @@ pub async fn list_all(
 ) -> Result<Json<InvocationList>, ApiError> {
     if let Some(unknown) = query.keys().find(|k| {
         ![
-            "function", "status", "trigger", "since", "before", "after", "limit",
+            "function", "status", "trigger", "since", "before", "after", "limit", "key_id",
         ]
         .contains(&k.as_str())
     }) {
         return Err(ApiError::BadRequest(format!(
-            "unknown parameter {unknown:?}; the filters are function, status, trigger, since, before, after, limit"
+            "unknown parameter {unknown:?}; the filters are function, status, trigger, since, before, after, key_id, limit"
         )));
     }
     let mut filters = filters(&query)?;
@@ -168,6 +168,12 @@ pub fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
             .transpose()?,
         before: given("before").map(parse_id).transpose()?,
         after: given("after").map(parse_id).transpose()?,
+        key_id: given("key_id")
+            .map(|k| {
+                Uuid::parse_str(k)
+                    .map_err(|_| ApiError::BadRequest(format!("key_id: {k:?} is not a key id")))
+            })
+            .transpose()?,
     })
 }
 

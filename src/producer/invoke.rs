@@ -67,6 +67,7 @@ pub async fn sync(
     let wait = app.settings.sync_wait();
     let job = Job {
         reply: Some(wait),
+        key_id: acting.key_id,
         ..Job::new(Trigger::Sync, &body)
     };
     let queued = enqueue(&app, &function, job).await?;
@@ -108,6 +109,7 @@ pub async fn web(
     headers: HeaderMap,
     caller: Option<Extension<Caller>>,
     preflight_only: Option<Extension<super::auth::PreflightOnly>>,
+    acting: Option<Extension<Acting>>,
     remote: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -144,6 +146,7 @@ pub async fn web(
     let job = Job {
         reply: Some(wait),
         request: Some(&request),
+        key_id: acting.and_then(|Extension(a)| a.key_id),
         ..Job::new(Trigger::Sync, &body)
     };
     let queued = enqueue(&app, &function, job).await?;
@@ -252,6 +255,7 @@ pub async fn no_wait(
     let job = Job {
         idempotency_key: key,
         callback_url,
+        key_id: acting.key_id,
         ..Job::new(Trigger::Async, &body)
     };
     let queued = enqueue(&app, &function, job).await?;

@@ -44,11 +44,15 @@ pub struct NewKey {
     /// a namespace may only name its own.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// An `invoke` key bound to these functions (short names, in the key's namespace) invokes
+    /// them only: every other function, record and route is 404 to it (a webhook sender's key).
+    #[serde(default)]
+    pub functions: Option<Vec<String>>,
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name, scope = body.scope.as_str()))]
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys", summary = "Make an API key",
-    description = "Makes a key with a scope (`admin`, `invoke` or `read`), bound to `namespace` if given (it then acts only there). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Makes a key with a scope (`admin`, `invoke` or `read`), bound to `namespace` if given (it then acts only there), and for an `invoke` key to `functions` if given (it then invokes only those; everything else is 404). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -69,7 +73,14 @@ pub async fn create(
             Some(ns)
         }
     };
-    let (stored, secret) = make(&app, &body.name, body.scope, namespace.as_deref()).await?;
+    let (stored, secret) = make(
+        &app,
+        &body.name,
+        body.scope,
+        namespace.as_deref(),
+        body.functions.as_deref(),
+    )
+    .await?;
     let mut view = serde_json::to_value(&stored).expect("a key serializes");
     view["key"] = secret.0.into();
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -114,11 +125,14 @@ pub async fn make(
     name: &str,
     scope: Scope,
     namespace: Option<&str>,
+    functions: Option<&[String]>,
 ) -> Result<(ApiKey, Secret), ApiError> {
-    keys::create(&app.pool, name, scope, namespace)
+    keys::create(&app.pool, name, scope, namespace, functions)
         .await
         .map_err(|e| match e {
-            KeyError::BadName => ApiError::Unprocessable(e.to_string()),
+            KeyError::BadName | KeyError::FunctionsNeedInvoke | KeyError::BadFunctions => {
+                ApiError::Unprocessable(e.to_string())
+            }
             KeyError::Db(e) => e.into(),
         })
 }

@@ -154,7 +154,7 @@ impl Modify for FunctionUrl {
         NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness, NewSchedule, ScheduleUpdate,
         ScheduleView, ScheduleList, CatchUp, Rollback, WebhookView, WebhookList,
         crate::namespace::Stored, crate::namespace::Quotas, namespaces::NewNamespace, namespaces::NamespaceList,
-        super::usage::Usage, super::usage::FunctionUsage,
+        super::usage::Usage, super::usage::FunctionUsage, super::usage::NamespaceUsage,
         EventPublished, EventView, BuildStatus, BuildView, BuildStreamLine, CallbackKey, SubscriptionList, RejectionList
     )),
     tags(

@@ -24,6 +24,7 @@ pub async fn check(app: &AppState, function: &str) -> Result<(), ApiError> {
         let used = app.recent.stored_bytes(&app.pool, ns).await?;
         if used >= max {
             throttled("stored");
+            note_throttled(app, ns, "stored").await;
             return Err(ApiError::TooManyRequests {
                 message: format!(
                     "namespace {ns:?} holds {used} bytes of records, its max_stored_bytes is {max}"
@@ -36,6 +37,7 @@ pub async fn check(app: &AppState, function: &str) -> Result<(), ApiError> {
         && let Some(retry_after) = namespace::take_call(&app.pool, ns, per_minute).await?
     {
         throttled("rate");
+        note_throttled(app, ns, "rate").await;
         return Err(ApiError::TooManyRequests {
             message: format!(
                 "namespace {ns:?} may start {per_minute} invocations a minute; try again in {retry_after} s"
@@ -44,4 +46,22 @@ pub async fn check(app: &AppState, function: &str) -> Result<(), ApiError> {
         });
     }
     Ok(())
+}
+
+/// Counts a refused call of namespace `ns` in `namespace_throttled` (per hour and reason), for
+/// the usage report: a refused call leaves no record. A failure to count is logged, never the
+/// caller's answer.
+async fn note_throttled(app: &AppState, ns: &str, reason: &str) {
+    let counted = sqlx::query(
+        "INSERT INTO namespace_throttled (namespace, hour, reason, calls)
+         VALUES ($1, date_trunc('hour', now()), $2, 1)
+         ON CONFLICT (namespace, hour, reason) DO UPDATE SET calls = namespace_throttled.calls + 1",
+    )
+    .bind(ns)
+    .bind(reason)
+    .execute(&app.pool)
+    .await;
+    if let Err(e) = counted {
+        tracing::warn!(namespace = ns, error = %e, "could not count a throttled call");
+    }
 }

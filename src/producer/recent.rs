@@ -112,6 +112,7 @@ mod tests {
             id: uuid::Uuid::nil(),
             scope: crate::keys::Scope::Invoke,
             namespace: None,
+            functions: None,
         };
         recent.remember_key(hash, key.clone());
         assert_eq!(recent.key(&hash), Some(key));

@@ -204,7 +204,11 @@ pub async fn list(
 }
 
 /// Schedule `id` if its function is in the caller's namespace: 404 alike for another's.
-async fn load_in(app: &AppState, acting: &Acting, id: &str) -> Result<Schedule, ApiError> {
+pub(crate) async fn load_in(
+    app: &AppState,
+    acting: &Acting,
+    id: &str,
+) -> Result<Schedule, ApiError> {
     let s = load(app, id).await?;
     if acting.holds(&s.function) {
         Ok(s)

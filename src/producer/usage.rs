@@ -2,8 +2,13 @@
 //! from the invocation records queued in `[from, to)`: invocations by status, total
 //! `duration_ms`, `gb_seconds` (the function's memory limit × duration, as Lambda bills) and cold
 //! starts. A key bound to a namespace sees its own; a global key every namespace, or the one it
-//! names. CPU seconds are not summed: records carry no measured CPU time (the columns were
-//! dropped as unmeasured; the engine's per-container cgroup figures are not collected yet).
+//! names. Per namespace, the calls its quotas refused (429, counted per hour in
+//! `namespace_throttled`: a refused call leaves no record) and the record bytes it holds.
+//!
+//! CPU seconds are not summed: records carry no measured CPU time. `cpu_ms` was dropped as
+//! never measured (migration 0022): a cold container's cgroup is gone once it exits, and a warm
+//! or hot container's counters cover every run it served, so a per-run figure needs a reading
+//! before and after each run from the engine's stats, which the worker does not take yet.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,12 +37,26 @@ pub struct FunctionUsage {
     pub cold_starts: i64,
 }
 
+/// What one namespace was refused and holds.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct NamespaceUsage {
+    pub namespace: String,
+    /// Calls its quotas refused (429) in the period, by reason (`rate`, `stored`). Refused calls
+    /// leave no invocation record; they are counted per hour, so the period is rounded to hours.
+    pub throttled: BTreeMap<String, i64>,
+    /// Bytes of invocation records (inputs, outputs, logs) it holds now: what `max_stored_bytes`
+    /// caps.
+    pub stored_bytes: i64,
+}
+
 /// `GET /v1/usage`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub usage: Vec<FunctionUsage>,
+    /// Per namespace asked for (with calls or throttled in the period, or the one named).
+    pub namespaces: Vec<NamespaceUsage>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -100,6 +119,26 @@ pub async fn get(
         .get("function")
         .filter(|f| !f.is_empty())
         .map(|f| ns.as_ref().unwrap_or(&acting.namespace).qualify(f));
+    let usage = sum(&app.pool, from, to, ns.as_ref(), function.as_deref()).await?;
+    let namespaces = namespaces(&app.pool, from, to, ns.as_ref(), &usage).await?;
+    Ok(Json(Usage {
+        from,
+        to,
+        usage,
+        namespaces,
+    }))
+}
+
+/// What each function (of `ns`, or every namespace; only `function` when given, a stored name)
+/// used, from the records queued in `[from, to)`.
+#[tracing::instrument(level = "debug", skip(pool))]
+pub async fn sum(
+    pool: &sqlx::PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    ns: Option<&Namespace>,
+    function: Option<&str>,
+) -> Result<Vec<FunctionUsage>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT i.namespace, i.function, i.status, count(*)::bigint AS n,
                 COALESCE(sum(i.duration_ms), 0)::bigint AS duration_ms,
@@ -114,9 +153,9 @@ pub async fn get(
     )
     .bind(from)
     .bind(to)
-    .bind(ns.as_ref().map(Namespace::as_str))
-    .bind(function.as_deref())
-    .fetch_all(&app.pool)
+    .bind(ns.map(Namespace::as_str))
+    .bind(function)
+    .fetch_all(pool)
     .await?;
     let mut usage: Vec<FunctionUsage> = Vec::new();
     for r in rows {
@@ -138,5 +177,54 @@ pub async fn get(
         u.gb_seconds += r.gb_seconds;
         u.cold_starts += r.cold;
     }
-    Ok(Json(Usage { from, to, usage }))
+    Ok(usage)
+}
+
+/// Per namespace (`ns`, else those in `usage` or throttled in the period): calls refused in
+/// `[from, to)` (by the hour) and bytes held now.
+#[tracing::instrument(level = "debug", skip(pool, usage))]
+pub async fn namespaces(
+    pool: &sqlx::PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    ns: Option<&Namespace>,
+    usage: &[FunctionUsage],
+) -> Result<Vec<NamespaceUsage>, sqlx::Error> {
+    let throttled: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT namespace, reason, sum(calls)::bigint FROM namespace_throttled
+         WHERE hour >= date_trunc('hour', $1::timestamptz) AND hour < $2
+           AND ($3::text IS NULL OR namespace = $3)
+         GROUP BY 1, 2",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(ns.map(Namespace::as_str))
+    .fetch_all(pool)
+    .await?;
+    fn entry<'a>(
+        by_ns: &'a mut BTreeMap<String, NamespaceUsage>,
+        name: &str,
+    ) -> &'a mut NamespaceUsage {
+        by_ns
+            .entry(name.to_string())
+            .or_insert_with(|| NamespaceUsage {
+                namespace: name.to_string(),
+                ..NamespaceUsage::default()
+            })
+    }
+    let mut by_ns: BTreeMap<String, NamespaceUsage> = BTreeMap::new();
+    if let Some(ns) = ns {
+        entry(&mut by_ns, ns.as_str());
+    }
+    for u in usage {
+        entry(&mut by_ns, &u.namespace);
+    }
+    for (name, reason, n) in throttled {
+        entry(&mut by_ns, &name).throttled.insert(reason, n);
+    }
+    let mut out: Vec<NamespaceUsage> = by_ns.into_values().collect();
+    for n in &mut out {
+        n.stored_bytes = namespace::stored_bytes(pool, &n.namespace).await?;
+    }
+    Ok(out)
 }

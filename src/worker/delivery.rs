@@ -490,6 +490,7 @@ pub(super) fn sync_record<'a>(
         input,
         stored_input_cap: shared.stored_input_cap,
         idempotency_key: None,
+        key_id: work.key_id,
     }
 }
 

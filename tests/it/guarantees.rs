@@ -251,6 +251,7 @@ async fn a_duplicate_message_of_a_final_invocation_is_acked_without_a_run() {
         reply_to: None,
         correlation_id: None,
         request: None,
+        key_id: None,
     };
     // As a sync call, the duplicate gets the first run's reply again.
     let reply = publisher

@@ -73,6 +73,7 @@ async fn a_poisoned_hot_message_ends_final_and_every_function_keeps_answering() 
         reply_to: None,
         correlation_id: None,
         request: None,
+        key_id: None,
     };
     publish_raw(&app, work, b"poison").await;
 

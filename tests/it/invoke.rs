@@ -283,6 +283,7 @@ async fn a_refused_sync_call_is_never_recorded_or_run_even_if_its_message_arrive
         input: b"x",
         stored_input_cap: 1024,
         idempotency_key: None,
+        key_id: None,
     };
     store::refuse(&app.pool, id).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis();

@@ -38,6 +38,7 @@ mod sdk;
 mod slow_bodies;
 mod support;
 mod takeover;
+mod tenancy;
 mod tls;
 mod trace_paths;
 mod ui;

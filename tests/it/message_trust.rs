@@ -164,6 +164,7 @@ async fn a_forged_work_message_runs_nothing_and_is_dead_lettered_with_the_reason
         reply_to: None,
         correlation_id: None,
         request: None,
+        key_id: None,
     };
     let props = wrong_key.properties(b"id", &granda::seal::Keys::ephemeral());
     publish_raw(&app, props, b"id").await;
@@ -203,6 +204,7 @@ async fn a_signed_message_with_a_function_a_registration_refuses_is_refused() {
             reply_to: None,
             correlation_id: None,
             request: None,
+            key_id: None,
         };
         publish_raw(&app, work.properties(b"x", &keys), b"x").await;
         refused.push((work.id, why));

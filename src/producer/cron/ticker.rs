@@ -133,6 +133,7 @@ async fn fire_one(app: &Ingress, id: Uuid) -> anyhow::Result<usize> {
                     input: &schedule.payload,
                     stored_input_cap: app.settings.max_stored_input_bytes,
                     idempotency_key: None,
+                    key_id: None,
                 },
                 &env,
             )

@@ -70,7 +70,7 @@ pub async fn build(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Html<String>, UiError> {
     session.require(Action::ReadFunctions)?;
-    let f = load(&app, &name).await?;
+    let f = load(&app, &session.function(&name)).await?;
     let version = parse_version(&version)?;
     let b = find(&app, &f, version).await?;
     let live = b.status == "building";
@@ -120,12 +120,12 @@ pub struct RollbackForm {
 
 /// `POST /ui/functions/{name}/rollback` with `version`: then to the function's page.
 pub async fn rollback(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
     Form(form): Form<RollbackForm>,
 ) -> Result<Response, UiError> {
     let version = parse_version(&form.version)?;
-    let f = roll_back(&app, &name, version).await?;
+    let f = roll_back(&app, &session.function(&name), version).await?;
     Ok(Redirect::to(&format!("{BASE}/functions/{}", f.name)).into_response())
 }

@@ -36,9 +36,11 @@ async fn page(
     error: Option<&str>,
     form: &SubscribeForm,
 ) -> Result<Html<String>, UiError> {
-    let subscriptions = store::subscriptions(&app.pool, None).await?;
-    let functions = crate::function::store::list(&app.pool, None).await?;
-    let events = store::recent_events(&app.pool, RECENT_EVENTS).await?;
+    let mut subscriptions = store::subscriptions(&app.pool, None).await?;
+    subscriptions.retain(|s| session.holds(&s.function));
+    let ns = session.namespace().as_str();
+    let functions = crate::function::store::list(&app.pool, Some(ns)).await?;
+    let events = store::recent_events(&app.pool, ns, RECENT_EVENTS).await?;
     Ok(layout(
         "Events",
         Some(session),
@@ -127,7 +129,7 @@ pub async fn subscribe(
     State(app): State<AppState>,
     Form(form): Form<SubscribeForm>,
 ) -> Result<Response, UiError> {
-    match add_subscription(&app, &form.function, &form.pattern).await {
+    match add_subscription(&app, &session.function(&form.function), &form.pattern).await {
         Ok(_) => Ok(Redirect::to(&format!("{BASE}/events")).into_response()),
         Err(e @ (ApiError::Unprocessable(_) | ApiError::Conflict(_) | ApiError::NotFound(_))) => {
             let status = e.status();
@@ -140,10 +142,10 @@ pub async fn subscribe(
 
 /// `POST /ui/functions/{name}/subscriptions/{id}/delete`.
 pub async fn delete(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, UiError> {
-    remove_subscription(&app, &name, &id).await?;
+    remove_subscription(&app, &session.function(&name), &id).await?;
     Ok(Redirect::to(&format!("{BASE}/events")).into_response())
 }

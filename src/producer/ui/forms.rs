@@ -339,7 +339,9 @@ pub async fn create(
 ) -> Result<Response, UiError> {
     let action = format!("{BASE}/functions/new");
     let created = async {
-        let f = v.to_new()?.validate(&app.settings)?;
+        let mut f = v.to_new()?.validate(&app.settings)?;
+        // Made in the session's namespace, as the API makes it in the caller's.
+        f.name = session.function(&f.name);
         register(&app, &f).await?;
         Ok::<_, FormError>(f)
     }
@@ -409,11 +411,11 @@ pub async fn delete_confirm(Admin(session): Admin, FunctionAt(f): FunctionAt) ->
 
 /// `POST /ui/functions/{name}/delete`.
 pub async fn delete(
-    _: Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, UiError> {
-    let deleted = store::delete(&app.pool, &name).await?;
+    let deleted = store::delete(&app.pool, &session.function(&name)).await?;
     app.recent.forget_all();
     if !deleted {
         return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
@@ -435,9 +437,10 @@ pub async fn invoke(
     Form(form): Form<InvokeForm>,
 ) -> Result<Html<String>, UiError> {
     session.require(crate::producer::auth::Action::Invoke)?;
-    let function = load(&app, &name).await?;
+    let function = load(&app, &session.function(&name)).await?;
     let job = Job {
         reply: Some(app.settings.sync_wait()),
+        key_id: session.key_id,
         ..Job::new(Trigger::Sync, form.body.as_bytes())
     };
     let result = match enqueue(&app, &function, job).await {

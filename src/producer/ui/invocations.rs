@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::invocation::{Record, search, store};
 use crate::producer::AppState;
 use crate::producer::auth::Action;
-use crate::producer::invocations::{filters, parse_id, retry_one};
+use crate::producer::invocations::{filters, load_in, parse_id, retry_one};
 
 /// Invocations to a page of the lists.
 const PAGE: i64 = 30;
@@ -60,7 +60,7 @@ fn retry_button(session: &Session, id: Uuid) -> Markup {
 /// A link to this list with `query` and `before`, for the next page.
 fn page_link(query: &HashMap<String, String>, before: Uuid) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
-    for key in ["status", "function", "trigger"] {
+    for key in ["status", "function", "trigger", "key_id"] {
         if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
             q.append_pair(key, v);
         }
@@ -82,7 +82,10 @@ pub async fn list(
             .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an invocation id")))?;
         return Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response());
     }
-    let f = filters(&query)?;
+    let mut f = filters(&query)?;
+    // The session's namespace only; a function named in it.
+    f.function = f.function.map(|name| session.function(&name));
+    f.namespace = Some(session.namespace().to_string());
     let records = search::list(&app.pool, &f, PAGE).await?;
     let next = (records.len() as i64 == PAGE)
         .then(|| records.last().map(|r| r.id))
@@ -171,9 +174,8 @@ pub async fn invocation(
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::NotFound(format!("{id:?} is not an invocation id")))?;
-    let r = store::get(&app.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    // Another namespace's record is missing, as in the API.
+    let r = load_in(&app, &session.acting, id).await?;
     let attempts = crate::invocation::attempts::load(&app.pool, &r).await?;
     let input_truncated = r
         .input
@@ -198,6 +200,14 @@ pub async fn invocation(
                         tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
                         tr { th { "Status" } td #status { (status_badge(&r.status)) } }
                         tr { th { "Trigger" } td { (r.trigger) } }
+                        tr { th { "Made with key" } td #key {
+                            @if let Some(key) = r.key_id {
+                                (r.key_name.as_deref().unwrap_or("(a deleted key)")) " "
+                                @if session.may(Action::Manage) {
+                                    a.muted href={ (BASE) "/invocations?key_id=" (key) } { "its calls" }
+                                }
+                            } @else { "—" }
+                        } }
                         tr { th { "Attempt" } td { (r.attempt) } }
                         tr { th { "Exit code" } td { (opt(r.exit_code.map(|c| c.to_string()))) } }
                         tr { th { "Error" } td { @if let Some(e) = &r.error { span.error { (e) } } @else { "—" } } }
@@ -429,11 +439,12 @@ fn hex_lines(bytes: &[u8]) -> String {
 
 /// `POST /ui/invocations/{id}/retry`: the API's retry, then to the invocation's page.
 pub async fn retry(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let id = parse_id(&id)?;
+    load_in(&app, &session.acting, id).await?;
     retry_one(&app, id).await?;
     Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
 }
@@ -469,11 +480,16 @@ pub async fn dead_letters(
         .filter(|b| !b.is_empty())
         .map(|b| parse_id(b))
         .transpose()?;
-    let records = store::list_dead(&app.pool, None, before, PAGE).await?;
+    let records =
+        store::list_dead(&app.pool, Some(session.namespace().as_str()), before, PAGE).await?;
     let next = (records.len() as i64 == PAGE)
         .then(|| records.last().map(|r| r.id))
         .flatten();
-    let depth = app.publisher.dead_letter_depth().await.ok();
+    // The broker's queue is the installation's: only global sessions see its depth.
+    let depth = match session.bound() {
+        true => None,
+        false => app.publisher.dead_letter_depth().await.ok(),
+    };
     let retry = session.may(Action::Manage);
     Ok(layout(
         "Dead letters",
@@ -543,7 +559,10 @@ pub async fn retry_dead(
     }
     let mut outcomes = Vec::with_capacity(ids.len());
     for id in ids {
-        let outcome = retry_one(&app, id).await.map_err(|e| e.to_string());
+        let outcome = match load_in(&app, &session.acting, id).await {
+            Ok(_) => retry_one(&app, id).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         outcomes.push((id, outcome));
     }
     let done = outcomes.iter().filter(|(_, o)| o.is_ok()).count();
@@ -602,6 +621,8 @@ mod tests {
             http_method: None,
             http_path: None,
             http_status: None,
+            key_id: None,
+            key_name: None,
         }
     }
 

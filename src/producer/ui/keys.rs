@@ -77,12 +77,18 @@ fn page(session: &Session, keys: &[ApiKey], error: Option<&str>, form: &KeyForm)
     )
 }
 
+/// The namespace a session's keys are bound to: its own for a namespaced session (it sees and
+/// makes only those), none for a global one (every key).
+fn own(session: &Session) -> Option<&str> {
+    session.bound().then(|| session.namespace().as_str())
+}
+
 /// `GET /ui/keys`.
 pub async fn list(
     Admin(session): Admin,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
-    let keys = keys::list(&app.pool, None).await?;
+    let keys = keys::list(&app.pool, own(&session)).await?;
     Ok(page(&session, &keys, None, &KeyForm::default()))
 }
 
@@ -99,17 +105,18 @@ pub async fn create(
         )
     };
     let Some(scope) = Scope::parse(&form.scope) else {
-        let keys = keys::list(&app.pool, None).await?;
+        let keys = keys::list(&app.pool, own(&session)).await?;
         return Ok(refused(
             "scope: must be admin or invoke".into(),
             &keys,
             &form,
         ));
     };
-    let (key, secret) = match make(&app, form.name.trim(), scope, None).await {
+    // A namespaced session makes keys of its namespace, as its key would through the API.
+    let (key, secret) = match make(&app, form.name.trim(), scope, own(&session), None).await {
         Ok(made) => made,
         Err(ApiError::Unprocessable(message)) => {
-            let keys = keys::list(&app.pool, None).await?;
+            let keys = keys::list(&app.pool, own(&session)).await?;
             return Ok(refused(message, &keys, &form));
         }
         Err(e) => return Err(e.into()),
@@ -130,12 +137,20 @@ pub async fn create(
 
 /// `POST /ui/keys/{id}/revoke`.
 pub async fn revoke(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let id =
         Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("{id:?} is not a key id")))?;
+    if let Some(ns) = own(&session) {
+        let owner = crate::keys::name_of(&app.pool, id)
+            .await?
+            .and_then(|(_, n)| n);
+        if owner.as_deref() != Some(ns) {
+            return Err(ApiError::NotFound("no live key with this id".into()).into());
+        }
+    }
     end(&app, id).await?;
     Ok(Redirect::to(&format!("{BASE}/keys")).into_response())
 }

@@ -2,6 +2,8 @@
 //! `/ui/functions/{name}/...`, [`WebhookAt`] for `/ui/webhooks/{id}/...`. A path that names
 //! nothing is answered with the console's error page, as a handler's own `load` would be.
 //!
+//! Both resolve in the session's namespace: another namespace's function or webhook is missing.
+//!
 //! Put them after [`super::session::Admin`] in a handler's arguments: extractors run in order,
 //! so nothing is read from Postgres for a caller who may not manage.
 
@@ -24,8 +26,9 @@ impl FromRequestParts<AppState> for FunctionAt {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let session = super::session::Session::from_request_parts(parts, app).await?;
         let name = segment(parts, app).await?;
-        let function = crate::producer::functions::load(app, &name).await;
+        let function = crate::producer::functions::load(app, &session.function(&name)).await;
         function.map(FunctionAt).map_err(refused)
     }
 }
@@ -34,8 +37,9 @@ impl FromRequestParts<AppState> for WebhookAt {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let session = super::session::Session::from_request_parts(parts, app).await?;
         let id = segment(parts, app).await?;
-        let hook = crate::producer::webhooks::load_hook(app, &id).await;
+        let hook = crate::producer::webhooks::load_hook_in(app, &session.acting, &id).await;
         hook.map(WebhookAt).map_err(refused)
     }
 }

@@ -34,6 +34,7 @@ pub mod session;
 pub mod settings;
 pub mod source;
 pub mod stats;
+pub mod usage;
 pub mod webhooks;
 
 use axum::Router;
@@ -64,6 +65,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/static/queues.js", get(queues_script))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
+        .route("/namespace", post(session::switch))
+        .route("/usage", get(usage::page))
         .route("/functions/new", get(forms::new_form).post(forms::create))
         .route(
             "/functions/new/source",
@@ -253,8 +256,13 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                                 a href={ (BASE) "/invocations" } { "Invocations" }
                             }
                             @if session.may(Action::Operate) {
-                                a href={ (BASE) "/queues" } { "Queues" }
+                                @if !session.bound() {
+                                    a href={ (BASE) "/queues" } { "Queues" }
+                                }
                                 a href={ (BASE) "/dead-letters" } { "Dead letters" }
+                            }
+                            @if session.may(Action::ReadFunctions) {
+                                a href={ (BASE) "/usage" } { "Usage" }
                             }
                             @if session.may(Action::Manage) {
                                 a href={ (BASE) "/schedules" } { "Schedules" }
@@ -262,6 +270,7 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                                 a href={ (BASE) "/events" } { "Events" }
                                 a href={ (BASE) "/keys" } { "Keys" }
                             }
+                            (namespace_switcher(session))
                             form.inline method="post" action={ (BASE) "/logout" } {
                                 (session.csrf_field())
                                 button.link type="submit" { "Log out" }
@@ -274,6 +283,30 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
         }
     };
     Html(markup.into_string())
+}
+
+/// The namespace a session acts in: for a global session a switcher (a form, no script), for a
+/// session bound to a namespace its name.
+fn namespace_switcher(session: &Session) -> Markup {
+    let current = session.namespace().as_str();
+    html! {
+        @if session.bound() {
+            span #namespace.ns { "Namespace " strong { (current) } }
+        } @else {
+            form.inline #namespace-switcher method="post" action={ (BASE) "/namespace" } {
+                (session.csrf_field())
+                label.ns { "Namespace "
+                    select #namespace name="namespace" {
+                        @for ns in &session.namespaces {
+                            option value=(ns) selected[ns == current] { (ns) }
+                        }
+                    }
+                }
+                " "
+                button.small type="submit" { "Switch" }
+            }
+        }
+    }
 }
 
 /// A plain HTML answer with `status`.
@@ -368,6 +401,7 @@ form.filters button{margin-top:0}
 button.small{padding:.1rem .5rem;margin:0;font-size:13px}
 .ok{color:#17642c;font-weight:600}
 strong.current{color:#17642c;margin-right:.5rem}
+header .ns{font-size:13px;color:#dfe7f1}header select{width:auto;display:inline;padding:.1rem .3rem;font-size:13px}
 @media (max-width:600px){svg.chart.wide{display:none}svg.chart.narrow{display:block}main{padding:.6rem}table.kv th{width:auto}th,td{padding:.3rem .35rem;font-size:14px}.hide-narrow{display:none}}
 "#;
 

@@ -37,7 +37,7 @@ pub async fn functions(
     if !session.may(Action::ReadFunctions) {
         return Ok(finder(&session));
     }
-    let functions = store::list(&app.pool, None).await?;
+    let functions = store::list(&app.pool, Some(session.namespace().as_str())).await?;
     let stats: HashMap<String, FunctionStats> = stats::last_hour(&app.pool, None)
         .await?
         .into_iter()
@@ -123,7 +123,7 @@ pub struct FindQuery {
 }
 
 /// `GET /ui/find?function=` or `?invocation=`: to that function's or invocation's page.
-pub async fn find(_: Session, Query(q): Query<FindQuery>) -> Result<Response, UiError> {
+pub async fn find(session: Session, Query(q): Query<FindQuery>) -> Result<Response, UiError> {
     if let Some(id) = q
         .invocation
         .as_deref()
@@ -136,15 +136,13 @@ pub async fn find(_: Session, Query(q): Query<FindQuery>) -> Result<Response, Ui
         return Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response());
     }
     let name = q.function.as_deref().map(str::trim).unwrap_or("");
-    // Only names a function can have, so the redirect is always a plain path.
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    // Only names a function of the session's namespace can have, so the redirect is always a
+    // plain path.
+    let stored = session.function(name);
+    if name.is_empty() || !crate::namespace::valid_stored(&stored) {
         return Err(ApiError::NotFound(format!("no function named {name:?}")).into());
     }
-    Ok(Redirect::to(&format!("{BASE}/functions/{name}")).into_response())
+    Ok(Redirect::to(&format!("{BASE}/functions/{stored}")).into_response())
 }
 
 /// The answer to a run from the invoke box, shown on the function's page.
@@ -176,7 +174,7 @@ pub async fn function_page(
     input: &str,
 ) -> Result<Html<String>, UiError> {
     session.require(Action::Invoke)?;
-    let f = load(app, name).await?;
+    let f = load(app, &session.function(name)).await?;
     let retention = crate::retention::effective(
         &app.pool,
         crate::retention::Policy::of(&app.settings),
@@ -296,6 +294,8 @@ pub async fn queues(
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
     session.require(Action::Operate)?;
+    // The installation's queues and workers: not a namespaced session's.
+    session.global_only()?;
     let live = queues_markup(&app).await?;
     Ok(page(
         "Queues",
@@ -318,6 +318,7 @@ pub async fn queues_live(
     State(app): State<AppState>,
 ) -> Result<Response, UiError> {
     session.require(Action::Operate)?;
+    session.global_only()?;
     Ok(Html(queues_markup(&app).await?.into_string()).into_response())
 }
 

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::producer::AppState;
 use crate::producer::auth::Action;
 use crate::producer::cron::{CatchUp, store};
-use crate::producer::schedules::{NewSchedule, ScheduleUpdate, add, change, remove};
+use crate::producer::schedules::{NewSchedule, ScheduleUpdate, add, change, load_in, remove};
 
 /// The form that makes a schedule.
 #[derive(Debug, Default, Deserialize)]
@@ -51,8 +51,13 @@ async fn page(
     form: &ScheduleForm,
 ) -> Result<Html<String>, UiError> {
     let schedules = store::list(&app.pool, None).await?;
-    let views: Vec<_> = schedules.iter().map(|s| s.view()).collect();
-    let functions = crate::function::store::list(&app.pool, None).await?;
+    let views: Vec<_> = schedules
+        .iter()
+        .filter(|s| session.holds(&s.function))
+        .map(|s| s.view())
+        .collect();
+    let functions =
+        crate::function::store::list(&app.pool, Some(session.namespace().as_str())).await?;
     let timezone = if form.timezone.is_empty() {
         "UTC"
     } else {
@@ -138,7 +143,7 @@ pub async fn create(
         _ => CatchUp::None,
     };
     let body = NewSchedule {
-        function: form.function.clone(),
+        function: session.function(&form.function),
         cron: form.cron.clone(),
         timezone: Some(form.timezone.trim().to_string()).filter(|t| !t.is_empty()),
         payload: Some(Value::String(form.payload.clone())).filter(|_| !form.payload.is_empty()),
@@ -156,7 +161,13 @@ pub async fn create(
     }
 }
 
-async fn set_enabled(app: &AppState, id: &str, enabled: bool) -> Result<Response, UiError> {
+async fn set_enabled(
+    app: &AppState,
+    session: &Session,
+    id: &str,
+    enabled: bool,
+) -> Result<Response, UiError> {
+    load_in(app, &session.acting, id).await?;
     let body = ScheduleUpdate {
         enabled: Some(enabled),
         ..ScheduleUpdate::default()
@@ -167,28 +178,29 @@ async fn set_enabled(app: &AppState, id: &str, enabled: bool) -> Result<Response
 
 /// `POST /ui/schedules/{id}/pause`.
 pub async fn pause(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
-    set_enabled(&app, &id, false).await
+    set_enabled(&app, &session, &id, false).await
 }
 
 /// `POST /ui/schedules/{id}/resume`.
 pub async fn resume(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
-    set_enabled(&app, &id, true).await
+    set_enabled(&app, &session, &id, true).await
 }
 
 /// `POST /ui/schedules/{id}/delete`.
 pub async fn delete(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
+    load_in(&app, &session.acting, &id).await?;
     remove(&app, &id).await?;
     Ok(Redirect::to(&format!("{BASE}/schedules")).into_response())
 }

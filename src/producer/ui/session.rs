@@ -9,6 +9,12 @@
 //!   deletes the key's sessions in the same transaction (`keys::revoke`). `GRANDA_ADMIN_KEY` is a
 //!   stored key like any other (named `GRANDA_ADMIN_KEY`), so its sessions are bound to its row.
 //!   With `GRANDA_AUTH=off` a session has no key and is valid only while auth stays off.
+//! - **Namespace.** A session acts in one namespace ([`crate::namespace`]), as an API request
+//!   does (`auth::Acting`): a session of a key bound to a namespace acts only there (another
+//!   namespace's function, record, webhook or schedule is 404, as in the API); a global key's
+//!   session acts in the one it chose with the switcher (`POST /ui/namespace`, kept on its row,
+//!   `default` until then). A function's name in a dashboard path is resolved in the session's
+//!   namespace ([`Session::function`]).
 //! - **Scope.** A session has its key's scope, and pages ask the API's policy
 //!   (`auth::permits`) what it may see and do; a page or form beyond it is 403.
 //! - **CSRF.** Every form of a session carries a hidden `csrf` token: the SHA-256 of a fixed label
@@ -39,8 +45,9 @@ use uuid::Uuid;
 use super::{BASE, UiError, layout, with_status};
 use crate::config::AuthMode;
 use crate::error::ApiError;
+use crate::namespace::Namespace;
 use crate::producer::AppState;
-use crate::producer::auth::{Action, permits};
+use crate::producer::auth::{Acting, Action, permits};
 
 /// The session cookie's name.
 pub const COOKIE: &str = crate::keys::SESSION_COOKIE;
@@ -73,10 +80,11 @@ pub async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, A
             key_id: None,
         }));
     }
-    // A key bound to a namespace has no dashboard (yet): its pages show every namespace.
+    // A key bound to a namespace logs in too: its session acts only in its namespace. A key
+    // bound to functions does not (its pages would show the namespace's other functions).
     Ok(crate::keys::lookup(&app.pool, key)
         .await?
-        .filter(|live| live.namespace.is_none())
+        .filter(|live| live.functions.is_none())
         .map(|live| Verified {
             scope: live.scope,
             key_id: Some(live.id),
@@ -91,9 +99,47 @@ pub struct Session {
     pub key_id: Option<Uuid>,
     /// This session's CSRF token, for the hidden field of its forms.
     pub csrf: String,
+    /// Where the session acts: its key's namespace, or the one a global session chose; the key
+    /// (kept on the records of the calls it makes).
+    pub acting: Acting,
+    /// A global session's choice of namespaces for the switcher (empty for a bound one).
+    pub namespaces: Vec<String>,
 }
 
 impl Session {
+    /// The namespace this session acts in.
+    pub fn namespace(&self) -> &Namespace {
+        &self.acting.namespace
+    }
+
+    /// Whether the session's key is bound to its namespace (it sees no other, nor the
+    /// installation's queues and workers).
+    pub fn bound(&self) -> bool {
+        self.acting.bound
+    }
+
+    /// The stored name of the function a dashboard path or form names, in this session's
+    /// namespace: a short name (`echo`), or a stored name already in it (`echo.team-b`, as the
+    /// dashboard's links name functions). A name of another namespace resolves to a name no
+    /// function has.
+    pub fn function(&self, name: &str) -> String {
+        if name.contains('.') && self.acting.holds(name) {
+            name.to_string()
+        } else {
+            self.acting.function(name)
+        }
+    }
+
+    /// Whether the stored function name `qualified` is in this session's namespace.
+    pub fn holds(&self, qualified: &str) -> bool {
+        self.acting.holds(qualified)
+    }
+
+    /// 404 unless the session's key is global (for installation-wide pages).
+    pub fn global_only(&self) -> Result<(), UiError> {
+        self.acting.global_only().map_err(UiError)
+    }
+
     /// Whether the API's policy lets this session's scope do `action`.
     pub fn may(&self, action: Action) -> bool {
         permits(self.scope, action)
@@ -169,16 +215,32 @@ fn to_login(uri: &axum::http::Uri) -> Response {
     see_other(&format!("{BASE}/login?next={}", urlencode(&next)))
 }
 
-/// The live session whose cookie holds `token`: its scope and key.
-async fn lookup(app: &AppState, token: &str) -> Result<Option<(Scope, Option<Uuid>)>, UiError> {
+/// A live session as stored: its key's scope, the key, where it acts and, for a global one,
+/// the namespaces it may switch to.
+struct Found {
+    scope: Scope,
+    acting: Acting,
+    namespaces: Vec<String>,
+}
+
+/// The live session whose cookie holds `token`.
+async fn lookup(app: &AppState, token: &str) -> Result<Option<Found>, UiError> {
     #[derive(sqlx::FromRow)]
     struct Row {
         scope: String,
         key_id: Option<Uuid>,
+        /// The key's namespace (bound), else the one the session chose.
+        bound_to: Option<String>,
+        chosen: Option<String>,
+        namespaces: Vec<String>,
     }
     // The key must still be live; a session without a key only while auth is off.
     let row: Option<Row> = sqlx::query_as(
-        "SELECT COALESCE(k.scope, s.scope) AS scope, s.key_id
+        "SELECT COALESCE(k.scope, s.scope) AS scope, s.key_id, k.namespace AS bound_to,
+                s.namespace AS chosen,
+                CASE WHEN k.namespace IS NULL
+                     THEN ARRAY(SELECT name FROM namespaces ORDER BY name)
+                     ELSE ARRAY[]::text[] END AS namespaces
          FROM ui_sessions s
          LEFT JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
          WHERE s.token_hash = $1 AND s.expires_at > now()
@@ -189,10 +251,22 @@ async fn lookup(app: &AppState, token: &str) -> Result<Option<(Scope, Option<Uui
     .fetch_optional(&app.pool)
     .await?;
     Ok(row.map(|row| {
-        (
-            Scope::parse(&row.scope).unwrap_or(Scope::Invoke),
-            row.key_id,
-        )
+        let bound = row.bound_to.is_some();
+        let namespace = row
+            .bound_to
+            .or(row.chosen)
+            .and_then(|n| Namespace::parse(&n))
+            .unwrap_or_else(Namespace::default_ns);
+        Found {
+            scope: Scope::parse(&row.scope).unwrap_or(Scope::Invoke),
+            acting: Acting {
+                namespace,
+                bound,
+                key_id: row.key_id,
+                functions: None,
+            },
+            namespaces: row.namespaces,
+        }
     }))
 }
 
@@ -200,6 +274,10 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        // Once per request: the page's loaders (`loaded`) ask for it again.
+        if let Some(session) = parts.extensions.get::<Session>() {
+            return Ok(session.clone());
+        }
         let Some(token) = token(&parts.headers) else {
             return Err(to_login(&parts.uri));
         };
@@ -207,11 +285,17 @@ impl FromRequestParts<AppState> for Session {
             .await
             .map_err(IntoResponse::into_response)?
         {
-            Some((scope, key_id)) => Ok(Session {
-                scope,
-                key_id,
-                csrf: csrf_token(&token),
-            }),
+            Some(found) => {
+                let session = Session {
+                    scope: found.scope,
+                    key_id: found.acting.key_id,
+                    csrf: csrf_token(&token),
+                    acting: found.acting,
+                    namespaces: found.namespaces,
+                };
+                parts.extensions.insert(session.clone());
+                Ok(session)
+            }
             None => Err(to_login(&parts.uri)),
         }
     }
@@ -362,7 +446,7 @@ pub async fn protect(State(app): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     };
     let scope = match lookup(&app, &token).await {
-        Ok(Some((scope, _))) => scope,
+        Ok(Some(found)) => found.scope,
         // A cookie of no live session is no session: to the login form, unread.
         Ok(None) => return to_login(request.uri()),
         Err(e) => return e.into_response(),
@@ -480,6 +564,41 @@ pub async fn login(
         .execute(&app.pool)
         .await?;
     Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SwitchForm {
+    namespace: String,
+}
+
+/// `POST /ui/namespace`: a global session acts in another namespace from now on (kept on its
+/// row); every page then shows that namespace's functions and records. 404 for a session bound
+/// to a namespace (it has no other) and for a namespace that does not exist.
+pub async fn switch(
+    session: Session,
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SwitchForm>,
+) -> Result<Response, UiError> {
+    session.global_only()?;
+    let missing = || {
+        UiError(ApiError::NotFound(format!(
+            "no namespace named {:?}",
+            form.namespace
+        )))
+    };
+    let ns = Namespace::parse(form.namespace.trim()).ok_or_else(missing)?;
+    if !crate::namespace::exists(&app.pool, ns.as_str()).await? {
+        return Err(missing());
+    }
+    let token = token(&headers).unwrap_or_default();
+    sqlx::query("UPDATE ui_sessions SET namespace = $2 WHERE token_hash = $1")
+        .bind(hash(&token))
+        .bind((!ns.is_default()).then(|| ns.as_str()))
+        .execute(&app.pool)
+        .await?;
+    Ok(see_other(BASE))
 }
 
 /// `POST /ui/logout`: forgets the session.

@@ -64,7 +64,7 @@ pub struct SourceForm {
 
 /// `POST /ui/functions/new/source`: the build, streamed as NDJSON.
 pub async fn build(
-    Admin(_): Admin,
+    Admin(session): Admin,
     State(app): State<AppState>,
     Form(form): Form<SourceForm>,
 ) -> Response {
@@ -76,14 +76,7 @@ pub async fn build(
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(NDJSON));
-    match create_from(
-        app,
-        &crate::producer::auth::Acting::default_global(),
-        &headers,
-        body,
-    )
-    .await
-    {
+    match create_from(app, &session.acting, &headers, body).await {
         Ok(streamed) => streamed,
         Err(e) => {
             let line = json!({"status": e.status().as_u16(), "error": {"code": e.code(), "message": e.to_string()}});

@@ -46,8 +46,10 @@ async fn page(
     error: Option<&str>,
     form: &HookForm,
 ) -> Result<Html<String>, UiError> {
-    let hooks = store::list(&app.pool, None).await?;
-    let functions = crate::function::store::list(&app.pool, None).await?;
+    let mut hooks = store::list(&app.pool, None).await?;
+    hooks.retain(|h| session.holds(&h.function));
+    let functions =
+        crate::function::store::list(&app.pool, Some(session.namespace().as_str())).await?;
     let base = app.settings.public_url();
     Ok(layout(
         "Webhooks",
@@ -202,7 +204,7 @@ pub async fn create(
         return Ok(with_status(StatusCode::UNPROCESSABLE_ENTITY, body));
     };
     let body = NewWebhook {
-        function: form.function.clone(),
+        function: session.function(&form.function),
         scheme,
         secret: Some(form.secret.clone()).filter(|s| !s.is_empty()),
         header: None,

@@ -406,6 +406,7 @@ async fn the_outbox_republishes_a_scheduled_invocation_with_its_env() {
             input: b"",
             stored_input_cap: 1024,
             idempotency_key: None,
+            key_id: None,
         },
         &env,
     )
