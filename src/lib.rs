@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod outbox;
 pub mod producer;
+pub mod records_size;
 pub mod retry;
 pub mod schedule;
 pub mod scheduler;

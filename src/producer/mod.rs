@@ -198,6 +198,10 @@ impl Application {
         let ingress = self.state.ingress();
         loops.spawn(crate::outbox::run(ingress.clone()));
         loops.spawn(crate::schedule::ticker::run(ingress.clone()));
+        loops.spawn(crate::records_size::run(
+            ingress.clone(),
+            std::time::Duration::from_millis(self.state.settings.size_sample_ms),
+        ));
         let router_stopped = loops.spawn(crate::inbound::run(ingress, stopped));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();
