@@ -83,26 +83,23 @@ async fn on_failure_a_success_keeps_its_record_but_not_its_input_output_or_logs(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_failure_a_retried_success_is_not_stored_and_the_default_keeps_everything() {
+async fn on_failure_a_retried_failure_keeps_everything_and_the_default_keeps_everything() {
     let app = spawn_app().await;
-    // Warm: /tmp lasts between runs, so the first attempt fails and the retry succeeds.
-    let flaky = json!([
-        "if [ -e /tmp/seen ]; then echo fine; else touch /tmp/seen; echo first >&2; exit 5; fi"
-    ])
-    .to_string();
+    // Retried once, then dead: the input stays for the retry, and the dead record keeps it all.
     app.register(
         "flaky",
         "granda-test/sh",
-        json!({"input": "args", "mode": "warm", "max_attempts": 2, "retry_on": ["error"],
+        json!({"input": "args", "max_attempts": 2, "retry_on": ["error"],
                "store_output": "on_failure"}),
     )
     .await;
-    let id = app.invoke_async("flaky", flaky.clone()).await;
-    let r = app.wait_final(id, Duration::from_secs(90)).await;
-    assert_eq!(r["status"], "succeeded", "{r}");
+    let r = run_async(&app, "flaky", 5).await;
+    assert_eq!(r["status"], "dead", "{r}");
     assert_eq!(r["attempt"], 2);
-    assert!(r["input"].is_null() && r["output"].is_null() && r["logs"].is_null());
-    assert_eq!(r["input_size"], flaky.len() as i64);
+    assert_eq!(r["input"], script(5));
+    assert_eq!(r["output"], "out-5\n");
+    assert_eq!(r["logs"], "err-5\n");
+    assert!(r.get("not_stored").is_none(), "{r}");
 
     let f = app
         .register("full", "granda-test/sh", json!({"input": "args"}))
@@ -145,7 +142,7 @@ async fn an_unknown_store_output_is_422_and_changes_nothing() {
 
     app.register("echo", "granda-test/echo", json!({})).await;
     let update = app
-        .put_json("/v1/functions/echo", &json!({"store_output": true}))
+        .put_json("/v1/functions/echo", &json!({"store_output": "never"}))
         .await;
     assert_eq!(error_code(update, 422).await, "invalid");
     let read = app.get_json("/v1/functions/echo").await;
