@@ -79,6 +79,9 @@ pub(crate) struct Args {
     /// Soak scenario: how long the load lasts, in minutes.
     #[arg(long, default_value_t = 30)]
     minutes: u64,
+    /// Soak scenario: one call in this many goes to a cold function.
+    #[arg(long, default_value_t = 50)]
+    cold_every: u64,
     /// Soak scenario: `GRANDA_RETENTION_S` for the installation (unless set in the environment).
     #[arg(long, default_value_t = 120)]
     retention_s: u64,
@@ -200,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         function,
     };
 
+    let mut checked = Ok(());
     match args.scenario {
         Scenario::Scheduler => {
             scheduler_scenario(
@@ -214,7 +218,9 @@ async fn main() -> anyhow::Result<()> {
             fairness::fairness_scenario(&client, &base_url, &docker, &pool).await?;
         }
         Scenario::Soak => {
-            soak::soak_scenario(&args, &client, &base_url, address, &pool, &settings).await?;
+            // A failed check still cleans up below.
+            checked =
+                soak::soak_scenario(&args, &client, &base_url, address, &pool, &settings).await;
         }
         Scenario::Hot => {
             let mut rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
@@ -242,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&admin)
         .await;
     }
-    Ok(())
+    checked
 }
 
 pub(crate) fn percentile(samples: &[Duration], p: usize) -> Duration {

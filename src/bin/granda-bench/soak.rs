@@ -17,20 +17,26 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-/// One call the soak made: when, how long its answer took, what it was.
+/// One call the soak made and got an answer to: when, how long the answer took, what it was.
 #[derive(Clone, Copy)]
 struct Made {
     id: Uuid,
     /// Seconds after the load started.
     at: f64,
     latency: Duration,
+    /// A call of the cold function.
+    cold: bool,
+    /// Answered 200 (else another status, with the invocation's id).
+    ok: bool,
 }
 
-/// The calls made so far, and those that failed to be made.
+/// The calls answered so far; those not made (the in-flight bound was reached); those that got
+/// no answer with an id (a transport error, or a refusal before a record).
 #[derive(Default)]
 struct Calls {
     made: Vec<Made>,
-    refused: u64,
+    skipped: u64,
+    unanswered: u64,
 }
 
 /// Sets the retention settings in the environment, unless they are set already; before any
@@ -123,14 +129,16 @@ struct Table {
 /// The database's size and the invocations table's (with its partitions, if it has any).
 async fn table(pool: &sqlx::PgPool) -> anyhow::Result<Table> {
     Ok(sqlx::query_as::<_, Table>(
-        "SELECT pg_database_size(current_database()) AS database,
-                (SELECT COALESCE(sum(pg_total_relation_size(relid)), 0)::bigint
-                   FROM pg_partition_tree('invocations')) AS table,
+        "WITH tree AS (SELECT 'invocations'::regclass AS relid
+                      UNION SELECT relid FROM pg_partition_tree('invocations'))
+         SELECT pg_database_size(current_database()) AS database,
+                (SELECT COALESCE(sum(pg_total_relation_size(t.relid)), 0)::bigint
+                   FROM tree t) AS table,
                 COALESCE(sum(s.n_live_tup), 0)::bigint AS live,
                 COALESCE(sum(s.n_dead_tup), 0)::bigint AS dead,
                 (SELECT count(*) FROM invocations)::bigint AS rows
          FROM pg_stat_user_tables s
-         WHERE s.relid IN (SELECT relid FROM pg_partition_tree('invocations'))",
+         WHERE s.relid IN (SELECT relid FROM tree)",
     )
     .fetch_one(pool)
     .await?)
@@ -172,9 +180,10 @@ pub(crate) async fn soak_scenario(
     let retention = std::env::var("GRANDA_RETENTION_S").ok();
     println!(
         "soak: hot capacity {capacity:.0} calls/s (8 clients, {} s); load {rate:.0} calls/s for {} min \
-         (1 in 10 with a 64 KiB body, 1 in 50 cold); GRANDA_RETENTION_S={} GRANDA_PRUNE_INTERVAL_MS={}",
+         (1 in 10 with a 64 KiB body, 1 in {} cold); GRANDA_RETENTION_S={} GRANDA_PRUNE_INTERVAL_MS={}",
         args.seconds,
         args.minutes,
+        args.cold_every,
         retention.as_deref().unwrap_or("-"),
         std::env::var("GRANDA_PRUNE_INTERVAL_MS")
             .as_deref()
@@ -185,11 +194,11 @@ pub(crate) async fn soak_scenario(
         .fetch_one(pool)
         .await?;
     println!(
-        "\n| minute | database MiB | invocations MiB | live rows | dead tuples | rows | RSS MiB | p50 ms | p99 ms | calls made | refused | recorded |"
+        "\n| minute | database MiB | invocations MiB | live rows | dead tuples | rows | RSS MiB | hot p50 / p99 ms | cold p50 / p99 ms | calls answered | not 200 | not made / no answer | recorded |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let calls: Arc<Mutex<Calls>> = Arc::default();
-    // Calls in flight at most: past it the load waits (and says so in `refused`: not made).
+    // Calls in flight at most: past it a tick makes no call (counted as not made).
     let inflight = Arc::new(tokio::sync::Semaphore::new(256));
     let start = Instant::now();
     let total = Duration::from_secs(args.minutes * 60);
@@ -203,14 +212,11 @@ pub(crate) async fn soak_scenario(
         ticks.tick().await;
         n += 1;
         let Ok(permit) = inflight.clone().try_acquire_owned() else {
-            calls.lock().expect("lock").refused += 1;
+            calls.lock().expect("lock").skipped += 1;
             continue;
         };
-        let function = if n.is_multiple_of(50) {
-            "echo"
-        } else {
-            "echo-hot"
-        };
+        let cold = n.is_multiple_of(args.cold_every.max(1));
+        let function = if cold { "echo" } else { "echo-hot" };
         let request = client
             .post(format!("{base_url}/fn/{function}"))
             .body(body_of(n));
@@ -220,18 +226,26 @@ pub(crate) async fn soak_scenario(
             let answered = request.send().await;
             let latency = t.elapsed();
             let at = (t - start).as_secs_f64();
-            let id = answered.ok().filter(|r| r.status() == 200).and_then(|r| {
-                r.headers()
+            let answer = answered.ok().and_then(|r| {
+                let id = r
+                    .headers()
                     .get("x-granda-invocation-id")?
                     .to_str()
                     .ok()?
                     .parse::<Uuid>()
-                    .ok()
+                    .ok()?;
+                Some((id, r.status() == 200))
             });
             let mut made = made.lock().expect("lock");
-            match id {
-                Some(id) => made.made.push(Made { id, at, latency }),
-                None => made.refused += 1,
+            match answer {
+                Some((id, ok)) => made.made.push(Made {
+                    id,
+                    at,
+                    latency,
+                    cold,
+                    ok,
+                }),
+                None => made.unanswered += 1,
             }
             drop(permit);
         });
@@ -247,8 +261,8 @@ pub(crate) async fn soak_scenario(
     check(pool, &calls, before, start).await
 }
 
-/// Prints the row of `minute`: the calls made since `from` (an index into the calls), and the
-/// sizes now. Returns how many calls are reported so far.
+/// Prints the row of `minute`: the calls answered since `from` (an index into the calls), and
+/// the sizes now. Returns how many calls are reported so far.
 async fn report(
     pool: &sqlx::PgPool,
     calls: &Mutex<Calls>,
@@ -256,28 +270,40 @@ async fn report(
     from: usize,
     start: Instant,
 ) -> anyhow::Result<usize> {
-    let (latencies, ids, made, refused): (Vec<Duration>, Vec<Uuid>, usize, u64) = {
+    let (now, made, skipped, unanswered): (Vec<Made>, usize, u64, u64) = {
         let calls = calls.lock().expect("lock");
-        let now = &calls.made[from.min(calls.made.len())..];
         (
-            now.iter().map(|m| m.latency).collect(),
-            now.iter().map(|m| m.id).collect(),
+            calls.made[from.min(calls.made.len())..].to_vec(),
             calls.made.len(),
-            calls.refused,
+            calls.skipped,
+            calls.unanswered,
         )
     };
+    let ids: Vec<Uuid> = now.iter().map(|m| m.id).collect();
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM invocations WHERE id = ANY($1)")
         .bind(&ids)
         .fetch_one(pool)
         .await?;
     let t = table(pool).await?;
-    let (p50, p99) = if latencies.is_empty() {
-        (Duration::ZERO, Duration::ZERO)
-    } else {
-        (percentile(&latencies, 50), percentile(&latencies, 99))
+    let quantiles = |cold: bool| {
+        let lat: Vec<Duration> = now
+            .iter()
+            .filter(|m| m.cold == cold)
+            .map(|m| m.latency)
+            .collect();
+        if lat.is_empty() {
+            "— / —".to_string()
+        } else {
+            format!(
+                "{:.1} / {:.1}",
+                ms(percentile(&lat, 50)),
+                ms(percentile(&lat, 99))
+            )
+        }
     };
+    let not_ok = now.iter().filter(|m| !m.ok).count();
     println!(
-        "| {minute} ({:.0} s) | {:.1} | {:.1} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} (+{}) | {refused} | {recorded} of {} |",
+        "| {minute} ({:.0} s) | {:.1} | {:.1} | {} | {} | {} | {:.0} | {} | {} | {made} (+{}) | {not_ok} | {skipped} / {unanswered} | {recorded} of {} |",
         start.elapsed().as_secs_f64(),
         mib(t.database),
         mib(t.table),
@@ -285,9 +311,8 @@ async fn report(
         t.dead,
         t.rows,
         rss_bytes() as f64 / (1024.0 * 1024.0),
-        ms(p50),
-        ms(p99),
-        made,
+        quantiles(false),
+        quantiles(true),
         ids.len(),
         ids.len(),
     );
@@ -323,7 +348,8 @@ async fn check(
         match found.get(&m.id) {
             Some((status, attempt)) => {
                 kept += 1;
-                if status != "succeeded" || *attempt != 1 {
+                // A call answered 200 succeeded, and ran once.
+                if m.ok && (status != "succeeded" || *attempt != 1) {
                     not_once += 1;
                 }
             }
@@ -335,16 +361,20 @@ async fn check(
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM invocations")
         .fetch_one(pool)
         .await?;
+    // Records of calls that got no answer with an id may exist (a caller that gave up).
     let unknown = total - before - kept as i64;
     println!(
-        "\ncheck: {} calls answered 200 ({} refused or failed to be made); {kept} recorded, {pruned} pruned \
-         (older than the retention), {lost} missing, {not_once} not succeeded on one attempt; \
-         {unknown} records of calls not made by this run beyond the {before} of the capacity run \
-         (they may be pruned: at most 0 expected)",
+        "\ncheck: {} calls answered ({} of them 200), {} not made (in-flight bound), {} without an \
+         answer; {kept} recorded, {pruned} pruned (older than the retention), {lost} missing, \
+         {not_once} answered 200 but not recorded succeeded on one attempt; {unknown} other records \
+         (at most the {} without an answer)",
         calls.made.len(),
-        calls.refused,
+        calls.made.iter().filter(|m| m.ok).count(),
+        calls.skipped,
+        calls.unanswered,
+        calls.unanswered,
     );
-    if lost > 0 || not_once > 0 || unknown > 0 {
+    if lost > 0 || not_once > 0 || unknown > calls.unanswered as i64 {
         bail!("the soak's check failed");
     }
     println!("check: every call recorded exactly once (until pruned)");
