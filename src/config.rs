@@ -143,6 +143,11 @@ pub struct Settings {
     #[arg(long, env = "GRANDA_OUTBOX_GRACE_MS", default_value_t = 60_000)]
     pub outbox_grace_ms: u64,
 
+    /// How often each ingress samples the database's size and the records' stored bytes per
+    /// namespace (the gauges `granda_database_bytes`, `granda_records_stored_bytes`), in ms.
+    #[arg(long, env = "GRANDA_SIZE_SAMPLE_MS", default_value_t = 30_000)]
+    pub size_sample_ms: u64,
+
     /// Where a worker keeps its files (the idle binary of warm containers); must be on the
     /// Docker engine's host, which mounts it into warm containers.
     #[arg(long, env = "GRANDA_STATE_DIR", default_value = "/var/lib/granda")]

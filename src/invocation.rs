@@ -135,7 +135,19 @@ impl Record {
     pub fn status(&self) -> Status {
         Status::parse(&self.status).unwrap_or(Status::Failed)
     }
+
+    /// A success whose input, output and logs were not kept (`store_output: on_failure`): a
+    /// stored record always has them, if only empty.
+    pub fn unstored(&self) -> bool {
+        self.status() == Status::Succeeded
+            && self.input.is_none()
+            && self.output.is_none()
+            && self.logs.is_none()
+    }
 }
+
+/// What the API and the dashboard say of the input, output and logs a record did not keep.
+pub const NOT_STORED: &str = "not stored (store_output: on_failure)";
 
 /// A new invocation, before it is stored and queued.
 #[derive(Clone, Debug)]
@@ -171,6 +183,9 @@ pub struct Outcome {
     /// A call of the function's URL: its method and path (after `/fn/{name}`, no query).
     pub http_method: Option<String>,
     pub http_path: Option<String>,
+    /// The final record keeps no input, output or logs (a success of a function with
+    /// `store_output: on_failure`); the caller and the reply still get the output.
+    pub unstored: bool,
 }
 
 impl Outcome {

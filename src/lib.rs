@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod producer;
 pub mod retention;
+pub mod records_size;
 pub mod retry;
 pub mod scheduler;
 pub mod seal;

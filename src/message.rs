@@ -454,6 +454,7 @@ mod tests {
                     container_runtime: Some("runc".into()),
                     tmp_mb: 8,
                     response: crate::function::ResponseMode::Cgi,
+                    store_output: crate::function::StoreOutput::OnFailure,
                 },
                 secrets: Secrets::clear([("TOKEN".to_string(), "s3cret".to_string())].into()),
             },

@@ -102,6 +102,9 @@ pub struct FunctionFlags {
     /// What its output is to callers of its URL: the body, or a CGI response (headers first).
     #[arg(long, value_parser = ["body", "cgi"])]
     pub response: Option<String>,
+    /// What an ended invocation keeps: everything, or input, output and logs only on failure.
+    #[arg(long, value_parser = ["always", "on_failure"])]
+    pub store_output: Option<String>,
     /// The container's network.
     #[arg(long, value_parser = ["none", "bridge"])]
     pub network: Option<String>,
@@ -214,6 +217,9 @@ impl FunctionFlags {
         }
         if let Some(response) = &self.response {
             m.insert("response".into(), response.clone().into());
+        }
+        if let Some(store_output) = &self.store_output {
+            m.insert("store_output".into(), store_output.clone().into());
         }
         if let Some(public) = self.public {
             m.insert("public".into(), public.into());
@@ -432,6 +438,7 @@ fn show(client: &Client, f: &Value) {
             "invoke_url",
             "public",
             "response",
+            "store_output",
             "queue",
             "input",
             "mode",

@@ -278,3 +278,33 @@ impl Default for PoolLimits {
 }
 
 pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
+
+/// What an ended invocation of a function keeps in its record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreOutput {
+    /// Everything: its input, output and logs (up to their caps), whatever the outcome.
+    #[default]
+    Always,
+    /// A success keeps its record (status, times, exit code, duration, sizes) but not its
+    /// input, output and logs; a failure keeps everything. The input stays until the run is
+    /// final (a retry needs it).
+    OnFailure,
+}
+
+impl StoreOutput {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOutput::Always => "always",
+            StoreOutput::OnFailure => "on_failure",
+        }
+    }
+
+    pub(super) fn parse(s: &str) -> Self {
+        if s == "on_failure" {
+            StoreOutput::OnFailure
+        } else {
+            StoreOutput::Always
+        }
+    }
+}

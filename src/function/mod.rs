@@ -104,6 +104,10 @@ pub struct RunSpec {
     /// What its output is to the caller of its URL: `body` or `cgi`.
     #[sqlx(try_from = "String")]
     pub response: ResponseMode,
+    /// What an ended invocation keeps: `always`, or `on_failure` (a success keeps no input,
+    /// output or logs).
+    #[sqlx(try_from = "String")]
+    pub store_output: StoreOutput,
 }
 
 impl Default for RunSpec {
@@ -126,6 +130,7 @@ impl Default for RunSpec {
             container_runtime: None,
             tmp_mb: DEFAULT_TMP_MB,
             response: ResponseMode::default(),
+            store_output: StoreOutput::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ macro_rules! from_text {
         }
     )*};
 }
-from_text!(InputMode, Mode, Network, ResponseMode);
+from_text!(InputMode, Mode, Network, ResponseMode, StoreOutput);
 
 /// A `retry_on` element, read from the `text[]` column.
 impl sqlx::Type<Postgres> for RetryOn {
@@ -53,15 +53,15 @@ macro_rules! columns {
         "name, image, description, timeout_ms, memory_mb, cpus, env, input_mode, queue, max_attempts,
          retry_on, max_concurrency, callback_url, mode, min_warm, max_containers, idle_timeout_ms,
          pids, network, run_as, container_runtime, tmp_mb, public, secrets, runtime, version,
-         response, cors, created_at, updated_at, retention_s"
+         response, cors, created_at, updated_at, retention_s, store_output"
     };
 }
 
-/// `$1` to `$31`, one for each of [`columns!`].
+/// `$1` to `$32`, one for each of [`columns!`].
 macro_rules! values {
     () => {
         "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-         $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31"
+         $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32"
     };
 }
 
@@ -101,6 +101,7 @@ fn bind<'q>(query: PgQuery<'q>, f: &'q Function, sealed: &'q Secrets) -> PgQuery
         .bind(f.created_at)
         .bind(f.updated_at)
         .bind(f.retention_s)
+        .bind(f.run.store_output.as_str())
 }
 
 /// Inserts `f`, its secrets sealed under `keys`; `Ok(false)` if the name is taken.

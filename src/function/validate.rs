@@ -49,6 +49,8 @@ macro_rules! function_body {
             pub public: Option<bool>,
             /// `body` (the default) or `cgi`.
             pub response: Option<ResponseMode>,
+            /// `always` (the default) or `on_failure`: what an ended invocation keeps.
+            pub store_output: Option<StoreOutput>,
         }
     };
 }
@@ -213,6 +215,7 @@ impl NewFunction {
                 container_runtime: self.container_runtime.filter(|r| !r.is_empty()),
                 tmp_mb: self.tmp_mb.unwrap_or(DEFAULT_TMP_MB),
                 response: self.response.unwrap_or_default(),
+                store_output: self.store_output.unwrap_or_default(),
             },
         };
         check(&f, settings)?;
@@ -322,6 +325,7 @@ impl FunctionUpdate {
                 container_runtime,
                 tmp_mb: self.tmp_mb.unwrap_or(current.run.tmp_mb),
                 response: self.response.unwrap_or(current.run.response),
+                store_output: self.store_output.unwrap_or(current.run.store_output),
             },
             ..current
         };

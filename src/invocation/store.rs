@@ -468,12 +468,14 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
                     duration_ms = $11, retry_at = NULL, payload = NULL,
                     cold = $12,
                     http_method = $13, http_path = $14, http_status = $15,
-                    dead_at = CASE WHEN $2 = 'dead' THEN now() END
+                    dead_at = CASE WHEN $2 = 'dead' THEN now() END,
+                    input = CASE WHEN $16 THEN NULL ELSE input END
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
         .bind(id),
         outcome,
     )
+    .bind(outcome.unstored)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -513,13 +515,15 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
 /// Binds `o` as the next 14 parameters (`$2` to `$15` in [`finish`], `$9` to `$22` in
 /// [`restore_final`]): status, output, output_truncated, logs, logs_truncated, exit_code, error,
-/// started_at, finished_at, duration_ms, cold, http_method, http_path, http_status.
+/// started_at, finished_at, duration_ms, cold, http_method, http_path, http_status. Output and
+/// logs are NULL when [`Outcome::unstored`] (the caller NULLs the input).
 fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
+    let kept = !o.unstored;
     query
         .bind(o.status().as_str())
-        .bind(&o.output)
+        .bind(kept.then_some(&o.output))
         .bind(o.output_truncated)
-        .bind(&o.logs)
+        .bind(kept.then_some(&o.logs))
         .bind(o.logs_truncated)
         .bind(o.exit_code)
         .bind(&o.error)
@@ -573,7 +577,7 @@ pub async fn restore_final(
                                       status, published_at, queue_ms, output, output_truncated, logs,
                                       logs_truncated, exit_code, error, started_at, finished_at,
                                       duration_ms, cold, http_method, http_path, http_status, key_id)
-             SELECT $1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000.0), $7, $8, $9, now(),
+             SELECT $1, $2, $3, CASE WHEN $24 THEN NULL ELSE $4 END, $5, to_timestamp($6::float8 / 1000.0), $7, $8, $9, now(),
                     GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($16, now())) * 1000)::bigint - $6),
                     $10, $11, $12, $13, $14, $15, COALESCE($16, now()), COALESCE($17, now()),
                     $18, $19, $20, $21, $22, $23
@@ -585,6 +589,7 @@ pub async fn restore_final(
         outcome,
     )
     .bind(inv.key_id)
+    .bind(outcome.unstored)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

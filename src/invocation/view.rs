@@ -30,6 +30,11 @@ pub struct InvocationView {
     /// The output, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_base64: Option<String>,
+    /// Set when the record keeps no input, output or logs: a success of a function with
+    /// `store_output: on_failure` (the text says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "not stored (store_output: on_failure)")]
+    pub not_stored: Option<String>,
     /// `GET /v1/invocations/{id}`: the result callback's state, when the invocation has one (its
     /// URL only for keys that may read functions).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +52,7 @@ pub struct InvocationView {
 
 impl From<Record> for InvocationView {
     fn from(mut record: Record) -> Self {
+        let not_stored = record.unstored().then(|| super::NOT_STORED.to_string());
         let input = record.input.take();
         let output = record.output.take();
         let input_truncated = input
@@ -65,6 +71,7 @@ impl From<Record> for InvocationView {
             input_truncated,
             output,
             output_base64,
+            not_stored,
             callback: None,
             attempts: None,
             kept_until: None,

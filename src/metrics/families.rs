@@ -190,4 +190,14 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Claims a worker gave back because the namespace ran max_concurrency invocations already (the message waits queued).",
     ),
+    (
+        "granda_database_bytes",
+        "gauge",
+        "Size of Granda's Postgres database on disk (pg_database_size), sampled every GRANDA_SIZE_SAMPLE_MS.",
+    ),
+    (
+        "granda_records_stored_bytes",
+        "gauge",
+        "Bytes of invocation records' inputs, outputs and logs, by namespace (what max_stored_bytes caps), sampled every GRANDA_SIZE_SAMPLE_MS.",
+    ),
 ];

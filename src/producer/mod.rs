@@ -202,6 +202,10 @@ impl Application {
         loops.spawn(crate::producer::outbox::run(ingress.clone()));
         loops.spawn(crate::producer::cron::ticker::run(ingress.clone()));
         loops.spawn(crate::retention::run(ingress.clone()));
+        loops.spawn(crate::records_size::run(
+            ingress.clone(),
+            std::time::Duration::from_millis(self.state.settings.size_sample_ms),
+        ));
         let router_stopped = loops.spawn(crate::producer::inbound::run(ingress, stopped));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();

@@ -26,7 +26,9 @@ use super::{
     webhooks,
 };
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::function::{Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate};
+use crate::function::{
+    Function, FunctionUpdate, InputMode, Network, NewFunction, SecretsUpdate, StoreOutput,
+};
 use crate::invocation::{InvocationList, InvocationView, Record as InvocationRecord};
 use crate::keys::{ApiKey, Scope};
 use crate::producer::cron::{CatchUp, ScheduleView};
@@ -150,7 +152,7 @@ impl Modify for FunctionUrl {
     ),
     components(schemas(
         Function, FunctionView, FunctionList, NewFunction, FunctionUpdate, SecretsUpdate,
-        InputMode, Network, ErrorBody, ErrorDetail, Accepted, InvocationRecord, InvocationView, InvocationList, DeadLetterList,
+        InputMode, Network, StoreOutput, ErrorBody, ErrorDetail, Accepted, InvocationRecord, InvocationView, InvocationList, DeadLetterList,
         NewKey, ApiKey, KeyCreated, KeyList, Scope, Health, Readiness, NewSchedule, ScheduleUpdate,
         ScheduleView, ScheduleList, CatchUp, Rollback, WebhookView, WebhookList,
         crate::namespace::Stored, crate::namespace::Quotas, namespaces::NewNamespace, namespaces::NamespaceList,

@@ -616,6 +616,8 @@ pub(super) async fn run_claimed(
                 outcome.status = Some(Status::Dead);
                 tracing::warn!(attempt, "retries spent; dead-lettering");
             }
+            outcome.unstored = outcome.status() == Status::Succeeded
+                && work.function.run.store_output == crate::function::StoreOutput::OnFailure;
             with_db_retries(|| record_final(shared, work, attempt, &delivery.data, &outcome))
                 .instrument(tracing::info_span!("record"))
                 .await;

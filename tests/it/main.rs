@@ -2,6 +2,7 @@
 //! own Granda with its own database and queues, so they run in parallel.
 
 mod auth;
+mod backup;
 mod bad_input;
 mod browser;
 mod builds;
@@ -30,12 +31,14 @@ mod openapi;
 mod origins;
 mod otel;
 mod readme;
+mod records_size;
 mod registration;
 mod retention;
 mod scheduler;
 mod schedules;
 mod sdk;
 mod slow_bodies;
+mod store_output;
 mod support;
 mod takeover;
 mod tenancy;

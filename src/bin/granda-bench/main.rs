@@ -3,15 +3,18 @@
 //! Starts an in-process Granda (ingress + worker) against the running RabbitMQ, Postgres and
 //! Docker, then measures sync invoke latency over HTTP and async burst throughput, and the same
 //! container run straight through the Docker API; `--scenario hot` measures hot functions against
-//! requests straight to the same kind of process. Prints a table with ratios.//!
+//! requests straight to the same kind of process; `--scenario soak` holds a constant load for
+//! minutes and prints sizes, RSS and latency each minute. Prints a table with ratios.
+//!
 //! Layout: `pipeline` (sync latency and bursts against direct engine runs), `scheduler` (the
 //! adaptive concurrency against a sweep of fixed settings), `hot` (warm and hot modes against
-//! direct requests); this file parses the arguments and sets up the throwaway installation.
+//! direct requests), `fairness`, `soak` (issue 28's long run); this file parses the arguments and sets up the throwaway installation.
 
 mod fairness;
 mod hot;
 mod pipeline;
 mod scheduler;
+mod soak;
 
 use hot::{Lean, body_rows, hot_rows, warm_rows};
 use pipeline::{Direct, granda_burst_of, pipeline_scenario};
@@ -73,6 +76,18 @@ pub(crate) struct Args {
     /// skipped when the engine lacks it).
     #[arg(long, default_value = "granda-test/hot-nap")]
     nap_image: String,
+    /// Soak scenario: how long the load lasts, in minutes.
+    #[arg(long, default_value_t = 30)]
+    minutes: u64,
+    /// Soak scenario: one call in this many goes to a cold function.
+    #[arg(long, default_value_t = 50)]
+    cold_every: u64,
+    /// Soak scenario: `GRANDA_RETENTION_S` for the installation (unless set in the environment).
+    #[arg(long, default_value_t = 120)]
+    retention_s: u64,
+    /// Soak scenario: `GRANDA_PRUNE_INTERVAL_MS` (unless set in the environment).
+    #[arg(long, default_value_t = 10_000)]
+    prune_interval_ms: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +103,11 @@ enum Scenario {
     /// Fair sharing (issue 27): one function's sync calls during a burst of 40 slow calls of
     /// another, against the same calls on an idle installation (default settings).
     Fairness,
+    /// Issue 28's soak: default settings under a constant load (half the measured hot capacity,
+    /// with cold calls and 64 KiB bodies) for `--minutes`, with a short retention; a row a minute
+    /// (database and table size, dead tuples, RSS, p50/p99), then a check that every call was
+    /// recorded exactly once until pruned.
+    Soak,
 }
 
 #[tokio::main]
@@ -95,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // The same logging as `granda up` (its spans cost something per call), to stderr.
     granda::telemetry::init();
+    if args.scenario == Scenario::Soak {
+        soak::set_retention(&args);
+    }
     let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut settings = Settings::from_env();
     let db_name = format!("granda_bench_{tag}");
@@ -180,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         function,
     };
 
+    let mut checked = Ok(());
     match args.scenario {
         Scenario::Scheduler => {
             scheduler_scenario(
@@ -192,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Fairness => {
             fairness::fairness_scenario(&client, &base_url, &docker, &pool).await?;
+        }
+        Scenario::Soak => {
+            // A failed check still cleans up below.
+            checked =
+                soak::soak_scenario(&args, &client, &base_url, address, &pool, &settings).await;
         }
         Scenario::Hot => {
             let mut rows = hot_rows(&args, &client, &base_url, address, &pool, &direct).await?;
@@ -219,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&admin)
         .await;
     }
-    Ok(())
+    checked
 }
 
 pub(crate) fn percentile(samples: &[Duration], p: usize) -> Duration {

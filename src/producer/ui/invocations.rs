@@ -229,9 +229,14 @@ pub async fn invocation(
                     }
                 }
                 (waterfall_markup(&r, &attempts, chrono::Utc::now()))
-                (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
-                (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
-                (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
+                @if r.unstored() {
+                    h2 { "Input, output and logs" }
+                    p.muted #not-stored { (crate::invocation::NOT_STORED) }
+                } @else {
+                    (bytes_block("Input", r.input.as_deref(), input_truncated, "input"))
+                    (bytes_block("Output", r.output.as_deref(), r.output_truncated, "output"))
+                    (bytes_block("Logs (stderr)", r.logs.as_ref().map(|l| l.as_bytes()), r.logs_truncated, "logs"))
+                }
             }
         },
     ))

@@ -3,7 +3,8 @@
 //!
 //! One module per page or concept: `pages` (functions, a function, queues), `invocations` (the
 //! list, one record, retry, dead letters), `builds` (versions, build logs, rollback), `settings`,
-//! `keys`, `webhooks`, `schedules`, `events` (subscriptions, published events), `forms` (function forms, the invoke box), `chart`, `stats`,
+//! `keys`, `webhooks`, `schedules`, `events` (subscriptions, published events), `namespaces`
+//! (records and stored bytes per namespace), `forms` (function forms, the invoke box), `chart`, `stats`,
 //! `live`, `session` (login, scopes, CSRF).
 //!
 //! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
@@ -28,6 +29,7 @@ pub mod invocations;
 pub mod keys;
 pub mod live;
 mod loaded;
+pub mod namespaces;
 pub mod pages;
 pub mod schedules;
 pub mod session;
@@ -93,6 +95,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/dead-letters/retry", post(invocations::retry_dead))
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
+        .route("/namespaces", get(namespaces::list))
         .route("/schedules", get(schedules::list).post(schedules::create))
         .route("/schedules/{id}/pause", post(schedules::pause))
         .route("/schedules/{id}/resume", post(schedules::resume))
@@ -260,6 +263,7 @@ pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -
                                     a href={ (BASE) "/queues" } { "Queues" }
                                 }
                                 a href={ (BASE) "/dead-letters" } { "Dead letters" }
+                                a href={ (BASE) "/namespaces" } { "Namespaces" }
                             }
                             @if session.may(Action::ReadFunctions) {
                                 a href={ (BASE) "/usage" } { "Usage" }

@@ -49,6 +49,13 @@ pub fn table(f: &Function, retention: &crate::retention::Effective) -> Markup {
             tr { th { "Container runtime" } td { (f.run.container_runtime.clone().unwrap_or_else(|| "the worker's default".into())) } }
             tr { th { "Public URL" } td #public { @if f.public { "yes: /fn/" (f.name) " needs no key" } @else { "no: a key is needed" } } }
             tr { th { "Response" } td #response { (f.run.response.as_str()) } }
+            tr { th { "Stored" } td #store-output {
+                (f.run.store_output.as_str()) ": "
+                @match f.run.store_output {
+                    crate::function::StoreOutput::Always => "every record keeps its input, output and logs",
+                    crate::function::StoreOutput::OnFailure => "a success keeps its record without input, output and logs",
+                }
+            } }
             tr { th { "CORS" } td #cors {
                 @if let Some(c) = &f.cors {
                     "origins " (c.allow_origins.join(", ")) "; methods " (c.allow_methods.join(", "))
