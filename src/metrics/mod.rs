@@ -106,7 +106,7 @@ const UNLABELLED_AT_ZERO: &[&str] = &[
 ];
 
 /// The final statuses an invocation can reach (`granda_invocations_total{status}`).
-const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "dead"];
+const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "dead", "cancelled"];
 
 /// Why an attempt was retried (`granda_invocation_retries_total{reason}`).
 pub const RETRY_REASONS: &[&str] = &["error", "timeout", "platform"];

@@ -18,6 +18,7 @@
 
 pub mod breaker;
 pub mod builds;
+mod cancel;
 mod consume;
 pub mod container;
 pub mod control;
@@ -135,6 +136,8 @@ struct Shared {
     backoff: Backoff,
     /// Invocations running here now, each with a flag that turns true when its run is over.
     in_flight: Mutex<HashMap<Uuid, watch::Receiver<bool>>>,
+    /// Runs here that a cancel stops ([`cancel`]).
+    cancels: cancel::Cancels,
     /// Messages being handled now (waiting for a slot, running, or settling).
     busy: AtomicUsize,
     limiter: Limiter,
@@ -264,6 +267,7 @@ impl Worker {
                 topology: Topology::new(&settings.amqp_prefix),
                 backoff: settings.backoff(),
                 in_flight: Mutex::default(),
+                cancels: cancel::Cancels::default(),
                 busy: AtomicUsize::new(0),
                 limiter: Limiter::new(schedule.min, schedule.max),
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
@@ -392,6 +396,7 @@ impl Worker {
             self.installation.clone(),
         ));
         let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
+        let cancels = tokio::spawn(cancel::listen_forever(self.shared.clone()));
         let expiring = tokio::spawn({
             let shared = self.shared.clone();
             async move {
@@ -433,6 +438,7 @@ impl Worker {
         }
         strays.abort();
         expiring.abort();
+        cancels.abort();
         self.shared.warm.clear().await;
         beating.abort();
         if self.shared.busy.load(Ordering::Relaxed) == 0 {

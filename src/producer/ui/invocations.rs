@@ -538,6 +538,7 @@ mod tests {
             http_method: None,
             http_path: None,
             http_status: None,
+            cancelled_by: None,
         }
     }
 
