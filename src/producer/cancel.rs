@@ -26,7 +26,9 @@ pub enum CancelError {
     #[error("no invocation {0}")]
     Unknown(Uuid),
     /// It ended before the cancel: its status.
-    #[error("invocation {id} is {status} already; only queued or running invocations can be cancelled")]
+    #[error(
+        "invocation {id} is {status} already; only queued or running invocations can be cancelled"
+    )]
     Ended { id: Uuid, status: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
@@ -63,12 +65,13 @@ fn ended(id: Uuid, status: String) -> Response {
 pub async fn who(app: &AppState, key_id: Option<Uuid>, session: bool) -> String {
     let key = match key_id {
         Some(id) => {
-            let name: Option<String> = sqlx::query_scalar("SELECT name FROM api_keys WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&app.pool)
-                .await
-                .ok()
-                .flatten();
+            let name: Option<String> =
+                sqlx::query_scalar("SELECT name FROM api_keys WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&app.pool)
+                    .await
+                    .ok()
+                    .flatten();
             Some(match name {
                 Some(name) => format!("key {name} ({id})"),
                 None => format!("key {id}"),
@@ -93,7 +96,12 @@ pub async fn cancel_one(
 ) -> Result<crate::invocation::Record, CancelError> {
     match store::cancel(&app.pool, id, by).await? {
         Some((was, worker)) => {
-            tracing::info!(was = was.as_str(), worker = worker.as_deref().unwrap_or(""), by, "cancelled");
+            tracing::info!(
+                was = was.as_str(),
+                worker = worker.as_deref().unwrap_or(""),
+                by,
+                "cancelled"
+            );
             let record = store::get(&app.pool, id)
                 .await?
                 .ok_or(CancelError::Unknown(id))?;

@@ -188,7 +188,9 @@ async fn listen(
         let ended: Result<(), sqlx::Error> = listening.await;
         match ended {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "listening for cancels failed; checking by polling until it listens again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for cancels failed; checking by polling until it listens again")
+            }
         }
         tokio::time::sleep(POLL).await;
     }

@@ -357,7 +357,10 @@ async fn handle_in_span(
                 None => None,
             };
             let cancelled = running.cancel.cancelled.clone();
-            run_claimed(&shared, &channels, &queue, &delivery, &work, attempt, cancelled).await;
+            run_claimed(
+                &shared, &channels, &queue, &delivery, &work, attempt, cancelled,
+            )
+            .await;
             drop(running);
         }
         Claim::AlreadyFinal(record) => {

@@ -15,7 +15,7 @@ use crate::support::{TestApp, spawn_app};
 
 mod bodies;
 mod console;
-mod security;
+pub(crate) mod security;
 
 /// A binary from `$var` or `PATH`, or a panic that says how to get it.
 pub(crate) use crate::browser::{Chromium, click, fill, h1_after, shot, text_of};
