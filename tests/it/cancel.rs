@@ -373,3 +373,37 @@ async fn the_callback_of_a_cancelled_invocation_says_cancelled() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_for_its_backoff_is_cancelled_and_never_runs_again() {
+    let app = spawn_app_with(|s| {
+        s.retry_base_ms = 4_000;
+        s.retry_max_ms = 4_000;
+    })
+    .await;
+    app.register(
+        "fail",
+        "granda-test/fail",
+        json!({"max_attempts": 3, "retry_on": ["error"]}),
+    )
+    .await;
+    let id = app.invoke_async("fail", "x").await;
+    // Its first attempt failed: queued again, waiting for its backoff.
+    eventually(Duration::from_secs(30), "a retry waiting", || async {
+        let r = app.invocation(id).await;
+        (r["status"] == "queued" && r["attempt"] == 1).then_some(())
+    })
+    .await;
+    let (status, body) = cancel(&app, id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    // Past the backoff (with its jitter): the parked message came back and was settled unrun.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let record = app.invocation(id).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    assert_eq!(
+        record["attempt"], 1,
+        "no attempt after the cancel: {record}"
+    );
+    app.shutdown().await;
+}
