@@ -43,7 +43,7 @@ pub enum TopCommand {
     Deploy(crate::client::manifest::DeployFileArgs),
     /// Run a function and print its output (stdout only, so it pipes).
     Invoke(InvokeArgs),
-    /// Read invocations: ls, get, logs, retry.
+    /// Read invocations: ls, get, logs, retry, cancel.
     #[command(subcommand)]
     Inv(InvCommand),
     /// Print a function's finished invocations with their output and logs; `--follow` for new ones.

@@ -1,6 +1,7 @@
 //! Invocations: one run of a function for one event, its lifecycle and its record in Postgres.
 //!
-//! `queued` → `running` → `succeeded` | `failed` | `timed_out` (and `dead` when retries are spent).
+//! `queued` → `running` → `succeeded` | `failed` | `timed_out` (and `dead` when retries are spent),
+//! or `cancelled` from `queued` or `running` when someone asks (`POST /v1/invocations/{id}/cancel`).
 //! The record is the truth; every transition is a conditional update, so a redelivered message
 //! can never move a final record again.
 //!
@@ -23,6 +24,8 @@ pub enum Status {
     Failed,
     TimedOut,
     Dead,
+    /// Stopped on request before it ended ([`store::cancel`]); never retried.
+    Cancelled,
 }
 
 impl Status {
@@ -34,6 +37,7 @@ impl Status {
             Status::Failed => "failed",
             Status::TimedOut => "timed_out",
             Status::Dead => "dead",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -45,6 +49,7 @@ impl Status {
             "failed" => Status::Failed,
             "timed_out" => Status::TimedOut,
             "dead" => Status::Dead,
+            "cancelled" => Status::Cancelled,
             _ => return None,
         })
     }
@@ -129,6 +134,9 @@ pub struct Record {
     /// That key's name, while the key is stored (revoked keys keep theirs; a deleted
     /// namespace's keys are gone).
     pub key_name: Option<String>,
+    /// Who cancelled it (`key <name> (<id>)`, `admin` with auth off, or the dashboard's
+    /// `session of key …`); null unless it is `cancelled`.
+    pub cancelled_by: Option<String>,
 }
 
 impl Record {

@@ -78,7 +78,7 @@ macro_rules! claimed {
 pub(super) const CLAIM_ONE: &str = concat!(
     "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
      WHERE id = $1 AND callback_url IS NOT NULL
-       AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
+       AND status IN ('succeeded', 'failed', 'timed_out', 'dead', 'cancelled')
        AND (callback_status = 'pending'
             OR (callback_status = 'delivering' AND callback_claimed_at < now() - interval '15 minutes'))
      ",
@@ -90,7 +90,7 @@ pub(super) const CLAIM_NEXT: &str = concat!(
     "UPDATE invocations SET callback_status = 'delivering', callback_claimed_at = now()
      WHERE id = (SELECT id FROM invocations
                  WHERE callback_status = 'pending' AND callback_url IS NOT NULL
-                   AND status IN ('succeeded', 'failed', 'timed_out', 'dead')
+                   AND status IN ('succeeded', 'failed', 'timed_out', 'dead', 'cancelled')
                  ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
        AND callback_status = 'pending'
      ",

@@ -1,4 +1,4 @@
-//! `granda inv ls|get|logs|retry`: invocation records.
+//! `granda inv ls|get|logs|retry|cancel`: invocation records.
 
 use base64::Engine as _;
 use clap::Subcommand;
@@ -14,7 +14,7 @@ pub enum InvCommand {
         /// Only this function's.
         function: Option<String>,
         /// Only these.
-        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "timed_out", "dead"])]
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "timed_out", "dead", "cancelled"])]
         status: Option<String>,
         /// Only those started this way.
         #[arg(long, value_parser = ["sync", "async", "webhook", "event", "schedule"])]
@@ -42,6 +42,9 @@ pub enum InvCommand {
     Logs { id: String },
     /// Run a failed, timed out or dead invocation again.
     Retry { id: String },
+    /// Stop a queued or running invocation: a queued one never runs, a running one's container
+    /// is killed; it is recorded `cancelled` and never retried.
+    Cancel { id: String },
 }
 
 /// The filters of `GET /v1/invocations` as a query string (without `limit`, `before`, `after`).
@@ -239,6 +242,7 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
                         "queue_ms",
                         "cold",
                         "worker",
+                        "cancelled_by",
                         "http_method",
                         "http_path",
                         "http_status",
@@ -264,6 +268,23 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
                 if record["logs_truncated"] == true {
                     eprintln!("(the logs were truncated)");
                 }
+            }
+            Ok(())
+        }
+        InvCommand::Cancel { id } => {
+            let request = client.request(
+                Method::POST,
+                &format!("/v1/invocations/{}/cancel", segment(&id)),
+            );
+            let answer = client.call(request).await?;
+            if client.json {
+                client.print_json(&answer);
+            } else {
+                println!(
+                    "{} cancelled by {}",
+                    cell(&answer["id"]),
+                    cell(&answer["cancelled_by"])
+                );
             }
             Ok(())
         }

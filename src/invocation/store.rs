@@ -7,7 +7,7 @@ use sqlx::postgres::PgArguments;
 /// The columns of [`Record`], as a literal so queries stay `&'static str`.
 macro_rules! select {
     () => {
-        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status, key_id, (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name FROM invocations"
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status, key_id, (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name, cancelled_by FROM invocations"
     };
 }
 
@@ -402,6 +402,52 @@ pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, 
         return Ok(None);
     }
     get(pool, id).await
+}
+
+/// The Postgres channel a cancel is announced on (its payload: the invocation's id), in the
+/// transaction that records it: a worker running that invocation stops it
+/// ([`crate::worker`]'s cancel listener).
+pub const CANCEL_CHANNEL: &str = "granda_cancel";
+
+/// Ends a `queued` or `running` invocation as `cancelled`, noting `by` and when (`finished_at`),
+/// and announces it on [`CANCEL_CHANNEL`] in the same statement (so only once it is committed).
+/// Returns the status it had and the worker that had it (a running one's), or `None` when it
+/// was not queued or running (already ended, or no such invocation).
+#[tracing::instrument(level = "debug", skip(pool))]
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    by: &str,
+) -> Result<Option<(Status, Option<String>)>, sqlx::Error> {
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "WITH before AS (SELECT id, status, worker FROM invocations
+                         WHERE id = $1 AND status IN ('queued', 'running') FOR UPDATE),
+              done AS (UPDATE invocations i SET status = 'cancelled', cancelled_by = $2,
+                              finished_at = now(), retry_at = NULL, payload = NULL,
+                              error = 'cancelled by ' || $2,
+                              duration_ms = CASE WHEN b.status = 'running' AND i.started_at IS NOT NULL
+                                  THEN GREATEST(0, (EXTRACT(EPOCH FROM (now() - i.started_at)) * 1000)::bigint)
+                                  ELSE i.duration_ms END
+                       FROM before b WHERE i.id = b.id
+                       RETURNING i.id, b.status, b.worker)
+         SELECT d.status, d.worker FROM done d, LATERAL (SELECT pg_notify($3, d.id::text)) n",
+    )
+    .bind(id)
+    .bind(by)
+    .bind(CANCEL_CHANNEL)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(status, worker)| (Status::parse(&status).unwrap_or(Status::Queued), worker)))
+}
+
+/// Of `ids`, those now `cancelled` (a worker's check of its runs, beside the notifications).
+pub async fn cancelled_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM invocations WHERE id = ANY($1) AND status = 'cancelled'")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// `queued` invocations whose message the broker never confirmed, older than `grace`.

@@ -111,7 +111,7 @@ const UNLABELLED_AT_ZERO: &[&str] = &[
 ];
 
 /// The final statuses an invocation can reach (`granda_invocations_total{status}`).
-const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "dead"];
+const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "dead", "cancelled"];
 
 /// Why an attempt was retried (`granda_invocation_retries_total{reason}`).
 pub const RETRY_REASONS: &[&str] = &["error", "timeout", "platform"];
@@ -635,6 +635,8 @@ mod tests {
     fn every_recorded_family_is_catalogued() {
         let not_metrics = [
             "granda_session",
+            // The Postgres channel cancels are announced on.
+            "granda_cancel",
             // The examples in this file's tests.
             "granda_x_total",
             "granda_depth",

@@ -287,6 +287,8 @@ pub fn needs(method: &Method, path: &str) -> Needs {
         ["", "v1", "functions", _, "invoke"] => Action::Invoke,
         ["", "v1", "functions", _, "invocations"] if method == Method::POST => Action::Invoke,
         ["", "v1", "invocations", _] => Action::ReadInvocation,
+        // Whoever may start a run may stop one (in the key's namespace).
+        ["", "v1", "invocations", _, "cancel"] if method == Method::POST => Action::Invoke,
         ["", "v1", "events", _] if method == Method::POST => Action::Invoke,
         // The `status_url` publishing answers with: an invoke key that published may read it.
         ["", "v1", "events", _] if get => Action::ReadInvocation,
@@ -508,6 +510,8 @@ mod tests {
             needs(&get, "/v1/invocations/x"),
             Needs::Key(Action::ReadInvocation)
         );
+        assert_eq!(needs(&post, "/v1/invocations/x/cancel"), invoke);
+        assert_eq!(needs(&get, "/v1/invocations/x/cancel"), admin);
         assert_eq!(needs(&post, "/v1/events/orders.new"), invoke);
         assert_eq!(
             needs(&get, "/v1/events/0190e0a0-0000-7000-8000-000000000000"),

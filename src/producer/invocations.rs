@@ -83,7 +83,7 @@ pub async fn list(
         None | Some("") => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "status must be one of queued, running, succeeded, failed, timed_out, dead; not {s:?}"
+                "status must be one of queued, running, succeeded, failed, timed_out, dead, cancelled; not {s:?}"
             ))
         })?),
     };
@@ -180,7 +180,7 @@ pub fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
 fn parse_status(s: &str) -> Result<Status, ApiError> {
     Status::parse(s).ok_or_else(|| {
         ApiError::BadRequest(format!(
-            "status must be one of queued, running, succeeded, failed, timed_out, dead; not {s:?}"
+            "status must be one of queued, running, succeeded, failed, timed_out, dead, cancelled; not {s:?}"
         ))
     })
 }

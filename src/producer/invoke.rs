@@ -340,6 +340,12 @@ fn reply_response(id: Uuid, reply: Reply, detail: bool, sandboxed: bool) -> Resp
                     StatusCode::GATEWAY_TIMEOUT,
                     "the function timed out".to_string(),
                 ),
+                // Someone cancelled it (`POST /v1/invocations/{id}/cancel`) while it ran.
+                Status::Cancelled => (
+                    "invocation_cancelled",
+                    StatusCode::CONFLICT,
+                    "the invocation was cancelled".to_string(),
+                ),
                 _ => match reply.exit_code {
                     // Exited 0, yet failed: its output is no CGI response.
                     Some(0) => (

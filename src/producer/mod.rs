@@ -6,6 +6,7 @@ pub mod auth;
 pub mod budget;
 pub mod builds;
 pub mod callback_keys;
+pub mod cancel;
 pub mod cors;
 pub mod cron;
 pub mod deploy;
@@ -274,6 +275,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invocations", get(invocations::list_all))
         .route("/v1/invocations/{id}", get(invocations::get))
         .route("/v1/invocations/{id}/retry", post(invocations::retry))
+        .route("/v1/invocations/{id}/cancel", post(cancel::cancel))
         .route("/v1/dead-letters", get(invocations::dead_letters))
         .route(
             "/v1/functions/{name}/subscriptions",

@@ -139,7 +139,7 @@ impl Modify for FunctionUrl {
     paths(
         functions::create, functions::list, functions::get, functions::update, functions::delete,
         invoke::sync, invoke::web, invoke::no_wait, invocations::list, invocations::get, invocations::list_all,
-        invocations::dead_letters, invocations::retry,
+        invocations::dead_letters, invocations::retry, super::cancel::cancel,
         keys::create, keys::list, keys::revoke, health::healthz, health::readyz, health::metrics, serve,
         events::publish, events::get, events::subscribe, events::subscriptions, events::unsubscribe,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::rotate,
@@ -207,7 +207,7 @@ pub fn contract(doc: &mut Value) {
         |description: &str, schema: Value| json!({"description": description, "schema": schema});
     let granda_headers = json!({
         "X-Granda-Invocation-Id": header("the invocation's id", json!({"type": "string", "format": "uuid"})),
-        "X-Granda-Status": header("the invocation's status (`succeeded`, `failed`, `timed_out`, `queued`, ...)", json!({"$ref": "#/components/schemas/InvocationStatus"})),
+        "X-Granda-Status": header("the invocation's status (`succeeded`, `failed`, `timed_out`, `cancelled`, `queued`, ...)", json!({"$ref": "#/components/schemas/InvocationStatus"})),
         "X-Granda-Duration-Ms": header("how long the run took", json!({"type": "integer", "format": "int64"})),
         "X-Granda-Exit-Code": header("the function's exit code, when it exited", json!({"type": "integer", "format": "int32"})),
     });

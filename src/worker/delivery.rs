@@ -119,11 +119,12 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Marks an invocation as running here until dropped.
+/// Marks an invocation as running here until dropped (and open to a cancel: [`super::cancel`]).
 pub(super) struct Running<'a> {
     shared: &'a Shared,
     id: Uuid,
     _done: watch::Sender<bool>,
+    cancel: super::cancel::Watch<'a>,
 }
 
 impl<'a> Running<'a> {
@@ -134,6 +135,7 @@ impl<'a> Running<'a> {
             shared,
             id,
             _done: done,
+            cancel: shared.cancels.watch(id),
         }
     }
 }
@@ -386,7 +388,11 @@ async fn handle_in_span(
                 }
                 None => None,
             };
-            run_claimed(&shared, &channels, &queue, &delivery, &work, attempt).await;
+            let cancelled = running.cancel.cancelled.clone();
+            run_claimed(
+                &shared, &channels, &queue, &delivery, &work, attempt, cancelled,
+            )
+            .await;
             drop(running);
         }
         Claim::AlreadyFinal(record) => {
@@ -529,6 +535,7 @@ pub(super) async fn run_claimed(
     delivery: &Delivery,
     work: &Work,
     attempt: i32,
+    mut cancelled: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
     // Whatever the run does, the invocation is settled: a panic is the platform's failure (its
@@ -540,10 +547,12 @@ pub(super) async fn run_claimed(
         status = tracing::field::Empty,
         exit_code = tracing::field::Empty,
     );
-    let executed = AssertUnwindSafe(execute(shared, work, attempt, &delivery.data))
+    let executing = AssertUnwindSafe(execute(shared, work, attempt, &delivery.data))
         .catch_unwind()
-        .instrument(run_span.clone())
-        .await;
+        .instrument(run_span.clone());
+    let Some(executed) = super::cancel::unless_cancelled(&mut cancelled, executing).await else {
+        return super::cancel::settle(shared, channels, delivery, work).await;
+    };
     let (mut outcome, failure, removal) = executed.unwrap_or_else(|panic| {
         let message = panic_message(&*panic);
         tracing::error!(panic = %message, "the run panicked; a platform failure");

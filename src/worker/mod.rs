@@ -18,6 +18,7 @@
 
 pub mod breaker;
 pub mod builds;
+mod cancel;
 mod cgi;
 mod consume;
 pub mod container;
@@ -137,6 +138,8 @@ struct Shared {
     backoff: Backoff,
     /// Invocations running here now, each with a flag that turns true when its run is over.
     in_flight: Mutex<HashMap<Uuid, watch::Receiver<bool>>>,
+    /// Runs here that a cancel stops ([`cancel`]).
+    cancels: cancel::Cancels,
     /// Messages being handled now (waiting for a slot, running, or settling).
     busy: AtomicUsize,
     limiter: Limiter,
@@ -266,6 +269,7 @@ impl Worker {
                 topology: Topology::new(&settings.amqp_prefix),
                 backoff: settings.backoff(),
                 in_flight: Mutex::default(),
+                cancels: cancel::Cancels::default(),
                 busy: AtomicUsize::new(0),
                 limiter: Limiter::new(schedule.min, schedule.max),
                 controller: Mutex::new(Controller::new(schedule, Instant::now())),
@@ -394,6 +398,7 @@ impl Worker {
             self.installation.clone(),
         ));
         let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
+        let cancels = tokio::spawn(cancel::listen_forever(self.shared.clone()));
         let expiring = tokio::spawn({
             let shared = self.shared.clone();
             async move {
@@ -435,6 +440,7 @@ impl Worker {
         }
         strays.abort();
         expiring.abort();
+        cancels.abort();
         self.shared.warm.clear().await;
         beating.abort();
         if self.shared.busy.load(Ordering::Relaxed) == 0 {

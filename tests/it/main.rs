@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod builds;
 mod callbacks;
+mod cancel;
 mod cli;
 mod cluster;
 mod connections;

@@ -2,7 +2,8 @@
 //! filters as query parameters (`?status=&function=&trigger=&before=`, `id=` opens one), 30 to a
 //! page; `/ui/invocations/{id}` shows one record whole; a failed, timed out or dead invocation
 //! has a Retry button (a POST form with the session's CSRF token) that goes through the API's
-//! own retry (`invocations::retry_one`). `/ui/dead-letters` lists dead invocations, each with why
+//! own retry (`invocations::retry_one`); a queued or running one has a Cancel button (the same,
+//! through the API's own cancel, `cancel::cancel_one`). `/ui/dead-letters` lists dead invocations, each with why
 //! (the platform's error, else its exit code and the last line of its stderr), with checkboxes
 //! for a bulk retry.
 
@@ -26,13 +27,14 @@ const PAGE: i64 = 30;
 /// Bytes of input, output or logs shown on a page before it says "more not shown".
 const SHOWN_BYTES: usize = 64 * 1024;
 /// The statuses and triggers offered by the filter form.
-const STATUSES: [&str; 6] = [
+const STATUSES: [&str; 7] = [
     "queued",
     "running",
     "succeeded",
     "failed",
     "timed_out",
     "dead",
+    "cancelled",
 ];
 const TRIGGERS: [&str; 5] = ["sync", "async", "webhook", "event", "schedule"];
 
@@ -53,6 +55,17 @@ fn retry_button(session: &Session, id: Uuid) -> Markup {
         form.inline.retry method="post" action={ (BASE) "/invocations/" (id) "/retry" } {
             (session.csrf_field())
             button.small type="submit" { "Retry" }
+        }
+    }
+}
+
+/// The Cancel button of a queued or running invocation `id`: a form posting the session's CSRF
+/// token.
+fn cancel_button(session: &Session, id: Uuid) -> Markup {
+    html! {
+        form.inline.cancel method="post" action={ (BASE) "/invocations/" (id) "/cancel" } {
+            (session.csrf_field())
+            button.small #cancel type="submit" { "Cancel" }
         }
     }
 }
@@ -187,6 +200,7 @@ pub async fn invocation(
         crate::retention::kept_until(&app.pool, crate::retention::Policy::of(&app.settings), id)
             .await?;
     let retry = session.may(Action::Manage) && retryable(&r.status);
+    let cancellable = session.may(Action::Invoke) && !r.status().is_final();
     Ok(page(
         "Invocation",
         Some(&session),
@@ -195,6 +209,7 @@ pub async fn invocation(
             h1 { "Invocation " code { (r.id) } }
             div #live-region data-live=(super::live::marker(live)) {
                 @if retry { div.actions { (retry_button(&session, r.id)) } }
+                @if cancellable { div.actions { (cancel_button(&session, r.id)) } }
                 div.scroll {
                     table.kv #record {
                         tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
@@ -221,6 +236,9 @@ pub async fn invocation(
                         tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
                         tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }
                         tr { th { "Worker" } td { (opt(r.worker.clone())) } }
+                        @if let Some(by) = &r.cancelled_by {
+                            tr { th { "Cancelled by" } td #cancelled-by { (by) } }
+                        }
                         @if let Some(method) = &r.http_method {
                             tr { th { "HTTP request" } td { (method) " " (r.http_path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/")) } }
                             tr { th { "HTTP status" } td { (opt(r.http_status.map(|s| s.to_string()))) } }
@@ -454,6 +472,22 @@ pub async fn retry(
     Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
 }
 
+/// `POST /ui/invocations/{id}/cancel`: the API's cancel (by the session's key), then to the
+/// invocation's page. A session that may invoke may cancel, as with the API.
+pub async fn cancel(
+    session: Session,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    session.require(Action::Invoke)?;
+    let id = parse_id(&id)?;
+    let by = crate::producer::cancel::who(&app, session.key_id, true).await;
+    crate::producer::cancel::cancel_one(&app, id, &by)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
+}
+
 /// Why a dead invocation failed, in one line: the platform's error, else its exit code and the
 /// last line of its stderr.
 fn why_dead(r: &crate::invocation::Record) -> String {
@@ -628,6 +662,7 @@ mod tests {
             http_status: None,
             key_id: None,
             key_name: None,
+            cancelled_by: None,
         }
     }
 

@@ -91,6 +91,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::invocation))
         .route("/invocations/{id}/retry", post(invocations::retry))
+        .route("/invocations/{id}/cancel", post(invocations::cancel))
         .route("/dead-letters", get(invocations::dead_letters))
         .route("/dead-letters/retry", post(invocations::retry_dead))
         .route("/queues", get(pages::queues))
@@ -377,6 +378,7 @@ a{color:#1f5fbf}
 .badge{display:inline-block;padding:0 .45rem;border-radius:9px;font-size:12px;font-weight:600;background:#e3e6ea;color:#333}
 .badge.succeeded{background:#d5f2dc;color:#17642c}.badge.failed,.badge.dead{background:#fbdcdc;color:#8a1c1c}
 .badge.timed_out{background:#fdebc8;color:#7a4b00}.badge.running{background:#d9e7fb;color:#1f4f96}
+.badge.cancelled{background:#ece6f5;color:#4b3a6b}
 .error{color:#a11;font-weight:600}
 .muted{color:#6b7580;font-size:13px}
 .truncated{color:#7a4b00;font-weight:600;font-size:13px}
