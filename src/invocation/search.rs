@@ -35,7 +35,7 @@ pub async fn list(
         "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated,
                 logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at,
                 duration_ms, queue_ms, cold, worker,
-                http_method, http_path, http_status
+                http_method, http_path, http_status, mode, discarded_at
          FROM invocations WHERE ($1::text IS NULL OR function = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR trigger = $3)
