@@ -44,6 +44,7 @@ pub async fn functions(
         .map(|s| (s.function.clone(), s))
         .collect();
     let empty = FunctionStats::default();
+    let pending = crate::function::pending::names(&app.pool).await?;
     Ok(layout(
         "Functions",
         Some(&session),
@@ -72,7 +73,10 @@ pub async fn functions(
                             @for f in &functions {
                                 @let s = stats.get(&f.name).unwrap_or(&empty);
                                 tr {
-                                    td { a href={ (BASE) "/functions/" (f.name) } { (f.name) } }
+                                    td {
+                                        a href={ (BASE) "/functions/" (f.name) } { (f.name) }
+                                        @if pending.contains(&f.name) { " " (pending_badge()) }
+                                    }
                                     td { code { (f.run.image) } }
                                     td.hide-narrow { (f.run.input.as_str()) }
                                     td.num { (s.invocations) }
@@ -88,6 +92,13 @@ pub async fn functions(
             }
         },
     ))
+}
+
+/// The mark of a function no worker has checked yet ([`crate::function::pending`]).
+fn pending_badge() -> Markup {
+    html! {
+        span.badge.pending title="registered with defer_check: no worker has checked its image yet" { "pending" }
+    }
 }
 
 /// The home page of a session that may run functions and read invocations, but not list them.
@@ -218,6 +229,10 @@ pub async fn function_page(
         })
         .collect();
     let versions = super::builds::section(app, session, &f).await?;
+    let triggers = super::triggers::section(app, &f).await?;
+    let pending = crate::function::pending::names(&app.pool)
+        .await?
+        .contains(&f.name);
     // The recent invocations follow running work without a reload.
     let live = recent.iter().any(|r| !r.status().is_final());
     Ok(page(
@@ -225,7 +240,13 @@ pub async fn function_page(
         Some(session),
         super::live::head(live),
         html! {
-            h1 { "Function " (f.name) }
+            h1 { "Function " (f.name) @if pending { " " (pending_badge()) } }
+            @if pending {
+                p.notice #pending {
+                    "Pending: registered while no worker of queue " code { (f.queue) }
+                    " answered (defer_check), so its image is not checked yet. Its first run pulls it, or fails with the engine's reason."
+                }
+            }
             @if session.may(Action::Manage) {
                 div.actions {
                     a.button.secondary href={ (BASE) "/functions/" (f.name) "/edit" } { "Edit" }
@@ -250,6 +271,7 @@ pub async fn function_page(
                     div.scroll { (super::invocations::table(session, &recent, false)) }
                 }
             }
+            (triggers)
             (versions)
             h2 { "Settings" }
             div.scroll { (super::settings::table(&f)) }
