@@ -638,6 +638,41 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_labelled_by_how_they_got_their_container() {
+        let mut r = record(1);
+        let label = |r: &Record| run_label(r);
+        r.mode = Some("hot".into());
+        r.cold = Some(false);
+        assert_eq!(label(&r), "hot");
+        r.cold = Some(true);
+        assert_eq!(label(&r), "hot, cold start");
+        r.mode = Some("warm".into());
+        r.cold = Some(false);
+        assert_eq!(label(&r), "warm");
+        r.mode = None;
+        r.cold = Some(true);
+        assert_eq!(label(&r), "cold");
+        r.cold = None;
+        assert_eq!(label(&r), "—");
+    }
+
+    #[test]
+    fn time_ranges_start_before_now() {
+        let now = chrono::Utc::now();
+        assert_eq!(range_start(None, now).unwrap(), None);
+        assert_eq!(range_start(Some(""), now).unwrap(), None);
+        assert_eq!(
+            range_start(Some("24h"), now).unwrap(),
+            Some(now - chrono::Duration::hours(24))
+        );
+        assert_eq!(
+            range_start(Some("7d"), now).unwrap(),
+            Some(now - chrono::Duration::days(7))
+        );
+        assert!(range_start(Some("1y"), now).is_err());
+    }
+
+    #[test]
     fn the_waterfall_shows_where_the_time_went_and_earlier_attempts() {
         let steps = waterfall(&record(3), chrono::Utc::now());
         let got: Vec<(&str, i64, i64)> = steps
