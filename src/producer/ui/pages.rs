@@ -229,7 +229,12 @@ pub async fn function_page(
         })
         .collect();
     let versions = super::builds::section(app, session, &f).await?;
-    let triggers = super::triggers::section(app, &f).await?;
+    // Webhooks (their URLs), schedules and subscriptions are admin matters, as in the API.
+    let triggers = if session.may(Action::Manage) {
+        Some(super::triggers::section(app, &f).await?)
+    } else {
+        None
+    };
     let pending = crate::function::pending::names(&app.pool)
         .await?
         .contains(&f.name);
@@ -271,7 +276,7 @@ pub async fn function_page(
                     div.scroll { (super::invocations::table(session, &recent, false)) }
                 }
             }
-            (triggers)
+            @if let Some(triggers) = triggers { (triggers) }
             (versions)
             h2 { "Settings" }
             div.scroll { (super::settings::table(&f)) }

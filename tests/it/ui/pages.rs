@@ -358,6 +358,17 @@ async fn a_function_page_lists_its_webhooks_schedules_and_subscriptions() {
     );
     assert!(text.contains("orders.*"), "{text}");
     assert!(!text.contains(foreign["id"].as_str().unwrap()), "{text}");
+    // An invoke key's session sees the function's invoke box, not its triggers (admin matters,
+    // as in the API).
+    let (_, invoke_key) = crate::support::make_key(&app, "runner", "invoke").await;
+    let runner = Browser::logged_in(&app, &invoke_key).await;
+    let seen = page(&runner, "/ui/functions/hooked").await;
+    assert!(seen.contains("Function hooked"), "{seen}");
+    assert!(
+        !seen.contains(hook_id),
+        "a read session sees a webhook: {seen}"
+    );
+    assert!(!seen.contains(r#"id="triggers""#), "{seen}");
     // The links land on rows that carry those anchors.
     let schedules = page(&admin, "/ui/schedules").await;
     assert!(schedules.contains(&format!(r#"id="schedule-{schedule_id}""#)));
