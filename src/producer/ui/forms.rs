@@ -655,7 +655,8 @@ pub async fn invoke(
         },
         Err(e) => InvokeResult::Refused(e.to_string()),
     };
-    function_page(&app, &session, &name, Some(result), &form.body).await
+    let span = &super::chart::SPANS[0];
+    function_page(&app, &session, &name, Some(result), &form.body, span).await
 }
 
 #[cfg(test)]

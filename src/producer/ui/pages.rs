@@ -173,8 +173,20 @@ pub async fn function(
     session: Session,
     State(app): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    function_page(&app, &session, &name, None, "").await
+    let span = chart_span(query.get("range").map(String::as_str))?;
+    function_page(&app, &session, &name, None, "", span).await
+}
+
+/// The chart's span for `?range=` (`1h`, the default, `24h`, `7d`).
+fn chart_span(range: Option<&str>) -> Result<&'static chart::Span, ApiError> {
+    match range.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(&chart::SPANS[0]),
+        Some(r) => chart::SPANS.iter().find(|s| s.key == r).ok_or_else(|| {
+            ApiError::BadRequest(format!("range must be one of 1h, 24h, 7d; not {r:?}"))
+        }),
+    }
 }
 
 /// A function's page; `result` and `input` after a run from its invoke box. A session that may
@@ -185,6 +197,7 @@ pub async fn function_page(
     name: &str,
     result: Option<InvokeResult>,
     input: &str,
+    span: &chart::Span,
 ) -> Result<Html<String>, UiError> {
     session.require(Action::Invoke)?;
     let f = load(app, name).await?;
@@ -217,7 +230,7 @@ pub async fn function_page(
         .await?
         .pop()
         .unwrap_or_default();
-    let buckets = stats::buckets(&app.pool, &f.name).await?;
+    let buckets = stats::buckets_over(&app.pool, &f.name, span.buckets, span.bucket_secs).await?;
     let runs: Vec<chart::Point> = recent
         .iter()
         .filter_map(|r| {
@@ -259,14 +272,20 @@ pub async fn function_page(
                 }
             }
             (invoke_box)
-            h2 { "Last hour" }
+            h2 #chart { (span.words) }
             div.card {
+                p.actions #spans {
+                    @for s in &chart::SPANS {
+                        @if s.key == span.key { strong.current { (s.words) } }
+                        @else { a href={ (BASE) "/functions/" (f.name) "?range=" (s.key) "#chart" } { (s.words) } }
+                    }
+                }
                 p {
-                    (stats.invocations) " invocations · success " (fmt_pct(stats.success_rate()))
+                    "Last hour: " (stats.invocations) " invocations · success " (fmt_pct(stats.success_rate()))
                     " · p50 " (fmt_ms(stats.p50_ms)) " · p95 " (fmt_ms(stats.p95_ms))
                     " · cold " (fmt_pct(stats.cold_share))
                 }
-                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs, chrono::Utc::now()))
+                (chart::render_span(span, &buckets, span.bucket_secs / 60, &runs, chrono::Utc::now()))
             }
             h2 { "Recent invocations" }
             div #live-region data-live=(super::live::marker(live)) {

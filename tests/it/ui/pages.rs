@@ -378,7 +378,7 @@ async fn a_function_page_lists_its_webhooks_schedules_and_subscriptions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_invocations_list_filters_by_time_range() {
+async fn the_invocations_list_and_the_function_chart_take_a_time_range() {
     let app = spawn_app().await;
     app.register("ranged", "granda-test/echo", json!({})).await;
     let old = app.invoke_async("ranged", "old").await;
@@ -402,6 +402,22 @@ async fn the_invocations_list_filters_by_time_range() {
     assert!(day.contains(r#"<option value="24h" selected>"#), "{day}");
     let week = page(&admin, "/ui/invocations?function=ranged&range=7d").await;
     assert!(week.contains(&old.to_string()) && week.contains(&new.to_string()));
+    // The function's chart spans the same ranges: the old run is a bar of the week's chart
+    // (in the 6 h interval 2 days ago), not of the last hour's.
+    let week = page(&admin, "/ui/functions/ranged?range=7d").await;
+    assert!(week.contains("<h2 id=\"chart\">Last 7 days</h2>"), "{week}");
+    assert!(
+        week.contains("1 invocations, 0 failed, 2880 to 3240 min ago"),
+        "{week}"
+    );
+    let hour = page(&admin, "/ui/functions/ranged").await;
+    assert!(hour.contains("<h2 id=\"chart\">Last hour</h2>"), "{hour}");
+    assert!(hour.contains(r#"href="/ui/functions/ranged?range=7d#chart""#));
+    assert!(!hour.contains("2880 to"), "{hour}");
+    assert_eq!(
+        admin.get("/ui/functions/ranged?range=1y").await.status(),
+        400
+    );
     let r = admin.get("/ui/invocations?range=1y").await;
     assert_eq!(r.status(), 400);
     assert!(
