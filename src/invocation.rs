@@ -137,6 +137,13 @@ pub struct Record {
     /// Who cancelled it (`key <name> (<id>)`, `admin` with auth off, or the dashboard's
     /// `session of key …`); null unless it is `cancelled`.
     pub cancelled_by: Option<String>,
+    /// How the run got its container: `cold` (a fresh one), `warm` (an exec in a kept one) or
+    /// `hot` (a request to the function's own process); none before it ran (and on records
+    /// older than this field).
+    pub mode: Option<String>,
+    /// When an operator discarded this dead invocation: it left the dead letters for good
+    /// (`DELETE /v1/dead-letters/{id}`).
+    pub discarded_at: Option<DateTime<Utc>>,
 }
 
 impl Record {
@@ -186,6 +193,8 @@ pub struct Outcome {
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub cold: bool,
+    /// The function's mode the run went through (see [`Record::mode`]).
+    pub mode: Option<crate::function::Mode>,
     /// The function's own HTTP status and headers (`response: "cgi"`).
     pub http: Option<crate::web::WebAnswer>,
     /// A call of the function's URL: its method and path (after `/fn/{name}`, no query).

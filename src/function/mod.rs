@@ -6,6 +6,7 @@
 //! its rows in Postgres.
 
 mod fields;
+pub mod pending;
 pub mod store;
 mod validate;
 

@@ -38,7 +38,8 @@ pub async fn list(
                 logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at,
                 duration_ms, queue_ms, cold, worker,
                 http_method, http_path, http_status, key_id,
-                (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name, cancelled_by
+                (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name, cancelled_by,
+                mode, discarded_at
          FROM invocations WHERE ($1::text IS NULL OR function = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR trigger = $3)

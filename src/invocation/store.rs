@@ -7,7 +7,7 @@ use sqlx::postgres::PgArguments;
 /// The columns of [`Record`], as a literal so queries stay `&'static str`.
 macro_rules! select {
     () => {
-        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status, key_id, (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name, cancelled_by FROM invocations"
+        "SELECT id, function, status, trigger, attempt, input, input_size, output, output_truncated, logs, logs_truncated, exit_code, error, queued_at, started_at, finished_at, duration_ms, queue_ms, cold, worker, http_method, http_path, http_status, key_id, (SELECT k.name FROM api_keys k WHERE k.id = invocations.key_id) AS key_name, cancelled_by, mode, discarded_at FROM invocations"
     };
 }
 
@@ -383,6 +383,7 @@ pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, 
              SELECT id, attempt, worker, started_at, finished_at, status, exit_code, error, duration_ms
              FROM invocations
              WHERE id = $1 AND status IN ('failed', 'timed_out', 'dead') AND input_size = length(input)
+               AND discarded_at IS NULL
              FOR UPDATE),
          kept AS (
              INSERT INTO invocation_attempts (invocation_id, attempt, worker, started_at, finished_at,
@@ -503,6 +504,20 @@ pub async fn list_dead(
     .await
 }
 
+/// Discards dead invocation `id` for good: it leaves the dead letters (`dead_at` cleared) and
+/// can't be retried. Returns `false` when it is missing, not dead, or discarded already.
+#[tracing::instrument(level = "debug", skip(pool))]
+pub async fn discard_dead(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE invocations SET discarded_at = now(), dead_at = NULL
+         WHERE id = $1 AND status = 'dead' AND discarded_at IS NULL",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Writes the final record. Returns `false` if it was already final or is missing (nothing is
 /// changed then; see [`restore_final`] for a sync call's).
 #[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
@@ -513,9 +528,9 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
                     exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
                     duration_ms = $11, retry_at = NULL, payload = NULL,
                     cold = $12,
-                    http_method = $13, http_path = $14, http_status = $15,
+                    http_method = $13, http_path = $14, http_status = $15, mode = $16,
                     dead_at = CASE WHEN $2 = 'dead' THEN now() END,
-                    input = CASE WHEN $16 THEN NULL ELSE input END
+                    input = CASE WHEN $17 THEN NULL ELSE input END
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
         .bind(id),
@@ -544,9 +559,9 @@ pub async fn finish_run_of<'e>(
                     exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
                     duration_ms = $11, retry_at = NULL, payload = NULL,
                     cold = $12,
-                    http_method = $13, http_path = $14, http_status = $15,
+                    http_method = $13, http_path = $14, http_status = $15, mode = $16,
                     dead_at = CASE WHEN $2 = 'dead' THEN now() END
-             WHERE id = $1 AND status = 'running' AND worker = $16",
+             WHERE id = $1 AND status = 'running' AND worker = $17
         )
         .bind(id),
         outcome,
@@ -559,10 +574,10 @@ pub async fn finish_run_of<'e>(
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
-/// Binds `o` as the next 14 parameters (`$2` to `$15` in [`finish`], `$9` to `$22` in
+/// Binds `o` as the next 15 parameters (`$2` to `$16` in [`finish`], `$9` to `$23` in
 /// [`restore_final`]): status, output, output_truncated, logs, logs_truncated, exit_code, error,
-/// started_at, finished_at, duration_ms, cold, http_method, http_path, http_status. Output and
-/// logs are NULL when [`Outcome::unstored`] (the caller NULLs the input).
+/// started_at, finished_at, duration_ms, cold, http_method, http_path, http_status, mode. Output
+/// and logs are NULL when [`Outcome::unstored`] (the caller NULLs the input).
 fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
     let kept = !o.unstored;
     query
@@ -580,6 +595,7 @@ fn bind_outcome<'q>(query: PgQuery<'q>, o: &'q Outcome) -> PgQuery<'q> {
         .bind(&o.http_method)
         .bind(&o.http_path)
         .bind(o.http_status())
+        .bind(o.mode.map(crate::function::Mode::as_str))
 }
 
 /// An arriving invocation as parameters `$1` to `$7`, in the order [`claim_or_create`] and
@@ -622,11 +638,11 @@ pub async fn restore_final(
             "INSERT INTO invocations (id, function, trigger, input, input_size, queued_at, worker, attempt,
                                       status, published_at, queue_ms, output, output_truncated, logs,
                                       logs_truncated, exit_code, error, started_at, finished_at,
-                                      duration_ms, cold, http_method, http_path, http_status, key_id)
-             SELECT $1, $2, $3, CASE WHEN $24 THEN NULL ELSE $4 END, $5, to_timestamp($6::float8 / 1000.0), $7, $8, $9, now(),
+                                      duration_ms, cold, http_method, http_path, http_status, mode, key_id)
+             SELECT $1, $2, $3, CASE WHEN $25 THEN NULL ELSE $4 END, $5, to_timestamp($6::float8 / 1000.0), $7, $8, $9, now(),
                     GREATEST(0, (EXTRACT(EPOCH FROM COALESCE($16, now())) * 1000)::bigint - $6),
                     $10, $11, $12, $13, $14, $15, COALESCE($16, now()), COALESCE($17, now()),
-                    $18, $19, $20, $21, $22, $23
+                    $18, $19, $20, $21, $22, $23, $24
              WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
              ON CONFLICT (id) DO NOTHING",
             arrival(inv, queued_at_ms, worker)?,

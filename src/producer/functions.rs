@@ -70,6 +70,8 @@ async fn ask(
         // `GRANDA_IMAGE_PULL`) or fails with the engine's reason.
         Err(Refusal::Unavailable(reason)) if DEFER_CHECK.try_with(|d| *d).unwrap_or(false) => {
             tracing::warn!(queue, %reason, "no worker checked the function; stored unchecked (defer_check)");
+            // Stored `pending` (see `note_check`).
+            let _ = DEFERRED.try_with(|d| d.set(true));
             Ok(())
         }
         Err(Refusal::Unavailable(reason)) => Err(ApiError::Unavailable(format!(
@@ -81,6 +83,19 @@ async fn ask(
 tokio::task_local! {
     /// `?defer_check=true` on `POST`/`PUT /v1/functions`: see [`ask`].
     static DEFER_CHECK: bool;
+    /// Set when this request's check was deferred: the function is stored `pending`.
+    static DEFERRED: std::cell::Cell<bool>;
+}
+
+/// After storing function `name`: `pending` when its check was deferred, no longer pending when
+/// `checked` (its image was checked now) ([`crate::function::pending`]).
+async fn note_check(app: &AppState, name: &str, checked: bool) -> Result<(), ApiError> {
+    if DEFERRED.try_with(|d| d.get()).unwrap_or(false) {
+        crate::function::pending::mark(&app.pool, name).await?;
+    } else if checked {
+        crate::function::pending::clear(&app.pool, name).await?;
+    }
+    Ok(())
 }
 
 /// The query of `POST /v1/functions` and `PUT /v1/functions/{name}`.
@@ -103,8 +118,12 @@ pub async fn create(
     JsonBody(body): JsonBody<NewFunction>,
 ) -> Result<Response, ApiError> {
     let defer = query.defer_check.unwrap_or(false);
+    let deferred = std::cell::Cell::new(false);
     DEFER_CHECK
-        .scope(defer, create_from(app, &acting, &headers, body))
+        .scope(
+            defer,
+            DEFERRED.scope(deferred, create_from(app, &acting, &headers, body)),
+        )
         .await
 }
 
@@ -174,7 +193,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     if !inserted {
         return Err(conflict(&f.name));
     }
-    Ok(())
+    note_check(app, &f.name, true).await
 }
 
 /// Stores a validated change to a function (API and dashboard), checking a new image first.
@@ -192,7 +211,7 @@ pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), A
             crate::namespace::short(&f.name)
         )));
     }
-    Ok(())
+    note_check(app, &f.name, f.run.image != old_image).await
 }
 
 /// 422 unless the function's default callback URL resolves to addresses callbacks may reach.
@@ -242,8 +261,12 @@ pub async fn update(
     JsonBody(changes): JsonBody<FunctionUpdate>,
 ) -> Result<Response, ApiError> {
     let defer = query.defer_check.unwrap_or(false);
+    let deferred = std::cell::Cell::new(false);
     DEFER_CHECK
-        .scope(defer, update_from(app, acting, name, headers, changes))
+        .scope(
+            defer,
+            DEFERRED.scope(deferred, update_from(app, acting, name, headers, changes)),
+        )
         .await
 }
 

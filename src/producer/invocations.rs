@@ -237,12 +237,51 @@ pub async fn retry(
     Ok(super::invoke::accepted(&app, id, Status::Queued))
 }
 
+/// `DELETE /v1/dead-letters/{id}`: discards a dead invocation for good. It leaves the dead
+/// letters and can no longer be retried; its record stays, with `discarded_at`.
+#[tracing::instrument(skip_all, fields(%id))]
+#[utoipa::path(delete, path = "/v1/dead-letters/{id}", operation_id = "discard_dead_letter", tag = "invocations", summary = "Discard a dead invocation",
+    description = "Settles a dead invocation for good: it leaves the dead letters (`GET /v1/dead-letters`) and can't be retried; its record stays, with `discarded_at`. 204; 404 when there is no such invocation; 409 unless it is dead and not discarded yet.", params(("id" = String, Path)), responses((status = 204, description = "Discarded"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
+pub async fn discard(
+    State(app): State<AppState>,
+    Extension(acting): Extension<Acting>,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    load_in(&app, &acting, id).await?;
+    discard_one(&app, id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Discards dead invocation `id` (the API's discard and the dashboard's): 404 when there is no
+/// such invocation, 409 when it is not dead or was discarded already.
+pub async fn discard_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
+    if store::discard_dead(&app.pool, id).await? {
+        return Ok(());
+    }
+    let current = store::get(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    Err(ApiError::Conflict(match current.discarded_at {
+        Some(at) => format!("invocation {id} was discarded already, at {at}"),
+        None => format!(
+            "invocation {id} is {}; only a dead invocation can be discarded",
+            current.status
+        ),
+    }))
+}
+
 /// Queues invocation `id` again as a new attempt (the API's retry and the dashboard's): 404 when
 /// there is no such invocation, 409 when it is not failed, timed out or dead with its whole input.
 pub async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     let current = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    if let Some(at) = current.discarded_at {
+        return Err(ApiError::Conflict(format!(
+            "invocation {id} was discarded at {at}; a discarded invocation can't be retried"
+        )));
+    }
     let function = super::functions::load(app, &current.function).await?;
     let record = store::reset_for_retry(&app.pool, id).await?.ok_or_else(|| {
         ApiError::Conflict(format!(

@@ -278,6 +278,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/invocations/{id}/cancel", post(cancel::cancel))
         .route("/v1/dead-letters", get(invocations::dead_letters))
         .route(
+            "/v1/dead-letters/{id}",
+            axum::routing::delete(invocations::discard),
+        )
+        .route(
             "/v1/functions/{name}/subscriptions",
             post(events::subscribe).get(events::subscriptions),
         )

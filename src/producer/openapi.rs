@@ -139,7 +139,7 @@ impl Modify for FunctionUrl {
     paths(
         functions::create, functions::list, functions::get, functions::update, functions::delete,
         invoke::sync, invoke::web, invoke::no_wait, invocations::list, invocations::get, invocations::list_all,
-        invocations::dead_letters, invocations::retry, super::cancel::cancel,
+        invocations::dead_letters, invocations::discard, invocations::retry, super::cancel::cancel,
         keys::create, keys::list, keys::revoke, health::healthz, health::readyz, health::metrics, serve,
         events::publish, events::get, events::subscribe, events::subscriptions, events::unsubscribe,
         webhooks::create, webhooks::list, webhooks::get, webhooks::delete, webhooks::rotate,

@@ -19,7 +19,11 @@ pub(super) async fn execute(
     input: &[u8],
 ) -> (Outcome, Option<Failure>, Option<Removal>) {
     let armed = faults::armed(shared.test_faults, work, faults::IN_EXECUTE);
-    faults::panic_during(armed, execute_in_mode(shared, work, attempt, input)).await
+    let (mut outcome, failure, removal) =
+        faults::panic_during(armed, execute_in_mode(shared, work, attempt, input)).await;
+    // The record says how it ran, so a hot run reads "hot", not "warm".
+    outcome.mode = Some(work.function.run.mode);
+    (outcome, failure, removal)
 }
 
 async fn execute_in_mode(

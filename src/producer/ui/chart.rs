@@ -22,6 +22,50 @@ pub struct Point {
     pub at: DateTime<Utc>,
 }
 
+/// The time a chart spans: its intervals, and its ticks (wide and narrow) with their labels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span {
+    /// `?range=` on a function's page.
+    pub key: &'static str,
+    pub words: &'static str,
+    pub buckets: i64,
+    pub bucket_secs: i64,
+    pub wide_tick_minutes: i64,
+    pub narrow_tick_minutes: i64,
+    pub tick_format: &'static str,
+}
+
+/// The spans a function's page offers: the last hour (the default), day and week.
+pub const SPANS: [Span; 3] = [
+    Span {
+        key: "1h",
+        words: "Last hour",
+        buckets: 12,
+        bucket_secs: 300,
+        wide_tick_minutes: 10,
+        narrow_tick_minutes: 20,
+        tick_format: "%H:%M",
+    },
+    Span {
+        key: "24h",
+        words: "Last 24 hours",
+        buckets: 24,
+        bucket_secs: 3600,
+        wide_tick_minutes: 180,
+        narrow_tick_minutes: 360,
+        tick_format: "%H:%M",
+    },
+    Span {
+        key: "7d",
+        words: "Last 7 days",
+        buckets: 28,
+        bucket_secs: 21_600,
+        wide_tick_minutes: 1440,
+        narrow_tick_minutes: 2880,
+        tick_format: "%d %b",
+    },
+];
+
 /// How a chart is drawn for a screen size.
 #[derive(Clone, Copy, Debug)]
 struct Size {
@@ -47,6 +91,17 @@ const NARROW: Size = Size {
 /// `buckets`: (invocations, failed) per interval of `minutes`, oldest first, the last ending
 /// `now`; `runs`: recent finished runs (those older than the buckets' span are left out).
 pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point], now: DateTime<Utc>) -> Markup {
+    render_span(&SPANS[0], buckets, minutes, runs, now)
+}
+
+/// [`render`] over `span` (its ticks and their labels).
+pub fn render_span(
+    span: &Span,
+    buckets: &[(i64, i64)],
+    minutes: i64,
+    runs: &[Point],
+    now: DateTime<Utc>,
+) -> Markup {
     let span_secs = (buckets.len().max(1) as i64 * minutes * 60) as f64;
     let shown: Vec<Point> = runs
         .iter()
@@ -57,8 +112,8 @@ pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point], now: DateTim
         .copied()
         .collect();
     html! {
-        (draw(WIDE, buckets, minutes, &shown, now, span_secs))
-        (draw(NARROW, buckets, minutes, &shown, now, span_secs))
+        (draw(Size { tick_minutes: span.wide_tick_minutes, ..WIDE }, span, buckets, minutes, &shown, now, span_secs))
+        (draw(Size { tick_minutes: span.narrow_tick_minutes, ..NARROW }, span, buckets, minutes, &shown, now, span_secs))
         p.legend {
             span.bars {} "invocations per " (minutes) " min"
             span.fails {} "failed"
@@ -69,6 +124,7 @@ pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point], now: DateTim
 
 fn draw(
     size: Size,
+    span: &Span,
     buckets: &[(i64, i64)],
     minutes: i64,
     runs: &[Point],
@@ -104,11 +160,11 @@ fn draw(
     let font = size.font;
     html! {
         svg class={ "chart " (size.class) } viewBox={ "0 0 " (w) " " (H) } role="img"
-            aria-label="Invocations per interval and durations of runs over the last hour" {
+            aria-label={ "Invocations per interval and durations of runs: " (span.words) } {
             @for t in &ticks {
                 @let x = x_at(*t);
                 line x1=(fmt(x)) y1=(TOP) x2=(fmt(x)) y2=(TOP + plot_h + 4.0) stroke="#e6e9ed" {}
-                text.tick x=(fmt(x)) y=(H - 8.0) text-anchor="middle" font-size=(font) fill="#4a5562" { (t.format("%H:%M")) }
+                text.tick x=(fmt(x)) y=(H - 8.0) text-anchor="middle" font-size=(font) fill="#4a5562" { (t.format(span.tick_format)) }
             }
             line x1=(LEFT) y1=(TOP + plot_h) x2=(w - RIGHT) y2=(TOP + plot_h) stroke="#b9c0c8" {}
             @for (i, (count, failed)) in buckets.iter().enumerate() {
@@ -147,8 +203,9 @@ fn ticks(now: DateTime<Utc>, span_secs: f64, every: i64) -> Vec<DateTime<Utc>> {
     let Some(start_minute) = start.with_second(0).and_then(|t| t.with_nanosecond(0)) else {
         return Vec::new();
     };
+    // Whole multiples of `every` minutes since the epoch: on the hour, or at midnight UTC.
     let mut t = start_minute;
-    while t < start || t.minute() as i64 % every != 0 {
+    while t < start || (t.timestamp() / 60) % every != 0 {
         t += Duration::minutes(1);
     }
     let mut out = Vec::new();
@@ -212,6 +269,21 @@ mod tests {
         }
         assert_eq!(svg.matches(">11:20<").count(), 2, "{svg}");
         assert_eq!(svg.matches(">11:10<").count(), 1, "{svg}");
+    }
+
+    #[test]
+    fn a_week_ticks_at_midnight_and_a_day_every_three_hours() {
+        let now = at("2026-01-31T12:00:00Z");
+        let week = render_span(&SPANS[2], &[(1, 0); 28], 360, &[], now).into_string();
+        for day in ["25 Jan", "31 Jan"] {
+            assert!(week.contains(&format!(">{day}<")), "{day}: {week}");
+        }
+        assert!(!week.contains(">24 Jan<"), "{week}");
+        let day = render_span(&SPANS[1], &[(1, 0); 24], 60, &[], now).into_string();
+        for tick in ["12:00", "15:00", "09:00"] {
+            assert!(day.contains(&format!(">{tick}<")), "{tick}: {day}");
+        }
+        assert!(!day.contains(">13:00<"), "{day}");
     }
 
     #[test]

@@ -69,7 +69,7 @@ async fn page(
                         thead { tr { th { "Topic pattern" } th { "Function" } th.hide-narrow { "Made" } th {} } }
                         tbody {
                             @for s in &subscriptions {
-                                tr data-id=(s.id) {
+                                tr data-id=(s.id) id={ "subscription-" (s.id) } {
                                     td { code { (s.pattern) } }
                                     td { a href={ (BASE) "/functions/" (s.function) } { (s.function) } }
                                     td.hide-narrow { (fmt_time(Some(s.created_at))) }

@@ -23,7 +23,10 @@ use super::pages::{InvokeResult, function_page};
 use super::session::{Admin, Session};
 use super::{BASE, UiError, layout, titled, with_status};
 use crate::error::ApiError;
-use crate::function::{Function, FunctionUpdate, InputMode, Invalid, NewFunction, store};
+use crate::function::{
+    Cors, Function, FunctionUpdate, InputMode, Invalid, Mode, Network, NewFunction, ResponseMode,
+    SecretsPatch, SecretsUpdate, store,
+};
 use crate::invocation::Trigger;
 use crate::producer::AppState;
 use crate::producer::enqueue::{Job, enqueue};
@@ -49,6 +52,25 @@ pub struct FunctionForm {
     /// `KEY=value`, one a line.
     pub env: String,
     pub callback_url: String,
+    /// `cold`, `warm` or `hot`.
+    pub mode: String,
+    /// `none` or `bridge`.
+    pub network: String,
+    /// Present when "public" is ticked.
+    pub public: Option<String>,
+    /// `body` or `cgi`.
+    pub response: String,
+    pub user: String,
+    /// `NAME=value` sets one, `-NAME` removes one, one a line; never filled in from the store.
+    pub secrets: String,
+    /// CORS: origins, methods and headers, separated by commas or spaces; max age in seconds.
+    pub cors_origins: String,
+    pub cors_methods: String,
+    pub cors_headers: String,
+    pub cors_max_age: String,
+    /// The names of the stored secrets (editing), shown next to the secrets field.
+    #[serde(skip)]
+    pub secret_names: Vec<String>,
 }
 
 impl FunctionForm {
@@ -85,7 +107,108 @@ impl FunctionForm {
                 .map(|(k, v)| format!("{k}={v}\n"))
                 .collect(),
             callback_url: f.callback_url.clone().unwrap_or_default(),
+            mode: f.run.mode.as_str().into(),
+            network: f.run.network.as_str().into(),
+            public: f.public.then(|| "on".into()),
+            response: f.run.response.as_str().into(),
+            user: f.run.user.clone().unwrap_or_default(),
+            secrets: String::new(),
+            secret_names: f.secrets.names(),
+            cors_origins: f
+                .cors
+                .as_ref()
+                .map(|c| c.allow_origins.join(", "))
+                .unwrap_or_default(),
+            cors_methods: f
+                .cors
+                .as_ref()
+                .map_or(DEFAULT_CORS_METHODS.into(), |c| c.allow_methods.join(", ")),
+            cors_headers: f
+                .cors
+                .as_ref()
+                .map(|c| c.allow_headers.join(", "))
+                .unwrap_or_default(),
+            cors_max_age: f
+                .cors
+                .as_ref()
+                .and_then(|c| c.max_age_s)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
         }
+    }
+
+    fn mode(&self) -> Result<Option<Mode>, FormError> {
+        match self.mode.trim() {
+            "" => Ok(None),
+            "cold" => Ok(Some(Mode::Cold)),
+            "warm" => Ok(Some(Mode::Warm)),
+            "hot" => Ok(Some(Mode::Hot)),
+            _ => Err(FormError::at("mode", "must be cold, warm or hot")),
+        }
+    }
+
+    fn network(&self) -> Result<Option<Network>, FormError> {
+        match self.network.trim() {
+            "" => Ok(None),
+            "none" => Ok(Some(Network::None)),
+            "bridge" => Ok(Some(Network::Bridge)),
+            _ => Err(FormError::at("network", "must be none or bridge")),
+        }
+    }
+
+    fn response(&self) -> Result<Option<ResponseMode>, FormError> {
+        match self.response.trim() {
+            "" => Ok(None),
+            "body" => Ok(Some(ResponseMode::Body)),
+            "cgi" => Ok(Some(ResponseMode::Cgi)),
+            _ => Err(FormError::at("response", "must be body or cgi")),
+        }
+    }
+
+    /// The CORS policy: none when no origin is given.
+    fn cors(&self) -> Result<Option<Cors>, FormError> {
+        let origins = words(&self.cors_origins);
+        if origins.is_empty() {
+            return Ok(None);
+        }
+        let methods = words(&self.cors_methods);
+        Ok(Some(Cors {
+            allow_origins: origins,
+            allow_methods: if methods.is_empty() {
+                words(DEFAULT_CORS_METHODS)
+            } else {
+                methods
+            },
+            allow_headers: words(&self.cors_headers),
+            max_age_s: number("cors", &self.cors_max_age)?,
+        }))
+    }
+
+    /// The secrets lines: `NAME=value` to set, `-NAME` to remove.
+    fn secret_lines(&self) -> Result<SecretsPatch, FormError> {
+        let mut patch = SecretsPatch {
+            set: BTreeMap::new(),
+            unset: Vec::new(),
+        };
+        for line in self
+            .secrets
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            if let Some(name) = line.strip_prefix('-') {
+                patch.unset.push(name.trim().to_string());
+            } else {
+                let (k, v) = line.split_once('=').ok_or_else(|| {
+                    FormError::at(
+                        "secrets",
+                        "write NAME=value to set a secret, or -NAME to remove one",
+                    )
+                })?;
+                patch.set.insert(k.trim().to_string(), v.to_string());
+            }
+        }
+        Ok(patch)
     }
 
     fn retry_on(&self) -> Vec<RetryOn> {
@@ -123,6 +246,22 @@ impl FunctionForm {
             retry_on: Some(self.retry_on()),
             max_concurrency: number("max_concurrency", &self.max_concurrency)?,
             callback_url: non_empty(&self.callback_url),
+            mode: self.mode()?,
+            network: self.network()?,
+            public: Some(self.public.is_some()),
+            response: self.response()?,
+            user: non_empty(&self.user),
+            secrets: {
+                let patch = self.secret_lines()?;
+                if !patch.unset.is_empty() {
+                    return Err(FormError::at(
+                        "secrets",
+                        "a new function has no secrets to remove: write NAME=value",
+                    ));
+                }
+                Some(patch.set).filter(|s| !s.is_empty())
+            },
+            cors: self.cors()?,
             ..NewFunction::default()
         })
     }
@@ -144,9 +283,32 @@ impl FunctionForm {
             max_concurrency: Some(number("max_concurrency", &self.max_concurrency)?),
             // Empty removes the default callback, as in the API.
             callback_url: Some(self.callback_url.trim().to_string()),
+            mode: self.mode()?,
+            network: self.network()?,
+            public: Some(self.public.is_some()),
+            response: self.response()?,
+            // Empty runs as the image's own user, as in the API.
+            user: Some(self.user.trim().to_string()),
+            // No lines keep the secrets as they are.
+            secrets: Some(self.secret_lines()?)
+                .filter(|p| !p.set.is_empty() || !p.unset.is_empty())
+                .map(SecretsUpdate::Patch),
+            // No origin removes the policy.
+            cors: Some(self.cors()?),
             ..FunctionUpdate::default()
         })
     }
+}
+
+/// What a function's CORS methods are when none are given (as in the API).
+const DEFAULT_CORS_METHODS: &str = "GET, HEAD, POST";
+
+/// The words of `s`, split at commas and white space.
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -270,7 +432,7 @@ fn function_form(
                 html! { input #queue name="queue" value=(v.queue); }))
             (field("max_attempts", "Max attempts", error, keep,
                 html! { input #max_attempts name="max_attempts" value=(v.max_attempts) inputmode="numeric"; }))
-            (field("max_concurrency", "Max concurrency per worker", error, if editing { keep } else { "Empty: no limit." },
+            (field("max_concurrency", "Max concurrency per worker", error, "Empty: no limit (an emptied field clears it).",
                 html! { input #max_concurrency name="max_concurrency" value=(v.max_concurrency) inputmode="numeric"; }))
             (field("retry_on", "Retry also on", error, "Platform failures are always retried.",
                 html! {
@@ -281,6 +443,44 @@ fn function_form(
                 html! { textarea #env name="env" { (v.env) } }))
             (field("callback_url", "Callback URL", error, "Where async results are POSTed. Empty: none.",
                 html! { input #callback_url name="callback_url" value=(v.callback_url) type="url"; }))
+            (field("mode", "Mode", error, "How a run gets its container.",
+                html! { select #mode name="mode" {
+                    option value="cold" selected[v.mode != "warm" && v.mode != "hot"] { "cold: a fresh container per run" }
+                    option value="warm" selected[v.mode == "warm"] { "warm: an exec in a kept container" }
+                    option value="hot" selected[v.mode == "hot"] { "hot: a request to the function's kept process" }
+                } }))
+            (field("network", "Network", error, "",
+                html! { select #network name="network" {
+                    option value="none" selected[v.network != "bridge"] { "none: loopback only" }
+                    option value="bridge" selected[v.network == "bridge"] { "bridge: may reach the outside world" }
+                } }))
+            (field("response", "Response", error, "What the caller of its URL gets.",
+                html! { select #response name="response" {
+                    option value="body" selected[v.response != "cgi"] { "body: the output is the body" }
+                    option value="cgi" selected[v.response == "cgi"] { "cgi: header lines, a blank line, then the body" }
+                } }))
+            (field("public", "Public", error, "",
+                html! { div.check {
+                    input.check #public type="checkbox" name="public" checked[v.public.is_some()];
+                    label for="public" { " anyone may call its URL without a key" }
+                } }))
+            (field("user", "User", error, "uid or uid:gid, numbers, never root. Empty: the image's own user.",
+                html! { input #user name="user" value=(v.user); }))
+            (field("secrets", "Secrets", error,
+                &(if !editing { "NAME=value, one a line. Values are never shown again.".to_string() }
+                  else if v.secret_names.is_empty() { "None stored. NAME=value, one a line, adds one. Values are never shown.".to_string() }
+                  else { format!("Stored: {}. NAME=value sets one, -NAME removes one; no lines keep them. Values are never shown.", v.secret_names.join(", ")) }),
+                html! { textarea #secrets name="secrets" autocomplete="off" { (v.secrets) } }))
+            (field("cors", "CORS: allowed origins", error, "Origins (https://app.example.org) or *, separated by commas. Empty: no CORS.",
+                html! {
+                    input #cors name="cors_origins" value=(v.cors_origins);
+                    label for="cors_methods" { "CORS: methods" }
+                    input #cors_methods name="cors_methods" value=(v.cors_methods);
+                    label for="cors_headers" { "CORS: request headers" }
+                    input #cors_headers name="cors_headers" value=(v.cors_headers);
+                    label for="cors_max_age" { "CORS: preflight max age (s)" }
+                    input #cors_max_age name="cors_max_age" value=(v.cors_max_age) inputmode="numeric";
+                }))
             button #save type="submit" { @if editing { "Save" } @else { "Create" } }
         }
     }
@@ -319,6 +519,10 @@ fn refused(
 pub async fn new_form(Admin(session): Admin) -> Result<Html<String>, UiError> {
     let v = FunctionForm {
         input: "stdin".into(),
+        mode: "cold".into(),
+        network: "none".into(),
+        response: "body".into(),
+        cors_methods: DEFAULT_CORS_METHODS.into(),
         ..FunctionForm::default()
     };
     Ok(form_page(
@@ -374,6 +578,7 @@ pub async fn update(
 ) -> Result<Response, UiError> {
     let name = current.name.clone();
     v.name = current.name.clone();
+    v.secret_names = current.secrets.names();
     let action = format!("{BASE}/functions/{}/edit", current.name);
     let saved = async {
         let old_image = current.run.image.clone();
@@ -453,7 +658,8 @@ pub async fn invoke(
         },
         Err(e) => InvokeResult::Refused(e.to_string()),
     };
-    function_page(&app, &session, &name, Some(result), &form.body).await
+    let span = &super::chart::SPANS[0];
+    function_page(&app, &session, &name, Some(result), &form.body, span).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Invocations in the dashboard: `/ui/invocations` lists those of every function with the API's
-//! filters as query parameters (`?status=&function=&trigger=&before=`, `id=` opens one), 30 to a
+//! filters as query parameters (`?status=&function=&trigger=&range=&before=`, `id=` opens one), 30 to a
 //! page; `/ui/invocations/{id}` shows one record whole; a failed, timed out or dead invocation
 //! has a Retry button (a POST form with the session's CSRF token) that goes through the API's
 //! own retry (`invocations::retry_one`); a queued or running one has a Cancel button (the same,
@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::invocation::{Record, search, store};
 use crate::producer::AppState;
 use crate::producer::auth::Action;
-use crate::producer::invocations::{filters, load_in, parse_id, retry_one};
+use crate::producer::invocations::{discard_one, filters, load_in, parse_id, retry_one};
 
 /// Invocations to a page of the lists.
 const PAGE: i64 = 30;
@@ -37,10 +37,48 @@ const STATUSES: [&str; 7] = [
     "cancelled",
 ];
 const TRIGGERS: [&str; 5] = ["sync", "async", "webhook", "event", "schedule"];
+/// The time ranges offered by the filter form (`?range=`): queued within the last hour, day or
+/// week.
+const RANGES: [(&str, &str, i64); 3] = [
+    ("1h", "last hour", 3600),
+    ("24h", "last 24 hours", 86_400),
+    ("7d", "last 7 days", 7 * 86_400),
+];
+
+/// The start of `?range=` (`1h`, `24h`, `7d`; empty: any time) before `now`.
+pub fn range_start(
+    range: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    match range.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(None),
+        Some(r) => RANGES
+            .iter()
+            .find(|(key, _, _)| *key == r)
+            .map(|(_, _, secs)| Some(now - chrono::Duration::seconds(*secs)))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("range must be one of 1h, 24h, 7d; not {r:?}"))
+            }),
+    }
+}
 
 /// Whether an invocation in `status` may be retried (the API says the rest: input kept whole).
 pub fn retryable(status: &str) -> bool {
     matches!(status, "failed" | "timed_out" | "dead")
+}
+
+/// How a run got its container, in a word: `hot` (a request to the function's kept process),
+/// `warm` (an exec in a kept container), `cold` (a container started for it); a hot run whose
+/// container was started for it is `hot, cold start`. Records from before the mode was kept say
+/// only cold or warm.
+pub fn run_label(r: &Record) -> &'static str {
+    match (r.mode.as_deref(), r.cold) {
+        (Some("hot"), Some(true)) => "hot, cold start",
+        (Some("hot"), _) => "hot",
+        (_, Some(true)) => "cold",
+        (_, Some(false)) => "warm",
+        (_, None) => "—",
+    }
 }
 
 /// The last 12 hex digits: unique enough within a page, short enough for a phone.
@@ -73,7 +111,7 @@ fn cancel_button(session: &Session, id: Uuid) -> Markup {
 /// A link to this list with `query` and `before`, for the next page.
 fn page_link(query: &HashMap<String, String>, before: Uuid) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
-    for key in ["status", "function", "trigger", "key_id"] {
+    for key in ["status", "function", "trigger", "key_id", "range"] {
         if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
             q.append_pair(key, v);
         }
@@ -99,6 +137,10 @@ pub async fn list(
     // The session's namespace only; a function named in it.
     f.function = f.function.map(|name| session.function(&name));
     f.namespace = Some(session.namespace().to_string());
+    if let Some(since) = range_start(query.get("range").map(String::as_str), chrono::Utc::now())? {
+        // The later of the two, when `since` is given as well.
+        f.since = Some(f.since.map_or(since, |given| given.max(since)));
+    }
     let records = search::list(&app.pool, &f, PAGE).await?;
     let next = (records.len() as i64 == PAGE)
         .then(|| records.last().map(|r| r.id))
@@ -125,6 +167,12 @@ pub async fn list(
                     }
                 }
                 label { "Function " input #function name="function" value=(chosen("function")); }
+                label { "Queued "
+                    select #range name="range" {
+                        option value="" { "any time" }
+                        @for (key, words, _) in RANGES { option value=(key) selected[chosen("range") == key] { (words) } }
+                    }
+                }
                 button #filter type="submit" { "Filter" }
             }
             form.filters method="get" action={ (BASE) "/invocations" } {
@@ -154,7 +202,7 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
             thead { tr {
                 th { "Invocation" }
                 @if function { th { "Function" } }
-                th { "Status" } th.num.hide-narrow[function] { "Duration" } th.hide-narrow { "Cold" }
+                th { "Status" } th.num.hide-narrow[function] { "Duration" } th.hide-narrow { "Run" }
                 th.hide-narrow { "Trigger" } th.hide-narrow { "Queued" }
                 @if retry { th {} }
             } }
@@ -165,7 +213,7 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
                         @if function { td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
                         td { (status_badge(&r.status)) }
                         td.num.hide-narrow[function] { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
-                        td.hide-narrow { (match r.cold { Some(true) => "cold", Some(false) => "warm", None => "—" }) }
+                        td.hide-narrow.run { (run_label(r)) }
                         td.hide-narrow { (r.trigger) }
                         td.hide-narrow { (fmt_time(Some(r.queued_at))) }
                         @if retry { td { @if retryable(&r.status) { (retry_button(session, r.id)) } } }
@@ -235,6 +283,7 @@ pub async fn invocation(
                         tr { th { "Duration" } td { (fmt_ms(r.duration_ms.map(|d| d as f64))) } }
                         tr { th { "Time in queue" } td { (fmt_ms(r.queue_ms.map(|d| d as f64))) } }
                         tr { th { "Cold start" } td { (opt(r.cold.map(|c| c.to_string()))) } }
+                        tr { th { "Run" } td #run { (run_label(&r)) } }
                         tr { th { "Worker" } td { (opt(r.worker.clone())) } }
                         @if let Some(by) = &r.cancelled_by {
                             tr { th { "Cancelled by" } td #cancelled-by { (by) } }
@@ -550,6 +599,7 @@ pub async fn dead_letters(
                                 @if retry { th { "Retry" } }
                                 th { "Invocation" } th { "Function" } th.hide-narrow { "Attempts" }
                                 th { "Error" } th.hide-narrow { "Queued" }
+                                @if retry { th {} }
                             } }
                             tbody {
                                 @for r in &records {
@@ -560,6 +610,8 @@ pub async fn dead_letters(
                                         td.hide-narrow { (r.attempt) }
                                         td { span.error { (why_dead(r)) } }
                                         td.hide-narrow { (fmt_time(Some(r.queued_at))) }
+                                        // A link, not a form: forms can't nest in the bulk form.
+                                        @if retry { td { a.discard href={ (BASE) "/dead-letters/" (r.id) "/discard" } { "Discard" } } }
                                     }
                                 }
                             }
@@ -573,6 +625,48 @@ pub async fn dead_letters(
             }
         },
     ))
+}
+
+/// `GET /ui/dead-letters/{id}/discard`: asks first, showing why it died.
+pub async fn discard_confirm(
+    Admin(session): Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Html<String>, UiError> {
+    let id = parse_id(&id)?;
+    let r = store::get(&app.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
+    Ok(layout(
+        "Discard",
+        Some(&session),
+        html! {
+            h1 { "Discard invocation " code { (short_id(id)) } "?" }
+            div.card {
+                p { "Of " a href={ (BASE) "/functions/" (r.function) } { (r.function) } ", "
+                    (r.attempt) " attempts: " span.error #why { (why_dead(&r)) } }
+                p { "It leaves the dead letters for good and can't be retried; its record stays. This can't be undone." }
+                form.inline method="post" action={ (BASE) "/dead-letters/" (id) "/discard" } {
+                    (session.csrf_field())
+                    div.actions {
+                        button.danger #confirm-discard type="submit" { "Discard" }
+                        a.button.secondary href={ (BASE) "/dead-letters" } { "Cancel" }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// `POST /ui/dead-letters/{id}/discard`: the API's discard, then back to the dead letters.
+pub async fn discard(
+    Admin(_): Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let id = parse_id(&id)?;
+    discard_one(&app, id).await?;
+    Ok(Redirect::to(&format!("{BASE}/dead-letters")).into_response())
 }
 
 /// `POST /ui/dead-letters/retry` with `id=…` once per invocation: retries each, and says how
@@ -663,7 +757,44 @@ mod tests {
             key_id: None,
             key_name: None,
             cancelled_by: None,
+            mode: Some("cold".into()),
+            discarded_at: None,
         }
+    }
+
+    #[test]
+    fn runs_are_labelled_by_how_they_got_their_container() {
+        let mut r = record(1);
+        let label = |r: &Record| run_label(r);
+        r.mode = Some("hot".into());
+        r.cold = Some(false);
+        assert_eq!(label(&r), "hot");
+        r.cold = Some(true);
+        assert_eq!(label(&r), "hot, cold start");
+        r.mode = Some("warm".into());
+        r.cold = Some(false);
+        assert_eq!(label(&r), "warm");
+        r.mode = None;
+        r.cold = Some(true);
+        assert_eq!(label(&r), "cold");
+        r.cold = None;
+        assert_eq!(label(&r), "—");
+    }
+
+    #[test]
+    fn time_ranges_start_before_now() {
+        let now = chrono::Utc::now();
+        assert_eq!(range_start(None, now).unwrap(), None);
+        assert_eq!(range_start(Some(""), now).unwrap(), None);
+        assert_eq!(
+            range_start(Some("24h"), now).unwrap(),
+            Some(now - chrono::Duration::hours(24))
+        );
+        assert_eq!(
+            range_start(Some("7d"), now).unwrap(),
+            Some(now - chrono::Duration::days(7))
+        );
+        assert!(range_start(Some("1y"), now).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! One module per page or concept: `pages` (functions, a function, queues), `invocations` (the
 //! list, one record, retry, dead letters), `builds` (versions, build logs, rollback), `settings`,
 //! `keys`, `webhooks`, `schedules`, `events` (subscriptions, published events), `namespaces`
-//! (records and stored bytes per namespace), `forms` (function forms, the invoke box), `chart`, `stats`,
+//! (records and stored bytes per namespace), `triggers` (a function's webhooks, schedules and
+//! subscriptions), `forms` (function forms, the invoke box), `chart`, `stats`,
 //! `live`, `session` (login, scopes, CSRF).
 //!
 //! Every route lives in the one [`Router`] returned by [`routes`]; the ingress nests it under
@@ -36,6 +37,7 @@ pub mod session;
 pub mod settings;
 pub mod source;
 pub mod stats;
+pub mod triggers;
 pub mod usage;
 pub mod webhooks;
 
@@ -94,6 +96,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/invocations/{id}/cancel", post(invocations::cancel))
         .route("/dead-letters", get(invocations::dead_letters))
         .route("/dead-letters/retry", post(invocations::retry_dead))
+        .route(
+            "/dead-letters/{id}/discard",
+            get(invocations::discard_confirm).post(invocations::discard),
+        )
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
         .route("/namespaces", get(namespaces::list))
@@ -377,6 +383,7 @@ code{font-size:13px;word-break:break-all}
 a{color:#1f5fbf}
 .badge{display:inline-block;padding:0 .45rem;border-radius:9px;font-size:12px;font-weight:600;background:#e3e6ea;color:#333}
 .badge.succeeded{background:#d5f2dc;color:#17642c}.badge.failed,.badge.dead{background:#fbdcdc;color:#8a1c1c}
+.badge.pending{background:#fdebc8;color:#7a4b00}
 .badge.timed_out{background:#fdebc8;color:#7a4b00}.badge.running{background:#d9e7fb;color:#1f4f96}
 .badge.cancelled{background:#ece6f5;color:#4b3a6b}
 .error{color:#a11;font-weight:600}
@@ -400,6 +407,8 @@ svg.chart{width:100%;height:auto;max-height:240px;background:#fff}svg.chart.narr
 .legend span{display:inline-block;width:.8rem;height:.8rem;margin:0 .25rem 0 .8rem;vertical-align:middle}
 .legend span.bars{background:#c9d6e8}.legend span.fails{background:#e59a9a}.legend span.line{background:#1f5fbf}
 input.check{width:auto}
+form.stack div.check{margin:.6rem 0}form.stack div.check label{display:inline;margin:0 0 0 .3rem}
+caption{text-align:left;padding:.3rem .55rem}
 form.filters{display:flex;flex-wrap:wrap;gap:.4rem .8rem;align-items:flex-end;margin-bottom:.6rem}
 form.filters label{font-size:13px;font-weight:600}
 form.filters input,form.filters select{width:auto;max-width:14rem;display:block}

@@ -44,6 +44,7 @@ pub async fn functions(
         .map(|s| (s.function.clone(), s))
         .collect();
     let empty = FunctionStats::default();
+    let pending = crate::function::pending::names(&app.pool).await?;
     Ok(layout(
         "Functions",
         Some(&session),
@@ -72,7 +73,10 @@ pub async fn functions(
                             @for f in &functions {
                                 @let s = stats.get(&f.name).unwrap_or(&empty);
                                 tr {
-                                    td { a href={ (BASE) "/functions/" (f.name) } { (f.name) } }
+                                    td {
+                                        a href={ (BASE) "/functions/" (f.name) } { (f.name) }
+                                        @if pending.contains(&f.name) { " " (pending_badge()) }
+                                    }
                                     td { code { (f.run.image) } }
                                     td.hide-narrow { (f.run.input.as_str()) }
                                     td.num { (s.invocations) }
@@ -88,6 +92,13 @@ pub async fn functions(
             }
         },
     ))
+}
+
+/// The mark of a function no worker has checked yet ([`crate::function::pending`]).
+fn pending_badge() -> Markup {
+    html! {
+        span.badge.pending title="registered with defer_check: no worker has checked its image yet" { "pending" }
+    }
 }
 
 /// The home page of a session that may run functions and read invocations, but not list them.
@@ -160,8 +171,20 @@ pub async fn function(
     session: Session,
     State(app): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Html<String>, UiError> {
-    function_page(&app, &session, &name, None, "").await
+    let span = chart_span(query.get("range").map(String::as_str))?;
+    function_page(&app, &session, &name, None, "", span).await
+}
+
+/// The chart's span for `?range=` (`1h`, the default, `24h`, `7d`).
+fn chart_span(range: Option<&str>) -> Result<&'static chart::Span, ApiError> {
+    match range.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(&chart::SPANS[0]),
+        Some(r) => chart::SPANS.iter().find(|s| s.key == r).ok_or_else(|| {
+            ApiError::BadRequest(format!("range must be one of 1h, 24h, 7d; not {r:?}"))
+        }),
+    }
 }
 
 /// A function's page; `result` and `input` after a run from its invoke box. A session that may
@@ -172,6 +195,7 @@ pub async fn function_page(
     name: &str,
     result: Option<InvokeResult>,
     input: &str,
+    span: &chart::Span,
 ) -> Result<Html<String>, UiError> {
     session.require(Action::Invoke)?;
     let f = load(app, &session.function(name)).await?;
@@ -211,7 +235,7 @@ pub async fn function_page(
         .await?
         .pop()
         .unwrap_or_default();
-    let buckets = stats::buckets(&app.pool, &f.name).await?;
+    let buckets = stats::buckets_over(&app.pool, &f.name, span.buckets, span.bucket_secs).await?;
     let runs: Vec<chart::Point> = recent
         .iter()
         .filter_map(|r| {
@@ -223,6 +247,15 @@ pub async fn function_page(
         })
         .collect();
     let versions = super::builds::section(app, session, &f).await?;
+    // Webhooks (their URLs), schedules and subscriptions are admin matters, as in the API.
+    let triggers = if session.may(Action::Manage) {
+        Some(super::triggers::section(app, &f).await?)
+    } else {
+        None
+    };
+    let pending = crate::function::pending::names(&app.pool)
+        .await?
+        .contains(&f.name);
     // The recent invocations follow running work without a reload.
     let live = recent.iter().any(|r| !r.status().is_final());
     Ok(page(
@@ -230,7 +263,13 @@ pub async fn function_page(
         Some(session),
         super::live::head(live),
         html! {
-            h1 { "Function " (f.name) }
+            h1 { "Function " (f.name) @if pending { " " (pending_badge()) } }
+            @if pending {
+                p.notice #pending {
+                    "Pending: registered while no worker of queue " code { (f.queue) }
+                    " answered (defer_check), so its image is not checked yet. Its first run pulls it, or fails with the engine's reason."
+                }
+            }
             @if session.may(Action::Manage) {
                 div.actions {
                     a.button.secondary href={ (BASE) "/functions/" (f.name) "/edit" } { "Edit" }
@@ -238,14 +277,20 @@ pub async fn function_page(
                 }
             }
             (invoke_box)
-            h2 { "Last hour" }
+            h2 #chart { (span.words) }
             div.card {
+                p.actions #spans {
+                    @for s in &chart::SPANS {
+                        @if s.key == span.key { strong.current { (s.words) } }
+                        @else { a href={ (BASE) "/functions/" (f.name) "?range=" (s.key) "#chart" } { (s.words) } }
+                    }
+                }
                 p {
-                    (stats.invocations) " invocations · success " (fmt_pct(stats.success_rate()))
+                    "Last hour: " (stats.invocations) " invocations · success " (fmt_pct(stats.success_rate()))
                     " · p50 " (fmt_ms(stats.p50_ms)) " · p95 " (fmt_ms(stats.p95_ms))
                     " · cold " (fmt_pct(stats.cold_share))
                 }
-                (chart::render(&buckets, stats::BUCKET_SECS / 60, &runs, chrono::Utc::now()))
+                (chart::render_span(span, &buckets, span.bucket_secs / 60, &runs, chrono::Utc::now()))
             }
             h2 { "Recent invocations" }
             div #live-region data-live=(super::live::marker(live)) {
@@ -255,6 +300,7 @@ pub async fn function_page(
                     div.scroll { (super::invocations::table(session, &recent, false)) }
                 }
             }
+            @if let Some(triggers) = triggers { (triggers) }
             (versions)
             h2 { "Settings" }
             div.scroll { (super::settings::table(&f, &retention)) }

@@ -88,7 +88,10 @@ async fn page(
                         option value="none" selected[form.catch_up != "latest"] { "skip them" }
                         option value="latest" selected[form.catch_up == "latest"] { "fire the latest once" }
                     }
-                    label { input #schedule-paused type="checkbox" name="paused" value="1" checked[form.paused.is_some()]; " start paused" }
+                    div.check {
+                        input.check #schedule-paused type="checkbox" name="paused" value="1" checked[form.paused.is_some()];
+                        label for="schedule-paused" { " start paused" }
+                    }
                     button #create-schedule type="submit" { "Make schedule" }
                 }
             }
@@ -97,13 +100,16 @@ async fn page(
             } @else {
                 div.scroll {
                     table #schedules {
+                        caption.muted { "Schedules: " (views.len()) }
                         thead { tr {
-                            th { "Function" } th { "Cron" } th.hide-narrow { "Time zone" } th { "State" }
+                            th { "Schedule" } th { "Function" } th { "Cron" } th.hide-narrow { "Time zone" } th { "State" }
                             th.hide-narrow { "Catch-up" } th.hide-narrow { "Last fired" } th { "Next run" } th {}
                         } }
                         tbody {
                             @for s in &views {
-                                tr {
+                                tr id={ "schedule-" (s.id) } {
+                                    // A schedule is known by its id (`granda schedules`, the API).
+                                    td.name { code title=(s.id) { (super::invocations::short_id(s.id)) } }
                                     td { a href={ (BASE) "/functions/" (s.function) } { (s.function) } }
                                     td { code { (s.cron) } }
                                     td.hide-narrow { (s.timezone) }

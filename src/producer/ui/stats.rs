@@ -73,16 +73,26 @@ const BUCKETS_SQL: &str = "
 
 /// Invocations of `function` per [`BUCKET_SECS`] over the last [`BUCKETS`] intervals, oldest first.
 pub async fn buckets(pool: &PgPool, function: &str) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    buckets_over(pool, function, BUCKETS, BUCKET_SECS).await
+}
+
+/// Invocations of `function` per `secs` over the last `count` intervals, oldest first.
+pub async fn buckets_over(
+    pool: &PgPool,
+    function: &str,
+    count: i64,
+    secs: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let rows = sqlx::query_as::<_, Bucket>(BUCKETS_SQL)
         .bind(function)
-        .bind(BUCKET_SECS as f64)
-        .bind(BUCKETS as f64)
+        .bind(secs as f64)
+        .bind(count as f64)
         .fetch_all(pool)
         .await?;
-    let mut out = vec![(0, 0); BUCKETS as usize];
+    let mut out = vec![(0, 0); count as usize];
     for b in rows {
-        if (0..BUCKETS).contains(&b.ago) {
-            out[(BUCKETS - 1 - b.ago) as usize] = (b.invocations, b.failed);
+        if (0..count).contains(&b.ago) {
+            out[(count - 1 - b.ago) as usize] = (b.invocations, b.failed);
         }
     }
     Ok(out)

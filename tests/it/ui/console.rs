@@ -172,7 +172,7 @@ async fn operate(
     click(client, "#filter").await?;
     let only = text_becomes(client, "#invocations tbody", |t| !t.contains("doomed")).await?;
     ensure!(
-        client.current_url().await?.query() == Some("status=failed&trigger=&function="),
+        client.current_url().await?.query() == Some("status=failed&trigger=&function=&range="),
         "filters are query parameters: {:?}",
         client.current_url().await?.query()
     );

@@ -15,6 +15,7 @@ use crate::support::{TestApp, spawn_app};
 
 mod bodies;
 mod console;
+mod pages;
 pub(crate) mod security;
 
 /// A binary from `$var` or `PATH`, or a panic that says how to get it.
