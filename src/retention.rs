@@ -31,8 +31,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::producer::ingress::Ingress;
 use crate::metrics::Metrics;
+use crate::producer::ingress::Ingress;
 
 /// The longest retention one may set: ten years, in seconds.
 pub const MAX_RETENTION_S: i64 = 10 * 365 * 24 * 3600;
@@ -202,12 +202,46 @@ pub async fn pass(
     }
     let mut pruned = Pruned::default();
     prune(conn.get(), policy, metrics, &mut pruned).await?;
+    vacuum_unless_autovacuum(conn.get(), &pruned).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK)
         .execute(conn.get())
         .await?;
     conn.release();
     Ok(Some(pruned))
+}
+
+/// Vacuums the tables a pass deleted from when the server does not (`autovacuum = off`): without
+/// it the deleted rows' space is never reused, and the disk grows under constant load however
+/// much is pruned. A plain `VACUUM` (not `FULL`) takes no lock that blocks reads or writes. A
+/// failure (a role that may not vacuum) is logged and the pass goes on: pruning still bounds
+/// what is kept, the server's own vacuuming then bounds the disk.
+async fn vacuum_unless_autovacuum(conn: &mut PgConnection, pruned: &Pruned) {
+    let autovacuum: Result<String, _> = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(&mut *conn)
+        .await;
+    if !matches!(autovacuum.as_deref(), Ok("off")) {
+        return;
+    }
+    let mut tables: Vec<&str> = Vec::new();
+    for (table, n) in pruned.by_table() {
+        if n > 0 {
+            tables.push(match table {
+                "build_logs" => "builds",
+                other => other,
+            });
+        }
+    }
+    if pruned.invocations > 0 {
+        tables.push("invocation_attempts");
+    }
+    for table in tables {
+        // `VACUUM` can't run in a transaction block: the simple protocol, one statement.
+        let statement = sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {table}"));
+        if let Err(e) = sqlx::raw_sql(statement).execute(&mut *conn).await {
+            tracing::warn!(table, error = %e, "could not vacuum a pruned table (autovacuum is off)");
+        }
+    }
 }
 
 /// The connection a pass holds the pruner's lock on. Unless [`Locked::release`]d (the lock

@@ -12,8 +12,11 @@ use serde_json::{Map, Value, json};
 use super::{CliError, Client, segment};
 use crate::build::NDJSON;
 
-/// The source of `path`: the file's text, or the directory as a base64 tar.gz.
-pub(super) fn source(path: &Path) -> Result<Value, CliError> {
+/// The source of `path`: the file's text, or the directory as a base64 tar.gz. A manifest
+/// (`leave_out`, the `granda.yaml` that names this source) inside the directory is left out of
+/// it: its secrets never reach the image, and editing it builds nothing (a `source: .` written
+/// before `fn init` scaffolded `src/`).
+pub(super) fn source(path: &Path, leave_out: Option<&Path>) -> Result<Value, CliError> {
     let meta =
         std::fs::metadata(path).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
     if meta.is_file() {
@@ -21,15 +24,41 @@ pub(super) fn source(path: &Path) -> Result<Value, CliError> {
             .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
         return Ok(Value::String(text));
     }
+    let leave_out = leave_out.and_then(|p| std::fs::canonicalize(p).ok());
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
-    tar.append_dir_all(".", path)
+    pack(&mut tar, path, Path::new("."), leave_out.as_deref())
         .map_err(|e| CliError::Other(format!("packing {}: {e}", path.display())))?;
     let bytes = tar
         .into_inner()
         .and_then(|gz| gz.finish())
         .map_err(|e| CliError::Other(format!("packing {}: {e}", path.display())))?;
     Ok(json!({"tar_gz": base64::engine::general_purpose::STANDARD.encode(bytes)}))
+}
+
+/// Appends directory `dir` as `name` and everything under it, in name order, but `leave_out`.
+fn pack<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+    leave_out: Option<&Path>,
+) -> std::io::Result<()> {
+    tar.append_dir(name, dir)?;
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if leave_out.is_some_and(|l| std::fs::canonicalize(&path).is_ok_and(|p| p == l)) {
+            continue;
+        }
+        let inner = name.join(entry.file_name());
+        if std::fs::metadata(&path)?.is_dir() {
+            pack(tar, &path, &inner, leave_out)?;
+        } else {
+            tar.append_path_with_name(&path, &inner)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a deploy did.

@@ -522,7 +522,7 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), CliError> {
             CliError::Other("--runtime is needed to build from source (shell, python3)".into())
         })?;
         body.insert("runtime".into(), runtime.into());
-        body.insert("source".into(), source(path)?);
+        body.insert("source".into(), source(path, None)?);
     }
     if let Some(image) = &args.image {
         body.insert("image".into(), image.clone().into());

@@ -201,7 +201,7 @@ pub async fn deploy(client: &Client, args: DeployFileArgs) -> Result<(), CliErro
         let mut body = spec;
         let from_source = match body.remove("source") {
             Some(Value::String(p)) => {
-                body.insert("source".into(), source(&base.join(p))?);
+                body.insert("source".into(), source(&base.join(p), Some(&args.file))?);
                 true
             }
             Some(other) => {

@@ -561,7 +561,7 @@ pub async fn finish_run_of<'e>(
                     cold = $12,
                     http_method = $13, http_path = $14, http_status = $15, mode = $16,
                     dead_at = CASE WHEN $2 = 'dead' THEN now() END
-             WHERE id = $1 AND status = 'running' AND worker = $17
+             WHERE id = $1 AND status = 'running' AND worker = $17",
         )
         .bind(id),
         outcome,

@@ -569,6 +569,41 @@ async fn fn_init_writes_a_function_that_deploy_f_deploys_idempotently() {
             "{names:?}"
         );
     }
+    // A manifest written before `fn init` scaffolded src/: `source: .`, the manifest inside the
+    // directory it builds. It is left out of the source all the same: a secret added to it
+    // builds nothing.
+    let old = root.join("old");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(
+        old.join("handler.sh"),
+        "#!/bin/sh\nread -r who\necho \"old, $who\"\n",
+    )
+    .unwrap();
+    let manifest = old.join("granda.yaml");
+    std::fs::write(
+        &manifest,
+        "functions:\n  oldstyle:\n    runtime: shell\n    source: .\n",
+    )
+    .unwrap();
+    expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        0,
+    );
+    let out = granda(&app, &["invoke", "oldstyle", "-d", "you"], b"").await;
+    assert_eq!(expect(&out, 0).trim(), "old, you");
+    let mut edited = std::fs::read_to_string(&manifest).unwrap();
+    edited.push_str("    secrets:\n      TOKEN: s3cr3t-value\n");
+    std::fs::write(&manifest, edited).unwrap();
+    expect(
+        &granda(&app, &["deploy", "-f", path(&manifest)], b"").await,
+        0,
+    );
+    let f = json(&granda(&app, &["fn", "get", "oldstyle", "--json"], b"").await);
+    assert_eq!(
+        f["version"], 1,
+        "the manifest inside `source: .` was built into a new version: {f}"
+    );
+
     // An existing directory is refused.
     let out = granda(
         &app,
