@@ -241,13 +241,10 @@ pub async fn run(
                 settings.ca_file.as_deref(),
             )
             .await?;
-            let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
-            let worker = Worker::build(&settings, pool)
+            crate::up::Up::build(&settings, pool)
                 .await?
-                .with_metrics(app.metrics());
-            let app = app.with_engines(worker.engines());
-            let (served, worked) = tokio::join!(app.run(signal()), worker.run(signal()));
-            served.and(worked)
+                .run(signal)
+                .await
         }
     }
 }

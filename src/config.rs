@@ -159,7 +159,7 @@ pub struct Settings {
     /// An admin API key to accept (at least 16 characters). Without it, a first admin key is made
     /// and printed once when the database has no key.
     #[arg(long, env = "GRANDA_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<crate::keys::Secret>,
+    pub admin_key: Option<Secret>,
 
     /// Whether a worker may pull an image its engine lacks: `missing` (pull when the engine
     /// lacks it), `always` (pull again before a run when this worker last pulled it over a
@@ -340,13 +340,13 @@ pub struct Settings {
     /// How long an ended invocation (and an event, a build's log, a webhook rejection) is kept,
     /// in seconds (default 7 days), unless its namespace or function sets `retention_s`.
     #[arg(long, env = "GRANDA_RETENTION_S", default_value_t = 7 * 24 * 3600,
-        value_parser = clap::value_parser!(i64).range(1..=crate::retention::MAX_RETENTION_S))]
+        value_parser = clap::value_parser!(i64).range(1..=MAX_RETENTION_S))]
     pub retention_s: i64,
 
     /// The least time a failed, timed-out or dead invocation is kept, in seconds (default 30
     /// days): such a record is kept the longer of its retention and this.
     #[arg(long, env = "GRANDA_FAILED_RETENTION_S", default_value_t = 30 * 24 * 3600,
-        value_parser = clap::value_parser!(i64).range(1..=crate::retention::MAX_RETENTION_S))]
+        value_parser = clap::value_parser!(i64).range(1..=MAX_RETENTION_S))]
     pub failed_retention_s: i64,
 
     /// How often the ingress prunes records past their retention, in ms (one server at a time).
@@ -376,6 +376,16 @@ pub enum ImagePull {
 pub enum AuthMode {
     On,
     Off,
+}
+
+/// The longest retention one may set (`GRANDA_RETENTION_S`, a namespace's or function's
+/// `retention_s`): ten years, in seconds.
+pub const MAX_RETENTION_S: i64 = 10 * 365 * 24 * 3600;
+
+/// Why a namespace's or function's `retention_s` can't be set, if it can't.
+pub fn retention_problem(retention_s: i64) -> Option<String> {
+    (!(1..=MAX_RETENTION_S).contains(&retention_s))
+        .then(|| format!("must be between 1 and {MAX_RETENTION_S} seconds (or null)"))
 }
 
 /// The largest message Granda publishes: well below RabbitMQ's `max_message_size` (128 MiB by
@@ -519,5 +529,23 @@ pub fn amqp_node_name(url: &str) -> String {
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
         Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+/// A key in the clear (an API key as made, `GRANDA_ADMIN_KEY`): shown once and then forgotten.
+/// Debug does not show it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
     }
 }

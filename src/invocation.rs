@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Stored as its word (`text`): a word the enum lacks is a decoding error, not a default.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 #[schema(as = InvocationStatus)]
 pub enum Status {
     Queued,
@@ -59,39 +63,13 @@ impl Status {
     }
 }
 
-/// How the event reached Granda.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Sync,
-    Async,
-    Webhook,
-    Event,
-    Schedule,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Sync => "sync",
-            Trigger::Async => "async",
-            Trigger::Webhook => "webhook",
-            Trigger::Event => "event",
-            Trigger::Schedule => "schedule",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Trigger> {
-        Some(match s {
-            "sync" => Trigger::Sync,
-            "async" => Trigger::Async,
-            "webhook" => Trigger::Webhook,
-            "event" => Trigger::Event,
-            "schedule" => Trigger::Schedule,
-            _ => return None,
-        })
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
+
+pub use crate::trigger::Trigger;
 
 /// An invocation as stored. The API shows it as an [`InvocationView`]; input and output are
 /// shown there, as text or base64.
@@ -100,10 +78,8 @@ impl Trigger {
 pub struct Record {
     pub id: Uuid,
     pub function: String,
-    #[schema(value_type = Status)]
-    pub status: String,
-    #[schema(value_type = Trigger)]
-    pub trigger: String,
+    pub status: Status,
+    pub trigger: Trigger,
     pub attempt: i32,
     #[serde(skip)]
     pub input: Option<Vec<u8>>,
@@ -140,7 +116,7 @@ pub struct Record {
     /// How the run got its container: `cold` (a fresh one), `warm` (an exec in a kept one) or
     /// `hot` (a request to the function's own process); none before it ran (and on records
     /// older than this field).
-    pub mode: Option<String>,
+    pub mode: Option<crate::function::Mode>,
     /// When an operator discarded this dead invocation: it left the dead letters for good
     /// (`DELETE /v1/dead-letters/{id}`).
     pub discarded_at: Option<DateTime<Utc>>,
@@ -148,7 +124,7 @@ pub struct Record {
 
 impl Record {
     pub fn status(&self) -> Status {
-        Status::parse(&self.status).unwrap_or(Status::Failed)
+        self.status
     }
 
     /// A success whose input, output and logs were not kept (`store_output: on_failure`): a
@@ -229,7 +205,7 @@ impl Outcome {
 pub struct Unpublished {
     pub id: Uuid,
     pub function: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub input: Vec<u8>,
     /// The invocation's own env (schedules, AMQP events), added to the function's again.
     pub extra_env: Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,

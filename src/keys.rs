@@ -73,22 +73,7 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// A key in the clear, as made: shown once and then forgotten. Debug does not show it.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
+pub use crate::config::Secret;
 
 /// A new random key: `gk_` and 32 random bytes, base64url.
 pub fn generate() -> Secret {
@@ -182,7 +167,7 @@ pub async fn create(
         }
         if functions.is_empty()
             || functions.len() > MAX_KEY_FUNCTIONS
-            || !functions.iter().all(|f| crate::function::valid_name(f))
+            || !functions.iter().all(|f| crate::namespace::valid_name(f))
         {
             return Err(KeyError::BadFunctions);
         }

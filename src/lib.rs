@@ -8,8 +8,9 @@
 //! - [`producer`]: the whole ingress. The API, `/fn/{name}`, webhooks (`/hooks/{id}`), the
 //!   dashboard (`producer::ui`); it records an invocation as `queued` and publishes it. Beside
 //!   the API run its loops: `producer::outbox` (re-publishing what the broker never confirmed),
-//!   `producer::cron` (cron schedules and their ticker) and `producer::inbound` (events published
-//!   over AMQP); `producer::ingress` is what those loops share.
+//!   `producer::cron` (cron schedules and their ticker), `producer::inbound` (events published
+//!   over AMQP), `producer::pruner` (records past their retention) and `producer::records_size`
+//!   (the database's size, sampled); `producer::ingress` is what those loops share.
 //! - [`worker`]: the whole worker. Consuming, claiming, running a container (cold, warm, hot;
 //!   `worker::cgi` for functions that answer HTTP), settling the message, taking over a dead
 //!   worker's containers.
@@ -24,12 +25,15 @@
 //! - [`message`]: the wire message (`Work`, signed) and the reply of a sync call; [`seal`]: the
 //!   installation's signing key and the keys secrets are sealed with.
 //! - [`broker`]: RabbitMQ: topology, nodes and failover, publishing with confirms, replies.
-//! - [`retry`]: failure classes and the one decision of whether and when to run again.
+//! - [`retry`]: failure classes and the one decision of whether and when to run again;
+//!   [`trigger`]: how an event reached Granda, which that decision reads.
 //! - [`callback`]: POSTing a final result to a caller's URL, signed.
 //! - [`webhook`] (signed deliveries from GitHub, Stripe, Standard Webhooks), [`event`]
-//!   (published events and subscriptions), [`namespace`] (teams, their quotas).
+//!   (published events and subscriptions), [`namespace`] (teams, their quotas), [`retention`]
+//!   (how long an ended record is kept, and one pruning pass).
 //!
-//! Around them: [`config`] (every setting), [`db`] (Postgres and migrations), [`frame`] (what
+//! The process's composition: [`up`] wires an ingress and a worker together (`granda up`, the
+//! tests, the benchmark). Around them: [`config`] (every setting), [`db`] (Postgres and migrations), [`frame`] (what
 //! fits in one AMQP frame), [`docker`] (the
 //! engine connection), [`engines`] (what the ingress asks of the engines: image checks and
 //! builds), [`web`] (the HTTP request and answer of a function called as a web endpoint),
@@ -55,13 +59,14 @@ pub mod message;
 pub mod metrics;
 pub mod namespace;
 pub mod producer;
-pub mod records_size;
 pub mod retention;
 pub mod retry;
 pub mod scheduler;
 pub mod seal;
 pub mod telemetry;
 pub mod tls;
+pub mod trigger;
+pub mod up;
 pub mod web;
 pub mod webhook;
 pub mod worker;

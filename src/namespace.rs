@@ -19,6 +19,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+/// `^[a-z][a-z0-9-]{0,62}$`: names of functions, namespaces and queues. (A function's stored
+/// name adds its namespace after a dot: [`valid_stored`].)
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
 /// The namespace of everything made before namespaces, and of a global key's requests that name
 /// none.
 pub const DEFAULT: &str = "default";
@@ -31,7 +40,7 @@ pub struct Namespace(String);
 
 impl Namespace {
     pub fn parse(s: &str) -> Option<Namespace> {
-        crate::function::valid_name(s).then(|| Namespace(s.to_string()))
+        valid_name(s).then(|| Namespace(s.to_string()))
     }
 
     pub fn default_ns() -> Namespace {
@@ -99,10 +108,8 @@ pub fn split(qualified: &str) -> (&str, &str) {
 /// function by it (the name, and so the namespace, is part of the signed snapshot).
 pub fn valid_stored(name: &str) -> bool {
     match name.split_once('.') {
-        None => crate::function::valid_name(name),
-        Some((short, ns)) => {
-            crate::function::valid_name(short) && crate::function::valid_name(ns) && ns != DEFAULT
-        }
+        None => valid_name(name),
+        Some((short, ns)) => valid_name(short) && valid_name(ns) && ns != DEFAULT,
     }
 }
 
@@ -155,7 +162,7 @@ impl Quotas {
         if self.max_stored_bytes.is_some_and(|n| n < 0) {
             return Err("max_stored_bytes: at least 0 (or null: no limit)".into());
         }
-        if let Some(problem) = self.retention_s.and_then(crate::retention::problem) {
+        if let Some(problem) = self.retention_s.and_then(crate::config::retention_problem) {
             return Err(format!("retention_s: {problem}"));
         }
         Ok(())

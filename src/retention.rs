@@ -14,7 +14,8 @@
 //! refused sync-call ids after the failure retention; inbound AMQP message ids after 24 hours
 //! (their dedup window). Schedule claims are pruned by the schedule ticker (after a day).
 //!
-//! **The pruner** runs in every ingress every `GRANDA_PRUNE_INTERVAL_MS`, but only one at a
+//! **The pruner** runs in every ingress every `GRANDA_PRUNE_INTERVAL_MS` (its loop:
+//! `producer::pruner`), but only one at a
 //! time prunes: a pass holds a session advisory lock ([`LOCK`]) on one connection, and a
 //! server that does not get it skips the pass. It deletes in batches of [`BATCH`] rows, each
 //! one statement (its own short transaction), so it never holds locks a write waits for and
@@ -24,30 +25,20 @@
 //! column the final update writes (`status`, `finished_at`), so that update stays heap-only.
 //! Why batched deletes rather than partitions: docs/operations.md, "Retention".
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::producer::ingress::Ingress;
 
-/// The longest retention one may set: ten years, in seconds.
-pub const MAX_RETENTION_S: i64 = 10 * 365 * 24 * 3600;
+pub use crate::config::{MAX_RETENTION_S, retention_problem as problem};
 /// Rows one statement deletes at most.
 pub const BATCH: i64 = 1000;
 /// The advisory lock a pruning pass holds (the bytes of `grandapr`).
 pub const LOCK: i64 = 0x6772_616e_6461_7072;
 /// The metric family of rows pruned, by table.
 pub const PRUNED: &str = "granda_records_pruned_total";
-
-/// Why `retention_s` can't be set, if it can't.
-pub fn problem(retention_s: i64) -> Option<String> {
-    (!(1..=MAX_RETENTION_S).contains(&retention_s))
-        .then(|| format!("must be between 1 and {MAX_RETENTION_S} seconds (or null)"))
-}
 
 /// The installation's retentions, in seconds.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +142,7 @@ pub struct Pruned {
 }
 
 impl Pruned {
-    fn by_table(&self) -> [(&'static str, u64); 6] {
+    pub fn by_table(&self) -> [(&'static str, u64); 6] {
         [
             ("invocations", self.invocations),
             ("events", self.events),
@@ -160,25 +151,6 @@ impl Pruned {
             ("refused_invocations", self.refused_invocations),
             ("inbound_messages", self.inbound_messages),
         ]
-    }
-}
-
-/// Prunes every `GRANDA_PRUNE_INTERVAL_MS` until the task is dropped.
-pub async fn run(app: Ingress) {
-    let every = Duration::from_millis(app.settings.prune_interval_ms.max(10));
-    let policy = Policy::of(&app.settings);
-    for (table, _) in Pruned::default().by_table() {
-        app.metrics.add(PRUNED, format!("table=\"{table}\""), 0);
-    }
-    loop {
-        tokio::time::sleep(every).await;
-        match pass(&app.pool, policy, &app.metrics).await {
-            Ok(Some(pruned)) if pruned != Pruned::default() => {
-                tracing::info!(?pruned, "pruned records past their retention")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning failed; trying again next interval"),
-        }
     }
 }
 
@@ -478,6 +450,7 @@ pub async fn kept_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_floor_id_is_below_every_id_made_before_it_and_above_every_older_one() {

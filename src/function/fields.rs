@@ -220,9 +220,12 @@ pub(super) fn cors_problem(cors: &Cors) -> Option<String> {
     None
 }
 
-/// How invocations of a function get a container.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// How invocations of a function get a container (stored as its word: an invocation's `mode`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Mode {
     /// A fresh container per invocation: the strongest isolation.
     #[default]

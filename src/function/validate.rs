@@ -154,13 +154,7 @@ pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid
     }
 }
 
-/// `^[a-z][a-z0-9-]{0,62}$`: names of functions and queues.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && name.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
-}
+pub use crate::namespace::valid_name;
 
 pub(super) fn valid_env_key(key: &str) -> bool {
     let mut chars = key.chars();

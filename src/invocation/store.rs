@@ -420,7 +420,7 @@ pub async fn cancel(
     id: Uuid,
     by: &str,
 ) -> Result<Option<(Status, Option<String>)>, sqlx::Error> {
-    let row: Option<(String, Option<String>)> = sqlx::query_as(
+    let row: Option<(Status, Option<String>)> = sqlx::query_as(
         "WITH before AS (SELECT id, status, worker FROM invocations
                          WHERE id = $1 AND status IN ('queued', 'running') FOR UPDATE),
               done AS (UPDATE invocations i SET status = 'cancelled', cancelled_by = $2,
@@ -438,7 +438,7 @@ pub async fn cancel(
     .bind(CANCEL_CHANNEL)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(status, worker)| (Status::parse(&status).unwrap_or(Status::Queued), worker)))
+    Ok(row)
 }
 
 /// Of `ids`, those now `cancelled` (a worker's check of its runs, beside the notifications).

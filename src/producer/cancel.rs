@@ -9,7 +9,6 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
@@ -51,12 +50,9 @@ fn ended(id: Uuid, status: String) -> Response {
         status: status.clone(),
     }
     .to_string();
-    let body = json!({"error": {
-        "code": "conflict",
-        "message": message,
-        "invocation_id": id,
-        "status": status,
-    }});
+    let mut body = ErrorBody::new("conflict", message);
+    body.error.invocation_id = Some(id);
+    body.error.status = Some(status);
     (StatusCode::CONFLICT, axum::Json(body)).into_response()
 }
 
@@ -118,7 +114,7 @@ pub async fn cancel_one(
         None => match store::get(&app.pool, id).await? {
             Some(record) => Err(CancelError::Ended {
                 id,
-                status: record.status,
+                status: record.status.as_str().to_string(),
             }),
             None => Err(CancelError::Unknown(id)),
         },

@@ -291,14 +291,14 @@ pub async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     })?;
     // The invocation's own env (a webhook's, an event's) goes with the retry too.
     let env = store::extra_env(&app.pool, id).await?;
-    let trigger = Trigger::parse(&record.trigger).unwrap_or(Trigger::Async);
+    let trigger = record.trigger;
     let work = Work::queued(id, trigger, &function, &env);
     let input = record.input.clone().unwrap_or_default();
     if let Err(e) = app.publisher.publish(&function.queue, &work, &input).await {
         // Not confirmed: put the record back as it was, so the retry can be asked again.
         sqlx::query("UPDATE invocations SET status = $2, published_at = now() WHERE id = $1 AND status = 'queued'")
             .bind(id)
-            .bind(&current.status)
+            .bind(current.status)
             .execute(&app.pool)
             .await?;
         return Err(e.into());

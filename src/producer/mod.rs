@@ -25,8 +25,10 @@ pub mod namespaces;
 pub mod openapi;
 pub mod origin;
 pub mod outbox;
+pub mod pruner;
 pub mod quota;
 pub mod recent;
+pub mod records_size;
 pub mod schedules;
 pub mod serve;
 pub mod ui;
@@ -202,8 +204,8 @@ impl Application {
         let ingress = self.state.ingress();
         loops.spawn(crate::producer::outbox::run(ingress.clone()));
         loops.spawn(crate::producer::cron::ticker::run(ingress.clone()));
-        loops.spawn(crate::retention::run(ingress.clone()));
-        loops.spawn(crate::records_size::run(
+        loops.spawn(pruner::run(ingress.clone()));
+        loops.spawn(records_size::run(
             ingress.clone(),
             std::time::Duration::from_millis(self.state.settings.size_sample_ms),
         ));

@@ -46,7 +46,7 @@ pub async fn sweep(app: &Ingress, grace: Duration) -> anyhow::Result<usize> {
     let mut functions_by_name: HashMap<String, Option<Function>> = HashMap::new();
     let mut published = Vec::new();
     for row in rows {
-        let trigger = Trigger::parse(&row.trigger).unwrap_or(Trigger::Async);
+        let trigger = row.trigger;
         if trigger == Trigger::Sync {
             store::abandon(
                 &mut tx,

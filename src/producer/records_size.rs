@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::ingress::Ingress;
 use crate::metrics::label;
-use crate::producer::ingress::Ingress;
 
 /// One namespace's records.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]

@@ -9,7 +9,6 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use granda::broker::Topology;
 use granda::config::Settings;
-use granda::producer::Application;
 use granda::worker::Worker;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -83,14 +82,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let pool = granda::db::connect_and_migrate(&settings.database_url)
         .await
         .expect("Postgres must be reachable for the tests");
-    let app = Application::build_with_pool(settings.clone(), pool.clone())
+    let granda::up::Up { app, worker } = granda::up::Up::build(&settings, pool.clone())
         .await
-        .expect("RabbitMQ must be reachable for the tests");
-    let worker = Worker::build(&settings, pool.clone())
-        .await
-        .expect("the Docker engine must be reachable for the tests")
-        .with_metrics(app.metrics());
-    let app = app.with_engines(worker.engines());
+        .expect("RabbitMQ and the Docker engine must be reachable for the tests");
     let address = format!("http://{}", app.local_addr());
     let (stop, stopped) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {

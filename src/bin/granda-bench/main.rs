@@ -27,7 +27,6 @@ use clap::Parser;
 use granda::broker::Topology;
 use granda::config::Settings;
 use granda::function::{InputMode, RunSpec, Snapshot};
-use granda::producer::Application;
 use granda::worker::Worker;
 use granda::worker::container::{Caps, Runner};
 use serde_json::json;
@@ -139,12 +138,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let pool = granda::db::connect_and_migrate(&settings.database_url).await?;
-    let app = Application::build_with_pool(settings.clone(), pool.clone()).await?;
-    let worker = Worker::build(&settings, pool.clone())
-        .await?
-        .with_metrics(app.metrics());
     // As `granda up`: the ingress checks images and builds on this worker's engine.
-    let app = app.with_engines(worker.engines());
+    let granda::up::Up { app, worker } = granda::up::Up::build(&settings, pool.clone()).await?;
     let address = app.local_addr();
     let base_url = format!("http://{address}");
     let (stop, stopped) = watch::channel(false);

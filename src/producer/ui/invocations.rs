@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::session::{Admin, Session};
 use super::{BASE, UiError, fmt_ms, fmt_time, layout, page, status_badge};
 use crate::error::ApiError;
+use crate::function::Mode;
 use crate::invocation::{Record, search, store};
 use crate::producer::AppState;
 use crate::producer::auth::Action;
@@ -72,9 +73,9 @@ pub fn retryable(status: &str) -> bool {
 /// container was started for it is `hot, cold start`. Records from before the mode was kept say
 /// only cold or warm.
 pub fn run_label(r: &Record) -> &'static str {
-    match (r.mode.as_deref(), r.cold) {
-        (Some("hot"), Some(true)) => "hot, cold start",
-        (Some("hot"), _) => "hot",
+    match (r.mode, r.cold) {
+        (Some(Mode::Hot), Some(true)) => "hot, cold start",
+        (Some(Mode::Hot), _) => "hot",
         (_, Some(true)) => "cold",
         (_, Some(false)) => "warm",
         (_, None) => "—",
@@ -211,12 +212,12 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
                     tr {
                         td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
                         @if function { td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
-                        td { (status_badge(&r.status)) }
+                        td { (status_badge(r.status.as_str())) }
                         td.num.hide-narrow[function] { (fmt_ms(r.duration_ms.map(|d| d as f64))) }
                         td.hide-narrow.run { (run_label(r)) }
                         td.hide-narrow { (r.trigger) }
                         td.hide-narrow { (fmt_time(Some(r.queued_at))) }
-                        @if retry { td { @if retryable(&r.status) { (retry_button(session, r.id)) } } }
+                        @if retry { td { @if retryable(r.status.as_str()) { (retry_button(session, r.id)) } } }
                     }
                 }
             }
@@ -247,7 +248,7 @@ pub async fn invocation(
     let kept_until =
         crate::retention::kept_until(&app.pool, crate::retention::Policy::of(&app.settings), id)
             .await?;
-    let retry = session.may(Action::Manage) && retryable(&r.status);
+    let retry = session.may(Action::Manage) && retryable(r.status.as_str());
     let cancellable = session.may(Action::Invoke) && !r.status().is_final();
     Ok(page(
         "Invocation",
@@ -261,7 +262,7 @@ pub async fn invocation(
                 div.scroll {
                     table.kv #record {
                         tr { th { "Function" } td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } } }
-                        tr { th { "Status" } td #status { (status_badge(&r.status)) } }
+                        tr { th { "Status" } td #status { (status_badge(r.status.as_str())) } }
                         tr { th { "Trigger" } td { (r.trigger) } }
                         tr { th { "Made with key" } td #key {
                             @if let Some(key) = r.key_id {
@@ -733,8 +734,8 @@ mod tests {
         Record {
             id: Uuid::nil(),
             function: "f".into(),
-            status: "succeeded".into(),
-            trigger: "async".into(),
+            status: crate::invocation::Status::Succeeded,
+            trigger: crate::invocation::Trigger::Async,
             attempt,
             input: None,
             input_size: 0,
@@ -757,7 +758,7 @@ mod tests {
             key_id: None,
             key_name: None,
             cancelled_by: None,
-            mode: Some("cold".into()),
+            mode: Some(Mode::Cold),
             discarded_at: None,
         }
     }
@@ -766,12 +767,12 @@ mod tests {
     fn runs_are_labelled_by_how_they_got_their_container() {
         let mut r = record(1);
         let label = |r: &Record| run_label(r);
-        r.mode = Some("hot".into());
+        r.mode = Some(Mode::Hot);
         r.cold = Some(false);
         assert_eq!(label(&r), "hot");
         r.cold = Some(true);
         assert_eq!(label(&r), "hot, cold start");
-        r.mode = Some("warm".into());
+        r.mode = Some(Mode::Warm);
         r.cold = Some(false);
         assert_eq!(label(&r), "warm");
         r.mode = None;

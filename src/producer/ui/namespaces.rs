@@ -1,6 +1,6 @@
 //! `/ui/namespaces`: what each namespace stores. Its invocation records, the bytes of their
 //! inputs, outputs and logs (what `max_stored_bytes` caps), its quotas, and the database's size
-//! on disk, measured when the page is read ([`crate::records_size::sample`]).
+//! on disk, measured when the page is read ([`crate::producer::records_size::sample`]).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use crate::producer::auth::Action;
 /// `GET /ui/namespaces`.
 pub async fn list(session: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
     session.require(Action::Operate)?;
-    let sizes = crate::records_size::sample(&app.pool).await?;
+    let sizes = crate::producer::records_size::sample(&app.pool).await?;
     let quotas: BTreeMap<String, crate::namespace::Stored> = crate::namespace::list(&app.pool)
         .await?
         .into_iter()
