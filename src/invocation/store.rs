@@ -518,12 +518,11 @@ pub async fn discard_dead(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> 
     Ok(done.rows_affected() == 1)
 }
 
-/// Writes the final record. Returns `false` if it was already final or is missing (nothing is
-/// changed then; see [`restore_final`] for a sync call's).
-#[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
-pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
-    let done = bind_outcome(
-        sqlx::query(
+/// The final record's `UPDATE` of invocation `$1`: the outcome as [`bind_outcome`] binds it
+/// (`$2` to `$16`), the input dropped when `$17` ([`Outcome::unstored`]), where `$cond` holds.
+macro_rules! final_update {
+    ($cond:literal) => {
+        concat!(
             "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
                     exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
                     duration_ms = $11, retry_at = NULL, payload = NULL,
@@ -531,9 +530,18 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
                     http_method = $13, http_path = $14, http_status = $15, mode = $16,
                     dead_at = CASE WHEN $2 = 'dead' THEN now() END,
                     input = CASE WHEN $17 THEN NULL ELSE input END
-             WHERE id = $1 AND status IN ('queued', 'running')",
+             WHERE id = $1 AND ",
+            $cond
         )
-        .bind(id),
+    };
+}
+
+/// Writes the final record. Returns `false` if it was already final or is missing (nothing is
+/// changed then; see [`restore_final`] for a sync call's).
+#[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
+pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
+    let done = bind_outcome(
+        sqlx::query(final_update!("status IN ('queued', 'running')")).bind(id),
         outcome,
     )
     .bind(outcome.unstored)
@@ -554,18 +562,10 @@ pub async fn finish_run_of<'e>(
     outcome: &Outcome,
 ) -> Result<bool, sqlx::Error> {
     let done = bind_outcome(
-        sqlx::query(
-            "UPDATE invocations SET status = $2, output = $3, output_truncated = $4, logs = $5, logs_truncated = $6,
-                    exit_code = $7, error = $8, started_at = COALESCE($9, started_at), finished_at = COALESCE($10, now()),
-                    duration_ms = $11, retry_at = NULL, payload = NULL,
-                    cold = $12,
-                    http_method = $13, http_path = $14, http_status = $15, mode = $16,
-                    dead_at = CASE WHEN $2 = 'dead' THEN now() END
-             WHERE id = $1 AND status = 'running' AND worker = $17",
-        )
-        .bind(id),
+        sqlx::query(final_update!("status = 'running' AND worker = $18")).bind(id),
         outcome,
     )
+    .bind(outcome.unstored)
     .bind(worker)
     .execute(db)
     .await?;

@@ -41,6 +41,14 @@ async fn key(app: &TestApp, name: &str, scope: &str, namespace: Option<&str>) ->
     )
 }
 
+/// Namespace `team-b` and its admin key `b-admin`: (the key, a client that sends it).
+async fn team_b(app: &TestApp) -> (String, reqwest::Client) {
+    make_namespace(app, "team-b", json!({})).await;
+    let (_, b_admin) = key(app, "b-admin", "admin", Some("team-b")).await;
+    let b = client_with_key(&b_admin);
+    (b_admin, b)
+}
+
 /// Registers `name` (`granda-test/echo`) with `client`, in that key's namespace.
 async fn register_with(app: &TestApp, client: &reqwest::Client, name: &str, extra: Value) {
     let mut body = json!({"name": name, "image": "granda-test/echo"});
@@ -192,9 +200,7 @@ async fn records_name_the_key_that_made_the_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespaced_key_s_dashboard_sees_only_its_namespace() {
     let app = spawn_app().await;
-    make_namespace(&app, "team-b", json!({})).await;
-    let (_, b_admin) = key(&app, "b-admin", "admin", Some("team-b")).await;
-    let b = client_with_key(&b_admin);
+    let (b_admin, b) = team_b(&app).await;
     app.register("echo", "granda-test/echo", json!({})).await;
     app.register("only-default", "granda-test/echo", json!({}))
         .await;
@@ -295,9 +301,7 @@ async fn a_namespaced_key_s_dashboard_sees_only_its_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_session_switches_namespace() {
     let app = spawn_app().await;
-    make_namespace(&app, "team-b", json!({})).await;
-    let (_, b_admin) = key(&app, "b-admin", "admin", Some("team-b")).await;
-    let b = client_with_key(&b_admin);
+    let (_, b) = team_b(&app).await;
     app.register("only-default", "granda-test/echo", json!({}))
         .await;
     register_with(&app, &b, "only-b", json!({})).await;
@@ -417,9 +421,7 @@ async fn the_usage_page_and_report_count_calls_and_throttled_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_bound_to_functions_invokes_those_only() {
     let app = spawn_app().await;
-    make_namespace(&app, "team-b", json!({})).await;
-    let (_, b_admin) = key(&app, "b-admin", "admin", Some("team-b")).await;
-    let b = client_with_key(&b_admin);
+    let (b_admin, b) = team_b(&app).await;
     register_with(&app, &b, "hook", json!({})).await;
     register_with(&app, &b, "other", json!({})).await;
     let other = id_of(
@@ -536,9 +538,7 @@ async fn a_key_bound_to_functions_invokes_those_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_namespace_switcher_in_a_browser() {
     let app = spawn_app().await;
-    make_namespace(&app, "team-b", json!({})).await;
-    let (_, b_admin) = key(&app, "b-admin", "admin", Some("team-b")).await;
-    let b = client_with_key(&b_admin);
+    let (_, b) = team_b(&app).await;
     app.register("only-default", "granda-test/echo", json!({}))
         .await;
     register_with(&app, &b, "only-b", json!({})).await;
