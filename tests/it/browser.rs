@@ -172,7 +172,9 @@ impl Chromium {
     /// Ends the session: the browser, its driver and its profile go.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill().await;
+        // Not `kill().await`: its wait for SIGCHLD can miss the wake-up; bounded instead.
+        let _ = self.driver.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.driver.wait()).await;
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }

@@ -201,11 +201,12 @@ impl Installation {
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        // Polled with `try_wait` (waitpid), not awaited: `Child::wait` depends on a SIGCHLD
+        // wake-up, which a test's runtime can miss when another test's runtime handled it, and
+        // `kill().await` then waited forever (seen once in a full run).
+        if !exited_within(&mut self.child, Duration::from_secs(20)).await {
+            let _ = self.child.start_kill();
+            exited_within(&mut self.child, Duration::from_secs(10)).await;
         }
         let settings = granda::config::Settings::from_env();
         if let Ok(connection) =
@@ -354,4 +355,18 @@ async fn every_command_in_the_readme_runs_on_a_fresh_installation() {
         stderr.contains("failed (exit 3)"),
         "the failed call's error\n{stderr}"
     );
+}
+
+/// Whether `child` has exited within `bound`, polling `try_wait` every 100 ms.
+async fn exited_within(child: &mut tokio::process::Child, bound: Duration) -> bool {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

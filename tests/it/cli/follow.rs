@@ -122,7 +122,8 @@ async fn inv_ls_across_functions_with_filters_and_follow() {
     assert!(seen.iter().all(|l| !l.contains("grumpy")), "{seen:#?}");
     let at = |id: &str| seen.iter().position(|l| l.contains(id)).unwrap();
     assert!(at(&a) < at(&b), "oldest first: {seen:#?}");
-    follow.kill().await.unwrap();
+    follow.start_kill().unwrap();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), follow.wait()).await;
     finish(app).await;
 }
 
@@ -183,7 +184,8 @@ async fn logs_prints_finished_invocations_with_output_and_stderr_and_follows() {
         seen.iter().all(|l| !l.contains(&first)),
         "printed once: {seen:#?}"
     );
-    follow.kill().await.unwrap();
+    follow.start_kill().unwrap();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), follow.wait()).await;
     finish(app).await;
 }
 
