@@ -39,6 +39,7 @@ pub mod source;
 pub mod stats;
 pub mod triggers;
 pub mod usage;
+pub mod waterfall;
 pub mod webhooks;
 
 use axum::Router;
