@@ -277,6 +277,22 @@ async fn handle_in_span(
     tracing::Span::current().record("id", tracing::field::display(work.id));
     tracing::Span::current().record("function", work.function.name.as_str());
 
+    // The engine does not answer: hot calls to a process running here go on; the rest wait,
+    // parked (no delivery counted), and come back to whichever worker is healthy then.
+    if shared.engine_away_for(&work) {
+        tracing::info!("the engine does not answer; parking a run that needs it");
+        park_for(
+            &shared,
+            &channels,
+            &queue,
+            &delivery,
+            ELSEWHERE_DELAY,
+            super::ENGINE_AWAY_DELAY,
+        )
+        .await;
+        return;
+    }
+
     if let Err(why) = shared.runnable_here(&queue, &work).await {
         let count = delivery_count(&delivery);
         match retry::on_unavailable(count, broker::DELIVERY_LIMIT) {

@@ -14,7 +14,9 @@
 //! Before it claims a message, a worker makes sure its engine has the image ([`images`]). One it
 //! can't run here (the image can't be had, the engine is away, or the queue's circuit breaker is
 //! open: [`breaker`]) is given back unclaimed for another worker, as [`crate::retry`] decides. An
-//! unhealthy worker (its engine unreachable) cancels its consumers until it recovers.
+//! unhealthy worker (its engine unreachable) cancels its consumers until it recovers, unless hot
+//! processes run here: then it goes on taking messages, runs the calls of those processes (they
+//! need no engine) and parks the rest for [`ENGINE_AWAY_DELAY`] at a time.
 
 pub mod breaker;
 pub mod builds;
@@ -93,6 +95,10 @@ impl Shared {
 /// How long a message waits queued when its namespace runs `max_concurrency` invocations
 /// already, before a worker looks again (parked in a delay queue: no worker spins on it).
 const NAMESPACE_FULL_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a message that needs the engine waits, parked, while the engine does not answer and
+/// the worker goes on taking messages for its hot processes.
+const ENGINE_AWAY_DELAY: Duration = Duration::from_secs(1);
 
 /// How long a message this worker can't run is held before it is given back, so that a worker
 /// whose breaker is about to open does not spin it through its deliveries.

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -75,6 +76,9 @@ pub struct Pool {
     /// Limits by key, as last seen in a message.
     limits: Mutex<HashMap<String, crate::function::PoolLimits>>,
     returned: Notify,
+    /// The engine does not answer (the worker's health): no container is started, and a run
+    /// waits for one of the function's running processes instead ([`Pool::serves_hot`]).
+    engine_away: std::sync::atomic::AtomicBool,
 }
 
 /// What identifies interchangeable containers: the function and everything its container is
@@ -130,6 +134,7 @@ impl Pool {
             entries: Mutex::default(),
             limits: Mutex::default(),
             returned: Notify::new(),
+            engine_away: Default::default(),
         })
     }
 
@@ -163,9 +168,12 @@ impl Pool {
             let taken = {
                 let mut entries = self.entries.lock().expect("lock");
                 let entry = entries.entry(key.clone()).or_default();
+                let engine_away = self.engine_away.load(Ordering::Relaxed);
                 match entry.idle.pop() {
                     Some(warm) => Some(Some(warm)),
-                    None if entry.live < max => {
+                    // While the engine is away, a run waits for a process already running (a
+                    // start would only wait for the engine); with none, it tries and fails.
+                    None if entry.live < max && !(engine_away && entry.live > 0) => {
                         entry.live += 1;
                         Some(None)
                     }
@@ -273,6 +281,34 @@ impl Pool {
         self.returned.notify_waiters();
     }
 
+    /// Says whether the engine answers ([`Pool`]'s `engine_away`); waiting runs look again.
+    pub(super) fn set_engine_away(&self, away: bool) {
+        if self.engine_away.swap(away, Ordering::Relaxed) != away {
+            self.returned.notify_waiters();
+        }
+    }
+
+    /// Whether `function` is hot with a process of its current definition running here: its
+    /// calls need no engine (a request over the process's socket).
+    pub(super) fn serves_hot(&self, function: &Snapshot) -> bool {
+        function.run.mode == Mode::Hot
+            && self
+                .entries
+                .lock()
+                .expect("lock")
+                .get(&key(function))
+                .is_some_and(|e| e.live > 0)
+    }
+
+    /// Whether any hot process runs here.
+    pub(super) fn any_hot(&self) -> bool {
+        self.entries
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(k, e)| e.live > 0 && k.split('|').nth(1) == Some(Mode::Hot.as_str()))
+    }
+
     /// Idle containers in the pool now, by function name (for tests and metrics).
     pub fn idle_by_function(&self) -> HashMap<String, usize> {
         let mut out = HashMap::new();
@@ -286,6 +322,11 @@ impl Pool {
     /// Removes idle containers past their idle timeout (beyond `min_warm`), and under memory
     /// pressure idle ones least recently used first.
     pub fn expire(&self, pressure: bool) {
+        // Nothing can be removed while the engine is away, and a hot process kept is what
+        // still serves calls then.
+        if self.engine_away.load(Ordering::Relaxed) {
+            return;
+        }
         let limits = self.limits.lock().expect("lock").clone();
         let mut doomed = Vec::new();
         {

@@ -38,6 +38,7 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
                 None => tracing::info!("worker connected to RabbitMQ again"),
             }
         }
+        shared.warm.set_engine_away(problem.is_some());
         let changed = {
             let mut health = shared.health.lock().expect("lock");
             let changed = health.is_some() != problem.is_some();
@@ -146,10 +147,11 @@ impl Drop for Connected<'_> {
 }
 
 impl Shared {
-    /// The prefetch `queue` may have now: none while the worker is unhealthy, else what its
-    /// breaker allows of `wanted`.
+    /// The prefetch `queue` may have now: none while the worker is unhealthy, unless hot
+    /// processes run here (their calls need no engine: the others are parked, see
+    /// [`Shared::engine_away_for`]); else what its breaker allows of `wanted`.
     pub(super) fn allowed(&self, queue: &str, wanted: usize) -> usize {
-        if self.health.lock().expect("lock").is_some() {
+        if self.health.lock().expect("lock").is_some() && !self.warm.any_hot() {
             return 0;
         }
         if !self.others_serve(queue) {
@@ -232,8 +234,18 @@ impl Shared {
 
     /// Whether this worker can run `work` now: its breaker lets it, and its engine has the image
     /// (pulled if need be). `Err` says why not.
+    /// Whether `work` waits for the engine that does not answer now: everything but a call of
+    /// a hot function whose process runs here ([`pool::Pool::serves_hot`]).
+    pub(super) fn engine_away_for(&self, work: &Work) -> bool {
+        self.health.lock().expect("lock").is_some() && !self.warm.serves_hot(&work.function)
+    }
+
     pub(super) async fn runnable_here(&self, queue: &str, work: &Work) -> Result<(), String> {
         if self.health.lock().expect("lock").is_some() {
+            if self.warm.serves_hot(&work.function) {
+                // Its process runs here: neither the engine nor the image is needed.
+                return Ok(());
+            }
             return Err("this worker is unhealthy".into());
         }
         // Alone on the queue, a worker runs what it can't run: the failure is recorded and the

@@ -26,21 +26,128 @@ fn standalone_worker(
     docker_host: &str,
     amqp_url: &str,
 ) -> (GrandaProcess, String) {
+    standalone_worker_with(app, id, docker_host, amqp_url, &[])
+}
+
+/// [`standalone_worker`] with more settings.
+fn standalone_worker_with(
+    app: &TestApp,
+    id: &str,
+    docker_host: &str,
+    amqp_url: &str,
+    more: &[(&str, String)],
+) -> (GrandaProcess, String) {
     let db = app.settings.database_url.rsplit('/').next().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    let worker = GrandaProcess::spawn(
-        &["worker"],
-        &[
-            ("GRANDA_DATABASE_URL", format!("{}/{db}", postgres_base())),
-            ("GRANDA_AMQP_URL", amqp_url.to_string()),
-            ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
-            ("GRANDA_WORKER_ID", id.to_string()),
-            ("GRANDA_WORKER_LISTEN", listen.clone()),
-            ("GRANDA_SCHEDULER_INTERVAL_MS", "100".to_string()),
-            ("DOCKER_HOST", docker_host.to_string()),
-        ],
-    );
+    let mut env = vec![
+        ("GRANDA_DATABASE_URL", format!("{}/{db}", postgres_base())),
+        ("GRANDA_AMQP_URL", amqp_url.to_string()),
+        ("GRANDA_AMQP_PREFIX", app.settings.amqp_prefix.clone()),
+        ("GRANDA_WORKER_ID", id.to_string()),
+        ("GRANDA_WORKER_LISTEN", listen.clone()),
+        ("GRANDA_SCHEDULER_INTERVAL_MS", "100".to_string()),
+        ("DOCKER_HOST", docker_host.to_string()),
+    ];
+    env.extend(more.iter().cloned());
+    let worker = GrandaProcess::spawn(&["worker"], &env);
     (worker, format!("http://{listen}"))
+}
+
+/// Stops (`SIGSTOP`) a process until dropped (`SIGCONT`): an engine that hangs, its containers
+/// running on (they belong to containerd's shims, not to `dockerd`).
+struct Frozen(u32);
+
+impl Frozen {
+    fn freeze(pid: u32) -> Frozen {
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_hangs_pauses_runs_that_need_it_never_hot_calls_to_running_processes() {
+    let app = ingress_only().await;
+    app.register("hot-echo", "granda-test/hot", json!({"mode": "hot"}))
+        .await;
+    app.register("echo", "granda-test/echo", json!({})).await;
+    let engine = TestDocker::start().await;
+    let id = format!("engine-away-{}", Uuid::new_v4().simple());
+    // A beat a second: the engine counts as away after two missed pings (2 to 3 s).
+    let (worker, base) = standalone_worker_with(
+        &app,
+        &id,
+        &engine.host(),
+        &app.settings.amqp_url,
+        &[("GRANDA_WORKER_LEASE_MS", "3000".to_string())],
+    );
+    worker.wait_healthy(&base, Duration::from_secs(30)).await;
+    wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
+    // The hot process starts with the first call.
+    let first = app.invoke("hot-echo", "first").await;
+    assert_eq!(first.status(), 200, "{}", worker.log());
+    assert_eq!(first.text().await.unwrap(), "first");
+
+    let frozen = Frozen::freeze(engine.pid().expect("the engine runs"));
+    let (health, _) = wait_health(&app, &id, &base, false, Duration::from_secs(30)).await;
+    assert!(
+        health.as_deref().unwrap_or("").contains("docker engine"),
+        "{health:?}"
+    );
+    // Hot calls to the running process go on, each answered well within its wait.
+    for i in 0..5 {
+        let body = format!("while away {i}");
+        let answered = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.invoke("hot-echo", body.clone()),
+        )
+        .await
+        .expect("a hot call is answered while the engine hangs");
+        assert_eq!(answered.status(), 200, "{}", worker.log());
+        assert_eq!(answered.text().await.unwrap(), body);
+    }
+    // A run that needs the engine waits, queued: not failed, not run.
+    let cold = app.invoke_async("echo", "after the engine").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = app.invocation(cold).await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    assert_eq!(waiting["attempt"], 0, "{waiting}");
+
+    // The engine answers again: the parked run runs, once.
+    drop(frozen);
+    wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
+    let done = app.wait_final(cold, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 1, "{done}");
+    let hot = app.invocations_of("hot-echo").await;
+    assert_eq!(hot.len(), 6);
+    assert!(
+        hot.iter()
+            .all(|r| r["status"] == "succeeded" && r["attempt"] == 1),
+        "{hot:?}"
+    );
+    worker.sigterm();
+    assert!(
+        worker
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        worker.log()
+    );
 }
 
 /// `GET url`: the status and the body as JSON (`null` when it is not JSON).
