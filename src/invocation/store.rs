@@ -550,6 +550,95 @@ pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, 
     Ok(done.rows_affected() == 1)
 }
 
+/// [`finish`] for many invocations in one statement and one commit (the worker's
+/// [`crate::worker`] recorder batches the final records of runs that end together): each
+/// `(id, outcome)` is written as [`finish`] writes it, where the record is still `queued` or
+/// `running`. Returns the ids it wrote; an id missing from them was already final or has no
+/// record (the caller then does what it does when [`finish`] returns `false`).
+#[tracing::instrument(level = "debug", skip_all, fields(records = finals.len()))]
+pub async fn finish_many(
+    pool: &PgPool,
+    finals: &[(Uuid, &Outcome)],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let n = finals.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut output = Vec::with_capacity(n);
+    let mut output_truncated = Vec::with_capacity(n);
+    let mut logs = Vec::with_capacity(n);
+    let mut logs_truncated = Vec::with_capacity(n);
+    let mut exit_code = Vec::with_capacity(n);
+    let mut error = Vec::with_capacity(n);
+    let mut started_at = Vec::with_capacity(n);
+    let mut finished_at = Vec::with_capacity(n);
+    let mut duration_ms = Vec::with_capacity(n);
+    let mut cold = Vec::with_capacity(n);
+    let mut http_method = Vec::with_capacity(n);
+    let mut http_path = Vec::with_capacity(n);
+    let mut http_status = Vec::with_capacity(n);
+    let mut mode = Vec::with_capacity(n);
+    let mut unstored = Vec::with_capacity(n);
+    for (id, o) in finals {
+        let kept = !o.unstored;
+        ids.push(*id);
+        status.push(o.status().as_str());
+        output.push(kept.then_some(o.output.as_slice()));
+        output_truncated.push(o.output_truncated);
+        logs.push(kept.then_some(o.logs.as_str()));
+        logs_truncated.push(o.logs_truncated);
+        exit_code.push(o.exit_code);
+        error.push(o.error.as_deref());
+        started_at.push(o.started_at);
+        finished_at.push(o.finished_at);
+        duration_ms.push(o.duration_ms);
+        cold.push(o.cold);
+        http_method.push(o.http_method.as_deref());
+        http_path.push(o.http_path.as_deref());
+        http_status.push(o.http_status());
+        mode.push(o.mode.map(crate::function::Mode::as_str));
+        unstored.push(o.unstored);
+    }
+    let written: Vec<(Uuid,)> = sqlx::query_as(
+        "UPDATE invocations i SET status = v.status, output = v.output,
+                output_truncated = v.output_truncated, logs = v.logs,
+                logs_truncated = v.logs_truncated, exit_code = v.exit_code, error = v.error,
+                started_at = COALESCE(v.started_at, i.started_at),
+                finished_at = COALESCE(v.finished_at, now()), duration_ms = v.duration_ms,
+                retry_at = NULL, payload = NULL, cold = v.cold, http_method = v.http_method,
+                http_path = v.http_path, http_status = v.http_status, mode = v.mode,
+                dead_at = CASE WHEN v.status = 'dead' THEN now() END,
+                input = CASE WHEN v.unstored THEN NULL ELSE i.input END
+         FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bool[], $5::text[], $6::bool[],
+                     $7::int4[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::int8[],
+                     $12::bool[], $13::text[], $14::text[], $15::int4[], $16::text[], $17::bool[])
+              AS v(id, status, output, output_truncated, logs, logs_truncated, exit_code, error,
+                   started_at, finished_at, duration_ms, cold, http_method, http_path,
+                   http_status, mode, unstored)
+         WHERE i.id = ANY($1) AND i.id = v.id AND i.status IN ('queued', 'running')
+         RETURNING i.id",
+    )
+    .bind(ids)
+    .bind(status)
+    .bind(output)
+    .bind(output_truncated)
+    .bind(logs)
+    .bind(logs_truncated)
+    .bind(exit_code)
+    .bind(error)
+    .bind(started_at)
+    .bind(finished_at)
+    .bind(duration_ms)
+    .bind(cold)
+    .bind(http_method)
+    .bind(http_path)
+    .bind(http_status)
+    .bind(mode)
+    .bind(unstored)
+    .fetch_all(pool)
+    .await?;
+    Ok(written.into_iter().map(|(id,)| id).collect())
+}
+
 /// [`finish`] of a run of worker `worker`, a dead one (`crate::worker`'s `dead_run`): written only
 /// while the record is `running` on that worker, so a result collected from its container can't
 /// overwrite a record that another worker has claimed since, or that another collector wrote.

@@ -523,9 +523,9 @@ pub(super) async fn record_final(
     work: &Work,
     attempt: i32,
     input: &[u8],
-    outcome: &Outcome,
+    outcome: &Arc<Outcome>,
 ) -> Result<(), sqlx::Error> {
-    let finished = invocation::store::finish(&shared.pool, work.id, outcome).await?;
+    let finished = shared.recorder.finish(work.id, outcome.clone()).await?;
     if !finished && work.trigger == Trigger::Sync {
         let restored = invocation::store::restore_final(
             &shared.pool,
@@ -643,6 +643,7 @@ pub(super) async fn run_claimed(
             }
             outcome.unstored = outcome.status() == Status::Succeeded
                 && work.function.run.store_output == crate::function::StoreOutput::OnFailure;
+            let outcome = Arc::new(outcome);
             with_db_retries(|| record_final(shared, work, attempt, &delivery.data, &outcome))
                 .instrument(tracing::info_span!("record"))
                 .await;

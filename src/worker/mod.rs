@@ -37,6 +37,7 @@ pub mod images;
 pub mod pool;
 mod readiness;
 pub mod reaper;
+mod recorder;
 mod settle;
 mod share;
 mod shared;
@@ -136,6 +137,8 @@ struct Shared {
     max_timeout_ms: u64,
     /// For claims: the same database, with commits that don't wait for the disk.
     leases: PgPool,
+    /// Writes final records in batches ([`recorder`]).
+    recorder: recorder::Recorder,
     /// How much of a sync call's input its record keeps (the worker writes that record).
     stored_input_cap: usize,
     runner: Runner,
@@ -258,6 +261,7 @@ impl Worker {
             nodes,
             shared: Arc::new(Shared {
                 leases: crate::db::lease_pool(&pool),
+                recorder: recorder::Recorder::start(pool.clone()),
                 keys,
                 max_timeout_ms: settings.max_timeout_ms,
                 stored_input_cap: settings.max_stored_input_bytes,

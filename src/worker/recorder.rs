@@ -1,0 +1,111 @@
+//! The final-record writer: the final records of runs that end together are written in one
+//! statement and one durable commit ([`store::finish_many`]), so that under load a commit's
+//! flush to disk is shared by many records instead of each run waiting for its own.
+//!
+//! Nothing waits to fill a batch: the writer takes the first record that comes, then every
+//! record already waiting behind it (up to [`BATCH`]), and writes them. A lone call is written at
+//! once, as before; under load the records that arrive while one batch commits make the next.
+//!
+//! Each run still waits for its own record to be durable before its reply and its ack, so what a
+//! caller or the broker learns is never ahead of Postgres. A batch that fails fails each of its
+//! records, and each run retries its own ([`super::delivery::with_db_retries`]).
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::invocation::{Outcome, store};
+
+/// The most records in one statement.
+const BATCH: usize = 128;
+
+/// Batches written at the same time: as many records as this are written as they come, each
+/// alone (Postgres flushes concurrent commits together anyway); only records that arrive while
+/// all writers are busy wait, and go together in the next batch.
+const WRITERS: usize = 4;
+
+/// One final record to write, and where to say whether it was written.
+struct Final {
+    id: Uuid,
+    outcome: Arc<Outcome>,
+    written: oneshot::Sender<Result<bool, Arc<sqlx::Error>>>,
+}
+
+/// The handle runs use to write their final record ([`Recorder::finish`]).
+pub(super) struct Recorder {
+    finals: mpsc::UnboundedSender<Final>,
+}
+
+impl Recorder {
+    /// Starts the writers on `pool`; they end when the recorder is dropped and what it was
+    /// given is written.
+    pub(super) fn start(pool: PgPool) -> Recorder {
+        let (finals, waiting) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(waiting));
+        for _ in 0..WRITERS {
+            tokio::spawn(write_batches(pool.clone(), waiting.clone()));
+        }
+        Recorder { finals }
+    }
+
+    /// Writes invocation `id`'s final record, as [`store::finish`] does (and returns what it
+    /// returns), in a batch with the records of the runs ending at the same time.
+    pub(super) async fn finish(
+        &self,
+        id: Uuid,
+        outcome: Arc<Outcome>,
+    ) -> Result<bool, sqlx::Error> {
+        let (written, answer) = oneshot::channel();
+        self.finals
+            .send(Final {
+                id,
+                outcome,
+                written,
+            })
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        match answer.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(e)) => Err(sqlx::Error::Protocol(format!(
+                "writing a batch of final records: {e}"
+            ))),
+            Err(_) => Err(sqlx::Error::PoolClosed),
+        }
+    }
+}
+
+/// One writer: takes the next batch (the first waiting record and those behind it) and writes it.
+async fn write_batches(pool: PgPool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Final>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut waiting = waiting.lock().await;
+            if waiting.recv_many(&mut batch, BATCH).await == 0 {
+                return;
+            }
+        }
+        let finals: Vec<(Uuid, &Outcome)> =
+            batch.iter().map(|f| (f.id, f.outcome.as_ref())).collect();
+        // One record alone: the plain statement (planned once, no arrays to build).
+        let written = match finals.as_slice() {
+            [(id, outcome)] => store::finish(&pool, *id, outcome)
+                .await
+                .map(|written| if written { vec![*id] } else { Vec::new() }),
+            _ => store::finish_many(&pool, &finals).await,
+        };
+        match written {
+            Ok(written) => {
+                for f in batch {
+                    let _ = f.written.send(Ok(written.contains(&f.id)));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for f in batch {
+                    let _ = f.written.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
