@@ -125,3 +125,84 @@ async fn no_index_of_invocations_mentions_a_column_a_claim_or_final_record_chang
     assert_eq!(hot, vec![vec!["fillfactor=80".to_string()]]);
     app.shutdown().await;
 }
+
+/// The recorder's batch (`store::finish_many`): each record written as `finish` writes it, only
+/// where it is still `queued` or `running`, and the ids written returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_final_records_writes_each_as_one_would_and_skips_the_final_ones() {
+    use granda::invocation::{Outcome, Status, store};
+    let app = spawn_app().await;
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for (id, status) in ids.iter().zip(["running", "queued", "succeeded"]) {
+        sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, queued_at, input)
+             VALUES ($1, 'f', $2, 'async', now(), 'the input')",
+        )
+        .bind(id)
+        .bind(status)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let ok = Outcome {
+        status: Some(Status::Succeeded),
+        output: b"out 0".to_vec(),
+        logs: "log 0".into(),
+        exit_code: Some(0),
+        duration_ms: Some(12),
+        ..Default::default()
+    };
+    let unstored = Outcome {
+        status: Some(Status::Succeeded),
+        output: b"out 1".to_vec(),
+        exit_code: Some(0),
+        unstored: true,
+        ..Default::default()
+    };
+    let late = Outcome {
+        status: Some(Status::Failed),
+        error: Some("too late".into()),
+        ..Default::default()
+    };
+    let mut written = store::finish_many(
+        &app.pool,
+        &[(ids[0], &ok), (ids[1], &unstored), (ids[2], &late)],
+    )
+    .await
+    .unwrap();
+    written.sort();
+    assert_eq!(written, vec![ids[0], ids[1]]);
+    let rows: Vec<(
+        Uuid,
+        String,
+        Option<Vec<u8>>,
+        Option<String>,
+        Option<i32>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        bool,
+    )> = sqlx::query_as(
+        "SELECT id, status, output, logs, exit_code, duration_ms, input, finished_at IS NOT NULL
+             FROM invocations ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows[0].1, "succeeded");
+    assert_eq!(rows[0].2.as_deref(), Some(&b"out 0"[..]));
+    assert_eq!(rows[0].3.as_deref(), Some("log 0"));
+    assert_eq!((rows[0].4, rows[0].5), (Some(0), Some(12)));
+    assert_eq!(rows[0].6.as_deref(), Some(&b"the input"[..]));
+    assert!(rows[0].7);
+    // store_output on_failure: nothing of the run kept.
+    assert_eq!(
+        (rows[1].1.as_str(), &rows[1].2, &rows[1].6),
+        ("succeeded", &None, &None)
+    );
+    // Already final: untouched.
+    assert_eq!((rows[2].1.as_str(), &rows[2].2), ("succeeded", &None));
+    let again = store::finish_many(&app.pool, &[(ids[0], &late)])
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
