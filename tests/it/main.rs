@@ -16,6 +16,7 @@ mod events;
 mod faults;
 mod functions;
 mod guarantees;
+mod held;
 mod hostile;
 mod hosts;
 mod hosts_ledger;
