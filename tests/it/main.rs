@@ -39,6 +39,7 @@ mod retention;
 mod scheduler;
 mod schedules;
 mod sdk;
+mod shutdown;
 mod slow_bodies;
 mod store_output;
 mod support;
