@@ -3,7 +3,6 @@
 //! `schedules`, `keys`, `completions`), which talk to a server's API and live in `crate::client`.
 
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
 
 use crate::client::events::EventsCommand;
 use crate::client::functions::FnCommand;
@@ -198,17 +197,6 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
-    let signal = move || {
-        let mut rx = stopped.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     match command {
         Command::Migrate(_) => {
             let pool = crate::db::connect_and_migrate_with_ca(
@@ -222,7 +210,7 @@ pub async fn run(
             tracing::info!("database is migrated");
             Ok(())
         }
-        Command::Server(_) => Application::build(settings).await?.run(signal()).await,
+        Command::Server(_) => Application::build(settings).await?.run(shutdown).await,
         Command::Worker(_) => {
             let mut settings = settings;
             settings
@@ -233,7 +221,7 @@ pub async fn run(
                 settings.ca_file.as_deref(),
             )
             .await?;
-            Worker::build(&settings, pool).await?.run(signal()).await
+            Worker::build(&settings, pool).await?.run(shutdown).await
         }
         Command::Up(_) => {
             let pool = crate::db::connect_and_migrate_with_ca(
@@ -243,7 +231,7 @@ pub async fn run(
             .await?;
             crate::up::Up::build(&settings, pool)
                 .await?
-                .run(signal)
+                .run(shutdown)
                 .await
         }
     }

@@ -33,7 +33,8 @@
 //!   (how long an ended record is kept, and one pruning pass).
 //!
 //! The process's composition: [`up`] wires an ingress and a worker together (`granda up`, the
-//! tests, the benchmark). Around them: [`config`] (every setting), [`db`] (Postgres and migrations), [`frame`] (what
+//! tests, the benchmark), and [`shutdown`] is how every task of a process is told to stop and
+//! waited for. Around them: [`config`] (every setting), [`db`] (Postgres and migrations), [`frame`] (what
 //! fits in one AMQP frame), [`docker`] (the
 //! engine connection), [`engines`] (what the ingress asks of the engines: image checks and
 //! builds), [`web`] (the HTTP request and answer of a function called as a web endpoint),
@@ -63,6 +64,7 @@ pub mod retention;
 pub mod retry;
 pub mod scheduler;
 pub mod seal;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod trigger;

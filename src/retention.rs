@@ -217,7 +217,8 @@ async fn vacuum_unless_autovacuum(conn: &mut PgConnection, pruned: &Pruned) {
 }
 
 /// The connection a pass holds the pruner's lock on. Unless [`Locked::release`]d (the lock
-/// given back, or never taken), dropping it (an error, or the pass's task aborted at shutdown)
+/// given back, or never taken), dropping it (an error, or the pass's task dropped as the process
+/// ends past the shutdown bound)
 /// closes the connection rather than returning it to the pool: ending the session is what
 /// surely releases a session's advisory lock.
 struct Locked(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);

@@ -36,13 +36,18 @@ impl Up {
         Ok(Up { app, worker })
     }
 
-    /// Runs both until a future of `shutdown` completes (each gets its own, from the one stop
-    /// signal), then waits for both to finish their work.
-    pub async fn run<F>(self, shutdown: impl Fn() -> F) -> anyhow::Result<()>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let (served, worked) = tokio::join!(self.app.run(shutdown()), self.worker.run(shutdown()));
-        served.and(worked)
+    /// Runs both until `shutdown` completes, then waits for both to finish their work: one
+    /// [`crate::shutdown`] signal tells the ingress and the worker, and every task of either, to
+    /// stop.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Up { app, worker } = self;
+        crate::shutdown::run_until(shutdown, "granda up", |handle| async move {
+            let (served, worked) = tokio::join!(
+                app.serve(handle.handle("ingress")),
+                worker.work(handle.handle("worker"))
+            );
+            served.and(worked)
+        })
+        .await
     }
 }

@@ -24,11 +24,13 @@
 //! waiting for replies), `replier` the worker's side of replies; this file holds what they
 //! share (errors, frame sizes, confirmed publishing on a channel, queue depths).
 
+mod held;
 mod nodes;
 mod publisher;
 mod replier;
 mod topology;
 
+pub use held::{Held, Linked};
 pub use nodes::{DEFAULT_PUBLISH_TIMEOUT, Nodes, connect};
 pub use publisher::Publisher;
 pub use replier::Replier;

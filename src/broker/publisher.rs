@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 
 use crate::message::{Reply, Work};
@@ -20,20 +20,18 @@ use crate::message::{Reply, Work};
 /// Waiters for replies, by correlation id, with the generation of the link they wait on.
 type Waiters = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>;
 
-/// One live connection with its publishing channel, which also consumes direct replies (sync
-/// calls publish there: direct reply-to needs it), and a side channel for everything else.
+/// What the publisher opens on a connection ([`Held`] keeps the connection): its publishing
+/// channel, which also consumes direct replies (sync calls publish there: direct reply-to needs
+/// it), and a side channel for everything else.
 struct Link {
     generation: u64,
-    /// The node it is connected to, as [`Nodes::connect`] numbered it.
-    node: usize,
-    connection: Connection,
     channel: Channel,
     /// Declarations, async work and events; opened again if a channel error closed it.
     side: tokio::sync::Mutex<Option<Channel>>,
     declared: Mutex<HashSet<String>>,
 }
 
-impl Link {
+impl Linked<Link> {
     fn healthy(&self) -> bool {
         self.channel.status().connected()
     }
@@ -68,7 +66,7 @@ impl Link {
 pub struct Publisher {
     nodes: Arc<Nodes>,
     topology: Topology,
-    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    link: Held<Link>,
     generations: std::sync::atomic::AtomicU64,
     waiters: Waiters,
     /// Signs every work message and seals the secrets it carries.
@@ -96,9 +94,9 @@ impl Publisher {
     ) -> Result<Arc<Publisher>, BrokerError> {
         let publisher = Arc::new(Publisher {
             keys,
+            link: Held::new(nodes.clone(), format!("ingress-{}", topology.prefix)),
             nodes,
             topology,
-            link: tokio::sync::Mutex::new(None),
             generations: Default::default(),
             waiters: Arc::default(),
         });
@@ -146,37 +144,30 @@ impl Publisher {
         matches!(tokio::time::timeout(within, probe).await, Ok(Ok(())))
     }
 
-    async fn link(&self) -> Result<Arc<Link>, BrokerError> {
-        let mut guard = self.link.lock().await;
-        if let Some(link) = guard.as_ref()
-            && link.healthy()
-        {
-            return Ok(link.clone());
-        }
-        if let Some(old) = guard.take() {
-            self.nodes.lost(old.node);
-        }
-        let name = format!("ingress-{}", self.topology.prefix);
-        let (connection, node) = self.nodes.connect(&name).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
+    async fn link(&self) -> Result<Arc<Linked<Link>>, BrokerError> {
+        let (link, new) = self
+            .link
+            .get_noting_new(Linked::healthy, async |connection| {
+                let channel = connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                let replies = super::consume_replies(&channel, "replies").await?;
+                let generation = self
+                    .generations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(dispatch_replies(replies, self.waiters.clone(), generation));
+                Ok(Link {
+                    generation,
+                    channel,
+                    side: tokio::sync::Mutex::new(None),
+                    declared: Mutex::default(),
+                })
+            })
             .await?;
-        let replies = super::consume_replies(&channel, "replies").await?;
-        let generation = self
-            .generations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(dispatch_replies(replies, self.waiters.clone(), generation));
-        let link = Arc::new(Link {
-            generation,
-            node,
-            connection,
-            channel,
-            side: tokio::sync::Mutex::new(None),
-            declared: Mutex::default(),
-        });
-        *guard = Some(link.clone());
-        tracing::info!(node = %self.nodes.node(node), "connected to RabbitMQ");
+        if new {
+            tracing::info!(node = %self.nodes.node(link.node), "connected to RabbitMQ");
+        }
         Ok(link)
     }
 
@@ -198,7 +189,7 @@ impl Publisher {
         queue: &str,
         work: &Work,
         body: &[u8],
-        on_link: impl Fn(&Link),
+        on_link: impl Fn(&Linked<Link>),
     ) -> Result<(), BrokerError> {
         let within = self.nodes.publish_timeout();
         let retrying = async {
@@ -246,7 +237,7 @@ impl Publisher {
 
     async fn publish_on(
         &self,
-        link: &Link,
+        link: &Linked<Link>,
         queue: &str,
         work: &Work,
         body: &[u8],

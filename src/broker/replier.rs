@@ -4,8 +4,8 @@ use super::*;
 
 use std::sync::Arc;
 
+use lapin::Channel;
 use lapin::options::BasicPublishOptions;
-use lapin::{Channel, Connection};
 
 use crate::message::Reply;
 
@@ -13,47 +13,34 @@ use crate::message::Reply;
 /// into (the caller's node went down and RabbitMQ fails the publish to its
 /// `amq.rabbitmq.reply-to.*`, closing the channel or the whole connection) can't take down the
 /// consumers. Reopened on the next reply when it died. Not mandatory, no confirms: a reply only
-/// makes waiting fast; the record in Postgres is the truth.
+/// makes waiting fast; the record in Postgres is the truth. Only the channel died (a failed
+/// reply): the node is kept, the connection closed ([`Held`]).
 pub struct Replier {
-    nodes: Arc<Nodes>,
-    name: String,
-    link: tokio::sync::Mutex<Option<(Connection, Channel, usize)>>,
+    held: Held<Channel>,
 }
 
 impl Replier {
     pub fn new(nodes: Arc<Nodes>, name: &str) -> Replier {
         Replier {
-            nodes,
-            name: format!("{name}-replies"),
-            link: tokio::sync::Mutex::new(None),
+            held: Held::new(nodes, format!("{name}-replies")),
         }
     }
 
     async fn channel(&self) -> Result<Channel, BrokerError> {
-        let mut guard = self.link.lock().await;
-        if let Some((_, channel, _)) = guard.as_ref()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
-        }
-        if let Some((connection, _, node)) = guard.take() {
-            if connection.status().connected() {
-                // Only the channel died (a failed reply): keep the node, drop the connection.
-                let _ = connection.close(200, "reopening".into()).await;
-            } else {
-                self.nodes.lost(node);
-            }
-        }
-        let (connection, node) = self.nodes.connect(&self.name).await?;
-        let channel = connection.create_channel().await?;
-        *guard = Some((connection, channel.clone(), node));
-        Ok(channel)
+        let link = self
+            .held
+            .get(
+                |link| (**link).status().connected(),
+                async |connection| Ok(connection.create_channel().await?),
+            )
+            .await?;
+        Ok(Channel::clone(&link))
     }
 
     /// Sends `reply` to `reply_to`, waiting at most the publish timeout; a reply that can't be
     /// sent is logged and dropped (the caller reads the record).
     pub async fn send(&self, reply_to: &str, correlation_id: &str, reply: &Reply) {
-        let within = self.nodes.publish_timeout();
+        let within = self.held.nodes().publish_timeout();
         let send = async {
             let channel = self.channel().await?;
             channel

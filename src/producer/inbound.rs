@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::shutdown::Shutdown;
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -35,7 +36,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde_json::Value;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::event::{FannedOut, store as events, valid_topic};
@@ -70,12 +70,12 @@ pub enum Refusal {
     Stored(String),
 }
 
-/// Routes until `stop` turns true; a message being handled is finished first.
-pub async fn run(app: Ingress, mut stop: watch::Receiver<bool>) {
+/// Routes until told to stop; a message being handled is finished first.
+pub async fn run(app: Ingress, mut stop: Shutdown) {
     describe(&app);
     let mut backoff = Duration::from_millis(500);
     loop {
-        if *stop.borrow() {
+        if stop.is_shutdown() {
             return;
         }
         match consume(&app, &mut stop).await {
@@ -85,9 +85,8 @@ pub async fn run(app: Ingress, mut stop: watch::Receiver<bool>) {
                     error = format!("{e:#}"),
                     "inbound router stopped; starting again"
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                if stop.stopped_during(backoff).await {
+                    return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -102,7 +101,7 @@ fn describe(app: &Ingress) {
     );
 }
 
-async fn consume(app: &Ingress, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn consume(app: &Ingress, stop: &mut Shutdown) -> anyhow::Result<()> {
     let topology = app.publisher.topology().clone();
     let (connection, _) = crate::broker::Nodes::from_settings(&app.settings)?
         .connect("inbound-router")
@@ -129,7 +128,7 @@ async fn consume(app: &Ingress, stop: &mut watch::Receiver<bool>) -> anyhow::Res
     let result = loop {
         let delivery = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break Ok(()),
+            _ = stop.recv() => break Ok(()),
             d = consumer.next() => d,
         };
         let Some(delivery) = delivery else {

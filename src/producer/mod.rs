@@ -192,39 +192,43 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests and returns.
+    /// Serves until `shutdown` completes, then finishes in-flight requests, waits for its loops
+    /// to stop (at most [`crate::shutdown::BOUND`]) and returns.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        crate::shutdown::run_until(shutdown, "ingress", |handle| self.serve(handle)).await
+    }
+
+    /// Serves until `shutdown` says stop, then finishes in-flight requests and returns. Its loops
+    /// (outbox, cron ticker, pruner, records' size, inbound router) each hold a handle of
+    /// `shutdown`'s signal, and stop with it: the one in a step finishes it first.
+    pub async fn serve(self, shutdown: crate::shutdown::Shutdown) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ingress listening");
-        // The ingress's loops: dropped with this future (aborted), or stopped below.
-        let mut loops = tokio::task::JoinSet::new();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         let ingress = self.state.ingress();
-        loops.spawn(crate::producer::outbox::run(ingress.clone()));
-        loops.spawn(crate::producer::cron::ticker::run(ingress.clone()));
-        loops.spawn(pruner::run(ingress.clone()));
-        loops.spawn(records_size::run(
+        tokio::spawn(crate::producer::outbox::run(
+            ingress.clone(),
+            shutdown.handle("outbox"),
+        ));
+        tokio::spawn(crate::producer::cron::ticker::run(
+            ingress.clone(),
+            shutdown.handle("cron ticker"),
+        ));
+        tokio::spawn(pruner::run(ingress.clone(), shutdown.handle("pruner")));
+        tokio::spawn(records_size::run(
             ingress.clone(),
             std::time::Duration::from_millis(self.state.settings.size_sample_ms),
+            shutdown.handle("records size"),
         ));
-        let router_stopped = loops.spawn(crate::producer::inbound::run(ingress, stopped));
+        tokio::spawn(crate::producer::inbound::run(
+            ingress,
+            shutdown.handle("inbound router"),
+        ));
         let limits = serve::Limits::from_settings(&self.state.settings);
         let metrics = self.state.metrics.clone();
         // Each request carries its caller's address (a function's `REMOTE_ADDR`).
         serve::serve(self.listener, router(self.state), limits, metrics, shutdown).await;
-        // The inbound router finishes the message in hand; the others just stop.
-        let _ = stop.send(true);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while let Some(done) = loops.join_next_with_id().await {
-                if done.map(|(id, _)| id).unwrap_or_else(|e| e.id()) == router_stopped.id() {
-                    break;
-                }
-            }
-        })
-        .await;
-        loops.shutdown().await;
         Ok(())
     }
 }

@@ -21,12 +21,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 200;
 
-/// Sweeps until the task is dropped.
-pub async fn run(app: Ingress) {
+/// Sweeps until told to stop (a sweep under way is finished first).
+pub async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
     let grace = Duration::from_millis(app.settings.outbox_grace_ms);
     let every = SWEEP_EVERY.min(grace.max(Duration::from_millis(200)));
     loop {
-        tokio::time::sleep(every).await;
+        if shutdown.stopped_during(every).await {
+            return;
+        }
         match sweep(&app, grace).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(

@@ -52,9 +52,9 @@ pub async fn sample(pool: &PgPool) -> Result<Sizes, sqlx::Error> {
     })
 }
 
-/// Samples every `every` (the first at once) into the gauges, until the task is dropped. A
-/// namespace whose records are all gone reads 0 until this process ends.
-pub async fn run(app: Ingress, every: Duration) {
+/// Samples every `every` (the first at once) into the gauges, until told to stop. A namespace
+/// whose records are all gone reads 0 until this process ends.
+pub async fn run(app: Ingress, every: Duration, mut shutdown: crate::shutdown::Shutdown) {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     loop {
         match sample(&app.pool).await {
@@ -84,6 +84,8 @@ pub async fn run(app: Ingress, every: Duration) {
             }
             Err(e) => tracing::warn!(error = %e, "sampling the database's size failed"),
         }
-        tokio::time::sleep(every).await;
+        if shutdown.stopped_during(every).await {
+            return;
+        }
     }
 }

@@ -16,7 +16,6 @@
 //! the ones closed by a bound, `granda_http_connections_closed_total{reason}`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -292,14 +291,15 @@ impl Held {
     }
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` completes, then finishes the
-/// requests in flight and returns.
+/// Serves `app` on `listener` within `limits` until told to stop, then finishes the requests in
+/// flight, however long they take, and returns. Each connection holds a handle of a phase of
+/// `shutdown` ([`crate::shutdown::Shutdown::phase`]), told to stop when accepting stops.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     metrics.describe(OPEN, "HTTP connections the ingress holds now");
     metrics.describe(
@@ -309,8 +309,7 @@ pub async fn serve(
     metrics.set(OPEN, String::new(), 0.0);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let held = Arc::new(Held::default());
-    let (closing, closing_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
+    let closing = shutdown.phase();
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -322,7 +321,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = shutdown.recv() => break,
         };
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -330,7 +329,7 @@ pub async fn serve(
                 held.evict_longest_waiting();
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-                    _ = &mut shutdown => break,
+                    _ = shutdown.recv() => break,
                 }
             }
         };
@@ -339,7 +338,7 @@ pub async fn serve(
         let id = held.add(conn.clone());
         metrics.set(OPEN, String::new(), held.len() as f64);
         let (app, held, metrics) = (app.clone(), held.clone(), metrics.clone());
-        let mut closing = closing_rx.clone();
+        let mut told = closing.handle("http connection");
         tokio::spawn(async move {
             let _slot = slot;
             let io = TokioIo::new(Watched {
@@ -371,7 +370,7 @@ pub async fn serve(
                     None
                 }
                 why = conn.expired() => Some(why),
-                _ = async { drop(closing.wait_for(|c| *c).await) } => {
+                _ = told.recv() => {
                     // Finish the request in hand, if any; an idle connection closes now.
                     served.as_mut().graceful_shutdown();
                     tokio::select! {
@@ -389,8 +388,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let _ = closing.send(true);
-    let _ = slots.acquire_many(limits.max_connections as u32).await;
+    closing.finish(Duration::MAX).await;
 }
 
 /// Raises this process's soft limit of open files to its hard limit (a busy ingress holds a

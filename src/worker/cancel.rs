@@ -26,6 +26,7 @@ use lapin::message::Delivery;
 use super::{Channels, Shared, ack, reply, with_db_retries};
 use crate::invocation::{Status, Trigger, store};
 use crate::message::{Reply, Work};
+use crate::shutdown::Shutdown;
 
 /// How often a worker with runs in hand checks whether any was cancelled, beside the notices.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -135,17 +136,19 @@ async fn stop_cancelled(shared: &Shared, ids: &[Uuid]) {
     }
 }
 
-/// Listens for cancels and checks this worker's runs every [`POLL`], for as long as the worker
-/// runs. The listening is a task of its own (on a connection of its own, outside the worker's
-/// pool) that passes on what it hears: a notice's id, or `None` when notices may have been missed.
-pub(super) async fn listen_forever(shared: Arc<Shared>) {
+/// Listens for cancels and checks this worker's runs every [`POLL`], until told to stop. The
+/// listening is a task of its own (on a connection of its own, outside the worker's pool) that
+/// passes on what it hears: a notice's id, or `None` when notices may have been missed. It stops
+/// with this one.
+pub(super) async fn listen_forever(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let (heard, mut hearing) = tokio::sync::mpsc::unbounded_channel();
     let options = (*shared.pool.connect_options()).clone();
-    let listening = tokio::spawn(listen(options, heard));
+    tokio::spawn(listen(options, heard, shutdown.handle("cancel listener")));
     let mut every = tokio::time::interval(POLL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = shutdown.recv() => break,
             notice = hearing.recv() => match notice {
                 Some(Some(id)) if shared.cancels.holds(id) => stop_cancelled(&shared, &[id]).await,
                 Some(Some(_)) => {}
@@ -155,13 +158,13 @@ pub(super) async fn listen_forever(shared: Arc<Shared>) {
             _ = every.tick() => stop_cancelled(&shared, &shared.cancels.ids()).await,
         }
     }
-    listening.abort();
 }
 
 /// `LISTEN granda_cancel`, passing on each notice's id, and `None` after every (re)connection.
 async fn listen(
     options: sqlx::postgres::PgConnectOptions,
     heard: tokio::sync::mpsc::UnboundedSender<Option<Uuid>>,
+    mut shutdown: Shutdown,
 ) {
     let own = PgPoolOptions::new()
         .max_connections(1)
@@ -185,13 +188,18 @@ async fn listen(
                 }
             }
         };
-        let ended: Result<(), sqlx::Error> = listening.await;
+        let ended: Result<(), sqlx::Error> = tokio::select! {
+            ended = listening => ended,
+            _ = shutdown.recv() => return,
+        };
         match ended {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "listening for cancels failed; checking by polling until it listens again")
             }
         }
-        tokio::time::sleep(POLL).await;
+        if shutdown.stopped_during(POLL).await {
+            return;
+        }
     }
 }

@@ -41,6 +41,7 @@ impl Worker {
             shared: self.shared.clone(),
             channels: channels.clone(),
             errors,
+            shutdown: Arc::new(shutdown.handle("consumers")),
         };
         let target = self.shared.limiter.size();
         let mut consumers = Vec::new();
@@ -98,20 +99,23 @@ impl Worker {
         let _consuming = Connected(&self.shared.consuming);
         let probe_every = heartbeat::every(self.shared.lease);
         let probe_within = self.nodes.publish_timeout();
+        // The quorum probe lives as long as this session: dropping `session` tells it to stop.
+        let session = shutdown.phase();
         let spawn_probe = |channel| {
             tokio::spawn(readiness::probe_quorum(
                 self.shared.clone(),
                 channel,
                 probe_every,
                 probe_within,
+                session.handle("quorum probe"),
             ))
         };
-        let mut probe = AbortOnDrop(spawn_probe(connection.create_channel().await?));
+        let mut probe = spawn_probe(connection.create_channel().await?);
         let mut tick = tokio::time::interval(self.schedule.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = &mut *shutdown => {
+                _ = shutdown.recv() => {
                     self.drain(connection, &consumers).await;
                     return Ok(());
                 }
@@ -123,8 +127,8 @@ impl Worker {
                     if !side.status().connected() {
                         side = connection.create_channel().await?;
                     }
-                    if probe.0.is_finished() {
-                        probe = AbortOnDrop(spawn_probe(connection.create_channel().await?));
+                    if probe.is_finished() {
+                        probe = spawn_probe(connection.create_channel().await?);
                     }
                     self.concurrency_tick(&side, &mut consumers, &tx).await?;
                 }
@@ -261,6 +265,9 @@ pub(super) struct Deliveries {
     shared: Arc<Shared>,
     channels: Channels,
     errors: mpsc::UnboundedSender<lapin::Error>,
+    /// Held by each consumer's task until its deliveries end: a consumer stops when the drain
+    /// cancels it or its connection closes, and the worker's signal waits for it.
+    shutdown: Arc<Shutdown>,
 }
 
 /// The consumers of one queue on one channel. RabbitMQ fixes a consumer's prefetch when it
@@ -333,7 +340,9 @@ impl QueueConsumer {
             .await?;
         self.consumers.push((tag, prefetch));
         let queue = self.queue.clone();
+        let consuming = tx.shutdown.handle("consumer");
         tokio::spawn(async move {
+            let _consuming = consuming;
             let mut consumer = consumer;
             while let Some(delivery) = consumer.next().await {
                 match delivery {
@@ -410,13 +419,4 @@ pub(super) fn describe_metrics(m: &Metrics) {
         "How many invocations the scheduler lets a worker run at once.",
     );
     m.describe("granda_queue_depth", "Messages waiting in a work queue.");
-}
-
-/// Aborts a task when dropped (the session's quorum probe ends with the session).
-pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -20,11 +20,11 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::broker::{BrokerError, DIRECT_REPLY_TO};
+use crate::broker::{BrokerError, DIRECT_REPLY_TO, Held};
 
 /// Sends one request of an RPC over RabbitMQ (registration checks, builds): in confirm mode,
 /// with a direct reply-to consumer tagged `tag-…` and a fresh correlation id added to
@@ -81,15 +81,6 @@ pub(crate) async fn request_via(
     }
 }
 
-/// Closes `connection` in the background, giving the broker `within` to answer.
-fn close_later(connection: Option<Connection>, within: Duration) {
-    if let Some(connection) = connection {
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(within, connection.close(200, "stalled".into())).await;
-        });
-    }
-}
-
 /// The control queue of `queue`.
 pub fn queue_name(prefix: &str, queue: &str) -> String {
     format!("{prefix}.control.{queue}")
@@ -134,50 +125,49 @@ pub enum AskError {
     Connect(#[from] crate::broker::BrokerError),
 }
 
-/// The ingress's side: one connection, opened when first needed.
+/// The ingress's side: one connection, opened when first needed ([`Held`]: a dead one is
+/// replaced, failing over across the nodes).
 pub struct Client {
-    nodes: Arc<crate::broker::Nodes>,
+    held: Held<()>,
     prefix: String,
-    connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl Client {
     pub fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str) -> Arc<Client> {
         Arc::new(Client {
-            nodes,
+            held: Held::new(nodes, "ingress-control"),
             prefix: prefix.to_string(),
-            connection: tokio::sync::Mutex::new(None),
         })
     }
 
     /// The bound on the broker's confirm of a request ([`request`]).
     pub(crate) fn publish_timeout(&self) -> Duration {
-        self.nodes.publish_timeout()
+        self.held.nodes().publish_timeout()
     }
 
-    /// A new channel on the client's connection (opened, or reopened, as needed).
+    /// A new channel on the client's connection (opened, or reopened, as needed). A broker that
+    /// stopped reading the connection (a resource alarm) never opens the channel: the connection
+    /// is let go, and one fresh connection tried.
     pub(crate) async fn channel(&self) -> Result<Channel, AskError> {
         let within = self.publish_timeout();
-        let mut guard = self.connection.lock().await;
-        if let Some(c) = guard.as_ref()
-            && c.status().connected()
-        {
-            // A broker that stopped reading this connection (a resource alarm) never opens it.
-            match tokio::time::timeout(within, c.create_channel()).await {
+        loop {
+            let (link, new) = self
+                .held
+                .get_noting_new(
+                    |link| link.connection.status().connected(),
+                    async |_| Ok(()),
+                )
+                .await?;
+            match tokio::time::timeout(within, link.connection.create_channel()).await {
                 Ok(channel) => return Ok(channel?),
-                Err(_) => close_later(guard.take(), within),
-            }
-        }
-        let (connection, _) = self.nodes.connect("ingress-control").await?;
-        let channel = tokio::time::timeout(within, connection.create_channel()).await;
-        *guard = Some(connection);
-        match channel {
-            Ok(channel) => Ok(channel?),
-            Err(_) => {
-                close_later(guard.take(), within);
-                Err(AskError::Unconfirmed {
-                    ms: within.as_millis(),
-                })
+                Err(_) => {
+                    self.held.reset().await;
+                    if new {
+                        return Err(AskError::Unconfirmed {
+                            ms: within.as_millis(),
+                        });
+                    }
+                }
             }
         }
     }
@@ -188,7 +178,7 @@ impl Client {
     pub(crate) async fn finish(&self, channel: Channel, failed: bool) {
         let within = self.publish_timeout();
         if failed {
-            close_later(self.connection.lock().await.take(), within);
+            self.held.reset().await;
         }
         tokio::spawn(async move {
             let _ = tokio::time::timeout(within, channel.close(200, "".into())).await;
@@ -235,7 +225,7 @@ impl Client {
             "control",
             &body,
             properties,
-            self.nodes.publish_timeout(),
+            self.publish_timeout(),
         )
         .await?
         else {

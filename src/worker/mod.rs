@@ -45,7 +45,6 @@ mod takeover;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,15 +60,13 @@ use crate::config::Settings;
 use crate::metrics::{Metrics, label};
 use crate::retry::Backoff;
 use crate::scheduler::{self, Controller, Limiter};
+use crate::shutdown::Shutdown;
 use consume::*;
 use container::{Caps, Runner};
 use delivery::*;
 use execute::*;
 use settle::*;
 use shared::*;
-
-/// A shutdown signal, as a future that completes when it is time to stop.
-pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long a duplicate of an invocation running on another worker waits before it looks again.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
@@ -352,21 +349,37 @@ impl Worker {
     /// On shutdown it stops taking messages, lets in-flight runs finish within the grace period,
     /// and gives back what it could not finish.
     pub async fn run(
-        mut self,
+        self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let mut shutdown: Shutdown = Box::pin(shutdown);
-        let endpoints = self.endpoints.take().map(|listener| {
+        crate::shutdown::run_until(shutdown, "worker", |handle| self.work(handle)).await
+    }
+
+    /// Works until `shutdown` says stop, then drains: it stops taking messages, lets in-flight
+    /// runs finish within the grace period and gives back what it could not finish. Its
+    /// background loops (reapers, takeover, endpoints, cancels, warm pool expiry) stop after the
+    /// drain, and its heartbeat last, each a phase of `shutdown` ([`Shutdown::phase`]).
+    pub async fn work(mut self, mut shutdown: Shutdown) -> anyhow::Result<()> {
+        // Stopped after the drain: runs in flight still need them.
+        let loops = shutdown.phase();
+        // Stopped last: the worker is alive until it has given back what it holds.
+        let beats = shutdown.phase();
+        if let Some(listener) = self.endpoints.take() {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "worker endpoints listening");
             }
             let app = endpoints::router(self.shared.clone());
+            let handle = loops.handle("worker endpoints");
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(handle.signal())
+                    .await;
+                if let Err(e) = served {
                     tracing::warn!(error = %e, "worker endpoints stopped");
                 }
-            })
-        });
+                drop(handle);
+            });
+        }
         describe_metrics(&self.shared.metrics);
         self.shared.images.set_metrics(self.shared.metrics.clone());
         self.shared
@@ -378,7 +391,7 @@ impl Worker {
             &self.installation,
         )
         .await;
-        let strays = tokio::spawn(reaper::reap_strays_forever(
+        tokio::spawn(reaper::reap_strays_forever(
             self.shared.runner.docker().clone(),
             self.shared.worker_id.clone(),
             self.installation.clone(),
@@ -394,26 +407,37 @@ impl Worker {
                     shared.in_flight.lock().expect("lock").contains_key(&id)
                 }
             },
+            loops.handle("stray reaper"),
         ));
-        let reaper = tokio::spawn(reaper::reap_expired_forever(
+        tokio::spawn(reaper::reap_expired_forever(
             self.shared.runner.docker().clone(),
+            loops.handle("expired reaper"),
         ));
-        let orphans = tokio::spawn(reaper::reap_orphaned_pools_forever(
+        tokio::spawn(reaper::reap_orphaned_pools_forever(
             self.shared.runner.docker().clone(),
             self.shared.pool.clone(),
             self.installation.clone(),
+            loops.handle("orphan reaper"),
         ));
-        let takeover = tokio::spawn(takeover::sweep_forever(
+        tokio::spawn(takeover::sweep_forever(
             self.shared.clone(),
             self.installation.clone(),
+            loops.handle("takeover"),
         ));
-        let beating = tokio::spawn(beat_forever(self.shared.clone(), self.queues.clone()));
-        let cancels = tokio::spawn(cancel::listen_forever(self.shared.clone()));
-        let expiring = tokio::spawn({
+        tokio::spawn(beat_forever(
+            self.shared.clone(),
+            self.queues.clone(),
+            beats.handle("heartbeat"),
+        ));
+        tokio::spawn(cancel::listen_forever(
+            self.shared.clone(),
+            loops.handle("cancels"),
+        ));
+        tokio::spawn({
             let shared = self.shared.clone();
+            let mut shutdown = loops.handle("warm pool expiry");
             async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                while !shutdown.stopped_during(Duration::from_millis(200)).await {
                     shared.warm.expire(pool::memory_pressure());
                 }
             }
@@ -427,32 +451,22 @@ impl Worker {
                         "granda_worker_broker_reconnects_total",
                         format!("worker=\"{}\"", label(&self.shared.worker_id)),
                     );
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = &mut shutdown => break,
+                    if shutdown.stopped_during(Duration::from_millis(250)).await {
+                        break;
                     }
                 }
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "lost RabbitMQ, reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = &mut shutdown => break,
+                    if shutdown.stopped_during(Duration::from_secs(1)).await {
+                        break;
                     }
                 }
             }
         }
-        reaper.abort();
-        orphans.abort();
-        takeover.abort();
-        if let Some(endpoints) = endpoints {
-            endpoints.abort();
-        }
-        strays.abort();
-        expiring.abort();
-        cancels.abort();
+        loops.finish(crate::shutdown::BOUND).await;
         self.shared.warm.clear().await;
-        beating.abort();
+        beats.finish(crate::shutdown::BOUND).await;
         if self.shared.busy.load(Ordering::Relaxed) == 0 {
             let _ = heartbeat::forget(&self.shared.pool, &self.shared.worker_id).await;
         }

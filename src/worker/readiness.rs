@@ -120,12 +120,13 @@ impl Shared {
 
 /// Publishes an empty message to the probe queue on `channel` every `every`, each confirm awaited
 /// for at most `within`, and keeps the outcome in `shared.quorum`. Returns when `channel` closes
-/// (the session makes another).
+/// (the session makes another), or when told to stop (its session ended).
 pub(super) async fn probe_quorum(
     shared: Arc<Shared>,
     channel: Channel,
     every: Duration,
     within: Duration,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     let set = |ok: bool| {
         let mut quorum = shared.quorum.lock().expect("lock");
@@ -151,7 +152,7 @@ pub(super) async fn probe_quorum(
     if !matches!(declared, Ok(Ok(()))) {
         set(false);
         let _ = channel.close(200, "probe".into()).await;
-        tokio::time::sleep(every).await;
+        shutdown.stopped_during(every).await;
         return;
     }
     let queue = shared.topology.probe_queue();
@@ -165,10 +166,9 @@ pub(super) async fn probe_quorum(
         )
         .await;
         set(confirmed.is_ok());
-        if !channel.status().connected() {
+        if !channel.status().connected() || shutdown.stopped_during(every).await {
             return;
         }
-        tokio::time::sleep(every).await;
     }
 }
 

@@ -16,14 +16,19 @@ use super::container::remove;
 use crate::docker::{
     LABEL_DEADLINE, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER,
 };
+use crate::shutdown::Shutdown;
 
 /// How far past its deadline a container may be before any worker removes it.
 const DEADLINE_SLACK_MS: i64 = 60_000;
 
-/// Every 30 s, [`reap_orphaned_pools`].
-pub async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, installation: String) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+/// Every 30 s, [`reap_orphaned_pools`], until told to stop.
+pub async fn reap_orphaned_pools_forever(
+    docker: Docker,
+    pool: sqlx::PgPool,
+    installation: String,
+    mut shutdown: Shutdown,
+) {
+    while !shutdown.stopped_during(Duration::from_secs(30)).await {
         reap_orphaned_pools(&docker, &pool, &installation).await;
     }
 }
@@ -88,17 +93,18 @@ pub async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
 
 /// Every few seconds, removes this worker's invocation containers whose invocation does not run
 /// here (`running(id)` says which do): such a container was being created by a crashed earlier
-/// self when it died, and the engine finished creating it after the start-up sweep.
+/// self when it died, and the engine finished creating it after the start-up sweep. Until told to
+/// stop.
 pub async fn reap_strays_forever(
     docker: Docker,
     worker_id: String,
     installation: String,
     running: impl Fn(&str) -> bool + Send + 'static,
+    mut shutdown: Shutdown,
 ) {
     let worker = format!("{LABEL_WORKER}={worker_id}");
     let installation = format!("{LABEL_INSTALLATION}={installation}");
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    while !shutdown.stopped_during(Duration::from_secs(5)).await {
         for (id, labels) in list(&docker, &[&worker, &installation]).await {
             let Some(invocation) = labels.get(LABEL_INVOCATION) else {
                 continue; // a warm pool container: the pool owns it
@@ -111,10 +117,10 @@ pub async fn reap_strays_forever(
     }
 }
 
-/// Every minute, removes Granda containers well past their deadline, whoever started them.
-pub async fn reap_expired_forever(docker: Docker) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+/// Every minute, removes Granda containers well past their deadline, whoever started them, until
+/// told to stop.
+pub async fn reap_expired_forever(docker: Docker, mut shutdown: Shutdown) {
+    while !shutdown.stopped_during(Duration::from_secs(60)).await {
         let now = chrono::Utc::now().timestamp_millis();
         for (id, labels) in list(&docker, &[LABEL_DEADLINE]).await {
             let deadline = labels

@@ -14,7 +14,8 @@ use crate::message::Work;
 /// consumers are cancelled until the engine answers again. A worker without a broker connection at two beats in a row (not one passing failover)
 /// is unhealthy too: its consumers went with the connection, and it takes messages again as
 /// soon as a session connects.
-pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
+/// Stops when told to (the worker tells it last, after its drain).
+pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>, mut shutdown: Shutdown) {
     let every = heartbeat::every(shared.lease);
     let mut broker = BrokerWatch::default();
     let mut engine_watch = EngineWatch::default();
@@ -81,7 +82,9 @@ pub(super) async fn beat_forever(shared: Arc<Shared>, queues: Vec<String>) {
             }
             Err(e) => tracing::debug!(error = %e, "could not read the other workers' queues"),
         }
-        tokio::time::sleep(every).await;
+        if shutdown.stopped_during(every).await {
+            return;
+        }
     }
 }
 

@@ -108,10 +108,13 @@ impl Engines {
 }
 
 /// Sweeps the dead workers' engines every [`period`] until the worker stops.
-pub(super) async fn sweep_forever(shared: Arc<Shared>, installation: String) {
+pub(super) async fn sweep_forever(
+    shared: Arc<Shared>,
+    installation: String,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
     let mut engines = Engines::default();
-    loop {
-        tokio::time::sleep(period(shared.lease)).await;
+    while !shutdown.stopped_during(period(shared.lease)).await {
         sweep(&shared, &installation, &mut engines).await;
     }
 }

@@ -326,13 +326,12 @@ impl TestApp {
         sample_of(self.get("/metrics").await, series).await
     }
 
-    /// Stops ingress and worker, and removes this app's database and queues.
-    /// Stops the ingress and the worker (each must within 10 s), then removes the test's queues
-    /// and database. Every step is bounded: a teardown that stalls says which step did, and the
-    /// test goes on.
-    pub async fn shutdown(self) {
+    /// Tells the ingress and the worker to stop, and waits for each (at most 10 s): how long
+    /// that took. [`TestApp::shutdown`] then only cleans up.
+    pub async fn stop(&mut self) -> Duration {
+        let began = Instant::now();
         let _ = self.stop.send(true);
-        for (task, what) in self.tasks.into_iter().zip(["ingress", "worker"]) {
+        for (task, what) in self.tasks.drain(..).zip(["ingress", "worker"]) {
             if tokio::time::timeout(Duration::from_secs(10), task)
                 .await
                 .is_err()
@@ -340,6 +339,15 @@ impl TestApp {
                 eprintln!("teardown: the {what} did not stop within 10 s of its signal");
             }
         }
+        began.elapsed()
+    }
+
+    /// Stops ingress and worker, and removes this app's database and queues.
+    /// Stops the ingress and the worker (each must within 10 s), then removes the test's queues
+    /// and database. Every step is bounded: a teardown that stalls says which step did, and the
+    /// test goes on.
+    pub async fn shutdown(mut self) {
+        self.stop().await;
         step("closing the pool", self.pool.close()).await;
         let (settings, db_name) = (&self.settings, &self.db_name);
         step("removing the queues", async move {

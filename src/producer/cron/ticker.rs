@@ -38,12 +38,14 @@ struct Fired {
     span: tracing::Span,
 }
 
-/// Ticks until the task is dropped.
-pub async fn run(app: Ingress) {
+/// Ticks until told to stop (a pass under way is finished first).
+pub async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
     describe(&app);
     let mut passes: u64 = 0;
     loop {
-        tokio::time::sleep(next_wait()).await;
+        if shutdown.stopped_during(next_wait()).await {
+            return;
+        }
         if let Err(e) = pass(&app).await {
             tracing::warn!(error = format!("{e:#}"), "schedule pass failed");
         }
