@@ -172,7 +172,7 @@ async fn a_batch_of_final_records_writes_each_as_one_would_and_skips_the_final_o
     .unwrap();
     written.sort();
     assert_eq!(written, vec![ids[0], ids[1]]);
-    let rows: Vec<(
+    type Row = (
         Uuid,
         String,
         Option<Vec<u8>>,
@@ -181,7 +181,8 @@ async fn a_batch_of_final_records_writes_each_as_one_would_and_skips_the_final_o
         Option<i64>,
         Option<Vec<u8>>,
         bool,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, status, output, logs, exit_code, duration_ms, input, finished_at IS NOT NULL
              FROM invocations ORDER BY id",
     )
