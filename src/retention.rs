@@ -139,10 +139,11 @@ pub struct Pruned {
     pub webhook_rejections: u64,
     pub refused_invocations: u64,
     pub inbound_messages: u64,
+    pub namespace_throttled: u64,
 }
 
 impl Pruned {
-    pub fn by_table(&self) -> [(&'static str, u64); 6] {
+    pub fn by_table(&self) -> [(&'static str, u64); 7] {
         [
             ("invocations", self.invocations),
             ("events", self.events),
@@ -150,6 +151,7 @@ impl Pruned {
             ("webhook_rejections", self.webhook_rejections),
             ("refused_invocations", self.refused_invocations),
             ("inbound_messages", self.inbound_messages),
+            ("namespace_throttled", self.namespace_throttled),
         ]
     }
 }
@@ -333,6 +335,18 @@ async fn prune(
     )
     .await?;
     pruned.inbound_messages += count("inbound_messages", n);
+    // Refused calls counted per namespace, hour and reason (the usage report's): kept as long as
+    // the installation keeps records.
+    let n = drain(
+        conn,
+        "DELETE FROM namespace_throttled WHERE (namespace, hour, reason) IN (
+             SELECT namespace, hour, reason FROM namespace_throttled
+             WHERE hour < now() - make_interval(secs => $1::double precision)
+             LIMIT 1000)",
+        move |q| q.bind(policy.retention_s),
+    )
+    .await?;
+    pruned.namespace_throttled += count("namespace_throttled", n);
     Ok(())
 }
 

@@ -92,6 +92,16 @@ async fn ended_records_are_pruned_after_their_retention_and_failures_later() {
     .await;
     app.register("echo", "granda-test/echo", json!({})).await;
     app.register("fail", "granda-test/fail", json!({})).await;
+    // The usage report's counts of refused calls (per namespace, hour and reason) go with the
+    // installation's retention too: an hour long past, and one not yet begun.
+    sqlx::query(
+        "INSERT INTO namespace_throttled (namespace, hour, reason, calls) VALUES
+             ('default', date_trunc('hour', now()) - interval '1 day', 'rate', 3),
+             ('default', date_trunc('hour', now()) + interval '1 hour', 'rate', 4)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let ok = app.invoke_async("echo", "hello").await;
     let failed = app.invoke_async("fail", "").await;
     app.wait_final(ok, Duration::from_secs(60)).await;
@@ -139,6 +149,15 @@ async fn ended_records_are_pruned_after_their_retention_and_failures_later() {
         .await
         .unwrap_or(0.0);
     assert!(pruned >= 2.0, "pruned {pruned}");
+    let throttled: Vec<(i64,)> = sqlx::query_as("SELECT calls FROM namespace_throttled")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        throttled,
+        vec![(4,)],
+        "only the hour past its retention is pruned"
+    );
     // Where the server does not vacuum on its own, the pass vacuumed what it deleted from, so
     // the space is reused; where it does, that is the server's job.
     let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
