@@ -281,15 +281,8 @@ async fn handle_in_span(
     // parked (no delivery counted), and come back to whichever worker is healthy then.
     if shared.engine_away_for(&work) {
         tracing::info!("the engine does not answer; parking a run that needs it");
-        park_for(
-            &shared,
-            &channels,
-            &queue,
-            &delivery,
-            ELSEWHERE_DELAY,
-            super::ENGINE_AWAY_DELAY,
-        )
-        .await;
+        let (level, delay) = (ELSEWHERE_DELAY, super::ENGINE_AWAY_DELAY);
+        park_for(&shared, &channels, &queue, &delivery, level, delay).await;
         return;
     }
 

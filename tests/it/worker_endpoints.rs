@@ -53,6 +53,19 @@ fn standalone_worker_with(
     (worker, format!("http://{listen}"))
 }
 
+/// `SIGTERM`s the worker, which must exit with success within 30 s.
+async fn stops_cleanly(worker: GrandaProcess) {
+    worker.sigterm();
+    assert!(
+        worker
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        worker.log()
+    );
+}
+
 /// Stops (`SIGSTOP`) a process until dropped (`SIGCONT`): an engine that hangs, its containers
 /// running on (they belong to containerd's shims, not to `dockerd`).
 struct Frozen(u32);
@@ -139,15 +152,7 @@ async fn an_engine_that_hangs_pauses_runs_that_need_it_never_hot_calls_to_runnin
             .all(|r| r["status"] == "succeeded" && r["attempt"] == 1),
         "{hot:?}"
     );
-    worker.sigterm();
-    assert!(
-        worker
-            .wait_exit(Duration::from_secs(30))
-            .await
-            .is_some_and(|s| s.success()),
-        "{}",
-        worker.log()
-    );
+    stops_cleanly(worker).await;
 }
 
 /// `GET url`: the status and the body as JSON (`null` when it is not JSON).
@@ -271,15 +276,7 @@ async fn a_standalone_worker_serves_health_readiness_and_its_own_metrics() {
     wait_health(&app, &id, &base, true, Duration::from_secs(30)).await;
     let response = app.invoke("echo", "again").await;
     assert_eq!(response.status(), 200);
-    worker.sigterm();
-    assert!(
-        worker
-            .wait_exit(Duration::from_secs(30))
-            .await
-            .is_some_and(|s| s.success()),
-        "{}",
-        worker.log()
-    );
+    stops_cleanly(worker).await;
     app.shutdown().await;
 }
 
