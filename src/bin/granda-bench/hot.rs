@@ -206,6 +206,7 @@ pub(crate) async fn hot_rows(
         leans.push(lean().await?);
     }
     // Each client is a task on the runtime, as the ingress's connections are.
+    let cpu_before = crate::cpu::Cpu::now();
     let t = Instant::now();
     let running: Vec<_> = leans
         .into_iter()
@@ -222,6 +223,32 @@ pub(crate) async fn hot_rows(
         client.await??;
     }
     let granda_rate = (clients * n) as f64 / t.elapsed().as_secs_f64();
+    let [granda_ms, rabbitmq_ms, postgres_ms] =
+        crate::cpu::Cpu::now().per_call_ms(&cpu_before, (clients * n) as u64);
+    // The floor: a bare `GET /healthz` round trip on the same server, from the same clients.
+    let mut probes = Vec::new();
+    for _ in 0..clients {
+        probes.push(Lean::get(address, "/healthz").await?);
+    }
+    let cpu_before = crate::cpu::Cpu::now();
+    let running: Vec<_> = probes
+        .into_iter()
+        .map(|mut lean| {
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    let (status, _) = lean.call().await?;
+                    if status != 200 {
+                        bail!("/healthz answered {status}");
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for client in running {
+        client.await??;
+    }
+    let [healthz_ms, _, _] = crate::cpu::Cpu::now().per_call_ms(&cpu_before, (clients * n) as u64);
     let mut connections = Vec::new();
     for _ in 0..clients {
         connections.push(connect().await?);
@@ -263,6 +290,16 @@ pub(crate) async fn hot_rows(
             granda_rate / direct_rate
         ),
         format!("| hot calls recorded succeeded in Postgres | {recorded} of {made} | | | all |"),
+        format!(
+            "| CPU per recorded hot call, {clients} clients: this process (Granda and its clients) against a bare /healthz (ms) | {granda_ms:.3} | {healthz_ms:.3} | {:.1} | |",
+            granda_ms / healthz_ms
+        ),
+        format!("| CPU per recorded hot call: RabbitMQ (ms) | {rabbitmq_ms:.3} | | | |"),
+        format!("| CPU per recorded hot call: Postgres (ms) | {postgres_ms:.3} | | | |"),
+        format!(
+            "| CPU per recorded hot call: all three (ms) | {:.3} | | | ≤ 0.85 |",
+            granda_ms + rabbitmq_ms + postgres_ms
+        ),
     ])
 }
 
@@ -393,6 +430,17 @@ impl Lean {
         Ok(Lean {
             stream,
             request,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// A client that GETs `path` (no key: `/healthz` needs none).
+    pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Lean> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Lean {
+            stream,
+            request: format!("GET {path} HTTP/1.1\r\nHost: granda\r\n\r\n").into_bytes(),
             buf: Vec::with_capacity(4096),
         })
     }

@@ -10,6 +10,7 @@
 //! adaptive concurrency against a sweep of fixed settings), `hot` (warm and hot modes against
 //! direct requests), `fairness`, `soak` (issue 28's long run); this file parses the arguments and sets up the throwaway installation.
 
+mod cpu;
 mod fairness;
 mod hot;
 mod pipeline;
