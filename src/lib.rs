@@ -40,33 +40,40 @@
 //! [`keys`] (API keys), [`metrics`], [`telemetry`], [`tls`], [`error`] (the
 //! API's error type), and the command line: [`cli`] and its API client [`client`].
 
+#![warn(unreachable_pub)]
+
 pub mod broker;
 pub mod build;
 pub mod callback;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod config;
 pub mod db;
 pub mod docker;
-pub mod engines;
-pub mod error;
-pub mod event;
-pub mod frame;
+mod engines;
+mod error;
+mod event;
+mod frame;
 pub mod function;
 pub mod invocation;
 pub mod keys;
-pub mod message;
-pub mod metrics;
-pub mod namespace;
+mod message;
+mod metrics;
+mod namespace;
 pub mod producer;
 pub mod retention;
-pub mod retry;
-pub mod scheduler;
-pub mod seal;
+mod retry;
+mod scheduler;
+mod seal;
 pub mod telemetry;
 pub mod tls;
-pub mod trigger;
-pub mod up;
+mod trigger;
+mod up;
 pub mod web;
 pub mod webhook;
 pub mod worker;
+
+pub use message::Work;
+pub use metrics::Metrics;
+pub use seal::Keys;
+pub use up::Up;

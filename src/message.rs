@@ -42,21 +42,21 @@ const H_SIGNATURE: &str = "x-granda-signature";
 const H_KEY_ID: &str = "x-granda-key-id";
 
 /// How much of stderr travels in a reply to explain a failure.
-pub const ERROR_TAIL_BYTES: usize = 2048;
+pub(crate) const ERROR_TAIL_BYTES: usize = 2048;
 
 /// The longest per-invocation value (`GRANDA_WEBHOOK_*`, `GRANDA_EVENT_*`, `GRANDA_CONTENT_TYPE`).
-pub const MAX_INVOCATION_VALUE: usize = 1024;
+pub(crate) const MAX_INVOCATION_VALUE: usize = 1024;
 
 /// Whether `s` travels unchanged as an HTTP header value (a hot function gets per-invocation
 /// values as headers) and as a process env value: printable ASCII, space to `~`, so no control
 /// character, CR, LF, DEL or non-ASCII byte.
-pub fn header_safe(s: &str) -> bool {
+pub(crate) fn header_safe(s: &str) -> bool {
     s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
 /// Why a per-invocation env entry can't travel: `None` when it can. Names are `GRANDA_` plus
 /// `[A-Z0-9_]`; values are [`header_safe`] and at most [`MAX_INVOCATION_VALUE`] bytes.
-pub fn invocation_env_problem(name: &str, value: &str) -> Option<String> {
+pub(crate) fn invocation_env_problem(name: &str, value: &str) -> Option<String> {
     let name_ok = name.strip_prefix("GRANDA_").is_some_and(|rest| {
         !rest.is_empty()
             && rest
@@ -81,7 +81,7 @@ pub fn invocation_env_problem(name: &str, value: &str) -> Option<String> {
 /// whose function a registration would refuse; it is dead-lettered, never run or recorded.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed work message: {0}")]
-pub struct Malformed(pub String);
+pub(crate) struct Malformed(pub(crate) String);
 
 /// `with` given the fields a work message's signature covers, in order.
 fn with_signed_fields<T>(
@@ -122,7 +122,7 @@ fn with_signed_fields<T>(
 
 /// The trace context a work message carries (see the module's doc): its parent for the worker's
 /// spans; an empty context (a new trace) when it carries none or a malformed one.
-pub fn trace_context(props: &BasicProperties) -> opentelemetry::Context {
+pub(crate) fn trace_context(props: &BasicProperties) -> opentelemetry::Context {
     let headers = props.headers().as_ref();
     crate::telemetry::context_from(|name| {
         headers
@@ -152,7 +152,7 @@ impl Work {
     /// outbox, a manual retry or a schedule makes a message. `extra_env` is the invocation's own
     /// env (webhook, event, schedule), stored with its record so a re-publish or retry keeps it;
     /// it travels in the message's own copy of the snapshot.
-    pub fn queued(
+    pub(crate) fn queued(
         id: Uuid,
         trigger: Trigger,
         function: &crate::function::Function,
@@ -229,7 +229,7 @@ impl Work {
 
     /// The work a message carries, once its signature under `keys` checks, its secrets open and
     /// its function is within the limits a registration allows (`max_timeout_ms` the worker's).
-    pub fn decode(
+    pub(crate) fn decode(
         props: &BasicProperties,
         body: &[u8],
         keys: &crate::seal::Keys,
@@ -260,7 +260,7 @@ impl Work {
     }
 
     /// The work a message says it carries, unchecked: for reading, never for running.
-    pub fn decode_unchecked(props: &BasicProperties) -> Result<Work, Malformed> {
+    pub(crate) fn decode_unchecked(props: &BasicProperties) -> Result<Work, Malformed> {
         let id = props
             .message_id()
             .as_ref()
@@ -314,17 +314,17 @@ impl Work {
 /// The answer to a sync caller.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
-    pub status: Status,
-    pub exit_code: Option<i32>,
-    pub duration_ms: Option<i64>,
+    pub(crate) status: Status,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) duration_ms: Option<i64>,
     pub output: Vec<u8>,
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// The function's own HTTP status and headers (`response: "cgi"`).
-    pub http: Option<crate::web::WebAnswer>,
+    pub(crate) http: Option<crate::web::WebAnswer>,
 }
 
 impl Reply {
-    pub fn from_outcome(o: &Outcome) -> Reply {
+    pub(crate) fn from_outcome(o: &Outcome) -> Reply {
         Reply {
             status: o.status(),
             exit_code: o.exit_code,
@@ -335,7 +335,7 @@ impl Reply {
         }
     }
 
-    pub fn from_record(r: &Record) -> Reply {
+    pub(crate) fn from_record(r: &Record) -> Reply {
         Reply {
             status: r.status(),
             exit_code: r.exit_code,
@@ -350,7 +350,7 @@ impl Reply {
         }
     }
 
-    pub fn properties(&self, correlation_id: &str) -> BasicProperties {
+    pub(crate) fn properties(&self, correlation_id: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(H_STATUS.into(), long_string(self.status.as_str()));
         if let Some(code) = self.exit_code {
@@ -371,7 +371,7 @@ impl Reply {
             .with_headers(headers)
     }
 
-    pub fn decode(props: &BasicProperties, body: Vec<u8>) -> Option<Reply> {
+    pub(crate) fn decode(props: &BasicProperties, body: Vec<u8>) -> Option<Reply> {
         let headers = props.headers().as_ref()?;
         let status = Status::parse(std::str::from_utf8(bytes_header(headers, H_STATUS)?).ok()?)?;
         Some(Reply {

@@ -38,7 +38,7 @@ impl Up {
 
     /// Runs both until a future of `shutdown` completes (each gets its own, from the one stop
     /// signal), then waits for both to finish their work.
-    pub async fn run<F>(self, shutdown: impl Fn() -> F) -> anyhow::Result<()>
+    pub(crate) async fn run<F>(self, shutdown: impl Fn() -> F) -> anyhow::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {

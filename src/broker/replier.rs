@@ -14,14 +14,14 @@ use crate::message::Reply;
 /// `amq.rabbitmq.reply-to.*`, closing the channel or the whole connection) can't take down the
 /// consumers. Reopened on the next reply when it died. Not mandatory, no confirms: a reply only
 /// makes waiting fast; the record in Postgres is the truth.
-pub struct Replier {
+pub(crate) struct Replier {
     nodes: Arc<Nodes>,
     name: String,
     link: tokio::sync::Mutex<Option<(Connection, Channel, usize)>>,
 }
 
 impl Replier {
-    pub fn new(nodes: Arc<Nodes>, name: &str) -> Replier {
+    pub(crate) fn new(nodes: Arc<Nodes>, name: &str) -> Replier {
         Replier {
             nodes,
             name: format!("{name}-replies"),
@@ -52,7 +52,7 @@ impl Replier {
 
     /// Sends `reply` to `reply_to`, waiting at most the publish timeout; a reply that can't be
     /// sent is logged and dropped (the caller reads the record).
-    pub async fn send(&self, reply_to: &str, correlation_id: &str, reply: &Reply) {
+    pub(crate) async fn send(&self, reply_to: &str, correlation_id: &str, reply: &Reply) {
         let within = self.nodes.publish_timeout();
         let send = async {
             let channel = self.channel().await?;

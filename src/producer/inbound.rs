@@ -49,7 +49,7 @@ const PREFETCH: u16 = 32;
 /// How deep tables and arrays may nest in a message's headers.
 const MAX_HEADER_DEPTH: usize = 16;
 /// The header that says why a message was dead-lettered.
-pub const REASON_HEADER: &str = "x-granda-reason";
+pub(crate) const REASON_HEADER: &str = "x-granda-reason";
 
 /// Why a message can't be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub enum Refusal {
 }
 
 /// Routes until `stop` turns true; a message being handled is finished first.
-pub async fn run(app: Ingress, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(app: Ingress, mut stop: watch::Receiver<bool>) {
     describe(&app);
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -295,20 +295,20 @@ fn count(app: &Ingress, outcome: &str) {
 
 /// A message that passed [`check`]: what [`record`] stores and passes on.
 #[derive(Debug)]
-pub struct Accepted<'a> {
-    pub topic: &'a str,
-    pub message_id: Option<&'a str>,
-    pub content_type: Option<&'a str>,
+pub(crate) struct Accepted<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) content_type: Option<&'a str>,
     /// The headers as JSON ([`headers_json`]).
-    pub headers: serde_json::Map<String, Value>,
+    pub(crate) headers: serde_json::Map<String, Value>,
     /// The per-invocation env every subscriber gets (`GRANDA_EVENT_ID` is added per event).
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
 }
 
 /// Whether a message can be accepted, and what of it is kept. Everything that enters Postgres
 /// or a function's env is checked here, so nothing is refused later (which would hold the
 /// message, and those behind it, in retries).
-pub fn check<'a>(app: &Ingress, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
+pub(crate) fn check<'a>(app: &Ingress, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
     let topic = delivery.routing_key.as_str();
     if !valid_topic(topic) {
         return Err(Refusal::Topic(topic.chars().take(300).collect()));

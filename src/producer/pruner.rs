@@ -7,7 +7,7 @@ use super::ingress::Ingress;
 use crate::retention::{PRUNED, Policy, Pruned, pass};
 
 /// Prunes every `GRANDA_PRUNE_INTERVAL_MS` until the task is dropped.
-pub async fn run(app: Ingress) {
+pub(crate) async fn run(app: Ingress) {
     let every = Duration::from_millis(app.settings.prune_interval_ms.max(10));
     let policy = Policy::of(&app.settings);
     for (table, _) in Pruned::default().by_table() {

@@ -41,14 +41,14 @@ const CLOSED: &str = "granda_http_connections_closed_total";
 
 /// The bounds on connections, from the settings.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub header_read: Duration,
-    pub idle: Duration,
-    pub max_connections: usize,
+pub(crate) struct Limits {
+    pub(crate) header_read: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) max_connections: usize,
 }
 
 impl Limits {
-    pub fn from_settings(settings: &crate::config::Settings) -> Limits {
+    pub(crate) fn from_settings(settings: &crate::config::Settings) -> Limits {
         Limits {
             header_read: Duration::from_millis(settings.header_read_timeout_ms),
             idle: Duration::from_millis(settings.idle_timeout_ms),
@@ -294,7 +294,7 @@ impl Held {
 
 /// Serves `app` on `listener` within `limits` until `shutdown` completes, then finishes the
 /// requests in flight and returns.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,

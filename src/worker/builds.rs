@@ -29,26 +29,26 @@ use crate::build::{self, BASE_IMAGE_HINT};
 use crate::docker::ImageError;
 
 /// How often a building worker says it is still at it.
-pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// How long the ingress waits without a word from the builder before it answers 503.
-pub const SILENCE: Duration = Duration::from_secs(60);
+pub(crate) const SILENCE: Duration = Duration::from_secs(60);
 /// How long a build request waits in its queue for a worker to take it.
 const REQUEST_TTL: Duration = Duration::from_secs(30);
 
 /// The build queue of `queue`.
-pub fn queue_name(prefix: &str, queue: &str) -> String {
+pub(crate) fn queue_name(prefix: &str, queue: &str) -> String {
     format!("{prefix}.builds.{queue}")
 }
 
 /// What the ingress asks (the context goes as the message body).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Job {
+pub(crate) struct Job {
     /// `<prefix>-fn/<installation>/<name>:v<N>`.
-    pub tag: String,
+    pub(crate) tag: String,
     /// The runtime's base image (the Dockerfile's `FROM`).
-    pub base_image: String,
+    pub(crate) base_image: String,
     /// The ingress's `GRANDA_REGISTRY`, which wins over the worker's.
-    pub registry: Option<String>,
+    pub(crate) registry: Option<String>,
 }
 
 impl Job {
@@ -84,7 +84,7 @@ impl Job {
 /// What a building worker says, one message each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     /// Build output, as the engine writes it.
     Log { text: String },
     /// Still building.
@@ -103,16 +103,16 @@ pub enum Event {
 
 /// A build done on a worker.
 #[derive(Debug)]
-pub struct Built {
-    pub image: String,
-    pub worker: String,
-    pub pushed: bool,
-    pub log: String,
+pub(crate) struct Built {
+    pub(crate) image: String,
+    pub(crate) worker: String,
+    pub(crate) pushed: bool,
+    pub(crate) log: String,
 }
 
 /// How a build on a worker ended when it built nothing.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     #[error("{message}")]
     Failed { message: String, log: String },
     #[error("the worker that built: {message}")]
@@ -142,7 +142,7 @@ impl From<lapin::Error> for BuildError {
 
 /// The ingress's side: asks a worker of `queue` to build `context` as `job` says, passing log
 /// lines to `lines` as they come.
-pub async fn request(
+pub(crate) async fn request(
     client: &Client,
     prefix: &str,
     queue: &str,
@@ -231,16 +231,16 @@ async fn request_on(
 
 /// A worker's means to build: its engine, its images and its own `GRANDA_REGISTRY`.
 #[derive(Clone)]
-pub struct Builder {
-    pub docker: Docker,
-    pub images: Images,
-    pub registry: Option<String>,
-    pub worker: String,
+pub(crate) struct Builder {
+    pub(crate) docker: Docker,
+    pub(crate) images: Images,
+    pub(crate) registry: Option<String>,
+    pub(crate) worker: String,
 }
 
 impl Builder {
     /// Builds `context` as `job` says, sending the log to `lines`; the last event.
-    pub async fn build(
+    pub(crate) async fn build(
         &self,
         job: Job,
         context: Vec<u8>,
@@ -284,7 +284,7 @@ impl Builder {
 
 /// The worker's side: declares `queue`'s build queue on `channel` and builds what comes on it with
 /// `builder`, until the channel goes.
-pub async fn serve(
+pub(crate) async fn serve(
     channel: Channel,
     prefix: &str,
     queue: &str,

@@ -28,7 +28,7 @@ use crate::invocation::{Status, Trigger, store};
 use crate::message::{Reply, Work};
 
 /// How often a worker with runs in hand checks whether any was cancelled, beside the notices.
-pub const POLL: Duration = Duration::from_secs(1);
+pub(super) const POLL: Duration = Duration::from_secs(1);
 
 /// This worker's runs that a cancel can stop, by invocation id.
 #[derive(Default)]

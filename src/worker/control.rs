@@ -91,27 +91,27 @@ fn close_later(connection: Option<Connection>, within: Duration) {
 }
 
 /// The control queue of `queue`.
-pub fn queue_name(prefix: &str, queue: &str) -> String {
+pub(crate) fn queue_name(prefix: &str, queue: &str) -> String {
     format!("{prefix}.control.{queue}")
 }
 
 /// The direct exchange through which a check reaches every worker of a queue (routing key: the
 /// queue's name), each on a queue of its own.
-pub fn exchange_name(prefix: &str) -> String {
+pub(crate) fn exchange_name(prefix: &str) -> String {
     format!("{prefix}.control")
 }
 
 /// What the ingress asks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Check {
-    pub image: Option<String>,
-    pub container_runtime: Option<String>,
+pub(crate) struct Check {
+    pub(crate) image: Option<String>,
+    pub(crate) container_runtime: Option<String>,
 }
 
 /// What a worker answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", content = "message", rename_all = "snake_case")]
-pub enum Answer {
+pub(crate) enum Answer {
     Ok,
     /// The image can't be had, or the runtime is unknown: the engine's words.
     Unprocessable(String),
@@ -121,7 +121,7 @@ pub enum Answer {
 
 /// Why no worker answered.
 #[derive(Debug, thiserror::Error)]
-pub enum AskError {
+pub(crate) enum AskError {
     #[error("no worker serves queue {0:?} now, so the image can't be checked")]
     NoWorker(String),
     #[error("no worker of queue {queue:?} answered within {ms} ms")]
@@ -135,14 +135,14 @@ pub enum AskError {
 }
 
 /// The ingress's side: one connection, opened when first needed.
-pub struct Client {
+pub(crate) struct Client {
     nodes: Arc<crate::broker::Nodes>,
     prefix: String,
     connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl Client {
-    pub fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str) -> Arc<Client> {
+    pub(crate) fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str) -> Arc<Client> {
         Arc::new(Client {
             nodes,
             prefix: prefix.to_string(),
@@ -198,7 +198,7 @@ impl Client {
     /// Asks every worker of `queue` to check `check`: their answers, each with the worker's id,
     /// as they come, until one answers [`Answer::Ok`], `expected` have answered, or `wait` is
     /// up. `NoWorker` when no worker serves the queue, `NoAnswer` when none answered.
-    pub async fn ask_every(
+    pub(crate) async fn ask_every(
         &self,
         queue: &str,
         check: &Check,
@@ -283,7 +283,7 @@ impl Client {
 
 /// The worker's side: declares `queue`'s control queue on `channel` and answers every check on it
 /// with `answer`, until the channel goes.
-pub async fn serve<F, Fut>(
+pub(crate) async fn serve<F, Fut>(
     channel: Channel,
     prefix: &str,
     queue: &str,

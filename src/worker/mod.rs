@@ -16,22 +16,22 @@
 //! open: [`breaker`]) is given back unclaimed for another worker, as [`crate::retry`] decides. An
 //! unhealthy worker (its engine unreachable) cancels its consumers until it recovers.
 
-pub mod breaker;
-pub mod builds;
+pub(crate) mod breaker;
+pub(crate) mod builds;
 mod cancel;
 mod cgi;
 mod consume;
 pub mod container;
-pub mod control;
+pub(crate) mod control;
 mod dead_run;
 mod delivery;
-pub mod endpoints;
+pub(crate) mod endpoints;
 mod engines;
 mod execute;
 mod faults;
 mod heartbeat;
 pub mod hot;
-pub mod images;
+pub(crate) mod images;
 pub mod pool;
 mod readiness;
 pub mod reaper;
@@ -66,7 +66,7 @@ use settle::*;
 use shared::*;
 
 /// A shutdown signal, as a future that completes when it is time to stop.
-pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long a duplicate of an invocation running on another worker waits before it looks again.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
@@ -308,21 +308,21 @@ impl Worker {
     }
 
     /// Shares `metrics` with the rest of the process (the ingress serves them at `/metrics`).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
         Arc::get_mut(&mut self.shared)
             .expect("a worker not yet running")
             .metrics = metrics;
         self
     }
 
-    pub fn metrics(&self) -> Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }
 
     /// This worker's engine, for the ingress of the same process (`granda up`): its
     /// registration checks and builds are done here directly. Call it after
     /// [`Worker::with_metrics`].
-    pub fn engines(&self) -> Arc<dyn crate::engines::Engines> {
+    pub(crate) fn engines(&self) -> Arc<dyn crate::engines::Engines> {
         Arc::new(engines::Local {
             shared: self.shared.clone(),
             builder: self.builder.clone(),
@@ -334,7 +334,7 @@ impl Worker {
     }
 
     /// Where the worker's endpoints listen, when `GRANDA_WORKER_LISTEN` is set.
-    pub fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
+    pub(crate) fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
         self.endpoints.as_ref().and_then(|l| l.local_addr().ok())
     }
 

@@ -47,14 +47,14 @@ const IDLE_ELF: [u8; 129] = [
 
 /// A kept container, lent to one run at a time.
 #[derive(Debug)]
-pub struct Warm {
-    pub id: String,
+pub(crate) struct Warm {
+    pub(crate) id: String,
     key: String,
     last_used: Instant,
     /// Runs it served before this one.
-    pub uses: u32,
+    pub(crate) uses: u32,
     /// A hot container's connection and socket directory.
-    pub hot: Option<(hot::Connection, PathBuf)>,
+    pub(crate) hot: Option<(hot::Connection, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -65,7 +65,7 @@ struct Entry {
 }
 
 /// The warm containers of one worker.
-pub struct Pool {
+pub(crate) struct Pool {
     runner: Runner,
     idle_binary: PathBuf,
     /// Where hot containers' socket directories are made: this worker's own.
@@ -111,7 +111,7 @@ fn key(f: &Snapshot) -> String {
 impl Pool {
     /// Writes the idle binary under `state_dir`, clears the socket directories an earlier self
     /// of `worker_id` in `installation` left, and makes an empty pool.
-    pub fn new(
+    pub(crate) fn new(
         runner: Runner,
         state_dir: &std::path::Path,
         installation: &str,
@@ -135,7 +135,7 @@ impl Pool {
 
     /// A container for one run of `function`, and whether it was started for it (a cold start).
     /// Give it back with [`Pool::release`]; dropped without that (a panicking run), it is removed.
-    pub async fn acquire(&self, function: &Snapshot) -> Result<(Lent<'_>, bool), PlatformError> {
+    pub(crate) async fn acquire(&self, function: &Snapshot) -> Result<(Lent<'_>, bool), PlatformError> {
         let (warm, cold) = self.take(function).await?;
         Ok((
             Lent {
@@ -236,7 +236,7 @@ impl Pool {
     }
 
     /// Gives a container back after a run: kept when the run went well, else removed.
-    pub fn release(&self, mut lent: Lent<'_>, healthy: bool) {
+    pub(crate) fn release(&self, mut lent: Lent<'_>, healthy: bool) {
         if let Some(warm) = lent.warm.take() {
             self.give_back(warm, healthy);
         }
@@ -274,7 +274,7 @@ impl Pool {
     }
 
     /// Idle containers in the pool now, by function name (for tests and metrics).
-    pub fn idle_by_function(&self) -> HashMap<String, usize> {
+    pub(crate) fn idle_by_function(&self) -> HashMap<String, usize> {
         let mut out = HashMap::new();
         for (key, entry) in self.entries.lock().expect("lock").iter() {
             let name = key.split('|').next().unwrap_or_default().to_string();
@@ -285,7 +285,7 @@ impl Pool {
 
     /// Removes idle containers past their idle timeout (beyond `min_warm`), and under memory
     /// pressure idle ones least recently used first.
-    pub fn expire(&self, pressure: bool) {
+    pub(crate) fn expire(&self, pressure: bool) {
         let limits = self.limits.lock().expect("lock").clone();
         let mut doomed = Vec::new();
         {
@@ -317,7 +317,7 @@ impl Pool {
     }
 
     /// Removes every idle container (shutdown).
-    pub async fn clear(&self) {
+    pub(crate) async fn clear(&self) {
         let idle: Vec<Warm> = {
             let mut entries = self.entries.lock().expect("lock");
             entries
@@ -334,7 +334,7 @@ impl Pool {
 
 /// A kept container lent to one run. Dropped without [`Pool::release`] (the run panicked), it is
 /// discarded: removed from the engine and uncounted, so the function's slot is not lost.
-pub struct Lent<'a> {
+pub(crate) struct Lent<'a> {
     pool: &'a Pool,
     warm: Option<Warm>,
 }
@@ -409,7 +409,7 @@ pub fn install_idle_binary(state_dir: &std::path::Path) -> std::io::Result<PathB
 }
 
 /// Whether the host is short of memory: less than 10 % available.
-pub fn memory_pressure() -> bool {
+pub(crate) fn memory_pressure() -> bool {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
         return false;
     };

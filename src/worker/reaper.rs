@@ -21,7 +21,7 @@ use crate::docker::{
 const DEADLINE_SLACK_MS: i64 = 60_000;
 
 /// Every 30 s, [`reap_orphaned_pools`].
-pub async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, installation: String) {
+pub(crate) async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, installation: String) {
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
         reap_orphaned_pools(&docker, &pool, &installation).await;
@@ -77,7 +77,7 @@ pub async fn reap_orphaned_pools(
 
 /// Removes every container of this installation labelled with this worker's id: at start, none
 /// of them is ours to keep.
-pub async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
+pub(crate) async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
     let worker = format!("{LABEL_WORKER}={worker_id}");
     let installation = format!("{LABEL_INSTALLATION}={installation}");
     for (id, _) in list(docker, &[&worker, &installation]).await {
@@ -89,7 +89,7 @@ pub async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
 /// Every few seconds, removes this worker's invocation containers whose invocation does not run
 /// here (`running(id)` says which do): such a container was being created by a crashed earlier
 /// self when it died, and the engine finished creating it after the start-up sweep.
-pub async fn reap_strays_forever(
+pub(crate) async fn reap_strays_forever(
     docker: Docker,
     worker_id: String,
     installation: String,
@@ -112,7 +112,7 @@ pub async fn reap_strays_forever(
 }
 
 /// Every minute, removes Granda containers well past their deadline, whoever started them.
-pub async fn reap_expired_forever(docker: Docker) {
+pub(crate) async fn reap_expired_forever(docker: Docker) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let now = chrono::Utc::now().timestamp_millis();
@@ -152,7 +152,7 @@ pub(super) async fn list(
 }
 
 /// Removes (killing) the containers on `docker` that run invocation `invocation`; returns how many.
-pub async fn remove_invocation(docker: &Docker, invocation: &str) -> usize {
+pub(crate) async fn remove_invocation(docker: &Docker, invocation: &str) -> usize {
     let label = format!("{LABEL_INVOCATION}={invocation}");
     let found = list(docker, &[label.as_str()]).await;
     for (id, _) in &found {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use granda::broker::Topology;
 use granda::function::store as functions;
 use granda::invocation::Trigger;
-use granda::message::Work;
+use granda::Work;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

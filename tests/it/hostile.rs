@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use granda::function::store as functions;
 use granda::invocation::Trigger;
-use granda::message::Work;
+use granda::Work;
 use serde_json::json;
 use uuid::Uuid;
 

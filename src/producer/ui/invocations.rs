@@ -47,7 +47,7 @@ const RANGES: [(&str, &str, i64); 3] = [
 ];
 
 /// The start of `?range=` (`1h`, `24h`, `7d`; empty: any time) before `now`.
-pub fn range_start(
+pub(crate) fn range_start(
     range: Option<&str>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
@@ -64,7 +64,7 @@ pub fn range_start(
 }
 
 /// Whether an invocation in `status` may be retried (the API says the rest: input kept whole).
-pub fn retryable(status: &str) -> bool {
+pub(crate) fn retryable(status: &str) -> bool {
     matches!(status, "failed" | "timed_out" | "dead")
 }
 
@@ -72,7 +72,7 @@ pub fn retryable(status: &str) -> bool {
 /// `warm` (an exec in a kept container), `cold` (a container started for it); a hot run whose
 /// container was started for it is `hot, cold start`. Records from before the mode was kept say
 /// only cold or warm.
-pub fn run_label(r: &Record) -> &'static str {
+pub(crate) fn run_label(r: &Record) -> &'static str {
     match (r.mode, r.cold) {
         (Some(Mode::Hot), Some(true)) => "hot, cold start",
         (Some(Mode::Hot), _) => "hot",
@@ -83,7 +83,7 @@ pub fn run_label(r: &Record) -> &'static str {
 }
 
 /// The last 12 hex digits: unique enough within a page, short enough for a phone.
-pub fn short_id(id: Uuid) -> String {
+pub(crate) fn short_id(id: Uuid) -> String {
     let s = id.simple().to_string();
     format!("…{}", &s[s.len() - 12..])
 }
@@ -122,7 +122,7 @@ fn page_link(query: &HashMap<String, String>, before: Uuid) -> String {
 }
 
 /// `GET /ui/invocations`: every function's invocations, filtered, newest first.
-pub async fn list(
+pub(crate) async fn list(
     session: Session,
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -196,7 +196,7 @@ pub async fn list(
 }
 
 /// The table of `records`; `function` adds their function's column.
-pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
+pub(crate) fn table(session: &Session, records: &[Record], function: bool) -> Markup {
     let retry = session.may(Action::Manage);
     html! {
         table #invocations {
@@ -227,7 +227,7 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
 
 /// `GET /ui/invocations/{id}`: every field of the record; while it is queued or running the
 /// record refreshes itself; a Retry button when it failed, timed out or is dead.
-pub async fn invocation(
+pub(crate) async fn invocation(
     session: Session,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -310,13 +310,11 @@ pub async fn invocation(
     ))
 }
 
-pub use super::waterfall::Step;
 
-pub use super::waterfall::waterfall;
 use super::waterfall::waterfall_markup;
 
 /// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
-pub fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
+pub(crate) fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
     html! {
         h2 { (label)
             @if truncated { " " span.truncated { "(truncated when stored)" } }
@@ -350,7 +348,7 @@ fn hex_lines(bytes: &[u8]) -> String {
 }
 
 /// `POST /ui/invocations/{id}/retry`: the API's retry, then to the invocation's page.
-pub async fn retry(
+pub(crate) async fn retry(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -363,7 +361,7 @@ pub async fn retry(
 
 /// `POST /ui/invocations/{id}/cancel`: the API's cancel (by the session's key), then to the
 /// invocation's page. A session that may invoke may cancel, as with the API.
-pub async fn cancel(
+pub(crate) async fn cancel(
     session: Session,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -397,7 +395,7 @@ fn why_dead(r: &crate::invocation::Record) -> String {
 }
 
 /// `GET /ui/dead-letters?before=`: invocations whose retries are spent, to retry in bulk.
-pub async fn dead_letters(
+pub(crate) async fn dead_letters(
     session: Session,
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -468,7 +466,7 @@ pub async fn dead_letters(
 }
 
 /// `GET /ui/dead-letters/{id}/discard`: asks first, showing why it died.
-pub async fn discard_confirm(
+pub(crate) async fn discard_confirm(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -499,7 +497,7 @@ pub async fn discard_confirm(
 }
 
 /// `POST /ui/dead-letters/{id}/discard`: the API's discard, then back to the dead letters.
-pub async fn discard(
+pub(crate) async fn discard(
     Admin(_): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -511,7 +509,7 @@ pub async fn discard(
 
 /// `POST /ui/dead-letters/retry` with `id=…` once per invocation: retries each, and says how
 /// each went.
-pub async fn retry_dead(
+pub(crate) async fn retry_dead(
     Admin(session): Admin,
     State(app): State<AppState>,
     RawForm(form): RawForm,
@@ -563,6 +561,7 @@ pub async fn retry_dead(
 
 #[cfg(test)]
 mod tests {
+    use super::super::waterfall::waterfall;
     use super::*;
 
     fn record(attempt: i32) -> Record {

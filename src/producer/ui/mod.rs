@@ -22,25 +22,25 @@
 //! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the scripts of the live views are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
-pub mod builds;
-pub mod chart;
-pub mod events;
-pub mod forms;
-pub mod invocations;
-pub mod keys;
-pub mod live;
+pub(crate) mod builds;
+pub(crate) mod chart;
+pub(crate) mod events;
+pub(crate) mod forms;
+pub(crate) mod invocations;
+pub(crate) mod keys;
+pub(crate) mod live;
 mod loaded;
-pub mod namespaces;
-pub mod pages;
-pub mod schedules;
-pub mod session;
-pub mod settings;
-pub mod source;
-pub mod stats;
-pub mod triggers;
-pub mod usage;
-pub mod waterfall;
-pub mod webhooks;
+pub(crate) mod namespaces;
+pub(crate) mod pages;
+pub(crate) mod schedules;
+pub(crate) mod session;
+pub(crate) mod settings;
+pub(crate) mod source;
+pub(crate) mod stats;
+pub(crate) mod triggers;
+pub(crate) mod usage;
+pub(crate) mod waterfall;
+pub(crate) mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -54,15 +54,15 @@ use crate::error::ApiError;
 use session::Session;
 
 /// Where the ingress mounts the dashboard; every link in it starts with this.
-pub const BASE: &str = "/ui";
+pub(crate) const BASE: &str = "/ui";
 
 /// The Content-Security-Policy of every dashboard answer: scripts, styles, images and fetches
 /// from this origin only, nothing inline, forms post only here, never framed.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
 connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Every dashboard route, relative to [`BASE`], with the CSRF guard and the security headers.
-pub fn routes(state: AppState) -> Router<AppState> {
+pub(crate) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::functions))
         .route("/find", get(pages::find))
@@ -184,7 +184,7 @@ const QUEUES_JS: &str = r#"setInterval(function () {
 
 /// A failure shown as an HTML page with the API's status code.
 #[derive(Debug)]
-pub struct UiError(pub ApiError);
+pub(crate) struct UiError(pub(crate) ApiError);
 
 impl From<ApiError> for UiError {
     fn from(e: ApiError) -> Self {
@@ -226,12 +226,12 @@ impl IntoResponse for UiError {
 
 /// An HTML page: the shared head, CSS and, for a session, the navigation it may use, around
 /// `content`.
-pub fn layout(title: &str, nav: Option<&Session>, content: Markup) -> Html<String> {
+pub(crate) fn layout(title: &str, nav: Option<&Session>, content: Markup) -> Html<String> {
     page(title, nav, PreEscaped(String::new()), content)
 }
 
 /// A [`layout`] page for a session whose heading is its title.
-pub fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
+pub(crate) fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
     layout(
         title,
         Some(session),
@@ -243,7 +243,7 @@ pub fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
 }
 
 /// Like [`layout`], with extra markup in `<head>`.
-pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -> Html<String> {
+pub(crate) fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -> Html<String> {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -322,12 +322,12 @@ fn namespace_switcher(session: &Session) -> Markup {
 }
 
 /// A plain HTML answer with `status`.
-pub fn with_status(status: StatusCode, body: Html<String>) -> Response {
+pub(crate) fn with_status(status: StatusCode, body: Html<String>) -> Response {
     (status, body).into_response()
 }
 
 /// Milliseconds for people: `850 ms`, `1.25 s`, `—` when unknown.
-pub fn fmt_ms(ms: Option<f64>) -> String {
+pub(crate) fn fmt_ms(ms: Option<f64>) -> String {
     match ms {
         None => "—".into(),
         // A hot run takes well under a millisecond: not "0 ms".
@@ -338,7 +338,7 @@ pub fn fmt_ms(ms: Option<f64>) -> String {
 }
 
 /// A size in bytes, in words: `1 byte`, `2 bytes`.
-pub fn fmt_bytes(n: impl Into<i64>) -> String {
+pub(crate) fn fmt_bytes(n: impl Into<i64>) -> String {
     match n.into() {
         1 => "1 byte".into(),
         n => format!("{n} bytes"),
@@ -346,19 +346,19 @@ pub fn fmt_bytes(n: impl Into<i64>) -> String {
 }
 
 /// A share as a percentage, `—` when unknown.
-pub fn fmt_pct(share: Option<f64>) -> String {
+pub(crate) fn fmt_pct(share: Option<f64>) -> String {
     share.map_or("—".into(), |s| format!("{:.0}%", s * 100.0))
 }
 
 /// A timestamp to the second, UTC.
-pub fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+pub(crate) fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map_or("—".into(), |t| {
         t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
     })
 }
 
 /// A status as a coloured badge.
-pub fn status_badge(status: &str) -> Markup {
+pub(crate) fn status_badge(status: &str) -> Markup {
     html! { span class={ "badge " (status) } { (status) } }
 }
 

@@ -50,26 +50,26 @@ use crate::producer::AppState;
 use crate::producer::auth::{Acting, Action, permits};
 
 /// The session cookie's name.
-pub const COOKIE: &str = crate::keys::SESSION_COOKIE;
+pub(crate) const COOKIE: &str = crate::keys::SESSION_COOKIE;
 /// The hidden form field that carries the CSRF token.
-pub const CSRF_FIELD: &str = "csrf";
+pub(crate) const CSRF_FIELD: &str = "csrf";
 /// How long a session lasts.
 const SESSION_HOURS: i64 = 12;
 
 /// What a logged-in key may do: the API key's own scope.
-pub use crate::keys::Scope;
+pub(crate) use crate::keys::Scope;
 
 /// A key that passed [`verify_key`].
 #[derive(Clone, Debug)]
-pub struct Verified {
-    pub scope: Scope,
+pub(crate) struct Verified {
+    pub(crate) scope: Scope,
     /// The key store's id of the key; none only with `GRANDA_AUTH=off`.
-    pub key_id: Option<Uuid>,
+    pub(crate) key_id: Option<Uuid>,
 }
 
 /// Decides whether `key` may log in to the dashboard, and as what: a live API key, with its
 /// scope; with `GRANDA_AUTH=off`, any non-empty key, as `admin`.
-pub async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, ApiError> {
+pub(crate) async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, ApiError> {
     let key = key.trim();
     if key.is_empty() {
         return Ok(None);
@@ -93,28 +93,28 @@ pub async fn verify_key(app: &AppState, key: &str) -> Result<Option<Verified>, A
 
 /// A logged-in dashboard user; as an extractor, pages without one redirect to the login form.
 #[derive(Clone, Debug)]
-pub struct Session {
-    pub scope: Scope,
+pub(crate) struct Session {
+    pub(crate) scope: Scope,
     /// The key the session was made with (none with `GRANDA_AUTH=off`).
-    pub key_id: Option<Uuid>,
+    pub(crate) key_id: Option<Uuid>,
     /// This session's CSRF token, for the hidden field of its forms.
-    pub csrf: String,
+    pub(crate) csrf: String,
     /// Where the session acts: its key's namespace, or the one a global session chose; the key
     /// (kept on the records of the calls it makes).
-    pub acting: Acting,
+    pub(crate) acting: Acting,
     /// A global session's choice of namespaces for the switcher (empty for a bound one).
-    pub namespaces: Vec<String>,
+    pub(crate) namespaces: Vec<String>,
 }
 
 impl Session {
     /// The namespace this session acts in.
-    pub fn namespace(&self) -> &Namespace {
+    pub(crate) fn namespace(&self) -> &Namespace {
         &self.acting.namespace
     }
 
     /// Whether the session's key is bound to its namespace (it sees no other, nor the
     /// installation's queues and workers).
-    pub fn bound(&self) -> bool {
+    pub(crate) fn bound(&self) -> bool {
         self.acting.bound
     }
 
@@ -122,7 +122,7 @@ impl Session {
     /// namespace: a short name (`echo`), or a stored name already in it (`echo.team-b`, as the
     /// dashboard's links name functions). A name of another namespace resolves to a name no
     /// function has.
-    pub fn function(&self, name: &str) -> String {
+    pub(crate) fn function(&self, name: &str) -> String {
         if name.contains('.') && self.acting.holds(name) {
             name.to_string()
         } else {
@@ -131,22 +131,22 @@ impl Session {
     }
 
     /// Whether the stored function name `qualified` is in this session's namespace.
-    pub fn holds(&self, qualified: &str) -> bool {
+    pub(crate) fn holds(&self, qualified: &str) -> bool {
         self.acting.holds(qualified)
     }
 
     /// 404 unless the session's key is global (for installation-wide pages).
-    pub fn global_only(&self) -> Result<(), UiError> {
+    pub(crate) fn global_only(&self) -> Result<(), UiError> {
         self.acting.global_only().map_err(UiError)
     }
 
     /// Whether the API's policy lets this session's scope do `action`.
-    pub fn may(&self, action: Action) -> bool {
+    pub(crate) fn may(&self, action: Action) -> bool {
         permits(self.scope, action)
     }
 
     /// 403 unless the session may do `action`.
-    pub fn require(&self, action: Action) -> Result<(), UiError> {
+    pub(crate) fn require(&self, action: Action) -> Result<(), UiError> {
         if self.may(action) {
             Ok(())
         } else {
@@ -158,7 +158,7 @@ impl Session {
     }
 
     /// The hidden field every form of this session carries.
-    pub fn csrf_field(&self) -> Markup {
+    pub(crate) fn csrf_field(&self) -> Markup {
         html! { input type="hidden" name=(CSRF_FIELD) value=(self.csrf); }
     }
 }
@@ -166,7 +166,7 @@ impl Session {
 /// A session that may manage functions; as an extractor, 403 for any other session, before the
 /// body is read.
 #[derive(Clone, Debug)]
-pub struct Admin(pub Session);
+pub(crate) struct Admin(pub(crate) Session);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = Response;
@@ -369,7 +369,7 @@ fn forbidden(message: &str) -> Response {
 }
 
 /// The largest body of a dashboard form but [`large_form`]s, and of the login form.
-pub const FORM_CAP: usize = 64 * 1024;
+pub(crate) const FORM_CAP: usize = 64 * 1024;
 
 /// The forms that carry a function's env, an invocation's payload or a handler's source: up to
 /// `GRANDA_MAX_BODY_BYTES`, for a session that may use them.
@@ -419,7 +419,7 @@ async fn read_form(headers: &HeaderMap, body: Body, cap: usize) -> Result<bytes:
 /// the session is known: the login form's (at most [`FORM_CAP`]) within the budget of
 /// unauthenticated bodies, any other form's only for a live session, at most [`FORM_CAP`] but for
 /// the [`large_form`]s its scope may use.
-pub async fn protect(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn protect(State(app): State<AppState>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         // Pages are reads; no other method is routed.
         return next.run(request).await;
@@ -475,12 +475,12 @@ pub async fn protect(State(app): State<AppState>, request: Request, next: Next) 
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct LoginQuery {
+pub(crate) struct LoginQuery {
     next: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct LoginForm {
+pub(crate) struct LoginForm {
     #[serde(default)]
     key: String,
     next: Option<String>,
@@ -506,12 +506,12 @@ fn login_page(next: &str, error: Option<&str>) -> axum::response::Html<String> {
 }
 
 /// `GET /ui/login`.
-pub async fn login_form(Query(q): Query<LoginQuery>) -> Response {
+pub(crate) async fn login_form(Query(q): Query<LoginQuery>) -> Response {
     login_page(&safe_next(q.next.as_deref()), None).into_response()
 }
 
 /// `POST /ui/login`: checks the key, stores a session bound to it and sets its cookie.
-pub async fn login(
+pub(crate) async fn login(
     State(app): State<AppState>,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, UiError> {
@@ -568,14 +568,14 @@ pub async fn login(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct SwitchForm {
+pub(crate) struct SwitchForm {
     namespace: String,
 }
 
 /// `POST /ui/namespace`: a global session acts in another namespace from now on (kept on its
 /// row); every page then shows that namespace's functions and records. 404 for a session bound
 /// to a namespace (it has no other) and for a namespace that does not exist.
-pub async fn switch(
+pub(crate) async fn switch(
     session: Session,
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -602,7 +602,7 @@ pub async fn switch(
 }
 
 /// `POST /ui/logout`: forgets the session.
-pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, UiError> {
+pub(crate) async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, UiError> {
     if let Some(token) = token(&headers) {
         sqlx::query("DELETE FROM ui_sessions WHERE token_hash = $1")
             .bind(hash(&token))
