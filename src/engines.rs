@@ -106,7 +106,11 @@ const NO_BUILDER: &str = "granda server builds nothing itself: start a granda wo
 impl Remote {
     /// Asks over `nodes` (one connection, opened when first needed), waiting for a check as long
     /// as a pull may take (`pull_timeout`) and a few seconds.
-    pub(crate) fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str, pull_timeout: Duration) -> Remote {
+    pub(crate) fn new(
+        nodes: Arc<crate::broker::Nodes>,
+        prefix: &str,
+        pull_timeout: Duration,
+    ) -> Remote {
         Remote {
             client: control::Client::new(nodes, prefix),
             pool: None,

@@ -34,6 +34,7 @@ impl ErrorBody {
 /// The answers of every operation that needs a key, besides its own: 401 without a valid key
 /// (or dashboard session), 403 when the key's scope does not allow the operation.
 #[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "an OpenAPI response set: described, never built")]
 pub(crate) enum Denied {
     #[response(status = 401, description = "Unauthorized")]
     Unauthorized(ErrorBody),

@@ -328,7 +328,11 @@ pub(crate) mod store {
         .await
     }
 
-    pub(crate) async fn unsubscribe(pool: &PgPool, function: &str, id: Uuid) -> Result<bool, sqlx::Error> {
+    pub(crate) async fn unsubscribe(
+        pool: &PgPool,
+        function: &str,
+        id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND function = $2")
             .bind(id)
             .bind(function)
@@ -448,7 +452,10 @@ pub(crate) mod store {
     }
 
     /// The namespace event `id` was published in, if there is such an event.
-    pub(crate) async fn namespace_of(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn namespace_of(
+        pool: &PgPool,
+        id: Uuid,
+    ) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT namespace FROM events WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)

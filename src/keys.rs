@@ -180,7 +180,10 @@ pub(crate) async fn create(
 }
 
 /// Every key, or those bound to `namespace`.
-pub(crate) async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<ApiKey>, sqlx::Error> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    namespace: Option<&str>,
+) -> Result<Vec<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
         "SELECT id, name, scope, prefix, namespace, functions, created_at, revoked_at FROM api_keys
          WHERE $1::text IS NULL OR namespace = $1 ORDER BY id",

@@ -227,7 +227,11 @@ pub(crate) async fn create(
 }
 
 /// Sets namespace `name`'s quotas; `Ok(None)` if there is no such namespace.
-pub(crate) async fn update(pool: &PgPool, name: &str, q: &Quotas) -> Result<Option<Stored>, sqlx::Error> {
+pub(crate) async fn update(
+    pool: &PgPool,
+    name: &str,
+    q: &Quotas,
+) -> Result<Option<Stored>, sqlx::Error> {
     sqlx::query_as(concat!(
         "UPDATE namespaces SET max_concurrency = $2, invocations_per_minute = $3,
                 max_stored_bytes = $4, retention_s = $5, updated_at = now()
@@ -301,7 +305,11 @@ pub(crate) const QUOTA_TTL: Duration = Duration::from_secs(1);
 
 impl QuotaCache {
     /// Namespace `name`'s quotas (none: no such namespace).
-    pub(crate) async fn get(&self, pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Error> {
+    pub(crate) async fn get(
+        &self,
+        pool: &PgPool,
+        name: &str,
+    ) -> Result<Option<Stored>, sqlx::Error> {
         if let Some((at, stored)) = self.0.lock().expect("lock").get(name)
             && at.elapsed() < QUOTA_TTL
         {

@@ -97,7 +97,11 @@ fn bad(reason: impl Into<String>) -> BadSource {
 }
 
 /// The build context: `Dockerfile` plus the source's files under `fn/`, as an uncompressed tar.
-pub(crate) fn context(runtime: Runtime, base_image: &str, source: &Source) -> Result<Vec<u8>, BadSource> {
+pub(crate) fn context(
+    runtime: Runtime,
+    base_image: &str,
+    source: &Source,
+) -> Result<Vec<u8>, BadSource> {
     let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
     match source {
         Source::File(text) => {

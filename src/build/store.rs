@@ -42,7 +42,12 @@ pub(crate) async fn set_image(pool: &PgPool, id: Uuid, image: &str) -> Result<()
 }
 
 /// Records how a build ended, with its log.
-pub(crate) async fn finish(pool: &PgPool, id: Uuid, ok: bool, log: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    ok: bool,
+    log: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE builds SET status = $2, log = $3, finished_at = now() WHERE id = $1")
         .bind(id)
         .bind(if ok { "succeeded" } else { "failed" })
@@ -98,15 +103,4 @@ pub(crate) async fn succeeded(
     Ok(self::version(pool, function, version, since)
         .await?
         .filter(|b| b.status == "succeeded"))
-}
-
-/// One build by id.
-pub(crate) async fn get(pool: &PgPool, id: Uuid) -> Result<Option<BuildRecord>, sqlx::Error> {
-    sqlx::query_as::<_, BuildRecord>(
-        "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
-         FROM builds WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
 }

@@ -36,7 +36,10 @@ pub(crate) fn signature(key: &str, id: &str, timestamp: i64, body: &[u8]) -> Str
 }
 
 /// A function's callback key (`None`: no such function).
-pub(crate) async fn function_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
+pub(crate) async fn function_key(
+    pool: &PgPool,
+    function: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT callback_key FROM functions WHERE name = $1")
             .bind(function)
@@ -47,7 +50,10 @@ pub(crate) async fn function_key(pool: &PgPool, function: &str) -> Result<Option
 
 /// Gives a function a fresh callback key and returns it (`None`: no such function). Deliveries
 /// that start after this are signed with the new key.
-pub(crate) async fn rotate_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
+pub(crate) async fn rotate_key(
+    pool: &PgPool,
+    function: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE functions SET callback_key = $2 WHERE name = $1 RETURNING callback_key",
     )

@@ -47,8 +47,8 @@ pub(crate) use key::{function_key, rotate_key, signature};
 use store::{CLAIM_NEXT, CLAIM_ONE, Due};
 pub(crate) use store::{attach, state};
 pub use target::AllowNets;
-pub(crate) use target::{check_target, check_url, refusal};
 use target::{GuardedResolver, Refused};
+pub(crate) use target::{check_target, check_url, refusal};
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -135,7 +135,10 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Er
 }
 
 /// The functions of `namespace`, or of every namespace.
-pub(crate) async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<Function>, sqlx::Error> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    namespace: Option<&str>,
+) -> Result<Vec<Function>, sqlx::Error> {
     let rows = sqlx::query_as::<_, Function>(concat!(
         "SELECT ",
         columns!(),

@@ -97,6 +97,7 @@ function_body! {
     /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
     #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "read-only fields are accepted and ignored")]
     pub(crate) struct FunctionUpdate {
         /// Accepted so a client can send back what it read, but must match the path.
         pub(crate) name: Option<String>,

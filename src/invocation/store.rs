@@ -376,7 +376,10 @@ pub(crate) async fn extra_env(
 
 /// Makes a final, not succeeded invocation `queued` again for one more attempt
 /// (`POST /v1/invocations/{id}/retry`). `None` if it is not in such a state.
-pub(crate) async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+pub(crate) async fn reset_for_retry(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<Record>, sqlx::Error> {
     // The attempt that ended it is kept as a row of its own (the record's fields are reset).
     let done = sqlx::query(
         "WITH last AS (
@@ -472,7 +475,11 @@ pub(crate) async fn unpublished(
 }
 
 /// Ends an invocation that can't run any more (its function is gone, or no caller waits).
-pub(crate) async fn abandon(tx: &mut sqlx::PgConnection, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn abandon(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    why: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE invocations SET status = 'failed', error = $2, finished_at = now(), payload = NULL
          WHERE id = $1 AND status = 'queued'",
@@ -539,7 +546,11 @@ macro_rules! final_update {
 /// Writes the final record. Returns `false` if it was already final or is missing (nothing is
 /// changed then; see [`restore_final`] for a sync call's).
 #[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
-pub(crate) async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
+pub(crate) async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    outcome: &Outcome,
+) -> Result<bool, sqlx::Error> {
     let done = bind_outcome(
         sqlx::query(final_update!("status IN ('queued', 'running')")).bind(id),
         outcome,

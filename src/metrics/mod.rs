@@ -234,7 +234,8 @@ impl Metrics {
         self.inner.lock().expect("lock").help.insert(name, help);
     }
 
-    /// The value of a gauge, if set (for tests and the scheduler's own view).
+    /// The value of a gauge, if set.
+    #[cfg(test)]
     pub(crate) fn gauge(&self, name: &'static str, labels: &str) -> Option<f64> {
         self.inner
             .lock()

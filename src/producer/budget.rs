@@ -104,16 +104,6 @@ impl Drop for Share {
 }
 
 impl Reserved {
-    /// Bytes held now.
-    pub(crate) fn bytes(&self) -> usize {
-        self.0
-            .held
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .map_or(0, |p| p.num_permits())
-    }
-
     /// The answer for a body whose read the budget stopped (spent: 503; too slow: 408).
     pub(crate) fn failure(&self) -> Option<ApiError> {
         let failure = *self.0.failure.lock().expect("lock");
@@ -250,11 +240,6 @@ impl BodyBudget {
             metrics,
             gauge: Arc::default(),
         }
-    }
-
-    /// Bytes reserved now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.total - self.semaphore.available_permits()
     }
 
     /// Opens a reservation for a body of at most `cap` bytes: 413 when it announces more, or 400

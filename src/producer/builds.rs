@@ -89,7 +89,11 @@ pub(crate) async fn rollback(
 }
 
 /// Switches function `name` to its build `version` (the API's rollback and the dashboard's).
-pub(crate) async fn roll_back(app: &AppState, name: &str, version: i32) -> Result<Function, ApiError> {
+pub(crate) async fn roll_back(
+    app: &AppState,
+    name: &str,
+    version: i32,
+) -> Result<Function, ApiError> {
     let current = load(app, name).await?;
     let build = find(app, &current, version).await?;
     if build.status != "succeeded" {

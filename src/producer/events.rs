@@ -105,7 +105,11 @@ pub(crate) async fn unsubscribe(
 
 /// Deletes function `name`'s subscription `id` (the API's `DELETE` and the dashboard's button):
 /// 404 when it has none by that id.
-pub(crate) async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) async fn remove_subscription(
+    app: &AppState,
+    name: &str,
+    id: &str,
+) -> Result<(), ApiError> {
     let missing = || {
         let name = crate::namespace::short(name);
         ApiError::NotFound(format!("{name:?} has no subscription {id}"))

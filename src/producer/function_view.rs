@@ -49,7 +49,10 @@ pub(crate) fn view(app: &AppState, f: &Function) -> FunctionView {
 
 /// A function as the API shows it, with its builds (`versions`, newest first; empty for a function
 /// registered with an image).
-pub(crate) async fn view_with_versions(app: &AppState, f: &Function) -> Result<FunctionView, ApiError> {
+pub(crate) async fn view_with_versions(
+    app: &AppState,
+    f: &Function,
+) -> Result<FunctionView, ApiError> {
     let mut v = view(app, f);
     let builds = crate::build::store::list(&app.pool, &f.name, f.created_at).await?;
     v.versions = Some(serde_json::to_value(builds).expect("builds serialize"));

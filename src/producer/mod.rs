@@ -188,7 +188,7 @@ impl Application {
         self.state.metrics.clone()
     }
 
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.local_addr().port()
     }
 

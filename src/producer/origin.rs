@@ -91,7 +91,11 @@ fn asked(request: &Request) -> String {
 }
 
 /// The middleware that keeps each origin to its own paths (a no-op on one origin).
-pub(crate) async fn separate(State(origins): State<Origins>, request: Request, next: Next) -> Response {
+pub(crate) async fn separate(
+    State(origins): State<Origins>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Origins::Two { functions } = &origins else {
         return next.run(request).await;
     };

@@ -61,7 +61,11 @@ impl Recent {
     }
 
     /// Bytes of records namespace `name` holds, summed at most every [`STORED_TTL`].
-    pub(crate) async fn stored_bytes(&self, pool: &sqlx::PgPool, name: &str) -> Result<i64, sqlx::Error> {
+    pub(crate) async fn stored_bytes(
+        &self,
+        pool: &sqlx::PgPool,
+        name: &str,
+    ) -> Result<i64, sqlx::Error> {
         if let Some((at, n)) = self.stored.lock().expect("lock").get(name)
             && at.elapsed() < STORED_TTL
         {

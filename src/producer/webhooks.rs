@@ -88,7 +88,11 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Webhook `id` if its function is in the caller's namespace: 404 alike for another's.
-pub(crate) async fn load_hook_in(app: &AppState, acting: &Acting, id: &str) -> Result<Webhook, ApiError> {
+pub(crate) async fn load_hook_in(
+    app: &AppState,
+    acting: &Acting,
+    id: &str,
+) -> Result<Webhook, ApiError> {
     let hook = load_hook(app, id).await?;
     if acting.holds(&hook.function) {
         Ok(hook)

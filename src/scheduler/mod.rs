@@ -217,6 +217,7 @@ impl Controller {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn target(&self) -> usize {
         self.target
     }
@@ -226,11 +227,8 @@ impl Controller {
         self.capacity.round() as usize
     }
 
-    pub(crate) fn mean_run(&self) -> Duration {
-        self.mean_run
-    }
-
     /// The mean ratio of run time to unloaded run time in the last round that had runs.
+    #[cfg(test)]
     pub(crate) fn inflation(&self) -> f64 {
         self.inflation
     }

@@ -22,6 +22,7 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The default timestamp tolerance of Stripe and Standard Webhooks, in seconds.
+#[cfg(test)]
 pub(crate) const DEFAULT_TOLERANCE_SECS: i64 = 300;
 /// The header `hmac-sha256` webhooks read their signature from unless told otherwise.
 pub(crate) const DEFAULT_HMAC_HEADER: &str = "x-signature";

@@ -59,7 +59,14 @@ impl Recorder {
 
     /// A refused delivery of `hook` at `now`: logs it at WARN and says `true` (write it down)
     /// when [`Recorder::admit`] lets it; otherwise at DEBUG only, `false`.
-    pub(crate) fn note(&self, hook: Uuid, now: Instant, scheme: &str, reason: &str, detail: &str) -> bool {
+    pub(crate) fn note(
+        &self,
+        hook: Uuid,
+        now: Instant,
+        scheme: &str,
+        reason: &str,
+        detail: &str,
+    ) -> bool {
         if self.admit(hook, now) {
             tracing::warn!(
                 webhook = %hook, scheme, reason,

@@ -101,7 +101,10 @@ pub(crate) async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Webhook>, sqlx
 }
 
 /// All webhooks, or those of one function, oldest first.
-pub(crate) async fn list(pool: &PgPool, function: Option<&str>) -> Result<Vec<Webhook>, sqlx::Error> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    function: Option<&str>,
+) -> Result<Vec<Webhook>, sqlx::Error> {
     sqlx::query_as::<_, Webhook>(concat!(
         select!(),
         " WHERE ($1::text IS NULL OR function = $1) ORDER BY created_at, id"

@@ -315,7 +315,7 @@ impl Worker {
         self
     }
 
-    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+    pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }
 
@@ -334,7 +334,7 @@ impl Worker {
     }
 
     /// Where the worker's endpoints listen, when `GRANDA_WORKER_LISTEN` is set.
-    pub(crate) fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
+    pub fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
         self.endpoints.as_ref().and_then(|l| l.local_addr().ok())
     }
 

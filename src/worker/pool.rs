@@ -135,7 +135,10 @@ impl Pool {
 
     /// A container for one run of `function`, and whether it was started for it (a cold start).
     /// Give it back with [`Pool::release`]; dropped without that (a panicking run), it is removed.
-    pub(crate) async fn acquire(&self, function: &Snapshot) -> Result<(Lent<'_>, bool), PlatformError> {
+    pub(crate) async fn acquire(
+        &self,
+        function: &Snapshot,
+    ) -> Result<(Lent<'_>, bool), PlatformError> {
         let (warm, cold) = self.take(function).await?;
         Ok((
             Lent {
@@ -271,16 +274,6 @@ impl Pool {
             entry.live = entry.live.saturating_sub(1);
         }
         self.returned.notify_waiters();
-    }
-
-    /// Idle containers in the pool now, by function name (for tests and metrics).
-    pub(crate) fn idle_by_function(&self) -> HashMap<String, usize> {
-        let mut out = HashMap::new();
-        for (key, entry) in self.entries.lock().expect("lock").iter() {
-            let name = key.split('|').next().unwrap_or_default().to_string();
-            *out.entry(name).or_default() += entry.idle.len();
-        }
-        out
     }
 
     /// Removes idle containers past their idle timeout (beyond `min_warm`), and under memory

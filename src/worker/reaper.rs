@@ -21,7 +21,11 @@ use crate::docker::{
 const DEADLINE_SLACK_MS: i64 = 60_000;
 
 /// Every 30 s, [`reap_orphaned_pools`].
-pub(crate) async fn reap_orphaned_pools_forever(docker: Docker, pool: sqlx::PgPool, installation: String) {
+pub(crate) async fn reap_orphaned_pools_forever(
+    docker: Docker,
+    pool: sqlx::PgPool,
+    installation: String,
+) {
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
         reap_orphaned_pools(&docker, &pool, &installation).await;

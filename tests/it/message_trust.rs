@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use granda::Work;
 use granda::broker::Topology;
 use granda::function::{RunSpec, Secrets, Snapshot};
 use granda::invocation::Trigger;
-use granda::Work;
 use lapin::BasicProperties;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -341,9 +341,7 @@ async fn a_new_secrets_key_reseals_stored_secrets_at_start_and_runs_go_on() {
     // The new key alone opens what is stored now.
     let mut settings = second.settings.clone();
     settings.secrets_old_keys = Vec::new();
-    let new_only = granda::Keys::load(&second.pool, &settings)
-        .await
-        .unwrap();
+    let new_only = granda::Keys::load(&second.pool, &settings).await.unwrap();
     let (name, secrets): (String, sqlx::types::Json<Secrets>) =
         sqlx::query_as("SELECT name, secrets FROM functions WHERE name = 'env'")
             .fetch_one(&second.pool)

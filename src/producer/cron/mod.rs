@@ -158,7 +158,12 @@ pub(crate) struct Plan {
 /// Plans a pass at `now` for a schedule whose first unclaimed fire time is `cursor`.
 /// Ticks in `[cursor, now]` at most [`MISSED_AFTER`] old fire (late, but fired); older ones were
 /// missed: `catch_up` none skips them, latest fires the latest of them.
-pub(crate) fn plan(cron: &CronTz, cursor: DateTime<Utc>, now: DateTime<Utc>, catch_up: CatchUp) -> Plan {
+pub(crate) fn plan(
+    cron: &CronTz,
+    cursor: DateTime<Utc>,
+    now: DateTime<Utc>,
+    catch_up: CatchUp,
+) -> Plan {
     let mut fire = Vec::new();
     let mut skipped = 0;
     let horizon = now - MISSED_AFTER;
@@ -354,7 +359,10 @@ pub mod store {
     }
 
     /// Every schedule, or one function's, oldest first.
-    pub(crate) async fn list(pool: &PgPool, function: Option<&str>) -> Result<Vec<Schedule>, sqlx::Error> {
+    pub(crate) async fn list(
+        pool: &PgPool,
+        function: Option<&str>,
+    ) -> Result<Vec<Schedule>, sqlx::Error> {
         sqlx::query_as::<_, Schedule>(concat!(
             "SELECT ",
             columns!(),

@@ -32,7 +32,11 @@ fn rollback_button(session: &Session, f: &Function, b: &BuildRecord) -> Markup {
 }
 
 /// The "Versions" section of a function's page (nothing for a function given an image).
-pub(crate) async fn section(app: &AppState, session: &Session, f: &Function) -> Result<Markup, UiError> {
+pub(crate) async fn section(
+    app: &AppState,
+    session: &Session,
+    f: &Function,
+) -> Result<Markup, UiError> {
     let builds = store::list(&app.pool, &f.name, f.created_at).await?;
     if builds.is_empty() {
         return Ok(html! {});

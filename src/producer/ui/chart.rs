@@ -90,7 +90,13 @@ const NARROW: Size = Size {
 
 /// `buckets`: (invocations, failed) per interval of `minutes`, oldest first, the last ending
 /// `now`; `runs`: recent finished runs (those older than the buckets' span are left out).
-pub(crate) fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point], now: DateTime<Utc>) -> Markup {
+#[cfg(test)]
+pub(crate) fn render(
+    buckets: &[(i64, i64)],
+    minutes: i64,
+    runs: &[Point],
+    now: DateTime<Utc>,
+) -> Markup {
     render_span(&SPANS[0], buckets, minutes, runs, now)
 }
 

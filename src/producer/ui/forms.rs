@@ -594,7 +594,10 @@ pub(crate) async fn update(
 }
 
 /// `GET /ui/functions/{name}/delete`: asks first.
-pub(crate) async fn delete_confirm(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html<String> {
+pub(crate) async fn delete_confirm(
+    Admin(session): Admin,
+    FunctionAt(f): FunctionAt,
+) -> Html<String> {
     layout(
         &format!("Delete {}", f.name),
         Some(&session),

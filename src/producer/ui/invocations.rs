@@ -310,7 +310,6 @@ pub(crate) async fn invocation(
     ))
 }
 
-
 use super::waterfall::waterfall_markup;
 
 /// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.

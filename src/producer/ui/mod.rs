@@ -243,7 +243,12 @@ pub(crate) fn titled(title: &str, session: &Session, content: Markup) -> Html<St
 }
 
 /// Like [`layout`], with extra markup in `<head>`.
-pub(crate) fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -> Html<String> {
+pub(crate) fn page(
+    title: &str,
+    nav: Option<&Session>,
+    head: Markup,
+    content: Markup,
+) -> Html<String> {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {

@@ -134,7 +134,10 @@ pub(crate) struct FindQuery {
 }
 
 /// `GET /ui/find?function=` or `?invocation=`: to that function's or invocation's page.
-pub(crate) async fn find(session: Session, Query(q): Query<FindQuery>) -> Result<Response, UiError> {
+pub(crate) async fn find(
+    session: Session,
+    Query(q): Query<FindQuery>,
+) -> Result<Response, UiError> {
     if let Some(id) = q
         .invocation
         .as_deref()

@@ -38,7 +38,10 @@ pub(crate) struct ScheduleForm {
 }
 
 /// `GET /ui/schedules`.
-pub(crate) async fn list(session: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+pub(crate) async fn list(
+    session: Session,
+    State(app): State<AppState>,
+) -> Result<Html<String>, UiError> {
     // Schedules are managed with admin keys through the API: the same policy here.
     session.require(Action::Manage)?;
     page(&app, &session, None, &ScheduleForm::default()).await

@@ -602,7 +602,10 @@ pub(crate) async fn switch(
 }
 
 /// `POST /ui/logout`: forgets the session.
-pub(crate) async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, UiError> {
+pub(crate) async fn logout(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, UiError> {
     if let Some(token) = token(&headers) {
         sqlx::query("DELETE FROM ui_sessions WHERE token_hash = $1")
             .bind(hash(&token))

@@ -59,10 +59,6 @@ pub(crate) struct Bucket {
     pub(crate) failed: i64,
 }
 
-/// The chart's intervals: twelve of five minutes.
-pub(crate) const BUCKETS: i64 = 12;
-pub(crate) const BUCKET_SECS: i64 = 300;
-
 const BUCKETS_SQL: &str = "
     SELECT floor(extract(epoch FROM now() - queued_at) / $2)::int8 AS ago,
            count(*) AS invocations,
@@ -70,11 +66,6 @@ const BUCKETS_SQL: &str = "
     FROM invocations
     WHERE function = $1 AND queued_at > now() - make_interval(secs => $2 * $3)
     GROUP BY 1";
-
-/// Invocations of `function` per [`BUCKET_SECS`] over the last [`BUCKETS`] intervals, oldest first.
-pub(crate) async fn buckets(pool: &PgPool, function: &str) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    buckets_over(pool, function, BUCKETS, BUCKET_SECS).await
-}
 
 /// Invocations of `function` per `secs` over the last `count` intervals, oldest first.
 pub(crate) async fn buckets_over(
@@ -103,7 +94,6 @@ pub(crate) async fn buckets_over(
 pub(crate) struct WorkerRow {
     pub(crate) id: String,
     pub(crate) started_at: DateTime<Utc>,
-    pub(crate) heartbeat_at: DateTime<Utc>,
     pub(crate) concurrency: i32,
     pub(crate) in_flight: i32,
     pub(crate) queues: Vec<String>,
@@ -112,7 +102,7 @@ pub(crate) struct WorkerRow {
 }
 
 const WORKERS: &str = "
-    SELECT id, started_at, heartbeat_at, concurrency, in_flight, queues,
+    SELECT id, started_at, concurrency, in_flight, queues,
            extract(epoch FROM now() - heartbeat_at)::float8 AS silent_secs
     FROM workers
     WHERE heartbeat_at > now() - interval '1 hour'
