@@ -7,7 +7,7 @@
 //!
 //! Layout: this file holds the states, the triggers and the stored [`Record`]; `store` who
 //! writes which row when; `search` the filtered list; `view` the record as the API shows it
-//! ([`InvocationView`]).
+//! (`InvocationView`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ pub enum Status {
     Failed,
     TimedOut,
     Dead,
-    /// Stopped on request before it ended ([`store::cancel`]); never retried.
+    /// Stopped on request before it ended (`store::cancel`); never retried.
     Cancelled,
 }
 
@@ -71,7 +71,7 @@ impl std::fmt::Display for Status {
 
 pub use crate::trigger::Trigger;
 
-/// An invocation as stored. The API shows it as an [`InvocationView`]; input and output are
+/// An invocation as stored. The API shows it as an `InvocationView`; input and output are
 /// shown there, as text or base64.
 #[derive(Clone, Debug, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 #[schema(as = InvocationRecord)]

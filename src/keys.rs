@@ -1,10 +1,10 @@
 //! API keys: made at random, shown once, stored only as their SHA-256. A key has a scope:
 //! `admin` (everything), `invoke` (call functions and read invocations) or `read` (records and
-//! settings, no calls, no changes), and may be bound to one namespace ([`crate::namespace`]):
+//! settings, no calls, no changes), and may be bound to one namespace (`crate::namespace`):
 //! it then acts only there, and everything else is 404 to it. What each scope may do
 //! is decided in one place, `producer::auth::permits`, for the API and the dashboard alike.
 //!
-//! A dashboard session (`ui_sessions`) is bound to the key that made it (`key_id`): [`revoke`]
+//! A dashboard session (`ui_sessions`) is bound to the key that made it (`key_id`): `revoke`
 //! deletes the key's sessions in the same transaction, and every session lookup checks the key is
 //! still live. `GRANDA_ADMIN_KEY` is stored here like any other key (named `GRANDA_ADMIN_KEY`), so
 //! its sessions are bound to its row and end when it is revoked.

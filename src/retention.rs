@@ -17,7 +17,7 @@
 //! **The pruner** runs in every ingress every `GRANDA_PRUNE_INTERVAL_MS` (its loop:
 //! `producer::pruner`), but only one at a
 //! time prunes: a pass holds a session advisory lock ([`LOCK`]) on one connection, and a
-//! server that does not get it skips the pass. It deletes in batches of [`BATCH`] rows, each
+//! server that does not get it skips the pass. It deletes in batches of `BATCH` rows, each
 //! one statement (its own short transaction), so it never holds locks a write waits for and
 //! autovacuum keeps up between batches. Invocation ids are UUIDv7 (their time of arrival, never
 //! later than the end), so the pass walks the existing `(function, id)` and `(namespace, id)`

@@ -5,20 +5,20 @@
 //! at each start, shown only when asked for: `RUST_LOG=debug` or
 //! `RUST_LOG=info,sqlx::postgres::notice=info`). Text by default, colours only when stderr is a
 //! terminal and `NO_COLOR` is unset (<https://no-color.org>). `GRANDA_LOG_FORMAT=json`: one JSON
-//! object a line ([`JsonLines`]): `timestamp`, `level`, `target`, `message`, `fields`, the spans
+//! object a line (`JsonLines`): `timestamp`, `level`, `target`, `message`, `fields`, the spans
 //! it happened in with their fields, and the W3C `trace_id` and `span_id` it belongs to.
 //!
 //! **Traces**: every span of Granda's own (target `granda…`) is an OpenTelemetry span
 //! (`tracing-opentelemetry`). The ingress continues a caller's `traceparent`/`tracestate` (W3C
-//! Trace Context) or starts a trace ([`http_span`]); a work message carries the context of the
+//! Trace Context) or starts a trace (`http_span`); a work message carries the context of the
 //! span that published it in its AMQP headers `traceparent`/`tracestate`
 //! ([`crate::message::Work::properties`]); the worker continues it, and gives the run span's
-//! context to the function ([`trace_headers`]). Spans are exported over OTLP/HTTP (protobuf) when
+//! context to the function (`trace_headers`). Spans are exported over OTLP/HTTP (protobuf) when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the
 //! standard `OTEL_*` settings (`OTEL_SERVICE_NAME`, default `granda`; `OTEL_TRACES_SAMPLER`;
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`); when unset, the context still travels (a function
 //! sees the trace it is part of), and nothing is exported. The exporter posts through Granda's
-//! own reqwest client (rustls), on the runtime that started it ([`Bridge`]).
+//! own reqwest client (rustls), on the runtime that started it (`Bridge`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;

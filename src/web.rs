@@ -1,6 +1,6 @@
 //! Functions as web endpoints: the HTTP request a call of `/fn/{name}[/{path}]` carries to the
 //! function ([`WebRequest`], in the work message), and the HTTP status and headers a function
-//! answers with ([`WebAnswer`], in the reply).
+//! answers with (`WebAnswer`, in the reply).
 //!
 //! Everything here comes from strangers (the caller) or from the function: names and values are
 //! checked where they are made (the ingress) and again where they are used (the worker), and a

@@ -15,7 +15,7 @@
 //! in one header frame, which must fit the connection's negotiated `frame_max`; RabbitMQ closes
 //! the whole CONNECTION on a frame that does not. So every publish measures its header frame as
 //! serialized and refuses ([`BrokerError::TooLarge`]) one that would not fit with
-//! [`FRAME_MARGIN`] to spare, and registration keeps a function's snapshot within
+//! `FRAME_MARGIN` to spare, and registration keeps a function's snapshot within
 //! [`snapshot_budget`]. The ingress also publishes async work, events and declarations on a
 //! side channel, so a channel error there can't take the reply consumer of sync calls with it.
 //!

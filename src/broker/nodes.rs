@@ -40,7 +40,7 @@ impl Nodes {
         crate::config::amqp_nodes(list).map_err(BrokerError::Config)
     }
 
-    /// `list` (see [`Nodes::parse_list`]), trusting the CA certificates in the PEM file `ca_file`
+    /// `list` (see `Nodes::parse_list`), trusting the CA certificates in the PEM file `ca_file`
     /// besides the system's for `amqps://`.
     pub fn new(
         list: &str,
@@ -80,7 +80,7 @@ impl Nodes {
     }
 
     /// Connects to the first node that answers, starting at the preferred one. Returns the
-    /// connection and the node's index, to pass to [`Nodes::lost`] when it breaks.
+    /// connection and the node's index, to pass to `Nodes::lost` when it breaks.
     pub async fn connect(&self, name: &str) -> Result<(Connection, usize), BrokerError> {
         let n = self.urls.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;

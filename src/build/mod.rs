@@ -1,7 +1,7 @@
 //! Functions built from source: runtime templates (`runtimes/<name>/`) and the build context (a tar
 //! of the rendered Dockerfile and the user's files under `fn/`) here; the build on an engine in
-//! [`engine`] (a worker's business); the `builds` records (one per version, with its log) in
-//! [`store`]. With `GRANDA_REGISTRY`, a built image is
+//! `engine` (a worker's business); the `builds` records (one per version, with its log) in
+//! `store`. With `GRANDA_REGISTRY`, a built image is
 //! tagged `<registry>/<prefix>-fn/<installation>/<name>:v<N>` ([`tag`]) and pushed there, so workers on other hosts pull it.
 
 use std::io::Read;
@@ -217,7 +217,7 @@ pub(crate) fn tail(log: &str) -> String {
 /// The image tag of a function's version:
 /// `<GRANDA_AMQP_PREFIX>-fn/<installation>/<name>:v<N>` (`granda-fn/…` by default), with the
 /// installation's id ([`crate::docker::installation`]), so installations sharing an engine never
-/// overwrite each other's images, even with the same prefix (issue 26). [`store::start`] makes the
+/// overwrite each other's images, even with the same prefix (issue 26). `store::start` makes the
 /// same in SQL. Functions built before keep the `<prefix>-fn/<name>:v<N>` they were built as.
 pub fn tag(prefix: &str, installation: &str, function: &str, version: i32) -> String {
     format!("{prefix}-fn/{installation}/{function}:v{version}")

@@ -7,7 +7,7 @@
 //! link-local, unspecified, multicast, shared (CGNAT), documentation, benchmark or reserved
 //! address, in any spelling (`2130706433`, `0x7f000001`, `[::ffff:127.0.0.1]`, `localhost`, ...),
 //! unless the operator allows its range (`GRANDA_CALLBACK_ALLOW_NETS`). This is checked where a
-//! URL enters ([`check_target`]: registration answers 422, an invoke's `X-Callback-Url` 400) and
+//! URL enters (`check_target`: registration answers 422, an invoke's `X-Callback-Url` 400) and
 //! again at connect time: the client resolves names through `GuardedResolver`, which drops
 //! refused addresses, so a name that changes its answer (DNS rebinding) or a URL stored before
 //! the rule can't reach them. Redirects are not followed and no proxy is used. https goes through

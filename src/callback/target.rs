@@ -11,12 +11,12 @@ use ipnet::IpNet;
 /// How long resolving a callback's host may take where the URL enters.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although [`refusal`] would refuse them.
+/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although `refusal` would refuse them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AllowNets(pub(crate) Vec<IpNet>);
 
 impl AllowNets {
-    /// Comma-separated entries for [`parse_net`]; empty means none.
+    /// Comma-separated entries for `parse_net`; empty means none.
     pub fn parse(s: &str) -> Result<AllowNets, String> {
         s.split(',')
             .filter(|part| !part.trim().is_empty())

@@ -35,7 +35,7 @@ impl Network {
 
 /// Env values a function gets but the API never shows (write-only). Debug shows names only,
 /// so a secret can't reach a log line through `{:?}`. Stored and sent sealed
-/// ([`crate::seal`]); clear only between the API and the store, and in a worker.
+/// (`crate::seal`); clear only between the API and the store, and in a worker.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secrets(pub(crate) BTreeMap<String, SecretValue>);

@@ -186,7 +186,7 @@ impl From<WireSnapshot> for Snapshot {
     }
 }
 
-/// Writes the [`WireSnapshot`] shape from borrowed fields: a message is published per
+/// Writes the `WireSnapshot` shape from borrowed fields: a message is published per
 /// invocation, and this copies none of the function's maps.
 impl Serialize for Snapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

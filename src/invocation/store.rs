@@ -100,7 +100,7 @@ pub(crate) async fn insert_queued(
 /// Stores a `queued` invocation inside the caller's transaction (schedules and the AMQP
 /// router record the claim or the event in the same one), with its own `env`, which the
 /// outbox keeps when it re-publishes. No idempotency key: the caller's transaction is the
-/// guard. Publish it after the commit ([`crate::producer::outbox::publish_now`]).
+/// guard. Publish it after the commit (`crate::producer::outbox::publish_now`).
 pub async fn insert_queued_in(
     tx: &mut sqlx::PgConnection,
     inv: &NewInvocation<'_>,
@@ -204,7 +204,7 @@ async fn claimed_or_why(
     })
 }
 
-/// [`claim`] for a sync call, whose record the ingress does not write first (its confirmed
+/// `claim` for a sync call, whose record the ingress does not write first (its confirmed
 /// message is the acceptance): creates the record as `running` here, or claims the one that
 /// exists (the ingress wrote it when the caller stopped waiting, or this is a redelivery).
 #[tracing::instrument(level = "debug", skip(pool, inv))]

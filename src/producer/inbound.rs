@@ -13,7 +13,7 @@
 //!
 //! A message without `message_id` has no idempotency key: it is accepted once per delivery (a
 //! redelivery after a crash between commit and ack runs again). Everything that enters is checked
-//! first ([`check`]): the topic (dot-separated words of `[A-Za-z0-9_-]`), the size (at most
+//! first (`check`): the topic (dot-separated words of `[A-Za-z0-9_-]`), the size (at most
 //! `GRANDA_MAX_BODY_BYTES`), `message_id` and `content_type` (printable ASCII: they become
 //! `GRANDA_EVENT_MESSAGE_ID` and `GRANDA_CONTENT_TYPE`), the headers (see [`headers_json`]) and
 //! the per-invocation env they make (the checks of the HTTP entry points). A message that fails
@@ -445,7 +445,7 @@ async fn record(
 /// The headers of a message as JSON. Strings (short, long, and RabbitMQ's byte arrays) must be
 /// UTF-8 without control characters, names too; numbers, booleans and decimals are numbers
 /// (NaN and infinities `null`), a timestamp is its seconds since the epoch, void is `null`,
-/// tables are objects and arrays arrays, nested at most [`MAX_HEADER_DEPTH`] deep. Anything
+/// tables are objects and arrays arrays, nested at most `MAX_HEADER_DEPTH` deep. Anything
 /// else refuses the message: a header is never dropped or altered silently.
 pub fn headers_json(table: Option<&FieldTable>) -> Result<serde_json::Map<String, Value>, Refusal> {
     let Some(table) = table else {

@@ -10,7 +10,7 @@
 //!   one that has waited longest without a request in flight close at once; when every
 //!   connection has a request in flight, new ones wait in the listen backlog.
 //!
-//! A request in flight is never cut by these bounds (its body has its own: [`super::budget`]).
+//! A request in flight is never cut by these bounds (its body has its own: `super::budget`).
 //! On shutdown the loop stops accepting, idle connections close, and it returns when the last
 //! request in flight is answered. Connections held now are the gauge `granda_http_connections`;
 //! the ones closed by a bound, `granda_http_connections_closed_total{reason}`.

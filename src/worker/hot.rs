@@ -3,7 +3,7 @@
 //!
 //! The protocol (the `granda-hot` crate in `hot/` implements the function's side):
 //! - The container runs the image's own entrypoint and command, with `GRANDA_SOCKET` set to
-//!   [`SOCKET_PATH`], in a directory the worker bind-mounts from `<state_dir>/hot/`. The function
+//!   `SOCKET_PATH`, in a directory the worker bind-mounts from `<state_dir>/hot/`. The function
 //!   listens there; the container is ready when a connection is accepted.
 //! - Each invocation is `POST /invoke` with the input as the body and the headers
 //!   `Granda-Invocation-Id`, `Granda-Deadline-Ms` (ms since the epoch), `Granda-Function`,

@@ -2,7 +2,7 @@
 //! in Postgres, then replies and acks.
 //!
 //! For each message: claim the record (`running`, attempt + 1), run the container, then act on
-//! the retry verdict ([`crate::retry`]): commit the final record, reply and ack; or put the
+//! the retry verdict (`crate::retry`): commit the final record, reply and ack; or put the
 //! record back to `queued` and park the message in a delay queue, then ack; or record it `dead`
 //! and dead-letter the message. A message is acked only after its record is committed.
 //!
@@ -11,9 +11,9 @@
 //! worker is parked in a delay queue until that run ends. A worker holds at most as many unacked
 //! messages as it runs at once (its prefetch is its concurrency).
 //!
-//! Before it claims a message, a worker makes sure its engine has the image ([`images`]). One it
+//! Before it claims a message, a worker makes sure its engine has the image (`images`). One it
 //! can't run here (the image can't be had, the engine is away, or the queue's circuit breaker is
-//! open: [`breaker`]) is given back unclaimed for another worker, as [`crate::retry`] decides. An
+//! open: `breaker`) is given back unclaimed for another worker, as `crate::retry` decides. An
 //! unhealthy worker (its engine unreachable) cancels its consumers until it recovers.
 
 pub(crate) mod breaker;

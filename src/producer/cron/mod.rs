@@ -9,10 +9,10 @@
 //! in the time fields) follow real time: through a fall-back hour `*/15 * * * *` fires every 15
 //! minutes, in both passes of the repeated hour.
 //!
-//! Each ingress runs the [`ticker`]. A tick `(schedule, fire time)` is claimed by a unique row in
+//! Each ingress runs the `ticker`. A tick `(schedule, fire time)` is claimed by a unique row in
 //! `schedule_fires`, in the transaction that records the invocation, so each tick fires exactly
 //! once whatever the number of servers, and the outbox publishes what was recorded. The schedule's
-//! `next_fire_at` is the cursor; [`plan`] decides what a pass fires from it (see [`CatchUp`]).
+//! `next_fire_at` is the cursor; `plan` decides what a pass fires from it (see `CatchUp`).
 
 pub(crate) mod ticker;
 

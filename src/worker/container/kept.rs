@@ -34,7 +34,7 @@ impl Runner {
     }
 
     /// Starts a container for hot runs of `function`: its image's own entrypoint and command,
-    /// with `socket_dir` mounted at [`crate::worker::hot::SOCKET_DIR`] and `GRANDA_SOCKET` pointing there.
+    /// with `socket_dir` mounted at `crate::worker::hot::SOCKET_DIR` and `GRANDA_SOCKET` pointing there.
     #[tracing::instrument(skip_all, fields(function = %function.name))]
     pub async fn start_hot(
         &self,
