@@ -17,7 +17,7 @@
 //! (`enqueue`).
 //!
 //! Web safety: every form carries the session's CSRF token, checked with the Origin of every POST
-//! by [`session::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
+//! by [`guard::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
 //! carries [`CSP`], `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
 //! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the scripts of the live views are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
@@ -26,10 +26,12 @@ pub(crate) mod builds;
 pub(crate) mod chart;
 pub(crate) mod events;
 pub(crate) mod forms;
+mod guard;
 pub(crate) mod invocations;
 pub(crate) mod keys;
 pub(crate) mod live;
 mod loaded;
+mod login;
 pub(crate) mod namespaces;
 pub(crate) mod pages;
 pub(crate) mod schedules;
@@ -68,9 +70,9 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route("/find", get(pages::find))
         .route("/static/granda.css", get(stylesheet))
         .route("/static/queues.js", get(queues_script))
-        .route("/login", get(session::login_form).post(session::login))
-        .route("/logout", post(session::logout))
-        .route("/namespace", post(session::switch))
+        .route("/login", get(login::login_form).post(login::login))
+        .route("/logout", post(login::logout))
+        .route("/namespace", post(login::switch))
         .route("/usage", get(usage::page))
         .route("/functions/new", get(forms::new_form).post(forms::create))
         .route(
@@ -120,10 +122,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             post(events::delete),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            session::protect,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state, guard::protect))
         .layer(axum::middleware::map_response(security_headers))
 }
 
