@@ -24,6 +24,7 @@
 
 pub(crate) mod builds;
 pub(crate) mod chart;
+mod dead_letters;
 pub(crate) mod events;
 pub(crate) mod forms;
 mod guard;
@@ -97,11 +98,11 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route("/invocations/{id}", get(invocations::invocation))
         .route("/invocations/{id}/retry", post(invocations::retry))
         .route("/invocations/{id}/cancel", post(invocations::cancel))
-        .route("/dead-letters", get(invocations::dead_letters))
-        .route("/dead-letters/retry", post(invocations::retry_dead))
+        .route("/dead-letters", get(dead_letters::dead_letters))
+        .route("/dead-letters/retry", post(dead_letters::retry_dead))
         .route(
             "/dead-letters/{id}/discard",
-            get(invocations::discard_confirm).post(invocations::discard),
+            get(dead_letters::discard_confirm).post(dead_letters::discard),
         )
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
