@@ -3,7 +3,8 @@
 //! they answer (readiness). The ingress holds one [`Engines`] and imports nothing of Docker:
 //!
 //! - `granda server` asks the workers of the queue over RabbitMQ: [`Remote`], through
-//!   [`crate::worker::control`] (checks) and [`crate::worker::builds`] (builds).
+//!   [`control`] (checks) and [`builds`] (builds), the ingress's side of those requests; the
+//!   workers' side is `worker::control` and `worker::builds`.
 //! - `granda up` asks its own worker, in the same process ([`crate::worker::Worker::engines`]),
 //!   which does on its engine exactly what it does for a remote ingress.
 
@@ -13,11 +14,14 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::worker::builds::{self, BuildError};
-use crate::worker::control::{self, Answer};
+pub(crate) mod builds;
+pub(crate) mod control;
 
-pub(crate) use crate::worker::builds::Job;
-pub(crate) use crate::worker::control::Check;
+use builds::BuildError;
+use control::Answer;
+
+pub(crate) use builds::Job;
+pub(crate) use control::Check;
 
 /// Why a check or a build did not go through.
 #[derive(Debug, thiserror::Error)]
