@@ -22,28 +22,28 @@
 //! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the scripts of the live views are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
-pub(crate) mod builds;
-pub(crate) mod chart;
+mod builds;
+mod chart;
 mod dead_letters;
-pub(crate) mod events;
-pub(crate) mod forms;
+mod events;
+mod forms;
 mod guard;
-pub(crate) mod invocations;
-pub(crate) mod keys;
-pub(crate) mod live;
+mod invocations;
+mod keys;
+mod live;
 mod loaded;
 mod login;
-pub(crate) mod namespaces;
-pub(crate) mod pages;
-pub(crate) mod schedules;
-pub(crate) mod session;
-pub(crate) mod settings;
-pub(crate) mod source;
-pub(crate) mod stats;
-pub(crate) mod triggers;
-pub(crate) mod usage;
-pub(crate) mod waterfall;
-pub(crate) mod webhooks;
+mod namespaces;
+mod pages;
+mod schedules;
+mod session;
+mod settings;
+mod source;
+mod stats;
+mod triggers;
+mod usage;
+mod waterfall;
+mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
