@@ -23,16 +23,16 @@ use crate::worker::Worker;
     after_help = "Server settings (GRANDA_* env vars or flags) belong to the process commands: \
                   see `granda up --help`. Client commands talk to GRANDA_URL with GRANDA_KEY."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: TopCommand,
+    pub(crate) command: TopCommand,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 /// Every command of the `granda` binary.
 #[derive(Subcommand, Debug, Clone)]
-pub enum TopCommand {
+pub(crate) enum TopCommand {
     #[command(flatten)]
     Process(Command),
     /// Manage functions: init, deploy (from source or an image), ls, get, update, rm, builds.
@@ -67,7 +67,7 @@ pub enum TopCommand {
 
 /// The processes. Only these take the server settings (`granda up --help` lists them).
 #[derive(Subcommand, Debug, Clone)]
-pub enum Command {
+pub(crate) enum Command {
     /// Ingress, worker and scheduler in one process: the single-machine default.
     Up(Box<Settings>),
     /// The HTTP ingress only.
@@ -81,7 +81,7 @@ pub enum Command {
 
 impl Command {
     /// The settings this process runs with.
-    pub fn settings(&self) -> &Settings {
+    pub(crate) fn settings(&self) -> &Settings {
         match self {
             Command::Up(s) | Command::Server(s) | Command::Worker(s) | Command::Migrate(s) => s,
         }
@@ -159,7 +159,7 @@ pub async fn main() -> anyhow::Result<()> {
 /// `granda PROCESS --help`: the process's own flags (the server settings) only, without the
 /// client flags that every client command takes (`--url`, `--key`, `--json`, global on [`Cli`]).
 /// `None` for any other command line.
-pub fn process_help(args: &[String]) -> Option<String> {
+pub(crate) fn process_help(args: &[String]) -> Option<String> {
     use clap::CommandFactory;
     let process = args.get(1)?;
     if !["up", "server", "worker", "migrate"].contains(&process.as_str())
@@ -192,7 +192,7 @@ fn report(e: &CliError) {
 }
 
 /// Runs `command` until `shutdown` completes.
-pub async fn run(
+pub(crate) async fn run(
     command: Command,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -238,7 +238,7 @@ pub async fn run(
 }
 
 /// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");

@@ -116,15 +116,15 @@ pub struct Settings {
 
     /// Largest input kept in the invocation record, in bytes (the function still gets all of it).
     #[arg(long, env = "GRANDA_MAX_STORED_INPUT_BYTES", default_value_t = 64 * 1024)]
-    pub max_stored_input_bytes: usize,
+    pub(crate) max_stored_input_bytes: usize,
 
     /// Timeout given to functions that don't set one, in ms.
     #[arg(long, env = "GRANDA_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
-    pub default_timeout_ms: u64,
+    pub(crate) default_timeout_ms: u64,
 
     /// The longest timeout a function may ask for, in ms.
     #[arg(long, env = "GRANDA_MAX_TIMEOUT_MS", default_value_t = 15 * 60 * 1000)]
-    pub max_timeout_ms: u64,
+    pub(crate) max_timeout_ms: u64,
 
     /// How long a stopping worker lets in-flight runs finish before it gives their messages back, in ms.
     #[arg(long, env = "GRANDA_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
@@ -182,7 +182,7 @@ pub struct Settings {
     /// `auto`: the first free port of 127.0.0.1:9090-9109). `granda worker` defaults to `auto`,
     /// so several start on one host; `granda up` serves them on the ingress.
     #[arg(long, env = "GRANDA_WORKER_LISTEN")]
-    pub worker_listen: Option<String>,
+    pub(crate) worker_listen: Option<String>,
 
     /// How long a worker counts as alive after its last heartbeat, in ms: past it, another worker
     /// takes over its running invocations and its pool containers are anyone's to remove.
@@ -194,7 +194,7 @@ pub struct Settings {
     /// dashboard's own origin); also the functions' URLs unless `GRANDA_FUNCTIONS_URL` is given
     /// (default: http://<listen address>).
     #[arg(long, env = "GRANDA_PUBLIC_URL")]
-    pub public_url: Option<String>,
+    pub(crate) public_url: Option<String>,
 
     /// Base URL the functions' own URLs (`/fn/{name}`) are handed out under, on an origin of their
     /// own (e.g. https://fn.example-usercontent.com): requests for that host serve only `/fn/*`,
@@ -205,7 +205,7 @@ pub struct Settings {
 
     /// How far a signed webhook's timestamp (Stripe, Standard Webhooks) may be from now, in seconds.
     #[arg(long, env = "GRANDA_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
-    pub webhook_tolerance_secs: i64,
+    pub(crate) webhook_tolerance_secs: i64,
 
     /// How long a webhook's previous secret keeps verifying after a rotation, in seconds (default 24 h).
     #[arg(long, env = "GRANDA_WEBHOOK_ROTATION_GRACE_SECS", default_value_t = 86_400)]
@@ -263,7 +263,7 @@ pub struct Settings {
         env = "GRANDA_RUNTIME_PYTHON3_IMAGE",
         default_value = "granda/runtime-python3:latest"
     )]
-    pub runtime_python3_image: String,
+    pub(crate) runtime_python3_image: String,
 
     /// Most bytes of unauthenticated request bodies (webhook deliveries, public functions) held
     /// at once; past it such requests wait briefly, then get 503 with `Retry-After`.
@@ -330,12 +330,12 @@ pub struct Settings {
     /// How log lines are written to stderr: `text`, or `json` (one object a line, with the
     /// trace and span ids, for Loki or Elasticsearch).
     #[arg(long, env = "GRANDA_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: crate::telemetry::LogFormat,
+    pub(crate) log_format: crate::telemetry::LogFormat,
 
     /// Who may read `/metrics`, on the ingress and on a standalone worker alike: `key` (an admin
     /// key, when the API asks for keys) or `none` (anyone who reaches the port).
     #[arg(long, env = "GRANDA_METRICS_AUTH", value_enum, default_value = "key")]
-    pub metrics_auth: MetricsAuth,
+    pub(crate) metrics_auth: MetricsAuth,
 
     /// How long an ended invocation (and an event, a build's log, a webhook rejection) is kept,
     /// in seconds (default 7 days), unless its namespace or function sets `retention_s`.
@@ -356,7 +356,7 @@ pub struct Settings {
 
 /// Who may read `/metrics` (`GRANDA_METRICS_AUTH`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum MetricsAuth {
+pub(crate) enum MetricsAuth {
     /// An admin key, as any other admin route (nothing is asked when `GRANDA_AUTH=off`).
     Key,
     /// Anyone who reaches the port.
@@ -380,21 +380,21 @@ pub enum AuthMode {
 
 /// The longest retention one may set (`GRANDA_RETENTION_S`, a namespace's or function's
 /// `retention_s`): ten years, in seconds.
-pub const MAX_RETENTION_S: i64 = 10 * 365 * 24 * 3600;
+pub(crate) const MAX_RETENTION_S: i64 = 10 * 365 * 24 * 3600;
 
 /// Why a namespace's or function's `retention_s` can't be set, if it can't.
-pub fn retention_problem(retention_s: i64) -> Option<String> {
+pub(crate) fn retention_problem(retention_s: i64) -> Option<String> {
     (!(1..=MAX_RETENTION_S).contains(&retention_s))
         .then(|| format!("must be between 1 and {MAX_RETENTION_S} seconds (or null)"))
 }
 
 /// The largest message Granda publishes: well below RabbitMQ's `max_message_size` (128 MiB by
 /// default), so the body cap can't be set to something the broker would refuse.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Settings {
     /// Refuses settings that can't work together.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.max_body_bytes <= MAX_MESSAGE_BYTES,
             "GRANDA_MAX_BODY_BYTES is {} but a message to RabbitMQ may be at most {MAX_MESSAGE_BYTES} bytes",
@@ -430,7 +430,7 @@ impl Settings {
     /// This worker's id: `GRANDA_WORKER_ID`, or else the host name and the first 8 characters of
     /// the `installation` ([`crate::docker::installation`]): unique per host and installation,
     /// and the same across restarts (a restarted worker removes what its earlier self left).
-    pub fn worker_id(&self, installation: &str) -> String {
+    pub(crate) fn worker_id(&self, installation: &str) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -442,15 +442,15 @@ impl Settings {
         })
     }
 
-    pub fn publish_timeout(&self) -> Duration {
+    pub(crate) fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms.max(1))
     }
 
-    pub fn sync_wait(&self) -> Duration {
+    pub(crate) fn sync_wait(&self) -> Duration {
         Duration::from_millis(self.sync_wait_ms)
     }
 
-    pub fn shutdown_grace(&self) -> Duration {
+    pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
@@ -462,7 +462,7 @@ impl Settings {
     }
 
     /// What the worker's callback deliveries are made from.
-    pub fn callbacks(&self) -> crate::callback::Options {
+    pub(crate) fn callbacks(&self) -> crate::callback::Options {
         crate::callback::Options {
             allow_nets: self.callback_allow_nets.clone(),
             timeout: Duration::from_millis(self.callback_timeout_ms),
@@ -474,7 +474,7 @@ impl Settings {
         }
     }
 
-    pub fn public_url(&self) -> String {
+    pub(crate) fn public_url(&self) -> String {
         self.public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.listen))
@@ -483,7 +483,7 @@ impl Settings {
     }
 
     /// The base of the functions' own URLs: `GRANDA_FUNCTIONS_URL`, else the public URL.
-    pub fn functions_url(&self) -> String {
+    pub(crate) fn functions_url(&self) -> String {
         match &self.functions_url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => self.public_url(),
@@ -493,7 +493,7 @@ impl Settings {
 
 /// The nodes `GRANDA_AMQP_URL` names (one AMQP URL or a comma-separated list), each with a
 /// heartbeat (10 s unless the URL sets one), or why the list is no list of AMQP URLs.
-pub fn amqp_nodes(list: &str) -> Result<Vec<String>, String> {
+pub(crate) fn amqp_nodes(list: &str) -> Result<Vec<String>, String> {
     let urls: Vec<String> = list
         .split(',')
         .map(str::trim)
@@ -525,7 +525,7 @@ fn with_heartbeat(url: &str) -> String {
 }
 
 /// `host:port` of an AMQP URL, without credentials.
-pub fn amqp_node_name(url: &str) -> String {
+pub(crate) fn amqp_node_name(url: &str) -> String {
     match url.parse::<lapin::uri::AMQPUri>() {
         Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
         Err(_) => "(unparsable URL)".into(),

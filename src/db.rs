@@ -54,7 +54,7 @@ pub async fn connect_and_migrate_with_ca(
 /// the record is `queued` again (a sync call's is gone: its claim created it), the run's final
 /// record (a durable commit, which flushes the WAL before it, claim included) still applies or
 /// writes the record whole, and a redelivered message is claimed again.
-pub fn lease_pool(pool: &PgPool) -> PgPool {
+pub(crate) fn lease_pool(pool: &PgPool) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("synchronous_commit", "off")]);
@@ -65,7 +65,7 @@ pub fn lease_pool(pool: &PgPool) -> PgPool {
         .connect_lazy_with(options)
 }
 
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+pub(crate) async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations")
         .run(pool)
         .await
@@ -73,7 +73,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// `url` with `sslrootcert=<ca_file>` added when it names no root certificate of its own.
-pub fn with_ca_file(url: &str, ca_file: Option<&std::path::Path>) -> String {
+pub(crate) fn with_ca_file(url: &str, ca_file: Option<&std::path::Path>) -> String {
     let Some(ca) = ca_file else {
         return url.to_string();
     };
@@ -105,7 +105,7 @@ pub fn with_ca_file(url: &str, ca_file: Option<&std::path::Path>) -> String {
 /// TLS records split (bodies from about 16 KiB) waits for the server's delayed ACK, about 40 ms
 /// per statement (a 16 KiB sync call went from 3 ms to 92 ms). A URL that asks for TLS keeps it;
 /// a managed database (any other host) keeps sqlx's default, `prefer`.
-pub fn plain_on_loopback(url: &str) -> String {
+pub(crate) fn plain_on_loopback(url: &str) -> String {
     plain_on_loopback_unless(url, std::env::var_os("PGSSLMODE").is_some())
 }
 

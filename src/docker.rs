@@ -9,11 +9,11 @@ pub const LABEL_INVOCATION: &str = "granda.invocation";
 /// Label on every container Granda starts: the worker that started it.
 pub const LABEL_WORKER: &str = "granda.worker";
 /// Label on every container Granda starts: its function.
-pub const LABEL_FUNCTION: &str = "granda.function";
+pub(crate) const LABEL_FUNCTION: &str = "granda.function";
 /// Label on the containers of a warm pool (they carry no invocation and no deadline).
-pub const LABEL_POOL: &str = "granda.pool";
+pub(crate) const LABEL_POOL: &str = "granda.pool";
 /// Label on every container Granda starts: when it must be gone by, in ms since the epoch.
-pub const LABEL_DEADLINE: &str = "granda.deadline";
+pub(crate) const LABEL_DEADLINE: &str = "granda.deadline";
 /// Label on every container Granda starts: which installation (database and queues) it belongs
 /// to, so that workers of several installations on one engine sweep only their own.
 pub const LABEL_INSTALLATION: &str = "granda.installation";
@@ -66,7 +66,7 @@ pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), ImageError
 }
 
 /// Whether the engine has `image`.
-pub async fn has_image(docker: &Docker, image: &str) -> Result<bool, ImageError> {
+pub(crate) async fn has_image(docker: &Docker, image: &str) -> Result<bool, ImageError> {
     match docker.inspect_image(image).await {
         Ok(_) => Ok(true),
         Err(bollard::errors::Error::DockerResponseServerError {
@@ -83,7 +83,7 @@ pub async fn has_image(docker: &Docker, image: &str) -> Result<bool, ImageError>
 }
 
 /// Pulls `image` from the registry its name says, then checks the engine has it.
-pub async fn pull(docker: &Docker, image: &str) -> Result<(), ImageError> {
+pub(crate) async fn pull(docker: &Docker, image: &str) -> Result<(), ImageError> {
     tracing::info!(image, "pulling image");
     let (repo, tag) = split_tag(image);
     let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
@@ -117,7 +117,7 @@ pub async fn pull(docker: &Docker, image: &str) -> Result<(), ImageError> {
 
 /// The engine's identity for the workers table: `DOCKER_HOST` as given (or the default socket)
 /// and the engine's ID, so a taker-over knows which engine a dead worker's containers are on.
-pub fn address(host: Option<&str>) -> String {
+pub(crate) fn address(host: Option<&str>) -> String {
     match host {
         None | Some("") => "unix:///var/run/docker.sock".to_string(),
         Some(h) => h.to_string(),
@@ -129,7 +129,7 @@ pub fn address(host: Option<&str>) -> String {
 /// (see `worker::container`) covers exactly the place the engine would otherwise put an anonymous
 /// volume on the host's disk (the engine matches mounts by the cleaned path: a tmpfs keyed by
 /// `/q/../v` covers nothing). `Err` says why the path can't be a capped tmpfs.
-pub fn volume_mount(volume: &str) -> Result<String, &'static str> {
+pub(crate) fn volume_mount(volume: &str) -> Result<String, &'static str> {
     if !volume.starts_with('/') {
         return Err("not an absolute path");
     }
@@ -158,7 +158,7 @@ pub fn volume_mount(volume: &str) -> Result<String, &'static str> {
 /// The mount points of an image's `VOLUME`s ([`volume_mount`]), each once; or the first that
 /// can't be a capped tmpfs, with why. The engine would make such a path an uncapped volume on the
 /// host's disk (or cover a kernel filesystem), so images declaring one are refused.
-pub fn volume_mounts(volumes: &[String]) -> Result<Vec<String>, (&str, &'static str)> {
+pub(crate) fn volume_mounts(volumes: &[String]) -> Result<Vec<String>, (&str, &'static str)> {
     let mut mounts = Vec::with_capacity(volumes.len());
     for volume in volumes {
         let mount = volume_mount(volume).map_err(|why| (volume.as_str(), why))?;
@@ -170,7 +170,7 @@ pub fn volume_mounts(volumes: &[String]) -> Result<Vec<String>, (&str, &'static 
 }
 
 /// Why an image declaring `volume` is refused (`why`: from [`volume_mount`]).
-pub fn volume_refusal(image: &str, volume: &str, why: &str) -> String {
+pub(crate) fn volume_refusal(image: &str, volume: &str, why: &str) -> String {
     format!(
         "image {image:?} declares VOLUME {volume:?}, which can't be mounted as a size-capped tmpfs \
          ({why}; a VOLUME must be an absolute path without ',', outside /proc, /dev and /sys); \
@@ -181,7 +181,7 @@ pub fn volume_refusal(image: &str, volume: &str, why: &str) -> String {
 /// Refuses `image` (on the engine already) when one of its `VOLUME`s can't be a capped tmpfs
 /// ([`volume_mounts`]): `Ok(Err)`
 /// with the reason; `Err` when the engine did not answer.
-pub async fn check_volumes(
+pub(crate) async fn check_volumes(
     docker: &Docker,
     image: &str,
 ) -> Result<Result<(), String>, bollard::errors::Error> {

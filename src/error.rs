@@ -9,13 +9,13 @@ use uuid::Uuid;
 /// Every error: `{"error": {"code", "message", ...}}`. The one shape every error answer is
 /// written from, and the schema the API document gives for it.
 #[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
 }
 
 impl ErrorBody {
     /// An error with only a code and a message (the other fields absent, not `null`).
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+    pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
                 code: code.into(),
@@ -34,7 +34,8 @@ impl ErrorBody {
 /// The answers of every operation that needs a key, besides its own: 401 without a valid key
 /// (or dashboard session), 403 when the key's scope does not allow the operation.
 #[derive(utoipa::IntoResponses)]
-pub enum Denied {
+#[expect(dead_code, reason = "an OpenAPI response set: described, never built")]
+pub(crate) enum Denied {
     #[response(status = 401, description = "Unauthorized")]
     Unauthorized(ErrorBody),
     #[response(status = 403, description = "Forbidden")]
@@ -42,31 +43,31 @@ pub enum Denied {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
+pub(crate) struct ErrorDetail {
+    pub(crate) code: String,
+    pub(crate) message: String,
     /// Failed or timed-out sync calls: the invocation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub invocation_id: Option<Uuid>,
+    pub(crate) invocation_id: Option<Uuid>,
     #[schema(value_type = Option<crate::invocation::Status>)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     /// Failed sync calls: the platform error or the tail of stderr.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
     /// `build_failed`: the tail of the build log.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
+    pub(crate) log: Option<String>,
     /// `build_failed`: the failed build (`GET /v1/functions/{name}/builds/{version}` has it all).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub build_id: Option<Uuid>,
+    pub(crate) build_id: Option<Uuid>,
 }
 
 /// An error answered to an HTTP client as `{"error": {"code", "message"}}`.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -101,7 +102,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -119,7 +120,7 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unprocessable(_) => "invalid",
@@ -140,7 +141,7 @@ impl ApiError {
 
 impl ApiError {
     /// An extractor's rejection (bad JSON, body too large, …) as an API error with the same status.
-    pub fn rejected(status: StatusCode, text: String) -> ApiError {
+    pub(crate) fn rejected(status: StatusCode, text: String) -> ApiError {
         match status {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(text),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-pub const MAX_TOPIC_LEN: usize = 255;
+pub(crate) const MAX_TOPIC_LEN: usize = 255;
 
 fn valid_word(w: &str) -> bool {
     !w.is_empty()
@@ -29,12 +29,12 @@ fn valid_word(w: &str) -> bool {
 }
 
 /// A topic events are published on: `[A-Za-z0-9_-]+` words, dot-separated, at most 255 characters.
-pub fn valid_topic(topic: &str) -> bool {
+pub(crate) fn valid_topic(topic: &str) -> bool {
     topic.len() <= MAX_TOPIC_LEN && topic.split('.').all(valid_word)
 }
 
 /// A subscription pattern: like a topic, where a word may also be `*` or `#`.
-pub fn valid_pattern(pattern: &str) -> bool {
+pub(crate) fn valid_pattern(pattern: &str) -> bool {
     pattern.len() <= MAX_TOPIC_LEN
         && pattern
             .split('.')
@@ -44,7 +44,7 @@ pub fn valid_pattern(pattern: &str) -> bool {
 /// Whether `pattern` matches `topic`, as an AMQP topic exchange decides: `*` is exactly one
 /// word, `#` zero or more. Dynamic programming over (pattern word, topic word), so a pattern of
 /// many `#` stays linear in its size times the topic's.
-pub fn matches(pattern: &str, topic: &str) -> bool {
+pub(crate) fn matches(pattern: &str, topic: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
     let t: Vec<&str> = topic.split('.').collect();
     let (np, nt) = (p.len(), t.len());
@@ -68,7 +68,7 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
 /// Subscriptions as a trie over pattern words: the functions whose patterns match a topic are
 /// found by walking the branches the topic's words, `*` and `#` lead to, never by a scan.
 #[derive(Debug, Default)]
-pub struct Index {
+pub(crate) struct Index {
     nodes: Vec<Node>,
 }
 
@@ -83,7 +83,7 @@ struct Node {
 
 impl Index {
     /// An index of `(function, pattern)` pairs.
-    pub fn build<'a>(subscriptions: impl IntoIterator<Item = (&'a str, &'a str)>) -> Index {
+    pub(crate) fn build<'a>(subscriptions: impl IntoIterator<Item = (&'a str, &'a str)>) -> Index {
         let mut index = Index {
             nodes: vec![Node::default()],
         };
@@ -120,7 +120,7 @@ impl Index {
     /// The functions with a pattern matching `topic`, each once. Every (node, word position)
     /// is visited at most once, so the work is bounded by the trie's branches the topic can
     /// reach, whatever the number of subscriptions.
-    pub fn matching(&self, topic: &str) -> BTreeSet<String> {
+    pub(crate) fn matching(&self, topic: &str) -> BTreeSet<String> {
         let t: Vec<&str> = topic.split('.').collect();
         let n = t.len();
         let mut out = BTreeSet::new();
@@ -153,13 +153,13 @@ impl Index {
 
 /// This process's [`Index`] and the `subscriptions_version` it was built at.
 #[derive(Default)]
-pub struct Cache {
+pub(crate) struct Cache {
     current: tokio::sync::Mutex<Option<(i64, Arc<Index>)>>,
 }
 
 impl Cache {
     /// The index as of now: one single-row read, and a rebuild only when subscriptions changed.
-    pub async fn index(&self, pool: &PgPool) -> Result<Arc<Index>, sqlx::Error> {
+    pub(crate) async fn index(&self, pool: &PgPool) -> Result<Arc<Index>, sqlx::Error> {
         // Read before the subscriptions: a change in between is seen as a newer version next time.
         let (version,): (i64,) = sqlx::query_as("SELECT version FROM subscriptions_version")
             .fetch_one(pool)
@@ -182,34 +182,34 @@ impl Cache {
 
 /// A function's subscription.
 #[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Subscription {
-    pub id: Uuid,
-    pub function: String,
-    pub pattern: String,
-    pub created_at: DateTime<Utc>,
+pub(crate) struct Subscription {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) pattern: String,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// One invocation an event fanned out to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct FannedOut {
-    pub function: String,
-    pub id: Uuid,
+pub(crate) struct FannedOut {
+    pub(crate) function: String,
+    pub(crate) id: Uuid,
 }
 
 /// A published event, as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Event {
-    pub id: Uuid,
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub size: i64,
-    pub content_type: Option<String>,
-    pub invocations: Json<Vec<FannedOut>>,
-    pub published_at: DateTime<Utc>,
+pub(crate) struct Event {
+    pub(crate) id: Uuid,
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) size: i64,
+    pub(crate) content_type: Option<String>,
+    pub(crate) invocations: Json<Vec<FannedOut>>,
+    pub(crate) published_at: DateTime<Utc>,
 }
 
 impl Event {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut v = json!({
             "id": self.id,
             "topic": self.topic,
@@ -234,21 +234,21 @@ impl Event {
 
 /// A published event without its payload, as the dashboard lists it.
 #[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Published {
-    pub id: Uuid,
-    pub topic: String,
-    pub size: i64,
-    pub invocations: Json<Vec<FannedOut>>,
-    pub published_at: DateTime<Utc>,
+pub(crate) struct Published {
+    pub(crate) id: Uuid,
+    pub(crate) topic: String,
+    pub(crate) size: i64,
+    pub(crate) invocations: Json<Vec<FannedOut>>,
+    pub(crate) published_at: DateTime<Utc>,
 }
 
 /// Postgres storage of subscriptions and events.
-pub mod store {
+pub(crate) mod store {
     use super::*;
 
     /// What [`subscribe`] did.
     #[derive(Debug)]
-    pub enum Subscribed {
+    pub(crate) enum Subscribed {
         Created(Subscription),
         /// The function has this pattern already.
         Exists,
@@ -260,7 +260,7 @@ pub mod store {
     /// Stores a subscription unless the function has `cap` of them. The function's row is
     /// locked meanwhile, so concurrent subscribes can't pass the cap together.
     #[tracing::instrument(skip(pool))]
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         pool: &PgPool,
         function: &str,
         pattern: &str,
@@ -315,7 +315,7 @@ pub mod store {
     }
 
     /// One function's subscriptions, or everyone's (`None`), oldest first.
-    pub async fn subscriptions(
+    pub(crate) async fn subscriptions(
         pool: &PgPool,
         function: Option<&str>,
     ) -> Result<Vec<Subscription>, sqlx::Error> {
@@ -328,7 +328,11 @@ pub mod store {
         .await
     }
 
-    pub async fn unsubscribe(pool: &PgPool, function: &str, id: Uuid) -> Result<bool, sqlx::Error> {
+    pub(crate) async fn unsubscribe(
+        pool: &PgPool,
+        function: &str,
+        id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1 AND function = $2")
             .bind(id)
             .bind(function)
@@ -340,7 +344,7 @@ pub mod store {
     /// Records a published event. With an idempotency key used before, stores nothing and
     /// returns the first event's id and `false`.
     #[tracing::instrument(skip(pool, payload))]
-    pub async fn insert_event(
+    pub(crate) async fn insert_event(
         pool: &PgPool,
         namespace: &str,
         topic: &str,
@@ -374,7 +378,7 @@ pub mod store {
         Ok((id, false))
     }
 
-    pub async fn set_invocations(
+    pub(crate) async fn set_invocations(
         pool: &PgPool,
         id: Uuid,
         invocations: &[FannedOut],
@@ -389,7 +393,7 @@ pub mod store {
 
     /// The functions of `default` whose subscriptions match `topic`, each once however many
     /// patterns match (the AMQP router's: messages from outside are `default`'s events).
-    pub async fn subscribers(
+    pub(crate) async fn subscribers(
         pool: &PgPool,
         topic: &str,
     ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
@@ -404,7 +408,7 @@ pub mod store {
     /// Records an event inside the caller's transaction (the AMQP router), with its fan-out
     /// and the AMQP headers it came with; no idempotency key (the caller has its own).
     #[allow(clippy::too_many_arguments)]
-    pub async fn insert_event_in(
+    pub(crate) async fn insert_event_in(
         tx: &mut sqlx::PgConnection,
         id: Uuid,
         topic: &str,
@@ -432,7 +436,7 @@ pub mod store {
 
     /// The latest `limit` events of `namespace`, newest first, without payloads: a walk down
     /// `events_namespace_id` (event ids are UUIDv7, so in publishing order).
-    pub async fn recent_events(
+    pub(crate) async fn recent_events(
         pool: &PgPool,
         namespace: &str,
         limit: i64,
@@ -448,14 +452,17 @@ pub mod store {
     }
 
     /// The namespace event `id` was published in, if there is such an event.
-    pub async fn namespace_of(pool: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn namespace_of(
+        pool: &PgPool,
+        id: Uuid,
+    ) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT namespace FROM events WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await
     }
 
-    pub async fn get_event(pool: &PgPool, id: Uuid) -> Result<Option<Event>, sqlx::Error> {
+    pub(crate) async fn get_event(pool: &PgPool, id: Uuid) -> Result<Option<Event>, sqlx::Error> {
         sqlx::query_as::<_, Event>(
             "SELECT id, topic, payload, size, content_type, invocations, published_at
              FROM events WHERE id = $1",

@@ -7,7 +7,7 @@
 //!
 //! Layout: this file holds the states, the triggers and the stored [`Record`]; `store` who
 //! writes which row when; `search` the filtered list; `view` the record as the API shows it
-//! ([`InvocationView`]).
+//! (`InvocationView`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ pub enum Status {
     Failed,
     TimedOut,
     Dead,
-    /// Stopped on request before it ended ([`store::cancel`]); never retried.
+    /// Stopped on request before it ended (`store::cancel`); never retried.
     Cancelled,
 }
 
@@ -45,7 +45,7 @@ impl Status {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Status> {
+    pub(crate) fn parse(s: &str) -> Option<Status> {
         Some(match s {
             "queued" => Status::Queued,
             "running" => Status::Running,
@@ -58,7 +58,7 @@ impl Status {
         })
     }
 
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
     }
 }
@@ -71,55 +71,55 @@ impl std::fmt::Display for Status {
 
 pub use crate::trigger::Trigger;
 
-/// An invocation as stored. The API shows it as an [`InvocationView`]; input and output are
+/// An invocation as stored. The API shows it as an `InvocationView`; input and output are
 /// shown there, as text or base64.
 #[derive(Clone, Debug, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 #[schema(as = InvocationRecord)]
 pub struct Record {
-    pub id: Uuid,
-    pub function: String,
-    pub status: Status,
-    pub trigger: Trigger,
-    pub attempt: i32,
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) status: Status,
+    pub(crate) trigger: Trigger,
+    pub(crate) attempt: i32,
     #[serde(skip)]
-    pub input: Option<Vec<u8>>,
-    pub input_size: i64,
+    pub(crate) input: Option<Vec<u8>>,
+    pub(crate) input_size: i64,
     #[serde(skip)]
-    pub output: Option<Vec<u8>>,
-    pub output_truncated: bool,
-    pub logs: Option<String>,
-    pub logs_truncated: bool,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-    pub queued_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-    pub queue_ms: Option<i64>,
-    pub cold: Option<bool>,
-    pub worker: Option<String>,
+    pub(crate) output: Option<Vec<u8>>,
+    pub(crate) output_truncated: bool,
+    pub(crate) logs: Option<String>,
+    pub(crate) logs_truncated: bool,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) error: Option<String>,
+    pub(crate) queued_at: DateTime<Utc>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) duration_ms: Option<i64>,
+    pub(crate) queue_ms: Option<i64>,
+    pub(crate) cold: Option<bool>,
+    pub(crate) worker: Option<String>,
     /// Calls of the function's URL: the method, the path after `/fn/{name}` (no query), and
     /// the HTTP status answered.
-    pub http_method: Option<String>,
-    pub http_path: Option<String>,
-    pub http_status: Option<i32>,
+    pub(crate) http_method: Option<String>,
+    pub(crate) http_path: Option<String>,
+    pub(crate) http_status: Option<i32>,
     /// The API key that made the call (see [`NewInvocation::key_id`]); null for anonymous,
     /// webhook, schedule and event calls, which name their source in `trigger`.
     #[schema(value_type = Option<String>, format = Uuid)]
-    pub key_id: Option<Uuid>,
+    pub(crate) key_id: Option<Uuid>,
     /// That key's name, while the key is stored (revoked keys keep theirs; a deleted
     /// namespace's keys are gone).
-    pub key_name: Option<String>,
+    pub(crate) key_name: Option<String>,
     /// Who cancelled it (`key <name> (<id>)`, `admin` with auth off, or the dashboard's
     /// `session of key …`); null unless it is `cancelled`.
-    pub cancelled_by: Option<String>,
+    pub(crate) cancelled_by: Option<String>,
     /// How the run got its container: `cold` (a fresh one), `warm` (an exec in a kept one) or
     /// `hot` (a request to the function's own process); none before it ran (and on records
     /// older than this field).
-    pub mode: Option<crate::function::Mode>,
+    pub(crate) mode: Option<crate::function::Mode>,
     /// When an operator discarded this dead invocation: it left the dead letters for good
     /// (`DELETE /v1/dead-letters/{id}`).
-    pub discarded_at: Option<DateTime<Utc>>,
+    pub(crate) discarded_at: Option<DateTime<Utc>>,
 }
 
 impl Record {
@@ -129,7 +129,7 @@ impl Record {
 
     /// A success whose input, output and logs were not kept (`store_output: on_failure`): a
     /// stored record always has them, if only empty.
-    pub fn unstored(&self) -> bool {
+    pub(crate) fn unstored(&self) -> bool {
         self.status() == Status::Succeeded
             && self.input.is_none()
             && self.output.is_none()
@@ -138,7 +138,7 @@ impl Record {
 }
 
 /// What the API and the dashboard say of the input, output and logs a record did not keep.
-pub const NOT_STORED: &str = "not stored (store_output: on_failure)";
+pub(crate) const NOT_STORED: &str = "not stored (store_output: on_failure)";
 
 /// A new invocation, before it is stored and queued.
 #[derive(Clone, Debug)]
@@ -185,7 +185,7 @@ impl Outcome {
     /// The HTTP status the caller of the function's URL was answered (as
     /// `producer::invoke::reply_response` answers it): the function's own, else 200 for a
     /// success, 504 for a timeout and 502 for the rest.
-    pub fn http_status(&self) -> Option<i32> {
+    pub(crate) fn http_status(&self) -> Option<i32> {
         self.http_method.as_ref()?;
         Some(match (&self.http, self.status()) {
             (Some(http), _) => i32::from(http.status),
@@ -195,23 +195,23 @@ impl Outcome {
         })
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         self.status.unwrap_or(Status::Failed)
     }
 }
 
 /// A `queued` invocation the broker never confirmed, as the outbox re-publishes it.
 #[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Unpublished {
-    pub id: Uuid,
-    pub function: String,
-    pub trigger: Trigger,
-    pub input: Vec<u8>,
+pub(crate) struct Unpublished {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) trigger: Trigger,
+    pub(crate) input: Vec<u8>,
     /// The invocation's own env (schedules, AMQP events), added to the function's again.
-    pub extra_env: Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
+    pub(crate) extra_env: Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
     /// The trace context it was accepted in: the re-publish continues its trace.
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
 }
 
 /// What marking an invocation `running` found.
@@ -230,10 +230,10 @@ pub enum Claim {
     Missing,
 }
 
-pub mod attempts;
-pub mod search;
+pub(crate) mod attempts;
+pub(crate) mod search;
 
 mod view;
-pub use view::{InvocationList, InvocationView};
+pub(crate) use view::{InvocationList, InvocationView};
 
 pub mod store;

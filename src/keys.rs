@@ -1,10 +1,10 @@
 //! API keys: made at random, shown once, stored only as their SHA-256. A key has a scope:
 //! `admin` (everything), `invoke` (call functions and read invocations) or `read` (records and
-//! settings, no calls, no changes), and may be bound to one namespace ([`crate::namespace`]):
+//! settings, no calls, no changes), and may be bound to one namespace (`crate::namespace`):
 //! it then acts only there, and everything else is 404 to it. What each scope may do
 //! is decided in one place, `producer::auth::permits`, for the API and the dashboard alike.
 //!
-//! A dashboard session (`ui_sessions`) is bound to the key that made it (`key_id`): [`revoke`]
+//! A dashboard session (`ui_sessions`) is bound to the key that made it (`key_id`): `revoke`
 //! deletes the key's sessions in the same transaction, and every session lookup checks the key is
 //! still live. `GRANDA_ADMIN_KEY` is stored here like any other key (named `GRANDA_ADMIN_KEY`), so
 //! its sessions are bound to its row and end when it is revoked.
@@ -17,9 +17,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Every key starts with this, so a leaked one is easy to recognise (and to scan for).
-pub const KEY_PREFIX: &str = "gk_";
+pub(crate) const KEY_PREFIX: &str = "gk_";
 /// The cookie of a dashboard session, made by logging in with a key and bound to it.
-pub const SESSION_COOKIE: &str = "granda_session";
+pub(crate) const SESSION_COOKIE: &str = "granda_session";
 /// How much of a key is kept in the clear to tell keys apart: the prefix and 6 characters.
 const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
 
@@ -28,7 +28,7 @@ const SHOWN_CHARS: usize = KEY_PREFIX.len() + 6;
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Everything, including managing functions and keys.
     Admin,
     /// Invoke functions and read invocation records.
@@ -38,7 +38,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scope::Admin => "admin",
             Scope::Invoke => "invoke",
@@ -46,7 +46,7 @@ impl Scope {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Scope> {
+    pub(crate) fn parse(s: &str) -> Option<Scope> {
         match s {
             "admin" => Some(Scope::Admin),
             "invoke" => Some(Scope::Invoke),
@@ -58,25 +58,25 @@ impl Scope {
 
 /// A key as stored and listed: never the key itself.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ApiKey {
-    pub id: Uuid,
-    pub name: String,
+pub(crate) struct ApiKey {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
     #[schema(value_type = Scope)]
-    pub scope: String,
-    pub prefix: String,
+    pub(crate) scope: String,
+    pub(crate) prefix: String,
     /// The namespace the key is bound to; none for a global key.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// The functions (short names, in the key's namespace) an `invoke` key is bound to: it
     /// invokes those only. None: every function.
-    pub functions: Option<Vec<String>>,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
+    pub(crate) functions: Option<Vec<String>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) revoked_at: Option<DateTime<Utc>>,
 }
 
 pub use crate::config::Secret;
 
 /// A new random key: `gk_` and 32 random bytes, base64url.
-pub fn generate() -> Secret {
+pub(crate) fn generate() -> Secret {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source");
     Secret(format!(
@@ -90,7 +90,7 @@ pub fn hash(key: &str) -> [u8; 32] {
 }
 
 /// Compares in time that depends only on the length, not on where the bytes differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -104,7 +104,7 @@ fn shown_part(key: &str) -> String {
 
 /// Why a key could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     #[error("name: 1 to 100 characters, no control characters")]
     BadName,
     #[error("functions: only an invoke key can be bound to functions")]
@@ -116,9 +116,9 @@ pub enum KeyError {
 }
 
 /// The most functions one key may be bound to.
-pub const MAX_KEY_FUNCTIONS: usize = 100;
+pub(crate) const MAX_KEY_FUNCTIONS: usize = 100;
 
-pub fn valid_key_name(name: &str) -> bool {
+pub(crate) fn valid_key_name(name: &str) -> bool {
     !name.is_empty() && name.chars().count() <= 100 && !name.chars().any(char::is_control)
 }
 
@@ -151,7 +151,7 @@ async fn insert(
 /// Makes a new key named `name`, bound to `namespace` if given (which must exist) and to
 /// `functions` if given (an `invoke` key only); the secret is returned once and never stored.
 #[tracing::instrument(skip(pool))]
-pub async fn create(
+pub(crate) async fn create(
     pool: &PgPool,
     name: &str,
     scope: Scope,
@@ -180,7 +180,10 @@ pub async fn create(
 }
 
 /// Every key, or those bound to `namespace`.
-pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<ApiKey>, sqlx::Error> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    namespace: Option<&str>,
+) -> Result<Vec<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
         "SELECT id, name, scope, prefix, namespace, functions, created_at, revoked_at FROM api_keys
          WHERE $1::text IS NULL OR namespace = $1 ORDER BY id",
@@ -191,7 +194,7 @@ pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<ApiKey>,
 }
 
 /// Key `id`'s name and namespace, revoked or not.
-pub async fn name_of(
+pub(crate) async fn name_of(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
@@ -203,7 +206,7 @@ pub async fn name_of(
 
 /// Revokes key `id` and ends the dashboard sessions it made, in one transaction; `Ok(false)` if
 /// there is no such key that is not revoked already.
-pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub(crate) async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let done =
         sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
@@ -221,17 +224,17 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 /// A presented key that is live: its id, scope, namespace (none: a global key) and the
 /// functions it is bound to (none: every function).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveKey {
-    pub id: Uuid,
-    pub scope: Scope,
-    pub namespace: Option<String>,
-    pub functions: Option<Vec<String>>,
+pub(crate) struct LiveKey {
+    pub(crate) id: Uuid,
+    pub(crate) scope: Scope,
+    pub(crate) namespace: Option<String>,
+    pub(crate) functions: Option<Vec<String>>,
 }
 
 impl LiveKey {
     /// Whether this key may call the function stored as `qualified`: one of its functions, in
     /// its namespace (`default` for a global key), or any when it is bound to none.
-    pub fn allows(&self, qualified: &str) -> bool {
+    pub(crate) fn allows(&self, qualified: &str) -> bool {
         let ns = self
             .namespace
             .as_deref()
@@ -244,12 +247,12 @@ impl LiveKey {
 }
 
 /// The scope of a presented key, if it is a live one.
-pub async fn verify(pool: &PgPool, key: &str) -> Result<Option<Scope>, sqlx::Error> {
+pub(crate) async fn verify(pool: &PgPool, key: &str) -> Result<Option<Scope>, sqlx::Error> {
     Ok(lookup(pool, key).await?.map(|k| k.scope))
 }
 
 /// The id and scope of a presented key, if it is a live one.
-pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<LiveKey>, sqlx::Error> {
+pub(crate) async fn lookup(pool: &PgPool, key: &str) -> Result<Option<LiveKey>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
         id: Uuid,

@@ -21,7 +21,7 @@ use sqlx::PgPool;
 
 /// `^[a-z][a-z0-9-]{0,62}$`: names of functions, namespaces and queues. (A function's stored
 /// name adds its namespace after a dot: [`valid_stored`].)
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('a'..='z'))
         && name.len() <= 63
@@ -30,38 +30,38 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The namespace of everything made before namespaces, and of a global key's requests that name
 /// none.
-pub const DEFAULT: &str = "default";
+pub(crate) const DEFAULT: &str = "default";
 
 /// A namespace's name: like a function's (a lowercase letter, then lowercase letters, digits and
 /// `-`, at most 63).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Namespace(String);
+pub(crate) struct Namespace(String);
 
 impl Namespace {
-    pub fn parse(s: &str) -> Option<Namespace> {
+    pub(crate) fn parse(s: &str) -> Option<Namespace> {
         valid_name(s).then(|| Namespace(s.to_string()))
     }
 
-    pub fn default_ns() -> Namespace {
+    pub(crate) fn default_ns() -> Namespace {
         Namespace(DEFAULT.to_string())
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self.0 == DEFAULT
     }
 
     /// The stored name of this namespace's function `name`.
-    pub fn qualify(&self, name: &str) -> String {
+    pub(crate) fn qualify(&self, name: &str) -> String {
         qualify(self.as_str(), name)
     }
 
     /// Whether the stored function name `qualified` is in this namespace.
-    pub fn holds(&self, qualified: &str) -> bool {
+    pub(crate) fn holds(&self, qualified: &str) -> bool {
         split(qualified).1 == self.as_str()
     }
 }
@@ -87,7 +87,7 @@ impl From<Namespace> for String {
 
 /// The stored name of function `name` of namespace `namespace`. A `name` with a dot (no function
 /// name has one) gives a name no function has, so `echo.team-b` asked in `default` finds nothing.
-pub fn qualify(namespace: &str, name: &str) -> String {
+pub(crate) fn qualify(namespace: &str, name: &str) -> String {
     if namespace == DEFAULT && !name.contains('.') {
         name.to_string()
     } else {
@@ -96,7 +96,7 @@ pub fn qualify(namespace: &str, name: &str) -> String {
 }
 
 /// A stored function name's short name and namespace.
-pub fn split(qualified: &str) -> (&str, &str) {
+pub(crate) fn split(qualified: &str) -> (&str, &str) {
     match qualified.split_once('.') {
         Some((name, namespace)) => (name, namespace),
         None => (qualified, DEFAULT),
@@ -106,7 +106,7 @@ pub fn split(qualified: &str) -> (&str, &str) {
 /// Whether `name` is a stored function name some function can have: a valid short name, or a
 /// valid short name, a dot and a namespace other than `default`. Workers check a work message's
 /// function by it (the name, and so the namespace, is part of the signed snapshot).
-pub fn valid_stored(name: &str) -> bool {
+pub(crate) fn valid_stored(name: &str) -> bool {
     match name.split_once('.') {
         None => valid_name(name),
         Some((short, ns)) => valid_name(short) && valid_name(ns) && ns != DEFAULT,
@@ -114,45 +114,45 @@ pub fn valid_stored(name: &str) -> bool {
 }
 
 /// The short name of a stored function name (what the API shows).
-pub fn short(qualified: &str) -> &str {
+pub(crate) fn short(qualified: &str) -> &str {
     split(qualified).0
 }
 
 /// A namespace and its quotas, as stored and shown.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Stored {
-    pub name: String,
+pub(crate) struct Stored {
+    pub(crate) name: String,
     /// Runs at once across all workers; the rest wait queued. None: no limit.
-    pub max_concurrency: Option<i32>,
+    pub(crate) max_concurrency: Option<i32>,
     /// Calls accepted per minute; over it, 429 with `Retry-After`. None: no limit.
-    pub invocations_per_minute: Option<i32>,
+    pub(crate) invocations_per_minute: Option<i32>,
     /// Bytes of invocation records (inputs and outputs) kept; over it, 429. None: no limit.
-    pub max_stored_bytes: Option<i64>,
+    pub(crate) max_stored_bytes: Option<i64>,
     /// How long its functions' ended invocations (and its events) are kept, in seconds, unless
     /// a function sets its own. None: the installation's (`GRANDA_RETENTION_S`).
-    pub retention_s: Option<i64>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub(crate) retention_s: Option<i64>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 /// The quotas of a namespace, as given to `POST`/`PUT /v1/namespaces`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Quotas {
+pub(crate) struct Quotas {
     #[schema(minimum = 1)]
-    pub max_concurrency: Option<i32>,
+    pub(crate) max_concurrency: Option<i32>,
     #[schema(minimum = 1)]
-    pub invocations_per_minute: Option<i32>,
+    pub(crate) invocations_per_minute: Option<i32>,
     #[schema(minimum = 0)]
-    pub max_stored_bytes: Option<i64>,
+    pub(crate) max_stored_bytes: Option<i64>,
     /// How long ended invocations and events are kept, in seconds (null: the installation's).
     #[schema(minimum = 1)]
-    pub retention_s: Option<i64>,
+    pub(crate) retention_s: Option<i64>,
 }
 
 impl Quotas {
     /// Why these quotas can't be set, if they can't.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.max_concurrency.is_some_and(|n| n < 1) {
             return Err("max_concurrency: at least 1 (or null: no limit)".into());
         }
@@ -176,7 +176,7 @@ macro_rules! columns {
     };
 }
 
-pub async fn list(pool: &PgPool) -> Result<Vec<Stored>, sqlx::Error> {
+pub(crate) async fn list(pool: &PgPool) -> Result<Vec<Stored>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         columns!(),
@@ -186,7 +186,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Stored>, sqlx::Error> {
     .await
 }
 
-pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Error> {
+pub(crate) async fn get(pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
         columns!(),
@@ -198,7 +198,7 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Erro
 }
 
 /// Whether namespace `name` exists.
-pub async fn exists(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+pub(crate) async fn exists(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM namespaces WHERE name = $1)")
         .bind(name)
         .fetch_one(pool)
@@ -206,7 +206,7 @@ pub async fn exists(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
 }
 
 /// Makes namespace `name`; `Ok(None)` if it exists.
-pub async fn create(
+pub(crate) async fn create(
     pool: &PgPool,
     name: &Namespace,
     q: &Quotas,
@@ -227,7 +227,11 @@ pub async fn create(
 }
 
 /// Sets namespace `name`'s quotas; `Ok(None)` if there is no such namespace.
-pub async fn update(pool: &PgPool, name: &str, q: &Quotas) -> Result<Option<Stored>, sqlx::Error> {
+pub(crate) async fn update(
+    pool: &PgPool,
+    name: &str,
+    q: &Quotas,
+) -> Result<Option<Stored>, sqlx::Error> {
     sqlx::query_as(concat!(
         "UPDATE namespaces SET max_concurrency = $2, invocations_per_minute = $3,
                 max_stored_bytes = $4, retention_s = $5, updated_at = now()
@@ -245,7 +249,7 @@ pub async fn update(pool: &PgPool, name: &str, q: &Quotas) -> Result<Option<Stor
 
 /// Why a namespace was not deleted.
 #[derive(Debug, thiserror::Error)]
-pub enum DeleteError {
+pub(crate) enum DeleteError {
     #[error("no such namespace")]
     Missing,
     #[error("the namespace `default` can't be deleted")]
@@ -258,7 +262,7 @@ pub enum DeleteError {
 
 /// Deletes namespace `name` and its keys; with `cascade`, its functions (and so their webhooks,
 /// schedules, subscriptions), its records and events too.
-pub async fn delete(pool: &PgPool, name: &str, cascade: bool) -> Result<(), DeleteError> {
+pub(crate) async fn delete(pool: &PgPool, name: &str, cascade: bool) -> Result<(), DeleteError> {
     if name == DEFAULT {
         return Err(DeleteError::Default);
     }
@@ -294,14 +298,18 @@ pub async fn delete(pool: &PgPool, name: &str, cascade: bool) -> Result<(), Dele
 /// Quotas read in the last second, per namespace: what every call and every claim looks up
 /// costs Postgres one read a second per process.
 #[derive(Default)]
-pub struct QuotaCache(Mutex<HashMap<String, (Instant, Option<Stored>)>>);
+pub(crate) struct QuotaCache(Mutex<HashMap<String, (Instant, Option<Stored>)>>);
 
 /// How long [`QuotaCache`] trusts a read: a quota changed takes this long to apply everywhere.
-pub const QUOTA_TTL: Duration = Duration::from_secs(1);
+pub(crate) const QUOTA_TTL: Duration = Duration::from_secs(1);
 
 impl QuotaCache {
     /// Namespace `name`'s quotas (none: no such namespace).
-    pub async fn get(&self, pool: &PgPool, name: &str) -> Result<Option<Stored>, sqlx::Error> {
+    pub(crate) async fn get(
+        &self,
+        pool: &PgPool,
+        name: &str,
+    ) -> Result<Option<Stored>, sqlx::Error> {
         if let Some((at, stored)) = self.0.lock().expect("lock").get(name)
             && at.elapsed() < QUOTA_TTL
         {
@@ -319,7 +327,7 @@ impl QuotaCache {
 
 /// Bytes of invocation records (inputs, outputs, logs) namespace `name` holds: what
 /// `max_stored_bytes` caps.
-pub async fn stored_bytes(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn stored_bytes(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT COALESCE(sum(COALESCE(octet_length(input), 0) + COALESCE(octet_length(output), 0)
                             + COALESCE(octet_length(logs), 0)), 0)::bigint
@@ -333,7 +341,7 @@ pub async fn stored_bytes(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error>
 /// Counts one call of namespace `name` against its `per_minute` quota, in Postgres (so every
 /// ingress counts into the same minute). `Some(seconds)` when the minute's quota is spent: the
 /// call must not be accepted, and may be tried again in that many seconds.
-pub async fn take_call(
+pub(crate) async fn take_call(
     pool: &PgPool,
     name: &str,
     per_minute: i32,
@@ -376,7 +384,7 @@ pub async fn take_call(
 /// The check runs under a lock per namespace (a Postgres advisory lock), after the claim is
 /// committed, so of claims that race, each later check sees every earlier claim that still
 /// stands: runs never exceed the quota.
-pub async fn admit(
+pub(crate) async fn admit(
     pool: &PgPool,
     name: &str,
     id: uuid::Uuid,

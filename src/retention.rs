@@ -17,7 +17,7 @@
 //! **The pruner** runs in every ingress every `GRANDA_PRUNE_INTERVAL_MS` (its loop:
 //! `producer::pruner`), but only one at a
 //! time prunes: a pass holds a session advisory lock ([`LOCK`]) on one connection, and a
-//! server that does not get it skips the pass. It deletes in batches of [`BATCH`] rows, each
+//! server that does not get it skips the pass. It deletes in batches of `BATCH` rows, each
 //! one statement (its own short transaction), so it never holds locks a write waits for and
 //! autovacuum keeps up between batches. Invocation ids are UUIDv7 (their time of arrival, never
 //! later than the end), so the pass walks the existing `(function, id)` and `(namespace, id)`
@@ -32,21 +32,21 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 
-pub use crate::config::{MAX_RETENTION_S, retention_problem as problem};
+pub(crate) use crate::config::retention_problem as problem;
 /// Rows one statement deletes at most.
-pub const BATCH: i64 = 1000;
+pub(crate) const BATCH: i64 = 1000;
 /// The advisory lock a pruning pass holds (the bytes of `grandapr`).
 pub const LOCK: i64 = 0x6772_616e_6461_7072;
 /// The metric family of rows pruned, by table.
-pub const PRUNED: &str = "granda_records_pruned_total";
+pub(crate) const PRUNED: &str = "granda_records_pruned_total";
 
 /// The installation's retentions, in seconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
     /// `GRANDA_RETENTION_S`.
-    pub retention_s: i64,
+    pub(crate) retention_s: i64,
     /// `GRANDA_FAILED_RETENTION_S`.
-    pub failed_retention_s: i64,
+    pub(crate) failed_retention_s: i64,
 }
 
 impl Policy {
@@ -121,7 +121,7 @@ macro_rules! walk {
 }
 
 /// The smallest UUIDv7 of the millisecond `at`: every id made before `at` is below it.
-pub fn floor_id(at: DateTime<Utc>) -> Uuid {
+pub(crate) fn floor_id(at: DateTime<Utc>) -> Uuid {
     let ms = at.timestamp_millis().max(0) as u64;
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
@@ -406,17 +406,17 @@ async fn walk(
 /// A function's retention as it applies: how long its successes and its failures are kept,
 /// and where the retention comes from.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Effective {
+pub(crate) struct Effective {
     /// Seconds an ended invocation is kept after it ended.
-    pub kept_s: i64,
+    pub(crate) kept_s: i64,
     /// Seconds a failed, timed-out or dead one is kept.
-    pub failed_kept_s: i64,
+    pub(crate) failed_kept_s: i64,
     /// `function`, `namespace` or `installation`.
-    pub from: String,
+    pub(crate) from: String,
 }
 
 /// The retention that applies to function `name` (the stored, qualified name).
-pub async fn effective(
+pub(crate) async fn effective(
     pool: &PgPool,
     policy: Policy,
     name: &str,
@@ -442,7 +442,7 @@ pub async fn effective(
 
 /// Until when invocation `id` is kept, once it ended; `None` while it is queued or running,
 /// or when there is no such record.
-pub async fn kept_until(
+pub(crate) async fn kept_until(
     pool: &PgPool,
     policy: Policy,
     id: Uuid,
@@ -465,6 +465,7 @@ pub async fn kept_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_RETENTION_S;
     use std::time::Duration;
 
     #[test]

@@ -32,14 +32,14 @@ pub enum RetryOn {
 }
 
 impl RetryOn {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RetryOn::Error => "error",
             RetryOn::Timeout => "timeout",
         }
     }
 
-    pub fn parse(s: &str) -> Option<RetryOn> {
+    pub(crate) fn parse(s: &str) -> Option<RetryOn> {
         match s {
             "error" => Some(RetryOn::Error),
             "timeout" => Some(RetryOn::Timeout),
@@ -50,7 +50,7 @@ impl RetryOn {
 
 /// Why an attempt did not succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Granda or the engine failed; the function never had a fair run.
     Platform,
     /// The function exited non-zero.
@@ -61,7 +61,7 @@ pub enum Failure {
 
 /// What happens after an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The attempt's result is the invocation's result.
     Final,
     /// Run it again after this long.
@@ -73,13 +73,13 @@ pub enum Verdict {
 /// The delays between attempts: `base × 2^k`, up to `max`.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
 }
 
 impl Backoff {
     /// The delay level (the delay queue) after attempt `attempt` (counting from 1).
-    pub fn level(&self, attempt: i32) -> Duration {
+    pub(crate) fn level(&self, attempt: i32) -> Duration {
         let exp = attempt.clamp(1, 31) as u32 - 1;
         self.base
             .checked_mul(1u32 << exp.min(20))
@@ -105,7 +105,7 @@ impl Backoff {
 
 /// What a worker does with a message it can't run here ([`on_unavailable`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     /// Give it back unclaimed (reject with requeue) for another worker.
     Release,
     /// Its last delivery: claim it and let the run fail as a platform failure.
@@ -114,7 +114,7 @@ pub enum Unavailable {
 
 /// A message this worker can't run, delivered `delivery_count` times before (the quorum queue's
 /// `x-delivery-count`), with the queue's delivery limit `limit`.
-pub fn on_unavailable(delivery_count: i64, limit: i64) -> Unavailable {
+pub(crate) fn on_unavailable(delivery_count: i64, limit: i64) -> Unavailable {
     // The queue dead-letters a message returned more than `limit` times: keep a margin of two
     // deliveries so that the last one is ours to record.
     if delivery_count + 2 >= limit {
@@ -125,13 +125,13 @@ pub fn on_unavailable(delivery_count: i64, limit: i64) -> Unavailable {
 }
 
 /// Jitter: a delay drawn from 80–100 % of `level`, from `random` in `0..=u16::MAX`.
-pub fn jittered(level: Duration, random: u16) -> Duration {
+pub(crate) fn jittered(level: Duration, random: u16) -> Duration {
     let fraction = 0.8 + 0.2 * (f64::from(random) / f64::from(u16::MAX));
     level.mul_f64(fraction).max(Duration::from_millis(1))
 }
 
 /// Decides what follows attempt number `attempt` (from 1) that ended with `failure`.
-pub fn decide(
+pub(crate) fn decide(
     trigger: Trigger,
     max_attempts: i32,
     retry_on: &[RetryOn],

@@ -27,13 +27,13 @@ use crate::function::{SecretValue, Secrets};
 type HmacSha256 = Hmac<Sha256>;
 
 /// The signature of a message, as lowercase hex.
-pub type Signature = String;
+pub(crate) type Signature = String;
 
 /// A secret value sealed under one key: `v1.<key id>.<base64 of nonce and ciphertext>`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Sealed {
-    pub sealed: String,
+pub(crate) struct Sealed {
+    pub(crate) sealed: String,
 }
 
 impl std::fmt::Debug for Sealed {
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Sealed {
 
 impl Sealed {
     /// The id of the key it was sealed under.
-    pub fn key_id(&self) -> Option<&str> {
+    pub(crate) fn key_id(&self) -> Option<&str> {
         let mut parts = self.sealed.splitn(3, '.');
         (parts.next() == Some("v1")).then(|| parts.next())?
     }
@@ -70,7 +70,7 @@ impl SecretKey {
 }
 
 /// Why a key given in the settings is not one.
-pub fn parse_key(s: &str) -> anyhow::Result<[u8; 32]> {
+pub(crate) fn parse_key(s: &str) -> anyhow::Result<[u8; 32]> {
     let s = s.trim();
     let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(s)?
@@ -113,7 +113,7 @@ pub enum OpenError {
 
 impl Keys {
     /// The signing key `mac_key`; secrets sealed under `current`, also reading `old`.
-    pub fn new(mac_key: &[u8], current: &[u8; 32], old: &[[u8; 32]]) -> Keys {
+    pub(crate) fn new(mac_key: &[u8], current: &[u8; 32], old: &[[u8; 32]]) -> Keys {
         let current = SecretKey::new(current);
         let mut readable: BTreeMap<String, SecretKey> = old
             .iter()
@@ -170,7 +170,7 @@ impl Keys {
     }
 
     /// `value` sealed under the current key, with a fresh random nonce.
-    pub fn seal(&self, value: &str) -> Sealed {
+    pub(crate) fn seal(&self, value: &str) -> Sealed {
         let nonce = random::<12>();
         let ciphertext = self
             .current
@@ -184,7 +184,7 @@ impl Keys {
         }
     }
 
-    pub fn open(&self, sealed: &Sealed) -> Result<String, OpenError> {
+    pub(crate) fn open(&self, sealed: &Sealed) -> Result<String, OpenError> {
         let mut parts = sealed.sealed.splitn(3, '.');
         let (Some("v1"), Some(id), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(OpenError::Corrupt);
@@ -208,7 +208,7 @@ impl Keys {
 
     /// `secrets` with every clear value sealed under the current key (sealed ones stay as they
     /// are).
-    pub fn seal_all(&self, secrets: &Secrets) -> Secrets {
+    pub(crate) fn seal_all(&self, secrets: &Secrets) -> Secrets {
         Secrets(
             secrets
                 .0
@@ -236,7 +236,7 @@ impl Keys {
 
     /// `secrets` with every value sealed under the current key: clear ones sealed, ones sealed
     /// under another key opened and sealed again. `None` when there was nothing to change.
-    pub fn reseal(&self, secrets: &Secrets) -> Result<Option<Secrets>, OpenError> {
+    pub(crate) fn reseal(&self, secrets: &Secrets) -> Result<Option<Secrets>, OpenError> {
         let stale = secrets.0.values().any(|v| match v {
             SecretValue::Clear(_) => true,
             SecretValue::Sealed(s) => s.key_id() != Some(self.current_id()),
@@ -250,12 +250,12 @@ impl Keys {
     }
 
     /// HMAC-SHA256 of `fields`, each framed by its length (`None` framed apart from empty).
-    pub fn sign(&self, fields: &[Option<&[u8]>]) -> Signature {
+    pub(crate) fn sign(&self, fields: &[Option<&[u8]>]) -> Signature {
         hex::encode(self.mac_of(fields).finalize().into_bytes())
     }
 
     /// Whether `signature` (hex) is the signature of `fields`, compared in constant time.
-    pub fn verify(&self, fields: &[Option<&[u8]>], signature: &[u8]) -> bool {
+    pub(crate) fn verify(&self, fields: &[Option<&[u8]>], signature: &[u8]) -> bool {
         let Ok(bytes) = hex::decode(signature) else {
             return false;
         };
@@ -308,7 +308,7 @@ async fn installation_secret(pool: &PgPool, name: &str) -> anyhow::Result<[u8; 3
 /// Seals every stored function's secrets under the current key: clear values (stored before
 /// sealing existed) and values sealed under an older key. A row changed meanwhile is left to
 /// the next start. Returns how many functions were re-sealed.
-pub async fn reseal_stored(pool: &PgPool, keys: &Keys) -> anyhow::Result<usize> {
+pub(crate) async fn reseal_stored(pool: &PgPool, keys: &Keys) -> anyhow::Result<usize> {
     let rows: Vec<(String, sqlx::types::Json<Secrets>)> =
         sqlx::query_as("SELECT name, secrets FROM functions WHERE secrets <> '{}'::jsonb")
             .fetch_all(pool)

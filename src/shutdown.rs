@@ -190,7 +190,7 @@ impl Drop for Shutdown {
 /// Runs `work` with a handle named `name` until `stop` completes, then tells every task to stop,
 /// waits for `work` to return, and for the rest at most [`BOUND`]. If `work` returns first, the
 /// rest are told to stop then.
-pub async fn run_until<T, W>(
+pub(crate) async fn run_until<T, W>(
     stop: impl Future<Output = ()>,
     name: &'static str,
     work: impl FnOnce(Shutdown) -> W,

@@ -5,20 +5,20 @@
 //! at each start, shown only when asked for: `RUST_LOG=debug` or
 //! `RUST_LOG=info,sqlx::postgres::notice=info`). Text by default, colours only when stderr is a
 //! terminal and `NO_COLOR` is unset (<https://no-color.org>). `GRANDA_LOG_FORMAT=json`: one JSON
-//! object a line ([`JsonLines`]): `timestamp`, `level`, `target`, `message`, `fields`, the spans
+//! object a line (`JsonLines`): `timestamp`, `level`, `target`, `message`, `fields`, the spans
 //! it happened in with their fields, and the W3C `trace_id` and `span_id` it belongs to.
 //!
 //! **Traces**: every span of Granda's own (target `granda…`) is an OpenTelemetry span
 //! (`tracing-opentelemetry`). The ingress continues a caller's `traceparent`/`tracestate` (W3C
-//! Trace Context) or starts a trace ([`http_span`]); a work message carries the context of the
+//! Trace Context) or starts a trace (`http_span`); a work message carries the context of the
 //! span that published it in its AMQP headers `traceparent`/`tracestate`
 //! ([`crate::message::Work::properties`]); the worker continues it, and gives the run span's
-//! context to the function ([`trace_headers`]). Spans are exported over OTLP/HTTP (protobuf) when
+//! context to the function (`trace_headers`). Spans are exported over OTLP/HTTP (protobuf) when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with the
 //! standard `OTEL_*` settings (`OTEL_SERVICE_NAME`, default `granda`; `OTEL_TRACES_SAMPLER`;
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`); when unset, the context still travels (a function
 //! sees the trace it is part of), and nothing is exported. The exporter posts through Granda's
-//! own reqwest client (rustls), on the runtime that started it ([`Bridge`]).
+//! own reqwest client (rustls), on the runtime that started it (`Bridge`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -42,14 +42,14 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, filter};
 
 /// The filter when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "info,lapin=warn,sqlx::postgres::notice=warn";
+pub(crate) const DEFAULT_FILTER: &str = "info,lapin=warn,sqlx::postgres::notice=warn";
 
 /// The instrumentation scope Granda's spans are recorded under.
 const SCOPE: &str = "granda";
 
 /// How log lines are written (`GRANDA_LOG_FORMAT`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -68,7 +68,7 @@ pub fn init() {
 }
 
 /// [`init`] with the log format given.
-pub fn init_with(format: LogFormat) {
+pub(crate) fn init_with(format: LogFormat) {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let (provider, export_problem) = tracer_provider();
     let tracer = provider.tracer(SCOPE);
@@ -111,7 +111,7 @@ pub fn init_with(format: LogFormat) {
 }
 
 /// The JSON log layer, writing to `writer` (see [`JsonLines`]).
-pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
+pub(crate) fn json_layer<S, W>(writer: W) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -138,7 +138,7 @@ impl<S: Subscriber> Layer<S> for Register {
 }
 
 /// Whether to colour: on a terminal, unless `NO_COLOR` is set to anything but the empty string.
-pub fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+pub(crate) fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
@@ -205,7 +205,7 @@ fn tracer_provider() -> (SdkTracerProvider, Option<String>) {
 static PROVIDER: std::sync::OnceLock<SdkTracerProvider> = std::sync::OnceLock::new();
 
 /// Exports the spans still buffered and stops exporting: at the end of a process.
-pub fn shutdown() {
+pub(crate) fn shutdown() {
     if let Some(provider) = PROVIDER.get() {
         let _ = provider.shutdown();
     }
@@ -263,7 +263,7 @@ impl opentelemetry_http::HttpClient for Bridge {
 
 /// `traceparent` (and `tracestate` when there is one) of `cx`, as W3C Trace Context headers;
 /// empty for a context without a valid span.
-pub fn headers_of(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
+pub(crate) fn headers_of(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
     let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(cx, &mut carrier);
     ["traceparent", "tracestate"]
@@ -274,13 +274,13 @@ pub fn headers_of(cx: &opentelemetry::Context) -> Vec<(&'static str, String)> {
 
 /// The W3C Trace Context headers of the current span (see [`headers_of`]): what a message
 /// published now carries, and what a function run now is given.
-pub fn trace_headers() -> Vec<(&'static str, String)> {
+pub(crate) fn trace_headers() -> Vec<(&'static str, String)> {
     headers_of(&tracing::Span::current().context())
 }
 
 /// The context that W3C Trace Context headers, got by `get`, carry; an empty one (a new trace)
 /// when they are missing or malformed. The values are hints: a forged one only misplaces spans.
-pub fn context_from<'a>(get: impl Fn(&str) -> Option<&'a str>) -> opentelemetry::Context {
+pub(crate) fn context_from<'a>(get: impl Fn(&str) -> Option<&'a str>) -> opentelemetry::Context {
     let carrier: HashMap<String, String> = ["traceparent", "tracestate"]
         .into_iter()
         .filter_map(|k| Some((k.to_string(), get(k)?.to_string())))
@@ -290,7 +290,7 @@ pub fn context_from<'a>(get: impl Fn(&str) -> Option<&'a str>) -> opentelemetry:
 
 /// The span of one HTTP request to the ingress: a child of the caller's context when its
 /// `traceparent` is valid, else the root of a new trace.
-pub fn http_span(
+pub(crate) fn http_span(
     method: &axum::http::Method,
     route: &str,
     headers: &axum::http::HeaderMap,
@@ -310,7 +310,7 @@ pub fn http_span(
 }
 
 /// Middleware: each request to the ingress in its [`http_span`].
-pub async fn trace_http(
+pub(crate) async fn trace_http(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -331,7 +331,7 @@ pub async fn trace_http(
 
 /// Records a finished span under `parent` from `start` to `end`: for time Granda measured but did
 /// not spend in a span of its own (an invocation's wait in its queue).
-pub fn record_span(
+pub(crate) fn record_span(
     parent: &opentelemetry::Context,
     name: &'static str,
     start: SystemTime,
@@ -350,7 +350,7 @@ pub fn record_span(
 /// A log line as JSON (`GRANDA_LOG_FORMAT=json`): `timestamp` (RFC 3339, UTC), `level`,
 /// `target`, `message`, `fields` (the event's others), `span` (the innermost span's name and
 /// fields), `spans` (all, outermost first) and, inside a traced span, `trace_id` and `span_id`.
-pub struct JsonLines {
+pub(crate) struct JsonLines {
     dispatch: Arc<OnceLock<WeakDispatch>>,
 }
 

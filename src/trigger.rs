@@ -29,7 +29,7 @@ impl Trigger {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Trigger> {
+    pub(crate) fn parse(s: &str) -> Option<Trigger> {
         Some(match s {
             "sync" => Trigger::Sync,
             "async" => Trigger::Async,

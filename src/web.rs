@@ -1,6 +1,6 @@
 //! Functions as web endpoints: the HTTP request a call of `/fn/{name}[/{path}]` carries to the
 //! function ([`WebRequest`], in the work message), and the HTTP status and headers a function
-//! answers with ([`WebAnswer`], in the reply).
+//! answers with (`WebAnswer`, in the reply).
 //!
 //! Everything here comes from strangers (the caller) or from the function: names and values are
 //! checked where they are made (the ingress) and again where they are used (the worker), and a
@@ -21,13 +21,13 @@ pub const MAX_HEADERS: usize = 100;
 /// of what the `granda-hot` server takes in a request head, leaving room for the `Granda-*` ones).
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// The longest request path or query string that travels to a function.
-pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TARGET_BYTES: usize = 8 * 1024;
 
 /// The methods `/fn/{name}` takes.
-pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+pub(crate) const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Headers of one connection, not of the message (RFC 9110 §7.6.1), never passed on either way.
-pub const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -42,34 +42,34 @@ pub const HOP_BY_HOP: [&str; 9] = [
 /// An HTTP request to a function's URL, as it travels in the work message.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebRequest {
-    pub method: String,
+    pub(crate) method: String,
     /// What follows `/fn/{name}` (empty, or starting with `/`), percent-encoded as sent.
-    pub path: String,
+    pub(crate) path: String,
     /// What follows `?`, as sent (empty without one).
-    pub query: String,
+    pub(crate) query: String,
     /// Names in lowercase, in the order sent; a name may repeat.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// The caller's address (its IP), as the ingress saw it.
-    pub remote_addr: String,
+    pub(crate) remote_addr: String,
     /// The host the caller asked for (without the port) and the port, from the public URL.
-    pub server_name: String,
-    pub server_port: u16,
+    pub(crate) server_name: String,
+    pub(crate) server_port: u16,
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2.0`.
-    pub protocol: String,
+    pub(crate) protocol: String,
     /// `/fn/{name}`.
-    pub script_name: String,
+    pub(crate) script_name: String,
 }
 
 /// A function's HTTP answer: status and headers (the body travels as the output).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebAnswer {
-    pub status: u16,
+    pub(crate) status: u16,
     /// Names in lowercase, in the order given; a name may repeat (`set-cookie`).
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// Whether `name` is an HTTP header name (an RFC 9110 token).
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
         && name
@@ -79,7 +79,7 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Whether `value` is a header value that travels as a header and as an env value: printable
 /// ASCII and tab, nothing else (no CR, LF, NUL or other control character).
-pub fn valid_value(value: &str) -> bool {
+pub(crate) fn valid_value(value: &str) -> bool {
     value
         .bytes()
         .all(|b| b == b'\t' || (0x20..=0x7e).contains(&b))
@@ -120,7 +120,7 @@ impl WebRequest {
     /// The request headers that reach a function, from what the caller sent: the credentials,
     /// hop-by-hop and `Granda-*` headers left out. An error names the header that can't travel
     /// (its value is never echoed) or the limit passed.
-    pub fn headers_from<'a>(
+    pub(crate) fn headers_from<'a>(
         sent: impl Iterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Vec<(String, String)>, String> {
         let mut headers = Vec::new();
@@ -166,7 +166,7 @@ impl WebRequest {
 
     /// Checks what a worker is given (the message may come from anyone who can publish): `None`
     /// when it is fine, else why not.
-    pub fn problem(&self) -> Option<String> {
+    pub(crate) fn problem(&self) -> Option<String> {
         if !METHODS.contains(&self.method.as_str()) {
             return Some(format!(
                 "method {:?} is not one a function takes",
@@ -212,7 +212,7 @@ impl WebRequest {
     }
 
     /// The request target as sent: path (at least `/`) and query.
-    pub fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         let path = if self.path.is_empty() {
             "/"
         } else {
@@ -226,7 +226,7 @@ impl WebRequest {
     }
 
     /// The first value of header `name` (lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -238,13 +238,13 @@ impl WebAnswer {
     /// The status, when it is a final one a caller may be given (200 to 599): never an
     /// informational 1xx (`101 Switching Protocols` would hand the caller's connection over),
     /// nor a number past 599.
-    pub fn final_status(&self) -> Option<u16> {
+    pub(crate) fn final_status(&self) -> Option<u16> {
         (200..=599).contains(&self.status).then_some(self.status)
     }
 
     /// The headers a caller may be given: valid names and values, hop-by-hop ones and framing
     /// (`content-length`: the body's own is set) left out.
-    pub fn passed_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn passed_headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers.iter().filter_map(|(n, v)| {
             let keep = valid_name(n)
                 && valid_value(v)

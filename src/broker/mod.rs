@@ -15,7 +15,7 @@
 //! in one header frame, which must fit the connection's negotiated `frame_max`; RabbitMQ closes
 //! the whole CONNECTION on a frame that does not. So every publish measures its header frame as
 //! serialized and refuses ([`BrokerError::TooLarge`]) one that would not fit with
-//! [`FRAME_MARGIN`] to spare, and registration keeps a function's snapshot within
+//! `FRAME_MARGIN` to spare, and registration keeps a function's snapshot within
 //! [`snapshot_budget`]. The ingress also publishes async work, events and declarations on a
 //! side channel, so a channel error there can't take the reply consumer of sync calls with it.
 //!
@@ -31,9 +31,10 @@ mod replier;
 mod topology;
 
 pub use held::{Held, Linked};
-pub use nodes::{DEFAULT_PUBLISH_TIMEOUT, Nodes, connect};
+pub(crate) use nodes::DEFAULT_PUBLISH_TIMEOUT;
+pub use nodes::{Nodes, connect};
 pub use publisher::Publisher;
-pub use replier::Replier;
+pub(crate) use replier::Replier;
 pub use topology::{Topology, delete_topology};
 use topology::{declare_topic_exchange, text};
 
@@ -45,15 +46,15 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
-pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// How many times a nacked publish is tried again (over about three seconds).
 const NACK_RETRIES: u32 = 6;
 
 /// How many times a quorum queue redelivers one message (a worker crashing on it) before dead-lettering it.
-pub const DELIVERY_LIMIT: i64 = 20;
+pub(crate) const DELIVERY_LIMIT: i64 = 20;
 
-pub use crate::frame::{DEFAULT_FRAME_MAX, FRAME_MARGIN};
+pub(crate) use crate::frame::{DEFAULT_FRAME_MAX, FRAME_MARGIN};
 
 /// Declares a queue of the channel's connection's own (named by the broker, exclusive, deleted
 /// with it) bound to `exchange` with `key`: how a process listens to what an exchange routes.
@@ -106,7 +107,7 @@ fn note_frame_max(connection: &Connection) {
 
 /// The size of the header frame that carries `properties`, as lapin writes it: frame header
 /// (7), class and weight (4), body size (8), the properties, frame end (1).
-pub fn header_frame_size(properties: &lapin::BasicProperties) -> usize {
+pub(crate) fn header_frame_size(properties: &lapin::BasicProperties) -> usize {
     let written = cookie_factory::gen_simple(
         lapin::protocol::basic::gen_properties(properties),
         Vec::new(),
@@ -116,7 +117,7 @@ pub fn header_frame_size(properties: &lapin::BasicProperties) -> usize {
 }
 
 /// Refuses `properties` whose header frame would not fit `frame_max` with [`FRAME_MARGIN`] to spare.
-pub fn check_header_size(
+pub(crate) fn check_header_size(
     properties: &lapin::BasicProperties,
     frame_max: u32,
 ) -> Result<(), BrokerError> {
@@ -152,7 +153,7 @@ pub enum BrokerError {
 
 /// Publishes on a channel in confirm mode and waits up to `within` for the broker's confirm.
 /// `mandatory`: a message no queue takes is an error, not a silent drop.
-pub async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     channel: &Channel,
     routing_key: &str,
     body: &[u8],
@@ -207,7 +208,7 @@ pub(crate) async fn publish_confirmed_via(
 
 /// Consumes RabbitMQ's direct replies on `channel` (no acks; the consumer tag made from `tag`):
 /// a message published on it with `reply_to` [`DIRECT_REPLY_TO`] gets its answers here.
-pub async fn consume_replies(
+pub(crate) async fn consume_replies(
     channel: &Channel,
     tag: &str,
 ) -> Result<lapin::Consumer, lapin::Error> {
@@ -235,7 +236,7 @@ pub async fn queue_depth(connection: &Connection, queue: &str) -> Result<u32, la
 
 /// The number of ready messages in `queue`, by a passive declare on `channel`, which must be a
 /// side channel: a passive declare of a missing queue closes it.
-pub async fn passive_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+pub(crate) async fn passive_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
     let q = channel
         .queue_declare(
             queue.into(),

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 
 /// How long a publish may wait for its confirm when nothing else is set (`GRANDA_PUBLISH_TIMEOUT_MS`).
-pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest wait for one node to accept a connection (TCP, TLS and the AMQP handshake).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,11 +36,11 @@ pub struct Nodes {
 impl Nodes {
     /// The node URLs of `list`, each checked to parse. URLs without a `heartbeat=` get 10 s, so a
     /// broker that went away is noticed within seconds.
-    pub fn parse_list(list: &str) -> Result<Vec<String>, BrokerError> {
+    pub(crate) fn parse_list(list: &str) -> Result<Vec<String>, BrokerError> {
         crate::config::amqp_nodes(list).map_err(BrokerError::Config)
     }
 
-    /// `list` (see [`Nodes::parse_list`]), trusting the CA certificates in the PEM file `ca_file`
+    /// `list` (see `Nodes::parse_list`), trusting the CA certificates in the PEM file `ca_file`
     /// besides the system's for `amqps://`.
     pub fn new(
         list: &str,
@@ -66,7 +66,7 @@ impl Nodes {
         })
     }
 
-    pub fn from_settings(settings: &Settings) -> Result<Arc<Nodes>, BrokerError> {
+    pub(crate) fn from_settings(settings: &Settings) -> Result<Arc<Nodes>, BrokerError> {
         Ok(Arc::new(Nodes::new(
             &settings.amqp_url,
             settings.ca_file.as_deref(),
@@ -75,12 +75,12 @@ impl Nodes {
     }
 
     /// The bound on every confirm wait.
-    pub fn publish_timeout(&self) -> Duration {
+    pub(crate) fn publish_timeout(&self) -> Duration {
         self.publish_timeout
     }
 
     /// Connects to the first node that answers, starting at the preferred one. Returns the
-    /// connection and the node's index, to pass to [`Nodes::lost`] when it breaks.
+    /// connection and the node's index, to pass to `Nodes::lost` when it breaks.
     pub async fn connect(&self, name: &str) -> Result<(Connection, usize), BrokerError> {
         let n = self.urls.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
@@ -121,7 +121,7 @@ impl Nodes {
     }
 
     /// Notes that the connection to node `index` was lost: the next connect tries the next node first.
-    pub fn lost(&self, index: usize) {
+    pub(crate) fn lost(&self, index: usize) {
         let n = self.urls.len();
         let _ = self.preferred.compare_exchange(
             index,
@@ -132,7 +132,7 @@ impl Nodes {
     }
 
     /// `host:port` of node `index`, for logs (never the credentials).
-    pub fn node(&self, index: usize) -> String {
+    pub(crate) fn node(&self, index: usize) -> String {
         node_name(&self.urls[index])
     }
 }

@@ -104,17 +104,17 @@ impl Publisher {
         Ok(publisher)
     }
 
-    pub fn topology(&self) -> &Topology {
+    pub(crate) fn topology(&self) -> &Topology {
         &self.topology
     }
 
     /// The installation's keys it signs and seals with.
-    pub fn keys(&self) -> &Arc<crate::seal::Keys> {
+    pub(crate) fn keys(&self) -> &Arc<crate::seal::Keys> {
         &self.keys
     }
 
     /// Whether the broker is reachable now (reconnecting if needed).
-    pub async fn ready(&self) -> bool {
+    pub(crate) async fn ready(&self) -> bool {
         self.link().await.is_ok()
     }
 
@@ -122,7 +122,7 @@ impl Publisher {
     /// queue (the workers' too, [`Topology::probe_queue`]), confirmed within the publish timeout.
     /// Without quorum the work queues take no message, whatever node this is connected to, so an
     /// invoke would only be answered 503 after the timeout. The ingress's `/readyz` asks it.
-    pub async fn quorum(&self) -> bool {
+    pub(crate) async fn quorum(&self) -> bool {
         let within = self.nodes.publish_timeout();
         let probe = async {
             let link = self.link().await?;
@@ -300,7 +300,7 @@ impl Publisher {
 
 impl Publisher {
     /// Messages waiting in the dead-letter queue.
-    pub async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
+    pub(crate) async fn dead_letter_depth(&self) -> Result<u32, BrokerError> {
         let link = self.link().await?;
         Ok(queue_depth(&link.connection, &self.topology.dead_letter_queue()).await?)
     }
@@ -308,7 +308,7 @@ impl Publisher {
     /// Ready messages and consumers of the broker queue `name` (a full name, e.g. from
     /// [`Topology::work_queue`]), by a passive declare on a throwaway channel; `None` when the
     /// queue does not exist (yet).
-    pub async fn queue_info(&self, name: &str) -> Result<Option<(u32, u32)>, BrokerError> {
+    pub(crate) async fn queue_info(&self, name: &str) -> Result<Option<(u32, u32)>, BrokerError> {
         let link = self.link().await?;
         let channel = link.connection.create_channel().await?;
         let q = channel

@@ -15,12 +15,12 @@ use crate::message::Reply;
 /// consumers. Reopened on the next reply when it died. Not mandatory, no confirms: a reply only
 /// makes waiting fast; the record in Postgres is the truth. Only the channel died (a failed
 /// reply): the node is kept, the connection closed ([`Held`]).
-pub struct Replier {
+pub(crate) struct Replier {
     held: Held<Channel>,
 }
 
 impl Replier {
-    pub fn new(nodes: Arc<Nodes>, name: &str) -> Replier {
+    pub(crate) fn new(nodes: Arc<Nodes>, name: &str) -> Replier {
         Replier {
             held: Held::new(nodes, format!("{name}-replies")),
         }
@@ -39,7 +39,7 @@ impl Replier {
 
     /// Sends `reply` to `reply_to`, waiting at most the publish timeout; a reply that can't be
     /// sent is logged and dropped (the caller reads the record).
-    pub async fn send(&self, reply_to: &str, correlation_id: &str, reply: &Reply) {
+    pub(crate) async fn send(&self, reply_to: &str, correlation_id: &str, reply: &Reply) {
         let within = self.held.nodes().publish_timeout();
         let send = async {
             let channel = self.channel().await?;

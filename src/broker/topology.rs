@@ -26,11 +26,11 @@ impl Topology {
     }
 
     /// Where sync calls to `queue` go.
-    pub fn sync_queue(&self, queue: &str) -> String {
+    pub(crate) fn sync_queue(&self, queue: &str) -> String {
         format!("{}.work.{queue}.sync", self.prefix)
     }
 
-    pub fn dead_letter_exchange(&self) -> String {
+    pub(crate) fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.prefix)
     }
 
@@ -38,12 +38,12 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    pub fn delay_queue(&self, queue: &str, delay: Duration) -> String {
+    pub(crate) fn delay_queue(&self, queue: &str, delay: Duration) -> String {
         format!("{}.delay.{queue}.{}ms", self.prefix, delay.as_millis())
     }
 
     /// Declares the delay queue that holds retries of `queue` for `delay`. Idempotent.
-    pub async fn declare_delay(
+    pub(crate) async fn declare_delay(
         &self,
         channel: &Channel,
         queue: &str,
@@ -66,7 +66,7 @@ impl Topology {
     }
 
     /// Declares the work queue `queue`, its sync twin and the dead-letter path. Idempotent.
-    pub async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    pub(crate) async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
         declare_topic_exchange(channel, &self.dead_letter_exchange()).await?;
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), text("quorum"));
@@ -180,7 +180,7 @@ impl Topology {
         format!("{}.inbound", self.prefix)
     }
 
-    pub fn inbound_queue(&self) -> String {
+    pub(crate) fn inbound_queue(&self) -> String {
         format!("{}.inbound.router", self.prefix)
     }
 
@@ -189,7 +189,7 @@ impl Topology {
     }
 
     /// Declares the inbound exchange, the router's queue and its dead-letter queue. Idempotent.
-    pub async fn declare_inbound(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub(crate) async fn declare_inbound(&self, channel: &Channel) -> Result<(), lapin::Error> {
         declare_topic_exchange(channel, &self.inbound_exchange()).await?;
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), text("quorum"));
@@ -227,12 +227,12 @@ impl Topology {
 // (drop-head), to which each worker publishes an empty message every few seconds; the broker's
 // confirm says a quorum write is possible now (the work queues need one), for `/readyz`.
 impl Topology {
-    pub fn probe_queue(&self) -> String {
+    pub(crate) fn probe_queue(&self) -> String {
         format!("{}.probe", self.prefix)
     }
 
     /// Declares the probe queue. Idempotent.
-    pub async fn declare_probe(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub(crate) async fn declare_probe(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), text("quorum"));
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));

@@ -11,7 +11,7 @@ use super::{BASE_IMAGE_HINT, BuildFailed};
 /// Builds `context` into `tag` with network `none`, sending each log line to `lines` as it comes.
 /// Returns the whole log.
 #[tracing::instrument(skip(docker, context, lines))]
-pub async fn build_image(
+pub(crate) async fn build_image(
     docker: &Docker,
     context: Vec<u8>,
     tag: &str,
@@ -73,7 +73,7 @@ pub async fn build_image(
 
 /// The image a build of `tag` produces: `<registry>/<tag>` with a registry (`GRANDA_REGISTRY`),
 /// else `tag` itself, which stays on the engine that built it.
-pub fn image_name(registry: Option<&str>, tag: &str) -> String {
+pub(crate) fn image_name(registry: Option<&str>, tag: &str) -> String {
     match registry.map(|r| r.trim().trim_end_matches('/')) {
         Some(r) if !r.is_empty() => format!("{r}/{tag}"),
         _ => tag.to_string(),
@@ -81,7 +81,7 @@ pub fn image_name(registry: Option<&str>, tag: &str) -> String {
 }
 
 /// What a build without a registry says: its image stays on the engine that built it.
-pub fn no_registry_note(image: &str) -> String {
+pub(crate) fn no_registry_note(image: &str) -> String {
     format!(
         "GRANDA_REGISTRY is not set: {image} stays on the engine that built it. Only workers \
          of that engine can run it: without a registry, builds from source need one engine \
@@ -91,7 +91,7 @@ pub fn no_registry_note(image: &str) -> String {
 
 /// Builds `context` as `tag` (under `registry` when given) and pushes it there. Returns the
 /// image name and the whole log (the push's steps included).
-pub async fn build_and_push(
+pub(crate) async fn build_and_push(
     docker: &Docker,
     context: Vec<u8>,
     tag: &str,
@@ -125,7 +125,7 @@ pub async fn build_and_push(
 
 /// Pushes `image` (`registry/repo:tag`) to its registry. Returns the push's log.
 #[tracing::instrument(skip(docker, lines))]
-pub async fn push_image(
+pub(crate) async fn push_image(
     docker: &Docker,
     image: &str,
     lines: Option<&mpsc::UnboundedSender<String>>,

@@ -1,7 +1,7 @@
 //! Functions built from source: runtime templates (`runtimes/<name>/`) and the build context (a tar
 //! of the rendered Dockerfile and the user's files under `fn/`) here; the build on an engine in
-//! [`engine`] (a worker's business); the `builds` records (one per version, with its log) in
-//! [`store`]. With `GRANDA_REGISTRY`, a built image is
+//! `engine` (a worker's business); the `builds` records (one per version, with its log) in
+//! `store`. With `GRANDA_REGISTRY`, a built image is
 //! tagged `<registry>/<prefix>-fn/<installation>/<name>:v<N>` ([`tag`]) and pushed there, so workers on other hosts pull it.
 
 use std::io::Read;
@@ -15,35 +15,35 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 
-pub mod engine;
-pub mod store;
+pub(crate) mod engine;
+pub(crate) mod store;
 
 /// Largest unpacked source a build accepts (files of a tar.gz added up), in bytes.
-pub const MAX_SOURCE_BYTES: u64 = 32 * 1024 * 1024;
+pub(crate) const MAX_SOURCE_BYTES: u64 = 32 * 1024 * 1024;
 /// Lines of the build log an error shows.
-pub const LOG_TAIL_LINES: usize = 30;
+pub(crate) const LOG_TAIL_LINES: usize = 30;
 /// The content type of a deploy's streamed answer: the build's log lines, then the verdict.
-pub const NDJSON: &str = "application/x-ndjson";
+pub(crate) const NDJSON: &str = "application/x-ndjson";
 
 /// A function's source in `POST /v1/functions` and `PUT /v1/functions/{name}`: a JSON string is the
 /// handler file itself; `{"tar_gz": "<base64>"}` is a gzipped tar of a directory holding it.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
-pub enum Source {
+pub(crate) enum Source {
     File(String),
     Archive { tar_gz: String },
 }
 
 /// A runtime: its Dockerfile template and the file its handler must be in.
 #[derive(Clone, Copy, Debug)]
-pub struct Runtime {
-    pub name: &'static str,
+pub(crate) struct Runtime {
+    pub(crate) name: &'static str,
     /// The handler's file name, at the top of the source.
-    pub handler: &'static str,
+    pub(crate) handler: &'static str,
     template: &'static str,
 }
 
-pub const RUNTIMES: [Runtime; 2] = [
+pub(crate) const RUNTIMES: [Runtime; 2] = [
     Runtime {
         name: "shell",
         handler: "handler.sh",
@@ -57,12 +57,12 @@ pub const RUNTIMES: [Runtime; 2] = [
 ];
 
 impl Runtime {
-    pub fn named(name: &str) -> Option<Runtime> {
+    pub(crate) fn named(name: &str) -> Option<Runtime> {
         RUNTIMES.iter().copied().find(|r| r.name == name)
     }
 
     /// The base image the settings give this runtime.
-    pub fn base_image(&self, settings: &Settings) -> String {
+    pub(crate) fn base_image(&self, settings: &Settings) -> String {
         match self.name {
             "python3" => settings.runtime_python3_image.clone(),
             _ => settings.runtime_shell_image.clone(),
@@ -70,7 +70,7 @@ impl Runtime {
     }
 
     /// The Dockerfile for `base_image`.
-    pub fn dockerfile(&self, base_image: &str) -> String {
+    pub(crate) fn dockerfile(&self, base_image: &str) -> String {
         self.template.replace("{{BASE_IMAGE}}", base_image)
     }
 }
@@ -78,7 +78,7 @@ impl Runtime {
 /// What a build is made from, as stored with it: the SHA-256 (hex) of the runtime's name and the
 /// build context (the Dockerfile naming the base image, and the source's files with fixed times),
 /// so a redeploy of the same source on the same base can be told from a change.
-pub fn digest(runtime: Runtime, context: &[u8]) -> String {
+pub(crate) fn digest(runtime: Runtime, context: &[u8]) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     hash.update(runtime.name.as_bytes());
@@ -90,14 +90,18 @@ pub fn digest(runtime: Runtime, context: &[u8]) -> String {
 /// Why a source can't be built: the client's fault (422).
 #[derive(Debug, thiserror::Error)]
 #[error("source: {0}")]
-pub struct BadSource(pub String);
+pub(crate) struct BadSource(pub(crate) String);
 
 fn bad(reason: impl Into<String>) -> BadSource {
     BadSource(reason.into())
 }
 
 /// The build context: `Dockerfile` plus the source's files under `fn/`, as an uncompressed tar.
-pub fn context(runtime: Runtime, base_image: &str, source: &Source) -> Result<Vec<u8>, BadSource> {
+pub(crate) fn context(
+    runtime: Runtime,
+    base_image: &str,
+    source: &Source,
+) -> Result<Vec<u8>, BadSource> {
     let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
     match source {
         Source::File(text) => {
@@ -191,7 +195,7 @@ fn clean_path(path: &Path) -> Option<PathBuf> {
 }
 
 /// What a build that could not get its runtime's base image tells the user to change.
-pub const BASE_IMAGE_HINT: &str = "The runtime's base image is not on the engine and could not \
+pub(crate) const BASE_IMAGE_HINT: &str = "The runtime's base image is not on the engine and could not \
 be pulled: run scripts/build-runtime-images.sh (setup does) to build granda/runtime-shell and \
 granda/runtime-python3 locally, or set GRANDA_RUNTIME_SHELL_IMAGE / GRANDA_RUNTIME_PYTHON3_IMAGE \
 to an image the engine has or can pull";
@@ -199,13 +203,13 @@ to an image the engine has or can pull";
 /// A build the engine refused or failed, with the whole log.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct BuildFailed {
-    pub message: String,
-    pub log: String,
+pub(crate) struct BuildFailed {
+    pub(crate) message: String,
+    pub(crate) log: String,
 }
 
 /// The last `LOG_TAIL_LINES` lines of `log`.
-pub fn tail(log: &str) -> String {
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
@@ -213,7 +217,7 @@ pub fn tail(log: &str) -> String {
 /// The image tag of a function's version:
 /// `<GRANDA_AMQP_PREFIX>-fn/<installation>/<name>:v<N>` (`granda-fn/…` by default), with the
 /// installation's id ([`crate::docker::installation`]), so installations sharing an engine never
-/// overwrite each other's images, even with the same prefix (issue 26). [`store::start`] makes the
+/// overwrite each other's images, even with the same prefix (issue 26). `store::start` makes the
 /// same in SQL. Functions built before keep the `<prefix>-fn/<name>:v<N>` they were built as.
 pub fn tag(prefix: &str, installation: &str, function: &str, version: i32) -> String {
     format!("{prefix}-fn/{installation}/{function}:v{version}")
@@ -221,19 +225,19 @@ pub fn tag(prefix: &str, installation: &str, function: &str, version: i32) -> St
 
 /// One build of a function, as stored and shown.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
-pub struct BuildRecord {
-    pub id: Uuid,
-    pub function: String,
-    pub version: i32,
-    pub runtime: String,
-    pub image: String,
-    pub status: String,
+pub(crate) struct BuildRecord {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) version: i32,
+    pub(crate) runtime: String,
+    pub(crate) image: String,
+    pub(crate) status: String,
     #[serde(skip)]
-    pub log: String,
+    pub(crate) log: String,
     /// [`digest`] of what it was built from (none for builds before it was recorded).
-    pub source_digest: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
+    pub(crate) source_digest: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

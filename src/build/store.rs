@@ -4,7 +4,7 @@ use super::*;
 /// Records a new build of `function` with the next version number, its image tagged as
 /// [`tag`] says (with this installation's id). `Ok(None)` when another build took that number at
 /// the same moment.
-pub async fn start(
+pub(crate) async fn start(
     pool: &PgPool,
     prefix: &str,
     function: &str,
@@ -32,7 +32,7 @@ pub async fn start(
 }
 
 /// Records the image a build produced (under `GRANDA_REGISTRY` when the builder had one).
-pub async fn set_image(pool: &PgPool, id: Uuid, image: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn set_image(pool: &PgPool, id: Uuid, image: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE builds SET image = $2 WHERE id = $1")
         .bind(id)
         .bind(image)
@@ -42,7 +42,12 @@ pub async fn set_image(pool: &PgPool, id: Uuid, image: &str) -> Result<(), sqlx:
 }
 
 /// Records how a build ended, with its log.
-pub async fn finish(pool: &PgPool, id: Uuid, ok: bool, log: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    ok: bool,
+    log: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE builds SET status = $2, log = $3, finished_at = now() WHERE id = $1")
         .bind(id)
         .bind(if ok { "succeeded" } else { "failed" })
@@ -53,7 +58,7 @@ pub async fn finish(pool: &PgPool, id: Uuid, ok: bool, log: &str) -> Result<(), 
 }
 
 /// The builds of `function` since `since` (its registration), newest first.
-pub async fn list(
+pub(crate) async fn list(
     pool: &PgPool,
     function: &str,
     since: DateTime<Utc>,
@@ -70,7 +75,7 @@ pub async fn list(
 
 /// Build `version` of `function`, of the function registered at `since` (not of an earlier
 /// function of the same name).
-pub async fn version(
+pub(crate) async fn version(
     pool: &PgPool,
     function: &str,
     version: i32,
@@ -89,7 +94,7 @@ pub async fn version(
 
 /// The build version `version` of `function` came from, if it succeeded since `since` (the
 /// function's registration).
-pub async fn succeeded(
+pub(crate) async fn succeeded(
     pool: &PgPool,
     function: &str,
     version: i32,
@@ -98,15 +103,4 @@ pub async fn succeeded(
     Ok(self::version(pool, function, version, since)
         .await?
         .filter(|b| b.status == "succeeded"))
-}
-
-/// One build by id.
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<BuildRecord>, sqlx::Error> {
-    sqlx::query_as::<_, BuildRecord>(
-        "SELECT id, function, version, runtime, image, status, log, source_digest, created_at, finished_at
-         FROM builds WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
 }

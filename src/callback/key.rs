@@ -24,7 +24,7 @@ pub(super) fn key_bytes(key: &str) -> Vec<u8> {
 }
 
 /// The `webhook-signature` value: `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
-pub fn signature(key: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn signature(key: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(&key_bytes(key)).expect("HMAC takes keys of any length");
     mac.update(id.as_bytes());
@@ -36,7 +36,10 @@ pub fn signature(key: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 /// A function's callback key (`None`: no such function).
-pub async fn function_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
+pub(crate) async fn function_key(
+    pool: &PgPool,
+    function: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT callback_key FROM functions WHERE name = $1")
             .bind(function)
@@ -47,7 +50,10 @@ pub async fn function_key(pool: &PgPool, function: &str) -> Result<Option<String
 
 /// Gives a function a fresh callback key and returns it (`None`: no such function). Deliveries
 /// that start after this are signed with the new key.
-pub async fn rotate_key(pool: &PgPool, function: &str) -> Result<Option<String>, sqlx::Error> {
+pub(crate) async fn rotate_key(
+    pool: &PgPool,
+    function: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE functions SET callback_key = $2 WHERE name = $1 RETURNING callback_key",
     )

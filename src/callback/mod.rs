@@ -7,7 +7,7 @@
 //! link-local, unspecified, multicast, shared (CGNAT), documentation, benchmark or reserved
 //! address, in any spelling (`2130706433`, `0x7f000001`, `[::ffff:127.0.0.1]`, `localhost`, ...),
 //! unless the operator allows its range (`GRANDA_CALLBACK_ALLOW_NETS`). This is checked where a
-//! URL enters ([`check_target`]: registration answers 422, an invoke's `X-Callback-Url` 400) and
+//! URL enters (`check_target`: registration answers 422, an invoke's `X-Callback-Url` 400) and
 //! again at connect time: the client resolves names through `GuardedResolver`, which drops
 //! refused addresses, so a name that changes its answer (DNS rebinding) or a URL stored before
 //! the rule can't reach them. Redirects are not followed and no proxy is used. https goes through
@@ -42,11 +42,13 @@ mod key;
 mod store;
 mod target;
 
-pub use key::{function_key, new_key, rotate_key, signature};
+pub use key::new_key;
+pub(crate) use key::{function_key, rotate_key, signature};
 use store::{CLAIM_NEXT, CLAIM_ONE, Due};
-pub use store::{attach, state};
-pub use target::{AllowNets, check_target, check_url, parse_net, refusal};
+pub(crate) use store::{attach, state};
+pub use target::AllowNets;
 use target::{GuardedResolver, Refused};
+pub(crate) use target::{check_target, check_url, refusal};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -65,25 +67,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 /// The longest callback URL accepted.
-pub const MAX_URL_LEN: usize = 2048;
+pub(crate) const MAX_URL_LEN: usize = 2048;
 /// The prefix of a callback key, as in Standard Webhooks.
-pub const KEY_PREFIX: &str = "whsec_";
+pub(crate) const KEY_PREFIX: &str = "whsec_";
 
 /// What [`Callbacks`] is made from (the `GRANDA_CALLBACK_*` settings, as
 /// `config::Settings::callbacks` gives them).
 #[derive(Clone, Debug)]
-pub struct Options {
-    pub allow_nets: AllowNets,
-    pub timeout: Duration,
-    pub ca_file: Option<std::path::PathBuf>,
-    pub backoff: Duration,
-    pub max_attempts: u32,
-    pub max_inflight: u32,
-    pub max_inflight_bytes: u32,
+pub(crate) struct Options {
+    pub(crate) allow_nets: AllowNets,
+    pub(crate) timeout: Duration,
+    pub(crate) ca_file: Option<std::path::PathBuf>,
+    pub(crate) backoff: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_inflight: u32,
+    pub(crate) max_inflight_bytes: u32,
 }
 
 /// How a worker delivers callbacks.
-pub struct Callbacks {
+pub(crate) struct Callbacks {
     client: reqwest::Client,
     backoff: Duration,
     max_attempts: u32,
@@ -103,7 +105,7 @@ impl Callbacks {
     /// # Panics
     /// When `GRANDA_CALLBACK_CA_FILE` can't be read as PEM certificates, or no TLS client can be
     /// built: a start-up misconfiguration.
-    pub fn new(options: &Options) -> Arc<Callbacks> {
+    pub(crate) fn new(options: &Options) -> Arc<Callbacks> {
         crate::tls::install_provider();
         let allow = Arc::new(options.allow_nets.0.clone());
         let builder = || {
@@ -155,7 +157,7 @@ impl Callbacks {
     }
 
     /// Counts deliveries in `metrics` from now on.
-    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+    pub(crate) fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
         let _ = self.metrics.set(metrics);
     }
 
@@ -167,7 +169,7 @@ impl Callbacks {
 /// Delivers invocation `id`'s callback in the background, if it has one that is due. The worker
 /// calls this once the final record is committed. With every slot taken, the callback stays
 /// `pending` in Postgres and the next slot to free up claims it.
-pub fn deliver_later(pool: PgPool, callbacks: Arc<Callbacks>, id: Uuid) {
+pub(crate) fn deliver_later(pool: PgPool, callbacks: Arc<Callbacks>, id: Uuid) {
     match callbacks.slot() {
         Some(slot) => {
             tokio::spawn(run(pool, callbacks, Some(id), slot));
@@ -445,6 +447,7 @@ fn refused_class(why: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::key::key_bytes;
+    use super::target::parse_net;
     use super::*;
 
     fn refused(url: &str) -> bool {

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Marks an invocation's result to be POSTed to `url` when it is final.
-pub async fn attach(pool: &PgPool, id: Uuid, url: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn attach(pool: &PgPool, id: Uuid, url: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE invocations SET callback_url = $2, callback_status = 'pending' WHERE id = $1",
     )
@@ -18,7 +18,7 @@ pub async fn attach(pool: &PgPool, id: Uuid, url: &str) -> Result<(), sqlx::Erro
 }
 
 /// The callback part of an invocation record, for the API (`None`: it has no callback).
-pub async fn state(pool: &PgPool, id: Uuid) -> Result<Option<Value>, sqlx::Error> {
+pub(crate) async fn state(pool: &PgPool, id: Uuid) -> Result<Option<Value>, sqlx::Error> {
     let row: Option<State> = sqlx::query_as(
         "SELECT callback_url, callback_status, callback_attempts, callback_error, callback_done_at
          FROM invocations WHERE id = $1 AND callback_url IS NOT NULL",

@@ -11,12 +11,12 @@ use ipnet::IpNet;
 /// How long resolving a callback's host may take where the URL enters.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although [`refusal`] would refuse them.
+/// `GRANDA_CALLBACK_ALLOW_NETS`: ranges callbacks may reach although `refusal` would refuse them.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct AllowNets(pub Vec<IpNet>);
+pub struct AllowNets(pub(crate) Vec<IpNet>);
 
 impl AllowNets {
-    /// Comma-separated entries for [`parse_net`]; empty means none.
+    /// Comma-separated entries for `parse_net`; empty means none.
     pub fn parse(s: &str) -> Result<AllowNets, String> {
         s.split(',')
             .filter(|part| !part.trim().is_empty())
@@ -34,7 +34,7 @@ impl std::ops::Deref for AllowNets {
 }
 
 /// One entry of `GRANDA_CALLBACK_ALLOW_NETS`: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_net(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
@@ -46,7 +46,7 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 /// 6to4 ones) are judged by the IPv4 address they carry; local-use NAT64 (`64:ff9b:1::/48`) and
 /// Teredo (`2001::/32`) addresses, whose IPv4 address may sit anywhere or be obfuscated, are
 /// refused outright.
-pub fn refusal(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
+pub(crate) fn refusal(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
     let ip = canonical(ip);
     if allow.iter().any(|net| net.contains(&ip)) {
         return None;
@@ -145,7 +145,7 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// Checks a callback URL without resolving it: absolute `http://` or `https://` with a host, no
 /// user name or password, and, when the host is an address (in any spelling the URL standard
 /// reads), one that [`refusal`] lets through; `localhost` names count as loopback.
-pub fn check_url(url: &str, allow: &[IpNet]) -> Result<reqwest::Url, String> {
+pub(crate) fn check_url(url: &str, allow: &[IpNet]) -> Result<reqwest::Url, String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!("at most {MAX_URL_LEN} characters"));
     }
@@ -180,7 +180,7 @@ pub fn check_url(url: &str, allow: &[IpNet]) -> Result<reqwest::Url, String> {
 
 /// [`check_url`], then resolves a host name and refuses it when any of its addresses is refused
 /// or it does not resolve. For where a URL enters (registration, `X-Callback-Url`).
-pub async fn check_target(url: &str, allow: &[IpNet]) -> Result<(), String> {
+pub(crate) async fn check_target(url: &str, allow: &[IpNet]) -> Result<(), String> {
     let parsed = check_url(url, allow)?;
     let Some(url::Host::Domain(name)) = parsed.host() else {
         return Ok(());

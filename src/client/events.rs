@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{CliError, Client, cell, parse_header, read_data, segment, table, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum EventsCommand {
+pub(crate) enum EventsCommand {
     /// Publish an event; prints the invocations it fanned out to.
     Publish {
         /// Dot-separated words, e.g. orders.created.
@@ -41,7 +41,7 @@ pub enum EventsCommand {
     Ls { function: String },
 }
 
-pub async fn run(client: &Client, command: EventsCommand) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, command: EventsCommand) -> Result<(), CliError> {
     match command {
         EventsCommand::Publish {
             topic,

@@ -11,7 +11,7 @@ use super::deploy::{Outcome, create_or_update, source};
 use super::{CliError, Client, cell, list_cell, segment, table, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum FnCommand {
+pub(crate) enum FnCommand {
     /// Deploy a function from source (`--runtime` and a file or directory) or an image; a name
     /// that exists gets a new version when its source changed (the same source again builds
     /// nothing and says `unchanged`).
@@ -41,90 +41,90 @@ pub enum FnCommand {
 
 /// Settings a deploy or update may change.
 #[derive(Args, Debug, Clone, Default)]
-pub struct FunctionFlags {
+pub(crate) struct FunctionFlags {
     /// Timeout of one run, in ms.
     #[arg(long)]
-    pub timeout_ms: Option<i64>,
+    pub(crate) timeout_ms: Option<i64>,
     /// Memory limit, in MiB.
     #[arg(long)]
-    pub memory_mb: Option<i64>,
+    pub(crate) memory_mb: Option<i64>,
     /// CPUs (e.g. 0.5).
     #[arg(long)]
-    pub cpus: Option<f64>,
+    pub(crate) cpus: Option<f64>,
     /// Sets one environment variable, NAME=VALUE (repeatable); the others stay.
     #[arg(long = "env", value_name = "NAME=VALUE")]
-    pub env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Removes one environment variable (repeatable).
     #[arg(long = "unset-env", value_name = "NAME")]
-    pub unset_env: Vec<String>,
+    pub(crate) unset_env: Vec<String>,
     /// Sets one secret, NAME=VALUE (repeatable; never shown again); the others stay.
     #[arg(long = "secret", value_name = "NAME=VALUE")]
-    pub secret: Vec<String>,
+    pub(crate) secret: Vec<String>,
     /// Removes one secret (repeatable).
     #[arg(long = "unset-secret", value_name = "NAME")]
-    pub unset_secret: Vec<String>,
+    pub(crate) unset_secret: Vec<String>,
     /// How the input reaches the function.
     #[arg(long, value_parser = ["stdin", "args"])]
-    pub input: Option<String>,
+    pub(crate) input: Option<String>,
     /// A description.
     #[arg(long)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// The queue its invocations go to.
     #[arg(long)]
-    pub queue: Option<String>,
+    pub(crate) queue: Option<String>,
     /// How runs get a container.
     #[arg(long, value_parser = ["cold", "warm", "hot"])]
-    pub mode: Option<String>,
+    pub(crate) mode: Option<String>,
     /// Warm and hot: containers kept even when idle, per worker.
     #[arg(long)]
-    pub min_warm: Option<i64>,
+    pub(crate) min_warm: Option<i64>,
     /// Warm and hot: the most containers per worker (`none` clears it).
     #[arg(long, value_name = "N|none", value_parser = bound)]
-    pub max_containers: Option<Bound>,
+    pub(crate) max_containers: Option<Bound>,
     /// Warm and hot: how long an idle container is kept, in ms.
     #[arg(long)]
-    pub idle_timeout_ms: Option<i64>,
+    pub(crate) idle_timeout_ms: Option<i64>,
     /// The most runs of this function at once, per worker (`none` clears it).
     #[arg(long, value_name = "N|none", value_parser = bound)]
-    pub max_concurrency: Option<Bound>,
+    pub(crate) max_concurrency: Option<Bound>,
     /// Runs in all before an invocation is dead.
     #[arg(long)]
-    pub max_attempts: Option<i64>,
+    pub(crate) max_attempts: Option<i64>,
     /// Which failures are retried, comma-separated: error, timeout, platform.
     #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
-    pub retry_on: Option<Vec<String>>,
+    pub(crate) retry_on: Option<Vec<String>>,
     /// Where results are POSTed when done (empty removes it).
     #[arg(long)]
-    pub callback_url: Option<String>,
+    pub(crate) callback_url: Option<String>,
     /// Anyone may call /fn/NAME without a key.
     #[arg(long, value_name = "true|false")]
-    pub public: Option<bool>,
+    pub(crate) public: Option<bool>,
     /// What its output is to callers of its URL: the body, or a CGI response (headers first).
     #[arg(long, value_parser = ["body", "cgi"])]
-    pub response: Option<String>,
+    pub(crate) response: Option<String>,
     /// What an ended invocation keeps: everything, or input, output and logs only on failure.
     #[arg(long, value_parser = ["always", "on_failure"])]
-    pub store_output: Option<String>,
+    pub(crate) store_output: Option<String>,
     /// The container's network.
     #[arg(long, value_parser = ["none", "bridge"])]
-    pub network: Option<String>,
+    pub(crate) network: Option<String>,
     /// The user the function runs as, UID[:GID] (never root).
     #[arg(long)]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// The OCI runtime the engine runs the container with, e.g. runsc (gVisor); empty clears it.
     #[arg(long, value_name = "RUNTIME")]
-    pub container_runtime: Option<String>,
+    pub(crate) container_runtime: Option<String>,
     /// The most processes in the container.
     #[arg(long)]
-    pub pids: Option<i64>,
+    pub(crate) pids: Option<i64>,
     /// Size of the writable /tmp, in MiB.
     #[arg(long)]
-    pub tmp_mb: Option<i64>,
+    pub(crate) tmp_mb: Option<i64>,
 }
 
 /// A per-function bound that `none` clears.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Bound {
+pub(crate) enum Bound {
     At(i64),
     Cleared,
 }
@@ -243,33 +243,33 @@ impl FunctionFlags {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     /// The function's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The handler file (e.g. handler.py) or a directory holding it.
     #[arg(required_unless_present = "image", conflicts_with = "image")]
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// The runtime to build the source with: shell or python3.
     #[arg(long, requires = "path")]
-    pub runtime: Option<String>,
+    pub(crate) runtime: Option<String>,
     /// Deploy this image instead of building from source.
     #[arg(long)]
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     #[command(flatten)]
-    pub flags: FunctionFlags,
+    pub(crate) flags: FunctionFlags,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct UpdateArgs {
-    pub name: String,
+pub(crate) struct UpdateArgs {
+    pub(crate) name: String,
     /// A new image.
     #[arg(long)]
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     #[command(flatten)]
-    pub flags: FunctionFlags,
+    pub(crate) flags: FunctionFlags,
 }
 
-pub async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, command: FnCommand) -> Result<(), CliError> {
     match command {
         FnCommand::Ls { quiet } => {
             let body = client.get("/v1/functions").await?;

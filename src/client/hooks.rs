@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::{CliError, Client, cell, fields, segment};
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum HooksCommand {
+pub(crate) enum HooksCommand {
     /// Bind a webhook to a function; prints its URL and (once) its secret.
     Create {
         /// The function it runs.
@@ -41,7 +41,7 @@ const SHOWN: [&str; 6] = [
     "previous_secret_valid_until",
 ];
 
-pub async fn run(client: &Client, command: HooksCommand) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, command: HooksCommand) -> Result<(), CliError> {
     let answer = match command {
         HooksCommand::Create {
             function,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{CliError, Client, cell, fields, segment, table, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum InvCommand {
+pub(crate) enum InvCommand {
     /// Invocations, newest first: of every function, or of FUNCTION.
     Ls {
         /// Only this function's.
@@ -48,7 +48,7 @@ pub enum InvCommand {
 }
 
 /// The filters of `GET /v1/invocations` as a query string (without `limit`, `before`, `after`).
-pub fn filters(
+pub(crate) fn filters(
     function: Option<&str>,
     status: Option<&str>,
     trigger: Option<&str>,
@@ -69,11 +69,11 @@ pub fn filters(
 }
 
 /// How often `--follow` asks the server.
-pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every invocation matching `filters` newer than `after` (all of them when `None`, else at most
 /// `limit`), oldest first.
-pub async fn newer(
+pub(crate) async fn newer(
     client: &Client,
     filters: &str,
     after: Option<&str>,
@@ -121,7 +121,7 @@ async fn must_exist(client: &Client, function: &str) -> Result<(), CliError> {
         .map(|_| ())
 }
 
-pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
     match command {
         InvCommand::Ls {
             function,
@@ -305,7 +305,7 @@ pub async fn run(client: &Client, command: InvCommand) -> Result<(), CliError> {
 }
 
 /// An invocation's output bytes (`output`, or `output_base64` when not UTF-8).
-pub fn output(record: &Value) -> Vec<u8> {
+pub(crate) fn output(record: &Value) -> Vec<u8> {
     if let Some(text) = record["output"].as_str() {
         return text.as_bytes().to_vec();
     }
@@ -316,7 +316,7 @@ pub fn output(record: &Value) -> Vec<u8> {
 }
 
 /// A final, unsuccessful invocation as an error.
-pub fn failure(id: &str, status: &str, record: &Value) -> CliError {
+pub(crate) fn failure(id: &str, status: &str, record: &Value) -> CliError {
     let mut message = format!("invocation {id} {}", status.replace('_', " "));
     if let Some(code) = record["exit_code"].as_i64() {
         message.push_str(&format!(" (exit {code})"));

@@ -13,21 +13,21 @@ use serde_json::Value;
 use super::{CliError, Client, parse_header, read_data, segment};
 
 #[derive(Args, Debug, Clone)]
-pub struct InvokeArgs {
+pub(crate) struct InvokeArgs {
     /// The function.
-    pub name: String,
+    pub(crate) name: String,
     /// Queue it and print the invocation id instead of waiting.
     #[arg(long = "async")]
-    pub r#async: bool,
+    pub(crate) r#async: bool,
     /// The input: text, `@file`, or `-` for stdin (default: empty).
     #[arg(long, short = 'd')]
-    pub data: Option<String>,
+    pub(crate) data: Option<String>,
     /// A request header, NAME:VALUE (repeatable), e.g. `Idempotency-Key:abc`.
     #[arg(long = "header", short = 'H', value_parser = parse_header)]
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
-pub async fn run(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
     let body = read_data(args.data.as_deref())?;
     let name = segment(&args.name);
     let path = if args.r#async {

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{CliError, Client, cell, fields, segment};
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Make a key and print it once (only its hash is stored).
     Create {
         /// What the key is for, e.g. `ci`.
@@ -33,7 +33,7 @@ pub enum KeysCommand {
     Revoke { id: String },
 }
 
-pub async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, command: KeysCommand) -> Result<(), CliError> {
     match command {
         KeysCommand::Create {
             name,

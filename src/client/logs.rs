@@ -11,15 +11,15 @@ use super::invocations::{FOLLOW_EVERY, filters, newer, output};
 use super::{CliError, Client, cell, segment, time_cell};
 
 #[derive(Args, Debug, Clone)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     /// The function.
-    pub function: String,
+    pub(crate) function: String,
     /// Keep printing invocations as they finish, until Ctrl-C.
     #[arg(long, short = 'f')]
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// How many of the latest invocations to look at first (1–500).
     #[arg(long, default_value_t = 10)]
-    pub limit: u32,
+    pub(crate) limit: u32,
 }
 
 /// Whether an invocation's status is final.
@@ -70,7 +70,7 @@ fn print(client: &Client, i: &Value) {
     }
 }
 
-pub async fn run(client: &Client, args: LogsArgs) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, args: LogsArgs) -> Result<(), CliError> {
     // Not found is exit 3, as everywhere.
     client
         .get(&format!("/v1/functions/{}", segment(&args.function)))

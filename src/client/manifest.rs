@@ -38,8 +38,8 @@ use super::{CliError, Client, cell};
 /// A manifest: functions by name, each the body of a registration plus `source`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub functions: BTreeMap<String, Map<String, Value>>,
+pub(crate) struct Manifest {
+    pub(crate) functions: BTreeMap<String, Map<String, Value>>,
 }
 
 /// A manifest read with every field typed: each function as the body of an update (every field
@@ -52,31 +52,31 @@ struct Checked {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct DeployFileArgs {
+pub(crate) struct DeployFileArgs {
     /// The manifest (YAML or JSON).
     #[arg(long, short = 'f', default_value = "granda.yaml")]
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Deploy only these functions of the manifest (repeatable).
     #[arg(long = "only", value_name = "NAME")]
-    pub only: Vec<String>,
+    pub(crate) only: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Runtime {
+pub(crate) enum Runtime {
     Shell,
     Python3,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The function's name; a directory of that name is made.
-    pub name: String,
+    pub(crate) name: String,
     /// The handler's language.
     #[arg(long, value_enum)]
-    pub runtime: Runtime,
+    pub(crate) runtime: Runtime,
     /// Where to make the directory.
     #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 const SHELL_HANDLER: &str = r#"#!/bin/sh
@@ -109,7 +109,7 @@ fn manifest_text(name: &str, runtime: &str) -> String {
 
 /// `granda fn init`: writes NAME/src/handler.{sh,py} and NAME/granda.yaml; refuses a directory
 /// that exists.
-pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
+pub(crate) fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
     let dir = args.dir.join(&args.name);
     if dir.exists() {
         return Err(CliError::Conflict(format!(
@@ -142,7 +142,7 @@ pub fn init(client: &Client, args: InitArgs) -> Result<(), CliError> {
 }
 
 /// Reads and checks a manifest.
-pub fn read(file: &Path) -> Result<Manifest, CliError> {
+pub(crate) fn read(file: &Path) -> Result<Manifest, CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Other(format!("reading {}: {e}", file.display())))?;
     let manifest: Manifest = serde_saphyr::from_str(&text)
@@ -176,7 +176,7 @@ pub fn read(file: &Path) -> Result<Manifest, CliError> {
 }
 
 /// `granda deploy -f FILE`: each function of the manifest in turn; stops at the first failure.
-pub async fn deploy(client: &Client, args: DeployFileArgs) -> Result<(), CliError> {
+pub(crate) async fn deploy(client: &Client, args: DeployFileArgs) -> Result<(), CliError> {
     let manifest = read(&args.file)?;
     if let Some(missing) = args
         .only

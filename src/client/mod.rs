@@ -3,16 +3,16 @@
 //! something (see [`CliError::exit_code`]).
 
 mod deploy;
-pub mod events;
-pub mod functions;
-pub mod hooks;
-pub mod invocations;
-pub mod invoke;
-pub mod keys;
-pub mod logs;
-pub mod manifest;
-pub mod schedules;
-pub mod usage;
+pub(crate) mod events;
+pub(crate) mod functions;
+pub(crate) mod hooks;
+pub(crate) mod invocations;
+pub(crate) mod invoke;
+pub(crate) mod keys;
+pub(crate) mod logs;
+pub(crate) mod manifest;
+pub(crate) mod schedules;
+pub(crate) mod usage;
 
 use std::io::IsTerminal;
 
@@ -23,7 +23,7 @@ use serde_json::Value;
 /// Exit codes: 0 ok, 1 refused or other error, 2 usage (clap's), 3 not found, 4 the function failed,
 /// 5 timed out, 6 server or connection error, 7 the build failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error("{0}")]
     Other(String),
     /// A command line that can't be right, found after clap parsed it (exit 2, as clap's own).
@@ -51,7 +51,7 @@ pub enum CliError {
 }
 
 impl CliError {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             CliError::Other(_) | CliError::Conflict(_) => 1,
             CliError::Usage(_) => 2,
@@ -72,23 +72,23 @@ impl CliError {
 
 /// Flags every client command takes.
 #[derive(Args, Clone, Debug)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// Granda server to talk to (client commands).
     #[arg(long, env = "GRANDA_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    pub url: String,
+    pub(crate) url: String,
 
     /// API key sent as `Authorization: Bearer <key>` (client commands).
     #[arg(long, env = "GRANDA_KEY", hide_env_values = true, global = true)]
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
 
     /// Print JSON instead of tables (client commands).
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
 
     /// Act in this namespace (sent as `Granda-Namespace`; a global key's choice, a namespaced
     /// key's own). Default: the key's namespace, or `default` (client commands).
     #[arg(long, env = "GRANDA_NAMESPACE", global = true)]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 /// `error`, or "not found" (exit 3) when what failed names a `function` that doesn't exist (a
@@ -105,16 +105,16 @@ pub(crate) async fn unless_missing(client: &Client, function: &str, error: CliEr
 }
 
 /// An HTTP client for one Granda server.
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     key: Option<String>,
     namespace: Option<String>,
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 impl Client {
-    pub fn new(args: &ClientArgs) -> Client {
+    pub(crate) fn new(args: &ClientArgs) -> Client {
         crate::tls::install_provider();
         Client {
             http: reqwest::Client::builder()
@@ -128,7 +128,7 @@ impl Client {
         }
     }
 
-    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(ns) = &self.namespace {
             request = request.header("granda-namespace", ns);
@@ -140,7 +140,7 @@ impl Client {
     }
 
     /// Sends `request`; a connection failure is a server error, any answer is returned as it is.
-    pub async fn send(&self, request: RequestBuilder) -> Result<Response, CliError> {
+    pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Response, CliError> {
         request
             .send()
             .await
@@ -148,7 +148,7 @@ impl Client {
     }
 
     /// Sends `request` and returns its JSON body if 2xx, else the API's error.
-    pub async fn call(&self, request: RequestBuilder) -> Result<Value, CliError> {
+    pub(crate) async fn call(&self, request: RequestBuilder) -> Result<Value, CliError> {
         let response = self.send(request).await?;
         if !response.status().is_success() {
             return Err(api_error(response).await);
@@ -162,12 +162,12 @@ impl Client {
             .map_err(|e| CliError::Server(format!("a bad answer from the server: {e}")))
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, CliError> {
         self.call(self.request(Method::GET, path)).await
     }
 
     /// Prints `value` as pretty JSON.
-    pub fn print_json(&self, value: &Value) {
+    pub(crate) fn print_json(&self, value: &Value) {
         println!(
             "{}",
             serde_json::to_string_pretty(value).expect("JSON prints")
@@ -185,14 +185,14 @@ fn root(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The API's `{"error": {"code", "message"}}` answer as a [`CliError`].
-pub async fn api_error(response: Response) -> CliError {
+pub(crate) async fn api_error(response: Response) -> CliError {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     error_from(status, &body, &text)
 }
 
-pub fn error_from(status: StatusCode, body: &Value, text: &str) -> CliError {
+pub(crate) fn error_from(status: StatusCode, body: &Value, text: &str) -> CliError {
     let error = &body["error"];
     let code = error["code"].as_str().unwrap_or("");
     let message = error["message"]
@@ -222,14 +222,14 @@ pub fn error_from(status: StatusCode, body: &Value, text: &str) -> CliError {
 }
 
 /// Whether to show progress: only to a person watching a terminal.
-pub fn interactive() -> bool {
+pub(crate) fn interactive() -> bool {
     std::io::stdout().is_terminal()
 }
 
 /// Prints rows under headers, each column as wide as its widest cell.
 /// Prints `list` as JSON (`--json`), or its array `key` as a table under `headers`, one `row` per
 /// item: what every `ls` command prints.
-pub fn print_list(
+pub(crate) fn print_list(
     client: &Client,
     list: &serde_json::Value,
     key: &str,
@@ -249,7 +249,7 @@ pub fn print_list(
     table(headers, &rows);
 }
 
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -274,7 +274,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// A JSON value as a table cell: strings bare, null as `-`.
-pub fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -284,7 +284,7 @@ pub fn cell(v: &Value) -> String {
 
 /// A timestamp as every human table shows it: RFC 3339 in UTC, to the second
 /// (`2026-11-29T08:58:47Z`); anything else as [`cell`] shows it.
-pub fn time_cell(v: &Value) -> String {
+pub(crate) fn time_cell(v: &Value) -> String {
     v.as_str()
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|t| {
@@ -295,7 +295,7 @@ pub fn time_cell(v: &Value) -> String {
 }
 
 /// A JSON array as a comma-separated cell (`-` when empty or absent).
-pub fn list_cell(v: &Value) -> String {
+pub(crate) fn list_cell(v: &Value) -> String {
     match v.as_array() {
         Some(items) if !items.is_empty() => items.iter().map(cell).collect::<Vec<_>>().join(", "),
         Some(_) | None if v.is_null() || v.is_array() => "-".into(),
@@ -305,7 +305,7 @@ pub fn list_cell(v: &Value) -> String {
 
 /// Prints `fields` of `value` as `key: value` lines (timestamps, keys ending `_at`, as
 /// [`time_cell`] shows them).
-pub fn fields(value: &Value, fields: &[&str]) {
+pub(crate) fn fields(value: &Value, fields: &[&str]) {
     let width = fields.iter().map(|f| f.len()).max().unwrap_or(0) + 1;
     for f in fields {
         if let Some(v) = value.get(*f) {
@@ -320,7 +320,7 @@ pub fn fields(value: &Value, fields: &[&str]) {
 }
 
 /// Reads `--data`: `@file`, `-` for stdin, or the text itself; nothing when absent.
-pub fn read_data(data: Option<&str>) -> Result<Vec<u8>, CliError> {
+pub(crate) fn read_data(data: Option<&str>) -> Result<Vec<u8>, CliError> {
     use std::io::Read;
     match data {
         None => Ok(Vec::new()),
@@ -339,7 +339,7 @@ pub fn read_data(data: Option<&str>) -> Result<Vec<u8>, CliError> {
 }
 
 /// `NAME:VALUE` (or `NAME=VALUE`) into a pair.
-pub fn parse_header(h: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_header(h: &str) -> Result<(String, String), String> {
     h.split_once(':')
         .or_else(|| h.split_once('='))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
@@ -348,7 +348,7 @@ pub fn parse_header(h: &str) -> Result<(String, String), String> {
 }
 
 /// Percent-encodes a path segment given on the command line.
-pub fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

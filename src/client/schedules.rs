@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{CliError, Client, cell, fields, segment, time_cell};
 
 #[derive(Subcommand, Debug, Clone)]
-pub enum SchedulesCommand {
+pub(crate) enum SchedulesCommand {
     /// Create a schedule; prints it with its next fire times.
     Create {
         /// The function to run.
@@ -46,7 +46,7 @@ pub enum SchedulesCommand {
     Resume { id: String },
 }
 
-pub async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, command: SchedulesCommand) -> Result<(), CliError> {
     match command {
         SchedulesCommand::Create {
             function,

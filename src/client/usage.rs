@@ -7,19 +7,19 @@ use clap::Args;
 use super::{CliError, Client, cell};
 
 #[derive(Args, Debug, Clone)]
-pub struct UsageArgs {
+pub(crate) struct UsageArgs {
     /// Start of the window (RFC 3339); default 30 days before `--to`.
     #[arg(long)]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// End of the window (RFC 3339); default now.
     #[arg(long)]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// Only this function.
     #[arg(long)]
-    pub function: Option<String>,
+    pub(crate) function: Option<String>,
 }
 
-pub async fn run(client: &Client, args: UsageArgs) -> Result<(), CliError> {
+pub(crate) async fn run(client: &Client, args: UsageArgs) -> Result<(), CliError> {
     let mut query = vec![];
     for (k, v) in [
         ("from", &args.from),

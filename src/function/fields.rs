@@ -17,7 +17,7 @@ pub enum Network {
 }
 
 impl Network {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Network::None => "none",
             Network::Bridge => "bridge",
@@ -35,16 +35,16 @@ impl Network {
 
 /// Env values a function gets but the API never shows (write-only). Debug shows names only,
 /// so a secret can't reach a log line through `{:?}`. Stored and sent sealed
-/// ([`crate::seal`]); clear only between the API and the store, and in a worker.
+/// (`crate::seal`); clear only between the API and the store, and in a worker.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Secrets(pub BTreeMap<String, SecretValue>);
+pub struct Secrets(pub(crate) BTreeMap<String, SecretValue>);
 
 /// One secret's value: clear (a string in JSON, as stored before sealing), or sealed
 /// (`{"sealed": "v1.<key id>.<…>"}`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum SecretValue {
+pub(crate) enum SecretValue {
     Clear(String),
     Sealed(crate::seal::Sealed),
 }
@@ -60,7 +60,7 @@ impl std::fmt::Debug for SecretValue {
 
 impl SecretValue {
     /// The clear value, once opened.
-    pub fn clear(&self) -> Option<&str> {
+    pub(crate) fn clear(&self) -> Option<&str> {
         match self {
             SecretValue::Clear(s) => Some(s),
             SecretValue::Sealed(_) => None,
@@ -77,12 +77,12 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.0.keys().cloned().collect()
     }
 
     /// Clear secrets, as the API takes them.
-    pub fn clear(values: BTreeMap<String, String>) -> Secrets {
+    pub(crate) fn clear(values: BTreeMap<String, String>) -> Secrets {
         Secrets(
             values
                 .into_iter()
@@ -92,7 +92,7 @@ impl Secrets {
     }
 
     /// Whether any value is still clear (it must be sealed before it is stored or sent).
-    pub fn has_clear(&self) -> bool {
+    pub(crate) fn has_clear(&self) -> bool {
         self.0.values().any(|v| matches!(v, SecretValue::Clear(_)))
     }
 
@@ -114,7 +114,7 @@ pub enum InputMode {
 }
 
 impl InputMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             InputMode::Stdin => "stdin",
             InputMode::Args => "args",
@@ -144,7 +144,7 @@ pub enum ResponseMode {
 }
 
 impl ResponseMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ResponseMode::Body => "body",
             ResponseMode::Cgi => "cgi",
@@ -164,18 +164,18 @@ impl ResponseMode {
 /// preflight `OPTIONS` itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Cors {
+pub(crate) struct Cors {
     /// Origins (`https://app.example.org`), or `*` for any.
-    pub allow_origins: Vec<String>,
+    pub(crate) allow_origins: Vec<String>,
     /// Methods a browser may use (`GET`, `POST`, …); default `GET, HEAD, POST`.
     #[serde(default = "cors_methods")]
-    pub allow_methods: Vec<String>,
+    pub(crate) allow_methods: Vec<String>,
     /// Request headers a browser may send besides the simple ones.
     #[serde(default)]
-    pub allow_headers: Vec<String>,
+    pub(crate) allow_headers: Vec<String>,
     /// How long a browser may keep the preflight's answer, in seconds (default 600).
     #[serde(default)]
-    pub max_age_s: Option<u32>,
+    pub(crate) max_age_s: Option<u32>,
 }
 
 pub(super) fn cors_methods() -> Vec<String> {
@@ -239,7 +239,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Cold => "cold",
             Mode::Warm => "warm",
@@ -263,11 +263,11 @@ impl Mode {
 #[serde(default)]
 pub struct PoolLimits {
     /// Containers kept even when idle.
-    pub min_warm: i32,
+    pub(crate) min_warm: i32,
     /// The most containers of the function at once (default: the worker's concurrency).
-    pub max_containers: Option<i32>,
+    pub(crate) max_containers: Option<i32>,
     /// An idle container beyond `min_warm` is removed after this long.
-    pub idle_timeout_ms: i64,
+    pub(crate) idle_timeout_ms: i64,
 }
 
 impl Default for PoolLimits {
@@ -280,7 +280,7 @@ impl Default for PoolLimits {
     }
 }
 
-pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
+pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
 
 /// What an ended invocation of a function keeps in its record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -296,7 +296,7 @@ pub enum StoreOutput {
 }
 
 impl StoreOutput {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StoreOutput::Always => "always",
             StoreOutput::OnFailure => "on_failure",

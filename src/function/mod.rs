@@ -6,12 +6,13 @@
 //! its rows in Postgres.
 
 mod fields;
-pub mod pending;
+pub(crate) mod pending;
 pub mod store;
 mod validate;
 
-pub use fields::*;
-pub use validate::*;
+pub(crate) use fields::*;
+pub use fields::{InputMode, Mode, Secrets};
+pub(crate) use validate::*;
 
 use std::collections::BTreeMap;
 
@@ -21,54 +22,54 @@ use sqlx::PgPool;
 
 use crate::retry::RetryOn;
 
-pub const DEFAULT_MEMORY_MB: i64 = 256;
-pub const DEFAULT_CPUS: f64 = 1.0;
-pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
-pub const DEFAULT_QUEUE: &str = "default";
+pub(crate) const DEFAULT_MEMORY_MB: i64 = 256;
+pub(crate) const DEFAULT_CPUS: f64 = 1.0;
+pub(crate) const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+pub(crate) const DEFAULT_QUEUE: &str = "default";
 /// Processes a container may have at once, unless the function says otherwise.
-pub const DEFAULT_PIDS: i64 = 256;
+pub(crate) const DEFAULT_PIDS: i64 = 256;
 /// Size of the writable `/tmp` tmpfs, unless the function says otherwise. Its pages count
 /// against the memory limit.
-pub const DEFAULT_TMP_MB: i64 = 64;
+pub(crate) const DEFAULT_TMP_MB: i64 = 64;
 /// Most bytes of `env` and `secrets` (names and values) together, raw. They travel JSON-escaped
 /// in the header frame of every work message, which must fit RabbitMQ's frame (128 KiB by
 /// default): `check` also measures them serialized (see [`crate::frame::snapshot_budget`]).
-pub const MAX_ENV_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ENV_BYTES: usize = 64 * 1024;
 
 /// A registered function. Serialized, it is what the API shows, except `secrets` (write-only:
 /// the API shows their names, never their values). Read from its row as it is.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Function {
-    pub name: String,
-    pub description: Option<String>,
-    pub queue: String,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) queue: String,
     /// Where results of its async, webhook and event invocations are POSTed unless the call says otherwise.
-    pub callback_url: Option<String>,
-    pub public: bool,
+    pub(crate) callback_url: Option<String>,
+    pub(crate) public: bool,
     /// Which browsers may call its URL from other origins.
     #[serde(default)]
     #[sqlx(json(nullable))]
-    pub cors: Option<Cors>,
+    pub(crate) cors: Option<Cors>,
     #[serde(skip)]
     #[schema(ignore)]
     #[sqlx(json)]
-    pub secrets: Secrets,
+    pub(crate) secrets: Secrets,
     /// The runtime it was built from source with (`shell`, `python3`), or none for a given image.
     #[serde(default)]
-    pub runtime: Option<String>,
+    pub(crate) runtime: Option<String>,
     /// The version of its latest build from source (its image is `granda-fn/<installation>/<name>:v<version>`).
     #[serde(default)]
-    pub version: Option<i32>,
+    pub(crate) version: Option<i32>,
     /// How long its ended invocations are kept, in seconds; none: its namespace's, else the
     /// installation's (`GRANDA_RETENTION_S`). See [`crate::retention`].
     #[serde(default)]
-    pub retention_s: Option<i64>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub(crate) retention_s: Option<i64>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
     /// How it runs: the part every message carries.
     #[serde(flatten)]
     #[sqlx(flatten)]
-    pub run: RunSpec,
+    pub(crate) run: RunSpec,
 }
 
 /// How a function runs: its image, limits, retry policy and mode. A [`Function`] has one; a
@@ -185,7 +186,7 @@ impl From<WireSnapshot> for Snapshot {
     }
 }
 
-/// Writes the [`WireSnapshot`] shape from borrowed fields: a message is published per
+/// Writes the `WireSnapshot` shape from borrowed fields: a message is published per
 /// invocation, and this copies none of the function's maps.
 impl Serialize for Snapshot {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -211,7 +212,7 @@ impl Snapshot {
     /// The user its containers and execs run as: `user` with a lone uid given its own number as
     /// the gid (`1234` runs as `1234:1234`; the engine would give a uid its image's passwd does not
     /// name the group root). None: the image's `USER`.
-    pub fn run_as(&self) -> Option<String> {
+    pub(crate) fn run_as(&self) -> Option<String> {
         self.run.user.as_deref().map(|user| {
             if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {
                 format!("{user}:{user}")

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 /// Marks function `name` unchecked from now.
 #[tracing::instrument(level = "debug", skip(pool))]
-pub async fn mark(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE functions SET unchecked_since = now() WHERE name = $1")
         .bind(name)
         .execute(pool)
@@ -20,7 +20,7 @@ pub async fn mark(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
 
 /// Function `name`'s image was checked: no longer pending.
 #[tracing::instrument(level = "debug", skip(pool))]
-pub async fn clear(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn clear(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE functions SET unchecked_since = NULL WHERE name = $1 AND unchecked_since IS NOT NULL",
     )
@@ -31,7 +31,7 @@ pub async fn clear(pool: &PgPool, name: &str) -> Result<(), sqlx::Error> {
 }
 
 /// The names of the functions still pending (few: a partial look-up per unchecked function).
-pub async fn names(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
+pub(crate) async fn names(pool: &PgPool) -> Result<HashSet<String>, sqlx::Error> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT f.name FROM functions f
          WHERE f.unchecked_since IS NOT NULL

@@ -105,7 +105,7 @@ fn bind<'q>(query: PgQuery<'q>, f: &'q Function, sealed: &'q Secrets) -> PgQuery
 }
 
 /// Inserts `f`, its secrets sealed under `keys`; `Ok(false)` if the name is taken.
-pub async fn insert(
+pub(crate) async fn insert(
     pool: &PgPool,
     keys: &crate::seal::Keys,
     f: &Function,
@@ -135,7 +135,10 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Function>, sqlx::Er
 }
 
 /// The functions of `namespace`, or of every namespace.
-pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<Function>, sqlx::Error> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    namespace: Option<&str>,
+) -> Result<Vec<Function>, sqlx::Error> {
     let rows = sqlx::query_as::<_, Function>(concat!(
         "SELECT ",
         columns!(),
@@ -149,7 +152,7 @@ pub async fn list(pool: &PgPool, namespace: Option<&str>) -> Result<Vec<Function
 
 /// Replaces the stored fields of `f` (all but its name; `created_at` is written back as read);
 /// `Ok(false)` if it no longer exists. Its secrets are sealed under `keys`.
-pub async fn update(
+pub(crate) async fn update(
     pool: &PgPool,
     keys: &crate::seal::Keys,
     f: &Function,
@@ -170,7 +173,7 @@ fn retry_on_strings(r: &[RetryOn]) -> Vec<&'static str> {
     r.iter().map(|r| r.as_str()).collect()
 }
 
-pub async fn delete(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+pub(crate) async fn delete(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM functions WHERE name = $1")
         .bind(name)
         .execute(pool)

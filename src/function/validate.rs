@@ -14,43 +14,43 @@ use crate::retry::RetryOn;
 /// Declares a request body about a function: its own fields, then the fields that
 /// `POST /v1/functions` and `PUT /v1/functions/{name}` both take, written once here.
 macro_rules! function_body {
-    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($own:tt)* }) => {
         $(#[$meta])*
-        pub struct $name {
+        $vis struct $name {
             $($own)*
             /// The image to run. On registration, none with `runtime` and `source` builds one.
             #[serde(default)]
-            pub image: Option<String>,
+            pub(crate) image: Option<String>,
             /// Build from source: the runtime template (`runtimes/<runtime>/`); in an update,
             /// the function's current runtime when absent.
             #[serde(default)]
-            pub runtime: Option<String>,
+            pub(crate) runtime: Option<String>,
             /// Build from source: the handler file, or a base64 tar.gz of a directory.
             #[serde(default)]
-            pub source: Option<crate::build::Source>,
-            pub description: Option<String>,
-            pub timeout_ms: Option<i64>,
-            pub memory_mb: Option<i64>,
-            pub cpus: Option<f64>,
-            pub env: Option<BTreeMap<String, String>>,
-            pub input: Option<InputMode>,
-            pub queue: Option<String>,
-            pub max_attempts: Option<i32>,
-            pub retry_on: Option<Vec<RetryOn>>,
-            pub callback_url: Option<String>,
-            pub mode: Option<Mode>,
-            pub min_warm: Option<i32>,
-            pub idle_timeout_ms: Option<i64>,
-            pub pids: Option<i64>,
-            pub network: Option<Network>,
-            pub user: Option<String>,
-            pub container_runtime: Option<String>,
-            pub tmp_mb: Option<i64>,
-            pub public: Option<bool>,
+            pub(crate) source: Option<crate::build::Source>,
+            pub(crate) description: Option<String>,
+            pub(crate) timeout_ms: Option<i64>,
+            pub(crate) memory_mb: Option<i64>,
+            pub(crate) cpus: Option<f64>,
+            pub(crate) env: Option<BTreeMap<String, String>>,
+            pub(crate) input: Option<InputMode>,
+            pub(crate) queue: Option<String>,
+            pub(crate) max_attempts: Option<i32>,
+            pub(crate) retry_on: Option<Vec<RetryOn>>,
+            pub(crate) callback_url: Option<String>,
+            pub(crate) mode: Option<Mode>,
+            pub(crate) min_warm: Option<i32>,
+            pub(crate) idle_timeout_ms: Option<i64>,
+            pub(crate) pids: Option<i64>,
+            pub(crate) network: Option<Network>,
+            pub(crate) user: Option<String>,
+            pub(crate) container_runtime: Option<String>,
+            pub(crate) tmp_mb: Option<i64>,
+            pub(crate) public: Option<bool>,
             /// `body` (the default) or `cgi`.
-            pub response: Option<ResponseMode>,
+            pub(crate) response: Option<ResponseMode>,
             /// `always` (the default) or `on_failure`: what an ended invocation keeps.
-            pub store_output: Option<StoreOutput>,
+            pub(crate) store_output: Option<StoreOutput>,
         }
     };
 }
@@ -59,16 +59,16 @@ function_body! {
     /// The body of `POST /v1/functions`.
     #[derive(Default, Clone, Debug, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
-    pub struct NewFunction {
-        pub name: String,
-        pub max_concurrency: Option<i32>,
-        pub max_containers: Option<i32>,
-        pub cors: Option<Cors>,
-        pub secrets: Option<BTreeMap<String, String>>,
+    pub(crate) struct NewFunction {
+        pub(crate) name: String,
+        pub(crate) max_concurrency: Option<i32>,
+        pub(crate) max_containers: Option<i32>,
+        pub(crate) cors: Option<Cors>,
+        pub(crate) secrets: Option<BTreeMap<String, String>>,
         /// How long its ended invocations are kept, in seconds (none: its namespace's, else the
         /// installation's).
         #[schema(minimum = 1)]
-        pub retention_s: Option<i64>,
+        pub(crate) retention_s: Option<i64>,
     }
 }
 
@@ -76,7 +76,7 @@ function_body! {
 /// keeps those of the current ones and drops the others.
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub enum SecretsUpdate {
+pub(crate) enum SecretsUpdate {
     Replace(BTreeMap<String, String>),
     Keep(Vec<String>),
     /// `{"set": {NAME: VALUE}, "unset": [NAME]}`: changes these, keeps the others.
@@ -86,65 +86,66 @@ pub enum SecretsUpdate {
 /// See [`SecretsUpdate::Patch`].
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SecretsPatch {
+pub(crate) struct SecretsPatch {
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub(crate) set: BTreeMap<String, String>,
     #[serde(default)]
-    pub unset: Vec<String>,
+    pub(crate) unset: Vec<String>,
 }
 
 function_body! {
     /// The body of `PUT /v1/functions/{name}`: the fields to change; the others stay.
     #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
-    pub struct FunctionUpdate {
+    #[expect(dead_code, reason = "read-only fields are accepted and ignored")]
+    pub(crate) struct FunctionUpdate {
         /// Accepted so a client can send back what it read, but must match the path.
-        pub name: Option<String>,
+        pub(crate) name: Option<String>,
         /// `null` clears it (the worker's own bound applies again); absent keeps it.
         #[serde(default, deserialize_with = "present")]
         #[schema(value_type = Option<i32>)]
-        pub max_concurrency: Option<Option<i32>>,
+        pub(crate) max_concurrency: Option<Option<i32>>,
         /// `null` clears it (the worker's own bound applies again); absent keeps it.
         #[serde(default, deserialize_with = "present")]
         #[schema(value_type = Option<i32>)]
-        pub max_containers: Option<Option<i32>>,
+        pub(crate) max_containers: Option<Option<i32>>,
         /// `null` removes it; absent keeps it.
         #[serde(default, deserialize_with = "present")]
         #[schema(value_type = Option<Cors>)]
-        pub cors: Option<Option<Cors>>,
-        pub secrets: Option<SecretsUpdate>,
+        pub(crate) cors: Option<Option<Cors>>,
+        pub(crate) secrets: Option<SecretsUpdate>,
         /// How long its ended invocations are kept, in seconds; `null` clears it (its
         /// namespace's, else the installation's, applies); absent keeps it.
         #[serde(default, deserialize_with = "present")]
         #[schema(value_type = Option<i64>, minimum = 1)]
-        pub retention_s: Option<Option<i64>>,
+        pub(crate) retention_s: Option<Option<i64>>,
         /// What a read shows besides the settings, accepted (and ignored) so a client can send
         /// back what it read.
         #[schema(value_type = Option<i32>, read_only)]
-        pub version: Option<serde::de::IgnoredAny>,
+        pub(crate) version: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<Vec<Value>>, read_only)]
-        pub versions: Option<serde::de::IgnoredAny>,
+        pub(crate) versions: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<crate::retention::Effective>, read_only)]
-        pub retention: Option<serde::de::IgnoredAny>,
+        pub(crate) retention: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<String>, format = DateTime, read_only)]
-        pub created_at: Option<serde::de::IgnoredAny>,
+        pub(crate) created_at: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<String>, format = DateTime, read_only)]
-        pub updated_at: Option<serde::de::IgnoredAny>,
+        pub(crate) updated_at: Option<serde::de::IgnoredAny>,
         #[schema(value_type = Option<String>, read_only)]
-        pub invoke_url: Option<serde::de::IgnoredAny>,
+        pub(crate) invoke_url: Option<serde::de::IgnoredAny>,
         /// The namespace a read names; a function stays in the one it was made in (the
         /// caller's).
         #[schema(value_type = Option<String>, read_only)]
-        pub namespace: Option<serde::de::IgnoredAny>,
+        pub(crate) namespace: Option<serde::de::IgnoredAny>,
     }
 }
 
 /// Why a function definition was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {reason}")]
-pub struct Invalid {
-    pub field: &'static str,
-    pub reason: String,
+pub(crate) struct Invalid {
+    pub(crate) field: &'static str,
+    pub(crate) reason: String,
 }
 
 pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
@@ -154,7 +155,7 @@ pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid
     }
 }
 
-pub use crate::namespace::valid_name;
+pub(crate) use crate::namespace::valid_name;
 
 pub(super) fn valid_env_key(key: &str) -> bool {
     let mut chars = key.chars();
@@ -164,7 +165,7 @@ pub(super) fn valid_env_key(key: &str) -> bool {
 
 impl NewFunction {
     /// Checks every field and fills in defaults.
-    pub fn validate(self, settings: &Settings) -> Result<Function, Invalid> {
+    pub(crate) fn validate(self, settings: &Settings) -> Result<Function, Invalid> {
         if !valid_name(&self.name) {
             return Err(invalid(
                 "name",
@@ -228,7 +229,7 @@ where
 
 impl FunctionUpdate {
     /// Applies the changes to `current` and checks the result.
-    pub fn apply(self, current: Function, settings: &Settings) -> Result<Function, Invalid> {
+    pub(crate) fn apply(self, current: Function, settings: &Settings) -> Result<Function, Invalid> {
         if let Some(name) = &self.name
             && *name != current.name
         {
@@ -377,7 +378,7 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
 /// registration would refuse, by the same rules ([`check_run`]), with `max_timeout_ms` the
 /// worker's own. Per-invocation `GRANDA_*` env ([`crate::message::invocation_env_problem`]) is
 /// allowed. Its secrets must be opened first.
-pub fn check_snapshot(s: &Snapshot, max_timeout_ms: u64) -> Result<(), Invalid> {
+pub(crate) fn check_snapshot(s: &Snapshot, max_timeout_ms: u64) -> Result<(), Invalid> {
     // Its stored name: `name` or `name.namespace` (see `crate::namespace`).
     if !crate::namespace::valid_stored(&s.name) {
         return Err(invalid(

@@ -15,24 +15,24 @@ use super::{Record, Status};
 /// One attempt of an invocation: which worker ran it, when, and how it ended.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 #[schema(as = InvocationAttempt)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// Counts from 1.
-    pub attempt: i32,
-    pub worker: Option<String>,
-    pub started_at: Option<DateTime<Utc>>,
+    pub(crate) attempt: i32,
+    pub(crate) worker: Option<String>,
+    pub(crate) started_at: Option<DateTime<Utc>>,
     /// Unset while the attempt runs.
-    pub finished_at: Option<DateTime<Utc>>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
     /// `running`, a final status, `retried` (it failed and the invocation was queued again),
     /// `lost` (the run was lost with its worker and its message delivered again) or the final
     /// status it had before a retry by hand.
-    pub status: String,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-    pub duration_ms: Option<i64>,
+    pub(crate) status: String,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) error: Option<String>,
+    pub(crate) duration_ms: Option<i64>,
 }
 
 /// The attempts before the current one, in order: what [`of`] adds the record's own to.
-pub async fn earlier(pool: &PgPool, id: Uuid) -> Result<Vec<Attempt>, sqlx::Error> {
+pub(crate) async fn earlier(pool: &PgPool, id: Uuid) -> Result<Vec<Attempt>, sqlx::Error> {
     sqlx::query_as::<_, Attempt>(
         "SELECT attempt, worker, started_at, finished_at, status, exit_code, error, duration_ms
          FROM invocation_attempts WHERE invocation_id = $1 ORDER BY attempt",
@@ -44,7 +44,7 @@ pub async fn earlier(pool: &PgPool, id: Uuid) -> Result<Vec<Attempt>, sqlx::Erro
 
 /// Every attempt of `record` ([`of`]), reading the stored ones only when it may have some (after
 /// its first attempt, or queued again).
-pub async fn load(pool: &PgPool, record: &Record) -> Result<Vec<Attempt>, sqlx::Error> {
+pub(crate) async fn load(pool: &PgPool, record: &Record) -> Result<Vec<Attempt>, sqlx::Error> {
     let stored = if record.attempt > 1 || (record.attempt > 0 && record.status() == Status::Queued)
     {
         earlier(pool, record.id).await?
@@ -56,7 +56,7 @@ pub async fn load(pool: &PgPool, record: &Record) -> Result<Vec<Attempt>, sqlx::
 
 /// Every attempt of `record`: the `earlier` ones stored, then its current or last one, read off
 /// the record (none while it waits for its first, or for a retry).
-pub fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
+pub(crate) fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
     earlier.retain(|a| a.attempt < record.attempt || record.status() == Status::Queued);
     let current = match record.status() {
         Status::Queued => None,
@@ -89,7 +89,7 @@ pub fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
 /// Notes that worker `dead`'s attempt `attempt` of `id` was lost (the worker died or was cut off,
 /// and the message came again): only on a takeover or a redelivery, never on the happy path. A
 /// row already there (a retry's) stays.
-pub async fn note_lost(
+pub(crate) async fn note_lost(
     pool: &PgPool,
     id: Uuid,
     attempt: i32,
@@ -111,7 +111,7 @@ pub async fn note_lost(
 /// After claiming attempt `attempt` of `id`: when the run before it was lost on worker `lost_on`
 /// (a takeover of a dead worker's run, or a redelivery to this worker), notes it
 /// ([`note_lost`]); a failure to is logged, the run goes on.
-pub async fn note_lost_if(pool: &PgPool, id: Uuid, attempt: i32, lost_on: Option<&str>) {
+pub(crate) async fn note_lost_if(pool: &PgPool, id: Uuid, attempt: i32, lost_on: Option<&str>) {
     let Some(worker) = lost_on.filter(|_| attempt > 1) else {
         return;
     };

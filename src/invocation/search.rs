@@ -9,25 +9,25 @@ use super::{Record, Status, Trigger};
 
 /// What to keep; `None` keeps everything.
 #[derive(Clone, Debug, Default)]
-pub struct Filters {
+pub(crate) struct Filters {
     /// Only this namespace's invocations ([`crate::namespace`]).
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// The function's stored (namespace-qualified) name.
-    pub function: Option<String>,
-    pub status: Option<Status>,
-    pub trigger: Option<Trigger>,
+    pub(crate) function: Option<String>,
+    pub(crate) status: Option<Status>,
+    pub(crate) trigger: Option<Trigger>,
     /// Queued at or after this.
-    pub since: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
     /// Older than this invocation.
-    pub before: Option<Uuid>,
+    pub(crate) before: Option<Uuid>,
     /// Newer than this invocation.
-    pub after: Option<Uuid>,
+    pub(crate) after: Option<Uuid>,
     /// Made with this API key (`Record::key_id`).
-    pub key_id: Option<Uuid>,
+    pub(crate) key_id: Option<Uuid>,
 }
 
 /// Up to `limit` invocations that pass `filters`, newest first.
-pub async fn list(
+pub(crate) async fn list(
     pool: &PgPool,
     filters: &Filters,
     limit: i64,

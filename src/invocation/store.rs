@@ -45,7 +45,7 @@ macro_rules! claimable {
 #[tracing::instrument(level = "debug", skip_all, fields(id = %inv.id, function = inv.function))]
 /// Records a queued invocation (or finds the one its idempotency key names: `false`), with its
 /// own `env`, kept so that the outbox and a retry send it again.
-pub async fn insert_queued(
+pub(crate) async fn insert_queued(
     pool: &PgPool,
     inv: &NewInvocation<'_>,
     env: &std::collections::BTreeMap<String, String>,
@@ -100,7 +100,7 @@ pub async fn insert_queued(
 /// Stores a `queued` invocation inside the caller's transaction (schedules and the AMQP
 /// router record the claim or the event in the same one), with its own `env`, which the
 /// outbox keeps when it re-publishes. No idempotency key: the caller's transaction is the
-/// guard. Publish it after the commit ([`crate::producer::outbox::publish_now`]).
+/// guard. Publish it after the commit (`crate::producer::outbox::publish_now`).
 pub async fn insert_queued_in(
     tx: &mut sqlx::PgConnection,
     inv: &NewInvocation<'_>,
@@ -146,7 +146,7 @@ fn trace_context() -> (Option<String>, Option<String>) {
 /// Removes a `queued` invocation whose message the broker did not confirm, so nothing waits
 /// for it and a message that reached its queue anyway finds no record and never runs.
 /// `false`: nothing was removed, because a worker claimed it first (it was accepted).
-pub async fn discard(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub(crate) async fn discard(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM invocations WHERE id = $1 AND status = 'queued'")
         .bind(id)
         .execute(pool)
@@ -155,7 +155,7 @@ pub async fn discard(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 }
 
 /// Notes that the broker confirmed the invocation's message: the outbox leaves it alone.
-pub async fn mark_published<'e>(
+pub(crate) async fn mark_published<'e>(
     db: impl sqlx::PgExecutor<'e>,
     id: Uuid,
 ) -> Result<(), sqlx::Error> {
@@ -173,7 +173,7 @@ pub async fn mark_published<'e>(
 /// `running` on this same worker's earlier self (the caller knows it is not running here now),
 /// or `running` on a worker whose heartbeat stopped.
 #[tracing::instrument(level = "debug", skip(pool))]
-pub async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
+pub(crate) async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
     let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
         "UPDATE invocations i SET ",
         claim_set!("$2"),
@@ -204,7 +204,7 @@ async fn claimed_or_why(
     })
 }
 
-/// [`claim`] for a sync call, whose record the ingress does not write first (its confirmed
+/// `claim` for a sync call, whose record the ingress does not write first (its confirmed
 /// message is the acceptance): creates the record as `running` here, or claims the one that
 /// exists (the ingress wrote it when the caller stopped waiting, or this is a redelivery).
 #[tracing::instrument(level = "debug", skip(pool, inv))]
@@ -255,7 +255,7 @@ pub async fn refuse(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
 /// other and one of them wins. A claim that loses finds a final record and acks without a run.
 /// The placeholder is removed after `linger` (it only has to outlive claims that started
 /// before the refusal), so a refused call leaves no record.
-pub async fn refuse_call(
+pub(crate) async fn refuse_call(
     pool: &PgPool,
     inv: &NewInvocation<'_>,
     linger: std::time::Duration,
@@ -299,7 +299,7 @@ pub async fn refuse_call(
 
 /// Writes the `queued` record of a sync call whose caller stopped waiting (published: its
 /// message is on the queue), unless a worker wrote it already.
-pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), sqlx::Error> {
+pub(crate) async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), sqlx::Error> {
     let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
     sqlx::query(
         "INSERT INTO invocations (id, function, status, trigger, input, input_size, queued_at, published_at, key_id)
@@ -319,7 +319,7 @@ pub async fn note_queued(pool: &PgPool, inv: &NewInvocation<'_>) -> Result<(), s
 
 /// Puts a failed attempt back to `queued` until `retry_at`, keeping what the attempt produced.
 #[tracing::instrument(level = "debug", skip(pool, outcome))]
-pub async fn requeue<'e>(
+pub(crate) async fn requeue<'e>(
     pool: impl sqlx::PgExecutor<'e>,
     id: Uuid,
     worker: &str,
@@ -358,7 +358,7 @@ pub async fn requeue<'e>(
 }
 
 /// The invocation's own env, as stored with it (empty when it had none).
-pub async fn extra_env(
+pub(crate) async fn extra_env(
     pool: &PgPool,
     id: Uuid,
 ) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
@@ -376,7 +376,10 @@ pub async fn extra_env(
 
 /// Makes a final, not succeeded invocation `queued` again for one more attempt
 /// (`POST /v1/invocations/{id}/retry`). `None` if it is not in such a state.
-pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error> {
+pub(crate) async fn reset_for_retry(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<Record>, sqlx::Error> {
     // The attempt that ended it is kept as a row of its own (the record's fields are reset).
     let done = sqlx::query(
         "WITH last AS (
@@ -408,14 +411,14 @@ pub async fn reset_for_retry(pool: &PgPool, id: Uuid) -> Result<Option<Record>, 
 /// The Postgres channel a cancel is announced on (its payload: the invocation's id), in the
 /// transaction that records it: a worker running that invocation stops it
 /// ([`crate::worker`]'s cancel listener).
-pub const CANCEL_CHANNEL: &str = "granda_cancel";
+pub(crate) const CANCEL_CHANNEL: &str = "granda_cancel";
 
 /// Ends a `queued` or `running` invocation as `cancelled`, noting `by` and when (`finished_at`),
 /// and announces it on [`CANCEL_CHANNEL`] in the same statement (so only once it is committed).
 /// Returns the status it had and the worker that had it (a running one's), or `None` when it
 /// was not queued or running (already ended, or no such invocation).
 #[tracing::instrument(level = "debug", skip(pool))]
-pub async fn cancel(
+pub(crate) async fn cancel(
     pool: &PgPool,
     id: Uuid,
     by: &str,
@@ -442,7 +445,7 @@ pub async fn cancel(
 }
 
 /// Of `ids`, those now `cancelled` (a worker's check of its runs, beside the notifications).
-pub async fn cancelled_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+pub(crate) async fn cancelled_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
     let rows: Vec<(Uuid,)> =
         sqlx::query_as("SELECT id FROM invocations WHERE id = ANY($1) AND status = 'cancelled'")
             .bind(ids)
@@ -453,7 +456,7 @@ pub async fn cancelled_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, s
 
 /// `queued` invocations whose message the broker never confirmed, older than `grace`.
 /// Locks them for the caller's transaction so two sweepers never take the same one.
-pub async fn unpublished(
+pub(crate) async fn unpublished(
     tx: &mut sqlx::PgConnection,
     grace: std::time::Duration,
     limit: i64,
@@ -472,7 +475,11 @@ pub async fn unpublished(
 }
 
 /// Ends an invocation that can't run any more (its function is gone, or no caller waits).
-pub async fn abandon(tx: &mut sqlx::PgConnection, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn abandon(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    why: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE invocations SET status = 'failed', error = $2, finished_at = now(), payload = NULL
          WHERE id = $1 AND status = 'queued'",
@@ -485,7 +492,7 @@ pub async fn abandon(tx: &mut sqlx::PgConnection, id: Uuid, why: &str) -> Result
 }
 
 /// Dead invocations (of `namespace`, or of all), newest first.
-pub async fn list_dead(
+pub(crate) async fn list_dead(
     pool: &PgPool,
     namespace: Option<&str>,
     before: Option<Uuid>,
@@ -507,7 +514,7 @@ pub async fn list_dead(
 /// Discards dead invocation `id` for good: it leaves the dead letters (`dead_at` cleared) and
 /// can't be retried. Returns `false` when it is missing, not dead, or discarded already.
 #[tracing::instrument(level = "debug", skip(pool))]
-pub async fn discard_dead(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub(crate) async fn discard_dead(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE invocations SET discarded_at = now(), dead_at = NULL
          WHERE id = $1 AND status = 'dead' AND discarded_at IS NULL",
@@ -539,7 +546,11 @@ macro_rules! final_update {
 /// Writes the final record. Returns `false` if it was already final or is missing (nothing is
 /// changed then; see [`restore_final`] for a sync call's).
 #[tracing::instrument(level = "debug", skip(pool, outcome), fields(status = outcome.status().as_str()))]
-pub async fn finish(pool: &PgPool, id: Uuid, outcome: &Outcome) -> Result<bool, sqlx::Error> {
+pub(crate) async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    outcome: &Outcome,
+) -> Result<bool, sqlx::Error> {
     let done = bind_outcome(
         sqlx::query(final_update!("status IN ('queued', 'running')")).bind(id),
         outcome,
@@ -644,7 +655,7 @@ pub async fn finish_many(
 /// overwrite a record that another worker has claimed since, or that another collector wrote.
 /// Returns whether it wrote it.
 #[tracing::instrument(level = "debug", skip(db, outcome), fields(status = outcome.status().as_str()))]
-pub async fn finish_run_of<'e>(
+pub(crate) async fn finish_run_of<'e>(
     db: impl sqlx::PgExecutor<'e>,
     id: Uuid,
     worker: &str,
@@ -714,7 +725,7 @@ fn arrival(
 /// created it is an asynchronous commit, which a Postgres crash during the run may have lost.
 /// Writes nothing when a record exists. Returns whether it wrote one.
 #[tracing::instrument(level = "debug", skip(pool, inv, outcome), fields(id = %inv.id))]
-pub async fn restore_final(
+pub(crate) async fn restore_final(
     pool: &PgPool,
     inv: &NewInvocation<'_>,
     queued_at_ms: i64,
@@ -754,7 +765,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Record>, sqlx::Error>
 }
 
 /// A function's invocations, newest first, older than `before` when given.
-pub async fn list(
+pub(crate) async fn list(
     pool: &PgPool,
     function: &str,
     status: Option<Status>,

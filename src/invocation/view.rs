@@ -12,42 +12,42 @@ use super::Record;
 
 /// An invocation record. Input and output are text when UTF-8, else `*_base64`.
 #[derive(Serialize, ToSchema)]
-pub struct InvocationView {
+pub(crate) struct InvocationView {
     /// (Its `function` is the function's short name; its namespace is beside it.)
     #[serde(flatten)]
-    pub record: Record,
+    pub(crate) record: Record,
     /// The namespace of the function ([`crate::namespace`]).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The input kept (up to the cap), when it is UTF-8.
-    pub input: Option<String>,
+    pub(crate) input: Option<String>,
     /// The input kept, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub input_base64: Option<String>,
+    pub(crate) input_base64: Option<String>,
     /// Only the first bytes of the input were kept (`input_size` says how many there were).
-    pub input_truncated: bool,
+    pub(crate) input_truncated: bool,
     /// What the function wrote to stdout (up to the cap), when it is UTF-8.
-    pub output: Option<String>,
+    pub(crate) output: Option<String>,
     /// The output, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_base64: Option<String>,
+    pub(crate) output_base64: Option<String>,
     /// Set when the record keeps no input, output or logs: a success of a function with
     /// `store_output: on_failure` (the text says so).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "not stored (store_output: on_failure)")]
-    pub not_stored: Option<String>,
+    pub(crate) not_stored: Option<String>,
     /// `GET /v1/invocations/{id}`: the result callback's state, when the invocation has one (its
     /// URL only for keys that may read functions).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub callback: Option<serde_json::Value>,
+    pub(crate) callback: Option<serde_json::Value>,
     /// `GET /v1/invocations/{id}`: each attempt, in order (earlier ones that were retried or
     /// taken over, then the current or last one); empty while it waits for its first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<Vec<super::attempts::Attempt>>,
+    pub(crate) attempts: Option<Vec<super::attempts::Attempt>>,
     /// `GET /v1/invocations/{id}`: until when this record is kept, once it ended (the pruner
     /// removes it after; see docs/operations.md, "Retention"). Absent while queued or running.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kept_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) kept_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<Record> for InvocationView {
@@ -81,15 +81,15 @@ impl From<Record> for InvocationView {
 
 /// A page of invocations, newest first.
 #[derive(Serialize, ToSchema)]
-pub struct InvocationList {
-    pub invocations: Vec<InvocationView>,
+pub(crate) struct InvocationList {
+    pub(crate) invocations: Vec<InvocationView>,
     /// The `before` of the next page; null on the last.
-    pub next: Option<Uuid>,
+    pub(crate) next: Option<Uuid>,
 }
 
 impl InvocationList {
     /// A page of at most `limit` records, read newest first: a full page has a next one.
-    pub fn page(records: Vec<Record>, limit: i64) -> Self {
+    pub(crate) fn page(records: Vec<Record>, limit: i64) -> Self {
         let next = (records.len() as i64 == limit)
             .then(|| records.last().map(|r| r.id))
             .flatten();

@@ -7,7 +7,7 @@ use super::Metrics;
 
 impl Metrics {
     /// The functions this registry holds series of.
-    pub fn functions(&self) -> Vec<String> {
+    pub(crate) fn functions(&self) -> Vec<String> {
         let inner = self.inner.lock().expect("lock");
         inner.functions.iter().cloned().collect()
     }
@@ -15,7 +15,7 @@ impl Metrics {
     /// Removes the series of every function that no longer exists; returns how many. One query,
     /// and none when no function has series here.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn forget_deleted(&self, pool: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
+    pub(crate) async fn forget_deleted(&self, pool: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
         let known = self.functions();
         if known.is_empty() {
             return Ok(0);

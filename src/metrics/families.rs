@@ -3,7 +3,7 @@
 //! against.
 
 /// Every family Granda records: name, type, help. `render` writes the help of each.
-pub const FAMILIES: &[(&str, &str, &str)] = &[
+pub(crate) const FAMILIES: &[(&str, &str, &str)] = &[
     ("granda_up", "gauge", "1 while this process is up."),
     (
         "granda_http_requests_total",

@@ -43,7 +43,7 @@ use axum::response::Response;
 
 /// Upper bounds of the time histograms, in seconds.
 /// The top one is the longest timeout a function may have (`GRANDA_MAX_TIMEOUT_MS`'s default).
-pub const SECONDS_BUCKETS: &[f64] = &[
+pub(crate) const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     900.0,
 ];
@@ -57,7 +57,7 @@ struct Histogram {
 
 mod deleted;
 mod families;
-pub use families::FAMILIES;
+pub(crate) use families::FAMILIES;
 
 /// The help text of `name` in [`FAMILIES`].
 fn catalogued_help(name: &str) -> Option<&'static str> {
@@ -114,7 +114,7 @@ const UNLABELLED_AT_ZERO: &[&str] = &[
 const FINAL_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "dead", "cancelled"];
 
 /// Why an attempt was retried (`granda_invocation_retries_total{reason}`).
-pub const RETRY_REASONS: &[&str] = &["error", "timeout", "platform"];
+pub(crate) const RETRY_REASONS: &[&str] = &["error", "timeout", "platform"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -137,7 +137,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Adds one to the counter `name{labels}`.
-    pub fn inc(&self, name: &'static str, labels: String) {
+    pub(crate) fn inc(&self, name: &'static str, labels: String) {
         *self
             .inner
             .lock()
@@ -148,7 +148,7 @@ impl Metrics {
     }
 
     /// Adds `n` to the counter `name{labels}`.
-    pub fn add(&self, name: &'static str, labels: String, n: u64) {
+    pub(crate) fn add(&self, name: &'static str, labels: String, n: u64) {
         *self
             .inner
             .lock()
@@ -159,7 +159,7 @@ impl Metrics {
     }
 
     /// Sets the gauge `name{labels}`.
-    pub fn set(&self, name: &'static str, labels: String, value: f64) {
+    pub(crate) fn set(&self, name: &'static str, labels: String, value: f64) {
         self.inner
             .lock()
             .expect("lock")
@@ -168,7 +168,7 @@ impl Metrics {
     }
 
     /// Records `value` (seconds) in the histogram `name{labels}`.
-    pub fn observe(&self, name: &'static str, labels: String, value: f64) {
+    pub(crate) fn observe(&self, name: &'static str, labels: String, value: f64) {
         let mut inner = self.inner.lock().expect("lock");
         let h = inner.histograms.entry((name, labels)).or_default();
         if h.counts.is_empty() {
@@ -185,7 +185,7 @@ impl Metrics {
 
     /// A function's series at 0 (its final statuses, retries, cold starts), once: from its
     /// first run on, a rate over them is 0 rather than nothing.
-    pub fn function_seen(&self, function: &str) {
+    pub(crate) fn function_seen(&self, function: &str) {
         let labels = format!("function=\"{}\"", label(function));
         let mut inner = self.inner.lock().expect("lock");
         if inner
@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// Removes every series of `function` (it was deleted).
-    pub fn forget_function(&self, function: &str) {
+    pub(crate) fn forget_function(&self, function: &str) {
         let labels = format!("function=\"{}\"", label(function));
         let ours = |l: &String| l == &labels || l.starts_with(&format!("{labels},"));
         let mut inner = self.inner.lock().expect("lock");
@@ -230,12 +230,13 @@ impl Metrics {
     }
 
     /// A `# HELP` line for `name`.
-    pub fn describe(&self, name: &'static str, help: &'static str) {
+    pub(crate) fn describe(&self, name: &'static str, help: &'static str) {
         self.inner.lock().expect("lock").help.insert(name, help);
     }
 
-    /// The value of a gauge, if set (for tests and the scheduler's own view).
-    pub fn gauge(&self, name: &'static str, labels: &str) -> Option<f64> {
+    /// The value of a gauge, if set.
+    #[cfg(test)]
+    pub(crate) fn gauge(&self, name: &'static str, labels: &str) -> Option<f64> {
         self.inner
             .lock()
             .expect("lock")
@@ -244,7 +245,7 @@ impl Metrics {
             .copied()
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let inner = self.inner.lock().expect("lock");
         let mut out = String::from(
             "# HELP granda_up 1 while this process is up.\n# TYPE granda_up gauge\ngranda_up 1\n",
@@ -413,7 +414,7 @@ fn process_metrics(out: &mut String) {
 
 impl Metrics {
     /// A build from source finished after `seconds`.
-    pub fn build_finished(&self, runtime: &str, succeeded: bool, seconds: f64) {
+    pub(crate) fn build_finished(&self, runtime: &str, succeeded: bool, seconds: f64) {
         let outcome = if succeeded { "succeeded" } else { "failed" };
         let runtime = format!("runtime=\"{}\"", label(runtime));
         self.inc(
@@ -424,7 +425,7 @@ impl Metrics {
     }
 
     /// A callback reached a final state: `delivered` or `failed`.
-    pub fn callback_finished(&self, outcome: &str) {
+    pub(crate) fn callback_finished(&self, outcome: &str) {
         self.inc(
             "granda_callback_deliveries_total",
             format!("outcome=\"{}\"", label(outcome)),
@@ -439,7 +440,7 @@ struct RouteTemplate(String);
 
 /// Middleware for a nested router (the dashboard): passes the full route template it matched
 /// out to [`track_http`].
-pub async fn note_route(request: Request, next: Next) -> Response {
+pub(crate) async fn note_route(request: Request, next: Next) -> Response {
     let matched = request
         .extensions()
         .get::<MatchedPath>()
@@ -452,7 +453,7 @@ pub async fn note_route(request: Request, next: Next) -> Response {
 }
 
 /// Middleware: counts and times every request by route template, method and status.
-pub async fn track_http(
+pub(crate) async fn track_http(
     State(metrics): State<Arc<Metrics>>,
     request: Request,
     next: Next,
@@ -500,7 +501,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Escapes a label value for the text format.
-pub fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -13,37 +13,37 @@ use crate::webhook::rejections::Rejection;
 /// 202 to `POST /v1/events/{topic}`: the event and the invocations it started.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct EventPublished {
-    pub id: Uuid,
-    pub topic: String,
+pub(crate) struct EventPublished {
+    pub(crate) id: Uuid,
+    pub(crate) topic: String,
     /// One per subscribed function.
-    pub invocations: Vec<FannedOut>,
+    pub(crate) invocations: Vec<FannedOut>,
     /// Where to read the event (`GET /v1/events/{id}`).
-    pub status_url: String,
+    pub(crate) status_url: String,
 }
 
 /// `GET /v1/events/{id}`: an event as stored.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct EventView {
-    pub id: Uuid,
-    pub topic: String,
+pub(crate) struct EventView {
+    pub(crate) id: Uuid,
+    pub(crate) topic: String,
     /// The payload's size in bytes.
-    pub size: i64,
-    pub content_type: Option<String>,
-    pub invocations: Vec<FannedOut>,
-    pub published_at: DateTime<Utc>,
+    pub(crate) size: i64,
+    pub(crate) content_type: Option<String>,
+    pub(crate) invocations: Vec<FannedOut>,
+    pub(crate) published_at: DateTime<Utc>,
     /// The payload kept (up to the cap), when it is UTF-8; else `null`.
-    pub payload: Option<String>,
+    pub(crate) payload: Option<String>,
     /// The payload, when it is not UTF-8.
-    pub payload_base64: Option<String>,
+    pub(crate) payload_base64: Option<String>,
 }
 
 /// Where a build is.
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
 #[allow(dead_code)]
-pub enum BuildStatus {
+pub(crate) enum BuildStatus {
     Building,
     Succeeded,
     Failed,
@@ -52,48 +52,48 @@ pub enum BuildStatus {
 /// `GET /v1/functions/{name}/builds/{version}`: one build and its log.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct BuildView {
-    pub id: Uuid,
-    pub function: String,
-    pub version: i32,
-    pub runtime: String,
-    pub image: String,
-    pub status: BuildStatus,
+pub(crate) struct BuildView {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) version: i32,
+    pub(crate) runtime: String,
+    pub(crate) image: String,
+    pub(crate) status: BuildStatus,
     /// A digest of the source it was built from (none for old builds).
-    pub source_digest: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
+    pub(crate) source_digest: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
     /// The build log as stored.
-    pub log: String,
+    pub(crate) log: String,
     /// The function runs this build's image.
-    pub current: bool,
+    pub(crate) current: bool,
 }
 
 /// A function's callback key (`GET`/`POST /v1/functions/{name}/callback-key`).
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct CallbackKey {
-    pub function: String,
+pub(crate) struct CallbackKey {
+    pub(crate) function: String,
     /// `whsec_...`.
-    pub key: String,
+    pub(crate) key: String,
     /// Always `standard-webhooks`.
-    pub scheme: String,
+    pub(crate) scheme: String,
     /// What the signature covers: `{webhook-id}.{webhook-timestamp}.{body}`.
-    pub signed: String,
+    pub(crate) signed: String,
 }
 
 /// `GET /v1/functions/{name}/subscriptions`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct SubscriptionList {
-    pub subscriptions: Vec<Subscription>,
+pub(crate) struct SubscriptionList {
+    pub(crate) subscriptions: Vec<Subscription>,
 }
 
 /// `GET /v1/webhooks/{id}/rejections`, newest first.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct RejectionList {
-    pub rejections: Vec<Rejection>,
+pub(crate) struct RejectionList {
+    pub(crate) rejections: Vec<Rejection>,
 }
 
 /// One line of a build streamed as NDJSON (`Accept: application/x-ndjson` on
@@ -101,13 +101,13 @@ pub struct RejectionList {
 /// as the engine writes them, then one last line with `status` and either `function` or `error`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct BuildStreamLine {
+pub(crate) struct BuildStreamLine {
     /// Some build output.
-    pub log: Option<String>,
+    pub(crate) log: Option<String>,
     /// The last line: the status the plain request would have answered (201, 200 or an error's).
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// The last line, on success.
-    pub function: Option<super::function_view::FunctionView>,
+    pub(crate) function: Option<super::function_view::FunctionView>,
     /// The last line, on failure.
-    pub error: Option<crate::error::ErrorDetail>,
+    pub(crate) error: Option<crate::error::ErrorDetail>,
 }

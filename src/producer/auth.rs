@@ -42,11 +42,11 @@ use crate::keys::{self, LiveKey, Scope};
 use crate::namespace::{self, Namespace};
 
 /// The header a global key names another namespace than `default` with.
-pub const NAMESPACE_HEADER: &str = "granda-namespace";
+pub(crate) const NAMESPACE_HEADER: &str = "granda-namespace";
 
 /// What a caller asks to do. [`permits`] says which scopes may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Run a function (sync, async, its own URL) or publish an event.
     Invoke,
     /// Read one invocation record, or one event (what publishing answered with: its `status_url`),
@@ -62,7 +62,7 @@ pub enum Action {
 }
 
 /// The one scope policy, for the API and the dashboard alike.
-pub fn permits(scope: Scope, action: Action) -> bool {
+pub(crate) fn permits(scope: Scope, action: Action) -> bool {
     match scope {
         Scope::Admin => true,
         Scope::Invoke => matches!(action, Action::Invoke | Action::ReadInvocation),
@@ -74,7 +74,7 @@ pub fn permits(scope: Scope, action: Action) -> bool {
 }
 
 /// The smallest scope that may do `action`, to say so in a 403.
-pub fn least_scope(action: Action) -> Scope {
+pub(crate) fn least_scope(action: Action) -> Scope {
     if permits(Scope::Invoke, action) {
         Scope::Invoke
     } else if permits(Scope::Read, action) {
@@ -89,20 +89,20 @@ pub fn least_scope(action: Action) -> Scope {
 /// everyone with `GRANDA_AUTH=off`) acts in `default` unless the `Granda-Namespace` header names
 /// another that exists.
 #[derive(Clone, Debug)]
-pub struct Acting {
-    pub namespace: Namespace,
+pub(crate) struct Acting {
+    pub(crate) namespace: Namespace,
     /// Whether the key is bound to the namespace: it can see no other, nor the installation's
     /// namespaces, keys of other namespaces, workers or metrics.
-    pub bound: bool,
+    pub(crate) bound: bool,
     /// The key that made the request (kept on the records it makes).
-    pub key_id: Option<uuid::Uuid>,
+    pub(crate) key_id: Option<uuid::Uuid>,
     /// A key bound to functions: their stored names. Records and things of other functions are
     /// not [`Acting::holds`]'s, so they are 404 to it. None: every function.
-    pub functions: Option<Vec<String>>,
+    pub(crate) functions: Option<Vec<String>>,
 }
 
 impl Acting {
-    pub fn default_global() -> Acting {
+    pub(crate) fn default_global() -> Acting {
         Acting {
             namespace: Namespace::default_ns(),
             bound: false,
@@ -112,13 +112,13 @@ impl Acting {
     }
 
     /// The stored name of this namespace's function `name` ([`namespace::qualify`]).
-    pub fn function(&self, name: &str) -> String {
+    pub(crate) fn function(&self, name: &str) -> String {
         self.namespace.qualify(name)
     }
 
     /// Whether the stored function name `qualified` is in this request's namespace (and one of
     /// the key's functions, for a key bound to functions).
-    pub fn holds(&self, qualified: &str) -> bool {
+    pub(crate) fn holds(&self, qualified: &str) -> bool {
         self.namespace.holds(qualified)
             && self
                 .functions
@@ -127,7 +127,7 @@ impl Acting {
     }
 
     /// 404 unless the caller's key is global (for installation-wide routes).
-    pub fn global_only(&self) -> Result<(), ApiError> {
+    pub(crate) fn global_only(&self) -> Result<(), ApiError> {
         if self.bound {
             Err(ApiError::NotFound("no such route".into()))
         } else {
@@ -239,11 +239,11 @@ fn within_functions(
 /// A CORS preflight of a function's URL that is not public, let through without a key: its
 /// handler may answer it from the function's `cors` field, and must run nothing.
 #[derive(Clone, Copy, Debug)]
-pub struct PreflightOnly;
+pub(crate) struct PreflightOnly;
 
 /// Who a handler is answering, as the middleware found out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// No key, or a wrong one on a route that needs none (a public function's URL).
     Anonymous,
     /// A live key of this scope (`admin` for everyone with `GRANDA_AUTH=off`).
@@ -252,14 +252,14 @@ pub enum Caller {
 
 impl Caller {
     /// Whether this caller presented a live key.
-    pub fn is_authenticated(self) -> bool {
+    pub(crate) fn is_authenticated(self) -> bool {
         matches!(self, Caller::Key(_))
     }
 }
 
 /// What a request needs before it reaches its handler.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Needs {
+pub(crate) enum Needs {
     Nothing,
     Key(Action),
     /// A function's own URL: open if the function is public, else an `invoke` key.
@@ -267,7 +267,7 @@ pub enum Needs {
 }
 
 /// The class of a route, from its method and raw path. Anything not listed needs `admin`.
-pub fn needs(method: &Method, path: &str) -> Needs {
+pub(crate) fn needs(method: &Method, path: &str) -> Needs {
     // `/ui` has its own login and session cookie (a browser sends no bearer header).
     if matches!(path, "/" | "/healthz" | "/readyz" | "/openapi.json" | "/ui")
         || path.starts_with("/hooks/")
@@ -323,7 +323,7 @@ fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
 
 /// The middleware: lets a request through or answers 401/403 (404 for another namespace's
 /// things). Never logs or echoes the key.
-pub async fn require(
+pub(crate) async fn require(
     State(app): State<AppState>,
     mut request: Request,
     next: Next,

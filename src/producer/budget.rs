@@ -31,13 +31,13 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// How long a read waits for room in the budget before its request is answered 503.
-pub const BUDGET_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 const GAUGE: &str = "granda_unauthenticated_body_bytes_in_flight";
 const REFUSED: &str = "granda_unauthenticated_body_refusals_total";
 
 /// Bytes of unauthenticated bodies that may be held at once.
-pub struct BodyBudget {
+pub(crate) struct BodyBudget {
     semaphore: Arc<Semaphore>,
     total: usize,
     timeout: Duration,
@@ -56,7 +56,7 @@ enum Failure {
 /// A request's reservation: it grows as the request's body is read, and its bytes go back to the
 /// budget when its last clone is dropped.
 #[derive(Clone)]
-pub struct Reserved(Arc<Share>);
+pub(crate) struct Reserved(Arc<Share>);
 
 struct Share {
     held: Mutex<Option<OwnedSemaphorePermit>>,
@@ -104,18 +104,8 @@ impl Drop for Share {
 }
 
 impl Reserved {
-    /// Bytes held now.
-    pub fn bytes(&self) -> usize {
-        self.0
-            .held
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .map_or(0, |p| p.num_permits())
-    }
-
     /// The answer for a body whose read the budget stopped (spent: 503; too slow: 408).
-    pub fn failure(&self) -> Option<ApiError> {
+    pub(crate) fn failure(&self) -> Option<ApiError> {
         let failure = *self.0.failure.lock().expect("lock");
         failure.map(|f| match f {
             Failure::Spent => ApiError::Unavailable(
@@ -235,7 +225,7 @@ impl http_body::Body for Metered {
 }
 
 impl BodyBudget {
-    pub fn new(total: usize, timeout: Duration, metrics: Arc<Metrics>) -> BodyBudget {
+    pub(crate) fn new(total: usize, timeout: Duration, metrics: Arc<Metrics>) -> BodyBudget {
         // A semaphore holds at most `Semaphore::MAX_PERMITS`; a budget is far below it.
         let total = total.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         metrics.describe(
@@ -252,15 +242,10 @@ impl BodyBudget {
         }
     }
 
-    /// Bytes reserved now.
-    pub fn in_flight(&self) -> usize {
-        self.total - self.semaphore.available_permits()
-    }
-
     /// Opens a reservation for a body of at most `cap` bytes: 413 when it announces more, or 400
     /// when its `Content-Length` is not a number. It holds no bytes until [`BodyBudget::meter`]ed
     /// ones are read.
-    pub fn reserve(&self, headers: &HeaderMap, cap: usize) -> Result<Reserved, ApiError> {
+    pub(crate) fn reserve(&self, headers: &HeaderMap, cap: usize) -> Result<Reserved, ApiError> {
         if declared_length(headers)?.is_some_and(|n| n > cap) {
             self.metrics.inc(REFUSED, "reason=\"too_large\"".into());
             return Err(ApiError::PayloadTooLarge(format!(
@@ -280,7 +265,7 @@ impl BodyBudget {
 
     /// `body`, read within `reserved` and before the body read timeout (from now). When the
     /// budget stops it, the body ends in an error and [`Reserved::failure`] says the answer.
-    pub fn meter(&self, reserved: &Reserved, body: Body) -> Body {
+    pub(crate) fn meter(&self, reserved: &Reserved, body: Body) -> Body {
         Body::new(Metered {
             inner: body,
             share: reserved.0.clone(),
@@ -292,7 +277,7 @@ impl BodyBudget {
 
     /// Reads a body within the budget (at most `cap` bytes, and no more than it announced).
     /// Keep the reservation as long as the bytes are held.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         headers: &HeaderMap,
         body: Body,
@@ -334,7 +319,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
 /// the request is answered. Calls with a live key (the auth middleware, which runs first, says
 /// so) pass; an `Authorization` header of another kind (a function's own Basic credentials) does
 /// not make a call authenticated.
-pub async fn unauthenticated(
+pub(crate) async fn unauthenticated(
     State(app): State<AppState>,
     request: Request,
     next: Next,
@@ -365,7 +350,7 @@ pub async fn unauthenticated(
 }
 
 /// An error answer; a spent budget says when to try again.
-pub fn with_retry_after(e: ApiError) -> Response {
+pub(crate) fn with_retry_after(e: ApiError) -> Response {
     let unavailable = matches!(e, ApiError::Unavailable(_));
     let mut response = e.into_response();
     if unavailable {

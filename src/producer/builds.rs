@@ -28,7 +28,7 @@ use axum::Extension;
     tag = "functions",
     params(("name" = String, Path), ("version" = i32, Path)),
     responses((status = 200, body = super::answers::BuildView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path((name, version)): Path<(String, String)>,
@@ -50,7 +50,7 @@ pub async fn get(
 }
 
 /// Build `version` of `function`, or 404.
-pub async fn find(
+pub(crate) async fn find(
     app: &AppState,
     function: &Function,
     version: i32,
@@ -63,9 +63,9 @@ pub async fn find(
 /// The body of `POST /v1/functions/{name}/rollback`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Rollback {
+pub(crate) struct Rollback {
     /// The version to run from now on: a successful build of this function.
-    pub version: i32,
+    pub(crate) version: i32,
 }
 
 /// `POST /v1/functions/{name}/rollback` `{"version": N}`: the function runs the image of its
@@ -77,7 +77,7 @@ pub struct Rollback {
     tag = "functions",
     params(("name" = String, Path)), request_body = Rollback,
     responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn rollback(
+pub(crate) async fn rollback(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -89,7 +89,11 @@ pub async fn rollback(
 }
 
 /// Switches function `name` to its build `version` (the API's rollback and the dashboard's).
-pub async fn roll_back(app: &AppState, name: &str, version: i32) -> Result<Function, ApiError> {
+pub(crate) async fn roll_back(
+    app: &AppState,
+    name: &str,
+    version: i32,
+) -> Result<Function, ApiError> {
     let current = load(app, name).await?;
     let build = find(app, &current, version).await?;
     if build.status != "succeeded" {

@@ -30,7 +30,7 @@ fn missing(name: &str) -> ApiError {
 #[utoipa::path(get, path = "/v1/functions/{name}/callback-key", operation_id = "get_callback_key", tag = "callbacks", summary = "Read a function's callback key", params(("name" = String, Path)),
     description = "The key the function's result callbacks are signed with (Standard Webhooks, `whsec_...`). Admin keys only.",
     responses((status = 200, body = super::answers::CallbackKey), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -48,7 +48,7 @@ pub async fn get(
 #[utoipa::path(post, path = "/v1/functions/{name}/callback-key", operation_id = "rotate_callback_key", tag = "callbacks", summary = "Rotate a function's callback key", params(("name" = String, Path)),
     description = "Replaces the function's callback key and returns the new one; callbacks sent after this are signed with it.",
     responses((status = 200, body = super::answers::CallbackKey), (status = 404, body = ErrorBody), Denied))]
-pub async fn rotate(
+pub(crate) async fn rotate(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,

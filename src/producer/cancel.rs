@@ -21,7 +21,7 @@ use crate::metrics::label;
 
 /// Why an invocation was not cancelled.
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub(crate) enum CancelError {
     #[error("no invocation {0}")]
     Unknown(Uuid),
     /// It ended before the cancel: its status.
@@ -58,7 +58,7 @@ fn ended(id: Uuid, status: String) -> Response {
 
 /// Who asked, as the record keeps it: `key <name> (<id>)`, or `admin` with `GRANDA_AUTH=off`.
 /// A dashboard session is `session of key …` (or `session` without auth).
-pub async fn who(app: &AppState, key_id: Option<Uuid>, session: bool) -> String {
+pub(crate) async fn who(app: &AppState, key_id: Option<Uuid>, session: bool) -> String {
     let key = match key_id {
         Some(id) => {
             let name: Option<String> =
@@ -85,7 +85,7 @@ pub async fn who(app: &AppState, key_id: Option<Uuid>, session: bool) -> String 
 
 /// Cancels invocation `id` for `by` (the API's and the dashboard's): the record as it is now.
 #[tracing::instrument(skip(app))]
-pub async fn cancel_one(
+pub(crate) async fn cancel_one(
     app: &AppState,
     id: Uuid,
     by: &str,
@@ -126,7 +126,7 @@ pub async fn cancel_one(
     description = "A queued invocation (a retry waiting included) is recorded `cancelled` at once and never runs. A running one is recorded `cancelled` and its worker kills its container within a second or two (a warm or hot function's kept container is replaced); it is never retried. A sync caller waiting on it is answered 409 with `X-Granda-Status: cancelled`; its callback, if any, is sent with `status: \"cancelled\"`. The record notes who asked (`cancelled_by`) and when (`finished_at`). 409 with the current `status` in the error when it has ended already.",
     params(("id" = String, Path)),
     responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,

@@ -25,7 +25,7 @@ fn allowed_origin(cors: &Cors, headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Granda's answer to a preflight of `function`'s URL: `None` when it is not one (no `cors`
 /// field, or no `Access-Control-Request-Method`), for the function to answer.
-pub fn preflight(function: &Function, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn preflight(function: &Function, headers: &HeaderMap) -> Option<Response> {
     let cors = function.cors.as_ref()?;
     let asked = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
     let mut response = Response::new(axum::body::Body::empty());
@@ -62,7 +62,7 @@ pub fn preflight(function: &Function, headers: &HeaderMap) -> Option<Response> {
 /// an allowed origin. With a `cors` field Granda alone says who may read the answer: the
 /// function's own `Access-Control-Allow-Origin` is dropped, and so is its
 /// `Access-Control-Allow-Credentials` when any origin is allowed (`*`).
-pub fn allow(function: &Function, headers: &HeaderMap, response: &mut Response) {
+pub(crate) fn allow(function: &Function, headers: &HeaderMap, response: &mut Response) {
     let Some(cors) = function.cors.as_ref() else {
         return;
     };

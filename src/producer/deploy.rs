@@ -33,7 +33,7 @@ use crate::function::{Function, store};
 use crate::build::NDJSON;
 
 /// What to do with a built image.
-pub enum Target {
+pub(crate) enum Target {
     /// Register a new function.
     Create(Function),
     /// Switch an existing function (with its other changes applied) to the new version.
@@ -41,18 +41,18 @@ pub enum Target {
 }
 
 /// A checked deploy, ready to build.
-pub struct Deploy {
-    pub runtime: Runtime,
+pub(crate) struct Deploy {
+    pub(crate) runtime: Runtime,
     /// The runtime's base image (the Dockerfile's `FROM`).
-    pub base_image: String,
-    pub context: Vec<u8>,
+    pub(crate) base_image: String,
+    pub(crate) context: Vec<u8>,
     /// [`build::digest`] of the runtime and context.
-    pub digest: String,
-    pub target: Target,
+    pub(crate) digest: String,
+    pub(crate) target: Target,
 }
 
 /// Checks the runtime and source and renders the build context.
-pub fn prepare(
+pub(crate) fn prepare(
     app: &AppState,
     runtime: &str,
     source: &Source,
@@ -77,7 +77,7 @@ pub fn prepare(
 /// Whether `current` already runs what `deploy` would build: the build of its version succeeded
 /// from the same runtime, base image and source, and its image is still that build's. Then a
 /// redeploy builds nothing (its other settings are applied as by an update).
-pub async fn already_built(
+pub(crate) async fn already_built(
     app: &AppState,
     current: &Function,
     deploy: &Deploy,
@@ -99,7 +99,7 @@ pub async fn already_built(
 
 /// Answers a deploy from source that built nothing, as the request asked: the function as JSON,
 /// or (NDJSON) `note` as a log line, then the verdict line.
-pub fn respond_unbuilt(headers: &HeaderMap, view: Value, note: String) -> Response {
+pub(crate) fn respond_unbuilt(headers: &HeaderMap, view: Value, note: String) -> Response {
     let streamed = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -171,7 +171,7 @@ impl Failure {
 }
 
 /// Runs the deploy, answering as the request asked (plain or streamed).
-pub async fn respond(app: AppState, headers: &HeaderMap, deploy: Deploy) -> Response {
+pub(crate) async fn respond(app: AppState, headers: &HeaderMap, deploy: Deploy) -> Response {
     let streamed = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

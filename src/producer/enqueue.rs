@@ -26,28 +26,28 @@ use crate::message::{Reply, Work};
 
 /// One invocation to queue.
 #[derive(Clone, Debug)]
-pub struct Job<'a> {
-    pub trigger: Trigger,
-    pub input: &'a [u8],
+pub(crate) struct Job<'a> {
+    pub(crate) trigger: Trigger,
+    pub(crate) input: &'a [u8],
     /// The same key for the same function and trigger within 24 h returns the first invocation,
     /// unrun again. Stored as `<trigger>:<key>` (see [`namespaced_key`]), so a caller's key can
     /// never equal a webhook's or an event's.
-    pub idempotency_key: Option<&'a str>,
+    pub(crate) idempotency_key: Option<&'a str>,
     /// Sync: how long to wait for the reply.
-    pub reply: Option<Duration>,
+    pub(crate) reply: Option<Duration>,
     /// Env of this invocation only (`GRANDA_WEBHOOK_*`, `GRANDA_EVENT_*`), added to the function's.
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     /// Where to POST the result when final; else the function's `callback_url` (not for sync).
-    pub callback_url: Option<&'a str>,
+    pub(crate) callback_url: Option<&'a str>,
     /// The HTTP request of a call of the function's URL.
-    pub request: Option<&'a crate::web::WebRequest>,
+    pub(crate) request: Option<&'a crate::web::WebRequest>,
     /// The API key that made the call (`Acting::key_id`; a dashboard session's key), kept on the
     /// record. `None` for anonymous, webhook, schedule and event calls.
-    pub key_id: Option<Uuid>,
+    pub(crate) key_id: Option<Uuid>,
 }
 
 impl<'a> Job<'a> {
-    pub fn new(trigger: Trigger, input: &'a [u8]) -> Self {
+    pub(crate) fn new(trigger: Trigger, input: &'a [u8]) -> Self {
         Job {
             trigger,
             input,
@@ -63,18 +63,18 @@ impl<'a> Job<'a> {
 
 /// What [`enqueue`] did.
 #[derive(Debug)]
-pub struct Queued {
-    pub id: Uuid,
+pub(crate) struct Queued {
+    pub(crate) id: Uuid,
     /// `false`: an idempotency key matched an earlier invocation, and nothing was published.
-    pub new: bool,
+    pub(crate) new: bool,
     /// Sync calls: the reply, if it came in time.
-    pub reply: Option<Reply>,
+    pub(crate) reply: Option<Reply>,
 }
 
 /// The idempotency key as stored: `<trigger>:<key>`. Each source has its own namespace, so a
 /// caller's `Idempotency-Key: webhook:<hook>:<delivery>` is stored as `async:webhook:…` and
 /// can't squat the delivery's own key `webhook:<hook>:<delivery>`.
-pub fn namespaced_key(trigger: Trigger, key: &str) -> String {
+pub(crate) fn namespaced_key(trigger: Trigger, key: &str) -> String {
     format!("{}:{key}", trigger.as_str())
 }
 
@@ -93,7 +93,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
 }
 
 /// Stores a `queued` invocation of `function` and publishes it.
-pub async fn enqueue(
+pub(crate) async fn enqueue(
     app: &AppState,
     function: &Function,
     job: Job<'_>,

@@ -31,8 +31,8 @@ use axum::Extension;
 /// The body of `POST /v1/functions/{name}/subscriptions`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewSubscription {
-    pub pattern: String,
+pub(crate) struct NewSubscription {
+    pub(crate) pattern: String,
 }
 
 /// `POST /v1/functions/{name}/subscriptions` `{pattern}`: 201; 409 if the function has it already.
@@ -40,7 +40,7 @@ pub struct NewSubscription {
 #[utoipa::path(post, path = "/v1/functions/{name}/subscriptions", operation_id = "subscribe", tag = "events", summary = "Subscribe a function to a topic pattern",
     description = "Body `{pattern}`: `*` matches one word, `#` zero or more (`orders.*`). Events published on a matching topic each start an invocation of the function. 409 if the function has the pattern already.", params(("name" = String, Path)),
     request_body = NewSubscription, responses((status = 201, body = crate::event::Subscription), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -52,7 +52,7 @@ pub async fn subscribe(
 
 /// Subscribes function `name` to `pattern` (the API's `POST` and the dashboard's form): 422 for
 /// a bad pattern or a full function, 404 for no such function, 409 if it has the pattern.
-pub async fn add_subscription(
+pub(crate) async fn add_subscription(
     app: &AppState,
     name: &str,
     pattern: &str,
@@ -79,7 +79,7 @@ pub async fn add_subscription(
 /// `GET /v1/functions/{name}/subscriptions`.
 #[utoipa::path(get, path = "/v1/functions/{name}/subscriptions", operation_id = "list_subscriptions", tag = "events", summary = "List a function's subscriptions",
     description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses((status = 200, body = super::answers::SubscriptionList), (status = 404, body = ErrorBody), Denied))]
-pub async fn subscriptions(
+pub(crate) async fn subscriptions(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -94,7 +94,7 @@ pub async fn subscriptions(
 #[utoipa::path(delete, path = "/v1/functions/{name}/subscriptions/{id}", operation_id = "unsubscribe", tag = "events", summary = "Remove a subscription",
     description = "Events published after this no longer start the function.",
     params(("name" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn unsubscribe(
+pub(crate) async fn unsubscribe(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path((name, id)): Path<(String, String)>,
@@ -105,7 +105,11 @@ pub async fn unsubscribe(
 
 /// Deletes function `name`'s subscription `id` (the API's `DELETE` and the dashboard's button):
 /// 404 when it has none by that id.
-pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) async fn remove_subscription(
+    app: &AppState,
+    name: &str,
+    id: &str,
+) -> Result<(), ApiError> {
     let missing = || {
         let name = crate::namespace::short(name);
         ApiError::NotFound(format!("{name:?} has no subscription {id}"))
@@ -129,7 +133,7 @@ pub async fn remove_subscription(app: &AppState, name: &str, id: &str) -> Result
            ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 202, body = super::answers::EventPublished, headers(("idempotent-replayed" = String, description = "`true` when the `Idempotency-Key` was seen before: the first event, nothing run twice"))), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
-pub async fn publish(
+pub(crate) async fn publish(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(topic): Path<String>,
@@ -265,7 +269,7 @@ pub async fn publish(
 /// `GET /v1/events/{id}`: the event, its payload (capped like inputs) and its invocations.
 #[utoipa::path(get, path = "/v1/events/{topic}", operation_id = "get_event", tag = "events", summary = "Read an event",
     description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = super::answers::EventView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,

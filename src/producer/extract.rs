@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// A JSON body: malformed JSON is 400, wrong or missing fields 422, too large 413.
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
@@ -31,7 +31,7 @@ where
 macro_rules! parts_extractor {
     ($(#[$doc:meta])* $name:ident, $($bound:tt)+) => {
         $(#[$doc])*
-        pub struct $name<T>(pub T);
+        pub(crate) struct $name<T>(pub(crate) T);
 
         impl<S, T> FromRequestParts<S> for $name<T>
         where
@@ -98,7 +98,7 @@ fn did_you_mean(text: String) -> String {
 }
 
 /// A raw body of any type, up to the configured size (413 above it).
-pub struct RawBody(pub Bytes);
+pub(crate) struct RawBody(pub(crate) Bytes);
 
 impl<S> FromRequest<S> for RawBody
 where
@@ -116,7 +116,7 @@ where
 
 /// The `Idempotency-Key` header: `None` when absent; 400 unless 1 to 255 printable ASCII
 /// characters (no tab or other control character).
-pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -8,31 +8,31 @@ use crate::function::Function;
 
 /// A function as the API shows it: its fields, its own URL, and the names of its secrets.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct FunctionView {
+pub(crate) struct FunctionView {
     /// (Its `name` is the short one; its namespace is beside it.)
     #[serde(flatten)]
-    pub function: Function,
+    pub(crate) function: Function,
     /// The namespace the function belongs to ([`crate::namespace`]).
-    pub namespace: String,
-    pub invoke_url: String,
+    pub(crate) namespace: String,
+    pub(crate) invoke_url: String,
     /// Names only: secrets are write-only.
-    pub secrets: Vec<String>,
+    pub(crate) secrets: Vec<String>,
     /// Builds from source, newest first (only when one function is read).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
-    pub versions: Option<serde_json::Value>,
+    pub(crate) versions: Option<serde_json::Value>,
     /// How long its ended invocations are kept, as it applies (only when one function is read).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention: Option<crate::retention::Effective>,
+    pub(crate) retention: Option<crate::retention::Effective>,
 }
 
 /// `GET /v1/functions`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct FunctionList {
-    pub functions: Vec<FunctionView>,
+pub(crate) struct FunctionList {
+    pub(crate) functions: Vec<FunctionView>,
 }
 
-pub fn view(app: &AppState, f: &Function) -> FunctionView {
+pub(crate) fn view(app: &AppState, f: &Function) -> FunctionView {
     let (name, namespace) = crate::namespace::split(&f.name);
     let mut function = f.clone();
     function.name = name.to_string();
@@ -49,7 +49,10 @@ pub fn view(app: &AppState, f: &Function) -> FunctionView {
 
 /// A function as the API shows it, with its builds (`versions`, newest first; empty for a function
 /// registered with an image).
-pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<FunctionView, ApiError> {
+pub(crate) async fn view_with_versions(
+    app: &AppState,
+    f: &Function,
+) -> Result<FunctionView, ApiError> {
     let mut v = view(app, f);
     let builds = crate::build::store::list(&app.pool, &f.name, f.created_at).await?;
     v.versions = Some(serde_json::to_value(builds).expect("builds serialize"));
@@ -59,7 +62,7 @@ pub async fn view_with_versions(app: &AppState, f: &Function) -> Result<Function
     Ok(v)
 }
 
-pub fn conflict(name: &str) -> ApiError {
+pub(crate) fn conflict(name: &str) -> ApiError {
     let name = crate::namespace::short(name);
     ApiError::Conflict(format!("a function named {name:?} exists"))
 }

@@ -19,7 +19,7 @@ use crate::function::{Function, FunctionUpdate, NewFunction, store};
 use axum::Extension;
 
 /// Loads a function by its stored (namespace-qualified) name, or answers 404.
-pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
+pub(crate) async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
     store::get(&app.pool, name).await?.ok_or_else(|| {
         let name = crate::namespace::short(name);
         ApiError::NotFound(format!("no function named {name:?}"))
@@ -28,7 +28,7 @@ pub async fn load(app: &AppState, name: &str) -> Result<Function, ApiError> {
 
 /// [`load`] for invoking: what this process read in the last second will do
 /// ([`super::recent`]). Never for changing a function.
-pub async fn load_for_call(app: &AppState, name: &str) -> Result<Function, ApiError> {
+pub(crate) async fn load_for_call(app: &AppState, name: &str) -> Result<Function, ApiError> {
     if let Some(f) = app.recent.function(name) {
         return Ok(f);
     }
@@ -101,16 +101,16 @@ async fn note_check(app: &AppState, name: &str, checked: bool) -> Result<(), Api
 /// The query of `POST /v1/functions` and `PUT /v1/functions/{name}`.
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct RegisterQuery {
+pub(crate) struct RegisterQuery {
     /// When no worker of the function's queue answers (one restarting, a fresh stack): register
     /// anyway instead of answering 503; the image is checked when a worker first runs it.
-    pub defer_check: Option<bool>,
+    pub(crate) defer_check: Option<bool>,
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name))]
 #[utoipa::path(post, path = "/v1/functions", operation_id = "create_function", tag = "functions", summary = "Register a function",
     description = "Registers a function from an image (pulled when the engine lacks it), or builds its image from source when the body has `runtime` and `source` (with `Accept: application/x-ndjson` the build log streams, one JSON object per line). 201 with the function and its invoke URL; 409 if the name is taken; 422 for a bad field, an image that can't be had, or a failed build.", params(RegisterQuery), request_body = NewFunction, responses((status = 201, body = FunctionView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn create(
+pub(crate) async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Query(query): Query<RegisterQuery>,
@@ -129,7 +129,7 @@ pub async fn create(
 
 /// Registers `body`, or builds it from source first (the API's create, and the dashboard's
 /// build-from-source form, which asks for the streamed answer).
-pub async fn create_from(
+pub(crate) async fn create_from(
     app: AppState,
     acting: &Acting,
     headers: &HeaderMap,
@@ -181,7 +181,7 @@ pub async fn create_from(
 
 /// Stores a validated new function (API and dashboard): 409 if the name is taken, 422 if its
 /// image can't be had.
-pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
+pub(crate) async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
     if store::get(&app.pool, &f.name).await?.is_some() {
         return Err(conflict(&f.name));
     }
@@ -197,7 +197,7 @@ pub async fn register(app: &AppState, f: &Function) -> Result<(), ApiError> {
 }
 
 /// Stores a validated change to a function (API and dashboard), checking a new image first.
-pub async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
+pub(crate) async fn save(app: &AppState, f: &Function, old_image: &str) -> Result<(), ApiError> {
     check_callback(app, f).await?;
     check_runtime(app, &f.queue, f.run.container_runtime.as_deref()).await?;
     if f.run.image != old_image {
@@ -226,7 +226,7 @@ async fn check_callback(app: &AppState, f: &Function) -> Result<(), ApiError> {
 
 #[utoipa::path(get, path = "/v1/functions", operation_id = "list_functions", tag = "functions", summary = "List functions",
     description = "Every function with its settings. Secret values are never shown, only their names.", responses((status = 200, body = FunctionList), Denied))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
 ) -> Result<Json<FunctionList>, ApiError> {
@@ -240,7 +240,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/v1/functions/{name}", operation_id = "get_function", tag = "functions", summary = "Read a function",
     description = "The function's settings, its invoke URL and its built versions (newest first).", params(("name" = String, Path)), responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -252,7 +252,7 @@ pub async fn get(
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(put, path = "/v1/functions/{name}", operation_id = "update_function", tag = "functions", summary = "Update a function",
     description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path), RegisterQuery), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn update(
+pub(crate) async fn update(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -348,7 +348,7 @@ async fn save_changed(
 
 #[utoipa::path(delete, path = "/v1/functions/{name}", operation_id = "delete_function", tag = "functions", summary = "Delete a function",
     description = "Removes the function. Later calls to it get 404.", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,

@@ -12,20 +12,20 @@ use utoipa::ToSchema;
 use super::AppState;
 
 #[derive(Serialize, ToSchema)]
-pub struct Health {
-    pub status: String,
+pub(crate) struct Health {
+    pub(crate) status: String,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    pub ready: bool,
-    pub checks: std::collections::BTreeMap<String, String>,
+pub(crate) struct Readiness {
+    pub(crate) ready: bool,
+    pub(crate) checks: std::collections::BTreeMap<String, String>,
 }
 
 /// `GET /`: a browser (an `Accept` that names `text/html`) is sent to the dashboard (303 to
 /// `/ui`); any other client gets a small JSON index: name, version and where the API's
 /// documents are. Needs no key.
-pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub(crate) async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let mut response = if wants_html(&headers) {
         Redirect::to(super::ui::BASE).into_response()
     } else {
@@ -71,7 +71,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "system", summary = "Liveness",
     description = "200 while the process is up. Needs no key.", responses((status = 200, body = Health)), security(()))]
-pub async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
@@ -82,7 +82,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// breakers are the workers' matter (their own `/readyz`): the ingress still accepts the work.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "system", summary = "Readiness",
     description = "200 when Postgres, RabbitMQ and (for `granda up`) the Docker engine answer and RabbitMQ confirms a write to a quorum queue within `GRANDA_PUBLISH_TIMEOUT_MS`; 503 naming the ones that don't (`quorum: unavailable` while a majority of the broker's nodes is down: invokes would be refused). Needs no key.", responses((status = 200, body = Readiness), (status = 503, body = Readiness)), security(()))]
-pub async fn readyz(State(app): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let (db, broker, docker) = tokio::join!(
         sqlx::query("SELECT 1").execute(&app.pool),
         app.publisher.ready(),
@@ -109,7 +109,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "system", summary = "Prometheus metrics",
     description = "This process's counters, gauges and histograms in the Prometheus text format (0.0.4). Needs an admin key.", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String), Denied))]
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
     // Deleted through another ingress, or run here by a worker after the delete: dropped first.
     if let Err(e) = app.metrics.forget_deleted(&app.pool).await {
         tracing::warn!(error = %e, "could not drop the series of deleted functions");

@@ -13,7 +13,7 @@
 //!
 //! A message without `message_id` has no idempotency key: it is accepted once per delivery (a
 //! redelivery after a crash between commit and ack runs again). Everything that enters is checked
-//! first ([`check`]): the topic (dot-separated words of `[A-Za-z0-9_-]`), the size (at most
+//! first (`check`): the topic (dot-separated words of `[A-Za-z0-9_-]`), the size (at most
 //! `GRANDA_MAX_BODY_BYTES`), `message_id` and `content_type` (printable ASCII: they become
 //! `GRANDA_EVENT_MESSAGE_ID` and `GRANDA_CONTENT_TYPE`), the headers (see [`headers_json`]) and
 //! the per-invocation env they make (the checks of the HTTP entry points). A message that fails
@@ -49,7 +49,7 @@ const PREFETCH: u16 = 32;
 /// How deep tables and arrays may nest in a message's headers.
 const MAX_HEADER_DEPTH: usize = 16;
 /// The header that says why a message was dead-lettered.
-pub const REASON_HEADER: &str = "x-granda-reason";
+pub(crate) const REASON_HEADER: &str = "x-granda-reason";
 
 /// Why a message can't be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub enum Refusal {
 }
 
 /// Routes until told to stop; a message being handled is finished first.
-pub async fn run(app: Ingress, mut stop: Shutdown) {
+pub(crate) async fn run(app: Ingress, mut stop: Shutdown) {
     describe(&app);
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -294,20 +294,20 @@ fn count(app: &Ingress, outcome: &str) {
 
 /// A message that passed [`check`]: what [`record`] stores and passes on.
 #[derive(Debug)]
-pub struct Accepted<'a> {
-    pub topic: &'a str,
-    pub message_id: Option<&'a str>,
-    pub content_type: Option<&'a str>,
+pub(crate) struct Accepted<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) content_type: Option<&'a str>,
     /// The headers as JSON ([`headers_json`]).
-    pub headers: serde_json::Map<String, Value>,
+    pub(crate) headers: serde_json::Map<String, Value>,
     /// The per-invocation env every subscriber gets (`GRANDA_EVENT_ID` is added per event).
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
 }
 
 /// Whether a message can be accepted, and what of it is kept. Everything that enters Postgres
 /// or a function's env is checked here, so nothing is refused later (which would hold the
 /// message, and those behind it, in retries).
-pub fn check<'a>(app: &Ingress, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
+pub(crate) fn check<'a>(app: &Ingress, delivery: &'a Delivery) -> Result<Accepted<'a>, Refusal> {
     let topic = delivery.routing_key.as_str();
     if !valid_topic(topic) {
         return Err(Refusal::Topic(topic.chars().take(300).collect()));
@@ -444,7 +444,7 @@ async fn record(
 /// The headers of a message as JSON. Strings (short, long, and RabbitMQ's byte arrays) must be
 /// UTF-8 without control characters, names too; numbers, booleans and decimals are numbers
 /// (NaN and infinities `null`), a timestamp is its seconds since the epoch, void is `null`,
-/// tables are objects and arrays arrays, nested at most [`MAX_HEADER_DEPTH`] deep. Anything
+/// tables are objects and arrays arrays, nested at most `MAX_HEADER_DEPTH` deep. Anything
 /// else refuses the message: a header is never dropped or altered silently.
 pub fn headers_json(table: Option<&FieldTable>) -> Result<serde_json::Map<String, Value>, Refusal> {
     let Some(table) = table else {

@@ -12,9 +12,9 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct Ingress {
-    pub pool: PgPool,
-    pub publisher: Arc<Publisher>,
-    pub settings: Arc<Settings>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Ingress {
+    pub(crate) pool: PgPool,
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) metrics: Arc<Metrics>,
 }

@@ -24,22 +24,22 @@ use crate::message::Work;
 /// Invocations whose retries are spent, and the depth of the broker's dead-letter queue (null
 /// when the broker can't be asked).
 #[derive(Serialize, ToSchema)]
-pub struct DeadLetterList {
-    pub dead_letters: Vec<InvocationView>,
+pub(crate) struct DeadLetterList {
+    pub(crate) dead_letters: Vec<InvocationView>,
     /// The `before` of the next page; null on the last.
-    pub next: Option<Uuid>,
-    pub queue_depth: Option<u32>,
+    pub(crate) next: Option<Uuid>,
+    pub(crate) queue_depth: Option<u32>,
 }
 
-pub const DEFAULT_PAGE: i64 = 50;
-pub const MAX_PAGE: i64 = 500;
+pub(crate) const DEFAULT_PAGE: i64 = 50;
+pub(crate) const MAX_PAGE: i64 = 500;
 
 /// `GET /v1/invocations/{id}`. The callback's state is shown to every caller, its URL only to
 /// keys that may read functions (a function's default callback URL is part of its definition,
 /// which an `invoke` key does not see).
 #[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "get_invocation", tag = "invocations", summary = "Read an invocation",
     description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it; `attempts`, each attempt's worker, times, status and error.", params(("id" = String, Path)), responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
     caller: Option<Extension<Caller>>,
@@ -72,7 +72,7 @@ pub async fn get(
     params(("name" = String, Path), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query),
            ("before" = Option<Uuid>, Query)),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -115,7 +115,7 @@ pub async fn list(
            ("trigger" = Option<String>, Query), ("since" = Option<String>, Query),
            ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("key_id" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), Denied))]
-pub async fn list_all(
+pub(crate) async fn list_all(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Query(query): Query<HashMap<String, String>>,
@@ -140,7 +140,7 @@ pub async fn list_all(
 
 /// The filters of `GET /v1/invocations` (and of the dashboard's list), checked; an empty value is
 /// no filter.
-pub fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
+pub(crate) fn filters(query: &HashMap<String, String>) -> Result<Filters, ApiError> {
     let given = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
     Ok(Filters {
         namespace: None,
@@ -185,7 +185,7 @@ fn parse_status(s: &str) -> Result<Status, ApiError> {
     })
 }
 
-pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::BadRequest(format!("{s:?} is not an invocation id")))
 }
 
@@ -195,7 +195,7 @@ pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
     description = "Invocations whose retries are spent (status `dead`), newest first and paged like a function's invocations, with the depth of the broker's dead-letter queue.",
     params(("limit" = Option<i64>, Query), ("before" = Option<Uuid>, Query)),
     responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody), Denied))]
-pub async fn dead_letters(
+pub(crate) async fn dead_letters(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Query(query): Query<HashMap<String, String>>,
@@ -226,7 +226,7 @@ pub async fn dead_letters(
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/invocations/{id}/retry", operation_id = "retry_invocation", tag = "invocations", summary = "Run an invocation again",
     description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
-pub async fn retry(
+pub(crate) async fn retry(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -242,7 +242,7 @@ pub async fn retry(
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(delete, path = "/v1/dead-letters/{id}", operation_id = "discard_dead_letter", tag = "invocations", summary = "Discard a dead invocation",
     description = "Settles a dead invocation for good: it leaves the dead letters (`GET /v1/dead-letters`) and can't be retried; its record stays, with `discarded_at`. 204; 404 when there is no such invocation; 409 unless it is dead and not discarded yet.", params(("id" = String, Path)), responses((status = 204, description = "Discarded"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
-pub async fn discard(
+pub(crate) async fn discard(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -255,7 +255,7 @@ pub async fn discard(
 
 /// Discards dead invocation `id` (the API's discard and the dashboard's): 404 when there is no
 /// such invocation, 409 when it is not dead or was discarded already.
-pub async fn discard_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn discard_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     if store::discard_dead(&app.pool, id).await? {
         return Ok(());
     }
@@ -273,7 +273,7 @@ pub async fn discard_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
 
 /// Queues invocation `id` again as a new attempt (the API's retry and the dashboard's): 404 when
 /// there is no such invocation, 409 when it is not failed, timed out or dead with its whole input.
-pub async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     let current = store::get(&app.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
@@ -309,7 +309,7 @@ pub async fn retry_one(app: &AppState, id: Uuid) -> Result<(), ApiError> {
 
 /// Invocation `id` if it is in the caller's namespace; 404 alike for a missing one and another
 /// namespace's.
-pub async fn load_in(
+pub(crate) async fn load_in(
     app: &AppState,
     acting: &Acting,
     id: Uuid,
@@ -320,7 +320,7 @@ pub async fn load_in(
         .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))
 }
 
-pub fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+pub(crate) fn page_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     match query.get("limit") {
         None => Ok(DEFAULT_PAGE),
         Some(l) => l

@@ -35,17 +35,17 @@ use crate::message::Reply;
 
 /// 202: the invocation was accepted and runs later (or still runs).
 #[derive(Serialize, ToSchema)]
-pub struct Accepted {
-    pub id: Uuid,
+pub(crate) struct Accepted {
+    pub(crate) id: Uuid,
     #[schema(value_type = crate::invocation::Status)]
-    pub status: String,
-    pub status_url: String,
+    pub(crate) status: String,
+    pub(crate) status_url: String,
 }
 
-pub const HEADER_ID: &str = "x-granda-invocation-id";
-pub const HEADER_STATUS: &str = "x-granda-status";
-pub const HEADER_DURATION: &str = "x-granda-duration-ms";
-pub const HEADER_EXIT_CODE: &str = "x-granda-exit-code";
+pub(crate) const HEADER_ID: &str = "x-granda-invocation-id";
+pub(crate) const HEADER_STATUS: &str = "x-granda-status";
+pub(crate) const HEADER_DURATION: &str = "x-granda-duration-ms";
+pub(crate) const HEADER_EXIT_CODE: &str = "x-granda-exit-code";
 const CALLBACK_URL: &str = "x-callback-url";
 
 /// `POST /v1/functions/{name}/invoke` and `POST /fn/{name}`.
@@ -54,7 +54,7 @@ const CALLBACK_URL: &str = "x-callback-url";
     description = "Runs the function with the request body as its input and waits for the result: 200 with its stdout on exit 0, 502 when it exits non-zero, 504 when it times out, each with the invocation id (headers `X-Granda-Invocation-Id`, `X-Granda-Status`, `X-Granda-Duration-Ms`). Past the sync wait cap the answer is 202 and the invocation goes on running.", params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "the function's stdout", content_type = "application/octet-stream", body = Vec<u8>), (status = 202, body = Accepted, description = "still running after the sync wait"), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody, description = "the function failed"), (status = 504, body = ErrorBody, description = "the function timed out"), Denied))]
-pub async fn sync(
+pub(crate) async fn sync(
     State(app): State<AppState>,
     Path(name): Path<String>,
     caller: Option<Extension<Caller>>,
@@ -80,7 +80,7 @@ pub async fn sync(
 }
 
 /// The methods of a function's URL.
-pub fn web_methods() -> MethodFilter {
+pub(crate) fn web_methods() -> MethodFilter {
     MethodFilter::GET
         .or(MethodFilter::HEAD)
         .or(MethodFilter::POST)
@@ -101,7 +101,7 @@ pub fn web_methods() -> MethodFilter {
     security((), ("bearer" = [])))]
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(%method))]
-pub async fn web(
+pub(crate) async fn web(
     State(app): State<AppState>,
     method: Method,
     uri: Uri,
@@ -231,7 +231,7 @@ fn web_request(
         ("X-Callback-Url" = Option<String>, Header, description = "where to POST the result when it is final (signed with the function's callback key)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]
-pub async fn no_wait(
+pub(crate) async fn no_wait(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,

@@ -23,37 +23,37 @@ use axum::Extension;
 
 /// A key as made: the only time `key` is shown.
 #[derive(Serialize, ToSchema)]
-pub struct KeyCreated {
+pub(crate) struct KeyCreated {
     #[serde(flatten)]
-    pub stored: ApiKey,
-    pub key: String,
+    pub(crate) stored: ApiKey,
+    pub(crate) key: String,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct KeyList {
-    pub keys: Vec<ApiKey>,
+pub(crate) struct KeyList {
+    pub(crate) keys: Vec<ApiKey>,
 }
 
 /// The body of `POST /v1/keys`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewKey {
-    pub name: String,
-    pub scope: Scope,
+pub(crate) struct NewKey {
+    pub(crate) name: String,
+    pub(crate) scope: Scope,
     /// The namespace the key acts in (it sees nothing else); none: a global key. A key bound to
     /// a namespace may only name its own.
     #[serde(default)]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// An `invoke` key bound to these functions (short names, in the key's namespace) invokes
     /// them only: every other function, record and route is 404 to it (a webhook sender's key).
     #[serde(default)]
-    pub functions: Option<Vec<String>>,
+    pub(crate) functions: Option<Vec<String>>,
 }
 
 #[tracing::instrument(skip_all, fields(name = %body.name, scope = body.scope.as_str()))]
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys", summary = "Make an API key",
     description = "Makes a key with a scope (`admin`, `invoke` or `read`), bound to `namespace` if given (it then acts only there), and for an `invoke` key to `functions` if given (it then invokes only those; everything else is 404). The key is shown only in this answer; Granda keeps only its hash.", request_body = NewKey, responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn create(
+pub(crate) async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     JsonBody(body): JsonBody<NewKey>,
@@ -88,7 +88,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/v1/keys", operation_id = "list_keys", tag = "keys", summary = "List API keys",
     description = "Every key's id, name, scope and dates; never the key itself.", responses((status = 200, body = KeyList), Denied))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -101,7 +101,7 @@ pub async fn list(
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revoke_key", tag = "keys", summary = "Revoke an API key",
     description = "The key stops working (within a second on every server).", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -120,7 +120,7 @@ pub async fn revoke(
 }
 
 /// Makes a key (the API's and the dashboard's): 422 for a bad name.
-pub async fn make(
+pub(crate) async fn make(
     app: &AppState,
     name: &str,
     scope: Scope,
@@ -139,7 +139,7 @@ pub async fn make(
 
 /// Revokes key `id` (the API's and the dashboard's), ending its sessions and forgetting the
 /// keys recently seen as valid: 404 when there is no live key with this id.
-pub async fn end(app: &AppState, id: Uuid) -> Result<(), ApiError> {
+pub(crate) async fn end(app: &AppState, id: Uuid) -> Result<(), ApiError> {
     let revoked = keys::revoke(&app.pool, id).await?;
     app.recent.forget_all();
     if revoked {

@@ -1,39 +1,39 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
-pub mod answers;
-pub mod auth;
-pub mod budget;
-pub mod builds;
-pub mod callback_keys;
-pub mod cancel;
-pub mod cors;
+pub(crate) mod answers;
+pub(crate) mod auth;
+pub(crate) mod budget;
+pub(crate) mod builds;
+pub(crate) mod callback_keys;
+pub(crate) mod cancel;
+pub(crate) mod cors;
 pub mod cron;
-pub mod deploy;
-pub mod enqueue;
-pub mod events;
-pub mod extract;
-pub mod function_view;
-pub mod functions;
-pub mod health;
+pub(crate) mod deploy;
+pub(crate) mod enqueue;
+pub(crate) mod events;
+pub(crate) mod extract;
+pub(crate) mod function_view;
+pub(crate) mod functions;
+pub(crate) mod health;
 pub mod inbound;
-pub mod ingress;
-pub mod invocations;
-pub mod invoke;
-pub mod keys;
-pub mod namespaces;
-pub mod openapi;
-pub mod origin;
-pub mod outbox;
-pub mod pruner;
-pub mod quota;
-pub mod recent;
-pub mod records_size;
-pub mod schedules;
+pub(crate) mod ingress;
+pub(crate) mod invocations;
+pub(crate) mod invoke;
+pub(crate) mod keys;
+pub(crate) mod namespaces;
+pub(crate) mod openapi;
+pub(crate) mod origin;
+pub(crate) mod outbox;
+pub(crate) mod pruner;
+pub(crate) mod quota;
+pub(crate) mod recent;
+pub(crate) mod records_size;
+pub(crate) mod schedules;
 pub mod serve;
-pub mod ui;
-pub mod usage;
-pub mod webhooks;
+pub(crate) mod ui;
+pub(crate) mod usage;
+pub(crate) mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,22 +53,22 @@ use crate::metrics::Metrics;
 
 /// What every request handler can reach.
 #[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub publisher: Arc<Publisher>,
+pub(crate) struct AppState {
+    pub(crate) pool: PgPool,
+    pub(crate) publisher: Arc<Publisher>,
     /// Where registration checks and builds go: the workers of a queue, over RabbitMQ, or
     /// `granda up`'s own worker. The ingress itself talks to no Docker engine.
-    pub engines: Arc<dyn crate::engines::Engines>,
-    pub settings: Arc<Settings>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) engines: Arc<dyn crate::engines::Engines>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) metrics: Arc<Metrics>,
     /// API keys and functions read in the last second.
-    pub recent: Arc<recent::Recent>,
+    pub(crate) recent: Arc<recent::Recent>,
     /// The bytes unauthenticated request bodies may hold at once.
-    pub body_budget: Arc<budget::BodyBudget>,
+    pub(crate) body_budget: Arc<budget::BodyBudget>,
     /// Subscriptions, indexed by pattern, as of their last change.
-    pub subscriptions: Arc<crate::event::Cache>,
+    pub(crate) subscriptions: Arc<crate::event::Cache>,
     /// Which refused webhook deliveries are written down.
-    pub rejections: Arc<crate::webhook::rejections::Recorder>,
+    pub(crate) rejections: Arc<crate::webhook::rejections::Recorder>,
 }
 
 /// A bound, connected ingress, ready to serve.
@@ -79,7 +79,7 @@ pub struct Application {
 
 impl AppState {
     /// What the loops beside the API (outbox, schedules, AMQP router) share with it.
-    pub fn ingress(&self) -> crate::producer::ingress::Ingress {
+    pub(crate) fn ingress(&self) -> crate::producer::ingress::Ingress {
         crate::producer::ingress::Ingress {
             pool: self.pool.clone(),
             publisher: self.publisher.clone(),
@@ -93,7 +93,7 @@ impl Application {
     /// Connects to Postgres (creating and migrating the database) and RabbitMQ, and binds
     /// `settings.listen` (port 0 picks a free port). It talks to no Docker engine unless given
     /// one ([`Application::with_engine`], as `granda up` does).
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    pub(crate) async fn build(settings: Settings) -> anyhow::Result<Application> {
         let pool = crate::db::connect_and_migrate_with_ca(
             &settings.database_url,
             settings.ca_file.as_deref(),
@@ -174,7 +174,7 @@ impl Application {
 
     /// Sends registration checks and builds to `engines`, which also answer in `/readyz`: for
     /// `granda up`, whose own worker's engine is given ([`crate::worker::Worker::engines`]).
-    pub fn with_engines(mut self, engines: Arc<dyn crate::engines::Engines>) -> Application {
+    pub(crate) fn with_engines(mut self, engines: Arc<dyn crate::engines::Engines>) -> Application {
         self.state.engines = engines;
         self
     }
@@ -184,7 +184,7 @@ impl Application {
     }
 
     /// The metrics this ingress serves; give them to an in-process worker to serve its too.
-    pub fn metrics(&self) -> Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
         self.state.metrics.clone()
     }
 
@@ -243,7 +243,7 @@ async fn declare_inbound(nodes: &crate::broker::Nodes, topology: &Topology) -> a
 }
 
 /// Every route of the API.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let origins = origin::Origins::of(&state.settings);
     Router::new()

@@ -17,23 +17,23 @@ use crate::namespace::{self, DeleteError, Namespace, Quotas, Stored};
 /// The body of `POST /v1/namespaces`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewNamespace {
+pub(crate) struct NewNamespace {
     /// Like a function's name: a lowercase letter, then lowercase letters, digits and `-`.
-    pub name: String,
+    pub(crate) name: String,
     #[schema(minimum = 1)]
-    pub max_concurrency: Option<i32>,
+    pub(crate) max_concurrency: Option<i32>,
     #[schema(minimum = 1)]
-    pub invocations_per_minute: Option<i32>,
+    pub(crate) invocations_per_minute: Option<i32>,
     #[schema(minimum = 0)]
-    pub max_stored_bytes: Option<i64>,
+    pub(crate) max_stored_bytes: Option<i64>,
     /// How long ended invocations and events are kept, in seconds (null: the installation's).
     #[schema(minimum = 1)]
-    pub retention_s: Option<i64>,
+    pub(crate) retention_s: Option<i64>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct NamespaceList {
-    pub namespaces: Vec<Stored>,
+pub(crate) struct NamespaceList {
+    pub(crate) namespaces: Vec<Stored>,
 }
 
 fn missing(name: &str) -> ApiError {
@@ -43,7 +43,7 @@ fn missing(name: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/namespaces", operation_id = "create_namespace", tag = "namespaces", summary = "Make a namespace",
     description = "A namespace with its quotas (`max_concurrency`, `invocations_per_minute`, `max_stored_bytes`; null: no limit) and `retention_s` (null: the installation's). Global admin keys only. 409 if it exists.",
     request_body = NewNamespace, responses((status = 201, body = Stored), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn create(
+pub(crate) async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     JsonBody(body): JsonBody<NewNamespace>,
@@ -70,7 +70,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/namespaces", operation_id = "list_namespaces", tag = "namespaces", summary = "List namespaces",
     description = "Every namespace and its quotas. Global admin keys only.",
     responses((status = 200, body = NamespaceList), (status = 404, body = ErrorBody), Denied))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
 ) -> Result<Json<NamespaceList>, ApiError> {
@@ -83,7 +83,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/namespaces/{name}", operation_id = "get_namespace", tag = "namespaces", summary = "Read a namespace",
     description = "The namespace and its quotas. Global admin keys only.", params(("name" = String, Path)),
     responses((status = 200, body = Stored), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -99,7 +99,7 @@ pub async fn get(
 #[utoipa::path(put, path = "/v1/namespaces/{name}", operation_id = "update_namespace", tag = "namespaces", summary = "Set a namespace's quotas",
     description = "Sets the quotas the body names; a quota left out or null is no limit. Global admin keys only.", params(("name" = String, Path)),
     request_body = Quotas, responses((status = 200, body = Stored), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn update(
+pub(crate) async fn update(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,
@@ -117,16 +117,16 @@ pub async fn update(
 }
 
 #[derive(Debug, Deserialize)]
-pub struct DeleteQuery {
+pub(crate) struct DeleteQuery {
     #[serde(default)]
-    pub cascade: bool,
+    pub(crate) cascade: bool,
 }
 
 #[utoipa::path(delete, path = "/v1/namespaces/{name}", operation_id = "delete_namespace", tag = "namespaces", summary = "Delete a namespace",
     description = "Deletes the namespace and its keys. 409 while it holds functions, unless `?cascade=true`: then its functions (with their webhooks, schedules and subscriptions), records and events go too. `default` can't be deleted (409). Global admin keys only.",
     params(("name" = String, Path), ("cascade" = Option<bool>, Query)),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(name): Path<String>,

@@ -173,17 +173,17 @@ impl Modify for FunctionUrl {
     modifiers(&BearerAuth, &FunctionUrl, &ResponseDescriptions),
     security(("bearer" = []))
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// `GET /openapi.json`.
 #[utoipa::path(get, path = "/openapi.json", operation_id = "openapi_json", tag = "system", summary = "This document",
     description = "The OpenAPI document of this API. Needs no key.", responses((status = 200, description = "this document")), security(()))]
-pub async fn serve() -> Json<Value> {
+pub(crate) async fn serve() -> Json<Value> {
     Json(document())
 }
 
 /// The document as served: what utoipa derives, then [`contract`].
-pub fn document() -> Value {
+pub(crate) fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
     contract(&mut doc);
     doc
@@ -200,7 +200,7 @@ const METHODS: [&str; 7] = ["get", "put", "post", "delete", "patch", "head", "op
 /// - invocation answers carry the `X-Granda-*` headers;
 /// - every operation that reads the database or the broker may answer 503 when they are down;
 /// - a build from source streams as NDJSON when asked (`Accept: application/x-ndjson`).
-pub fn contract(doc: &mut Value) {
+pub(crate) fn contract(doc: &mut Value) {
     let binary = json!({"type": "string", "format": "binary"});
     let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
     let header =

@@ -29,12 +29,12 @@ use crate::keys::SESSION_COOKIE;
 
 /// The CSP of a function's answer on a shared origin: scripts, forms, popups and downloads may
 /// stay, the page's origin may not (no `allow-same-origin`).
-pub const SANDBOX: &str =
+pub(crate) const SANDBOX: &str =
     "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
 
 /// How the API and the dashboard share the host with the functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origins {
+pub(crate) enum Origins {
     /// One origin for all: function answers are sandboxed.
     One,
     /// The functions on their own origin; `functions` is its authority (`host[:port]`, the port
@@ -43,7 +43,7 @@ pub enum Origins {
 }
 
 impl Origins {
-    pub fn of(settings: &Settings) -> Origins {
+    pub(crate) fn of(settings: &Settings) -> Origins {
         let Some(functions) = settings.functions_url.as_deref() else {
             return Origins::One;
         };
@@ -60,7 +60,7 @@ impl Origins {
     }
 
     /// Whether function answers must be sandboxed: on a shared origin.
-    pub fn sandboxed(&self) -> bool {
+    pub(crate) fn sandboxed(&self) -> bool {
         matches!(self, Origins::One)
     }
 }
@@ -91,7 +91,11 @@ fn asked(request: &Request) -> String {
 }
 
 /// The middleware that keeps each origin to its own paths (a no-op on one origin).
-pub async fn separate(State(origins): State<Origins>, request: Request, next: Next) -> Response {
+pub(crate) async fn separate(
+    State(origins): State<Origins>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Origins::Two { functions } = &origins else {
         return next.run(request).await;
     };
@@ -118,7 +122,7 @@ pub async fn separate(State(origins): State<Origins>, request: Request, next: Ne
 /// Makes a function's answer safe to serve: its `Set-Cookie` for the session cookie dropped,
 /// `nosniff`, and, when `sandboxed`, the sandbox CSP added to whatever policy it set itself
 /// (browsers enforce every policy given, so the function can't loosen it).
-pub fn guard(headers: &mut HeaderMap, sandboxed: bool) {
+pub(crate) fn guard(headers: &mut HeaderMap, sandboxed: bool) {
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()

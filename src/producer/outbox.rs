@@ -18,11 +18,11 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// How often the sweep looks.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const BATCH: i64 = 200;
 
 /// Sweeps until told to stop (a sweep under way is finished first).
-pub async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
+pub(crate) async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
     let grace = Duration::from_millis(app.settings.outbox_grace_ms);
     let every = SWEEP_EVERY.min(grace.max(Duration::from_millis(200)));
     loop {
@@ -42,7 +42,7 @@ pub async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
 
 /// One pass; returns how many invocations it re-published.
 #[tracing::instrument(skip_all)]
-pub async fn sweep(app: &Ingress, grace: Duration) -> anyhow::Result<usize> {
+pub(crate) async fn sweep(app: &Ingress, grace: Duration) -> anyhow::Result<usize> {
     let mut tx = app.pool.begin().await?;
     let rows = store::unpublished(&mut tx, grace, BATCH).await?;
     let mut functions_by_name: HashMap<String, Option<Function>> = HashMap::new();
@@ -95,7 +95,7 @@ pub async fn sweep(app: &Ingress, grace: Duration) -> anyhow::Result<usize> {
 /// Publishes an invocation recorded by a committed transaction (a schedule's tick, an AMQP
 /// event's fan-out) and notes the confirm. If the broker does not confirm, the row stays
 /// unpublished and [`sweep`] publishes it after the grace period: the record is the promise.
-pub async fn publish_now(
+pub(crate) async fn publish_now(
     app: &Ingress,
     function: &Function,
     id: uuid::Uuid,

@@ -8,7 +8,7 @@ use crate::retention::{PRUNED, Policy, Pruned, pass};
 
 /// Prunes every `GRANDA_PRUNE_INTERVAL_MS` until told to stop (a pass under way is finished
 /// first).
-pub async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
+pub(crate) async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
     let every = Duration::from_millis(app.settings.prune_interval_ms.max(10));
     let policy = Policy::of(&app.settings);
     for (table, _) in Pruned::default().by_table() {

@@ -9,7 +9,7 @@ use crate::namespace;
 
 /// 429 if a call of the stored function `function` would go over its namespace's quotas; else
 /// the call is counted against `invocations_per_minute`.
-pub async fn check(app: &AppState, function: &str) -> Result<(), ApiError> {
+pub(crate) async fn check(app: &AppState, function: &str) -> Result<(), ApiError> {
     let ns = namespace::split(function).1;
     let Some(quotas) = app.recent.quotas.get(&app.pool, ns).await? else {
         return Ok(());

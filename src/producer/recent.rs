@@ -12,56 +12,60 @@ use crate::function::Function;
 use crate::keys::LiveKey;
 
 /// How long a read is trusted.
-pub const TTL: Duration = Duration::from_secs(1);
+pub(crate) const TTL: Duration = Duration::from_secs(1);
 /// Entries kept at most per kind; past it the kind starts over (a flood of names can't grow it).
 const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Default)]
-pub struct Recent {
+pub(crate) struct Recent {
     functions: Mutex<HashMap<String, (Instant, Function)>>,
     /// Whether a name is a public function: `false` for private ones and missing ones alike.
     public: Mutex<HashMap<String, (Instant, bool)>>,
     /// By the SHA-256 of the key, never the key itself.
     keys: Mutex<HashMap<[u8; 32], (Instant, LiveKey)>>,
     /// Namespaces' quotas ([`crate::namespace::QuotaCache`]).
-    pub quotas: crate::namespace::QuotaCache,
+    pub(crate) quotas: crate::namespace::QuotaCache,
     /// Bytes of records each namespace with a `max_stored_bytes` holds, summed at most every
     /// [`STORED_TTL`].
     stored: Mutex<HashMap<String, (Instant, i64)>>,
 }
 
 /// How long a sum of a namespace's stored bytes is trusted.
-pub const STORED_TTL: Duration = Duration::from_secs(5);
+pub(crate) const STORED_TTL: Duration = Duration::from_secs(5);
 
 impl Recent {
-    pub fn function(&self, name: &str) -> Option<Function> {
+    pub(crate) fn function(&self, name: &str) -> Option<Function> {
         fresh(&self.functions, name)
     }
 
-    pub fn remember_function(&self, f: &Function) {
+    pub(crate) fn remember_function(&self, f: &Function) {
         remember(&self.functions, f.name.clone(), f.clone());
     }
 
     /// Whether `name` is a public function, as read in the last [`TTL`] (a name that is no
     /// function is remembered as `false`, like a private one).
-    pub fn public(&self, name: &str) -> Option<bool> {
+    pub(crate) fn public(&self, name: &str) -> Option<bool> {
         fresh(&self.public, name)
     }
 
-    pub fn remember_public(&self, name: &str, public: bool) {
+    pub(crate) fn remember_public(&self, name: &str, public: bool) {
         remember(&self.public, name.to_string(), public);
     }
 
-    pub fn key(&self, hash: &[u8; 32]) -> Option<LiveKey> {
+    pub(crate) fn key(&self, hash: &[u8; 32]) -> Option<LiveKey> {
         fresh(&self.keys, hash)
     }
 
-    pub fn remember_key(&self, hash: [u8; 32], key: LiveKey) {
+    pub(crate) fn remember_key(&self, hash: [u8; 32], key: LiveKey) {
         remember(&self.keys, hash, key);
     }
 
     /// Bytes of records namespace `name` holds, summed at most every [`STORED_TTL`].
-    pub async fn stored_bytes(&self, pool: &sqlx::PgPool, name: &str) -> Result<i64, sqlx::Error> {
+    pub(crate) async fn stored_bytes(
+        &self,
+        pool: &sqlx::PgPool,
+        name: &str,
+    ) -> Result<i64, sqlx::Error> {
         if let Some((at, n)) = self.stored.lock().expect("lock").get(name)
             && at.elapsed() < STORED_TTL
         {
@@ -73,7 +77,7 @@ impl Recent {
     }
 
     /// After this process changed a function or a key.
-    pub fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         self.functions.lock().expect("lock").clear();
         self.public.lock().expect("lock").clear();
         self.keys.lock().expect("lock").clear();

@@ -15,26 +15,26 @@ use crate::metrics::label;
 
 /// One namespace's records.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
-pub struct NamespaceRecords {
-    pub namespace: String,
+pub(crate) struct NamespaceRecords {
+    pub(crate) namespace: String,
     /// Invocation records it holds.
-    pub records: i64,
+    pub(crate) records: i64,
     /// Bytes of their inputs, outputs and logs (as `max_stored_bytes` counts them).
-    pub stored_bytes: i64,
+    pub(crate) stored_bytes: i64,
 }
 
 /// What a sample found.
 #[derive(Clone, Debug)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     /// `pg_database_size` of the current database: tables, indexes, TOAST, free space in them.
-    pub database_bytes: i64,
+    pub(crate) database_bytes: i64,
     /// Namespaces with at least one record, by name.
-    pub namespaces: Vec<NamespaceRecords>,
+    pub(crate) namespaces: Vec<NamespaceRecords>,
 }
 
 /// Measures the database and the records of every namespace now.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn sample(pool: &PgPool) -> Result<Sizes, sqlx::Error> {
+pub(crate) async fn sample(pool: &PgPool) -> Result<Sizes, sqlx::Error> {
     let database_bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
         .fetch_one(pool)
         .await?;
@@ -54,7 +54,7 @@ pub async fn sample(pool: &PgPool) -> Result<Sizes, sqlx::Error> {
 
 /// Samples every `every` (the first at once) into the gauges, until told to stop. A namespace
 /// whose records are all gone reads 0 until this process ends.
-pub async fn run(app: Ingress, every: Duration, mut shutdown: crate::shutdown::Shutdown) {
+pub(crate) async fn run(app: Ingress, every: Duration, mut shutdown: crate::shutdown::Shutdown) {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     loop {
         match sample(&app.pool).await {

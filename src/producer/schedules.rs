@@ -27,27 +27,27 @@ use crate::producer::cron::{CatchUp, CronTz, Schedule, ScheduleError, store};
 use axum::Extension;
 
 #[derive(Serialize, ToSchema)]
-pub struct ScheduleList {
-    pub schedules: Vec<ScheduleView>,
+pub(crate) struct ScheduleList {
+    pub(crate) schedules: Vec<ScheduleView>,
 }
 
 /// Declares a request body about a schedule: its own fields, then the ones `POST` and `PUT`
 /// both take, written once here.
 macro_rules! schedule_body {
-    ($(#[$meta:meta])* pub struct $name:ident { $($own:tt)* }) => {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($own:tt)* }) => {
         $(#[$meta])*
-        pub struct $name {
+        $vis struct $name {
             $($own)*
             /// An IANA time zone the pattern is read in; `UTC` by default.
-            pub timezone: Option<String>,
+            pub(crate) timezone: Option<String>,
             /// Each run's input: a string as its bytes, any other JSON value as JSON text.
             #[schema(value_type = Option<Value>)]
-            pub payload: Option<Value>,
-            pub content_type: Option<String>,
+            pub(crate) payload: Option<Value>,
+            pub(crate) content_type: Option<String>,
             /// `true` by default.
-            pub enabled: Option<bool>,
+            pub(crate) enabled: Option<bool>,
             /// Ticks missed while every server was down: `none` (default) or `latest`.
-            pub catch_up: Option<CatchUp>,
+            pub(crate) catch_up: Option<CatchUp>,
         }
     };
 }
@@ -56,12 +56,12 @@ schedule_body! {
     /// The body of `POST /v1/schedules`.
     #[derive(Debug, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
-    pub struct NewSchedule {
+    pub(crate) struct NewSchedule {
         /// The function to run.
-        pub function: String,
+        pub(crate) function: String,
         /// 5 fields (`m h dom mon dow`), 6 with seconds first, or `@hourly`, `@daily`,
         /// `@weekly`, `@monthly`, `@yearly`.
-        pub cron: String,
+        pub(crate) cron: String,
     }
 }
 
@@ -69,9 +69,9 @@ schedule_body! {
     /// The body of `PUT /v1/schedules/{id}`: the fields to change.
     #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
-    pub struct ScheduleUpdate {
-        pub function: Option<String>,
-        pub cron: Option<String>,
+    pub(crate) struct ScheduleUpdate {
+        pub(crate) function: Option<String>,
+        pub(crate) cron: Option<String>,
     }
 }
 
@@ -133,7 +133,7 @@ fn start(cron: &CronTz) -> Result<chrono::DateTime<Utc>, ApiError> {
 #[tracing::instrument(skip_all)]
 #[utoipa::path(post, path = "/v1/schedules", operation_id = "create_schedule", tag = "schedules", summary = "Make a schedule",
     description = "Runs a function on a cron pattern (5 or 6 fields, or `@hourly` and the like) in a time zone. Each tick fires once across all servers; the invocation's trigger is `schedule`.", request_body = NewSchedule, responses((status = 201, body = ScheduleView), (status = 400, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "a bad cron pattern or time zone, or no such function"), Denied))]
-pub async fn create(
+pub(crate) async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     JsonBody(mut body): JsonBody<NewSchedule>,
@@ -144,7 +144,7 @@ pub async fn create(
 }
 
 /// Makes a schedule (the API's create and the dashboard's form).
-pub async fn add(app: &AppState, body: NewSchedule) -> Result<Schedule, ApiError> {
+pub(crate) async fn add(app: &AppState, body: NewSchedule) -> Result<Schedule, ApiError> {
     let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
     let cron = CronTz::parse(&body.cron, &timezone)?;
     let (payload, implied) = payload_bytes(app, body.payload.unwrap_or(Value::Null))?;
@@ -181,14 +181,14 @@ pub async fn add(app: &AppState, body: NewSchedule) -> Result<Schedule, ApiError
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    pub function: Option<String>,
+pub(crate) struct ListQuery {
+    pub(crate) function: Option<String>,
 }
 
 /// `GET /v1/schedules[?function=]`: `{schedules: [...]}`, oldest first.
 #[utoipa::path(get, path = "/v1/schedules", operation_id = "list_schedules", tag = "schedules", summary = "List schedules",
     description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = ScheduleList), Denied))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Query(q): Query<ListQuery>,
@@ -226,7 +226,7 @@ async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
 /// `GET /v1/schedules/{id}`.
 #[utoipa::path(get, path = "/v1/schedules/{id}", operation_id = "get_schedule", tag = "schedules", summary = "Read a schedule",
     description = "The schedule, with its next fire times.", params(("id" = String, Path)), responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -239,7 +239,7 @@ pub async fn get(
 #[utoipa::path(put, path = "/v1/schedules/{id}", operation_id = "update_schedule", tag = "schedules", summary = "Update a schedule",
     description = "Changes the fields the body names; the others keep their values.", params(("id" = String, Path)), request_body = ScheduleUpdate,
     responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn update(
+pub(crate) async fn update(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -252,7 +252,7 @@ pub async fn update(
 
 /// Changes the fields `body` names of schedule `id` (the API's update and the dashboard's pause
 /// and resume).
-pub async fn change(
+pub(crate) async fn change(
     app: &AppState,
     id: &str,
     body: ScheduleUpdate,
@@ -298,7 +298,7 @@ pub async fn change(
 /// `DELETE /v1/schedules/{id}`: 204.
 #[utoipa::path(delete, path = "/v1/schedules/{id}", operation_id = "delete_schedule", tag = "schedules", summary = "Delete a schedule",
     description = "No tick fires after this.", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -309,7 +309,7 @@ pub async fn delete(
 }
 
 /// Deletes schedule `id` (the API's and the dashboard's): 404 when there is none.
-pub async fn remove(app: &AppState, id: &str) -> Result<(), ApiError> {
+pub(crate) async fn remove(app: &AppState, id: &str) -> Result<(), ApiError> {
     let s = load(app, id).await?;
     if store::delete(&app.pool, s.id).await? {
         Ok(())

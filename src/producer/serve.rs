@@ -10,7 +10,7 @@
 //!   one that has waited longest without a request in flight close at once; when every
 //!   connection has a request in flight, new ones wait in the listen backlog.
 //!
-//! A request in flight is never cut by these bounds (its body has its own: [`super::budget`]).
+//! A request in flight is never cut by these bounds (its body has its own: `super::budget`).
 //! On shutdown the loop stops accepting, idle connections close, and it returns when the last
 //! request in flight is answered. Connections held now are the gauge `granda_http_connections`;
 //! the ones closed by a bound, `granda_http_connections_closed_total{reason}`.
@@ -40,14 +40,14 @@ const CLOSED: &str = "granda_http_connections_closed_total";
 
 /// The bounds on connections, from the settings.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub header_read: Duration,
-    pub idle: Duration,
-    pub max_connections: usize,
+pub(crate) struct Limits {
+    pub(crate) header_read: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) max_connections: usize,
 }
 
 impl Limits {
-    pub fn from_settings(settings: &crate::config::Settings) -> Limits {
+    pub(crate) fn from_settings(settings: &crate::config::Settings) -> Limits {
         Limits {
             header_read: Duration::from_millis(settings.header_read_timeout_ms),
             idle: Duration::from_millis(settings.idle_timeout_ms),
@@ -294,7 +294,7 @@ impl Held {
 /// Serves `app` on `listener` within `limits` until told to stop, then finishes the requests in
 /// flight, however long they take, and returns. Each connection holds a handle of a phase of
 /// `shutdown` ([`crate::shutdown::Shutdown::phase`]), told to stop when accepting stops.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,

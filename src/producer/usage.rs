@@ -25,38 +25,38 @@ use crate::namespace::{self, Namespace};
 
 /// What one function used.
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct FunctionUsage {
-    pub namespace: String,
-    pub function: String,
-    pub invocations: i64,
+pub(crate) struct FunctionUsage {
+    pub(crate) namespace: String,
+    pub(crate) function: String,
+    pub(crate) invocations: i64,
     /// Invocations by status (`succeeded`, `failed`, `timed_out`, `dead`, `queued`, `running`).
-    pub by_status: BTreeMap<String, i64>,
-    pub duration_ms: i64,
+    pub(crate) by_status: BTreeMap<String, i64>,
+    pub(crate) duration_ms: i64,
     /// Memory limit (GB, of the function as it is now) × duration (s).
-    pub gb_seconds: f64,
-    pub cold_starts: i64,
+    pub(crate) gb_seconds: f64,
+    pub(crate) cold_starts: i64,
 }
 
 /// What one namespace was refused and holds.
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct NamespaceUsage {
-    pub namespace: String,
+pub(crate) struct NamespaceUsage {
+    pub(crate) namespace: String,
     /// Calls its quotas refused (429) in the period, by reason (`rate`, `stored`). Refused calls
     /// leave no invocation record; they are counted per hour, so the period is rounded to hours.
-    pub throttled: BTreeMap<String, i64>,
+    pub(crate) throttled: BTreeMap<String, i64>,
     /// Bytes of invocation records (inputs, outputs, logs) it holds now: what `max_stored_bytes`
     /// caps.
-    pub stored_bytes: i64,
+    pub(crate) stored_bytes: i64,
 }
 
 /// `GET /v1/usage`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Usage {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub usage: Vec<FunctionUsage>,
+pub(crate) struct Usage {
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
+    pub(crate) usage: Vec<FunctionUsage>,
     /// Per namespace asked for (with calls or throttled in the period, or the one named).
-    pub namespaces: Vec<NamespaceUsage>,
+    pub(crate) namespaces: Vec<NamespaceUsage>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -83,7 +83,7 @@ fn time(query: &HashMap<String, String>, key: &str) -> Result<Option<DateTime<Ut
     description = "Sums of the invocation records queued in `[from, to)` (RFC 3339; default the last 30 days), per namespace and function: invocations by status, `duration_ms`, `gb_seconds` (memory limit × duration) and cold starts. A key bound to a namespace sees its own (naming another is 404); a global key sees every namespace, or the one `namespace` names.",
     params(("from" = Option<String>, Query), ("to" = Option<String>, Query), ("namespace" = Option<String>, Query), ("function" = Option<String>, Query)),
     responses((status = 200, body = Usage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Query(query): Query<HashMap<String, String>>,
@@ -132,7 +132,7 @@ pub async fn get(
 /// What each function (of `ns`, or every namespace; only `function` when given, a stored name)
 /// used, from the records queued in `[from, to)`.
 #[tracing::instrument(level = "debug", skip(pool))]
-pub async fn sum(
+pub(crate) async fn sum(
     pool: &sqlx::PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -183,7 +183,7 @@ pub async fn sum(
 /// Per namespace (`ns`, else those in `usage` or throttled in the period): calls refused in
 /// `[from, to)` (by the hour) and bytes held now.
 #[tracing::instrument(level = "debug", skip(pool, usage))]
-pub async fn namespaces(
+pub(crate) async fn namespaces(
     pool: &sqlx::PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,

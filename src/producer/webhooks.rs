@@ -40,26 +40,26 @@ const MAX_CONTENT_TYPE: usize = 255;
 /// The body of `POST /v1/webhooks`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewWebhook {
-    pub function: String,
-    pub scheme: Scheme,
+pub(crate) struct NewWebhook {
+    pub(crate) function: String,
+    pub(crate) scheme: Scheme,
     /// Generated (and shown once, in the 201 answer) when absent.
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
     /// `hmac-sha256`: the signature header (default `x-signature`).
-    pub header: Option<String>,
+    pub(crate) header: Option<String>,
     /// `hmac-sha256`: `hex` (default) or `base64`.
-    pub encoding: Option<Encoding>,
+    pub(crate) encoding: Option<Encoding>,
     /// `hmac-sha256` and `none`: a header carrying a delivery id, for deduplication.
-    pub id_header: Option<String>,
+    pub(crate) id_header: Option<String>,
 }
 
 /// The body of `POST /v1/webhooks/{id}/rotate` (optional).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Rotate {
-    pub secret: Option<String>,
+pub(crate) struct Rotate {
+    pub(crate) secret: Option<String>,
     /// How long the old secret keeps verifying (default `GRANDA_WEBHOOK_ROTATION_GRACE_SECS`).
-    pub grace_seconds: Option<i64>,
+    pub(crate) grace_seconds: Option<i64>,
 }
 
 fn unprocessable(msg: impl Into<String>) -> ApiError {
@@ -88,7 +88,11 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Webhook `id` if its function is in the caller's namespace: 404 alike for another's.
-pub async fn load_hook_in(app: &AppState, acting: &Acting, id: &str) -> Result<Webhook, ApiError> {
+pub(crate) async fn load_hook_in(
+    app: &AppState,
+    acting: &Acting,
+    id: &str,
+) -> Result<Webhook, ApiError> {
     let hook = load_hook(app, id).await?;
     if acting.holds(&hook.function) {
         Ok(hook)
@@ -97,7 +101,7 @@ pub async fn load_hook_in(app: &AppState, acting: &Acting, id: &str) -> Result<W
     }
 }
 
-pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
+pub(crate) async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
     let uuid = Uuid::parse_str(id).map_err(|_| not_found(id))?;
     store::get(&app.pool, uuid)
         .await?
@@ -108,7 +112,7 @@ pub async fn load_hook(app: &AppState, id: &str) -> Result<Webhook, ApiError> {
 #[tracing::instrument(skip_all, fields(function = %body.function, scheme = body.scheme.as_str()))]
 #[utoipa::path(post, path = "/v1/webhooks", operation_id = "create_webhook", tag = "webhooks", summary = "Bind a webhook to a function",
     description = "Binds an incoming webhook to a function with a verification scheme: `github`, `stripe`, `standard` (Standard Webhooks), `hmac-sha256` (a named header) or `none`. 201 with the webhook, the URL to give the sender (`/hooks/{id}`) and, when Granda made it, its secret.", request_body = NewWebhook, responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn create(
+pub(crate) async fn create(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     JsonBody(mut body): JsonBody<NewWebhook>,
@@ -128,7 +132,7 @@ pub async fn create(
 
 /// Checks and stores a new webhook (the API's create and the dashboard's); `true` with it when
 /// Granda generated its secret (to be shown this once).
-pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), ApiError> {
+pub(crate) async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), ApiError> {
     let scheme = body.scheme;
     if scheme != Scheme::HmacSha256 && (body.header.is_some() || body.encoding.is_some()) {
         return Err(unprocessable(
@@ -195,7 +199,7 @@ pub async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bool), Ap
 /// `GET /v1/webhooks?function=`.
 #[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", summary = "List webhooks",
     description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = WebhookList), Denied))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Query(query): Query<BTreeMap<String, String>>,
@@ -220,7 +224,7 @@ pub async fn list(
 /// `GET /v1/webhooks/{id}`.
 #[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "get_webhook", tag = "webhooks", summary = "Read a webhook",
     description = "The webhook's function, scheme and URL; never its secret.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -232,7 +236,7 @@ pub async fn get(
 /// `DELETE /v1/webhooks/{id}`: 204; later deliveries get 404.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "webhooks", summary = "Delete a webhook",
     description = "Later deliveries to its URL get 404.", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -250,7 +254,7 @@ pub async fn delete(
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", operation_id = "rotate_webhook", tag = "webhooks", summary = "Rotate a webhook's secret",
     description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`. The body is optional.", params(("id" = String, Path)), request_body(content = Option<Rotate>, content_type = "application/json"), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
-pub async fn rotate(
+pub(crate) async fn rotate(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -273,7 +277,7 @@ pub async fn rotate(
 
 /// Gives `hook` a new secret, the old one verifying for the grace period (the API's rotate and
 /// the dashboard's); with the new secret when Granda made it.
-pub async fn rotate_secret(
+pub(crate) async fn rotate_secret(
     app: &AppState,
     hook: Webhook,
     request: Rotate,
@@ -360,7 +364,7 @@ async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &s
 /// `GET /v1/webhooks/{id}/rejections`: the newest deliveries it refused, newest first.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/rejections", operation_id = "webhook_rejections", tag = "webhooks", summary = "Deliveries a webhook refused",
     description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses((status = 200, body = super::answers::RejectionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
-pub async fn rejections(
+pub(crate) async fn rejections(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
     Path(id): Path<String>,
@@ -382,7 +386,7 @@ pub async fn rejections(
     (status = 401, body = ErrorBody, description = "a bad signature or a stale timestamp"),
     (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(()))]
-pub async fn receive(
+pub(crate) async fn receive(
     State(app): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -10,26 +10,26 @@ use tokio::sync::oneshot;
 
 /// Which kind of delivery asks for a slot: sync calls have a caller waiting on them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
+pub(crate) enum Lane {
     Sync,
     Async,
 }
 
 /// The slots of the hard bound that async work never takes, so that a sync call finds one even
 /// behind a backlog: one in eight (at least one when the bound is 2 or more).
-pub fn sync_reserve(max: usize) -> usize {
+pub(crate) fn sync_reserve(max: usize) -> usize {
     if max >= 2 { max.div_ceil(8) } else { 0 }
 }
 
 /// How long after the last sync call the reserve is kept.
-pub const SYNC_RESERVE_HOLD: Duration = Duration::from_secs(60);
+pub(crate) const SYNC_RESERVE_HOLD: Duration = Duration::from_secs(60);
 
 /// Bounds the runs of a worker to its target, sync calls first. A sync call may run while fewer
 /// than `min(target + reserve, max)` run; async work while fewer than `min(target, max - reserve)`
 /// run, the reserve being kept only within a minute of the last sync call (so async work alone
 /// gets every slot). Waiting sync calls get a freed slot before waiting async work.
 #[derive(Clone)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     gate: Arc<Mutex<Gate>>,
 }
 
@@ -81,7 +81,7 @@ impl Gate {
 }
 
 /// A run's place; dropping it frees the slot.
-pub struct Slot {
+pub(crate) struct Slot {
     gate: Arc<Mutex<Gate>>,
 }
 
@@ -105,7 +105,7 @@ fn hand_over(handed: Vec<(oneshot::Sender<Slot>, Slot)>) {
 
 impl Limiter {
     /// A limiter of `size` slots within the hard bound `max`.
-    pub fn new(size: usize, max: usize) -> Limiter {
+    pub(crate) fn new(size: usize, max: usize) -> Limiter {
         Limiter {
             gate: Arc::new(Mutex::new(Gate {
                 size,
@@ -119,7 +119,7 @@ impl Limiter {
     }
 
     /// Waits for a slot of `lane`; `None` only if the limiter is gone.
-    pub async fn acquire(&self, lane: Lane) -> Option<Slot> {
+    pub(crate) async fn acquire(&self, lane: Lane) -> Option<Slot> {
         let rx = {
             let mut gate = self.gate.lock().expect("lock");
             if lane == Lane::Sync {
@@ -146,17 +146,17 @@ impl Limiter {
     }
 
     /// The target it enforces.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.gate.lock().expect("lock").size
     }
 
     /// Runs going on now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.gate.lock().expect("lock").running
     }
 
     /// Sets the target; runs above a lower one go on, and no new one starts until they end.
-    pub fn resize(&self, target: usize) {
+    pub(crate) fn resize(&self, target: usize) {
         let handed = {
             let mut gate = self.gate.lock().expect("lock");
             gate.size = target;

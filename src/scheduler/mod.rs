@@ -43,7 +43,7 @@ use crate::config::Settings;
 use crate::function::DEFAULT_MEMORY_MB;
 
 mod limiter;
-pub use limiter::{Lane, Limiter, SYNC_RESERVE_HOLD, Slot, sync_reserve};
+pub(crate) use limiter::{Lane, Limiter, sync_reserve};
 
 /// Invocations per CPU a worker runs at most, by default: most functions wait (on an API, a
 /// database, a sleep) rather than compute, and the controller holds back where runs inflate.
@@ -54,7 +54,7 @@ const START_PER_CPU: usize = 2;
 
 /// The default bound: `PER_CPU` per CPU, but no more than the host's memory holds at the default
 /// function memory limit, and at least 1.
-pub fn default_max_concurrency() -> usize {
+pub(crate) fn default_max_concurrency() -> usize {
     let by_memory = total_memory_bytes()
         .map(|m| (m / (DEFAULT_MEMORY_MB as u64 * 1024 * 1024)) as usize)
         .unwrap_or(usize::MAX);
@@ -68,7 +68,7 @@ fn cpus() -> usize {
 }
 
 /// The upper bound this worker keeps to.
-pub fn max_concurrency(settings: &Settings) -> usize {
+pub(crate) fn max_concurrency(settings: &Settings) -> usize {
     settings
         .max_concurrency
         .unwrap_or_else(default_max_concurrency)
@@ -85,19 +85,19 @@ fn total_memory_bytes() -> Option<u64> {
 
 /// The knobs of the rule.
 #[derive(Clone, Copy, Debug)]
-pub struct Config {
-    pub min: usize,
-    pub max: usize,
-    pub interval: Duration,
-    pub cooldown: Duration,
+pub(crate) struct Config {
+    pub(crate) min: usize,
+    pub(crate) max: usize,
+    pub(crate) interval: Duration,
+    pub(crate) cooldown: Duration,
     /// How much slower than unloaded a run may get before concurrency stops growing.
-    pub tolerance: f64,
+    pub(crate) tolerance: f64,
     /// The capacity before any run was seen.
-    pub start: usize,
+    pub(crate) start: usize,
 }
 
 impl Config {
-    pub fn from_settings(settings: &Settings) -> Config {
+    pub(crate) fn from_settings(settings: &Settings) -> Config {
         let max = max_concurrency(settings);
         let min = settings.min_concurrency.clamp(1, max);
         Config {
@@ -117,11 +117,11 @@ impl Config {
 
 /// What the worker sees at one tick.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// Messages waiting in the served queues.
-    pub depth: u64,
+    pub(crate) depth: u64,
     /// Invocations this worker handles now.
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
 }
 
 /// Run times of one class of runs (a function, cold or not).
@@ -151,7 +151,7 @@ const MAX_CLASSES: usize = 1024;
 
 /// Decides the target concurrency from what the worker observes.
 #[derive(Debug)]
-pub struct Controller {
+pub(crate) struct Controller {
     config: Config,
     target: usize,
     capacity: f64,
@@ -188,10 +188,10 @@ pub struct Controller {
 }
 
 /// The mean run time assumed before any run was seen.
-pub const PRIOR_RUN: Duration = Duration::from_secs(1);
+pub(crate) const PRIOR_RUN: Duration = Duration::from_secs(1);
 
 impl Controller {
-    pub fn new(config: Config, now: Instant) -> Controller {
+    pub(crate) fn new(config: Config, now: Instant) -> Controller {
         Controller {
             config,
             target: config.min,
@@ -217,27 +217,25 @@ impl Controller {
         }
     }
 
-    pub fn target(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn target(&self) -> usize {
         self.target
     }
 
     /// The most the worker would run now, given how runs behaved.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity.round() as usize
     }
 
-    pub fn mean_run(&self) -> Duration {
-        self.mean_run
-    }
-
     /// The mean ratio of run time to unloaded run time in the last round that had runs.
-    pub fn inflation(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn inflation(&self) -> f64 {
         self.inflation
     }
 
     /// Folds one finished run of `class` (e.g. the function's name, and whether the run started a
     /// container) into the means.
-    pub fn record_run(&mut self, class: &str, took: Duration) {
+    pub(crate) fn record_run(&mut self, class: &str, took: Duration) {
         self.mean_run = if self.classes.is_empty() {
             took
         } else {
@@ -282,7 +280,7 @@ impl Controller {
     }
 
     /// What callers ask for now, with headroom while messages wait.
-    pub fn demand(&self, obs: Observation) -> usize {
+    pub(crate) fn demand(&self, obs: Observation) -> usize {
         let seen = obs.in_flight as u64 + obs.depth;
         let by_little = (self.rate * self.mean_run.as_secs_f64()).round() as u64;
         let mut demand = seen.max(by_little);
@@ -323,7 +321,7 @@ impl Controller {
     }
 
     /// One tick: returns the new target.
-    pub fn observe(&mut self, obs: Observation, now: Instant) -> usize {
+    pub(crate) fn observe(&mut self, obs: Observation, now: Instant) -> usize {
         let elapsed = now.duration_since(self.last_tick).as_secs_f64();
         if elapsed > 0.0 {
             let rate = f64::from(self.completions) / elapsed;
@@ -391,7 +389,7 @@ impl Controller {
 }
 
 /// Splits a prefetch of `target` between queues by their backlog, at least one each.
-pub fn share_prefetch(target: usize, backlogs: &[u64]) -> Vec<usize> {
+pub(crate) fn share_prefetch(target: usize, backlogs: &[u64]) -> Vec<usize> {
     let total: u64 = backlogs.iter().map(|b| b + 1).sum();
     backlogs
         .iter()

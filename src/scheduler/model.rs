@@ -15,15 +15,15 @@ use super::{Config, Controller, Observation};
 
 /// The engine: what a run costs and where the host saturates.
 #[derive(Clone, Copy, Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     /// CPU seconds of a run, at full speed.
-    pub cpu: f64,
+    pub(crate) cpu: f64,
     /// Seconds a run waits (no CPU).
-    pub wait: f64,
+    pub(crate) wait: f64,
     /// CPU parts that run at full speed at once.
-    pub knee: usize,
+    pub(crate) knee: usize,
     /// Lost speed per CPU part beyond the knee.
-    pub thrash: f64,
+    pub(crate) thrash: f64,
 }
 
 impl Engine {
@@ -39,32 +39,32 @@ impl Engine {
 
 /// The load.
 #[derive(Clone, Copy, Debug)]
-pub struct Load {
+pub(crate) struct Load {
     /// Closed-loop clients.
-    pub clients: usize,
+    pub(crate) clients: usize,
     /// Calls queued at the start.
-    pub burst: usize,
+    pub(crate) burst: usize,
     /// Simulated seconds (closed loop); a burst runs until drained.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
 }
 
 /// How the worker's concurrency is set.
 #[derive(Clone, Copy, Debug)]
-pub enum Policy {
+pub(crate) enum Policy {
     Fixed(usize),
     Adaptive(Config),
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Calls answered per second (closed loop: after the warm-up; burst: burst / drain time).
-    pub throughput: f64,
+    pub(crate) throughput: f64,
     /// Median latency of a call (submit to answer), seconds.
-    pub p50: f64,
+    pub(crate) p50: f64,
     /// The target at each tick.
-    pub targets: Vec<usize>,
+    pub(crate) targets: Vec<usize>,
     /// The capacity at the end.
-    pub capacity: usize,
+    pub(crate) capacity: usize,
 }
 
 struct Call {
@@ -78,7 +78,7 @@ struct Call {
 const STEP: f64 = 0.001;
 const WARM_UP: f64 = 0.25;
 
-pub fn simulate(engine: Engine, load: Load, policy: Policy) -> Stats {
+pub(crate) fn simulate(engine: Engine, load: Load, policy: Policy) -> Stats {
     let t0 = Instant::now();
     let (mut controller, interval) = match policy {
         Policy::Adaptive(config) => (

@@ -7,10 +7,10 @@
 //! rotation. Timestamps (Stripe, Standard Webhooks) must be within the tolerance both ways.
 
 // `store`: the rows; `view`: a webhook as the API shows it; `rejections`: refused deliveries.
-pub mod rejections;
-pub mod store;
+pub(crate) mod rejections;
+pub(crate) mod store;
 mod view;
-pub use view::{WebhookList, WebhookView};
+pub(crate) use view::{WebhookList, WebhookView};
 
 use axum::http::HeaderMap;
 use base64::Engine as _;
@@ -22,13 +22,14 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The default timestamp tolerance of Stripe and Standard Webhooks, in seconds.
-pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
+#[cfg(test)]
+pub(crate) const DEFAULT_TOLERANCE_SECS: i64 = 300;
 /// The header `hmac-sha256` webhooks read their signature from unless told otherwise.
-pub const DEFAULT_HMAC_HEADER: &str = "x-signature";
+pub(crate) const DEFAULT_HMAC_HEADER: &str = "x-signature";
 
 /// How a webhook's requests are verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     /// `X-Hub-Signature-256: sha256=<hex>` over the body.
     #[serde(rename = "github")]
     Github,
@@ -47,7 +48,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scheme::Github => "github",
             Scheme::Stripe => "stripe",
@@ -57,7 +58,7 @@ impl Scheme {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Scheme> {
+    pub(crate) fn parse(s: &str) -> Option<Scheme> {
         Some(match s {
             "github" => Scheme::Github,
             "stripe" => Scheme::Stripe,
@@ -69,7 +70,7 @@ impl Scheme {
     }
 
     /// A fresh secret in the scheme's usual form.
-    pub fn generate_secret(self) -> Option<String> {
+    pub(crate) fn generate_secret(self) -> Option<String> {
         match self {
             Scheme::None => None,
             Scheme::Standard => Some(format!("whsec_{}", B64.encode(random_bytes(32)))),
@@ -80,7 +81,7 @@ impl Scheme {
 
     /// The HMAC key a secret stands for: its bytes, except for Standard Webhooks, whose secret
     /// is `whsec_` + base64 of the key. `None`: not a usable secret for this scheme.
-    pub fn key(self, secret: &str) -> Option<Vec<u8>> {
+    pub(crate) fn key(self, secret: &str) -> Option<Vec<u8>> {
         match self {
             Scheme::None => None,
             Scheme::Standard => {
@@ -95,21 +96,21 @@ impl Scheme {
 /// How an `hmac-sha256` signature is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Encoding {
+pub(crate) enum Encoding {
     #[default]
     Hex,
     Base64,
 }
 
 impl Encoding {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Encoding::Hex => "hex",
             Encoding::Base64 => "base64",
         }
     }
 
-    pub fn parse(s: &str) -> Option<Encoding> {
+    pub(crate) fn parse(s: &str) -> Option<Encoding> {
         match s {
             "hex" => Some(Encoding::Hex),
             "base64" => Some(Encoding::Base64),
@@ -127,30 +128,30 @@ impl Encoding {
 
 /// What verifying a request needs.
 #[derive(Clone, Debug)]
-pub struct Verifier {
-    pub scheme: Scheme,
+pub(crate) struct Verifier {
+    pub(crate) scheme: Scheme,
     /// The HMAC keys that verify now: the current one, then the previous one in its grace period.
-    pub keys: Vec<Vec<u8>>,
+    pub(crate) keys: Vec<Vec<u8>>,
     /// `hmac-sha256`: the signature header.
-    pub header: String,
-    pub encoding: Encoding,
+    pub(crate) header: String,
+    pub(crate) encoding: Encoding,
     /// `hmac-sha256` and `none`: the header carrying a delivery id, if any.
-    pub id_header: Option<String>,
-    pub tolerance_secs: i64,
+    pub(crate) id_header: Option<String>,
+    pub(crate) tolerance_secs: i64,
 }
 
 /// What a verified request tells about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// The sender's id of this delivery, the same on its retries (dedup key).
-    pub delivery_id: Option<String>,
+    pub(crate) delivery_id: Option<String>,
     /// The sender's name for the kind of event (`push`, `invoice.paid`, …).
-    pub event: Option<String>,
+    pub(crate) event: Option<String>,
 }
 
 /// Why a request was refused (401). Never carries a secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     #[error("missing {0} header")]
     MissingHeader(&'static str),
     #[error("malformed {0} header")]
@@ -163,7 +164,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// The `reason` label of `granda_webhook_rejections_total`.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Rejection::MissingHeader(_) => "missing_signature",
             Rejection::Malformed(_) => "malformed_signature",
@@ -175,7 +176,7 @@ impl Rejection {
 
 impl Verifier {
     /// Verifies a request over its raw `body`; `now` is the current unix time in seconds.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
@@ -349,7 +350,7 @@ fn body_id_and_type(body: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 /// `n` bytes from the OS's random source (by way of UUIDv4, which draws from it).
-pub fn random_bytes(n: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n + 16);
     while out.len() < n {
         out.extend_from_slice(uuid::Uuid::new_v4().as_bytes());

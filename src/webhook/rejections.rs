@@ -15,33 +15,33 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Rejections kept per webhook.
-pub const KEPT: i64 = 50;
+pub(crate) const KEPT: i64 = 50;
 /// Rejections written per webhook per window, at most.
-pub const PER_WINDOW: u32 = 10;
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const PER_WINDOW: u32 = 10;
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 /// Webhooks tracked at once by the recorder (beyond it, the oldest windows are forgotten).
 const TRACKED: usize = 10_000;
 
 /// One refused delivery.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Rejection {
-    pub at: DateTime<Utc>,
+pub(crate) struct Rejection {
+    pub(crate) at: DateTime<Utc>,
     /// A stable label: `missing_signature`, `malformed_signature`, `bad_signature`,
     /// `stale_timestamp` or `malformed_delivery`.
-    pub reason: String,
+    pub(crate) reason: String,
     /// What was wrong, as the sender was told.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// Decides which rejections are written: at most [`PER_WINDOW`] per webhook per [`WINDOW`].
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     windows: Mutex<HashMap<Uuid, (Instant, u32)>>,
 }
 
 impl Recorder {
     /// Whether a rejection of `hook` at `now` is written.
-    pub fn admit(&self, hook: Uuid, now: Instant) -> bool {
+    pub(crate) fn admit(&self, hook: Uuid, now: Instant) -> bool {
         let mut windows = self.windows.lock().expect("the recorder's lock");
         if windows.len() >= TRACKED && !windows.contains_key(&hook) {
             windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
@@ -59,7 +59,14 @@ impl Recorder {
 
     /// A refused delivery of `hook` at `now`: logs it at WARN and says `true` (write it down)
     /// when [`Recorder::admit`] lets it; otherwise at DEBUG only, `false`.
-    pub fn note(&self, hook: Uuid, now: Instant, scheme: &str, reason: &str, detail: &str) -> bool {
+    pub(crate) fn note(
+        &self,
+        hook: Uuid,
+        now: Instant,
+        scheme: &str,
+        reason: &str,
+        detail: &str,
+    ) -> bool {
         if self.admit(hook, now) {
             tracing::warn!(
                 webhook = %hook, scheme, reason,
@@ -77,7 +84,7 @@ impl Recorder {
 
 /// Writes one rejection of `hook` and forgets all but its newest [`KEPT`].
 #[tracing::instrument(level = "debug", skip(pool, detail))]
-pub async fn record(
+pub(crate) async fn record(
     pool: &PgPool,
     hook: Uuid,
     reason: &str,
@@ -103,7 +110,7 @@ pub async fn record(
 }
 
 /// The newest rejections of `hook`, newest first.
-pub async fn recent(pool: &PgPool, hook: Uuid) -> Result<Vec<Rejection>, sqlx::Error> {
+pub(crate) async fn recent(pool: &PgPool, hook: Uuid) -> Result<Vec<Rejection>, sqlx::Error> {
     sqlx::query_as::<_, Rejection>(
         "SELECT at, reason, detail FROM webhook_rejections WHERE webhook_id = $1
          ORDER BY id DESC LIMIT $2",

@@ -9,18 +9,18 @@ use super::{DEFAULT_HMAC_HEADER, Encoding, Scheme, Verifier};
 
 /// A webhook, as stored.
 #[derive(Clone, sqlx::FromRow)]
-pub struct Webhook {
-    pub id: Uuid,
-    pub function: String,
-    pub scheme: String,
-    pub secret: Option<String>,
-    pub previous_secret: Option<String>,
-    pub previous_secret_until: Option<DateTime<Utc>>,
-    pub header: Option<String>,
-    pub encoding: Option<String>,
-    pub id_header: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub rotated_at: Option<DateTime<Utc>>,
+pub(crate) struct Webhook {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) scheme: String,
+    pub(crate) secret: Option<String>,
+    pub(crate) previous_secret: Option<String>,
+    pub(crate) previous_secret_until: Option<DateTime<Utc>>,
+    pub(crate) header: Option<String>,
+    pub(crate) encoding: Option<String>,
+    pub(crate) id_header: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) rotated_at: Option<DateTime<Utc>>,
 }
 
 /// Without the secrets, so that a logged webhook shows none.
@@ -35,14 +35,14 @@ impl std::fmt::Debug for Webhook {
 }
 
 impl Webhook {
-    pub fn scheme(&self) -> Scheme {
+    pub(crate) fn scheme(&self) -> Scheme {
         // The table's CHECK admits only known schemes.
         Scheme::parse(&self.scheme).unwrap_or(Scheme::None)
     }
 
     /// What verifies this webhook's requests at `now`: the current secret, and the previous one
     /// until its grace period ends.
-    pub fn verifier(&self, now: DateTime<Utc>, tolerance_secs: i64) -> Verifier {
+    pub(crate) fn verifier(&self, now: DateTime<Utc>, tolerance_secs: i64) -> Verifier {
         let scheme = self.scheme();
         let mut keys: Vec<Vec<u8>> = self.secret.iter().filter_map(|s| scheme.key(s)).collect();
         if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until)
@@ -75,7 +75,7 @@ macro_rules! select {
 }
 
 #[tracing::instrument(skip_all, fields(id = %w.id, function = %w.function))]
-pub async fn insert(pool: &PgPool, w: &Webhook) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert(pool: &PgPool, w: &Webhook) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO webhooks (id, function, scheme, secret, header, encoding, id_header, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -93,7 +93,7 @@ pub async fn insert(pool: &PgPool, w: &Webhook) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Webhook>, sqlx::Error> {
+pub(crate) async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Webhook>, sqlx::Error> {
     sqlx::query_as::<_, Webhook>(concat!(select!(), " WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
@@ -101,7 +101,10 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Webhook>, sqlx::Error
 }
 
 /// All webhooks, or those of one function, oldest first.
-pub async fn list(pool: &PgPool, function: Option<&str>) -> Result<Vec<Webhook>, sqlx::Error> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    function: Option<&str>,
+) -> Result<Vec<Webhook>, sqlx::Error> {
     sqlx::query_as::<_, Webhook>(concat!(
         select!(),
         " WHERE ($1::text IS NULL OR function = $1) ORDER BY created_at, id"
@@ -111,7 +114,7 @@ pub async fn list(pool: &PgPool, function: Option<&str>) -> Result<Vec<Webhook>,
     .await
 }
 
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub(crate) async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
         .bind(id)
         .execute(pool)
@@ -121,7 +124,7 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 
 /// Makes `secret` the current secret; the old one keeps verifying until `previous_until`.
 #[tracing::instrument(skip(pool, secret))]
-pub async fn rotate(
+pub(crate) async fn rotate(
     pool: &PgPool,
     id: Uuid,
     secret: &str,

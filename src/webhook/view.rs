@@ -11,34 +11,34 @@ use super::{DEFAULT_HMAC_HEADER, Scheme};
 
 /// A webhook bound to a function.
 #[derive(Serialize, ToSchema)]
-pub struct WebhookView {
-    pub id: Uuid,
-    pub function: String,
+pub(crate) struct WebhookView {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
     /// `github`, `stripe`, `standard`, `hmac-sha256` or `none`.
-    pub scheme: String,
+    pub(crate) scheme: String,
     /// The URL to give the sender: `{public URL}/hooks/{id}`.
-    pub url: String,
-    pub created_at: DateTime<Utc>,
-    pub rotated_at: Option<DateTime<Utc>>,
+    pub(crate) url: String,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) rotated_at: Option<DateTime<Utc>>,
     /// After a rotation, until when the previous secret still verifies (null once it does not).
-    pub previous_secret_valid_until: Option<DateTime<Utc>>,
+    pub(crate) previous_secret_valid_until: Option<DateTime<Utc>>,
     /// `hmac-sha256`: the header that carries the signature.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
+    pub(crate) header: Option<String>,
     /// `hmac-sha256`: how the signature is written (`hex` or `base64`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub encoding: Option<String>,
+    pub(crate) encoding: Option<String>,
     /// The header that carries the sender's delivery id, when one was named.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id_header: Option<String>,
+    pub(crate) id_header: Option<String>,
     /// Only in the answer that made it, when Granda generated it: shown this once.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
 }
 
 impl WebhookView {
     /// `hook` as the API shows it, its URL under `public_url`; with no secret.
-    pub fn new(hook: &Webhook, public_url: &str) -> Self {
+    pub(crate) fn new(hook: &Webhook, public_url: &str) -> Self {
         let hmac = hook.scheme() == Scheme::HmacSha256;
         WebhookView {
             id: hook.id,
@@ -62,6 +62,6 @@ impl WebhookView {
 
 /// Every webhook, or one function's.
 #[derive(Serialize, ToSchema)]
-pub struct WebhookList {
-    pub webhooks: Vec<WebhookView>,
+pub(crate) struct WebhookList {
+    pub(crate) webhooks: Vec<WebhookView>,
 }

@@ -21,15 +21,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Platform failures in a row that open a closed breaker.
-pub const TRIP_AFTER: u32 = 3;
+pub(crate) const TRIP_AFTER: u32 = 3;
 /// The first open period.
-pub const FIRST_OPEN: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_OPEN: Duration = Duration::from_secs(5);
 /// The longest open period.
-pub const LONGEST_OPEN: Duration = Duration::from_secs(60);
+pub(crate) const LONGEST_OPEN: Duration = Duration::from_secs(60);
 
 /// Where a queue's breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Closed,
     Open,
     HalfOpen,
@@ -54,12 +54,12 @@ impl Default for Queue {
 
 /// The breakers of one worker, by queue.
 #[derive(Default)]
-pub struct Breakers {
+pub(crate) struct Breakers {
     queues: Mutex<HashMap<String, Queue>>,
 }
 
 impl Breakers {
-    pub fn state(&self, queue: &str, now: Instant) -> State {
+    pub(crate) fn state(&self, queue: &str, now: Instant) -> State {
         let queues = self.queues.lock().expect("lock");
         match queues.get(queue).and_then(|q| q.open_until) {
             None => State::Closed,
@@ -69,7 +69,7 @@ impl Breakers {
     }
 
     /// The prefetch a queue may have, given what the scheduler wants for it.
-    pub fn allow(&self, queue: &str, wanted: usize, now: Instant) -> usize {
+    pub(crate) fn allow(&self, queue: &str, wanted: usize, now: Instant) -> usize {
         match self.state(queue, now) {
             State::Closed => wanted,
             State::Open => 0,
@@ -78,7 +78,7 @@ impl Breakers {
     }
 
     /// A run on `queue` that the platform did not fail. Returns true if that closed the breaker.
-    pub fn success(&self, queue: &str) -> bool {
+    pub(crate) fn success(&self, queue: &str) -> bool {
         let mut queues = self.queues.lock().expect("lock");
         match queues.remove(queue) {
             Some(q) => q.open_until.is_some(),
@@ -88,7 +88,7 @@ impl Breakers {
 
     /// A platform failure on `queue`. Returns true if that opened the breaker (the caller should
     /// make the consumers follow at once).
-    pub fn failure(&self, queue: &str, now: Instant) -> bool {
+    pub(crate) fn failure(&self, queue: &str, now: Instant) -> bool {
         let mut queues = self.queues.lock().expect("lock");
         let q = queues.entry(queue.to_string()).or_default();
         match q.open_until {
@@ -113,7 +113,7 @@ impl Breakers {
     }
 
     /// Queues whose breaker is not closed, for `/readyz` and the heartbeat.
-    pub fn open_queues(&self, now: Instant) -> Vec<String> {
+    pub(crate) fn open_queues(&self, now: Instant) -> Vec<String> {
         let queues = self.queues.lock().expect("lock");
         let mut open: Vec<String> = queues
             .iter()

@@ -29,7 +29,7 @@ use crate::message::{Reply, Work};
 use crate::shutdown::Shutdown;
 
 /// How often a worker with runs in hand checks whether any was cancelled, beside the notices.
-pub const POLL: Duration = Duration::from_secs(1);
+pub(super) const POLL: Duration = Duration::from_secs(1);
 
 /// This worker's runs that a cancel can stop, by invocation id.
 #[derive(Default)]

@@ -17,10 +17,10 @@ use std::collections::BTreeMap;
 use crate::web::{WebAnswer, WebRequest, valid_name, valid_value};
 
 /// The most bytes a CGI header block may take before its blank line.
-pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+pub(super) const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// The CGI meta-variables of `request`, whose body is `body_len` bytes.
-pub fn meta_variables(request: &WebRequest, body_len: usize) -> BTreeMap<String, String> {
+pub(super) fn meta_variables(request: &WebRequest, body_len: usize) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -100,7 +100,7 @@ fn decoded_path(path: &str) -> String {
 
 /// Splits a CGI script's stdout into its answer (status and headers) and the body. An error says
 /// what is wrong with the header block, for the function's author.
-pub fn parse_response(stdout: &[u8]) -> Result<(WebAnswer, Vec<u8>), String> {
+pub(super) fn parse_response(stdout: &[u8]) -> Result<(WebAnswer, Vec<u8>), String> {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut at = 0;
     let mut line_no = 0;

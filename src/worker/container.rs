@@ -61,24 +61,24 @@ pub enum PlatformError {
 
 /// How the container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     Code(i64),
     TimedOut,
 }
 
 /// What one container run produced.
 #[derive(Debug)]
-pub struct Run {
-    pub exit: Exit,
-    pub oom_killed: bool,
-    pub stdout: Vec<u8>,
-    pub stdout_truncated: bool,
-    pub stderr: Vec<u8>,
-    pub stderr_truncated: bool,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
+pub(crate) struct Run {
+    pub(crate) exit: Exit,
+    pub(crate) oom_killed: bool,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stdout_truncated: bool,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stderr_truncated: bool,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) finished_at: DateTime<Utc>,
     /// Container start to exit: the compute time.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// Output caps, in bytes.
@@ -117,10 +117,10 @@ struct ImageCommand {
 const IMAGE_TTL: Duration = Duration::from_secs(30);
 
 /// The removal of a finished run's container, under way.
-pub type Removal = tokio::task::JoinHandle<()>;
+pub(crate) type Removal = tokio::task::JoinHandle<()>;
 
 /// Where the idle entrypoint of warm containers is mounted inside them.
-pub const IDLE_PATH: &str = "/granda/idle";
+pub(crate) const IDLE_PATH: &str = "/granda/idle";
 
 /// How a kept (warm or hot) container differs from an invocation's own.
 struct Kept {
@@ -144,21 +144,21 @@ impl Runner {
     }
 
     /// Labels every container as `installation`'s ([`crate::docker::installation`]).
-    pub fn with_installation(mut self, installation: String) -> Self {
+    pub(crate) fn with_installation(mut self, installation: String) -> Self {
         self.installation = Some(installation);
         self
     }
 
-    pub fn docker(&self) -> &Docker {
+    pub(crate) fn docker(&self) -> &Docker {
         &self.docker
     }
 
-    pub fn caps(&self) -> Caps {
+    pub(crate) fn caps(&self) -> Caps {
         self.caps
     }
 
     /// The installation its containers are labelled with, when set.
-    pub fn installation(&self) -> Option<&str> {
+    pub(crate) fn installation(&self) -> Option<&str> {
         self.installation.as_deref()
     }
 
@@ -166,7 +166,7 @@ impl Runner {
     /// by the returned task: removal is cleanup, not part of the answer, so the caller can reply
     /// first and then wait for it (and so not start more containers than it removes).
     #[tracing::instrument(name = "container", skip_all, fields(%id, function = %function.name))]
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         id: Uuid,
         function: &Snapshot,
@@ -492,7 +492,7 @@ pub async fn remove(docker: &Docker, container: &str) {
 /// running it again (`super::dead_run`). The worker itself reads the output over attach, as
 /// ever; the file goes with the container. The `local` driver keeps the bytes as written (no
 /// newline added, binary kept). Kept (warm and hot) containers log nothing ([`Runner::config`]).
-pub fn kept_output(caps: Caps) -> HostConfigLogConfig {
+pub(crate) fn kept_output(caps: Caps) -> HostConfigLogConfig {
     let size = caps
         .stdout
         .saturating_add(caps.stderr)
@@ -557,7 +557,7 @@ impl Drop for RemoveOnDrop {
 }
 
 /// The body of an `args` invocation: a JSON array of strings, or else the whole body as one string.
-pub fn args_from_input(input: &[u8]) -> Result<Vec<String>, PlatformError> {
+pub(crate) fn args_from_input(input: &[u8]) -> Result<Vec<String>, PlatformError> {
     if let Ok(args) = serde_json::from_slice::<Vec<String>>(input) {
         return Ok(args);
     }

@@ -58,11 +58,11 @@ use crate::retry::{self, Verdict};
 
 /// The longest the engine is waited for while the record is locked (listing, inspecting,
 /// killing, reading the output): past it nothing is changed and the run is retried as before.
-pub const ENGINE_BOUND: Duration = Duration::from_secs(10);
+pub(super) const ENGINE_BOUND: Duration = Duration::from_secs(10);
 
 /// What [`settle`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+pub(super) enum Settled {
     /// Its container ran to its end: its outcome is recorded, final with this status, or
     /// `queued` for a retry by the function's policy.
     Collected(Status),
@@ -76,7 +76,7 @@ pub enum Settled {
 
 /// Why a dead run could not be settled (nothing was changed).
 #[derive(Debug, thiserror::Error)]
-pub enum SettleError {
+pub(super) enum SettleError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("the engine did not answer within {ENGINE_BOUND:?}")]

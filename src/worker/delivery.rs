@@ -435,7 +435,7 @@ async fn handle_in_span(
 }
 
 /// Header of a message the worker refused to run: why.
-pub const REFUSED_HEADER: &str = "x-granda-refused";
+pub(super) const REFUSED_HEADER: &str = "x-granda-refused";
 
 /// Dead-letters a message that must not run (malformed, unsigned, or with a function a
 /// registration would refuse): republished to the dead-letter queue with the reason in

@@ -18,14 +18,14 @@ use super::Shared;
 
 /// `GRANDA_WORKER_LISTEN`'s default for `granda worker`: the first free port of [`AUTO_PORTS`] on
 /// 127.0.0.1, so that several workers on one host all start.
-pub const AUTO: &str = "auto";
+pub(crate) const AUTO: &str = "auto";
 
 /// The ports `auto` tries, in order.
-pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 9090..=9109;
+pub(crate) const AUTO_PORTS: std::ops::RangeInclusive<u16> = 9090..=9109;
 
 /// Binds `GRANDA_WORKER_LISTEN` (`auto` or an address); the error names the setting, and says
 /// what to do when the address is taken.
-pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context;
     use std::io::ErrorKind;
     if addr == AUTO {

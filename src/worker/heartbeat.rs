@@ -9,26 +9,26 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 /// How often a worker beats: a third of its lease, so that two beats may be missed.
-pub fn every(lease: Duration) -> Duration {
+pub(super) fn every(lease: Duration) -> Duration {
     (lease / 3).max(Duration::from_millis(100))
 }
 
 /// What a worker reports with each beat.
 #[derive(Clone, Debug)]
-pub struct Beat<'a> {
-    pub worker: &'a str,
-    pub concurrency: i32,
-    pub in_flight: i32,
-    pub queues: &'a [String],
-    pub engine: &'a str,
-    pub engine_id: Option<&'a str>,
+pub(super) struct Beat<'a> {
+    pub(crate) worker: &'a str,
+    pub(crate) concurrency: i32,
+    pub(crate) in_flight: i32,
+    pub(crate) queues: &'a [String],
+    pub(crate) engine: &'a str,
+    pub(crate) engine_id: Option<&'a str>,
     /// `None` when healthy; otherwise what is wrong.
-    pub unhealthy: Option<&'a str>,
-    pub lease: Duration,
+    pub(crate) unhealthy: Option<&'a str>,
+    pub(crate) lease: Duration,
 }
 
 /// Which of `queues` another live, healthy worker (not `worker`) serves too.
-pub async fn served_by_others(
+pub(super) async fn served_by_others(
     pool: &PgPool,
     worker: &str,
     queues: &[String],
@@ -44,7 +44,7 @@ pub async fn served_by_others(
     Ok(rows.into_iter().map(|(q,)| q).collect())
 }
 
-pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
+pub(super) async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
     let now = Utc::now();
     // The lease ends by Postgres's clock, the one every "is it alive" question reads: a worker
     // whose own clock is behind must not count as dead (its containers would be stopped).
@@ -72,7 +72,7 @@ pub async fn beat(pool: &PgPool, beat: &Beat<'_>) -> Result<(), sqlx::Error> {
 }
 
 /// Removes the worker's row when it stops cleanly: nothing of it runs any more.
-pub async fn forget(pool: &PgPool, worker: &str) -> Result<(), sqlx::Error> {
+pub(super) async fn forget(pool: &PgPool, worker: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM workers WHERE id = $1")
         .bind(worker)
         .execute(pool)
@@ -83,14 +83,14 @@ pub async fn forget(pool: &PgPool, worker: &str) -> Result<(), sqlx::Error> {
 /// A worker whose lease ran out, with its engine's address and ID: what [`dead_run`] and
 /// [`expired`] find.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DeadWorker {
-    pub worker: String,
-    pub engine: Option<String>,
-    pub engine_id: Option<String>,
+pub(super) struct DeadWorker {
+    pub(crate) worker: String,
+    pub(crate) engine: Option<String>,
+    pub(crate) engine_id: Option<String>,
 }
 
 /// The worker an invocation is `running` on, when that is another worker whose lease ran out.
-pub async fn dead_run(
+pub(super) async fn dead_run(
     pool: &PgPool,
     id: uuid::Uuid,
     me: &str,
@@ -110,7 +110,7 @@ pub async fn dead_run(
 /// How long until the lease of the worker that `id` is `running` on (when that is not `me`) runs
 /// out, by Postgres's clock as [`dead_run`] reads it; zero when it has run out. `None` when `id`
 /// runs on no other worker with a heartbeat row.
-pub async fn lease_left(
+pub(super) async fn lease_left(
     pool: &PgPool,
     id: uuid::Uuid,
     me: &str,
@@ -131,7 +131,7 @@ pub async fn lease_left(
 
 /// The workers other than `me` whose lease ran out within the last `window`, by Postgres's clock:
 /// their containers are swept by [`super::takeover`].
-pub async fn expired(
+pub(super) async fn expired(
     pool: &PgPool,
     me: &str,
     window: Duration,

@@ -3,7 +3,7 @@
 //!
 //! The protocol (the `granda-hot` crate in `hot/` implements the function's side):
 //! - The container runs the image's own entrypoint and command, with `GRANDA_SOCKET` set to
-//!   [`SOCKET_PATH`], in a directory the worker bind-mounts from `<state_dir>/hot/`. The function
+//!   `SOCKET_PATH`, in a directory the worker bind-mounts from `<state_dir>/hot/`. The function
 //!   listens there; the container is ready when a connection is accepted.
 //! - Each invocation is `POST /invoke` with the input as the body and the headers
 //!   `Granda-Invocation-Id`, `Granda-Deadline-Ms` (ms since the epoch), `Granda-Function`,
@@ -45,16 +45,16 @@ use crate::function::Snapshot;
 use crate::invocation::Trigger;
 
 /// Where the socket directory is mounted in a hot container.
-pub const SOCKET_DIR: &str = "/run/granda";
+pub(crate) const SOCKET_DIR: &str = "/run/granda";
 /// `GRANDA_SOCKET`: where a hot function listens.
-pub const SOCKET_PATH: &str = "/run/granda/granda.sock";
+pub(crate) const SOCKET_PATH: &str = "/run/granda/granda.sock";
 const SOCKET_NAME: &str = "granda.sock";
 
 /// The size of a hot container's socket directory: room for its socket and little else.
 pub const SOCKET_DIR_BYTES: u64 = 64 * 1024;
 
 /// The least time a hot container gets to listen, whatever the function's timeout.
-pub const MIN_STARTUP_MS: i64 = 5_000;
+pub(crate) const MIN_STARTUP_MS: i64 = 5_000;
 /// How often a starting container is looked at while it has not listened yet.
 const READY_POLL: Duration = Duration::from_millis(2);
 /// How often the engine is asked whether a starting container is still running.
@@ -80,7 +80,7 @@ pub enum CallError {
 
 /// The request headers of `call`; an error names the value that can't be a header (never its
 /// content, which may be anything a caller sent).
-pub fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
+pub(crate) fn request_headers(call: &Call<'_>) -> Result<hyper::HeaderMap, String> {
     use hyper::header::{HeaderName, HeaderValue};
     let mut headers = hyper::HeaderMap::new();
     let mut put = |name: &str, value: &str| -> Result<(), String> {
@@ -165,13 +165,13 @@ pub struct Refused(String);
 /// Who a hot container's process runs as: the owner of its socket directory and socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
-    pub uid: u32,
-    pub gid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 impl Owner {
     /// The owner a container of `user` (`uid` or `uid:gid`; none: root) runs as.
-    pub fn of(user: Option<&str>) -> Result<Owner, StartError> {
+    pub(crate) fn of(user: Option<&str>) -> Result<Owner, StartError> {
         let Some(user) = user else {
             return Ok(Owner { uid: 0, gid: 0 });
         };
@@ -299,9 +299,9 @@ pub struct Call<'a> {
 pub struct Answer {
     pub status: u16,
     /// Names in lowercase; values that are no printable ASCII are left out.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// The per-container socket directory under `root`: a tmpfs of [`SOCKET_DIR_BYTES`] owned by
@@ -361,7 +361,7 @@ pub fn remove_socket_dir(dir: &Path) {
 }
 
 /// Removes every socket directory under `root` (an earlier self's), unmounting each.
-pub fn clear_socket_dirs(root: &Path) {
+pub(crate) fn clear_socket_dirs(root: &Path) {
     if let Ok(entries) = std::fs::read_dir(root) {
         for entry in entries.flatten() {
             remove_socket_dir(&entry.path());
@@ -401,9 +401,9 @@ pub async fn wait_ready(
 
 /// How a container's process ended.
 #[derive(Clone, Copy, Debug)]
-pub struct End {
-    pub exit_code: i64,
-    pub oom_killed: bool,
+pub(crate) struct End {
+    pub(crate) exit_code: i64,
+    pub(crate) oom_killed: bool,
 }
 
 /// How `container` ended, if it no longer runs (gone: code -1).
@@ -429,7 +429,7 @@ async fn exited(docker: &bollard::Docker, container: &str) -> Option<i64> {
 
 /// After a call that got no answer: how the container ended, waiting up to a second for the
 /// engine to see it (`None`: it still runs, the function only hung up).
-pub async fn ended(docker: &bollard::Docker, container: &str) -> Option<End> {
+pub(crate) async fn ended(docker: &bollard::Docker, container: &str) -> Option<End> {
     let give_up = Instant::now() + Duration::from_secs(1);
     loop {
         if let Some(end) = state(docker, container).await {

@@ -27,11 +27,11 @@ use crate::metrics::{Metrics, label};
 const PRESENT_FOR: Duration = Duration::from_secs(30);
 
 /// `GRANDA_IMAGE_PULL=always`: how old this worker's last pull of an image may be.
-pub const ALWAYS_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const ALWAYS_EVERY: Duration = Duration::from_secs(60);
 
 /// A worker's images on its engine.
 #[derive(Clone)]
-pub struct Images {
+pub(crate) struct Images {
     inner: Arc<Inner>,
 }
 
@@ -53,7 +53,7 @@ struct Seen {
 }
 
 impl Images {
-    pub fn new(docker: Docker, policy: ImagePull, timeout: Duration) -> Images {
+    pub(crate) fn new(docker: Docker, policy: ImagePull, timeout: Duration) -> Images {
         Images {
             inner: Arc::new(Inner {
                 docker,
@@ -67,7 +67,7 @@ impl Images {
     }
 
     /// Observes pulls in `metrics` from now on.
-    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+    pub(crate) fn set_metrics(&self, metrics: Arc<Metrics>) {
         metrics.describe(
             "granda_image_pull_seconds",
             "Time a worker spent pulling an image its engine lacked (part of a cold start).",
@@ -94,13 +94,13 @@ impl Images {
     }
 
     /// Forgets that `image` was seen: the engine said it lacks it after all.
-    pub fn forget(&self, image: &str) {
+    pub(crate) fn forget(&self, image: &str) {
         self.inner.seen.lock().expect("lock").remove(image);
     }
 
     /// Makes sure the engine has `image`: present, or pulled (as the policy allows). Returns how
     /// long this call spent pulling, if it pulled.
-    pub async fn ensure(&self, image: &str) -> Result<Option<Duration>, ImageError> {
+    pub(crate) async fn ensure(&self, image: &str) -> Result<Option<Duration>, ImageError> {
         if self.fresh(image) {
             return Ok(None);
         }

@@ -2,7 +2,7 @@
 //! in Postgres, then replies and acks.
 //!
 //! For each message: claim the record (`running`, attempt + 1), run the container, then act on
-//! the retry verdict ([`crate::retry`]): commit the final record, reply and ack; or put the
+//! the retry verdict (`crate::retry`): commit the final record, reply and ack; or put the
 //! record back to `queued` and park the message in a delay queue, then ack; or record it `dead`
 //! and dead-letter the message. A message is acked only after its record is committed.
 //!
@@ -11,29 +11,29 @@
 //! worker is parked in a delay queue until that run ends. A worker holds at most as many unacked
 //! messages as it runs at once (its prefetch is its concurrency).
 //!
-//! Before it claims a message, a worker makes sure its engine has the image ([`images`]). One it
+//! Before it claims a message, a worker makes sure its engine has the image (`images`). One it
 //! can't run here (the image can't be had, the engine is away, or the queue's circuit breaker is
 //! open: [`breaker`]) is given back unclaimed for another worker, as [`crate::retry`] decides. An
 //! unhealthy worker (its engine unreachable) cancels its consumers until it recovers, unless hot
 //! processes run here: then it goes on taking messages, runs the calls of those processes (they
 //! need no engine) and parks the rest for [`ENGINE_AWAY_DELAY`] at a time.
 
-pub mod breaker;
-pub mod builds;
+pub(crate) mod breaker;
+pub(crate) mod builds;
 mod cancel;
 mod cgi;
 mod consume;
 pub mod container;
-pub mod control;
+pub(crate) mod control;
 mod dead_run;
 mod delivery;
-pub mod endpoints;
+pub(crate) mod endpoints;
 mod engines;
 mod execute;
 mod faults;
 mod heartbeat;
 pub mod hot;
-pub mod images;
+pub(crate) mod images;
 pub mod pool;
 mod readiness;
 pub mod reaper;
@@ -315,7 +315,7 @@ impl Worker {
     }
 
     /// Shares `metrics` with the rest of the process (the ingress serves them at `/metrics`).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
         Arc::get_mut(&mut self.shared)
             .expect("a worker not yet running")
             .metrics = metrics;
@@ -329,7 +329,7 @@ impl Worker {
     /// This worker's engine, for the ingress of the same process (`granda up`): its
     /// registration checks and builds are done here directly. Call it after
     /// [`Worker::with_metrics`].
-    pub fn engines(&self) -> Arc<dyn crate::engines::Engines> {
+    pub(crate) fn engines(&self) -> Arc<dyn crate::engines::Engines> {
         Arc::new(engines::Local {
             shared: self.shared.clone(),
             builder: self.builder.clone(),

@@ -48,14 +48,14 @@ const IDLE_ELF: [u8; 129] = [
 
 /// A kept container, lent to one run at a time.
 #[derive(Debug)]
-pub struct Warm {
-    pub id: String,
+pub(crate) struct Warm {
+    pub(crate) id: String,
     key: String,
     last_used: Instant,
     /// Runs it served before this one.
-    pub uses: u32,
+    pub(crate) uses: u32,
     /// A hot container's connection and socket directory.
-    pub hot: Option<(hot::Connection, PathBuf)>,
+    pub(crate) hot: Option<(hot::Connection, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -66,7 +66,7 @@ struct Entry {
 }
 
 /// The warm containers of one worker.
-pub struct Pool {
+pub(crate) struct Pool {
     runner: Runner,
     idle_binary: PathBuf,
     /// Where hot containers' socket directories are made: this worker's own.
@@ -115,7 +115,7 @@ fn key(f: &Snapshot) -> String {
 impl Pool {
     /// Writes the idle binary under `state_dir`, clears the socket directories an earlier self
     /// of `worker_id` in `installation` left, and makes an empty pool.
-    pub fn new(
+    pub(crate) fn new(
         runner: Runner,
         state_dir: &std::path::Path,
         installation: &str,
@@ -140,7 +140,10 @@ impl Pool {
 
     /// A container for one run of `function`, and whether it was started for it (a cold start).
     /// Give it back with [`Pool::release`]; dropped without that (a panicking run), it is removed.
-    pub async fn acquire(&self, function: &Snapshot) -> Result<(Lent<'_>, bool), PlatformError> {
+    pub(crate) async fn acquire(
+        &self,
+        function: &Snapshot,
+    ) -> Result<(Lent<'_>, bool), PlatformError> {
         let (warm, cold) = self.take(function).await?;
         Ok((
             Lent {
@@ -244,7 +247,7 @@ impl Pool {
     }
 
     /// Gives a container back after a run: kept when the run went well, else removed.
-    pub fn release(&self, mut lent: Lent<'_>, healthy: bool) {
+    pub(crate) fn release(&self, mut lent: Lent<'_>, healthy: bool) {
         if let Some(warm) = lent.warm.take() {
             self.give_back(warm, healthy);
         }
@@ -309,19 +312,9 @@ impl Pool {
             .any(|(k, e)| e.live > 0 && k.split('|').nth(1) == Some(Mode::Hot.as_str()))
     }
 
-    /// Idle containers in the pool now, by function name (for tests and metrics).
-    pub fn idle_by_function(&self) -> HashMap<String, usize> {
-        let mut out = HashMap::new();
-        for (key, entry) in self.entries.lock().expect("lock").iter() {
-            let name = key.split('|').next().unwrap_or_default().to_string();
-            *out.entry(name).or_default() += entry.idle.len();
-        }
-        out
-    }
-
     /// Removes idle containers past their idle timeout (beyond `min_warm`), and under memory
     /// pressure idle ones least recently used first.
-    pub fn expire(&self, pressure: bool) {
+    pub(crate) fn expire(&self, pressure: bool) {
         // Nothing can be removed while the engine is away, and a hot process kept is what
         // still serves calls then.
         if self.engine_away.load(Ordering::Relaxed) {
@@ -358,7 +351,7 @@ impl Pool {
     }
 
     /// Removes every idle container (shutdown).
-    pub async fn clear(&self) {
+    pub(crate) async fn clear(&self) {
         let idle: Vec<Warm> = {
             let mut entries = self.entries.lock().expect("lock");
             entries
@@ -375,7 +368,7 @@ impl Pool {
 
 /// A kept container lent to one run. Dropped without [`Pool::release`] (the run panicked), it is
 /// discarded: removed from the engine and uncounted, so the function's slot is not lost.
-pub struct Lent<'a> {
+pub(crate) struct Lent<'a> {
     pool: &'a Pool,
     warm: Option<Warm>,
 }
@@ -450,7 +443,7 @@ pub fn install_idle_binary(state_dir: &std::path::Path) -> std::io::Result<PathB
 }
 
 /// Whether the host is short of memory: less than 10 % available.
-pub fn memory_pressure() -> bool {
+pub(crate) fn memory_pressure() -> bool {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
         return false;
     };

@@ -22,21 +22,21 @@ use crate::metrics::label;
 /// What the worker's `/readyz` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Readiness {
-    pub postgres: bool,
-    pub docker: bool,
+    pub(crate) postgres: bool,
+    pub(crate) docker: bool,
     /// Connected, with its consumers set up.
-    pub rabbitmq: bool,
+    pub(crate) rabbitmq: bool,
     /// The last quorum probe was confirmed (`None`: not probed yet this session).
-    pub quorum: Option<bool>,
+    pub(crate) quorum: Option<bool>,
     /// The served queues whose breaker is open.
-    pub breakers_open: Vec<String>,
+    pub(crate) breakers_open: Vec<String>,
     /// How many queues the worker serves.
-    pub queues: usize,
+    pub(crate) queues: usize,
 }
 
 impl Readiness {
     /// Whether the worker takes work now.
-    pub fn ready(&self) -> bool {
+    pub(super) fn ready(&self) -> bool {
         self.postgres
             && self.docker
             && self.rabbitmq
@@ -45,12 +45,12 @@ impl Readiness {
     }
 
     /// Ready, but some of its queues' breakers are open (others take those queues' work).
-    pub fn degraded(&self) -> bool {
+    pub(super) fn degraded(&self) -> bool {
         self.ready() && !self.breakers_open.is_empty()
     }
 
     /// What keeps it from being ready, one phrase each.
-    pub fn reasons(&self) -> Vec<String> {
+    pub(super) fn reasons(&self) -> Vec<String> {
         let mut out = vec![];
         if !self.postgres {
             out.push("postgres unavailable".to_string());

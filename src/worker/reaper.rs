@@ -82,7 +82,7 @@ pub async fn reap_orphaned_pools(
 
 /// Removes every container of this installation labelled with this worker's id: at start, none
 /// of them is ours to keep.
-pub async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
+pub(crate) async fn reap_own(docker: &Docker, worker_id: &str, installation: &str) {
     let worker = format!("{LABEL_WORKER}={worker_id}");
     let installation = format!("{LABEL_INSTALLATION}={installation}");
     for (id, _) in list(docker, &[&worker, &installation]).await {
@@ -158,7 +158,7 @@ pub(super) async fn list(
 }
 
 /// Removes (killing) the containers on `docker` that run invocation `invocation`; returns how many.
-pub async fn remove_invocation(docker: &Docker, invocation: &str) -> usize {
+pub(crate) async fn remove_invocation(docker: &Docker, invocation: &str) -> usize {
     let label = format!("{LABEL_INVOCATION}={invocation}");
     let found = list(docker, &[label.as_str()]).await;
     for (id, _) in &found {

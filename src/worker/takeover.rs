@@ -24,14 +24,14 @@ use crate::docker::{LABEL_INSTALLATION, LABEL_WORKER};
 
 /// How long after a worker's lease ran out its engine is still swept for its containers: a
 /// request it made just before dying may reach the engine late (a busy engine, a slow create).
-pub const WINDOW: Duration = Duration::from_secs(120);
+pub(super) const WINDOW: Duration = Duration::from_secs(120);
 
 /// How long to wait before trying again an engine that could not be reached.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(5);
 
 /// How often a worker sweeps: a twelfth of the lease, between 100 ms and 1 s (500 ms with the
 /// default 6 s lease).
-pub fn period(lease: Duration) -> Duration {
+pub(super) fn period(lease: Duration) -> Duration {
     (lease / 12).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 

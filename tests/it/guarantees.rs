@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use granda::Work;
 use granda::broker::Topology;
 use granda::function::store as functions;
 use granda::invocation::Trigger;
-use granda::message::Work;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use granda::Work;
 use granda::function::store as functions;
 use granda::invocation::Trigger;
-use granda::message::Work;
 use serde_json::json;
 use uuid::Uuid;
 

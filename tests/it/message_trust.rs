@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use granda::Work;
 use granda::broker::Topology;
 use granda::function::{RunSpec, Secrets, Snapshot};
 use granda::invocation::Trigger;
-use granda::message::Work;
 use lapin::BasicProperties;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -166,7 +166,7 @@ async fn a_forged_work_message_runs_nothing_and_is_dead_lettered_with_the_reason
         request: None,
         key_id: None,
     };
-    let props = wrong_key.properties(b"id", &granda::seal::Keys::ephemeral());
+    let props = wrong_key.properties(b"id", &granda::Keys::ephemeral());
     publish_raw(&app, props, b"id").await;
 
     let reasons = refused_reasons(&app, &[unsigned, wrong_key.id]).await;
@@ -341,9 +341,7 @@ async fn a_new_secrets_key_reseals_stored_secrets_at_start_and_runs_go_on() {
     // The new key alone opens what is stored now.
     let mut settings = second.settings.clone();
     settings.secrets_old_keys = Vec::new();
-    let new_only = granda::seal::Keys::load(&second.pool, &settings)
-        .await
-        .unwrap();
+    let new_only = granda::Keys::load(&second.pool, &settings).await.unwrap();
     let (name, secrets): (String, sqlx::types::Json<Secrets>) =
         sqlx::query_as("SELECT name, secrets FROM functions WHERE name = 'env'")
             .fetch_one(&second.pool)

@@ -363,7 +363,7 @@ async fn one_server_prunes_at_a_time() {
     )
     .await;
     let policy = granda::retention::Policy::of(&app.settings);
-    let metrics = granda::metrics::Metrics::default();
+    let metrics = granda::Metrics::default();
     assert_eq!(
         granda::retention::pass(&app.pool, policy, &metrics)
             .await

@@ -27,7 +27,7 @@ async fn every_task_stops_when_told_and_the_heartbeat_before_the_worker_is_forgo
     assert_eq!(row(&app.pool).await, 1, "the worker beats while it runs");
     let took = app.stop().await;
     assert!(
-        took < granda::shutdown::BOUND,
+        took < granda::SHUTDOWN_BOUND,
         "stopping took {took:?}: a task did not hear the stop"
     );
     assert_eq!(row(&app.pool).await, 0, "a stopped worker is forgotten");

@@ -82,7 +82,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let pool = granda::db::connect_and_migrate(&settings.database_url)
         .await
         .expect("Postgres must be reachable for the tests");
-    let granda::up::Up { app, worker } = granda::up::Up::build(&settings, pool.clone())
+    let granda::Up { app, worker } = granda::Up::build(&settings, pool.clone())
         .await
         .expect("RabbitMQ and the Docker engine must be reachable for the tests");
     let address = format!("http://{}", app.local_addr());
@@ -499,9 +499,9 @@ where
 
 impl TestApp {
     /// The installation's message keys, as its ingress and workers read them.
-    pub async fn keys(&self) -> std::sync::Arc<granda::seal::Keys> {
+    pub async fn keys(&self) -> std::sync::Arc<granda::Keys> {
         std::sync::Arc::new(
-            granda::seal::Keys::load(&self.pool, &self.settings)
+            granda::Keys::load(&self.pool, &self.settings)
                 .await
                 .unwrap(),
         )

@@ -79,7 +79,7 @@ async fn amqps_is_trusted_through_the_ca_file_and_refused_without_it() {
     let publisher = Publisher::start(
         nodes,
         Topology::new("granda-tls-test"),
-        Arc::new(granda::seal::Keys::ephemeral()),
+        Arc::new(granda::Keys::ephemeral()),
     )
     .await
     .expect("amqps with the test CA");

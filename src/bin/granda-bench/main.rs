@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
 
     let pool = granda::db::connect_and_migrate(&settings.database_url).await?;
     // As `granda up`: the ingress checks images and builds on this worker's engine.
-    let granda::up::Up { app, worker } = granda::up::Up::build(&settings, pool.clone()).await?;
+    let granda::Up { app, worker } = granda::Up::build(&settings, pool.clone()).await?;
     let address = app.local_addr();
     let base_url = format!("http://{address}");
     let (stop, stopped) = watch::channel(false);

@@ -9,12 +9,12 @@
 //! in the time fields) follow real time: through a fall-back hour `*/15 * * * *` fires every 15
 //! minutes, in both passes of the repeated hour.
 //!
-//! Each ingress runs the [`ticker`]. A tick `(schedule, fire time)` is claimed by a unique row in
+//! Each ingress runs the `ticker`. A tick `(schedule, fire time)` is claimed by a unique row in
 //! `schedule_fires`, in the transaction that records the invocation, so each tick fires exactly
 //! once whatever the number of servers, and the outbox publishes what was recorded. The schedule's
-//! `next_fire_at` is the cursor; [`plan`] decides what a pass fires from it (see [`CatchUp`]).
+//! `next_fire_at` is the cursor; `plan` decides what a pass fires from it (see `CatchUp`).
 
-pub mod ticker;
+pub(crate) mod ticker;
 
 use std::str::FromStr;
 
@@ -27,11 +27,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// How many fire times answers list in `next_runs`.
-pub const NEXT_RUNS: usize = 5;
+pub(crate) const NEXT_RUNS: usize = 5;
 
 /// A tick older than this when a ticker first sees it was missed (every server was down), not
 /// merely late: [`CatchUp`] decides whether it fires.
-pub const MISSED_AFTER: Duration = Duration::seconds(30);
+pub(crate) const MISSED_AFTER: Duration = Duration::seconds(30);
 
 /// At most this many missed ticks are counted as skipped in one pass (a per-second schedule
 /// after a day down would be 86 400).
@@ -40,7 +40,7 @@ const MAX_COUNTED: u64 = 10_000;
 /// What happens to ticks missed while every server was down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum CatchUp {
+pub(crate) enum CatchUp {
     /// Skip them (the default).
     #[default]
     None,
@@ -49,14 +49,14 @@ pub enum CatchUp {
 }
 
 impl CatchUp {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CatchUp::None => "none",
             CatchUp::Latest => "latest",
         }
     }
 
-    pub fn parse(s: &str) -> Option<CatchUp> {
+    pub(crate) fn parse(s: &str) -> Option<CatchUp> {
         match s {
             "none" => Some(CatchUp::None),
             "latest" => Some(CatchUp::Latest),
@@ -112,7 +112,7 @@ impl CronTz {
     }
 
     /// The first fire time at or after `t`.
-    pub fn next_from(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_from(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
             .find_next_occurrence(&t.with_timezone(&self.tz), true)
             .ok()
@@ -120,7 +120,7 @@ impl CronTz {
     }
 
     /// The last fire time at or before `t`.
-    pub fn last_until(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn last_until(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
             .find_previous_occurrence(&t.with_timezone(&self.tz), true)
             .ok()
@@ -146,19 +146,24 @@ impl CronTz {
 
 /// What one pass of the ticker does with a due schedule.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Fire times to claim and fire, oldest first.
-    pub fire: Vec<DateTime<Utc>>,
+    pub(crate) fire: Vec<DateTime<Utc>>,
     /// Missed fire times not fired (capped count).
-    pub skipped: u64,
+    pub(crate) skipped: u64,
     /// The new cursor: the first fire time after `now`.
-    pub next: Option<DateTime<Utc>>,
+    pub(crate) next: Option<DateTime<Utc>>,
 }
 
 /// Plans a pass at `now` for a schedule whose first unclaimed fire time is `cursor`.
 /// Ticks in `[cursor, now]` at most [`MISSED_AFTER`] old fire (late, but fired); older ones were
 /// missed: `catch_up` none skips them, latest fires the latest of them.
-pub fn plan(cron: &CronTz, cursor: DateTime<Utc>, now: DateTime<Utc>, catch_up: CatchUp) -> Plan {
+pub(crate) fn plan(
+    cron: &CronTz,
+    cursor: DateTime<Utc>,
+    now: DateTime<Utc>,
+    catch_up: CatchUp,
+) -> Plan {
     let mut fire = Vec::new();
     let mut skipped = 0;
     let horizon = now - MISSED_AFTER;
@@ -203,33 +208,33 @@ pub fn plan(cron: &CronTz, cursor: DateTime<Utc>, now: DateTime<Utc>, catch_up: 
 
 /// A schedule as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Schedule {
-    pub id: Uuid,
-    pub function: String,
-    pub cron: String,
-    pub timezone: String,
-    pub payload: Vec<u8>,
-    pub content_type: Option<String>,
-    pub enabled: bool,
-    pub catch_up: String,
-    pub next_fire_at: DateTime<Utc>,
-    pub last_fired_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+pub(crate) struct Schedule {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) cron: String,
+    pub(crate) timezone: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) enabled: bool,
+    pub(crate) catch_up: String,
+    pub(crate) next_fire_at: DateTime<Utc>,
+    pub(crate) last_fired_at: Option<DateTime<Utc>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl Schedule {
-    pub fn catch_up(&self) -> CatchUp {
+    pub(crate) fn catch_up(&self) -> CatchUp {
         CatchUp::parse(&self.catch_up).unwrap_or_default()
     }
 
     /// The pattern in its zone; a stored schedule was checked when written.
-    pub fn cron_tz(&self) -> Result<CronTz, ScheduleError> {
+    pub(crate) fn cron_tz(&self) -> Result<CronTz, ScheduleError> {
         CronTz::parse(&self.cron, &self.timezone)
     }
 
     /// The API's view: the stored fields and the next fire times (none while disabled).
-    pub fn view(&self) -> ScheduleView {
+    pub(crate) fn view(&self) -> ScheduleView {
         let next_runs = match (self.enabled, self.cron_tz()) {
             (true, Ok(c)) => c.next_runs(Utc::now(), NEXT_RUNS),
             _ => Vec::new(),
@@ -264,23 +269,23 @@ impl Schedule {
 
 /// A schedule as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ScheduleView {
-    pub id: Uuid,
-    pub function: String,
-    pub cron: String,
-    pub timezone: String,
+pub(crate) struct ScheduleView {
+    pub(crate) id: Uuid,
+    pub(crate) function: String,
+    pub(crate) cron: String,
+    pub(crate) timezone: String,
     /// The input each run gets, when it is UTF-8.
-    pub payload: Option<String>,
+    pub(crate) payload: Option<String>,
     /// The input, when it is not UTF-8.
-    pub payload_base64: Option<String>,
-    pub content_type: Option<String>,
-    pub enabled: bool,
-    pub catch_up: CatchUp,
-    pub last_fired_at: Option<DateTime<Utc>>,
+    pub(crate) payload_base64: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) enabled: bool,
+    pub(crate) catch_up: CatchUp,
+    pub(crate) last_fired_at: Option<DateTime<Utc>>,
     /// The next fire times (RFC 3339, UTC); empty while disabled.
-    pub next_runs: Vec<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub(crate) next_runs: Vec<DateTime<Utc>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 /// Postgres storage of schedules.
@@ -311,7 +316,7 @@ pub mod store {
     }
 
     /// Stores a new schedule (fields already checked).
-    pub async fn insert(pool: &PgPool, s: &Schedule) -> Result<Schedule, sqlx::Error> {
+    pub(crate) async fn insert(pool: &PgPool, s: &Schedule) -> Result<Schedule, sqlx::Error> {
         let query = sqlx::query_as::<_, Schedule>(concat!(
             "INSERT INTO schedules (id, function, cron, timezone, payload, content_type, enabled, catch_up, next_fire_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
@@ -325,7 +330,7 @@ pub mod store {
 
     /// Writes the fields of `s` back (already checked); the cursor only when `restart` gives
     /// one, so a ticker's concurrent pass is not undone.
-    pub async fn save(
+    pub(crate) async fn save(
         pool: &PgPool,
         s: &Schedule,
         restart: Option<DateTime<Utc>>,
@@ -342,7 +347,7 @@ pub mod store {
             .await
     }
 
-    pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Schedule>, sqlx::Error> {
+    pub(crate) async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Schedule>, sqlx::Error> {
         sqlx::query_as::<_, Schedule>(concat!(
             "SELECT ",
             columns!(),
@@ -354,7 +359,10 @@ pub mod store {
     }
 
     /// Every schedule, or one function's, oldest first.
-    pub async fn list(pool: &PgPool, function: Option<&str>) -> Result<Vec<Schedule>, sqlx::Error> {
+    pub(crate) async fn list(
+        pool: &PgPool,
+        function: Option<&str>,
+    ) -> Result<Vec<Schedule>, sqlx::Error> {
         sqlx::query_as::<_, Schedule>(concat!(
             "SELECT ",
             columns!(),
@@ -365,7 +373,7 @@ pub mod store {
         .await
     }
 
-    pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    pub(crate) async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
         let done = sqlx::query("DELETE FROM schedules WHERE id = $1")
             .bind(id)
             .execute(pool)
@@ -374,7 +382,7 @@ pub mod store {
     }
 
     /// Ids of enabled schedules due at or before now.
-    pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    pub(crate) async fn due(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT id FROM schedules WHERE enabled AND next_fire_at <= now()
              ORDER BY next_fire_at LIMIT $1",
@@ -386,7 +394,7 @@ pub mod store {
     }
 
     /// Locks schedule `id` if it is still enabled and due and no other ticker holds it.
-    pub async fn lock_due(
+    pub(crate) async fn lock_due(
         tx: &mut sqlx::PgConnection,
         id: Uuid,
     ) -> Result<Option<Schedule>, sqlx::Error> {
@@ -421,7 +429,7 @@ pub mod store {
     }
 
     /// Moves the cursor after a pass.
-    pub async fn advance(
+    pub(crate) async fn advance(
         tx: &mut sqlx::PgConnection,
         id: Uuid,
         next: DateTime<Utc>,
@@ -440,7 +448,7 @@ pub mod store {
     }
 
     /// Forgets claims older than a day: the cursor is past them.
-    pub async fn prune_fires(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    pub(crate) async fn prune_fires(pool: &PgPool) -> Result<u64, sqlx::Error> {
         let done =
             sqlx::query("DELETE FROM schedule_fires WHERE fire_time < now() - interval '1 day'")
                 .execute(pool)

@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 /// How often each ingress looks for due schedules, on average. Each wait is drawn between half
 /// and one and a half of it, so that servers take turns at the ticks (with a fixed period, the
 /// one whose timer runs a little ahead of the others would take nearly every tick).
-pub const TICK_EVERY: Duration = Duration::from_millis(200);
+pub(crate) const TICK_EVERY: Duration = Duration::from_millis(200);
 /// Schedules handled per pass at most.
 const BATCH: i64 = 100;
 
@@ -39,7 +39,7 @@ struct Fired {
 }
 
 /// Ticks until told to stop (a pass under way is finished first).
-pub async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
+pub(crate) async fn run(app: Ingress, mut shutdown: crate::shutdown::Shutdown) {
     describe(&app);
     let mut passes: u64 = 0;
     loop {
@@ -82,7 +82,7 @@ fn describe(app: &Ingress) {
 }
 
 /// One pass over the due schedules; returns how many ticks it fired.
-pub async fn pass(app: &Ingress) -> anyhow::Result<usize> {
+pub(crate) async fn pass(app: &Ingress) -> anyhow::Result<usize> {
     let mut fired = 0;
     for id in store::due(&app.pool, BATCH).await? {
         match fire_one(app, id).await {

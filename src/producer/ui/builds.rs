@@ -32,7 +32,11 @@ fn rollback_button(session: &Session, f: &Function, b: &BuildRecord) -> Markup {
 }
 
 /// The "Versions" section of a function's page (nothing for a function given an image).
-pub async fn section(app: &AppState, session: &Session, f: &Function) -> Result<Markup, UiError> {
+pub(crate) async fn section(
+    app: &AppState,
+    session: &Session,
+    f: &Function,
+) -> Result<Markup, UiError> {
     let builds = store::list(&app.pool, &f.name, f.created_at).await?;
     if builds.is_empty() {
         return Ok(html! {});
@@ -64,7 +68,7 @@ pub async fn section(app: &AppState, session: &Session, f: &Function) -> Result<
 }
 
 /// `GET /ui/functions/{name}/builds/{version}`: one build and its log.
-pub async fn build(
+pub(crate) async fn build(
     session: Session,
     State(app): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -113,13 +117,13 @@ fn parse_version(v: &str) -> Result<i32, UiError> {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RollbackForm {
+pub(crate) struct RollbackForm {
     #[serde(default)]
     version: String,
 }
 
 /// `POST /ui/functions/{name}/rollback` with `version`: then to the function's page.
-pub async fn rollback(
+pub(crate) async fn rollback(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,

@@ -15,28 +15,28 @@ const BOTTOM: f64 = 26.0;
 
 /// One run on the duration line.
 #[derive(Clone, Copy, Debug)]
-pub struct Point {
-    pub duration_ms: f64,
-    pub failed: bool,
+pub(crate) struct Point {
+    pub(crate) duration_ms: f64,
+    pub(crate) failed: bool,
     /// When it finished.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// The time a chart spans: its intervals, and its ticks (wide and narrow) with their labels.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Span {
+pub(crate) struct Span {
     /// `?range=` on a function's page.
-    pub key: &'static str,
-    pub words: &'static str,
-    pub buckets: i64,
-    pub bucket_secs: i64,
-    pub wide_tick_minutes: i64,
-    pub narrow_tick_minutes: i64,
-    pub tick_format: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) words: &'static str,
+    pub(crate) buckets: i64,
+    pub(crate) bucket_secs: i64,
+    pub(crate) wide_tick_minutes: i64,
+    pub(crate) narrow_tick_minutes: i64,
+    pub(crate) tick_format: &'static str,
 }
 
 /// The spans a function's page offers: the last hour (the default), day and week.
-pub const SPANS: [Span; 3] = [
+pub(crate) const SPANS: [Span; 3] = [
     Span {
         key: "1h",
         words: "Last hour",
@@ -90,12 +90,18 @@ const NARROW: Size = Size {
 
 /// `buckets`: (invocations, failed) per interval of `minutes`, oldest first, the last ending
 /// `now`; `runs`: recent finished runs (those older than the buckets' span are left out).
-pub fn render(buckets: &[(i64, i64)], minutes: i64, runs: &[Point], now: DateTime<Utc>) -> Markup {
+#[cfg(test)]
+pub(crate) fn render(
+    buckets: &[(i64, i64)],
+    minutes: i64,
+    runs: &[Point],
+    now: DateTime<Utc>,
+) -> Markup {
     render_span(&SPANS[0], buckets, minutes, runs, now)
 }
 
 /// [`render`] over `span` (its ticks and their labels).
-pub fn render_span(
+pub(crate) fn render_span(
     span: &Span,
     buckets: &[(i64, i64)],
     minutes: i64,

@@ -19,11 +19,11 @@ use crate::producer::AppState;
 use crate::producer::events::{add_subscription, remove_subscription};
 
 /// How many published events the page lists, newest first.
-pub const RECENT_EVENTS: i64 = 20;
+pub(crate) const RECENT_EVENTS: i64 = 20;
 
 /// The form that subscribes a function to a topic pattern.
 #[derive(Debug, Default, Deserialize)]
-pub struct SubscribeForm {
+pub(crate) struct SubscribeForm {
     #[serde(default)]
     function: String,
     #[serde(default)]
@@ -116,7 +116,7 @@ async fn page(
 }
 
 /// `GET /ui/events`.
-pub async fn list(
+pub(crate) async fn list(
     Admin(session): Admin,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
@@ -124,7 +124,7 @@ pub async fn list(
 }
 
 /// `POST /ui/events`: subscribes the function; a refused form comes back with the API's words.
-pub async fn subscribe(
+pub(crate) async fn subscribe(
     Admin(session): Admin,
     State(app): State<AppState>,
     Form(form): Form<SubscribeForm>,
@@ -141,7 +141,7 @@ pub async fn subscribe(
 }
 
 /// `POST /ui/functions/{name}/subscriptions/{id}/delete`.
-pub async fn delete(
+pub(crate) async fn delete(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,

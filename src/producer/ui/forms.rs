@@ -36,41 +36,41 @@ use crate::retry::RetryOn;
 /// A function's form as posted: every field as typed.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct FunctionForm {
-    pub name: String,
-    pub image: String,
-    pub description: String,
-    pub timeout_ms: String,
-    pub memory_mb: String,
-    pub cpus: String,
-    pub input: String,
-    pub queue: String,
-    pub max_attempts: String,
-    pub max_concurrency: String,
-    pub retry_error: Option<String>,
-    pub retry_timeout: Option<String>,
+pub(crate) struct FunctionForm {
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) description: String,
+    pub(crate) timeout_ms: String,
+    pub(crate) memory_mb: String,
+    pub(crate) cpus: String,
+    pub(crate) input: String,
+    pub(crate) queue: String,
+    pub(crate) max_attempts: String,
+    pub(crate) max_concurrency: String,
+    pub(crate) retry_error: Option<String>,
+    pub(crate) retry_timeout: Option<String>,
     /// `KEY=value`, one a line.
-    pub env: String,
-    pub callback_url: String,
+    pub(crate) env: String,
+    pub(crate) callback_url: String,
     /// `cold`, `warm` or `hot`.
-    pub mode: String,
+    pub(crate) mode: String,
     /// `none` or `bridge`.
-    pub network: String,
+    pub(crate) network: String,
     /// Present when "public" is ticked.
-    pub public: Option<String>,
+    pub(crate) public: Option<String>,
     /// `body` or `cgi`.
-    pub response: String,
-    pub user: String,
+    pub(crate) response: String,
+    pub(crate) user: String,
     /// `NAME=value` sets one, `-NAME` removes one, one a line; never filled in from the store.
-    pub secrets: String,
+    pub(crate) secrets: String,
     /// CORS: origins, methods and headers, separated by commas or spaces; max age in seconds.
-    pub cors_origins: String,
-    pub cors_methods: String,
-    pub cors_headers: String,
-    pub cors_max_age: String,
+    pub(crate) cors_origins: String,
+    pub(crate) cors_methods: String,
+    pub(crate) cors_headers: String,
+    pub(crate) cors_max_age: String,
     /// The names of the stored secrets (editing), shown next to the secrets field.
     #[serde(skip)]
-    pub secret_names: Vec<String>,
+    pub(crate) secret_names: Vec<String>,
 }
 
 impl FunctionForm {
@@ -338,10 +338,10 @@ fn env_lines(text: &str) -> Result<BTreeMap<String, String>, FormError> {
 
 /// Why a form was refused, and next to which field to say so (`""`: above the form).
 #[derive(Debug)]
-pub struct FormError {
-    pub field: &'static str,
-    pub message: String,
-    pub status: StatusCode,
+pub(crate) struct FormError {
+    pub(crate) field: &'static str,
+    pub(crate) message: String,
+    pub(crate) status: StatusCode,
 }
 
 impl FormError {
@@ -516,7 +516,7 @@ fn refused(
 }
 
 /// `GET /ui/functions/new`.
-pub async fn new_form(Admin(session): Admin) -> Result<Html<String>, UiError> {
+pub(crate) async fn new_form(Admin(session): Admin) -> Result<Html<String>, UiError> {
     let v = FunctionForm {
         input: "stdin".into(),
         mode: "cold".into(),
@@ -536,7 +536,7 @@ pub async fn new_form(Admin(session): Admin) -> Result<Html<String>, UiError> {
 }
 
 /// `POST /ui/functions/new`.
-pub async fn create(
+pub(crate) async fn create(
     Admin(session): Admin,
     State(app): State<AppState>,
     Form(v): Form<FunctionForm>,
@@ -557,7 +557,7 @@ pub async fn create(
 }
 
 /// `GET /ui/functions/{name}/edit`.
-pub async fn edit_form(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html<String> {
+pub(crate) async fn edit_form(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html<String> {
     let action = format!("{BASE}/functions/{}/edit", f.name);
     form_page(
         &session,
@@ -570,7 +570,7 @@ pub async fn edit_form(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html
 }
 
 /// `POST /ui/functions/{name}/edit`.
-pub async fn update(
+pub(crate) async fn update(
     Admin(session): Admin,
     State(app): State<AppState>,
     FunctionAt(current): FunctionAt,
@@ -594,7 +594,10 @@ pub async fn update(
 }
 
 /// `GET /ui/functions/{name}/delete`: asks first.
-pub async fn delete_confirm(Admin(session): Admin, FunctionAt(f): FunctionAt) -> Html<String> {
+pub(crate) async fn delete_confirm(
+    Admin(session): Admin,
+    FunctionAt(f): FunctionAt,
+) -> Html<String> {
     layout(
         &format!("Delete {}", f.name),
         Some(&session),
@@ -615,7 +618,7 @@ pub async fn delete_confirm(Admin(session): Admin, FunctionAt(f): FunctionAt) ->
 }
 
 /// `POST /ui/functions/{name}/delete`.
-pub async fn delete(
+pub(crate) async fn delete(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -630,12 +633,12 @@ pub async fn delete(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct InvokeForm {
+pub(crate) struct InvokeForm {
     body: String,
 }
 
 /// `POST /ui/functions/{name}/invoke`: a sync run, its answer shown on the function's page.
-pub async fn invoke(
+pub(crate) async fn invoke(
     session: Session,
     State(app): State<AppState>,
     Path(name): Path<String>,

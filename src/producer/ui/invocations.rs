@@ -3,28 +3,26 @@
 //! page; `/ui/invocations/{id}` shows one record whole; a failed, timed out or dead invocation
 //! has a Retry button (a POST form with the session's CSRF token) that goes through the API's
 //! own retry (`invocations::retry_one`); a queued or running one has a Cancel button (the same,
-//! through the API's own cancel, `cancel::cancel_one`). `/ui/dead-letters` lists dead invocations, each with why
-//! (the platform's error, else its exit code and the last line of its stderr), with checkboxes
-//! for a bulk retry.
+//! through the API's own cancel, `cancel::cancel_one`). The dead letters are in `dead_letters`.
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, RawForm, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::session::{Admin, Session};
-use super::{BASE, UiError, fmt_ms, fmt_time, layout, page, status_badge};
+use super::{BASE, UiError, fmt_ms, fmt_time, page, status_badge};
 use crate::error::ApiError;
 use crate::function::Mode;
-use crate::invocation::{Record, search, store};
+use crate::invocation::{Record, search};
 use crate::producer::AppState;
 use crate::producer::auth::Action;
-use crate::producer::invocations::{discard_one, filters, load_in, parse_id, retry_one};
+use crate::producer::invocations::{filters, load_in, parse_id, retry_one};
 
 /// Invocations to a page of the lists.
-const PAGE: i64 = 30;
+pub(super) const PAGE: i64 = 30;
 /// Bytes of input, output or logs shown on a page before it says "more not shown".
 const SHOWN_BYTES: usize = 64 * 1024;
 /// The statuses and triggers offered by the filter form.
@@ -47,7 +45,7 @@ const RANGES: [(&str, &str, i64); 3] = [
 ];
 
 /// The start of `?range=` (`1h`, `24h`, `7d`; empty: any time) before `now`.
-pub fn range_start(
+pub(crate) fn range_start(
     range: Option<&str>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
@@ -64,7 +62,7 @@ pub fn range_start(
 }
 
 /// Whether an invocation in `status` may be retried (the API says the rest: input kept whole).
-pub fn retryable(status: &str) -> bool {
+pub(crate) fn retryable(status: &str) -> bool {
     matches!(status, "failed" | "timed_out" | "dead")
 }
 
@@ -72,7 +70,7 @@ pub fn retryable(status: &str) -> bool {
 /// `warm` (an exec in a kept container), `cold` (a container started for it); a hot run whose
 /// container was started for it is `hot, cold start`. Records from before the mode was kept say
 /// only cold or warm.
-pub fn run_label(r: &Record) -> &'static str {
+pub(crate) fn run_label(r: &Record) -> &'static str {
     match (r.mode, r.cold) {
         (Some(Mode::Hot), Some(true)) => "hot, cold start",
         (Some(Mode::Hot), _) => "hot",
@@ -83,7 +81,7 @@ pub fn run_label(r: &Record) -> &'static str {
 }
 
 /// The last 12 hex digits: unique enough within a page, short enough for a phone.
-pub fn short_id(id: Uuid) -> String {
+pub(crate) fn short_id(id: Uuid) -> String {
     let s = id.simple().to_string();
     format!("…{}", &s[s.len() - 12..])
 }
@@ -122,7 +120,7 @@ fn page_link(query: &HashMap<String, String>, before: Uuid) -> String {
 }
 
 /// `GET /ui/invocations`: every function's invocations, filtered, newest first.
-pub async fn list(
+pub(crate) async fn list(
     session: Session,
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -196,7 +194,7 @@ pub async fn list(
 }
 
 /// The table of `records`; `function` adds their function's column.
-pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
+pub(crate) fn table(session: &Session, records: &[Record], function: bool) -> Markup {
     let retry = session.may(Action::Manage);
     html! {
         table #invocations {
@@ -227,7 +225,7 @@ pub fn table(session: &Session, records: &[Record], function: bool) -> Markup {
 
 /// `GET /ui/invocations/{id}`: every field of the record; while it is queued or running the
 /// record refreshes itself; a Retry button when it failed, timed out or is dead.
-pub async fn invocation(
+pub(crate) async fn invocation(
     session: Session,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -310,13 +308,10 @@ pub async fn invocation(
     ))
 }
 
-pub use super::waterfall::Step;
-
-pub use super::waterfall::waterfall;
 use super::waterfall::waterfall_markup;
 
 /// Bytes as text when they are UTF-8, else as hex; marked when the record or the page cut them.
-pub fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
+pub(crate) fn bytes_block(label: &str, bytes: Option<&[u8]>, truncated: bool, id: &str) -> Markup {
     html! {
         h2 { (label)
             @if truncated { " " span.truncated { "(truncated when stored)" } }
@@ -350,7 +345,7 @@ fn hex_lines(bytes: &[u8]) -> String {
 }
 
 /// `POST /ui/invocations/{id}/retry`: the API's retry, then to the invocation's page.
-pub async fn retry(
+pub(crate) async fn retry(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -363,7 +358,7 @@ pub async fn retry(
 
 /// `POST /ui/invocations/{id}/cancel`: the API's cancel (by the session's key), then to the
 /// invocation's page. A session that may invoke may cancel, as with the API.
-pub async fn cancel(
+pub(crate) async fn cancel(
     session: Session,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -377,192 +372,9 @@ pub async fn cancel(
     Ok(Redirect::to(&format!("{BASE}/invocations/{id}")).into_response())
 }
 
-/// Why a dead invocation failed, in one line: the platform's error, else its exit code and the
-/// last line of its stderr.
-fn why_dead(r: &crate::invocation::Record) -> String {
-    if let Some(e) = &r.error {
-        return e.clone();
-    }
-    let tail = r
-        .logs
-        .as_deref()
-        .and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()))
-        .map(|l| l.chars().take(160).collect::<String>());
-    match (r.exit_code, tail) {
-        (Some(code), Some(tail)) => format!("exit {code}: {tail}"),
-        (Some(code), None) => format!("exit {code}"),
-        (None, Some(tail)) => tail,
-        (None, None) => "—".into(),
-    }
-}
-
-/// `GET /ui/dead-letters?before=`: invocations whose retries are spent, to retry in bulk.
-pub async fn dead_letters(
-    session: Session,
-    State(app): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Html<String>, UiError> {
-    session.require(Action::Operate)?;
-    let before = query
-        .get("before")
-        .filter(|b| !b.is_empty())
-        .map(|b| parse_id(b))
-        .transpose()?;
-    let records =
-        store::list_dead(&app.pool, Some(session.namespace().as_str()), before, PAGE).await?;
-    let next = (records.len() as i64 == PAGE)
-        .then(|| records.last().map(|r| r.id))
-        .flatten();
-    // The broker's queue is the installation's: only global sessions see its depth.
-    let depth = match session.bound() {
-        true => None,
-        false => app.publisher.dead_letter_depth().await.ok(),
-    };
-    let retry = session.may(Action::Manage);
-    Ok(layout(
-        "Dead letters",
-        Some(&session),
-        html! {
-            h1 { "Dead letters" }
-            p.muted {
-                "Invocations whose retries are spent. Messages in the broker's dead-letter queue: "
-                (depth.map_or("—".to_string(), |d| d.to_string()))
-            }
-            @if records.is_empty() {
-                p.notice { "No dead invocations." }
-            } @else {
-                form #bulk method="post" action={ (BASE) "/dead-letters/retry" } {
-                    (session.csrf_field())
-                    div.scroll {
-                        table #dead {
-                            thead { tr {
-                                @if retry { th { "Retry" } }
-                                th { "Invocation" } th { "Function" } th.hide-narrow { "Attempts" }
-                                th { "Error" } th.hide-narrow { "Queued" }
-                                @if retry { th {} }
-                            } }
-                            tbody {
-                                @for r in &records {
-                                    tr {
-                                        @if retry { td { input.check type="checkbox" name="id" value=(r.id) aria-label="retry"; } }
-                                        td { a href={ (BASE) "/invocations/" (r.id) } { code { (short_id(r.id)) } } }
-                                        td { a href={ (BASE) "/functions/" (r.function) } { (r.function) } }
-                                        td.hide-narrow { (r.attempt) }
-                                        td { span.error { (why_dead(r)) } }
-                                        td.hide-narrow { (fmt_time(Some(r.queued_at))) }
-                                        // A link, not a form: forms can't nest in the bulk form.
-                                        @if retry { td { a.discard href={ (BASE) "/dead-letters/" (r.id) "/discard" } { "Discard" } } }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    @if retry { button #retry-selected type="submit" { "Retry selected" } }
-                }
-            }
-            @if let Some(before) = next {
-                p { a #older href={ (BASE) "/dead-letters?before=" (before) } { "Older →" } }
-            }
-        },
-    ))
-}
-
-/// `GET /ui/dead-letters/{id}/discard`: asks first, showing why it died.
-pub async fn discard_confirm(
-    Admin(session): Admin,
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Html<String>, UiError> {
-    let id = parse_id(&id)?;
-    let r = store::get(&app.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no invocation {id}")))?;
-    Ok(layout(
-        "Discard",
-        Some(&session),
-        html! {
-            h1 { "Discard invocation " code { (short_id(id)) } "?" }
-            div.card {
-                p { "Of " a href={ (BASE) "/functions/" (r.function) } { (r.function) } ", "
-                    (r.attempt) " attempts: " span.error #why { (why_dead(&r)) } }
-                p { "It leaves the dead letters for good and can't be retried; its record stays. This can't be undone." }
-                form.inline method="post" action={ (BASE) "/dead-letters/" (id) "/discard" } {
-                    (session.csrf_field())
-                    div.actions {
-                        button.danger #confirm-discard type="submit" { "Discard" }
-                        a.button.secondary href={ (BASE) "/dead-letters" } { "Cancel" }
-                    }
-                }
-            }
-        },
-    ))
-}
-
-/// `POST /ui/dead-letters/{id}/discard`: the API's discard, then back to the dead letters.
-pub async fn discard(
-    Admin(_): Admin,
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, UiError> {
-    let id = parse_id(&id)?;
-    discard_one(&app, id).await?;
-    Ok(Redirect::to(&format!("{BASE}/dead-letters")).into_response())
-}
-
-/// `POST /ui/dead-letters/retry` with `id=…` once per invocation: retries each, and says how
-/// each went.
-pub async fn retry_dead(
-    Admin(session): Admin,
-    State(app): State<AppState>,
-    RawForm(form): RawForm,
-) -> Result<Html<String>, UiError> {
-    let mut ids = Vec::new();
-    for (k, v) in form_urlencoded::parse(&form) {
-        if k == "id" {
-            ids.push(parse_id(&v)?);
-        }
-    }
-    if ids.is_empty() {
-        return Err(
-            ApiError::Unprocessable("choose at least one invocation to retry".into()).into(),
-        );
-    }
-    if ids.len() as i64 > PAGE {
-        return Err(ApiError::Unprocessable(format!("at most {PAGE} at once")).into());
-    }
-    let mut outcomes = Vec::with_capacity(ids.len());
-    for id in ids {
-        let outcome = match load_in(&app, &session.acting, id).await {
-            Ok(_) => retry_one(&app, id).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        outcomes.push((id, outcome));
-    }
-    let done = outcomes.iter().filter(|(_, o)| o.is_ok()).count();
-    Ok(layout(
-        "Retried",
-        Some(&session),
-        html! {
-            h1 { "Retried " (done) " of " (outcomes.len()) }
-            ul #outcomes {
-                @for (id, outcome) in &outcomes {
-                    li {
-                        a href={ (BASE) "/invocations/" (id) } { code { (id) } } " — "
-                        @match outcome {
-                            Ok(()) => span.ok { "queued again" },
-                            Err(e) => span.error { (e) },
-                        }
-                    }
-                }
-            }
-            p { a href={ (BASE) "/dead-letters" } { "Back to the dead letters" } " · "
-                a href={ (BASE) "/invocations?status=queued" } { "Queued invocations" } }
-        },
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::waterfall::waterfall;
     use super::*;
 
     fn record(attempt: i32) -> Record {

@@ -19,7 +19,7 @@ use crate::producer::keys::{end, make};
 
 /// The form that makes a key.
 #[derive(Debug, Default, Deserialize)]
-pub struct KeyForm {
+pub(crate) struct KeyForm {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -84,7 +84,7 @@ fn own(session: &Session) -> Option<&str> {
 }
 
 /// `GET /ui/keys`.
-pub async fn list(
+pub(crate) async fn list(
     Admin(session): Admin,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
@@ -93,7 +93,7 @@ pub async fn list(
 }
 
 /// `POST /ui/keys`: makes the key and shows it, once.
-pub async fn create(
+pub(crate) async fn create(
     Admin(session): Admin,
     State(app): State<AppState>,
     Form(form): Form<KeyForm>,
@@ -136,7 +136,7 @@ pub async fn create(
 }
 
 /// `POST /ui/keys/{id}/revoke`.
-pub async fn revoke(
+pub(crate) async fn revoke(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -10,7 +10,7 @@ use maud::{Markup, html};
 use super::BASE;
 
 /// The `<head>` markup of a page that is `live` (nothing otherwise).
-pub fn head(live: bool) -> Markup {
+pub(crate) fn head(live: bool) -> Markup {
     html! {
         @if live {
             noscript { meta http-equiv="refresh" content="5"; }
@@ -20,12 +20,12 @@ pub fn head(live: bool) -> Markup {
 }
 
 /// The `data-live` value of a live region.
-pub fn marker(live: bool) -> &'static str {
+pub(crate) fn marker(live: bool) -> &'static str {
     if live { "on" } else { "off" }
 }
 
 /// `GET /ui/static/live.js`.
-pub async fn script() -> Response {
+pub(crate) async fn script() -> Response {
     super::static_file("text/javascript; charset=utf-8", LIVE_JS)
 }
 

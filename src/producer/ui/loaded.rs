@@ -17,10 +17,10 @@ use crate::producer::AppState;
 use crate::webhook::store::Webhook;
 
 /// The function the path's `{name}` names.
-pub struct FunctionAt(pub Function);
+pub(crate) struct FunctionAt(pub(crate) Function);
 
 /// The webhook the path's `{id}` names.
-pub struct WebhookAt(pub Webhook);
+pub(crate) struct WebhookAt(pub(crate) Webhook);
 
 impl FromRequestParts<AppState> for FunctionAt {
     type Rejection = Response;

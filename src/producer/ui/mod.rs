@@ -17,30 +17,33 @@
 //! (`enqueue`).
 //!
 //! Web safety: every form carries the session's CSRF token, checked with the Origin of every POST
-//! by [`session::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
+//! by [`guard::protect`]; every answer under `/ui` (pages, errors, redirects, the static files)
 //! carries [`CSP`], `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
 //! `Referrer-Policy: no-referrer`. Nothing is inline: the CSS and the scripts of the live views are
 //! static files under `/ui/static/`, so the CSP allows scripts and styles from this origin only.
 
-pub mod builds;
-pub mod chart;
-pub mod events;
-pub mod forms;
-pub mod invocations;
-pub mod keys;
-pub mod live;
+mod builds;
+mod chart;
+mod dead_letters;
+mod events;
+mod forms;
+mod guard;
+mod invocations;
+mod keys;
+mod live;
 mod loaded;
-pub mod namespaces;
-pub mod pages;
-pub mod schedules;
-pub mod session;
-pub mod settings;
-pub mod source;
-pub mod stats;
-pub mod triggers;
-pub mod usage;
-pub mod waterfall;
-pub mod webhooks;
+mod login;
+mod namespaces;
+mod pages;
+mod schedules;
+mod session;
+mod settings;
+mod source;
+mod stats;
+mod triggers;
+mod usage;
+mod waterfall;
+mod webhooks;
 
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -54,23 +57,23 @@ use crate::error::ApiError;
 use session::Session;
 
 /// Where the ingress mounts the dashboard; every link in it starts with this.
-pub const BASE: &str = "/ui";
+pub(crate) const BASE: &str = "/ui";
 
 /// The Content-Security-Policy of every dashboard answer: scripts, styles, images and fetches
 /// from this origin only, nothing inline, forms post only here, never framed.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
 connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Every dashboard route, relative to [`BASE`], with the CSRF guard and the security headers.
-pub fn routes(state: AppState) -> Router<AppState> {
+pub(crate) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::functions))
         .route("/find", get(pages::find))
         .route("/static/granda.css", get(stylesheet))
         .route("/static/queues.js", get(queues_script))
-        .route("/login", get(session::login_form).post(session::login))
-        .route("/logout", post(session::logout))
-        .route("/namespace", post(session::switch))
+        .route("/login", get(login::login_form).post(login::login))
+        .route("/logout", post(login::logout))
+        .route("/namespace", post(login::switch))
         .route("/usage", get(usage::page))
         .route("/functions/new", get(forms::new_form).post(forms::create))
         .route(
@@ -95,11 +98,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/invocations/{id}", get(invocations::invocation))
         .route("/invocations/{id}/retry", post(invocations::retry))
         .route("/invocations/{id}/cancel", post(invocations::cancel))
-        .route("/dead-letters", get(invocations::dead_letters))
-        .route("/dead-letters/retry", post(invocations::retry_dead))
+        .route("/dead-letters", get(dead_letters::dead_letters))
+        .route("/dead-letters/retry", post(dead_letters::retry_dead))
         .route(
             "/dead-letters/{id}/discard",
-            get(invocations::discard_confirm).post(invocations::discard),
+            get(dead_letters::discard_confirm).post(dead_letters::discard),
         )
         .route("/queues", get(pages::queues))
         .route("/queues/live", get(pages::queues_live))
@@ -120,10 +123,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             post(events::delete),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            session::protect,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state, guard::protect))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -184,7 +184,7 @@ const QUEUES_JS: &str = r#"setInterval(function () {
 
 /// A failure shown as an HTML page with the API's status code.
 #[derive(Debug)]
-pub struct UiError(pub ApiError);
+pub(crate) struct UiError(pub(crate) ApiError);
 
 impl From<ApiError> for UiError {
     fn from(e: ApiError) -> Self {
@@ -226,12 +226,12 @@ impl IntoResponse for UiError {
 
 /// An HTML page: the shared head, CSS and, for a session, the navigation it may use, around
 /// `content`.
-pub fn layout(title: &str, nav: Option<&Session>, content: Markup) -> Html<String> {
+pub(crate) fn layout(title: &str, nav: Option<&Session>, content: Markup) -> Html<String> {
     page(title, nav, PreEscaped(String::new()), content)
 }
 
 /// A [`layout`] page for a session whose heading is its title.
-pub fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
+pub(crate) fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
     layout(
         title,
         Some(session),
@@ -243,7 +243,12 @@ pub fn titled(title: &str, session: &Session, content: Markup) -> Html<String> {
 }
 
 /// Like [`layout`], with extra markup in `<head>`.
-pub fn page(title: &str, nav: Option<&Session>, head: Markup, content: Markup) -> Html<String> {
+pub(crate) fn page(
+    title: &str,
+    nav: Option<&Session>,
+    head: Markup,
+    content: Markup,
+) -> Html<String> {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -322,12 +327,12 @@ fn namespace_switcher(session: &Session) -> Markup {
 }
 
 /// A plain HTML answer with `status`.
-pub fn with_status(status: StatusCode, body: Html<String>) -> Response {
+pub(crate) fn with_status(status: StatusCode, body: Html<String>) -> Response {
     (status, body).into_response()
 }
 
 /// Milliseconds for people: `850 ms`, `1.25 s`, `—` when unknown.
-pub fn fmt_ms(ms: Option<f64>) -> String {
+pub(crate) fn fmt_ms(ms: Option<f64>) -> String {
     match ms {
         None => "—".into(),
         // A hot run takes well under a millisecond: not "0 ms".
@@ -338,7 +343,7 @@ pub fn fmt_ms(ms: Option<f64>) -> String {
 }
 
 /// A size in bytes, in words: `1 byte`, `2 bytes`.
-pub fn fmt_bytes(n: impl Into<i64>) -> String {
+pub(crate) fn fmt_bytes(n: impl Into<i64>) -> String {
     match n.into() {
         1 => "1 byte".into(),
         n => format!("{n} bytes"),
@@ -346,19 +351,19 @@ pub fn fmt_bytes(n: impl Into<i64>) -> String {
 }
 
 /// A share as a percentage, `—` when unknown.
-pub fn fmt_pct(share: Option<f64>) -> String {
+pub(crate) fn fmt_pct(share: Option<f64>) -> String {
     share.map_or("—".into(), |s| format!("{:.0}%", s * 100.0))
 }
 
 /// A timestamp to the second, UTC.
-pub fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+pub(crate) fn fmt_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map_or("—".into(), |t| {
         t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
     })
 }
 
 /// A status as a coloured badge.
-pub fn status_badge(status: &str) -> Markup {
+pub(crate) fn status_badge(status: &str) -> Markup {
     html! { span class={ "badge " (status) } { (status) } }
 }
 

@@ -14,7 +14,10 @@ use crate::producer::AppState;
 use crate::producer::auth::Action;
 
 /// `GET /ui/namespaces`.
-pub async fn list(session: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+pub(crate) async fn list(
+    session: Session,
+    State(app): State<AppState>,
+) -> Result<Html<String>, UiError> {
     session.require(Action::Operate)?;
     let sizes = crate::producer::records_size::sample(&app.pool).await?;
     let quotas: BTreeMap<String, crate::namespace::Stored> = crate::namespace::list(&app.pool)

@@ -30,7 +30,7 @@ const RECENT: i64 = 30;
 
 /// `GET /ui/`: every function with its last hour; for a session that may not list functions,
 /// a box to open a function or an invocation by name or id.
-pub async fn functions(
+pub(crate) async fn functions(
     session: Session,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
@@ -128,13 +128,16 @@ fn finder(session: &Session) -> Html<String> {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct FindQuery {
+pub(crate) struct FindQuery {
     function: Option<String>,
     invocation: Option<String>,
 }
 
 /// `GET /ui/find?function=` or `?invocation=`: to that function's or invocation's page.
-pub async fn find(session: Session, Query(q): Query<FindQuery>) -> Result<Response, UiError> {
+pub(crate) async fn find(
+    session: Session,
+    Query(q): Query<FindQuery>,
+) -> Result<Response, UiError> {
     if let Some(id) = q
         .invocation
         .as_deref()
@@ -157,7 +160,7 @@ pub async fn find(session: Session, Query(q): Query<FindQuery>) -> Result<Respon
 }
 
 /// The answer to a run from the invoke box, shown on the function's page.
-pub enum InvokeResult {
+pub(crate) enum InvokeResult {
     /// The reply came in time.
     Done { id: Uuid, reply: Reply },
     /// The sync wait ran out; the invocation goes on.
@@ -167,7 +170,7 @@ pub enum InvokeResult {
 }
 
 /// `GET /ui/functions/{name}`.
-pub async fn function(
+pub(crate) async fn function(
     session: Session,
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -189,7 +192,7 @@ fn chart_span(range: Option<&str>) -> Result<&'static chart::Span, ApiError> {
 
 /// A function's page; `result` and `input` after a run from its invoke box. A session that may
 /// not read functions' definitions gets the invoke box alone.
-pub async fn function_page(
+pub(crate) async fn function_page(
     app: &AppState,
     session: &Session,
     name: &str,
@@ -335,7 +338,7 @@ fn invoke_result(result: &InvokeResult) -> Markup {
 }
 
 /// `GET /ui/queues`: the live view; its table reloads itself from `/ui/queues/live`.
-pub async fn queues(
+pub(crate) async fn queues(
     session: Session,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
@@ -359,7 +362,7 @@ pub async fn queues(
 }
 
 /// `GET /ui/queues/live`: the queues page's tables alone.
-pub async fn queues_live(
+pub(crate) async fn queues_live(
     session: Session,
     State(app): State<AppState>,
 ) -> Result<Response, UiError> {

@@ -21,7 +21,7 @@ use crate::producer::schedules::{NewSchedule, ScheduleUpdate, add, change, load_
 
 /// The form that makes a schedule.
 #[derive(Debug, Default, Deserialize)]
-pub struct ScheduleForm {
+pub(crate) struct ScheduleForm {
     #[serde(default)]
     function: String,
     #[serde(default)]
@@ -38,7 +38,10 @@ pub struct ScheduleForm {
 }
 
 /// `GET /ui/schedules`.
-pub async fn list(session: Session, State(app): State<AppState>) -> Result<Html<String>, UiError> {
+pub(crate) async fn list(
+    session: Session,
+    State(app): State<AppState>,
+) -> Result<Html<String>, UiError> {
     // Schedules are managed with admin keys through the API: the same policy here.
     session.require(Action::Manage)?;
     page(&app, &session, None, &ScheduleForm::default()).await
@@ -139,7 +142,7 @@ async fn page(
 }
 
 /// `POST /ui/schedules`: makes the schedule; a refused one is shown next to the form with why.
-pub async fn create(
+pub(crate) async fn create(
     Admin(session): Admin,
     State(app): State<AppState>,
     Form(form): Form<ScheduleForm>,
@@ -183,7 +186,7 @@ async fn set_enabled(
 }
 
 /// `POST /ui/schedules/{id}/pause`.
-pub async fn pause(
+pub(crate) async fn pause(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -192,7 +195,7 @@ pub async fn pause(
 }
 
 /// `POST /ui/schedules/{id}/resume`.
-pub async fn resume(
+pub(crate) async fn resume(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -201,7 +204,7 @@ pub async fn resume(
 }
 
 /// `POST /ui/schedules/{id}/delete`.
-pub async fn delete(
+pub(crate) async fn delete(
     Admin(session): Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,

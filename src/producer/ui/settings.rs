@@ -17,7 +17,7 @@ fn span(s: i64) -> String {
 }
 
 /// The settings table of `f`, with the retention that applies to it.
-pub fn table(f: &Function, retention: &crate::retention::Effective) -> Markup {
+pub(crate) fn table(f: &Function, retention: &crate::retention::Effective) -> Markup {
     let retry_on: Vec<&str> = f.run.retry_on.iter().map(|r| r.as_str()).collect();
     let secrets = f.secrets.names();
     let dash = || "—".to_string();

@@ -22,7 +22,7 @@ use crate::producer::AppState;
 use crate::producer::functions::create_from;
 
 /// `GET /ui/functions/new/source`.
-pub async fn form(Admin(session): Admin) -> Html<String> {
+pub(crate) async fn form(Admin(session): Admin) -> Html<String> {
     page(
         "New function from source",
         Some(&session),
@@ -53,7 +53,7 @@ pub async fn form(Admin(session): Admin) -> Html<String> {
 
 /// The source form.
 #[derive(Debug, Deserialize)]
-pub struct SourceForm {
+pub(crate) struct SourceForm {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -63,7 +63,7 @@ pub struct SourceForm {
 }
 
 /// `POST /ui/functions/new/source`: the build, streamed as NDJSON.
-pub async fn build(
+pub(crate) async fn build(
     Admin(session): Admin,
     State(app): State<AppState>,
     Form(form): Form<SourceForm>,
@@ -91,7 +91,7 @@ pub async fn build(
 }
 
 /// `GET /ui/static/build.js`.
-pub async fn script() -> Response {
+pub(crate) async fn script() -> Response {
     super::static_file("text/javascript; charset=utf-8", BUILD_JS)
 }
 

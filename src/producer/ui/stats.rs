@@ -6,22 +6,22 @@ use sqlx::{FromRow, PgPool};
 
 /// One function's last hour.
 #[derive(Clone, Debug, Default, FromRow)]
-pub struct FunctionStats {
-    pub function: String,
+pub(crate) struct FunctionStats {
+    pub(crate) function: String,
     /// Invocations queued in the last hour.
-    pub invocations: i64,
+    pub(crate) invocations: i64,
     /// Of those, the ones that are final, and the ones that succeeded.
-    pub finished: i64,
-    pub succeeded: i64,
-    pub p50_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
+    pub(crate) finished: i64,
+    pub(crate) succeeded: i64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
     /// Share of the runs that started a container cold.
-    pub cold_share: Option<f64>,
+    pub(crate) cold_share: Option<f64>,
 }
 
 impl FunctionStats {
     /// Succeeded over finished, `None` before anything finished.
-    pub fn success_rate(&self) -> Option<f64> {
+    pub(crate) fn success_rate(&self) -> Option<f64> {
         (self.finished > 0).then(|| self.succeeded as f64 / self.finished as f64)
     }
 }
@@ -40,7 +40,7 @@ const LAST_HOUR: &str = "
     GROUP BY function";
 
 /// Last-hour numbers of every function that had invocations (or of `function` only).
-pub async fn last_hour(
+pub(crate) async fn last_hour(
     pool: &PgPool,
     function: Option<&str>,
 ) -> Result<Vec<FunctionStats>, sqlx::Error> {
@@ -52,16 +52,12 @@ pub async fn last_hour(
 
 /// How many invocations were queued in one interval.
 #[derive(Clone, Debug, FromRow)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     /// Intervals ago: 0 is the current one.
-    pub ago: i64,
-    pub invocations: i64,
-    pub failed: i64,
+    pub(crate) ago: i64,
+    pub(crate) invocations: i64,
+    pub(crate) failed: i64,
 }
-
-/// The chart's intervals: twelve of five minutes.
-pub const BUCKETS: i64 = 12;
-pub const BUCKET_SECS: i64 = 300;
 
 const BUCKETS_SQL: &str = "
     SELECT floor(extract(epoch FROM now() - queued_at) / $2)::int8 AS ago,
@@ -71,13 +67,8 @@ const BUCKETS_SQL: &str = "
     WHERE function = $1 AND queued_at > now() - make_interval(secs => $2 * $3)
     GROUP BY 1";
 
-/// Invocations of `function` per [`BUCKET_SECS`] over the last [`BUCKETS`] intervals, oldest first.
-pub async fn buckets(pool: &PgPool, function: &str) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    buckets_over(pool, function, BUCKETS, BUCKET_SECS).await
-}
-
 /// Invocations of `function` per `secs` over the last `count` intervals, oldest first.
-pub async fn buckets_over(
+pub(crate) async fn buckets_over(
     pool: &PgPool,
     function: &str,
     count: i64,
@@ -100,26 +91,25 @@ pub async fn buckets_over(
 
 /// A worker as its heartbeat shows it.
 #[derive(Clone, Debug, FromRow)]
-pub struct WorkerRow {
-    pub id: String,
-    pub started_at: DateTime<Utc>,
-    pub heartbeat_at: DateTime<Utc>,
-    pub concurrency: i32,
-    pub in_flight: i32,
-    pub queues: Vec<String>,
+pub(crate) struct WorkerRow {
+    pub(crate) id: String,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) concurrency: i32,
+    pub(crate) in_flight: i32,
+    pub(crate) queues: Vec<String>,
     /// Seconds since its last heartbeat.
-    pub silent_secs: f64,
+    pub(crate) silent_secs: f64,
 }
 
 const WORKERS: &str = "
-    SELECT id, started_at, heartbeat_at, concurrency, in_flight, queues,
+    SELECT id, started_at, concurrency, in_flight, queues,
            extract(epoch FROM now() - heartbeat_at)::float8 AS silent_secs
     FROM workers
     WHERE heartbeat_at > now() - interval '1 hour'
     ORDER BY id";
 
 /// Workers heard from in the last hour.
-pub async fn workers(pool: &PgPool) -> Result<Vec<WorkerRow>, sqlx::Error> {
+pub(crate) async fn workers(pool: &PgPool) -> Result<Vec<WorkerRow>, sqlx::Error> {
     sqlx::query_as::<_, WorkerRow>(WORKERS)
         .fetch_all(pool)
         .await
@@ -133,7 +123,7 @@ const QUEUES: &str = "
     ) AS all_queues ORDER BY q";
 
 /// Every named queue a function uses or a worker consumes.
-pub async fn queue_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+pub(crate) async fn queue_names(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar::<_, String>(QUEUES)
         .fetch_all(pool)
         .await

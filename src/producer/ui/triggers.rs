@@ -13,7 +13,7 @@ use crate::webhook::store as webhooks;
 
 /// The "Triggers" section of function `f`'s page.
 #[tracing::instrument(skip_all, fields(function = %f.name))]
-pub async fn section(app: &AppState, f: &Function) -> Result<Markup, UiError> {
+pub(crate) async fn section(app: &AppState, f: &Function) -> Result<Markup, UiError> {
     let hooks = webhooks::list(&app.pool, Some(&f.name)).await?;
     let timed = schedules::list(&app.pool, Some(&f.name)).await?;
     let subscribed = events::subscriptions(&app.pool, Some(&f.name)).await?;

@@ -28,10 +28,10 @@ const PERIODS: [(&str, &str, i64, i64); 3] = [
 
 /// Calls and compute per interval of the period, oldest first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, sqlx::FromRow)]
-pub struct Bucket {
-    pub calls: i64,
-    pub failed: i64,
-    pub duration_ms: i64,
+pub(crate) struct Bucket {
+    pub(crate) calls: i64,
+    pub(crate) failed: i64,
+    pub(crate) duration_ms: i64,
 }
 
 /// Calls, failures and compute of namespace `ns` per `bucket_secs` since `from`, oldest first.
@@ -71,7 +71,7 @@ async fn buckets(
 }
 
 /// `GET /ui/usage?period=24h|7d|30d`: the session's namespace's usage.
-pub async fn page(
+pub(crate) async fn page(
     session: Session,
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -165,7 +165,7 @@ pub async fn page(
 
 /// Bars of calls per bucket (failures in red on top) and a line of compute seconds, on their
 /// own scales (calls left, seconds right).
-pub fn chart(series: &[Bucket]) -> Markup {
+pub(crate) fn chart(series: &[Bucket]) -> Markup {
     const W: f64 = 600.0;
     const H: f64 = 180.0;
     const PAD: f64 = 36.0;

@@ -9,12 +9,12 @@ use crate::invocation::Record;
 /// One bar of an invocation's timeline: what happened, from when and for how long (ms after it
 /// was queued).
 #[derive(Debug, PartialEq)]
-pub struct Step {
-    pub what: String,
-    pub start_ms: i64,
-    pub took_ms: i64,
+pub(crate) struct Step {
+    pub(crate) what: String,
+    pub(crate) start_ms: i64,
+    pub(crate) took_ms: i64,
     /// The colour of its bar.
-    pub colour: &'static str,
+    pub(crate) colour: &'static str,
 }
 /// An invocation's timeline, from what its record knows: the wait in the queue (to its first
 /// claim, `queue_ms`), each earlier attempt (`earlier`, [`crate::invocation::attempts`]: a row
@@ -23,7 +23,7 @@ pub struct Step {
 /// the run's start), the run (`duration_ms`) and the final record (`finished_at`). Without
 /// stored earlier attempts (a record from before they were kept) they are one row. `now` ends
 /// what still goes on.
-pub fn waterfall(
+pub(crate) fn waterfall(
     r: &Record,
     earlier: &[crate::invocation::attempts::Attempt],
     now: chrono::DateTime<chrono::Utc>,

@@ -31,7 +31,7 @@ const SCHEMES: [(&str, &str); 5] = [
 
 /// The form that makes a webhook.
 #[derive(Debug, Default, Deserialize)]
-pub struct HookForm {
+pub(crate) struct HookForm {
     #[serde(default)]
     function: String,
     #[serde(default)]
@@ -119,7 +119,7 @@ fn row(session: &Session, h: &Webhook, base: &str) -> Markup {
 }
 
 /// `GET /ui/webhooks`.
-pub async fn list(
+pub(crate) async fn list(
     Admin(session): Admin,
     State(app): State<AppState>,
 ) -> Result<Html<String>, UiError> {
@@ -128,7 +128,7 @@ pub async fn list(
 
 /// `GET /ui/webhooks/{id}`: a webhook, its deliveries (a link) and the newest deliveries it
 /// refused, with why.
-pub async fn show(
+pub(crate) async fn show(
     Admin(session): Admin,
     State(app): State<AppState>,
     WebhookAt(hook): WebhookAt,
@@ -188,7 +188,7 @@ fn secret_page(
 }
 
 /// `POST /ui/webhooks`: makes the webhook and shows its URL and generated secret.
-pub async fn create(
+pub(crate) async fn create(
     Admin(session): Admin,
     State(app): State<AppState>,
     Form(form): Form<HookForm>,
@@ -232,7 +232,7 @@ pub async fn create(
 }
 
 /// `POST /ui/webhooks/{id}/rotate`: a generated secret, shown once.
-pub async fn rotate(
+pub(crate) async fn rotate(
     Admin(session): Admin,
     State(app): State<AppState>,
     WebhookAt(hook): WebhookAt,
@@ -249,7 +249,7 @@ pub async fn rotate(
 }
 
 /// `POST /ui/webhooks/{id}/delete`.
-pub async fn delete(
+pub(crate) async fn delete(
     Admin(_): Admin,
     State(app): State<AppState>,
     WebhookAt(hook): WebhookAt,

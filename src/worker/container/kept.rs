@@ -34,7 +34,7 @@ impl Runner {
     }
 
     /// Starts a container for hot runs of `function`: its image's own entrypoint and command,
-    /// with `socket_dir` mounted at [`crate::worker::hot::SOCKET_DIR`] and `GRANDA_SOCKET` pointing there.
+    /// with `socket_dir` mounted at `crate::worker::hot::SOCKET_DIR` and `GRANDA_SOCKET` pointing there.
     #[tracing::instrument(skip_all, fields(function = %function.name))]
     pub async fn start_hot(
         &self,
@@ -162,7 +162,7 @@ impl Runner {
     /// `container`, with the same stdin/args/env contract, timeout and output caps as a cold run.
     /// After a timeout the container must be discarded: the exec can't be stopped on its own.
     #[tracing::instrument(skip_all, fields(%id, function = %function.name))]
-    pub async fn exec(
+    pub(crate) async fn exec(
         &self,
         container: &str,
         id: Uuid,

@@ -1,87 +1,12 @@
-//! The message contract on RabbitMQ: how an invocation and its reply are put into AMQP messages.
-//!
-//! Work message: body = the input bytes; `message_id` = invocation id; `correlation_id` and
-//! `reply_to` for sync calls; headers `x-granda-function` (the function snapshot as JSON),
-//! `x-granda-trigger`, `x-granda-queued-at` (ms since the epoch), and for calls of a function's
-//! URL `x-granda-request` (the HTTP request, [`crate::web::WebRequest`] as JSON), and
-//! `x-granda-signature`: HMAC-SHA256 under the installation's signing key ([`crate::seal`]) of
-//! the id, trigger, snapshot, queued-at time, reply-to, correlation id, request and body, and
-//! `x-granda-key-id` (the id of the API key that made the call, never the key) after the body
-//! when there is one, so a message from before it checks as it did. The
-//! snapshot's secrets travel sealed. A worker checks the signature, opens the secrets and checks
-//! the snapshot's limits ([`crate::function::check_snapshot`]) before it runs or records anything.
-//!
-//! A work message also carries W3C Trace Context, the headers `traceparent` and `tracestate` of
-//! the span that published it ([`crate::telemetry`]). They are not signed, on purpose: they are
-//! hints for tracing only. A worker parses them strictly (a malformed one starts a new trace) and
-//! gives the function its own run span's context, never the header's text, so a forged or
-//! altered value can misplace spans in a trace and nothing else. A re-publish of the same
-//! message (a retry's delay, a redelivery) keeps them: every attempt joins the caller's trace.
-//!
-//! Reply: body = stdout; headers `x-granda-status`, `x-granda-exit-code`, `x-granda-duration-ms`,
-//! `x-granda-error` (platform error or the stderr tail of a failed run), and `x-granda-http` (the
-//! function's own HTTP status and headers, [`crate::web::WebAnswer`] as JSON) when it gave them.
+//! The work message: one invocation as it travels to a worker, and its signature.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use uuid::Uuid;
 
+use super::*;
 use crate::function::Snapshot;
-use crate::invocation::{Outcome, Record, Status, Trigger};
-
-const H_FUNCTION: &str = "x-granda-function";
-const H_TRIGGER: &str = "x-granda-trigger";
-const H_QUEUED_AT: &str = "x-granda-queued-at";
-const H_STATUS: &str = "x-granda-status";
-const H_EXIT_CODE: &str = "x-granda-exit-code";
-const H_DURATION: &str = "x-granda-duration-ms";
-const H_ERROR: &str = "x-granda-error";
-const H_REQUEST: &str = "x-granda-request";
-const H_HTTP: &str = "x-granda-http";
-const H_SIGNATURE: &str = "x-granda-signature";
-const H_KEY_ID: &str = "x-granda-key-id";
-
-/// How much of stderr travels in a reply to explain a failure.
-pub const ERROR_TAIL_BYTES: usize = 2048;
-
-/// The longest per-invocation value (`GRANDA_WEBHOOK_*`, `GRANDA_EVENT_*`, `GRANDA_CONTENT_TYPE`).
-pub const MAX_INVOCATION_VALUE: usize = 1024;
-
-/// Whether `s` travels unchanged as an HTTP header value (a hot function gets per-invocation
-/// values as headers) and as a process env value: printable ASCII, space to `~`, so no control
-/// character, CR, LF, DEL or non-ASCII byte.
-pub fn header_safe(s: &str) -> bool {
-    s.bytes().all(|b| (0x20..=0x7e).contains(&b))
-}
-
-/// Why a per-invocation env entry can't travel: `None` when it can. Names are `GRANDA_` plus
-/// `[A-Z0-9_]`; values are [`header_safe`] and at most [`MAX_INVOCATION_VALUE`] bytes.
-pub fn invocation_env_problem(name: &str, value: &str) -> Option<String> {
-    let name_ok = name.strip_prefix("GRANDA_").is_some_and(|rest| {
-        !rest.is_empty()
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-    });
-    if !name_ok {
-        return Some(format!("{name:?} is not a per-invocation variable name"));
-    }
-    if value.len() > MAX_INVOCATION_VALUE {
-        return Some(format!("{name}: longer than {MAX_INVOCATION_VALUE} bytes"));
-    }
-    if !header_safe(value) {
-        return Some(format!(
-            "{name}: only printable ASCII (no control characters, CR or LF)"
-        ));
-    }
-    None
-}
-
-/// A message that does not follow the contract, or that this installation did not sign, or
-/// whose function a registration would refuse; it is dead-lettered, never run or recorded.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed work message: {0}")]
-pub struct Malformed(pub String);
+use crate::invocation::Trigger;
 
 /// `with` given the fields a work message's signature covers, in order.
 fn with_signed_fields<T>(
@@ -120,17 +45,6 @@ fn with_signed_fields<T>(
     with(&fields)
 }
 
-/// The trace context a work message carries (see the module's doc): its parent for the worker's
-/// spans; an empty context (a new trace) when it carries none or a malformed one.
-pub fn trace_context(props: &BasicProperties) -> opentelemetry::Context {
-    let headers = props.headers().as_ref();
-    crate::telemetry::context_from(|name| {
-        headers
-            .and_then(|h| bytes_header(h, name))
-            .and_then(|b| std::str::from_utf8(b).ok())
-    })
-}
-
 /// One invocation to run, as it travels to a worker.
 #[derive(Clone, Debug)]
 pub struct Work {
@@ -152,7 +66,7 @@ impl Work {
     /// outbox, a manual retry or a schedule makes a message. `extra_env` is the invocation's own
     /// env (webhook, event, schedule), stored with its record so a re-publish or retry keeps it;
     /// it travels in the message's own copy of the snapshot.
-    pub fn queued(
+    pub(crate) fn queued(
         id: Uuid,
         trigger: Trigger,
         function: &crate::function::Function,
@@ -229,7 +143,7 @@ impl Work {
 
     /// The work a message carries, once its signature under `keys` checks, its secrets open and
     /// its function is within the limits a registration allows (`max_timeout_ms` the worker's).
-    pub fn decode(
+    pub(crate) fn decode(
         props: &BasicProperties,
         body: &[u8],
         keys: &crate::seal::Keys,
@@ -260,7 +174,7 @@ impl Work {
     }
 
     /// The work a message says it carries, unchecked: for reading, never for running.
-    pub fn decode_unchecked(props: &BasicProperties) -> Result<Work, Malformed> {
+    pub(crate) fn decode_unchecked(props: &BasicProperties) -> Result<Work, Malformed> {
         let id = props
             .message_id()
             .as_ref()
@@ -308,119 +222,6 @@ impl Work {
             request,
             key_id,
         })
-    }
-}
-
-/// The answer to a sync caller.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Reply {
-    pub status: Status,
-    pub exit_code: Option<i32>,
-    pub duration_ms: Option<i64>,
-    pub output: Vec<u8>,
-    pub error: Option<String>,
-    /// The function's own HTTP status and headers (`response: "cgi"`).
-    pub http: Option<crate::web::WebAnswer>,
-}
-
-impl Reply {
-    pub fn from_outcome(o: &Outcome) -> Reply {
-        Reply {
-            status: o.status(),
-            exit_code: o.exit_code,
-            duration_ms: o.duration_ms,
-            output: o.output.clone(),
-            error: explain(o.status(), o.error.as_deref(), &o.logs),
-            http: o.http.clone(),
-        }
-    }
-
-    pub fn from_record(r: &Record) -> Reply {
-        Reply {
-            status: r.status(),
-            exit_code: r.exit_code,
-            duration_ms: r.duration_ms,
-            output: r.output.clone().unwrap_or_default(),
-            error: explain(
-                r.status(),
-                r.error.as_deref(),
-                r.logs.as_deref().unwrap_or(""),
-            ),
-            http: None,
-        }
-    }
-
-    pub fn properties(&self, correlation_id: &str) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        headers.insert(H_STATUS.into(), long_string(self.status.as_str()));
-        if let Some(code) = self.exit_code {
-            headers.insert(H_EXIT_CODE.into(), AMQPValue::LongInt(code));
-        }
-        if let Some(ms) = self.duration_ms {
-            headers.insert(H_DURATION.into(), AMQPValue::LongLongInt(ms));
-        }
-        if let Some(error) = &self.error {
-            headers.insert(H_ERROR.into(), long_string(error));
-        }
-        if let Some(http) = &self.http {
-            let json = serde_json::to_vec(http).expect("an answer serializes");
-            headers.insert(H_HTTP.into(), AMQPValue::LongString(LongString::from(json)));
-        }
-        BasicProperties::default()
-            .with_correlation_id(ShortString::from(correlation_id))
-            .with_headers(headers)
-    }
-
-    pub fn decode(props: &BasicProperties, body: Vec<u8>) -> Option<Reply> {
-        let headers = props.headers().as_ref()?;
-        let status = Status::parse(std::str::from_utf8(bytes_header(headers, H_STATUS)?).ok()?)?;
-        Some(Reply {
-            status,
-            exit_code: int_header(headers, H_EXIT_CODE).map(|c| c as i32),
-            duration_ms: int_header(headers, H_DURATION),
-            output: body,
-            error: bytes_header(headers, H_ERROR).map(|e| String::from_utf8_lossy(e).into_owned()),
-            // A reply the ingress can't read the answer of is answered without it.
-            http: bytes_header(headers, H_HTTP).and_then(|j| serde_json::from_slice(j).ok()),
-        })
-    }
-}
-
-/// A short explanation of a run that did not succeed: the platform error, or the stderr tail.
-fn explain(status: Status, error: Option<&str>, logs: &str) -> Option<String> {
-    if status == Status::Succeeded {
-        return None;
-    }
-    if let Some(e) = error {
-        return Some(e.to_string());
-    }
-    let mut start = logs.len().saturating_sub(ERROR_TAIL_BYTES);
-    while !logs.is_char_boundary(start) {
-        start += 1;
-    }
-    Some(logs[start..].to_string())
-}
-
-fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-fn bytes_header<'a>(headers: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(s.as_bytes()),
-        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
-        _ => None,
-    }
-}
-
-fn int_header(headers: &FieldTable, key: &str) -> Option<i64> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        _ => None,
     }
 }
 
@@ -489,6 +290,7 @@ mod tests {
 
     /// The key id is signed when present; a message without one (as before it existed) checks
     /// as it did, and one can't be added, changed or stripped on the way.
+
     #[test]
     fn the_key_id_travels_signed_and_old_messages_without_it_still_check() {
         let keys = crate::seal::Keys::ephemeral();
@@ -552,6 +354,7 @@ mod tests {
 
     /// Before `RunSpec`, a message nested the pool limits (`"pool": {...}`); now they are also
     /// flat. Either version's worker reads the other's messages with the function's limits.
+
     #[test]
     fn pool_limits_travel_nested_and_flat_for_workers_of_either_version() {
         let old = br#"{"name":"f","image":"i","timeout_ms":1000,"memory_mb":64,"cpus":1.0,
@@ -582,23 +385,6 @@ mod tests {
             shown.contains("TOKEN") && !shown.contains("s3cret"),
             "{shown}"
         );
-    }
-
-    #[test]
-    fn per_invocation_values_are_printable_ascii() {
-        assert!(header_safe("push") && header_safe("a b/c;d=e") && header_safe(""));
-        for bad in ["a\u{1}b", "a\r\nX-Injected: 1", "tab\t", "del\u{7f}", "é"] {
-            assert!(!header_safe(bad), "{bad:?}");
-            assert!(invocation_env_problem("GRANDA_WEBHOOK_EVENT", bad).is_some());
-        }
-        assert!(invocation_env_problem("GRANDA_WEBHOOK_EVENT", "push").is_none());
-        assert!(invocation_env_problem("GRANDA_X", &"a".repeat(1025)).is_some());
-        for bad_name in ["PATH", "GRANDA_", "GRANDA_a", "GRANDA_X-Y", "GRANDA_X\r\n"] {
-            assert!(
-                invocation_env_problem(bad_name, "v").is_some(),
-                "{bad_name}"
-            );
-        }
     }
 
     #[test]
@@ -703,21 +489,5 @@ mod tests {
         assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_ok());
         hook.function.run.env.insert("GRANDA_x".into(), "b".into());
         assert!(Work::decode(&hook.properties(b"", &keys), b"", &keys, 60_000).is_err());
-    }
-
-    #[test]
-    fn reply_round_trips_and_explains_failures() {
-        let outcome = Outcome {
-            status: Some(Status::Failed),
-            exit_code: Some(3),
-            duration_ms: Some(12),
-            logs: "x".repeat(5000) + "the end",
-            ..Default::default()
-        };
-        let reply = Reply::from_outcome(&outcome);
-        let back = Reply::decode(&reply.properties("c"), vec![]).unwrap();
-        assert_eq!(back, reply);
-        let error = back.error.unwrap();
-        assert!(error.ends_with("the end") && error.len() == ERROR_TAIL_BYTES);
     }
 }

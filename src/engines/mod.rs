@@ -3,7 +3,8 @@
 //! they answer (readiness). The ingress holds one [`Engines`] and imports nothing of Docker:
 //!
 //! - `granda server` asks the workers of the queue over RabbitMQ: [`Remote`], through
-//!   [`crate::worker::control`] (checks) and [`crate::worker::builds`] (builds).
+//!   [`control`] (checks) and [`builds`] (builds), the ingress's side of those requests; the
+//!   workers' side is `worker::control` and `worker::builds`.
 //! - `granda up` asks its own worker, in the same process ([`crate::worker::Worker::engines`]),
 //!   which does on its engine exactly what it does for a remote ingress.
 
@@ -13,15 +14,18 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::worker::builds::{self, BuildError};
-use crate::worker::control::{self, Answer};
+pub(crate) mod builds;
+pub(crate) mod control;
 
-pub use crate::worker::builds::Job;
-pub use crate::worker::control::Check;
+use builds::BuildError;
+use control::Answer;
+
+pub(crate) use builds::Job;
+pub(crate) use control::Check;
 
 /// Why a check or a build did not go through.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The image can't be had, the runtime is unknown, the source does not build: the engine's
     /// or the build's own words.
     #[error("{0}")]
@@ -33,37 +37,37 @@ pub enum Refusal {
 
 /// A finished build.
 #[derive(Debug)]
-pub struct Built {
+pub(crate) struct Built {
     /// The image runs use (the registry's name when it was pushed).
-    pub image: String,
+    pub(crate) image: String,
     /// Whether it was pushed to a registry (else only the builder's engine has it).
-    pub pushed: bool,
+    pub(crate) pushed: bool,
     /// The worker that built it.
-    pub worker: String,
-    pub log: String,
+    pub(crate) worker: String,
+    pub(crate) log: String,
 }
 
 /// A build an ingress asks for: `context` built as `job` says on an engine that runs `queue`,
 /// its log lines passed to `lines` as they come.
-pub struct BuildRequest<'a> {
-    pub queue: &'a str,
-    pub job: Job,
-    pub context: Vec<u8>,
-    pub lines: Option<&'a UnboundedSender<String>>,
+pub(crate) struct BuildRequest<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) job: Job,
+    pub(crate) context: Vec<u8>,
+    pub(crate) lines: Option<&'a UnboundedSender<String>>,
 }
 
 /// A build under way: what it made, or why it did not finish.
-pub type Building<'a> = BoxFuture<'a, Result<Built, BuildFailure>>;
+pub(crate) type Building<'a> = BoxFuture<'a, Result<Built, BuildFailure>>;
 
 /// A build that did not finish: why, and the log so far.
 #[derive(Debug)]
-pub struct BuildFailure {
-    pub refusal: Refusal,
-    pub log: String,
+pub(crate) struct BuildFailure {
+    pub(crate) refusal: Refusal,
+    pub(crate) log: String,
 }
 
 /// The engines of the queues, as the ingress sees them.
-pub trait Engines: Send + Sync {
+pub(crate) trait Engines: Send + Sync {
     /// Makes sure an engine that runs `queue` has `check`'s image (present, or pulled as
     /// `GRANDA_IMAGE_PULL` allows, with no `VOLUME` that can't be capped) and knows its runtime.
     fn check<'a>(&'a self, queue: &'a str, check: Check) -> BoxFuture<'a, Result<(), Refusal>>;
@@ -76,7 +80,7 @@ pub trait Engines: Send + Sync {
 }
 
 /// An answer of a worker as a result.
-pub fn answered(answer: Answer) -> Result<(), Refusal> {
+pub(crate) fn answered(answer: Answer) -> Result<(), Refusal> {
     match answer {
         Answer::Ok => Ok(()),
         Answer::Unprocessable(m) => Err(Refusal::Unprocessable(m)),
@@ -85,7 +89,7 @@ pub fn answered(answer: Answer) -> Result<(), Refusal> {
 }
 
 /// `granda server`'s engines: the workers of each queue, asked over RabbitMQ.
-pub struct Remote {
+pub(crate) struct Remote {
     client: Arc<control::Client>,
     /// The heartbeats: how many live workers serve a queue, so many answers to wait for.
     pool: Option<sqlx::PgPool>,
@@ -106,7 +110,11 @@ const NO_BUILDER: &str = "granda server builds nothing itself: start a granda wo
 impl Remote {
     /// Asks over `nodes` (one connection, opened when first needed), waiting for a check as long
     /// as a pull may take (`pull_timeout`) and a few seconds.
-    pub fn new(nodes: Arc<crate::broker::Nodes>, prefix: &str, pull_timeout: Duration) -> Remote {
+    pub(crate) fn new(
+        nodes: Arc<crate::broker::Nodes>,
+        prefix: &str,
+        pull_timeout: Duration,
+    ) -> Remote {
         Remote {
             client: control::Client::new(nodes, prefix),
             pool: None,
@@ -118,7 +126,7 @@ impl Remote {
 
 impl Remote {
     /// Reads the heartbeats in `pool` to know how many workers' answers to wait for.
-    pub fn with_pool(mut self, pool: sqlx::PgPool) -> Remote {
+    pub(crate) fn with_pool(mut self, pool: sqlx::PgPool) -> Remote {
         self.pool = Some(pool);
         self
     }
@@ -141,7 +149,7 @@ impl Remote {
 /// (the others' breakers leave its runs to that one, [`crate::worker::breaker`]); refused (422)
 /// when every live worker answered that its engine can't, each one's reason named; unavailable
 /// (503) when none can and some could not tell (their engine away, or no answer in time).
-pub fn verdict(answers: &[(String, Answer)], expected: usize) -> Result<(), Refusal> {
+pub(crate) fn verdict(answers: &[(String, Answer)], expected: usize) -> Result<(), Refusal> {
     if answers.iter().any(|(_, a)| *a == Answer::Ok) {
         return Ok(());
     }
