@@ -3,7 +3,11 @@
 //! long enough for them to end before it runs out: each ended run is recorded from its container
 //! on engine B (output and exit code as the engine kept them), not run again by host A.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use serde_json::json;
 
@@ -157,6 +161,209 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
         ids.len()
     );
     settle(&app, &ids, &engine_b, &runs).await;
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+/// The execs an engine started in warm pool containers (`exec_start`, whose action names the
+/// command: a journaled run's names its invocation) and how they ended (`exec_die`), followed
+/// live, by engine name.
+struct ExecLog {
+    /// (engine, exec id, action or "die <exit code>").
+    events: Arc<Mutex<Vec<(&'static str, String, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ExecLog {
+    fn watch(engines: &[(&'static str, bollard::Docker)]) -> ExecLog {
+        let events: Arc<Mutex<Vec<(&'static str, String, String)>>> = Arc::default();
+        let since = chrono::Utc::now().timestamp() - 1;
+        let tasks = engines
+            .iter()
+            .map(|(name, docker)| {
+                let (name, docker, events) = (*name, docker.clone(), events.clone());
+                tokio::spawn(async move {
+                    let options = bollard::query_parameters::EventsOptions {
+                        since: Some(since.to_string()),
+                        until: None,
+                        filters: Some(HashMap::from([
+                            ("type".to_string(), vec!["container".to_string()]),
+                            (
+                                "event".to_string(),
+                                vec!["exec_start".to_string(), "exec_die".to_string()],
+                            ),
+                            (
+                                "label".to_string(),
+                                vec![format!("{}=warm", granda::docker::LABEL_POOL)],
+                            ),
+                        ])),
+                    };
+                    let mut stream = docker.events(Some(options));
+                    while let Some(event) = stream.next().await {
+                        let event = event.unwrap_or_else(|e| panic!("engine {name}'s events: {e}"));
+                        let action = event.action.unwrap_or_default();
+                        let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        let exec = attributes.get("execID").cloned().unwrap_or_default();
+                        let what = if action == "exec_die" {
+                            let code = attributes.get("exitCode").cloned().unwrap_or_default();
+                            format!("die {code}")
+                        } else {
+                            action
+                        };
+                        events.lock().unwrap().push((name, exec, what));
+                    }
+                })
+            })
+            .collect();
+        ExecLog { events, tasks }
+    }
+
+    /// Each exec of invocation `id` on any engine: the engine and how it ended (`None`: not yet).
+    fn of(&self, id: uuid::Uuid) -> Vec<(&'static str, Option<String>)> {
+        let id = id.to_string();
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(_, _, what)| what.starts_with("exec_start") && what.contains(&id))
+            .map(|(engine, exec, _)| {
+                let died = events
+                    .iter()
+                    .find(|(e, x, what)| e == engine && x == exec && what.starts_with("die "))
+                    .map(|(_, _, what)| what["die ".len()..].to_string());
+                (*engine, died)
+            })
+            .collect()
+    }
+}
+
+impl Drop for ExecLog {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journal_not_run_again() {
+    let (mut app, engine_b, registry, _runs) = on_hosts_a_and_b(|_| {}).await;
+    let on_b = engine(&engine_b);
+    let execs = ExecLog::watch(&[("a", app.docker.clone()), ("b", on_b.clone())]);
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 8_000;
+    app.register(
+        "short-warm",
+        &image,
+        json!({"queue": "takeover", "mode": "warm", "timeout_ms": 30_000, "input": "args"}),
+    )
+    .await;
+    // Each run sleeps 1-2 s, then prints something no other run prints.
+    let script = |i: usize| {
+        format!(
+            "sleep 1.{}; echo run-$(cat /proc/sys/kernel/random/uuid); echo to-stderr >&2",
+            i * 2
+        )
+    };
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        4,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    const CALLS: usize = 4;
+    let mut ids = vec![];
+    for i in 0..CALLS {
+        ids.push(app.invoke_async("short-warm", script(i)).await);
+    }
+    // Every call runs as an exec on B before B dies.
+    eventually(Duration::from_secs(60), "host B execs every call", || async {
+        let rows: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
+                .bind(&id_b)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let execed = ids.iter().filter(|id| execs.of(**id).len() == 1).count();
+        (rows.len() == CALLS && execed == CALLS).then_some(())
+    })
+    .await;
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["takeover".into()];
+            s.min_concurrency = 4;
+            s.max_concurrency = Some(4);
+            s.fair_share = false;
+        })
+        .await;
+    worker_b.kill().unwrap();
+    let killed_at = Instant::now();
+    worker_b.wait().unwrap();
+
+    let mut recorded_after = vec![];
+    for id in &ids {
+        let record = app.wait_final(*id, Duration::from_secs(60)).await;
+        recorded_after.push(killed_at.elapsed());
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["worker"], id_b, "recorded as B's run: {record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert_eq!(record["exit_code"], 0, "{record}");
+        assert_eq!(record["mode"], "warm", "{record}");
+        let output = record["output"].as_str().unwrap();
+        assert!(
+            output.starts_with("run-") && output.ends_with('\n') && output.len() == 41,
+            "the run's own output: {record}"
+        );
+        assert_eq!(record["logs"], "to-stderr\n", "{record}");
+        // One exec over both engines, on B, which ran to its end.
+        let ran = execs.of(*id);
+        assert_eq!(ran.len(), 1, "{id} was execed once: {ran:?}");
+        assert_eq!(ran[0].0, "b", "{ran:?}");
+    }
+    // Each exec ended on B by itself (the engine says so; its exit code is not to be trusted
+    // once the exec's client is gone: engine B reports 127 then, for a plain `docker exec` too;
+    // the journal has the run's own, 0 above).
+    eventually(
+        Duration::from_secs(10),
+        "each exec's end seen on B",
+        || async {
+            ids.iter()
+                .all(|id| execs.of(*id).iter().all(|(_, died)| died.is_some()))
+                .then_some(())
+        },
+    )
+    .await;
+    for id in &ids {
+        let ran = execs.of(*id);
+        assert_eq!(ran.len(), 1, "{id} was execed once: {ran:?}");
+        assert_ne!(
+            ran[0].1.as_deref(),
+            Some("137"),
+            "{id}'s exec was not killed: {ran:?}"
+        );
+    }
+    let lease = Duration::from_millis(LEASE_MS);
+    let slowest = *recorded_after.iter().max().unwrap();
+    assert!(
+        slowest <= lease + Duration::from_secs(4),
+        "recorded {slowest:?} after the kill (lease {lease:?})"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "kill -9 of host B with {CALLS} warm runs going: each ended on B before its lease \
+         ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after the \
+         kill, none run again (worker A: {worker_a})"
+    );
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
     }
