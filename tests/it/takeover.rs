@@ -167,18 +167,20 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
     app.shutdown().await;
 }
 
+/// (engine, exec id, action or "die <exit code>").
+type ExecEvent = (&'static str, String, String);
+
 /// The execs an engine started in warm pool containers (`exec_start`, whose action names the
 /// command: a journaled run's names its invocation) and how they ended (`exec_die`), followed
 /// live, by engine name.
 struct ExecLog {
-    /// (engine, exec id, action or "die <exit code>").
-    events: Arc<Mutex<Vec<(&'static str, String, String)>>>,
+    events: Arc<Mutex<Vec<ExecEvent>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ExecLog {
     fn watch(engines: &[(&'static str, bollard::Docker)]) -> ExecLog {
-        let events: Arc<Mutex<Vec<(&'static str, String, String)>>> = Arc::default();
+        let events: Arc<Mutex<Vec<ExecEvent>>> = Arc::default();
         let since = chrono::Utc::now().timestamp() - 1;
         let tasks = engines
             .iter()
@@ -282,16 +284,21 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
         ids.push(app.invoke_async("short-warm", script(i)).await);
     }
     // Every call runs as an exec on B before B dies.
-    eventually(Duration::from_secs(60), "host B execs every call", || async {
-        let rows: Vec<(uuid::Uuid,)> =
-            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
-                .bind(&id_b)
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
-        let execed = ids.iter().filter(|id| execs.of(**id).len() == 1).count();
-        (rows.len() == CALLS && execed == CALLS).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "host B execs every call",
+        || async {
+            let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+                "SELECT id FROM invocations WHERE status = 'running' AND worker = $1",
+            )
+            .bind(&id_b)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+            let execed = ids.iter().filter(|id| execs.of(**id).len() == 1).count();
+            (rows.len() == CALLS && execed == CALLS).then_some(())
+        },
+    )
     .await;
     let worker_a = app
         .add_worker(|s| {
