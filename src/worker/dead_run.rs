@@ -30,10 +30,29 @@
 //! killed by one is never read as a run that ended by another: the kill and the record's move
 //! commit together.
 //!
-//! Warm and hot runs (an exec in, or a request to, a long-lived pool container) leave nothing on
-//! the engine to collect: their output went over the connection that died with the worker. Their
-//! pool containers are killed by the sweep when the lease runs out, and a call that ended before
-//! that is run again (at least once).
+//! A collected run is settled as its worker would have settled it: its retry policy's `dead` is
+//! recorded `dead`, and the redelivered message, finding the record dead, is dead-lettered (not
+//! acked); a retry it earned is put back `queued` with its jittered backoff, which the message
+//! waits in a delay queue ([`backoff_left`]) before it is claimed; the claim path records a URL
+//! call's HTTP method and path (its message has them), and the sweep leaves an ended sync run's
+//! container and record to that claim, which comes right after the lease.
+//!
+//! - **Cold** runs: as above, from the container the run had to itself.
+//! - **Warm** runs (an exec in a kept pool container): the exec runs under the idle binary's
+//!   `run` (`idle/idle.c`), which passes the output through and keeps a journal in the
+//!   container's journal directory ([`JOURNAL_DIR`], a tmpfs of the output caps on the worker's
+//!   host, bind-mounted): the invocation it runs, its output within the caps, and once it ended
+//!   its exit code and times. The journal is read through the engine's archive API (a remote
+//!   engine's too) for each of the dead worker's warm containers: one whose journal has the
+//!   run's end is recorded from it (timed out if it ran past the function's timeout); one whose
+//!   journal names a run without its end is killed with its container, read once more (a run
+//!   that ended meanwhile is recorded), and else put back to `queued`. A warm container with no
+//!   journal (a function whose `user` is a name, not a number, or a worker that could not make
+//!   the directory) is killed by the sweep and its run goes again (at least once).
+//! - **Hot** runs (a request to the function's own process) leave nothing on the engine to
+//!   collect: the answer went over the connection that died with the worker. Their pool
+//!   containers are killed by the sweep when the lease runs out, and a call that ended before
+//!   that is run again (at least once).
 
 use std::collections::HashMap;
 use std::time::Duration;

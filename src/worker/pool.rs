@@ -2,8 +2,10 @@
 //! exec of a few tens of milliseconds (`mode: "warm"`) or one HTTP request of well under one
 //! (`mode: "hot"`) instead of a container start.
 //!
-//! - A warm container is started with the worker's idle binary as its only process (a 129-byte
-//!   static program that pauses forever, mounted read-only) and the function's own limits and
+//! - A warm container is started with the worker's idle binary as its only process (a static
+//!   program of a few KiB that pauses forever, mounted read-only; each warm run is an exec of its
+//!   `run`, which keeps the run's journal for a takeover, [`super::dead_run`]) and the
+//!   function's own limits and
 //!   isolation. A hot one runs the image's own command, which listens on `GRANDA_SOCKET` in a
 //!   directory of its own under `<state_dir>/hot/` ([`super::hot`]); it is lent out once it
 //!   accepts a connection.
