@@ -376,3 +376,128 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
     }
     app.shutdown().await;
 }
+
+/// The dead-letter queue's depth of `app`'s installation.
+async fn dead_queue_depth(app: &crate::support::TestApp) -> u32 {
+    let connection = granda::broker::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let topology = granda::broker::Topology::new(&app.settings.amqp_prefix);
+    let depth = granda::broker::queue_depth(&connection, &topology.dead_letter_queue())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "".into()).await;
+    depth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_backoff() {
+    const BACKOFF_MS: u64 = 3_000;
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|s| {
+        s.retry_base_ms = BACKOFF_MS;
+        s.retry_max_ms = BACKOFF_MS;
+    })
+    .await;
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 8_000;
+    let with = |max_attempts: i32| {
+        json!({"queue": "takeover", "timeout_ms": 30_000, "input": "args",
+               "max_attempts": max_attempts, "retry_on": ["error"]})
+    };
+    app.register("dies", &image, with(1)).await;
+    app.register("retries", &image, with(2)).await;
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        2,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    let on_b = engine(&engine_b);
+    let dies = app.invoke_async("dies", "sleep 1; exit 3").await;
+    let retries = app.invoke_async("retries", "sleep 1.2; exit 3").await;
+    eventually(Duration::from_secs(60), "host B runs both", || async {
+        let rows: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
+                .bind(&id_b)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let started = [dies, retries]
+            .iter()
+            .filter(|id| runs.of(**id).iter().any(|e| e.action == "start"))
+            .count();
+        (rows.len() == 2 && started == 2).then_some(())
+    })
+    .await;
+    app.add_worker(|s| {
+        s.queues = vec!["takeover".into()];
+        s.min_concurrency = 2;
+        s.max_concurrency = Some(2);
+        s.fair_share = false;
+    })
+    .await;
+    worker_b.kill().unwrap();
+    worker_b.wait().unwrap();
+
+    // Its policy says dead: recorded dead from B's container, and its message dead-lettered.
+    let record = app.wait_final(dies, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    assert_eq!(record["worker"], id_b, "{record}");
+    assert_eq!(record["attempt"], 1, "{record}");
+    assert_eq!(record["exit_code"], 3, "{record}");
+    // Its policy says retry: attempt 1 recorded from B's container, attempt 2 after the backoff.
+    let record = app.wait_final(retries, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "the retry failed too: {record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    let attempt_1: (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT status, finished_at FROM invocation_attempts
+         WHERE invocation_id = $1 AND attempt = 1",
+    )
+    .bind(retries)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempt_1.0, "retried", "{attempt_1:?}");
+    let collected = attempt_1.1.expect("attempt 1 finished");
+    let started_2: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(record["started_at"].clone()).unwrap();
+    let waited = (started_2 - collected).to_std().unwrap_or_default();
+    // Jitter makes it 80-100 % of the level; a margin for the clocks.
+    assert!(
+        waited >= Duration::from_millis(BACKOFF_MS * 8 / 10 - 400),
+        "attempt 2 started {waited:?} after attempt 1 was collected (backoff {BACKOFF_MS} ms)"
+    );
+    let ended_on_b = runs
+        .of(retries)
+        .iter()
+        .filter(|e| e.engine == "b" && e.action == "die" && e.exit_code.as_deref() == Some("3"))
+        .count();
+    assert_eq!(
+        ended_on_b,
+        1,
+        "attempt 1 ran once, on B: {:?}",
+        runs.of(retries)
+    );
+    // Both messages are dead letters: the collected one, and the retry's (a run on A).
+    eventually(
+        Duration::from_secs(20),
+        "both dead runs' messages in the dead letters",
+        || async { (dead_queue_depth(&app).await == 2).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!("a collected retry waited {waited:?} (backoff {BACKOFF_MS} ms)");
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
