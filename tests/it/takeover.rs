@@ -167,8 +167,8 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
     app.shutdown().await;
 }
 
-/// (engine, exec id, action or "die <exit code>").
-type ExecEvent = (&'static str, String, String);
+/// (engine, exec id, action or "die <exit code>", when in ns since the epoch).
+type ExecEvent = (&'static str, String, String, i64);
 
 /// The execs an engine started in warm pool containers (`exec_start`, whose action names the
 /// command: a journaled run's names its invocation) and how they ended (`exec_die`), followed
@@ -214,7 +214,8 @@ impl ExecLog {
                         } else {
                             action
                         };
-                        events.lock().unwrap().push((name, exec, what));
+                        let at_ns = event.time_nano.unwrap_or_default();
+                        events.lock().unwrap().push((name, exec, what, at_ns));
                     }
                 })
             })
@@ -224,16 +225,24 @@ impl ExecLog {
 
     /// Each exec of invocation `id` on any engine: the engine and how it ended (`None`: not yet).
     fn of(&self, id: uuid::Uuid) -> Vec<(&'static str, Option<String>)> {
+        self.timed(id)
+            .into_iter()
+            .map(|(engine, died)| (engine, died.map(|(code, _)| code)))
+            .collect()
+    }
+
+    /// [`ExecLog::of`], with when each exec ended.
+    fn timed(&self, id: uuid::Uuid) -> Vec<(&'static str, Option<(String, i64)>)> {
         let id = id.to_string();
         let events = self.events.lock().unwrap();
         events
             .iter()
-            .filter(|(_, _, what)| what.starts_with("exec_start") && what.contains(&id))
-            .map(|(engine, exec, _)| {
+            .filter(|(_, _, what, _)| what.starts_with("exec_start") && what.contains(&id))
+            .map(|(engine, exec, _, _)| {
                 let died = events
                     .iter()
-                    .find(|(e, x, what)| e == engine && x == exec && what.starts_with("die "))
-                    .map(|(_, _, what)| what["die ".len()..].to_string());
+                    .find(|(e, x, what, _)| e == engine && x == exec && what.starts_with("die "))
+                    .map(|(_, _, what, at)| (what["die ".len()..].to_string(), *at));
                 (*engine, died)
             })
             .collect()
@@ -496,6 +505,84 @@ async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_
     )
     .await;
     eprintln!("a collected retry waited {waited:?} (backoff {BACKOFF_MS} ms)");
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_again() {
+    let (mut app, engine_b, registry, _runs) = on_hosts_a_and_b(|_| {}).await;
+    let on_b = engine(&engine_b);
+    let execs = ExecLog::watch(&[("a", app.docker.clone()), ("b", on_b.clone())]);
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 6_000;
+    const RUN_S: i64 = 14;
+    app.register(
+        "long-warm",
+        &image,
+        json!({"queue": "takeover", "mode": "warm", "timeout_ms": 60_000, "input": "args"}),
+    )
+    .await;
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        1,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    let id = app
+        .invoke_async("long-warm", format!("sleep {RUN_S}; echo done"))
+        .await;
+    eventually(Duration::from_secs(60), "host B execs the call", || async {
+        (execs.of(id).len() == 1).then_some(())
+    })
+    .await;
+    app.add_worker(|s| {
+        s.queues = vec!["takeover".into()];
+        s.min_concurrency = 1;
+        s.max_concurrency = Some(1);
+        s.fair_share = false;
+    })
+    .await;
+    worker_b.kill().unwrap();
+    let killed = now_ns();
+    worker_b.wait().unwrap();
+
+    // B's exec is killed with its container once the lease ran out, long before its end.
+    let died = eventually(Duration::from_secs(30), "B's exec ended", || async {
+        execs
+            .timed(id)
+            .into_iter()
+            .find(|(engine, _)| *engine == "b")
+            .and_then(|(_, died)| died)
+    })
+    .await;
+    let after = Duration::from_nanos((died.1 - killed).max(0) as u64);
+    assert!(
+        after <= Duration::from_millis(LEASE_MS) + Duration::from_secs(3),
+        "B's exec ended {after:?} after the kill: {died:?}"
+    );
+    // It runs again on A, to its end, as attempt 2.
+    let record = app.wait_final(id, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    assert_eq!(record["output"], "done\n", "{record}");
+    assert_ne!(record["worker"], id_b, "{record}");
+    let ran = execs.of(id);
+    assert_eq!(ran.len(), 2, "one exec on B, one on A: {ran:?}");
+    assert_eq!(ran[1].0, "a", "{ran:?}");
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!("a warm run still going on dead host B: its exec ended {after:?} after the kill");
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
     }
