@@ -270,10 +270,10 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
         json!({"queue": "takeover", "mode": "warm", "timeout_ms": 30_000, "input": "args"}),
     )
     .await;
-    // Each run sleeps 1-2 s, then prints something no other run prints.
+    // Each run sleeps 2-3 s, then prints something no other run prints.
     let script = |i: usize| {
         format!(
-            "sleep 1.{}; echo run-$(cat /proc/sys/kernel/random/uuid); echo to-stderr >&2",
+            "sleep 2.{}; echo run-$(cat /proc/sys/kernel/random/uuid); echo to-stderr >&2",
             i * 2
         )
     };
@@ -284,16 +284,27 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
         &id_b,
         &engine_b,
         "takeover",
-        4,
+        8,
         &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
     );
     const CALLS: usize = 4;
-    let mut ids = vec![];
     for i in 0..CALLS {
-        ids.push(app.invoke_async("short-warm", script(i)).await);
+        app.invoke_async("short-warm", script(i)).await;
     }
+    // And a call of the function's URL, whose caller waits through B's death.
+    let (client, url, body) = (
+        app.client.clone(),
+        app.url("/fn/short-warm/from/url"),
+        script(CALLS),
+    );
+    let url_call = tokio::spawn(async move {
+        let r = client.post(url).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let id = crate::support::id_of(&r);
+        (status, id, r.text().await.unwrap())
+    });
     // Every call runs as an exec on B before B dies.
-    eventually(
+    let ids = eventually(
         Duration::from_secs(60),
         "host B execs every call",
         || async {
@@ -304,8 +315,9 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
             .fetch_all(&app.pool)
             .await
             .unwrap();
-            let execed = ids.iter().filter(|id| execs.of(**id).len() == 1).count();
-            (rows.len() == CALLS && execed == CALLS).then_some(())
+            let execed = rows.iter().filter(|(id,)| execs.of(*id).len() == 1).count();
+            (rows.len() == CALLS + 1 && execed == CALLS + 1)
+                .then(|| rows.iter().map(|(id,)| *id).collect::<Vec<_>>())
         },
     )
     .await;
@@ -341,6 +353,13 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
         assert_eq!(ran.len(), 1, "{id} was execed once: {ran:?}");
         assert_eq!(ran[0].0, "b", "{ran:?}");
     }
+    // The URL call's caller got the output recorded, and its record its method and path.
+    let (status, url_id, body) = url_call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let record = app.invocation(url_id).await;
+    assert_eq!(record["output"], body, "{record}");
+    assert_eq!(record["http_method"], "POST", "{record}");
+    assert_eq!(record["http_path"], "/from/url", "{record}");
     // Each exec ended on B by itself (the engine says so; its exit code is not to be trusted
     // once the exec's client is gone: engine B reports 127 then, for a plain `docker exec` too;
     // the journal has the run's own, 0 above).
@@ -376,9 +395,10 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
     )
     .await;
     eprintln!(
-        "kill -9 of host B with {CALLS} warm runs going: each ended on B before its lease \
-         ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after the \
-         kill, none run again (worker A: {worker_a})"
+        "kill -9 of host B with {} warm runs going (one a URL call): each ended on B before its \
+         lease ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after \
+         the kill, none run again (worker A: {worker_a})",
+        ids.len()
     );
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
