@@ -8,7 +8,7 @@ CARGO ?= cargo
 # Arguments for the test binaries, e.g. `make test TEST_ARGS='--test-threads=1 --nocapture'`.
 TEST_ARGS ?= --test-threads=4
 
-.PHONY: setup build run test fuzz lint bench images deploy-check engines
+.PHONY: setup build run test fuzz lint bench images deploy-check engines idle
 
 setup:
 	bash scripts/setup.sh
@@ -52,3 +52,9 @@ bench: setup
 
 images:
 	bash scripts/build-test-images.sh --force
+
+# The worker's idle binary (src/worker/idle/idle.c -> granda-idle, committed): static, no libc.
+idle:
+	gcc -static -nostdlib -nostartfiles -Os -fno-asynchronous-unwind-tables -fno-stack-protector \
+	  -fno-pie -no-pie -fno-builtin -Wall -Wextra -Wl,--build-id=none -s \
+	  -o src/worker/idle/granda-idle src/worker/idle/idle.c

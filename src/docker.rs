@@ -11,7 +11,7 @@ pub const LABEL_WORKER: &str = "granda.worker";
 /// Label on every container Granda starts: its function.
 pub(crate) const LABEL_FUNCTION: &str = "granda.function";
 /// Label on the containers of a warm pool (they carry no invocation and no deadline).
-pub(crate) const LABEL_POOL: &str = "granda.pool";
+pub const LABEL_POOL: &str = "granda.pool";
 /// Label on every container Granda starts: when it must be gone by, in ms since the epoch.
 pub(crate) const LABEL_DEADLINE: &str = "granda.deadline";
 /// Label on every container Granda starts: which installation (database and queues) it belongs

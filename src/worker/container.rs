@@ -122,13 +122,17 @@ pub(crate) type Removal = tokio::task::JoinHandle<()>;
 /// Where the idle entrypoint of warm containers is mounted inside them.
 pub(crate) const IDLE_PATH: &str = "/granda/idle";
 
+/// Where a warm container's journal directory is mounted: what the idle binary's `run` keeps of
+/// the run going on in it ([`crate::worker::dead_run`] reads it after its worker died).
+pub const JOURNAL_DIR: &str = "/granda/journal";
+
 /// How a kept (warm or hot) container differs from an invocation's own.
 struct Kept {
     /// The `granda.pool` label: `warm` or `hot`.
     pool: &'static str,
     /// `None`: the image's own.
     entrypoint: Option<Vec<String>>,
-    bind: String,
+    binds: Vec<String>,
     env: Vec<String>,
 }
 

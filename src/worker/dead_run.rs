@@ -30,10 +30,29 @@
 //! killed by one is never read as a run that ended by another: the kill and the record's move
 //! commit together.
 //!
-//! Warm and hot runs (an exec in, or a request to, a long-lived pool container) leave nothing on
-//! the engine to collect: their output went over the connection that died with the worker. Their
-//! pool containers are killed by the sweep when the lease runs out, and a call that ended before
-//! that is run again (at least once).
+//! A collected run is settled as its worker would have settled it: its retry policy's `dead` is
+//! recorded `dead`, and the redelivered message, finding the record dead, is dead-lettered (not
+//! acked); a retry it earned is put back `queued` with its jittered backoff, which the message
+//! waits in a delay queue ([`backoff_left`]) before it is claimed; the claim path records a URL
+//! call's HTTP method and path (its message has them), and the sweep leaves an ended sync run's
+//! container and record to that claim, which comes right after the lease.
+//!
+//! - **Cold** runs: as above, from the container the run had to itself.
+//! - **Warm** runs (an exec in a kept pool container): the exec runs under the idle binary's
+//!   `run` (`idle/idle.c`), which passes the output through and keeps a journal in the
+//!   container's journal directory ([`JOURNAL_DIR`], a tmpfs of the output caps on the worker's
+//!   host, bind-mounted): the invocation it runs, its output within the caps, and once it ended
+//!   its exit code and times. The journal is read through the engine's archive API (a remote
+//!   engine's too) for each of the dead worker's warm containers: one whose journal has the
+//!   run's end is recorded from it (timed out if it ran past the function's timeout); one whose
+//!   journal names a run without its end is killed with its container, read once more (a run
+//!   that ended meanwhile is recorded), and else put back to `queued`. A warm container with no
+//!   journal (a function whose `user` is a name, not a number, or a worker that could not make
+//!   the directory) is killed by the sweep and its run goes again (at least once).
+//! - **Hot** runs (a request to the function's own process) leave nothing on the engine to
+//!   collect: the answer went over the connection that died with the worker. Their pool
+//!   containers are killed by the sweep when the lease runs out, and a call that ended before
+//!   that is run again (at least once).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -48,13 +67,16 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use super::container::{Exit, Run, keep, remove};
+use super::container::{Exit, JOURNAL_DIR, Run, keep, remove};
 use super::{Shared, execute, reaper};
-use crate::docker::{LABEL_DEADLINE, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_WORKER};
-use crate::function::RunSpec;
+use crate::docker::{
+    LABEL_DEADLINE, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER,
+};
+use crate::function::{Mode, RunSpec};
 use crate::invocation::{Outcome, Status, Trigger, store};
 use crate::metrics::label;
 use crate::retry::{self, Verdict};
+use crate::web::WebRequest;
 
 /// The longest the engine is waited for while the record is locked (listing, inspecting,
 /// killing, reading the output): past it nothing is changed and the run is retried as before.
@@ -72,6 +94,9 @@ pub(super) enum Settled {
     /// The record is not `running` on the dead worker any more (claimed or recorded since), or
     /// the dead worker left no container of it: nothing was changed.
     Untouched,
+    /// A sync call's run that ended, found by the sweep: left as it is (container and record)
+    /// for its redelivered message's claim, which knows the call's HTTP method and path.
+    Left,
 }
 
 /// Why a dead run could not be settled (nothing was changed).
@@ -89,21 +114,27 @@ struct Found {
     containers: Vec<String>,
     /// One that ran to its end, with its invocation's deadline (ms since the epoch) if labelled.
     ended: Option<(Run, Option<i64>)>,
+    /// How it ran: `Cold` (a container of its own) or `Warm` (an exec in a pool container,
+    /// found by its journal).
+    mode: Mode,
     /// Killed here, or never started.
     stopped: usize,
 }
 
 /// Settles invocation `id`, `running` on dead worker `dead`, from its containers on `docker` (the
-/// dead worker's engine). `spec`: the function as its message carries it (the claim path); else
-/// it is read from the functions table. See the module doc for what happens when.
-#[tracing::instrument(skip(shared, docker, spec), fields(%id, dead))]
+/// dead worker's engine). `message`: the function and the call's HTTP request as its message
+/// carries them (the claim path); else the function is read from the functions table. See the
+/// module doc for what happens when.
+#[tracing::instrument(skip(shared, docker, message), fields(%id, dead))]
 pub(super) async fn settle(
     shared: &Shared,
     docker: &Docker,
     dead: &str,
     id: Uuid,
-    spec: Option<&RunSpec>,
+    message: Option<(&RunSpec, Option<&WebRequest>)>,
 ) -> Result<Settled, SettleError> {
+    let spec = message.map(|(spec, _)| spec);
+    let request = message.and_then(|(_, request)| request);
     let mut tx = shared.pool.begin().await?;
     let row: Option<(String, i32, String)> = sqlx::query_as(
         "SELECT trigger, attempt, function FROM invocations
@@ -135,13 +166,18 @@ pub(super) async fn settle(
         return Ok(Settled::Untouched);
     }
     let killed = found.stopped > 0;
+    // A sync call may have come through the function's URL, whose method and path only its
+    // message knows: an ended one is recorded by the message's claim (right after the lease).
+    if message.is_none() && !killed && found.ended.is_some() && trigger == Trigger::Sync.as_str() {
+        return Ok(Settled::Left);
+    }
     let written = record(
         shared,
         tx,
         id,
         dead,
         &mut found,
-        spec,
+        (spec, request),
         (&trigger, attempt, &function),
     )
     .await;
@@ -178,7 +214,7 @@ async fn record(
     id: Uuid,
     dead: &str,
     found: &mut Found,
-    spec: Option<&RunSpec>,
+    (spec, request): (Option<&RunSpec>, Option<&WebRequest>),
     (trigger, attempt, function): (&str, i32, &str),
 ) -> Result<Settled, SettleError> {
     Ok(match found.ended.take() {
@@ -193,9 +229,25 @@ async fn record(
                     owned.as_ref()
                 }
             };
-            let (outcome, verdict) = judge(shared, run, deadline, spec, trigger, attempt);
+            let mut run = run;
+            // A warm run is timed by its exec, as a live worker times it.
+            if let (Mode::Warm, Some(spec)) = (found.mode, spec)
+                && run.duration > Duration::from_millis(spec.timeout_ms.max(1) as u64)
+            {
+                run.exit = Exit::TimedOut;
+            }
+            let (mut outcome, verdict) = judge(shared, run, deadline, spec, trigger, attempt);
+            outcome.cold = found.mode == Mode::Cold;
+            outcome.mode = Some(found.mode);
+            if let Some(request) = request {
+                outcome.http_method = Some(request.method.clone());
+                outcome.http_path = Some(request.path.clone());
+            }
             match verdict {
-                Verdict::RetryAfter(delay) => {
+                Verdict::RetryAfter(level) => {
+                    // Its backoff, as a live worker's retry waits it: the redelivered message
+                    // finds the record `queued` for later and waits ([`backoff_left`]).
+                    let delay = retry::jittered(level, (Uuid::new_v4().as_u128() & 0xffff) as u16);
                     store::requeue(&mut *tx, id, dead, &outcome, Utc::now() + delay).await?;
                     tx.commit().await?;
                     Settled::Collected(Status::Queued)
@@ -253,6 +305,7 @@ async fn examine(
         format!("{LABEL_INSTALLATION}={installation}"),
         format!("{LABEL_INVOCATION}={id}"),
     ];
+    let by_worker = [labels[0].as_str(), labels[1].as_str()];
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     for (container, labels) in reaper::list(docker, &labels).await {
         let deadline = labels.get(LABEL_DEADLINE).and_then(|d| d.parse().ok());
@@ -327,6 +380,171 @@ async fn examine(
             _ => found.stopped += 1,
         }
     }
+    examine_warm(docker, &by_worker, id, caps, found).await;
+}
+
+/// The dead worker's warm pool containers whose journal names `id`, into `found`: a run whose
+/// journal has its end is the run that ended; one still going is stopped with its container
+/// (which is looked at again once killed: a run that ended meanwhile is the run that ended).
+/// A container whose journal can't be read is left alone (the sweep removes it).
+async fn examine_warm(
+    docker: &Docker,
+    labels: &[&str; 2],
+    id: Uuid,
+    caps: super::container::Caps,
+    found: &mut Found,
+) {
+    let warm = format!("{LABEL_POOL}=warm");
+    let labels = [labels[0], labels[1], warm.as_str()];
+    for (container, _) in reaper::list(docker, &labels).await {
+        let Ok(mut journal) = read_journal(docker, &container, caps).await else {
+            continue;
+        };
+        if !journal.names(id) {
+            continue;
+        }
+        found.containers.push(container.clone());
+        if !journal.ended(id) {
+            let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+            let _ = docker.kill_container(&container, Some(kill)).await;
+            match read_journal(docker, &container, caps).await {
+                Ok(now) if now.ended(id) => journal = now,
+                _ => {
+                    found.stopped += 1;
+                    continue;
+                }
+            }
+        }
+        if found.ended.is_some() {
+            continue;
+        }
+        if let Some(run) = journal.run() {
+            found.ended = Some((run, None));
+            found.mode = Mode::Warm;
+        }
+    }
+}
+
+/// What the idle binary's `run` kept of the last warm run in a pool container
+/// ([`JOURNAL_DIR`]): the invocation it runs or ran, its output so far, and its end once it
+/// ended.
+#[derive(Default, Debug)]
+struct Journal {
+    run: Option<Uuid>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    end: Option<JournalEnd>,
+}
+
+#[derive(Debug, PartialEq)]
+struct JournalEnd {
+    id: Uuid,
+    code: i64,
+    started_ms: i64,
+    finished_ms: i64,
+    out_cut: bool,
+    err_cut: bool,
+}
+
+impl JournalEnd {
+    /// `ID CODE STARTED_MS FINISHED_MS OUT_CUT ERR_CUT`.
+    fn parse(line: &str) -> Option<JournalEnd> {
+        let mut f = line.split_ascii_whitespace();
+        let end = JournalEnd {
+            id: Uuid::parse_str(f.next()?).ok()?,
+            code: f.next()?.parse().ok()?,
+            started_ms: f.next()?.parse().ok()?,
+            finished_ms: f.next()?.parse().ok()?,
+            out_cut: f.next()? == "1",
+            err_cut: f.next()? == "1",
+        };
+        Some(end)
+    }
+}
+
+impl Journal {
+    fn names(&self, id: Uuid) -> bool {
+        self.run == Some(id) || self.ended(id)
+    }
+
+    fn ended(&self, id: Uuid) -> bool {
+        self.end.as_ref().is_some_and(|e| e.id == id)
+    }
+
+    /// The run that ended, as a container's [`Run`].
+    fn run(self) -> Option<Run> {
+        let end = self.end?;
+        let started_at = DateTime::from_timestamp_millis(end.started_ms)?;
+        let finished_at = DateTime::from_timestamp_millis(end.finished_ms)?.max(started_at);
+        Some(Run {
+            exit: Exit::Code(end.code),
+            oom_killed: false,
+            stdout: self.out,
+            stdout_truncated: end.out_cut,
+            stderr: self.err,
+            stderr_truncated: end.err_cut,
+            started_at,
+            finished_at,
+            duration: (finished_at - started_at).to_std().unwrap_or_default(),
+        })
+    }
+
+    /// The journal from the files of its directory's archive.
+    fn from_archive(tar: &[u8], caps: super::container::Caps) -> std::io::Result<Journal> {
+        use std::io::Read;
+        let mut journal = Journal::default();
+        let mut archive = tar::Archive::new(tar);
+        for entry in archive.entries()? {
+            let entry = entry?;
+            let name = entry
+                .path()?
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let cap = match name.as_str() {
+                "out" => caps.stdout,
+                "err" => caps.stderr,
+                _ => 256,
+            };
+            let mut bytes = vec![];
+            entry.take(cap as u64).read_to_end(&mut bytes)?;
+            match name.as_str() {
+                "run" => journal.run = Uuid::parse_str(String::from_utf8_lossy(&bytes).trim()).ok(),
+                "end" => journal.end = JournalEnd::parse(&String::from_utf8_lossy(&bytes)),
+                "out" => journal.out = bytes,
+                "err" => journal.err = bytes,
+                _ => {}
+            }
+        }
+        Ok(journal)
+    }
+}
+
+/// A pool container's journal, through the engine's archive API (a remote engine's too).
+async fn read_journal(
+    docker: &Docker,
+    container: &str,
+    caps: super::container::Caps,
+) -> Result<Journal, bollard::errors::Error> {
+    use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+    let options = DownloadFromContainerOptionsBuilder::new()
+        .path(JOURNAL_DIR)
+        .build();
+    let mut archive = docker.download_from_container(container, Some(options));
+    // The files within their caps, and the archive's own headers and padding.
+    let limit = caps.stdout + caps.stderr + 64 * 1024;
+    let mut tar = vec![];
+    while let Some(chunk) = archive.next().await {
+        tar.extend_from_slice(&chunk?);
+        if tar.len() > limit {
+            return Err(bollard::errors::Error::DockerStreamError {
+                error: "a journal larger than its caps".into(),
+            });
+        }
+    }
+    Journal::from_archive(&tar, caps).map_err(|e| bollard::errors::Error::DockerStreamError {
+        error: format!("an unreadable journal: {e}"),
+    })
 }
 
 /// How a container that exited with `code` at `finished_ms` ended: a SIGKILL at or past its
@@ -398,7 +616,6 @@ fn judge(
             execute::outcome_of(run, timeout_ms)
         }
     };
-    outcome.cold = true;
     let verdict = match (spec, Trigger::parse(trigger)) {
         (Some(spec), Some(trigger)) => retry::decide(
             trigger,
@@ -428,11 +645,19 @@ pub(super) async fn settle_all(
 ) -> Vec<String> {
     let mut rest = vec![];
     let mut done: Vec<Uuid> = vec![];
+    let caps = shared.runner.caps();
     for (container, labels) in containers {
-        let Some(id) = labels
+        let mut id = labels
             .get(LABEL_INVOCATION)
-            .and_then(|i| Uuid::parse_str(i).ok())
-        else {
+            .and_then(|i| Uuid::parse_str(i).ok());
+        // A warm pool container: the invocation its journal names, run or running in it.
+        if id.is_none() && labels.get(LABEL_POOL).map(String::as_str) == Some("warm") {
+            let read = tokio::time::timeout(ENGINE_BOUND, read_journal(docker, &container, caps));
+            if let Ok(Ok(journal)) = read.await {
+                id = journal.run.or(journal.end.map(|e| e.id));
+            }
+        }
+        let Some(id) = id else {
             rest.push(container);
             continue;
         };
@@ -441,6 +666,7 @@ pub(super) async fn settle_all(
         }
         match settle(shared, docker, dead, id, None).await {
             Ok(Settled::Untouched) => rest.push(container),
+            // Collected, stopped, or left for its message's claim: not removed here.
             Ok(_) => done.push(id),
             Err(e) => {
                 tracing::warn!(%id, error = %e, "can't settle a dead worker's run now; the next sweep tries again")
@@ -448,6 +674,30 @@ pub(super) async fn settle_all(
         }
     }
     rest
+}
+
+/// What is left of the backoff of invocation `id` when its record is `queued` for a retry later
+/// (a retry a dead worker's collected run earned, [`settle`]; or one whose worker died before it
+/// parked the message): the delay queue to park its message in (the backoff's level that holds
+/// it, or the longest) and for how long. `None` when it is due (within a margin for the clocks).
+pub(super) async fn backoff_left(shared: &Shared, id: Uuid) -> Option<(Duration, Duration)> {
+    let left: Option<(f64,)> = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM (retry_at - now()))::float8 FROM invocations
+         WHERE id = $1 AND status = 'queued' AND retry_at > now() + interval '250 milliseconds'",
+    )
+    .bind(id)
+    .fetch_optional(&shared.pool)
+    .await
+    .ok()
+    .flatten();
+    let left = Duration::from_secs_f64(left?.0.max(0.0));
+    let levels = shared.backoff.levels();
+    let level = levels
+        .iter()
+        .copied()
+        .find(|l| *l >= left)
+        .or(levels.last().copied())?;
+    Some((level, left.min(level)))
 }
 
 #[cfg(test)]
@@ -460,6 +710,60 @@ mod tests {
         let t = engine_time("2026-12-05T20:20:28.184785438Z").unwrap();
         assert_eq!(t.timestamp(), 1_796_502_028);
         assert!(engine_time("garbage").is_none());
+    }
+
+    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(vec![]);
+        for (name, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o600);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("journal/{name}"), *bytes)
+                .unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    const CAPS: super::super::container::Caps = super::super::container::Caps {
+        stdout: 4,
+        stderr: 100,
+    };
+
+    #[test]
+    fn an_ended_warm_run_is_read_from_its_journal() {
+        let id = Uuid::new_v4();
+        let end = format!("{id} 3 1796502028000 1796502029500 1 0\n");
+        let tar = archive(&[
+            ("run", id.to_string().as_bytes()),
+            ("out", b"hello"),
+            ("err", b"oops\n"),
+            ("end", end.as_bytes()),
+        ]);
+        let journal = Journal::from_archive(&tar, CAPS).unwrap();
+        assert!(journal.names(id) && journal.ended(id));
+        assert!(!journal.names(Uuid::new_v4()));
+        let run = journal.run().unwrap();
+        assert_eq!(run.exit, Exit::Code(3));
+        // Kept within the caps, as the run itself kept it.
+        assert_eq!(run.stdout, b"hell");
+        assert!(run.stdout_truncated && !run.stderr_truncated);
+        assert_eq!(run.stderr, b"oops\n");
+        assert_eq!(run.duration, Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn a_warm_run_still_going_has_no_end_and_an_earlier_end_is_not_its_own() {
+        let (id, before) = (Uuid::new_v4(), Uuid::new_v4());
+        let end = format!("{before} 0 1 2 0 0\n");
+        let going = Journal::from_archive(
+            &archive(&[("run", id.to_string().as_bytes()), ("end", end.as_bytes())]),
+            CAPS,
+        )
+        .unwrap();
+        assert!(going.names(id) && !going.ended(id));
+        assert!(going.ended(before));
+        assert!(JournalEnd::parse("garbage 1 2").is_none());
     }
 
     #[test]

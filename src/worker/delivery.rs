@@ -85,7 +85,7 @@ pub(super) async fn settle_dead_run(shared: &Shared, dead: &heartbeat::DeadWorke
         &docker,
         &dead.worker,
         work.id,
-        Some(&work.function.run),
+        Some((&work.function.run, work.request.as_ref())),
     )
     .await;
     if let Err(e) = settled {
@@ -320,7 +320,8 @@ async fn handle_in_span(
 
     // A redelivery may be a dead worker's run: note whose, to stop its container once claimed. So
     // may a message back from a delay queue: one parked while the dead worker's lease still ran.
-    let dead = if delivery.redelivered || delivery_count(&delivery) > 0 || was_parked(&delivery) {
+    let again = delivery.redelivered || delivery_count(&delivery) > 0 || was_parked(&delivery);
+    let dead = if again {
         heartbeat::dead_run(&shared.pool, work.id, &shared.worker_id)
             .await
             .ok()
@@ -332,6 +333,15 @@ async fn handle_in_span(
     // claim then finds it final), one still going is stopped ([`super::dead_run`]).
     if let Some(dead) = &dead {
         settle_dead_run(&shared, dead, &work).await;
+    }
+    // A retry a dead worker's collected run earned waits its backoff, as any retry does.
+    if again && let Some((level, delay)) = super::dead_run::backoff_left(&shared, work.id).await {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "queued for a retry later; waiting its backoff"
+        );
+        park_for(&shared, &channels, &queue, &delivery, level, delay).await;
+        return;
     }
     let claim = with_db_retries(|| claim(&shared, &work, &delivery.data))
         .instrument(tracing::info_span!("claim"))
@@ -409,7 +419,12 @@ async fn handle_in_span(
             // The first run may have died before its callback went out.
             crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), work.id);
             reply(&channels, &work, &Reply::from_record(&record)).await;
-            ack(&delivery).await;
+            // A dead record's message goes to the dead letters, as when it was run here.
+            if record.status() == Status::Dead {
+                reject(&delivery, false).await;
+            } else {
+                ack(&delivery).await;
+            }
         }
         Claim::RunningElsewhere => {
             let delay = elsewhere_delay(&shared, work.id).await;

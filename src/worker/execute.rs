@@ -118,7 +118,10 @@ pub(super) async fn run_warm(
             Ok(got) => got,
             Err(e) => return (Err(e), true),
         };
-        let ran = shared.runner.exec(&warm.id, work.id, function, input).await;
+        let ran = shared
+            .runner
+            .exec(&warm.id, warm.journal.is_some(), work.id, function, input)
+            .await;
         // Only a clean run gives its container back; anything else may have left it dirty.
         let clean = matches!(&ran, Ok(run) if run.exit == Exit::Code(0));
         shared.warm.release(warm, clean);

@@ -308,11 +308,18 @@ pub struct Answer {
 /// `owner`, mode 0700 (only this container mounts it). Where the worker may not mount, a plain
 /// directory, owned by `owner`, mode 0700.
 pub fn socket_dir(root: &Path, owner: Owner) -> std::io::Result<PathBuf> {
+    owned_dir(root, owner, SOCKET_DIR_BYTES)
+}
+
+/// A directory under `root` for one kept container: a tmpfs of `bytes` owned by `owner`, mode
+/// 0700; where the worker may not mount, a plain directory, owned by `owner`, mode 0700. Removed
+/// with [`remove_socket_dir`], cleared with [`clear_socket_dirs`].
+pub fn owned_dir(root: &Path, owner: Owner, bytes: u64) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = root.join(Uuid::new_v4().simple().to_string());
     std::fs::create_dir_all(root)?;
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    match mount_tmpfs(&dir, owner) {
+    match mount_tmpfs(&dir, owner, bytes) {
         Ok(()) => return Ok(dir),
         Err(e) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
@@ -326,11 +333,11 @@ pub fn socket_dir(root: &Path, owner: Owner) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-fn mount_tmpfs(dir: &Path, owner: Owner) -> std::io::Result<()> {
+fn mount_tmpfs(dir: &Path, owner: Owner, bytes: u64) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let target = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
     let data = std::ffi::CString::new(format!(
-        "size={SOCKET_DIR_BYTES},nr_inodes=16,mode=0700,uid={},gid={}",
+        "size={bytes},nr_inodes=16,mode=0700,uid={},gid={}",
         owner.uid, owner.gid
     ))?;
     // SAFETY: every pointer is a NUL-terminated string that outlives the call.

@@ -2,8 +2,10 @@
 //! exec of a few tens of milliseconds (`mode: "warm"`) or one HTTP request of well under one
 //! (`mode: "hot"`) instead of a container start.
 //!
-//! - A warm container is started with the worker's idle binary as its only process (a 129-byte
-//!   static program that pauses forever, mounted read-only) and the function's own limits and
+//! - A warm container is started with the worker's idle binary as its only process (a static
+//!   program of a few KiB that pauses forever, mounted read-only; each warm run is an exec of its
+//!   `run`, which keeps the run's journal for a takeover, [`super::dead_run`]) and the
+//!   function's own limits and
 //!   isolation. A hot one runs the image's own command, which listens on `GRANDA_SOCKET` in a
 //!   directory of its own under `<state_dir>/hot/` ([`super::hot`]); it is lent out once it
 //!   accepts a connection.
@@ -38,13 +40,16 @@ use super::hot;
 use crate::function::{Mode, Snapshot};
 
 /// The idle entrypoint: a static x86-64 Linux program that loops on `pause(2)`.
-const IDLE_ELF: [u8; 129] = [
-    127, 69, 76, 70, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 62, 0, 1, 0, 0, 0, 120, 0, 64, 0, 0,
-    0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 56, 0, 1, 0, 0, 0,
-    0, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 64,
-    0, 0, 0, 0, 0, 129, 0, 0, 0, 0, 0, 0, 0, 129, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0,
-    184, 34, 0, 0, 0, 15, 5, 235, 247,
-];
+/// With `run`, it runs a warm call's command and keeps its journal instead (source and how it
+/// is built: `idle/idle.c`).
+const IDLE_ELF: &[u8] = include_bytes!("idle/granda-idle");
+
+/// A kept container as started: its id, a hot one's connection and socket directory, a warm
+/// one's journal directory.
+type Started = (String, Option<(hot::Connection, PathBuf)>, Option<PathBuf>);
+
+/// Room in a journal directory beyond the output caps: the run's id and its end.
+const JOURNAL_SLACK: u64 = 64 * 1024;
 
 /// A kept container, lent to one run at a time.
 #[derive(Debug)]
@@ -56,6 +61,8 @@ pub(crate) struct Warm {
     pub(crate) uses: u32,
     /// A hot container's connection and socket directory.
     pub(crate) hot: Option<(hot::Connection, PathBuf)>,
+    /// A warm container's journal directory ([`super::container::JOURNAL_DIR`] in it).
+    pub(crate) journal: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -195,13 +202,14 @@ impl Pool {
                     };
                     let started = self.start(function).await;
                     return match started {
-                        Ok((id, hot)) => Ok((
+                        Ok((id, hot, journal)) => Ok((
                             Warm {
                                 id,
                                 key,
                                 last_used: Instant::now(),
                                 uses: 0,
                                 hot,
+                                journal,
                             },
                             true,
                         )),
@@ -215,13 +223,32 @@ impl Pool {
     }
 
     /// Starts a container for `function`'s mode; a hot one is ready when it accepts a connection.
-    async fn start(
-        &self,
-        function: &Snapshot,
-    ) -> Result<(String, Option<(hot::Connection, PathBuf)>), PlatformError> {
+    /// A warm one gets a journal directory (a tmpfs of the output caps, owned by its user) when
+    /// its user is a number; else its runs are not journaled.
+    async fn start(&self, function: &Snapshot) -> Result<Started, PlatformError> {
         if function.run.mode != Mode::Hot {
             let path = self.idle_binary.to_string_lossy().into_owned();
-            return Ok((self.runner.start_warm(function, &path).await?, None));
+            let caps = self.runner.caps();
+            let bytes = (caps.stdout + caps.stderr) as u64 + JOURNAL_SLACK;
+            let journal = match self.runner.hot_owner(function).await {
+                Ok(owner) => hot::owned_dir(&self.sockets, owner, bytes)
+                    .inspect_err(|e| tracing::warn!(error = %e, "can't make a warm container's journal directory; its runs are not journaled"))
+                    .ok(),
+                Err(_) => None,
+            };
+            let started = self
+                .runner
+                .start_warm(function, &path, journal.as_deref())
+                .await;
+            return match started {
+                Ok(id) => Ok((id, None, journal)),
+                Err(e) => {
+                    if let Some(journal) = &journal {
+                        hot::remove_socket_dir(journal);
+                    }
+                    Err(e)
+                }
+            };
         }
         let owner = self.runner.hot_owner(function).await?;
         let dir = hot::socket_dir(&self.sockets, owner).map_err(PlatformError::SocketDir)?;
@@ -234,7 +261,7 @@ impl Pool {
         };
         let within = Duration::from_millis(function.run.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
         match hot::wait_ready(self.runner.docker(), &id, &dir, owner, within).await {
-            Ok(connection) => Ok((id, Some((connection, dir)))),
+            Ok(connection) => Ok((id, Some((connection, dir)), None)),
             Err(e) => {
                 let docker = self.runner.docker().clone();
                 tokio::spawn(async move {
@@ -272,6 +299,9 @@ impl Pool {
         tokio::spawn(async move {
             remove(&docker, &warm.id).await;
             if let Some((_, dir)) = warm.hot {
+                hot::remove_socket_dir(&dir);
+            }
+            if let Some(dir) = warm.journal {
                 hot::remove_socket_dir(&dir);
             }
         });
@@ -361,6 +391,9 @@ impl Pool {
         };
         for warm in idle {
             remove(self.runner.docker(), &warm.id).await;
+            if let Some(dir) = &warm.journal {
+                hot::remove_socket_dir(dir);
+            }
         }
         hot::clear_socket_dirs(&self.sockets);
     }

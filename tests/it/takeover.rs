@@ -3,7 +3,11 @@
 //! long enough for them to end before it runs out: each ended run is recorded from its container
 //! on engine B (output and exit code as the engine kept them), not run again by host A.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use serde_json::json;
 
@@ -157,6 +161,448 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
         ids.len()
     );
     settle(&app, &ids, &engine_b, &runs).await;
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+/// (engine, exec id, action or "die <exit code>", when in ns since the epoch).
+type ExecEvent = (&'static str, String, String, i64);
+
+/// The execs an engine started in warm pool containers (`exec_start`, whose action names the
+/// command: a journaled run's names its invocation) and how they ended (`exec_die`), followed
+/// live, by engine name.
+struct ExecLog {
+    events: Arc<Mutex<Vec<ExecEvent>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ExecLog {
+    fn watch(engines: &[(&'static str, bollard::Docker)]) -> ExecLog {
+        let events: Arc<Mutex<Vec<ExecEvent>>> = Arc::default();
+        let since = chrono::Utc::now().timestamp() - 1;
+        let tasks = engines
+            .iter()
+            .map(|(name, docker)| {
+                let (name, docker, events) = (*name, docker.clone(), events.clone());
+                tokio::spawn(async move {
+                    let options = bollard::query_parameters::EventsOptions {
+                        since: Some(since.to_string()),
+                        until: None,
+                        filters: Some(HashMap::from([
+                            ("type".to_string(), vec!["container".to_string()]),
+                            (
+                                "event".to_string(),
+                                vec!["exec_start".to_string(), "exec_die".to_string()],
+                            ),
+                            (
+                                "label".to_string(),
+                                vec![format!("{}=warm", granda::docker::LABEL_POOL)],
+                            ),
+                        ])),
+                    };
+                    let mut stream = docker.events(Some(options));
+                    while let Some(event) = stream.next().await {
+                        let event = event.unwrap_or_else(|e| panic!("engine {name}'s events: {e}"));
+                        let action = event.action.unwrap_or_default();
+                        let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        let exec = attributes.get("execID").cloned().unwrap_or_default();
+                        let what = if action == "exec_die" {
+                            let code = attributes.get("exitCode").cloned().unwrap_or_default();
+                            format!("die {code}")
+                        } else {
+                            action
+                        };
+                        let at_ns = event.time_nano.unwrap_or_default();
+                        events.lock().unwrap().push((name, exec, what, at_ns));
+                    }
+                })
+            })
+            .collect();
+        ExecLog { events, tasks }
+    }
+
+    /// Each exec of invocation `id` on any engine: the engine and how it ended (`None`: not yet).
+    fn of(&self, id: uuid::Uuid) -> Vec<(&'static str, Option<String>)> {
+        self.timed(id)
+            .into_iter()
+            .map(|(engine, died)| (engine, died.map(|(code, _)| code)))
+            .collect()
+    }
+
+    /// [`ExecLog::of`], with when each exec ended.
+    fn timed(&self, id: uuid::Uuid) -> Vec<(&'static str, Option<(String, i64)>)> {
+        let id = id.to_string();
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(_, _, what, _)| what.starts_with("exec_start") && what.contains(&id))
+            .map(|(engine, exec, _, _)| {
+                let died = events
+                    .iter()
+                    .find(|(e, x, what, _)| e == engine && x == exec && what.starts_with("die "))
+                    .map(|(_, _, what, at)| (what["die ".len()..].to_string(), *at));
+                (*engine, died)
+            })
+            .collect()
+    }
+}
+
+impl Drop for ExecLog {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journal_not_run_again() {
+    let (mut app, engine_b, registry, _runs) = on_hosts_a_and_b(|_| {}).await;
+    let on_b = engine(&engine_b);
+    let execs = ExecLog::watch(&[("a", app.docker.clone()), ("b", on_b.clone())]);
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 8_000;
+    app.register(
+        "short-warm",
+        &image,
+        json!({"queue": "takeover", "mode": "warm", "timeout_ms": 30_000, "input": "args"}),
+    )
+    .await;
+    // Each run sleeps 2-3 s, then prints something no other run prints.
+    let script = |i: usize| {
+        format!(
+            "sleep 2.{}; echo run-$(cat /proc/sys/kernel/random/uuid); echo to-stderr >&2",
+            i * 2
+        )
+    };
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        8,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    const CALLS: usize = 4;
+    for i in 0..CALLS {
+        app.invoke_async("short-warm", script(i)).await;
+    }
+    // And a call of the function's URL, whose caller waits through B's death.
+    let (client, url, body) = (
+        app.client.clone(),
+        app.url("/fn/short-warm/from/url"),
+        script(CALLS),
+    );
+    let url_call = tokio::spawn(async move {
+        let r = client.post(url).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let id = crate::support::id_of(&r);
+        (status, id, r.text().await.unwrap())
+    });
+    // Every call runs as an exec on B before B dies.
+    let ids = eventually(
+        Duration::from_secs(60),
+        "host B execs every call",
+        || async {
+            let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+                "SELECT id FROM invocations WHERE status = 'running' AND worker = $1",
+            )
+            .bind(&id_b)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+            let execed = rows.iter().filter(|(id,)| execs.of(*id).len() == 1).count();
+            (rows.len() == CALLS + 1 && execed == CALLS + 1)
+                .then(|| rows.iter().map(|(id,)| *id).collect::<Vec<_>>())
+        },
+    )
+    .await;
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["takeover".into()];
+            s.min_concurrency = 4;
+            s.max_concurrency = Some(4);
+            s.fair_share = false;
+        })
+        .await;
+    worker_b.kill().unwrap();
+    let killed_at = Instant::now();
+    worker_b.wait().unwrap();
+
+    let mut recorded_after = vec![];
+    for id in &ids {
+        let record = app.wait_final(*id, Duration::from_secs(60)).await;
+        recorded_after.push(killed_at.elapsed());
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["worker"], id_b, "recorded as B's run: {record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert_eq!(record["exit_code"], 0, "{record}");
+        assert_eq!(record["mode"], "warm", "{record}");
+        let output = record["output"].as_str().unwrap();
+        assert!(
+            output.starts_with("run-") && output.ends_with('\n') && output.len() == 41,
+            "the run's own output: {record}"
+        );
+        assert_eq!(record["logs"], "to-stderr\n", "{record}");
+        // One exec over both engines, on B, which ran to its end.
+        let ran = execs.of(*id);
+        assert_eq!(ran.len(), 1, "{id} was execed once: {ran:?}");
+        assert_eq!(ran[0].0, "b", "{ran:?}");
+    }
+    // The URL call's caller got the output recorded, and its record its method and path.
+    let (status, url_id, body) = url_call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let record = app.invocation(url_id).await;
+    assert_eq!(record["output"], body, "{record}");
+    assert_eq!(record["http_method"], "POST", "{record}");
+    assert_eq!(record["http_path"], "/from/url", "{record}");
+    // Each exec ended on B by itself (the engine says so; its exit code is not to be trusted
+    // once the exec's client is gone: engine B reports 127 then, for a plain `docker exec` too;
+    // the journal has the run's own, 0 above).
+    eventually(
+        Duration::from_secs(10),
+        "each exec's end seen on B",
+        || async {
+            ids.iter()
+                .all(|id| execs.of(*id).iter().all(|(_, died)| died.is_some()))
+                .then_some(())
+        },
+    )
+    .await;
+    for id in &ids {
+        let ran = execs.of(*id);
+        assert_eq!(ran.len(), 1, "{id} was execed once: {ran:?}");
+        assert_ne!(
+            ran[0].1.as_deref(),
+            Some("137"),
+            "{id}'s exec was not killed: {ran:?}"
+        );
+    }
+    let lease = Duration::from_millis(LEASE_MS);
+    let slowest = *recorded_after.iter().max().unwrap();
+    assert!(
+        slowest <= lease + Duration::from_secs(4),
+        "recorded {slowest:?} after the kill (lease {lease:?})"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "kill -9 of host B with {} warm runs going (one a URL call): each ended on B before its \
+         lease ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after \
+         the kill, none run again (worker A: {worker_a})",
+        ids.len()
+    );
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+/// The dead-letter queue's depth of `app`'s installation.
+async fn dead_queue_depth(app: &crate::support::TestApp) -> u32 {
+    let connection = granda::broker::connect(&app.settings.amqp_url, "test")
+        .await
+        .unwrap();
+    let topology = granda::broker::Topology::new(&app.settings.amqp_prefix);
+    let depth = granda::broker::queue_depth(&connection, &topology.dead_letter_queue())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "".into()).await;
+    depth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_backoff() {
+    const BACKOFF_MS: u64 = 3_000;
+    let (mut app, engine_b, registry, runs) = on_hosts_a_and_b(|s| {
+        s.retry_base_ms = BACKOFF_MS;
+        s.retry_max_ms = BACKOFF_MS;
+    })
+    .await;
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 8_000;
+    let with = |max_attempts: i32| {
+        json!({"queue": "takeover", "timeout_ms": 30_000, "input": "args",
+               "max_attempts": max_attempts, "retry_on": ["error"]})
+    };
+    app.register("dies", &image, with(1)).await;
+    app.register("retries", &image, with(2)).await;
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        2,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    let on_b = engine(&engine_b);
+    let dies = app.invoke_async("dies", "sleep 1; exit 3").await;
+    let retries = app.invoke_async("retries", "sleep 1.2; exit 3").await;
+    eventually(Duration::from_secs(60), "host B runs both", || async {
+        let rows: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
+                .bind(&id_b)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let started = [dies, retries]
+            .iter()
+            .filter(|id| runs.of(**id).iter().any(|e| e.action == "start"))
+            .count();
+        (rows.len() == 2 && started == 2).then_some(())
+    })
+    .await;
+    app.add_worker(|s| {
+        s.queues = vec!["takeover".into()];
+        s.min_concurrency = 2;
+        s.max_concurrency = Some(2);
+        s.fair_share = false;
+    })
+    .await;
+    worker_b.kill().unwrap();
+    worker_b.wait().unwrap();
+
+    // Its policy says dead: recorded dead from B's container, and its message dead-lettered.
+    let record = app.wait_final(dies, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "{record}");
+    assert_eq!(record["worker"], id_b, "{record}");
+    assert_eq!(record["attempt"], 1, "{record}");
+    assert_eq!(record["exit_code"], 3, "{record}");
+    // Its policy says retry: attempt 1 recorded from B's container, attempt 2 after the backoff.
+    let record = app.wait_final(retries, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "dead", "the retry failed too: {record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    let attempt_1: (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT status, finished_at FROM invocation_attempts
+         WHERE invocation_id = $1 AND attempt = 1",
+    )
+    .bind(retries)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempt_1.0, "retried", "{attempt_1:?}");
+    let collected = attempt_1.1.expect("attempt 1 finished");
+    let started_2: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(record["started_at"].clone()).unwrap();
+    let waited = (started_2 - collected).to_std().unwrap_or_default();
+    // Jitter makes it 80-100 % of the level; a margin for the clocks.
+    assert!(
+        waited >= Duration::from_millis(BACKOFF_MS * 8 / 10 - 400),
+        "attempt 2 started {waited:?} after attempt 1 was collected (backoff {BACKOFF_MS} ms)"
+    );
+    let ended_on_b = runs
+        .of(retries)
+        .iter()
+        .filter(|e| e.engine == "b" && e.action == "die" && e.exit_code.as_deref() == Some("3"))
+        .count();
+    assert_eq!(
+        ended_on_b,
+        1,
+        "attempt 1 ran once, on B: {:?}",
+        runs.of(retries)
+    );
+    // Both messages are dead letters: the collected one, and the retry's (a run on A).
+    eventually(
+        Duration::from_secs(20),
+        "both dead runs' messages in the dead letters",
+        || async { (dead_queue_depth(&app).await == 2).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!("a collected retry waited {waited:?} (backoff {BACKOFF_MS} ms)");
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_again() {
+    let (mut app, engine_b, registry, _runs) = on_hosts_a_and_b(|_| {}).await;
+    let on_b = engine(&engine_b);
+    let execs = ExecLog::watch(&[("a", app.docker.clone()), ("b", on_b.clone())]);
+    let image = push(&app, &registry, "granda-test/sh");
+    const LEASE_MS: u64 = 6_000;
+    const RUN_S: i64 = 14;
+    app.register(
+        "long-warm",
+        &image,
+        json!({"queue": "takeover", "mode": "warm", "timeout_ms": 60_000, "input": "args"}),
+    )
+    .await;
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        1,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    let id = app
+        .invoke_async("long-warm", format!("sleep {RUN_S}; echo done"))
+        .await;
+    eventually(Duration::from_secs(60), "host B execs the call", || async {
+        (execs.of(id).len() == 1).then_some(())
+    })
+    .await;
+    app.add_worker(|s| {
+        s.queues = vec!["takeover".into()];
+        s.min_concurrency = 1;
+        s.max_concurrency = Some(1);
+        s.fair_share = false;
+    })
+    .await;
+    worker_b.kill().unwrap();
+    let killed = now_ns();
+    worker_b.wait().unwrap();
+
+    // B's exec is killed with its container once the lease ran out, long before its end.
+    let died = eventually(Duration::from_secs(30), "B's exec ended", || async {
+        execs
+            .timed(id)
+            .into_iter()
+            .find(|(engine, _)| *engine == "b")
+            .and_then(|(_, died)| died)
+    })
+    .await;
+    let after = Duration::from_nanos((died.1 - killed).max(0) as u64);
+    assert!(
+        after <= Duration::from_millis(LEASE_MS) + Duration::from_secs(3),
+        "B's exec ended {after:?} after the kill: {died:?}"
+    );
+    // It runs again on A, to its end, as attempt 2.
+    let record = app.wait_final(id, Duration::from_secs(60)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    assert_eq!(record["output"], "done\n", "{record}");
+    assert_ne!(record["worker"], id_b, "{record}");
+    let ran = execs.of(id);
+    assert_eq!(ran.len(), 2, "one exec on B, one on A: {ran:?}");
+    assert_eq!(ran[1].0, "a", "{ran:?}");
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!("a warm run still going on dead host B: its exec ended {after:?} after the kill");
     for docker in [&app.docker, &on_b] {
         remove_image(docker, &image).await;
     }

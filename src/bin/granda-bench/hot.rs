@@ -45,7 +45,7 @@ pub(crate) async fn warm_rows(
     let idle = granda::worker::pool::install_idle_binary(&state)?;
     let container = direct
         .runner
-        .start_warm(&direct.function, &idle.to_string_lossy())
+        .start_warm(&direct.function, &idle.to_string_lossy(), None)
         .await?;
     let exec = || direct_exec(&direct.docker, &container);
     for _ in 0..3 {

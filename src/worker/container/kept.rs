@@ -16,17 +16,24 @@ impl Runner {
     /// Starts a container for warm runs of `function`: the function's limits and isolation, with
     /// the worker's idle binary (mounted read-only from `idle_binary`) as its only process.
     #[tracing::instrument(skip_all, fields(function = %function.name))]
+    /// `journal`: a directory of its own, mounted at [`JOURNAL_DIR`], where each warm run keeps
+    /// its journal ([`Runner::exec`] with `journaled`).
     pub async fn start_warm(
         &self,
         function: &Snapshot,
         idle_binary: &str,
+        journal: Option<&std::path::Path>,
     ) -> Result<String, PlatformError> {
+        let mut binds = vec![format!("{idle_binary}:{IDLE_PATH}:ro")];
+        if let Some(journal) = journal {
+            binds.push(format!("{}:{JOURNAL_DIR}", journal.display()));
+        }
         self.start_kept(
             function,
             Kept {
                 pool: "warm",
                 entrypoint: Some(vec![IDLE_PATH.to_string()]),
-                bind: format!("{idle_binary}:{IDLE_PATH}:ro"),
+                binds,
                 env: vec![],
             },
         )
@@ -46,11 +53,11 @@ impl Runner {
             Kept {
                 pool: "hot",
                 entrypoint: None,
-                bind: format!(
+                binds: vec![format!(
                     "{}:{}",
                     socket_dir.display(),
                     crate::worker::hot::SOCKET_DIR
-                ),
+                )],
                 env: vec![format!("GRANDA_SOCKET={}", crate::worker::hot::SOCKET_PATH)],
             },
         )
@@ -95,7 +102,7 @@ impl Runner {
             labels.insert(LABEL_POOL.to_string(), kept.pool.to_string());
         }
         if let Some(host) = config.host_config.as_mut() {
-            host.binds = Some(vec![kept.bind]);
+            host.binds = Some(kept.binds);
         }
         let created = self
             .docker
@@ -161,10 +168,14 @@ impl Runner {
     /// Runs invocation `id` as an exec of the image's own entrypoint and command in the kept
     /// `container`, with the same stdin/args/env contract, timeout and output caps as a cold run.
     /// After a timeout the container must be discarded: the exec can't be stopped on its own.
+    /// `journaled` (the container has a [`JOURNAL_DIR`]): the command runs under the idle
+    /// binary's `run`, which passes its output through and keeps a journal of the run there
+    /// (within the caps), read only if this worker dies ([`crate::worker::dead_run`]).
     #[tracing::instrument(skip_all, fields(%id, function = %function.name))]
     pub(crate) async fn exec(
         &self,
         container: &str,
+        journaled: bool,
         id: Uuid,
         function: &Snapshot,
         input: &[u8],
@@ -180,6 +191,18 @@ impl Runner {
             return Err(PlatformError::BadArgs(
                 "the image has neither an entrypoint nor a command to run".into(),
             ));
+        }
+        if journaled {
+            let wrapper = [
+                IDLE_PATH.to_string(),
+                "run".to_string(),
+                JOURNAL_DIR.to_string(),
+                self.caps.stdout.to_string(),
+                self.caps.stderr.to_string(),
+                id.to_string(),
+                "--".to_string(),
+            ];
+            cmd.splice(0..0, wrapper);
         }
         let config = self.config(id, function, input)?;
         let exec = self
