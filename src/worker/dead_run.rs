@@ -49,10 +49,17 @@
 //!   that ended meanwhile is recorded), and else put back to `queued`. A warm container with no
 //!   journal (a function whose `user` is a name, not a number, or a worker that could not make
 //!   the directory) is killed by the sweep and its run goes again (at least once).
-//! - **Hot** runs (a request to the function's own process) leave nothing on the engine to
-//!   collect: the answer went over the connection that died with the worker. Their pool
-//!   containers are killed by the sweep when the lease runs out, and a call that ended before
-//!   that is run again (at least once).
+//! - **Hot** runs (a request to the function's own process): the answer went over the connection
+//!   that died with the worker, but a process that journals (`granda_hot` does, [`hot`]'s
+//!   protocol) wrote it first to its container's journal directory ([`JOURNAL_DIR`], a tmpfs on
+//!   the worker's host, bind-mounted) as `<id>`. The claim path reads `/granda/journal/<id>` of
+//!   the dead worker's hot containers through the archive API; the sweep reads the names in each
+//!   hot container's journal and settles them before it removes the container (one with a sync
+//!   call left for its message's claim is kept until a later sweep). An answer found is the
+//!   call's outcome, made as a live answer makes it ([`execute::answered`]); the pool containers
+//!   are not removed by the claim path (other calls may be going in them). No answer (a call
+//!   still going when the lease ran out, a process that does not journal): nothing is found, the
+//!   sweep kills the pool container and the call runs again (at least once).
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -7,7 +7,8 @@
 //!   `run`, which keeps the run's journal for a takeover, [`super::dead_run`]) and the
 //!   function's own limits and
 //!   isolation. A hot one runs the image's own command, which listens on `GRANDA_SOCKET` in a
-//!   directory of its own under `<state_dir>/hot/` ([`super::hot`]); it is lent out once it
+//!   directory of its own under `<state_dir>/hot/` ([`super::hot`]), with a journal directory
+//!   (`GRANDA_JOURNAL`) where it may keep its answers for a takeover; it is lent out once it
 //!   accepts a connection.
 //! - Each run takes an idle container (the most recently used first, so the rest can expire),
 //!   whose health the exec itself checks (the engine refuses an exec into a container that no
