@@ -662,14 +662,13 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
             .fetch_all(&app.pool)
             .await
             .unwrap();
-            let hot = leftovers(&on_b, &id_b).await.len();
-            (rows.len() == CALLS + 1 && hot == CALLS + 1)
+            let napping = napping(&on_b, &id_b).await;
+            let reached = rows.iter().filter(|(id,)| napping.contains(id)).count();
+            (rows.len() == CALLS + 1 && reached == CALLS + 1)
                 .then(|| rows.iter().map(|(id,)| *id).collect::<Vec<_>>())
         },
     )
     .await;
-    // Let each call reach its process (a container ready is not yet a request sent).
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let worker_a = app
         .add_worker(|s| {
             s.queues = vec!["takeover".into()];
@@ -745,4 +744,40 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
         remove_image(docker, &image).await;
     }
     app.shutdown().await;
+}
+
+/// The calls granda-test/hot's processes in `worker`'s hot containers on `docker` are in the
+/// middle of (`nap:<ms>` marks each in its journal directory while it sleeps), read through the
+/// engine's archive API.
+async fn napping(docker: &bollard::Docker, worker: &str) -> Vec<uuid::Uuid> {
+    use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+    let mut ids = vec![];
+    for container in leftovers(docker, worker).await {
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path("/granda/journal")
+            .build();
+        let mut archive = docker.download_from_container(&container, Some(options));
+        let mut tar = vec![];
+        while let Some(Ok(chunk)) = archive.next().await {
+            tar.extend_from_slice(&chunk);
+        }
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let Ok(entries) = archive.entries() else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry
+                .path()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            if let Some(id) = name
+                .as_deref()
+                .and_then(|n| n.strip_prefix("napping-"))
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids
 }
