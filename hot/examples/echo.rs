@@ -10,6 +10,9 @@
 //! - `env`: `GRANDA_SOCKET=<value>` and the name of every env var, a line each, sorted
 //! - `tmp`: a counter kept in /tmp/count, incremented
 //! - `big:<n>`: n bytes of `x`
+//! - `nap:<ms>`: sleeps ms, then answers `ran <invocation id> served=<count> host=<hostname>`
+//!   (its container's); while it sleeps, an empty `$GRANDA_JOURNAL/napping-<id>` says the call
+//!   reached the process (a test reads it through the engine)
 
 use granda_hot::Request;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +55,23 @@ fn handle(req: Request) -> Result<Vec<u8>, String> {
             std::fs::write("/tmp/count", count.to_string())
                 .map_err(|e| format!("/tmp/count: {e}"))?;
             count.to_string()
+        }
+        body if body.starts_with(b"nap:") => {
+            let ms = std::str::from_utf8(&body[4..])
+                .ok()
+                .and_then(|n| n.parse().ok());
+            let ms: u64 = ms.ok_or("nap:<ms> takes a number of milliseconds")?;
+            let marker = std::env::var_os(granda_hot::JOURNAL_ENV)
+                .map(|dir| std::path::Path::new(&dir).join(format!("napping-{}", req.id)));
+            if let Some(marker) = &marker {
+                let _ = std::fs::write(marker, b"");
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+            if let Some(marker) = &marker {
+                let _ = std::fs::remove_file(marker);
+            }
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("ran {} served={served} host={}", req.id, host.trim())
         }
         body => match body.strip_prefix(b"big:") {
             Some(n) => {

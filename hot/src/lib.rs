@@ -45,6 +45,27 @@
 //! another method with 405. `HTTP/1.0` requests are served one per connection, and
 //! `Expect: 100-continue` is answered.
 //!
+//! # The journal
+//!
+//! The worker also gives the container a directory of its own, `GRANDA_JOURNAL=/granda/journal`
+//! (a small tmpfs). Before it sends its answer to an invocation, this server writes that answer
+//! to `$GRANDA_JOURNAL/<Granda-Invocation-Id>`, atomically (a temporary file, renamed):
+//!
+//! ```text
+//! <status> <started_ms> <finished_ms>\n   ms since the epoch: when the request came, when answered
+//! <name>: <value>\n                       the answer's own headers (none or more)
+//! \n
+//! <body>
+//! ```
+//!
+//! and once it gets a new request, removes the answers it wrote before but the last two. If the
+//! worker dies during a call, a surviving worker reads the answer from the dead worker's engine and
+//! records it as the call's outcome: a call that ended is not run again. A call that had not ended
+//! when the worker's lease ran out is stopped and run again, and so is every call of a process
+//! that does not journal (one not using this crate, or speaking the protocol itself without
+//! writing the journal): those are run at least once, not exactly once. A write that fails (a full
+//! journal) is skipped: that call too is at least once.
+//!
 //! # Calls of the function's URL
 //!
 //! A call of the function's URL (`/fn/{name}/{path}?{query}`, any method) arrives as the caller's
@@ -69,6 +90,10 @@ use std::time::{Duration, SystemTime};
 
 /// The env var holding the socket's path.
 pub const SOCKET_ENV: &str = "GRANDA_SOCKET";
+/// The env var holding the journal directory's path.
+pub const JOURNAL_ENV: &str = "GRANDA_JOURNAL";
+/// How many answers to earlier invocations the journal keeps.
+const JOURNAL_KEPT: usize = 2;
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: u64 = 1 << 30;
 
@@ -249,6 +274,7 @@ where
     std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o666))?;
     std::fs::rename(&bound, path)?;
     let handler = Arc::new(handler);
+    let journal = Arc::new(Journal::from_env());
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -260,9 +286,10 @@ where
             }
         };
         let handler = Arc::clone(&handler);
+        let journal = Arc::clone(&journal);
         let spawned = thread::Builder::new()
             .name("granda-hot".into())
-            .spawn(move || connection(stream, &*handler));
+            .spawn(move || connection(stream, &*handler, &journal));
         if let Err(e) = spawned {
             eprintln!("granda-hot: can't start a thread for a connection: {e}");
         }
@@ -368,7 +395,78 @@ enum Next {
     Closed,
 }
 
-fn connection<F, O, E>(stream: UnixStream, handler: &F)
+/// The answers this process keeps in `$GRANDA_JOURNAL` (see the crate's doc).
+struct Journal {
+    dir: Option<std::path::PathBuf>,
+    /// The ids answered, oldest first.
+    written: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Journal {
+    fn from_env() -> Journal {
+        Journal::at(std::env::var_os(JOURNAL_ENV).map(Into::into))
+    }
+
+    fn at(dir: Option<std::path::PathBuf>) -> Journal {
+        Journal {
+            dir: dir.filter(|d: &std::path::PathBuf| d.is_dir()),
+            written: Default::default(),
+        }
+    }
+
+    /// A new request for `id`: the answers written before but the last [`JOURNAL_KEPT`] go.
+    fn begin(&self, id: &str) {
+        let Some(dir) = &self.dir else { return };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.retain(|w| w != id);
+        while written.len() > JOURNAL_KEPT {
+            if let Some(old) = written.pop_front() {
+                let _ = std::fs::remove_file(dir.join(old));
+            }
+        }
+    }
+
+    /// Keeps the answer `r` to `id`, to a request that came at `started_ms`, before it is sent.
+    fn write(&self, id: &str, started_ms: u128, r: &Response) {
+        let Some(dir) = &self.dir else { return };
+        // Only a name of one path component: an id is a UUID.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return;
+        }
+        let mut head = format!("{} {started_ms} {}\n", r.status, epoch_ms());
+        for (name, value) in &r.headers {
+            if is_token(name) && !value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                head += &format!("{name}: {value}\n");
+            }
+        }
+        head += "\n";
+        let tmp = dir.join(format!(".{id}.tmp"));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(head.as_bytes())?;
+            f.write_all(&r.body)
+        });
+        if written
+            .and_then(|()| std::fs::rename(&tmp, dir.join(id)))
+            .is_err()
+        {
+            // A full journal: this call is not journaled (at least once).
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        }
+        let mut kept = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|w| w != id);
+        kept.push_back(id.to_string());
+    }
+}
+
+fn epoch_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn connection<F, O, E>(stream: UnixStream, handler: &F, journal: &Journal)
 where
     F: Fn(Request) -> Result<O, E>,
     O: IntoReply,
@@ -383,9 +481,21 @@ where
             Ok(Next::Request(head, body)) => {
                 let close = head.http10 || head.has_token("Connection", "close");
                 let bodiless = head.method == "HEAD";
+                let id = head
+                    .values("Granda-Invocation-Id")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let started_ms = epoch_ms();
+                if !id.is_empty() {
+                    journal.begin(&id);
+                }
                 let mut response = answer(head, body, handler);
                 response.close |= close;
                 response.bodiless = bodiless;
+                if !id.is_empty() {
+                    journal.write(&id, started_ms, &response);
+                }
                 response
             }
             Ok(Next::Refused(response)) => response,

@@ -394,3 +394,37 @@ fn remaining_is_zero_past_the_deadline() {
     assert_eq!(past.remaining(), Some(Duration::ZERO));
     assert_eq!(Request::default().remaining(), None);
 }
+
+#[test]
+fn the_journal_keeps_each_answer_before_it_is_sent_and_only_the_last_few() {
+    let dir = std::env::temp_dir().join(format!("granda-hot-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = Journal::at(Some(dir.clone()));
+    let ids: Vec<String> = (0..5)
+        .map(|i| format!("00000000-0000-0000-0000-00000000000{i}"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        journal.begin(id);
+        let mut response = Response::new(if i == 1 { 500 } else { 200 }, format!("answer {i}"));
+        response.headers.push(("X-Kind".into(), "test".into()));
+        journal.write(id, 1_000 + i as u128, &response);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // The last answer and the two before it; no temporary file left.
+    assert_eq!(names, ids[2..].to_vec());
+    let entry = std::fs::read_to_string(dir.join(&ids[4])).unwrap();
+    let (first, rest) = entry.split_once('\n').unwrap();
+    let fields: Vec<&str> = first.split(' ').collect();
+    assert_eq!(fields[..2], ["200", "1004"]);
+    assert!(fields[2].parse::<u128>().unwrap() >= 1004);
+    assert_eq!(rest, "X-Kind: test\n\nanswer 4");
+    // An id that is no UUID-like name is never a path.
+    journal.write("../escape", 1, &Response::new(200, "no"));
+    assert!(!dir.join("../escape").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

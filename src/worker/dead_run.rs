@@ -49,10 +49,17 @@
 //!   that ended meanwhile is recorded), and else put back to `queued`. A warm container with no
 //!   journal (a function whose `user` is a name, not a number, or a worker that could not make
 //!   the directory) is killed by the sweep and its run goes again (at least once).
-//! - **Hot** runs (a request to the function's own process) leave nothing on the engine to
-//!   collect: the answer went over the connection that died with the worker. Their pool
-//!   containers are killed by the sweep when the lease runs out, and a call that ended before
-//!   that is run again (at least once).
+//! - **Hot** runs (a request to the function's own process): the answer went over the connection
+//!   that died with the worker, but a process that journals (`granda_hot` does, [`hot`]'s
+//!   protocol) wrote it first to its container's journal directory ([`JOURNAL_DIR`], a tmpfs on
+//!   the worker's host, bind-mounted) as `<id>`. The claim path reads `/granda/journal/<id>` of
+//!   the dead worker's hot containers through the archive API; the sweep reads the names in each
+//!   hot container's journal and settles them before it removes the container (one with a sync
+//!   call left for its message's claim is kept until a later sweep). An answer found is the
+//!   call's outcome, made as a live answer makes it ([`execute::answered`]); the pool containers
+//!   are not removed by the claim path (other calls may be going in them). No answer (a call
+//!   still going when the lease ran out, a process that does not journal): nothing is found, the
+//!   sweep kills the pool container and the call runs again (at least once).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -68,7 +75,7 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::container::{Exit, JOURNAL_DIR, Run, keep, remove};
-use super::{Shared, execute, reaper};
+use super::{Shared, execute, hot, reaper};
 use crate::docker::{
     LABEL_DEADLINE, LABEL_INSTALLATION, LABEL_INVOCATION, LABEL_POOL, LABEL_WORKER,
 };
@@ -119,6 +126,9 @@ struct Found {
     mode: Mode,
     /// Killed here, or never started.
     stopped: usize,
+    /// A hot call's answer, journaled by its process in a pool container (which is left to the
+    /// sweep: it is no container of this run alone).
+    hot: Option<hot::JournalEntry>,
 }
 
 /// Settles invocation `id`, `running` on dead worker `dead`, from its containers on `docker` (the
@@ -162,13 +172,14 @@ pub(super) async fn settle(
         // Something was killed already: the record must leave the dead worker with it.
         found.ended = None;
     }
-    if found.containers.is_empty() {
+    if found.containers.is_empty() && found.hot.is_none() {
         return Ok(Settled::Untouched);
     }
     let killed = found.stopped > 0;
     // A sync call may have come through the function's URL, whose method and path only its
     // message knows: an ended one is recorded by the message's claim (right after the lease).
-    if message.is_none() && !killed && found.ended.is_some() && trigger == Trigger::Sync.as_str() {
+    let ended = found.ended.is_some() || found.hot.is_some();
+    if message.is_none() && !killed && ended && trigger == Trigger::Sync.as_str() {
         return Ok(Settled::Left);
     }
     let written = record(
@@ -217,8 +228,14 @@ async fn record(
     (spec, request): (Option<&RunSpec>, Option<&WebRequest>),
     (trigger, attempt, function): (&str, i32, &str),
 ) -> Result<Settled, SettleError> {
-    Ok(match found.ended.take() {
-        Some((run, deadline)) => {
+    let hot = found.hot.take();
+    let ended = match (hot, found.ended.take()) {
+        (Some(entry), _) => Some(Ended::Hot(entry)),
+        (None, Some((run, deadline))) => Some(Ended::Run(run, deadline)),
+        (None, None) => None,
+    };
+    Ok(match ended {
+        Some(ended) => {
             let owned;
             let spec = match spec {
                 Some(spec) => Some(spec),
@@ -229,14 +246,21 @@ async fn record(
                     owned.as_ref()
                 }
             };
-            let mut run = run;
-            // A warm run is timed by its exec, as a live worker times it.
-            if let (Mode::Warm, Some(spec)) = (found.mode, spec)
-                && run.duration > Duration::from_millis(spec.timeout_ms.max(1) as u64)
-            {
-                run.exit = Exit::TimedOut;
-            }
-            let (mut outcome, verdict) = judge(shared, run, deadline, spec, trigger, attempt);
+            let (mut outcome, verdict) = match ended {
+                Ended::Hot(entry) => {
+                    found.mode = Mode::Hot;
+                    judge_hot(shared, entry, spec, trigger, attempt)
+                }
+                Ended::Run(mut run, deadline) => {
+                    // A warm run is timed by its exec, as a live worker times it.
+                    if let (Mode::Warm, Some(spec)) = (found.mode, spec)
+                        && run.duration > Duration::from_millis(spec.timeout_ms.max(1) as u64)
+                    {
+                        run.exit = Exit::TimedOut;
+                    }
+                    judge(shared, run, deadline, spec, trigger, attempt)
+                }
+            };
             outcome.cold = found.mode == Mode::Cold;
             outcome.mode = Some(found.mode);
             if let Some(request) = request {
@@ -381,6 +405,114 @@ async fn examine(
         }
     }
     examine_warm(docker, &by_worker, id, caps, found).await;
+    if found.containers.is_empty() {
+        examine_hot(docker, &by_worker, id, caps, found).await;
+    }
+}
+
+/// The dead worker's hot pool containers, for an answer to `id` their process journaled
+/// (`/granda/journal/<id>`, [`hot::JournalEntry`]), into `found`. One answered is the run that
+/// ended; none (a call still going, a process that does not journal): nothing is found, and the
+/// call goes again as before. The containers are left to the sweep, which removes them.
+async fn examine_hot(
+    docker: &Docker,
+    labels: &[&str; 2],
+    id: Uuid,
+    caps: super::container::Caps,
+    found: &mut Found,
+) {
+    let pool = format!("{LABEL_POOL}=hot");
+    let labels = [labels[0], labels[1], pool.as_str()];
+    for (container, _) in reaper::list(docker, &labels).await {
+        if let Ok(Some(entry)) = read_hot_entry(docker, &container, id, caps).await {
+            found.hot = Some(entry);
+            return;
+        }
+    }
+}
+
+/// A hot container's journaled answer to `id`, through the engine's archive API (`None`: none).
+async fn read_hot_entry(
+    docker: &Docker,
+    container: &str,
+    id: Uuid,
+    caps: super::container::Caps,
+) -> Result<Option<hot::JournalEntry>, bollard::errors::Error> {
+    use std::io::Read;
+    let path = format!("{JOURNAL_DIR}/{id}");
+    let limit = caps.stdout + 128 * 1024;
+    let tar = match download(docker, container, &path, limit).await {
+        Ok(tar) => tar,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let unreadable = |e: std::io::Error| bollard::errors::Error::DockerStreamError {
+        error: format!("an unreadable journal: {e}"),
+    };
+    let mut archive = tar::Archive::new(tar.as_slice());
+    for entry in archive.entries().map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let mut bytes = vec![];
+        entry
+            .take(limit as u64)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        return Ok(hot::JournalEntry::parse(&bytes, caps.stdout));
+    }
+    Ok(None)
+}
+
+/// The ids a hot container's journal holds answers to (its file names).
+async fn hot_journal_ids(
+    docker: &Docker,
+    container: &str,
+    caps: super::container::Caps,
+) -> Result<Vec<Uuid>, bollard::errors::Error> {
+    let limit = (caps.stdout + 128 * 1024) * (hot::JOURNAL_KEPT as usize + 2);
+    let tar = download(docker, container, JOURNAL_DIR, limit).await?;
+    let mut ids = vec![];
+    let mut archive = tar::Archive::new(tar.as_slice());
+    if let Ok(entries) = archive.entries() {
+        for entry in entries.flatten() {
+            let name = entry
+                .path()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            if let Some(id) = name.and_then(|n| Uuid::parse_str(&n).ok()) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// `path` in `container`, as the engine's archive API gives it (a tar), of at most `limit` bytes.
+async fn download(
+    docker: &Docker,
+    container: &str,
+    path: &str,
+    limit: usize,
+) -> Result<Vec<u8>, bollard::errors::Error> {
+    use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+    let options = DownloadFromContainerOptionsBuilder::new()
+        .path(path)
+        .build();
+    let mut archive = docker.download_from_container(container, Some(options));
+    let mut tar = vec![];
+    while let Some(chunk) = archive.next().await {
+        tar.extend_from_slice(&chunk?);
+        if tar.len() > limit {
+            return Err(bollard::errors::Error::DockerStreamError {
+                error: "a journal larger than its caps".into(),
+            });
+        }
+    }
+    Ok(tar)
 }
 
 /// The dead worker's warm pool containers whose journal names `id`, into `found`: a run whose
@@ -597,6 +729,63 @@ async fn output(
     Ok((out, out_cut, err, err_cut))
 }
 
+/// How a dead worker's run ended: its container's (cold or warm) run, with its invocation's
+/// deadline if labelled, or a hot call's journaled answer.
+enum Ended {
+    Run(Run, Option<i64>),
+    Hot(hot::JournalEntry),
+}
+
+/// The attempt's outcome from a hot call's journaled answer, made as a live call's answer
+/// makes it ([`execute::answered`]), and what the function's retry policy makes of it. An answer
+/// that came after the call's timeout is a timeout, as the live worker's would have been.
+fn judge_hot(
+    shared: &Shared,
+    entry: hot::JournalEntry,
+    spec: Option<&RunSpec>,
+    trigger: &str,
+    attempt: i32,
+) -> (Outcome, Verdict) {
+    let started_at = DateTime::from_timestamp_millis(entry.started_ms).unwrap_or_else(Utc::now);
+    let finished_at = DateTime::from_timestamp_millis(entry.finished_ms)
+        .unwrap_or(started_at)
+        .max(started_at);
+    let duration_ms = (finished_at - started_at).num_milliseconds();
+    let mut outcome = Outcome {
+        started_at: Some(started_at),
+        finished_at: Some(finished_at),
+        duration_ms: Some(duration_ms),
+        ..Default::default()
+    };
+    let response = spec.map(|s| s.response).unwrap_or_default();
+    let failure = match spec {
+        Some(spec) if duration_ms > spec.timeout_ms.max(1) => {
+            outcome.status = Some(Status::TimedOut);
+            outcome.error = Some(format!(
+                "timed out after {} ms; the container was killed",
+                spec.timeout_ms.max(1)
+            ));
+            Some(retry::Failure::Timeout)
+        }
+        _ => execute::answered(&mut outcome, entry.answer, response).1,
+    };
+    let verdict = match (spec, Trigger::parse(trigger)) {
+        (Some(spec), Some(trigger)) => retry::decide(
+            trigger,
+            spec.max_attempts,
+            &spec.retry_on,
+            attempt,
+            failure,
+            &shared.backoff,
+        ),
+        _ => Verdict::Final,
+    };
+    if verdict == Verdict::Dead {
+        outcome.status = Some(Status::Dead);
+    }
+    (outcome, verdict)
+}
+
 /// The attempt's outcome from a container that ran to its end, and what the function's retry
 /// policy makes of it (`Final` when the function is gone).
 fn judge(
@@ -656,6 +845,37 @@ pub(super) async fn settle_all(
             if let Ok(Ok(journal)) = read.await {
                 id = journal.run.or(journal.end.map(|e| e.id));
             }
+        }
+        // A hot pool container: the calls its process journaled answers to, settled before it
+        // is removed; one left for its message's claim keeps it until a later sweep.
+        if id.is_none() && labels.get(LABEL_POOL).map(String::as_str) == Some("hot") {
+            let read =
+                tokio::time::timeout(ENGINE_BOUND, hot_journal_ids(docker, &container, caps));
+            let ids = match read.await {
+                Ok(Ok(ids)) => ids,
+                _ => vec![],
+            };
+            let mut keep = false;
+            for id in ids {
+                if done.contains(&id) {
+                    continue;
+                }
+                match settle(shared, docker, dead, id, None).await {
+                    Ok(Settled::Untouched) => {}
+                    Ok(settled) => {
+                        keep |= settled == Settled::Left;
+                        done.push(id);
+                    }
+                    Err(e) => {
+                        keep = true;
+                        tracing::warn!(%id, error = %e, "can't settle a dead worker's hot call now; the next sweep tries again")
+                    }
+                }
+            }
+            if !keep {
+                rest.push(container);
+            }
+            continue;
         }
         let Some(id) = id else {
             rest.push(container);
@@ -764,6 +984,32 @@ mod tests {
         assert!(going.names(id) && !going.ended(id));
         assert!(going.ended(before));
         assert!(JournalEnd::parse("garbage 1 2").is_none());
+    }
+
+    #[test]
+    fn a_journaled_hot_answer_is_read_with_its_headers_and_its_body_within_the_cap() {
+        let entry = hot::JournalEntry::parse(
+            b"201 1796502028000 1796502029500\nX-Kind: test\nBad: \x01\n\nhello\nworld",
+            8,
+        )
+        .unwrap();
+        assert_eq!(
+            (entry.started_ms, entry.finished_ms),
+            (1_796_502_028_000, 1_796_502_029_500)
+        );
+        assert_eq!(entry.answer.status, 201);
+        assert_eq!(
+            entry.answer.headers,
+            vec![("x-kind".to_string(), "test".to_string())]
+        );
+        assert_eq!(entry.answer.body, b"hello\nwo");
+        assert!(entry.answer.truncated);
+        // Not an answer: no status line, or no end of the headers.
+        assert!(hot::JournalEntry::parse(b"garbage\n\nbody", 8).is_none());
+        assert!(hot::JournalEntry::parse(b"200 1 2\nX: y\n", 8).is_none());
+        let empty = hot::JournalEntry::parse(b"500 5 4\n\n", 8).unwrap();
+        assert_eq!((empty.answer.status, empty.finished_ms), (500, 5));
+        assert!(empty.answer.body.is_empty() && !empty.answer.truncated);
     }
 
     #[test]

@@ -195,69 +195,11 @@ pub(super) async fn run_hot(
             ..Default::default()
         };
         let failure = match called {
-            // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure, and a
-            // status that is no final one (1xx, past 599) no answer at all.
-            Ok(Ok(answer))
-                if work.function.run.response == ResponseMode::Cgi
-                    && !(200..=599).contains(&answer.status) =>
-            {
-                shared.warm.release(kept, false);
-                outcome.status = Some(Status::Failed);
-                outcome.exit_code = Some(0);
-                outcome.error = Some(format!(
-                    "malformed CGI response: the function answered HTTP {}, which is no final \
-                     status (200 to 599)",
-                    answer.status
-                ));
-                Some(Failure::Error)
-            }
-            Ok(Ok(answer)) if work.function.run.response == ResponseMode::Cgi => {
-                let failed = answer.status >= 500;
-                shared.warm.release(kept, !failed);
-                outcome.status = Some(if failed {
-                    Status::Failed
-                } else {
-                    Status::Succeeded
-                });
-                outcome.exit_code = Some(if failed { 1 } else { 0 });
-                if failed {
-                    let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
-                    outcome.error = Some(format!(
-                        "the function answered HTTP {}: {}",
-                        answer.status,
-                        tail(&detail, crate::message::ERROR_TAIL_BYTES)
-                    ));
-                }
-                outcome.http = Some(crate::web::WebAnswer {
-                    status: answer.status,
-                    headers: answer.headers,
-                });
-                outcome.output = answer.body;
-                outcome.output_truncated = answer.truncated;
-                failed.then_some(Failure::Error)
-            }
-            Ok(Ok(answer)) if (200..300).contains(&answer.status) => {
-                shared.warm.release(kept, true);
-                outcome.status = Some(Status::Succeeded);
-                outcome.exit_code = Some(0);
-                outcome.output = answer.body;
-                outcome.output_truncated = answer.truncated;
-                None
-            }
             Ok(Ok(answer)) => {
+                let (healthy, failure) = answered(&mut outcome, answer, work.function.run.response);
                 // A failed run may have left the process in a bad state: never reused.
-                shared.warm.release(kept, false);
-                let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
-                outcome.status = Some(Status::Failed);
-                outcome.exit_code = Some(1);
-                outcome.error = Some(format!(
-                    "the function answered HTTP {}: {}",
-                    answer.status,
-                    tail(&detail, crate::message::ERROR_TAIL_BYTES)
-                ));
-                outcome.output = answer.body;
-                outcome.output_truncated = answer.truncated;
-                Some(Failure::Error)
+                shared.warm.release(kept, healthy);
+                failure
             }
             Ok(Err(hot::CallError::Stale(e))) if tries < 3 => {
                 tracing::info!(error = %e, "a hot container no longer accepts requests; taking another");
@@ -296,6 +238,74 @@ pub(super) async fn run_hot(
             }
         };
         return (outcome, failure);
+    }
+}
+
+/// What a hot function's answer makes of the attempt's `outcome` (a live call's, or one a dead
+/// worker's hot container journaled, [`super::dead_run`]), and whether its container may serve
+/// again.
+pub(super) fn answered(
+    outcome: &mut Outcome,
+    answer: hot::Answer,
+    response: ResponseMode,
+) -> (bool, Option<Failure>) {
+    match answer {
+        // Its own HTTP answer, passed on: a 4xx is its answer, a 5xx its failure, and a
+        // status that is no final one (1xx, past 599) no answer at all.
+        answer if response == ResponseMode::Cgi && !(200..=599).contains(&answer.status) => {
+            outcome.status = Some(Status::Failed);
+            outcome.exit_code = Some(0);
+            outcome.error = Some(format!(
+                "malformed CGI response: the function answered HTTP {}, which is no final \
+                 status (200 to 599)",
+                answer.status
+            ));
+            (false, Some(Failure::Error))
+        }
+        answer if response == ResponseMode::Cgi => {
+            let failed = answer.status >= 500;
+            outcome.status = Some(if failed {
+                Status::Failed
+            } else {
+                Status::Succeeded
+            });
+            outcome.exit_code = Some(if failed { 1 } else { 0 });
+            if failed {
+                let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
+                outcome.error = Some(format!(
+                    "the function answered HTTP {}: {}",
+                    answer.status,
+                    tail(&detail, crate::message::ERROR_TAIL_BYTES)
+                ));
+            }
+            outcome.http = Some(crate::web::WebAnswer {
+                status: answer.status,
+                headers: answer.headers,
+            });
+            outcome.output = answer.body;
+            outcome.output_truncated = answer.truncated;
+            (!failed, failed.then_some(Failure::Error))
+        }
+        answer if (200..300).contains(&answer.status) => {
+            outcome.status = Some(Status::Succeeded);
+            outcome.exit_code = Some(0);
+            outcome.output = answer.body;
+            outcome.output_truncated = answer.truncated;
+            (true, None)
+        }
+        answer => {
+            let detail = String::from_utf8_lossy(&answer.body).replace('\0', "\u{FFFD}");
+            outcome.status = Some(Status::Failed);
+            outcome.exit_code = Some(1);
+            outcome.error = Some(format!(
+                "the function answered HTTP {}: {}",
+                answer.status,
+                tail(&detail, crate::message::ERROR_TAIL_BYTES)
+            ));
+            outcome.output = answer.body;
+            outcome.output_truncated = answer.truncated;
+            (false, Some(Failure::Error))
+        }
     }
 }
 

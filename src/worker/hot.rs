@@ -19,6 +19,16 @@
 //!   its status and headers pass to the caller, and only a 5xx is a failure. No answer by the
 //!   deadline: the container is killed.
 //!
+//! - A container gets a journal directory too (`GRANDA_JOURNAL`, [`super::container::JOURNAL_DIR`],
+//!   a tmpfs owned by the function's user, of [`JOURNAL_KEPT`] + 1 answers within the output cap).
+//!   Before it sends its answer to invocation `<id>`, the process may write that answer to
+//!   `$GRANDA_JOURNAL/<id>` (atomically: a temporary file renamed), as [`JournalEntry`] reads it;
+//!   on each new request it removes what it wrote for other ids but the last [`JOURNAL_KEPT`].
+//!   When the worker dies during a call, a survivor records the journaled answer as the call's
+//!   outcome instead of running it again ([`super::dead_run`]); a call with no answer in the
+//!   journal (one still going, or a process that does not journal) is run again (at least once).
+//!   `granda_hot` journals every invocation's answer.
+//!
 //! The socket directory is the container's, and the worker trusts nothing in it: it is a tmpfs
 //! of [`SOCKET_DIR_BYTES`] the worker mounts on the host (so a function filling it fills memory
 //! it is capped in, never the host's disk), owned by the function's uid and gid, mode 0700. The
@@ -52,6 +62,71 @@ const SOCKET_NAME: &str = "granda.sock";
 
 /// The size of a hot container's socket directory: room for its socket and little else.
 pub const SOCKET_DIR_BYTES: u64 = 64 * 1024;
+
+/// How many answers to earlier invocations a hot process keeps in its journal at most (besides
+/// the one it is answering).
+pub(crate) const JOURNAL_KEPT: u64 = 2;
+
+/// An answer as a hot process journals it at `$GRANDA_JOURNAL/<id>`:
+///
+/// ```text
+/// <status> <started_ms> <finished_ms>\n     ms since the epoch: when the request came, when answered
+/// <name>: <value>\n                         the answer's headers, as sent (none or more)
+/// \n
+/// <body>
+/// ```
+#[derive(Debug, PartialEq)]
+pub(crate) struct JournalEntry {
+    pub(crate) started_ms: i64,
+    pub(crate) finished_ms: i64,
+    pub(crate) answer: Answer,
+}
+
+impl JournalEntry {
+    /// The entry in `bytes`, its body kept within `cap` (`None`: not one).
+    pub(crate) fn parse(bytes: &[u8], cap: usize) -> Option<JournalEntry> {
+        let line_end = |from: usize| {
+            bytes[from..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|i| from + i)
+        };
+        let first = line_end(0)?;
+        let line = std::str::from_utf8(&bytes[..first]).ok()?;
+        let mut f = line.split_ascii_whitespace();
+        let status: u16 = f.next()?.parse().ok()?;
+        let started_ms: i64 = f.next()?.parse().ok()?;
+        let finished_ms: i64 = f.next()?.parse().ok()?;
+        let mut headers = vec![];
+        let mut at = first + 1;
+        loop {
+            let end = line_end(at)?;
+            if end == at {
+                at += 1;
+                break;
+            }
+            let line = String::from_utf8_lossy(&bytes[at..end]);
+            if let Some((name, value)) = line.split_once(':') {
+                let value = value.trim();
+                if crate::web::valid_value(value) {
+                    headers.push((name.trim().to_ascii_lowercase(), value.to_string()));
+                }
+            }
+            at = end + 1;
+        }
+        let body = &bytes[at..];
+        Some(JournalEntry {
+            started_ms,
+            finished_ms: finished_ms.max(started_ms),
+            answer: Answer {
+                status,
+                headers,
+                body: body[..body.len().min(cap)].to_vec(),
+                truncated: body.len() > cap,
+            },
+        })
+    }
+}
 
 /// The least time a hot container gets to listen, whatever the function's timeout.
 pub(crate) const MIN_STARTUP_MS: i64 = 5_000;
@@ -295,7 +370,7 @@ pub struct Call<'a> {
 }
 
 /// One answer of a hot function.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Answer {
     pub status: u16,
     /// Names in lowercase; values that are no printable ASCII are left out.

@@ -7,7 +7,8 @@
 //!   `run`, which keeps the run's journal for a takeover, [`super::dead_run`]) and the
 //!   function's own limits and
 //!   isolation. A hot one runs the image's own command, which listens on `GRANDA_SOCKET` in a
-//!   directory of its own under `<state_dir>/hot/` ([`super::hot`]); it is lent out once it
+//!   directory of its own under `<state_dir>/hot/` ([`super::hot`]), with a journal directory
+//!   (`GRANDA_JOURNAL`) where it may keep its answers for a takeover; it is lent out once it
 //!   accepts a connection.
 //! - Each run takes an idle container (the most recently used first, so the rest can expire),
 //!   whose health the exec itself checks (the engine refuses an exec into a container that no
@@ -61,7 +62,7 @@ pub(crate) struct Warm {
     pub(crate) uses: u32,
     /// A hot container's connection and socket directory.
     pub(crate) hot: Option<(hot::Connection, PathBuf)>,
-    /// A warm container's journal directory ([`super::container::JOURNAL_DIR`] in it).
+    /// A warm or hot container's journal directory ([`super::container::JOURNAL_DIR`] in it).
     pub(crate) journal: Option<PathBuf>,
 }
 
@@ -252,21 +253,37 @@ impl Pool {
         }
         let owner = self.runner.hot_owner(function).await?;
         let dir = hot::socket_dir(&self.sockets, owner).map_err(PlatformError::SocketDir)?;
-        let id = match self.runner.start_hot(function, &dir).await {
+        // Room for the answers granda_hot keeps (its last few, [`hot::JOURNAL_KEPT`] and the
+        // one being written), each within the output cap.
+        let bytes = (self.runner.caps().stdout as u64 + JOURNAL_SLACK) * (hot::JOURNAL_KEPT + 1);
+        let journal = hot::owned_dir(&self.sockets, owner, bytes)
+            .inspect_err(|e| tracing::warn!(error = %e, "can't make a hot container's journal directory; its calls are not journaled"))
+            .ok();
+        let id = match self
+            .runner
+            .start_hot(function, &dir, journal.as_deref())
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
                 hot::remove_socket_dir(&dir);
+                if let Some(journal) = &journal {
+                    hot::remove_socket_dir(journal);
+                }
                 return Err(e);
             }
         };
         let within = Duration::from_millis(function.run.timeout_ms.max(hot::MIN_STARTUP_MS) as u64);
         match hot::wait_ready(self.runner.docker(), &id, &dir, owner, within).await {
-            Ok(connection) => Ok((id, Some((connection, dir)), None)),
+            Ok(connection) => Ok((id, Some((connection, dir)), journal)),
             Err(e) => {
                 let docker = self.runner.docker().clone();
                 tokio::spawn(async move {
                     remove(&docker, &id).await;
                     hot::remove_socket_dir(&dir);
+                    if let Some(journal) = &journal {
+                        hot::remove_socket_dir(journal);
+                    }
                 });
                 Err(PlatformError::NotReady(e))
             }

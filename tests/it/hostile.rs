@@ -648,11 +648,19 @@ async fn two_installations_with_one_worker_id_leave_each_others_runs_alone() {
     assert_eq!(record["status"], "succeeded", "{record}");
     assert_eq!(record["output"], "slept\n");
     // The second's start cleared its own hot socket directories, not the first's: the first's
-    // hot process still answers, the same one.
+    // hot process still answers, the same one. (Its container's journal directory is there too.)
+    let dirs = socket_dirs(&first).await;
     assert_eq!(
-        socket_dirs(&first).await.len(),
+        dirs.iter()
+            .filter(|d| d.join("granda.sock").exists())
+            .count(),
         1,
-        "the first's hot socket directory is gone"
+        "the first's hot socket directory is gone: {dirs:?}"
+    );
+    assert_eq!(
+        dirs.len(),
+        2,
+        "its socket and journal directories: {dirs:?}"
     );
     let response = first.invoke("hot", "count").await;
     assert_eq!(response.status(), 200);

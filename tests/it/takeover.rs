@@ -608,3 +608,176 @@ async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_agai
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journal_not_run_again() {
+    let (mut app, engine_b, registry, _runs) = on_hosts_a_and_b(|_| {}).await;
+    let on_b = engine(&engine_b);
+    let image = push(&app, &registry, "granda-test/hot");
+    const LEASE_MS: u64 = 8_000;
+    app.register(
+        "short-hot",
+        &image,
+        json!({"queue": "takeover", "mode": "hot", "timeout_ms": 30_000}),
+    )
+    .await;
+    // Each call sleeps 2-3 s in the function's own process, then answers with its id, the
+    // process's count of requests served and its container's hostname.
+    let nap = |i: usize| format!("nap:{}", 2_000 + i * 200);
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        8,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    const CALLS: usize = 4;
+    for i in 0..CALLS {
+        app.invoke_async("short-hot", nap(i)).await;
+    }
+    // And a sync call, whose caller waits through B's death.
+    let (client, url, body) = (
+        app.client.clone(),
+        app.url("/v1/functions/short-hot/invoke"),
+        nap(CALLS),
+    );
+    let sync_call = tokio::spawn(async move {
+        let r = client.post(url).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let id = crate::support::id_of(&r);
+        (status, id, r.text().await.unwrap())
+    });
+    // Every call is running on B (its hot containers started and called) before B dies.
+    let ids = eventually(
+        Duration::from_secs(60),
+        "host B runs every call",
+        || async {
+            let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+                "SELECT id FROM invocations WHERE status = 'running' AND worker = $1",
+            )
+            .bind(&id_b)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+            let napping = napping(&on_b, &id_b).await;
+            let reached = rows.iter().filter(|(id,)| napping.contains(id)).count();
+            (rows.len() == CALLS + 1 && reached == CALLS + 1)
+                .then(|| rows.iter().map(|(id,)| *id).collect::<Vec<_>>())
+        },
+    )
+    .await;
+    let worker_a = app
+        .add_worker(|s| {
+            s.queues = vec!["takeover".into()];
+            s.min_concurrency = 4;
+            s.max_concurrency = Some(4);
+            s.fair_share = false;
+        })
+        .await;
+    worker_b.kill().unwrap();
+    let killed_at = Instant::now();
+    worker_b.wait().unwrap();
+
+    let mut recorded_after = vec![];
+    let mut served: HashMap<String, Vec<u64>> = HashMap::new();
+    for id in &ids {
+        let record = app.wait_final(*id, Duration::from_secs(60)).await;
+        recorded_after.push(killed_at.elapsed());
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["worker"], id_b, "recorded as B's run: {record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert_eq!(record["mode"], "hot", "{record}");
+        // The call's own answer, from the process on B.
+        let output = record["output"].as_str().unwrap();
+        let fields: Vec<&str> = output.split(' ').collect();
+        assert_eq!(fields.len(), 4, "{record}");
+        assert_eq!(fields[..2], ["ran", id.to_string().as_str()], "{record}");
+        let count: u64 = fields[2].strip_prefix("served=").unwrap().parse().unwrap();
+        served.entry(fields[3].to_string()).or_default().push(count);
+        let ms = record["duration_ms"].as_i64().unwrap();
+        assert!(
+            (2_000..10_000).contains(&ms),
+            "timed by its process: {record}"
+        );
+    }
+    // Each process served exactly the calls recorded from it, once each: nothing ran twice there.
+    for (host, mut counts) in served.clone() {
+        counts.sort();
+        let once: Vec<u64> = (1..=counts.len() as u64).collect();
+        assert_eq!(
+            counts, once,
+            "the process in {host} on B served each of its calls once"
+        );
+    }
+    // The sync call's caller got the output recorded.
+    let (status, sync_id, body) = sync_call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let record = app.invocation(sync_id).await;
+    assert_eq!(record["output"], body, "{record}");
+    // And no call ran again on A: it never had a hot container (its pool would keep it).
+    assert!(
+        leftovers(&app.docker, &worker_a).await.is_empty(),
+        "worker A started no container"
+    );
+    let lease = Duration::from_millis(LEASE_MS);
+    let slowest = *recorded_after.iter().max().unwrap();
+    assert!(
+        slowest <= lease + Duration::from_secs(4),
+        "recorded {slowest:?} after the kill (lease {lease:?})"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "kill -9 of host B with {} hot calls going (one sync): each answered on B before its \
+         lease ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after \
+         the kill, none run again (worker A: {worker_a}; processes: {served:?})",
+        ids.len()
+    );
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}
+
+/// The calls granda-test/hot's processes in `worker`'s hot containers on `docker` are in the
+/// middle of (`nap:<ms>` marks each in its journal directory while it sleeps), read through the
+/// engine's archive API.
+async fn napping(docker: &bollard::Docker, worker: &str) -> Vec<uuid::Uuid> {
+    use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
+    let mut ids = vec![];
+    for container in leftovers(docker, worker).await {
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path("/granda/journal")
+            .build();
+        let mut archive = docker.download_from_container(&container, Some(options));
+        let mut tar = vec![];
+        while let Some(Ok(chunk)) = archive.next().await {
+            tar.extend_from_slice(&chunk);
+        }
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let Ok(entries) = archive.entries() else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry
+                .path()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            if let Some(id) = name
+                .as_deref()
+                .and_then(|n| n.strip_prefix("napping-"))
+                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}

@@ -172,7 +172,7 @@ pub(crate) async fn hot_rows(
     std::fs::create_dir_all(&sockets)?;
     let owner = direct.runner.hot_owner(&function).await?;
     let dir = granda::worker::hot::socket_dir(&sockets, owner)?;
-    let container = direct.runner.start_hot(&function, &dir).await?;
+    let container = direct.runner.start_hot(&function, &dir, None).await?;
     let connect = || {
         granda::worker::hot::wait_ready(
             &direct.docker,

@@ -41,24 +41,33 @@ impl Runner {
     }
 
     /// Starts a container for hot runs of `function`: its image's own entrypoint and command,
-    /// with `socket_dir` mounted at `crate::worker::hot::SOCKET_DIR` and `GRANDA_SOCKET` pointing there.
+    /// with `socket_dir` mounted at `crate::worker::hot::SOCKET_DIR` and `GRANDA_SOCKET` pointing there;
+    /// `journal`, a directory of its own, at [`JOURNAL_DIR`] with `GRANDA_JOURNAL` pointing there,
+    /// where the process may keep its answers ([`crate::worker::hot`]).
     #[tracing::instrument(skip_all, fields(function = %function.name))]
     pub async fn start_hot(
         &self,
         function: &Snapshot,
         socket_dir: &std::path::Path,
+        journal: Option<&std::path::Path>,
     ) -> Result<String, PlatformError> {
+        let mut binds = vec![format!(
+            "{}:{}",
+            socket_dir.display(),
+            crate::worker::hot::SOCKET_DIR
+        )];
+        let mut env = vec![format!("GRANDA_SOCKET={}", crate::worker::hot::SOCKET_PATH)];
+        if let Some(journal) = journal {
+            binds.push(format!("{}:{JOURNAL_DIR}", journal.display()));
+            env.push(format!("GRANDA_JOURNAL={JOURNAL_DIR}"));
+        }
         self.start_kept(
             function,
             Kept {
                 pool: "hot",
                 entrypoint: None,
-                binds: vec![format!(
-                    "{}:{}",
-                    socket_dir.display(),
-                    crate::worker::hot::SOCKET_DIR
-                )],
-                env: vec![format!("GRANDA_SOCKET={}", crate::worker::hot::SOCKET_PATH)],
+                binds,
+                env,
             },
         )
         .await

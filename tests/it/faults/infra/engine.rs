@@ -405,8 +405,9 @@ pub(crate) fn teardown_docker(dir: &Path, child: Option<Child>) {
     }
 }
 
-/// A stable hash of what the test images are made of: `tests/images/`, the build script, and
-/// the busybox binary's size and modification time.
+/// A stable hash of what the test images are made of: `tests/images/`, the build script, the
+/// granda-hot crate (granda-test/hot and hot-web are its examples), and the busybox binary's size
+/// and modification time.
 pub(crate) fn image_cache_key() -> String {
     fn fnv(hash: &mut u64, bytes: &[u8]) {
         for b in bytes {
@@ -425,8 +426,14 @@ pub(crate) fn image_cache_key() -> String {
         }
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut paths = vec![root.join("scripts/build-test-images.sh")];
+    let mut paths = vec![
+        root.join("scripts/build-test-images.sh"),
+        root.join("hot/Cargo.toml"),
+    ];
     files(&root.join("tests/images"), &mut paths);
+    // granda-test/hot and hot-web are built from the granda-hot crate's examples.
+    files(&root.join("hot/src"), &mut paths);
+    files(&root.join("hot/examples"), &mut paths);
     paths.sort();
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
     for path in &paths {
