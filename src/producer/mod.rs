@@ -188,10 +188,6 @@ impl Application {
         self.state.metrics.clone()
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
     /// Serves until `shutdown` completes, then finishes in-flight requests, waits for its loops
     /// to stop (at most [`crate::shutdown::BOUND`]) and returns.
     pub async fn run(

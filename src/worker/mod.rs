@@ -322,10 +322,6 @@ impl Worker {
         self
     }
 
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.shared.metrics.clone()
-    }
-
     /// This worker's engine, for the ingress of the same process (`granda up`): its
     /// registration checks and builds are done here directly. Call it after
     /// [`Worker::with_metrics`].
@@ -338,11 +334,6 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.shared.worker_id
-    }
-
-    /// Where the worker's endpoints listen, when `GRANDA_WORKER_LISTEN` is set.
-    pub fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
-        self.endpoints.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until `shutdown` completes, reconnecting to RabbitMQ whenever the connection is lost.
