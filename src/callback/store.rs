@@ -51,7 +51,7 @@ pub(super) struct State {
 pub(super) struct Due {
     pub(super) id: Uuid,
     pub(super) function: String,
-    pub(super) status: String,
+    pub(super) status: crate::invocation::Status,
     pub(super) exit_code: Option<i32>,
     pub(super) duration_ms: Option<i64>,
     pub(super) output_len: i64,
