@@ -366,7 +366,7 @@ async fn post(
         .header("webhook-signature", signature(key, &id, timestamp, &body))
         .header("x-granda-invocation-id", &id)
         .header("x-granda-function", &due.function)
-        .header("x-granda-status", due.status.as_str())
+        .header("x-granda-status", &due.status)
         .header("x-granda-attempt", attempt.to_string());
     if let Some(code) = due.exit_code {
         request = request.header("x-granda-exit-code", code.to_string());
