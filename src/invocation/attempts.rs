@@ -167,3 +167,38 @@ pub(crate) async fn note_lost_if(pool: &PgPool, id: Uuid, attempt: i32, lost_on:
         tracing::warn!(error = %e, %id, "could not note the lost attempt");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_status_is_shown_and_sent_as_the_word_it_is_stored_as() {
+        let all = [
+            AttemptStatus::Running,
+            AttemptStatus::Succeeded,
+            AttemptStatus::Failed,
+            AttemptStatus::TimedOut,
+            AttemptStatus::Dead,
+            AttemptStatus::Cancelled,
+            AttemptStatus::Retried,
+            AttemptStatus::Lost,
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+        assert_eq!(AttemptStatus::TimedOut.to_string(), "timed_out");
+        // Each invocation status but `queued` is an attempt's, by the same word.
+        for s in [
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+            Status::TimedOut,
+            Status::Dead,
+            Status::Cancelled,
+        ] {
+            assert_eq!(AttemptStatus::of(s).unwrap().to_string(), s.as_str());
+        }
+        assert_eq!(AttemptStatus::of(Status::Queued), None);
+    }
+}

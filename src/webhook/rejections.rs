@@ -180,6 +180,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_reason_is_sent_and_counted_as_the_word_it_is_stored_as() {
+        for r in [
+            Reason::MissingSignature,
+            Reason::MalformedSignature,
+            Reason::BadSignature,
+            Reason::StaleTimestamp,
+            Reason::MalformedDelivery,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(Reason::MalformedDelivery.to_string(), "malformed_delivery");
+    }
+
     /// Issue 26: every forged delivery logged a WARN line; a flood logs at most PER_WINDOW per
     /// webhook per window.
     #[test]

@@ -18,13 +18,13 @@
 //! processes run here: then it goes on taking messages, runs the calls of those processes (they
 //! need no engine) and parks the rest for [`ENGINE_AWAY_DELAY`] at a time.
 
-pub(crate) mod breaker;
-pub(crate) mod builds;
+mod breaker;
+mod builds;
 mod cancel;
 mod cgi;
 mod consume;
 pub mod container;
-pub(crate) mod control;
+mod control;
 mod dead_run;
 mod delivery;
 pub(crate) mod endpoints;
@@ -33,7 +33,7 @@ mod execute;
 mod faults;
 mod heartbeat;
 pub mod hot;
-pub(crate) mod images;
+mod images;
 pub mod pool;
 mod readiness;
 pub mod reaper;
