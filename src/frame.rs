@@ -15,7 +15,8 @@ pub(crate) const DEFAULT_FRAME_MAX: u32 = 131_072;
 pub(crate) const FRAME_MARGIN: usize = 1024;
 /// Bytes of a header frame kept, at registration, for all but the function's snapshot: frame
 /// and property overhead, the other headers, and per-invocation env (a few values of at most
-/// [`crate::message::MAX_INVOCATION_VALUE`] bytes, at most doubled by JSON escaping).
+/// [`crate::function::invocation_env::MAX_INVOCATION_VALUE`] bytes, at most doubled by JSON
+/// escaping).
 pub(crate) const HEADER_RESERVE: usize = 16 * 1024;
 
 /// The smallest `frame_max` a connection of this process negotiated (the default before any).

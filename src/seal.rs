@@ -1,5 +1,7 @@
 //! The installation's message keys: the HMAC-SHA256 key every work message is signed with, and
-//! the ChaCha20-Poly1305 keys function secrets are sealed with, in Postgres and on the wire.
+//! the ChaCha20-Poly1305 keys function secrets are sealed with, in Postgres and on the wire; and
+//! the secrets themselves ([`Secrets`], re-exported by [`crate::function`] that holds them), here
+//! below the function so that neither imports the other in a circle.
 //!
 //! - The signing key is made once per installation and kept in Postgres (`installation_secrets`):
 //!   every ingress and worker of the installation reads it at start. A worker runs only a message
@@ -21,8 +23,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-
-use crate::function::{SecretValue, Secrets};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -47,6 +47,75 @@ impl Sealed {
     pub(crate) fn key_id(&self) -> Option<&str> {
         let mut parts = self.sealed.splitn(3, '.');
         (parts.next() == Some("v1")).then(|| parts.next())?
+    }
+}
+
+/// Env values a function gets but the API never shows (write-only). Debug shows names only,
+/// so a secret can't reach a log line through `{:?}`. Stored and sent sealed
+/// (here, below [`crate::function`] that holds them); clear only between the API and the store, and in a worker.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub(crate) BTreeMap<String, SecretValue>);
+
+/// One secret's value: clear (a string in JSON, as stored before sealing), or sealed
+/// (`{"sealed": "v1.<key id>.<…>"}`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SecretValue {
+    Clear(String),
+    Sealed(Sealed),
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretValue::Clear(_) => f.write_str("<redacted>"),
+            SecretValue::Sealed(s) => s.fmt(f),
+        }
+    }
+}
+
+impl SecretValue {
+    /// The clear value, once opened.
+    pub(crate) fn clear(&self) -> Option<&str> {
+        match self {
+            SecretValue::Clear(s) => Some(s),
+            SecretValue::Sealed(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl Secrets {
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    /// Clear secrets, as the API takes them.
+    pub(crate) fn clear(values: BTreeMap<String, String>) -> Secrets {
+        Secrets(
+            values
+                .into_iter()
+                .map(|(k, v)| (k, SecretValue::Clear(v)))
+                .collect(),
+        )
+    }
+
+    /// Whether any value is still clear (it must be sealed before it is stored or sent).
+    pub(crate) fn has_clear(&self) -> bool {
+        self.0.values().any(|v| matches!(v, SecretValue::Clear(_)))
+    }
+
+    /// The clear values (sealed ones are left out: a worker opens them first).
+    pub fn clear_iter(&self) -> impl Iterator<Item = (&String, &str)> {
+        self.0.iter().filter_map(|(k, v)| Some((k, v.clear()?)))
     }
 }
 

@@ -45,8 +45,7 @@ use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
-/// The pseudo-queue of RabbitMQ's direct reply-to.
-pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(crate) use crate::message::DIRECT_REPLY_TO;
 
 /// How many times a nacked publish is tried again (over about three seconds).
 const NACK_RETRIES: u32 = 6;

@@ -223,6 +223,33 @@ pub fn tag(prefix: &str, installation: &str, function: &str, version: i32) -> St
     format!("{prefix}-fn/{installation}/{function}:v{version}")
 }
 
+/// How far a build got. Stored as its word (`text`): a word the enum lacks is a decoding error,
+/// not a default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub(crate) enum BuildStatus {
+    Building,
+    Succeeded,
+    Failed,
+}
+
+impl BuildStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Building => "building",
+            BuildStatus::Succeeded => "succeeded",
+            BuildStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One build of a function, as stored and shown.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub(crate) struct BuildRecord {
@@ -231,7 +258,7 @@ pub(crate) struct BuildRecord {
     pub(crate) version: i32,
     pub(crate) runtime: String,
     pub(crate) image: String,
-    pub(crate) status: String,
+    pub(crate) status: BuildStatus,
     #[serde(skip)]
     pub(crate) log: String,
     /// [`digest`] of what it was built from (none for builds before it was recorded).

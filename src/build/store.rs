@@ -50,7 +50,11 @@ pub(crate) async fn finish(
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE builds SET status = $2, log = $3, finished_at = now() WHERE id = $1")
         .bind(id)
-        .bind(if ok { "succeeded" } else { "failed" })
+        .bind(if ok {
+            BuildStatus::Succeeded
+        } else {
+            BuildStatus::Failed
+        })
         .bind(log)
         .execute(pool)
         .await?;
@@ -102,5 +106,5 @@ pub(crate) async fn succeeded(
 ) -> Result<Option<BuildRecord>, sqlx::Error> {
     Ok(self::version(pool, function, version, since)
         .await?
-        .filter(|b| b.status == "succeeded"))
+        .filter(|b| b.status == BuildStatus::Succeeded))
 }

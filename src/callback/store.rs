@@ -51,6 +51,8 @@ pub(super) struct State {
 pub(super) struct Due {
     pub(super) id: Uuid,
     pub(super) function: String,
+    /// The invocation's status, as stored (text here: the callback sits below
+    /// [`crate::invocation`], which it does not import).
     pub(super) status: String,
     pub(super) exit_code: Option<i32>,
     pub(super) duration_ms: Option<i64>,

@@ -1,7 +1,5 @@
-//! The enumerated settings of a function: its network, secrets, input and response modes, CORS,
+//! The enumerated settings of a function: its network, input and response modes, CORS,
 //! execution mode and warm pool limits.
-
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,75 +28,6 @@ impl Network {
         } else {
             Network::None
         }
-    }
-}
-
-/// Env values a function gets but the API never shows (write-only). Debug shows names only,
-/// so a secret can't reach a log line through `{:?}`. Stored and sent sealed
-/// (`crate::seal`); clear only between the API and the store, and in a worker.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secrets(pub(crate) BTreeMap<String, SecretValue>);
-
-/// One secret's value: clear (a string in JSON, as stored before sealing), or sealed
-/// (`{"sealed": "v1.<key id>.<…>"}`).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum SecretValue {
-    Clear(String),
-    Sealed(crate::seal::Sealed),
-}
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretValue::Clear(_) => f.write_str("<redacted>"),
-            SecretValue::Sealed(s) => s.fmt(f),
-        }
-    }
-}
-
-impl SecretValue {
-    /// The clear value, once opened.
-    pub(crate) fn clear(&self) -> Option<&str> {
-        match self {
-            SecretValue::Clear(s) => Some(s),
-            SecretValue::Sealed(_) => None,
-        }
-    }
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "<redacted>")))
-            .finish()
-    }
-}
-
-impl Secrets {
-    pub(crate) fn names(&self) -> Vec<String> {
-        self.0.keys().cloned().collect()
-    }
-
-    /// Clear secrets, as the API takes them.
-    pub(crate) fn clear(values: BTreeMap<String, String>) -> Secrets {
-        Secrets(
-            values
-                .into_iter()
-                .map(|(k, v)| (k, SecretValue::Clear(v)))
-                .collect(),
-        )
-    }
-
-    /// Whether any value is still clear (it must be sealed before it is stored or sent).
-    pub(crate) fn has_clear(&self) -> bool {
-        self.0.values().any(|v| matches!(v, SecretValue::Clear(_)))
-    }
-
-    /// The clear values (sealed ones are left out: a worker opens them first).
-    pub fn clear_iter(&self) -> impl Iterator<Item = (&String, &str)> {
-        self.0.iter().filter_map(|(k, v)| Some((k, v.clear()?)))
     }
 }
 

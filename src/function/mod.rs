@@ -3,15 +3,18 @@
 //! Layout: this file holds the function as stored and as a message carries it ([`Function`],
 //! [`Snapshot`]); `fields` its enumerated settings (mode, network, input, response, CORS,
 //! pool); `validate` what a user sends to register or change one, and its checks; [`store`]
-//! its rows in Postgres.
+//! its rows in Postgres; `invocation_env` the per-invocation `GRANDA_*` values a run may be
+//! given (the message carries them).
 
 mod fields;
+pub(crate) mod invocation_env;
 pub(crate) mod pending;
 pub mod store;
 mod validate;
 
+pub use crate::seal::Secrets;
 pub(crate) use fields::*;
-pub use fields::{InputMode, Mode, Secrets};
+pub use fields::{InputMode, Mode};
 pub(crate) use validate::*;
 
 use std::collections::BTreeMap;

@@ -376,7 +376,7 @@ pub(super) fn check(f: &Function, settings: &Settings) -> Result<(), Invalid> {
 
 /// What a worker checks of a message's function before it runs or records anything: the limits
 /// registration would refuse, by the same rules ([`check_run`]), with `max_timeout_ms` the
-/// worker's own. Per-invocation `GRANDA_*` env ([`crate::message::invocation_env_problem`]) is
+/// worker's own. Per-invocation `GRANDA_*` env ([`super::invocation_env::invocation_env_problem`]) is
 /// allowed. Its secrets must be opened first.
 pub(crate) fn check_snapshot(s: &Snapshot, max_timeout_ms: u64) -> Result<(), Invalid> {
     // Its stored name: `name` or `name.namespace` (see `crate::namespace`).
@@ -505,7 +505,7 @@ fn check_vars<'a>(
         if invocation_vars
             && k.starts_with("GRANDA_")
             // Its value is checked where it is used: a bad one fails the run, recorded.
-            && crate::message::invocation_env_problem(k, "").is_none()
+            && super::invocation_env::invocation_env_problem(k, "").is_none()
         {
             continue;
         }

@@ -22,13 +22,61 @@ pub(crate) struct Attempt {
     pub(crate) started_at: Option<DateTime<Utc>>,
     /// Unset while the attempt runs.
     pub(crate) finished_at: Option<DateTime<Utc>>,
-    /// `running`, a final status, `retried` (it failed and the invocation was queued again),
-    /// `lost` (the run was lost with its worker and its message delivered again) or the final
-    /// status it had before a retry by hand.
-    pub(crate) status: String,
+    pub(crate) status: AttemptStatus,
     pub(crate) exit_code: Option<i32>,
     pub(crate) error: Option<String>,
     pub(crate) duration_ms: Option<i64>,
+}
+
+/// How an attempt ended (or that it runs): `running`, a final status, `retried` (it failed and
+/// the invocation was queued again), `lost` (the run was lost with its worker and its message
+/// delivered again) or the final status it had before a retry by hand. Stored as its word
+/// (`text`): a word the enum lacks is a decoding error, not a default.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub(crate) enum AttemptStatus {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Dead,
+    Cancelled,
+    Retried,
+    Lost,
+}
+
+impl AttemptStatus {
+    /// The attempt's status for an invocation's own `status`; `None` while it is queued (no
+    /// attempt runs).
+    pub(crate) fn of(status: Status) -> Option<AttemptStatus> {
+        Some(match status {
+            Status::Queued => return None,
+            Status::Running => AttemptStatus::Running,
+            Status::Succeeded => AttemptStatus::Succeeded,
+            Status::Failed => AttemptStatus::Failed,
+            Status::TimedOut => AttemptStatus::TimedOut,
+            Status::Dead => AttemptStatus::Dead,
+            Status::Cancelled => AttemptStatus::Cancelled,
+        })
+    }
+}
+
+impl std::fmt::Display for AttemptStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttemptStatus::Running => "running",
+            AttemptStatus::Succeeded => "succeeded",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::TimedOut => "timed_out",
+            AttemptStatus::Dead => "dead",
+            AttemptStatus::Cancelled => "cancelled",
+            AttemptStatus::Retried => "retried",
+            AttemptStatus::Lost => "lost",
+        })
+    }
 }
 
 /// The attempts before the current one, in order: what [`of`] adds the record's own to.
@@ -58,25 +106,25 @@ pub(crate) async fn load(pool: &PgPool, record: &Record) -> Result<Vec<Attempt>,
 /// the record (none while it waits for its first, or for a retry).
 pub(crate) fn of(record: &Record, mut earlier: Vec<Attempt>) -> Vec<Attempt> {
     earlier.retain(|a| a.attempt < record.attempt || record.status() == Status::Queued);
-    let current = match record.status() {
-        Status::Queued => None,
-        Status::Running => Some(Attempt {
+    let current = match (record.status(), AttemptStatus::of(record.status())) {
+        (_, None) => None,
+        (Status::Running, Some(status)) => Some(Attempt {
             attempt: record.attempt,
             worker: record.worker.clone(),
             started_at: record.started_at,
             finished_at: None,
-            status: record.status.as_str().to_string(),
+            status,
             exit_code: None,
             error: None,
             duration_ms: None,
         }),
         _ if record.attempt == 0 => None,
-        _ => Some(Attempt {
+        (_, Some(status)) => Some(Attempt {
             attempt: record.attempt,
             worker: record.worker.clone(),
             started_at: record.started_at,
             finished_at: record.finished_at,
-            status: record.status.as_str().to_string(),
+            status,
             exit_code: record.exit_code,
             error: record.error.clone(),
             duration_ms: record.duration_ms,
@@ -117,5 +165,40 @@ pub(crate) async fn note_lost_if(pool: &PgPool, id: Uuid, attempt: i32, lost_on:
     };
     if let Err(e) = note_lost(pool, id, attempt - 1, worker).await {
         tracing::warn!(error = %e, %id, "could not note the lost attempt");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_status_is_shown_and_sent_as_the_word_it_is_stored_as() {
+        let all = [
+            AttemptStatus::Running,
+            AttemptStatus::Succeeded,
+            AttemptStatus::Failed,
+            AttemptStatus::TimedOut,
+            AttemptStatus::Dead,
+            AttemptStatus::Cancelled,
+            AttemptStatus::Retried,
+            AttemptStatus::Lost,
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
+        }
+        assert_eq!(AttemptStatus::TimedOut.to_string(), "timed_out");
+        // Each invocation status but `queued` is an attempt's, by the same word.
+        for s in [
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+            Status::TimedOut,
+            Status::Dead,
+            Status::Cancelled,
+        ] {
+            assert_eq!(AttemptStatus::of(s).unwrap().to_string(), s.as_str());
+        }
+        assert_eq!(AttemptStatus::of(Status::Queued), None);
     }
 }

@@ -22,20 +22,25 @@
 //! `x-granda-error` (platform error or the stderr tail of a failed run), and `x-granda-http` (the
 //! function's own HTTP status and headers, [`crate::web::WebAnswer`] as JSON) when it gave them.
 //!
-//! Layout: [`Work`] and its signing in `work`, the [`Reply`] of a sync call in `reply`, and what
-//! per-invocation values may travel in `values`; the header names and how they are read, here.
+//! Layout: [`Work`] and its signing in `work`, the [`Reply`] of a sync call in `reply`; what
+//! per-invocation values may travel is `crate::function::invocation_env` (re-exported here); the
+//! header names and how they are read, here.
 
 mod reply;
-mod values;
 mod work;
 
+pub(crate) use crate::function::invocation_env::{header_safe, invocation_env_problem};
 pub(crate) use reply::ERROR_TAIL_BYTES;
 pub(crate) use reply::Reply;
-pub(crate) use values::{header_safe, invocation_env_problem};
 pub use work::Work;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+
+/// The pseudo-queue of RabbitMQ's direct reply-to: a sync call's `reply_to`, and part of what a
+/// work message's signature covers. Here, below [`crate::broker`] that publishes and consumes
+/// on it, so the message contract imports nothing from the broker.
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 const H_FUNCTION: &str = "x-granda-function";
 const H_TRIGGER: &str = "x-granda-trigger";

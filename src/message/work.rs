@@ -25,8 +25,8 @@ fn with_signed_fields<T>(
         // channel's own: what is signed is that it is one.
         props.reply_to().as_ref().map(|r| {
             let r = r.as_str();
-            match r.starts_with(crate::broker::DIRECT_REPLY_TO) {
-                true => crate::broker::DIRECT_REPLY_TO.as_bytes(),
+            match r.starts_with(DIRECT_REPLY_TO) {
+                true => DIRECT_REPLY_TO.as_bytes(),
                 false => r.as_bytes(),
             }
         }),

@@ -96,7 +96,7 @@ pub(crate) async fn roll_back(
 ) -> Result<Function, ApiError> {
     let current = load(app, name).await?;
     let build = find(app, &current, version).await?;
-    if build.status != "succeeded" {
+    if build.status != crate::build::BuildStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "build {version} of {name:?} is {}; only a successful build can be run",
             build.status

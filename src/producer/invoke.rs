@@ -37,8 +37,7 @@ use crate::message::Reply;
 #[derive(Serialize, ToSchema)]
 pub(crate) struct Accepted {
     pub(crate) id: Uuid,
-    #[schema(value_type = crate::invocation::Status)]
-    pub(crate) status: String,
+    pub(crate) status: crate::invocation::Status,
     pub(crate) status_url: String,
 }
 
@@ -276,7 +275,7 @@ pub(crate) fn accepted(app: &AppState, id: Uuid, status: Status) -> Response {
         StatusCode::ACCEPTED,
         Json(Accepted {
             id,
-            status: status.as_str().to_string(),
+            status,
             status_url: status_url.clone(),
         }),
     )

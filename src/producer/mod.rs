@@ -1,39 +1,39 @@
 //! The ingress: the axum HTTP API. It stores each event as a `queued` invocation, publishes it to
 //! RabbitMQ, and for sync calls waits for the reply.
 
-pub(crate) mod answers;
-pub(crate) mod auth;
-pub(crate) mod budget;
-pub(crate) mod builds;
-pub(crate) mod callback_keys;
-pub(crate) mod cancel;
-pub(crate) mod cors;
+mod answers;
+mod auth;
+mod budget;
+mod builds;
+mod callback_keys;
+mod cancel;
+mod cors;
 pub mod cron;
-pub(crate) mod deploy;
-pub(crate) mod enqueue;
-pub(crate) mod events;
-pub(crate) mod extract;
-pub(crate) mod function_view;
-pub(crate) mod functions;
-pub(crate) mod health;
+mod deploy;
+mod enqueue;
+mod events;
+mod extract;
+mod function_view;
+mod functions;
+mod health;
 pub mod inbound;
-pub(crate) mod ingress;
-pub(crate) mod invocations;
+mod ingress;
+mod invocations;
 pub(crate) mod invoke;
-pub(crate) mod keys;
-pub(crate) mod namespaces;
-pub(crate) mod openapi;
-pub(crate) mod origin;
-pub(crate) mod outbox;
-pub(crate) mod pruner;
-pub(crate) mod quota;
-pub(crate) mod recent;
-pub(crate) mod records_size;
-pub(crate) mod schedules;
+mod keys;
+mod namespaces;
+mod openapi;
+mod origin;
+mod outbox;
+mod pruner;
+mod quota;
+mod recent;
+mod records_size;
+mod schedules;
 pub mod serve;
-pub(crate) mod ui;
-pub(crate) mod usage;
-pub(crate) mod webhooks;
+mod ui;
+mod usage;
+mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -186,10 +186,6 @@ impl Application {
     /// The metrics this ingress serves; give them to an in-process worker to serve its too.
     pub(crate) fn metrics(&self) -> Arc<Metrics> {
         self.state.metrics.clone()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests, waits for its loops

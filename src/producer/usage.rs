@@ -63,7 +63,7 @@ pub(crate) struct Usage {
 struct Row {
     namespace: String,
     function: String,
-    status: String,
+    status: crate::invocation::Status,
     n: i64,
     duration_ms: i64,
     gb_seconds: f64,
@@ -172,7 +172,7 @@ pub(crate) async fn sum(
         }
         let u = usage.last_mut().expect("pushed");
         u.invocations += r.n;
-        u.by_status.insert(r.status, r.n);
+        u.by_status.insert(r.status.as_str().to_string(), r.n);
         u.duration_ms += r.duration_ms;
         u.gb_seconds += r.gb_seconds;
         u.cold_starts += r.cold;

@@ -348,7 +348,7 @@ fn sender_fields<'h>(
 /// Logs a refused delivery of `hook` at WARN and writes it down, both within the recorder's rate
 /// ([`rejections::Recorder::note`]: a flood of forged deliveries floods neither the log nor the
 /// table); a failed write is logged.
-async fn note_rejection(app: &AppState, hook: &Webhook, reason: &str, detail: &str) {
+async fn note_rejection(app: &AppState, hook: &Webhook, reason: rejections::Reason, detail: &str) {
     let now = std::time::Instant::now();
     if !app
         .rejections
@@ -433,7 +433,13 @@ async fn deliver(
     let content_type = match sender_fields(&verified, headers) {
         Ok(content_type) => content_type,
         Err(e) => {
-            note_rejection(app, hook, "malformed_delivery", &e.to_string()).await;
+            note_rejection(
+                app,
+                hook,
+                rejections::Reason::MalformedDelivery,
+                &e.to_string(),
+            )
+            .await;
             return Err(e);
         }
     };

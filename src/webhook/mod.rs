@@ -164,12 +164,12 @@ pub(crate) enum Rejection {
 
 impl Rejection {
     /// The `reason` label of `granda_webhook_rejections_total`.
-    pub(crate) fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> rejections::Reason {
         match self {
-            Rejection::MissingHeader(_) => "missing_signature",
-            Rejection::Malformed(_) => "malformed_signature",
-            Rejection::BadSignature => "bad_signature",
-            Rejection::Stale(_) => "stale_timestamp",
+            Rejection::MissingHeader(_) => rejections::Reason::MissingSignature,
+            Rejection::Malformed(_) => rejections::Reason::MalformedSignature,
+            Rejection::BadSignature => rejections::Reason::BadSignature,
+            Rejection::Stale(_) => rejections::Reason::StaleTimestamp,
         }
     }
 }

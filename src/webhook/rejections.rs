@@ -22,13 +22,43 @@ pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 /// Webhooks tracked at once by the recorder (beyond it, the oldest windows are forgotten).
 const TRACKED: usize = 10_000;
 
+/// Why a delivery was refused, a stable label (also the metric's `reason`). Stored as its word
+/// (`text`): a word the enum lacks is a decoding error, not a default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[schema(as = WebhookRejectionReason)]
+pub(crate) enum Reason {
+    MissingSignature,
+    MalformedSignature,
+    BadSignature,
+    StaleTimestamp,
+    MalformedDelivery,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingSignature => "missing_signature",
+            Reason::MalformedSignature => "malformed_signature",
+            Reason::BadSignature => "bad_signature",
+            Reason::StaleTimestamp => "stale_timestamp",
+            Reason::MalformedDelivery => "malformed_delivery",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One refused delivery.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct Rejection {
     pub(crate) at: DateTime<Utc>,
-    /// A stable label: `missing_signature`, `malformed_signature`, `bad_signature`,
-    /// `stale_timestamp` or `malformed_delivery`.
-    pub(crate) reason: String,
+    pub(crate) reason: Reason,
     /// What was wrong, as the sender was told.
     pub(crate) detail: String,
 }
@@ -64,19 +94,19 @@ impl Recorder {
         hook: Uuid,
         now: Instant,
         scheme: &str,
-        reason: &str,
+        reason: Reason,
         detail: &str,
     ) -> bool {
         if self.admit(hook, now) {
             tracing::warn!(
-                webhook = %hook, scheme, reason,
+                webhook = %hook, scheme, %reason,
                 "{detail} (logged and written down at most {PER_WINDOW} times per webhook per {} s; \
                  granda_webhook_rejections_total counts every one)",
                 WINDOW.as_secs()
             );
             true
         } else {
-            tracing::debug!(webhook = %hook, scheme, reason, "{detail}");
+            tracing::debug!(webhook = %hook, scheme, %reason, "{detail}");
             false
         }
     }
@@ -87,7 +117,7 @@ impl Recorder {
 pub(crate) async fn record(
     pool: &PgPool,
     hook: Uuid,
-    reason: &str,
+    reason: Reason,
     detail: &str,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -150,6 +180,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_reason_is_sent_and_counted_as_the_word_it_is_stored_as() {
+        for r in [
+            Reason::MissingSignature,
+            Reason::MalformedSignature,
+            Reason::BadSignature,
+            Reason::StaleTimestamp,
+            Reason::MalformedDelivery,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(Reason::MalformedDelivery.to_string(), "malformed_delivery");
+    }
+
     /// Issue 26: every forged delivery logged a WARN line; a flood logs at most PER_WINDOW per
     /// webhook per window.
     #[test]
@@ -168,7 +212,8 @@ mod tests {
             let mut written = 0;
             for i in 0..1000 {
                 let hook = if i % 100 == 0 { b } else { a };
-                written += recorder.note(hook, t0, "github", "bad_signature", "forged") as usize;
+                written +=
+                    recorder.note(hook, t0, "github", Reason::BadSignature, "forged") as usize;
             }
             written
         });

@@ -18,13 +18,13 @@
 //! processes run here: then it goes on taking messages, runs the calls of those processes (they
 //! need no engine) and parks the rest for [`ENGINE_AWAY_DELAY`] at a time.
 
-pub(crate) mod breaker;
-pub(crate) mod builds;
+mod breaker;
+mod builds;
 mod cancel;
 mod cgi;
 mod consume;
 pub mod container;
-pub(crate) mod control;
+mod control;
 mod dead_run;
 mod delivery;
 pub(crate) mod endpoints;
@@ -33,7 +33,7 @@ mod execute;
 mod faults;
 mod heartbeat;
 pub mod hot;
-pub(crate) mod images;
+mod images;
 pub mod pool;
 mod readiness;
 pub mod reaper;
@@ -322,10 +322,6 @@ impl Worker {
         self
     }
 
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.shared.metrics.clone()
-    }
-
     /// This worker's engine, for the ingress of the same process (`granda up`): its
     /// registration checks and builds are done here directly. Call it after
     /// [`Worker::with_metrics`].
@@ -338,11 +334,6 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.shared.worker_id
-    }
-
-    /// Where the worker's endpoints listen, when `GRANDA_WORKER_LISTEN` is set.
-    pub fn endpoints_addr(&self) -> Option<std::net::SocketAddr> {
-        self.endpoints.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until `shutdown` completes, reconnecting to RabbitMQ whenever the connection is lost.

@@ -21,7 +21,7 @@ use crate::producer::functions::load;
 
 fn rollback_button(session: &Session, f: &Function, b: &BuildRecord) -> Markup {
     html! {
-        @if session.may(Action::Manage) && b.status == "succeeded" && b.image != f.run.image {
+        @if session.may(Action::Manage) && b.status == crate::build::BuildStatus::Succeeded && b.image != f.run.image {
             form.inline.rollback method="post" action={ (BASE) "/functions/" (f.name) "/rollback" } {
                 (session.csrf_field())
                 input type="hidden" name="version" value=(b.version);
@@ -52,7 +52,7 @@ pub(crate) async fn section(
                     @for b in &builds {
                         tr {
                             td { a href={ (BASE) "/functions/" (f.name) "/builds/" (b.version) } { "v" (b.version) } }
-                            td { (status_badge(&b.status)) }
+                            td { (status_badge(b.status.as_str())) }
                             td.hide-narrow { (b.runtime) }
                             td.hide-narrow { (fmt_time(b.finished_at.or(Some(b.created_at)))) }
                             td {
@@ -77,7 +77,7 @@ pub(crate) async fn build(
     let f = load(&app, &session.function(&name)).await?;
     let version = parse_version(&version)?;
     let b = find(&app, &f, version).await?;
-    let live = b.status == "building";
+    let live = b.status == crate::build::BuildStatus::Building;
     Ok(page(
         &format!("{} v{}", f.name, b.version),
         Some(&session),
@@ -87,7 +87,7 @@ pub(crate) async fn build(
             div #live-region data-live=(super::live::marker(live)) {
                 div.scroll {
                     table.kv #build {
-                        tr { th { "Status" } td { (status_badge(&b.status)) @if b.image == f.run.image { " " strong.current { "running" } } } }
+                        tr { th { "Status" } td { (status_badge(b.status.as_str())) @if b.image == f.run.image { " " strong.current { "running" } } } }
                         tr { th { "Runtime" } td { (b.runtime) } }
                         tr { th { "Image" } td { code { (b.image) } } }
                         tr { th { "Started" } td { (fmt_time(Some(b.created_at))) } }

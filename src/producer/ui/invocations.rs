@@ -487,7 +487,7 @@ mod tests {
             worker: Some("w1".into()),
             started_at: Some(r.queued_at + ms(40)),
             finished_at: Some(r.queued_at + ms(540)),
-            status: "retried".into(),
+            status: crate::invocation::attempts::AttemptStatus::Retried,
             exit_code: Some(3),
             error: Some("exit 3".into()),
             duration_ms: Some(480),
@@ -511,7 +511,10 @@ mod tests {
         let all = crate::invocation::attempts::of(&r, earlier.clone());
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].attempt, 2);
-        assert_eq!(all[1].status, "succeeded");
+        assert_eq!(
+            all[1].status,
+            crate::invocation::attempts::AttemptStatus::Succeeded
+        );
         assert_eq!(waterfall(&r, &all, chrono::Utc::now()).len(), steps.len());
     }
 }

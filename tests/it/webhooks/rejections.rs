@@ -146,3 +146,21 @@ async fn a_delivery_with_a_non_ascii_event_or_delivery_id_is_refused_and_written
     assert!(app.invocations_of("hooked").await.is_empty());
     app.shutdown().await;
 }
+
+/// A reason is a closed set: a word it lacks in the table is an error on reading, not shown as
+/// if it were one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_reason_outside_the_set_is_an_error_not_a_label() {
+    let (app, hook) = app_with_github_hook().await;
+    let id = hook.as_str();
+    assert_rejected(&app, id, &[], b"Hello, World!").await;
+    assert_eq!(refused(&app, id).await[0]["reason"], "missing_signature");
+
+    sqlx::query("UPDATE webhook_rejections SET reason = 'made_up' WHERE webhook_id = $1::uuid")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let response = app.get(&format!("/v1/webhooks/{id}/rejections")).await;
+    assert_eq!(response.status(), 500);
+}

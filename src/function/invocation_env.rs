@@ -1,4 +1,6 @@
 //! What per-invocation values (webhook, event and schedule env) may travel in a work message.
+//! Here, below both [`crate::message`] (which re-exports it) and this module's validation (a
+//! function's own env may not take a per-invocation name), so neither imports upward for it.
 
 /// The longest per-invocation value (`GRANDA_WEBHOOK_*`, `GRANDA_EVENT_*`, `GRANDA_CONTENT_TYPE`).
 pub(crate) const MAX_INVOCATION_VALUE: usize = 1024;
