@@ -1,10 +1,11 @@
-//! The final-record writer: the final records of runs that end together are written in one
-//! statement and one durable commit ([`store::finish_many`]), so that under load a commit's
-//! flush to disk is shared by many records instead of each run waiting for its own.
+//! The final-record writer. [`WRITERS`] statements may be in flight at once: while fewer are, a
+//! record is written alone as soon as its run ends (Postgres flushes concurrent commits to disk
+//! together anyway); records that end while all writers are busy wait for the next free one and
+//! go together, in one statement and one durable commit ([`store::finish_many`]).
 //!
-//! Nothing waits to fill a batch: the writer takes the first record that comes, then every
-//! record already waiting behind it (up to [`BATCH`]), and writes them. A lone call is written at
-//! once, as before; under load the records that arrive while one batch commits make the next.
+//! Nothing waits to fill a batch. A single writer (every record behind the one committing) was
+//! measured worse: it serialized commits Postgres would have flushed together
+//! (`docs/benchmarks.md`, "CPU per recorded call").
 //!
 //! Each run still waits for its own record to be durable before its reply and its ack, so what a
 //! caller or the broker learns is never ahead of Postgres. A batch that fails fails each of its
@@ -21,9 +22,7 @@ use crate::invocation::{Outcome, store};
 /// The most records in one statement.
 const BATCH: usize = 128;
 
-/// Batches written at the same time: as many records as this are written as they come, each
-/// alone (Postgres flushes concurrent commits together anyway); only records that arrive while
-/// all writers are busy wait, and go together in the next batch.
+/// Statements in flight at once.
 const WRITERS: usize = 4;
 
 /// One final record to write, and where to say whether it was written.
