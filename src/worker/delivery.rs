@@ -5,6 +5,7 @@
 //! free slot) and, after the claim, the namespace's `max_concurrency` across
 //! all workers; either parks the message in a delay queue ([`super::share`]).
 
+use super::recorder::{claim, record_final};
 use super::share::{FunctionShare, defer, namespace_admits};
 use super::*;
 use std::future::Future;
@@ -17,12 +18,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
-use lapin::options::BasicRejectOptions;
 use tokio::sync::{Semaphore, watch};
 use uuid::Uuid;
 
 use crate::broker::{self};
-use crate::invocation::{self, Claim, Outcome, Status, Trigger};
+use crate::invocation::{self, Claim, Status, Trigger};
 use crate::message::{Reply, Work};
 use crate::metrics::label;
 use crate::retry::{self, Failure, Verdict};
@@ -154,61 +154,6 @@ pub(super) fn lane(delivery: &Delivery) -> Lane {
     } else {
         Lane::Async
     }
-}
-
-/// The delivery boundary: `handled` runs to its end, and should it panic anyway (a run's own
-/// panics are caught in [`run_claimed`] and become a platform failure), its message goes back to
-/// the queue, a no-op if it was settled: RabbitMQ counts the delivery. On the message's last
-/// deliveries before the quorum queue's delivery limit (see [`retry::on_unavailable`]) it is not
-/// given back: invocation `id` is recorded `dead` (unless a run already recorded it final) and
-/// the message is dead-lettered, so a message that panics every time ends `dead`, never stuck
-/// `running`. Its slot and in-flight marks are guards, released as the panic unwinds.
-pub(super) async fn settled_even_on_panic(
-    shared: Arc<Shared>,
-    handled: impl Future<Output = ()>,
-    acker: lapin::Acker,
-    id: Option<Uuid>,
-    deliveries: i64,
-) {
-    let Err(panic) = AssertUnwindSafe(handled).catch_unwind().await else {
-        return;
-    };
-    let message = panic_message(&*panic);
-    let last =
-        retry::on_unavailable(deliveries, broker::DELIVERY_LIMIT) == retry::Unavailable::Attempt;
-    let Some(id) = id.filter(|_| last) else {
-        tracing::error!(panic = %message, "handling a delivery panicked; giving the message back");
-        if let Err(e) = acker.reject(BasicRejectOptions { requeue: true }).await {
-            tracing::warn!(error = %e, "reject failed; the message will come back");
-        }
-        return;
-    };
-    tracing::error!(panic = %message, %id, deliveries, "handling a delivery panicked on its last delivery; recording it dead and dead-lettering it");
-    let outcome = Outcome {
-        status: Some(Status::Dead),
-        error: Some(format!(
-            "the worker failed handling this invocation's message {} times: {}",
-            deliveries + 1,
-            message.replace('\0', "\u{FFFD}")
-        )),
-        ..Default::default()
-    };
-    let recorded = with_db_retries(|| invocation::store::finish(&shared.pool, id, &outcome)).await;
-    if recorded {
-        crate::callback::deliver_later(shared.pool.clone(), shared.callbacks.clone(), id);
-    }
-    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
-        tracing::warn!(error = %e, "reject failed; the message will come back");
-    }
-}
-
-/// What a caught panic said.
-pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Handles one delivery from claim to ack, once the scheduler gives it a slot: in a span of
@@ -484,71 +429,6 @@ pub(super) async fn refuse(
             reject(delivery, false).await;
         }
     }
-}
-
-/// Marks the invocation `running` here. A sync call's record is written by this claim: the
-/// ingress published it without writing one first (see [`crate::producer::enqueue`]).
-pub(super) async fn claim(
-    shared: &Shared,
-    work: &Work,
-    input: &[u8],
-) -> Result<Claim, sqlx::Error> {
-    if work.trigger != Trigger::Sync {
-        return invocation::store::claim(&shared.leases, work.id, &shared.worker_id).await;
-    }
-    // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the final
-    // record is written whole by `record_final`, and a redelivery claims it again.
-    invocation::store::claim_or_create(
-        &shared.leases,
-        &sync_record(shared, work, input),
-        work.queued_at_ms,
-        &shared.worker_id,
-    )
-    .await
-}
-
-/// The record a sync call's claim creates, and its final write restores if that claim was lost.
-pub(super) fn sync_record<'a>(
-    shared: &Shared,
-    work: &'a Work,
-    input: &'a [u8],
-) -> invocation::NewInvocation<'a> {
-    invocation::NewInvocation {
-        id: work.id,
-        function: &work.function.name,
-        trigger: work.trigger,
-        input,
-        stored_input_cap: shared.stored_input_cap,
-        idempotency_key: None,
-        key_id: work.key_id,
-    }
-}
-
-/// Writes the final record (a durable commit, before the reply and the ack). A sync call's
-/// record that is missing, its claim lost in a Postgres crash, is written whole.
-pub(super) async fn record_final(
-    shared: &Shared,
-    work: &Work,
-    attempt: i32,
-    input: &[u8],
-    outcome: &Arc<Outcome>,
-) -> Result<(), sqlx::Error> {
-    let finished = shared.recorder.finish(work.id, outcome.clone()).await?;
-    if !finished && work.trigger == Trigger::Sync {
-        let restored = invocation::store::restore_final(
-            &shared.pool,
-            &sync_record(shared, work, input),
-            work.queued_at_ms,
-            &shared.worker_id,
-            attempt,
-            outcome,
-        )
-        .await?;
-        if restored {
-            tracing::warn!("the claim's record was gone (a Postgres crash?); wrote it whole");
-        }
-    }
-    Ok(())
 }
 
 /// Runs a claimed invocation and settles its message by the retry verdict.

@@ -7,6 +7,9 @@
 //! measured worse: it serialized commits Postgres would have flushed together
 //! (`docs/benchmarks.md`, "CPU per recorded call").
 //!
+//! Here too, the two writes of a run around it: its claim ([`claim`]: a sync call's creates its
+//! record) and its final record ([`record_final`], through the writer).
+//!
 //! Each run still waits for its own record to be durable before its reply and its ack, so what a
 //! caller or the broker learns is never ahead of Postgres. A batch that fails fails each of its
 //! records, and each run retries its own ([`super::delivery::with_db_retries`]).
@@ -17,7 +20,9 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::invocation::{Outcome, store};
+use super::Shared;
+use crate::invocation::{self, Claim, Outcome, Trigger, store};
+use crate::message::Work;
 
 /// The most records in one statement.
 const BATCH: usize = 128;
@@ -107,4 +112,69 @@ async fn write_batches(pool: PgPool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<
             }
         }
     }
+}
+
+/// Marks the invocation `running` here. A sync call's record is written by this claim: the
+/// ingress published it without writing one first (see [`crate::producer::enqueue`]).
+pub(super) async fn claim(
+    shared: &Shared,
+    work: &Work,
+    input: &[u8],
+) -> Result<Claim, sqlx::Error> {
+    if work.trigger != Trigger::Sync {
+        return invocation::store::claim(&shared.leases, work.id, &shared.worker_id).await;
+    }
+    // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the final
+    // record is written whole by `record_final`, and a redelivery claims it again.
+    invocation::store::claim_or_create(
+        &shared.leases,
+        &sync_record(shared, work, input),
+        work.queued_at_ms,
+        &shared.worker_id,
+    )
+    .await
+}
+
+/// The record a sync call's claim creates, and its final write restores if that claim was lost.
+pub(super) fn sync_record<'a>(
+    shared: &Shared,
+    work: &'a Work,
+    input: &'a [u8],
+) -> invocation::NewInvocation<'a> {
+    invocation::NewInvocation {
+        id: work.id,
+        function: &work.function.name,
+        trigger: work.trigger,
+        input,
+        stored_input_cap: shared.stored_input_cap,
+        idempotency_key: None,
+        key_id: work.key_id,
+    }
+}
+
+/// Writes the final record (a durable commit, before the reply and the ack). A sync call's
+/// record that is missing, its claim lost in a Postgres crash, is written whole.
+pub(super) async fn record_final(
+    shared: &Shared,
+    work: &Work,
+    attempt: i32,
+    input: &[u8],
+    outcome: &Arc<Outcome>,
+) -> Result<(), sqlx::Error> {
+    let finished = shared.recorder.finish(work.id, outcome.clone()).await?;
+    if !finished && work.trigger == Trigger::Sync {
+        let restored = invocation::store::restore_final(
+            &shared.pool,
+            &sync_record(shared, work, input),
+            work.queued_at_ms,
+            &shared.worker_id,
+            attempt,
+            outcome,
+        )
+        .await?;
+        if restored {
+            tracing::warn!("the claim's record was gone (a Postgres crash?); wrote it whole");
+        }
+    }
+    Ok(())
 }
