@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 
-pub(crate) mod engine;
+pub(crate) mod image;
 pub(crate) mod store;
 
 /// Largest unpacked source a build accepts (files of a tar.gz added up), in bytes.

@@ -47,7 +47,7 @@ impl Builder {
         }
         let registry = job.registry.as_deref().or(self.registry.as_deref());
         let built =
-            build::engine::build_and_push(&self.docker, context, &job.tag, registry, Some(&lines))
+            build::image::build_and_push(&self.docker, context, &job.tag, registry, Some(&lines))
                 .await;
         match built {
             Ok((image, _)) => Event::Built {

@@ -28,7 +28,7 @@ mod control;
 mod dead_run;
 mod delivery;
 pub(crate) mod endpoints;
-mod engines;
+mod in_process;
 mod execute;
 mod faults;
 mod heartbeat;
@@ -326,7 +326,7 @@ impl Worker {
     /// registration checks and builds are done here directly. Call it after
     /// [`Worker::with_metrics`].
     pub(crate) fn engines(&self) -> Arc<dyn crate::engines::Engines> {
-        Arc::new(engines::Local {
+        Arc::new(in_process::Local {
             shared: self.shared.clone(),
             builder: self.builder.clone(),
         })
