@@ -781,3 +781,115 @@ async fn napping(docker: &bollard::Docker, worker: &str) -> Vec<uuid::Uuid> {
     }
     ids
 }
+
+/// The times (ns since the epoch) at which `docker`'s hot pool containers died, followed live
+/// from now.
+fn hot_deaths(docker: &bollard::Docker) -> (Arc<Mutex<Vec<i64>>>, tokio::task::JoinHandle<()>) {
+    let deaths: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let (docker, seen) = (docker.clone(), deaths.clone());
+    let since = chrono::Utc::now().timestamp() - 1;
+    let task = tokio::spawn(async move {
+        let options = bollard::query_parameters::EventsOptions {
+            since: Some(since.to_string()),
+            until: None,
+            filters: Some(HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                ("event".to_string(), vec!["die".to_string()]),
+                (
+                    "label".to_string(),
+                    vec![format!("{}=hot", granda::docker::LABEL_POOL)],
+                ),
+            ])),
+        };
+        let mut stream = docker.events(Some(options));
+        while let Some(Ok(event)) = stream.next().await {
+            if let Some(at) = event.time_nano {
+                seen.lock().unwrap().push(at);
+            }
+        }
+    });
+    (deaths, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_call_still_going_when_its_hosts_lease_ends_is_stopped_before_it_runs_again() {
+    let (mut app, engine_b, registry, _runs) = on_hosts_a_and_b(|_| {}).await;
+    let on_b = engine(&engine_b);
+    let image = push(&app, &registry, "granda-test/hot");
+    const LEASE_MS: u64 = 6_000;
+    app.register(
+        "long-hot",
+        &image,
+        json!({"queue": "takeover", "mode": "hot", "timeout_ms": 60_000}),
+    )
+    .await;
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = LEASE_MS.to_string();
+    let mut worker_b = worker_process_with(
+        &app,
+        &id_b,
+        &engine_b,
+        "takeover",
+        1,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    // A call that naps 15 s: far longer than the lease.
+    let id = app.invoke_async("long-hot", "nap:15000").await;
+    eventually(
+        Duration::from_secs(60),
+        "host B's process naps on the call",
+        || async { napping(&on_b, &id_b).await.contains(&id).then_some(()) },
+    )
+    .await;
+    let (deaths, watching) = hot_deaths(&on_b);
+    app.add_worker(|s| {
+        s.queues = vec!["takeover".into()];
+        s.min_concurrency = 1;
+        s.max_concurrency = Some(1);
+        s.fair_share = false;
+    })
+    .await;
+    worker_b.kill().unwrap();
+    let killed = now_ns();
+    worker_b.wait().unwrap();
+
+    // It runs again on A, to its end, as attempt 2: B's process never answered it.
+    let record = app.wait_final(id, Duration::from_secs(90)).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["attempt"], 2, "{record}");
+    assert_ne!(record["worker"], id_b, "{record}");
+    let output = record["output"].as_str().unwrap();
+    assert!(
+        output.starts_with(&format!("ran {id} served=1 ")),
+        "{record}"
+    );
+    // B's process was stopped before A's run began, and within the lease and a bound.
+    let started = chrono::DateTime::parse_from_rfc3339(record["started_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_nanos_opt()
+        .unwrap();
+    let died = eventually(
+        Duration::from_secs(10),
+        "B's hot container died",
+        || async { deaths.lock().unwrap().iter().min().copied() },
+    )
+    .await;
+    watching.abort();
+    assert!(
+        died <= started,
+        "B's process died {} ms after A's run began",
+        (died - started) / 1_000_000
+    );
+    let after = Duration::from_nanos((died - killed).max(0) as u64);
+    assert!(
+        after <= Duration::from_millis(LEASE_MS) + Duration::from_secs(4),
+        "B's process died {after:?} after the kill"
+    );
+    eprintln!(
+        "a hot call still going on dead host B: its process was stopped {after:?} after the kill, before the call ran again on A"
+    );
+    for docker in [&app.docker, &on_b] {
+        remove_image(docker, &image).await;
+    }
+    app.shutdown().await;
+}

@@ -6,8 +6,11 @@ use super::*;
 
 /// The dead worker's hot pool containers, for an answer to `id` their process journaled
 /// (`/granda/journal/<id>`, [`hot::JournalEntry`]), into `found`. One answered is the run that
-/// ended; none (a call still going, a process that does not journal): nothing is found, and the
-/// call goes again as before. The containers are left to the sweep, which removes them.
+/// ended. With none (a call still going, or a process that does not journal), the dead worker's
+/// hot processes are killed, so that the call can't go on beside its next run (their lease is
+/// over: nobody sends them a request again), and their journals read once more, since the call
+/// may have ended in between; still none: the call goes again. The containers, stopped, are left
+/// to the sweep, which settles what their journals hold and removes them.
 pub(super) async fn examine_hot(
     docker: &Docker,
     labels: &[&str; 2],
@@ -17,8 +20,19 @@ pub(super) async fn examine_hot(
 ) {
     let pool = format!("{LABEL_POOL}=hot");
     let labels = [labels[0], labels[1], pool.as_str()];
-    for (container, _) in reaper::list(docker, &labels).await {
-        if let Ok(Some(entry)) = read_hot_entry(docker, &container, id, caps).await {
+    let containers = reaper::list(docker, &labels).await;
+    for (container, _) in &containers {
+        if let Ok(Some(entry)) = read_hot_entry(docker, container, id, caps).await {
+            found.hot = Some(entry);
+            return;
+        }
+    }
+    for (container, _) in &containers {
+        let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+        let _ = docker.kill_container(container, Some(kill)).await;
+    }
+    for (container, _) in &containers {
+        if let Ok(Some(entry)) = read_hot_entry(docker, container, id, caps).await {
             found.hot = Some(entry);
             return;
         }

@@ -57,9 +57,11 @@
 //!   hot container's journal and settles them before it removes the container (one with a sync
 //!   call left for its message's claim is kept until a later sweep). An answer found is the
 //!   call's outcome, made as a live answer makes it ([`execute::answered`]); the pool containers
-//!   are not removed by the claim path (other calls may be going in them). No answer (a call
-//!   still going when the lease ran out, a process that does not journal): nothing is found, the
-//!   sweep kills the pool container and the call runs again (at least once).
+//!   are not removed by the claim path (other calls' answers may be in their journals). No
+//!   answer (a call still going when the lease ran out, a process that does not journal): the
+//!   claim path kills the dead worker's hot processes (the sweep does too, whichever comes
+//!   first), reads their journals once more (the call may have ended in between), and with
+//!   still nothing the call runs again: never beside its first run, which was stopped.
 
 use std::collections::HashMap;
 use std::time::Duration;
