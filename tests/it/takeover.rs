@@ -35,16 +35,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
             i * 2
         )
     };
-    let id_b = format!("{}-b", app.worker_id());
-    let lease = LEASE_MS.to_string();
-    let mut worker_b = worker_process_with(
-        &app,
-        &id_b,
-        &engine_b,
-        "takeover",
-        8,
-        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
-    );
+    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
     let on_b = engine(&engine_b);
 
     // Host B takes every call (nobody else serves the queue yet): async ones, and two sync
@@ -277,32 +268,13 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
             i * 2
         )
     };
-    let id_b = format!("{}-b", app.worker_id());
-    let lease = LEASE_MS.to_string();
-    let mut worker_b = worker_process_with(
-        &app,
-        &id_b,
-        &engine_b,
-        "takeover",
-        8,
-        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
-    );
+    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
     const CALLS: usize = 4;
     for i in 0..CALLS {
         app.invoke_async("short-warm", script(i)).await;
     }
     // And a call of the function's URL, whose caller waits through B's death.
-    let (client, url, body) = (
-        app.client.clone(),
-        app.url("/fn/short-warm/from/url"),
-        script(CALLS),
-    );
-    let url_call = tokio::spawn(async move {
-        let r = client.post(url).body(body).send().await.unwrap();
-        let status = r.status().as_u16();
-        let id = crate::support::id_of(&r);
-        (status, id, r.text().await.unwrap())
-    });
+    let url_call = waiting_call(&app, "/fn/short-warm/from/url", script(CALLS));
     // Every call runs as an exec on B before B dies.
     let ids = eventually(
         Duration::from_secs(60),
@@ -435,16 +407,7 @@ async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_
     };
     app.register("dies", &image, with(1)).await;
     app.register("retries", &image, with(2)).await;
-    let id_b = format!("{}-b", app.worker_id());
-    let lease = LEASE_MS.to_string();
-    let mut worker_b = worker_process_with(
-        &app,
-        &id_b,
-        &engine_b,
-        "takeover",
-        2,
-        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
-    );
+    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 2, LEASE_MS);
     let on_b = engine(&engine_b);
     let dies = app.invoke_async("dies", "sleep 1; exit 3").await;
     let retries = app.invoke_async("retries", "sleep 1.2; exit 3").await;
@@ -545,16 +508,7 @@ async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_agai
         json!({"queue": "takeover", "mode": "warm", "timeout_ms": 60_000, "input": "args"}),
     )
     .await;
-    let id_b = format!("{}-b", app.worker_id());
-    let lease = LEASE_MS.to_string();
-    let mut worker_b = worker_process_with(
-        &app,
-        &id_b,
-        &engine_b,
-        "takeover",
-        1,
-        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
-    );
+    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 1, LEASE_MS);
     let id = app
         .invoke_async("long-warm", format!("sleep {RUN_S}; echo done"))
         .await;
@@ -624,32 +578,13 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
     // Each call sleeps 2-3 s in the function's own process, then answers with its id, the
     // process's count of requests served and its container's hostname.
     let nap = |i: usize| format!("nap:{}", 2_000 + i * 200);
-    let id_b = format!("{}-b", app.worker_id());
-    let lease = LEASE_MS.to_string();
-    let mut worker_b = worker_process_with(
-        &app,
-        &id_b,
-        &engine_b,
-        "takeover",
-        8,
-        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
-    );
+    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
     const CALLS: usize = 4;
     for i in 0..CALLS {
         app.invoke_async("short-hot", nap(i)).await;
     }
     // And a sync call, whose caller waits through B's death.
-    let (client, url, body) = (
-        app.client.clone(),
-        app.url("/v1/functions/short-hot/invoke"),
-        nap(CALLS),
-    );
-    let sync_call = tokio::spawn(async move {
-        let r = client.post(url).body(body).send().await.unwrap();
-        let status = r.status().as_u16();
-        let id = crate::support::id_of(&r);
-        (status, id, r.text().await.unwrap())
-    });
+    let sync_call = waiting_call(&app, "/v1/functions/short-hot/invoke", nap(CALLS));
     // Every call is running on B (its hot containers started and called) before B dies.
     let ids = eventually(
         Duration::from_secs(60),
@@ -823,16 +758,7 @@ async fn a_hot_call_still_going_when_its_hosts_lease_ends_is_stopped_before_it_r
         json!({"queue": "takeover", "mode": "hot", "timeout_ms": 60_000}),
     )
     .await;
-    let id_b = format!("{}-b", app.worker_id());
-    let lease = LEASE_MS.to_string();
-    let mut worker_b = worker_process_with(
-        &app,
-        &id_b,
-        &engine_b,
-        "takeover",
-        1,
-        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
-    );
+    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 1, LEASE_MS);
     // A call that naps 15 s: far longer than the lease.
     let id = app.invoke_async("long-hot", "nap:15000").await;
     eventually(
@@ -892,4 +818,41 @@ async fn a_hot_call_still_going_when_its_hosts_lease_ends_is_stopped_before_it_r
         remove_image(docker, &image).await;
     }
     app.shutdown().await;
+}
+
+/// Worker B: a `granda worker` process on engine `engine_b` serving `takeover` with
+/// `concurrency` slots and a lease of `lease_ms`; and its id.
+fn host_b_worker(
+    app: &crate::support::TestApp,
+    engine_b: &str,
+    concurrency: usize,
+    lease_ms: u64,
+) -> (std::process::Child, String) {
+    let id_b = format!("{}-b", app.worker_id());
+    let lease = lease_ms.to_string();
+    let worker = worker_process_with(
+        app,
+        &id_b,
+        engine_b,
+        "takeover",
+        concurrency,
+        &[("GRANDA_WORKER_LEASE_MS", lease.as_str())],
+    );
+    (worker, id_b)
+}
+
+/// A caller that POSTs `body` to `path` and waits for the answer: its status, the invocation's
+/// id and the body.
+fn waiting_call(
+    app: &crate::support::TestApp,
+    path: &str,
+    body: String,
+) -> tokio::task::JoinHandle<(u16, uuid::Uuid, String)> {
+    let (client, url) = (app.client.clone(), app.url(path));
+    tokio::spawn(async move {
+        let r = client.post(url).body(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let id = crate::support::id_of(&r);
+        (status, id, r.text().await.unwrap())
+    })
 }

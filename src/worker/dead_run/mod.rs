@@ -496,21 +496,7 @@ fn judge_hot(
         }
         _ => execute::answered(&mut outcome, entry.answer, response).1,
     };
-    let verdict = match (spec, Trigger::parse(trigger)) {
-        (Some(spec), Some(trigger)) => retry::decide(
-            trigger,
-            spec.max_attempts,
-            &spec.retry_on,
-            attempt,
-            failure,
-            &shared.backoff,
-        ),
-        _ => Verdict::Final,
-    };
-    if verdict == Verdict::Dead {
-        outcome.status = Some(Status::Dead);
-    }
-    (outcome, verdict)
+    verdict_on(shared, outcome, failure, spec, trigger, attempt)
 }
 
 /// The attempt's outcome from a container that ran to its end, and what the function's retry
@@ -523,7 +509,7 @@ fn judge(
     trigger: &str,
     attempt: i32,
 ) -> (Outcome, Verdict) {
-    let (mut outcome, failure) = match spec {
+    let (outcome, failure) = match spec {
         Some(spec) => execute::container_outcome(run, spec),
         None => {
             let timeout_ms = deadline
@@ -532,6 +518,20 @@ fn judge(
             execute::outcome_of(run, timeout_ms)
         }
     };
+    verdict_on(shared, outcome, failure, spec, trigger, attempt)
+}
+
+/// What the function's retry policy makes of an attempt that ended with `failure` (`Final` when
+/// the function is gone), `dead` written into the outcome when that is the verdict: as the dead
+/// worker would have judged it.
+fn verdict_on(
+    shared: &Shared,
+    mut outcome: Outcome,
+    failure: Option<retry::Failure>,
+    spec: Option<&RunSpec>,
+    trigger: &str,
+    attempt: i32,
+) -> (Outcome, Verdict) {
     let verdict = match (spec, Trigger::parse(trigger)) {
         (Some(spec), Some(trigger)) => retry::decide(
             trigger,
