@@ -43,9 +43,11 @@ impl Receiver {
         Receiver { child, port, spans }
     }
 
+    /// The spans written so far: each complete line (the receiver may be writing the last one).
     pub(crate) fn spans(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.spans)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.spans).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
