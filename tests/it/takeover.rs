@@ -60,15 +60,10 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
         }));
     }
     let all_running = || async {
-        let rows: Vec<(uuid::Uuid,)> =
-            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
-                .bind(&id_b)
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
+        let rows = running_on(&app, &id_b).await;
         let started = rows
             .iter()
-            .filter(|(id,)| runs.of(*id).iter().any(|e| e.action == "start"))
+            .filter(|id| runs.of(**id).iter().any(|e| e.action == "start"))
             .count();
         (rows.len() == ASYNC + 2 && started == ASYNC + 2).then_some(rows)
     };
@@ -94,7 +89,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
     worker_b.wait().unwrap();
 
     // Every run is recorded from its container on B, the first run's output, not run again.
-    let ids: Vec<uuid::Uuid> = on_host_b.iter().map(|(id,)| *id).collect();
+    let ids: Vec<uuid::Uuid> = on_host_b;
     let mut recorded_after = vec![];
     for id in &ids {
         let record = app.wait_final(*id, Duration::from_secs(60)).await;
@@ -280,16 +275,9 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
         Duration::from_secs(60),
         "host B execs every call",
         || async {
-            let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
-                "SELECT id FROM invocations WHERE status = 'running' AND worker = $1",
-            )
-            .bind(&id_b)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-            let execed = rows.iter().filter(|(id,)| execs.of(*id).len() == 1).count();
-            (rows.len() == CALLS + 1 && execed == CALLS + 1)
-                .then(|| rows.iter().map(|(id,)| *id).collect::<Vec<_>>())
+            let rows = running_on(&app, &id_b).await;
+            let execed = rows.iter().filter(|id| execs.of(**id).len() == 1).count();
+            (rows.len() == CALLS + 1 && execed == CALLS + 1).then_some(rows)
         },
     )
     .await;
@@ -412,12 +400,7 @@ async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_
     let dies = app.invoke_async("dies", "sleep 1; exit 3").await;
     let retries = app.invoke_async("retries", "sleep 1.2; exit 3").await;
     eventually(Duration::from_secs(60), "host B runs both", || async {
-        let rows: Vec<(uuid::Uuid,)> =
-            sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
-                .bind(&id_b)
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
+        let rows = running_on(&app, &id_b).await;
         let started = [dies, retries]
             .iter()
             .filter(|id| runs.of(**id).iter().any(|e| e.action == "start"))
@@ -590,17 +573,10 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
         Duration::from_secs(60),
         "host B runs every call",
         || async {
-            let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
-                "SELECT id FROM invocations WHERE status = 'running' AND worker = $1",
-            )
-            .bind(&id_b)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+            let rows = running_on(&app, &id_b).await;
             let napping = napping(&on_b, &id_b).await;
-            let reached = rows.iter().filter(|(id,)| napping.contains(id)).count();
-            (rows.len() == CALLS + 1 && reached == CALLS + 1)
-                .then(|| rows.iter().map(|(id,)| *id).collect::<Vec<_>>())
+            let reached = rows.iter().filter(|id| napping.contains(id)).count();
+            (rows.len() == CALLS + 1 && reached == CALLS + 1).then_some(rows)
         },
     )
     .await;
@@ -855,4 +831,15 @@ fn waiting_call(
         let id = crate::support::id_of(&r);
         (status, id, r.text().await.unwrap())
     })
+}
+
+/// The invocations `running` on `worker` now.
+async fn running_on(app: &crate::support::TestApp, worker: &str) -> Vec<uuid::Uuid> {
+    let rows: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT id FROM invocations WHERE status = 'running' AND worker = $1")
+            .bind(worker)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    rows.into_iter().map(|(id,)| id).collect()
 }
