@@ -47,11 +47,21 @@ impl Ledger {
             if pending == 0 {
                 break;
             }
-            assert!(
-                start.elapsed() < within,
-                "{pending} of {} accepted invocations not final after {within:?}",
-                self.accepted.len()
-            );
+            if start.elapsed() >= within {
+                // What the stuck ones are, for whoever reads the failure.
+                let stuck: Vec<Stuck> = sqlx::query_as(
+                    "SELECT id, status, attempt, worker, trigger FROM invocations
+                     WHERE id = ANY($1) AND status IN ('queued', 'running')",
+                )
+                .bind(&self.accepted)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+                panic!(
+                    "{pending} of {} accepted invocations not final after {within:?}: {stuck:?}",
+                    self.accepted.len()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let rows: Vec<(Uuid, String, i32)> =
@@ -99,3 +109,6 @@ pub async fn assert_no_containers(docker: &bollard::Docker, worker: &str, within
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A record not final: id, status, attempt, worker, trigger.
+type Stuck = (Uuid, String, i32, Option<String>, Option<String>);
