@@ -279,6 +279,14 @@ impl Controller {
         }
     }
 
+    /// The recent mean run time of `class` (as [`Controller::record_run`] names it), once one
+    /// ran.
+    pub(crate) fn recent_run(&self, class: &str) -> Option<Duration> {
+        self.classes
+            .get(class)
+            .map(|c| Duration::from_secs_f64(c.recent))
+    }
+
     /// What callers ask for now, with headroom while messages wait.
     pub(crate) fn demand(&self, obs: Observation) -> usize {
         let seen = obs.in_flight as u64 + obs.depth;

@@ -190,7 +190,7 @@ async fn handle_in_span(
     // Fair sharing, before a slot is taken (so the messages of a burst go round at once, not
     // one by one through the last slot); checked again, counted, once the slot is had.
     if let Ok(unchecked) = Work::decode_unchecked(&delivery.properties)
-        && FunctionShare::would_wait(&shared, &unchecked.function.name, 1)
+        && FunctionShare::would_wait(&shared, &unchecked.function, 1)
     {
         defer(
             &shared,
@@ -258,7 +258,7 @@ async fn handle_in_span(
     }
 
     // Fair sharing: a function that runs here already never takes the worker's last free slot.
-    let Some(_share) = FunctionShare::take(&shared, &work.function.name) else {
+    let Some(_share) = FunctionShare::take(&shared, &work.function) else {
         defer(&shared, &channels, &queue, &delivery, &work.function.name).await;
         return;
     };
