@@ -89,8 +89,10 @@ impl<T: Send + Sync + 'static> Held<T> {
         if let Some(old) = guard.take() {
             self.let_go(old);
         }
-        let (connection, node) = self.nodes.connect(&self.name).await?;
-        let value = open(&connection).await?;
+        // Boxed: connecting (TLS included) is a large future, and every caller of `get` (each
+        // publish and reply) would otherwise carry its size, copied as it is moved.
+        let (connection, node) = Box::pin(self.nodes.connect(&self.name)).await?;
+        let value = Box::pin(open(&connection)).await?;
         let link = Arc::new(Linked {
             connection,
             node,

@@ -82,20 +82,6 @@ impl Cancels {
     }
 }
 
-/// Runs `run` unless, or until, `cancelled` turns `true`: `None` then, and `run` is dropped
-/// unfinished (its guards kill and remove what it started). A run cancelled before it starts
-/// never starts.
-pub(super) async fn unless_cancelled<F: std::future::Future>(
-    cancelled: &mut watch::Receiver<bool>,
-    run: F,
-) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        _ = cancelled.wait_for(|c| *c) => None,
-        done = run => Some(done),
-    }
-}
-
 /// Settles the message of a run stopped by a cancel: the record is final already (the cancel
 /// wrote it, and no retry follows); its callback goes out, a sync caller gets the cancelled
 /// answer, and the message is acked.

@@ -192,13 +192,13 @@ async fn handle_in_span(
     if let Ok(unchecked) = Work::decode_unchecked(&delivery.properties)
         && FunctionShare::would_wait(&shared, &unchecked.function, 1)
     {
-        defer(
+        Box::pin(defer(
             &shared,
             &channels,
             &queue,
             &delivery,
             &unchecked.function.name,
-        )
+        ))
         .await;
         return;
     }
@@ -215,7 +215,7 @@ async fn handle_in_span(
         Ok(work) => work,
         Err(e) => {
             tracing::error!(error = %e, message_id = ?delivery.properties.message_id(), "dead-lettering a refused message");
-            refuse(&shared, &channels, &delivery, &e.0).await;
+            Box::pin(refuse(&shared, &channels, &delivery, &e.0)).await;
             return;
         }
     };
@@ -227,7 +227,10 @@ async fn handle_in_span(
     if shared.engine_away_for(&work) {
         tracing::info!("the engine does not answer; parking a run that needs it");
         let (level, delay) = (ELSEWHERE_DELAY, super::ENGINE_AWAY_DELAY);
-        park_for(&shared, &channels, &queue, &delivery, level, delay).await;
+        Box::pin(park_for(
+            &shared, &channels, &queue, &delivery, level, delay,
+        ))
+        .await;
         return;
     }
 
@@ -259,7 +262,14 @@ async fn handle_in_span(
 
     // Fair sharing: a function that runs here already never takes the worker's last free slot.
     let Some(_share) = FunctionShare::take(&shared, &work.function) else {
-        defer(&shared, &channels, &queue, &delivery, &work.function.name).await;
+        Box::pin(defer(
+            &shared,
+            &channels,
+            &queue,
+            &delivery,
+            &work.function.name,
+        ))
+        .await;
         return;
     };
 
@@ -277,7 +287,7 @@ async fn handle_in_span(
     // Before the claim: a dead worker's run that ended is recorded from its container (the
     // claim then finds it final), one still going is stopped ([`super::dead_run`]).
     if let Some(dead) = &dead {
-        settle_dead_run(&shared, dead, &work).await;
+        Box::pin(settle_dead_run(&shared, dead, &work)).await;
     }
     // A retry a dead worker's collected run earned waits its backoff, as any retry does.
     if again && let Some((level, delay)) = super::dead_run::backoff_left(&shared, work.id).await {
@@ -285,7 +295,10 @@ async fn handle_in_span(
             delay_ms = delay.as_millis() as u64,
             "queued for a retry later; waiting its backoff"
         );
-        park_for(&shared, &channels, &queue, &delivery, level, delay).await;
+        Box::pin(park_for(
+            &shared, &channels, &queue, &delivery, level, delay,
+        ))
+        .await;
         return;
     }
     let claim = with_db_retries(|| claim(&shared, &work, &delivery.data))
@@ -296,14 +309,14 @@ async fn handle_in_span(
             // Over its namespace's `max_concurrency` across all workers: the claim is given
             // back and the message waits queued, parked for a moment.
             if !namespace_admits(&shared, &work).await {
-                park_for(
+                Box::pin(park_for(
                     &shared,
                     &channels,
                     &queue,
                     &delivery,
                     ELSEWHERE_DELAY,
                     super::NAMESPACE_FULL_DELAY,
-                )
+                ))
                 .await;
                 return;
             }
@@ -322,7 +335,7 @@ async fn handle_in_span(
             let running = Running::start(&shared, work.id);
             faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
-                stop_dead_run(&shared, dead, work.id).await;
+                Box::pin(stop_dead_run(&shared, dead, work.id)).await;
             }
             // A run lost with its worker: a row of its own (never on the happy path).
             let redelivered = delivery.redelivered || delivery_count(&delivery) > 0;
@@ -377,14 +390,14 @@ async fn handle_in_span(
                 delay_ms = delay.as_millis() as u64,
                 "running on another live worker; looking again later"
             );
-            park_for(
+            Box::pin(park_for(
                 &shared,
                 &channels,
                 &queue,
                 &delivery,
                 ELSEWHERE_DELAY,
                 delay,
-            )
+            ))
             .await;
         }
         Claim::Missing => {
@@ -454,8 +467,16 @@ pub(super) async fn run_claimed(
     let executing = AssertUnwindSafe(execute(shared, work, attempt, &delivery.data))
         .catch_unwind()
         .instrument(run_span.clone());
-    let Some(executed) = super::cancel::unless_cancelled(&mut cancelled, executing).await else {
-        return super::cancel::settle(shared, channels, delivery, work).await;
+    // Unless, or until, the invocation is cancelled: the run is dropped unfinished then (its
+    // guards kill and remove what it started); one cancelled before it starts never starts.
+    // Raced here, not in a helper taking the run: that would store the large future twice.
+    let executed = tokio::select! {
+        biased;
+        _ = cancelled.wait_for(|c| *c) => None,
+        done = executing => Some(done),
+    };
+    let Some(executed) = executed else {
+        return Box::pin(super::cancel::settle(shared, channels, delivery, work)).await;
     };
     let (mut outcome, failure, removal) = executed.unwrap_or_else(|panic| {
         let message = panic_message(&*panic);
@@ -584,7 +605,7 @@ pub(super) async fn run_claimed(
                 )
             })
             .await;
-            park_for(shared, channels, queue, delivery, level, delay).await;
+            Box::pin(park_for(shared, channels, queue, delivery, level, delay)).await;
         }
     }
     // Answered and settled; the slot is held until the container is gone, so a worker never has

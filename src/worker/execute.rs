@@ -19,8 +19,11 @@ pub(super) async fn execute(
     input: &[u8],
 ) -> (Outcome, Option<Failure>, Option<Removal>) {
     let armed = faults::armed(shared.test_faults, work, faults::IN_EXECUTE);
-    let (mut outcome, failure, removal) =
-        faults::panic_during(armed, execute_in_mode(shared, work, attempt, input)).await;
+    let (mut outcome, failure, removal) = tokio::select! {
+        biased;
+        out = execute_in_mode(shared, work, attempt, input) => out,
+        () = faults::panic_later(armed) => unreachable!("panic_later never ends but by a panic"),
+    };
     // The record says how it ran, so a hot run reads "hot", not "warm".
     outcome.mode = Some(work.function.run.mode);
     (outcome, failure, removal)
@@ -35,6 +38,11 @@ async fn execute_in_mode(
     // A call of the function's URL: the CGI meta-variables join its env for this run. The run
     // span's trace context too, so the function's own spans join the trace: `TRACEPARENT` (and
     // `TRACESTATE`), and for a URL call `HTTP_TRACEPARENT` in place of the caller's own.
+    // A hot call carries all this as headers instead ([`super::hot`]).
+    if work.function.run.mode == Mode::Hot {
+        let (outcome, failure) = run_hot(shared, work, attempt, input).await;
+        return (outcome, failure, None);
+    }
     let trace = crate::telemetry::trace_headers();
     let with_env = (work.request.is_some() || !trace.is_empty()).then(|| {
         let mut function = work.function.clone();
@@ -54,18 +62,16 @@ async fn execute_in_mode(
         function
     });
     let function = with_env.as_ref().unwrap_or(&work.function);
+    // Boxed: a container run's future is large, and would otherwise make every delivery's
+    // handler (hot calls included) that large, copied as it is moved into its task.
     let (ran, cold, removal) = match work.function.run.mode {
         Mode::Cold => {
-            let (ran, removal) = shared.runner.run(work.id, function, input).await;
+            let (ran, removal) = Box::pin(shared.runner.run(work.id, function, input)).await;
             (ran, true, removal)
         }
-        Mode::Warm => {
-            let (ran, cold) = run_warm(shared, work, function, input).await;
+        Mode::Warm | Mode::Hot => {
+            let (ran, cold) = Box::pin(run_warm(shared, work, function, input)).await;
             (ran, cold, None)
-        }
-        Mode::Hot => {
-            let (outcome, failure) = run_hot(shared, work, attempt, input).await;
-            return (outcome, failure, None);
         }
     };
     match ran {

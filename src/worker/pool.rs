@@ -201,7 +201,9 @@ impl Pool {
                         pool: self,
                         key: Some(key.clone()),
                     };
-                    let started = self.start(function).await;
+                    // Boxed: starting a container is a large future, and every run that
+                    // finds a kept one would otherwise carry its size.
+                    let started = Box::pin(self.start(function)).await;
                     return match started {
                         Ok((id, hot, journal)) => Ok((
                             Warm {
