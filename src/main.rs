@@ -1,3 +1,9 @@
+/// The allocator: mimalloc, not the system's. Granda allocates and frees many small, short-lived
+/// buffers per call on several threads (HTTP, AMQP frames, rows), where glibc's malloc spent 12 %
+/// of Granda's CPU on the hot path (`docs/benchmarks.md`, "CPU per recorded call").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     granda::tls::install_provider();
