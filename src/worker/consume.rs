@@ -357,14 +357,12 @@ impl QueueConsumer {
                         let deliveries = delivery_count(&delivery);
                         // Boxed where it is made: a handler's future is tens of KiB, and the
                         // wrapper and the task would each copy it again.
-                        let handled = handle(
+                        let handled = Box::pin(handle(
                             tx.shared.clone(),
                             tx.channels.clone(),
                             queue.clone(),
                             delivery,
-                        );
-                        eprintln!("SIZE handle={}", std::mem::size_of_val(&handled));
-                        let handled = Box::pin(handled);
+                        ));
                         tokio::spawn(settled_even_on_panic(
                             tx.shared.clone(),
                             handled,
