@@ -16,6 +16,7 @@
 # needs: wrk, curl, psql, granda-test/hot (scripts/build-test-images.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/scripts/lib.sh"
 ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-8} DURATION=${DURATION:-10s} BODY=${BODY:-1024} PORT=${PORT:-18490}
 default_bin=$ROOT/target/release/granda
 [ -x "$default_bin" ] || default_bin=$ROOT/target/debug/granda
@@ -65,15 +66,10 @@ measure() {
     local bin=$1 tag db out
     tag=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
     db=granda_cpu_$tag
-    GRANDA_LISTEN=127.0.0.1:$PORT GRANDA_DATABASE_URL=$PG/$db GRANDA_AMQP_PREFIX=granda-cpu-$tag \
-        GRANDA_WORKER_ID=cpu-$tag GRANDA_ADMIN_KEY=$KEY GRANDA_STATE_DIR=$work/state \
-        "$bin" up >"$work/granda-$tag.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 150); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
-    curl -sf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-        -d '{"name":"echo-hot","image":"granda-test/hot","mode":"hot","memory_mb":64}' \
-        "http://127.0.0.1:$PORT/v1/functions" >/dev/null
-    curl -sf -H "Authorization: Bearer $KEY" -d ping "http://127.0.0.1:$PORT/fn/echo-hot" >/dev/null
+    bench_start "$bin" "$work/granda-$tag.log" GRANDA_LISTEN=127.0.0.1:$PORT GRANDA_DATABASE_URL=$PG/$db \
+        GRANDA_AMQP_PREFIX=granda-cpu-$tag GRANDA_WORKER_ID=cpu-$tag GRANDA_ADMIN_KEY=$KEY \
+        GRANDA_STATE_DIR=$work/state
+    bench_register "$PORT" "$KEY" '{"name":"echo-hot","image":"granda-test/hot","mode":"hot","memory_mb":64}' echo-hot
     wrk -t1 -c"$CLIENTS" -d2s -s "$work/post.lua" "http://127.0.0.1:$PORT/fn/echo-hot" >/dev/null
     local rabbit pg before_rec g0 r0 p0 g1 r1 p1 after_rec
     rabbit=$(rabbit_pid)
@@ -91,14 +87,8 @@ measure() {
     h1=$(ticks "$pid")
     hreq=$(awk '/requests in/ {print $1}' <<<"$hout")
     local p50
-    p50=$(awk '$1 == "50%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
-    kill "$pid"; for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; pid=""
-    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    if command -v rabbitmqctl >/dev/null; then
-        for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^granda-cpu-$tag\." || true); do
-            rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-        done
-    fi
+    p50=$(wrk_p50 <<<"$out")
+    bench_stop "$PG" "$db" "granda-cpu-$tag"
     awk -v n=$((after_rec - before_rec)) -v s="$secs" -v g=$((g1 - g0)) -v r=$((r1 - r0)) \
         -v p=$((p1 - p0)) -v h=$((h1 - h0)) -v hr="$hreq" -v t="$TCK" -v l="$p50" \
         'BEGIN { ms = 1000 / t; printf "%.0f %.3f %.3f %.3f %.4f %.2f\n", n / s, g * ms / n, r * ms / n, p * ms / n, h * ms / hr, l }'

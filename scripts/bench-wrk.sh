@@ -9,6 +9,7 @@
 # needs: wrk (apt-get install wrk), curl, psql; granda-test/hot-nap (scripts/bench-images.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/scripts/lib.sh"
 CLIENTS=${CLIENTS:-8} DURATION=${DURATION:-10s} PIN=${PIN:-8} PORT=${PORT:-18480}
 BIN=$ROOT/target/release/granda
 [ -x "$BIN" ] || BIN=$ROOT/target/debug/granda
@@ -46,24 +47,14 @@ measure() { # row pinned(0|1)
     local env=(GRANDA_LISTEN=127.0.0.1:$PORT GRANDA_DATABASE_URL=$PG/$db GRANDA_AMQP_PREFIX=granda-wrk-$tag
         GRANDA_WORKER_ID=wrk-$tag GRANDA_ADMIN_KEY=$KEY GRANDA_STATE_DIR=/tmp/granda-wrk-state RUST_LOG=warn)
     [ "$2" = 1 ] && env+=(GRANDA_MIN_CONCURRENCY=$PIN GRANDA_MAX_CONCURRENCY=$PIN)
-    env "${env[@]}" "$BIN" up >/tmp/granda-wrk-$tag.log 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
-    curl -sf -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-        -d "$(spec "$1")" "http://127.0.0.1:$PORT/v1/functions" >/dev/null
-    curl -sf -H "Authorization: Bearer $KEY" -d ping "http://127.0.0.1:$PORT/fn/$1" >/dev/null
+    bench_start "$BIN" "/tmp/granda-wrk-$tag.log" "${env[@]}"
+    bench_register "$PORT" "$KEY" "$(spec "$1")" "$1"
     out=$(wrk -t2 -c"$CLIENTS" -d"$DURATION" --latency -s "$lua" "http://127.0.0.1:$PORT/fn/$1")
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-    psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    if command -v rabbitmqctl >/dev/null; then
-        for q in work.default work.default.sync dead; do
-            rabbitmqctl -q delete_queue "granda-wrk-$tag.$q" >/dev/null 2>&1 || true
-        done
-    fi
+    bench_stop "$PG" "$db" "granda-wrk-$tag"
     rm -f /tmp/granda-wrk-$tag.log
     local rps p50
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    p50=$(awk '$1 == "50%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+    p50=$(wrk_p50 <<<"$out")
     grep -q "Non-2xx" <<<"$out" && echo "bench-wrk: $1 had non-2xx answers" >&2
     echo "$rps $p50"
 }
