@@ -69,10 +69,11 @@ async fn execute_in_mode(
             let (ran, removal) = Box::pin(shared.runner.run(work.id, function, input)).await;
             (ran, true, removal)
         }
-        Mode::Warm | Mode::Hot => {
+        Mode::Warm => {
             let (ran, cold) = Box::pin(run_warm(shared, work, function, input)).await;
             (ran, cold, None)
         }
+        Mode::Hot => unreachable!("a hot call was answered above"),
     };
     match ran {
         Ok(run) => {

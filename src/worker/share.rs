@@ -35,11 +35,12 @@ impl<'a> FunctionShare<'a> {
     /// Whether a run of `function` would take the last free slot while it runs here already;
     /// `coming`: runs about to start that the limiter does not count yet (0 or 1).
     pub(super) fn would_wait(shared: &Shared, function: &Snapshot, coming: usize) -> bool {
-        if Self::quick(shared, function) {
-            return false;
-        }
-        let running = shared.function_running.lock().expect("lock");
-        Self::full(shared, &running, &function.name, coming)
+        let full = {
+            let running = shared.function_running.lock().expect("lock");
+            Self::full(shared, &running, &function.name, coming)
+        };
+        // Asked only when it matters (it looks the function's pool up).
+        full && !Self::quick(shared, function)
     }
 
     /// Whether a run of `function` here would be over within [`QUICK_RUN`]: it is hot, a process
@@ -67,11 +68,15 @@ impl<'a> FunctionShare<'a> {
     }
 
     pub(super) fn take(shared: &'a Shared, function: &Snapshot) -> Option<FunctionShare<'a>> {
-        let quick = Self::quick(shared, function);
         let mut running = shared.function_running.lock().expect("lock");
-        // This delivery's own slot is counted in already.
-        if !quick && Self::full(shared, &running, &function.name, 0) {
-            return None;
+        // This delivery's own slot is counted in already. Whether it is quick is asked only
+        // when it matters, and not under this lock (it takes the pool's and the scheduler's).
+        if Self::full(shared, &running, &function.name, 0) {
+            drop(running);
+            if !Self::quick(shared, function) {
+                return None;
+            }
+            running = shared.function_running.lock().expect("lock");
         }
         *running.entry(function.name.clone()).or_default() += 1;
         Some(FunctionShare {
