@@ -18,6 +18,7 @@
 //! processes run here: then it goes on taking messages, runs the calls of those processes (they
 //! need no engine) and parks the rest for [`ENGINE_AWAY_DELAY`] at a time.
 
+mod batches;
 mod breaker;
 mod builds;
 mod cancel;
@@ -132,9 +133,7 @@ struct Shared {
     keys: Arc<crate::seal::Keys>,
     /// The longest timeout a message's function may have (`GRANDA_MAX_TIMEOUT_MS`).
     max_timeout_ms: u64,
-    /// For claims: the same database, with commits that don't wait for the disk.
-    leases: PgPool,
-    /// Writes final records in batches ([`recorder`]).
+    /// Writes claims and final records in batches ([`recorder`]).
     recorder: recorder::Recorder,
     /// How much of a sync call's input its record keeps (the worker writes that record).
     stored_input_cap: usize,
@@ -257,8 +256,11 @@ impl Worker {
             replier: Arc::new(broker::Replier::new(nodes.clone(), &worker_id)),
             nodes,
             shared: Arc::new(Shared {
-                leases: crate::db::lease_pool(&pool),
-                recorder: recorder::Recorder::start(pool.clone()),
+                recorder: recorder::Recorder::start(
+                    pool.clone(),
+                    crate::db::lease_pool(&pool),
+                    &worker_id,
+                ),
                 keys,
                 max_timeout_ms: settings.max_timeout_ms,
                 stored_input_cap: settings.max_stored_input_bytes,

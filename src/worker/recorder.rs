@@ -1,57 +1,80 @@
-//! The final-record writer. [`WRITERS`] statements may be in flight at once: while fewer are, a
-//! record is written alone as soon as its run ends (Postgres flushes concurrent commits to disk
-//! together anyway); records that end while all writers are busy wait for the next free one and
-//! go together, in one statement and one durable commit ([`store::finish_many`]).
+//! The two writes of a run around it, each through a batched writer ([`super::batches`]): its
+//! claim ([`claim`]: a sync call's creates its record; [`CLAIMERS`] statements in flight, on the
+//! lease pool, committed asynchronously) and its final record ([`record_final`]: [`WRITERS`] in
+//! flight, each a durable commit). While fewer statements are in flight, a claim or a record is
+//! written alone at once (Postgres flushes concurrent commits to disk together anyway); those
+//! that come while all are busy go together in the next statement ([`store::claim_many`],
+//! [`store::claim_or_create_many`], [`store::finish_many`]).
 //!
-//! Nothing waits to fill a batch. A single writer (every record behind the one committing) was
-//! measured worse: it serialized commits Postgres would have flushed together
+//! Nothing waits to fill a batch. A single final-record writer (every record behind the one
+//! committing) was measured worse: it serialized commits Postgres would have flushed together
 //! (`docs/benchmarks.md`, "CPU per recorded call").
-//!
-//! Here too, the two writes of a run around it: its claim ([`claim`]: a sync call's creates its
-//! record) and its final record ([`record_final`], through the writer).
 //!
 //! Each run still waits for its own record to be durable before its reply and its ack, so what a
 //! caller or the broker learns is never ahead of Postgres. A batch that fails fails each of its
 //! records, and each run retries its own ([`super::delivery::with_db_retries`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::Shared;
+use super::batches::Batches;
+use crate::invocation::store::NewClaim;
 use crate::invocation::{self, Claim, Outcome, Trigger, store};
 use crate::message::Work;
 
 /// The most records in one statement.
 const BATCH: usize = 128;
 
-/// Statements in flight at once.
+/// Final-record statements in flight at once.
 const WRITERS: usize = 4;
 
-/// One final record to write, and where to say whether it was written.
-struct Final {
-    id: Uuid,
-    outcome: Arc<Outcome>,
-    written: oneshot::Sender<Result<bool, Arc<sqlx::Error>>>,
-}
+/// Claim statements in flight at once.
+const CLAIMERS: usize = 2;
 
-/// The handle runs use to write their final record ([`Recorder::finish`]).
+/// A claimed row: its `(attempt, queued_at)`; `None` when the claim wrote nothing.
+type Claimed = Option<(i32, DateTime<Utc>)>;
+
+/// The handle runs use to write their claim ([`claim`]) and their final record
+/// ([`Recorder::finish`]), each in a batch with those of the runs beside it.
 pub(super) struct Recorder {
-    finals: mpsc::UnboundedSender<Final>,
+    /// Claims of invocations with a record (async triggers).
+    claims: Batches<Uuid, Claimed>,
+    /// Claims of sync calls, which create their record.
+    new_claims: Batches<NewClaim, Claimed>,
+    finals: Batches<(Uuid, Arc<Outcome>), bool>,
 }
 
 impl Recorder {
-    /// Starts the writers on `pool`; they end when the recorder is dropped and what it was
-    /// given is written.
-    pub(super) fn start(pool: PgPool) -> Recorder {
-        let (finals, waiting) = mpsc::unbounded_channel();
-        let waiting = Arc::new(Mutex::new(waiting));
-        for _ in 0..WRITERS {
-            tokio::spawn(write_batches(pool.clone(), waiting.clone()));
+    /// Starts the writers on `pool` (final records, durable) and `leases` (claims, committed
+    /// asynchronously) for worker `worker`; they end when the recorder is dropped and what it
+    /// was given is written.
+    pub(super) fn start(pool: PgPool, leases: PgPool, worker: &str) -> Recorder {
+        let worker: Arc<str> = worker.into();
+        let claims = {
+            let (leases, worker) = (leases.clone(), worker.clone());
+            Batches::start(CLAIMERS, BATCH, move |ids: Vec<Uuid>| {
+                let (leases, worker) = (leases.clone(), worker.clone());
+                async move { write_claims(&leases, &ids, &worker).await }
+            })
+        };
+        let new_claims = Batches::start(CLAIMERS, BATCH, move |calls: Vec<NewClaim>| {
+            let (leases, worker) = (leases.clone(), worker.clone());
+            async move { write_new_claims(&leases, &calls, &worker).await }
+        });
+        let finals = Batches::start(WRITERS, BATCH, move |batch: Vec<(Uuid, Arc<Outcome>)>| {
+            let pool = pool.clone();
+            async move { write_finals(&pool, &batch).await }
+        });
+        Recorder {
+            claims,
+            new_claims,
+            finals,
         }
-        Recorder { finals }
     }
 
     /// Writes invocation `id`'s final record, as [`store::finish`] does (and returns what it
@@ -61,78 +84,93 @@ impl Recorder {
         id: Uuid,
         outcome: Arc<Outcome>,
     ) -> Result<bool, sqlx::Error> {
-        let (written, answer) = oneshot::channel();
-        self.finals
-            .send(Final {
-                id,
-                outcome,
-                written,
-            })
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        match answer.await {
-            Ok(Ok(written)) => Ok(written),
-            Ok(Err(e)) => Err(sqlx::Error::Protocol(format!(
-                "writing a batch of final records: {e}"
-            ))),
-            Err(_) => Err(sqlx::Error::PoolClosed),
-        }
+        self.finals.write((id, outcome)).await
     }
 }
 
-/// One writer: takes the next batch (the first waiting record and those behind it) and writes it.
-async fn write_batches(pool: PgPool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Final>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut waiting = waiting.lock().await;
-            if waiting.recv_many(&mut batch, BATCH).await == 0 {
-                return;
-            }
-        }
-        let finals: Vec<(Uuid, &Outcome)> =
-            batch.iter().map(|f| (f.id, f.outcome.as_ref())).collect();
-        // One record alone: the plain statement (planned once, no arrays to build).
-        let written = match finals.as_slice() {
-            [(id, outcome)] => store::finish(&pool, *id, outcome)
-                .await
-                .map(|written| if written { vec![*id] } else { Vec::new() }),
-            _ => store::finish_many(&pool, &finals).await,
-        };
-        match written {
-            Ok(written) => {
-                for f in batch {
-                    let _ = f.written.send(Ok(written.contains(&f.id)));
-                }
-            }
-            Err(e) => {
-                let e = Arc::new(e);
-                for f in batch {
-                    let _ = f.written.send(Err(e.clone()));
-                }
-            }
-        }
-    }
+/// Whether `ids` name some invocation twice (a redelivery beside its first delivery): such a
+/// batch is written one by one, as one statement may not claim a row twice.
+fn twice(ids: impl ExactSizeIterator<Item = Uuid>) -> bool {
+    let n = ids.len();
+    ids.collect::<HashSet<_>>().len() < n
 }
 
-/// Marks the invocation `running` here. A sync call's record is written by this claim: the
-/// ingress published it without writing one first (see [`crate::producer::enqueue`]).
+/// Each claimed row of `rows`, in the order of `ids`.
+fn in_order(
+    ids: impl Iterator<Item = Uuid>,
+    rows: Vec<(Uuid, i32, DateTime<Utc>)>,
+) -> Vec<Claimed> {
+    ids.map(|id| {
+        rows.iter()
+            .find(|(r, _, _)| *r == id)
+            .map(|&(_, attempt, queued_at)| (attempt, queued_at))
+    })
+    .collect()
+}
+
+async fn write_claims(
+    leases: &PgPool,
+    ids: &[Uuid],
+    worker: &str,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    // One claim alone: the plain statement (planned once, no arrays to build).
+    if ids.len() == 1 || twice(ids.iter().copied()) {
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            claimed.push(store::claim_row(leases, *id, worker).await?);
+        }
+        return Ok(claimed);
+    }
+    let rows = store::claim_many(leases, ids, worker).await?;
+    Ok(in_order(ids.iter().copied(), rows))
+}
+
+async fn write_new_claims(
+    leases: &PgPool,
+    calls: &[NewClaim],
+    worker: &str,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    if calls.len() == 1 || twice(calls.iter().map(|c| c.id)) {
+        let mut claimed = Vec::with_capacity(calls.len());
+        for call in calls {
+            claimed.push(store::claim_or_create_row(leases, call, worker).await?);
+        }
+        return Ok(claimed);
+    }
+    let calls: Vec<&NewClaim> = calls.iter().collect();
+    let rows = store::claim_or_create_many(leases, &calls, worker).await?;
+    Ok(in_order(calls.iter().map(|c| c.id), rows))
+}
+
+async fn write_finals(
+    pool: &PgPool,
+    batch: &[(Uuid, Arc<Outcome>)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if let [(id, outcome)] = batch {
+        return Ok(vec![store::finish(pool, *id, outcome).await?]);
+    }
+    let finals: Vec<(Uuid, &Outcome)> = batch.iter().map(|(id, o)| (*id, o.as_ref())).collect();
+    let written = store::finish_many(pool, &finals).await?;
+    Ok(batch.iter().map(|(id, _)| written.contains(id)).collect())
+}
+
+/// Marks the invocation `running` here, in a batch with the claims of the messages arriving
+/// beside it. A sync call's record is written by this claim: the ingress published it without
+/// writing one first (see [`crate::producer::enqueue`]).
 pub(super) async fn claim(
     shared: &Shared,
     work: &Work,
     input: &[u8],
 ) -> Result<Claim, sqlx::Error> {
-    if work.trigger != Trigger::Sync {
-        return invocation::store::claim(&shared.leases, work.id, &shared.worker_id).await;
-    }
-    // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the final
-    // record is written whole by `record_final`, and a redelivery claims it again.
-    invocation::store::claim_or_create(
-        &shared.leases,
-        &sync_record(shared, work, input),
-        work.queued_at_ms,
-        &shared.worker_id,
-    )
-    .await
+    let claimed = if work.trigger != Trigger::Sync {
+        shared.recorder.claims.write(work.id).await?
+    } else {
+        // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the
+        // final record is written whole by `record_final`, and a redelivery claims it again.
+        let call = NewClaim::new(&sync_record(shared, work, input), work.queued_at_ms);
+        shared.recorder.new_claims.write(call).await?
+    };
+    store::claim_found(&shared.pool, work.id, claimed).await
 }
 
 /// The record a sync call's claim creates, and its final write restores if that claim was lost.
@@ -177,4 +215,22 @@ pub(super) async fn record_final(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_put_back_in_the_order_asked_and_twice_is_seen() {
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let at = Utc::now();
+        let rows = vec![(ids[2], 3, at), (ids[0], 1, at)];
+        assert_eq!(
+            in_order(ids.iter().copied(), rows),
+            vec![Some((1, at)), None, Some((3, at))]
+        );
+        assert!(!twice(ids.iter().copied()));
+        assert!(twice([ids[0], ids[1], ids[0]].into_iter()));
+    }
 }

@@ -207,3 +207,115 @@ async fn a_batch_of_final_records_writes_each_as_one_would_and_skips_the_final_o
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
+
+/// The recorder's batched claims (`store::claim_many`, `store::claim_or_create_many`): each row
+/// claimed as one claim would claim it, and only those returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_claims_claims_each_as_one_would_and_only_those() {
+    use granda::invocation::store::{self, NewClaim};
+    use granda::invocation::{NewInvocation, Trigger};
+    let app = spawn_app().await;
+    sqlx::query(
+        "INSERT INTO workers (id, started_at, heartbeat_at, concurrency, in_flight, queues, lease_until)
+         VALUES ('alive', now(), now(), 1, 1, '{}', now() + interval '1 hour')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // queued; running on a worker without a lease (dead); final; running on a live worker.
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    for (id, (status, worker)) in ids.iter().zip([
+        ("queued", None),
+        ("running", Some("gone")),
+        ("succeeded", None),
+        ("running", Some("alive")),
+    ]) {
+        sqlx::query(
+            "INSERT INTO invocations (id, function, status, trigger, queued_at, worker, attempt)
+             VALUES ($1, 'f', $2, 'async', now(), $3, CASE WHEN $2 = 'queued' THEN 0 ELSE 1 END)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(worker)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let mut claimed = store::claim_many(&app.pool, &ids, "w1").await.unwrap();
+    claimed.sort_by_key(|c| c.0);
+    let claimed: Vec<(Uuid, i32)> = claimed.into_iter().map(|(id, a, _)| (id, a)).collect();
+    assert_eq!(claimed, vec![(ids[0], 1), (ids[1], 2)]);
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, worker FROM invocations ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let rows: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .map(|(s, w)| (s.as_str(), w.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("running", Some("w1")),
+            ("running", Some("w1")),
+            ("succeeded", None),
+            ("running", Some("alive")),
+        ]
+    );
+
+    // Sync calls: a new one is created `running` (its input kept up to the cap, its size whole),
+    // a refused one is not created, a queued one (its caller stopped waiting) is claimed.
+    let new = |id, input: &'static [u8]| {
+        NewClaim::new(
+            &NewInvocation {
+                id,
+                function: "g",
+                trigger: Trigger::Sync,
+                input,
+                stored_input_cap: 4,
+                idempotency_key: None,
+                key_id: None,
+            },
+            chrono::Utc::now().timestamp_millis() - 50,
+        )
+    };
+    let calls: Vec<NewClaim> = (0..3).map(|_| new(Uuid::now_v7(), b"0123456789")).collect();
+    store::refuse(&app.pool, calls[1].id).await.unwrap();
+    sqlx::query(
+        "INSERT INTO invocations (id, function, status, trigger, queued_at, published_at, input, input_size)
+         VALUES ($1, 'g', 'queued', 'sync', now(), now(), '0123', 10)",
+    )
+    .bind(calls[2].id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let refs: Vec<&NewClaim> = calls.iter().collect();
+    let mut claimed = store::claim_or_create_many(&app.pool, &refs, "w1")
+        .await
+        .unwrap();
+    claimed.sort_by_key(|c| c.0);
+    let claimed: Vec<(Uuid, i32)> = claimed.into_iter().map(|(id, a, _)| (id, a)).collect();
+    assert_eq!(claimed, vec![(calls[0].id, 1), (calls[2].id, 1)]);
+    type Row = (String, String, Option<Vec<u8>>, i64, Option<String>, bool);
+    let row: Row = sqlx::query_as(
+        "SELECT status, trigger, input, input_size, worker, queue_ms >= 50 FROM invocations WHERE id = $1",
+    )
+    .bind(calls[0].id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "running".to_string(),
+            "sync".to_string(),
+            Some(b"0123".to_vec()),
+            10,
+            Some("w1".to_string()),
+            true
+        )
+    );
+    assert!(store::get(&app.pool, calls[1].id).await.unwrap().is_none());
+    app.shutdown().await;
+}

@@ -201,7 +201,7 @@ pub(crate) async fn restore_final(
                     $18, $19, $20, $21, $22, $23, $24
              WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = $1)
              ON CONFLICT (id) DO NOTHING",
-            arrival(inv, queued_at_ms, worker)?,
+            arrival(&NewClaim::new(inv, queued_at_ms), worker)?,
         )
         .bind(attempt),
         outcome,

@@ -171,10 +171,14 @@ pub(crate) async fn mark_published<'e>(
 /// Marks an invocation `running` on `worker` as a new attempt (and published: a worker has its
 /// message, so the outbox must leave it alone): when it is `queued`, or
 /// `running` on this same worker's earlier self (the caller knows it is not running here now),
-/// or `running` on a worker whose heartbeat stopped.
-#[tracing::instrument(level = "debug", skip(pool))]
-pub(crate) async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim, sqlx::Error> {
-    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
+/// or `running` on a worker whose heartbeat stopped. Returns the claimed row's
+/// `(attempt, queued_at)`; `None` when it claimed nothing ([`claim_found`] says why).
+pub(crate) async fn claim_row(
+    pool: &PgPool,
+    id: Uuid,
+    worker: &str,
+) -> Result<Option<(i32, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(concat!(
         "UPDATE invocations i SET ",
         claim_set!("$2"),
         " WHERE i.id = $1 AND (",
@@ -184,8 +188,7 @@ pub(crate) async fn claim(pool: &PgPool, id: Uuid, worker: &str) -> Result<Claim
     .bind(id)
     .bind(worker)
     .fetch_optional(pool)
-    .await?;
-    claimed_or_why(pool, id, row).await
+    .await
 }
 
 /// What a claim that wrote nothing found instead.
@@ -214,7 +217,18 @@ pub async fn claim_or_create(
     queued_at_ms: i64,
     worker: &str,
 ) -> Result<Claim, sqlx::Error> {
-    let row: Option<(i32, DateTime<Utc>)> = sqlx::query_as_with(
+    let row = claim_or_create_row(pool, &NewClaim::new(inv, queued_at_ms), worker).await?;
+    claimed_or_why(pool, inv.id, row).await
+}
+
+/// [`claim_or_create`]'s statement alone: the created or claimed row's `(attempt, queued_at)`,
+/// `None` when it did neither.
+pub(crate) async fn claim_or_create_row(
+    pool: &PgPool,
+    call: &NewClaim,
+    worker: &str,
+) -> Result<Option<(i32, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as_with(
         concat!(
         "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
                                       started_at, worker, published_at, queue_ms, key_id)
@@ -227,12 +241,113 @@ pub async fn claim_or_create(
         claimable!("$7"),
         " RETURNING attempt, queued_at"
         ),
-        arrival(inv, queued_at_ms, worker)?,
+        arrival(call, worker)?,
     )
-    .bind(inv.key_id)
+    .bind(call.key_id)
     .fetch_optional(pool)
-    .await?;
-    claimed_or_why(pool, inv.id, row).await
+    .await
+}
+
+/// A sync call's record as [`claim_or_create_many`] creates it (the owned form of
+/// [`NewInvocation`] with its arrival, for a batch that outlives the caller's borrow).
+#[derive(Clone, Debug)]
+pub struct NewClaim {
+    pub id: Uuid,
+    pub function: String,
+    pub trigger: Trigger,
+    /// The input as stored (at most the stored-input cap).
+    pub stored_input: Vec<u8>,
+    pub input_size: i64,
+    /// When the ingress accepted it (ms since the epoch).
+    pub queued_at_ms: i64,
+    pub key_id: Option<Uuid>,
+}
+
+impl NewClaim {
+    pub fn new(inv: &NewInvocation<'_>, queued_at_ms: i64) -> NewClaim {
+        NewClaim {
+            id: inv.id,
+            function: inv.function.to_string(),
+            trigger: inv.trigger,
+            stored_input: inv.input[..inv.input.len().min(inv.stored_input_cap)].to_vec(),
+            input_size: inv.input.len() as i64,
+            queued_at_ms,
+            key_id: inv.key_id,
+        }
+    }
+}
+
+/// [`claim_row`] for many invocations in one statement (the worker's recorder batches the claims
+/// of messages that arrive together; `ids` hold no duplicate). Returns the rows it claimed, as
+/// `(id, attempt, queued_at)`; for an id missing from them, [`claimed_or_why`] says why.
+#[tracing::instrument(level = "debug", skip_all, fields(records = ids.len()))]
+pub async fn claim_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    worker: &str,
+) -> Result<Vec<(Uuid, i32, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "UPDATE invocations i SET ",
+        claim_set!("$2"),
+        " WHERE i.id = ANY($1) AND (",
+        claimable!("$2"),
+        ") RETURNING id, attempt, queued_at"
+    ))
+    .bind(ids)
+    .bind(worker)
+    .fetch_all(pool)
+    .await
+}
+
+/// [`claim_or_create`] for many sync calls in one statement (no id twice). Returns the rows it
+/// created or claimed, as `(id, attempt, queued_at)`.
+#[tracing::instrument(level = "debug", skip_all, fields(records = calls.len()))]
+pub async fn claim_or_create_many(
+    pool: &PgPool,
+    calls: &[&NewClaim],
+    worker: &str,
+) -> Result<Vec<(Uuid, i32, DateTime<Utc>)>, sqlx::Error> {
+    let ids: Vec<Uuid> = calls.iter().map(|c| c.id).collect();
+    let functions: Vec<&str> = calls.iter().map(|c| c.function.as_str()).collect();
+    let triggers: Vec<&str> = calls.iter().map(|c| c.trigger.as_str()).collect();
+    let inputs: Vec<&[u8]> = calls.iter().map(|c| c.stored_input.as_slice()).collect();
+    let sizes: Vec<i64> = calls.iter().map(|c| c.input_size).collect();
+    let queued: Vec<i64> = calls.iter().map(|c| c.queued_at_ms).collect();
+    let keys: Vec<Option<Uuid>> = calls.iter().map(|c| c.key_id).collect();
+    sqlx::query_as(concat!(
+        "INSERT INTO invocations AS i (id, function, status, trigger, input, input_size, queued_at, attempt,
+                                      started_at, worker, published_at, queue_ms, key_id)
+         SELECT v.id, v.function, 'running', v.trigger, v.input, v.input_size,
+                to_timestamp(v.queued_ms::float8 / 1000.0), 1, now(), $8, now(),
+                GREATEST(0, (EXTRACT(EPOCH FROM now()) * 1000)::bigint - v.queued_ms), v.key_id
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int8[], $6::int8[], $7::uuid[])
+              AS v(id, function, trigger, input, input_size, queued_ms, key_id)
+         WHERE NOT EXISTS (SELECT 1 FROM refused_invocations r WHERE r.id = v.id)
+         ON CONFLICT (id) DO UPDATE SET ",
+        claim_set!("$8"),
+        " WHERE ",
+        claimable!("$8"),
+        " RETURNING id, attempt, queued_at"
+    ))
+    .bind(ids)
+    .bind(functions)
+    .bind(triggers)
+    .bind(inputs)
+    .bind(sizes)
+    .bind(queued)
+    .bind(keys)
+    .bind(worker)
+    .fetch_all(pool)
+    .await
+}
+
+/// What a claim of invocation `id` found: `row` when it claimed it, else why not (one read).
+pub(crate) async fn claim_found(
+    pool: &PgPool,
+    id: Uuid,
+    row: Option<(i32, DateTime<Utc>)>,
+) -> Result<Claim, sqlx::Error> {
+    claimed_or_why(pool, id, row).await
 }
 
 /// Notes that a sync call was refused (its publish not confirmed): if its message reached the
@@ -528,20 +643,15 @@ pub(crate) async fn discard_dead(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::
 /// An arriving invocation as parameters `$1` to `$7`, in the order [`claim_or_create`] and
 /// [`restore_final`] use them: id, function, trigger, the input kept (up to the cap), the
 /// input's size, when it was queued (ms since the epoch) and the worker that runs it.
-fn arrival(
-    inv: &NewInvocation<'_>,
-    queued_at_ms: i64,
-    worker: &str,
-) -> Result<PgArguments, sqlx::Error> {
+fn arrival(call: &NewClaim, worker: &str) -> Result<PgArguments, sqlx::Error> {
     let mut args = PgArguments::default();
-    let stored = &inv.input[..inv.input.len().min(inv.stored_input_cap)];
     (|| {
-        args.add(inv.id)?;
-        args.add(inv.function)?;
-        args.add(inv.trigger.as_str())?;
-        args.add(stored)?;
-        args.add(inv.input.len() as i64)?;
-        args.add(queued_at_ms)?;
+        args.add(call.id)?;
+        args.add(call.function.as_str())?;
+        args.add(call.trigger.as_str())?;
+        args.add(call.stored_input.as_slice())?;
+        args.add(call.input_size)?;
+        args.add(call.queued_at_ms)?;
         args.add(worker)
     })()
     .map_err(sqlx::Error::Encode)?;
