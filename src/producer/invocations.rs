@@ -46,11 +46,14 @@ pub(crate) async fn get(
     Extension(acting): Extension<Acting>,
 ) -> Result<Json<InvocationView>, ApiError> {
     let id = parse_id(&id)?;
+    // The callback's part first: a callback ends only once the record is final, so the record
+    // read after it is never behind it (no view of a callback done for a run still going).
+    let callback = crate::callback::state(&app.pool, id).await?;
     let record = load_in(&app, &acting, id).await?;
     let attempts = crate::invocation::attempts::load(&app.pool, &record).await?;
     let mut view = InvocationView::from(record);
     view.attempts = Some(attempts);
-    if let Some(mut callback) = crate::callback::state(&app.pool, id).await? {
+    if let Some(mut callback) = callback {
         // Without the auth middleware's word, the least: no URL.
         let sees_url = caller.is_some_and(
             |Extension(c)| matches!(c, Caller::Key(scope) if permits(scope, Action::ReadFunctions)),

@@ -71,6 +71,8 @@ struct Entry {
     idle: Vec<Warm>,
     /// Idle plus lent out.
     live: usize,
+    /// Its containers are a hot function's processes.
+    hot: bool,
 }
 
 /// The warm containers of one worker.
@@ -179,6 +181,7 @@ impl Pool {
             let taken = {
                 let mut entries = self.entries.lock().expect("lock");
                 let entry = entries.entry(key.clone()).or_default();
+                entry.hot = function.run.mode == Mode::Hot;
                 let engine_away = self.engine_away.load(Ordering::Relaxed);
                 match entry.idle.pop() {
                     Some(warm) => Some(Some(warm)),
@@ -307,7 +310,9 @@ impl Pool {
         warm.last_used = Instant::now();
         warm.uses += 1;
         let mut entries = self.entries.lock().expect("lock");
-        entries.entry(warm.key.clone()).or_default().idle.push(warm);
+        let entry = entries.entry(warm.key.clone()).or_default();
+        entry.hot |= warm.hot.is_some();
+        entry.idle.push(warm);
         drop(entries);
         self.returned.notify_waiters();
     }
@@ -357,8 +362,8 @@ impl Pool {
         self.entries
             .lock()
             .expect("lock")
-            .iter()
-            .any(|(k, e)| e.live > 0 && k.split('|').nth(1) == Some(Mode::Hot.as_str()))
+            .values()
+            .any(|e| e.live > 0 && e.hot)
     }
 
     /// Removes idle containers past their idle timeout (beyond `min_warm`), and under memory

@@ -362,7 +362,7 @@ pub(crate) async fn stored_internal_targets_are_refused_at_connect_time() {
             .unwrap();
         let id = app.invoke_async(function, "secret output").await;
         let record = callback_done(&app, id).await;
-        assert_eq!(record["status"], "succeeded");
+        assert_eq!(record["status"], "succeeded", "{function}: {record}");
         assert_eq!(
             record["callback"]["status"], "failed",
             "{function}: {record}"
