@@ -11,8 +11,9 @@
 //! (`docs/benchmarks.md`, "CPU per recorded call").
 //!
 //! Each run still waits for its own record to be durable before its reply and its ack, so what a
-//! caller or the broker learns is never ahead of Postgres. A batch that fails fails each of its
-//! records, and each run retries its own ([`super::delivery::with_db_retries`]).
+//! caller or the broker learns is never ahead of Postgres. A batch that fails is written again
+//! one by one ([`super::batches`]); a claim or record that fails alone is retried by its run
+//! ([`super::delivery::with_db_retries`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -57,16 +58,16 @@ impl Recorder {
         let worker: Arc<str> = worker.into();
         let claims = {
             let (leases, worker) = (leases.clone(), worker.clone());
-            Batches::start(CLAIMERS, BATCH, move |ids: Vec<Uuid>| {
+            Batches::start(CLAIMERS, BATCH, move |ids: Arc<[Uuid]>| {
                 let (leases, worker) = (leases.clone(), worker.clone());
                 async move { write_claims(&leases, &ids, &worker).await }
             })
         };
-        let new_claims = Batches::start(CLAIMERS, BATCH, move |calls: Vec<NewClaim>| {
+        let new_claims = Batches::start(CLAIMERS, BATCH, move |calls: Arc<[NewClaim]>| {
             let (leases, worker) = (leases.clone(), worker.clone());
             async move { write_new_claims(&leases, &calls, &worker).await }
         });
-        let finals = Batches::start(WRITERS, BATCH, move |batch: Vec<(Uuid, Arc<Outcome>)>| {
+        let finals = Batches::start(WRITERS, BATCH, move |batch: Arc<[(Uuid, Arc<Outcome>)]>| {
             let pool = pool.clone();
             async move { write_finals(&pool, &batch).await }
         });
