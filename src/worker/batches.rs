@@ -74,31 +74,15 @@ async fn write_batches<T, R, W, Fut>(
             batch.into_iter().map(|i| (i.item, i.answer)).unzip();
         let items: Arc<[T]> = items.into();
         let n = items.len();
-        let written = match write(items.clone()).await {
-            Ok(written) if written.len() == n => written.into_iter().map(Ok).collect(),
-            Ok(written) => {
-                let answered = written.len();
-                (0..n)
-                    .map(|_| {
-                        Err(sqlx::Error::Protocol(format!(
-                            "a batch of {n} answered {answered} times"
-                        )))
-                    })
-                    .collect()
-            }
+        let written = match write(items.clone()).await.and_then(|w| counted(n, w)) {
+            Ok(written) => written.into_iter().map(Ok).collect(),
             Err(e) if n == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::warn!(error = %e, items = n, "a batch failed; writing its items one by one");
                 let mut alone = Vec::with_capacity(n);
                 for item in items.iter() {
-                    alone.push(match write(Arc::from([item.clone()])).await {
-                        Ok(mut r) if r.len() == 1 => Ok(r.remove(0)),
-                        Ok(r) => Err(sqlx::Error::Protocol(format!(
-                            "one item answered {} times",
-                            r.len()
-                        ))),
-                        Err(e) => Err(e),
-                    });
+                    let one = write(Arc::from([item.clone()])).await;
+                    alone.push(one.and_then(|w| counted(1, w)).map(|mut w| w.remove(0)));
                 }
                 alone
             }
@@ -109,50 +93,76 @@ async fn write_batches<T, R, W, Fut>(
     }
 }
 
+/// `written`, if it answers for each of the `n` items of its batch.
+fn counted<R>(n: usize, written: Vec<R>) -> Result<Vec<R>, sqlx::Error> {
+    if written.len() == n {
+        return Ok(written);
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "a batch of {n} answered {} times",
+        written.len()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
     use tokio::sync::Notify;
 
-    #[tokio::test]
-    async fn what_comes_while_every_writer_is_busy_goes_together_in_the_next_batch() {
+    type Answer = fn(&[u32]) -> Result<Vec<u32>, sqlx::Error>;
+
+    /// With one writer of `most` items at a time answering with `answer`: writes 0, which holds
+    /// the writer until `rest` wait behind it, then lets it go. Returns what 0 and each of `rest`
+    /// got, and the batches `answer` was given, in order.
+    async fn behind_a_held_batch(
+        most: usize,
+        rest: &[u32],
+        answer: Answer,
+    ) -> (Vec<Result<u32, String>>, Vec<Vec<u32>>) {
         let gate = Arc::new(Notify::new());
         let seen: Arc<StdMutex<Vec<Vec<u32>>>> = Arc::default();
         let batches = {
             let (gate, seen) = (gate.clone(), seen.clone());
-            Arc::new(Batches::start(1, 3, move |items: Arc<[u32]>| {
+            Arc::new(Batches::start(1, most, move |items: Arc<[u32]>| {
                 let (gate, seen) = (gate.clone(), seen.clone());
                 async move {
                     seen.lock().unwrap().push(items.to_vec());
                     if *items == [0] {
                         gate.notified().await;
                     }
-                    Ok(items.iter().map(|i| i * 10).collect())
+                    answer(&items)
                 }
             }))
         };
-        let first = tokio::spawn({
+        let write = |i: u32| {
             let batches = batches.clone();
-            async move { batches.write(0).await }
-        });
+            tokio::spawn(async move { batches.write(i).await })
+        };
+        let first = write(0);
         // The first is alone in its batch, and holds the only writer until the gate opens.
         while seen.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        let rest: Vec<_> = (1..=4)
-            .map(|i| {
-                let batches = batches.clone();
-                tokio::spawn(async move { batches.write(i).await })
-            })
-            .collect();
+        let rest: Vec<_> = rest.iter().map(|i| write(*i)).collect();
         tokio::task::yield_now().await;
         gate.notify_one();
-        assert_eq!(first.await.unwrap().unwrap(), 0);
-        for (i, r) in (1..=4).zip(rest) {
-            assert_eq!(r.await.unwrap().unwrap(), i * 10);
-        }
+        let answers = futures_util::future::join_all(std::iter::once(first).chain(rest)).await;
+        let answers = answers
+            .into_iter()
+            .map(|a| a.unwrap().map_err(|e| e.to_string()))
+            .collect();
         let seen = seen.lock().unwrap().clone();
+        (answers, seen)
+    }
+
+    #[tokio::test]
+    async fn what_comes_while_every_writer_is_busy_goes_together_in_the_next_batch() {
+        let (answers, seen) = behind_a_held_batch(3, &[1, 2, 3, 4], |items| {
+            Ok(items.iter().map(|i| i * 10).collect())
+        })
+        .await;
+        assert_eq!(answers, [Ok(0), Ok(10), Ok(20), Ok(30), Ok(40)]);
         assert_eq!(seen[0], vec![0]);
         // At most three at a time, in the order they came.
         assert_eq!(seen[1..].concat(), vec![1, 2, 3, 4]);
@@ -161,52 +171,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_is_written_again_one_by_one_and_only_the_bad_item_fails() {
-        let gate = Arc::new(Notify::new());
-        let seen: Arc<StdMutex<Vec<Vec<u32>>>> = Arc::default();
-        let batches = {
-            let (gate, seen) = (gate.clone(), seen.clone());
-            Arc::new(Batches::start(1, 8, move |items: Arc<[u32]>| {
-                let (gate, seen) = (gate.clone(), seen.clone());
-                async move {
-                    seen.lock().unwrap().push(items.to_vec());
-                    if *items == [0] {
-                        gate.notified().await;
-                    }
-                    // 13 can't be written: a statement holding it fails whole.
-                    if items.contains(&13) {
-                        return Err(sqlx::Error::PoolTimedOut);
-                    }
-                    Ok(items.to_vec())
-                }
-            }))
-        };
-        let first = tokio::spawn({
-            let batches = batches.clone();
-            async move { batches.write(0).await }
-        });
-        while seen.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let rest: Vec<_> = [1, 13, 2]
-            .into_iter()
-            .map(|i| {
-                let batches = batches.clone();
-                tokio::spawn(async move { batches.write(i).await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        gate.notify_one();
-        assert_eq!(first.await.unwrap().unwrap(), 0);
-        let answers: Vec<_> = futures_util::future::join_all(rest).await;
-        let answers: Vec<Result<u32, String>> = answers
-            .into_iter()
-            .map(|a| a.unwrap().map_err(|e| e.to_string()))
-            .collect();
-        assert_eq!(answers[0], Ok(1));
-        assert!(answers[1].as_ref().unwrap_err().contains("pool timed out"));
-        assert_eq!(answers[2], Ok(2));
+        let (answers, seen) = behind_a_held_batch(8, &[1, 13, 2], |items| {
+            // 13 can't be written: a statement holding it fails whole.
+            if items.contains(&13) {
+                return Err(sqlx::Error::PoolTimedOut);
+            }
+            Ok(items.to_vec())
+        })
+        .await;
+        assert_eq!(answers[..2], [Ok(0), Ok(1)]);
+        assert!(answers[2].as_ref().unwrap_err().contains("pool timed out"));
+        assert_eq!(answers[3], Ok(2));
         // The batch of three, then each alone.
-        let seen = seen.lock().unwrap().clone();
         assert_eq!(seen[1..], [vec![1, 13, 2], vec![1], vec![13], vec![2]]);
     }
 

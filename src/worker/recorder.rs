@@ -138,8 +138,7 @@ async fn write_new_claims(
         }
         return Ok(claimed);
     }
-    let calls: Vec<&NewClaim> = calls.iter().collect();
-    let rows = store::claim_or_create_many(leases, &calls, worker).await?;
+    let rows = store::claim_or_create_many(leases, calls, worker).await?;
     Ok(in_order(calls.iter().map(|c| c.id), rows))
 }
 

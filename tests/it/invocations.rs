@@ -290,8 +290,7 @@ async fn a_batch_of_claims_claims_each_as_one_would_and_only_those() {
     .execute(&app.pool)
     .await
     .unwrap();
-    let refs: Vec<&NewClaim> = calls.iter().collect();
-    let mut claimed = store::claim_or_create_many(&app.pool, &refs, "w1")
+    let mut claimed = store::claim_or_create_many(&app.pool, &calls, "w1")
         .await
         .unwrap();
     claimed.sort_by_key(|c| c.0);

@@ -191,8 +191,8 @@ pub(crate) async fn claim_row(
     .await
 }
 
-/// What a claim that wrote nothing found instead.
-async fn claimed_or_why(
+/// What a claim of invocation `id` found: `row` when it claimed it, else why not (one read).
+pub(crate) async fn claim_found(
     pool: &PgPool,
     id: Uuid,
     row: Option<(i32, DateTime<Utc>)>,
@@ -218,7 +218,7 @@ pub async fn claim_or_create(
     worker: &str,
 ) -> Result<Claim, sqlx::Error> {
     let row = claim_or_create_row(pool, &NewClaim::new(inv, queued_at_ms), worker).await?;
-    claimed_or_why(pool, inv.id, row).await
+    claim_found(pool, inv.id, row).await
 }
 
 /// [`claim_or_create`]'s statement alone: the created or claimed row's `(attempt, queued_at)`,
@@ -279,7 +279,7 @@ impl NewClaim {
 
 /// [`claim_row`] for many invocations in one statement (the worker's recorder batches the claims
 /// of messages that arrive together; `ids` hold no duplicate). Returns the rows it claimed, as
-/// `(id, attempt, queued_at)`; for an id missing from them, [`claimed_or_why`] says why.
+/// `(id, attempt, queued_at)`; for an id missing from them, [`claim_found`] says why.
 #[tracing::instrument(level = "debug", skip_all, fields(records = ids.len()))]
 pub async fn claim_many(
     pool: &PgPool,
@@ -304,7 +304,7 @@ pub async fn claim_many(
 #[tracing::instrument(level = "debug", skip_all, fields(records = calls.len()))]
 pub async fn claim_or_create_many(
     pool: &PgPool,
-    calls: &[&NewClaim],
+    calls: &[NewClaim],
     worker: &str,
 ) -> Result<Vec<(Uuid, i32, DateTime<Utc>)>, sqlx::Error> {
     let ids: Vec<Uuid> = calls.iter().map(|c| c.id).collect();
@@ -339,15 +339,6 @@ pub async fn claim_or_create_many(
     .bind(worker)
     .fetch_all(pool)
     .await
-}
-
-/// What a claim of invocation `id` found: `row` when it claimed it, else why not (one read).
-pub(crate) async fn claim_found(
-    pool: &PgPool,
-    id: Uuid,
-    row: Option<(i32, DateTime<Utc>)>,
-) -> Result<Claim, sqlx::Error> {
-    claimed_or_why(pool, id, row).await
 }
 
 /// Notes that a sync call was refused (its publish not confirmed): if its message reached the
