@@ -301,7 +301,8 @@ async fn handle_in_span(
         .await;
         return;
     }
-    let claim = with_db_retries(|| claim(&shared, &work, &delivery.data))
+    let dead_worker = dead.as_ref().map(|d| d.worker.as_str());
+    let claim = with_db_retries(|| claim(&shared, &work, &delivery.data, dead_worker))
         .instrument(tracing::info_span!("claim"))
         .await;
     match claim {

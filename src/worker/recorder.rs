@@ -44,7 +44,7 @@ type Claimed = Option<(i32, DateTime<Utc>)>;
 /// ([`Recorder::finish`]), each in a batch with those of the runs beside it.
 pub(super) struct Recorder {
     /// Claims of invocations with a record (async triggers).
-    claims: Batches<Uuid, Claimed>,
+    claims: Batches<(Uuid, Option<String>), Claimed>,
     /// Claims of sync calls, which create their record.
     new_claims: Batches<NewClaim, Claimed>,
     finals: Batches<(Uuid, Arc<Outcome>), bool>,
@@ -58,10 +58,14 @@ impl Recorder {
         let worker: Arc<str> = worker.into();
         let claims = {
             let (leases, worker) = (leases.clone(), worker.clone());
-            Batches::start(CLAIMERS, BATCH, move |ids: Arc<[Uuid]>| {
-                let (leases, worker) = (leases.clone(), worker.clone());
-                async move { write_claims(&leases, &ids, &worker).await }
-            })
+            Batches::start(
+                CLAIMERS,
+                BATCH,
+                move |ids: Arc<[(Uuid, Option<String>)]>| {
+                    let (leases, worker) = (leases.clone(), worker.clone());
+                    async move { write_claims(&leases, &ids, &worker).await }
+                },
+            )
         };
         let new_claims = Batches::start(CLAIMERS, BATCH, move |calls: Arc<[NewClaim]>| {
             let (leases, worker) = (leases.clone(), worker.clone());
@@ -109,21 +113,22 @@ fn in_order(
     .collect()
 }
 
+/// Claims `(id, dead)`: of invocation `id`, which may be a run of dead worker `dead`.
 async fn write_claims(
     leases: &PgPool,
-    ids: &[Uuid],
+    claims: &[(Uuid, Option<String>)],
     worker: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     // One claim alone: the plain statement (planned once, no arrays to build).
-    if ids.len() == 1 || twice(ids.iter().copied()) {
-        let mut claimed = Vec::with_capacity(ids.len());
-        for id in ids {
-            claimed.push(store::claim_row(leases, *id, worker).await?);
+    if claims.len() == 1 || twice(claims.iter().map(|c| c.0)) {
+        let mut claimed = Vec::with_capacity(claims.len());
+        for (id, dead) in claims {
+            claimed.push(store::claim_row(leases, *id, worker, dead.as_deref()).await?);
         }
         return Ok(claimed);
     }
-    let rows = store::claim_many(leases, ids, worker).await?;
-    Ok(in_order(ids.iter().copied(), rows))
+    let rows = store::claim_many(leases, claims, worker).await?;
+    Ok(in_order(claims.iter().map(|c| c.0), rows))
 }
 
 async fn write_new_claims(
@@ -131,7 +136,9 @@ async fn write_new_claims(
     calls: &[NewClaim],
     worker: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    if calls.len() == 1 || twice(calls.iter().map(|c| c.id)) {
+    // A takeover goes alone: the batch statement can't name each row's dead worker.
+    let alone = |c: &NewClaim| c.dead.is_some();
+    if calls.len() == 1 || twice(calls.iter().map(|c| c.id)) || calls.iter().any(alone) {
         let mut claimed = Vec::with_capacity(calls.len());
         for call in calls {
             claimed.push(store::claim_or_create_row(leases, call, worker).await?);
@@ -156,18 +163,22 @@ async fn write_finals(
 
 /// Marks the invocation `running` here, in a batch with the claims of the messages arriving
 /// beside it. A sync call's record is written by this claim: the ingress published it without
-/// writing one first (see [`crate::producer::enqueue`]).
+/// writing one first (see [`crate::producer::enqueue`]). A run of another worker is taken over
+/// only if that worker is `dead`, the one the caller found, and settled, before it claimed.
 pub(super) async fn claim(
     shared: &Shared,
     work: &Work,
     input: &[u8],
+    dead: Option<&str>,
 ) -> Result<Claim, sqlx::Error> {
+    let dead = dead.map(str::to_string);
     let claimed = if work.trigger != Trigger::Sync {
-        shared.recorder.claims.write(work.id).await?
+        shared.recorder.claims.write((work.id, dead)).await?
     } else {
         // A lease like any claim (an asynchronous commit): if a Postgres crash loses it, the
         // final record is written whole by `record_final`, and a redelivery claims it again.
-        let call = NewClaim::new(&sync_record(shared, work, input), work.queued_at_ms);
+        let mut call = NewClaim::new(&sync_record(shared, work, input), work.queued_at_ms);
+        call.dead = dead;
         shared.recorder.new_claims.write(call).await?
     };
     store::claim_found(&shared.pool, work.id, claimed).await

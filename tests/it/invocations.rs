@@ -222,13 +222,15 @@ async fn a_batch_of_claims_claims_each_as_one_would_and_only_those() {
     .execute(&app.pool)
     .await
     .unwrap();
-    // queued; running on a worker without a lease (dead); final; running on a live worker.
-    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    // queued; running on a worker without a lease (dead); final; running on a live worker;
+    // running on the dead worker, which this claim does not name.
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
     for (id, (status, worker)) in ids.iter().zip([
         ("queued", None),
         ("running", Some("gone")),
         ("succeeded", None),
         ("running", Some("alive")),
+        ("running", Some("gone")),
     ]) {
         sqlx::query(
             "INSERT INTO invocations (id, function, status, trigger, queued_at, worker, attempt)
@@ -241,7 +243,13 @@ async fn a_batch_of_claims_claims_each_as_one_would_and_only_those() {
         .await
         .unwrap();
     }
-    let mut claimed = store::claim_many(&app.pool, &ids, "w1").await.unwrap();
+    let dead = [None, Some("gone"), None, Some("alive"), None];
+    let claims: Vec<(Uuid, Option<String>)> = ids
+        .iter()
+        .zip(dead)
+        .map(|(id, d)| (*id, d.map(String::from)))
+        .collect();
+    let mut claimed = store::claim_many(&app.pool, &claims, "w1").await.unwrap();
     claimed.sort_by_key(|c| c.0);
     let claimed: Vec<(Uuid, i32)> = claimed.into_iter().map(|(id, a, _)| (id, a)).collect();
     assert_eq!(claimed, vec![(ids[0], 1), (ids[1], 2)]);
@@ -261,6 +269,7 @@ async fn a_batch_of_claims_claims_each_as_one_would_and_only_those() {
             ("running", Some("w1")),
             ("succeeded", None),
             ("running", Some("alive")),
+            ("running", Some("gone")),
         ]
     );
 

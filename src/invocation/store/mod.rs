@@ -27,15 +27,20 @@ macro_rules! claim_set {
 }
 
 /// When worker `$w` may claim row `i`: it is `queued`, or `running` on this worker's earlier
-/// self, or on a worker whose lease ran out (`workers.lease_until`, GRANDA_WORKER_LEASE_MS
-/// after its last beat; 15 s for a row of a worker from before leases).
+/// self, or on worker `$dead` (the dead worker the claimer found, and settled, before it
+/// claimed; NULL: none) once its lease ran out (`workers.lease_until`, GRANDA_WORKER_LEASE_MS
+/// after its last beat; 15 s for a row of a worker from before leases). So a lease that runs
+/// out between the claimer's look and its claim never lets a dead worker's run be taken over
+/// unsettled.
 macro_rules! claimable {
-    ($w:literal) => {
+    ($w:literal, $dead:literal) => {
         concat!(
             "i.status = 'queued' OR (i.status = 'running' AND (i.worker = ",
             $w,
-            " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = i.worker
-                             AND COALESCE(w.lease_until, w.heartbeat_at + interval '15 seconds') > now())))"
+            " OR (i.worker = ",
+            $dead,
+            " AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = i.worker
+                             AND COALESCE(w.lease_until, w.heartbeat_at + interval '15 seconds') > now()))))"
         )
     };
 }
@@ -171,22 +176,25 @@ pub(crate) async fn mark_published<'e>(
 /// Marks an invocation `running` on `worker` as a new attempt (and published: a worker has its
 /// message, so the outbox must leave it alone): when it is `queued`, or
 /// `running` on this same worker's earlier self (the caller knows it is not running here now),
-/// or `running` on a worker whose heartbeat stopped. Returns the claimed row's
-/// `(attempt, queued_at)`; `None` when it claimed nothing ([`claim_found`] says why).
+/// or `running` on worker `dead` (found dead, and settled, by the caller) once its lease ran out.
+/// Returns the claimed row's `(attempt, queued_at)`; `None` when it claimed nothing
+/// ([`claim_found`] says why).
 pub(crate) async fn claim_row(
     pool: &PgPool,
     id: Uuid,
     worker: &str,
+    dead: Option<&str>,
 ) -> Result<Option<(i32, DateTime<Utc>)>, sqlx::Error> {
     sqlx::query_as(concat!(
         "UPDATE invocations i SET ",
         claim_set!("$2"),
         " WHERE i.id = $1 AND (",
-        claimable!("$2"),
+        claimable!("$2", "$3"),
         ") RETURNING attempt, queued_at"
     ))
     .bind(id)
     .bind(worker)
+    .bind(dead)
     .fetch_optional(pool)
     .await
 }
@@ -238,12 +246,13 @@ pub(crate) async fn claim_or_create_row(
          ON CONFLICT (id) DO UPDATE SET ",
         claim_set!("$7"),
         " WHERE ",
-        claimable!("$7"),
+        claimable!("$7", "$9"),
         " RETURNING attempt, queued_at"
         ),
         arrival(call, worker)?,
     )
     .bind(call.key_id)
+    .bind(call.dead.as_deref())
     .fetch_optional(pool)
     .await
 }
@@ -261,6 +270,8 @@ pub struct NewClaim {
     /// When the ingress accepted it (ms since the epoch).
     pub queued_at_ms: i64,
     pub key_id: Option<Uuid>,
+    /// The dead worker whose run this claim may take over (found, and settled, by the claimer).
+    pub dead: Option<String>,
 }
 
 impl NewClaim {
@@ -273,34 +284,42 @@ impl NewClaim {
             input_size: inv.input.len() as i64,
             queued_at_ms,
             key_id: inv.key_id,
+            dead: None,
         }
     }
 }
 
 /// [`claim_row`] for many invocations in one statement (the worker's recorder batches the claims
-/// of messages that arrive together; `ids` hold no duplicate). Returns the rows it claimed, as
-/// `(id, attempt, queued_at)`; for an id missing from them, [`claim_found`] says why.
-#[tracing::instrument(level = "debug", skip_all, fields(records = ids.len()))]
+/// of messages that arrive together; no id twice): each `(id, dead)` as `claim_row` claims it.
+/// Returns the rows it claimed, as `(id, attempt, queued_at)`; for an id missing from them,
+/// [`claim_found`] says why.
+#[tracing::instrument(level = "debug", skip_all, fields(records = claims.len()))]
 pub async fn claim_many(
     pool: &PgPool,
-    ids: &[Uuid],
+    claims: &[(Uuid, Option<String>)],
     worker: &str,
 ) -> Result<Vec<(Uuid, i32, DateTime<Utc>)>, sqlx::Error> {
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.0).collect();
+    let dead: Vec<Option<&str>> = claims.iter().map(|c| c.1.as_deref()).collect();
     sqlx::query_as(concat!(
         "UPDATE invocations i SET ",
         claim_set!("$2"),
-        " WHERE i.id = ANY($1) AND (",
-        claimable!("$2"),
-        ") RETURNING id, attempt, queued_at"
+        " FROM unnest($1::uuid[], $3::text[]) AS v(id, dead)
+         WHERE i.id = v.id AND (",
+        claimable!("$2", "v.dead"),
+        ") RETURNING i.id, i.attempt, i.queued_at"
     ))
     .bind(ids)
     .bind(worker)
+    .bind(dead)
     .fetch_all(pool)
     .await
 }
 
-/// [`claim_or_create`] for many sync calls in one statement (no id twice). Returns the rows it
-/// created or claimed, as `(id, attempt, queued_at)`.
+/// [`claim_or_create`] for many sync calls in one statement (no id twice, none taking over a dead
+/// worker's run: an `ON CONFLICT` update can't see which dead worker each row may take over, so
+/// such a claim goes alone, [`claim_or_create_row`]). Returns the rows it created or claimed, as
+/// `(id, attempt, queued_at)`.
 #[tracing::instrument(level = "debug", skip_all, fields(records = calls.len()))]
 pub async fn claim_or_create_many(
     pool: &PgPool,
@@ -326,7 +345,7 @@ pub async fn claim_or_create_many(
          ON CONFLICT (id) DO UPDATE SET ",
         claim_set!("$8"),
         " WHERE ",
-        claimable!("$8"),
+        claimable!("$8", "NULL"),
         " RETURNING id, attempt, queued_at"
     ))
     .bind(ids)
