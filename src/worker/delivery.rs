@@ -119,31 +119,59 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Marks an invocation as running here until dropped (and open to a cancel: [`super::cancel`]).
-pub(super) struct Running<'a> {
+/// This worker's hold on an invocation, from before its claim to the end of its run: one delivery
+/// of an id at a time goes past [`Here::take`] on a worker. Another copy of the same message (a
+/// publish repeated after a lost confirm, a redelivery racing its first delivery) waits for the
+/// hold to go, then claims and finds the run final. Taken before the claim, because a claim
+/// accepts a run on this same worker (its earlier self), so two copies claiming side by side
+/// would both run.
+pub(super) struct Here<'a> {
     shared: &'a Shared,
     id: Uuid,
+    // Dropped after the entry is removed: wakes every copy waiting on this one.
     _done: watch::Sender<bool>,
+}
+
+impl<'a> Here<'a> {
+    pub(super) async fn take(shared: &'a Shared, id: Uuid) -> Here<'a> {
+        loop {
+            let mut held = {
+                let mut in_flight = shared.in_flight.lock().expect("lock");
+                match in_flight.get(&id) {
+                    Some(held) => held.clone(),
+                    None => {
+                        let (done, watching) = watch::channel(false);
+                        in_flight.insert(id, watching);
+                        return Here {
+                            shared,
+                            id,
+                            _done: done,
+                        };
+                    }
+                }
+            };
+            // Ends when the holder's sender drops, after its entry is gone.
+            let _ = held.wait_for(|done| *done).await;
+        }
+    }
+}
+
+impl Drop for Here<'_> {
+    fn drop(&mut self) {
+        self.shared.in_flight.lock().expect("lock").remove(&self.id);
+    }
+}
+
+/// Marks a claimed invocation as open to a cancel ([`super::cancel`]) until dropped.
+pub(super) struct Running<'a> {
     cancel: super::cancel::Watch<'a>,
 }
 
 impl<'a> Running<'a> {
     pub(super) fn start(shared: &'a Shared, id: Uuid) -> Running<'a> {
-        let (done, watching) = watch::channel(false);
-        shared.in_flight.lock().expect("lock").insert(id, watching);
         Running {
-            shared,
-            id,
-            _done: done,
             cancel: shared.cancels.watch(id),
         }
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        // Dropping the sender wakes every duplicate waiting on this run.
-        self.shared.in_flight.lock().expect("lock").remove(&self.id);
     }
 }
 
@@ -249,16 +277,8 @@ async fn handle_in_span(
         }
     }
 
-    // A duplicate of a run going on here: wait for it, then answer from its record.
-    let running_here = shared
-        .in_flight
-        .lock()
-        .expect("lock")
-        .get(&work.id)
-        .cloned();
-    if let Some(mut done) = running_here {
-        let _ = done.wait_for(|d| *d).await;
-    }
+    // A copy of a message handled here already: wait for it, then answer from its record.
+    let _here = Here::take(&shared, work.id).await;
 
     // Fair sharing: a function that runs here already never takes the worker's last free slot.
     let Some(_share) = FunctionShare::take(&shared, &work.function) else {

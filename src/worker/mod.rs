@@ -141,7 +141,8 @@ struct Shared {
     worker_id: String,
     topology: Topology,
     backoff: Backoff,
-    /// Invocations running here now, each with a flag that turns true when its run is over.
+    /// Invocations held here now, from before their claim to the end of their run
+    /// ([`delivery::Here`]), each with a receiver that ends when the hold goes.
     in_flight: Mutex<HashMap<Uuid, watch::Receiver<bool>>>,
     /// Runs here that a cancel stops ([`cancel`]).
     cancels: cancel::Cancels,

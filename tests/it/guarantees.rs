@@ -277,6 +277,59 @@ async fn a_duplicate_message_of_a_final_invocation_is_acked_without_a_run() {
     app.shutdown().await;
 }
 
+/// Two copies of one message that reach a worker together (a publish repeated after a lost
+/// confirm, a redelivery racing its first delivery) make one run: the second waits for the first,
+/// then finds it final. A claim accepts a run on its own worker, so without the hold taken before
+/// the claim both copies claimed and ran (attempt 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_a_message_arriving_together_run_once() {
+    let app = spawn_app_with(|s| s.fair_share = false).await;
+    app.register(
+        "sleepy",
+        "granda-test/sleep",
+        json!({"env": {"SLEEP_SECONDS": "1"}}),
+    )
+    .await;
+    let function = functions::get(&app.pool, "sleepy").await.unwrap().unwrap();
+    let publisher = app.publisher().await;
+    for round in 0..3 {
+        let id = Uuid::now_v7();
+        let work = Work {
+            id,
+            trigger: Trigger::Sync,
+            function: function.snapshot(),
+            queued_at_ms: chrono::Utc::now().timestamp_millis(),
+            reply_to: None,
+            correlation_id: None,
+            request: None,
+            key_id: None,
+        };
+        let (first, second) = tokio::join!(
+            publisher.publish("default", &work, b"copy"),
+            publisher.publish("default", &work, b"copy"),
+        );
+        first.unwrap();
+        second.unwrap();
+        // A sync call's record is written by its claim.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while sqlx::query("SELECT 1 FROM invocations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(std::time::Instant::now() < deadline, "never claimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let record = app.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(record["status"], "succeeded", "round {round}: {record}");
+        assert_eq!(record["output"], "slept\n");
+        assert_eq!(record["attempt"], 1, "round {round}: one run: {record}");
+    }
+    app.shutdown().await;
+}
+
 /// A sync call's claim is an asynchronous commit: a Postgres crash during the run may lose it.
 /// The final write then writes the record whole (here the record is deleted mid-run instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
