@@ -35,7 +35,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
             i * 2
         )
     };
-    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
+    let (worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
     let on_b = engine(&engine_b);
 
     // Host B takes every call (nobody else serves the queue yet): async ones, and two sync
@@ -47,17 +47,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
     }
     let mut callers = vec![];
     for i in ASYNC..ASYNC + 2 {
-        let (client, url, body) = (
-            app.client.clone(),
-            app.url("/v1/functions/short/invoke"),
-            script(i),
-        );
-        callers.push(tokio::spawn(async move {
-            let r = client.post(url).body(body).send().await.unwrap();
-            let status = r.status().as_u16();
-            let id = crate::support::id_of(&r);
-            (status, id, r.text().await.unwrap())
-        }));
+        callers.push(waiting_call(&app, "/v1/functions/short/invoke", script(i)));
     }
     let all_running = || async {
         let rows = running_on(&app, &id_b).await;
@@ -75,18 +65,8 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
     .await;
 
     // Host A serves the queue too; then host B dies while its containers run.
-    let worker_a = app
-        .add_worker(|s| {
-            s.queues = vec!["takeover".into()];
-            s.min_concurrency = 8;
-            s.max_concurrency = Some(8);
-            s.fair_share = false;
-        })
-        .await;
-    worker_b.kill().unwrap();
-    let killed = now_ns();
-    let killed_at = Instant::now();
-    worker_b.wait().unwrap();
+    let worker_a = host_a_worker(&mut app, 8).await;
+    let (killed, killed_at) = kill(worker_b);
 
     // Every run is recorded from its container on B, the first run's output, not run again.
     let ids: Vec<uuid::Uuid> = on_host_b;
@@ -120,12 +100,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
             "{id} never ran on A: {events:?}"
         );
     }
-    let lease = Duration::from_millis(LEASE_MS);
-    let slowest = *recorded_after.iter().max().unwrap();
-    assert!(
-        slowest <= lease + Duration::from_secs(4),
-        "recorded {slowest:?} after the kill (lease {lease:?})"
-    );
+    let lease = all_within_lease(&recorded_after, LEASE_MS);
 
     // The sync callers got the very output recorded.
     for caller in callers {
@@ -134,12 +109,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
         let record = app.invocation(id).await;
         assert_eq!(record["output"], body, "{record}");
     }
-    eventually(
-        Duration::from_secs(20),
-        "B's containers removed",
-        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
-    )
-    .await;
+    b_cleaned_up(&on_b, &id_b).await;
     eprintln!(
         "kill -9 of host B with {} short runs going: each ended on B before its lease ({lease:?}) \
          ran out, and was recorded from engine B {recorded_after:?} after the kill, none run \
@@ -147,10 +117,7 @@ async fn short_runs_that_end_after_their_host_died_are_recorded_from_its_engine_
         ids.len()
     );
     settle(&app, &ids, &engine_b, &runs).await;
-    for docker in [&app.docker, &on_b] {
-        remove_image(docker, &image).await;
-    }
-    app.shutdown().await;
+    finish(app, &on_b, &image).await;
 }
 
 /// (engine, exec id, action or "die <exit code>", when in ns since the epoch).
@@ -263,7 +230,7 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
             i * 2
         )
     };
-    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
+    let (worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
     const CALLS: usize = 4;
     for i in 0..CALLS {
         app.invoke_async("short-warm", script(i)).await;
@@ -281,17 +248,8 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
         },
     )
     .await;
-    let worker_a = app
-        .add_worker(|s| {
-            s.queues = vec!["takeover".into()];
-            s.min_concurrency = 4;
-            s.max_concurrency = Some(4);
-            s.fair_share = false;
-        })
-        .await;
-    worker_b.kill().unwrap();
-    let killed_at = Instant::now();
-    worker_b.wait().unwrap();
+    let worker_a = host_a_worker(&mut app, 4).await;
+    let (_, killed_at) = kill(worker_b);
 
     let mut recorded_after = vec![];
     for id in &ids {
@@ -342,28 +300,15 @@ async fn warm_runs_that_end_after_their_host_died_are_recorded_from_their_journa
             "{id}'s exec was not killed: {ran:?}"
         );
     }
-    let lease = Duration::from_millis(LEASE_MS);
-    let slowest = *recorded_after.iter().max().unwrap();
-    assert!(
-        slowest <= lease + Duration::from_secs(4),
-        "recorded {slowest:?} after the kill (lease {lease:?})"
-    );
-    eventually(
-        Duration::from_secs(20),
-        "B's containers removed",
-        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
-    )
-    .await;
+    let lease = all_within_lease(&recorded_after, LEASE_MS);
+    b_cleaned_up(&on_b, &id_b).await;
     eprintln!(
         "kill -9 of host B with {} warm runs going (one a URL call): each ended on B before its \
          lease ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after \
          the kill, none run again (worker A: {worker_a})",
         ids.len()
     );
-    for docker in [&app.docker, &on_b] {
-        remove_image(docker, &image).await;
-    }
-    app.shutdown().await;
+    finish(app, &on_b, &image).await;
 }
 
 /// The dead-letter queue's depth of `app`'s installation.
@@ -395,7 +340,7 @@ async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_
     };
     app.register("dies", &image, with(1)).await;
     app.register("retries", &image, with(2)).await;
-    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 2, LEASE_MS);
+    let (worker_b, id_b) = host_b_worker(&app, &engine_b, 2, LEASE_MS);
     let on_b = engine(&engine_b);
     let dies = app.invoke_async("dies", "sleep 1; exit 3").await;
     let retries = app.invoke_async("retries", "sleep 1.2; exit 3").await;
@@ -408,15 +353,8 @@ async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_
         (rows.len() == 2 && started == 2).then_some(())
     })
     .await;
-    app.add_worker(|s| {
-        s.queues = vec!["takeover".into()];
-        s.min_concurrency = 2;
-        s.max_concurrency = Some(2);
-        s.fair_share = false;
-    })
-    .await;
-    worker_b.kill().unwrap();
-    worker_b.wait().unwrap();
+    host_a_worker(&mut app, 2).await;
+    kill(worker_b);
 
     // Its policy says dead: recorded dead from B's container, and its message dead-lettered.
     let record = app.wait_final(dies, Duration::from_secs(60)).await;
@@ -464,17 +402,9 @@ async fn a_run_collected_from_a_dead_host_is_dead_lettered_or_retried_after_its_
         || async { (dead_queue_depth(&app).await == 2).then_some(()) },
     )
     .await;
-    eventually(
-        Duration::from_secs(20),
-        "B's containers removed",
-        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
-    )
-    .await;
+    b_cleaned_up(&on_b, &id_b).await;
     eprintln!("a collected retry waited {waited:?} (backoff {BACKOFF_MS} ms)");
-    for docker in [&app.docker, &on_b] {
-        remove_image(docker, &image).await;
-    }
-    app.shutdown().await;
+    finish(app, &on_b, &image).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -491,7 +421,7 @@ async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_agai
         json!({"queue": "takeover", "mode": "warm", "timeout_ms": 60_000, "input": "args"}),
     )
     .await;
-    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 1, LEASE_MS);
+    let (worker_b, id_b) = host_b_worker(&app, &engine_b, 1, LEASE_MS);
     let id = app
         .invoke_async("long-warm", format!("sleep {RUN_S}; echo done"))
         .await;
@@ -499,16 +429,8 @@ async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_agai
         (execs.of(id).len() == 1).then_some(())
     })
     .await;
-    app.add_worker(|s| {
-        s.queues = vec!["takeover".into()];
-        s.min_concurrency = 1;
-        s.max_concurrency = Some(1);
-        s.fair_share = false;
-    })
-    .await;
-    worker_b.kill().unwrap();
-    let killed = now_ns();
-    worker_b.wait().unwrap();
+    host_a_worker(&mut app, 1).await;
+    let (killed, _) = kill(worker_b);
 
     // B's exec is killed with its container once the lease ran out, long before its end.
     let died = eventually(Duration::from_secs(30), "B's exec ended", || async {
@@ -533,17 +455,9 @@ async fn a_warm_run_still_going_when_its_hosts_lease_ends_is_killed_and_run_agai
     let ran = execs.of(id);
     assert_eq!(ran.len(), 2, "one exec on B, one on A: {ran:?}");
     assert_eq!(ran[1].0, "a", "{ran:?}");
-    eventually(
-        Duration::from_secs(20),
-        "B's containers removed",
-        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
-    )
-    .await;
+    b_cleaned_up(&on_b, &id_b).await;
     eprintln!("a warm run still going on dead host B: its exec ended {after:?} after the kill");
-    for docker in [&app.docker, &on_b] {
-        remove_image(docker, &image).await;
-    }
-    app.shutdown().await;
+    finish(app, &on_b, &image).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -561,7 +475,7 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
     // Each call sleeps 2-3 s in the function's own process, then answers with its id, the
     // process's count of requests served and its container's hostname.
     let nap = |i: usize| format!("nap:{}", 2_000 + i * 200);
-    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
+    let (worker_b, id_b) = host_b_worker(&app, &engine_b, 8, LEASE_MS);
     const CALLS: usize = 4;
     for i in 0..CALLS {
         app.invoke_async("short-hot", nap(i)).await;
@@ -580,17 +494,8 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
         },
     )
     .await;
-    let worker_a = app
-        .add_worker(|s| {
-            s.queues = vec!["takeover".into()];
-            s.min_concurrency = 4;
-            s.max_concurrency = Some(4);
-            s.fair_share = false;
-        })
-        .await;
-    worker_b.kill().unwrap();
-    let killed_at = Instant::now();
-    worker_b.wait().unwrap();
+    let worker_a = host_a_worker(&mut app, 4).await;
+    let (_, killed_at) = kill(worker_b);
 
     let mut recorded_after = vec![];
     let mut served: HashMap<String, Vec<u64>> = HashMap::new();
@@ -633,28 +538,15 @@ async fn hot_calls_that_end_after_their_host_died_are_recorded_from_their_journa
         leftovers(&app.docker, &worker_a).await.is_empty(),
         "worker A started no container"
     );
-    let lease = Duration::from_millis(LEASE_MS);
-    let slowest = *recorded_after.iter().max().unwrap();
-    assert!(
-        slowest <= lease + Duration::from_secs(4),
-        "recorded {slowest:?} after the kill (lease {lease:?})"
-    );
-    eventually(
-        Duration::from_secs(20),
-        "B's containers removed",
-        || async { leftovers(&on_b, &id_b).await.is_empty().then_some(()) },
-    )
-    .await;
+    let lease = all_within_lease(&recorded_after, LEASE_MS);
+    b_cleaned_up(&on_b, &id_b).await;
     eprintln!(
         "kill -9 of host B with {} hot calls going (one sync): each answered on B before its \
          lease ({lease:?}) ran out, and was recorded from its journal {recorded_after:?} after \
          the kill, none run again (worker A: {worker_a}; processes: {served:?})",
         ids.len()
     );
-    for docker in [&app.docker, &on_b] {
-        remove_image(docker, &image).await;
-    }
-    app.shutdown().await;
+    finish(app, &on_b, &image).await;
 }
 
 /// The calls granda-test/hot's processes in `worker`'s hot containers on `docker` are in the
@@ -734,7 +626,7 @@ async fn a_hot_call_still_going_when_its_hosts_lease_ends_is_stopped_before_it_r
         json!({"queue": "takeover", "mode": "hot", "timeout_ms": 60_000}),
     )
     .await;
-    let (mut worker_b, id_b) = host_b_worker(&app, &engine_b, 1, LEASE_MS);
+    let (worker_b, id_b) = host_b_worker(&app, &engine_b, 1, LEASE_MS);
     // A call that naps 15 s: far longer than the lease.
     let id = app.invoke_async("long-hot", "nap:15000").await;
     eventually(
@@ -744,16 +636,8 @@ async fn a_hot_call_still_going_when_its_hosts_lease_ends_is_stopped_before_it_r
     )
     .await;
     let (deaths, watching) = hot_deaths(&on_b);
-    app.add_worker(|s| {
-        s.queues = vec!["takeover".into()];
-        s.min_concurrency = 1;
-        s.max_concurrency = Some(1);
-        s.fair_share = false;
-    })
-    .await;
-    worker_b.kill().unwrap();
-    let killed = now_ns();
-    worker_b.wait().unwrap();
+    host_a_worker(&mut app, 1).await;
+    let (killed, _) = kill(worker_b);
 
     // It runs again on A, to its end, as attempt 2: B's process never answered it.
     let record = app.wait_final(id, Duration::from_secs(90)).await;
@@ -790,10 +674,7 @@ async fn a_hot_call_still_going_when_its_hosts_lease_ends_is_stopped_before_it_r
     eprintln!(
         "a hot call still going on dead host B: its process was stopped {after:?} after the kill, before the call ran again on A"
     );
-    for docker in [&app.docker, &on_b] {
-        remove_image(docker, &image).await;
-    }
-    app.shutdown().await;
+    finish(app, &on_b, &image).await;
 }
 
 /// Worker B: a `granda worker` process on engine `engine_b` serving `takeover` with
@@ -842,4 +723,53 @@ async fn running_on(app: &crate::support::TestApp, worker: &str) -> Vec<uuid::Uu
             .await
             .unwrap();
     rows.into_iter().map(|(id,)| id).collect()
+}
+
+/// Worker A, beside the app: serving `takeover` with `concurrency` slots, fair sharing off;
+/// its id.
+async fn host_a_worker(app: &mut crate::support::TestApp, concurrency: usize) -> String {
+    app.add_worker(|s| {
+        s.queues = vec!["takeover".into()];
+        s.min_concurrency = concurrency;
+        s.max_concurrency = Some(concurrency);
+        s.fair_share = false;
+    })
+    .await
+}
+
+/// `kill -9`s worker B and reaps it: when (ns since the epoch, and as an instant).
+fn kill(mut worker_b: std::process::Child) -> (i64, Instant) {
+    worker_b.kill().unwrap();
+    let (killed, killed_at) = (now_ns(), Instant::now());
+    worker_b.wait().unwrap();
+    (killed, killed_at)
+}
+
+/// Asserts each run was recorded within `lease_ms` (and a margin) of B's death; the lease.
+fn all_within_lease(recorded_after: &[Duration], lease_ms: u64) -> Duration {
+    let lease = Duration::from_millis(lease_ms);
+    let slowest = *recorded_after.iter().max().unwrap();
+    assert!(
+        slowest <= lease + Duration::from_secs(4),
+        "recorded {slowest:?} after the kill (lease {lease:?})"
+    );
+    lease
+}
+
+/// Waits until no container of worker `id_b` is left on engine B.
+async fn b_cleaned_up(on_b: &bollard::Docker, id_b: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "B's containers removed",
+        || async { leftovers(on_b, id_b).await.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+/// Removes the test's image from both engines and stops the app.
+async fn finish(app: crate::support::TestApp, on_b: &bollard::Docker, image: &str) {
+    for docker in [&app.docker, on_b] {
+        remove_image(docker, image).await;
+    }
+    app.shutdown().await;
 }
