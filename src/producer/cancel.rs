@@ -124,7 +124,7 @@ pub(crate) async fn cancel_one(
 /// `POST /v1/invocations/{id}/cancel`.
 #[utoipa::path(post, path = "/v1/invocations/{id}/cancel", operation_id = "cancel_invocation", tag = "invocations", summary = "Cancel an invocation",
     description = "A queued invocation (a retry waiting included) is recorded `cancelled` at once and never runs. A running one is recorded `cancelled` and its worker kills its container within a second or two (a warm or hot function's kept container is replaced); it is never retried. A sync caller waiting on it is answered 409 with `X-Granda-Status: cancelled`; its callback, if any, is sent with `status: \"cancelled\"`. The record notes who asked (`cancelled_by`) and when (`finished_at`). 409 with the current `status` in the error when it has ended already.",
-    params(("id" = String, Path)),
+    params(("id" = Uuid, Path)),
     responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
 pub(crate) async fn cancel(
     State(app): State<AppState>,

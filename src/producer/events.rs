@@ -93,7 +93,7 @@ pub(crate) async fn subscriptions(
 /// `DELETE /v1/functions/{name}/subscriptions/{id}`: 204.
 #[utoipa::path(delete, path = "/v1/functions/{name}/subscriptions/{id}", operation_id = "unsubscribe", tag = "events", summary = "Remove a subscription",
     description = "Events published after this no longer start the function.",
-    params(("name" = String, Path), ("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    params(("name" = String, Path), ("id" = Uuid, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn unsubscribe(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -268,7 +268,7 @@ pub(crate) async fn publish(
 
 /// `GET /v1/events/{id}`: the event, its payload (capped like inputs) and its invocations.
 #[utoipa::path(get, path = "/v1/events/{topic}", operation_id = "get_event", tag = "events", summary = "Read an event",
-    description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = String, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = super::answers::EventView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "Here the path segment is the event's id, as publishing returned it (the path is shared with publishing, whose segment is a topic). The event: its topic, its payload (capped like inputs) and the invocations it fanned out to.", params(("topic" = Uuid, Path, description = "the event's id (the `id` that publishing returned)")), responses((status = 200, body = super::answers::EventView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

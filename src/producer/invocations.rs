@@ -38,7 +38,7 @@ pub(crate) const MAX_PAGE: i64 = 500;
 /// keys that may read functions (a function's default callback URL is part of its definition,
 /// which an `invoke` key does not see).
 #[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "get_invocation", tag = "invocations", summary = "Read an invocation",
-    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it; `attempts`, each attempt's worker, times, status and error.", params(("id" = String, Path)), responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "The invocation record: status, trigger, attempt, input, output, logs, exit code, timings and the worker that ran it; `attempts`, each attempt's worker, times, status and error.", params(("id" = Uuid, Path)), responses((status = 200, body = InvocationView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -228,7 +228,7 @@ pub(crate) async fn dead_letters(
 /// attempt, with the function's current definition. 202 like an async invoke.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/invocations/{id}/retry", operation_id = "retry_invocation", tag = "invocations", summary = "Run an invocation again",
-    description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = String, Path)), responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
+    description = "Runs a failed, timed-out or dead invocation again as a new attempt with the function's current definition. 202 like an async invoke; 409 unless it is failed, timed out or dead with its whole input kept.", params(("id" = Uuid, Path)), responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
 pub(crate) async fn retry(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -244,7 +244,7 @@ pub(crate) async fn retry(
 /// letters and can no longer be retried; its record stays, with `discarded_at`.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(delete, path = "/v1/dead-letters/{id}", operation_id = "discard_dead_letter", tag = "invocations", summary = "Discard a dead invocation",
-    description = "Settles a dead invocation for good: it leaves the dead letters (`GET /v1/dead-letters`) and can't be retried; its record stays, with `discarded_at`. 204; 404 when there is no such invocation; 409 unless it is dead and not discarded yet.", params(("id" = String, Path)), responses((status = 204, description = "Discarded"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
+    description = "Settles a dead invocation for good: it leaves the dead letters (`GET /v1/dead-letters`) and can't be retried; its record stays, with `discarded_at`. 204; 404 when there is no such invocation; 409 unless it is dead and not discarded yet.", params(("id" = Uuid, Path)), responses((status = 204, description = "Discarded"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
 pub(crate) async fn discard(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

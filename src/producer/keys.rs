@@ -100,7 +100,7 @@ pub(crate) async fn list(
 
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revoke_key", tag = "keys", summary = "Revoke an API key",
-    description = "The key stops working (within a second on every server).", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "The key stops working (within a second on every server).", params(("id" = Uuid, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn revoke(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

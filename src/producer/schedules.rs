@@ -225,7 +225,7 @@ async fn load(app: &AppState, id: &str) -> Result<Schedule, ApiError> {
 
 /// `GET /v1/schedules/{id}`.
 #[utoipa::path(get, path = "/v1/schedules/{id}", operation_id = "get_schedule", tag = "schedules", summary = "Read a schedule",
-    description = "The schedule, with its next fire times.", params(("id" = String, Path)), responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody), Denied))]
+    description = "The schedule, with its next fire times.", params(("id" = Uuid, Path)), responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -237,7 +237,7 @@ pub(crate) async fn get(
 /// `PUT /v1/schedules/{id}`: changes the fields named; 200 with the schedule.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(put, path = "/v1/schedules/{id}", operation_id = "update_schedule", tag = "schedules", summary = "Update a schedule",
-    description = "Changes the fields the body names; the others keep their values.", params(("id" = String, Path)), request_body = ScheduleUpdate,
+    description = "Changes the fields the body names; the others keep their values.", params(("id" = Uuid, Path)), request_body = ScheduleUpdate,
     responses((status = 200, body = ScheduleView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub(crate) async fn update(
     State(app): State<AppState>,
@@ -297,7 +297,7 @@ pub(crate) async fn change(
 
 /// `DELETE /v1/schedules/{id}`: 204.
 #[utoipa::path(delete, path = "/v1/schedules/{id}", operation_id = "delete_schedule", tag = "schedules", summary = "Delete a schedule",
-    description = "No tick fires after this.", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
+    description = "No tick fires after this.", params(("id" = Uuid, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

@@ -223,7 +223,7 @@ pub(crate) async fn list(
 
 /// `GET /v1/webhooks/{id}`.
 #[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "get_webhook", tag = "webhooks", summary = "Read a webhook",
-    description = "The webhook's function, scheme and URL; never its secret.", params(("id" = String, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "The webhook's function, scheme and URL; never its secret.", params(("id" = Uuid, Path)), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -235,7 +235,7 @@ pub(crate) async fn get(
 
 /// `DELETE /v1/webhooks/{id}`: 204; later deliveries get 404.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "delete_webhook", tag = "webhooks", summary = "Delete a webhook",
-    description = "Later deliveries to its URL get 404.", params(("id" = String, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "Later deliveries to its URL get 404.", params(("id" = Uuid, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -253,7 +253,7 @@ pub(crate) async fn delete(
 /// verifying for the grace period. The answer shows the new secret when Granda made it.
 #[tracing::instrument(skip_all, fields(%id))]
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate", operation_id = "rotate_webhook", tag = "webhooks", summary = "Rotate a webhook's secret",
-    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`. The body is optional.", params(("id" = String, Path)), request_body(content = Option<Rotate>, content_type = "application/json"), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Sets a new secret (given, or made by Granda and shown once); the old one keeps verifying for `grace_seconds`. The body is optional.", params(("id" = Uuid, Path)), request_body(content = Option<Rotate>, content_type = "application/json"), responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub(crate) async fn rotate(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -363,7 +363,7 @@ async fn note_rejection(app: &AppState, hook: &Webhook, reason: rejections::Reas
 
 /// `GET /v1/webhooks/{id}/rejections`: the newest deliveries it refused, newest first.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/rejections", operation_id = "webhook_rejections", tag = "webhooks", summary = "Deliveries a webhook refused",
-    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = String, Path)), responses((status = 200, body = super::answers::RejectionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    description = "The newest deliveries (up to 50) the webhook refused, newest first: when, a stable `reason` (`missing_signature`, `malformed_signature`, `bad_signature`, `stale_timestamp`, `malformed_delivery`) and what the sender was told. At most 10 are written per webhook per 10 s; `granda_webhook_rejections_total` counts them all.", params(("id" = Uuid, Path)), responses((status = 200, body = super::answers::RejectionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn rejections(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -380,7 +380,7 @@ pub(crate) async fn rejections(
 #[tracing::instrument(skip_all, fields(webhook = %id))]
 #[utoipa::path(post, path = "/hooks/{id}", operation_id = "receive_hook", tag = "webhooks", summary = "Deliver a webhook",
     description = "Where an external system sends its deliveries; give it the `url` of the webhook. No API key: the body is checked against the webhook's scheme, and a bad signature or a stale timestamp gets 401 and runs nothing. 202 at once, with the invocation (the function runs async); a delivery id seen before gets its first invocation back (header `idempotent-replayed: true`), not a second run.",
-    params(("id" = String, Path, description = "the webhook's id")),
+    params(("id" = Uuid, Path, description = "the webhook's id")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody),
     (status = 401, body = ErrorBody, description = "a bad signature or a stale timestamp"),

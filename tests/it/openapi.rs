@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::spawn_app;
 
@@ -146,6 +146,35 @@ async fn every_operation_is_described_and_paths_are_unambiguous() {
     );
     assert!(paths["/v1/events/{topic}"]["get"].is_object());
     assert!(paths["/v1/events/{topic}"]["post"].is_object());
+}
+
+/// Every id in a path is declared a UUID (`format: uuid`), so that a generated client takes the
+/// UUID its answers gave (`hook.id`, not `str(hook.id)`); the server still answers a malformed one
+/// with a 4xx of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_in_paths_are_declared_uuids() {
+    let doc: Value = serde_json::from_str(&served_document().await).unwrap();
+    let mut ids = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let is_id =
+                    param["name"] == "id" || (path == "/v1/events/{topic}" && method == "get");
+                if param["in"] != "path" || !is_id {
+                    continue;
+                }
+                ids += 1;
+                assert_eq!(
+                    (&param["schema"]["type"], &param["schema"]["format"]),
+                    (&json!("string"), &json!("uuid")),
+                    "{method} {path}: {param}"
+                );
+            }
+        }
+    }
+    assert!(ids >= 15, "{ids} ids in paths");
+    let topic = &doc["paths"]["/v1/events/{topic}"]["post"]["parameters"][0]["schema"];
+    assert_eq!(topic["format"], Value::Null, "a topic is no UUID: {topic}");
 }
 
 /// `GET /` sends a browser to the dashboard and gives an API client a small JSON index; an

@@ -63,7 +63,7 @@ def register(body: NewFunction) -> FunctionView:
 def wait_final(id: uuid.UUID) -> InvocationView:
     deadline = time.monotonic() + 60
     while True:
-        view = get_invocation.sync(str(id), client=client)
+        view = get_invocation.sync(id, client=client)
         assert isinstance(view, InvocationView), view
         if view.status not in (InvocationStatus.QUEUED, InvocationStatus.RUNNING):
             return view
@@ -130,26 +130,26 @@ subs = list_subscriptions.sync(ECHO, client=client)
 assert isinstance(subs, SubscriptionList) and [s.pattern for s in subs.subscriptions] == ["orders.*"]
 published = publish_event.sync("orders.created", client=client, body=File(payload=io.BytesIO(b"hello")), idempotency_key=f"ev-{suffix}")
 assert isinstance(published, EventPublished) and len(published.invocations) == 1, published
-event = get_event.sync(str(published.id), client=client)
+event = get_event.sync(published.id, client=client)
 assert isinstance(event, EventView) and event.payload == "hello" and event.size == 5, event
 assert wait_final(published.invocations[0].id).trigger == Trigger.EVENT
 
 # Webhooks: bind, deliver, rotate with a body, read the rejections.
 hook = create_webhook.sync(client=client, body=NewWebhook(function=ECHO, scheme=Scheme.STANDARD))
 assert isinstance(hook, WebhookView) and isinstance(hook.secret, str), hook
-unsigned = receive_hook.sync_detailed(str(hook.id), client=client, body=File(payload=io.BytesIO(b"{}")))
+unsigned = receive_hook.sync_detailed(hook.id, client=client, body=File(payload=io.BytesIO(b"{}")))
 assert unsigned.status_code == 401 and isinstance(unsigned.parsed, ErrorBody), unsigned
-rotated = rotate_webhook.sync(str(hook.id), client=client, body=Rotate(secret="whsec_" + "QUJD" * 8, grace_seconds=60))
+rotated = rotate_webhook.sync(hook.id, client=client, body=Rotate(secret="whsec_" + "QUJD" * 8, grace_seconds=60))
 assert isinstance(rotated, WebhookView) and not isinstance(rotated.previous_secret_valid_until, Unset), rotated
-rejections = webhook_rejections.sync(str(hook.id), client=client)
+rejections = webhook_rejections.sync(hook.id, client=client)
 assert isinstance(rejections, RejectionList) and rejections.rejections[0].reason == "missing_signature", rejections
 
 # Schedules: a string payload, as documented.
 schedule = create_schedule.sync(client=client, body=NewSchedule(function=ECHO, cron="0 3 * * *", payload="nightly"))
 assert isinstance(schedule, ScheduleView) and schedule.payload == "nightly", schedule
-read = get_schedule.sync(str(schedule.id), client=client)
+read = get_schedule.sync(schedule.id, client=client)
 assert isinstance(read, ScheduleView) and len(read.next_runs) > 0
-assert delete_schedule.sync_detailed(str(schedule.id), client=client).status_code == 204
+assert delete_schedule.sync_detailed(schedule.id, client=client).status_code == 204
 
 # The callback key, typed.
 ck = get_callback_key.sync(ECHO, client=client)
