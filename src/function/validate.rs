@@ -60,6 +60,7 @@ function_body! {
     #[derive(Default, Clone, Debug, Deserialize, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     pub(crate) struct NewFunction {
+        #[schema(pattern = "^[a-z][a-z0-9-]{0,62}$")]
         pub(crate) name: String,
         pub(crate) max_concurrency: Option<i32>,
         pub(crate) max_containers: Option<i32>,

@@ -26,7 +26,7 @@ use axum::Extension;
     summary = "Read one build and its log",
     description = "A build of a function from source: its status, image, times and the stored build log; `current` when the function runs its image.",
     tag = "functions",
-    params(("name" = String, Path), ("version" = i32, Path)),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("version" = i32, Path)),
     responses((status = 200, body = super::answers::BuildView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
@@ -75,7 +75,7 @@ pub(crate) struct Rollback {
     summary = "Roll back to an earlier version",
     description = "The function runs the image of its successful build `version` from now on (checked like any new image), with that version and runtime; its other fields stay. 404 when the function has no such build; 409 when that build failed or is still building.",
     tag = "functions",
-    params(("name" = String, Path)), request_body = Rollback,
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")), request_body = Rollback,
     responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub(crate) async fn rollback(
     State(app): State<AppState>,

@@ -27,7 +27,7 @@ fn missing(name: &str) -> ApiError {
 }
 
 /// `GET /v1/functions/{name}/callback-key`.
-#[utoipa::path(get, path = "/v1/functions/{name}/callback-key", operation_id = "get_callback_key", tag = "callbacks", summary = "Read a function's callback key", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/v1/functions/{name}/callback-key", operation_id = "get_callback_key", tag = "callbacks", summary = "Read a function's callback key", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     description = "The key the function's result callbacks are signed with (Standard Webhooks, `whsec_...`). Admin keys only.",
     responses((status = 200, body = super::answers::CallbackKey), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
@@ -45,7 +45,7 @@ pub(crate) async fn get(
 /// `POST /v1/functions/{name}/callback-key`: a fresh key; callbacks that start after this are
 /// signed with it (there is no grace period for the old one).
 #[tracing::instrument(skip_all, fields(%name))]
-#[utoipa::path(post, path = "/v1/functions/{name}/callback-key", operation_id = "rotate_callback_key", tag = "callbacks", summary = "Rotate a function's callback key", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/v1/functions/{name}/callback-key", operation_id = "rotate_callback_key", tag = "callbacks", summary = "Rotate a function's callback key", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     description = "Replaces the function's callback key and returns the new one; callbacks sent after this are signed with it.",
     responses((status = 200, body = super::answers::CallbackKey), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn rotate(

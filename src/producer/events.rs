@@ -38,7 +38,7 @@ pub(crate) struct NewSubscription {
 /// `POST /v1/functions/{name}/subscriptions` `{pattern}`: 201; 409 if the function has it already.
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(post, path = "/v1/functions/{name}/subscriptions", operation_id = "subscribe", tag = "events", summary = "Subscribe a function to a topic pattern",
-    description = "Body `{pattern}`: `*` matches one word, `#` zero or more (`orders.*`). Events published on a matching topic each start an invocation of the function. 409 if the function has the pattern already.", params(("name" = String, Path)),
+    description = "Body `{pattern}`: `*` matches one word, `#` zero or more (`orders.*`). Events published on a matching topic each start an invocation of the function. 409 if the function has the pattern already.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     request_body = NewSubscription, responses((status = 201, body = crate::event::Subscription), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub(crate) async fn subscribe(
     State(app): State<AppState>,
@@ -78,7 +78,7 @@ pub(crate) async fn add_subscription(
 
 /// `GET /v1/functions/{name}/subscriptions`.
 #[utoipa::path(get, path = "/v1/functions/{name}/subscriptions", operation_id = "list_subscriptions", tag = "events", summary = "List a function's subscriptions",
-    description = "The patterns the function is subscribed to.", params(("name" = String, Path)), responses((status = 200, body = super::answers::SubscriptionList), (status = 404, body = ErrorBody), Denied))]
+    description = "The patterns the function is subscribed to.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, body = super::answers::SubscriptionList), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn subscriptions(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -93,7 +93,7 @@ pub(crate) async fn subscriptions(
 /// `DELETE /v1/functions/{name}/subscriptions/{id}`: 204.
 #[utoipa::path(delete, path = "/v1/functions/{name}/subscriptions/{id}", operation_id = "unsubscribe", tag = "events", summary = "Remove a subscription",
     description = "Events published after this no longer start the function.",
-    params(("name" = String, Path), ("id" = Uuid, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("id" = Uuid, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn unsubscribe(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

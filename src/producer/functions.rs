@@ -239,7 +239,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}", operation_id = "get_function", tag = "functions", summary = "Read a function",
-    description = "The function's settings, its invoke URL and its built versions (newest first).", params(("name" = String, Path)), responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody), Denied))]
+    description = "The function's settings, its invoke URL and its built versions (newest first).", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -251,7 +251,7 @@ pub(crate) async fn get(
 
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(put, path = "/v1/functions/{name}", operation_id = "update_function", tag = "functions", summary = "Update a function",
-    description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path), RegisterQuery), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
+    description = "Changes the fields the body names; the others keep their values. With `runtime` and `source`, builds a new version first and switches to it when the build succeeds.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), RegisterQuery), request_body = FunctionUpdate, responses((status = 200, body = FunctionView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub(crate) async fn update(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,
@@ -347,7 +347,7 @@ async fn save_changed(
 }
 
 #[utoipa::path(delete, path = "/v1/functions/{name}", operation_id = "delete_function", tag = "functions", summary = "Delete a function",
-    description = "Removes the function. Later calls to it get 404.", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
+    description = "Removes the function. Later calls to it get 404.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 204), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn delete(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

@@ -72,7 +72,7 @@ pub(crate) async fn get(
 /// `GET /v1/functions/{name}/invocations?status=&limit=&before=`; `next` is the `before` of the next page.
 #[utoipa::path(get, path = "/v1/functions/{name}/invocations", operation_id = "list_invocations", tag = "invocations", summary = "List a function's invocations",
     description = "Newest first. `status` filters; `limit` sizes the page; `before` is the `next` of the previous page.",
-    params(("name" = String, Path), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query),
            ("before" = Option<Uuid>, Query)),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn list(

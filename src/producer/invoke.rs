@@ -50,7 +50,7 @@ const CALLBACK_URL: &str = "x-callback-url";
 /// `POST /v1/functions/{name}/invoke` and `POST /fn/{name}`.
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", operation_id = "invoke_sync", tag = "invocations", summary = "Invoke and wait",
-    description = "Runs the function with the request body as its input and waits for the result: 200 with its stdout on exit 0, 502 when it exits non-zero, 504 when it times out, each with the invocation id (headers `X-Granda-Invocation-Id`, `X-Granda-Status`, `X-Granda-Duration-Ms`). Past the sync wait cap the answer is 202 and the invocation goes on running.", params(("name" = String, Path)),
+    description = "Runs the function with the request body as its input and waits for the result: 200 with its stdout on exit 0, 502 when it exits non-zero, 504 when it times out, each with the invocation id (headers `X-Granda-Invocation-Id`, `X-Granda-Status`, `X-Granda-Duration-Ms`). Past the sync wait cap the answer is 202 and the invocation goes on running.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "the function's stdout", content_type = "application/octet-stream", body = Vec<u8>), (status = 202, body = Accepted, description = "still running after the sync wait"), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody, description = "the function failed"), (status = 504, body = ErrorBody, description = "the function timed out"), Denied))]
 pub(crate) async fn sync(
@@ -94,7 +94,7 @@ pub(crate) fn web_methods() -> MethodFilter {
 /// to the path with a tail (`openapi::FunctionUrl`).
 #[utoipa::path(post, path = "/fn/{name}", operation_id = "invoke_url", tag = "invocations", summary = "Call a function at its own URL",
     description = "A sync call that carries the HTTP request to the function: its method, the path after `/fn/{name}`, the query and the headers (never the caller's Granda key or dashboard session cookie). Cold and warm runs get them as CGI/1.1 meta-variables (`REQUEST_METHOD`, `PATH_INFO`, `QUERY_STRING`, `HTTP_*`, ...), the body on stdin; hot functions get the request itself. A function with `response: \"cgi\"` answers with its own status and headers; otherwise its output is the body. A `public` function needs no key. With a `cors` field, Granda answers preflight `OPTIONS` itself. `HEAD` answers no body.",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}(\\.[a-z][a-z0-9-]{0,62})?$", description = "the function's name; outside `default`, `{name}.{namespace}`")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "the function's output (with `response: \"cgi\"`: its own status, headers and body)", content_type = "application/octet-stream", body = Vec<u8>), (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody), Denied),
     security((), ("bearer" = [])))]
@@ -226,7 +226,7 @@ fn web_request(
 #[tracing::instrument(skip_all, fields(%name))]
 #[utoipa::path(post, path = "/v1/functions/{name}/invocations", operation_id = "invoke_async", tag = "invocations", summary = "Invoke without waiting",
     description = "202 at once with the invocation id and its status URL. The same `Idempotency-Key` for the same function returns the first invocation, never a second run. With `X-Callback-Url`, the result is POSTed there when done.",
-    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the same key for the same function returns the first invocation"),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the same key for the same function returns the first invocation"),
         ("X-Callback-Url" = Option<String>, Header, description = "where to POST the result when it is final (signed with the function's callback key)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), Denied))]

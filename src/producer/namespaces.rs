@@ -19,6 +19,7 @@ use crate::namespace::{self, DeleteError, Namespace, Quotas, Stored};
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewNamespace {
     /// Like a function's name: a lowercase letter, then lowercase letters, digits and `-`.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,62}$")]
     pub(crate) name: String,
     #[schema(minimum = 1)]
     pub(crate) max_concurrency: Option<i32>,
@@ -81,7 +82,7 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(get, path = "/v1/namespaces/{name}", operation_id = "get_namespace", tag = "namespaces", summary = "Read a namespace",
-    description = "The namespace and its quotas. Global admin keys only.", params(("name" = String, Path)),
+    description = "The namespace and its quotas. Global admin keys only.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     responses((status = 200, body = Stored), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
@@ -97,7 +98,7 @@ pub(crate) async fn get(
 }
 
 #[utoipa::path(put, path = "/v1/namespaces/{name}", operation_id = "update_namespace", tag = "namespaces", summary = "Set a namespace's quotas",
-    description = "Sets the quotas the body names; a quota left out or null is no limit. Global admin keys only.", params(("name" = String, Path)),
+    description = "Sets the quotas the body names; a quota left out or null is no limit. Global admin keys only.", params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     request_body = Quotas, responses((status = 200, body = Stored), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), Denied))]
 pub(crate) async fn update(
     State(app): State<AppState>,
@@ -124,7 +125,7 @@ pub(crate) struct DeleteQuery {
 
 #[utoipa::path(delete, path = "/v1/namespaces/{name}", operation_id = "delete_namespace", tag = "namespaces", summary = "Delete a namespace",
     description = "Deletes the namespace and its keys. 409 while it holds functions, unless `?cascade=true`: then its functions (with their webhooks, schedules and subscriptions), records and events go too. `default` can't be deleted (409). Global admin keys only.",
-    params(("name" = String, Path), ("cascade" = Option<bool>, Query)),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("cascade" = Option<bool>, Query)),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), Denied))]
 pub(crate) async fn delete(
     State(app): State<AppState>,

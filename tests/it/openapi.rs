@@ -149,15 +149,27 @@ async fn every_operation_is_described_and_paths_are_unambiguous() {
 }
 
 /// Every id in a path is declared a UUID (`format: uuid`), so that a generated client takes the
-/// UUID its answers gave (`hook.id`, not `str(hook.id)`); the server still answers a malformed one
-/// with a 4xx of its own.
+/// UUID its answers gave (`hook.id`, not `str(hook.id)`), and every name in a path or in a body
+/// that makes one with the names' pattern; the server still answers a malformed one with a 4xx
+/// of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ids_in_paths_are_declared_uuids() {
+async fn ids_and_names_are_declared_with_their_forms() {
     let doc: Value = serde_json::from_str(&served_document().await).unwrap();
-    let mut ids = 0;
+    // A function's, a namespace's or a queue's name.
+    const NAME: &str = "[a-z][a-z0-9-]{0,62}";
+    let (mut ids, mut names) = (0, 0);
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             for param in op["parameters"].as_array().into_iter().flatten() {
+                if param["in"] == "path" && param["name"] == "name" {
+                    names += 1;
+                    let pattern = if path.starts_with("/fn/") {
+                        format!(r"^{NAME}(\.{NAME})?$")
+                    } else {
+                        format!("^{NAME}$")
+                    };
+                    assert_eq!(param["schema"]["pattern"], json!(pattern), "{path}");
+                }
                 let is_id =
                     param["name"] == "id" || (path == "/v1/events/{topic}" && method == "get");
                 if param["in"] != "path" || !is_id {
@@ -173,6 +185,15 @@ async fn ids_in_paths_are_declared_uuids() {
         }
     }
     assert!(ids >= 15, "{ids} ids in paths");
+    assert!(names >= 17, "{names} names in paths");
+    for body in ["NewFunction", "NewNamespace"] {
+        let name = &doc["components"]["schemas"][body]["properties"]["name"];
+        assert_eq!(
+            name["pattern"],
+            json!(format!("^{NAME}$")),
+            "{body}: {name}"
+        );
+    }
     let topic = &doc["paths"]["/v1/events/{topic}"]["post"]["parameters"][0]["schema"];
     assert_eq!(topic["format"], Value::Null, "a topic is no UUID: {topic}");
 }
