@@ -72,7 +72,7 @@ pub(crate) async fn get(
 /// `GET /v1/functions/{name}/invocations?status=&limit=&before=`; `next` is the `before` of the next page.
 #[utoipa::path(get, path = "/v1/functions/{name}/invocations", operation_id = "list_invocations", tag = "invocations", summary = "List a function's invocations",
     description = "Newest first. `status` filters; `limit` sizes the page; `before` is the `next` of the previous page.",
-    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("status" = Option<String>, Query), ("limit" = Option<i64>, Query),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("status" = Option<Status>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500),
            ("before" = Option<Uuid>, Query)),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn list(
@@ -114,9 +114,9 @@ pub(crate) async fn list(
     summary = "List invocations across functions",
     description = "Newest first. `since` (RFC 3339) keeps those queued at or after it; `before` and `after` (invocation ids) page older or newer; `key_id` keeps those one API key made; `next` is the `before` of the next page.",
     tag = "invocations",
-    params(("function" = Option<String>, Query), ("status" = Option<String>, Query),
-           ("trigger" = Option<String>, Query), ("since" = Option<String>, Query),
-           ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("key_id" = Option<Uuid>, Query), ("limit" = Option<i64>, Query)),
+    params(("function" = Option<String>, Query, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("status" = Option<Status>, Query),
+           ("trigger" = Option<Trigger>, Query), ("since" = Option<chrono::DateTime<chrono::Utc>>, Query),
+           ("before" = Option<Uuid>, Query), ("after" = Option<Uuid>, Query), ("key_id" = Option<Uuid>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 500)),
     responses((status = 200, body = InvocationList), (status = 400, body = ErrorBody), Denied))]
 pub(crate) async fn list_all(
     State(app): State<AppState>,
@@ -196,7 +196,7 @@ pub(crate) fn parse_id(s: &str) -> Result<Uuid, ApiError> {
 /// with the depth of the broker's dead-letter queue.
 #[utoipa::path(get, path = "/v1/dead-letters", operation_id = "dead_letters", tag = "invocations", summary = "List dead invocations",
     description = "Invocations whose retries are spent (status `dead`), newest first and paged like a function's invocations, with the depth of the broker's dead-letter queue.",
-    params(("limit" = Option<i64>, Query), ("before" = Option<Uuid>, Query)),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("before" = Option<Uuid>, Query)),
     responses((status = 200, body = DeadLetterList), (status = 400, body = ErrorBody), Denied))]
 pub(crate) async fn dead_letters(
     State(app): State<AppState>,

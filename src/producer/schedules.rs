@@ -187,7 +187,7 @@ pub(crate) struct ListQuery {
 
 /// `GET /v1/schedules[?function=]`: `{schedules: [...]}`, oldest first.
 #[utoipa::path(get, path = "/v1/schedules", operation_id = "list_schedules", tag = "schedules", summary = "List schedules",
-    description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = ScheduleList), Denied))]
+    description = "Every schedule, or one function's with `function`.", params(("function" = Option<String>, Query, pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, body = ScheduleList), Denied))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

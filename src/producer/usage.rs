@@ -81,7 +81,7 @@ fn time(query: &HashMap<String, String>, key: &str) -> Result<Option<DateTime<Ut
 
 #[utoipa::path(get, path = "/v1/usage", operation_id = "usage", tag = "namespaces", summary = "What each namespace and function used",
     description = "Sums of the invocation records queued in `[from, to)` (RFC 3339; default the last 30 days), per namespace and function: invocations by status, `duration_ms`, `gb_seconds` (memory limit × duration) and cold starts. A key bound to a namespace sees its own (naming another is 404); a global key sees every namespace, or the one `namespace` names.",
-    params(("from" = Option<String>, Query), ("to" = Option<String>, Query), ("namespace" = Option<String>, Query), ("function" = Option<String>, Query)),
+    params(("from" = Option<DateTime<Utc>>, Query), ("to" = Option<DateTime<Utc>>, Query), ("namespace" = Option<String>, Query, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("function" = Option<String>, Query, pattern = "^[a-z][a-z0-9-]{0,62}$")),
     responses((status = 200, body = Usage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,

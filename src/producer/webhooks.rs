@@ -198,7 +198,7 @@ pub(crate) async fn add(app: &AppState, body: NewWebhook) -> Result<(Webhook, bo
 
 /// `GET /v1/webhooks?function=`.
 #[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks", summary = "List webhooks",
-    description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query)), responses((status = 200, body = WebhookList), Denied))]
+    description = "Every webhook, or one function's with `function`.", params(("function" = Option<String>, Query, pattern = "^[a-z][a-z0-9-]{0,62}$")), responses((status = 200, body = WebhookList), Denied))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(acting): Extension<Acting>,

@@ -198,6 +198,46 @@ async fn ids_and_names_are_declared_with_their_forms() {
     assert_eq!(topic["format"], Value::Null, "a topic is no UUID: {topic}");
 }
 
+/// The list filters are declared with their types (a status or trigger is its enum, `since` a
+/// date-time, `limit` 1 to 500), and the server holds the documented bounds of `limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_are_declared_with_their_types_and_bounds() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let param = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} has no {name}"))["schema"]
+            .clone()
+    };
+    let all = "/v1/invocations";
+    assert!(
+        param(all, "status")
+            .to_string()
+            .contains("InvocationStatus"),
+        "{}",
+        param(all, "status")
+    );
+    assert!(param(all, "trigger").to_string().contains("Trigger"));
+    assert_eq!(param(all, "since")["format"], "date-time");
+    for bound in ["from", "to"] {
+        assert_eq!(param("/v1/usage", bound)["format"], "date-time", "{bound}");
+    }
+    for path in [all, "/v1/functions/{name}/invocations", "/v1/dead-letters"] {
+        let limit = param(path, "limit");
+        let (min, max) = (limit["minimum"].as_i64(), limit["maximum"].as_i64());
+        assert_eq!((min, max), (Some(1), Some(500)), "{path}: {limit}");
+    }
+    for (limit, status) in [("500", 200), ("501", 400), ("0", 400), ("1", 200)] {
+        let r = app.get(&format!("{all}?limit={limit}")).await;
+        assert_eq!(r.status(), status, "limit={limit}");
+    }
+    app.shutdown().await;
+}
+
 /// `GET /` sends a browser to the dashboard and gives an API client a small JSON index; an
 /// unknown dashboard page answers with an HTML 404 page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
