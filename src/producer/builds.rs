@@ -26,7 +26,7 @@ use axum::Extension;
     summary = "Read one build and its log",
     description = "A build of a function from source: its status, image, times and the stored build log; `current` when the function runs its image.",
     tag = "functions",
-    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("version" = i32, Path)),
+    params(("name" = String, Path, pattern = "^[a-z][a-z0-9-]{0,62}$"), ("version" = i32, Path, minimum = 1)),
     responses((status = 200, body = super::answers::BuildView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), Denied))]
 pub(crate) async fn get(
     State(app): State<AppState>,
@@ -65,6 +65,7 @@ pub(crate) async fn find(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rollback {
     /// The version to run from now on: a successful build of this function.
+    #[schema(minimum = 1)]
     pub(crate) version: i32,
 }
 

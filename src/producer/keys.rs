@@ -38,15 +38,19 @@ pub(crate) struct KeyList {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
+    /// 1 to 100 characters, no control characters.
+    #[schema(min_length = 1, max_length = 100, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub(crate) name: String,
     pub(crate) scope: Scope,
     /// The namespace the key acts in (it sees nothing else); none: a global key. A key bound to
     /// a namespace may only name its own.
     #[serde(default)]
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,62}$")]
     pub(crate) namespace: Option<String>,
     /// An `invoke` key bound to these functions (short names, in the key's namespace) invokes
     /// them only: every other function, record and route is 404 to it (a webhook sender's key).
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 100)]
     pub(crate) functions: Option<Vec<String>>,
 }
 

@@ -194,6 +194,14 @@ async fn ids_and_names_are_declared_with_their_forms() {
             "{body}: {name}"
         );
     }
+    let key = &doc["components"]["schemas"]["NewKey"]["properties"];
+    assert_eq!(
+        (&key["name"]["minLength"], &key["name"]["maxLength"]),
+        (&json!(1), &json!(100)),
+        "{key}"
+    );
+    assert_eq!(key["namespace"]["pattern"], json!(format!("^{NAME}$")));
+    assert_eq!(key["functions"]["maxItems"], json!(100), "{key}");
     let topic = &doc["paths"]["/v1/events/{topic}"]["post"]["parameters"][0]["schema"];
     assert_eq!(topic["format"], Value::Null, "a topic is no UUID: {topic}");
 }
