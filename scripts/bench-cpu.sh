@@ -11,13 +11,22 @@
 # the same machine; ratios B / A are printed at the end. These machines are noisy: compare within
 # one run, not across runs.
 #
+# With FLOOR=1 each round also runs scripts/bench-floor.py (the same CLIENTS and BODY): what
+# RabbitMQ and Postgres alone cost for a recorded call's messages and two transactions, driven by
+# pika and psycopg2 with no Granda; its rows show RabbitMQ + Postgres in the total column.
+#
 # usage: scripts/bench-cpu.sh [BIN_A [BIN_B]]   (default: target/release/granda, else debug)
-# env:   ROUNDS (3), CLIENTS (8), DURATION (10s), BODY (1024), PORT (18490)
+# env:   ROUNDS (3), CLIENTS (8), DURATION (10s), BODY (1024), PORT (18490), FLOOR (0)
 # needs: wrk, curl, psql, granda-test/hot (scripts/build-test-images.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/scripts/lib.sh"
 ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-8} DURATION=${DURATION:-10s} BODY=${BODY:-1024} PORT=${PORT:-18490}
+FLOOR=${FLOOR:-0}
+if [ "$FLOOR" = 1 ] && [[ ! $DURATION =~ ^[0-9]+s$ ]]; then
+    echo "bench-cpu: FLOOR=1 needs DURATION in seconds (e.g. 10s), not $DURATION" >&2
+    exit 1
+fi
 default_bin=$ROOT/target/release/granda
 [ -x "$default_bin" ] || default_bin=$ROOT/target/debug/granda
 bins=("${@:-$default_bin}")
@@ -109,6 +118,12 @@ for round in $(seq "$ROUNDS"); do
             sum[$i,$k]=$(awk -v a="${sum[$i,$k]:-0}" -v b="${!k}" 'BEGIN {print a + b}')
         done
     done
+    if [ "$FLOOR" = 1 ]; then
+        read -r rate r p _ < <(python3 "$ROOT/scripts/bench-floor.py" --bare --clients "$CLIENTS" \
+            --seconds "${DURATION%s}" --body "$BODY")
+        awk -v a="$rate" -v r="$r" -v p="$p" \
+            'BEGIN { printf "| floor: pika + psycopg2, no Granda | %.0f | | %.3f | %.3f | %.3f | | | |\n", a, r, p, r + p }'
+    fi
 done
 if [ ${#bins[@]} -eq 2 ]; then
     echo

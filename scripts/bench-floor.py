@@ -206,7 +206,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum",
                     help="the contract's is quorum; classic shows what the queue type costs")
+    ap.add_argument("--bare", action="store_true",
+                    help="print each round as 'calls/s rabbit_ms postgres_ms ours_ms' (for bench-cpu.sh)")
     args = ap.parse_args()
+    if args.bare:
+        for _ in range(args.rounds):
+            rate, rabbit, pg, ours = one_round(args)
+            print(f"{rate:.0f} {rabbit:.3f} {pg:.3f} {ours:.3f}", flush=True)
+        return
     print(f"| floor ({args.queue_type} queue, {args.pg} Postgres transactions per call, {args.clients} callers) | calls/s | RabbitMQ ms/call | Postgres ms/call | RabbitMQ + Postgres ms/call | pika + psycopg2 ms/call |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in range(args.rounds):
