@@ -18,9 +18,7 @@ pub(super) async fn examine_hot(
     caps: crate::worker::container::Caps,
     found: &mut Found,
 ) {
-    let pool = format!("{LABEL_POOL}=hot");
-    let labels = [labels[0], labels[1], pool.as_str()];
-    let containers = reaper::list(docker, &labels).await;
+    let containers = pool_containers(docker, labels, "hot").await;
     for (container, _) in &containers {
         if let Ok(Some(entry)) = read_hot_entry(docker, container, id, caps).await {
             found.hot = Some(entry);
@@ -28,8 +26,7 @@ pub(super) async fn examine_hot(
         }
     }
     for (container, _) in &containers {
-        let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
-        let _ = docker.kill_container(container, Some(kill)).await;
+        let _ = kill(docker, container).await;
     }
     for (container, _) in &containers {
         if let Ok(Some(entry)) = read_hot_entry(docker, container, id, caps).await {
@@ -123,6 +120,16 @@ pub(super) async fn download(
     Ok(tar)
 }
 
+/// The dead worker's (`labels`) pool containers of `mode` (`warm` or `hot`).
+async fn pool_containers(
+    docker: &Docker,
+    labels: &[&str; 2],
+    mode: &str,
+) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    let pool = format!("{LABEL_POOL}={mode}");
+    reaper::list(docker, &[labels[0], labels[1], pool.as_str()]).await
+}
+
 /// The dead worker's warm pool containers whose journal names `id`, into `found`: a run whose
 /// journal has its end is the run that ended; one still going is stopped with its container
 /// (which is looked at again once killed: a run that ended meanwhile is the run that ended).
@@ -134,9 +141,7 @@ pub(super) async fn examine_warm(
     caps: crate::worker::container::Caps,
     found: &mut Found,
 ) {
-    let warm = format!("{LABEL_POOL}=warm");
-    let labels = [labels[0], labels[1], warm.as_str()];
-    for (container, _) in reaper::list(docker, &labels).await {
+    for (container, _) in pool_containers(docker, labels, "warm").await {
         let Ok(mut journal) = read_journal(docker, &container, caps).await else {
             continue;
         };
@@ -145,8 +150,7 @@ pub(super) async fn examine_warm(
         }
         found.containers.push(container.clone());
         if !journal.ended(id) {
-            let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
-            let _ = docker.kill_container(&container, Some(kill)).await;
+            let _ = kill(docker, &container).await;
             match read_journal(docker, &container, caps).await {
                 Ok(now) if now.ended(id) => journal = now,
                 _ => {

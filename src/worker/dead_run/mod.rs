@@ -347,8 +347,7 @@ async fn examine(
             state.status,
             Some(ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING)
         ) {
-            let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
-            match docker.kill_container(&container, Some(kill)).await {
+            match kill(docker, &container).await {
                 Ok(()) => {
                     found.stopped += 1;
                     continue;
@@ -413,6 +412,12 @@ async fn examine(
     if found.containers.is_empty() {
         examine_hot(docker, &by_worker, id, caps, found).await;
     }
+}
+
+/// Kills `container` (SIGKILL); 409 when it is not running.
+async fn kill(docker: &Docker, container: &str) -> Result<(), bollard::errors::Error> {
+    let options = KillContainerOptionsBuilder::new().signal("KILL").build();
+    docker.kill_container(container, Some(options)).await
 }
 
 async fn inspect(
