@@ -151,7 +151,7 @@ pub(crate) async fn finish_run_of<'e>(
     Ok(done.rows_affected() == 1)
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds `o` as the next 15 parameters (`$2` to `$16` in [`finish`], `$9` to `$23` in
 /// [`restore_final`]): status, output, output_truncated, logs, logs_truncated, exit_code, error,
