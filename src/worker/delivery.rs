@@ -129,7 +129,7 @@ pub(super) struct Here<'a> {
     shared: &'a Shared,
     id: Uuid,
     // Dropped after the entry is removed: wakes every copy waiting on this one.
-    _done: watch::Sender<bool>,
+    _done: watch::Sender<()>,
 }
 
 impl<'a> Here<'a> {
@@ -140,7 +140,7 @@ impl<'a> Here<'a> {
                 match in_flight.get(&id) {
                     Some(held) => held.clone(),
                     None => {
-                        let (done, watching) = watch::channel(false);
+                        let (done, watching) = watch::channel(());
                         in_flight.insert(id, watching);
                         return Here {
                             shared,
@@ -150,8 +150,9 @@ impl<'a> Here<'a> {
                     }
                 }
             };
-            // Ends when the holder's sender drops, after its entry is gone.
-            let _ = held.wait_for(|done| *done).await;
+            // Nothing is ever sent: this ends when the holder's sender drops, after its entry
+            // is gone.
+            let _ = held.changed().await;
         }
     }
 }
@@ -159,19 +160,6 @@ impl<'a> Here<'a> {
 impl Drop for Here<'_> {
     fn drop(&mut self) {
         self.shared.in_flight.lock().expect("lock").remove(&self.id);
-    }
-}
-
-/// Marks a claimed invocation as open to a cancel ([`super::cancel`]) until dropped.
-pub(super) struct Running<'a> {
-    cancel: super::cancel::Watch<'a>,
-}
-
-impl<'a> Running<'a> {
-    pub(super) fn start(shared: &'a Shared, id: Uuid) -> Running<'a> {
-        Running {
-            cancel: shared.cancels.watch(id),
-        }
     }
 }
 
@@ -353,7 +341,8 @@ async fn handle_in_span(
                     vec![opentelemetry::KeyValue::new("queue", queue.clone())],
                 );
             }
-            let running = Running::start(&shared, work.id);
+            // Open to a cancel ([`super::cancel`]) until the run is over.
+            let cancel = shared.cancels.watch(work.id);
             faults::panic_here(faults::armed(shared.test_faults, &work, faults::IN_HANDLE));
             if let Some(dead) = &dead {
                 Box::pin(stop_dead_run(&shared, dead, work.id)).await;
@@ -386,12 +375,12 @@ async fn handle_in_span(
                 }
                 None => None,
             };
-            let cancelled = running.cancel.cancelled.clone();
+            let cancelled = cancel.cancelled.clone();
             run_claimed(
                 &shared, &channels, &queue, &delivery, &work, attempt, cancelled,
             )
             .await;
-            drop(running);
+            drop(cancel);
         }
         Claim::AlreadyFinal(record) => {
             tracing::info!("already final; acking without a run");

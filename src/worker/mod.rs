@@ -142,8 +142,8 @@ struct Shared {
     topology: Topology,
     backoff: Backoff,
     /// Invocations held here now, from before their claim to the end of their run
-    /// ([`delivery::Here`]), each with a receiver that ends when the hold goes.
-    in_flight: Mutex<HashMap<Uuid, watch::Receiver<bool>>>,
+    /// ([`delivery::Here`]), each with a receiver that closes when the hold goes.
+    in_flight: Mutex<HashMap<Uuid, watch::Receiver<()>>>,
     /// Runs here that a cancel stops ([`cancel`]).
     cancels: cancel::Cancels,
     /// Messages being handled now (waiting for a slot, running, or settling).
